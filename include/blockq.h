@@ -1,0 +1,106 @@
+/* blockq — block-based sub-8-bit quantisation of LLMs.
+ *
+ * One public header. Conventions:
+ *  - every fallible call returns a bq_status; BQ_OK is 0. The message of the
+ *    last failure on this thread is bq_last_error().
+ *  - handles are opaque; a function named *_new / *_parse / *_open hands you
+ *    ownership, release it with the matching *_free.
+ *  - tensors are row-major float32 [rows, cols]; blocks run along each row.
+ */
+#ifndef BLOCKQ_H
+#define BLOCKQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    BQ_OK = 0,
+    BQ_ERR_ARG,        /* a caller passed an invalid argument */
+    BQ_ERR_FORMAT,     /* unknown or malformed format name */
+    BQ_ERR_SHAPE,      /* shape disagrees with data or format */
+    BQ_ERR_IO,         /* reading or writing a file failed */
+    BQ_ERR_PARSE,      /* a file's contents are malformed */
+    BQ_ERR_NOMEM,      /* allocation failed */
+    BQ_ERR_NONFINITE,  /* a NaN/Inf where the operation cannot represent it */
+    BQ_ERR_UNSUPPORTED /* valid request this build cannot do */
+} bq_status;
+
+/* Message of the last error on this thread ("" if none). */
+const char *bq_last_error(void);
+const char *bq_status_name(bq_status s);
+
+/* ---- files -------------------------------------------------------------- */
+
+/* Read a whole file; the caller frees *data with free(). */
+bq_status bq_read_file(const char *path, void **data, size_t *size);
+/* Write to PATH.tmp.PID in the same folder, fsync, rename into place. */
+bq_status bq_write_file_atomic(const char *path, const void *data, size_t size);
+
+/* ---- number formats ---------------------------------------------------- */
+
+typedef struct bq_format bq_format;
+
+typedef enum { BQ_ROUND_RNE = 0, BQ_ROUND_AWAY, BQ_ROUND_ZERO, BQ_ROUND_STOCHASTIC } bq_round;
+
+typedef struct {
+    bq_round round;
+    uint64_t seed;    /* stochastic rounding: same seed, same bits */
+    int threads;      /* 0 = one per core; results never depend on it */
+} bq_qopts;
+
+/* Facts about a format, derived from its definition. */
+typedef struct {
+    const char *name;         /* canonical name */
+    const char *family;       /* "minifloat", "int", "fixed", "log", "mx", "nvfp4", "bfp", "bm", "bl", "scaled", "fp32" */
+    double bits_per_element;  /* including amortised scales (per-row/tensor scales count as 0) */
+    int elem_bits;            /* bits of one element code */
+    int scale_bits;           /* bits of one shared scale (0 if none) */
+    int block;                /* elements sharing a scale (0: none, -1: per row, -2: per tensor) */
+    double max_normal;        /* largest finite magnitude the format can produce */
+    double min_normal;        /* smallest normal magnitude (incl. scale range) */
+    double min_subnormal;     /* smallest non-zero magnitude (incl. scale range) */
+    double range_binades;     /* log2(max_normal / min_subnormal) over all scales */
+    double block_binades;     /* log2(max / smallest non-zero) inside one block/scale */
+} bq_format_info;
+
+/* Parse a format name such as "mxfp4", "bfp6_b16", "fp8_e4m3:sat", "int4_g128",
+ * "e2m1_b16_se4m3". The grammar is in docs/formats.md. */
+bq_status bq_format_parse(const char *name, bq_format **out);
+void bq_format_free(bq_format *fmt);
+bq_status bq_format_get_info(const bq_format *fmt, bq_format_info *info);
+const char *bq_format_canonical(const bq_format *fmt);
+
+/* Named formats, for listing: returns NULL past the end. */
+const char *bq_format_list(size_t i);
+/* One line describing the accepted format-name forms (for error messages). */
+const char *bq_format_grammar(void);
+
+/* Fake quantisation: in -> format -> float32. in and out may alias. */
+bq_status bq_qdq(const bq_format *fmt, const float *in, float *out,
+                 size_t rows, size_t cols, const bq_qopts *opts);
+
+/* Exact packed size in bytes for a [rows, cols] tensor (each row starts on a
+ * byte boundary; a per-tensor scale, if any, comes first). */
+size_t bq_packed_size(const bq_format *fmt, size_t rows, size_t cols);
+bq_status bq_pack(const bq_format *fmt, const float *in, size_t rows, size_t cols,
+                  const bq_qopts *opts, uint8_t *out, size_t out_size);
+bq_status bq_unpack(const bq_format *fmt, const uint8_t *in, size_t in_size,
+                    size_t rows, size_t cols, float *out);
+
+/* Quantisation error of approx against ref. */
+typedef struct { double sqnr_db, max_abs_err, rmse; size_t n_nonfinite; } bq_error_stats;
+void bq_error_measure(const float *ref, const float *approx, size_t n, bq_error_stats *st);
+
+/* Which SIMD path the format kernels use: "avx512", "avx2" or "scalar".
+ * bq_set_isa forces one (for tests); returns BQ_ERR_UNSUPPORTED if the CPU lacks it. */
+const char *bq_isa(void);
+bq_status bq_set_isa(const char *isa);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

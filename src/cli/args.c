@@ -1,0 +1,60 @@
+/* Argument parsing helpers shared by the subcommands. */
+#include "cli.h"
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int cli_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "blockq %s: ", cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    return EXIT_BADINPUT;
+}
+
+int cli_status(const char *cmd, bq_status st)
+{
+    fprintf(stderr, "blockq %s: %s\n", cmd, bq_last_error());
+    return st == BQ_ERR_NOMEM ? EXIT_FAIL : EXIT_BADINPUT;
+}
+
+int parse_u64(const char *s, uint64_t *v)
+{
+    if (!s || !*s || *s == '-' || *s == '+') return 0;
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(s, &end, 10);
+    if (errno || *end) return 0;
+    *v = x;
+    return 1;
+}
+
+int parse_shape(const char *s, size_t *rows, size_t *cols)
+{
+    const char *x = s ? strchr(s, 'x') : NULL;
+    if (!x) return 0;
+    char a[32];
+    size_t n = (size_t)(x - s);
+    if (n == 0 || n >= sizeof a) return 0;
+    memcpy(a, s, n);
+    a[n] = 0;
+    uint64_t r, c;
+    if (!parse_u64(a, &r) || !parse_u64(x + 1, &c) || r == 0 || c == 0) return 0;
+    if (r > (1ull << 40) || c > (1ull << 40) || r * c > (1ull << 40)) return 0;
+    *rows = (size_t)r;
+    *cols = (size_t)c;
+    return 1;
+}
+
+int parse_round(const char *s, bq_round *r)
+{
+    static const char *names[] = {"rne", "away", "zero", "stochastic"};
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(s, names[i])) { *r = (bq_round)i; return 1; }
+    return 0;
+}

@@ -1,0 +1,19 @@
+#ifndef BQ_CLI_H
+#define BQ_CLI_H
+#include "blockq.h"
+
+/* Exit codes: 0 ok, 1 internal failure, 2 bad input or usage. */
+enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_BADINPUT = 2 };
+
+int cmd_formats(int argc, char **argv);
+int cmd_qdq(int argc, char **argv);
+int cmd_pack(int argc, char **argv);
+int cmd_unpack(int argc, char **argv);
+
+/* Shared helpers (args.c). */
+int cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int cli_status(const char *cmd, bq_status st); /* prints bq_last_error, returns exit code */
+int parse_shape(const char *s, size_t *rows, size_t *cols);
+int parse_round(const char *s, bq_round *r);
+int parse_u64(const char *s, uint64_t *v);
+#endif

@@ -1,0 +1,32 @@
+/* blockq command-line tool: one function per subcommand, dispatched by table. */
+#include "cli.h"
+#include <stdio.h>
+#include <string.h>
+
+typedef struct { const char *name, *summary; int (*run)(int argc, char **argv); } command;
+
+static const command commands[] = {
+    {"formats", "list every number format with its bits/element and range", cmd_formats},
+    {"qdq", "fake-quantise a raw float32 file through a format", cmd_qdq},
+    {"pack", "pack a raw float32 file into a format's exact bit layout", cmd_pack},
+    {"unpack", "unpack a packed file back to raw float32", cmd_unpack},
+};
+
+static void usage(FILE *o)
+{
+    fprintf(o, "usage: blockq COMMAND [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(o, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(o, "\n'blockq COMMAND --help' describes one command.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) { usage(stderr); return 2; }
+    if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) { usage(stdout); return 0; }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "blockq: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,24 @@
+/* Per-thread last-error message: every fallible call sets it through bq_fail. */
+#include "core.h"
+#include <stdarg.h>
+#include <stdio.h>
+
+static _Thread_local char g_msg[1024];
+
+bq_status bq_fail(bq_status s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_msg, sizeof g_msg, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+const char *bq_last_error(void) { return g_msg; }
+
+const char *bq_status_name(bq_status s)
+{
+    static const char *names[] = {"ok", "invalid argument", "bad format", "bad shape", "i/o error",
+                                  "parse error", "out of memory", "non-finite value", "unsupported"};
+    return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "unknown";
+}

@@ -1,0 +1,82 @@
+/* Internal representation of a number format.
+ *
+ * A format = an element grid (elem_t) + a scheme saying how values are scaled
+ * onto that grid (no scale, one fp32 scale per tensor/row/group, or a shared
+ * per-block scale of some kind). Every scheme's behaviour lives in one row of
+ * the scheme table in scheme.c; named formats are aliases in names.c.
+ */
+#ifndef BQ_FORMAT_H
+#define BQ_FORMAT_H
+#include "core.h"
+#include <stdint.h>
+
+typedef enum { EK_FP32, EK_MF, EK_INT, EK_LOG } elem_kind;
+typedef enum { FL_IEEE, FL_FN, FL_FINITE } mf_flavour;
+
+typedef struct {
+    elem_kind kind;
+    int bits;        /* width of one code */
+    /* minifloat */
+    int ebits, mbits, bias, flavour, overflow_inf, subnorm;
+    int emin, emax;  /* smallest / largest normal exponent (unbiased) */
+    float maxval;    /* largest finite magnitude on the unscaled grid */
+    int fast;        /* float32 scaling path is exact for this grid */
+    /* integer grid: q in [lo, hi]; frac = implicit fraction bits (fixed point) */
+    int lo, hi, frac, signmag;
+    /* log: exponent range on the unscaled grid; code 0 is zero */
+    int lemin, lemax;
+} elem_t;
+
+typedef enum {
+    SCH_ELEM,   /* element format alone (minifloat, fixed point, log, fp32) */
+    SCH_INT,    /* intB with an fp32 scale per tensor / row / group */
+    SCH_MX,     /* OCP MX: E8M0 power-of-two scale from floor(log2 amax) */
+    SCH_SCALED, /* generic ELEM_bK_sSCALE with a non-E8M0 scale: s = SCALE(amax/max) */
+    SCH_NVFP4,  /* SCALED(e2m1, b16, e4m3) plus an fp32 tensor scale */
+    SCH_BFP,    /* block floating point: 8-bit exponent from ceil(log2 amax) */
+    SCH_BM,     /* block minifloat: shared 8-bit exponent bias */
+    SCH_BL,     /* block logarithm: shared 8-bit exponent bias */
+    SCH_COUNT
+} scheme_id;
+
+typedef enum { SCOPE_NONE, SCOPE_TENSOR, SCOPE_ROW, SCOPE_GROUP } int_scope;
+
+struct bq_format {
+    char name[64];
+    scheme_id sch;
+    elem_t el;
+    int block;       /* K for block schemes and int groups; 0 otherwise */
+    int_scope scope; /* SCH_INT only */
+    int asym;        /* SCH_INT only */
+    elem_t scale;    /* SCH_SCALED / SCH_NVFP4: the scale's own minifloat format */
+    int scale_bits;  /* bits of one stored scale */
+};
+
+/* Per-tensor facts a kernel may need (computed once before the rows run). */
+typedef struct {
+    float tensor_scale;  /* NVFP4 s_t, or the per-tensor int scale */
+    float tensor_zero;   /* per-tensor asymmetric zero point */
+    int tensor_nonfinite;
+    bq_round round;
+    uint64_t seed;
+    size_t cols;
+} qctx;
+
+/* Element construction (elem.c). */
+int elem_minifloat(elem_t *e, int ebits, int mbits, int bias, mf_flavour fl, int overflow_inf, int subnorm);
+void elem_int(elem_t *e, int bits, int lo, int hi, int frac, int signmag);
+void elem_log(elem_t *e, int bits);
+
+/* intB group scale and zero point (elem.c). */
+void bq_int_scale(const bq_format *f, const float *x, size_t n, float *s, float *z, int *nonfinite);
+/* Tensor-wide facts before the rows run (quant.c). */
+bq_status bq_tensor_ctx(const bq_format *f, const float *x, size_t rows, size_t cols,
+                        const bq_qopts *o, qctx *c);
+
+/* Per-ISA kernel entry (kernels.c, compiled once per ISA). */
+typedef void (*qdq_rows_fn)(const bq_format *f, const qctx *c, const float *x, float *y,
+                            size_t r0, size_t r1);
+qdq_rows_fn bq_kernel_for(const bq_format *f);
+
+
+#endif

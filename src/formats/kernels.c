@@ -1,0 +1,159 @@
+/* Fake-quantisation row kernels. This file is compiled once per instruction
+ * set (scalar, AVX2, AVX-512) with BQ_ISA set to the suffix; the loops are
+ * written so that the compiler vectorises them, and the arithmetic is the same
+ * IEEE float32 in every build, so all ISAs give identical bits. */
+#include "qkern.h"
+
+#ifndef BQ_ISA
+#define BQ_ISA scalar
+#endif
+#define CAT2(a, b) a##_##b
+#define CAT(a, b) CAT2(a, b)
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* One block on a minifloat or integer grid with saturation: the hot loop.
+ * use_div / is_mf / r are compile-time constants after inlining. */
+INLINE void grid_loop(const elem_t *e, const float *x, float *y, size_t n, int use_div,
+                      float a1, float a2, float div, float p1, float p2, int is_mf,
+                      bq_round r, uint64_t seed, size_t idx0)
+{
+    const int emin = e->emin, emax1 = e->emax + 1, mb = e->mbits, sub = e->subnorm;
+    const float fs = pow2f(e->frac), fsi = pow2f(-e->frac);
+    const float maxv = is_mf ? e->maxval : (float)e->hi * fsi;
+    for (size_t i = 0; i < n; i++) {
+        float v = use_div ? x[i] / div : (x[i] * a1) * a2;
+        float a = fabsf(v), q;
+        if (is_mf) {
+            int pe = (int)(f2u(a) >> 23) - 127;
+            int m = (pe >= emin || sub) ? mb : 0;
+            pe = pe < emin ? emin : pe;
+            pe = pe > emax1 ? emax1 : pe;
+            q = round_mag(a * u2f((uint32_t)(m - pe + 127) << 23), r, seed, idx0 + i) *
+                u2f((uint32_t)(pe - m + 127) << 23);
+        } else {
+            q = round_mag(a * fs, r, seed, idx0 + i) * fsi;
+        }
+        q = q > maxv ? maxv : q;
+        y[i] = (copysignf(q, sgn_of(v)) * p1) * p2;
+    }
+}
+
+INLINE void grid_dispatch(const elem_t *e, const float *x, float *y, size_t n, int use_div,
+                          float a1, float a2, float div, float p1, float p2, bq_round r,
+                          uint64_t seed, size_t idx0)
+{
+#define GL(MF, R) grid_loop(e, x, y, n, use_div, a1, a2, div, p1, p2, MF, R, seed, idx0)
+#define GR(MF)                                                                            \
+    switch (r) {                                                                          \
+    case BQ_ROUND_RNE: GL(MF, BQ_ROUND_RNE); break;                                       \
+    case BQ_ROUND_AWAY: GL(MF, BQ_ROUND_AWAY); break;                                     \
+    case BQ_ROUND_ZERO: GL(MF, BQ_ROUND_ZERO); break;                                     \
+    default: GL(MF, BQ_ROUND_STOCHASTIC); break;                                          \
+    }
+    if (e->kind == EK_MF) { GR(1) } else { GR(0) }
+#undef GR
+#undef GL
+}
+
+static void fill_nan(float *y, size_t n) { for (size_t i = 0; i < n; i++) y[i] = NAN; }
+
+/* A block-scaled chunk (MX, BFP, BM, BL, SCALED, NVFP4). */
+static void qdq_block(const bq_format *f, const qctx *c, const float *x, float *y, size_t n, size_t idx0)
+{
+    float amax = 0.0f;
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        float a = fabsf(x[i]);
+        amax = a > amax ? a : amax;
+        bad |= !(a <= FLT_MAX);
+    }
+    if (bad) { fill_nan(y, n); return; }
+    bscale s = block_scale(f, c, amax);
+    const elem_t *e = &f->el;
+    int grid_ok = (e->kind == EK_MF && e->fast && !e->overflow_inf) ||
+                  (e->kind == EK_INT && e->lo == -e->hi);
+    if (f->sch != SCH_BL && grid_ok) {
+        if (s.pow2) {
+            float a1, a2;
+            split_pow2(-s.E, &a1, &a2);
+            grid_dispatch(e, x, y, n, 0, a1, a2, 1.0f, s.post1, s.post2, c->round, c->seed, idx0);
+        } else if (s.div > 0.0f) {
+            grid_dispatch(e, x, y, n, 1, 1.0f, 1.0f, s.div, s.post1, s.post2, c->round, c->seed, idx0);
+        } else {
+            for (size_t i = 0; i < n; i++) y[i] = copysignf(0.0f, sgn_of(x[i]));
+        }
+        return;
+    }
+    float q;
+    for (size_t i = 0; i < n; i++) y[i] = block_elem(f, &s, x[i], c->round, c->seed, idx0 + i, &q);
+}
+
+/* Element formats: no scale. */
+static void qdq_elem(const bq_format *f, const qctx *c, const float *x, float *y, size_t n, size_t idx0)
+{
+    const elem_t *e = &f->el;
+    if (e->kind == EK_MF && e->fast && !e->overflow_inf) {
+        grid_dispatch(e, x, y, n, 0, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, c->round, c->seed, idx0);
+        for (size_t i = 0; i < n; i++)  /* Inf/NaN follow the element's own rules */
+            if (!(fabsf(x[i]) <= FLT_MAX)) y[i] = elem_quant(e, x[i], c->round, c->seed, idx0 + i);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) y[i] = elem_quant(e, x[i], c->round, c->seed, idx0 + i);
+}
+
+/* intB with an fp32 scale over a group (tensor-wide scale comes in c). */
+static void qdq_int_group(const bq_format *f, const qctx *c, const float *x, float *y, size_t n,
+                          size_t idx0, float s, float z, int nonfinite)
+{
+    const elem_t *e = &f->el;
+    if (nonfinite || s != s) { fill_nan(y, n); return; }
+    if (!(s > 0.0f)) { for (size_t i = 0; i < n; i++) y[i] = copysignf(0.0f, sgn_of(x[i])); return; }
+    if (!f->asym) {
+        grid_dispatch(e, x, y, n, 1, 1.0f, 1.0f, s, s, 1.0f, c->round, c->seed, idx0);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        float out = (asym_q(e, x[i], s, z, c->round, c->seed, idx0 + i) - z) * s;
+        y[i] = out == 0.0f ? copysignf(0.0f, sgn_of(x[i])) : out;
+    }
+}
+
+static void qdq_rows(const bq_format *f, const qctx *c, const float *x, float *y, size_t r0, size_t r1)
+{
+    const size_t cols = c->cols;
+    for (size_t r = r0; r < r1; r++) {
+        const float *xr = x + r * cols;
+        float *yr = y + r * cols;
+        size_t idx = r * cols;
+        switch (f->sch) {
+        case SCH_ELEM: qdq_elem(f, c, xr, yr, cols, idx); break;
+        case SCH_INT:
+            if (f->scope == SCOPE_TENSOR) {
+                qdq_int_group(f, c, xr, yr, cols, idx, c->tensor_scale, c->tensor_zero, c->tensor_nonfinite);
+            } else {
+                size_t g = f->scope == SCOPE_ROW ? cols : (size_t)f->block;
+                for (size_t b = 0; b < cols; b += g) {
+                    size_t n = cols - b < g ? cols - b : g;
+                    float s, z;
+                    int bad;
+                    bq_int_scale(f, xr + b, n, &s, &z, &bad);
+                    qdq_int_group(f, c, xr + b, yr + b, n, idx + b, s, z, bad);
+                }
+            }
+            break;
+        default:
+            for (size_t b = 0; b < cols; b += (size_t)f->block) {
+                size_t n = cols - b < (size_t)f->block ? cols - b : (size_t)f->block;
+                qdq_block(f, c, xr + b, yr + b, n, idx + b);
+            }
+            break;
+        }
+    }
+}
+
+void CAT(bq_qdq_rows, BQ_ISA)(const bq_format *f, const qctx *c, const float *x, float *y, size_t r0, size_t r1);
+void CAT(bq_qdq_rows, BQ_ISA)(const bq_format *f, const qctx *c, const float *x, float *y, size_t r0, size_t r1)
+{
+    qdq_rows(f, c, x, y, r0, r1);
+}

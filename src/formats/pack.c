@@ -1,0 +1,292 @@
+/* Packing to the exact bit layout (docs/formats.md, "Packed layout").
+ *
+ * A packed tensor is: an optional tensor header (fp32 scale [+ u8 zero point]
+ * for per-tensor int, fp32 s_t for NVFP4), then each row starting on a byte
+ * boundary. Inside a row one LSB-first bit stream holds, per block/group, the
+ * scale code then the element codes; a short last block is padded to full size.
+ * Quantisation itself is the same code as fake quantisation (qkern.h).
+ */
+#include "qkern.h"
+#include <stdlib.h>
+
+typedef struct { uint8_t *p; size_t bit; } bitw;
+typedef struct { const uint8_t *p; size_t bit; } bitr;
+
+static void put(bitw *w, uint32_t v, int n)
+{
+    for (int i = 0; i < n; i++, w->bit++)
+        if ((v >> i) & 1) w->p[w->bit >> 3] |= (uint8_t)(1u << (w->bit & 7));
+}
+
+static uint32_t get(bitr *r, int n)
+{
+    uint32_t v = 0;
+    for (int i = 0; i < n; i++, r->bit++) v |= (uint32_t)((r->p[r->bit >> 3] >> (r->bit & 7)) & 1) << i;
+    return v;
+}
+
+static size_t header_bytes(const bq_format *f)
+{
+    if (f->sch == SCH_NVFP4) return 4;
+    if (f->sch == SCH_INT && f->scope == SCOPE_TENSOR) return f->asym ? 5 : 4;
+    return 0;
+}
+
+/* Elements sharing one scale in a row, and the scale bits per group. */
+static size_t group_len(const bq_format *f, size_t cols)
+{
+    if (f->sch == SCH_ELEM || (f->sch == SCH_INT && f->scope == SCOPE_TENSOR)) return cols;
+    if (f->sch == SCH_INT && f->scope == SCOPE_ROW) return cols;
+    return (size_t)f->block;
+}
+
+static int group_scale_bits(const bq_format *f)
+{
+    if (f->sch == SCH_ELEM || (f->sch == SCH_INT && f->scope == SCOPE_TENSOR)) return 0;
+    return f->scale_bits;
+}
+
+static size_t row_bytes(const bq_format *f, size_t cols)
+{
+    if (!cols) return 0;
+    size_t g = group_len(f, cols);
+    size_t ng = (cols + g - 1) / g;
+    size_t bits = ng * ((size_t)group_scale_bits(f) + g * (size_t)f->el.bits);
+    return (bits + 7) / 8;
+}
+
+size_t bq_packed_size(const bq_format *f, size_t rows, size_t cols)
+{
+    size_t rb = row_bytes(f, cols);
+    if (rows && rb > (SIZE_MAX - 8) / rows) return SIZE_MAX;
+    return header_bytes(f) + rows * rb;
+}
+
+/* ---- element codes -------------------------------------------------------- */
+
+/* Code of grid value q (already on the element's grid); UINT32_MAX if unrepresentable. */
+static uint32_t elem_code(const elem_t *e, float q, int E)
+{
+    switch (e->kind) {
+    case EK_FP32: return f2u(q);
+    case EK_MF: return mf_encode(e, q);
+    case EK_LOG: {
+        if (q != q || fabsf(q) == INFINITY) return UINT32_MAX;
+        uint32_t sign = signbit(q) ? 1u << (e->bits - 1) : 0;
+        if (q == 0.0f) return sign;
+        return sign | (uint32_t)(floor_log2f(fabsf(q)) - E - e->lemin + 1);
+    }
+    default: {
+        if (q != q) return UINT32_MAX;
+        int32_t n = (int32_t)ldexpf(q, e->frac);
+        uint32_t mask = e->bits == 32 ? UINT32_MAX : (1u << e->bits) - 1;
+        if (e->signmag) return (signbit(q) ? 1u << (e->bits - 1) : 0) | (uint32_t)abs(n);
+        return (uint32_t)n & mask;
+    }
+    }
+}
+
+static float elem_value(const elem_t *e, uint32_t c, int E)
+{
+    switch (e->kind) {
+    case EK_FP32: return u2f(c);
+    case EK_MF: return mf_decode(e, c);
+    case EK_LOG: {
+        uint32_t k = c & ((1u << (e->bits - 1)) - 1);
+        float v = k ? ldexpf(1.0f, (int)k - 1 + e->lemin + E) : 0.0f;
+        return (c >> (e->bits - 1)) & 1 ? -v : v;
+    }
+    default: {
+        int32_t n;
+        if (e->signmag) {
+            n = (int32_t)(c & ((1u << (e->bits - 1)) - 1));
+            float v = ldexpf((float)n, -e->frac);
+            return (c >> (e->bits - 1)) & 1 ? -v : v;
+        }
+        if (e->lo < 0 && (c >> (e->bits - 1)) & 1) n = (int32_t)c - (int32_t)(1u << e->bits);
+        else n = (int32_t)c;
+        return ldexpf((float)n, -e->frac);
+    }
+    }
+}
+
+/* ---- scale codes ---------------------------------------------------------- */
+
+static int scale_nan_code(const bq_format *f, uint32_t *code)
+{
+    switch (f->sch) {
+    case SCH_MX: *code = 0xff; return 1;
+    case SCH_SCALED:
+    case SCH_NVFP4: *code = mf_encode(&f->scale, NAN); return *code != UINT32_MAX;
+    default: return 0;
+    }
+}
+
+/* Decode a block scale code into the arithmetic of bscale; returns 0 if NaN. */
+static int scale_from_code(const bq_format *f, const qctx *c, uint32_t code, bscale *s)
+{
+    memset(s, 0, sizeof *s);
+    s->pow2 = 1;
+    s->post2 = 1.0f;
+    switch (f->sch) {
+    case SCH_MX: if (code == 0xff) return 0; s->E = (int)code - 127; break;
+    case SCH_BFP: s->E = (int)code - 127; break;
+    case SCH_BM: s->E = f->el.bias - (int8_t)(uint8_t)code; break;
+    case SCH_BL: s->E = (int8_t)(uint8_t)code; break;
+    default: {
+        float sc = mf_decode(&f->scale, code);
+        if (sc != sc) return 0;
+        s->pow2 = 0;
+        s->post1 = sc;
+        if (f->sch == SCH_NVFP4) s->post2 = c->tensor_scale;
+        return 1;
+    }
+    }
+    split_pow2(s->E, &s->post1, &s->post2);
+    return 1;
+}
+
+static float dequant(const bq_format *f, const bscale *s, float q)
+{
+    if (f->sch == SCH_BL) return q;  /* log codes carry the block shift already */
+    return (q * s->post1) * s->post2;
+}
+
+/* ---- pack ------------------------------------------------------------------ */
+
+static bq_status pack_row(const bq_format *f, const qctx *c, const float *x, size_t cols, size_t idx0, bitw *w)
+{
+    const elem_t *e = &f->el;
+    size_t g = group_len(f, cols);
+    for (size_t b = 0; b < cols; b += g) {
+        size_t n = cols - b < g ? cols - b : g;
+        const float *xb = x + b;
+        uint32_t code;
+        if (f->sch == SCH_ELEM || f->sch == SCH_INT) {
+            float s = c->tensor_scale, z = c->tensor_zero;
+            int bad = c->tensor_nonfinite;
+            if (f->sch == SCH_INT && f->scope != SCOPE_TENSOR) {
+                bq_int_scale(f, xb, n, &s, &z, &bad);
+                if (bad) s = NAN;
+                put(w, f2u(s), 32);
+                if (f->asym) put(w, (uint32_t)z, 8);
+            }
+            for (size_t i = 0; i < g; i++) {
+                float q = 0.0f;
+                if (i < n) {
+                    if (f->sch == SCH_ELEM) q = elem_quant(e, xb[i], c->round, c->seed, idx0 + b + i);
+                    else if (bad || !(s > 0.0f)) q = f->asym ? z : 0.0f;
+                    else if (f->asym) q = asym_q(e, xb[i], s, z, c->round, c->seed, idx0 + b + i);
+                    else q = elem_quant(e, xb[i] / s, c->round, c->seed, idx0 + b + i);
+                }
+                if ((code = elem_code(e, q, 0)) == UINT32_MAX)
+                    return bq_fail(BQ_ERR_NONFINITE, "format '%s' has no code for %g (element %zu)",
+                                   f->name, (double)xb[i], idx0 + b + i);
+                put(w, code, e->bits);
+            }
+            continue;
+        }
+        /* block schemes */
+        float amax = 0.0f;
+        int bad = 0;
+        for (size_t i = 0; i < n; i++) {
+            float a = fabsf(xb[i]);
+            amax = a > amax ? a : amax;
+            bad |= !(a <= FLT_MAX);
+        }
+        if (bad) {
+            if (!scale_nan_code(f, &code))
+                return bq_fail(BQ_ERR_NONFINITE, "format '%s' cannot store NaN/Inf (block at element %zu)",
+                               f->name, idx0 + b);
+            put(w, code, f->scale_bits);
+            for (size_t i = 0; i < g; i++) put(w, 0, e->bits);
+            continue;
+        }
+        bscale s = block_scale(f, c, amax);
+        put(w, s.code, f->scale_bits);
+        for (size_t i = 0; i < g; i++) {
+            float q = 0.0f;
+            if (i < n) block_elem(f, &s, xb[i], c->round, c->seed, idx0 + b + i, &q);
+            put(w, elem_code(e, q, s.E), e->bits);
+        }
+    }
+    return BQ_OK;
+}
+
+bq_status bq_pack(const bq_format *f, const float *in, size_t rows, size_t cols, const bq_qopts *o,
+                  uint8_t *out, size_t out_size)
+{
+    if (!f || !in || !out) return bq_fail(BQ_ERR_ARG, "null argument");
+    size_t need = bq_packed_size(f, rows, cols);
+    if (out_size < need) return bq_fail(BQ_ERR_ARG, "output buffer holds %zu bytes, %zu needed", out_size, need);
+    qctx c;
+    bq_status st = bq_tensor_ctx(f, in, rows, cols, o, &c);
+    if (st) return st;
+    memset(out, 0, need);
+    size_t h = header_bytes(f);
+    if (h) {
+        float s = c.tensor_nonfinite ? NAN : c.tensor_scale;
+        memcpy(out, &s, 4);
+        if (h == 5) out[4] = (uint8_t)c.tensor_zero;
+    }
+    size_t rb = row_bytes(f, cols);
+    for (size_t r = 0; r < rows; r++) {
+        bitw w = {out + h + r * rb, 0};
+        if ((st = pack_row(f, &c, in + r * cols, cols, r * cols, &w))) return st;
+    }
+    return BQ_OK;
+}
+
+/* ---- unpack ---------------------------------------------------------------- */
+
+static void unpack_row(const bq_format *f, const qctx *c, bitr *rd, size_t cols, float *y)
+{
+    const elem_t *e = &f->el;
+    size_t g = group_len(f, cols);
+    for (size_t b = 0; b < cols; b += g) {
+        size_t n = cols - b < g ? cols - b : g;
+        if (f->sch == SCH_ELEM || f->sch == SCH_INT) {
+            float s = c->tensor_scale, z = c->tensor_zero;
+            if (f->sch == SCH_INT && f->scope != SCOPE_TENSOR) {
+                s = u2f(get(rd, 32));
+                if (f->asym) z = (float)get(rd, 8);
+            }
+            for (size_t i = 0; i < g; i++) {
+                float q = elem_value(e, get(rd, e->bits), 0);
+                if (i >= n) continue;
+                if (f->sch == SCH_ELEM) y[b + i] = q;
+                else y[b + i] = s != s ? NAN : (f->asym ? (q - z) * s : q * s) + 0.0f;
+            }
+            continue;
+        }
+        bscale s;
+        int ok = scale_from_code(f, c, get(rd, f->scale_bits), &s);
+        for (size_t i = 0; i < g; i++) {
+            uint32_t code = get(rd, e->bits);
+            if (i < n) y[b + i] = ok ? dequant(f, &s, elem_value(e, code, s.E)) : NAN;
+        }
+    }
+}
+
+bq_status bq_unpack(const bq_format *f, const uint8_t *in, size_t in_size, size_t rows, size_t cols, float *out)
+{
+    if (!f || !in || !out) return bq_fail(BQ_ERR_ARG, "null argument");
+    size_t need = bq_packed_size(f, rows, cols);
+    if (in_size != need)
+        return bq_fail(BQ_ERR_SHAPE, "packed data is %zu bytes; format '%s' at %zux%zu takes %zu",
+                       in_size, f->name, rows, cols, need);
+    qctx c;
+    memset(&c, 0, sizeof c);
+    c.cols = cols;
+    size_t h = header_bytes(f);
+    if (h) {
+        memcpy(&c.tensor_scale, in, 4);
+        if (h == 5) c.tensor_zero = in[4];
+    }
+    size_t rb = row_bytes(f, cols);
+    for (size_t r = 0; r < rows; r++) {
+        bitr rd = {in + h + r * rb, 0};
+        unpack_row(f, &c, &rd, cols, out + r * cols);
+    }
+    return BQ_OK;
+}

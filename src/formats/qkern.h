@@ -1,0 +1,261 @@
+/* Quantisation arithmetic shared by fake quantisation (kernels.c, compiled once
+ * per ISA) and packing (pack.c). Everything is static inline so that each
+ * translation unit gets code for its own instruction set.
+ *
+ * Float32 semantics follow the references (microxcaling, the seed code):
+ * scaling by powers of two is exact, rounding happens once on the grid, and
+ * the output keeps the input's sign (a negative value rounding to 0 is -0).
+ */
+#ifndef BQ_QKERN_H
+#define BQ_QKERN_H
+#include "format.h"
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+static inline uint32_t f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+/* 2^e as float32 for e in [-149, 127] (subnormals included). */
+static inline float pow2f(int e)
+{
+    return e >= -126 ? u2f((uint32_t)(e + 127) << 23) : u2f(1u << (e + 149));
+}
+
+/* floor(log2 a) for finite a > 0, subnormals included. */
+static inline int floor_log2f(float a)
+{
+    uint32_t u = f2u(a) & 0x7fffffffu;
+    int e = (int)(u >> 23);
+    if (e) return e - 127;
+    return -118 - __builtin_clz(u);  /* subnormal: 31-clz(u) - 149 */
+}
+
+static inline int ceil_log2f(float a)
+{
+    int e = floor_log2f(a);
+    return a == pow2f(e) ? e : e + 1;
+}
+
+/* Sign source for results: -0.0 counts as positive (as in the references, where
+ * sign(-0) = 0), a negative value that rounds to zero gives -0. */
+static inline float sgn_of(float v) { return v == 0.0f ? 0.0f : v; }
+
+/* A uniform float in [0,1) from (seed, index): splitmix64, 24 bits. */
+static inline float noise01(uint64_t seed, uint64_t idx)
+{
+    uint64_t z = seed + 0x9e3779b97f4a7c15ull * (idx + 1);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return (float)(z >> 40) * 0x1p-24f;
+}
+
+/* Round a non-negative float to an integer-valued float. */
+static inline float round_mag(float s, bq_round r, uint64_t seed, uint64_t idx)
+{
+    switch (r) {
+    case BQ_ROUND_RNE: return rintf(s);
+    case BQ_ROUND_AWAY: { float t = truncf(s); return t + (s - t >= 0.5f ? 1.0f : 0.0f); }
+    case BQ_ROUND_ZERO: return truncf(s);
+    default: { float t = floorf(s); return t + (noise01(seed, idx) < s - t ? 1.0f : 0.0f); }
+    }
+}
+
+static inline double round_mag_d(double s, bq_round r, uint64_t seed, uint64_t idx)
+{
+    switch (r) {
+    case BQ_ROUND_RNE: return rint(s);
+    case BQ_ROUND_AWAY: { double t = trunc(s); return t + (s - t >= 0.5 ? 1.0 : 0.0); }
+    case BQ_ROUND_ZERO: return trunc(s);
+    default: { double t = floor(s); return t + ((double)noise01(seed, idx) < s - t ? 1.0 : 0.0); }
+    }
+}
+
+/* ---- element grids: magnitude a >= 0 (may be +Inf, never NaN) -> grid value */
+
+static inline float mf_overflow(const elem_t *e, float q)
+{
+    if (q <= e->maxval) return q;
+    if (!e->overflow_inf) return e->maxval;
+    return e->flavour == FL_IEEE ? INFINITY : NAN;
+}
+
+static inline float mf_quant_mag(const elem_t *e, float a, bq_round r, uint64_t seed, uint64_t idx)
+{
+    int pe = (int)((f2u(a) >> 23) & 0xff) - 127;   /* floor(log2 a); -127 for 0/subnormal */
+    int m = (pe >= e->emin || e->subnorm) ? e->mbits : 0;
+    pe = pe < e->emin ? e->emin : pe;
+    pe = pe > e->emax + 1 ? e->emax + 1 : pe;      /* beyond that everything overflows */
+    float q;
+    if (e->fast) {
+        q = round_mag(a * pow2f(m - pe), r, seed, idx) * pow2f(pe - m);
+    } else {
+        double s = ldexp((double)a, m - pe);
+        q = (float)ldexp(round_mag_d(s, r, seed, idx), pe - m);
+    }
+    if (a == INFINITY && e->flavour == FL_IEEE) return INFINITY;
+    return mf_overflow(e, q);
+}
+
+/* Integer grid with `frac` fraction bits, magnitude clamped to hi. */
+static inline float int_quant_mag(const elem_t *e, float a, bq_round r, uint64_t seed, uint64_t idx)
+{
+    float s = a * pow2f(e->frac);
+    float q = round_mag(s, r, seed, idx);
+    q = q > (float)e->hi ? (float)e->hi : q;
+    return q * pow2f(-e->frac);
+}
+
+/* Log grid: 2^k with k = round(log2 a) clamped to [lo, hi]; zero stays zero. */
+static inline float log_quant_mag(float a, int lo, int hi, bq_round r, uint64_t seed, uint64_t idx)
+{
+    if (a == 0.0f) return 0.0f;
+    int k;
+    if (a == INFINITY) k = hi;
+    else {
+        k = floor_log2f(a);
+        float frac = ldexpf(a, -k) - 1.0f;          /* in [0, 1) */
+        switch (r) {
+        case BQ_ROUND_ZERO: break;
+        case BQ_ROUND_STOCHASTIC: k += noise01(seed, idx) < frac; break;
+        default: k += frac >= 0.41421356f; break;   /* mantissa >= sqrt(2): no ties exist */
+        }
+    }
+    k = k < lo ? lo : (k > hi ? hi : k);
+    return ldexpf(1.0f, k);
+}
+
+/* Signed value -> grid value of elem e (no scaling). Sign always preserved. */
+static inline float elem_quant(const elem_t *e, float v, bq_round r, uint64_t seed, uint64_t idx)
+{
+    float a = fabsf(v), q;
+    if (v != v) return v;
+    switch (e->kind) {
+    case EK_FP32: return v;
+    case EK_MF: q = mf_quant_mag(e, a, r, seed, idx); break;
+    case EK_LOG: q = log_quant_mag(a, e->lemin, e->lemax, r, seed, idx); break;
+    default:
+        if (e->lo == -e->hi) { q = int_quant_mag(e, a, r, seed, idx); break; }
+        /* asymmetric range (fixed point): round the magnitude, clamp signed */
+        q = round_mag(a * pow2f(e->frac), r, seed, idx);
+        q = v < 0 ? (q > (float)-e->lo ? (float)-e->lo : q) : (q > (float)e->hi ? (float)e->hi : q);
+        return copysignf(q * pow2f(-e->frac), sgn_of(v));
+    }
+    return copysignf(q, sgn_of(v));
+}
+
+/* Asymmetric int code q in [0, 2^B-1] for x with scale s and zero point z. */
+static inline float asym_q(const elem_t *e, float x, float s, float z, bq_round r, uint64_t seed, uint64_t idx)
+{
+    float v = x / s;
+    float q = copysignf(round_mag(fabsf(v), r, seed, idx), v) + z;
+    float qmax = (float)((1 << e->bits) - 1);
+    return q < 0.0f ? 0.0f : (q > qmax ? qmax : q);
+}
+
+/* ---- block scales --------------------------------------------------------- */
+
+/* A block's shared scale as both a stored code and the arithmetic it implies:
+ * v = x * 2^-E (pow2 schemes) or v = x / div (scaled schemes); y = q * post1 * post2. */
+typedef struct {
+    int bad;          /* block holds NaN/Inf: decodes to NaN */
+    int pow2;         /* 1: scale is 2^E; 0: divide by div */
+    int E;
+    float div, post1, post2;
+    uint32_t code;    /* stored scale code */
+} bscale;
+
+static inline void split_pow2(int E, float *a, float *b)
+{
+    int h = E / 2;
+    *a = pow2f(h);
+    *b = pow2f(E - h);
+}
+
+/* Minifloat code of an exactly representable magnitude q (used for scales). */
+uint32_t mf_encode(const elem_t *e, float q);
+float mf_decode(const elem_t *e, uint32_t code);
+
+static inline int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+/* Scale of one block from its amax (finite, >= 0). */
+static inline bscale block_scale(const bq_format *f, const qctx *c, float amax)
+{
+    bscale s = {0};
+    s.pow2 = 1;
+    s.post2 = 1.0f;
+    switch (f->sch) {
+    case SCH_MX: {
+        int emax = f->el.kind == EK_MF ? f->el.emax : 0;
+        int e = amax == 0.0f ? -127 : clampi(floor_log2f(amax) - emax, -127, 127);
+        s.E = e;
+        s.code = (uint32_t)(e + 127);
+        break;
+    }
+    case SCH_BFP: {
+        int e = amax == 0.0f ? -127 : clampi(ceil_log2f(amax), -127, 128);
+        s.E = e;
+        s.code = (uint32_t)(e + 127);
+        break;
+    }
+    case SCH_BM: {
+        /* bias = 2^X - 1 - floor(log2 amax) as int8; E = standard bias - bias */
+        int b = amax == 0.0f ? 127 : clampi((1 << f->el.ebits) - 1 - floor_log2f(amax), -128, 127);
+        s.E = f->el.bias - b;
+        s.code = (uint32_t)(uint8_t)(int8_t)b;
+        break;
+    }
+    case SCH_BL: {
+        /* emax of the block = ceil(log2 amax); E shifts the standard grid's lemax there */
+        int top = amax == 0.0f ? -127 : ceil_log2f(amax);
+        int E = clampi(top - f->el.lemax, -128, 127);
+        s.E = E;
+        s.code = (uint32_t)(uint8_t)(int8_t)E;
+        break;
+    }
+    case SCH_SCALED:
+    case SCH_NVFP4: {
+        float emaxv = f->el.kind == EK_MF ? f->el.maxval : (float)f->el.hi;
+        float ideal = f->sch == SCH_NVFP4 ? (c->tensor_scale > 0 ? amax / 6.0f / c->tensor_scale : 0.0f)
+                                          : amax / emaxv;
+        float sc = mf_quant_mag(&f->scale, ideal, BQ_ROUND_RNE, 0, 0);
+        s.pow2 = 0;
+        s.code = mf_encode(&f->scale, sc);
+        if (f->sch == SCH_NVFP4) {
+            s.div = sc * c->tensor_scale;
+            s.post1 = sc;
+            s.post2 = c->tensor_scale;
+        } else {
+            s.div = sc;
+            s.post1 = sc;
+        }
+        return s;
+    }
+    default: break;
+    }
+    split_pow2(s.E, &s.post1, &s.post2);
+    return s;
+}
+
+/* Quantise one value against its block scale; returns the grid value q (signed)
+ * through *qout and the dequantised value. */
+static inline float block_elem(const bq_format *f, const bscale *s, float x, bq_round r,
+                               uint64_t seed, uint64_t idx, float *qout)
+{
+    float q;
+    if (f->sch == SCH_BL) {
+        /* log grid shifted by E: exact in exponent arithmetic */
+        q = copysignf(log_quant_mag(fabsf(x), f->el.lemin + s->E, f->el.lemax + s->E, r, seed, idx), sgn_of(x));
+        *qout = q;
+        return q;
+    }
+    float v;
+    if (s->pow2) { float a, b; split_pow2(-s->E, &a, &b); v = (x * a) * b; }
+    else v = s->div > 0.0f ? x / s->div : 0.0f * x;
+    q = elem_quant(&f->el, v, r, seed, idx);
+    *qout = q;
+    return (q * s->post1) * s->post2;
+}
+
+#endif

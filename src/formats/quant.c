@@ -1,0 +1,195 @@
+/* Fake quantisation driver: tensor-wide statistics, ISA choice, threads. */
+#include "qkern.h"
+#include <stdlib.h>
+
+void bq_qdq_rows_scalar(const bq_format *, const qctx *, const float *, float *, size_t, size_t);
+#ifdef BQ_HAVE_X86
+void bq_qdq_rows_avx2(const bq_format *, const qctx *, const float *, float *, size_t, size_t);
+void bq_qdq_rows_avx512(const bq_format *, const qctx *, const float *, float *, size_t, size_t);
+#endif
+
+typedef struct { const char *name; qdq_rows_fn fn; int (*supported)(void); } isa_entry;
+
+static int always(void) { return 1; }
+#ifdef BQ_HAVE_X86
+static int has_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+static int has_avx512(void)
+{
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+}
+#endif
+
+/* Best first. */
+static const isa_entry isas[] = {
+#ifdef BQ_HAVE_X86
+    {"avx512", bq_qdq_rows_avx512, has_avx512},
+    {"avx2", bq_qdq_rows_avx2, has_avx2},
+#endif
+    {"scalar", bq_qdq_rows_scalar, always},
+};
+
+static const isa_entry *g_isa;
+
+static const isa_entry *current_isa(void)
+{
+    if (!g_isa) {
+        const char *env = getenv("BQ_ISA");
+        for (size_t i = 0; i < sizeof isas / sizeof isas[0]; i++)
+            if (isas[i].supported() && (!env || !strcmp(env, isas[i].name))) { g_isa = &isas[i]; break; }
+        if (!g_isa) g_isa = &isas[sizeof isas / sizeof isas[0] - 1];
+    }
+    return g_isa;
+}
+
+const char *bq_isa(void) { return current_isa()->name; }
+
+bq_status bq_set_isa(const char *name)
+{
+    for (size_t i = 0; i < sizeof isas / sizeof isas[0]; i++)
+        if (!strcmp(name, isas[i].name)) {
+            if (!isas[i].supported()) return bq_fail(BQ_ERR_UNSUPPORTED, "this CPU lacks %s", name);
+            g_isa = &isas[i];
+            return BQ_OK;
+        }
+    return bq_fail(BQ_ERR_ARG, "unknown ISA '%s' (avx512, avx2, scalar)", name);
+}
+
+qdq_rows_fn bq_kernel_for(const bq_format *f)
+{
+    (void)f;
+    return current_isa()->fn;
+}
+
+/* Tensor-wide facts: the per-tensor int scale, NVFP4's s_t. */
+bq_status bq_tensor_ctx(const bq_format *f, const float *x, size_t rows, size_t cols,
+                        const bq_qopts *o, qctx *c)
+{
+    memset(c, 0, sizeof *c);
+    c->round = o ? o->round : BQ_ROUND_RNE;
+    c->seed = o ? o->seed : 0;
+    c->cols = cols;
+    if ((unsigned)c->round > BQ_ROUND_STOCHASTIC) return bq_fail(BQ_ERR_ARG, "unknown rounding mode %d", (int)c->round);
+    if (f->sch == SCH_INT && f->scope == SCOPE_TENSOR) {
+        bq_int_scale(f, x, rows * cols, &c->tensor_scale, &c->tensor_zero, &c->tensor_nonfinite);
+    } else if (f->sch == SCH_NVFP4) {
+        /* s_t from the finite values; blocks holding NaN/Inf decode to NaN */
+        float amax = 0.0f;
+        for (size_t i = 0; i < rows * cols; i++) {
+            float a = fabsf(x[i]);
+            if (a <= FLT_MAX && a > amax) amax = a;
+        }
+        c->tensor_scale = amax / (448.0f * 6.0f);
+    }
+    return BQ_OK;
+}
+
+static bq_status check_args(const bq_format *f, const void *in, const void *out, size_t rows, size_t cols)
+{
+    if (!f || !in || !out) return bq_fail(BQ_ERR_ARG, "null argument");
+    if (rows && cols > SIZE_MAX / sizeof(float) / rows) return bq_fail(BQ_ERR_SHAPE, "shape %zux%zu overflows", rows, cols);
+    return BQ_OK;
+}
+
+typedef struct { const bq_format *f; const qctx *c; const float *x; float *y; qdq_rows_fn fn; } qjob;
+
+static void qdq_range(void *arg, size_t b, size_t e)
+{
+    qjob *j = arg;
+    j->fn(j->f, j->c, j->x, j->y, b, e);
+}
+
+bq_status bq_qdq(const bq_format *f, const float *in, float *out, size_t rows, size_t cols, const bq_qopts *o)
+{
+    bq_status st = check_args(f, in, out, rows, cols);
+    if (st) return st;
+    qctx c;
+    if ((st = bq_tensor_ctx(f, in, rows, cols, o, &c))) return st;
+    qjob j = {f, &c, in, out, bq_kernel_for(f)};
+    /* small tensors: threads cost more than they save */
+    int threads = rows * cols < (1u << 16) ? 1 : (o ? o->threads : 0);
+    bq_parallel_for(rows, threads, qdq_range, &j);
+    return BQ_OK;
+}
+
+/* ---- facts -------------------------------------------------------------- */
+
+static const char *const family_names[SCH_COUNT] = {
+    [SCH_ELEM] = "element", [SCH_INT] = "int", [SCH_MX] = "mx", [SCH_SCALED] = "scaled",
+    [SCH_NVFP4] = "nvfp4", [SCH_BFP] = "bfp", [SCH_BM] = "bm", [SCH_BL] = "bl",
+};
+
+/* Largest magnitude and smallest non-zero/normal magnitude of the unscaled grid. */
+static void grid_range(const elem_t *e, double *mx, double *mnorm, double *msub)
+{
+    switch (e->kind) {
+    case EK_FP32: *mx = FLT_MAX; *mnorm = FLT_MIN; *msub = FLT_TRUE_MIN; break;
+    case EK_MF:
+        *mx = e->maxval;
+        *mnorm = ldexp(1.0, e->emin);
+        *msub = e->subnorm ? ldexp(1.0, e->emin - e->mbits) : *mnorm;
+        break;
+    case EK_LOG: *mx = ldexp(1.0, e->lemax); *mnorm = *msub = ldexp(1.0, e->lemin); break;
+    default: *mx = ldexp((double)e->hi, -e->frac); *mnorm = *msub = ldexp(1.0, -e->frac); break;
+    }
+}
+
+bq_status bq_format_get_info(const bq_format *f, bq_format_info *in)
+{
+    if (!f || !in) return bq_fail(BQ_ERR_ARG, "null argument");
+    memset(in, 0, sizeof *in);
+    in->name = f->name;
+    in->family = f->el.kind == EK_FP32 ? "fp32" : f->sch != SCH_ELEM ? family_names[f->sch]
+                 : f->el.kind == EK_MF ? "minifloat" : f->el.kind == EK_LOG ? "log" : "fixed";
+    in->elem_bits = f->el.bits;
+    in->scale_bits = f->scale_bits;
+    in->block = f->sch == SCH_INT ? (f->scope == SCOPE_GROUP ? f->block : f->scope == SCOPE_ROW ? -1 : -2)
+                                  : f->block;
+    in->bits_per_element = f->el.bits + (in->block > 0 ? (double)f->scale_bits / in->block : 0.0);
+    double mx, mn, ms;
+    grid_range(&f->el, &mx, &mn, &ms);
+    in->block_binades = log2(mx / ms);
+    /* scale range: how far the shared scale can move the grid */
+    double lo = 1.0, hi = 1.0;
+    switch (f->sch) {
+    case SCH_MX: lo = ldexp(1.0, -127); hi = ldexp(1.0, 127); break;
+    case SCH_BFP: /* elements are m * 2^(e-(M-1)) with e in [-127, 128] */
+        lo = ldexp(1.0, -127); hi = ldexp(1.0, 128); break;
+    case SCH_BM: lo = ldexp(1.0, f->el.bias - 127); hi = ldexp(1.0, f->el.bias + 128); break;
+    case SCH_BL: lo = ldexp(1.0, -128); hi = ldexp(1.0, 127); break;
+    case SCH_SCALED:
+    case SCH_NVFP4: {
+        double smx, smn, sms;
+        grid_range(&f->scale, &smx, &smn, &sms);
+        lo = sms;
+        hi = smx;
+        break;
+    }
+    case SCH_INT: lo = FLT_TRUE_MIN; hi = FLT_MAX / (mx > 0 ? mx : 1); break;
+    default: break;
+    }
+    in->max_normal = fmin(mx * hi, FLT_MAX);
+    in->min_normal = fmax(mn * lo, FLT_TRUE_MIN);
+    in->min_subnormal = fmax(ms * lo, FLT_TRUE_MIN);
+    in->range_binades = log2(in->max_normal / in->min_subnormal);
+    return BQ_OK;
+}
+
+/* ---- error statistics ---------------------------------------------------- */
+
+void bq_error_measure(const float *ref, const float *q, size_t n, bq_error_stats *st)
+{
+    double sig = 0, err = 0, mx = 0;
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(ref[i]) || !isfinite(q[i])) { bad++; continue; }
+        double d = (double)q[i] - ref[i];
+        sig += (double)ref[i] * ref[i];
+        err += d * d;
+        if (fabs(d) > mx) mx = fabs(d);
+    }
+    st->n_nonfinite = bad;
+    st->max_abs_err = mx;
+    st->rmse = n > bad ? sqrt(err / (double)(n - bad)) : 0.0;
+    st->sqnr_db = err > 0 ? 10.0 * log10(sig / err) : INFINITY;
+}
