@@ -101,6 +101,7 @@ void bq_int_scale(const bq_format *f, const float *x, size_t n, float *s, float 
         *z = 0.0f;
         return;
     }
-    *s = (mx - mn) / (float)((1 << f->el.bits) - 1);
+    float qm = (float)((1 << f->el.bits) - 1), range = mx - mn;
+    *s = range <= FLT_MAX ? range / qm : mx / qm - mn / qm;  /* range may overflow float32 */
     *z = *s > 0.0f ? rintf(-mn / *s) : 0.0f;
 }

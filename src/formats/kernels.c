@@ -114,7 +114,7 @@ static void qdq_int_group(const bq_format *f, const qctx *c, const float *x, flo
         return;
     }
     for (size_t i = 0; i < n; i++) {
-        float out = (asym_q(e, x[i], s, z, c->round, c->seed, idx0 + i) - z) * s;
+        float out = asym_deq(asym_q(e, x[i], s, z, c->round, c->seed, idx0 + i), z, s);
         y[i] = out == 0.0f ? copysignf(0.0f, sgn_of(x[i])) : out;
     }
 }

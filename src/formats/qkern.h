@@ -123,7 +123,7 @@ static inline float log_quant_mag(float a, int lo, int hi, bq_round r, uint64_t 
         }
     }
     k = k < lo ? lo : (k > hi ? hi : k);
-    return ldexpf(1.0f, k);
+    return ldexpf(1.0f, k > 127 ? 127 : k);  /* a block shift can push hi past float32 */
 }
 
 /* Signed value -> grid value of elem e (no scaling). Sign always preserved. */
@@ -152,6 +152,13 @@ static inline float asym_q(const elem_t *e, float x, float s, float z, bq_round 
     float q = copysignf(round_mag(fabsf(v), r, seed, idx), v) + z;
     float qmax = (float)((1 << e->bits) - 1);
     return q < 0.0f ? 0.0f : (q > qmax ? qmax : q);
+}
+
+/* Dequantised asymmetric value; saturates where a range wider than float32 would overflow. */
+static inline float asym_deq(float q, float z, float s)
+{
+    float out = (q - z) * s;
+    return out > FLT_MAX ? FLT_MAX : (out < -FLT_MAX ? -FLT_MAX : out);
 }
 
 /* ---- block scales --------------------------------------------------------- */

@@ -130,7 +130,7 @@ static void grid_range(const elem_t *e, double *mx, double *mnorm, double *msub)
         *msub = e->subnorm ? ldexp(1.0, e->emin - e->mbits) : *mnorm;
         break;
     case EK_LOG: *mx = ldexp(1.0, e->lemax); *mnorm = *msub = ldexp(1.0, e->lemin); break;
-    default: *mx = ldexp((double)e->hi, -e->frac); *mnorm = *msub = ldexp(1.0, -e->frac); break;
+    default: *mx = ldexp((double)(e->hi > -e->lo ? e->hi : -e->lo), -e->frac); *mnorm = *msub = ldexp(1.0, -e->frac); break;
     }
 }
 
@@ -172,6 +172,12 @@ bq_status bq_format_get_info(const bq_format *f, bq_format_info *in)
     in->min_normal = fmax(mn * lo, FLT_TRUE_MIN);
     in->min_subnormal = fmax(ms * lo, FLT_TRUE_MIN);
     in->range_binades = log2(in->max_normal / in->min_subnormal);
+    if (f->sch == SCH_NVFP4) {
+        /* the fp32 tensor scale can put the grid anywhere; report the range
+         * within one tensor (relative to s_t) and no absolute bound */
+        in->max_normal = FLT_MAX;
+        in->min_normal = in->min_subnormal = FLT_TRUE_MIN;
+    }
     return BQ_OK;
 }
 

@@ -1,0 +1,50 @@
+#!/bin/sh
+# CLI behaviour: exit codes, error messages, no output left behind on failure.
+B=${1:-build/blockq}
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+pass=0; fail=0
+ok()  { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL cli: $*"; }
+
+# expect_fail EXIT_CODE MESSAGE_SUBSTRING -- command...
+expect_fail() {
+    code=$1; msg=$2; shift 3
+    "$@" >"$T/out" 2>"$T/err"; rc=$?
+    [ $rc -eq "$code" ] && ok || bad "'$*' exited $rc, expected $code"
+    grep -q -- "$msg" "$T/err" && ok || bad "'$*' said '$(cat "$T/err")', expected '$msg'"
+}
+
+V=tests/vectors
+cp $V/mxfp4_rne_normal.in.f32 "$T/in.f32"
+
+# happy paths
+$B qdq mxfp4 --shape 8x96 "$T/in.f32" "$T/o.f32" && cmp -s "$T/o.f32" $V/mxfp4_rne_normal.out.f32 && ok || bad "qdq mxfp4 output differs from the vector"
+$B qdq mxfp4 --shape 8x96 --stats "$T/in.f32" >"$T/s" && grep -q "SQNR" "$T/s" && ok || bad "--stats prints no SQNR"
+$B pack mxfp4 --shape 8x96 "$T/in.f32" "$T/p.bin" && [ "$(wc -c <"$T/p.bin")" -eq $((8 * 3 * 17)) ] && ok || bad "pack size"
+$B unpack mxfp4 --shape 8x96 "$T/p.bin" "$T/u.f32" && cmp -s "$T/u.f32" "$T/o.f32" && ok || bad "unpack differs from qdq"
+$B formats | grep -q "^mxfp6_e2m3 " && ok || bad "formats lacks mxfp6_e2m3"
+$B formats --json | grep -q '"name": "nvfp4"' && ok || bad "formats --json lacks nvfp4"
+n=$($B formats | wc -l); [ "$n" -ge 40 ] && ok || bad "formats lists only $n lines"
+$B qdq bfp6_b16 --shape 8x96 --round stochastic --seed 5 "$T/in.f32" "$T/s1.f32" &&
+$B qdq bfp6_b16 --shape 8x96 --round stochastic --seed 5 --threads 2 "$T/in.f32" "$T/s2.f32" && cmp -s "$T/s1.f32" "$T/s2.f32" && ok || bad "stochastic not reproducible"
+
+# bad input: exit 2, a clear message, no output file
+expect_fail 2 "unknown format 'mxfp3'" -- $B qdq mxfp3 --shape 8x96 "$T/in.f32" "$T/x.f32"
+expect_fail 2 "expected a named format" -- $B qdq bfp6_b0 --shape 8x96 "$T/in.f32" "$T/x.f32"
+expect_fail 2 "needs 3076 bytes" -- $B qdq mxfp4 --shape 1x769 "$T/in.f32" "$T/x.f32"
+expect_fail 2 "cannot open" -- $B qdq mxfp4 --shape 8x96 "$T/missing.f32" "$T/x.f32"
+expect_fail 2 "bad --shape" -- $B qdq mxfp4 --shape 8by96 "$T/in.f32" "$T/x.f32"
+expect_fail 2 "bad --round" -- $B qdq mxfp4 --shape 8x96 --round up "$T/in.f32" "$T/x.f32"
+expect_fail 2 "missing --shape" -- $B qdq mxfp4 "$T/in.f32" "$T/x.f32"
+expect_fail 2 "unknown command" -- $B frobnicate
+expect_fail 2 "takes 408" -- $B unpack mxfp4 --shape 8x96 "$T/in.f32" "$T/x.f32"
+printf 'abc' >"$T/odd.f32"
+expect_fail 2 "partial" -- $B qdq mxfp4 --shape 1x1 "$T/odd.f32" "$T/x.f32"
+[ ! -e "$T/x.f32" ] && ok || bad "an output file was left behind after a failure"
+ls "$T" | grep -q tmp && bad "temporary file left behind" || ok
+# unwritable destination: error, exit 2
+expect_fail 2 "cannot create" -- $B qdq mxfp4 --shape 8x96 "$T/in.f32" "$T/nodir/x.f32"
+
+echo "cli: $pass passed, $fail failed"
+[ $fail -eq 0 ]

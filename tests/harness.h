@@ -1,0 +1,49 @@
+/* A tiny test harness: CHECK counts, TEST_MAIN prints "N passed, N failed". */
+#ifndef BQ_HARNESS_H
+#define BQ_HARNESS_H
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int t_pass, t_fail;
+#define CHECK(cond, ...)                                                        \
+    do {                                                                        \
+        if (cond) t_pass++;                                                     \
+        else {                                                                  \
+            t_fail++;                                                           \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);     \
+            fprintf(stderr, __VA_ARGS__);                                       \
+            fputc('\n', stderr);                                                \
+        }                                                                       \
+    } while (0)
+
+#define SKIP(...) do { printf("SKIP: "); printf(__VA_ARGS__); printf("\n"); } while (0)
+
+static int test_summary(const char *name)
+{
+    printf("%s: %d passed, %d failed\n", name, t_pass, t_fail);
+    return t_fail ? 1 : 0;
+}
+
+/* Where the shared fixtures live (../shared beside the checkout), or NULL. */
+static const char *shared_dir(void)
+{
+    const char *e = getenv("BQ_SHARED");
+    static const char *cands[] = {"../shared", NULL};
+    if (e) return e;
+    FILE *f = fopen("../shared/README.md", "r");
+    if (f) { fclose(f); return cands[0]; }
+    return NULL;
+}
+
+/* 32-bit xorshift for reproducible test data. */
+static unsigned t_rng = 12345u;
+static unsigned t_rand(void) { t_rng ^= t_rng << 13; t_rng ^= t_rng >> 17; t_rng ^= t_rng << 5; return t_rng; }
+static float t_unif(void) { return (float)(t_rand() >> 8) * 0x1p-24f; }
+static float t_normal(void)
+{
+    float s = 0;
+    for (int i = 0; i < 12; i++) s += t_unif();
+    return s - 6.0f;
+}
+#endif
