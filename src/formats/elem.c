@@ -62,10 +62,11 @@ uint32_t mf_encode(const elem_t *e, float q)
     }
     if (a == INFINITY) return e->flavour == FL_IEEE ? sign | emask << e->mbits : UINT32_MAX;
     if (a == 0.0f) return sign;
-    int E = floor_log2f(a);
-    if (E < e->emin) return sign | (uint32_t)ldexp(a, e->mbits - e->emin);
-    uint32_t mant = (uint32_t)ldexp(a, e->mbits - E) - (1u << e->mbits);
-    return sign | (uint32_t)(E + e->bias) << e->mbits | mant;
+    uint32_t u = f2u(a);
+    int E = (int)(u >> 23) - 127;
+    if (E >= e->emin && E > -127)  /* normal in both float32 and the target: copy the top mantissa bits */
+        return sign | (uint32_t)(E + e->bias) << e->mbits | (u & 0x7fffffu) >> (23 - e->mbits);
+    return sign | (uint32_t)ldexp(a, e->mbits - e->emin);  /* target subnormal */
 }
 
 float mf_decode(const elem_t *e, uint32_t code)

@@ -7,21 +7,41 @@
  * Quantisation itself is the same code as fake quantisation (qkern.h).
  */
 #include "qkern.h"
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 
-typedef struct { uint8_t *p; size_t bit; } bitw;
-typedef struct { const uint8_t *p; size_t bit; } bitr;
+/* LSB-first bit streams through a 64-bit accumulator (codes are <= 32 bits). */
+typedef struct { uint8_t *p; uint64_t acc; int n; } bitw;
+typedef struct { const uint8_t *p, *end; uint64_t acc; int n; } bitr;
 
-static void put(bitw *w, uint32_t v, int n)
+static inline void put(bitw *w, uint32_t v, int bits)
 {
-    for (int i = 0; i < n; i++, w->bit++)
-        if ((v >> i) & 1) w->p[w->bit >> 3] |= (uint8_t)(1u << (w->bit & 7));
+    w->acc |= (uint64_t)(v & (uint32_t)((1ull << bits) - 1)) << w->n;
+    w->n += bits;
+    while (w->n >= 8) {
+        *w->p++ = (uint8_t)w->acc;
+        w->acc >>= 8;
+        w->n -= 8;
+    }
 }
 
-static uint32_t get(bitr *r, int n)
+static inline void flush(bitw *w)
 {
-    uint32_t v = 0;
-    for (int i = 0; i < n; i++, r->bit++) v |= (uint32_t)((r->p[r->bit >> 3] >> (r->bit & 7)) & 1) << i;
+    if (w->n > 0) *w->p++ = (uint8_t)w->acc;
+    w->acc = 0;
+    w->n = 0;
+}
+
+static inline uint32_t get(bitr *r, int bits)
+{
+    while (r->n < bits) {
+        r->acc |= (uint64_t)(r->p < r->end ? *r->p++ : 0) << r->n;
+        r->n += 8;
+    }
+    uint32_t v = (uint32_t)(r->acc & ((1ull << bits) - 1));
+    r->acc >>= bits;
+    r->n -= bits;
     return v;
 }
 
@@ -78,7 +98,7 @@ static uint32_t elem_code(const elem_t *e, float q, int E)
     }
     default: {
         if (q != q) return UINT32_MAX;
-        int32_t n = (int32_t)ldexpf(q, e->frac);
+        int32_t n = (int32_t)(q * pow2f(e->frac));
         uint32_t mask = e->bits == 32 ? UINT32_MAX : (1u << e->bits) - 1;
         if (e->signmag) return (signbit(q) ? 1u << (e->bits - 1) : 0) | (uint32_t)abs(n);
         return (uint32_t)n & mask;
@@ -203,7 +223,7 @@ static bq_status pack_row(const bq_format *f, const qctx *c, const float *x, siz
             continue;
         }
         bscale s = block_scale(f, c, amax);
-        put(w, s.code, f->scale_bits);
+        put(w, s.pow2 ? s.code : mf_encode(&f->scale, s.post1), f->scale_bits);
         for (size_t i = 0; i < g; i++) {
             float q = 0.0f;
             if (i < n) block_elem(f, &s, xb[i], c->round, c->seed, idx0 + b + i, &q);
@@ -211,6 +231,38 @@ static bq_status pack_row(const bq_format *f, const qctx *c, const float *x, siz
         }
     }
     return BQ_OK;
+}
+
+typedef struct {
+    const bq_format *f;
+    const qctx *c;
+    const float *in;
+    uint8_t *out;
+    size_t rb, cols;
+    char msg[256];
+    bq_status st;
+    size_t failed;  /* 1 + first failing row, 0 if none */
+    pthread_mutex_t mu;
+} pjob;
+
+static void pack_range(void *arg, size_t r0, size_t r1)
+{
+    pjob *j = arg;
+    for (size_t r = r0; r < r1; r++) {
+        bitw w = {j->out + r * j->rb, 0, 0};
+        bq_status st = pack_row(j->f, j->c, j->in + r * j->cols, j->cols, r * j->cols, &w);
+        flush(&w);
+        if (st) {
+            pthread_mutex_lock(&j->mu);
+            if (!j->failed || r < j->failed - 1) {  /* report the first failing row */
+                j->failed = r + 1;
+                j->st = st;
+                snprintf(j->msg, sizeof j->msg, "%s", bq_last_error());
+            }
+            pthread_mutex_unlock(&j->mu);
+            return;
+        }
+    }
 }
 
 bq_status bq_pack(const bq_format *f, const float *in, size_t rows, size_t cols, const bq_qopts *o,
@@ -229,10 +281,13 @@ bq_status bq_pack(const bq_format *f, const float *in, size_t rows, size_t cols,
         memcpy(out, &s, 4);
         if (h == 5) out[4] = (uint8_t)c.tensor_zero;
     }
-    size_t rb = row_bytes(f, cols);
-    for (size_t r = 0; r < rows; r++) {
-        bitw w = {out + h + r * rb, 0};
-        if ((st = pack_row(f, &c, in + r * cols, cols, r * cols, &w))) return st;
+    pjob j = {.f = f, .c = &c, .in = in, .out = out + h, .rb = row_bytes(f, cols), .cols = cols};
+    pthread_mutex_init(&j.mu, NULL);
+    bq_parallel_for(rows, rows * cols < (1u << 16) ? 1 : (o ? o->threads : 0), pack_range, &j);
+    pthread_mutex_destroy(&j.mu);
+    if (j.failed) {
+        bq_fail(j.st, "%s", j.msg);
+        return j.st;
     }
     return BQ_OK;
 }
@@ -285,7 +340,7 @@ bq_status bq_unpack(const bq_format *f, const uint8_t *in, size_t in_size, size_
     }
     size_t rb = row_bytes(f, cols);
     for (size_t r = 0; r < rows; r++) {
-        bitr rd = {in + h + r * rb, 0};
+        bitr rd = {in + h + r * rb, in + h + (r + 1) * rb, 0, 0};
         unpack_row(f, &c, &rd, cols, out + r * cols);
     }
     return BQ_OK;

@@ -37,6 +37,19 @@ static inline int ceil_log2f(float a)
     return a == pow2f(e) ? e : e + 1;
 }
 
+/* Bits of max |x| over n values: for non-NaN floats the order of |x| is the
+ * order of its bits, and an integer max vectorises where a float max cannot.
+ * A result above 0x7f7fffff means an Inf or NaN is present. */
+static inline uint32_t amax_bits(const float *restrict x, size_t n)
+{
+    uint32_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = f2u(x[i]) & 0x7fffffffu;
+        m = u > m ? u : m;
+    }
+    return m;
+}
+
 /* Sign source for results: -0.0 counts as positive (as in the references, where
  * sign(-0) = 0), a negative value that rounds to zero gives -0. */
 static inline float sgn_of(float v) { return v == 0.0f ? 0.0f : v; }
@@ -166,11 +179,11 @@ static inline float asym_deq(float q, float z, float s)
 /* A block's shared scale as both a stored code and the arithmetic it implies:
  * v = x * 2^-E (pow2 schemes) or v = x / div (scaled schemes); y = q * post1 * post2. */
 typedef struct {
-    int bad;          /* block holds NaN/Inf: decodes to NaN */
     int pow2;         /* 1: scale is 2^E; 0: divide by div */
     int E;
+    float pre1, pre2; /* pow2: v = (x * pre1) * pre2 = x * 2^-E without overflow */
     float div, post1, post2;
-    uint32_t code;    /* stored scale code */
+    uint32_t code;    /* stored scale code (pow2 schemes; scaled ones encode post1) */
 } bscale;
 
 static inline void split_pow2(int E, float *a, float *b)
@@ -228,7 +241,6 @@ static inline bscale block_scale(const bq_format *f, const qctx *c, float amax)
                                           : amax / emaxv;
         float sc = mf_quant_mag(&f->scale, ideal, BQ_ROUND_RNE, 0, 0);
         s.pow2 = 0;
-        s.code = mf_encode(&f->scale, sc);
         if (f->sch == SCH_NVFP4) {
             s.div = sc * c->tensor_scale;
             s.post1 = sc;
@@ -242,6 +254,7 @@ static inline bscale block_scale(const bq_format *f, const qctx *c, float amax)
     default: break;
     }
     split_pow2(s.E, &s.post1, &s.post2);
+    split_pow2(-s.E, &s.pre1, &s.pre2);
     return s;
 }
 
@@ -258,7 +271,7 @@ static inline float block_elem(const bq_format *f, const bscale *s, float x, bq_
         return q;
     }
     float v;
-    if (s->pow2) { float a, b; split_pow2(-s->E, &a, &b); v = (x * a) * b; }
+    if (s->pow2) v = (x * s->pre1) * s->pre2;
     else v = s->div > 0.0f ? x / s->div : 0.0f * x;
     q = elem_quant(&f->el, v, r, seed, idx);
     *qout = q;

@@ -74,10 +74,13 @@ bq_status bq_tensor_ctx(const bq_format *f, const float *x, size_t rows, size_t 
         bq_int_scale(f, x, rows * cols, &c->tensor_scale, &c->tensor_zero, &c->tensor_nonfinite);
     } else if (f->sch == SCH_NVFP4) {
         /* s_t from the finite values; blocks holding NaN/Inf decode to NaN */
-        float amax = 0.0f;
-        for (size_t i = 0; i < rows * cols; i++) {
-            float a = fabsf(x[i]);
-            if (a <= FLT_MAX && a > amax) amax = a;
+        float amax = u2f(amax_bits(x, rows * cols));
+        if (!(amax <= FLT_MAX)) { /* slow path: ignore the non-finite values */
+            amax = 0.0f;
+            for (size_t i = 0; i < rows * cols; i++) {
+                float a = fabsf(x[i]);
+                if (a <= FLT_MAX && a > amax) amax = a;
+            }
         }
         c->tensor_scale = amax / (448.0f * 6.0f);
     }
