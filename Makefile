@@ -7,11 +7,12 @@ SAN     ?=
 # Bit-exactness across ISAs: no FMA contraction, no fast-math.
 CFLAGS_BASE = -std=c11 -g -Wall -Wextra -Wshadow -Wno-unused-parameter -D_GNU_SOURCE -pthread \
               -ffp-contract=off -fno-math-errno -fno-trapping-math \
-              -Iinclude -Isrc/core -Isrc/formats
+              -Iinclude -Isrc/core -Isrc/formats -Isrc/model -Isrc/engine -Isrc/eval
 CFLAGS  = $(CFLAGS_BASE) $(OPT) $(SAN) -DBQ_HAVE_X86
-LDLIBS  = -lm -pthread
+LDLIBS  = -lopenblas -lpcre2-8 -lcjson -lm -pthread
 
-LIB_SRC = $(wildcard src/core/*.c) $(filter-out src/formats/kernels.c,$(wildcard src/formats/*.c))
+LIB_SRC = $(wildcard src/core/*.c src/model/*.c src/engine/*.c src/eval/*.c) \
+          $(filter-out src/formats/kernels.c,$(wildcard src/formats/*.c))
 LIB_OBJ = $(LIB_SRC:%.c=$(BUILD)/%.o) \
           $(BUILD)/kern/kernels_scalar.o $(BUILD)/kern/kernels_avx2.o $(BUILD)/kern/kernels_avx512.o
 CLI_SRC = $(wildcard src/cli/*.c)

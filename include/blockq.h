@@ -95,6 +95,37 @@ bq_status bq_unpack(const bq_format *fmt, const uint8_t *in, size_t in_size,
 typedef struct { double sqnr_db, max_abs_err, rmse; size_t n_nonfinite; } bq_error_stats;
 void bq_error_measure(const float *ref, const float *approx, size_t n, bq_error_stats *st);
 
+/* ---- models and the engine --------------------------------------------- */
+
+typedef struct bq_model bq_model;   /* weights + config, read-only once loaded */
+typedef struct bq_ctx bq_ctx;       /* a KV cache and scratch for one sequence */
+
+/* Load a Hugging Face model folder (config.json + safetensors, sharded or not). */
+bq_status bq_model_load(const char *dir, bq_model **out);
+void bq_model_free(bq_model *m);
+int bq_model_vocab(const bq_model *m);
+/* Logits [n, vocab] for ids[0..n) from an empty cache. */
+bq_status bq_model_logits(const bq_model *m, const int32_t *ids, int n, float *logits);
+
+bq_status bq_ctx_new(const bq_model *m, int max_tokens, bq_ctx **out);
+void bq_ctx_free(bq_ctx *c);
+void bq_ctx_reset(bq_ctx *c);
+int bq_ctx_pos(const bq_ctx *c);
+/* Append n tokens; logits gets [n, vocab] rows if all, else the last row only. */
+bq_status bq_forward(bq_ctx *c, const int32_t *ids, int n, float *logits, int all);
+/* Threads for the matrix kernels (0 = all cores). */
+void bq_set_threads(int n);
+
+/* ---- tokenizer ------------------------------------------------------------ */
+
+typedef struct bq_tokenizer bq_tokenizer;
+bq_status bq_tokenizer_load(const char *tokenizer_json_path, bq_tokenizer **out);
+void bq_tokenizer_free(bq_tokenizer *t);
+/* Encode UTF-8 text; *ids is malloc'd. Fails with BQ_ERR_PARSE on invalid UTF-8. */
+bq_status bq_tokenize(const bq_tokenizer *t, const char *text, size_t len, int32_t **ids, size_t *n);
+/* Decode ids to UTF-8 bytes; *text is malloc'd and NUL-terminated. */
+bq_status bq_detokenize(const bq_tokenizer *t, const int32_t *ids, size_t n, char **text, size_t *len);
+
 /* Which SIMD path the format kernels use: "avx512", "avx2" or "scalar".
  * bq_set_isa forces one (for tests); returns BQ_ERR_UNSUPPORTED if the CPU lacks it. */
 const char *bq_isa(void);

@@ -10,6 +10,7 @@ static const command commands[] = {
     {"qdq", "fake-quantise a raw float32 file through a format", cmd_qdq},
     {"pack", "pack a raw float32 file into a format's exact bit layout", cmd_pack},
     {"unpack", "unpack a packed file back to raw float32", cmd_unpack},
+    {"logits", "write float32 logits [n, vocab] for a file of int32 token ids", cmd_logits},
 };
 
 static void usage(FILE *o)

@@ -1,0 +1,271 @@
+/* The transformer forward pass in float32, batched over a window of tokens,
+ * with a KV cache. Reads like the architectures it implements:
+ *
+ *   x = embed(ids) (+ learned positions)
+ *   per layer:  h = norm(x); q,k,v = h W^T (+ RoPE); a = softmax(q k^T / sqrt(d)) v
+ *               x = x + a Wo^T;  h = norm(x);  x = x + mlp(h)
+ *   (OPT post-LN: x = norm(x + attn(x)), x = norm(x + mlp(x)))
+ *   logits = norm(x) W_head^T
+ */
+#include "engine.h"
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct bq_ctx {
+    const bq_model *m;
+    int max_tokens, pos;
+    float *kc, *vc;          /* [layers][max_tokens][kv_dim] */
+    /* scratch, sized for `cap` tokens */
+    int cap;
+    float *x, *h, *q, *k, *v, *a, *g, *u, *att, *e;
+};
+
+static void *xrealloc(void *p, size_t n, int *fail)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q) *fail = 1;
+    return q ? q : p;
+}
+
+static bq_status ensure_scratch(bq_ctx *c, int n)
+{
+    if (n <= c->cap) return BQ_OK;
+    const bq_config *m = &c->m->c;
+    size_t H = (size_t)m->hidden, qd = (size_t)m->heads * m->head_dim, kvd = (size_t)m->kv_heads * m->head_dim;
+    size_t ffn = (size_t)m->inter, T = (size_t)c->max_tokens, E = (size_t)m->embed_dim;
+    int fail = 0;
+    c->x = xrealloc(c->x, n * H * 4, &fail);
+    c->h = xrealloc(c->h, n * (H > E ? H : E) * 4, &fail);
+    c->q = xrealloc(c->q, n * qd * 4, &fail);
+    c->k = xrealloc(c->k, n * kvd * 4, &fail);
+    c->v = xrealloc(c->v, n * kvd * 4, &fail);
+    c->a = xrealloc(c->a, n * qd * 4, &fail);
+    c->g = xrealloc(c->g, n * ffn * 4, &fail);
+    c->u = xrealloc(c->u, n * ffn * 4, &fail);
+    c->att = xrealloc(c->att, n * T * 4, &fail);
+    c->e = xrealloc(c->e, n * E * 4, &fail);
+    if (fail) return bq_fail(BQ_ERR_NOMEM, "out of memory for %d tokens of scratch", n);
+    c->cap = n;
+    return BQ_OK;
+}
+
+bq_status bq_ctx_new(const bq_model *m, int max_tokens, bq_ctx **out)
+{
+    *out = NULL;
+    if (max_tokens < 1) return bq_fail(BQ_ERR_ARG, "context must hold at least one token");
+    int lim = m->c.rope ? (1 << 24) : m->c.max_pos;
+    if (max_tokens > lim)
+        return bq_fail(BQ_ERR_ARG, "context of %d tokens exceeds the model's %d positions", max_tokens, lim);
+    bq_ctx *c = calloc(1, sizeof *c);
+    if (!c) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    c->m = m;
+    c->max_tokens = max_tokens;
+    size_t kvd = (size_t)m->c.kv_heads * m->c.head_dim, sz = (size_t)m->c.layers * max_tokens * kvd;
+    c->kc = malloc(sz * 4);
+    c->vc = malloc(sz * 4);
+    if (!c->kc || !c->vc) {
+        bq_ctx_free(c);
+        return bq_fail(BQ_ERR_NOMEM, "out of memory for a %d-token KV cache", max_tokens);
+    }
+    *out = c;
+    return BQ_OK;
+}
+
+void bq_ctx_free(bq_ctx *c)
+{
+    if (!c) return;
+    free(c->kc); free(c->vc);
+    free(c->x); free(c->h); free(c->q); free(c->k); free(c->v); free(c->a); free(c->g); free(c->u);
+    free(c->att); free(c->e);
+    free(c);
+}
+
+void bq_ctx_reset(bq_ctx *c) { c->pos = 0; }
+int bq_ctx_pos(const bq_ctx *c) { return c->pos; }
+
+/* ---- building blocks ---------------------------------------------------- */
+
+/* y[n, out] = x[n, in] W^T + b: the one place every linear layer goes through. */
+static void matmul(const linear *l, const float *x, float *y, int n)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, l->out, l->in, 1.0f, x, l->in, l->w, l->in, 0.0f, y, l->out);
+    if (l->b)
+        for (int t = 0; t < n; t++)
+            for (int o = 0; o < l->out; o++) y[(size_t)t * l->out + o] += l->b[o];
+}
+
+static void norm(const bq_config *c, const normp *p, const float *x, float *y, int n, int d)
+{
+    for (int t = 0; t < n; t++) {
+        const float *xr = x + (size_t)t * d;
+        float *yr = y + (size_t)t * d;
+        if (c->norm == NORM_RMS) {
+            double ss = 0;
+            for (int i = 0; i < d; i++) ss += (double)xr[i] * xr[i];
+            float r = (float)(1.0 / sqrt(ss / d + c->norm_eps));
+            for (int i = 0; i < d; i++) yr[i] = p->w[i] * (xr[i] * r);
+        } else {
+            double mean = 0, var = 0;
+            for (int i = 0; i < d; i++) mean += xr[i];
+            mean /= d;
+            for (int i = 0; i < d; i++) var += (xr[i] - mean) * (xr[i] - mean);
+            float r = (float)(1.0 / sqrt(var / d + c->norm_eps));
+            for (int i = 0; i < d; i++) yr[i] = (float)(xr[i] - mean) * r * p->w[i] + (p->b ? p->b[i] : 0.0f);
+        }
+    }
+}
+
+/* Rotary embedding, Hugging Face convention: element i pairs with i + d/2. */
+static void rope(const bq_config *c, float *x, int n, int nheads, int pos0)
+{
+    int d = c->head_dim, half = d / 2;
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < half; i++) {
+            float inv = (float)(1.0 / pow((double)c->rope_theta, (double)(2 * i) / d));
+            float ang = (float)(pos0 + t) * inv;
+            float cs = cosf(ang), sn = sinf(ang);
+            for (int h = 0; h < nheads; h++) {
+                float *v = x + ((size_t)t * nheads + h) * d;
+                float a = v[i], b = v[i + half];
+                v[i] = a * cs - b * sn;
+                v[i + half] = b * cs + a * sn;
+            }
+        }
+}
+
+static float gelu_tanh(float x)
+{
+    return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
+
+/* Causal attention of n new queries against the cache of one layer. */
+static void attention(bq_ctx *c, int layer, int n)
+{
+    const bq_config *m = &c->m->c;
+    int d = m->head_dim, group = m->heads / m->kv_heads, T = c->pos + n;
+    size_t kvd = (size_t)m->kv_heads * d, qd = (size_t)m->heads * d;
+    const float *K = c->kc + (size_t)layer * c->max_tokens * kvd, *V = c->vc + (size_t)layer * c->max_tokens * kvd;
+    float scale = 1.0f / sqrtf((float)d);
+    for (int h = 0; h < m->heads; h++) {
+        int kh = h / group;
+        /* scores [n, T] = Q_h K_h^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, T, d, scale, c->q + (size_t)h * d, (int)qd,
+                    K + (size_t)kh * d, (int)kvd, 0.0f, c->att, T);
+        for (int t = 0; t < n; t++) {
+            float *s = c->att + (size_t)t * T;
+            int last = c->pos + t;  /* causal: keys 0..last */
+            float mx = -INFINITY;
+            for (int j = 0; j <= last; j++) mx = s[j] > mx ? s[j] : mx;
+            double sum = 0;
+            for (int j = 0; j <= last; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
+            float inv = (float)(1.0 / sum);
+            for (int j = 0; j <= last; j++) s[j] *= inv;
+            for (int j = last + 1; j < T; j++) s[j] = 0.0f;
+        }
+        /* out [n, d] = P V_h */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, T, 1.0f, c->att, T, V + (size_t)kh * d, (int)kvd,
+                    0.0f, c->a + (size_t)h * d, (int)qd);
+    }
+}
+
+static void add(float *x, const float *y, size_t n) { for (size_t i = 0; i < n; i++) x[i] += y[i]; }
+
+static bq_status check_ids(const bq_model *m, const int32_t *ids, int n)
+{
+    for (int t = 0; t < n; t++)
+        if (ids[t] < 0 || ids[t] >= m->c.vocab)
+            return bq_fail(BQ_ERR_ARG, "token id %d at position %d is outside the vocabulary [0, %d)", ids[t], t, m->c.vocab);
+    return BQ_OK;
+}
+
+bq_status bq_forward(bq_ctx *c, const int32_t *ids, int n, float *logits, int all)
+{
+    const bq_model *M = c->m;
+    const bq_config *m = &M->c;
+    if (n < 1) return bq_fail(BQ_ERR_ARG, "no tokens");
+    if (c->pos + n > c->max_tokens)
+        return bq_fail(BQ_ERR_ARG, "%d tokens at position %d overflow the %d-token context", n, c->pos, c->max_tokens);
+    bq_status st = check_ids(M, ids, n);
+    if (st || (st = ensure_scratch(c, n))) return st;
+    int H = m->hidden, E = m->embed_dim;
+    size_t kvd = (size_t)m->kv_heads * m->head_dim, nH = (size_t)n * H;
+
+    /* embeddings */
+    for (int t = 0; t < n; t++) memcpy(c->e + (size_t)t * E, M->tok_emb + (size_t)ids[t] * E, E * 4);
+    if (M->proj_in.w) matmul(&M->proj_in, c->e, c->x, n);
+    else memcpy(c->x, c->e, nH * 4);
+    if (M->pos_emb)
+        for (int t = 0; t < n; t++) add(c->x + (size_t)t * H, M->pos_emb + (size_t)(c->pos + t + m->pos_offset) * H, H);
+
+    for (int l = 0; l < m->layers; l++) {
+        const layer_w *L = &M->L[l];
+        /* attention */
+        const float *hin = c->x;
+        if (m->pre_norm) { norm(m, &L->ln1, c->x, c->h, n, H); hin = c->h; }
+        matmul(&L->q, hin, c->q, n);
+        matmul(&L->k, hin, c->k, n);
+        matmul(&L->v, hin, c->v, n);
+        if (m->qk_norm) {
+            const bq_config hc = {.norm = NORM_RMS, .norm_eps = m->norm_eps};
+            norm(&hc, &L->q_norm, c->q, c->q, n * m->heads, m->head_dim);
+            norm(&hc, &L->k_norm, c->k, c->k, n * m->kv_heads, m->head_dim);
+        }
+        if (m->rope) {
+            rope(m, c->q, n, m->heads, c->pos);
+            rope(m, c->k, n, m->kv_heads, c->pos);
+        }
+        size_t off = ((size_t)l * c->max_tokens + c->pos) * kvd;
+        memcpy(c->kc + off, c->k, (size_t)n * kvd * 4);
+        memcpy(c->vc + off, c->v, (size_t)n * kvd * 4);
+        attention(c, l, n);
+        matmul(&L->o, c->a, c->h, n);
+        add(c->x, c->h, nH);
+        if (!m->pre_norm) norm(m, &L->ln1, c->x, c->x, n, H);
+
+        /* MLP */
+        hin = c->x;
+        if (m->pre_norm) { norm(m, &L->ln2, c->x, c->h, n, H); hin = c->h; }
+        size_t nI = (size_t)n * m->inter;
+        matmul(&L->up, hin, c->u, n);
+        if (m->act == ACT_SILU_GATED) {
+            matmul(&L->gate, hin, c->g, n);
+            for (size_t i = 0; i < nI; i++) c->u[i] *= c->g[i] / (1.0f + expf(-c->g[i]));
+        } else if (m->act == ACT_RELU) {
+            for (size_t i = 0; i < nI; i++) c->u[i] = c->u[i] > 0 ? c->u[i] : 0.0f;
+        } else {
+            for (size_t i = 0; i < nI; i++) c->u[i] = gelu_tanh(c->u[i]);
+        }
+        matmul(&L->down, c->u, c->h, n);
+        add(c->x, c->h, nH);
+        if (!m->pre_norm) norm(m, &L->ln2, c->x, c->x, n, H);
+    }
+
+    /* head: only the rows the caller wants */
+    int first = all ? 0 : n - 1, rows = n - first;
+    float *xf = c->x + (size_t)first * H;
+    if (m->final_norm) norm(m, &M->final_ln, xf, xf, rows, H);
+    if (M->proj_out.w) { matmul(&M->proj_out, xf, c->e, rows); xf = c->e; }
+    matmul(&M->head, xf, logits, rows);
+    c->pos += n;
+    return BQ_OK;
+}
+
+bq_status bq_model_logits(const bq_model *m, const int32_t *ids, int n, float *logits)
+{
+    bq_ctx *c;
+    bq_status st = bq_ctx_new(m, n, &c);
+    if (st) return st;
+    st = bq_forward(c, ids, n, logits, 1);
+    bq_ctx_free(c);
+    return st;
+}
+
+int bq_model_vocab(const bq_model *m) { return m->c.vocab; }
+
+void bq_set_threads(int n)
+{
+    extern void openblas_set_num_threads(int);
+    openblas_set_num_threads(n > 0 ? n : bq_ncores());
+}

@@ -1,0 +1,239 @@
+/* Loading a Hugging Face checkpoint into the uniform in-memory model.
+ * Every architecture maps its tensor names onto the same layer layout;
+ * linear layers get uniform names (layers.N.self_attn.q_proj, ...). */
+#include "model.h"
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct { st_set st; bq_model *m; bq_status err; char names[4][160]; int next; } loader;
+
+/* A formatted tensor name from a ring of 4 buffers (so a call can use several). */
+static const char *tname(loader *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static const char *tname(loader *L, const char *fmt, ...)
+{
+    char *b = L->names[L->next++ % 4];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(b, sizeof L->names[0], fmt, ap);
+    va_end(ap);
+    return b;
+}
+
+/* Fetch tensor `name` as float32 with exactly the given shape (d1 = 0 for 1-D). */
+static float *fetch(loader *L, const char *name, int64_t d0, int64_t d1)
+{
+    if (L->err) return NULL;
+    const st_tensor *t = st_find(&L->st, name);
+    if (!t) { L->err = bq_fail(BQ_ERR_PARSE, "%s: missing tensor '%s'", L->m->dir, name); return NULL; }
+    int ok = d1 ? (t->ndim == 2 && t->shape[0] == d0 && t->shape[1] == d1) : (t->ndim == 1 && t->shape[0] == d0);
+    if (!ok) {
+        L->err = bq_fail(BQ_ERR_SHAPE, "%s: tensor '%s' has shape [%lld%s%lld], config says [%lld%s%lld]", L->m->dir, name,
+                         (long long)t->shape[0], t->ndim > 1 ? ", " : "", t->ndim > 1 ? (long long)t->shape[1] : 0LL,
+                         (long long)d0, d1 ? ", " : "", (long long)d1);
+        return NULL;
+    }
+    float *p = malloc(t->numel * sizeof *p);
+    if (!p) { L->err = bq_fail(BQ_ERR_NOMEM, "out of memory loading '%s'", name); return NULL; }
+    st_to_f32(t, p);
+    return p;
+}
+
+static void fetch_linear(loader *L, linear *l, const char *uname, const char *w, const char *b, int out, int in)
+{
+    l->in = in;
+    l->out = out;
+    snprintf(l->name, sizeof l->name, "%s", uname);
+    l->w = fetch(L, w, out, in);
+    l->b = b ? fetch(L, b, out, 0) : NULL;
+}
+
+/* GPT-2 Conv1D stores W as [in, out]: transpose to [out, in]. `col0` selects a column slice. */
+static void fetch_conv1d(loader *L, linear *l, const char *uname, const char *w, const char *b, int in, int out_total,
+                         int col0, int out)
+{
+    l->in = in;
+    l->out = out;
+    snprintf(l->name, sizeof l->name, "%s", uname);
+    float *full = fetch(L, w, in, out_total), *bias = fetch(L, b, out_total, 0);
+    if (L->err) { free(full); free(bias); return; }
+    l->w = malloc((size_t)out * in * sizeof(float));
+    l->b = malloc((size_t)out * sizeof(float));
+    if (!l->w || !l->b) { L->err = bq_fail(BQ_ERR_NOMEM, "out of memory"); free(full); free(bias); return; }
+    for (int o = 0; o < out; o++) {
+        for (int i = 0; i < in; i++) l->w[(size_t)o * in + i] = full[(size_t)i * out_total + col0 + o];
+        l->b[o] = bias[col0 + o];
+    }
+    free(full);
+    free(bias);
+}
+
+static void fetch_norm(loader *L, normp *n, const char *w, const char *b, int d)
+{
+    n->w = fetch(L, w, d, 0);
+    n->b = b ? fetch(L, b, d, 0) : NULL;
+}
+
+static void load_llama(loader *L)
+{
+    bq_model *m = L->m;
+    const bq_config *c = &m->c;
+    char un[96];
+    int qd = c->heads * c->head_dim, kvd = c->kv_heads * c->head_dim;
+    m->tok_emb = fetch(L, "model.embed_tokens.weight", c->vocab, c->hidden);
+    for (int i = 0; i < c->layers && !L->err; i++) {
+        layer_w *l = &m->L[i];
+        char pre[64];
+        snprintf(pre, sizeof pre, "model.layers.%d", i);
+        fetch_norm(L, &l->ln1, tname(L, "%s.input_layernorm.weight", pre), NULL, c->hidden);
+        fetch_norm(L, &l->ln2, tname(L, "%s.post_attention_layernorm.weight", pre), NULL, c->hidden);
+        static const char *proj[] = {"q", "k", "v"};
+        linear *ql[] = {&l->q, &l->k, &l->v};
+        for (int j = 0; j < 3; j++) {
+            snprintf(un, sizeof un, "layers.%d.self_attn.%s_proj", i, proj[j]);
+            fetch_linear(L, ql[j], un, tname(L, "%s.self_attn.%s_proj.weight", pre, proj[j]),
+                         c->qkv_bias ? tname(L, "%s.self_attn.%s_proj.bias", pre, proj[j]) : NULL, j ? kvd : qd, c->hidden);
+        }
+        snprintf(un, sizeof un, "layers.%d.self_attn.o_proj", i);
+        fetch_linear(L, &l->o, un, tname(L, "%s.self_attn.o_proj.weight", pre),
+                     c->o_bias ? tname(L, "%s.self_attn.o_proj.bias", pre) : NULL, c->hidden, qd);
+        if (c->qk_norm) {
+            fetch_norm(L, &l->q_norm, tname(L, "%s.self_attn.q_norm.weight", pre), NULL, c->head_dim);
+            fetch_norm(L, &l->k_norm, tname(L, "%s.self_attn.k_norm.weight", pre), NULL, c->head_dim);
+        }
+        static const char *mlp[] = {"gate", "up", "down"};
+        linear *ml[] = {&l->gate, &l->up, &l->down};
+        for (int j = 0; j < 3; j++) {
+            snprintf(un, sizeof un, "layers.%d.mlp.%s_proj", i, mlp[j]);
+            fetch_linear(L, ml[j], un, tname(L, "%s.mlp.%s_proj.weight", pre, mlp[j]),
+                         c->mlp_bias ? tname(L, "%s.mlp.%s_proj.bias", pre, mlp[j]) : NULL, j == 2 ? c->hidden : c->inter,
+                         j == 2 ? c->inter : c->hidden);
+        }
+    }
+    fetch_norm(L, &m->final_ln, "model.norm.weight", NULL, c->hidden);
+}
+
+static void load_opt(loader *L)
+{
+    bq_model *m = L->m;
+    const bq_config *c = &m->c;
+    char un[96];
+    int H = c->hidden;
+    m->tok_emb = fetch(L, "model.decoder.embed_tokens.weight", c->vocab, c->embed_dim);
+    m->pos_emb = fetch(L, "model.decoder.embed_positions.weight", c->max_pos + c->pos_offset, H);
+    if (c->embed_dim != H) {
+        fetch_linear(L, &m->proj_in, "project_in", "model.decoder.project_in.weight", NULL, H, c->embed_dim);
+        fetch_linear(L, &m->proj_out, "project_out", "model.decoder.project_out.weight", NULL, c->embed_dim, H);
+    }
+    for (int i = 0; i < c->layers && !L->err; i++) {
+        layer_w *l = &m->L[i];
+        char pre[64];
+        snprintf(pre, sizeof pre, "model.decoder.layers.%d", i);
+        fetch_norm(L, &l->ln1, tname(L, "%s.self_attn_layer_norm.weight", pre), tname(L, "%s.self_attn_layer_norm.bias", pre), H);
+        fetch_norm(L, &l->ln2, tname(L, "%s.final_layer_norm.weight", pre), tname(L, "%s.final_layer_norm.bias", pre), H);
+        static const char *hf[] = {"q_proj", "k_proj", "v_proj", "out_proj"}, *un4[] = {"q", "k", "v", "o"};
+        linear *al[] = {&l->q, &l->k, &l->v, &l->o};
+        for (int j = 0; j < 4; j++) {
+            snprintf(un, sizeof un, "layers.%d.self_attn.%s_proj", i, un4[j]);
+            fetch_linear(L, al[j], un, tname(L, "%s.self_attn.%s.weight", pre, hf[j]),
+                         c->qkv_bias ? tname(L, "%s.self_attn.%s.bias", pre, hf[j]) : NULL, H, H);
+        }
+        snprintf(un, sizeof un, "layers.%d.mlp.up_proj", i);
+        fetch_linear(L, &l->up, un, tname(L, "%s.fc1.weight", pre), c->mlp_bias ? tname(L, "%s.fc1.bias", pre) : NULL, c->inter, H);
+        snprintf(un, sizeof un, "layers.%d.mlp.down_proj", i);
+        fetch_linear(L, &l->down, un, tname(L, "%s.fc2.weight", pre), c->mlp_bias ? tname(L, "%s.fc2.bias", pre) : NULL, H, c->inter);
+    }
+    if (c->final_norm)
+        fetch_norm(L, &m->final_ln, "model.decoder.final_layer_norm.weight", "model.decoder.final_layer_norm.bias", H);
+}
+
+static void load_gpt2(loader *L)
+{
+    bq_model *m = L->m;
+    const bq_config *c = &m->c;
+    char un[96];
+    int H = c->hidden;
+    m->tok_emb = fetch(L, "transformer.wte.weight", c->vocab, H);
+    m->pos_emb = fetch(L, "transformer.wpe.weight", c->max_pos, H);
+    for (int i = 0; i < c->layers && !L->err; i++) {
+        layer_w *l = &m->L[i];
+        char pre[64];
+        snprintf(pre, sizeof pre, "transformer.h.%d", i);
+        fetch_norm(L, &l->ln1, tname(L, "%s.ln_1.weight", pre), tname(L, "%s.ln_1.bias", pre), H);
+        fetch_norm(L, &l->ln2, tname(L, "%s.ln_2.weight", pre), tname(L, "%s.ln_2.bias", pre), H);
+        static const char *qkv[] = {"q", "k", "v"};
+        linear *ql[] = {&l->q, &l->k, &l->v};
+        for (int j = 0; j < 3; j++) {
+            snprintf(un, sizeof un, "layers.%d.self_attn.%s_proj", i, qkv[j]);
+            fetch_conv1d(L, ql[j], un, tname(L, "%s.attn.c_attn.weight", pre), tname(L, "%s.attn.c_attn.bias", pre), H, 3 * H,
+                         j * H, H);
+        }
+        snprintf(un, sizeof un, "layers.%d.self_attn.o_proj", i);
+        fetch_conv1d(L, &l->o, un, tname(L, "%s.attn.c_proj.weight", pre), tname(L, "%s.attn.c_proj.bias", pre), H, H, 0, H);
+        snprintf(un, sizeof un, "layers.%d.mlp.up_proj", i);
+        fetch_conv1d(L, &l->up, un, tname(L, "%s.mlp.c_fc.weight", pre), tname(L, "%s.mlp.c_fc.bias", pre), H, c->inter, 0, c->inter);
+        snprintf(un, sizeof un, "layers.%d.mlp.down_proj", i);
+        fetch_conv1d(L, &l->down, un, tname(L, "%s.mlp.c_proj.weight", pre), tname(L, "%s.mlp.c_proj.bias", pre), c->inter, H, 0, H);
+    }
+    fetch_norm(L, &m->final_ln, "transformer.ln_f.weight", "transformer.ln_f.bias", H);
+}
+
+static void free_linear(linear *l) { free(l->w); free(l->b); }
+static void free_norm(normp *n) { free(n->w); free(n->b); }
+
+void bq_model_free(bq_model *m)
+{
+    if (!m) return;
+    for (int i = 0; m->L && i < m->c.layers; i++) {
+        layer_w *l = &m->L[i];
+        free_norm(&l->ln1); free_norm(&l->ln2); free_norm(&l->q_norm); free_norm(&l->k_norm);
+        linear *ls[] = {&l->q, &l->k, &l->v, &l->o, &l->gate, &l->up, &l->down};
+        for (int j = 0; j < 7; j++) free_linear(ls[j]);
+    }
+    free(m->L);
+    if (m->head.w != m->tok_emb) free(m->head.w);
+    free(m->head.b);
+    free(m->tok_emb);
+    free(m->pos_emb);
+    free_norm(&m->final_ln);
+    free_linear(&m->proj_in);
+    free_linear(&m->proj_out);
+    free(m);
+}
+
+bq_status bq_model_load(const char *dir, bq_model **out)
+{
+    *out = NULL;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    void *js;
+    size_t n;
+    bq_status st = bq_read_file(path, &js, &n);
+    if (st) return st;
+    bq_model *m = calloc(1, sizeof *m);
+    if (!m) { free(js); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
+    snprintf(m->dir, sizeof m->dir, "%s", dir);
+    st = config_parse(js, n, path, &m->c);
+    free(js);
+    if (st) { free(m); return st; }
+    loader L = {.m = m};
+    if ((st = st_open_dir(&L.st, dir))) { free(m); return st; }
+    m->L = calloc((size_t)m->c.layers, sizeof *m->L);
+    if (!m->L) L.err = bq_fail(BQ_ERR_NOMEM, "out of memory");
+    else if (m->c.arch == ARCH_OPT) load_opt(&L);
+    else if (m->c.arch == ARCH_GPT2) load_gpt2(&L);
+    else load_llama(&L);
+    /* LM head: tied to the embedding, or its own matrix */
+    if (!L.err) {
+        m->head.in = m->c.embed_dim;
+        m->head.out = m->c.vocab;
+        snprintf(m->head.name, sizeof m->head.name, "lm_head");
+        if (m->c.tied && !st_find(&L.st, "lm_head.weight")) m->head.w = m->tok_emb;
+        else m->head.w = fetch(&L, "lm_head.weight", m->c.vocab, m->c.embed_dim);
+    }
+    st_close(&L.st);
+    if (L.err) { bq_model_free(m); return L.err; }
+    *out = m;
+    return BQ_OK;
+}

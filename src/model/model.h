@@ -1,0 +1,73 @@
+/* Checkpoints: safetensors tensors, config.json, the in-memory model. */
+#ifndef BQ_MODEL_H
+#define BQ_MODEL_H
+#include "core.h"
+#include <stdint.h>
+
+/* ---- safetensors ---- */
+typedef enum { DT_F32, DT_F16, DT_BF16 } st_dtype;
+typedef struct {
+    char *name;
+    st_dtype dt;
+    int ndim;
+    int64_t shape[4];
+    size_t numel, nbytes;
+    const uint8_t *data;
+} st_tensor;
+typedef struct {
+    st_tensor *t;
+    size_t n, cap;
+    void *maps[64];
+    size_t map_sizes[64], nmaps;
+} st_set;
+
+bq_status st_open_dir(st_set *s, const char *dir);
+bq_status st_open_file(st_set *s, const char *path);
+bq_status st_parse_header(st_set *s, const char *path, const char *hdr, size_t hlen, const uint8_t *data,
+                          size_t data_size);
+const st_tensor *st_find(const st_set *s, const char *name);
+void st_to_f32(const st_tensor *t, float *out);
+void st_close(st_set *s);
+
+/* ---- architecture ---- */
+typedef enum { ARCH_LLAMA, ARCH_QWEN2, ARCH_QWEN3, ARCH_OPT, ARCH_GPT2 } arch_id;
+typedef enum { NORM_RMS, NORM_LAYER } norm_kind;
+typedef enum { ACT_SILU_GATED, ACT_RELU, ACT_GELU_TANH } act_kind;
+
+typedef struct {
+    arch_id arch;
+    char model_type[32];
+    int hidden, inter, layers, heads, kv_heads, head_dim, vocab, max_pos;
+    int embed_dim;       /* OPT word_embed_proj_dim (== hidden unless project_in/out) */
+    float norm_eps, rope_theta;
+    norm_kind norm;
+    act_kind act;
+    int rope;            /* rotary (LLaMA family) vs learned positions */
+    int pos_offset;      /* OPT: 2 */
+    int pre_norm;        /* 0: OPT post-LayerNorm */
+    int qkv_bias, o_bias, mlp_bias, qk_norm, tied, final_norm;
+} bq_config;
+
+bq_status config_parse(const char *json, size_t len, const char *path, bq_config *c);
+
+/* A linear layer y = x W^T + b; W is [out, in] row-major. */
+typedef struct { float *w, *b; int in, out; char name[96]; } linear;
+typedef struct { float *w, *b; } normp;
+
+typedef struct {
+    normp ln1, ln2, q_norm, k_norm;
+    linear q, k, v, o, gate, up, down;
+} layer_w;
+
+struct bq_model {
+    bq_config c;
+    float *tok_emb;   /* [vocab, embed_dim] */
+    float *pos_emb;   /* [max_pos + offset, hidden] or NULL */
+    normp final_ln;
+    linear head, proj_in, proj_out;
+    layer_w *L;
+    char dir[4096];
+    struct bq_quant_plan *plan;  /* optional quantisation (NULL: float32) */
+};
+
+#endif
