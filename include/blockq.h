@@ -126,6 +126,21 @@ bq_status bq_tokenize(const bq_tokenizer *t, const char *text, size_t len, int32
 /* Decode ids to UTF-8 bytes; *text is malloc'd and NUL-terminated. */
 bq_status bq_detokenize(const bq_tokenizer *t, const int32_t *ids, size_t n, char **text, size_t *len);
 
+/* ---- evaluation ----------------------------------------------------------- */
+
+typedef struct {
+    int ctx;              /* window length S */
+    int chunks;           /* evaluate only the first N windows (0 = all) */
+    int second_half;      /* score only the last S/2 tokens of each window */
+    int allow_nonfinite;  /* go on past NaN/Inf logits */
+    void (*progress)(void *arg, size_t done, size_t total, size_t tokens, double seconds);
+    void *progress_arg;
+} bq_ppl_opts;
+
+typedef struct { double ppl, nll, seconds; size_t windows, tokens_scored; } bq_ppl_result;
+
+bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const bq_ppl_opts *o, bq_ppl_result *r);
+
 /* Which SIMD path the format kernels use: "avx512", "avx2" or "scalar".
  * bq_set_isa forces one (for tests); returns BQ_ERR_UNSUPPORTED if the CPU lacks it. */
 const char *bq_isa(void);

@@ -96,3 +96,161 @@ int cmd_logits(int argc, char **argv)
     bq_model_free(m);
     return rc;
 }
+
+static void print_ids(const int32_t *ids, size_t n, int json)
+{
+    if (json) putchar('[');
+    for (size_t i = 0; i < n; i++) printf(json ? "%s%d" : "%s%d", i ? (json ? ", " : " ") : "", ids[i]);
+    puts(json ? "]" : "");
+}
+
+int cmd_tokenize(int argc, char **argv)
+{
+    model_args a;
+    int rc = parse_model_args("tokenize", argc, argv, &a);
+    if (rc) return rc;
+    if (!a.text) return cli_error("tokenize", "usage: blockq tokenize --model DIR --text STR [--json]");
+    bq_tokenizer *t;
+    if ((rc = load_tokenizer("tokenize", a.model, &t))) return rc;
+    int32_t *ids;
+    size_t n;
+    bq_status st = bq_tokenize(t, a.text, strlen(a.text), &ids, &n);
+    if (st) rc = cli_status("tokenize", st);
+    else { print_ids(ids, n, a.json); free(ids); }
+    bq_tokenizer_free(t);
+    return rc;
+}
+
+static void progress_bar(void *arg, size_t done, size_t total, size_t tokens, double secs)
+{
+    (void)arg;
+    int w = 30, fill = (int)(w * done / total);
+    fprintf(stderr, "\r[%.*s%*s] %zu/%zu windows  %.0f tok/s", fill, "##############################", w - fill, "", done,
+            total, secs > 0 ? tokens / secs : 0.0);
+    if (done == total) fputc('\n', stderr);
+}
+
+int cmd_ppl(int argc, char **argv)
+{
+    model_args a;
+    int rc = parse_model_args("ppl", argc, argv, &a);
+    if (rc) return rc;
+    if (!a.text_file)
+        return cli_error("ppl", "usage: blockq ppl --model DIR --text FILE [--ctx S] [--chunks N] [--protocol all|second-half] [--json]");
+    int second = !strcmp(a.protocol, "second-half");
+    if (!second && strcmp(a.protocol, "all")) return cli_error("ppl", "bad --protocol '%s': expected all or second-half", a.protocol);
+    if (second && a.ctx % 2) return cli_error("ppl", "--protocol second-half needs an even --ctx");
+    void *text;
+    size_t len;
+    bq_status st = bq_read_file(a.text_file, &text, &len);
+    if (st) return cli_status("ppl", st);
+    bq_model *m = NULL;
+    bq_tokenizer *t = NULL;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if ((rc = load_model("ppl", a.model, &m)) || (rc = load_tokenizer("ppl", a.model, &t))) goto done;
+    if ((st = bq_tokenize(t, text, len, &ids, &n))) { rc = cli_status("ppl", st); goto done; }
+    bq_ppl_opts o = {.ctx = a.ctx, .chunks = a.chunks, .second_half = second};
+    if (isatty(2)) o.progress = progress_bar;
+    bq_ppl_result r;
+    if ((st = bq_perplexity(m, ids, n, &o, &r))) { rc = cli_status("ppl", st); goto done; }
+    if (a.json)
+        printf("{\"model\": \"%s\", \"text\": \"%s\", \"ctx\": %d, \"protocol\": \"%s\", \"tokens\": %zu, \"windows\": %zu, "
+               "\"tokens_scored\": %zu, \"nll\": %.9f, \"ppl\": %.6f, \"seconds\": %.3f, \"tokens_per_second\": %.1f}\n",
+               a.model, a.text_file, a.ctx, a.protocol, n, r.windows, r.tokens_scored, r.nll, r.ppl, r.seconds,
+               r.windows * (double)a.ctx / r.seconds);
+    else
+        printf("model %s  text %s (%zu tokens)\nctx %d  protocol %s  windows %zu  scored %zu  %.1f s (%.0f tok/s)\nppl %.4f\n",
+               a.model, a.text_file, n, a.ctx, a.protocol, r.windows, r.tokens_scored, r.seconds,
+               r.windows * (double)a.ctx / r.seconds, r.ppl);
+done:
+    free(text);
+    free(ids);
+    bq_tokenizer_free(t);
+    bq_model_free(m);
+    return rc;
+}
+
+/* Next token: greedy at temperature 0, else top-p sampling with a seeded RNG. */
+static int pick(const float *logits, int V, double temp, double top_p, uint64_t *rng)
+{
+    int best = 0;
+    for (int j = 1; j < V; j++) best = logits[j] > logits[best] ? j : best;
+    if (temp <= 0) return best;
+    double *p = malloc((size_t)V * sizeof *p), sum = 0;
+    int *idx = malloc((size_t)V * sizeof *idx);
+    if (!p || !idx) { free(p); free(idx); return best; }
+    for (int j = 0; j < V; j++) { p[j] = exp((logits[j] - logits[best]) / temp); sum += p[j]; idx[j] = j; }
+    /* sort indices by probability (descending), keep the smallest prefix with mass >= top_p */
+    for (int i = 1; i < V; i++) {
+        int k = idx[i], j = i - 1;
+        while (j >= 0 && p[idx[j]] < p[k]) { idx[j + 1] = idx[j]; j--; }
+        idx[j + 1] = k;
+        if (i > 2048) break;  /* the tail beyond the top 2048 never matters at sane top_p */
+    }
+    double keep = 0;
+    int cut = 0;
+    while (cut < V && keep < top_p * sum) keep += p[idx[cut++]];
+    *rng ^= *rng << 13; *rng ^= *rng >> 7; *rng ^= *rng << 17;
+    double u = (double)(*rng >> 11) * 0x1p-53 * keep, acc = 0;
+    int choice = idx[0];
+    for (int i = 0; i < cut; i++) { acc += p[idx[i]]; if (u < acc) { choice = idx[i]; break; } }
+    free(p);
+    free(idx);
+    return choice;
+}
+
+int cmd_generate(int argc, char **argv)
+{
+    model_args a;
+    int rc = parse_model_args("generate", argc, argv, &a);
+    if (rc) return rc;
+    if (!a.prompt) return cli_error("generate", "usage: blockq generate --model DIR --prompt STR [-n N] [--temperature T] [--top-p P] [--seed S] [--json]");
+    bq_model *m = NULL;
+    bq_tokenizer *t = NULL;
+    bq_ctx *c = NULL;
+    int32_t *ids = NULL;
+    float *lg = NULL;
+    size_t n = 0;
+    bq_status st;
+    if ((rc = load_model("generate", a.model, &m)) || (rc = load_tokenizer("generate", a.model, &t))) goto done;
+    if ((st = bq_tokenize(t, a.prompt, strlen(a.prompt), &ids, &n))) { rc = cli_status("generate", st); goto done; }
+    if (n == 0) { rc = cli_error("generate", "the prompt encodes to no tokens"); goto done; }
+    int V = bq_model_vocab(m);
+    lg = malloc((size_t)V * sizeof *lg);
+    int32_t *all = realloc(ids, (n + (size_t)a.n + 1) * sizeof *ids);
+    if (!lg || !all) { rc = cli_error("generate", "out of memory"); goto done; }
+    ids = all;
+    if ((st = bq_ctx_new(m, (int)(n + (size_t)a.n), &c)) || (st = bq_forward(c, ids, (int)n, lg, 0))) {
+        rc = cli_status("generate", st);
+        goto done;
+    }
+    uint64_t rng = a.seed * 0x9e3779b97f4a7c15ull + 1;
+    if (!a.json) fputs(a.prompt, stdout);
+    for (int i = 0; i < a.n; i++) {
+        int32_t next = pick(lg, V, a.temp, a.top_p, &rng);
+        ids[n + (size_t)i] = next;
+        if (!a.json) {
+            char *piece;
+            size_t pl;
+            if (!bq_detokenize(t, &next, 1, &piece, &pl)) { fwrite(piece, 1, pl, stdout); free(piece); fflush(stdout); }
+        }
+        if (i + 1 < a.n && (st = bq_forward(c, &next, 1, lg, 0))) { rc = cli_status("generate", st); goto done; }
+    }
+    if (a.json) {
+        printf("{\"prompt_ids\": ");
+        for (size_t i = 0; i < n; i++) printf("%s%d", i ? ", " : "[", ids[i]);
+        printf("], \"ids\": ");
+        for (int i = 0; i < a.n; i++) printf("%s%d", i ? ", " : "[", ids[n + (size_t)i]);
+        printf("%s}\n", a.n ? "]" : "[]");
+    } else {
+        putchar('\n');
+    }
+done:
+    free(lg);
+    free(ids);
+    bq_ctx_free(c);
+    bq_tokenizer_free(t);
+    bq_model_free(m);
+    return rc;
+}

@@ -10,6 +10,9 @@ static const command commands[] = {
     {"qdq", "fake-quantise a raw float32 file through a format", cmd_qdq},
     {"pack", "pack a raw float32 file into a format's exact bit layout", cmd_pack},
     {"unpack", "unpack a packed file back to raw float32", cmd_unpack},
+    {"tokenize", "print the token ids of a text", cmd_tokenize},
+    {"generate", "continue a prompt (greedy, or --temperature/--top-p sampling)", cmd_generate},
+    {"ppl", "perplexity of a text file over non-overlapping windows", cmd_ppl},
     {"logits", "write float32 logits [n, vocab] for a file of int32 token ids", cmd_logits},
 };
 

@@ -1,0 +1,61 @@
+/* Perplexity over non-overlapping windows (protocols in refs/refs.json):
+ *   all:         every token after the first of each window is scored;
+ *   second-half: only the last S/2 tokens of each window (llama.cpp's protocol).
+ * Each window starts from an empty cache; the remainder shorter than S is dropped. */
+#include "core.h"
+#include <math.h>
+#include <stdlib.h>
+#include <time.h>
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const bq_ppl_opts *o, bq_ppl_result *r)
+{
+    int S = o->ctx;
+    if (S < 2) return bq_fail(BQ_ERR_ARG, "--ctx must be at least 2");
+    size_t windows = n / (size_t)S;
+    if (o->chunks > 0 && (size_t)o->chunks < windows) windows = (size_t)o->chunks;
+    if (windows == 0)
+        return bq_fail(BQ_ERR_ARG, "the text has %zu tokens, fewer than one window of %d", n, S);
+    int V = bq_model_vocab(m);
+    float *lg = malloc((size_t)S * V * sizeof *lg);
+    bq_ctx *c = NULL;
+    bq_status st = lg ? bq_ctx_new(m, S, &c) : bq_fail(BQ_ERR_NOMEM, "out of memory for logits");
+    double nll = 0, t0 = now();
+    size_t scored = 0;
+    int first = o->second_half ? S / 2 - 1 : 0;  /* position whose logits predict the first scored token */
+    for (size_t w = 0; w < windows && !st; w++) {
+        const int32_t *win = ids + w * (size_t)S;
+        bq_ctx_reset(c);
+        if ((st = bq_forward(c, win, S, lg, 1))) break;
+        for (int t = first; t < S - 1; t++) {
+            const float *row = lg + (size_t)t * V;
+            float mx = -INFINITY;
+            for (int j = 0; j < V; j++) mx = row[j] > mx ? row[j] : mx;
+            double se = 0;
+            for (int j = 0; j < V; j++) se += exp((double)row[j] - mx);
+            double lp = (double)row[win[t + 1]] - mx - log(se);
+            if (!isfinite(lp) && !o->allow_nonfinite) {
+                st = bq_fail(BQ_ERR_NONFINITE, "non-finite logits in window %zu at position %d (use --allow-nonfinite to go on)", w, t);
+                break;
+            }
+            nll -= lp;
+            scored++;
+        }
+        if (o->progress) o->progress(o->progress_arg, w + 1, windows, (w + 1) * (size_t)S, now() - t0);
+    }
+    bq_ctx_free(c);
+    free(lg);
+    if (st) return st;
+    r->windows = windows;
+    r->tokens_scored = scored;
+    r->nll = nll / (double)scored;
+    r->ppl = exp(r->nll);
+    r->seconds = now() - t0;
+    return BQ_OK;
+}
