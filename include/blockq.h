@@ -137,7 +137,9 @@ typedef struct {
     void *progress_arg;
 } bq_ppl_opts;
 
-typedef struct { double ppl, nll, seconds; size_t windows, tokens_scored; } bq_ppl_result;
+/* ppl/nll/tokens_scored follow the requested protocol; ppl_all and
+ * ppl_second_half come from the same passes (second-half needs an even ctx). */
+typedef struct { double ppl, nll, seconds, ppl_all, ppl_second_half; size_t windows, tokens_scored; } bq_ppl_result;
 
 bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const bq_ppl_opts *o, bq_ppl_result *r);
 

@@ -46,5 +46,21 @@ ls "$T" | grep -q tmp && bad "temporary file left behind" || ok
 # unwritable destination: error, exit 2
 expect_fail 2 "cannot create" -- $B qdq mxfp4 --shape 8x96 "$T/in.f32" "$T/nodir/x.f32"
 
+# model commands on the bundled default model
+M=models/llama-19m-en
+$B tokenize --model $M --text "Hello, world!" --json | grep -q '^\[40, 484, 79, 12, 1994, 1\]$' && ok || bad "tokenize ids"
+$B ppl --model $M --text data/wikitext-2-test.txt --ctx 128 --chunks 2 --json >"$T/ppl.json" &&
+    tail -1 "$T/ppl.json" | grep -q '"windows": 2, "tokens_scored": 254, "nll": [0-9.]*, "ppl": [0-9.]*, "seconds"' && ok || bad "ppl --json: $(cat "$T/ppl.json")"
+$B generate --model $M --prompt "In the beginning" -n 4 >"$T/gen" && grep -q "^In the beginning" "$T/gen" && ok || bad "generate"
+printf 'abc\377def' >"$T/bad.txt"
+expect_fail 2 "not valid UTF-8 (byte offset 3)" -- $B ppl --model $M --text "$T/bad.txt"
+expect_fail 2 "cannot open" -- $B ppl --model "$T/nomodel" --text data/wikitext-2-test.txt
+expect_fail 2 "fewer than one window" -- $B ppl --model $M --text "$T/odd.f32" --ctx 64
+expect_fail 2 "bad --protocol" -- $B ppl --model $M --text data/wikitext-2-test.txt --protocol half
+expect_fail 2 "expected a non-empty list of int32" -- $B logits --model $M --ids "$T/odd.f32" --out "$T/x.f32"
+printf '\377\377\377\177' >"$T/big.i32"
+expect_fail 2 "outside the vocabulary" -- $B logits --model $M --ids "$T/big.i32" --out "$T/x.f32"
+[ ! -e "$T/x.f32" ] && ok || bad "logits left an output behind after a failure"
+
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]

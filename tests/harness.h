@@ -26,7 +26,7 @@ static int test_summary(const char *name)
 }
 
 /* Where the shared fixtures live (../shared beside the checkout), or NULL. */
-static const char *shared_dir(void)
+static __attribute__((unused)) const char *shared_dir(void)
 {
     const char *e = getenv("BQ_SHARED");
     static const char *cands[] = {"../shared", NULL};
@@ -40,7 +40,7 @@ static const char *shared_dir(void)
 static unsigned t_rng = 12345u;
 static unsigned t_rand(void) { t_rng ^= t_rng << 13; t_rng ^= t_rng >> 17; t_rng ^= t_rng << 5; return t_rng; }
 static float t_unif(void) { return (float)(t_rand() >> 8) * 0x1p-24f; }
-static float t_normal(void)
+static __attribute__((unused)) float t_normal(void)
 {
     float s = 0;
     for (int i = 0; i < 12; i++) s += t_unif();

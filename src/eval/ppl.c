@@ -26,14 +26,15 @@ bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const b
     float *lg = malloc((size_t)S * V * sizeof *lg);
     bq_ctx *c = NULL;
     bq_status st = lg ? bq_ctx_new(m, S, &c) : bq_fail(BQ_ERR_NOMEM, "out of memory for logits");
-    double nll = 0, t0 = now();
-    size_t scored = 0;
-    int first = o->second_half ? S / 2 - 1 : 0;  /* position whose logits predict the first scored token */
+    /* both protocols are accumulated from the same forward passes */
+    double nll = 0, nll_half = 0, t0 = now();
+    size_t scored = 0, scored_half = 0;
+    const int half = S / 2 - 1;  /* position whose logits predict the first second-half token */
     for (size_t w = 0; w < windows && !st; w++) {
         const int32_t *win = ids + w * (size_t)S;
         bq_ctx_reset(c);
         if ((st = bq_forward(c, win, S, lg, 1))) break;
-        for (int t = first; t < S - 1; t++) {
+        for (int t = 0; t < S - 1; t++) {
             const float *row = lg + (size_t)t * V;
             float mx = -INFINITY;
             for (int j = 0; j < V; j++) mx = row[j] > mx ? row[j] : mx;
@@ -46,6 +47,7 @@ bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const b
             }
             nll -= lp;
             scored++;
+            if (t >= half) { nll_half -= lp; scored_half++; }
         }
         if (o->progress) o->progress(o->progress_arg, w + 1, windows, (w + 1) * (size_t)S, now() - t0);
     }
@@ -53,8 +55,10 @@ bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const b
     free(lg);
     if (st) return st;
     r->windows = windows;
-    r->tokens_scored = scored;
-    r->nll = nll / (double)scored;
+    r->ppl_all = exp(nll / (double)scored);
+    r->ppl_second_half = exp(nll_half / (double)scored_half);
+    r->tokens_scored = o->second_half ? scored_half : scored;
+    r->nll = o->second_half ? nll_half / (double)scored_half : nll / (double)scored;
     r->ppl = exp(r->nll);
     r->seconds = now() - t0;
     return BQ_OK;

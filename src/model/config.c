@@ -153,9 +153,9 @@ bq_status config_parse(const char *json, size_t len, const char *path, bq_config
         if (getb(&c, "scale_attn_by_inverse_layer_idx", 0) && !c.st)
             c.st = bq_fail(BQ_ERR_UNSUPPORTED, "%s: scale_attn_by_inverse_layer_idx is not supported", path);
     } else {
-        cJSON_Delete(c.root);
+        cJSON_Delete(c.root);  /* mt pointed into it: report the copy */
         return bq_fail(BQ_ERR_UNSUPPORTED, "%s: model_type '%s' is not supported (llama, mistral, qwen2, qwen3, opt, gpt2)",
-                       path, mt);
+                       path, out->model_type);
     }
     cJSON_Delete(c.root);
     if (c.st) return c.st;

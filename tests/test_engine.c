@@ -1,0 +1,344 @@
+/* Engine: logits against Hugging Face transformers (refs/), tokenizer cases,
+ * greedy continuation, KV-cache consistency, perplexity, and broken checkpoints. */
+#include "blockq.h"
+#include "harness.h"
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static cJSON *refs;
+
+static cJSON *load_json(const char *path)
+{
+    void *d;
+    size_t n;
+    if (bq_read_file(path, &d, &n)) return NULL;
+    cJSON *j = cJSON_ParseWithLength(d, n);
+    free(d);
+    return j;
+}
+
+static int32_t *json_ids(cJSON *arr, size_t *n)
+{
+    *n = (size_t)cJSON_GetArraySize(arr);
+    int32_t *v = malloc((*n ? *n : 1) * sizeof *v);
+    size_t i = 0;
+    for (cJSON *it = arr ? arr->child : NULL; it; it = it->next) v[i++] = (int32_t)it->valuedouble;
+    return v;
+}
+
+/* max |a - b| / max |b| over n values */
+static double rel_diff(const float *a, const float *b, size_t n)
+{
+    double md = 0, mr = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= md)) md = d;  /* NaN propagates as a failure */
+        if (fabs(b[i]) > mr) mr = fabs(b[i]);
+    }
+    return md / mr;
+}
+
+static void check_logits(const char *model_dir, const int32_t *ids, size_t n, const char *ref_path, const char *label)
+{
+    bq_model *m;
+    bq_status st = bq_model_load(model_dir, &m);
+    CHECK(st == BQ_OK, "%s: load: %s", label, bq_last_error());
+    if (st) return;
+    size_t V = (size_t)bq_model_vocab(m);
+    float *lg = malloc(n * V * 4);
+    CHECK(bq_model_logits(m, ids, (int)n, lg) == BQ_OK, "%s: logits: %s", label, bq_last_error());
+    void *ref;
+    size_t rsz;
+    if (bq_read_file(ref_path, &ref, &rsz) == BQ_OK) {
+        CHECK(rsz == n * V * 4, "%s: reference holds %zu bytes, expected %zu", label, rsz, n * V * 4);
+        if (rsz == n * V * 4) {
+            double r = rel_diff(lg, ref, n * V);
+            CHECK(r < 1e-4, "%s: logits differ from transformers by %.3g (relative; tolerance 1e-4)", label, r);
+            printf("  %-14s logits max rel diff %.2e\n", label, r);
+        }
+        free(ref);
+    } else CHECK(0, "%s: cannot read %s", label, ref_path);
+
+    /* the KV cache path: token by token gives the same logits as one batch */
+    bq_ctx *c;
+    float *one = malloc(V * 4);
+    double worst = 0;
+    if (bq_ctx_new(m, (int)n, &c) == BQ_OK) {
+        for (size_t t = 0; t < n; t++) {
+            bq_forward(c, ids + t, 1, one, 0);
+            double r = rel_diff(one, lg + t * V, V);
+            if (r > worst) worst = r;
+        }
+        bq_ctx_free(c);
+    }
+    CHECK(worst < 1e-5, "%s: incremental decoding differs from the batch by %.3g", label, worst);
+    free(one);
+    free(lg);
+    bq_model_free(m);
+}
+
+static void test_llama19m(void)
+{
+    cJSON *p = cJSON_GetObjectItem(cJSON_GetObjectItem(refs, "llama-19m-en"), "prompt");
+    void *ids;
+    size_t sz;
+    if (bq_read_file("tests/refs/llama-19m-en.prompt.i32", &ids, &sz)) { CHECK(0, "prompt ids missing"); return; }
+    check_logits("models/llama-19m-en", ids, sz / 4, "tests/refs/llama-19m-en.logits.f32", "llama-19m-en");
+
+    /* greedy continuation of 32 tokens equals transformers' generate() */
+    bq_model *m;
+    if (bq_model_load("models/llama-19m-en", &m)) { free(ids); return; }
+    size_t n = sz / 4, ng;
+    int32_t *want = json_ids(cJSON_GetObjectItem(p, "greedy_32_tokens"), &ng);
+    int V = bq_model_vocab(m);
+    float *lg = malloc((size_t)V * 4);
+    bq_ctx *c;
+    bq_ctx_new(m, (int)(n + ng), &c);
+    bq_forward(c, ids, (int)n, lg, 0);
+    size_t same = 0;
+    for (size_t i = 0; i < ng; i++) {
+        int32_t best = 0;
+        for (int j = 1; j < V; j++) best = lg[j] > lg[best] ? j : best;
+        same += best == want[i];
+        if (best != want[i]) break;
+        bq_forward(c, &best, 1, lg, 0);
+    }
+    CHECK(same == ng, "greedy continuation agrees for %zu of %zu tokens", same, ng);
+    bq_ctx_free(c);
+    free(lg);
+    free(want);
+    free(ids);
+    bq_model_free(m);
+}
+
+static void test_tokenizer(void)
+{
+    bq_tokenizer *t;
+    bq_status st = bq_tokenizer_load("models/llama-19m-en/tokenizer.json", &t);
+    CHECK(st == BQ_OK, "tokenizer: %s", bq_last_error());
+    if (st) return;
+    cJSON *cases = cJSON_GetObjectItem(cJSON_GetObjectItem(refs, "llama-19m-en"), "tokenizer_cases");
+    int nc = 0;
+    for (cJSON *c = cases ? cases->child : NULL; c; c = c->next, nc++) {
+        const char *text = cJSON_GetObjectItem(c, "text")->valuestring;
+        size_t nw, n;
+        int32_t *want = json_ids(cJSON_GetObjectItem(c, "ids"), &nw), *got;
+        CHECK(bq_tokenize(t, text, strlen(text), &got, &n) == BQ_OK, "tokenize '%s': %s", text, bq_last_error());
+        CHECK(n == nw && !memcmp(got, want, n * 4), "tokenize '%s': ids differ from transformers", text);
+        /* decode gives the text back */
+        char *back;
+        size_t bl;
+        CHECK(bq_detokenize(t, got, n, &back, &bl) == BQ_OK && bl == strlen(text) && !memcmp(back, text, bl),
+              "detokenize of '%s' does not round-trip", text);
+        free(back);
+        free(got);
+        free(want);
+    }
+    CHECK(nc >= 5, "only %d tokenizer cases", nc);
+    /* not UTF-8: a specific error */
+    int32_t *ids;
+    size_t n;
+    const char bad[] = {'o', 'k', (char)0xc3, '(', 0};
+    CHECK(bq_tokenize(t, bad, 4, &ids, &n) == BQ_ERR_PARSE && strstr(bq_last_error(), "UTF-8") &&
+          strstr(bq_last_error(), "offset 2"), "invalid UTF-8 accepted or unclear: %s", bq_last_error());
+    int32_t oob = 999999;
+    char *s;
+    size_t sl;
+    CHECK(bq_detokenize(t, &oob, 1, &s, &sl) == BQ_ERR_ARG, "out-of-vocabulary id decoded");
+    bq_tokenizer_free(t);
+}
+
+static void test_tiny(void)
+{
+    const char *sh = shared_dir();
+    if (!sh) { SKIP("../shared not found: tiny-architecture logits tests skipped"); return; }
+    char path[512];
+    snprintf(path, sizeof path, "%s/refs/refs.json", sh);
+    cJSON *r = load_json(path);
+    cJSON *tiny = cJSON_GetObjectItem(r, "tiny");
+    size_t n;
+    int32_t *ids = json_ids(cJSON_GetObjectItem(tiny, "ids"), &n);
+    cJSON *files = cJSON_GetObjectItem(tiny, "logits_files");
+    int count = 0;
+    for (cJSON *f = files ? files->child : NULL; f; f = f->next, count++) {
+        char dir[512], ref[512];
+        snprintf(dir, sizeof dir, "%s/models/tiny/%s", sh, f->string);
+        snprintf(ref, sizeof ref, "%s/refs/%s", sh, f->valuestring);
+        check_logits(dir, ids, n, ref, f->string);
+    }
+    CHECK(count == 7, "expected 7 tiny architectures, found %d", count);
+    free(ids);
+    cJSON_Delete(r);
+}
+
+/* Perplexity on WikiText-2 test, both protocols, in one pass. Minutes: skipped
+ * in the sanitizer tier (BQ_TEST_FAST), run in the optimised tier. */
+static void test_ppl(void)
+{
+    if (getenv("BQ_TEST_FAST")) { SKIP("BQ_TEST_FAST set: full WikiText-2 perplexity skipped (runs in the optimised tier)"); return; }
+    cJSON *w = cJSON_GetObjectItem(cJSON_GetObjectItem(refs, "llama-19m-en"), "wikitext2_test");
+    double want = cJSON_GetObjectItem(w, "ppl_fp32_S512")->valuedouble;
+    double want_half = cJSON_GetObjectItem(w, "ppl_fp32_second_half_512")->valuedouble;
+    int want_tokens = cJSON_GetObjectItem(w, "n_tokens")->valueint;
+    bq_model *m;
+    bq_tokenizer *t;
+    void *text;
+    size_t len, n;
+    int32_t *ids;
+    if (bq_model_load("models/llama-19m-en", &m) || bq_tokenizer_load("models/llama-19m-en/tokenizer.json", &t) ||
+        bq_read_file("data/wikitext-2-test.txt", &text, &len)) {
+        CHECK(0, "cannot load the default model or data/wikitext-2-test.txt: %s", bq_last_error());
+        return;
+    }
+    CHECK(bq_tokenize(t, text, len, &ids, &n) == BQ_OK, "tokenize wikitext: %s", bq_last_error());
+    CHECK((int)n == want_tokens, "wikitext tokenises to %zu tokens, transformers %d", n, want_tokens);
+    bq_ppl_opts o = {.ctx = 512};
+    bq_ppl_result r;
+    CHECK(bq_perplexity(m, ids, n, &o, &r) == BQ_OK, "ppl: %s", bq_last_error());
+    double rel = fabs(r.ppl_all - want) / want, relh = fabs(r.ppl_second_half - want_half) / want_half;
+    printf("  wikitext-2 S=512: ppl %.4f (transformers %.4f, rel %.2e); second-half %.4f (%.4f, rel %.2e); %.1f s\n",
+           r.ppl_all, want, rel, r.ppl_second_half, want_half, relh, r.seconds);
+    CHECK(rel < 5e-4, "perplexity %.4f vs %.4f: relative %.3g > 0.05%%", r.ppl_all, want, rel);
+    CHECK(relh < 5e-4, "second-half perplexity %.4f vs %.4f: relative %.3g > 0.05%%", r.ppl_second_half, want_half, relh);
+    free(ids);
+    free(text);
+    bq_tokenizer_free(t);
+    bq_model_free(m);
+}
+
+/* ---- broken checkpoints --------------------------------------------------- */
+
+static char tmpdir[64];
+
+static void write_file(const char *name, const void *data, size_t n)
+{
+    char p[256];
+    snprintf(p, sizeof p, "%s/%s", tmpdir, name);
+    FILE *f = fopen(p, "wb");
+    fwrite(data, 1, n, f);
+    fclose(f);
+}
+
+static const char *good_config =
+    "{\"model_type\": \"llama\", \"hidden_size\": 8, \"intermediate_size\": 16, \"num_hidden_layers\": 1,"
+    " \"num_attention_heads\": 2, \"num_key_value_heads\": 1, \"head_dim\": 4, \"vocab_size\": 16,"
+    " \"rms_norm_eps\": 1e-6, \"rope_theta\": 10000.0, \"tie_word_embeddings\": true}";
+
+/* The tensors of that config: name, rows, cols (0 = 1-D). */
+static const struct { const char *name; int r, c; } tensors[] = {
+    {"model.embed_tokens.weight", 16, 8}, {"model.norm.weight", 8, 0},
+    {"model.layers.0.input_layernorm.weight", 8, 0}, {"model.layers.0.post_attention_layernorm.weight", 8, 0},
+    {"model.layers.0.self_attn.q_proj.weight", 8, 8}, {"model.layers.0.self_attn.k_proj.weight", 4, 8},
+    {"model.layers.0.self_attn.v_proj.weight", 4, 8}, {"model.layers.0.self_attn.o_proj.weight", 8, 8},
+    {"model.layers.0.mlp.gate_proj.weight", 16, 8}, {"model.layers.0.mlp.up_proj.weight", 16, 8},
+    {"model.layers.0.mlp.down_proj.weight", 8, 16},
+};
+enum { NT = sizeof tensors / sizeof tensors[0] };
+
+/* Write model.safetensors; `skip` drops a tensor, `lie` adds bytes to one end offset,
+ * `dtype` overrides the dtype string, `cut` truncates the file by that many bytes. */
+static void write_checkpoint(int skip, int lie, const char *dtype, size_t cut, int overlap)
+{
+    char hdr[8192];
+    size_t h = 0, off = 0;
+    h += (size_t)snprintf(hdr + h, sizeof hdr - h, "{\"__metadata__\": {\"format\": \"pt\"}");
+    for (int i = 0; i < NT; i++) {
+        if (i == skip) continue;
+        size_t bytes = (size_t)tensors[i].r * (tensors[i].c ? tensors[i].c : 1) * 4;
+        size_t b = overlap && i == 3 ? off - 4 : off;
+        h += (size_t)snprintf(hdr + h, sizeof hdr - h, ", \"%s\": {\"dtype\": \"%s\", \"shape\": [%d%s%.0d], \"data_offsets\": [%zu, %zu]}",
+                              tensors[i].name, i == 4 && dtype ? dtype : "F32", tensors[i].r, tensors[i].c ? ", " : "",
+                              tensors[i].c, b, b + bytes + (i == 2 ? (size_t)lie : 0));
+        off = b + bytes;
+    }
+    h += (size_t)snprintf(hdr + h, sizeof hdr - h, "}");
+    size_t total = 8 + h + off;
+    uint8_t *f = calloc(1, total);
+    uint64_t hl = h;
+    memcpy(f, &hl, 8);
+    memcpy(f + 8, hdr, h);
+    float *d = (float *)(f + 8 + h);
+    for (size_t i = 0; i < off / 4; i++) d[i] = 0.01f * (float)((i * 7919) % 97) - 0.3f;
+    write_file("model.safetensors", f, total - cut);
+    free(f);
+}
+
+static void expect_load(bq_status want, const char *msg, const char *label)
+{
+    bq_model *m = NULL;
+    bq_status st = bq_model_load(tmpdir, &m);
+    CHECK(st == want && (want != BQ_OK || m), "%s: status %s, expected %s (%s)", label, bq_status_name(st),
+          bq_status_name(want), bq_last_error());
+    if (msg) CHECK(strstr(bq_last_error(), msg) != NULL, "%s: message '%s' lacks '%s'", label, bq_last_error(), msg);
+    if (m) {
+        float lg[16];
+        int32_t id = 3;
+        CHECK(bq_model_logits(m, &id, 1, lg) == BQ_OK, "%s: logits on the valid model", label);
+        id = 16;
+        CHECK(bq_model_logits(m, &id, 1, lg) == BQ_ERR_ARG, "%s: token id 16 of 16 accepted", label);
+        bq_model_free(m);
+    }
+}
+
+static void test_broken(void)
+{
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/bq_test_XXXXXX");
+    if (!mkdtemp(tmpdir)) { CHECK(0, "mkdtemp"); return; }
+    write_file("config.json", good_config, strlen(good_config));
+    write_checkpoint(-1, 0, NULL, 0, 0);
+    expect_load(BQ_OK, NULL, "valid checkpoint");
+    write_checkpoint(-1, 0, NULL, 100, 0);
+    expect_load(BQ_ERR_PARSE, "outside", "truncated shard");
+    write_checkpoint(-1, 0, NULL, 0, 0);
+    {   /* header length larger than the file */
+        char p[256];
+        snprintf(p, sizeof p, "%s/model.safetensors", tmpdir);
+        FILE *f = fopen(p, "r+b");
+        uint64_t big = 1u << 30;
+        fwrite(&big, 8, 1, f);
+        fclose(f);
+    }
+    expect_load(BQ_ERR_PARSE, "header length", "header length past the end");
+    write_checkpoint(-1, 8, NULL, 0, 0);
+    expect_load(BQ_ERR_PARSE, "need", "offsets disagree with shape");
+    write_checkpoint(-1, 0, "I8", 0, 0);
+    expect_load(BQ_ERR_UNSUPPORTED, "dtype I8", "unknown dtype");
+    write_checkpoint(9, 0, NULL, 0, 0);
+    expect_load(BQ_ERR_PARSE, "missing tensor 'model.layers.0.mlp.up_proj.weight'", "missing tensor");
+    write_checkpoint(-1, 0, NULL, 0, 1);
+    expect_load(BQ_ERR_PARSE, "overlap", "overlapping tensors");
+    write_checkpoint(-1, 0, NULL, 0, 0);
+    const char *bad_cfg = "{\"model_type\": \"llama\", \"hidden_size\": 8, \"intermediate_size\": 16, \"num_hidden_layers\": 1,"
+                          " \"num_attention_heads\": 3, \"num_key_value_heads\": 2, \"head_dim\": 4, \"vocab_size\": 16}";
+    write_file("config.json", bad_cfg, strlen(bad_cfg));
+    expect_load(BQ_ERR_PARSE, "not a multiple", "inconsistent heads");
+    const char *shape_cfg = "{\"model_type\": \"llama\", \"hidden_size\": 8, \"intermediate_size\": 24, \"num_hidden_layers\": 1,"
+                            " \"num_attention_heads\": 2, \"num_key_value_heads\": 1, \"head_dim\": 4, \"vocab_size\": 16}";
+    write_file("config.json", shape_cfg, strlen(shape_cfg));
+    expect_load(BQ_ERR_SHAPE, "config says", "config disagrees with tensor shapes");
+    const char *arch_cfg = "{\"model_type\": \"mamba\", \"hidden_size\": 8}";
+    write_file("config.json", arch_cfg, strlen(arch_cfg));
+    expect_load(BQ_ERR_UNSUPPORTED, "model_type 'mamba'", "unknown architecture");
+    write_file("config.json", "{\"model_type\": ", 15);
+    expect_load(BQ_ERR_PARSE, "not a JSON object", "malformed config");
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    CHECK(system(cmd) == 0, "cleanup");
+}
+
+int main(void)
+{
+    refs = load_json("tests/refs/refs.json");
+    CHECK(refs != NULL, "tests/refs/refs.json missing");
+    if (!refs) return test_summary("test_engine");
+    bq_set_threads(0);
+    test_tokenizer();
+    test_llama19m();
+    test_tiny();
+    test_broken();
+    test_ppl();
+    cJSON_Delete(refs);
+    return test_summary("test_engine");
+}
