@@ -116,6 +116,23 @@ bq_status bq_forward(bq_ctx *c, const int32_t *ids, int n, float *logits, int al
 /* Threads for the matrix kernels (0 = all cores). */
 void bq_set_threads(int n);
 
+/* ---- quantised inference ---------------------------------------------- */
+
+/* Which format each role of each layer takes: rules by glob pattern over the
+ * uniform layer names (docs/quantisation.md); later rules win. */
+typedef struct bq_qconfig bq_qconfig;
+bq_status bq_qconfig_new(bq_qconfig **out);
+void bq_qconfig_free(bq_qconfig *q);
+/* role: "wq" (block linear weights), "aq" (their inputs), "attn" (Q.K^T and P.V
+ * operands), "kv" (stored K/V), "head" (LM head weight and input), "emb" (embedding). */
+bq_status bq_qconfig_set(bq_qconfig *q, const char *role, const char *format);
+void bq_qconfig_set_round(bq_qconfig *q, bq_round r, uint64_t seed);
+/* Add the rules of a TOML file (after those already set). */
+bq_status bq_qconfig_load(bq_qconfig *q, const char *toml_path);
+/* Fake-quantise the model's weights in place and arm activation quantisers.
+ * strict: a pattern that matches no tensor is an error, not a warning. */
+bq_status bq_model_quantize(bq_model *m, const bq_qconfig *q, int strict);
+
 /* ---- tokenizer ------------------------------------------------------------ */
 
 typedef struct bq_tokenizer bq_tokenizer;

@@ -259,8 +259,10 @@ static void write_checkpoint(int skip, int lie, const char *dtype, size_t cut, i
     uint64_t hl = h;
     memcpy(f, &hl, 8);
     memcpy(f + 8, hdr, h);
-    float *d = (float *)(f + 8 + h);
-    for (size_t i = 0; i < off / 4; i++) d[i] = 0.01f * (float)((i * 7919) % 97) - 0.3f;
+    for (size_t i = 0; i < off / 4; i++) {  /* the data block need not be 4-byte aligned */
+        float v = 0.01f * (float)((i * 7919) % 97) - 0.3f;
+        memcpy(f + 8 + h + 4 * i, &v, 4);
+    }
     write_file("model.safetensors", f, total - cut);
     free(f);
 }

@@ -8,11 +8,15 @@
 
 /* Options common to the model commands. */
 typedef struct {
-    const char *model, *ids, *out, *text, *prompt, *text_file, *protocol;
-    int threads, json, n, ctx, chunks, top_k;
+    const char *model, *ids, *out, *text, *prompt, *text_file, *protocol, *config;
+    const char *role[6];  /* wq aq attn kv head emb */
+    int threads, json, n, ctx, chunks, strict, allow_nonfinite, round_set;
     double temp, top_p;
     uint64_t seed;
+    bq_round round;
 } model_args;
+
+static const char *const roles[6] = {"wq", "aq", "attn", "kv", "head", "emb"};
 
 static int parse_int(const char *cmd, const char *opt, const char *s, int lo, int hi, int *v)
 {
@@ -49,7 +53,16 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
         else if (OPT("--seed")) { if (!parse_u64(v, &a->seed)) rc = cli_error(cmd, "bad --seed '%s'", v); }
         else if (OPT("--temperature")) { char *e; a->temp = strtod(v, &e); if (*e || !(a->temp >= 0) || a->temp > 100) rc = cli_error(cmd, "bad --temperature '%s'", v); }
         else if (OPT("--top-p")) { char *e; a->top_p = strtod(v, &e); if (*e || !(a->top_p > 0) || a->top_p > 1) rc = cli_error(cmd, "bad --top-p '%s': expected (0, 1]", v); }
+        else if (OPT("--config")) a->config = v;
+        else if (OPT("--round")) { a->round_set = 1; if (!parse_round(v, &a->round)) rc = cli_error(cmd, "bad --round '%s': expected rne, away, zero or stochastic", v); }
+        else if (!strcmp(s, "--strict")) a->strict = 1;
+        else if (!strcmp(s, "--allow-nonfinite")) a->allow_nonfinite = 1;
         else if (!strcmp(s, "--json")) a->json = 1;
+        else if (s[0] == '-' && s[1] == '-' && v && (s += 2, 1) && (
+                     (!strcmp(s, roles[0]) && (a->role[0] = v)) || (!strcmp(s, roles[1]) && (a->role[1] = v)) ||
+                     (!strcmp(s, roles[2]) && (a->role[2] = v)) || (!strcmp(s, roles[3]) && (a->role[3] = v)) ||
+                     (!strcmp(s, roles[4]) && (a->role[4] = v)) || (!strcmp(s, roles[5]) && (a->role[5] = v))))
+            i++;
         else return cli_error(cmd, "unknown or incomplete option '%s'", s);
 #undef OPT
         if (rc) return rc;
@@ -59,10 +72,29 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
     return 0;
 }
 
-static int load_model(const char *cmd, const char *dir, bq_model **m)
+/* Load the model and apply the quantisation the options ask for. */
+static int load_model(const char *cmd, const model_args *a, bq_model **m)
 {
-    bq_status st = bq_model_load(dir, m);
-    return st ? cli_status(cmd, st) : 0;
+    bq_status st = bq_model_load(a->model, m);
+    if (st) return cli_status(cmd, st);
+    int any = a->config != NULL;
+    for (int r = 0; r < 6; r++) any |= a->role[r] != NULL;
+    if (!any) return 0;
+    bq_qconfig *q;
+    if ((st = bq_qconfig_new(&q))) return cli_status(cmd, st);
+    /* flags first (a default rule), then the file's rules, which win where they match */
+    for (int r = 0; r < 6 && !st; r++)
+        if (a->role[r]) st = bq_qconfig_set(q, roles[r], a->role[r]);
+    if (!st && a->config) st = bq_qconfig_load(q, a->config);
+    if (!st && (a->round_set || !a->config)) bq_qconfig_set_round(q, a->round, a->seed);
+    if (!st) st = bq_model_quantize(*m, q, a->strict);
+    bq_qconfig_free(q);
+    if (st) {
+        bq_model_free(*m);
+        *m = NULL;
+        return cli_status(cmd, st);
+    }
+    return 0;
 }
 
 static int load_tokenizer(const char *cmd, const char *dir, bq_tokenizer **t)
@@ -85,7 +117,7 @@ int cmd_logits(int argc, char **argv)
     if (st) return cli_status("logits", st);
     if (size == 0 || size % 4) { free(ids); return cli_error("logits", "'%s' holds %zu bytes: expected a non-empty list of int32 ids", a.ids, size); }
     bq_model *m;
-    if ((rc = load_model("logits", a.model, &m))) { free(ids); return rc; }
+    if ((rc = load_model("logits", &a, &m))) { free(ids); return rc; }
     int n = (int)(size / 4), V = bq_model_vocab(m);
     float *lg = malloc((size_t)n * V * 4);
     if (!lg) rc = cli_error("logits", "out of memory");
@@ -148,9 +180,9 @@ int cmd_ppl(int argc, char **argv)
     bq_tokenizer *t = NULL;
     int32_t *ids = NULL;
     size_t n = 0;
-    if ((rc = load_model("ppl", a.model, &m)) || (rc = load_tokenizer("ppl", a.model, &t))) goto done;
+    if ((rc = load_model("ppl", &a, &m)) || (rc = load_tokenizer("ppl", a.model, &t))) goto done;
     if ((st = bq_tokenize(t, text, len, &ids, &n))) { rc = cli_status("ppl", st); goto done; }
-    bq_ppl_opts o = {.ctx = a.ctx, .chunks = a.chunks, .second_half = second};
+    bq_ppl_opts o = {.ctx = a.ctx, .chunks = a.chunks, .second_half = second, .allow_nonfinite = a.allow_nonfinite};
     if (isatty(2)) o.progress = progress_bar;
     bq_ppl_result r;
     if ((st = bq_perplexity(m, ids, n, &o, &r))) { rc = cli_status("ppl", st); goto done; }
@@ -213,7 +245,7 @@ int cmd_generate(int argc, char **argv)
     float *lg = NULL;
     size_t n = 0;
     bq_status st;
-    if ((rc = load_model("generate", a.model, &m)) || (rc = load_tokenizer("generate", a.model, &t))) goto done;
+    if ((rc = load_model("generate", &a, &m)) || (rc = load_tokenizer("generate", a.model, &t))) goto done;
     if ((st = bq_tokenize(t, a.prompt, strlen(a.prompt), &ids, &n))) { rc = cli_status("generate", st); goto done; }
     if (n == 0) { rc = cli_error("generate", "the prompt encodes to no tokens"); goto done; }
     int V = bq_model_vocab(m);

@@ -13,6 +13,7 @@ static const command commands[] = {
     {"tokenize", "print the token ids of a text", cmd_tokenize},
     {"generate", "continue a prompt (greedy, or --temperature/--top-p sampling)", cmd_generate},
     {"ppl", "perplexity of a text file over non-overlapping windows", cmd_ppl},
+    {"sweep", "perplexity over a list of W/A formats: Markdown, JSON and an SVG plot", cmd_sweep},
     {"logits", "write float32 logits [n, vocab] for a file of int32 token ids", cmd_logits},
 };
 

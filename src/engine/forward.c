@@ -20,6 +20,8 @@ struct bq_ctx {
     /* scratch, sized for `cap` tokens */
     int cap;
     float *x, *h, *q, *k, *v, *a, *g, *u, *att, *e;
+    float *xq;       /* a quantised copy of a linear's input */
+    float *kq, *vt;  /* attention quantisation: K copy [T, kv_dim], V^T [kv_dim, T] */
 };
 
 static void *xrealloc(void *p, size_t n, int *fail)
@@ -46,6 +48,10 @@ static bq_status ensure_scratch(bq_ctx *c, int n)
     c->u = xrealloc(c->u, n * ffn * 4, &fail);
     c->att = xrealloc(c->att, n * T * 4, &fail);
     c->e = xrealloc(c->e, n * E * 4, &fail);
+    size_t maxin = H > ffn ? H : ffn;
+    maxin = maxin > qd ? maxin : qd;
+    maxin = maxin > E ? maxin : E;
+    c->xq = xrealloc(c->xq, n * maxin * 4, &fail);
     if (fail) return bq_fail(BQ_ERR_NOMEM, "out of memory for %d tokens of scratch", n);
     c->cap = n;
     return BQ_OK;
@@ -65,7 +71,11 @@ bq_status bq_ctx_new(const bq_model *m, int max_tokens, bq_ctx **out)
     size_t kvd = (size_t)m->c.kv_heads * m->c.head_dim, sz = (size_t)m->c.layers * max_tokens * kvd;
     c->kc = malloc(sz * 4);
     c->vc = malloc(sz * 4);
-    if (!c->kc || !c->vc) {
+    if (m->attn_q) {
+        c->kq = malloc((size_t)max_tokens * kvd * 4);
+        c->vt = malloc((size_t)max_tokens * kvd * 4);
+    }
+    if (!c->kc || !c->vc || (m->attn_q && (!c->kq || !c->vt))) {
         bq_ctx_free(c);
         return bq_fail(BQ_ERR_NOMEM, "out of memory for a %d-token KV cache", max_tokens);
     }
@@ -78,7 +88,7 @@ void bq_ctx_free(bq_ctx *c)
     if (!c) return;
     free(c->kc); free(c->vc);
     free(c->x); free(c->h); free(c->q); free(c->k); free(c->v); free(c->a); free(c->g); free(c->u);
-    free(c->att); free(c->e);
+    free(c->att); free(c->e); free(c->xq); free(c->kq); free(c->vt);
     free(c);
 }
 
@@ -87,9 +97,14 @@ int bq_ctx_pos(const bq_ctx *c) { return c->pos; }
 
 /* ---- building blocks ---------------------------------------------------- */
 
-/* y[n, out] = x[n, in] W^T + b: the one place every linear layer goes through. */
-static void matmul(const linear *l, const float *x, float *y, int n)
+/* y[n, out] = q(x[n, in]) W^T + b: the one place every linear layer goes through.
+ * The activation is quantised along `in`, the matmul's reduction dimension. */
+static void matmul(bq_ctx *c, const linear *l, const float *x, float *y, int n)
 {
+    if (l->aq) {
+        bq_qdq(l->aq, x, c->xq, (size_t)n, (size_t)l->in, &c->m->qopts);
+        x = c->xq;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, l->out, l->in, 1.0f, x, l->in, l->w, l->in, 0.0f, y, l->out);
     if (l->b)
         for (int t = 0; t < n; t++)
@@ -148,6 +163,17 @@ static void attention(bq_ctx *c, int layer, int n)
     size_t kvd = (size_t)m->kv_heads * d, qd = (size_t)m->heads * d;
     const float *K = c->kc + (size_t)layer * c->max_tokens * kvd, *V = c->vc + (size_t)layer * c->max_tokens * kvd;
     float scale = 1.0f / sqrtf((float)d);
+    const bq_format *aq = c->m->attn_q;
+    const bq_qopts *qo = &c->m->qopts;
+    if (aq) {
+        /* Q and K along head_dim; V along the token axis, so quantise V^T rows */
+        bq_qdq(aq, c->q, c->q, (size_t)n * m->heads, (size_t)d, qo);
+        bq_qdq(aq, K, c->kq, (size_t)T * m->kv_heads, (size_t)d, qo);
+        K = c->kq;
+        for (size_t j = 0; j < kvd; j++)
+            for (int t = 0; t < T; t++) c->vt[j * T + t] = V[(size_t)t * kvd + j];
+        bq_qdq(aq, c->vt, c->vt, kvd, (size_t)T, qo);
+    }
     for (int h = 0; h < m->heads; h++) {
         int kh = h / group;
         /* scores [n, T] = Q_h K_h^T */
@@ -164,9 +190,15 @@ static void attention(bq_ctx *c, int layer, int n)
             for (int j = 0; j <= last; j++) s[j] *= inv;
             for (int j = last + 1; j < T; j++) s[j] = 0.0f;
         }
-        /* out [n, d] = P V_h */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, T, 1.0f, c->att, T, V + (size_t)kh * d, (int)kvd,
-                    0.0f, c->a + (size_t)h * d, (int)qd);
+        /* out [n, d] = P V_h (P quantised along the token axis) */
+        if (aq) {
+            bq_qdq(aq, c->att, c->att, (size_t)n, (size_t)T, qo);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, d, T, 1.0f, c->att, T, c->vt + (size_t)kh * d * T, T,
+                        0.0f, c->a + (size_t)h * d, (int)qd);
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, T, 1.0f, c->att, T, V + (size_t)kh * d,
+                        (int)kvd, 0.0f, c->a + (size_t)h * d, (int)qd);
+        }
     }
 }
 
@@ -194,7 +226,7 @@ bq_status bq_forward(bq_ctx *c, const int32_t *ids, int n, float *logits, int al
 
     /* embeddings */
     for (int t = 0; t < n; t++) memcpy(c->e + (size_t)t * E, M->tok_emb + (size_t)ids[t] * E, E * 4);
-    if (M->proj_in.w) matmul(&M->proj_in, c->e, c->x, n);
+    if (M->proj_in.w) matmul(c, &M->proj_in, c->e, c->x, n);
     else memcpy(c->x, c->e, nH * 4);
     if (M->pos_emb)
         for (int t = 0; t < n; t++) add(c->x + (size_t)t * H, M->pos_emb + (size_t)(c->pos + t + m->pos_offset) * H, H);
@@ -204,9 +236,9 @@ bq_status bq_forward(bq_ctx *c, const int32_t *ids, int n, float *logits, int al
         /* attention */
         const float *hin = c->x;
         if (m->pre_norm) { norm(m, &L->ln1, c->x, c->h, n, H); hin = c->h; }
-        matmul(&L->q, hin, c->q, n);
-        matmul(&L->k, hin, c->k, n);
-        matmul(&L->v, hin, c->v, n);
+        matmul(c, &L->q, hin, c->q, n);
+        matmul(c, &L->k, hin, c->k, n);
+        matmul(c, &L->v, hin, c->v, n);
         if (m->qk_norm) {
             const bq_config hc = {.norm = NORM_RMS, .norm_eps = m->norm_eps};
             norm(&hc, &L->q_norm, c->q, c->q, n * m->heads, m->head_dim);
@@ -216,11 +248,15 @@ bq_status bq_forward(bq_ctx *c, const int32_t *ids, int n, float *logits, int al
             rope(m, c->q, n, m->heads, c->pos);
             rope(m, c->k, n, m->kv_heads, c->pos);
         }
+        if (M->kv_q) {  /* the cache stores K and V quantised along head_dim */
+            bq_qdq(M->kv_q, c->k, c->k, (size_t)n * m->kv_heads, (size_t)m->head_dim, &M->qopts);
+            bq_qdq(M->kv_q, c->v, c->v, (size_t)n * m->kv_heads, (size_t)m->head_dim, &M->qopts);
+        }
         size_t off = ((size_t)l * c->max_tokens + c->pos) * kvd;
         memcpy(c->kc + off, c->k, (size_t)n * kvd * 4);
         memcpy(c->vc + off, c->v, (size_t)n * kvd * 4);
         attention(c, l, n);
-        matmul(&L->o, c->a, c->h, n);
+        matmul(c, &L->o, c->a, c->h, n);
         add(c->x, c->h, nH);
         if (!m->pre_norm) norm(m, &L->ln1, c->x, c->x, n, H);
 
@@ -228,16 +264,16 @@ bq_status bq_forward(bq_ctx *c, const int32_t *ids, int n, float *logits, int al
         hin = c->x;
         if (m->pre_norm) { norm(m, &L->ln2, c->x, c->h, n, H); hin = c->h; }
         size_t nI = (size_t)n * m->inter;
-        matmul(&L->up, hin, c->u, n);
+        matmul(c, &L->up, hin, c->u, n);
         if (m->act == ACT_SILU_GATED) {
-            matmul(&L->gate, hin, c->g, n);
+            matmul(c, &L->gate, hin, c->g, n);
             for (size_t i = 0; i < nI; i++) c->u[i] *= c->g[i] / (1.0f + expf(-c->g[i]));
         } else if (m->act == ACT_RELU) {
             for (size_t i = 0; i < nI; i++) c->u[i] = c->u[i] > 0 ? c->u[i] : 0.0f;
         } else {
             for (size_t i = 0; i < nI; i++) c->u[i] = gelu_tanh(c->u[i]);
         }
-        matmul(&L->down, c->u, c->h, n);
+        matmul(c, &L->down, c->u, c->h, n);
         add(c->x, c->h, nH);
         if (!m->pre_norm) norm(m, &L->ln2, c->x, c->x, n, H);
     }
@@ -246,8 +282,8 @@ bq_status bq_forward(bq_ctx *c, const int32_t *ids, int n, float *logits, int al
     int first = all ? 0 : n - 1, rows = n - first;
     float *xf = c->x + (size_t)first * H;
     if (m->final_norm) norm(m, &M->final_ln, xf, xf, rows, H);
-    if (M->proj_out.w) { matmul(&M->proj_out, xf, c->e, rows); xf = c->e; }
-    matmul(&M->head, xf, logits, rows);
+    if (M->proj_out.w) { matmul(c, &M->proj_out, xf, c->e, rows); xf = c->e; }
+    matmul(c, &M->head, xf, logits, rows);
     c->pos += n;
     return BQ_OK;
 }

@@ -179,7 +179,7 @@ static void load_gpt2(loader *L)
     fetch_norm(L, &m->final_ln, "transformer.ln_f.weight", "transformer.ln_f.bias", H);
 }
 
-static void free_linear(linear *l) { free(l->w); free(l->b); }
+static void free_linear(linear *l) { free(l->w); free(l->b); bq_format_free(l->aq); }
 static void free_norm(normp *n) { free(n->w); free(n->b); }
 
 void bq_model_free(bq_model *m)
@@ -194,6 +194,9 @@ void bq_model_free(bq_model *m)
     free(m->L);
     if (m->head.w != m->tok_emb) free(m->head.w);
     free(m->head.b);
+    bq_format_free(m->head.aq);
+    bq_format_free(m->attn_q);
+    bq_format_free(m->kv_q);
     free(m->tok_emb);
     free(m->pos_emb);
     free_norm(&m->final_ln);

@@ -51,7 +51,9 @@ typedef struct {
 bq_status config_parse(const char *json, size_t len, const char *path, bq_config *c);
 
 /* A linear layer y = x W^T + b; W is [out, in] row-major. */
-typedef struct { float *w, *b; int in, out; char name[96]; } linear;
+/* A linear layer y = q(x) W^T + b; W is [out, in] row-major (already fake-quantised
+ * when a weight format applies); aq quantises the input activation (NULL: float). */
+typedef struct { float *w, *b; int in, out; char name[96]; bq_format *aq; } linear;
 typedef struct { float *w, *b; } normp;
 
 typedef struct {
@@ -67,7 +69,9 @@ struct bq_model {
     linear head, proj_in, proj_out;
     layer_w *L;
     char dir[4096];
-    struct bq_quant_plan *plan;  /* optional quantisation (NULL: float32) */
+    bq_format *attn_q;  /* operands of Q.K^T and P.V (NULL: float) */
+    bq_format *kv_q;    /* the stored K/V cache */
+    bq_qopts qopts;     /* rounding for activations */
 };
 
 #endif

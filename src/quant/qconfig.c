@@ -1,0 +1,240 @@
+/* Quantisation configs: command-line roles and TOML files become one ordered
+ * list of rules; bq_model_quantize applies them to a loaded model.
+ *
+ * Rule names are the engine's uniform linear names:
+ *   layers.N.self_attn.{q,k,v,o}_proj   layers.N.mlp.{gate,up,down}_proj
+ *   lm_head   embed_tokens
+ * The "default" rule (and --wq/--aq) covers the linears inside the blocks only;
+ * the LM head and the embedding are float unless a rule names them. */
+#include "model.h"
+#include "quant.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int glob_match(const char *p, const char *s)
+{
+    if (!*p) return !*s;
+    if (*p == '*') return glob_match(p + 1, s) || (*s && glob_match(p, s + 1));
+    if (*s && (*p == '?' || *p == *s)) return glob_match(p + 1, s + 1);
+    return 0;
+}
+
+bq_status bq_qconfig_new(bq_qconfig **out)
+{
+    *out = calloc(1, sizeof **out);
+    return *out ? BQ_OK : bq_fail(BQ_ERR_NOMEM, "out of memory");
+}
+
+void bq_qconfig_free(bq_qconfig *q)
+{
+    if (!q) return;
+    free(q->rules);
+    free(q);
+}
+
+static bq_status check_format(const char *name, const char *where)
+{
+    bq_format *f;
+    if (bq_format_parse(name, &f)) return bq_fail(BQ_ERR_FORMAT, "%s: %s", where, bq_last_error());
+    bq_format_free(f);
+    return BQ_OK;
+}
+
+static bq_status add_rule(bq_qconfig *q, const char *pat, const char *w, const char *a, int line)
+{
+    if (strlen(pat) >= sizeof q->rules[0].pattern) return bq_fail(BQ_ERR_ARG, "pattern '%.40s...' is too long", pat);
+    qrule *r = realloc(q->rules, (size_t)(q->nrules + 1) * sizeof *r);
+    if (!r) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    q->rules = r;
+    qrule *n = &r[q->nrules++];
+    memset(n, 0, sizeof *n);
+    snprintf(n->pattern, sizeof n->pattern, "%s", pat);
+    if (w) snprintf(n->w, sizeof n->w, "%s", w);
+    if (a) snprintf(n->a, sizeof n->a, "%s", a);
+    n->line = line;
+    return BQ_OK;
+}
+
+/* role: wq aq attn kv head emb */
+bq_status bq_qconfig_set(bq_qconfig *q, const char *role, const char *format)
+{
+    char where[64];
+    snprintf(where, sizeof where, "--%s", role);
+    bq_status st = check_format(format, where);
+    if (st) return st;
+    if (strlen(format) >= 64) return bq_fail(BQ_ERR_FORMAT, "%s: format name too long", where);
+    if (!strcmp(role, "wq")) return add_rule(q, "default", format, NULL, 0);
+    if (!strcmp(role, "aq")) return add_rule(q, "default", NULL, format, 0);
+    if (!strcmp(role, "head")) return add_rule(q, "lm_head", format, format, 0);
+    if (!strcmp(role, "emb")) return add_rule(q, "embed_tokens", format, NULL, 0);
+    if (!strcmp(role, "attn")) { snprintf(q->attn, sizeof q->attn, "%s", format); return BQ_OK; }
+    if (!strcmp(role, "kv")) { snprintf(q->kv, sizeof q->kv, "%s", format); return BQ_OK; }
+    return bq_fail(BQ_ERR_ARG, "unknown role '%s' (wq, aq, attn, kv, head, emb)", role);
+}
+
+void bq_qconfig_set_round(bq_qconfig *q, bq_round r, uint64_t seed)
+{
+    q->opts.round = r;
+    q->opts.seed = seed;
+}
+
+static const char *rounds[] = {"rne", "away", "zero", "stochastic"};
+
+bq_status bq_qconfig_load(bq_qconfig *q, const char *path)
+{
+    void *src;
+    size_t n;
+    bq_status st = bq_read_file(path, &src, &n);
+    if (st) return st;
+    tdoc d;
+    st = toml_parse(src, n, path, &d);
+    free(src);
+    if (st) return st;
+    snprintf(q->source, sizeof q->source, "%s", path);
+    char where[300];
+    for (int i = 0; i < d.n && !st; i++) {
+        tkv *e = &d.items[i];
+        snprintf(where, sizeof where, "%s:%d", path, e->line);
+        if (!strcmp(e->key, "round")) {
+            int k = -1;
+            for (int r = 0; r < 4; r++)
+                if (e->kind == TV_STR && !strcmp(e->s, rounds[r])) k = r;
+            if (k < 0) st = bq_fail(BQ_ERR_PARSE, "%s: round must be \"rne\", \"away\", \"zero\" or \"stochastic\"", where);
+            else q->opts.round = (bq_round)k;
+        } else if (!strcmp(e->key, "seed")) {
+            if (e->kind != TV_INT || e->i < 0) st = bq_fail(BQ_ERR_PARSE, "%s: seed must be a non-negative integer", where);
+            else q->opts.seed = (uint64_t)e->i;
+        } else if (!strcmp(e->key, "attn") || !strcmp(e->key, "kv")) {
+            if (e->kind != TV_STR) st = bq_fail(BQ_ERR_PARSE, "%s: %s must be a format name string", where, e->key);
+            else if (!(st = check_format(e->s, where)))
+                snprintf(!strcmp(e->key, "attn") ? q->attn : q->kv, 64, "%s", e->s);
+        } else {
+            /* "pattern" = { w = "...", a = "..." }  (or default = {...}) */
+            if (e->kind != TV_TABLE) {
+                st = bq_fail(BQ_ERR_PARSE, "%s: '%s' must be { w = \"FORMAT\", a = \"FORMAT\" }", where, e->key);
+                break;
+            }
+            const char *w = NULL, *a = NULL;
+            for (int j = 0; j < e->nitems && !st; j++) {
+                tkv *f = &e->items[j];
+                if ((strcmp(f->key, "w") && strcmp(f->key, "a")) || f->kind != TV_STR)
+                    st = bq_fail(BQ_ERR_PARSE, "%s: only w = \"FORMAT\" and a = \"FORMAT\" are allowed in a rule", where);
+                else if (!(st = check_format(f->s, where))) *(f->key[0] == 'w' ? &w : &a) = f->s;
+            }
+            if (!st && strlen(e->key) >= 128) st = bq_fail(BQ_ERR_PARSE, "%s: pattern too long", where);
+            if (!st && ((w && strlen(w) >= 64) || (a && strlen(a) >= 64))) st = bq_fail(BQ_ERR_PARSE, "%s: format name too long", where);
+            if (!st) st = add_rule(q, e->key, w, a, e->line);
+        }
+    }
+    toml_free(&d);
+    return st;
+}
+
+/* ---- applying a config to a model ---- */
+
+static bq_status apply_w(float *w, int rows, int cols, const char *fmt, const bq_qopts *o, const char *name)
+{
+    bq_format *f;
+    bq_status st = bq_format_parse(fmt, &f);
+    if (st) return st;
+    bq_format_info in;
+    bq_format_get_info(f, &in);
+    if (in.block > cols) {
+        bq_format_free(f);
+        return bq_fail(BQ_ERR_SHAPE, "%s: format %s has blocks of %d but the reduction dimension is %d", name, fmt,
+                       in.block, cols);
+    }
+    st = bq_qdq(f, w, w, (size_t)rows, (size_t)cols, o);
+    bq_format_free(f);
+    return st;
+}
+
+static bq_status set_act(linear *l, const char *fmt)
+{
+    bq_format_free(l->aq);
+    l->aq = NULL;
+    if (!*fmt) return BQ_OK;
+    bq_status st = bq_format_parse(fmt, &l->aq);
+    if (st) return st;
+    bq_format_info in;
+    bq_format_get_info(l->aq, &in);
+    if (in.block > l->in)
+        return bq_fail(BQ_ERR_SHAPE, "%s: activation format %s has blocks of %d but the layer's input has %d", l->name,
+                       fmt, in.block, l->in);
+    return BQ_OK;
+}
+
+/* Formats a rule set assigns to one name; `is_block` says whether default applies. */
+static void resolve(const bq_qconfig *q, const char *name, int is_block, const char **w, const char **a, int *hits)
+{
+    *w = *a = "";
+    for (int i = 0; i < q->nrules; i++) {
+        const qrule *r = &q->rules[i];
+        int m = !strcmp(r->pattern, "default") ? is_block : glob_match(r->pattern, name);
+        if (!m) continue;
+        hits[i]++;
+        if (r->w[0]) *w = r->w;
+        if (r->a[0]) *a = r->a;
+    }
+}
+
+bq_status bq_model_quantize(bq_model *m, const bq_qconfig *q, int strict)
+{
+    if (!q) return BQ_OK;
+    int *hits = calloc((size_t)q->nrules + 1, sizeof *hits);
+    if (!hits) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    bq_status st = BQ_OK;
+    const bq_qopts *o = &q->opts;
+    m->qopts = q->opts;
+    const char *w, *a;
+    for (int i = 0; i < m->c.layers && !st; i++) {
+        layer_w *L = &m->L[i];
+        linear *ls[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
+        for (int j = 0; j < 7 && !st; j++) {
+            if (!ls[j]->w) continue;
+            resolve(q, ls[j]->name, 1, &w, &a, hits);
+            if (*w) st = apply_w(ls[j]->w, ls[j]->out, ls[j]->in, w, o, ls[j]->name);
+            if (!st) st = set_act(ls[j], a);
+        }
+    }
+    /* LM head and embedding: untie before quantising either differently */
+    const char *hw, *ha, *ew, *ea;
+    resolve(q, "lm_head", 0, &hw, &ha, hits);
+    resolve(q, "embed_tokens", 0, &ew, &ea, hits);
+    if (!st && m->head.w == m->tok_emb && (*hw || *ew) && strcmp(hw, ew)) {
+        size_t n = (size_t)m->c.vocab * m->c.embed_dim;
+        float *copy = malloc(n * sizeof *copy);
+        if (!copy) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        else { memcpy(copy, m->tok_emb, n * sizeof *copy); m->head.w = copy; }
+    }
+    if (!st && *ew) st = apply_w(m->tok_emb, m->c.vocab, m->c.embed_dim, ew, o, "embed_tokens");
+    if (!st && *hw && m->head.w != m->tok_emb) st = apply_w(m->head.w, m->head.out, m->head.in, hw, o, "lm_head");
+    if (!st) st = set_act(&m->head, ha);
+    if (!st && *ea) st = bq_fail(BQ_ERR_ARG, "embed_tokens has no input activation to quantise (a = \"%s\")", ea);
+    const char *roles[2] = {q->attn, q->kv};
+    bq_format **dst[2] = {&m->attn_q, &m->kv_q};
+    for (int r = 0; r < 2 && !st; r++) {
+        bq_format_free(*dst[r]);
+        *dst[r] = NULL;
+        if (!roles[r][0]) continue;
+        if ((st = bq_format_parse(roles[r], dst[r]))) break;
+        bq_format_info in;
+        bq_format_get_info(*dst[r], &in);
+        if (in.block > m->c.head_dim)
+            st = bq_fail(BQ_ERR_SHAPE, "--%s %s: blocks of %d exceed head_dim %d (K is blocked along head_dim)",
+                         r ? "kv" : "attn", roles[r], in.block, m->c.head_dim);
+    }
+    /* patterns that matched nothing: a warning, an error with strict */
+    for (int i = 0; i < q->nrules && !st; i++) {
+        if (hits[i] || !strcmp(q->rules[i].pattern, "default")) continue;
+        if (strict)
+            st = bq_fail(BQ_ERR_ARG, "%s%s%d: pattern '%s' matches no tensor", q->source, q->rules[i].line ? ":" : "",
+                         q->rules[i].line, q->rules[i].pattern);
+        else
+            fprintf(stderr, "blockq: warning: %s:%d: pattern '%s' matches no tensor\n", q->source, q->rules[i].line,
+                    q->rules[i].pattern);
+    }
+    free(hits);
+    return st;
+}
