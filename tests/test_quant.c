@@ -1,0 +1,307 @@
+/* Quantised inference: fp32 everywhere changes nothing, each role touches only
+ * its tensors, TOML rules and their errors, and W4A4 MXFP4 (round away) agrees
+ * with a naive reference forward pass written here from the definitions. */
+#include "blockq.h"
+#include "harness.h"
+#include "model.h"
+#include <math.h>
+#include <unistd.h>
+
+static const char *DEFAULT = "models/llama-19m-en";
+
+static bq_model *load(const char *dir)
+{
+    bq_model *m = NULL;
+    if (bq_model_load(dir, &m)) { CHECK(0, "load %s: %s", dir, bq_last_error()); return NULL; }
+    return m;
+}
+
+static bq_status quantize(bq_model *m, const char *roles[][2], int n, const char *toml, int strict)
+{
+    bq_qconfig *q;
+    bq_qconfig_new(&q);
+    bq_status st = BQ_OK;
+    for (int i = 0; i < n && !st; i++) st = bq_qconfig_set(q, roles[i][0], roles[i][1]);
+    if (!st && toml) {
+        FILE *f = fopen("/tmp/bq_test_rules.toml", "w");
+        fputs(toml, f);
+        fclose(f);
+        st = bq_qconfig_load(q, "/tmp/bq_test_rules.toml");
+    }
+    if (!st) st = bq_model_quantize(m, q, strict);
+    bq_qconfig_free(q);
+    return st;
+}
+
+static int same(const float *a, const float *b, size_t n) { return !memcmp(a, b, n * sizeof *a); }
+
+static void qdq_copy(const char *fmt, const float *x, float *y, size_t r, size_t c, bq_round rd)
+{
+    bq_format *f;
+    bq_format_parse(fmt, &f);
+    bq_qopts o = {rd, 0, 1};
+    bq_qdq(f, x, y, r, c, &o);
+    bq_format_free(f);
+}
+
+static size_t lsize(const linear *l) { return (size_t)l->in * l->out; }
+
+/* ---- 1. fp32 everywhere reproduces the float32 logits bit for bit ---- */
+static void test_fp32_identity(void)
+{
+    bq_model *a = load(DEFAULT), *b = load(DEFAULT);
+    if (!a || !b) return;
+    const char *roles[][2] = {{"wq", "fp32"}, {"aq", "fp32"}, {"attn", "fp32"}, {"kv", "fp32"}, {"head", "fp32"}, {"emb", "fp32"}};
+    CHECK(quantize(b, roles, 6, NULL, 1) == BQ_OK, "fp32 config: %s", bq_last_error());
+    int32_t ids[40];
+    for (int i = 0; i < 40; i++) ids[i] = (i * 577 + 3) % 8192;
+    int V = bq_model_vocab(a);
+    float *la = malloc((size_t)40 * V * 4), *lb = malloc((size_t)40 * V * 4);
+    bq_model_logits(a, ids, 40, la);
+    bq_model_logits(b, ids, 40, lb);
+    CHECK(same(la, lb, (size_t)40 * V), "fp32 in every role changed the logits");
+    free(la);
+    free(lb);
+    bq_model_free(a);
+    bq_model_free(b);
+}
+
+/* ---- 2. each role applies only where it should ---- */
+static void test_roles(void)
+{
+    bq_model *ref = load(DEFAULT), *m = load(DEFAULT);
+    if (!ref || !m) return;
+    const char *wq[][2] = {{"wq", "bfp4_b16"}};
+    CHECK(quantize(m, wq, 1, NULL, 1) == BQ_OK, "wq: %s", bq_last_error());
+    int ok_w = 1, ok_a = 1;
+    for (int i = 0; i < m->c.layers; i++) {
+        linear *ls[] = {&m->L[i].q, &m->L[i].k, &m->L[i].v, &m->L[i].o, &m->L[i].gate, &m->L[i].up, &m->L[i].down};
+        linear *rs[] = {&ref->L[i].q, &ref->L[i].k, &ref->L[i].v, &ref->L[i].o, &ref->L[i].gate, &ref->L[i].up, &ref->L[i].down};
+        for (int j = 0; j < 7; j++) {
+            float *want = malloc(lsize(rs[j]) * 4);
+            qdq_copy("bfp4_b16", rs[j]->w, want, (size_t)rs[j]->out, (size_t)rs[j]->in, BQ_ROUND_RNE);
+            ok_w &= same(ls[j]->w, want, lsize(rs[j]));
+            ok_a &= ls[j]->aq == NULL;
+            free(want);
+        }
+    }
+    CHECK(ok_w, "--wq: a block weight is not bfp4_b16 of the original");
+    CHECK(ok_a, "--wq armed an activation quantiser");
+    CHECK(same(m->head.w, ref->head.w, lsize(&ref->head)) && !m->head.aq, "--wq touched the LM head");
+    CHECK(same(m->tok_emb, ref->tok_emb, (size_t)m->c.vocab * m->c.embed_dim), "--wq touched the embedding");
+    CHECK(!m->attn_q && !m->kv_q, "--wq armed attention/KV quantisers");
+    bq_model_free(m);
+
+    m = load(DEFAULT);
+    const char *aq[][2] = {{"aq", "mxfp8_e4m3"}};
+    quantize(m, aq, 1, NULL, 1);
+    int all = 1;
+    for (int i = 0; i < m->c.layers; i++) all &= m->L[i].q.aq && m->L[i].down.aq && m->L[i].gate.aq;
+    CHECK(all && !m->head.aq, "--aq: block linears armed %d, head armed %d", all, m->head.aq != NULL);
+    CHECK(same(m->L[0].q.w, ref->L[0].q.w, lsize(&ref->L[0].q)), "--aq changed a weight");
+    bq_model_free(m);
+
+    m = load(DEFAULT);
+    const char *hd[][2] = {{"head", "bfp8_b16"}, {"emb", "bfp4_b16"}};
+    quantize(m, hd, 2, NULL, 1);
+    float *want = malloc(lsize(&ref->head) * 4);
+    qdq_copy("bfp8_b16", ref->head.w, want, (size_t)ref->head.out, (size_t)ref->head.in, BQ_ROUND_RNE);
+    CHECK(same(m->head.w, want, lsize(&ref->head)) && m->head.aq, "--head: LM head weight/input not quantised");
+    qdq_copy("bfp4_b16", ref->tok_emb, want, (size_t)m->c.vocab, (size_t)m->c.embed_dim, BQ_ROUND_RNE);
+    CHECK(same(m->tok_emb, want, (size_t)m->c.vocab * m->c.embed_dim), "--emb: embedding not quantised");
+    CHECK(same(m->L[3].up.w, ref->L[3].up.w, lsize(&ref->L[3].up)) && !m->L[3].up.aq, "--head/--emb touched a block");
+    free(want);
+    bq_model_free(m);
+
+    /* TOML rules: later rules win; a rule sets only what it names */
+    m = load(DEFAULT);
+    const char *toml = "# per-layer rules\nround = \"rne\"\ndefault = { w = \"bfp6_b16\" }\n"
+                       "\"layers.*.mlp.down_proj\" = { w = \"bfp8_b16\", a = \"bfp8_b16\" }\n"
+                       "\"layers.7.mlp.down_proj\" = { w = \"fp32\" }  # later: wins for layer 7\n";
+    CHECK(quantize(m, NULL, 0, toml, 1) == BQ_OK, "toml rules: %s", bq_last_error());
+    float *w8 = malloc(lsize(&ref->L[2].down) * 4);
+    qdq_copy("bfp8_b16", ref->L[2].down.w, w8, (size_t)ref->L[2].down.out, (size_t)ref->L[2].down.in, BQ_ROUND_RNE);
+    CHECK(same(m->L[2].down.w, w8, lsize(&ref->L[2].down)) && m->L[2].down.aq, "layer 2 down_proj is not bfp8_b16 W/A");
+    CHECK(same(m->L[7].down.w, ref->L[7].down.w, lsize(&ref->L[7].down)) && m->L[7].down.aq,
+          "layer 7 down_proj: the later fp32 weight rule did not win, or its activation rule was lost");
+    qdq_copy("bfp6_b16", ref->L[2].up.w, w8, (size_t)ref->L[2].up.out, (size_t)ref->L[2].up.in, BQ_ROUND_RNE);
+    CHECK(same(m->L[2].up.w, w8, lsize(&ref->L[2].up)) && !m->L[2].up.aq, "default rule not applied to up_proj");
+    free(w8);
+    bq_model_free(m);
+    bq_model_free(ref);
+}
+
+/* ---- 3. bad configs ---- */
+static void test_bad_configs(void)
+{
+    struct { const char *toml, *msg; bq_status st; } cases[] = {
+        {"default = { w = \"bfp9_b0\" }\n", "bq_test_rules.toml:1", BQ_ERR_FORMAT},
+        {"\n\n\"x\" = { w = \"bfp6_b16\"\n", "bq_test_rules.toml:3", BQ_ERR_PARSE},
+        {"[rules]\n", "tables", BQ_ERR_PARSE},
+        {"round = \"up\"\n", "round must be", BQ_ERR_PARSE},
+        {"a = 1\na = 2\n", "duplicate key", BQ_ERR_PARSE},
+        {"\"x\" = { w = 1.5 }\n", "floats", BQ_ERR_PARSE},
+        {"\"x\" = { z = \"fp32\" }\n", "only w = ", BQ_ERR_PARSE},
+        {"\"x\" = \"unterminated\n", "unterminated", BQ_ERR_PARSE},
+        {"\"layers.*.nothing\" = { w = \"bfp8_b16\" }\n", "matches no tensor", BQ_ERR_ARG},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        bq_model *m = load(DEFAULT);
+        if (!m) return;
+        bq_status st = quantize(m, NULL, 0, cases[i].toml, 1);
+        CHECK(st == cases[i].st && strstr(bq_last_error(), cases[i].msg), "config %zu: status %s, message '%s' (want '%s')", i,
+              bq_status_name(st), bq_last_error(), cases[i].msg);
+        bq_model_free(m);
+    }
+    /* without strict, a pattern that matches nothing is only a warning */
+    bq_model *m = load(DEFAULT);
+    CHECK(quantize(m, NULL, 0, "\"nope.*\" = { w = \"bfp8_b16\" }\n", 0) == BQ_OK, "non-strict unmatched pattern failed");
+    bq_model_free(m);
+    /* a block wider than the reduction dimension is refused with a reason */
+    m = load(DEFAULT);
+    const char *wide[][2] = {{"attn", "bfp8_b128"}};
+    bq_status st = quantize(m, wide, 1, NULL, 1);
+    CHECK(st == BQ_ERR_SHAPE && strstr(bq_last_error(), "head_dim"), "attn block > head_dim: %s", bq_last_error());
+    bq_model_free(m);
+    bq_qconfig *q;
+    bq_qconfig_new(&q);
+    CHECK(bq_qconfig_set(q, "wq", "mxfp3") == BQ_ERR_FORMAT && strstr(bq_last_error(), "--wq"), "bad --wq accepted");
+    CHECK(bq_qconfig_set(q, "xq", "mxfp4") == BQ_ERR_ARG, "unknown role accepted");
+    bq_qconfig_free(q);
+}
+
+/* ---- 4. a naive reference forward (LLaMA family) with quantised W and A ---- */
+static void naive_linear(const linear *l, const float *x, float *y, int n, const char *fmt, bq_round rd)
+{
+    float *xq = malloc((size_t)n * l->in * 4), *wq = malloc(lsize(l) * 4);
+    qdq_copy(fmt, x, xq, (size_t)n, (size_t)l->in, rd);
+    qdq_copy(fmt, l->w, wq, (size_t)l->out, (size_t)l->in, rd);
+    for (int t = 0; t < n; t++)
+        for (int o = 0; o < l->out; o++) {
+            double s = l->b ? l->b[o] : 0.0;
+            for (int i = 0; i < l->in; i++) s += (double)xq[(size_t)t * l->in + i] * wq[(size_t)o * l->in + i];
+            y[(size_t)t * l->out + o] = (float)s;
+        }
+    free(xq);
+    free(wq);
+}
+
+static void naive_rms(const float *x, const float *w, float *y, int n, int d, float eps)
+{
+    for (int t = 0; t < n; t++) {
+        double ss = 0;
+        for (int i = 0; i < d; i++) ss += (double)x[t * d + i] * x[t * d + i];
+        double r = 1.0 / sqrt(ss / d + eps);
+        for (int i = 0; i < d; i++) y[t * d + i] = (float)(w[i] * (x[t * d + i] * r));
+    }
+}
+
+static void naive_forward(const bq_model *m, const int32_t *ids, int n, const char *fmt, bq_round rd, float *logits)
+{
+    const bq_config *c = &m->c;
+    int H = c->hidden, d = c->head_dim, qd = c->heads * d, kvd = c->kv_heads * d, I = c->inter;
+    float *x = malloc((size_t)n * H * 4), *h = malloc((size_t)n * H * 4), *q = malloc((size_t)n * qd * 4);
+    float *k = malloc((size_t)n * kvd * 4), *v = malloc((size_t)n * kvd * 4), *a = malloc((size_t)n * qd * 4);
+    float *g = malloc((size_t)n * I * 4), *u = malloc((size_t)n * I * 4), *o = malloc((size_t)n * H * 4);
+    for (int t = 0; t < n; t++) memcpy(x + (size_t)t * H, m->tok_emb + (size_t)ids[t] * H, (size_t)H * 4);
+    for (int l = 0; l < c->layers; l++) {
+        const layer_w *L = &m->L[l];
+        naive_rms(x, L->ln1.w, h, n, H, c->norm_eps);
+        naive_linear(&L->q, h, q, n, fmt, rd);
+        naive_linear(&L->k, h, k, n, fmt, rd);
+        naive_linear(&L->v, h, v, n, fmt, rd);
+        for (int t = 0; t < n; t++)  /* rotary: pairs (i, i + d/2) */
+            for (int i = 0; i < d / 2; i++) {
+                double ang = t / pow(c->rope_theta, 2.0 * i / d);
+                float cs = (float)cos(ang), sn = (float)sin(ang);
+                for (int hh = 0; hh < c->heads + c->kv_heads; hh++) {
+                    float *p = hh < c->heads ? q + (size_t)t * qd + hh * d : k + (size_t)t * kvd + (hh - c->heads) * d;
+                    float x0 = p[i], x1 = p[i + d / 2];
+                    p[i] = x0 * cs - x1 * sn;
+                    p[i + d / 2] = x1 * cs + x0 * sn;
+                }
+            }
+        for (int hh = 0; hh < c->heads; hh++) {
+            int kh = hh / (c->heads / c->kv_heads);
+            for (int t = 0; t < n; t++) {
+                double s[256], mx = -1e300, sum = 0;
+                for (int j = 0; j <= t; j++) {
+                    double dot = 0;
+                    for (int i = 0; i < d; i++) dot += (double)q[(size_t)t * qd + hh * d + i] * k[(size_t)j * kvd + kh * d + i];
+                    s[j] = dot / sqrt((double)d);
+                    mx = s[j] > mx ? s[j] : mx;
+                }
+                for (int j = 0; j <= t; j++) sum += (s[j] = exp(s[j] - mx));
+                for (int i = 0; i < d; i++) {
+                    double acc = 0;
+                    for (int j = 0; j <= t; j++) acc += s[j] / sum * v[(size_t)j * kvd + kh * d + i];
+                    a[(size_t)t * qd + hh * d + i] = (float)acc;
+                }
+            }
+        }
+        naive_linear(&L->o, a, o, n, fmt, rd);
+        for (size_t i = 0; i < (size_t)n * H; i++) x[i] += o[i];
+        naive_rms(x, L->ln2.w, h, n, H, c->norm_eps);
+        naive_linear(&L->gate, h, g, n, fmt, rd);
+        naive_linear(&L->up, h, u, n, fmt, rd);
+        for (size_t i = 0; i < (size_t)n * I; i++) u[i] *= g[i] / (1.0f + expf(-g[i]));
+        naive_linear(&L->down, u, o, n, fmt, rd);
+        for (size_t i = 0; i < (size_t)n * H; i++) x[i] += o[i];
+    }
+    naive_rms(x, m->final_ln.w, h, n, H, c->norm_eps);
+    naive_linear(&m->head, h, logits, n, "fp32", rd);
+    free(x); free(h); free(q); free(k); free(v); free(a); free(g); free(u); free(o);
+}
+
+static void test_reference(void)
+{
+    const char *sh = shared_dir();
+    const char *dirs[3] = {DEFAULT, NULL, NULL};
+    char d1[512], d2[512];
+    if (sh) {
+        snprintf(d1, sizeof d1, "%s/models/tiny/llama", sh);
+        snprintf(d2, sizeof d2, "%s/models/tiny/mistral", sh);
+        dirs[1] = d1;
+        dirs[2] = d2;
+    } else SKIP("../shared not found: the reference check runs on the default model only");
+    for (int k = 0; k < 3 && dirs[k]; k++) {
+        bq_model *ref = load(dirs[k]), *m = load(dirs[k]);
+        if (!ref || !m) return;
+        const char *roles[][2] = {{"wq", "mxfp4"}, {"aq", "mxfp4"}};
+        bq_qconfig *q;
+        bq_qconfig_new(&q);
+        for (int i = 0; i < 2; i++) bq_qconfig_set(q, roles[i][0], roles[i][1]);
+        bq_qconfig_set_round(q, BQ_ROUND_AWAY, 0);
+        CHECK(bq_model_quantize(m, q, 1) == BQ_OK, "%s: %s", dirs[k], bq_last_error());
+        bq_qconfig_free(q);
+        int n = 24, V = m->c.vocab;
+        int32_t ids[24];
+        for (int i = 0; i < n; i++) ids[i] = (i * 7919 + 11) % V;
+        float *got = malloc((size_t)n * V * 4), *want = malloc((size_t)n * V * 4), *fl = malloc((size_t)n * V * 4);
+        bq_model_logits(m, ids, n, got);
+        naive_forward(ref, ids, n, "mxfp4", BQ_ROUND_AWAY, want);
+        bq_model_logits(ref, ids, n, fl);
+        double md = 0, mr = 0, mq = 0;
+        for (size_t i = 0; i < (size_t)n * V; i++) {
+            md = fmax(md, fabs((double)got[i] - want[i]));
+            mr = fmax(mr, fabs((double)want[i]));
+            mq = fmax(mq, fabs((double)fl[i] - want[i]));
+        }
+        printf("  %-40s W4A4 mxfp4/away vs naive reference: rel %.2e (float32 differs by %.2e)\n", dirs[k], md / mr, mq / mr);
+        CHECK(md / mr < 1e-4, "%s: quantised engine vs naive reference differ by %.3g", dirs[k], md / mr);
+        CHECK(mq / mr > 1e-3, "%s: quantisation had no visible effect (%.3g)", dirs[k], mq / mr);
+        free(got); free(want); free(fl);
+        bq_model_free(m);
+        bq_model_free(ref);
+    }
+}
+
+int main(void)
+{
+    bq_set_threads(0);
+    test_fp32_identity();
+    test_roles();
+    test_bad_configs();
+    test_reference();
+    return test_summary("test_quant");
+}
