@@ -20,7 +20,7 @@ CLI_OBJ = $(CLI_SRC:%.c=$(BUILD)/%.o)
 TESTS   = $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 BENCHES = $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/bench_*.c))
 
-.PHONY: all test test-opt test-san bench clean
+.PHONY: all test test-opt test-san bench clean fuzz fuzz-short
 all: $(BUILD)/blockq
 
 $(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h)
@@ -65,8 +65,45 @@ test-san:
 
 test: test-opt
 	@$(MAKE) --no-print-directory test-san
+	@$(MAKE) --no-print-directory fuzz-short
 
 bench: $(BENCHES) $(BUILD)/blockq
 
 clean:
 	rm -rf build
+
+# ---- fuzzing (clang + libFuzzer, AddressSanitizer + UndefinedBehaviorSanitizer) ----
+FUZZERS      = format safetensors config tokenizer_json tokenize toml
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD   = build/fuzz
+FUZZ_FLAGS   = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZ_BINS    = $(FUZZERS:%=$(FUZZ_BUILD)/fuzz_%)
+
+# The library for the fuzzers is the ordinary build in build/fuzz, with clang's flags.
+ifneq ($(BUILD),$(FUZZ_BUILD))
+$(FUZZ_BUILD)/libblockq.a: $(LIB_SRC) src/formats/kernels.c $(wildcard include/*.h src/*/*.h)
+	@$(MAKE) --no-print-directory CC=clang BUILD=$(FUZZ_BUILD) OPT="-O1 -fsanitize=fuzzer-no-link" SAN="$(FUZZ_FLAGS)" \
+	    $(FUZZ_BUILD)/libblockq.a
+endif
+
+$(FUZZ_BUILD)/fuzz_%: fuzz/fuzz_%.c $(FUZZ_BUILD)/libblockq.a
+	clang $(CFLAGS_BASE) -Isrc/quant -O1 -fsanitize=fuzzer $(FUZZ_FLAGS) $< $(FUZZ_BUILD)/libblockq.a -o $@ $(LDLIBS)
+
+# Each target for FUZZ_SECONDS on a corpus seeded from fuzz/seeds; crashes land in build/fuzz/.
+# Past crashes (fuzz/regressions/TARGET/) are replayed first.
+fuzz: $(FUZZ_BINS)
+	@for t in $(FUZZERS); do \
+	    mkdir -p $(FUZZ_BUILD)/corpus/$$t fuzz/regressions/$$t; \
+	    if [ -n "$$(ls fuzz/regressions/$$t)" ]; then $(FUZZ_BUILD)/fuzz_$$t fuzz/regressions/$$t/* >/dev/null 2>&1 || \
+	        { echo "fuzz_$$t: a regression input fails again"; exit 1; }; fi; \
+	    echo "fuzz_$$t: $(FUZZ_SECONDS) s"; \
+	    $(FUZZ_BUILD)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
+	        -artifact_prefix=$(FUZZ_BUILD)/crash-$$t- -print_final_stats=1 \
+	        $(FUZZ_BUILD)/corpus/$$t fuzz/seeds/$$t 2>$(FUZZ_BUILD)/$$t.log || \
+	        { tail -40 $(FUZZ_BUILD)/$$t.log; echo "fuzz_$$t FOUND A CRASH"; exit 1; }; \
+	    grep -E "stat::number_of_executed_units" $(FUZZ_BUILD)/$$t.log | sed "s/^/  /"; \
+	done
+
+# The short pass CI runs as part of `make test`.
+fuzz-short:
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=15

@@ -97,6 +97,11 @@ void bq_int_scale(const bq_format *f, const float *x, size_t n, float *s, float 
         amax = a > amax ? a : amax;
     }
     *nonfinite = bad;
+    if (bad) {  /* the group decodes to NaN; keep the zero point a valid code */
+        *s = NAN;
+        *z = 0.0f;
+        return;
+    }
     if (!f->asym) {
         *s = amax / (float)f->el.hi;
         *z = 0.0f;

@@ -187,7 +187,6 @@ static bq_status pack_row(const bq_format *f, const qctx *c, const float *x, siz
             int bad = c->tensor_nonfinite;
             if (f->sch == SCH_INT && f->scope != SCOPE_TENSOR) {
                 bq_int_scale(f, xb, n, &s, &z, &bad);
-                if (bad) s = NAN;
                 put(w, f2u(s), 32);
                 if (f->asym) put(w, (uint32_t)z, 8);
             }

@@ -136,7 +136,7 @@ static inline float log_quant_mag(float a, int lo, int hi, bq_round r, uint64_t 
         }
     }
     k = k < lo ? lo : (k > hi ? hi : k);
-    return ldexpf(1.0f, k > 127 ? 127 : k);  /* a block shift can push hi past float32 */
+    return ldexpf(1.0f, k);
 }
 
 /* Signed value -> grid value of elem e (no scaling). Sign always preserved. */
@@ -229,7 +229,8 @@ static inline bscale block_scale(const bq_format *f, const qctx *c, float amax)
     case SCH_BL: {
         /* emax of the block = ceil(log2 amax); E shifts the standard grid's lemax there */
         int top = amax == 0.0f ? -127 : ceil_log2f(amax);
-        int E = clampi(top - f->el.lemax, -128, 127);
+        /* int8 shift, and no grid value above 2^127 (the largest power of two in float32) */
+        int E = clampi(top - f->el.lemax, -128, 127 - f->el.lemax < 127 ? 127 - f->el.lemax : 127);
         s.E = E;
         s.code = (uint32_t)(uint8_t)(int8_t)E;
         break;

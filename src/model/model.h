@@ -23,6 +23,7 @@ typedef struct {
 
 bq_status st_open_dir(st_set *s, const char *dir);
 bq_status st_open_file(st_set *s, const char *path);
+bq_status st_parse_buffer(st_set *s, const char *path, const void *buf, size_t size);
 bq_status st_parse_header(st_set *s, const char *path, const char *hdr, size_t hlen, const uint8_t *data,
                           size_t data_size);
 const st_tensor *st_find(const st_set *s, const char *name);
@@ -49,6 +50,9 @@ typedef struct {
 } bq_config;
 
 bq_status config_parse(const char *json, size_t len, const char *path, bq_config *c);
+
+/* tokenizer.json already in memory (tokenizer.c) */
+bq_status tokenizer_parse(const char *json, size_t len, const char *path, bq_tokenizer **out);
 
 /* A linear layer y = x W^T + b; W is [out, in] row-major. */
 /* A linear layer y = q(x) W^T + b; W is [out, in] row-major (already fake-quantised

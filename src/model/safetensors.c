@@ -143,20 +143,25 @@ bq_status st_open_file(st_set *s, const char *path)
     void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (map == MAP_FAILED) return bq_fail(BQ_ERR_IO, "cannot map '%s': %s", path, strerror(errno));
-    uint64_t hlen = 0;
-    memcpy(&hlen, map, 8);  /* little-endian host */
-    if (hlen < 2 || hlen > ST_MAX_HEADER || hlen > size - 8) {
-        munmap(map, size);
-        return bq_fail(BQ_ERR_PARSE, "%s: header length %llu does not fit the %zu-byte file (truncated?)", path,
-                       (unsigned long long)hlen, size);
-    }
     if (s->nmaps == sizeof s->maps / sizeof s->maps[0]) {
         munmap(map, size);
         return bq_fail(BQ_ERR_PARSE, "too many shards (at most %zu)", sizeof s->maps / sizeof s->maps[0]);
     }
     s->maps[s->nmaps] = map;
     s->map_sizes[s->nmaps++] = size;
-    const uint8_t *base = map;
+    return st_parse_buffer(s, path, map, size);
+}
+
+/* A whole safetensors file in memory (the buffer must outlive the set). */
+bq_status st_parse_buffer(st_set *s, const char *path, const void *buf, size_t size)
+{
+    if (size < 8) return bq_fail(BQ_ERR_PARSE, "%s: truncated (%zu bytes, no header)", path, size);
+    uint64_t hlen = 0;
+    memcpy(&hlen, buf, 8);  /* little-endian host */
+    if (hlen < 2 || hlen > ST_MAX_HEADER || hlen > size - 8)
+        return bq_fail(BQ_ERR_PARSE, "%s: header length %llu does not fit the %zu-byte file (truncated?)", path,
+                       (unsigned long long)hlen, size);
+    const uint8_t *base = buf;
     return st_parse_header(s, path, (const char *)base + 8, (size_t)hlen, base + 8 + hlen, size - 8 - (size_t)hlen);
 }
 

@@ -4,7 +4,7 @@
  * Unicode classes) -> map each byte to its printable stand-in -> apply merges
  * by rank -> vocabulary ids. decode reverses the byte mapping. */
 #define PCRE2_CODE_UNIT_WIDTH 8
-#include "core.h"
+#include "model.h"
 #include <cjson/cJSON.h>
 #include <pcre2.h>
 #include <stdio.h>
@@ -141,8 +141,16 @@ bq_status bq_tokenizer_load(const char *path, bq_tokenizer **out)
     size_t n;
     bq_status st = bq_read_file(path, &js, &n);
     if (st) return st;
-    cJSON *root = cJSON_ParseWithLength(js, n);
+    st = tokenizer_parse(js, n, path, out);
     free(js);
+    return st;
+}
+
+bq_status tokenizer_parse(const char *js, size_t n, const char *path, bq_tokenizer **out)
+{
+    *out = NULL;
+    bq_status st = BQ_OK;
+    cJSON *root = cJSON_ParseWithLength(js, n);
     if (!cJSON_IsObject(root)) { cJSON_Delete(root); return bq_fail(BQ_ERR_PARSE, "%s: not a JSON object", path); }
     bq_tokenizer *t = calloc(1, sizeof *t);
     if (!t) { cJSON_Delete(root); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }

@@ -87,9 +87,15 @@ bq_status bq_qconfig_load(bq_qconfig *q, const char *path)
     size_t n;
     bq_status st = bq_read_file(path, &src, &n);
     if (st) return st;
-    tdoc d;
-    st = toml_parse(src, n, path, &d);
+    st = qconfig_parse(q, src, n, path);
     free(src);
+    return st;
+}
+
+bq_status qconfig_parse(bq_qconfig *q, const char *src, size_t n, const char *path)
+{
+    tdoc d;
+    bq_status st = toml_parse(src, n, path, &d);
     if (st) return st;
     snprintf(q->source, sizeof q->source, "%s", path);
     char where[300];

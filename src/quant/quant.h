@@ -34,6 +34,9 @@ struct bq_qconfig {
     char source[256];   /* file name, for messages */
 };
 
+/* Rules from TOML text already in memory. */
+bq_status qconfig_parse(bq_qconfig *q, const char *src, size_t n, const char *path);
+
 /* Glob match with * and ? (whole string). */
 int glob_match(const char *pat, const char *s);
 
