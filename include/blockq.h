@@ -104,6 +104,8 @@ typedef struct bq_ctx bq_ctx;       /* a KV cache and scratch for one sequence *
 bq_status bq_model_load(const char *dir, bq_model **out);
 void bq_model_free(bq_model *m);
 int bq_model_vocab(const bq_model *m);
+/* BQ_ERR_NONFINITE naming the first weight that holds NaN/Inf (checked at load). */
+bq_status bq_model_check_finite(const bq_model *m);
 /* Logits [n, vocab] for ids[0..n) from an empty cache. */
 bq_status bq_model_logits(const bq_model *m, const int32_t *ids, int n, float *logits);
 
@@ -113,6 +115,9 @@ void bq_ctx_reset(bq_ctx *c);
 int bq_ctx_pos(const bq_ctx *c);
 /* Append n tokens; logits gets [n, vocab] rows if all, else the last row only. */
 bq_status bq_forward(bq_ctx *c, const int32_t *ids, int n, float *logits, int all);
+/* Check activations for NaN/Inf after every layer (default on): bq_forward then
+ * fails with BQ_ERR_NONFINITE naming the layer and the tensor. */
+void bq_ctx_set_check(bq_ctx *c, int on);
 /* Threads for the matrix kernels (0 = all cores). */
 void bq_set_threads(int n);
 

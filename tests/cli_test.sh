@@ -62,5 +62,18 @@ printf '\377\377\377\177' >"$T/big.i32"
 expect_fail 2 "outside the vocabulary" -- $B logits --model $M --ids "$T/big.i32" --out "$T/x.f32"
 [ ! -e "$T/x.f32" ] && ok || bad "logits left an output behind after a failure"
 
+# an interrupted run leaves no output behind, and a rerun succeeds
+$B sweep --model $M --text data/wikitext-2-test.txt --ctx 256 --chunks 40 --formats fp32,bfp6_b16,mxfp4 --out "$T/sw" 2>/dev/null &
+pid=$!
+sleep 2
+kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+[ -z "$(ls "$T" | grep '^sw')" ] && ok || bad "killed sweep left: $(ls "$T" | grep '^sw')"
+$B sweep --model $M --text data/wikitext-2-test.txt --ctx 64 --chunks 1 --formats fp32,bfp6_b16 --out "$T/sw" 2>/dev/null &&
+    [ -s "$T/sw.md" ] && [ -s "$T/sw.json" ] && grep -q "<svg" "$T/sw.svg" && ok || bad "sweep rerun after a kill"
+expect_fail 2 "bad setting" -- $B sweep --model $M --text data/wikitext-2-test.txt --formats "fp32,/x"
+expect_fail 2 "unknown format 'nope'" -- $B sweep --model $M --text data/wikitext-2-test.txt --formats "fp32,nope"
+expect_fail 2 "matches no tensor" -- $B ppl --model $M --text data/wikitext-2-test.txt --chunks 1 --config tests/data/unmatched.toml --strict
+expect_fail 2 "bad.toml:2" -- $B ppl --model $M --text data/wikitext-2-test.txt --chunks 1 --config tests/data/bad.toml
+
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -239,8 +239,11 @@ enum { NT = sizeof tensors / sizeof tensors[0] };
 
 /* Write model.safetensors; `skip` drops a tensor, `lie` adds bytes to one end offset,
  * `dtype` overrides the dtype string, `cut` truncates the file by that many bytes. */
+static int nan_tensor = -1;  /* index of a tensor whose 6th value becomes NaN */
+
 static void write_checkpoint(int skip, int lie, const char *dtype, size_t cut, int overlap)
 {
+    size_t nan_at = SIZE_MAX;
     char hdr[8192];
     size_t h = 0, off = 0;
     h += (size_t)snprintf(hdr + h, sizeof hdr - h, "{\"__metadata__\": {\"format\": \"pt\"}");
@@ -248,6 +251,7 @@ static void write_checkpoint(int skip, int lie, const char *dtype, size_t cut, i
         if (i == skip) continue;
         size_t bytes = (size_t)tensors[i].r * (tensors[i].c ? tensors[i].c : 1) * 4;
         size_t b = overlap && i == 3 ? off - 4 : off;
+        if (i == nan_tensor) nan_at = b / 4 + 5;
         h += (size_t)snprintf(hdr + h, sizeof hdr - h, ", \"%s\": {\"dtype\": \"%s\", \"shape\": [%d%s%.0d], \"data_offsets\": [%zu, %zu]}",
                               tensors[i].name, i == 4 && dtype ? dtype : "F32", tensors[i].r, tensors[i].c ? ", " : "",
                               tensors[i].c, b, b + bytes + (i == 2 ? (size_t)lie : 0));
@@ -260,7 +264,7 @@ static void write_checkpoint(int skip, int lie, const char *dtype, size_t cut, i
     memcpy(f, &hl, 8);
     memcpy(f + 8, hdr, h);
     for (size_t i = 0; i < off / 4; i++) {  /* the data block need not be 4-byte aligned */
-        float v = 0.01f * (float)((i * 7919) % 97) - 0.3f;
+        float v = i == nan_at ? NAN : 0.01f * (float)((i * 7919) % 97) - 0.3f;
         memcpy(f + 8 + h + 4 * i, &v, 4);
     }
     write_file("model.safetensors", f, total - cut);
@@ -325,6 +329,27 @@ static void test_broken(void)
     expect_load(BQ_ERR_UNSUPPORTED, "model_type 'mamba'", "unknown architecture");
     write_file("config.json", "{\"model_type\": ", 15);
     expect_load(BQ_ERR_PARSE, "not a JSON object", "malformed config");
+    /* NaN in a weight: named at load; the forward pass names the layer */
+    write_file("config.json", good_config, strlen(good_config));
+    nan_tensor = 10;  /* model.layers.0.mlp.down_proj.weight */
+    write_checkpoint(-1, 0, NULL, 0, 0);
+    nan_tensor = -1;
+    bq_model *m = NULL;
+    CHECK(bq_model_load(tmpdir, &m) == BQ_OK, "NaN checkpoint should load: %s", bq_last_error());
+    if (m) {
+        CHECK(bq_model_check_finite(m) == BQ_ERR_NONFINITE && strstr(bq_last_error(), "layers.0.mlp.down_proj") &&
+              strstr(bq_last_error(), "NaN"), "NaN weight not reported by name: %s", bq_last_error());
+        float lg[16];
+        int32_t id = 3;
+        CHECK(bq_model_logits(m, &id, 1, lg) == BQ_ERR_NONFINITE && strstr(bq_last_error(), "layer 0") &&
+              strstr(bq_last_error(), "down_proj"), "NaN activation not reported by layer: %s", bq_last_error());
+        bq_ctx *c;
+        bq_ctx_new(m, 1, &c);
+        bq_ctx_set_check(c, 0);
+        CHECK(bq_forward(c, &id, 1, lg, 1) == BQ_OK && isnan(lg[0]), "check off: forward should pass NaN through");
+        bq_ctx_free(c);
+        bq_model_free(m);
+    }
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     CHECK(system(cmd) == 0, "cleanup");

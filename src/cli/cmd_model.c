@@ -76,7 +76,12 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
 static int load_model(const char *cmd, const model_args *a, bq_model **m)
 {
     bq_status st = bq_model_load(a->model, m);
-    if (st) return cli_status(cmd, st);
+    if (!st && !a->allow_nonfinite) st = bq_model_check_finite(*m);
+    if (st) {
+        bq_model_free(*m);
+        *m = NULL;
+        return cli_status(cmd, st);
+    }
     int any = a->config != NULL;
     for (int r = 0; r < 6; r++) any |= a->role[r] != NULL;
     if (!any) return 0;
@@ -121,8 +126,15 @@ int cmd_logits(int argc, char **argv)
     int n = (int)(size / 4), V = bq_model_vocab(m);
     float *lg = malloc((size_t)n * V * 4);
     if (!lg) rc = cli_error("logits", "out of memory");
-    else if ((st = bq_model_logits(m, ids, n, lg)) || (st = bq_write_file_atomic(a.out, lg, (size_t)n * V * 4)))
-        rc = cli_status("logits", st);
+    else {
+        bq_ctx *c = NULL;
+        if (!(st = bq_ctx_new(m, n, &c))) {
+            bq_ctx_set_check(c, !a.allow_nonfinite);
+            st = bq_forward(c, ids, n, lg, 1);
+        }
+        bq_ctx_free(c);
+        if (st || (st = bq_write_file_atomic(a.out, lg, (size_t)n * V * 4))) rc = cli_status("logits", st);
+    }
     free(lg);
     free(ids);
     bq_model_free(m);
@@ -253,7 +265,8 @@ int cmd_generate(int argc, char **argv)
     int32_t *all = realloc(ids, (n + (size_t)a.n + 1) * sizeof *ids);
     if (!lg || !all) { rc = cli_error("generate", "out of memory"); goto done; }
     ids = all;
-    if ((st = bq_ctx_new(m, (int)(n + (size_t)a.n), &c)) || (st = bq_forward(c, ids, (int)n, lg, 0))) {
+    if (!(st = bq_ctx_new(m, (int)(n + (size_t)a.n), &c))) bq_ctx_set_check(c, !a.allow_nonfinite);
+    if (st || (st = bq_forward(c, ids, (int)n, lg, 0))) {
         rc = cli_status("generate", st);
         goto done;
     }

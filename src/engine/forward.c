@@ -15,7 +15,7 @@
 
 struct bq_ctx {
     const bq_model *m;
-    int max_tokens, pos;
+    int max_tokens, pos, check;
     float *kc, *vc;          /* [layers][max_tokens][kv_dim] */
     /* scratch, sized for `cap` tokens */
     int cap;
@@ -68,6 +68,7 @@ bq_status bq_ctx_new(const bq_model *m, int max_tokens, bq_ctx **out)
     if (!c) return bq_fail(BQ_ERR_NOMEM, "out of memory");
     c->m = m;
     c->max_tokens = max_tokens;
+    c->check = 1;
     size_t kvd = (size_t)m->c.kv_heads * m->c.head_dim, sz = (size_t)m->c.layers * max_tokens * kvd;
     c->kc = malloc(sz * 4);
     c->vc = malloc(sz * 4);
@@ -93,6 +94,18 @@ void bq_ctx_free(bq_ctx *c)
 }
 
 void bq_ctx_reset(bq_ctx *c) { c->pos = 0; }
+void bq_ctx_set_check(bq_ctx *c, int on) { c->check = on; }
+
+/* NaN/Inf in an activation: name the layer and tensor, and the token. */
+static bq_status check_finite(const bq_ctx *c, const float *x, int n, int d, int layer, const char *what)
+{
+    if (!c->check) return BQ_OK;
+    for (size_t i = 0; i < (size_t)n * d; i++)
+        if (!isfinite(x[i]))
+            return bq_fail(BQ_ERR_NONFINITE, "non-finite activation (%s) in layer %d: %s at token %d (use --allow-nonfinite to go on)",
+                           isnan(x[i]) ? "NaN" : "Inf", layer, what, c->pos + (int)(i / (size_t)d));
+    return BQ_OK;
+}
 int bq_ctx_pos(const bq_ctx *c) { return c->pos; }
 
 /* ---- building blocks ---------------------------------------------------- */
@@ -257,6 +270,7 @@ bq_status bq_forward(bq_ctx *c, const int32_t *ids, int n, float *logits, int al
         memcpy(c->vc + off, c->v, (size_t)n * kvd * 4);
         attention(c, l, n);
         matmul(c, &L->o, c->a, c->h, n);
+        if ((st = check_finite(c, c->h, n, H, l, "attention output (o_proj)"))) return st;
         add(c->x, c->h, nH);
         if (!m->pre_norm) norm(m, &L->ln1, c->x, c->x, n, H);
 
@@ -274,6 +288,7 @@ bq_status bq_forward(bq_ctx *c, const int32_t *ids, int n, float *logits, int al
             for (size_t i = 0; i < nI; i++) c->u[i] = gelu_tanh(c->u[i]);
         }
         matmul(c, &L->down, c->u, c->h, n);
+        if ((st = check_finite(c, c->h, n, H, l, "MLP output (down_proj)"))) return st;
         add(c->x, c->h, nH);
         if (!m->pre_norm) norm(m, &L->ln2, c->x, c->x, n, H);
     }
@@ -284,6 +299,7 @@ bq_status bq_forward(bq_ctx *c, const int32_t *ids, int n, float *logits, int al
     if (m->final_norm) norm(m, &M->final_ln, xf, xf, rows, H);
     if (M->proj_out.w) { matmul(c, &M->proj_out, xf, c->e, rows); xf = c->e; }
     matmul(c, &M->head, xf, logits, rows);
+    if ((st = check_finite(c, logits, rows, m->vocab, m->layers, "logits"))) return st;
     c->pos += n;
     return BQ_OK;
 }

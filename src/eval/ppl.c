@@ -26,6 +26,8 @@ bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const b
     float *lg = malloc((size_t)S * V * sizeof *lg);
     bq_ctx *c = NULL;
     bq_status st = lg ? bq_ctx_new(m, S, &c) : bq_fail(BQ_ERR_NOMEM, "out of memory for logits");
+    if (!st && !o->allow_nonfinite) st = bq_model_check_finite(m);
+    if (!st) bq_ctx_set_check(c, !o->allow_nonfinite);
     /* both protocols are accumulated from the same forward passes */
     double nll = 0, nll_half = 0, t0 = now();
     size_t scored = 0, scored_half = 0;

@@ -21,6 +21,7 @@ INLINE void grid_loop(const elem_t *e, const float *restrict x, float *restrict 
     const int emin = e->emin, emax1 = e->emax + 1, mb = e->mbits, sub = e->subnorm;
     const float fs = pow2f(e->frac), fsi = pow2f(-e->frac);
     const float maxv = is_mf ? e->maxval : (float)e->hi * fsi;
+    const float maxn = is_mf || e->lo >= 0 ? maxv : (float)-e->lo * fsi;  /* two's complement: one more below */
     for (size_t i = 0; i < n; i++) {
         float v = use_div ? x[i] / div : (x[i] * a1) * a2;
         float a = fabsf(v), q;
@@ -34,7 +35,8 @@ INLINE void grid_loop(const elem_t *e, const float *restrict x, float *restrict 
         } else {
             q = round_mag(a * fs, r, seed, idx0 + i) * fsi;
         }
-        q = q > maxv ? maxv : q;
+        float lim = v < 0 ? maxn : maxv;
+        q = q > lim ? lim : q;
         y[i] = (copysignf(q, sgn_of(v)) * p1) * p2;
     }
 }
@@ -150,10 +152,11 @@ INLINE void qdq_block(const bq_format *f, const qctx *c, const float *restrict x
 static void qdq_elem(const bq_format *f, const qctx *c, const float *x, float *y, size_t n, size_t idx0)
 {
     const elem_t *e = &f->el;
-    if (e->kind == EK_MF && e->fast && !e->overflow_inf) {
+    if ((e->kind == EK_MF && e->fast && !e->overflow_inf) || e->kind == EK_INT) {
         grid_dispatch(e, x, y, n, 0, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, c->round, c->seed, idx0);
-        for (size_t i = 0; i < n; i++)  /* Inf/NaN follow the element's own rules */
-            if (!(fabsf(x[i]) <= FLT_MAX)) y[i] = elem_quant(e, x[i], c->round, c->seed, idx0 + i);
+        if (e->kind == EK_MF)
+            for (size_t i = 0; i < n; i++)  /* Inf/NaN follow the element's own rules */
+                if (!(fabsf(x[i]) <= FLT_MAX)) y[i] = elem_quant(e, x[i], c->round, c->seed, idx0 + i);
         return;
     }
     for (size_t i = 0; i < n; i++) y[i] = elem_quant(e, x[i], c->round, c->seed, idx0 + i);

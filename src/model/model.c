@@ -2,6 +2,7 @@
  * Every architecture maps its tensor names onto the same layer layout;
  * linear layers get uniform names (layers.N.self_attn.q_proj, ...). */
 #include "model.h"
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -205,6 +206,43 @@ void bq_model_free(bq_model *m)
     free(m);
 }
 
+/* Record the first weight holding NaN/Inf, by name. */
+static void scan(bq_model *m, const float *w, size_t n, const char *name)
+{
+    if (!w || m->nonfinite[0]) return;
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(w[i])) {
+            snprintf(m->nonfinite, sizeof m->nonfinite, "weight '%s' holds %s at index %zu", name,
+                     isnan(w[i]) ? "NaN" : "Inf", i);
+            return;
+        }
+}
+
+static void scan_all(bq_model *m)
+{
+    const bq_config *c = &m->c;
+    scan(m, m->tok_emb, (size_t)c->vocab * c->embed_dim, "embed_tokens");
+    for (int i = 0; i < c->layers; i++) {
+        layer_w *L = &m->L[i];
+        linear *ls[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
+        for (int j = 0; j < 7; j++) {
+            scan(m, ls[j]->w, (size_t)ls[j]->in * ls[j]->out, ls[j]->name);
+            scan(m, ls[j]->b, (size_t)ls[j]->out, ls[j]->name);
+        }
+        char nm[64];
+        snprintf(nm, sizeof nm, "layers.%d norms", i);
+        normp *ns[] = {&L->ln1, &L->ln2};
+        for (int j = 0; j < 2; j++) { scan(m, ns[j]->w, (size_t)c->hidden, nm); scan(m, ns[j]->b, (size_t)c->hidden, nm); }
+    }
+    scan(m, m->head.w, (size_t)m->head.in * m->head.out, "lm_head");
+    scan(m, m->final_ln.w, (size_t)c->hidden, "final norm");
+}
+
+bq_status bq_model_check_finite(const bq_model *m)
+{
+    return m->nonfinite[0] ? bq_fail(BQ_ERR_NONFINITE, "%s (use --allow-nonfinite to go on)", m->nonfinite) : BQ_OK;
+}
+
 bq_status bq_model_load(const char *dir, bq_model **out)
 {
     *out = NULL;
@@ -237,6 +275,7 @@ bq_status bq_model_load(const char *dir, bq_model **out)
     }
     st_close(&L.st);
     if (L.err) { bq_model_free(m); return L.err; }
+    scan_all(m);
     *out = m;
     return BQ_OK;
 }

@@ -76,6 +76,7 @@ struct bq_model {
     bq_format *attn_q;  /* operands of Q.K^T and P.V (NULL: float) */
     bq_format *kv_q;    /* the stored K/V cache */
     bq_qopts qopts;     /* rounding for activations */
+    char nonfinite[256]; /* first weight holding NaN/Inf ("" if none) */
 };
 
 #endif
