@@ -118,6 +118,37 @@ INLINE void grid_dispatch(const elem_t *e, const float *restrict x, float *restr
 #undef GL
 }
 
+/* Log grid 2^k, k = round(log2|x|) clamped to [lo, hi], in bit arithmetic:
+ * round-to-nearest in the log domain is "mantissa >= sqrt(2)" (no ties exist).
+ * Valid for lo >= -126 and hi <= 127: float32 subnormal inputs then clamp to lo
+ * whatever their (unnormalised) bits say. */
+INLINE void log_loop(const float *restrict x, float *restrict y, size_t n, int lo, int hi, bq_round r,
+                     uint64_t seed, size_t idx0)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = f2u(x[i]) & 0x7fffffffu;
+        int k = (int)(u >> 23) - 127;
+        uint32_t m = u & 0x7fffffu;
+        if (r == BQ_ROUND_STOCHASTIC) k += noise01(seed, idx0 + i) < (float)m * 0x1p-23f;
+        else if (r != BQ_ROUND_ZERO) k += m >= 0x3504f4u;  /* 1 + m/2^23 >= sqrt(2) */
+        k = k < lo ? lo : (k > hi ? hi : k);
+        float q = u2f((uint32_t)(k + 127) << 23);
+        q = u == 0 ? 0.0f : q;
+        q = u > 0x7f800000u ? x[i] : q;  /* NaN stays NaN */
+        y[i] = copysignf(q, sgn_of(x[i]));
+    }
+}
+
+INLINE void log_dispatch(const float *restrict x, float *restrict y, size_t n, int lo, int hi, bq_round r,
+                         uint64_t seed, size_t idx0)
+{
+    switch (r) {
+    case BQ_ROUND_ZERO: log_loop(x, y, n, lo, hi, BQ_ROUND_ZERO, seed, idx0); break;
+    case BQ_ROUND_STOCHASTIC: log_loop(x, y, n, lo, hi, BQ_ROUND_STOCHASTIC, seed, idx0); break;
+    default: log_loop(x, y, n, lo, hi, BQ_ROUND_RNE, seed, idx0); break;
+    }
+}
+
 static void fill_nan(float *y, size_t n) { for (size_t i = 0; i < n; i++) y[i] = NAN; }
 
 /* A block-scaled chunk (MX, BFP, BM, BL, SCALED, NVFP4). Inlined with a
@@ -132,6 +163,10 @@ INLINE void qdq_block(const bq_format *f, const qctx *c, const float *restrict x
     const elem_t *e = &f->el;
     int grid_ok = (e->kind == EK_MF && e->fast && !e->overflow_inf) ||
                   (e->kind == EK_INT && e->lo == -e->hi);
+    if (f->sch == SCH_BL && e->lemin + s.E >= -126 && e->lemax + s.E <= 127) {
+        log_dispatch(x, y, n, e->lemin + s.E, e->lemax + s.E, c->round, c->seed, idx0);
+        return;
+    }
     if (f->sch != SCH_BL && grid_ok) {
         if (s.pow2 && s.E >= fused[0] && s.E <= fused[1]) {
             pow2_dispatch(e, x, y, n, s.E, c->round, c->seed, idx0);
@@ -157,6 +192,10 @@ static void qdq_elem(const bq_format *f, const qctx *c, const float *x, float *y
         if (e->kind == EK_MF)
             for (size_t i = 0; i < n; i++)  /* Inf/NaN follow the element's own rules */
                 if (!(fabsf(x[i]) <= FLT_MAX)) y[i] = elem_quant(e, x[i], c->round, c->seed, idx0 + i);
+        return;
+    }
+    if (e->kind == EK_LOG && e->lemin >= -126 && e->lemax <= 127) {
+        log_dispatch(x, y, n, e->lemin, e->lemax, c->round, c->seed, idx0);
         return;
     }
     for (size_t i = 0; i < n; i++) y[i] = elem_quant(e, x[i], c->round, c->seed, idx0 + i);
