@@ -155,6 +155,7 @@ typedef struct {
     int chunks;           /* evaluate only the first N windows (0 = all) */
     int second_half;      /* score only the last S/2 tokens of each window */
     int allow_nonfinite;  /* go on past NaN/Inf logits */
+    int threads;          /* for the log-softmax (0 = all cores); results do not depend on it */
     void (*progress)(void *arg, size_t done, size_t total, size_t tokens, double seconds);
     void *progress_arg;
 } bq_ppl_opts;

@@ -355,6 +355,41 @@ static void test_broken(void)
     CHECK(system(cmd) == 0, "cleanup");
 }
 
+/* Same bits whatever the thread count, float32 and quantised. */
+static void test_thread_invariance(void)
+{
+    bq_model *m;
+    if (bq_model_load("models/llama-19m-en", &m)) return;
+    int n = 300, V = bq_model_vocab(m);
+    int32_t *ids = malloc((size_t)n * 4);
+    for (int i = 0; i < n; i++) ids[i] = (i * 2654435761u) % (unsigned)V;
+    float *ref = malloc((size_t)n * V * 4), *got = malloc((size_t)n * V * 4);
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) {
+            bq_qconfig *q;
+            bq_qconfig_new(&q);
+            bq_qconfig_set(q, "wq", "mxfp4");
+            bq_qconfig_set(q, "aq", "bfp6_b16");
+            bq_qconfig_set(q, "attn", "bfp8_b16");
+            bq_qconfig_set(q, "kv", "mxfp8_e4m3");
+            bq_qconfig_set_round(q, BQ_ROUND_STOCHASTIC, 7);
+            bq_model_quantize(m, q, 1);
+            bq_qconfig_free(q);
+        }
+        bq_set_threads(1);
+        bq_model_logits(m, ids, n, ref);
+        for (int t = 2; t <= 3; t++) {
+            bq_set_threads(t);
+            bq_model_logits(m, ids, n, got);
+            CHECK(!memcmp(ref, got, (size_t)n * V * 4), "%s logits with %d threads differ from 1 thread",
+                  pass ? "quantised" : "float32", t);
+        }
+    }
+    bq_set_threads(0);
+    free(ids); free(ref); free(got);
+    bq_model_free(m);
+}
+
 int main(void)
 {
     refs = load_json("tests/refs/refs.json");
@@ -365,6 +400,7 @@ int main(void)
     test_llama19m();
     test_tiny();
     test_broken();
+    test_thread_invariance();
     test_ppl();
     cJSON_Delete(refs);
     return test_summary("test_engine");

@@ -194,7 +194,8 @@ int cmd_ppl(int argc, char **argv)
     size_t n = 0;
     if ((rc = load_model("ppl", &a, &m)) || (rc = load_tokenizer("ppl", a.model, &t))) goto done;
     if ((st = bq_tokenize(t, text, len, &ids, &n))) { rc = cli_status("ppl", st); goto done; }
-    bq_ppl_opts o = {.ctx = a.ctx, .chunks = a.chunks, .second_half = second, .allow_nonfinite = a.allow_nonfinite};
+    bq_ppl_opts o = {.ctx = a.ctx, .chunks = a.chunks, .second_half = second, .allow_nonfinite = a.allow_nonfinite,
+                     .threads = a.threads};
     if (isatty(2)) o.progress = progress_bar;
     bq_ppl_result r;
     if ((st = bq_perplexity(m, ids, n, &o, &r))) { rc = cli_status("ppl", st); goto done; }

@@ -160,7 +160,7 @@ int cmd_sweep(int argc, char **argv)
         if (!st && strcmp(p->w, "fp32")) st = bq_qconfig_set(q, "wq", p->w);
         if (!st && strcmp(p->a, "fp32")) st = bq_qconfig_set(q, "aq", p->a);
         if (!st) { bq_qconfig_set_round(q, round, 0); st = bq_model_quantize(m, q, 0); }
-        bq_ppl_opts o = {.ctx = ctx, .chunks = chunks};
+        bq_ppl_opts o = {.ctx = ctx, .chunks = chunks, .threads = threads};
         bq_ppl_result r;
         if (!st) st = bq_perplexity(m, ids, nids, &o, &r);
         if (st) {

@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+static int g_threads;  /* worker threads for matmuls and attention (0 = all cores) */
+
 struct bq_ctx {
     const bq_model *m;
     int max_tokens, pos, check;
@@ -46,7 +48,7 @@ static bq_status ensure_scratch(bq_ctx *c, int n)
     c->a = xrealloc(c->a, n * qd * 4, &fail);
     c->g = xrealloc(c->g, n * ffn * 4, &fail);
     c->u = xrealloc(c->u, n * ffn * 4, &fail);
-    c->att = xrealloc(c->att, n * T * 4, &fail);
+    c->att = xrealloc(c->att, (size_t)m->heads * n * T * 4, &fail);  /* one score matrix per head */
     c->e = xrealloc(c->e, n * E * 4, &fail);
     size_t maxin = H > ffn ? H : ffn;
     maxin = maxin > qd ? maxin : qd;
@@ -110,6 +112,22 @@ int bq_ctx_pos(const bq_ctx *c) { return c->pos; }
 
 /* ---- building blocks ---------------------------------------------------- */
 
+/* Fixed slices of SLICE output features, one single-threaded SGEMM each: the
+ * calls and their shapes never depend on the thread count, so neither do the
+ * bits (OpenBLAS's own threading and its results for other shapes do). */
+enum { SLICE = 64 };
+typedef struct { const linear *l; const float *x; float *y; int n; } mm_job;
+
+static void mm_range(void *arg, size_t b, size_t e)
+{
+    const mm_job *j = arg;
+    for (size_t s = b; s < e; s++) {
+        int o0 = (int)s * SLICE, o1 = o0 + SLICE < j->l->out ? o0 + SLICE : j->l->out;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->n, o1 - o0, j->l->in, 1.0f, j->x, j->l->in,
+                    j->l->w + (size_t)o0 * j->l->in, j->l->in, 0.0f, j->y + o0, j->l->out);
+    }
+}
+
 /* y[n, out] = q(x[n, in]) W^T + b: the one place every linear layer goes through.
  * The activation is quantised along `in`, the matmul's reduction dimension. */
 static void matmul(bq_ctx *c, const linear *l, const float *x, float *y, int n)
@@ -118,7 +136,10 @@ static void matmul(bq_ctx *c, const linear *l, const float *x, float *y, int n)
         bq_qdq(l->aq, x, c->xq, (size_t)n, (size_t)l->in, &c->m->qopts);
         x = c->xq;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, l->out, l->in, 1.0f, x, l->in, l->w, l->in, 0.0f, y, l->out);
+    mm_job j = {l, x, y, n};
+    size_t slices = (size_t)(l->out + SLICE - 1) / SLICE;
+    double work = (double)n * l->out * l->in;
+    bq_parallel_for(slices, work < 1e6 ? 1 : g_threads, mm_range, &j);
     if (l->b)
         for (int t = 0; t < n; t++)
             for (int o = 0; o < l->out; o++) y[(size_t)t * l->out + o] += l->b[o];
@@ -169,13 +190,54 @@ static float gelu_tanh(float x)
 }
 
 /* Causal attention of n new queries against the cache of one layer. */
+typedef struct { bq_ctx *c; const float *K, *V; int n, T; } att_job;
+
+static void attend_heads(void *arg, size_t h0, size_t h1)
+{
+    const att_job *j = arg;
+    bq_ctx *c = j->c;
+    const bq_config *m = &c->m->c;
+    int d = m->head_dim, group = m->heads / m->kv_heads, n = j->n, T = j->T;
+    size_t kvd = (size_t)m->kv_heads * d, qd = (size_t)m->heads * d;
+    const bq_format *aq = c->m->attn_q;
+    float scale = 1.0f / sqrtf((float)d);
+    for (size_t h = h0; h < h1; h++) {
+        int kh = (int)h / group;
+        float *att = c->att + h * (size_t)n * T;
+        /* scores [n, T] = Q_h K_h^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, T, d, scale, c->q + h * d, (int)qd,
+                    j->K + (size_t)kh * d, (int)kvd, 0.0f, att, T);
+        for (int t = 0; t < n; t++) {
+            float *s = att + (size_t)t * T;
+            int last = c->pos + t;  /* causal: keys 0..last */
+            float mx = -INFINITY;
+            for (int i = 0; i <= last; i++) mx = s[i] > mx ? s[i] : mx;
+            double sum = 0;
+            for (int i = 0; i <= last; i++) { s[i] = expf(s[i] - mx); sum += s[i]; }
+            float inv = (float)(1.0 / sum);
+            for (int i = 0; i <= last; i++) s[i] *= inv;
+            for (int i = last + 1; i < T; i++) s[i] = 0.0f;
+        }
+        /* out [n, d] = P V_h (P quantised along the token axis, against V^T rows) */
+        if (aq) {
+            bq_qopts o = c->m->qopts;
+            o.threads = 1;
+            bq_qdq(aq, att, att, (size_t)n, (size_t)T, &o);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, d, T, 1.0f, att, T, c->vt + (size_t)kh * d * T, T,
+                        0.0f, c->a + h * d, (int)qd);
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, T, 1.0f, att, T, j->V + (size_t)kh * d,
+                        (int)kvd, 0.0f, c->a + h * d, (int)qd);
+        }
+    }
+}
+
 static void attention(bq_ctx *c, int layer, int n)
 {
     const bq_config *m = &c->m->c;
-    int d = m->head_dim, group = m->heads / m->kv_heads, T = c->pos + n;
-    size_t kvd = (size_t)m->kv_heads * d, qd = (size_t)m->heads * d;
+    int d = m->head_dim, T = c->pos + n;
+    size_t kvd = (size_t)m->kv_heads * d;
     const float *K = c->kc + (size_t)layer * c->max_tokens * kvd, *V = c->vc + (size_t)layer * c->max_tokens * kvd;
-    float scale = 1.0f / sqrtf((float)d);
     const bq_format *aq = c->m->attn_q;
     const bq_qopts *qo = &c->m->qopts;
     if (aq) {
@@ -187,32 +249,9 @@ static void attention(bq_ctx *c, int layer, int n)
             for (int t = 0; t < T; t++) c->vt[j * T + t] = V[(size_t)t * kvd + j];
         bq_qdq(aq, c->vt, c->vt, kvd, (size_t)T, qo);
     }
-    for (int h = 0; h < m->heads; h++) {
-        int kh = h / group;
-        /* scores [n, T] = Q_h K_h^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, T, d, scale, c->q + (size_t)h * d, (int)qd,
-                    K + (size_t)kh * d, (int)kvd, 0.0f, c->att, T);
-        for (int t = 0; t < n; t++) {
-            float *s = c->att + (size_t)t * T;
-            int last = c->pos + t;  /* causal: keys 0..last */
-            float mx = -INFINITY;
-            for (int j = 0; j <= last; j++) mx = s[j] > mx ? s[j] : mx;
-            double sum = 0;
-            for (int j = 0; j <= last; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
-            float inv = (float)(1.0 / sum);
-            for (int j = 0; j <= last; j++) s[j] *= inv;
-            for (int j = last + 1; j < T; j++) s[j] = 0.0f;
-        }
-        /* out [n, d] = P V_h (P quantised along the token axis) */
-        if (aq) {
-            bq_qdq(aq, c->att, c->att, (size_t)n, (size_t)T, qo);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, d, T, 1.0f, c->att, T, c->vt + (size_t)kh * d * T, T,
-                        0.0f, c->a + (size_t)h * d, (int)qd);
-        } else {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, T, 1.0f, c->att, T, V + (size_t)kh * d,
-                        (int)kvd, 0.0f, c->a + (size_t)h * d, (int)qd);
-        }
-    }
+    att_job j = {c, K, V, n, T};
+    double work = (double)n * T * d * m->heads;
+    bq_parallel_for((size_t)m->heads, work < 1e6 ? 1 : g_threads, attend_heads, &j);
 }
 
 static void add(float *x, const float *y, size_t n) { for (size_t i = 0; i < n; i++) x[i] += y[i]; }
@@ -319,5 +358,6 @@ int bq_model_vocab(const bq_model *m) { return m->c.vocab; }
 void bq_set_threads(int n)
 {
     extern void openblas_set_num_threads(int);
-    openblas_set_num_threads(n > 0 ? n : bq_ncores());
+    openblas_set_num_threads(1);  /* threads come from mm_range's split instead */
+    g_threads = n;
 }

@@ -7,6 +7,22 @@
 #include <stdlib.h>
 #include <time.h>
 
+/* log p(next token) for each position, in parallel; summed in order afterwards. */
+typedef struct { const float *lg; const int32_t *win; double *lp; int V; } lp_job;
+
+static void logprobs(void *arg, size_t t0, size_t t1)
+{
+    const lp_job *j = arg;
+    for (size_t t = t0; t < t1; t++) {
+        const float *row = j->lg + t * (size_t)j->V;
+        float mx = -INFINITY;
+        for (int v = 0; v < j->V; v++) mx = row[v] > mx ? row[v] : mx;
+        double se = 0;
+        for (int v = 0; v < j->V; v++) se += (double)expf(row[v] - mx);
+        j->lp[t] = (double)row[j->win[t + 1]] - mx - log(se);
+    }
+}
+
 static double now(void)
 {
     struct timespec t;
@@ -24,8 +40,9 @@ bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const b
         return bq_fail(BQ_ERR_ARG, "the text has %zu tokens, fewer than one window of %d", n, S);
     int V = bq_model_vocab(m);
     float *lg = malloc((size_t)S * V * sizeof *lg);
+    double *lp = malloc((size_t)S * sizeof *lp);
     bq_ctx *c = NULL;
-    bq_status st = lg ? bq_ctx_new(m, S, &c) : bq_fail(BQ_ERR_NOMEM, "out of memory for logits");
+    bq_status st = lg && lp ? bq_ctx_new(m, S, &c) : bq_fail(BQ_ERR_NOMEM, "out of memory for logits");
     if (!st && !o->allow_nonfinite) st = bq_model_check_finite(m);
     if (!st) bq_ctx_set_check(c, !o->allow_nonfinite);
     /* both protocols are accumulated from the same forward passes */
@@ -36,25 +53,22 @@ bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const b
         const int32_t *win = ids + w * (size_t)S;
         bq_ctx_reset(c);
         if ((st = bq_forward(c, win, S, lg, 1))) break;
+        lp_job j = {lg, win, lp, V};
+        bq_parallel_for((size_t)S - 1, o->threads, logprobs, &j);
         for (int t = 0; t < S - 1; t++) {
-            const float *row = lg + (size_t)t * V;
-            float mx = -INFINITY;
-            for (int j = 0; j < V; j++) mx = row[j] > mx ? row[j] : mx;
-            double se = 0;
-            for (int j = 0; j < V; j++) se += exp((double)row[j] - mx);
-            double lp = (double)row[win[t + 1]] - mx - log(se);
-            if (!isfinite(lp) && !o->allow_nonfinite) {
+            if (!isfinite(lp[t]) && !o->allow_nonfinite) {
                 st = bq_fail(BQ_ERR_NONFINITE, "non-finite logits in window %zu at position %d (use --allow-nonfinite to go on)", w, t);
                 break;
             }
-            nll -= lp;
+            nll -= lp[t];
             scored++;
-            if (t >= half) { nll_half -= lp; scored_half++; }
+            if (t >= half) { nll_half -= lp[t]; scored_half++; }
         }
         if (o->progress) o->progress(o->progress_arg, w + 1, windows, (w + 1) * (size_t)S, now() - t0);
     }
     bq_ctx_free(c);
     free(lg);
+    free(lp);
     if (st) return st;
     r->windows = windows;
     r->ppl_all = exp(nll / (double)scored);
