@@ -44,27 +44,16 @@ static double best_memcpy(int threads, int reps)
     return best;
 }
 
-static double best_qdq(const bq_format *f, int threads, int reps)
-{
-    double best = 1e30;
-    bq_qopts o = {BQ_ROUND_RNE, 0, threads};
-    for (int r = 0; r < reps; r++) {
-        double t = now();
-        bq_qdq(f, g_x, g_y, g_rows, g_cols, &o);
-        t = now() - t;
-        if (t < best) best = t;
-    }
-    return best;
-}
-
-static double best_pack(const bq_format *f, int threads, int reps)
+/* best-of-reps seconds of one quantise (pack = 0) or pack (pack = 1) of the buffer */
+static double best_op(const bq_format *f, int threads, int reps, int pack)
 {
     double best = 1e30;
     bq_qopts o = {BQ_ROUND_RNE, 0, threads};
     size_t sz = bq_packed_size(f, g_rows, g_cols);
     for (int r = 0; r < reps; r++) {
         double t = now();
-        if (bq_pack(f, g_x, g_rows, g_cols, &o, g_p, sz)) { fprintf(stderr, "pack: %s\n", bq_last_error()); exit(1); }
+        bq_status st = pack ? bq_pack(f, g_x, g_rows, g_cols, &o, g_p, sz) : bq_qdq(f, g_x, g_y, g_rows, g_cols, &o);
+        if (st) { fprintf(stderr, "%s\n", bq_last_error()); exit(1); }
         t = now() - t;
         if (t < best) best = t;
     }
@@ -115,11 +104,11 @@ int main(int argc, char **argv)
         bq_format_get_info(f, &in);
         for (size_t k = 0; k < 3; k++) {
             if (bq_set_isa(isas[k])) continue;
-            double q1 = bytes / best_qdq(f, 1, reps) / 1e9, qn = bytes / best_qdq(f, nc, reps) / 1e9;
+            double q1 = bytes / best_op(f, 1, reps, 0) / 1e9, qn = bytes / best_op(f, nc, reps, 0) / 1e9;
             double p1 = 0, pn = 0;
             if (k == 0 || !strcmp(isas[k], "scalar")) {
-                p1 = bytes / best_pack(f, 1, reps) / 1e9;
-                pn = bytes / best_pack(f, nc, reps) / 1e9;
+                p1 = bytes / best_op(f, 1, reps, 1) / 1e9;
+                pn = bytes / best_op(f, nc, reps, 1) / 1e9;
             }
             printf("| %s | %.3f | %s | %.2f | %.2f | %.2f | %.2f | ", fmts[fi], in.bits_per_element, isas[k], q1,
                    q1 / mc1, qn, qn / mcn);

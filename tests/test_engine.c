@@ -2,6 +2,7 @@
  * greedy continuation, KV-cache consistency, perplexity, and broken checkpoints. */
 #include "blockq.h"
 #include "harness.h"
+#include "model.h"
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <sys/stat.h>
@@ -329,6 +330,39 @@ static void test_broken(void)
     expect_load(BQ_ERR_UNSUPPORTED, "model_type 'mamba'", "unknown architecture");
     write_file("config.json", "{\"model_type\": ", 15);
     expect_load(BQ_ERR_PARSE, "not a JSON object", "malformed config");
+    /* shape x dtype overflowing size_t, absurd dimensions, deep nesting */
+    {
+        static const struct { const char *hdr, *msg; } bad[] = {
+            {"{\"w\": {\"dtype\": \"F32\", \"shape\": [4294967296, 4294967296, 4294967296], \"data_offsets\": [0, 4]}}", "overflows"},
+            {"{\"w\": {\"dtype\": \"F32\", \"shape\": [1e15], \"data_offsets\": [0, 4]}}", "bad shape"},
+            {"{\"w\": {\"dtype\": \"F32\", \"shape\": [-1], \"data_offsets\": [0, 4]}}", "bad shape"},
+            {"{\"w\": {\"dtype\": \"F32\", \"shape\": [1, 1, 1, 1, 1], \"data_offsets\": [0, 4]}}", "5 dimensions"},
+            {"{\"w\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [4, 0]}}", "outside"},
+            {"[1, 2]", "not a JSON object"},
+        };
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+            size_t hl = strlen(bad[i].hdr);
+            uint8_t *f = calloc(1, 8 + hl + 8);
+            uint64_t h64 = hl;
+            memcpy(f, &h64, 8);
+            memcpy(f + 8, bad[i].hdr, hl);
+            st_set st = {0};
+            bq_status rc = st_parse_buffer(&st, "t.safetensors", f, 8 + hl + 4);
+            CHECK(rc != BQ_OK && strstr(bq_last_error(), bad[i].msg), "header %zu: '%s' (want '%s')", i, bq_last_error(), bad[i].msg);
+            st_close(&st);
+            free(f);
+        }
+        /* 5000 levels of nesting in config.json: refused, not a stack overflow */
+        size_t depth = 5000;
+        char *deep = malloc(2 * depth + 1);
+        for (size_t i = 0; i < depth; i++) { deep[i] = '['; deep[2 * depth - 1 - i] = ']'; }
+        deep[2 * depth] = 0;
+        bq_config cfg;
+        CHECK(config_parse(deep, 2 * depth, "deep.json", &cfg) == BQ_ERR_PARSE && strstr(bq_last_error(), "not a JSON object"),
+              "deeply nested config: %s", bq_last_error());
+        free(deep);
+    }
+
     /* NaN in a weight: named at load; the forward pass names the layer */
     write_file("config.json", good_config, strlen(good_config));
     nan_tensor = 10;  /* model.layers.0.mlp.down_proj.weight */

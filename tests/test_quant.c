@@ -4,6 +4,7 @@
 #include "blockq.h"
 #include "harness.h"
 #include "model.h"
+#include "quant.h"
 #include <math.h>
 #include <unistd.h>
 
@@ -152,6 +153,18 @@ static void test_bad_configs(void)
         CHECK(st == cases[i].st && strstr(bq_last_error(), cases[i].msg), "config %zu: status %s, message '%s' (want '%s')", i,
               bq_status_name(st), bq_last_error(), cases[i].msg);
         bq_model_free(m);
+    }
+    /* a 2 MiB string */
+    {
+        size_t n = 2u << 20;
+        char *big = malloc(n + 32);
+        memcpy(big, "x = \"", 5);
+        memset(big + 5, 'a', n);
+        memcpy(big + 5 + n, "\"\n", 3);
+        tdoc d;
+        CHECK(toml_parse(big, n + 7, "big.toml", &d) == BQ_ERR_PARSE && strstr(bq_last_error(), "too long"),
+              "huge TOML string: %s", bq_last_error());
+        free(big);
     }
     /* without strict, a pattern that matches nothing is only a warning */
     bq_model *m = load(DEFAULT);

@@ -85,19 +85,28 @@ static inline int pow2_fused_ok(const elem_t *e, int E)
     return lo >= -126 && hi <= 126;
 }
 
+/* Instantiate a loop once per (grid kind, rounding mode) so each is a constant
+ * inside it: the compiler then drops the other branches and vectorises. */
+#define DISPATCH_GRID_ROUND(e, r, LOOP)                                                   \
+    do {                                                                                  \
+        int mf_ = (e)->kind == EK_MF;                                                     \
+        switch ((r) * 2 + mf_) {                                                          \
+        case BQ_ROUND_RNE * 2 + 1: LOOP(1, BQ_ROUND_RNE); break;                          \
+        case BQ_ROUND_RNE * 2: LOOP(0, BQ_ROUND_RNE); break;                              \
+        case BQ_ROUND_AWAY * 2 + 1: LOOP(1, BQ_ROUND_AWAY); break;                        \
+        case BQ_ROUND_AWAY * 2: LOOP(0, BQ_ROUND_AWAY); break;                            \
+        case BQ_ROUND_ZERO * 2 + 1: LOOP(1, BQ_ROUND_ZERO); break;                        \
+        case BQ_ROUND_ZERO * 2: LOOP(0, BQ_ROUND_ZERO); break;                            \
+        case BQ_ROUND_STOCHASTIC * 2 + 1: LOOP(1, BQ_ROUND_STOCHASTIC); break;            \
+        default: LOOP(0, BQ_ROUND_STOCHASTIC); break;                                     \
+        }                                                                                 \
+    } while (0)
+
 INLINE void pow2_dispatch(const elem_t *e, const float *restrict x, float *restrict y, size_t n, int E,
                           bq_round r, uint64_t seed, size_t idx0)
 {
 #define GL(MF, R) grid_loop_pow2(e, x, y, n, E, MF, R, seed, idx0)
-#define GR(MF)                                                                            \
-    switch (r) {                                                                          \
-    case BQ_ROUND_RNE: GL(MF, BQ_ROUND_RNE); break;                                       \
-    case BQ_ROUND_AWAY: GL(MF, BQ_ROUND_AWAY); break;                                     \
-    case BQ_ROUND_ZERO: GL(MF, BQ_ROUND_ZERO); break;                                     \
-    default: GL(MF, BQ_ROUND_STOCHASTIC); break;                                          \
-    }
-    if (e->kind == EK_MF) { GR(1) } else { GR(0) }
-#undef GR
+    DISPATCH_GRID_ROUND(e, r, GL);
 #undef GL
 }
 
@@ -106,15 +115,7 @@ INLINE void grid_dispatch(const elem_t *e, const float *restrict x, float *restr
                           uint64_t seed, size_t idx0)
 {
 #define GL(MF, R) grid_loop(e, x, y, n, use_div, a1, a2, div, p1, p2, MF, R, seed, idx0)
-#define GR(MF)                                                                            \
-    switch (r) {                                                                          \
-    case BQ_ROUND_RNE: GL(MF, BQ_ROUND_RNE); break;                                       \
-    case BQ_ROUND_AWAY: GL(MF, BQ_ROUND_AWAY); break;                                     \
-    case BQ_ROUND_ZERO: GL(MF, BQ_ROUND_ZERO); break;                                     \
-    default: GL(MF, BQ_ROUND_STOCHASTIC); break;                                          \
-    }
-    if (e->kind == EK_MF) { GR(1) } else { GR(0) }
-#undef GR
+    DISPATCH_GRID_ROUND(e, r, GL);
 #undef GL
 }
 
