@@ -82,32 +82,3 @@ float mf_decode(const elem_t *e, uint32_t code)
     return neg ? -v : v;
 }
 
-/* intB scale over one group: symmetric s = amax/qmax; asymmetric over a range
- * widened to include 0 (so zero is exact), s = (max-min)/(2^B-1), z = round(-min/s). */
-void bq_int_scale(const bq_format *f, const float *x, size_t n, float *s, float *z, int *nonfinite)
-{
-    float mn = 0.0f, mx = 0.0f, amax = 0.0f;
-    int bad = 0;
-    for (size_t i = 0; i < n; i++) {
-        float v = x[i];
-        bad |= !(fabsf(v) <= FLT_MAX);
-        mn = v < mn ? v : mn;
-        mx = v > mx ? v : mx;
-        float a = fabsf(v);
-        amax = a > amax ? a : amax;
-    }
-    *nonfinite = bad;
-    if (bad) {  /* the group decodes to NaN; keep the zero point a valid code */
-        *s = NAN;
-        *z = 0.0f;
-        return;
-    }
-    if (!f->asym) {
-        *s = amax / (float)f->el.hi;
-        *z = 0.0f;
-        return;
-    }
-    float qm = (float)((1 << f->el.bits) - 1), range = mx - mn;
-    *s = range <= FLT_MAX ? range / qm : mx / qm - mn / qm;  /* range may overflow float32 */
-    *z = *s > 0.0f ? rintf(-mn / *s) : 0.0f;
-}

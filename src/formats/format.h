@@ -67,8 +67,6 @@ int elem_minifloat(elem_t *e, int ebits, int mbits, int bias, mf_flavour fl, int
 void elem_int(elem_t *e, int bits, int lo, int hi, int frac, int signmag);
 void elem_log(elem_t *e, int bits);
 
-/* intB group scale and zero point (elem.c). */
-void bq_int_scale(const bq_format *f, const float *x, size_t n, float *s, float *z, int *nonfinite);
 /* Tensor-wide facts before the rows run (quant.c). */
 bq_status bq_tensor_ctx(const bq_format *f, const float *x, size_t rows, size_t cols,
                         const bq_qopts *o, qctx *c);

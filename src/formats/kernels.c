@@ -184,6 +184,46 @@ INLINE void qdq_block(const bq_format *f, const qctx *c, const float *restrict x
     for (size_t i = 0; i < n; i++) y[i] = block_elem(f, &s, x[i], c->round, c->seed, idx0 + i, &q);
 }
 
+/* Scaled blocks (SCH_SCALED, NVFP4) a row at a time: the block scales need two
+ * float divisions each, so they are computed for up to CHUNK blocks in one
+ * vectorised pass, then the elements block by block. Same arithmetic as
+ * block_scale() + grid_loop(), so the same bits. */
+enum { CHUNK = 256 };
+static void qdq_row_scaled(const bq_format *f, const qctx *c, const float *x, float *y, size_t cols, size_t idx0)
+{
+    const size_t K = (size_t)f->block;
+    const elem_t *e = &f->el, *se = &f->scale;
+    const int nv = f->sch == SCH_NVFP4;
+    const float ts = c->tensor_scale, emaxv = e->kind == EK_MF ? e->maxval : (float)e->hi;
+    float amax[CHUNK], div[CHUNK], sc[CHUNK];
+    uint32_t bits[CHUNK];
+    for (size_t b0 = 0; b0 < cols; b0 += CHUNK * K) {
+        size_t nb = (cols - b0 + K - 1) / K;
+        nb = nb > CHUNK ? CHUNK : nb;
+        for (size_t b = 0; b < nb; b++) {
+            size_t s0 = b0 + b * K, n = cols - s0 < K ? cols - s0 : K;
+            bits[b] = K == 16 && n == 16 ? amax_bits(x + s0, 16) : amax_bits(x + s0, n);
+        }
+        for (size_t b = 0; b < nb; b++) {  /* vectorised: ideal scale, rounded to the scale format */
+            float a = u2f(bits[b] > 0x7f7fffffu ? 0 : bits[b]);
+            float ideal = nv ? (ts > 0 ? a / 6.0f / ts : 0.0f) : a / emaxv;
+            amax[b] = ideal;
+        }
+        for (size_t b = 0; b < nb; b++) sc[b] = mf_quant_mag(se, amax[b], BQ_ROUND_RNE, 0, 0);
+        for (size_t b = 0; b < nb; b++) div[b] = nv ? sc[b] * ts : sc[b];
+        for (size_t b = 0; b < nb; b++) {
+            size_t s0 = b0 + b * K, n = cols - s0 < K ? cols - s0 : K;
+            const float *xb = x + s0;
+            float *yb = y + s0;
+            if (bits[b] > 0x7f7fffffu) { fill_nan(yb, n); continue; }
+            if (!(div[b] > 0.0f)) { for (size_t i = 0; i < n; i++) yb[i] = copysignf(0.0f, sgn_of(xb[i])); continue; }
+            float p2 = nv ? ts : 1.0f;
+            if (n == 16) grid_dispatch(e, xb, yb, 16, 1, 1.0f, 1.0f, div[b], sc[b], p2, c->round, c->seed, idx0 + s0);
+            else grid_dispatch(e, xb, yb, n, 1, 1.0f, 1.0f, div[b], sc[b], p2, c->round, c->seed, idx0 + s0);
+        }
+    }
+}
+
 /* Element formats: no scale. */
 static void qdq_elem(const bq_format *f, const qctx *c, const float *x, float *y, size_t n, size_t idx0)
 {
@@ -243,11 +283,18 @@ static void qdq_rows(const bq_format *f, const qctx *c, const float *x, float *y
                     size_t n = cols - b < g ? cols - b : g;
                     float s, z;
                     int bad;
-                    bq_int_scale(f, xr + b, n, &s, &z, &bad);
+                    int_group_scale(f, xr + b, n, &s, &z, &bad);
                     qdq_int_group(f, c, xr + b, yr + b, n, idx + b, s, z, bad);
                 }
             }
             break;
+        case SCH_SCALED:
+        case SCH_NVFP4:
+            if ((f->el.kind == EK_MF && f->el.fast) || f->el.kind == EK_INT) {
+                qdq_row_scaled(f, c, xr, yr, cols, idx);
+                break;
+            }
+            /* fall through */
         default: {
             size_t K = (size_t)f->block, b = 0, full = cols - cols % K;
             if (K == 32) for (; b < full; b += 32) qdq_block(f, c, xr + b, yr + b, 32, idx + b, fused);
@@ -264,3 +311,7 @@ void CAT(bq_qdq_rows, BQ_ISA)(const bq_format *f, const qctx *c, const float *x,
 {
     qdq_rows(f, c, x, y, r0, r1);
 }
+
+/* max |x| bits over a whole tensor (for tensor-wide scales), in this ISA */
+uint32_t CAT(bq_amax_bits, BQ_ISA)(const float *x, size_t n);
+uint32_t CAT(bq_amax_bits, BQ_ISA)(const float *x, size_t n) { return amax_bits(x, n); }

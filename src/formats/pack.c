@@ -186,7 +186,7 @@ static bq_status pack_row(const bq_format *f, const qctx *c, const float *x, siz
             float s = c->tensor_scale, z = c->tensor_zero;
             int bad = c->tensor_nonfinite;
             if (f->sch == SCH_INT && f->scope != SCOPE_TENSOR) {
-                bq_int_scale(f, xb, n, &s, &z, &bad);
+                int_group_scale(f, xb, n, &s, &z, &bad);
                 put(w, f2u(s), 32);
                 if (f->asym) put(w, (uint32_t)z, 8);
             }

@@ -174,6 +174,32 @@ static inline float asym_deq(float q, float z, float s)
     return out > FLT_MAX ? FLT_MAX : (out < -FLT_MAX ? -FLT_MAX : out);
 }
 
+/* intB scale over one group: symmetric s = amax/qmax; asymmetric over a range
+ * widened to include 0 (so zero is exact), s = (max-min)/(2^B-1), z = round(-min/s).
+ * Inline so the per-ISA kernels vectorise the symmetric reduction. */
+static inline void int_group_scale(const bq_format *f, const float *x, size_t n, float *s, float *z, int *nonfinite)
+{
+    uint32_t mb = amax_bits(x, n);
+    *nonfinite = mb > 0x7f7fffffu;
+    *z = 0.0f;
+    if (*nonfinite) {  /* the group decodes to NaN; keep the zero point a valid code */
+        *s = NAN;
+        return;
+    }
+    if (!f->asym) {
+        *s = u2f(mb) / (float)f->el.hi;
+        return;
+    }
+    float mn = 0.0f, mx = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        mn = x[i] < mn ? x[i] : mn;
+        mx = x[i] > mx ? x[i] : mx;
+    }
+    float qm = (float)((1 << f->el.bits) - 1), range = mx - mn;
+    *s = range <= FLT_MAX ? range / qm : mx / qm - mn / qm;  /* range may overflow float32 */
+    *z = *s > 0.0f ? rintf(-mn / *s) : 0.0f;
+}
+
 /* ---- block scales --------------------------------------------------------- */
 
 /* A block's shared scale as both a stored code and the arithmetic it implies:

@@ -2,13 +2,21 @@
 #include "qkern.h"
 #include <stdlib.h>
 
-void bq_qdq_rows_scalar(const bq_format *, const qctx *, const float *, float *, size_t, size_t);
+#define ISA_FNS(isa)                                                                             \
+    void bq_qdq_rows_##isa(const bq_format *, const qctx *, const float *, float *, size_t, size_t); \
+    uint32_t bq_amax_bits_##isa(const float *, size_t);
+ISA_FNS(scalar)
 #ifdef BQ_HAVE_X86
-void bq_qdq_rows_avx2(const bq_format *, const qctx *, const float *, float *, size_t, size_t);
-void bq_qdq_rows_avx512(const bq_format *, const qctx *, const float *, float *, size_t, size_t);
+ISA_FNS(avx2)
+ISA_FNS(avx512)
 #endif
 
-typedef struct { const char *name; qdq_rows_fn fn; int (*supported)(void); } isa_entry;
+typedef struct {
+    const char *name;
+    qdq_rows_fn fn;
+    uint32_t (*amax_bits)(const float *, size_t);
+    int (*supported)(void);
+} isa_entry;
 
 static int always(void) { return 1; }
 #ifdef BQ_HAVE_X86
@@ -23,10 +31,10 @@ static int has_avx512(void)
 /* Best first. */
 static const isa_entry isas[] = {
 #ifdef BQ_HAVE_X86
-    {"avx512", bq_qdq_rows_avx512, has_avx512},
-    {"avx2", bq_qdq_rows_avx2, has_avx2},
+    {"avx512", bq_qdq_rows_avx512, bq_amax_bits_avx512, has_avx512},
+    {"avx2", bq_qdq_rows_avx2, bq_amax_bits_avx2, has_avx2},
 #endif
-    {"scalar", bq_qdq_rows_scalar, always},
+    {"scalar", bq_qdq_rows_scalar, bq_amax_bits_scalar, always},
 };
 
 static const isa_entry *g_isa;
@@ -71,10 +79,16 @@ bq_status bq_tensor_ctx(const bq_format *f, const float *x, size_t rows, size_t 
     c->cols = cols;
     if ((unsigned)c->round > BQ_ROUND_STOCHASTIC) return bq_fail(BQ_ERR_ARG, "unknown rounding mode %d", (int)c->round);
     if (f->sch == SCH_INT && f->scope == SCOPE_TENSOR) {
-        bq_int_scale(f, x, rows * cols, &c->tensor_scale, &c->tensor_zero, &c->tensor_nonfinite);
+        if (f->asym) int_group_scale(f, x, rows * cols, &c->tensor_scale, &c->tensor_zero, &c->tensor_nonfinite);
+        else {  /* the symmetric reduction in this CPU's ISA */
+            uint32_t mb = current_isa()->amax_bits(x, rows * cols);
+            c->tensor_nonfinite = mb > 0x7f7fffffu;
+            c->tensor_scale = c->tensor_nonfinite ? NAN : u2f(mb) / (float)f->el.hi;
+            c->tensor_zero = 0.0f;
+        }
     } else if (f->sch == SCH_NVFP4) {
         /* s_t from the finite values; blocks holding NaN/Inf decode to NaN */
-        float amax = u2f(amax_bits(x, rows * cols));
+        float amax = u2f(current_isa()->amax_bits(x, rows * cols));
         if (!(amax <= FLT_MAX)) { /* slow path: ignore the non-finite values */
             amax = 0.0f;
             for (size_t i = 0; i < rows * cols; i++) {
