@@ -7,11 +7,11 @@ SAN     ?=
 # Bit-exactness across ISAs: no FMA contraction, no fast-math.
 CFLAGS_BASE = -std=c11 -g -Wall -Wextra -Wshadow -Wno-unused-parameter -D_GNU_SOURCE -pthread \
               -ffp-contract=off -fno-math-errno -fno-trapping-math \
-              -Iinclude -Isrc/core -Isrc/formats -Isrc/model -Isrc/engine -Isrc/eval -Isrc/quant
+              -Iinclude -Isrc/core -Isrc/formats -Isrc/model -Isrc/engine -Isrc/eval -Isrc/quant -Isrc/search
 CFLAGS  = $(CFLAGS_BASE) $(OPT) $(SAN) -DBQ_HAVE_X86
 LDLIBS  = -lopenblas -lpcre2-8 -lcjson -lm -pthread
 
-LIB_SRC = $(wildcard src/core/*.c src/model/*.c src/engine/*.c src/eval/*.c src/quant/*.c) \
+LIB_SRC = $(wildcard src/core/*.c src/model/*.c src/engine/*.c src/eval/*.c src/quant/*.c src/search/*.c) \
           $(filter-out src/formats/kernels.c,$(wildcard src/formats/*.c))
 LIB_OBJ = $(LIB_SRC:%.c=$(BUILD)/%.o) \
           $(BUILD)/kern/kernels_scalar.o $(BUILD)/kern/kernels_avx2.o $(BUILD)/kern/kernels_avx512.o

@@ -132,11 +132,41 @@ void bq_qconfig_free(bq_qconfig *q);
  * operands), "kv" (stored K/V), "head" (LM head weight and input), "emb" (embedding). */
 bq_status bq_qconfig_set(bq_qconfig *q, const char *role, const char *format);
 void bq_qconfig_set_round(bq_qconfig *q, bq_round r, uint64_t seed);
+/* One rule: tensors matching the glob get weight format w and/or input format a (NULL or "": unchanged). */
+bq_status bq_qconfig_add_rule(bq_qconfig *q, const char *pattern, const char *w, const char *a);
 /* Add the rules of a TOML file (after those already set). */
 bq_status bq_qconfig_load(bq_qconfig *q, const char *toml_path);
 /* Fake-quantise the model's weights in place and arm activation quantisers.
  * strict: a pattern that matches no tensor is an error, not a warning. */
 bq_status bq_model_quantize(bq_model *m, const bq_qconfig *q, int strict);
+
+/* ---- hardware cost model (docs/cost-model.md) ---------------------------- */
+
+typedef struct {
+    double w_bits, a_bits;      /* bits per element, shared scales included */
+    double mac_area;            /* one W x A multiply-accumulate, full-adder equivalents */
+    double fp32_mac_area;       /* the same for float32 x float32 */
+    double arith_density;       /* fp32_mac_area / mac_area */
+    double mem_density;         /* 32 / w_bits */
+} bq_cost;
+bq_status bq_cost_pair(const bq_format *w, const bq_format *a, bq_cost *out);
+
+/* The model's quantisable units: the linear layers inside the blocks, in order. */
+int bq_model_n_linears(const bq_model *m);
+const char *bq_model_linear_name(const bq_model *m, int i);
+size_t bq_model_linear_params(const bq_model *m, int i);
+/* Parameters outside the block linears (embedding, LM head if untied, norms),
+ * and K/V cache elements per token of context. */
+size_t bq_model_other_params(const bq_model *m);
+size_t bq_model_kv_per_token(const bq_model *m);
+
+/* Multiple-choice knapsack: for n units and nf formats pick choose[i] minimising
+ * sum sens[i*nf + choose[i]] with sum params[i]*bits[choose[i]] <= budget * sum params.
+ * Exact on costs rounded up to `grid` buckets (the result never exceeds the budget). */
+bq_status bq_knapsack(int n, int nf, const double *sens, const size_t *params, const double *bits, double budget,
+                      int grid, int *choose, double *total_sens);
+/* Indices of the non-dominated points (lower loss, fewer bits, higher density); returns the count. */
+int bq_pareto(int n, const double *loss, const double *bits, const double *density, int *front);
 
 /* ---- tokenizer ------------------------------------------------------------ */
 

@@ -75,5 +75,15 @@ expect_fail 2 "unknown format 'nope'" -- $B sweep --model $M --text data/wikitex
 expect_fail 2 "matches no tensor" -- $B ppl --model $M --text data/wikitext-2-test.txt --chunks 1 --config tests/data/unmatched.toml --strict
 expect_fail 2 "bad.toml:2" -- $B ppl --model $M --text data/wikitext-2-test.txt --chunks 1 --config tests/data/bad.toml
 
+# cost model and search
+$B cost --formats fp32,bfp6_b16 --json | grep -q '"format": "bfp6_b16", "bits_per_element": 6.5000, "memory_density": 4.9231' && ok || bad "cost --json"
+expect_fail 2 "impossible budget 3.000 bits" -- $B search --model $M --text data/wikitext-2-valid-tokenized.txt --formats bfp4_b16,bfp8_b16 --budget 3
+expect_fail 2 "unknown format 'bfp1'" -- $B search --model $M --text data/wikitext-2-valid-tokenized.txt --formats bfp1,bfp8_b16 --budget 5
+S="--model $M --text data/wikitext-2-valid-tokenized.txt --formats bfp4_b16,bfp8_b16 --budget 6 --ctx 16 --chunks 1 --trials 3 --seed 4"
+$B search $S --out "$T/s1" >/dev/null 2>&1 && cp "$T/s1.json" "$T/first.json" &&
+    $B search $S --out "$T/s1" >/dev/null 2>"$T/s1.err" && cmp -s "$T/s1.json" "$T/first.json" && grep -q "3 trials resumed" "$T/s1.err" &&
+    ls "$T"/s1-p0.toml >/dev/null && ok || bad "search not deterministic, or did not resume its trials"
+$B ppl --model $M --text data/wikitext-2-test.txt --ctx 16 --chunks 1 --config "$T/s1-p0.toml" --strict >/dev/null && ok || bad "ppl rejects the config search wrote"
+
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]

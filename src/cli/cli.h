@@ -14,6 +14,18 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_ppl(int argc, char **argv);
 int cmd_sweep(int argc, char **argv);
+int cmd_cost(int argc, char **argv);
+int cmd_sensitivity(int argc, char **argv);
+int cmd_search(int argc, char **argv);
+
+/* Append printf-style to a growing buffer (NULL on allocation failure, buffer freed). */
+char *cli_appendf(char *buf, size_t *len, size_t *cap, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* Write buf atomically and free it; returns an exit code. */
+int cli_save(const char *cmd, const char *path, char *buf, size_t len);
+
+/* SVG scatter, log-scale y; highlight may be NULL; returns malloc'd text (plot.c). */
+char *svg_scatter(const double *x, const double *y, const char *const *labels, const int *highlight, int n,
+                  double ref, const char *title, const char *xlabel, const char *ylabel);
 
 /* Shared helpers (args.c). */
 int cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

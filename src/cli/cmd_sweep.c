@@ -35,74 +35,7 @@ static double bits_of(const char *name)
     return in.bits_per_element;
 }
 
-static char *append(char *buf, size_t *len, size_t *cap, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-#include <stdarg.h>
-static char *append(char *buf, size_t *len, size_t *cap, const char *fmt, ...)
-{
-    va_list ap;
-    for (;;) {
-        va_start(ap, fmt);
-        int k = vsnprintf(buf ? buf + *len : NULL, buf ? *cap - *len : 0, fmt, ap);
-        va_end(ap);
-        if (buf && *len + (size_t)k < *cap) { *len += (size_t)k; return buf; }
-        size_t nc = (*cap ? *cap * 2 : 4096) + (size_t)k;
-        char *nb = realloc(buf, nc);
-        if (!nb) { free(buf); return NULL; }
-        buf = nb;
-        *cap = nc;
-    }
-}
 
-static int write_out(const char *path, char *buf, size_t len)
-{
-    if (!buf) return cli_error("sweep", "out of memory");
-    bq_status st = bq_write_file_atomic(path, buf, len);
-    free(buf);
-    return st ? cli_status("sweep", st) : 0;
-}
-
-/* SVG: x = weight bits/element, y = perplexity (log scale), fp32 as a dashed line. */
-static char *svg_plot(const point *p, int n, double ref, const char *title)
-{
-    double W = 760, H = 460, L = 70, R = 20, T = 40, B = 60, xmin = 2, xmax = 34, ymin = 1e30, ymax = 0;
-    for (int i = 0; i < n; i++)
-        if (p[i].ok && isfinite(p[i].ppl)) { ymin = fmin(ymin, p[i].ppl); ymax = fmax(ymax, p[i].ppl); }
-    if (!(ymax > 0)) ymin = 1, ymax = 10;
-    ymin = ymin / 1.1;
-    ymax = ymax * 1.1;
-    double ly0 = log(ymin), ly1 = log(ymax);
-#define XS(v) (L + ((v) - xmin) / (xmax - xmin) * (W - L - R))
-#define YS(v) (T + (ly1 - log(v)) / (ly1 - ly0) * (H - T - B))
-    size_t len = 0, cap = 0;
-    char *s = NULL;
-    s = append(s, &len, &cap, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"sans-serif\" font-size=\"11\">\n", W, H);
-    if (!s) return NULL;
-    s = append(s, &len, &cap, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n<text x=\"%.0f\" y=\"22\" font-size=\"14\">%s</text>\n", L, title);
-    s = append(s, &len, &cap, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"black\"/>\n", L, H - B, W - R, H - B);
-    s = append(s, &len, &cap, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"black\"/>\n", L, T, L, H - B);
-    for (int b = 4; b <= 32; b += 4)
-        s = append(s, &len, &cap, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%d</text>\n", XS(b), H - B + 16, b);
-    s = append(s, &len, &cap, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">weight bits per element (incl. shared scales)</text>\n", (L + W - R) / 2, H - 18);
-    for (int k = 0; k < 6; k++) {
-        double v = exp(ly0 + (ly1 - ly0) * k / 5);
-        s = append(s, &len, &cap, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.0f</text>\n", L - 6, YS(v) + 4, v);
-    }
-    s = append(s, &len, &cap, "<text transform=\"translate(16,%.1f) rotate(-90)\" text-anchor=\"middle\">perplexity (log scale)</text>\n", (T + H - B) / 2);
-    if (isfinite(ref) && ref > ymin && ref < ymax)
-        s = append(s, &len, &cap, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"gray\" stroke-dasharray=\"6,4\"/>\n"
-                   "<text x=\"%.1f\" y=\"%.1f\" fill=\"gray\">float32 %.2f</text>\n", L, YS(ref), W - R, YS(ref), W - R - 110, YS(ref) - 5, ref);
-    for (int i = 0; i < n && s; i++) {
-        if (!p[i].ok || !isfinite(p[i].ppl) || !isfinite(p[i].wbits)) continue;
-        double x = XS(fmin(fmax(p[i].wbits, xmin), xmax)), y = YS(p[i].ppl);
-        s = append(s, &len, &cap, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3.5\" fill=\"#1f77b4\"/>\n", x, y);
-        s = append(s, &len, &cap, "<text x=\"%.1f\" y=\"%.1f\" transform=\"rotate(-30 %.1f %.1f)\">%s%s%s</text>\n", x + 5, y - 4, x + 5,
-                   y - 4, p[i].w, strcmp(p[i].w, p[i].a) ? "/" : "", strcmp(p[i].w, p[i].a) ? p[i].a : "");
-    }
-    if (s) s = append(s, &len, &cap, "</svg>\n");
-#undef XS
-#undef YS
-    return s;
-}
 
 int cmd_sweep(int argc, char **argv)
 {
@@ -182,31 +115,46 @@ int cmd_sweep(int argc, char **argv)
         char path[4200], title[300];
         size_t len = 0, cap = 0;
         char *md = NULL;
-        md = append(md, &len, &cap, "| W format | A format | W bits/el | A bits/el | perplexity | vs float32 |\n|---|---|---|---|---|---|\n");
+        md = cli_appendf(md, &len, &cap, "| W format | A format | W bits/el | A bits/el | perplexity | vs float32 |\n|---|---|---|---|---|---|\n");
         for (int i = 0; i < np && md; i++) {
             point *p = &pts[i];
-            if (!p->ok) { md = append(md, &len, &cap, "| %s | %s | %.3f | %.3f | failed: %s | |\n", p->w, p->a, p->wbits, p->abits, p->err); continue; }
-            md = append(md, &len, &cap, "| %s | %s | %.3f | %.3f | %.3f | %+.2f%% |\n", p->w, p->a, p->wbits, p->abits, p->ppl,
+            if (!p->ok) { md = cli_appendf(md, &len, &cap, "| %s | %s | %.3f | %.3f | failed: %s | |\n", p->w, p->a, p->wbits, p->abits, p->err); continue; }
+            md = cli_appendf(md, &len, &cap, "| %s | %s | %.3f | %.3f | %.3f | %+.2f%% |\n", p->w, p->a, p->wbits, p->abits, p->ppl,
                         isfinite(ref) ? 100.0 * (p->ppl / ref - 1.0) : NAN);
         }
         snprintf(path, sizeof path, "%s.md", out);
-        if ((rc = write_out(path, md, len))) goto done;
+        if ((rc = cli_save("sweep", path, md, len))) goto done;
         len = cap = 0;
         char *js = NULL;
-        js = append(js, &len, &cap, "{\"model\": \"%s\", \"text\": \"%s\", \"ctx\": %d, \"chunks\": %d, \"points\": [\n", model, text, ctx, chunks);
+        js = cli_appendf(js, &len, &cap, "{\"model\": \"%s\", \"text\": \"%s\", \"ctx\": %d, \"chunks\": %d, \"points\": [\n", model, text, ctx, chunks);
         for (int i = 0; i < np && js; i++) {
             point *p = &pts[i];
-            js = append(js, &len, &cap, "  {\"w\": \"%s\", \"a\": \"%s\", \"w_bits\": %.4f, \"a_bits\": %.4f, ", p->w, p->a, p->wbits, p->abits);
-            if (p->ok) js = append(js, &len, &cap, "\"ppl\": %.6f, \"seconds\": %.3f}%s\n", p->ppl, p->seconds, i + 1 < np ? "," : "");
-            else js = append(js, &len, &cap, "\"ppl\": null, \"error\": \"%s\"}%s\n", "see the table", i + 1 < np ? "," : "");
+            js = cli_appendf(js, &len, &cap, "  {\"w\": \"%s\", \"a\": \"%s\", \"w_bits\": %.4f, \"a_bits\": %.4f, ", p->w, p->a, p->wbits, p->abits);
+            if (p->ok) js = cli_appendf(js, &len, &cap, "\"ppl\": %.6f, \"seconds\": %.3f}%s\n", p->ppl, p->seconds, i + 1 < np ? "," : "");
+            else js = cli_appendf(js, &len, &cap, "\"ppl\": null, \"error\": \"%s\"}%s\n", "see the table", i + 1 < np ? "," : "");
         }
-        if (js) js = append(js, &len, &cap, "]}\n");
+        if (js) js = cli_appendf(js, &len, &cap, "]}\n");
         snprintf(path, sizeof path, "%s.json", out);
-        if ((rc = write_out(path, js, len))) goto done;
+        if ((rc = cli_save("sweep", path, js, len))) goto done;
         snprintf(title, sizeof title, "Perplexity vs weight bits: %s, ctx %d%s", model, ctx, chunks ? " (first windows)" : "");
-        char *svg = svg_plot(pts, np, ref, title);
+        double *xs = malloc((size_t)np * sizeof *xs), *ys = malloc((size_t)np * sizeof *ys);
+        const char **lb = malloc((size_t)np * sizeof *lb);
+        char (*lt)[140] = malloc((size_t)np * sizeof *lt);
+        char *svg = NULL;
+        if (xs && ys && lb && lt) {
+            for (int i = 0; i < np; i++) {
+                xs[i] = pts[i].wbits;
+                ys[i] = pts[i].ok ? pts[i].ppl : NAN;
+                snprintf(lt[i], sizeof lt[i], "%s%s%s", pts[i].w, strcmp(pts[i].w, pts[i].a) ? "/" : "",
+                         strcmp(pts[i].w, pts[i].a) ? pts[i].a : "");
+                lb[i] = lt[i];
+            }
+            svg = svg_scatter(xs, ys, lb, NULL, np, ref, title, "weight bits per element (incl. shared scales)",
+                              "perplexity (log scale)");
+        }
+        free(xs); free(ys); free(lb); free(lt);
         snprintf(path, sizeof path, "%s.svg", out);
-        rc = write_out(path, svg, svg ? strlen(svg) : 0);
+        rc = cli_save("sweep", path, svg, svg ? strlen(svg) : 0);
         if (!rc) printf("wrote %s.md, %s.json, %s.svg\n", out, out, out);
     }
 done:

@@ -14,6 +14,9 @@ static const command commands[] = {
     {"generate", "continue a prompt (greedy, or --temperature/--top-p sampling)", cmd_generate},
     {"ppl", "perplexity of a text file over non-overlapping windows", cmd_ppl},
     {"sweep", "perplexity over a list of W/A formats: Markdown, JSON and an SVG plot", cmd_sweep},
+    {"cost", "memory and arithmetic density of formats (and a model's bytes)", cmd_cost},
+    {"sensitivity", "per-layer perplexity change when one linear is quantised", cmd_sensitivity},
+    {"search", "per-layer mixed-precision search under a bits budget", cmd_search},
     {"logits", "write float32 logits [n, vocab] for a file of int32 token ids", cmd_logits},
 };
 

@@ -279,3 +279,48 @@ bq_status bq_model_load(const char *dir, bq_model **out)
     *out = m;
     return BQ_OK;
 }
+
+/* ---- sizes for the cost model ---- */
+
+static linear *nth_linear(const bq_model *m, int i)
+{
+    int k = 0;
+    for (int l = 0; l < m->c.layers; l++) {
+        layer_w *L = &m->L[l];
+        linear *ls[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
+        for (int j = 0; j < 7; j++)
+            if (ls[j]->w && k++ == i) return ls[j];
+    }
+    return NULL;
+}
+
+int bq_model_n_linears(const bq_model *m)
+{
+    int k = 0;
+    while (nth_linear(m, k)) k++;
+    return k;
+}
+
+const char *bq_model_linear_name(const bq_model *m, int i)
+{
+    linear *l = nth_linear(m, i);
+    return l ? l->name : NULL;
+}
+
+size_t bq_model_linear_params(const bq_model *m, int i)
+{
+    linear *l = nth_linear(m, i);
+    return l ? (size_t)l->in * l->out : 0;
+}
+
+size_t bq_model_other_params(const bq_model *m)
+{
+    const bq_config *c = &m->c;
+    size_t n = (size_t)c->vocab * c->embed_dim;
+    if (m->head.w != m->tok_emb) n += (size_t)m->head.in * m->head.out;
+    if (m->pos_emb) n += (size_t)(c->max_pos + c->pos_offset) * c->hidden;
+    n += (size_t)c->layers * 4 * c->hidden + 2 * (size_t)c->hidden;  /* norms and biases, roughly */
+    return n;
+}
+
+size_t bq_model_kv_per_token(const bq_model *m) { return 2 * (size_t)m->c.layers * m->c.kv_heads * m->c.head_dim; }

@@ -56,6 +56,14 @@ static bq_status add_rule(bq_qconfig *q, const char *pat, const char *w, const c
     return BQ_OK;
 }
 
+bq_status bq_qconfig_add_rule(bq_qconfig *q, const char *pattern, const char *w, const char *a)
+{
+    bq_status st = BQ_OK;
+    if (w && *w && !(st = check_format(w, pattern)) && strlen(w) >= 64) st = bq_fail(BQ_ERR_FORMAT, "format name too long");
+    if (!st && a && *a && !(st = check_format(a, pattern)) && strlen(a) >= 64) st = bq_fail(BQ_ERR_FORMAT, "format name too long");
+    return st ? st : add_rule(q, pattern, w, a, 0);
+}
+
 /* role: wq aq attn kv head emb */
 bq_status bq_qconfig_set(bq_qconfig *q, const char *role, const char *format)
 {

@@ -1,0 +1,541 @@
+/* blockq cost | sensitivity | search */
+#include "cli.h"
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- shared option parsing ---- */
+typedef struct {
+    const char *model, *text, *test, *formats, *out;
+    int ctx, chunks, test_chunks, threads, trials, json;
+    double budget;
+    uint64_t seed;
+} sargs;
+
+static int parse_sargs(const char *cmd, int argc, char **argv, sargs *a)
+{
+    memset(a, 0, sizeof *a);
+    a->ctx = 256;
+    a->chunks = 4;
+    a->trials = 24;
+    a->budget = NAN;
+    a->out = cmd;
+    for (int i = 1; i < argc; i++) {
+        const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        uint64_t x;
+        char *end;
+        if (!strcmp(s, "--json")) { a->json = 1; continue; }
+        if (!v) return cli_error(cmd, "option '%s' needs a value", s);
+        i++;
+        if (!strcmp(s, "--model")) a->model = v;
+        else if (!strcmp(s, "--text")) a->text = v;
+        else if (!strcmp(s, "--test")) a->test = v;
+        else if (!strcmp(s, "--formats")) a->formats = v;
+        else if (!strcmp(s, "--out")) a->out = v;
+        else if (!strcmp(s, "--budget")) { a->budget = strtod(v, &end); if (*end || !(a->budget > 0) || a->budget > 64) return cli_error(cmd, "bad --budget '%s': expected bits per element, e.g. 5", v); }
+        else if (!strcmp(s, "--seed")) { if (!parse_u64(v, &a->seed)) return cli_error(cmd, "bad --seed '%s'", v); }
+        else if (parse_u64(v, &x) && x <= (1u << 30)) {
+            if (!strcmp(s, "--ctx") && x >= 2) a->ctx = (int)x;
+            else if (!strcmp(s, "--chunks") && x >= 1) a->chunks = (int)x;
+            else if (!strcmp(s, "--test-chunks") && x >= 1) a->test_chunks = (int)x;
+            else if (!strcmp(s, "--threads") && x <= 256) a->threads = (int)x;
+            else if (!strcmp(s, "--trials")) a->trials = (int)x;
+            else return cli_error(cmd, "unknown option '%s' or bad value '%s'", s, v);
+        } else return cli_error(cmd, "unknown option '%s' or bad value '%s'", s, v);
+    }
+    bq_set_threads(a->threads);
+    return 0;
+}
+
+/* Split a comma list of format names; checks every name. */
+static int split_formats(const char *cmd, const char *list, char names[][64], int max)
+{
+    int n = 0;
+    const char *p = list;
+    while (*p) {
+        const char *c = strchr(p, ',');
+        size_t l = c ? (size_t)(c - p) : strlen(p);
+        if (l == 0 || l >= 64 || n == max) { cli_error(cmd, "bad format list '%s'", list); return -1; }
+        memcpy(names[n], p, l);
+        names[n][l] = 0;
+        bq_format *f;
+        if (bq_format_parse(names[n], &f)) { cli_status(cmd, BQ_ERR_FORMAT); return -1; }
+        bq_format_free(f);
+        n++;
+        p = c ? c + 1 : p + l;
+    }
+    if (!n) { cli_error(cmd, "empty format list"); return -1; }
+    return n;
+}
+
+static double fmt_bits(const char *name)
+{
+    bq_format *f;
+    if (bq_format_parse(name, &f)) return NAN;
+    bq_format_info in;
+    bq_format_get_info(f, &in);
+    bq_format_free(f);
+    return in.bits_per_element;
+}
+
+static double fmt_area(const char *name)
+{
+    bq_format *f;
+    if (bq_format_parse(name, &f)) return NAN;
+    bq_cost c;
+    bq_cost_pair(f, f, &c);
+    bq_format_free(f);
+    return c.mac_area;
+}
+
+/* ---- blockq cost ---- */
+
+int cmd_cost(int argc, char **argv)
+{
+    sargs a;
+    int rc = parse_sargs("cost", argc, argv, &a);
+    if (rc) return rc;
+    const char *list = a.formats ? a.formats
+        : "fp32,bf16,fp16,fp8_e4m3,fixed8.4,int8_row,bfp8_b16,bfp6_b16,bfp5_b16,bfp4_b16,bme2m3_b16,bl6_b16,"
+          "mxint8,mxfp8_e4m3,mxfp6_e2m3,mxfp4,nvfp4,int4_g128";
+    char names[64][64];
+    int n = split_formats("cost", list, names, 64);
+    if (n < 0) return EXIT_BADINPUT;
+    bq_model *m = NULL;
+    if (a.model && bq_model_load(a.model, &m)) return cli_status("cost", BQ_ERR_IO);
+    size_t lin = 0, other = 0, kvt = 0;
+    if (m) {
+        for (int i = 0; i < bq_model_n_linears(m); i++) lin += bq_model_linear_params(m, i);
+        other = bq_model_other_params(m);
+        kvt = bq_model_kv_per_token(m);
+    }
+    if (!a.json) {
+        printf("%-14s %8s %9s %9s %10s", "format (W=A)", "bits/el", "mem dens", "arith dens", "MAC area");
+        if (m) printf(" %11s %11s", "weights MB", "KV MB");
+        printf("\n");
+    } else printf("[\n");
+    for (int i = 0; i < n; i++) {
+        bq_format *f;
+        bq_format_parse(names[i], &f);
+        bq_cost c;
+        bq_cost_pair(f, f, &c);
+        bq_format_free(f);
+        /* weights: block linears in the format, the rest float32; KV cache in the format at --ctx */
+        double wmb = m ? ((double)lin * c.w_bits + (double)other * 32) / 8 / 1e6 : 0;
+        double kvmb = m ? (double)kvt * a.ctx * c.a_bits / 8 / 1e6 : 0;
+        if (a.json)
+            printf("  {\"format\": \"%s\", \"bits_per_element\": %.4f, \"memory_density\": %.4f, \"arith_density\": %.4f, "
+                   "\"mac_area_fa\": %.2f, \"weights_mb\": %.4f, \"kv_mb\": %.4f}%s\n", names[i], c.w_bits, c.mem_density,
+                   c.arith_density, c.mac_area, wmb, kvmb, i + 1 < n ? "," : "");
+        else {
+            printf("%-14s %8.3f %8.2fx %9.2fx %10.1f", names[i], c.w_bits, c.mem_density, c.arith_density, c.mac_area);
+            if (m) printf(" %11.2f %11.2f", wmb, kvmb);
+            printf("\n");
+        }
+    }
+    if (a.json) printf("]\n");
+    else if (m) printf("\n%s: %zu parameters in block linears, %zu elsewhere (float32); KV cache at ctx %d\n", a.model, lin, other, a.ctx);
+    bq_model_free(m);
+    return 0;
+}
+
+/* ---- evaluation of one assignment ---- */
+
+typedef struct {
+    const char *model;
+    int32_t *ids;
+    size_t n;
+    int ctx, chunks, threads;
+} evalctx;
+
+/* nll (mean, nats) with linear i in format names[choose[i]] (W and A); NULL choose = float32 */
+static bq_status eval_assign(const evalctx *e, int nl, const int *choose, char names[][64], double *nll, double *ppl)
+{
+    bq_model *m;
+    bq_status st = bq_model_load(e->model, &m);
+    if (st) return st;
+    bq_qconfig *q = NULL;
+    if (choose) {
+        st = bq_qconfig_new(&q);
+        for (int i = 0; i < nl && !st; i++) {
+            if (choose[i] < 0 || !strcmp(names[choose[i]], "fp32")) continue;
+            st = bq_qconfig_add_rule(q, bq_model_linear_name(m, i), names[choose[i]], names[choose[i]]);
+        }
+        if (!st) st = bq_model_quantize(m, q, 1);
+        bq_qconfig_free(q);
+    }
+    bq_ppl_opts o = {.ctx = e->ctx, .chunks = e->chunks, .threads = e->threads};
+    bq_ppl_result r;
+    if (!st) st = bq_perplexity(m, e->ids, e->n, &o, &r);
+    if (!st) { *nll = r.nll; if (ppl) *ppl = r.ppl; }
+    bq_model_free(m);
+    return st;
+}
+
+static int load_tokens(const char *cmd, const char *model, const char *text, int32_t **ids, size_t *n)
+{
+    char tp[4200];
+    snprintf(tp, sizeof tp, "%s/tokenizer.json", model);
+    void *t = NULL;
+    size_t len;
+    bq_tokenizer *tk = NULL;
+    bq_status st = bq_read_file(text, &t, &len);
+    if (!st) st = bq_tokenizer_load(tp, &tk);
+    if (!st) st = bq_tokenize(tk, t, len, ids, n);
+    free(t);
+    bq_tokenizer_free(tk);
+    return st ? cli_status(cmd, st) : 0;
+}
+
+/* Per-linear sensitivity: delta nll on the calibration text when only that
+ * linear's weight and input are quantised. sens[i*nf + f]. */
+static int measure_sensitivity(const char *cmd, const evalctx *e, int nl, int nf, char names[][64], double base,
+                               double *sens)
+{
+    int *choose = malloc((size_t)nl * sizeof *choose);
+    if (!choose) return cli_error(cmd, "out of memory");
+    for (int i = 0; i < nl; i++) {
+        for (int f = 0; f < nf; f++) {
+            for (int j = 0; j < nl; j++) choose[j] = -1;
+            choose[i] = f;
+            double nll;
+            bq_status st = eval_assign(e, nl, choose, names, &nll, NULL);
+            if (st) { free(choose); return cli_status(cmd, st); }
+            sens[(size_t)i * nf + f] = nll - base;
+        }
+        if (isatty(2)) fprintf(stderr, "\rsensitivity: %d/%d linears", i + 1, nl);
+    }
+    if (isatty(2)) fprintf(stderr, "\n");
+    free(choose);
+    return 0;
+}
+
+
+
+int cmd_sensitivity(int argc, char **argv)
+{
+    sargs a;
+    int rc = parse_sargs("sensitivity", argc, argv, &a);
+    if (rc) return rc;
+    if (!a.model || !a.text || !a.formats)
+        return cli_error("sensitivity", "usage: blockq sensitivity --model DIR --text CALIB --formats F1,F2,... [--ctx S] [--chunks N] [--out PREFIX]");
+    char names[32][64];
+    int nf = split_formats("sensitivity", a.formats, names, 32);
+    if (nf < 0) return EXIT_BADINPUT;
+    evalctx e = {a.model, NULL, 0, a.ctx, a.chunks, a.threads};
+    if ((rc = load_tokens("sensitivity", a.model, a.text, &e.ids, &e.n))) return rc;
+    bq_model *m;
+    if (bq_model_load(a.model, &m)) { free(e.ids); return cli_status("sensitivity", BQ_ERR_IO); }
+    int nl = bq_model_n_linears(m);
+    double base, *sens = malloc((size_t)nl * nf * sizeof *sens);
+    bq_status st = eval_assign(&e, nl, NULL, names, &base, NULL);
+    if (st) rc = cli_status("sensitivity", st);
+    if (!rc) rc = measure_sensitivity("sensitivity", &e, nl, nf, names, base, sens);
+    if (!rc) {
+        size_t len = 0, cap = 0;
+        char *md = NULL, path[4200];
+        md = cli_appendf(md, &len, &cap, "Delta nll (nats/token) on %s, ctx %d, %d windows, float32 nll %.5f\n\n| linear |", a.text,
+                     a.ctx, a.chunks, base);
+        for (int f = 0; f < nf; f++) md = cli_appendf(md, &len, &cap, " %s |", names[f]);
+        md = cli_appendf(md, &len, &cap, "\n|---|");
+        for (int f = 0; f < nf; f++) md = cli_appendf(md, &len, &cap, "---|");
+        md = cli_appendf(md, &len, &cap, "\n");
+        for (int i = 0; i < nl && md; i++) {
+            md = cli_appendf(md, &len, &cap, "| %s |", bq_model_linear_name(m, i));
+            for (int f = 0; f < nf; f++) md = cli_appendf(md, &len, &cap, " %+.5f |", sens[(size_t)i * nf + f]);
+            md = cli_appendf(md, &len, &cap, "\n");
+        }
+        snprintf(path, sizeof path, "%s.md", a.out);
+        if (!(rc = cli_save("sensitivity", path, md, len))) {
+            len = cap = 0;
+            char *js = NULL;
+            js = cli_appendf(js, &len, &cap, "{\"base_nll\": %.8f, \"formats\": [", base);
+            for (int f = 0; f < nf; f++) js = cli_appendf(js, &len, &cap, "%s\"%s\"", f ? ", " : "", names[f]);
+            js = cli_appendf(js, &len, &cap, "], \"linears\": [\n");
+            for (int i = 0; i < nl && js; i++) {
+                js = cli_appendf(js, &len, &cap, "  {\"name\": \"%s\", \"params\": %zu, \"delta_nll\": [", bq_model_linear_name(m, i),
+                             bq_model_linear_params(m, i));
+                for (int f = 0; f < nf; f++) js = cli_appendf(js, &len, &cap, "%s%.8f", f ? ", " : "", sens[(size_t)i * nf + f]);
+                js = cli_appendf(js, &len, &cap, "]}%s\n", i + 1 < nl ? "," : "");
+            }
+            if (js) js = cli_appendf(js, &len, &cap, "]}\n");
+            snprintf(path, sizeof path, "%s.json", a.out);
+            rc = cli_save("sensitivity", path, js, len);
+        }
+        if (!rc) printf("wrote %s.md and %s.json\n", a.out, a.out);
+    }
+    free(sens);
+    free(e.ids);
+    bq_model_free(m);
+    return rc;
+}
+
+/* ---- blockq search ---- */
+
+typedef struct { int *choose; double nll, bits, density; char kind[24]; int pareto; } spoint;
+
+/* Parameter-weighted bits and density of an assignment. */
+static void assign_cost(int nl, const int *choose, const size_t *params, const double *bits, const double *area,
+                        double fp32_area, double *avg_bits, double *density)
+{
+    double tp = 0, tb = 0, ta = 0;
+    for (int i = 0; i < nl; i++) {
+        tp += (double)params[i];
+        tb += (double)params[i] * bits[choose[i]];
+        ta += (double)params[i] * area[choose[i]];
+    }
+    *avg_bits = tb / tp;
+    *density = fp32_area / (ta / tp);
+}
+
+static uint64_t rng_next(uint64_t *s)
+{
+    *s ^= *s << 13; *s ^= *s >> 7; *s ^= *s << 17;
+    return *s;
+}
+
+/* A random assignment within the budget: uniform choice per layer, then random
+ * downgrades of layers above the cheapest format until the average fits. */
+static void sample_assign(uint64_t *rng, int nl, int nf, const size_t *params, const double *bits, double budget,
+                          int cheapest, int *choose)
+{
+    double tp = 0, tb = 0;
+    for (int i = 0; i < nl; i++) {
+        choose[i] = (int)(rng_next(rng) % (uint64_t)nf);
+        tp += (double)params[i];
+        tb += (double)params[i] * bits[choose[i]];
+    }
+    for (int guard = 0; tb > budget * tp && guard < 100000; guard++) {
+        int i = (int)(rng_next(rng) % (uint64_t)nl);
+        if (choose[i] == cheapest) continue;
+        int next = cheapest;  /* the next cheaper format */
+        for (int f = 0; f < nf; f++)
+            if (bits[f] < bits[choose[i]] && bits[f] > bits[next]) next = f;
+        tb -= (double)params[i] * (bits[choose[i]] - bits[next]);
+        choose[i] = next;
+    }
+}
+
+/* Trials already in the resume file: "trial K nll X choose a,b,c,..." lines. */
+static int read_trial(FILE *f, int k, int nl, const int *choose, double *nll)
+{
+    if (!f) return 0;
+    rewind(f);
+    char line[16384];
+    while (fgets(line, sizeof line, f)) {
+        int kk, pos;
+        double x;
+        if (sscanf(line, "trial %d nll %lf choose %n", &kk, &x, &pos) != 2 || kk != k) continue;
+        const char *p = line + pos;
+        for (int i = 0; i < nl; i++) {
+            char *end;
+            long v = strtol(p, &end, 10);
+            if (end == p || v != choose[i]) return 0;  /* a different search: do not reuse */
+            p = *end == ',' ? end + 1 : end;
+        }
+        *nll = x;
+        return 1;
+    }
+    return 0;
+}
+
+int cmd_search(int argc, char **argv)
+{
+    sargs a;
+    int rc = parse_sargs("search", argc, argv, &a);
+    if (rc) return rc;
+    if (!a.model || !a.text || !a.formats || isnan(a.budget))
+        return cli_error("search", "usage: blockq search --model DIR --text CALIB --formats F1,F2,... --budget BITS "
+                                   "[--ctx S] [--chunks N] [--trials T] [--seed S] [--test FILE --test-chunks N] [--out PREFIX]");
+    char names[32][64];
+    int nf = split_formats("search", a.formats, names, 32);
+    if (nf < 0) return EXIT_BADINPUT;
+    double bits[32], area[32], fp32_area = fmt_area("fp32");
+    int cheapest = 0;
+    for (int f = 0; f < nf; f++) {
+        bits[f] = fmt_bits(names[f]);
+        area[f] = fmt_area(names[f]);
+        if (bits[f] < bits[cheapest]) cheapest = f;
+    }
+    if (a.budget < bits[cheapest])
+        return cli_error("search", "impossible budget %.3f bits: the cheapest format given, %s, takes %.3f bits per element",
+                         a.budget, names[cheapest], bits[cheapest]);
+    bq_model *m;
+    bq_status st = bq_model_load(a.model, &m);
+    if (st) return cli_status("search", st);
+    int nl = bq_model_n_linears(m);
+    size_t *params = malloc((size_t)nl * sizeof *params);
+    for (int i = 0; i < nl; i++) params[i] = bq_model_linear_params(m, i);
+    /* formats must fit every layer: try each on the model once */
+    for (int f = 0; f < nf && !st; f++) {
+        bq_qconfig *q;
+        bq_qconfig_new(&q);
+        bq_qconfig_set(q, "wq", names[f]);
+        bq_qconfig_set(q, "aq", names[f]);
+        bq_model *t;
+        if (!(st = bq_model_load(a.model, &t))) { st = bq_model_quantize(t, q, 1); bq_model_free(t); }
+        bq_qconfig_free(q);
+    }
+    if (st) { free(params); bq_model_free(m); return cli_status("search", st); }
+
+    evalctx e = {a.model, NULL, 0, a.ctx, a.chunks, a.threads};
+    if ((rc = load_tokens("search", a.model, a.text, &e.ids, &e.n))) { free(params); bq_model_free(m); return rc; }
+    double base;
+    double *sens = malloc((size_t)nl * nf * sizeof *sens);
+    int np = 0, cap = nf + 1 + a.trials;
+    spoint *pts = calloc((size_t)cap, sizeof *pts);
+    if ((st = eval_assign(&e, nl, NULL, names, &base, NULL))) rc = cli_status("search", st);
+    if (!rc) rc = measure_sensitivity("search", &e, nl, nf, names, base, sens);
+
+    /* (a) knapsack on the measured sensitivities */
+    if (!rc) {
+        spoint *p = &pts[np];
+        p->choose = malloc((size_t)nl * sizeof *p->choose);
+        if ((st = bq_knapsack(nl, nf, sens, params, bits, a.budget, 4096, p->choose, NULL))) rc = cli_status("search", st);
+        else if ((st = eval_assign(&e, nl, p->choose, names, &p->nll, NULL))) rc = cli_status("search", st);
+        else { snprintf(p->kind, sizeof p->kind, "knapsack"); np++; }
+    }
+    /* uniform baselines */
+    for (int f = 0; f < nf && !rc; f++) {
+        spoint *p = &pts[np];
+        p->choose = malloc((size_t)nl * sizeof *p->choose);
+        for (int i = 0; i < nl; i++) p->choose[i] = f;
+        if ((st = eval_assign(&e, nl, p->choose, names, &p->nll, NULL))) rc = cli_status("search", st);
+        else { snprintf(p->kind, sizeof p->kind, "uniform %s", names[f]); np++; }
+    }
+    /* (b) seeded random sampling; trials append to PREFIX-trials.txt so an
+     * interrupted search resumes where it stopped */
+    char path[4200];
+    snprintf(path, sizeof path, "%s-trials.txt", a.out);
+    FILE *prev = fopen(path, "r");
+    FILE *log = rc ? NULL : fopen(path, "a");
+    uint64_t rng = a.seed * 0x9e3779b97f4a7c15ull + 0x2545f4914f6cdd1dull;
+    int reused = 0;
+    for (int k = 0; k < a.trials && !rc; k++) {
+        spoint *p = &pts[np];
+        p->choose = malloc((size_t)nl * sizeof *p->choose);
+        sample_assign(&rng, nl, nf, params, bits, a.budget, cheapest, p->choose);
+        if (read_trial(prev, k, nl, p->choose, &p->nll)) reused++;
+        else {
+            if ((st = eval_assign(&e, nl, p->choose, names, &p->nll, NULL))) { rc = cli_status("search", st); break; }
+            if (log) {
+                fprintf(log, "trial %d nll %.10f choose ", k, p->nll);
+                for (int i = 0; i < nl; i++) fprintf(log, "%d%s", p->choose[i], i + 1 < nl ? "," : "\n");
+                fflush(log);
+            }
+        }
+        snprintf(p->kind, sizeof p->kind, "trial %d", k);
+        np++;
+        if (isatty(2)) fprintf(stderr, "\rsearch: trial %d/%d (%d resumed)", k + 1, a.trials, reused);
+    }
+    if (a.trials && isatty(2)) fprintf(stderr, "\n");
+    if (reused) fprintf(stderr, "search: %d trials resumed from %s\n", reused, path);
+    if (prev) fclose(prev);
+    if (log) fclose(log);
+
+    if (!rc) {
+        double *L = malloc((size_t)np * sizeof *L), *Bt = malloc((size_t)np * sizeof *Bt), *D = malloc((size_t)np * sizeof *D);
+        int *front = malloc((size_t)np * sizeof *front), *hl = calloc((size_t)np, sizeof *hl);
+        for (int i = 0; i < np; i++) {
+            assign_cost(nl, pts[i].choose, params, bits, area, fp32_area, &pts[i].bits, &pts[i].density);
+            L[i] = pts[i].nll;
+            Bt[i] = pts[i].bits;
+            D[i] = pts[i].density;
+        }
+        int nfront = bq_pareto(np, L, Bt, D, front);
+        for (int k = 0; k < nfront; k++) pts[front[k]].pareto = hl[front[k]] = 1;
+        /* the best point within budget from each method */
+        int best_trial = -1;
+        for (int i = 0; i < np; i++)
+            if (!strncmp(pts[i].kind, "trial", 5) && pts[i].bits <= a.budget + 1e-9 &&
+                (best_trial < 0 || pts[i].nll < pts[best_trial].nll)) best_trial = i;
+        /* configs: one TOML per Pareto point and for the two chosen points */
+        size_t len = 0, cp = 0;
+        char *md = NULL;
+        md = cli_appendf(md, &len, &cp, "Search on %s (%s, ctx %d, %d windows), budget %.3f bits/element, formats %s, "
+                         "%d trials, seed %llu. float32 calibration ppl %.3f.\n\n"
+                         "| point | avg bits (W=A) | arith density vs fp32 | calibration ppl | Pareto | config |\n|---|---|---|---|---|---|\n",
+                         a.model, a.text, a.ctx, a.chunks, a.budget, a.formats, a.trials, (unsigned long long)a.seed, exp(base));
+        for (int i = 0; i < np && md; i++) {
+            char cfg[4300] = "";
+            if (pts[i].pareto || i == 0 || i == best_trial) {
+                snprintf(cfg, sizeof cfg, "%s-p%d.toml", a.out, i);
+                size_t tl = 0, tc = 0;
+                char *toml = NULL;
+                toml = cli_appendf(toml, &tl, &tc, "# %s: avg %.3f bits, calibration ppl %.4f (blockq search)\n", pts[i].kind,
+                                   pts[i].bits, exp(pts[i].nll));
+                for (int j = 0; j < nl && toml; j++)
+                    toml = cli_appendf(toml, &tl, &tc, "\"%s\" = { w = \"%s\", a = \"%s\" }\n", bq_model_linear_name(m, j),
+                                       names[pts[i].choose[j]], names[pts[i].choose[j]]);
+                if ((rc = cli_save("search", cfg, toml, tl))) break;
+            }
+            md = cli_appendf(md, &len, &cp, "| %s | %.3f | %.2fx | %.3f | %s | %s |\n", pts[i].kind, pts[i].bits, pts[i].density,
+                             exp(pts[i].nll), pts[i].pareto ? "yes" : "", cfg);
+        }
+        /* evaluation of the chosen points and the uniform formats on the test text */
+        if (!rc && a.test && md) {
+            evalctx te = {a.model, NULL, 0, a.ctx, a.test_chunks, a.threads};
+            if (!(rc = load_tokens("search", a.model, a.test, &te.ids, &te.n))) {
+                double tb;
+                if ((st = eval_assign(&te, nl, NULL, names, &tb, NULL))) rc = cli_status("search", st);
+                md = cli_appendf(md, &len, &cp, "\nOn %s (%d windows of %d): float32 ppl %.3f\n\n| point | avg bits | test ppl | vs float32 |\n|---|---|---|---|\n",
+                                 a.test, a.test_chunks, a.ctx, exp(tb));
+                for (int i = 0; i < np && !rc && md; i++) {
+                    if (!(i == 0 || i == best_trial || !strncmp(pts[i].kind, "uniform", 7))) continue;
+                    double tn;
+                    if ((st = eval_assign(&te, nl, pts[i].choose, names, &tn, NULL))) { rc = cli_status("search", st); break; }
+                    md = cli_appendf(md, &len, &cp, "| %s%s | %.3f | %.3f | %+.2f%% |\n", pts[i].kind,
+                                     i == best_trial ? " (best sampled)" : "", pts[i].bits, exp(tn), 100 * (exp(tn - tb) - 1));
+                }
+                free(te.ids);
+            }
+        }
+        if (!rc) {
+            snprintf(path, sizeof path, "%s.md", a.out);
+            rc = cli_save("search", path, md, len);
+        } else free(md);
+        if (!rc) {
+            len = cp = 0;
+            char *js = NULL;
+            js = cli_appendf(js, &len, &cp, "{\"budget\": %.4f, \"base_nll\": %.8f, \"formats\": [", a.budget, base);
+            for (int f = 0; f < nf; f++) js = cli_appendf(js, &len, &cp, "%s\"%s\"", f ? ", " : "", names[f]);
+            js = cli_appendf(js, &len, &cp, "], \"points\": [\n");
+            for (int i = 0; i < np && js; i++) {
+                js = cli_appendf(js, &len, &cp, "  {\"kind\": \"%s\", \"avg_bits\": %.5f, \"arith_density\": %.4f, \"nll\": %.8f, "
+                                 "\"ppl\": %.5f, \"pareto\": %s, \"assignment\": [", pts[i].kind, pts[i].bits, pts[i].density,
+                                 pts[i].nll, exp(pts[i].nll), pts[i].pareto ? "true" : "false");
+                for (int j = 0; j < nl && js; j++) js = cli_appendf(js, &len, &cp, "%s\"%s\"", j ? ", " : "", names[pts[i].choose[j]]);
+                js = cli_appendf(js, &len, &cp, "]}%s\n", i + 1 < np ? "," : "");
+            }
+            if (js) js = cli_appendf(js, &len, &cp, "]}\n");
+            snprintf(path, sizeof path, "%s.json", a.out);
+            rc = cli_save("search", path, js, len);
+        }
+        if (!rc) {
+            const char **lb = calloc((size_t)np, sizeof *lb);
+            for (int i = 0; i < np && lb; i++)
+                lb[i] = strncmp(pts[i].kind, "trial", 5) ? pts[i].kind : "";
+            for (int i = 0; i < np; i++) L[i] = exp(L[i]);
+            char title[300];
+            snprintf(title, sizeof title, "Mixed-precision search: calibration ppl vs bits (red: Pareto front)");
+            char *svg = svg_scatter(Bt, L, lb, hl, np, exp(base), title, "average bits per element (W=A, parameter-weighted)",
+                                    "calibration perplexity (log scale)");
+            snprintf(path, sizeof path, "%s.svg", a.out);
+            rc = cli_save("search", path, svg, svg ? strlen(svg) : 0);
+            free(lb);
+        }
+        if (!rc) printf("wrote %s.md, %s.json, %s.svg and %s-p*.toml (%d Pareto points)\n", a.out, a.out, a.out, a.out, nfront);
+        free(L); free(Bt); free(D); free(front); free(hl);
+    }
+    for (int i = 0; i < np; i++) free(pts[i].choose);
+    if (np < cap && pts[np].choose) free(pts[np].choose);
+    free(pts);
+    free(sens);
+    free(params);
+    free(e.ids);
+    bq_model_free(m);
+    return rc;
+}
