@@ -327,20 +327,30 @@ static bq_status bpe_word(const bq_tokenizer *t, const char *w, size_t len, ivec
     return st;
 }
 
+/* Split with the regex, "Isolated": each match is a piece, and so is any text
+ * between matches. Empty matches split nothing; the search then steps over one
+ * whole UTF-8 character (never into the middle of one). */
 static bq_status encode_plain(const bq_tokenizer *t, const char *s, size_t len, pcre2_match_data *md, ivec *out)
 {
-    size_t off = 0;
-    while (off < len) {
+    size_t seg = 0, off = 0;  /* seg: start of text not yet encoded; off: where the search resumes */
+    bq_status st = BQ_OK;
+    while (off < len && !st) {
         int rc = pcre2_match(t->re, (PCRE2_SPTR)s, len, off, PCRE2_NO_UTF_CHECK, md, NULL);
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) return bq_fail(BQ_ERR_PARSE, "tokenizer: regex match failed (%d)", rc);
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
-        if (ov[1] <= off) { off++; continue; }  /* empty match: step over */
-        bq_status st = bpe_word(t, s + ov[0], ov[1] - ov[0], out);
-        if (st) return st;
-        off = ov[1];
+        if (ov[1] <= ov[0]) {  /* empty match */
+            if (ov[0] >= len) break;
+            int k = utf8_len((const unsigned char *)s + ov[0], len - ov[0]);
+            off = ov[0] + (size_t)(k ? k : 1);
+            continue;
+        }
+        if (ov[0] > seg) st = bpe_word(t, s + seg, ov[0] - seg, out);
+        if (!st) st = bpe_word(t, s + ov[0], ov[1] - ov[0], out);
+        seg = off = ov[1];
     }
-    return BQ_OK;
+    if (!st && seg < len) st = bpe_word(t, s + seg, len - seg, out);
+    return st;
 }
 
 bq_status bq_tokenize(const bq_tokenizer *t, const char *text, size_t len, int32_t **ids, size_t *n)
