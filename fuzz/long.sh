@@ -3,7 +3,7 @@
 # on a 2-core VM); prints a Markdown table of executions. Run `make fuzz FUZZ_SECONDS=1` first to build.
 set -e
 printf '| target | seconds | executions | exec/s | new corpus units | crashes |\n|---|---|---|---|---|---|\n'
-for spec in format:300 safetensors:120 config:100 tokenizer_json:540 tokenize:900 toml:120; do
+for spec in ${FUZZ_SPECS:-format:300 safetensors:120 config:100 tokenizer_json:540 tokenize:900 toml:120}; do
     t=${spec%%:*}; s=${spec#*:}
     mkdir -p build/fuzz/corpus/$t
     if build/fuzz/fuzz_$t -max_total_time=$s -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
