@@ -84,6 +84,13 @@ $B search $S --out "$T/s1" >/dev/null 2>&1 && cp "$T/s1.json" "$T/first.json" &&
     $B search $S --out "$T/s1" >/dev/null 2>"$T/s1.err" && cmp -s "$T/s1.json" "$T/first.json" && grep -q "3 trials resumed" "$T/s1.err" &&
     ls "$T"/s1-p0.toml >/dev/null && ok || bad "search not deterministic, or did not resume its trials"
 $B ppl --model $M --text data/wikitext-2-test.txt --ctx 16 --chunks 1 --config "$T/s1-p0.toml" --strict >/dev/null && ok || bad "ppl rejects the config search wrote"
+# a search killed midway leaves no result files (only its finished trials), and resumes
+$B search $S --out "$T/s2" >/dev/null 2>&1 &
+pid=$!
+sleep 3
+kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+[ -z "$(ls "$T" | grep -E '^s2\.(md|json|svg)|^s2-p|tmp')" ] && ok || bad "killed search left: $(ls "$T" | grep -E '^s2|tmp')"
+$B search $S --out "$T/s2" >/dev/null 2>&1 && cmp -s "$T/s2.json" "$T/first.json" && ok || bad "search rerun after a kill differs"
 
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]
