@@ -23,6 +23,9 @@ char *cli_appendf(char *buf, size_t *len, size_t *cap, const char *fmt, ...) __a
 /* Write buf atomically and free it; returns an exit code. */
 int cli_save(const char *cmd, const char *path, char *buf, size_t len);
 
+/* Bits per element of a format name (NaN if it does not parse). */
+double cli_format_bits(const char *name);
+
 /* SVG scatter, log-scale y; highlight may be NULL; returns malloc'd text (plot.c). */
 char *svg_scatter(const double *x, const double *y, const char *const *labels, const int *highlight, int n,
                   double ref, const char *title, const char *xlabel, const char *ylabel);

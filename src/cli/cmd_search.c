@@ -71,15 +71,6 @@ static int split_formats(const char *cmd, const char *list, char names[][64], in
     return n;
 }
 
-static double fmt_bits(const char *name)
-{
-    bq_format *f;
-    if (bq_format_parse(name, &f)) return NAN;
-    bq_format_info in;
-    bq_format_get_info(f, &in);
-    bq_format_free(f);
-    return in.bits_per_element;
-}
 
 static double fmt_area(const char *name)
 {
@@ -356,7 +347,7 @@ int cmd_search(int argc, char **argv)
     double bits[32], area[32], fp32_area = fmt_area("fp32");
     int cheapest = 0;
     for (int f = 0; f < nf; f++) {
-        bits[f] = fmt_bits(names[f]);
+        bits[f] = cli_format_bits(names[f]);
         area[f] = fmt_area(names[f]);
         if (bits[f] < bits[cheapest]) cheapest = f;
     }

@@ -25,15 +25,6 @@ static int split_setting(const char *s, point *p)
     return 1;
 }
 
-static double bits_of(const char *name)
-{
-    bq_format *f;
-    if (bq_format_parse(name, &f)) return NAN;
-    bq_format_info in;
-    bq_format_get_info(f, &in);
-    bq_format_free(f);
-    return in.bits_per_element;
-}
 
 
 
@@ -67,8 +58,8 @@ int cmd_sweep(int argc, char **argv)
     int np = 0, rc = 0;
     for (char *tok = strtok(copy, ","); tok; tok = strtok(NULL, ",")) {
         if (!split_setting(tok, &pts[np])) { rc = cli_error("sweep", "bad setting '%s': expected FORMAT or W/A", tok); break; }
-        pts[np].wbits = bits_of(pts[np].w);
-        pts[np].abits = bits_of(pts[np].a);
+        pts[np].wbits = cli_format_bits(pts[np].w);
+        pts[np].abits = cli_format_bits(pts[np].a);
         if (isnan(pts[np].wbits) || isnan(pts[np].abits)) { rc = cli_status("sweep", BQ_ERR_FORMAT); break; }
         np++;
     }

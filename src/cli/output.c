@@ -99,3 +99,13 @@ int cli_save(const char *cmd, const char *path, char *buf, size_t len)
     free(buf);
     return st ? cli_status(cmd, st) : 0;
 }
+
+double cli_format_bits(const char *name)
+{
+    bq_format *f;
+    if (bq_format_parse(name, &f)) return NAN;
+    bq_format_info in;
+    bq_format_get_info(f, &in);
+    bq_format_free(f);
+    return in.bits_per_element;
+}
