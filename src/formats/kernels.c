@@ -120,7 +120,7 @@ INLINE void grid_dispatch(const elem_t *e, const float *restrict x, float *restr
 }
 
 /* Log grid 2^k, k = round(log2|x|) clamped to [lo, hi], in bit arithmetic:
- * round-to-nearest in the log domain is "mantissa >= sqrt(2)" (no ties exist).
+ * the rounding is log_round() on the float's own exponent and mantissa bits.
  * Valid for lo >= -126 and hi <= 127: float32 subnormal inputs then clamp to lo
  * whatever their (unnormalised) bits say. */
 INLINE void log_loop(const float *restrict x, float *restrict y, size_t n, int lo, int hi, bq_round r,
@@ -128,10 +128,7 @@ INLINE void log_loop(const float *restrict x, float *restrict y, size_t n, int l
 {
     for (size_t i = 0; i < n; i++) {
         uint32_t u = f2u(x[i]) & 0x7fffffffu;
-        int k = (int)(u >> 23) - 127;
-        uint32_t m = u & 0x7fffffu;
-        if (r == BQ_ROUND_STOCHASTIC) k += noise01(seed, idx0 + i) < (float)m * 0x1p-23f;
-        else if (r != BQ_ROUND_ZERO) k += m >= 0x3504f4u;  /* 1 + m/2^23 >= sqrt(2) */
+        int k = log_round((int)(u >> 23) - 127, u & 0x7fffffu, r, seed, idx0 + i);
         k = k < lo ? lo : (k > hi ? hi : k);
         float q = u2f((uint32_t)(k + 127) << 23);
         q = u == 0 ? 0.0f : q;

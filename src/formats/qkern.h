@@ -120,6 +120,16 @@ static inline float int_quant_mag(const elem_t *e, float a, bq_round r, uint64_t
     return q * pow2f(-e->frac);
 }
 
+/* Round an exponent k in the log domain, given the 23 mantissa bits m of the
+ * value 2^k * (1 + m/2^23): to nearest is "1 + m/2^23 >= sqrt(2)" (no ties
+ * exist), toward zero keeps k, stochastic rounds up with probability m/2^23. */
+static inline int log_round(int k, uint32_t m, bq_round r, uint64_t seed, uint64_t idx)
+{
+    if (r == BQ_ROUND_STOCHASTIC) return k + (noise01(seed, idx) < (float)m * 0x1p-23f);
+    if (r == BQ_ROUND_ZERO) return k;
+    return k + (m >= 0x3504f4u);
+}
+
 /* Log grid: 2^k with k = round(log2 a) clamped to [lo, hi]; zero stays zero. */
 static inline float log_quant_mag(float a, int lo, int hi, bq_round r, uint64_t seed, uint64_t idx)
 {
@@ -128,12 +138,8 @@ static inline float log_quant_mag(float a, int lo, int hi, bq_round r, uint64_t 
     if (a == INFINITY) k = hi;
     else {
         k = floor_log2f(a);
-        float frac = ldexpf(a, -k) - 1.0f;          /* in [0, 1) */
-        switch (r) {
-        case BQ_ROUND_ZERO: break;
-        case BQ_ROUND_STOCHASTIC: k += noise01(seed, idx) < frac; break;
-        default: k += frac >= 0.41421356f; break;   /* mantissa >= sqrt(2): no ties exist */
-        }
+        uint32_t m = (uint32_t)((ldexpf(a, -k) - 1.0f) * 0x1p23f);  /* exact, subnormals included */
+        k = log_round(k, m, r, seed, idx);
     }
     k = k < lo ? lo : (k > hi ? hi : k);
     return ldexpf(1.0f, k);
