@@ -7,14 +7,16 @@ SAN     ?=
 # Bit-exactness across ISAs: no FMA contraction, no fast-math.
 CFLAGS_BASE = -std=c11 -g -Wall -Wextra -Wshadow -Wno-unused-parameter -D_GNU_SOURCE -pthread \
               -ffp-contract=off -fno-math-errno -fno-trapping-math \
-              -Iinclude -Isrc/core -Isrc/formats -Isrc/model -Isrc/engine -Isrc/eval -Isrc/quant -Isrc/search
+              -Iinclude -Isrc/core -Isrc/formats -Isrc/model -Isrc/engine -Isrc/eval -Isrc/quant -Isrc/search -Isrc/kernels
 CFLAGS  = $(CFLAGS_BASE) $(OPT) $(SAN) -DBQ_HAVE_X86
 LDLIBS  = -lopenblas -lpcre2-8 -lcjson -lm -pthread
 
 LIB_SRC = $(wildcard src/core/*.c src/model/*.c src/engine/*.c src/eval/*.c src/quant/*.c src/search/*.c) \
-          $(filter-out src/formats/kernels.c,$(wildcard src/formats/*.c))
+          $(filter-out src/formats/kernels.c,$(wildcard src/formats/*.c)) \
+          $(filter-out src/kernels/pk_isa.c,$(wildcard src/kernels/*.c))
 LIB_OBJ = $(LIB_SRC:%.c=$(BUILD)/%.o) \
-          $(BUILD)/kern/kernels_scalar.o $(BUILD)/kern/kernels_avx2.o $(BUILD)/kern/kernels_avx512.o
+          $(BUILD)/kern/kernels_scalar.o $(BUILD)/kern/kernels_avx2.o $(BUILD)/kern/kernels_avx512.o \
+          $(BUILD)/kern/pk_scalar.o $(BUILD)/kern/pk_avx2.o $(BUILD)/kern/pk_avx512.o
 CLI_SRC = $(wildcard src/cli/*.c)
 CLI_OBJ = $(CLI_SRC:%.c=$(BUILD)/%.o)
 TESTS   = $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
@@ -37,6 +39,19 @@ $(BUILD)/kern/kernels_avx2.o: src/formats/kernels.c src/formats/qkern.h src/form
 $(BUILD)/kern/kernels_avx512.o: src/formats/kernels.c src/formats/qkern.h src/formats/format.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -O3 -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mprefer-vector-width=512 \
+	    -DBQ_ISA=avx512 -c $< -o $@
+
+# The packed-weight matmuls, likewise (AVX-512 with VNNI; AVX2 otherwise).
+PK_DEPS = src/kernels/pk_isa.c src/kernels/pmat.h src/formats/format.h
+$(BUILD)/kern/pk_scalar.o: $(PK_DEPS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fno-tree-vectorize -DBQ_ISA=scalar -c $< -o $@
+$(BUILD)/kern/pk_avx2.o: $(PK_DEPS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -O3 -mavx2 -mfma -mf16c -DBQ_ISA=avx2 -c $< -o $@
+$(BUILD)/kern/pk_avx512.o: $(PK_DEPS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -O3 -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx512vnni -mfma -mprefer-vector-width=512 \
 	    -DBQ_ISA=avx512 -c $< -o $@
 
 $(BUILD)/libblockq.a: $(LIB_OBJ)
@@ -81,7 +96,7 @@ FUZZ_BINS    = $(FUZZERS:%=$(FUZZ_BUILD)/fuzz_%)
 
 # The library for the fuzzers is the ordinary build in build/fuzz, with clang's flags.
 ifneq ($(BUILD),$(FUZZ_BUILD))
-$(FUZZ_BUILD)/libblockq.a: $(LIB_SRC) src/formats/kernels.c $(wildcard include/*.h src/*/*.h)
+$(FUZZ_BUILD)/libblockq.a: $(LIB_SRC) src/formats/kernels.c src/kernels/pk_isa.c $(wildcard include/*.h src/*/*.h)
 	@$(MAKE) --no-print-directory CC=clang BUILD=$(FUZZ_BUILD) OPT="-O1 -fsanitize=fuzzer-no-link" SAN="$(FUZZ_FLAGS)" \
 	    $(FUZZ_BUILD)/libblockq.a
 endif

@@ -139,6 +139,9 @@ bq_status bq_qconfig_load(bq_qconfig *q, const char *toml_path);
 /* Fake-quantise the model's weights in place and arm activation quantisers.
  * strict: a pattern that matches no tensor is an error, not a warning. */
 bq_status bq_model_quantize(bq_model *m, const bq_qconfig *q, int strict);
+/* The same, with weights stored packed (true size in memory; matmuls compute on the
+ * packed codes). Activation, attention and KV formats act as in bq_model_quantize. */
+bq_status bq_model_pack(bq_model *m, const bq_qconfig *q, int strict);
 
 /* ---- hardware cost model (docs/cost-model.md) ---------------------------- */
 

@@ -8,6 +8,7 @@
  *   logits = norm(x) W_head^T
  */
 #include "engine.h"
+#include "pmat.h"
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
@@ -24,6 +25,7 @@ struct bq_ctx {
     float *x, *h, *q, *k, *v, *a, *g, *u, *att, *e;
     float *xq;       /* a quantised copy of a linear's input */
     float *kq, *vt;  /* attention quantisation: K copy [T, kv_dim], V^T [kv_dim, T] */
+    int oom;         /* a worker ran out of memory (reported after the layer) */
 };
 
 static void *xrealloc(void *p, size_t n, int *fail)
@@ -115,31 +117,55 @@ int bq_ctx_pos(const bq_ctx *c) { return c->pos; }
 /* Fixed slices of SLICE output features, one single-threaded SGEMM each: the
  * calls and their shapes never depend on the thread count, so neither do the
  * bits (OpenBLAS's own threading and its results for other shapes do). */
-enum { SLICE = 64 };
-typedef struct { const linear *l; const float *x; float *y; int n; } mm_job;
+enum { SLICE = 64, MV_MAX = 8 };
+typedef struct { const linear *l; const float *x; float *y; int n; const pm_act *act; int *oom; } mm_job;
+
+/* One slice of a packed weight: integer kernels when the activation is quantised
+ * to an integer grid, float kernels for a few tokens, else the slice decoded
+ * into `buf` for the same SGEMM the float path runs (so the bits match fake
+ * quantisation exactly). */
+static const float *slice_weights(const mm_job *j, int o0, int o1, float **buf)
+{
+    const linear *l = j->l;
+    if (!l->pw) return l->w + (size_t)o0 * l->in;
+    if (j->act) { pmat_mm_int(l->pw, j->act, j->y, l->out, o0, o1); return NULL; }
+    if (l->pw->kind == PM_PANEL && j->n <= MV_MAX) { pmat_mv_f32(l->pw, j->x, j->n, j->y, l->out, o0, o1); return NULL; }
+    if (!*buf && !(*buf = malloc((size_t)SLICE * l->in * sizeof **buf))) { *j->oom = 1; return NULL; }
+    pmat_decode(l->pw, o0, o1, *buf);
+    return *buf;
+}
 
 static void mm_range(void *arg, size_t b, size_t e)
 {
     const mm_job *j = arg;
+    float *buf = NULL;
     for (size_t s = b; s < e; s++) {
         int o0 = (int)s * SLICE, o1 = o0 + SLICE < j->l->out ? o0 + SLICE : j->l->out;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->n, o1 - o0, j->l->in, 1.0f, j->x, j->l->in,
-                    j->l->w + (size_t)o0 * j->l->in, j->l->in, 0.0f, j->y + o0, j->l->out);
+        const float *w = slice_weights(j, o0, o1, &buf);
+        if (w)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->n, o1 - o0, j->l->in, 1.0f, j->x, j->l->in, w,
+                        j->l->in, 0.0f, j->y + o0, j->l->out);
     }
+    free(buf);
 }
 
 /* y[n, out] = q(x[n, in]) W^T + b: the one place every linear layer goes through.
  * The activation is quantised along `in`, the matmul's reduction dimension. */
 static void matmul(bq_ctx *c, const linear *l, const float *x, float *y, int n)
 {
-    if (l->aq) {
+    pm_act act, *ap = NULL;
+    if (l->aq && l->pw && pmat_int_ok(l->pw, l->aq)) {
+        if (pm_act_make(l->aq, x, n, l->in, &c->m->qopts, &act)) { c->oom = 1; return; }
+        ap = &act;
+    } else if (l->aq) {
         bq_qdq(l->aq, x, c->xq, (size_t)n, (size_t)l->in, &c->m->qopts);
         x = c->xq;
     }
-    mm_job j = {l, x, y, n};
+    mm_job j = {l, x, y, n, ap, &c->oom};
     size_t slices = (size_t)(l->out + SLICE - 1) / SLICE;
     double work = (double)n * l->out * l->in;
     bq_parallel_for(slices, work < 1e6 ? 1 : g_threads, mm_range, &j);
+    if (ap) pm_act_free(ap);
     if (l->b)
         for (int t = 0; t < n; t++)
             for (int o = 0; o < l->out; o++) y[(size_t)t * l->out + o] += l->b[o];
@@ -277,8 +303,11 @@ bq_status bq_forward(bq_ctx *c, const int32_t *ids, int n, float *logits, int al
     size_t kvd = (size_t)m->kv_heads * m->head_dim, nH = (size_t)n * H;
 
     /* embeddings */
-    for (int t = 0; t < n; t++) memcpy(c->e + (size_t)t * E, M->tok_emb + (size_t)ids[t] * E, E * 4);
-    if (M->proj_in.w) matmul(c, &M->proj_in, c->e, c->x, n);
+    for (int t = 0; t < n; t++) {
+        if (M->emb_p) pmat_decode(M->emb_p, ids[t], ids[t] + 1, c->e + (size_t)t * E);
+        else memcpy(c->e + (size_t)t * E, M->tok_emb + (size_t)ids[t] * E, E * 4);
+    }
+    if (LINEAR_PRESENT(&M->proj_in)) matmul(c, &M->proj_in, c->e, c->x, n);
     else memcpy(c->x, c->e, nH * 4);
     if (M->pos_emb)
         for (int t = 0; t < n; t++) add(c->x + (size_t)t * H, M->pos_emb + (size_t)(c->pos + t + m->pos_offset) * H, H);
@@ -309,6 +338,7 @@ bq_status bq_forward(bq_ctx *c, const int32_t *ids, int n, float *logits, int al
         memcpy(c->vc + off, c->v, (size_t)n * kvd * 4);
         attention(c, l, n);
         matmul(c, &L->o, c->a, c->h, n);
+        if (c->oom) { c->oom = 0; return bq_fail(BQ_ERR_NOMEM, "out of memory in a packed matmul (layer %d)", l); }
         if ((st = check_finite(c, c->h, n, H, l, "attention output (o_proj)"))) return st;
         add(c->x, c->h, nH);
         if (!m->pre_norm) norm(m, &L->ln1, c->x, c->x, n, H);
@@ -327,6 +357,7 @@ bq_status bq_forward(bq_ctx *c, const int32_t *ids, int n, float *logits, int al
             for (size_t i = 0; i < nI; i++) c->u[i] = gelu_tanh(c->u[i]);
         }
         matmul(c, &L->down, c->u, c->h, n);
+        if (c->oom) { c->oom = 0; return bq_fail(BQ_ERR_NOMEM, "out of memory in a packed matmul (layer %d)", l); }
         if ((st = check_finite(c, c->h, n, H, l, "MLP output (down_proj)"))) return st;
         add(c->x, c->h, nH);
         if (!m->pre_norm) norm(m, &L->ln2, c->x, c->x, n, H);
@@ -336,8 +367,9 @@ bq_status bq_forward(bq_ctx *c, const int32_t *ids, int n, float *logits, int al
     int first = all ? 0 : n - 1, rows = n - first;
     float *xf = c->x + (size_t)first * H;
     if (m->final_norm) norm(m, &M->final_ln, xf, xf, rows, H);
-    if (M->proj_out.w) { matmul(c, &M->proj_out, xf, c->e, rows); xf = c->e; }
+    if (LINEAR_PRESENT(&M->proj_out)) { matmul(c, &M->proj_out, xf, c->e, rows); xf = c->e; }
     matmul(c, &M->head, xf, logits, rows);
+    if (c->oom) { c->oom = 0; return bq_fail(BQ_ERR_NOMEM, "out of memory in a packed matmul (LM head)"); }
     if ((st = check_finite(c, logits, rows, m->vocab, m->layers, "logits"))) return st;
     c->pos += n;
     return BQ_OK;

@@ -76,5 +76,17 @@ typedef void (*qdq_rows_fn)(const bq_format *f, const qctx *c, const float *x, f
                             size_t r0, size_t r1);
 qdq_rows_fn bq_kernel_for(const bq_format *f);
 
+/* Reading and writing the packed layout piecewise (pack.c), for the kernels
+ * that compute on packed weights. A "group" is a block, an int group or a row. */
+size_t pack_header_bytes(const bq_format *f);
+size_t pack_row_bytes(const bq_format *f, size_t cols);
+float pack_tensor_scale(const bq_format *f, const uint8_t *packed);  /* 1 if none */
+bq_status pack_decode_rows(const bq_format *f, const uint8_t *packed, size_t cols, size_t r0, size_t r1, float *out);
+float pack_elem_value(const bq_format *f, uint32_t code);
+/* A group's scale as two factors (value = (q * s1) * s2, as fake quantisation
+ * computes it); 0 when the code means NaN. */
+int pack_scale_parts(const bq_format *f, float tensor_scale, uint32_t code, float *s1, float *s2);
+void pack_row_codes(const bq_format *f, const uint8_t *row, size_t cols, uint32_t *scodes, uint8_t *ecodes);
+void pack_row_put(const bq_format *f, uint8_t *row, size_t cols, const uint32_t *scodes, const uint8_t *ecodes);
 
 #endif

@@ -329,6 +329,23 @@ bq_status bq_unpack(const bq_format *f, const uint8_t *in, size_t in_size, size_
     if (in_size != need)
         return bq_fail(BQ_ERR_SHAPE, "packed data is %zu bytes; format '%s' at %zux%zu takes %zu",
                        in_size, f->name, rows, cols, need);
+    return pack_decode_rows(f, in, cols, 0, rows, out);
+}
+
+/* ---- helpers for the packed-weight kernels (src/kernels) ------------------- */
+
+size_t pack_header_bytes(const bq_format *f) { return header_bytes(f); }
+size_t pack_row_bytes(const bq_format *f, size_t cols) { return row_bytes(f, cols); }
+
+float pack_tensor_scale(const bq_format *f, const uint8_t *packed)
+{
+    float s = 1.0f;
+    if (header_bytes(f)) memcpy(&s, packed, 4);
+    return s;
+}
+
+bq_status pack_decode_rows(const bq_format *f, const uint8_t *in, size_t cols, size_t r0, size_t r1, float *out)
+{
     qctx c;
     memset(&c, 0, sizeof c);
     c.cols = cols;
@@ -338,9 +355,54 @@ bq_status bq_unpack(const bq_format *f, const uint8_t *in, size_t in_size, size_
         if (h == 5) c.tensor_zero = in[4];
     }
     size_t rb = row_bytes(f, cols);
-    for (size_t r = 0; r < rows; r++) {
+    for (size_t r = r0; r < r1; r++) {
         bitr rd = {in + h + r * rb, in + h + (r + 1) * rb, 0, 0};
-        unpack_row(f, &c, &rd, cols, out + r * cols);
+        unpack_row(f, &c, &rd, cols, out + (r - r0) * cols);
     }
     return BQ_OK;
+}
+
+float pack_elem_value(const bq_format *f, uint32_t code) { return elem_value(&f->el, code, 0); }
+
+int pack_scale_parts(const bq_format *f, float tensor_scale, uint32_t code, float *s1, float *s2)
+{
+    if (f->sch == SCH_INT) {  /* fp32 group scale */
+        *s1 = u2f(code);
+        *s2 = 1.0f;
+        return *s1 == *s1;
+    }
+    qctx c;
+    memset(&c, 0, sizeof c);
+    c.tensor_scale = tensor_scale;
+    bscale s;
+    if (!scale_from_code(f, &c, code, &s)) { *s1 = *s2 = NAN; return 0; }
+    *s1 = s.post1;
+    *s2 = s.post2;
+    return 1;
+}
+
+void pack_row_codes(const bq_format *f, const uint8_t *row, size_t cols, uint32_t *scodes, uint8_t *ecodes)
+{
+    size_t g = group_len(f, cols), rb = row_bytes(f, cols);
+    bitr rd = {row, row + rb, 0, 0};
+    int sb = group_scale_bits(f);
+    for (size_t b = 0, k = 0; b < cols; b += g, k++) {
+        if (sb) scodes[k] = get(&rd, sb);
+        for (size_t i = 0; i < g; i++) {
+            uint32_t v = get(&rd, f->el.bits);
+            if (b + i < cols) ecodes[b + i] = (uint8_t)v;
+        }
+    }
+}
+
+void pack_row_put(const bq_format *f, uint8_t *row, size_t cols, const uint32_t *scodes, const uint8_t *ecodes)
+{
+    size_t g = group_len(f, cols);
+    bitw w = {row, 0, 0};
+    int sb = group_scale_bits(f);
+    for (size_t b = 0, k = 0; b < cols; b += g, k++) {
+        if (sb) put(&w, scodes[k], sb);
+        for (size_t i = 0; i < g; i++) put(&w, b + i < cols ? ecodes[b + i] : 0, f->el.bits);
+    }
+    flush(&w);
 }

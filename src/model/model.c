@@ -2,6 +2,7 @@
  * Every architecture maps its tensor names onto the same layer layout;
  * linear layers get uniform names (layers.N.self_attn.q_proj, ...). */
 #include "model.h"
+#include "pmat.h"
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -180,7 +181,7 @@ static void load_gpt2(loader *L)
     fetch_norm(L, &m->final_ln, "transformer.ln_f.weight", "transformer.ln_f.bias", H);
 }
 
-static void free_linear(linear *l) { free(l->w); free(l->b); bq_format_free(l->aq); }
+static void free_linear(linear *l) { free(l->w); pmat_free(l->pw); free(l->b); bq_format_free(l->aq); }
 static void free_norm(normp *n) { free(n->w); free(n->b); }
 
 void bq_model_free(bq_model *m)
@@ -194,6 +195,10 @@ void bq_model_free(bq_model *m)
     }
     free(m->L);
     if (m->head.w != m->tok_emb) free(m->head.w);
+    if (m->head.pw != m->emb_p) pmat_free(m->head.pw);
+    pmat_free(m->emb_p);
+    free(m->config_json);
+    free(m->tokenizer_json);
     free(m->head.b);
     bq_format_free(m->head.aq);
     bq_format_free(m->attn_q);
@@ -289,7 +294,7 @@ static linear *nth_linear(const bq_model *m, int i)
         layer_w *L = &m->L[l];
         linear *ls[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
         for (int j = 0; j < 7; j++)
-            if (ls[j]->w && k++ == i) return ls[j];
+            if (LINEAR_PRESENT(ls[j]) && k++ == i) return ls[j];
     }
     return NULL;
 }
@@ -317,7 +322,7 @@ size_t bq_model_other_params(const bq_model *m)
 {
     const bq_config *c = &m->c;
     size_t n = (size_t)c->vocab * c->embed_dim;
-    if (m->head.w != m->tok_emb) n += (size_t)m->head.in * m->head.out;
+    if (m->head.w != m->tok_emb || m->head.pw != m->emb_p) n += (size_t)m->head.in * m->head.out;
     if (m->pos_emb) n += (size_t)(c->max_pos + c->pos_offset) * c->hidden;
     n += (size_t)c->layers * 4 * c->hidden + 2 * (size_t)c->hidden;  /* norms and biases, roughly */
     return n;

@@ -57,7 +57,15 @@ bq_status tokenizer_parse(const char *json, size_t len, const char *path, bq_tok
 /* A linear layer y = x W^T + b; W is [out, in] row-major. */
 /* A linear layer y = q(x) W^T + b; W is [out, in] row-major (already fake-quantised
  * when a weight format applies); aq quantises the input activation (NULL: float). */
-typedef struct { float *w, *b; int in, out; char name[96]; bq_format *aq; } linear;
+typedef struct pmat pmat;
+typedef struct {
+    float *w, *b;
+    pmat *pw;          /* packed weight (src/kernels/pmat.h); then w is NULL */
+    int in, out;
+    char name[96];
+    bq_format *aq;
+} linear;
+#define LINEAR_PRESENT(l) ((l)->w || (l)->pw)
 typedef struct { float *w, *b; } normp;
 
 typedef struct {
@@ -68,6 +76,7 @@ typedef struct {
 struct bq_model {
     bq_config c;
     float *tok_emb;   /* [vocab, embed_dim] */
+    pmat *emb_p;      /* the embedding packed (then tok_emb is NULL; a tied head shares it) */
     float *pos_emb;   /* [max_pos + offset, hidden] or NULL */
     normp final_ln;
     linear head, proj_in, proj_out;
@@ -77,6 +86,9 @@ struct bq_model {
     bq_format *kv_q;    /* the stored K/V cache */
     bq_qopts qopts;     /* rounding for activations */
     char nonfinite[256]; /* first weight holding NaN/Inf ("" if none) */
+    char *config_json;   /* the checkpoint's config.json and tokenizer.json, kept for */
+    char *tokenizer_json; /* saving (.bq, GGUF) and bq_model_tokenizer; NULL if absent */
+    size_t config_len, tokenizer_len;
 };
 
 #endif

@@ -8,6 +8,7 @@
  * the LM head and the embedding are float unless a rule names them. */
 #include "model.h"
 #include "quant.h"
+#include "pmat.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -147,19 +148,38 @@ bq_status qconfig_parse(bq_qconfig *q, const char *src, size_t n, const char *pa
 
 /* ---- applying a config to a model ---- */
 
-static bq_status apply_w(float *w, int rows, int cols, const char *fmt, const bq_qopts *o, const char *name)
+/* Quantise one weight matrix: in place (fake quantisation) or into a packed
+ * matrix that replaces the float one. An already packed weight can only be
+ * asked for the format it holds. */
+static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *fmt, const bq_qopts *o,
+                         const char *name, int pack)
 {
     bq_format *f;
     bq_status st = bq_format_parse(fmt, &f);
     if (st) return st;
     bq_format_info in;
     bq_format_get_info(f, &in);
-    if (in.block > cols) {
-        bq_format_free(f);
-        return bq_fail(BQ_ERR_SHAPE, "%s: format %s has blocks of %d but the reduction dimension is %d", name, fmt,
-                       in.block, cols);
+    if (*pw) {
+        if (strcmp((*pw)->f->name, f->name))
+            st = bq_fail(BQ_ERR_ARG, "%s: weights are stored packed as %s; cannot requantise them to %s", name,
+                         (*pw)->f->name, fmt);
+    } else if (in.block > cols) {
+        st = bq_fail(BQ_ERR_SHAPE, "%s: format %s has blocks of %d but the reduction dimension is %d", name, fmt,
+                     in.block, cols);
+    } else if (!pack) {
+        st = bq_qdq(f, *w, *w, (size_t)rows, (size_t)cols, o);
+    } else {
+        size_t size = bq_packed_size(f, (size_t)rows, (size_t)cols);
+        uint8_t *buf = size == SIZE_MAX ? NULL : malloc(size);
+        if (!buf) st = bq_fail(BQ_ERR_NOMEM, "%s: out of memory packing %dx%d", name, rows, cols);
+        if (!st && (st = bq_pack(f, *w, (size_t)rows, (size_t)cols, o, buf, size)))
+            st = bq_fail(st, "%s: %s", name, bq_last_error());
+        if (!st && !(st = pmat_new(f, rows, cols, buf, size, pw))) {
+            free(*w);
+            *w = NULL;
+        }
+        free(buf);
     }
-    st = bq_qdq(f, w, w, (size_t)rows, (size_t)cols, o);
     bq_format_free(f);
     return st;
 }
@@ -193,7 +213,7 @@ static void resolve(const bq_qconfig *q, const char *name, int is_block, const c
     }
 }
 
-bq_status bq_model_quantize(bq_model *m, const bq_qconfig *q, int strict)
+static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack)
 {
     if (!q) return BQ_OK;
     int *hits = calloc((size_t)q->nrules + 1, sizeof *hits);
@@ -206,24 +226,29 @@ bq_status bq_model_quantize(bq_model *m, const bq_qconfig *q, int strict)
         layer_w *L = &m->L[i];
         linear *ls[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
         for (int j = 0; j < 7 && !st; j++) {
-            if (!ls[j]->w) continue;
-            resolve(q, ls[j]->name, 1, &w, &a, hits);
-            if (*w) st = apply_w(ls[j]->w, ls[j]->out, ls[j]->in, w, o, ls[j]->name);
-            if (!st) st = set_act(ls[j], a);
+            linear *l = ls[j];
+            if (!LINEAR_PRESENT(l)) continue;
+            resolve(q, l->name, 1, &w, &a, hits);
+            if (*w) st = apply_w(&l->w, &l->pw, l->out, l->in, w, o, l->name, pack);
+            if (!st) st = set_act(l, a);
         }
     }
     /* LM head and embedding: untie before quantising either differently */
     const char *hw, *ha, *ew, *ea;
     resolve(q, "lm_head", 0, &hw, &ha, hits);
     resolve(q, "embed_tokens", 0, &ew, &ea, hits);
-    if (!st && m->head.w == m->tok_emb && (*hw || *ew) && strcmp(hw, ew)) {
+    int tied = m->tok_emb && m->head.w == m->tok_emb;
+    if (!st && tied && (*hw || *ew) && strcmp(hw, ew)) {
         size_t n = (size_t)m->c.vocab * m->c.embed_dim;
         float *copy = malloc(n * sizeof *copy);
         if (!copy) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-        else { memcpy(copy, m->tok_emb, n * sizeof *copy); m->head.w = copy; }
+        else { memcpy(copy, m->tok_emb, n * sizeof *copy); m->head.w = copy; tied = 0; }
     }
-    if (!st && *ew) st = apply_w(m->tok_emb, m->c.vocab, m->c.embed_dim, ew, o, "embed_tokens");
-    if (!st && *hw && m->head.w != m->tok_emb) st = apply_w(m->head.w, m->head.out, m->head.in, hw, o, "lm_head");
+    if (!st && *ew) {
+        st = apply_w(&m->tok_emb, &m->emb_p, m->c.vocab, m->c.embed_dim, ew, o, "embed_tokens", pack);
+        if (!st && tied && m->emb_p) { m->head.w = NULL; m->head.pw = m->emb_p; }
+    }
+    if (!st && *hw && !tied) st = apply_w(&m->head.w, &m->head.pw, m->head.out, m->head.in, hw, o, "lm_head", pack);
     if (!st) st = set_act(&m->head, ha);
     if (!st && *ea) st = bq_fail(BQ_ERR_ARG, "embed_tokens has no input activation to quantise (a = \"%s\")", ea);
     const char *roles[2] = {q->attn, q->kv};
@@ -252,3 +277,6 @@ bq_status bq_model_quantize(bq_model *m, const bq_qconfig *q, int strict)
     free(hits);
     return st;
 }
+
+bq_status bq_model_quantize(bq_model *m, const bq_qconfig *q, int strict) { return quantize(m, q, strict, 0); }
+bq_status bq_model_pack(bq_model *m, const bq_qconfig *q, int strict) { return quantize(m, q, strict, 1); }

@@ -1,0 +1,294 @@
+/* Packed weight matrices: choosing the representation, building panels, going
+ * back to the file layout, quantised activations for the integer path.
+ *
+ * Panel layout (PM_PANEL), for panel p (rows 16p .. 16p+15, zero-padded):
+ *   8-bit codes: cols/4 chunks of 64 bytes; chunk g holds, for each of the 16
+ *     rows r, the codes of columns 4g..4g+3: byte 4r + i = code[16p + r][4g + i].
+ *   4-bit codes: cols/8 chunks of 64 bytes; byte 4r + i of chunk u holds
+ *     code[16p + r][8u + i] in its low nibble and code[16p + r][8u + 4 + i] in
+ *     its high nibble.
+ * So one 64-byte load gives 16 rows x 4 columns: AVX-512 lanes are rows, and a
+ * VNNI dot product (4 bytes per lane) advances all 16 rows by 4 columns.
+ * Scale codes: [panel][group][16 rows], sbytes each. */
+#include "pmat.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ISA_DECL(isa) extern const pk_isa pk_##isa;
+ISA_DECL(scalar)
+#ifdef BQ_HAVE_X86
+ISA_DECL(avx2)
+ISA_DECL(avx512)
+#endif
+
+static const pk_isa *kernels(void)
+{
+#ifdef BQ_HAVE_X86
+    const char *isa = bq_isa();
+    if (!strcmp(isa, "avx512") && __builtin_cpu_supports("avx512vnni")) return &pk_avx512;
+    if (!strcmp(isa, "avx512") || !strcmp(isa, "avx2")) return &pk_avx2;
+#endif
+    return &pk_scalar;
+}
+
+/* Integer view of an element grid: value(code) = lut[code] * emult, |lut| <= 128.
+ * Returns 0 when the grid is not small integers up to a power of two. */
+static int int_grid(const bq_format *f, int8_t lut[256], float *emult, int *lo)
+{
+    int n = 1 << f->el.bits, m = 0;
+    if (f->el.bits > 8 || f->el.kind == EK_LOG || f->el.kind == EK_FP32) return 0;
+    if (f->sch == SCH_INT && f->asym) return 0;
+    for (int c = 0; c < n; c++) {
+        float v = pack_elem_value(f, (uint32_t)c);
+        if (!isfinite(v)) return 0;
+        int k = 0;
+        while (k <= 16 && ldexpf(v, k) != floorf(ldexpf(v, k))) k++;
+        if (k > 16) return 0;
+        m = k > m ? k : m;
+    }
+    *lo = 0;
+    for (int c = 0; c < n; c++) {
+        float q = ldexpf(pack_elem_value(f, (uint32_t)c), m);
+        if (q < -128.0f || q > 127.0f) return 0;
+        lut[c] = (int8_t)q;
+        /* integer grids leave their most negative code unused ([-127, 127]) */
+        int used = f->el.kind != EK_INT || ldexpf((float)f->el.lo, m - f->el.frac) <= q;
+        if (used && lut[c] < *lo) *lo = lut[c];
+    }
+    *emult = ldexpf(1.0f, -m);
+    return 1;
+}
+
+/* Elements per scale group along a row of `cols`. */
+static int group_of(const bq_format *f, int cols)
+{
+    if (f->sch == SCH_ELEM || (f->sch == SCH_INT && f->scope != SCOPE_GROUP)) return cols;
+    return f->block;
+}
+
+static int panel_ok(const bq_format *f, int cols, int8_t lut[256], float *emult)
+{
+    if (!(f->sch == SCH_MX || f->sch == SCH_BFP || f->sch == SCH_BM || f->sch == SCH_SCALED || f->sch == SCH_NVFP4 ||
+          (f->sch == SCH_INT && f->scope == SCOPE_GROUP)))
+        return 0;
+    if (f->el.bits != 4 && f->el.bits != 8) return 0;
+    if (f->block % 16 || f->block > 512 || cols % f->block || f->scale_bits % 8) return 0;
+    int lo;
+    if (!int_grid(f, lut, emult, &lo)) return 0;
+    if (f->el.bits == 8) /* 8-bit codes are used as they are: two's complement or sign-magnitude */
+        for (int c = 0; c < 256; c++) {
+            int tw = (int8_t)c, sm = c & 0x80 ? -(c & 0x7f) : c;
+            if (lut[c] != (f->el.signmag ? sm : tw)) return 0;
+        }
+    return 1;
+}
+
+static size_t panel_bytes(const pmat *m) { return (size_t)m->cols * PM_ROWS * (size_t)m->eb / 8; }
+
+/* Position of (row-in-panel r, column k) in a panel: byte offset, and nibble shift. */
+static size_t slot(const pmat *m, int r, int k, int *shift)
+{
+    if (m->eb == 8) { *shift = 0; return (size_t)(k / 4) * 64 + (size_t)r * 4 + (size_t)(k % 4); }
+    int u = k / 8, i = k % 8;
+    *shift = i < 4 ? 0 : 4;
+    return (size_t)u * 64 + (size_t)r * 4 + (size_t)(i % 4);
+}
+
+void pmat_free(pmat *m)
+{
+    if (!m) return;
+    bq_format_free(m->f);
+    free(m->data);
+    free(m->pw);
+    free(m->ps);
+    free(m);
+}
+
+size_t pmat_bytes(const pmat *m)
+{
+    if (m->kind == PM_STREAM) return m->size;
+    return (size_t)m->npanel * panel_bytes(m) + (size_t)m->npanel * m->nb * PM_ROWS * m->sbytes;
+}
+
+bq_status pmat_new(const bq_format *f, int rows, int cols, const uint8_t *packed, size_t size, pmat **out)
+{
+    *out = NULL;
+    if (rows < 1 || cols < 1) return bq_fail(BQ_ERR_SHAPE, "packed matrix of %dx%d", rows, cols);
+    size_t need = bq_packed_size(f, (size_t)rows, (size_t)cols);
+    if (size != need)
+        return bq_fail(BQ_ERR_SHAPE, "packed data is %zu bytes; format '%s' at %dx%d takes %zu", size, f->name, rows,
+                       cols, need);
+    pmat *m = calloc(1, sizeof *m);
+    if (!m) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    bq_status st = bq_format_parse(f->name, &m->f);
+    if (st) { free(m); return st; }
+    m->rows = rows;
+    m->cols = cols;
+    if (!panel_ok(f, cols, m->lut, &m->emult)) {
+        m->kind = PM_STREAM;
+        m->size = size;
+        m->data = malloc(size ? size : 1);
+        if (!m->data) { pmat_free(m); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
+        memcpy(m->data, packed, size);
+        *out = m;
+        return BQ_OK;
+    }
+    m->kind = PM_PANEL;
+    m->eb = f->el.bits;
+    m->K = f->block;
+    m->nb = cols / f->block;
+    m->npanel = (rows + PM_ROWS - 1) / PM_ROWS;
+    m->sbytes = f->scale_bits / 8;
+    m->tscale = pack_tensor_scale(f, packed);
+    if (m->sbytes == 1)
+        for (int c = 0; c < 256; c++) pack_scale_parts(f, m->tscale, (uint32_t)c, &m->s1[c], &m->s2[c]);
+    m->pw = calloc((size_t)m->npanel, panel_bytes(m));
+    m->ps = calloc((size_t)m->npanel * m->nb * PM_ROWS, (size_t)m->sbytes);
+    uint32_t *sc = malloc((size_t)m->nb * sizeof *sc);
+    uint8_t *ec = malloc((size_t)cols);
+    if (!m->pw || !m->ps || !sc || !ec) {
+        free(sc); free(ec); pmat_free(m);
+        return bq_fail(BQ_ERR_NOMEM, "out of memory for a %dx%d packed matrix", rows, cols);
+    }
+    const uint8_t *body = packed + pack_header_bytes(f);
+    size_t rb = pack_row_bytes(f, (size_t)cols);
+    for (int row = 0; row < rows; row++) {
+        pack_row_codes(f, body + (size_t)row * rb, (size_t)cols, sc, ec);
+        int p = row / PM_ROWS, r = row % PM_ROWS, sh;
+        uint8_t *pw = m->pw + (size_t)p * panel_bytes(m);
+        for (int k = 0; k < cols; k++) {
+            size_t o = slot(m, r, k, &sh);
+            pw[o] |= (uint8_t)(ec[k] << sh);
+        }
+        for (int g = 0; g < m->nb; g++)
+            memcpy(m->ps + (((size_t)p * m->nb + g) * PM_ROWS + r) * m->sbytes, &sc[g], (size_t)m->sbytes);
+    }
+    free(sc);
+    free(ec);
+    *out = m;
+    return BQ_OK;
+}
+
+bq_status pmat_to_packed(const pmat *m, uint8_t *out, size_t size)
+{
+    size_t need = bq_packed_size(m->f, (size_t)m->rows, (size_t)m->cols);
+    if (size != need) return bq_fail(BQ_ERR_ARG, "buffer of %zu bytes for %zu", size, need);
+    if (m->kind == PM_STREAM) { memcpy(out, m->data, size); return BQ_OK; }
+    memset(out, 0, size);
+    size_t h = pack_header_bytes(m->f), rb = pack_row_bytes(m->f, (size_t)m->cols);
+    if (h) memcpy(out, &m->tscale, 4);
+    uint32_t *sc = malloc((size_t)m->nb * sizeof *sc);
+    uint8_t *ec = malloc((size_t)m->cols);
+    if (!sc || !ec) { free(sc); free(ec); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
+    for (int row = 0; row < m->rows; row++) {
+        int p = row / PM_ROWS, r = row % PM_ROWS, sh;
+        const uint8_t *pw = m->pw + (size_t)p * panel_bytes(m);
+        for (int k = 0; k < m->cols; k++) {
+            size_t o = slot(m, r, k, &sh);
+            ec[k] = (uint8_t)((pw[o] >> sh) & (m->eb == 8 ? 0xff : 0x0f));
+        }
+        for (int g = 0; g < m->nb; g++) {
+            sc[g] = 0;
+            memcpy(&sc[g], m->ps + (((size_t)p * m->nb + g) * PM_ROWS + r) * m->sbytes, (size_t)m->sbytes);
+        }
+        pack_row_put(m->f, out + h + (size_t)row * rb, (size_t)m->cols, sc, ec);
+    }
+    free(sc);
+    free(ec);
+    return BQ_OK;
+}
+
+void pmat_decode(const pmat *m, int r0, int r1, float *out)
+{
+    if (m->kind == PM_STREAM) {
+        pack_decode_rows(m->f, m->data, (size_t)m->cols, (size_t)r0, (size_t)r1, out);
+        return;
+    }
+    const pk_isa *k = kernels();
+    float *panel = NULL;
+    for (int p = r0 / PM_ROWS; p * PM_ROWS < r1; p++) {
+        int a = p * PM_ROWS, b = a + PM_ROWS;
+        if (a >= r0 && b <= r1) { k->decode(m, p, out + (size_t)(a - r0) * m->cols); continue; }
+        if (!panel && !(panel = malloc((size_t)PM_ROWS * m->cols * sizeof *panel))) return;
+        k->decode(m, p, panel);
+        for (int r = a < r0 ? r0 : a; r < (b < r1 ? b : r1); r++)
+            memcpy(out + (size_t)(r - r0) * m->cols, panel + (size_t)(r - a) * m->cols, (size_t)m->cols * sizeof *out);
+    }
+    free(panel);
+}
+
+/* ---- activations for the integer path ---- */
+
+int pmat_int_ok(const pmat *m, const bq_format *af)
+{
+    int8_t lut[256];
+    float em;
+    int lo;
+    /* activations stay in [-127, 127]: keeps the AVX2 sign trick exact */
+    if (m->kind != PM_PANEL || !int_grid(af, lut, &em, &lo) || lo < -127) return 0;
+    int ka = group_of(af, m->cols);
+    if (ka % 16 || m->cols % ka) return 0;
+    int small = ka < m->K ? ka : m->K, big = ka < m->K ? m->K : ka;
+    return big % small == 0;
+}
+
+void pm_act_free(pm_act *a)
+{
+    free(a->u);
+    free(a->s);
+    memset(a, 0, sizeof *a);
+}
+
+bq_status pm_act_make(const bq_format *af, const float *x, int n, int cols, const bq_qopts *o, pm_act *a)
+{
+    memset(a, 0, sizeof *a);
+    int8_t lut[256];
+    float em;
+    int lo;
+    if (!int_grid(af, lut, &em, &lo)) return bq_fail(BQ_ERR_UNSUPPORTED, "format '%s' has no integer grid", af->name);
+    int K = group_of(af, cols), ng = cols / K;
+    size_t psz = bq_packed_size(af, (size_t)n, (size_t)cols), rb = pack_row_bytes(af, (size_t)cols);
+    uint8_t *pk = malloc(psz);
+    uint32_t *sc = malloc((size_t)ng * sizeof *sc);
+    uint8_t *ec = malloc((size_t)cols);
+    a->u = malloc((size_t)n * cols);
+    a->s = malloc((size_t)n * ng * sizeof *a->s);
+    bq_status st = BQ_OK;
+    if (!pk || !sc || !ec || !a->u || !a->s) st = bq_fail(BQ_ERR_NOMEM, "out of memory for quantised activations");
+    if (!st) st = bq_pack(af, x, (size_t)n, (size_t)cols, o, pk, psz);
+    if (!st) {
+        a->n = n;
+        a->cols = cols;
+        a->K = K;
+        float ts = pack_tensor_scale(af, pk);
+        int has_codes = !(af->sch == SCH_ELEM || (af->sch == SCH_INT && af->scope == SCOPE_TENSOR));
+        const uint8_t *body = pk + pack_header_bytes(af);
+        for (int t = 0; t < n; t++) {
+            pack_row_codes(af, body + (size_t)t * rb, (size_t)cols, sc, ec);
+            for (int k = 0; k < cols; k++) a->u[(size_t)t * cols + k] = (uint8_t)(lut[ec[k]] ^ 0x80);
+            for (int g = 0; g < ng; g++) {
+                float s1 = 1.0f, s2 = 1.0f;
+                if (has_codes) pack_scale_parts(af, ts, sc[g], &s1, &s2);
+                else if (af->sch == SCH_INT) s1 = ts;
+                a->s[(size_t)t * ng + g] = (s1 * s2) * em;
+            }
+        }
+    }
+    free(pk);
+    free(sc);
+    free(ec);
+    if (st) pm_act_free(a);
+    return st;
+}
+
+void pmat_mm_int(const pmat *m, const pm_act *a, float *y, int ldy, int r0, int r1)
+{
+    (void)r1;
+    kernels()->mm_int(m, a, y, ldy, r0 / PM_ROWS, (r1 + PM_ROWS - 1) / PM_ROWS);
+}
+
+void pmat_mv_f32(const pmat *m, const float *x, int n, float *y, int ldy, int r0, int r1)
+{
+    kernels()->mv_f32(m, x, n, y, ldy, r0 / PM_ROWS, (r1 + PM_ROWS - 1) / PM_ROWS);
+}

@@ -1,0 +1,77 @@
+/* A weight matrix held packed, and the matmuls that compute on it.
+ *
+ * Two representations, chosen per tensor when it is loaded:
+ *  - PM_PANEL, for block formats whose element codes are small integers up to a
+ *    power-of-two factor (MXINT8, MXFP4, NVFP4, BFP8/4, int8/int4 blocks and
+ *    groups, block minifloat e2m1, ...): the same codes, regrouped into panels of
+ *    16 rows so that SIMD lanes hold rows (docs/bq-file.md, "In memory"). Same size
+ *    as the file's layout; matmuls run on integer dot products (VNNI) or decode
+ *    to float in registers.
+ *  - PM_STREAM, every other format: the file's bit stream as is; rows are decoded
+ *    64 at a time into a small buffer for SGEMM.
+ * A float32 copy of the whole matrix never exists.
+ */
+#ifndef BQ_PMAT_H
+#define BQ_PMAT_H
+#include "format.h"
+
+enum { PM_ROWS = 16 };  /* rows per panel: one AVX-512 register of fp32 lanes */
+
+typedef enum { PM_STREAM, PM_PANEL } pm_kind;
+
+typedef struct pmat {
+    bq_format *f;         /* owned */
+    int rows, cols;
+    pm_kind kind;
+    /* PM_STREAM: the bq_pack layout */
+    uint8_t *data;
+    size_t size;
+    /* PM_PANEL */
+    int eb;               /* element bits: 4 or 8 */
+    int K;                /* elements per scale group along a row */
+    int nb;               /* groups per row */
+    int npanel;           /* ceil(rows / 16) */
+    int sbytes;           /* bytes per stored scale code: 1, 2 or 4 */
+    uint8_t *pw;          /* element codes, panel after panel (see pmat.c) */
+    uint8_t *ps;          /* scale codes [panel][group][16] */
+    int8_t lut[256];      /* element code -> integer; value = lut * emult */
+    float emult;          /* a power of two */
+    float tscale;         /* per-tensor factor (NVFP4's s_t), else 1 */
+    float s1[256], s2[256]; /* 1-byte scale code -> the two factors */
+} pmat;
+
+/* Take rows x cols of bq_pack output (copied; the caller keeps `packed`). */
+bq_status pmat_new(const bq_format *f, int rows, int cols, const uint8_t *packed, size_t size, pmat **out);
+void pmat_free(pmat *m);
+size_t pmat_bytes(const pmat *m);                 /* memory held, all included */
+/* The bq_pack layout again (exactly the bytes pmat_new took). */
+bq_status pmat_to_packed(const pmat *m, uint8_t *out, size_t size);
+/* Rows [r0, r1) as float32, bit-identical to bq_unpack / fake quantisation. */
+void pmat_decode(const pmat *m, int r0, int r1, float *out);
+
+/* Activations quantised for the integer path: int8 codes (+128, so unsigned)
+ * and one float factor per group of `K` elements. */
+typedef struct {
+    int n, cols, K;
+    uint8_t *u;    /* [n][cols] */
+    float *s;      /* [n][cols / K] */
+} pm_act;
+
+/* Whether x (n x cols) quantised to `af` can run the integer path against m. */
+int pmat_int_ok(const pmat *m, const bq_format *af);
+bq_status pm_act_make(const bq_format *af, const float *x, int n, int cols, const bq_qopts *o, pm_act *a);
+void pm_act_free(pm_act *a);
+
+/* y[t, r] for rows [r0, r1) (multiples of 16 except at the end), tokens [0, n).
+ * y has row stride ldy. */
+void pmat_mm_int(const pmat *m, const pm_act *a, float *y, int ldy, int r0, int r1);
+void pmat_mv_f32(const pmat *m, const float *x, int n, float *y, int ldy, int r0, int r1);
+
+/* Per-ISA kernels (pk_isa.c, compiled once per ISA). */
+typedef struct {
+    void (*mm_int)(const pmat *m, const pm_act *a, float *y, int ldy, int p0, int p1);
+    void (*mv_f32)(const pmat *m, const float *x, int n, float *y, int ldy, int p0, int p1);
+    void (*decode)(const pmat *m, int p, float *out /* [16][cols] */);
+} pk_isa;
+
+#endif
