@@ -100,8 +100,15 @@ void bq_error_measure(const float *ref, const float *approx, size_t n, bq_error_
 typedef struct bq_model bq_model;   /* weights + config, read-only once loaded */
 typedef struct bq_ctx bq_ctx;       /* a KV cache and scratch for one sequence */
 
-/* Load a Hugging Face model folder (config.json + safetensors, sharded or not). */
-bq_status bq_model_load(const char *dir, bq_model **out);
+/* Load a Hugging Face model folder (config.json + safetensors, sharded or not),
+ * a packed .bq file (docs/bq-file.md) or a GGUF v3 file. */
+bq_status bq_model_load(const char *path, bq_model **out);
+/* Write the model as .bq (weights packed where bq_model_pack packed them),
+ * atomically: a temporary name, then rename. */
+bq_status bq_model_save(const bq_model *m, const char *path);
+/* Write GGUF v3: packed weights whose format has an exact GGUF type (MXFP4,
+ * Q8_0 = int8_b32_sfp16, Q4_0 = int4_b32_sfp16), float tensors as F32/BF16. */
+bq_status bq_model_save_gguf(const bq_model *m, const char *path);
 void bq_model_free(bq_model *m);
 int bq_model_vocab(const bq_model *m);
 /* BQ_ERR_NONFINITE naming the first weight that holds NaN/Inf (checked at load). */
@@ -175,6 +182,8 @@ int bq_pareto(int n, const double *loss, const double *bits, const double *densi
 
 typedef struct bq_tokenizer bq_tokenizer;
 bq_status bq_tokenizer_load(const char *tokenizer_json_path, bq_tokenizer **out);
+/* The tokenizer that came with the model (folder, .bq or GGUF). */
+bq_status bq_tokenizer_from_model(const bq_model *m, bq_tokenizer **out);
 void bq_tokenizer_free(bq_tokenizer *t);
 /* Encode UTF-8 text; *ids is malloc'd. Fails with BQ_ERR_PARSE on invalid UTF-8. */
 bq_status bq_tokenize(const bq_tokenizer *t, const char *text, size_t len, int32_t **ids, size_t *n);

@@ -4,13 +4,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* Options common to the model commands. */
 typedef struct {
     const char *model, *ids, *out, *text, *prompt, *text_file, *protocol, *config;
     const char *role[6];  /* wq aq attn kv head emb */
-    int threads, json, n, ctx, chunks, strict, allow_nonfinite, round_set;
+    int threads, json, n, ctx, chunks, strict, allow_nonfinite, round_set, packed;
     double temp, top_p;
     uint64_t seed;
     bq_round round;
@@ -56,6 +57,7 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
         else if (OPT("--config")) a->config = v;
         else if (OPT("--round")) { a->round_set = 1; if (!parse_round(v, &a->round)) rc = cli_error(cmd, "bad --round '%s': expected rne, away, zero or stochastic", v); }
         else if (!strcmp(s, "--strict")) a->strict = 1;
+        else if (!strcmp(s, "--packed")) a->packed = 1;
         else if (!strcmp(s, "--allow-nonfinite")) a->allow_nonfinite = 1;
         else if (!strcmp(s, "--json")) a->json = 1;
         else if (s[0] == '-' && s[1] == '-' && v && (s += 2, 1) && (
@@ -92,7 +94,7 @@ static int load_model(const char *cmd, const model_args *a, bq_model **m)
         if (a->role[r]) st = bq_qconfig_set(q, roles[r], a->role[r]);
     if (!st && a->config) st = bq_qconfig_load(q, a->config);
     if (!st && (a->round_set || !a->config)) bq_qconfig_set_round(q, a->round, a->seed);
-    if (!st) st = bq_model_quantize(*m, q, a->strict);
+    if (!st) st = a->packed ? bq_model_pack(*m, q, a->strict) : bq_model_quantize(*m, q, a->strict);
     bq_qconfig_free(q);
     if (st) {
         bq_model_free(*m);
@@ -102,12 +104,21 @@ static int load_model(const char *cmd, const model_args *a, bq_model **m)
     return 0;
 }
 
-static int load_tokenizer(const char *cmd, const char *dir, bq_tokenizer **t)
+/* The model's own tokenizer: from the loaded model, or for a folder its tokenizer.json. */
+static int load_tokenizer(const char *cmd, const char *path, const bq_model *m, bq_tokenizer **t)
 {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
-    bq_status st = bq_tokenizer_load(path, t);
-    return st ? cli_status(cmd, st) : 0;
+    bq_status st;
+    if (m) return (st = bq_tokenizer_from_model(m, t)) ? cli_status(cmd, st) : 0;
+    char tp[4200];
+    snprintf(tp, sizeof tp, "%s/tokenizer.json", path);
+    if (access(path, F_OK) == 0 && access(tp, F_OK) != 0) {  /* a .bq or GGUF file */
+        bq_model *fm;
+        if ((st = bq_model_load(path, &fm))) return cli_status(cmd, st);
+        st = bq_tokenizer_from_model(fm, t);
+        bq_model_free(fm);
+        return st ? cli_status(cmd, st) : 0;
+    }
+    return (st = bq_tokenizer_load(tp, t)) ? cli_status(cmd, st) : 0;
 }
 
 int cmd_logits(int argc, char **argv)
@@ -155,7 +166,7 @@ int cmd_tokenize(int argc, char **argv)
     if (rc) return rc;
     if (!a.text) return cli_error("tokenize", "usage: blockq tokenize --model DIR --text STR [--json]");
     bq_tokenizer *t;
-    if ((rc = load_tokenizer("tokenize", a.model, &t))) return rc;
+    if ((rc = load_tokenizer("tokenize", a.model, NULL, &t))) return rc;
     int32_t *ids;
     size_t n;
     bq_status st = bq_tokenize(t, a.text, strlen(a.text), &ids, &n);
@@ -192,7 +203,7 @@ int cmd_ppl(int argc, char **argv)
     bq_tokenizer *t = NULL;
     int32_t *ids = NULL;
     size_t n = 0;
-    if ((rc = load_model("ppl", &a, &m)) || (rc = load_tokenizer("ppl", a.model, &t))) goto done;
+    if ((rc = load_model("ppl", &a, &m)) || (rc = load_tokenizer("ppl", a.model, m, &t))) goto done;
     if ((st = bq_tokenize(t, text, len, &ids, &n))) { rc = cli_status("ppl", st); goto done; }
     bq_ppl_opts o = {.ctx = a.ctx, .chunks = a.chunks, .second_half = second, .allow_nonfinite = a.allow_nonfinite,
                      .threads = a.threads};
@@ -258,7 +269,7 @@ int cmd_generate(int argc, char **argv)
     float *lg = NULL;
     size_t n = 0;
     bq_status st;
-    if ((rc = load_model("generate", &a, &m)) || (rc = load_tokenizer("generate", a.model, &t))) goto done;
+    if ((rc = load_model("generate", &a, &m)) || (rc = load_tokenizer("generate", a.model, m, &t))) goto done;
     if ((st = bq_tokenize(t, a.prompt, strlen(a.prompt), &ids, &n))) { rc = cli_status("generate", st); goto done; }
     if (n == 0) { rc = cli_error("generate", "the prompt encodes to no tokens"); goto done; }
     int V = bq_model_vocab(m);
@@ -297,6 +308,30 @@ done:
     free(ids);
     bq_ctx_free(c);
     bq_tokenizer_free(t);
+    bq_model_free(m);
+    return rc;
+}
+
+/* blockq quantize: a model packed to its true size, as .bq (or GGUF by extension). */
+int cmd_quantize(int argc, char **argv)
+{
+    model_args a;
+    int rc = parse_model_args("quantize", argc, argv, &a);
+    if (rc) return rc;
+    if (!a.out || (!a.config && !a.role[0] && !a.role[4] && !a.role[5]))
+        return cli_error("quantize", "usage: blockq quantize --model DIR (--wq FORMAT | --config FILE) [--aq F] [--head F] "
+                                     "[--emb F] --out MODEL.bq|MODEL.gguf");
+    size_t ol = strlen(a.out);
+    int gguf = ol > 5 && !strcmp(a.out + ol - 5, ".gguf");
+    a.packed = 1;
+    bq_model *m;
+    if ((rc = load_model("quantize", &a, &m))) return rc;
+    bq_status st = gguf ? bq_model_save_gguf(m, a.out) : bq_model_save(m, a.out);
+    if (st) rc = cli_status("quantize", st);
+    else {
+        struct stat sb;
+        if (!stat(a.out, &sb)) printf("wrote %s: %.2f MB\n", a.out, (double)sb.st_size / 1e6);
+    }
     bq_model_free(m);
     return rc;
 }

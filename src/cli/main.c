@@ -17,6 +17,7 @@ static const command commands[] = {
     {"cost", "memory and arithmetic density of formats (and a model's bytes)", cmd_cost},
     {"sensitivity", "per-layer perplexity change when one linear is quantised", cmd_sensitivity},
     {"search", "per-layer mixed-precision search under a bits budget", cmd_search},
+    {"quantize", "pack a model to its formats' true size: a .bq file, or GGUF for llama.cpp", cmd_quantize},
     {"logits", "write float32 logits [n, vocab] for a file of int32 token ids", cmd_logits},
 };
 

@@ -8,6 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "slots.h"
 
 typedef struct { st_set st; bq_model *m; bq_status err; char names[4][160]; int next; } loader;
 
@@ -223,7 +226,7 @@ static void scan(bq_model *m, const float *w, size_t n, const char *name)
         }
 }
 
-static void scan_all(bq_model *m)
+void model_scan(bq_model *m)
 {
     const bq_config *c = &m->c;
     scan(m, m->tok_emb, (size_t)c->vocab * c->embed_dim, "embed_tokens");
@@ -248,7 +251,7 @@ bq_status bq_model_check_finite(const bq_model *m)
     return m->nonfinite[0] ? bq_fail(BQ_ERR_NONFINITE, "%s (use --allow-nonfinite to go on)", m->nonfinite) : BQ_OK;
 }
 
-bq_status bq_model_load(const char *dir, bq_model **out)
+static bq_status hf_load(const char *dir, bq_model **out)
 {
     *out = NULL;
     char path[4200];
@@ -261,10 +264,18 @@ bq_status bq_model_load(const char *dir, bq_model **out)
     if (!m) { free(js); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
     snprintf(m->dir, sizeof m->dir, "%s", dir);
     st = config_parse(js, n, path, &m->c);
-    free(js);
-    if (st) { free(m); return st; }
+    m->config_json = js;
+    m->config_len = n;
+    if (st) { bq_model_free(m); return st; }
+    /* the tokenizer travels with the model into .bq and GGUF files; optional */
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    if (access(path, R_OK) == 0) {
+        if ((st = bq_read_file(path, &js, &n))) { bq_model_free(m); return st; }
+        m->tokenizer_json = js;
+        m->tokenizer_len = n;
+    }
     loader L = {.m = m};
-    if ((st = st_open_dir(&L.st, dir))) { free(m); return st; }
+    if ((st = st_open_dir(&L.st, dir))) { bq_model_free(m); return st; }
     m->L = calloc((size_t)m->c.layers, sizeof *m->L);
     if (!m->L) L.err = bq_fail(BQ_ERR_NOMEM, "out of memory");
     else if (m->c.arch == ARCH_OPT) load_opt(&L);
@@ -280,9 +291,33 @@ bq_status bq_model_load(const char *dir, bq_model **out)
     }
     st_close(&L.st);
     if (L.err) { bq_model_free(m); return L.err; }
-    scan_all(m);
+    model_scan(m);
     *out = m;
     return BQ_OK;
+}
+
+/* A model folder, a .bq file or a GGUF file, told apart by what is there. */
+bq_status bq_model_load(const char *path, bq_model **out)
+{
+    *out = NULL;
+    struct stat sb;
+    if (stat(path, &sb)) return bq_fail(BQ_ERR_IO, "no model at '%s'", path);
+    if (S_ISDIR(sb.st_mode)) return hf_load(path, out);
+    char magic[8] = {0};
+    FILE *f = fopen(path, "rb");
+    if (!f) return bq_fail(BQ_ERR_IO, "cannot open '%s'", path);
+    size_t n = fread(magic, 1, 8, f);
+    fclose(f);
+    if (n == 8 && !memcmp(magic, "BQMODEL", 8)) return bqfile_load(path, out);
+    if (n >= 4 && !memcmp(magic, "GGUF", 4)) return gguf_load(path, out);
+    return bq_fail(BQ_ERR_PARSE, "'%s' is not a model folder, a .bq file or a GGUF file (unknown magic)", path);
+}
+
+bq_status bq_tokenizer_from_model(const bq_model *m, bq_tokenizer **out)
+{
+    *out = NULL;
+    if (!m->tokenizer_json) return bq_fail(BQ_ERR_IO, "%s: the model has no tokenizer.json", m->dir);
+    return tokenizer_parse(m->tokenizer_json, m->tokenizer_len, m->dir, out);
 }
 
 /* ---- sizes for the cost model ---- */

@@ -91,4 +91,7 @@ struct bq_model {
     size_t config_len, tokenizer_len;
 };
 
+/* Record the first weight holding NaN/Inf (model.c). */
+void model_scan(bq_model *m);
+
 #endif

@@ -1,0 +1,357 @@
+/* The .bq packed model file (docs/bq-file.md):
+ *
+ *   "BQMODEL\0"  u32 version (1)  u32 flags (0)  u64 header_bytes
+ *   header: UTF-8 JSON, then zero padding to a multiple of 64
+ *   data:   blobs and tensors, each at a 64-byte aligned offset from the data start
+ *
+ * The header names config.json and tokenizer.json (kept verbatim as blobs), the
+ * quantisation that is not in the weights (activation, attention, KV formats,
+ * rounding), and per tensor: uniform name, format, shape, offset, size, CRC-32.
+ * Tensors are bq_pack output; float tensors are stored as bf16 when that is
+ * lossless (a bf16 checkpoint), else fp32. */
+#include "pmat.h"
+#include "slots.h"
+#include <cjson/cJSON.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char MAGIC[8] = "BQMODEL";
+enum { BQ_FILE_VERSION = 1, ALIGN = 64, PRELUDE = 24 };
+
+uint32_t bq_crc32(const void *data, size_t n)
+{
+    static uint32_t table[256];
+    if (!table[1])
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            table[i] = c;
+        }
+    const uint8_t *p = data;
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++) c = table[(c ^ p[i]) & 0xff] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+static size_t align_up(size_t x) { return (x + ALIGN - 1) / ALIGN * ALIGN; }
+
+/* ---- writing ---- */
+
+typedef struct { uint8_t *data; size_t size; int owned; } chunk;
+typedef struct { chunk *v; int n, cap; size_t end; } chunks;
+
+static int push(chunks *c, uint8_t *data, size_t size, int owned, size_t *offset)
+{
+    if (c->n == c->cap) {
+        int cap = c->cap ? 2 * c->cap : 64;
+        chunk *n = realloc(c->v, (size_t)cap * sizeof *n);
+        if (!n) return 0;
+        c->v = n;
+        c->cap = cap;
+    }
+    *offset = align_up(c->end);
+    c->v[c->n++] = (chunk){data, size, owned};
+    c->end = *offset + size;
+    return 1;
+}
+
+static void add_ref(cJSON *o, size_t offset, size_t size, uint32_t crc)
+{
+    cJSON_AddNumberToObject(o, "offset", (double)offset);
+    cJSON_AddNumberToObject(o, "size", (double)size);
+    cJSON_AddNumberToObject(o, "crc32", (double)crc);
+}
+
+/* A float tensor as bf16 when that loses nothing, else fp32. */
+static bq_status pack_float(const float *x, size_t n, const char **fmt, uint8_t **out, size_t *size)
+{
+    int lossless = 1;
+    for (size_t i = 0; i < n && lossless; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        lossless = (u & 0xffff) == 0 && (x[i] == x[i]);
+    }
+    *fmt = lossless ? "bf16" : "fp32";
+    bq_format *f;
+    bq_status st = bq_format_parse(*fmt, &f);
+    if (st) return st;
+    *size = bq_packed_size(f, 1, n);
+    *out = malloc(*size);
+    st = *out ? bq_pack(f, x, 1, n, NULL, *out, *size) : bq_fail(BQ_ERR_NOMEM, "out of memory");
+    bq_format_free(f);
+    return st;
+}
+
+static const char *round_name(bq_round r)
+{
+    static const char *n[] = {"rne", "away", "zero", "stochastic"};
+    return (unsigned)r < 4 ? n[r] : "rne";
+}
+
+bq_status bq_model_save(const bq_model *cm, const char *path)
+{
+    bq_model *m = (bq_model *)cm;  /* slots hand out pointers; nothing is changed */
+    if (!m->config_json) return bq_fail(BQ_ERR_ARG, "model has no config.json to store");
+    slot_list sl;
+    bq_status st = model_slots(m, &sl);
+    if (st) return st;
+    chunks ch = {0};
+    cJSON *root = cJSON_CreateObject(), *tens = cJSON_CreateArray();
+    cJSON_AddStringToObject(root, "format", "blockq");
+    cJSON_AddNumberToObject(root, "version", BQ_FILE_VERSION);
+    size_t off;
+    const char *blob_name[2] = {"config", "tokenizer"};
+    char *blob[2] = {m->config_json, m->tokenizer_json};
+    size_t blob_len[2] = {m->config_len, m->tokenizer_len};
+    for (int i = 0; i < 2; i++) {
+        if (!blob[i]) continue;
+        cJSON *b = cJSON_AddObjectToObject(root, blob_name[i]);
+        if (!push(&ch, (uint8_t *)blob[i], blob_len[i], 0, &off)) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        add_ref(b, off, blob_len[i], bq_crc32(blob[i], blob_len[i]));
+    }
+    int tied = model_head_tied(m);
+    cJSON_AddBoolToObject(root, "tied_head", tied);
+    if (m->attn_q) cJSON_AddStringToObject(root, "attn", m->attn_q->name);
+    if (m->kv_q) cJSON_AddStringToObject(root, "kv", m->kv_q->name);
+    cJSON_AddStringToObject(root, "round", round_name(m->qopts.round));
+    cJSON_AddNumberToObject(root, "seed", (double)m->qopts.seed);
+    cJSON_AddItemToObject(root, "tensors", tens);
+    for (int i = 0; i < sl.n && !st; i++) {
+        slot *s = &sl.v[i];
+        if (tied && !strcmp(s->name, "lm_head.weight")) continue;
+        int packed = s->p && *s->p;
+        if (!packed && !*s->f) continue;
+        size_t n = (size_t)s->rows * (s->cols ? (size_t)s->cols : 1), size;
+        const char *fmt;
+        uint8_t *data = NULL;
+        if (packed) {
+            fmt = (*s->p)->f->name;
+            size = bq_packed_size((*s->p)->f, (size_t)s->rows, (size_t)s->cols);
+            if (!(data = malloc(size))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+            else st = pmat_to_packed(*s->p, data, size);
+        } else {
+            st = pack_float(*s->f, n, &fmt, &data, &size);
+        }
+        if (!st && !push(&ch, data, size, 1, &off)) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        if (st) { free(data); break; }
+        cJSON *t = cJSON_CreateObject();
+        cJSON_AddStringToObject(t, "name", s->name);
+        cJSON_AddStringToObject(t, "format", fmt);
+        cJSON *shape = cJSON_AddArrayToObject(t, "shape");
+        cJSON_AddItemToArray(shape, cJSON_CreateNumber(s->rows));
+        if (s->cols) cJSON_AddItemToArray(shape, cJSON_CreateNumber(s->cols));
+        add_ref(t, off, size, bq_crc32(data, size));
+        if (s->l && s->l->aq) cJSON_AddStringToObject(t, "act", s->l->aq->name);
+        cJSON_AddItemToArray(tens, t);
+    }
+    char *hdr = st ? NULL : cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    free(sl.v);
+    if (!st && !hdr) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+    uint8_t *file = NULL;
+    size_t hlen = hdr ? strlen(hdr) : 0, data0 = align_up(PRELUDE + hlen), total = data0 + ch.end;
+    if (!st && !(file = calloc(1, total))) st = bq_fail(BQ_ERR_NOMEM, "out of memory for a %zu-byte file", total);
+    if (!st) {
+        uint32_t v = BQ_FILE_VERSION, flags = 0;
+        uint64_t h = hlen;
+        memcpy(file, MAGIC, 8);
+        memcpy(file + 8, &v, 4);
+        memcpy(file + 12, &flags, 4);
+        memcpy(file + 16, &h, 8);
+        memcpy(file + PRELUDE, hdr, hlen);
+        size_t pos = 0;
+        for (int i = 0; i < ch.n; i++) {
+            pos = align_up(pos);
+            memcpy(file + data0 + pos, ch.v[i].data, ch.v[i].size);
+            pos += ch.v[i].size;
+        }
+        st = bq_write_file_atomic(path, file, total);
+    }
+    for (int i = 0; i < ch.n; i++)
+        if (ch.v[i].owned) free(ch.v[i].data);
+    free(ch.v);
+    free(file);
+    cJSON_free(hdr);
+    return st;
+}
+
+/* ---- reading ---- */
+
+typedef struct { const char *path; const uint8_t *data; size_t size; } region;
+
+/* A {offset, size, crc32} reference inside the data region, checked. */
+static bq_status get_ref(const region *r, const cJSON *o, const char *what, const uint8_t **p, size_t *size)
+{
+    const cJSON *jo = cJSON_GetObjectItemCaseSensitive(o, "offset"), *js = cJSON_GetObjectItemCaseSensitive(o, "size"),
+                *jc = cJSON_GetObjectItemCaseSensitive(o, "crc32");
+    if (!cJSON_IsNumber(jo) || !cJSON_IsNumber(js) || !cJSON_IsNumber(jc))
+        return bq_fail(BQ_ERR_PARSE, "%s: %s: needs numeric offset, size and crc32", r->path, what);
+    double o_ = jo->valuedouble, s_ = js->valuedouble;
+    if (!(o_ >= 0 && s_ >= 0 && o_ <= (double)r->size && s_ <= (double)r->size && o_ == (double)(size_t)o_ &&
+          s_ == (double)(size_t)s_) ||
+        (size_t)o_ + (size_t)s_ > r->size)
+        return bq_fail(BQ_ERR_PARSE, "%s: %s: bytes [%.0f, +%.0f) lie outside the %zu-byte data section", r->path, what,
+                       o_, s_, r->size);
+    if ((size_t)o_ % ALIGN) return bq_fail(BQ_ERR_PARSE, "%s: %s: offset %.0f is not %d-byte aligned", r->path, what, o_, ALIGN);
+    *p = r->data + (size_t)o_;
+    *size = (size_t)s_;
+    uint32_t crc = bq_crc32(*p, *size);
+    if ((double)crc != jc->valuedouble)
+        return bq_fail(BQ_ERR_PARSE, "%s: %s: checksum mismatch (stored %.0f, computed %u): the file is corrupt", r->path,
+                       what, jc->valuedouble, crc);
+    return BQ_OK;
+}
+
+static const char *str_item(const cJSON *o, const char *k)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static int is_float_format(const bq_format *f)
+{
+    return f->sch == SCH_ELEM && f->el.kind != EK_INT && f->el.kind != EK_LOG && f->el.bits >= 16;
+}
+
+static bq_status load_tensor(const region *r, slot_list *sl, const cJSON *t, bq_model *m)
+{
+    const char *name = str_item(t, "name"), *fmt = str_item(t, "format"), *act = str_item(t, "act");
+    const cJSON *shape = cJSON_GetObjectItemCaseSensitive(t, "shape");
+    if (!name || !fmt || !cJSON_IsArray(shape))
+        return bq_fail(BQ_ERR_PARSE, "%s: a tensor entry needs name, format and shape", r->path);
+    slot *s = slot_find(sl, name);
+    if (!s) return bq_fail(BQ_ERR_PARSE, "%s: unknown tensor '%.100s' for this architecture", r->path, name);
+    if ((s->p && *s->p) || *s->f) return bq_fail(BQ_ERR_PARSE, "%s: tensor '%s' appears twice", r->path, name);
+    int nd = cJSON_GetArraySize(shape), want = s->cols ? 2 : 1;
+    double d0 = nd > 0 ? cJSON_GetArrayItem(shape, 0)->valuedouble : -1, d1 = nd > 1 ? cJSON_GetArrayItem(shape, 1)->valuedouble : 0;
+    if (nd != want || d0 != s->rows || d1 != s->cols)
+        return bq_fail(BQ_ERR_SHAPE, "%s: tensor '%s' has a shape of %d dims [%.0f, %.0f]; the config implies [%d, %d]",
+                       r->path, name, nd, d0, d1, s->rows, s->cols);
+    bq_format *f;
+    bq_status st = bq_format_parse(fmt, &f);
+    if (st) return bq_fail(st, "%s: tensor '%s': %s", r->path, name, bq_last_error());
+    size_t rows = (size_t)s->rows, cols = s->cols ? (size_t)s->cols : 1, size;
+    if (!s->cols) { cols = rows; rows = 1; }
+    const uint8_t *p;
+    if (!(st = get_ref(r, t, name, &p, &size)) && size != bq_packed_size(f, rows, cols))
+        st = bq_fail(BQ_ERR_PARSE, "%s: tensor '%s' holds %zu bytes; %s at its shape takes %zu", r->path, name, size, fmt,
+                     bq_packed_size(f, rows, cols));
+    if (!st) {
+        if (s->p && !is_float_format(f)) {
+            st = pmat_new(f, (int)rows, (int)cols, p, size, s->p);
+        } else if (!(*s->f = malloc(rows * cols * sizeof(float)))) {
+            st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        } else {
+            st = bq_unpack(f, p, size, rows, cols, *s->f);
+        }
+    }
+    bq_format_free(f);
+    if (!st && act) {
+        if (!s->l) return bq_fail(BQ_ERR_PARSE, "%s: tensor '%s' has no input activation", r->path, name);
+        if ((st = bq_format_parse(act, &s->l->aq))) return bq_fail(st, "%s: '%s': %s", r->path, name, bq_last_error());
+    }
+    return st;
+}
+
+static bq_status parse_header(const region *r, const cJSON *root, bq_model *m)
+{
+    const cJSON *ver = cJSON_GetObjectItemCaseSensitive(root, "version");
+    const char *fmt = str_item(root, "format");
+    if (!fmt || strcmp(fmt, "blockq") || !cJSON_IsNumber(ver))
+        return bq_fail(BQ_ERR_PARSE, "%s: header is not a blockq model header", r->path);
+    if (ver->valuedouble != BQ_FILE_VERSION)
+        return bq_fail(BQ_ERR_UNSUPPORTED, "%s: header version %g; this blockq reads version %d", r->path, ver->valuedouble,
+                       BQ_FILE_VERSION);
+    const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(root, "config"), *tok = cJSON_GetObjectItemCaseSensitive(root, "tokenizer");
+    if (!cJSON_IsObject(cfg)) return bq_fail(BQ_ERR_PARSE, "%s: no config in the header", r->path);
+    const uint8_t *p;
+    size_t n;
+    bq_status st = get_ref(r, cfg, "config", &p, &n);
+    if (st) return st;
+    if (!(m->config_json = malloc(n + 1))) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    memcpy(m->config_json, p, n);
+    m->config_json[n] = 0;
+    m->config_len = n;
+    if ((st = config_parse(m->config_json, n, r->path, &m->c))) return st;
+    if (cJSON_IsObject(tok)) {
+        if ((st = get_ref(r, tok, "tokenizer", &p, &n))) return st;
+        if (!(m->tokenizer_json = malloc(n + 1))) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+        memcpy(m->tokenizer_json, p, n);
+        m->tokenizer_json[n] = 0;
+        m->tokenizer_len = n;
+    }
+    if (!(m->L = calloc((size_t)m->c.layers, sizeof *m->L))) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    model_skeleton(m);
+    slot_list sl;
+    if ((st = model_slots(m, &sl))) return st;
+    const cJSON *tens = cJSON_GetObjectItemCaseSensitive(root, "tensors"), *t;
+    if (!cJSON_IsArray(tens)) st = bq_fail(BQ_ERR_PARSE, "%s: no tensor list in the header", r->path);
+    else cJSON_ArrayForEach(t, tens) if (!st) st = load_tensor(r, &sl, t, m);
+    free(sl.v);
+    if (st) return st;
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "tied_head"))) {
+        if (LINEAR_PRESENT(&m->head)) return bq_fail(BQ_ERR_PARSE, "%s: tied head but lm_head.weight is stored too", r->path);
+        m->head.w = m->tok_emb;
+        m->head.pw = m->emb_p;
+    }
+    const char *rf[2] = {str_item(root, "attn"), str_item(root, "kv")};
+    bq_format **dst[2] = {&m->attn_q, &m->kv_q};
+    for (int i = 0; i < 2 && !st; i++)
+        if (rf[i] && (st = bq_format_parse(rf[i], dst[i]))) st = bq_fail(st, "%s: %s", r->path, bq_last_error());
+    const char *rd = str_item(root, "round");
+    static const char *rn[] = {"rne", "away", "zero", "stochastic"};
+    for (int i = 0; rd && i < 4; i++)
+        if (!strcmp(rd, rn[i])) m->qopts.round = (bq_round)i;
+    const cJSON *seed = cJSON_GetObjectItemCaseSensitive(root, "seed");
+    if (cJSON_IsNumber(seed) && seed->valuedouble >= 0) m->qopts.seed = (uint64_t)seed->valuedouble;
+    return st ? st : model_check_complete(m, r->path);
+}
+
+bq_status bqfile_parse(const char *path, const uint8_t *buf, size_t size, bq_model **out)
+{
+    *out = NULL;
+    if (size < PRELUDE || memcmp(buf, MAGIC, 8))
+        return bq_fail(BQ_ERR_PARSE, "%s: not a .bq model (bad magic)", path);
+    uint32_t ver;
+    uint64_t hlen;
+    memcpy(&ver, buf + 8, 4);
+    memcpy(&hlen, buf + 16, 8);
+    if (ver != BQ_FILE_VERSION)
+        return bq_fail(BQ_ERR_UNSUPPORTED, "%s: .bq version %u; this blockq reads version %d", path, ver, BQ_FILE_VERSION);
+    if (hlen > size - PRELUDE || align_up(PRELUDE + (size_t)hlen) > size)
+        return bq_fail(BQ_ERR_PARSE, "%s: header of %llu bytes runs past the end of the %zu-byte file (truncated?)", path,
+                       (unsigned long long)hlen, size);
+    cJSON *root = cJSON_ParseWithLength((const char *)buf + PRELUDE, (size_t)hlen);
+    if (!root) return bq_fail(BQ_ERR_PARSE, "%s: header is not valid JSON", path);
+    bq_model *m = calloc(1, sizeof *m);
+    if (!m) { cJSON_Delete(root); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
+    snprintf(m->dir, sizeof m->dir, "%s", path);
+    size_t d0 = align_up(PRELUDE + (size_t)hlen);
+    region r = {path, buf + d0, size - d0};
+    bq_status st = parse_header(&r, root, m);
+    cJSON_Delete(root);
+    if (st) { bq_model_free(m); return st; }
+    model_scan(m);
+    *out = m;
+    return BQ_OK;
+}
+
+bq_status bqfile_load(const char *path, bq_model **out)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return bq_fail(BQ_ERR_IO, "cannot open '%s'", path);
+    struct stat sb;
+    if (fstat(fd, &sb) || sb.st_size <= 0) { close(fd); return bq_fail(BQ_ERR_PARSE, "%s: empty or unreadable file", path); }
+    size_t size = (size_t)sb.st_size;
+    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) return bq_fail(BQ_ERR_IO, "cannot map '%s'", path);
+    bq_status st = bqfile_parse(path, map, size, out);
+    munmap(map, size);
+    return st;
+}

@@ -1,0 +1,29 @@
+/* The model's tensors as a flat list of named slots (slots.c). */
+#ifndef BQ_SLOTS_H
+#define BQ_SLOTS_H
+#include "model.h"
+
+typedef struct {
+    char name[128];
+    float **f;      /* float storage */
+    pmat **p;       /* packed storage, or NULL where a tensor cannot be packed */
+    linear *l;      /* the linear a weight belongs to (for its activation format) */
+    int rows, cols; /* cols = 0: a vector of `rows` */
+} slot;
+typedef struct { slot *v; int n, cap, oom; } slot_list;
+
+/* Names and shapes of every linear from the config (as the loaders set them). */
+void model_skeleton(bq_model *m);
+bq_status model_slots(bq_model *m, slot_list *s);
+slot *slot_find(slot_list *s, const char *name);
+int model_head_tied(const bq_model *m);
+/* The tensors the forward pass needs for this config are all there. */
+bq_status model_check_complete(const bq_model *m, const char *path);
+
+/* .bq files (bqfile.c) and GGUF (gguf.c) */
+bq_status bqfile_load(const char *path, bq_model **out);
+bq_status bqfile_parse(const char *path, const uint8_t *buf, size_t size, bq_model **out);
+bq_status gguf_load(const char *path, bq_model **out);
+uint32_t bq_crc32(const void *data, size_t n);
+
+#endif
