@@ -2,10 +2,14 @@
  * (BQ_ISA = scalar, avx2, avx512). Every ISA computes each output lane with
  * the same operations in the same order, so all give identical bits:
  *
- *   integer path:  y[t][r] = sum over groups of  (float)(sum_k w[r][k] a[t][k])  *  (sw[r] * sa[t])
+ *   integer path:  y[t][r] = fma chain over groups of  (float)(sum_k w[r][k] a[t][k])  *  (sw[r] * sa[t])
  *                  the inner sum is exact in int32;
- *   float path:    y[t][r] = sum over groups of  (sum_k (float)w[r][k] * x[t][k])  *  sw[r]
- *                  k ascending; no FMA contraction (the build forbids it).
+ *   float path:    four partial sums per row, P_i over the columns k = i (mod 4):
+ *                    b_i = fma chain of (float)w[r][k] * x[t][k] over k in the group, k ascending
+ *                    P_i = fma(b_i, sw[r], P_i) group after group
+ *                  y[t][r] = (P_0 + P_1) + (P_2 + P_3)   (what the SIMD lanes hold: row x k mod 4)
+ *   sw[r] = (s1 * s2) * emult of the row's group (the table pmat->sc for 1-byte scales).
+ * No FMA contraction by the compiler (the build forbids it); FMAs are written out.
  */
 #include "pmat.h"
 #include "qkern.h"
@@ -34,10 +38,15 @@ INLINE float half_to_float(uint32_t h)
     return u2f(s | ((e + 112) << 23) | (mt << 13));
 }
 
-/* The two factors of group g's scale for the 16 rows of panel p. */
+INLINE const uint8_t *scale_codes(const pmat *m, int p, int g)
+{
+    return m->ps + ((size_t)p * m->nb + g) * PM_ROWS * m->sbytes;
+}
+
+/* The two factors of group g's scale for the 16 rows of panel p (exact decode). */
 INLINE void group_scales(const pmat *m, int p, int g, float *s1, float *s2)
 {
-    const uint8_t *c = m->ps + ((size_t)p * m->nb + g) * PM_ROWS * m->sbytes;
+    const uint8_t *c = scale_codes(m, p, g);
     for (int r = 0; r < PM_ROWS; r++) {
         if (m->sbytes == 1) { s1[r] = m->s1[c[r]]; s2[r] = m->s2[c[r]]; continue; }
         uint32_t v = 0;
@@ -46,6 +55,19 @@ INLINE void group_scales(const pmat *m, int p, int g, float *s1, float *s2)
         else s1[r] = m->f->scale.ebits == 5 ? half_to_float(v) : u2f(v << 16);
         s2[r] = 1.0f;
     }
+}
+
+/* sw[r] = (s1 * s2) * emult for the 16 rows: the matmul factor. */
+INLINE void group_factors(const pmat *m, int p, int g, float *sw)
+{
+    const uint8_t *c = scale_codes(m, p, g);
+    if (m->sbytes == 1) {
+        for (int r = 0; r < PM_ROWS; r++) sw[r] = m->sc[c[r]];
+        return;
+    }
+    float s1[PM_ROWS], s2[PM_ROWS];
+    group_scales(m, p, g, s1, s2);
+    for (int r = 0; r < PM_ROWS; r++) sw[r] = (s1[r] * s2[r]) * m->emult;
 }
 
 INLINE const uint8_t *panel(const pmat *m, int p) { return m->pw + (size_t)p * m->cols * PM_ROWS * m->eb / 8; }
@@ -71,11 +93,14 @@ static void decode_panel(const pmat *m, int p, float *out)
     }
 }
 
-/* Store lanes [0, nr) of a 16-row accumulator. */
 INLINE void store_rows(float *y, const float *acc, int nr)
 {
     for (int r = 0; r < nr; r++) y[r] = acc[r];
 }
+
+INLINE int rows_in(const pmat *m, int p) { return m->rows - p * PM_ROWS < PM_ROWS ? m->rows - p * PM_ROWS : PM_ROWS; }
+
+typedef int32_t __attribute__((may_alias, aligned(1))) i32u;
 
 #if defined(__AVX512VNNI__)
 /* ---- AVX-512 VNNI ---- */
@@ -97,89 +122,137 @@ INLINE __m512i wvec(const pmat *m, const uint8_t *pw, int k, __m512i lut4)
     return _mm512_shuffle_epi8(lut4, _mm512_and_si512(nib, _mm512_set1_epi8(0x0f)));
 }
 
-static void mm_int(const pmat *m, const pm_act *a, float *y, int ldy, int p0, int p1)
+INLINE __m512 factors(const pmat *m, int p, int g)
 {
-    int C = m->K < a->K ? m->K : a->K, S = C % 32 ? 16 : 32, cols = m->cols, nga = cols / a->K;
-    __m512i lut4 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)m->lut));
-    const __m512i ones128 = _mm512_set1_epi8((char)0x80);
-    float acc[TB][PM_ROWS] __attribute__((aligned(64)));
-    int32_t iacc[TB][PM_ROWS] __attribute__((aligned(64)));
-    float s1[PM_ROWS], s2[PM_ROWS], sw[PM_ROWS];
-    for (int p = p0; p < p1; p++) {
-        const uint8_t *pw = panel(m, p);
-        int nr = m->rows - p * PM_ROWS < PM_ROWS ? m->rows - p * PM_ROWS : PM_ROWS;
-        for (int t0 = 0; t0 < a->n; t0 += TB) {
-            int tb = a->n - t0 < TB ? a->n - t0 : TB;
-            memset(acc, 0, sizeof acc);
-            for (int c0 = 0; c0 < cols; c0 += C) {
-                group_scales(m, p, c0 / m->K, s1, s2);
-                for (int r = 0; r < PM_ROWS; r++) sw[r] = (s1[r] * s2[r]) * m->emult;
-                __m512 swv = _mm512_loadu_ps(sw);
-                for (int k0 = c0; k0 < c0 + C; k0 += S) {
-                    __m512i w[8], ws = _mm512_setzero_si512();
-                    for (int j = 0; j < S / 4; j++) {
-                        w[j] = wvec(m, pw, k0 + 4 * j, lut4);
-                        ws = _mm512_dpbusd_epi32(ws, ones128, w[j]);
-                    }
-                    int first = k0 == c0, last = k0 + S == c0 + C;
-                    for (int t = 0; t < tb; t++) {
-                        const uint8_t *u = a->u + (size_t)(t0 + t) * cols + k0;
-                        __m512i d = first ? _mm512_setzero_si512() : _mm512_load_si512(iacc[t]);
-                        d = _mm512_sub_epi32(d, ws);
-                        for (int j = 0; j < S / 4; j++) {
-                            int32_t q;
-                            memcpy(&q, u + 4 * j, 4);
-                            d = _mm512_dpbusd_epi32(d, _mm512_set1_epi32(q), w[j]);
-                        }
-                        if (!last) { _mm512_store_si512(iacc[t], d); continue; }
-                        __m512 sc = _mm512_mul_ps(swv, _mm512_set1_ps(a->s[(size_t)(t0 + t) * nga + c0 / a->K]));
-                        __m512 f = _mm512_add_ps(_mm512_load_ps(acc[t]), _mm512_mul_ps(_mm512_cvtepi32_ps(d), sc));
-                        _mm512_store_ps(acc[t], f);
-                    }
-                }
-            }
-            for (int t = 0; t < tb; t++) store_rows(y + (size_t)(t0 + t) * ldy + p * PM_ROWS, acc[t], nr);
-        }
-    }
+    const uint8_t *c = scale_codes(m, p, g);
+    if (m->sbytes == 1) return _mm512_i32gather_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)c)), m->sc, 4);
+    __m512 s1;
+    if (m->sbytes == 4) s1 = _mm512_loadu_ps(c);
+    else if (m->f->scale.ebits == 5) s1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)c));
+    else s1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)c)), 16));
+    return _mm512_mul_ps(s1, _mm512_set1_ps(m->emult));  /* (s1 * 1) * emult */
 }
 
-/* Lane i of every 32-bit group, sign-extended, as float. */
-INLINE __m512 lanef(__m512i v, int i)
+/* NT tokens of one panel: accumulators stay in registers over all columns.
+ * ws[c] = 128 * (sum of the chunk's weights) and swv[g] come precomputed. */
+#define MM_TOKENS(NT)                                                                                              \
+    static void mm_tokens_##NT(const pmat *m, const pm_act *a, int t0, const uint8_t *pw, const __m512i *ws,       \
+                               const __m512 *swv, int C, int S, __m512i lut4, float *out)                          \
+    {                                                                                                              \
+        int cols = m->cols, nga = cols / a->K, J = S / 4;                                                          \
+        __m512 acc[NT];                                                                                            \
+        __m512i d[NT];                                                                                             \
+        for (int i = 0; i < NT; i++) acc[i] = _mm512_setzero_ps();                                                 \
+        const uint8_t *u = a->u + (size_t)t0 * cols;                                                               \
+        for (int c0 = 0, sub = 0; c0 < cols; c0 += C) {                                                            \
+            for (int k0 = c0; k0 < c0 + C; k0 += S, sub++) {                                                       \
+                __m512i w[8];                                                                                      \
+                for (int j = 0; j < J; j++) w[j] = wvec(m, pw, k0 + 4 * j, lut4);                                  \
+                for (int i = 0; i < NT; i++) d[i] = k0 == c0 ? _mm512_sub_epi32(_mm512_setzero_si512(), ws[sub])   \
+                                                             : _mm512_sub_epi32(d[i], ws[sub]);                    \
+                for (int j = 0; j < J; j++)                                                                        \
+                    for (int i = 0; i < NT; i++)                                                                   \
+                        d[i] = _mm512_dpbusd_epi32(d[i], _mm512_set1_epi32(*(const i32u *)(u + (size_t)i * cols + k0 + 4 * j)), w[j]); \
+            }                                                                                                      \
+            __m512 sw = swv[c0 / m->K];                                                                            \
+            for (int i = 0; i < NT; i++) {                                                                         \
+                __m512 sc = _mm512_mul_ps(sw, _mm512_set1_ps(a->s[(size_t)(t0 + i) * nga + c0 / a->K]));          \
+                acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d[i]), sc, acc[i]);                                    \
+            }                                                                                                      \
+        }                                                                                                          \
+        for (int i = 0; i < NT; i++) _mm512_storeu_ps(out + 16 * i, acc[i]);                                      \
+    }
+MM_TOKENS(8)
+MM_TOKENS(1)
+
+static void mm_int(const pmat *m, const pm_act *a, float *y, int ldy, int p0, int p1)
 {
-    return _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(v, 24 - 8 * i), 24));
+    int C = m->K < a->K ? m->K : a->K, S = C % 32 ? 16 : 32, J = S / 4, cols = m->cols;
+    __m512i lut4 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)m->lut));
+    const __m512i k128 = _mm512_set1_epi8((char)0x80);
+    __m512i *ws = aligned_alloc(64, (size_t)(cols / S) * sizeof *ws);
+    __m512 *swv = aligned_alloc(64, (size_t)m->nb * sizeof *swv);
+    float out[8 * PM_ROWS];
+    if (!ws || !swv) { free(ws); free(swv); return; }  /* 64 B per 16-32 columns: cannot fail in practice */
+    for (int p = p0; p < p1; p++) {
+        const uint8_t *pw = panel(m, p);
+        for (int k0 = 0; k0 < cols; k0 += S) {
+            __m512i acc = _mm512_setzero_si512();
+            for (int j = 0; j < J; j++) acc = _mm512_dpbusd_epi32(acc, k128, wvec(m, pw, k0 + 4 * j, lut4));
+            ws[k0 / S] = acc;
+        }
+        for (int g = 0; g < m->nb; g++) swv[g] = factors(m, p, g);
+        int t = 0, nr = rows_in(m, p);
+        for (; t + 8 <= a->n; t += 8) {
+            mm_tokens_8(m, a, t, pw, ws, swv, C, S, lut4, out);
+            for (int i = 0; i < 8; i++) store_rows(y + (size_t)(t + i) * ldy + p * PM_ROWS, out + 16 * i, nr);
+        }
+        for (; t < a->n; t++) {
+            mm_tokens_1(m, a, t, pw, ws, swv, C, S, lut4, out);
+            store_rows(y + (size_t)t * ldy + p * PM_ROWS, out, nr);
+        }
+    }
+    free(ws);
+    free(swv);
+}
+
+/* Lanes (row, k mod 4) of quarter q (rows 4q..4q+3) of a 16x4 int8 tile, as float. */
+INLINE __m512 quarter(__m512i w, int q)
+{
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(w, q)));
+}
+
+/* Sum each 128-bit lane's four floats as (p0 + p1) + (p2 + p3) into lane 4i. */
+INLINE __m512 hsum4(__m512 v)
+{
+    __m512 t = _mm512_add_ps(v, _mm512_permute_ps(v, 0xB1));   /* [p0+p1, p1+p0, p2+p3, p3+p2] */
+    return _mm512_add_ps(t, _mm512_permute_ps(t, 0x4E));       /* lane 0: (p0+p1)+(p2+p3) */
 }
 
 static void mv_f32(const pmat *m, const float *x, int n, float *y, int ldy, int p0, int p1)
 {
+    enum { MT = 2 };
     __m512i lut4 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)m->lut));
-    float s1[PM_ROWS], s2[PM_ROWS], sw[PM_ROWS], out[PM_ROWS];
+    __m512i expand[4];
+    for (int q = 0; q < 4; q++) {
+        int idx[16];
+        for (int l = 0; l < 16; l++) idx[l] = 4 * q + l / 4;
+        expand[q] = _mm512_loadu_si512(idx);
+    }
+    const __m512i pick = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
     int cols = m->cols;
     for (int p = p0; p < p1; p++) {
         const uint8_t *pw = panel(m, p);
-        int nr = m->rows - p * PM_ROWS < PM_ROWS ? m->rows - p * PM_ROWS : PM_ROWS;
-        for (int t0 = 0; t0 < n; t0 += MV_T) {
-            int tn = n - t0 < MV_T ? n - t0 : MV_T;
-            __m512 acc[MV_T];
-            for (int t = 0; t < MV_T; t++) acc[t] = _mm512_setzero_ps();
+        for (int t0 = 0; t0 < n; t0 += MT) {
+            int tn = n - t0 < MT ? n - t0 : MT;
+            __m512 P[MT][4];
+            for (int t = 0; t < MT; t++)
+                for (int q = 0; q < 4; q++) P[t][q] = _mm512_setzero_ps();
             for (int g = 0; g < m->nb; g++) {
-                __m512 b[MV_T];
-                for (int t = 0; t < MV_T; t++) b[t] = _mm512_setzero_ps();
+                __m512 b[MT][4];
+                for (int t = 0; t < MT; t++)
+                    for (int q = 0; q < 4; q++) b[t][q] = _mm512_setzero_ps();
                 for (int k = g * m->K; k < (g + 1) * m->K; k += 4) {
                     __m512i w = wvec(m, pw, k, lut4);
-                    for (int i = 0; i < 4; i++) {
-                        __m512 wf = lanef(w, i);
-                        for (int t = 0; t < tn; t++)
-                            b[t] = _mm512_add_ps(b[t], _mm512_mul_ps(wf, _mm512_set1_ps(x[(size_t)(t0 + t) * cols + k + i])));
+                    __m512 xv[MT];
+                    for (int t = 0; t < tn; t++) xv[t] = _mm512_broadcast_f32x4(_mm_loadu_ps(x + (size_t)(t0 + t) * cols + k));
+                    for (int q = 0; q < 4; q++) {
+                        __m512 wf = quarter(w, q);
+                        for (int t = 0; t < tn; t++) b[t][q] = _mm512_fmadd_ps(wf, xv[t], b[t][q]);
                     }
                 }
-                group_scales(m, p, g, s1, s2);
-                for (int r = 0; r < PM_ROWS; r++) sw[r] = (s1[r] * s2[r]) * m->emult;
-                __m512 swv = _mm512_loadu_ps(sw);
-                for (int t = 0; t < tn; t++) acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(b[t], swv));
+                __m512 swv = factors(m, p, g);
+                for (int q = 0; q < 4; q++) {
+                    __m512 se = _mm512_permutexvar_ps(expand[q], swv);
+                    for (int t = 0; t < tn; t++) P[t][q] = _mm512_fmadd_ps(b[t][q], se, P[t][q]);
+                }
             }
             for (int t = 0; t < tn; t++) {
-                _mm512_storeu_ps(out, acc[t]);
-                store_rows(y + (size_t)(t0 + t) * ldy + p * PM_ROWS, out, nr);
+                __m512 lo = _mm512_permutex2var_ps(hsum4(P[t][0]), pick, hsum4(P[t][1]));
+                __m512 hi = _mm512_permutex2var_ps(hsum4(P[t][2]), pick, hsum4(P[t][3]));
+                float out[PM_ROWS];
+                _mm512_storeu_ps(out, _mm512_shuffle_f32x4(lo, hi, 0x44));
+                store_rows(y + (size_t)(t0 + t) * ldy + p * PM_ROWS, out, rows_in(m, p));
             }
         }
     }
@@ -206,93 +279,96 @@ INLINE __m256i wvec8(const pmat *m, const uint8_t *pw, int k, int h, __m256i lut
 
 static void mm_int(const pmat *m, const pm_act *a, float *y, int ldy, int p0, int p1)
 {
-    int C = m->K < a->K ? m->K : a->K, S = C % 32 ? 16 : 32, cols = m->cols, nga = cols / a->K;
+    int C = m->K < a->K ? m->K : a->K, S = C % 32 ? 16 : 32, J = S / 4, cols = m->cols, nga = cols / a->K;
     __m256i lut4 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)m->lut));
     const __m256i ones16 = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
     float acc[TB][PM_ROWS] __attribute__((aligned(32)));
     int32_t iacc[TB][PM_ROWS] __attribute__((aligned(32)));
-    float s1[PM_ROWS], s2[PM_ROWS], sw[PM_ROWS];
+    float sw[PM_ROWS];
     for (int p = p0; p < p1; p++) {
         const uint8_t *pw = panel(m, p);
-        int nr = m->rows - p * PM_ROWS < PM_ROWS ? m->rows - p * PM_ROWS : PM_ROWS;
         for (int t0 = 0; t0 < a->n; t0 += TB) {
             int tb = a->n - t0 < TB ? a->n - t0 : TB;
-            memset(acc, 0, sizeof acc);
+            memset(acc, 0, (size_t)tb * sizeof acc[0]);
             for (int c0 = 0; c0 < cols; c0 += C) {
-                group_scales(m, p, c0 / m->K, s1, s2);
-                for (int r = 0; r < PM_ROWS; r++) sw[r] = (s1[r] * s2[r]) * m->emult;
+                group_factors(m, p, c0 / m->K, sw);
+                const float *sa = a->s + (size_t)t0 * nga + c0 / a->K;
                 for (int k0 = c0; k0 < c0 + C; k0 += S) {
                     int first = k0 == c0, last = k0 + S == c0 + C;
                     for (int h = 0; h < 2; h++) {
                         __m256i wa[8], ww[8];
-                        for (int j = 0; j < S / 4; j++) {
+                        for (int j = 0; j < J; j++) {
                             ww[j] = wvec8(m, pw, k0 + 4 * j, h, lut4);
                             wa[j] = _mm256_abs_epi8(ww[j]);
                         }
                         __m256 swv = _mm256_loadu_ps(sw + 8 * h);
+                        const uint8_t *u = a->u + (size_t)t0 * cols + k0;
                         for (int t = 0; t < tb; t++) {
-                            const uint8_t *u = a->u + (size_t)(t0 + t) * cols + k0;
                             __m256i d = first ? _mm256_setzero_si256() : _mm256_load_si256((const __m256i *)(iacc[t] + 8 * h));
-                            for (int j = 0; j < S / 4; j++) {
-                                int32_t q;
-                                memcpy(&q, u + 4 * j, 4);
-                                __m256i av = _mm256_xor_si256(_mm256_set1_epi32(q), flip);
+                            for (int j = 0; j < J; j++) {
+                                __m256i av = _mm256_xor_si256(_mm256_set1_epi32(*(const i32u *)(u + (size_t)t * cols + 4 * j)), flip);
                                 __m256i pr = _mm256_maddubs_epi16(wa[j], _mm256_sign_epi8(av, ww[j]));
                                 d = _mm256_add_epi32(d, _mm256_madd_epi16(pr, ones16));
                             }
                             if (!last) { _mm256_store_si256((__m256i *)(iacc[t] + 8 * h), d); continue; }
-                            __m256 sc = _mm256_mul_ps(swv, _mm256_set1_ps(a->s[(size_t)(t0 + t) * nga + c0 / a->K]));
-                            __m256 f = _mm256_add_ps(_mm256_load_ps(acc[t] + 8 * h), _mm256_mul_ps(_mm256_cvtepi32_ps(d), sc));
+                            __m256 sc = _mm256_mul_ps(swv, _mm256_set1_ps(sa[(size_t)t * nga]));
+                            __m256 f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), sc, _mm256_load_ps(acc[t] + 8 * h));
                             _mm256_store_ps(acc[t] + 8 * h, f);
                         }
                     }
                 }
             }
-            for (int t = 0; t < tb; t++) store_rows(y + (size_t)(t0 + t) * ldy + p * PM_ROWS, acc[t], nr);
+            for (int t = 0; t < tb; t++) store_rows(y + (size_t)(t0 + t) * ldy + p * PM_ROWS, acc[t], rows_in(m, p));
         }
     }
 }
 
-INLINE __m256 lanef8(__m256i v, int i)
+/* (p0 + p1) + (p2 + p3) of each 128-bit lane into its lane 0. */
+INLINE __m256 hsum4_8(__m256 v)
 {
-    return _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(v, 24 - 8 * i), 24));
+    __m256 t = _mm256_add_ps(v, _mm256_permute_ps(v, 0xB1));
+    return _mm256_add_ps(t, _mm256_permute_ps(t, 0x4E));
 }
 
 static void mv_f32(const pmat *m, const float *x, int n, float *y, int ldy, int p0, int p1)
 {
     __m256i lut4 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)m->lut));
-    float s1[PM_ROWS], s2[PM_ROWS], sw[PM_ROWS], out[PM_ROWS];
     int cols = m->cols;
+    float sw[PM_ROWS], out[PM_ROWS];
     for (int p = p0; p < p1; p++) {
         const uint8_t *pw = panel(m, p);
-        int nr = m->rows - p * PM_ROWS < PM_ROWS ? m->rows - p * PM_ROWS : PM_ROWS;
-        for (int t0 = 0; t0 < n; t0 += MV_T) {
-            int tn = n - t0 < MV_T ? n - t0 : MV_T;
-            __m256 acc[MV_T][2];
-            for (int t = 0; t < MV_T; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
-            for (int g = 0; g < m->nb; g++) {
-                group_scales(m, p, g, s1, s2);
-                for (int r = 0; r < PM_ROWS; r++) sw[r] = (s1[r] * s2[r]) * m->emult;
-                for (int h = 0; h < 2; h++) {
-                    __m256 b[MV_T];
-                    for (int t = 0; t < MV_T; t++) b[t] = _mm256_setzero_ps();
+        for (int t = 0; t < n; t++) {
+            const float *xt = x + (size_t)t * cols;
+            for (int h = 0; h < 2; h++) {  /* rows 8h..8h+7: four ymm of 2 rows x 4 k */
+                __m256 P[4];
+                for (int q = 0; q < 4; q++) P[q] = _mm256_setzero_ps();
+                for (int g = 0; g < m->nb; g++) {
+                    __m256 b[4];
+                    for (int q = 0; q < 4; q++) b[q] = _mm256_setzero_ps();
                     for (int k = g * m->K; k < (g + 1) * m->K; k += 4) {
                         __m256i w = wvec8(m, pw, k, h, lut4);
-                        for (int i = 0; i < 4; i++) {
-                            __m256 wf = lanef8(w, i);
-                            for (int t = 0; t < tn; t++)
-                                b[t] = _mm256_add_ps(b[t], _mm256_mul_ps(wf, _mm256_set1_ps(x[(size_t)(t0 + t) * cols + k + i])));
-                        }
+                        __m256 xv = _mm256_broadcast_ps((const __m128 *)(xt + k));
+                        __m128i lo = _mm256_castsi256_si128(w), hi = _mm256_extracti128_si256(w, 1);
+                        __m128i part[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+                        for (int q = 0; q < 4; q++)
+                            b[q] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part[q])), xv, b[q]);
                     }
-                    __m256 swv = _mm256_loadu_ps(sw + 8 * h);
-                    for (int t = 0; t < tn; t++) acc[t][h] = _mm256_add_ps(acc[t][h], _mm256_mul_ps(b[t], swv));
+                    group_factors(m, p, g, sw);
+                    for (int q = 0; q < 4; q++) {
+                        __m256 se = _mm256_setr_ps(sw[8 * h + 2 * q], sw[8 * h + 2 * q], sw[8 * h + 2 * q], sw[8 * h + 2 * q],
+                                                   sw[8 * h + 2 * q + 1], sw[8 * h + 2 * q + 1], sw[8 * h + 2 * q + 1],
+                                                   sw[8 * h + 2 * q + 1]);
+                        P[q] = _mm256_fmadd_ps(b[q], se, P[q]);
+                    }
+                }
+                for (int q = 0; q < 4; q++) {
+                    float v[8];
+                    _mm256_storeu_ps(v, hsum4_8(P[q]));
+                    out[8 * h + 2 * q] = v[0];
+                    out[8 * h + 2 * q + 1] = v[4];
                 }
             }
-            for (int t = 0; t < tn; t++) {
-                _mm256_storeu_ps(out, acc[t][0]);
-                _mm256_storeu_ps(out + 8, acc[t][1]);
-                store_rows(y + (size_t)(t0 + t) * ldy + p * PM_ROWS, out, nr);
-            }
+            store_rows(y + (size_t)t * ldy + p * PM_ROWS, out, rows_in(m, p));
         }
     }
 }
@@ -303,47 +379,45 @@ static void mv_f32(const pmat *m, const float *x, int n, float *y, int ldy, int 
 static void mm_int(const pmat *m, const pm_act *a, float *y, int ldy, int p0, int p1)
 {
     int C = m->K < a->K ? m->K : a->K, cols = m->cols, nga = cols / a->K;
-    float s1[PM_ROWS], s2[PM_ROWS], sw[PM_ROWS], acc[PM_ROWS];
+    float sw[PM_ROWS], acc[PM_ROWS];
     for (int p = p0; p < p1; p++) {
         const uint8_t *pw = panel(m, p);
-        int nr = m->rows - p * PM_ROWS < PM_ROWS ? m->rows - p * PM_ROWS : PM_ROWS;
         for (int t = 0; t < a->n; t++) {
             const uint8_t *u = a->u + (size_t)t * cols;
             memset(acc, 0, sizeof acc);
             for (int c0 = 0; c0 < cols; c0 += C) {
-                group_scales(m, p, c0 / m->K, s1, s2);
+                group_factors(m, p, c0 / m->K, sw);
                 float sa = a->s[(size_t)t * nga + c0 / a->K];
                 for (int r = 0; r < PM_ROWS; r++) {
                     int32_t d = 0;
                     for (int k = c0; k < c0 + C; k++) d += wval(m, pw, r, k) * ((int)u[k] - 128);
-                    sw[r] = (s1[r] * s2[r]) * m->emult;
-                    acc[r] = acc[r] + (float)d * (sw[r] * sa);
+                    acc[r] = fmaf((float)d, sw[r] * sa, acc[r]);
                 }
             }
-            store_rows(y + (size_t)t * ldy + p * PM_ROWS, acc, nr);
+            store_rows(y + (size_t)t * ldy + p * PM_ROWS, acc, rows_in(m, p));
         }
     }
 }
 
 static void mv_f32(const pmat *m, const float *x, int n, float *y, int ldy, int p0, int p1)
 {
-    float s1[PM_ROWS], s2[PM_ROWS], acc[PM_ROWS];
+    float sw[PM_ROWS], out[PM_ROWS];
     int cols = m->cols;
     for (int p = p0; p < p1; p++) {
         const uint8_t *pw = panel(m, p);
-        int nr = m->rows - p * PM_ROWS < PM_ROWS ? m->rows - p * PM_ROWS : PM_ROWS;
         for (int t = 0; t < n; t++) {
             const float *xt = x + (size_t)t * cols;
-            memset(acc, 0, sizeof acc);
+            float P[PM_ROWS][4] = {{0}};
             for (int g = 0; g < m->nb; g++) {
-                group_scales(m, p, g, s1, s2);
+                group_factors(m, p, g, sw);
                 for (int r = 0; r < PM_ROWS; r++) {
-                    float b = 0.0f;
-                    for (int k = g * m->K; k < (g + 1) * m->K; k++) b = b + (float)wval(m, pw, r, k) * xt[k];
-                    acc[r] = acc[r] + b * ((s1[r] * s2[r]) * m->emult);
+                    float b[4] = {0, 0, 0, 0};
+                    for (int k = g * m->K; k < (g + 1) * m->K; k++) b[k % 4] = fmaf((float)wval(m, pw, r, k), xt[k], b[k % 4]);
+                    for (int i = 0; i < 4; i++) P[r][i] = fmaf(b[i], sw[r], P[r][i]);
                 }
             }
-            store_rows(y + (size_t)t * ldy + p * PM_ROWS, acc, nr);
+            for (int r = 0; r < PM_ROWS; r++) out[r] = (P[r][0] + P[r][1]) + (P[r][2] + P[r][3]);
+            store_rows(y + (size_t)t * ldy + p * PM_ROWS, out, rows_in(m, p));
         }
     }
 }

@@ -11,6 +11,7 @@
  * VNNI dot product (4 bytes per lane) advances all 16 rows by 4 columns.
  * Scale codes: [panel][group][16 rows], sbytes each. */
 #include "pmat.h"
+#include "qkern.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,7 +143,10 @@ bq_status pmat_new(const bq_format *f, int rows, int cols, const uint8_t *packed
     m->sbytes = f->scale_bits / 8;
     m->tscale = pack_tensor_scale(f, packed);
     if (m->sbytes == 1)
-        for (int c = 0; c < 256; c++) pack_scale_parts(f, m->tscale, (uint32_t)c, &m->s1[c], &m->s2[c]);
+        for (int c = 0; c < 256; c++) {
+            pack_scale_parts(f, m->tscale, (uint32_t)c, &m->s1[c], &m->s2[c]);
+            m->sc[c] = (m->s1[c] * m->s2[c]) * m->emult;
+        }
     m->pw = calloc((size_t)m->npanel, panel_bytes(m));
     m->ps = calloc((size_t)m->npanel * m->nb * PM_ROWS, (size_t)m->sbytes);
     uint32_t *sc = malloc((size_t)m->nb * sizeof *sc);
@@ -240,6 +244,47 @@ void pm_act_free(pm_act *a)
     memset(a, 0, sizeof *a);
 }
 
+/* Block formats: the codes straight from the shared quantisation arithmetic
+ * (qkern.h, as bq_pack computes them), without the bit stream. */
+static void act_block_rows(const bq_format *af, const qctx *c, const int8_t *lut, float em, const float *x, int t0,
+                           int t1, pm_act *a)
+{
+    (void)lut;
+    float inv = 1.0f / em;
+    int cols = a->cols, K = a->K, ng = cols / K;
+    for (int t = t0; t < t1; t++)
+        for (int g = 0; g < ng; g++) {
+            const float *xb = x + (size_t)t * cols + (size_t)g * K;
+            uint8_t *u = a->u + (size_t)t * cols + (size_t)g * K;
+            float amax = 0.0f;
+            int bad = 0;
+            for (int i = 0; i < K; i++) {
+                float v = fabsf(xb[i]);
+                amax = v > amax ? v : amax;
+                bad |= !(v <= FLT_MAX);
+            }
+            if (bad) {  /* fake quantisation gives NaN for the block: so does the matmul */
+                memset(u, 0x80, (size_t)K);
+                a->s[(size_t)t * ng + g] = NAN;
+                continue;
+            }
+            bscale bs = block_scale(af, c, amax);
+            for (int i = 0; i < K; i++) {
+                float q;
+                block_elem(af, &bs, xb[i], c->round, c->seed, (uint64_t)t * cols + (uint64_t)g * K + (uint64_t)i, &q);
+                u[i] = (uint8_t)((int)(q * inv) ^ 0x80);
+            }
+            a->s[(size_t)t * ng + g] = (bs.post1 * bs.post2) * em;
+        }
+}
+
+typedef struct { const bq_format *af; const qctx *c; const int8_t *lut; float em; const float *x; pm_act *a; } act_job;
+static void act_range(void *arg, size_t b, size_t e)
+{
+    act_job *j = arg;
+    act_block_rows(j->af, j->c, j->lut, j->em, j->x, (int)b, (int)e, j->a);
+}
+
 bq_status pm_act_make(const bq_format *af, const float *x, int n, int cols, const bq_qopts *o, pm_act *a)
 {
     memset(a, 0, sizeof *a);
@@ -248,19 +293,29 @@ bq_status pm_act_make(const bq_format *af, const float *x, int n, int cols, cons
     int lo;
     if (!int_grid(af, lut, &em, &lo)) return bq_fail(BQ_ERR_UNSUPPORTED, "format '%s' has no integer grid", af->name);
     int K = group_of(af, cols), ng = cols / K;
+    a->u = malloc((size_t)n * cols);
+    a->s = malloc((size_t)n * ng * sizeof *a->s);
+    if (!a->u || !a->s) { pm_act_free(a); return bq_fail(BQ_ERR_NOMEM, "out of memory for quantised activations"); }
+    a->n = n;
+    a->cols = cols;
+    a->K = K;
+    if (af->sch == SCH_MX || af->sch == SCH_BFP || af->sch == SCH_BM || af->sch == SCH_SCALED || af->sch == SCH_NVFP4) {
+        qctx c;
+        bq_status st = bq_tensor_ctx(af, x, (size_t)n, (size_t)cols, o, &c);
+        if (st) { pm_act_free(a); return st; }
+        act_job j = {af, &c, lut, em, x, a};
+        bq_parallel_for((size_t)n, (size_t)n * cols < (1u << 16) ? 1 : (o ? o->threads : 0), act_range, &j);
+        return BQ_OK;
+    }
+    /* per-row / per-tensor int and plain grids: through the packer */
     size_t psz = bq_packed_size(af, (size_t)n, (size_t)cols), rb = pack_row_bytes(af, (size_t)cols);
     uint8_t *pk = malloc(psz);
     uint32_t *sc = malloc((size_t)ng * sizeof *sc);
     uint8_t *ec = malloc((size_t)cols);
-    a->u = malloc((size_t)n * cols);
-    a->s = malloc((size_t)n * ng * sizeof *a->s);
     bq_status st = BQ_OK;
-    if (!pk || !sc || !ec || !a->u || !a->s) st = bq_fail(BQ_ERR_NOMEM, "out of memory for quantised activations");
+    if (!pk || !sc || !ec) st = bq_fail(BQ_ERR_NOMEM, "out of memory for quantised activations");
     if (!st) st = bq_pack(af, x, (size_t)n, (size_t)cols, o, pk, psz);
     if (!st) {
-        a->n = n;
-        a->cols = cols;
-        a->K = K;
         float ts = pack_tensor_scale(af, pk);
         int has_codes = !(af->sch == SCH_ELEM || (af->sch == SCH_INT && af->scope == SCOPE_TENSOR));
         const uint8_t *body = pk + pack_header_bytes(af);

@@ -38,6 +38,7 @@ typedef struct pmat {
     float emult;          /* a power of two */
     float tscale;         /* per-tensor factor (NVFP4's s_t), else 1 */
     float s1[256], s2[256]; /* 1-byte scale code -> the two factors */
+    float sc[256];        /* 1-byte scale code -> (s1 * s2) * emult, the matmul factor */
 } pmat;
 
 /* Take rows x cols of bq_pack output (copied; the caller keeps `packed`). */
