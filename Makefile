@@ -88,7 +88,7 @@ clean:
 	rm -rf build
 
 # ---- fuzzing (clang + libFuzzer, AddressSanitizer + UndefinedBehaviorSanitizer) ----
-FUZZERS      = format safetensors config tokenizer_json tokenize toml
+FUZZERS      = format safetensors config tokenizer_json tokenize toml bqfile gguf
 FUZZ_SECONDS ?= 60
 FUZZ_BUILD   = build/fuzz
 FUZZ_FLAGS   = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
@@ -102,7 +102,7 @@ $(FUZZ_BUILD)/libblockq.a: $(LIB_SRC) src/formats/kernels.c src/kernels/pk_isa.c
 endif
 
 $(FUZZ_BUILD)/fuzz_%: fuzz/fuzz_%.c $(FUZZ_BUILD)/libblockq.a
-	clang $(CFLAGS_BASE) -Isrc/quant -O1 -fsanitize=fuzzer $(FUZZ_FLAGS) $< $(FUZZ_BUILD)/libblockq.a -o $@ $(LDLIBS)
+	clang $(CFLAGS_BASE) -O1 -fsanitize=fuzzer $(FUZZ_FLAGS) $< $(FUZZ_BUILD)/libblockq.a -o $@ $(LDLIBS)
 
 # Each target for FUZZ_SECONDS on a corpus seeded from fuzz/seeds; crashes land in build/fuzz/.
 # Past crashes (fuzz/regressions/TARGET/) are replayed first.

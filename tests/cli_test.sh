@@ -92,5 +92,21 @@ kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
 [ -z "$(ls "$T" | grep -E '^s2\.(md|json|svg)|^s2-p|tmp')" ] && ok || bad "killed search left: $(ls "$T" | grep -E '^s2|tmp')"
 $B search $S --out "$T/s2" >/dev/null 2>&1 && cmp -s "$T/s2.json" "$T/first.json" && ok || bad "search rerun after a kill differs"
 
+# packed models: .bq and GGUF files run like the folder they came from
+$B quantize --model $M --wq mxfp4 --aq mxint8 --out "$T/m.bq" >/dev/null && ok || bad "quantize to .bq"
+a=$($B ppl --model "$T/m.bq" --text data/wikitext-2-test.txt --ctx 64 --chunks 2 | tail -1)
+b=$($B ppl --model $M --wq mxfp4 --aq mxint8 --packed --text data/wikitext-2-test.txt --ctx 64 --chunks 2 | tail -1)
+[ -n "$a" ] && [ "$a" = "$b" ] && ok || bad ".bq ppl '$a' vs in-memory packed '$b'"
+$B tokenize --model "$T/m.bq" --text "Hello, world!" --json | grep -q '^\[40, 484, 79, 12, 1994, 1\]$' && ok || bad "tokenize from .bq"
+$B quantize --model $M --wq int8_b32_sfp16 --out "$T/m.gguf" >/dev/null && $B generate --model "$T/m.gguf" --prompt "In the beginning" -n 4 >"$T/g1" &&
+    $B generate --model $M --wq int8_b32_sfp16 --prompt "In the beginning" -n 4 >"$T/g2" && cmp -s "$T/g1" "$T/g2" && ok || bad "GGUF generate differs"
+expect_fail 2 "no exact GGUF type" -- $B quantize --model $M --wq mxint8 --out "$T/x.gguf"
+[ ! -e "$T/x.gguf" ] && ok || bad "a refused GGUF was written"
+expect_fail 2 "stored packed as mxfp4" -- $B ppl --model "$T/m.bq" --wq bfp8_b16 --text data/wikitext-2-test.txt --chunks 1
+head -c 5000 "$T/m.bq" >"$T/cut.bq"
+expect_fail 2 "truncated" -- $B ppl --model "$T/cut.bq" --text data/wikitext-2-test.txt --chunks 1
+expect_fail 2 "unknown magic" -- $B ppl --model "$T/odd.f32" --text data/wikitext-2-test.txt --chunks 1
+expect_fail 2 "usage: blockq quantize" -- $B quantize --model $M --out "$T/y.bq"
+
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -2,15 +2,19 @@
 #include "core.h"
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 static _Thread_local char g_msg[1024];
 
 bq_status bq_fail(bq_status s, const char *fmt, ...)
 {
+    /* format aside first: callers may pass bq_last_error() as an argument */
+    char tmp[sizeof g_msg];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(g_msg, sizeof g_msg, fmt, ap);
+    vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
+    memcpy(g_msg, tmp, sizeof g_msg);
     return s;
 }
 

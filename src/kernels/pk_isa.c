@@ -196,11 +196,8 @@ static void mm_int(const pmat *m, const pm_act *a, float *y, int ldy, int p0, in
     free(swv);
 }
 
-/* Lanes (row, k mod 4) of quarter q (rows 4q..4q+3) of a 16x4 int8 tile, as float. */
-INLINE __m512 quarter(__m512i w, int q)
-{
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(w, q)));
-}
+/* Lanes (row, k mod 4) of quarter Q (rows 4Q..4Q+3) of a 16x4 int8 tile, as float. */
+#define QUARTER(w, Q) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(w, Q)))
 
 /* Sum each 128-bit lane's four floats as (p0 + p1) + (p2 + p3) into lane 4i. */
 INLINE __m512 hsum4(__m512 v)
@@ -236,10 +233,9 @@ static void mv_f32(const pmat *m, const float *x, int n, float *y, int ldy, int 
                     __m512i w = wvec(m, pw, k, lut4);
                     __m512 xv[MT];
                     for (int t = 0; t < tn; t++) xv[t] = _mm512_broadcast_f32x4(_mm_loadu_ps(x + (size_t)(t0 + t) * cols + k));
-                    for (int q = 0; q < 4; q++) {
-                        __m512 wf = quarter(w, q);
-                        for (int t = 0; t < tn; t++) b[t][q] = _mm512_fmadd_ps(wf, xv[t], b[t][q]);
-                    }
+                    __m512 wf[4] = {QUARTER(w, 0), QUARTER(w, 1), QUARTER(w, 2), QUARTER(w, 3)};
+                    for (int q = 0; q < 4; q++)
+                        for (int t = 0; t < tn; t++) b[t][q] = _mm512_fmadd_ps(wf[q], xv[t], b[t][q]);
                 }
                 __m512 swv = factors(m, p, g);
                 for (int q = 0; q < 4; q++) {

@@ -179,7 +179,7 @@ static size_t type_row_bytes(uint32_t t, size_t cols)
 static int is_block_type(uint32_t t) { return t != GG_F32 && t != GG_F16 && t != GG_BF16; }
 
 /* One GGUF row to float. */
-static void row_to_float(uint32_t t, const uint8_t *p, size_t cols, float *y)
+void gguf_row_to_float(uint32_t t, const uint8_t *p, size_t cols, float *y)
 {
     static const float E2M1[16] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6, -0.0f, -0.5f, -1, -1.5f, -2, -3, -4, -6};
     for (size_t i = 0; i < (is_block_type(t) ? cols / 32 : cols); i++) {
@@ -306,7 +306,7 @@ static bq_status load_gguf_tensor(bq_model *m, slot_list *sl, const tinfo *ti, c
     float *y = malloc(rows * cols * sizeof *y);
     if (!y) return bq_fail(BQ_ERR_NOMEM, "out of memory");
     for (size_t r = 0; r < rows; r++)
-        row_to_float(ti->type, src + (perm ? (size_t)permuted_row((int)r, hd) : r) * rb, cols, y + r * cols);
+        gguf_row_to_float(ti->type, src + (perm ? (size_t)permuted_row((int)r, hd) : r) * rb, cols, y + r * cols);
     *s->f = y;
     return BQ_OK;
 }
@@ -385,8 +385,6 @@ done:
     return out;
 }
 
-bq_status gguf_parse(const char *path, const uint8_t *buf, size_t size, bq_model **out);
-
 bq_status gguf_parse(const char *path, const uint8_t *buf, size_t size, bq_model **out)
 {
     *out = NULL;
@@ -437,7 +435,10 @@ bq_status gguf_parse(const char *path, const uint8_t *buf, size_t size, bq_model
     double align = 32;
     if (!st) {
         const kv *a = find_kv(kvs, (size_t)nkv, "general.alignment");
-        if (a && (!kv_num(a, &align) || align < 1 || align > 65536)) st = bq_fail(BQ_ERR_PARSE, "%s: bad general.alignment", path);
+        if (a && (!kv_num(a, &align) || !(align >= 1 && align <= 65536) || align != (double)(size_t)align)) {
+            st = bq_fail(BQ_ERR_PARSE, "%s: bad general.alignment", path);
+            align = 32;
+        }
     }
     size_t hdr = (size_t)(c.p - buf), A = (size_t)align, d0 = (hdr + A - 1) / A * A;
     if (!st && d0 > size) st = bq_fail(BQ_ERR_PARSE, "%s: no data section (truncated?)", path);

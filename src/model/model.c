@@ -301,7 +301,7 @@ bq_status bq_model_load(const char *path, bq_model **out)
 {
     *out = NULL;
     struct stat sb;
-    if (stat(path, &sb)) return bq_fail(BQ_ERR_IO, "no model at '%s'", path);
+    if (stat(path, &sb)) return bq_fail(BQ_ERR_IO, "cannot open '%s': no such model folder or file", path);
     if (S_ISDIR(sb.st_mode)) return hf_load(path, out);
     char magic[8] = {0};
     FILE *f = fopen(path, "rb");

@@ -1,0 +1,344 @@
+/* Model files: .bq and GGUF written by blockq load back to the same logits
+ * bit for bit, carry the tokenizer, take their true size; every kind of damage
+ * to a file is reported, never crashes; GGUF block types decode as specified. */
+#include "blockq.h"
+#include "harness.h"
+#include "model.h"
+#include "pmat.h"
+#include "slots.h"
+#include <math.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *DIR_ = "models/llama-19m-en";
+
+static bq_model *load_cfg(const char *dir, const char *toml, int pack)
+{
+    bq_model *m;
+    if (bq_model_load(dir, &m)) { CHECK(0, "load %s: %s", dir, bq_last_error()); return NULL; }
+    FILE *f = fopen("/tmp/bq_files.toml", "w");
+    fputs(toml, f);
+    fclose(f);
+    bq_qconfig *q;
+    bq_qconfig_new(&q);
+    bq_status st = bq_qconfig_load(q, "/tmp/bq_files.toml");
+    if (!st) st = pack ? bq_model_pack(m, q, 0) : bq_model_quantize(m, q, 0);
+    bq_qconfig_free(q);
+    if (st) { CHECK(0, "quantize: %s", bq_last_error()); bq_model_free(m); return NULL; }
+    return m;
+}
+
+static float *logits(const bq_model *m, int n)
+{
+    int32_t ids[40];
+    for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 7919) % 4000 + 5);
+    int V = bq_model_vocab(m);
+    float *lg = malloc((size_t)n * V * 4);
+    if (bq_model_logits(m, ids, n, lg)) CHECK(0, "logits: %s", bq_last_error());
+    return lg;
+}
+
+static long fsize(const char *p)
+{
+    struct stat sb;
+    return stat(p, &sb) ? -1 : (long)sb.st_size;
+}
+
+static void *slurp(const char *p, size_t *n)
+{
+    void *d;
+    if (bq_read_file(p, &d, n)) return NULL;
+    return d;
+}
+
+static void spit(const char *p, const void *d, size_t n)
+{
+    FILE *f = fopen(p, "wb");
+    fwrite(d, 1, n, f);
+    fclose(f);
+}
+
+/* Load must fail with a message containing `msg`. */
+static void expect_bad(const char *path, const char *msg, const char *what)
+{
+    bq_model *m = NULL;
+    bq_status st = bq_model_load(path, &m);
+    CHECK(st != BQ_OK && !m, "%s: loaded", what);
+    CHECK(st == BQ_OK || strstr(bq_last_error(), msg), "%s: message '%s' lacks '%s'", what, bq_last_error(), msg);
+    bq_model_free(m);
+}
+
+static const char *MIXED =
+    "attn = \"mxfp8_e4m3\"\n"
+    "default = { w = \"mxfp4\", a = \"mxint8\" }\n"
+    "\"*.self_attn.*\" = { w = \"mxint8\" }\n"
+    "\"layers.7.*\" = { w = \"mxfp6_e2m3\", a = \"fp32\" }\n"
+    "lm_head = { w = \"nvfp4\" }\n"
+    "embed_tokens = { w = \"int8_b32_sfp16\" }\n";
+
+static void bq_roundtrip(void)
+{
+    bq_model *p = load_cfg(DIR_, MIXED, 1), *f = load_cfg(DIR_, MIXED, 0);
+    if (!p || !f) return;
+    const char *path = "/tmp/bq_test.bq";
+    CHECK(bq_model_save(p, path) == BQ_OK, "save: %s", bq_last_error());
+    bq_model *l;
+    if (bq_model_load(path, &l)) { CHECK(0, "load .bq: %s", bq_last_error()); return; }
+    int n = 12, V = bq_model_vocab(p);
+    float *a = logits(p, n), *b = logits(l, n), *c = logits(f, n);
+    CHECK(!memcmp(a, b, (size_t)n * V * 4), ".bq load gives the packed model's logits bit for bit");
+    double d = 0, mx = 0;
+    for (size_t i = 0; i < (size_t)n * V; i++) { d = fmax(d, fabs(a[i] - c[i])); mx = fmax(mx, fabs(c[i])); }
+    printf("  .bq (mixed W/A config) vs fake quantisation: max|diff|/max|logit| = %.2e\n", d / mx);
+    /* true size: every tensor's packed bytes + blobs + header, and nothing more than alignment */
+    size_t want = 0;
+    int nl = bq_model_n_linears(p);
+    for (int i = 0; i < nl; i++) want += bq_model_linear_params(p, i);  /* counted below by the slots instead */
+    slot_list sl;
+    model_slots(l, &sl);
+    want = 0;
+    int nt = 0;
+    for (int i = 0; i < sl.n; i++) {
+        slot *s = &sl.v[i];
+        size_t e = (size_t)s->rows * (s->cols ? (size_t)s->cols : 1);
+        if (s->p && *s->p) want += bq_packed_size((*s->p)->f, (size_t)s->rows, (size_t)s->cols), nt++;
+        else if (*s->f && !(model_head_tied(l) && !strcmp(s->name, "lm_head.weight"))) want += e * 2, nt++;  /* bf16 */
+    }
+    free(sl.v);
+    want += l->config_len + l->tokenizer_len;
+    long got = fsize(path);
+    printf("  .bq file %ld bytes; tensors + blobs %zu; overhead %.3f%%\n", got, want, 100.0 * (got - (double)want) / want);
+    CHECK(got > 0 && (double)got <= want * 1.01, ".bq size %ld vs %zu payload", got, want);
+    /* the tokenizer came along */
+    bq_tokenizer *t1, *t2;
+    CHECK(bq_tokenizer_from_model(l, &t1) == BQ_OK && bq_tokenizer_from_model(f, &t2) == BQ_OK, "tokenizers");
+    int32_t *i1, *i2;
+    size_t n1, n2;
+    const char *txt = "The quick brown fox, 1234 times!";
+    bq_tokenize(t1, txt, strlen(txt), &i1, &n1);
+    bq_tokenize(t2, txt, strlen(txt), &i2, &n2);
+    CHECK(n1 == n2 && !memcmp(i1, i2, n1 * 4), ".bq tokenizer");
+    free(i1); free(i2);
+    bq_tokenizer_free(t1); bq_tokenizer_free(t2);
+    /* asking a packed model for another weight format is refused */
+    bq_qconfig *q;
+    bq_qconfig_new(&q);
+    bq_qconfig_set(q, "wq", "bfp8_b16");
+    CHECK(bq_model_quantize(l, q, 0) != BQ_OK && strstr(bq_last_error(), "stored packed as"), "requantise packed: %s", bq_last_error());
+    bq_qconfig_free(q);
+    free(a); free(b); free(c);
+    bq_model_free(l);
+    bq_model_free(p);
+    bq_model_free(f);
+}
+
+static void patch_u64(uint8_t *d, size_t off, uint64_t v) { memcpy(d + off, &v, 8); }
+
+static void bq_damage(void)
+{
+    size_t n;
+    uint8_t *d = slurp("/tmp/bq_test.bq", &n);
+    if (!d) { CHECK(0, "no .bq written"); return; }
+    const char *bad = "/tmp/bq_bad.bq";
+    size_t cuts[] = {3, 8, 20, 24, 100, n / 2, n - 1};
+    for (size_t i = 0; i < sizeof cuts / sizeof *cuts; i++) {
+        spit(bad, d, cuts[i]);
+        bq_model *m = NULL;
+        CHECK(bq_model_load(bad, &m) != BQ_OK, "truncated at %zu loads", cuts[i]);
+        bq_model_free(m);
+    }
+    uint8_t *e = malloc(n);
+    memcpy(e, d, n); e[0] = 'X'; spit(bad, e, n);
+    expect_bad(bad, "unknown magic", "bad magic");
+    memcpy(e, d, n); e[8] = 9; spit(bad, e, n);
+    expect_bad(bad, "version 9", "bad version");
+    memcpy(e, d, n); patch_u64(e, 16, (uint64_t)n * 4); spit(bad, e, n);
+    expect_bad(bad, "runs past the end", "header length");
+    memcpy(e, d, n); e[24] = '['; spit(bad, e, n);
+    expect_bad(bad, "not valid JSON", "broken JSON");
+    memcpy(e, d, n); e[n - 100] ^= 0x55; spit(bad, e, n);
+    expect_bad(bad, "checksum mismatch", "flipped data byte");
+    /* edits inside the JSON header (same length, so offsets stay valid) */
+    uint64_t hl;
+    memcpy(&hl, d + 16, 8);
+    struct { const char *from, *to, *msg; } ed[] = {
+        {"\"offset\":0,", "\"offset\":9,", "aligned"},
+        {"\"name\":\"layers.0.ln1.weight\"", "\"name\":\"layers.0.lnX.weight\"", "unknown tensor"},
+        {"\"shape\":[384]", "\"shape\":[385]", "the config implies"},
+        {"\"format\":\"mxfp4\"", "\"format\":\"mxfp5\"", "unknown format"},
+        {"\"format\":\"nvfp4\"", "\"format\":\"mxfp4\"", "takes"},
+        {"\"format\":\"blockq\"", "\"format\":\"blockz\"", "not a blockq model header"},
+    };
+    for (size_t i = 0; i < sizeof ed / sizeof *ed; i++) {
+        memcpy(e, d, n);
+        char *h = (char *)e + 24, *at = memmem(h, hl, ed[i].from, strlen(ed[i].from));
+        if (!at || strlen(ed[i].from) != strlen(ed[i].to)) { CHECK(0, "edit %zu not applicable", i); continue; }
+        memcpy(at, ed[i].to, strlen(ed[i].to));
+        spit(bad, e, n);
+        expect_bad(bad, ed[i].msg, ed[i].to);
+    }
+    /* a size that lies: bump the size of one tensor */
+    memcpy(e, d, n);
+    char *sz = memmem((char *)e + 24, hl, "\"size\":", 7);
+    if (sz) { sz[7] = sz[7] == '9' ? '8' : (char)(sz[7] + 1); spit(bad, e, n); expect_bad(bad, "", "lying size"); }
+    free(e);
+    free(d);
+    unlink(bad);
+}
+
+static void gguf_roundtrip(const char *dir, const char *wq, int exact_vs_packed)
+{
+    bq_model *p;
+    if (bq_model_load(dir, &p)) { CHECK(0, "load %s: %s", dir, bq_last_error()); return; }
+    if (wq) {
+        bq_qconfig *q;
+        bq_qconfig_new(&q);
+        bq_qconfig_set(q, "wq", wq);
+        if (bq_model_pack(p, q, 0)) CHECK(0, "pack: %s", bq_last_error());
+        bq_qconfig_free(q);
+    }
+    const char *path = "/tmp/bq_test.gguf";
+    bq_status st = bq_model_save_gguf(p, path);
+    CHECK(st == BQ_OK, "%s %s: save gguf: %s", dir, wq ? wq : "float", bq_last_error());
+    bq_model *l = NULL;
+    if (!st && bq_model_load(path, &l)) CHECK(0, "%s: load gguf: %s", dir, bq_last_error());
+    if (l) {
+        int n = 8, V = bq_model_vocab(p);
+        float *a = logits(p, n), *b = logits(l, n);
+        if (exact_vs_packed) CHECK(!memcmp(a, b, (size_t)n * V * 4), "%s %s: GGUF logits bit-identical", dir, wq ? wq : "float");
+        free(a);
+        free(b);
+        if (p->tokenizer_json) {
+            bq_tokenizer *t1, *t2;
+            CHECK(bq_tokenizer_from_model(l, &t1) == BQ_OK, "gguf tokenizer: %s", bq_last_error());
+            bq_tokenizer_from_model(p, &t2);
+            const char *txt = "Hello, world! It's 2026 -- déjà vu.";
+            int32_t *i1 = NULL, *i2 = NULL;
+            size_t n1 = 0, n2 = 0;
+            if (t1) bq_tokenize(t1, txt, strlen(txt), &i1, &n1);
+            bq_tokenize(t2, txt, strlen(txt), &i2, &n2);
+            CHECK(n1 == n2 && n1 && !memcmp(i1, i2, n1 * 4), "GGUF tokenizer ids");
+            free(i1); free(i2);
+            bq_tokenizer_free(t1); bq_tokenizer_free(t2);
+        }
+    }
+    bq_model_free(l);
+    bq_model_free(p);
+}
+
+static void gguf_tests(void)
+{
+    gguf_roundtrip(DIR_, "mxfp4", 1);
+    gguf_roundtrip(DIR_, "int8_b32_sfp16", 1);
+    gguf_roundtrip(DIR_, "int4_b32_sfp16", 1);
+    gguf_roundtrip(DIR_, NULL, 1);
+    const char *sh = shared_dir();
+    if (!sh) SKIP("../shared absent: GGUF round trips of the tiny qwen2/qwen3/mistral/llama checkpoints");
+    else {
+        const char *tiny[] = {"llama", "mistral", "qwen2", "qwen3"};
+        char d[512];
+        for (int i = 0; i < 4; i++) {
+            snprintf(d, sizeof d, "%s/models/tiny/%s", sh, tiny[i]);
+            gguf_roundtrip(d, "int8_b32_sfp16", 1);
+            gguf_roundtrip(d, NULL, 1);
+        }
+    }
+    /* a format without a GGUF type: refused, nothing written */
+    bq_model *m;
+    bq_model_load(DIR_, &m);
+    bq_qconfig *q;
+    bq_qconfig_new(&q);
+    bq_qconfig_set(q, "wq", "mxint8");
+    bq_model_pack(m, q, 0);
+    bq_qconfig_free(q);
+    unlink("/tmp/bq_none.gguf");
+    CHECK(bq_model_save_gguf(m, "/tmp/bq_none.gguf") != BQ_OK && strstr(bq_last_error(), "no exact GGUF type"), "mxint8 to GGUF: %s", bq_last_error());
+    CHECK(access("/tmp/bq_none.gguf", F_OK) != 0, "nothing written for a refused GGUF");
+    bq_model_free(m);
+    /* damage */
+    size_t n;
+    uint8_t *d = slurp("/tmp/bq_test.gguf", &n);
+    if (!d) return;
+    const char *bad = "/tmp/bq_bad.gguf";
+    size_t cuts[] = {4, 12, 23, 60, 1000, n / 3, n - 7};
+    for (size_t i = 0; i < sizeof cuts / sizeof *cuts; i++) {
+        spit(bad, d, cuts[i]);
+        bq_model *x = NULL;
+        CHECK(bq_model_load(bad, &x) != BQ_OK, "GGUF truncated at %zu loads", cuts[i]);
+        bq_model_free(x);
+    }
+    uint8_t *e = malloc(n);
+    memcpy(e, d, n); e[4] = 2; spit(bad, e, n);
+    expect_bad(bad, "version 2", "GGUF v2");
+    memcpy(e, d, n); patch_u64(e, 8, 1ull << 40); spit(bad, e, n);
+    expect_bad(bad, "cannot fit", "tensor count");
+    memcpy(e, d, n);
+    char *nm = memmem(e, n, "blk.0.attn_q.weight", 19);
+    if (nm) { nm[0] = 'x'; spit(bad, e, n); expect_bad(bad, "unknown tensor", "GGUF tensor name"); }
+    memcpy(e, d, n);
+    nm = memmem(e, n, "general.architecture", 20);
+    if (nm) {
+        char *v = memmem(nm, 64, "llama", 5);
+        if (v) { memcpy(v, "lxama", 5); spit(bad, e, n); expect_bad(bad, "architecture", "GGUF arch"); }
+    }
+    free(e);
+    free(d);
+    unlink(bad);
+}
+
+/* GGUF block types against their definitions, on hand-made blocks. */
+static void gguf_blocks(void)
+{
+    uint8_t b[34];
+    float y[32];
+    uint16_t h = 0x3c00;  /* fp16 1.0 */
+    uint16_t h2 = 0xbc00; /* -1.0 */
+    /* Q4_1: d = 1, m = -1 -> q - 1 */
+    memcpy(b, &h, 2); memcpy(b + 2, &h2, 2);
+    for (int j = 0; j < 16; j++) b[4 + j] = (uint8_t)(j | (15 - j) << 4);
+    gguf_row_to_float(3, b, 32, y);
+    int ok = 1;
+    for (int j = 0; j < 16; j++) ok &= y[j] == (float)j - 1 && y[j + 16] == (float)(15 - j) - 1;
+    CHECK(ok, "Q4_1 decode");
+    /* Q5_0: d = 1; element j has low nibble j%16, high bit from qh bit j -> value - 16 */
+    uint32_t qh = 0xA5A5F00Fu;
+    memcpy(b, &h, 2); memcpy(b + 2, &qh, 4);
+    for (int j = 0; j < 16; j++) b[6 + j] = (uint8_t)(j | (15 - j) << 4);
+    gguf_row_to_float(6, b, 32, y);
+    ok = 1;
+    for (int j = 0; j < 16; j++) {
+        int x0 = j | (int)((qh >> j) & 1) << 4, x1 = (15 - j) | (int)((qh >> (j + 16)) & 1) << 4;
+        ok &= y[j] == (float)(x0 - 16) && y[j + 16] == (float)(x1 - 16);
+    }
+    CHECK(ok, "Q5_0 decode");
+    /* Q4_0 and Q8_0 */
+    memcpy(b, &h2, 2);
+    for (int j = 0; j < 16; j++) b[2 + j] = (uint8_t)(j | (15 - j) << 4);
+    gguf_row_to_float(2, b, 32, y);
+    ok = 1;
+    for (int j = 0; j < 16; j++) ok &= y[j] == -(float)(j - 8) && y[j + 16] == -(float)(7 - j);
+    CHECK(ok, "Q4_0 decode");
+    memcpy(b, &h, 2);
+    for (int j = 0; j < 32; j++) b[2 + j] = (uint8_t)(int8_t)(j * 8 - 128);
+    gguf_row_to_float(8, b, 32, y);
+    ok = 1;
+    for (int j = 0; j < 32; j++) ok &= y[j] == (float)(j * 8 - 128);
+    CHECK(ok, "Q8_0 decode");
+    /* MXFP4: scale 2^(130-127) = 8, nibble codes e2m1 */
+    static const float e2m1[16] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6, 0, -0.5f, -1, -1.5f, -2, -3, -4, -6};
+    b[0] = 130;
+    for (int j = 0; j < 16; j++) b[1 + j] = (uint8_t)(j | (15 - j) << 4);
+    gguf_row_to_float(39, b, 32, y);
+    ok = 1;
+    for (int j = 0; j < 16; j++) ok &= y[j] == 8 * e2m1[j] && y[j + 16] == 8 * e2m1[15 - j];
+    CHECK(ok, "MXFP4 decode");
+}
+
+int main(void)
+{
+    bq_roundtrip();
+    bq_damage();
+    gguf_tests();
+    gguf_blocks();
+    return test_summary("test_files");
+}
