@@ -170,6 +170,16 @@ size_t bq_model_linear_params(const bq_model *m, int i);
 size_t bq_model_other_params(const bq_model *m);
 size_t bq_model_kv_per_token(const bq_model *m);
 
+/* What the weights take: packed tensors at their stored size, float tensors as
+ * float32 in memory. weight_bits_ideal = sum of params x the formats' bits per
+ * element (the scales amortised, bq_format_info.bits_per_element). */
+typedef struct {
+    size_t packed_params, packed_bytes, float_params, float_bytes;
+    double packed_bits_ideal;
+    int packed_tensors, float_tensors;
+} bq_model_mem;
+bq_status bq_model_memory(const bq_model *m, bq_model_mem *out);
+
 /* Multiple-choice knapsack: for n units and nf formats pick choose[i] minimising
  * sum sens[i*nf + choose[i]] with sum params[i]*bits[choose[i]] <= budget * sum params.
  * Exact on costs rounded up to `grid` buckets (the result never exceeds the budget). */

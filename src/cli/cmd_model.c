@@ -335,3 +335,36 @@ int cmd_quantize(int argc, char **argv)
     bq_model_free(m);
     return rc;
 }
+
+/* blockq info: what a model holds and how much memory its weights take. */
+int cmd_info(int argc, char **argv)
+{
+    model_args a;
+    int rc = parse_model_args("info", argc, argv, &a);
+    if (rc) return rc;
+    bq_model *m;
+    if ((rc = load_model("info", &a, &m))) return rc;
+    bq_model_mem mm;
+    bq_status st = bq_model_memory(m, &mm);
+    if (st) { bq_model_free(m); return cli_status("info", st); }
+    double bpw = mm.packed_params ? 8.0 * (double)mm.packed_bytes / (double)mm.packed_params : 0;
+    long pages = 0;  /* resident set now, after loading (file mappings are closed by then) */
+    FILE *sf = fopen("/proc/self/statm", "r");
+    if (sf) { if (fscanf(sf, "%*ld %ld", &pages) != 1) pages = 0; fclose(sf); }
+    double rss = (double)pages * (double)sysconf(_SC_PAGESIZE);
+    double ideal = mm.packed_params ? mm.packed_bits_ideal / (double)mm.packed_params : 0;
+    if (a.json)
+        printf("{\"packed_tensors\": %d, \"packed_params\": %zu, \"packed_bytes\": %zu, \"bits_per_weight\": %.4f, "
+               "\"bits_per_weight_ideal\": %.4f, \"float_tensors\": %d, \"float_params\": %zu, \"float_bytes\": %zu, "
+               "\"resident_bytes\": %.0f}\n",
+               mm.packed_tensors, mm.packed_params, mm.packed_bytes, bpw, ideal, mm.float_tensors, mm.float_params, mm.float_bytes,
+               rss);
+    else
+        printf("packed: %d tensors, %zu weights, %.2f MB in memory, %.3f bits/weight (formats' own: %.3f)\n"
+               "float:  %d tensors, %zu values, %.2f MB as float32\n"
+               "resident set after loading: %.2f MB\n",
+               mm.packed_tensors, mm.packed_params, mm.packed_bytes / 1e6, bpw, ideal, mm.float_tensors, mm.float_params,
+               mm.float_bytes / 1e6, rss / 1e6);
+    bq_model_free(m);
+    return 0;
+}

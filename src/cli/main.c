@@ -18,6 +18,7 @@ static const command commands[] = {
     {"sensitivity", "per-layer perplexity change when one linear is quantised", cmd_sensitivity},
     {"search", "per-layer mixed-precision search under a bits budget", cmd_search},
     {"quantize", "pack a model to its formats' true size: a .bq file, or GGUF for llama.cpp", cmd_quantize},
+    {"info", "what a model (folder, .bq, GGUF) holds: packed and float bytes, bits/weight", cmd_info},
     {"logits", "write float32 logits [n, vocab] for a file of int32 token ids", cmd_logits},
 };
 

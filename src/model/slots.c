@@ -1,6 +1,7 @@
 /* Every tensor of the in-memory model by uniform name, with the shape the
  * config implies: one list that the .bq and GGUF readers and writers share. */
 #include "slots.h"
+#include "pmat.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,4 +135,32 @@ bq_status model_check_complete(const bq_model *m, const char *path)
         if (!miss && c->qk_norm && (!L->q_norm.w || !L->k_norm.w)) { snprintf(nm, sizeof nm, "layers.%d.q_norm/k_norm", i); miss = nm; }
     }
     return miss ? bq_fail(BQ_ERR_PARSE, "%s: missing tensor '%s'", path, miss) : BQ_OK;
+}
+
+bq_status bq_model_memory(const bq_model *cm, bq_model_mem *o)
+{
+    memset(o, 0, sizeof *o);
+    slot_list sl;
+    bq_status st = model_slots((bq_model *)cm, &sl);
+    if (st) return st;
+    int tied = model_head_tied(cm);
+    for (int i = 0; i < sl.n; i++) {
+        slot *s = &sl.v[i];
+        size_t n = (size_t)s->rows * (s->cols ? (size_t)s->cols : 1);
+        if (tied && !strcmp(s->name, "lm_head.weight")) continue;
+        if (s->p && *s->p) {
+            bq_format_info in;
+            bq_format_get_info((*s->p)->f, &in);
+            o->packed_params += n;
+            o->packed_bytes += pmat_bytes(*s->p);
+            o->packed_bits_ideal += (double)n * in.bits_per_element;
+            o->packed_tensors++;
+        } else if (*s->f) {
+            o->float_params += n;
+            o->float_bytes += n * sizeof(float);
+            o->float_tensors++;
+        }
+    }
+    free(sl.v);
+    return BQ_OK;
 }
