@@ -350,7 +350,7 @@ int cmd_info(int argc, char **argv)
     double bpw = mm.packed_params ? 8.0 * (double)mm.packed_bytes / (double)mm.packed_params : 0;
     long pages = 0;  /* resident set now, after loading (file mappings are closed by then) */
     FILE *sf = fopen("/proc/self/statm", "r");
-    if (sf) { if (fscanf(sf, "%*ld %ld", &pages) != 1) pages = 0; fclose(sf); }
+    if (sf) { if (fscanf(sf, "%*s %ld", &pages) != 1) pages = 0; fclose(sf); }
     double rss = (double)pages * (double)sysconf(_SC_PAGESIZE);
     double ideal = mm.packed_params ? mm.packed_bits_ideal / (double)mm.packed_params : 0;
     if (a.json)
