@@ -7,22 +7,38 @@ SAN     ?=
 # Bit-exactness across ISAs: no FMA contraction, no fast-math.
 CFLAGS_BASE = -std=c11 -g -Wall -Wextra -Wshadow -Wno-unused-parameter -D_GNU_SOURCE -pthread \
               -ffp-contract=off -fno-math-errno -fno-trapping-math \
-              -Iinclude -Isrc/core -Isrc/formats -Isrc/model -Isrc/engine -Isrc/eval -Isrc/quant -Isrc/search -Isrc/kernels
+              -Iinclude -Isrc/core -Isrc/formats -Isrc/model -Isrc/engine -Isrc/eval -Isrc/quant -Isrc/search -Isrc/kernels \
+              -Isrc/cuda
 CFLAGS  = $(CFLAGS_BASE) $(OPT) $(SAN) -DBQ_HAVE_X86
-LDLIBS  = -lopenblas -lpcre2-8 -lcjson -lm -pthread
+# CUDA: built in when nvcc is found (CUDA=0 turns it off); the runtime is linked
+# statically, so a binary runs on machines without CUDA and says "no CUDA device".
+NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CUDA    ?= $(if $(NVCC),1,0)
+ifeq ($(CUDA),1)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_OBJ  = $(BUILD)/cuda/qdq.o $(BUILD)/cuda/gemv.o $(BUILD)/cuda/gemm.o
+CUDA_LIBS = -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lstdc++
+else
+CUDA_OBJ  = $(BUILD)/src/cuda/nocuda.o
+CUDA_LIBS =
+endif
+# --fmad=false: no contraction, so the device computes the CPU's bits
+NVFLAGS = -O3 -std=c++17 --fmad=false -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90 \
+          -Xcompiler -Wall -Iinclude -Isrc/core -Isrc/formats -Isrc/kernels -Isrc/cuda
+LDLIBS  = -lopenblas -lpcre2-8 -lcjson -lm -pthread $(CUDA_LIBS)
 
 LIB_SRC = $(wildcard src/core/*.c src/model/*.c src/engine/*.c src/eval/*.c src/quant/*.c src/search/*.c) \
           $(filter-out src/formats/kernels.c,$(wildcard src/formats/*.c)) \
           $(filter-out src/kernels/pk_isa.c,$(wildcard src/kernels/*.c))
 LIB_OBJ = $(LIB_SRC:%.c=$(BUILD)/%.o) \
           $(BUILD)/kern/kernels_scalar.o $(BUILD)/kern/kernels_avx2.o $(BUILD)/kern/kernels_avx512.o \
-          $(BUILD)/kern/pk_scalar.o $(BUILD)/kern/pk_avx2.o $(BUILD)/kern/pk_avx512.o
+          $(BUILD)/kern/pk_scalar.o $(BUILD)/kern/pk_avx2.o $(BUILD)/kern/pk_avx512.o $(CUDA_OBJ)
 CLI_SRC = $(wildcard src/cli/*.c)
 CLI_OBJ = $(CLI_SRC:%.c=$(BUILD)/%.o)
 TESTS   = $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 BENCHES = $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/bench_*.c))
 
-.PHONY: all test test-opt test-san bench clean fuzz fuzz-short
+.PHONY: all test test-opt test-san bench clean fuzz fuzz-short gpu
 all: $(BUILD)/blockq
 
 $(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h)
@@ -54,6 +70,27 @@ $(BUILD)/kern/pk_avx512.o: $(PK_DEPS)
 	$(CC) $(CFLAGS) -O3 -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx512vnni -mfma -mprefer-vector-width=512 \
 	    -DBQ_ISA=avx512 -c $< -o $@
 
+$(BUILD)/cuda/%.o: src/cuda/%.cu src/cuda/bq_cuda.h src/formats/qkern.h src/formats/format.h src/kernels/pmat.h
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+
+# The GPU subset (formats, packed kernels, CUDA; no OpenBLAS/PCRE2/cJSON), for a
+# GPU machine that lacks those libraries: `make gpu` -> test_cuda and gpu_bench.
+GPU_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(wildcard src/core/*.c) $(filter-out src/formats/kernels.c,$(wildcard src/formats/*.c)) \
+              src/kernels/pmat.c) \
+          $(BUILD)/kern/kernels_scalar.o $(BUILD)/kern/kernels_avx2.o $(BUILD)/kern/kernels_avx512.o \
+          $(BUILD)/kern/pk_scalar.o $(BUILD)/kern/pk_avx2.o $(BUILD)/kern/pk_avx512.o $(CUDA_OBJ)
+$(BUILD)/libbq_gpu.a: $(GPU_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+$(BUILD)/gpu/test_cuda: tests/test_cuda.c tests/harness.h $(BUILD)/libbq_gpu.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests $< $(BUILD)/libbq_gpu.a -o $@ -lm -pthread $(CUDA_LIBS)
+$(BUILD)/gpu/gpu_bench: bench/gpu_bench.c $(BUILD)/libbq_gpu.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -I$(CUDA_HOME)/include $< $(BUILD)/libbq_gpu.a -o $@ -lm -pthread -L$(CUDA_HOME)/lib64 -lcublasLt $(CUDA_LIBS)
+gpu: $(BUILD)/gpu/test_cuda $(BUILD)/gpu/gpu_bench
+
 $(BUILD)/libblockq.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
@@ -75,7 +112,7 @@ test-opt: $(TESTS) $(BUILD)/blockq
 
 # The sanitizer tier skips the minutes-long full-text perplexity (BQ_TEST_FAST).
 test-san:
-	@BQ_TEST_FAST=1 $(MAKE) --no-print-directory BUILD=build/san OPT=-O1 \
+	@BQ_TEST_FAST=1 $(MAKE) --no-print-directory BUILD=build/san OPT=-O1 CUDA=0 \
 	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" test-opt
 
 test: test-opt
@@ -96,8 +133,8 @@ FUZZ_BINS    = $(FUZZERS:%=$(FUZZ_BUILD)/fuzz_%)
 
 # The library for the fuzzers is the ordinary build in build/fuzz, with clang's flags.
 ifneq ($(BUILD),$(FUZZ_BUILD))
-$(FUZZ_BUILD)/libblockq.a: $(LIB_SRC) src/formats/kernels.c src/kernels/pk_isa.c $(wildcard include/*.h src/*/*.h)
-	@$(MAKE) --no-print-directory CC=clang BUILD=$(FUZZ_BUILD) OPT="-O1 -fsanitize=fuzzer-no-link" SAN="$(FUZZ_FLAGS)" \
+$(FUZZ_BUILD)/libblockq.a: $(LIB_SRC) src/formats/kernels.c src/kernels/pk_isa.c src/cuda/nocuda.c $(wildcard include/*.h src/*/*.h)
+	@$(MAKE) --no-print-directory CC=clang CUDA=0 BUILD=$(FUZZ_BUILD) OPT="-O1 -fsanitize=fuzzer-no-link" SAN="$(FUZZ_FLAGS)" \
 	    $(FUZZ_BUILD)/libblockq.a
 endif
 

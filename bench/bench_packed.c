@@ -28,17 +28,21 @@ static double now(void)
 /* ---- read bandwidth: sum a buffer with wide loads ---- */
 typedef struct { const uint8_t *p; size_t n; uint64_t out[64]; } rd_job;
 
+/* Eight streams per thread (one sequential stream is latency-bound on some
+ * machines and would understate the bandwidth). */
 __attribute__((target("avx2"))) static void read_range(void *arg, size_t b, size_t e)
 {
     rd_job *j = arg;
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-    for (size_t i = b; i < e; i++) {
-        const __m256i *q = (const __m256i *)(j->p + i * 128);
-        a0 = _mm256_add_epi64(a0, _mm256_load_si256(q));
-        a1 = _mm256_add_epi64(a1, _mm256_load_si256(q + 1));
-        a2 = _mm256_add_epi64(a2, _mm256_load_si256(q + 2));
-        a3 = _mm256_add_epi64(a3, _mm256_load_si256(q + 3));
-    }
+    size_t len = (e - b) / 8;
+    for (size_t i = 0; i < len; i++)
+        for (int s = 0; s < 8; s++) {
+            const __m256i *q = (const __m256i *)(j->p + (b + s * len + i) * 128);
+            a0 = _mm256_add_epi64(a0, _mm256_load_si256(q));
+            a1 = _mm256_add_epi64(a1, _mm256_load_si256(q + 1));
+            a2 = _mm256_add_epi64(a2, _mm256_load_si256(q + 2));
+            a3 = _mm256_add_epi64(a3, _mm256_load_si256(q + 3));
+        }
     __m256i s = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
     uint64_t v[4];
     _mm256_storeu_si256((__m256i *)v, s);
@@ -103,13 +107,14 @@ static void emit(const char *kind, const char *fmt, int rows, int cols, int n, d
 
 int main(int argc, char **argv)
 {
-    int threads = 1, reps = 5, T = 256, small = 0;
+    int threads = 1, reps = 5, T = 256, small = 0, only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) T = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--json") && i + 1 < argc) g_json = fopen(argv[++i], "w");
         else if (!strcmp(argv[i], "--small")) small = 1;
+        else if (!strcmp(argv[i], "--shape") && i + 1 < argc) only = atoi(argv[++i]);  /* 1-based index */
         else { fprintf(stderr, "usage: bench_packed [--threads N] [--reps R] [--tokens T] [--small] [--json FILE]\n"); return 2; }
     }
     bq_set_threads(threads);
@@ -122,6 +127,7 @@ int main(int argc, char **argv)
     int nf = sizeof wf / sizeof *wf;
     printf("ISA %s, %d thread(s), best of %d\n\n", bq_isa(), threads, reps);
     for (int s = 0; s < nshape; s++) {
+        if (only && s != only - 1) continue;
         int R = small ? 1024 : shapes[s][0], C = small ? 1024 : shapes[s][1];
         size_t n = (size_t)R * C;
         float *w = malloc(n * 4), *x = malloc((size_t)T * C * 4), *y = malloc((size_t)T * R * 4);

@@ -1,5 +1,5 @@
 /* Quantisation arithmetic shared by fake quantisation (kernels.c, compiled once
- * per ISA) and packing (pack.c). Everything is static inline so that each
+ * per ISA) and packing (pack.c). Everything is static inline BQ_HD so that each
  * translation unit gets code for its own instruction set.
  *
  * Float32 semantics follow the references (microxcaling, the seed code):
@@ -13,25 +13,39 @@
 #include <math.h>
 #include <string.h>
 
-static inline uint32_t f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-static inline float u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+/* The same functions compile for CUDA devices (src/cuda), so the GPU's fake
+ * quantisation is this arithmetic too. */
+#ifdef __CUDACC__
+#define BQ_HD __host__ __device__
+#define restrict __restrict__
+#else
+#define BQ_HD
+#endif
+#ifdef __CUDA_ARCH__
+#define BQ_CLZ(u) __clz((int)(u))
+#else
+#define BQ_CLZ(u) __builtin_clz(u)
+#endif
+
+static inline BQ_HD uint32_t f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline BQ_HD float u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 
 /* 2^e as float32 for e in [-149, 127] (subnormals included). */
-static inline float pow2f(int e)
+static inline BQ_HD float pow2f(int e)
 {
     return e >= -126 ? u2f((uint32_t)(e + 127) << 23) : u2f(1u << (e + 149));
 }
 
 /* floor(log2 a) for finite a > 0, subnormals included. */
-static inline int floor_log2f(float a)
+static inline BQ_HD int floor_log2f(float a)
 {
     uint32_t u = f2u(a) & 0x7fffffffu;
     int e = (int)(u >> 23);
     if (e) return e - 127;
-    return -118 - __builtin_clz(u);  /* subnormal: 31-clz(u) - 149 */
+    return -118 - BQ_CLZ(u);  /* subnormal: 31-clz(u) - 149 */
 }
 
-static inline int ceil_log2f(float a)
+static inline BQ_HD int ceil_log2f(float a)
 {
     int e = floor_log2f(a);
     return a == pow2f(e) ? e : e + 1;
@@ -40,7 +54,7 @@ static inline int ceil_log2f(float a)
 /* Bits of max |x| over n values: for non-NaN floats the order of |x| is the
  * order of its bits, and an integer max vectorises where a float max cannot.
  * A result above 0x7f7fffff means an Inf or NaN is present. */
-static inline uint32_t amax_bits(const float *restrict x, size_t n)
+static inline BQ_HD uint32_t amax_bits(const float *restrict x, size_t n)
 {
     uint32_t m = 0;
     for (size_t i = 0; i < n; i++) {
@@ -52,10 +66,10 @@ static inline uint32_t amax_bits(const float *restrict x, size_t n)
 
 /* Sign source for results: -0.0 counts as positive (as in the references, where
  * sign(-0) = 0), a negative value that rounds to zero gives -0. */
-static inline float sgn_of(float v) { return v == 0.0f ? 0.0f : v; }
+static inline BQ_HD float sgn_of(float v) { return v == 0.0f ? 0.0f : v; }
 
 /* A uniform float in [0,1) from (seed, index): splitmix64, 24 bits. */
-static inline float noise01(uint64_t seed, uint64_t idx)
+static inline BQ_HD float noise01(uint64_t seed, uint64_t idx)
 {
     uint64_t z = seed + 0x9e3779b97f4a7c15ull * (idx + 1);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -65,7 +79,7 @@ static inline float noise01(uint64_t seed, uint64_t idx)
 }
 
 /* Round a non-negative float to an integer-valued float. */
-static inline float round_mag(float s, bq_round r, uint64_t seed, uint64_t idx)
+static inline BQ_HD float round_mag(float s, bq_round r, uint64_t seed, uint64_t idx)
 {
     switch (r) {
     case BQ_ROUND_RNE: return rintf(s);
@@ -75,7 +89,7 @@ static inline float round_mag(float s, bq_round r, uint64_t seed, uint64_t idx)
     }
 }
 
-static inline double round_mag_d(double s, bq_round r, uint64_t seed, uint64_t idx)
+static inline BQ_HD double round_mag_d(double s, bq_round r, uint64_t seed, uint64_t idx)
 {
     switch (r) {
     case BQ_ROUND_RNE: return rint(s);
@@ -87,14 +101,14 @@ static inline double round_mag_d(double s, bq_round r, uint64_t seed, uint64_t i
 
 /* ---- element grids: magnitude a >= 0 (may be +Inf, never NaN) -> grid value */
 
-static inline float mf_overflow(const elem_t *e, float q)
+static inline BQ_HD float mf_overflow(const elem_t *e, float q)
 {
     if (q <= e->maxval) return q;
     if (!e->overflow_inf) return e->maxval;
     return e->flavour == FL_IEEE ? INFINITY : NAN;
 }
 
-static inline float mf_quant_mag(const elem_t *e, float a, bq_round r, uint64_t seed, uint64_t idx)
+static inline BQ_HD float mf_quant_mag(const elem_t *e, float a, bq_round r, uint64_t seed, uint64_t idx)
 {
     int pe = (int)((f2u(a) >> 23) & 0xff) - 127;   /* floor(log2 a); -127 for 0/subnormal */
     int m = (pe >= e->emin || e->subnorm) ? e->mbits : 0;
@@ -112,7 +126,7 @@ static inline float mf_quant_mag(const elem_t *e, float a, bq_round r, uint64_t 
 }
 
 /* Integer grid with `frac` fraction bits, magnitude clamped to hi. */
-static inline float int_quant_mag(const elem_t *e, float a, bq_round r, uint64_t seed, uint64_t idx)
+static inline BQ_HD float int_quant_mag(const elem_t *e, float a, bq_round r, uint64_t seed, uint64_t idx)
 {
     float s = a * pow2f(e->frac);
     float q = round_mag(s, r, seed, idx);
@@ -123,7 +137,7 @@ static inline float int_quant_mag(const elem_t *e, float a, bq_round r, uint64_t
 /* Round an exponent k in the log domain, given the 23 mantissa bits m of the
  * value 2^k * (1 + m/2^23): to nearest is "1 + m/2^23 >= sqrt(2)" (no ties
  * exist), toward zero keeps k, stochastic rounds up with probability m/2^23. */
-static inline int log_round(int k, uint32_t m, bq_round r, uint64_t seed, uint64_t idx)
+static inline BQ_HD int log_round(int k, uint32_t m, bq_round r, uint64_t seed, uint64_t idx)
 {
     if (r == BQ_ROUND_STOCHASTIC) return k + (noise01(seed, idx) < (float)m * 0x1p-23f);
     if (r == BQ_ROUND_ZERO) return k;
@@ -131,7 +145,7 @@ static inline int log_round(int k, uint32_t m, bq_round r, uint64_t seed, uint64
 }
 
 /* Log grid: 2^k with k = round(log2 a) clamped to [lo, hi]; zero stays zero. */
-static inline float log_quant_mag(float a, int lo, int hi, bq_round r, uint64_t seed, uint64_t idx)
+static inline BQ_HD float log_quant_mag(float a, int lo, int hi, bq_round r, uint64_t seed, uint64_t idx)
 {
     if (a == 0.0f) return 0.0f;
     int k;
@@ -146,7 +160,7 @@ static inline float log_quant_mag(float a, int lo, int hi, bq_round r, uint64_t 
 }
 
 /* Signed value -> grid value of elem e (no scaling). Sign always preserved. */
-static inline float elem_quant(const elem_t *e, float v, bq_round r, uint64_t seed, uint64_t idx)
+static inline BQ_HD float elem_quant(const elem_t *e, float v, bq_round r, uint64_t seed, uint64_t idx)
 {
     float a = fabsf(v), q;
     if (v != v) return v;
@@ -165,7 +179,7 @@ static inline float elem_quant(const elem_t *e, float v, bq_round r, uint64_t se
 }
 
 /* Asymmetric int code q in [0, 2^B-1] for x with scale s and zero point z. */
-static inline float asym_q(const elem_t *e, float x, float s, float z, bq_round r, uint64_t seed, uint64_t idx)
+static inline BQ_HD float asym_q(const elem_t *e, float x, float s, float z, bq_round r, uint64_t seed, uint64_t idx)
 {
     float v = x / s;
     float q = copysignf(round_mag(fabsf(v), r, seed, idx), v) + z;
@@ -174,7 +188,7 @@ static inline float asym_q(const elem_t *e, float x, float s, float z, bq_round 
 }
 
 /* Dequantised asymmetric value; saturates where a range wider than float32 would overflow. */
-static inline float asym_deq(float q, float z, float s)
+static inline BQ_HD float asym_deq(float q, float z, float s)
 {
     float out = (q - z) * s;
     return out > FLT_MAX ? FLT_MAX : (out < -FLT_MAX ? -FLT_MAX : out);
@@ -183,7 +197,7 @@ static inline float asym_deq(float q, float z, float s)
 /* intB scale over one group: symmetric s = amax/qmax; asymmetric over a range
  * widened to include 0 (so zero is exact), s = (max-min)/(2^B-1), z = round(-min/s).
  * Inline so the per-ISA kernels vectorise the symmetric reduction. */
-static inline void int_group_scale(const bq_format *f, const float *x, size_t n, float *s, float *z, int *nonfinite)
+static inline BQ_HD void int_group_scale(const bq_format *f, const float *x, size_t n, float *s, float *z, int *nonfinite)
 {
     uint32_t mb = amax_bits(x, n);
     *nonfinite = mb > 0x7f7fffffu;
@@ -218,7 +232,7 @@ typedef struct {
     uint32_t code;    /* stored scale code (pow2 schemes; scaled ones encode post1) */
 } bscale;
 
-static inline void split_pow2(int E, float *a, float *b)
+static inline BQ_HD void split_pow2(int E, float *a, float *b)
 {
     int h = E / 2;
     *a = pow2f(h);
@@ -229,10 +243,10 @@ static inline void split_pow2(int E, float *a, float *b)
 uint32_t mf_encode(const elem_t *e, float q);
 float mf_decode(const elem_t *e, uint32_t code);
 
-static inline int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
+static inline BQ_HD int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 /* Scale of one block from its amax (finite, >= 0). */
-static inline bscale block_scale(const bq_format *f, const qctx *c, float amax)
+static inline BQ_HD bscale block_scale(const bq_format *f, const qctx *c, float amax)
 {
     bscale s = {0};
     s.pow2 = 1;
@@ -293,7 +307,7 @@ static inline bscale block_scale(const bq_format *f, const qctx *c, float amax)
 
 /* Quantise one value against its block scale; returns the grid value q (signed)
  * through *qout and the dequantised value. */
-static inline float block_elem(const bq_format *f, const bscale *s, float x, bq_round r,
+static inline BQ_HD float block_elem(const bq_format *f, const bscale *s, float x, bq_round r,
                                uint64_t seed, uint64_t idx, float *qout)
 {
     float q;

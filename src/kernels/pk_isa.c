@@ -142,7 +142,7 @@ INLINE __m512 factors(const pmat *m, int p, int g)
         int cols = m->cols, nga = cols / a->K, J = S / 4;                                                          \
         __m512 acc[NT];                                                                                            \
         __m512i d[NT];                                                                                             \
-        for (int i = 0; i < NT; i++) acc[i] = _mm512_setzero_ps();                                                 \
+        for (int i = 0; i < NT; i++) { acc[i] = _mm512_setzero_ps(); d[i] = _mm512_setzero_si512(); }             \
         const uint8_t *u = a->u + (size_t)t0 * cols;                                                               \
         for (int c0 = 0, sub = 0; c0 < cols; c0 += C) {                                                            \
             for (int k0 = c0; k0 < c0 + C; k0 += S, sub++) {                                                       \
@@ -230,6 +230,7 @@ static void mv_f32(const pmat *m, const float *x, int n, float *y, int ldy, int 
                 for (int t = 0; t < MT; t++)
                     for (int q = 0; q < 4; q++) b[t][q] = _mm512_setzero_ps();
                 for (int k = g * m->K; k < (g + 1) * m->K; k += 4) {
+                    _mm_prefetch((const char *)pw + (size_t)k * 16 * m->eb / 8 + 4096, _MM_HINT_T0);
                     __m512i w = wvec(m, pw, k, lut4);
                     __m512 xv[MT];
                     for (int t = 0; t < tn; t++) xv[t] = _mm512_broadcast_f32x4(_mm_loadu_ps(x + (size_t)(t0 + t) * cols + k));

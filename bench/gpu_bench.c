@@ -1,0 +1,229 @@
+/* The CUDA backend against the GPU it runs on, measured in one run:
+ *   device copy bandwidth (cudaMemcpy device to device, bytes read + written);
+ *   fake quantisation GB/s (bytes read + written) per format;
+ *   packed GEMV GB/s of weights read, one token;
+ *   W8A8 block-scaled GEMM TFLOP/s next to cuBLASLt FP8 (per-tensor scales) and
+ *   BF16 GEMM of the same shapes.
+ *
+ *   build/gpu/gpu_bench [--json FILE] [--quick]      (make gpu; bench/gpu.sh)
+ */
+#include "blockq.h"
+#include "bq_cuda.h"
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static FILE *g_json;
+static void emit(const char *kind, const char *name, double size, double rate, double ref)
+{
+    if (g_json)
+        fprintf(g_json, "{\"kind\":\"%s\",\"name\":\"%s\",\"size\":%.0f,\"rate\":%.4g,\"reference\":%.4g,\"ratio\":%.4f}\n", kind,
+                name, size, rate, ref, rate / ref);
+}
+
+/* Best time in ms of `reps` runs of what run() enqueues. */
+typedef void (*runner)(void *);
+static float best_ms(runner run, void *arg, int reps)
+{
+    cudaEvent_t a, b;
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    run(arg);  /* warm-up */
+    cudaDeviceSynchronize();
+    float best = 1e30f;
+    for (int r = 0; r < reps; r++) {
+        cudaEventRecord(a, 0);
+        run(arg);
+        cudaEventRecord(b, 0);
+        cudaEventSynchronize(b);
+        float ms;
+        cudaEventElapsedTime(&ms, a, b);
+        best = ms < best ? ms : best;
+    }
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    return best;
+}
+
+typedef struct { void *dst; const void *src; size_t n; } copy_arg;
+static void run_copy(void *p) { copy_arg *c = p; cudaMemcpy(c->dst, c->src, c->n, cudaMemcpyDeviceToDevice); }
+
+typedef struct { const bq_format *f; const float *x; float *y; size_t rows, cols; } qdq_arg;
+static void run_qdq(void *p) { qdq_arg *q = p; bq_cuda_qdq(q->f, q->x, q->y, q->rows, q->cols, NULL); }
+
+typedef struct { const bq_cuda_w *w; const float *x; float *y; } gemv_arg;
+static void run_gemv(void *p) { gemv_arg *g = p; bq_cuda_gemv(g->w, g->x, 1, g->y); }
+
+typedef struct { int kind; void *a, *b, *sa, *sb; float *c; int n; } gemm_arg;
+static void run_gemm(void *p)
+{
+    gemm_arg *g = p;
+    bq_cuda_gemm_mx8(g->kind, g->a, g->sa, g->b, g->sb, g->c, g->n, g->n, g->n);
+}
+
+typedef struct {
+    cublasLtHandle_t h;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulAlgo_t algo;
+    void *a, *b, *c, *ws;
+    size_t wsz;
+} lt_arg;
+static void run_lt(void *p)
+{
+    lt_arg *l = p;
+    float one = 1.0f, zero = 0.0f;
+    cublasLtMatmul(l->h, l->desc, &one, l->a, l->la, l->b, l->lb, &zero, l->c, l->lc, l->c, l->lc, &l->algo, l->ws, l->wsz, 0);
+}
+
+/* cuBLASLt C = A^T B with A, B of `type` (K-major), C bf16; 0 if no algorithm. */
+static int lt_setup(lt_arg *l, cublasLtHandle_t h, cudaDataType_t type, int n, void *a, void *b, void *c, void *ws, size_t wsz)
+{
+    memset(l, 0, sizeof *l);
+    l->h = h; l->a = a; l->b = b; l->c = c; l->ws = ws; l->wsz = wsz;
+    cublasOperation_t t = CUBLAS_OP_T, nn = CUBLAS_OP_N;
+    cublasLtMatmulDescCreate(&l->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    cublasLtMatmulDescSetAttribute(l->desc, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t);
+    cublasLtMatmulDescSetAttribute(l->desc, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof nn);
+    cublasLtMatrixLayoutCreate(&l->la, type, n, n, n);
+    cublasLtMatrixLayoutCreate(&l->lb, type, n, n, n);
+    cublasLtMatrixLayoutCreate(&l->lc, CUDA_R_16BF, n, n, n);
+    cublasLtMatmulPreference_t pref;
+    cublasLtMatmulPreferenceCreate(&pref);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsz, sizeof wsz);
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    cublasLtMatmulAlgoGetHeuristic(h, l->desc, l->la, l->lb, l->lc, l->lc, pref, 1, &res, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (found) l->algo = res.algo;
+    return found;
+}
+
+static void lt_free(lt_arg *l)
+{
+    cublasLtMatrixLayoutDestroy(l->la);
+    cublasLtMatrixLayoutDestroy(l->lb);
+    cublasLtMatrixLayoutDestroy(l->lc);
+    cublasLtMatmulDescDestroy(l->desc);
+}
+
+static uint64_t rng = 88172645463325252ull;
+static uint32_t rnd(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return (uint32_t)rng; }
+
+int main(int argc, char **argv)
+{
+    int quick = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json") && i + 1 < argc) g_json = fopen(argv[++i], "w");
+        else if (!strcmp(argv[i], "--quick")) quick = 1;
+    }
+    char why[256];
+    if (!bq_cuda_devices(why, sizeof why)) { printf("SKIP: %s\n", why); return 0; }
+    printf("# blockq CUDA benchmark on %s\n\n", bq_cuda_device_name());
+
+    /* copy bandwidth and fake quantisation: 1 GiB of float32 in, 1 GiB out */
+    size_t rows = quick ? 4096 : 16384, cols = 16384, n = rows * cols;
+    float *dx, *dy;
+    if (bq_cuda_malloc((void **)&dx, n * 4) || bq_cuda_malloc((void **)&dy, n * 4)) { printf("%s\n", bq_last_error()); return 1; }
+    float *hx = malloc(n * 4);
+    for (size_t i = 0; i < n; i++) hx[i] = ((float)(rnd() >> 8) * 0x1p-24f - 0.5f) * ((rnd() & 63) ? 1.0f : 30.0f);
+    bq_cuda_upload(dx, hx, n * 4);
+    copy_arg ca = {dy, dx, n * 4};
+    double copy = 2.0 * n * 4 / best_ms(run_copy, &ca, 10) / 1e6;
+    printf("device copy: %.0f GB/s (bytes read + written)\n\n", copy);
+    emit("copy", "memcpy", (double)n * 4, copy, copy);
+    printf("| fake quantisation | GB/s (read + write) | of copy |\n|---|---|---|\n");
+    const char *qf[] = {"mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3", "mxfp4", "mxint8", "nvfp4", "bfp8_b16", "bfp4_b16",
+                        "bme2m1_b16", "bl8_b16", "int8_b32_sfp16", "fp8_e4m3", "int8_row", "int4_g128"};
+    for (size_t i = 0; i < sizeof qf / sizeof *qf; i++) {
+        bq_format *f;
+        bq_format_parse(qf[i], &f);
+        qdq_arg q = {f, dx, dy, rows, cols};
+        float ms = best_ms(run_qdq, &q, 5);
+        double gbs = 2.0 * n * 4 / ms / 1e6;
+        if (bq_cuda_sync()) printf("%s: %s\n", qf[i], bq_last_error());
+        printf("| %s | %.0f | %.0f%% |\n", qf[i], gbs, 100 * gbs / copy);
+        emit("qdq", qf[i], (double)n * 4, gbs, copy);
+        bq_format_free(f);
+    }
+    /* GEMV, one token */
+    printf("\n| GEMV (1 token) | shape | weight MB | GB/s of weights | of copy |\n|---|---|---|---|---|\n");
+    const char *gf[] = {"mxfp4", "nvfp4", "int4_b32_sfp16", "mxint8", "int8_b32_sfp16"};
+    const int gs[][2] = {{4096, 4096}, {16384, 16384}};
+    for (int s = 0; s < (quick ? 1 : 2); s++) {
+        int R = gs[s][0], C = gs[s][1];
+        for (size_t i = 0; i < sizeof gf / sizeof *gf; i++) {
+            bq_format *f;
+            bq_format_parse(gf[i], &f);
+            size_t ps = bq_packed_size(f, (size_t)R, (size_t)C);
+            uint8_t *pk = malloc(ps);
+            bq_qopts o = {0};
+            bq_pack(f, hx, (size_t)R, (size_t)C, &o, pk, ps);
+            pmat *m;
+            bq_cuda_w *w;
+            if (pmat_new(f, R, C, pk, ps, &m) || bq_cuda_w_upload(m, &w)) { printf("%s: %s\n", gf[i], bq_last_error()); continue; }
+            gemv_arg g = {w, dx, dy};
+            float ms = best_ms(run_gemv, &g, 20);
+            double gbs = (double)bq_cuda_w_bytes(w) / ms / 1e6;
+            printf("| %s | %dx%d | %.1f | %.0f | %.0f%% |\n", gf[i], R, C, bq_cuda_w_bytes(w) / 1e6, gbs, 100 * gbs / copy);
+            emit("gemv", gf[i], (double)R * C, gbs, copy);
+            bq_cuda_w_free(w);
+            pmat_free(m);
+            free(pk);
+            bq_format_free(f);
+        }
+    }
+    bq_cuda_free(dx);
+    bq_cuda_free(dy);
+    free(hx);
+    /* W8A8 GEMM vs cuBLASLt */
+    cublasLtHandle_t h;
+    cublasLtCreate(&h);
+    size_t wsz = 64 << 20;
+    void *ws;
+    bq_cuda_malloc(&ws, wsz);
+    printf("\n| GEMM n x n x n | blockq MXINT8 TFLOP/s | blockq MXFP8 TFLOP/s | cuBLASLt FP8 | cuBLASLt BF16 | MXFP8 / cuBLAS FP8 |\n|---|---|---|---|---|---|\n");
+    const int gn[] = {4096, 8192, 16384};
+    for (int s = 0; s < (quick ? 1 : 3); s++) {
+        int N = gn[s];
+        size_t nn = (size_t)N * N;
+        uint8_t *ha = malloc(nn), *hs = malloc(nn / 32);
+        for (size_t i = 0; i < nn; i++) { uint8_t v = (uint8_t)rnd(); ha[i] = (v & 0x7f) == 0x7f ? 0x3c : v; }
+        for (size_t i = 0; i < nn / 32; i++) hs[i] = (uint8_t)(120 + rnd() % 10);
+        void *a, *b, *sa, *sb, *c, *a16, *b16;
+        if (bq_cuda_malloc(&a, nn) || bq_cuda_malloc(&b, nn) || bq_cuda_malloc(&sa, nn / 32) || bq_cuda_malloc(&sb, nn / 32) ||
+            bq_cuda_malloc(&c, nn * 4) || bq_cuda_malloc(&a16, nn * 2) || bq_cuda_malloc(&b16, nn * 2)) {
+            printf("%s\n", bq_last_error());
+            break;
+        }
+        bq_cuda_upload(a, ha, nn); bq_cuda_upload(b, ha, nn); bq_cuda_upload(sa, hs, nn / 32); bq_cuda_upload(sb, hs, nn / 32);
+        cudaMemset(a16, 0x3c, nn * 2);
+        cudaMemset(b16, 0x3c, nn * 2);
+        double flop = 2.0 * N * nn;
+        double t[4];
+        for (int kind = 0; kind < 2; kind++) {
+            gemm_arg g = {kind, a, b, sa, sb, c, N};
+            t[kind] = flop / best_ms(run_gemm, &g, 5) / 1e9;
+            if (bq_cuda_sync()) printf("gemm: %s\n", bq_last_error());
+        }
+        lt_arg l;
+        t[2] = lt_setup(&l, h, CUDA_R_8F_E4M3, N, a, b, c, ws, wsz) ? flop / best_ms(run_lt, &l, 5) / 1e9 : NAN;
+        lt_free(&l);
+        t[3] = lt_setup(&l, h, CUDA_R_16BF, N, a16, b16, c, ws, wsz) ? flop / best_ms(run_lt, &l, 5) / 1e9 : NAN;
+        lt_free(&l);
+        printf("| %d | %.0f | %.0f | %.0f | %.0f | %.0f%% |\n", N, t[0], t[1], t[2], t[3], 100 * t[1] / t[2]);
+        emit("gemm_mxint8", "mxint8", N, t[0], t[2]);
+        emit("gemm_mxfp8", "mxfp8_e4m3", N, t[1], t[2]);
+        emit("cublaslt_fp8", "e4m3", N, t[2], t[2]);
+        emit("cublaslt_bf16", "bf16", N, t[3], t[2]);
+        bq_cuda_free(a); bq_cuda_free(b); bq_cuda_free(sa); bq_cuda_free(sb); bq_cuda_free(c); bq_cuda_free(a16); bq_cuda_free(b16);
+        free(ha); free(hs);
+    }
+    bq_cuda_free(ws);
+    cublasLtDestroy(h);
+    if (g_json) fclose(g_json);
+    return 0;
+}

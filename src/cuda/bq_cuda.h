@@ -1,0 +1,44 @@
+/* The CUDA backend (the .cu files here; nocuda.c when built without nvcc).
+ * Every call reports "no CUDA device" cleanly where there is none. Pointers
+ * named d_* are device memory. */
+#ifndef BQ_CUDA_H
+#define BQ_CUDA_H
+#include "pmat.h"
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Number of usable devices (0 without a GPU, a driver, or CUDA support built in);
+ * `why` (may be NULL) gets a one-line reason when 0. */
+int bq_cuda_devices(char *why, size_t why_len);
+const char *bq_cuda_device_name(void);
+
+bq_status bq_cuda_malloc(void **d, size_t bytes);
+void bq_cuda_free(void *d);
+bq_status bq_cuda_upload(void *d, const void *h, size_t bytes);
+bq_status bq_cuda_download(void *h, const void *d, size_t bytes);
+bq_status bq_cuda_sync(void);
+
+/* Fake quantisation on the device: the same bits as bq_qdq on the CPU. */
+bq_status bq_cuda_qdq(const bq_format *f, const float *d_x, float *d_y, size_t rows, size_t cols, const bq_qopts *o);
+
+/* A packed weight on the device (4- or 8-bit block codes, one scale byte or an
+ * fp16 scale per block), from a panel-layout pmat. */
+typedef struct bq_cuda_w bq_cuda_w;
+bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out);
+void bq_cuda_w_free(bq_cuda_w *w);
+size_t bq_cuda_w_bytes(const bq_cuda_w *w);
+/* y[n][rows] = x[n][cols] W^T for a few tokens (float activations). */
+bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *d_x, int n, float *d_y);
+
+/* W8A8 with per-block scales on the tensor cores: A [M][K] and B [N][K] hold
+ * 8-bit codes (int8 for MXINT8, e4m3 for MXFP8), sa [M][K/32] and sb [N][K/32]
+ * E8M0 scale bytes; C [M][N] float32 = sum over blocks of (A_b . B_b) * 2^(ea-127) * 2^(eb-127) * emult.
+ * kind 0: int8 codes (emult 2^-12 for MXINT8's 1.6 fixed point); kind 1: e4m3. */
+bq_status bq_cuda_gemm_mx8(int kind, const void *d_a, const uint8_t *d_sa, const void *d_b, const uint8_t *d_sb,
+                           float *d_c, int M, int N, int K);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

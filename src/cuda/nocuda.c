@@ -1,0 +1,32 @@
+/* The CUDA entry points when blockq is built without nvcc: each one says so. */
+#include "bq_cuda.h"
+#include <stdio.h>
+
+static bq_status none(void) { return bq_fail(BQ_ERR_UNSUPPORTED, "this blockq was built without CUDA (no nvcc found at build time)"); }
+
+int bq_cuda_devices(char *why, size_t why_len)
+{
+    if (why) snprintf(why, why_len, "built without CUDA (no nvcc at build time)");
+    return 0;
+}
+const char *bq_cuda_device_name(void) { return ""; }
+bq_status bq_cuda_malloc(void **d, size_t bytes) { (void)bytes; *d = NULL; return none(); }
+void bq_cuda_free(void *d) { (void)d; }
+bq_status bq_cuda_upload(void *d, const void *h, size_t n) { (void)d; (void)h; (void)n; return none(); }
+bq_status bq_cuda_download(void *h, const void *d, size_t n) { (void)d; (void)h; (void)n; return none(); }
+bq_status bq_cuda_sync(void) { return none(); }
+bq_status bq_cuda_qdq(const bq_format *f, const float *x, float *y, size_t r, size_t c, const bq_qopts *o)
+{
+    (void)f; (void)x; (void)y; (void)r; (void)c; (void)o;
+    return none();
+}
+bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out) { (void)m; *out = NULL; return none(); }
+void bq_cuda_w_free(bq_cuda_w *w) { (void)w; }
+size_t bq_cuda_w_bytes(const bq_cuda_w *w) { (void)w; return 0; }
+bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *x, int n, float *y) { (void)w; (void)x; (void)n; (void)y; return none(); }
+bq_status bq_cuda_gemm_mx8(int kind, const void *a, const uint8_t *sa, const void *b, const uint8_t *sb, float *c, int M,
+                           int N, int K)
+{
+    (void)kind; (void)a; (void)sa; (void)b; (void)sb; (void)c; (void)M; (void)N; (void)K;
+    return none();
+}

@@ -1,0 +1,208 @@
+// Fake quantisation on CUDA devices, plus the device plumbing of bq_cuda.h.
+//
+// The arithmetic is qkern.h itself, compiled for the device (its functions are
+// __host__ __device__ under nvcc), and the choices per scheme follow the CPU
+// kernels (src/formats/kernels.c), so a GPU result has the same bits as bq_qdq.
+// nvcc is run with --fmad=false: no contraction, as on the CPU.
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <string.h>
+extern "C" {
+#include "bq_cuda.h"
+#include "qkern.h"
+}
+
+static char g_name[400];
+
+static bq_status cuda_fail(cudaError_t e, const char *what)
+{
+    return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA: %s: %s", what, cudaGetErrorString(e));
+}
+
+extern "C" int bq_cuda_devices(char *why, size_t why_len)
+{
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        if (why) snprintf(why, why_len, "no CUDA device (%s)", e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+        cudaGetLastError();
+        return 0;
+    }
+    cudaDeviceProp p;
+    if (cudaGetDeviceProperties(&p, 0) == cudaSuccess)
+        snprintf(g_name, sizeof g_name, "%s (sm_%d%d, %d SMs, %.0f GiB)", p.name, p.major, p.minor, p.multiProcessorCount,
+                 p.totalGlobalMem / 1073741824.0);
+    return n;
+}
+
+extern "C" const char *bq_cuda_device_name(void) { return g_name; }
+
+extern "C" bq_status bq_cuda_malloc(void **d, size_t bytes)
+{
+    cudaError_t e = cudaMalloc(d, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        *d = NULL;
+        size_t fr = 0, tot = 0;
+        cudaGetLastError();
+        cudaMemGetInfo(&fr, &tot);
+        return bq_fail(BQ_ERR_NOMEM, "CUDA: cannot allocate %.2f GiB on the device (%.2f GiB free of %.2f): %s",
+                       bytes / 1073741824.0, fr / 1073741824.0, tot / 1073741824.0, cudaGetErrorString(e));
+    }
+    return BQ_OK;
+}
+extern "C" void bq_cuda_free(void *d) { if (d) cudaFree(d); }
+extern "C" bq_status bq_cuda_upload(void *d, const void *h, size_t n)
+{
+    cudaError_t e = cudaMemcpy(d, h, n, cudaMemcpyHostToDevice);
+    return e == cudaSuccess ? BQ_OK : cuda_fail(e, "copy to device");
+}
+extern "C" bq_status bq_cuda_download(void *h, const void *d, size_t n)
+{
+    cudaError_t e = cudaMemcpy(h, d, n, cudaMemcpyDeviceToHost);
+    return e == cudaSuccess ? BQ_OK : cuda_fail(e, "copy from device");
+}
+extern "C" bq_status bq_cuda_sync(void)
+{
+    cudaError_t e = cudaDeviceSynchronize();
+    return e == cudaSuccess ? BQ_OK : cuda_fail(e, "kernel");
+}
+
+// ---- one element / one group, exactly as the CPU kernels decide ----
+
+static __device__ __forceinline__ bool grid_ok(const elem_t *e)
+{
+    return (e->kind == EK_MF && e->fast && !e->overflow_inf) || (e->kind == EK_INT && e->lo == -e->hi);
+}
+
+// A block-scaled element, the block's scale already known (qdq_block, qdq_row_scaled).
+static __device__ __forceinline__ float block_value(const bq_format &f, const qctx &c, const bscale &s, float x,
+                                                    uint64_t idx)
+{
+    if (f.sch != SCH_BL && grid_ok(&f.el) && !s.pow2 && !(s.div > 0.0f)) return copysignf(0.0f, sgn_of(x));
+    float q;
+    return block_elem(&f, &s, x, c.round, c.seed, idx, &q);
+}
+
+// intB with an fp32 scale over a group (qdq_int_group).
+static __device__ __forceinline__ float int_value(const bq_format &f, const qctx &c, float x, uint64_t idx, float s,
+                                                  float z, int bad)
+{
+    const elem_t *e = &f.el;
+    if (bad || s != s) return NAN;
+    if (!(s > 0.0f)) return copysignf(0.0f, sgn_of(x));
+    if (!f.asym) return (elem_quant(e, x / s, c.round, c.seed, idx) * s) * 1.0f;
+    float out = asym_deq(asym_q(e, x, s, z, c.round, c.seed, idx), z, s);
+    return out == 0.0f ? copysignf(0.0f, sgn_of(x)) : out;
+}
+
+// Generic: one thread per group (block, int group, row, or element).
+__global__ void qdq_groups(bq_format f, qctx c, const float *__restrict__ x, float *__restrict__ y, size_t rows,
+                           size_t cols, size_t G)
+{
+    size_t ng = (cols + G - 1) / G, gid = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (gid >= rows * ng) return;
+    size_t r = gid / ng, b = (gid % ng) * G, n = cols - b < G ? cols - b : G, idx = r * cols + b;
+    const float *xb = x + idx;
+    float *yb = y + idx;
+    switch (f.sch) {
+    case SCH_ELEM:
+        for (size_t i = 0; i < n; i++) yb[i] = elem_quant(&f.el, xb[i], c.round, c.seed, idx + i);
+        return;
+    case SCH_INT: {
+        float s = c.tensor_scale, z = c.tensor_zero;
+        int bad = c.tensor_nonfinite;
+        if (f.scope != SCOPE_TENSOR) int_group_scale(&f, xb, n, &s, &z, &bad);
+        for (size_t i = 0; i < n; i++) yb[i] = int_value(f, c, xb[i], idx + i, s, z, bad);
+        return;
+    }
+    default: {
+        uint32_t mb = amax_bits(xb, n);
+        if (mb > 0x7f7fffffu) { for (size_t i = 0; i < n; i++) yb[i] = NAN; return; }
+        bscale s = block_scale(&f, &c, u2f(mb));
+        for (size_t i = 0; i < n; i++) yb[i] = block_value(f, c, s, xb[i], idx + i);
+    }
+    }
+}
+
+// Block formats with K = 16 or 32 dividing the row: one thread per element,
+// the block's max found across its lanes. Coalesced loads and stores.
+template <int K>
+__global__ void qdq_lanes(bq_format f, qctx c, const float *__restrict__ x, float *__restrict__ y, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    float v = i < n ? x[i] : 0.0f;
+    uint32_t m = f2u(v) & 0x7fffffffu;
+    for (int o = K / 2; o; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (i >= n) return;
+    if (m > 0x7f7fffffu) { y[i] = NAN; return; }
+    bscale s = block_scale(&f, &c, u2f(m));
+    y[i] = block_value(f, c, s, v, i);
+}
+
+// max |x| bits over the whole tensor, and over its finite values only.
+__global__ void amax_kernel(const float *__restrict__ x, size_t n, unsigned *out)
+{
+    unsigned all = 0, fin = 0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        unsigned u = f2u(x[i]) & 0x7fffffffu;
+        all = max(all, u);
+        if (u <= 0x7f7fffffu) fin = max(fin, u);
+    }
+    for (int o = 16; o; o >>= 1) {
+        all = max(all, __shfl_xor_sync(0xffffffffu, all, o));
+        fin = max(fin, __shfl_xor_sync(0xffffffffu, fin, o));
+    }
+    if ((threadIdx.x & 31) == 0) { atomicMax(&out[0], all); atomicMax(&out[1], fin); }
+}
+
+// The tensor-wide facts bq_tensor_ctx computes, from device data.
+static bq_status tensor_ctx(const bq_format *f, const float *d_x, size_t n, const bq_qopts *o, qctx *c, size_t cols)
+{
+    memset(c, 0, sizeof *c);
+    c->round = o ? o->round : BQ_ROUND_RNE;
+    c->seed = o ? o->seed : 0;
+    c->cols = cols;
+    if ((unsigned)c->round > BQ_ROUND_STOCHASTIC) return bq_fail(BQ_ERR_ARG, "unknown rounding mode %d", (int)c->round);
+    int need = f->sch == SCH_NVFP4 || (f->sch == SCH_INT && f->scope == SCOPE_TENSOR);
+    if (!need) return BQ_OK;
+    if (f->sch == SCH_INT && f->asym)
+        return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA: per-tensor asymmetric int (%s) is not implemented on the GPU", f->name);
+    unsigned *d_m, h[2] = {0, 0};
+    bq_status st = bq_cuda_malloc((void **)&d_m, 8);
+    if (st) return st;
+    cudaMemset(d_m, 0, 8);
+    amax_kernel<<<1024, 256>>>(d_x, n, d_m);
+    st = bq_cuda_download(h, d_m, 8);
+    bq_cuda_free(d_m);
+    if (st) return st;
+    if (f->sch == SCH_INT) {
+        c->tensor_nonfinite = h[0] > 0x7f7fffffu;
+        c->tensor_scale = c->tensor_nonfinite ? NAN : u2f(h[0]) / (float)f->el.hi;
+    } else {
+        float amax = h[0] <= 0x7f7fffffu ? u2f(h[0]) : u2f(h[1]);
+        c->tensor_scale = amax / (448.0f * 6.0f);
+    }
+    return BQ_OK;
+}
+
+extern "C" bq_status bq_cuda_qdq(const bq_format *f, const float *d_x, float *d_y, size_t rows, size_t cols,
+                                 const bq_qopts *o)
+{
+    if (!bq_cuda_devices(NULL, 0)) return bq_fail(BQ_ERR_UNSUPPORTED, "no CUDA device");
+    size_t n = rows * cols;
+    qctx c;
+    bq_status st = tensor_ctx(f, d_x, n, o, &c, cols);
+    if (st || !n) return st;
+    int block = f->sch != SCH_ELEM && f->sch != SCH_INT;
+    if (block && (f->block == 32 || f->block == 16) && cols % (size_t)f->block == 0) {
+        unsigned nb = (unsigned)((n + 255) / 256);
+        if (f->block == 32) qdq_lanes<32><<<nb, 256>>>(*f, c, d_x, d_y, n);
+        else qdq_lanes<16><<<nb, 256>>>(*f, c, d_x, d_y, n);
+    } else {
+        size_t G = f->sch == SCH_ELEM ? 1 : (f->sch == SCH_INT && f->scope != SCOPE_GROUP) ? cols : (size_t)f->block;
+        size_t groups = rows * ((cols + G - 1) / G);
+        qdq_groups<<<(unsigned)((groups + 127) / 128), 128>>>(*f, c, d_x, d_y, rows, cols, G);
+    }
+    cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? BQ_OK : cuda_fail(e, "fake-quantisation kernel launch");
+}

@@ -1,0 +1,258 @@
+/* The CUDA backend against the CPU: fake quantisation bit for bit (reference
+ * vectors, and every listed format on random and adversarial inputs in every
+ * rounding mode), packed GEMV and the W8A8 block-scaled GEMM against a double
+ * reference on the same quantised operands. Skips, saying so, without a GPU.
+ * Uses only the formats/kernels/core parts of the library (runs where OpenBLAS
+ * is not installed). */
+#include "blockq.h"
+#include "bq_cuda.h"
+#include "harness.h"
+#include <math.h>
+
+static int same_bits(float a, float b) { return (a != a && b != b) || !memcmp(&a, &b, 4); }
+
+static float *read_f32(const char *p, size_t n)
+{
+    FILE *f = fopen(p, "rb");
+    if (!f) return NULL;
+    float *d = malloc(n * 4);
+    size_t got = fread(d, 4, n, f);
+    fclose(f);
+    if (got != n) { free(d); return NULL; }
+    return d;
+}
+
+/* GPU qdq of host data. */
+static bq_status gpu_qdq(const bq_format *f, const float *x, float *y, size_t rows, size_t cols, const bq_qopts *o)
+{
+    size_t n = rows * cols;
+    float *dx, *dy;
+    bq_status st = bq_cuda_malloc((void **)&dx, n * 4);
+    if (st) return st;
+    if ((st = bq_cuda_malloc((void **)&dy, n * 4))) { bq_cuda_free(dx); return st; }
+    if (!(st = bq_cuda_upload(dx, x, n * 4)) && !(st = bq_cuda_qdq(f, dx, dy, rows, cols, o)) && !(st = bq_cuda_sync()))
+        st = bq_cuda_download(y, dy, n * 4);
+    bq_cuda_free(dx);
+    bq_cuda_free(dy);
+    return st;
+}
+
+static void vectors(void)
+{
+    FILE *idx = fopen("tests/vectors/index.tsv", "r");
+    CHECK(idx != NULL, "tests/vectors/index.tsv missing");
+    if (!idx) return;
+    char line[512], name[128], fmt[64], rnd[16], p[300];
+    int cases = 0;
+    if (!fgets(line, sizeof line, idx)) { fclose(idx); return; }
+    while (fgets(line, sizeof line, idx)) {
+        size_t rows, cols;
+        if (sscanf(line, "%127s %63s %zu %zu %15s", name, fmt, &rows, &cols, rnd) != 5) continue;
+        snprintf(p, sizeof p, "tests/vectors/%s.in.f32", name);
+        float *in = read_f32(p, rows * cols);
+        snprintf(p, sizeof p, "tests/vectors/%s.out.f32", name);
+        float *want = read_f32(p, rows * cols), *got = malloc(rows * cols * 4);
+        bq_format *f = NULL;
+        bq_format_parse(fmt, &f);
+        bq_qopts o = {0};
+        o.round = !strcmp(rnd, "away") ? BQ_ROUND_AWAY : BQ_ROUND_RNE;
+        if (f && in && want && gpu_qdq(f, in, got, rows, cols, &o) == BQ_OK) {
+            size_t bad = 0, first = 0;
+            for (size_t i = 0; i < rows * cols; i++)
+                if (!same_bits(got[i], want[i]) && !bad++) first = i;
+            CHECK(bad == 0, "GPU %s: %zu mismatches, first at %zu: in %a got %a want %a", name, bad, first,
+                  (double)in[first], (double)got[first], (double)want[first]);
+            cases++;
+        } else CHECK(0, "%s: %s", name, bq_last_error());
+        free(in); free(want); free(got);
+        bq_format_free(f);
+    }
+    fclose(idx);
+    CHECK(cases >= 100, "only %d vector cases", cases);
+    printf("  GPU fake quantisation: %d reference vectors bit-exact\n", cases);
+}
+
+static const char *FORMATS[] = {"mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8", "nvfp4",
+                                "bfp8_b16", "bfp6_b16", "bfp4_b16", "bfp8_b32", "bme4m3_b16", "bme2m1_b16", "bl8_b16",
+                                "bl4_b16", "int8", "int8_row", "int4_g128", "int4_g32", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1",
+                                "fp6_e3m2", "fixed8.4", "log8", "log4", "e2m1_b16_se4m3", "int8_b32_sfp16",
+                                "int4_b32_sfp16", "e4m3_b16_sbf16", "bf16", "fp16", "int8_asym_row", "int4_asym_g128"};
+
+static void against_cpu(void)
+{
+    const size_t shapes[][2] = {{64, 256}, {7, 100}};
+    size_t maxn = 64 * 256;
+    float *x = malloc(maxn * 4), *a = malloc(maxn * 4), *b = malloc(maxn * 4);
+    int formats = 0;
+    for (size_t fi = 0; fi < sizeof FORMATS / sizeof *FORMATS; fi++) {
+        bq_format *f;
+        if (bq_format_parse(FORMATS[fi], &f)) { CHECK(0, "%s", bq_last_error()); continue; }
+        for (int kind = 0; kind < 3; kind++)
+            for (size_t s = 0; s < 2; s++) {
+                size_t R = shapes[s][0], C = shapes[s][1], n = R * C;
+                for (size_t i = 0; i < n; i++) {
+                    float v = t_normal() * (kind == 1 ? 1e-3f : 1.0f);
+                    if (kind == 1 && t_rand() % 17 == 0) v *= 1e4f;
+                    if (kind == 2) {  /* adversarial: zeros, -0, ties, subnormals, huge */
+                        static const float sp[] = {0.0f, -0.0f, 0.5f, 1.5f, -2.5f, 1e-40f, -3e-39f, 3.0e38f, 6.0f, 0.25f};
+                        v = t_rand() % 3 ? sp[t_rand() % 10] : v;
+                    }
+                    x[i] = v;
+                }
+                for (int r = 0; r < 4; r++) {
+                    bq_qopts o = {0};
+                    o.round = (bq_round)r;
+                    o.seed = 77;
+                    bq_status s1 = bq_qdq(f, x, a, R, C, &o), s2 = gpu_qdq(f, x, b, R, C, &o);
+                    if (s2 == BQ_ERR_UNSUPPORTED && strstr(bq_last_error(), "not implemented")) continue;
+                    CHECK(s1 == BQ_OK && s2 == BQ_OK, "%s: %s", f->name, bq_last_error());
+                    size_t bad = 0, first = 0;
+                    for (size_t i = 0; i < n; i++)
+                        if (!same_bits(a[i], b[i]) && !bad++) first = i;
+                    CHECK(bad == 0, "GPU %s round %d inputs %d %zux%zu: %zu differ, first x=%a cpu %a gpu %a", f->name, r, kind,
+                          R, C, bad, (double)x[first], (double)a[first], (double)b[first]);
+                }
+            }
+        formats++;
+        bq_format_free(f);
+    }
+    printf("  GPU fake quantisation: %d formats x 3 input kinds x 2 shapes x 4 roundings compared with the CPU\n", formats);
+    free(x); free(a); free(b);
+}
+
+static double rel_err(const float *y, const double *ref, size_t n)
+{
+    double d = 0, m = 0;
+    for (size_t i = 0; i < n; i++) { d = fmax(d, fabs(y[i] - ref[i])); m = fmax(m, fabs(ref[i])); }
+    return m > 0 ? d / m : d;
+}
+
+static void gemv(void)
+{
+    const char *wf[] = {"mxfp4", "nvfp4", "mxint8", "int8_b32_sfp16", "int4_b32_sfp16", "bfp4_b32"};
+    int R = 300, C = 1024, n = 3;
+    float *w = malloc((size_t)R * C * 4), *wq = malloc((size_t)R * C * 4), *x = malloc((size_t)n * C * 4),
+          *y = malloc((size_t)n * R * 4);
+    double *ref = malloc((size_t)n * R * sizeof *ref);
+    for (size_t i = 0; i < (size_t)R * C; i++) w[i] = t_normal() * 0.05f;
+    for (size_t i = 0; i < (size_t)n * C; i++) x[i] = t_normal();
+    for (size_t fi = 0; fi < sizeof wf / sizeof *wf; fi++) {
+        bq_format *f;
+        bq_format_parse(wf[fi], &f);
+        size_t ps = bq_packed_size(f, (size_t)R, (size_t)C);
+        uint8_t *pk = malloc(ps);
+        bq_pack(f, w, (size_t)R, (size_t)C, NULL, pk, ps);
+        pmat *m;
+        pmat_new(f, R, C, pk, ps, &m);
+        pmat_decode(m, 0, R, wq);
+        for (int t = 0; t < n; t++)
+            for (int r = 0; r < R; r++) {
+                double s = 0;
+                for (int k = 0; k < C; k++) s += (double)wq[(size_t)r * C + k] * x[(size_t)t * C + k];
+                ref[(size_t)t * R + r] = s;
+            }
+        bq_cuda_w *gw;
+        float *dx, *dy;
+        bq_status st = bq_cuda_w_upload(m, &gw);
+        CHECK(st == BQ_OK, "upload %s: %s", f->name, bq_last_error());
+        if (!st) {
+            bq_cuda_malloc((void **)&dx, (size_t)n * C * 4);
+            bq_cuda_malloc((void **)&dy, (size_t)n * R * 4);
+            bq_cuda_upload(dx, x, (size_t)n * C * 4);
+            st = bq_cuda_gemv(gw, dx, n, dy);
+            if (!st) st = bq_cuda_sync();
+            if (!st) st = bq_cuda_download(y, dy, (size_t)n * R * 4);
+            CHECK(st == BQ_OK, "gemv %s: %s", f->name, bq_last_error());
+            double e = rel_err(y, ref, (size_t)n * R);
+            CHECK(e < 1e-5, "GPU GEMV %s: %.2e from the reference", f->name, e);
+            printf("  GPU GEMV %-15s max|err|/max|y| = %.2e\n", f->name, e);
+            bq_cuda_free(dx); bq_cuda_free(dy);
+            bq_cuda_w_free(gw);
+        }
+        pmat_free(m);
+        free(pk);
+        bq_format_free(f);
+    }
+    free(w); free(wq); free(x); free(y); free(ref);
+}
+
+/* Codes and E8M0 scales of an MX 8-bit packed matrix (row layout: scale, 32 codes). */
+static void split_mx8(const uint8_t *pk, int rows, int cols, uint8_t *codes, uint8_t *scales)
+{
+    int nb = cols / 32;
+    for (int r = 0; r < rows; r++)
+        for (int b = 0; b < nb; b++) {
+            const uint8_t *blk = pk + ((size_t)r * nb + b) * 33;
+            scales[(size_t)r * nb + b] = blk[0];
+            memcpy(codes + (size_t)r * cols + b * 32, blk + 1, 32);
+        }
+}
+
+static void gemm(void)
+{
+    const char *fm[] = {"mxint8", "mxfp8_e4m3"};
+    int M = 256, N = 128, K = 512;
+    for (int kind = 0; kind < 2; kind++) {
+        bq_format *f;
+        bq_format_parse(fm[kind], &f);
+        float *a = malloc((size_t)M * K * 4), *b = malloc((size_t)N * K * 4), *aq = malloc((size_t)M * K * 4),
+              *bq = malloc((size_t)N * K * 4), *c = malloc((size_t)M * N * 4);
+        for (size_t i = 0; i < (size_t)M * K; i++) a[i] = t_normal() * (t_rand() % 50 ? 1.0f : 20.0f);
+        for (size_t i = 0; i < (size_t)N * K; i++) b[i] = t_normal() * 0.02f;
+        bq_qdq(f, a, aq, (size_t)M, (size_t)K, NULL);
+        bq_qdq(f, b, bq, (size_t)N, (size_t)K, NULL);
+        size_t pa = bq_packed_size(f, (size_t)M, (size_t)K), pb = bq_packed_size(f, (size_t)N, (size_t)K);
+        uint8_t *ka = malloc(pa), *kb = malloc(pb), *ca = malloc((size_t)M * K), *cb = malloc((size_t)N * K),
+                *sa = malloc((size_t)M * K / 32), *sb = malloc((size_t)N * K / 32);
+        bq_pack(f, a, (size_t)M, (size_t)K, NULL, ka, pa);
+        bq_pack(f, b, (size_t)N, (size_t)K, NULL, kb, pb);
+        split_mx8(ka, M, K, ca, sa);
+        split_mx8(kb, N, K, cb, sb);
+        void *d[5];
+        size_t sz[5] = {(size_t)M * K, (size_t)M * K / 32, (size_t)N * K, (size_t)N * K / 32, (size_t)M * N * 4};
+        const void *h[4] = {ca, sa, cb, sb};
+        bq_status st = BQ_OK;
+        for (int i = 0; i < 5 && !st; i++) st = bq_cuda_malloc(&d[i], sz[i]);
+        for (int i = 0; i < 4 && !st; i++) st = bq_cuda_upload(d[i], h[i], sz[i]);
+        if (!st) st = bq_cuda_gemm_mx8(kind, d[0], d[1], d[2], d[3], d[4], M, N, K);
+        if (!st) st = bq_cuda_sync();
+        if (!st) st = bq_cuda_download(c, d[4], sz[4]);
+        CHECK(st == BQ_OK, "gemm %s: %s", f->name, bq_last_error());
+        double *ref = malloc((size_t)M * N * sizeof *ref);
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) {
+                double s = 0;
+                for (int k = 0; k < K; k++) s += (double)aq[(size_t)i * K + k] * bq[(size_t)j * K + k];
+                ref[(size_t)i * N + j] = s;
+            }
+        double e = rel_err(c, ref, (size_t)M * N);
+        CHECK(!st && e < 1e-5, "GPU W8A8 GEMM %s: %.2e from the reference", f->name, e);
+        printf("  GPU W8A8 GEMM %-10s max|err|/max|c| = %.2e\n", f->name, e);
+        CHECK(bq_cuda_gemm_mx8(kind, d[0], d[1], d[2], d[3], d[4], 100, N, K) == BQ_ERR_SHAPE, "bad shape accepted");
+        for (int i = 0; i < 5; i++) bq_cuda_free(d[i]);
+        free(a); free(b); free(aq); free(bq); free(c); free(ka); free(kb); free(ca); free(cb); free(sa); free(sb); free(ref);
+        bq_format_free(f);
+    }
+}
+
+int main(void)
+{
+    char why[256];
+    if (!bq_cuda_devices(why, sizeof why)) {
+        SKIP("%s: the CUDA tests need a GPU (they run on one with `make test` there, or bench/gpu.sh)", why);
+        /* what must hold without a device: a clean refusal */
+        float x[32] = {0}, *dx = NULL;
+        bq_format *f;
+        bq_format_parse("mxfp4", &f);
+        CHECK(bq_cuda_qdq(f, x, x, 1, 32, NULL) == BQ_ERR_UNSUPPORTED, "qdq without a device must refuse");
+        CHECK(bq_cuda_malloc((void **)&dx, 64) != BQ_OK, "malloc without a device must fail");
+        bq_format_free(f);
+        return test_summary("test_cuda");
+    }
+    printf("  device: %s\n", bq_cuda_device_name());
+    vectors();
+    against_cpu();
+    gemv();
+    gemm();
+    return test_summary("test_cuda");
+}
