@@ -72,71 +72,83 @@ extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out)
     return BQ_OK;
 }
 
+// ROWS rows per warp share each lane's 32 activations (held in registers), so
+// x is read once per ROWS rows; 4-bit bytes decode through a 256-entry table of
+// float pairs in shared memory (one load gives two weights).
 template <int EB, int K, int SB>
-__global__ void gemv_kernel(const uint8_t *__restrict__ codes, const uint8_t *__restrict__ scales,
-                            const float *__restrict__ factor, float emult, const float *__restrict__ x, float *__restrict__ y,
-                            int rows, int cols, int n, int4 lut_lo, int4 lut_hi)
+__global__ void __launch_bounds__(256) gemv_kernel(const uint8_t *__restrict__ codes, const uint8_t *__restrict__ scales,
+                                                   const float *__restrict__ factor, float emult, const float *__restrict__ x,
+                                                   float *__restrict__ y, int rows, int cols, int n, int4 lut_lo)
 {
-    __shared__ float fac[256], flut[16];
+    constexpr int ROWS = 4;
+    __shared__ float fac[256];
+    __shared__ float2 pair[256];
     if (SB == 1) for (int i = threadIdx.x; i < 256; i += blockDim.x) fac[i] = factor[i];
-    if (threadIdx.x < 16) {
+    {
         signed char l[16];
         memcpy(l, &lut_lo, 16);
-        flut[threadIdx.x] = (float)l[threadIdx.x];
+        int i = threadIdx.x;  // 256 threads: one entry each
+        pair[i] = make_float2((float)l[i & 15], (float)l[i >> 4]);
     }
-    (void)lut_hi;
     __syncthreads();
-    int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
-    if (warp >= rows) return;
-    const size_t rb = (size_t)cols * EB / 8;
-    const uint8_t *cr = codes + (size_t)warp * rb;
-    const uint8_t *sr = scales + (size_t)warp * (cols / K) * SB;
-    float acc[4] = {0, 0, 0, 0};
-    // each lane takes chunks of 32 columns: 16 bytes (4-bit) or 32 bytes (8-bit)
-    for (int c0 = lane * 32; c0 < cols; c0 += 32 * 32) {
-        uint8_t b[32];
-        if (EB == 4) *(uint4 *)b = __ldg((const uint4 *)(cr + c0 / 2));
-        else { *(uint4 *)b = __ldg((const uint4 *)(cr + c0)); *(uint4 *)(b + 16) = __ldg((const uint4 *)(cr + c0 + 16)); }
-        float f[32 / K];
-        for (int h = 0; h < 32 / K; h++) {
-            int g = c0 / K + h;
-            if (SB == 1) f[h] = fac[sr[g]];
-            else f[h] = __half2float(__ushort_as_half(*(const unsigned short *)(sr + 2 * g))) * emult;
-        }
-        for (int t = 0; t < n; t++) {
+    const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31, r0 = warp * ROWS;
+    if (r0 >= rows) return;
+    const size_t rb = (size_t)cols * EB / 8, sbr = (size_t)(cols / K) * SB;
+    for (int t = 0; t < n; t++) {
+        float acc[ROWS] = {};
+        for (int c0 = lane * 32; c0 < cols; c0 += 32 * 32) {
+            float xs[32];
             const float4 *xv = (const float4 *)(x + (size_t)t * cols + c0);
-            float part[32 / K];
-            for (int h = 0; h < 32 / K; h++) part[h] = 0.0f;
 #pragma unroll
             for (int q = 0; q < 8; q++) {
-                float4 xx = __ldg(xv + q);
-                float xs[4] = {xx.x, xx.y, xx.z, xx.w};
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    int k = 4 * q + j;
-                    int code = EB == 4 ? (k & 1 ? b[k / 2] >> 4 : b[k / 2] & 15) : (int)(signed char)b[k];
-                    float wv = EB == 4 ? flut[code] : (float)code;
-                    part[k / K] += wv * xs[j];
-                }
+                float4 v = __ldg(xv + q);
+                xs[4 * q] = v.x; xs[4 * q + 1] = v.y; xs[4 * q + 2] = v.z; xs[4 * q + 3] = v.w;
             }
-            for (int h = 0; h < 32 / K; h++) acc[t] += part[h] * f[h];
+#pragma unroll
+            for (int rr = 0; rr < ROWS; rr++) {
+                int r = r0 + rr;
+                if (r >= rows) break;
+                const uint8_t *cr = codes + (size_t)r * rb, *sr = scales + (size_t)r * sbr;
+                uint4 raw[EB / 4];
+                raw[0] = __ldg((const uint4 *)(cr + (size_t)c0 * EB / 8));
+                if (EB == 8) raw[EB / 4 - 1] = __ldg((const uint4 *)(cr + c0 + 16));
+                const uint8_t *b = (const uint8_t *)raw;
+                float part[32 / K] = {};
+#pragma unroll
+                for (int j = 0; j < 16 * EB / 4; j++) {
+                    if (EB == 4) {
+                        float2 w = pair[b[j]];
+                        part[(2 * j) / K] += w.x * xs[2 * j] + w.y * xs[2 * j + 1];
+                    } else {
+                        part[j / K] += (float)(signed char)b[j] * xs[j];
+                    }
+                }
+                float f = 0.0f;
+#pragma unroll
+                for (int h = 0; h < 32 / K; h++) {
+                    int g = c0 / K + h;
+                    float sc = SB == 1 ? fac[sr[g]] : __half2float(__ushort_as_half(*(const unsigned short *)(sr + 2 * g))) * emult;
+                    f += part[h] * sc;
+                }
+                acc[rr] += f;
+            }
         }
-    }
-    for (int t = 0; t < n; t++) {
-        float v = acc[t];
-        for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (lane == 0) y[(size_t)t * rows + warp] = v;
+#pragma unroll
+        for (int rr = 0; rr < ROWS; rr++) {
+            float v = acc[rr];
+            for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+            if (lane == 0 && r0 + rr < rows) y[(size_t)t * rows + r0 + rr] = v;
+        }
     }
 }
 
 extern "C" bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *d_x, int n, float *d_y)
 {
     if (n < 1 || n > 4) return bq_fail(BQ_ERR_ARG, "CUDA GEMV takes 1 to 4 tokens, not %d", n);
-    int4 lo, hi;
+    int4 lo;
     memcpy(&lo, w->lut, 16);
-    memset(&hi, 0, sizeof hi);
-    unsigned blocks = (unsigned)((w->rows + 7) / 8);
-#define L(EB, K, SB) gemv_kernel<EB, K, SB><<<blocks, 256>>>(w->codes, w->scales, w->d_factor, w->emult, d_x, d_y, w->rows, w->cols, n, lo, hi)
+    unsigned blocks = (unsigned)((w->rows + 31) / 32);  /* 8 warps x 4 rows */
+#define L(EB, K, SB) gemv_kernel<EB, K, SB><<<blocks, 256>>>(w->codes, w->scales, w->d_factor, w->emult, d_x, d_y, w->rows, w->cols, n, lo)
     if (w->eb == 4 && w->K == 32 && w->sbytes == 1) L(4, 32, 1);
     else if (w->eb == 4 && w->K == 16 && w->sbytes == 1) L(4, 16, 1);
     else if (w->eb == 4 && w->K == 32 && w->sbytes == 2) L(4, 32, 2);
