@@ -104,15 +104,20 @@ __global__ void __launch_bounds__(256) gemv_kernel(const uint8_t *__restrict__ c
                 float4 v = __ldg(xv + q);
                 xs[4 * q] = v.x; xs[4 * q + 1] = v.y; xs[4 * q + 2] = v.z; xs[4 * q + 3] = v.w;
             }
+            // all rows' loads first, so that they are in flight together
+            uint4 raw[ROWS][EB / 4];
 #pragma unroll
             for (int rr = 0; rr < ROWS; rr++) {
-                int r = r0 + rr;
-                if (r >= rows) break;
-                const uint8_t *cr = codes + (size_t)r * rb, *sr = scales + (size_t)r * sbr;
-                uint4 raw[EB / 4];
-                raw[0] = __ldg((const uint4 *)(cr + (size_t)c0 * EB / 8));
-                if (EB == 8) raw[EB / 4 - 1] = __ldg((const uint4 *)(cr + c0 + 16));
-                const uint8_t *b = (const uint8_t *)raw;
+                int r = min(r0 + rr, rows - 1);
+                const uint8_t *cr = codes + (size_t)r * rb;
+                raw[rr][0] = __ldg((const uint4 *)(cr + (size_t)c0 * EB / 8));
+                if (EB == 8) raw[rr][EB / 4 - 1] = __ldg((const uint4 *)(cr + c0 + 16));
+            }
+#pragma unroll
+            for (int rr = 0; rr < ROWS; rr++) {
+                int r = min(r0 + rr, rows - 1);
+                const uint8_t *sr = scales + (size_t)r * sbr;
+                const uint8_t *b = (const uint8_t *)raw[rr];
                 float part[32 / K] = {};
 #pragma unroll
                 for (int j = 0; j < 16 * EB / 4; j++) {
