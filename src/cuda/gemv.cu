@@ -72,7 +72,7 @@ extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out)
     return BQ_OK;
 }
 
-// ROWS rows per warp share each lane's 32 activations (held in registers), so
+// ROWS rows per warp (8 for 4-bit codes, 4 for 8-bit) share each lane's 32 activations (held in registers), so
 // x is read once per ROWS rows; 4-bit bytes decode through a 256-entry table of
 // float pairs in shared memory (one load gives two weights).
 template <int EB, int K, int SB>
@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(const uint8_t *__restrict__ c
                                                    const float *__restrict__ factor, float emult, const float *__restrict__ x,
                                                    float *__restrict__ y, int rows, int cols, int n, int4 lut_lo)
 {
-    constexpr int ROWS = 4;
+    constexpr int ROWS = EB == 4 ? 8 : 4;  // 128 bytes of weights in flight per lane either way
     __shared__ float fac[256];
     __shared__ float2 pair[256];
     if (SB == 1) for (int i = threadIdx.x; i < 256; i += blockDim.x) fac[i] = factor[i];
@@ -152,7 +152,7 @@ extern "C" bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *d_x, int n, f
     if (n < 1 || n > 4) return bq_fail(BQ_ERR_ARG, "CUDA GEMV takes 1 to 4 tokens, not %d", n);
     int4 lo;
     memcpy(&lo, w->lut, 16);
-    unsigned blocks = (unsigned)((w->rows + 31) / 32);  /* 8 warps x 4 rows */
+    unsigned blocks = (unsigned)((w->rows + 8 * (w->eb == 4 ? 8 : 4) - 1) / (8 * (w->eb == 4 ? 8 : 4)));  /* 8 warps x ROWS */
 #define L(EB, K, SB) gemv_kernel<EB, K, SB><<<blocks, 256>>>(w->codes, w->scales, w->d_factor, w->emult, d_x, d_y, w->rows, w->cols, n, lo)
     if (w->eb == 4 && w->K == 32 && w->sbytes == 1) L(4, 32, 1);
     else if (w->eb == 4 && w->K == 16 && w->sbytes == 1) L(4, 16, 1);
