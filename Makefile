@@ -9,14 +9,14 @@ CFLAGS_BASE = -std=c11 -g -Wall -Wextra -Wshadow -Wno-unused-parameter -D_GNU_SO
               -ffp-contract=off -fno-math-errno -fno-trapping-math \
               -Iinclude -Isrc/core -Isrc/formats -Isrc/model -Isrc/engine -Isrc/eval -Isrc/quant -Isrc/search -Isrc/kernels \
               -Isrc/cuda
-CFLAGS  = $(CFLAGS_BASE) $(OPT) $(SAN) -DBQ_HAVE_X86
+CFLAGS  = $(CFLAGS_BASE) $(OPT) $(SAN) -DBQ_HAVE_X86 $(EXTRA_CFLAGS)
 # CUDA: built in when nvcc is found (CUDA=0 turns it off); the runtime is linked
 # statically, so a binary runs on machines without CUDA and says "no CUDA device".
 NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 CUDA    ?= $(if $(NVCC),1,0)
 ifeq ($(CUDA),1)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
-CUDA_OBJ  = $(BUILD)/cuda/qdq.o $(BUILD)/cuda/gemv.o $(BUILD)/cuda/gemm.o
+CUDA_OBJ  = $(BUILD)/cuda/qdq.o $(BUILD)/cuda/gemv.o $(BUILD)/cuda/gemm.o $(BUILD)/cuda/engine.o
 CUDA_LIBS = -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lstdc++
 else
 CUDA_OBJ  = $(BUILD)/src/cuda/nocuda.o
@@ -24,8 +24,8 @@ CUDA_LIBS =
 endif
 # --fmad=false: no contraction, so the device computes the CPU's bits
 NVFLAGS = -O3 -std=c++17 --fmad=false -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90 \
-          -Xcompiler -Wall -Iinclude -Isrc/core -Isrc/formats -Isrc/kernels -Isrc/cuda
-LDLIBS  = -lopenblas -lpcre2-8 -lcjson -lm -pthread $(CUDA_LIBS)
+          -Xcompiler -Wall -Iinclude -Isrc/core -Isrc/formats -Isrc/kernels -Isrc/cuda -Isrc/model
+LDLIBS  = $(EXTRA_LDFLAGS) -lopenblas -lpcre2-8 -lcjson -lm -pthread $(CUDA_LIBS)
 
 LIB_SRC = $(wildcard src/core/*.c src/model/*.c src/engine/*.c src/eval/*.c src/quant/*.c src/search/*.c) \
           $(filter-out src/formats/kernels.c,$(wildcard src/formats/*.c)) \
@@ -38,7 +38,7 @@ CLI_OBJ = $(CLI_SRC:%.c=$(BUILD)/%.o)
 TESTS   = $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 BENCHES = $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/bench_*.c))
 
-.PHONY: all test test-opt test-san bench clean fuzz fuzz-short gpu
+.PHONY: all test test-opt test-san bench clean fuzz fuzz-short gpu gpu-full
 all: $(BUILD)/blockq
 
 $(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h)
@@ -70,7 +70,7 @@ $(BUILD)/kern/pk_avx512.o: $(PK_DEPS)
 	$(CC) $(CFLAGS) -O3 -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx512vnni -mfma -mprefer-vector-width=512 \
 	    -DBQ_ISA=avx512 -c $< -o $@
 
-$(BUILD)/cuda/%.o: src/cuda/%.cu src/cuda/bq_cuda.h src/formats/qkern.h src/formats/format.h src/kernels/pmat.h
+$(BUILD)/cuda/%.o: src/cuda/%.cu src/cuda/bq_cuda.h src/formats/qkern.h src/formats/format.h src/kernels/pmat.h src/model/model.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
@@ -90,6 +90,11 @@ $(BUILD)/gpu/gpu_bench: bench/gpu_bench.c $(BUILD)/libbq_gpu.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -I$(CUDA_HOME)/include $< $(BUILD)/libbq_gpu.a -o $@ -lm -pthread -L$(CUDA_HOME)/lib64 -lcublasLt $(CUDA_LIBS)
 gpu: $(BUILD)/gpu/test_cuda $(BUILD)/gpu/gpu_bench
+# With the full library (OpenBLAS, PCRE2, cJSON present): the engine benchmark too.
+$(BUILD)/gpu/gpu_ppl_bench: bench/gpu_ppl_bench.c $(BUILD)/libblockq.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< $(BUILD)/libblockq.a -o $@ $(LDLIBS)
+gpu-full: gpu $(BUILD)/gpu/gpu_ppl_bench $(BUILD)/blockq $(BUILD)/tests/test_engine
 
 $(BUILD)/libblockq.a: $(LIB_OBJ)
 	@rm -f $@

@@ -1,10 +1,33 @@
 #!/bin/sh
 # Build, check and time the CUDA backend in one go on a GPU machine (the device
-# tool's run): make gpu builds only the parts that need no OpenBLAS/PCRE2/cJSON.
-#   sh bench/gpu.sh [OUTDIR]      -> OUTDIR/gpu_test.txt, gpu_bench.md, gpu_bench.jsonl
+# tool's run). `make gpu` needs no OpenBLAS/PCRE2/cJSON; where .debs/ holds those
+# Debian packages (apt-get download, see README), they are unpacked locally and
+# the full blockq is built too: CPU-vs-GPU perplexity and the 7B-shaped engine run.
+#   sh bench/gpu.sh [OUTDIR]      -> OUTDIR/gpu_*.txt|md|jsonl
 set -e
 O=${1:-${OUT:-/tmp}}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
-make -j"$(nproc)" BUILD=build/gpu gpu >"$O/gpu_build.txt" 2>&1 || { tail -30 "$O/gpu_build.txt"; exit 1; }
+X=""
+if ls .debs/*.deb >/dev/null 2>&1; then
+    mkdir -p /tmp/deps && for f in .debs/*.deb; do dpkg -x "$f" /tmp/deps; done
+    D=/tmp/deps/usr; L=$D/lib/x86_64-linux-gnu
+    export LD_LIBRARY_PATH="$L:$L/openblas-pthread:$LD_LIBRARY_PATH"
+    X=full
+fi
+if [ -n "$X" ]; then
+    make -j"$(nproc)" BUILD=build/gpu gpu-full \
+        EXTRA_CFLAGS="-I$D/include -I$D/include/x86_64-linux-gnu -I$D/include/x86_64-linux-gnu/openblas-pthread" \
+        EXTRA_LDFLAGS="-L$L -L$L/openblas-pthread" >"$O/gpu_build.txt" 2>&1 || { tail -30 "$O/gpu_build.txt"; exit 1; }
+else
+    make -j"$(nproc)" BUILD=build/gpu gpu >"$O/gpu_build.txt" 2>&1 || { tail -30 "$O/gpu_build.txt"; exit 1; }
+fi
 ./build/gpu/gpu/test_cuda 2>&1 | tee "$O/gpu_test.txt"
 ./build/gpu/gpu/gpu_bench --json "$O/gpu_bench.jsonl" ${QUICK:+--quick} 2>&1 | tee "$O/gpu_bench.md"
+if [ -n "$X" ]; then
+    BQ_TEST_FAST=1 ./build/gpu/tests/test_engine 2>&1 | grep -E "CUDA|SKIP|FAIL|passed" | tee "$O/gpu_engine_test.txt"
+    for dev in cuda cpu; do
+        ./build/gpu/blockq ppl --model models/llama-19m-en --text data/wikitext-2-test.txt --ctx 512 --device $dev --json \
+            | tail -1 | tee -a "$O/gpu_ppl_full.txt"
+    done
+    ./build/gpu/gpu/gpu_ppl_bench --layers ${LAYERS:-32} --ctx 2048 --windows 3 --json "$O/gpu_ppl_bench.jsonl" 2>&1 | tee "$O/gpu_ppl_bench.md"
+fi

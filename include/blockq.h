@@ -210,6 +210,7 @@ typedef struct {
     int threads;          /* for the log-softmax (0 = all cores); results do not depend on it */
     void (*progress)(void *arg, size_t done, size_t total, size_t tokens, double seconds);
     void *progress_arg;
+    int device;           /* 0: CPU; 1: the first CUDA device (BQ_ERR_UNSUPPORTED if there is none) */
 } bq_ppl_opts;
 
 /* ppl/nll/tokens_scored follow the requested protocol; ppl_all and

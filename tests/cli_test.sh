@@ -108,5 +108,15 @@ expect_fail 2 "truncated" -- $B ppl --model "$T/cut.bq" --text data/wikitext-2-t
 expect_fail 2 "unknown magic" -- $B ppl --model "$T/odd.f32" --text data/wikitext-2-test.txt --chunks 1
 expect_fail 2 "usage: blockq quantize" -- $B quantize --model $M --out "$T/y.bq"
 
+# --device: cuda without a GPU is an error (exit 2); auto falls back to the CPU and says so
+if ! $B ppl --model $M --text data/wikitext-2-test.txt --ctx 64 --chunks 1 --device cuda >/dev/null 2>"$T/dev.err"; then
+    grep -q "CUDA" "$T/dev.err" && ok || bad "--device cuda without a GPU: $(cat "$T/dev.err")"
+    $B ppl --model $M --text data/wikitext-2-test.txt --ctx 64 --chunks 1 --device auto >/dev/null 2>"$T/auto.err" &&
+        grep -q "running on the CPU" "$T/auto.err" && ok || bad "--device auto did not fall back"
+else
+    echo "SKIP: a CUDA device is present; the no-GPU fallback is not exercised here"
+fi
+expect_fail 2 "bad --device" -- $B ppl --model $M --text data/wikitext-2-test.txt --device tpu
+
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]

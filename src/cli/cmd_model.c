@@ -1,5 +1,6 @@
 /* blockq logits | tokenize | generate | ppl */
 #include "cli.h"
+#include "bq_cuda.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,7 +10,7 @@
 
 /* Options common to the model commands. */
 typedef struct {
-    const char *model, *ids, *out, *text, *prompt, *text_file, *protocol, *config;
+    const char *model, *ids, *out, *text, *prompt, *text_file, *protocol, *config, *device;
     const char *role[6];  /* wq aq attn kv head emb */
     int threads, json, n, ctx, chunks, strict, allow_nonfinite, round_set, packed;
     double temp, top_p;
@@ -45,6 +46,7 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
         else if (OPT("--out")) a->out = v;
         else if (OPT("--prompt")) a->prompt = v;
         else if (OPT("--protocol")) a->protocol = v;
+        else if (!strcmp(cmd, "ppl") && OPT("--device")) a->device = v;
         else if (!strcmp(cmd, "tokenize") && OPT("--text")) a->text = v;
         else if (!strcmp(cmd, "ppl") && OPT("--text")) a->text_file = v;
         else if (OPT("--threads")) rc = parse_int(cmd, s, v, 0, 256, &a->threads);
@@ -191,7 +193,9 @@ int cmd_ppl(int argc, char **argv)
     int rc = parse_model_args("ppl", argc, argv, &a);
     if (rc) return rc;
     if (!a.text_file)
-        return cli_error("ppl", "usage: blockq ppl --model DIR --text FILE [--ctx S] [--chunks N] [--protocol all|second-half] [--json]");
+        return cli_error("ppl", "usage: blockq ppl --model DIR --text FILE [--ctx S] [--chunks N] [--protocol all|second-half] [--device cpu|cuda|auto] [--json]");
+    if (a.device && strcmp(a.device, "cpu") && strcmp(a.device, "cuda") && strcmp(a.device, "auto"))
+        return cli_error("ppl", "bad --device '%s': expected cpu, cuda or auto", a.device);
     int second = !strcmp(a.protocol, "second-half");
     if (!second && strcmp(a.protocol, "all")) return cli_error("ppl", "bad --protocol '%s': expected all or second-half", a.protocol);
     if (second && a.ctx % 2) return cli_error("ppl", "--protocol second-half needs an even --ctx");
@@ -207,6 +211,12 @@ int cmd_ppl(int argc, char **argv)
     if ((st = bq_tokenize(t, text, len, &ids, &n))) { rc = cli_status("ppl", st); goto done; }
     bq_ppl_opts o = {.ctx = a.ctx, .chunks = a.chunks, .second_half = second, .allow_nonfinite = a.allow_nonfinite,
                      .threads = a.threads};
+    if (a.device && !strcmp(a.device, "cuda")) o.device = 1;  /* insisted on: no GPU is an error */
+    else if (a.device && !strcmp(a.device, "auto")) {
+        char why[256];
+        o.device = bq_cuda_devices(why, sizeof why) > 0;
+        if (!o.device) fprintf(stderr, "blockq ppl: %s; running on the CPU\n", why);
+    }
     if (isatty(2)) o.progress = progress_bar;
     bq_ppl_result r;
     if ((st = bq_perplexity(m, ids, n, &o, &r))) { rc = cli_status("ppl", st); goto done; }

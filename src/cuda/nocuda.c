@@ -30,3 +30,11 @@ bq_status bq_cuda_gemm_mx8(int kind, const void *a, const uint8_t *sa, const voi
     (void)kind; (void)a; (void)sa; (void)b; (void)sb; (void)c; (void)M; (void)N; (void)K;
     return none();
 }
+bq_status bq_cuda_model_new(const bq_model *m, int T, bq_cuda_model **out) { (void)m; (void)T; *out = NULL; return none(); }
+void bq_cuda_model_free(bq_cuda_model *g) { (void)g; }
+size_t bq_cuda_model_bytes(const bq_cuda_model *g) { (void)g; return 0; }
+bq_status bq_cuda_window_logprobs(bq_cuda_model *g, const int32_t *ids, int n, double *lp)
+{
+    (void)g; (void)ids; (void)n; (void)lp;
+    return none();
+}

@@ -3,6 +3,7 @@
  *   second-half: only the last S/2 tokens of each window (llama.cpp's protocol).
  * Each window starts from an empty cache; the remainder shorter than S is dropped. */
 #include "core.h"
+#include "bq_cuda.h"
 #include <math.h>
 #include <stdlib.h>
 #include <time.h>
@@ -42,19 +43,25 @@ bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const b
     float *lg = malloc((size_t)S * V * sizeof *lg);
     double *lp = malloc((size_t)S * sizeof *lp);
     bq_ctx *c = NULL;
-    bq_status st = lg && lp ? bq_ctx_new(m, S, &c) : bq_fail(BQ_ERR_NOMEM, "out of memory for logits");
+    bq_cuda_model *g = NULL;
+    bq_status st = !lg || !lp ? bq_fail(BQ_ERR_NOMEM, "out of memory for logits")
+                   : o->device ? bq_cuda_model_new(m, S, &g) : bq_ctx_new(m, S, &c);
     if (!st && !o->allow_nonfinite) st = bq_model_check_finite(m);
-    if (!st) bq_ctx_set_check(c, !o->allow_nonfinite);
+    if (!st && c) bq_ctx_set_check(c, !o->allow_nonfinite);
     /* both protocols are accumulated from the same forward passes */
     double nll = 0, nll_half = 0, t0 = now();
     size_t scored = 0, scored_half = 0;
     const int half = S / 2 - 1;  /* position whose logits predict the first second-half token */
     for (size_t w = 0; w < windows && !st; w++) {
         const int32_t *win = ids + w * (size_t)S;
-        bq_ctx_reset(c);
-        if ((st = bq_forward(c, win, S, lg, 1))) break;
-        lp_job j = {lg, win, lp, V};
-        bq_parallel_for((size_t)S - 1, o->threads, logprobs, &j);
+        if (g) {  /* the whole window on the GPU; log-probabilities come back */
+            if ((st = bq_cuda_window_logprobs(g, win, S, lp))) break;
+        } else {
+            bq_ctx_reset(c);
+            if ((st = bq_forward(c, win, S, lg, 1))) break;
+            lp_job j = {lg, win, lp, V};
+            bq_parallel_for((size_t)S - 1, o->threads, logprobs, &j);
+        }
         for (int t = 0; t < S - 1; t++) {
             if (!isfinite(lp[t]) && !o->allow_nonfinite) {
                 st = bq_fail(BQ_ERR_NONFINITE, "non-finite logits in window %zu at position %d (use --allow-nonfinite to go on)", w, t);
@@ -67,6 +74,7 @@ bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const b
         if (o->progress) o->progress(o->progress_arg, w + 1, windows, (w + 1) * (size_t)S, now() - t0);
     }
     bq_ctx_free(c);
+    bq_cuda_model_free(g);
     free(lg);
     free(lp);
     if (st) return st;

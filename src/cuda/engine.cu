@@ -1,0 +1,343 @@
+// The forward pass on a CUDA device, for perplexity (`blockq ppl --device cuda`).
+// LLaMA family (LLaMA/Mistral, Qwen2 with qkv bias, Qwen3 with q/k norms): the
+// same steps as src/engine/forward.c over a whole window. Weights go up as the
+// CPU holds them (fake-quantised, or decoded from packed storage), matmuls are
+// float32 cuBLAS SGEMM (no TF32), activations and the KV cache are quantised on
+// the device by bq_cuda_qdq (the CPU's bits). cuBLAS is opened at run time, so
+// blockq needs no CUDA libraries where there is no GPU.
+#include <cuda_runtime.h>
+#include <dlfcn.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+extern "C" {
+#include "bq_cuda.h"
+#include "model.h"
+}
+
+// ---- cuBLAS through dlopen ----
+typedef int (*create_fn)(void **);
+typedef int (*sgemm_fn)(void *, int, int, int, int, int, const float *, const float *, int, const float *, int,
+                        const float *, float *, int);
+static void *g_cublas;
+static sgemm_fn g_sgemm;
+
+static bq_status cublas_open(void)
+{
+    if (g_cublas) return BQ_OK;
+    static const char *names[] = {"libcublas.so.13", "libcublas.so", "/usr/local/cuda/lib64/libcublas.so.13",
+                                  "/usr/local/cuda/lib64/libcublas.so", "libcublas.so.12"};
+    void *lib = NULL;
+    for (size_t i = 0; i < sizeof names / sizeof *names && !lib; i++) lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (!lib) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cannot load cuBLAS (libcublas.so): %s", dlerror());
+    create_fn create = (create_fn)dlsym(lib, "cublasCreate_v2");
+    g_sgemm = (sgemm_fn)dlsym(lib, "cublasSgemm_v2");
+    if (!create || !g_sgemm) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cuBLAS lacks cublasSgemm_v2");
+    if (create(&g_cublas) != 0) { g_cublas = NULL; return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasCreate failed"); }
+    return BQ_OK;
+}
+
+// ---- kernels ----
+__global__ void k_embed(const float *emb, const int *ids, float *x, int H)
+{
+    int t = blockIdx.x;
+    for (int i = threadIdx.x; i < H; i += blockDim.x) x[(size_t)t * H + i] = emb[(size_t)ids[t] * H + i];
+}
+
+__global__ void k_rmsnorm(const float *x, const float *w, float *y, int d, float eps)
+{
+    __shared__ double part[256];
+    const float *xr = x + (size_t)blockIdx.x * d;
+    float *yr = y + (size_t)blockIdx.x * d;
+    double s = 0;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) s += (double)xr[i] * xr[i];
+    part[threadIdx.x] = s;
+    __syncthreads();
+    for (int o = blockDim.x / 2; o; o >>= 1) {
+        if ((int)threadIdx.x < o) part[threadIdx.x] += part[threadIdx.x + o];
+        __syncthreads();
+    }
+    float r = (float)(1.0 / sqrt(part[0] / d + eps));
+    for (int i = threadIdx.x; i < d; i += blockDim.x) yr[i] = w[i] * (xr[i] * r);
+}
+
+__global__ void k_bias(float *y, const float *b, size_t n, int out)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] += b[i % out];
+}
+
+__global__ void k_rope(float *x, int T, int heads, int d, float theta)
+{
+    int half = d / 2;
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)T * heads * half) return;
+    int k = (int)(i % half), h = (int)(i / half % heads), t = (int)(i / half / heads);
+    float inv = (float)(1.0 / pow((double)theta, (double)(2 * k) / d));
+    float ang = (float)t * inv, cs = cosf(ang), sn = sinf(ang);
+    float *v = x + ((size_t)t * heads + h) * d;
+    float a = v[k], b = v[k + half];
+    v[k] = a * cs - b * sn;
+    v[k + half] = b * cs + a * sn;
+}
+
+// One block per (query t, head h): causal softmax over the keys, then P V.
+__global__ void k_attention(const float *q, const float *k, const float *v, float *out, int T, int heads, int kv_heads, int d)
+{
+    extern __shared__ float sc[];
+    __shared__ float red[256];
+    int t = blockIdx.x, h = blockIdx.y, kh = h / (heads / kv_heads);
+    size_t qd = (size_t)heads * d, kvd = (size_t)kv_heads * d;
+    const float *qr = q + t * qd + (size_t)h * d;
+    float scale = 1.0f / sqrtf((float)d);
+    for (int j = threadIdx.x; j <= t; j += blockDim.x) {
+        const float *kr = k + j * kvd + (size_t)kh * d;
+        float s = 0.0f;
+        for (int i = 0; i < d; i++) s += qr[i] * kr[i];
+        sc[j] = s * scale;
+    }
+    __syncthreads();
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j <= t; j += blockDim.x) mx = fmaxf(mx, sc[j]);
+    red[threadIdx.x] = mx;
+    __syncthreads();
+    for (int o = blockDim.x / 2; o; o >>= 1) {
+        if ((int)threadIdx.x < o) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + o]);
+        __syncthreads();
+    }
+    mx = red[0];
+    __syncthreads();
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j <= t; j += blockDim.x) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
+    red[threadIdx.x] = sum;
+    __syncthreads();
+    for (int o = blockDim.x / 2; o; o >>= 1) {
+        if ((int)threadIdx.x < o) red[threadIdx.x] += red[threadIdx.x + o];
+        __syncthreads();
+    }
+    float inv = 1.0f / red[0];
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+        float a = 0.0f;
+        for (int j = 0; j <= t; j++) a += sc[j] * v[j * kvd + (size_t)kh * d + i];
+        out[t * qd + (size_t)h * d + i] = a * inv;
+    }
+}
+
+__global__ void k_silu_mul(float *u, const float *g, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) u[i] *= g[i] / (1.0f + expf(-g[i]));
+}
+
+__global__ void k_add(float *x, const float *h, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += h[i];
+}
+
+// log p(ids[t+1]) from the logits of row t, as ppl.c computes it.
+__global__ void k_logprob(const float *lg, const int *ids, double *lp, int V)
+{
+    __shared__ float fm[256];
+    __shared__ double ds[256];
+    int t = blockIdx.x;
+    const float *row = lg + (size_t)t * V;
+    float mx = -INFINITY;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, row[i]);
+    fm[threadIdx.x] = mx;
+    __syncthreads();
+    for (int o = blockDim.x / 2; o; o >>= 1) {
+        if ((int)threadIdx.x < o) fm[threadIdx.x] = fmaxf(fm[threadIdx.x], fm[threadIdx.x + o]);
+        __syncthreads();
+    }
+    mx = fm[0];
+    double se = 0;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) se += (double)expf(row[i] - mx);
+    ds[threadIdx.x] = se;
+    __syncthreads();
+    for (int o = blockDim.x / 2; o; o >>= 1) {
+        if ((int)threadIdx.x < o) ds[threadIdx.x] += ds[threadIdx.x + o];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) lp[t] = (double)row[ids[t + 1]] - mx - log(ds[0]);
+}
+
+// ---- the model on the device ----
+struct glin { float *w, *b; int in, out; const bq_format *aq; };
+struct glayer { float *ln1, *ln2, *qn, *kn; glin q, k, v, o, gate, up, down; };
+struct bq_cuda_model {
+    const bq_model *m;
+    float *emb, *fnorm;
+    glin head;
+    glayer *L;
+    int T;
+    float *x, *h, *q, *k, *v, *a, *g, *u, *lg, *xq;
+    int *ids;
+    double *lp;
+    size_t bytes;
+};
+
+static bq_status up_floats(float **d, const float *h, size_t n, size_t *bytes)
+{
+    bq_status st = bq_cuda_malloc((void **)d, n * 4);
+    if (!st) st = bq_cuda_upload(*d, h, n * 4);
+    *bytes += n * 4;
+    return st;
+}
+
+static bq_status up_linear(glin *g, const linear *l, size_t *bytes)
+{
+    g->in = l->in;
+    g->out = l->out;
+    g->aq = l->aq;
+    size_t n = (size_t)l->in * l->out;
+    const float *w = l->w;
+    float *tmp = NULL;
+    if (!w) {  // packed on the CPU: decode once for upload
+        if (!(tmp = (float *)malloc(n * 4))) return bq_fail(BQ_ERR_NOMEM, "out of memory decoding %s", l->name);
+        pmat_decode(l->pw, 0, l->out, tmp);
+        w = tmp;
+    }
+    bq_status st = up_floats(&g->w, w, n, bytes);
+    free(tmp);
+    if (!st && l->b) st = up_floats(&g->b, l->b, (size_t)l->out, bytes);
+    return st;
+}
+
+extern "C" void bq_cuda_model_free(bq_cuda_model *g)
+{
+    if (!g) return;
+    const bq_config *c = &g->m->c;
+    for (int i = 0; g->L && i < c->layers; i++) {
+        glayer *l = &g->L[i];
+        float *p[] = {l->ln1, l->ln2, l->qn, l->kn};
+        for (float *x : p) bq_cuda_free(x);
+        glin *ls[] = {&l->q, &l->k, &l->v, &l->o, &l->gate, &l->up, &l->down};
+        for (glin *x : ls) { bq_cuda_free(x->w); bq_cuda_free(x->b); }
+    }
+    free(g->L);
+    float *p[] = {g->emb, g->fnorm, g->head.w, g->head.b, g->x, g->h, g->q, g->k, g->v, g->a, g->g, g->u, g->lg, g->xq};
+    for (float *x : p) bq_cuda_free(x);
+    bq_cuda_free(g->ids);
+    bq_cuda_free(g->lp);
+    free(g);
+}
+
+extern "C" bq_status bq_cuda_model_new(const bq_model *m, int T, bq_cuda_model **out)
+{
+    *out = NULL;
+    char why[256];
+    if (!bq_cuda_devices(why, sizeof why)) return bq_fail(BQ_ERR_UNSUPPORTED, "%s", why);
+    const bq_config *c = &m->c;
+    if (c->arch == ARCH_OPT || c->arch == ARCH_GPT2 || !c->rope || c->norm != NORM_RMS || c->act != ACT_SILU_GATED ||
+        c->embed_dim != c->hidden)
+        return bq_fail(BQ_ERR_UNSUPPORTED, "the CUDA engine runs the LLaMA family (llama, mistral, qwen2, qwen3), not %s",
+                       c->model_type);
+    if (m->attn_q) return bq_fail(BQ_ERR_UNSUPPORTED, "--attn quantisation runs on the CPU only (not with --device cuda)");
+    bq_status st = cublas_open();
+    if (st) return st;
+    bq_cuda_model *g = (bq_cuda_model *)calloc(1, sizeof *g);
+    if (!g) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    g->m = m;
+    g->T = T;
+    g->L = (glayer *)calloc((size_t)c->layers, sizeof *g->L);
+    if (!g->L) { free(g); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
+    size_t H = (size_t)c->hidden, V = (size_t)c->vocab, *b = &g->bytes;
+    if (m->tok_emb) st = up_floats(&g->emb, m->tok_emb, V * H, b);
+    else {
+        float *tmp = (float *)malloc(V * H * 4);
+        if (!tmp) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        else { pmat_decode(m->emb_p, 0, (int)V, tmp); st = up_floats(&g->emb, tmp, V * H, b); free(tmp); }
+    }
+    if (!st) st = up_floats(&g->fnorm, m->final_ln.w, H, b);
+    if (!st) st = up_linear(&g->head, &m->head, b);
+    for (int i = 0; i < c->layers && !st; i++) {
+        const layer_w *L = &m->L[i];
+        glayer *l = &g->L[i];
+        st = up_floats(&l->ln1, L->ln1.w, H, b);
+        if (!st) st = up_floats(&l->ln2, L->ln2.w, H, b);
+        if (!st && c->qk_norm) st = up_floats(&l->qn, L->q_norm.w, (size_t)c->head_dim, b);
+        if (!st && c->qk_norm) st = up_floats(&l->kn, L->k_norm.w, (size_t)c->head_dim, b);
+        const linear *src[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
+        glin *dst[] = {&l->q, &l->k, &l->v, &l->o, &l->gate, &l->up, &l->down};
+        for (int j = 0; j < 7 && !st; j++) st = up_linear(dst[j], src[j], b);
+    }
+    size_t qd = (size_t)c->heads * c->head_dim, kvd = (size_t)c->kv_heads * c->head_dim, I = (size_t)c->inter, Tn = (size_t)T;
+    size_t maxin = H > I ? H : I;
+    maxin = maxin > qd ? maxin : qd;
+    float **bufs[] = {&g->x, &g->h, &g->q, &g->k, &g->v, &g->a, &g->g, &g->u, &g->lg, &g->xq};
+    size_t sizes[] = {Tn * H, Tn * H, Tn * qd, Tn * kvd, Tn * kvd, Tn * qd, Tn * I, Tn * I, Tn * V, Tn * maxin};
+    for (int i = 0; i < 10 && !st; i++) { st = bq_cuda_malloc((void **)bufs[i], sizes[i] * 4); *b += sizes[i] * 4; }
+    if (!st) st = bq_cuda_malloc((void **)&g->ids, Tn * 4);
+    if (!st) st = bq_cuda_malloc((void **)&g->lp, Tn * 8);
+    if (st) { bq_cuda_model_free(g); return st; }
+    *out = g;
+    return BQ_OK;
+}
+
+extern "C" size_t bq_cuda_model_bytes(const bq_cuda_model *g) { return g->bytes; }
+
+// y[n, out] = q(x[n, in]) W^T + b
+static bq_status matmul(bq_cuda_model *g, const glin *l, const float *x, float *y, int n)
+{
+    if (l->aq) {
+        bq_status st = bq_cuda_qdq(l->aq, x, g->xq, (size_t)n, (size_t)l->in, &g->m->qopts);
+        if (st) return st;
+        x = g->xq;
+    }
+    const float one = 1.0f, zero = 0.0f;
+    // column-major: Y (out x n) = W^T (out x in) . X (in x n); W is in x out col-major
+    if (g_sgemm(g_cublas, 1 /*T*/, 0 /*N*/, l->out, n, l->in, &one, l->w, l->in, x, l->in, &zero, y, l->out) != 0)
+        return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasSgemm failed");
+    if (l->b) k_bias<<<(unsigned)(((size_t)n * l->out + 255) / 256), 256>>>(y, l->b, (size_t)n * l->out, l->out);
+    return BQ_OK;
+}
+
+static unsigned nblk(size_t n) { return (unsigned)((n + 255) / 256); }
+
+extern "C" bq_status bq_cuda_window_logprobs(bq_cuda_model *g, const int32_t *ids, int n, double *lp)
+{
+    const bq_model *M = g->m;
+    const bq_config *c = &M->c;
+    if (n > g->T || n < 2) return bq_fail(BQ_ERR_ARG, "CUDA engine: window of %d tokens (1 < n <= %d)", n, g->T);
+    int H = c->hidden, d = c->head_dim;
+    size_t nH = (size_t)n * H, nI = (size_t)n * c->inter;
+    bq_status st = bq_cuda_upload(g->ids, ids, (size_t)n * 4);
+    if (st) return st;
+    k_embed<<<n, 256>>>(g->emb, g->ids, g->x, H);
+    for (int l = 0; l < c->layers && !st; l++) {
+        glayer *L = &g->L[l];
+        k_rmsnorm<<<n, 256>>>(g->x, L->ln1, g->h, H, c->norm_eps);
+        if ((st = matmul(g, &L->q, g->h, g->q, n)) || (st = matmul(g, &L->k, g->h, g->k, n)) || (st = matmul(g, &L->v, g->h, g->v, n)))
+            break;
+        if (c->qk_norm) {
+            k_rmsnorm<<<n * c->heads, 256>>>(g->q, L->qn, g->q, d, c->norm_eps);
+            k_rmsnorm<<<n * c->kv_heads, 256>>>(g->k, L->kn, g->k, d, c->norm_eps);
+        }
+        k_rope<<<nblk((size_t)n * c->heads * (d / 2)), 256>>>(g->q, n, c->heads, d, c->rope_theta);
+        k_rope<<<nblk((size_t)n * c->kv_heads * (d / 2)), 256>>>(g->k, n, c->kv_heads, d, c->rope_theta);
+        if (M->kv_q) {
+            if ((st = bq_cuda_qdq(M->kv_q, g->k, g->k, (size_t)n * c->kv_heads, (size_t)d, &M->qopts)) ||
+                (st = bq_cuda_qdq(M->kv_q, g->v, g->v, (size_t)n * c->kv_heads, (size_t)d, &M->qopts)))
+                break;
+        }
+        k_attention<<<dim3((unsigned)n, (unsigned)c->heads), 256, (size_t)n * 4>>>(g->q, g->k, g->v, g->a, n, c->heads, c->kv_heads, d);
+        if ((st = matmul(g, &L->o, g->a, g->h, n))) break;
+        k_add<<<nblk(nH), 256>>>(g->x, g->h, nH);
+        k_rmsnorm<<<n, 256>>>(g->x, L->ln2, g->h, H, c->norm_eps);
+        if ((st = matmul(g, &L->up, g->h, g->u, n)) || (st = matmul(g, &L->gate, g->h, g->g, n))) break;
+        k_silu_mul<<<nblk(nI), 256>>>(g->u, g->g, nI);
+        if ((st = matmul(g, &L->down, g->u, g->h, n))) break;
+        k_add<<<nblk(nH), 256>>>(g->x, g->h, nH);
+
+
+    }
+    if (st) return st;
+    k_rmsnorm<<<n, 256>>>(g->x, g->fnorm, g->h, H, c->norm_eps);
+    if ((st = matmul(g, &g->head, g->h, g->lg, n))) return st;
+    k_logprob<<<n - 1, 256>>>(g->lg, g->ids, g->lp, c->vocab);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: %s", cudaGetErrorString(e));
+    return bq_cuda_download(lp, g->lp, (size_t)(n - 1) * 8);
+}
