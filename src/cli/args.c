@@ -1,5 +1,6 @@
 /* Argument parsing helpers shared by the subcommands. */
 #include "cli.h"
+#include "bq_cuda.h"
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -57,4 +58,19 @@ int parse_round(const char *s, bq_round *r)
     for (int i = 0; i < 4; i++)
         if (!strcmp(s, names[i])) { *r = (bq_round)i; return 1; }
     return 0;
+}
+
+/* --device cpu|cuda|auto -> 0 or 1 in *dev; auto falls back to the CPU, saying why. */
+int cli_device(const char *cmd, const char *s, int *dev)
+{
+    *dev = 0;
+    if (!s || !strcmp(s, "cpu")) return 0;
+    if (!strcmp(s, "cuda")) { *dev = 1; return 0; }  /* insisted on: no GPU is an error later */
+    if (!strcmp(s, "auto")) {
+        char why[256];
+        *dev = bq_cuda_devices(why, sizeof why) > 0;
+        if (!*dev) fprintf(stderr, "blockq %s: %s; running on the CPU\n", cmd, why);
+        return 0;
+    }
+    return cli_error(cmd, "bad --device '%s': expected cpu, cuda or auto", s);
 }

@@ -38,4 +38,5 @@ int cli_status(const char *cmd, bq_status st); /* prints bq_last_error, returns 
 int parse_shape(const char *s, size_t *rows, size_t *cols);
 int parse_round(const char *s, bq_round *r);
 int parse_u64(const char *s, uint64_t *v);
+int cli_device(const char *cmd, const char *s, int *dev);
 #endif

@@ -1,6 +1,5 @@
 /* blockq logits | tokenize | generate | ppl */
 #include "cli.h"
-#include "bq_cuda.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -194,8 +193,8 @@ int cmd_ppl(int argc, char **argv)
     if (rc) return rc;
     if (!a.text_file)
         return cli_error("ppl", "usage: blockq ppl --model DIR --text FILE [--ctx S] [--chunks N] [--protocol all|second-half] [--device cpu|cuda|auto] [--json]");
-    if (a.device && strcmp(a.device, "cpu") && strcmp(a.device, "cuda") && strcmp(a.device, "auto"))
-        return cli_error("ppl", "bad --device '%s': expected cpu, cuda or auto", a.device);
+    int dev;
+    if ((rc = cli_device("ppl", a.device, &dev))) return rc;
     int second = !strcmp(a.protocol, "second-half");
     if (!second && strcmp(a.protocol, "all")) return cli_error("ppl", "bad --protocol '%s': expected all or second-half", a.protocol);
     if (second && a.ctx % 2) return cli_error("ppl", "--protocol second-half needs an even --ctx");
@@ -211,12 +210,7 @@ int cmd_ppl(int argc, char **argv)
     if ((st = bq_tokenize(t, text, len, &ids, &n))) { rc = cli_status("ppl", st); goto done; }
     bq_ppl_opts o = {.ctx = a.ctx, .chunks = a.chunks, .second_half = second, .allow_nonfinite = a.allow_nonfinite,
                      .threads = a.threads};
-    if (a.device && !strcmp(a.device, "cuda")) o.device = 1;  /* insisted on: no GPU is an error */
-    else if (a.device && !strcmp(a.device, "auto")) {
-        char why[256];
-        o.device = bq_cuda_devices(why, sizeof why) > 0;
-        if (!o.device) fprintf(stderr, "blockq ppl: %s; running on the CPU\n", why);
-    }
+    o.device = dev;
     if (isatty(2)) o.progress = progress_bar;
     bq_ppl_result r;
     if ((st = bq_perplexity(m, ids, n, &o, &r))) { rc = cli_status("ppl", st); goto done; }

@@ -31,7 +31,7 @@ static int split_setting(const char *s, point *p)
 int cmd_sweep(int argc, char **argv)
 {
     const char *model = NULL, *text = NULL, *list = DEFAULT_GRID, *out = "sweep";
-    int ctx = 512, chunks = 0, threads = 0;
+    int ctx = 512, chunks = 0, threads = 0, dev = 0;
     bq_round round = BQ_ROUND_RNE;
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -40,6 +40,7 @@ int cmd_sweep(int argc, char **argv)
         else if (!strcmp(s, "--text") && v) text = argv[++i];
         else if (!strcmp(s, "--formats") && v) list = argv[++i];
         else if (!strcmp(s, "--out") && v) out = argv[++i];
+        else if (!strcmp(s, "--device") && v) { if (cli_device("sweep", argv[++i], &dev)) return EXIT_BADINPUT; }
         else if (!strcmp(s, "--round") && v) { if (!parse_round(argv[++i], &round)) return cli_error("sweep", "bad --round '%s'", v); }
         else if (!strcmp(s, "--ctx") && v) { if (!parse_u64(argv[++i], &x) || x < 2 || x > (1 << 20)) return cli_error("sweep", "bad --ctx '%s'", v); ctx = (int)x; }
         else if (!strcmp(s, "--chunks") && v) { if (!parse_u64(argv[++i], &x) || x < 1 || x > (1u << 30)) return cli_error("sweep", "bad --chunks '%s'", v); chunks = (int)x; }
@@ -47,7 +48,7 @@ int cmd_sweep(int argc, char **argv)
         else return cli_error("sweep", "unknown or incomplete option '%s'", s);
     }
     if (!model || !text)
-        return cli_error("sweep", "usage: blockq sweep --model DIR --text FILE [--formats W[/A],...] [--ctx S] [--chunks N] [--round MODE] [--out PREFIX]");
+        return cli_error("sweep", "usage: blockq sweep --model DIR --text FILE [--formats W[/A],...] [--ctx S] [--chunks N] [--round MODE] [--device cpu|cuda|auto] [--out PREFIX]");
     bq_set_threads(threads);
     /* parse and check the whole list before any long work */
     int n = 1;
@@ -84,7 +85,7 @@ int cmd_sweep(int argc, char **argv)
         if (!st && strcmp(p->w, "fp32")) st = bq_qconfig_set(q, "wq", p->w);
         if (!st && strcmp(p->a, "fp32")) st = bq_qconfig_set(q, "aq", p->a);
         if (!st) { bq_qconfig_set_round(q, round, 0); st = bq_model_quantize(m, q, 0); }
-        bq_ppl_opts o = {.ctx = ctx, .chunks = chunks, .threads = threads};
+        bq_ppl_opts o = {.ctx = ctx, .chunks = chunks, .threads = threads, .device = dev};
         bq_ppl_result r;
         if (!st) st = bq_perplexity(m, ids, nids, &o, &r);
         if (st) {
