@@ -46,7 +46,7 @@ $(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h)
 	$(CC) $(CFLAGS) -c $< -o $@
 
 # The format kernels, once per ISA (chosen at run time).
-$(BUILD)/kern/kernels_scalar.o: src/formats/kernels.c src/formats/qkern.h src/formats/format.h
+$(BUILD)/kern/kernels_scalar.o: src/formats/kernels.c src/formats/qkern.h src/formats/format.h src/formats/isa.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -fno-tree-vectorize -DBQ_ISA=scalar -c $< -o $@
 $(BUILD)/kern/kernels_avx2.o: src/formats/kernels.c src/formats/qkern.h src/formats/format.h
@@ -58,7 +58,7 @@ $(BUILD)/kern/kernels_avx512.o: src/formats/kernels.c src/formats/qkern.h src/fo
 	    -DBQ_ISA=avx512 -c $< -o $@
 
 # The packed-weight matmuls, likewise (AVX-512 with VNNI; AVX2 otherwise).
-PK_DEPS = src/kernels/pk_isa.c src/kernels/pmat.h src/formats/format.h
+PK_DEPS = src/kernels/pk_isa.c src/kernels/pmat.h src/formats/format.h src/formats/qkern.h src/formats/isa.h
 $(BUILD)/kern/pk_scalar.o: $(PK_DEPS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -fno-tree-vectorize -DBQ_ISA=scalar -c $< -o $@
@@ -143,7 +143,7 @@ $(FUZZ_BUILD)/libblockq.a: $(LIB_SRC) src/formats/kernels.c src/kernels/pk_isa.c
 	    $(FUZZ_BUILD)/libblockq.a
 endif
 
-$(FUZZ_BUILD)/fuzz_%: fuzz/fuzz_%.c $(FUZZ_BUILD)/libblockq.a
+$(FUZZ_BUILD)/fuzz_%: fuzz/fuzz_%.c fuzz/model_file.h $(FUZZ_BUILD)/libblockq.a
 	clang $(CFLAGS_BASE) -O1 -fsanitize=fuzzer $(FUZZ_FLAGS) $< $(FUZZ_BUILD)/libblockq.a -o $@ $(LDLIBS)
 
 # Each target for FUZZ_SECONDS on a corpus seeded from fuzz/seeds; crashes land in build/fuzz/.

@@ -132,6 +132,17 @@ static void bq_roundtrip(void)
     bq_model_free(f);
 }
 
+/* The file cut at each length must be refused. */
+static void truncations(const uint8_t *d, const size_t *cuts, int n, const char *bad)
+{
+    for (int i = 0; i < n; i++) {
+        spit(bad, d, cuts[i]);
+        bq_model *m = NULL;
+        CHECK(bq_model_load(bad, &m) != BQ_OK, "%s truncated at %zu loads", bad, cuts[i]);
+        bq_model_free(m);
+    }
+}
+
 static void patch_u64(uint8_t *d, size_t off, uint64_t v) { memcpy(d + off, &v, 8); }
 
 static void bq_damage(void)
@@ -141,12 +152,7 @@ static void bq_damage(void)
     if (!d) { CHECK(0, "no .bq written"); return; }
     const char *bad = "/tmp/bq_bad.bq";
     size_t cuts[] = {3, 8, 20, 24, 100, n / 2, n - 1};
-    for (size_t i = 0; i < sizeof cuts / sizeof *cuts; i++) {
-        spit(bad, d, cuts[i]);
-        bq_model *m = NULL;
-        CHECK(bq_model_load(bad, &m) != BQ_OK, "truncated at %zu loads", cuts[i]);
-        bq_model_free(m);
-    }
+    truncations(d, cuts, 7, bad);
     uint8_t *e = malloc(n);
     memcpy(e, d, n); e[0] = 'X'; spit(bad, e, n);
     expect_bad(bad, "unknown magic", "bad magic");
@@ -261,12 +267,7 @@ static void gguf_tests(void)
     if (!d) return;
     const char *bad = "/tmp/bq_bad.gguf";
     size_t cuts[] = {4, 12, 23, 60, 1000, n / 3, n - 7};
-    for (size_t i = 0; i < sizeof cuts / sizeof *cuts; i++) {
-        spit(bad, d, cuts[i]);
-        bq_model *x = NULL;
-        CHECK(bq_model_load(bad, &x) != BQ_OK, "GGUF truncated at %zu loads", cuts[i]);
-        bq_model_free(x);
-    }
+    truncations(d, cuts, 7, bad);
     uint8_t *e = malloc(n);
     memcpy(e, d, n); e[4] = 2; spit(bad, e, n);
     expect_bad(bad, "version 2", "GGUF v2");

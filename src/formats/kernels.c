@@ -2,15 +2,8 @@
  * set (scalar, AVX2, AVX-512) with BQ_ISA set to the suffix; the loops are
  * written so that the compiler vectorises them, and the arithmetic is the same
  * IEEE float32 in every build, so all ISAs give identical bits. */
+#include "isa.h"
 #include "qkern.h"
-
-#ifndef BQ_ISA
-#define BQ_ISA scalar
-#endif
-#define CAT2(a, b) a##_##b
-#define CAT(a, b) CAT2(a, b)
-
-#define INLINE static inline __attribute__((always_inline))
 
 /* One block on a minifloat or integer grid with saturation: the hot loop.
  * use_div / is_mf / r are compile-time constants after inlining. */

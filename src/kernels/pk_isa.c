@@ -11,6 +11,7 @@
  *   sw[r] = (s1 * s2) * emult of the row's group (the table pmat->sc for 1-byte scales).
  * No FMA contraction by the compiler (the build forbids it); FMAs are written out.
  */
+#include "isa.h"
 #include "pmat.h"
 #include "qkern.h"
 #include <stdlib.h>
@@ -19,12 +20,6 @@
 #include <immintrin.h>
 #endif
 
-#ifndef BQ_ISA
-#define BQ_ISA scalar
-#endif
-#define CAT2(a, b) a##_##b
-#define CAT(a, b) CAT2(a, b)
-#define INLINE static inline __attribute__((always_inline))
 
 enum { TB = 64, MV_T = 4 };
 
