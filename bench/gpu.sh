@@ -25,9 +25,9 @@ fi
 ./build/gpu/gpu/gpu_bench --json "$O/gpu_bench.jsonl" ${QUICK:+--quick} 2>&1 | tee "$O/gpu_bench.md"
 if [ -n "$X" ]; then
     BQ_TEST_FAST=1 ./build/gpu/tests/test_engine 2>&1 | grep -E "CUDA|SKIP|FAIL|passed" | tee "$O/gpu_engine_test.txt"
-    for dev in cuda cpu; do
+    for dev in cuda cpu; do  # the whole test text on each (PPL_CHUNKS=N for fewer windows)
         ./build/gpu/blockq ppl --model models/llama-19m-en --text data/wikitext-2-test.txt --ctx 512 --device $dev --json \
-            | tail -1 | tee -a "$O/gpu_ppl_full.txt"
+            ${PPL_CHUNKS:+--chunks $PPL_CHUNKS} | tail -1 | tee -a "$O/gpu_ppl_full.txt"
     done
     ./build/gpu/gpu/gpu_ppl_bench --layers ${LAYERS:-32} --ctx 2048 --windows 3 --json "$O/gpu_ppl_bench.jsonl" 2>&1 | tee "$O/gpu_ppl_bench.md"
 fi
