@@ -72,7 +72,7 @@ extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out)
     return BQ_OK;
 }
 
-// ROWS rows per warp (8 for 4-bit codes, 4 for 8-bit) share each lane's 32 activations (held in registers), so
+// ROWS rows per warp share each lane's 32 activations (held in registers), so
 // x is read once per ROWS rows; 4-bit bytes decode through a 256-entry table of
 // float pairs in shared memory (one load gives two weights).
 template <int EB, int K, int SB>
@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(const uint8_t *__restrict__ c
                                                    const float *__restrict__ factor, float emult, const float *__restrict__ x,
                                                    float *__restrict__ y, int rows, int cols, int n, int4 lut_lo)
 {
-    constexpr int ROWS = EB == 4 ? 8 : 4;  // 128 bytes of weights in flight per lane either way
+    constexpr int ROWS = 4;  // with the next chunk prefetched: 128 (8-bit) or 64 (4-bit) bytes in flight per lane
     __shared__ float fac[256];
     __shared__ float2 pair[256];
     if (SB == 1) for (int i = threadIdx.x; i < 256; i += blockDim.x) fac[i] = factor[i];
@@ -96,22 +96,25 @@ __global__ void __launch_bounds__(256) gemv_kernel(const uint8_t *__restrict__ c
     const size_t rb = (size_t)cols * EB / 8, sbr = (size_t)(cols / K) * SB;
     for (int t = 0; t < n; t++) {
         float acc[ROWS] = {};
+        // software pipeline: the next chunk's weights are in flight while this one computes
+        uint4 raw[ROWS][EB / 4], nxt[ROWS][EB / 4];
+        auto fetch = [&](uint4 (&dst)[ROWS][EB / 4], int cc) {
+#pragma unroll
+            for (int rr = 0; rr < ROWS; rr++) {
+                const uint8_t *cr = codes + (size_t)min(r0 + rr, rows - 1) * rb;
+                dst[rr][0] = __ldg((const uint4 *)(cr + (size_t)cc * EB / 8));
+                if (EB == 8) dst[rr][EB / 4 - 1] = __ldg((const uint4 *)(cr + cc + 16));
+            }
+        };
+        if (lane * 32 < cols) fetch(raw, lane * 32);
         for (int c0 = lane * 32; c0 < cols; c0 += 32 * 32) {
+            if (c0 + 32 * 32 < cols) fetch(nxt, c0 + 32 * 32);
             float xs[32];
             const float4 *xv = (const float4 *)(x + (size_t)t * cols + c0);
 #pragma unroll
             for (int q = 0; q < 8; q++) {
                 float4 v = __ldg(xv + q);
                 xs[4 * q] = v.x; xs[4 * q + 1] = v.y; xs[4 * q + 2] = v.z; xs[4 * q + 3] = v.w;
-            }
-            // all rows' loads first, so that they are in flight together
-            uint4 raw[ROWS][EB / 4];
-#pragma unroll
-            for (int rr = 0; rr < ROWS; rr++) {
-                int r = min(r0 + rr, rows - 1);
-                const uint8_t *cr = codes + (size_t)r * rb;
-                raw[rr][0] = __ldg((const uint4 *)(cr + (size_t)c0 * EB / 8));
-                if (EB == 8) raw[rr][EB / 4 - 1] = __ldg((const uint4 *)(cr + c0 + 16));
             }
 #pragma unroll
             for (int rr = 0; rr < ROWS; rr++) {
@@ -137,6 +140,10 @@ __global__ void __launch_bounds__(256) gemv_kernel(const uint8_t *__restrict__ c
                 }
                 acc[rr] += f;
             }
+#pragma unroll
+            for (int rr = 0; rr < ROWS; rr++)
+#pragma unroll
+                for (int e = 0; e < EB / 4; e++) raw[rr][e] = nxt[rr][e];
         }
 #pragma unroll
         for (int rr = 0; rr < ROWS; rr++) {
@@ -152,7 +159,7 @@ extern "C" bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *d_x, int n, f
     if (n < 1 || n > 4) return bq_fail(BQ_ERR_ARG, "CUDA GEMV takes 1 to 4 tokens, not %d", n);
     int4 lo;
     memcpy(&lo, w->lut, 16);
-    unsigned blocks = (unsigned)((w->rows + 8 * (w->eb == 4 ? 8 : 4) - 1) / (8 * (w->eb == 4 ? 8 : 4)));  /* 8 warps x ROWS */
+    unsigned blocks = (unsigned)((w->rows + 31) / 32);  /* 8 warps x 4 rows */
 #define L(EB, K, SB) gemv_kernel<EB, K, SB><<<blocks, 256>>>(w->codes, w->scales, w->d_factor, w->emult, d_x, d_y, w->rows, w->cols, n, lo)
     if (w->eb == 4 && w->K == 32 && w->sbytes == 1) L(4, 32, 1);
     else if (w->eb == 4 && w->K == 16 && w->sbytes == 1) L(4, 16, 1);

@@ -140,22 +140,29 @@ __global__ void qdq_lanes(bq_format f, qctx c, const float *__restrict__ x, floa
     y[i] = block_value(f, c, s, v, i);
 }
 
-// The same with four elements per thread (16-byte loads and stores; the block's
-// scale computed once per four elements).
+// The same with eight elements per thread (two 16-byte loads and stores; the
+// block's scale computed once per eight elements).
 template <int K>
-__global__ void qdq_lanes4(bq_format f, qctx c, const float4 *__restrict__ x, float4 *__restrict__ y, size_t n4)
+__global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, float4 *__restrict__ y, size_t n8)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    float4 v = i < n4 ? x[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    float e[4] = {v.x, v.y, v.z, v.w};
+    float4 v0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f), v1 = v0;
+    if (i < n8) { v0 = x[2 * i]; v1 = x[2 * i + 1]; }
+    float e[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
     uint32_t m = 0;
-    for (int k = 0; k < 4; k++) m = max(m, f2u(e[k]) & 0x7fffffffu);
-    for (int o = K / 8; o; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
-    if (i >= n4) return;
-    if (m > 0x7f7fffffu) { y[i] = make_float4(NAN, NAN, NAN, NAN); return; }
+#pragma unroll
+    for (int k = 0; k < 8; k++) m = max(m, f2u(e[k]) & 0x7fffffffu);
+    for (int o = K / 16; o; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (i >= n8) return;
+    if (m > 0x7f7fffffu) {
+        y[2 * i] = y[2 * i + 1] = make_float4(NAN, NAN, NAN, NAN);
+        return;
+    }
     bscale s = block_scale(&f, &c, u2f(m));
-    for (int k = 0; k < 4; k++) e[k] = block_value(f, c, s, e[k], 4 * i + k);
-    y[i] = make_float4(e[0], e[1], e[2], e[3]);
+#pragma unroll
+    for (int k = 0; k < 8; k++) e[k] = block_value(f, c, s, e[k], 8 * i + k);
+    y[2 * i] = make_float4(e[0], e[1], e[2], e[3]);
+    y[2 * i + 1] = make_float4(e[4], e[5], e[6], e[7]);
 }
 
 // max |x| bits over the whole tensor, and over its finite values only.
@@ -215,10 +222,10 @@ extern "C" bq_status bq_cuda_qdq(const bq_format *f, const float *d_x, float *d_
     int block = f->sch != SCH_ELEM && f->sch != SCH_INT;
     int aligned = ((uintptr_t)d_x | (uintptr_t)d_y) % 16 == 0;
     if (block && (f->block == 32 || f->block == 16) && cols % (size_t)f->block == 0 && aligned) {
-        size_t n4 = n / 4;
-        unsigned nb = (unsigned)((n4 + 255) / 256);
-        if (f->block == 32) qdq_lanes4<32><<<nb, 256>>>(*f, c, (const float4 *)d_x, (float4 *)d_y, n4);
-        else qdq_lanes4<16><<<nb, 256>>>(*f, c, (const float4 *)d_x, (float4 *)d_y, n4);
+        size_t n8 = n / 8;
+        unsigned nb = (unsigned)((n8 + 255) / 256);
+        if (f->block == 32) qdq_lanes8<32><<<nb, 256>>>(*f, c, (const float4 *)d_x, (float4 *)d_y, n8);
+        else qdq_lanes8<16><<<nb, 256>>>(*f, c, (const float4 *)d_x, (float4 *)d_y, n8);
     } else if (block && (f->block == 32 || f->block == 16) && cols % (size_t)f->block == 0) {
         unsigned nb = (unsigned)((n + 255) / 256);
         if (f->block == 32) qdq_lanes<32><<<nb, 256>>>(*f, c, d_x, d_y, n);
