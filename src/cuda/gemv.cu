@@ -73,8 +73,17 @@ extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out)
 }
 
 // ROWS rows per warp share each lane's 32 activations (held in registers), so
-// x is read once per ROWS rows; 4-bit bytes decode through a 256-entry table of
-// float pairs in shared memory (one load gives two weights).
+// x is read once per ROWS rows; 4-bit codes decode in registers (nib_lut).
+// Four 4-bit codes (one per byte) through a 16-entry int8 table held in four
+// registers: byte permutes pick from entries 0-7 and 8-15, bit 3 chooses.
+static __device__ __forceinline__ uint32_t nib_lut(uint32_t u, uint32_t L0, uint32_t L1, uint32_t L2, uint32_t L3)
+{
+    uint32_t sel = (u & 7u) | ((u >> 4) & 0x70u) | ((u >> 8) & 0x700u) | ((u >> 12) & 0x7000u);
+    uint32_t lo = __byte_perm(L0, L1, sel), hi = __byte_perm(L2, L3, sel);
+    uint32_t m = ((u >> 3) & 0x01010101u) * 0xFFu;
+    return (lo & ~m) | (hi & m);
+}
+
 template <int EB, int K, int SB>
 __global__ void __launch_bounds__(256) gemv_kernel(const uint8_t *__restrict__ codes, const uint8_t *__restrict__ scales,
                                                    const float *__restrict__ factor, float emult, const float *__restrict__ x,
@@ -82,14 +91,8 @@ __global__ void __launch_bounds__(256) gemv_kernel(const uint8_t *__restrict__ c
 {
     constexpr int ROWS = 4;  // with the next chunk prefetched: 128 (8-bit) or 64 (4-bit) bytes in flight per lane
     __shared__ float fac[256];
-    __shared__ float2 pair[256];
     if (SB == 1) for (int i = threadIdx.x; i < 256; i += blockDim.x) fac[i] = factor[i];
-    {
-        signed char l[16];
-        memcpy(l, &lut_lo, 16);
-        int i = threadIdx.x;  // 256 threads: one entry each
-        pair[i] = make_float2((float)l[i & 15], (float)l[i >> 4]);
-    }
+    const uint32_t L0 = (uint32_t)lut_lo.x, L1 = (uint32_t)lut_lo.y, L2 = (uint32_t)lut_lo.z, L3 = (uint32_t)lut_lo.w;
     __syncthreads();
     const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31, r0 = warp * ROWS;
     if (r0 >= rows) return;
@@ -122,14 +125,20 @@ __global__ void __launch_bounds__(256) gemv_kernel(const uint8_t *__restrict__ c
                 const uint8_t *sr = scales + (size_t)r * sbr;
                 const uint8_t *b = (const uint8_t *)raw[rr];
                 float part[32 / K] = {};
+                if (EB == 4) {
 #pragma unroll
-                for (int j = 0; j < 16 * EB / 4; j++) {
-                    if (EB == 4) {
-                        float2 w = pair[b[j]];
-                        part[(2 * j) / K] += w.x * xs[2 * j] + w.y * xs[2 * j + 1];
-                    } else {
-                        part[j / K] += (float)(signed char)b[j] * xs[j];
+                    for (int q = 0; q < 4; q++) {  // 8 codes per word: even ones in low nibbles
+                        uint32_t wd = ((const uint32_t *)b)[q];
+                        uint32_t ev = nib_lut(wd & 0x0F0F0F0Fu, L0, L1, L2, L3), od = nib_lut((wd >> 4) & 0x0F0F0F0Fu, L0, L1, L2, L3);
+#pragma unroll
+                        for (int i = 0; i < 4; i++) {
+                            int k = 8 * q + 2 * i;
+                            part[k / K] += (float)(signed char)(ev >> (8 * i)) * xs[k] + (float)(signed char)(od >> (8 * i)) * xs[k + 1];
+                        }
                     }
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 32; j++) part[j / K] += (float)(signed char)b[j] * xs[j];
                 }
                 float f = 0.0f;
 #pragma unroll
