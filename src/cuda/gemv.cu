@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(const uint8_t *__restrict__ c
                                                    const float *__restrict__ factor, float emult, const float *__restrict__ x,
                                                    float *__restrict__ y, int rows, int cols, int n, int4 lut_lo)
 {
-    constexpr int ROWS = 4;  // with the next chunk prefetched: 128 (8-bit) or 64 (4-bit) bytes in flight per lane
+    constexpr int ROWS = EB == 4 ? 8 : 4;  // with the next chunk prefetched: 128 bytes in flight per lane
     __shared__ float fac[256];
     if (SB == 1) for (int i = threadIdx.x; i < 256; i += blockDim.x) fac[i] = factor[i];
     const uint32_t L0 = (uint32_t)lut_lo.x, L1 = (uint32_t)lut_lo.y, L2 = (uint32_t)lut_lo.z, L3 = (uint32_t)lut_lo.w;
@@ -168,7 +168,8 @@ extern "C" bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *d_x, int n, f
     if (n < 1 || n > 4) return bq_fail(BQ_ERR_ARG, "CUDA GEMV takes 1 to 4 tokens, not %d", n);
     int4 lo;
     memcpy(&lo, w->lut, 16);
-    unsigned blocks = (unsigned)((w->rows + 31) / 32);  /* 8 warps x 4 rows */
+    int rows_per_block = 8 * (w->eb == 4 ? 8 : 4);  /* 8 warps x ROWS */
+    unsigned blocks = (unsigned)((w->rows + rows_per_block - 1) / rows_per_block);
 #define L(EB, K, SB) gemv_kernel<EB, K, SB><<<blocks, 256>>>(w->codes, w->scales, w->d_factor, w->emult, d_x, d_y, w->rows, w->cols, n, lo)
     if (w->eb == 4 && w->K == 32 && w->sbytes == 1) L(4, 32, 1);
     else if (w->eb == 4 && w->K == 16 && w->sbytes == 1) L(4, 16, 1);
