@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(const uint8_t *__restrict__ c
                                                    const float *__restrict__ factor, float emult, const float *__restrict__ x,
                                                    float *__restrict__ y, int rows, int cols, int n, int4 lut_lo)
 {
-    constexpr int ROWS = EB == 4 ? 8 : 4;  // with the next chunk prefetched: 128 bytes in flight per lane
+    constexpr int ROWS = 4;  // with the next chunk prefetched
     __shared__ float fac[256];
     if (SB == 1) for (int i = threadIdx.x; i < 256; i += blockDim.x) fac[i] = factor[i];
     const uint32_t L0 = (uint32_t)lut_lo.x, L1 = (uint32_t)lut_lo.y, L2 = (uint32_t)lut_lo.z, L3 = (uint32_t)lut_lo.w;
@@ -125,20 +125,31 @@ __global__ void __launch_bounds__(256) gemv_kernel(const uint8_t *__restrict__ c
                 const uint8_t *sr = scales + (size_t)r * sbr;
                 const uint8_t *b = (const uint8_t *)raw[rr];
                 float part[32 / K] = {};
-                if (EB == 4) {
+                // codes become unsigned bytes u = value + 128; float(u) comes from the bit
+                // pattern 2^23 + u (a byte permute) minus 2^23 + 128: exact, and full-rate
+                // instructions instead of int-to-float conversions
 #pragma unroll
-                    for (int q = 0; q < 4; q++) {  // 8 codes per word: even ones in low nibbles
-                        uint32_t wd = ((const uint32_t *)b)[q];
-                        uint32_t ev = nib_lut(wd & 0x0F0F0F0Fu, L0, L1, L2, L3), od = nib_lut((wd >> 4) & 0x0F0F0F0Fu, L0, L1, L2, L3);
+                for (int q = 0; q < 4 * EB / 4; q++) {
+                    uint32_t wd = ((const uint32_t *)b)[q], lo, hi;
+                    if (EB == 4) {  // 8 codes: even ones in the low nibbles
+                        lo = nib_lut(wd & 0x0F0F0F0Fu, L0, L1, L2, L3);
+                        hi = nib_lut((wd >> 4) & 0x0F0F0F0Fu, L0, L1, L2, L3);
+                    } else {
+                        lo = wd ^ 0x80808080u;
+                        hi = 0;
+                    }
 #pragma unroll
-                        for (int i = 0; i < 4; i++) {
+                    for (int i = 0; i < 4; i++) {
+                        float a = __int_as_float((int)__byte_perm(lo, 0x4B000000u, 0x7650u + i)) - 8388736.0f;
+                        if (EB == 4) {
+                            float c = __int_as_float((int)__byte_perm(hi, 0x4B000000u, 0x7650u + i)) - 8388736.0f;
                             int k = 8 * q + 2 * i;
-                            part[k / K] += (float)(signed char)(ev >> (8 * i)) * xs[k] + (float)(signed char)(od >> (8 * i)) * xs[k + 1];
+                            part[k / K] += a * xs[k] + c * xs[k + 1];
+                        } else {
+                            int k = 4 * q + i;
+                            part[k / K] += a * xs[k];
                         }
                     }
-                } else {
-#pragma unroll
-                    for (int j = 0; j < 32; j++) part[j / K] += (float)(signed char)b[j] * xs[j];
                 }
                 float f = 0.0f;
 #pragma unroll
@@ -166,10 +177,11 @@ __global__ void __launch_bounds__(256) gemv_kernel(const uint8_t *__restrict__ c
 extern "C" bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *d_x, int n, float *d_y)
 {
     if (n < 1 || n > 4) return bq_fail(BQ_ERR_ARG, "CUDA GEMV takes 1 to 4 tokens, not %d", n);
+    uint8_t biased[16];  /* the table as value + 128 */
+    for (int i = 0; i < 16; i++) biased[i] = (uint8_t)(w->lut[i] + 128);
     int4 lo;
-    memcpy(&lo, w->lut, 16);
-    int rows_per_block = 8 * (w->eb == 4 ? 8 : 4);  /* 8 warps x ROWS */
-    unsigned blocks = (unsigned)((w->rows + rows_per_block - 1) / rows_per_block);
+    memcpy(&lo, biased, 16);
+    unsigned blocks = (unsigned)((w->rows + 31) / 32);  /* 8 warps x 4 rows */
 #define L(EB, K, SB) gemv_kernel<EB, K, SB><<<blocks, 256>>>(w->codes, w->scales, w->d_factor, w->emult, d_x, d_y, w->rows, w->cols, n, lo)
     if (w->eb == 4 && w->K == 32 && w->sbytes == 1) L(4, 32, 1);
     else if (w->eb == 4 && w->K == 16 && w->sbytes == 1) L(4, 16, 1);
