@@ -218,6 +218,7 @@ static inline BQ_HD void int_group_scale(const bq_format *f, const float *x, siz
     float qm = (float)((1 << f->el.bits) - 1), range = mx - mn;
     *s = range <= FLT_MAX ? range / qm : mx / qm - mn / qm;  /* range may overflow float32 */
     *z = *s > 0.0f ? rintf(-mn / *s) : 0.0f;
+    *z = *z > qm ? qm : *z;  /* subnormal scales can round -mn/s past the top code; the code must fit */
 }
 
 /* ---- block scales --------------------------------------------------------- */
