@@ -297,19 +297,13 @@ static void act_block_rows(const bq_format *af, const qctx *c, const int8_t *lut
         for (int g = 0; g < ng; g++) {
             const float *xb = x + (size_t)t * cols + (size_t)g * K;
             uint8_t *u = a->u + (size_t)t * cols + (size_t)g * K;
-            float amax = 0.0f;
-            int bad = 0;
-            for (int i = 0; i < K; i++) {
-                float v = fabsf(xb[i]);
-                amax = v > amax ? v : amax;
-                bad |= !(v <= FLT_MAX);
-            }
-            if (bad) {  /* fake quantisation gives NaN for the block: so does the matmul */
+            uint32_t mb = amax_bits(xb, (size_t)K);
+            if (mb > 0x7f7fffffu) {  /* Inf/NaN: fake quantisation gives NaN for the block, so does the matmul */
                 memset(u, 0x80, (size_t)K);
                 a->s[(size_t)t * ng + g] = NAN;
                 continue;
             }
-            bscale bs = block_scale(af, c, amax);
+            bscale bs = block_scale(af, c, u2f(mb));
             for (int i = 0; i < K; i++) {
                 float q;
                 block_elem(af, &bs, xb[i], c->round, c->seed, (uint64_t)t * cols + (uint64_t)g * K + (uint64_t)i, &q);
