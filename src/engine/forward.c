@@ -154,7 +154,9 @@ static void mm_range(void *arg, size_t b, size_t e)
 static void matmul(bq_ctx *c, const linear *l, const float *x, float *y, int n)
 {
     pm_act act, *ap = NULL;
-    if (l->aq && l->pw && pmat_int_ok(l->pw, l->aq)) {
+    /* a few tokens (generation): the float GEMV on the quantised activations is
+     * cheaper than quantising them to codes and recomputing the panels' sums */
+    if (l->aq && l->pw && n > MV_MAX && pmat_int_ok(l->pw, l->aq)) {
         if (pm_act_make(l->aq, x, n, l->in, &c->m->qopts, &act)) { c->oom = 1; return; }
         ap = &act;
     } else if (l->aq) {
