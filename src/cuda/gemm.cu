@@ -105,10 +105,8 @@ __global__ void __launch_bounds__(THREADS) gemm_mx8(const uint8_t *__restrict__ 
                 int c[4] = {0, 0, 0, 0};
                 mma<KIND>(c, af[i], bf[j]);
                 float v[4];
-                // int32 block sums are below 2^22 (32 x 128 x 128): the bit pattern
-                // 1.5 x 2^23 + c minus 1.5 x 2^23 is c exactly, at full rate (no I2F)
 #pragma unroll
-                for (int r = 0; r < 4; r++) v[r] = KIND == 0 ? __int_as_float(c[r] + 0x4B400000) - 12582912.0f : __int_as_float(c[r]);
+                for (int r = 0; r < 4; r++) v[r] = KIND == 0 ? (float)c[r] : __int_as_float(c[r]);
                 acc[i][j][0] += v[0] * (ra[i][0] * rb[j][0]);
                 acc[i][j][1] += v[1] * (ra[i][0] * rb[j][1]);
                 acc[i][j][2] += v[2] * (ra[i][1] * rb[j][0]);
