@@ -120,7 +120,17 @@ INLINE __m512i wvec(const pmat *m, const uint8_t *pw, int k, __m512i lut4)
 INLINE __m512 factors(const pmat *m, int p, int g)
 {
     const uint8_t *c = scale_codes(m, p, g);
-    if (m->sbytes == 1) return _mm512_i32gather_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)c)), m->sc, 4);
+    if (m->sbytes == 1) {
+        __m512i code = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)c));
+        if (m->pow2_scales) {  /* build 2^(c + shift - 127); the table only for the lanes outside normal range */
+            __m512i e = _mm512_add_epi32(code, _mm512_set1_epi32(m->pow2_shift));
+            __mmask16 odd = _mm512_cmpgt_epi32_mask(_mm512_set1_epi32(1), e) | _mm512_cmpgt_epi32_mask(e, _mm512_set1_epi32(254)) |
+                            _mm512_cmpeq_epi32_mask(code, _mm512_set1_epi32(255));
+            __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
+            return odd ? _mm512_mask_i32gather_ps(v, odd, code, m->sc, 4) : v;
+        }
+        return _mm512_i32gather_ps(code, m->sc, 4);
+    }
     __m512 s1;
     if (m->sbytes == 4) s1 = _mm512_loadu_ps(c);
     else if (m->f->scale.ebits == 5) s1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)c));

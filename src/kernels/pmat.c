@@ -187,6 +187,25 @@ bq_status pmat_new(const bq_format *f, int rows, int cols, const uint8_t *packed
             pack_scale_parts(f, m->tscale, (uint32_t)c, &m->s1[c], &m->s2[c]);
             m->sc[c] = (m->s1[c] * m->s2[c]) * m->emult;
         }
+    if (m->sbytes == 1) {
+        /* Power-of-two scales (MX, BFP): factor(c) is the float with exponent field
+         * c + pow2_shift wherever that is a normal number, so kernels can build it
+         * instead of looking it up; checked here against the table for every code. */
+        int le = 0;
+        frexpf(m->emult, &le);
+        le -= 1;  /* emult = 2^le */
+        m->pow2_shift = le;
+        m->pow2_scales = 1;
+        for (int c = 0; c < 255 && m->pow2_scales; c++) {
+            int e = c + le;
+            if (e >= 1 && e <= 254) {
+                uint32_t bits = (uint32_t)e << 23;
+                float v;
+                memcpy(&v, &bits, 4);
+                m->pow2_scales = v == m->sc[c];
+            }
+        }
+    }
     m->pw = calloc((size_t)m->npanel, panel_bytes(m));
     m->ps = calloc((size_t)m->npanel * m->nb * PM_ROWS, (size_t)m->sbytes);
     uint32_t *sc = malloc((size_t)m->nb * sizeof *sc);

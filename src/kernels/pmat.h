@@ -39,6 +39,7 @@ typedef struct pmat {
     float tscale;         /* per-tensor factor (NVFP4's s_t), else 1 */
     float s1[256], s2[256]; /* 1-byte scale code -> the two factors */
     float sc[256];        /* 1-byte scale code -> (s1 * s2) * emult, the matmul factor */
+    int pow2_scales, pow2_shift; /* sc[c] = 2^(c + shift - 127) where that is normal (c < 255) */
     float vlut[256];      /* PM_STREAM fast path: element code -> value */
     int fast_stream;
 } pmat;
