@@ -3,8 +3,6 @@
 #include "slots.h"
 #include <stdlib.h>
 
-typedef bq_status (*model_parser)(const char *path, const uint8_t *buf, size_t size, bq_model **out);
-
 static int fuzz_model_file(model_parser parse, const uint8_t *d, size_t n)
 {
     bq_model *m = NULL;

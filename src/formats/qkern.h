@@ -30,6 +30,15 @@
 static inline BQ_HD uint32_t f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline BQ_HD float u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 
+/* IEEE half (bits) to float32, exactly: subnormals, Inf and NaN included. */
+static inline BQ_HD float half_to_f32(uint32_t h)
+{
+    uint32_t s = (h & 0x8000u) << 16, e = (h >> 10) & 0x1f, mt = h & 0x3ff;
+    if (e == 0x1f) return u2f(s | 0x7f800000u | (mt << 13));
+    if (e == 0) { float v = (float)mt * 0x1p-24f; return s ? -v : v; }
+    return u2f(s | ((e + 112) << 23) | (mt << 13));
+}
+
 /* 2^e as float32 for e in [-149, 127] (subnormals included). */
 static inline BQ_HD float pow2f(int e)
 {

@@ -25,14 +25,6 @@ enum { TB = 64, MV_T = 4 };
 
 /* ---- scales ---- */
 
-INLINE float half_to_float(uint32_t h)
-{
-    uint32_t s = (h & 0x8000u) << 16, e = (h >> 10) & 0x1f, mt = h & 0x3ff;
-    if (e == 0x1f) return u2f(s | 0x7f800000u | (mt << 13));
-    if (e == 0) { float v = (float)mt * 0x1p-24f; return s ? -v : v; }
-    return u2f(s | ((e + 112) << 23) | (mt << 13));
-}
-
 INLINE const uint8_t *scale_codes(const pmat *m, int p, int g)
 {
     return m->ps + ((size_t)p * m->nb + g) * PM_ROWS * m->sbytes;
@@ -47,7 +39,7 @@ INLINE void group_scales(const pmat *m, int p, int g, float *s1, float *s2)
         uint32_t v = 0;
         memcpy(&v, c + (size_t)r * m->sbytes, (size_t)m->sbytes);
         if (m->sbytes == 4) s1[r] = u2f(v);
-        else s1[r] = m->f->scale.ebits == 5 ? half_to_float(v) : u2f(v << 16);
+        else s1[r] = m->f->scale.ebits == 5 ? half_to_f32(v) : u2f(v << 16);
         s2[r] = 1.0f;
     }
 }

@@ -12,13 +12,9 @@
 #include "pmat.h"
 #include "slots.h"
 #include <cjson/cJSON.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 static const char MAGIC[8] = "BQMODEL";
 enum { BQ_FILE_VERSION = 1, ALIGN = 64, PRELUDE = 24 };
@@ -339,19 +335,4 @@ bq_status bqfile_parse(const char *path, const uint8_t *buf, size_t size, bq_mod
     model_scan(m);
     *out = m;
     return BQ_OK;
-}
-
-bq_status bqfile_load(const char *path, bq_model **out)
-{
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return bq_fail(BQ_ERR_IO, "cannot open '%s'", path);
-    struct stat sb;
-    if (fstat(fd, &sb) || sb.st_size <= 0) { close(fd); return bq_fail(BQ_ERR_PARSE, "%s: empty or unreadable file", path); }
-    size_t size = (size_t)sb.st_size;
-    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) return bq_fail(BQ_ERR_IO, "cannot map '%s'", path);
-    bq_status st = bqfile_parse(path, map, size, out);
-    munmap(map, size);
-    return st;
 }

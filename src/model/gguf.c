@@ -10,6 +10,7 @@
  * (matrices, when lossless), plus the tokenizer. llama.cpp keeps LLaMA's Q and K
  * rows interleaved per head (its rotary convention); both directions permute. */
 #include "pmat.h"
+#include "qkern.h"
 #include "slots.h"
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -151,17 +152,6 @@ static char *kv_str(const kv *v)
     return r;
 }
 
-static float half_f(uint16_t h)
-{
-    uint32_t s = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, mt = h & 0x3ff, u;
-    float f;
-    if (e == 0x1f) u = s | 0x7f800000u | (mt << 13);
-    else if (e == 0) { f = (float)mt * 0x1p-24f; return s ? -f : f; }
-    else u = s | ((e + 112) << 23) | (mt << 13);
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 static size_t type_row_bytes(uint32_t t, size_t cols)
 {
     switch (t) {
@@ -186,12 +176,12 @@ void gguf_row_to_float(uint32_t t, const uint8_t *p, size_t cols, float *y)
         uint16_t h, h2;
         switch (t) {
         case GG_F32: memcpy(&y[i], p + 4 * i, 4); break;
-        case GG_F16: memcpy(&h, p + 2 * i, 2); y[i] = half_f(h); break;
+        case GG_F16: memcpy(&h, p + 2 * i, 2); y[i] = half_to_f32(h); break;
         case GG_BF16: { memcpy(&h, p + 2 * i, 2); uint32_t u = (uint32_t)h << 16; memcpy(&y[i], &u, 4); break; }
         case GG_Q8_0: {
             const uint8_t *b = p + 34 * i;
             memcpy(&h, b, 2);
-            for (int j = 0; j < 32; j++) y[32 * i + j] = (float)(int8_t)b[2 + j] * half_f(h);
+            for (int j = 0; j < 32; j++) y[32 * i + j] = (float)(int8_t)b[2 + j] * half_to_f32(h);
             break;
         }
         case GG_Q4_0: case GG_Q4_1: {
@@ -200,8 +190,8 @@ void gguf_row_to_float(uint32_t t, const uint8_t *p, size_t cols, float *y)
             memcpy(&h2, b + 2, 2);
             for (int j = 0; j < 16; j++) {
                 int lo = qs[j] & 15, hi = qs[j] >> 4;
-                y[32 * i + j] = t == GG_Q4_0 ? (float)(lo - 8) * half_f(h) : (float)lo * half_f(h) + half_f(h2);
-                y[32 * i + j + 16] = t == GG_Q4_0 ? (float)(hi - 8) * half_f(h) : (float)hi * half_f(h) + half_f(h2);
+                y[32 * i + j] = t == GG_Q4_0 ? (float)(lo - 8) * half_to_f32(h) : (float)lo * half_to_f32(h) + half_to_f32(h2);
+                y[32 * i + j + 16] = t == GG_Q4_0 ? (float)(hi - 8) * half_to_f32(h) : (float)hi * half_to_f32(h) + half_to_f32(h2);
             }
             break;
         }
@@ -213,8 +203,8 @@ void gguf_row_to_float(uint32_t t, const uint8_t *p, size_t cols, float *y)
             for (int j = 0; j < 16; j++) {
                 int x0 = (b[6 + j] & 15) | (int)(((qh >> j) << 4) & 0x10);
                 int x1 = (b[6 + j] >> 4) | (int)((qh >> (j + 12)) & 0x10);
-                y[32 * i + j] = (float)(x0 - 16) * half_f(h);
-                y[32 * i + j + 16] = (float)(x1 - 16) * half_f(h);
+                y[32 * i + j] = (float)(x0 - 16) * half_to_f32(h);
+                y[32 * i + j + 16] = (float)(x1 - 16) * half_to_f32(h);
             }
             break;
         }
@@ -311,9 +301,8 @@ static bq_status load_gguf_tensor(bq_model *m, slot_list *sl, const tinfo *ti, c
     return BQ_OK;
 }
 
-/* tokenizer.ggml.* -> tokenizer.json text */
-static const char *const GPT2_SPLIT = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
-
+/* tokenizer.ggml.* -> tokenizer.json text (GPT-2's pre-tokenizer as ByteLevel,
+ * whose regex tokenizer.c knows; any other as Split with its exact regex) */
 static char *tokenizer_json(const kv *kvs, size_t nkv, const char *path, bq_status *st)
 {
     const kv *tok = find_kv(kvs, nkv, "tokenizer.ggml.tokens"), *mer = find_kv(kvs, nkv, "tokenizer.ggml.merges");
@@ -327,8 +316,8 @@ static char *tokenizer_json(const kv *kvs, size_t nkv, const char *path, bq_stat
         *st = bq_fail(BQ_ERR_UNSUPPORTED, "%s: only byte-level BPE tokenizers (tokenizer.ggml.model = gpt2) are supported", path);
         goto done;
     }
-    if (!regex && (!pre || !strcmp(pre, "gpt-2") || !strcmp(pre, "default"))) regex = strdup(GPT2_SPLIT);
-    if (!regex) {
+    int gpt2 = !regex && (!pre || !strcmp(pre, "gpt-2") || !strcmp(pre, "default"));
+    if (!regex && !gpt2) {
         *st = bq_fail(BQ_ERR_UNSUPPORTED, "%s: pre-tokenizer '%s' is not known to blockq", path, pre);
         goto done;
     }
@@ -338,15 +327,20 @@ static char *tokenizer_json(const kv *kvs, size_t nkv, const char *path, bq_stat
     cJSON *adds = cJSON_AddArrayToObject(root, "added_tokens");
     cJSON_AddNullToObject(root, "normalizer");
     cJSON *pt = cJSON_AddObjectToObject(root, "pre_tokenizer");
-    cJSON_AddStringToObject(pt, "type", "Sequence");
-    cJSON *ps = cJSON_AddArrayToObject(pt, "pretokenizers"), *sp = cJSON_CreateObject(), *bl = cJSON_CreateObject();
-    cJSON_AddStringToObject(sp, "type", "Split");
-    cJSON_AddStringToObject(cJSON_AddObjectToObject(sp, "pattern"), "Regex", regex);
-    cJSON_AddStringToObject(sp, "behavior", "Isolated");
-    cJSON_AddStringToObject(bl, "type", "ByteLevel");
-    cJSON_AddBoolToObject(bl, "use_regex", 0);
-    cJSON_AddItemToArray(ps, sp);
-    cJSON_AddItemToArray(ps, bl);
+    if (gpt2) {
+        cJSON_AddStringToObject(pt, "type", "ByteLevel");
+        cJSON_AddBoolToObject(pt, "use_regex", 1);
+    } else {
+        cJSON_AddStringToObject(pt, "type", "Sequence");
+        cJSON *ps = cJSON_AddArrayToObject(pt, "pretokenizers"), *sp = cJSON_CreateObject(), *bl = cJSON_CreateObject();
+        cJSON_AddStringToObject(sp, "type", "Split");
+        cJSON_AddStringToObject(cJSON_AddObjectToObject(sp, "pattern"), "Regex", regex);
+        cJSON_AddStringToObject(sp, "behavior", "Isolated");
+        cJSON_AddStringToObject(bl, "type", "ByteLevel");
+        cJSON_AddBoolToObject(bl, "use_regex", 0);
+        cJSON_AddItemToArray(ps, sp);
+        cJSON_AddItemToArray(ps, bl);
+    }
     cur c = {tok->val, tok->end, 0};
     cur ct = {typ && typ->type == GT_ARR && typ->atype == GT_I32 && typ->n == tok->n ? typ->val : NULL, tok->end, 0};
     char buf[1024];
@@ -501,17 +495,6 @@ bq_status gguf_parse(const char *path, const uint8_t *buf, size_t size, bq_model
     model_scan(m);
     *out = m;
     return BQ_OK;
-}
-
-bq_status gguf_load(const char *path, bq_model **out)
-{
-    void *buf;
-    size_t size;
-    bq_status st = bq_read_file(path, &buf, &size);
-    if (st) return st;
-    st = gguf_parse(path, buf, size, out);
-    free(buf);
-    return st;
 }
 
 /* ---- writing ---- */

@@ -308,8 +308,8 @@ bq_status bq_model_load(const char *path, bq_model **out)
     if (!f) return bq_fail(BQ_ERR_IO, "cannot open '%s'", path);
     size_t n = fread(magic, 1, 8, f);
     fclose(f);
-    if (n == 8 && !memcmp(magic, "BQMODEL", 8)) return bqfile_load(path, out);
-    if (n >= 4 && !memcmp(magic, "GGUF", 4)) return gguf_load(path, out);
+    if (n == 8 && !memcmp(magic, "BQMODEL", 8)) return model_file_load(path, bqfile_parse, out);
+    if (n >= 4 && !memcmp(magic, "GGUF", 4)) return model_file_load(path, gguf_parse, out);
     return bq_fail(BQ_ERR_PARSE, "'%s' is not a model folder, a .bq file or a GGUF file (unknown magic)", path);
 }
 

@@ -4,6 +4,7 @@
  * {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}},
  * then the data block; offsets are relative to the data block. */
 #include "model.h"
+#include "qkern.h"
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -178,21 +179,6 @@ void st_close(st_set *s)
     free(s->t);
     for (size_t i = 0; i < s->nmaps; i++) munmap(s->maps[i], s->map_sizes[i]);
     memset(s, 0, sizeof *s);
-}
-
-static float half_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h >> 15) << 31, e = (h >> 10) & 31, m = h & 1023, u;
-    if (e == 31) u = sign | 0x7f800000u | (m << 13);
-    else if (e) u = sign | ((e + 112) << 23) | (m << 13);
-    else {
-        float f = (float)m * 0x1p-24f;
-        memcpy(&u, &f, 4);
-        u |= sign;
-    }
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
 }
 
 void st_to_f32(const st_tensor *t, float *out)

@@ -2,9 +2,13 @@
  * config implies: one list that the .bq and GGUF readers and writers share. */
 #include "slots.h"
 #include "pmat.h"
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static void add(slot_list *s, const char *name, float **f, pmat **p, linear *l, int rows, int cols)
 {
@@ -101,6 +105,22 @@ bq_status model_slots(bq_model *m, slot_list *s)
     add_linear(s, &m->proj_out);
     add_linear(s, &m->head);
     return s->oom ? bq_fail(BQ_ERR_NOMEM, "out of memory") : BQ_OK;
+}
+
+bq_status model_file_load(const char *path, model_parser parse, bq_model **out)
+{
+    *out = NULL;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return bq_fail(BQ_ERR_IO, "cannot open '%s'", path);
+    struct stat sb;
+    if (fstat(fd, &sb) || sb.st_size <= 0) { close(fd); return bq_fail(BQ_ERR_PARSE, "%s: empty or unreadable file", path); }
+    size_t size = (size_t)sb.st_size;
+    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) return bq_fail(BQ_ERR_IO, "cannot map '%s'", path);
+    bq_status st = parse(path, map, size, out);
+    munmap(map, size);
+    return st;
 }
 
 slot *slot_find(slot_list *s, const char *name)

@@ -20,10 +20,11 @@ int model_head_tied(const bq_model *m);
 /* The tensors the forward pass needs for this config are all there. */
 bq_status model_check_complete(const bq_model *m, const char *path);
 
-/* .bq files (bqfile.c) and GGUF (gguf.c) */
-bq_status bqfile_load(const char *path, bq_model **out);
+/* .bq files (bqfile.c) and GGUF (gguf.c): parsers of a whole file in memory,
+ * and the loader that maps a file for one of them (slots.c). */
+typedef bq_status (*model_parser)(const char *path, const uint8_t *buf, size_t size, bq_model **out);
 bq_status bqfile_parse(const char *path, const uint8_t *buf, size_t size, bq_model **out);
-bq_status gguf_load(const char *path, bq_model **out);
+bq_status model_file_load(const char *path, model_parser parse, bq_model **out);
 uint32_t bq_crc32(const void *data, size_t n);
 bq_status gguf_parse(const char *path, const uint8_t *buf, size_t size, bq_model **out);
 /* One row of a GGUF tensor of type `type` (F32 0, F16 1, Q4_0 2, Q4_1 3, Q5_0 6, Q8_0 8, BF16 30, MXFP4 39). */
