@@ -153,12 +153,8 @@ int main(int argc, char **argv)
         for (int f = 0; f < nf; f++) {
             bq_format *fm;
             bq_format_parse(wf[f], &fm);
-            size_t psz = bq_packed_size(fm, (size_t)R, (size_t)C);
-            uint8_t *pk = malloc(psz);
-            bq_pack(fm, w, (size_t)R, (size_t)C, NULL, pk, psz);
             pmat *m;
-            pmat_new(fm, R, C, pk, psz, &m);
-            free(pk);
+            if (pmat_pack(fm, w, R, C, NULL, &m)) { fprintf(stderr, "%s: %s\n", wf[f], bq_last_error()); return 1; }
             double bytes = (double)pmat_bytes(m), gemv = NAN, gemm = NAN, igemv = NAN;
             if (m->kind == PM_PANEL) {
                 mm_job j = {m, x, NULL, y, 1};

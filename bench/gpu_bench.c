@@ -158,13 +158,9 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < sizeof gf / sizeof *gf; i++) {
             bq_format *f;
             bq_format_parse(gf[i], &f);
-            size_t ps = bq_packed_size(f, (size_t)R, (size_t)C);
-            uint8_t *pk = malloc(ps);
-            bq_qopts o = {0};
-            bq_pack(f, hx, (size_t)R, (size_t)C, &o, pk, ps);
             pmat *m;
             bq_cuda_w *w;
-            if (pmat_new(f, R, C, pk, ps, &m) || bq_cuda_w_upload(m, &w)) { printf("%s: %s\n", gf[i], bq_last_error()); continue; }
+            if (pmat_pack(f, hx, R, C, NULL, &m) || bq_cuda_w_upload(m, &w)) { printf("%s: %s\n", gf[i], bq_last_error()); continue; }
             gemv_arg g = {w, dx, dy};
             float ms = best_ms(run_gemv, &g, 20);
             double gbs = (double)bq_cuda_w_bytes(w) / ms / 1e6;
@@ -172,7 +168,6 @@ int main(int argc, char **argv)
             emit("gemv", gf[i], (double)R * C, gbs, copy);
             bq_cuda_w_free(w);
             pmat_free(m);
-            free(pk);
             bq_format_free(f);
         }
     }

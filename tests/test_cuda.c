@@ -146,11 +146,8 @@ static void gemv(void)
     for (size_t fi = 0; fi < sizeof wf / sizeof *wf; fi++) {
         bq_format *f;
         bq_format_parse(wf[fi], &f);
-        size_t ps = bq_packed_size(f, (size_t)R, (size_t)C);
-        uint8_t *pk = malloc(ps);
-        bq_pack(f, w, (size_t)R, (size_t)C, NULL, pk, ps);
         pmat *m;
-        pmat_new(f, R, C, pk, ps, &m);
+        if (pmat_pack(f, w, R, C, NULL, &m)) { CHECK(0, "pack %s: %s", f->name, bq_last_error()); bq_format_free(f); continue; }
         pmat_decode(m, 0, R, wq);
         for (int t = 0; t < n; t++)
             for (int r = 0; r < R; r++) {
@@ -177,7 +174,6 @@ static void gemv(void)
             bq_cuda_w_free(gw);
         }
         pmat_free(m);
-        free(pk);
         bq_format_free(f);
     }
     free(w); free(wq); free(x); free(y); free(ref);

@@ -137,13 +137,9 @@ static void kinds(void)
         const char *name = i < 6 ? panel[i] : stream[i - 6];
         bq_format *f;
         bq_format_parse(name, &f);
-        size_t size;
-        uint8_t *pk = pack(f, w, 16, 256, &size);
         pmat *m;
-        pmat_new(f, 16, 256, pk, size, &m);
-        CHECK(m && (int)m->kind == (i < 6 ? PM_PANEL : PM_STREAM), "%s representation", name);
+        CHECK(pmat_pack(f, w, 16, 256, NULL, &m) == BQ_OK && (int)m->kind == (i < 6 ? PM_PANEL : PM_STREAM), "%s representation", name);
         pmat_free(m);
-        free(pk);
         bq_format_free(f);
     }
     free(w);

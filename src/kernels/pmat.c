@@ -88,14 +88,24 @@ static int panel_ok(const bq_format *f, int cols, int8_t lut[256], float *emult)
 /* Block formats with 8-bit scales and byte-sized blocks (MXFP6, MXFP8, block
  * minifloat, e4m3-scaled, ...) decode through a code -> value table instead of
  * the generic bit reader: (value * s1) * s2 as bq_unpack computes it. */
+/* The tensor factor and what each 1-byte scale code means: (s1, s2) as bq_unpack
+ * applies them, and sc = (s1 * s2) * emult for the matmuls. */
+static void scale_tables(pmat *m, float tscale)
+{
+    m->tscale = tscale;
+    for (int c = 0; c < 256; c++) {
+        pack_scale_parts(m->f, tscale, (uint32_t)c, &m->s1[c], &m->s2[c]);
+        m->sc[c] = (m->s1[c] * m->s2[c]) * m->emult;
+    }
+}
+
 static void stream_setup(pmat *m)
 {
     const bq_format *f = m->f;
     int blockish = f->sch == SCH_MX || f->sch == SCH_BFP || f->sch == SCH_BM || f->sch == SCH_SCALED || f->sch == SCH_NVFP4;
     if (!blockish || f->scale_bits != 8 || f->el.bits > 8 || ((size_t)f->block * f->el.bits) % 8) return;
     for (int c = 0; c < 1 << f->el.bits; c++) m->vlut[c] = pack_elem_value(f, (uint32_t)c);
-    m->tscale = pack_tensor_scale(f, m->data);
-    for (int c = 0; c < 256; c++) pack_scale_parts(f, m->tscale, (uint32_t)c, &m->s1[c], &m->s2[c]);
+    scale_tables(m, pack_tensor_scale(f, m->data));
     m->fast_stream = 1;
 }
 
@@ -181,12 +191,7 @@ bq_status pmat_new(const bq_format *f, int rows, int cols, const uint8_t *packed
     m->nb = cols / f->block;
     m->npanel = (rows + PM_ROWS - 1) / PM_ROWS;
     m->sbytes = f->scale_bits / 8;
-    m->tscale = pack_tensor_scale(f, packed);
-    if (m->sbytes == 1)
-        for (int c = 0; c < 256; c++) {
-            pack_scale_parts(f, m->tscale, (uint32_t)c, &m->s1[c], &m->s2[c]);
-            m->sc[c] = (m->s1[c] * m->s2[c]) * m->emult;
-        }
+    scale_tables(m, pack_tensor_scale(f, packed));
     if (m->sbytes == 1) {
         /* Power-of-two scales (MX, BFP): factor(c) is the float with exponent field
          * c + pow2_shift wherever that is a normal number, so kernels can build it
@@ -231,6 +236,18 @@ bq_status pmat_new(const bq_format *f, int rows, int cols, const uint8_t *packed
     free(ec);
     *out = m;
     return BQ_OK;
+}
+
+bq_status pmat_pack(const bq_format *f, const float *x, int rows, int cols, const bq_qopts *o, pmat **out)
+{
+    *out = NULL;
+    size_t size = bq_packed_size(f, (size_t)rows, (size_t)cols);
+    uint8_t *buf = size == SIZE_MAX ? NULL : malloc(size ? size : 1);
+    if (!buf) return bq_fail(BQ_ERR_NOMEM, "out of memory packing %dx%d", rows, cols);
+    bq_status st = bq_pack(f, x, (size_t)rows, (size_t)cols, o, buf, size);
+    if (!st) st = pmat_new(f, rows, cols, buf, size, out);
+    free(buf);
+    return st;
 }
 
 bq_status pmat_to_packed(const pmat *m, uint8_t *out, size_t size)
@@ -306,10 +323,9 @@ void pm_act_free(pm_act *a)
 
 /* Block formats: the codes straight from the shared quantisation arithmetic
  * (qkern.h, as bq_pack computes them), without the bit stream. */
-static void act_block_rows(const bq_format *af, const qctx *c, const int8_t *lut, float em, const float *x, int t0,
+static void act_block_rows(const bq_format *af, const qctx *c, float em, const float *x, int t0,
                            int t1, pm_act *a)
 {
-    (void)lut;
     float inv = 1.0f / em;
     int cols = a->cols, K = a->K, ng = cols / K;
     for (int t = t0; t < t1; t++)
@@ -332,11 +348,11 @@ static void act_block_rows(const bq_format *af, const qctx *c, const int8_t *lut
         }
 }
 
-typedef struct { const bq_format *af; const qctx *c; const int8_t *lut; float em; const float *x; pm_act *a; } act_job;
+typedef struct { const bq_format *af; const qctx *c; float em; const float *x; pm_act *a; } act_job;
 static void act_range(void *arg, size_t b, size_t e)
 {
     act_job *j = arg;
-    act_block_rows(j->af, j->c, j->lut, j->em, j->x, (int)b, (int)e, j->a);
+    act_block_rows(j->af, j->c, j->em, j->x, (int)b, (int)e, j->a);
 }
 
 bq_status pm_act_make(const bq_format *af, const float *x, int n, int cols, const bq_qopts *o, pm_act *a)
@@ -357,7 +373,7 @@ bq_status pm_act_make(const bq_format *af, const float *x, int n, int cols, cons
         qctx c;
         bq_status st = bq_tensor_ctx(af, x, (size_t)n, (size_t)cols, o, &c);
         if (st) { pm_act_free(a); return st; }
-        act_job j = {af, &c, lut, em, x, a};
+        act_job j = {af, &c, em, x, a};
         bq_parallel_for((size_t)n, (size_t)n * cols < (1u << 16) ? 1 : (o ? o->threads : 0), act_range, &j);
         return BQ_OK;
     }
@@ -393,7 +409,6 @@ bq_status pm_act_make(const bq_format *af, const float *x, int n, int cols, cons
 
 void pmat_mm_int(const pmat *m, const pm_act *a, float *y, int ldy, int r0, int r1)
 {
-    (void)r1;
     kernels()->mm_int(m, a, y, ldy, r0 / PM_ROWS, (r1 + PM_ROWS - 1) / PM_ROWS);
 }
 

@@ -46,6 +46,8 @@ typedef struct pmat {
 
 /* Take rows x cols of bq_pack output (copied; the caller keeps `packed`). */
 bq_status pmat_new(const bq_format *f, int rows, int cols, const uint8_t *packed, size_t size, pmat **out);
+/* Quantise rows x cols of float32 into f and hold the result packed (bq_pack, then pmat_new). */
+bq_status pmat_pack(const bq_format *f, const float *x, int rows, int cols, const bq_qopts *o, pmat **out);
 void pmat_free(pmat *m);
 size_t pmat_bytes(const pmat *m);                 /* memory held, all included */
 /* The bq_pack layout again (exactly the bytes pmat_new took). */

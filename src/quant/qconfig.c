@@ -169,16 +169,11 @@ static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *f
     } else if (!pack) {
         st = bq_qdq(f, *w, *w, (size_t)rows, (size_t)cols, o);
     } else {
-        size_t size = bq_packed_size(f, (size_t)rows, (size_t)cols);
-        uint8_t *buf = size == SIZE_MAX ? NULL : malloc(size);
-        if (!buf) st = bq_fail(BQ_ERR_NOMEM, "%s: out of memory packing %dx%d", name, rows, cols);
-        if (!st && (st = bq_pack(f, *w, (size_t)rows, (size_t)cols, o, buf, size)))
-            st = bq_fail(st, "%s: %s", name, bq_last_error());
-        if (!st && !(st = pmat_new(f, rows, cols, buf, size, pw))) {
+        if ((st = pmat_pack(f, *w, rows, cols, o, pw))) st = bq_fail(st, "%s: %s", name, bq_last_error());
+        else {
             free(*w);
             *w = NULL;
         }
-        free(buf);
     }
     bq_format_free(f);
     return st;
