@@ -40,11 +40,11 @@ bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const b
     if (windows == 0)
         return bq_fail(BQ_ERR_ARG, "the text has %zu tokens, fewer than one window of %d", n, S);
     int V = bq_model_vocab(m);
-    float *lg = malloc((size_t)S * V * sizeof *lg);
+    float *lg = o->device ? NULL : malloc((size_t)S * V * sizeof *lg);  /* the GPU keeps its logits */
     double *lp = malloc((size_t)S * sizeof *lp);
     bq_ctx *c = NULL;
     bq_cuda_model *g = NULL;
-    bq_status st = !lg || !lp ? bq_fail(BQ_ERR_NOMEM, "out of memory for logits")
+    bq_status st = (!lg && !o->device) || !lp ? bq_fail(BQ_ERR_NOMEM, "out of memory for logits")
                    : o->device ? bq_cuda_model_new(m, S, &g) : bq_ctx_new(m, S, &c);
     if (!st && !o->allow_nonfinite) st = bq_model_check_finite(m);
     if (!st && c) bq_ctx_set_check(c, !o->allow_nonfinite);
