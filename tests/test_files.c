@@ -92,17 +92,13 @@ static void bq_roundtrip(void)
     printf("  .bq (mixed W/A config) vs fake quantisation: max|diff|/max|logit| = %.2e\n", d / mx);
     /* true size: every tensor's packed bytes + blobs + header, and nothing more than alignment */
     size_t want = 0;
-    int nl = bq_model_n_linears(p);
-    for (int i = 0; i < nl; i++) want += bq_model_linear_params(p, i);  /* counted below by the slots instead */
     slot_list sl;
     model_slots(l, &sl);
-    want = 0;
-    int nt = 0;
     for (int i = 0; i < sl.n; i++) {
         slot *s = &sl.v[i];
         size_t e = (size_t)s->rows * (s->cols ? (size_t)s->cols : 1);
-        if (s->p && *s->p) want += bq_packed_size((*s->p)->f, (size_t)s->rows, (size_t)s->cols), nt++;
-        else if (*s->f && !(model_head_tied(l) && !strcmp(s->name, "lm_head.weight"))) want += e * 2, nt++;  /* bf16 */
+        if (s->p && *s->p) want += bq_packed_size((*s->p)->f, (size_t)s->rows, (size_t)s->cols);
+        else if (*s->f && !(model_head_tied(l) && !strcmp(s->name, "lm_head.weight"))) want += e * 2;  /* bf16 */
     }
     free(sl.v);
     want += l->config_len + l->tokenizer_len;
