@@ -38,7 +38,26 @@ static bq_status cublas_open(void)
     return BQ_OK;
 }
 
-// ---- kernels ----
+// ---- kernels (launched with 256 threads a block where they reduce) ----
+
+struct sum_op { template <typename T> __device__ T operator()(T a, T b) const { return a + b; } };
+struct max_op { __device__ float operator()(float a, float b) const { return fmaxf(a, b); } };
+
+// Tree reduction over the block; every thread gets the result, and buf is free
+// for reuse on return.
+template <typename T, typename Op>
+static __device__ __forceinline__ T block_reduce(T v, T *buf, Op op)
+{
+    buf[threadIdx.x] = v;
+    __syncthreads();
+    for (int o = blockDim.x / 2; o; o >>= 1) {
+        if ((int)threadIdx.x < o) buf[threadIdx.x] = op(buf[threadIdx.x], buf[threadIdx.x + o]);
+        __syncthreads();
+    }
+    T r = buf[0];
+    __syncthreads();
+    return r;
+}
 __global__ void k_embed(const float *emb, const int *ids, float *x, int H)
 {
     int t = blockIdx.x;
@@ -52,13 +71,7 @@ __global__ void k_rmsnorm(const float *x, const float *w, float *y, int d, float
     float *yr = y + (size_t)blockIdx.x * d;
     double s = 0;
     for (int i = threadIdx.x; i < d; i += blockDim.x) s += (double)xr[i] * xr[i];
-    part[threadIdx.x] = s;
-    __syncthreads();
-    for (int o = blockDim.x / 2; o; o >>= 1) {
-        if ((int)threadIdx.x < o) part[threadIdx.x] += part[threadIdx.x + o];
-        __syncthreads();
-    }
-    float r = (float)(1.0 / sqrt(part[0] / d + eps));
+    float r = (float)(1.0 / sqrt(block_reduce(s, part, sum_op()) / d + eps));
     for (int i = threadIdx.x; i < d; i += blockDim.x) yr[i] = w[i] * (xr[i] * r);
 }
 
@@ -100,23 +113,10 @@ __global__ void k_attention(const float *q, const float *k, const float *v, floa
     __syncthreads();
     float mx = -INFINITY;
     for (int j = threadIdx.x; j <= t; j += blockDim.x) mx = fmaxf(mx, sc[j]);
-    red[threadIdx.x] = mx;
-    __syncthreads();
-    for (int o = blockDim.x / 2; o; o >>= 1) {
-        if ((int)threadIdx.x < o) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + o]);
-        __syncthreads();
-    }
-    mx = red[0];
-    __syncthreads();
+    mx = block_reduce(mx, red, max_op());
     float sum = 0.0f;
     for (int j = threadIdx.x; j <= t; j += blockDim.x) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
-    red[threadIdx.x] = sum;
-    __syncthreads();
-    for (int o = blockDim.x / 2; o; o >>= 1) {
-        if ((int)threadIdx.x < o) red[threadIdx.x] += red[threadIdx.x + o];
-        __syncthreads();
-    }
-    float inv = 1.0f / red[0];
+    float inv = 1.0f / block_reduce(sum, red, sum_op());
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
         float a = 0.0f;
         for (int j = 0; j <= t; j++) a += sc[j] * v[j * kvd + (size_t)kh * d + i];
@@ -145,22 +145,11 @@ __global__ void k_logprob(const float *lg, const int *ids, double *lp, int V)
     const float *row = lg + (size_t)t * V;
     float mx = -INFINITY;
     for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, row[i]);
-    fm[threadIdx.x] = mx;
-    __syncthreads();
-    for (int o = blockDim.x / 2; o; o >>= 1) {
-        if ((int)threadIdx.x < o) fm[threadIdx.x] = fmaxf(fm[threadIdx.x], fm[threadIdx.x + o]);
-        __syncthreads();
-    }
-    mx = fm[0];
+    mx = block_reduce(mx, fm, max_op());
     double se = 0;
     for (int i = threadIdx.x; i < V; i += blockDim.x) se += (double)expf(row[i] - mx);
-    ds[threadIdx.x] = se;
-    __syncthreads();
-    for (int o = blockDim.x / 2; o; o >>= 1) {
-        if ((int)threadIdx.x < o) ds[threadIdx.x] += ds[threadIdx.x + o];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) lp[t] = (double)row[ids[t + 1]] - mx - log(ds[0]);
+    se = block_reduce(se, ds, sum_op());
+    if (threadIdx.x == 0) lp[t] = (double)row[ids[t + 1]] - mx - log(se);
 }
 
 // ---- the model on the device ----
