@@ -22,6 +22,16 @@ else
     make -j"$(nproc)" BUILD=build/gpu gpu >"$O/gpu_build.txt" 2>&1 || { tail -30 "$O/gpu_build.txt"; exit 1; }
 fi
 ./build/gpu/gpu/test_cuda 2>&1 | tee "$O/gpu_test.txt"
+# what the compiler made of the matrix kernels: tensor-core instructions, local-memory traffic
+if command -v cuobjdump >/dev/null; then
+    for k in gemm gemv; do
+        cuobjdump -sass build/gpu/cuda/$k.o >"/tmp/$k.sass" 2>/dev/null || true
+        printf '%s.o SASS: ' $k; for op in QGMMA IGMMA HGMMA HMMA IMMA LDL STL; do printf '%s=%s ' $op "$(grep -c "$op" /tmp/$k.sass)"; done; echo
+    done | tee "$O/gpu_sass.txt"
+fi
+if [ -n "$SANITIZE" ] && command -v compute-sanitizer >/dev/null; then
+    BQ_CUDA_ONLY=gemv,gemm compute-sanitizer --error-exitcode 9 ./build/gpu/gpu/test_cuda 2>&1 | tail -5 | tee "$O/gpu_sanitizer.txt"
+fi
 ./build/gpu/gpu/gpu_bench --json "$O/gpu_bench.jsonl" ${QUICK:+--quick} 2>&1 | tee "$O/gpu_bench.md"
 if [ -n "$X" ]; then
     BQ_TEST_FAST=1 ./build/gpu/tests/test_engine 2>&1 | grep -E "CUDA|SKIP|FAIL|passed" | tee "$O/gpu_engine_test.txt"

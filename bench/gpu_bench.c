@@ -115,15 +115,17 @@ static uint32_t rnd(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
 
 int main(int argc, char **argv)
 {
-    int quick = 0;
+    int quick = 0, gemm_only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json") && i + 1 < argc) g_json = fopen(argv[++i], "w");
         else if (!strcmp(argv[i], "--quick")) quick = 1;
+        else if (!strcmp(argv[i], "--gemm")) gemm_only = 1;  /* the GEMM table alone (profiling) */
     }
     char why[256];
     if (!bq_cuda_devices(why, sizeof why)) { printf("SKIP: %s\n", why); return 0; }
     printf("# blockq CUDA benchmark on %s\n\n", bq_cuda_device_name());
 
+    if (gemm_only) goto gemm;
     /* copy bandwidth and fake quantisation: 1 GiB of float32 in, 1 GiB out */
     size_t rows = quick ? 4096 : 16384, cols = 16384, n = rows * cols;
     float *dx, *dy;
@@ -175,12 +177,13 @@ int main(int argc, char **argv)
     bq_cuda_free(dy);
     free(hx);
     /* W8A8 GEMM vs cuBLASLt */
+gemm:;
     cublasLtHandle_t h;
     cublasLtCreate(&h);
     size_t wsz = 64 << 20;
     void *ws;
     bq_cuda_malloc(&ws, wsz);
-    printf("\n| GEMM n x n x n | blockq MXINT8 TFLOP/s | blockq MXFP8 TFLOP/s | cuBLASLt FP8 | cuBLASLt BF16 | MXFP8 / cuBLAS FP8 |\n|---|---|---|---|---|---|\n");
+    printf("\n| GEMM n x n x n | blockq MXINT8 TFLOP/s | blockq MXFP8 TFLOP/s | MXFP8 on mma.sync | cuBLASLt FP8 | cuBLASLt BF16 | MXFP8 / cuBLAS FP8 | MXINT8 / cuBLAS FP8 |\n|---|---|---|---|---|---|---|---|\n");
     const int gn[] = {4096, 8192, 16384};
     for (int s = 0; s < (quick ? 1 : 3); s++) {
         int N = gn[s];
@@ -198,10 +201,12 @@ int main(int argc, char **argv)
         cudaMemset(a16, 0x3c, nn * 2);
         cudaMemset(b16, 0x3c, nn * 2);
         double flop = 2.0 * N * nn;
-        double t[4];
-        for (int kind = 0; kind < 2; kind++) {
-            gemm_arg g = {kind, a, b, sa, sb, c, N};
-            t[kind] = flop / best_ms(run_gemm, &g, 5) / 1e9;
+        double t[5];
+        for (int kind = 0; kind < 3; kind++) {  /* 2: MXFP8 on the mma.sync kernel, for comparison */
+            gemm_arg g = {kind % 2, a, b, sa, sb, c, N};
+            if (kind == 2) setenv("BQ_GEMM_MMA", "1", 1);
+            t[kind < 2 ? kind : 4] = flop / best_ms(run_gemm, &g, 5) / 1e9;
+            unsetenv("BQ_GEMM_MMA");
             if (bq_cuda_sync()) printf("gemm: %s\n", bq_last_error());
         }
         lt_arg l;
@@ -209,7 +214,9 @@ int main(int argc, char **argv)
         lt_free(&l);
         t[3] = lt_setup(&l, h, CUDA_R_16BF, N, a16, b16, c, ws, wsz) ? flop / best_ms(run_lt, &l, 5) / 1e9 : NAN;
         lt_free(&l);
-        printf("| %d | %.0f | %.0f | %.0f | %.0f | %.0f%% |\n", N, t[0], t[1], t[2], t[3], 100 * t[1] / t[2]);
+        printf("| %d | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f%% | %.0f%% |\n", N, t[0], t[1], t[4], t[2], t[3], 100 * t[1] / t[2],
+               100 * t[0] / t[2]);
+        emit("gemm_mxfp8_mma_sync", "mxfp8_e4m3", N, t[4], t[2]);
         emit("gemm_mxint8", "mxint8", N, t[0], t[2]);
         emit("gemm_mxfp8", "mxfp8_e4m3", N, t[1], t[2]);
         emit("cublaslt_fp8", "e4m3", N, t[2], t[2]);

@@ -1,7 +1,8 @@
 /* Perplexity throughput of the CUDA engine on a randomly initialised 7B-shaped
  * LLaMA stack (hidden 4096, MLP 11008, 32 heads, vocab 32000), generated here:
- * no checkpoint of that size exists offline. Float32 against fake-quantised
- * weights + activations (+ KV cache), tokens/s over windows of --ctx tokens.
+ * no checkpoint of that size exists offline. Float32, bf16 (weights and
+ * activations bf16: cuBLAS's bf16 GEMM) and fake-quantised weights + activations
+ * (+ KV cache), tokens/s over windows of --ctx tokens.
  *
  *   build/gpu/gpu_ppl_bench [--layers 32] [--ctx 2048] [--windows 4] [--json FILE]
  */
@@ -90,15 +91,16 @@ int main(int argc, char **argv)
     snprintf(m->head.name, sizeof m->head.name, "lm_head");
     printf("# CUDA engine on %s: random 7B-shaped LLaMA, %d layers, ctx %d, %d windows\n\n", bq_cuda_device_name(), layers,
            ctx, windows);
-    printf("weights generated in %.1f s\n\n| setting | tokens/s | vs float32 | GPU memory GB |\n|---|---|---|---|\n", now() - t0);
+    printf("weights generated in %.1f s\n\n| setting | tokens/s | vs float32 | vs bf16 | GPU memory GB |\n|---|---|---|---|---|\n", now() - t0);
     int32_t *ids = malloc((size_t)ctx * 4);
     double *lp = malloc((size_t)ctx * 8);
     for (int i = 0; i < ctx; i++) ids[i] = (int32_t)((i * 2654435761u) % V);
-    const char *settings[][4] = {{"float32", NULL, NULL, NULL}, {"W mxint8 A mxint8", "mxint8", "mxint8", NULL},
+    const char *settings[][4] = {{"float32", NULL, NULL, NULL}, {"bf16 (W bf16 A bf16)", "bf16", "bf16", NULL},
+                                 {"W mxint8 A mxint8", "mxint8", "mxint8", NULL},
                                  {"W bfp6 A bfp6 KV bfp8", "bfp6_b16", "bfp6_b16", "bfp8_b16"},
                                  {"W mxfp4 A mxfp4", "mxfp4", "mxfp4", NULL}};
-    double base = 0;
-    for (int s = 0; s < 4; s++) {
+    double base = 0, b16 = 0;
+    for (int s = 0; s < 5; s++) {
         if (settings[s][1]) {  /* weights are quantised in place on the CPU: later settings start from earlier ones */
             bq_qconfig *q;
             bq_qconfig_new(&q);
@@ -116,10 +118,11 @@ int main(int argc, char **argv)
             if (bq_cuda_window_logprobs(g, ids, ctx, lp)) { printf("%s\n", bq_last_error()); return 1; }
         t = now() - t;
         double tps = (double)ctx * windows / t;
-        if (!s) base = tps;
+        if (s == 0) base = tps;
+        if (s == 1) b16 = tps;
         double nll = 0;
         for (int i = 0; i < ctx - 1; i++) nll -= lp[i];
-        printf("| %s | %.0f | %.2fx | %.1f |\n", settings[s][0], tps, tps / base, bq_cuda_model_bytes(g) / 1e9);
+        printf("| %s | %.0f | %.2fx | %.2fx | %.1f |\n", settings[s][0], tps, tps / base, tps / b16, bq_cuda_model_bytes(g) / 1e9);
         if (js) fprintf(js, "{\"setting\":\"%s\",\"layers\":%d,\"ctx\":%d,\"tokens_per_second\":%.1f,\"mean_nll\":%.4f}\n",
                         settings[s][0], layers, ctx, tps, nll / (ctx - 1));
         bq_cuda_model_free(g);

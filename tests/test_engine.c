@@ -440,8 +440,11 @@ static void test_cuda_ppl(void)
         return;
     }
     bq_tokenize(t, txt, len, &ids, &n);
-    const char *cfg[][3] = {{NULL, NULL, NULL}, {"mxfp4", "mxint8", "bfp8_b16"}, {"bfp6_b16", "bfp6_b16", NULL}};
-    for (int i = 0; i < 3; i++) {
+    /* Block formats and bf16 take the GPU's bf16 GEMM path (their values are bf16
+     * numbers); int8_row activations (float32 scales) keep float32 SGEMM */
+    const char *cfg[][3] = {{NULL, NULL, NULL},           {"mxfp4", "mxint8", "bfp8_b16"}, {"bfp6_b16", "bfp6_b16", NULL},
+                            {"bf16", "bf16", NULL},       {"mxfp4", "int8_row", NULL}};
+    for (int i = 0; i < 5; i++) {
         bq_model *m;
         bq_model_load("models/llama-19m-en", &m);
         if (cfg[i][0]) {

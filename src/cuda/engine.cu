@@ -5,6 +5,16 @@
 // float32 cuBLAS SGEMM (no TF32), activations and the KV cache are quantised on
 // the device by bq_cuda_qdq (the CPU's bits). cuBLAS is opened at run time, so
 // blockq needs no CUDA libraries where there is no GPU.
+//
+// The bf16 path: a linear whose weights are all bf16 values and whose activation
+// format only produces bf16 values keeps its weights as bf16 on the device and
+// multiplies with cuBLAS's bf16 GEMM (float32 accumulation). The products of two
+// bf16 numbers are exact in float32, so this computes what the float32 path
+// computes (up to the order of the sums), in half the memory. It covers --wq/--aq
+// bf16 on a bf16 checkpoint and most block formats (MX, BFP, block minifloat and
+// logarithm), whose values have at most 8 significant bits and power-of-two scales.
+#include <cublas_v2.h>  // types only: the library is opened with dlopen
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <dlfcn.h>
 #include <math.h>
@@ -20,8 +30,12 @@ extern "C" {
 typedef int (*create_fn)(void **);
 typedef int (*sgemm_fn)(void *, int, int, int, int, int, const float *, const float *, int, const float *, int,
                         const float *, float *, int);
+typedef cublasStatus_t (*gemmex_fn)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void *,
+                                    const void *, cudaDataType, int, const void *, cudaDataType, int, const void *, void *,
+                                    cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
 static void *g_cublas;
 static sgemm_fn g_sgemm;
+static gemmex_fn g_gemmex;
 
 static bq_status cublas_open(void)
 {
@@ -33,7 +47,8 @@ static bq_status cublas_open(void)
     if (!lib) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cannot load cuBLAS (libcublas.so): %s", dlerror());
     create_fn create = (create_fn)dlsym(lib, "cublasCreate_v2");
     g_sgemm = (sgemm_fn)dlsym(lib, "cublasSgemm_v2");
-    if (!create || !g_sgemm) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cuBLAS lacks cublasSgemm_v2");
+    g_gemmex = (gemmex_fn)dlsym(lib, "cublasGemmEx");
+    if (!create || !g_sgemm || !g_gemmex) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cuBLAS lacks cublasSgemm_v2 or cublasGemmEx");
     if (create(&g_cublas) != 0) { g_cublas = NULL; return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasCreate failed"); }
     return BQ_OK;
 }
@@ -73,6 +88,13 @@ __global__ void k_rmsnorm(const float *x, const float *w, float *y, int d, float
     for (int i = threadIdx.x; i < d; i += blockDim.x) s += (double)xr[i] * xr[i];
     float r = (float)(1.0 / sqrt(block_reduce(s, part, sum_op()) / d + eps));
     for (int i = threadIdx.x; i < d; i += blockDim.x) yr[i] = w[i] * (xr[i] * r);
+}
+
+// float32 holding bf16 values -> bf16 (exact: the low halves are zero)
+__global__ void k_top_half(const float *x, __nv_bfloat16 *y, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = __ushort_as_bfloat16((unsigned short)(__float_as_uint(x[i]) >> 16));
 }
 
 __global__ void k_bias(float *y, const float *b, size_t n, int out)
@@ -153,7 +175,7 @@ __global__ void k_logprob(const float *lg, const int *ids, double *lp, int V)
 }
 
 // ---- the model on the device ----
-struct glin { float *w, *b; int in, out; const bq_format *aq; };
+struct glin { float *w, *b; __nv_bfloat16 *w16; int in, out; const bq_format *aq; };
 struct glayer { float *ln1, *ln2, *qn, *kn; glin q, k, v, o, gate, up, down; };
 struct bq_cuda_model {
     const bq_model *m;
@@ -162,6 +184,8 @@ struct bq_cuda_model {
     glayer *L;
     int T;
     float *x, *h, *q, *k, *v, *a, *g, *u, *lg, *xq;
+    __nv_bfloat16 *xb;  // bf16 activations for the bf16 path (allocated when a linear takes it)
+    size_t xb_n;
     int *ids;
     double *lp;
     size_t bytes;
@@ -173,6 +197,31 @@ static bq_status up_floats(float **d, const float *h, size_t n, size_t *bytes)
     if (!st) st = bq_cuda_upload(*d, h, n * 4);
     *bytes += n * 4;
     return st;
+}
+
+// Significant bits of the largest element of a grid (0: not a small grid).
+static int sig_bits(const elem_t *e)
+{
+    if (e->kind == EK_MF) return e->mbits + 1;
+    if (e->kind == EK_LOG) return 1;
+    if (e->kind != EK_INT) return 0;
+    int m = e->hi > -e->lo ? e->hi : -e->lo, b = 0;
+    while (m >> b) b++;
+    return b;
+}
+
+// Whether every value format f produces is a bf16 number: elements of at most 8
+// significant bits times a power of two (or a small minifloat scale whose product
+// with them still fits). The exception: values under 2^-126, where bf16 has fewer
+// bits than float32; no real activation or weight is that small.
+static int bf16_values(const bq_format *f)
+{
+    int e = sig_bits(&f->el);
+    switch (f->sch) {
+    case SCH_ELEM: case SCH_MX: case SCH_BFP: case SCH_BM: case SCH_BL: return e > 0 && e <= 8;
+    case SCH_SCALED: return e > 0 && f->scale.kind == EK_MF && e + f->scale.mbits + 1 <= 8;
+    default: return 0;  // float32 scales (int per tensor/row/group, NVFP4's tensor scale)
+    }
 }
 
 static bq_status up_linear(glin *g, const linear *l, size_t *bytes)
@@ -188,7 +237,26 @@ static bq_status up_linear(glin *g, const linear *l, size_t *bytes)
         pmat_decode(l->pw, 0, l->out, tmp);
         w = tmp;
     }
-    bq_status st = up_floats(&g->w, w, n, bytes);
+    bq_status st = BQ_OK;
+    int bf16 = l->aq && bf16_values(l->aq);
+    for (size_t i = 0; i < n && bf16; i++) {
+        uint32_t u;
+        memcpy(&u, &w[i], 4);
+        bf16 = (u & 0xffffu) == 0;
+    }
+    if (bf16) {  // the top halves of the float32 bits are the bf16 values
+        uint16_t *h = (uint16_t *)malloc(n * 2);
+        if (!h) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        for (size_t i = 0; h && i < n; i++) {
+            uint32_t u;
+            memcpy(&u, &w[i], 4);
+            h[i] = (uint16_t)(u >> 16);
+        }
+        if (!st) st = bq_cuda_malloc((void **)&g->w16, n * 2);
+        if (!st) st = bq_cuda_upload(g->w16, h, n * 2);
+        *bytes += n * 2;
+        free(h);
+    } else st = up_floats(&g->w, w, n, bytes);
     free(tmp);
     if (!st && l->b) st = up_floats(&g->b, l->b, (size_t)l->out, bytes);
     return st;
@@ -203,11 +271,13 @@ extern "C" void bq_cuda_model_free(bq_cuda_model *g)
         float *p[] = {l->ln1, l->ln2, l->qn, l->kn};
         for (float *x : p) bq_cuda_free(x);
         glin *ls[] = {&l->q, &l->k, &l->v, &l->o, &l->gate, &l->up, &l->down};
-        for (glin *x : ls) { bq_cuda_free(x->w); bq_cuda_free(x->b); }
+        for (glin *x : ls) { bq_cuda_free(x->w); bq_cuda_free(x->b); bq_cuda_free(x->w16); }
     }
     free(g->L);
     float *p[] = {g->emb, g->fnorm, g->head.w, g->head.b, g->x, g->h, g->q, g->k, g->v, g->a, g->g, g->u, g->lg, g->xq};
     for (float *x : p) bq_cuda_free(x);
+    bq_cuda_free(g->head.w16);
+    bq_cuda_free(g->xb);
     bq_cuda_free(g->ids);
     bq_cuda_free(g->lp);
     free(g);
@@ -258,6 +328,12 @@ extern "C" bq_status bq_cuda_model_new(const bq_model *m, int T, bq_cuda_model *
     float **bufs[] = {&g->x, &g->h, &g->q, &g->k, &g->v, &g->a, &g->g, &g->u, &g->lg, &g->xq};
     size_t sizes[] = {Tn * H, Tn * H, Tn * qd, Tn * kvd, Tn * kvd, Tn * qd, Tn * I, Tn * I, Tn * V, Tn * maxin};
     for (int i = 0; i < 10 && !st; i++) { st = bq_cuda_malloc((void **)bufs[i], sizes[i] * 4); *b += sizes[i] * 4; }
+    int any16 = g->head.w16 != NULL;
+    for (int i = 0; i < c->layers && !st; i++) {
+        glin *ls[] = {&g->L[i].q, &g->L[i].k, &g->L[i].v, &g->L[i].o, &g->L[i].gate, &g->L[i].up, &g->L[i].down};
+        for (glin *x : ls) any16 |= x->w16 != NULL;
+    }
+    if (!st && any16) { st = bq_cuda_malloc((void **)&g->xb, Tn * maxin * 2); *b += Tn * maxin * 2; }
     if (!st) st = bq_cuda_malloc((void **)&g->ids, Tn * 4);
     if (!st) st = bq_cuda_malloc((void **)&g->lp, Tn * 8);
     if (st) { bq_cuda_model_free(g); return st; }
@@ -266,6 +342,8 @@ extern "C" bq_status bq_cuda_model_new(const bq_model *m, int T, bq_cuda_model *
 }
 
 extern "C" size_t bq_cuda_model_bytes(const bq_cuda_model *g) { return g->bytes; }
+
+static unsigned nblk(size_t n) { return (unsigned)((n + 255) / 256); }
 
 // y[n, out] = q(x[n, in]) W^T + b
 static bq_status matmul(bq_cuda_model *g, const glin *l, const float *x, float *y, int n)
@@ -276,14 +354,17 @@ static bq_status matmul(bq_cuda_model *g, const glin *l, const float *x, float *
         x = g->xq;
     }
     const float one = 1.0f, zero = 0.0f;
-    // column-major: Y (out x n) = W^T (out x in) . X (in x n); W is in x out col-major
-    if (g_sgemm(g_cublas, 1 /*T*/, 0 /*N*/, l->out, n, l->in, &one, l->w, l->in, x, l->in, &zero, y, l->out) != 0)
+    if (l->w16) {  // x holds bf16 values (quantised above): their top halves, then bf16 x bf16 -> float32
+        size_t nx = (size_t)n * l->in;
+        k_top_half<<<nblk(nx), 256>>>(x, g->xb, nx);
+        if (g_gemmex((cublasHandle_t)g_cublas, CUBLAS_OP_T, CUBLAS_OP_N, l->out, n, l->in, &one, l->w16, CUDA_R_16BF, l->in, g->xb, CUDA_R_16BF,
+                     l->in, &zero, y, CUDA_R_32F, l->out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS)
+            return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasGemmEx (bf16) failed");
+    } else if (g_sgemm(g_cublas, 1 /*T*/ /* column-major: Y (out x n) = W^T (out x in) . X (in x n) */, 0 /*N*/, l->out, n, l->in, &one, l->w, l->in, x, l->in, &zero, y, l->out) != 0)
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasSgemm failed");
     if (l->b) k_bias<<<(unsigned)(((size_t)n * l->out + 255) / 256), 256>>>(y, l->b, (size_t)n * l->out, l->out);
     return BQ_OK;
 }
-
-static unsigned nblk(size_t n) { return (unsigned)((n + 255) / 256); }
 
 extern "C" bq_status bq_cuda_window_logprobs(bq_cuda_model *g, const int32_t *ids, int n, double *lp)
 {

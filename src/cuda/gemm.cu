@@ -9,6 +9,7 @@
 // apart (32 + 16 padding) so that the fragment loads hit 32 different banks.
 #include <cuda_runtime.h>
 #include <stdint.h>
+#include <stdlib.h>
 extern "C" {
 #include "bq_cuda.h"
 }
@@ -123,17 +124,219 @@ __global__ void __launch_bounds__(THREADS) gemm_mx8(const uint8_t *__restrict__ 
             *(float2 *)&C[(size_t)(row + 8) * N + col] = make_float2(acc[i][j][2], acc[i][j][3]);
         }
 }
+
+// ---- Hopper: wgmma (sm_90a) ----
+//
+// CTA tile 128 x 128, two consumer warpgroups of 64 x 128, K staged 128 bytes
+// (four scale blocks) at a time by cp.async into a 128-byte-swizzled layout that
+// wgmma reads directly, four stages deep. Each 32-deep block is one wgmma into a
+// fresh partial product; while the tensor cores compute block j+1 into the other
+// partial, the warpgroup scales block j (float32: 2 ops per element; MXINT8's
+// exact int32 partials become float through the 1.5 * 2^23 exponent trick) into
+// its accumulators. Scales come as float32 from a pre-pass (E8M0 -> float, A's
+// times emult; B's permuted so that a thread's 32 columns are contiguous).
+#pragma nv_diag_suppress 177  // the sm_90a helpers are unused in the portable compute_90 pass
+namespace wg {
+constexpr int BM = 128, BN = 128, BK = 128, THREADS = 256;
+constexpr int A_BYTES = BM * BK, B_BYTES = BN * BK, SA_BYTES = BM * 4 * 4, SB_BYTES = 4 * BN * 4;
+constexpr int STAGE_BYTES = A_BYTES + B_BYTES + SA_BYTES + SB_BYTES;
+constexpr int STAGES = 4, SMEM = STAGES * STAGE_BYTES;  // one CTA per SM (255 registers a thread)
+}
+
+template <int KIND> __device__ __forceinline__ void wgmma_fresh(uint32_t (&d)[64], uint64_t da, uint64_t db);
+template <>
+__device__ __forceinline__ void wgmma_fresh<0>(uint32_t (&d)[64], uint64_t da, uint64_t db)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p;\n}\n"
+                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
+                 : "l"(da), "l"(db), "n"(0));
+}
+template <>
+__device__ __forceinline__ void wgmma_fresh<1>(uint32_t (&d)[64], uint64_t da, uint64_t db)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1;\n}\n"
+                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
+                 : "l"(da), "l"(db), "n"(0));
+}
+
+// Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart.
+static __device__ __forceinline__ uint64_t sdesc(const void *p)
+{
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    return (uint64_t)((a & 0x3FFFF) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
+}
+static __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+static __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> static __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+// The partial's registers are written by the tensor cores until the wait: tie them to it.
+static __device__ __forceinline__ void wg_hold(uint32_t (&d)[64])
+{
+#pragma unroll
+    for (int i = 0; i < 64; i++) asm volatile("" : "+r"(d[i])::"memory");
+}
+
+// E8M0 codes to float32 factors. A: [M][K/32] row-major, times emult. B: per
+// 128-column tile and block, the columns in the order threads read them: float4
+// q of thread t (columns 8(2q) + 2t + {0,1}, 8(2q+1) + 2t + {0,1}) at 16q + 4t, so
+// that the four t of one load hit different banks.
+__global__ void mx_scales(const uint8_t *__restrict__ s, float *__restrict__ out, int rows, int kb, float emult, int permute)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)rows * kb) return;
+    int r = (int)(i / kb), b = (int)(i % kb);
+    float v = e8m0(s[i]) * emult;
+    if (!permute) { out[i] = v; return; }
+    int tile = r / 128, c = r % 128, ii = c / 8, t = (c % 8) / 2, j = c % 2;
+    out[((size_t)tile * kb + b) * 128 + (ii / 2) * 16 + t * 4 + (ii % 2) * 2 + j] = v;
+}
+
+template <int KIND>
+__global__ void __launch_bounds__(wg::THREADS, 1) gemm_wgmma(const uint8_t *__restrict__ A, const float *__restrict__ SA,
+                                                            const uint8_t *__restrict__ B, const float *__restrict__ SB,
+                                                            float *__restrict__ C, int M, int N, int K)
+{
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int ST = wg::STAGES;
+    extern __shared__ __align__(1024) uint8_t smem[];  // no static shared memory: the window starts 1024-aligned
+    if (threadIdx.x == 0 && (__cvta_generic_to_shared(smem) & 1023)) __trap();  // the swizzle needs it; say so loudly
+    const int tid = threadIdx.x, wgi = tid / 128, wtid = tid % 128, warp = wtid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+    const int m0 = blockIdx.y * wg::BM, n0 = blockIdx.x * wg::BN, nk = K / wg::BK, kb = K / 32;
+    // Each thread copies chunk c = tid % 8 of rows tid / 8 + 32 i (i < 4) of A and of B;
+    // 128-byte swizzle: chunk c of row r sits at c ^ (r % 8), the same for all four rows.
+    const int lr = tid / 8, lc = tid % 8, ldst = lr * 128 + ((lc ^ (lr & 7)) * 16);
+    const uint8_t *asrc = A + (size_t)(m0 + lr) * K + lc * 16, *bsrc = B + (size_t)(n0 + lr) * K + lc * 16;
+    const float *ssrc = tid < wg::BM ? SA + (size_t)(m0 + tid) * kb : SB + (size_t)blockIdx.x * kb * wg::BN + (tid - wg::BM) * 4;
+    auto load = [&](int s, int kt) {
+        uint8_t *sa = smem + s * wg::STAGE_BYTES, *sb = sa + wg::A_BYTES;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            cp16(sa + ldst + i * 32 * 128, asrc + (size_t)i * 32 * K + (size_t)kt * wg::BK);
+            cp16(sb + ldst + i * 32 * 128, bsrc + (size_t)i * 32 * K + (size_t)kt * wg::BK);
+        }
+        // scales: A's four blocks of row tid, or four columns of B's [block][128] for this stage
+        cp16(sb + wg::B_BYTES + tid * 16, ssrc + (tid < wg::BM ? kt * 4 : kt * 4 * wg::BN));
+    };
+    float acc[64];
+#pragma unroll
+    for (int i = 0; i < 64; i++) acc[i] = 0.0f;
+    uint32_t P0[64], P1[64];
+    const int row = wgi * 64 + warp * 16 + g;  // this thread's rows: row, row + 8 (in the tile)
+    // A block's factors for this thread (rows row and row + 8, its 32 columns), read
+    // before waiting on the block's wgmma so that the loads overlap the wait.
+    struct factors { float ra, rb; float4 c[8]; };
+    auto fetch = [&](const float *fa, const float *fb, int b) {
+        factors f;
+        f.ra = fa[row * 4 + b];
+        f.rb = fa[(row + 8) * 4 + b];
+        const float4 *cs = (const float4 *)(fb + b * wg::BN + t * 4);
+#pragma unroll
+        for (int q = 0; q < 8; q++) f.c[q] = cs[4 * q];  // columns 8(2q) + 2t + {0,1}, 8(2q+1) + 2t + {0,1}
+        return f;
+    };
+    auto rescale = [&](uint32_t(&P)[64], const factors &f) {
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            float sc[4] = {f.c[q].x, f.c[q].y, f.c[q].z, f.c[q].w};
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                int i = 2 * q + h;
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    uint32_t u = P[4 * i + e];
+                    float p = KIND == 0 ? __int_as_float((int)(u + 0x4B400000u)) - 12582912.0f : __uint_as_float(u);
+                    acc[4 * i + e] = __fmaf_rn(p, (e < 2 ? f.ra : f.rb) * sc[2 * h + (e & 1)], acc[4 * i + e]);
+                }
+            }
+        }
+    };
+    for (int s = 0; s < ST - 1; s++) {
+        if (s < nk) load(s, s);
+        cp_commit();
+    }
+    for (int kt = 0; kt < nk; kt++) {
+        cp_wait<ST - 2>();
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // cp.async data -> the tensor cores' proxy
+        __syncthreads();
+        if (kt + ST - 1 < nk) load((kt + ST - 1) % ST, kt + ST - 1);
+        cp_commit();
+        const uint8_t *st = smem + (kt % ST) * wg::STAGE_BYTES, *sa = st + wgi * 64 * 128, *sb = st + wg::A_BYTES;
+        const float *fa = (const float *)(st + wg::A_BYTES + wg::B_BYTES), *fb = fa + wg::BM * 4;
+        // blocks 0..3 of this stage, two partials in flight
+        factors f;
+        wg_fence(); wgmma_fresh<KIND>(P0, sdesc(sa), sdesc(sb)); wg_commit();
+        wg_fence(); wgmma_fresh<KIND>(P1, sdesc(sa + 32), sdesc(sb + 32)); wg_commit();
+        f = fetch(fa, fb, 0); wg_wait<1>(); wg_hold(P0); rescale(P0, f);
+        wg_fence(); wgmma_fresh<KIND>(P0, sdesc(sa + 64), sdesc(sb + 64)); wg_commit();
+        f = fetch(fa, fb, 1); wg_wait<1>(); wg_hold(P1); rescale(P1, f);
+        wg_fence(); wgmma_fresh<KIND>(P1, sdesc(sa + 96), sdesc(sb + 96)); wg_commit();
+        f = fetch(fa, fb, 2); wg_wait<1>(); wg_hold(P0); rescale(P0, f);
+        f = fetch(fa, fb, 3); wg_wait<0>(); wg_hold(P1); rescale(P1, f);
+    }
+    cp_wait<0>();
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        int r = m0 + row, c = n0 + 8 * i + 2 * t;
+        *(float2 *)&C[(size_t)r * N + c] = make_float2(acc[4 * i], acc[4 * i + 1]);
+        *(float2 *)&C[(size_t)(r + 8) * N + c] = make_float2(acc[4 * i + 2], acc[4 * i + 3]);
+    }
+#endif
+}
 }  // namespace
+
+// Whether the device runs the sm_90a code (wgmma): Hopper, compute capability 9.0.
+static int hopper(void)
+{
+    static int h = -1;
+    if (h < 0) {
+        int dev = 0, major = 0, minor = 0;
+        cudaGetDevice(&dev);
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+        h = major == 9 && minor == 0 &&
+            cudaFuncSetAttribute(gemm_wgmma<0>, cudaFuncAttributeMaxDynamicSharedMemorySize, wg::SMEM) == cudaSuccess &&
+            cudaFuncSetAttribute(gemm_wgmma<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, wg::SMEM) == cudaSuccess;
+        cudaGetLastError();
+    }
+    return h;
+}
+
+// Float scales for the wgmma path, kept between calls (grown as needed).
+static float *g_fs;
+static size_t g_fs_n;
 
 extern "C" bq_status bq_cuda_gemm_mx8(int kind, const void *d_a, const uint8_t *d_sa, const void *d_b, const uint8_t *d_sb,
                                       float *d_c, int M, int N, int K)
 {
     if (M % BM || N % BN || K % BK || M <= 0 || N <= 0 || K <= 0)
         return bq_fail(BQ_ERR_SHAPE, "CUDA W8A8 GEMM needs M and N multiples of %d and K of %d (got %dx%dx%d)", BM, BK, M, N, K);
-    dim3 grid((unsigned)(N / BN), (unsigned)(M / BM));
     // MXINT8 elements are 1.6 fixed point: two of them multiply to 2^-12 units
-    if (kind == 0) gemm_mx8<0><<<grid, THREADS>>>((const uint8_t *)d_a, d_sa, (const uint8_t *)d_b, d_sb, d_c, M, N, K, 0x1p-12f);
-    else gemm_mx8<1><<<grid, THREADS>>>((const uint8_t *)d_a, d_sa, (const uint8_t *)d_b, d_sb, d_c, M, N, K, 1.0f);
+    float emult = kind == 0 ? 0x1p-12f : 1.0f;
+    if (K % wg::BK == 0 && hopper() && !getenv("BQ_GEMM_MMA")) {
+        size_t kb = (size_t)K / 32, need = ((size_t)M + N) * kb;
+        if (need > g_fs_n) {
+            bq_cuda_free(g_fs);
+            g_fs = NULL;
+            g_fs_n = 0;
+            bq_status st = bq_cuda_malloc((void **)&g_fs, need * sizeof(float));
+            if (st) return st;
+            g_fs_n = need;
+        }
+        float *fa = g_fs, *fb = g_fs + (size_t)M * kb;
+        mx_scales<<<(unsigned)(((size_t)M * kb + 255) / 256), 256>>>(d_sa, fa, M, (int)kb, emult, 0);
+        mx_scales<<<(unsigned)(((size_t)N * kb + 255) / 256), 256>>>(d_sb, fb, N, (int)kb, 1.0f, 1);
+        dim3 grid((unsigned)(N / wg::BN), (unsigned)(M / wg::BM));
+        const uint8_t *a8 = (const uint8_t *)d_a, *b8 = (const uint8_t *)d_b;
+        if (kind == 0) gemm_wgmma<0><<<grid, wg::THREADS, wg::SMEM>>>(a8, fa, b8, fb, d_c, M, N, K);
+        else gemm_wgmma<1><<<grid, wg::THREADS, wg::SMEM>>>(a8, fa, b8, fb, d_c, M, N, K);
+    } else {
+        dim3 grid((unsigned)(N / BN), (unsigned)(M / BM));
+        if (kind == 0) gemm_mx8<0><<<grid, THREADS>>>((const uint8_t *)d_a, d_sa, (const uint8_t *)d_b, d_sb, d_c, M, N, K, emult);
+        else gemm_mx8<1><<<grid, THREADS>>>((const uint8_t *)d_a, d_sa, (const uint8_t *)d_b, d_sb, d_c, M, N, K, emult);
+    }
     cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? BQ_OK : bq_fail(BQ_ERR_UNSUPPORTED, "CUDA W8A8 GEMM launch: %s", cudaGetErrorString(e));
 }

@@ -1,10 +1,19 @@
-// Matrix-vector products on packed weights (generation): one warp per row, each
-// lane streaming 16 bytes of codes at a time and decoding them in registers.
+// Matrix-vector products on packed weights (generation, up to 4 tokens).
 //
-// Device layout, per row: the element codes (4-bit: two per byte, element 2j in
-// the low nibble; 8-bit: one per byte), then separately the scale codes
-// [rows][blocks] (1 byte, or 2 for fp16). value = lut[code] * factor(scale),
-// factor = (s1 * s2) * emult as on the CPU (pmat.h).
+// 8-bit codes (and 4-bit codes of other grids): one warp per 4 rows, each lane
+// streaming 16 bytes of codes at a time and decoding them in registers
+// (gemv_lut). Device layout, per row: the element codes (4-bit: two per byte,
+// element 2j in the low nibble; 8-bit: one per byte), then separately the scale
+// codes [rows][blocks] (1 byte, or 2 for fp16).
+//
+// 4-bit codes of the e2m1 grid (MXFP4, NVFP4) or of small integers (int4, BFP4):
+// the tensor cores (gemv_tc, below). A float FMA per weight keeps a warp busier
+// than the memory system at 4 bits a weight, so the codes become fp16 with two
+// or three integer instructions per pair and an fp16 MMA multiplies them. The
+// activations are split into three fp16 pieces (hi + mid + lo, after a
+// power-of-two scale per 64 elements), so the products keep float32's precision.
+//
+// value = lut[code] * factor(scale), factor = (s1 * s2) * emult as on the CPU (pmat.h).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdlib.h>
@@ -20,6 +29,11 @@ struct bq_cuda_w {
     float *d_factor;           // device: 256 factors for 1-byte scales
     signed char lut[16];       // 4-bit code -> integer
     size_t bytes;
+    // tensor-core layout (tc != 0): 1 = e2m1 nibbles, 2 = integer nibbles (v + 8)
+    int tc, NT, R16, SBT;      // 64-column tiles, rows padded to 16, scale bytes per row and tile
+    float cmode;               // weight = fp16(nibble) * cmode * factor
+    uint32_t *xf;              // device scratch: activation pieces in B-fragment order
+    float *xs;                 //   and their power-of-two scale per tile and column
 };
 
 extern "C" size_t bq_cuda_w_bytes(const bq_cuda_w *w) { return w->bytes; }
@@ -30,7 +44,59 @@ extern "C" void bq_cuda_w_free(bq_cuda_w *w)
     bq_cuda_free(w->codes);
     bq_cuda_free(w->scales);
     bq_cuda_free(w->d_factor);
+    bq_cuda_free(w->xf);
+    bq_cuda_free(w->xs);
     free(w);
+}
+
+// Which fp16 view the 4-bit grid allows: 1 when lut = m2 * 2 * e2m1 (nibble =
+// the e2m1 code), 2 when lut = m * v with v in [-8, 7] (nibble = v + 8); 0 if
+// neither. nib[c] is the stored nibble of code c, *cmode the factor from the
+// fp16 value back to lut units (powers of two only).
+static int tc_mode(const int8_t *lut, uint8_t nib[16], float *cmode)
+{
+    static const int e2x[8] = {0, 1, 2, 3, 4, 6, 8, 12};  // 2 * e2m1 magnitude
+    for (int m = 1; m <= 4; m *= 2) {
+        int ok = 1;
+        for (int c = 0; c < 16 && ok; c++) {
+            int v = lut[c] / m;
+            ok = lut[c] % m == 0 && v >= -8 && v <= 7;
+            nib[c] = (uint8_t)(v + 8);
+        }
+        if (ok) { *cmode = (float)m; return 2; }
+    }
+    for (int m = 1; m <= 4; m *= 2) {
+        int ok = 1;
+        for (int c = 0; c < 16 && ok; c++) {
+            int a = lut[c] < 0 ? -lut[c] : lut[c], e = -1;
+            for (int i = 0; i < 8; i++) if (a == m * e2x[i]) e = i;
+            ok = e >= 0;
+            nib[c] = (uint8_t)(e | (lut[c] < 0 ? 8 : 0));
+        }
+        // fp16 bits of code e (sign at 15, e1 e0 m at 11..9) = e2m1 * 2^-14
+        if (ok) { *cmode = (float)m * 2.0f * 16384.0f; return 1; }
+    }
+    return 0;
+}
+
+// Tensor-core layout: 16-row groups G, 64-column tiles T, 512 bytes each; lane
+// (g, t) of a warp reads 16 bytes: word s holds its A fragment of k-step s of the
+// m16n8k16 MMA, half2 j (j = row g / g+8 + 2 * (k+8)) in nibbles j (low half) and
+// j + 4 (high half). Scales: [G][T][16 rows][SBT bytes].
+static void tc_place(uint8_t *tiles, uint8_t *tsc, const bq_cuda_w *w, int r, const uint8_t *nibrow, const uint32_t *sc)
+{
+    int G = r / 16, rr = r % 16;
+    for (int k = 0; k < w->cols; k++) {
+        int T = k / 64, kk = k % 64, s = kk / 16, k16 = kk % 16;
+        int t = (k16 % 8) / 2, hi = k16 % 2, j = (rr >= 8) + 2 * (k16 >= 8), lane = (rr % 8) * 4 + t;
+        uint8_t *word = tiles + (((size_t)G * w->NT + T) * 32 + lane) * 16 + s * 4;
+        int bit = 4 * j + 16 * hi;
+        word[bit / 8] = (uint8_t)((word[bit / 8] & ~(0xF << bit % 8)) | nibrow[k] << bit % 8);
+    }
+    for (int b = 0; b < w->nb; b++) {
+        int T = b * w->K / 64, bt = b - T * (64 / w->K);
+        memcpy(tsc + (((size_t)G * w->NT + T) * 16 + rr) * w->SBT + bt * w->sbytes, &sc[b], (size_t)w->sbytes);
+    }
 }
 
 extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out)
@@ -46,26 +112,42 @@ extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out)
     w->rows = m->rows; w->cols = m->cols; w->eb = m->eb; w->K = m->K; w->nb = m->nb; w->sbytes = m->sbytes;
     w->emult = m->emult;
     memcpy(w->lut, m->lut, 16);
+    uint8_t nib[16];
+    if (m->eb == 4 && (64 / m->K) * m->sbytes <= 4) w->tc = tc_mode(m->lut, nib, &w->cmode);
+    w->NT = (m->cols + 63) / 64;
+    w->R16 = (m->rows + 15) / 16 * 16;
+    w->SBT = (64 / m->K) * m->sbytes;
+    // row layout: codes [rows][rb], scales [rows][sb]; tensor-core layout: tiles and tile scales
     size_t rb = (size_t)m->cols * m->eb / 8, sb = (size_t)m->nb * m->sbytes;
+    size_t ncode = w->tc ? (size_t)w->R16 * w->NT * 32 : (size_t)m->rows * rb;
+    size_t nscale = w->tc ? (size_t)w->R16 * w->NT * w->SBT : (size_t)m->rows * sb;
     size_t psize = bq_packed_size(m->f, (size_t)m->rows, (size_t)m->cols), prb = pack_row_bytes(m->f, (size_t)m->cols);
-    uint8_t *packed = (uint8_t *)malloc(psize), *codes = (uint8_t *)malloc((size_t)m->rows * rb),
-            *scales = (uint8_t *)malloc((size_t)m->rows * sb), *ec = (uint8_t *)malloc((size_t)m->cols);
+    uint8_t *packed = (uint8_t *)malloc(psize), *codes = (uint8_t *)calloc(ncode, 1), *scales = (uint8_t *)calloc(nscale, 1),
+            *ec = (uint8_t *)malloc((size_t)m->cols);
     uint32_t *sc = (uint32_t *)malloc((size_t)m->nb * 4);
     bq_status st = packed && codes && scales && ec && sc ? pmat_to_packed(m, packed, psize) : bq_fail(BQ_ERR_NOMEM, "out of memory");
+    if (w->tc == 2) memset(codes, 0x88, ncode);  // padding: integer nibble 8 is 0 (e2m1's 0 is nibble 0)
     for (int r = 0; r < m->rows && !st; r++) {
         pack_row_codes(m->f, packed + pack_header_bytes(m->f) + (size_t)r * prb, (size_t)m->cols, sc, ec);
+        if (w->tc) {
+            for (int k = 0; k < m->cols; k++) ec[k] = nib[ec[k]];
+            tc_place(codes, scales, w, r, ec, sc);
+            continue;
+        }
         uint8_t *cr = codes + (size_t)r * rb;
         if (m->eb == 8) memcpy(cr, ec, (size_t)m->cols);
         else for (int k = 0; k < m->cols; k += 2) cr[k / 2] = (uint8_t)(ec[k] | ec[k + 1] << 4);
         for (int g = 0; g < m->nb; g++) memcpy(scales + (size_t)r * sb + (size_t)g * m->sbytes, &sc[g], (size_t)m->sbytes);
     }
-    w->bytes = (size_t)m->rows * (rb + sb);
-    if (!st) st = bq_cuda_malloc((void **)&w->codes, (size_t)m->rows * rb);
-    if (!st) st = bq_cuda_malloc((void **)&w->scales, (size_t)m->rows * sb);
+    w->bytes = ncode + nscale;
+    if (!st) st = bq_cuda_malloc((void **)&w->codes, ncode);
+    if (!st) st = bq_cuda_malloc((void **)&w->scales, nscale);
     if (!st) st = bq_cuda_malloc((void **)&w->d_factor, 256 * sizeof(float));
-    if (!st) st = bq_cuda_upload(w->codes, codes, (size_t)m->rows * rb);
-    if (!st) st = bq_cuda_upload(w->scales, scales, (size_t)m->rows * sb);
+    if (!st) st = bq_cuda_upload(w->codes, codes, ncode);
+    if (!st) st = bq_cuda_upload(w->scales, scales, nscale);
     if (!st) st = bq_cuda_upload(w->d_factor, m->sc, 256 * sizeof(float));
+    if (!st && w->tc) st = bq_cuda_malloc((void **)&w->xf, (size_t)2 * w->NT * 32 * 32);  // up to 2 n8 blocks
+    if (!st && w->tc) st = bq_cuda_malloc((void **)&w->xs, (size_t)2 * w->NT * 8 * sizeof(float));
     free(packed); free(codes); free(scales); free(ec); free(sc);
     if (st) { bq_cuda_w_free(w); return st; }
     *out = w;
@@ -174,9 +256,219 @@ __global__ void __launch_bounds__(256) gemv_kernel(const uint8_t *__restrict__ c
     }
 }
 
+// ---- tensor-core path for 4-bit codes ----
+
+static __device__ __forceinline__ float pow2i(int k) { return __int_as_float((k + 127) << 23); }  // k in [-126, 127]
+
+// Token tau's activations over tile T as three fp16 pieces in B-fragment order
+// (xf: [n8 block][T][lane][k-step] of uint2) and the tile's power-of-two scale per
+// column (xs: [n8 block][T][8]); column 3 * tau + p holds piece p. One warp per
+// (token, tile).
+__global__ void __launch_bounds__(256) tc_split(const float *__restrict__ x, int cols, int n, int NT, uint2 *__restrict__ xf,
+                                                float *__restrict__ xs)
+{
+    __shared__ __half pc[8][3][64];
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");  // let the GEMV start loading weights
+    const int wl = threadIdx.x >> 5, lane = threadIdx.x & 31, wid = blockIdx.x * 8 + wl;
+    if (wid >= n * NT) return;
+    const int tau = wid / NT, T = wid % NT;
+    float v[2];
+    uint32_t m = 0;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        int k = 64 * T + lane + 32 * i;
+        v[i] = k < cols ? x[(size_t)tau * cols + k] : 0.0f;
+        m = max(m, (uint32_t)__float_as_int(v[i]) & 0x7fffffffu);
+    }
+    for (int o = 16; o; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
+    // |x| < 2^E; pieces of x * 2^-e with e = E - 15 stay below fp16's largest value
+    int E = m >> 23 ? (int)(m >> 23) - 126 : -126, e = max(E - 15, -126);
+    float pre = m > 0x7f7fffffu ? 0.0f : pow2i(-e), post = m > 0x7f7fffffu ? __int_as_float(0x7fc00000) : pow2i(e);
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        float xp = v[i] * pre;
+        __half hi = __float2half_rn(xp);
+        float r = xp - __half2float(hi);
+        __half mid = __float2half_rn(r);
+        pc[wl][0][lane + 32 * i] = hi;
+        pc[wl][1][lane + 32 * i] = mid;
+        pc[wl][2][lane + 32 * i] = __float2half_rn(r - __half2float(mid));
+    }
+    __syncwarp();
+    for (int it = lane; it < 48; it += 32) {
+        int p = it / 16, s = (it / 4) % 4, t = it % 4, c = 3 * tau + p, k0 = 16 * s + 2 * t;
+        const __half *h = pc[wl][p];
+        uint2 b;
+        b.x = (uint32_t)__half_as_ushort(h[k0]) | (uint32_t)__half_as_ushort(h[k0 + 1]) << 16;
+        b.y = (uint32_t)__half_as_ushort(h[k0 + 8]) | (uint32_t)__half_as_ushort(h[k0 + 9]) << 16;
+        xf[(((size_t)(c / 8) * NT + T) * 32 + (c % 8) * 4 + t) * 4 + s] = b;
+    }
+    if (lane < 3) {
+        int c = 3 * tau + lane;
+        xs[((size_t)(c / 8) * NT + T) * 8 + c % 8] = post;
+    }
+}
+
+// Half2 J of an A-fragment word. e2m1: sign to bit 15, e1 e0 m to bits 11..9 of
+// each half: fp16 = e2m1 * 2^-14, subnormals included. Integers: 1024 + (v + 8)
+// from the exponent trick, minus 1032.
+template <int MODE, int J>
+static __device__ __forceinline__ uint32_t half2_of(uint32_t w)
+{
+    if (MODE == 1) {
+        uint32_t em = 9 - 4 * J >= 0 ? w << (9 - 4 * J) : w >> (4 * J - 9);
+        return (em & 0x0E000E00u) | ((w << (12 - 4 * J)) & 0x80008000u);
+    }
+    uint32_t h = ((w >> (4 * J)) & 0x000F000Fu) | 0x64006400u, o;
+    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(o) : "r"(h), "r"(0x64086408u));
+    return o;
+}
+
+static __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, bool fresh)
+{
+    float c0 = fresh ? 0.0f : d[0], c1 = fresh ? 0.0f : d[1], c2 = fresh ? 0.0f : d[2], c3 = fresh ? 0.0f : d[3];
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};\n"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(c0), "f"(c1), "f"(c2), "f"(c3));
+}
+
+// A CTA: RG groups of 16 rows; its 8 warps split the 64-column tiles and sum in
+// shared memory in a fixed order. Per tile a lane loads 16 bytes of codes per row
+// group, its activation fragments (32 bytes per n8 block) and two rows' scales.
+template <int MODE, int K, int SB, int NT8>
+__global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, const uint8_t *__restrict__ scales,
+                                               const float *__restrict__ factor, float emult, float cmode,
+                                               const uint4 *__restrict__ xf, const float *__restrict__ xs,
+                                               float *__restrict__ y, int rows, int NT, int n)
+{
+    constexpr int RG = 2, SBT = (64 / K) * SB;
+    __shared__ float fac[256];
+    __shared__ float red[8][RG][NT8][32][4];
+    if (SB == 1) for (int i = threadIdx.x; i < 256; i += blockDim.x) fac[i] = factor[i];
+    __syncthreads();
+    const int wp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int G0 = blockIdx.x * RG, ngroups = (rows + 15) / 16, T0 = wp * NT / 8, T1 = (wp + 1) * NT / 8;
+    float acc[RG][NT8][4] = {};
+    for (int T = T0; T < T1; T++) {
+        uint4 c[RG];
+        uint32_t sg[RG], sg8[RG];
+#pragma unroll
+        for (int rg = 0; rg < RG; rg++) {
+            int G = min(G0 + rg, ngroups - 1);
+            c[rg] = __ldg(codes + ((size_t)G * NT + T) * 32 + lane);
+            const uint8_t *sp = scales + (((size_t)G * NT + T) * 16 + g) * SBT;
+            sg[rg] = SBT == 4 ? __ldg((const uint32_t *)sp) : __ldg((const uint16_t *)sp);
+            sg8[rg] = SBT == 4 ? __ldg((const uint32_t *)(sp + 8 * SBT)) : __ldg((const uint16_t *)(sp + 8 * SBT));
+        }
+        // launched behind tc_split (programmatic dependent launch): the weights above load
+        // while it finishes; its output is read only after this
+        if (T == T0) asm volatile("griddepcontrol.wait;\n" ::: "memory");
+        uint4 b[NT8][2];
+        float2 xc[NT8];
+#pragma unroll
+        for (int nb = 0; nb < NT8; nb++) {
+            const uint4 *p = xf + (((size_t)nb * NT + T) * 32 + lane) * 2;
+            bool live = 8 * nb + g < 3 * n;  // columns past the last token's pieces are zero
+            b[nb][0] = live ? __ldg(p) : make_uint4(0, 0, 0, 0);
+            b[nb][1] = live ? __ldg(p + 1) : make_uint4(0, 0, 0, 0);
+            xc[nb] = __ldg((const float2 *)(xs + ((size_t)nb * NT + T) * 8 + 2 * t));
+        }
+        float d[RG][NT8][4];
+#pragma unroll
+        for (int s = 0; s < 4; s++) {
+#pragma unroll
+            for (int rg = 0; rg < RG; rg++) {
+                uint32_t wd = s == 0 ? c[rg].x : s == 1 ? c[rg].y : s == 2 ? c[rg].z : c[rg].w;
+                uint32_t a[4] = {half2_of<MODE, 0>(wd), half2_of<MODE, 1>(wd), half2_of<MODE, 2>(wd), half2_of<MODE, 3>(wd)};
+#pragma unroll
+                for (int nb = 0; nb < NT8; nb++) {
+                    const uint4 &bb = b[nb][s / 2];
+                    mma16816(d[rg][nb], a, s % 2 ? bb.z : bb.x, s % 2 ? bb.w : bb.y, K == 16 || s % 2 == 0);
+                }
+            }
+            if (K == 16 || s % 2 == 1) {  // a scale block ends: scale by its factor and the columns' tile scale
+                const int bt = K == 16 ? s : s / 2;
+#pragma unroll
+                for (int rg = 0; rg < RG; rg++) {
+                    float f0, f8;
+                    if (SB == 1) {
+                        f0 = fac[(sg[rg] >> (8 * bt)) & 0xff];
+                        f8 = fac[(sg8[rg] >> (8 * bt)) & 0xff];
+                    } else {
+                        f0 = __half2float(__ushort_as_half((unsigned short)(sg[rg] >> (16 * bt)))) * emult;
+                        f8 = __half2float(__ushort_as_half((unsigned short)(sg8[rg] >> (16 * bt)))) * emult;
+                    }
+#pragma unroll
+                    for (int nb = 0; nb < NT8; nb++) {
+                        acc[rg][nb][0] = __fmaf_rn(d[rg][nb][0] * xc[nb].x, f0, acc[rg][nb][0]);
+                        acc[rg][nb][1] = __fmaf_rn(d[rg][nb][1] * xc[nb].y, f0, acc[rg][nb][1]);
+                        acc[rg][nb][2] = __fmaf_rn(d[rg][nb][2] * xc[nb].x, f8, acc[rg][nb][2]);
+                        acc[rg][nb][3] = __fmaf_rn(d[rg][nb][3] * xc[nb].y, f8, acc[rg][nb][3]);
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int rg = 0; rg < RG; rg++)
+#pragma unroll
+        for (int nb = 0; nb < NT8; nb++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) red[wp][rg][nb][lane][i] = acc[rg][nb][i];
+    __syncthreads();
+    // one output (row, token) per thread: the 8 warps' parts, then the three pieces
+    int o = threadIdx.x, rg = o / (16 * n), rr = (o / n) % 16, tau = o % n, row = (G0 + rg) * 16 + rr;
+    if (rg >= RG || row >= rows) return;
+    float v = 0.0f;
+    for (int p = 0; p < 3; p++) {
+        int col = 3 * tau + p, nb = col / 8, cc = col % 8, ln = (rr % 8) * 4 + cc / 2, i = (rr >= 8) * 2 + (cc & 1);
+        float u = 0.0f;
+        for (int k = 0; k < 8; k++) u += red[k][rg][nb][ln][i];
+        v += u;
+    }
+    y[(size_t)tau * rows + row] = v * cmode;
+}
+
+static bq_status launched(const char *what)
+{
+    cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? BQ_OK : bq_fail(BQ_ERR_UNSUPPORTED, "CUDA %s launch: %s", what, cudaGetErrorString(e));
+}
+
+static bq_status gemv_tensor_cores(const bq_cuda_w *w, const float *d_x, int n, float *d_y)
+{
+    tc_split<<<(unsigned)((n * w->NT + 7) / 8), 256>>>(d_x, w->cols, n, w->NT, (uint2 *)w->xf, w->xs);
+    bq_status st = launched("GEMV activation split");
+    if (st) return st;
+    unsigned blocks = (unsigned)((w->R16 / 16 + 1) / 2);
+    cudaLaunchAttribute pdl;
+    pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    pdl.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(blocks);
+    cfg.blockDim = dim3(256);
+    cfg.attrs = &pdl;
+    cfg.numAttrs = 1;
+    const uint4 *codes = (const uint4 *)w->codes, *xf = (const uint4 *)w->xf;
+#define L(MODE, K, SB, NT8) cudaLaunchKernelEx(&cfg, gemv_tc<MODE, K, SB, NT8>, codes, (const uint8_t *)w->scales, (const float *)w->d_factor, \
+                                               w->emult, w->cmode, xf, (const float *)w->xs, d_y, w->rows, w->NT, n)
+#define L2(MODE, K, SB) if (n > 2) L(MODE, K, SB, 2); else L(MODE, K, SB, 1)
+    if (w->tc == 1 && w->K == 32 && w->sbytes == 1) { L2(1, 32, 1); }
+    else if (w->tc == 1 && w->K == 16 && w->sbytes == 1) { L2(1, 16, 1); }
+    else if (w->tc == 1 && w->K == 32 && w->sbytes == 2) { L2(1, 32, 2); }
+    else if (w->tc == 2 && w->K == 32 && w->sbytes == 1) { L2(2, 32, 1); }
+    else if (w->tc == 2 && w->K == 16 && w->sbytes == 1) { L2(2, 16, 1); }
+    else if (w->tc == 2 && w->K == 32 && w->sbytes == 2) { L2(2, 32, 2); }
+    else return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: no tensor-core kernel for blocks of %d, %d-byte scales", w->K, w->sbytes);
+#undef L2
+#undef L
+    return launched("GEMV");
+}
+
 extern "C" bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *d_x, int n, float *d_y)
 {
     if (n < 1 || n > 4) return bq_fail(BQ_ERR_ARG, "CUDA GEMV takes 1 to 4 tokens, not %d", n);
+    if (w->tc) return gemv_tensor_cores(w, d_x, n, d_y);
     uint8_t biased[16];  /* the table as value + 128 */
     for (int i = 0; i < 16; i++) biased[i] = (uint8_t)(w->lut[i] + 128);
     int4 lo;

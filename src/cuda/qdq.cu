@@ -165,15 +165,131 @@ __global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, fl
     y[2 * i + 1] = make_float4(e[4], e[5], e[6], e[7]);
 }
 
+// Elementwise formats (SCH_ELEM) and int formats with one tensor-wide scale:
+// eight elements per thread.
+template <int INT>
+__global__ void qdq_elem8(bq_format f, qctx c, const float4 *__restrict__ x, float4 *__restrict__ y, size_t n8)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n8) return;
+    float4 v0 = x[2 * i], v1 = x[2 * i + 1];
+    float e[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+        e[k] = INT ? int_value(f, c, e[k], 8 * i + k, c.tensor_scale, c.tensor_zero, c.tensor_nonfinite)
+                   : elem_quant(&f.el, e[k], c.round, c.seed, 8 * i + k);
+    y[2 * i] = make_float4(e[0], e[1], e[2], e[3]);
+    y[2 * i + 1] = make_float4(e[4], e[5], e[6], e[7]);
+}
+
+// An int group's statistics (max |x| bits, min and max with 0 included) over
+// four values, and their combination across lanes (max and min commute, so
+// any order gives the CPU's values).
+struct istats {
+    uint32_t mb;
+    float mn, mx;
+};
+static __device__ __forceinline__ void stats_add(istats &s, float4 v)
+{
+    float e[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        s.mb = max(s.mb, f2u(e[k]) & 0x7fffffffu);
+        s.mn = e[k] < s.mn ? e[k] : s.mn;
+        s.mx = e[k] > s.mx ? e[k] : s.mx;
+    }
+}
+static __device__ __forceinline__ void stats_warp(istats &s)
+{
+    for (int o = 16; o; o >>= 1) {
+        s.mb = max(s.mb, __shfl_xor_sync(0xffffffffu, s.mb, o));
+        float a = __shfl_xor_sync(0xffffffffu, s.mn, o), b = __shfl_xor_sync(0xffffffffu, s.mx, o);
+        s.mn = a < s.mn ? a : s.mn;
+        s.mx = b > s.mx ? b : s.mx;
+    }
+}
+static __device__ __forceinline__ float4 int_value4(const bq_format &f, const qctx &c, float4 v, size_t idx, float s, float z,
+                                                    int bad)
+{
+    return make_float4(int_value(f, c, v.x, idx, s, z, bad), int_value(f, c, v.y, idx + 1, s, z, bad),
+                       int_value(f, c, v.z, idx + 2, s, z, bad), int_value(f, c, v.w, idx + 3, s, z, bad));
+}
+
+// Int formats with a scale per group of G <= 128 * CH values (rows or groups,
+// G % 4 == 0): a warp per group, the values kept in registers between the two passes.
+template <int CH>
+__global__ void qdq_int_warp(bq_format f, qctx c, const float4 *__restrict__ x, float4 *__restrict__ y, size_t ngroups, int G)
+{
+    size_t gid = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31, q4 = G / 4;
+    if (gid >= ngroups) return;
+    const float4 *xg = x + gid * q4;
+    float4 v[CH];
+    istats st = {0, 0.0f, 0.0f};
+#pragma unroll
+    for (int j = 0; j < CH; j++) {
+        int q = lane + 32 * j;
+        v[j] = q < q4 ? xg[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        stats_add(st, v[j]);
+    }
+    stats_warp(st);
+    float s, z;
+    int bad;
+    int_scale_of(&f, st.mb, st.mn, st.mx, &s, &z, &bad);
+#pragma unroll
+    for (int j = 0; j < CH; j++) {
+        int q = lane + 32 * j;
+        if (q < q4) y[gid * q4 + q] = int_value4(f, c, v[j], gid * G + 4 * q, s, z, bad);
+    }
+}
+
+// Larger groups (whole rows): a CTA of 256 per group, the values held in shared
+// memory (`cache`) when they fit, else read twice.
+__global__ void __launch_bounds__(256) qdq_int_cta(bq_format f, qctx c, const float4 *__restrict__ x, float4 *__restrict__ y,
+                                                   int G, int cache)
+{
+    extern __shared__ float4 buf[];
+    __shared__ istats part[8];
+    const int q4 = G / 4, tid = threadIdx.x;
+    const float4 *xg = x + (size_t)blockIdx.x * q4;
+    istats st = {0, 0.0f, 0.0f};
+    for (int q = tid; q < q4; q += 256) {
+        float4 v = xg[q];
+        if (cache) buf[q] = v;
+        stats_add(st, v);
+    }
+    stats_warp(st);
+    if ((tid & 31) == 0) part[tid >> 5] = st;
+    __syncthreads();
+    st = part[0];
+    for (int w = 1; w < 8; w++) {
+        st.mb = max(st.mb, part[w].mb);
+        st.mn = part[w].mn < st.mn ? part[w].mn : st.mn;
+        st.mx = part[w].mx > st.mx ? part[w].mx : st.mx;
+    }
+    float s, z;
+    int bad;
+    int_scale_of(&f, st.mb, st.mn, st.mx, &s, &z, &bad);
+    for (int q = tid; q < q4; q += 256)
+        y[(size_t)blockIdx.x * q4 + q] = int_value4(f, c, cache ? buf[q] : xg[q], (size_t)blockIdx.x * G + 4 * q, s, z, bad);
+}
+
 // max |x| bits over the whole tensor, and over its finite values only.
-__global__ void amax_kernel(const float *__restrict__ x, size_t n, unsigned *out)
+// Four values per load where x is 16-byte aligned (vec).
+__global__ void amax_kernel(const float *__restrict__ x, size_t n, unsigned *out, int vec)
 {
     unsigned all = 0, fin = 0;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        unsigned u = f2u(x[i]) & 0x7fffffffu;
+    auto take = [&](float v) {
+        unsigned u = f2u(v) & 0x7fffffffu;
         all = max(all, u);
         if (u <= 0x7f7fffffu) fin = max(fin, u);
+    };
+    size_t i0 = (size_t)blockIdx.x * blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x, n4 = vec ? n / 4 : 0;
+    for (size_t i = i0; i < n4; i += step) {
+        float4 v = ((const float4 *)x)[i];
+        take(v.x); take(v.y); take(v.z); take(v.w);
     }
+    for (size_t i = 4 * n4 + i0; i < n; i += step) take(x[i]);
     for (int o = 16; o; o >>= 1) {
         all = max(all, __shfl_xor_sync(0xffffffffu, all, o));
         fin = max(fin, __shfl_xor_sync(0xffffffffu, fin, o));
@@ -193,13 +309,13 @@ static bq_status tensor_ctx(const bq_format *f, const float *d_x, size_t n, cons
     if (!need) return BQ_OK;
     if (f->sch == SCH_INT && f->asym)
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA: per-tensor asymmetric int (%s) is not implemented on the GPU", f->name);
-    unsigned *d_m, h[2] = {0, 0};
-    bq_status st = bq_cuda_malloc((void **)&d_m, 8);
+    static unsigned *d_m;  // two words, kept for the process (an allocation per call costs more than the pass)
+    unsigned h[2] = {0, 0};
+    bq_status st = d_m ? BQ_OK : bq_cuda_malloc((void **)&d_m, 8);
     if (st) return st;
-    cudaMemset(d_m, 0, 8);
-    amax_kernel<<<1024, 256>>>(d_x, n, d_m);
+    cudaMemsetAsync(d_m, 0, 8);
+    amax_kernel<<<1056, 256>>>(d_x, n, d_m, (uintptr_t)d_x % 16 == 0);
     st = bq_cuda_download(h, d_m, 8);
-    bq_cuda_free(d_m);
     if (st) return st;
     if (f->sch == SCH_INT) {
         c->tensor_nonfinite = h[0] > 0x7f7fffffu;
@@ -230,6 +346,29 @@ extern "C" bq_status bq_cuda_qdq(const bq_format *f, const float *d_x, float *d_
         unsigned nb = (unsigned)((n + 255) / 256);
         if (f->block == 32) qdq_lanes<32><<<nb, 256>>>(*f, c, d_x, d_y, n);
         else qdq_lanes<16><<<nb, 256>>>(*f, c, d_x, d_y, n);
+    } else if (aligned && n % 8 == 0 && (f->sch == SCH_ELEM || (f->sch == SCH_INT && f->scope == SCOPE_TENSOR))) {
+        size_t n8 = n / 8;
+        unsigned nb = (unsigned)((n8 + 255) / 256);
+        if (f->sch == SCH_ELEM) qdq_elem8<0><<<nb, 256>>>(*f, c, (const float4 *)d_x, (float4 *)d_y, n8);
+        else qdq_elem8<1><<<nb, 256>>>(*f, c, (const float4 *)d_x, (float4 *)d_y, n8);
+    } else if (aligned && f->sch == SCH_INT && (f->scope == SCOPE_ROW || (f->scope == SCOPE_GROUP && cols % (size_t)f->block == 0)) &&
+               (f->scope == SCOPE_ROW ? cols : (size_t)f->block) % 4 == 0 && cols <= (1u << 30)) {
+        int G = (int)(f->scope == SCOPE_ROW ? cols : (size_t)f->block);
+        size_t ng = n / (size_t)G;
+        unsigned nb = (unsigned)((ng * 32 + 255) / 256);
+        const float4 *x4 = (const float4 *)d_x;
+        float4 *y4 = (float4 *)d_y;
+        if (G <= 128) qdq_int_warp<1><<<nb, 256>>>(*f, c, x4, y4, ng, G);
+        else if (G <= 256) qdq_int_warp<2><<<nb, 256>>>(*f, c, x4, y4, ng, G);
+        else if (G <= 512) qdq_int_warp<4><<<nb, 256>>>(*f, c, x4, y4, ng, G);
+        else if (G <= 1024) qdq_int_warp<8><<<nb, 256>>>(*f, c, x4, y4, ng, G);
+        else {
+            static int raised;  // up to 96 KB of shared memory per CTA, asked for once
+            if (!raised) raised = cudaFuncSetAttribute(qdq_int_cta, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 << 10) == cudaSuccess;
+            cudaGetLastError();
+            int cache = raised && (size_t)G * 4 <= (96u << 10);
+            qdq_int_cta<<<(unsigned)ng, 256, cache ? (size_t)G * 4 : 0>>>(*f, c, x4, y4, G, cache);
+        }
     } else {
         size_t G = f->sch == SCH_ELEM ? 1 : (f->sch == SCH_INT && f->scope != SCOPE_GROUP) ? cols : (size_t)f->block;
         size_t groups = rows * ((cols + G - 1) / G);

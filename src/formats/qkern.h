@@ -206,9 +206,10 @@ static inline BQ_HD float asym_deq(float q, float z, float s)
 /* intB scale over one group: symmetric s = amax/qmax; asymmetric over a range
  * widened to include 0 (so zero is exact), s = (max-min)/(2^B-1), z = round(-min/s).
  * Inline so the per-ISA kernels vectorise the symmetric reduction. */
-static inline BQ_HD void int_group_scale(const bq_format *f, const float *x, size_t n, float *s, float *z, int *nonfinite)
+/* A group's int scale from its statistics (max |x| bits; for asym, min and max
+ * over the values with 0 included): the split lets the GPU reduce in parallel. */
+static inline BQ_HD void int_scale_of(const bq_format *f, uint32_t mb, float mn, float mx, float *s, float *z, int *nonfinite)
 {
-    uint32_t mb = amax_bits(x, n);
     *nonfinite = mb > 0x7f7fffffu;
     *z = 0.0f;
     if (*nonfinite) {  /* the group decodes to NaN; keep the zero point a valid code */
@@ -219,15 +220,21 @@ static inline BQ_HD void int_group_scale(const bq_format *f, const float *x, siz
         *s = u2f(mb) / (float)f->el.hi;
         return;
     }
-    float mn = 0.0f, mx = 0.0f;
-    for (size_t i = 0; i < n; i++) {
-        mn = x[i] < mn ? x[i] : mn;
-        mx = x[i] > mx ? x[i] : mx;
-    }
     float qm = (float)((1 << f->el.bits) - 1), range = mx - mn;
     *s = range <= FLT_MAX ? range / qm : mx / qm - mn / qm;  /* range may overflow float32 */
     *z = *s > 0.0f ? rintf(-mn / *s) : 0.0f;
     *z = *z > qm ? qm : *z;  /* subnormal scales can round -mn/s past the top code; the code must fit */
+}
+
+static inline BQ_HD void int_group_scale(const bq_format *f, const float *x, size_t n, float *s, float *z, int *nonfinite)
+{
+    float mn = 0.0f, mx = 0.0f;
+    if (f->asym)
+        for (size_t i = 0; i < n; i++) {
+            mn = x[i] < mn ? x[i] : mn;
+            mx = x[i] > mx ? x[i] : mx;
+        }
+    int_scale_of(f, amax_bits(x, n), mn, mx, s, z, nonfinite);
 }
 
 /* ---- block scales --------------------------------------------------------- */
