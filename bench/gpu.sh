@@ -35,7 +35,9 @@ fi
 ./build/gpu/gpu/gpu_bench --json "$O/gpu_bench.jsonl" ${QUICK:+--quick} 2>&1 | tee "$O/gpu_bench.md"
 if [ -n "$X" ]; then
     BQ_TEST_FAST=1 ./build/gpu/tests/test_engine 2>&1 | grep -E "CUDA|SKIP|FAIL|passed" | tee "$O/gpu_engine_test.txt"
-    for dev in cuda cpu; do  # the whole test text on each (PPL_CHUNKS=N for fewer windows)
+    # the whole test text on the GPU (PPL_CHUNKS=N for fewer windows); on this machine's CPU
+    # too with CPU_PPL=1 (about 4 minutes: the README's command gives the CPU's number)
+    for dev in cuda ${CPU_PPL:+cpu}; do
         ./build/gpu/blockq ppl --model models/llama-19m-en --text data/wikitext-2-test.txt --ctx 512 --device $dev --json \
             ${PPL_CHUNKS:+--chunks $PPL_CHUNKS} | tail -1 | tee -a "$O/gpu_ppl_full.txt"
     done

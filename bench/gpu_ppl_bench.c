@@ -98,16 +98,18 @@ int main(int argc, char **argv)
     const char *settings[][4] = {{"float32", NULL, NULL, NULL}, {"bf16 (W bf16 A bf16)", "bf16", "bf16", NULL},
                                  {"W mxint8 A mxint8", "mxint8", "mxint8", NULL},
                                  {"W bfp6 A bfp6 KV bfp8", "bfp6_b16", "bfp6_b16", "bfp8_b16"},
-                                 {"W mxfp4 A mxfp4", "mxfp4", "mxfp4", NULL}};
+                                 {"W mxfp4 A mxfp4", "mxfp4", "mxfp4", NULL},
+                                 {"W mxfp4 A mxint8, packed (4.25-bit weights on the GPU)", "mxfp4", "mxint8", NULL}};
     double base = 0, b16 = 0;
-    for (int s = 0; s < 5; s++) {
+    for (int s = 0; s < 6; s++) {
         if (settings[s][1]) {  /* weights are quantised in place on the CPU: later settings start from earlier ones */
             bq_qconfig *q;
             bq_qconfig_new(&q);
             bq_qconfig_set(q, "wq", settings[s][1]);
             bq_qconfig_set(q, "aq", settings[s][2]);
             if (settings[s][3]) bq_qconfig_set(q, "kv", settings[s][3]);
-            if (bq_model_quantize(m, q, 0)) { printf("quantize: %s\n", bq_last_error()); return 1; }
+            bq_status st = s == 5 ? bq_model_pack(m, q, 0) : bq_model_quantize(m, q, 0);  /* the last keeps codes */
+            if (st) { printf("quantize: %s\n", bq_last_error()); return 1; }
             bq_qconfig_free(q);
         }
         bq_cuda_model *g;

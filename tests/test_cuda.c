@@ -181,6 +181,21 @@ static void gemv(void)
                 double e = rel_err(y, ref, (size_t)n * R);
                 CHECK(e < 1e-5, "GPU GEMV %s %dx%d n=%d: %.2e from the reference", f->name, R, C, n, e);
                 printf("  GPU GEMV %-15s %4dx%-4d n=%d max|err|/max|y| = %.2e\n", f->name, R, C, n, e);
+                /* the same codes unpacked to bf16: the decoded values rounded to nearest even */
+                uint16_t *hb = malloc((size_t)R * C * 2);
+                void *db;
+                size_t bad = 0;
+                st = bq_cuda_malloc(&db, (size_t)R * C * 2);
+                if (!st) st = bq_cuda_w_to_bf16(gw, db);
+                if (!st) st = bq_cuda_download(hb, db, (size_t)R * C * 2);
+                for (size_t i = 0; !st && i < (size_t)R * C; i++) {
+                    uint32_t u;
+                    memcpy(&u, &wq[i], 4);
+                    bad += hb[i] != (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+                }
+                CHECK(!st && bad == 0, "GPU unpack to bf16 %s %dx%d: %zu values differ (%s)", f->name, R, C, bad, st ? bq_last_error() : "");
+                bq_cuda_free(db);
+                free(hb);
                 bq_cuda_free(dx); bq_cuda_free(dy);
                 bq_cuda_w_free(gw);
             }

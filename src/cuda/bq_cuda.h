@@ -30,6 +30,9 @@ void bq_cuda_w_free(bq_cuda_w *w);
 size_t bq_cuda_w_bytes(const bq_cuda_w *w);
 /* y[n][rows] = x[n][cols] W^T for a few tokens (float activations). */
 bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *d_x, int n, float *d_y);
+/* The matrix as bf16 [rows][cols] (round to nearest: exact where the values are
+ * bf16 numbers, as for MX/BFP formats); for prefill through a bf16 GEMM. */
+bq_status bq_cuda_w_to_bf16(const bq_cuda_w *w, void *d_out);
 
 /* W8A8 with per-block scales on the tensor cores: A [M][K] and B [N][K] hold
  * 8-bit codes (int8 for MXINT8, e4m3 for MXFP8), sa [M][K/32] and sb [N][K/32]

@@ -6,6 +6,10 @@
 // the device by bq_cuda_qdq (the CPU's bits). cuBLAS is opened at run time, so
 // blockq needs no CUDA libraries where there is no GPU.
 //
+// Packed: where the CPU holds a linear packed (--packed, a .bq or GGUF file) and
+// it takes the bf16 path, its codes go up as they are (bq_cuda_w: 4 or 8 bits a
+// weight) and are unpacked to bf16 just before each product.
+//
 // The bf16 path: a linear whose weights are all bf16 values and whose activation
 // format only produces bf16 values keeps its weights as bf16 on the device and
 // multiplies with cuBLAS's bf16 GEMM (float32 accumulation). The products of two
@@ -175,7 +179,9 @@ __global__ void k_logprob(const float *lg, const int *ids, double *lp, int V)
 }
 
 // ---- the model on the device ----
-struct glin { float *w, *b; __nv_bfloat16 *w16; int in, out; const bq_format *aq; };
+// A linear on the device: float32 weights (w), bf16 weights (w16), or packed codes
+// (pw) unpacked into the shared bf16 buffer before each product.
+struct glin { float *w, *b; __nv_bfloat16 *w16; bq_cuda_w *pw; int in, out; const bq_format *aq; };
 struct glayer { float *ln1, *ln2, *qn, *kn; glin q, k, v, o, gate, up, down; };
 struct bq_cuda_model {
     const bq_model *m;
@@ -185,7 +191,7 @@ struct bq_cuda_model {
     int T;
     float *x, *h, *q, *k, *v, *a, *g, *u, *lg, *xq;
     __nv_bfloat16 *xb;  // bf16 activations for the bf16 path (allocated when a linear takes it)
-    size_t xb_n;
+    __nv_bfloat16 *wb;  // one packed linear unpacked (the largest)
     int *ids;
     double *lp;
     size_t bytes;
@@ -224,6 +230,20 @@ static int bf16_values(const bq_format *f)
     }
 }
 
+// Bits of w that are not bf16 (0: every value is a bf16 number).
+static int bf16_exact(const float *w, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &w[i], 4);
+        if (u & 0xffffu) return 0;
+    }
+    return 1;
+}
+
+// Weights go up packed where the CPU holds them packed and the GPU can unpack the
+// format (bf16 path only); as bf16 where they and the activations are bf16
+// numbers; else as float32.
 static bq_status up_linear(glin *g, const linear *l, size_t *bytes)
 {
     g->in = l->in;
@@ -232,19 +252,16 @@ static bq_status up_linear(glin *g, const linear *l, size_t *bytes)
     size_t n = (size_t)l->in * l->out;
     const float *w = l->w;
     float *tmp = NULL;
-    if (!w) {  // packed on the CPU: decode once for upload
+    if (!w) {  // packed on the CPU: decode once (to check, or for upload)
         if (!(tmp = (float *)malloc(n * 4))) return bq_fail(BQ_ERR_NOMEM, "out of memory decoding %s", l->name);
         pmat_decode(l->pw, 0, l->out, tmp);
         w = tmp;
     }
     bq_status st = BQ_OK;
-    int bf16 = l->aq && bf16_values(l->aq);
-    for (size_t i = 0; i < n && bf16; i++) {
-        uint32_t u;
-        memcpy(&u, &w[i], 4);
-        bf16 = (u & 0xffffu) == 0;
-    }
-    if (bf16) {  // the top halves of the float32 bits are the bf16 values
+    int bf16 = l->aq && bf16_values(l->aq) && bf16_exact(w, n);
+    if (bf16 && l->pw && bq_cuda_w_upload(l->pw, &g->pw) == BQ_OK) {
+        *bytes += bq_cuda_w_bytes(g->pw);
+    } else if (bf16) {  // the top halves of the float32 bits are the bf16 values
         uint16_t *h = (uint16_t *)malloc(n * 2);
         if (!h) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
         for (size_t i = 0; h && i < n; i++) {
@@ -271,13 +288,15 @@ extern "C" void bq_cuda_model_free(bq_cuda_model *g)
         float *p[] = {l->ln1, l->ln2, l->qn, l->kn};
         for (float *x : p) bq_cuda_free(x);
         glin *ls[] = {&l->q, &l->k, &l->v, &l->o, &l->gate, &l->up, &l->down};
-        for (glin *x : ls) { bq_cuda_free(x->w); bq_cuda_free(x->b); bq_cuda_free(x->w16); }
+        for (glin *x : ls) { bq_cuda_free(x->w); bq_cuda_free(x->b); bq_cuda_free(x->w16); bq_cuda_w_free(x->pw); }
     }
     free(g->L);
     float *p[] = {g->emb, g->fnorm, g->head.w, g->head.b, g->x, g->h, g->q, g->k, g->v, g->a, g->g, g->u, g->lg, g->xq};
     for (float *x : p) bq_cuda_free(x);
     bq_cuda_free(g->head.w16);
+    bq_cuda_w_free(g->head.pw);
     bq_cuda_free(g->xb);
+    bq_cuda_free(g->wb);
     bq_cuda_free(g->ids);
     bq_cuda_free(g->lp);
     free(g);
@@ -328,12 +347,17 @@ extern "C" bq_status bq_cuda_model_new(const bq_model *m, int T, bq_cuda_model *
     float **bufs[] = {&g->x, &g->h, &g->q, &g->k, &g->v, &g->a, &g->g, &g->u, &g->lg, &g->xq};
     size_t sizes[] = {Tn * H, Tn * H, Tn * qd, Tn * kvd, Tn * kvd, Tn * qd, Tn * I, Tn * I, Tn * V, Tn * maxin};
     for (int i = 0; i < 10 && !st; i++) { st = bq_cuda_malloc((void **)bufs[i], sizes[i] * 4); *b += sizes[i] * 4; }
-    int any16 = g->head.w16 != NULL;
+    int any16 = g->head.w16 || g->head.pw;
+    size_t maxw = g->head.pw ? (size_t)g->head.in * g->head.out : 0;
     for (int i = 0; i < c->layers && !st; i++) {
         glin *ls[] = {&g->L[i].q, &g->L[i].k, &g->L[i].v, &g->L[i].o, &g->L[i].gate, &g->L[i].up, &g->L[i].down};
-        for (glin *x : ls) any16 |= x->w16 != NULL;
+        for (glin *x : ls) {
+            any16 |= x->w16 || x->pw;
+            if (x->pw && (size_t)x->in * x->out > maxw) maxw = (size_t)x->in * x->out;
+        }
     }
     if (!st && any16) { st = bq_cuda_malloc((void **)&g->xb, Tn * maxin * 2); *b += Tn * maxin * 2; }
+    if (!st && maxw) { st = bq_cuda_malloc((void **)&g->wb, maxw * 2); *b += maxw * 2; }
     if (!st) st = bq_cuda_malloc((void **)&g->ids, Tn * 4);
     if (!st) st = bq_cuda_malloc((void **)&g->lp, Tn * 8);
     if (st) { bq_cuda_model_free(g); return st; }
@@ -354,10 +378,14 @@ static bq_status matmul(bq_cuda_model *g, const glin *l, const float *x, float *
         x = g->xq;
     }
     const float one = 1.0f, zero = 0.0f;
-    if (l->w16) {  // x holds bf16 values (quantised above): their top halves, then bf16 x bf16 -> float32
+    if (l->w16 || l->pw) {  // x holds bf16 values (quantised above): their top halves, then bf16 x bf16 -> float32
         size_t nx = (size_t)n * l->in;
         k_top_half<<<nblk(nx), 256>>>(x, g->xb, nx);
-        if (g_gemmex((cublasHandle_t)g_cublas, CUBLAS_OP_T, CUBLAS_OP_N, l->out, n, l->in, &one, l->w16, CUDA_R_16BF, l->in, g->xb, CUDA_R_16BF,
+        if (l->pw) {
+            bq_status st = bq_cuda_w_to_bf16(l->pw, g->wb);
+            if (st) return st;
+        }
+        if (g_gemmex((cublasHandle_t)g_cublas, CUBLAS_OP_T, CUBLAS_OP_N, l->out, n, l->in, &one, l->pw ? g->wb : l->w16, CUDA_R_16BF, l->in, g->xb, CUDA_R_16BF,
                      l->in, &zero, y, CUDA_R_32F, l->out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS)
             return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasGemmEx (bf16) failed");
     } else if (g_sgemm(g_cublas, 1 /*T*/ /* column-major: Y (out x n) = W^T (out x in) . X (in x n) */, 0 /*N*/, l->out, n, l->in, &one, l->w, l->in, x, l->in, &zero, y, l->out) != 0)

@@ -14,6 +14,7 @@
 // power-of-two scale per 64 elements), so the products keep float32's precision.
 //
 // value = lut[code] * factor(scale), factor = (s1 * s2) * emult as on the CPU (pmat.h).
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdlib.h>
@@ -268,7 +269,6 @@ __global__ void __launch_bounds__(256) tc_split(const float *__restrict__ x, int
                                                 float *__restrict__ xs)
 {
     __shared__ __half pc[8][3][64];
-    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");  // let the GEMV start loading weights
     const int wl = threadIdx.x >> 5, lane = threadIdx.x & 31, wid = blockIdx.x * 8 + wl;
     if (wid >= n * NT) return;
     const int tau = wid / NT, T = wid % NT;
@@ -360,9 +360,6 @@ __global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, 
             sg[rg] = SBT == 4 ? __ldg((const uint32_t *)sp) : __ldg((const uint16_t *)sp);
             sg8[rg] = SBT == 4 ? __ldg((const uint32_t *)(sp + 8 * SBT)) : __ldg((const uint16_t *)(sp + 8 * SBT));
         }
-        // launched behind tc_split (programmatic dependent launch): the weights above load
-        // while it finishes; its output is read only after this
-        if (T == T0) asm volatile("griddepcontrol.wait;\n" ::: "memory");
         uint4 b[NT8][2];
         float2 xc[NT8];
 #pragma unroll
@@ -441,17 +438,8 @@ static bq_status gemv_tensor_cores(const bq_cuda_w *w, const float *d_x, int n, 
     bq_status st = launched("GEMV activation split");
     if (st) return st;
     unsigned blocks = (unsigned)((w->R16 / 16 + 1) / 2);
-    cudaLaunchAttribute pdl;
-    pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    pdl.val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(blocks);
-    cfg.blockDim = dim3(256);
-    cfg.attrs = &pdl;
-    cfg.numAttrs = 1;
-    const uint4 *codes = (const uint4 *)w->codes, *xf = (const uint4 *)w->xf;
-#define L(MODE, K, SB, NT8) cudaLaunchKernelEx(&cfg, gemv_tc<MODE, K, SB, NT8>, codes, (const uint8_t *)w->scales, (const float *)w->d_factor, \
-                                               w->emult, w->cmode, xf, (const float *)w->xs, d_y, w->rows, w->NT, n)
+#define L(MODE, K, SB, NT8) gemv_tc<MODE, K, SB, NT8><<<blocks, 256>>>((const uint4 *)w->codes, w->scales, w->d_factor, w->emult, \
+                                    w->cmode, (const uint4 *)w->xf, w->xs, d_y, w->rows, w->NT, n)
 #define L2(MODE, K, SB) if (n > 2) L(MODE, K, SB, 2); else L(MODE, K, SB, 1)
     if (w->tc == 1 && w->K == 32 && w->sbytes == 1) { L2(1, 32, 1); }
     else if (w->tc == 1 && w->K == 16 && w->sbytes == 1) { L2(1, 16, 1); }
@@ -485,4 +473,74 @@ extern "C" bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *d_x, int n, f
 #undef L
     cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? BQ_OK : bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV launch: %s", cudaGetErrorString(e));
+}
+
+// ---- the whole matrix as bf16 (the packed path of the forward pass) ----
+
+static __device__ __forceinline__ float w_factor(const uint8_t *s, int sb, const float *factor, float emult)
+{
+    return sb == 1 ? factor[*s] : __half2float(__ushort_as_half(*(const unsigned short *)s)) * emult;
+}
+
+// Tensor-core layout: a thread per 16-byte lane chunk (32 codes of rows g, g + 8).
+template <int MODE>
+__global__ void unpack_tc(const uint4 *__restrict__ codes, const uint8_t *__restrict__ scales, const float *__restrict__ factor,
+                          float emult, float cmode, int rows, int cols, int NT, int K, int SB, __nv_bfloat16 *__restrict__ out)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t ng = (size_t)(rows + 15) / 16;
+    if (i >= ng * NT * 32) return;
+    int lane = (int)(i % 32), T = (int)(i / 32 % NT), G = (int)(i / 32 / NT), g = lane / 4, t = lane % 4;
+    uint4 c = codes[i];
+    uint32_t wd[4] = {c.x, c.y, c.z, c.w};
+    const int SBT = (64 / K) * SB;
+#pragma unroll
+    for (int s = 0; s < 4; s++) {
+        uint32_t h[4] = {half2_of<MODE, 0>(wd[s]), half2_of<MODE, 1>(wd[s]), half2_of<MODE, 2>(wd[s]), half2_of<MODE, 3>(wd[s])};
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int row = G * 16 + g + 8 * (j & 1), k = 64 * T + 16 * s + 2 * t + 8 * (j >> 1);
+            if (row >= rows || k >= cols) continue;
+            int bt = (16 * s + 2 * t + 8 * (j >> 1)) / K;
+            const uint8_t *sp = scales + (((size_t)G * NT + T) * 16 + g + 8 * (j & 1)) * SBT + bt * SB;
+            float f = w_factor(sp, SB, factor, emult) * cmode;
+            float2 v = __half22float2(*(const __half2 *)&h[j]);
+            *(__nv_bfloat162 *)(out + (size_t)row * cols + k) = __floats2bfloat162_rn(v.x * f, v.y * f);
+        }
+    }
+}
+
+// Row layout (8-bit codes, or 4-bit codes through the table): a thread per 4 codes.
+__global__ void unpack_rows(const uint8_t *__restrict__ codes, const uint8_t *__restrict__ scales, const float *__restrict__ factor,
+                            float emult, int4 lut4, int rows, int cols, int eb, int K, int SB, __nv_bfloat16 *__restrict__ out)
+{
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
+    if (i >= (size_t)rows * cols) return;
+    int r = (int)(i / cols), k = (int)(i % cols);
+    const signed char *lut = (const signed char *)&lut4;
+    const uint8_t *cr = codes + (size_t)r * cols * eb / 8;
+    float f = w_factor(scales + ((size_t)r * (cols / K) + k / K) * SB, SB, factor, emult);
+    float v[4];
+    for (int e = 0; e < 4; e++) {
+        int q = eb == 8 ? (int)(signed char)cr[k + e] : lut[(cr[(k + e) / 2] >> (4 * ((k + e) & 1))) & 15];
+        v[e] = (float)q * f;
+    }
+    *(__nv_bfloat162 *)(out + i) = __floats2bfloat162_rn(v[0], v[1]);
+    *(__nv_bfloat162 *)(out + i + 2) = __floats2bfloat162_rn(v[2], v[3]);
+}
+
+extern "C" bq_status bq_cuda_w_to_bf16(const bq_cuda_w *w, void *d_out)
+{
+    if (w->tc) {
+        size_t n = (size_t)w->R16 / 16 * w->NT * 32;
+        unsigned nb = (unsigned)((n + 255) / 256);
+        if (w->tc == 1) unpack_tc<1><<<nb, 256>>>((const uint4 *)w->codes, w->scales, w->d_factor, w->emult, w->cmode, w->rows, w->cols, w->NT, w->K, w->sbytes, (__nv_bfloat16 *)d_out);
+        else unpack_tc<2><<<nb, 256>>>((const uint4 *)w->codes, w->scales, w->d_factor, w->emult, w->cmode, w->rows, w->cols, w->NT, w->K, w->sbytes, (__nv_bfloat16 *)d_out);
+    } else {
+        int4 lut4;
+        memcpy(&lut4, w->lut, 16);
+        size_t n = (size_t)w->rows * w->cols / 4;
+        unpack_rows<<<(unsigned)((n + 255) / 256), 256>>>(w->codes, w->scales, w->d_factor, w->emult, lut4, w->rows, w->cols, w->eb, w->K, w->sbytes, (__nv_bfloat16 *)d_out);
+    }
+    return launched("unpack to bf16");
 }

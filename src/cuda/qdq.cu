@@ -142,9 +142,15 @@ __global__ void qdq_lanes(bq_format f, qctx c, const float *__restrict__ x, floa
 
 // The same with eight elements per thread (two 16-byte loads and stores; the
 // block's scale computed once per eight elements).
-template <int K>
+// RND and EV (0: minifloat elements with the float32 path, 1: minifloat through
+// double, 2: integer, 3: logarithmic) are the run-time choices made constants, so
+// that the per-element switches fold away: this kernel is issue-bound.
+template <int K, int RND, int EV>
 __global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, float4 *__restrict__ y, size_t n8)
 {
+    c.round = (bq_round)RND;
+    f.el.kind = EV < 2 ? EK_MF : EV == 2 ? EK_INT : EK_LOG;
+    if (EV < 2) f.el.fast = EV == 0;
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     float4 v0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f), v1 = v0;
     if (i < n8) { v0 = x[2 * i]; v1 = x[2 * i + 1]; }
@@ -165,11 +171,33 @@ __global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, fl
     y[2 * i + 1] = make_float4(e[4], e[5], e[6], e[7]);
 }
 
+template <int K, int R>
+static void lanes8_ev(const bq_format &f, const qctx &c, int ev, unsigned nb, const float4 *x, float4 *y, size_t n8)
+{
+    switch (ev) {
+    case 0: qdq_lanes8<K, R, 0><<<nb, 256>>>(f, c, x, y, n8); break;
+    case 1: qdq_lanes8<K, R, 1><<<nb, 256>>>(f, c, x, y, n8); break;
+    case 2: qdq_lanes8<K, R, 2><<<nb, 256>>>(f, c, x, y, n8); break;
+    default: qdq_lanes8<K, R, 3><<<nb, 256>>>(f, c, x, y, n8);
+    }
+}
+template <int K>
+static void lanes8_round(const bq_format &f, const qctx &c, int ev, unsigned nb, const float4 *x, float4 *y, size_t n8)
+{
+    switch (c.round) {
+    case BQ_ROUND_RNE: lanes8_ev<K, BQ_ROUND_RNE>(f, c, ev, nb, x, y, n8); break;
+    case BQ_ROUND_AWAY: lanes8_ev<K, BQ_ROUND_AWAY>(f, c, ev, nb, x, y, n8); break;
+    case BQ_ROUND_ZERO: lanes8_ev<K, BQ_ROUND_ZERO>(f, c, ev, nb, x, y, n8); break;
+    default: lanes8_ev<K, BQ_ROUND_STOCHASTIC>(f, c, ev, nb, x, y, n8);
+    }
+}
+
 // Elementwise formats (SCH_ELEM) and int formats with one tensor-wide scale:
 // eight elements per thread.
-template <int INT>
+template <int INT, int RND>
 __global__ void qdq_elem8(bq_format f, qctx c, const float4 *__restrict__ x, float4 *__restrict__ y, size_t n8)
 {
+    c.round = (bq_round)RND;
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n8) return;
     float4 v0 = x[2 * i], v1 = x[2 * i + 1];
@@ -337,11 +365,12 @@ extern "C" bq_status bq_cuda_qdq(const bq_format *f, const float *d_x, float *d_
     if (st || !n) return st;
     int block = f->sch != SCH_ELEM && f->sch != SCH_INT;
     int aligned = ((uintptr_t)d_x | (uintptr_t)d_y) % 16 == 0;
-    if (block && (f->block == 32 || f->block == 16) && cols % (size_t)f->block == 0 && aligned) {
+    if (block && (f->block == 32 || f->block == 16) && cols % (size_t)f->block == 0 && aligned && f->el.kind != EK_FP32) {
         size_t n8 = n / 8;
         unsigned nb = (unsigned)((n8 + 255) / 256);
-        if (f->block == 32) qdq_lanes8<32><<<nb, 256>>>(*f, c, (const float4 *)d_x, (float4 *)d_y, n8);
-        else qdq_lanes8<16><<<nb, 256>>>(*f, c, (const float4 *)d_x, (float4 *)d_y, n8);
+        int ev = f->el.kind == EK_MF ? !f->el.fast : f->el.kind == EK_INT ? 2 : 3;
+        if (f->block == 32) lanes8_round<32>(*f, c, ev, nb, (const float4 *)d_x, (float4 *)d_y, n8);
+        else lanes8_round<16>(*f, c, ev, nb, (const float4 *)d_x, (float4 *)d_y, n8);
     } else if (block && (f->block == 32 || f->block == 16) && cols % (size_t)f->block == 0) {
         unsigned nb = (unsigned)((n + 255) / 256);
         if (f->block == 32) qdq_lanes<32><<<nb, 256>>>(*f, c, d_x, d_y, n);
@@ -349,8 +378,13 @@ extern "C" bq_status bq_cuda_qdq(const bq_format *f, const float *d_x, float *d_
     } else if (aligned && n % 8 == 0 && (f->sch == SCH_ELEM || (f->sch == SCH_INT && f->scope == SCOPE_TENSOR))) {
         size_t n8 = n / 8;
         unsigned nb = (unsigned)((n8 + 255) / 256);
-        if (f->sch == SCH_ELEM) qdq_elem8<0><<<nb, 256>>>(*f, c, (const float4 *)d_x, (float4 *)d_y, n8);
-        else qdq_elem8<1><<<nb, 256>>>(*f, c, (const float4 *)d_x, (float4 *)d_y, n8);
+#define L(I, R) qdq_elem8<I, R><<<nb, 256>>>(*f, c, (const float4 *)d_x, (float4 *)d_y, n8)
+#define LR(I) switch (c.round) { case BQ_ROUND_RNE: L(I, BQ_ROUND_RNE); break; case BQ_ROUND_AWAY: L(I, BQ_ROUND_AWAY); break; \
+                      case BQ_ROUND_ZERO: L(I, BQ_ROUND_ZERO); break; default: L(I, BQ_ROUND_STOCHASTIC); }
+        if (f->sch == SCH_ELEM) { LR(0) }
+        else { LR(1) }
+#undef LR
+#undef L
     } else if (aligned && f->sch == SCH_INT && (f->scope == SCOPE_ROW || (f->scope == SCOPE_GROUP && cols % (size_t)f->block == 0)) &&
                (f->scope == SCOPE_ROW ? cols : (size_t)f->block) % 4 == 0 && cols <= (1u << 30)) {
         int G = (int)(f->scope == SCOPE_ROW ? cols : (size_t)f->block);
