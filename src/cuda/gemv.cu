@@ -370,7 +370,7 @@ __global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, 
             b[nb][1] = live ? __ldg(p + 1) : make_uint4(0, 0, 0, 0);
             xc[nb] = __ldg((const float2 *)(xs + ((size_t)nb * NT + T) * 8 + 2 * t));
         }
-        float d[RG][NT8][4];
+        float d[RG][NT8][4], tacc[RG][NT8][4] = {};  // this tile's sum: the columns' tile scale applies once
 #pragma unroll
         for (int s = 0; s < 4; s++) {
 #pragma unroll
@@ -397,14 +397,20 @@ __global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, 
                     }
 #pragma unroll
                     for (int nb = 0; nb < NT8; nb++) {
-                        acc[rg][nb][0] = __fmaf_rn(d[rg][nb][0] * xc[nb].x, f0, acc[rg][nb][0]);
-                        acc[rg][nb][1] = __fmaf_rn(d[rg][nb][1] * xc[nb].y, f0, acc[rg][nb][1]);
-                        acc[rg][nb][2] = __fmaf_rn(d[rg][nb][2] * xc[nb].x, f8, acc[rg][nb][2]);
-                        acc[rg][nb][3] = __fmaf_rn(d[rg][nb][3] * xc[nb].y, f8, acc[rg][nb][3]);
+                        tacc[rg][nb][0] = __fmaf_rn(d[rg][nb][0], f0, tacc[rg][nb][0]);
+                        tacc[rg][nb][1] = __fmaf_rn(d[rg][nb][1], f0, tacc[rg][nb][1]);
+                        tacc[rg][nb][2] = __fmaf_rn(d[rg][nb][2], f8, tacc[rg][nb][2]);
+                        tacc[rg][nb][3] = __fmaf_rn(d[rg][nb][3], f8, tacc[rg][nb][3]);
                     }
                 }
             }
         }
+#pragma unroll
+        for (int rg = 0; rg < RG; rg++)
+#pragma unroll
+            for (int nb = 0; nb < NT8; nb++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) acc[rg][nb][i] = __fmaf_rn(tacc[rg][nb][i], i & 1 ? xc[nb].y : xc[nb].x, acc[rg][nb][i]);
     }
 #pragma unroll
     for (int rg = 0; rg < RG; rg++)

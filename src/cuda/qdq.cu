@@ -245,9 +245,10 @@ static __device__ __forceinline__ float4 int_value4(const bq_format &f, const qc
 
 // Int formats with a scale per group of G <= 128 * CH values (rows or groups,
 // G % 4 == 0): a warp per group, the values kept in registers between the two passes.
-template <int CH>
+template <int CH, int RND>
 __global__ void qdq_int_warp(bq_format f, qctx c, const float4 *__restrict__ x, float4 *__restrict__ y, size_t ngroups, int G)
 {
+    c.round = (bq_round)RND;
     size_t gid = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31, q4 = G / 4;
     if (gid >= ngroups) return;
@@ -273,9 +274,11 @@ __global__ void qdq_int_warp(bq_format f, qctx c, const float4 *__restrict__ x, 
 
 // Larger groups (whole rows): a CTA of 256 per group, the values held in shared
 // memory (`cache`) when they fit, else read twice.
+template <int RND>
 __global__ void __launch_bounds__(256) qdq_int_cta(bq_format f, qctx c, const float4 *__restrict__ x, float4 *__restrict__ y,
                                                    int G, int cache)
 {
+    c.round = (bq_round)RND;
     extern __shared__ float4 buf[];
     __shared__ istats part[8];
     const int q4 = G / 4, tid = threadIdx.x;
@@ -300,6 +303,24 @@ __global__ void __launch_bounds__(256) qdq_int_cta(bq_format f, qctx c, const fl
     int_scale_of(&f, st.mb, st.mn, st.mx, &s, &z, &bad);
     for (int q = tid; q < q4; q += 256)
         y[(size_t)blockIdx.x * q4 + q] = int_value4(f, c, cache ? buf[q] : xg[q], (size_t)blockIdx.x * G + 4 * q, s, z, bad);
+}
+
+// A warp per group up to 1024 values, else a CTA per group (values cached in
+// shared memory up to 96 KB).
+template <int R>
+static void int_groups(const bq_format &f, const qctx &c, const float4 *x4, float4 *y4, size_t ng, int G, unsigned nb)
+{
+    if (G <= 128) qdq_int_warp<1, R><<<nb, 256>>>(f, c, x4, y4, ng, G);
+    else if (G <= 256) qdq_int_warp<2, R><<<nb, 256>>>(f, c, x4, y4, ng, G);
+    else if (G <= 512) qdq_int_warp<4, R><<<nb, 256>>>(f, c, x4, y4, ng, G);
+    else if (G <= 1024) qdq_int_warp<8, R><<<nb, 256>>>(f, c, x4, y4, ng, G);
+    else {
+        static int raised;  // asked for once
+        if (!raised) raised = cudaFuncSetAttribute(qdq_int_cta<R>, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 << 10) == cudaSuccess;
+        cudaGetLastError();
+        int cache = raised && (size_t)G * 4 <= (96u << 10);
+        qdq_int_cta<R><<<(unsigned)ng, 256, cache ? (size_t)G * 4 : 0>>>(f, c, x4, y4, G, cache);
+    }
 }
 
 // max |x| bits over the whole tensor, and over its finite values only.
@@ -392,16 +413,11 @@ extern "C" bq_status bq_cuda_qdq(const bq_format *f, const float *d_x, float *d_
         unsigned nb = (unsigned)((ng * 32 + 255) / 256);
         const float4 *x4 = (const float4 *)d_x;
         float4 *y4 = (float4 *)d_y;
-        if (G <= 128) qdq_int_warp<1><<<nb, 256>>>(*f, c, x4, y4, ng, G);
-        else if (G <= 256) qdq_int_warp<2><<<nb, 256>>>(*f, c, x4, y4, ng, G);
-        else if (G <= 512) qdq_int_warp<4><<<nb, 256>>>(*f, c, x4, y4, ng, G);
-        else if (G <= 1024) qdq_int_warp<8><<<nb, 256>>>(*f, c, x4, y4, ng, G);
-        else {
-            static int raised;  // up to 96 KB of shared memory per CTA, asked for once
-            if (!raised) raised = cudaFuncSetAttribute(qdq_int_cta, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 << 10) == cudaSuccess;
-            cudaGetLastError();
-            int cache = raised && (size_t)G * 4 <= (96u << 10);
-            qdq_int_cta<<<(unsigned)ng, 256, cache ? (size_t)G * 4 : 0>>>(*f, c, x4, y4, G, cache);
+        switch (c.round) {
+        case BQ_ROUND_RNE: int_groups<BQ_ROUND_RNE>(*f, c, x4, y4, ng, G, nb); break;
+        case BQ_ROUND_AWAY: int_groups<BQ_ROUND_AWAY>(*f, c, x4, y4, ng, G, nb); break;
+        case BQ_ROUND_ZERO: int_groups<BQ_ROUND_ZERO>(*f, c, x4, y4, ng, G, nb); break;
+        default: int_groups<BQ_ROUND_STOCHASTIC>(*f, c, x4, y4, ng, G, nb);
         }
     } else {
         size_t G = f->sch == SCH_ELEM ? 1 : (f->sch == SCH_INT && f->scope != SCOPE_GROUP) ? cols : (size_t)f->block;
