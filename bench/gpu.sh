@@ -3,7 +3,9 @@
 # tool's run). `make gpu` needs no OpenBLAS/PCRE2/cJSON; where .debs/ holds those
 # Debian packages (apt-get download, see README), they are unpacked locally and
 # the full blockq is built too: CPU-vs-GPU perplexity and the 7B-shaped engine run.
-#   sh bench/gpu.sh [OUTDIR]      -> OUTDIR/gpu_*.txt|md|jsonl
+#   sh bench/gpu.sh [OUTDIR]      -> OUTDIR/gpu_*.txt|md|jsonl (8 files: what the device tool returns)
+#   SANITIZE=1: compute-sanitizer over the GEMV/GEMM tests; QUICK=1: smaller benchmark;
+#   LAYERS=N: the 7B-shaped stack's depth (32); PPL_CHUNKS=N; CPU_PPL=1 (see below)
 set -e
 O=${1:-${OUT:-/tmp}}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
@@ -17,9 +19,9 @@ fi
 if [ -n "$X" ]; then
     make -j"$(nproc)" BUILD=build/gpu gpu-full \
         EXTRA_CFLAGS="-I$D/include -I$D/include/x86_64-linux-gnu -I$D/include/x86_64-linux-gnu/openblas-pthread" \
-        EXTRA_LDFLAGS="-L$L -L$L/openblas-pthread" >"$O/gpu_build.txt" 2>&1 || { tail -30 "$O/gpu_build.txt"; exit 1; }
+        EXTRA_LDFLAGS="-L$L -L$L/openblas-pthread" >/tmp/gpu_build.txt 2>&1 || { tail -30 /tmp/gpu_build.txt; exit 1; }
 else
-    make -j"$(nproc)" BUILD=build/gpu gpu >"$O/gpu_build.txt" 2>&1 || { tail -30 "$O/gpu_build.txt"; exit 1; }
+    make -j"$(nproc)" BUILD=build/gpu gpu >/tmp/gpu_build.txt 2>&1 || { tail -30 /tmp/gpu_build.txt; exit 1; }
 fi
 ./build/gpu/gpu/test_cuda 2>&1 | tee "$O/gpu_test.txt"
 # what the compiler made of the matrix kernels: tensor-core instructions, local-memory traffic
@@ -27,10 +29,10 @@ if command -v cuobjdump >/dev/null; then
     for k in gemm gemv; do
         cuobjdump -sass build/gpu/cuda/$k.o >"/tmp/$k.sass" 2>/dev/null || true
         printf '%s.o SASS: ' $k; for op in QGMMA IGMMA HGMMA HMMA IMMA LDL STL; do printf '%s=%s ' $op "$(grep -c "$op" /tmp/$k.sass)"; done; echo
-    done | tee "$O/gpu_sass.txt"
+    done | tee "$O/gpu_checks.txt"
 fi
 if [ -n "$SANITIZE" ] && command -v compute-sanitizer >/dev/null; then
-    BQ_CUDA_ONLY=gemv,gemm compute-sanitizer --error-exitcode 9 ./build/gpu/gpu/test_cuda 2>&1 | tail -5 | tee "$O/gpu_sanitizer.txt"
+    BQ_CUDA_ONLY=gemv,gemm compute-sanitizer --error-exitcode 9 ./build/gpu/gpu/test_cuda 2>&1 | tail -3 | tee -a "$O/gpu_checks.txt"
 fi
 ./build/gpu/gpu/gpu_bench --json "$O/gpu_bench.jsonl" ${QUICK:+--quick} 2>&1 | tee "$O/gpu_bench.md"
 if [ -n "$X" ]; then

@@ -124,7 +124,9 @@ int main(int argc, char **argv)
         if (s == 1) b16 = tps;
         double nll = 0;
         for (int i = 0; i < ctx - 1; i++) nll -= lp[i];
-        printf("| %s | %.0f | %.2fx | %.2fx | %.1f |\n", settings[s][0], tps, tps / base, tps / b16, bq_cuda_model_bytes(g) / 1e9);
+        char vs16[16] = "-";  /* the bf16 row comes second */
+        if (b16 > 0) snprintf(vs16, sizeof vs16, "%.2fx", tps / b16);
+        printf("| %s | %.0f | %.2fx | %s | %.1f |\n", settings[s][0], tps, tps / base, vs16, bq_cuda_model_bytes(g) / 1e9);
         if (js) fprintf(js, "{\"setting\":\"%s\",\"layers\":%d,\"ctx\":%d,\"tokens_per_second\":%.1f,\"mean_nll\":%.4f}\n",
                         settings[s][0], layers, ctx, tps, nll / (ctx - 1));
         bq_cuda_model_free(g);

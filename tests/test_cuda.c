@@ -124,7 +124,7 @@ static void against_cpu(void)
         formats++;
         bq_format_free(f);
     }
-    printf("  GPU fake quantisation: %d formats x 3 input kinds x 2 shapes x 4 roundings compared with the CPU\n", formats);
+    printf("  GPU fake quantisation: %d formats x 3 input kinds x 3 shapes x 4 roundings compared with the CPU\n", formats);
     free(x); free(a); free(b);
 }
 
