@@ -153,7 +153,7 @@ int main(int argc, char **argv)
     }
     /* GEMV, one token */
     printf("\n| GEMV (1 token) | shape | weight MB | GB/s of weights | of copy |\n|---|---|---|---|---|\n");
-    const char *gf[] = {"mxfp4", "nvfp4", "int4_b32_sfp16", "mxint8", "int8_b32_sfp16"};
+    const char *gf[] = {"mxfp4", "nvfp4", "int4_b32_sfp16", "mxfp6_e2m3", "mxint8", "int8_b32_sfp16"};
     const int gs[][2] = {{4096, 4096}, {16384, 16384}};
     for (int s = 0; s < (quick ? 1 : 2); s++) {
         int R = gs[s][0], C = gs[s][1];

@@ -143,7 +143,8 @@ static double rel_err(const float *y, const double *ref, size_t n)
  * path and every token count it takes; outputs are poisoned before each run. */
 static void gemv(void)
 {
-    const char *wf[] = {"mxfp4", "nvfp4", "mxint8", "int8_b32_sfp16", "int4_b32_sfp16", "bfp4_b32", "bfp4_b16"};
+    const char *wf[] = {"mxfp4", "nvfp4", "mxint8", "int8_b32_sfp16", "int4_b32_sfp16", "bfp4_b32", "bfp4_b16",
+                        "mxfp6_e2m3", "mxfp6_e3m2"};
     const int shapes[][3] = {{300, 1024, 3}, {37, 1056, 1}, {64, 2048, 4}, {129, 96, 2}};
     for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
         int R = shapes[si][0], C = shapes[si][1], n = shapes[si][2];
@@ -204,6 +205,24 @@ static void gemv(void)
         }
         free(w); free(wq); free(x); free(y); free(ref);
     }
+}
+
+/* A format the GPU cannot hold packed is refused, not approximated: BFP6's two scale
+ * factors do not always multiply to one float exactly. */
+static void gemv_refusal(void)
+{
+    float w[64 * 64];
+    for (int i = 0; i < 64 * 64; i++) w[i] = t_normal();
+    bq_format *f;
+    pmat *m;
+    bq_cuda_w *gw = NULL;
+    bq_format_parse("bfp6_b16", &f);
+    if (pmat_pack(f, w, 64, 64, NULL, &m) == BQ_OK) {
+        CHECK(bq_cuda_w_upload(m, &gw) == BQ_ERR_UNSUPPORTED && !gw, "bfp6_b16 on the GPU must be refused");
+        printf("  GPU GEMV bfp6_b16 refused: %s\n", bq_last_error());
+        pmat_free(m);
+    } else CHECK(0, "pack: %s", bq_last_error());
+    bq_format_free(f);
 }
 
 /* Codes and E8M0 scales of an MX 8-bit packed matrix (row layout: scale, 32 codes). */
@@ -297,7 +316,7 @@ int main(void)
     const char *only = getenv("BQ_CUDA_ONLY");  /* e.g. "gemv,gemm" under compute-sanitizer */
     if (!only || strstr(only, "vectors")) vectors();
     if (!only || strstr(only, "cpu")) against_cpu();
-    if (!only || strstr(only, "gemv")) gemv();
+    if (!only || strstr(only, "gemv")) { gemv(); gemv_refusal(); }
     if (!only || strstr(only, "gemm")) gemm();
     return test_summary("test_cuda");
 }

@@ -444,8 +444,8 @@ static void test_cuda_ppl(void)
      * numbers); int8_row weights (float32 scales) keep float32 SGEMM */
     const char *cfg[][3] = {{NULL, NULL, NULL},           {"mxfp4", "mxint8", "bfp8_b16"}, {"bfp6_b16", "bfp6_b16", NULL},
                             {"bf16", "bf16", NULL},       {"int8_row", "mxint8", NULL}, {"mxfp4", "mxint8", NULL},
-                            {"mxint8", "mxint8", NULL}};
-    for (int i = 0; i < 7; i++) {  /* the last two packed: the GPU keeps the codes and unpacks them */
+                            {"mxint8", "mxint8", NULL},   {"mxfp6_e2m3", "mxint8", NULL}};
+    for (int i = 0; i < 8; i++) {  /* the last three packed: the GPU keeps the codes and unpacks them */
         bq_model *m;
         bq_model_load("models/llama-19m-en", &m);
         if (cfg[i][0]) {

@@ -30,9 +30,12 @@ struct bq_cuda_w {
     float *d_factor;           // device: 256 factors for 1-byte scales
     signed char lut[16];       // 4-bit code -> integer
     size_t bytes;
-    // tensor-core layout (tc != 0): 1 = e2m1 nibbles, 2 = integer nibbles (v + 8)
+    // tensor-core layout (tc != 0): 1 = e2m1 nibbles, 2 = integer nibbles (v + 8),
+    // 3 = 6-bit codes (low nibbles as the others, top bits in `hi`) through a table
     int tc, NT, R16, SBT;      // 64-column tiles, rows padded to 16, scale bytes per row and tile
     float cmode;               // weight = fp16(nibble) * cmode * factor
+    uint2 *hi;                 // 6-bit codes (tc == 3): their top two bits, per lane and tile
+    unsigned short *lut6;      //   and code -> fp16 value (64 entries)
     uint32_t *xf;              // device scratch: activation pieces in B-fragment order
     float *xs;                 //   and their power-of-two scale per tile and column
 };
@@ -47,6 +50,8 @@ extern "C" void bq_cuda_w_free(bq_cuda_w *w)
     bq_cuda_free(w->d_factor);
     bq_cuda_free(w->xf);
     bq_cuda_free(w->xs);
+    bq_cuda_free(w->hi);
+    bq_cuda_free(w->lut6);
     free(w);
 }
 
@@ -100,9 +105,12 @@ static void tc_place(uint8_t *tiles, uint8_t *tsc, const bq_cuda_w *w, int r, co
     }
 }
 
+static bq_status upload6(const pmat *m, bq_cuda_w **out);
+
 extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out)
 {
     *out = NULL;
+    if (m->kind == PM_STREAM && m->fast_stream && m->f->el.bits == 6) return upload6(m, out);
     if (m->kind != PM_PANEL || m->cols % 32 || (m->K != 16 && m->K != 32) || (m->sbytes != 1 && !(m->sbytes == 2 && m->f->scale.ebits == 5)))
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: format %s at %dx%d is not supported (4/8-bit codes, blocks of 16 or 32, 8-bit or fp16 scales, cols %% 32 == 0)",
                        m->f->name, m->rows, m->cols);
@@ -150,6 +158,82 @@ extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out)
     if (!st && w->tc) st = bq_cuda_malloc((void **)&w->xf, (size_t)2 * w->NT * 32 * 32);  // up to 2 n8 blocks
     if (!st && w->tc) st = bq_cuda_malloc((void **)&w->xs, (size_t)2 * w->NT * 8 * sizeof(float));
     free(packed); free(codes); free(scales); free(ec); free(sc);
+    if (st) { bq_cuda_w_free(w); return st; }
+    *out = w;
+    return BQ_OK;
+}
+
+// 6-bit block formats (MXFP6 e2m3/e3m2, BFP6), held as a bit stream on the CPU:
+// value = vlut[code] * s1 * s2 with 8-bit scale codes. On the device the tensor-core
+// layout with the low four bits of each code where the 4-bit formats keep their
+// nibbles and the top two in a second plane (8 bytes per lane and tile: word s in
+// bits 16s..16s+15, half2 j's low and high element at bits 4j and 4j + 2); a
+// 64-entry table gives the fp16 value. Only where every value is an fp16 number
+// and value * (s1 * s2) is what the CPU computes, (value * s1) * s2.
+static bq_status upload6(const pmat *m, bq_cuda_w **out)
+{
+    const bq_format *f = m->f;
+    int K = f->block;
+    if (m->cols % 32 || (K != 16 && K != 32))
+        return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: %s at %dx%d is not supported (6-bit codes need blocks of 16 or 32, cols %% 32 == 0)",
+                       f->name, m->rows, m->cols);
+    unsigned short lut6[64];
+    float fac[256];
+    for (int c = 0; c < 64; c++) {
+        __half h = __float2half_rn(m->vlut[c]);
+        if (__half2float(h) != m->vlut[c] && m->vlut[c] == m->vlut[c])
+            return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: %s has element values that are not fp16 numbers", f->name);
+        lut6[c] = __half_as_ushort(h);
+    }
+    for (int s = 0; s < 256; s++) {
+        fac[s] = m->s1[s] * m->s2[s];
+        for (int c = 0; c < 64; c++) {
+            float a = (m->vlut[c] * m->s1[s]) * m->s2[s], b = m->vlut[c] * fac[s];
+            if (a != b && a == a)
+                return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: %s's scale factors do not combine exactly", f->name);
+        }
+    }
+    bq_cuda_w *w = (bq_cuda_w *)calloc(1, sizeof *w);
+    if (!w) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    w->rows = m->rows; w->cols = m->cols; w->eb = 6; w->K = K; w->nb = m->cols / K; w->sbytes = 1; w->emult = 1.0f;
+    w->tc = 3; w->cmode = 1.0f;
+    w->NT = (m->cols + 63) / 64;
+    w->R16 = (m->rows + 15) / 16 * 16;
+    w->SBT = 64 / K;
+    size_t ncode = (size_t)w->R16 * w->NT * 32, nscale = (size_t)w->R16 * w->NT * w->SBT, nhi = (size_t)w->R16 / 16 * w->NT * 32 * 8;
+    size_t psize = bq_packed_size(f, (size_t)m->rows, (size_t)m->cols), prb = pack_row_bytes(f, (size_t)m->cols);
+    uint8_t *packed = (uint8_t *)malloc(psize), *codes = (uint8_t *)calloc(ncode, 1), *scales = (uint8_t *)calloc(nscale, 1),
+            *hi = (uint8_t *)calloc(nhi, 1), *ec = (uint8_t *)malloc((size_t)m->cols), *nib = (uint8_t *)malloc((size_t)m->cols);
+    uint32_t *sc = (uint32_t *)malloc((size_t)w->nb * 4);
+    // padding: code 0 (value 0 in these grids; checked below)
+    bq_status st = packed && codes && scales && hi && ec && nib && sc ? pmat_to_packed(m, packed, psize) : bq_fail(BQ_ERR_NOMEM, "out of memory");
+    if (!st && m->vlut[0] != 0.0f) st = bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: %s's code 0 is not zero", f->name);
+    for (int r = 0; r < m->rows && !st; r++) {
+        pack_row_codes(f, packed + pack_header_bytes(f) + (size_t)r * prb, (size_t)m->cols, sc, ec);
+        for (int k = 0; k < m->cols; k++) nib[k] = ec[k] & 15;
+        tc_place(codes, scales, w, r, nib, sc);
+        int G = r / 16, rr = r % 16;
+        for (int k = 0; k < m->cols; k++) {  // the top two bits, at the lane / word / half2 tc_place used
+            int T = k / 64, kk = k % 64, s = kk / 16, k16 = kk % 16, t = (k16 % 8) / 2, hb = k16 % 2;
+            int j = (rr >= 8) + 2 * (k16 >= 8), lane = (rr % 8) * 4 + t, bit = 4 * j + 2 * hb;
+            uint8_t *p = hi + (((size_t)G * w->NT + T) * 32 + lane) * 8 + s * 2 + bit / 8;
+            *p = (uint8_t)((*p & ~(3 << bit % 8)) | (ec[k] >> 4) << bit % 8);
+        }
+    }
+    w->bytes = ncode + nscale + nhi;
+    if (!st) st = bq_cuda_malloc((void **)&w->codes, ncode);
+    if (!st) st = bq_cuda_malloc((void **)&w->scales, nscale);
+    if (!st) st = bq_cuda_malloc((void **)&w->hi, nhi);
+    if (!st) st = bq_cuda_malloc((void **)&w->lut6, sizeof lut6);
+    if (!st) st = bq_cuda_malloc((void **)&w->d_factor, sizeof fac);
+    if (!st) st = bq_cuda_upload(w->codes, codes, ncode);
+    if (!st) st = bq_cuda_upload(w->scales, scales, nscale);
+    if (!st) st = bq_cuda_upload(w->hi, hi, nhi);
+    if (!st) st = bq_cuda_upload(w->lut6, lut6, sizeof lut6);
+    if (!st) st = bq_cuda_upload(w->d_factor, fac, sizeof fac);
+    if (!st) st = bq_cuda_malloc((void **)&w->xf, (size_t)2 * w->NT * 32 * 32);
+    if (!st) st = bq_cuda_malloc((void **)&w->xs, (size_t)2 * w->NT * 8 * sizeof(float));
+    free(packed); free(codes); free(scales); free(hi); free(ec); free(nib); free(sc);
     if (st) { bq_cuda_w_free(w); return st; }
     *out = w;
     return BQ_OK;
@@ -324,6 +408,16 @@ static __device__ __forceinline__ uint32_t half2_of(uint32_t w)
     return o;
 }
 
+// 6-bit: half2 J of word wd (low nibbles) with the top bits h16 of the same word,
+// through the fp16 table.
+template <int J>
+static __device__ __forceinline__ uint32_t half2_6(uint32_t wd, uint32_t h16, const unsigned short *l6)
+{
+    uint32_t lo = ((wd >> (4 * J)) & 15u) | ((h16 >> (4 * J)) & 3u) << 4;
+    uint32_t hi = ((wd >> (16 + 4 * J)) & 15u) | ((h16 >> (4 * J + 2)) & 3u) << 4;
+    return (uint32_t)l6[lo] | (uint32_t)l6[hi] << 16;
+}
+
 static __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, bool fresh)
 {
     float c0 = fresh ? 0.0f : d[0], c1 = fresh ? 0.0f : d[1], c2 = fresh ? 0.0f : d[2], c3 = fresh ? 0.0f : d[3];
@@ -339,23 +433,28 @@ template <int MODE, int K, int SB, int NT8>
 __global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, const uint8_t *__restrict__ scales,
                                                const float *__restrict__ factor, float emult, float cmode,
                                                const uint4 *__restrict__ xf, const float *__restrict__ xs,
-                                               float *__restrict__ y, int rows, int NT, int n)
+                                               float *__restrict__ y, int rows, int NT, int n,
+                                               const uint2 *__restrict__ hip, const unsigned short *__restrict__ lut6)
 {
     constexpr int RG = 2, SBT = (64 / K) * SB;
     __shared__ float fac[256];
+    __shared__ unsigned short l6[64];
     __shared__ float red[8][RG][NT8][32][4];
     if (SB == 1) for (int i = threadIdx.x; i < 256; i += blockDim.x) fac[i] = factor[i];
+    if (MODE == 3 && threadIdx.x < 64) l6[threadIdx.x] = lut6[threadIdx.x];
     __syncthreads();
     const int wp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int G0 = blockIdx.x * RG, ngroups = (rows + 15) / 16, T0 = wp * NT / 8, T1 = (wp + 1) * NT / 8;
     float acc[RG][NT8][4] = {};
     for (int T = T0; T < T1; T++) {
         uint4 c[RG];
+        uint2 hp[RG];
         uint32_t sg[RG], sg8[RG];
 #pragma unroll
         for (int rg = 0; rg < RG; rg++) {
             int G = min(G0 + rg, ngroups - 1);
             c[rg] = __ldg(codes + ((size_t)G * NT + T) * 32 + lane);
+            if (MODE == 3) hp[rg] = __ldg(hip + ((size_t)G * NT + T) * 32 + lane);
             const uint8_t *sp = scales + (((size_t)G * NT + T) * 16 + g) * SBT;
             sg[rg] = SBT == 4 ? __ldg((const uint32_t *)sp) : __ldg((const uint16_t *)sp);
             sg8[rg] = SBT == 4 ? __ldg((const uint32_t *)(sp + 8 * SBT)) : __ldg((const uint16_t *)(sp + 8 * SBT));
@@ -376,7 +475,15 @@ __global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, 
 #pragma unroll
             for (int rg = 0; rg < RG; rg++) {
                 uint32_t wd = s == 0 ? c[rg].x : s == 1 ? c[rg].y : s == 2 ? c[rg].z : c[rg].w;
-                uint32_t a[4] = {half2_of<MODE, 0>(wd), half2_of<MODE, 1>(wd), half2_of<MODE, 2>(wd), half2_of<MODE, 3>(wd)};
+                uint32_t a[4];
+                if (MODE == 3) {
+                    uint32_t h16 = (s < 2 ? hp[rg].x : hp[rg].y) >> (16 * (s & 1));
+                    a[0] = half2_6<0>(wd, h16, l6); a[1] = half2_6<1>(wd, h16, l6);
+                    a[2] = half2_6<2>(wd, h16, l6); a[3] = half2_6<3>(wd, h16, l6);
+                } else {
+                    a[0] = half2_of<MODE, 0>(wd); a[1] = half2_of<MODE, 1>(wd);
+                    a[2] = half2_of<MODE, 2>(wd); a[3] = half2_of<MODE, 3>(wd);
+                }
 #pragma unroll
                 for (int nb = 0; nb < NT8; nb++) {
                     const uint4 &bb = b[nb][s / 2];
@@ -445,7 +552,7 @@ static bq_status gemv_tensor_cores(const bq_cuda_w *w, const float *d_x, int n, 
     if (st) return st;
     unsigned blocks = (unsigned)((w->R16 / 16 + 1) / 2);
 #define L(MODE, K, SB, NT8) gemv_tc<MODE, K, SB, NT8><<<blocks, 256>>>((const uint4 *)w->codes, w->scales, w->d_factor, w->emult, \
-                                    w->cmode, (const uint4 *)w->xf, w->xs, d_y, w->rows, w->NT, n)
+                                    w->cmode, (const uint4 *)w->xf, w->xs, d_y, w->rows, w->NT, n, w->hi, w->lut6)
 #define L2(MODE, K, SB) if (n > 2) L(MODE, K, SB, 2); else L(MODE, K, SB, 1)
     if (w->tc == 1 && w->K == 32 && w->sbytes == 1) { L2(1, 32, 1); }
     else if (w->tc == 1 && w->K == 16 && w->sbytes == 1) { L2(1, 16, 1); }
@@ -453,6 +560,8 @@ static bq_status gemv_tensor_cores(const bq_cuda_w *w, const float *d_x, int n, 
     else if (w->tc == 2 && w->K == 32 && w->sbytes == 1) { L2(2, 32, 1); }
     else if (w->tc == 2 && w->K == 16 && w->sbytes == 1) { L2(2, 16, 1); }
     else if (w->tc == 2 && w->K == 32 && w->sbytes == 2) { L2(2, 32, 2); }
+    else if (w->tc == 3 && w->K == 32) { L2(3, 32, 1); }
+    else if (w->tc == 3 && w->K == 16) { L2(3, 16, 1); }
     else return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: no tensor-core kernel for blocks of %d, %d-byte scales", w->K, w->sbytes);
 #undef L2
 #undef L
@@ -491,7 +600,8 @@ static __device__ __forceinline__ float w_factor(const uint8_t *s, int sb, const
 // Tensor-core layout: a thread per 16-byte lane chunk (32 codes of rows g, g + 8).
 template <int MODE>
 __global__ void unpack_tc(const uint4 *__restrict__ codes, const uint8_t *__restrict__ scales, const float *__restrict__ factor,
-                          float emult, float cmode, int rows, int cols, int NT, int K, int SB, __nv_bfloat16 *__restrict__ out)
+                          float emult, float cmode, int rows, int cols, int NT, int K, int SB, __nv_bfloat16 *__restrict__ out,
+                          const uint2 *__restrict__ hip, const unsigned short *__restrict__ lut6)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     size_t ng = (size_t)(rows + 15) / 16;
@@ -499,10 +609,19 @@ __global__ void unpack_tc(const uint4 *__restrict__ codes, const uint8_t *__rest
     int lane = (int)(i % 32), T = (int)(i / 32 % NT), G = (int)(i / 32 / NT), g = lane / 4, t = lane % 4;
     uint4 c = codes[i];
     uint32_t wd[4] = {c.x, c.y, c.z, c.w};
+    uint2 hp = MODE == 3 ? hip[i] : make_uint2(0, 0);
     const int SBT = (64 / K) * SB;
 #pragma unroll
     for (int s = 0; s < 4; s++) {
-        uint32_t h[4] = {half2_of<MODE, 0>(wd[s]), half2_of<MODE, 1>(wd[s]), half2_of<MODE, 2>(wd[s]), half2_of<MODE, 3>(wd[s])};
+        uint32_t h[4];
+        if (MODE == 3) {
+            uint32_t h16 = (s < 2 ? hp.x : hp.y) >> (16 * (s & 1));
+            h[0] = half2_6<0>(wd[s], h16, lut6); h[1] = half2_6<1>(wd[s], h16, lut6);
+            h[2] = half2_6<2>(wd[s], h16, lut6); h[3] = half2_6<3>(wd[s], h16, lut6);
+        } else {
+            h[0] = half2_of<MODE, 0>(wd[s]); h[1] = half2_of<MODE, 1>(wd[s]);
+            h[2] = half2_of<MODE, 2>(wd[s]); h[3] = half2_of<MODE, 3>(wd[s]);
+        }
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             int row = G * 16 + g + 8 * (j & 1), k = 64 * T + 16 * s + 2 * t + 8 * (j >> 1);
@@ -527,6 +646,7 @@ __global__ void unpack_rows(const uint8_t *__restrict__ codes, const uint8_t *__
     const uint8_t *cr = codes + (size_t)r * cols * eb / 8;
     float f = w_factor(scales + ((size_t)r * (cols / K) + k / K) * SB, SB, factor, emult);
     float v[4];
+#pragma unroll
     for (int e = 0; e < 4; e++) {
         int q = eb == 8 ? (int)(signed char)cr[k + e] : lut[(cr[(k + e) / 2] >> (4 * ((k + e) & 1))) & 15];
         v[e] = (float)q * f;
@@ -540,8 +660,12 @@ extern "C" bq_status bq_cuda_w_to_bf16(const bq_cuda_w *w, void *d_out)
     if (w->tc) {
         size_t n = (size_t)w->R16 / 16 * w->NT * 32;
         unsigned nb = (unsigned)((n + 255) / 256);
-        if (w->tc == 1) unpack_tc<1><<<nb, 256>>>((const uint4 *)w->codes, w->scales, w->d_factor, w->emult, w->cmode, w->rows, w->cols, w->NT, w->K, w->sbytes, (__nv_bfloat16 *)d_out);
-        else unpack_tc<2><<<nb, 256>>>((const uint4 *)w->codes, w->scales, w->d_factor, w->emult, w->cmode, w->rows, w->cols, w->NT, w->K, w->sbytes, (__nv_bfloat16 *)d_out);
+#define U(MODE) unpack_tc<MODE><<<nb, 256>>>((const uint4 *)w->codes, w->scales, w->d_factor, w->emult, w->cmode, w->rows, w->cols, \
+                                             w->NT, w->K, w->sbytes, (__nv_bfloat16 *)d_out, w->hi, w->lut6)
+        if (w->tc == 1) U(1);
+        else if (w->tc == 2) U(2);
+        else U(3);
+#undef U
     } else {
         int4 lut4;
         memcpy(&lut4, w->lut, 16);
