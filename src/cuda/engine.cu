@@ -1,14 +1,14 @@
 // The forward pass on a CUDA device, for perplexity (`blockq ppl --device cuda`).
 // LLaMA family (LLaMA/Mistral, Qwen2 with qkv bias, Qwen3 with q/k norms): the
-// same steps as src/engine/forward.c over a whole window. Weights go up as the
-// CPU holds them (fake-quantised, or decoded from packed storage), matmuls are
-// float32 cuBLAS SGEMM (no TF32), activations and the KV cache are quantised on
-// the device by bq_cuda_qdq (the CPU's bits). cuBLAS is opened at run time, so
-// blockq needs no CUDA libraries where there is no GPU.
+// same steps as src/engine/forward.c over a whole window. Each linear goes up in
+// one of three forms (packed, bf16 or float32, below; up_linear chooses);
+// activations and the KV cache are quantised on the device by bq_cuda_qdq (the
+// CPU's bits). cuBLAS is opened at run time, so blockq needs no CUDA libraries
+// where there is no GPU.
 //
 // Packed: where the CPU holds a linear packed (--packed, a .bq or GGUF file) and
-// it takes the bf16 path, its codes go up as they are (bq_cuda_w: 4 or 8 bits a
-// weight) and are unpacked to bf16 just before each product.
+// it takes the bf16 path, its codes go up as they are (bq_cuda_w: 4, 6 or 8 bits
+// a weight) and are unpacked to bf16 just before each product.
 //
 // The bf16 path: a linear whose weights are all bf16 values and whose activation
 // format only produces bf16 values keeps its weights as bf16 on the device and
@@ -17,6 +17,9 @@
 // computes (up to the order of the sums), in half the memory. It covers --wq/--aq
 // bf16 on a bf16 checkpoint and most block formats (MX, BFP, block minifloat and
 // logarithm), whose values have at most 8 significant bits and power-of-two scales.
+//
+// Float32 otherwise: cuBLAS SGEMM (no TF32) on the weights as the CPU holds them
+// (fake-quantised, or decoded from packed storage).
 #include <cublas_v2.h>  // types only: the library is opened with dlopen
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -329,7 +332,14 @@ extern "C" bq_status bq_cuda_model_new(const bq_model *m, int T, bq_cuda_model *
         else { pmat_decode(m->emb_p, 0, (int)V, tmp); st = up_floats(&g->emb, tmp, V * H, b); free(tmp); }
     }
     if (!st) st = up_floats(&g->fnorm, m->final_ln.w, H, b);
+    int any16 = 0;  // what the bf16 buffers must hold, noted as the linears go up
+    size_t maxw = 0;
+    auto track = [&](const glin *x) {
+        any16 |= x->w16 || x->pw;
+        if (x->pw && (size_t)x->in * x->out > maxw) maxw = (size_t)x->in * x->out;
+    };
     if (!st) st = up_linear(&g->head, &m->head, b);
+    if (!st) track(&g->head);
     for (int i = 0; i < c->layers && !st; i++) {
         const layer_w *L = &m->L[i];
         glayer *l = &g->L[i];
@@ -339,7 +349,8 @@ extern "C" bq_status bq_cuda_model_new(const bq_model *m, int T, bq_cuda_model *
         if (!st && c->qk_norm) st = up_floats(&l->kn, L->k_norm.w, (size_t)c->head_dim, b);
         const linear *src[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
         glin *dst[] = {&l->q, &l->k, &l->v, &l->o, &l->gate, &l->up, &l->down};
-        for (int j = 0; j < 7 && !st; j++) st = up_linear(dst[j], src[j], b);
+        for (int j = 0; j < 7 && !st; j++)
+            if (!(st = up_linear(dst[j], src[j], b))) track(dst[j]);
     }
     size_t qd = (size_t)c->heads * c->head_dim, kvd = (size_t)c->kv_heads * c->head_dim, I = (size_t)c->inter, Tn = (size_t)T;
     size_t maxin = H > I ? H : I;
@@ -347,15 +358,6 @@ extern "C" bq_status bq_cuda_model_new(const bq_model *m, int T, bq_cuda_model *
     float **bufs[] = {&g->x, &g->h, &g->q, &g->k, &g->v, &g->a, &g->g, &g->u, &g->lg, &g->xq};
     size_t sizes[] = {Tn * H, Tn * H, Tn * qd, Tn * kvd, Tn * kvd, Tn * qd, Tn * I, Tn * I, Tn * V, Tn * maxin};
     for (int i = 0; i < 10 && !st; i++) { st = bq_cuda_malloc((void **)bufs[i], sizes[i] * 4); *b += sizes[i] * 4; }
-    int any16 = g->head.w16 || g->head.pw;
-    size_t maxw = g->head.pw ? (size_t)g->head.in * g->head.out : 0;
-    for (int i = 0; i < c->layers && !st; i++) {
-        glin *ls[] = {&g->L[i].q, &g->L[i].k, &g->L[i].v, &g->L[i].o, &g->L[i].gate, &g->L[i].up, &g->L[i].down};
-        for (glin *x : ls) {
-            any16 |= x->w16 || x->pw;
-            if (x->pw && (size_t)x->in * x->out > maxw) maxw = (size_t)x->in * x->out;
-        }
-    }
     if (!st && any16) { st = bq_cuda_malloc((void **)&g->xb, Tn * maxin * 2); *b += Tn * maxin * 2; }
     if (!st && maxw) { st = bq_cuda_malloc((void **)&g->wb, maxw * 2); *b += maxw * 2; }
     if (!st) st = bq_cuda_malloc((void **)&g->ids, Tn * 4);

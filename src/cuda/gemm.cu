@@ -1,12 +1,13 @@
 // W8A8 matrix products with per-block (32) E8M0 scales on the tensor cores:
-// MXINT8 (int8 mma) and MXFP8 E4M3 (fp8 mma). Each 32-deep slice of K is one
-// scale block and exactly one m16n8k32 MMA step: its exact partial product is
-// scaled by 2^(ea + eb - 254) * emult and added to the float accumulators, so the
-// block scales are applied inside the accumulation, not before or after it.
+// MXINT8 (int8) and MXFP8 E4M3 (fp8). Each 32-deep slice of K is one scale block:
+// its partial product is scaled by 2^(ea + eb - 254) * emult and added to the
+// float accumulators, so the block scales are applied inside the accumulation,
+// not before or after it. Two kernels: wgmma on Hopper (below), and this portable
+// one on mma.sync.m16n8k32 (one MMA step per slice).
 //
-// Tiles: 128 x 128 per CTA, 8 warps of 64 x 32, K slices of 32 bytes staged in
-// shared memory by cp.async, three stages deep. Rows of a tile are 48 bytes
-// apart (32 + 16 padding) so that the fragment loads hit 32 different banks.
+// mma.sync tiles: 128 x 128 per CTA, 8 warps of 64 x 32, K slices of 32 bytes
+// staged in shared memory by cp.async, three stages deep. Rows of a tile are 48
+// bytes apart (32 + 16 padding) so that the fragment loads hit 32 different banks.
 #include <cuda_runtime.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -134,7 +135,7 @@ __global__ void __launch_bounds__(THREADS) gemm_mx8(const uint8_t *__restrict__ 
 // partial, the warpgroup scales block j (float32: 2 ops per element; MXINT8's
 // exact int32 partials become float through the 1.5 * 2^23 exponent trick) into
 // its accumulators. Scales come as float32 from a pre-pass (E8M0 -> float, A's
-// times emult; B's permuted so that a thread's 32 columns are contiguous).
+// times emult; B's in the order threads read them, see mx_scales).
 #pragma nv_diag_suppress 177  // the sm_90a helpers are unused in the portable compute_90 pass
 namespace wg {
 constexpr int BM = 128, BN = 128, BK = 128, THREADS = 256;

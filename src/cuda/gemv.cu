@@ -2,12 +2,12 @@
 //
 // 8-bit codes (and 4-bit codes of other grids): one warp per 4 rows, each lane
 // streaming 16 bytes of codes at a time and decoding them in registers
-// (gemv_lut). Device layout, per row: the element codes (4-bit: two per byte,
+// (gemv_kernel). Device layout, per row: the element codes (4-bit: two per byte,
 // element 2j in the low nibble; 8-bit: one per byte), then separately the scale
 // codes [rows][blocks] (1 byte, or 2 for fp16).
 //
-// 4-bit codes of the e2m1 grid (MXFP4, NVFP4) or of small integers (int4, BFP4):
-// the tensor cores (gemv_tc, below). A float FMA per weight keeps a warp busier
+// 4-bit codes of the e2m1 grid (MXFP4, NVFP4) or of small integers (int4, BFP4),
+// and 6-bit MXFP6 codes: the tensor cores (gemv_tc, below). A float FMA per weight keeps a warp busier
 // than the memory system at 4 bits a weight, so the codes become fp16 with two
 // or three integer instructions per pair and an fp16 MMA multiplies them. The
 // activations are split into three fp16 pieces (hi + mid + lo, after a
@@ -88,21 +88,59 @@ static int tc_mode(const int8_t *lut, uint8_t nib[16], float *cmode)
 // Tensor-core layout: 16-row groups G, 64-column tiles T, 512 bytes each; lane
 // (g, t) of a warp reads 16 bytes: word s holds its A fragment of k-step s of the
 // m16n8k16 MMA, half2 j (j = row g / g+8 + 2 * (k+8)) in nibbles j (low half) and
-// j + 4 (high half). Scales: [G][T][16 rows][SBT bytes].
-static void tc_place(uint8_t *tiles, uint8_t *tsc, const bq_cuda_w *w, int r, const uint8_t *nibrow, const uint32_t *sc)
+// j + 4 (high half). Scales: [G][T][16 rows][SBT bytes]. Row r's codes go in as
+// their low four bits; with `hi` (6-bit codes), the top two bits go to that plane:
+// 8 bytes per lane and tile, word s in bits 16s..16s+15, half2 j's low and high
+// element at bits 4j and 4j + 2.
+static void tc_place(uint8_t *tiles, uint8_t *hi, uint8_t *tsc, const bq_cuda_w *w, int r, const uint8_t *code, const uint32_t *sc)
 {
     int G = r / 16, rr = r % 16;
     for (int k = 0; k < w->cols; k++) {
         int T = k / 64, kk = k % 64, s = kk / 16, k16 = kk % 16;
-        int t = (k16 % 8) / 2, hi = k16 % 2, j = (rr >= 8) + 2 * (k16 >= 8), lane = (rr % 8) * 4 + t;
-        uint8_t *word = tiles + (((size_t)G * w->NT + T) * 32 + lane) * 16 + s * 4;
-        int bit = 4 * j + 16 * hi;
-        word[bit / 8] = (uint8_t)((word[bit / 8] & ~(0xF << bit % 8)) | nibrow[k] << bit % 8);
+        int t = (k16 % 8) / 2, hb = k16 % 2, j = (rr >= 8) + 2 * (k16 >= 8), lane = (rr % 8) * 4 + t;
+        size_t at = ((size_t)G * w->NT + T) * 32 + lane;
+        uint8_t *word = tiles + at * 16 + s * 4;
+        int bit = 4 * j + 16 * hb;
+        word[bit / 8] = (uint8_t)((word[bit / 8] & ~(0xF << bit % 8)) | (code[k] & 15) << bit % 8);
+        if (hi) {
+            uint8_t *p = hi + at * 8 + s * 2;
+            bit = 4 * j + 2 * hb;
+            p[bit / 8] = (uint8_t)((p[bit / 8] & ~(3 << bit % 8)) | (code[k] >> 4) << bit % 8);
+        }
     }
     for (int b = 0; b < w->nb; b++) {
         int T = b * w->K / 64, bt = b - T * (64 / w->K);
         memcpy(tsc + (((size_t)G * w->NT + T) * 16 + rr) * w->SBT + bt * w->sbytes, &sc[b], (size_t)w->sbytes);
     }
+}
+
+// The tensor-core layout's shape, from rows, cols, K and sbytes.
+static void tc_shape(bq_cuda_w *w)
+{
+    w->NT = (w->cols + 63) / 64;
+    w->R16 = (w->rows + 15) / 16 * 16;
+    w->SBT = (64 / w->K) * w->sbytes;
+}
+
+// The host layout to the device: codes, scales, the 256 scale factors, for 6-bit
+// codes their top bits and table, and the GEMV's scratch (tensor-core layouts).
+static bq_status w_to_device(bq_cuda_w *w, const uint8_t *codes, size_t ncode, const uint8_t *scales, size_t nscale,
+                             const float *fac, const uint8_t *hi, size_t nhi, const unsigned short *lut6)
+{
+    bq_status st = bq_cuda_malloc((void **)&w->codes, ncode);
+    if (!st) st = bq_cuda_malloc((void **)&w->scales, nscale);
+    if (!st) st = bq_cuda_malloc((void **)&w->d_factor, 256 * sizeof(float));
+    if (!st) st = bq_cuda_upload(w->codes, codes, ncode);
+    if (!st) st = bq_cuda_upload(w->scales, scales, nscale);
+    if (!st) st = bq_cuda_upload(w->d_factor, fac, 256 * sizeof(float));
+    if (!st && hi) st = bq_cuda_malloc((void **)&w->hi, nhi);
+    if (!st && hi) st = bq_cuda_malloc((void **)&w->lut6, 64 * sizeof *lut6);
+    if (!st && hi) st = bq_cuda_upload(w->hi, hi, nhi);
+    if (!st && hi) st = bq_cuda_upload(w->lut6, lut6, 64 * sizeof *lut6);
+    if (!st && w->tc) st = bq_cuda_malloc((void **)&w->xf, (size_t)2 * w->NT * 32 * 32);  // up to 2 n8 blocks
+    if (!st && w->tc) st = bq_cuda_malloc((void **)&w->xs, (size_t)2 * w->NT * 8 * sizeof(float));
+    w->bytes = ncode + nscale + nhi;
+    return st;
 }
 
 static bq_status upload6(const pmat *m, bq_cuda_w **out);
@@ -123,9 +161,7 @@ extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out)
     memcpy(w->lut, m->lut, 16);
     uint8_t nib[16];
     if (m->eb == 4 && (64 / m->K) * m->sbytes <= 4) w->tc = tc_mode(m->lut, nib, &w->cmode);
-    w->NT = (m->cols + 63) / 64;
-    w->R16 = (m->rows + 15) / 16 * 16;
-    w->SBT = (64 / m->K) * m->sbytes;
+    tc_shape(w);
     // row layout: codes [rows][rb], scales [rows][sb]; tensor-core layout: tiles and tile scales
     size_t rb = (size_t)m->cols * m->eb / 8, sb = (size_t)m->nb * m->sbytes;
     size_t ncode = w->tc ? (size_t)w->R16 * w->NT * 32 : (size_t)m->rows * rb;
@@ -140,7 +176,7 @@ extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out)
         pack_row_codes(m->f, packed + pack_header_bytes(m->f) + (size_t)r * prb, (size_t)m->cols, sc, ec);
         if (w->tc) {
             for (int k = 0; k < m->cols; k++) ec[k] = nib[ec[k]];
-            tc_place(codes, scales, w, r, ec, sc);
+            tc_place(codes, NULL, scales, w, r, ec, sc);
             continue;
         }
         uint8_t *cr = codes + (size_t)r * rb;
@@ -148,15 +184,7 @@ extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out)
         else for (int k = 0; k < m->cols; k += 2) cr[k / 2] = (uint8_t)(ec[k] | ec[k + 1] << 4);
         for (int g = 0; g < m->nb; g++) memcpy(scales + (size_t)r * sb + (size_t)g * m->sbytes, &sc[g], (size_t)m->sbytes);
     }
-    w->bytes = ncode + nscale;
-    if (!st) st = bq_cuda_malloc((void **)&w->codes, ncode);
-    if (!st) st = bq_cuda_malloc((void **)&w->scales, nscale);
-    if (!st) st = bq_cuda_malloc((void **)&w->d_factor, 256 * sizeof(float));
-    if (!st) st = bq_cuda_upload(w->codes, codes, ncode);
-    if (!st) st = bq_cuda_upload(w->scales, scales, nscale);
-    if (!st) st = bq_cuda_upload(w->d_factor, m->sc, 256 * sizeof(float));
-    if (!st && w->tc) st = bq_cuda_malloc((void **)&w->xf, (size_t)2 * w->NT * 32 * 32);  // up to 2 n8 blocks
-    if (!st && w->tc) st = bq_cuda_malloc((void **)&w->xs, (size_t)2 * w->NT * 8 * sizeof(float));
+    if (!st) st = w_to_device(w, codes, ncode, scales, nscale, m->sc, NULL, 0, NULL);
     free(packed); free(codes); free(scales); free(ec); free(sc);
     if (st) { bq_cuda_w_free(w); return st; }
     *out = w;
@@ -165,10 +193,8 @@ extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out)
 
 // 6-bit block formats (MXFP6 e2m3/e3m2, BFP6), held as a bit stream on the CPU:
 // value = vlut[code] * s1 * s2 with 8-bit scale codes. On the device the tensor-core
-// layout with the low four bits of each code where the 4-bit formats keep their
-// nibbles and the top two in a second plane (8 bytes per lane and tile: word s in
-// bits 16s..16s+15, half2 j's low and high element at bits 4j and 4j + 2); a
-// 64-entry table gives the fp16 value. Only where every value is an fp16 number
+// layout with the top two bits of each code in a second plane (tc_place) and a
+// 64-entry table giving the fp16 value. Only where every value is an fp16 number
 // and value * (s1 * s2) is what the CPU computes, (value * s1) * s2.
 static bq_status upload6(const pmat *m, bq_cuda_w **out)
 {
@@ -193,50 +219,33 @@ static bq_status upload6(const pmat *m, bq_cuda_w **out)
                 return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: %s's scale factors do not combine exactly", f->name);
         }
     }
+    if (m->vlut[0] != 0.0f) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: %s's code 0 is not zero", f->name);  // the padding
     bq_cuda_w *w = (bq_cuda_w *)calloc(1, sizeof *w);
     if (!w) return bq_fail(BQ_ERR_NOMEM, "out of memory");
     w->rows = m->rows; w->cols = m->cols; w->eb = 6; w->K = K; w->nb = m->cols / K; w->sbytes = 1; w->emult = 1.0f;
     w->tc = 3; w->cmode = 1.0f;
-    w->NT = (m->cols + 63) / 64;
-    w->R16 = (m->rows + 15) / 16 * 16;
-    w->SBT = 64 / K;
+    tc_shape(w);
     size_t ncode = (size_t)w->R16 * w->NT * 32, nscale = (size_t)w->R16 * w->NT * w->SBT, nhi = (size_t)w->R16 / 16 * w->NT * 32 * 8;
     size_t psize = bq_packed_size(f, (size_t)m->rows, (size_t)m->cols), prb = pack_row_bytes(f, (size_t)m->cols);
     uint8_t *packed = (uint8_t *)malloc(psize), *codes = (uint8_t *)calloc(ncode, 1), *scales = (uint8_t *)calloc(nscale, 1),
-            *hi = (uint8_t *)calloc(nhi, 1), *ec = (uint8_t *)malloc((size_t)m->cols), *nib = (uint8_t *)malloc((size_t)m->cols);
+            *hi = (uint8_t *)calloc(nhi, 1), *ec = (uint8_t *)malloc((size_t)m->cols);
     uint32_t *sc = (uint32_t *)malloc((size_t)w->nb * 4);
-    // padding: code 0 (value 0 in these grids; checked below)
-    bq_status st = packed && codes && scales && hi && ec && nib && sc ? pmat_to_packed(m, packed, psize) : bq_fail(BQ_ERR_NOMEM, "out of memory");
-    if (!st && m->vlut[0] != 0.0f) st = bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: %s's code 0 is not zero", f->name);
+    bq_status st = packed && codes && scales && hi && ec && sc ? pmat_to_packed(m, packed, psize) : bq_fail(BQ_ERR_NOMEM, "out of memory");
     for (int r = 0; r < m->rows && !st; r++) {
         pack_row_codes(f, packed + pack_header_bytes(f) + (size_t)r * prb, (size_t)m->cols, sc, ec);
-        for (int k = 0; k < m->cols; k++) nib[k] = ec[k] & 15;
-        tc_place(codes, scales, w, r, nib, sc);
-        int G = r / 16, rr = r % 16;
-        for (int k = 0; k < m->cols; k++) {  // the top two bits, at the lane / word / half2 tc_place used
-            int T = k / 64, kk = k % 64, s = kk / 16, k16 = kk % 16, t = (k16 % 8) / 2, hb = k16 % 2;
-            int j = (rr >= 8) + 2 * (k16 >= 8), lane = (rr % 8) * 4 + t, bit = 4 * j + 2 * hb;
-            uint8_t *p = hi + (((size_t)G * w->NT + T) * 32 + lane) * 8 + s * 2 + bit / 8;
-            *p = (uint8_t)((*p & ~(3 << bit % 8)) | (ec[k] >> 4) << bit % 8);
-        }
+        tc_place(codes, hi, scales, w, r, ec, sc);
     }
-    w->bytes = ncode + nscale + nhi;
-    if (!st) st = bq_cuda_malloc((void **)&w->codes, ncode);
-    if (!st) st = bq_cuda_malloc((void **)&w->scales, nscale);
-    if (!st) st = bq_cuda_malloc((void **)&w->hi, nhi);
-    if (!st) st = bq_cuda_malloc((void **)&w->lut6, sizeof lut6);
-    if (!st) st = bq_cuda_malloc((void **)&w->d_factor, sizeof fac);
-    if (!st) st = bq_cuda_upload(w->codes, codes, ncode);
-    if (!st) st = bq_cuda_upload(w->scales, scales, nscale);
-    if (!st) st = bq_cuda_upload(w->hi, hi, nhi);
-    if (!st) st = bq_cuda_upload(w->lut6, lut6, sizeof lut6);
-    if (!st) st = bq_cuda_upload(w->d_factor, fac, sizeof fac);
-    if (!st) st = bq_cuda_malloc((void **)&w->xf, (size_t)2 * w->NT * 32 * 32);
-    if (!st) st = bq_cuda_malloc((void **)&w->xs, (size_t)2 * w->NT * 8 * sizeof(float));
-    free(packed); free(codes); free(scales); free(hi); free(ec); free(nib); free(sc);
+    if (!st) st = w_to_device(w, codes, ncode, scales, nscale, fac, hi, nhi, lut6);
+    free(packed); free(codes); free(scales); free(hi); free(ec); free(sc);
     if (st) { bq_cuda_w_free(w); return st; }
     *out = w;
     return BQ_OK;
+}
+
+// A block's factor from its scale code: the table for 1-byte codes, fp16 * emult for 2.
+static __device__ __forceinline__ float scale_factor(uint32_t code, int sb, const float *fac, float emult)
+{
+    return sb == 1 ? fac[code & 0xffu] : __half2float(__ushort_as_half((unsigned short)code)) * emult;
 }
 
 // ROWS rows per warp share each lane's 32 activations (held in registers), so
@@ -322,7 +331,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(const uint8_t *__restrict__ c
 #pragma unroll
                 for (int h = 0; h < 32 / K; h++) {
                     int g = c0 / K + h;
-                    float sc = SB == 1 ? fac[sr[g]] : __half2float(__ushort_as_half(*(const unsigned short *)(sr + 2 * g))) * emult;
+                    float sc = scale_factor(SB == 1 ? sr[g] : *(const unsigned short *)(sr + 2 * g), SB, fac, emult);
                     f += part[h] * sc;
                 }
                 acc[rr] += f;
@@ -418,6 +427,21 @@ static __device__ __forceinline__ uint32_t half2_6(uint32_t wd, uint32_t h16, co
     return (uint32_t)l6[lo] | (uint32_t)l6[hi] << 16;
 }
 
+// The four half2 of A-fragment word s (codes wd; for 6-bit codes, hp holds the
+// top bits of all four words).
+template <int MODE>
+static __device__ __forceinline__ void word_halves(uint32_t wd, uint2 hp, int s, const unsigned short *l6, uint32_t (&a)[4])
+{
+    if (MODE == 3) {
+        uint32_t h16 = (s < 2 ? hp.x : hp.y) >> (16 * (s & 1));
+        a[0] = half2_6<0>(wd, h16, l6); a[1] = half2_6<1>(wd, h16, l6);
+        a[2] = half2_6<2>(wd, h16, l6); a[3] = half2_6<3>(wd, h16, l6);
+    } else {
+        a[0] = half2_of<MODE, 0>(wd); a[1] = half2_of<MODE, 1>(wd);
+        a[2] = half2_of<MODE, 2>(wd); a[3] = half2_of<MODE, 3>(wd);
+    }
+}
+
 static __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, bool fresh)
 {
     float c0 = fresh ? 0.0f : d[0], c1 = fresh ? 0.0f : d[1], c2 = fresh ? 0.0f : d[2], c3 = fresh ? 0.0f : d[3];
@@ -454,7 +478,7 @@ __global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, 
         for (int rg = 0; rg < RG; rg++) {
             int G = min(G0 + rg, ngroups - 1);
             c[rg] = __ldg(codes + ((size_t)G * NT + T) * 32 + lane);
-            if (MODE == 3) hp[rg] = __ldg(hip + ((size_t)G * NT + T) * 32 + lane);
+            hp[rg] = MODE == 3 ? __ldg(hip + ((size_t)G * NT + T) * 32 + lane) : make_uint2(0, 0);
             const uint8_t *sp = scales + (((size_t)G * NT + T) * 16 + g) * SBT;
             sg[rg] = SBT == 4 ? __ldg((const uint32_t *)sp) : __ldg((const uint16_t *)sp);
             sg8[rg] = SBT == 4 ? __ldg((const uint32_t *)(sp + 8 * SBT)) : __ldg((const uint16_t *)(sp + 8 * SBT));
@@ -476,14 +500,7 @@ __global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, 
             for (int rg = 0; rg < RG; rg++) {
                 uint32_t wd = s == 0 ? c[rg].x : s == 1 ? c[rg].y : s == 2 ? c[rg].z : c[rg].w;
                 uint32_t a[4];
-                if (MODE == 3) {
-                    uint32_t h16 = (s < 2 ? hp[rg].x : hp[rg].y) >> (16 * (s & 1));
-                    a[0] = half2_6<0>(wd, h16, l6); a[1] = half2_6<1>(wd, h16, l6);
-                    a[2] = half2_6<2>(wd, h16, l6); a[3] = half2_6<3>(wd, h16, l6);
-                } else {
-                    a[0] = half2_of<MODE, 0>(wd); a[1] = half2_of<MODE, 1>(wd);
-                    a[2] = half2_of<MODE, 2>(wd); a[3] = half2_of<MODE, 3>(wd);
-                }
+                word_halves<MODE>(wd, hp[rg], s, l6, a);
 #pragma unroll
                 for (int nb = 0; nb < NT8; nb++) {
                     const uint4 &bb = b[nb][s / 2];
@@ -494,14 +511,8 @@ __global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, 
                 const int bt = K == 16 ? s : s / 2;
 #pragma unroll
                 for (int rg = 0; rg < RG; rg++) {
-                    float f0, f8;
-                    if (SB == 1) {
-                        f0 = fac[(sg[rg] >> (8 * bt)) & 0xff];
-                        f8 = fac[(sg8[rg] >> (8 * bt)) & 0xff];
-                    } else {
-                        f0 = __half2float(__ushort_as_half((unsigned short)(sg[rg] >> (16 * bt)))) * emult;
-                        f8 = __half2float(__ushort_as_half((unsigned short)(sg8[rg] >> (16 * bt)))) * emult;
-                    }
+                    float f0 = scale_factor(sg[rg] >> (8 * SB * bt), SB, fac, emult);
+                    float f8 = scale_factor(sg8[rg] >> (8 * SB * bt), SB, fac, emult);
 #pragma unroll
                     for (int nb = 0; nb < NT8; nb++) {
                         tacc[rg][nb][0] = __fmaf_rn(d[rg][nb][0], f0, tacc[rg][nb][0]);
@@ -586,16 +597,10 @@ extern "C" bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *d_x, int n, f
     else if (w->eb == 8 && w->K == 32 && w->sbytes == 2) L(8, 32, 2);
     else return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: no kernel for %d-bit codes, blocks of %d", w->eb, w->K);
 #undef L
-    cudaError_t e = cudaGetLastError();
-    return e == cudaSuccess ? BQ_OK : bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV launch: %s", cudaGetErrorString(e));
+    return launched("GEMV");
 }
 
 // ---- the whole matrix as bf16 (the packed path of the forward pass) ----
-
-static __device__ __forceinline__ float w_factor(const uint8_t *s, int sb, const float *factor, float emult)
-{
-    return sb == 1 ? factor[*s] : __half2float(__ushort_as_half(*(const unsigned short *)s)) * emult;
-}
 
 // Tensor-core layout: a thread per 16-byte lane chunk (32 codes of rows g, g + 8).
 template <int MODE>
@@ -614,21 +619,14 @@ __global__ void unpack_tc(const uint4 *__restrict__ codes, const uint8_t *__rest
 #pragma unroll
     for (int s = 0; s < 4; s++) {
         uint32_t h[4];
-        if (MODE == 3) {
-            uint32_t h16 = (s < 2 ? hp.x : hp.y) >> (16 * (s & 1));
-            h[0] = half2_6<0>(wd[s], h16, lut6); h[1] = half2_6<1>(wd[s], h16, lut6);
-            h[2] = half2_6<2>(wd[s], h16, lut6); h[3] = half2_6<3>(wd[s], h16, lut6);
-        } else {
-            h[0] = half2_of<MODE, 0>(wd[s]); h[1] = half2_of<MODE, 1>(wd[s]);
-            h[2] = half2_of<MODE, 2>(wd[s]); h[3] = half2_of<MODE, 3>(wd[s]);
-        }
+        word_halves<MODE>(wd[s], hp, s, lut6, h);
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             int row = G * 16 + g + 8 * (j & 1), k = 64 * T + 16 * s + 2 * t + 8 * (j >> 1);
             if (row >= rows || k >= cols) continue;
             int bt = (16 * s + 2 * t + 8 * (j >> 1)) / K;
             const uint8_t *sp = scales + (((size_t)G * NT + T) * 16 + g + 8 * (j & 1)) * SBT + bt * SB;
-            float f = w_factor(sp, SB, factor, emult) * cmode;
+            float f = scale_factor(SB == 1 ? *sp : *(const unsigned short *)sp, SB, factor, emult) * cmode;
             float2 v = __half22float2(*(const __half2 *)&h[j]);
             *(__nv_bfloat162 *)(out + (size_t)row * cols + k) = __floats2bfloat162_rn(v.x * f, v.y * f);
         }
@@ -644,7 +642,8 @@ __global__ void unpack_rows(const uint8_t *__restrict__ codes, const uint8_t *__
     int r = (int)(i / cols), k = (int)(i % cols);
     const signed char *lut = (const signed char *)&lut4;
     const uint8_t *cr = codes + (size_t)r * cols * eb / 8;
-    float f = w_factor(scales + ((size_t)r * (cols / K) + k / K) * SB, SB, factor, emult);
+    const uint8_t *sp = scales + ((size_t)r * (cols / K) + k / K) * SB;
+    float f = scale_factor(SB == 1 ? *sp : *(const unsigned short *)sp, SB, factor, emult);
     float v[4];
 #pragma unroll
     for (int e = 0; e < 4; e++) {

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <type_traits>
 extern "C" {
 #include "bq_cuda.h"
 #include "qkern.h"
@@ -181,14 +182,15 @@ static void lanes8_ev(const bq_format &f, const qctx &c, int ev, unsigned nb, co
     default: qdq_lanes8<K, R, 3><<<nb, 256>>>(f, c, x, y, n8);
     }
 }
-template <int K>
-static void lanes8_round(const bq_format &f, const qctx &c, int ev, unsigned nb, const float4 *x, float4 *y, size_t n8)
+// Runs f with the rounding mode as a compile-time constant (an integral_constant),
+// so that each kernel is built once per mode.
+template <typename F> static void by_round(bq_round r, F &&f)
 {
-    switch (c.round) {
-    case BQ_ROUND_RNE: lanes8_ev<K, BQ_ROUND_RNE>(f, c, ev, nb, x, y, n8); break;
-    case BQ_ROUND_AWAY: lanes8_ev<K, BQ_ROUND_AWAY>(f, c, ev, nb, x, y, n8); break;
-    case BQ_ROUND_ZERO: lanes8_ev<K, BQ_ROUND_ZERO>(f, c, ev, nb, x, y, n8); break;
-    default: lanes8_ev<K, BQ_ROUND_STOCHASTIC>(f, c, ev, nb, x, y, n8);
+    switch (r) {
+    case BQ_ROUND_RNE: f(std::integral_constant<int, BQ_ROUND_RNE>()); break;
+    case BQ_ROUND_AWAY: f(std::integral_constant<int, BQ_ROUND_AWAY>()); break;
+    case BQ_ROUND_ZERO: f(std::integral_constant<int, BQ_ROUND_ZERO>()); break;
+    default: f(std::integral_constant<int, BQ_ROUND_STOCHASTIC>());
     }
 }
 
@@ -390,8 +392,10 @@ extern "C" bq_status bq_cuda_qdq(const bq_format *f, const float *d_x, float *d_
         size_t n8 = n / 8;
         unsigned nb = (unsigned)((n8 + 255) / 256);
         int ev = f->el.kind == EK_MF ? !f->el.fast : f->el.kind == EK_INT ? 2 : 3;
-        if (f->block == 32) lanes8_round<32>(*f, c, ev, nb, (const float4 *)d_x, (float4 *)d_y, n8);
-        else lanes8_round<16>(*f, c, ev, nb, (const float4 *)d_x, (float4 *)d_y, n8);
+        by_round(c.round, [&](auto R) {
+            if (f->block == 32) lanes8_ev<32, R.value>(*f, c, ev, nb, (const float4 *)d_x, (float4 *)d_y, n8);
+            else lanes8_ev<16, R.value>(*f, c, ev, nb, (const float4 *)d_x, (float4 *)d_y, n8);
+        });
     } else if (block && (f->block == 32 || f->block == 16) && cols % (size_t)f->block == 0) {
         unsigned nb = (unsigned)((n + 255) / 256);
         if (f->block == 32) qdq_lanes<32><<<nb, 256>>>(*f, c, d_x, d_y, n);
@@ -399,13 +403,10 @@ extern "C" bq_status bq_cuda_qdq(const bq_format *f, const float *d_x, float *d_
     } else if (aligned && n % 8 == 0 && (f->sch == SCH_ELEM || (f->sch == SCH_INT && f->scope == SCOPE_TENSOR))) {
         size_t n8 = n / 8;
         unsigned nb = (unsigned)((n8 + 255) / 256);
-#define L(I, R) qdq_elem8<I, R><<<nb, 256>>>(*f, c, (const float4 *)d_x, (float4 *)d_y, n8)
-#define LR(I) switch (c.round) { case BQ_ROUND_RNE: L(I, BQ_ROUND_RNE); break; case BQ_ROUND_AWAY: L(I, BQ_ROUND_AWAY); break; \
-                      case BQ_ROUND_ZERO: L(I, BQ_ROUND_ZERO); break; default: L(I, BQ_ROUND_STOCHASTIC); }
-        if (f->sch == SCH_ELEM) { LR(0) }
-        else { LR(1) }
-#undef LR
-#undef L
+        by_round(c.round, [&](auto R) {
+            if (f->sch == SCH_ELEM) qdq_elem8<0, R.value><<<nb, 256>>>(*f, c, (const float4 *)d_x, (float4 *)d_y, n8);
+            else qdq_elem8<1, R.value><<<nb, 256>>>(*f, c, (const float4 *)d_x, (float4 *)d_y, n8);
+        });
     } else if (aligned && f->sch == SCH_INT && (f->scope == SCOPE_ROW || (f->scope == SCOPE_GROUP && cols % (size_t)f->block == 0)) &&
                (f->scope == SCOPE_ROW ? cols : (size_t)f->block) % 4 == 0 && cols <= (1u << 30)) {
         int G = (int)(f->scope == SCOPE_ROW ? cols : (size_t)f->block);
@@ -413,12 +414,7 @@ extern "C" bq_status bq_cuda_qdq(const bq_format *f, const float *d_x, float *d_
         unsigned nb = (unsigned)((ng * 32 + 255) / 256);
         const float4 *x4 = (const float4 *)d_x;
         float4 *y4 = (float4 *)d_y;
-        switch (c.round) {
-        case BQ_ROUND_RNE: int_groups<BQ_ROUND_RNE>(*f, c, x4, y4, ng, G, nb); break;
-        case BQ_ROUND_AWAY: int_groups<BQ_ROUND_AWAY>(*f, c, x4, y4, ng, G, nb); break;
-        case BQ_ROUND_ZERO: int_groups<BQ_ROUND_ZERO>(*f, c, x4, y4, ng, G, nb); break;
-        default: int_groups<BQ_ROUND_STOCHASTIC>(*f, c, x4, y4, ng, G, nb);
-        }
+        by_round(c.round, [&](auto R) { int_groups<R.value>(*f, c, x4, y4, ng, G, nb); });
     } else {
         size_t G = f->sch == SCH_ELEM ? 1 : (f->sch == SCH_INT && f->scope != SCOPE_GROUP) ? cols : (size_t)f->block;
         size_t groups = rows * ((cols + G - 1) / G);
