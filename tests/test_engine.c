@@ -442,10 +442,16 @@ static void test_cuda_ppl(void)
     bq_tokenize(t, txt, len, &ids, &n);
     /* Block formats and bf16 take the GPU's bf16 GEMM path (their values are bf16
      * numbers); int8_row weights (float32 scales) keep float32 SGEMM */
-    const char *cfg[][3] = {{NULL, NULL, NULL},           {"mxfp4", "mxint8", "bfp8_b16"}, {"bfp6_b16", "bfp6_b16", NULL},
-                            {"bf16", "bf16", NULL},       {"int8_row", "mxint8", NULL}, {"mxfp4", "mxint8", NULL},
-                            {"mxint8", "mxint8", NULL},   {"mxfp6_e2m3", "mxint8", NULL}};
-    for (int i = 0; i < 8; i++) {  /* the last three packed: the GPU keeps the codes and unpacks them */
+    const char *cfg[][4] = {{NULL, NULL, NULL, NULL},
+                            {"mxfp4", "mxint8", "bfp8_b16", NULL},
+                            {"bfp6_b16", "bfp6_b16", NULL, NULL},
+                            {"bf16", "bf16", NULL, NULL},
+                            {"int8_row", "mxint8", NULL, NULL},
+                            {"mxint8", "mxint8", NULL, "mxint8"},  /* --attn: Q, K, V and P quantised too */
+                            {"mxfp4", "mxint8", NULL, NULL},
+                            {"mxint8", "mxint8", NULL, NULL},
+                            {"mxfp6_e2m3", "mxint8", NULL, NULL}};
+    for (int i = 0; i < 9; i++) {  /* the last three packed: the GPU keeps the codes and unpacks them */
         bq_model *m;
         bq_model_load("models/llama-19m-en", &m);
         if (cfg[i][0]) {
@@ -454,8 +460,9 @@ static void test_cuda_ppl(void)
             bq_qconfig_set(q, "wq", cfg[i][0]);
             bq_qconfig_set(q, "aq", cfg[i][1]);
             if (cfg[i][2]) bq_qconfig_set(q, "kv", cfg[i][2]);
-            if (i >= 5) CHECK(bq_model_pack(m, q, 1) == BQ_OK, "pack: %s", bq_last_error());
-            else bq_model_quantize(m, q, 1);
+            if (cfg[i][3]) bq_qconfig_set(q, "attn", cfg[i][3]);
+            if (i >= 6) CHECK(bq_model_pack(m, q, 1) == BQ_OK, "pack: %s", bq_last_error());
+            else CHECK(bq_model_quantize(m, q, 1) == BQ_OK, "quantize: %s", bq_last_error());
             bq_qconfig_free(q);
         }
         /* quantised activations flip rounding decisions where the GPU's sums differ from
@@ -472,7 +479,8 @@ static void test_cuda_ppl(void)
          * cause move the result most (measured up to 0.11% over 24 windows) */
         double tol = cfg[i][1] && !strcmp(cfg[i][1], "bfp6_b16") ? 2e-3 : 1e-3;
         CHECK(rel < tol, "CUDA ppl %.6f vs CPU %.6f (%s)", rg.ppl, rc.ppl, cfg[i][0] ? cfg[i][0] : "fp32");
-        printf("  CUDA ppl %-9s%s %.6f vs CPU %.6f (rel %.1e); %.0f vs %.0f tok/s\n", cfg[i][0] ? cfg[i][0] : "fp32", i >= 5 ? " packed" : "", rg.ppl,
+        printf("  CUDA ppl %-9s%s %.6f vs CPU %.6f (rel %.1e); %.0f vs %.0f tok/s\n", cfg[i][0] ? cfg[i][0] : "fp32",
+               i >= 6 ? " packed" : cfg[i][3] ? " +attn" : "", rg.ppl,
                rc.ppl, rel, o.chunks * 512 / rg.seconds, o.chunks * 512 / rc.seconds);
         bq_model_free(m);
     }
@@ -481,9 +489,81 @@ static void test_cuda_ppl(void)
     bq_tokenizer_free(t);
 }
 
-int main(void)
+
+/* Every architecture on the GPU against the CPU, token by token: the tiny
+ * checkpoints in float32, with weights and activations quantised (the bf16 path,
+ * biases and LayerNorm included), and with the KV cache and --attn quantised. */
+static void test_cuda_tiny(void)
+{
+    char why[256];
+    if (!bq_cuda_devices(why, sizeof why)) { SKIP("%s: tiny architectures not compared on the GPU", why); return; }
+    const char *sh = shared_dir();
+    if (!sh) { SKIP("../shared not found: tiny architectures not compared on the GPU"); return; }
+    char path[512];
+    snprintf(path, sizeof path, "%s/refs/refs.json", sh);
+    cJSON *r = load_json(path), *tiny = cJSON_GetObjectItem(r, "tiny");
+    size_t n;
+    int32_t *ids = json_ids(cJSON_GetObjectItem(tiny, "ids"), &n);
+    const char *cfg[][4] = {{NULL, NULL, NULL, NULL}, {"mxfp4", "mxint8", NULL, NULL}, {"bfp8_b16", "bfp8_b16", "bme4m3_b16", "bfp6_b16"}};
+    int count = 0;
+    for (cJSON *f = cJSON_GetObjectItem(tiny, "logits_files")->child; f; f = f->next) {
+        char dir[512];
+        snprintf(dir, sizeof dir, "%s/models/tiny/%s/config.json", sh, f->string);
+        if (access(dir, R_OK)) { SKIP("%s absent: not compared on the GPU", dir); continue; }
+        dir[strlen(dir) - strlen("/config.json")] = 0;
+        for (int i = 0; i < 3; i++) {
+            bq_model *m;
+            if (bq_model_load(dir, &m)) { CHECK(0, "%s: %s", dir, bq_last_error()); break; }
+            if (cfg[i][0]) {
+                bq_qconfig *q;
+                bq_qconfig_new(&q);
+                bq_qconfig_set(q, "wq", cfg[i][0]);
+                bq_qconfig_set(q, "aq", cfg[i][1]);
+                if (cfg[i][2]) bq_qconfig_set(q, "kv", cfg[i][2]);
+                if (cfg[i][3]) bq_qconfig_set(q, "attn", cfg[i][3]);
+                CHECK(bq_model_quantize(m, q, 1) == BQ_OK, "%s: quantize: %s", f->string, bq_last_error());
+                bq_qconfig_free(q);
+            }
+            size_t V = (size_t)bq_model_vocab(m);
+            float *lg = malloc(n * V * 4);
+            double *lp = malloc(n * 8), worst = 0;
+            bq_cuda_model *g = NULL;
+            bq_status st = bq_model_logits(m, ids, (int)n, lg);
+            if (!st) st = bq_cuda_model_new(m, (int)n, &g);
+            if (!st) st = bq_cuda_window_logprobs(g, ids, (int)n, lp);
+            CHECK(!st, "%s: %s", f->string, bq_last_error());
+            for (size_t t = 0; !st && t + 1 < n; t++) {  /* log p(ids[t+1]) from the CPU's logits */
+                const float *row = lg + t * V;
+                float mx = row[0];
+                for (size_t v = 1; v < V; v++) mx = row[v] > mx ? row[v] : mx;
+                double se = 0;
+                for (size_t v = 0; v < V; v++) se += exp((double)row[v] - mx);
+                double d = fabs(lp[t] - ((double)row[ids[t + 1]] - mx - log(se)));
+                worst = d > worst ? d : worst;
+            }
+            /* float32: the same sums in another order; quantised activations: rare rounding flips */
+            double tol = cfg[i][0] ? 2e-3 : 1e-5;
+            CHECK(!st && worst < tol, "%s %s: GPU log-probabilities differ from the CPU's by %.3g (tolerance %.0e)", f->string,
+                  cfg[i][0] ? cfg[i][0] : "fp32", worst, tol);
+            printf("  CUDA %-9s %-9s max |log p GPU - CPU| %.2e\n", f->string, cfg[i][0] ? cfg[i][0] : "fp32", worst);
+            bq_cuda_model_free(g);
+            free(lg);
+            free(lp);
+            bq_model_free(m);
+        }
+        count++;
+    }
+    CHECK(count > 0, "no tiny architecture compared on the GPU");
+    free(ids);
+    cJSON_Delete(r);
+}
+
+/* `test_engine cuda`: the GPU tests alone (bench/gpu.sh) */
+int main(int argc, char **argv)
 {
     test_cuda_ppl();
+    test_cuda_tiny();
+    if (argc > 1 && !strcmp(argv[1], "cuda")) return test_summary("test_engine");
     refs = load_json("tests/refs/refs.json");
     CHECK(refs != NULL, "tests/refs/refs.json missing");
     if (!refs) return test_summary("test_engine");

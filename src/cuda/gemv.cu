@@ -460,7 +460,7 @@ __global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, 
                                                float *__restrict__ y, int rows, int NT, int n,
                                                const uint2 *__restrict__ hip, const unsigned short *__restrict__ lut6)
 {
-    constexpr int RG = 2, SBT = (64 / K) * SB;
+    constexpr int RG = 2, SBT = (64 / K) * SB;  // 4 row groups measured 48-69% of copy (2: 74-76%)
     __shared__ float fac[256];
     __shared__ unsigned short l6[64];
     __shared__ float red[8][RG][NT8][32][4];
@@ -602,34 +602,48 @@ extern "C" bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *d_x, int n, f
 
 // ---- the whole matrix as bf16 (the packed path of the forward pass) ----
 
-// Tensor-core layout: a thread per 16-byte lane chunk (32 codes of rows g, g + 8).
+// Tensor-core layout: a warp per 16-row, 64-column tile. Each lane decodes its 16
+// bytes (32 codes of rows g, g + 8) into a shared tile, then the warp writes the
+// tile's rows with 16-byte stores (four rows of 128 bytes per instruction): the
+// fragment order scatters a lane's codes over eight rows, which stored directly
+// wastes most of each memory transaction.
 template <int MODE>
-__global__ void unpack_tc(const uint4 *__restrict__ codes, const uint8_t *__restrict__ scales, const float *__restrict__ factor,
-                          float emult, float cmode, int rows, int cols, int NT, int K, int SB, __nv_bfloat16 *__restrict__ out,
-                          const uint2 *__restrict__ hip, const unsigned short *__restrict__ lut6)
+__global__ void __launch_bounds__(256) unpack_tc(const uint4 *__restrict__ codes, const uint8_t *__restrict__ scales,
+                                                 const float *__restrict__ factor, float emult, float cmode, int rows, int cols,
+                                                 int NT, int K, int SB, __nv_bfloat16 *__restrict__ out,
+                                                 const uint2 *__restrict__ hip, const unsigned short *__restrict__ lut6)
 {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    size_t ng = (size_t)(rows + 15) / 16;
-    if (i >= ng * NT * 32) return;
-    int lane = (int)(i % 32), T = (int)(i / 32 % NT), G = (int)(i / 32 / NT), g = lane / 4, t = lane % 4;
-    uint4 c = codes[i];
+    __shared__ __align__(16) __nv_bfloat16 tile[8][16][64 + 8];  // rows padded to 144 bytes (16-byte aligned)
+    const int wl = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane / 4, t = lane % 4;
+    size_t wid = (size_t)blockIdx.x * 8 + wl;
+    if (wid >= (size_t)(rows + 15) / 16 * NT) return;  // no block-wide barrier below
+    const int T = (int)(wid % NT), G = (int)(wid / NT), SBT = (64 / K) * SB;
+    uint4 c = codes[wid * 32 + lane];
     uint32_t wd[4] = {c.x, c.y, c.z, c.w};
-    uint2 hp = MODE == 3 ? hip[i] : make_uint2(0, 0);
-    const int SBT = (64 / K) * SB;
+    uint2 hp = MODE == 3 ? hip[wid * 32 + lane] : make_uint2(0, 0);
+    float f[2][4];  // rows g, g + 8; the tile's blocks of K columns
+    for (int r = 0; r < 2; r++)
+        for (int bt = 0; bt < 64 / K; bt++) {
+            const uint8_t *sp = scales + (wid * 16 + g + 8 * r) * SBT + bt * SB;
+            f[r][bt] = scale_factor(SB == 1 ? *sp : *(const unsigned short *)sp, SB, factor, emult) * cmode;
+        }
 #pragma unroll
     for (int s = 0; s < 4; s++) {
         uint32_t h[4];
         word_halves<MODE>(wd[s], hp, s, lut6, h);
 #pragma unroll
         for (int j = 0; j < 4; j++) {
-            int row = G * 16 + g + 8 * (j & 1), k = 64 * T + 16 * s + 2 * t + 8 * (j >> 1);
-            if (row >= rows || k >= cols) continue;
-            int bt = (16 * s + 2 * t + 8 * (j >> 1)) / K;
-            const uint8_t *sp = scales + (((size_t)G * NT + T) * 16 + g + 8 * (j & 1)) * SBT + bt * SB;
-            float f = scale_factor(SB == 1 ? *sp : *(const unsigned short *)sp, SB, factor, emult) * cmode;
+            int kk = 16 * s + 2 * t + 8 * (j >> 1);
+            float fj = f[j & 1][kk / K];
             float2 v = __half22float2(*(const __half2 *)&h[j]);
-            *(__nv_bfloat162 *)(out + (size_t)row * cols + k) = __floats2bfloat162_rn(v.x * f, v.y * f);
+            *(__nv_bfloat162 *)&tile[wl][g + 8 * (j & 1)][kk] = __floats2bfloat162_rn(v.x * fj, v.y * fj);
         }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        int rl = lane / 8 + 4 * i, row = G * 16 + rl, k = 64 * T + (lane % 8) * 8;
+        if (row < rows && k < cols) *(uint4 *)(out + (size_t)row * cols + k) = *(const uint4 *)&tile[wl][rl][(lane % 8) * 8];
     }
 }
 
@@ -657,8 +671,8 @@ __global__ void unpack_rows(const uint8_t *__restrict__ codes, const uint8_t *__
 extern "C" bq_status bq_cuda_w_to_bf16(const bq_cuda_w *w, void *d_out)
 {
     if (w->tc) {
-        size_t n = (size_t)w->R16 / 16 * w->NT * 32;
-        unsigned nb = (unsigned)((n + 255) / 256);
+        size_t n = (size_t)w->R16 / 16 * w->NT;  // tiles, a warp each
+        unsigned nb = (unsigned)((n + 7) / 8);
 #define U(MODE) unpack_tc<MODE><<<nb, 256>>>((const uint4 *)w->codes, w->scales, w->d_factor, w->emult, w->cmode, w->rows, w->cols, \
                                              w->NT, w->K, w->sbytes, (__nv_bfloat16 *)d_out, w->hi, w->lut6)
         if (w->tc == 1) U(1);
