@@ -621,12 +621,15 @@ __global__ void __launch_bounds__(256) unpack_tc(const uint4 *__restrict__ codes
     uint4 c = codes[wid * 32 + lane];
     uint32_t wd[4] = {c.x, c.y, c.z, c.w};
     uint2 hp = MODE == 3 ? hip[wid * 32 + lane] : make_uint2(0, 0);
-    float f[2][4];  // rows g, g + 8; the tile's blocks of K columns
+    float f[2][4] = {};  // rows g, g + 8; the tile's blocks of K columns (constant indices: registers)
+#pragma unroll
     for (int r = 0; r < 2; r++)
-        for (int bt = 0; bt < 64 / K; bt++) {
-            const uint8_t *sp = scales + (wid * 16 + g + 8 * r) * SBT + bt * SB;
-            f[r][bt] = scale_factor(SB == 1 ? *sp : *(const unsigned short *)sp, SB, factor, emult) * cmode;
-        }
+#pragma unroll
+        for (int bt = 0; bt < 4; bt++)
+            if (bt < 64 / K) {
+                const uint8_t *sp = scales + (wid * 16 + g + 8 * r) * SBT + bt * SB;
+                f[r][bt] = scale_factor(SB == 1 ? *sp : *(const unsigned short *)sp, SB, factor, emult) * cmode;
+            }
 #pragma unroll
     for (int s = 0; s < 4; s++) {
         uint32_t h[4];
@@ -634,7 +637,7 @@ __global__ void __launch_bounds__(256) unpack_tc(const uint4 *__restrict__ codes
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             int kk = 16 * s + 2 * t + 8 * (j >> 1);
-            float fj = f[j & 1][kk / K];
+            float fj = K == 16 ? f[j & 1][s] : f[j & 1][s / 2];  // kk's block (2t < 8 never crosses one)
             float2 v = __half22float2(*(const __half2 *)&h[j]);
             *(__nv_bfloat162 *)&tile[wl][g + 8 * (j & 1)][kk] = __floats2bfloat162_rn(v.x * fj, v.y * fj);
         }
