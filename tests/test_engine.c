@@ -427,6 +427,21 @@ static void test_thread_invariance(void)
 
 /* The CUDA engine against the CPU: the same perplexity within 0.1% (float32, and
  * with weights, activations and the KV cache quantised), where a GPU exists. */
+/* Quantise (or pack) m as cfg says: weights, activations, KV cache, --attn (NULL: none). */
+static bq_status apply_cfg(bq_model *m, const char *const cfg[4], int pack)
+{
+    bq_qconfig *q;
+    bq_status st = bq_qconfig_new(&q);
+    if (st) return st;
+    bq_qconfig_set(q, "wq", cfg[0]);
+    bq_qconfig_set(q, "aq", cfg[1]);
+    if (cfg[2]) bq_qconfig_set(q, "kv", cfg[2]);
+    if (cfg[3]) bq_qconfig_set(q, "attn", cfg[3]);
+    st = pack ? bq_model_pack(m, q, 1) : bq_model_quantize(m, q, 1);
+    bq_qconfig_free(q);
+    return st;
+}
+
 static void test_cuda_ppl(void)
 {
     char why[256];
@@ -454,17 +469,7 @@ static void test_cuda_ppl(void)
     for (int i = 0; i < 9; i++) {  /* the last three packed: the GPU keeps the codes and unpacks them */
         bq_model *m;
         bq_model_load("models/llama-19m-en", &m);
-        if (cfg[i][0]) {
-            bq_qconfig *q;
-            bq_qconfig_new(&q);
-            bq_qconfig_set(q, "wq", cfg[i][0]);
-            bq_qconfig_set(q, "aq", cfg[i][1]);
-            if (cfg[i][2]) bq_qconfig_set(q, "kv", cfg[i][2]);
-            if (cfg[i][3]) bq_qconfig_set(q, "attn", cfg[i][3]);
-            if (i >= 6) CHECK(bq_model_pack(m, q, 1) == BQ_OK, "pack: %s", bq_last_error());
-            else CHECK(bq_model_quantize(m, q, 1) == BQ_OK, "quantize: %s", bq_last_error());
-            bq_qconfig_free(q);
-        }
+        if (cfg[i][0]) CHECK(apply_cfg(m, cfg[i], i >= 6) == BQ_OK, "%s: %s", i >= 6 ? "pack" : "quantize", bq_last_error());
         /* quantised activations flip rounding decisions where the GPU's sums differ from
          * the CPU's in the last bit; over more windows the flips average out */
         bq_ppl_opts o = {.ctx = 512, .chunks = cfg[i][1] ? 24 : 8};
@@ -514,16 +519,7 @@ static void test_cuda_tiny(void)
         for (int i = 0; i < 3; i++) {
             bq_model *m;
             if (bq_model_load(dir, &m)) { CHECK(0, "%s: %s", dir, bq_last_error()); break; }
-            if (cfg[i][0]) {
-                bq_qconfig *q;
-                bq_qconfig_new(&q);
-                bq_qconfig_set(q, "wq", cfg[i][0]);
-                bq_qconfig_set(q, "aq", cfg[i][1]);
-                if (cfg[i][2]) bq_qconfig_set(q, "kv", cfg[i][2]);
-                if (cfg[i][3]) bq_qconfig_set(q, "attn", cfg[i][3]);
-                CHECK(bq_model_quantize(m, q, 1) == BQ_OK, "%s: quantize: %s", f->string, bq_last_error());
-                bq_qconfig_free(q);
-            }
+            if (cfg[i][0]) CHECK(apply_cfg(m, cfg[i], 0) == BQ_OK, "%s: quantize: %s", f->string, bq_last_error());
             size_t V = (size_t)bq_model_vocab(m);
             float *lg = malloc(n * V * 4);
             double *lp = malloc(n * 8), worst = 0;
