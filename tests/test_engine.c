@@ -152,16 +152,26 @@ static void test_tokenizer(void)
     bq_tokenizer_free(t);
 }
 
+/* The shared refs.json (free with cJSON_Delete) and its "tiny" entry: the token ids
+ * the tiny checkpoints are run on, and their logits files by architecture. */
+static cJSON *tiny_refs(const char *sh, cJSON **tiny, int32_t **ids, size_t *n)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/refs/refs.json", sh);
+    cJSON *r = load_json(path);
+    *tiny = cJSON_GetObjectItem(r, "tiny");
+    *ids = json_ids(cJSON_GetObjectItem(*tiny, "ids"), n);
+    return r;
+}
+
 static void test_tiny(void)
 {
     const char *sh = shared_dir();
     if (!sh) { SKIP("../shared not found: tiny-architecture logits tests skipped"); return; }
-    char path[512];
-    snprintf(path, sizeof path, "%s/refs/refs.json", sh);
-    cJSON *r = load_json(path);
-    cJSON *tiny = cJSON_GetObjectItem(r, "tiny");
+    cJSON *tiny;
     size_t n;
-    int32_t *ids = json_ids(cJSON_GetObjectItem(tiny, "ids"), &n);
+    int32_t *ids;
+    cJSON *r = tiny_refs(sh, &tiny, &ids, &n);
     cJSON *files = cJSON_GetObjectItem(tiny, "logits_files");
     int count = 0;
     for (cJSON *f = files ? files->child : NULL; f; f = f->next, count++) {
@@ -504,11 +514,10 @@ static void test_cuda_tiny(void)
     if (!bq_cuda_devices(why, sizeof why)) { SKIP("%s: tiny architectures not compared on the GPU", why); return; }
     const char *sh = shared_dir();
     if (!sh) { SKIP("../shared not found: tiny architectures not compared on the GPU"); return; }
-    char path[512];
-    snprintf(path, sizeof path, "%s/refs/refs.json", sh);
-    cJSON *r = load_json(path), *tiny = cJSON_GetObjectItem(r, "tiny");
+    cJSON *tiny;
     size_t n;
-    int32_t *ids = json_ids(cJSON_GetObjectItem(tiny, "ids"), &n);
+    int32_t *ids;
+    cJSON *r = tiny_refs(sh, &tiny, &ids, &n);
     const char *cfg[][4] = {{NULL, NULL, NULL, NULL}, {"mxfp4", "mxint8", NULL, NULL}, {"bfp8_b16", "bfp8_b16", "bme4m3_b16", "bfp6_b16"}};
     int count = 0;
     for (cJSON *f = cJSON_GetObjectItem(tiny, "logits_files")->child; f; f = f->next) {

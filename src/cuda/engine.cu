@@ -257,7 +257,7 @@ static int bf16_values(const bq_format *f)
     }
 }
 
-// Bits of w that are not bf16 (0: every value is a bf16 number).
+// Whether every value of w is a bf16 number (the low 16 bits of each float are zero).
 static int bf16_exact(const float *w, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
@@ -413,7 +413,7 @@ extern "C" size_t bq_cuda_model_bytes(const bq_cuda_model *g) { return g->bytes;
 
 static unsigned nblk(size_t n) { return (unsigned)((n + 255) / 256); }
 
-// y[n, out] = q(x[n, in]) W^T + b
+// y[n, out] = q(x[n, in]) W^T + b; column-major for cuBLAS: Y (out x n) = W^T (out x in) . X (in x n)
 static bq_status matmul(bq_cuda_model *g, const glin *l, const float *x, float *y, int n)
 {
     if (l->aq) {
@@ -432,9 +432,9 @@ static bq_status matmul(bq_cuda_model *g, const glin *l, const float *x, float *
         if (g_gemmex((cublasHandle_t)g_cublas, CUBLAS_OP_T, CUBLAS_OP_N, l->out, n, l->in, &one, l->pw ? g->wb : l->w16, CUDA_R_16BF, l->in, g->xb, CUDA_R_16BF,
                      l->in, &zero, y, CUDA_R_32F, l->out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS)
             return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasGemmEx (bf16) failed");
-    } else if (g_sgemm(g_cublas, 1 /*T*/ /* column-major: Y (out x n) = W^T (out x in) . X (in x n) */, 0 /*N*/, l->out, n, l->in, &one, l->w, l->in, x, l->in, &zero, y, l->out) != 0)
+    } else if (g_sgemm(g_cublas, CUBLAS_OP_T, CUBLAS_OP_N, l->out, n, l->in, &one, l->w, l->in, x, l->in, &zero, y, l->out) != 0)
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasSgemm failed");
-    if (l->b) k_bias<<<(unsigned)(((size_t)n * l->out + 255) / 256), 256>>>(y, l->b, (size_t)n * l->out, l->out);
+    if (l->b) k_bias<<<nblk((size_t)n * l->out), 256>>>(y, l->b, (size_t)n * l->out, l->out);
     return BQ_OK;
 }
 
