@@ -214,12 +214,17 @@ int cmd_ppl(int argc, char **argv)
     if (isatty(2)) o.progress = progress_bar;
     bq_ppl_result r;
     if ((st = bq_perplexity(m, ids, n, &o, &r))) { rc = cli_status("ppl", st); goto done; }
-    if (a.json)
-        printf("{\"model\": \"%s\", \"text\": \"%s\", \"ctx\": %d, \"protocol\": \"%s\", \"tokens\": %zu, \"windows\": %zu, "
-               "\"tokens_scored\": %zu, \"nll\": %.9f, \"ppl\": %.6f, \"seconds\": %.3f, \"tokens_per_second\": %.1f}\n",
-               a.model, a.text_file, a.ctx, a.protocol, n, r.windows, r.tokens_scored, r.nll, r.ppl, r.seconds,
-               r.windows * (double)a.ctx / r.seconds);
-    else
+    if (a.json) {
+        char *qm = cli_json_quote(a.model), *qt = cli_json_quote(a.text_file);
+        if (!qm || !qt) rc = cli_error("ppl", "out of memory");
+        else
+            printf("{\"model\": %s, \"text\": %s, \"ctx\": %d, \"protocol\": \"%s\", \"tokens\": %zu, \"windows\": %zu, "
+                   "\"tokens_scored\": %zu, \"nll\": %.9f, \"ppl\": %.6f, \"seconds\": %.3f, \"tokens_per_second\": %.1f}\n",
+                   qm, qt, a.ctx, a.protocol, n, r.windows, r.tokens_scored, r.nll, r.ppl, r.seconds,
+                   r.windows * (double)a.ctx / r.seconds);
+        free(qm);
+        free(qt);
+    } else
         printf("model %s  text %s (%zu tokens)\nctx %d  protocol %s  windows %zu  scored %zu  %.1f s (%.0f tok/s)\nppl %.4f\n",
                a.model, a.text_file, n, a.ctx, a.protocol, r.windows, r.tokens_scored, r.seconds,
                r.windows * (double)a.ctx / r.seconds, r.ppl);

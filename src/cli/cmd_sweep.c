@@ -57,7 +57,9 @@ int cmd_sweep(int argc, char **argv)
     char *copy = strdup(list);
     if (!pts || !copy) { free(pts); free(copy); return cli_error("sweep", "out of memory"); }
     int np = 0, rc = 0;
-    for (char *tok = strtok(copy, ","); tok; tok = strtok(NULL, ",")) {
+    for (char *tok = copy, *next; tok && !rc; tok = next) {
+        if ((next = strchr(tok, ','))) *next++ = 0;
+        if (!*tok) { rc = cli_error("sweep", "--formats has an empty entry (give a comma-separated list of FORMAT or W/A)"); break; }
         if (!split_setting(tok, &pts[np])) { rc = cli_error("sweep", "bad setting '%s': expected FORMAT or W/A", tok); break; }
         pts[np].wbits = cli_format_bits(pts[np].w);
         pts[np].abits = cli_format_bits(pts[np].a);
@@ -118,7 +120,11 @@ int cmd_sweep(int argc, char **argv)
         if ((rc = cli_save("sweep", path, md, len))) goto done;
         len = cap = 0;
         char *js = NULL;
-        js = cli_appendf(js, &len, &cap, "{\"model\": \"%s\", \"text\": \"%s\", \"ctx\": %d, \"chunks\": %d, \"points\": [\n", model, text, ctx, chunks);
+        char *qm = cli_json_quote(model), *qt = cli_json_quote(text);
+        if (qm && qt)
+            js = cli_appendf(js, &len, &cap, "{\"model\": %s, \"text\": %s, \"ctx\": %d, \"chunks\": %d, \"points\": [\n", qm, qt, ctx, chunks);
+        free(qm);
+        free(qt);
         for (int i = 0; i < np && js; i++) {
             point *p = &pts[i];
             js = cli_appendf(js, &len, &cap, "  {\"w\": \"%s\", \"a\": \"%s\", \"w_bits\": %.4f, \"a_bits\": %.4f, ", p->w, p->a, p->wbits, p->abits);

@@ -1,6 +1,7 @@
 /* Output helpers shared by the commands: a growing text buffer, atomic saves,
  * and a small SVG scatter plot (log-scale y, optional dashed reference line). */
 #include "cli.h"
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -108,4 +109,12 @@ double cli_format_bits(const char *name)
     bq_format_get_info(f, &in);
     bq_format_free(f);
     return in.bits_per_element;
+}
+
+char *cli_json_quote(const char *s)
+{
+    cJSON *j = cJSON_CreateString(s);
+    char *q = j ? cJSON_PrintUnformatted(j) : NULL;
+    cJSON_Delete(j);
+    return q;
 }

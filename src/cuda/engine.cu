@@ -149,20 +149,21 @@ __global__ void k_rope(float *x, int T, int heads, int d, float theta)
 }
 
 // Causal softmax of one row of scores (row t of a head's [n][n] block), as
-// forward.c's attend_heads: float exponentials, their sum in double, zeros past t.
-__global__ void k_softmax(float *s, int n)
+// forward.c's attend_heads: float exponentials, their sum in double, zeros
+// outside keys [first, t] (first > 0 under a sliding window of `window` keys).
+__global__ void k_softmax(float *s, int n, int window)
 {
     __shared__ float fm[256];
     __shared__ double ds[256];
-    int t = blockIdx.x % n;
+    int t = blockIdx.x % n, first = window && t >= window ? t - window + 1 : 0;
     float *r = s + (size_t)blockIdx.x * n;
     float mx = -INFINITY;
-    for (int j = threadIdx.x; j <= t; j += blockDim.x) mx = fmaxf(mx, r[j]);
+    for (int j = first + threadIdx.x; j <= t; j += blockDim.x) mx = fmaxf(mx, r[j]);
     mx = block_reduce(mx, fm, max_op());
     double sum = 0;
-    for (int j = threadIdx.x; j <= t; j += blockDim.x) { r[j] = expf(r[j] - mx); sum += r[j]; }
+    for (int j = first + threadIdx.x; j <= t; j += blockDim.x) { r[j] = expf(r[j] - mx); sum += r[j]; }
     float inv = (float)(1.0 / block_reduce(sum, ds, sum_op()));
-    for (int j = threadIdx.x; j < n; j += blockDim.x) r[j] = j <= t ? r[j] * inv : 0.0f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) r[j] = j >= first && j <= t ? r[j] * inv : 0.0f;
 }
 
 // V [n][kvd] -> V^T [kvd][n] (--attn quantises V along the token axis)
@@ -474,7 +475,7 @@ static bq_status attention(bq_cuda_model *g, int n)
             st = sgemm_batched(true, false, n, n, d, 1.0f / sqrtf((float)d), g->k + (size_t)k0 * d, kvd, d, g->q + h0 * d, qd,
                                (long long)G * d, g->s, n, nn, cnt);
             if (st) break;
-            k_softmax<<<(unsigned)(cnt * n), 256>>>(g->s, n);
+            k_softmax<<<(unsigned)(cnt * n), 256>>>(g->s, n, c->sliding_window);
             if (aq && (st = bq_cuda_qdq(aq, g->s, g->s, (size_t)cnt * n, (size_t)n, &M->qopts))) break;
             st = aq ? sgemm_batched(true, false, d, n, n, 1.0f, g->vt + (size_t)k0 * d * n, n, (long long)d * n, g->s, n, nn,
                                     g->a + h0 * d, qd, (long long)G * d, cnt)

@@ -237,13 +237,15 @@ static void attend_heads(void *arg, size_t h0, size_t h1)
                     j->K + (size_t)kh * d, (int)kvd, 0.0f, att, T);
         for (int t = 0; t < n; t++) {
             float *s = att + (size_t)t * T;
-            int last = c->pos + t;  /* causal: keys 0..last */
+            /* causal: keys first..last (a sliding window keeps the last `window` of them) */
+            int last = c->pos + t, first = m->sliding_window && last >= m->sliding_window ? last - m->sliding_window + 1 : 0;
             float mx = -INFINITY;
-            for (int i = 0; i <= last; i++) mx = s[i] > mx ? s[i] : mx;
+            for (int i = first; i <= last; i++) mx = s[i] > mx ? s[i] : mx;
             double sum = 0;
-            for (int i = 0; i <= last; i++) { s[i] = expf(s[i] - mx); sum += s[i]; }
+            for (int i = first; i <= last; i++) { s[i] = expf(s[i] - mx); sum += s[i]; }
             float inv = (float)(1.0 / sum);
-            for (int i = 0; i <= last; i++) s[i] *= inv;
+            for (int i = 0; i < first; i++) s[i] = 0.0f;
+            for (int i = first; i <= last; i++) s[i] *= inv;
             for (int i = last + 1; i < T; i++) s[i] = 0.0f;
         }
         /* out [n, d] = P V_h (P quantised along the token axis, against V^T rows) */

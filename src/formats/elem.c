@@ -7,6 +7,7 @@ int elem_minifloat(elem_t *e, int ebits, int mbits, int bias, mf_flavour fl, int
     if (ebits < 1 || ebits > 8 || mbits < 0 || mbits > 23) return 0;
     if (fl == FL_FN && mbits == 0) return 0;   /* its whole top binade would be NaN */
     if (fl == FL_IEEE && ebits < 2) return 0;  /* no room for normals besides Inf/NaN */
+    if (fl == FL_IEEE && mbits == 0) return 0; /* no mantissa bit to tell NaN from Inf */
     e->kind = EK_MF;
     e->bits = 1 + ebits + mbits;
     e->ebits = ebits;

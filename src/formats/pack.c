@@ -169,7 +169,7 @@ static int scale_from_code(const bq_format *f, const qctx *c, uint32_t code, bsc
 static float dequant(const bq_format *f, const bscale *s, float q)
 {
     if (f->sch == SCH_BL) return q;  /* log codes carry the block shift already */
-    return (q * s->post1) * s->post2;
+    return block_deq(s, q);
 }
 
 /* ---- pack ------------------------------------------------------------------ */

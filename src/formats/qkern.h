@@ -322,6 +322,14 @@ static inline BQ_HD bscale block_scale(const bq_format *f, const qctx *c, float 
     return s;
 }
 
+/* A grid value times its block scale; past float32 it saturates at +-FLT_MAX
+ * (an element grid near FLT_MAX under a scale above 1). */
+static inline BQ_HD float block_deq(const bscale *s, float q)
+{
+    float y = (q * s->post1) * s->post2;
+    return fabsf(y) > FLT_MAX && fabsf(q) <= FLT_MAX ? copysignf(FLT_MAX, y) : y;
+}
+
 /* Quantise one value against its block scale; returns the grid value q (signed)
  * through *qout and the dequantised value. */
 static inline BQ_HD float block_elem(const bq_format *f, const bscale *s, float x, bq_round r,
@@ -337,9 +345,12 @@ static inline BQ_HD float block_elem(const bq_format *f, const bscale *s, float 
     float v;
     if (s->pow2) v = (x * s->pre1) * s->pre2;
     else v = s->div > 0.0f ? x / s->div : 0.0f * x;
+    /* a finite value whose quotient passes float32 (elements as wide as e8m7 under a
+     * tiny scale) saturates, as every element inside a block does */
+    if (fabsf(v) > FLT_MAX && fabsf(x) <= FLT_MAX) v = copysignf(FLT_MAX, v);
     q = elem_quant(&f->el, v, r, seed, idx);
     *qout = q;
-    return (q * s->post1) * s->post2;
+    return block_deq(s, q);
 }
 
 #endif

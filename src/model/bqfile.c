@@ -12,6 +12,7 @@
 #include "pmat.h"
 #include "slots.h"
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,16 +84,69 @@ static bq_status pack_float(const float *x, size_t n, const char **fmt, uint8_t 
     return st;
 }
 
-static const char *round_name(bq_round r)
+/* ---- the quantisation applied at run time ----
+ * Attention operands, KV cache, rounding and seed are not in the weights: .bq
+ * headers and GGUF's blockq.runtime key carry them as these JSON members, and
+ * both readers refuse a value they cannot honour. */
+
+static const char *const ROUND_NAMES[] = {"rne", "away", "zero", "stochastic"};
+
+void runtime_to_json(const bq_model *m, cJSON *o)
 {
-    static const char *n[] = {"rne", "away", "zero", "stochastic"};
-    return (unsigned)r < 4 ? n[r] : "rne";
+    if (m->attn_q) cJSON_AddStringToObject(o, "attn", m->attn_q->name);
+    if (m->kv_q) cJSON_AddStringToObject(o, "kv", m->kv_q->name);
+    cJSON_AddStringToObject(o, "round", ROUND_NAMES[(unsigned)m->qopts.round < 4 ? m->qopts.round : 0]);
+    if (m->qopts.seed <= (1ull << 53)) cJSON_AddNumberToObject(o, "seed", (double)m->qopts.seed);
+    else {  /* a double cannot hold it exactly: decimal text */
+        char buf[24];
+        snprintf(buf, sizeof buf, "%llu", (unsigned long long)m->qopts.seed);
+        cJSON_AddStringToObject(o, "seed", buf);
+    }
+}
+
+bq_status runtime_from_json(const cJSON *o, bq_model *m, const char *path)
+{
+    static const char *const keys[2] = {"attn", "kv"};
+    bq_format **dst[2] = {&m->attn_q, &m->kv_q};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, keys[i]);
+        if (!v || cJSON_IsNull(v)) continue;
+        if (!cJSON_IsString(v)) return bq_fail(BQ_ERR_PARSE, "%s: '%s' must be a format name", path, keys[i]);
+        bq_status st = bq_format_parse(v->valuestring, dst[i]);
+        if (st) return bq_fail(st, "%s: %s: %s", path, keys[i], bq_last_error());
+    }
+    const cJSON *rd = cJSON_GetObjectItemCaseSensitive(o, "round");
+    if (rd) {
+        int k = -1;
+        for (int i = 0; i < 4 && cJSON_IsString(rd); i++)
+            if (!strcmp(rd->valuestring, ROUND_NAMES[i])) k = i;
+        if (k < 0) return bq_fail(BQ_ERR_PARSE, "%s: unknown rounding mode (rne, away, zero, stochastic)", path);
+        m->qopts.round = (bq_round)k;
+    }
+    const cJSON *sd = cJSON_GetObjectItemCaseSensitive(o, "seed");
+    if (cJSON_IsNumber(sd) && sd->valuedouble >= 0 && sd->valuedouble <= 9007199254740992.0 &&
+        sd->valuedouble == (double)(uint64_t)sd->valuedouble)
+        m->qopts.seed = (uint64_t)sd->valuedouble;
+    else if (cJSON_IsString(sd) && *sd->valuestring >= '0' && *sd->valuestring <= '9' && strlen(sd->valuestring) <= 20) {
+        char *end;
+        errno = 0;
+        m->qopts.seed = strtoull(sd->valuestring, &end, 10);
+        if (*end || errno) return bq_fail(BQ_ERR_PARSE, "%s: seed '%s' is not a 64-bit unsigned integer", path, sd->valuestring);
+    } else if (sd)
+        return bq_fail(BQ_ERR_PARSE, "%s: seed must be an integer in [0, 2^64)", path);
+    return BQ_OK;
 }
 
 bq_status bq_model_save(const bq_model *cm, const char *path)
 {
     bq_model *m = (bq_model *)cm;  /* slots hand out pointers; nothing is changed */
     if (!m->config_json) return bq_fail(BQ_ERR_ARG, "model has no config.json to store");
+    if (m->tokenizer_json) {  /* stored verbatim, but only one that loads */
+        bq_tokenizer *t;
+        bq_status ts = tokenizer_parse(m->tokenizer_json, m->tokenizer_len, m->dir, &t);
+        if (ts) return ts;
+        bq_tokenizer_free(t);
+    }
     slot_list sl;
     bq_status st = model_slots(m, &sl);
     if (st) return st;
@@ -112,10 +166,7 @@ bq_status bq_model_save(const bq_model *cm, const char *path)
     }
     int tied = model_head_tied(m);
     cJSON_AddBoolToObject(root, "tied_head", tied);
-    if (m->attn_q) cJSON_AddStringToObject(root, "attn", m->attn_q->name);
-    if (m->kv_q) cJSON_AddStringToObject(root, "kv", m->kv_q->name);
-    cJSON_AddStringToObject(root, "round", round_name(m->qopts.round));
-    cJSON_AddNumberToObject(root, "seed", (double)m->qopts.seed);
+    runtime_to_json(m, root);
     cJSON_AddItemToObject(root, "tensors", tens);
     for (int i = 0; i < sl.n && !st; i++) {
         slot *s = &sl.v[i];
@@ -295,17 +346,8 @@ static bq_status parse_header(const region *r, const cJSON *root, bq_model *m)
         m->head.w = m->tok_emb;
         m->head.pw = m->emb_p;
     }
-    const char *rf[2] = {str_item(root, "attn"), str_item(root, "kv")};
-    bq_format **dst[2] = {&m->attn_q, &m->kv_q};
-    for (int i = 0; i < 2 && !st; i++)
-        if (rf[i] && (st = bq_format_parse(rf[i], dst[i]))) st = bq_fail(st, "%s: %s", r->path, bq_last_error());
-    const char *rd = str_item(root, "round");
-    static const char *rn[] = {"rne", "away", "zero", "stochastic"};
-    for (int i = 0; rd && i < 4; i++)
-        if (!strcmp(rd, rn[i])) m->qopts.round = (bq_round)i;
-    const cJSON *seed = cJSON_GetObjectItemCaseSensitive(root, "seed");
-    if (cJSON_IsNumber(seed) && seed->valuedouble >= 0) m->qopts.seed = (uint64_t)seed->valuedouble;
-    return st ? st : model_check_complete(m, r->path);
+    if ((st = runtime_from_json(root, m, r->path))) return st;
+    return model_check_complete(m, r->path);
 }
 
 bq_status bqfile_parse(const char *path, const uint8_t *buf, size_t size, bq_model **out)
@@ -324,6 +366,8 @@ bq_status bqfile_parse(const char *path, const uint8_t *buf, size_t size, bq_mod
                        (unsigned long long)hlen, size);
     cJSON *root = cJSON_ParseWithLength((const char *)buf + PRELUDE, (size_t)hlen);
     if (!root) return bq_fail(BQ_ERR_PARSE, "%s: header is not valid JSON", path);
+    bq_status ust = json_unique_keys(root, path);
+    if (ust) { cJSON_Delete(root); return ust; }
     bq_model *m = calloc(1, sizeof *m);
     if (!m) { cJSON_Delete(root); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
     snprintf(m->dir, sizeof m->dir, "%s", path);

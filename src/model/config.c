@@ -47,10 +47,63 @@ static int getb(cfg *c, const char *key, int def)
     return cJSON_IsTrue(v);
 }
 
+/* String field: NULL if absent or null; a value of another type is an error. */
 static const char *gets(cfg *c, const char *key)
 {
     cJSON *v = cJSON_GetObjectItemCaseSensitive(c->root, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
+    if (cJSON_IsString(v)) return v->valuestring;
+    if (v && !cJSON_IsNull(v) && !c->st) c->st = bq_fail(BQ_ERR_PARSE, "%s: '%s' must be a string", c->path, key);
+    return NULL;
+}
+
+/* A setting that changes the model and that blockq does not implement must be
+ * absent, null, or the neutral value; anything else is refused by name. */
+static void refuse_unless_neutral(cfg *c, cJSON *obj, const char *key, double neutral)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (c->st || !v || cJSON_IsNull(v) || (cJSON_IsNumber(v) && v->valuedouble == neutral)) return;
+    c->st = bq_fail(BQ_ERR_UNSUPPORTED, "%s: '%s' is not supported", c->path, key);
+}
+
+/* Rotary settings of the LLaMA family: the default rotation only. */
+static void rope_settings(cfg *c, bq_config *m)
+{
+    cJSON *rp = cJSON_GetObjectItemCaseSensitive(c->root, "rope_parameters");
+    cJSON *rs = cJSON_GetObjectItemCaseSensitive(c->root, "rope_scaling");
+    m->rope_theta = (float)getf(c, c->root, "rope_theta", 10000.0);
+    if (rp && !cJSON_IsNull(rp) && !cJSON_IsObject(rp) && !c->st)
+        c->st = bq_fail(BQ_ERR_PARSE, "%s: rope_parameters must be an object", c->path);
+    if (cJSON_IsObject(rp)) {
+        m->rope_theta = (float)getf(c, rp, "rope_theta", m->rope_theta);
+        cJSON *t = cJSON_GetObjectItemCaseSensitive(rp, "rope_type");
+        if (t && !(cJSON_IsString(t) && !strcmp(t->valuestring, "default")) && !c->st)
+            c->st = bq_fail(BQ_ERR_UNSUPPORTED, "%s: rope_type '%s' is not supported (only default)", c->path,
+                            cJSON_IsString(t) ? t->valuestring : "?");
+        refuse_unless_neutral(c, rp, "partial_rotary_factor", 1.0);
+    }
+    if (rs && !cJSON_IsNull(rs) && !c->st)
+        c->st = bq_fail(BQ_ERR_UNSUPPORTED, "%s: rope_scaling is not supported (only the default rotation)", c->path);
+    refuse_unless_neutral(c, c->root, "partial_rotary_factor", 1.0);
+}
+
+/* Sliding-window attention: Mistral's window is implemented; Qwen2/3's per-layer
+ * windows are refused. LLaMA ignores the key, as transformers does. */
+static void window_settings(cfg *c, bq_config *m, const char *mt)
+{
+    if (!strcmp(mt, "mistral")) {
+        m->sliding_window = geti(c, "sliding_window", 0, 1, 1 << 30);
+        return;
+    }
+    if (strcmp(mt, "qwen2") && strcmp(mt, "qwen3")) return;
+    if (getb(c, "use_sliding_window", 0) && !c->st)
+        c->st = bq_fail(BQ_ERR_UNSUPPORTED, "%s: use_sliding_window=true is not supported for %s", c->path, mt);
+    cJSON *lt = cJSON_GetObjectItemCaseSensitive(c->root, "layer_types"), *e;
+    if (lt && !cJSON_IsNull(lt) && !cJSON_IsArray(lt) && !c->st)
+        c->st = bq_fail(BQ_ERR_PARSE, "%s: layer_types must be a list", c->path);
+    if (!cJSON_IsArray(lt)) return;
+    cJSON_ArrayForEach(e, lt)
+        if (!(cJSON_IsString(e) && !strcmp(e->valuestring, "full_attention")) && !c->st)
+            c->st = bq_fail(BQ_ERR_UNSUPPORTED, "%s: layer_types other than full_attention are not supported", c->path);
 }
 
 enum { BIG = 1 << 20 };
@@ -63,8 +116,9 @@ bq_status config_parse(const char *json, size_t len, const char *path, bq_config
         cJSON_Delete(c.root);
         return bq_fail(BQ_ERR_PARSE, "%s: not a JSON object", path);
     }
+    if ((c.st = json_unique_keys(c.root, path))) { cJSON_Delete(c.root); return c.st; }
     const char *mt = gets(&c, "model_type");
-    if (!mt) { cJSON_Delete(c.root); return bq_fail(BQ_ERR_PARSE, "%s: missing 'model_type'", path); }
+    if (!mt) { cJSON_Delete(c.root); return c.st ? c.st : bq_fail(BQ_ERR_PARSE, "%s: missing 'model_type'", path); }
     snprintf(out->model_type, sizeof out->model_type, "%s", mt);
     bq_config *m = out;
     if (!strcmp(mt, "llama") || !strcmp(mt, "mistral") || !strcmp(mt, "qwen2") || !strcmp(mt, "qwen3")) {
@@ -78,17 +132,8 @@ bq_status config_parse(const char *json, size_t len, const char *path, bq_config
         m->vocab = geti(&c, "vocab_size", -1, 1, 1 << 22);
         m->max_pos = geti(&c, "max_position_embeddings", 2048, 1, 1 << 24);
         m->norm_eps = (float)getf(&c, c.root, "rms_norm_eps", 1e-6);
-        cJSON *rp = cJSON_GetObjectItemCaseSensitive(c.root, "rope_parameters");
-        cJSON *rs = cJSON_GetObjectItemCaseSensitive(c.root, "rope_scaling");
-        m->rope_theta = (float)getf(&c, c.root, "rope_theta", 10000.0);
-        if (cJSON_IsObject(rp)) {
-            m->rope_theta = (float)getf(&c, rp, "rope_theta", m->rope_theta);
-            cJSON *t = cJSON_GetObjectItemCaseSensitive(rp, "rope_type");
-            if (cJSON_IsString(t) && strcmp(t->valuestring, "default") && !c.st)
-                c.st = bq_fail(BQ_ERR_UNSUPPORTED, "%s: rope_type '%s' is not supported (only default)", path, t->valuestring);
-        }
-        if (cJSON_IsObject(rs) && !c.st)
-            c.st = bq_fail(BQ_ERR_UNSUPPORTED, "%s: rope_scaling is not supported", path);
+        rope_settings(&c, m);
+        window_settings(&c, m, mt);
         int ab = getb(&c, "attention_bias", m->arch == ARCH_QWEN2);
         m->qkv_bias = ab;
         m->o_bias = m->arch == ARCH_QWEN2 ? 0 : ab;
@@ -159,6 +204,10 @@ bq_status config_parse(const char *json, size_t len, const char *path, bq_config
     }
     cJSON_Delete(c.root);
     if (c.st) return c.st;
+    /* every derived dimension must be a real one */
+    if (m->head_dim < 1)
+        return bq_fail(BQ_ERR_PARSE, "%s: hidden size %d and %d heads give a head dimension of %d", path, m->hidden, m->heads,
+                       m->head_dim);
     if (m->heads % m->kv_heads)
         return bq_fail(BQ_ERR_PARSE, "%s: %d attention heads are not a multiple of %d key/value heads", path, m->heads,
                        m->kv_heads);

@@ -12,6 +12,7 @@
 #include "pmat.h"
 #include "qkern.h"
 #include "slots.h"
+#include "strmap.h"
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -341,14 +342,26 @@ static char *tokenizer_json(const kv *kvs, size_t nkv, const char *path, bq_stat
         cJSON_AddItemToArray(ps, sp);
         cJSON_AddItemToArray(ps, bl);
     }
+    if (typ && (typ->type != GT_ARR || typ->atype != GT_I32 || typ->n != tok->n)) {
+        *st = bq_fail(BQ_ERR_PARSE, "%s: tokenizer.ggml.token_type must be an i32 array of %llu entries, one per token", path,
+                      (unsigned long long)tok->n);
+        cJSON_Delete(root);
+        goto done;
+    }
     cur c = {tok->val, tok->end, 0};
-    cur ct = {typ && typ->type == GT_ARR && typ->atype == GT_I32 && typ->n == tok->n ? typ->val : NULL, tok->end, 0};
+    cur ct = {typ ? typ->val : NULL, tok->end, 0};
     char buf[1024];
-    for (uint64_t i = 0; i < tok->n; i++) {
+    strmap seen = {0};  /* a repeated token string keeps its first id, as llama.cpp's map does */
+    for (uint64_t i = 0; i < tok->n && !*st; i++) {
         size_t len;
         const char *s = str(&c, &len);
         if (!s) break;
-        snprintf(buf, sizeof buf, "%.*s", (int)(len < 1000 ? len : 1000), s);
+        if (len >= sizeof buf || memchr(s, 0, len)) {
+            *st = bq_fail(BQ_ERR_PARSE, "%s: token %llu is longer than 1 KiB or holds a NUL byte", path, (unsigned long long)i);
+            break;
+        }
+        memcpy(buf, s, len);
+        buf[len] = 0;
         int32_t ttype = 1;
         if (ct.p) { const void *tp = take(&ct, 4); if (tp) memcpy(&ttype, tp, 4); }
         if (ttype == 3 || ttype == 4) {
@@ -357,26 +370,57 @@ static char *tokenizer_json(const kv *kvs, size_t nkv, const char *path, bq_stat
             cJSON_AddStringToObject(a, "content", buf);
             cJSON_AddBoolToObject(a, "special", ttype == 3);
             cJSON_AddItemToArray(adds, a);
-        } else if (!cJSON_GetObjectItemCaseSensitive(voc, buf)) {
-            cJSON_AddNumberToObject(voc, buf, (double)i);
+        } else {
+            int r = strmap_put(&seen, buf, len, (int64_t)i);
+            if (r < 0) *st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+            else if (r) cJSON_AddNumberToObject(voc, buf, (double)i);
         }
     }
+    strmap_free(&seen);
     c = (cur){mer->val, mer->end, 0};
-    for (uint64_t i = 0; i < mer->n; i++) {
+    for (uint64_t i = 0; i < mer->n && !*st; i++) {
         size_t len;
         const char *s = str(&c, &len);
         if (!s) break;
-        snprintf(buf, sizeof buf, "%.*s", (int)(len < 1000 ? len : 1000), s);
+        if (len >= sizeof buf || memchr(s, 0, len)) {
+            *st = bq_fail(BQ_ERR_PARSE, "%s: merge %llu is longer than 1 KiB or holds a NUL byte", path, (unsigned long long)i);
+            break;
+        }
+        memcpy(buf, s, len);
+        buf[len] = 0;
         cJSON_AddItemToArray(mg, cJSON_CreateString(buf));
     }
-    out = cJSON_PrintUnformatted(root);
+    out = *st ? NULL : cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
-    if (!out) *st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+    if (!out && !*st) *st = bq_fail(BQ_ERR_NOMEM, "out of memory");
 done:
     free(model);
     free(pre);
     free(regex);
     return out;
+}
+
+/* blockq.runtime (see write_runtime), if present. */
+static bq_status read_runtime(const kv *kvs, size_t nkv, bq_model *m, slot_list *sl, const char *path)
+{
+    const kv *e = find_kv(kvs, nkv, "blockq.runtime");
+    if (!e) return BQ_OK;
+    char *js = kv_str(e);
+    cJSON *o = js ? cJSON_Parse(js) : NULL;
+    free(js);
+    bq_status st = cJSON_IsObject(o) ? json_unique_keys(o, path) : bq_fail(BQ_ERR_PARSE, "%s: blockq.runtime is not a JSON object", path);
+    if (!st) st = runtime_from_json(o, m, path);
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(o, "act"), *a;
+    if (!st && act && !cJSON_IsObject(act)) st = bq_fail(BQ_ERR_PARSE, "%s: blockq.runtime act is not an object", path);
+    for (a = act ? act->child : NULL; a && !st; a = a->next) {
+        slot *s = slot_find(sl, a->string);
+        if (!s || !s->l || !cJSON_IsString(a))
+            st = bq_fail(BQ_ERR_PARSE, "%s: blockq.runtime names '%.100s', which is no linear weight with a format", path, a->string);
+        else if ((st = bq_format_parse(a->valuestring, &s->l->aq)))
+            st = bq_fail(st, "%s: '%s': %s", path, a->string, bq_last_error());
+    }
+    cJSON_Delete(o);
+    return st;
 }
 
 bq_status gguf_parse(const char *path, const uint8_t *buf, size_t size, bq_model **out)
@@ -454,8 +498,21 @@ bq_status gguf_parse(const char *path, const uint8_t *buf, size_t size, bq_model
         for (size_t k = 0; k < sizeof keys / sizeof *keys; k++) {
             double v;
             snprintf(key, sizeof key, "%s.%s", arch, keys[k][0]);
-            if (kv_num(find_kv(kvs, (size_t)nkv, key), &v)) cJSON_AddNumberToObject(cfg, keys[k][1], v);
+            const kv *e = find_kv(kvs, (size_t)nkv, key);
+            if (e && !kv_num(e, &v)) { st = bq_fail(BQ_ERR_PARSE, "%s: %s is not a number", path, key); break; }
+            if (e && !isfinite(v)) { st = bq_fail(BQ_ERR_PARSE, "%s: %s is not finite", path, key); break; }
+            if (e) cJSON_AddNumberToObject(cfg, keys[k][1], v);
         }
+        double rd, hd = 0, heads = 0, hidden = 0;
+        snprintf(key, sizeof key, "%s.rope.dimension_count", arch);
+        const kv *rdk = find_kv(kvs, (size_t)nkv, key);
+        cJSON *jh = cJSON_GetObjectItemCaseSensitive(cfg, "head_dim"), *jn = cJSON_GetObjectItemCaseSensitive(cfg, "num_attention_heads");
+        cJSON *je = cJSON_GetObjectItemCaseSensitive(cfg, "hidden_size");
+        if (jn && je) { heads = jn->valuedouble; hidden = je->valuedouble; }
+        hd = jh ? jh->valuedouble : heads > 0 ? floor(hidden / heads) : 0;
+        if (!st && rdk && (!kv_num(rdk, &rd) || rd != hd))
+            st = bq_fail(BQ_ERR_UNSUPPORTED, "%s: %s differs from the head dimension %g: partial rotary embeddings are not supported",
+                         path, key, hd);
         const tinfo *emb = NULL;
         int has_out = 0;
         for (uint64_t i = 0; i < nt; i++) {
@@ -465,9 +522,9 @@ bq_status gguf_parse(const char *path, const uint8_t *buf, size_t size, bq_model
         cJSON_AddNumberToObject(cfg, "vocab_size", emb && emb->nd == 2 ? (double)emb->ne[1] : 0);
         cJSON_AddBoolToObject(cfg, "tie_word_embeddings", !has_out);
         if (!strcmp(arch, "qwen2")) cJSON_AddStringToObject(cfg, "hidden_act", "silu");
-        m->config_json = cJSON_PrintUnformatted(cfg);
+        m->config_json = st ? NULL : cJSON_PrintUnformatted(cfg);
         cJSON_Delete(cfg);
-        if (!m->config_json) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        if (!st && !m->config_json) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
         else {
             m->config_len = strlen(m->config_json);
             st = config_parse(m->config_json, m->config_len, path, &m->c);
@@ -486,6 +543,7 @@ bq_status gguf_parse(const char *path, const uint8_t *buf, size_t size, bq_model
         if (ti[i].off % A) st = bq_fail(BQ_ERR_PARSE, "%s: tensor '%s' is not aligned", path, ti[i].name);
         else st = load_gguf_tensor(m, &sl, &ti[i], buf + d0, size - d0, path);
     }
+    if (!st) st = read_runtime(kvs, (size_t)nkv, m, &sl, path);
     free(sl.v);
     if (!st && !LINEAR_PRESENT(&m->head) && m->c.tied) { m->head.w = m->tok_emb; m->head.pw = m->emb_p; }
     if (!st) st = model_check_complete(m, path);
@@ -522,71 +580,95 @@ static void kv_str_w(wbuf *b, const char *k, const char *v) { putstr(b, k); put3
 static void kv_u32_w(wbuf *b, const char *k, uint32_t v) { putstr(b, k); put32(b, GT_U32); put32(b, v); }
 static void kv_f32_w(wbuf *b, const char *k, float v) { putstr(b, k); put32(b, GT_F32); put(b, &v, 4); }
 
-/* Tokenizer metadata from tokenizer.json; returns the number of keys written. */
+/* Tokenizer metadata, from the tokenizer as tokenizer.c validated it; returns the
+ * number of keys written. The token list covers every embedding row: ids the
+ * tokenizer does not name are "[PAD<id>]" of type UNUSED, as llama.cpp's converter
+ * writes them. A tokenizer id past the embedding is refused. */
 static int write_tokenizer(wbuf *b, const bq_model *m, bq_status *st)
 {
     if (!m->tokenizer_json) return 0;
-    cJSON *root = cJSON_ParseWithLength(m->tokenizer_json, m->tokenizer_len);
-    cJSON *mo = cJSON_GetObjectItemCaseSensitive(root, "model"), *voc = cJSON_GetObjectItemCaseSensitive(mo, "vocab");
-    cJSON *mer = cJSON_GetObjectItemCaseSensitive(mo, "merges"), *adds = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
-    cJSON *pt = cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer");
-    int n = 0;
-    for (cJSON *it = voc ? voc->child : NULL; it; it = it->next) n = it->valueint + 1 > n ? it->valueint + 1 : n;
-    for (cJSON *it = adds ? adds->child : NULL; it; it = it->next) {
-        int id = cJSON_GetObjectItemCaseSensitive(it, "id")->valueint;
-        n = id + 1 > n ? id + 1 : n;
-    }
-    const char **tok = calloc((size_t)n + 1, sizeof *tok);
-    int32_t *type = calloc((size_t)n + 1, sizeof *type);
-    if (!root || !cJSON_IsArray(mer) || !tok || !type) {
-        *st = bq_fail(BQ_ERR_PARSE, "%s: cannot read the tokenizer for GGUF", m->dir);
-        cJSON_Delete(root); free(tok); free(type);
+    bq_tokenizer *t;
+    if ((*st = tokenizer_parse(m->tokenizer_json, m->tokenizer_len, m->dir, &t))) return 0;
+    int n = m->c.vocab, keys = 2;
+    if (tokenizer_size(t) > n) {
+        *st = bq_fail(BQ_ERR_PARSE, "%s: the tokenizer has id %d but the model has only %d embedding rows", m->dir,
+                      tokenizer_size(t) - 1, n);
+        bq_tokenizer_free(t);
         return 0;
     }
-    for (cJSON *it = voc->child; it; it = it->next) { tok[it->valueint] = it->string; type[it->valueint] = 1; }
-    for (cJSON *it = adds ? adds->child : NULL; it; it = it->next) {
-        int id = cJSON_GetObjectItemCaseSensitive(it, "id")->valueint;
-        tok[id] = cJSON_GetObjectItemCaseSensitive(it, "content")->valuestring;
-        type[id] = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(it, "special")) ? 3 : 4;
-    }
-    cJSON *ptype = cJSON_GetObjectItemCaseSensitive(pt, "type");
-    int bytelevel = cJSON_IsString(ptype) && !strcmp(ptype->valuestring, "ByteLevel");
-    kv_str_w(b, "tokenizer.ggml.model", "gpt2");
-    kv_str_w(b, "tokenizer.ggml.pre", bytelevel ? "gpt-2" : "default");
-    int keys = 2;
-    if (!bytelevel) {  /* Split{Regex} + ByteLevel: keep the exact regex for blockq */
-        cJSON *sp = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(pt, "pretokenizers"), 0);
-        cJSON *re = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(sp, "pattern"), "Regex");
-        if (cJSON_IsString(re)) { kv_str_w(b, "blockq.pre_tokenizer_regex", re->valuestring); keys++; }
-    }
-    putstr(b, "tokenizer.ggml.tokens");
-    put32(b, GT_ARR); put32(b, GT_STR); put64(b, (uint64_t)n);
-    for (int i = 0; i < n; i++) putstr(b, tok[i] ? tok[i] : "");
-    putstr(b, "tokenizer.ggml.token_type");
-    put32(b, GT_ARR); put32(b, GT_I32); put64(b, (uint64_t)n);
-    for (int i = 0; i < n; i++) put32(b, (uint32_t)(type[i] ? type[i] : 5));
-    putstr(b, "tokenizer.ggml.merges");
-    put32(b, GT_ARR); put32(b, GT_STR); put64(b, (uint64_t)cJSON_GetArraySize(mer));
-    char buf[2048];
-    for (cJSON *it = mer->child; it; it = it->next) {
-        if (cJSON_IsString(it)) putstr(b, it->valuestring);
-        else {
-            snprintf(buf, sizeof buf, "%s %s", cJSON_GetArrayItem(it, 0)->valuestring, cJSON_GetArrayItem(it, 1)->valuestring);
-            putstr(b, buf);
+    for (int i = 0, kind; i < tokenizer_size(t); i++) {
+        const char *tok = tokenizer_token(t, i, &kind), *vs = tokenizer_vocab_string(t, i);
+        if (kind >= 2 && vs && strcmp(vs, tok)) {
+            *st = bq_fail(BQ_ERR_UNSUPPORTED, "%s: id %d is '%.40s' in the vocabulary and the added token '%.40s'; GGUF holds "
+                          "one string per id", m->dir, i, vs, tok);
+            bq_tokenizer_free(t);
+            return 0;
         }
     }
+    const char *regex = tokenizer_regex(t);
+    kv_str_w(b, "tokenizer.ggml.model", "gpt2");
+    kv_str_w(b, "tokenizer.ggml.pre", regex ? "default" : "gpt-2");
+    if (regex) { kv_str_w(b, "blockq.pre_tokenizer_regex", regex); keys++; }  /* the exact Split regex, for blockq */
+    char pad[32];
+    putstr(b, "tokenizer.ggml.tokens");
+    put32(b, GT_ARR); put32(b, GT_STR); put64(b, (uint64_t)n);
+    for (int i = 0, kind; i < n; i++) {
+        const char *tok = tokenizer_token(t, i, &kind);
+        if (!tok) snprintf(pad, sizeof pad, "[PAD%d]", i);
+        putstr(b, tok ? tok : pad);
+    }
+    putstr(b, "tokenizer.ggml.token_type");
+    put32(b, GT_ARR); put32(b, GT_I32); put64(b, (uint64_t)n);
+    for (int i = 0, kind; i < n; i++) {  /* NORMAL 1, CONTROL 3, USER_DEFINED 4, UNUSED 5 */
+        tokenizer_token(t, i, &kind);
+        put32(b, (uint32_t)(kind == 0 ? 5 : kind == 1 ? 1 : kind == 3 ? 3 : 4));
+    }
+    putstr(b, "tokenizer.ggml.merges");
+    put32(b, GT_ARR); put32(b, GT_STR); put64(b, (uint64_t)tokenizer_nmerges(t));
+    for (int r = 0; r < tokenizer_nmerges(t); r++) {
+        const char *x, *y;
+        tokenizer_merge(t, r, &x, &y);
+        put64(b, strlen(x) + 1 + strlen(y));
+        put(b, x, strlen(x));
+        put(b, " ", 1);
+        put(b, y, strlen(y));
+    }
     keys += 3;
+    bq_tokenizer_free(t);
     cJSON *cfg = cJSON_ParseWithLength(m->config_json, m->config_len);
     const char *ids[][2] = {{"bos_token_id", "tokenizer.ggml.bos_token_id"}, {"eos_token_id", "tokenizer.ggml.eos_token_id"}};
     for (int i = 0; i < 2; i++) {
         cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, ids[i][0]);
-        if (cJSON_IsNumber(v)) { kv_u32_w(b, ids[i][1], (uint32_t)v->valueint); keys++; }
+        if (cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble < n && v->valuedouble == (int)v->valuedouble) {
+            kv_u32_w(b, ids[i][1], (uint32_t)v->valuedouble);
+            keys++;
+        }
     }
     cJSON_Delete(cfg);
-    cJSON_Delete(root);
-    free(tok);
-    free(type);
     return keys;
+}
+
+/* blockq.runtime: the quantisation that is not in the weights (activation formats
+ * per linear, attention operands, KV cache, rounding), which llama.cpp ignores and
+ * blockq reads back; absent when the model has none. Returns the keys written. */
+static int write_runtime(wbuf *b, bq_model *m, const slot_list *sl, bq_status *st)
+{
+    cJSON *o = cJSON_CreateObject(), *act = cJSON_CreateObject();
+    int any = m->attn_q || m->kv_q || m->qopts.round != BQ_ROUND_RNE || m->qopts.seed;
+    for (int i = 0; i < sl->n; i++)
+        if (sl->v[i].l && sl->v[i].l->aq && sl->v[i].cols) {
+            cJSON_AddStringToObject(act, sl->v[i].name, sl->v[i].l->aq->name);
+            any = 1;
+        }
+    runtime_to_json(m, o);
+    cJSON_AddItemToObject(o, "act", act);
+    char *js = any ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    if (!any) return 0;
+    if (!js) { *st = bq_fail(BQ_ERR_NOMEM, "out of memory"); return 0; }
+    kv_str_w(b, "blockq.runtime", js);
+    cJSON_free(js);
+    return 1;
 }
 
 typedef struct { char name[160]; uint32_t type; size_t rows, cols; uint8_t *data; size_t size; } wtensor;
@@ -684,6 +766,7 @@ bq_status bq_model_save_gguf(const bq_model *cm, const char *path)
             else kv_u32_w(&kvb, key, (uint32_t)hp[i].v);
         }
         nkv += write_tokenizer(&kvb, m, &st);
+        if (!st) nkv += write_runtime(&kvb, m, &sl, &st);
     }
     if (!st) {
         put(&b, "GGUF", 4);

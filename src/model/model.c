@@ -47,6 +47,8 @@ static float *fetch(loader *L, const char *name, int64_t d0, int64_t d1)
 
 static void fetch_linear(loader *L, linear *l, const char *uname, const char *w, const char *b, int out, int in)
 {
+    if (!L->err && (out < 1 || in < 1))  /* a 1-D "matrix" would be read as a vector */
+        L->err = bq_fail(BQ_ERR_PARSE, "%s: the config gives '%s' the shape [%d, %d]", L->m->dir, w, out, in);
     l->in = in;
     l->out = out;
     snprintf(l->name, sizeof l->name, "%s", uname);

@@ -2,6 +2,7 @@
 #ifndef BQ_MODEL_H
 #define BQ_MODEL_H
 #include "core.h"
+#include "strmap.h"
 #include <stdint.h>
 
 /* ---- safetensors ---- */
@@ -17,6 +18,7 @@ typedef struct {
 typedef struct {
     st_tensor *t;
     size_t n, cap;
+    strmap index;  /* name -> position in t: lookups in O(1), a repeated name refused */
     void *maps[64];
     size_t map_sizes[64], nmaps;
 } st_set;
@@ -47,12 +49,26 @@ typedef struct {
     int pos_offset;      /* OPT: 2 */
     int pre_norm;        /* 0: OPT post-LayerNorm */
     int qkv_bias, o_bias, mlp_bias, qk_norm, tied, final_norm;
+    int sliding_window;  /* Mistral: each query sees its last this many keys (0: all) */
 } bq_config;
 
 bq_status config_parse(const char *json, size_t len, const char *path, bq_config *c);
 
-/* tokenizer.json already in memory (tokenizer.c) */
+/* tokenizer.json already in memory (tokenizer.c): validated as Hugging Face's
+ * loader would, so writers take the tokenizer from here, never from raw JSON. */
 bq_status tokenizer_parse(const char *json, size_t len, const char *path, bq_tokenizer **out);
+int tokenizer_size(const bq_tokenizer *t);  /* 1 + the largest id */
+/* The token of an id (byte-level form, or an added token's content); *kind: 0
+ * no such id (NULL), 1 vocabulary, 2 added, 3 added and special. */
+const char *tokenizer_token(const bq_tokenizer *t, int id, int *kind);
+int tokenizer_nmerges(const bq_tokenizer *t);
+void tokenizer_merge(const bq_tokenizer *t, int rank, const char **a, const char **b);
+const char *tokenizer_regex(const bq_tokenizer *t);  /* NULL: GPT-2's (ByteLevel) */
+const char *tokenizer_vocab_string(const bq_tokenizer *t, int id);  /* NULL if the vocabulary lacks the id */
+
+/* Refuse a JSON document in which an object repeats a key (json.c). */
+typedef struct cJSON cJSON;
+bq_status json_unique_keys(const cJSON *root, const char *path);
 
 /* A linear layer y = x W^T + b; W is [out, in] row-major. */
 /* A linear layer y = q(x) W^T + b; W is [out, in] row-major (already fake-quantised

@@ -54,7 +54,8 @@ bq_status st_parse_header(st_set *s, const char *path, const char *hdr, size_t h
         cJSON_Delete(root);
         return bq_fail(BQ_ERR_PARSE, "%s: safetensors header is not a JSON object", path);
     }
-    bq_status st = BQ_OK;
+    bq_status st = json_unique_keys(root, path);
+    if (st) { cJSON_Delete(root); return st; }
     size_t first = s->n, count = 0;
     for (cJSON *it = root->child; it; it = it->next) count++;
     span *spans = calloc(count ? count : 1, sizeof *spans);
@@ -111,6 +112,11 @@ bq_status st_parse_header(st_set *s, const char *path, const char *hdr, size_t h
         }
         t.numel = numel;
         t.data = data + (size_t)b;
+        int fresh = strmap_put(&s->index, name, strlen(name), (int64_t)s->n);
+        if (fresh <= 0) {
+            st = fresh ? bq_fail(BQ_ERR_NOMEM, "out of memory") : bq_fail(BQ_ERR_PARSE, "%s: tensor '%s' appears twice", path, name);
+            break;
+        }
         t.name = strdup(name);
         if (!t.name) { st = bq_fail(BQ_ERR_NOMEM, "out of memory"); break; }
         if ((st = add_tensor(s, &t))) { free(t.name); break; }
@@ -126,9 +132,12 @@ bq_status st_parse_header(st_set *s, const char *path, const char *hdr, size_t h
     }
     free(spans);
     cJSON_Delete(root);
-    if (st) {
+    if (st) {  /* drop this header's tensors, from the list and the index */
         for (size_t i = first; i < s->n; i++) free(s->t[i].name);
         s->n = first;
+        strmap_free(&s->index);
+        for (size_t i = 0; i < s->n; i++)
+            if (strmap_put(&s->index, s->t[i].name, strlen(s->t[i].name), (int64_t)i) < 0) break;
     }
     return st;
 }
@@ -168,15 +177,15 @@ bq_status st_parse_buffer(st_set *s, const char *path, const void *buf, size_t s
 
 const st_tensor *st_find(const st_set *s, const char *name)
 {
-    for (size_t i = 0; i < s->n; i++)
-        if (!strcmp(s->t[i].name, name)) return &s->t[i];
-    return NULL;
+    int64_t i;
+    return strmap_get(&s->index, name, strlen(name), &i) ? &s->t[i] : NULL;
 }
 
 void st_close(st_set *s)
 {
     for (size_t i = 0; i < s->n; i++) free(s->t[i].name);
     free(s->t);
+    strmap_free(&s->index);
     for (size_t i = 0; i < s->nmaps; i++) munmap(s->maps[i], s->map_sizes[i]);
     memset(s, 0, sizeof *s);
 }
@@ -218,19 +227,22 @@ bq_status st_open_dir(st_set *s, const char *dir)
         cJSON_Delete(root);
         return bq_fail(BQ_ERR_PARSE, "%s: no weight_map object", path);
     }
+    if ((st = json_unique_keys(root, path))) { cJSON_Delete(root); return st; }
     /* open each distinct shard once; then check every mapped tensor exists */
+    strmap shards = {0};
     for (cJSON *it = wm->child; it && !st; it = it->next) {
         if (!cJSON_IsString(it) || strchr(it->valuestring, '/') || !strcmp(it->valuestring, "..")) {
             st = bq_fail(BQ_ERR_PARSE, "%s: bad shard name for '%s'", path, it->string);
             break;
         }
-        int seen = 0;
-        for (cJSON *j = wm->child; j != it; j = j->next) seen |= !strcmp(j->valuestring, it->valuestring);
-        if (seen) continue;
+        int fresh = strmap_put(&shards, it->valuestring, strlen(it->valuestring), 0);
+        if (fresh < 0) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        if (fresh <= 0) continue;
         char sp[4096];
         snprintf(sp, sizeof sp, "%s/%s", dir, it->valuestring);
         st = st_open_file(s, sp);
     }
+    strmap_free(&shards);
     for (cJSON *it = wm->child; it && !st; it = it->next)
         if (!st_find(s, it->string))
             st = bq_fail(BQ_ERR_PARSE, "%s: tensor '%s' is listed but missing from shard %s", path, it->string,

@@ -26,6 +26,9 @@ typedef bq_status (*model_parser)(const char *path, const uint8_t *buf, size_t s
 bq_status bqfile_parse(const char *path, const uint8_t *buf, size_t size, bq_model **out);
 bq_status model_file_load(const char *path, model_parser parse, bq_model **out);
 uint32_t bq_crc32(const void *data, size_t n);
+/* Attention/KV formats, rounding and seed as JSON members (.bq header, GGUF blockq.runtime). */
+void runtime_to_json(const bq_model *m, cJSON *o);
+bq_status runtime_from_json(const cJSON *o, bq_model *m, const char *path);
 bq_status gguf_parse(const char *path, const uint8_t *buf, size_t size, bq_model **out);
 /* One row of a GGUF tensor of type `type` (F32 0, F16 1, Q4_0 2, Q4_1 3, Q5_0 6, Q8_0 8, BF16 30, MXFP4 39). */
 void gguf_row_to_float(uint32_t type, const uint8_t *row, size_t cols, float *out);

@@ -13,12 +13,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* '*' and '?' globbing in linear time: on a mismatch, only the latest '*' is
+ * retried one character further (earlier stars can never do better). */
 int glob_match(const char *p, const char *s)
 {
-    if (!*p) return !*s;
-    if (*p == '*') return glob_match(p + 1, s) || (*s && glob_match(p, s + 1));
-    if (*s && (*p == '?' || *p == *s)) return glob_match(p + 1, s + 1);
-    return 0;
+    const char *star = NULL, *retry = NULL;
+    while (*s) {
+        if (*p == '*') { star = p++; retry = s; }
+        else if (*p == '?' || *p == *s) { p++; s++; }
+        else if (star) { p = star + 1; s = ++retry; }
+        else return 0;
+    }
+    while (*p == '*') p++;
+    return !*p;
 }
 
 bq_status bq_qconfig_new(bq_qconfig **out)
@@ -45,10 +52,12 @@ static bq_status check_format(const char *name, const char *where)
 static bq_status add_rule(bq_qconfig *q, const char *pat, const char *w, const char *a, int line)
 {
     if (strlen(pat) >= sizeof q->rules[0].pattern) return bq_fail(BQ_ERR_ARG, "pattern '%.40s...' is too long", pat);
-    qrule *r = realloc(q->rules, (size_t)(q->nrules + 1) * sizeof *r);
-    if (!r) return bq_fail(BQ_ERR_NOMEM, "out of memory");
-    q->rules = r;
-    qrule *n = &r[q->nrules++];
+    if (!(q->nrules & (q->nrules - 1))) {  /* 0, 1, 2, 4, ...: double */
+        qrule *r = realloc(q->rules, (size_t)(q->nrules ? 2 * q->nrules : 1) * sizeof *r);
+        if (!r) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+        q->rules = r;
+    }
+    qrule *n = &q->rules[q->nrules++];
     memset(n, 0, sizeof *n);
     snprintf(n->pattern, sizeof n->pattern, "%s", pat);
     if (w) snprintf(n->w, sizeof n->w, "%s", w);

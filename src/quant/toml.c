@@ -5,6 +5,7 @@
  * Anything else (tables, arrays, floats, multi-line strings, duplicate keys) is
  * an error naming the file and line. */
 #include "quant.h"
+#include "strmap.h"
 #include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
@@ -98,20 +99,23 @@ static int scalar(parser *p, tkv *v)
     return 1;
 }
 
-static int has_key(const tkv *items, int n, const char *k)
+/* Record a key of one table; 0 (and the error) if it is already there. */
+static int new_key(parser *p, strmap *keys, const char *k)
 {
-    for (int i = 0; i < n; i++)
-        if (!strcmp(items[i].key, k)) return 1;
-    return 0;
+    int r = strmap_put(keys, k, strlen(k), 0);
+    return r > 0 ? 1 : fail(p, r < 0 ? "out of memory" : "duplicate key");
 }
 
+/* Append, doubling the array when its length reaches a power of two. */
 static int push(parser *p, tkv **items, int *n, tkv *v)
 {
     if (*n >= 100000) return fail(p, "too many entries");
-    tkv *ni = realloc(*items, (size_t)(*n + 1) * sizeof *ni);
-    if (!ni) return fail(p, "out of memory");
-    *items = ni;
-    ni[(*n)++] = *v;
+    if (!(*n & (*n - 1)) || !*n) {
+        tkv *ni = realloc(*items, (size_t)(*n ? 2 * *n : 1) * sizeof *ni);
+        if (!ni) return fail(p, "out of memory");
+        *items = ni;
+    }
+    (*items)[(*n)++] = *v;
     return 1;
 }
 
@@ -125,38 +129,49 @@ static void free_items(tkv *items, int n)
     free(items);
 }
 
+static int table(parser *p, tkv *v, strmap *keys);
+
 static int value(parser *p, tkv *v)
 {
     skip_ws(p);
     if (p->s < p->end && *p->s == '{') {
         p->s++;
         v->kind = TV_TABLE;
-        skip_ws(p);
-        if (p->s < p->end && *p->s == '}') { p->s++; return 1; }
-        for (;;) {
-            tkv e = {0};
-            e.line = p->line;
-            if (!(e.key = key(p))) return 0;
-            skip_ws(p);
-            if (p->s >= p->end || *p->s != '=') { free(e.key); return fail(p, "expected '=' in inline table"); }
-            p->s++;
-            if (has_key(v->items, v->nitems, e.key)) { free(e.key); return fail(p, "duplicate key in inline table"); }
-            skip_ws(p);
-            if (p->s < p->end && *p->s == '{') { free(e.key); return fail(p, "nested tables are not supported"); }
-            if (!scalar(p, &e) || !push(p, &v->items, &v->nitems, &e)) { free(e.key); free(e.s); return 0; }
-            skip_ws(p);
-            if (p->s < p->end && *p->s == ',') { p->s++; continue; }
-            if (p->s < p->end && *p->s == '}') { p->s++; return 1; }
-            return fail(p, "expected ',' or '}' in inline table");
-        }
+        strmap keys = {0};
+        int ok = table(p, v, &keys);
+        strmap_free(&keys);
+        return ok;
     }
     return scalar(p, v);
+}
+
+static int table(parser *p, tkv *v, strmap *keys)
+{
+    skip_ws(p);
+    if (p->s < p->end && *p->s == '}') { p->s++; return 1; }
+    for (;;) {
+        tkv e = {0};
+        e.line = p->line;
+        if (!(e.key = key(p))) return 0;
+        skip_ws(p);
+        if (p->s >= p->end || *p->s != '=') { free(e.key); return fail(p, "expected '=' in inline table"); }
+        p->s++;
+        if (!new_key(p, keys, e.key)) { free(e.key); return 0; }
+        skip_ws(p);
+        if (p->s < p->end && *p->s == '{') { free(e.key); return fail(p, "nested tables are not supported"); }
+        if (!scalar(p, &e) || !push(p, &v->items, &v->nitems, &e)) { free(e.key); free(e.s); return 0; }
+        skip_ws(p);
+        if (p->s < p->end && *p->s == ',') { p->s++; continue; }
+        if (p->s < p->end && *p->s == '}') { p->s++; return 1; }
+        return fail(p, "expected ',' or '}' in inline table");
+    }
 }
 
 bq_status toml_parse(const char *src, size_t len, const char *path, tdoc *out)
 {
     memset(out, 0, sizeof *out);
     parser p = {src, src + len, path, 1, BQ_OK};
+    strmap keys = {0};
     if (memchr(src, 0, len)) return bq_fail(BQ_ERR_PARSE, "%s: contains a NUL byte", path);
     while (p.s < p.end && !p.st) {
         skip_ws(&p);
@@ -171,7 +186,7 @@ bq_status toml_parse(const char *src, size_t len, const char *path, tdoc *out)
         skip_ws(&p);
         if (p.s >= p.end || *p.s != '=') { free(v.key); fail(&p, "expected '=' after the key"); break; }
         p.s++;
-        if (has_key(out->items, out->n, v.key)) { free(v.key); fail(&p, "duplicate key"); break; }
+        if (!new_key(&p, &keys, v.key)) { free(v.key); break; }
         if (!value(&p, &v) || !push(&p, &out->items, &out->n, &v)) {
             free(v.key);
             free(v.s);
@@ -183,6 +198,7 @@ bq_status toml_parse(const char *src, size_t len, const char *path, tdoc *out)
         if (p.s < p.end && *p.s == '\r') p.s++;
         if (p.s < p.end && *p.s != '\n') { fail(&p, "unexpected text after the value"); break; }
     }
+    strmap_free(&keys);
     if (p.st) { toml_free(out); return p.st; }
     return BQ_OK;
 }
