@@ -109,7 +109,7 @@ $(BUILD)/tests/%: tests/%.c tests/harness.h $(BUILD)/libblockq.a
 
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libblockq.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $< $(BUILD)/libblockq.a -o $@ $(LDLIBS)
+	$(CC) $(CFLAGS) -Itests $< $(BUILD)/libblockq.a -o $@ $(LDLIBS)
 
 # Run every test binary and the CLI tests; one summary line at the end.
 test-opt: $(TESTS) $(BUILD)/blockq
@@ -130,7 +130,7 @@ clean:
 	rm -rf build
 
 # ---- fuzzing (clang + libFuzzer, AddressSanitizer + UndefinedBehaviorSanitizer) ----
-FUZZERS      = format safetensors config tokenizer_json tokenize toml bqfile gguf
+FUZZERS      = format safetensors config tokenizer_json tokenize toml bqfile gguf export
 FUZZ_SECONDS ?= 60
 FUZZ_BUILD   = build/fuzz
 FUZZ_FLAGS   = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer

@@ -23,8 +23,9 @@ static int same_encoding(const bq_tokenizer *a, const bq_tokenizer *b, const cha
 
 static void round_trip(const char *path, bq_status (*save)(const bq_model *, const char *), const bq_tokenizer *given)
 {
-    if (save(base, path) != BQ_OK) {
-        if (given) abort();  /* a tokenizer that loads must export */
+    bq_status st = save(base, path);
+    if (st != BQ_OK) {  /* a tokenizer that loads must export, unless the file format cannot hold it */
+        if (given && st != BQ_ERR_UNSUPPORTED) abort();
         return;
     }
     if (!given) abort();  /* one that does not load must be refused */

@@ -108,6 +108,32 @@ expect_fail 2 "truncated" -- $B ppl --model "$T/cut.bq" --text data/wikitext-2-t
 expect_fail 2 "unknown magic" -- $B ppl --model "$T/odd.f32" --text data/wikitext-2-test.txt --chunks 1
 expect_fail 2 "usage: blockq quantize" -- $B quantize --model $M --out "$T/y.bq"
 
+# hostile inputs (issue 14): destinations, stale temporaries, escaped JSON, empty lists, hostile tokenizers
+ln -s "$T/target.f32" "$T/link.f32"
+expect_fail 2 "symbolic link" -- $B qdq mxfp4 --shape 8x96 "$T/in.f32" "$T/link.f32"
+[ -L "$T/link.f32" ] && [ ! -e "$T/target.f32" ] && ok || bad "--out onto a symlink replaced the link"
+expect_fail 2 "not a regular file" -- $B qdq mxfp4 --shape 8x96 "$T/in.f32" /dev/null
+printf 'x' >"$T/o.f32.tmp.999999"; printf 'y' >"$T/o.f32.tmp.$$"
+$B qdq mxfp4 --shape 8x96 "$T/in.f32" "$T/o.f32" && [ ! -e "$T/o.f32.tmp.999999" ] && [ -e "$T/o.f32.tmp.$$" ] && ok ||
+    bad "a dead run's temporary was not removed, or a live one's was"
+rm -f "$T/o.f32.tmp.$$"
+q="$T/a\"b\\c.txt"
+cp data/wikitext-2-test.txt "$q"
+$B ppl --model $M --text "$q" --ctx 16 --chunks 1 --json >"$T/q.json" &&
+    /usr/bin/python3 -c 'import json,sys; assert json.load(open(sys.argv[1]))["text"] == sys.argv[2]' "$T/q.json" "$q" &&
+    ok || bad "ppl --json with a quote and a backslash in a path: $(cat "$T/q.json")"
+expect_fail 2 "empty entry" -- $B sweep --model $M --text data/wikitext-2-test.txt --formats ""
+expect_fail 2 "empty entry" -- $B sweep --model $M --text data/wikitext-2-test.txt --formats "fp32,,mxfp4"
+mkdir "$T/hm" && cp $M/config.json $M/*.safetensors* "$T/hm/" &&
+    /usr/bin/python3 -c 'import json,sys; t=json.load(open(sys.argv[1])); t["model"]["merges"].append([1, 2]); json.dump(t, open(sys.argv[2], "w"))' \
+        $M/tokenizer.json "$T/hm/tokenizer.json"
+expect_fail 2 "merge 7935 is neither" -- $B quantize --model "$T/hm" --wq int8_b32_sfp16 --out "$T/h.gguf"
+[ ! -e "$T/h.gguf" ] && ok || bad "a GGUF with a hostile tokenizer was written"
+$B quantize --model $M --wq int8_b32_sfp16 --aq mxint8 --kv bfp8_b16 --out "$T/a.gguf" >/dev/null &&
+    a=$($B ppl --model "$T/a.gguf" --text data/wikitext-2-test.txt --ctx 64 --chunks 2 | tail -1) &&
+    b=$($B ppl --model $M --wq int8_b32_sfp16 --aq mxint8 --kv bfp8_b16 --packed --text data/wikitext-2-test.txt --ctx 64 --chunks 2 | tail -1) &&
+    [ "$a" = "$b" ] && ok || bad "GGUF lost --aq/--kv: '$a' vs '$b'"
+
 # --device: cuda without a GPU is an error (exit 2); auto falls back to the CPU and says so
 if ! $B ppl --model $M --text data/wikitext-2-test.txt --ctx 64 --chunks 1 --device cuda >/dev/null 2>"$T/dev.err"; then
     grep -q "CUDA" "$T/dev.err" && ok || bad "--device cuda without a GPU: $(cat "$T/dev.err")"

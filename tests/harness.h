@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 
 static int t_pass, t_fail;
 #define CHECK(cond, ...)                                                        \
@@ -19,8 +20,29 @@ static int t_pass, t_fail;
 
 #define SKIP(...) do { printf("SKIP: "); printf(__VA_ARGS__); printf("\n"); } while (0)
 
+/* A call that must succeed, checked rather than trusted to have filled its buffer. */
+#define OK(call) CHECK((call) == 0, "%s", bq_last_error())
+
+/* The larger of two errors, NaN winning: a NaN must fail a comparison, never
+ * vanish in a max (fmax drops it). */
+static __attribute__((unused)) double t_max(double a, double b) { return a != a || b != b ? NAN : a > b ? a : b; }
+
+/* Cross-ISA comparisons: an ISA this CPU lacks is counted and reported as SKIP
+ * at the end, never compared against a copy of another result. */
+static int t_isa_skips;
+static const char *t_isa_skipped = "";
+static __attribute__((unused)) int isa_absent(int set_status, const char *isa)
+{
+    if (!set_status) return 0;
+    t_isa_skips++;
+    t_isa_skipped = isa;
+    return 1;
+}
+
 static int test_summary(const char *name)
 {
+    if (t_isa_skips) printf("SKIP: %d comparisons on %s not made: this CPU lacks it\n", t_isa_skips, t_isa_skipped);
+    if (t_pass + t_fail == 0) { printf("FAIL %s: compared nothing\n", name); t_fail = 1; }
     printf("%s: %d passed, %d failed\n", name, t_pass, t_fail);
     return t_fail ? 1 : 0;
 }

@@ -60,7 +60,7 @@ static void vectors(void)
         snprintf(p, sizeof p, "tests/vectors/%s.out.f32", name);
         float *want = read_f32(p, rows * cols), *got = malloc(rows * cols * 4);
         bq_format *f = NULL;
-        bq_format_parse(fmt, &f);
+        OK(bq_format_parse(fmt, &f));
         bq_qopts o = {0};
         o.round = !strcmp(rnd, "away") ? BQ_ROUND_AWAY : BQ_ROUND_RNE;
         if (f && in && want && gpu_qdq(f, in, got, rows, cols, &o) == BQ_OK) {
@@ -133,8 +133,8 @@ static double rel_err(const float *y, const double *ref, size_t n)
     double d = 0, m = 0;
     for (size_t i = 0; i < n; i++) {
         if (!isfinite(y[i])) return INFINITY;  /* unwritten (poisoned) or broken */
-        d = fmax(d, fabs(y[i] - ref[i]));
-        m = fmax(m, fabs(ref[i]));
+        d = t_max(d, fabs(y[i] - ref[i]));
+        m = t_max(m, fabs(ref[i]));
     }
     return m > 0 ? d / m : d;
 }
@@ -155,7 +155,7 @@ static void gemv(void)
         for (size_t i = 0; i < (size_t)n * C; i++) x[i] = t_normal() * (t_rand() % 64 ? 1.0f : 40.0f);
         for (size_t fi = 0; fi < sizeof wf / sizeof *wf; fi++) {
             bq_format *f;
-            bq_format_parse(wf[fi], &f);
+            OK(bq_format_parse(wf[fi], &f));
             pmat *m;
             if (pmat_pack(f, w, R, C, NULL, &m)) { CHECK(0, "pack %s: %s", f->name, bq_last_error()); bq_format_free(f); continue; }
             pmat_decode(m, 0, R, wq);
@@ -216,7 +216,7 @@ static void gemv_refusal(void)
     bq_format *f;
     pmat *m;
     bq_cuda_w *gw = NULL;
-    bq_format_parse("bfp6_b16", &f);
+    OK(bq_format_parse("bfp6_b16", &f));
     if (pmat_pack(f, w, 64, 64, NULL, &m) == BQ_OK) {
         CHECK(bq_cuda_w_upload(m, &gw) == BQ_ERR_UNSUPPORTED && !gw, "bfp6_b16 on the GPU must be refused");
         printf("  GPU GEMV bfp6_b16 refused: %s\n", bq_last_error());
@@ -250,18 +250,18 @@ static void gemm(void)
                 if (path) setenv("BQ_GEMM_MMA", "1", 1);
                 else unsetenv("BQ_GEMM_MMA");
                 bq_format *f;
-                bq_format_parse(fm[kind], &f);
+                OK(bq_format_parse(fm[kind], &f));
                 float *a = malloc((size_t)M * K * 4), *b = malloc((size_t)N * K * 4), *aq = malloc((size_t)M * K * 4),
                       *bq = malloc((size_t)N * K * 4), *c = malloc((size_t)M * N * 4);
                 for (size_t i = 0; i < (size_t)M * K; i++) a[i] = t_normal() * (t_rand() % 50 ? 1.0f : 20.0f);
                 for (size_t i = 0; i < (size_t)N * K; i++) b[i] = t_normal() * 0.02f;
-                bq_qdq(f, a, aq, (size_t)M, (size_t)K, NULL);
-                bq_qdq(f, b, bq, (size_t)N, (size_t)K, NULL);
+                OK(bq_qdq(f, a, aq, (size_t)M, (size_t)K, NULL));
+                OK(bq_qdq(f, b, bq, (size_t)N, (size_t)K, NULL));
                 size_t pa = bq_packed_size(f, (size_t)M, (size_t)K), pb = bq_packed_size(f, (size_t)N, (size_t)K);
                 uint8_t *ka = malloc(pa), *kb = malloc(pb), *ca = malloc((size_t)M * K), *cb = malloc((size_t)N * K),
                         *sa = malloc((size_t)M * K / 32), *sb = malloc((size_t)N * K / 32);
-                bq_pack(f, a, (size_t)M, (size_t)K, NULL, ka, pa);
-                bq_pack(f, b, (size_t)N, (size_t)K, NULL, kb, pb);
+                OK(bq_pack(f, a, (size_t)M, (size_t)K, NULL, ka, pa));
+                OK(bq_pack(f, b, (size_t)N, (size_t)K, NULL, kb, pb));
                 split_mx8(ka, M, K, ca, sa);
                 split_mx8(kb, N, K, cb, sb);
                 for (size_t i = 0; i < (size_t)M * N; i++) c[i] = NAN;
@@ -306,7 +306,7 @@ int main(void)
         /* what must hold without a device: a clean refusal */
         float x[32] = {0}, *dx = NULL;
         bq_format *f;
-        bq_format_parse("mxfp4", &f);
+        OK(bq_format_parse("mxfp4", &f));
         CHECK(bq_cuda_qdq(f, x, x, 1, 32, NULL) == BQ_ERR_UNSUPPORTED, "qdq without a device must refuse");
         CHECK(bq_cuda_malloc((void **)&dx, 64) != BQ_OK, "malloc without a device must fail");
         bq_format_free(f);

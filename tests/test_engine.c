@@ -69,7 +69,7 @@ static void check_logits(const char *model_dir, const int32_t *ids, size_t n, co
     double worst = 0;
     if (bq_ctx_new(m, (int)n, &c) == BQ_OK) {
         for (size_t t = 0; t < n; t++) {
-            bq_forward(c, ids + t, 1, one, 0);
+            OK(bq_forward(c, ids + t, 1, one, 0));
             double r = rel_diff(one, lg + t * V, V);
             if (r > worst) worst = r;
         }
@@ -97,15 +97,15 @@ static void test_llama19m(void)
     int V = bq_model_vocab(m);
     float *lg = malloc((size_t)V * 4);
     bq_ctx *c;
-    bq_ctx_new(m, (int)(n + ng), &c);
-    bq_forward(c, ids, (int)n, lg, 0);
+    OK(bq_ctx_new(m, (int)(n + ng), &c));
+    OK(bq_forward(c, ids, (int)n, lg, 0));
     size_t same = 0;
     for (size_t i = 0; i < ng; i++) {
         int32_t best = 0;
         for (int j = 1; j < V; j++) best = lg[j] > lg[best] ? j : best;
         same += best == want[i];
         if (best != want[i]) break;
-        bq_forward(c, &best, 1, lg, 0);
+        OK(bq_forward(c, &best, 1, lg, 0));
     }
     CHECK(same == ng, "greedy continuation agrees for %zu of %zu tokens", same, ng);
     bq_ctx_free(c);
@@ -389,7 +389,7 @@ static void test_broken(void)
         CHECK(bq_model_logits(m, &id, 1, lg) == BQ_ERR_NONFINITE && strstr(bq_last_error(), "layer 0") &&
               strstr(bq_last_error(), "down_proj"), "NaN activation not reported by layer: %s", bq_last_error());
         bq_ctx *c;
-        bq_ctx_new(m, 1, &c);
+        OK(bq_ctx_new(m, 1, &c));
         bq_ctx_set_check(c, 0);
         CHECK(bq_forward(c, &id, 1, lg, 1) == BQ_OK && isnan(lg[0]), "check off: forward should pass NaN through");
         bq_ctx_free(c);
@@ -413,19 +413,19 @@ static void test_thread_invariance(void)
         if (pass == 1) {
             bq_qconfig *q;
             bq_qconfig_new(&q);
-            bq_qconfig_set(q, "wq", "mxfp4");
-            bq_qconfig_set(q, "aq", "bfp6_b16");
-            bq_qconfig_set(q, "attn", "bfp8_b16");
-            bq_qconfig_set(q, "kv", "mxfp8_e4m3");
+            OK(bq_qconfig_set(q, "wq", "mxfp4"));
+            OK(bq_qconfig_set(q, "aq", "bfp6_b16"));
+            OK(bq_qconfig_set(q, "attn", "bfp8_b16"));
+            OK(bq_qconfig_set(q, "kv", "mxfp8_e4m3"));
             bq_qconfig_set_round(q, BQ_ROUND_STOCHASTIC, 7);
-            bq_model_quantize(m, q, 1);
+            OK(bq_model_quantize(m, q, 1));
             bq_qconfig_free(q);
         }
         bq_set_threads(1);
-        bq_model_logits(m, ids, n, ref);
+        OK(bq_model_logits(m, ids, n, ref));
         for (int t = 2; t <= 3; t++) {
             bq_set_threads(t);
-            bq_model_logits(m, ids, n, got);
+            OK(bq_model_logits(m, ids, n, got));
             CHECK(!memcmp(ref, got, (size_t)n * V * 4), "%s logits with %d threads differ from 1 thread",
                   pass ? "quantised" : "float32", t);
         }
@@ -443,8 +443,8 @@ static bq_status apply_cfg(bq_model *m, const char *const cfg[4], int pack)
     bq_qconfig *q;
     bq_status st = bq_qconfig_new(&q);
     if (st) return st;
-    bq_qconfig_set(q, "wq", cfg[0]);
-    bq_qconfig_set(q, "aq", cfg[1]);
+    OK(bq_qconfig_set(q, "wq", cfg[0]));
+    OK(bq_qconfig_set(q, "aq", cfg[1]));
     if (cfg[2]) bq_qconfig_set(q, "kv", cfg[2]);
     if (cfg[3]) bq_qconfig_set(q, "attn", cfg[3]);
     st = pack ? bq_model_pack(m, q, 1) : bq_model_quantize(m, q, 1);
@@ -464,7 +464,7 @@ static void test_cuda_ppl(void)
         CHECK(0, "inputs: %s", bq_last_error());
         return;
     }
-    bq_tokenize(t, txt, len, &ids, &n);
+    OK(bq_tokenize(t, txt, len, &ids, &n));
     /* Block formats and bf16 take the GPU's bf16 GEMM path (their values are bf16
      * numbers); int8_row weights (float32 scales) keep float32 SGEMM */
     const char *cfg[][4] = {{NULL, NULL, NULL, NULL},
@@ -478,7 +478,7 @@ static void test_cuda_ppl(void)
                             {"mxfp6_e2m3", "mxint8", NULL, NULL}};
     for (int i = 0; i < 9; i++) {  /* the last three packed: the GPU keeps the codes and unpacks them */
         bq_model *m;
-        bq_model_load("models/llama-19m-en", &m);
+        OK(bq_model_load("models/llama-19m-en", &m));
         if (cfg[i][0]) CHECK(apply_cfg(m, cfg[i], i >= 6) == BQ_OK, "%s: %s", i >= 6 ? "pack" : "quantize", bq_last_error());
         /* quantised activations flip rounding decisions where the GPU's sums differ from
          * the CPU's in the last bit; over more windows the flips average out */

@@ -88,7 +88,7 @@ static void bq_roundtrip(void)
     float *a = logits(p, n), *b = logits(l, n), *c = logits(f, n);
     CHECK(!memcmp(a, b, (size_t)n * V * 4), ".bq load gives the packed model's logits bit for bit");
     double d = 0, mx = 0;
-    for (size_t i = 0; i < (size_t)n * V; i++) { d = fmax(d, fabs(a[i] - c[i])); mx = fmax(mx, fabs(c[i])); }
+    for (size_t i = 0; i < (size_t)n * V; i++) { d = t_max(d, fabs(a[i] - c[i])); mx = t_max(mx, fabs(c[i])); }
     printf("  .bq (mixed W/A config) vs fake quantisation: max|diff|/max|logit| = %.2e\n", d / mx);
     /* true size: every tensor's packed bytes + blobs + header, and nothing more than alignment */
     size_t want = 0;
@@ -111,15 +111,15 @@ static void bq_roundtrip(void)
     int32_t *i1, *i2;
     size_t n1, n2;
     const char *txt = "The quick brown fox, 1234 times!";
-    bq_tokenize(t1, txt, strlen(txt), &i1, &n1);
-    bq_tokenize(t2, txt, strlen(txt), &i2, &n2);
+    OK(bq_tokenize(t1, txt, strlen(txt), &i1, &n1));
+    OK(bq_tokenize(t2, txt, strlen(txt), &i2, &n2));
     CHECK(n1 == n2 && !memcmp(i1, i2, n1 * 4), ".bq tokenizer");
     free(i1); free(i2);
     bq_tokenizer_free(t1); bq_tokenizer_free(t2);
     /* asking a packed model for another weight format is refused */
     bq_qconfig *q;
     bq_qconfig_new(&q);
-    bq_qconfig_set(q, "wq", "bfp8_b16");
+    OK(bq_qconfig_set(q, "wq", "bfp8_b16"));
     CHECK(bq_model_quantize(l, q, 0) != BQ_OK && strstr(bq_last_error(), "stored packed as"), "requantise packed: %s", bq_last_error());
     bq_qconfig_free(q);
     free(a); free(b); free(c);
@@ -195,7 +195,7 @@ static void gguf_roundtrip(const char *dir, const char *wq, int exact_vs_packed)
     if (wq) {
         bq_qconfig *q;
         bq_qconfig_new(&q);
-        bq_qconfig_set(q, "wq", wq);
+        OK(bq_qconfig_set(q, "wq", wq));
         if (bq_model_pack(p, q, 0)) CHECK(0, "pack: %s", bq_last_error());
         bq_qconfig_free(q);
     }
@@ -213,7 +213,7 @@ static void gguf_roundtrip(const char *dir, const char *wq, int exact_vs_packed)
         if (p->tokenizer_json) {
             bq_tokenizer *t1, *t2;
             CHECK(bq_tokenizer_from_model(l, &t1) == BQ_OK, "gguf tokenizer: %s", bq_last_error());
-            bq_tokenizer_from_model(p, &t2);
+            OK(bq_tokenizer_from_model(p, &t2));
             const char *txt = "Hello, world! It's 2026 -- déjà vu.";
             int32_t *i1 = NULL, *i2 = NULL;
             size_t n1 = 0, n2 = 0;
@@ -247,11 +247,11 @@ static void gguf_tests(void)
     }
     /* a format without a GGUF type: refused, nothing written */
     bq_model *m;
-    bq_model_load(DIR_, &m);
+    OK(bq_model_load(DIR_, &m));
     bq_qconfig *q;
     bq_qconfig_new(&q);
-    bq_qconfig_set(q, "wq", "mxint8");
-    bq_model_pack(m, q, 0);
+    OK(bq_qconfig_set(q, "wq", "mxint8"));
+    OK(bq_model_pack(m, q, 0));
     bq_qconfig_free(q);
     unlink("/tmp/bq_none.gguf");
     CHECK(bq_model_save_gguf(m, "/tmp/bq_none.gguf") != BQ_OK && strstr(bq_last_error(), "no exact GGUF type"), "mxint8 to GGUF: %s", bq_last_error());

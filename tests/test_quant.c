@@ -296,9 +296,9 @@ static void test_reference(void)
         bq_model_logits(ref, ids, n, fl);
         double md = 0, mr = 0, mq = 0;
         for (size_t i = 0; i < (size_t)n * V; i++) {
-            md = fmax(md, fabs((double)got[i] - want[i]));
-            mr = fmax(mr, fabs((double)want[i]));
-            mq = fmax(mq, fabs((double)fl[i] - want[i]));
+            md = t_max(md, fabs((double)got[i] - want[i]));
+            mr = t_max(mr, fabs((double)want[i]));
+            mq = t_max(mq, fabs((double)fl[i] - want[i]));
         }
         printf("  %-40s W4A4 mxfp4/away vs naive reference: rel %.2e (float32 differs by %.2e)\n", dirs[k], md / mr, mq / mr);
         CHECK(md / mr < 1e-4, "%s: quantised engine vs naive reference differ by %.3g", dirs[k], md / mr);

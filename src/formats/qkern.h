@@ -343,8 +343,12 @@ static inline BQ_HD float block_elem(const bq_format *f, const bscale *s, float 
         return q;
     }
     float v;
+    if (!s->pow2 && !(s->div > 0.0f)) {  /* a zero scale: every element is a zero of its input's sign */
+        *qout = copysignf(0.0f, sgn_of(x));
+        return *qout;
+    }
     if (s->pow2) v = (x * s->pre1) * s->pre2;
-    else v = s->div > 0.0f ? x / s->div : 0.0f * x;
+    else v = x / s->div;
     /* a finite value whose quotient passes float32 (elements as wide as e8m7 under a
      * tiny scale) saturates, as every element inside a block does */
     if (fabsf(v) > FLT_MAX && fabsf(x) <= FLT_MAX) v = copysignf(FLT_MAX, v);

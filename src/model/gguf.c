@@ -525,7 +525,7 @@ bq_status gguf_parse(const char *path, const uint8_t *buf, size_t size, bq_model
         m->config_json = st ? NULL : cJSON_PrintUnformatted(cfg);
         cJSON_Delete(cfg);
         if (!st && !m->config_json) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-        else {
+        else if (!st) {
             m->config_len = strlen(m->config_json);
             st = config_parse(m->config_json, m->config_len, path, &m->c);
         }
