@@ -9,7 +9,9 @@ CFLAGS_BASE = -std=c11 -g -Wall -Wextra -Wshadow -Wno-unused-parameter -D_GNU_SO
               -ffp-contract=off -fno-math-errno -fno-trapping-math \
               -Iinclude -Isrc/core -Isrc/formats -Isrc/model -Isrc/engine -Isrc/eval -Isrc/quant -Isrc/search -Isrc/kernels \
               -Isrc/cuda
-CFLAGS  = $(CFLAGS_BASE) $(OPT) $(SAN) -DBQ_HAVE_X86 $(EXTRA_CFLAGS)
+# Position-independent with hidden visibility: the same objects make libblockq.a and
+# libblockq.so, and the .so exports only what include/blockq.h marks BQ_API.
+CFLAGS  = $(CFLAGS_BASE) $(OPT) $(SAN) -fPIC -fvisibility=hidden -DBQ_HAVE_X86 $(EXTRA_CFLAGS)
 # CUDA: built in when nvcc is found (CUDA=0 turns it off); the runtime is linked
 # statically, so a binary runs on machines without CUDA and says "no CUDA device".
 NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
@@ -23,7 +25,7 @@ CUDA_OBJ  = $(BUILD)/src/cuda/nocuda.o
 CUDA_LIBS =
 endif
 # --fmad=false: no contraction, so the device computes the CPU's bits
-NVFLAGS = -O3 -std=c++17 --fmad=false -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90 \
+NVFLAGS = -O3 -std=c++17 --fmad=false -Xcompiler -fPIC,-fvisibility=hidden -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90 \
           -Xcompiler -Wall -Iinclude -Isrc/core -Isrc/formats -Isrc/kernels -Isrc/cuda -Isrc/model
 LDLIBS  = $(EXTRA_LDFLAGS) -lopenblas -lpcre2-8 -lcjson -lm -pthread $(CUDA_LIBS)
 
@@ -39,7 +41,7 @@ TESTS   = $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 BENCHES = $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/bench_*.c))
 
 .PHONY: all test test-opt test-san bench clean fuzz fuzz-short gpu gpu-full
-all: $(BUILD)/blockq
+all: $(BUILD)/blockq $(BUILD)/libblockq.so
 
 $(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h)
 	@mkdir -p $(dir $@)
@@ -100,6 +102,10 @@ $(BUILD)/libblockq.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
+# The shared library: static dependencies (the CUDA runtime) stay inside it.
+$(BUILD)/libblockq.so: $(LIB_OBJ)
+	$(CC) $(CFLAGS) -shared -Wl,--exclude-libs,ALL -Wl,-soname,libblockq.so $^ -o $@ $(LDLIBS)
+
 $(BUILD)/blockq: $(CLI_OBJ) $(BUILD)/libblockq.a
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
@@ -112,12 +118,12 @@ $(BUILD)/bench/%: bench/%.c $(BUILD)/libblockq.a
 	$(CC) $(CFLAGS) -Itests $< $(BUILD)/libblockq.a -o $@ $(LDLIBS)
 
 # Run every test binary and the CLI tests; one summary line at the end.
-test-opt: $(TESTS) $(BUILD)/blockq
+test-opt: $(TESTS) $(BUILD)/blockq $(BUILD)/libblockq.so
 	@BUILD=$(BUILD) sh tests/run_all.sh $(TESTS)
 
 # The sanitizer tier skips the minutes-long full-text perplexity (BQ_TEST_FAST).
 test-san:
-	@BQ_TEST_FAST=1 $(MAKE) --no-print-directory BUILD=build/san OPT=-O1 CUDA=0 \
+	@BQ_TEST_FAST=1 BQ_SAN_TIER=1 $(MAKE) --no-print-directory BUILD=build/san OPT=-O1 CUDA=0 \
 	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" test-opt
 
 test: test-opt

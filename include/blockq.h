@@ -17,6 +17,22 @@
 extern "C" {
 #endif
 
+/* Only what this header declares is exported from libblockq.so: the library is
+ * built with hidden visibility and every declaration here carries BQ_API. */
+#if defined(__GNUC__)
+#define BQ_API __attribute__((visibility("default")))
+#else
+#define BQ_API
+#endif
+
+#define BQ_VERSION_MAJOR 0
+#define BQ_VERSION_MINOR 2
+#define BQ_VERSION_PATCH 0
+/* The library's version, "MAJOR.MINOR.PATCH"; compare with the BQ_VERSION_* this
+ * header was compiled against to detect a mismatched libblockq.so. */
+BQ_API const char *bq_version(void);
+BQ_API int bq_version_number(void);  /* MAJOR * 10000 + MINOR * 100 + PATCH */
+
 typedef enum {
     BQ_OK = 0,
     BQ_ERR_ARG,        /* a caller passed an invalid argument */
@@ -30,15 +46,15 @@ typedef enum {
 } bq_status;
 
 /* Message of the last error on this thread ("" if none). */
-const char *bq_last_error(void);
-const char *bq_status_name(bq_status s);
+BQ_API const char *bq_last_error(void);
+BQ_API const char *bq_status_name(bq_status s);
 
 /* ---- files -------------------------------------------------------------- */
 
 /* Read a whole file; the caller frees *data with free(). */
-bq_status bq_read_file(const char *path, void **data, size_t *size);
+BQ_API bq_status bq_read_file(const char *path, void **data, size_t *size);
 /* Write to PATH.tmp.PID in the same folder, fsync, rename into place. */
-bq_status bq_write_file_atomic(const char *path, const void *data, size_t size);
+BQ_API bq_status bq_write_file_atomic(const char *path, const void *data, size_t size);
 
 /* ---- number formats ---------------------------------------------------- */
 
@@ -69,31 +85,31 @@ typedef struct {
 
 /* Parse a format name such as "mxfp4", "bfp6_b16", "fp8_e4m3:sat", "int4_g128",
  * "e2m1_b16_se4m3". The grammar is in docs/formats.md. */
-bq_status bq_format_parse(const char *name, bq_format **out);
-void bq_format_free(bq_format *fmt);
-bq_status bq_format_get_info(const bq_format *fmt, bq_format_info *info);
-const char *bq_format_canonical(const bq_format *fmt);
+BQ_API bq_status bq_format_parse(const char *name, bq_format **out);
+BQ_API void bq_format_free(bq_format *fmt);
+BQ_API bq_status bq_format_get_info(const bq_format *fmt, bq_format_info *info);
+BQ_API const char *bq_format_canonical(const bq_format *fmt);
 
 /* Named formats, for listing: returns NULL past the end. */
-const char *bq_format_list(size_t i);
+BQ_API const char *bq_format_list(size_t i);
 /* One line describing the accepted format-name forms (for error messages). */
-const char *bq_format_grammar(void);
+BQ_API const char *bq_format_grammar(void);
 
 /* Fake quantisation: in -> format -> float32. in and out may alias. */
-bq_status bq_qdq(const bq_format *fmt, const float *in, float *out,
+BQ_API bq_status bq_qdq(const bq_format *fmt, const float *in, float *out,
                  size_t rows, size_t cols, const bq_qopts *opts);
 
 /* Exact packed size in bytes for a [rows, cols] tensor (each row starts on a
  * byte boundary; a per-tensor scale, if any, comes first). */
-size_t bq_packed_size(const bq_format *fmt, size_t rows, size_t cols);
-bq_status bq_pack(const bq_format *fmt, const float *in, size_t rows, size_t cols,
+BQ_API size_t bq_packed_size(const bq_format *fmt, size_t rows, size_t cols);
+BQ_API bq_status bq_pack(const bq_format *fmt, const float *in, size_t rows, size_t cols,
                   const bq_qopts *opts, uint8_t *out, size_t out_size);
-bq_status bq_unpack(const bq_format *fmt, const uint8_t *in, size_t in_size,
+BQ_API bq_status bq_unpack(const bq_format *fmt, const uint8_t *in, size_t in_size,
                     size_t rows, size_t cols, float *out);
 
 /* Quantisation error of approx against ref. */
 typedef struct { double sqnr_db, max_abs_err, rmse; size_t n_nonfinite; } bq_error_stats;
-void bq_error_measure(const float *ref, const float *approx, size_t n, bq_error_stats *st);
+BQ_API void bq_error_measure(const float *ref, const float *approx, size_t n, bq_error_stats *st);
 
 /* ---- models and the engine --------------------------------------------- */
 
@@ -102,53 +118,53 @@ typedef struct bq_ctx bq_ctx;       /* a KV cache and scratch for one sequence *
 
 /* Load a Hugging Face model folder (config.json + safetensors, sharded or not),
  * a packed .bq file (docs/bq-file.md) or a GGUF v3 file. */
-bq_status bq_model_load(const char *path, bq_model **out);
+BQ_API bq_status bq_model_load(const char *path, bq_model **out);
 /* Write the model as .bq (weights packed where bq_model_pack packed them),
  * atomically: a temporary name, then rename. */
-bq_status bq_model_save(const bq_model *m, const char *path);
+BQ_API bq_status bq_model_save(const bq_model *m, const char *path);
 /* Write GGUF v3: packed weights whose format has an exact GGUF type (MXFP4,
  * Q8_0 = int8_b32_sfp16, Q4_0 = int4_b32_sfp16), float tensors as F32/BF16. */
-bq_status bq_model_save_gguf(const bq_model *m, const char *path);
-void bq_model_free(bq_model *m);
-int bq_model_vocab(const bq_model *m);
+BQ_API bq_status bq_model_save_gguf(const bq_model *m, const char *path);
+BQ_API void bq_model_free(bq_model *m);
+BQ_API int bq_model_vocab(const bq_model *m);
 /* BQ_ERR_NONFINITE naming the first weight that holds NaN/Inf (checked at load). */
-bq_status bq_model_check_finite(const bq_model *m);
+BQ_API bq_status bq_model_check_finite(const bq_model *m);
 /* Logits [n, vocab] for ids[0..n) from an empty cache. */
-bq_status bq_model_logits(const bq_model *m, const int32_t *ids, int n, float *logits);
+BQ_API bq_status bq_model_logits(const bq_model *m, const int32_t *ids, int n, float *logits);
 
-bq_status bq_ctx_new(const bq_model *m, int max_tokens, bq_ctx **out);
-void bq_ctx_free(bq_ctx *c);
-void bq_ctx_reset(bq_ctx *c);
-int bq_ctx_pos(const bq_ctx *c);
+BQ_API bq_status bq_ctx_new(const bq_model *m, int max_tokens, bq_ctx **out);
+BQ_API void bq_ctx_free(bq_ctx *c);
+BQ_API void bq_ctx_reset(bq_ctx *c);
+BQ_API int bq_ctx_pos(const bq_ctx *c);
 /* Append n tokens; logits gets [n, vocab] rows if all, else the last row only. */
-bq_status bq_forward(bq_ctx *c, const int32_t *ids, int n, float *logits, int all);
+BQ_API bq_status bq_forward(bq_ctx *c, const int32_t *ids, int n, float *logits, int all);
 /* Check activations for NaN/Inf after every layer (default on): bq_forward then
  * fails with BQ_ERR_NONFINITE naming the layer and the tensor. */
-void bq_ctx_set_check(bq_ctx *c, int on);
+BQ_API void bq_ctx_set_check(bq_ctx *c, int on);
 /* Threads for the matrix kernels (0 = all cores). */
-void bq_set_threads(int n);
+BQ_API void bq_set_threads(int n);
 
 /* ---- quantised inference ---------------------------------------------- */
 
 /* Which format each role of each layer takes: rules by glob pattern over the
  * uniform layer names (docs/quantisation.md); later rules win. */
 typedef struct bq_qconfig bq_qconfig;
-bq_status bq_qconfig_new(bq_qconfig **out);
-void bq_qconfig_free(bq_qconfig *q);
+BQ_API bq_status bq_qconfig_new(bq_qconfig **out);
+BQ_API void bq_qconfig_free(bq_qconfig *q);
 /* role: "wq" (block linear weights), "aq" (their inputs), "attn" (Q.K^T and P.V
  * operands), "kv" (stored K/V), "head" (LM head weight and input), "emb" (embedding). */
-bq_status bq_qconfig_set(bq_qconfig *q, const char *role, const char *format);
-void bq_qconfig_set_round(bq_qconfig *q, bq_round r, uint64_t seed);
+BQ_API bq_status bq_qconfig_set(bq_qconfig *q, const char *role, const char *format);
+BQ_API void bq_qconfig_set_round(bq_qconfig *q, bq_round r, uint64_t seed);
 /* One rule: tensors matching the glob get weight format w and/or input format a (NULL or "": unchanged). */
-bq_status bq_qconfig_add_rule(bq_qconfig *q, const char *pattern, const char *w, const char *a);
+BQ_API bq_status bq_qconfig_add_rule(bq_qconfig *q, const char *pattern, const char *w, const char *a);
 /* Add the rules of a TOML file (after those already set). */
-bq_status bq_qconfig_load(bq_qconfig *q, const char *toml_path);
+BQ_API bq_status bq_qconfig_load(bq_qconfig *q, const char *toml_path);
 /* Fake-quantise the model's weights in place and arm activation quantisers.
  * strict: a pattern that matches no tensor is an error, not a warning. */
-bq_status bq_model_quantize(bq_model *m, const bq_qconfig *q, int strict);
+BQ_API bq_status bq_model_quantize(bq_model *m, const bq_qconfig *q, int strict);
 /* The same, with weights stored packed (true size in memory; matmuls compute on the
  * packed codes). Activation, attention and KV formats act as in bq_model_quantize. */
-bq_status bq_model_pack(bq_model *m, const bq_qconfig *q, int strict);
+BQ_API bq_status bq_model_pack(bq_model *m, const bq_qconfig *q, int strict);
 
 /* ---- hardware cost model (docs/cost-model.md) ---------------------------- */
 
@@ -159,16 +175,16 @@ typedef struct {
     double arith_density;       /* fp32_mac_area / mac_area */
     double mem_density;         /* 32 / w_bits */
 } bq_cost;
-bq_status bq_cost_pair(const bq_format *w, const bq_format *a, bq_cost *out);
+BQ_API bq_status bq_cost_pair(const bq_format *w, const bq_format *a, bq_cost *out);
 
 /* The model's quantisable units: the linear layers inside the blocks, in order. */
-int bq_model_n_linears(const bq_model *m);
-const char *bq_model_linear_name(const bq_model *m, int i);
-size_t bq_model_linear_params(const bq_model *m, int i);
+BQ_API int bq_model_n_linears(const bq_model *m);
+BQ_API const char *bq_model_linear_name(const bq_model *m, int i);
+BQ_API size_t bq_model_linear_params(const bq_model *m, int i);
 /* Parameters outside the block linears (embedding, LM head if untied, norms),
  * and K/V cache elements per token of context. */
-size_t bq_model_other_params(const bq_model *m);
-size_t bq_model_kv_per_token(const bq_model *m);
+BQ_API size_t bq_model_other_params(const bq_model *m);
+BQ_API size_t bq_model_kv_per_token(const bq_model *m);
 
 /* What the weights take: packed tensors at their stored size, float tensors as
  * float32 in memory. weight_bits_ideal = sum of params x the formats' bits per
@@ -178,27 +194,27 @@ typedef struct {
     double packed_bits_ideal;
     int packed_tensors, float_tensors;
 } bq_model_mem;
-bq_status bq_model_memory(const bq_model *m, bq_model_mem *out);
+BQ_API bq_status bq_model_memory(const bq_model *m, bq_model_mem *out);
 
 /* Multiple-choice knapsack: for n units and nf formats pick choose[i] minimising
  * sum sens[i*nf + choose[i]] with sum params[i]*bits[choose[i]] <= budget * sum params.
  * Exact on costs rounded up to `grid` buckets (the result never exceeds the budget). */
-bq_status bq_knapsack(int n, int nf, const double *sens, const size_t *params, const double *bits, double budget,
+BQ_API bq_status bq_knapsack(int n, int nf, const double *sens, const size_t *params, const double *bits, double budget,
                       int grid, int *choose, double *total_sens);
 /* Indices of the non-dominated points (lower loss, fewer bits, higher density); returns the count. */
-int bq_pareto(int n, const double *loss, const double *bits, const double *density, int *front);
+BQ_API int bq_pareto(int n, const double *loss, const double *bits, const double *density, int *front);
 
 /* ---- tokenizer ------------------------------------------------------------ */
 
 typedef struct bq_tokenizer bq_tokenizer;
-bq_status bq_tokenizer_load(const char *tokenizer_json_path, bq_tokenizer **out);
+BQ_API bq_status bq_tokenizer_load(const char *tokenizer_json_path, bq_tokenizer **out);
 /* The tokenizer that came with the model (folder, .bq or GGUF). */
-bq_status bq_tokenizer_from_model(const bq_model *m, bq_tokenizer **out);
-void bq_tokenizer_free(bq_tokenizer *t);
+BQ_API bq_status bq_tokenizer_from_model(const bq_model *m, bq_tokenizer **out);
+BQ_API void bq_tokenizer_free(bq_tokenizer *t);
 /* Encode UTF-8 text; *ids is malloc'd. Fails with BQ_ERR_PARSE on invalid UTF-8. */
-bq_status bq_tokenize(const bq_tokenizer *t, const char *text, size_t len, int32_t **ids, size_t *n);
+BQ_API bq_status bq_tokenize(const bq_tokenizer *t, const char *text, size_t len, int32_t **ids, size_t *n);
 /* Decode ids to UTF-8 bytes; *text is malloc'd and NUL-terminated. */
-bq_status bq_detokenize(const bq_tokenizer *t, const int32_t *ids, size_t n, char **text, size_t *len);
+BQ_API bq_status bq_detokenize(const bq_tokenizer *t, const int32_t *ids, size_t n, char **text, size_t *len);
 
 /* ---- evaluation ----------------------------------------------------------- */
 
@@ -217,12 +233,35 @@ typedef struct {
  * ppl_second_half come from the same passes (second-half needs an even ctx). */
 typedef struct { double ppl, nll, seconds, ppl_all, ppl_second_half; size_t windows, tokens_scored; } bq_ppl_result;
 
-bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const bq_ppl_opts *o, bq_ppl_result *r);
+BQ_API bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const bq_ppl_opts *o, bq_ppl_result *r);
+
+/* ---- generation ----------------------------------------------------------- */
+
+typedef struct {
+    size_t size;          /* sizeof(bq_gen_opts): fields may be added at the end */
+    int n_new;            /* tokens to generate */
+    double temperature;   /* 0: greedy */
+    double top_p;         /* (0, 1]: the smallest set of tokens holding this mass */
+    uint64_t seed;        /* sampling: the same seed, the same tokens */
+    int allow_nonfinite;  /* go on past NaN/Inf activations */
+    void (*on_token)(void *arg, int32_t id);  /* called as each token is chosen (may be NULL) */
+    void *arg;
+} bq_gen_opts;
+typedef struct { double prompt_seconds, gen_seconds; size_t prompt_tokens, gen_tokens; } bq_gen_result;
+
+/* Continue prompt[0..n) by o->n_new tokens into out[0..n_new). r (may be NULL) gets
+ * the time of the prompt's forward pass and of the new tokens. */
+BQ_API bq_status bq_generate(const bq_model *m, const int32_t *prompt, size_t n, const bq_gen_opts *o, int32_t *out,
+                             bq_gen_result *r);
+/* The sampler bq_generate uses: greedy at temperature <= 0, else top-p; *rng
+ * advances (start it with bq_sampler_seed). */
+BQ_API int32_t bq_sample(const float *logits, int vocab, double temperature, double top_p, uint64_t *rng);
+BQ_API uint64_t bq_sampler_seed(uint64_t seed);
 
 /* Which SIMD path the format kernels use: "avx512", "avx2" or "scalar".
  * bq_set_isa forces one (for tests); returns BQ_ERR_UNSUPPORTED if the CPU lacks it. */
-const char *bq_isa(void);
-bq_status bq_set_isa(const char *isa);
+BQ_API const char *bq_isa(void);
+BQ_API bq_status bq_set_isa(const char *isa);
 
 #ifdef __cplusplus
 }

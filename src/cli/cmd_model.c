@@ -2,6 +2,7 @@
 #include "cli.h"
 #include <math.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -236,33 +237,21 @@ done:
     return rc;
 }
 
-/* Next token: greedy at temperature 0, else top-p sampling with a seeded RNG. */
-static int pick(const float *logits, int V, double temp, double top_p, uint64_t *rng)
+static double now_s(void)
 {
-    int best = 0;
-    for (int j = 1; j < V; j++) best = logits[j] > logits[best] ? j : best;
-    if (temp <= 0) return best;
-    double *p = malloc((size_t)V * sizeof *p), sum = 0;
-    int *idx = malloc((size_t)V * sizeof *idx);
-    if (!p || !idx) { free(p); free(idx); return best; }
-    for (int j = 0; j < V; j++) { p[j] = exp((logits[j] - logits[best]) / temp); sum += p[j]; idx[j] = j; }
-    /* sort indices by probability (descending), keep the smallest prefix with mass >= top_p */
-    for (int i = 1; i < V; i++) {
-        int k = idx[i], j = i - 1;
-        while (j >= 0 && p[idx[j]] < p[k]) { idx[j + 1] = idx[j]; j--; }
-        idx[j + 1] = k;
-        if (i > 2048) break;  /* the tail beyond the top 2048 never matters at sane top_p */
-    }
-    double keep = 0;
-    int cut = 0;
-    while (cut < V && keep < top_p * sum) keep += p[idx[cut++]];
-    *rng ^= *rng << 13; *rng ^= *rng >> 7; *rng ^= *rng << 17;
-    double u = (double)(*rng >> 11) * 0x1p-53 * keep, acc = 0;
-    int choice = idx[0];
-    for (int i = 0; i < cut; i++) { acc += p[idx[i]]; if (u < acc) { choice = idx[i]; break; } }
-    free(p);
-    free(idx);
-    return choice;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Each new token's text as soon as it is chosen. */
+typedef struct { const bq_tokenizer *t; } printer;
+static void print_token(void *arg, int32_t id)
+{
+    const printer *p = arg;
+    char *piece;
+    size_t pl;
+    if (!bq_detokenize(p->t, &id, 1, &piece, &pl)) { fwrite(piece, 1, pl, stdout); free(piece); fflush(stdout); }
 }
 
 int cmd_generate(int argc, char **argv)
@@ -273,49 +262,38 @@ int cmd_generate(int argc, char **argv)
     if (!a.prompt) return cli_error("generate", "usage: blockq generate --model DIR --prompt STR [-n N] [--temperature T] [--top-p P] [--seed S] [--json]");
     bq_model *m = NULL;
     bq_tokenizer *t = NULL;
-    bq_ctx *c = NULL;
-    int32_t *ids = NULL;
-    float *lg = NULL;
+    int32_t *ids = NULL, *out = NULL;
     size_t n = 0;
     bq_status st;
+    double t0 = now_s(), load_s = 0;
     if ((rc = load_model("generate", &a, &m)) || (rc = load_tokenizer("generate", a.model, m, &t))) goto done;
+    load_s = now_s() - t0;
     if ((st = bq_tokenize(t, a.prompt, strlen(a.prompt), &ids, &n))) { rc = cli_status("generate", st); goto done; }
     if (n == 0) { rc = cli_error("generate", "the prompt encodes to no tokens"); goto done; }
-    int V = bq_model_vocab(m);
-    lg = malloc((size_t)V * sizeof *lg);
-    int32_t *all = realloc(ids, (n + (size_t)a.n + 1) * sizeof *ids);
-    if (!lg || !all) { rc = cli_error("generate", "out of memory"); goto done; }
-    ids = all;
-    if (!(st = bq_ctx_new(m, (int)(n + (size_t)a.n), &c))) bq_ctx_set_check(c, !a.allow_nonfinite);
-    if (st || (st = bq_forward(c, ids, (int)n, lg, 0))) {
-        rc = cli_status("generate", st);
-        goto done;
-    }
-    uint64_t rng = a.seed * 0x9e3779b97f4a7c15ull + 1;
+    if (!(out = malloc(((size_t)a.n + 1) * sizeof *out))) { rc = cli_error("generate", "out of memory"); goto done; }
+    printer pr = {t};
+    bq_gen_opts o = {.size = sizeof o, .n_new = a.n, .temperature = a.temp, .top_p = a.top_p, .seed = a.seed,
+                     .allow_nonfinite = a.allow_nonfinite, .on_token = a.json ? NULL : print_token, .arg = &pr};
+    bq_gen_result r;
     if (!a.json) fputs(a.prompt, stdout);
-    for (int i = 0; i < a.n; i++) {
-        int32_t next = pick(lg, V, a.temp, a.top_p, &rng);
-        ids[n + (size_t)i] = next;
-        if (!a.json) {
-            char *piece;
-            size_t pl;
-            if (!bq_detokenize(t, &next, 1, &piece, &pl)) { fwrite(piece, 1, pl, stdout); free(piece); fflush(stdout); }
-        }
-        if (i + 1 < a.n && (st = bq_forward(c, &next, 1, lg, 0))) { rc = cli_status("generate", st); goto done; }
-    }
+    if ((st = bq_generate(m, ids, n, &o, out, &r))) { rc = cli_status("generate", st); goto done; }
+    double pps = r.prompt_seconds > 0 ? r.prompt_tokens / r.prompt_seconds : 0, gps = r.gen_seconds > 0 ? r.gen_tokens / r.gen_seconds : 0;
     if (a.json) {
         printf("{\"prompt_ids\": ");
         for (size_t i = 0; i < n; i++) printf("%s%d", i ? ", " : "[", ids[i]);
         printf("], \"ids\": ");
-        for (int i = 0; i < a.n; i++) printf("%s%d", i ? ", " : "[", ids[n + (size_t)i]);
-        printf("%s}\n", a.n ? "]" : "[]");
+        for (int i = 0; i < a.n; i++) printf("%s%d", i ? ", " : "[", out[i]);
+        printf("%s, \"load_seconds\": %.3f, \"prompt_tokens\": %zu, \"prompt_seconds\": %.4f, \"prompt_tokens_per_second\": %.1f, "
+               "\"gen_tokens\": %zu, \"gen_seconds\": %.4f, \"gen_tokens_per_second\": %.1f}\n",
+               a.n ? "]" : "[]", load_s, r.prompt_tokens, r.prompt_seconds, pps, r.gen_tokens, r.gen_seconds, gps);
     } else {
         putchar('\n');
     }
+    fprintf(stderr, "load %.2f s; prompt %zu tokens in %.3f s (%.1f tokens/s); generated %zu tokens in %.3f s (%.1f tokens/s)\n",
+            load_s, r.prompt_tokens, r.prompt_seconds, pps, r.gen_tokens, r.gen_seconds, gps);
 done:
-    free(lg);
     free(ids);
-    bq_ctx_free(c);
+    free(out);
     bq_tokenizer_free(t);
     bq_model_free(m);
     return rc;

@@ -1,4 +1,5 @@
-/* Per-thread last-error message: every fallible call sets it through bq_fail. */
+/* Per-thread last-error message: every fallible call sets it through bq_fail;
+ * and the version. */
 #include "core.h"
 #include <stdarg.h>
 #include <stdio.h>
@@ -26,3 +27,12 @@ const char *bq_status_name(bq_status s)
                                   "parse error", "out of memory", "non-finite value", "unsupported"};
     return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "unknown";
 }
+
+const char *bq_version(void)
+{
+#define BQ_STR2(x) #x
+#define BQ_STR(x) BQ_STR2(x)
+    return BQ_STR(BQ_VERSION_MAJOR) "." BQ_STR(BQ_VERSION_MINOR) "." BQ_STR(BQ_VERSION_PATCH);
+}
+
+int bq_version_number(void) { return BQ_VERSION_MAJOR * 10000 + BQ_VERSION_MINOR * 100 + BQ_VERSION_PATCH; }

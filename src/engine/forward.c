@@ -11,10 +11,22 @@
 #include "pmat.h"
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 static int g_threads;  /* worker threads for matmuls and attention (0 = all cores) */
+
+/* OpenBLAS runs single-threaded inside our workers: threads come from mm_range's
+ * split, so the sums' order (and the bits) never depend on OpenBLAS's own pool.
+ * Done once per process, before any product, for every embedder of the library. */
+static void blas_single_thread(void)
+{
+    extern void openblas_set_num_threads(int);
+    openblas_set_num_threads(1);
+}
+static pthread_once_t g_blas_once = PTHREAD_ONCE_INIT;
+
 
 struct bq_ctx {
     const bq_model *m;
@@ -64,6 +76,7 @@ static bq_status ensure_scratch(bq_ctx *c, int n)
 bq_status bq_ctx_new(const bq_model *m, int max_tokens, bq_ctx **out)
 {
     *out = NULL;
+    pthread_once(&g_blas_once, blas_single_thread);
     if (max_tokens < 1) return bq_fail(BQ_ERR_ARG, "context must hold at least one token");
     int lim = m->c.rope ? (1 << 24) : m->c.max_pos;
     if (max_tokens > lim)
@@ -393,7 +406,6 @@ int bq_model_vocab(const bq_model *m) { return m->c.vocab; }
 
 void bq_set_threads(int n)
 {
-    extern void openblas_set_num_threads(int);
-    openblas_set_num_threads(1);  /* threads come from mm_range's split instead */
+    pthread_once(&g_blas_once, blas_single_thread);
     g_threads = n;
 }
