@@ -107,6 +107,15 @@ BQ_API bq_status bq_pack(const bq_format *fmt, const float *in, size_t rows, siz
 BQ_API bq_status bq_unpack(const bq_format *fmt, const uint8_t *in, size_t in_size,
                     size_t rows, size_t cols, float *out);
 
+/* Fake quantisation of CUDA device memory (d_in, d_out on the current device; they
+ * may alias): the same bits as bq_qdq, returning once the result is written.
+ * BQ_ERR_UNSUPPORTED where the build has no CUDA or there is no device. */
+BQ_API bq_status bq_qdq_device(const bq_format *fmt, const float *d_in, float *d_out, size_t rows, size_t cols,
+                               const bq_qopts *opts);
+/* Usable CUDA devices (0 without CUDA built in, a driver or a GPU; `why`, may be
+ * NULL, then gets the reason). */
+BQ_API int bq_device_count(char *why, size_t why_len);
+
 /* Quantisation error of approx against ref. */
 typedef struct { double sqnr_db, max_abs_err, rmse; size_t n_nonfinite; } bq_error_stats;
 BQ_API void bq_error_measure(const float *ref, const float *approx, size_t n, bq_error_stats *st);

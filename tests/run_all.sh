@@ -27,7 +27,7 @@ run_shell tests/cli_test.sh "$BUILD/blockq"
 if [ -n "$BQ_SAN_TIER" ]; then
     echo "SKIP: sanitizer tier: libblockq.so and the Python package are tested in the optimised tier"
 elif /usr/bin/python3 -c 'import numpy, pytest' 2>/dev/null; then
-    out=$(BUILD=$BUILD BLOCKQ_LIB=$BUILD/libblockq.so /usr/bin/python3 -m pytest -q -p no:cacheprovider python/tests 2>&1); rc=$?
+    out=$(BUILD=$BUILD BLOCKQ_LIB=$BUILD/libblockq.so /usr/bin/python3 -m pytest -q -rs -p no:cacheprovider python/tests 2>&1); rc=$?
     printf '%s\n' "$out" | grep -E 'FAIL|SKIP|passed|failed|Error' | tail -20
     p=$(printf '%s\n' "$out" | tail -1 | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+'); f=$(printf '%s\n' "$out" | tail -1 | grep -oE '[0-9]+ (failed|error)' | grep -oE '[0-9]+' | head -1)
     [ -n "$p$f" ] || { echo "python: pytest printed no summary (exit $rc)"; f=1; }

@@ -16,7 +16,7 @@ import numpy as np
 from . import _lib
 from ._lib import lib
 
-__all__ = ["Error", "ConversionWarning", "version", "formats", "qdq", "pack", "unpack", "packed_size", "Model"]
+__all__ = ["Error", "ConversionWarning", "version", "formats", "qdq", "pack", "unpack", "packed_size", "cuda_available", "Model"]
 
 ROUNDING = {"rne": 0, "away": 1, "zero": 2, "stochastic": 3}
 
@@ -104,7 +104,7 @@ def _as_rows(x, axis: int):
         if x.requires_grad:
             x = x.detach()
         if device.type != "cpu":
-            warnings.warn(f"blockq: a {device.type} tensor is copied to the CPU and back (no device path from Python yet)",
+            warnings.warn(f"blockq: a {device.type} tensor is copied to the CPU and back (libblockq.so has no CUDA device)",
                           ConversionWarning, stacklevel=3)
             x = x.cpu()
         arr = x.numpy()
@@ -139,6 +139,28 @@ def _qopts(round: str, seed: Optional[int]) -> _lib.QOpts:
     return _lib.QOpts(ROUNDING[round], 0 if seed is None else int(seed), 0)
 
 
+def cuda_available() -> bool:
+    """Whether libblockq.so was built with CUDA and sees a device."""
+    return lib.bq_device_count(None, 0) > 0
+
+
+def _qdq_cuda(x, fmt, axis, round, seed):
+    """A CUDA tensor quantised on its device by the CUDA backend: no host copy."""
+    torch = _torch()
+    moved = torch.movedim(x.detach(), axis, -1).contiguous()
+    if moved.dtype != torch.float32:
+        warnings.warn(f"blockq: {moved.dtype} input converted to float32", ConversionWarning, stacklevel=3)
+        moved = moved.float()
+    out = torch.empty_like(moved)
+    cols = moved.shape[-1]
+    with torch.cuda.device(moved.device):
+        torch.cuda.synchronize()  # the backend runs on CUDA's default stream
+        o = _qopts(round, seed)
+        _check(lib.bq_qdq_device(_fmt(fmt).ptr, moved.data_ptr(), out.data_ptr(), moved.numel() // max(cols, 1), cols,
+                                 ctypes.byref(o)))
+    return torch.movedim(out, -1, axis)
+
+
 def qdq(x, fmt: str, axis: int = -1, round: str = "rne", seed: Optional[int] = None, out: Optional[np.ndarray] = None):
     """Fake-quantise x to the format `fmt` (quantise, then dequantise to float32),
     blocks running along `axis`. Returns the same type as x (numpy array or torch
@@ -150,6 +172,9 @@ def qdq(x, fmt: str, axis: int = -1, round: str = "rne", seed: Optional[int] = N
         if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.flags.c_contiguous
                 and isinstance(x, np.ndarray) and x.shape == out.shape and axis % max(x.ndim, 1) == x.ndim - 1):
             raise ValueError("blockq: out must be a C-contiguous float32 array of x's shape, with axis=-1 numpy input")
+    torch = _torch()
+    if out is None and torch is not None and isinstance(x, torch.Tensor) and x.is_cuda and cuda_available():
+        return _qdq_cuda(x, fmt, axis % max(x.dim(), 1), round, seed)
     rows2d, shape, ax, is_torch, dev = _as_rows(x, axis)
     res = out.reshape(rows2d.shape) if out is not None else np.empty_like(rows2d)
     o = _qopts(round, seed)

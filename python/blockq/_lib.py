@@ -111,6 +111,9 @@ _SIGS = {
     "bq_generate": (ctypes.c_int, [ctypes.c_void_p, c_int32_p, ctypes.c_size_t, ctypes.POINTER(GenOpts), c_int32_p,
                                    ctypes.POINTER(GenResult)]),
     "bq_set_threads": (None, [ctypes.c_int]),
+    "bq_qdq_device": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
+                                     ctypes.POINTER(QOpts)]),
+    "bq_device_count": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_size_t]),
 }
 for _name, (_res, _args) in _SIGS.items():
     _f = getattr(lib, _name)

@@ -154,3 +154,12 @@ def test_quantize_save_reload(tmp_path):
     assert same_bits(m.logits(ids), back.logits(ids))
     with pytest.raises(blockq.Error):
         blockq.Model(str(tmp_path / "missing"))
+
+
+def test_cuda_tensor_on_device():
+    torch = pytest.importorskip("torch")
+    if not (torch.cuda.is_available() and blockq.cuda_available()):
+        pytest.skip("no CUDA device for torch and libblockq.so: the device path is not exercised")
+    x = torch.randn(16, 96, device="cuda")
+    y = blockq.qdq(x, "mxfp4", axis=0)
+    assert y.is_cuda and same_bits(y.cpu().numpy(), blockq.qdq(x.cpu().numpy(), "mxfp4", axis=0))

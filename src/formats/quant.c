@@ -1,5 +1,6 @@
 /* Fake quantisation driver: tensor-wide statistics, ISA choice, threads. */
 #include "qkern.h"
+#include "bq_cuda.h"
 #include <stdlib.h>
 
 #define ISA_FNS(isa)                                                                             \
@@ -215,4 +216,14 @@ void bq_error_measure(const float *ref, const float *q, size_t n, bq_error_stats
     st->max_abs_err = mx;
     st->rmse = n > bad ? sqrt(err / (double)(n - bad)) : 0.0;
     st->sqnr_db = err > 0 ? 10.0 * log10(sig / err) : INFINITY;
+}
+
+/* ---- device memory (the CUDA backend; BQ_ERR_UNSUPPORTED without it) ---- */
+
+int bq_device_count(char *why, size_t why_len) { return bq_cuda_devices(why, why_len); }
+
+bq_status bq_qdq_device(const bq_format *fmt, const float *d_in, float *d_out, size_t rows, size_t cols, const bq_qopts *opts)
+{
+    bq_status st = bq_cuda_qdq(fmt, d_in, d_out, rows, cols, opts);
+    return st ? st : bq_cuda_sync();
 }
