@@ -128,6 +128,17 @@ typedef struct bq_ctx bq_ctx;       /* a KV cache and scratch for one sequence *
 /* Load a Hugging Face model folder (config.json + safetensors, sharded or not),
  * a packed .bq file (docs/bq-file.md) or a GGUF v3 file. */
 BQ_API bq_status bq_model_load(const char *path, bq_model **out);
+/* How a checkpoint's bf16/fp16 matrices are held on the CPU: widened to float32
+ * (fastest products), or kept in their 16 bits as packed weights (resident memory
+ * about the file's size; products widen a panel at a time). AUTO keeps them when
+ * float32 would take more than half of physical memory. Quantising held weights
+ * decodes them first (exactly). */
+typedef enum { BQ_HOLD_AUTO = 0, BQ_HOLD_F32, BQ_HOLD_NATIVE } bq_hold;
+typedef struct {
+    size_t size;   /* sizeof(bq_load_opts): fields may be added at the end */
+    bq_hold hold;
+} bq_load_opts;
+BQ_API bq_status bq_model_load_ex(const char *path, const bq_load_opts *o, bq_model **out);
 /* Write the model as .bq (weights packed where bq_model_pack packed them),
  * atomically: a temporary name, then rename. */
 BQ_API bq_status bq_model_save(const bq_model *m, const char *path);
@@ -204,6 +215,9 @@ typedef struct {
     int packed_tensors, float_tensors;
 } bq_model_mem;
 BQ_API bq_status bq_model_memory(const bq_model *m, bq_model_mem *out);
+/* The same without loading the weights: for a Hugging Face folder, from config.json
+ * and the safetensors headers alone (what bq_model_load_ex with o would hold). */
+BQ_API bq_status bq_model_inspect(const char *path, const bq_load_opts *o, bq_model_mem *out);
 
 /* Multiple-choice knapsack: for n units and nf formats pick choose[i] minimising
  * sum sens[i*nf + choose[i]] with sum params[i]*bits[choose[i]] <= budget * sum params.

@@ -13,6 +13,7 @@ typedef struct {
     const char *model, *ids, *out, *text, *prompt, *text_file, *protocol, *config, *device;
     const char *role[6];  /* wq aq attn kv head emb */
     int threads, json, n, ctx, chunks, strict, allow_nonfinite, round_set, packed;
+    bq_hold hold;
     double temp, top_p;
     uint64_t seed;
     bq_round round;
@@ -57,6 +58,12 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
         else if (OPT("--temperature")) { char *e; a->temp = strtod(v, &e); if (*e || !(a->temp >= 0) || a->temp > 100) rc = cli_error(cmd, "bad --temperature '%s'", v); }
         else if (OPT("--top-p")) { char *e; a->top_p = strtod(v, &e); if (*e || !(a->top_p > 0) || a->top_p > 1) rc = cli_error(cmd, "bad --top-p '%s': expected (0, 1]", v); }
         else if (OPT("--config")) a->config = v;
+        else if (OPT("--hold")) {
+            if (!strcmp(v, "auto")) a->hold = BQ_HOLD_AUTO;
+            else if (!strcmp(v, "f32")) a->hold = BQ_HOLD_F32;
+            else if (!strcmp(v, "native")) a->hold = BQ_HOLD_NATIVE;
+            else rc = cli_error(cmd, "bad --hold '%s': expected auto, f32 or native", v);
+        }
         else if (OPT("--round")) { a->round_set = 1; if (!parse_round(v, &a->round)) rc = cli_error(cmd, "bad --round '%s': expected rne, away, zero or stochastic", v); }
         else if (!strcmp(s, "--strict")) a->strict = 1;
         else if (!strcmp(s, "--packed")) a->packed = 1;
@@ -79,7 +86,8 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
 /* Load the model and apply the quantisation the options ask for. */
 static int load_model(const char *cmd, const model_args *a, bq_model **m)
 {
-    bq_status st = bq_model_load(a->model, m);
+    bq_load_opts lo = {sizeof lo, a->hold};
+    bq_status st = bq_model_load_ex(a->model, &lo, m);
     if (!st && !a->allow_nonfinite) st = bq_model_check_finite(*m);
     if (st) {
         bq_model_free(*m);
@@ -329,16 +337,23 @@ int cmd_info(int argc, char **argv)
     model_args a;
     int rc = parse_model_args("info", argc, argv, &a);
     if (rc) return rc;
-    bq_model *m;
-    if ((rc = load_model("info", &a, &m))) return rc;
+    bq_model *m = NULL;
     bq_model_mem mm;
-    bq_status st = bq_model_memory(m, &mm);
-    if (st) { bq_model_free(m); return cli_status("info", st); }
+    bq_status st;
+    int any = a.config != NULL;
+    for (int r = 0; r < 6; r++) any |= a.role[r] != NULL;
+    if (!any) {  /* headers only: no weight is read */
+        bq_load_opts lo = {sizeof lo, a.hold};
+        if ((st = bq_model_inspect(a.model, &lo, &mm))) return cli_status("info", st);
+    } else {
+        if ((rc = load_model("info", &a, &m))) return rc;
+        if ((st = bq_model_memory(m, &mm))) { bq_model_free(m); return cli_status("info", st); }
+    }
     double bpw = mm.packed_params ? 8.0 * (double)mm.packed_bytes / (double)mm.packed_params : 0;
     long pages = 0;  /* resident set now, after loading (file mappings are closed by then) */
     FILE *sf = fopen("/proc/self/statm", "r");
     if (sf) { if (fscanf(sf, "%*s %ld", &pages) != 1) pages = 0; fclose(sf); }
-    double rss = (double)pages * (double)sysconf(_SC_PAGESIZE);
+    double rss = m ? (double)pages * (double)sysconf(_SC_PAGESIZE) : (double)(mm.packed_bytes + mm.float_bytes);
     double ideal = mm.packed_params ? mm.packed_bits_ideal / (double)mm.packed_params : 0;
     if (a.json)
         printf("{\"packed_tensors\": %d, \"packed_params\": %zu, \"packed_bytes\": %zu, \"bits_per_weight\": %.4f, "
@@ -349,9 +364,9 @@ int cmd_info(int argc, char **argv)
     else
         printf("packed: %d tensors, %zu weights, %.2f MB in memory, %.3f bits/weight (formats' own: %.3f)\n"
                "float:  %d tensors, %zu values, %.2f MB as float32\n"
-               "resident set after loading: %.2f MB\n",
+               "resident set after loading: %.2f MB%s\n",
                mm.packed_tensors, mm.packed_params, mm.packed_bytes / 1e6, bpw, ideal, mm.float_tensors, mm.float_params,
-               mm.float_bytes / 1e6, rss / 1e6);
+               mm.float_bytes / 1e6, rss / 1e6, m ? "" : " (the weights' bytes, from the headers; nothing loaded)");
     bq_model_free(m);
     return 0;
 }

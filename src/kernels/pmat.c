@@ -99,9 +99,22 @@ static void scale_tables(pmat *m, float tscale)
     }
 }
 
+/* A bf16/fp16 matrix (a checkpoint held as stored): rows widened with integer
+ * shifts (bf16) or the exact half conversion (fp16); vectorises. */
+static void float16_decode(const pmat *m, int r0, int r1, float *out)
+{
+    size_t n = (size_t)(r1 - r0) * (size_t)m->cols;
+    const uint16_t *h = (const uint16_t *)m->data + (size_t)r0 * (size_t)m->cols;
+    if (m->f->el.ebits == 8)
+        for (size_t i = 0; i < n; i++) { uint32_t u = (uint32_t)h[i] << 16; memcpy(&out[i], &u, 4); }
+    else
+        for (size_t i = 0; i < n; i++) out[i] = half_to_f32(h[i]);
+}
+
 static void stream_setup(pmat *m)
 {
     const bq_format *f = m->f;
+    if (pmat_is_float16(m)) { m->fast_stream = 2; return; }
     int blockish = f->sch == SCH_MX || f->sch == SCH_BFP || f->sch == SCH_BM || f->sch == SCH_SCALED || f->sch == SCH_NVFP4;
     if (!blockish || f->scale_bits != 8 || f->el.bits > 8 || ((size_t)f->block * f->el.bits) % 8) return;
     for (int c = 0; c < 1 << f->el.bits; c++) m->vlut[c] = pack_elem_value(f, (uint32_t)c);
@@ -143,6 +156,11 @@ static size_t slot(const pmat *m, int r, int k, int *shift)
     int u = k / 8, i = k % 8;
     *shift = i < 4 ? 0 : 4;
     return (size_t)u * 64 + (size_t)r * 4 + (size_t)(i % 4);
+}
+
+int pmat_is_float16(const pmat *m)
+{
+    return m && m->f->sch == SCH_ELEM && m->f->el.kind == EK_MF && m->f->el.bits == 16;
 }
 
 void pmat_free(pmat *m)
@@ -282,7 +300,8 @@ bq_status pmat_to_packed(const pmat *m, uint8_t *out, size_t size)
 void pmat_decode(const pmat *m, int r0, int r1, float *out)
 {
     if (m->kind == PM_STREAM) {
-        if (m->fast_stream) stream_decode_fast(m, r0, r1, out);
+        if (m->fast_stream == 2) float16_decode(m, r0, r1, out);
+        else if (m->fast_stream) stream_decode_fast(m, r0, r1, out);
         else pack_decode_rows(m->f, m->data, (size_t)m->cols, (size_t)r0, (size_t)r1, out);
         return;
     }

@@ -49,6 +49,8 @@ bq_status pmat_new(const bq_format *f, int rows, int cols, const uint8_t *packed
 /* Quantise rows x cols of float32 into f and hold the result packed (bq_pack, then pmat_new). */
 bq_status pmat_pack(const bq_format *f, const float *x, int rows, int cols, const bq_qopts *o, pmat **out);
 void pmat_free(pmat *m);
+/* A 16-bit float matrix (bf16, fp16): a checkpoint held as stored, decoded exactly. */
+int pmat_is_float16(const pmat *m);
 size_t pmat_bytes(const pmat *m);                 /* memory held, all included */
 /* The bq_pack layout again (exactly the bytes pmat_new took). */
 bq_status pmat_to_packed(const pmat *m, uint8_t *out, size_t size);

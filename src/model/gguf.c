@@ -684,6 +684,20 @@ static bq_status gguf_tensor(const bq_model *m, slot *s, wtensor *t)
         const pmat *pm = *s->p;
         uint32_t ty = !strcmp(pm->f->name, "mxfp4") ? GG_MXFP4 : !strcmp(pm->f->name, "int8_b32_sfp16") ? GG_Q8_0
                     : !strcmp(pm->f->name, "int4_b32_sfp16") ? GG_Q4_0 : 0;
+        if (pmat_is_float16(pm)) {  /* a checkpoint held in its 16 bits: BF16/F16, the same codes */
+            ty = pm->f->el.ebits == 8 ? GG_BF16 : GG_F16;
+            size_t rb = cols * 2;
+            uint8_t *packed = malloc(rows * rb);
+            t->data = malloc(rows * rb);
+            if (!packed || !t->data) { free(packed); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
+            bq_status st = pmat_to_packed(pm, packed, rows * rb);
+            for (size_t r = 0; r < rows && !st; r++)
+                memcpy(t->data + (perm ? (size_t)permuted_row((int)r, hd) : r) * rb, packed + r * rb, rb);
+            free(packed);
+            t->type = ty;
+            t->size = rows * rb;
+            return st;
+        }
         if (!ty || cols % 32)
             return bq_fail(BQ_ERR_UNSUPPORTED, "%s is %s, which has no exact GGUF type (use mxfp4, int8_b32_sfp16 = Q8_0 or "
                            "int4_b32_sfp16 = Q4_0 with rows of whole blocks, or keep it float)", s->name, pm->f->name);

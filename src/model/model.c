@@ -8,11 +8,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include "slots.h"
 
-typedef struct { st_set st; bq_model *m; bq_status err; char names[4][160]; int next; } loader;
+/* hold: keep bf16/fp16 matrices in their own 16 bits (a packed format whose decode
+ * is exact) rather than widening them to float32 at load. */
+typedef struct { st_set st; bq_model *m; bq_status err; char names[4][160]; int next; int hold; } loader;
+
+/* The file's pages of a tensor already converted leave the resident set (they
+ * are read again from the file if ever touched), so loading never holds the
+ * mapped checkpoint and its converted copy at once. */
+static void release(const st_tensor *t)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t b = ((uintptr_t)t->data + (uintptr_t)pg - 1) & ~(uintptr_t)(pg - 1), e = ((uintptr_t)t->data + t->nbytes) & ~(uintptr_t)(pg - 1);
+    if (e > b) madvise((void *)b, e - b, MADV_DONTNEED);
+}
 
 /* A formatted tensor name from a ring of 4 buffers (so a call can use several). */
 static const char *tname(loader *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -42,7 +55,24 @@ static float *fetch(loader *L, const char *name, int64_t d0, int64_t d1)
     float *p = malloc(t->numel * sizeof *p);
     if (!p) { L->err = bq_fail(BQ_ERR_NOMEM, "out of memory loading '%s'", name); return NULL; }
     st_to_f32(t, p);
+    release(t);
     return p;
+}
+
+/* A matrix [d0, d1]: held in its 16 bits when the loader holds and the file has
+ * bf16/fp16, else as float32. */
+static void fetch_matrix(loader *L, const char *name, int64_t d0, int64_t d1, float **w, pmat **pw)
+{
+    const st_tensor *t = L->err ? NULL : st_find(&L->st, name);
+    if (!L->hold || !t || t->dt == DT_F32 || t->ndim != 2 || t->shape[0] != d0 || t->shape[1] != d1) {
+        *w = fetch(L, name, d0, d1);  /* also every error */
+        return;
+    }
+    bq_format *f;
+    if ((L->err = bq_format_parse(t->dt == DT_BF16 ? "bf16" : "fp16", &f))) return;
+    L->err = pmat_new(f, (int)d0, (int)d1, t->data, t->nbytes, pw);
+    bq_format_free(f);
+    release(t);
 }
 
 static void fetch_linear(loader *L, linear *l, const char *uname, const char *w, const char *b, int out, int in)
@@ -52,7 +82,7 @@ static void fetch_linear(loader *L, linear *l, const char *uname, const char *w,
     l->in = in;
     l->out = out;
     snprintf(l->name, sizeof l->name, "%s", uname);
-    l->w = fetch(L, w, out, in);
+    fetch_matrix(L, w, out, in, &l->w, &l->pw);
     l->b = b ? fetch(L, b, out, 0) : NULL;
 }
 
@@ -88,7 +118,7 @@ static void load_llama(loader *L)
     const bq_config *c = &m->c;
     char un[96];
     int qd = c->heads * c->head_dim, kvd = c->kv_heads * c->head_dim;
-    m->tok_emb = fetch(L, "model.embed_tokens.weight", c->vocab, c->hidden);
+    fetch_matrix(L, "model.embed_tokens.weight", c->vocab, c->hidden, &m->tok_emb, &m->emb_p);
     for (int i = 0; i < c->layers && !L->err; i++) {
         layer_w *l = &m->L[i];
         char pre[64];
@@ -253,7 +283,19 @@ bq_status bq_model_check_finite(const bq_model *m)
     return m->nonfinite[0] ? bq_fail(BQ_ERR_NONFINITE, "%s (use --allow-nonfinite to go on)", m->nonfinite) : BQ_OK;
 }
 
-static bq_status hf_load(const char *dir, bq_model **out)
+/* BQ_HOLD_AUTO: hold 16-bit matrices when widening them would take more than half
+ * of physical memory (a 7B checkpoint on a 24 GB machine), else float32 (fastest). */
+static int hold_policy(const st_set *s, bq_hold h)
+{
+    if (h != BQ_HOLD_AUTO) return h == BQ_HOLD_NATIVE;
+    double wide = 0;
+    for (size_t i = 0; i < s->n; i++)
+        if (s->t[i].dt != DT_F32 && s->t[i].ndim == 2) wide += 4.0 * (double)s->t[i].numel;
+    double phys = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    return phys > 0 && wide > 0.5 * phys;
+}
+
+static bq_status hf_load(const char *dir, bq_hold hold, bq_model **out)
 {
     *out = NULL;
     char path[4200];
@@ -278,6 +320,7 @@ static bq_status hf_load(const char *dir, bq_model **out)
     }
     loader L = {.m = m};
     if ((st = st_open_dir(&L.st, dir))) { bq_model_free(m); return st; }
+    L.hold = hold_policy(&L.st, hold);
     m->L = calloc((size_t)m->c.layers, sizeof *m->L);
     if (!m->L) L.err = bq_fail(BQ_ERR_NOMEM, "out of memory");
     else if (m->c.arch == ARCH_OPT) load_opt(&L);
@@ -288,8 +331,8 @@ static bq_status hf_load(const char *dir, bq_model **out)
         m->head.in = m->c.embed_dim;
         m->head.out = m->c.vocab;
         snprintf(m->head.name, sizeof m->head.name, "lm_head");
-        if (m->c.tied && !st_find(&L.st, "lm_head.weight")) m->head.w = m->tok_emb;
-        else m->head.w = fetch(&L, "lm_head.weight", m->c.vocab, m->c.embed_dim);
+        if (m->c.tied && !st_find(&L.st, "lm_head.weight")) { m->head.w = m->tok_emb; m->head.pw = m->emb_p; }
+        else fetch_matrix(&L, "lm_head.weight", m->c.vocab, m->c.embed_dim, &m->head.w, &m->head.pw);
     }
     st_close(&L.st);
     if (L.err) { bq_model_free(m); return L.err; }
@@ -301,10 +344,18 @@ static bq_status hf_load(const char *dir, bq_model **out)
 /* A model folder, a .bq file or a GGUF file, told apart by what is there. */
 bq_status bq_model_load(const char *path, bq_model **out)
 {
+    bq_load_opts o = {sizeof o, BQ_HOLD_AUTO};
+    return bq_model_load_ex(path, &o, out);
+}
+
+bq_status bq_model_load_ex(const char *path, const bq_load_opts *o, bq_model **out)
+{
     *out = NULL;
+    if (!o || o->size < sizeof *o || (unsigned)o->hold > BQ_HOLD_NATIVE)
+        return bq_fail(BQ_ERR_ARG, "model load: options without their size, or an unknown hold mode");
     struct stat sb;
     if (stat(path, &sb)) return bq_fail(BQ_ERR_IO, "cannot open '%s': no such model folder or file", path);
-    if (S_ISDIR(sb.st_mode)) return hf_load(path, out);
+    if (S_ISDIR(sb.st_mode)) return hf_load(path, o->hold, out);
     char magic[8] = {0};
     FILE *f = fopen(path, "rb");
     if (!f) return bq_fail(BQ_ERR_IO, "cannot open '%s'", path);
@@ -313,6 +364,48 @@ bq_status bq_model_load(const char *path, bq_model **out)
     if (n == 8 && !memcmp(magic, "BQMODEL", 8)) return model_file_load(path, bqfile_parse, out);
     if (n >= 4 && !memcmp(magic, "GGUF", 4)) return model_file_load(path, gguf_parse, out);
     return bq_fail(BQ_ERR_PARSE, "'%s' is not a model folder, a .bq file or a GGUF file (unknown magic)", path);
+}
+
+bq_status bq_model_inspect(const char *path, const bq_load_opts *o, bq_model_mem *out)
+{
+    memset(out, 0, sizeof *out);
+    struct stat sb;
+    if (!o || o->size < sizeof *o) return bq_fail(BQ_ERR_ARG, "model inspect: options without their size");
+    if (stat(path, &sb)) return bq_fail(BQ_ERR_IO, "cannot open '%s': no such model folder or file", path);
+    if (!S_ISDIR(sb.st_mode)) {  /* .bq and GGUF: their own headers hold no sizes apart from the data */
+        bq_model *m;
+        bq_status st = bq_model_load_ex(path, o, &m);
+        if (!st) st = bq_model_memory(m, out);
+        bq_model_free(m);
+        return st;
+    }
+    char cp[4200];
+    snprintf(cp, sizeof cp, "%s/config.json", path);
+    void *js;
+    size_t n;
+    bq_config c;
+    bq_status st = bq_read_file(cp, &js, &n);
+    if (!st) st = config_parse(js, n, cp, &c);
+    free(js);
+    st_set s = {0};
+    if (!st) st = st_open_dir(&s, path);  /* maps the shards; reads their headers only */
+    if (st) return st;
+    int hold = hold_policy(&s, o->hold);
+    for (size_t i = 0; i < s.n; i++) {
+        const st_tensor *t = &s.t[i];
+        if (hold && t->dt != DT_F32 && t->ndim == 2) {
+            out->packed_tensors++;
+            out->packed_params += t->numel;
+            out->packed_bytes += t->nbytes;
+            out->packed_bits_ideal += 16.0 * (double)t->numel;
+        } else {
+            out->float_tensors++;
+            out->float_params += t->numel;
+            out->float_bytes += t->numel * sizeof(float);
+        }
+    }
+    st_close(&s);
+    return BQ_OK;
 }
 
 bq_status bq_tokenizer_from_model(const bq_model *m, bq_tokenizer **out)

@@ -168,6 +168,15 @@ static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *f
     if (st) return st;
     bq_format_info in;
     bq_format_get_info(f, &in);
+    if (*pw && strcmp((*pw)->f->name, f->name) && pmat_is_float16(*pw)) {
+        /* a checkpoint held in bf16/fp16: widened exactly, then quantised as from float32 */
+        float *x = malloc((size_t)rows * cols * sizeof *x);
+        if (!x) { bq_format_free(f); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
+        pmat_decode(*pw, 0, rows, x);
+        pmat_free(*pw);
+        *pw = NULL;
+        *w = x;
+    }
     if (*pw) {
         if (strcmp((*pw)->f->name, f->name))
             st = bq_fail(BQ_ERR_ARG, "%s: weights are stored packed as %s; cannot requantise them to %s", name,
@@ -241,6 +250,16 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
     const char *hw, *ha, *ew, *ea;
     resolve(q, "lm_head", 0, &hw, &ha, hits);
     resolve(q, "embed_tokens", 0, &ew, &ea, hits);
+    if (!st && (*hw || *ew) && pmat_is_float16(m->emb_p)) {  /* a held embedding: widened first (exact) */
+        size_t n = (size_t)m->c.vocab * m->c.embed_dim;
+        if (!(m->tok_emb = malloc(n * sizeof *m->tok_emb))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        else {
+            pmat_decode(m->emb_p, 0, m->c.vocab, m->tok_emb);
+            if (m->head.pw == m->emb_p) { m->head.pw = NULL; m->head.w = m->tok_emb; }
+            pmat_free(m->emb_p);
+            m->emb_p = NULL;
+        }
+    }
     int tied = m->tok_emb && m->head.w == m->tok_emb;
     if (!st && tied && (*hw || *ew) && strcmp(hw, ew)) {
         size_t n = (size_t)m->c.vocab * m->c.embed_dim;
