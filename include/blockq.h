@@ -194,6 +194,8 @@ typedef struct {
     double fp32_mac_area;       /* the same for float32 x float32 */
     double arith_density;       /* fp32_mac_area / mac_area */
     double mem_density;         /* 32 / w_bits */
+    double lmul_mac_area;       /* the MAC with L-Mul's adder for the significand product (0: undefined) */
+    double lmul_arith_density;  /* fp32_mac_area (exact) / lmul_mac_area */
 } bq_cost;
 BQ_API bq_status bq_cost_pair(const bq_format *w, const bq_format *a, bq_cost *out);
 

@@ -11,7 +11,7 @@
 /* Options common to the model commands. */
 typedef struct {
     const char *model, *ids, *out, *text, *prompt, *text_file, *protocol, *config, *device;
-    const char *role[6];  /* wq aq attn kv head emb */
+    const char *role[7];  /* wq aq attn kv head emb mul */
     int threads, json, n, ctx, chunks, strict, allow_nonfinite, round_set, packed;
     bq_hold hold;
     double temp, top_p;
@@ -19,7 +19,7 @@ typedef struct {
     bq_round round;
 } model_args;
 
-static const char *const roles[6] = {"wq", "aq", "attn", "kv", "head", "emb"};
+static const char *const roles[7] = {"wq", "aq", "attn", "kv", "head", "emb", "mul"};
 
 static int parse_int(const char *cmd, const char *opt, const char *s, int lo, int hi, int *v)
 {
@@ -72,7 +72,8 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
         else if (s[0] == '-' && s[1] == '-' && v && (s += 2, 1) && (
                      (!strcmp(s, roles[0]) && (a->role[0] = v)) || (!strcmp(s, roles[1]) && (a->role[1] = v)) ||
                      (!strcmp(s, roles[2]) && (a->role[2] = v)) || (!strcmp(s, roles[3]) && (a->role[3] = v)) ||
-                     (!strcmp(s, roles[4]) && (a->role[4] = v)) || (!strcmp(s, roles[5]) && (a->role[5] = v))))
+                     (!strcmp(s, roles[4]) && (a->role[4] = v)) || (!strcmp(s, roles[5]) && (a->role[5] = v)) ||
+                     (!strcmp(s, roles[6]) && (a->role[6] = v))))
             i++;
         else return cli_error(cmd, "unknown or incomplete option '%s'", s);
 #undef OPT
@@ -95,12 +96,12 @@ static int load_model(const char *cmd, const model_args *a, bq_model **m)
         return cli_status(cmd, st);
     }
     int any = a->config != NULL;
-    for (int r = 0; r < 6; r++) any |= a->role[r] != NULL;
+    for (int r = 0; r < 7; r++) any |= a->role[r] != NULL;
     if (!any) return 0;
     bq_qconfig *q;
     if ((st = bq_qconfig_new(&q))) return cli_status(cmd, st);
     /* flags first (a default rule), then the file's rules, which win where they match */
-    for (int r = 0; r < 6 && !st; r++)
+    for (int r = 0; r < 7 && !st; r++)
         if (a->role[r]) st = bq_qconfig_set(q, roles[r], a->role[r]);
     if (!st && a->config) st = bq_qconfig_load(q, a->config);
     if (!st && (a->round_set || !a->config)) bq_qconfig_set_round(q, a->round, a->seed);
@@ -341,7 +342,7 @@ int cmd_info(int argc, char **argv)
     bq_model_mem mm;
     bq_status st;
     int any = a.config != NULL;
-    for (int r = 0; r < 6; r++) any |= a.role[r] != NULL;
+    for (int r = 0; r < 7; r++) any |= a.role[r] != NULL;
     if (!any) {  /* headers only: no weight is read */
         bq_load_opts lo = {sizeof lo, a.hold};
         if ((st = bq_model_inspect(a.model, &lo, &mm))) return cli_status("info", st);

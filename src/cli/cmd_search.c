@@ -104,7 +104,7 @@ int cmd_cost(int argc, char **argv)
         kvt = bq_model_kv_per_token(m);
     }
     if (!a.json) {
-        printf("%-14s %8s %9s %9s %10s", "format (W=A)", "bits/el", "mem dens", "arith dens", "MAC area");
+        printf("%-14s %8s %9s %9s %10s %9s %9s", "format (W=A)", "bits/el", "mem dens", "arith dens", "MAC area", "L-Mul MAC", "L-Mul dens");
         if (m) printf(" %11s %11s", "weights MB", "KV MB");
         printf("\n");
     } else printf("[\n");
@@ -119,10 +119,13 @@ int cmd_cost(int argc, char **argv)
         double kvmb = m ? (double)kvt * a.ctx * c.a_bits / 8 / 1e6 : 0;
         if (a.json)
             printf("  {\"format\": \"%s\", \"bits_per_element\": %.4f, \"memory_density\": %.4f, \"arith_density\": %.4f, "
-                   "\"mac_area_fa\": %.2f, \"weights_mb\": %.4f, \"kv_mb\": %.4f}%s\n", names[i], c.w_bits, c.mem_density,
-                   c.arith_density, c.mac_area, wmb, kvmb, i + 1 < n ? "," : "");
+                   "\"mac_area_fa\": %.2f, \"weights_mb\": %.4f, \"kv_mb\": %.4f, \"lmul_mac_area_fa\": %.2f, "
+                   "\"lmul_arith_density\": %.4f}%s\n", names[i], c.w_bits, c.mem_density,
+                   c.arith_density, c.mac_area, wmb, kvmb, c.lmul_mac_area, c.lmul_arith_density, i + 1 < n ? "," : "");
         else {
             printf("%-14s %8.3f %8.2fx %9.2fx %10.1f", names[i], c.w_bits, c.mem_density, c.arith_density, c.mac_area);
+            if (c.lmul_mac_area > 0) printf(" %9.1f %8.2fx", c.lmul_mac_area, c.lmul_arith_density);
+            else printf(" %9s %9s", "-", "-");
             if (m) printf(" %11.2f %11.2f", wmb, kvmb);
             printf("\n");
         }

@@ -9,6 +9,7 @@
  */
 #include "engine.h"
 #include "pmat.h"
+#include "lmul.h"
 #include <cblas.h>
 #include <math.h>
 #include <pthread.h>
@@ -142,7 +143,7 @@ static const float *slice_weights(const mm_job *j, int o0, int o1, float **buf)
     const linear *l = j->l;
     if (!l->pw) return l->w + (size_t)o0 * l->in;
     if (j->act) { pmat_mm_int(l->pw, j->act, j->y, l->out, o0, o1); return NULL; }
-    if (l->pw->kind == PM_PANEL && j->n <= MV_MAX) { pmat_mv_f32(l->pw, j->x, j->n, j->y, l->out, o0, o1); return NULL; }
+    if (l->pw->kind == PM_PANEL && j->n <= MV_MAX && !l->lmul) { pmat_mv_f32(l->pw, j->x, j->n, j->y, l->out, o0, o1); return NULL; }
     if (!*buf && !(*buf = malloc((size_t)SLICE * l->in * sizeof **buf))) { *j->oom = 1; return NULL; }
     pmat_decode(l->pw, o0, o1, *buf);
     return *buf;
@@ -155,7 +156,8 @@ static void mm_range(void *arg, size_t b, size_t e)
     for (size_t s = b; s < e; s++) {
         int o0 = (int)s * SLICE, o1 = o0 + SLICE < j->l->out ? o0 + SLICE : j->l->out;
         const float *w = slice_weights(j, o0, o1, &buf);
-        if (w)
+        if (w && j->l->lmul) lmul_matmul(j->x, j->n, w, j->l->in, j->y, j->l->out, o0, o1, j->l->lmul);
+        else if (w)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->n, o1 - o0, j->l->in, 1.0f, j->x, j->l->in, w,
                         j->l->in, 0.0f, j->y + o0, j->l->out);
     }
@@ -169,7 +171,7 @@ static void matmul(bq_ctx *c, const linear *l, const float *x, float *y, int n)
     pm_act act, *ap = NULL;
     /* a few tokens (generation): the float GEMV on the quantised activations is
      * cheaper than quantising them to codes and recomputing the panels' sums */
-    if (l->aq && l->pw && n > MV_MAX && pmat_int_ok(l->pw, l->aq)) {
+    if (l->aq && l->pw && n > MV_MAX && !l->lmul && pmat_int_ok(l->pw, l->aq)) {
         if (pm_act_make(l->aq, x, n, l->in, &c->m->qopts, &act)) { c->oom = 1; return; }
         ap = &act;
     } else if (l->aq) {

@@ -80,6 +80,7 @@ typedef struct {
     int in, out;
     char name[96];
     bq_format *aq;
+    int lmul;          /* 0: exact products; else L-Mul with offset 2^-lmul (src/kernels/lmul.h) */
 } linear;
 #define LINEAR_PRESENT(l) ((l)->w || (l)->pw)
 typedef struct { float *w, *b; } normp;

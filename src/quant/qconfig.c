@@ -9,6 +9,7 @@
 #include "model.h"
 #include "quant.h"
 #include "pmat.h"
+#include "lmul.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,8 +76,26 @@ bq_status bq_qconfig_add_rule(bq_qconfig *q, const char *pattern, const char *w,
 }
 
 /* role: wq aq attn kv head emb */
+/* "exact", "lmul" or "lmul:L" with L in [1, 23]; 0 if not. */
+static int valid_mul(const char *s)
+{
+    if (!strcmp(s, "exact") || !strcmp(s, "lmul")) return 1;
+    char *e;
+    long l = strncmp(s, "lmul:", 5) ? 0 : strtol(s + 5, &e, 10);
+    return l >= 1 && l <= 23 && !*e;
+}
+
+static bq_status add_mul_rule(bq_qconfig *q, const char *pattern, const char *mul, int line)
+{
+    if (!valid_mul(mul)) return bq_fail(BQ_ERR_ARG, "mul '%s': expected exact, lmul or lmul:L (L in 1..23)", mul);
+    bq_status st = add_rule(q, pattern, NULL, NULL, line);
+    if (!st) snprintf(q->rules[q->nrules - 1].mul, sizeof q->rules[0].mul, "%s", mul);
+    return st;
+}
+
 bq_status bq_qconfig_set(bq_qconfig *q, const char *role, const char *format)
 {
+    if (!strcmp(role, "mul")) return add_mul_rule(q, "default", format, 0);
     char where[64];
     snprintf(where, sizeof where, "--%s", role);
     bq_status st = check_format(format, where);
@@ -88,7 +107,7 @@ bq_status bq_qconfig_set(bq_qconfig *q, const char *role, const char *format)
     if (!strcmp(role, "emb")) return add_rule(q, "embed_tokens", format, NULL, 0);
     if (!strcmp(role, "attn")) { snprintf(q->attn, sizeof q->attn, "%s", format); return BQ_OK; }
     if (!strcmp(role, "kv")) { snprintf(q->kv, sizeof q->kv, "%s", format); return BQ_OK; }
-    return bq_fail(BQ_ERR_ARG, "unknown role '%s' (wq, aq, attn, kv, head, emb)", role);
+    return bq_fail(BQ_ERR_ARG, "unknown role '%s' (wq, aq, attn, kv, head, emb, mul)", role);
 }
 
 void bq_qconfig_set_round(bq_qconfig *q, bq_round r, uint64_t seed)
@@ -129,6 +148,9 @@ bq_status qconfig_parse(bq_qconfig *q, const char *src, size_t n, const char *pa
         } else if (!strcmp(e->key, "seed")) {
             if (e->kind != TV_INT || e->i < 0) st = bq_fail(BQ_ERR_PARSE, "%s: seed must be a non-negative integer", where);
             else q->opts.seed = (uint64_t)e->i;
+        } else if (!strcmp(e->key, "mul")) {
+            if (e->kind != TV_STR) st = bq_fail(BQ_ERR_PARSE, "%s: mul must be \"exact\", \"lmul\" or \"lmul:L\"", where);
+            else if ((st = add_mul_rule(q, "default", e->s, e->line))) st = bq_fail(st, "%s: %s", where, bq_last_error());
         } else if (!strcmp(e->key, "attn") || !strcmp(e->key, "kv")) {
             if (e->kind != TV_STR) st = bq_fail(BQ_ERR_PARSE, "%s: %s must be a format name string", where, e->key);
             else if (!(st = check_format(e->s, where)))
@@ -139,16 +161,18 @@ bq_status qconfig_parse(bq_qconfig *q, const char *src, size_t n, const char *pa
                 st = bq_fail(BQ_ERR_PARSE, "%s: '%s' must be { w = \"FORMAT\", a = \"FORMAT\" }", where, e->key);
                 break;
             }
-            const char *w = NULL, *a = NULL;
+            const char *w = NULL, *a = NULL, *mul = NULL;
             for (int j = 0; j < e->nitems && !st; j++) {
                 tkv *f = &e->items[j];
-                if ((strcmp(f->key, "w") && strcmp(f->key, "a")) || f->kind != TV_STR)
-                    st = bq_fail(BQ_ERR_PARSE, "%s: only w = \"FORMAT\" and a = \"FORMAT\" are allowed in a rule", where);
+                if (!strcmp(f->key, "mul") && f->kind == TV_STR && valid_mul(f->s)) mul = f->s;
+                else if ((strcmp(f->key, "w") && strcmp(f->key, "a")) || f->kind != TV_STR)
+                    st = bq_fail(BQ_ERR_PARSE, "%s: only w = \"FORMAT\", a = \"FORMAT\" and mul = \"exact|lmul|lmul:L\" are allowed in a rule", where);
                 else if (!(st = check_format(f->s, where))) *(f->key[0] == 'w' ? &w : &a) = f->s;
             }
             if (!st && strlen(e->key) >= 128) st = bq_fail(BQ_ERR_PARSE, "%s: pattern too long", where);
             if (!st && ((w && strlen(w) >= 64) || (a && strlen(a) >= 64))) st = bq_fail(BQ_ERR_PARSE, "%s: format name too long", where);
             if (!st) st = add_rule(q, e->key, w, a, e->line);
+            if (!st && mul) snprintf(q->rules[q->nrules - 1].mul, sizeof q->rules[0].mul, "%s", mul);
         }
     }
     toml_free(&d);
@@ -213,6 +237,46 @@ static bq_status set_act(linear *l, const char *fmt)
 }
 
 /* Formats a rule set assigns to one name; `is_block` says whether default applies. */
+/* The multiplication a linear asks for ("" if no rule says). */
+static const char *resolve_mul(const bq_qconfig *q, const char *name, int is_block)
+{
+    const char *mul = "";
+    for (int i = 0; i < q->nrules; i++) {
+        const qrule *r = &q->rules[i];
+        if (r->mul[0] && (!strcmp(r->pattern, "default") ? is_block : glob_match(r->pattern, name))) mul = r->mul;
+    }
+    return mul;
+}
+
+/* Mantissa bits of an L-Mul operand format (NULL: float32, 23), or an error naming
+ * why the format has no floating-point elements under power-of-two scales. */
+static bq_status lmul_mbits(const bq_format *f, const char *name, const char *what, int *m)
+{
+    if (!f || f->el.kind == EK_FP32) { *m = 23; return BQ_OK; }
+    const char *why = f->el.kind == EK_INT ? "integer elements" : f->el.kind == EK_LOG ? "logarithmic elements"
+                    : f->sch == SCH_NVFP4 || f->sch == SCH_SCALED ? "a block scale that is not a power of two"
+                    : f->sch == SCH_INT ? "an integer scale" : NULL;
+    if (why) return bq_fail(BQ_ERR_UNSUPPORTED, "%s: L-Mul is not defined for %s %s (%s)", name, what, f->name, why);
+    *m = f->el.mbits;
+    return BQ_OK;
+}
+
+/* Arm L-Mul on a linear whose weight and input formats are final: the offset is
+ * l(m) for the wider operand's mantissa, or the L given. */
+static bq_status set_mul(linear *l, const char *mul, const char *wfmt)
+{
+    if (!strcmp(mul, "exact")) { l->lmul = 0; return BQ_OK; }
+    bq_format *wf = NULL;
+    bq_status st = l->pw ? BQ_OK : *wfmt ? bq_format_parse(wfmt, &wf) : BQ_OK;
+    int mw = 23, ma = 23;
+    if (!st) st = lmul_mbits(l->pw ? l->pw->f : wf, l->name, "weights in", &mw);
+    if (!st) st = lmul_mbits(l->aq, l->name, "inputs in", &ma);
+    bq_format_free(wf);
+    if (st) return st;
+    l->lmul = mul[4] == ':' ? atoi(mul + 5) : lmul_offset(mw > ma ? mw : ma);
+    return BQ_OK;
+}
+
 static void resolve(const bq_qconfig *q, const char *name, int is_block, const char **w, const char **a, int *hits)
 {
     *w = *a = "";
@@ -244,6 +308,8 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
             resolve(q, l->name, 1, &w, &a, hits);
             if (*w) st = apply_w(&l->w, &l->pw, l->out, l->in, w, o, l->name, pack);
             if (!st) st = set_act(l, a);
+            const char *mul = resolve_mul(q, l->name, 1);
+            if (!st && *mul) st = set_mul(l, mul, w);
         }
     }
     /* LM head and embedding: untie before quantising either differently */

@@ -23,6 +23,7 @@ void toml_free(tdoc *d);
 typedef struct {
     char pattern[128];
     char w[64], a[64];  /* "" = leave as is */
+    char mul[16];       /* "" = leave as is, "exact", "lmul" or "lmul:L" */
     int line;           /* 0 for command-line rules */
 } qrule;
 

@@ -44,9 +44,12 @@ static operand operand_of(const bq_format *f)
     return o;
 }
 
-/* Area of one MAC of weight format w with activation format a. */
-static double mac_area(const operand *w, const operand *a)
+/* Area of one MAC of weight format w with activation format a. lmul: the
+ * significand multiplier becomes L-Mul's adder of the two mantissa fields (one
+ * bit wider than the wider field; the offset 2^-l(m) is a constant). */
+static double mac_area(const operand *w, const operand *a, int lmul)
 {
+    double mult = lmul ? (double)(w->sig > a->sig ? w->sig : a->sig) : (double)w->sig * a->sig;
     int wide = w->ebits >= 8 || a->ebits >= 8 || (w->ebits >= 5 && w->sig > 8) || (a->ebits >= 5 && a->sig > 8);
     double area = 0;
     int P = w->sig + a->sig;  /* product width */
@@ -58,7 +61,7 @@ static double mac_area(const operand *w, const operand *a)
         area += span + GUARD;                                        /* accumulator adder */
     } else if (wide) {
         /* a float MAC with a float32-style accumulator: multiply, align, add, normalise */
-        area += (double)w->sig * a->sig;
+        area += mult;
         area += (w->ebits > a->ebits ? w->ebits : a->ebits) + 1;
         area += 2.0 * P * clog2(P) * C_MUX;                          /* alignment + normalisation shifters */
         area += P;
@@ -66,7 +69,7 @@ static double mac_area(const operand *w, const operand *a)
         /* small elements: products aligned into a fixed-point (Kulisch-style) accumulator */
         int span = (w->ebits ? (1 << w->ebits) - 1 : 0) + (a->ebits ? (1 << a->ebits) - 1 : 0);
         int acc = P + span + GUARD;
-        area += w->log || a->log ? 0 : (double)w->sig * a->sig;     /* a log operand turns the multiply into a shift */
+        area += w->log || a->log ? 0 : mult;                        /* a log operand turns the multiply into a shift */
         if (w->log || a->log) area += (double)P * clog2(1 << (w->log ? w->ebits : a->ebits)) * C_MUX;
         if (span) area += (w->ebits > a->ebits ? w->ebits : a->ebits) + 1 + (double)P * clog2(span + 1) * C_MUX;
         area += acc;
@@ -98,8 +101,13 @@ bq_status bq_cost_pair(const bq_format *w, const bq_format *a, bq_cost *out)
     memset(out, 0, sizeof *out);
     out->w_bits = iw.bits_per_element;
     out->a_bits = ia.bits_per_element;
-    out->mac_area = mac_area(&ow, &oa);
-    out->fp32_mac_area = mac_area(&o32, &o32);
+    out->mac_area = mac_area(&ow, &oa, 0);
+    out->fp32_mac_area = mac_area(&o32, &o32, 0);
+    /* L-Mul is defined where both elements are floating point (docs/formats.md) */
+    int lm = ow.ebits && oa.ebits && !ow.log && !oa.log && w->sch != SCH_NVFP4 && w->sch != SCH_SCALED &&
+             a->sch != SCH_NVFP4 && a->sch != SCH_SCALED;
+    out->lmul_mac_area = lm ? mac_area(&ow, &oa, 1) : 0;
+    out->lmul_arith_density = lm ? out->fp32_mac_area / out->lmul_mac_area : 0;
     out->arith_density = out->fp32_mac_area / out->mac_area;
     out->mem_density = 32.0 / out->w_bits;
     return BQ_OK;
