@@ -22,19 +22,25 @@ static double now(void)
 
 static bq_tokenizer *g_tok, *g_added;
 
+/* seconds to tokenize text (freed here), -1 on failure */
+static double time_tokenize(const bq_tokenizer *t, char *text, size_t len)
+{
+    int32_t *ids;
+    size_t k;
+    double s = now();
+    bq_status st = bq_tokenize(t, text, len, &ids, &k);
+    s = now() - s;
+    if (!st) free(ids);
+    free(text);
+    return st ? -1 : s;
+}
+
 /* a word of n letters, no spaces */
 static double long_word(size_t n)
 {
     char *w = malloc(n);
     for (size_t i = 0; i < n; i++) w[i] = "etaoinshrd"[(i * 7 + i / 3) % 10];
-    int32_t *ids;
-    size_t k;
-    double t = now();
-    bq_status st = bq_tokenize(g_tok, w, n, &ids, &k);
-    t = now() - t;
-    if (!st) free(ids);
-    free(w);
-    return st ? -1 : t;
+    return time_tokenize(g_tok, w, n);
 }
 
 /* n bytes of text dense with 255 added tokens */
@@ -43,14 +49,7 @@ static double added_tokens(size_t n)
     char *s = malloc(n + 64);
     size_t len = 0;
     for (int i = 0; len < n; i++) len += (size_t)snprintf(s + len, n + 64 - len, "word %d <t%d|x> ", i, i % 255);
-    int32_t *ids;
-    size_t k;
-    double t = now();
-    bq_status st = bq_tokenize(g_added, s, len, &ids, &k);
-    t = now() - t;
-    if (!st) free(ids);
-    free(s);
-    return st ? -1 : t;
+    return time_tokenize(g_added, s, len);
 }
 
 /* a TOML file of n entries */

@@ -155,6 +155,8 @@ BQ_API bq_status bq_model_logits(const bq_model *m, const int32_t *ids, int n, f
 BQ_API bq_status bq_ctx_new(const bq_model *m, int max_tokens, bq_ctx **out);
 BQ_API void bq_ctx_free(bq_ctx *c);
 BQ_API void bq_ctx_reset(bq_ctx *c);
+/* Forget the tokens from position pos on (a shared prefix stays cached). */
+BQ_API void bq_ctx_truncate(bq_ctx *c, int pos);
 BQ_API int bq_ctx_pos(const bq_ctx *c);
 /* Append n tokens; logits gets [n, vocab] rows if all, else the last row only. */
 BQ_API bq_status bq_forward(bq_ctx *c, const int32_t *ids, int n, float *logits, int all);
@@ -259,6 +261,35 @@ typedef struct {
 typedef struct { double ppl, nll, seconds, ppl_all, ppl_second_half; size_t windows, tokens_scored; } bq_ppl_result;
 
 BQ_API bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const bq_ppl_opts *o, bq_ppl_result *r);
+
+/* ---- downstream tasks (docs/tasks.md) --------------------------------------- */
+
+typedef struct {
+    size_t size;     /* sizeof(bq_eval_opts) */
+    int limit;       /* score the first N items (0: all) */
+    int max_ctx;     /* tokens of context + continuation at most; longer contexts lose tokens on the left */
+    int allow_nonfinite;
+    /* each scored item (may be NULL): its index in the file's items, and the summed
+     * log-likelihood of each choice (cloze: of the target, n = 1) */
+    void (*on_item)(void *arg, size_t index, const double *ll, int n);
+    void *arg;
+} bq_eval_opts;
+
+/* Multiple choice ({"context", "choices", "gold"}): acc and acc_norm (the choice's
+ * log-likelihood over its byte length), with standard errors. Cloze ({"context",
+ * "target"}): acc is greedy exact match, ppl = exp(-mean log-likelihood of the target). */
+typedef struct {
+    char kind[16];                 /* "multiple_choice" or "cloze" */
+    size_t items, skipped;         /* scored; left out for a context longer than max_ctx would allow */
+    double acc, acc_stderr, acc_norm, acc_norm_stderr, ppl;
+    size_t tokens_computed, tokens_reused;  /* forward-pass tokens; context tokens not recomputed per choice */
+    double seconds;
+} bq_eval_result;
+
+/* Score a JSONL task file (one kind per file). A malformed line is an error naming
+ * the file and line. */
+BQ_API bq_status bq_eval_file(const bq_model *m, const bq_tokenizer *t, const char *path, const bq_eval_opts *o,
+                              bq_eval_result *r);
 
 /* ---- generation ----------------------------------------------------------- */
 

@@ -54,6 +54,8 @@ static void test_kernel(void)
             float *x = malloc((size_t)n * in * 4), *w = malloc((size_t)out * in * 4), y[3 * 5];
             for (int i = 0; i < n * in; i++) x[i] = t_normal() * (kind == 2 ? ldexpf(1.0f, (int)(t_rand() % 300) - 150) : 1.0f);
             for (int i = 0; i < out * in; i++) w[i] = t_normal() * 0.05f;
+            if (kind == 1)  /* zero weights against Inf/NaN inputs: NaN, as IEEE */
+                for (int i = 0; i < out * in; i += 11) w[i] = 0.0f;
             if (kind >= 1)  /* zeros, subnormals, Inf and NaN scattered */
                 for (int i = 0; i < n * in; i += 7) x[i] = (float[]){0.0f, -0.0f, 0x1p-140f, 1e38f, INFINITY, NAN}[t_rand() % 6];
             for (int l = 1; l <= 4; l++) {

@@ -13,6 +13,7 @@ int cmd_logits(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_ppl(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
 int cmd_sweep(int argc, char **argv);
 int cmd_cost(int argc, char **argv);
 int cmd_sensitivity(int argc, char **argv);

@@ -10,7 +10,7 @@
 
 /* Options common to the model commands. */
 typedef struct {
-    const char *model, *ids, *out, *text, *prompt, *text_file, *protocol, *config, *device;
+    const char *model, *ids, *out, *text, *prompt, *text_file, *protocol, *config, *device, *tasks;
     const char *role[7];  /* wq aq attn kv head emb mul */
     int threads, json, n, ctx, chunks, strict, allow_nonfinite, round_set, packed;
     bq_hold hold;
@@ -50,6 +50,8 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
         else if (!strcmp(cmd, "ppl") && OPT("--device")) a->device = v;
         else if (!strcmp(cmd, "tokenize") && OPT("--text")) a->text = v;
         else if (!strcmp(cmd, "ppl") && OPT("--text")) a->text_file = v;
+        else if (!strcmp(cmd, "eval") && OPT("--tasks")) a->tasks = v;
+        else if (!strcmp(cmd, "eval") && OPT("--limit")) rc = parse_int(cmd, s, v, 0, 1 << 30, &a->chunks);
         else if (OPT("--threads")) rc = parse_int(cmd, s, v, 0, 256, &a->threads);
         else if (OPT("-n")) rc = parse_int(cmd, s, v, 0, 1 << 20, &a->n);
         else if (OPT("--ctx")) rc = parse_int(cmd, s, v, 2, 1 << 20, &a->ctx);
@@ -251,6 +253,58 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* blockq eval: one line (or JSON object) per task file. */
+int cmd_eval(int argc, char **argv)
+{
+    model_args a;
+    int rc = parse_model_args("eval", argc, argv, &a);
+    if (rc) return rc;
+    if (!a.tasks)
+        return cli_error("eval", "usage: blockq eval --model M --tasks FILE.jsonl[,FILE...] [--limit N] [--ctx S] [quantisation options] [--json]");
+    bq_model *m = NULL;
+    bq_tokenizer *t = NULL;
+    if ((rc = load_model("eval", &a, &m)) || (rc = load_tokenizer("eval", a.model, m, &t))) goto done;
+    char *list = strdup(a.tasks);
+    if (!list) { rc = cli_error("eval", "out of memory"); goto done; }
+    if (a.json) printf("[");
+    else printf("%-32s %-16s %6s %7s %16s %16s %10s %9s\n", "task", "kind", "items", "skipped", "acc", "acc_norm", "ppl", "tok/s");
+    int first = 1;
+    for (char *f = list, *next; f && !rc; f = next) {
+        if ((next = strchr(f, ','))) *next++ = 0;
+        if (!*f) { rc = cli_error("eval", "--tasks has an empty entry"); break; }
+        bq_eval_opts o = {sizeof o, a.chunks, a.ctx, a.allow_nonfinite, NULL, NULL};
+        bq_eval_result r;
+        bq_status st = bq_eval_file(m, t, f, &o, &r);
+        if (st) { rc = cli_status("eval", st); break; }
+        double tps = r.seconds > 0 ? r.tokens_computed / r.seconds : 0;
+        if (a.json) {
+            char *q = cli_json_quote(f);
+            printf("%s\n  {\"task\": %s, \"kind\": \"%s\", \"items\": %zu, \"skipped\": %zu, \"acc\": %.6f, \"acc_stderr\": %.6f, ",
+                   first ? "" : ",", q ? q : "null", r.kind, r.items, r.skipped, r.acc, r.acc_stderr);
+            if (isnan(r.acc_norm)) printf("\"acc_norm\": null, \"acc_norm_stderr\": null, \"ppl\": %.6f, ", r.ppl);
+            else printf("\"acc_norm\": %.6f, \"acc_norm_stderr\": %.6f, \"ppl\": null, ", r.acc_norm, r.acc_norm_stderr);
+            printf("\"tokens_computed\": %zu, \"tokens_reused\": %zu, \"seconds\": %.3f, \"tokens_per_second\": %.1f}", r.tokens_computed,
+                   r.tokens_reused, r.seconds, tps);
+            free(q);
+        } else {
+            char accs[32], norms[32], ppls[16];
+            snprintf(accs, sizeof accs, "%.4f+-%.4f", r.acc, r.acc_stderr);
+            if (isnan(r.acc_norm)) snprintf(norms, sizeof norms, "-");
+            else snprintf(norms, sizeof norms, "%.4f+-%.4f", r.acc_norm, r.acc_norm_stderr);
+            if (isnan(r.ppl)) snprintf(ppls, sizeof ppls, "-");
+            else snprintf(ppls, sizeof ppls, "%.3f", r.ppl);
+            printf("%-32s %-16s %6zu %7zu %16s %16s %10s %9.0f\n", f, r.kind, r.items, r.skipped, accs, norms, ppls, tps);
+        }
+        first = 0;
+    }
+    if (a.json && !rc) printf("\n]\n");
+    free(list);
+done:
+    bq_tokenizer_free(t);
+    bq_model_free(m);
+    return rc;
 }
 
 /* Each new token's text as soon as it is chosen. */

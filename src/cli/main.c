@@ -13,6 +13,7 @@ static const command commands[] = {
     {"tokenize", "print the token ids of a text", cmd_tokenize},
     {"generate", "continue a prompt (greedy, or --temperature/--top-p sampling)", cmd_generate},
     {"ppl", "perplexity of a text file over non-overlapping windows", cmd_ppl},
+    {"eval", "accuracy on multiple-choice and cloze tasks (JSONL), scored as lm-evaluation-harness does", cmd_eval},
     {"sweep", "perplexity over a list of W/A formats: Markdown, JSON and an SVG plot", cmd_sweep},
     {"cost", "memory and arithmetic density of formats (and a model's bytes)", cmd_cost},
     {"sensitivity", "per-layer perplexity change when one linear is quantised", cmd_sensitivity},

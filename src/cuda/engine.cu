@@ -346,6 +346,11 @@ extern "C" bq_status bq_cuda_model_new(const bq_model *m, int T, bq_cuda_model *
     const bq_config *c = &m->c;
     if (!c->rope && T > c->max_pos)
         return bq_fail(BQ_ERR_ARG, "context of %d tokens exceeds the model's %d positions", T, c->max_pos);
+    for (int i = 0; i < c->layers; i++) {  // L-Mul products have no GPU kernel: never a silently exact run
+        const linear *ls[] = {&m->L[i].q, &m->L[i].k, &m->L[i].v, &m->L[i].o, &m->L[i].gate, &m->L[i].up, &m->L[i].down};
+        for (int j = 0; j < 7; j++)
+            if (ls[j]->lmul) return bq_fail(BQ_ERR_UNSUPPORTED, "%s: L-Mul products run on the CPU only (--device cpu)", ls[j]->name);
+    }
     bq_status st = cublas_open();
     if (st) return st;
     bq_cuda_model *g = (bq_cuda_model *)calloc(1, sizeof *g);

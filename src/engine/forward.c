@@ -112,6 +112,7 @@ void bq_ctx_free(bq_ctx *c)
 }
 
 void bq_ctx_reset(bq_ctx *c) { c->pos = 0; }
+void bq_ctx_truncate(bq_ctx *c, int pos) { if (pos >= 0 && pos < c->pos) c->pos = pos; }
 void bq_ctx_set_check(bq_ctx *c, int on) { c->check = on; }
 
 /* NaN/Inf in an activation: name the layer and tensor, and the token. */
@@ -144,6 +145,7 @@ static const float *slice_weights(const mm_job *j, int o0, int o1, float **buf)
     if (!l->pw) return l->w + (size_t)o0 * l->in;
     if (j->act) { pmat_mm_int(l->pw, j->act, j->y, l->out, o0, o1); return NULL; }
     if (l->pw->kind == PM_PANEL && j->n <= MV_MAX && !l->lmul) { pmat_mv_f32(l->pw, j->x, j->n, j->y, l->out, o0, o1); return NULL; }
+    if (j->n <= MV_MAX && !l->lmul && pmat_mv_float16(l->pw, j->x, j->n, j->y, l->out, o0, o1)) return NULL;
     if (!*buf && !(*buf = malloc((size_t)SLICE * l->in * sizeof **buf))) { *j->oom = 1; return NULL; }
     pmat_decode(l->pw, o0, o1, *buf);
     return *buf;

@@ -63,14 +63,18 @@ static float dot_lmul(const float *xr, const float *wr, int in, int32_t off, int
             /* e - 23 split as h + (e - 23 - h), both in [-126, 127] for e in [-229, 229] */
             int32_t h = (e - 23) / 2, g = e - 23 - h;
             float p = (v * from_bits((uint32_t)(h + 127) << 23)) * from_bits((uint32_t)(g + 127) << 23);
-            prod[i] = from_bits(bits(p) | ((ux ^ uy) & 0x80000000u));
-            slow |= (ex == 0) | (ey == 0) | (ex == 255) | (ey == 255) | (e < -229) | (e > 229);
+            /* zero times a finite value: a signed zero (zero times Inf/NaN is the reference's NaN) */
+            int zero = ((!(ux & 0x7fffffffu)) & (ey != 255)) | ((!(uy & 0x7fffffffu)) & (ex != 255));
+            prod[i] = from_bits((zero ? 0u : bits(p)) | ((ux ^ uy) & 0x80000000u));
+            slow |= (!zero) & ((ex == 0) | (ey == 0) | (ex == 255) | (ey == 255) | (e < -229) | (e > 229));
         }
-        if (slow)  /* zero, subnormal, Inf/NaN or an extreme exponent somewhere: the reference */
+        if (slow)  /* a subnormal, Inf/NaN or an extreme exponent somewhere: the reference */
             for (int i = 0; i < m; i++) {
                 uint32_t ux = bits(xr[k0 + i]), uy = bits(wr[k0 + i]);
                 int32_t ex = (int32_t)((ux >> 23) & 0xff), ey = (int32_t)((uy >> 23) & 0xff), e = ex + ey - 254;
-                if (ex == 0 || ey == 0 || ex == 255 || ey == 255 || e < -229 || e > 229) prod[i] = lmul_ref(xr[k0 + i], wr[k0 + i], l);
+                int zero = (!(ux & 0x7fffffffu) && ey != 255) || (!(uy & 0x7fffffffu) && ex != 255);
+                if (!zero && (ex == 0 || ey == 0 || ex == 255 || ey == 255 || e < -229 || e > 229))
+                    prod[i] = lmul_ref(xr[k0 + i], wr[k0 + i], l);
             }
         int i = 0;
         for (; i + LANES <= m; i += LANES)

@@ -111,6 +111,51 @@ static void float16_decode(const pmat *m, int r0, int r1, float *out)
         for (size_t i = 0; i < n; i++) out[i] = half_to_f32(h[i]);
 }
 
+/* y[t][r] = x[t] . row r of a bf16/fp16 matrix, for a few tokens: each weight is
+ * widened in registers and read once for all n tokens. Sums: 16 running sums
+ * (k mod 16), added pairwise at the end, a fixed order on every machine. */
+__attribute__((target_clones("avx2", "default")))
+static void float16_mv(const pmat *m, const float *x, int n, float *y, int ldy, int r0, int r1)
+{
+    enum { L = 16, TMAX = 8 };
+    const int C = m->cols, bf = m->f->el.ebits == 8;
+    for (int r = r0; r < r1; r++) {
+        const uint16_t *h = (const uint16_t *)m->data + (size_t)r * C;
+        for (int t0 = 0; t0 < n; t0 += TMAX) {
+            int nt = n - t0 < TMAX ? n - t0 : TMAX;
+            float acc[TMAX][L] = {{0}};
+            int k = 0;
+            for (; k + L <= C; k += L) {
+                float w[L];
+                for (int j = 0; j < L; j++) {
+                    if (bf) { uint32_t u = (uint32_t)h[k + j] << 16; memcpy(&w[j], &u, 4); }
+                    else w[j] = half_to_f32(h[k + j]);
+                }
+                for (int t = 0; t < nt; t++)
+                    for (int j = 0; j < L; j++) acc[t][j] += x[(size_t)(t0 + t) * C + k + j] * w[j];
+            }
+            for (; k < C; k++) {
+                float w;
+                if (bf) { uint32_t u = (uint32_t)h[k] << 16; memcpy(&w, &u, 4); }
+                else w = half_to_f32(h[k]);
+                for (int t = 0; t < nt; t++) acc[t][k % L] += x[(size_t)(t0 + t) * C + k] * w;
+            }
+            for (int t = 0; t < nt; t++) {
+                for (int s = L / 2; s >= 1; s /= 2)
+                    for (int j = 0; j < s; j++) acc[t][j] += acc[t][j + s];
+                y[(size_t)(t0 + t) * ldy + r] = acc[t][0];
+            }
+        }
+    }
+}
+
+int pmat_mv_float16(const pmat *m, const float *x, int n, float *y, int ldy, int r0, int r1)
+{
+    if (!pmat_is_float16(m) || m->kind != PM_STREAM) return 0;
+    float16_mv(m, x, n, y, ldy, r0, r1);
+    return 1;
+}
+
 static void stream_setup(pmat *m)
 {
     const bq_format *f = m->f;

@@ -74,6 +74,8 @@ void pm_act_free(pm_act *a);
  * y has row stride ldy. */
 void pmat_mm_int(const pmat *m, const pm_act *a, float *y, int ldy, int r0, int r1);
 void pmat_mv_f32(const pmat *m, const float *x, int n, float *y, int ldy, int r0, int r1);
+/* The same for a held bf16/fp16 matrix (widened in registers); 0 if m is not one. */
+int pmat_mv_float16(const pmat *m, const float *x, int n, float *y, int ldy, int r0, int r1);
 
 /* Per-ISA kernels (pk_isa.c, compiled once per ISA). */
 typedef struct {
