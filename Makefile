@@ -59,6 +59,12 @@ $(BUILD)/kern/kernels_avx512.o: src/formats/kernels.c src/formats/qkern.h src/fo
 	$(CC) $(CFLAGS) -O3 -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mprefer-vector-width=512 \
 	    -DBQ_ISA=avx512 -c $< -o $@
 
+# L-Mul's matmul is its whole cost (it cannot use SGEMM): -O3 so its loops vectorise
+# (its avx2 clone is chosen at run time, src/kernels/lmul.c).
+$(BUILD)/src/kernels/lmul.o: src/kernels/lmul.c src/kernels/lmul.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -O3 -c $< -o $@
+
 # The packed-weight matmuls, likewise (AVX-512 with VNNI; AVX2 otherwise).
 PK_DEPS = src/kernels/pk_isa.c src/kernels/pmat.h src/formats/format.h src/formats/qkern.h src/formats/isa.h
 $(BUILD)/kern/pk_scalar.o: $(PK_DEPS)

@@ -134,6 +134,13 @@ $B quantize --model $M --wq int8_b32_sfp16 --aq mxint8 --kv bfp8_b16 --out "$T/a
     b=$($B ppl --model $M --wq int8_b32_sfp16 --aq mxint8 --kv bfp8_b16 --packed --text data/wikitext-2-test.txt --ctx 64 --chunks 2 | tail -1) &&
     [ "$a" = "$b" ] && ok || bad "GGUF lost --aq/--kv: '$a' vs '$b'"
 
+# downstream tasks
+$B eval --model $M --tasks tests/data/mc_tiny.jsonl,tests/data/cloze_tiny.jsonl --json >"$T/ev.json" &&
+    /usr/bin/python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert [x["kind"] for x in d] == ["multiple_choice", "cloze"] and d[0]["items"] == 3' "$T/ev.json" &&
+    ok || bad "eval --json: $(cat "$T/ev.json")"
+printf '{"context": "a", "choices": [" b"], "gold": 0}\n{"context": "a", "choices": [" b"], "gold": 5}\n' >"$T/bad.jsonl"
+expect_fail 2 "bad.jsonl:2: \"gold\" must be an index" -- $B eval --model $M --tasks "$T/bad.jsonl"
+
 # --device: cuda without a GPU is an error (exit 2); auto falls back to the CPU and says so
 if ! $B ppl --model $M --text data/wikitext-2-test.txt --ctx 64 --chunks 1 --device cuda >/dev/null 2>"$T/dev.err"; then
     grep -q "CUDA" "$T/dev.err" && ok || bad "--device cuda without a GPU: $(cat "$T/dev.err")"
