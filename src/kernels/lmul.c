@@ -57,22 +57,25 @@ static float dot_lmul(const float *xr, const float *wr, int in, int32_t off, int
             uint32_t ux = bits(xr[k0 + i]), uy = bits(wr[k0 + i]);
             int32_t ex = (int32_t)((ux >> 23) & 0xff), ey = (int32_t)((uy >> 23) & 0xff);
             int32_t e = ex + ey - 254;  /* unbiased exponent of the product */
-            int32_t s = (int32_t)(ux & 0x7fffff) + (int32_t)(uy & 0x7fffff) + off;
-            float v = (float)(0x800000 + s);
-            /* e - 23 split as h + (e - 23 - h), both in [-126, 127] for e in [-229, 229] */
-            int32_t h = (e - 23) / 2, g = e - 23 - h;
-            float p = (v * from_bits((uint32_t)(h + 127) << 23)) * from_bits((uint32_t)(g + 127) << 23);
             /* zero times a finite value: a signed zero (zero times Inf/NaN is the reference's NaN) */
             int zero = ((!(ux & 0x7fffffffu)) & (ey != 255)) | ((!(uy & 0x7fffffffu)) & (ex != 255));
+            /* far from 2^0 the result may be subnormal: the reference takes it, and the lane
+             * computes with exponent 0 so no subnormal (slow) arithmetic happens here */
+            int big = (e < -100) | (e > 100);
+            int32_t ec = (zero | big) ? 0 : e;
+            int32_t s = (int32_t)(ux & 0x7fffff) + (int32_t)(uy & 0x7fffff) + off;
+            float v = (float)(0x800000 + s);
+            int32_t h = (ec - 23) / 2, g = ec - 23 - h;  /* two factors, each a normal power of two */
+            float p = (v * from_bits((uint32_t)(h + 127) << 23)) * from_bits((uint32_t)(g + 127) << 23);
             prod[i] = from_bits((zero ? 0u : bits(p)) | ((ux ^ uy) & 0x80000000u));
-            slow |= (!zero) & ((ex == 0) | (ey == 0) | (ex == 255) | (ey == 255) | (e < -229) | (e > 229));
+            slow |= (!zero) & ((ex == 0) | (ey == 0) | (ex == 255) | (ey == 255) | big);
         }
         if (slow)  /* a subnormal, Inf/NaN or an extreme exponent somewhere: the reference */
             for (int i = 0; i < m; i++) {
                 uint32_t ux = bits(xr[k0 + i]), uy = bits(wr[k0 + i]);
                 int32_t ex = (int32_t)((ux >> 23) & 0xff), ey = (int32_t)((uy >> 23) & 0xff), e = ex + ey - 254;
                 int zero = (!(ux & 0x7fffffffu) && ey != 255) || (!(uy & 0x7fffffffu) && ex != 255);
-                if (!zero && (ex == 0 || ey == 0 || ex == 255 || ey == 255 || e < -229 || e > 229))
+                if (!zero && (ex == 0 || ey == 0 || ex == 255 || ey == 255 || e < -100 || e > 100))
                     prod[i] = lmul_ref(xr[k0 + i], wr[k0 + i], l);
             }
         int i = 0;
