@@ -138,6 +138,8 @@ $B quantize --model $M --wq int8_b32_sfp16 --aq mxint8 --kv bfp8_b16 --out "$T/a
 $B eval --model $M --tasks tests/data/mc_tiny.jsonl,tests/data/cloze_tiny.jsonl --json >"$T/ev.json" &&
     /usr/bin/python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert [x["kind"] for x in d] == ["multiple_choice", "cloze"] and d[0]["items"] == 3' "$T/ev.json" &&
     ok || bad "eval --json: $(cat "$T/ev.json")"
+$B sweep --model $M --text data/wikitext-2-test.txt --ctx 64 --chunks 1 --formats fp32,mxfp4 --task tests/data/mc_tiny.jsonl --out "$T/swt" 2>/dev/null &&
+    grep -q '| task acc |' "$T/swt.md" && grep -q '"task_acc": ' "$T/swt.json" && ok || bad "sweep --task: $(cat "$T/swt.md")"
 printf '{"context": "a", "choices": [" b"], "gold": 0}\n{"context": "a", "choices": [" b"], "gold": 5}\n' >"$T/bad.jsonl"
 expect_fail 2 "bad.jsonl:2: \"gold\" must be an index" -- $B eval --model $M --tasks "$T/bad.jsonl"
 

@@ -12,7 +12,7 @@ static const char *DEFAULT_GRID =
     "fp32,fixed8.4,fixed6.3,fp8_e4m3:sat,fp6_e3m2,bfp8_b16,bfp6_b16,bfp5_b16,bfp4_b16,bme4m3_b16,bme2m3_b16,"
     "bl8_b16,bl6_b16,mxint8,mxfp8_e4m3,mxfp6_e2m3,mxfp4,nvfp4,int8_row,int4_g128/fp32";
 
-typedef struct { char w[64], a[64]; double wbits, abits, ppl, seconds; int ok; char err[256]; } point;
+typedef struct { char w[64], a[64]; double wbits, abits, ppl, seconds, acc, acc_se; int ok; char err[256]; } point;
 
 static int split_setting(const char *s, point *p)
 {
@@ -31,6 +31,8 @@ static int split_setting(const char *s, point *p)
 int cmd_sweep(int argc, char **argv)
 {
     const char *model = NULL, *text = NULL, *list = DEFAULT_GRID, *out = "sweep";
+    const char *task = NULL;  /* a task file (docs/tasks.md): its accuracy beside the perplexity */
+    int task_limit = 0;
     int ctx = 512, chunks = 0, threads = 0, dev = 0;
     bq_round round = BQ_ROUND_RNE;
     for (int i = 1; i < argc; i++) {
@@ -39,6 +41,8 @@ int cmd_sweep(int argc, char **argv)
         if (!strcmp(s, "--model") && v) model = argv[++i];
         else if (!strcmp(s, "--text") && v) text = argv[++i];
         else if (!strcmp(s, "--formats") && v) list = argv[++i];
+        else if (!strcmp(s, "--task") && v) task = argv[++i];
+        else if (!strcmp(s, "--task-limit") && v) { if (!parse_u64(argv[++i], &x) || x > (1u << 30)) return cli_error("sweep", "bad --task-limit '%s'", v); task_limit = (int)x; }
         else if (!strcmp(s, "--out") && v) out = argv[++i];
         else if (!strcmp(s, "--device") && v) { if (cli_device("sweep", argv[++i], &dev)) return EXIT_BADINPUT; }
         else if (!strcmp(s, "--round") && v) { if (!parse_round(argv[++i], &round)) return cli_error("sweep", "bad --round '%s'", v); }
@@ -48,7 +52,7 @@ int cmd_sweep(int argc, char **argv)
         else return cli_error("sweep", "unknown or incomplete option '%s'", s);
     }
     if (!model || !text)
-        return cli_error("sweep", "usage: blockq sweep --model DIR --text FILE [--formats W[/A],...] [--ctx S] [--chunks N] [--round MODE] [--device cpu|cuda|auto] [--out PREFIX]");
+        return cli_error("sweep", "usage: blockq sweep --model DIR --text FILE [--formats W[/A],...] [--ctx S] [--chunks N] [--round MODE] [--device cpu|cuda|auto] [--task FILE.jsonl [--task-limit N]] [--out PREFIX]");
     bq_set_threads(threads);
     /* parse and check the whole list before any long work */
     int n = 1;
@@ -90,6 +94,11 @@ int cmd_sweep(int argc, char **argv)
         bq_ppl_opts o = {.ctx = ctx, .chunks = chunks, .threads = threads, .device = dev};
         bq_ppl_result r;
         if (!st) st = bq_perplexity(m, ids, nids, &o, &r);
+        bq_eval_result er = {0};
+        bq_eval_opts eo = {sizeof eo, task_limit, ctx, 0, NULL, NULL};
+        if (!st && task) st = bq_eval_file(m, tk, task, &eo, &er);
+        p->acc = task && !st ? er.acc : NAN;
+        p->acc_se = task && !st ? er.acc_stderr : NAN;
         if (st) {
             snprintf(p->err, sizeof p->err, "%s", bq_last_error());
             p->ppl = NAN;
@@ -109,12 +118,14 @@ int cmd_sweep(int argc, char **argv)
         char path[4200], title[300];
         size_t len = 0, cap = 0;
         char *md = NULL;
-        md = cli_appendf(md, &len, &cap, "| W format | A format | W bits/el | A bits/el | perplexity | vs float32 |\n|---|---|---|---|---|---|\n");
+        md = cli_appendf(md, &len, &cap, "| W format | A format | W bits/el | A bits/el | perplexity | vs float32 |%s\n|---|---|---|---|---|---|%s\n",
+                         task ? " task acc |" : "", task ? "---|" : "");
         for (int i = 0; i < np && md; i++) {
             point *p = &pts[i];
-            if (!p->ok) { md = cli_appendf(md, &len, &cap, "| %s | %s | %.3f | %.3f | failed: %s | |\n", p->w, p->a, p->wbits, p->abits, p->err); continue; }
-            md = cli_appendf(md, &len, &cap, "| %s | %s | %.3f | %.3f | %.3f | %+.2f%% |\n", p->w, p->a, p->wbits, p->abits, p->ppl,
+            if (!p->ok) { md = cli_appendf(md, &len, &cap, "| %s | %s | %.3f | %.3f | failed: %s | |%s\n", p->w, p->a, p->wbits, p->abits, p->err, task ? " |" : ""); continue; }
+            md = cli_appendf(md, &len, &cap, "| %s | %s | %.3f | %.3f | %.3f | %+.2f%% |", p->w, p->a, p->wbits, p->abits, p->ppl,
                         isfinite(ref) ? 100.0 * (p->ppl / ref - 1.0) : NAN);
+            md = task ? cli_appendf(md, &len, &cap, " %.4f +- %.4f |\n", p->acc, p->acc_se) : cli_appendf(md, &len, &cap, "\n");
         }
         snprintf(path, sizeof path, "%s.md", out);
         if ((rc = cli_save("sweep", path, md, len))) goto done;
@@ -128,6 +139,7 @@ int cmd_sweep(int argc, char **argv)
         for (int i = 0; i < np && js; i++) {
             point *p = &pts[i];
             js = cli_appendf(js, &len, &cap, "  {\"w\": \"%s\", \"a\": \"%s\", \"w_bits\": %.4f, \"a_bits\": %.4f, ", p->w, p->a, p->wbits, p->abits);
+            if (p->ok && task) js = cli_appendf(js, &len, &cap, "\"task_acc\": %.6f, \"task_acc_stderr\": %.6f, ", p->acc, p->acc_se);
             if (p->ok) js = cli_appendf(js, &len, &cap, "\"ppl\": %.6f, \"seconds\": %.3f}%s\n", p->ppl, p->seconds, i + 1 < np ? "," : "");
             else js = cli_appendf(js, &len, &cap, "\"ppl\": null, \"error\": \"%s\"}%s\n", "see the table", i + 1 < np ? "," : "");
         }
