@@ -87,6 +87,14 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
 }
 
 /* Load the model and apply the quantisation the options ask for. */
+/* A --config or any role option (--wq, --aq, ..., --mul) was given. */
+static int wants_quant(const model_args *a)
+{
+    int any = a->config != NULL;
+    for (int r = 0; r < 7; r++) any |= a->role[r] != NULL;
+    return any;
+}
+
 static int load_model(const char *cmd, const model_args *a, bq_model **m)
 {
     bq_load_opts lo = {sizeof lo, a->hold};
@@ -97,9 +105,7 @@ static int load_model(const char *cmd, const model_args *a, bq_model **m)
         *m = NULL;
         return cli_status(cmd, st);
     }
-    int any = a->config != NULL;
-    for (int r = 0; r < 7; r++) any |= a->role[r] != NULL;
-    if (!any) return 0;
+    if (!wants_quant(a)) return 0;
     bq_qconfig *q;
     if ((st = bq_qconfig_new(&q))) return cli_status(cmd, st);
     /* flags first (a default rule), then the file's rules, which win where they match */
@@ -395,9 +401,7 @@ int cmd_info(int argc, char **argv)
     bq_model *m = NULL;
     bq_model_mem mm;
     bq_status st;
-    int any = a.config != NULL;
-    for (int r = 0; r < 7; r++) any |= a.role[r] != NULL;
-    if (!any) {  /* headers only: no weight is read */
+    if (!wants_quant(&a)) {  /* headers only: no weight is read */
         bq_load_opts lo = {sizeof lo, a.hold};
         if ((st = bq_model_inspect(a.model, &lo, &mm))) return cli_status("info", st);
     } else {

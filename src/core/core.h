@@ -13,4 +13,14 @@ typedef void (*bq_range_fn)(void *arg, size_t begin, size_t end);
 void bq_parallel_for(size_t n, int threads, bq_range_fn fn, void *arg);
 int bq_ncores(void);
 
+/* log softmax(row)[tok] over V logits, the exponentials summed in double (ppl.c);
+ * *is_argmax (may be NULL): tok is the first largest logit. */
+double log_softmax_at(const float *row, int V, int tok, int *is_argmax);
+
+/* Seconds on a monotonic clock (for durations). */
+double bq_now(void);
+
+/* The rounding modes' names, indexed by bq_round (files and configs spell them so). */
+extern const char *const BQ_ROUND_NAMES[4];
+
 #endif

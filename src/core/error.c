@@ -21,6 +21,8 @@ bq_status bq_fail(bq_status s, const char *fmt, ...)
 
 const char *bq_last_error(void) { return g_msg; }
 
+const char *const BQ_ROUND_NAMES[4] = {"rne", "away", "zero", "stochastic"};
+
 const char *bq_status_name(bq_status s)
 {
     static const char *names[] = {"ok", "invalid argument", "bad format", "bad shape", "i/o error",

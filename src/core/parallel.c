@@ -1,5 +1,6 @@
 /* A minimal fork-join over pthreads: split [0,n) into equal contiguous ranges. */
 #include "core.h"
+#include <time.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -37,4 +38,11 @@ void bq_parallel_for(size_t n, int threads, bq_range_fn fn, void *arg)
         if (started[i]) pthread_join(tid[i], NULL);
         else run_job(&jobs[i]); /* could not start a thread: do its share here */
     }
+}
+
+double bq_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }

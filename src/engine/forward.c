@@ -28,7 +28,6 @@ static void blas_single_thread(void)
 }
 static pthread_once_t g_blas_once = PTHREAD_ONCE_INIT;
 
-
 struct bq_ctx {
     const bq_model *m;
     int max_tokens, pos, check;

@@ -7,13 +7,6 @@
 #include <stdlib.h>
 #include <time.h>
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 uint64_t bq_sampler_seed(uint64_t seed) { return seed * 0x9e3779b97f4a7c15ull + 1; }
 
 int32_t bq_sample(const float *logits, int V, double temperature, double top_p, uint64_t *rng)
@@ -58,12 +51,12 @@ bq_status bq_generate(const bq_model *m, const int32_t *prompt, size_t n, const 
     bq_ctx *c = NULL;
     bq_status st = lg ? bq_ctx_new(m, (int)(n + (size_t)o->n_new), &c) : bq_fail(BQ_ERR_NOMEM, "out of memory");
     if (!st) bq_ctx_set_check(c, !o->allow_nonfinite);
-    double t0 = now();
+    double t0 = bq_now();
     if (!st) st = bq_forward(c, prompt, (int)n, lg, 0);
-    res.prompt_seconds = now() - t0;
+    res.prompt_seconds = bq_now() - t0;
     res.prompt_tokens = n;
     uint64_t rng = bq_sampler_seed(o->seed);
-    t0 = now();
+    t0 = bq_now();
     for (int i = 0; i < o->n_new && !st; i++) {
         int32_t next = bq_sample(lg, V, o->temperature, o->top_p, &rng);
         out[i] = next;
@@ -71,7 +64,7 @@ bq_status bq_generate(const bq_model *m, const int32_t *prompt, size_t n, const 
         if (o->on_token) o->on_token(o->arg, next);
         if (i + 1 < o->n_new) st = bq_forward(c, &next, 1, lg, 0);
     }
-    res.gen_seconds = now() - t0;
+    res.gen_seconds = bq_now() - t0;
     if (r) *r = res;
     bq_ctx_free(c);
     free(lg);

@@ -8,27 +8,25 @@
 #include <stdlib.h>
 #include <time.h>
 
+double log_softmax_at(const float *row, int V, int tok, int *is_argmax)
+{
+    float mx = -INFINITY;
+    int best = 0;
+    for (int v = 0; v < V; v++)
+        if (row[v] > mx) { mx = row[v]; best = v; }
+    double se = 0;
+    for (int v = 0; v < V; v++) se += (double)expf(row[v] - mx);
+    if (is_argmax) *is_argmax = best == tok;
+    return (double)row[tok] - mx - log(se);
+}
+
 /* log p(next token) for each position, in parallel; summed in order afterwards. */
 typedef struct { const float *lg; const int32_t *win; double *lp; int V; } lp_job;
 
 static void logprobs(void *arg, size_t t0, size_t t1)
 {
     const lp_job *j = arg;
-    for (size_t t = t0; t < t1; t++) {
-        const float *row = j->lg + t * (size_t)j->V;
-        float mx = -INFINITY;
-        for (int v = 0; v < j->V; v++) mx = row[v] > mx ? row[v] : mx;
-        double se = 0;
-        for (int v = 0; v < j->V; v++) se += (double)expf(row[v] - mx);
-        j->lp[t] = (double)row[j->win[t + 1]] - mx - log(se);
-    }
-}
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+    for (size_t t = t0; t < t1; t++) j->lp[t] = log_softmax_at(j->lg + t * (size_t)j->V, j->V, j->win[t + 1], NULL);
 }
 
 bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const bq_ppl_opts *o, bq_ppl_result *r)
@@ -49,7 +47,7 @@ bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const b
     if (!st && !o->allow_nonfinite) st = bq_model_check_finite(m);
     if (!st && c) bq_ctx_set_check(c, !o->allow_nonfinite);
     /* both protocols are accumulated from the same forward passes */
-    double nll = 0, nll_half = 0, t0 = now();
+    double nll = 0, nll_half = 0, t0 = bq_now();
     size_t scored = 0, scored_half = 0;
     const int half = S / 2 - 1;  /* position whose logits predict the first second-half token */
     for (size_t w = 0; w < windows && !st; w++) {
@@ -71,7 +69,7 @@ bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const b
             scored++;
             if (t >= half) { nll_half -= lp[t]; scored_half++; }
         }
-        if (o->progress) o->progress(o->progress_arg, w + 1, windows, (w + 1) * (size_t)S, now() - t0);
+        if (o->progress) o->progress(o->progress_arg, w + 1, windows, (w + 1) * (size_t)S, bq_now() - t0);
     }
     bq_ctx_free(c);
     bq_cuda_model_free(g);
@@ -84,6 +82,6 @@ bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const b
     r->tokens_scored = o->second_half ? scored_half : scored;
     r->nll = o->second_half ? nll_half / (double)scored_half : nll / (double)scored;
     r->ppl = exp(r->nll);
-    r->seconds = now() - t0;
+    r->seconds = bq_now() - t0;
     return BQ_OK;
 }

@@ -18,26 +18,6 @@
 #include <string.h>
 #include <time.h>
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-/* log softmax(row)[tok], in double as ppl.c sums it */
-static double logprob(const float *row, int V, int tok, int *is_argmax)
-{
-    float mx = row[0];
-    int best = 0;
-    for (int v = 1; v < V; v++)
-        if (row[v] > mx) { mx = row[v]; best = v; }
-    double se = 0;
-    for (int v = 0; v < V; v++) se += (double)expf(row[v] - mx);
-    *is_argmax = best == tok;
-    return (double)row[tok] - mx - log(se);
-}
-
 typedef struct {
     const bq_model *m;
     const bq_tokenizer *t;
@@ -65,13 +45,13 @@ static bq_status cont_ll(scorer *s, int P, const int32_t *cont, int m, double *l
 {
     bq_ctx_truncate(s->c, P);
     int g;
-    *ll = logprob(s->last, s->V, cont[0], &g);
+    *ll = log_softmax_at(s->last, s->V, cont[0], &g);
     *greedy = g;
     if (m < 2) return BQ_OK;
     bq_status st = bq_forward(s->c, cont, m - 1, s->lg, 1);
     s->computed += (size_t)m - 1;
     for (int j = 1; j < m && !st; j++) {
-        *ll += logprob(s->lg + (size_t)(j - 1) * s->V, s->V, cont[j], &g);
+        *ll += log_softmax_at(s->lg + (size_t)(j - 1) * s->V, s->V, cont[j], &g);
         *greedy &= g;
     }
     return st;
@@ -198,7 +178,7 @@ bq_status bq_eval_file(const bq_model *m, const bq_tokenizer *t, const char *pat
     if (!s.lg || !s.last) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
     if (!st && !(st = bq_ctx_new(m, o->max_ctx, &s.c))) bq_ctx_set_check(s.c, !o->allow_nonfinite);
     int kind = -1, line = 0;
-    double t0 = now();
+    double t0 = bq_now();
     for (size_t p = 0; p < len && !st && (!o->limit || n + r->skipped < (size_t)o->limit);) {
         size_t e = p;
         while (e < len && text[e] != '\n') e++;
@@ -241,7 +221,7 @@ bq_status bq_eval_file(const bq_model *m, const bq_tokenizer *t, const char *pat
         else { r->acc_norm = r->acc_norm_stderr = NAN; r->ppl = exp(-mean(b, n)); }
         r->tokens_computed = s.computed;
         r->tokens_reused = s.reused;
-        r->seconds = now() - t0;
+        r->seconds = bq_now() - t0;
     }
     bq_ctx_free(s.c);
     free(s.lg);

@@ -39,6 +39,12 @@ static inline BQ_HD float half_to_f32(uint32_t h)
     return u2f(s | ((e + 112) << 23) | (mt << 13));
 }
 
+/* bf16 (bits) to float32: the top half of its bits. */
+static inline BQ_HD float bf16_to_f32(uint32_t h) { return u2f(h << 16); }
+
+/* A 16-bit float of either kind: bf16 when bf, else IEEE half. */
+static inline BQ_HD float f16_to_f32(int bf, uint32_t h) { return bf ? bf16_to_f32(h) : half_to_f32(h); }
+
 /* 2^e as float32 for e in [-149, 127] (subnormals included). */
 static inline BQ_HD float pow2f(int e)
 {

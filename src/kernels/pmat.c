@@ -105,10 +105,8 @@ static void float16_decode(const pmat *m, int r0, int r1, float *out)
 {
     size_t n = (size_t)(r1 - r0) * (size_t)m->cols;
     const uint16_t *h = (const uint16_t *)m->data + (size_t)r0 * (size_t)m->cols;
-    if (m->f->el.ebits == 8)
-        for (size_t i = 0; i < n; i++) { uint32_t u = (uint32_t)h[i] << 16; memcpy(&out[i], &u, 4); }
-    else
-        for (size_t i = 0; i < n; i++) out[i] = half_to_f32(h[i]);
+    const int bf = m->f->el.ebits == 8;
+    for (size_t i = 0; i < n; i++) out[i] = f16_to_f32(bf, h[i]);
 }
 
 /* y[t][r] = x[t] . row r of a bf16/fp16 matrix, for a few tokens: each weight is
@@ -127,17 +125,12 @@ static void float16_mv(const pmat *m, const float *x, int n, float *y, int ldy, 
             int k = 0;
             for (; k + L <= C; k += L) {
                 float w[L];
-                for (int j = 0; j < L; j++) {
-                    if (bf) { uint32_t u = (uint32_t)h[k + j] << 16; memcpy(&w[j], &u, 4); }
-                    else w[j] = half_to_f32(h[k + j]);
-                }
+                for (int j = 0; j < L; j++) w[j] = f16_to_f32(bf, h[k + j]);
                 for (int t = 0; t < nt; t++)
                     for (int j = 0; j < L; j++) acc[t][j] += x[(size_t)(t0 + t) * C + k + j] * w[j];
             }
             for (; k < C; k++) {
-                float w;
-                if (bf) { uint32_t u = (uint32_t)h[k] << 16; memcpy(&w, &u, 4); }
-                else w = half_to_f32(h[k]);
+                float w = f16_to_f32(bf, h[k]);
                 for (int t = 0; t < nt; t++) acc[t][k % L] += x[(size_t)(t0 + t) * C + k] * w;
             }
             for (int t = 0; t < nt; t++) {

@@ -89,13 +89,11 @@ static bq_status pack_float(const float *x, size_t n, const char **fmt, uint8_t 
  * headers and GGUF's blockq.runtime key carry them as these JSON members, and
  * both readers refuse a value they cannot honour. */
 
-static const char *const ROUND_NAMES[] = {"rne", "away", "zero", "stochastic"};
-
 void runtime_to_json(const bq_model *m, cJSON *o)
 {
     if (m->attn_q) cJSON_AddStringToObject(o, "attn", m->attn_q->name);
     if (m->kv_q) cJSON_AddStringToObject(o, "kv", m->kv_q->name);
-    cJSON_AddStringToObject(o, "round", ROUND_NAMES[(unsigned)m->qopts.round < 4 ? m->qopts.round : 0]);
+    cJSON_AddStringToObject(o, "round", BQ_ROUND_NAMES[(unsigned)m->qopts.round < 4 ? m->qopts.round : 0]);
     if (m->qopts.seed <= (1ull << 53)) cJSON_AddNumberToObject(o, "seed", (double)m->qopts.seed);
     else {  /* a double cannot hold it exactly: decimal text */
         char buf[24];
@@ -119,7 +117,7 @@ bq_status runtime_from_json(const cJSON *o, bq_model *m, const char *path)
     if (rd) {
         int k = -1;
         for (int i = 0; i < 4 && cJSON_IsString(rd); i++)
-            if (!strcmp(rd->valuestring, ROUND_NAMES[i])) k = i;
+            if (!strcmp(rd->valuestring, BQ_ROUND_NAMES[i])) k = i;
         if (k < 0) return bq_fail(BQ_ERR_PARSE, "%s: unknown rounding mode (rne, away, zero, stochastic)", path);
         m->qopts.round = (bq_round)k;
     }

@@ -178,7 +178,7 @@ void gguf_row_to_float(uint32_t t, const uint8_t *p, size_t cols, float *y)
         switch (t) {
         case GG_F32: memcpy(&y[i], p + 4 * i, 4); break;
         case GG_F16: memcpy(&h, p + 2 * i, 2); y[i] = half_to_f32(h); break;
-        case GG_BF16: { memcpy(&h, p + 2 * i, 2); uint32_t u = (uint32_t)h << 16; memcpy(&y[i], &u, 4); break; }
+        case GG_BF16: memcpy(&h, p + 2 * i, 2); y[i] = bf16_to_f32(h); break;
         case GG_Q8_0: {
             const uint8_t *b = p + 34 * i;
             memcpy(&h, b, 2);
@@ -302,6 +302,15 @@ static bq_status load_gguf_tensor(bq_model *m, slot_list *sl, const tinfo *ti, c
     return BQ_OK;
 }
 
+/* s[0..len) as a C string in buf; 0 if it does not fit or holds a NUL byte. */
+static int cstr(char *buf, size_t cap, const char *s, size_t len)
+{
+    if (len >= cap || memchr(s, 0, len)) return 0;
+    memcpy(buf, s, len);
+    buf[len] = 0;
+    return 1;
+}
+
 /* tokenizer.ggml.* -> tokenizer.json text (GPT-2's pre-tokenizer as ByteLevel,
  * whose regex tokenizer.c knows; any other as Split with its exact regex) */
 static char *tokenizer_json(const kv *kvs, size_t nkv, const char *path, bq_status *st)
@@ -356,12 +365,10 @@ static char *tokenizer_json(const kv *kvs, size_t nkv, const char *path, bq_stat
         size_t len;
         const char *s = str(&c, &len);
         if (!s) break;
-        if (len >= sizeof buf || memchr(s, 0, len)) {
+        if (!cstr(buf, sizeof buf, s, len)) {
             *st = bq_fail(BQ_ERR_PARSE, "%s: token %llu is longer than 1 KiB or holds a NUL byte", path, (unsigned long long)i);
             break;
         }
-        memcpy(buf, s, len);
-        buf[len] = 0;
         int32_t ttype = 1;
         if (ct.p) { const void *tp = take(&ct, 4); if (tp) memcpy(&ttype, tp, 4); }
         if (ttype == 3 || ttype == 4) {
@@ -382,12 +389,10 @@ static char *tokenizer_json(const kv *kvs, size_t nkv, const char *path, bq_stat
         size_t len;
         const char *s = str(&c, &len);
         if (!s) break;
-        if (len >= sizeof buf || memchr(s, 0, len)) {
+        if (!cstr(buf, sizeof buf, s, len)) {
             *st = bq_fail(BQ_ERR_PARSE, "%s: merge %llu is longer than 1 KiB or holds a NUL byte", path, (unsigned long long)i);
             break;
         }
-        memcpy(buf, s, len);
-        buf[len] = 0;
         cJSON_AddItemToArray(mg, cJSON_CreateString(buf));
     }
     out = *st ? NULL : cJSON_PrintUnformatted(root);
@@ -503,16 +508,6 @@ bq_status gguf_parse(const char *path, const uint8_t *buf, size_t size, bq_model
             if (e && !isfinite(v)) { st = bq_fail(BQ_ERR_PARSE, "%s: %s is not finite", path, key); break; }
             if (e) cJSON_AddNumberToObject(cfg, keys[k][1], v);
         }
-        double rd, hd = 0, heads = 0, hidden = 0;
-        snprintf(key, sizeof key, "%s.rope.dimension_count", arch);
-        const kv *rdk = find_kv(kvs, (size_t)nkv, key);
-        cJSON *jh = cJSON_GetObjectItemCaseSensitive(cfg, "head_dim"), *jn = cJSON_GetObjectItemCaseSensitive(cfg, "num_attention_heads");
-        cJSON *je = cJSON_GetObjectItemCaseSensitive(cfg, "hidden_size");
-        if (jn && je) { heads = jn->valuedouble; hidden = je->valuedouble; }
-        hd = jh ? jh->valuedouble : heads > 0 ? floor(hidden / heads) : 0;
-        if (!st && rdk && (!kv_num(rdk, &rd) || rd != hd))
-            st = bq_fail(BQ_ERR_UNSUPPORTED, "%s: %s differs from the head dimension %g: partial rotary embeddings are not supported",
-                         path, key, hd);
         const tinfo *emb = NULL;
         int has_out = 0;
         for (uint64_t i = 0; i < nt; i++) {
@@ -529,6 +524,12 @@ bq_status gguf_parse(const char *path, const uint8_t *buf, size_t size, bq_model
             m->config_len = strlen(m->config_json);
             st = config_parse(m->config_json, m->config_len, path, &m->c);
         }
+        double rd;  /* rotation over part of each head only: not implemented */
+        snprintf(key, sizeof key, "%s.rope.dimension_count", arch);
+        const kv *rdk = find_kv(kvs, (size_t)nkv, key);
+        if (!st && rdk && (!kv_num(rdk, &rd) || rd != m->c.head_dim))
+            st = bq_fail(BQ_ERR_UNSUPPORTED, "%s: %s differs from the head dimension %d: partial rotary embeddings are not supported",
+                         path, key, m->c.head_dim);
     }
     free(arch);
     if (m) snprintf(m->dir, sizeof m->dir, "%s", path);

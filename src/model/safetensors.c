@@ -194,13 +194,9 @@ void st_to_f32(const st_tensor *t, float *out)
 {
     const uint8_t *p = t->data;
     for (size_t i = 0; i < t->numel; i++) {
-        uint32_t u;
         uint16_t h;
-        switch (t->dt) {
-        case DT_F32: memcpy(&out[i], p + 4 * i, 4); break;
-        case DT_F16: memcpy(&h, p + 2 * i, 2); out[i] = half_to_f32(h); break;
-        default: memcpy(&h, p + 2 * i, 2); u = (uint32_t)h << 16; memcpy(&out[i], &u, 4); break;
-        }
+        if (t->dt == DT_F32) memcpy(&out[i], p + 4 * i, 4);
+        else { memcpy(&h, p + 2 * i, 2); out[i] = f16_to_f32(t->dt == DT_BF16, h); }
     }
 }
 

@@ -116,7 +116,6 @@ void bq_qconfig_set_round(bq_qconfig *q, bq_round r, uint64_t seed)
     q->opts.seed = seed;
 }
 
-static const char *rounds[] = {"rne", "away", "zero", "stochastic"};
 
 bq_status bq_qconfig_load(bq_qconfig *q, const char *path)
 {
@@ -142,7 +141,7 @@ bq_status qconfig_parse(bq_qconfig *q, const char *src, size_t n, const char *pa
         if (!strcmp(e->key, "round")) {
             int k = -1;
             for (int r = 0; r < 4; r++)
-                if (e->kind == TV_STR && !strcmp(e->s, rounds[r])) k = r;
+                if (e->kind == TV_STR && !strcmp(e->s, BQ_ROUND_NAMES[r])) k = r;
             if (k < 0) st = bq_fail(BQ_ERR_PARSE, "%s: round must be \"rne\", \"away\", \"zero\" or \"stochastic\"", where);
             else q->opts.round = (bq_round)k;
         } else if (!strcmp(e->key, "seed")) {
