@@ -26,7 +26,7 @@ CUDA_LIBS =
 endif
 # --fmad=false: no contraction, so the device computes the CPU's bits
 NVFLAGS = -O3 -std=c++17 --fmad=false -Xcompiler -fPIC,-fvisibility=hidden -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90 \
-          -Xcompiler -Wall -Iinclude -Isrc/core -Isrc/formats -Isrc/kernels -Isrc/cuda -Isrc/model
+          -Xcompiler -Wall -Iinclude -Isrc/core -Isrc/formats -Isrc/kernels -Isrc/cuda -Isrc/model -Isrc/engine
 LDLIBS  = $(EXTRA_LDFLAGS) -lopenblas -lpcre2-8 -lcjson -lm -pthread $(CUDA_LIBS)
 
 LIB_SRC = $(wildcard src/core/*.c src/model/*.c src/engine/*.c src/eval/*.c src/quant/*.c src/search/*.c) \
@@ -78,7 +78,7 @@ $(BUILD)/kern/pk_avx512.o: $(PK_DEPS)
 	$(CC) $(CFLAGS) -O3 -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx512vnni -mfma -mprefer-vector-width=512 \
 	    -DBQ_ISA=avx512 -c $< -o $@
 
-$(BUILD)/cuda/%.o: src/cuda/%.cu src/cuda/bq_cuda.h src/formats/qkern.h src/formats/format.h src/kernels/pmat.h src/model/model.h
+$(BUILD)/cuda/%.o: src/cuda/%.cu src/cuda/bq_cuda.h src/formats/qkern.h src/formats/format.h src/kernels/pmat.h src/model/model.h src/engine/backend.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 

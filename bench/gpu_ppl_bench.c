@@ -10,6 +10,7 @@
 #include "bq_cuda.h"
 #include "core.h"
 #include "model.h"
+#include "engine.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -112,12 +113,15 @@ int main(int argc, char **argv)
             if (st) { printf("quantize: %s\n", bq_last_error()); return 1; }
             bq_qconfig_free(q);
         }
-        bq_cuda_model *g;
-        if (bq_cuda_model_new(m, ctx, &g)) { printf("%s\n", bq_last_error()); return 1; }
-        if (bq_cuda_window_logprobs(g, ids, ctx, lp)) { printf("%s\n", bq_last_error()); return 1; }  /* warm-up */
+        bq_ctx *g;
+        bq_ctx_opts co = {.size = sizeof co, .device = 1};
+        if (bq_ctx_new_ex(m, ctx, &co, &g)) { printf("%s\n", bq_last_error()); return 1; }
+        if (bq_forward_logprobs(g, ids, ctx, lp)) { printf("%s\n", bq_last_error()); return 1; }  /* warm-up */
         double t = now();
-        for (int w = 0; w < windows; w++)
-            if (bq_cuda_window_logprobs(g, ids, ctx, lp)) { printf("%s\n", bq_last_error()); return 1; }
+        for (int w = 0; w < windows; w++) {
+            bq_ctx_reset(g);
+            if (bq_forward_logprobs(g, ids, ctx, lp)) { printf("%s\n", bq_last_error()); return 1; }
+        }
         t = now() - t;
         double tps = (double)ctx * windows / t;
         if (s == 0) base = tps;
@@ -126,10 +130,10 @@ int main(int argc, char **argv)
         for (int i = 0; i < ctx - 1; i++) nll -= lp[i];
         char vs16[16] = "-";  /* the bf16 row comes second */
         if (b16 > 0) snprintf(vs16, sizeof vs16, "%.2fx", tps / b16);
-        printf("| %s | %.0f | %.2fx | %s | %.1f |\n", settings[s][0], tps, tps / base, vs16, bq_cuda_model_bytes(g) / 1e9);
+        printf("| %s | %.0f | %.2fx | %s | %.1f |\n", settings[s][0], tps, tps / base, vs16, bq_ctx_device_bytes(g) / 1e9);
         if (js) fprintf(js, "{\"setting\":\"%s\",\"layers\":%d,\"ctx\":%d,\"tokens_per_second\":%.1f,\"mean_nll\":%.4f}\n",
                         settings[s][0], layers, ctx, tps, nll / (ctx - 1));
-        bq_cuda_model_free(g);
+        bq_ctx_free(g);
     }
     if (js) fclose(js);
     return 0;

@@ -153,6 +153,17 @@ BQ_API bq_status bq_model_check_finite(const bq_model *m);
 BQ_API bq_status bq_model_logits(const bq_model *m, const int32_t *ids, int n, float *logits);
 
 BQ_API bq_status bq_ctx_new(const bq_model *m, int max_tokens, bq_ctx **out);
+/* Where a context runs and on how many threads. On a CUDA device the context
+ * holds the model's weights on the device (uploaded once, at creation), the KV
+ * cache and the activations; the same forward pass runs there (src/engine). */
+typedef struct {
+    size_t size;   /* sizeof(bq_ctx_opts) */
+    int device;    /* 0: CPU; 1: the first CUDA device (BQ_ERR_UNSUPPORTED if there is none) */
+    int threads;   /* CPU worker threads (0: bq_set_threads's default, else all cores); results do not depend on it */
+} bq_ctx_opts;
+BQ_API bq_status bq_ctx_new_ex(const bq_model *m, int max_tokens, const bq_ctx_opts *o, bq_ctx **out);
+/* "cpu" or "cuda" */
+BQ_API const char *bq_ctx_device(const bq_ctx *c);
 BQ_API void bq_ctx_free(bq_ctx *c);
 BQ_API void bq_ctx_reset(bq_ctx *c);
 /* Forget the tokens from position pos on (a shared prefix stays cached). */
@@ -163,7 +174,10 @@ BQ_API bq_status bq_forward(bq_ctx *c, const int32_t *ids, int n, float *logits,
 /* Check activations for NaN/Inf after every layer (default on): bq_forward then
  * fails with BQ_ERR_NONFINITE naming the layer and the tensor. */
 BQ_API void bq_ctx_set_check(bq_ctx *c, int on);
-/* Threads for the matrix kernels (0 = all cores). */
+/* Append n >= 2 tokens; lp[t] = log p(ids[t + 1] | ids[..t]) for t < n - 1 (the
+ * logits stay where they were computed: perplexity on a GPU moves no logits). */
+BQ_API bq_status bq_forward_logprobs(bq_ctx *c, const int32_t *ids, int n, double *lp);
+/* The default thread count of contexts made without one (0 = all cores). */
 BQ_API void bq_set_threads(int n);
 
 /* ---- quantised inference ---------------------------------------------- */
@@ -273,6 +287,7 @@ typedef struct {
      * log-likelihood of each choice (cloze: of the target, n = 1) */
     void (*on_item)(void *arg, size_t index, const double *ll, int n);
     void *arg;
+    int device;      /* as bq_ctx_opts.device */
 } bq_eval_opts;
 
 /* Multiple choice ({"context", "choices", "gold"}): acc and acc_norm (the choice's
@@ -302,6 +317,7 @@ typedef struct {
     int allow_nonfinite;  /* go on past NaN/Inf activations */
     void (*on_token)(void *arg, int32_t id);  /* called as each token is chosen (may be NULL) */
     void *arg;
+    int device;           /* as bq_ctx_opts.device */
 } bq_gen_opts;
 typedef struct { double prompt_seconds, gen_seconds; size_t prompt_tokens, gen_tokens; } bq_gen_result;
 

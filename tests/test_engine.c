@@ -532,10 +532,11 @@ static void test_cuda_tiny(void)
             size_t V = (size_t)bq_model_vocab(m);
             float *lg = malloc(n * V * 4);
             double *lp = malloc(n * 8), worst = 0;
-            bq_cuda_model *g = NULL;
+            bq_ctx *g = NULL;
+            bq_ctx_opts co = {.size = sizeof co, .device = 1};
             bq_status st = bq_model_logits(m, ids, (int)n, lg);
-            if (!st) st = bq_cuda_model_new(m, (int)n, &g);
-            if (!st) st = bq_cuda_window_logprobs(g, ids, (int)n, lp);
+            if (!st) st = bq_ctx_new_ex(m, (int)n, &co, &g);
+            if (!st) st = bq_forward_logprobs(g, ids, (int)n, lp);
             CHECK(!st, "%s: %s", f->string, bq_last_error());
             for (size_t t = 0; !st && t + 1 < n; t++) {  /* log p(ids[t+1]) from the CPU's logits */
                 const float *row = lg + t * V;
@@ -544,14 +545,14 @@ static void test_cuda_tiny(void)
                 double se = 0;
                 for (size_t v = 0; v < V; v++) se += exp((double)row[v] - mx);
                 double d = fabs(lp[t] - ((double)row[ids[t + 1]] - mx - log(se)));
-                worst = d > worst ? d : worst;
+                worst = t_max(worst, d);
             }
             /* float32: the same sums in another order; quantised activations: rare rounding flips */
             double tol = cfg[i][0] ? 2e-3 : 1e-5;
             CHECK(!st && worst < tol, "%s %s: GPU log-probabilities differ from the CPU's by %.3g (tolerance %.0e)", f->string,
                   cfg[i][0] ? cfg[i][0] : "fp32", worst, tol);
             printf("  CUDA %-9s %-9s max |log p GPU - CPU| %.2e\n", f->string, cfg[i][0] ? cfg[i][0] : "fp32", worst);
-            bq_cuda_model_free(g);
+            bq_ctx_free(g);
             free(lg);
             free(lp);
             bq_model_free(m);

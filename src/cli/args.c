@@ -20,7 +20,8 @@ int cli_error(const char *cmd, const char *fmt, ...)
 
 int cli_status(const char *cmd, bq_status st)
 {
-    fprintf(stderr, "blockq %s: %s\n", cmd, bq_last_error());
+    /* the library names no options; the CLI says which one goes on past NaN/Inf */
+    fprintf(stderr, "blockq %s: %s%s\n", cmd, bq_last_error(), st == BQ_ERR_NONFINITE ? " (use --allow-nonfinite to go on)" : "");
     return st == BQ_ERR_NOMEM ? EXIT_FAIL : EXIT_BADINPUT;
 }
 
@@ -65,9 +66,13 @@ int cli_device(const char *cmd, const char *s, int *dev)
 {
     *dev = 0;
     if (!s || !strcmp(s, "cpu")) return 0;
-    if (!strcmp(s, "cuda")) { *dev = 1; return 0; }  /* insisted on: no GPU is an error later */
+    char why[256];
+    if (!strcmp(s, "cuda")) {  /* insisted on: no GPU is an error before anything is loaded */
+        if (bq_cuda_devices(why, sizeof why) == 0) return cli_error(cmd, "--device cuda: %s", why);
+        *dev = 1;
+        return 0;
+    }
     if (!strcmp(s, "auto")) {
-        char why[256];
         *dev = bq_cuda_devices(why, sizeof why) > 0;
         if (!*dev) fprintf(stderr, "blockq %s: %s; running on the CPU\n", cmd, why);
         return 0;

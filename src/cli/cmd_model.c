@@ -13,6 +13,7 @@ typedef struct {
     const char *model, *ids, *out, *text, *prompt, *text_file, *protocol, *config, *device, *tasks;
     const char *role[7];  /* wq aq attn kv head emb mul */
     int threads, json, n, ctx, chunks, strict, allow_nonfinite, round_set, packed;
+    int dev;  /* --device: 0 CPU, 1 CUDA */
     bq_hold hold;
     double temp, top_p;
     uint64_t seed;
@@ -47,7 +48,7 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
         else if (OPT("--out")) a->out = v;
         else if (OPT("--prompt")) a->prompt = v;
         else if (OPT("--protocol")) a->protocol = v;
-        else if (!strcmp(cmd, "ppl") && OPT("--device")) a->device = v;
+        else if (strcmp(cmd, "quantize") && strcmp(cmd, "info") && strcmp(cmd, "tokenize") && OPT("--device")) a->device = v;
         else if (!strcmp(cmd, "tokenize") && OPT("--text")) a->text = v;
         else if (!strcmp(cmd, "ppl") && OPT("--text")) a->text_file = v;
         else if (!strcmp(cmd, "eval") && OPT("--tasks")) a->tasks = v;
@@ -82,6 +83,7 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
         if (rc) return rc;
     }
     if (!a->model) return cli_error(cmd, "missing --model DIR");
+    if (a->device && cli_device(cmd, a->device, &a->dev)) return EXIT_BADINPUT;
     bq_set_threads(a->threads);
     return 0;
 }
@@ -145,7 +147,7 @@ int cmd_logits(int argc, char **argv)
     model_args a;
     int rc = parse_model_args("logits", argc, argv, &a);
     if (rc) return rc;
-    if (!a.ids || !a.out) return cli_error("logits", "usage: blockq logits --model DIR --ids IDS.i32 --out OUT.f32");
+    if (!a.ids || !a.out) return cli_error("logits", "usage: blockq logits --model DIR --ids IDS.i32 --out OUT.f32 [--device cpu|cuda|auto]");
     void *ids;
     size_t size;
     bq_status st = bq_read_file(a.ids, &ids, &size);
@@ -158,7 +160,8 @@ int cmd_logits(int argc, char **argv)
     if (!lg) rc = cli_error("logits", "out of memory");
     else {
         bq_ctx *c = NULL;
-        if (!(st = bq_ctx_new(m, n, &c))) {
+        bq_ctx_opts co = {.size = sizeof co, .device = a.dev, .threads = a.threads};
+        if (!(st = bq_ctx_new_ex(m, n, &co, &c))) {
             bq_ctx_set_check(c, !a.allow_nonfinite);
             st = bq_forward(c, ids, n, lg, 1);
         }
@@ -211,8 +214,6 @@ int cmd_ppl(int argc, char **argv)
     if (rc) return rc;
     if (!a.text_file)
         return cli_error("ppl", "usage: blockq ppl --model DIR --text FILE [--ctx S] [--chunks N] [--protocol all|second-half] [--device cpu|cuda|auto] [--json]");
-    int dev;
-    if ((rc = cli_device("ppl", a.device, &dev))) return rc;
     int second = !strcmp(a.protocol, "second-half");
     if (!second && strcmp(a.protocol, "all")) return cli_error("ppl", "bad --protocol '%s': expected all or second-half", a.protocol);
     if (second && a.ctx % 2) return cli_error("ppl", "--protocol second-half needs an even --ctx");
@@ -228,7 +229,7 @@ int cmd_ppl(int argc, char **argv)
     if ((st = bq_tokenize(t, text, len, &ids, &n))) { rc = cli_status("ppl", st); goto done; }
     bq_ppl_opts o = {.ctx = a.ctx, .chunks = a.chunks, .second_half = second, .allow_nonfinite = a.allow_nonfinite,
                      .threads = a.threads};
-    o.device = dev;
+    o.device = a.dev;
     if (isatty(2)) o.progress = progress_bar;
     bq_ppl_result r;
     if ((st = bq_perplexity(m, ids, n, &o, &r))) { rc = cli_status("ppl", st); goto done; }
@@ -268,7 +269,7 @@ int cmd_eval(int argc, char **argv)
     int rc = parse_model_args("eval", argc, argv, &a);
     if (rc) return rc;
     if (!a.tasks)
-        return cli_error("eval", "usage: blockq eval --model M --tasks FILE.jsonl[,FILE...] [--limit N] [--ctx S] [quantisation options] [--json]");
+        return cli_error("eval", "usage: blockq eval --model M --tasks FILE.jsonl[,FILE...] [--limit N] [--ctx S] [--device cpu|cuda|auto] [quantisation options] [--json]");
     bq_model *m = NULL;
     bq_tokenizer *t = NULL;
     if ((rc = load_model("eval", &a, &m)) || (rc = load_tokenizer("eval", a.model, m, &t))) goto done;
@@ -280,7 +281,7 @@ int cmd_eval(int argc, char **argv)
     for (char *f = list, *next; f && !rc; f = next) {
         if ((next = strchr(f, ','))) *next++ = 0;
         if (!*f) { rc = cli_error("eval", "--tasks has an empty entry"); break; }
-        bq_eval_opts o = {sizeof o, a.chunks, a.ctx, a.allow_nonfinite, NULL, NULL};
+        bq_eval_opts o = {.size = sizeof o, .limit = a.chunks, .max_ctx = a.ctx, .allow_nonfinite = a.allow_nonfinite, .device = a.dev};
         bq_eval_result r;
         bq_status st = bq_eval_file(m, t, f, &o, &r);
         if (st) { rc = cli_status("eval", st); break; }
@@ -328,7 +329,7 @@ int cmd_generate(int argc, char **argv)
     model_args a;
     int rc = parse_model_args("generate", argc, argv, &a);
     if (rc) return rc;
-    if (!a.prompt) return cli_error("generate", "usage: blockq generate --model DIR --prompt STR [-n N] [--temperature T] [--top-p P] [--seed S] [--json]");
+    if (!a.prompt) return cli_error("generate", "usage: blockq generate --model DIR --prompt STR [-n N] [--temperature T] [--top-p P] [--seed S] [--device cpu|cuda|auto] [--json]");
     bq_model *m = NULL;
     bq_tokenizer *t = NULL;
     int32_t *ids = NULL, *out = NULL;
@@ -342,7 +343,7 @@ int cmd_generate(int argc, char **argv)
     if (!(out = malloc(((size_t)a.n + 1) * sizeof *out))) { rc = cli_error("generate", "out of memory"); goto done; }
     printer pr = {t};
     bq_gen_opts o = {.size = sizeof o, .n_new = a.n, .temperature = a.temp, .top_p = a.top_p, .seed = a.seed,
-                     .allow_nonfinite = a.allow_nonfinite, .on_token = a.json ? NULL : print_token, .arg = &pr};
+                     .allow_nonfinite = a.allow_nonfinite, .on_token = a.json ? NULL : print_token, .arg = &pr, .device = a.dev};
     bq_gen_result r;
     if (!a.json) fputs(a.prompt, stdout);
     if ((st = bq_generate(m, ids, n, &o, out, &r))) { rc = cli_status("generate", st); goto done; }
@@ -353,8 +354,8 @@ int cmd_generate(int argc, char **argv)
         printf("], \"ids\": ");
         for (int i = 0; i < a.n; i++) printf("%s%d", i ? ", " : "[", out[i]);
         printf("%s, \"load_seconds\": %.3f, \"prompt_tokens\": %zu, \"prompt_seconds\": %.4f, \"prompt_tokens_per_second\": %.1f, "
-               "\"gen_tokens\": %zu, \"gen_seconds\": %.4f, \"gen_tokens_per_second\": %.1f}\n",
-               a.n ? "]" : "[]", load_s, r.prompt_tokens, r.prompt_seconds, pps, r.gen_tokens, r.gen_seconds, gps);
+               "\"gen_tokens\": %zu, \"gen_seconds\": %.4f, \"gen_tokens_per_second\": %.1f, \"device\": \"%s\"}\n",
+               a.n ? "]" : "[]", load_s, r.prompt_tokens, r.prompt_seconds, pps, r.gen_tokens, r.gen_seconds, gps, a.dev ? "cuda" : "cpu");
     } else {
         putchar('\n');
     }

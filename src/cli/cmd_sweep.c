@@ -95,7 +95,7 @@ int cmd_sweep(int argc, char **argv)
         bq_ppl_result r;
         if (!st) st = bq_perplexity(m, ids, nids, &o, &r);
         bq_eval_result er = {0};
-        bq_eval_opts eo = {sizeof eo, task_limit, ctx, 0, NULL, NULL};
+        bq_eval_opts eo = {.size = sizeof eo, .limit = task_limit, .max_ctx = ctx, .device = dev};
         if (!st && task) st = bq_eval_file(m, tk, task, &eo, &er);
         p->acc = task && !st ? er.acc : NAN;
         p->acc_se = task && !st ? er.acc_stderr : NAN;

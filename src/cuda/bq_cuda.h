@@ -41,15 +41,6 @@ bq_status bq_cuda_w_to_bf16(const bq_cuda_w *w, void *d_out);
 bq_status bq_cuda_gemm_mx8(int kind, const void *d_a, const uint8_t *d_sa, const void *d_b, const uint8_t *d_sb,
                            float *d_c, int M, int N, int K);
 
-/* The forward pass on the device (LLaMA family), for perplexity: the model's
- * weights as the CPU holds them go up once; each window gives log p(next). */
-typedef struct bq_cuda_model bq_cuda_model;
-bq_status bq_cuda_model_new(const bq_model *m, int max_tokens, bq_cuda_model **out);
-void bq_cuda_model_free(bq_cuda_model *g);
-size_t bq_cuda_model_bytes(const bq_cuda_model *g);
-/* lp[t] = log p(ids[t+1] | ids[0..t]) for t < n - 1, one window from position 0. */
-bq_status bq_cuda_window_logprobs(bq_cuda_model *g, const int32_t *ids, int n, double *lp);
-
 #ifdef __cplusplus
 }
 #endif

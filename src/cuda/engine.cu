@@ -1,7 +1,8 @@
-// The forward pass on a CUDA device, for perplexity (`blockq ppl --device cuda`).
-// Every architecture the CPU runs (LLaMA/Mistral, Qwen2/3, OPT with or without
-// project_in/out and post-LayerNorm, GPT-2): the same steps as
-// src/engine/forward.c over a whole window. Each linear goes up in one of three
+// The CUDA backend of the forward pass (src/engine/backend.h): the operations
+// src/engine/forward.c is written in, on the device, for every architecture the
+// CPU runs. The KV cache and the activations live on the device; nothing
+// synchronises with the host until the logits (or log-probabilities) come back,
+// so decoding a token is one queue of kernels. Each linear goes up in one of three
 // forms (packed, bf16 or float32, below; up_linear chooses); activations, the KV
 // cache and (--attn) the attention operands are quantised on the device by
 // bq_cuda_qdq (the CPU's bits). Attention is two strided-batched float32 GEMMs
@@ -32,7 +33,7 @@
 #include <string.h>
 extern "C" {
 #include "bq_cuda.h"
-#include "model.h"
+#include "backend.h"
 }
 
 // ---- cuBLAS through dlopen ----
@@ -93,7 +94,7 @@ __global__ void k_embed(const float *emb, const int *ids, float *x, int E)
     for (int i = threadIdx.x; i < E; i += blockDim.x) x[(size_t)t * E + i] = emb[(size_t)ids[t] * E + i];
 }
 
-// Learned positions (OPT, GPT-2): row t gets pos[t + offset] (a window starts at 0).
+// Learned positions (OPT, GPT-2): row t gets pos[t + offset] (offset: the model's plus the first token's position).
 __global__ void k_add_pos(float *x, const float *pos, size_t n, int H, int offset)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -134,39 +135,40 @@ __global__ void k_bias(float *y, const float *b, size_t n, int out)
     if (i < n) y[i] += b[i % out];
 }
 
-__global__ void k_rope(float *x, int T, int heads, int d, float theta)
+__global__ void k_rope(float *x, int T, int heads, int d, float theta, int pos0)
 {
     int half = d / 2;
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)T * heads * half) return;
     int k = (int)(i % half), h = (int)(i / half % heads), t = (int)(i / half / heads);
     float inv = (float)(1.0 / pow((double)theta, (double)(2 * k) / d));
-    float ang = (float)t * inv, cs = cosf(ang), sn = sinf(ang);
+    float ang = (float)(pos0 + t) * inv, cs = cosf(ang), sn = sinf(ang);
     float *v = x + ((size_t)t * heads + h) * d;
     float a = v[k], b = v[k + half];
     v[k] = a * cs - b * sn;
     v[k + half] = b * cs + a * sn;
 }
 
-// Causal softmax of one row of scores (row t of a head's [n][n] block), as
-// forward.c's attend_heads: float exponentials, their sum in double, zeros
-// outside keys [first, t] (first > 0 under a sliding window of `window` keys).
-__global__ void k_softmax(float *s, int n, int window)
+// Causal softmax of one row of scores (row t of a head's [n][T] block: query
+// pos + t against keys 0..T-1), as cpu.c's attend_heads: float exponentials,
+// their sum in double, zeros outside keys [first, pos + t] (first > 0 under a
+// sliding window of `window` keys).
+__global__ void k_softmax(float *s, int n, int T, int pos, int window)
 {
     __shared__ float fm[256];
     __shared__ double ds[256];
-    int t = blockIdx.x % n, first = window && t >= window ? t - window + 1 : 0;
-    float *r = s + (size_t)blockIdx.x * n;
+    int last = pos + blockIdx.x % n, first = window && last >= window ? last - window + 1 : 0;
+    float *r = s + (size_t)blockIdx.x * T;
     float mx = -INFINITY;
-    for (int j = first + threadIdx.x; j <= t; j += blockDim.x) mx = fmaxf(mx, r[j]);
+    for (int j = first + threadIdx.x; j <= last; j += blockDim.x) mx = fmaxf(mx, r[j]);
     mx = block_reduce(mx, fm, max_op());
     double sum = 0;
-    for (int j = first + threadIdx.x; j <= t; j += blockDim.x) { r[j] = expf(r[j] - mx); sum += r[j]; }
+    for (int j = first + threadIdx.x; j <= last; j += blockDim.x) { r[j] = expf(r[j] - mx); sum += r[j]; }
     float inv = (float)(1.0 / block_reduce(sum, ds, sum_op()));
-    for (int j = threadIdx.x; j < n; j += blockDim.x) r[j] = j >= first && j <= t ? r[j] * inv : 0.0f;
+    for (int j = threadIdx.x; j < T; j += blockDim.x) r[j] = j >= first && j <= last ? r[j] * inv : 0.0f;
 }
 
-// V [n][kvd] -> V^T [kvd][n] (--attn quantises V along the token axis)
+// V [n][kvd] -> V^T [kvd][n] (the attention format quantises V along the token axis)
 __global__ void k_transpose(const float *v, float *vt, int n, int kvd)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -190,7 +192,7 @@ __global__ void k_add(float *x, const float *h, size_t n)
     if (i < n) x[i] += h[i];
 }
 
-// log p(ids[t+1]) from the logits of row t, as ppl.c computes it.
+// log p(ids[t+1]) from the logits of row t, as log_softmax_at computes it.
 __global__ void k_logprob(const float *lg, const int *ids, double *lp, int V)
 {
     __shared__ float fm[256];
@@ -206,24 +208,49 @@ __global__ void k_logprob(const float *lg, const int *ids, double *lp, int V)
     if (threadIdx.x == 0) lp[t] = (double)row[ids[t + 1]] - mx - log(se);
 }
 
-// ---- the model on the device ----
+// NaN/Inf in x[n]: the smallest 2 * index + isnan into *bad (all ones: none).
+__global__ void k_check(const float *x, size_t n, unsigned long long *bad)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n && !isfinite(x[i])) atomicMin(bad, 2ull * i + (isnan(x[i]) ? 1 : 0));
+}
+
+// ---- the backend ----
 // A linear on the device: float32 weights (w), bf16 weights (w16), or packed codes
-// (pw) unpacked into the shared bf16 buffer before each product.
+// (pw): through the packed GEMV for a few tokens, else unpacked into the shared
+// bf16 buffer before each product.
 struct glin { float *w, *b; __nv_bfloat16 *w16; bq_cuda_w *pw; int in, out; const bq_format *aq; };
-struct glayer { float *ln1, *ln1b, *ln2, *ln2b, *qn, *kn; glin q, k, v, o, gate, up, down; };
-struct bq_cuda_model {
-    const bq_model *m;
-    float *emb, *pos, *fnorm, *fnormb;  // pos: learned positions (NULL with rotary ones)
-    glin head, proj_in, proj_out;       // proj_*: OPT's word_embed_proj_dim != hidden
-    glayer *L;
-    int T, hchunk;                      // hchunk: kv heads per attention call (scores buffer s)
-    float *x, *h, *q, *k, *v, *a, *g, *u, *lg, *xq, *e, *s, *vt;
-    __nv_bfloat16 *xb;  // bf16 activations for the bf16 path (allocated when a linear takes it)
-    __nv_bfloat16 *wb;  // one packed linear unpacked (the largest)
-    int *ids;
-    double *lp;
-    size_t bytes;
+struct gnorm { float *w, *b; };
+enum { GEMV_MAX = 8 };  // tokens up to which a packed linear takes the GEMV
+
+struct cuda_be {
+    be base;
+    float *emb, *pos;      // pos: learned positions (NULL with rotary ones)
+    glin *lin;             // [layers][7] then head, proj_in, proj_out
+    gnorm *norms;          // [layers][4] then the final one
+    float *kc, *vc;        // the KV cache [layers][T][kv_dim]
+    float *kq, *vt;        // attention quantisation: K copy [T][kv_dim], V^T [kv_dim][T]
+    float *s;              // attention scores, s_floats of them
+    size_t s_floats;
+    float *xq;             // a quantised copy of a linear's input, xq_floats
+    size_t xq_floats;
+    __nv_bfloat16 *xb;     // bf16 activations for the bf16 path (xq_floats)
+    __nv_bfloat16 *wb;     // one packed linear unpacked (the largest)
+    int *ids;              // [T]
+    double *lp;            // [T]
+    unsigned long long *bad;  // per check site: first non-finite (2 * index + isnan), all ones if none
+    int nsites, checked;
+    int *site_d, *site_pos;   // host: each site's row length and first token
+    size_t bytes;             // weights and buffers on the device
 };
+
+static unsigned nblk(size_t n) { return (unsigned)((n + 255) / 256); }
+static cuda_be *G(be *b) { return (cuda_be *)b; }
+static const bq_config *cfg(const be *b) { return &b->m->c; }
+static glin *glin_at(cuda_be *g, int layer, lin_role r)
+{
+    return layer < 0 ? &g->lin[(size_t)cfg(&g->base)->layers * 7 + (r - R_HEAD)] : &g->lin[(size_t)layer * 7 + r];
+}
 
 static bq_status up_floats(float **d, const float *h, size_t n, size_t *bytes)
 {
@@ -304,6 +331,7 @@ static bq_status up_linear(glin *g, const linear *l, size_t *bytes)
     } else st = up_floats(&g->w, w, n, bytes);
     free(tmp);
     if (!st && l->b) st = up_floats(&g->b, l->b, (size_t)l->out, bytes);
+    if (st) return bq_fail(st, "%s: %s", l->name, bq_last_error());
     return st;
 }
 
@@ -315,132 +343,111 @@ static void glin_free(glin *l)
     bq_cuda_w_free(l->pw);
 }
 
-extern "C" void bq_cuda_model_free(bq_cuda_model *g)
+static void cuda_destroy(be *b)
 {
-    if (!g) return;
-    const bq_config *c = &g->m->c;
-    for (int i = 0; g->L && i < c->layers; i++) {
-        glayer *l = &g->L[i];
-        float *p[] = {l->ln1, l->ln1b, l->ln2, l->ln2b, l->qn, l->kn};
-        for (float *x : p) bq_cuda_free(x);
-        glin *ls[] = {&l->q, &l->k, &l->v, &l->o, &l->gate, &l->up, &l->down};
-        for (glin *x : ls) glin_free(x);
-    }
-    free(g->L);
-    float *p[] = {g->emb, g->pos, g->fnorm, g->fnormb, g->x, g->h, g->q, g->k, g->v, g->a, g->g, g->u, g->lg, g->xq, g->e, g->s, g->vt};
-    for (float *x : p) bq_cuda_free(x);
-    glin *ls[] = {&g->head, &g->proj_in, &g->proj_out};
-    for (glin *x : ls) glin_free(x);
-    bq_cuda_free(g->xb);
-    bq_cuda_free(g->wb);
-    bq_cuda_free(g->ids);
-    bq_cuda_free(g->lp);
+    cuda_be *g = G(b);
+    const bq_config *c = cfg(b);
+    size_t nl = (size_t)c->layers * 7 + 3, nn = (size_t)c->layers * 4 + 1;
+    for (size_t i = 0; g->lin && i < nl; i++) glin_free(&g->lin[i]);
+    for (size_t i = 0; g->norms && i < nn; i++) { bq_cuda_free(g->norms[i].w); bq_cuda_free(g->norms[i].b); }
+    free(g->lin);
+    free(g->norms);
+    void *p[] = {g->emb, g->pos, g->kc, g->vc, g->kq, g->vt, g->s, g->xq, g->xb, g->wb, g->ids, g->lp, g->bad};
+    for (void *x : p) bq_cuda_free(x);
+    free(g->site_d);
+    free(g->site_pos);
     free(g);
 }
 
-extern "C" bq_status bq_cuda_model_new(const bq_model *m, int T, bq_cuda_model **out)
+static void *cuda_alloc(be *b, size_t n)
 {
-    *out = NULL;
-    char why[256];
-    if (!bq_cuda_devices(why, sizeof why)) return bq_fail(BQ_ERR_UNSUPPORTED, "%s", why);
-    const bq_config *c = &m->c;
-    if (!c->rope && T > c->max_pos)
-        return bq_fail(BQ_ERR_ARG, "context of %d tokens exceeds the model's %d positions", T, c->max_pos);
-    for (int i = 0; i < c->layers; i++) {  // L-Mul products have no GPU kernel: never a silently exact run
-        const linear *ls[] = {&m->L[i].q, &m->L[i].k, &m->L[i].v, &m->L[i].o, &m->L[i].gate, &m->L[i].up, &m->L[i].down};
-        for (int j = 0; j < 7; j++)
-            if (ls[j]->lmul) return bq_fail(BQ_ERR_UNSUPPORTED, "%s: L-Mul products run on the CPU only (--device cpu)", ls[j]->name);
-    }
-    bq_status st = cublas_open();
-    if (st) return st;
-    bq_cuda_model *g = (bq_cuda_model *)calloc(1, sizeof *g);
-    if (!g) return bq_fail(BQ_ERR_NOMEM, "out of memory");
-    g->m = m;
-    g->T = T;
-    g->L = (glayer *)calloc((size_t)c->layers, sizeof *g->L);
-    if (!g->L) { free(g); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
-    size_t H = (size_t)c->hidden, E = (size_t)c->embed_dim, V = (size_t)c->vocab, *b = &g->bytes;
-    if (m->tok_emb) st = up_floats(&g->emb, m->tok_emb, V * E, b);
-    else {
-        float *tmp = (float *)malloc(V * E * 4);
-        if (!tmp) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-        else { pmat_decode(m->emb_p, 0, (int)V, tmp); st = up_floats(&g->emb, tmp, V * E, b); free(tmp); }
-    }
-    if (!st && m->pos_emb) st = up_floats(&g->pos, m->pos_emb, ((size_t)T + c->pos_offset) * H, b);
-    if (!st && c->final_norm) st = up_floats(&g->fnorm, m->final_ln.w, H, b);
-    if (!st && c->final_norm && m->final_ln.b) st = up_floats(&g->fnormb, m->final_ln.b, H, b);
-    int any16 = 0;  // what the bf16 buffers must hold, noted as the linears go up
-    size_t maxw = 0;
-    auto track = [&](const glin *x) {
-        any16 |= x->w16 || x->pw;
-        if (x->pw && (size_t)x->in * x->out > maxw) maxw = (size_t)x->in * x->out;
-    };
-    if (!st) st = up_linear(&g->head, &m->head, b);
-    if (!st) track(&g->head);
-    if (!st && LINEAR_PRESENT(&m->proj_in) && !(st = up_linear(&g->proj_in, &m->proj_in, b))) track(&g->proj_in);
-    if (!st && LINEAR_PRESENT(&m->proj_out) && !(st = up_linear(&g->proj_out, &m->proj_out, b))) track(&g->proj_out);
-    for (int i = 0; i < c->layers && !st; i++) {
-        const layer_w *L = &m->L[i];
-        glayer *l = &g->L[i];
-        st = up_floats(&l->ln1, L->ln1.w, H, b);
-        if (!st) st = up_floats(&l->ln2, L->ln2.w, H, b);
-        if (!st && L->ln1.b) st = up_floats(&l->ln1b, L->ln1.b, H, b);
-        if (!st && L->ln2.b) st = up_floats(&l->ln2b, L->ln2.b, H, b);
-        if (!st && c->qk_norm) st = up_floats(&l->qn, L->q_norm.w, (size_t)c->head_dim, b);
-        if (!st && c->qk_norm) st = up_floats(&l->kn, L->k_norm.w, (size_t)c->head_dim, b);
-        const linear *src[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
-        glin *dst[] = {&l->q, &l->k, &l->v, &l->o, &l->gate, &l->up, &l->down};
-        for (int j = 0; j < 7 && !st; j++)
-            if (LINEAR_PRESENT(src[j]) && !(st = up_linear(dst[j], src[j], b))) track(dst[j]);
-    }
-    size_t qd = (size_t)c->heads * c->head_dim, kvd = (size_t)c->kv_heads * c->head_dim, I = (size_t)c->inter, Tn = (size_t)T;
-    size_t maxin = H > I ? H : I;
-    maxin = maxin > qd ? maxin : qd;
-    maxin = maxin > E ? maxin : E;
-    // attention scores for as many kv heads at a time as fit in 512 MiB (at least one)
-    size_t per = Tn * Tn * 4, hc = ((size_t)512 << 20) / per;
-    g->hchunk = hc < 1 ? 1 : hc > (size_t)c->kv_heads ? c->kv_heads : (int)hc;
-    int gated = c->act == ACT_SILU_GATED, proj = LINEAR_PRESENT(&m->proj_in) || LINEAR_PRESENT(&m->proj_out);
-    float **bufs[] = {&g->x, &g->h, &g->q, &g->k, &g->v, &g->a, &g->g, &g->u, &g->lg, &g->xq, &g->e, &g->s, &g->vt};
-    size_t sizes[] = {Tn * H, Tn * H, Tn * qd, Tn * kvd, Tn * kvd, Tn * qd, gated ? Tn * I : 0, Tn * I, Tn * V, Tn * maxin,
-                      proj ? Tn * E : 0, (size_t)g->hchunk * per / 4, m->attn_q ? Tn * kvd : 0};
-    for (int i = 0; i < 13 && !st; i++)
-        if (sizes[i]) { st = bq_cuda_malloc((void **)bufs[i], sizes[i] * 4); *b += sizes[i] * 4; }
-    if (!st && any16) { st = bq_cuda_malloc((void **)&g->xb, Tn * maxin * 2); *b += Tn * maxin * 2; }
-    if (!st && maxw) { st = bq_cuda_malloc((void **)&g->wb, maxw * 2); *b += maxw * 2; }
-    if (!st) st = bq_cuda_malloc((void **)&g->ids, Tn * 4);
-    if (!st) st = bq_cuda_malloc((void **)&g->lp, Tn * 8);
-    if (st) { bq_cuda_model_free(g); return st; }
-    *out = g;
-    return BQ_OK;
+    void *p;
+    if (bq_cuda_malloc(&p, n)) return NULL;
+    G(b)->bytes += n;
+    return p;
+}
+static void cuda_release(be *b, void *p) { (void)b; bq_cuda_free(p); }
+
+static bq_status launched(const char *what)
+{
+    cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? BQ_OK : bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine (%s): %s", what, cudaGetErrorString(e));
 }
 
-extern "C" size_t bq_cuda_model_bytes(const bq_cuda_model *g) { return g->bytes; }
+static bq_status cuda_embed(be *b, const int32_t *ids, int n, float *e)
+{
+    cuda_be *g = G(b);
+    bq_status st = bq_cuda_upload(g->ids, ids, (size_t)n * 4);
+    if (st) return st;
+    k_embed<<<n, 256>>>(g->emb, g->ids, e, cfg(b)->embed_dim);
+    return launched("embed");
+}
 
-static unsigned nblk(size_t n) { return (unsigned)((n + 255) / 256); }
+static bq_status cuda_add_pos(be *b, float *x, int n, int pos0)
+{
+    const bq_config *c = cfg(b);
+    size_t nH = (size_t)n * c->hidden;
+    k_add_pos<<<nblk(nH), 256>>>(x, G(b)->pos, nH, c->hidden, c->pos_offset + pos0);
+    return launched("positions");
+}
 
 // y[n, out] = q(x[n, in]) W^T + b; column-major for cuBLAS: Y (out x n) = W^T (out x in) . X (in x n)
-static bq_status matmul(bq_cuda_model *g, const glin *l, const float *x, float *y, int n)
+static bq_status cuda_linear(be *b, int layer, lin_role r, const float *x, float *y, int n)
 {
+    cuda_be *g = G(b);
+    const glin *l = glin_at(g, layer, r);
+    bq_status st;
     if (l->aq) {
-        bq_status st = bq_cuda_qdq(l->aq, x, g->xq, (size_t)n, (size_t)l->in, &g->m->qopts);
-        if (st) return st;
+        if ((st = bq_cuda_qdq(l->aq, x, g->xq, (size_t)n, (size_t)l->in, &b->m->qopts))) return st;
         x = g->xq;
     }
     const float one = 1.0f, zero = 0.0f;
-    if (l->w16 || l->pw) {  // x holds bf16 values (quantised above): their top halves, then bf16 x bf16 -> float32
+    if (l->pw && n <= GEMV_MAX) {  // decoding: the packed codes straight from memory
+        if ((st = bq_cuda_gemv(l->pw, x, n, y))) return st;
+    } else if (l->w16 || l->pw) {  // x holds bf16 values (quantised above): their top halves, then bf16 x bf16 -> float32
         size_t nx = (size_t)n * l->in;
         k_top_half<<<nblk(nx), 256>>>(x, g->xb, nx);
-        if (l->pw) {
-            bq_status st = bq_cuda_w_to_bf16(l->pw, g->wb);
-            if (st) return st;
-        }
-        if (g_gemmex((cublasHandle_t)g_cublas, CUBLAS_OP_T, CUBLAS_OP_N, l->out, n, l->in, &one, l->pw ? g->wb : l->w16, CUDA_R_16BF, l->in, g->xb, CUDA_R_16BF,
-                     l->in, &zero, y, CUDA_R_32F, l->out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS)
+        if (l->pw && (st = bq_cuda_w_to_bf16(l->pw, g->wb))) return st;
+        if (g_gemmex((cublasHandle_t)g_cublas, CUBLAS_OP_T, CUBLAS_OP_N, l->out, n, l->in, &one, l->pw ? g->wb : l->w16,
+                     CUDA_R_16BF, l->in, g->xb, CUDA_R_16BF, l->in, &zero, y, CUDA_R_32F, l->out, CUBLAS_COMPUTE_32F,
+                     CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS)
             return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasGemmEx (bf16) failed");
     } else if (g_sgemm(g_cublas, CUBLAS_OP_T, CUBLAS_OP_N, l->out, n, l->in, &one, l->w, l->in, x, l->in, &zero, y, l->out) != 0)
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasSgemm failed");
     if (l->b) k_bias<<<nblk((size_t)n * l->out), 256>>>(y, l->b, (size_t)n * l->out, l->out);
+    return launched("linear");
+}
+
+static bq_status cuda_norm(be *b, int layer, norm_role r, const float *x, float *y, int rows, int d)
+{
+    const bq_config *c = cfg(b);
+    const gnorm *p = &G(b)->norms[layer < 0 ? (size_t)c->layers * 4 : (size_t)layer * 4 + r];
+    int layernorm = c->norm == NORM_LAYER && r != N_Q && r != N_K;
+    k_norm<<<rows, 256>>>(x, p->w, p->b, y, d, c->norm_eps, layernorm);
+    return launched("norm");
+}
+
+static bq_status cuda_rope(be *b, float *x, int n, int heads, int pos0)
+{
+    const bq_config *c = cfg(b);
+    int d = c->head_dim;
+    k_rope<<<nblk((size_t)n * heads * (d / 2)), 256>>>(x, n, heads, d, c->rope_theta, pos0);
+    return launched("rope");
+}
+
+static bq_status cuda_qdq(be *b, const bq_format *f, const float *x, float *y, size_t rows, size_t cols)
+{
+    return bq_cuda_qdq(f, x, y, rows, cols, &b->m->qopts);
+}
+
+static bq_status cuda_kv_store(be *b, int layer, const float *k, const float *v, int n, int pos)
+{
+    cuda_be *g = G(b);
+    const bq_config *c = cfg(b);
+    size_t kvd = (size_t)c->kv_heads * c->head_dim, off = ((size_t)layer * b->max_tokens + pos) * kvd, bytes = (size_t)n * kvd * 4;
+    if (cudaMemcpyAsync(g->kc + off, k, bytes, cudaMemcpyDeviceToDevice) != cudaSuccess ||
+        cudaMemcpyAsync(g->vc + off, v, bytes, cudaMemcpyDeviceToDevice) != cudaSuccess)
+        return launched("KV cache");
     return BQ_OK;
 }
 
@@ -453,103 +460,205 @@ static bq_status sgemm_batched(bool ta, bool tb, int m, int n, int k, float alph
     return BQ_OK;
 }
 
-// Causal attention over the window, as forward.c's attention(): per head, scores
-// = Q K^T / sqrt(d), softmax, P V; --attn quantises Q and K along head_dim, V
-// along the tokens and P along the keys. Heads h = kh * group + j share kv head
-// kh, so for each j the kv heads go in batches of hchunk (column-major views of
-// the row-major [n][heads][d] buffers: C = S^T = K Q^T, then O^T = V^T P^T).
-static bq_status attention(bq_cuda_model *g, int n)
+// Causal attention of n queries at pos.. against the layer's cache [0, T), as
+// cpu.c's attention: per head, scores = Q K^T / sqrt(d), softmax, P V; the
+// attention format quantises Q and K along head_dim, V along the tokens and P
+// along the keys. Heads h = kh * group + j share kv head kh, so for each j the kv
+// heads go in batches that fit the scores buffer (column-major views of the
+// row-major buffers: S^T = K Q^T, then O^T = V^T P^T).
+static bq_status cuda_attention(be *b, int layer, float *q, float *a, int n, int pos)
 {
-    const bq_model *M = g->m;
-    const bq_config *c = &M->c;
-    const int d = c->head_dim, kvh = c->kv_heads, G = c->heads / kvh, qd = c->heads * d, kvd = kvh * d;
+    cuda_be *g = G(b);
+    const bq_model *M = b->m;
+    const bq_config *c = cfg(b);
+    const int d = c->head_dim, kvh = c->kv_heads, G_ = c->heads / kvh, qd = c->heads * d, kvd = kvh * d, T = pos + n;
+    const float *K = g->kc + (size_t)layer * b->max_tokens * kvd, *V = g->vc + (size_t)layer * b->max_tokens * kvd;
     const bq_format *aq = M->attn_q;
     bq_status st = BQ_OK;
-    if (aq && ((st = bq_cuda_qdq(aq, g->q, g->q, (size_t)n * c->heads, (size_t)d, &M->qopts)) ||
-               (st = bq_cuda_qdq(aq, g->k, g->k, (size_t)n * kvh, (size_t)d, &M->qopts))))
-        return st;
     if (aq) {
-        k_transpose<<<nblk((size_t)n * kvd), 256>>>(g->v, g->vt, n, kvd);
-        if ((st = bq_cuda_qdq(aq, g->vt, g->vt, (size_t)kvd, (size_t)n, &M->qopts))) return st;
+        if ((st = bq_cuda_qdq(aq, q, q, (size_t)n * c->heads, (size_t)d, &M->qopts)) ||
+            (st = bq_cuda_qdq(aq, K, g->kq, (size_t)T * kvh, (size_t)d, &M->qopts)))
+            return st;
+        K = g->kq;
+        k_transpose<<<nblk((size_t)T * kvd), 256>>>(V, g->vt, T, kvd);
+        if ((st = bq_cuda_qdq(aq, g->vt, g->vt, (size_t)kvd, (size_t)T, &M->qopts))) return st;
     }
-    const long long nn = (long long)n * n;
-    for (int j = 0; j < G && !st; j++)
-        for (int k0 = 0; k0 < kvh && !st; k0 += g->hchunk) {
-            int cnt = kvh - k0 < g->hchunk ? kvh - k0 : g->hchunk;
-            size_t h0 = (size_t)k0 * G + j;
-            st = sgemm_batched(true, false, n, n, d, 1.0f / sqrtf((float)d), g->k + (size_t)k0 * d, kvd, d, g->q + h0 * d, qd,
-                               (long long)G * d, g->s, n, nn, cnt);
+    const long long nT = (long long)n * T;
+    size_t fit = g->s_floats / (size_t)nT;
+    int chunk = fit < 1 ? 1 : fit > (size_t)kvh ? kvh : (int)fit;
+    for (int j = 0; j < G_ && !st; j++)
+        for (int k0 = 0; k0 < kvh && !st; k0 += chunk) {
+            int cnt = kvh - k0 < chunk ? kvh - k0 : chunk;
+            size_t h0 = (size_t)k0 * G_ + j;
+            st = sgemm_batched(true, false, T, n, d, 1.0f / sqrtf((float)d), K + (size_t)k0 * d, kvd, d, q + h0 * d, qd,
+                               (long long)G_ * d, g->s, T, nT, cnt);
             if (st) break;
-            k_softmax<<<(unsigned)(cnt * n), 256>>>(g->s, n, c->sliding_window);
-            if (aq && (st = bq_cuda_qdq(aq, g->s, g->s, (size_t)cnt * n, (size_t)n, &M->qopts))) break;
-            st = aq ? sgemm_batched(true, false, d, n, n, 1.0f, g->vt + (size_t)k0 * d * n, n, (long long)d * n, g->s, n, nn,
-                                    g->a + h0 * d, qd, (long long)G * d, cnt)
-                    : sgemm_batched(false, false, d, n, n, 1.0f, g->v + (size_t)k0 * d, kvd, d, g->s, n, nn, g->a + h0 * d, qd,
-                                    (long long)G * d, cnt);
+            k_softmax<<<(unsigned)(cnt * n), 256>>>(g->s, n, T, pos, c->sliding_window);
+            if (aq && (st = bq_cuda_qdq(aq, g->s, g->s, (size_t)cnt * n, (size_t)T, &M->qopts))) break;
+            st = aq ? sgemm_batched(true, false, d, n, T, 1.0f, g->vt + (size_t)k0 * d * T, T, (long long)d * T, g->s, T, nT,
+                                    a + h0 * d, qd, (long long)G_ * d, cnt)
+                    : sgemm_batched(false, false, d, n, T, 1.0f, V + (size_t)k0 * d, kvd, d, g->s, T, nT, a + h0 * d, qd,
+                                    (long long)G_ * d, cnt);
         }
+    return st ? st : launched("attention");
+}
+
+static bq_status cuda_act(be *b, float *u, const float *gt, size_t n)
+{
+    k_act<<<nblk(n), 256>>>(u, gt, n, cfg(b)->act);
+    return launched("activation");
+}
+
+static bq_status cuda_add(be *b, float *x, const float *y, size_t n)
+{
+    (void)b;
+    k_add<<<nblk(n), 256>>>(x, y, n);
+    return launched("add");
+}
+
+// Checks are queued; be_finish reads them all at once (one copy per forward pass).
+static bq_status cuda_check(be *b, const float *x, int rows, int d, int layer, check_site s, int pos)
+{
+    cuda_be *g = G(b);
+    int site = s == CHK_LOGITS ? 2 * cfg(b)->layers : 2 * layer + (int)s;
+    g->site_d[site] = d;
+    g->site_pos[site] = pos;
+    g->checked = 1;
+    size_t n = (size_t)rows * d;
+    k_check<<<nblk(n), 256>>>(x, n, g->bad + site);
+    return launched("check");
+}
+
+static bq_status cuda_finish(be *b)
+{
+    cuda_be *g = G(b);
+    bq_status st = launched("forward");
+    if (st || !g->checked) return st;
+    g->checked = 0;
+    unsigned long long *h = (unsigned long long *)malloc((size_t)g->nsites * 8);
+    if (!h) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    st = bq_cuda_download(h, g->bad, (size_t)g->nsites * 8);
+    for (int i = 0; !st && i < g->nsites; i++)
+        if (h[i] != ~0ull) {
+            cudaMemset(g->bad, 0xff, (size_t)g->nsites * 8);
+            int layer = i / 2;
+            check_site s = i == g->nsites - 1 ? CHK_LOGITS : (check_site)(i % 2);
+            st = be_nonfinite((int)(h[i] & 1), layer, s, g->site_pos[i] + (int)((h[i] >> 1) / (unsigned long long)g->site_d[i]));
+        }
+    free(h);
     return st;
 }
 
-extern "C" bq_status bq_cuda_window_logprobs(bq_cuda_model *g, const int32_t *ids, int n, double *lp)
+static bq_status cuda_logits(be *b, const float *lg, int rows, float *out)
 {
-    const bq_model *M = g->m;
-    const bq_config *c = &M->c;
-    if (n > g->T || n < 2) return bq_fail(BQ_ERR_ARG, "CUDA engine: window of %d tokens (1 < n <= %d)", n, g->T);
-    for (int t = 0; t < n; t++)
-        if (ids[t] < 0 || ids[t] >= c->vocab)
-            return bq_fail(BQ_ERR_ARG, "token id %d at position %d is outside the vocabulary [0, %d)", ids[t], t, c->vocab);
-    int H = c->hidden, d = c->head_dim, layer = c->norm == NORM_LAYER;
-    size_t nH = (size_t)n * H, nI = (size_t)n * c->inter;
-    bq_status st = bq_cuda_upload(g->ids, ids, (size_t)n * 4);
-    if (st) return st;
-    if (LINEAR_PRESENT(&M->proj_in)) {
-        k_embed<<<n, 256>>>(g->emb, g->ids, g->e, c->embed_dim);
-        if ((st = matmul(g, &g->proj_in, g->e, g->x, n))) return st;
-    } else k_embed<<<n, 256>>>(g->emb, g->ids, g->x, H);
-    if (g->pos) k_add_pos<<<nblk(nH), 256>>>(g->x, g->pos, nH, H, c->pos_offset);
-    for (int l = 0; l < c->layers && !st; l++) {
-        glayer *L = &g->L[l];
-        // attention
-        float *hin = g->x;
-        if (c->pre_norm) { k_norm<<<n, 256>>>(g->x, L->ln1, L->ln1b, g->h, H, c->norm_eps, layer); hin = g->h; }
-        if ((st = matmul(g, &L->q, hin, g->q, n)) || (st = matmul(g, &L->k, hin, g->k, n)) || (st = matmul(g, &L->v, hin, g->v, n)))
-            break;
-        if (c->qk_norm) {
-            k_norm<<<n * c->heads, 256>>>(g->q, L->qn, NULL, g->q, d, c->norm_eps, 0);
-            k_norm<<<n * c->kv_heads, 256>>>(g->k, L->kn, NULL, g->k, d, c->norm_eps, 0);
-        }
-        if (c->rope) {
-            k_rope<<<nblk((size_t)n * c->heads * (d / 2)), 256>>>(g->q, n, c->heads, d, c->rope_theta);
-            k_rope<<<nblk((size_t)n * c->kv_heads * (d / 2)), 256>>>(g->k, n, c->kv_heads, d, c->rope_theta);
-        }
-        if (M->kv_q) {
-            if ((st = bq_cuda_qdq(M->kv_q, g->k, g->k, (size_t)n * c->kv_heads, (size_t)d, &M->qopts)) ||
-                (st = bq_cuda_qdq(M->kv_q, g->v, g->v, (size_t)n * c->kv_heads, (size_t)d, &M->qopts)))
-                break;
-        }
-        if ((st = attention(g, n)) || (st = matmul(g, &L->o, g->a, g->h, n))) break;
-        k_add<<<nblk(nH), 256>>>(g->x, g->h, nH);
-        if (!c->pre_norm) k_norm<<<n, 256>>>(g->x, L->ln1, L->ln1b, g->x, H, c->norm_eps, layer);
-        // MLP
-        hin = g->x;
-        if (c->pre_norm) { k_norm<<<n, 256>>>(g->x, L->ln2, L->ln2b, g->h, H, c->norm_eps, layer); hin = g->h; }
-        if ((st = matmul(g, &L->up, hin, g->u, n))) break;
-        if (c->act == ACT_SILU_GATED && (st = matmul(g, &L->gate, hin, g->g, n))) break;
-        k_act<<<nblk(nI), 256>>>(g->u, g->g, nI, c->act);
-        if ((st = matmul(g, &L->down, g->u, g->h, n))) break;
-        k_add<<<nblk(nH), 256>>>(g->x, g->h, nH);
-        if (!c->pre_norm) k_norm<<<n, 256>>>(g->x, L->ln2, L->ln2b, g->x, H, c->norm_eps, layer);
-    }
-    if (st) return st;
-    float *xf = g->x;
-    if (c->final_norm) { k_norm<<<n, 256>>>(g->x, g->fnorm, g->fnormb, g->h, H, c->norm_eps, layer); xf = g->h; }
-    if (LINEAR_PRESENT(&M->proj_out)) {
-        if ((st = matmul(g, &g->proj_out, xf, g->e, n))) return st;
-        xf = g->e;
-    }
-    if ((st = matmul(g, &g->head, xf, g->lg, n))) return st;
-    k_logprob<<<n - 1, 256>>>(g->lg, g->ids, g->lp, c->vocab);
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: %s", cudaGetErrorString(e));
-    return bq_cuda_download(lp, g->lp, (size_t)(n - 1) * 8);
+    return bq_cuda_download(out, lg, (size_t)rows * cfg(b)->vocab * 4);
 }
+
+static bq_status cuda_logprobs(be *b, const float *lg, const int32_t *ids, int n, double *lp)
+{
+    cuda_be *g = G(b);  // g->ids holds these ids: the embedding uploaded them
+    (void)ids;
+    k_logprob<<<n - 1, 256>>>(lg, g->ids, g->lp, cfg(b)->vocab);
+    bq_status st = launched("log-probabilities");
+    return st ? st : bq_cuda_download(lp, g->lp, (size_t)(n - 1) * 8);
+}
+
+static const be_ops cuda_ops = {
+    "cuda", 0, cuda_destroy, cuda_alloc, cuda_release, cuda_embed, cuda_add_pos, cuda_linear, cuda_norm, cuda_rope,
+    cuda_qdq, cuda_kv_store, cuda_attention, cuda_act, cuda_add, cuda_check, cuda_logits, cuda_logprobs, cuda_finish,
+};
+
+static bq_status up_norm(gnorm *d, const normp *p, size_t n, size_t *bytes)
+{
+    bq_status st = p->w ? up_floats(&d->w, p->w, n, bytes) : BQ_OK;
+    if (!st && p->b) st = up_floats(&d->b, p->b, n, bytes);
+    return st;
+}
+
+static bq_status cuda_setup(cuda_be *g)
+{
+    const bq_model *m = g->base.m;
+    const bq_config *c = &m->c;
+    const int T = g->base.max_tokens;
+    size_t H = (size_t)c->hidden, E = (size_t)c->embed_dim, V = (size_t)c->vocab, *b = &g->bytes, Tn = (size_t)T;
+    g->lin = (glin *)calloc((size_t)c->layers * 7 + 3, sizeof *g->lin);
+    g->norms = (gnorm *)calloc((size_t)c->layers * 4 + 1, sizeof *g->norms);
+    g->nsites = 2 * c->layers + 1;
+    g->site_d = (int *)calloc((size_t)g->nsites, sizeof(int));
+    g->site_pos = (int *)calloc((size_t)g->nsites, sizeof(int));
+    if (!g->lin || !g->norms || !g->site_d || !g->site_pos) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    bq_status st;
+    if (m->tok_emb) st = up_floats(&g->emb, m->tok_emb, V * E, b);
+    else {
+        float *tmp = (float *)malloc(V * E * 4);
+        if (!tmp) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+        pmat_decode(m->emb_p, 0, (int)V, tmp);
+        st = up_floats(&g->emb, tmp, V * E, b);
+        free(tmp);
+    }
+    if (!st && m->pos_emb) st = up_floats(&g->pos, m->pos_emb, (Tn + c->pos_offset) * H, b);
+    if (!st && c->final_norm) st = up_norm(&g->norms[(size_t)c->layers * 4], &m->final_ln, H, b);
+    int any16 = 0;  // what the bf16 buffers must hold, noted as the linears go up
+    size_t maxw = 0;
+    for (int l = -1; l < c->layers && !st; l++)
+        for (int r = l < 0 ? R_HEAD : R_Q; r < (l < 0 ? R_COUNT : R_HEAD) && !st; r++) {
+            const linear *src = model_linear(m, l, (lin_role)r);
+            glin *dst = glin_at(g, l, (lin_role)r);
+            if (!LINEAR_PRESENT(src) || (st = up_linear(dst, src, b))) continue;
+            any16 |= dst->w16 || dst->pw;
+            if (dst->pw && (size_t)dst->in * dst->out > maxw) maxw = (size_t)dst->in * dst->out;
+        }
+    for (int l = 0; l < c->layers && !st; l++) {
+        gnorm *n = &g->norms[(size_t)l * 4];
+        st = up_norm(&n[N_LN1], &m->L[l].ln1, H, b);
+        if (!st) st = up_norm(&n[N_LN2], &m->L[l].ln2, H, b);
+        if (!st && c->qk_norm) st = up_norm(&n[N_Q], &m->L[l].q_norm, (size_t)c->head_dim, b);
+        if (!st && c->qk_norm) st = up_norm(&n[N_K], &m->L[l].k_norm, (size_t)c->head_dim, b);
+    }
+    size_t qd = (size_t)c->heads * c->head_dim, kvd = (size_t)c->kv_heads * c->head_dim, I = (size_t)c->inter;
+    size_t maxin = H > I ? H : I;
+    maxin = maxin > qd ? maxin : qd;
+    maxin = maxin > E ? maxin : E;
+    g->xq_floats = Tn * maxin;
+    // attention scores: all kv heads' [T][T] if they fit in 512 MiB, else as many
+    // as fit there, at least one
+    size_t one = Tn * Tn, all = one * (size_t)c->kv_heads, cap = (size_t)128 << 20;
+    g->s_floats = all < cap ? all : one > cap ? one : cap;
+    size_t kv = (size_t)c->layers * Tn * kvd;
+    float **bufs[] = {&g->kc, &g->vc, &g->xq, &g->s, &g->kq, &g->vt};
+    size_t sizes[] = {kv, kv, g->xq_floats, g->s_floats, m->attn_q ? Tn * kvd : 0, m->attn_q ? Tn * kvd : 0};
+    for (int i = 0; i < 6 && !st; i++)
+        if (sizes[i]) { st = bq_cuda_malloc((void **)bufs[i], sizes[i] * 4); *b += sizes[i] * 4; }
+    if (!st && any16) { st = bq_cuda_malloc((void **)&g->xb, g->xq_floats * 2); *b += g->xq_floats * 2; }
+    if (!st && maxw) { st = bq_cuda_malloc((void **)&g->wb, maxw * 2); *b += maxw * 2; }
+    if (!st) st = bq_cuda_malloc((void **)&g->ids, Tn * 4);
+    if (!st) st = bq_cuda_malloc((void **)&g->lp, Tn * 8);
+    if (!st) st = bq_cuda_malloc((void **)&g->bad, (size_t)g->nsites * 8);
+    if (!st && cudaMemset(g->bad, 0xff, (size_t)g->nsites * 8) != cudaSuccess) st = launched("setup");
+    return st;
+}
+
+extern "C" bq_status be_cuda_new(const bq_model *m, int T, be **out)
+{
+    *out = NULL;
+    char why[256];
+    if (!bq_cuda_devices(why, sizeof why)) return bq_fail(BQ_ERR_UNSUPPORTED, "%s", why);
+    const bq_config *c = &m->c;
+    for (int i = 0; i < c->layers; i++)  // L-Mul products have no GPU kernel: never a silently exact run
+        for (int r = R_Q; r < R_HEAD; r++) {
+            const linear *l = model_linear(m, i, (lin_role)r);
+            if (l->lmul) return bq_fail(BQ_ERR_UNSUPPORTED, "%s: L-Mul products run on the CPU only", l->name);
+        }
+    bq_status st = cublas_open();
+    if (st) return st;
+    cuda_be *g = (cuda_be *)calloc(1, sizeof *g);
+    if (!g) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    g->base.ops = &cuda_ops;
+    g->base.m = m;
+    g->base.max_tokens = T;
+    if ((st = cuda_setup(g))) { cuda_destroy(&g->base); return st; }
+    *out = &g->base;
+    return BQ_OK;
+}
+
+extern "C" size_t be_cuda_bytes(const be *b) { return b && b->ops == &cuda_ops ? ((const cuda_be *)b)->bytes : 0; }

@@ -1,5 +1,6 @@
 /* The CUDA entry points when blockq is built without nvcc: each one says so. */
 #include "bq_cuda.h"
+#include "backend.h"
 #include <stdio.h>
 
 static bq_status none(void) { return bq_fail(BQ_ERR_UNSUPPORTED, "this blockq was built without CUDA (no nvcc found at build time)"); }
@@ -31,11 +32,5 @@ bq_status bq_cuda_gemm_mx8(int kind, const void *a, const uint8_t *sa, const voi
     (void)kind; (void)a; (void)sa; (void)b; (void)sb; (void)c; (void)M; (void)N; (void)K;
     return none();
 }
-bq_status bq_cuda_model_new(const bq_model *m, int T, bq_cuda_model **out) { (void)m; (void)T; *out = NULL; return none(); }
-void bq_cuda_model_free(bq_cuda_model *g) { (void)g; }
-size_t bq_cuda_model_bytes(const bq_cuda_model *g) { (void)g; return 0; }
-bq_status bq_cuda_window_logprobs(bq_cuda_model *g, const int32_t *ids, int n, double *lp)
-{
-    (void)g; (void)ids; (void)n; (void)lp;
-    return none();
-}
+bq_status be_cuda_new(const bq_model *m, int T, be **out) { (void)m; (void)T; *out = NULL; return none(); }
+size_t be_cuda_bytes(const be *b) { (void)b; return 0; }

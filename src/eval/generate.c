@@ -4,6 +4,7 @@
  * for the prompt and the new tokens are kept apart, as llama.cpp reports them. */
 #include "core.h"
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -49,7 +50,8 @@ bq_status bq_generate(const bq_model *m, const int32_t *prompt, size_t n, const 
     int V = bq_model_vocab(m);
     float *lg = malloc((size_t)V * sizeof *lg);
     bq_ctx *c = NULL;
-    bq_status st = lg ? bq_ctx_new(m, (int)(n + (size_t)o->n_new), &c) : bq_fail(BQ_ERR_NOMEM, "out of memory");
+    bq_ctx_opts co = {.size = sizeof co, .device = o->size >= offsetof(bq_gen_opts, device) + sizeof o->device ? o->device : 0};
+    bq_status st = lg ? bq_ctx_new_ex(m, (int)(n + (size_t)o->n_new), &co, &c) : bq_fail(BQ_ERR_NOMEM, "out of memory");
     if (!st) bq_ctx_set_check(c, !o->allow_nonfinite);
     double t0 = bq_now();
     if (!st) st = bq_forward(c, prompt, (int)n, lg, 0);

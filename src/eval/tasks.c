@@ -14,6 +14,7 @@
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -176,7 +177,8 @@ bq_status bq_eval_file(const bq_model *m, const bq_tokenizer *t, const char *pat
     double *a = NULL, *b = NULL;
     size_t cap = 0, n = 0;
     if (!s.lg || !s.last) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-    if (!st && !(st = bq_ctx_new(m, o->max_ctx, &s.c))) bq_ctx_set_check(s.c, !o->allow_nonfinite);
+    bq_ctx_opts co = {.size = sizeof co, .device = o->size >= offsetof(bq_eval_opts, device) + sizeof o->device ? o->device : 0};
+    if (!st && !(st = bq_ctx_new_ex(m, o->max_ctx, &co, &s.c))) bq_ctx_set_check(s.c, !o->allow_nonfinite);
     int kind = -1, line = 0;
     double t0 = bq_now();
     for (size_t p = 0; p < len && !st && (!o->limit || n + r->skipped < (size_t)o->limit);) {

@@ -280,7 +280,7 @@ void model_scan(bq_model *m)
 
 bq_status bq_model_check_finite(const bq_model *m)
 {
-    return m->nonfinite[0] ? bq_fail(BQ_ERR_NONFINITE, "%s (use --allow-nonfinite to go on)", m->nonfinite) : BQ_OK;
+    return m->nonfinite[0] ? bq_fail(BQ_ERR_NONFINITE, "%s", m->nonfinite) : BQ_OK;
 }
 
 /* BQ_HOLD_AUTO: hold 16-bit matrices when widening them would take more than half

@@ -1,0 +1,83 @@
+/* The operations the transformer driver (forward.c) is written in, and the two
+ * backends that implement them: the CPU (cpu.c: OpenBLAS + packed kernels) and
+ * CUDA (src/cuda/engine.cu: cuBLAS + the packed GEMV). A backend instance lives
+ * in one context: it holds the weights in the form it multiplies (the CPU uses
+ * the model's own; CUDA uploads them once), the KV cache and its scratch.
+ *
+ * Buffers are the backend's memory (host or device), float32, row-major, and come
+ * from be_alloc. Weights are named by their place: (layer, role), layer -1 for the
+ * model's own (head, projections, final norm). Every op is queued in order; on
+ * the GPU, nothing synchronises until be_logits/be_logprobs/be_finish. */
+#ifndef BQ_BACKEND_H
+#define BQ_BACKEND_H
+#include "model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Linears: the seven of a layer, then the model's own (layer -1). */
+typedef enum { R_Q, R_K, R_V, R_O, R_GATE, R_UP, R_DOWN, R_HEAD, R_PROJ_IN, R_PROJ_OUT, R_COUNT } lin_role;
+/* Norms: the two of a layer, Qwen3's per-head RMS norms of q and k, the final one. */
+typedef enum { N_LN1, N_LN2, N_Q, N_K, N_FINAL } norm_role;
+/* Where an activation is checked for NaN/Inf (named in the error). */
+typedef enum { CHK_ATTN, CHK_MLP, CHK_LOGITS } check_site;
+
+const linear *model_linear(const bq_model *m, int layer, lin_role r);
+const normp *model_norm(const bq_model *m, int layer, norm_role r);
+extern const char *const bq_check_names[3];
+
+typedef struct be be;
+typedef struct {
+    const char *name;
+    int host;  /* buffers are host memory (the driver may hand the caller's logits over) */
+    void (*destroy)(be *b);
+    void *(*alloc)(be *b, size_t bytes);  /* NULL: out of memory */
+    void (*release)(be *b, void *p);
+    /* e[t] = the token embedding of ids[t] (ids in host memory, already checked) */
+    bq_status (*embed)(be *b, const int32_t *ids, int n, float *e);
+    /* x[t] += learned position pos0 + t */
+    bq_status (*add_pos)(be *b, float *x, int n, int pos0);
+    /* y[n, out] = q(x[n, in]) W^T + bias: the activation format of the linear, then the product */
+    bq_status (*linear)(be *b, int layer, lin_role r, const float *x, float *y, int n);
+    /* rows of d: RMSNorm or LayerNorm (N_Q/N_K: RMS over head_dim); in place allowed */
+    bq_status (*norm)(be *b, int layer, norm_role r, const float *x, float *y, int rows, int d);
+    bq_status (*rope)(be *b, float *x, int n, int heads, int pos0);
+    /* fake quantisation of rows x cols (in place allowed) */
+    bq_status (*qdq)(be *b, const bq_format *f, const float *x, float *y, size_t rows, size_t cols);
+    /* K and V of n tokens into the layer's cache at pos */
+    bq_status (*kv_store)(be *b, int layer, const float *k, const float *v, int n, int pos);
+    /* a[n, heads*d] = causal attention of q[n, heads*d] over the cache [0, pos + n)
+     * (the model's attention format quantises q in place) */
+    bq_status (*attention)(be *b, int layer, float *q, float *a, int n, int pos);
+    /* u = act(u) (SiLU-gated: u * silu(g)) */
+    bq_status (*act)(be *b, float *u, const float *g, size_t n);
+    bq_status (*add)(be *b, float *x, const float *y, size_t n);
+    /* NaN/Inf in x[rows, d] (token t at position pos + t): an error naming the place,
+     * now (CPU) or from be_finish (CUDA: the first place in program order) */
+    bq_status (*check)(be *b, const float *x, int rows, int d, int layer, check_site s, int pos);
+    /* the host copy of logits [rows, vocab] */
+    bq_status (*logits)(be *b, const float *lg, int rows, float *out);
+    /* lp[t] = log p(ids[t + 1] | row t of lg) for t < n - 1 (ids on the host) */
+    bq_status (*logprobs)(be *b, const float *lg, const int32_t *ids, int n, double *lp);
+    /* the end of a forward pass: a deferred error, if any */
+    bq_status (*finish)(be *b);
+} be_ops;
+
+struct be {
+    const be_ops *ops;
+    const bq_model *m;
+    int max_tokens, threads;
+};
+
+bq_status be_cpu_new(const bq_model *m, int max_tokens, int threads, be **out);
+bq_status be_cuda_new(const bq_model *m, int max_tokens, be **out);  /* nocuda.c without nvcc */
+size_t be_cuda_bytes(const be *b);  /* device memory a CUDA backend holds (0 for the CPU's) */
+
+/* The error of a non-finite activation, on either backend. */
+bq_status be_nonfinite(int isnan_, int layer, check_site s, int token);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

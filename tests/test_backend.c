@@ -1,0 +1,279 @@
+/* Every operation of the CUDA backend against the CPU's, in the manner of ggml's
+ * test-backend-ops: the same inputs through both (src/engine/backend.h), the
+ * outputs compared. Float ops within a relative 1e-5 of the CPU (sums in
+ * another order); fake quantisation bit for bit. Then whole decodes: a prompt
+ * and token-by-token steps from the KV cache, the GPU's logits against the
+ * CPU's. Skips, saying so, without a GPU or without ../shared's tiny models.
+ *
+ *   build/tests/test_backend            (BQ_SHARED=DIR for the tiny checkpoints)
+ */
+#include "blockq.h"
+#include "backend.h"
+#include "bq_cuda.h"
+#include "harness.h"
+#include <unistd.h>
+
+typedef struct { be *b[2]; } pair;  /* [0] CPU, [1] CUDA */
+
+/* A buffer on backend b holding the host values h (n floats). */
+static float *put(be *b, const float *h, size_t n)
+{
+    float *p = b->ops->alloc(b, n * 4);
+    if (!p) return NULL;
+    if (b->ops->host) memcpy(p, h, n * 4);
+    else if (bq_cuda_upload(p, h, n * 4)) { b->ops->release(b, p); return NULL; }
+    return p;
+}
+
+static void get(be *b, float *h, const float *p, size_t n)
+{
+    if (b->ops->host) memcpy(h, p, n * 4);
+    else if (bq_cuda_download(h, p, n * 4)) memset(h, 0xff, n * 4);  /* NaN: a failed copy fails the comparison */
+}
+
+static float *rnd(size_t n, float scale)
+{
+    float *p = malloc(n * 4);
+    for (size_t i = 0; p && i < n; i++) p[i] = t_normal() * scale;
+    return p;
+}
+
+/* max |a - b| / max |b|; NaN anywhere gives NaN */
+static double rel_err(const float *a, const float *b, size_t n)
+{
+    double e = 0, m = 0;
+    for (size_t i = 0; i < n; i++) {
+        e = t_max(e, fabs((double)a[i] - b[i]));
+        m = t_max(m, fabs((double)b[i]));
+    }
+    return m > 0 ? e / m : e;
+}
+
+/* Outputs: host copies of out[k] (n floats) from both backends. */
+typedef struct { const char *model, *op; double tol; } cmp_ctx;
+static void compare(const cmp_ctx *c, float *const out[2], size_t n, pair *p)
+{
+    float *h[2] = {malloc(n * 4), malloc(n * 4)};
+    for (int k = 0; k < 2; k++) get(p->b[k], h[k], out[k], n);
+    if (c->tol == 0) {
+        size_t diff = 0;
+        for (size_t i = 0; i < n; i++) diff += memcmp(&h[0][i], &h[1][i], 4) != 0;
+        CHECK(diff == 0, "%s %s: %zu of %zu values differ from the CPU's bits", c->model, c->op, diff, n);
+    } else {
+        double e = rel_err(h[1], h[0], n);
+        CHECK(e <= c->tol, "%s %s: relative error %.3g against the CPU (tolerance %.0e)", c->model, c->op, e, c->tol);
+    }
+    free(h[0]);
+    free(h[1]);
+}
+
+#define BOTH(call) do { for (int k_ = 0; k_ < 2; k_++) { be *b = p->b[k_]; int k = k_; (void)k; OK(call); } } while (0)
+
+/* Each op once on n tokens at position pos (after `pos` cached tokens). */
+static void ops_once(const char *name, const bq_model *m, pair *p, int n, int pos)
+{
+    const bq_config *c = &m->c;
+    int H = c->hidden, d = c->head_dim, E = c->embed_dim, V = c->vocab;
+    size_t qd = (size_t)c->heads * d, kvd = (size_t)c->kv_heads * d, I = (size_t)c->inter;
+    char op[160];
+    cmp_ctx cc = {name, op, 1e-5};
+    size_t wide = I > qd ? I : qd;
+    wide = wide > (size_t)V ? wide : (size_t)V;
+    wide = wide > (size_t)H ? wide : (size_t)H;
+    size_t big = (size_t)n * wide;
+    float *hx = rnd(big, 1.0f), *x[2], *y[2], *z[2];
+    int32_t *ids = malloc((size_t)(n + 1) * 4);
+    for (int t = 0; t <= n; t++) ids[t] = (int32_t)(t_rand() % (unsigned)V);
+    for (int k = 0; k < 2; k++) {
+        x[k] = put(p->b[k], hx, big);
+        y[k] = put(p->b[k], hx, big);
+        z[k] = put(p->b[k], hx, big);
+    }
+    if (!x[0] || !x[1] || !y[0] || !y[1] || !z[0] || !z[1]) { CHECK(0, "%s: buffers: %s", name, bq_last_error()); goto done; }
+
+    snprintf(op, sizeof op, "embed");
+    BOTH(b->ops->embed(b, ids, n, y[k]));
+    compare(&cc, y, (size_t)n * E, p);
+    if (m->pos_emb) {
+        snprintf(op, sizeof op, "add_pos(pos %d)", pos);
+        BOTH(b->ops->add_pos(b, y[k], n, pos));
+        compare(&cc, y, (size_t)n * E, p);
+    }
+    for (int r = R_Q; r < R_COUNT; r++) {
+        int layer = r < R_HEAD ? c->layers - 1 : -1;
+        const linear *l = model_linear(m, layer, (lin_role)r);
+        if (!LINEAR_PRESENT(l)) continue;
+        snprintf(op, sizeof op, "linear %s (n %d)", l->name, n);
+        BOTH(b->ops->linear(b, layer, (lin_role)r, x[k], y[k], n));
+        compare(&cc, y, (size_t)n * l->out, p);
+    }
+    for (int r = N_LN1; r <= N_FINAL; r++) {
+        if ((r == N_Q || r == N_K) && !c->qk_norm) continue;
+        if (r == N_FINAL && !c->final_norm) continue;
+        int dd = r == N_Q || r == N_K ? d : H, rows = r == N_Q || r == N_K ? n * c->heads : n;
+        snprintf(op, sizeof op, "norm %d", r);
+        BOTH(b->ops->norm(b, r == N_FINAL ? -1 : 0, (norm_role)r, x[k], y[k], rows, dd));
+        compare(&cc, y, (size_t)rows * dd, p);
+    }
+    if (c->rope) {
+        snprintf(op, sizeof op, "rope (pos %d)", pos);
+        BOTH(b->ops->rope(b, y[k], n, c->heads, pos));
+        compare(&cc, y, (size_t)n * qd, p);
+    }
+    const char *fmts[] = {"mxfp4", "mxint8", "bfp6_b16", "nvfp4", "int4_g32"};
+    for (int f = 0; f < 5; f++) {
+        bq_format *fm;
+        if (bq_format_parse(fmts[f], &fm)) { CHECK(0, "%s", bq_last_error()); continue; }
+        snprintf(op, sizeof op, "qdq %s", fmts[f]);
+        cmp_ctx exact = {name, op, 0};
+        BOTH(b->ops->qdq(b, fm, x[k], z[k], (size_t)n, qd));
+        compare(&exact, z, (size_t)n * qd, p);
+        bq_format_free(fm);
+    }
+    /* the cache: pos earlier tokens, then n new ones; attention over all of them */
+    float *hk = rnd((size_t)(pos + n) * kvd, 1.0f), *hv = rnd((size_t)(pos + n) * kvd, 1.0f);
+    for (int k = 0; k < 2; k++) {
+        float *dk = put(p->b[k], hk, (size_t)(pos + n) * kvd), *dv = put(p->b[k], hv, (size_t)(pos + n) * kvd);
+        be *b = p->b[k];
+        if (!dk || !dv) CHECK(0, "%s: %s", name, bq_last_error());
+        else {
+            if (pos) OK(b->ops->kv_store(b, 0, dk, dv, pos, 0));
+            OK(b->ops->kv_store(b, 0, dk + (size_t)pos * kvd, dv + (size_t)pos * kvd, n, pos));
+        }
+        b->ops->release(b, dk);
+        b->ops->release(b, dv);
+    }
+    snprintf(op, sizeof op, "attention (n %d, pos %d%s)", n, pos, m->attn_q ? ", quantised" : "");
+    BOTH(b->ops->attention(b, 0, x[k], y[k], n, pos));
+    compare(&cc, y, (size_t)n * qd, p);
+    free(hk);
+    free(hv);
+    snprintf(op, sizeof op, "act");
+    BOTH(b->ops->act(b, x[k], z[k], (size_t)n * I));
+    compare(&cc, x, (size_t)n * I, p);
+    snprintf(op, sizeof op, "add");
+    BOTH(b->ops->add(b, x[k], z[k], (size_t)n * I));
+    compare(&cc, x, (size_t)n * I, p);
+    /* a NaN planted at token 1: both name the same place */
+    if (n > 1) {
+        float nan = NAN;
+        char msg[2][256];
+        for (int k = 0; k < 2; k++) {
+            be *b = p->b[k];
+            if (b->ops->host) y[k][H + 3] = nan;
+            else bq_cuda_upload(y[k] + H + 3, &nan, 4);
+            bq_status st = b->ops->check(b, y[k], n, H, c->layers - 1, CHK_MLP, pos);
+            if (!st) st = b->ops->finish(b);
+            snprintf(msg[k], sizeof msg[k], "%s", st ? bq_last_error() : "");
+        }
+        CHECK(msg[0][0] && !strcmp(msg[0], msg[1]), "%s check: CPU '%s', CUDA '%s'", name, msg[0], msg[1]);
+    }
+done:
+    for (int k = 0; k < 2; k++) {
+        p->b[k]->ops->release(p->b[k], x[k]);
+        p->b[k]->ops->release(p->b[k], y[k]);
+        p->b[k]->ops->release(p->b[k], z[k]);
+    }
+    free(hx);
+    free(ids);
+}
+
+/* A prompt, then steps of one token from the cache: each step's logits on both. */
+static void decode(const char *name, const bq_model *m, int prompt, int steps)
+{
+    bq_ctx *c[2];
+    bq_ctx_opts o = {.size = sizeof o};
+    bq_status st = bq_ctx_new_ex(m, prompt + steps, &o, &c[0]);
+    o.device = 1;
+    if (!st && (st = bq_ctx_new_ex(m, prompt + steps, &o, &c[1]))) bq_ctx_free(c[0]);
+    if (st) { CHECK(0, "%s decode: %s", name, bq_last_error()); return; }
+    int V = m->c.vocab;
+    float *lg[2] = {malloc((size_t)V * 4), malloc((size_t)V * 4)};
+    int32_t *ids = malloc((size_t)(prompt + steps) * 4);
+    for (int t = 0; t < prompt + steps; t++) ids[t] = (int32_t)(t_rand() % (unsigned)V);
+    double worst = 0;
+    int argmax_same = 1;
+    for (int s = 0; s <= steps; s++) {
+        int at = s ? prompt + s - 1 : 0, cnt = s ? 1 : prompt;
+        for (int k = 0; k < 2; k++) OK(bq_forward(c[k], ids + at, cnt, lg[k], 0));
+        worst = t_max(worst, rel_err(lg[1], lg[0], (size_t)V));
+        int a0 = 0, a1 = 0;
+        for (int v = 1; v < V; v++) { a0 = lg[0][v] > lg[0][a0] ? v : a0; a1 = lg[1][v] > lg[1][a1] ? v : a1; }
+        argmax_same &= a0 == a1;
+    }
+    double tol = m->L[0].q.aq ? 2e-3 : 1e-4;
+    CHECK(worst <= tol, "%s decode: GPU logits differ from the CPU's by %.3g (relative, tolerance %.0e)", name, worst, tol);
+    printf("  decode %-22s prompt %d + %d steps: max relative logit error %.2e, argmax %s\n", name, prompt, steps, worst,
+           argmax_same ? "equal" : "differs");
+    for (int k = 0; k < 2; k++) { bq_ctx_free(c[k]); free(lg[k]); }
+    free(ids);
+}
+
+static void quantise(bq_model *m, const char *w, const char *a, const char *attn)
+{
+    bq_qconfig *q;
+    OK(bq_qconfig_new(&q));
+    OK(bq_qconfig_set(q, "wq", w));
+    OK(bq_qconfig_set(q, "aq", a));
+    if (attn) OK(bq_qconfig_set(q, "attn", attn));
+    OK(bq_model_quantize(m, q, 1));
+    bq_qconfig_free(q);
+}
+
+static void one_model(const char *name, const char *dir)
+{
+    const char *qs[][3] = {{NULL, NULL, NULL}, {"mxfp4", "mxint8", NULL}, {"bfp8_b16", "bfp8_b16", "bfp6_b16"}};
+    for (int i = 0; i < 3; i++) {
+        bq_model *m;
+        if (bq_model_load(dir, &m)) { CHECK(0, "%s: %s", dir, bq_last_error()); return; }
+        if (qs[i][0]) quantise(m, qs[i][0], qs[i][1], qs[i][2]);
+        char label[64];
+        snprintf(label, sizeof label, "%s %s", name, qs[i][0] ? qs[i][0] : "fp32");
+        pair p;
+        int T = 48;
+        bq_status s0 = be_cpu_new(m, T, 0, &p.b[0]), s1 = s0 ? s0 : be_cuda_new(m, T, &p.b[1]);
+        CHECK(!s0 && !s1, "%s: backends: %s", label, bq_last_error());
+        if (!s0 && !s1) {
+            ops_once(label, m, &p, 7, 0);
+            ops_once(label, m, &p, 1, 20);
+            ops_once(label, m, &p, 5, 31);
+        }
+        if (!s0) p.b[0]->ops->destroy(p.b[0]);
+        if (!s0 && !s1) p.b[1]->ops->destroy(p.b[1]);
+        decode(label, m, 9, 24);
+        bq_model_free(m);
+    }
+}
+
+int main(void)
+{
+    char why[256];
+    if (!bq_cuda_devices(why, sizeof why)) {
+        SKIP("%s: the CUDA backend's operations not compared with the CPU's", why);
+        /* what must hold without a device: a clean refusal, before any work */
+        bq_model *m;
+        OK(bq_model_load("models/llama-19m-en", &m));
+        bq_ctx *c = NULL;
+        bq_ctx_opts o = {.size = sizeof o, .device = 1};
+        CHECK(bq_ctx_new_ex(m, 16, &o, &c) == BQ_ERR_UNSUPPORTED && !c, "a CUDA context without a device must be refused");
+        int32_t p[2] = {1, 2}, out[2];
+        bq_gen_opts g = {.size = sizeof g, .n_new = 2, .top_p = 1, .device = 1};
+        CHECK(bq_generate(m, p, 2, &g, out, NULL) == BQ_ERR_UNSUPPORTED, "generate on CUDA without a device must be refused");
+        o.size = 4;
+        CHECK(bq_ctx_new_ex(m, 16, &o, &c) == BQ_ERR_ARG, "options without their size must be refused");
+        bq_model_free(m);
+        return test_summary("test_backend");
+    }
+    one_model("llama-19m", "models/llama-19m-en");
+    const char *sh = shared_dir();
+    const char *tiny[] = {"llama", "mistral", "qwen2", "qwen3", "opt", "opt-proj", "gpt2"};
+    for (int i = 0; i < 7; i++) {
+        char dir[512];
+        snprintf(dir, sizeof dir, "%s/models/tiny/%s", sh ? sh : "../shared", tiny[i]);
+        char cj[600];
+        snprintf(cj, sizeof cj, "%s/config.json", dir);
+        if (access(cj, R_OK)) { SKIP("%s absent: %s not compared on the GPU", cj, tiny[i]); continue; }
+        one_model(tiny[i], dir);
+    }
+    return test_summary("test_backend");
+}
