@@ -102,7 +102,7 @@ gpu: $(BUILD)/gpu/test_cuda $(BUILD)/gpu/gpu_bench
 $(BUILD)/gpu/gpu_ppl_bench: bench/gpu_ppl_bench.c $(BUILD)/libblockq.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< $(BUILD)/libblockq.a -o $@ $(LDLIBS)
-gpu-full: gpu $(BUILD)/gpu/gpu_ppl_bench $(BUILD)/blockq $(BUILD)/tests/test_engine
+gpu-full: gpu $(BUILD)/gpu/gpu_ppl_bench $(BUILD)/blockq $(BUILD)/tests/test_engine $(BUILD)/tests/test_backend
 
 $(BUILD)/libblockq.a: $(LIB_OBJ)
 	@rm -f $@

@@ -215,11 +215,82 @@ __global__ void k_check(const float *x, size_t n, unsigned long long *bad)
     if (i < n && !isfinite(x[i])) atomicMin(bad, 2ull * i + (isnan(x[i]) ? 1 : 0));
 }
 
+
+// x (float32) = hi + mid + lo, three bf16 numbers (exactly, above 2^-126): hi and
+// mid truncate, so each remainder keeps at most 16 then 8 significant bits. Three
+// bf16 GEMMs (float32 sums) then give float32 activations against bf16 weights.
+__global__ void k_split3(const float *x, __nv_bfloat16 *y, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float v = x[i], hi = __uint_as_float(__float_as_uint(v) & 0xffff0000u), r = v - hi;
+    float mid = __uint_as_float(__float_as_uint(r) & 0xffff0000u);
+    y[i] = __float2bfloat16_rn(r - mid);               // lo: the first product summed
+    y[n + i] = __ushort_as_bfloat16((unsigned short)(__float_as_uint(mid) >> 16));
+    y[2 * n + i] = __ushort_as_bfloat16((unsigned short)(__float_as_uint(hi) >> 16));
+}
+
+// y[t][row] = W[row] . x[t] for N tokens: bf16 weights widened in registers,
+// float32 activations and sums (as cpu's pmat_mv_float16). One warp a row, four
+// 16-byte loads in flight per lane; rows of a multiple of 8 weights.
+template <int N>
+__global__ void k_gemv_bf16(const __nv_bfloat16 *W, const float *x, float *y, int in, int out)
+{
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= out) return;
+    const uint4 *w = (const uint4 *)(W + (size_t)row * in);
+    int n8 = in / 8;
+    float acc[N];
+    for (int t = 0; t < N; t++) acc[t] = 0.0f;
+    for (int i0 = lane; i0 < n8; i0 += 32 * 4) {
+        uint4 v[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) v[u] = i0 + 32 * u < n8 ? __ldg(w + i0 + 32 * u) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int i = i0 + 32 * u;
+            if (i >= n8) break;
+            uint32_t wd[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+            float wf[8];
+#pragma unroll
+            for (int k = 0; k < 4; k++) { wf[2 * k] = __uint_as_float(wd[k] << 16); wf[2 * k + 1] = __uint_as_float(wd[k] & 0xffff0000u); }
+#pragma unroll
+            for (int t = 0; t < N; t++) {
+                const float4 *xv = (const float4 *)(x + (size_t)t * in) + 2 * i;
+                float4 a = xv[0], b = xv[1];
+                acc[t] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y + wf[6] * b.z + wf[7] * b.w;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < N; t++) {
+        float v = acc[t];
+        for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) y[(size_t)t * out + row] = v;
+    }
+}
+
+static void gemv_bf16(const __nv_bfloat16 *W, const float *x, float *y, int n, int in, int out)
+{
+    unsigned blocks = (unsigned)((out + 7) / 8);
+    switch (n) {
+    case 1: k_gemv_bf16<1><<<blocks, 256>>>(W, x, y, in, out); break;
+    case 2: k_gemv_bf16<2><<<blocks, 256>>>(W, x, y, in, out); break;
+    case 3: k_gemv_bf16<3><<<blocks, 256>>>(W, x, y, in, out); break;
+    case 4: k_gemv_bf16<4><<<blocks, 256>>>(W, x, y, in, out); break;
+    case 5: k_gemv_bf16<5><<<blocks, 256>>>(W, x, y, in, out); break;
+    case 6: k_gemv_bf16<6><<<blocks, 256>>>(W, x, y, in, out); break;
+    case 7: k_gemv_bf16<7><<<blocks, 256>>>(W, x, y, in, out); break;
+    default: k_gemv_bf16<8><<<blocks, 256>>>(W, x, y, in, out); break;
+    }
+}
+
 // ---- the backend ----
 // A linear on the device: float32 weights (w), bf16 weights (w16), or packed codes
 // (pw): through the packed GEMV for a few tokens, else unpacked into the shared
-// bf16 buffer before each product.
-struct glin { float *w, *b; __nv_bfloat16 *w16; bq_cuda_w *pw; int in, out; const bq_format *aq; };
+// bf16 buffer before each product. split: bf16 weights, activations that are not
+// bf16 numbers (float32, or a format with float32 scales): three bf16 products.
+struct glin { float *w, *b; __nv_bfloat16 *w16; bq_cuda_w *pw; int in, out, split; const bq_format *aq; };
 struct gnorm { float *w, *b; };
 enum { GEMV_MAX = 8 };  // tokens up to which a packed linear takes the GEMV
 
@@ -296,36 +367,46 @@ static int bf16_exact(const float *w, size_t n)
     return 1;
 }
 
+// Whether a linear held as 16-bit floats on the CPU holds bf16 (its stream is
+// then the row-major bf16 matrix, after the format's header).
+static const uint16_t *held_bf16(const linear *l)
+{
+    if (!l->pw || !pmat_is_float16(l->pw) || l->pw->kind != PM_STREAM || l->pw->f->el.ebits != 8) return NULL;
+    return (const uint16_t *)(l->pw->data + pack_header_bytes(l->pw->f));
+}
+
 // Weights go up packed where the CPU holds them packed and the GPU can unpack the
-// format (bf16 path only); as bf16 where they and the activations are bf16
-// numbers; else as float32.
+// format (bf16 activations only); as bf16 where their values are bf16 numbers
+// (a bf16 checkpoint goes up as it is, never widened on the host); else as float32.
 static bq_status up_linear(glin *g, const linear *l, size_t *bytes)
 {
     g->in = l->in;
     g->out = l->out;
     g->aq = l->aq;
     size_t n = (size_t)l->in * l->out;
+    const uint16_t *h16 = held_bf16(l);
     const float *w = l->w;
     float *tmp = NULL;
-    if (!w) {  // packed on the CPU: decode once (to check, or for upload)
+    if (!w && !h16) {  // packed on the CPU: decode once (to check, or for upload)
         if (!(tmp = (float *)malloc(n * 4))) return bq_fail(BQ_ERR_NOMEM, "out of memory decoding %s", l->name);
         pmat_decode(l->pw, 0, l->out, tmp);
         w = tmp;
     }
     bq_status st = BQ_OK;
-    int bf16 = l->aq && bf16_values(l->aq) && bf16_exact(w, n);
-    if (bf16 && l->pw && bq_cuda_w_upload(l->pw, &g->pw) == BQ_OK) {
+    int a16 = l->aq && bf16_values(l->aq), w16 = h16 || bf16_exact(w, n);
+    g->split = w16 && !a16;
+    if (a16 && w16 && l->pw && !h16 && bq_cuda_w_upload(l->pw, &g->pw) == BQ_OK) {
         *bytes += bq_cuda_w_bytes(g->pw);
-    } else if (bf16) {  // the top halves of the float32 bits are the bf16 values
-        uint16_t *h = (uint16_t *)malloc(n * 2);
-        if (!h) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+    } else if (w16) {  // the top halves of the float32 bits are the bf16 values
+        uint16_t *h = h16 ? NULL : (uint16_t *)malloc(n * 2);
+        if (!h16 && !h) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
         for (size_t i = 0; h && i < n; i++) {
             uint32_t u;
             memcpy(&u, &w[i], 4);
             h[i] = (uint16_t)(u >> 16);
         }
         if (!st) st = bq_cuda_malloc((void **)&g->w16, n * 2);
-        if (!st) st = bq_cuda_upload(g->w16, h, n * 2);
+        if (!st) st = bq_cuda_upload(g->w16, h16 ? h16 : h, n * 2);
         *bytes += n * 2;
         free(h);
     } else st = up_floats(&g->w, w, n, bytes);
@@ -404,14 +485,19 @@ static bq_status cuda_linear(be *b, int layer, lin_role r, const float *x, float
     const float one = 1.0f, zero = 0.0f;
     if (l->pw && n <= GEMV_MAX) {  // decoding: the packed codes straight from memory
         if ((st = bq_cuda_gemv(l->pw, x, n, y))) return st;
-    } else if (l->w16 || l->pw) {  // x holds bf16 values (quantised above): their top halves, then bf16 x bf16 -> float32
+    } else if (l->w16 && n <= GEMV_MAX && l->in % 8 == 0) {
+        gemv_bf16(l->w16, x, y, n, l->in, l->out);
+    } else if (l->w16 || l->pw) {  // bf16 x bf16 -> float32 on the tensor cores
         size_t nx = (size_t)n * l->in;
-        k_top_half<<<nblk(nx), 256>>>(x, g->xb, nx);
+        int parts = l->split ? 3 : 1;  // split: x = lo + mid + hi, summed in that order
+        if (l->split) k_split3<<<nblk(nx), 256>>>(x, g->xb, nx);
+        else k_top_half<<<nblk(nx), 256>>>(x, g->xb, nx);  // x holds bf16 values (quantised above)
         if (l->pw && (st = bq_cuda_w_to_bf16(l->pw, g->wb))) return st;
-        if (g_gemmex((cublasHandle_t)g_cublas, CUBLAS_OP_T, CUBLAS_OP_N, l->out, n, l->in, &one, l->pw ? g->wb : l->w16,
-                     CUDA_R_16BF, l->in, g->xb, CUDA_R_16BF, l->in, &zero, y, CUDA_R_32F, l->out, CUBLAS_COMPUTE_32F,
-                     CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS)
-            return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasGemmEx (bf16) failed");
+        for (int p = 0; p < parts; p++)
+            if (g_gemmex((cublasHandle_t)g_cublas, CUBLAS_OP_T, CUBLAS_OP_N, l->out, n, l->in, &one, l->pw ? g->wb : l->w16,
+                         CUDA_R_16BF, l->in, g->xb + (size_t)p * nx, CUDA_R_16BF, l->in, p ? &one : &zero, y, CUDA_R_32F, l->out,
+                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS)
+                return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasGemmEx (bf16) failed");
     } else if (g_sgemm(g_cublas, CUBLAS_OP_T, CUBLAS_OP_N, l->out, n, l->in, &one, l->w, l->in, x, l->in, &zero, y, l->out) != 0)
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasSgemm failed");
     if (l->b) k_bias<<<nblk((size_t)n * l->out), 256>>>(y, l->b, (size_t)n * l->out, l->out);
@@ -598,14 +684,15 @@ static bq_status cuda_setup(cuda_be *g)
     }
     if (!st && m->pos_emb) st = up_floats(&g->pos, m->pos_emb, (Tn + c->pos_offset) * H, b);
     if (!st && c->final_norm) st = up_norm(&g->norms[(size_t)c->layers * 4], &m->final_ln, H, b);
-    int any16 = 0;  // what the bf16 buffers must hold, noted as the linears go up
+    int any16 = 0;  // what the bf16 buffers must hold (3: a split linear), noted as the linears go up
     size_t maxw = 0;
     for (int l = -1; l < c->layers && !st; l++)
         for (int r = l < 0 ? R_HEAD : R_Q; r < (l < 0 ? R_COUNT : R_HEAD) && !st; r++) {
             const linear *src = model_linear(m, l, (lin_role)r);
             glin *dst = glin_at(g, l, (lin_role)r);
             if (!LINEAR_PRESENT(src) || (st = up_linear(dst, src, b))) continue;
-            any16 |= dst->w16 || dst->pw;
+            if (dst->w16 || dst->pw) any16 = any16 > 1 ? any16 : 1;
+            if (dst->split) any16 = 3;
             if (dst->pw && (size_t)dst->in * dst->out > maxw) maxw = (size_t)dst->in * dst->out;
         }
     for (int l = 0; l < c->layers && !st; l++) {
@@ -629,7 +716,7 @@ static bq_status cuda_setup(cuda_be *g)
     size_t sizes[] = {kv, kv, g->xq_floats, g->s_floats, m->attn_q ? Tn * kvd : 0, m->attn_q ? Tn * kvd : 0};
     for (int i = 0; i < 6 && !st; i++)
         if (sizes[i]) { st = bq_cuda_malloc((void **)bufs[i], sizes[i] * 4); *b += sizes[i] * 4; }
-    if (!st && any16) { st = bq_cuda_malloc((void **)&g->xb, g->xq_floats * 2); *b += g->xq_floats * 2; }
+    if (!st && any16) { st = bq_cuda_malloc((void **)&g->xb, g->xq_floats * 2 * any16); *b += g->xq_floats * 2 * any16; }
     if (!st && maxw) { st = bq_cuda_malloc((void **)&g->wb, maxw * 2); *b += maxw * 2; }
     if (!st) st = bq_cuda_malloc((void **)&g->ids, Tn * 4);
     if (!st) st = bq_cuda_malloc((void **)&g->lp, Tn * 8);

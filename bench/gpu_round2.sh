@@ -1,0 +1,66 @@
+#!/bin/sh
+# Round two on the GPU machine, one call (the device tool's run, carry .debs and
+# .shared as bench/gpu.sh explains): build the whole tool, compare every CUDA
+# backend operation and whole decodes with the CPU (tests/test_backend.c), the
+# GPU-vs-CPU perplexity tests, generation on the bundled model (CPU vs GPU), and
+# the random 7B-shaped checkpoint's whole commands with wall time and peak host
+# memory (issue 15's targets) and batch-1 decode per weight format (issue 17).
+#   sh bench/gpu_round2.sh $OUT        STAGES="tests bundled scale decode" (default: all)
+O=${1:-${OUT:-/tmp}}
+S=${STAGES:-tests bundled scale decode}
+B=build/gpu/blockq
+M=/tmp/r7b
+T=data/wikitext-2-test.txt
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+case "$S" in *scale*|*decode*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
+mkdir -p /tmp/deps && for f in .debs/*.deb; do dpkg -x "$f" /tmp/deps; done
+D=/tmp/deps/usr; L=$D/lib/x86_64-linux-gnu
+export LD_LIBRARY_PATH="$L:$L/openblas-pthread:$LD_LIBRARY_PATH"
+t0=$(date +%s)
+make -j"$(nproc)" BUILD=build/gpu gpu-full \
+    EXTRA_CFLAGS="-I$D/include -I$D/include/x86_64-linux-gnu -I$D/include/x86_64-linux-gnu/openblas-pthread" \
+    EXTRA_LDFLAGS="-L$L -L$L/openblas-pthread" >/tmp/build.txt 2>&1 || { tail -30 /tmp/build.txt; exit 1; }
+echo "build: $(( $(date +%s) - t0 )) s"
+[ -f .shared/README.md ] && export BQ_SHARED=.shared
+case "$S" in *tests*)
+    ./build/gpu/tests/test_backend 2>&1 | tee "$O/r2_backend.txt" | grep -v "^  decode" | tail -25
+    grep "^  decode" "$O/r2_backend.txt" | head -30
+    ./build/gpu/tests/test_engine cuda 2>&1 | tee "$O/r2_engine.txt" | tail -25 ;;
+esac
+case "$S" in *bundled*)
+    # greedy float32 generation: the same 64 tokens on both, tokens/s of each
+    for dev in cpu cuda; do
+        $B generate --model models/llama-19m-en --prompt "The history of the city" -n 64 --device $dev --json --threads 16 >/tmp/gen_$dev.json
+        tail -1 /tmp/gen_$dev.json >>"$O/r2_bundled.jsonl"
+    done
+    python3 - "$O" <<'PY'
+import json, sys
+c = json.loads(open("/tmp/gen_cpu.json").read()); g = json.loads(open("/tmp/gen_cuda.json").read())
+same = sum(1 for a, b in zip(c["ids"], g["ids"]) if a == b)
+print(f"bundled greedy 64 tokens: {'identical' if c['ids'] == g['ids'] else f'{same}/64 equal'}; "
+      f"CPU {c['gen_tokens_per_second']:.1f} tok/s, GPU {g['gen_tokens_per_second']:.1f} tok/s "
+      f"({g['gen_tokens_per_second'] / c['gen_tokens_per_second']:.2f}x); prompt CPU {c['prompt_tokens_per_second']:.0f} GPU {g['prompt_tokens_per_second']:.0f} tok/s")
+PY
+    ;;
+esac
+while [ ! -f $M/model.safetensors.index.json ] && pgrep -f make_random_model >/dev/null; do sleep 2; done
+export TIMECMD_JSONL="$O/r2_scale.jsonl"
+R="python3 bench/timecmd.py"
+case "$S" in *scale*)
+    du -sb $M | tee -a "$O/r2_scale.txt"
+    $R "info" -- $B info --model $M
+    $R "ppl cuda float32 ctx2048 x8" -- $B ppl --model $M --text $T --ctx 2048 --chunks 8 --device cuda --json
+    $R "ppl cuda W mxfp4 A mxint8" -- $B ppl --model $M --text $T --ctx 2048 --chunks 8 --device cuda --wq mxfp4 --aq mxint8 --json
+    $R "ppl cuda W mxfp4 A mxint8 packed" -- $B ppl --model $M --text $T --ctx 2048 --chunks 8 --device cuda --wq mxfp4 --aq mxint8 --packed --json
+    $R "quantize mxfp4 .bq" -- $B quantize --model $M --wq mxfp4 --out /tmp/m.bq
+    ;;
+esac
+case "$S" in *decode*)
+    P="The meaning of life is"
+    $R "decode bf16" -- $B generate --model $M --prompt "$P" -n 128 --device cuda --json
+    for f in mxfp4 nvfp4 int4_g128 mxint8 mxfp6_e2m3; do
+        $R "decode packed $f" -- $B generate --model $M --prompt "$P" -n 128 --device cuda --wq $f --packed --json
+    done
+    ./build/gpu/gpu/gpu_bench --quick 2>&1 | grep -i -m3 "copy"
+    ;;
+esac
