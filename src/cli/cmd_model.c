@@ -99,7 +99,8 @@ static int wants_quant(const model_args *a)
 
 static int load_model(const char *cmd, const model_args *a, bq_model **m)
 {
-    bq_load_opts lo = {sizeof lo, a->hold};
+    /* on a GPU, 16-bit checkpoints stay 16-bit on the host too: they go up as they are */
+    bq_load_opts lo = {sizeof lo, a->hold == BQ_HOLD_AUTO && a->dev ? BQ_HOLD_NATIVE : a->hold};
     bq_status st = bq_model_load_ex(a->model, &lo, m);
     if (!st && !a->allow_nonfinite) st = bq_model_check_finite(*m);
     if (st) {

@@ -180,6 +180,34 @@ bq_status qconfig_parse(bq_qconfig *q, const char *src, size_t n, const char *pa
 
 /* ---- applying a config to a model ---- */
 
+/* *w as a bf16 matrix in *pw (freeing *w) if every value is a bf16 number; else unchanged. */
+static bq_status hold_bf16(float **w, pmat **pw, int rows, int cols)
+{
+    size_t n = (size_t)rows * cols;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &(*w)[i], 4);
+        if (u & 0xffffu) return BQ_OK;
+    }
+    bq_format *f;
+    bq_status st = bq_format_parse("bf16", &f);
+    if (st) return st;
+    size_t hb = pack_header_bytes(f);
+    uint8_t *buf = calloc(hb + 2 * n, 1);
+    if (!buf) { bq_format_free(f); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
+    for (size_t i = 0; i < n; i++) {  /* little-endian bf16: the top half of each float */
+        uint32_t u;
+        memcpy(&u, &(*w)[i], 4);
+        buf[hb + 2 * i] = (uint8_t)(u >> 16);
+        buf[hb + 2 * i + 1] = (uint8_t)(u >> 24);
+    }
+    st = pmat_new(f, rows, cols, buf, hb + 2 * n, pw);
+    free(buf);
+    bq_format_free(f);
+    if (!st) { free(*w); *w = NULL; }
+    return st;
+}
+
 /* Quantise one weight matrix: in place (fake quantisation) or into a packed
  * matrix that replaces the float one. An already packed weight can only be
  * asked for the format it holds. */
@@ -191,6 +219,7 @@ static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *f
     if (st) return st;
     bq_format_info in;
     bq_format_get_info(f, &in);
+    int held = 0;
     if (*pw && strcmp((*pw)->f->name, f->name) && pmat_is_float16(*pw)) {
         /* a checkpoint held in bf16/fp16: widened exactly, then quantised as from float32 */
         float *x = malloc((size_t)rows * cols * sizeof *x);
@@ -199,6 +228,7 @@ static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *f
         pmat_free(*pw);
         *pw = NULL;
         *w = x;
+        held = 1;
     }
     if (*pw) {
         if (strcmp((*pw)->f->name, f->name))
@@ -209,6 +239,9 @@ static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *f
                      in.block, cols);
     } else if (!pack) {
         st = bq_qdq(f, *w, *w, (size_t)rows, (size_t)cols, o);
+        /* held weights stay held: values that are bf16 numbers (MX, BFP, minifloat
+         * formats) go back to bf16, losslessly, instead of taking twice the memory */
+        if (!st && held) st = hold_bf16(w, pw, rows, cols);
     } else {
         if ((st = pmat_pack(f, *w, rows, cols, o, pw))) st = bq_fail(st, "%s: %s", name, bq_last_error());
         else {
