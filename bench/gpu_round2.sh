@@ -52,16 +52,19 @@ case "$S" in *scale*)
     $R "info" -- $B info --model $M
     $R "ppl cuda float32 ctx2048 x8" -- $B ppl --model $M --text $T --ctx 2048 --chunks 8 --device cuda --json
     $R "ppl cuda W mxfp4 A mxint8" -- $B ppl --model $M --text $T --ctx 2048 --chunks 8 --device cuda --wq mxfp4 --aq mxint8 --json
-    $R "ppl cuda W mxfp4 A mxint8 packed" -- $B ppl --model $M --text $T --ctx 2048 --chunks 8 --device cuda --wq mxfp4 --aq mxint8 --packed --json
-    $R "quantize mxfp4 .bq" -- $B quantize --model $M --wq mxfp4 --out /tmp/m.bq
+    [ -n "$PACKED" ] && $R "ppl cuda W mxfp4 A mxint8 packed" -- $B ppl --model $M --text $T --ctx 2048 --chunks 8 --device cuda --wq mxfp4 --aq mxint8 --packed --json
     ;;
 esac
 case "$S" in *decode*)
     P="The meaning of life is"
     $R "decode bf16" -- $B generate --model $M --prompt "$P" -n 128 --device cuda --json
-    for f in mxfp4 nvfp4 int4_g128 mxint8 mxfp6_e2m3; do
-        $R "decode packed $f" -- $B generate --model $M --prompt "$P" -n 128 --device cuda --wq $f --packed --json
+    $R "decode mxfp4 fake-quantised (bf16 on the GPU)" -- $B generate --model $M --prompt "$P" -n 128 --device cuda --wq mxfp4 --json
+    for f in ${DECODE_FORMATS:-mxfp4 int4_g128}; do
+        $R "quantize $f .bq" -- $B quantize --model $M --wq $f --out /tmp/m_$f.bq
+        $R "decode packed $f (.bq)" -- $B generate --model /tmp/m_$f.bq --prompt "$P" -n 128 --device cuda --json
+        $R "ppl cuda packed $f (.bq) A mxint8" -- $B ppl --model /tmp/m_$f.bq --text $T --ctx 2048 --chunks 8 --device cuda --aq mxint8 --json
+        rm -f /tmp/m_$f.bq
     done
-    ./build/gpu/gpu/gpu_bench --quick 2>&1 | grep -i -m3 "copy"
+    ./build/gpu/gpu/gpu_bench --quick 2>&1 | grep -i -m3 "copy" | tee -a "$O/r2_scale.txt"
     ;;
 esac
