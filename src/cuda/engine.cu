@@ -387,6 +387,15 @@ static bq_status up_linear(glin *g, const linear *l, size_t *bytes)
     const uint16_t *h16 = held_bf16(l);
     const float *w = l->w;
     float *tmp = NULL;
+    // packed codes whose values are bf16 numbers by construction go up as they are:
+    // the packed GEMV decodes, the prefill unpacks them to bf16 (split: activations
+    // that are not bf16 numbers) - no decoding on the host
+    if (l->pw && !h16 && bf16_values(l->pw->f) && bq_cuda_w_upload(l->pw, &g->pw) == BQ_OK) {
+        *bytes += bq_cuda_w_bytes(g->pw);
+        g->split = !(l->aq && bf16_values(l->aq));
+        bq_status st = l->b ? up_floats(&g->b, l->b, (size_t)l->out, bytes) : BQ_OK;
+        return st ? bq_fail(st, "%s: %s", l->name, bq_last_error()) : BQ_OK;
+    }
     if (!w && !h16) {  // packed on the CPU: decode once (to check, or for upload)
         if (!(tmp = (float *)malloc(n * 4))) return bq_fail(BQ_ERR_NOMEM, "out of memory decoding %s", l->name);
         pmat_decode(l->pw, 0, l->out, tmp);
