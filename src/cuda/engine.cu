@@ -292,7 +292,7 @@ static void gemv_bf16(const __nv_bfloat16 *W, const float *x, float *y, int n, i
 // bf16 numbers (float32, or a format with float32 scales): three bf16 products.
 struct glin { float *w, *b; __nv_bfloat16 *w16; bq_cuda_w *pw; int in, out, split; const bq_format *aq; };
 struct gnorm { float *w, *b; };
-enum { GEMV_MAX = 8 };  // tokens up to which a packed linear takes the GEMV
+enum { GEMV_MAX = 4, GEMV16_MAX = 8 };  // tokens up to which a packed (bf16) linear takes the GEMV
 
 struct cuda_be {
     be base;
@@ -494,7 +494,7 @@ static bq_status cuda_linear(be *b, int layer, lin_role r, const float *x, float
     const float one = 1.0f, zero = 0.0f;
     if (l->pw && n <= GEMV_MAX) {  // decoding: the packed codes straight from memory
         if ((st = bq_cuda_gemv(l->pw, x, n, y))) return st;
-    } else if (l->w16 && n <= GEMV_MAX && l->in % 8 == 0) {
+    } else if (l->w16 && n <= GEMV16_MAX && l->in % 8 == 0) {
         gemv_bf16(l->w16, x, y, n, l->in, l->out);
     } else if (l->w16 || l->pw) {  // bf16 x bf16 -> float32 on the tensor cores
         size_t nx = (size_t)n * l->in;
