@@ -23,4 +23,12 @@ double bq_now(void);
 /* The rounding modes' names, indexed by bq_round (files and configs spell them so). */
 extern const char *const BQ_ROUND_NAMES[4];
 
+/* Writing a file piece by piece under a temporary name: open, write (errors are
+ * kept and reported by commit), then commit renames it into place or abort removes it. */
+typedef struct bq_afile bq_afile;
+bq_status bq_afile_open(const char *path, bq_afile **out);
+void bq_afile_write(bq_afile *f, const void *data, size_t size);
+bq_status bq_afile_commit(bq_afile *f);  /* frees f */
+void bq_afile_abort(bq_afile *f);        /* frees f */
+
 #endif

@@ -69,41 +69,74 @@ static void remove_stale_temporaries(const char *path)
     closedir(d);
 }
 
-bq_status bq_write_file_atomic(const char *path, const void *data, size_t size)
+/* A file written piece by piece under a temporary name, renamed into place by
+ * bq_afile_commit (nothing is lost if the writer stops half way). */
+struct bq_afile { int fd, err; char *tmp, *path; };
+
+bq_status bq_afile_open(const char *path, bq_afile **out)
 {
+    *out = NULL;
     struct stat sb;
     if (!lstat(path, &sb) && !S_ISREG(sb.st_mode))
         return bq_fail(BQ_ERR_IO, "'%s' exists and is not a regular file (%s); refusing to replace it", path,
                        S_ISLNK(sb.st_mode) ? "a symbolic link" : S_ISDIR(sb.st_mode) ? "a folder" : "a device, pipe or socket");
     remove_stale_temporaries(path);
     size_t len = strlen(path);
-    char *tmp = malloc(len + 32);
-    if (!tmp) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    bq_afile *f = calloc(1, sizeof *f);
+    char *tmp = malloc(len + 32), *dst = strdup(path);
+    if (!f || !tmp || !dst) { free(f); free(tmp); free(dst); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
     snprintf(tmp, len + 32, "%s.tmp.%ld", path, (long)getpid());
     unlink(tmp);  /* our own pid's leftover, if any */
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0644);
-    if (fd < 0) {
+    f->fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0644);
+    if (f->fd < 0) {
         bq_status st = bq_fail(BQ_ERR_IO, "cannot create '%s': %s", tmp, strerror(errno));
-        free(tmp);
+        free(tmp); free(dst); free(f);
         return st;
     }
-    const char *p = data;
-    size_t left = size;
-    while (left) {
-        ssize_t k = write(fd, p, left);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) break;
-        p += k;
-        left -= (size_t)k;
-    }
-    int err = left != 0 || fsync(fd) != 0;
-    err |= close(fd) != 0;
-    if (err || rename(tmp, path) != 0) {
-        bq_status st = bq_fail(BQ_ERR_IO, "writing '%s' failed: %s", path, strerror(errno));
-        unlink(tmp);
-        free(tmp);
-        return st;
-    }
-    free(tmp);
+    f->tmp = tmp;
+    f->path = dst;
+    *out = f;
     return BQ_OK;
+}
+
+void bq_afile_write(bq_afile *f, const void *data, size_t size)
+{
+    const char *p = data;
+    while (size && !f->err) {
+        ssize_t k = write(f->fd, p, size);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) { f->err = errno ? errno : EIO; break; }
+        p += k;
+        size -= (size_t)k;
+    }
+}
+
+void bq_afile_abort(bq_afile *f)
+{
+    if (!f) return;
+    close(f->fd);
+    unlink(f->tmp);
+    free(f->tmp); free(f->path); free(f);
+}
+
+bq_status bq_afile_commit(bq_afile *f)
+{
+    int err = f->err;
+    if (!err && fsync(f->fd) != 0) err = errno;
+    if (close(f->fd) != 0 && !err) err = errno;
+    f->fd = -1;
+    if (!err && rename(f->tmp, f->path) != 0) err = errno;
+    bq_status st = err ? bq_fail(BQ_ERR_IO, "writing '%s' failed: %s", f->path, strerror(err)) : BQ_OK;
+    if (err) unlink(f->tmp);
+    free(f->tmp); free(f->path); free(f);
+    return st;
+}
+
+bq_status bq_write_file_atomic(const char *path, const void *data, size_t size)
+{
+    bq_afile *f;
+    bq_status st = bq_afile_open(path, &f);
+    if (st) return st;
+    bq_afile_write(f, data, size);
+    return bq_afile_commit(f);
 }

@@ -41,7 +41,9 @@ int32_t bq_sample(const float *logits, int V, double temperature, double top_p, 
 bq_status bq_generate(const bq_model *m, const int32_t *prompt, size_t n, const bq_gen_opts *o, int32_t *out,
                       bq_gen_result *r)
 {
-    if (!o || o->size < sizeof *o) return bq_fail(BQ_ERR_ARG, "generate: options without their size (set .size = sizeof(bq_gen_opts))");
+    /* older callers' options end before .device (they run on the CPU) */
+    if (!o || o->size < offsetof(bq_gen_opts, device))
+        return bq_fail(BQ_ERR_ARG, "generate: options without their size (set .size = sizeof(bq_gen_opts))");
     if (n == 0) return bq_fail(BQ_ERR_ARG, "generate: the prompt is empty");
     if (o->n_new < 0 || !(o->top_p > 0 && o->top_p <= 1) || !(o->temperature >= 0))
         return bq_fail(BQ_ERR_ARG, "generate: n_new >= 0, temperature >= 0 and top_p in (0, 1] are required");

@@ -165,7 +165,7 @@ static bq_status check_item(const cJSON *it, const char *path, int line, int *mc
 bq_status bq_eval_file(const bq_model *m, const bq_tokenizer *t, const char *path, const bq_eval_opts *o, bq_eval_result *r)
 {
     memset(r, 0, sizeof *r);
-    if (!o || o->size < sizeof *o || o->max_ctx < 2 || o->limit < 0)
+    if (!o || o->size < offsetof(bq_eval_opts, device) || o->max_ctx < 2 || o->limit < 0)  /* older callers end before .device */
         return bq_fail(BQ_ERR_ARG, "eval: options without their size, max_ctx < 2 or a negative limit");
     char *text;
     size_t len;
