@@ -382,6 +382,8 @@ extern "C" bq_status bq_cuda_qdq(const bq_format *f, const float *d_x, float *d_
                                  const bq_qopts *o)
 {
     if (!bq_cuda_devices(NULL, 0)) return bq_fail(BQ_ERR_UNSUPPORTED, "no CUDA device");
+    if (f->ggml)  // never a silently different rule on the device
+        return bq_fail(BQ_ERR_UNSUPPORTED, "%s: llama.cpp's quantisation rule has no CUDA kernel yet (quantise on the CPU)", f->name);
     size_t n = rows * cols;
     qctx c;
     bq_status st = tensor_ctx(f, d_x, n, o, &c, cols);

@@ -50,6 +50,7 @@ struct bq_format {
     int asym;        /* SCH_INT only */
     elem_t scale;    /* SCH_SCALED / SCH_NVFP4: the scale's own minifloat format */
     int scale_bits;  /* bits of one stored scale */
+    int ggml;        /* SCH_SCALED: llama.cpp's rule for the block scale and codes (q4_0, q8_0; qkern.h) */
 };
 
 /* Per-tensor facts a kernel may need (computed once before the rows run). */

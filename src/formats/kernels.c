@@ -214,6 +214,18 @@ static void qdq_row_scaled(const bq_format *f, const qctx *c, const float *x, fl
     }
 }
 
+/* llama.cpp's Q4_0/Q8_0 rules (qkern.h's ggml_block), block by block. */
+static void qdq_row_ggml(const bq_format *f, const float *x, float *y, size_t cols)
+{
+    int8_t q[32];
+    for (size_t b = 0; b < cols; b += 32) {
+        size_t n = cols - b < 32 ? cols - b : 32;
+        if (amax_bits(x + b, n) > 0x7f7fffffu) { fill_nan(y + b, n); continue; }
+        float d = mf_decode(&f->scale, ggml_block(f, x + b, n, q));
+        for (size_t i = 0; i < n; i++) y[b + i] = (float)q[i] * d;
+    }
+}
+
 /* Element formats: no scale. */
 static void qdq_elem(const bq_format *f, const qctx *c, const float *x, float *y, size_t n, size_t idx0)
 {
@@ -280,6 +292,7 @@ static void qdq_rows(const bq_format *f, const qctx *c, const float *x, float *y
             break;
         case SCH_SCALED:
         case SCH_NVFP4:
+            if (f->ggml) { qdq_row_ggml(f, xr, yr, cols); break; }
             if ((f->el.kind == EK_MF && f->el.fast) || f->el.kind == EK_INT) {
                 qdq_row_scaled(f, c, xr, yr, cols, idx);
                 break;

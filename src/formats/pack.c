@@ -221,6 +221,12 @@ static bq_status pack_row(const bq_format *f, const qctx *c, const float *x, siz
             for (size_t i = 0; i < g; i++) put(w, 0, e->bits);
             continue;
         }
+        if (f->ggml) {  /* llama.cpp's rule: its own scale and codes */
+            int8_t q[32];
+            put(w, ggml_block(f, xb, n, q), f->scale_bits);
+            for (size_t i = 0; i < g; i++) put(w, elem_code(e, i < n ? (float)q[i] : 0.0f, 0), e->bits);
+            continue;
+        }
         bscale s = block_scale(f, c, amax);
         put(w, s.pow2 ? s.code : mf_encode(&f->scale, s.post1), f->scale_bits);
         for (size_t i = 0; i < g; i++) {

@@ -672,56 +672,60 @@ static int write_runtime(wbuf *b, bq_model *m, const slot_list *sl, bq_status *s
     return 1;
 }
 
-typedef struct { char name[160]; uint32_t type; size_t rows, cols; uint8_t *data; size_t size; } wtensor;
+typedef struct { char name[160]; uint32_t type; size_t rows, cols; uint8_t *data; size_t size; slot *s; } wtensor;
 
-/* One slot as GGUF tensor data. */
-static bq_status gguf_tensor(const bq_model *m, slot *s, wtensor *t)
+static int all_bf16(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        if (u & 0xffff) return 0;
+    }
+    return 1;
+}
+
+/* One slot as a GGUF tensor: its type and size, and with `fill` its data (the
+ * writer asks for one tensor's data at a time). */
+static bq_status gguf_tensor(const bq_model *m, slot *s, wtensor *t, int fill)
 {
     size_t rows = (size_t)s->rows, cols = s->cols ? (size_t)s->cols : rows;
     if (!s->cols) rows = 1;
     int perm = s->cols && needs_permute(m, s->name);
     int hd = m->c.head_dim;
+    t->data = NULL;
     if (s->p && *s->p) {
         const pmat *pm = *s->p;
-        uint32_t ty = !strcmp(pm->f->name, "mxfp4") ? GG_MXFP4 : !strcmp(pm->f->name, "int8_b32_sfp16") ? GG_Q8_0
-                    : !strcmp(pm->f->name, "int4_b32_sfp16") ? GG_Q4_0 : 0;
-        if (pmat_is_float16(pm)) {  /* a checkpoint held in its 16 bits: BF16/F16, the same codes */
-            ty = pm->f->el.ebits == 8 ? GG_BF16 : GG_F16;
-            size_t rb = cols * 2;
-            uint8_t *packed = malloc(rows * rb);
-            t->data = malloc(rows * rb);
-            if (!packed || !t->data) { free(packed); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
-            bq_status st = pmat_to_packed(pm, packed, rows * rb);
-            for (size_t r = 0; r < rows && !st; r++)
-                memcpy(t->data + (perm ? (size_t)permuted_row((int)r, hd) : r) * rb, packed + r * rb, rb);
-            free(packed);
-            t->type = ty;
-            t->size = rows * rb;
-            return st;
-        }
-        if (!ty || cols % 32)
-            return bq_fail(BQ_ERR_UNSUPPORTED, "%s is %s, which has no exact GGUF type (use mxfp4, int8_b32_sfp16 = Q8_0 or "
-                           "int4_b32_sfp16 = Q4_0 with rows of whole blocks, or keep it float)", s->name, pm->f->name);
-        size_t psize = bq_packed_size(pm->f, rows, cols), prb = psize / rows, rb = type_row_bytes(ty, cols);
-        uint8_t *packed = malloc(psize);
-        t->data = malloc(rows * rb);
-        if (!packed || !t->data) { free(packed); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
-        bq_status st = pmat_to_packed(pm, packed, psize);
-        for (size_t r = 0; r < rows && !st; r++)
-            transcode_row(ty, t->data + (perm ? (size_t)permuted_row((int)r, hd) : r) * rb, packed + r * prb, cols, 1);
-        free(packed);
+        const char *fn = pm->f->name;
+        uint32_t ty = !strcmp(fn, "mxfp4") ? GG_MXFP4 : !strcmp(fn, "int8_b32_sfp16") || !strcmp(fn, "q8_0") ? GG_Q8_0
+                    : !strcmp(fn, "int4_b32_sfp16") || !strcmp(fn, "q4_0") ? GG_Q4_0 : 0;
+        int f32 = pm->f->sch == SCH_ELEM && pm->f->el.kind == EK_FP32, wide = f32 || pmat_is_float16(pm);
+        if (wide) ty = f32 ? GG_F32 : pm->f->el.ebits == 8 ? GG_BF16 : GG_F16;  /* the same codes */
+        else if (!ty || cols % 32)
+            return bq_fail(BQ_ERR_UNSUPPORTED, "%s is %s, which has no exact GGUF type (use f32, f16, bf16, mxfp4, "
+                           "q8_0, q4_0 (llama.cpp's rules) or int8_b32_sfp16/int4_b32_sfp16 (blockq's) with rows of whole blocks)", s->name, pm->f->name);
+        size_t rb = type_row_bytes(ty, cols);
         t->type = ty;
         t->size = rows * rb;
+        if (!fill) return BQ_OK;
+        size_t psize = bq_packed_size(pm->f, rows, cols), prb = psize / rows;
+        uint8_t *packed = malloc(psize);
+        t->data = malloc(rows * rb);
+        if (!packed || !t->data) { free(packed); free(t->data); t->data = NULL; return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
+        bq_status st = pmat_to_packed(pm, packed, psize);
+        for (size_t r = 0; r < rows && !st; r++) {
+            uint8_t *dst = t->data + (perm ? (size_t)permuted_row((int)r, hd) : r) * rb;
+            if (wide) memcpy(dst, packed + r * prb, rb);
+            else transcode_row(ty, dst, packed + r * prb, cols, 1);
+        }
+        free(packed);
         return st;
     }
     const float *x = *s->f;
-    int bf16 = s->cols > 0;
-    for (size_t i = 0; i < rows * cols && bf16; i++) {
-        uint32_t u;
-        memcpy(&u, &x[i], 4);
-        bf16 = !(u & 0xffff);
-    }
+    int bf16 = s->cols > 0 && all_bf16(x, rows * cols);
     size_t es = bf16 ? 2 : 4;
+    t->type = bf16 ? GG_BF16 : GG_F32;
+    t->size = rows * cols * es;
+    if (!fill) return BQ_OK;
     if (!(t->data = malloc(rows * cols * es))) return bq_fail(BQ_ERR_NOMEM, "out of memory");
     for (size_t r = 0; r < rows; r++) {
         uint8_t *dst = t->data + (perm ? (size_t)permuted_row((int)r, hd) : r) * cols * es;
@@ -732,8 +736,6 @@ static bq_status gguf_tensor(const bq_model *m, slot *s, wtensor *t)
             else memcpy(dst + 4 * k, &u, 4);
         }
     }
-    t->type = bf16 ? GG_BF16 : GG_F32;
-    t->size = rows * cols * es;
     return BQ_OK;
 }
 
@@ -757,7 +759,8 @@ bq_status bq_model_save_gguf(const bq_model *cm, const char *path)
         }
         ts[nt].rows = s->cols ? (size_t)s->rows : 1;
         ts[nt].cols = s->cols ? (size_t)s->cols : (size_t)s->rows;
-        if (!(st = gguf_tensor(m, s, &ts[nt]))) nt++;
+        ts[nt].s = s;
+        if (!(st = gguf_tensor(m, s, &ts[nt], 0))) nt++;
     }
     wbuf kvb = {0}, b = {0};
     int nkv = 0;
@@ -783,7 +786,8 @@ bq_status bq_model_save_gguf(const bq_model *cm, const char *path)
         nkv += write_tokenizer(&kvb, m, &st);
         if (!st) nkv += write_runtime(&kvb, m, &sl, &st);
     }
-    if (!st) {
+    bq_afile *af = NULL;
+    if (!st) {  /* the header in memory; then each tensor converted, written and freed in turn */
         put(&b, "GGUF", 4);
         put32(&b, 3);
         put64(&b, (uint64_t)nt);
@@ -801,11 +805,23 @@ bq_status bq_model_save_gguf(const bq_model *cm, const char *path)
         }
         static const uint8_t zero[32];
         put(&b, zero, (32 - b.n % 32) % 32);
-        for (int i = 0; i < nt; i++) {
-            put(&b, ts[i].data, ts[i].size);
-            put(&b, zero, (32 - ts[i].size % 32) % 32);
+        st = b.oom || kvb.oom ? bq_fail(BQ_ERR_NOMEM, "out of memory") : bq_afile_open(path, &af);
+        if (!st) bq_afile_write(af, b.p, b.n);
+        for (int i = 0; i < nt && !st; i++) {
+            size_t want = ts[i].size;
+            if (!(st = gguf_tensor(m, ts[i].s, &ts[i], 1)) && ts[i].size != want)
+                st = bq_fail(BQ_ERR_IO, "%s: tensor size changed while writing", ts[i].name);
+            if (!st) {
+                bq_afile_write(af, ts[i].data, ts[i].size);
+                bq_afile_write(af, zero, (32 - ts[i].size % 32) % 32);
+            }
+            free(ts[i].data);
+            ts[i].data = NULL;
         }
-        st = b.oom || kvb.oom ? bq_fail(BQ_ERR_NOMEM, "out of memory") : bq_write_file_atomic(path, b.p, b.n);
+        if (af) {
+            if (st) bq_afile_abort(af);
+            else st = bq_afile_commit(af);
+        }
     }
     for (int i = 0; i < nt; i++) free(ts[i].data);
     free(ts);
