@@ -40,7 +40,7 @@ CLI_OBJ = $(CLI_SRC:%.c=$(BUILD)/%.o)
 TESTS   = $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 BENCHES = $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/bench_*.c))
 
-.PHONY: all test test-opt test-san bench clean fuzz fuzz-short gpu gpu-full
+.PHONY: all test test-opt test-san bench clean fuzz fuzz-short gpu gpu-full interop
 all: $(BUILD)/blockq $(BUILD)/libblockq.so
 
 $(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h)
@@ -135,6 +135,12 @@ test-san:
 test: test-opt
 	@$(MAKE) --no-print-directory test-san
 	@$(MAKE) --no-print-directory fuzz-short
+	@$(MAKE) --no-print-directory interop
+
+# llama.cpp (../shared/peers, built once outside the repository) reading blockq's
+# GGUF files: perplexity side by side, llama-quantize's Q4_0/Q8_0 byte for byte (SKIP without the source)
+interop: $(BUILD)/blockq
+	@sh tests/interop.sh $(BUILD)/blockq
 
 bench: $(BENCHES) $(BUILD)/blockq
 

@@ -1,0 +1,91 @@
+#!/bin/sh
+# llama.cpp as a real client of the GGUF files blockq writes (issue 22). Builds the
+# llama.cpp source in ../shared/peers once into a cache outside the repository
+# ($BQ_PEER_CACHE, default ~/.cache/blockq), then:
+#   - the bundled model exported as F32, BF16, Q8_0 and Q4_0 (blockq's q8_0/q4_0,
+#     llama.cpp's rules): llama-perplexity's perplexity within 0.1% of blockq's on
+#     the same file and windows (ctx 512, second half of each window scored);
+#   - llama-quantize --pure on blockq's F32 export gives Q4_0 and Q8_0 files whose
+#     every tensor is byte-identical to blockq's own q4_0/q8_0 export, and blockq
+#     reads llama-quantize's files and scores them as llama.cpp does;
+#   - the tiny llama/mistral/qwen2/qwen3 checkpoints exported as F32: within 0.1%.
+#   sh tests/interop.sh [BLOCKQ]     (make interop; make test runs it where the source is)
+B=${1:-build/blockq}
+SH=${BQ_SHARED:-../shared}
+SRC=$(ls "$SH"/peers/llama.cpp-*.tar.xz 2>/dev/null | head -1)
+pass=0; fail=0
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL interop: $*"; }
+summary() { echo "interop: $pass passed, $fail failed"; [ $fail -eq 0 ]; exit $?; }
+if [ -z "$SRC" ]; then echo "SKIP: no llama.cpp source in $SH/peers: GGUF files not checked against llama.cpp"; summary; fi
+command -v cmake >/dev/null || { echo "SKIP: cmake absent (Debian package cmake): llama.cpp not built"; summary; }
+name=$(basename "$SRC" .tar.xz)
+C=${BQ_PEER_CACHE:-$HOME/.cache/blockq}/$name
+L=$C/build/bin
+if [ ! -x "$L/llama-perplexity" ] || [ ! -x "$L/llama-quantize" ]; then
+    echo "building $name in $C (once; a few minutes on 2 cores)"
+    rm -rf "$C" && mkdir -p "$C" && tar xJf "$SRC" -C "$C" || { bad "cannot unpack $SRC"; summary; }
+    [ -f "$C/CMakeLists.txt" ] || { d=$(ls -d "$C"/*/ | head -1); mv "$d"* "$C"/; }
+    (cmake -B "$C/build" -S "$C" -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=OFF -DCMAKE_BUILD_TYPE=Release >"$C/build.log" 2>&1 &&
+     cmake --build "$C/build" -j"$(nproc)" --target llama-perplexity llama-quantize llama-bench >>"$C/build.log" 2>&1) ||
+        { bad "llama.cpp build failed (see $C/build.log)"; summary; }
+fi
+T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+TXT=data/wikitext-2-test.txt
+PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
+# ppl_pair LABEL FILE CTX CHUNKS: both tools on the same GGUF file, 0.1% apart at most
+# (TOL=0.01 where llama.cpp's own arithmetic is known to stray; docs/interop.md says where and why)
+# llama.cpp keeps its KV cache in fp16 (its default), so blockq does too; more
+# arguments go to blockq (the activation rounding llama.cpp's matmuls do)
+ppl_pair() {
+    label=$1 file=$2 ctx=$3 chunks=$4; shift 4
+    "$L/llama-perplexity" -m "$file" -f $TXT -c "$ctx" --chunks "$chunks" -t 2 >"$T/lp.log" 2>&1
+    lp=$(sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p' "$T/lp.log")
+    if [ -z "$lp" ] && grep -q "unknown model architecture" "$T/lp.log"; then
+        echo "SKIP: $label: this llama.cpp does not know the architecture ($(grep -o "unknown model architecture: '[a-z0-9]*'" "$T/lp.log"))"
+        return
+    fi
+    bp=$($B ppl --model "$file" --text $TXT --ctx "$ctx" --chunks "$chunks" --protocol second-half --kv fp16 --json "$@" 2>/dev/null | sed -n 's/.*"ppl": \([0-9.]*\).*/\1/p')
+    set -- "$label"
+    if [ -z "$lp" ] || [ -z "$bp" ]; then bad "$1: no perplexity (llama.cpp '$lp', blockq '$bp')"; return; fi
+    rel=$(awk -v a="$lp" -v b="$bp" 'BEGIN { d = (a - b) / b; if (d < 0) d = -d; printf "%.2e", d }')
+    printf '  %-28s llama.cpp %-10s blockq %-10s rel %s\n' "$1" "$lp" "$bp" "$rel"
+    awk -v r="$rel" -v t="${TOL:-1e-3}" 'BEGIN { exit !(r < t) }' && ok || bad "$1: llama.cpp $lp vs blockq $bp (rel $rel > ${TOL:-1e-3})"
+}
+M=models/llama-19m-en
+for f in f32 bf16 q8_0 q4_0; do
+    # every matrix in the type, the LM head too (--head would quantise its input as well, which GGUF cannot say)
+    printf '"lm_head" = { w = "%s" }\n' $f >"$T/head.toml"
+    $B quantize --model $M --wq $f --emb $f --config "$T/head.toml" --out "$T/bq_$f.gguf" >/dev/null 2>"$T/err" ||
+        { bad "export $f: $(cat "$T/err")"; continue; }
+    # llama.cpp multiplies BF16 weights with activations rounded to bf16, Q8_0/Q4_0 weights
+    # with activations quantised to Q8_0 blocks: blockq is told to do the same
+    aq=""; case $f in bf16) aq="--aq bf16" ;; q*) aq="--aq q8_0" ;; esac
+    tol=1e-3; case $f in f32|bf16) tol=1e-2 ;; esac
+    TOL=$tol ppl_pair "llama-19m $f" "$T/bq_$f.gguf" 512 ${INTEROP_CHUNKS:-8} $aq
+done
+# llama-quantize on blockq's F32 export: byte-identical to blockq's q4_0/q8_0, and readable by blockq
+for q in Q4_0 Q8_0; do
+    f=$(echo $q | tr 'A-Z' 'a-z')
+    if "$L/llama-quantize" --pure "$T/bq_f32.gguf" "$T/lq_$f.gguf" $q 2 >"$T/lq.log" 2>&1; then
+        $PY tools/gguf_tensors.py "$T/lq_$f.gguf" | sort >"$T/a"; $PY tools/gguf_tensors.py "$T/bq_$f.gguf" | sort >"$T/b"
+        n=$(wc -l <"$T/a"); same=$(comm -12 "$T/a" "$T/b" | wc -l)
+        echo "  llama-quantize $q vs blockq $f: $same of $n tensors byte-identical"
+        [ "$n" -gt 0 ] && [ "$same" -eq "$n" ] && ok || bad "$q: only $same of $n tensors identical to llama-quantize's"
+        ppl_pair "llama-quantize $q, read back" "$T/lq_$f.gguf" 512 ${INTEROP_CHUNKS:-8} --aq q8_0
+    else bad "llama-quantize $q failed: $(tail -1 "$T/lq.log")"; fi
+done
+# the tiny checkpoints (no tokenizer of their own: the bundled one, whose 8192 tokens
+# they were made for), as they are and with the vocabulary padded to 8320 rows
+for a in llama mistral qwen2 qwen3; do
+    d=$SH/models/tiny/$a
+    [ -f "$d/config.json" ] || { echo "SKIP: $d absent"; continue; }
+    for rows in 8192 8320; do
+        $PY tools/pad_vocab.py "$d" "$T/tiny_$a" $rows $M/tokenizer.json || { bad "tiny $a: pad_vocab failed"; continue; }
+        $B quantize --model "$T/tiny_$a" --wq f32 --out "$T/tiny_$a.gguf" >/dev/null 2>"$T/err" || { bad "export tiny $a: $(cat "$T/err")"; continue; }
+        tol=1e-3; [ $a = qwen2 ] && tol=1e-2
+        TOL=$tol ppl_pair "tiny $a f32, $rows rows" "$T/tiny_$a.gguf" 128 4
+        rm -rf "$T/tiny_$a"
+    done
+done
+summary
