@@ -143,6 +143,13 @@ static int load_tokenizer(const char *cmd, const char *path, const bq_model *m, 
     return (st = bq_tokenizer_load(tp, t)) ? cli_status(cmd, st) : 0;
 }
 
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 int cmd_logits(int argc, char **argv)
 {
     model_args a;
@@ -226,7 +233,9 @@ int cmd_ppl(int argc, char **argv)
     bq_tokenizer *t = NULL;
     int32_t *ids = NULL;
     size_t n = 0;
+    double t0 = now_s();
     if ((rc = load_model("ppl", &a, &m)) || (rc = load_tokenizer("ppl", a.model, m, &t))) goto done;
+    double load_s = now_s() - t0;
     if ((st = bq_tokenize(t, text, len, &ids, &n))) { rc = cli_status("ppl", st); goto done; }
     bq_ppl_opts o = {.ctx = a.ctx, .chunks = a.chunks, .second_half = second, .allow_nonfinite = a.allow_nonfinite,
                      .threads = a.threads};
@@ -239,28 +248,24 @@ int cmd_ppl(int argc, char **argv)
         if (!qm || !qt) rc = cli_error("ppl", "out of memory");
         else
             printf("{\"model\": %s, \"text\": %s, \"ctx\": %d, \"protocol\": \"%s\", \"tokens\": %zu, \"windows\": %zu, "
-                   "\"tokens_scored\": %zu, \"nll\": %.9f, \"ppl\": %.6f, \"seconds\": %.3f, \"tokens_per_second\": %.1f}\n",
+                   "\"tokens_scored\": %zu, \"nll\": %.9f, \"ppl\": %.6f, \"seconds\": %.3f, \"tokens_per_second\": %.1f, "
+                   "\"load_seconds\": %.3f, \"device\": \"%s\"}\n",
                    qm, qt, a.ctx, a.protocol, n, r.windows, r.tokens_scored, r.nll, r.ppl, r.seconds,
-                   r.windows * (double)a.ctx / r.seconds);
+                   r.windows * (double)a.ctx / r.seconds, load_s, a.dev ? "cuda" : "cpu");
         free(qm);
         free(qt);
     } else
         printf("model %s  text %s (%zu tokens)\nctx %d  protocol %s  windows %zu  scored %zu  %.1f s (%.0f tok/s)\nppl %.4f\n",
                a.model, a.text_file, n, a.ctx, a.protocol, r.windows, r.tokens_scored, r.seconds,
                r.windows * (double)a.ctx / r.seconds, r.ppl);
+    if (!rc) fprintf(stderr, "load %.2f s; scored %zu windows of %d in %.2f s (%.0f tokens/s, %s)\n", load_s, r.windows, a.ctx,
+                     r.seconds, r.windows * (double)a.ctx / r.seconds, a.dev ? "cuda" : "cpu");
 done:
     free(text);
     free(ids);
     bq_tokenizer_free(t);
     bq_model_free(m);
     return rc;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* blockq eval: one line (or JSON object) per task file. */

@@ -99,6 +99,7 @@ typedef struct { const linear *l; const float *x; float *y; int n; const pm_act 
 static const float *slice_weights(mm_job *j, int o0, int o1, float **buf)
 {
     const linear *l = j->l;
+    if (!l->pw && j->n <= MV_MAX && !l->lmul) { mv_rows_f32(l->w, l->in, j->x, j->n, j->y, l->out, o0, o1); return NULL; }
     if (!l->pw) return l->w + (size_t)o0 * l->in;
     if (j->act) { pmat_mm_int(l->pw, j->act, j->y, l->out, o0, o1); return NULL; }
     if (l->pw->kind == PM_PANEL && j->n <= MV_MAX && !l->lmul) { pmat_mv_f32(l->pw, j->x, j->n, j->y, l->out, o0, o1); return NULL; }

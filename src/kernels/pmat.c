@@ -142,6 +142,34 @@ static void float16_mv(const pmat *m, const float *x, int n, float *y, int ldy, 
     }
 }
 
+/* y[t][r] = W[r] . x[t] for rows r0..r1 of a float32 matrix and up to 8 tokens:
+ * each weight read once (an SGEMM of one token repacks its whole operand first).
+ * The same 16 partial sums in the same order on every path, so the bits never
+ * depend on the ISA chosen or on how rows are split between threads. */
+__attribute__((target_clones("avx2", "default")))
+void mv_rows_f32(const float *w, int cols, const float *x, int n, float *y, int ldy, int r0, int r1)
+{
+    enum { L = 16, TMAX = 8 };
+    for (int r = r0; r < r1; r++) {
+        const float *wr = w + (size_t)r * cols;
+        for (int t0 = 0; t0 < n; t0 += TMAX) {
+            int nt = n - t0 < TMAX ? n - t0 : TMAX;
+            float acc[TMAX][L] = {{0}};
+            int k = 0;
+            for (; k + L <= cols; k += L)
+                for (int t = 0; t < nt; t++)
+                    for (int j = 0; j < L; j++) acc[t][j] += x[(size_t)(t0 + t) * cols + k + j] * wr[k + j];
+            for (; k < cols; k++)
+                for (int t = 0; t < nt; t++) acc[t][k % L] += x[(size_t)(t0 + t) * cols + k] * wr[k];
+            for (int t = 0; t < nt; t++) {
+                for (int h = L / 2; h >= 1; h /= 2)
+                    for (int j = 0; j < h; j++) acc[t][j] += acc[t][j + h];
+                y[(size_t)(t0 + t) * ldy + r] = acc[t][0];
+            }
+        }
+    }
+}
+
 int pmat_mv_float16(const pmat *m, const float *x, int n, float *y, int ldy, int r0, int r1)
 {
     if (!pmat_is_float16(m) || m->kind != PM_STREAM) return 0;

@@ -76,6 +76,8 @@ void pmat_mm_int(const pmat *m, const pm_act *a, float *y, int ldy, int r0, int 
 void pmat_mv_f32(const pmat *m, const float *x, int n, float *y, int ldy, int r0, int r1);
 /* The same for a held bf16/fp16 matrix (widened in registers); 0 if m is not one. */
 int pmat_mv_float16(const pmat *m, const float *x, int n, float *y, int ldy, int r0, int r1);
+/* The same for a float32 matrix w [rows][cols] (rows r0..r1), n <= 8 tokens. */
+void mv_rows_f32(const float *w, int cols, const float *x, int n, float *y, int ldy, int r0, int r1);
 
 /* Per-ISA kernels (pk_isa.c, compiled once per ISA). */
 typedef struct {
