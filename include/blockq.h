@@ -198,6 +198,9 @@ BQ_API bq_status bq_qconfig_load(bq_qconfig *q, const char *toml_path);
 /* Fake-quantise the model's weights in place and arm activation quantisers.
  * strict: a pattern that matches no tensor is an error, not a warning. */
 BQ_API bq_status bq_model_quantize(bq_model *m, const bq_qconfig *q, int strict);
+/* Where a config's warnings go (a pattern that matches no tensor, without strict):
+ * fn(arg, message); the default (fn NULL) prints them on standard error. */
+BQ_API void bq_qconfig_set_warn(bq_qconfig *q, void (*fn)(void *arg, const char *msg), void *arg);
 /* The same, with weights stored packed (true size in memory; matmuls compute on the
  * packed codes). Activation, attention and KV formats act as in bq_model_quantize. */
 BQ_API bq_status bq_model_pack(bq_model *m, const bq_qconfig *q, int strict);

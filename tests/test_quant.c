@@ -133,6 +133,8 @@ static void test_roles(void)
 }
 
 /* ---- 3. bad configs ---- */
+
+static void warn_into(void *arg, const char *msg) { snprintf(arg, 512, "%s", msg); }
 static void test_bad_configs(void)
 {
     struct { const char *toml, *msg; bq_status st; } cases[] = {
@@ -166,10 +168,23 @@ static void test_bad_configs(void)
               "huge TOML string: %s", bq_last_error());
         free(big);
     }
-    /* without strict, a pattern that matches nothing is only a warning */
+    /* without strict, a pattern that matches nothing is only a warning, through the callback */
     bq_model *m = load(DEFAULT);
     CHECK(quantize(m, NULL, 0, "\"nope.*\" = { w = \"bfp8_b16\" }\n", 0) == BQ_OK, "non-strict unmatched pattern failed");
     bq_model_free(m);
+    {
+        char seen[512] = "";
+        bq_qconfig *q;
+        OK(bq_qconfig_new(&q));
+        const char *rule = "\"nope.*\" = { w = \"bfp8_b16\" }\n";
+        OK(qconfig_parse(q, rule, strlen(rule), "w.toml"));
+        bq_qconfig_set_warn(q, warn_into, seen);
+        m = load(DEFAULT);
+        OK(bq_model_quantize(m, q, 0));
+        CHECK(strstr(seen, "w.toml:1: pattern 'nope.*' matches no tensor") != NULL, "warning callback got '%s'", seen);
+        bq_model_free(m);
+        bq_qconfig_free(q);
+    }
     /* a block wider than the reduction dimension is refused with a reason */
     m = load(DEFAULT);
     const char *wide[][2] = {{"attn", "bfp8_b128"}};

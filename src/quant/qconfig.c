@@ -391,9 +391,12 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
         if (strict)
             st = bq_fail(BQ_ERR_ARG, "%s%s%d: pattern '%s' matches no tensor", q->source, q->rules[i].line ? ":" : "",
                          q->rules[i].line, q->rules[i].pattern);
-        else
-            fprintf(stderr, "blockq: warning: %s:%d: pattern '%s' matches no tensor\n", q->source, q->rules[i].line,
-                    q->rules[i].pattern);
+        else {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s:%d: pattern '%s' matches no tensor", q->source, q->rules[i].line, q->rules[i].pattern);
+            if (q->warn) q->warn(q->warn_arg, msg);
+            else fprintf(stderr, "blockq: warning: %s\n", msg);
+        }
     }
     free(hits);
     return st;
@@ -401,3 +404,9 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
 
 bq_status bq_model_quantize(bq_model *m, const bq_qconfig *q, int strict) { return quantize(m, q, strict, 0); }
 bq_status bq_model_pack(bq_model *m, const bq_qconfig *q, int strict) { return quantize(m, q, strict, 1); }
+
+void bq_qconfig_set_warn(bq_qconfig *q, void (*fn)(void *arg, const char *msg), void *arg)
+{
+    q->warn = fn;
+    q->warn_arg = arg;
+}

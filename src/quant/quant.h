@@ -33,6 +33,8 @@ struct bq_qconfig {
     char attn[64], kv[64];
     bq_qopts opts;
     char source[256];   /* file name, for messages */
+    void (*warn)(void *arg, const char *msg);  /* NULL: standard error */
+    void *warn_arg;
 };
 
 /* Rules from TOML text already in memory. */
