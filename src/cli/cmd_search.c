@@ -10,7 +10,7 @@
 /* ---- shared option parsing ---- */
 typedef struct {
     const char *model, *text, *test, *formats, *out;
-    int ctx, chunks, test_chunks, threads, trials, json;
+    int ctx, chunks, test_chunks, threads, trials, json, dev;
     double budget;
     uint64_t seed;
 } sargs;
@@ -37,6 +37,7 @@ static int parse_sargs(const char *cmd, int argc, char **argv, sargs *a)
         else if (!strcmp(s, "--out")) a->out = v;
         else if (!strcmp(s, "--budget")) { a->budget = strtod(v, &end); if (*end || !(a->budget > 0) || a->budget > 64) return cli_error(cmd, "bad --budget '%s': expected bits per element, e.g. 5", v); }
         else if (!strcmp(s, "--seed")) { if (!parse_u64(v, &a->seed)) return cli_error(cmd, "bad --seed '%s'", v); }
+        else if (!strcmp(s, "--device")) { if (cli_device(cmd, v, &a->dev)) return EXIT_BADINPUT; }
         else if (parse_u64(v, &x) && x <= (1u << 30)) {
             if (!strcmp(s, "--ctx") && x >= 2) a->ctx = (int)x;
             else if (!strcmp(s, "--chunks") && x >= 1) a->chunks = (int)x;
@@ -142,7 +143,7 @@ typedef struct {
     const char *model;
     int32_t *ids;
     size_t n;
-    int ctx, chunks, threads;
+    int ctx, chunks, threads, dev;
 } evalctx;
 
 /* nll (mean, nats) with linear i in format names[choose[i]] (W and A); NULL choose = float32 */
@@ -161,7 +162,7 @@ static bq_status eval_assign(const evalctx *e, int nl, const int *choose, char n
         if (!st) st = bq_model_quantize(m, q, 1);
         bq_qconfig_free(q);
     }
-    bq_ppl_opts o = {.ctx = e->ctx, .chunks = e->chunks, .threads = e->threads};
+    bq_ppl_opts o = {.ctx = e->ctx, .chunks = e->chunks, .threads = e->threads, .device = e->dev};
     bq_ppl_result r;
     if (!st) st = bq_perplexity(m, e->ids, e->n, &o, &r);
     if (!st) { *nll = r.nll; if (ppl) *ppl = r.ppl; }
@@ -215,11 +216,11 @@ int cmd_sensitivity(int argc, char **argv)
     int rc = parse_sargs("sensitivity", argc, argv, &a);
     if (rc) return rc;
     if (!a.model || !a.text || !a.formats)
-        return cli_error("sensitivity", "usage: blockq sensitivity --model DIR --text CALIB --formats F1,F2,... [--ctx S] [--chunks N] [--out PREFIX]");
+        return cli_error("sensitivity", "usage: blockq sensitivity --model DIR --text CALIB --formats F1,F2,... [--ctx S] [--chunks N] [--device cpu|cuda|auto] [--out PREFIX]");
     char names[32][64];
     int nf = split_formats("sensitivity", a.formats, names, 32);
     if (nf < 0) return EXIT_BADINPUT;
-    evalctx e = {a.model, NULL, 0, a.ctx, a.chunks, a.threads};
+    evalctx e = {a.model, NULL, 0, a.ctx, a.chunks, a.threads, a.dev};
     if ((rc = load_tokens("sensitivity", a.model, a.text, &e.ids, &e.n))) return rc;
     bq_model *m;
     if (bq_model_load(a.model, &m)) { free(e.ids); return cli_status("sensitivity", BQ_ERR_IO); }
@@ -343,7 +344,7 @@ int cmd_search(int argc, char **argv)
     if (rc) return rc;
     if (!a.model || !a.text || !a.formats || isnan(a.budget))
         return cli_error("search", "usage: blockq search --model DIR --text CALIB --formats F1,F2,... --budget BITS "
-                                   "[--ctx S] [--chunks N] [--trials T] [--seed S] [--test FILE --test-chunks N] [--out PREFIX]");
+                                   "[--ctx S] [--chunks N] [--trials T] [--seed S] [--test FILE --test-chunks N] [--out PREFIX] [--device cpu|cuda|auto]");
     char names[32][64];
     int nf = split_formats("search", a.formats, names, 32);
     if (nf < 0) return EXIT_BADINPUT;
@@ -375,7 +376,7 @@ int cmd_search(int argc, char **argv)
     }
     if (st) { free(params); bq_model_free(m); return cli_status("search", st); }
 
-    evalctx e = {a.model, NULL, 0, a.ctx, a.chunks, a.threads};
+    evalctx e = {a.model, NULL, 0, a.ctx, a.chunks, a.threads, a.dev};
     if ((rc = load_tokens("search", a.model, a.text, &e.ids, &e.n))) { free(params); bq_model_free(m); return rc; }
     double base;
     double *sens = malloc((size_t)nl * nf * sizeof *sens);
@@ -471,7 +472,7 @@ int cmd_search(int argc, char **argv)
         }
         /* evaluation of the chosen points and the uniform formats on the test text */
         if (!rc && a.test && md) {
-            evalctx te = {a.model, NULL, 0, a.ctx, a.test_chunks, a.threads};
+            evalctx te = {a.model, NULL, 0, a.ctx, a.test_chunks, a.threads, a.dev};
             if (!(rc = load_tokens("search", a.model, a.test, &te.ids, &te.n))) {
                 double tb;
                 if ((st = eval_assign(&te, nl, NULL, names, &tb, NULL))) rc = cli_status("search", st);
