@@ -198,6 +198,11 @@ BQ_API bq_status bq_qconfig_load(bq_qconfig *q, const char *toml_path);
 /* Fake-quantise the model's weights in place and arm activation quantisers.
  * strict: a pattern that matches no tensor is an error, not a warning. */
 BQ_API bq_status bq_model_quantize(bq_model *m, const bq_qconfig *q, int strict);
+/* Calibration: run the (float) model m over the first `chunks` windows of ctx
+ * tokens of ids and keep, per linear, the mean square of each input channel;
+ * quantising a model of the same shape with this config then weighs each
+ * weight's error by its input's energy (--ptq clip). Never the test text. */
+BQ_API bq_status bq_qconfig_calibrate(bq_qconfig *q, const bq_model *m, const int32_t *ids, size_t n, int ctx, int chunks);
 /* Where a config's warnings go (a pattern that matches no tensor, without strict):
  * fn(arg, message); the default (fn NULL) prints them on standard error. */
 BQ_API void bq_qconfig_set_warn(bq_qconfig *q, void (*fn)(void *arg, const char *msg), void *arg);
@@ -278,6 +283,14 @@ typedef struct {
 typedef struct { double ppl, nll, seconds, ppl_all, ppl_second_half; size_t windows, tokens_scored; } bq_ppl_result;
 
 BQ_API bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const bq_ppl_opts *o, bq_ppl_result *r);
+
+/* How far a quantised model's next-token distributions are from a reference
+ * (float) model's over the same windows (llama.cpp's --kl-divergence measures the
+ * same): KL(P_ref || P_m) per scored token, its mean and 99th percentile, and how
+ * often both put the same token first. Windows, protocol and threads as bq_perplexity. */
+typedef struct { double kld_mean, kld_p99, kld_max, top1; size_t tokens; double seconds; } bq_kld_result;
+BQ_API bq_status bq_kld(const bq_model *ref, const bq_model *m, const int32_t *ids, size_t n, const bq_ppl_opts *o,
+                        bq_kld_result *r);
 
 /* ---- downstream tasks (docs/tasks.md) --------------------------------------- */
 

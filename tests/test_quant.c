@@ -324,6 +324,85 @@ static void test_reference(void)
     }
 }
 
+/* ---- 5. post-training: clipping, calibration, KL divergence ---- */
+
+static double wsse(const float *a, const float *b, size_t rows, size_t cols, const double *imp)
+{
+    double e = 0;
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < cols; c++) {
+            double d = (double)a[r * cols + c] - b[r * cols + c];
+            e += d * d * (imp ? imp[c] : 1.0);
+        }
+    return e;
+}
+
+static void test_ptq(void)
+{
+    /* clipping: never worse than round-to-nearest on the (weighted) squared error; the
+     * clamped weights pack to exactly what they fake-quantise to */
+    const char *fmts[] = {"q4_0", "int4_b32_sfp16", "nvfp4", "int4_g128", "mxfp4", "bfp4_b16", "int8_row", "int4_asym_g128"};
+    const size_t rows = 24, cols = 256, n = rows * cols;
+    float *w = malloc(n * 4), *rtn = malloc(n * 4), *cl = malloc(n * 4), *again = malloc(n * 4);
+    double *imp = malloc(cols * sizeof *imp);
+    for (size_t i = 0; i < n; i++) w[i] = t_normal() * (i % 97 == 0 ? 6.0f : 1.0f);  /* outliers, as in real weights */
+    for (size_t c = 0; c < cols; c++) imp[c] = 0.1 + (double)t_unif() * (c % 16 == 0 ? 50.0 : 1.0);
+    for (size_t k = 0; k < sizeof fmts / sizeof *fmts; k++)
+        for (int weighted = 0; weighted < 2; weighted++) {
+            bq_format *f;
+            OK(bq_format_parse(fmts[k], &f));
+            OK(bq_qdq(f, w, rtn, rows, cols, NULL));
+            memcpy(cl, w, n * 4);
+            OK(ptq_clip(f, cl, (int)rows, (int)cols, weighted ? imp : NULL, NULL));
+            size_t ps = bq_packed_size(f, rows, cols);
+            uint8_t *pk = malloc(ps);
+            OK(bq_pack(f, cl, rows, cols, NULL, pk, ps));
+            OK(bq_unpack(f, pk, ps, rows, cols, again));
+            OK(bq_qdq(f, cl, cl, rows, cols, NULL));
+            size_t diff = 0;  /* as numbers: fake quantisation keeps the sign of a zero, codes do not */
+            for (size_t i = 0; i < n; i++) diff += !(again[i] == cl[i]);
+            CHECK(diff == 0, "%s: the clamped weights pack to %zu other values than they fake-quantise to", fmts[k], diff);
+            const double *iw = weighted ? imp : NULL;
+            double er = wsse(rtn, w, rows, cols, iw), ec = wsse(cl, w, rows, cols, iw);
+            CHECK(ec <= er, "%s clip (weighted %d): error %.6g above round-to-nearest's %.6g", fmts[k], weighted, ec, er);
+            if (k == 0 && weighted) printf("  clip %-10s weighted squared error %.4g vs round-to-nearest %.4g\n", fmts[k], ec, er);
+            free(pk);
+            bq_format_free(f);
+        }
+    free(w); free(rtn); free(cl); free(again); free(imp);
+
+    /* calibration: a mean square per input channel of every linear, from the float model */
+    bq_model *m = load(DEFAULT), *qm = load(DEFAULT);
+    if (!m || !qm) { bq_model_free(m); bq_model_free(qm); return; }
+    int32_t ids[256];
+    for (int i = 0; i < 256; i++) ids[i] = (int32_t)(t_rand() % (unsigned)bq_model_vocab(m));
+    bq_qconfig *q;
+    OK(bq_qconfig_new(&q));
+    OK(bq_qconfig_set(q, "wq", "q4_0"));
+    OK(bq_qconfig_set(q, "ptq", "clip"));
+    CHECK(bq_qconfig_set(q, "ptq", "gptq") == BQ_ERR_ARG, "an unknown algorithm must be refused by name");
+    OK(bq_qconfig_calibrate(q, m, ids, 256, 64, 3));
+    const calib_stats *cs = q->calib;
+    int good = cs && cs->tokens == 192;
+    for (int k = 0; cs && k < cs->n; k++)
+        for (int i = 0; cs->msq[k] && i < cs->in[k]; i++) good &= cs->msq[k][i] > 0 && isfinite(cs->msq[k][i]);
+    CHECK(good, "calibration statistics: %zu tokens, or a channel without energy", cs ? cs->tokens : 0);
+    OK(bq_model_quantize(qm, q, 1));
+    bq_qconfig_free(q);
+
+    /* KL divergence: zero against itself, positive after quantising, top-1 agreement in range */
+    bq_ppl_opts o = {.ctx = 64, .chunks = 3};
+    bq_kld_result self, quant;
+    OK(bq_kld(m, m, ids, 256, &o, &self));
+    OK(bq_kld(m, qm, ids, 256, &o, &quant));
+    CHECK(self.kld_mean == 0 && self.kld_max == 0 && self.top1 == 1, "KL of a model with itself: mean %g, top-1 %g",
+          self.kld_mean, self.top1);
+    CHECK(quant.kld_mean > 0 && quant.kld_p99 >= quant.kld_mean && quant.top1 > 0.3 && quant.top1 < 1 && quant.tokens == 189,
+          "KL after q4_0: mean %g, p99 %g, top-1 %g over %zu tokens", quant.kld_mean, quant.kld_p99, quant.top1, quant.tokens);
+    bq_model_free(m);
+    bq_model_free(qm);
+}
+
 int main(void)
 {
     bq_set_threads(0);
@@ -331,5 +410,6 @@ int main(void)
     test_roles();
     test_bad_configs();
     test_reference();
+    test_ptq();
     return test_summary("test_quant");
 }

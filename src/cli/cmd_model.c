@@ -10,9 +10,10 @@
 
 /* Options common to the model commands. */
 typedef struct {
-    const char *model, *ids, *out, *text, *prompt, *text_file, *protocol, *config, *device, *tasks;
-    const char *role[7];  /* wq aq attn kv head emb mul */
-    int threads, json, n, ctx, chunks, strict, allow_nonfinite, round_set, packed;
+    const char *model, *ids, *out, *text, *prompt, *text_file, *protocol, *config, *device, *tasks, *calib;
+    int calib_ctx, calib_chunks;
+    const char *role[8];  /* wq aq attn kv head emb mul ptq */
+    int threads, json, n, ctx, chunks, strict, allow_nonfinite, round_set, packed, kld;
     int dev;  /* --device: 0 CPU, 1 CUDA */
     bq_hold hold;
     double temp, top_p;
@@ -20,7 +21,14 @@ typedef struct {
     bq_round round;
 } model_args;
 
-static const char *const roles[7] = {"wq", "aq", "attn", "kv", "head", "emb", "mul"};
+static const char *const roles[8] = {"wq", "aq", "attn", "kv", "head", "emb", "mul", "ptq"};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 static int parse_int(const char *cmd, const char *opt, const char *s, int lo, int hi, int *v)
 {
@@ -39,6 +47,8 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
     a->protocol = "all";
     a->temp = 0.0;
     a->top_p = 1.0;
+    a->calib_ctx = 512;
+    a->calib_chunks = 8;
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int rc = 0;
@@ -61,6 +71,9 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
         else if (OPT("--temperature")) { char *e; a->temp = strtod(v, &e); if (*e || !(a->temp >= 0) || a->temp > 100) rc = cli_error(cmd, "bad --temperature '%s'", v); }
         else if (OPT("--top-p")) { char *e; a->top_p = strtod(v, &e); if (*e || !(a->top_p > 0) || a->top_p > 1) rc = cli_error(cmd, "bad --top-p '%s': expected (0, 1]", v); }
         else if (OPT("--config")) a->config = v;
+        else if (OPT("--calib")) a->calib = v;
+        else if (OPT("--calib-ctx")) rc = parse_int(cmd, s, v, 2, 1 << 20, &a->calib_ctx);
+        else if (OPT("--calib-chunks")) rc = parse_int(cmd, s, v, 1, 1 << 20, &a->calib_chunks);
         else if (OPT("--hold")) {
             if (!strcmp(v, "auto")) a->hold = BQ_HOLD_AUTO;
             else if (!strcmp(v, "f32")) a->hold = BQ_HOLD_F32;
@@ -72,11 +85,12 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
         else if (!strcmp(s, "--packed")) a->packed = 1;
         else if (!strcmp(s, "--allow-nonfinite")) a->allow_nonfinite = 1;
         else if (!strcmp(s, "--json")) a->json = 1;
+        else if (!strcmp(cmd, "ppl") && !strcmp(s, "--kld")) a->kld = 1;
         else if (s[0] == '-' && s[1] == '-' && v && (s += 2, 1) && (
                      (!strcmp(s, roles[0]) && (a->role[0] = v)) || (!strcmp(s, roles[1]) && (a->role[1] = v)) ||
                      (!strcmp(s, roles[2]) && (a->role[2] = v)) || (!strcmp(s, roles[3]) && (a->role[3] = v)) ||
                      (!strcmp(s, roles[4]) && (a->role[4] = v)) || (!strcmp(s, roles[5]) && (a->role[5] = v)) ||
-                     (!strcmp(s, roles[6]) && (a->role[6] = v))))
+                     (!strcmp(s, roles[6]) && (a->role[6] = v)) || (!strcmp(s, roles[7]) && (a->role[7] = v))))
             i++;
         else return cli_error(cmd, "unknown or incomplete option '%s'", s);
 #undef OPT
@@ -93,8 +107,36 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
 static int wants_quant(const model_args *a)
 {
     int any = a->config != NULL;
-    for (int r = 0; r < 7; r++) any |= a->role[r] != NULL;
+    for (int r = 0; r < 8; r++) any |= a->role[r] != NULL;
     return any;
+}
+
+/* --ptq: statistics from the calibration text (--calib, else the bundled WikiText-2
+ * validation text where it is, never the test text) on the float model. */
+static bq_status calibrate(const char *cmd, const model_args *a, const bq_model *m, bq_qconfig *q)
+{
+    const char *path = a->calib ? a->calib : "data/wikitext-2-valid-tokenized.txt";
+    if (!a->calib && access(path, R_OK)) {
+        fprintf(stderr, "blockq %s: no calibration text (%s absent, no --calib): --ptq weighs every weight alike\n", cmd, path);
+        return BQ_OK;
+    }
+    void *text;
+    size_t len, n;
+    int32_t *ids = NULL;
+    bq_tokenizer *t = NULL;
+    bq_status st = bq_read_file(path, &text, &len);
+    if (st) return st;
+    if (!(st = bq_tokenizer_from_model(m, &t)) && !(st = bq_tokenize(t, text, len, &ids, &n))) {
+        double t0 = now_s();
+        st = bq_qconfig_calibrate(q, m, ids, n, a->calib_ctx, a->calib_chunks);
+        if (!st) fprintf(stderr, "blockq %s: calibrated on %s: %d windows of %d tokens in %.1f s\n", cmd, path,
+                         (int)(n / (size_t)a->calib_ctx < (size_t)a->calib_chunks ? n / (size_t)a->calib_ctx : (size_t)a->calib_chunks),
+                         a->calib_ctx, now_s() - t0);
+    }
+    free(ids);
+    free(text);
+    bq_tokenizer_free(t);
+    return st;
 }
 
 static int load_model(const char *cmd, const model_args *a, bq_model **m)
@@ -112,10 +154,11 @@ static int load_model(const char *cmd, const model_args *a, bq_model **m)
     bq_qconfig *q;
     if ((st = bq_qconfig_new(&q))) return cli_status(cmd, st);
     /* flags first (a default rule), then the file's rules, which win where they match */
-    for (int r = 0; r < 7 && !st; r++)
+    for (int r = 0; r < 8 && !st; r++)
         if (a->role[r]) st = bq_qconfig_set(q, roles[r], a->role[r]);
     if (!st && a->config) st = bq_qconfig_load(q, a->config);
     if (!st && (a->round_set || !a->config)) bq_qconfig_set_round(q, a->round, a->seed);
+    if (!st && a->role[7] && strcmp(a->role[7], "none")) st = calibrate(cmd, a, *m, q);
     if (!st) st = a->packed ? bq_model_pack(*m, q, a->strict) : bq_model_quantize(*m, q, a->strict);
     bq_qconfig_free(q);
     if (st) {
@@ -141,13 +184,6 @@ static int load_tokenizer(const char *cmd, const char *path, const bq_model *m, 
         return st ? cli_status(cmd, st) : 0;
     }
     return (st = bq_tokenizer_load(tp, t)) ? cli_status(cmd, st) : 0;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 int cmd_logits(int argc, char **argv)
@@ -221,7 +257,7 @@ int cmd_ppl(int argc, char **argv)
     int rc = parse_model_args("ppl", argc, argv, &a);
     if (rc) return rc;
     if (!a.text_file)
-        return cli_error("ppl", "usage: blockq ppl --model DIR --text FILE [--ctx S] [--chunks N] [--protocol all|second-half] [--device cpu|cuda|auto] [--json]");
+        return cli_error("ppl", "usage: blockq ppl --model DIR --text FILE [--ctx S] [--chunks N] [--protocol all|second-half] [--device cpu|cuda|auto] [--kld] [--json]");
     int second = !strcmp(a.protocol, "second-half");
     if (!second && strcmp(a.protocol, "all")) return cli_error("ppl", "bad --protocol '%s': expected all or second-half", a.protocol);
     if (second && a.ctx % 2) return cli_error("ppl", "--protocol second-half needs an even --ctx");
@@ -243,21 +279,37 @@ int cmd_ppl(int argc, char **argv)
     if (isatty(2)) o.progress = progress_bar;
     bq_ppl_result r;
     if ((st = bq_perplexity(m, ids, n, &o, &r))) { rc = cli_status("ppl", st); goto done; }
+    /* --kld: the unquantised model over the same windows, its distributions the reference */
+    bq_kld_result kr = {0};
+    if (a.kld) {
+        bq_model *ref = NULL;
+        bq_load_opts lo = {sizeof lo, a.hold == BQ_HOLD_AUTO && a.dev ? BQ_HOLD_NATIVE : a.hold};
+        if (!(st = bq_model_load_ex(a.model, &lo, &ref))) st = bq_kld(ref, m, ids, n, &o, &kr);
+        bq_model_free(ref);
+        if (st) { rc = cli_status("ppl", st); goto done; }
+    }
     if (a.json) {
         char *qm = cli_json_quote(a.model), *qt = cli_json_quote(a.text_file);
         if (!qm || !qt) rc = cli_error("ppl", "out of memory");
         else
             printf("{\"model\": %s, \"text\": %s, \"ctx\": %d, \"protocol\": \"%s\", \"tokens\": %zu, \"windows\": %zu, "
                    "\"tokens_scored\": %zu, \"nll\": %.9f, \"ppl\": %.6f, \"seconds\": %.3f, \"tokens_per_second\": %.1f, "
-                   "\"load_seconds\": %.3f, \"device\": \"%s\"}\n",
+                   "\"load_seconds\": %.3f, \"device\": \"%s\"",
                    qm, qt, a.ctx, a.protocol, n, r.windows, r.tokens_scored, r.nll, r.ppl, r.seconds,
                    r.windows * (double)a.ctx / r.seconds, load_s, a.dev ? "cuda" : "cpu");
+        if (a.kld)
+            printf(", \"kld_mean\": %.8f, \"kld_p99\": %.8f, \"kld_max\": %.8f, \"top1_agreement\": %.6f", kr.kld_mean,
+                   kr.kld_p99, kr.kld_max, kr.top1);
+        printf("}\n");
         free(qm);
         free(qt);
     } else
         printf("model %s  text %s (%zu tokens)\nctx %d  protocol %s  windows %zu  scored %zu  %.1f s (%.0f tok/s)\nppl %.4f\n",
                a.model, a.text_file, n, a.ctx, a.protocol, r.windows, r.tokens_scored, r.seconds,
                r.windows * (double)a.ctx / r.seconds, r.ppl);
+    if (!rc && !a.json && a.kld)
+        printf("KL divergence from the unquantised model: mean %.6f, p99 %.6f, max %.6f; top-1 agreement %.2f%% (%zu tokens)\n",
+               kr.kld_mean, kr.kld_p99, kr.kld_max, 100 * kr.top1, kr.tokens);
     if (!rc) fprintf(stderr, "load %.2f s; scored %zu windows of %d in %.2f s (%.0f tokens/s, %s)\n", load_s, r.windows, a.ctx,
                      r.seconds, r.windows * (double)a.ctx / r.seconds, a.dev ? "cuda" : "cpu");
 done:

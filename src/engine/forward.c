@@ -26,7 +26,24 @@ struct bq_ctx {
     float *x, *h, *q, *k, *v, *a, *g, *u, *e;
     int lg_rows;  /* rows of lg, the backend's logits (when the caller's cannot be used) */
     float *lg;
+    bq_observer observe;  /* calibration: each linear's input (host backends) */
+    void *observe_arg;
 };
+
+bq_status bq_ctx_set_observer(bq_ctx *c, bq_observer fn, void *arg)
+{
+    if (fn && !c->b->ops->host) return bq_fail(BQ_ERR_UNSUPPORTED, "calibration observes the CPU backend only");
+    c->observe = fn;
+    c->observe_arg = arg;
+    return BQ_OK;
+}
+
+/* Every linear goes through here: the observer first, then the backend. */
+static bq_status run_linear(bq_ctx *c, int layer, lin_role r, const float *x, float *y, int n)
+{
+    if (c->observe) c->observe(c->observe_arg, layer, (int)r, x, n, model_linear(c->m, layer, r)->in);
+    return c->b->ops->linear(c->b, layer, r, x, y, n);
+}
 
 const char *const bq_check_names[3] = {"attention output (o_proj)", "MLP output (down_proj)", "logits"};
 
@@ -149,7 +166,7 @@ static bq_status run(bq_ctx *c, const int32_t *ids, int n, int first, float *lg)
     /* embeddings */
     if (LINEAR_PRESENT(&M->proj_in)) {
         DO(o->embed(b, ids, n, c->e));
-        DO(o->linear(b, -1, R_PROJ_IN, c->e, c->x, n));
+        DO(run_linear(c, -1, R_PROJ_IN, c->e, c->x, n));
     } else DO(o->embed(b, ids, n, c->x));
     if (M->pos_emb) DO(o->add_pos(b, c->x, n, pos));
 
@@ -157,9 +174,9 @@ static bq_status run(bq_ctx *c, const int32_t *ids, int n, int first, float *lg)
         /* attention */
         float *hin = c->x;
         if (m->pre_norm) { DO(o->norm(b, l, N_LN1, c->x, c->h, n, H)); hin = c->h; }
-        DO(o->linear(b, l, R_Q, hin, c->q, n));
-        DO(o->linear(b, l, R_K, hin, c->k, n));
-        DO(o->linear(b, l, R_V, hin, c->v, n));
+        DO(run_linear(c, l, R_Q, hin, c->q, n));
+        DO(run_linear(c, l, R_K, hin, c->k, n));
+        DO(run_linear(c, l, R_V, hin, c->v, n));
         if (m->qk_norm) {
             DO(o->norm(b, l, N_Q, c->q, c->q, n * m->heads, d));
             DO(o->norm(b, l, N_K, c->k, c->k, n * m->kv_heads, d));
@@ -174,7 +191,7 @@ static bq_status run(bq_ctx *c, const int32_t *ids, int n, int first, float *lg)
         }
         DO(o->kv_store(b, l, c->k, c->v, n, pos));
         DO(o->attention(b, l, c->q, c->a, n, pos));
-        DO(o->linear(b, l, R_O, c->a, c->h, n));
+        DO(run_linear(c, l, R_O, c->a, c->h, n));
         CHECK(c->h, n, H, l, CHK_ATTN);
         DO(o->add(b, c->x, c->h, nH));
         if (!m->pre_norm) DO(o->norm(b, l, N_LN1, c->x, c->x, n, H));
@@ -182,10 +199,10 @@ static bq_status run(bq_ctx *c, const int32_t *ids, int n, int first, float *lg)
         /* MLP */
         hin = c->x;
         if (m->pre_norm) { DO(o->norm(b, l, N_LN2, c->x, c->h, n, H)); hin = c->h; }
-        DO(o->linear(b, l, R_UP, hin, c->u, n));
-        if (m->act == ACT_SILU_GATED) DO(o->linear(b, l, R_GATE, hin, c->g, n));
+        DO(run_linear(c, l, R_UP, hin, c->u, n));
+        if (m->act == ACT_SILU_GATED) DO(run_linear(c, l, R_GATE, hin, c->g, n));
         DO(o->act(b, c->u, c->g, nI));
-        DO(o->linear(b, l, R_DOWN, c->u, c->h, n));
+        DO(run_linear(c, l, R_DOWN, c->u, c->h, n));
         CHECK(c->h, n, H, l, CHK_MLP);
         DO(o->add(b, c->x, c->h, nH));
         if (!m->pre_norm) DO(o->norm(b, l, N_LN2, c->x, c->x, n, H));
@@ -195,8 +212,8 @@ static bq_status run(bq_ctx *c, const int32_t *ids, int n, int first, float *lg)
     int rows = n - first;
     float *xf = c->x + (size_t)first * H;
     if (m->final_norm) DO(o->norm(b, -1, N_FINAL, xf, xf, rows, H));
-    if (LINEAR_PRESENT(&M->proj_out)) { DO(o->linear(b, -1, R_PROJ_OUT, xf, c->e, rows)); xf = c->e; }
-    DO(o->linear(b, -1, R_HEAD, xf, lg, rows));
+    if (LINEAR_PRESENT(&M->proj_out)) { DO(run_linear(c, -1, R_PROJ_OUT, xf, c->e, rows)); xf = c->e; }
+    DO(run_linear(c, -1, R_HEAD, xf, lg, rows));
     if (c->check) DO(o->check(b, lg, rows, m->vocab, m->layers, CHK_LOGITS, pos + first));
     return o->finish(b);
 #undef CHECK

@@ -64,3 +64,82 @@ bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const b
     r->seconds = bq_now() - t0;
     return BQ_OK;
 }
+
+/* ---- KL divergence against a reference model -------------------------------- */
+
+typedef struct { const float *a, *b; int V; double *kl; int *same; } kl_job;
+
+/* KL(softmax(a) || softmax(b)) per row, in double; same: the argmaxes agree */
+static void kl_rows(void *arg, size_t t0, size_t t1)
+{
+    const kl_job *j = arg;
+    for (size_t t = t0; t < t1; t++) {
+        const float *a = j->a + t * (size_t)j->V, *b = j->b + t * (size_t)j->V;
+        int ia = 0, ib = 0;
+        for (int v = 1; v < j->V; v++) { ia = a[v] > a[ia] ? v : ia; ib = b[v] > b[ib] ? v : ib; }
+        double sa = 0, sb = 0;
+        for (int v = 0; v < j->V; v++) { sa += exp((double)a[v] - a[ia]); sb += exp((double)b[v] - b[ib]); }
+        double la = a[ia] + log(sa), lb = b[ib] + log(sb), kl = 0;  /* log-normalisers */
+        for (int v = 0; v < j->V; v++) {
+            double pa = (double)a[v] - la, pb = (double)b[v] - lb;
+            kl += exp(pa) * (pa - pb);
+        }
+        j->kl[t] = kl;
+        j->same[t] = ia == ib;
+    }
+}
+
+static int cmp_double(const void *x, const void *y)
+{
+    double a = *(const double *)x, b = *(const double *)y;
+    return a < b ? -1 : a > b;
+}
+
+bq_status bq_kld(const bq_model *ref, const bq_model *m, const int32_t *ids, size_t n, const bq_ppl_opts *o,
+                 bq_kld_result *r)
+{
+    int S = o->ctx, V = bq_model_vocab(m);
+    if (S < 2) return bq_fail(BQ_ERR_ARG, "windows of at least 2 tokens are needed");
+    if (bq_model_vocab(ref) != V) return bq_fail(BQ_ERR_ARG, "the reference model has another vocabulary (%d vs %d)", bq_model_vocab(ref), V);
+    size_t windows = n / (size_t)S;
+    if (o->chunks > 0 && (size_t)o->chunks < windows) windows = (size_t)o->chunks;
+    if (!windows) return bq_fail(BQ_ERR_ARG, "the text has %zu tokens, fewer than one window of %d", n, S);
+    int first = o->second_half ? S / 2 - 1 : 0, rows = S - 1 - first;  /* the rows whose predictions are scored */
+    float *la = malloc((size_t)S * V * 4), *lb = malloc((size_t)S * V * 4);
+    double *kl = malloc(windows * (size_t)rows * sizeof *kl);
+    int *same = malloc((size_t)rows * sizeof *same);
+    bq_ctx *ca = NULL, *cb = NULL;
+    bq_ctx_opts co = {.size = sizeof co, .device = o->device, .threads = o->threads};
+    bq_status st = !la || !lb || !kl || !same ? bq_fail(BQ_ERR_NOMEM, "out of memory for two windows of logits")
+                 : bq_ctx_new_ex(ref, S, &co, &ca);
+    if (!st) st = bq_ctx_new_ex(m, S, &co, &cb);
+    double t0 = bq_now(), sum = 0;
+    size_t agree = 0, k = 0;
+    for (size_t w = 0; w < windows && !st; w++) {
+        const int32_t *win = ids + w * (size_t)S;
+        bq_ctx_reset(ca);
+        bq_ctx_reset(cb);
+        if ((st = bq_forward(ca, win, S, la, 1)) || (st = bq_forward(cb, win, S, lb, 1))) break;
+        kl_job j = {la + (size_t)first * V, lb + (size_t)first * V, V, kl + k, same};
+        bq_parallel_for((size_t)rows, o->threads, kl_rows, &j);
+        for (int t = 0; t < rows; t++) {
+            if (!isfinite(kl[k + t])) { st = bq_fail(BQ_ERR_NONFINITE, "non-finite KL divergence in window %zu at position %d", w, first + t); break; }
+            sum += kl[k + t];  /* in order: the same sum whatever the thread count */
+            agree += (size_t)same[t];
+        }
+        k += (size_t)rows;
+    }
+    if (!st) {
+        qsort(kl, k, sizeof *kl, cmp_double);
+        r->tokens = k;
+        r->kld_mean = sum / (double)k;
+        r->kld_p99 = kl[(size_t)(0.99 * (double)(k - 1))];
+        r->kld_max = kl[k - 1];
+        r->top1 = (double)agree / (double)k;
+        r->seconds = bq_now() - t0;
+    }
+    bq_ctx_free(ca);
+    bq_ctx_free(cb);
+    free(la); free(lb); free(kl); free(same);
+    return st;
+}

@@ -38,6 +38,7 @@ bq_status bq_qconfig_new(bq_qconfig **out)
 void bq_qconfig_free(bq_qconfig *q)
 {
     if (!q) return;
+    calib_free(q->calib);
     free(q->rules);
     free(q);
 }
@@ -93,9 +94,18 @@ static bq_status add_mul_rule(bq_qconfig *q, const char *pattern, const char *mu
     return st;
 }
 
+/* --ptq LIST: the post-training algorithms (so far: clip) */
+static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
+{
+    if (!strcmp(list, "clip")) { q->ptq_clip = 1; return BQ_OK; }
+    if (!strcmp(list, "none") || !*list) { q->ptq_clip = 0; return BQ_OK; }
+    return bq_fail(BQ_ERR_ARG, "%s: unknown post-training algorithm '%s' (this blockq has: clip, none)", where, list);
+}
+
 bq_status bq_qconfig_set(bq_qconfig *q, const char *role, const char *format)
 {
     if (!strcmp(role, "mul")) return add_mul_rule(q, "default", format, 0);
+    if (!strcmp(role, "ptq")) return set_ptq(q, format, "--ptq");
     char where[64];
     snprintf(where, sizeof where, "--%s", role);
     bq_status st = check_format(format, where);
@@ -150,6 +160,9 @@ bq_status qconfig_parse(bq_qconfig *q, const char *src, size_t n, const char *pa
         } else if (!strcmp(e->key, "mul")) {
             if (e->kind != TV_STR) st = bq_fail(BQ_ERR_PARSE, "%s: mul must be \"exact\", \"lmul\" or \"lmul:L\"", where);
             else if ((st = add_mul_rule(q, "default", e->s, e->line))) st = bq_fail(st, "%s: %s", where, bq_last_error());
+        } else if (!strcmp(e->key, "ptq")) {
+            if (e->kind != TV_STR) st = bq_fail(BQ_ERR_PARSE, "%s: ptq must be a string (\"clip\")", where);
+            else st = set_ptq(q, e->s, where);
         } else if (!strcmp(e->key, "attn") || !strcmp(e->key, "kv")) {
             if (e->kind != TV_STR) st = bq_fail(BQ_ERR_PARSE, "%s: %s must be a format name string", where, e->key);
             else if (!(st = check_format(e->s, where)))
@@ -212,7 +225,7 @@ static bq_status hold_bf16(float **w, pmat **pw, int rows, int cols)
  * matrix that replaces the float one. An already packed weight can only be
  * asked for the format it holds. */
 static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *fmt, const bq_qopts *o,
-                         const char *name, int pack)
+                         const char *name, int pack, int clip, const double *imp)
 {
     bq_format *f;
     bq_status st = bq_format_parse(fmt, &f);
@@ -238,12 +251,14 @@ static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *f
         st = bq_fail(BQ_ERR_SHAPE, "%s: format %s has blocks of %d but the reduction dimension is %d", name, fmt,
                      in.block, cols);
     } else if (!pack) {
-        st = bq_qdq(f, *w, *w, (size_t)rows, (size_t)cols, o);
+        if (clip) st = ptq_clip(f, *w, rows, cols, imp, o);
+        if (!st) st = bq_qdq(f, *w, *w, (size_t)rows, (size_t)cols, o);
         /* held weights stay held: values that are bf16 numbers (MX, BFP, minifloat
          * formats) go back to bf16, losslessly, instead of taking twice the memory */
         if (!st && held) st = hold_bf16(w, pw, rows, cols);
     } else {
-        if ((st = pmat_pack(f, *w, rows, cols, o, pw))) st = bq_fail(st, "%s: %s", name, bq_last_error());
+        if (clip && (st = ptq_clip(f, *w, rows, cols, imp, o))) st = bq_fail(st, "%s: %s", name, bq_last_error());
+        else if ((st = pmat_pack(f, *w, rows, cols, o, pw))) st = bq_fail(st, "%s: %s", name, bq_last_error());
         else {
             free(*w);
             *w = NULL;
@@ -322,6 +337,13 @@ static void resolve(const bq_qconfig *q, const char *name, int is_block, const c
     }
 }
 
+/* Calibration's mean squares for linear k, if they were taken on a model of this shape. */
+static const double *calib_for(const bq_qconfig *q, int k, int in)
+{
+    const calib_stats *s = q->calib;
+    return s && k < s->n && s->in[k] == in ? s->msq[k] : NULL;
+}
+
 static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack)
 {
     if (!q) return BQ_OK;
@@ -338,7 +360,7 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
             linear *l = ls[j];
             if (!LINEAR_PRESENT(l)) continue;
             resolve(q, l->name, 1, &w, &a, hits);
-            if (*w) st = apply_w(&l->w, &l->pw, l->out, l->in, w, o, l->name, pack);
+            if (*w) st = apply_w(&l->w, &l->pw, l->out, l->in, w, o, l->name, pack, q->ptq_clip, calib_for(q, i * 7 + j, l->in));
             if (!st) st = set_act(l, a);
             const char *mul = resolve_mul(q, l->name, 1);
             if (!st && *mul) st = set_mul(l, mul, w);
@@ -366,10 +388,10 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
         else { memcpy(copy, m->tok_emb, n * sizeof *copy); m->head.w = copy; tied = 0; }
     }
     if (!st && *ew) {
-        st = apply_w(&m->tok_emb, &m->emb_p, m->c.vocab, m->c.embed_dim, ew, o, "embed_tokens", pack);
+        st = apply_w(&m->tok_emb, &m->emb_p, m->c.vocab, m->c.embed_dim, ew, o, "embed_tokens", pack, q->ptq_clip, NULL);
         if (!st && tied && m->emb_p) { m->head.w = NULL; m->head.pw = m->emb_p; }
     }
-    if (!st && *hw && !tied) st = apply_w(&m->head.w, &m->head.pw, m->head.out, m->head.in, hw, o, "lm_head", pack);
+    if (!st && *hw && !tied) st = apply_w(&m->head.w, &m->head.pw, m->head.out, m->head.in, hw, o, "lm_head", pack, q->ptq_clip, calib_for(q, m->c.layers * 7, m->head.in));
     if (!st) st = set_act(&m->head, ha);
     if (!st && *ea) st = bq_fail(BQ_ERR_ARG, "embed_tokens has no input activation to quantise (a = \"%s\")", ea);
     const char *roles[2] = {q->attn, q->kv};

@@ -27,18 +27,32 @@ typedef struct {
     int line;           /* 0 for command-line rules */
 } qrule;
 
+/* Calibration statistics (calib.c): per linear of the model (layer * 7 + role, then
+ * the LM head at layers * 7), the mean square of each input channel over the
+ * calibration tokens, collected by running the float model. */
+typedef struct { int n; int *in; double **msq; size_t tokens; } calib_stats;
+void calib_free(calib_stats *s);
+
 struct bq_qconfig {
     qrule *rules;       /* in order; later rules win */
     int nrules;
     char attn[64], kv[64];
     bq_qopts opts;
     char source[256];   /* file name, for messages */
+    int ptq_clip;       /* --ptq clip: MSE clipping of each weight group (clip.c) */
+    calib_stats *calib; /* bq_qconfig_calibrate's statistics (NULL: none) */
     void (*warn)(void *arg, const char *msg);  /* NULL: standard error */
     void *warn_arg;
 };
 
 /* Rules from TOML text already in memory. */
 bq_status qconfig_parse(bq_qconfig *q, const char *src, size_t n, const char *path);
+
+/* Clamp each scale group of w in place to the range whose quantisation has the least
+ * squared error, each column's error weighted by imp[column] (NULL: equally); quantising
+ * or packing the result then uses the clipped scales (clip.c). */
+bq_status ptq_clip(const bq_format *f, float *w, int rows, int cols, const double *imp, const bq_qopts *o);
+
 
 /* Glob match with * and ? (whole string). */
 int glob_match(const char *pat, const char *s);
