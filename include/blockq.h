@@ -270,7 +270,7 @@ BQ_API bq_status bq_detokenize(const bq_tokenizer *t, const int32_t *ids, size_t
 typedef struct {
     int ctx;              /* window length S */
     int chunks;           /* evaluate only the first N windows (0 = all) */
-    int second_half;      /* score only the last S/2 tokens of each window */
+    int second_half;      /* 1: score only the last S/2 tokens of each window; 2: the last S/2 - 1 (llama-perplexity's) */
     int allow_nonfinite;  /* go on past NaN/Inf logits */
     int threads;          /* for the log-softmax (0 = all cores); results do not depend on it */
     void (*progress)(void *arg, size_t done, size_t total, size_t tokens, double seconds);

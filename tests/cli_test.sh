@@ -57,6 +57,16 @@ expect_fail 2 "not valid UTF-8 (byte offset 3)" -- $B ppl --model $M --text "$T/
 expect_fail 2 "cannot open" -- $B ppl --model "$T/nomodel" --text data/wikitext-2-test.txt
 expect_fail 2 "fewer than one window" -- $B ppl --model $M --text "$T/odd.f32" --ctx 64
 expect_fail 2 "bad --protocol" -- $B ppl --model $M --text data/wikitext-2-test.txt --protocol half
+# llama-perplexity's protocol scores S/2 - 1 tokens a window, the reference's second half S/2
+for p in second-half:64 llama.cpp:63; do
+    n=$($B ppl --model $M --text data/wikitext-2-test.txt --ctx 128 --chunks 2 --protocol ${p%%:*} --json 2>/dev/null |
+        sed -n 's/.*"tokens_scored": \([0-9]*\).*/\1/p')
+    [ "$n" = $((2 * ${p##*:})) ] && ok || bad "--protocol ${p%%:*}: $n tokens scored, expected $((2 * ${p##*:}))"
+done
+# --kld: zero against the unquantised model itself, positive with quantised weights
+k0=$($B ppl --model $M --text data/wikitext-2-test.txt --ctx 64 --chunks 2 --kld --json 2>/dev/null | sed -n 's/.*"kld_mean": \([0-9.e+-]*\).*/\1/p')
+k1=$($B ppl --model $M --text data/wikitext-2-test.txt --ctx 64 --chunks 2 --kld --wq mxfp4 --json 2>/dev/null | sed -n 's/.*"kld_mean": \([0-9.e+-]*\).*/\1/p')
+awk -v a="$k0" -v b="$k1" 'BEGIN { exit !(a == 0 && b > 0) }' && ok || bad "--kld: '$k0' against itself, '$k1' after mxfp4"
 expect_fail 2 "expected a non-empty list of int32" -- $B logits --model $M --ids "$T/odd.f32" --out "$T/x.f32"
 printf '\377\377\377\177' >"$T/big.i32"
 expect_fail 2 "outside the vocabulary" -- $B logits --model $M --ids "$T/big.i32" --out "$T/x.f32"

@@ -4,7 +4,7 @@
 # ($BQ_PEER_CACHE, default ~/.cache/blockq), then:
 #   - the bundled model exported as F32, BF16, Q8_0 and Q4_0 (blockq's q8_0/q4_0,
 #     llama.cpp's rules): llama-perplexity's perplexity within 0.1% of blockq's on
-#     the same file and windows (ctx 512, second half of each window scored);
+#     the same file and windows (ctx 512, llama-perplexity's tokens of each window scored);
 #   - llama-quantize --pure on blockq's F32 export gives Q4_0 and Q8_0 files whose
 #     every tensor is byte-identical to blockq's own q4_0/q8_0 export, and blockq
 #     reads llama-quantize's files and scores them as llama.cpp does;
@@ -33,8 +33,9 @@ fi
 T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
 TXT=data/wikitext-2-test.txt
 PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
-# ppl_pair LABEL FILE CTX CHUNKS: both tools on the same GGUF file, 0.1% apart at most
-# (TOL=0.01 where llama.cpp's own arithmetic is known to stray; docs/interop.md says where and why)
+# ppl_pair LABEL FILE CTX CHUNKS: both tools on the same GGUF file and windows, scored as
+# llama-perplexity scores (blockq --protocol llama.cpp), 0.1% apart at most (TOL=0.005 where
+# llama.cpp quantises activations to Q8_0 in its own way; docs/interop.md says how far and why)
 # llama.cpp keeps its KV cache in fp16 (its default), so blockq does too; more
 # arguments go to blockq (the activation rounding llama.cpp's matmuls do)
 ppl_pair() {
@@ -45,7 +46,7 @@ ppl_pair() {
         echo "SKIP: $label: this llama.cpp does not know the architecture ($(grep -o "unknown model architecture: '[a-z0-9]*'" "$T/lp.log"))"
         return
     fi
-    bp=$($B ppl --model "$file" --text $TXT --ctx "$ctx" --chunks "$chunks" --protocol second-half --kv fp16 --json "$@" 2>/dev/null | sed -n 's/.*"ppl": \([0-9.]*\).*/\1/p')
+    bp=$($B ppl --model "$file" --text $TXT --ctx "$ctx" --chunks "$chunks" --protocol llama.cpp --kv fp16 --json "$@" 2>/dev/null | sed -n 's/.*"ppl": \([0-9.]*\).*/\1/p')
     set -- "$label"
     if [ -z "$lp" ] || [ -z "$bp" ]; then bad "$1: no perplexity (llama.cpp '$lp', blockq '$bp')"; return; fi
     rel=$(awk -v a="$lp" -v b="$bp" 'BEGIN { d = (a - b) / b; if (d < 0) d = -d; printf "%.2e", d }')
@@ -61,7 +62,7 @@ for f in f32 bf16 q8_0 q4_0; do
     # llama.cpp multiplies BF16 weights with activations rounded to bf16, Q8_0/Q4_0 weights
     # with activations quantised to Q8_0 blocks: blockq is told to do the same
     aq=""; case $f in bf16) aq="--aq bf16" ;; q*) aq="--aq q8_0" ;; esac
-    tol=1e-3; case $f in f32|bf16) tol=1e-2 ;; esac
+    tol=1e-3; case $f in q*) tol=5e-3 ;; esac  # Q8_0 activations: see docs/interop.md
     TOL=$tol ppl_pair "llama-19m $f" "$T/bq_$f.gguf" 512 ${INTEROP_CHUNKS:-8} $aq
 done
 # llama-quantize on blockq's F32 export: byte-identical to blockq's q4_0/q8_0, and readable by blockq
@@ -72,7 +73,7 @@ for q in Q4_0 Q8_0; do
         n=$(wc -l <"$T/a"); same=$(comm -12 "$T/a" "$T/b" | wc -l)
         echo "  llama-quantize $q vs blockq $f: $same of $n tensors byte-identical"
         [ "$n" -gt 0 ] && [ "$same" -eq "$n" ] && ok || bad "$q: only $same of $n tensors identical to llama-quantize's"
-        ppl_pair "llama-quantize $q, read back" "$T/lq_$f.gguf" 512 ${INTEROP_CHUNKS:-8} --aq q8_0
+        TOL=5e-3 ppl_pair "llama-quantize $q, read back" "$T/lq_$f.gguf" 512 ${INTEROP_CHUNKS:-8} --aq q8_0
     else bad "llama-quantize $q failed: $(tail -1 "$T/lq.log")"; fi
 done
 # the tiny checkpoints (no tokenizer of their own: the bundled one, whose 8192 tokens
@@ -83,8 +84,7 @@ for a in llama mistral qwen2 qwen3; do
     for rows in 8192 8320; do
         $PY tools/pad_vocab.py "$d" "$T/tiny_$a" $rows $M/tokenizer.json || { bad "tiny $a: pad_vocab failed"; continue; }
         $B quantize --model "$T/tiny_$a" --wq f32 --out "$T/tiny_$a.gguf" >/dev/null 2>"$T/err" || { bad "export tiny $a: $(cat "$T/err")"; continue; }
-        tol=1e-3; [ $a = qwen2 ] && tol=1e-2
-        TOL=$tol ppl_pair "tiny $a f32, $rows rows" "$T/tiny_$a.gguf" 128 4
+        ppl_pair "tiny $a f32, $rows rows" "$T/tiny_$a.gguf" 128 4
         rm -rf "$T/tiny_$a"
     done
 done

@@ -257,10 +257,11 @@ int cmd_ppl(int argc, char **argv)
     int rc = parse_model_args("ppl", argc, argv, &a);
     if (rc) return rc;
     if (!a.text_file)
-        return cli_error("ppl", "usage: blockq ppl --model DIR --text FILE [--ctx S] [--chunks N] [--protocol all|second-half] [--device cpu|cuda|auto] [--kld] [--json]");
+        return cli_error("ppl", "usage: blockq ppl --model DIR --text FILE [--ctx S] [--chunks N] [--protocol all|second-half|llama.cpp] [--device cpu|cuda|auto] [--kld] [--json]");
     int second = !strcmp(a.protocol, "second-half");
-    if (!second && strcmp(a.protocol, "all")) return cli_error("ppl", "bad --protocol '%s': expected all or second-half", a.protocol);
-    if (second && a.ctx % 2) return cli_error("ppl", "--protocol second-half needs an even --ctx");
+    if (!strcmp(a.protocol, "llama.cpp")) second = 2;
+    if (!second && strcmp(a.protocol, "all")) return cli_error("ppl", "bad --protocol '%s': expected all, second-half or llama.cpp", a.protocol);
+    if (second && a.ctx % 2) return cli_error("ppl", "--protocol %s needs an even --ctx", a.protocol);
     void *text;
     size_t len;
     bq_status st = bq_read_file(a.text_file, &text, &len);

@@ -1,6 +1,7 @@
 /* Perplexity over non-overlapping windows (protocols in refs/refs.json):
  *   all:         every token after the first of each window is scored;
- *   second-half: only the last S/2 tokens of each window (llama.cpp's protocol).
+ *   second-half: only the last S/2 tokens of each window (refs.json's protocol);
+ *   llama.cpp:   the last S/2 - 1 (what llama-perplexity scores: logits S/2 .. S-2).
  * Each window starts from an empty cache; the remainder shorter than S is dropped. */
 #include "core.h"
 #include <math.h>
@@ -36,7 +37,9 @@ bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const b
     /* both protocols are accumulated from the same forward passes */
     double nll = 0, nll_half = 0, t0 = bq_now();
     size_t scored = 0, scored_half = 0;
-    const int half = S / 2 - 1;  /* position whose logits predict the first second-half token */
+    /* position whose logits predict the first second-half token; llama.cpp's tool
+     * (second_half == 2) starts one later: it scores S/2 - 1 tokens a window */
+    const int half = o->second_half == 2 ? S / 2 : S / 2 - 1;
     for (size_t w = 0; w < windows && !st; w++) {
         const int32_t *win = ids + w * (size_t)S;
         bq_ctx_reset(c);
@@ -104,7 +107,7 @@ bq_status bq_kld(const bq_model *ref, const bq_model *m, const int32_t *ids, siz
     size_t windows = n / (size_t)S;
     if (o->chunks > 0 && (size_t)o->chunks < windows) windows = (size_t)o->chunks;
     if (!windows) return bq_fail(BQ_ERR_ARG, "the text has %zu tokens, fewer than one window of %d", n, S);
-    int first = o->second_half ? S / 2 - 1 : 0, rows = S - 1 - first;  /* the rows whose predictions are scored */
+    int first = o->second_half == 2 ? S / 2 : o->second_half ? S / 2 - 1 : 0, rows = S - 1 - first;  /* the rows scored */
     float *la = malloc((size_t)S * V * 4), *lb = malloc((size_t)S * V * 4);
     double *kl = malloc(windows * (size_t)rows * sizeof *kl);
     int *same = malloc((size_t)rows * sizeof *same);
