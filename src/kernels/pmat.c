@@ -146,8 +146,8 @@ static void float16_mv(const pmat *m, const float *x, int n, float *y, int ldy, 
  * each weight read once (an SGEMM of one token repacks its whole operand first).
  * The same 16 partial sums in the same order on every path, so the bits never
  * depend on the ISA chosen or on how rows are split between threads. */
-__attribute__((target_clones("avx2", "default")))
-void mv_rows_f32(const float *w, int cols, const float *x, int n, float *y, int ldy, int r0, int r1)
+__attribute__((target_clones("avx2", "default")))  /* static: GCC exports a global clone's resolver */
+static void rows_f32(const float *w, int cols, const float *x, int n, float *y, int ldy, int r0, int r1)
 {
     enum { L = 16, TMAX = 8 };
     for (int r = r0; r < r1; r++) {
@@ -168,6 +168,11 @@ void mv_rows_f32(const float *w, int cols, const float *x, int n, float *y, int 
             }
         }
     }
+}
+
+void mv_rows_f32(const float *w, int cols, const float *x, int n, float *y, int ldy, int r0, int r1)
+{
+    rows_f32(w, cols, x, n, y, ldy, r0, r1);
 }
 
 int pmat_mv_float16(const pmat *m, const float *x, int n, float *y, int ldy, int r0, int r1)
