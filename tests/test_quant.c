@@ -371,6 +371,23 @@ static void test_ptq(void)
         }
     free(w); free(rtn); free(cl); free(again); free(imp);
 
+    /* llama.cpp's rules where 1/d overflows (a block of subnormals, zeros among them):
+     * saturated codes, finite values, no undefined conversion (the fuzzer found this) */
+    {
+        float b[64] = {1e-40f, -3e-41f, 0.0f, 2e-42f}, y[64];
+        b[40] = -1e-39f;
+        const char *gg[] = {"q4_0", "q8_0"};
+        for (int k = 0; k < 2; k++) {
+            bq_format *f;
+            OK(bq_format_parse(gg[k], &f));
+            OK(bq_qdq(f, b, y, 1, 64, NULL));
+            int fin = 1;
+            for (int i = 0; i < 64; i++) fin &= isfinite(y[i]) && fabsf(y[i]) <= 2e-39f;
+            CHECK(fin, "%s: a subnormal block quantised to non-finite or larger values", gg[k]);
+            bq_format_free(f);
+        }
+    }
+
     /* calibration: a mean square per input channel of every linear, from the float model */
     bq_model *m = load(DEFAULT), *qm = load(DEFAULT);
     if (!m || !qm) { bq_model_free(m); bq_model_free(qm); return; }

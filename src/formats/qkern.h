@@ -277,11 +277,16 @@ static inline uint32_t ggml_block(const bq_format *f, const float *x, size_t n, 
     for (size_t i = 0; i < n; i++)
         if (amax < fabsf(x[i])) { amax = fabsf(x[i]); mx = x[i]; }
     float d = f->ggml == 4 ? mx / -8.0f : amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    const float lim = f->ggml == 4 ? 8.0f : 127.0f;
     for (size_t i = 0; i < n; i++) {
+        /* x / d lies in [-lim, lim] unless 1/d overflowed (d subnormal): then the
+         * codes saturate (0 for 0 * Inf), where llama.cpp's C conversion is undefined */
+        float v = x[i] * id;
+        v = v != v ? 0.0f : v > lim ? lim : v < -lim ? -lim : v;
         if (f->ggml == 4) {
-            int c = (int)(int8_t)(x[i] * id + 8.5f);
+            int c = (int)(v + 8.5f);
             q[i] = (int8_t)((c < 15 ? c : 15) - 8);
-        } else q[i] = (int8_t)roundf(x[i] * id);
+        } else q[i] = (int8_t)roundf(v);
     }
     /* mf_encode expects a value on the grid: round |d| to fp16 first (ties to even) */
     return mf_encode(&f->scale, copysignf(mf_quant_mag(&f->scale, fabsf(d), BQ_ROUND_RNE, 0, 0), d));
