@@ -12,7 +12,7 @@
 typedef struct {
     const char *model, *ids, *out, *text, *prompt, *text_file, *protocol, *config, *device, *tasks, *calib;
     int calib_ctx, calib_chunks;
-    const char *role[8];  /* wq aq attn kv head emb mul ptq */
+    const char *role[8];  /* as roles[] */
     int threads, json, n, ctx, chunks, strict, allow_nonfinite, round_set, packed, kld;
     int dev;  /* --device: 0 CPU, 1 CUDA */
     bq_hold hold;
@@ -21,13 +21,22 @@ typedef struct {
     bq_round round;
 } model_args;
 
-static const char *const roles[8] = {"wq", "aq", "attn", "kv", "head", "emb", "mul", "ptq"};
+enum { NROLES = 8, ROLE_PTQ = 7 };
+static const char *const roles[NROLES] = {"wq", "aq", "attn", "kv", "head", "emb", "mul", "ptq"};
 
 static double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* --wq, --aq, ...: the index in roles[], or -1 */
+static int role_of(const char *opt)
+{
+    for (int r = 0; opt[0] == '-' && opt[1] == '-' && r < NROLES; r++)
+        if (!strcmp(opt + 2, roles[r])) return r;
+    return -1;
 }
 
 static int parse_int(const char *cmd, const char *opt, const char *s, int lo, int hi, int *v)
@@ -86,12 +95,7 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
         else if (!strcmp(s, "--allow-nonfinite")) a->allow_nonfinite = 1;
         else if (!strcmp(s, "--json")) a->json = 1;
         else if (!strcmp(cmd, "ppl") && !strcmp(s, "--kld")) a->kld = 1;
-        else if (s[0] == '-' && s[1] == '-' && v && (s += 2, 1) && (
-                     (!strcmp(s, roles[0]) && (a->role[0] = v)) || (!strcmp(s, roles[1]) && (a->role[1] = v)) ||
-                     (!strcmp(s, roles[2]) && (a->role[2] = v)) || (!strcmp(s, roles[3]) && (a->role[3] = v)) ||
-                     (!strcmp(s, roles[4]) && (a->role[4] = v)) || (!strcmp(s, roles[5]) && (a->role[5] = v)) ||
-                     (!strcmp(s, roles[6]) && (a->role[6] = v)) || (!strcmp(s, roles[7]) && (a->role[7] = v))))
-            i++;
+        else if (v && role_of(s) >= 0) { a->role[role_of(s)] = v; i++; }
         else return cli_error(cmd, "unknown or incomplete option '%s'", s);
 #undef OPT
         if (rc) return rc;
@@ -107,7 +111,7 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
 static int wants_quant(const model_args *a)
 {
     int any = a->config != NULL;
-    for (int r = 0; r < 8; r++) any |= a->role[r] != NULL;
+    for (int r = 0; r < NROLES; r++) any |= a->role[r] != NULL;
     return any;
 }
 
@@ -129,9 +133,8 @@ static bq_status calibrate(const char *cmd, const model_args *a, const bq_model 
     if (!(st = bq_tokenizer_from_model(m, &t)) && !(st = bq_tokenize(t, text, len, &ids, &n))) {
         double t0 = now_s();
         st = bq_qconfig_calibrate(q, m, ids, n, a->calib_ctx, a->calib_chunks);
-        if (!st) fprintf(stderr, "blockq %s: calibrated on %s: %d windows of %d tokens in %.1f s\n", cmd, path,
-                         (int)(n / (size_t)a->calib_ctx < (size_t)a->calib_chunks ? n / (size_t)a->calib_ctx : (size_t)a->calib_chunks),
-                         a->calib_ctx, now_s() - t0);
+        if (!st) fprintf(stderr, "blockq %s: calibrated on %s (up to %d windows of %d tokens) in %.1f s\n", cmd, path,
+                         a->calib_chunks, a->calib_ctx, now_s() - t0);
     }
     free(ids);
     free(text);
@@ -139,10 +142,16 @@ static bq_status calibrate(const char *cmd, const model_args *a, const bq_model 
     return st;
 }
 
+/* How the model's weights are held: on a GPU, 16-bit checkpoints stay 16-bit on the
+ * host too (they go up as they are). */
+static bq_load_opts load_opts(const model_args *a)
+{
+    return (bq_load_opts){sizeof(bq_load_opts), a->hold == BQ_HOLD_AUTO && a->dev ? BQ_HOLD_NATIVE : a->hold};
+}
+
 static int load_model(const char *cmd, const model_args *a, bq_model **m)
 {
-    /* on a GPU, 16-bit checkpoints stay 16-bit on the host too: they go up as they are */
-    bq_load_opts lo = {sizeof lo, a->hold == BQ_HOLD_AUTO && a->dev ? BQ_HOLD_NATIVE : a->hold};
+    bq_load_opts lo = load_opts(a);
     bq_status st = bq_model_load_ex(a->model, &lo, m);
     if (!st && !a->allow_nonfinite) st = bq_model_check_finite(*m);
     if (st) {
@@ -154,11 +163,11 @@ static int load_model(const char *cmd, const model_args *a, bq_model **m)
     bq_qconfig *q;
     if ((st = bq_qconfig_new(&q))) return cli_status(cmd, st);
     /* flags first (a default rule), then the file's rules, which win where they match */
-    for (int r = 0; r < 8 && !st; r++)
+    for (int r = 0; r < NROLES && !st; r++)
         if (a->role[r]) st = bq_qconfig_set(q, roles[r], a->role[r]);
     if (!st && a->config) st = bq_qconfig_load(q, a->config);
     if (!st && (a->round_set || !a->config)) bq_qconfig_set_round(q, a->round, a->seed);
-    if (!st && a->role[7] && strcmp(a->role[7], "none")) st = calibrate(cmd, a, *m, q);
+    if (!st && a->role[ROLE_PTQ] && strcmp(a->role[ROLE_PTQ], "none")) st = calibrate(cmd, a, *m, q);
     if (!st) st = a->packed ? bq_model_pack(*m, q, a->strict) : bq_model_quantize(*m, q, a->strict);
     bq_qconfig_free(q);
     if (st) {
@@ -284,7 +293,7 @@ int cmd_ppl(int argc, char **argv)
     bq_kld_result kr = {0};
     if (a.kld) {
         bq_model *ref = NULL;
-        bq_load_opts lo = {sizeof lo, a.hold == BQ_HOLD_AUTO && a.dev ? BQ_HOLD_NATIVE : a.hold};
+        bq_load_opts lo = load_opts(&a);
         if (!(st = bq_model_load_ex(a.model, &lo, &ref))) st = bq_kld(ref, m, ids, n, &o, &kr);
         bq_model_free(ref);
         if (st) { rc = cli_status("ppl", st); goto done; }

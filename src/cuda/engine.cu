@@ -34,6 +34,7 @@
 extern "C" {
 #include "bq_cuda.h"
 #include "backend.h"
+#include "qkern.h"
 }
 
 // ---- cuBLAS through dlopen ----
@@ -126,7 +127,7 @@ __global__ void k_norm(const float *x, const float *w, const float *b, float *y,
 __global__ void k_top_half(const float *x, __nv_bfloat16 *y, size_t n)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) y[i] = __ushort_as_bfloat16((unsigned short)(__float_as_uint(x[i]) >> 16));
+    if (i < n) y[i] = __ushort_as_bfloat16(f32_top_bf16(x[i]));
 }
 
 __global__ void k_bias(float *y, const float *b, size_t n, int out)
@@ -226,8 +227,8 @@ __global__ void k_split3(const float *x, __nv_bfloat16 *y, size_t n)
     float v = x[i], hi = __uint_as_float(__float_as_uint(v) & 0xffff0000u), r = v - hi;
     float mid = __uint_as_float(__float_as_uint(r) & 0xffff0000u);
     y[i] = __float2bfloat16_rn(r - mid);               // lo: the first product summed
-    y[n + i] = __ushort_as_bfloat16((unsigned short)(__float_as_uint(mid) >> 16));
-    y[2 * n + i] = __ushort_as_bfloat16((unsigned short)(__float_as_uint(hi) >> 16));
+    y[n + i] = __ushort_as_bfloat16(f32_top_bf16(mid));
+    y[2 * n + i] = __ushort_as_bfloat16(f32_top_bf16(hi));
 }
 
 // y[t][row] = W[row] . x[t] for N tokens: bf16 weights widened in registers,
@@ -356,17 +357,6 @@ static int bf16_values(const bq_format *f)
     }
 }
 
-// Whether every value of w is a bf16 number (the low 16 bits of each float are zero).
-static int bf16_exact(const float *w, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, &w[i], 4);
-        if (u & 0xffffu) return 0;
-    }
-    return 1;
-}
-
 // Whether a linear held as 16-bit floats on the CPU holds bf16 (its stream is
 // then the row-major bf16 matrix, after the format's header).
 static const uint16_t *held_bf16(const linear *l)
@@ -402,18 +392,14 @@ static bq_status up_linear(glin *g, const linear *l, size_t *bytes)
         w = tmp;
     }
     bq_status st = BQ_OK;
-    int a16 = l->aq && bf16_values(l->aq), w16 = h16 || bf16_exact(w, n);
+    int a16 = l->aq && bf16_values(l->aq), w16 = h16 || all_bf16(w, n);
     g->split = w16 && !a16;
     if (a16 && w16 && l->pw && !h16 && bq_cuda_w_upload(l->pw, &g->pw) == BQ_OK) {
         *bytes += bq_cuda_w_bytes(g->pw);
     } else if (w16) {  // the top halves of the float32 bits are the bf16 values
         uint16_t *h = h16 ? NULL : (uint16_t *)malloc(n * 2);
         if (!h16 && !h) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-        for (size_t i = 0; h && i < n; i++) {
-            uint32_t u;
-            memcpy(&u, &w[i], 4);
-            h[i] = (uint16_t)(u >> 16);
-        }
+        for (size_t i = 0; h && i < n; i++) h[i] = f32_top_bf16(w[i]);
         if (!st) st = bq_cuda_malloc((void **)&g->w16, n * 2);
         if (!st) st = bq_cuda_upload(g->w16, h16 ? h16 : h, n * 2);
         *bytes += n * 2;

@@ -20,26 +20,37 @@ double log_softmax_at(const float *row, int V, int tok, int *is_argmax)
     return (double)row[tok] - mx - log(se);
 }
 
+/* The windows of o->ctx tokens that n tokens hold (at most o->chunks of them). */
+static bq_status count_windows(size_t n, const bq_ppl_opts *o, size_t *windows)
+{
+    int S = o->ctx;
+    if (S < 2) return bq_fail(BQ_ERR_ARG, "windows of at least 2 tokens are needed (ctx %d)", S);
+    *windows = n / (size_t)S;
+    if (o->chunks > 0 && (size_t)o->chunks < *windows) *windows = (size_t)o->chunks;
+    if (*windows == 0) return bq_fail(BQ_ERR_ARG, "the text has %zu tokens, fewer than one window of %d", n, S);
+    return BQ_OK;
+}
+
+/* The first position whose prediction the protocol scores: every one, the second
+ * half's S/2 (from S/2 - 1), or llama-perplexity's S/2 - 1 (from S/2). */
+static int first_scored(int S, int second_half) { return second_half == 2 ? S / 2 : second_half ? S / 2 - 1 : 0; }
+
 bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const bq_ppl_opts *o, bq_ppl_result *r)
 {
     int S = o->ctx;
-    if (S < 2) return bq_fail(BQ_ERR_ARG, "--ctx must be at least 2");
-    size_t windows = n / (size_t)S;
-    if (o->chunks > 0 && (size_t)o->chunks < windows) windows = (size_t)o->chunks;
-    if (windows == 0)
-        return bq_fail(BQ_ERR_ARG, "the text has %zu tokens, fewer than one window of %d", n, S);
+    size_t windows;
+    bq_status st = count_windows(n, o, &windows);
+    if (st) return st;
     double *lp = malloc((size_t)S * sizeof *lp);
     bq_ctx *c = NULL;
     bq_ctx_opts co = {.size = sizeof co, .device = o->device, .threads = o->threads};
-    bq_status st = !lp ? bq_fail(BQ_ERR_NOMEM, "out of memory for log-probabilities") : bq_ctx_new_ex(m, S, &co, &c);
+    st = !lp ? bq_fail(BQ_ERR_NOMEM, "out of memory for log-probabilities") : bq_ctx_new_ex(m, S, &co, &c);
     if (!st && !o->allow_nonfinite) st = bq_model_check_finite(m);
     if (!st) bq_ctx_set_check(c, !o->allow_nonfinite);
     /* both protocols are accumulated from the same forward passes */
     double nll = 0, nll_half = 0, t0 = bq_now();
     size_t scored = 0, scored_half = 0;
-    /* position whose logits predict the first second-half token; llama.cpp's tool
-     * (second_half == 2) starts one later: it scores S/2 - 1 tokens a window */
-    const int half = o->second_half == 2 ? S / 2 : S / 2 - 1;
+    const int half = first_scored(S, o->second_half ? o->second_half : 1);  /* ppl_second_half's first position */
     for (size_t w = 0; w < windows && !st; w++) {
         const int32_t *win = ids + w * (size_t)S;
         bq_ctx_reset(c);
@@ -102,18 +113,17 @@ bq_status bq_kld(const bq_model *ref, const bq_model *m, const int32_t *ids, siz
                  bq_kld_result *r)
 {
     int S = o->ctx, V = bq_model_vocab(m);
-    if (S < 2) return bq_fail(BQ_ERR_ARG, "windows of at least 2 tokens are needed");
     if (bq_model_vocab(ref) != V) return bq_fail(BQ_ERR_ARG, "the reference model has another vocabulary (%d vs %d)", bq_model_vocab(ref), V);
-    size_t windows = n / (size_t)S;
-    if (o->chunks > 0 && (size_t)o->chunks < windows) windows = (size_t)o->chunks;
-    if (!windows) return bq_fail(BQ_ERR_ARG, "the text has %zu tokens, fewer than one window of %d", n, S);
-    int first = o->second_half == 2 ? S / 2 : o->second_half ? S / 2 - 1 : 0, rows = S - 1 - first;  /* the rows scored */
+    size_t windows;
+    bq_status st = count_windows(n, o, &windows);
+    if (st) return st;
+    int first = first_scored(S, o->second_half), rows = S - 1 - first;  /* the rows scored */
     float *la = malloc((size_t)S * V * 4), *lb = malloc((size_t)S * V * 4);
     double *kl = malloc(windows * (size_t)rows * sizeof *kl);
     int *same = malloc((size_t)rows * sizeof *same);
     bq_ctx *ca = NULL, *cb = NULL;
     bq_ctx_opts co = {.size = sizeof co, .device = o->device, .threads = o->threads};
-    bq_status st = !la || !lb || !kl || !same ? bq_fail(BQ_ERR_NOMEM, "out of memory for two windows of logits")
+    st = !la || !lb || !kl || !same ? bq_fail(BQ_ERR_NOMEM, "out of memory for two windows of logits")
                  : bq_ctx_new_ex(ref, S, &co, &ca);
     if (!st) st = bq_ctx_new_ex(m, S, &co, &cb);
     double t0 = bq_now(), sum = 0;

@@ -80,6 +80,7 @@ qdq_rows_fn bq_kernel_for(const bq_format *f);
 /* Reading and writing the packed layout piecewise (pack.c), for the kernels
  * that compute on packed weights. A "group" is a block, an int group or a row. */
 size_t pack_header_bytes(const bq_format *f);
+size_t pack_group_len(const bq_format *f, size_t cols);  /* elements sharing one scale along a row */
 size_t pack_row_bytes(const bq_format *f, size_t cols);
 float pack_tensor_scale(const bq_format *f, const uint8_t *packed);  /* 1 if none */
 bq_status pack_decode_rows(const bq_format *f, const uint8_t *packed, size_t cols, size_t r0, size_t r1, float *out);

@@ -53,7 +53,7 @@ static size_t header_bytes(const bq_format *f)
 }
 
 /* Elements sharing one scale in a row, and the scale bits per group. */
-static size_t group_len(const bq_format *f, size_t cols)
+size_t pack_group_len(const bq_format *f, size_t cols)
 {
     if (f->sch == SCH_ELEM || (f->sch == SCH_INT && f->scope == SCOPE_TENSOR)) return cols;
     if (f->sch == SCH_INT && f->scope == SCOPE_ROW) return cols;
@@ -69,7 +69,7 @@ static int group_scale_bits(const bq_format *f)
 static size_t row_bytes(const bq_format *f, size_t cols)
 {
     if (!cols) return 0;
-    size_t g = group_len(f, cols);
+    size_t g = pack_group_len(f, cols);
     size_t ng = (cols + g - 1) / g;
     size_t bits = ng * ((size_t)group_scale_bits(f) + g * (size_t)f->el.bits);
     return (bits + 7) / 8;
@@ -177,7 +177,7 @@ static float dequant(const bq_format *f, const bscale *s, float q)
 static bq_status pack_row(const bq_format *f, const qctx *c, const float *x, size_t cols, size_t idx0, bitw *w)
 {
     const elem_t *e = &f->el;
-    size_t g = group_len(f, cols);
+    size_t g = pack_group_len(f, cols);
     for (size_t b = 0; b < cols; b += g) {
         size_t n = cols - b < g ? cols - b : g;
         const float *xb = x + b;
@@ -302,7 +302,7 @@ bq_status bq_pack(const bq_format *f, const float *in, size_t rows, size_t cols,
 static void unpack_row(const bq_format *f, const qctx *c, bitr *rd, size_t cols, float *y)
 {
     const elem_t *e = &f->el;
-    size_t g = group_len(f, cols);
+    size_t g = pack_group_len(f, cols);
     for (size_t b = 0; b < cols; b += g) {
         size_t n = cols - b < g ? cols - b : g;
         if (f->sch == SCH_ELEM || f->sch == SCH_INT) {
@@ -389,7 +389,7 @@ int pack_scale_parts(const bq_format *f, float tensor_scale, uint32_t code, floa
 
 void pack_row_codes(const bq_format *f, const uint8_t *row, size_t cols, uint32_t *scodes, uint8_t *ecodes)
 {
-    size_t g = group_len(f, cols), rb = row_bytes(f, cols);
+    size_t g = pack_group_len(f, cols), rb = row_bytes(f, cols);
     bitr rd = {row, row + rb, 0, 0};
     int sb = group_scale_bits(f);
     for (size_t b = 0, k = 0; b < cols; b += g, k++) {
@@ -403,7 +403,7 @@ void pack_row_codes(const bq_format *f, const uint8_t *row, size_t cols, uint32_
 
 void pack_row_put(const bq_format *f, uint8_t *row, size_t cols, const uint32_t *scodes, const uint8_t *ecodes)
 {
-    size_t g = group_len(f, cols);
+    size_t g = pack_group_len(f, cols);
     bitw w = {row, 0, 0};
     int sb = group_scale_bits(f);
     for (size_t b = 0, k = 0; b < cols; b += g, k++) {

@@ -41,6 +41,16 @@ static inline BQ_HD float half_to_f32(uint32_t h)
 
 /* bf16 (bits) to float32: the top half of its bits. */
 static inline BQ_HD float bf16_to_f32(uint32_t h) { return u2f(h << 16); }
+/* The top half of a float32's bits: its bf16 value where the low half is zero. */
+static inline BQ_HD uint16_t f32_top_bf16(float x) { return (uint16_t)(f2u(x) >> 16); }
+
+/* Whether every value is a bf16 number (the low 16 bits of each float are zero). */
+static inline int all_bf16(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (f2u(x[i]) & 0xffffu) return 0;
+    return 1;
+}
 
 /* A 16-bit float of either kind: bf16 when bf, else IEEE half. */
 static inline BQ_HD float f16_to_f32(int bf, uint32_t h) { return bf ? bf16_to_f32(h) : half_to_f32(h); }

@@ -674,16 +674,6 @@ static int write_runtime(wbuf *b, bq_model *m, const slot_list *sl, bq_status *s
 
 typedef struct { char name[160]; uint32_t type; size_t rows, cols; uint8_t *data; size_t size; slot *s; } wtensor;
 
-static int all_bf16(const float *x, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, &x[i], 4);
-        if (u & 0xffff) return 0;
-    }
-    return 1;
-}
-
 /* One slot as a GGUF tensor: its type and size, and with `fill` its data (the
  * writer asks for one tensor's data at a time). */
 static bq_status gguf_tensor(const bq_model *m, slot *s, wtensor *t, int fill)
@@ -730,10 +720,8 @@ static bq_status gguf_tensor(const bq_model *m, slot *s, wtensor *t, int fill)
     for (size_t r = 0; r < rows; r++) {
         uint8_t *dst = t->data + (perm ? (size_t)permuted_row((int)r, hd) : r) * cols * es;
         for (size_t k = 0; k < cols; k++) {
-            uint32_t u;
-            memcpy(&u, &x[r * cols + k], 4);
-            if (bf16) { uint16_t h = (uint16_t)(u >> 16); memcpy(dst + 2 * k, &h, 2); }
-            else memcpy(dst + 4 * k, &u, 4);
+            if (bf16) { uint16_t h = f32_top_bf16(x[r * cols + k]); memcpy(dst + 2 * k, &h, 2); }
+            else memcpy(dst + 4 * k, &x[r * cols + k], 4);
         }
     }
     return BQ_OK;

@@ -22,8 +22,9 @@ typedef struct { calib_stats *s; int layers; } obs;
 static void observe(void *arg, int layer, int role, const float *x, int n, int in)
 {
     obs *o = arg;
-    int k = layer < 0 ? (role == R_HEAD ? o->layers * 7 : -1) : layer * 7 + role;
-    if (k < 0 || !o->s->msq[k] || o->s->in[k] != in) return;  /* projections of OPT: not calibrated */
+    if (layer < 0 && role != R_HEAD) return;  /* OPT's projections: not calibrated */
+    int k = calib_index(o->layers, layer, role);
+    if (!o->s->msq[k] || o->s->in[k] != in) return;
     double *acc = o->s->msq[k];
     for (int t = 0; t < n; t++)
         for (int i = 0; i < in; i++) acc[i] += (double)x[(size_t)t * in + i] * x[(size_t)t * in + i];
@@ -45,7 +46,7 @@ bq_status bq_qconfig_calibrate(bq_qconfig *q, const bq_model *m, const int32_t *
         if (!s->in || !s->msq) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
     }
     for (int k = 0; k < nl && !st; k++) {
-        const linear *l = model_linear(m, k < L * 7 ? k / 7 : -1, k < L * 7 ? (lin_role)(k % 7) : R_HEAD);
+        const linear *l = k < L * 7 ? model_linear(m, k / 7, (lin_role)(k % 7)) : &m->head;  /* inverse of calib_index */
         if (!LINEAR_PRESENT(l)) continue;
         s->in[k] = l->in;
         if (!(s->msq[k] = calloc((size_t)l->in, sizeof **s->msq))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");

@@ -20,20 +20,10 @@
 
 enum { NSHRINK = 21 };  /* 1.00, 0.975, ..., 0.50 */
 
-/* Elements that share one scale along a row (0: none, the format has no scale). */
-static size_t group_len(const bq_format *f, size_t cols)
-{
-    bq_format_info in;
-    bq_format_get_info(f, &in);
-    if (in.block > 0) return (size_t)in.block;
-    if (in.block == -1 || in.block == -2) return cols;  /* a row; per tensor: rows still clip as groups */
-    return 0;
-}
-
 bq_status ptq_clip(const bq_format *f, float *w, int rows, int cols, const double *imp, const bq_qopts *o)
 {
-    size_t n = (size_t)rows * cols, g = group_len(f, (size_t)cols);
-    if (!g || f->sch == SCH_ELEM) return BQ_OK;  /* no scale to choose */
+    if (f->sch == SCH_ELEM) return BQ_OK;  /* no scale to choose */
+    size_t n = (size_t)rows * cols, g = pack_group_len(f, (size_t)cols);
     size_t ng = (size_t)rows * ((cols + g - 1) / g), per_row = (cols + g - 1) / g;
     float *tmp = malloc(n * sizeof *tmp), *q = malloc(n * sizeof *q), *best = malloc(n * sizeof *best);
     double *err = malloc(ng * sizeof *err);

@@ -9,6 +9,7 @@
 #include "model.h"
 #include "quant.h"
 #include "pmat.h"
+#include "qkern.h"
 #include "lmul.h"
 #include <stdio.h>
 #include <stdlib.h>
@@ -197,22 +198,17 @@ bq_status qconfig_parse(bq_qconfig *q, const char *src, size_t n, const char *pa
 static bq_status hold_bf16(float **w, pmat **pw, int rows, int cols)
 {
     size_t n = (size_t)rows * cols;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, &(*w)[i], 4);
-        if (u & 0xffffu) return BQ_OK;
-    }
+    if (!all_bf16(*w, n)) return BQ_OK;
     bq_format *f;
     bq_status st = bq_format_parse("bf16", &f);
     if (st) return st;
     size_t hb = pack_header_bytes(f);
     uint8_t *buf = calloc(hb + 2 * n, 1);
     if (!buf) { bq_format_free(f); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
-    for (size_t i = 0; i < n; i++) {  /* little-endian bf16: the top half of each float */
-        uint32_t u;
-        memcpy(&u, &(*w)[i], 4);
-        buf[hb + 2 * i] = (uint8_t)(u >> 16);
-        buf[hb + 2 * i + 1] = (uint8_t)(u >> 24);
+    for (size_t i = 0; i < n; i++) {  /* little-endian bf16 */
+        uint16_t h = f32_top_bf16((*w)[i]);
+        buf[hb + 2 * i] = (uint8_t)h;
+        buf[hb + 2 * i + 1] = (uint8_t)(h >> 8);
     }
     st = pmat_new(f, rows, cols, buf, hb + 2 * n, pw);
     free(buf);
@@ -250,15 +246,15 @@ static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *f
     } else if (in.block > cols) {
         st = bq_fail(BQ_ERR_SHAPE, "%s: format %s has blocks of %d but the reduction dimension is %d", name, fmt,
                      in.block, cols);
+    } else if (clip && (st = ptq_clip(f, *w, rows, cols, imp, o))) {  /* clamped: the scales follow */
+        st = bq_fail(st, "%s: %s", name, bq_last_error());
     } else if (!pack) {
-        if (clip) st = ptq_clip(f, *w, rows, cols, imp, o);
-        if (!st) st = bq_qdq(f, *w, *w, (size_t)rows, (size_t)cols, o);
+        st = bq_qdq(f, *w, *w, (size_t)rows, (size_t)cols, o);
         /* held weights stay held: values that are bf16 numbers (MX, BFP, minifloat
          * formats) go back to bf16, losslessly, instead of taking twice the memory */
         if (!st && held) st = hold_bf16(w, pw, rows, cols);
     } else {
-        if (clip && (st = ptq_clip(f, *w, rows, cols, imp, o))) st = bq_fail(st, "%s: %s", name, bq_last_error());
-        else if ((st = pmat_pack(f, *w, rows, cols, o, pw))) st = bq_fail(st, "%s: %s", name, bq_last_error());
+        if ((st = pmat_pack(f, *w, rows, cols, o, pw))) st = bq_fail(st, "%s: %s", name, bq_last_error());
         else {
             free(*w);
             *w = NULL;
@@ -360,7 +356,7 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
             linear *l = ls[j];
             if (!LINEAR_PRESENT(l)) continue;
             resolve(q, l->name, 1, &w, &a, hits);
-            if (*w) st = apply_w(&l->w, &l->pw, l->out, l->in, w, o, l->name, pack, q->ptq_clip, calib_for(q, i * 7 + j, l->in));
+            if (*w) st = apply_w(&l->w, &l->pw, l->out, l->in, w, o, l->name, pack, q->ptq_clip, calib_for(q, calib_index(m->c.layers, i, j), l->in));
             if (!st) st = set_act(l, a);
             const char *mul = resolve_mul(q, l->name, 1);
             if (!st && *mul) st = set_mul(l, mul, w);
@@ -391,7 +387,7 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
         st = apply_w(&m->tok_emb, &m->emb_p, m->c.vocab, m->c.embed_dim, ew, o, "embed_tokens", pack, q->ptq_clip, NULL);
         if (!st && tied && m->emb_p) { m->head.w = NULL; m->head.pw = m->emb_p; }
     }
-    if (!st && *hw && !tied) st = apply_w(&m->head.w, &m->head.pw, m->head.out, m->head.in, hw, o, "lm_head", pack, q->ptq_clip, calib_for(q, m->c.layers * 7, m->head.in));
+    if (!st && *hw && !tied) st = apply_w(&m->head.w, &m->head.pw, m->head.out, m->head.in, hw, o, "lm_head", pack, q->ptq_clip, calib_for(q, calib_index(m->c.layers, -1, 0), m->head.in));
     if (!st) st = set_act(&m->head, ha);
     if (!st && *ea) st = bq_fail(BQ_ERR_ARG, "embed_tokens has no input activation to quantise (a = \"%s\")", ea);
     const char *roles[2] = {q->attn, q->kv};

@@ -31,6 +31,8 @@ typedef struct {
  * the LM head at layers * 7), the mean square of each input channel over the
  * calibration tokens, collected by running the float model. */
 typedef struct { int n; int *in; double **msq; size_t tokens; } calib_stats;
+/* The statistics' slot of linear j of a layer (layer -1: the LM head). */
+static inline int calib_index(int layers, int layer, int j) { return layer < 0 ? layers * 7 : layer * 7 + j; }
 void calib_free(calib_stats *s);
 
 struct bq_qconfig {
