@@ -435,6 +435,77 @@ static void test_thread_invariance(void)
     bq_model_free(m);
 }
 
+/* Decoding one token at a time (the GEMV kernels and the pool's small jobs) on a
+ * packed model, float32 weights and a float16-held one: the same bits for 1, 2 and 3 threads. */
+static void test_decode_thread_invariance(void)
+{
+    const char *wq[] = {"q4_0", "mxfp4", NULL};
+    for (int w = 0; w < 3; w++) {
+        bq_model *m;
+        if (bq_model_load("models/llama-19m-en", &m)) return;
+        if (wq[w] && w < 2) {
+            bq_qconfig *q;
+            bq_qconfig_new(&q);
+            OK(bq_qconfig_set(q, "wq", wq[w]));
+            OK(bq_model_pack(m, q, 1));
+            bq_qconfig_free(q);
+        }
+        int n = 24, V = bq_model_vocab(m);
+        float *ref = malloc((size_t)n * V * 4), *got = malloc((size_t)V * 4);
+        int diff = 0;
+        for (int threads = 1; threads <= 3; threads++) {
+            bq_ctx_opts o = {sizeof o, 0, threads};
+            bq_ctx *c;
+            OK(bq_ctx_new_ex(m, n, &o, &c));
+            for (int t = 0; t < n; t++) {
+                int32_t id = (int32_t)((t * 2654435761u) % (unsigned)V);
+                OK(bq_forward(c, &id, 1, threads == 1 ? ref + (size_t)t * V : got, 0));
+                if (threads > 1) diff += memcmp(ref + (size_t)t * V, got, (size_t)V * 4) != 0;
+            }
+            bq_ctx_free(c);
+        }
+        CHECK(diff == 0, "%s: %d decoded tokens' logits differ between 1, 2 and 3 threads", wq[w] ? wq[w] : "float32", diff);
+        free(ref); free(got);
+        bq_model_free(m);
+    }
+}
+
+/* The persistent pool: every index exactly once, in the ranges bq_parallel_for
+ * uses for the same count, job after job, also after its workers fell asleep. */
+typedef struct { int *hits; size_t *start; } pool_probe;
+
+static void pool_mark(void *arg, size_t b, size_t e)
+{
+    pool_probe *p = arg;
+    for (size_t i = b; i < e; i++) { p->hits[i]++; p->start[i] = b; }
+}
+
+static void test_pool(void)
+{
+    enum { N = 97 };
+    int hits[N];
+    size_t start[N], want[N];
+    for (int threads = 2; threads <= 4; threads++) {
+        bq_pool *pool = bq_pool_new(threads);
+        CHECK(pool && bq_pool_threads(pool) == threads, "bq_pool_new(%d) gave %d threads", threads, bq_pool_threads(pool));
+        int bad = 0;
+        for (int job = 0; job < 3000; job++) {
+            size_t n = (size_t)(job * 7919) % (N + 1);
+            int t = 1 + job % threads;
+            pool_probe pp = {hits, start}, ref = {hits, want};
+            memset(hits, 0, sizeof hits);
+            bq_parallel_for(n, t, pool_mark, &ref);
+            memset(hits, 0, sizeof hits);
+            if (job % 500 == 499) usleep(2000);  /* long enough for the workers to sleep */
+            bq_pool_for(pool, n, t, pool_mark, &pp);
+            for (size_t i = 0; i < n; i++) bad += hits[i] != 1 || start[i] != want[i];
+        }
+        CHECK(bad == 0, "pool of %d threads: %d indices missed, repeated or in other ranges", threads, bad);
+        bq_pool_free(pool);
+    }
+    CHECK(bq_pool_new(1) == NULL && bq_pool_threads(NULL) == 1, "a pool of one thread is no pool");
+}
+
 /* The CUDA engine against the CPU: the same perplexity within 0.1% (float32, and
  * with weights, activations and the KV cache quantised), where a GPU exists. */
 /* Quantise (or pack) m as cfg says: weights, activations, KV cache, --attn (NULL: none). */
@@ -578,7 +649,9 @@ int main(int argc, char **argv)
     test_llama19m();
     test_tiny();
     test_broken();
+    test_pool();
     test_thread_invariance();
+    test_decode_thread_invariance();
     test_ppl();
     cJSON_Delete(refs);
     return test_summary("test_engine");

@@ -13,6 +13,16 @@ typedef void (*bq_range_fn)(void *arg, size_t begin, size_t end);
 void bq_parallel_for(size_t n, int threads, bq_range_fn fn, void *arg);
 int bq_ncores(void);
 
+/* A persistent set of workers for the same ranges without a thread start per call
+ * (decoding runs ~100 products a token): workers spin briefly after each job, then
+ * sleep. bq_pool_for splits [0,n) exactly as bq_parallel_for does for the same count,
+ * so the bits match it. A NULL pool runs bq_parallel_for. One caller at a time. */
+typedef struct bq_pool bq_pool;
+bq_pool *bq_pool_new(int threads);  /* threads in all, the caller's included; NULL if <= 1 or on failure */
+void bq_pool_for(bq_pool *p, size_t n, int threads, bq_range_fn fn, void *arg);
+int bq_pool_threads(const bq_pool *p);  /* 1 for NULL */
+void bq_pool_free(bq_pool *p);
+
 /* log softmax(row)[tok] over V logits, the exponentials summed in double (ppl.c);
  * *is_argmax (may be NULL): tok is the first largest logit. */
 double log_softmax_at(const float *row, int V, int tok, int *is_argmax);

@@ -28,7 +28,15 @@ typedef struct {
     int cap;         /* tokens the scratch below holds */
     float *att;      /* one score matrix [n, T] per head */
     float *xq;       /* a quantised copy of a linear's input */
+    bq_pool *pool;   /* the context's threads, kept between products (NULL: one thread) */
 } cpu_be;
+
+/* Work (multiply-adds) below which a product stays on the calling thread: a job
+ * handed to the pool's spinning workers costs about a microsecond. */
+static int threads_for(const cpu_be *c, double work)
+{
+    return work < (c->pool ? 3e4 : 1e6) ? 1 : c->base.threads;
+}
 
 static const bq_config *cfg(const be *b) { return &b->m->c; }
 
@@ -55,6 +63,7 @@ static void cpu_destroy(be *b)
 {
     cpu_be *c = (cpu_be *)b;
     free(c->kc); free(c->vc); free(c->kq); free(c->vt); free(c->att); free(c->xq);
+    bq_pool_free(c->pool);
     free(c);
 }
 
@@ -145,7 +154,7 @@ static bq_status cpu_linear(be *b, int layer, lin_role r, const float *x, float 
     mm_job j = {l, x, y, n, ap, 0};
     size_t slices = (size_t)(l->out + SLICE - 1) / SLICE;
     double work = (double)n * l->out * l->in;
-    bq_parallel_for(slices, work < 1e6 ? 1 : b->threads, mm_range, &j);
+    bq_pool_for(c->pool, slices, threads_for(c, work), mm_range, &j);
     if (ap) pm_act_free(ap);
     if (j.oom) return bq_fail(BQ_ERR_NOMEM, "out of memory in a packed matmul (%s)", l->name);
     if (l->b)
@@ -257,12 +266,19 @@ static void attend_heads(void *arg, size_t h0, size_t h1)
     size_t kv = (size_t)m->kv_heads * d, qd = (size_t)m->heads * d;
     const bq_format *aq = c->base.m->attn_q;
     float scale = 1.0f / sqrtf((float)d);
+    /* a few queries (decoding): dot products over the cache instead of SGEMMs,
+     * which would copy their operands first */
+    int few = n <= MV_MAX && !aq;
     for (size_t h = h0; h < h1; h++) {
         int kh = (int)h / group;
         float *att = c->att + h * (size_t)n * T;
         /* scores [n, T] = Q_h K_h^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, T, d, scale, j->Q + h * d, (int)qd,
-                    j->K + (size_t)kh * d, (int)kv, 0.0f, att, T);
+        if (few) {
+            mv_rows_f32_ld(j->K + (size_t)kh * d, kv, d, j->Q + h * d, qd, n, att, T, 0, T);
+            for (size_t i = 0; i < (size_t)n * T; i++) att[i] *= scale;
+        } else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, T, d, scale, j->Q + h * d, (int)qd,
+                        j->K + (size_t)kh * d, (int)kv, 0.0f, att, T);
         for (int t = 0; t < n; t++) {
             float *s = att + (size_t)t * T;
             /* causal: keys first..last (a sliding window keeps the last `window` of them) */
@@ -283,6 +299,11 @@ static void attend_heads(void *arg, size_t h0, size_t h1)
             bq_qdq(aq, att, att, (size_t)n, (size_t)T, &o);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, d, T, 1.0f, att, T, c->vt + (size_t)kh * d * T, T,
                         0.0f, j->A + h * d, (int)qd);
+        } else if (few) {
+            for (int t = 0; t < n; t++) {
+                int last = j->pos + t, first = m->sliding_window && last >= m->sliding_window ? last - m->sliding_window + 1 : 0;
+                mv_axpy_rows_f32(att + (size_t)t * T, first, last, j->V + (size_t)kh * d, kv, d, j->A + (size_t)t * qd + h * d);
+            }
         } else {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, T, 1.0f, att, T, j->V + (size_t)kh * d,
                         (int)kv, 0.0f, j->A + h * d, (int)qd);
@@ -312,7 +333,7 @@ static bq_status cpu_attention(be *b, int layer, float *q, float *a, int n, int 
     }
     att_job j = {c, q, K, V, a, n, T, pos};
     double work = (double)n * T * d * m->heads;
-    bq_parallel_for((size_t)m->heads, work < 1e6 ? 1 : b->threads, attend_heads, &j);
+    bq_pool_for(c->pool, (size_t)m->heads, threads_for(c, work), attend_heads, &j);
     return BQ_OK;
 }
 
@@ -335,7 +356,7 @@ static void logprob_rows(void *arg, size_t t0, size_t t1)
 static bq_status cpu_logprobs(be *b, const float *lg, const int32_t *ids, int n, double *lp)
 {
     lp_job j = {lg, ids, lp, cfg(b)->vocab};
-    bq_parallel_for((size_t)n - 1, b->threads, logprob_rows, &j);
+    bq_pool_for(((cpu_be *)b)->pool, (size_t)n - 1, b->threads, logprob_rows, &j);
     return BQ_OK;
 }
 
@@ -353,6 +374,7 @@ bq_status be_cpu_new(const bq_model *m, int max_tokens, int threads, be **out)
     cpu_be *c = calloc(1, sizeof *c);
     if (!c) return bq_fail(BQ_ERR_NOMEM, "out of memory");
     c->base = (be){&cpu_ops, m, max_tokens, threads};
+    c->pool = bq_pool_new(threads);  /* NULL (one thread, or no threads to start) runs serially */
     size_t sz = (size_t)m->c.layers * max_tokens * kvd(&c->base);
     c->kc = malloc(sz * 4);
     c->vc = malloc(sz * 4);

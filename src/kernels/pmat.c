@@ -142,25 +142,27 @@ static void float16_mv(const pmat *m, const float *x, int n, float *y, int ldy, 
     }
 }
 
-/* y[t][r] = W[r] . x[t] for rows r0..r1 of a float32 matrix and up to 8 tokens:
- * each weight read once (an SGEMM of one token repacks its whole operand first).
- * The same 16 partial sums in the same order on every path, so the bits never
- * depend on the ISA chosen or on how rows are split between threads. */
+/* y[t][r] = W[r] . x[t] for rows r0..r1 of a float32 matrix (row stride ldw) and
+ * up to 8 tokens (row stride ldx): each weight read once (an SGEMM of one token
+ * repacks its whole operand first). The same 16 partial sums in the same order on
+ * every path, so the bits never depend on the ISA chosen or on how rows are split
+ * between threads. */
 __attribute__((target_clones("avx2", "default")))  /* static: GCC exports a global clone's resolver */
-static void rows_f32(const float *w, int cols, const float *x, int n, float *y, int ldy, int r0, int r1)
+static void rows_f32(const float *w, size_t ldw, int cols, const float *x, size_t ldx, int n, float *y, int ldy, int r0,
+                     int r1)
 {
     enum { L = 16, TMAX = 8 };
     for (int r = r0; r < r1; r++) {
-        const float *wr = w + (size_t)r * cols;
+        const float *wr = w + (size_t)r * ldw;
         for (int t0 = 0; t0 < n; t0 += TMAX) {
             int nt = n - t0 < TMAX ? n - t0 : TMAX;
             float acc[TMAX][L] = {{0}};
             int k = 0;
             for (; k + L <= cols; k += L)
                 for (int t = 0; t < nt; t++)
-                    for (int j = 0; j < L; j++) acc[t][j] += x[(size_t)(t0 + t) * cols + k + j] * wr[k + j];
+                    for (int j = 0; j < L; j++) acc[t][j] += x[(size_t)(t0 + t) * ldx + k + j] * wr[k + j];
             for (; k < cols; k++)
-                for (int t = 0; t < nt; t++) acc[t][k % L] += x[(size_t)(t0 + t) * cols + k] * wr[k];
+                for (int t = 0; t < nt; t++) acc[t][k % L] += x[(size_t)(t0 + t) * ldx + k] * wr[k];
             for (int t = 0; t < nt; t++) {
                 for (int h = L / 2; h >= 1; h /= 2)
                     for (int j = 0; j < h; j++) acc[t][j] += acc[t][j + h];
@@ -172,7 +174,29 @@ static void rows_f32(const float *w, int cols, const float *x, int n, float *y, 
 
 void mv_rows_f32(const float *w, int cols, const float *x, int n, float *y, int ldy, int r0, int r1)
 {
-    rows_f32(w, cols, x, n, y, ldy, r0, r1);
+    rows_f32(w, (size_t)cols, cols, x, (size_t)cols, n, y, ldy, r0, r1);
+}
+
+void mv_rows_f32_ld(const float *w, size_t ldw, int cols, const float *x, size_t ldx, int n, float *y, int ldy, int r0, int r1)
+{
+    rows_f32(w, ldw, cols, x, ldx, n, y, ldy, r0, r1);
+}
+
+/* out[j] = sum over i in [i0, i1] of p[i] * V[i][j], i ascending (row stride ldv). */
+__attribute__((target_clones("avx2", "default")))
+static void axpy_rows(const float *p, int i0, int i1, const float *V, size_t ldv, int d, float *out)
+{
+    for (int j = 0; j < d; j++) out[j] = 0.0f;
+    for (int i = i0; i <= i1; i++) {
+        const float *v = V + (size_t)i * ldv;
+        float pi = p[i];
+        for (int j = 0; j < d; j++) out[j] += pi * v[j];
+    }
+}
+
+void mv_axpy_rows_f32(const float *p, int i0, int i1, const float *V, size_t ldv, int d, float *out)
+{
+    axpy_rows(p, i0, i1, V, ldv, d, out);
 }
 
 int pmat_mv_float16(const pmat *m, const float *x, int n, float *y, int ldy, int r0, int r1)

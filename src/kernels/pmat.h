@@ -78,6 +78,10 @@ void pmat_mv_f32(const pmat *m, const float *x, int n, float *y, int ldy, int r0
 int pmat_mv_float16(const pmat *m, const float *x, int n, float *y, int ldy, int r0, int r1);
 /* The same for a float32 matrix w [rows][cols] (rows r0..r1), n <= 8 tokens. */
 void mv_rows_f32(const float *w, int cols, const float *x, int n, float *y, int ldy, int r0, int r1);
+/* The same with row strides: w's rows ldw apart, x's ldx apart (attention over a cache). */
+void mv_rows_f32_ld(const float *w, size_t ldw, int cols, const float *x, size_t ldx, int n, float *y, int ldy, int r0, int r1);
+/* out[0..d) = sum over i in [i0, i1] of p[i] * V[i][.], i ascending, V's rows ldv apart. */
+void mv_axpy_rows_f32(const float *p, int i0, int i1, const float *V, size_t ldv, int d, float *out);
 
 /* Per-ISA kernels (pk_isa.c, compiled once per ISA). */
 typedef struct {
