@@ -158,6 +158,9 @@ static void rows_f32(const float *w, size_t ldw, int cols, const float *x, size_
             int nt = n - t0 < TMAX ? n - t0 : TMAX;
             float acc[TMAX][L] = {{0}};
             int k = 0;
+            if (nt == 1)  /* one token: the same sums, the accumulators kept in registers */
+                for (; k + L <= cols; k += L)
+                    for (int j = 0; j < L; j++) acc[0][j] += x[(size_t)t0 * ldx + k + j] * wr[k + j];
             for (; k + L <= cols; k += L)
                 for (int t = 0; t < nt; t++)
                     for (int j = 0; j < L; j++) acc[t][j] += x[(size_t)(t0 + t) * ldx + k + j] * wr[k + j];
@@ -186,11 +189,22 @@ void mv_rows_f32_ld(const float *w, size_t ldw, int cols, const float *x, size_t
 __attribute__((target_clones("avx2", "default")))
 static void axpy_rows(const float *p, int i0, int i1, const float *V, size_t ldv, int d, float *out)
 {
-    for (int j = 0; j < d; j++) out[j] = 0.0f;
-    for (int i = i0; i <= i1; i++) {
+    enum { W = 32 };  /* columns held in registers while the keys go by */
+    int j0 = 0;
+    for (; j0 + W <= d; j0 += W) {
+        float acc[W] = {0};
+        for (int i = i0; i <= i1; i++) {
+            const float *v = V + (size_t)i * ldv + j0;
+            float pi = p[i];
+            for (int j = 0; j < W; j++) acc[j] += pi * v[j];
+        }
+        memcpy(out + j0, acc, sizeof acc);
+    }
+    for (int j = j0; j < d; j++) out[j] = 0.0f;
+    for (int i = i0; i <= i1 && j0 < d; i++) {
         const float *v = V + (size_t)i * ldv;
         float pi = p[i];
-        for (int j = 0; j < d; j++) out[j] += pi * v[j];
+        for (int j = j0; j < d; j++) out[j] += pi * v[j];
     }
 }
 
