@@ -339,9 +339,19 @@ INLINE __m256 hsum4_8(__m256 v)
     return _mm256_add_ps(t, _mm256_permute_ps(t, 0x4E));
 }
 
+/* b[q] += w[rows 2q, 2q+1][k..k+3] * x[k..k+3], lane by lane (w: 8 rows x 4 int8). */
+INLINE void quad_fma(__m256 *b, __m256i w, const float *x)
+{
+    __m256 xv = _mm256_broadcast_ps((const __m128 *)x);
+    __m128i lo = _mm256_castsi256_si128(w), hi = _mm256_extracti128_si256(w, 1);
+    __m128i part[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+    for (int q = 0; q < 4; q++) b[q] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part[q])), xv, b[q]);
+}
+
 static void mv_f32(const pmat *m, const float *x, int n, float *y, int ldy, int p0, int p1)
 {
     __m256i lut4 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)m->lut));
+    const __m256i nib = _mm256_set1_epi8(0x0f);
     int cols = m->cols;
     float out[PM_ROWS];
     __m256i pair[4];  /* lanes of rows 2q, 2q+1, four each */
@@ -356,14 +366,14 @@ static void mv_f32(const pmat *m, const float *x, int n, float *y, int ldy, int 
                 for (int g = 0; g < m->nb; g++) {
                     __m256 b[4];
                     for (int q = 0; q < 4; q++) b[q] = _mm256_setzero_ps();
-                    for (int k = g * m->K; k < (g + 1) * m->K; k += 4) {
-                        __m256i w = wvec8(m, pw, k, h, lut4);
-                        __m256 xv = _mm256_broadcast_ps((const __m128 *)(xt + k));
-                        __m128i lo = _mm256_castsi256_si128(w), hi = _mm256_extracti128_si256(w, 1);
-                        __m128i part[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
-                        for (int q = 0; q < 4; q++)
-                            b[q] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part[q])), xv, b[q]);
-                    }
+                    int k = g * m->K, ke = k + m->K;
+                    if (m->eb == 4)  /* 8 columns a load: the low nibbles, then the high ones */
+                        for (; k + 8 <= ke; k += 8) {
+                            __m256i by = _mm256_loadu_si256((const __m256i *)(pw + (size_t)(k / 8) * 64 + 32 * h));
+                            quad_fma(b, _mm256_shuffle_epi8(lut4, _mm256_and_si256(by, nib)), xt + k);
+                            quad_fma(b, _mm256_shuffle_epi8(lut4, _mm256_and_si256(_mm256_srli_epi16(by, 4), nib)), xt + k + 4);
+                        }
+                    for (; k < ke; k += 4) quad_fma(b, wvec8(m, pw, k, h, lut4), xt + k);
                     __m256 sw = factors8(m, p, g, h);
                     for (int q = 0; q < 4; q++) P[q] = _mm256_fmadd_ps(b[q], _mm256_permutevar8x32_ps(sw, pair[q]), P[q]);
                 }
