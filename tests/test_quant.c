@@ -420,6 +420,110 @@ static void test_ptq(void)
     bq_model_free(qm);
 }
 
+/* SmoothQuant: the smoothed float model computes the same function (the factors
+ * fold exactly, up to rounding) on every pre-norm family (RMSNorm + SiLU gate,
+ * LayerNorm with bias + ReLU, LayerNorm + GELU), and it helps where it should:
+ * per-tensor int6 weights and activations. */
+static double smooth_kld(const char *dir, const char *wa, int smooth, const int32_t *ids, size_t n, const int32_t *cal,
+                         size_t ncal, int ctx, double *maxrel)
+{
+    bq_model *m = load(dir), *sm = load(dir);
+    double kl = -1;
+    if (!m || !sm) { bq_model_free(m); bq_model_free(sm); return kl; }
+    bq_qconfig *q;
+    OK(bq_qconfig_new(&q));
+    if (wa) { OK(bq_qconfig_set(q, "wq", wa)); OK(bq_qconfig_set(q, "aq", wa)); }
+    if (smooth) OK(bq_qconfig_set(q, "ptq", "smoothquant"));
+    OK(bq_qconfig_calibrate(q, m, cal, ncal, ctx, 8));
+    OK(bq_model_quantize(sm, q, 1));
+    bq_qconfig_free(q);
+    if (maxrel) {  /* logits of the first window, smoothed vs not */
+        int V = bq_model_vocab(m);
+        float *a = malloc((size_t)64 * V * 4), *b = malloc((size_t)64 * V * 4);
+        OK(bq_model_logits(m, ids, 64, a));
+        OK(bq_model_logits(sm, ids, 64, b));
+        double mx = 0, worst = 0;
+        for (size_t i = 0; i < (size_t)64 * V; i++) {
+            mx = fmax(mx, fabs(a[i]));
+            double d = fabs((double)a[i] - b[i]);
+            worst = d > worst || isnan(d) ? d : worst;  /* NaN stays */
+        }
+        *maxrel = worst / mx;
+        free(a); free(b);
+    }
+    bq_ppl_opts o = {.ctx = ctx, .chunks = 4};
+    bq_kld_result r;
+    if (!bq_kld(m, sm, ids, n, &o, &r)) kl = r.kld_mean;
+    bq_model_free(m);
+    bq_model_free(sm);
+    return kl;
+}
+
+static void test_smoothquant(void)
+{
+    int32_t ids[256];
+    for (int i = 0; i < 256; i++) ids[i] = (int32_t)(t_rand() % 8192u);
+    char dir[512];
+    const char *sh = shared_dir();
+    const char *fams[] = {"llama", "opt", "gpt2"};
+    for (int f = 0; f < 3; f++) {
+        if (f == 0) snprintf(dir, sizeof dir, "%s", DEFAULT);
+        else if (!sh) { printf("SKIP: no ../shared: smoothquant not checked on tiny %s\n", fams[f]); continue; }
+        else snprintf(dir, sizeof dir, "%s/models/tiny/%s", sh, fams[f]);
+        double rel = -1;
+        smooth_kld(dir, NULL, 1, ids, 256, ids, 256, 64, &rel);
+        CHECK(rel >= 0 && rel < 1e-4, "%s: smoothquant alone changed the logits by %.3g of their range", fams[f], rel);
+    }
+    /* calibrated on the validation text, scored on the test text: 4 windows of 256 */
+    bq_model *tm = load(DEFAULT);
+    bq_tokenizer *tok = NULL;
+    int32_t *cal = NULL, *txt = NULL;
+    size_t ncal = 0, ntxt = 0;
+    const char *files[2] = {"data/wikitext-2-valid-tokenized.txt", "data/wikitext-2-test.txt"};
+    if (tm) OK(bq_tokenizer_from_model(tm, &tok));
+    for (int i = 0; i < 2 && tok; i++) {
+        FILE *fp = fopen(files[i], "rb");
+        char *buf = malloc(60000);
+        size_t len = fp ? fread(buf, 1, 60000, fp) : 0;
+        while (len && (buf[len - 1] & 0xC0) == 0x80) len--;  /* whole UTF-8 characters */
+        if (len && (unsigned char)buf[len - 1] >= 0xC0) len--;
+        if (fp) fclose(fp);
+        OK(bq_tokenize(tok, buf, len, i ? &txt : &cal, i ? &ntxt : &ncal));
+        free(buf);
+    }
+    bq_tokenizer_free(tok);
+    bq_model_free(tm);
+    CHECK(ncal >= 2048 && ntxt >= 1024, "text for smoothquant: %zu and %zu tokens", ncal, ntxt);
+    if (ncal < 2048 || ntxt < 1024) { free(cal); free(txt); return; }
+    double plain = smooth_kld(DEFAULT, "int6", 0, txt, ntxt, cal, ncal, 256, NULL),
+           smoothed = smooth_kld(DEFAULT, "int6", 1, txt, ntxt, cal, ncal, 256, NULL);
+    free(cal);
+    free(txt);
+    printf("  W6A6 per-tensor int6: KL %.5f, with smoothquant %.5f\n", plain, smoothed);
+    CHECK(plain > 0 && smoothed > 0 && smoothed < 0.97 * plain, "smoothquant did not lower int6's KL by 3%%: %g vs %g", smoothed, plain);
+
+    /* refusals: alpha out of range, no calibration, a post-LayerNorm model */
+    bq_qconfig *q;
+    OK(bq_qconfig_new(&q));
+    CHECK(bq_qconfig_set(q, "ptq", "smoothquant:1.5") == BQ_ERR_ARG && bq_qconfig_set(q, "ptq", "smoothquant:x") == BQ_ERR_ARG,
+          "smoothquant's alpha outside [0, 1] must be refused");
+    OK(bq_qconfig_set(q, "ptq", "clip,smoothquant:0.7"));
+    bq_model *m = load(DEFAULT);
+    CHECK(m && bq_model_quantize(m, q, 1) == BQ_ERR_ARG && strstr(bq_last_error(), "calibration"),
+          "smoothquant without calibration: %s", bq_last_error());
+    bq_model_free(m);
+    if (sh) {
+        snprintf(dir, sizeof dir, "%s/models/tiny/opt-proj", sh);
+        if ((m = load(dir))) {
+            OK(bq_qconfig_calibrate(q, m, ids, 256, 64, 1));
+            CHECK(bq_model_quantize(m, q, 1) == BQ_ERR_UNSUPPORTED && strstr(bq_last_error(), "post-LayerNorm"),
+                  "smoothquant on a post-LayerNorm model: %s", bq_last_error());
+            bq_model_free(m);
+        }
+    }
+    bq_qconfig_free(q);
+}
+
 int main(void)
 {
     bq_set_threads(0);
@@ -428,5 +532,6 @@ int main(void)
     test_bad_configs();
     test_reference();
     test_ptq();
+    test_smoothquant();
     return test_summary("test_quant");
 }

@@ -5,16 +5,36 @@
 #include "quant.h"
 #include "engine.h"
 #include "backend.h"
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 void calib_free(calib_stats *s)
 {
     if (!s) return;
-    for (int i = 0; i < s->n; i++) free(s->msq[i]);
+    for (int i = 0; i < s->n; i++) { free(s->msq[i]); if (s->amax) free(s->amax[i]); }
     free(s->msq);
+    free(s->amax);
     free(s->in);
     free(s);
+}
+
+calib_stats *calib_copy(const calib_stats *s)
+{
+    calib_stats *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    *c = (calib_stats){s->n, calloc((size_t)s->n, sizeof *c->in), calloc((size_t)s->n, sizeof *c->msq),
+                       calloc((size_t)s->n, sizeof *c->amax), s->tokens};
+    int ok = c->in && c->msq && c->amax;
+    for (int k = 0; k < s->n && ok; k++) {
+        c->in[k] = s->in[k];
+        if (!s->msq[k]) continue;
+        size_t b = (size_t)s->in[k] * sizeof(double);
+        ok = (c->msq[k] = malloc(b)) && (c->amax[k] = malloc(b));
+        if (ok) { memcpy(c->msq[k], s->msq[k], b); memcpy(c->amax[k], s->amax[k], b); }
+    }
+    if (!ok) { calib_free(c); return NULL; }
+    return c;
 }
 
 typedef struct { calib_stats *s; int layers; } obs;
@@ -25,9 +45,13 @@ static void observe(void *arg, int layer, int role, const float *x, int n, int i
     if (layer < 0 && role != R_HEAD) return;  /* OPT's projections: not calibrated */
     int k = calib_index(o->layers, layer, role);
     if (!o->s->msq[k] || o->s->in[k] != in) return;
-    double *acc = o->s->msq[k];
+    double *acc = o->s->msq[k], *mx = o->s->amax[k];
     for (int t = 0; t < n; t++)
-        for (int i = 0; i < in; i++) acc[i] += (double)x[(size_t)t * in + i] * x[(size_t)t * in + i];
+        for (int i = 0; i < in; i++) {
+            double v = x[(size_t)t * in + i];
+            acc[i] += v * v;
+            mx[i] = fabs(v) > mx[i] ? fabs(v) : mx[i];
+        }
 }
 
 bq_status bq_qconfig_calibrate(bq_qconfig *q, const bq_model *m, const int32_t *ids, size_t n, int ctx, int chunks)
@@ -43,13 +67,14 @@ bq_status bq_qconfig_calibrate(bq_qconfig *q, const bq_model *m, const int32_t *
         s->n = nl;
         s->in = calloc((size_t)nl, sizeof *s->in);
         s->msq = calloc((size_t)nl, sizeof *s->msq);
-        if (!s->in || !s->msq) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        s->amax = calloc((size_t)nl, sizeof *s->amax);
+        if (!s->in || !s->msq || !s->amax) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
     }
     for (int k = 0; k < nl && !st; k++) {
         const linear *l = k < L * 7 ? model_linear(m, k / 7, (lin_role)(k % 7)) : &m->head;  /* inverse of calib_index */
         if (!LINEAR_PRESENT(l)) continue;
         s->in[k] = l->in;
-        if (!(s->msq[k] = calloc((size_t)l->in, sizeof **s->msq))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        if (!(s->msq[k] = calloc((size_t)l->in, sizeof **s->msq)) || !(s->amax[k] = calloc((size_t)l->in, sizeof **s->amax))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
     }
     bq_ctx *c = NULL;
     float *lg = st ? NULL : malloc((size_t)m->c.vocab * sizeof *lg);

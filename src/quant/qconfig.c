@@ -95,12 +95,30 @@ static bq_status add_mul_rule(bq_qconfig *q, const char *pattern, const char *mu
     return st;
 }
 
-/* --ptq LIST: the post-training algorithms (so far: clip) */
+/* --ptq LIST: the post-training algorithms, comma-separated; whatever the order
+ * given, smoothquant runs first (it changes the weights clip then clips) */
 static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
 {
-    if (!strcmp(list, "clip")) { q->ptq_clip = 1; return BQ_OK; }
-    if (!strcmp(list, "none") || !*list) { q->ptq_clip = 0; return BQ_OK; }
-    return bq_fail(BQ_ERR_ARG, "%s: unknown post-training algorithm '%s' (this blockq has: clip, none)", where, list);
+    int clip = 0, smooth = 0;
+    double alpha = 0.5;
+    char buf[128];
+    if (strlen(list) >= sizeof buf) return bq_fail(BQ_ERR_ARG, "%s: list too long", where);
+    strcpy(buf, list);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (!strcmp(t, "clip")) clip = 1;
+        else if (!strcmp(t, "none")) continue;
+        else if (!strncmp(t, "smoothquant", 11) && (!t[11] || t[11] == ':')) {
+            smooth = 1;
+            char *end = NULL;
+            if (t[11] && (alpha = strtod(t + 12, &end), !end || *end || end == t + 12 || !(alpha >= 0 && alpha <= 1)))
+                return bq_fail(BQ_ERR_ARG, "%s: smoothquant's alpha must be a number in [0, 1], not '%s'", where, t + 12);
+        } else
+            return bq_fail(BQ_ERR_ARG, "%s: unknown post-training algorithm '%s' (this blockq has: smoothquant[:alpha], clip, none)", where, t);
+    }
+    q->ptq_clip = clip;
+    q->ptq_smooth = smooth;
+    q->smooth_alpha = alpha;
+    return BQ_OK;
 }
 
 bq_status bq_qconfig_set(bq_qconfig *q, const char *role, const char *format)
@@ -162,7 +180,7 @@ bq_status qconfig_parse(bq_qconfig *q, const char *src, size_t n, const char *pa
             if (e->kind != TV_STR) st = bq_fail(BQ_ERR_PARSE, "%s: mul must be \"exact\", \"lmul\" or \"lmul:L\"", where);
             else if ((st = add_mul_rule(q, "default", e->s, e->line))) st = bq_fail(st, "%s: %s", where, bq_last_error());
         } else if (!strcmp(e->key, "ptq")) {
-            if (e->kind != TV_STR) st = bq_fail(BQ_ERR_PARSE, "%s: ptq must be a string (\"clip\")", where);
+            if (e->kind != TV_STR) st = bq_fail(BQ_ERR_PARSE, "%s: ptq must be a string (\"clip\", \"smoothquant\")", where);
             else st = set_ptq(q, e->s, where);
         } else if (!strcmp(e->key, "attn") || !strcmp(e->key, "kv")) {
             if (e->kind != TV_STR) st = bq_fail(BQ_ERR_PARSE, "%s: %s must be a format name string", where, e->key);
@@ -334,9 +352,8 @@ static void resolve(const bq_qconfig *q, const char *name, int is_block, const c
 }
 
 /* Calibration's mean squares for linear k, if they were taken on a model of this shape. */
-static const double *calib_for(const bq_qconfig *q, int k, int in)
+static const double *calib_for(const calib_stats *s, int k, int in)
 {
-    const calib_stats *s = q->calib;
     return s && k < s->n && s->in[k] == in ? s->msq[k] : NULL;
 }
 
@@ -348,6 +365,15 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
     bq_status st = BQ_OK;
     const bq_qopts *o = &q->opts;
     m->qopts = q->opts;
+    /* smoothing rescales the inputs: their statistics change with them, in a copy */
+    calib_stats *smoothed = NULL;
+    const calib_stats *cs = q->calib;
+    if (q->ptq_smooth) {
+        if (!q->calib) st = bq_fail(BQ_ERR_ARG, "smoothquant needs calibration statistics (bq_qconfig_calibrate, --calib)");
+        else if (!(smoothed = calib_copy(q->calib))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        else st = ptq_smooth(m, smoothed, q->smooth_alpha);
+        cs = smoothed;
+    }
     const char *w, *a;
     for (int i = 0; i < m->c.layers && !st; i++) {
         layer_w *L = &m->L[i];
@@ -356,7 +382,7 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
             linear *l = ls[j];
             if (!LINEAR_PRESENT(l)) continue;
             resolve(q, l->name, 1, &w, &a, hits);
-            if (*w) st = apply_w(&l->w, &l->pw, l->out, l->in, w, o, l->name, pack, q->ptq_clip, calib_for(q, calib_index(m->c.layers, i, j), l->in));
+            if (*w) st = apply_w(&l->w, &l->pw, l->out, l->in, w, o, l->name, pack, q->ptq_clip, calib_for(cs, calib_index(m->c.layers, i, j), l->in));
             if (!st) st = set_act(l, a);
             const char *mul = resolve_mul(q, l->name, 1);
             if (!st && *mul) st = set_mul(l, mul, w);
@@ -387,7 +413,7 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
         st = apply_w(&m->tok_emb, &m->emb_p, m->c.vocab, m->c.embed_dim, ew, o, "embed_tokens", pack, q->ptq_clip, NULL);
         if (!st && tied && m->emb_p) { m->head.w = NULL; m->head.pw = m->emb_p; }
     }
-    if (!st && *hw && !tied) st = apply_w(&m->head.w, &m->head.pw, m->head.out, m->head.in, hw, o, "lm_head", pack, q->ptq_clip, calib_for(q, calib_index(m->c.layers, -1, 0), m->head.in));
+    if (!st && *hw && !tied) st = apply_w(&m->head.w, &m->head.pw, m->head.out, m->head.in, hw, o, "lm_head", pack, q->ptq_clip, calib_for(cs, calib_index(m->c.layers, -1, 0), m->head.in));
     if (!st) st = set_act(&m->head, ha);
     if (!st && *ea) st = bq_fail(BQ_ERR_ARG, "embed_tokens has no input activation to quantise (a = \"%s\")", ea);
     const char *roles[2] = {q->attn, q->kv};
@@ -417,6 +443,7 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
         }
     }
     free(hits);
+    calib_free(smoothed);
     return st;
 }
 

@@ -30,10 +30,11 @@ typedef struct {
 /* Calibration statistics (calib.c): per linear of the model (layer * 7 + role, then
  * the LM head at layers * 7), the mean square of each input channel over the
  * calibration tokens, collected by running the float model. */
-typedef struct { int n; int *in; double **msq; size_t tokens; } calib_stats;
+typedef struct { int n; int *in; double **msq, **amax; size_t tokens; } calib_stats;  /* amax: largest |x| a channel */
 /* The statistics' slot of linear j of a layer (layer -1: the LM head). */
 static inline int calib_index(int layers, int layer, int j) { return layer < 0 ? layers * 7 : layer * 7 + j; }
 void calib_free(calib_stats *s);
+calib_stats *calib_copy(const calib_stats *s);  /* NULL on failure */
 
 struct bq_qconfig {
     qrule *rules;       /* in order; later rules win */
@@ -42,6 +43,8 @@ struct bq_qconfig {
     bq_qopts opts;
     char source[256];   /* file name, for messages */
     int ptq_clip;       /* --ptq clip: MSE clipping of each weight group (clip.c) */
+    int ptq_smooth;     /* --ptq smoothquant[:alpha] (smooth.c), applied before clip */
+    double smooth_alpha;
     calib_stats *calib; /* bq_qconfig_calibrate's statistics (NULL: none) */
     void (*warn)(void *arg, const char *msg);  /* NULL: standard error */
     void *warn_arg;
@@ -53,6 +56,9 @@ bq_status qconfig_parse(bq_qconfig *q, const char *src, size_t n, const char *pa
 /* Clamp each scale group of w in place to the range whose quantisation has the least
  * squared error, each column's error weighted by imp[column] (NULL: equally); quantising
  * or packing the result then uses the clipped scales (clip.c). */
+/* SmoothQuant's factors folded into m's float weights and norms; cs (a copy of the
+ * calibration) is rescaled with the inputs. */
+bq_status ptq_smooth(bq_model *m, calib_stats *cs, double alpha);
 bq_status ptq_clip(const bq_format *f, float *w, int rows, int cols, const double *imp, const bq_qopts *o);
 
 
