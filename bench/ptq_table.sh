@@ -1,19 +1,29 @@
 #!/bin/sh
-# The --ptq table of docs/quantisation.md: each weight format with round-to-nearest and with
-# calibrated clipping, perplexity and KL divergence from the float model on the same windows.
-#   sh bench/ptq_table.sh [CHUNKS]      -> bench/ptq.jsonl and a Markdown table on stdout
+# The --ptq tables of docs/quantisation.md: perplexity and KL divergence from the float model
+# on the same windows, without and with a post-training algorithm.
+#   sh bench/ptq_table.sh [clip|smoothquant] [CHUNKS]
+#     clip (default):  weight formats alone, round-to-nearest vs --ptq clip      -> bench/ptq.jsonl
+#     smoothquant:     weight/activation pairs, without vs --ptq smoothquant     -> bench/smooth.jsonl
+# and a Markdown table on stdout.
 B=${B:-build/blockq}
 M=${M:-models/llama-19m-en}
-C=${1:-20}
-J=bench/ptq.jsonl
+ALG=${1:-clip}
+C=${2:-20}
+case $ALG in
+    clip) J=bench/ptq.jsonl; SET="q4_0 int4_b32_sfp16 nvfp4 int4_g128 bfp4_b16 mxfp4" ;;
+    smoothquant) J=bench/smooth.jsonl; SET="int8/int8 int6/int6 mxint8/mxint8 bfp6_b16/bfp6_b16 int8_row/int8 int4_g128/int8" ;;
+    *) echo "usage: sh bench/ptq_table.sh [clip|smoothquant] [CHUNKS]" >&2; exit 2 ;;
+esac
 : >"$J"
-echo "| W format | ptq | ppl | KLD mean | KLD p99 | top-1 agreement |"
+echo "| W / A | ptq | ppl | KLD mean | KLD p99 | top-1 agreement |"
 echo "|---|---|---|---|---|---|"
-for f in q4_0 int4_b32_sfp16 nvfp4 int4_g128 bfp4_b16 mxfp4; do
-    for p in none clip; do
-        line=$($B ppl --model $M --text data/wikitext-2-test.txt --ctx 512 --chunks "$C" --wq $f --ptq $p --kld --json 2>/dev/null | tail -1)
-        [ -n "$line" ] || { echo "| $f | $p | FAILED | | | |"; continue; }
-        printf '{"format": "%s", "ptq": "%s", "result": %s}\n' $f $p "$line" >>"$J"
-        echo "$line" | python3 -c "import json,sys; r=json.load(sys.stdin); print('| $f | $p | %.2f | %.5f | %.4f | %.2f%% |' % (r['ppl'], r['kld_mean'], r['kld_p99'], 100 * r['top1_agreement']))"
+for wa in $SET; do
+    w=${wa%/*} a=${wa#*/}
+    aq=""; [ "$a" != "$wa" ] && aq="--aq $a"
+    for p in none $ALG; do
+        line=$($B ppl --model $M --text data/wikitext-2-test.txt --ctx 512 --chunks "$C" --wq $w $aq --ptq $p --kld --json 2>/dev/null | tail -1)
+        [ -n "$line" ] || { echo "| $wa | $p | FAILED | | | |"; continue; }
+        printf '{"w": "%s", "a": "%s", "ptq": "%s", "result": %s}\n' $w "${aq#--aq }" $p "$line" >>"$J"
+        echo "$line" | python3 -c "import json,sys; r=json.load(sys.stdin); print('| $wa | $p | %.2f | %.5f | %.4f | %.2f%% |' % (r['ppl'], r['kld_mean'], r['kld_p99'], 100 * r['top1_agreement']))"
     done
 done
