@@ -397,7 +397,7 @@ static void test_ptq(void)
     OK(bq_qconfig_new(&q));
     OK(bq_qconfig_set(q, "wq", "q4_0"));
     OK(bq_qconfig_set(q, "ptq", "clip"));
-    CHECK(bq_qconfig_set(q, "ptq", "gptq") == BQ_ERR_ARG, "an unknown algorithm must be refused by name");
+    CHECK(bq_qconfig_set(q, "ptq", "awq") == BQ_ERR_ARG, "an unknown algorithm must be refused by name");
     OK(bq_qconfig_calibrate(q, m, ids, 256, 64, 3));
     const calib_stats *cs = q->calib;
     int good = cs && cs->tokens == 192;
@@ -524,6 +524,114 @@ static void test_smoothquant(void)
     bq_qconfig_free(q);
 }
 
+/* GPTQ on one layer: with correlated inputs, the output error |(W - Q) X^T|^2 of
+ * GPTQ's weights (quantised as usual afterwards) is well below round-to-nearest's,
+ * for block, group and element-wise formats; formats with row or tensor scales and
+ * stochastic rounding are refused by name. Then the Gram matrices calibration takes. */
+static double out_err(const float *w, const float *x, int rows, int cols, int n)
+{
+    double e = 0;
+    for (int t = 0; t < n; t++)
+        for (int r = 0; r < rows; r++) {
+            double d = 0;
+            for (int k = 0; k < cols; k++) d += (double)w[(size_t)r * cols + k] * x[(size_t)t * cols + k];
+            e += d * d;
+        }
+    return e;
+}
+
+static void test_gptq(void)
+{
+    enum { R = 48, C = 256, N = 600 };
+    float *w = malloc(sizeof(float) * R * C), *x = malloc(sizeof(float) * N * C), *z = malloc(sizeof(float) * N * C);
+    double *G = calloc((size_t)C * C, sizeof *G);
+    for (int i = 0; i < R * C; i++) w[i] = t_normal() * 0.05f;
+    for (int i = 0; i < N * C; i++) z[i] = t_normal();
+    for (int t = 0; t < N; t++)  /* neighbouring channels correlated, a few loud ones */
+        for (int k = 0; k < C; k++) {
+            float v = z[t * C + k] + 0.8f * (k ? z[t * C + k - 1] : 0) + 0.5f * (k > 1 ? z[t * C + k - 2] : 0);
+            x[t * C + k] = k % 37 == 0 ? 8 * v : v;
+        }
+    for (int t = 0; t < N; t++)
+        for (int a = 0; a < C; a++)
+            for (int b = 0; b < C; b++) G[(size_t)a * C + b] += (double)x[t * C + a] * x[t * C + b];
+    const char *fmts[] = {"mxfp4", "int4_g128", "q4_0", "bfp4_b16", "fp8_e4m3", "int4_asym_g128"};
+    float *rtn = malloc(sizeof(float) * R * C), *gq = malloc(sizeof(float) * R * C), *d = malloc(sizeof(float) * R * C);
+    for (int f = 0; f < 6; f++) {
+        bq_format *fm;
+        OK(bq_format_parse(fmts[f], &fm));
+        OK(bq_qdq(fm, w, rtn, R, C, NULL));
+        memcpy(gq, w, sizeof(float) * R * C);
+        OK(ptq_gptq(fm, gq, R, C, G, 0, NULL));
+        OK(bq_qdq(fm, gq, gq, R, C, NULL));
+        for (int i = 0; i < R * C; i++) d[i] = w[i] - rtn[i];
+        double e_rtn = out_err(d, x, R, C, N);
+        for (int i = 0; i < R * C; i++) d[i] = w[i] - gq[i];
+        double e_gptq = out_err(d, x, R, C, N);
+        printf("  gptq %-15s output error %.4g vs round-to-nearest %.4g\n", fmts[f], e_gptq, e_rtn);
+        CHECK(e_gptq < 0.93 * e_rtn, "%s: GPTQ's output error %g is not below 0.93x round-to-nearest's %g", fmts[f], e_gptq, e_rtn);
+        bq_format_free(fm);
+    }
+    const char *refused[] = {"nvfp4", "int4_row", "int8"};
+    for (int f = 0; f < 3; f++) {
+        bq_format *fm;
+        OK(bq_format_parse(refused[f], &fm));
+        memcpy(gq, w, sizeof(float) * R * C);
+        CHECK(ptq_gptq(fm, gq, R, C, G, 0, NULL) == BQ_ERR_UNSUPPORTED && strstr(bq_last_error(), refused[f]),
+              "gptq with %s: %s", refused[f], bq_last_error());
+        bq_format_free(fm);
+    }
+    bq_format *fm;
+    OK(bq_format_parse("mxfp4", &fm));
+    bq_qopts so = {BQ_ROUND_STOCHASTIC, 1, 0};
+    CHECK(ptq_gptq(fm, gq, R, C, G, 0, &so) == BQ_ERR_UNSUPPORTED, "gptq with stochastic rounding must be refused");
+    bq_format_free(fm);
+    free(w); free(x); free(z); free(G); free(rtn); free(gq); free(d);
+
+    /* calibration's Gram matrices: symmetric, shared by q/k/v and gate/up, diagonal = tokens x mean square */
+    bq_model *m = load(DEFAULT);
+    if (!m) return;
+    int32_t ids[256];
+    for (int i = 0; i < 256; i++) ids[i] = (int32_t)(t_rand() % (unsigned)bq_model_vocab(m));
+    bq_qconfig *q;
+    OK(bq_qconfig_new(&q));
+    OK(bq_qconfig_set(q, "wq", "q4_0"));
+    OK(bq_qconfig_set(q, "ptq", "gptq"));
+    OK(bq_qconfig_calibrate(q, m, ids, 256, 64, 2));
+    const calib_stats *cs = q->calib;
+    int good = cs && cs->gram, grams = 0;
+    for (int k = 0; good && k < cs->n; k++) {
+        int g = calib_gram_slot(cs, k), in = cs->in[k];
+        if (!cs->msq[k]) continue;
+        const double *Gk = cs->gram[g];
+        good &= Gk != NULL && (g == k) == (cs->gram[k] != NULL);
+        grams += g == k;
+        for (int i = 0; Gk && i < in; i++) {
+            good &= fabs(Gk[(size_t)i * in + i] - cs->msq[k][i] * (double)cs->tokens) <= 1e-9 * Gk[(size_t)i * in + i];
+            for (int j = 0; j < i; j++) good &= Gk[(size_t)i * in + j] == Gk[(size_t)j * in + i];
+        }
+    }
+    CHECK(good && grams == 8 * 4 + 1, "calibration's Gram matrices: %d of them, or asymmetric, or a diagonal off", grams);
+    bq_model *qm = load(DEFAULT);
+    OK(bq_model_quantize(qm, q, 1));
+    bq_qconfig_free(q);
+    bq_ppl_opts o = {.ctx = 64, .chunks = 4};
+    bq_kld_result r;
+    OK(bq_kld(m, qm, ids, 256, &o, &r));
+    CHECK(r.kld_mean > 0 && r.kld_mean < 1 && r.top1 > 0.5, "q4_0 with gptq: KL %g, top-1 %g", r.kld_mean, r.top1);
+    bq_model_free(qm);
+    /* gptq asked for after calibration without it: refused, naming the need */
+    OK(bq_qconfig_new(&q));
+    OK(bq_qconfig_set(q, "wq", "q4_0"));
+    OK(bq_qconfig_calibrate(q, m, ids, 256, 64, 1));
+    OK(bq_qconfig_set(q, "ptq", "gptq"));
+    qm = load(DEFAULT);
+    CHECK(qm && bq_model_quantize(qm, q, 1) == BQ_ERR_ARG && strstr(bq_last_error(), "Gram"), "gptq without Gram matrices: %s", bq_last_error());
+    bq_model_free(qm);
+    bq_qconfig_free(q);
+    bq_model_free(m);
+}
+
 int main(void)
 {
     bq_set_threads(0);
@@ -533,5 +641,6 @@ int main(void)
     test_reference();
     test_ptq();
     test_smoothquant();
+    test_gptq();
     return test_summary("test_quant");
 }

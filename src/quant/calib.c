@@ -5,6 +5,7 @@
 #include "quant.h"
 #include "engine.h"
 #include "backend.h"
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,9 +13,14 @@
 void calib_free(calib_stats *s)
 {
     if (!s) return;
-    for (int i = 0; i < s->n; i++) { free(s->msq[i]); if (s->amax) free(s->amax[i]); }
+    for (int i = 0; i < s->n; i++) {
+        free(s->msq[i]);
+        if (s->amax) free(s->amax[i]);
+        if (s->gram) free(s->gram[i]);
+    }
     free(s->msq);
     free(s->amax);
+    free(s->gram);
     free(s->in);
     free(s);
 }
@@ -24,20 +30,32 @@ calib_stats *calib_copy(const calib_stats *s)
     calib_stats *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     *c = (calib_stats){s->n, calloc((size_t)s->n, sizeof *c->in), calloc((size_t)s->n, sizeof *c->msq),
-                       calloc((size_t)s->n, sizeof *c->amax), s->tokens};
-    int ok = c->in && c->msq && c->amax;
+                       calloc((size_t)s->n, sizeof *c->amax), calloc((size_t)s->n, sizeof *c->gram), s->tokens};
+    int ok = c->in && c->msq && c->amax && c->gram;
     for (int k = 0; k < s->n && ok; k++) {
         c->in[k] = s->in[k];
         if (!s->msq[k]) continue;
         size_t b = (size_t)s->in[k] * sizeof(double);
         ok = (c->msq[k] = malloc(b)) && (c->amax[k] = malloc(b));
         if (ok) { memcpy(c->msq[k], s->msq[k], b); memcpy(c->amax[k], s->amax[k], b); }
+        if (ok && s->gram && s->gram[k] && (ok = (c->gram[k] = malloc(b * s->in[k])) != NULL))
+            memcpy(c->gram[k], s->gram[k], b * s->in[k]);
     }
     if (!ok) { calib_free(c); return NULL; }
     return c;
 }
 
-typedef struct { calib_stats *s; int layers; } obs;
+/* k and v read q's input, up reads gate's (when there is a gate): one Gram matrix. */
+int calib_gram_slot(const calib_stats *s, int k)
+{
+    if (k >= s->n - 1) return k;  /* the LM head */
+    int role = k % 7, base = k - role;
+    if ((role == R_K || role == R_V) && s->in[base + R_Q] == s->in[k]) return base + R_Q;
+    if (role == R_UP && s->in[base + R_GATE] == s->in[k]) return base + R_GATE;
+    return k;
+}
+
+typedef struct { calib_stats *s; int layers; double *xd; size_t xcap; int oom; } obs;
 
 static void observe(void *arg, int layer, int role, const float *x, int n, int in)
 {
@@ -52,6 +70,36 @@ static void observe(void *arg, int layer, int role, const float *x, int n, int i
             acc[i] += v * v;
             mx[i] = fabs(v) > mx[i] ? fabs(v) : mx[i];
         }
+    double *G = o->s->gram ? o->s->gram[k] : NULL;
+    if (!G) return;
+    /* X^T X in double: the batch widened, then one symmetric rank-n update (upper
+     * triangle; mirrored once at the end) */
+    size_t need = (size_t)n * in;
+    if (need > o->xcap) {
+        free(o->xd);
+        o->xcap = 0;
+        if (!(o->xd = malloc(need * sizeof *o->xd))) { o->oom = 1; return; }
+        o->xcap = need;
+    }
+    for (size_t i = 0; i < need; i++) o->xd[i] = x[i];
+    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, in, n, 1.0, o->xd, in, 1.0, G, in);
+}
+
+/* With gptq the Gram matrices: refused past 8 GB (per-layer calibration is not built). */
+static bq_status alloc_grams(calib_stats *s)
+{
+    double bytes = 0;
+    for (int k = 0; k < s->n; k++)
+        if (s->msq[k] && calib_gram_slot(s, k) == k) bytes += (double)s->in[k] * s->in[k] * 8;
+    if (bytes > 8e9)
+        return bq_fail(BQ_ERR_UNSUPPORTED, "gptq: the calibration's Gram matrices would take %.1f GB (all layers at once; layer-by-layer calibration is not built)", bytes / 1e9);
+    if (s->n <= 0) return BQ_OK;
+    if (!(s->gram = calloc((unsigned)s->n, sizeof *s->gram))) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    for (int k = 0; k < s->n; k++)
+        if (s->msq[k] && s->in[k] > 0 && calib_gram_slot(s, k) == k &&
+            !(s->gram[k] = calloc((size_t)s->in[k] * (size_t)s->in[k], sizeof(double))))
+            return bq_fail(BQ_ERR_NOMEM, "out of memory for the Gram matrices");
+    return BQ_OK;
 }
 
 bq_status bq_qconfig_calibrate(bq_qconfig *q, const bq_model *m, const int32_t *ids, size_t n, int ctx, int chunks)
@@ -76,10 +124,11 @@ bq_status bq_qconfig_calibrate(bq_qconfig *q, const bq_model *m, const int32_t *
         s->in[k] = l->in;
         if (!(s->msq[k] = calloc((size_t)l->in, sizeof **s->msq)) || !(s->amax[k] = calloc((size_t)l->in, sizeof **s->amax))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
     }
+    if (!st && q->ptq_gptq) st = alloc_grams(s);
     bq_ctx *c = NULL;
     float *lg = st ? NULL : malloc((size_t)m->c.vocab * sizeof *lg);
     if (!st && !lg) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-    obs o = {s, L};
+    obs o = {s, L, NULL, 0, 0};
     if (!st && !(st = bq_ctx_new(m, ctx, &c))) st = bq_ctx_set_observer(c, observe, &o);
     for (size_t w = 0; w < windows && !st; w++) {
         bq_ctx_reset(c);
@@ -88,6 +137,11 @@ bq_status bq_qconfig_calibrate(bq_qconfig *q, const bq_model *m, const int32_t *
     }
     bq_ctx_free(c);
     free(lg);
+    free(o.xd);
+    if (!st && o.oom) st = bq_fail(BQ_ERR_NOMEM, "out of memory for the Gram matrices");
+    for (int k = 0; k < nl && !st && s->gram; k++)  /* the upper triangle mirrored */
+        for (int i = 0; s->gram[k] && i < s->in[k]; i++)
+            for (int j = 0; j < i; j++) s->gram[k][(size_t)i * s->in[k] + j] = s->gram[k][(size_t)j * s->in[k] + i];
     for (int k = 0; k < nl && !st; k++)  /* sums to means */
         for (int i = 0; s->msq[k] && i < s->in[k]; i++) s->msq[k][i] /= (double)s->tokens;
     if (st) { calib_free(s); return st; }

@@ -96,16 +96,18 @@ static bq_status add_mul_rule(bq_qconfig *q, const char *pattern, const char *mu
 }
 
 /* --ptq LIST: the post-training algorithms, comma-separated; whatever the order
- * given, smoothquant runs first (it changes the weights clip then clips) */
+ * given, smoothquant runs first (it changes the weights the others quantise), then
+ * gptq, which clips each group as it goes when clip is also asked for */
 static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
 {
-    int clip = 0, smooth = 0;
+    int clip = 0, smooth = 0, gptq = 0;
     double alpha = 0.5;
     char buf[128];
     if (strlen(list) >= sizeof buf) return bq_fail(BQ_ERR_ARG, "%s: list too long", where);
     strcpy(buf, list);
     for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         if (!strcmp(t, "clip")) clip = 1;
+        else if (!strcmp(t, "gptq")) gptq = 1;
         else if (!strcmp(t, "none")) continue;
         else if (!strncmp(t, "smoothquant", 11) && (!t[11] || t[11] == ':')) {
             smooth = 1;
@@ -113,9 +115,10 @@ static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
             if (t[11] && (alpha = strtod(t + 12, &end), !end || *end || end == t + 12 || !(alpha >= 0 && alpha <= 1)))
                 return bq_fail(BQ_ERR_ARG, "%s: smoothquant's alpha must be a number in [0, 1], not '%s'", where, t + 12);
         } else
-            return bq_fail(BQ_ERR_ARG, "%s: unknown post-training algorithm '%s' (this blockq has: smoothquant[:alpha], clip, none)", where, t);
+            return bq_fail(BQ_ERR_ARG, "%s: unknown post-training algorithm '%s' (this blockq has: smoothquant[:alpha], gptq, clip, none)", where, t);
     }
     q->ptq_clip = clip;
+    q->ptq_gptq = gptq;
     q->ptq_smooth = smooth;
     q->smooth_alpha = alpha;
     return BQ_OK;
@@ -180,7 +183,7 @@ bq_status qconfig_parse(bq_qconfig *q, const char *src, size_t n, const char *pa
             if (e->kind != TV_STR) st = bq_fail(BQ_ERR_PARSE, "%s: mul must be \"exact\", \"lmul\" or \"lmul:L\"", where);
             else if ((st = add_mul_rule(q, "default", e->s, e->line))) st = bq_fail(st, "%s: %s", where, bq_last_error());
         } else if (!strcmp(e->key, "ptq")) {
-            if (e->kind != TV_STR) st = bq_fail(BQ_ERR_PARSE, "%s: ptq must be a string (\"clip\", \"smoothquant\")", where);
+            if (e->kind != TV_STR) st = bq_fail(BQ_ERR_PARSE, "%s: ptq must be a string (\"clip\", \"gptq\", \"smoothquant\")", where);
             else st = set_ptq(q, e->s, where);
         } else if (!strcmp(e->key, "attn") || !strcmp(e->key, "kv")) {
             if (e->kind != TV_STR) st = bq_fail(BQ_ERR_PARSE, "%s: %s must be a format name string", where, e->key);
@@ -238,8 +241,12 @@ static bq_status hold_bf16(float **w, pmat **pw, int rows, int cols)
 /* Quantise one weight matrix: in place (fake quantisation) or into a packed
  * matrix that replaces the float one. An already packed weight can only be
  * asked for the format it holds. */
+/* What the post-training algorithms get for one weight: calibration's mean squares
+ * and Gram matrix of its input (NULL: none). */
+typedef struct { int clip, gptq; const double *imp, *gram; } ptq_in;
+
 static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *fmt, const bq_qopts *o,
-                         const char *name, int pack, int clip, const double *imp)
+                         const char *name, int pack, ptq_in p)
 {
     bq_format *f;
     bq_status st = bq_format_parse(fmt, &f);
@@ -264,7 +271,11 @@ static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *f
     } else if (in.block > cols) {
         st = bq_fail(BQ_ERR_SHAPE, "%s: format %s has blocks of %d but the reduction dimension is %d", name, fmt,
                      in.block, cols);
-    } else if (clip && (st = ptq_clip(f, *w, rows, cols, imp, o))) {  /* clamped: the scales follow */
+    } else if (p.gptq && !p.gram) {
+        st = bq_fail(BQ_ERR_ARG, "%s: gptq needs the Gram matrix of its input (calibrate with gptq asked for)", name);
+    } else if (p.gptq && (st = ptq_gptq(f, *w, rows, cols, p.gram, p.clip, o))) {  /* updated: the last rounding follows */
+        st = bq_fail(st, "%s: %s", name, bq_last_error());
+    } else if (!p.gptq && p.clip && (st = ptq_clip(f, *w, rows, cols, p.imp, o))) {  /* clamped: the scales follow */
         st = bq_fail(st, "%s: %s", name, bq_last_error());
     } else if (!pack) {
         st = bq_qdq(f, *w, *w, (size_t)rows, (size_t)cols, o);
@@ -351,10 +362,15 @@ static void resolve(const bq_qconfig *q, const char *name, int is_block, const c
     }
 }
 
-/* Calibration's mean squares for linear k, if they were taken on a model of this shape. */
-static const double *calib_for(const calib_stats *s, int k, int in)
+/* The algorithms' inputs for linear k (slot k of the calibration, if it was taken on a
+ * model of this shape). */
+static ptq_in ptq_for(const bq_qconfig *q, const calib_stats *s, int k, int in)
 {
-    return s && k < s->n && s->in[k] == in ? s->msq[k] : NULL;
+    ptq_in p = {q->ptq_clip, q->ptq_gptq, NULL, NULL};
+    if (!s || k >= s->n || s->in[k] != in) return p;
+    p.imp = s->msq[k];
+    if (s->gram) p.gram = s->gram[calib_gram_slot(s, k)];
+    return p;
 }
 
 static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack)
@@ -382,7 +398,7 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
             linear *l = ls[j];
             if (!LINEAR_PRESENT(l)) continue;
             resolve(q, l->name, 1, &w, &a, hits);
-            if (*w) st = apply_w(&l->w, &l->pw, l->out, l->in, w, o, l->name, pack, q->ptq_clip, calib_for(cs, calib_index(m->c.layers, i, j), l->in));
+            if (*w) st = apply_w(&l->w, &l->pw, l->out, l->in, w, o, l->name, pack, ptq_for(q, cs, calib_index(m->c.layers, i, j), l->in));
             if (!st) st = set_act(l, a);
             const char *mul = resolve_mul(q, l->name, 1);
             if (!st && *mul) st = set_mul(l, mul, w);
@@ -410,10 +426,10 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
         else { memcpy(copy, m->tok_emb, n * sizeof *copy); m->head.w = copy; tied = 0; }
     }
     if (!st && *ew) {
-        st = apply_w(&m->tok_emb, &m->emb_p, m->c.vocab, m->c.embed_dim, ew, o, "embed_tokens", pack, q->ptq_clip, NULL);
+        st = apply_w(&m->tok_emb, &m->emb_p, m->c.vocab, m->c.embed_dim, ew, o, "embed_tokens", pack, (ptq_in){q->ptq_clip, 0, NULL, NULL});
         if (!st && tied && m->emb_p) { m->head.w = NULL; m->head.pw = m->emb_p; }
     }
-    if (!st && *hw && !tied) st = apply_w(&m->head.w, &m->head.pw, m->head.out, m->head.in, hw, o, "lm_head", pack, q->ptq_clip, calib_for(cs, calib_index(m->c.layers, -1, 0), m->head.in));
+    if (!st && *hw && !tied) st = apply_w(&m->head.w, &m->head.pw, m->head.out, m->head.in, hw, o, "lm_head", pack, ptq_for(q, cs, calib_index(m->c.layers, -1, 0), m->head.in));
     if (!st) st = set_act(&m->head, ha);
     if (!st && *ea) st = bq_fail(BQ_ERR_ARG, "embed_tokens has no input activation to quantise (a = \"%s\")", ea);
     const char *roles[2] = {q->attn, q->kv};

@@ -30,7 +30,14 @@ typedef struct {
 /* Calibration statistics (calib.c): per linear of the model (layer * 7 + role, then
  * the LM head at layers * 7), the mean square of each input channel over the
  * calibration tokens, collected by running the float model. */
-typedef struct { int n; int *in; double **msq, **amax; size_t tokens; } calib_stats;  /* amax: largest |x| a channel */
+typedef struct {
+    int n, *in;
+    double **msq, **amax;  /* per input channel: mean square, largest |x| */
+    double **gram;         /* with gptq: X^T X [in][in], summed, at the slot of the first linear
+                            * reading that input (q for k and v, gate for up; calib_gram_slot) */
+    size_t tokens;
+} calib_stats;
+int calib_gram_slot(const calib_stats *s, int k);
 /* The statistics' slot of linear j of a layer (layer -1: the LM head). */
 static inline int calib_index(int layers, int layer, int j) { return layer < 0 ? layers * 7 : layer * 7 + j; }
 void calib_free(calib_stats *s);
@@ -43,7 +50,8 @@ struct bq_qconfig {
     bq_qopts opts;
     char source[256];   /* file name, for messages */
     int ptq_clip;       /* --ptq clip: MSE clipping of each weight group (clip.c) */
-    int ptq_smooth;     /* --ptq smoothquant[:alpha] (smooth.c), applied before clip */
+    int ptq_smooth;     /* --ptq smoothquant[:alpha] (smooth.c), applied first */
+    int ptq_gptq;       /* --ptq gptq (gptq.c): needs the Gram matrices, taken at calibration */
     double smooth_alpha;
     calib_stats *calib; /* bq_qconfig_calibrate's statistics (NULL: none) */
     void (*warn)(void *arg, const char *msg);  /* NULL: standard error */
@@ -59,6 +67,8 @@ bq_status qconfig_parse(bq_qconfig *q, const char *src, size_t n, const char *pa
 /* SmoothQuant's factors folded into m's float weights and norms; cs (a copy of the
  * calibration) is rescaled with the inputs. */
 bq_status ptq_smooth(bq_model *m, calib_stats *cs, double alpha);
+/* GPTQ on w [rows][cols] with the Gram matrix of its input; clip: each group clipped too. */
+bq_status ptq_gptq(const bq_format *f, float *w, int rows, int cols, const double *gram, int clip, const bq_qopts *o);
 bq_status ptq_clip(const bq_format *f, float *w, int rows, int cols, const double *imp, const bq_qopts *o);
 
 

@@ -14,8 +14,8 @@
  * Left out: o_proj (its input comes from v through the attention; with grouped
  * KV heads one factor would serve several query heads) and post-LayerNorm
  * models (the norm's output also feeds the residual), which are refused.
- * The calibration statistics of the smoothed linears are rescaled with them, so
- * a later `clip` weighs the errors of the smoothed inputs. */
+ * The calibration statistics of the smoothed linears (and Gram matrices) are
+ * rescaled with them, so a later `gptq` or `clip` sees the smoothed inputs. */
 #include "quant.h"
 #include "backend.h"
 #include "pmat.h"
@@ -57,6 +57,12 @@ static bq_status smooth_group(bq_model *m, calib_stats *cs, linear **ls, const i
             for (int r = 0; r < ls[i]->out; r++) wmax = fmax(wmax, fabs(ls[i]->w[(size_t)r * in + j]));
         s[j] = amax[j] > 0 && wmax > 0 ? pow(amax[j], alpha) / pow(wmax, 1 - alpha) : 1.0;
         s[j] = fmin(fmax(s[j], 1e-5), 1e5);
+    }
+    for (int i = 0; i < n && !st && cs->gram; i++) {  /* the shared Gram matrix, once: G_ab / (s_a s_b) */
+        int g = calib_gram_slot(cs, k[i]);
+        double *G = g == k[i] ? cs->gram[g] : NULL;
+        for (int a = 0; G && a < in; a++)
+            for (int b = 0; b < in; b++) G[(size_t)a * in + b] /= s[a] * s[b];
     }
     for (int j = 0; j < in && !st; j++) {
         for (int i = 0; i < n; i++) {
