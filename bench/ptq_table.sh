@@ -1,8 +1,9 @@
 #!/bin/sh
 # The --ptq tables of docs/quantisation.md: perplexity and KL divergence from the float model
 # on the same windows, without and with a post-training algorithm.
-#   sh bench/ptq_table.sh [clip|smoothquant] [CHUNKS]
+#   sh bench/ptq_table.sh [clip|gptq|smoothquant] [CHUNKS]
 #     clip (default):  weight formats alone, round-to-nearest vs --ptq clip      -> bench/ptq.jsonl
+#     gptq:            weight formats alone, none, clip, gptq, gptq+clip         -> bench/gptq.jsonl
 #     smoothquant:     weight/activation pairs, without vs --ptq smoothquant     -> bench/smooth.jsonl
 # and a Markdown table on stdout.
 B=${B:-build/blockq}
@@ -10,9 +11,11 @@ M=${M:-models/llama-19m-en}
 ALG=${1:-clip}
 C=${2:-20}
 case $ALG in
-    clip) J=bench/ptq.jsonl; SET="q4_0 int4_b32_sfp16 nvfp4 int4_g128 bfp4_b16 mxfp4" ;;
-    smoothquant) J=bench/smooth.jsonl; SET="int8/int8 int6/int6 mxint8/mxint8 bfp6_b16/bfp6_b16 int8_row/int8 int4_g128/int8" ;;
-    *) echo "usage: sh bench/ptq_table.sh [clip|smoothquant] [CHUNKS]" >&2; exit 2 ;;
+    clip) J=bench/ptq.jsonl; ALGS="none clip"; SET="q4_0 int4_b32_sfp16 nvfp4 int4_g128 bfp4_b16 mxfp4" ;;
+    gptq) J=bench/gptq.jsonl; ALGS="none clip gptq gptq,clip"; SET="q4_0 int4_g128 bfp4_b16 mxfp4 bfp3_b16 fp8_e4m3" ;;
+    smoothquant) J=bench/smooth.jsonl; ALGS="none smoothquant"
+        SET="int8/int8 int6/int6 mxint8/mxint8 bfp6_b16/bfp6_b16 int8_row/int8 int4_g128/int8" ;;
+    *) echo "usage: sh bench/ptq_table.sh [clip|gptq|smoothquant] [CHUNKS]" >&2; exit 2 ;;
 esac
 : >"$J"
 echo "| W / A | ptq | ppl | KLD mean | KLD p99 | top-1 agreement |"
@@ -20,7 +23,7 @@ echo "|---|---|---|---|---|---|"
 for wa in $SET; do
     w=${wa%/*} a=${wa#*/}
     aq=""; [ "$a" != "$wa" ] && aq="--aq $a"
-    for p in none $ALG; do
+    for p in $ALGS; do
         line=$($B ppl --model $M --text data/wikitext-2-test.txt --ctx 512 --chunks "$C" --wq $w $aq --ptq $p --kld --json 2>/dev/null | tail -1)
         [ -n "$line" ] || { echo "| $wa | $p | FAILED | | | |"; continue; }
         printf '{"w": "%s", "a": "%s", "ptq": "%s", "result": %s}\n' $w "${aq#--aq }" $p "$line" >>"$J"

@@ -74,7 +74,7 @@ bq_status json_unique_keys(const cJSON *root, const char *path);
 /* A linear layer y = q(x) W^T + b; W is [out, in] row-major (already fake-quantised
  * when a weight format applies); aq quantises the input activation (NULL: float). */
 typedef struct pmat pmat;
-typedef struct {
+typedef struct linear {
     float *w, *b;
     pmat *pw;          /* packed weight (src/kernels/pmat.h); then w is NULL */
     int in, out;

@@ -85,7 +85,7 @@ static void observe(void *arg, int layer, int role, const float *x, int n, int i
     cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, in, n, 1.0, o->xd, in, 1.0, G, in);
 }
 
-/* With gptq the Gram matrices: refused past 8 GB (per-layer calibration is not built). */
+/* With gptq or awq the Gram matrices: refused past 8 GB (per-layer calibration is not built). */
 static bq_status alloc_grams(calib_stats *s)
 {
     double bytes = 0;
@@ -124,7 +124,7 @@ bq_status bq_qconfig_calibrate(bq_qconfig *q, const bq_model *m, const int32_t *
         s->in[k] = l->in;
         if (!(s->msq[k] = calloc((size_t)l->in, sizeof **s->msq)) || !(s->amax[k] = calloc((size_t)l->in, sizeof **s->amax))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
     }
-    if (!st && q->ptq_gptq) st = alloc_grams(s);
+    if (!st && (q->ptq_gptq || q->ptq_awq)) st = alloc_grams(s);
     bq_ctx *c = NULL;
     float *lg = st ? NULL : malloc((size_t)m->c.vocab * sizeof *lg);
     if (!st && !lg) st = bq_fail(BQ_ERR_NOMEM, "out of memory");

@@ -96,11 +96,11 @@ static bq_status add_mul_rule(bq_qconfig *q, const char *pattern, const char *mu
 }
 
 /* --ptq LIST: the post-training algorithms, comma-separated; whatever the order
- * given, smoothquant runs first (it changes the weights the others quantise), then
- * gptq, which clips each group as it goes when clip is also asked for */
+ * given: smoothquant, awq (both rescale channels), then gptq, which clips each group
+ * as it goes when clip is also asked for, else clip */
 static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
 {
-    int clip = 0, smooth = 0, gptq = 0;
+    int clip = 0, smooth = 0, gptq = 0, awq = 0;
     double alpha = 0.5;
     char buf[128];
     if (strlen(list) >= sizeof buf) return bq_fail(BQ_ERR_ARG, "%s: list too long", where);
@@ -108,6 +108,7 @@ static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
     for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         if (!strcmp(t, "clip")) clip = 1;
         else if (!strcmp(t, "gptq")) gptq = 1;
+        else if (!strcmp(t, "awq")) awq = 1;
         else if (!strcmp(t, "none")) continue;
         else if (!strncmp(t, "smoothquant", 11) && (!t[11] || t[11] == ':')) {
             smooth = 1;
@@ -115,10 +116,11 @@ static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
             if (t[11] && (alpha = strtod(t + 12, &end), !end || *end || end == t + 12 || !(alpha >= 0 && alpha <= 1)))
                 return bq_fail(BQ_ERR_ARG, "%s: smoothquant's alpha must be a number in [0, 1], not '%s'", where, t + 12);
         } else
-            return bq_fail(BQ_ERR_ARG, "%s: unknown post-training algorithm '%s' (this blockq has: smoothquant[:alpha], gptq, clip, none)", where, t);
+            return bq_fail(BQ_ERR_ARG, "%s: unknown post-training algorithm '%s' (this blockq has: smoothquant[:alpha], awq, gptq, clip, none)", where, t);
     }
     q->ptq_clip = clip;
     q->ptq_gptq = gptq;
+    q->ptq_awq = awq;
     q->ptq_smooth = smooth;
     q->smooth_alpha = alpha;
     return BQ_OK;
@@ -183,7 +185,7 @@ bq_status qconfig_parse(bq_qconfig *q, const char *src, size_t n, const char *pa
             if (e->kind != TV_STR) st = bq_fail(BQ_ERR_PARSE, "%s: mul must be \"exact\", \"lmul\" or \"lmul:L\"", where);
             else if ((st = add_mul_rule(q, "default", e->s, e->line))) st = bq_fail(st, "%s: %s", where, bq_last_error());
         } else if (!strcmp(e->key, "ptq")) {
-            if (e->kind != TV_STR) st = bq_fail(BQ_ERR_PARSE, "%s: ptq must be a string (\"clip\", \"gptq\", \"smoothquant\")", where);
+            if (e->kind != TV_STR) st = bq_fail(BQ_ERR_PARSE, "%s: ptq must be a string (\"clip\", \"gptq\", \"awq\", \"smoothquant\")", where);
             else st = set_ptq(q, e->s, where);
         } else if (!strcmp(e->key, "attn") || !strcmp(e->key, "kv")) {
             if (e->kind != TV_STR) st = bq_fail(BQ_ERR_PARSE, "%s: %s must be a format name string", where, e->key);
@@ -356,10 +358,17 @@ static void resolve(const bq_qconfig *q, const char *name, int is_block, const c
         const qrule *r = &q->rules[i];
         int m = !strcmp(r->pattern, "default") ? is_block : glob_match(r->pattern, name);
         if (!m) continue;
-        hits[i]++;
+        if (hits) hits[i]++;
         if (r->w[0]) *w = r->w;
         if (r->a[0]) *a = r->a;
     }
+}
+
+const char *qconfig_weight_format(const bq_qconfig *q, const char *name)
+{
+    const char *w, *a;
+    resolve(q, name, 1, &w, &a, NULL);
+    return w;
 }
 
 /* The algorithms' inputs for linear k (slot k of the calibration, if it was taken on a
@@ -388,6 +397,12 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
         if (!q->calib) st = bq_fail(BQ_ERR_ARG, "smoothquant needs calibration statistics (bq_qconfig_calibrate, --calib)");
         else if (!(smoothed = calib_copy(q->calib))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
         else st = ptq_smooth(m, smoothed, q->smooth_alpha);
+        cs = smoothed;
+    }
+    if (!st && q->ptq_awq) {
+        if (!q->calib) st = bq_fail(BQ_ERR_ARG, "awq needs calibration statistics (bq_qconfig_calibrate, --calib)");
+        else if (!smoothed && !(smoothed = calib_copy(q->calib))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        else st = ptq_awq(m, smoothed, q);
         cs = smoothed;
     }
     const char *w, *a;

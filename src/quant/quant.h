@@ -52,6 +52,7 @@ struct bq_qconfig {
     int ptq_clip;       /* --ptq clip: MSE clipping of each weight group (clip.c) */
     int ptq_smooth;     /* --ptq smoothquant[:alpha] (smooth.c), applied first */
     int ptq_gptq;       /* --ptq gptq (gptq.c): needs the Gram matrices, taken at calibration */
+    int ptq_awq;        /* --ptq awq (awq.c): likewise; after smoothquant, before gptq and clip */
     double smooth_alpha;
     calib_stats *calib; /* bq_qconfig_calibrate's statistics (NULL: none) */
     void (*warn)(void *arg, const char *msg);  /* NULL: standard error */
@@ -64,9 +65,18 @@ bq_status qconfig_parse(bq_qconfig *q, const char *src, size_t n, const char *pa
 /* Clamp each scale group of w in place to the range whose quantisation has the least
  * squared error, each column's error weighted by imp[column] (NULL: equally); quantising
  * or packing the result then uses the clipped scales (clip.c). */
-/* SmoothQuant's factors folded into m's float weights and norms; cs (a copy of the
- * calibration) is rescaled with the inputs. */
+/* Per-input-channel factors folded into m's float weights and norms (smooth.c): for
+ * each group of linears that read one input, fn fills s (weights' columns times s,
+ * the input divided by it); cs (a copy of the calibration) is rescaled with the inputs. */
+struct linear;
+typedef bq_status (*ptq_scale_fn)(void *arg, const calib_stats *cs, struct linear **ls, const int *k, int n, double *s);
+bq_status ptq_fold_scales(bq_model *m, calib_stats *cs, ptq_scale_fn fn, void *arg, const char *who);
+/* SmoothQuant's factors (smooth.c); AWQ's, searched per group on the calibration's
+ * Gram matrices for the weight formats q gives (awq.c). */
 bq_status ptq_smooth(bq_model *m, calib_stats *cs, double alpha);
+bq_status ptq_awq(bq_model *m, calib_stats *cs, const bq_qconfig *q);
+/* The weight format q gives the tensor `name` ("" if none). */
+const char *qconfig_weight_format(const bq_qconfig *q, const char *name);
 /* GPTQ on w [rows][cols] with the Gram matrix of its input; clip: each group clipped too. */
 bq_status ptq_gptq(const bq_format *f, float *w, int rows, int cols, const double *gram, int clip, const bq_qopts *o);
 bq_status ptq_clip(const bq_format *f, float *w, int rows, int cols, const double *imp, const bq_qopts *o);

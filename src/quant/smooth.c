@@ -28,7 +28,7 @@ static bq_status float_weights(linear *l)
 {
     if (l->w) return BQ_OK;
     if (!pmat_is_float16(l->pw))
-        return bq_fail(BQ_ERR_ARG, "smoothquant: %s is already packed as %s; smooth the float model", l->name, l->pw->f->name);
+        return bq_fail(BQ_ERR_ARG, "%s is already packed as %s; scale the float model", l->name, l->pw->f->name);
     float *x = malloc((size_t)l->out * l->in * sizeof *x);
     if (!x) return bq_fail(BQ_ERR_NOMEM, "out of memory");
     pmat_decode(l->pw, 0, l->out, x);
@@ -38,26 +38,21 @@ static bq_status float_weights(linear *l)
     return BQ_OK;
 }
 
-/* Smooth the linears ls[0..n) (slots k[]) that share one input of `in` channels;
- * the input's producer is divided by s through `norm` or the rows of `prev`. */
-static bq_status smooth_group(bq_model *m, calib_stats *cs, linear **ls, const int *k, int n, const normp *norm,
-                              linear *prev, double alpha)
+/* The scales of one group of linears that read the same input (smoothquant's
+ * rule; awq.c has a searched one), then folded: the weights' columns times s_j,
+ * the input's producer (`norm`, or the rows of `prev`) divided by it. */
+static bq_status fold_group(calib_stats *cs, linear **ls, const int *k, int n, const normp *norm, linear *prev,
+                            ptq_scale_fn fn, void *arg)
 {
     int in = ls[0]->in;
-    const double *amax = cs->amax[k[0]];
-    if (!amax) return BQ_OK;  /* not calibrated */
+    if (!cs->amax[k[0]]) return BQ_OK;  /* not calibrated */
     double *s = malloc((size_t)in * sizeof *s);
     if (!s) return bq_fail(BQ_ERR_NOMEM, "out of memory");
     bq_status st = BQ_OK;
     for (int i = 0; i < n && !st; i++) st = float_weights(ls[i]);
     if (!st && prev) st = float_weights(prev);
-    for (int j = 0; j < in && !st; j++) {
-        double wmax = 0;
-        for (int i = 0; i < n; i++)
-            for (int r = 0; r < ls[i]->out; r++) wmax = fmax(wmax, fabs(ls[i]->w[(size_t)r * in + j]));
-        s[j] = amax[j] > 0 && wmax > 0 ? pow(amax[j], alpha) / pow(wmax, 1 - alpha) : 1.0;
-        s[j] = fmin(fmax(s[j], 1e-5), 1e5);
-    }
+    if (!st) st = fn(arg, cs, ls, k, n, s);
+    for (int j = 0; j < in && !st; j++) s[j] = fmin(fmax(s[j], 1e-5), 1e5);
     for (int i = 0; i < n && !st && cs->gram; i++) {  /* the shared Gram matrix, once: G_ab / (s_a s_b) */
         int g = calib_gram_slot(cs, k[i]);
         double *G = g == k[i] ? cs->gram[g] : NULL;
@@ -82,10 +77,25 @@ static bq_status smooth_group(bq_model *m, calib_stats *cs, linear **ls, const i
     return st;
 }
 
-bq_status ptq_smooth(bq_model *m, calib_stats *cs, double alpha)
+/* SmoothQuant's factors: s_j = max|X_j|^alpha / max|W_.j|^(1 - alpha). */
+static bq_status smooth_scales(void *arg, const calib_stats *cs, linear **ls, const int *k, int n, double *s)
+{
+    double alpha = *(const double *)arg;
+    const double *amax = cs->amax[k[0]];
+    int in = ls[0]->in;
+    for (int j = 0; j < in; j++) {
+        double wmax = 0;
+        for (int i = 0; i < n; i++)
+            for (int r = 0; r < ls[i]->out; r++) wmax = fmax(wmax, fabs(ls[i]->w[(size_t)r * in + j]));
+        s[j] = amax[j] > 0 && wmax > 0 ? pow(amax[j], alpha) / pow(wmax, 1 - alpha) : 1.0;
+    }
+    return BQ_OK;
+}
+
+bq_status ptq_fold_scales(bq_model *m, calib_stats *cs, ptq_scale_fn fn, void *arg, const char *who)
 {
     if (!m->c.pre_norm)
-        return bq_fail(BQ_ERR_UNSUPPORTED, "smoothquant: a post-LayerNorm model (its norms also feed the residual) cannot absorb the factors");
+        return bq_fail(BQ_ERR_UNSUPPORTED, "%s: a post-LayerNorm model (its norms also feed the residual) cannot absorb the factors", who);
     int L = m->c.layers;
     bq_status st = BQ_OK;
     for (int i = 0; i < L && !st; i++) {
@@ -98,16 +108,21 @@ bq_status ptq_smooth(bq_model *m, calib_stats *cs, double alpha)
         int roles[3] = {R_Q, R_K, R_V};
         for (int r = 0; r < 3; r++)
             if (LINEAR_PRESENT(cand[r]) && cand[r]->in == m->c.hidden) { qkv[nq] = cand[r]; kq[nq++] = calib_index(L, i, roles[r]); }
-        if (nq && n1 && n1->w) st = smooth_group(m, cs, qkv, kq, nq, n1, NULL, alpha);
+        if (nq && n1 && n1->w) st = fold_group(cs, qkv, kq, nq, n1, NULL, fn, arg);
         linear *mlp[2];
         int km[2], nm = 0;
         if (LINEAR_PRESENT(gate)) { mlp[nm] = gate; km[nm++] = calib_index(L, i, R_GATE); }
         if (LINEAR_PRESENT(up)) { mlp[nm] = up; km[nm++] = calib_index(L, i, R_UP); }
-        if (!st && nm && n2 && n2->w) st = smooth_group(m, cs, mlp, km, nm, n2, NULL, alpha);
+        if (!st && nm && n2 && n2->w) st = fold_group(cs, mlp, km, nm, n2, NULL, fn, arg);
         if (!st && LINEAR_PRESENT(down) && LINEAR_PRESENT(up) && m->c.act != ACT_GELU_TANH) {
             int kd = calib_index(L, i, R_DOWN);
-            st = smooth_group(m, cs, &down, &kd, 1, NULL, up, alpha);
+            st = fold_group(cs, &down, &kd, 1, NULL, up, fn, arg);
         }
     }
     return st;
+}
+
+bq_status ptq_smooth(bq_model *m, calib_stats *cs, double alpha)
+{
+    return ptq_fold_scales(m, cs, smooth_scales, &alpha, "smoothquant");
 }
