@@ -48,6 +48,7 @@ double bq_now(void)
 }
 
 /* ---- the persistent pool ----------------------------------------------------- */
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -69,8 +70,11 @@ struct bq_pool {
 
 typedef struct { bq_pool *p; int id; } worker_arg;
 
-static inline void cpu_relax(void)
+/* Spin politely: a pause at first, then give the core away, so that more threads
+ * than cores (or a busy machine) do not starve the threads with work. */
+static inline void wait_a_little(int spins)
 {
+    if (spins >= 1000) { sched_yield(); return; }
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
@@ -88,7 +92,7 @@ static void *pool_worker(void *arg)
         unsigned g;
         double t0 = 0;
         for (int spins = 0; (g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen; spins++) {
-            cpu_relax();
+            wait_a_little(spins);
             if (spins % 256) continue;
             if (t0 == 0) { t0 = bq_now(); continue; }
             if (bq_now() - t0 < SPIN_S_US * 1e-6) continue;
@@ -153,7 +157,7 @@ void bq_pool_for(bq_pool *p, size_t n, int threads, bq_range_fn fn, void *arg)
     p->t = t;
     pool_publish(p);
     fn(arg, 0, n / (size_t)t);
-    while (atomic_load_explicit(&p->pending, memory_order_acquire)) cpu_relax();
+    for (int spins = 0; atomic_load_explicit(&p->pending, memory_order_acquire); spins++) wait_a_little(spins);
 }
 
 void bq_pool_free(bq_pool *p)
