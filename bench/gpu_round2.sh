@@ -6,13 +6,14 @@
 # the random 7B-shaped checkpoint's whole commands with wall time and peak host
 # memory (issue 15's targets) and batch-1 decode per weight format (issue 17).
 #   sh bench/gpu_round2.sh $OUT        STAGES="tests bundled scale decode" (default: all)
+#   STAGES=packed: only quantising the 7B shape to a packed .bq and decoding from it (load time)
 O=${1:-${OUT:-/tmp}}
 S=${STAGES:-tests bundled scale decode}
 B=build/gpu/blockq
 M=/tmp/r7b
 T=data/wikitext-2-test.txt
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-case "$S" in *scale*|*decode*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
+case "$S" in *scale*|*decode*|*packed*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
 mkdir -p /tmp/deps && for f in .debs/*.deb; do dpkg -x "$f" /tmp/deps; done 2>/dev/null
 [ -f .debs/deps.tar.xz ] && tar xJf .debs/deps.tar.xz -C /tmp/deps  # the same packages, pruned to fit the transfer
 D=/tmp/deps/usr; L=$D/lib/x86_64-linux-gnu
@@ -67,4 +68,10 @@ case "$S" in *decode*)
     done
     ./build/gpu/gpu/gpu_bench --quick 2>&1 | grep -i -m3 "copy" | tee -a "$O/r2_scale.txt"
     ;;
+esac
+case "$S" in *packed*)
+    $R "quantize mxfp4 .bq" -- $B quantize --model $M --wq mxfp4 --out /tmp/m_mxfp4.bq
+    $R "decode packed mxfp4 (.bq)" -- $B generate --model /tmp/m_mxfp4.bq --prompt "The meaning of life is" -n 128 --device cuda --json
+    $R "decode packed mxfp4 (.bq) on the CPU, 16 threads" -- $B generate --model /tmp/m_mxfp4.bq --prompt "The meaning of life is" -n 16 --threads 16 --json
+    rm -f /tmp/m_mxfp4.bq ;;
 esac
