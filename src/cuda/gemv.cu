@@ -145,6 +145,35 @@ static bq_status w_to_device(bq_cuda_w *w, const uint8_t *codes, size_t ncode, c
 
 static bq_status upload6(const pmat *m, bq_cuda_w **out);
 
+// Rows of 16-row groups [g0, g1) from the bq_pack layout into the device layout.
+struct place_job {
+    const pmat *m; const bq_cuda_w *w; const uint8_t *body; size_t prb, rb, sb; const uint8_t *nib;
+    uint8_t *codes, *scales; int oom;
+};
+
+static void place_rows(void *arg, size_t g0, size_t g1)
+{
+    place_job *j = (place_job *)arg;
+    const pmat *m = j->m;
+    uint8_t *ec = (uint8_t *)malloc((size_t)m->cols);
+    uint32_t *sc = (uint32_t *)malloc((size_t)m->nb * 4);
+    if (!ec || !sc) { free(ec); free(sc); j->oom = 1; return; }
+    for (int r = (int)g0 * 16; r < (int)g1 * 16 && r < m->rows; r++) {
+        pack_row_codes(m->f, j->body + (size_t)r * j->prb, (size_t)m->cols, sc, ec);
+        if (j->w->tc) {
+            for (int k = 0; k < m->cols; k++) ec[k] = j->nib[ec[k]];
+            tc_place(j->codes, NULL, j->scales, j->w, r, ec, sc);
+            continue;
+        }
+        uint8_t *cr = j->codes + (size_t)r * j->rb;
+        if (m->eb == 8) memcpy(cr, ec, (size_t)m->cols);
+        else for (int k = 0; k < m->cols; k += 2) cr[k / 2] = (uint8_t)(ec[k] | ec[k + 1] << 4);
+        for (int g = 0; g < m->nb; g++) memcpy(j->scales + (size_t)r * j->sb + (size_t)g * m->sbytes, &sc[g], (size_t)m->sbytes);
+    }
+    free(ec);
+    free(sc);
+}
+
 extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out)
 {
     *out = NULL;
@@ -167,25 +196,16 @@ extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out)
     size_t ncode = w->tc ? (size_t)w->R16 * w->NT * 32 : (size_t)m->rows * rb;
     size_t nscale = w->tc ? (size_t)w->R16 * w->NT * w->SBT : (size_t)m->rows * sb;
     size_t psize = bq_packed_size(m->f, (size_t)m->rows, (size_t)m->cols), prb = pack_row_bytes(m->f, (size_t)m->cols);
-    uint8_t *packed = (uint8_t *)malloc(psize), *codes = (uint8_t *)calloc(ncode, 1), *scales = (uint8_t *)calloc(nscale, 1),
-            *ec = (uint8_t *)malloc((size_t)m->cols);
-    uint32_t *sc = (uint32_t *)malloc((size_t)m->nb * 4);
-    bq_status st = packed && codes && scales && ec && sc ? pmat_to_packed(m, packed, psize) : bq_fail(BQ_ERR_NOMEM, "out of memory");
-    if (w->tc == 2) memset(codes, 0x88, ncode);  // padding: integer nibble 8 is 0 (e2m1's 0 is nibble 0)
-    for (int r = 0; r < m->rows && !st; r++) {
-        pack_row_codes(m->f, packed + pack_header_bytes(m->f) + (size_t)r * prb, (size_t)m->cols, sc, ec);
-        if (w->tc) {
-            for (int k = 0; k < m->cols; k++) ec[k] = nib[ec[k]];
-            tc_place(codes, NULL, scales, w, r, ec, sc);
-            continue;
-        }
-        uint8_t *cr = codes + (size_t)r * rb;
-        if (m->eb == 8) memcpy(cr, ec, (size_t)m->cols);
-        else for (int k = 0; k < m->cols; k += 2) cr[k / 2] = (uint8_t)(ec[k] | ec[k + 1] << 4);
-        for (int g = 0; g < m->nb; g++) memcpy(scales + (size_t)r * sb + (size_t)g * m->sbytes, &sc[g], (size_t)m->sbytes);
+    uint8_t *packed = (uint8_t *)malloc(psize), *codes = (uint8_t *)calloc(ncode, 1), *scales = (uint8_t *)calloc(nscale, 1);
+    bq_status st = packed && codes && scales ? pmat_to_packed(m, packed, psize) : bq_fail(BQ_ERR_NOMEM, "out of memory");
+    if (!st && w->tc == 2) memset(codes, 0x88, ncode);  // padding: integer nibble 8 is 0 (e2m1's 0 is nibble 0)
+    if (!st) {  // rows regrouped over all cores, 16 at a time (a tile's rows share bytes)
+        place_job pj = {m, w, packed + pack_header_bytes(m->f), prb, rb, sb, nib, codes, scales, 0};
+        bq_parallel_for(((size_t)m->rows + 15) / 16, (size_t)m->rows * m->cols < (1u << 22) ? 1 : 0, place_rows, &pj);
+        if (pj.oom) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
     }
     if (!st) st = w_to_device(w, codes, ncode, scales, nscale, m->sc, NULL, 0, NULL);
-    free(packed); free(codes); free(scales); free(ec); free(sc);
+    free(packed); free(codes); free(scales);
     if (st) { bq_cuda_w_free(w); return st; }
     *out = w;
     return BQ_OK;

@@ -387,18 +387,17 @@ bq_status pmat_pack(const bq_format *f, const float *x, int rows, int cols, cons
     return st;
 }
 
-bq_status pmat_to_packed(const pmat *m, uint8_t *out, size_t size)
+/* Rows [r0, r1) back into the bq_pack layout (each row starts on a byte). */
+typedef struct { const pmat *m; uint8_t *body; size_t rb; int oom; } unpanel_job;
+
+static void unpanel_range(void *arg, size_t r0, size_t r1)
 {
-    size_t need = bq_packed_size(m->f, (size_t)m->rows, (size_t)m->cols);
-    if (size != need) return bq_fail(BQ_ERR_ARG, "buffer of %zu bytes for %zu", size, need);
-    if (m->kind == PM_STREAM) { memcpy(out, m->data, size); return BQ_OK; }
-    memset(out, 0, size);
-    size_t h = pack_header_bytes(m->f), rb = pack_row_bytes(m->f, (size_t)m->cols);
-    if (h) memcpy(out, &m->tscale, 4);
+    unpanel_job *j = arg;
+    const pmat *m = j->m;
     uint32_t *sc = malloc((size_t)m->nb * sizeof *sc);
     uint8_t *ec = malloc((size_t)m->cols);
-    if (!sc || !ec) { free(sc); free(ec); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
-    for (int row = 0; row < m->rows; row++) {
+    if (!sc || !ec) { free(sc); free(ec); j->oom = 1; return; }
+    for (int row = (int)r0; row < (int)r1; row++) {
         int p = row / PM_ROWS, r = row % PM_ROWS, sh;
         const uint8_t *pw = m->pw + (size_t)p * panel_bytes(m);
         for (int k = 0; k < m->cols; k++) {
@@ -409,11 +408,23 @@ bq_status pmat_to_packed(const pmat *m, uint8_t *out, size_t size)
             sc[g] = 0;
             memcpy(&sc[g], m->ps + (((size_t)p * m->nb + g) * PM_ROWS + r) * m->sbytes, (size_t)m->sbytes);
         }
-        pack_row_put(m->f, out + h + (size_t)row * rb, (size_t)m->cols, sc, ec);
+        pack_row_put(m->f, j->body + (size_t)row * j->rb, (size_t)m->cols, sc, ec);
     }
     free(sc);
     free(ec);
-    return BQ_OK;
+}
+
+bq_status pmat_to_packed(const pmat *m, uint8_t *out, size_t size)
+{
+    size_t need = bq_packed_size(m->f, (size_t)m->rows, (size_t)m->cols);
+    if (size != need) return bq_fail(BQ_ERR_ARG, "buffer of %zu bytes for %zu", size, need);
+    if (m->kind == PM_STREAM) { memcpy(out, m->data, size); return BQ_OK; }
+    memset(out, 0, size);
+    size_t h = pack_header_bytes(m->f);
+    if (h) memcpy(out, &m->tscale, 4);
+    unpanel_job j = {m, out + h, pack_row_bytes(m->f, (size_t)m->cols), 0};
+    bq_parallel_for((size_t)m->rows, (size_t)m->rows * m->cols < (1u << 22) ? 1 : 0, unpanel_range, &j);
+    return j.oom ? bq_fail(BQ_ERR_NOMEM, "out of memory") : BQ_OK;
 }
 
 void pmat_decode(const pmat *m, int r0, int r1, float *out)
