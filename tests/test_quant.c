@@ -499,6 +499,45 @@ static void test_smoothquant(void)
     bq_model_free(tm);
     CHECK(ncal >= 2048 && ntxt >= 1024, "text for smoothquant: %zu and %zu tokens", ncal, ntxt);
     if (ncal < 2048 || ntxt < 1024) { free(cal); free(txt); return; }
+    /* rotation: the float model's function on every RMSNorm family; LayerNorm ones refused */
+    const char *rot[] = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "opt"};
+    for (int f = 0; f < 6; f++) {
+        if (f == 0) snprintf(dir, sizeof dir, "%s", DEFAULT);
+        else if (!sh) continue;
+        else snprintf(dir, sizeof dir, "%s/models/tiny/%s", sh, rot[f]);
+        bq_model *rm = load(dir), *ref = load(dir);
+        if (!rm || !ref) { bq_model_free(rm); bq_model_free(ref); continue; }
+        bq_qconfig *rq;
+        OK(bq_qconfig_new(&rq));
+        OK(bq_qconfig_set(rq, "ptq", "rotate:7"));
+        bq_status rs = bq_model_quantize(rm, rq, 1);
+        bq_qconfig_free(rq);
+        if (f >= 4) {
+            CHECK(rs == BQ_ERR_UNSUPPORTED && strstr(bq_last_error(), "RMSNorm"), "rotate on LayerNorm %s: %s", rot[f], bq_last_error());
+        } else {
+            OK(rs);
+            int V = bq_model_vocab(ref);
+            float *a = malloc((size_t)64 * V * 4), *b = malloc((size_t)64 * V * 4);
+            OK(bq_model_logits(ref, ids, 64, a));
+            OK(bq_model_logits(rm, ids, 64, b));
+            double mx = 0, worst = 0;
+            for (size_t i = 0; i < (size_t)64 * V; i++) {
+                mx = fmax(mx, fabs(a[i]));
+                double dd = fabs((double)a[i] - b[i]);
+                worst = dd > worst || isnan(dd) ? dd : worst;
+            }
+            CHECK(worst / mx < 1e-4, "%s: rotation changed the float logits by %.3g of their range", rot[f], worst / mx);
+            free(a); free(b);
+        }
+        bq_model_free(rm);
+        bq_model_free(ref);
+    }
+    bq_qconfig *cq;
+    OK(bq_qconfig_new(&cq));
+    CHECK(bq_qconfig_set(cq, "ptq", "rotate,gptq") == BQ_ERR_UNSUPPORTED && bq_qconfig_set(cq, "ptq", "rotate:x") == BQ_ERR_ARG,
+          "rotate with a calibrated algorithm, or a bad seed, must be refused");
+    bq_qconfig_free(cq);
+
     double plain = smooth_kld(DEFAULT, "int6", "int6", "none", txt, ntxt, cal, ncal, 256, NULL),
            smoothed = smooth_kld(DEFAULT, "int6", "int6", "smoothquant", txt, ntxt, cal, ncal, 256, NULL);
     /* AWQ's search minimises the calibration text's layer errors: there, the model is closer */

@@ -167,7 +167,9 @@ static int load_model(const char *cmd, const model_args *a, bq_model **m)
         if (a->role[r]) st = bq_qconfig_set(q, roles[r], a->role[r]);
     if (!st && a->config) st = bq_qconfig_load(q, a->config);
     if (!st && (a->round_set || !a->config)) bq_qconfig_set_round(q, a->round, a->seed);
-    if (!st && a->role[ROLE_PTQ] && strcmp(a->role[ROLE_PTQ], "none")) st = calibrate(cmd, a, *m, q);
+    /* every algorithm but rotate (alone, by construction) weighs by calibration */
+    if (!st && a->role[ROLE_PTQ] && strcmp(a->role[ROLE_PTQ], "none") && strncmp(a->role[ROLE_PTQ], "rotate", 6))
+        st = calibrate(cmd, a, *m, q);
     if (!st) st = a->packed ? bq_model_pack(*m, q, a->strict) : bq_model_quantize(*m, q, a->strict);
     bq_qconfig_free(q);
     if (st) {

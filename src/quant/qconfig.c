@@ -100,7 +100,8 @@ static bq_status add_mul_rule(bq_qconfig *q, const char *pattern, const char *mu
  * as it goes when clip is also asked for, else clip */
 static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
 {
-    int clip = 0, smooth = 0, gptq = 0, awq = 0;
+    int clip = 0, smooth = 0, gptq = 0, awq = 0, rotate = 0;
+    uint64_t seed = 0;
     double alpha = 0.5;
     char buf[128];
     if (strlen(list) >= sizeof buf) return bq_fail(BQ_ERR_ARG, "%s: list too long", where);
@@ -109,6 +110,12 @@ static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
         if (!strcmp(t, "clip")) clip = 1;
         else if (!strcmp(t, "gptq")) gptq = 1;
         else if (!strcmp(t, "awq")) awq = 1;
+        else if (!strncmp(t, "rotate", 6) && (!t[6] || t[6] == ':')) {
+            rotate = 1;
+            char *end = NULL;
+            if (t[6] && (seed = strtoull(t + 7, &end, 10), !end || *end || end == t + 7))
+                return bq_fail(BQ_ERR_ARG, "%s: rotate's seed must be a whole number, not '%s'", where, t + 7);
+        }
         else if (!strcmp(t, "none")) continue;
         else if (!strncmp(t, "smoothquant", 11) && (!t[11] || t[11] == ':')) {
             smooth = 1;
@@ -116,9 +123,13 @@ static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
             if (t[11] && (alpha = strtod(t + 12, &end), !end || *end || end == t + 12 || !(alpha >= 0 && alpha <= 1)))
                 return bq_fail(BQ_ERR_ARG, "%s: smoothquant's alpha must be a number in [0, 1], not '%s'", where, t + 12);
         } else
-            return bq_fail(BQ_ERR_ARG, "%s: unknown post-training algorithm '%s' (this blockq has: smoothquant[:alpha], awq, gptq, clip, none)", where, t);
+            return bq_fail(BQ_ERR_ARG, "%s: unknown post-training algorithm '%s' (this blockq has: rotate[:seed], smoothquant[:alpha], awq, gptq, clip, none)", where, t);
     }
+    if (rotate && (clip || smooth || gptq || awq))
+        return bq_fail(BQ_ERR_UNSUPPORTED, "%s: rotate combines with round-to-nearest only (the others would need calibration taken on the rotated model; not built)", where);
     q->ptq_clip = clip;
+    q->ptq_rotate = rotate;
+    q->rotate_seed = seed;
     q->ptq_gptq = gptq;
     q->ptq_awq = awq;
     q->ptq_smooth = smooth;
@@ -185,7 +196,7 @@ bq_status qconfig_parse(bq_qconfig *q, const char *src, size_t n, const char *pa
             if (e->kind != TV_STR) st = bq_fail(BQ_ERR_PARSE, "%s: mul must be \"exact\", \"lmul\" or \"lmul:L\"", where);
             else if ((st = add_mul_rule(q, "default", e->s, e->line))) st = bq_fail(st, "%s: %s", where, bq_last_error());
         } else if (!strcmp(e->key, "ptq")) {
-            if (e->kind != TV_STR) st = bq_fail(BQ_ERR_PARSE, "%s: ptq must be a string (\"clip\", \"gptq\", \"awq\", \"smoothquant\")", where);
+            if (e->kind != TV_STR) st = bq_fail(BQ_ERR_PARSE, "%s: ptq must be a string (\"clip\", \"gptq\", \"awq\", \"smoothquant\", \"rotate\")", where);
             else st = set_ptq(q, e->s, where);
         } else if (!strcmp(e->key, "attn") || !strcmp(e->key, "kv")) {
             if (e->kind != TV_STR) st = bq_fail(BQ_ERR_PARSE, "%s: %s must be a format name string", where, e->key);
@@ -393,7 +404,8 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
     /* smoothing rescales the inputs: their statistics change with them, in a copy */
     calib_stats *smoothed = NULL;
     const calib_stats *cs = q->calib;
-    if (q->ptq_smooth) {
+    if (q->ptq_rotate) st = ptq_rotate(m, q->rotate_seed);
+    if (!st && q->ptq_smooth) {
         if (!q->calib) st = bq_fail(BQ_ERR_ARG, "smoothquant needs calibration statistics (bq_qconfig_calibrate, --calib)");
         else if (!(smoothed = calib_copy(q->calib))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
         else st = ptq_smooth(m, smoothed, q->smooth_alpha);

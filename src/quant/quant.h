@@ -53,6 +53,8 @@ struct bq_qconfig {
     int ptq_smooth;     /* --ptq smoothquant[:alpha] (smooth.c), applied first */
     int ptq_gptq;       /* --ptq gptq (gptq.c): needs the Gram matrices, taken at calibration */
     int ptq_awq;        /* --ptq awq (awq.c): likewise; after smoothquant, before gptq and clip */
+    int ptq_rotate;     /* --ptq rotate[:seed] (rotate.c): first; round-to-nearest only for now */
+    uint64_t rotate_seed;
     double smooth_alpha;
     calib_stats *calib; /* bq_qconfig_calibrate's statistics (NULL: none) */
     void (*warn)(void *arg, const char *msg);  /* NULL: standard error */
@@ -75,6 +77,10 @@ bq_status ptq_fold_scales(bq_model *m, calib_stats *cs, ptq_scale_fn fn, void *a
  * Gram matrices for the weight formats q gives (awq.c). */
 bq_status ptq_smooth(bq_model *m, calib_stats *cs, double alpha);
 bq_status ptq_awq(bq_model *m, calib_stats *cs, const bq_qconfig *q);
+/* A linear's weights as float32 (a held 16-bit matrix widened exactly; packed: refused). */
+bq_status ptq_float_weights(struct linear *l);
+/* The residual stream rotated by a seeded random orthogonal matrix, norms folded (rotate.c). */
+bq_status ptq_rotate(bq_model *m, uint64_t seed);
 /* The weight format q gives the tensor `name` ("" if none). */
 const char *qconfig_weight_format(const bq_qconfig *q, const char *name);
 /* GPTQ on w [rows][cols] with the Gram matrix of its input; clip: each group clipped too. */

@@ -24,7 +24,7 @@
 #include <string.h>
 
 /* The linear's weights as float32 (a held 16-bit matrix is widened, exactly). */
-static bq_status float_weights(linear *l)
+bq_status ptq_float_weights(linear *l)
 {
     if (l->w) return BQ_OK;
     if (!pmat_is_float16(l->pw))
@@ -49,8 +49,8 @@ static bq_status fold_group(calib_stats *cs, linear **ls, const int *k, int n, c
     double *s = malloc((size_t)in * sizeof *s);
     if (!s) return bq_fail(BQ_ERR_NOMEM, "out of memory");
     bq_status st = BQ_OK;
-    for (int i = 0; i < n && !st; i++) st = float_weights(ls[i]);
-    if (!st && prev) st = float_weights(prev);
+    for (int i = 0; i < n && !st; i++) st = ptq_float_weights(ls[i]);
+    if (!st && prev) st = ptq_float_weights(prev);
     if (!st) st = fn(arg, cs, ls, k, n, s);
     for (int j = 0; j < in && !st; j++) s[j] = fmin(fmax(s[j], 1e-5), 1e5);
     for (int i = 0; i < n && !st && cs->gram; i++) {  /* the shared Gram matrix, once: G_ab / (s_a s_b) */

@@ -1,0 +1,129 @@
+/* Rotation of the residual stream (`--ptq rotate[:seed]`; QuaRot, SpinQuant's
+ * starting point): for an RMSNorm pre-norm transformer, x -> x Q with Q orthogonal
+ * changes nothing in the float model once each norm's weight is folded into the
+ * linears that read its output (RMS(x Q) = RMS(x)), and it spreads the residual's
+ * outlier channels over all channels, so per-token or per-block activation and
+ * weight formats lose less. Q here is a random orthogonal matrix (QR of a Gaussian
+ * one, seeded; QuaRot's randomised Hadamard matrices need sizes like 2^k or 12 * 2^k).
+ *   linears reading the stream (q, k, v, gate, up, LM head):   W -> W Q
+ *   linears writing it (o, down; their biases b -> b Q):        W -> Q^T W
+ *   token embedding rows:                                       E -> E Q
+ * Refused: LayerNorm models (the mean it subtracts is not rotation invariant),
+ * learned position embeddings' models, projections in/out of the stream (OPT-350m).
+ * Online rotations inside attention and MLP (QuaRot's Hadamard before down_proj
+ * and on K/V) are not built. */
+#include "quant.h"
+#include "backend.h"
+#include "pmat.h"
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern void dgeqrf_(const int *m, const int *n, double *a, const int *lda, double *tau, double *work, const int *lwork, int *info);
+extern void dorgqr_(const int *m, const int *n, const int *k, double *a, const int *lda, const double *tau, double *work,
+                    const int *lwork, int *info);
+
+/* A seeded n x n orthogonal matrix (float32, row-major). */
+static bq_status random_orthogonal(int n, uint64_t seed, float *Q)
+{
+    size_t nn = (size_t)n * n;
+    double *a = malloc(nn * sizeof *a), *tau = malloc((size_t)n * sizeof *tau), *work = NULL;
+    bq_status st = a && tau ? BQ_OK : bq_fail(BQ_ERR_NOMEM, "out of memory");
+    uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+    for (size_t i = 0; i < nn && !st; i += 2) {  /* Box-Muller on a xorshift64* stream */
+        double u[2];
+        for (int k = 0; k < 2; k++) {
+            s ^= s >> 12; s ^= s << 25; s ^= s >> 27;
+            u[k] = ((double)((s * 0x2545F4914F6CDD1Dull) >> 11) + 0.5) * 0x1p-53;
+        }
+        double r = sqrt(-2 * log(u[0]));
+        a[i] = r * cos(2 * M_PI * u[1]);
+        if (i + 1 < nn) a[i + 1] = r * sin(2 * M_PI * u[1]);
+    }
+    int info = 0, lwork = 64 * n;
+    if (!st && !(work = malloc((size_t)lwork * sizeof *work))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+    if (!st) dgeqrf_(&n, &n, a, &n, tau, work, &lwork, &info);
+    if (!st && !info) dorgqr_(&n, &n, &n, a, &n, tau, work, &lwork, &info);
+    if (!st && info) st = bq_fail(BQ_ERR_ARG, "rotate: LAPACK failed to make an orthogonal matrix (info %d)", info);
+    for (size_t i = 0; i < nn && !st; i++) Q[i] = (float)a[i];
+    free(a); free(tau); free(work);
+    return st;
+}
+
+/* w [rows][H] -> w Q (right), or [H][cols] -> Q^T w (left). */
+static bq_status rotate_mat(float *w, int rows, int cols, const float *Q, int H, int left)
+{
+    float *t = malloc((size_t)rows * cols * sizeof *t);
+    if (!t) return bq_fail(BQ_ERR_NOMEM, "out of memory rotating a %dx%d matrix", rows, cols);
+    if (left) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, H, cols, H, 1.0f, Q, H, w, cols, 0.0f, t, cols);
+    else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, H, H, 1.0f, w, H, Q, H, 0.0f, t, H);
+    memcpy(w, t, (size_t)rows * cols * sizeof *t);
+    free(t);
+    return BQ_OK;
+}
+
+/* A norm's weight into the columns of the linears reading its output; the norm's becomes 1. */
+static void fold_norm(normp *n, linear **ls, int nl, int H)
+{
+    for (int i = 0; i < nl; i++)
+        for (int r = 0; r < ls[i]->out; r++)
+            for (int j = 0; j < H; j++) ls[i]->w[(size_t)r * H + j] *= n->w[j];
+    for (int j = 0; j < H; j++) n->w[j] = 1.0f;
+}
+
+bq_status ptq_rotate(bq_model *m, uint64_t seed)
+{
+    const bq_config *c = &m->c;
+    int H = c->hidden, L = c->layers;
+    if (c->norm != NORM_RMS || !c->pre_norm)
+        return bq_fail(BQ_ERR_UNSUPPORTED, "rotate: needs a pre-norm model with RMSNorm (LayerNorm's mean is not rotation invariant)");
+    if (m->pos_emb || c->embed_dim != H || LINEAR_PRESENT(&m->proj_in))
+        return bq_fail(BQ_ERR_UNSUPPORTED, "rotate: learned positions or projections into the residual stream are not rotated yet");
+    if (!m->tok_emb) {
+        if (!pmat_is_float16(m->emb_p)) return bq_fail(BQ_ERR_ARG, "rotate: the embedding is already packed; rotate the float model");
+        size_t n = (size_t)c->vocab * H;
+        if (!(m->tok_emb = malloc(n * sizeof *m->tok_emb))) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+        pmat_decode(m->emb_p, 0, c->vocab, m->tok_emb);
+        if (m->head.pw == m->emb_p) { m->head.pw = NULL; m->head.w = m->tok_emb; }
+        pmat_free(m->emb_p);
+        m->emb_p = NULL;
+    }
+    if (m->head.w == m->tok_emb) {  /* tied: the head takes the final norm, the embedding does not */
+        size_t n = (size_t)c->vocab * H;
+        if (!(m->head.w = malloc(n * sizeof *m->head.w))) { m->head.w = m->tok_emb; return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
+        memcpy(m->head.w, m->tok_emb, n * sizeof *m->head.w);
+    }
+    float *Q = malloc((size_t)H * H * sizeof *Q);
+    bq_status st = Q ? random_orthogonal(H, seed, Q) : bq_fail(BQ_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < L && !st; i++) {
+        layer_w *Lw = &m->L[i];
+        linear *all[] = {&Lw->q, &Lw->k, &Lw->v, &Lw->o, &Lw->gate, &Lw->up, &Lw->down};
+        for (int k = 0; k < 7 && !st; k++)
+            if (LINEAR_PRESENT(all[k])) st = ptq_float_weights(all[k]);
+        if (st) break;
+        linear *attn_in[3], *mlp_in[2];
+        int na = 0, nm = 0;
+        for (int k = 0; k < 3; k++) if (LINEAR_PRESENT(all[k])) attn_in[na++] = all[k];
+        if (LINEAR_PRESENT(&Lw->gate)) mlp_in[nm++] = &Lw->gate;
+        if (LINEAR_PRESENT(&Lw->up)) mlp_in[nm++] = &Lw->up;
+        if (!Lw->ln1.w || !Lw->ln2.w || Lw->ln1.b || Lw->ln2.b) { st = bq_fail(BQ_ERR_UNSUPPORTED, "rotate: layer %d's norms have no weight or a bias", i); break; }
+        fold_norm(&Lw->ln1, attn_in, na, H);
+        fold_norm(&Lw->ln2, mlp_in, nm, H);
+        for (int k = 0; k < na && !st; k++) st = rotate_mat(attn_in[k]->w, attn_in[k]->out, H, Q, H, 0);
+        for (int k = 0; k < nm && !st; k++) st = rotate_mat(mlp_in[k]->w, mlp_in[k]->out, H, Q, H, 0);
+        linear *outs[] = {&Lw->o, &Lw->down};
+        for (int k = 0; k < 2 && !st; k++) {
+            st = rotate_mat(outs[k]->w, H, outs[k]->in, Q, H, 1);
+            if (!st && outs[k]->b) st = rotate_mat(outs[k]->b, 1, H, Q, H, 0);
+        }
+    }
+    if (!st && !(st = ptq_float_weights(&m->head))) {
+        linear *head = &m->head;
+        if (c->final_norm && m->final_ln.w) fold_norm(&m->final_ln, &head, 1, H);
+        st = rotate_mat(m->head.w, m->head.out, H, Q, H, 0);
+    }
+    if (!st) st = rotate_mat(m->tok_emb, c->vocab, H, Q, H, 0);
+    free(Q);
+    return st;
+}
