@@ -534,8 +534,7 @@ static void test_smoothquant(void)
     }
     bq_qconfig *cq;
     OK(bq_qconfig_new(&cq));
-    CHECK(bq_qconfig_set(cq, "ptq", "rotate,gptq") == BQ_ERR_UNSUPPORTED && bq_qconfig_set(cq, "ptq", "rotate:x") == BQ_ERR_ARG,
-          "rotate with a calibrated algorithm, or a bad seed, must be refused");
+    CHECK(bq_qconfig_set(cq, "ptq", "rotate:x") == BQ_ERR_ARG, "rotate with a bad seed must be refused");
     bq_qconfig_free(cq);
 
     double plain = smooth_kld(DEFAULT, "int6", "int6", "none", txt, ntxt, cal, ncal, 256, NULL),
@@ -667,6 +666,19 @@ static void test_gptq(void)
     bq_kld_result r;
     OK(bq_kld(m, qm, ids, 256, &o, &r));
     CHECK(r.kld_mean > 0 && r.kld_mean < 1 && r.top1 > 0.5, "q4_0 with gptq: KL %g, top-1 %g", r.kld_mean, r.top1);
+    bq_model_free(qm);
+    /* rotate first: calibration deferred to the rotated model, then gptq on its statistics */
+    OK(bq_qconfig_new(&q));
+    OK(bq_qconfig_set(q, "wq", "q4_0"));
+    OK(bq_qconfig_set(q, "ptq", "gptq,rotate:3"));
+    OK(bq_qconfig_calibrate(q, m, ids, 256, 64, 2));
+    CHECK(q->calib == NULL && q->cal_ids && q->cal_windows == 2, "with rotate the calibration windows are kept for later");
+    qm = load(DEFAULT);
+    OK(bq_model_quantize(qm, q, 1));
+    bq_qconfig_free(q);
+    bq_kld_result rr;
+    OK(bq_kld(m, qm, ids, 256, &o, &rr));
+    CHECK(rr.kld_mean > 0 && rr.kld_mean < 1.5 * r.kld_mean, "q4_0 with rotate and gptq: KL %g (gptq alone %g)", rr.kld_mean, r.kld_mean);
     bq_model_free(qm);
     /* gptq asked for after calibration without it: refused, naming the need */
     OK(bq_qconfig_new(&q));

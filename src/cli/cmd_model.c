@@ -133,8 +133,13 @@ static bq_status calibrate(const char *cmd, const model_args *a, const bq_model 
     if (!(st = bq_tokenizer_from_model(m, &t)) && !(st = bq_tokenize(t, text, len, &ids, &n))) {
         double t0 = now_s();
         st = bq_qconfig_calibrate(q, m, ids, n, a->calib_ctx, a->calib_chunks);
-        if (!st) fprintf(stderr, "blockq %s: calibrated on %s (up to %d windows of %d tokens) in %.1f s\n", cmd, path,
-                         a->calib_chunks, a->calib_ctx, now_s() - t0);
+        const char *ptq = a->role[ROLE_PTQ];
+        if (!st && (!strncmp(ptq, "rotate", 6) || strstr(ptq, ",rotate")))
+            fprintf(stderr, "blockq %s: calibration on %s (up to %d windows of %d tokens) runs after the rotation\n", cmd,
+                    path, a->calib_chunks, a->calib_ctx);
+        else if (!st)
+            fprintf(stderr, "blockq %s: calibrated on %s (up to %d windows of %d tokens) in %.1f s\n", cmd, path,
+                    a->calib_chunks, a->calib_ctx, now_s() - t0);
     }
     free(ids);
     free(text);
@@ -167,8 +172,9 @@ static int load_model(const char *cmd, const model_args *a, bq_model **m)
         if (a->role[r]) st = bq_qconfig_set(q, roles[r], a->role[r]);
     if (!st && a->config) st = bq_qconfig_load(q, a->config);
     if (!st && (a->round_set || !a->config)) bq_qconfig_set_round(q, a->round, a->seed);
-    /* every algorithm but rotate (alone, by construction) weighs by calibration */
-    if (!st && a->role[ROLE_PTQ] && strcmp(a->role[ROLE_PTQ], "none") && strncmp(a->role[ROLE_PTQ], "rotate", 6))
+    /* every algorithm but rotate (alone) weighs by calibration */
+    if (!st && a->role[ROLE_PTQ] && strcmp(a->role[ROLE_PTQ], "none") &&
+        (strncmp(a->role[ROLE_PTQ], "rotate", 6) || strchr(a->role[ROLE_PTQ], ',')))
         st = calibrate(cmd, a, *m, q);
     if (!st) st = a->packed ? bq_model_pack(*m, q, a->strict) : bq_model_quantize(*m, q, a->strict);
     bq_qconfig_free(q);

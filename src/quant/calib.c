@@ -102,12 +102,10 @@ static bq_status alloc_grams(calib_stats *s)
     return BQ_OK;
 }
 
-bq_status bq_qconfig_calibrate(bq_qconfig *q, const bq_model *m, const int32_t *ids, size_t n, int ctx, int chunks)
+/* Run the float model m over `windows` windows of ctx tokens and collect the statistics. */
+bq_status calib_run(const bq_model *m, const int32_t *ids, size_t windows, int ctx, int grams, calib_stats **out)
 {
-    if (ctx < 2 || chunks < 1) return bq_fail(BQ_ERR_ARG, "calibration needs windows of at least 2 tokens");
-    size_t windows = n / (size_t)ctx;
-    if (windows == 0) return bq_fail(BQ_ERR_ARG, "the calibration text has %zu tokens, fewer than one window of %d", n, ctx);
-    if ((size_t)chunks < windows) windows = (size_t)chunks;
+    *out = NULL;
     int L = m->c.layers, nl = L * 7 + 1;
     calib_stats *s = calloc(1, sizeof *s);
     bq_status st = s ? BQ_OK : bq_fail(BQ_ERR_NOMEM, "out of memory");
@@ -124,7 +122,7 @@ bq_status bq_qconfig_calibrate(bq_qconfig *q, const bq_model *m, const int32_t *
         s->in[k] = l->in;
         if (!(s->msq[k] = calloc((size_t)l->in, sizeof **s->msq)) || !(s->amax[k] = calloc((size_t)l->in, sizeof **s->amax))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
     }
-    if (!st && (q->ptq_gptq || q->ptq_awq)) st = alloc_grams(s);
+    if (!st && grams) st = alloc_grams(s);
     bq_ctx *c = NULL;
     float *lg = st ? NULL : malloc((size_t)m->c.vocab * sizeof *lg);
     if (!st && !lg) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
@@ -145,7 +143,28 @@ bq_status bq_qconfig_calibrate(bq_qconfig *q, const bq_model *m, const int32_t *
     for (int k = 0; k < nl && !st; k++)  /* sums to means */
         for (int i = 0; s->msq[k] && i < s->in[k]; i++) s->msq[k][i] /= (double)s->tokens;
     if (st) { calib_free(s); return st; }
-    calib_free(q->calib);
-    q->calib = s;
+    *out = s;
     return BQ_OK;
+}
+
+/* With rotate, the statistics must be those of the rotated model: the windows are
+ * kept, and quantising runs them after rotating (qconfig.c). */
+bq_status bq_qconfig_calibrate(bq_qconfig *q, const bq_model *m, const int32_t *ids, size_t n, int ctx, int chunks)
+{
+    if (ctx < 2 || chunks < 1) return bq_fail(BQ_ERR_ARG, "calibration needs windows of at least 2 tokens");
+    size_t windows = n / (size_t)ctx;
+    if (windows == 0) return bq_fail(BQ_ERR_ARG, "the calibration text has %zu tokens, fewer than one window of %d", n, ctx);
+    if ((size_t)chunks < windows) windows = (size_t)chunks;
+    free(q->cal_ids);
+    q->cal_ids = NULL;
+    calib_free(q->calib);
+    q->calib = NULL;
+    if (q->ptq_rotate) {
+        if (!(q->cal_ids = malloc(windows * (size_t)ctx * sizeof *q->cal_ids))) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+        memcpy(q->cal_ids, ids, windows * (size_t)ctx * sizeof *q->cal_ids);
+        q->cal_windows = windows;
+        q->cal_ctx = ctx;
+        return BQ_OK;
+    }
+    return calib_run(m, ids, windows, ctx, q->ptq_gptq || q->ptq_awq, &q->calib);
 }

@@ -40,6 +40,7 @@ void bq_qconfig_free(bq_qconfig *q)
 {
     if (!q) return;
     calib_free(q->calib);
+    free(q->cal_ids);
     free(q->rules);
     free(q);
 }
@@ -125,8 +126,6 @@ static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
         } else
             return bq_fail(BQ_ERR_ARG, "%s: unknown post-training algorithm '%s' (this blockq has: rotate[:seed], smoothquant[:alpha], awq, gptq, clip, none)", where, t);
     }
-    if (rotate && (clip || smooth || gptq || awq))
-        return bq_fail(BQ_ERR_UNSUPPORTED, "%s: rotate combines with round-to-nearest only (the others would need calibration taken on the rotated model; not built)", where);
     q->ptq_clip = clip;
     q->ptq_rotate = rotate;
     q->rotate_seed = seed;
@@ -401,22 +400,23 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
     bq_status st = BQ_OK;
     const bq_qopts *o = &q->opts;
     m->qopts = q->opts;
-    /* smoothing rescales the inputs: their statistics change with them, in a copy */
-    calib_stats *smoothed = NULL;
+    /* statistics this call takes (after a rotation) or changes (smoothing, awq: the
+     * inputs are rescaled), so the caller's stay as they were */
+    calib_stats *own = NULL;
     const calib_stats *cs = q->calib;
-    if (q->ptq_rotate) st = ptq_rotate(m, q->rotate_seed);
-    if (!st && q->ptq_smooth) {
-        if (!q->calib) st = bq_fail(BQ_ERR_ARG, "smoothquant needs calibration statistics (bq_qconfig_calibrate, --calib)");
-        else if (!(smoothed = calib_copy(q->calib))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-        else st = ptq_smooth(m, smoothed, q->smooth_alpha);
-        cs = smoothed;
+    if (q->ptq_rotate) {
+        st = ptq_rotate(m, q->rotate_seed);
+        if (!st && q->cal_ids) st = calib_run(m, q->cal_ids, q->cal_windows, q->cal_ctx, q->ptq_gptq || q->ptq_awq, &own);
+        cs = own;
     }
-    if (!st && q->ptq_awq) {
-        if (!q->calib) st = bq_fail(BQ_ERR_ARG, "awq needs calibration statistics (bq_qconfig_calibrate, --calib)");
-        else if (!smoothed && !(smoothed = calib_copy(q->calib))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-        else st = ptq_awq(m, smoothed, q);
-        cs = smoothed;
+    if (!st && (q->ptq_smooth || q->ptq_awq) && !cs)
+        st = bq_fail(BQ_ERR_ARG, "%s needs calibration statistics (bq_qconfig_calibrate, --calib)", q->ptq_smooth ? "smoothquant" : "awq");
+    if (!st && (q->ptq_smooth || q->ptq_awq) && !own) {
+        if (!(own = calib_copy(cs))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        cs = own;
     }
+    if (!st && q->ptq_smooth) st = ptq_smooth(m, own, q->smooth_alpha);
+    if (!st && q->ptq_awq) st = ptq_awq(m, own, q);
     const char *w, *a;
     for (int i = 0; i < m->c.layers && !st; i++) {
         layer_w *L = &m->L[i];
@@ -486,7 +486,7 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
         }
     }
     free(hits);
-    calib_free(smoothed);
+    calib_free(own);
     return st;
 }
 

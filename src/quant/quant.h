@@ -42,6 +42,8 @@ int calib_gram_slot(const calib_stats *s, int k);
 static inline int calib_index(int layers, int layer, int j) { return layer < 0 ? layers * 7 : layer * 7 + j; }
 void calib_free(calib_stats *s);
 calib_stats *calib_copy(const calib_stats *s);  /* NULL on failure */
+/* The float model m over `windows` windows of ctx tokens; grams: take X^T X too. */
+bq_status calib_run(const bq_model *m, const int32_t *ids, size_t windows, int ctx, int grams, calib_stats **out);
 
 struct bq_qconfig {
     qrule *rules;       /* in order; later rules win */
@@ -53,8 +55,11 @@ struct bq_qconfig {
     int ptq_smooth;     /* --ptq smoothquant[:alpha] (smooth.c), applied first */
     int ptq_gptq;       /* --ptq gptq (gptq.c): needs the Gram matrices, taken at calibration */
     int ptq_awq;        /* --ptq awq (awq.c): likewise; after smoothquant, before gptq and clip */
-    int ptq_rotate;     /* --ptq rotate[:seed] (rotate.c): first; round-to-nearest only for now */
+    int ptq_rotate;     /* --ptq rotate[:seed] (rotate.c): first of all */
     uint64_t rotate_seed;
+    int32_t *cal_ids;   /* with rotate: the calibration windows, run after rotating */
+    size_t cal_windows;
+    int cal_ctx;
     double smooth_alpha;
     calib_stats *calib; /* bq_qconfig_calibrate's statistics (NULL: none) */
     void (*warn)(void *arg, const char *msg);  /* NULL: standard error */
