@@ -424,6 +424,24 @@ static void test_ptq(void)
  * fold exactly, up to rounding) on every pre-norm family (RMSNorm + SiLU gate,
  * LayerNorm with bias + ReLU, LayerNorm + GELU), and it helps where it should:
  * per-tensor int6 weights and activations. */
+/* Largest |logit difference| of two models over 64 tokens, relative to the largest
+ * |logit| of the first; NaN stays NaN (and fails every bound). */
+static double logit_rel_diff(const bq_model *x, const bq_model *y, const int32_t *ids)
+{
+    int V = bq_model_vocab(x);
+    float *a = malloc((size_t)64 * V * 4), *b = malloc((size_t)64 * V * 4);
+    OK(bq_model_logits(x, ids, 64, a));
+    OK(bq_model_logits(y, ids, 64, b));
+    double mx = 0, worst = 0;
+    for (size_t i = 0; i < (size_t)64 * V; i++) {
+        mx = fmax(mx, fabs(a[i]));
+        double d = fabs((double)a[i] - b[i]);
+        worst = d > worst || isnan(d) ? d : worst;
+    }
+    free(a); free(b);
+    return worst / mx;
+}
+
 static double smooth_kld(const char *dir, const char *wq, const char *aq, const char *ptq, const int32_t *ids, size_t n,
                          const int32_t *cal, size_t ncal, int ctx, double *maxrel)
 {
@@ -438,20 +456,7 @@ static double smooth_kld(const char *dir, const char *wq, const char *aq, const 
     OK(bq_qconfig_calibrate(q, m, cal, ncal, ctx, 8));
     OK(bq_model_quantize(sm, q, 1));
     bq_qconfig_free(q);
-    if (maxrel) {  /* logits of the first window, smoothed vs not */
-        int V = bq_model_vocab(m);
-        float *a = malloc((size_t)64 * V * 4), *b = malloc((size_t)64 * V * 4);
-        OK(bq_model_logits(m, ids, 64, a));
-        OK(bq_model_logits(sm, ids, 64, b));
-        double mx = 0, worst = 0;
-        for (size_t i = 0; i < (size_t)64 * V; i++) {
-            mx = fmax(mx, fabs(a[i]));
-            double d = fabs((double)a[i] - b[i]);
-            worst = d > worst || isnan(d) ? d : worst;  /* NaN stays */
-        }
-        *maxrel = worst / mx;
-        free(a); free(b);
-    }
+    if (maxrel) *maxrel = logit_rel_diff(m, sm, ids);  /* the first window, smoothed vs not */
     bq_ppl_opts o = {.ctx = ctx, .chunks = 4};
     bq_kld_result r;
     if (!bq_kld(m, sm, ids, n, &o, &r)) kl = r.kld_mean;
@@ -516,18 +521,8 @@ static void test_smoothquant(void)
             CHECK(rs == BQ_ERR_UNSUPPORTED && strstr(bq_last_error(), "RMSNorm"), "rotate on LayerNorm %s: %s", rot[f], bq_last_error());
         } else {
             OK(rs);
-            int V = bq_model_vocab(ref);
-            float *a = malloc((size_t)64 * V * 4), *b = malloc((size_t)64 * V * 4);
-            OK(bq_model_logits(ref, ids, 64, a));
-            OK(bq_model_logits(rm, ids, 64, b));
-            double mx = 0, worst = 0;
-            for (size_t i = 0; i < (size_t)64 * V; i++) {
-                mx = fmax(mx, fabs(a[i]));
-                double dd = fabs((double)a[i] - b[i]);
-                worst = dd > worst || isnan(dd) ? dd : worst;
-            }
-            CHECK(worst / mx < 1e-4, "%s: rotation changed the float logits by %.3g of their range", rot[f], worst / mx);
-            free(a); free(b);
+            double rel = logit_rel_diff(ref, rm, ids);
+            CHECK(rel < 1e-4, "%s: rotation changed the float logits by %.3g of their range", rot[f], rel);
         }
         bq_model_free(rm);
         bq_model_free(ref);
