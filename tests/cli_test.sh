@@ -163,5 +163,15 @@ else
 fi
 expect_fail 2 "bad --device" -- $B ppl --model $M --text data/wikitext-2-test.txt --device tpu
 
+# post-training algorithms: what they change (folded norms, rotated and updated weights) is
+# in the saved .bq, which scores exactly as the in-memory model; refusals by name
+PQ="--wq q4_0 --ptq rotate,smoothquant,gptq --calib-chunks 1 --calib-ctx 256"
+$B quantize --model $M $PQ --out "$T/ptq.bq" >/dev/null 2>&1 &&
+a=$($B ppl --model "$T/ptq.bq" --text data/wikitext-2-test.txt --ctx 128 --chunks 2 2>/dev/null | grep "^ppl") &&
+b=$($B ppl --model $M $PQ --text data/wikitext-2-test.txt --ctx 128 --chunks 2 2>/dev/null | grep "^ppl") &&
+[ -n "$a" ] && [ "$a" = "$b" ] && ok || bad "--ptq rotate,smoothquant,gptq: the .bq scores '$a', the model in memory '$b'"
+expect_fail 2 "unknown post-training algorithm 'hqq'" -- $B ppl --model $M --text data/wikitext-2-test.txt --wq q4_0 --ptq hqq
+expect_fail 2 "gptq: int4_row has a scale per row" -- $B ppl --model $M --text data/wikitext-2-test.txt --wq int4_row --ptq gptq --calib-chunks 1 --calib-ctx 64
+
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]
