@@ -258,6 +258,12 @@ static bq_status cpu_kv_store(be *b, int layer, const float *k, const float *v, 
     return BQ_OK;
 }
 
+/* The first key query `last` sees: 0, or the start of its sliding window. */
+static int first_key(const bq_config *m, int last)
+{
+    return m->sliding_window && last >= m->sliding_window ? last - m->sliding_window + 1 : 0;
+}
+
 /* Causal attention of n new queries against the cache of one layer. */
 typedef struct { cpu_be *c; const float *Q, *K, *V; float *A; int n, T, pos; } att_job;
 
@@ -286,7 +292,7 @@ static void attend_heads(void *arg, size_t h0, size_t h1)
         for (int t = 0; t < n; t++) {
             float *s = att + (size_t)t * T;
             /* causal: keys first..last (a sliding window keeps the last `window` of them) */
-            int last = j->pos + t, first = m->sliding_window && last >= m->sliding_window ? last - m->sliding_window + 1 : 0;
+            int last = j->pos + t, first = first_key(m, last);
             float mx = -INFINITY;
             for (int i = first; i <= last; i++) mx = s[i] > mx ? s[i] : mx;
             double sum = 0;
@@ -305,7 +311,7 @@ static void attend_heads(void *arg, size_t h0, size_t h1)
                         0.0f, j->A + h * d, (int)qd);
         } else if (few) {
             for (int t = 0; t < n; t++) {
-                int last = j->pos + t, first = m->sliding_window && last >= m->sliding_window ? last - m->sliding_window + 1 : 0;
+                int last = j->pos + t, first = first_key(m, last);
                 mv_axpy_rows_f32(att + (size_t)t * T, first, last, j->V + (size_t)kh * d, kv, d, j->A + (size_t)t * qd + h * d);
             }
         } else {

@@ -375,6 +375,18 @@ bq_status pmat_new(const bq_format *f, int rows, int cols, const uint8_t *packed
     return BQ_OK;
 }
 
+bq_status pmat_widen(pmat **pm, float **w)
+{
+    pmat *m = *pm;
+    float *x = malloc((size_t)m->rows * m->cols * sizeof *x);
+    if (!x) return bq_fail(BQ_ERR_NOMEM, "out of memory widening a %dx%d matrix", m->rows, m->cols);
+    pmat_decode(m, 0, m->rows, x);
+    pmat_free(m);
+    *pm = NULL;
+    *w = x;
+    return BQ_OK;
+}
+
 bq_status pmat_pack(const bq_format *f, const float *x, int rows, int cols, const bq_qopts *o, pmat **out)
 {
     *out = NULL;

@@ -51,6 +51,8 @@ bq_status pmat_pack(const bq_format *f, const float *x, int rows, int cols, cons
 void pmat_free(pmat *m);
 /* A 16-bit float matrix (bf16, fp16): a checkpoint held as stored, decoded exactly. */
 int pmat_is_float16(const pmat *m);
+/* *pm decoded into a new float32 matrix *w, then freed (*pm = NULL). */
+bq_status pmat_widen(pmat **pm, float **w);
 size_t pmat_bytes(const pmat *m);                 /* memory held, all included */
 /* The bq_pack layout again (exactly the bytes pmat_new took). */
 bq_status pmat_to_packed(const pmat *m, uint8_t *out, size_t size);

@@ -92,7 +92,7 @@ static bq_status alloc_grams(calib_stats *s)
     for (int k = 0; k < s->n; k++)
         if (s->msq[k] && calib_gram_slot(s, k) == k) bytes += (double)s->in[k] * s->in[k] * 8;
     if (bytes > 8e9)
-        return bq_fail(BQ_ERR_UNSUPPORTED, "gptq: the calibration's Gram matrices would take %.1f GB (all layers at once; layer-by-layer calibration is not built)", bytes / 1e9);
+        return bq_fail(BQ_ERR_UNSUPPORTED, "gptq/awq: the calibration's Gram matrices would take %.1f GB (all layers at once; layer-by-layer calibration is not built)", bytes / 1e9);
     if (s->n <= 0) return BQ_OK;
     if (!(s->gram = calloc((unsigned)s->n, sizeof *s->gram))) return bq_fail(BQ_ERR_NOMEM, "out of memory");
     for (int k = 0; k < s->n; k++)

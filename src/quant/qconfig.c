@@ -97,8 +97,8 @@ static bq_status add_mul_rule(bq_qconfig *q, const char *pattern, const char *mu
 }
 
 /* --ptq LIST: the post-training algorithms, comma-separated; whatever the order
- * given: smoothquant, awq (both rescale channels), then gptq, which clips each group
- * as it goes when clip is also asked for, else clip */
+ * given: rotate, smoothquant, awq (all three rescale or rotate channels), then gptq,
+ * which clips each group as it goes when clip is also asked for, else clip */
 static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
 {
     int clip = 0, smooth = 0, gptq = 0, awq = 0, rotate = 0;
@@ -250,13 +250,41 @@ static bq_status hold_bf16(float **w, pmat **pw, int rows, int cols)
     return st;
 }
 
-/* Quantise one weight matrix: in place (fake quantisation) or into a packed
- * matrix that replaces the float one. An already packed weight can only be
- * asked for the format it holds. */
+/* The linear's weights as float32 (a held 16-bit matrix is widened, exactly). */
+bq_status ptq_float_weights(linear *l)
+{
+    if (l->w) return BQ_OK;
+    if (!pmat_is_float16(l->pw))
+        return bq_fail(BQ_ERR_ARG, "%s is already packed as %s; transform the float model", l->name, l->pw->f->name);
+    return pmat_widen(&l->pw, &l->w);
+}
+
+bq_status ptq_float_embedding(bq_model *m)
+{
+    if (!pmat_is_float16(m->emb_p)) return BQ_OK;
+    int tied = m->head.pw == m->emb_p;
+    bq_status st = pmat_widen(&m->emb_p, &m->tok_emb);
+    if (!st && tied) { m->head.pw = NULL; m->head.w = m->tok_emb; }
+    return st;
+}
+
+bq_status ptq_untie_head(bq_model *m)
+{
+    size_t n = (size_t)m->c.vocab * m->c.embed_dim;
+    float *copy = malloc(n * sizeof *copy);
+    if (!copy) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    memcpy(copy, m->tok_emb, n * sizeof *copy);
+    m->head.w = copy;
+    return BQ_OK;
+}
+
 /* What the post-training algorithms get for one weight: calibration's mean squares
  * and Gram matrix of its input (NULL: none). */
 typedef struct { int clip, gptq; const double *imp, *gram; } ptq_in;
 
+/* Quantise one weight matrix: in place (fake quantisation) or into a packed
+ * matrix that replaces the float one. An already packed weight can only be
+ * asked for the format it holds. */
 static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *fmt, const bq_qopts *o,
                          const char *name, int pack, ptq_in p)
 {
@@ -268,12 +296,7 @@ static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *f
     int held = 0;
     if (*pw && strcmp((*pw)->f->name, f->name) && pmat_is_float16(*pw)) {
         /* a checkpoint held in bf16/fp16: widened exactly, then quantised as from float32 */
-        float *x = malloc((size_t)rows * cols * sizeof *x);
-        if (!x) { bq_format_free(f); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
-        pmat_decode(*pw, 0, rows, x);
-        pmat_free(*pw);
-        *pw = NULL;
-        *w = x;
+        if ((st = pmat_widen(pw, w))) { bq_format_free(f); return st; }
         held = 1;
     }
     if (*pw) {
@@ -435,23 +458,9 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
     const char *hw, *ha, *ew, *ea;
     resolve(q, "lm_head", 0, &hw, &ha, hits);
     resolve(q, "embed_tokens", 0, &ew, &ea, hits);
-    if (!st && (*hw || *ew) && pmat_is_float16(m->emb_p)) {  /* a held embedding: widened first (exact) */
-        size_t n = (size_t)m->c.vocab * m->c.embed_dim;
-        if (!(m->tok_emb = malloc(n * sizeof *m->tok_emb))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-        else {
-            pmat_decode(m->emb_p, 0, m->c.vocab, m->tok_emb);
-            if (m->head.pw == m->emb_p) { m->head.pw = NULL; m->head.w = m->tok_emb; }
-            pmat_free(m->emb_p);
-            m->emb_p = NULL;
-        }
-    }
+    if (!st && (*hw || *ew)) st = ptq_float_embedding(m);
     int tied = m->tok_emb && m->head.w == m->tok_emb;
-    if (!st && tied && (*hw || *ew) && strcmp(hw, ew)) {
-        size_t n = (size_t)m->c.vocab * m->c.embed_dim;
-        float *copy = malloc(n * sizeof *copy);
-        if (!copy) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-        else { memcpy(copy, m->tok_emb, n * sizeof *copy); m->head.w = copy; tied = 0; }
-    }
+    if (!st && tied && (*hw || *ew) && strcmp(hw, ew) && !(st = ptq_untie_head(m))) tied = 0;
     if (!st && *ew) {
         st = apply_w(&m->tok_emb, &m->emb_p, m->c.vocab, m->c.embed_dim, ew, o, "embed_tokens", pack, (ptq_in){q->ptq_clip, 0, NULL, NULL});
         if (!st && tied && m->emb_p) { m->head.w = NULL; m->head.pw = m->emb_p; }

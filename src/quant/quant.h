@@ -52,7 +52,7 @@ struct bq_qconfig {
     bq_qopts opts;
     char source[256];   /* file name, for messages */
     int ptq_clip;       /* --ptq clip: MSE clipping of each weight group (clip.c) */
-    int ptq_smooth;     /* --ptq smoothquant[:alpha] (smooth.c), applied first */
+    int ptq_smooth;     /* --ptq smoothquant[:alpha] (smooth.c), after rotate */
     int ptq_gptq;       /* --ptq gptq (gptq.c): needs the Gram matrices, taken at calibration */
     int ptq_awq;        /* --ptq awq (awq.c): likewise; after smoothquant, before gptq and clip */
     int ptq_rotate;     /* --ptq rotate[:seed] (rotate.c): first of all */
@@ -69,9 +69,6 @@ struct bq_qconfig {
 /* Rules from TOML text already in memory. */
 bq_status qconfig_parse(bq_qconfig *q, const char *src, size_t n, const char *path);
 
-/* Clamp each scale group of w in place to the range whose quantisation has the least
- * squared error, each column's error weighted by imp[column] (NULL: equally); quantising
- * or packing the result then uses the clipped scales (clip.c). */
 /* Per-input-channel factors folded into m's float weights and norms (smooth.c): for
  * each group of linears that read one input, fn fills s (weights' columns times s,
  * the input divided by it); cs (a copy of the calibration) is rescaled with the inputs. */
@@ -82,14 +79,20 @@ bq_status ptq_fold_scales(bq_model *m, calib_stats *cs, ptq_scale_fn fn, void *a
  * Gram matrices for the weight formats q gives (awq.c). */
 bq_status ptq_smooth(bq_model *m, calib_stats *cs, double alpha);
 bq_status ptq_awq(bq_model *m, calib_stats *cs, const bq_qconfig *q);
-/* A linear's weights as float32 (a held 16-bit matrix widened exactly; packed: refused). */
+/* A linear's weights as float32 (a held 16-bit matrix widened exactly; packed: refused);
+ * the embedding likewise (a tied head follows it); a tied head given its own copy (qconfig.c). */
 bq_status ptq_float_weights(struct linear *l);
+bq_status ptq_float_embedding(bq_model *m);
+bq_status ptq_untie_head(bq_model *m);
 /* The residual stream rotated by a seeded random orthogonal matrix, norms folded (rotate.c). */
 bq_status ptq_rotate(bq_model *m, uint64_t seed);
 /* The weight format q gives the tensor `name` ("" if none). */
 const char *qconfig_weight_format(const bq_qconfig *q, const char *name);
 /* GPTQ on w [rows][cols] with the Gram matrix of its input; clip: each group clipped too. */
 bq_status ptq_gptq(const bq_format *f, float *w, int rows, int cols, const double *gram, int clip, const bq_qopts *o);
+/* Clamp each scale group of w in place to the range whose quantisation has the least
+ * squared error, each column's error weighted by imp[column] (NULL: equally); quantising
+ * or packing the result then uses the clipped scales (clip.c). */
 bq_status ptq_clip(const bq_format *f, float *w, int rows, int cols, const double *imp, const bq_qopts *o);
 
 

@@ -80,22 +80,13 @@ bq_status ptq_rotate(bq_model *m, uint64_t seed)
         return bq_fail(BQ_ERR_UNSUPPORTED, "rotate: needs a pre-norm model with RMSNorm (LayerNorm's mean is not rotation invariant)");
     if (m->pos_emb || c->embed_dim != H || LINEAR_PRESENT(&m->proj_in))
         return bq_fail(BQ_ERR_UNSUPPORTED, "rotate: learned positions or projections into the residual stream are not rotated yet");
-    if (!m->tok_emb) {
-        if (!pmat_is_float16(m->emb_p)) return bq_fail(BQ_ERR_ARG, "rotate: the embedding is already packed; rotate the float model");
-        size_t n = (size_t)c->vocab * H;
-        if (!(m->tok_emb = malloc(n * sizeof *m->tok_emb))) return bq_fail(BQ_ERR_NOMEM, "out of memory");
-        pmat_decode(m->emb_p, 0, c->vocab, m->tok_emb);
-        if (m->head.pw == m->emb_p) { m->head.pw = NULL; m->head.w = m->tok_emb; }
-        pmat_free(m->emb_p);
-        m->emb_p = NULL;
-    }
-    if (m->head.w == m->tok_emb) {  /* tied: the head takes the final norm, the embedding does not */
-        size_t n = (size_t)c->vocab * H;
-        if (!(m->head.w = malloc(n * sizeof *m->head.w))) { m->head.w = m->tok_emb; return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
-        memcpy(m->head.w, m->tok_emb, n * sizeof *m->head.w);
-    }
+    if (!m->tok_emb && !pmat_is_float16(m->emb_p)) return bq_fail(BQ_ERR_ARG, "rotate: the embedding is already packed; rotate the float model");
+    bq_status st = ptq_float_embedding(m);
+    /* tied: the head takes the final norm, the embedding does not */
+    if (!st && m->head.w == m->tok_emb) st = ptq_untie_head(m);
+    if (st) return st;
     float *Q = malloc((size_t)H * H * sizeof *Q);
-    bq_status st = Q ? random_orthogonal(H, seed, Q) : bq_fail(BQ_ERR_NOMEM, "out of memory");
+    st = Q ? random_orthogonal(H, seed, Q) : bq_fail(BQ_ERR_NOMEM, "out of memory");
     for (int i = 0; i < L && !st; i++) {
         layer_w *Lw = &m->L[i];
         linear *all[] = {&Lw->q, &Lw->k, &Lw->v, &Lw->o, &Lw->gate, &Lw->up, &Lw->down};

@@ -23,21 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The linear's weights as float32 (a held 16-bit matrix is widened, exactly). */
-bq_status ptq_float_weights(linear *l)
-{
-    if (l->w) return BQ_OK;
-    if (!pmat_is_float16(l->pw))
-        return bq_fail(BQ_ERR_ARG, "%s is already packed as %s; scale the float model", l->name, l->pw->f->name);
-    float *x = malloc((size_t)l->out * l->in * sizeof *x);
-    if (!x) return bq_fail(BQ_ERR_NOMEM, "out of memory");
-    pmat_decode(l->pw, 0, l->out, x);
-    pmat_free(l->pw);
-    l->pw = NULL;
-    l->w = x;
-    return BQ_OK;
-}
-
 /* The scales of one group of linears that read the same input (smoothquant's
  * rule; awq.c has a searched one), then folded: the weights' columns times s_j,
  * the input's producer (`norm`, or the rows of `prev`) divided by it. */
