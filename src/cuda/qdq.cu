@@ -92,7 +92,7 @@ static __device__ __forceinline__ float int_value(const bq_format &f, const qctx
     const elem_t *e = &f.el;
     if (bad || s != s) return NAN;
     if (!(s > 0.0f)) return copysignf(0.0f, sgn_of(x));
-    if (!f.asym) return (elem_quant(e, x / s, c.round, c.seed, idx) * s) * 1.0f;
+    if (!f.asym) return deq_sat(elem_quant(e, x / s, c.round, c.seed, idx), s, 1.0f);
     float out = asym_deq(asym_q(e, x, s, z, c.round, c.seed, idx), z, s);
     return out == 0.0f ? copysignf(0.0f, sgn_of(x)) : out;
 }

@@ -30,7 +30,7 @@ INLINE void grid_loop(const elem_t *e, const float *restrict x, float *restrict 
         }
         float lim = v < 0 ? maxn : maxv;
         q = q > lim ? lim : q;
-        y[i] = (copysignf(q, sgn_of(v)) * p1) * p2;
+        y[i] = deq_sat(copysignf(q, sgn_of(v)), p1, p2);
     }
 }
 

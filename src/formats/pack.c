@@ -315,7 +315,7 @@ static void unpack_row(const bq_format *f, const qctx *c, bitr *rd, size_t cols,
                 float q = elem_value(e, get(rd, e->bits), 0);
                 if (i >= n) continue;
                 if (f->sch == SCH_ELEM) y[b + i] = q;
-                else y[b + i] = s != s ? NAN : (f->asym ? asym_deq(q, z, s) : q * s) + 0.0f;
+                else y[b + i] = s != s ? NAN : (f->asym ? asym_deq(q, z, s) : deq_sat(q, s, 1.0f)) + 0.0f;
             }
             continue;
         }

@@ -365,13 +365,17 @@ static inline BQ_HD bscale block_scale(const bq_format *f, const qctx *c, float 
     return s;
 }
 
-/* A grid value times its block scale; past float32 it saturates at +-FLT_MAX
- * (an element grid near FLT_MAX under a scale above 1). */
-static inline BQ_HD float block_deq(const bscale *s, float q)
+/* A finite grid value times its scale factors; past float32 it saturates at
+ * +-FLT_MAX (an element grid near FLT_MAX under a scale above 1, or a scale
+ * rounded up past amax / max grid value). Every dequantisation (fake
+ * quantisation, unpacking, host and device) goes through this rule. */
+static inline BQ_HD float deq_sat(float q, float p1, float p2)
 {
-    float y = (q * s->post1) * s->post2;
+    float y = (q * p1) * p2;
     return fabsf(y) > FLT_MAX && fabsf(q) <= FLT_MAX ? copysignf(FLT_MAX, y) : y;
 }
+
+static inline BQ_HD float block_deq(const bscale *s, float q) { return deq_sat(q, s->post1, s->post2); }
 
 /* Quantise one value against its block scale; returns the grid value q (signed)
  * through *qout and the dequantised value. */

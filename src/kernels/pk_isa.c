@@ -44,19 +44,6 @@ INLINE void group_scales(const pmat *m, int p, int g, float *s1, float *s2)
     }
 }
 
-/* sw[r] = (s1 * s2) * emult for the 16 rows: the matmul factor. */
-INLINE void group_factors(const pmat *m, int p, int g, float *sw)
-{
-    const uint8_t *c = scale_codes(m, p, g);
-    if (m->sbytes == 1) {
-        for (int r = 0; r < PM_ROWS; r++) sw[r] = m->sc[c[r]];
-        return;
-    }
-    float s1[PM_ROWS], s2[PM_ROWS];
-    group_scales(m, p, g, s1, s2);
-    for (int r = 0; r < PM_ROWS; r++) sw[r] = (s1[r] * s2[r]) * m->emult;
-}
-
 INLINE const uint8_t *panel(const pmat *m, int p) { return m->pw + (size_t)p * m->cols * PM_ROWS * m->eb / 8; }
 
 /* Integer weight of (row-in-panel r, column k): the reference the SIMD paths follow. */
@@ -391,6 +378,20 @@ static void mv_f32(const pmat *m, const float *x, int n, float *y, int ldy, int 
 
 #else
 /* ---- portable scalar: the reference ---- */
+
+/* sw[r] = (s1 * s2) * emult for the 16 rows: the matmul factor (the SIMD paths
+ * compute it eight rows at a time). */
+INLINE void group_factors(const pmat *m, int p, int g, float *sw)
+{
+    const uint8_t *c = scale_codes(m, p, g);
+    if (m->sbytes == 1) {
+        for (int r = 0; r < PM_ROWS; r++) sw[r] = m->sc[c[r]];
+        return;
+    }
+    float s1[PM_ROWS], s2[PM_ROWS];
+    group_scales(m, p, g, s1, s2);
+    for (int r = 0; r < PM_ROWS; r++) sw[r] = (s1[r] * s2[r]) * m->emult;
+}
 
 static void mm_int(const pmat *m, const pm_act *a, float *y, int ldy, int p0, int p1)
 {
