@@ -7,7 +7,7 @@ SAN     ?=
 # Bit-exactness across ISAs: no FMA contraction, no fast-math.
 CFLAGS_BASE = -std=c11 -g -Wall -Wextra -Wshadow -Wno-unused-parameter -D_GNU_SOURCE -pthread \
               -ffp-contract=off -fno-math-errno -fno-trapping-math \
-              -Iinclude -Isrc/core -Isrc/formats -Isrc/model -Isrc/engine -Isrc/eval -Isrc/quant -Isrc/search -Isrc/kernels \
+              -Iinclude -Isrc/core -Isrc/formats -Isrc/model -Isrc/engine -Isrc/eval -Isrc/quant -Isrc/search -Isrc/kernels -Isrc/train \
               -Isrc/cuda
 # Position-independent with hidden visibility: the same objects make libblockq.a and
 # libblockq.so, and the .so exports only what include/blockq.h marks BQ_API.
@@ -29,7 +29,7 @@ NVFLAGS = -O3 -std=c++17 --fmad=false -Xcompiler -fPIC,-fvisibility=hidden -genc
           -Xcompiler -Wall -Iinclude -Isrc/core -Isrc/formats -Isrc/kernels -Isrc/cuda -Isrc/model -Isrc/engine
 LDLIBS  = $(EXTRA_LDFLAGS) -lopenblas -lpcre2-8 -lcjson -lm -pthread $(CUDA_LIBS)
 
-LIB_SRC = $(wildcard src/core/*.c src/model/*.c src/engine/*.c src/eval/*.c src/quant/*.c src/search/*.c) \
+LIB_SRC = $(wildcard src/core/*.c src/model/*.c src/engine/*.c src/eval/*.c src/quant/*.c src/search/*.c src/train/*.c) \
           $(filter-out src/formats/kernels.c,$(wildcard src/formats/*.c)) \
           $(filter-out src/kernels/pk_isa.c,$(wildcard src/kernels/*.c))
 LIB_OBJ = $(LIB_SRC:%.c=$(BUILD)/%.o) \

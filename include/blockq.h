@@ -346,6 +346,52 @@ BQ_API bq_status bq_generate(const bq_model *m, const int32_t *prompt, size_t n,
 BQ_API int32_t bq_sample(const float *logits, int vocab, double temperature, double top_p, uint64_t *rng);
 BQ_API uint64_t bq_sampler_seed(uint64_t seed);
 
+/* ---- quantisation-aware fine-tuning (docs/finetune.md) ---------------------- */
+
+/* A trainer updates the model's float32 weights in place (they are the master
+ * copies); the forward pass applies the config's quantisers (weights, linear
+ * inputs, K/V cache, LM head) with straight-through gradients. LLaMA family only
+ * (LLaMA, Mistral, Qwen2): other architectures are refused by name. */
+typedef struct bq_trainer bq_trainer;
+typedef struct {
+    size_t size;          /* sizeof(bq_train_opts) */
+    int ctx;              /* tokens per window */
+    int accum;            /* windows per optimiser step (gradient accumulation) */
+    int steps;            /* optimiser steps of the whole run (the schedule's length) */
+    int warmup;           /* steps of linear warm-up; then cosine decay to lr * min_lr_frac */
+    double lr, min_lr_frac, weight_decay, beta1, beta2, eps;
+    double clip_norm;     /* the gradient's global norm is clipped to this (0: off) */
+    int lora;             /* rank of adapters on the block linears (0: full fine-tuning) */
+    double lora_alpha;    /* adapters scaled by lora_alpha / lora (0: = lora) */
+    const char *train;    /* what is trained, a list of linears,norms,emb,head or "all"
+                           * (NULL: all without LoRA; linears, through the adapters, with it) */
+    uint64_t seed;        /* adapter initialisation and the order of the windows */
+    int threads;          /* 0: all cores; results do not depend on it */
+} bq_train_opts;
+BQ_API void bq_train_opts_default(bq_train_opts *o);
+/* q may be NULL (float32 fine-tuning); it must outlive nothing (formats are copied). */
+BQ_API bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *o, bq_trainer **out);
+BQ_API void bq_trainer_free(bq_trainer *t);
+/* One optimiser step over o->accum windows of o->ctx + 1 tokens each (ids holds them
+ * one after another): *loss gets their mean loss. A non-finite loss or gradient fails
+ * with BQ_ERR_NONFINITE and leaves the weights as they were. */
+BQ_API bq_status bq_trainer_step(bq_trainer *t, const int32_t *ids, double *loss);
+/* Mean loss of windows of o->ctx + 1 tokens without training (the forward pass the
+ * trainer uses: quantisers included). */
+BQ_API bq_status bq_trainer_loss(bq_trainer *t, const int32_t *ids, int windows, double *loss);
+BQ_API long bq_trainer_steps_done(const bq_trainer *t);
+BQ_API double bq_trainer_lr(const bq_trainer *t, long step);  /* the schedule */
+BQ_API size_t bq_trainer_params(const bq_trainer *t);         /* trainable values */
+/* Adapters merged into the model's weights (the trainer keeps training them). */
+BQ_API bq_status bq_trainer_merge(bq_trainer *t);
+/* Checkpoint: trainable tensors, optimiser state and step, atomically (safetensors);
+ * load refuses a file of another shape or option set. */
+BQ_API bq_status bq_trainer_save_state(const bq_trainer *t, const char *path);
+BQ_API bq_status bq_trainer_load_state(bq_trainer *t, const char *path);
+/* The model as a Hugging Face folder (config.json, tokenizer.json, model.safetensors
+ * in float32), written under a temporary name and renamed into place. */
+BQ_API bq_status bq_model_save_hf(const bq_model *m, const char *dir);
+
 /* Which SIMD path the format kernels use: "avx512", "avx2" or "scalar".
  * bq_set_isa forces one (for tests); returns BQ_ERR_UNSUPPORTED if the CPU lacks it. */
 BQ_API const char *bq_isa(void);

@@ -173,5 +173,29 @@ b=$($B ppl --model $M $PQ --text data/wikitext-2-test.txt --ctx 128 --chunks 2 2
 expect_fail 2 "unknown post-training algorithm 'hqq'" -- $B ppl --model $M --text data/wikitext-2-test.txt --wq q4_0 --ptq hqq
 expect_fail 2 "gptq: int4_row has a scale per row" -- $B ppl --model $M --text data/wikitext-2-test.txt --wq int4_row --ptq gptq --calib-chunks 1 --calib-ctx 64
 
+# finetune: a run cut in two (--stop-after, then --resume) writes the same model as one
+# run; the folder it writes is a model every command reads; bad input refused by name
+if [ -d ../shared/models/tiny/llama ]; then
+    S="$T/tinyllama"  # the tiny checkpoint with the bundled model's tokenizer (the same 8192 ids)
+    mkdir -p "$S" && cp ../shared/models/tiny/llama/* "$S/" && cp $M/tokenizer.json "$S/"
+    FT="--model $S --text data/wikitext-2-test.txt --steps 4 --ctx 32 --accum 2 --wq mxfp4 --aq mxint8 --lora 4 --train linears,norms --lr 1e-3"
+    $B finetune $FT --out "$T/ft1" >/dev/null 2>&1 &&
+    $B finetune $FT --out "$T/ft2" --stop-after 2 >/dev/null 2>"$T/ft.err" && [ -f "$T/ft2.ckpt" ] && [ ! -e "$T/ft2" ] &&
+    $B finetune $FT --out "$T/ft2" --resume >/dev/null 2>>"$T/ft.err" && [ ! -e "$T/ft2.ckpt" ] &&
+    cmp -s "$T/ft1/model.safetensors" "$T/ft2/model.safetensors" && ok || bad "finetune resumed differs from one run: $(cat "$T/ft.err")"
+    $B ppl --model "$T/ft1" --text data/wikitext-2-test.txt --ctx 32 --chunks 1 --wq mxfp4 --aq mxint8 >/dev/null 2>&1 && ok || bad "ppl on the fine-tuned folder"
+    $B finetune $FT --out "$T/ft3" --stop-after 1 >/dev/null 2>&1
+    expect_fail 2 "exists from an earlier run" -- $B finetune $FT --out "$T/ft3"
+    expect_fail 2 "a checkpoint of another run" -- $B finetune $FT --out "$T/ft3" --resume --lr 2e-3
+    expect_fail 2 "exists: remove it" -- $B finetune $FT --out "$T/ft1"
+    printf 'just a few words\n' >"$T/short.txt"
+    expect_fail 2 "shorter than one window" -- $B finetune --model $S --text "$T/short.txt" --out "$T/ft4" --ctx 64
+    expect_fail 2 "fine-tuning covers the LLaMA family" -- $B finetune --model ../shared/models/tiny/gpt2 --text data/wikitext-2-test.txt --out "$T/ft5"
+    expect_fail 2 "--attn (attention operands) is not trained" -- $B finetune --model $S --text data/wikitext-2-test.txt --out "$T/ft6" --attn mxint8
+    [ ! -e "$T/ft4" ] && [ ! -e "$T/ft5" ] && [ ! -e "$T/ft6" ] && ok || bad "a refused finetune left output behind"
+else
+    echo "SKIP: finetune CLI tests need ../shared/models/tiny/llama"
+fi
+
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]

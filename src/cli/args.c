@@ -79,3 +79,18 @@ int cli_device(const char *cmd, const char *s, int *dev)
     }
     return cli_error(cmd, "bad --device '%s': expected cpu, cuda or auto", s);
 }
+
+bq_status cli_qconfig(const char *const *names, const char *const *values, int n, const char *config, int round_set,
+                      bq_round r, uint64_t seed, bq_qconfig **out)
+{
+    bq_qconfig *q;
+    bq_status st = bq_qconfig_new(&q);
+    if (st) return st;
+    for (int i = 0; i < n && !st; i++)
+        if (values[i]) st = bq_qconfig_set(q, names[i], values[i]);
+    if (!st && config) st = bq_qconfig_load(q, config);
+    if (!st && (round_set || !config)) bq_qconfig_set_round(q, r, seed);
+    if (st) { bq_qconfig_free(q); q = NULL; }
+    *out = q;
+    return st;
+}

@@ -20,6 +20,7 @@ int cmd_sensitivity(int argc, char **argv);
 int cmd_search(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_info(int argc, char **argv);
+int cmd_finetune(int argc, char **argv);
 
 /* Append printf-style to a growing buffer (NULL on allocation failure, buffer freed). */
 char *cli_appendf(char *buf, size_t *len, size_t *cap, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
@@ -43,4 +44,8 @@ int parse_shape(const char *s, size_t *rows, size_t *cols);
 int parse_round(const char *s, bq_round *r);
 int parse_u64(const char *s, uint64_t *v);
 int cli_device(const char *cmd, const char *s, int *dev);
+/* A quantisation config from the role flags (values[r] for names[r], NULL: not given),
+ * then a TOML file's rules (which win where they match), then the rounding. */
+bq_status cli_qconfig(const char *const *names, const char *const *values, int n, const char *config, int round_set,
+                      bq_round r, uint64_t seed, bq_qconfig **out);
 #endif

@@ -166,12 +166,7 @@ static int load_model(const char *cmd, const model_args *a, bq_model **m)
     }
     if (!wants_quant(a)) return 0;
     bq_qconfig *q;
-    if ((st = bq_qconfig_new(&q))) return cli_status(cmd, st);
-    /* flags first (a default rule), then the file's rules, which win where they match */
-    for (int r = 0; r < NROLES && !st; r++)
-        if (a->role[r]) st = bq_qconfig_set(q, roles[r], a->role[r]);
-    if (!st && a->config) st = bq_qconfig_load(q, a->config);
-    if (!st && (a->round_set || !a->config)) bq_qconfig_set_round(q, a->round, a->seed);
+    if ((st = cli_qconfig(roles, a->role, NROLES, a->config, a->round_set, a->round, a->seed, &q))) return cli_status(cmd, st);
     /* every algorithm but rotate (alone) weighs by calibration */
     if (!st && a->role[ROLE_PTQ] && strcmp(a->role[ROLE_PTQ], "none") &&
         (strncmp(a->role[ROLE_PTQ], "rotate", 6) || strchr(a->role[ROLE_PTQ], ',')))

@@ -74,6 +74,9 @@ bq_status be_cpu_new(const bq_model *m, int max_tokens, int threads, be **out);
 bq_status be_cuda_new(const bq_model *m, int max_tokens, be **out);  /* nocuda.c without nvcc */
 size_t be_cuda_bytes(const be *b);  /* device memory a CUDA backend holds (0 for the CPU's) */
 
+/* OpenBLAS single-threaded inside our own fixed slices (once per process; cpu.c). */
+void be_blas_single_thread(void);
+
 /* The error of a non-finite activation, on either backend. */
 bq_status be_nonfinite(int isnan_, int layer, check_site s, int token);
 

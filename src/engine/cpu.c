@@ -20,6 +20,7 @@ static void blas_single_thread(void)
     openblas_set_num_threads(1);
 }
 static pthread_once_t g_blas_once = PTHREAD_ONCE_INIT;
+void be_blas_single_thread(void) { pthread_once(&g_blas_once, blas_single_thread); }
 
 typedef struct {
     be base;
@@ -380,7 +381,7 @@ static const be_ops cpu_ops = {
 bq_status be_cpu_new(const bq_model *m, int max_tokens, int threads, be **out)
 {
     *out = NULL;
-    pthread_once(&g_blas_once, blas_single_thread);
+    be_blas_single_thread();
     cpu_be *c = calloc(1, sizeof *c);
     if (!c) return bq_fail(BQ_ERR_NOMEM, "out of memory");
     c->base = (be){&cpu_ops, m, max_tokens, threads};

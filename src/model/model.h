@@ -31,6 +31,10 @@ bq_status st_parse_header(st_set *s, const char *path, const char *hdr, size_t h
 const st_tensor *st_find(const st_set *s, const char *name);
 void st_to_f32(const st_tensor *t, float *out);
 void st_close(st_set *s);
+/* Write float32 tensors (1-D or 2-D) as one safetensors file, atomically; meta: NULL
+ * or key, value, ..., NULL strings for "__metadata__". */
+typedef struct { const char *name; const float *data; int ndim; int64_t shape[2]; } st_out;
+bq_status st_write_f32(const char *path, const st_out *t, size_t n, const char *const *meta);
 
 /* ---- architecture ---- */
 typedef enum { ARCH_LLAMA, ARCH_QWEN2, ARCH_QWEN3, ARCH_OPT, ARCH_GPT2 } arch_id;

@@ -247,3 +247,47 @@ bq_status st_open_dir(st_set *s, const char *dir)
     if (st) st_close(s);
     return st;
 }
+
+/* ---- writer -------------------------------------------------------------------- */
+
+bq_status st_write_f32(const char *path, const st_out *t, size_t n, const char *const *meta)
+{
+    cJSON *root = cJSON_CreateObject(), *md = NULL;
+    bq_status st = BQ_OK;
+    size_t off = 0;
+    if (!root) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    if (meta && meta[0]) {
+        md = cJSON_AddObjectToObject(root, "__metadata__");
+        for (size_t i = 0; md && meta[i]; i += 2) cJSON_AddStringToObject(md, meta[i], meta[i + 1]);
+    }
+    for (size_t i = 0; i < n; i++) {
+        cJSON *e = cJSON_AddObjectToObject(root, t[i].name);
+        double shape[2] = {(double)t[i].shape[0], (double)t[i].shape[1]};
+        size_t bytes = (size_t)t[i].shape[0] * (t[i].ndim > 1 ? (size_t)t[i].shape[1] : 1) * 4;
+        double offs[2] = {(double)off, (double)(off + bytes)};
+        if (!e || !cJSON_AddStringToObject(e, "dtype", "F32") ||
+            !cJSON_AddItemToObject(e, "shape", cJSON_CreateDoubleArray(shape, t[i].ndim)) ||
+            !cJSON_AddItemToObject(e, "data_offsets", cJSON_CreateDoubleArray(offs, 2))) {
+            cJSON_Delete(root);
+            return bq_fail(BQ_ERR_NOMEM, "out of memory");
+        }
+        off += bytes;
+    }
+    char *hdr = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    if (!hdr) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    size_t hl = strlen(hdr), padded = (hl + 7) / 8 * 8;
+    uint8_t len8[8];
+    for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)padded >> (8 * i));
+    bq_afile *f;
+    if (!(st = bq_afile_open(path, &f))) {
+        bq_afile_write(f, len8, 8);
+        bq_afile_write(f, hdr, hl);
+        bq_afile_write(f, "        ", padded - hl);  /* the format pads the header with spaces */
+        for (size_t i = 0; i < n; i++)
+            bq_afile_write(f, t[i].data, (size_t)t[i].shape[0] * (t[i].ndim > 1 ? (size_t)t[i].shape[1] : 1) * 4);
+        st = bq_afile_commit(f);
+    }
+    free(hdr);
+    return st;
+}

@@ -397,6 +397,11 @@ static void resolve(const bq_qconfig *q, const char *name, int is_block, const c
     }
 }
 
+void qconfig_resolve(const bq_qconfig *q, const char *name, int is_block, const char **w, const char **a)
+{
+    resolve(q, name, is_block, w, a, NULL);
+}
+
 const char *qconfig_weight_format(const bq_qconfig *q, const char *name)
 {
     const char *w, *a;

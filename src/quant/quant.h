@@ -86,6 +86,9 @@ bq_status ptq_float_embedding(bq_model *m);
 bq_status ptq_untie_head(bq_model *m);
 /* The residual stream rotated by a seeded random orthogonal matrix, norms folded (rotate.c). */
 bq_status ptq_rotate(bq_model *m, uint64_t seed);
+/* The weight and input formats q gives the tensor `name` ("" if none); is_block: a
+ * linear inside the blocks (the "default" rule covers those only). */
+void qconfig_resolve(const bq_qconfig *q, const char *name, int is_block, const char **w, const char **a);
 /* The weight format q gives the tensor `name` ("" if none). */
 const char *qconfig_weight_format(const bq_qconfig *q, const char *name);
 /* GPTQ on w [rows][cols] with the Gram matrix of its input; clip: each group clipped too. */

@@ -1,0 +1,260 @@
+/* blockq finetune: quantisation-aware fine-tuning on a text, windows in a seeded
+ * order, checkpoints beside the output (OUT.ckpt) to resume from, the result as a
+ * Hugging Face folder or a .bq file. */
+#include "cli.h"
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *const qroles[] = {"wq", "aq", "kv", "head", "attn", "emb", "mul", "ptq"};
+enum { NQ = 8 };
+
+typedef struct {
+    const char *model, *text, *val, *out, *config, *train, *qv[NQ];
+    int threads, json, save_every, resume, val_chunks, log_every, round_set, stop_after;
+    bq_round round;
+    uint64_t qseed;
+    bq_train_opts o;
+} ft_args;
+
+static const char *usage =
+    "usage: blockq finetune --model M --text TRAIN.txt --out DIR|FILE.bq [--steps N] [--ctx S] [--accum A] [--lr X]\n"
+    "       [--warmup W] [--min-lr-frac F] [--weight-decay X] [--clip X] [--lora R] [--lora-alpha A]\n"
+    "       [--train linears,norms,emb,head|all] [--seed S] [--threads T] [--val TEXT] [--val-chunks N]\n"
+    "       [--save-every K] [--stop-after K] [--resume] [--log-every K] [--json] [--wq F] [--aq F] [--kv F] [--head F] [--config FILE]";
+
+static int num(const char *opt, const char *v, double lo, double hi, double *out)
+{
+    char *e;
+    double x = strtod(v, &e);
+    if (*e || !(x >= lo && x <= hi)) return cli_error("finetune", "bad %s '%s': expected a number in [%g, %g]", opt, v, lo, hi);
+    *out = x;
+    return 0;
+}
+
+static int inum(const char *opt, const char *v, int lo, int hi, int *out)
+{
+    double x = 0;
+    int rc = num(opt, v, lo, hi, &x);
+    if (!rc && x != (int)x) rc = cli_error("finetune", "bad %s '%s': expected an integer", opt, v);
+    if (!rc) *out = (int)x;
+    return rc;
+}
+
+static int parse(int argc, char **argv, ft_args *a)
+{
+    memset(a, 0, sizeof *a);
+    bq_train_opts_default(&a->o);
+    a->save_every = 50;
+    a->val_chunks = 16;
+    a->log_every = 1;
+    a->o.warmup = -1;  /* not given: 5% of the steps */
+    for (int i = 1; i < argc; i++) {
+        const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int rc = 0, r;
+#define OPT(name) (!strcmp(s, name) && v && (++i, 1))
+        if (OPT("--model")) a->model = v;
+        else if (OPT("--text")) a->text = v;
+        else if (OPT("--val")) a->val = v;
+        else if (OPT("--out")) a->out = v;
+        else if (OPT("--config")) a->config = v;
+        else if (OPT("--train")) a->train = v;
+        else if (OPT("--steps")) rc = inum(s, v, 1, 1 << 30, &a->o.steps);
+        else if (OPT("--ctx")) rc = inum(s, v, 1, 1 << 20, &a->o.ctx);
+        else if (OPT("--accum")) rc = inum(s, v, 1, 1 << 20, &a->o.accum);
+        else if (OPT("--warmup")) rc = inum(s, v, 0, 1 << 30, &a->o.warmup);
+        else if (OPT("--lora")) rc = inum(s, v, 0, 1 << 16, &a->o.lora);
+        else if (OPT("--threads")) rc = inum(s, v, 0, 256, &a->threads);
+        else if (OPT("--save-every")) rc = inum(s, v, 0, 1 << 30, &a->save_every);
+        else if (OPT("--val-chunks")) rc = inum(s, v, 1, 1 << 30, &a->val_chunks);
+        else if (OPT("--stop-after")) rc = inum(s, v, 1, 1 << 30, &a->stop_after);
+        else if (OPT("--log-every")) rc = inum(s, v, 1, 1 << 30, &a->log_every);
+        else if (OPT("--lr")) rc = num(s, v, 1e-12, 10, &a->o.lr);
+        else if (OPT("--min-lr-frac")) rc = num(s, v, 0, 1, &a->o.min_lr_frac);
+        else if (OPT("--weight-decay")) rc = num(s, v, 0, 10, &a->o.weight_decay);
+        else if (OPT("--clip")) rc = num(s, v, 0, 1e9, &a->o.clip_norm);
+        else if (OPT("--lora-alpha")) rc = num(s, v, 0, 1e6, &a->o.lora_alpha);
+        else if (OPT("--seed")) { if (!parse_u64(v, &a->o.seed)) rc = cli_error("finetune", "bad --seed '%s'", v); a->qseed = a->o.seed; }
+        else if (OPT("--round")) { a->round_set = 1; if (!parse_round(v, &a->round)) rc = cli_error("finetune", "bad --round '%s'", v); }
+        else if (!strcmp(s, "--resume")) a->resume = 1;
+        else if (!strcmp(s, "--json")) a->json = 1;
+        else {
+            for (r = 0; r < NQ && (strncmp(s, "--", 2) || strcmp(s + 2, qroles[r])); r++) {}
+            if (r < NQ && v) { a->qv[r] = v; i++; }
+            else return cli_error("finetune", "unknown or incomplete option '%s'\n%s", s, usage);
+        }
+#undef OPT
+        if (rc) return rc;
+    }
+    if (!a->model || !a->text || !a->out) return cli_error("finetune", "%s", usage);
+    if (a->o.warmup < 0) a->o.warmup = a->o.steps / 20;
+    a->o.train = a->train;
+    a->o.threads = a->threads;
+    return 0;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int tokenize_file(const bq_model *m, const char *path, int32_t **ids, size_t *n)
+{
+    void *text;
+    size_t len;
+    bq_tokenizer *t = NULL;
+    bq_status st = bq_read_file(path, &text, &len);
+    if (!st && !(st = bq_tokenizer_from_model(m, &t))) st = bq_tokenize(t, text, len, ids, n);
+    if (!st) free(text);
+    bq_tokenizer_free(t);
+    return st ? cli_status("finetune", st) : 0;
+}
+
+/* The windows in a seeded order, a new permutation each epoch: window k of the run
+ * (k = step * accum + a) depends on the seed and k alone, so a resumed run reads the
+ * same windows as an uninterrupted one. */
+static uint64_t mix(uint64_t z)
+{
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static void epoch_order(uint64_t seed, long epoch, size_t nwin, size_t *perm)
+{
+    for (size_t i = 0; i < nwin; i++) perm[i] = i;
+    uint64_t s = mix(seed ^ mix((uint64_t)epoch));
+    for (size_t i = nwin - 1; i > 0; i--) {
+        s = mix(s);
+        size_t j = (size_t)(s % (i + 1)), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+}
+
+static int ends_with(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+int cmd_finetune(int argc, char **argv)
+{
+    ft_args a;
+    int rc = parse(argc, argv, &a);
+    if (rc) return rc;
+    bq_model *m = NULL;
+    bq_qconfig *q = NULL;
+    bq_trainer *t = NULL;
+    int32_t *ids = NULL, *vids = NULL, *batch = NULL;
+    size_t n = 0, vn = 0, *perm = NULL;
+    char ckpt[4200];
+    snprintf(ckpt, sizeof ckpt, "%s.ckpt", a.out);
+    bq_load_opts lo = {sizeof lo, BQ_HOLD_F32};
+    bq_status st = bq_model_load_ex(a.model, &lo, &m);
+    if (!st) st = bq_model_check_finite(m);
+    if (st) { rc = cli_status("finetune", st); goto done; }
+    if ((st = cli_qconfig(qroles, a.qv, NQ, a.config, a.round_set, a.round, a.qseed, &q))) { rc = cli_status("finetune", st); goto done; }
+    if ((st = bq_trainer_new(m, q, &a.o, &t))) { rc = cli_status("finetune", st); goto done; }
+    if ((rc = tokenize_file(m, a.text, &ids, &n))) goto done;
+    size_t T = (size_t)a.o.ctx + 1, nwin = n > (size_t)a.o.ctx ? (n - 1) / (size_t)a.o.ctx : 0;
+    if (!nwin) {
+        rc = cli_error("finetune", "%s: %zu tokens, shorter than one window of %zu (--ctx %d + 1)", a.text, n, T, a.o.ctx);
+        goto done;
+    }
+    if (a.val && (rc = tokenize_file(m, a.val, &vids, &vn))) goto done;
+    size_t vwin = vn > (size_t)a.o.ctx ? (vn - 1) / (size_t)a.o.ctx : 0;
+    if (a.val && !vwin) {
+        rc = cli_error("finetune", "%s: %zu tokens, shorter than one window of %zu", a.val, vn, T);
+        goto done;
+    }
+    vwin = vwin < (size_t)a.val_chunks ? vwin : (size_t)a.val_chunks;
+    if (a.resume && access(ckpt, F_OK) == 0) {
+        if ((st = bq_trainer_load_state(t, ckpt))) { rc = cli_status("finetune", st); goto done; }
+        fprintf(stderr, "blockq finetune: resumed from %s at step %ld\n", ckpt, bq_trainer_steps_done(t));
+    } else if (!a.resume && access(ckpt, F_OK) == 0) {
+        rc = cli_error("finetune", "%s exists from an earlier run: --resume to continue it, or remove it", ckpt);
+        goto done;
+    }
+    batch = malloc(T * (size_t)a.o.accum * sizeof *batch);
+    perm = malloc(nwin * sizeof *perm);
+    if (!batch || !perm) { rc = cli_error("finetune", "out of memory"); goto done; }
+    fprintf(stderr, "blockq finetune: %s, %zu trainable values (%s%s), %zu windows of %zu tokens, %d steps of %d\n", a.model,
+            bq_trainer_params(t), a.o.lora ? "LoRA adapters" : "full", a.train ? "" : " (all)", nwin, T, a.o.steps, a.o.accum);
+    long epoch = -1;
+    double t0 = now_s(), loss = 0, first = NAN;
+    size_t tokens = 0;
+    for (long s = bq_trainer_steps_done(t); s < a.o.steps; s++) {
+        for (int k = 0; k < a.o.accum; k++) {
+            long w = s * a.o.accum + k;
+            if (w / (long)nwin != epoch) epoch_order(a.o.seed, epoch = w / (long)nwin, nwin, perm);
+            memcpy(batch + (size_t)k * T, ids + perm[w % (long)nwin] * (size_t)a.o.ctx, T * sizeof *batch);
+        }
+        double lr = bq_trainer_lr(t, s);
+        if ((st = bq_trainer_step(t, batch, &loss))) {
+            rc = cli_status("finetune", st);
+            if (access(ckpt, F_OK) == 0) fprintf(stderr, "blockq finetune: the last good checkpoint is %s\n", ckpt);
+            goto done;
+        }
+        if (first != first) first = loss;
+        tokens += T * (size_t)a.o.accum;
+        double el = now_s() - t0;
+        if ((s + 1) % a.log_every == 0 || s + 1 == a.o.steps) {
+            if (a.json)
+                printf("{\"step\": %ld, \"loss\": %.6f, \"lr\": %.6g, \"tokens\": %zu, \"seconds\": %.3f}\n", s + 1, loss, lr,
+                       tokens, el);
+            else
+                fprintf(stderr, "step %ld/%d  loss %.4f  lr %.3g  %.0f tok/s\n", s + 1, a.o.steps, loss, lr, tokens / el);
+            fflush(stdout);
+        }
+        int stop = a.stop_after && s + 1 == a.stop_after && s + 1 < a.o.steps;
+        if (((a.save_every && (s + 1) % a.save_every == 0 && s + 1 < a.o.steps) || stop) &&
+            (st = bq_trainer_save_state(t, ckpt))) {
+            rc = cli_status("finetune", st);
+            goto done;
+        }
+        if (stop) {  /* a time-boxed part of the run: --resume continues it */
+            fprintf(stderr, "blockq finetune: stopped after step %ld of %d; %s holds the run (--resume)\n", s + 1, a.o.steps, ckpt);
+            goto done;
+        }
+    }
+    double secs = now_s() - t0, vloss = NAN, vsum = 0, l;
+    for (size_t w = 0; w < vwin && !st; w++) {  /* held-out windows, consecutive, with the trainer's quantisers */
+        st = bq_trainer_loss(t, vids + w * (size_t)a.o.ctx, 1, &l);
+        vsum += l;
+    }
+    if (vwin) vloss = vsum / (double)vwin;
+    if (st) { rc = cli_status("finetune", st); goto done; }
+    if ((st = bq_trainer_merge(t))) { rc = cli_status("finetune", st); goto done; }
+    st = ends_with(a.out, ".bq") ? bq_model_save(m, a.out) : bq_model_save_hf(m, a.out);
+    if (st) { rc = cli_status("finetune", st); goto done; }
+    remove(ckpt);  /* the run is complete: nothing left to resume */
+    char *qm = cli_json_quote(a.model), *qo = cli_json_quote(a.out);
+    if (a.json && qm && qo)
+        printf("{\"model\": %s, \"out\": %s, \"steps\": %d, \"tokens\": %zu, \"seconds\": %.3f, \"tokens_per_second\": %.1f, "
+               "\"first_loss\": %.6f, \"final_loss\": %.6f, \"val_loss\": %.6f, \"val_windows\": %zu, \"trainable\": %zu}\n",
+               qm, qo, a.o.steps, tokens, secs, tokens / secs, first, loss, vloss, vwin, bq_trainer_params(t));
+    else if (!a.json) {
+        printf("%s: %d steps, %zu tokens in %.1f s (%.0f tok/s); loss %.4f -> %.4f", a.out, a.o.steps, tokens, secs,
+               tokens / secs, first, loss);
+        if (vwin) printf(", held-out %.4f (%zu windows)", vloss, vwin);
+        printf("\n");
+    }
+    free(qm);
+    free(qo);
+done:
+    bq_trainer_free(t);
+    bq_qconfig_free(q);
+    bq_model_free(m);
+    free(ids);
+    free(vids);
+    free(batch);
+    free(perm);
+    return rc;
+}

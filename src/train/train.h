@@ -1,0 +1,62 @@
+/* Quantisation-aware fine-tuning (issue #20): the LLaMA family's forward pass
+ * with its activations kept, the backward pass, and the trainer around them.
+ *
+ * Every fake quantiser of the inference engine sits in the training forward at
+ * the same place (weights, linear inputs, stored K/V, the LM head) and passes its
+ * gradient straight through (STE: dL/dx = dL/dq(x)). Master weights stay float32
+ * in the model; the forward uses q(W) (or q(W + s B A) with LoRA, so merging the
+ * adapters on save gives exactly the weights the training saw). */
+#ifndef BQ_TRAIN_H
+#define BQ_TRAIN_H
+#include "model.h"
+
+/* One linear in training: the model's layer (master weights in l->w) and what the
+ * forward multiplies by. */
+typedef struct {
+    linear *l;
+    const char *hf;       /* the Hugging Face tensor name without ".weight" */
+    bq_format *wf, *af;   /* weight and input quantisers (NULL: float) */
+    float *wq;            /* q(W [+ s B A]), or l->w itself without a quantiser or adapter */
+    float *gw, *gb;       /* gradients of the weight the forward used, and of the bias (NULL: frozen) */
+    int lora;             /* rank (0: none) */
+    float *A, *B, *gA, *gB;  /* adapters: W_eff = W + s B A, A [r, in], B [out, r] */
+} tlin;
+
+/* A tensor the optimiser updates. */
+typedef struct {
+    char name[160];
+    float *w, *g, *m, *v;
+    size_t n;
+    int rows, cols;  /* rows 1 for vectors */
+    int decay;       /* weight decay applies (matrices) */
+} tparam;
+
+struct bq_trainer {
+    bq_model *m;
+    bq_train_opts o;
+    bq_qopts qo;
+    tlin *lin;        /* layers * 7, then the LM head */
+    int nlin;
+    bq_format *kvf;   /* stored K/V */
+    tparam *p;
+    int np;
+    float *g_emb, *g_final, **g_ln;  /* the non-linear parameters' gradients (NULL: frozen) */
+    int T;            /* tokens of activations held */
+    float *acts, *scratch;
+    float *rope_cos, *rope_sin;  /* [T][head_dim / 2] */
+    bq_pool *pool;
+    int threads;
+    long step;        /* optimiser steps taken */
+    double last_norm; /* the last step's gradient norm (before clipping) */
+};
+
+/* One window: forward, loss (mean negative log-likelihood of ids[1..n) given the
+ * prefix) into *loss, and the gradients of loss * gscale added to the trainer's. */
+bq_status train_window(bq_trainer *t, const int32_t *ids, int n, double gscale, double *loss);
+/* q(W) (and the adapters merged) for every linear: once per optimiser step. */
+bq_status train_prepare(bq_trainer *t);
+void train_zero_grads(bq_trainer *t);
+/* The adapters' gradients from their linears' (after the step's windows). */
+void train_lora_grads(bq_trainer *t);
+
+#endif

@@ -1,0 +1,394 @@
+/* Fine-tuning: the training forward against the inference engine, the backward
+ * pass against finite differences (and against PyTorch where Debian's python3-torch
+ * is installed: tests/train_ref.py), straight-through quantisers, LoRA, thread
+ * invariance, checkpoints and the Hugging Face folder. */
+#include "blockq.h"
+#include "harness.h"
+#include "train.h"
+
+static char g_dir[512];
+
+static bq_model *load(const char *name)
+{
+    char p[600];
+    snprintf(p, sizeof p, "%s/models/tiny/%s", g_dir, name);
+    bq_model *m = NULL;
+    if (bq_model_load(p, &m)) { CHECK(0, "load %s: %s", p, bq_last_error()); return NULL; }
+    return m;
+}
+
+static bq_trainer *trainer(bq_model *m, const bq_qconfig *q, int ctx, int lora, const char *train, int threads)
+{
+    bq_train_opts o;
+    bq_train_opts_default(&o);
+    o.ctx = ctx;
+    o.lora = lora;
+    o.train = train;
+    o.threads = threads;
+    o.steps = 10;
+    o.warmup = 2;
+    o.lr = 1e-3;
+    bq_trainer *t = NULL;
+    if (bq_trainer_new(m, q, &o, &t)) CHECK(0, "trainer: %s", bq_last_error());
+    return t;
+}
+
+static void random_ids(int32_t *ids, int n, int vocab)
+{
+    for (int i = 0; i < n; i++) ids[i] = (int32_t)(t_rand() % (unsigned)vocab);
+}
+
+/* Mean NLL of ids[1..n) by the inference engine. */
+static double engine_loss(const bq_model *m, const int32_t *ids, int n)
+{
+    bq_ctx *c;
+    double *lp = malloc((size_t)n * sizeof *lp), s = 0;
+    if (bq_ctx_new(m, n, &c)) { free(lp); return NAN; }
+    if (bq_forward_logprobs(c, ids, n, lp)) s = NAN;
+    for (int i = 0; i < n - 1; i++) s -= lp[i];
+    bq_ctx_free(c);
+    free(lp);
+    return s / (n - 1);
+}
+
+/* The training forward computes the engine's loss: float, with quantisers, with a sliding window. */
+static void test_forward_matches_engine(const char *arch)
+{
+    bq_model *m = load(arch), *mq = load(arch);
+    if (!m || !mq) { bq_model_free(m); bq_model_free(mq); return; }
+    int n = 33;
+    int32_t ids[33];
+    random_ids(ids, n, bq_model_vocab(m));
+    for (int pass = 0; pass < 3; pass++) {
+        bq_qconfig *q = NULL;
+        if (pass == 1) {
+            bq_qconfig_new(&q);
+            OK(bq_qconfig_set(q, "wq", "mxfp4"));
+            OK(bq_qconfig_set(q, "aq", "mxint8"));
+            OK(bq_qconfig_set(q, "kv", "int8_g16"));
+            OK(bq_qconfig_set(q, "head", "bfp6_b16"));
+            OK(bq_model_quantize(mq, q, 0));
+        }
+        if (pass == 2) m->c.sliding_window = mq->c.sliding_window = 7;
+        bq_trainer *t = trainer(m, q, n - 1, 0, NULL, 2);
+        double lt = NAN, le = engine_loss(pass == 1 ? mq : m, ids, n);
+        if (t) OK(bq_trainer_loss(t, ids, 1, &lt));
+        /* float: only the order of the sums differs; quantised: an activation on a rounding
+         * boundary may round the other way, so a looser bound */
+        double tol = pass == 1 ? 2e-3 : 2e-5;
+        CHECK(fabs(lt - le) <= tol * fabs(le), "%s pass %d: training loss %.7f, engine %.7f", arch, pass, lt, le);
+        bq_trainer_free(t);
+        bq_qconfig_free(q);
+    }
+    bq_model_free(m);
+    bq_model_free(mq);
+}
+
+/* Directional finite differences: (L(w + h u) - L(w - h u)) / 2h against g . u for
+ * each kind of tensor, u a random direction the size of the tensor. */
+static void fd_check(bq_trainer *t, const int32_t *ids, const char *what)
+{
+    double l0;
+    train_zero_grads(t);
+    OK(train_prepare(t));
+    OK(train_window(t, ids, t->T, 1.0, &l0));
+    train_lora_grads(t);
+    int checked = 0;
+    for (int i = 0; i < t->np; i++) {
+        tparam *p = &t->p[i];
+        /* a few of each kind: the first layer's, the norms, the embedding, the head */
+        if (strstr(p->name, "layers.1.") && !strstr(p->name, "lora")) continue;
+        float *u = malloc(p->n * sizeof *u), *w0 = malloc(p->n * sizeof *w0), *g = malloc(p->n * sizeof *g);
+        memcpy(w0, p->w, p->n * sizeof *w0);
+        memcpy(g, p->g, p->n * sizeof *g);
+        double wn = 0, gu = 0;
+        for (size_t k = 0; k < p->n; k++) wn += (double)w0[k] * w0[k];
+        wn = sqrt(wn / p->n) + 1e-3;
+        for (size_t k = 0; k < p->n; k++) { u[k] = t_normal(); gu += (double)g[k] * u[k]; }
+        double h = 1e-2 * wn, lp, lm;
+        for (size_t k = 0; k < p->n; k++) p->w[k] = w0[k] + (float)h * u[k];
+        OK(bq_trainer_loss(t, ids, 1, &lp));
+        for (size_t k = 0; k < p->n; k++) p->w[k] = w0[k] - (float)h * u[k];
+        OK(bq_trainer_loss(t, ids, 1, &lm));
+        memcpy(p->w, w0, p->n * sizeof *w0);
+        double fd = (lp - lm) / (2 * h), err = fabs(fd - gu) / (fabs(gu) + fabs(fd) + 1e-3);  /* 1e-3: float32 noise of the loss over 2h */
+        CHECK(err < 2e-2, "%s %s: finite difference %.6g, gradient %.6g (relative error %.3g)", what, p->name, fd, gu, err);
+        checked++;
+        free(u); free(w0); free(g);
+    }
+    CHECK(checked >= 3, "%s: only %d tensors checked", what, checked);
+}
+
+static void test_gradients(const char *arch)
+{
+    bq_model *m = load(arch);
+    if (!m) return;
+    int32_t ids[17];
+    random_ids(ids, 17, bq_model_vocab(m));
+    bq_trainer *t = trainer(m, NULL, 16, 0, NULL, 2);
+    if (t) fd_check(t, ids, arch);
+    bq_trainer_free(t);
+    /* LoRA: adapters given a non-zero B first, so both A's and B's gradients are non-trivial */
+    t = trainer(m, NULL, 16, 4, "linears,norms", 2);
+    if (t) {
+        for (int i = 0; i < t->nlin; i++)
+            if (t->lin[i].lora)
+                for (size_t k = 0; k < (size_t)t->lin[i].l->out * t->lin[i].lora; k++) t->lin[i].B[k] = 0.05f * t_normal();
+        fd_check(t, ids, "lora");
+    }
+    bq_trainer_free(t);
+    bq_model_free(m);
+}
+
+/* Straight-through weights: the trainer with a weight format computes exactly the
+ * float trainer's gradients on the model whose weights were quantised beforehand. */
+static void test_ste(void)
+{
+    bq_model *m = load("llama"), *mq = load("llama");
+    if (!m || !mq) { bq_model_free(m); bq_model_free(mq); return; }
+    bq_qconfig *q;
+    bq_qconfig_new(&q);
+    OK(bq_qconfig_set(q, "wq", "bfp4_b16"));
+    OK(bq_model_quantize(mq, q, 0));
+    int32_t ids[25];
+    random_ids(ids, 25, bq_model_vocab(m));
+    bq_trainer *a = trainer(m, q, 24, 0, "linears", 1), *b = trainer(mq, NULL, 24, 0, "linears", 1);
+    if (a && b) {
+        double la, lb;
+        train_zero_grads(a); train_zero_grads(b);
+        OK(train_prepare(a)); OK(train_prepare(b));
+        OK(train_window(a, ids, 25, 1.0, &la));
+        OK(train_window(b, ids, 25, 1.0, &lb));
+        CHECK(la == lb, "loss %.9g against %.9g on the pre-quantised model", la, lb);
+        size_t bad = 0, all = 0;
+        for (int i = 0; i < a->np; i++)
+            for (size_t k = 0; k < a->p[i].n; k++, all++) bad += memcmp(&a->p[i].g[k], &b->p[i].g[k], 4) != 0;
+        CHECK(all > 0 && bad == 0, "%zu of %zu gradient values differ from the pre-quantised model's", bad, all);
+    }
+    bq_trainer_free(a); bq_trainer_free(b);
+    bq_qconfig_free(q);
+    bq_model_free(m); bq_model_free(mq);
+}
+
+/* Same seed, same bits, whatever the thread count; and training lowers the loss. */
+static void test_threads_and_descent(void)
+{
+    bq_model *m1 = load("llama"), *m3 = load("llama");
+    if (!m1 || !m3) { bq_model_free(m1); bq_model_free(m3); return; }
+    bq_qconfig *q;
+    bq_qconfig_new(&q);
+    OK(bq_qconfig_set(q, "wq", "mxfp4"));
+    OK(bq_qconfig_set(q, "aq", "mxfp8_e4m3"));
+    int32_t ids[2 * 33];
+    random_ids(ids, 2 * 33, bq_model_vocab(m1));
+    bq_train_opts o;
+    bq_train_opts_default(&o);
+    o.ctx = 32; o.accum = 2; o.steps = 8; o.warmup = 1; o.lr = 3e-3;
+    bq_trainer *t1 = NULL, *t3 = NULL;
+    o.threads = 1;
+    OK(bq_trainer_new(m1, q, &o, &t1));
+    o.threads = 3;
+    OK(bq_trainer_new(m3, q, &o, &t3));
+    if (t1 && t3) {
+        double first = 0, l1 = 0, l3 = 0;
+        for (int s = 0; s < 8; s++) {
+            OK(bq_trainer_step(t1, ids, &l1));
+            OK(bq_trainer_step(t3, ids, &l3));
+            if (!s) first = l1;
+        }
+        CHECK(l1 == l3, "1 thread: loss %.9g, 3 threads: %.9g", l1, l3);
+        size_t bad = 0;
+        for (int i = 0; i < t1->np; i++) bad += memcmp(t1->p[i].w, t3->p[i].w, t1->p[i].n * 4) != 0;
+        CHECK(bad == 0, "%zu tensors differ between 1 and 3 threads after 8 steps", bad);
+        CHECK(l1 < first - 0.5, "8 steps on the same windows: loss %.4f -> %.4f", first, l1);
+        CHECK(bq_trainer_steps_done(t1) == 8, "steps done %ld", bq_trainer_steps_done(t1));
+    }
+    bq_trainer_free(t1); bq_trainer_free(t3);
+    bq_qconfig_free(q);
+    bq_model_free(m1); bq_model_free(m3);
+}
+
+/* Checkpoints restore the run exactly; another run's checkpoint is refused; the schedule. */
+static void test_checkpoint(void)
+{
+    bq_model *a = load("llama"), *b = load("llama");
+    if (!a || !b) { bq_model_free(a); bq_model_free(b); return; }
+    int32_t ids[17];
+    random_ids(ids, 17, bq_model_vocab(a));
+    bq_trainer *ta = trainer(a, NULL, 16, 4, NULL, 2), *tb = trainer(b, NULL, 16, 4, NULL, 2);
+    const char *path = "build/test_train.ckpt";
+    double la, lb;
+    if (ta && tb) {
+        OK(bq_trainer_step(ta, ids, &la));
+        OK(bq_trainer_save_state(ta, path));
+        OK(bq_trainer_load_state(tb, path));
+        OK(bq_trainer_step(ta, ids, &la));
+        OK(bq_trainer_step(tb, ids, &lb));
+        CHECK(la == lb && bq_trainer_steps_done(tb) == 2, "resumed: loss %.9g vs %.9g, step %ld", lb, la,
+              bq_trainer_steps_done(tb));
+        bq_trainer *tc = trainer(b, NULL, 16, 8, NULL, 2);
+        if (tc) {
+            bq_status st = bq_trainer_load_state(tc, path);
+            CHECK(st == BQ_ERR_ARG && strstr(bq_last_error(), "another run"), "another run's checkpoint: %s", bq_last_error());
+        }
+        bq_trainer_free(tc);
+        CHECK(fabs(bq_trainer_lr(ta, 0) - 5e-4) < 1e-12 && fabs(bq_trainer_lr(ta, 1) - 1e-3) < 1e-12 &&
+              fabs(bq_trainer_lr(ta, 9) - 1e-4) < 1e-12, "schedule: %g %g %g", bq_trainer_lr(ta, 0), bq_trainer_lr(ta, 1),
+              bq_trainer_lr(ta, 9));
+    }
+    remove(path);
+    bq_trainer_free(ta); bq_trainer_free(tb);
+    bq_model_free(a); bq_model_free(b);
+}
+
+/* Merged adapters and the Hugging Face folder: the written model computes what the trainer saw. */
+static void test_merge_and_save(void)
+{
+    bq_model *m = load("qwen2");
+    if (!m) return;
+    int32_t ids[17];
+    random_ids(ids, 17, bq_model_vocab(m));
+    bq_trainer *t = trainer(m, NULL, 16, 4, "linears,norms", 2);
+    double l, lt, lafter;
+    if (t) {
+        for (int s = 0; s < 3; s++) OK(bq_trainer_step(t, ids, &l));
+        OK(bq_trainer_loss(t, ids, 1, &lt));
+        OK(bq_trainer_merge(t));
+        OK(bq_trainer_loss(t, ids, 1, &lafter));
+        CHECK(fabs(lafter - lt) <= 1e-5 * lt, "merging the adapters changed the loss %.7f -> %.7f", lt, lafter);
+        const char *dir = "build/test_train_hf";
+        char cmd[256];
+        snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+        if (system(cmd)) {}
+        OK(bq_model_save_hf(m, dir));
+        CHECK(bq_model_save_hf(m, dir) == BQ_ERR_IO, "writing over an existing folder: %s", bq_last_error());
+        bq_model *r = NULL;
+        OK(bq_model_load(dir, &r));
+        if (r) {
+            double le = engine_loss(r, ids, 17), lm = engine_loss(m, ids, 17);
+            CHECK(le == lm && fabs(le - lt) <= 2e-5 * lt, "reloaded folder: %.7f, model %.7f, trainer %.7f", le, lm, lt);
+        }
+        bq_model_free(r);
+        if (system(cmd)) {}
+    }
+    bq_trainer_free(t);
+    bq_model_free(m);
+}
+
+static void test_refusals(void)
+{
+    char p[600];
+    snprintf(p, sizeof p, "%s/models/tiny/gpt2", g_dir);
+    bq_model *m = NULL;
+    bq_trainer *t = NULL;
+    bq_train_opts o;
+    bq_train_opts_default(&o);
+    if (!bq_model_load(p, &m)) {
+        CHECK(bq_trainer_new(m, NULL, &o, &t) == BQ_ERR_UNSUPPORTED && strstr(bq_last_error(), "LLaMA family"),
+              "gpt2: %s", bq_last_error());
+        bq_model_free(m);
+    }
+    m = load("llama");
+    if (!m) return;
+    bq_qconfig *q;
+    bq_qconfig_new(&q);
+    OK(bq_qconfig_set(q, "attn", "mxint8"));
+    CHECK(bq_trainer_new(m, q, &o, &t) == BQ_ERR_UNSUPPORTED && strstr(bq_last_error(), "--attn"), "attn: %s", bq_last_error());
+    bq_qconfig_free(q);
+    o.train = "linears,bias";
+    CHECK(bq_trainer_new(m, NULL, &o, &t) == BQ_ERR_ARG && strstr(bq_last_error(), "'bias'"), "roles: %s", bq_last_error());
+    o.train = NULL;
+    o.lora = 1000;
+    CHECK(bq_trainer_new(m, NULL, &o, &t) == BQ_ERR_ARG && strstr(bq_last_error(), "--lora"), "rank: %s", bq_last_error());
+    o.lora = 0;
+    o.ctx = 8;
+    OK(bq_trainer_new(m, NULL, &o, &t));
+    if (t) {
+        int32_t ids[9] = {1, 2, 3, 4, 5, 6, 7, 8, 1 << 20};
+        double l;
+        CHECK(bq_trainer_step(t, ids, &l) == BQ_ERR_ARG && strstr(bq_last_error(), "outside the vocabulary"), "ids: %s",
+              bq_last_error());
+        /* a NaN weight: the step fails and names it, the weights stay */
+        float keep = m->L[0].q.w[0];
+        m->L[0].q.w[0] = NAN;
+        ids[8] = 9;
+        CHECK(bq_trainer_step(t, ids, &l) == BQ_ERR_NONFINITE && strstr(bq_last_error(), "step 1"), "NaN: %s", bq_last_error());
+        CHECK(bq_trainer_steps_done(t) == 0 && isnan(m->L[0].q.w[0]) && m->L[0].k.w[0] == m->L[0].k.w[0], "after NaN");
+        m->L[0].q.w[0] = keep;
+    }
+    bq_trainer_free(t);
+    bq_model_free(m);
+}
+
+/* An independent reference: the same loss and gradients from PyTorch (tests/train_ref.py). */
+static void test_torch_reference(void)
+{
+    if (system("/usr/bin/python3 -c 'import torch, numpy' >/dev/null 2>&1")) {
+        SKIP("PyTorch reference gradients: /usr/bin/python3 has no torch (Debian's python3-torch)");
+        return;
+    }
+    bq_model *m = load("llama");
+    if (!m) return;
+    int32_t ids[33];
+    random_ids(ids, 33, bq_model_vocab(m));
+    FILE *f = fopen("build/test_train_ids.bin", "wb");
+    if (f) { fwrite(ids, 4, 33, f); fclose(f); }
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/train_ref.py %s/models/tiny/llama build/test_train_ids.bin build/test_train_ref.bin",
+             g_dir);
+    int rc = system(cmd);
+    CHECK(rc == 0, "tests/train_ref.py failed (%d)", rc);
+    bq_trainer *t = trainer(m, NULL, 32, 0, NULL, 2);
+    void *buf = NULL;
+    size_t size = 0;
+    if (t && !rc && !bq_read_file("build/test_train_ref.bin", &buf, &size)) {
+        double l;
+        train_zero_grads(t);
+        OK(train_prepare(t));
+        OK(train_window(t, ids, 33, 1.0, &l));
+        /* the reference file: the loss (float64), then every parameter's gradient in the trainer's order */
+        size_t want = 8, compared = 0;
+        for (int i = 0; i < t->np; i++) want += t->p[i].n * 4;
+        CHECK(size == want, "reference file of %zu bytes, expected %zu", size, want);
+        if (size == want) {
+            double ref;
+            memcpy(&ref, buf, 8);
+            CHECK(fabs(ref - l) <= 1e-5 * fabs(ref), "loss %.8f, PyTorch %.8f", l, ref);
+            const float *g = (const float *)((char *)buf + 8);
+            for (int i = 0; i < t->np; i++) {
+                tparam *p = &t->p[i];
+                double err = 0, nrm = 0;
+                for (size_t k = 0; k < p->n; k++) {
+                    err += ((double)p->g[k] - g[k]) * ((double)p->g[k] - g[k]);
+                    nrm += (double)g[k] * g[k];
+                }
+                double rel = sqrt(err / (nrm + 1e-30));
+                CHECK(rel <= 1e-4, "%s: gradient differs from PyTorch's by %.3g (relative L2)", p->name, rel);
+                g += p->n;
+                compared++;
+            }
+            CHECK(compared == (size_t)t->np, "compared %zu tensors", compared);
+        }
+    }
+    free(buf);
+    bq_trainer_free(t);
+    bq_model_free(m);
+}
+
+int main(void)
+{
+    const char *sh = shared_dir();
+    if (!sh) { SKIP("no ../shared: fine-tuning tests need the tiny checkpoints"); return 0; }
+    snprintf(g_dir, sizeof g_dir, "%s", sh);
+    test_forward_matches_engine("llama");
+    test_forward_matches_engine("qwen2");
+    test_gradients("llama");
+    test_gradients("qwen2");
+    test_ste();
+    test_threads_and_descent();
+    test_checkpoint();
+    test_merge_and_save();
+    test_refusals();
+    test_torch_reference();
+    return test_summary("test_train");
+}
