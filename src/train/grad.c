@@ -314,12 +314,12 @@ bq_status train_window(bq_trainer *t, const int32_t *ids, int n, double gscale, 
     for (int r = 0; r < rows; r++) {
         float *row = lg + (size_t)r * V, mx = -INFINITY;
         for (int v = 0; v < V; v++) mx = row[v] > mx ? row[v] : mx;
-        double sum = 0;
-        for (int v = 0; v < V; v++) sum += exp((double)row[v] - mx);
-        double lse = mx + log(sum);
         int tgt = ids[r + 1];
-        nll += lse - row[tgt];
-        for (int v = 0; v < V; v++) row[v] = (float)exp((double)row[v] - lse) * gs;
+        double sum = 0, z = row[tgt] - mx;
+        for (int v = 0; v < V; v++) sum += (row[v] = expf(row[v] - mx));
+        nll += log(sum) - z;
+        float inv = (float)(1.0 / sum) * gs;
+        for (int v = 0; v < V; v++) row[v] *= inv;
         row[tgt] -= gs;
     }
     *loss = nll / rows;

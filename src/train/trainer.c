@@ -264,6 +264,7 @@ bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *
     be_blas_single_thread();
     t->threads = o->threads > 0 ? o->threads : bq_ncores();
     t->pool = bq_pool_new(t->threads);
+    t->qo.threads = t->threads;  /* the quantisers' bits do not depend on it either */
     *out = t;
     return BQ_OK;
 }
@@ -312,9 +313,7 @@ bq_status train_prepare(bq_trainer *t)
             src = L->wq;
         }
         if (L->wf) {
-            bq_qopts qo = t->qo;
-            qo.threads = t->threads;
-            bq_status st = bq_qdq(L->wf, src, L->wq, (size_t)l->out, (size_t)l->in, &qo);
+            bq_status st = bq_qdq(L->wf, src, L->wq, (size_t)l->out, (size_t)l->in, &t->qo);
             if (st) return st;
         }
     }
