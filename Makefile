@@ -7,7 +7,7 @@ SAN     ?=
 # Bit-exactness across ISAs: no FMA contraction, no fast-math.
 CFLAGS_BASE = -std=c11 -g -Wall -Wextra -Wshadow -Wno-unused-parameter -D_GNU_SOURCE -pthread \
               -ffp-contract=off -fno-math-errno -fno-trapping-math \
-              -Iinclude -Isrc/core -Isrc/formats -Isrc/model -Isrc/engine -Isrc/eval -Isrc/quant -Isrc/search -Isrc/kernels -Isrc/train \
+              -Iinclude -Isrc/core -Isrc/formats -Isrc/model -Isrc/engine -Isrc/eval -Isrc/quant -Isrc/search -Isrc/kernels -Isrc/train -Isrc/rtl \
               -Isrc/cuda
 # Position-independent with hidden visibility: the same objects make libblockq.a and
 # libblockq.so, and the .so exports only what include/blockq.h marks BQ_API.
@@ -29,7 +29,7 @@ NVFLAGS = -O3 -std=c++17 --fmad=false -Xcompiler -fPIC,-fvisibility=hidden -genc
           -Xcompiler -Wall -Iinclude -Isrc/core -Isrc/formats -Isrc/kernels -Isrc/cuda -Isrc/model -Isrc/engine
 LDLIBS  = $(EXTRA_LDFLAGS) -lopenblas -lpcre2-8 -lcjson -lm -pthread $(CUDA_LIBS)
 
-LIB_SRC = $(wildcard src/core/*.c src/model/*.c src/engine/*.c src/eval/*.c src/quant/*.c src/search/*.c src/train/*.c) \
+LIB_SRC = $(wildcard src/core/*.c src/model/*.c src/engine/*.c src/eval/*.c src/quant/*.c src/search/*.c src/train/*.c src/rtl/*.c) \
           $(filter-out src/formats/kernels.c,$(wildcard src/formats/*.c)) \
           $(filter-out src/kernels/pk_isa.c,$(wildcard src/kernels/*.c))
 LIB_OBJ = $(LIB_SRC:%.c=$(BUILD)/%.o) \
@@ -40,7 +40,7 @@ CLI_OBJ = $(CLI_SRC:%.c=$(BUILD)/%.o)
 TESTS   = $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 BENCHES = $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/bench_*.c))
 
-.PHONY: all test test-opt test-san bench clean fuzz fuzz-short gpu gpu-full interop
+.PHONY: all test test-opt test-san bench clean fuzz fuzz-short gpu gpu-full interop rtl-check
 all: $(BUILD)/blockq $(BUILD)/libblockq.so
 
 $(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h)
@@ -141,6 +141,10 @@ test: test-opt
 # GGUF files: perplexity side by side, llama-quantize's Q4_0/Q8_0 byte for byte (SKIP without the source)
 interop: $(BUILD)/blockq
 	@sh tests/interop.sh $(BUILD)/blockq
+
+# Every format through the Verilog generator and the simulator (refusals counted by name).
+rtl-check: $(BUILD)/blockq
+	@RTL_ALL=1 sh tests/rtl_test.sh $(BUILD)/blockq
 
 bench: $(BENCHES) $(BUILD)/blockq
 

@@ -21,6 +21,7 @@ int cmd_search(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_finetune(int argc, char **argv);
+int cmd_rtl(int argc, char **argv);
 
 /* Append printf-style to a growing buffer (NULL on allocation failure, buffer freed). */
 char *cli_appendf(char *buf, size_t *len, size_t *cap, const char *fmt, ...) __attribute__((format(printf, 4, 5)));

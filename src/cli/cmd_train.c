@@ -235,11 +235,12 @@ int cmd_finetune(int argc, char **argv)
     st = ends_with(a.out, ".bq") ? bq_model_save(m, a.out) : bq_model_save_hf(m, a.out);
     if (st) { rc = cli_status("finetune", st); goto done; }
     remove(ckpt);  /* the run is complete: nothing left to resume */
-    char *qm = cli_json_quote(a.model), *qo = cli_json_quote(a.out);
+    char *qm = cli_json_quote(a.model), *qo = cli_json_quote(a.out), vbuf[32] = "null";  /* JSON has no NaN */
+    if (vwin) snprintf(vbuf, sizeof vbuf, "%.6f", vloss);
     if (a.json && qm && qo)
         printf("{\"model\": %s, \"out\": %s, \"steps\": %d, \"tokens\": %zu, \"seconds\": %.3f, \"tokens_per_second\": %.1f, "
-               "\"first_loss\": %.6f, \"final_loss\": %.6f, \"val_loss\": %.6f, \"val_windows\": %zu, \"trainable\": %zu}\n",
-               qm, qo, a.o.steps, tokens, secs, tokens / secs, first, loss, vloss, vwin, bq_trainer_params(t));
+               "\"first_loss\": %.6f, \"final_loss\": %.6f, \"val_loss\": %s, \"val_windows\": %zu, \"trainable\": %zu}\n",
+               qm, qo, a.o.steps, tokens, secs, tokens / secs, first, loss, vbuf, vwin, bq_trainer_params(t));
     else if (!a.json) {
         printf("%s: %d steps, %zu tokens in %.1f s (%.0f tok/s); loss %.4f -> %.4f", a.out, a.o.steps, tokens, secs,
                tokens / secs, first, loss);

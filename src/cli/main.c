@@ -20,6 +20,7 @@ static const command commands[] = {
     {"search", "per-layer mixed-precision search under a bits budget", cmd_search},
     {"quantize", "pack a model to its formats' true size: a .bq file, or GGUF for llama.cpp", cmd_quantize},
     {"info", "what a model (folder, .bq, GGUF) holds: packed and float bytes, bits/weight", cmd_info},
+    {"rtl", "Verilog for a format's block dot product: bit-exact simulation (--check), synthesis cost (--synth)", cmd_rtl},
     {"finetune", "quantisation-aware fine-tuning (full or LoRA) of a LLaMA-family model on a text", cmd_finetune},
     {"logits", "write float32 logits [n, vocab] for a file of int32 token ids", cmd_logits},
 };

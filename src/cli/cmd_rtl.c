@@ -1,0 +1,161 @@
+/* blockq rtl: Verilog for a format's block dot product, its bit-exact check in a
+ * simulator (Icarus Verilog) and its cost from synthesis (Yosys). */
+#include "cli.h"
+#include "rtl.h"
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *usage =
+    "usage: blockq rtl FORMAT [--a FORMAT] [--lanes N] [--pipeline] --out DIR [--vectors N] [--seed S] [--check] [--synth] [--json]";
+
+/* A tool on PATH, or a message naming the Debian package that provides it. */
+static int have_tool(const char *tool, const char *pkg)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "command -v %s >/dev/null 2>&1", tool);
+    if (!system(cmd)) return 1;
+    fprintf(stderr, "blockq rtl: %s is not installed (Debian package %s)\n", tool, pkg);
+    return 0;
+}
+
+/* Run a shell command in dir, its output to dir/log; 0 on success. */
+static int run_in(const char *dir, const char *cmd, const char *log)
+{
+    char *full = NULL;
+    size_t len = 0, cap = 0;
+    if (!(full = cli_appendf(full, &len, &cap, "cd '%s' && %s >%s 2>&1", dir, cmd, log))) return -1;
+    int rc = system(full);
+    free(full);
+    return rc;
+}
+
+/* The number after `key` on the first line of file holding it (or -1). */
+static double scan_number(const char *path, const char *key)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char line[1024];
+    double v = -1;
+    while (fgets(line, sizeof line, f)) {
+        char *p = strstr(line, key);
+        if (p && sscanf(p + strlen(key), " %lf", &v) == 1) break;
+    }
+    fclose(f);
+    return v;
+}
+
+typedef struct { double cells, area, luts, carries, depth; } synth_result;
+
+/* Gate-level synthesis to 2-input gates (area in NAND2-like units: simple gates 1,
+ * XOR/XNOR/MUX 2, NOT 0.5, flip-flops 4) with its longest path in cells, and the
+ * iCE40 mapping's 4-input LUTs and carry cells. */
+static int synthesise(const char *dir, const char *name, int changed, synth_result *r)
+{
+    char cmd[2048], p[4200], q[4200];
+    /* cached: the statistics of this very module (it was not rewritten since) */
+    snprintf(p, sizeof p, "%s/%s_ice40.txt", dir, name);
+    snprintf(q, sizeof q, "%s/%s_ltp.txt", dir, name);
+    if (changed || access(p, R_OK) || access(q, R_OK)) {
+        remove(p);  /* written last: present only after both syntheses succeeded */
+        snprintf(cmd, sizeof cmd,
+                 "yosys -q -p 'read_verilog %s.v; synth -flatten -top %s; abc -g AND,NAND,OR,NOR,XOR,XNOR,ANDNOT,ORNOT,MUX; "
+                 "opt_clean; tee -o %s_gates.txt stat; tee -o %s_ltp.txt ltp -noff'",
+                 name, name, name, name);
+        if (run_in(dir, cmd, "yosys_gates.log")) return cli_error("rtl", "yosys (gates) failed: see %s/yosys_gates.log", dir);
+        snprintf(cmd, sizeof cmd, "yosys -q -p 'read_verilog %s.v; synth_ice40 -top %s; tee -o %s_ice40.txt stat'", name, name, name);
+        if (run_in(dir, cmd, "yosys_ice40.log")) return cli_error("rtl", "yosys (iCE40) failed: see %s/yosys_ice40.log", dir);
+    }
+    static const char *types[] = {"$_AND_", "$_NAND_", "$_OR_", "$_NOR_", "$_ANDNOT_", "$_ORNOT_", "$_XOR_", "$_XNOR_",
+                                  "$_MUX_", "$_NOT_", "$_DFF_P_"};
+    static const double weight[] = {1, 1, 1, 1, 1, 1, 2, 2, 2, 0.5, 4};
+    snprintf(p, sizeof p, "%s/%s_gates.txt", dir, name);
+    r->cells = scan_number(p, "Number of cells:");
+    r->area = 0;
+    for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
+        double n = scan_number(p, types[i]);
+        if (n > 0) r->area += n * weight[i];
+    }
+    snprintf(p, sizeof p, "%s/%s_ltp.txt", dir, name);
+    r->depth = scan_number(p, "(length=");
+    snprintf(p, sizeof p, "%s/%s_ice40.txt", dir, name);
+    r->luts = scan_number(p, "SB_LUT4");
+    r->carries = scan_number(p, "SB_CARRY");
+    if (r->carries < 0) r->carries = 0;
+    if (r->cells < 0 || r->luts < 0) return cli_error("rtl", "could not read Yosys's statistics in %s", dir);
+    return 0;
+}
+
+int cmd_rtl(int argc, char **argv)
+{
+    const char *fw = NULL, *fa = NULL, *out = NULL;
+    int lanes = 0, pipe = 0, check = 0, synth = 0, json = 0, nvec = 2000;
+    uint64_t seed = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        uint64_t x;
+        if (!strcmp(s, "--a") && v) fa = argv[++i];
+        else if (!strcmp(s, "--out") && v) out = argv[++i];
+        else if (!strcmp(s, "--lanes") && v) {
+            if (!parse_u64(v, &x) || x < 1 || x > 256) return cli_error("rtl", "bad --lanes '%s': expected 1 to 256", v);
+            lanes = (int)x; i++;
+        } else if (!strcmp(s, "--vectors") && v) {
+            if (!parse_u64(v, &x) || x < 8 || x > 1000000) return cli_error("rtl", "bad --vectors '%s': expected 8 to 1000000", v);
+            nvec = (int)x; i++;
+        } else if (!strcmp(s, "--seed") && v) {
+            if (!parse_u64(v, &seed)) return cli_error("rtl", "bad --seed '%s'", v);
+            i++;
+        } else if (!strcmp(s, "--pipeline")) pipe = 1;
+        else if (!strcmp(s, "--check")) check = 1;
+        else if (!strcmp(s, "--synth")) synth = 1;
+        else if (!strcmp(s, "--json")) json = 1;
+        else if (s[0] != '-' && !fw) fw = s;
+        else return cli_error("rtl", "unknown or incomplete option '%s'\n%s", s, usage);
+    }
+    if (!fw || !out) return cli_error("rtl", "%s", usage);
+    rtl_design *d;
+    bq_status st = rtl_new(fw, fa, lanes, pipe, &d);
+    if (st) return cli_status("rtl", st);
+    int rc = 0;
+    if (mkdir(out, 0755) && errno != EEXIST) { rc = cli_error("rtl", "%s: %s", out, strerror(errno)); goto done; }
+    int changed;
+    if ((st = rtl_write(d, out, nvec, seed, &changed))) { rc = cli_status("rtl", st); goto done; }
+    const char *name = rtl_module_name(d);
+    int acc_bits, ex_bits, K;
+    rtl_widths(d, &acc_bits, &ex_bits, &K);
+    int passed = -1;
+    if (check) {
+        if (!have_tool("iverilog", "iverilog")) { rc = EXIT_BADINPUT; goto done; }
+        char cmd[1024];
+        snprintf(cmd, sizeof cmd, "iverilog -g2005 -o %s.sim %s.v %s_tb.v && vvp -n %s.sim", name, name, name, name);
+        char log[4300];
+        snprintf(log, sizeof log, "%s/%s_sim.log", out, name);
+        run_in(out, cmd, "sim.log");
+        snprintf(log, sizeof log, "%s/sim.log", out);
+        passed = scan_number(log, "PASS") == nvec;
+        if (!passed) { rc = cli_error("rtl", "%s: the simulation disagrees with the library (%s)", name, log); goto done; }
+    }
+    synth_result sr = {-1, -1, -1, -1, -1};
+    if (synth) {
+        if (!have_tool("yosys", "yosys")) { rc = EXIT_BADINPUT; goto done; }
+        if ((rc = synthesise(out, name, changed, &sr))) goto done;
+    }
+    if (json)
+        printf("{\"module\": \"%s\", \"w\": \"%s\", \"a\": \"%s\", \"lanes\": %d, \"pipeline\": %d, \"acc_bits\": %d, \"check\": %s, "
+               "\"cells\": %.0f, \"area\": %.1f, \"depth\": %.0f, \"ice40_luts\": %.0f, \"ice40_carries\": %.0f}\n",
+               name, fw, fa ? fa : fw, K, pipe, acc_bits, passed < 0 ? "null" : passed ? "true" : "false", sr.cells, sr.area,
+               sr.depth, sr.luts, sr.carries);
+    else {
+        printf("%s/%s.v: %s x %s, %d-bit exact accumulator%s\n", out, name, fw, fa ? fa : fw, acc_bits, pipe ? ", pipelined" : "");
+        if (passed > 0) printf("simulation: %d vectors bit-exact against the library\n", nvec);
+        if (synth)
+            printf("synthesis: %.0f cells (area %.1f), longest path %.0f cells; iCE40: %.0f LUT4, %.0f carry\n", sr.cells, sr.area,
+                   sr.depth, sr.luts, sr.carries);
+    }
+done:
+    rtl_free(d);
+    return rc;
+}
