@@ -22,6 +22,7 @@ int cmd_quantize(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_finetune(int argc, char **argv);
 int cmd_rtl(int argc, char **argv);
+int cli_rtl_synth(const char *f, double *area_lane, double *luts_lane);
 
 /* Append printf-style to a growing buffer (NULL on allocation failure, buffer freed). */
 char *cli_appendf(char *buf, size_t *len, size_t *cap, const char *fmt, ...) __attribute__((format(printf, 4, 5)));

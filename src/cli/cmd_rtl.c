@@ -89,6 +89,36 @@ static int synthesise(const char *dir, const char *name, int changed, synth_resu
     return 0;
 }
 
+/* The synthesised cost of format f against itself (cost --synth): area and iCE40 LUTs per
+ * lane, cached under $BQ_RTL_CACHE (default ~/.cache/blockq/rtl). 1: done, 0: the generator
+ * refuses the format (why in bq_last_error), -1: a tool failed or is missing. */
+int cli_rtl_synth(const char *f, double *area_lane, double *luts_lane)
+{
+    rtl_design *d;
+    if (rtl_new(f, NULL, 0, 0, &d)) return 0;
+    const char *env = getenv("BQ_RTL_CACHE"), *home = getenv("HOME");
+    char dir[4200];
+    if (env && *env) snprintf(dir, sizeof dir, "%s", env);
+    else snprintf(dir, sizeof dir, "%s/.cache/blockq/rtl", home ? home : "/tmp");
+    char *cmd = NULL;
+    size_t len = 0, cap = 0;
+    int rc = -1, changed, acc, ex, K;
+    synth_result sr;
+    rtl_widths(d, &acc, &ex, &K);
+    if ((cmd = cli_appendf(cmd, &len, &cap, "mkdir -p '%s/%s'", dir, rtl_module_name(d))) && !system(cmd)) {
+        size_t n = strlen(dir);
+        snprintf(dir + n, sizeof dir - n, "/%s", rtl_module_name(d));
+        if (have_tool("yosys", "yosys") && !rtl_write(d, dir, 8, 1, &changed) && !synthesise(dir, rtl_module_name(d), changed, &sr)) {
+            *area_lane = sr.area / K;
+            *luts_lane = sr.luts / K;
+            rc = 1;
+        }
+    }
+    free(cmd);
+    rtl_free(d);
+    return rc;
+}
+
 int cmd_rtl(int argc, char **argv)
 {
     const char *fw = NULL, *fa = NULL, *out = NULL;

@@ -10,7 +10,7 @@
 /* ---- shared option parsing ---- */
 typedef struct {
     const char *model, *text, *test, *formats, *out;
-    int ctx, chunks, test_chunks, threads, trials, json, dev;
+    int ctx, chunks, test_chunks, threads, trials, json, dev, synth;
     double budget;
     uint64_t seed;
 } sargs;
@@ -28,6 +28,7 @@ static int parse_sargs(const char *cmd, int argc, char **argv, sargs *a)
         uint64_t x;
         char *end;
         if (!strcmp(s, "--json")) { a->json = 1; continue; }
+        if (!strcmp(cmd, "cost") && !strcmp(s, "--synth")) { a->synth = 1; continue; }
         if (!v) return cli_error(cmd, "option '%s' needs a value", s);
         i++;
         if (!strcmp(s, "--model")) a->model = v;
@@ -104,9 +105,13 @@ int cmd_cost(int argc, char **argv)
         other = bq_model_other_params(m);
         kvt = bq_model_kv_per_token(m);
     }
+    /* --synth: the generated dot product's area per lane (docs/rtl.md), density against mxint8's */
+    double base_area = 0, base_luts;
+    if (a.synth && cli_rtl_synth("mxint8", &base_area, &base_luts) < 0) { bq_model_free(m); return EXIT_BADINPUT; }
     if (!a.json) {
         printf("%-14s %8s %9s %9s %10s %9s %9s", "format (W=A)", "bits/el", "mem dens", "arith dens", "MAC area", "L-Mul MAC", "L-Mul dens");
         if (m) printf(" %11s %11s", "weights MB", "KV MB");
+        if (a.synth) printf(" %11s %10s %13s", "synth area", "iCE40 LUT", "vs mxint8");
         printf("\n");
     } else printf("[\n");
     for (int i = 0; i < n; i++) {
@@ -118,16 +123,23 @@ int cmd_cost(int argc, char **argv)
         /* weights: block linears in the format, the rest float32; KV cache in the format at --ctx */
         double wmb = m ? ((double)lin * c.w_bits + (double)other * 32) / 8 / 1e6 : 0;
         double kvmb = m ? (double)kvt * a.ctx * c.a_bits / 8 / 1e6 : 0;
-        if (a.json)
+        double sa = 0, sl = 0;
+        int syn = a.synth ? cli_rtl_synth(names[i], &sa, &sl) : 0;
+        if (syn < 0) { bq_model_free(m); return EXIT_BADINPUT; }
+        if (a.json) {
             printf("  {\"format\": \"%s\", \"bits_per_element\": %.4f, \"memory_density\": %.4f, \"arith_density\": %.4f, "
                    "\"mac_area_fa\": %.2f, \"weights_mb\": %.4f, \"kv_mb\": %.4f, \"lmul_mac_area_fa\": %.2f, "
-                   "\"lmul_arith_density\": %.4f}%s\n", names[i], c.w_bits, c.mem_density,
-                   c.arith_density, c.mac_area, wmb, kvmb, c.lmul_mac_area, c.lmul_arith_density, i + 1 < n ? "," : "");
-        else {
+                   "\"lmul_arith_density\": %.4f", names[i], c.w_bits, c.mem_density,
+                   c.arith_density, c.mac_area, wmb, kvmb, c.lmul_mac_area, c.lmul_arith_density);
+            if (syn) printf(", \"synth_area_lane\": %.2f, \"synth_luts_lane\": %.2f, \"synth_density_vs_mxint8\": %.4f", sa, sl, base_area / sa);
+            printf("}%s\n", i + 1 < n ? "," : "");
+        } else {
             printf("%-14s %8.3f %8.2fx %9.2fx %10.1f", names[i], c.w_bits, c.mem_density, c.arith_density, c.mac_area);
             if (c.lmul_mac_area > 0) printf(" %9.1f %8.2fx", c.lmul_mac_area, c.lmul_arith_density);
             else printf(" %9s %9s", "-", "-");
             if (m) printf(" %11.2f %11.2f", wmb, kvmb);
+            if (syn) printf(" %11.1f %10.1f %12.2fx", sa, sl, base_area / sa);
+            else if (a.synth) printf(" %11s %10s %13s", "-", "-", "-");
             printf("\n");
         }
     }

@@ -176,8 +176,7 @@ bq_status rtl_new(const char *w, const char *a, int lanes, int pipeline, rtl_des
     d->W = d->LW + 1 + clog2((uint64_t)d->K) + (sw->stype == 2 ? sw->SM : 0) + (sa->stype == 2 ? sa->SM : 0) + 1;
     if (!st && d->W > 120) st = bq_fail(BQ_ERR_UNSUPPORTED, "rtl: a %d-bit accumulator (the generator stops at 120)", d->W);
     if (st) { rtl_free(d); return st; }
-    char *p = d->name + snprintf(d->name, sizeof d->name, "bq_dot_%s_%s%s", d->s[0].f->name, d->s[1].f->name, pipeline ? "_pipe" : "");
-    (void)p;
+    snprintf(d->name, sizeof d->name, "bq_dot_%s_%s%s", d->s[0].f->name, d->s[1].f->name, pipeline ? "_pipe" : "");
     for (char *c = d->name; *c; c++)
         if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_')) *c = '_';
     *out = d;

@@ -174,7 +174,6 @@ bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *
 
     /* parameters */
     int tied = m->head.w == m->tok_emb, H = c->hidden;
-    double alpha = o->lora_alpha > 0 ? o->lora_alpha : o->lora;
     uint64_t rng = o->seed ^ 0x10a2u;
     char name[160];
     if (roles & (TR_EMB | (tied ? TR_HEAD : 0))) {
@@ -238,7 +237,6 @@ bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *
             if (!(L->wq = zalloc(n))) st = bq_fail(BQ_ERR_NOMEM, "out of memory for %s's quantised copy", name);
         } else L->wq = l->w;
     }
-    (void)alpha;
     if (!st && !t->np) st = bq_fail(BQ_ERR_ARG, "nothing to train");
 
     /* activations, scratch, rotary tables, threads */
