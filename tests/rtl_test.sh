@@ -51,6 +51,10 @@ if command -v yosys >/dev/null 2>&1; then
         bad "synthesis of fixed4.2: $a"
     b=$($B rtl fixed4.2 --lanes 4 --out "$T/syn" --synth --json 2>&1 | tail -1)
     [ "$a" = "$b" ] && ok || bad "the cached synthesis differs: $a / $b"
+    # cost --synth: the synthesised area beside the hand model (mxint8 the reference: 1x); refused formats get none
+    BQ_RTL_CACHE="$T/cache" $B cost --formats mxint8,fp32 --synth --json >"$T/cost.json" 2>"$T/cost.err" &&
+    /usr/bin/python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert abs(r[0]["synth_density_vs_mxint8"] - 1) < 1e-9 and r[0]["synth_area_lane"] > 0 and "synth_area_lane" not in r[1], r' "$T/cost.json" &&
+        ok || bad "cost --synth: $(cat "$T/cost.json" "$T/cost.err")"
 else
     echo "SKIP: yosys is not installed (Debian package yosys): synthesis is not run"
 fi
