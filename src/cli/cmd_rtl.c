@@ -62,12 +62,14 @@ static int synthesise(const char *dir, const char *name, int changed, synth_resu
     if (changed || access(p, R_OK) || access(q, R_OK)) {
         remove(p);  /* written last: present only after both syntheses succeeded */
         snprintf(cmd, sizeof cmd,
-                 "yosys -q -p 'read_verilog %s.v; synth -flatten -top %s; abc -g AND,NAND,OR,NOR,XOR,XNOR,ANDNOT,ORNOT,MUX; "
+                 "timeout 1200 yosys -q -p 'read_verilog %s.v; synth -flatten -top %s; abc -g AND,NAND,OR,NOR,XOR,XNOR,ANDNOT,ORNOT,MUX; "
                  "opt_clean; tee -o %s_gates.txt stat; tee -o %s_ltp.txt ltp -noff'",
                  name, name, name, name);
-        if (run_in(dir, cmd, "yosys_gates.log")) return cli_error("rtl", "yosys (gates) failed: see %s/yosys_gates.log", dir);
-        snprintf(cmd, sizeof cmd, "yosys -q -p 'read_verilog %s.v; synth_ice40 -top %s; tee -o %s_ice40.txt stat'", name, name, name);
-        if (run_in(dir, cmd, "yosys_ice40.log")) return cli_error("rtl", "yosys (iCE40) failed: see %s/yosys_ice40.log", dir);
+        if (run_in(dir, cmd, "yosys_gates.log"))
+            return cli_error("rtl", "yosys (gates) failed or ran past 20 minutes: see %s/yosys_gates.log", dir);
+        snprintf(cmd, sizeof cmd, "timeout 1200 yosys -q -p 'read_verilog %s.v; synth_ice40 -top %s; tee -o %s_ice40.txt stat'", name, name, name);
+        if (run_in(dir, cmd, "yosys_ice40.log"))
+            return cli_error("rtl", "yosys (iCE40) failed or ran past 20 minutes: see %s/yosys_ice40.log", dir);
     }
     static const char *types[] = {"$_AND_", "$_NAND_", "$_OR_", "$_NOR_", "$_ANDNOT_", "$_ORNOT_", "$_XOR_", "$_XNOR_",
                                   "$_MUX_", "$_NOT_", "$_DFF_P_"};

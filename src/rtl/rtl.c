@@ -301,13 +301,18 @@ static void emit_module(FILE *o, const rtl_design *d)
     /* scales */
     const char *smw = d->pipe ? "smr_w" : "sm_w", *sma = d->pipe ? "smr_a" : "sm_a";
     const char *ssw = d->pipe ? "ssr_w" : "ss_w", *ssa = d->pipe ? "ssr_a" : "ss_a";
-    fprintf(o, "    wire signed [W-1:0] scaled = sum");
-    if (w->stype == 2) fprintf(o, " * $signed({1'b0, %s})", smw);
-    if (a->stype == 2) fprintf(o, " * $signed({1'b0, %s})", sma);
-    fprintf(o, ";\n    wire neg = 1'b0");
-    if (w->stype == 2) fprintf(o, " ^ %s", ssw);
-    if (a->stype == 2) fprintf(o, " ^ %s", ssa);
-    fprintf(o, ";\n    wire signed [W-1:0] acc_c = neg ? -scaled : scaled;\n");
+    if (w->stype == 2 || a->stype == 2) {
+        /* minifloat scales: the scales' significands multiplied (unsigned, their own
+         * widths), then the sum's magnitude times that, then the sign */
+        int W0 = d->LW + 1 + clog2((uint64_t)K) + 1, sm = (w->stype == 2 ? w->SM : 0) + (a->stype == 2 ? a->SM : 0);
+        fprintf(o, "    wire sneg = sum[W-1];\n    wire [%d:0] smag = sneg ? -sum[%d:0] : sum[%d:0];\n", W0 - 1, W0 - 1, W0 - 1);
+        if (w->stype == 2 && a->stype == 2) fprintf(o, "    wire [%d:0] ssm = %s * %s;\n", sm - 1, smw, sma);
+        else fprintf(o, "    wire [%d:0] ssm = %s;\n", sm - 1, w->stype == 2 ? smw : sma);
+        fprintf(o, "    wire [W-2:0] sp = smag * ssm;\n");
+        fprintf(o, "    wire neg = sneg%s%s%s%s;\n", w->stype == 2 ? " ^ " : "", w->stype == 2 ? ssw : "", a->stype == 2 ? " ^ " : "",
+                a->stype == 2 ? ssa : "");
+        fprintf(o, "    wire signed [W-1:0] acc_c = neg ? -$signed({1'b0, sp}) : $signed({1'b0, sp});\n");
+    } else fprintf(o, "    wire signed [W-1:0] acc_c = sum;\n");
     int L = w->L0 + a->L0;
     if (d->pipe) {
         fprintf(o, "    reg nan_r;\n    reg signed [W-1:0] acc_r;\n    reg signed [%d:0] ex_r;\n", XW - 1);
