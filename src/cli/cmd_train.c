@@ -2,6 +2,7 @@
  * order, checkpoints beside the output (OUT.ckpt) to resume from, the result as a
  * Hugging Face folder or a .bq file. */
 #include "cli.h"
+#include "core.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -118,13 +119,7 @@ static int tokenize_file(const bq_model *m, const char *path, int32_t **ids, siz
 /* The windows in a seeded order, a new permutation each epoch: window k of the run
  * (k = step * accum + a) depends on the seed and k alone, so a resumed run reads the
  * same windows as an uninterrupted one. */
-static uint64_t mix(uint64_t z)
-{
-    z += 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+static uint64_t mix(uint64_t z) { return bq_splitmix(&z); }
 
 static void epoch_order(uint64_t seed, long epoch, size_t nwin, size_t *perm)
 {

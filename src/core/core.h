@@ -3,6 +3,7 @@
 #define BQ_CORE_H
 #include "blockq.h"
 #include <stddef.h>
+#include <stdint.h>
 
 /* Set this thread's error message and return s. */
 bq_status bq_fail(bq_status s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -26,6 +27,16 @@ void bq_pool_free(bq_pool *p);
 /* log softmax(row)[tok] over V logits, the exponentials summed in double (ppl.c);
  * *is_argmax (may be NULL): tok is the first largest logit. */
 double log_softmax_at(const float *row, int V, int tok, int *is_argmax);
+
+/* SplitMix64: the next value of a seeded sequence (adapter initialisation, window
+ * order, test vectors); *s advances. */
+static inline uint64_t bq_splitmix(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
 
 /* Seconds on a monotonic clock (for durations). */
 double bq_now(void);

@@ -327,14 +327,6 @@ static void emit_module(FILE *o, const rtl_design *d)
 
 /* ---- reference vectors ------------------------------------------------------------------ */
 
-static uint64_t mix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 /* The scale of a code: NaN, exponent, significand and sign (1, 0, + for none). */
 static int scale_of(const side *s, uint32_t c, int *E, uint32_t *m, int *neg)
 {
@@ -428,10 +420,10 @@ bq_status rtl_write(const rtl_design *d, const char *dir, int nvec, uint64_t see
         }
     for (int v = 0; v < nvec; v++) {
         int kind = v < 8 ? v : 8;
-        uint32_t sw = (uint32_t)(mix(&rng) & ((1u << sbw) - 1)), sa = (uint32_t)(mix(&rng) & ((1u << sba) - 1));
+        uint32_t sw = (uint32_t)(bq_splitmix(&rng) & ((1u << sbw) - 1)), sa = (uint32_t)(bq_splitmix(&rng) & ((1u << sba) - 1));
         for (int i = 0; i < K; i++) {
-            cw[i] = (uint8_t)(mix(&rng) & ((1u << w->eb) - 1));
-            ca[i] = (uint8_t)(mix(&rng) & ((1u << a->eb) - 1));
+            cw[i] = (uint8_t)(bq_splitmix(&rng) & ((1u << w->eb) - 1));
+            ca[i] = (uint8_t)(bq_splitmix(&rng) & ((1u << a->eb) - 1));
             if (kind == 0) cw[i] = ca[i] = 0;                                  /* zeros */
             if (kind == 1 || kind == 2) { cw[i] = big[0]; ca[i] = big[1]; }    /* the widest sum */
             if (kind == 3 && (i & 1)) cw[i] = 0;                               /* half zero */

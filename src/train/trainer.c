@@ -81,15 +81,6 @@ static bq_status add_param(bq_trainer *t, const char *name, float *w, float *g, 
 
 static float *zalloc(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
 
-/* Adapter initialisation as in the LoRA paper's reference code: A uniform in
- * +-1/sqrt(in) from a seeded generator, B zero (training starts at the base weights). */
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
 
 static bq_status check_arch(const bq_model *m)
 {
@@ -224,9 +215,11 @@ bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *
             L->gA = zalloc((size_t)r * l->in);
             L->gB = zalloc((size_t)l->out * r);
             if (!L->A || !L->B || !L->gA || !L->gB) { st = bq_fail(BQ_ERR_NOMEM, "out of memory"); break; }
+            /* as the LoRA paper's reference code: A uniform in +-1/sqrt(in), B zero (training
+             * starts at the base weights) */
             float bound = 1.0f / sqrtf((float)l->in);
             for (size_t k = 0; k < (size_t)r * l->in; k++)
-                L->A[k] = bound * (float)((double)(splitmix(&rng) >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+                L->A[k] = bound * (float)((double)(bq_splitmix(&rng) >> 11) * 0x1.0p-53 * 2.0 - 1.0);
             snprintf(pn, sizeof pn, "%s.lora_A", name);
             st = add_param(t, pn, L->A, L->gA, r, l->in, 1);
             snprintf(pn, sizeof pn, "%s.lora_B", name);
