@@ -295,6 +295,13 @@ static void test_refusals(void)
     OK(bq_qconfig_set(q, "attn", "mxint8"));
     CHECK(bq_trainer_new(m, q, &o, &t) == BQ_ERR_UNSUPPORTED && strstr(bq_last_error(), "--attn"), "attn: %s", bq_last_error());
     bq_qconfig_free(q);
+    /* q, k and v keep one quantised copy of their input: different formats for them are refused */
+    bq_qconfig_new(&q);
+    OK(bq_qconfig_set(q, "aq", "mxfp8_e4m3"));
+    OK(bq_qconfig_add_rule(q, "layers.1.self_attn.v_proj", NULL, "mxint8"));
+    CHECK(bq_trainer_new(m, q, &o, &t) == BQ_ERR_UNSUPPORTED && strstr(bq_last_error(), "layers.1.self_attn.v_proj"),
+          "v with its own input format: %s", bq_last_error());
+    bq_qconfig_free(q);
     o.train = "linears,bias";
     CHECK(bq_trainer_new(m, NULL, &o, &t) == BQ_ERR_ARG && strstr(bq_last_error(), "'bias'"), "roles: %s", bq_last_error());
     o.train = NULL;

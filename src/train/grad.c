@@ -63,12 +63,18 @@ static void mm(bq_trainer *t, mm_kind k, int n, int in, int out, const float *a,
     bq_pool_for(t->pool, slices, th, mm_range, &j);
 }
 
-/* y = q_a(x) W^T + b: the quantised input is written to xq (kept for dW). */
-static void lin_fwd(bq_trainer *t, const tlin *L, const float *x, float *xq, float *y, int n)
+/* xq = q_a(x), the input as the linear (and those beside it: q, k, v; gate, up) sees
+ * it, kept for dW. */
+static void lin_input(bq_trainer *t, const tlin *L, const float *x, float *xq, int n)
+{
+    if (L->af) bq_qdq(L->af, x, xq, (size_t)n, (size_t)L->l->in, &t->qo);
+    else memcpy(xq, x, (size_t)n * L->l->in * sizeof *xq);
+}
+
+/* y = xq W^T + b (xq from lin_input). */
+static void lin_fwd(bq_trainer *t, const tlin *L, const float *xq, float *y, int n)
 {
     const linear *l = L->l;
-    if (L->af) bq_qdq(L->af, x, xq, (size_t)n, (size_t)l->in, &t->qo);
-    else if (xq != x) memcpy(xq, x, (size_t)n * l->in * sizeof *xq);
     mm(t, MM_FWD, n, l->in, l->out, xq, L->wq, y, 0.0f);
     if (l->b)
         for (int r = 0; r < n; r++)
@@ -282,9 +288,10 @@ bq_status train_window(bq_trainer *t, const int32_t *ids, int n, double gscale, 
         lacts A = layer_acts(t, l, n);
         const layer_w *W = &M->L[l];
         rms_fwd(A.xin, W->ln1.w, tmp, A.rs1, n, H, eps);
-        lin_fwd(t, lin_of(t, l, 0), tmp, A.h1q, A.q, n);
-        lin_fwd(t, lin_of(t, l, 1), tmp, A.h1q, A.k, n);
-        lin_fwd(t, lin_of(t, l, 2), tmp, A.h1q, A.v, n);
+        lin_input(t, lin_of(t, l, 0), tmp, A.h1q, n);  /* one format for q, k, v (trainer.c) */
+        lin_fwd(t, lin_of(t, l, 0), A.h1q, A.q, n);
+        lin_fwd(t, lin_of(t, l, 1), A.h1q, A.k, n);
+        lin_fwd(t, lin_of(t, l, 2), A.h1q, A.v, n);
         rope(t, A.q, n, nh, d, 1);
         rope(t, A.k, n, nkv, d, 1);
         if (t->kvf) {
@@ -293,20 +300,24 @@ bq_status train_window(bq_trainer *t, const int32_t *ids, int n, double gscale, 
         }
         att_job aj = {t, n, nh, nkv, d, A.q, A.k, A.v, A.P, tmp, NULL, NULL, NULL, NULL, NULL};
         bq_pool_for(t->pool, (size_t)nkv, t->threads, att_fwd_range, &aj);
-        lin_fwd(t, lin_of(t, l, 3), tmp, A.aq, A.xmid, n);
+        lin_input(t, lin_of(t, l, 3), tmp, A.aq, n);
+        lin_fwd(t, lin_of(t, l, 3), A.aq, A.xmid, n);
         for (size_t i = 0; i < nH; i++) A.xmid[i] += A.xin[i];
         rms_fwd(A.xmid, W->ln2.w, tmp, A.rs2, n, H, eps);
-        lin_fwd(t, lin_of(t, l, 4), tmp, A.h2q, A.g, n);
-        lin_fwd(t, lin_of(t, l, 5), tmp, A.h2q, A.u, n);
+        lin_input(t, lin_of(t, l, 4), tmp, A.h2q, n);  /* one format for gate and up */
+        lin_fwd(t, lin_of(t, l, 4), A.h2q, A.g, n);
+        lin_fwd(t, lin_of(t, l, 5), A.h2q, A.u, n);
         for (size_t i = 0; i < nI; i++) dm[i] = A.u[i] * A.g[i] * sigmoidf(A.g[i]);
         float *xout = l + 1 < c->layers ? layer_acts(t, l + 1, n).xin : xf;
-        lin_fwd(t, lin_of(t, l, 6), dm, A.mq, xout, n);
+        lin_input(t, lin_of(t, l, 6), dm, A.mq, n);
+        lin_fwd(t, lin_of(t, l, 6), A.mq, xout, n);
         for (size_t i = 0; i < nH; i++) xout[i] += A.xmid[i];
     }
     int rows = n - 1;  /* the last token predicts nothing here */
     rms_fwd(xf, M->final_ln.w, tmp, rsf, rows, H, eps);
     tlin *hd = lin_of(t, -1, 0);
-    lin_fwd(t, hd, tmp, hfq, lg, rows);
+    lin_input(t, hd, tmp, hfq, rows);
+    lin_fwd(t, hd, hfq, lg, rows);
 
     /* loss and dlogits = (softmax - onehot) * gscale / rows */
     double nll = 0;

@@ -123,6 +123,15 @@ static bq_status set_formats(bq_trainer *t, const bq_qconfig *q)
         if (!st && *a) st = bq_format_parse(a, &L->af);
     }
     if (!st && q->kv[0]) st = bq_format_parse(q->kv, &t->kvf);
+    /* linears reading one input keep one quantised copy of it for their weight gradients:
+     * k and v read q's input, up reads gate's */
+    for (int i = 0; i + 1 < t->nlin && !st; i++) {
+        int r = i % 7, first = r == R_K || r == R_V ? i - r : r == R_UP ? i - 1 : i;
+        const bq_format *a0 = t->lin[first].af, *a1 = t->lin[i].af;
+        if (first != i && (!a0 != !a1 || (a0 && strcmp(a0->name, a1->name))))
+            st = bq_fail(BQ_ERR_UNSUPPORTED, "%s and %s read one input with different activation formats (%s, %s): not trained yet",
+                         t->lin[first].l->name, t->lin[i].l->name, a0 ? a0->name : "float", a1 ? a1->name : "float");
+    }
     return st;
 }
 
