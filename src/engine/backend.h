@@ -77,6 +77,19 @@ size_t be_cuda_bytes(const be *b);  /* device memory a CUDA backend holds (0 for
 /* OpenBLAS single-threaded inside our own fixed slices (once per process; cpu.c). */
 void be_blas_single_thread(void);
 
+/* Element-wise steps the CPU backend and the training pass (src/train) both compute,
+ * so that their bits agree by construction (cpu.c). */
+/* RMSNorm of n rows of d: y = w * (x / rms(x)) (in place allowed); rstd (may be NULL)
+ * keeps each row's 1/rms. */
+void rms_rows(const float *x, const float *w, float *y, float *rstd, int n, int d, float eps);
+/* The rotary angle of pair i (element i with i + d/2) at position pos. */
+float rope_angle(const bq_config *c, int i, int pos);
+/* The first key position `last` attends to: 0, or the start of its sliding window. */
+static inline int attn_first_key(const bq_config *c, int last)
+{
+    return c->sliding_window && last >= c->sliding_window ? last - c->sliding_window + 1 : 0;
+}
+
 /* The error of a non-finite activation, on either backend. */
 bq_status be_nonfinite(int isnan_, int layer, check_site s, int token);
 

@@ -170,29 +170,44 @@ static bq_status cpu_linear(be *b, int layer, lin_role r, const float *x, float 
 
 /* ---- element-wise steps ----------------------------------------------------- */
 
+void rms_rows(const float *x, const float *w, float *y, float *rstd, int n, int d, float eps)
+{
+    for (int t = 0; t < n; t++) {
+        const float *xr = x + (size_t)t * d;
+        float *yr = y + (size_t)t * d;
+        double ss = 0;
+        for (int i = 0; i < d; i++) ss += (double)xr[i] * xr[i];
+        float s = (float)(1.0 / sqrt(ss / d + eps));
+        if (rstd) rstd[t] = s;
+        for (int i = 0; i < d; i++) yr[i] = w[i] * (xr[i] * s);
+    }
+}
+
 static bq_status cpu_norm(be *b, int layer, norm_role r, const float *x, float *y, int n, int d)
 {
     const bq_config *c = cfg(b);
     const normp *p = model_norm(b->m, layer, r);
-    int rms = c->norm == NORM_RMS || r == N_Q || r == N_K;
-    for (int t = 0; t < n; t++) {
+    if (c->norm == NORM_RMS || r == N_Q || r == N_K) {
+        rms_rows(x, p->w, y, NULL, n, d, c->norm_eps);
+        return BQ_OK;
+    }
+    for (int t = 0; t < n; t++) {  /* LayerNorm */
         const float *xr = x + (size_t)t * d;
         float *yr = y + (size_t)t * d;
-        if (rms) {
-            double ss = 0;
-            for (int i = 0; i < d; i++) ss += (double)xr[i] * xr[i];
-            float s = (float)(1.0 / sqrt(ss / d + c->norm_eps));
-            for (int i = 0; i < d; i++) yr[i] = p->w[i] * (xr[i] * s);
-        } else {
-            double mean = 0, var = 0;
-            for (int i = 0; i < d; i++) mean += xr[i];
-            mean /= d;
-            for (int i = 0; i < d; i++) var += (xr[i] - mean) * (xr[i] - mean);
-            float s = (float)(1.0 / sqrt(var / d + c->norm_eps));
-            for (int i = 0; i < d; i++) yr[i] = (float)(xr[i] - mean) * s * p->w[i] + (p->b ? p->b[i] : 0.0f);
-        }
+        double mean = 0, var = 0;
+        for (int i = 0; i < d; i++) mean += xr[i];
+        mean /= d;
+        for (int i = 0; i < d; i++) var += (xr[i] - mean) * (xr[i] - mean);
+        float s = (float)(1.0 / sqrt(var / d + c->norm_eps));
+        for (int i = 0; i < d; i++) yr[i] = (float)(xr[i] - mean) * s * p->w[i] + (p->b ? p->b[i] : 0.0f);
     }
     return BQ_OK;
+}
+
+float rope_angle(const bq_config *c, int i, int pos)
+{
+    float inv = (float)(1.0 / pow((double)c->rope_theta, (double)(2 * i) / c->head_dim));
+    return (float)pos * inv;
 }
 
 /* Rotary embedding, Hugging Face convention: element i pairs with i + d/2. */
@@ -202,8 +217,7 @@ static bq_status cpu_rope(be *b, float *x, int n, int nheads, int pos0)
     int d = c->head_dim, half = d / 2;
     for (int t = 0; t < n; t++)
         for (int i = 0; i < half; i++) {
-            float inv = (float)(1.0 / pow((double)c->rope_theta, (double)(2 * i) / d));
-            float ang = (float)(pos0 + t) * inv;
+            float ang = rope_angle(c, i, pos0 + t);
             float cs = cosf(ang), sn = sinf(ang);
             for (int h = 0; h < nheads; h++) {
                 float *v = x + ((size_t)t * nheads + h) * d;
@@ -259,12 +273,6 @@ static bq_status cpu_kv_store(be *b, int layer, const float *k, const float *v, 
     return BQ_OK;
 }
 
-/* The first key query `last` sees: 0, or the start of its sliding window. */
-static int first_key(const bq_config *m, int last)
-{
-    return m->sliding_window && last >= m->sliding_window ? last - m->sliding_window + 1 : 0;
-}
-
 /* Causal attention of n new queries against the cache of one layer. */
 typedef struct { cpu_be *c; const float *Q, *K, *V; float *A; int n, T, pos; } att_job;
 
@@ -293,7 +301,7 @@ static void attend_heads(void *arg, size_t h0, size_t h1)
         for (int t = 0; t < n; t++) {
             float *s = att + (size_t)t * T;
             /* causal: keys first..last (a sliding window keeps the last `window` of them) */
-            int last = j->pos + t, first = first_key(m, last);
+            int last = j->pos + t, first = attn_first_key(m, last);
             float mx = -INFINITY;
             for (int i = first; i <= last; i++) mx = s[i] > mx ? s[i] : mx;
             double sum = 0;
@@ -312,7 +320,7 @@ static void attend_heads(void *arg, size_t h0, size_t h1)
                         0.0f, j->A + h * d, (int)qd);
         } else if (few) {
             for (int t = 0; t < n; t++) {
-                int last = j->pos + t, first = first_key(m, last);
+                int last = j->pos + t, first = attn_first_key(m, last);
                 mv_axpy_rows_f32(att + (size_t)t * T, first, last, j->V + (size_t)kh * d, kv, d, j->A + (size_t)t * qd + h * d);
             }
         } else {

@@ -13,6 +13,7 @@
  * SGEMMs on fixed slices spread over the pool, as in the inference engine, so the
  * bits do not depend on the thread count. */
 #include "train.h"
+#include "backend.h"
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
@@ -94,19 +95,6 @@ static void lin_bwd(bq_trainer *t, const tlin *L, const float *xq, const float *
 
 /* ---- element-wise steps -------------------------------------------------------- */
 
-/* y = w * x / rms(x), rstd kept (the inverse RMS, as the engine computes it) */
-static void rms_fwd(const float *x, const float *w, float *y, float *rstd, int n, int d, float eps)
-{
-    for (int r = 0; r < n; r++) {
-        const float *xr = x + (size_t)r * d;
-        double ss = 0;
-        for (int i = 0; i < d; i++) ss += (double)xr[i] * xr[i];
-        float s = (float)(1.0 / sqrt(ss / d + eps));
-        rstd[r] = s;
-        for (int i = 0; i < d; i++) y[(size_t)r * d + i] = w[i] * (xr[i] * s);
-    }
-}
-
 /* dx += rstd (dy w - xhat mean(dy w xhat)), xhat = x rstd;  gw += sum dy xhat */
 static void rms_bwd(const float *x, const float *w, const float *rstd, const float *dy, float *dx, float *gw, int n, int d)
 {
@@ -153,8 +141,6 @@ typedef struct {
     float *dq, *dk, *dv, *dP;
 } att_job;
 
-static int first_key(const bq_model *m, int t) { int w = m->c.sliding_window; return w && t >= w ? t - w + 1 : 0; }
-
 static void att_fwd_range(void *arg, size_t g0, size_t g1)
 {
     const att_job *j = arg;
@@ -167,7 +153,7 @@ static void att_fwd_range(void *arg, size_t g0, size_t g1)
                         j->k + g * d, kd, 0.0f, P, n);
             for (int r = 0; r < n; r++) {
                 float *row = P + (size_t)r * n, mx = -INFINITY;
-                int f = first_key(j->t->m, r);
+                int f = attn_first_key(&j->t->m->c, r);
                 for (int c = f; c <= r; c++) mx = row[c] > mx ? row[c] : mx;
                 double sum = 0;
                 for (int c = f; c <= r; c++) sum += (row[c] = expf(row[c] - mx));
@@ -287,7 +273,7 @@ bq_status train_window(bq_trainer *t, const int32_t *ids, int n, double gscale, 
     for (int l = 0; l < c->layers; l++) {
         lacts A = layer_acts(t, l, n);
         const layer_w *W = &M->L[l];
-        rms_fwd(A.xin, W->ln1.w, tmp, A.rs1, n, H, eps);
+        rms_rows(A.xin, W->ln1.w, tmp, A.rs1, n, H, eps);
         lin_input(t, lin_of(t, l, 0), tmp, A.h1q, n);  /* one format for q, k, v (trainer.c) */
         lin_fwd(t, lin_of(t, l, 0), A.h1q, A.q, n);
         lin_fwd(t, lin_of(t, l, 1), A.h1q, A.k, n);
@@ -303,7 +289,7 @@ bq_status train_window(bq_trainer *t, const int32_t *ids, int n, double gscale, 
         lin_input(t, lin_of(t, l, 3), tmp, A.aq, n);
         lin_fwd(t, lin_of(t, l, 3), A.aq, A.xmid, n);
         for (size_t i = 0; i < nH; i++) A.xmid[i] += A.xin[i];
-        rms_fwd(A.xmid, W->ln2.w, tmp, A.rs2, n, H, eps);
+        rms_rows(A.xmid, W->ln2.w, tmp, A.rs2, n, H, eps);
         lin_input(t, lin_of(t, l, 4), tmp, A.h2q, n);  /* one format for gate and up */
         lin_fwd(t, lin_of(t, l, 4), A.h2q, A.g, n);
         lin_fwd(t, lin_of(t, l, 5), A.h2q, A.u, n);
@@ -314,7 +300,7 @@ bq_status train_window(bq_trainer *t, const int32_t *ids, int n, double gscale, 
         for (size_t i = 0; i < nH; i++) xout[i] += A.xmid[i];
     }
     int rows = n - 1;  /* the last token predicts nothing here */
-    rms_fwd(xf, M->final_ln.w, tmp, rsf, rows, H, eps);
+    rms_rows(xf, M->final_ln.w, tmp, rsf, rows, H, eps);
     tlin *hd = lin_of(t, -1, 0);
     lin_input(t, hd, tmp, hfq, rows);
     lin_fwd(t, hd, hfq, lg, rows);

@@ -253,9 +253,8 @@ bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *
             st = bq_fail(BQ_ERR_NOMEM, "out of memory for the activations of %d-token windows (%.1f GB)", t->T,
                          (double)(train_act_floats(c, t->T) + train_scratch_floats(c, t->T)) * 4e-9);
         for (int p = 0; !st && p < t->T; p++)
-            for (int i = 0; i < half; i++) {  /* the engine's rotary angles, bit for bit */
-                float inv = (float)(1.0 / pow((double)c->rope_theta, (double)(2 * i) / c->head_dim));
-                float ang = (float)p * inv;
+            for (int i = 0; i < half; i++) {
+                float ang = rope_angle(c, i, p);
                 t->rope_cos[(size_t)p * half + i] = cosf(ang);
                 t->rope_sin[(size_t)p * half + i] = sinf(ang);
             }
