@@ -376,9 +376,10 @@ BQ_API void bq_trainer_free(bq_trainer *t);
  * one after another): *loss gets their mean loss. A non-finite loss or gradient fails
  * with BQ_ERR_NONFINITE and leaves the weights as they were. */
 BQ_API bq_status bq_trainer_step(bq_trainer *t, const int32_t *ids, double *loss);
-/* Mean loss of windows of o->ctx + 1 tokens without training (the forward pass the
- * trainer uses: quantisers included). */
-BQ_API bq_status bq_trainer_loss(bq_trainer *t, const int32_t *ids, int windows, double *loss);
+/* Mean loss, without training, of the windows of o->ctx + 1 tokens at stride o->ctx in
+ * ids[0..n) (a text cut as finetune cuts it; at least one window), by the forward pass
+ * the trainer uses: quantisers included. */
+BQ_API bq_status bq_trainer_loss(bq_trainer *t, const int32_t *ids, size_t n, double *loss);
 BQ_API long bq_trainer_steps_done(const bq_trainer *t);
 BQ_API double bq_trainer_lr(const bq_trainer *t, long step);  /* the schedule */
 BQ_API size_t bq_trainer_params(const bq_trainer *t);         /* trainable values */

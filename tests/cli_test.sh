@@ -179,8 +179,8 @@ if [ -d ../shared/models/tiny/llama ]; then
     S="$T/tinyllama"  # the tiny checkpoint with the bundled model's tokenizer (the same 8192 ids)
     mkdir -p "$S" && cp ../shared/models/tiny/llama/* "$S/" && cp $M/tokenizer.json "$S/"
     FT="--model $S --text data/wikitext-2-test.txt --steps 4 --ctx 32 --accum 2 --wq mxfp4 --aq mxint8 --lora 4 --train linears,norms --lr 1e-3"
-    $B finetune $FT --out "$T/ft1" --json >"$T/ft1.json" 2>/dev/null &&
-    /usr/bin/python3 -c 'import json,sys; [json.loads(l) for l in open(sys.argv[1])]' "$T/ft1.json" &&
+    $B finetune $FT --out "$T/ft1" --val data/wikitext-2-valid-tokenized.txt --val-chunks 2 --json >"$T/ft1.json" 2>/dev/null &&
+    /usr/bin/python3 -c 'import json,sys; r=[json.loads(l) for l in open(sys.argv[1])][-1]; assert r["val_windows"] == 2 and r["val_loss"] > 0, r' "$T/ft1.json" &&
     $B finetune $FT --out "$T/ft2" --stop-after 2 >/dev/null 2>"$T/ft.err" && [ -f "$T/ft2.ckpt" ] && [ ! -e "$T/ft2" ] &&
     $B finetune $FT --out "$T/ft2" --resume >/dev/null 2>>"$T/ft.err" && [ ! -e "$T/ft2.ckpt" ] &&
     cmp -s "$T/ft1/model.safetensors" "$T/ft2/model.safetensors" && ok || bad "finetune resumed differs from one run: $(cat "$T/ft.err")"

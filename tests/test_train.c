@@ -72,7 +72,7 @@ static void test_forward_matches_engine(const char *arch)
         if (pass == 2) m->c.sliding_window = mq->c.sliding_window = 7;
         bq_trainer *t = trainer(m, q, n - 1, 0, NULL, 2);
         double lt = NAN, le = engine_loss(pass == 1 ? mq : m, ids, n);
-        if (t) OK(bq_trainer_loss(t, ids, 1, &lt));
+        if (t) OK(bq_trainer_loss(t, ids, (size_t)n, &lt));
         /* float: only the order of the sums differs; quantised: an activation on a rounding
          * boundary may round the other way, so a looser bound */
         double tol = pass == 1 ? 2e-3 : 2e-5;
@@ -107,9 +107,9 @@ static void fd_check(bq_trainer *t, const int32_t *ids, const char *what)
         for (size_t k = 0; k < p->n; k++) { u[k] = t_normal(); gu += (double)g[k] * u[k]; }
         double h = 1e-2 * wn, lp, lm;
         for (size_t k = 0; k < p->n; k++) p->w[k] = w0[k] + (float)h * u[k];
-        OK(bq_trainer_loss(t, ids, 1, &lp));
+        OK(bq_trainer_loss(t, ids, (size_t)t->T, &lp));
         for (size_t k = 0; k < p->n; k++) p->w[k] = w0[k] - (float)h * u[k];
-        OK(bq_trainer_loss(t, ids, 1, &lm));
+        OK(bq_trainer_loss(t, ids, (size_t)t->T, &lm));
         memcpy(p->w, w0, p->n * sizeof *w0);
         double fd = (lp - lm) / (2 * h), err = fabs(fd - gu) / (fabs(gu) + fabs(fd) + 1e-3);  /* 1e-3: float32 noise of the loss over 2h */
         CHECK(err < 2e-2, "%s %s: finite difference %.6g, gradient %.6g (relative error %.3g)", what, p->name, fd, gu, err);
@@ -252,9 +252,9 @@ static void test_merge_and_save(void)
     double l, lt, lafter;
     if (t) {
         for (int s = 0; s < 3; s++) OK(bq_trainer_step(t, ids, &l));
-        OK(bq_trainer_loss(t, ids, 1, &lt));
+        OK(bq_trainer_loss(t, ids, 17, &lt));
         OK(bq_trainer_merge(t));
-        OK(bq_trainer_loss(t, ids, 1, &lafter));
+        OK(bq_trainer_loss(t, ids, 17, &lafter));
         CHECK(fabs(lafter - lt) <= 1e-5 * lt, "merging the adapters changed the loss %.7f -> %.7f", lt, lafter);
         const char *dir = "build/test_train_hf";
         char cmd[256];

@@ -219,13 +219,9 @@ int cmd_finetune(int argc, char **argv)
             goto done;
         }
     }
-    double secs = now_s() - t0, vloss = NAN, vsum = 0, l;
-    for (size_t w = 0; w < vwin && !st; w++) {  /* held-out windows, consecutive, with the trainer's quantisers */
-        st = bq_trainer_loss(t, vids + w * (size_t)a.o.ctx, 1, &l);
-        vsum += l;
-    }
-    if (vwin) vloss = vsum / (double)vwin;
-    if (st) { rc = cli_status("finetune", st); goto done; }
+    double secs = now_s() - t0, vloss = NAN;
+    /* held-out windows, consecutive, with the trainer's quantisers */
+    if (vwin && (st = bq_trainer_loss(t, vids, vwin * (size_t)a.o.ctx + 1, &vloss))) { rc = cli_status("finetune", st); goto done; }
     if ((st = bq_trainer_merge(t))) { rc = cli_status("finetune", st); goto done; }
     st = ends_with(a.out, ".bq") ? bq_model_save(m, a.out) : bq_model_save_hf(m, a.out);
     if (st) { rc = cli_status("finetune", st); goto done; }

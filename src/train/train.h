@@ -47,7 +47,6 @@ struct bq_trainer {
     bq_pool *pool;
     int threads;
     long step;        /* optimiser steps taken */
-    double last_norm; /* the last step's gradient norm (before clipping) */
 };
 
 /* One window: forward, loss (mean negative log-likelihood of ids[1..n) given the

@@ -81,7 +81,6 @@ static bq_status add_param(bq_trainer *t, const char *name, float *w, float *g, 
 
 static float *zalloc(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
 
-
 static bq_status check_arch(const bq_model *m)
 {
     const bq_config *c = &m->c;
@@ -347,15 +346,17 @@ size_t bq_trainer_params(const bq_trainer *t)
     return n;
 }
 
-bq_status bq_trainer_loss(bq_trainer *t, const int32_t *ids, int windows, double *loss)
+bq_status bq_trainer_loss(bq_trainer *t, const int32_t *ids, size_t n, double *loss)
 {
+    size_t ctx = (size_t)t->o.ctx, windows = n > ctx ? (n - 1) / ctx : 0;
+    if (!windows) return bq_fail(BQ_ERR_ARG, "%zu tokens, fewer than one window of %d", n, t->T);
     bq_status st = train_prepare(t);
     double sum = 0, l;
-    for (int w = 0; w < windows && !st; w++) {
-        st = train_window(t, ids + (size_t)w * t->T, t->T, 0.0, &l);
+    for (size_t w = 0; w < windows && !st; w++) {
+        st = train_window(t, ids + w * ctx, t->T, 0.0, &l);
         sum += l;
     }
-    *loss = windows > 0 ? sum / windows : 0;
+    *loss = sum / (double)windows;
     return st;
 }
 
@@ -396,7 +397,6 @@ bq_status bq_trainer_step(bq_trainer *t, const int32_t *ids, double *loss)
     for (int i = 0; i < t->np; i++)
         for (size_t k = 0; k < t->p[i].n; k++) nrm += (double)t->p[i].g[k] * t->p[i].g[k];
     nrm = sqrt(nrm);
-    t->last_norm = nrm;
     if (!isfinite(nrm))
         return bq_fail(BQ_ERR_NONFINITE, "step %ld: the gradient is not finite; the weights are those of step %ld",
                        t->step + 1, t->step);
@@ -454,6 +454,10 @@ static void signature(const bq_trainer *t, char *s, size_t n)
              hd->wf ? hd->wf->name : "-", hd->af ? hd->af->name : "-");
 }
 
+/* A checkpoint holds each trainable tensor, then AdamW's two moments of it. */
+static const char *const STATE_SUFFIX[3] = {"", ".adam_m", ".adam_v"};
+static void state_name(const tparam *p, int k, char *out, size_t n) { snprintf(out, n, "%s%s", p->name, STATE_SUFFIX[k]); }
+
 bq_status bq_trainer_save_state(const bq_trainer *t, const char *path)
 {
     st_out *ts = calloc((size_t)t->np * 3, sizeof *ts);
@@ -462,9 +466,8 @@ bq_status bq_trainer_save_state(const bq_trainer *t, const char *path)
     for (int i = 0; i < t->np; i++) {
         const tparam *p = &t->p[i];
         const float *src[3] = {p->w, p->m, p->v};
-        static const char *suf[3] = {"", ".adam_m", ".adam_v"};
         for (int k = 0; k < 3; k++) {
-            snprintf(names[3 * i + k], sizeof names[0], "%s%s", p->name, suf[k]);
+            state_name(p, k, names[3 * i + k], sizeof names[0]);
             ts[3 * i + k] = (st_out){names[3 * i + k], src[k], 2, {p->rows, p->cols}};
         }
     }
@@ -505,10 +508,9 @@ bq_status bq_trainer_load_state(bq_trainer *t, const char *path)
     for (int i = 0; i < t->np && !st; i++) {
         tparam *p = &t->p[i];
         float *dst[3] = {p->w, p->m, p->v};
-        static const char *suf[3] = {"", ".adam_m", ".adam_v"};
         for (int k = 0; k < 3 && !st; k++) {
             char name[176];
-            snprintf(name, sizeof name, "%s%s", p->name, suf[k]);
+            state_name(p, k, name, sizeof name);
             const st_tensor *x = st_find(&s, name);
             if (!x || x->dt != DT_F32 || x->numel != p->n)
                 st = bq_fail(BQ_ERR_SHAPE, "%s: tensor '%s' is missing or not %zu float32 values", path, name, p->n);
