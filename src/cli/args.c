@@ -94,3 +94,9 @@ bq_status cli_qconfig(const char *const *names, const char *const *values, int n
     *out = q;
     return st;
 }
+
+int cli_ends_with(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && !strcmp(s + a - b, suffix);
+}

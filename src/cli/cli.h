@@ -29,6 +29,9 @@ char *cli_appendf(char *buf, size_t *len, size_t *cap, const char *fmt, ...) __a
 /* Write buf atomically and free it; returns an exit code. */
 int cli_save(const char *cmd, const char *path, char *buf, size_t len);
 
+/* s ends with suffix */
+int cli_ends_with(const char *s, const char *suffix);
+
 /* s as a quoted, escaped JSON string (malloc'd; NULL on allocation failure). */
 char *cli_json_quote(const char *s);
 

@@ -1,8 +1,8 @@
 /* blockq logits | tokenize | generate | ppl */
 #include "cli.h"
+#include "core.h"
 #include <math.h>
 #include <stdio.h>
-#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -24,12 +24,6 @@ typedef struct {
 enum { NROLES = 8, ROLE_PTQ = 7 };
 static const char *const roles[NROLES] = {"wq", "aq", "attn", "kv", "head", "emb", "mul", "ptq"};
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* --wq, --aq, ...: the index in roles[], or -1 */
 static int role_of(const char *opt)
@@ -131,7 +125,7 @@ static bq_status calibrate(const char *cmd, const model_args *a, const bq_model 
     bq_status st = bq_read_file(path, &text, &len);
     if (st) return st;
     if (!(st = bq_tokenizer_from_model(m, &t)) && !(st = bq_tokenize(t, text, len, &ids, &n))) {
-        double t0 = now_s();
+        double t0 = bq_now();
         st = bq_qconfig_calibrate(q, m, ids, n, a->calib_ctx, a->calib_chunks);
         const char *ptq = a->role[ROLE_PTQ];
         if (!st && (!strncmp(ptq, "rotate", 6) || strstr(ptq, ",rotate")))
@@ -139,7 +133,7 @@ static bq_status calibrate(const char *cmd, const model_args *a, const bq_model 
                     path, a->calib_chunks, a->calib_ctx);
         else if (!st)
             fprintf(stderr, "blockq %s: calibrated on %s (up to %d windows of %d tokens) in %.1f s\n", cmd, path,
-                    a->calib_chunks, a->calib_ctx, now_s() - t0);
+                    a->calib_chunks, a->calib_ctx, bq_now() - t0);
     }
     free(ids);
     free(text);
@@ -282,9 +276,9 @@ int cmd_ppl(int argc, char **argv)
     bq_tokenizer *t = NULL;
     int32_t *ids = NULL;
     size_t n = 0;
-    double t0 = now_s();
+    double t0 = bq_now();
     if ((rc = load_model("ppl", &a, &m)) || (rc = load_tokenizer("ppl", a.model, m, &t))) goto done;
-    double load_s = now_s() - t0;
+    double load_s = bq_now() - t0;
     if ((st = bq_tokenize(t, text, len, &ids, &n))) { rc = cli_status("ppl", st); goto done; }
     bq_ppl_opts o = {.ctx = a.ctx, .chunks = a.chunks, .second_half = second, .allow_nonfinite = a.allow_nonfinite,
                      .threads = a.threads};
@@ -406,9 +400,9 @@ int cmd_generate(int argc, char **argv)
     int32_t *ids = NULL, *out = NULL;
     size_t n = 0;
     bq_status st;
-    double t0 = now_s(), load_s = 0;
+    double t0 = bq_now(), load_s = 0;
     if ((rc = load_model("generate", &a, &m)) || (rc = load_tokenizer("generate", a.model, m, &t))) goto done;
-    load_s = now_s() - t0;
+    load_s = bq_now() - t0;
     if ((st = bq_tokenize(t, a.prompt, strlen(a.prompt), &ids, &n))) { rc = cli_status("generate", st); goto done; }
     if (n == 0) { rc = cli_error("generate", "the prompt encodes to no tokens"); goto done; }
     if (!(out = malloc(((size_t)a.n + 1) * sizeof *out))) { rc = cli_error("generate", "out of memory"); goto done; }
@@ -449,8 +443,7 @@ int cmd_quantize(int argc, char **argv)
     if (!a.out || (!a.config && !a.role[0] && !a.role[4] && !a.role[5]))
         return cli_error("quantize", "usage: blockq quantize --model DIR (--wq FORMAT | --config FILE) [--aq F] [--head F] "
                                      "[--emb F] --out MODEL.bq|MODEL.gguf");
-    size_t ol = strlen(a.out);
-    int gguf = ol > 5 && !strcmp(a.out + ol - 5, ".gguf");
+    int gguf = cli_ends_with(a.out, ".gguf") && strcmp(a.out, ".gguf");
     a.packed = 1;
     bq_model *m;
     if ((rc = load_model("quantize", &a, &m))) return rc;

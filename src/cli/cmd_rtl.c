@@ -91,6 +91,20 @@ static int synthesise(const char *dir, const char *name, int changed, synth_resu
     return 0;
 }
 
+/* mkdir -p: 1 when path is a folder at the end */
+static int make_dirs(char *path)
+{
+    for (char *p = path + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            int ok = !mkdir(path, 0755) || errno == EEXIST;
+            *p = '/';
+            if (!ok) break;
+        }
+    if (mkdir(path, 0755) && errno != EEXIST) { fprintf(stderr, "blockq: %s: %s\n", path, strerror(errno)); return 0; }
+    return 1;
+}
+
 /* The synthesised cost of format f against itself (cost --synth): area and iCE40 LUTs per
  * lane, cached under $BQ_RTL_CACHE (default ~/.cache/blockq/rtl). 1: done, 0: the generator
  * refuses the format (why in bq_last_error), -1: a tool failed or is missing. */
@@ -102,21 +116,17 @@ int cli_rtl_synth(const char *f, double *area_lane, double *luts_lane)
     char dir[4200];
     if (env && *env) snprintf(dir, sizeof dir, "%s", env);
     else snprintf(dir, sizeof dir, "%s/.cache/blockq/rtl", home ? home : "/tmp");
-    char *cmd = NULL;
-    size_t len = 0, cap = 0;
     int rc = -1, changed, acc, ex, K;
     synth_result sr;
     rtl_widths(d, &acc, &ex, &K);
-    if ((cmd = cli_appendf(cmd, &len, &cap, "mkdir -p '%s/%s'", dir, rtl_module_name(d))) && !system(cmd)) {
-        size_t n = strlen(dir);
-        snprintf(dir + n, sizeof dir - n, "/%s", rtl_module_name(d));
-        if (have_tool("yosys", "yosys") && !rtl_write(d, dir, 8, 1, &changed) && !synthesise(dir, rtl_module_name(d), changed, &sr)) {
-            *area_lane = sr.area / K;
-            *luts_lane = sr.luts / K;
-            rc = 1;
-        }
+    size_t n = strlen(dir);
+    snprintf(dir + n, sizeof dir - n, "/%s", rtl_module_name(d));
+    if (make_dirs(dir) && have_tool("yosys", "yosys") && !rtl_write(d, dir, 8, 1, &changed) &&
+        !synthesise(dir, rtl_module_name(d), changed, &sr)) {
+        *area_lane = sr.area / K;
+        *luts_lane = sr.luts / K;
+        rc = 1;
     }
-    free(cmd);
     rtl_free(d);
     return rc;
 }
@@ -161,12 +171,11 @@ int cmd_rtl(int argc, char **argv)
     int passed = -1;
     if (check) {
         if (!have_tool("iverilog", "iverilog")) { rc = EXIT_BADINPUT; goto done; }
-        char cmd[1024];
+        char cmd[1024], log[4300];
         snprintf(cmd, sizeof cmd, "iverilog -g2005 -o %s.sim %s.v %s_tb.v && vvp -n %s.sim", name, name, name, name);
-        char log[4300];
+        snprintf(log, sizeof log, "%s_sim.log", name);  /* one per module: designs may share a folder */
+        run_in(out, cmd, log);
         snprintf(log, sizeof log, "%s/%s_sim.log", out, name);
-        run_in(out, cmd, "sim.log");
-        snprintf(log, sizeof log, "%s/sim.log", out);
         passed = scan_number(log, "PASS") == nvec;
         if (!passed) { rc = cli_error("rtl", "%s: the simulation disagrees with the library (%s)", name, log); goto done; }
     }

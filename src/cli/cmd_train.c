@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 static const char *const qroles[] = {"wq", "aq", "kv", "head", "attn", "emb", "mul", "ptq"};
@@ -97,12 +96,6 @@ static int parse(int argc, char **argv, ft_args *a)
     return 0;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static int tokenize_file(const bq_model *m, const char *path, int32_t **ids, size_t *n)
 {
@@ -131,12 +124,6 @@ static void epoch_order(uint64_t seed, long epoch, size_t nwin, size_t *perm)
         perm[i] = perm[j];
         perm[j] = t;
     }
-}
-
-static int ends_with(const char *s, const char *suf)
-{
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
 }
 
 int cmd_finetune(int argc, char **argv)
@@ -183,7 +170,7 @@ int cmd_finetune(int argc, char **argv)
     fprintf(stderr, "blockq finetune: %s, %zu trainable values (%s%s), %zu windows of %zu tokens, %d steps of %d\n", a.model,
             bq_trainer_params(t), a.o.lora ? "LoRA adapters" : "full", a.train ? "" : " (all)", nwin, T, a.o.steps, a.o.accum);
     long epoch = -1;
-    double t0 = now_s(), loss = 0, first = NAN;
+    double t0 = bq_now(), loss = 0, first = NAN;
     size_t tokens = 0;
     for (long s = bq_trainer_steps_done(t); s < a.o.steps; s++) {
         for (int k = 0; k < a.o.accum; k++) {
@@ -199,7 +186,7 @@ int cmd_finetune(int argc, char **argv)
         }
         if (first != first) first = loss;
         tokens += T * (size_t)a.o.accum;
-        double el = now_s() - t0;
+        double el = bq_now() - t0;
         if ((s + 1) % a.log_every == 0 || s + 1 == a.o.steps) {
             if (a.json)
                 printf("{\"step\": %ld, \"loss\": %.6f, \"lr\": %.6g, \"tokens\": %zu, \"seconds\": %.3f}\n", s + 1, loss, lr,
@@ -219,11 +206,11 @@ int cmd_finetune(int argc, char **argv)
             goto done;
         }
     }
-    double secs = now_s() - t0, vloss = NAN;
+    double secs = bq_now() - t0, vloss = NAN;
     /* held-out windows, consecutive, with the trainer's quantisers */
     if (vwin && (st = bq_trainer_loss(t, vids, vwin * (size_t)a.o.ctx + 1, &vloss))) { rc = cli_status("finetune", st); goto done; }
     if ((st = bq_trainer_merge(t))) { rc = cli_status("finetune", st); goto done; }
-    st = ends_with(a.out, ".bq") ? bq_model_save(m, a.out) : bq_model_save_hf(m, a.out);
+    st = cli_ends_with(a.out, ".bq") ? bq_model_save(m, a.out) : bq_model_save_hf(m, a.out);
     if (st) { rc = cli_status("finetune", st); goto done; }
     remove(ckpt);  /* the run is complete: nothing left to resume */
     char *qm = cli_json_quote(a.model), *qo = cli_json_quote(a.out), vbuf[32] = "null";  /* JSON has no NaN */

@@ -80,6 +80,25 @@ static bq_status analyse_elements(side *s)
     return BQ_OK;
 }
 
+/* The scale of a code: NaN, exponent, significand and sign (1, 0, + for none). */
+static int scale_of(const side *s, uint32_t c, int *E, uint32_t *m, int *neg)
+{
+    *E = 0; *m = 1; *neg = 0;
+    if (s->stype == 1) {
+        for (int i = 0; i < s->nnan; i++) if (c == s->nanc[i]) return 0;
+        int x = s->esigned && c >= (1u << (s->sb - 1)) ? (int)c - (1 << s->sb) : (int)c;
+        *E = s->ea * x + s->ec;
+    } else if (s->stype == 2) {
+        const elem_t *se = s->sf;
+        uint32_t eall = (1u << se->ebits) - 1, ef = (c >> se->mbits) & eall, mf = c & ((1u << se->mbits) - 1);
+        if ((s->snan == 1 && ef == eall) || (s->snan == 2 && ef == eall && mf == (1u << se->mbits) - 1)) return 0;
+        *m = ef ? mf | (1u << se->mbits) : mf;
+        *E = (ef ? (int)ef - 1 : 0) + s->SL0;
+        *neg = s->ssign && (c >> (se->bits - 1));
+    }
+    return 1;
+}
+
 static bq_status analyse_scale(side *s)
 {
     const bq_format *f = s->f;
@@ -134,19 +153,20 @@ static bq_status analyse_scale(side *s)
         int pat_ok[3] = {1, 1, 1};
         uint32_t eall = (1u << se->ebits) - 1, mall = (1u << se->mbits) - 1;
         for (uint32_t c = 0; c < (1u << s->sb); c++) {
-            float v = mf_decode(se, c);
             uint32_t ef = (c >> se->mbits) & eall, mf = c & mall;
-            int isnan_ = !isfinite(v);
-            int pats[3] = {0, ef == eall, ef == eall && mf == mall};
+            int isnan_ = !isfinite(mf_decode(se, c)), pats[3] = {0, ef == eall, ef == eall && mf == mall};
             for (int p = 0; p < 3; p++) pat_ok[p] &= pats[p] == isnan_;
-            if (isnan_) continue;
-            double m = ef ? (double)(mf | (1u << se->mbits)) : (double)mf;
-            double want = ldexp(m, (ef ? (int)ef - 1 : 0) + s->SL0) * (s->ssign && (c >> (se->bits - 1)) ? -1 : 1);
-            if (want != (double)v)
-                return bq_fail(BQ_ERR_UNSUPPORTED, "rtl: %s scale code %u decodes to %g, not %g", f->name, c, v, want);
         }
         s->snan = pat_ok[0] ? 0 : pat_ok[1] ? 1 : pat_ok[2] ? 2 : -1;
         if (s->snan < 0) return bq_fail(BQ_ERR_UNSUPPORTED, "rtl: %s's scale has NaN codes of no known pattern", f->name);
+        /* the structural decode (scale_of, and the Verilog that mirrors it) against the library's */
+        for (uint32_t c = 0; c < (1u << s->sb); c++) {
+            int E, neg;
+            uint32_t m;
+            if (!scale_of(s, c, &E, &m, &neg)) continue;
+            double want = ldexp((double)m, E) * (neg ? -1 : 1), v = mf_decode(se, c);
+            if (want != v) return bq_fail(BQ_ERR_UNSUPPORTED, "rtl: %s scale code %u decodes to %g, not %g", f->name, c, v, want);
+        }
         return BQ_OK;
     }
     }
@@ -327,25 +347,6 @@ static void emit_module(FILE *o, const rtl_design *d)
 
 /* ---- reference vectors ------------------------------------------------------------------ */
 
-/* The scale of a code: NaN, exponent, significand and sign (1, 0, + for none). */
-static int scale_of(const side *s, uint32_t c, int *E, uint32_t *m, int *neg)
-{
-    *E = 0; *m = 1; *neg = 0;
-    if (s->stype == 1) {
-        for (int i = 0; i < s->nnan; i++) if (c == s->nanc[i]) return 0;
-        int x = s->esigned && c >= (1u << (s->sb - 1)) ? (int)c - (1 << s->sb) : (int)c;
-        *E = s->ea * x + s->ec;
-    } else if (s->stype == 2) {
-        const elem_t *se = s->sf;
-        uint32_t eall = (1u << se->ebits) - 1, ef = (c >> se->mbits) & eall, mf = c & ((1u << se->mbits) - 1);
-        if ((s->snan == 1 && ef == eall) || (s->snan == 2 && ef == eall && mf == (1u << se->mbits) - 1)) return 0;
-        *m = ef ? mf | (1u << se->mbits) : mf;
-        *E = (ef ? (int)ef - 1 : 0) + s->SL0;
-        *neg = s->ssign && (c >> (se->bits - 1));
-    }
-    return 1;
-}
-
 typedef struct { uint8_t *bits; size_t n; } bitbuf;
 static void put_bits(bitbuf *b, unsigned __int128 v, int w)  /* most significant first */
 {
@@ -353,14 +354,15 @@ static void put_bits(bitbuf *b, unsigned __int128 v, int w)  /* most significant
 }
 
 /* The library's dequantised block: the exact values must equal it wherever float32
- * holds them (normal range, no saturation). Returns the number of disagreements. */
+ * holds them (normal range, no saturation). Returns the number of disagreements (-1:
+ * out of memory). */
 static int check_library(const side *s, int K, uint32_t sc, const uint8_t *codes, int *compared)
 {
     const bq_format *f = s->f;
     size_t hb = pack_header_bytes(f), rb = pack_row_bytes(f, (size_t)K);
     uint8_t *buf = calloc(hb + rb + 8, 1);
     float *v = malloc((size_t)K * sizeof *v), one = 1.0f;
-    if (!buf || !v) { free(buf); free(v); return 0; }
+    if (!buf || !v) { free(buf); free(v); return -1; }
     if (hb >= 4) memcpy(buf, &one, 4);  /* NVFP4: a tensor scale of 1 */
     pack_row_put(f, buf + hb, (size_t)K, &sc, codes);
     int bad = 0;
@@ -410,7 +412,7 @@ bq_status rtl_write(const rtl_design *d, const char *dir, int nvec, uint64_t see
     bitbuf bb = {malloc((size_t)digits * 4 + 8), 0};
     uint8_t cw[256], ca[256];
     uint64_t rng = seed;
-    int bad = 0, compared = 0;
+    int bad = 0, compared = 0, oom = !bb.bits;
     /* the largest magnitude code of each side, for the widest sums */
     uint8_t big[2] = {0, 0};
     for (int k = 0; k < 2; k++)
@@ -418,7 +420,7 @@ bq_status rtl_write(const rtl_design *d, const char *dir, int nvec, uint64_t see
             const dec *x = &d->s[k].el[c], *y = &d->s[k].el[big[k]];
             if (!x->nan && !x->sign && ldexp(x->m, x->e) > ldexp(y->m, y->e)) big[k] = (uint8_t)c;
         }
-    for (int v = 0; v < nvec; v++) {
+    for (int v = 0; v < nvec && !oom; v++) {
         int kind = v < 8 ? v : 8;
         uint32_t sw = (uint32_t)(bq_splitmix(&rng) & ((1u << sbw) - 1)), sa = (uint32_t)(bq_splitmix(&rng) & ((1u << sba) - 1));
         for (int i = 0; i < K; i++) {
@@ -436,8 +438,9 @@ bq_status rtl_write(const rtl_design *d, const char *dir, int nvec, uint64_t see
         }
         if (kind == 5) { sw = 0; sa = 0; }                                     /* scale codes at their extremes */
         if (kind == 6) { sw = (1u << sbw) - 1; sa = (1u << sba) - 1; }
-        bad += check_library(w, K, sw, cw, &compared);
-        bad += check_library(a, K, sa, ca, &compared);
+        int bw = check_library(w, K, sw, cw, &compared), ba = check_library(a, K, sa, ca, &compared);
+        if (bw < 0 || ba < 0) { oom = 1; break; }
+        bad += bw + ba;
         /* the exact result */
         int Ew, Ea, nw, na;
         uint32_t mw, ma;
@@ -468,6 +471,7 @@ bq_status rtl_write(const rtl_design *d, const char *dir, int nvec, uint64_t see
     }
     free(bb.bits);
     if (fclose(o)) return bq_fail(BQ_ERR_IO, "%s: write failed", path);
+    if (oom) return bq_fail(BQ_ERR_NOMEM, "out of memory writing the vectors");
     if (bad) return bq_fail(BQ_ERR_UNSUPPORTED, "rtl: %d of %d decoded values disagree with the library's dequantisation", bad, compared);
     /* the testbench */
     snprintf(path, sizeof path, "%s/%s_tb.v", dir, d->name);
