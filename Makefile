@@ -25,7 +25,7 @@ CUDA_OBJ  = $(BUILD)/src/cuda/nocuda.o
 CUDA_LIBS =
 endif
 # --fmad=false: no contraction, so the device computes the CPU's bits
-NVFLAGS = -O3 -std=c++17 --fmad=false -Xcompiler -fPIC,-fvisibility=hidden -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90 \
+NVFLAGS = -O3 -std=c++17 --fmad=false --default-stream per-thread -Xcompiler -fPIC,-fvisibility=hidden -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90 \
           -Xcompiler -Wall -Iinclude -Isrc/core -Isrc/formats -Isrc/kernels -Isrc/cuda -Isrc/model -Isrc/engine
 LDLIBS  = $(EXTRA_LDFLAGS) -lopenblas -lpcre2-8 -lcjson -lm -pthread $(CUDA_LIBS)
 

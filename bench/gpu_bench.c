@@ -123,11 +123,12 @@ static uint32_t rnd(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
 
 int main(int argc, char **argv)
 {
-    int quick = 0, gemm_only = 0;
+    int quick = 0, gemm_only = 0, gemv_only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json") && i + 1 < argc) g_json = fopen(argv[++i], "w");
         else if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--gemm")) gemm_only = 1;  /* the GEMM table alone (profiling) */
+        else if (!strcmp(argv[i], "--gemv")) gemv_only = 1;  /* copy and the GEMV table alone */
     }
     char why[256];
     if (!bq_cuda_devices(why, sizeof why)) { printf("SKIP: %s\n", why); return 0; }
@@ -148,7 +149,7 @@ int main(int argc, char **argv)
     printf("| fake quantisation | GB/s (read + write) | of copy |\n|---|---|---|\n");
     const char *qf[] = {"mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3", "mxfp4", "mxint8", "nvfp4", "bfp8_b16", "bfp4_b16",
                         "bme2m1_b16", "bl8_b16", "int8_b32_sfp16", "fp8_e4m3", "int8_row", "int4_g128"};
-    for (size_t i = 0; i < sizeof qf / sizeof *qf; i++) {
+    for (size_t i = 0; i < (gemv_only ? 0 : sizeof qf / sizeof *qf); i++) {
         bq_format *f;
         bq_format_parse(qf[i], &f);
         qdq_arg q = {f, dx, dy, rows, cols};
@@ -165,8 +166,8 @@ int main(int argc, char **argv)
     printf("\n| GEMV (1 token) | shape | weight MB | GB/s, one call | GB/s, %d calls back to back | of copy |\n|---|---|---|---|---|---|\n",
            GEMV_CALLS);
     const char *gf[] = {"mxfp4", "nvfp4", "int4_b32_sfp16", "mxfp6_e2m3", "mxint8", "int8_b32_sfp16"};
-    const int gs[][2] = {{4096, 4096}, {16384, 16384}};
-    for (int s = 0; s < (quick ? 1 : 2); s++) {
+    const int gs[][2] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {16384, 16384}};  /* a 7B layer's shapes, and a large one */
+    for (int s = 0; s < (quick ? 1 : 4); s++) {
         int R = gs[s][0], C = gs[s][1];
         for (size_t i = 0; i < sizeof gf / sizeof *gf; i++) {
             bq_format *f;
@@ -193,6 +194,7 @@ int main(int argc, char **argv)
     bq_cuda_free(dx);
     bq_cuda_free(dy);
     free(hx);
+    if (gemv_only) goto end;
     /* W8A8 GEMM vs cuBLASLt */
 gemm:;
     cublasLtHandle_t h;
@@ -243,6 +245,7 @@ gemm:;
     }
     bq_cuda_free(ws);
     cublasLtDestroy(h);
+end:
     if (g_json) fclose(g_json);
     return 0;
 }

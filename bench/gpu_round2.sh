@@ -7,13 +7,16 @@
 # memory (issue 15's targets) and batch-1 decode per weight format (issue 17).
 #   sh bench/gpu_round2.sh $OUT        STAGES="tests bundled scale decode" (default: all)
 #   STAGES=packed: only quantising the 7B shape to a packed .bq and decoding from it (load time)
+#   STAGES=gemvtest: the GEMV tests of test_cuda alone (split and unsplit paths)
+#   STAGES=graphs: one-token steps replayed from a CUDA graph against --eager (every kernel
+#     launched), bundled model and 7B shape, and the GEMV at a 7B layer's shapes
 O=${1:-${OUT:-/tmp}}
 S=${STAGES:-tests bundled scale decode}
 B=build/gpu/blockq
 M=/tmp/r7b
 T=data/wikitext-2-test.txt
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-case "$S" in *scale*|*decode*|*packed*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
+case "$S" in *scale*|*decode*|*packed*|*graphs*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
 mkdir -p /tmp/deps && for f in .debs/*.deb; do dpkg -x "$f" /tmp/deps; done 2>/dev/null
 [ -f .debs/deps.tar.xz ] && tar xJf .debs/deps.tar.xz -C /tmp/deps  # the same packages, pruned to fit the transfer
 D=/tmp/deps/usr; L=$D/lib/x86_64-linux-gnu
@@ -28,6 +31,10 @@ case "$S" in *tests*)
     ./build/gpu/tests/test_backend 2>&1 | tee "$O/r2_backend.txt" | grep -v "^  decode" | tail -25
     grep "^  decode" "$O/r2_backend.txt" | head -30
     ./build/gpu/tests/test_engine cuda 2>&1 | tee "$O/r2_engine.txt" | tail -25 ;;
+esac
+case "$S" in *gemvtest*)
+    BQ_CUDA_ONLY=gemv ./build/gpu/gpu/test_cuda 2>&1 | tee "$O/r4_gemvtest.txt" | grep -v "^  GPU" | tail -5
+    grep -c "split" "$O/r4_gemvtest.txt" ;;
 esac
 case "$S" in *bundled*)
     # greedy float32 generation: the same 64 tokens on both, tokens/s of each
@@ -74,4 +81,27 @@ case "$S" in *packed*)
     $R "decode packed mxfp4 (.bq)" -- $B generate --model /tmp/m_mxfp4.bq --prompt "The meaning of life is" -n 128 --device cuda --json
     $R "decode packed mxfp4 (.bq) on the CPU, 16 threads" -- $B generate --model /tmp/m_mxfp4.bq --prompt "The meaning of life is" -n 16 --threads 16 --json
     rm -f /tmp/m_mxfp4.bq ;;
+esac
+case "$S" in *graphs*)
+    for e in "" --eager; do
+        $B generate --model models/llama-19m-en --prompt "The history of the city" -n 128 --device cuda --json $e >/tmp/gen_g$e.json
+        tail -1 /tmp/gen_g$e.json >>"$O/r4_bundled.jsonl"
+    done
+    python3 - <<'PY'
+import json
+g = json.loads(open("/tmp/gen_g.json").read()); e = json.loads(open("/tmp/gen_g--eager.json").read())
+print(f"bundled greedy 128 tokens on the GPU: graphs {g['gen_tokens_per_second']:.1f} tok/s, eager {e['gen_tokens_per_second']:.1f} tok/s "
+      f"({g['gen_tokens_per_second'] / e['gen_tokens_per_second']:.2f}x); tokens {'identical' if g['ids'] == e['ids'] else 'DIFFER'}")
+PY
+    P="The meaning of life is"
+    export TIMECMD_JSONL="$O/r4_decode.jsonl"
+    for e in "" --eager; do $R "decode bf16 $e" -- $B generate --model $M --prompt "$P" -n 128 --device cuda --json $e; done
+    $R "decode mxfp4 fake-quantised" -- $B generate --model $M --prompt "$P" -n 128 --device cuda --wq mxfp4 --json
+    $R "ppl cuda W mxfp4 A mxint8" -- $B ppl --model $M --text $T --ctx 2048 --chunks 8 --device cuda --wq mxfp4 --aq mxint8 --json
+    for f in ${DECODE_FORMATS:-mxfp4}; do
+        $R "quantize $f .bq" -- $B quantize --model $M --wq $f --out /tmp/m_$f.bq
+        for e in "" --eager; do $R "decode packed $f (.bq) $e" -- $B generate --model /tmp/m_$f.bq --prompt "$P" -n 128 --device cuda --json $e; done
+        rm -f /tmp/m_$f.bq
+    done
+    ./build/gpu/gpu/gpu_bench --gemv --json "$O/r4_gemv.jsonl" 2>&1 | tee "$O/r4_gemv.txt" ;;
 esac

@@ -160,6 +160,8 @@ typedef struct {
     size_t size;   /* sizeof(bq_ctx_opts) */
     int device;    /* 0: CPU; 1: the first CUDA device (BQ_ERR_UNSUPPORTED if there is none) */
     int threads;   /* CPU worker threads (0: bq_set_threads's default, else all cores); results do not depend on it */
+    int eager;     /* CUDA: 1 launches every kernel of each one-token step instead of replaying
+                      the first step's recording (a CUDA graph); the same bits either way */
 } bq_ctx_opts;
 BQ_API bq_status bq_ctx_new_ex(const bq_model *m, int max_tokens, const bq_ctx_opts *o, bq_ctx **out);
 /* "cpu" or "cuda" */
@@ -334,6 +336,7 @@ typedef struct {
     void (*on_token)(void *arg, int32_t id);  /* called as each token is chosen (may be NULL) */
     void *arg;
     int device;           /* as bq_ctx_opts.device */
+    int eager;            /* as bq_ctx_opts.eager */
 } bq_gen_opts;
 typedef struct { double prompt_seconds, gen_seconds; size_t prompt_tokens, gen_tokens; } bq_gen_result;
 

@@ -178,34 +178,43 @@ done:
     free(ids);
 }
 
-/* A prompt, then steps of one token from the cache: each step's logits on both. */
+/* A prompt, then steps of one token from the cache: each step's logits on the
+ * CPU, on CUDA (one-token steps replayed from a recorded graph where the model
+ * allows) and on CUDA launching every kernel (eager): the last two bit for bit. */
 static void decode(const char *name, const bq_model *m, int prompt, int steps)
 {
-    bq_ctx *c[2];
-    bq_ctx_opts o = {.size = sizeof o};
-    bq_status st = bq_ctx_new_ex(m, prompt + steps, &o, &c[0]);
-    o.device = 1;
-    if (!st && (st = bq_ctx_new_ex(m, prompt + steps, &o, &c[1]))) bq_ctx_free(c[0]);
-    if (st) { CHECK(0, "%s decode: %s", name, bq_last_error()); return; }
+    bq_ctx *c[3] = {NULL, NULL, NULL};
+    bq_status st = BQ_OK;
+    for (int k = 0; k < 3 && !st; k++) {
+        bq_ctx_opts o = {.size = sizeof o, .device = k > 0, .eager = k == 2};
+        st = bq_ctx_new_ex(m, prompt + steps, &o, &c[k]);
+    }
+    if (st) {
+        CHECK(0, "%s decode: %s", name, bq_last_error());
+        for (int k = 0; k < 3; k++) bq_ctx_free(c[k]);
+        return;
+    }
     int V = m->c.vocab;
-    float *lg[2] = {malloc((size_t)V * 4), malloc((size_t)V * 4)};
+    float *lg[3] = {malloc((size_t)V * 4), malloc((size_t)V * 4), malloc((size_t)V * 4)};
     int32_t *ids = malloc((size_t)(prompt + steps) * 4);
     for (int t = 0; t < prompt + steps; t++) ids[t] = (int32_t)(t_rand() % (unsigned)V);
     double worst = 0;
-    int argmax_same = 1;
+    int argmax_same = 1, same_bits = 1;
     for (int s = 0; s <= steps; s++) {
         int at = s ? prompt + s - 1 : 0, cnt = s ? 1 : prompt;
-        for (int k = 0; k < 2; k++) OK(bq_forward(c[k], ids + at, cnt, lg[k], 0));
+        for (int k = 0; k < 3; k++) OK(bq_forward(c[k], ids + at, cnt, lg[k], 0));
         worst = t_max(worst, rel_err(lg[1], lg[0], (size_t)V));
+        same_bits &= !memcmp(lg[1], lg[2], (size_t)V * 4);
         int a0 = 0, a1 = 0;
         for (int v = 1; v < V; v++) { a0 = lg[0][v] > lg[0][a0] ? v : a0; a1 = lg[1][v] > lg[1][a1] ? v : a1; }
         argmax_same &= a0 == a1;
     }
     double tol = m->L[0].q.aq ? 2e-3 : 1e-4;  /* quantised activations: rare rounding flips */
     CHECK(worst <= tol, "%s decode: GPU logits differ from the CPU's by %.3g (relative, tolerance %.0e)", name, worst, tol);
-    printf("  decode %-22s prompt %d + %d steps: max relative logit error %.2e, argmax %s\n", name, prompt, steps, worst,
-           argmax_same ? "equal" : "differs");
-    for (int k = 0; k < 2; k++) { bq_ctx_free(c[k]); free(lg[k]); }
+    CHECK(same_bits, "%s decode: replayed steps differ from eager ones", name);
+    printf("  decode %-22s prompt %d + %d steps: max relative logit error %.2e, argmax %s, replayed = eager: %s\n", name,
+           prompt, steps, worst, argmax_same ? "equal" : "differs", same_bits ? "yes" : "NO");
+    for (int k = 0; k < 3; k++) { bq_ctx_free(c[k]); free(lg[k]); }
     free(ids);
 }
 

@@ -145,7 +145,7 @@ static void gemv(void)
 {
     const char *wf[] = {"mxfp4", "nvfp4", "mxint8", "int8_b32_sfp16", "int4_b32_sfp16", "bfp4_b32", "bfp4_b16",
                         "mxfp6_e2m3", "mxfp6_e3m2"};
-    const int shapes[][3] = {{300, 1024, 3}, {37, 1056, 1}, {64, 2048, 4}, {129, 96, 2}};
+    const int shapes[][3] = {{300, 1024, 3}, {37, 1056, 1}, {64, 2048, 4}, {129, 96, 2}, {96, 4096, 1}};
     for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
         int R = shapes[si][0], C = shapes[si][1], n = shapes[si][2];
         float *w = malloc((size_t)R * C * 4), *wq = malloc((size_t)R * C * 4), *x = malloc((size_t)n * C * 4),
@@ -173,15 +173,18 @@ static void gemv(void)
                 bq_cuda_malloc((void **)&dx, (size_t)n * C * 4);
                 bq_cuda_malloc((void **)&dy, (size_t)n * R * 4);
                 bq_cuda_upload(dx, x, (size_t)n * C * 4);
-                for (size_t i = 0; i < (size_t)n * R; i++) y[i] = NAN;
-                bq_cuda_upload(dy, y, (size_t)n * R * 4);
-                st = bq_cuda_gemv(gw, dx, n, dy);
-                if (!st) st = bq_cuda_sync();
-                if (!st) st = bq_cuda_download(y, dy, (size_t)n * R * 4);
-                CHECK(st == BQ_OK, "gemv %s: %s", f->name, bq_last_error());
-                double e = rel_err(y, ref, (size_t)n * R);
-                CHECK(e < 1e-5, "GPU GEMV %s %dx%d n=%d: %.2e from the reference", f->name, R, C, n, e);
-                printf("  GPU GEMV %-15s %4dx%-4d n=%d max|err|/max|y| = %.2e\n", f->name, R, C, n, e);
+                /* ks 1: one CTA a row block; 0: the column splits the shape gets */
+                for (int ks = 1; ks >= 0; ks--) {
+                    for (size_t i = 0; i < (size_t)n * R; i++) y[i] = NAN;
+                    bq_cuda_upload(dy, y, (size_t)n * R * 4);
+                    st = bq_cuda_gemv_split(gw, dx, n, dy, ks);
+                    if (!st) st = bq_cuda_sync();
+                    if (!st) st = bq_cuda_download(y, dy, (size_t)n * R * 4);
+                    CHECK(st == BQ_OK, "gemv %s: %s", f->name, bq_last_error());
+                    double e = rel_err(y, ref, (size_t)n * R);
+                    CHECK(e < 1e-5, "GPU GEMV %s %dx%d n=%d (%s): %.2e from the reference", f->name, R, C, n, ks ? "unsplit" : "split", e);
+                    printf("  GPU GEMV %-15s %4dx%-4d n=%d %s max|err|/max|y| = %.2e\n", f->name, R, C, n, ks ? "unsplit" : "split  ", e);
+                }
                 /* the same codes unpacked to bf16: the decoded values rounded to nearest even */
                 uint16_t *hb = malloc((size_t)R * C * 2);
                 void *db;

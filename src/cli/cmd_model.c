@@ -15,6 +15,7 @@ typedef struct {
     const char *role[8];  /* as roles[] */
     int threads, json, n, ctx, chunks, strict, allow_nonfinite, round_set, packed, kld;
     int dev;  /* --device: 0 CPU, 1 CUDA */
+    int eager;  /* generate --eager: no CUDA graph for one-token steps */
     bq_hold hold;
     double temp, top_p;
     uint64_t seed;
@@ -89,6 +90,7 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
         else if (!strcmp(s, "--allow-nonfinite")) a->allow_nonfinite = 1;
         else if (!strcmp(s, "--json")) a->json = 1;
         else if (!strcmp(cmd, "ppl") && !strcmp(s, "--kld")) a->kld = 1;
+        else if (!strcmp(cmd, "generate") && !strcmp(s, "--eager")) a->eager = 1;
         else if (v && role_of(s) >= 0) { a->role[role_of(s)] = v; i++; }
         else return cli_error(cmd, "unknown or incomplete option '%s'", s);
 #undef OPT
@@ -394,7 +396,7 @@ int cmd_generate(int argc, char **argv)
     model_args a;
     int rc = parse_model_args("generate", argc, argv, &a);
     if (rc) return rc;
-    if (!a.prompt) return cli_error("generate", "usage: blockq generate --model DIR --prompt STR [-n N] [--temperature T] [--top-p P] [--seed S] [--device cpu|cuda|auto] [--json]");
+    if (!a.prompt) return cli_error("generate", "usage: blockq generate --model DIR --prompt STR [-n N] [--temperature T] [--top-p P] [--seed S] [--device cpu|cuda|auto] [--eager] [--json]");
     bq_model *m = NULL;
     bq_tokenizer *t = NULL;
     int32_t *ids = NULL, *out = NULL;
@@ -408,7 +410,7 @@ int cmd_generate(int argc, char **argv)
     if (!(out = malloc(((size_t)a.n + 1) * sizeof *out))) { rc = cli_error("generate", "out of memory"); goto done; }
     printer pr = {t};
     bq_gen_opts o = {.size = sizeof o, .n_new = a.n, .temperature = a.temp, .top_p = a.top_p, .seed = a.seed,
-                     .allow_nonfinite = a.allow_nonfinite, .on_token = a.json ? NULL : print_token, .arg = &pr, .device = a.dev};
+                     .allow_nonfinite = a.allow_nonfinite, .on_token = a.json ? NULL : print_token, .arg = &pr, .device = a.dev, .eager = a.eager};
     bq_gen_result r;
     if (!a.json) fputs(a.prompt, stdout);
     if ((st = bq_generate(m, ids, n, &o, out, &r))) { rc = cli_status("generate", st); goto done; }

@@ -22,6 +22,10 @@ bq_status bq_cuda_sync(void);
 /* Fake quantisation on the device: the same bits as bq_qdq on the CPU. */
 bq_status bq_cuda_qdq(const bq_format *f, const float *d_x, float *d_y, size_t rows, size_t cols, const bq_qopts *o);
 
+/* Whether bq_cuda_qdq of f reads a tensor-wide statistic back to the host
+ * (per-tensor int, NVFP4): such a call synchronises and cannot be recorded. */
+int bq_cuda_qdq_reads_back(const bq_format *f);
+
 /* A packed weight on the device (4- or 8-bit block codes, one scale byte or an
  * fp16 scale per block), from a panel-layout pmat. */
 typedef struct bq_cuda_w bq_cuda_w;
@@ -30,6 +34,9 @@ void bq_cuda_w_free(bq_cuda_w *w);
 size_t bq_cuda_w_bytes(const bq_cuda_w *w);
 /* y[n][rows] = x[n][cols] W^T for a few tokens (float activations). */
 bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *d_x, int n, float *d_y);
+/* The same with ks column splits (0: as bq_cuda_gemv chooses by shape; 1 .. the
+ * shape's choice: for tests comparing the paths). */
+bq_status bq_cuda_gemv_split(const bq_cuda_w *w, const float *d_x, int n, float *d_y, int ks);
 /* The matrix as bf16 [rows][cols] (round to nearest: exact where the values are
  * bf16 numbers, as for MX/BFP formats); for prefill through a bf16 GEMM. */
 bq_status bq_cuda_w_to_bf16(const bq_cuda_w *w, void *d_out);

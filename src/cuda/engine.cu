@@ -43,6 +43,8 @@ typedef int (*sgemm_fn)(void *, int, int, int, int, int, const float *, const fl
                         const float *, float *, int);
 typedef int (*sgemm_batched_fn)(void *, int, int, int, int, int, const float *, const float *, int, long long,
                                 const float *, int, long long, const float *, float *, int, long long, int);
+typedef int (*set_stream_fn)(void *, cudaStream_t);
+typedef int (*set_workspace_fn)(void *, void *, size_t);
 typedef cublasStatus_t (*gemmex_fn)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void *,
                                     const void *, cudaDataType, int, const void *, cudaDataType, int, const void *, void *,
                                     cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
@@ -66,6 +68,19 @@ static bq_status cublas_open(void)
     if (!create || !g_sgemm || !g_gemmex || !g_sgemm_batched)
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cuBLAS lacks cublasSgemm_v2, cublasSgemmStridedBatched or cublasGemmEx");
     if (create(&g_cublas) != 0) { g_cublas = NULL; return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasCreate failed"); }
+    // Every launch of blockq goes to the per-thread default stream (nvcc
+    // --default-stream per-thread), cuBLAS's too, so that a decoding step can be
+    // captured as a CUDA graph; a workspace of our own, so that cuBLAS allocates
+    // nothing while a capture runs.
+    set_stream_fn set_stream = (set_stream_fn)dlsym(lib, "cublasSetStream_v2");
+    set_workspace_fn set_ws = (set_workspace_fn)dlsym(lib, "cublasSetWorkspace_v2");
+    static void *ws;
+    const size_t ws_bytes = (size_t)32 << 20;
+    if (!set_stream || set_stream(g_cublas, cudaStreamPerThread) != 0)
+        return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasSetStream failed");
+    if (set_ws && !ws && cudaMalloc(&ws, ws_bytes) == cudaSuccess && set_ws(g_cublas, ws, ws_bytes) != 0)
+        return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasSetWorkspace failed");
+    cudaGetLastError();
     return BQ_OK;
 }
 
@@ -95,11 +110,15 @@ __global__ void k_embed(const float *emb, const int *ids, float *x, int E)
     for (int i = threadIdx.x; i < E; i += blockDim.x) x[(size_t)t * E + i] = emb[(size_t)ids[t] * E + i];
 }
 
-// Learned positions (OPT, GPT-2): row t gets pos[t + offset] (offset: the model's plus the first token's position).
-__global__ void k_add_pos(float *x, const float *pos, size_t n, int H, int offset)
+// The position of a step's first token: an argument, or (a recorded step, see
+// cuda_replay) read from device memory, which the host sets before each replay.
+static __device__ __forceinline__ int first_pos(int pos0, const int *dpos) { return dpos ? *dpos : pos0; }
+
+// Learned positions (OPT, GPT-2): row t gets pos[t + offset + first position].
+__global__ void k_add_pos(float *x, const float *pos, size_t n, int H, int offset, int pos0, const int *dpos)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] += pos[(i / H + offset) * H + i % H];
+    if (i < n) x[i] += pos[(i / H + offset + first_pos(pos0, dpos)) * H + i % H];
 }
 
 // RMSNorm, or LayerNorm (with its bias, where b is not NULL), as forward.c's norm():
@@ -136,8 +155,9 @@ __global__ void k_bias(float *y, const float *b, size_t n, int out)
     if (i < n) y[i] += b[i % out];
 }
 
-__global__ void k_rope(float *x, int T, int heads, int d, float theta, int pos0)
+__global__ void k_rope(float *x, int T, int heads, int d, float theta, int pos0, const int *dpos)
 {
+    pos0 = first_pos(pos0, dpos);
     int half = d / 2;
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)T * heads * half) return;
@@ -167,6 +187,56 @@ __global__ void k_softmax(float *s, int n, int T, int pos, int window)
     for (int j = first + threadIdx.x; j <= last; j += blockDim.x) { r[j] = expf(r[j] - mx); sum += r[j]; }
     float inv = (float)(1.0 / block_reduce(sum, ds, sum_op()));
     for (int j = threadIdx.x; j < T; j += blockDim.x) r[j] = j >= first && j <= last ? r[j] * inv : 0.0f;
+}
+
+// K and V of n tokens into a layer's cache at the first position (n * kvd floats each).
+__global__ void k_kv_store(float *kc, float *vc, const float *k, const float *v, size_t nk, size_t kvd, int pos0, const int *dpos)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x, off = (size_t)first_pos(pos0, dpos) * kvd;
+    if (i < nk) { kc[off + i] = k[i]; vc[off + i] = v[i]; }
+}
+
+// Attention of a few queries (decoding) over the cache, without the scores GEMMs:
+// one block a (token, head), as cpu.c's attend_heads for few queries. Scores
+// q.k / sqrt(d) a warp a key; the causal softmax of k_softmax (float exponentials,
+// their sum in double); then sum_j p_j v_j with each thread owning one element of
+// the head and a slice of the keys, the slices added in a fixed order. s: the
+// block's scores row (stride T floats). head_dim <= 256.
+__global__ void k_attn_few(const float *q, const float *K, const float *V, float *a, float *s, int T, int heads, int group,
+                           int d, int kvd, float scale, int pos0, const int *dpos, int window)
+{
+    __shared__ float fm[256];
+    __shared__ double ds[256];
+    const int h = blockIdx.x % heads, t = blockIdx.x / heads, kh = h / group, qd = heads * d;
+    const int last = first_pos(pos0, dpos) + t, first = window && last >= window ? last - window + 1 : 0;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    const float *qh = q + (size_t)t * qd + (size_t)h * d;
+    float *sr = s + (size_t)blockIdx.x * T;
+    for (int j = first + warp; j <= last; j += warps) {
+        const float *kr = K + (size_t)j * kvd + (size_t)kh * d;
+        float acc = 0.0f;
+        for (int i = lane; i < d; i += 32) acc += qh[i] * kr[i];
+        for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (lane == 0) sr[j] = acc * scale;
+    }
+    __syncthreads();
+    float mx = -INFINITY;
+    for (int j = first + threadIdx.x; j <= last; j += blockDim.x) mx = fmaxf(mx, sr[j]);
+    mx = block_reduce(mx, fm, max_op());
+    double sum = 0;
+    for (int j = first + threadIdx.x; j <= last; j += blockDim.x) { sr[j] = expf(sr[j] - mx); sum += sr[j]; }
+    float inv = (float)(1.0 / block_reduce(sum, ds, sum_op()));
+    const int parts = blockDim.x / d, part = threadIdx.x / d, i = threadIdx.x % d;
+    float acc = 0.0f;
+    if (part < parts)
+        for (int j = first + part; j <= last; j += parts) acc += (sr[j] * inv) * V[(size_t)j * kvd + (size_t)kh * d + i];
+    fm[threadIdx.x] = acc;
+    __syncthreads();
+    if ((int)threadIdx.x < d) {
+        float o = 0.0f;
+        for (int p = 0; p < parts; p++) o += fm[p * d + threadIdx.x];
+        a[(size_t)t * qd + (size_t)h * d + threadIdx.x] = o;
+    }
 }
 
 // V [n][kvd] -> V^T [kvd][n] (the attention format quantises V along the token axis)
@@ -293,7 +363,7 @@ static void gemv_bf16(const __nv_bfloat16 *W, const float *x, float *y, int n, i
 // bf16 numbers (float32, or a format with float32 scales): three bf16 products.
 struct glin { float *w, *b; __nv_bfloat16 *w16; bq_cuda_w *pw; int in, out, split; const bq_format *aq; };
 struct gnorm { float *w, *b; };
-enum { GEMV_MAX = 4, GEMV16_MAX = 8 };  // tokens up to which a packed (bf16) linear takes the GEMV
+enum { GEMV_MAX = 4, GEMV16_MAX = 8, ATT_FEW = 8 };  // ATT_FEW: queries up to which attention skips the GEMMs  // tokens up to which a packed (bf16) linear takes the GEMV
 
 struct cuda_be {
     be base;
@@ -308,16 +378,23 @@ struct cuda_be {
     size_t xq_floats;
     __nv_bfloat16 *xb;     // bf16 activations for the bf16 path (xq_floats)
     __nv_bfloat16 *wb;     // one packed linear unpacked (the largest)
-    int *ids;              // [T]
+    int *ids;              // [T], then the position of a recorded step (dpos)
+    int *dpos;
     double *lp;            // [T]
     unsigned long long *bad;  // per check site: first non-finite (2 * index + isnan), all ones if none
     int nsites, checked;
     int *site_d, *site_pos;   // host: each site's row length and first token
     size_t bytes;             // weights and buffers on the device
+    // one-token steps as a CUDA graph (cuda_replay): the recording, its key, and
+    // whether a capture is running (the kernels then read the position from dpos)
+    cudaGraphExec_t graph;
+    unsigned graph_key;
+    int recording, graph_checks;
 };
 
 static unsigned nblk(size_t n) { return (unsigned)((n + 255) / 256); }
 static cuda_be *G(be *b) { return (cuda_be *)b; }
+static const int *dpos_of(const cuda_be *g) { return g->recording ? g->dpos : NULL; }
 static const bq_config *cfg(const be *b) { return &b->m->c; }
 static glin *glin_at(cuda_be *g, int layer, lin_role r)
 {
@@ -419,6 +496,8 @@ static void glin_free(glin *l)
     bq_cuda_w_free(l->pw);
 }
 
+static void cuda_drop_recording(be *b);
+
 static void cuda_destroy(be *b)
 {
     cuda_be *g = G(b);
@@ -428,6 +507,8 @@ static void cuda_destroy(be *b)
     for (size_t i = 0; g->norms && i < nn; i++) { bq_cuda_free(g->norms[i].w); bq_cuda_free(g->norms[i].b); }
     free(g->lin);
     free(g->norms);
+    cuda_drop_recording(b);
+    if (g->graph) cudaGraphExecDestroy(g->graph);
     void *p[] = {g->emb, g->pos, g->kc, g->vc, g->kq, g->vt, g->s, g->xq, g->xb, g->wb, g->ids, g->lp, g->bad};
     for (void *x : p) bq_cuda_free(x);
     free(g->site_d);
@@ -453,7 +534,7 @@ static bq_status launched(const char *what)
 static bq_status cuda_embed(be *b, const int32_t *ids, int n, float *e)
 {
     cuda_be *g = G(b);
-    bq_status st = bq_cuda_upload(g->ids, ids, (size_t)n * 4);
+    bq_status st = g->recording ? BQ_OK : bq_cuda_upload(g->ids, ids, (size_t)n * 4);  // recording: cuda_replay did
     if (st) return st;
     k_embed<<<n, 256>>>(g->emb, g->ids, e, cfg(b)->embed_dim);
     return launched("embed");
@@ -463,7 +544,7 @@ static bq_status cuda_add_pos(be *b, float *x, int n, int pos0)
 {
     const bq_config *c = cfg(b);
     size_t nH = (size_t)n * c->hidden;
-    k_add_pos<<<nblk(nH), 256>>>(x, G(b)->pos, nH, c->hidden, c->pos_offset + pos0);
+    k_add_pos<<<nblk(nH), 256>>>(x, G(b)->pos, nH, c->hidden, c->pos_offset, pos0, dpos_of(G(b)));
     return launched("positions");
 }
 
@@ -512,7 +593,7 @@ static bq_status cuda_rope(be *b, float *x, int n, int heads, int pos0)
 {
     const bq_config *c = cfg(b);
     int d = c->head_dim;
-    k_rope<<<nblk((size_t)n * heads * (d / 2)), 256>>>(x, n, heads, d, c->rope_theta, pos0);
+    k_rope<<<nblk((size_t)n * heads * (d / 2)), 256>>>(x, n, heads, d, c->rope_theta, pos0, dpos_of(G(b)));
     return launched("rope");
 }
 
@@ -525,11 +606,9 @@ static bq_status cuda_kv_store(be *b, int layer, const float *k, const float *v,
 {
     cuda_be *g = G(b);
     const bq_config *c = cfg(b);
-    size_t kvd = (size_t)c->kv_heads * c->head_dim, off = ((size_t)layer * b->max_tokens + pos) * kvd, bytes = (size_t)n * kvd * 4;
-    if (cudaMemcpyAsync(g->kc + off, k, bytes, cudaMemcpyDeviceToDevice) != cudaSuccess ||
-        cudaMemcpyAsync(g->vc + off, v, bytes, cudaMemcpyDeviceToDevice) != cudaSuccess)
-        return launched("KV cache");
-    return BQ_OK;
+    size_t kvd = (size_t)c->kv_heads * c->head_dim, off = (size_t)layer * b->max_tokens * kvd, nk = (size_t)n * kvd;
+    k_kv_store<<<nblk(nk), 256>>>(g->kc + off, g->vc + off, k, v, nk, kvd, pos, dpos_of(g));
+    return launched("KV cache");
 }
 
 static bq_status sgemm_batched(bool ta, bool tb, int m, int n, int k, float alpha, const float *A, int lda, long long sa,
@@ -556,6 +635,12 @@ static bq_status cuda_attention(be *b, int layer, float *q, float *a, int n, int
     const float *K = g->kc + (size_t)layer * b->max_tokens * kvd, *V = g->vc + (size_t)layer * b->max_tokens * kvd;
     const bq_format *aq = M->attn_q;
     bq_status st = BQ_OK;
+    if (!aq && n <= ATT_FEW && d <= 256) {
+        k_attn_few<<<(unsigned)(n * c->heads), 256>>>(q, K, V, a, g->s, b->max_tokens, c->heads, G_, d, kvd,
+                                                      1.0f / sqrtf((float)d), pos, dpos_of(g), c->sliding_window);
+        return launched("attention");
+    }
+    if (g->recording) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: this attention cannot be recorded");
     if (aq) {
         if ((st = bq_cuda_qdq(aq, q, q, (size_t)n * c->heads, (size_t)d, &M->qopts)) ||
             (st = bq_cuda_qdq(aq, K, g->kq, (size_t)T * kvh, (size_t)d, &M->qopts)))
@@ -610,10 +695,80 @@ static bq_status cuda_check(be *b, const float *x, int rows, int d, int layer, c
     return launched("check");
 }
 
+// ---- one-token steps as a CUDA graph ----
+// Decoding launches ~20 kernels a layer for one token, so on a large GPU the
+// launches, not the weights' bytes, set the pace. The first one-token step after
+// the buffers were (re)made is captured as it runs (the kernels read the token
+// and the position from device memory: cuda_embed's upload, dpos) and replayed
+// for every later step with one launch. key: the driver's buffers and options
+// (a new key records again). Steps whose ops read back to the host (per-tensor
+// activation scales), quantise attention operands or have heads over 256 are
+// not recorded: they run as before.
+static bool can_record(const cuda_be *g)
+{
+    const bq_model *m = g->base.m;
+    const bq_config *c = &m->c;
+    if (m->attn_q || c->head_dim > 256 || (m->kv_q && bq_cuda_qdq_reads_back(m->kv_q))) return false;
+    for (int l = -1; l < c->layers; l++)
+        for (int r = l < 0 ? R_HEAD : R_Q; r < (l < 0 ? R_COUNT : R_HEAD); r++) {
+            const glin *gl = glin_at((cuda_be *)g, l, (lin_role)r);
+            if (gl->aq && bq_cuda_qdq_reads_back(gl->aq)) return false;
+        }
+    return true;
+}
+
+static bq_status cuda_replay(be *b, int32_t id, int pos, unsigned key, int *replayed)
+{
+    cuda_be *g = G(b);
+    *replayed = 0;
+    if (!can_record(g)) return BQ_OK;
+    int v[1] = {id};
+    if (cudaMemcpyAsync(g->ids, v, 4, cudaMemcpyHostToDevice, cudaStreamPerThread) != cudaSuccess ||
+        cudaMemcpyAsync(g->dpos, &pos, 4, cudaMemcpyHostToDevice, cudaStreamPerThread) != cudaSuccess)
+        return launched("step");
+    if (g->graph && g->graph_key == key) {
+        if (cudaGraphLaunch(g->graph, cudaStreamPerThread) != cudaSuccess) return launched("replaying a step");
+        for (int i = 0; i < g->nsites; i++) g->site_pos[i] = pos;
+        g->checked = g->graph_checks;
+        *replayed = 1;
+        return BQ_OK;
+    }
+    if (g->graph) { cudaGraphExecDestroy(g->graph); g->graph = NULL; }
+    if (cudaStreamBeginCapture(cudaStreamPerThread, cudaStreamCaptureModeRelaxed) != cudaSuccess)
+        return launched("recording a step");
+    g->recording = 1;
+    g->graph_key = key;
+    return BQ_OK;
+}
+
+// The end of a recording: the graph made and launched (it has not run yet).
+static bq_status end_recording(cuda_be *g, bool keep)
+{
+    cudaGraph_t graph = NULL;
+    g->recording = 0;
+    cudaError_t e = cudaStreamEndCapture(cudaStreamPerThread, &graph);
+    if (e == cudaSuccess && keep) e = cudaGraphInstantiate(&g->graph, graph, 0);
+    if (graph) cudaGraphDestroy(graph);
+    if (e == cudaSuccess && keep) e = cudaGraphLaunch(g->graph, cudaStreamPerThread);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        if (g->graph) { cudaGraphExecDestroy(g->graph); g->graph = NULL; }
+        return keep ? bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: recording a step: %s", cudaGetErrorString(e)) : BQ_OK;
+    }
+    g->graph_checks = g->checked;
+    return BQ_OK;
+}
+
+static void cuda_drop_recording(be *b)
+{
+    if (G(b)->recording) end_recording(G(b), false);
+}
+
 static bq_status cuda_finish(be *b)
 {
     cuda_be *g = G(b);
-    bq_status st = launched("forward");
+    bq_status st = g->recording ? end_recording(g, true) : BQ_OK;
+    if (!st) st = launched("forward");
     if (st || !g->checked) return st;
     g->checked = 0;
     unsigned long long *h = (unsigned long long *)malloc((size_t)g->nsites * 8);
@@ -647,6 +802,7 @@ static bq_status cuda_logprobs(be *b, const float *lg, const int32_t *ids, int n
 static const be_ops cuda_ops = {
     "cuda", 0, cuda_destroy, cuda_alloc, cuda_release, cuda_embed, cuda_add_pos, cuda_linear, cuda_norm, cuda_rope,
     cuda_qdq, cuda_kv_store, cuda_attention, cuda_act, cuda_add, cuda_check, cuda_logits, cuda_logprobs, cuda_finish,
+    cuda_replay, cuda_drop_recording,
 };
 
 static bq_status up_norm(gnorm *d, const normp *p, size_t n, size_t *bytes)
@@ -706,6 +862,8 @@ static bq_status cuda_setup(cuda_be *g)
     // as fit there, at least one
     size_t one = Tn * Tn, all = one * (size_t)c->kv_heads, cap = (size_t)128 << 20;
     g->s_floats = all < cap ? all : one > cap ? one : cap;
+    size_t few = (size_t)ATT_FEW * c->heads * Tn;  // k_attn_few's rows
+    g->s_floats = g->s_floats > few ? g->s_floats : few;
     size_t kv = (size_t)c->layers * Tn * kvd;
     float **bufs[] = {&g->kc, &g->vc, &g->xq, &g->s, &g->kq, &g->vt};
     size_t sizes[] = {kv, kv, g->xq_floats, g->s_floats, m->attn_q ? Tn * kvd : 0, m->attn_q ? Tn * kvd : 0};
@@ -713,7 +871,8 @@ static bq_status cuda_setup(cuda_be *g)
         if (sizes[i]) { st = bq_cuda_malloc((void **)bufs[i], sizes[i] * 4); *b += sizes[i] * 4; }
     if (!st && any16) { st = bq_cuda_malloc((void **)&g->xb, g->xq_floats * 2 * any16); *b += g->xq_floats * 2 * any16; }
     if (!st && maxw) { st = bq_cuda_malloc((void **)&g->wb, maxw * 2); *b += maxw * 2; }
-    if (!st) st = bq_cuda_malloc((void **)&g->ids, Tn * 4);
+    if (!st) st = bq_cuda_malloc((void **)&g->ids, (Tn + 1) * 4);
+    g->dpos = g->ids ? g->ids + Tn : NULL;
     if (!st) st = bq_cuda_malloc((void **)&g->lp, Tn * 8);
     if (!st) st = bq_cuda_malloc((void **)&g->bad, (size_t)g->nsites * 8);
     if (!st && cudaMemset(g->bad, 0xff, (size_t)g->nsites * 8) != cudaSuccess) st = launched("setup");

@@ -38,9 +38,29 @@ struct bq_cuda_w {
     unsigned short *lut6;      //   and code -> fp16 value (64 entries)
     uint32_t *xf;              // device scratch: activation pieces in B-fragment order
     float *xs;                 //   and their power-of-two scale per tile and column
+    int ks;                    // column splits of the tensor-core GEMV (gemv_splits)
+    float *part;               // device scratch: their partial sums [ks][n][rows]
 };
 
 extern "C" size_t bq_cuda_w_bytes(const bq_cuda_w *w) { return w->bytes; }
+
+// Column splits for the tensor-core GEMV: a CTA takes 32 rows, so a matrix of a
+// few thousand rows fills only one CTA per SM, too few loads in flight to reach
+// the memory's bandwidth (4096x4096: 14% of copy). Such matrices split their
+// tiles over up to 8 CTAs until about four CTAs an SM run, each keeping at least
+// 16 tiles (two a warp); the partial sums are added in a fixed order (gemv_sum),
+// so the result depends on the shape only.
+static int gemv_splits(const bq_cuda_w *w)
+{
+    int sms = 0;
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess || sms < 1) sms = 132;
+    int ctas = (w->R16 / 16 + 1) / 2, want = 4 * sms;
+    if (ctas >= want * 3 / 4) return 1;
+    int ks = (want + ctas - 1) / ctas;
+    ks = ks < 8 ? ks : 8;
+    while (ks > 1 && w->NT / ks < 16) ks--;
+    return ks;
+}
 
 extern "C" void bq_cuda_w_free(bq_cuda_w *w)
 {
@@ -50,6 +70,7 @@ extern "C" void bq_cuda_w_free(bq_cuda_w *w)
     bq_cuda_free(w->d_factor);
     bq_cuda_free(w->xf);
     bq_cuda_free(w->xs);
+    bq_cuda_free(w->part);
     bq_cuda_free(w->hi);
     bq_cuda_free(w->lut6);
     free(w);
@@ -139,6 +160,7 @@ static bq_status w_to_device(bq_cuda_w *w, const uint8_t *codes, size_t ncode, c
     if (!st && hi) st = bq_cuda_upload(w->lut6, lut6, 64 * sizeof *lut6);
     if (!st && w->tc) st = bq_cuda_malloc((void **)&w->xf, (size_t)2 * w->NT * 32 * 32);  // up to 2 n8 blocks
     if (!st && w->tc) st = bq_cuda_malloc((void **)&w->xs, (size_t)2 * w->NT * 8 * sizeof(float));
+    if (!st && w->tc && (w->ks = gemv_splits(w)) > 1) st = bq_cuda_malloc((void **)&w->part, (size_t)w->ks * 4 * w->rows * sizeof(float));
     w->bytes = ncode + nscale + nhi;
     return st;
 }
@@ -473,12 +495,13 @@ static __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&
 // A CTA: RG groups of 16 rows; its 8 warps split the 64-column tiles and sum in
 // shared memory in a fixed order. Per tile a lane loads 16 bytes of codes per row
 // group, its activation fragments (32 bytes per n8 block) and two rows' scales.
-template <int MODE, int K, int SB, int NT8>
+template <int MODE, int K, int SB, int NT8, bool SPLIT>
 __global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, const uint8_t *__restrict__ scales,
                                                const float *__restrict__ factor, float emult, float cmode,
                                                const uint4 *__restrict__ xf, const float *__restrict__ xs,
                                                float *__restrict__ y, int rows, int NT, int n,
-                                               const uint2 *__restrict__ hip, const unsigned short *__restrict__ lut6)
+                                               const uint2 *__restrict__ hip, const unsigned short *__restrict__ lut6,
+                                               float *__restrict__ part)
 {
     constexpr int RG = 2, SBT = (64 / K) * SB;  // 4 row groups measured 48-69% of copy (2: 74-76%)
     __shared__ float fac[256];
@@ -488,7 +511,10 @@ __global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, 
     if (MODE == 3 && threadIdx.x < 64) l6[threadIdx.x] = lut6[threadIdx.x];
     __syncthreads();
     const int wp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int G0 = blockIdx.x * RG, ngroups = (rows + 15) / 16, T0 = wp * NT / 8, T1 = (wp + 1) * NT / 8;
+    // SPLIT: CTA (x, y) takes the y-th of gridDim.y slices of the tiles; its sums
+    // go to part[y] for gemv_sum to add in a fixed order
+    const int A = SPLIT ? (int)blockIdx.y * NT / (int)gridDim.y : 0, B = SPLIT ? ((int)blockIdx.y + 1) * NT / (int)gridDim.y : NT;
+    const int G0 = blockIdx.x * RG, ngroups = (rows + 15) / 16, T0 = A + wp * (B - A) / 8, T1 = A + (wp + 1) * (B - A) / 8;
     float acc[RG][NT8][4] = {};
     for (int T = T0; T < T1; T++) {
         uint4 c[RG];
@@ -567,7 +593,18 @@ __global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, 
         for (int k = 0; k < 8; k++) u += red[k][rg][nb][ln][i];
         v += u;
     }
-    y[(size_t)tau * rows + row] = v * cmode;
+    if (SPLIT) part[((size_t)blockIdx.y * n + tau) * rows + row] = v;
+    else y[(size_t)tau * rows + row] = v * cmode;
+}
+
+// y = the splits' partial sums added in order, times the code mode's factor.
+__global__ void gemv_sum(const float *__restrict__ part, float *__restrict__ y, size_t len, int ks, float cmode)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= len) return;
+    float v = 0.0f;
+    for (int k = 0; k < ks; k++) v += part[(size_t)k * len + i];
+    y[i] = v * cmode;
 }
 
 static bq_status launched(const char *what)
@@ -576,15 +613,16 @@ static bq_status launched(const char *what)
     return e == cudaSuccess ? BQ_OK : bq_fail(BQ_ERR_UNSUPPORTED, "CUDA %s launch: %s", what, cudaGetErrorString(e));
 }
 
-static bq_status gemv_tensor_cores(const bq_cuda_w *w, const float *d_x, int n, float *d_y)
+static bq_status gemv_tensor_cores(const bq_cuda_w *w, const float *d_x, int n, float *d_y, int ks)
 {
     tc_split<<<(unsigned)((n * w->NT + 7) / 8), 256>>>(d_x, w->cols, n, w->NT, (uint2 *)w->xf, w->xs);
     bq_status st = launched("GEMV activation split");
     if (st) return st;
-    unsigned blocks = (unsigned)((w->R16 / 16 + 1) / 2);
-#define L(MODE, K, SB, NT8) gemv_tc<MODE, K, SB, NT8><<<blocks, 256>>>((const uint4 *)w->codes, w->scales, w->d_factor, w->emult, \
-                                    w->cmode, (const uint4 *)w->xf, w->xs, d_y, w->rows, w->NT, n, w->hi, w->lut6)
-#define L2(MODE, K, SB) if (n > 2) L(MODE, K, SB, 2); else L(MODE, K, SB, 1)
+    dim3 grid((unsigned)((w->R16 / 16 + 1) / 2), (unsigned)ks);
+#define L1(MODE, K, SB, NT8, SPLIT) gemv_tc<MODE, K, SB, NT8, SPLIT><<<grid, 256>>>((const uint4 *)w->codes, w->scales, \
+        w->d_factor, w->emult, w->cmode, (const uint4 *)w->xf, w->xs, d_y, w->rows, w->NT, n, w->hi, w->lut6, w->part)
+#define L(MODE, K, SB, NT8) if (ks > 1) L1(MODE, K, SB, NT8, true); else L1(MODE, K, SB, NT8, false)
+#define L2(MODE, K, SB) if (n > 2) { L(MODE, K, SB, 2); } else { L(MODE, K, SB, 1); }
     if (w->tc == 1 && w->K == 32 && w->sbytes == 1) { L2(1, 32, 1); }
     else if (w->tc == 1 && w->K == 16 && w->sbytes == 1) { L2(1, 16, 1); }
     else if (w->tc == 1 && w->K == 32 && w->sbytes == 2) { L2(1, 32, 2); }
@@ -596,13 +634,19 @@ static bq_status gemv_tensor_cores(const bq_cuda_w *w, const float *d_x, int n, 
     else return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: no tensor-core kernel for blocks of %d, %d-byte scales", w->K, w->sbytes);
 #undef L2
 #undef L
+#undef L1
+    if (ks > 1) {
+        size_t len = (size_t)n * w->rows;
+        gemv_sum<<<(unsigned)((len + 255) / 256), 256>>>(w->part, d_y, len, ks, w->cmode);
+    }
     return launched("GEMV");
 }
 
-extern "C" bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *d_x, int n, float *d_y)
+extern "C" bq_status bq_cuda_gemv_split(const bq_cuda_w *w, const float *d_x, int n, float *d_y, int ks)
 {
     if (n < 1 || n > 4) return bq_fail(BQ_ERR_ARG, "CUDA GEMV takes 1 to 4 tokens, not %d", n);
-    if (w->tc) return gemv_tensor_cores(w, d_x, n, d_y);
+    if (ks < 0 || ks > (w->tc ? w->ks : 1)) return bq_fail(BQ_ERR_ARG, "CUDA GEMV: %d column splits (this matrix allows %d)", ks, w->tc ? w->ks : 1);
+    if (w->tc) return gemv_tensor_cores(w, d_x, n, d_y, ks ? ks : w->ks);
     uint8_t biased[16];  /* the table as value + 128 */
     for (int i = 0; i < 16; i++) biased[i] = (uint8_t)(w->lut[i] + 128);
     int4 lo;
@@ -618,6 +662,11 @@ extern "C" bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *d_x, int n, f
     else return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: no kernel for %d-bit codes, blocks of %d", w->eb, w->K);
 #undef L
     return launched("GEMV");
+}
+
+extern "C" bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *d_x, int n, float *d_y)
+{
+    return bq_cuda_gemv_split(w, d_x, n, d_y, 0);
 }
 
 // ---- the whole matrix as bf16 (the packed path of the forward pass) ----

@@ -21,10 +21,16 @@ bq_status bq_cuda_qdq(const bq_format *f, const float *x, float *y, size_t r, si
     (void)f; (void)x; (void)y; (void)r; (void)c; (void)o;
     return none();
 }
+int bq_cuda_qdq_reads_back(const bq_format *f) { (void)f; return 0; }
 bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out) { (void)m; *out = NULL; return none(); }
 void bq_cuda_w_free(bq_cuda_w *w) { (void)w; }
 size_t bq_cuda_w_bytes(const bq_cuda_w *w) { (void)w; return 0; }
 bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *x, int n, float *y) { (void)w; (void)x; (void)n; (void)y; return none(); }
+bq_status bq_cuda_gemv_split(const bq_cuda_w *w, const float *x, int n, float *y, int ks)
+{
+    (void)w; (void)x; (void)n; (void)y; (void)ks;
+    return none();
+}
 bq_status bq_cuda_w_to_bf16(const bq_cuda_w *w, void *d_out) { (void)w; (void)d_out; return none(); }
 bq_status bq_cuda_gemm_mx8(int kind, const void *a, const uint8_t *sa, const void *b, const uint8_t *sb, float *c, int M,
                            int N, int K)

@@ -23,6 +23,8 @@ static bq_status cuda_fail(cudaError_t e, const char *what)
 
 extern "C" int bq_cuda_devices(char *why, size_t why_len)
 {
+    static int known;  // a found device stays found (asked before every fake quantisation)
+    if (known) return known;
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess || n == 0) {
@@ -34,7 +36,7 @@ extern "C" int bq_cuda_devices(char *why, size_t why_len)
     if (cudaGetDeviceProperties(&p, 0) == cudaSuccess)
         snprintf(g_name, sizeof g_name, "%s (sm_%d%d, %d SMs, %.0f GiB)", p.name, p.major, p.minor, p.multiProcessorCount,
                  p.totalGlobalMem / 1073741824.0);
-    return n;
+    return known = n;
 }
 
 extern "C" const char *bq_cuda_device_name(void) { return g_name; }
@@ -348,6 +350,11 @@ __global__ void amax_kernel(const float *__restrict__ x, size_t n, unsigned *out
     if ((threadIdx.x & 31) == 0) { atomicMax(&out[0], all); atomicMax(&out[1], fin); }
 }
 
+extern "C" int bq_cuda_qdq_reads_back(const bq_format *f)
+{
+    return f->sch == SCH_NVFP4 || (f->sch == SCH_INT && f->scope == SCOPE_TENSOR);
+}
+
 // The tensor-wide facts bq_tensor_ctx computes, from device data.
 static bq_status tensor_ctx(const bq_format *f, const float *d_x, size_t n, const bq_qopts *o, qctx *c, size_t cols)
 {
@@ -356,8 +363,7 @@ static bq_status tensor_ctx(const bq_format *f, const float *d_x, size_t n, cons
     c->seed = o ? o->seed : 0;
     c->cols = cols;
     if ((unsigned)c->round > BQ_ROUND_STOCHASTIC) return bq_fail(BQ_ERR_ARG, "unknown rounding mode %d", (int)c->round);
-    int need = f->sch == SCH_NVFP4 || (f->sch == SCH_INT && f->scope == SCOPE_TENSOR);
-    if (!need) return BQ_OK;
+    if (!bq_cuda_qdq_reads_back(f)) return BQ_OK;
     if (f->sch == SCH_INT && f->asym)
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA: per-tensor asymmetric int (%s) is not implemented on the GPU", f->name);
     static unsigned *d_m;  // two words, kept for the process (an allocation per call costs more than the pass)

@@ -62,6 +62,12 @@ typedef struct {
     bq_status (*logprobs)(be *b, const float *lg, const int32_t *ids, int n, double *lp);
     /* the end of a forward pass: a deferred error, if any */
     bq_status (*finish)(be *b);
+    /* Optional (NULL: none). A one-token step (token id at pos) replayed from a
+     * recording made under the same key (*replayed = 1: only finish is left), or
+     * else, where the backend can, recorded while the driver runs it (finish ends
+     * the recording); drop_recording abandons one after an error. */
+    bq_status (*replay)(be *b, int32_t id, int pos, unsigned key, int *replayed);
+    void (*drop_recording)(be *b);
 } be_ops;
 
 struct be {

@@ -384,6 +384,7 @@ static bq_status cpu_finish(be *b) { (void)b; return BQ_OK; }
 static const be_ops cpu_ops = {
     "cpu", 1, cpu_destroy, cpu_alloc, cpu_release, cpu_embed, cpu_add_pos, cpu_linear, cpu_norm, cpu_rope, cpu_qdq,
     cpu_kv_store, cpu_attention, cpu_act, cpu_add, cpu_check, cpu_logits, cpu_logprobs, cpu_finish,
+    NULL, NULL,  /* no recorded steps: nothing to save on the CPU */
 };
 
 bq_status be_cpu_new(const bq_model *m, int max_tokens, int threads, be **out)

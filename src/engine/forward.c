@@ -13,6 +13,7 @@
  * the backend's attention. */
 #include "engine.h"
 #include "backend.h"
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,6 +23,8 @@ struct bq_ctx {
     const bq_model *m;
     be *b;
     int max_tokens, pos, check;
+    int replay;      /* one-token steps may be recorded and replayed (CUDA graphs) */
+    unsigned bufs;   /* bumped whenever the buffers or options a recording holds change */
     int cap;  /* tokens the activations below hold (backend memory) */
     float *x, *h, *q, *k, *v, *a, *g, *u, *e;
     int lg_rows;  /* rows of lg, the backend's logits (when the caller's cannot be used) */
@@ -91,6 +94,7 @@ static bq_status ensure_acts(bq_ctx *c, int n)
             return bq_fail(BQ_ERR_NOMEM, "out of %s memory for %d tokens of activations", c->b->ops->name, n);
         }
     c->cap = n;
+    c->bufs++;
     return BQ_OK;
 }
 
@@ -100,13 +104,14 @@ static bq_status ensure_logits(bq_ctx *c, int rows)
     c->b->ops->release(c->b, c->lg);
     c->lg = c->b->ops->alloc(c->b, (size_t)rows * c->m->c.vocab * 4);
     c->lg_rows = c->lg ? rows : 0;
+    c->bufs++;
     return c->lg ? BQ_OK : bq_fail(BQ_ERR_NOMEM, "out of %s memory for %d rows of logits", c->b->ops->name, rows);
 }
 
 bq_status bq_ctx_new_ex(const bq_model *m, int max_tokens, const bq_ctx_opts *o, bq_ctx **out)
 {
     *out = NULL;
-    if (o && o->size < sizeof(bq_ctx_opts))
+    if (o && o->size < offsetof(bq_ctx_opts, eager))  /* older callers end before .eager */
         return bq_fail(BQ_ERR_ARG, "context options without their size (set .size = sizeof(bq_ctx_opts))");
     if (max_tokens < 1) return bq_fail(BQ_ERR_ARG, "context must hold at least one token");
     int lim = m->c.rope ? (1 << 24) : m->c.max_pos;
@@ -117,6 +122,7 @@ bq_status bq_ctx_new_ex(const bq_model *m, int max_tokens, const bq_ctx_opts *o,
     c->m = m;
     c->max_tokens = max_tokens;
     c->check = 1;
+    c->replay = !(o && o->size >= offsetof(bq_ctx_opts, eager) + sizeof o->eager && o->eager);
     int device = o ? o->device : 0, threads = o && o->threads ? o->threads : g_default_threads;
     bq_status st = device ? be_cuda_new(m, max_tokens, &c->b) : be_cpu_new(m, max_tokens, threads, &c->b);
     if (st) { free(c); return st; }
@@ -137,7 +143,11 @@ void bq_ctx_free(bq_ctx *c)
 
 void bq_ctx_reset(bq_ctx *c) { c->pos = 0; }
 void bq_ctx_truncate(bq_ctx *c, int pos) { if (pos >= 0 && pos < c->pos) c->pos = pos; }
-void bq_ctx_set_check(bq_ctx *c, int on) { c->check = on; }
+void bq_ctx_set_check(bq_ctx *c, int on)
+{
+    if (c->check != on) c->bufs++;
+    c->check = on;
+}
 int bq_ctx_pos(const bq_ctx *c) { return c->pos; }
 const char *bq_ctx_device(const bq_ctx *c) { return c->b->ops->name; }
 size_t bq_ctx_device_bytes(const bq_ctx *c) { return be_cuda_bytes(c->b); }
@@ -237,7 +247,12 @@ bq_status bq_forward(bq_ctx *c, const int32_t *ids, int n, float *logits, int al
     /* a host backend writes the caller's rows directly */
     if (!c->b->ops->host && (st = ensure_logits(c, n - first))) return st;
     float *lg = c->b->ops->host ? logits : c->lg;
-    if (!(st = run(c, ids, n, first, lg)) && !(st = c->b->ops->logits(c->b, lg, n - first, logits))) c->pos += n;
+    const be_ops *o = c->b->ops;
+    int replayed = 0;
+    if (n == 1 && c->replay && o->replay && !c->observe) st = o->replay(c->b, ids[0], c->pos, c->bufs, &replayed);
+    if (!st) st = replayed ? o->finish(c->b) : run(c, ids, n, first, lg);
+    if (st && o->drop_recording) o->drop_recording(c->b);
+    if (!st && !(st = o->logits(c->b, lg, n - first, logits))) c->pos += n;
     return st;
 }
 

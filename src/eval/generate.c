@@ -52,7 +52,9 @@ bq_status bq_generate(const bq_model *m, const int32_t *prompt, size_t n, const 
     int V = bq_model_vocab(m);
     float *lg = malloc((size_t)V * sizeof *lg);
     bq_ctx *c = NULL;
-    bq_ctx_opts co = {.size = sizeof co, .device = o->size >= offsetof(bq_gen_opts, device) + sizeof o->device ? o->device : 0};
+#define GEN_HAS(field) (o->size >= offsetof(bq_gen_opts, field) + sizeof o->field)
+    bq_ctx_opts co = {.size = sizeof co, .device = GEN_HAS(device) ? o->device : 0, .eager = GEN_HAS(eager) ? o->eager : 0};
+#undef GEN_HAS
     bq_status st = lg ? bq_ctx_new_ex(m, (int)(n + (size_t)o->n_new), &co, &c) : bq_fail(BQ_ERR_NOMEM, "out of memory");
     if (!st) bq_ctx_set_check(c, !o->allow_nonfinite);
     double t0 = bq_now();

@@ -375,12 +375,21 @@ bq_status pmat_new(const bq_format *f, int rows, int cols, const uint8_t *packed
     return BQ_OK;
 }
 
+typedef struct { const pmat *m; float *x; } widen_job;
+
+static void widen_range(void *arg, size_t r0, size_t r1)
+{
+    const widen_job *j = arg;
+    pmat_decode(j->m, (int)r0, (int)r1, j->x + r0 * (size_t)j->m->cols);
+}
+
 bq_status pmat_widen(pmat **pm, float **w)
 {
     pmat *m = *pm;
     float *x = malloc((size_t)m->rows * m->cols * sizeof *x);
     if (!x) return bq_fail(BQ_ERR_NOMEM, "out of memory widening a %dx%d matrix", m->rows, m->cols);
-    pmat_decode(m, 0, m->rows, x);
+    widen_job j = {m, x};  /* rows over all cores: a 7B checkpoint's 6.5 G weights pass here */
+    bq_parallel_for((size_t)m->rows, (size_t)m->rows * m->cols < (1u << 20) ? 1 : 0, widen_range, &j);
     pmat_free(m);
     *pm = NULL;
     *w = x;

@@ -227,22 +227,43 @@ bq_status qconfig_parse(bq_qconfig *q, const char *src, size_t n, const char *pa
 
 /* ---- applying a config to a model ---- */
 
-/* *w as a bf16 matrix in *pw (freeing *w) if every value is a bf16 number; else unchanged. */
+/* rows of float32 holding bf16 values -> little-endian bf16 bytes; ok[i] = 0 where a
+ * row's values are not bf16 numbers */
+typedef struct { const float *w; uint8_t *out; int cols; unsigned char *ok; } bf16_job;
+
+static void to_bf16_range(void *arg, size_t r0, size_t r1)
+{
+    const bf16_job *j = arg;
+    for (size_t r = r0; r < r1; r++) {
+        const float *x = j->w + r * (size_t)j->cols;
+        uint8_t *o = j->out + 2 * r * (size_t)j->cols;
+        j->ok[r] = (unsigned char)all_bf16(x, (size_t)j->cols);
+        for (int i = 0; j->ok[r] && i < j->cols; i++) {
+            uint16_t h = f32_top_bf16(x[i]);
+            o[2 * i] = (uint8_t)h;
+            o[2 * i + 1] = (uint8_t)(h >> 8);
+        }
+    }
+}
+
+/* *w as a bf16 matrix in *pw (freeing *w) if every value is a bf16 number; else
+ * unchanged. Rows over all cores: every weight of a held checkpoint passes here. */
 static bq_status hold_bf16(float **w, pmat **pw, int rows, int cols)
 {
     size_t n = (size_t)rows * cols;
-    if (!all_bf16(*w, n)) return BQ_OK;
     bq_format *f;
     bq_status st = bq_format_parse("bf16", &f);
     if (st) return st;
     size_t hb = pack_header_bytes(f);
     uint8_t *buf = calloc(hb + 2 * n, 1);
-    if (!buf) { bq_format_free(f); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
-    for (size_t i = 0; i < n; i++) {  /* little-endian bf16 */
-        uint16_t h = f32_top_bf16((*w)[i]);
-        buf[hb + 2 * i] = (uint8_t)h;
-        buf[hb + 2 * i + 1] = (uint8_t)(h >> 8);
-    }
+    unsigned char *ok = malloc((size_t)rows);
+    if (!buf || !ok) { free(buf); free(ok); bq_format_free(f); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
+    bf16_job j = {*w, buf + hb, cols, ok};
+    bq_parallel_for((size_t)rows, n < (1u << 20) ? 1 : 0, to_bf16_range, &j);
+    int all = 1;
+    for (int r = 0; r < rows; r++) all &= ok[r];
+    free(ok);
+    if (!all) { free(buf); bq_format_free(f); return BQ_OK; }  /* not bf16 numbers: stays float32 */
     st = pmat_new(f, rows, cols, buf, hb + 2 * n, pw);
     free(buf);
     bq_format_free(f);
