@@ -7,6 +7,7 @@
 # memory (issue 15's targets) and batch-1 decode per weight format (issue 17).
 #   sh bench/gpu_round2.sh $OUT        STAGES="tests bundled scale decode" (default: all)
 #   STAGES=packed: only quantising the 7B shape to a packed .bq and decoding from it (load time)
+#   (GRAPHS_SHORT=1: without the fake-quantised decode and the quantised ppl)
 #   STAGES=gemvtest: the GEMV tests of test_cuda alone (split and unsplit paths)
 #   STAGES=graphs: one-token steps replayed from a CUDA graph against --eager (every kernel
 #     launched), bundled model and 7B shape, and the GEMV at a 7B layer's shapes
@@ -96,8 +97,8 @@ PY
     P="The meaning of life is"
     export TIMECMD_JSONL="$O/r4_decode.jsonl"
     for e in "" --eager; do $R "decode bf16 $e" -- $B generate --model $M --prompt "$P" -n 128 --device cuda --json $e; done
-    $R "decode mxfp4 fake-quantised" -- $B generate --model $M --prompt "$P" -n 128 --device cuda --wq mxfp4 --json
-    $R "ppl cuda W mxfp4 A mxint8" -- $B ppl --model $M --text $T --ctx 2048 --chunks 8 --device cuda --wq mxfp4 --aq mxint8 --json
+    [ -z "$GRAPHS_SHORT" ] && $R "decode mxfp4 fake-quantised" -- $B generate --model $M --prompt "$P" -n 128 --device cuda --wq mxfp4 --json
+    [ -z "$GRAPHS_SHORT" ] && $R "ppl cuda W mxfp4 A mxint8" -- $B ppl --model $M --text $T --ctx 2048 --chunks 8 --device cuda --wq mxfp4 --aq mxint8 --json
     for f in ${DECODE_FORMATS:-mxfp4}; do
         $R "quantize $f .bq" -- $B quantize --model $M --wq $f --out /tmp/m_$f.bq
         for e in "" --eager; do $R "decode packed $f (.bq) $e" -- $B generate --model /tmp/m_$f.bq --prompt "$P" -n 128 --device cuda --json $e; done

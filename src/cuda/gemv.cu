@@ -36,26 +36,26 @@ struct bq_cuda_w {
     float cmode;               // weight = fp16(nibble) * cmode * factor
     uint2 *hi;                 // 6-bit codes (tc == 3): their top two bits, per lane and tile
     unsigned short *lut6;      //   and code -> fp16 value (64 entries)
-    uint32_t *xf;              // device scratch: activation pieces in B-fragment order
-    float *xs;                 //   and their power-of-two scale per tile and column
     int ks;                    // column splits of the tensor-core GEMV (gemv_splits)
     float *part;               // device scratch: their partial sums [ks][n][rows]
+    unsigned *count;           //   and per row block the splits done (zero between calls)
 };
 
 extern "C" size_t bq_cuda_w_bytes(const bq_cuda_w *w) { return w->bytes; }
 
 // Column splits for the tensor-core GEMV: a CTA takes 32 rows, so a matrix of a
 // few thousand rows fills only one CTA per SM, too few loads in flight to reach
-// the memory's bandwidth (4096x4096: 14% of copy). Such matrices split their
-// tiles over up to 8 CTAs until about four CTAs an SM run, each keeping at least
-// 16 tiles (two a warp); the partial sums are added in a fixed order (gemv_sum),
-// so the result depends on the shape only.
+// the memory's bandwidth (4096x4096: 14% of copy). Matrices under two CTAs an SM
+// split their tiles over up to 8 CTAs until about four an SM run, each keeping at
+// least 16 tiles (two a warp); the partial sums are added in a fixed order (the
+// end of gemv_tc), so the result depends on the shape only. (11008 rows, 2.6 CTAs
+// an SM, measured slower split in two.)
 static int gemv_splits(const bq_cuda_w *w)
 {
     int sms = 0;
     if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess || sms < 1) sms = 132;
     int ctas = (w->R16 / 16 + 1) / 2, want = 4 * sms;
-    if (ctas >= want * 3 / 4) return 1;
+    if (ctas >= 2 * sms) return 1;
     int ks = (want + ctas - 1) / ctas;
     ks = ks < 8 ? ks : 8;
     while (ks > 1 && w->NT / ks < 16) ks--;
@@ -68,8 +68,7 @@ extern "C" void bq_cuda_w_free(bq_cuda_w *w)
     bq_cuda_free(w->codes);
     bq_cuda_free(w->scales);
     bq_cuda_free(w->d_factor);
-    bq_cuda_free(w->xf);
-    bq_cuda_free(w->xs);
+    bq_cuda_free(w->count);
     bq_cuda_free(w->part);
     bq_cuda_free(w->hi);
     bq_cuda_free(w->lut6);
@@ -158,9 +157,13 @@ static bq_status w_to_device(bq_cuda_w *w, const uint8_t *codes, size_t ncode, c
     if (!st && hi) st = bq_cuda_malloc((void **)&w->lut6, 64 * sizeof *lut6);
     if (!st && hi) st = bq_cuda_upload(w->hi, hi, nhi);
     if (!st && hi) st = bq_cuda_upload(w->lut6, lut6, 64 * sizeof *lut6);
-    if (!st && w->tc) st = bq_cuda_malloc((void **)&w->xf, (size_t)2 * w->NT * 32 * 32);  // up to 2 n8 blocks
-    if (!st && w->tc) st = bq_cuda_malloc((void **)&w->xs, (size_t)2 * w->NT * 8 * sizeof(float));
-    if (!st && w->tc && (w->ks = gemv_splits(w)) > 1) st = bq_cuda_malloc((void **)&w->part, (size_t)w->ks * 4 * w->rows * sizeof(float));
+    if (!st && w->tc && (w->ks = gemv_splits(w)) > 1) {
+        size_t ctas = (size_t)(w->R16 / 16 + 1) / 2;
+        st = bq_cuda_malloc((void **)&w->part, (size_t)w->ks * 4 * w->rows * sizeof(float));
+        if (!st) st = bq_cuda_malloc((void **)&w->count, ctas * sizeof(unsigned));
+        if (!st && cudaMemset(w->count, 0, ctas * sizeof(unsigned)) != cudaSuccess)
+            st = bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: clearing counters: %s", cudaGetErrorString(cudaGetLastError()));
+    }
     w->bytes = ncode + nscale + nhi;
     return st;
 }
@@ -396,52 +399,47 @@ __global__ void __launch_bounds__(256) gemv_kernel(const uint8_t *__restrict__ c
 
 static __device__ __forceinline__ float pow2i(int k) { return __int_as_float((k + 127) << 23); }  // k in [-126, 127]
 
-// Token tau's activations over tile T as three fp16 pieces in B-fragment order
-// (xf: [n8 block][T][lane][k-step] of uint2) and the tile's power-of-two scale per
-// column (xs: [n8 block][T][8]); column 3 * tau + p holds piece p. One warp per
-// (token, tile).
-__global__ void __launch_bounds__(256) tc_split(const float *__restrict__ x, int cols, int n, int NT, uint2 *__restrict__ xf,
-                                                float *__restrict__ xs)
+// The activations of tile T (64 columns) for n tokens as three fp16 pieces each
+// (x * 2^-e = hi + mid + lo, e from the tile's largest |x| so that no piece
+// overflows; a non-finite tile gets scale NaN): pc[tau][p][k] holds piece p of
+// token tau at column k, post[tau] the factor 2^e that undoes the scaling. One
+// warp; pc is the warp's own, __syncwarp()ed before it is read.
+static __device__ __forceinline__ void tile_pieces(const float *__restrict__ x, int cols, int n, int T, int lane,
+                                                   __half (*pc)[3][64], float (&post)[4])
 {
-    __shared__ __half pc[8][3][64];
-    const int wl = threadIdx.x >> 5, lane = threadIdx.x & 31, wid = blockIdx.x * 8 + wl;
-    if (wid >= n * NT) return;
-    const int tau = wid / NT, T = wid % NT;
-    float v[2];
-    uint32_t m = 0;
 #pragma unroll
-    for (int i = 0; i < 2; i++) {
-        int k = 64 * T + lane + 32 * i;
-        v[i] = k < cols ? x[(size_t)tau * cols + k] : 0.0f;
-        m = max(m, (uint32_t)__float_as_int(v[i]) & 0x7fffffffu);
-    }
-    for (int o = 16; o; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
-    // |x| < 2^E; pieces of x * 2^-e with e = E - 15 stay below fp16's largest value
-    int E = m >> 23 ? (int)(m >> 23) - 126 : -126, e = max(E - 15, -126);
-    float pre = m > 0x7f7fffffu ? 0.0f : pow2i(-e), post = m > 0x7f7fffffu ? __int_as_float(0x7fc00000) : pow2i(e);
+    for (int tau = 0; tau < 4; tau++) {
+        post[tau] = 0.0f;
+        if (tau >= n) continue;
+        float v[2];
+        uint32_t m = 0;
 #pragma unroll
-    for (int i = 0; i < 2; i++) {
-        float xp = v[i] * pre;
-        __half hi = __float2half_rn(xp);
-        float r = xp - __half2float(hi);
-        __half mid = __float2half_rn(r);
-        pc[wl][0][lane + 32 * i] = hi;
-        pc[wl][1][lane + 32 * i] = mid;
-        pc[wl][2][lane + 32 * i] = __float2half_rn(r - __half2float(mid));
+        for (int i = 0; i < 2; i++) {
+            int k = 64 * T + lane + 32 * i;
+            v[i] = k < cols ? x[(size_t)tau * cols + k] : 0.0f;
+            m = max(m, (uint32_t)__float_as_int(v[i]) & 0x7fffffffu);
+        }
+        for (int o = 16; o; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
+        // |x| < 2^E; pieces of x * 2^-e with e = E - 15 stay below fp16's largest value
+        int E = m >> 23 ? (int)(m >> 23) - 126 : -126, e = max(E - 15, -126);
+        float pre = m > 0x7f7fffffu ? 0.0f : pow2i(-e);
+        post[tau] = m > 0x7f7fffffu ? __int_as_float(0x7fc00000) : pow2i(e);
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            float xp = v[i] * pre;
+            __half hi = __float2half_rn(xp);
+            float r = xp - __half2float(hi);
+            __half mid = __float2half_rn(r);
+            pc[tau][0][lane + 32 * i] = hi;
+            pc[tau][1][lane + 32 * i] = mid;
+            pc[tau][2][lane + 32 * i] = __float2half_rn(r - __half2float(mid));
+        }
     }
-    __syncwarp();
-    for (int it = lane; it < 48; it += 32) {
-        int p = it / 16, s = (it / 4) % 4, t = it % 4, c = 3 * tau + p, k0 = 16 * s + 2 * t;
-        const __half *h = pc[wl][p];
-        uint2 b;
-        b.x = (uint32_t)__half_as_ushort(h[k0]) | (uint32_t)__half_as_ushort(h[k0 + 1]) << 16;
-        b.y = (uint32_t)__half_as_ushort(h[k0 + 8]) | (uint32_t)__half_as_ushort(h[k0 + 9]) << 16;
-        xf[(((size_t)(c / 8) * NT + T) * 32 + (c % 8) * 4 + t) * 4 + s] = b;
-    }
-    if (lane < 3) {
-        int c = 3 * tau + lane;
-        xs[((size_t)(c / 8) * NT + T) * 8 + c % 8] = post;
-    }
+}
+
+static __device__ __forceinline__ float pick4(const float (&p)[4], int i)
+{
+    return i == 0 ? p[0] : i == 1 ? p[1] : i == 2 ? p[2] : i == 3 ? p[3] : 0.0f;
 }
 
 // Half2 J of an A-fragment word. e2m1: sign to bit 15, e1 e0 m to bits 11..9 of
@@ -498,21 +496,23 @@ static __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&
 template <int MODE, int K, int SB, int NT8, bool SPLIT>
 __global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, const uint8_t *__restrict__ scales,
                                                const float *__restrict__ factor, float emult, float cmode,
-                                               const uint4 *__restrict__ xf, const float *__restrict__ xs,
+                                               const float *__restrict__ x, int cols,
                                                float *__restrict__ y, int rows, int NT, int n,
                                                const uint2 *__restrict__ hip, const unsigned short *__restrict__ lut6,
-                                               float *__restrict__ part)
+                                               float *__restrict__ part, unsigned *__restrict__ count)
 {
     constexpr int RG = 2, SBT = (64 / K) * SB;  // 4 row groups measured 48-69% of copy (2: 74-76%)
     __shared__ float fac[256];
     __shared__ unsigned short l6[64];
     __shared__ float red[8][RG][NT8][32][4];
+    __shared__ __half pcs[8][4][3][64];  // each warp's activation pieces (tile_pieces)
+    __shared__ int last;
     if (SB == 1) for (int i = threadIdx.x; i < 256; i += blockDim.x) fac[i] = factor[i];
     if (MODE == 3 && threadIdx.x < 64) l6[threadIdx.x] = lut6[threadIdx.x];
     __syncthreads();
     const int wp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     // SPLIT: CTA (x, y) takes the y-th of gridDim.y slices of the tiles; its sums
-    // go to part[y] for gemv_sum to add in a fixed order
+    // go to part[y], which the row block's last CTA adds in a fixed order (below)
     const int A = SPLIT ? (int)blockIdx.y * NT / (int)gridDim.y : 0, B = SPLIT ? ((int)blockIdx.y + 1) * NT / (int)gridDim.y : NT;
     const int G0 = blockIdx.x * RG, ngroups = (rows + 15) / 16, T0 = A + wp * (B - A) / 8, T1 = A + (wp + 1) * (B - A) / 8;
     float acc[RG][NT8][4] = {};
@@ -529,16 +529,31 @@ __global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, 
             sg[rg] = SBT == 4 ? __ldg((const uint32_t *)sp) : __ldg((const uint16_t *)sp);
             sg8[rg] = SBT == 4 ? __ldg((const uint32_t *)(sp + 8 * SBT)) : __ldg((const uint16_t *)(sp + 8 * SBT));
         }
+        // B fragments: column c = 3 * tau + p holds piece p of token tau; a lane
+        // takes column g's rows 2t, 2t + 1, 2t + 8, 2t + 9 of each 16-deep step
+        float post[4];
+        tile_pieces(x, cols, n, T, lane, pcs[wp], post);
+        __syncwarp();
         uint4 b[NT8][2];
         float2 xc[NT8];
 #pragma unroll
         for (int nb = 0; nb < NT8; nb++) {
-            const uint4 *p = xf + (((size_t)nb * NT + T) * 32 + lane) * 2;
-            bool live = 8 * nb + g < 3 * n;  // columns past the last token's pieces are zero
-            b[nb][0] = live ? __ldg(p) : make_uint4(0, 0, 0, 0);
-            b[nb][1] = live ? __ldg(p + 1) : make_uint4(0, 0, 0, 0);
-            xc[nb] = __ldg((const float2 *)(xs + ((size_t)nb * NT + T) * 8 + 2 * t));
+            int col = 8 * nb + g, tau = col / 3;
+            uint32_t w[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            if (tau < n) {  // columns past the last token's pieces are zero
+                const __half *h = pcs[wp][tau][col % 3];
+#pragma unroll
+                for (int st = 0; st < 4; st++) {
+                    int k0 = 16 * st + 2 * t;
+                    w[2 * st] = (uint32_t)__half_as_ushort(h[k0]) | (uint32_t)__half_as_ushort(h[k0 + 1]) << 16;
+                    w[2 * st + 1] = (uint32_t)__half_as_ushort(h[k0 + 8]) | (uint32_t)__half_as_ushort(h[k0 + 9]) << 16;
+                }
+            }
+            b[nb][0] = make_uint4(w[0], w[1], w[2], w[3]);
+            b[nb][1] = make_uint4(w[4], w[5], w[6], w[7]);
+            xc[nb] = make_float2(pick4(post, (8 * nb + 2 * t) / 3), pick4(post, (8 * nb + 2 * t + 1) / 3));
         }
+        __syncwarp();  // pcs is rewritten for the next tile
         float d[RG][NT8][4], tacc[RG][NT8][4] = {};  // this tile's sum: the columns' tile scale applies once
 #pragma unroll
         for (int s = 0; s < 4; s++) {
@@ -585,26 +600,35 @@ __global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, 
     __syncthreads();
     // one output (row, token) per thread: the 8 warps' parts, then the three pieces
     int o = threadIdx.x, rg = o / (16 * n), rr = (o / n) % 16, tau = o % n, row = (G0 + rg) * 16 + rr;
-    if (rg >= RG || row >= rows) return;
+    bool mine = rg < RG && row < rows;
     float v = 0.0f;
-    for (int p = 0; p < 3; p++) {
+    for (int p = 0; mine && p < 3; p++) {
         int col = 3 * tau + p, nb = col / 8, cc = col % 8, ln = (rr % 8) * 4 + cc / 2, i = (rr >= 8) * 2 + (cc & 1);
         float u = 0.0f;
         for (int k = 0; k < 8; k++) u += red[k][rg][nb][ln][i];
         v += u;
     }
-    if (SPLIT) part[((size_t)blockIdx.y * n + tau) * rows + row] = v;
-    else y[(size_t)tau * rows + row] = v * cmode;
-}
-
-// y = the splits' partial sums added in order, times the code mode's factor.
-__global__ void gemv_sum(const float *__restrict__ part, float *__restrict__ y, size_t len, int ks, float cmode)
-{
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= len) return;
-    float v = 0.0f;
-    for (int k = 0; k < ks; k++) v += part[(size_t)k * len + i];
-    y[i] = v * cmode;
+    if (!SPLIT) {
+        if (mine) y[(size_t)tau * rows + row] = v * cmode;
+        return;
+    }
+    // split: the last CTA of this row block to finish adds the splits' sums in
+    // their order (so the result does not depend on which one that is) and
+    // leaves the counter at zero for the next call
+    size_t len = (size_t)n * rows, at = (size_t)tau * rows + row;
+    if (mine) part[blockIdx.y * len + at] = v;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(&count[blockIdx.x], 1u) == gridDim.y - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    if (mine) {
+        float s = 0.0f;
+        for (unsigned k = 0; k < gridDim.y; k++) s += __ldcg(part + k * len + at);
+        y[at] = s * cmode;
+    }
+    if (threadIdx.x == 0) count[blockIdx.x] = 0;
 }
 
 static bq_status launched(const char *what)
@@ -615,12 +639,9 @@ static bq_status launched(const char *what)
 
 static bq_status gemv_tensor_cores(const bq_cuda_w *w, const float *d_x, int n, float *d_y, int ks)
 {
-    tc_split<<<(unsigned)((n * w->NT + 7) / 8), 256>>>(d_x, w->cols, n, w->NT, (uint2 *)w->xf, w->xs);
-    bq_status st = launched("GEMV activation split");
-    if (st) return st;
     dim3 grid((unsigned)((w->R16 / 16 + 1) / 2), (unsigned)ks);
 #define L1(MODE, K, SB, NT8, SPLIT) gemv_tc<MODE, K, SB, NT8, SPLIT><<<grid, 256>>>((const uint4 *)w->codes, w->scales, \
-        w->d_factor, w->emult, w->cmode, (const uint4 *)w->xf, w->xs, d_y, w->rows, w->NT, n, w->hi, w->lut6, w->part)
+        w->d_factor, w->emult, w->cmode, d_x, w->cols, d_y, w->rows, w->NT, n, w->hi, w->lut6, w->part, w->count)
 #define L(MODE, K, SB, NT8) if (ks > 1) L1(MODE, K, SB, NT8, true); else L1(MODE, K, SB, NT8, false)
 #define L2(MODE, K, SB) if (n > 2) { L(MODE, K, SB, 2); } else { L(MODE, K, SB, 1); }
     if (w->tc == 1 && w->K == 32 && w->sbytes == 1) { L2(1, 32, 1); }
@@ -635,10 +656,6 @@ static bq_status gemv_tensor_cores(const bq_cuda_w *w, const float *d_x, int n, 
 #undef L2
 #undef L
 #undef L1
-    if (ks > 1) {
-        size_t len = (size_t)n * w->rows;
-        gemv_sum<<<(unsigned)((len + 255) / 256), 256>>>(w->part, d_y, len, ks, w->cmode);
-    }
     return launched("GEMV");
 }
 
