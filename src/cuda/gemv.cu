@@ -37,7 +37,9 @@ struct bq_cuda_w {
     uint2 *hi;                 // 6-bit codes (tc == 3): their top two bits, per lane and tile
     unsigned short *lut6;      //   and code -> fp16 value (64 entries)
     int ks;                    // column splits of the tensor-core GEMV (gemv_splits)
-    float *part;               // device scratch: their partial sums [ks][n][rows]
+    uint32_t *xf;              // device scratch (unsplit): activation pieces in B-fragment order
+    float *xs;                 //   and their power-of-two factor per tile and column
+    float *part;               // device scratch (split): the splits' partial sums [ks][n][rows]
     unsigned *count;           //   and per row block the splits done (zero between calls)
 };
 
@@ -69,6 +71,8 @@ extern "C" void bq_cuda_w_free(bq_cuda_w *w)
     bq_cuda_free(w->scales);
     bq_cuda_free(w->d_factor);
     bq_cuda_free(w->count);
+    bq_cuda_free(w->xf);
+    bq_cuda_free(w->xs);
     bq_cuda_free(w->part);
     bq_cuda_free(w->hi);
     bq_cuda_free(w->lut6);
@@ -157,6 +161,8 @@ static bq_status w_to_device(bq_cuda_w *w, const uint8_t *codes, size_t ncode, c
     if (!st && hi) st = bq_cuda_malloc((void **)&w->lut6, 64 * sizeof *lut6);
     if (!st && hi) st = bq_cuda_upload(w->hi, hi, nhi);
     if (!st && hi) st = bq_cuda_upload(w->lut6, lut6, 64 * sizeof *lut6);
+    if (!st && w->tc) st = bq_cuda_malloc((void **)&w->xf, (size_t)2 * w->NT * 32 * 32);  // up to 2 n8 blocks
+    if (!st && w->tc) st = bq_cuda_malloc((void **)&w->xs, (size_t)2 * w->NT * 8 * sizeof(float));
     if (!st && w->tc && (w->ks = gemv_splits(w)) > 1) {
         size_t ctas = (size_t)(w->R16 / 16 + 1) / 2;
         st = bq_cuda_malloc((void **)&w->part, (size_t)w->ks * 4 * w->rows * sizeof(float));
@@ -442,6 +448,30 @@ static __device__ __forceinline__ float pick4(const float (&p)[4], int i)
     return i == 0 ? p[0] : i == 1 ? p[1] : i == 2 ? p[2] : i == 3 ? p[3] : 0.0f;
 }
 
+// The unsplit GEMV's activations, once per call instead of once per row block:
+// each tile's pieces (tile_pieces) in B-fragment order (xf: [n8 block][T][lane]
+// [k-step] of uint2, column 3 * tau + p holding piece p of token tau) and each
+// column's factor (xs: [n8 block][T][8]). One warp a tile.
+__global__ void __launch_bounds__(256) tc_split(const float *__restrict__ x, int cols, int n, int NT, uint2 *__restrict__ xf,
+                                                float *__restrict__ xs)
+{
+    __shared__ __half pc[8][4][3][64];
+    const int wl = threadIdx.x >> 5, lane = threadIdx.x & 31, T = blockIdx.x * 8 + wl;
+    if (T >= NT) return;
+    float post[4];
+    tile_pieces(x, cols, n, T, lane, pc[wl], post);
+    __syncwarp();
+    for (int it = lane; it < 16 * 3 * n; it += 32) {
+        int c = it / 16, s = (it / 4) % 4, t = it % 4, k0 = 16 * s + 2 * t;
+        const __half *h = pc[wl][c / 3][c % 3];
+        uint2 b;
+        b.x = (uint32_t)__half_as_ushort(h[k0]) | (uint32_t)__half_as_ushort(h[k0 + 1]) << 16;
+        b.y = (uint32_t)__half_as_ushort(h[k0 + 8]) | (uint32_t)__half_as_ushort(h[k0 + 9]) << 16;
+        xf[(((size_t)(c / 8) * NT + T) * 32 + (c % 8) * 4 + t) * 4 + s] = b;
+    }
+    if (lane < 3 * n) xs[((size_t)(lane / 8) * NT + T) * 8 + lane % 8] = post[lane / 3 < 4 ? lane / 3 : 0];
+}
+
 // Half2 J of an A-fragment word. e2m1: sign to bit 15, e1 e0 m to bits 11..9 of
 // each half: fp16 = e2m1 * 2^-14, subnormals included. Integers: 1024 + (v + 8)
 // from the exponent trick, minus 1032.
@@ -496,8 +526,8 @@ static __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&
 template <int MODE, int K, int SB, int NT8, bool SPLIT>
 __global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, const uint8_t *__restrict__ scales,
                                                const float *__restrict__ factor, float emult, float cmode,
-                                               const float *__restrict__ x, int cols,
-                                               float *__restrict__ y, int rows, int NT, int n,
+                                               const float *__restrict__ x, int cols, const uint4 *__restrict__ xf,
+                                               const float *__restrict__ xs, float *__restrict__ y, int rows, int NT, int n,
                                                const uint2 *__restrict__ hip, const unsigned short *__restrict__ lut6,
                                                float *__restrict__ part, unsigned *__restrict__ count)
 {
@@ -505,7 +535,7 @@ __global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, 
     __shared__ float fac[256];
     __shared__ unsigned short l6[64];
     __shared__ float red[8][RG][NT8][32][4];
-    __shared__ __half pcs[8][4][3][64];  // each warp's activation pieces (tile_pieces)
+    __shared__ __half pcs[SPLIT ? 8 : 1][4][3][64];  // split: each warp's activation pieces (tile_pieces)
     __shared__ int last;
     if (SB == 1) for (int i = threadIdx.x; i < 256; i += blockDim.x) fac[i] = factor[i];
     if (MODE == 3 && threadIdx.x < 64) l6[threadIdx.x] = lut6[threadIdx.x];
@@ -530,30 +560,45 @@ __global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, 
             sg8[rg] = SBT == 4 ? __ldg((const uint32_t *)(sp + 8 * SBT)) : __ldg((const uint16_t *)(sp + 8 * SBT));
         }
         // B fragments: column c = 3 * tau + p holds piece p of token tau; a lane
-        // takes column g's rows 2t, 2t + 1, 2t + 8, 2t + 9 of each 16-deep step
-        float post[4];
-        tile_pieces(x, cols, n, T, lane, pcs[wp], post);
-        __syncwarp();
+        // takes column g's rows 2t, 2t + 1, 2t + 8, 2t + 9 of each 16-deep step.
+        // Unsplit: from tc_split; split (small matrices, where one kernel less
+        // counts): made here from x.
         uint4 b[NT8][2];
         float2 xc[NT8];
+        if (!SPLIT) {
 #pragma unroll
-        for (int nb = 0; nb < NT8; nb++) {
-            int col = 8 * nb + g, tau = col / 3;
-            uint32_t w[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            if (tau < n) {  // columns past the last token's pieces are zero
-                const __half *h = pcs[wp][tau][col % 3];
-#pragma unroll
-                for (int st = 0; st < 4; st++) {
-                    int k0 = 16 * st + 2 * t;
-                    w[2 * st] = (uint32_t)__half_as_ushort(h[k0]) | (uint32_t)__half_as_ushort(h[k0 + 1]) << 16;
-                    w[2 * st + 1] = (uint32_t)__half_as_ushort(h[k0 + 8]) | (uint32_t)__half_as_ushort(h[k0 + 9]) << 16;
-                }
+            for (int nb = 0; nb < NT8; nb++) {
+                const uint4 *p = xf + (((size_t)nb * NT + T) * 32 + lane) * 2;
+                bool live = 8 * nb + g < 3 * n;  // columns past the last token's pieces are zero
+                b[nb][0] = live ? __ldg(p) : make_uint4(0, 0, 0, 0);
+                b[nb][1] = live ? __ldg(p + 1) : make_uint4(0, 0, 0, 0);
+                int c0 = 8 * nb + 2 * t;
+                xc[nb] = make_float2(c0 < 3 * n ? __ldg(xs + ((size_t)nb * NT + T) * 8 + 2 * t) : 0.0f,
+                                     c0 + 1 < 3 * n ? __ldg(xs + ((size_t)nb * NT + T) * 8 + 2 * t + 1) : 0.0f);
             }
-            b[nb][0] = make_uint4(w[0], w[1], w[2], w[3]);
-            b[nb][1] = make_uint4(w[4], w[5], w[6], w[7]);
-            xc[nb] = make_float2(pick4(post, (8 * nb + 2 * t) / 3), pick4(post, (8 * nb + 2 * t + 1) / 3));
+        } else {
+            float post[4];
+            tile_pieces(x, cols, n, T, lane, pcs[SPLIT ? wp : 0], post);
+            __syncwarp();
+#pragma unroll
+            for (int nb = 0; nb < NT8; nb++) {
+                int col = 8 * nb + g, tau = col / 3;
+                uint32_t w[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                if (tau < n) {  // columns past the last token's pieces are zero
+                    const __half *h = pcs[SPLIT ? wp : 0][tau][col % 3];
+#pragma unroll
+                    for (int st = 0; st < 4; st++) {
+                        int k0 = 16 * st + 2 * t;
+                        w[2 * st] = (uint32_t)__half_as_ushort(h[k0]) | (uint32_t)__half_as_ushort(h[k0 + 1]) << 16;
+                        w[2 * st + 1] = (uint32_t)__half_as_ushort(h[k0 + 8]) | (uint32_t)__half_as_ushort(h[k0 + 9]) << 16;
+                    }
+                }
+                b[nb][0] = make_uint4(w[0], w[1], w[2], w[3]);
+                b[nb][1] = make_uint4(w[4], w[5], w[6], w[7]);
+                xc[nb] = make_float2(pick4(post, (8 * nb + 2 * t) / 3), pick4(post, (8 * nb + 2 * t + 1) / 3));
+            }
+            __syncwarp();  // pcs is rewritten for the next tile
         }
-        __syncwarp();  // pcs is rewritten for the next tile
         float d[RG][NT8][4], tacc[RG][NT8][4] = {};  // this tile's sum: the columns' tile scale applies once
 #pragma unroll
         for (int s = 0; s < 4; s++) {
@@ -639,9 +684,15 @@ static bq_status launched(const char *what)
 
 static bq_status gemv_tensor_cores(const bq_cuda_w *w, const float *d_x, int n, float *d_y, int ks)
 {
+    if (ks == 1) {
+        tc_split<<<(unsigned)((w->NT + 7) / 8), 256>>>(d_x, w->cols, n, w->NT, (uint2 *)w->xf, w->xs);
+        bq_status st = launched("GEMV activation split");
+        if (st) return st;
+    }
     dim3 grid((unsigned)((w->R16 / 16 + 1) / 2), (unsigned)ks);
 #define L1(MODE, K, SB, NT8, SPLIT) gemv_tc<MODE, K, SB, NT8, SPLIT><<<grid, 256>>>((const uint4 *)w->codes, w->scales, \
-        w->d_factor, w->emult, w->cmode, d_x, w->cols, d_y, w->rows, w->NT, n, w->hi, w->lut6, w->part, w->count)
+        w->d_factor, w->emult, w->cmode, d_x, w->cols, (const uint4 *)w->xf, w->xs, d_y, w->rows, w->NT, n, w->hi, w->lut6, \
+        w->part, w->count)
 #define L(MODE, K, SB, NT8) if (ks > 1) L1(MODE, K, SB, NT8, true); else L1(MODE, K, SB, NT8, false)
 #define L2(MODE, K, SB) if (n > 2) { L(MODE, K, SB, 2); } else { L(MODE, K, SB, 1); }
     if (w->tc == 1 && w->K == 32 && w->sbytes == 1) { L2(1, 32, 1); }
