@@ -2,11 +2,11 @@
 # llama.cpp as a real client of the GGUF files blockq writes (issue 22). Builds the
 # llama.cpp source in ../shared/peers once into a cache outside the repository
 # ($BQ_PEER_CACHE, default ~/.cache/blockq), then:
-#   - the bundled model exported as F32, BF16, Q8_0 and Q4_0 (blockq's q8_0/q4_0,
+#   - the bundled model exported as F32, BF16, Q8_0, Q4_0 and Q5_0 (blockq's q8_0/q4_0/q5_0,
 #     llama.cpp's rules): llama-perplexity's perplexity within 0.1% of blockq's on
 #     the same file and windows (ctx 512, llama-perplexity's tokens of each window scored);
-#   - llama-quantize --pure on blockq's F32 export gives Q4_0 and Q8_0 files whose
-#     every tensor is byte-identical to blockq's own q4_0/q8_0 export, and blockq
+#   - llama-quantize --pure on blockq's F32 export gives Q4_0, Q5_0 and Q8_0 files whose
+#     every tensor is byte-identical to blockq's own q4_0/q5_0/q8_0 export, and blockq
 #     reads llama-quantize's files and scores them as llama.cpp does;
 #   - the tiny llama/mistral/qwen2/qwen3 checkpoints exported as F32: within 0.1%.
 #   sh tests/interop.sh [BLOCKQ]     (make interop; make test runs it where the source is)
@@ -69,7 +69,7 @@ ppl_pair() {
         bad "$1: llama.cpp $lp ($lo..$hi over its settings) vs blockq $bp (rel $rel > 1e-3)"
 }
 M=models/llama-19m-en
-for f in f32 bf16 q8_0 q4_0; do
+for f in f32 bf16 q8_0 q4_0 q5_0; do
     # every matrix in the type, the LM head too (--head would quantise its input as well, which GGUF cannot say)
     printf '"lm_head" = { w = "%s" }\n' $f >"$T/head.toml"
     $B quantize --model $M --wq $f --emb $f --config "$T/head.toml" --out "$T/bq_$f.gguf" >/dev/null 2>"$T/err" ||
@@ -80,8 +80,8 @@ for f in f32 bf16 q8_0 q4_0; do
     spread=0; case $f in q*) spread=1 ;; esac  # Q8_0 activations: see docs/interop.md
     SPREAD=$spread ppl_pair "llama-19m $f" "$T/bq_$f.gguf" 512 ${INTEROP_CHUNKS:-8} $aq
 done
-# llama-quantize on blockq's F32 export: byte-identical to blockq's q4_0/q8_0, and readable by blockq
-for q in Q4_0 Q8_0; do
+# llama-quantize on blockq's F32 export: byte-identical to blockq's q4_0/q5_0/q8_0, and readable by blockq
+for q in Q4_0 Q5_0 Q8_0; do
     f=$(echo $q | tr 'A-Z' 'a-z')
     if "$L/llama-quantize" --pure "$T/bq_f32.gguf" "$T/lq_$f.gguf" $q 2 >"$T/lq.log" 2>&1; then
         $PY tools/gguf_tensors.py "$T/lq_$f.gguf" | sort >"$T/a"; $PY tools/gguf_tensors.py "$T/bq_$f.gguf" | sort >"$T/b"

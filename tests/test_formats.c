@@ -254,12 +254,12 @@ static void properties_one(const char *name)
                     }
         if (in.block != -2) CHECK(bad == 0, "%s kind %d: %zu monotonicity violations", name, kind, bad);
     }
-    /* an all-zero tensor stays zero (+0; q4_0 gives -0 as llama.cpp does: its scale
-     * is max / -8 = -0 there, and the files must match llama.cpp's bytes) */
+    /* an all-zero tensor stays zero (+0; q4_0 and q5_0 give -0 as llama.cpp does: their
+     * scale is max / -8 (-16) = -0 there, and the files must match llama.cpp's bytes) */
     memset(x, 0, n * 4);
     bq_qdq(f, x, q, rows, cols, NULL);
     size_t nz = 0;
-    int neg_zero_ok = !strcmp(name, "q4_0");
+    int neg_zero_ok = !strcmp(name, "q4_0") || !strcmp(name, "q5_0");
     for (size_t i = 0; i < n; i++) nz += neg_zero_ok ? !(q[i] == 0.0f) : !same_bits(q[i], 0.0f);
     CHECK(nz == 0, "%s: zeros became %zu non-zeros", name, nz);
     free(x); free(q); free(qq); free(nx); free(nq);

@@ -376,8 +376,8 @@ static void test_ptq(void)
     {
         float b[64] = {1e-40f, -3e-41f, 0.0f, 2e-42f}, y[64];
         b[40] = -1e-39f;
-        const char *gg[] = {"q4_0", "q8_0"};
-        for (int k = 0; k < 2; k++) {
+        const char *gg[] = {"q4_0", "q5_0", "q8_0"};
+        for (int k = 0; k < 3; k++) {
             bq_format *f;
             OK(bq_format_parse(gg[k], &f));
             OK(bq_qdq(f, b, y, 1, 64, NULL));

@@ -214,7 +214,7 @@ static void qdq_row_scaled(const bq_format *f, const qctx *c, const float *x, fl
     }
 }
 
-/* llama.cpp's Q4_0/Q8_0 rules (qkern.h's ggml_block), block by block. */
+/* llama.cpp's Q4_0/Q5_0/Q8_0 rules (qkern.h's ggml_block), block by block. */
 static void qdq_row_ggml(const bq_format *f, const float *x, float *y, size_t cols)
 {
     int8_t q[32];

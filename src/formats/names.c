@@ -40,7 +40,7 @@ static const char *const listed[] = {
     "int8", "int8_row", "int8_g128", "int8_asym_row", "int6_row", "int4_g128", "int4_asym_g128", "int4_g32",
     "fixed8.4", "fixed6.3", "fixed4.2",
     "log8", "log6", "log4",
-    "e2m1_b16_se4m3", "e2m1_b32_sfp16", "int8_b32_sfp16", "int4_b32_sfp16", "e4m3_b16_sbf16", "q4_0", "q8_0",
+    "e2m1_b16_se4m3", "e2m1_b32_sfp16", "int8_b32_sfp16", "int4_b32_sfp16", "e4m3_b16_sbf16", "q4_0", "q5_0", "q8_0",
 };
 
 const char *bq_format_list(size_t i) { return i < sizeof listed / sizeof listed[0] ? listed[i] : NULL; }
@@ -154,14 +154,14 @@ static int parse_into(bq_format *f, const char *base, const mods *m)
     elem_t *e = &f->el;
 
     if (!strcmp(s, "fp32") || !strcmp(s, "f32")) { f->sch = SCH_ELEM; e->kind = EK_FP32; e->bits = 32; return 1; }
-    /* llama.cpp's Q4_0 and Q8_0: fp16 scale per 32, its own scale and rounding rules (qkern.h) */
-    if (!strcmp(s, "q4_0") || !strcmp(s, "q8_0")) {
-        int q4 = s[1] == '4';
+    /* llama.cpp's Q4_0, Q5_0 and Q8_0: fp16 scale per 32, its own scale and rounding rules (qkern.h) */
+    if (!strcmp(s, "q4_0") || !strcmp(s, "q5_0") || !strcmp(s, "q8_0")) {
+        int bits = s[1] - '0';
         f->sch = SCH_SCALED;
         f->block = 32;
         f->scale_bits = 16;
-        f->ggml = q4 ? 4 : 8;
-        elem_int(e, q4 ? 4 : 8, q4 ? -8 : -127, q4 ? 7 : 127, 0, 0);
+        f->ggml = bits;
+        elem_int(e, bits, bits == 8 ? -127 : -(1 << (bits - 1)), (1 << (bits - 1)) - 1, 0, 0);
         return elem_minifloat(&f->scale, 5, 10, 15, FL_IEEE, 0, 1);
     }
     if (!strcmp(s, "nvfp4")) {

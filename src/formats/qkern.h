@@ -276,32 +276,33 @@ static inline BQ_HD void split_pow2(int E, float *a, float *b)
 uint32_t mf_encode(const elem_t *e, float q);
 float mf_decode(const elem_t *e, uint32_t code);
 
-/* llama.cpp's reference quantisers (f->ggml: 4 for q4_0, 8 for q8_0), so its GGUF
- * types come out bit for bit: q4_0: d = (the first value of largest magnitude) / -8,
- * codes min(15, trunc(x * (1/d) + 8.5)) - 8; q8_0: d = amax / 127, codes
- * round-half-away(x * (1/d)). The stored scale is fp16(d) (round to nearest even)
- * and values are code * fp16(d); 1/d uses the unrounded d. Returns fp16(d)'s code. */
+/* llama.cpp's reference quantisers (f->ggml: 4 for q4_0, 5 for q5_0, 8 for q8_0),
+ * so its GGUF types come out bit for bit: q4_0 and q5_0: d = (the first value of
+ * largest magnitude) / -h with h = 8 or 16, codes min(2h - 1, trunc(x * (1/d) + h + 0.5)) - h;
+ * q8_0: d = amax / 127, codes round-half-away(x * (1/d)). The stored scale is
+ * fp16(d) (round to nearest even) and values are code * fp16(d); 1/d uses the
+ * unrounded d. Returns fp16(d)'s code. */
 static inline uint32_t ggml_block(const bq_format *f, const float *x, size_t n, int8_t *q)
 {
     float amax = 0.0f, mx = 0.0f;
     for (size_t i = 0; i < n; i++)
         if (amax < fabsf(x[i])) { amax = fabsf(x[i]); mx = x[i]; }
-    float d = f->ggml == 4 ? mx / -8.0f : amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
-    const float lim = f->ggml == 4 ? 8.0f : 127.0f;
+    const int h = f->ggml == 8 ? 0 : 1 << (f->ggml - 1);  /* the half range of the nibble rules */
+    float d = h ? mx / (float)-h : amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    const float lim = h ? (float)h : 127.0f;
     for (size_t i = 0; i < n; i++) {
         /* x / d lies in [-lim, lim] unless 1/d overflowed (d subnormal): then the
          * codes saturate (0 for 0 * Inf), where llama.cpp's C conversion is undefined */
         float v = x[i] * id;
         v = v != v ? 0.0f : v > lim ? lim : v < -lim ? -lim : v;
-        if (f->ggml == 4) {
-            int c = (int)(v + 8.5f);
-            q[i] = (int8_t)((c < 15 ? c : 15) - 8);
+        if (h) {
+            int c = (int)(v + ((float)h + 0.5f));
+            q[i] = (int8_t)((c < 2 * h - 1 ? c : 2 * h - 1) - h);
         } else q[i] = (int8_t)roundf(v);
     }
     /* mf_encode expects a value on the grid: round |d| to fp16 first (ties to even) */
     return mf_encode(&f->scale, copysignf(mf_quant_mag(&f->scale, fabsf(d), BQ_ROUND_RNE, 0, 0), d));
 }
-
 
 static inline BQ_HD int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 

@@ -1,12 +1,12 @@
 /* GGUF v3 interchange with llama.cpp, for the LLaMA/Mistral, Qwen2 and Qwen3
  * architectures.
  *
- * Reading: F32/F16/BF16 become float; Q8_0, Q4_0 and MXFP4 become packed
+ * Reading: F32/F16/BF16 become float; Q8_0, Q4_0, Q5_0 and MXFP4 become packed
  * weights with the very same codes (formats int8_b32_sfp16, int4_b32_sfp16 with
- * the -8 code, mxfp4); Q4_1 and Q5_0 are dequantised to float. The tokenizer
+ * the -8 code, q5_0, mxfp4); Q4_1 is dequantised to float. The tokenizer
  * (tokenizer.ggml.*) is turned back into a tokenizer.json.
- * Writing: packed weights in mxfp4 / int8_b32_sfp16 / int4_b32_sfp16 (the
- * formats with an exact GGUF type), float tensors as F32 (vectors) or BF16
+ * Writing: packed weights in mxfp4 / q8_0 / q5_0 / q4_0 / int8_b32_sfp16 /
+ * int4_b32_sfp16 (the formats with an exact GGUF type), float tensors as F32 (vectors) or BF16
  * (matrices, when lossless), plus the tokenizer. llama.cpp keeps LLaMA's Q and K
  * rows interleaved per head (its rotary convention); both directions permute. */
 #include "pmat.h"
@@ -225,13 +225,57 @@ void gguf_row_to_float(uint32_t t, const uint8_t *p, size_t cols, float *y)
 /* The blockq format holding a GGUF block type's codes exactly, or NULL. */
 static const char *exact_format(uint32_t t)
 {
-    return t == GG_Q8_0 ? "int8_b32_sfp16" : t == GG_Q4_0 ? "int4_b32_sfp16" : t == GG_MXFP4 ? "mxfp4" : NULL;
+    return t == GG_Q8_0 ? "int8_b32_sfp16" : t == GG_Q4_0 ? "int4_b32_sfp16" : t == GG_Q5_0 ? "q5_0" : t == GG_MXFP4 ? "mxfp4" : NULL;
 }
 
 /* GGUF block row <-> our packed row (scale code, then 32 codes LSB-first).
  * GGUF 4-bit blocks put elements 0-15 in low nibbles and 16-31 in high ones. */
+/* Q5_0: fp16 d, the codes' fifth bits (element j at bit j of a little-endian
+ * word), their low nibbles as Q4_0's; codes stored as q + 16. Ours: the fp16
+ * scale, then 32 five-bit two's-complement codes, LSB first (22 bytes both). */
+static void transcode_q5_0(const uint8_t *g, uint8_t *b, size_t nb, int to_gguf)
+{
+    for (size_t i = 0; i < nb; i++) {
+        const uint8_t *src = to_gguf ? b + 22 * i : g + 22 * i;
+        uint8_t *dst = to_gguf ? (uint8_t *)g + 22 * i : b + 22 * i, c[32];
+        memcpy(dst, src, 2);
+        if (to_gguf) {
+            uint64_t lo, hi;  /* 160 bits of codes */
+            memcpy(&lo, src + 2, 8);
+            memcpy(&hi, src + 10, 8);
+            uint32_t top;
+            memcpy(&top, src + 18, 4);
+            for (int j = 0; j < 32; j++) {
+                int bit = 5 * j;
+                uint64_t word = bit < 64 ? lo >> bit | (bit > 59 ? hi << (64 - bit) : 0)
+                              : bit < 128 ? hi >> (bit - 64) | (bit > 123 ? (uint64_t)top << (128 - bit) : 0)
+                              : (uint64_t)top >> (bit - 128);
+                c[j] = (uint8_t)(((word & 31u) + 16) & 31u);
+            }
+            uint32_t qh = 0;
+            for (int j = 0; j < 32; j++) qh |= (uint32_t)(c[j] >> 4) << j;
+            memcpy(dst + 2, &qh, 4);
+            for (int j = 0; j < 16; j++) dst[6 + j] = (uint8_t)((c[j] & 15) | (c[j + 16] & 15) << 4);
+        } else {
+            uint32_t qh;
+            memcpy(&qh, src + 2, 4);
+            for (int j = 0; j < 16; j++) {
+                c[j] = (uint8_t)((src[6 + j] & 15) | ((qh >> j) & 1) << 4);
+                c[j + 16] = (uint8_t)((src[6 + j] >> 4) | ((qh >> (j + 16)) & 1) << 4);
+            }
+            memset(dst + 2, 0, 20);
+            for (int j = 0; j < 32; j++) {
+                unsigned v = (unsigned)(c[j] + 16) & 31u, bit = 5u * (unsigned)j;  /* q + 16 -> q, two's complement */
+                dst[2 + bit / 8] |= (uint8_t)(v << (bit % 8));
+                if (bit % 8 > 3) dst[2 + bit / 8 + 1] |= (uint8_t)(v >> (8 - bit % 8));
+            }
+        }
+    }
+}
+
 static void transcode_row(uint32_t t, const uint8_t *g, uint8_t *b, size_t cols, int to_gguf)
 {
+    if (t == GG_Q5_0) { transcode_q5_0(g, b, cols / 32, to_gguf); return; }
     size_t nb = cols / 32, gs = t == GG_Q8_0 ? 34 : t == GG_Q4_0 ? 18 : 17, hs = t == GG_MXFP4 ? 1 : 2;
     if (t == GG_Q8_0) { /* the same bytes: fp16 scale then 32 int8 codes */
         if (to_gguf) memcpy((uint8_t *)g, b, nb * gs);
@@ -687,12 +731,12 @@ static bq_status gguf_tensor(const bq_model *m, slot *s, wtensor *t, int fill)
         const pmat *pm = *s->p;
         const char *fn = pm->f->name;
         uint32_t ty = !strcmp(fn, "mxfp4") ? GG_MXFP4 : !strcmp(fn, "int8_b32_sfp16") || !strcmp(fn, "q8_0") ? GG_Q8_0
-                    : !strcmp(fn, "int4_b32_sfp16") || !strcmp(fn, "q4_0") ? GG_Q4_0 : 0;
+                    : !strcmp(fn, "int4_b32_sfp16") || !strcmp(fn, "q4_0") ? GG_Q4_0 : !strcmp(fn, "q5_0") ? GG_Q5_0 : 0;
         int f32 = pm->f->sch == SCH_ELEM && pm->f->el.kind == EK_FP32, wide = f32 || pmat_is_float16(pm);
         if (wide) ty = f32 ? GG_F32 : pm->f->el.ebits == 8 ? GG_BF16 : GG_F16;  /* the same codes */
         else if (!ty || cols % 32)
             return bq_fail(BQ_ERR_UNSUPPORTED, "%s is %s, which has no exact GGUF type (use f32, f16, bf16, mxfp4, "
-                           "q8_0, q4_0 (llama.cpp's rules) or int8_b32_sfp16/int4_b32_sfp16 (blockq's) with rows of whole blocks)", s->name, pm->f->name);
+                           "q8_0, q5_0, q4_0 (llama.cpp's rules) or int8_b32_sfp16/int4_b32_sfp16 (blockq's) with rows of whole blocks)", s->name, pm->f->name);
         size_t rb = type_row_bytes(ty, cols);
         t->type = ty;
         t->size = rows * rb;
