@@ -255,8 +255,37 @@ static void large_panels(void)
     free(x); free(ref); free(dec);
 }
 
+/* The integer path's activation codes times their block factors are exactly what
+ * fake quantisation gives, llama.cpp's rules (q8_0, q4_0, q5_0) included: an earlier
+ * version quantised q8_0 activations with blockq's int8_b32_sfp16 rule there. */
+static void act_codes(void)
+{
+    const char *af[] = {"q8_0", "q4_0", "q5_0", "int8_b32_sfp16", "mxint8", "bfp8_b16", "int8_row"};
+    int n = 64, cols = 1024;
+    float *x = randm(n, cols, 1), *y = malloc((size_t)n * cols * 4);
+    for (size_t i = 0; i < sizeof af / sizeof *af; i++) {
+        bq_format *f;
+        OK(bq_format_parse(af[i], &f));
+        OK(bq_qdq(f, x, y, (size_t)n, (size_t)cols, NULL));
+        pm_act a;
+        OK(pm_act_make(f, x, n, cols, NULL, &a));
+        size_t bad = 0;
+        for (int t = 0; t < n; t++)
+            for (int k = 0; k < cols; k++) {
+                float v = (float)((int)a.u[(size_t)t * cols + k] - 128) * a.s[(size_t)t * (cols / a.K) + k / a.K];
+                bad += !(v == y[(size_t)t * cols + k]);
+            }
+        CHECK(bad == 0, "%s: %zu of %d integer-path activations differ from fake quantisation", af[i], bad, n * cols);
+        pm_act_free(&a);
+        bq_format_free(f);
+    }
+    free(x);
+    free(y);
+}
+
 int main(void)
 {
+    act_codes();
     large_panels();
     kinds();
     layout_and_kernels();

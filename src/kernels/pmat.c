@@ -508,6 +508,13 @@ static void act_block_rows(const bq_format *af, const qctx *c, float em, const f
                 a->s[(size_t)t * ng + g] = NAN;
                 continue;
             }
+            if (af->ggml) {  /* llama.cpp's rule (q8_0, q4_0, q5_0), as fake quantisation applies it */
+                int8_t q[32];
+                float d = mf_decode(&af->scale, ggml_block(af, xb, (size_t)K, q));
+                for (int i = 0; i < K; i++) u[i] = (uint8_t)((int)((float)q[i] * inv) ^ 0x80);
+                a->s[(size_t)t * ng + g] = d * em;
+                continue;
+            }
             bscale bs = block_scale(af, c, u2f(mb));
             for (int i = 0; i < K; i++) {
                 float q;
