@@ -27,6 +27,14 @@ endif
 # --fmad=false: no contraction, so the device computes the CPU's bits
 NVFLAGS = -O3 -std=c++17 --fmad=false --default-stream per-thread -Xcompiler -fPIC,-fvisibility=hidden -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90 \
           -Xcompiler -Wall -Iinclude -Isrc/core -Isrc/formats -Isrc/kernels -Isrc/cuda -Isrc/model -Isrc/engine
+# MPI: the CLI (only) is built with Open MPI when mpicc is found (MPI=0 turns it
+# off); `mpirun -np N blockq ppl|sweep` then spreads the work (src/cli/mpi.c).
+MPICC   ?= $(shell command -v mpicc 2>/dev/null)
+MPI     ?= $(if $(MPICC),1,0)
+ifeq ($(MPI),1)
+MPI_CFLAGS = -DBQ_MPI $(shell $(MPICC) --showme:compile)
+MPI_LIBS   = $(shell $(MPICC) --showme:link)
+endif
 LDLIBS  = $(EXTRA_LDFLAGS) -lopenblas -lpcre2-8 -lcjson -lm -pthread $(CUDA_LIBS)
 
 LIB_SRC = $(wildcard src/core/*.c src/model/*.c src/engine/*.c src/eval/*.c src/quant/*.c src/search/*.c src/train/*.c src/rtl/*.c) \
@@ -112,8 +120,12 @@ $(BUILD)/libblockq.a: $(LIB_OBJ)
 $(BUILD)/libblockq.so: $(LIB_OBJ)
 	$(CC) $(CFLAGS) -shared -Wl,--exclude-libs,ALL -Wl,-soname,libblockq.so $^ -o $@ $(LDLIBS)
 
+$(BUILD)/src/cli/mpi.o: src/cli/mpi.c src/cli/cli.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(MPI_CFLAGS) -c $< -o $@
+
 $(BUILD)/blockq: $(CLI_OBJ) $(BUILD)/libblockq.a
-	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS) $(MPI_LIBS)
 
 $(BUILD)/tests/%: tests/%.c tests/harness.h $(BUILD)/libblockq.a
 	@mkdir -p $(dir $@)

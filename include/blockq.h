@@ -285,6 +285,17 @@ typedef struct {
 typedef struct { double ppl, nll, seconds, ppl_all, ppl_second_half; size_t windows, tokens_scored; } bq_ppl_result;
 
 BQ_API bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const bq_ppl_opts *o, bq_ppl_result *r);
+/* bq_perplexity in pieces, for callers that spread the windows over processes
+ * (the CLI under mpirun): the number of windows; the per-window negative
+ * log-likelihood sums (all scored tokens, and the second half's) of the windows
+ * w with w % parts == part, the others set to 0; and the result from the
+ * arrays added over the parts (each entry has one non-zero contribution, so
+ * the sum is exact): the same bits as bq_perplexity for any split. seconds is
+ * left to the caller. */
+BQ_API bq_status bq_ppl_windows(size_t n, const bq_ppl_opts *o, size_t *windows);
+BQ_API bq_status bq_perplexity_part(const bq_model *m, const int32_t *ids, size_t n, const bq_ppl_opts *o, int part,
+                                    int parts, double *nll, double *nll_half);
+BQ_API void bq_ppl_finish(const double *nll, const double *nll_half, size_t windows, const bq_ppl_opts *o, bq_ppl_result *r);
 
 /* How far a quantised model's next-token distributions are from a reference
  * (float) model's over the same windows (llama.cpp's --kl-divergence measures the

@@ -23,6 +23,7 @@ run_shell() {
 }
 run_shell tests/cli_test.sh "$BUILD/blockq"
 run_shell tests/rtl_test.sh "$BUILD/blockq"
+run_shell tests/mpi_test.sh "$BUILD/blockq"
 [ -n "$BQ_SAN_TIER" ] || run_shell tests/lib_test.sh "$BUILD/libblockq.so"
 # the Python package (python/): Debian's numpy and pytest belong to /usr/bin/python3
 if [ -n "$BQ_SAN_TIER" ]; then

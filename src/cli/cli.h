@@ -5,6 +5,17 @@
 /* Exit codes: 0 ok, 1 internal failure, 2 bad input or usage. */
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_BADINPUT = 2 };
 
+/* MPI ranks (mpi.c): rank 0 of 1 without MPI or outside mpirun. The sums are
+ * over all ranks, in place, every rank getting the result. */
+void cli_mpi_init(int *argc, char ***argv);
+void cli_mpi_finalize(void);
+int cli_mpi_rank(void);
+int cli_mpi_size(void);
+const char *cli_mpi_built(void);  /* NULL when built without MPI */
+void cli_mpi_sum(double *x, size_t n);
+void cli_mpi_sum_bytes(unsigned char *x, size_t n);
+int cli_mpi_max(int v);
+
 int cmd_formats(int argc, char **argv);
 int cmd_qdq(int argc, char **argv);
 int cmd_pack(int argc, char **argv);

@@ -285,9 +285,27 @@ int cmd_ppl(int argc, char **argv)
     bq_ppl_opts o = {.ctx = a.ctx, .chunks = a.chunks, .second_half = second, .allow_nonfinite = a.allow_nonfinite,
                      .threads = a.threads};
     o.device = a.dev;
-    if (isatty(2)) o.progress = progress_bar;
+    int rank = cli_mpi_rank(), ranks = cli_mpi_size();
+    if (isatty(2) && rank == 0) o.progress = progress_bar;
+    if (a.kld && ranks > 1) { rc = cli_error("ppl", "--kld is not spread over MPI ranks yet: run it without mpirun"); goto done; }
     bq_ppl_result r;
-    if ((st = bq_perplexity(m, ids, n, &o, &r))) { rc = cli_status("ppl", st); goto done; }
+    size_t nw;
+    if ((st = bq_ppl_windows(n, &o, &nw))) { rc = cli_status("ppl", st); goto done; }
+    /* the windows dealt round-robin over the ranks (one rank: all of them), their
+     * sums added exactly, so every rank count gives the same bits */
+    double *nll = calloc(2 * nw, sizeof *nll), t1 = bq_now();
+    if (!nll) { rc = cli_error("ppl", "out of memory"); goto done; }
+    st = bq_perplexity_part(m, ids, n, &o, rank, ranks, nll, nll + nw);
+    if (st) fprintf(stderr, "blockq ppl: rank %d of %d: %s\n", rank, ranks, bq_last_error());
+    int failed = cli_mpi_max(st != BQ_OK);
+    if (!failed) {
+        cli_mpi_sum(nll, 2 * nw);
+        bq_ppl_finish(nll, nll + nw, nw, &o, &r);
+        r.seconds = bq_now() - t1;
+    }
+    free(nll);
+    if (failed) { rc = st ? cli_status("ppl", st) : EXIT_FAILURE; goto done; }
+    if (rank) goto done;  /* rank 0 writes */
     /* --kld: the unquantised model over the same windows, its distributions the reference */
     bq_kld_result kr = {0};
     if (a.kld) {

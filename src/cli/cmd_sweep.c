@@ -25,8 +25,33 @@ static int split_setting(const char *s, point *p)
     return 1;
 }
 
-
-
+/* Every rank's points to every rank: each field of a point comes from the rank
+ * that computed it, the others adding zeros, so the sums are exact. */
+static int gather_points(point *pts, int np, int rank, int ranks)
+{
+    enum { F = 5 };
+    double *v = calloc((size_t)np * F, sizeof *v);
+    unsigned char *e = calloc((size_t)np, sizeof pts->err);
+    if (!v || !e) { free(v); free(e); return 1; }
+    for (int i = rank; i < np; i += ranks) {
+        const point *p = &pts[i];
+        double f[F] = {p->ppl, p->seconds, p->acc, p->acc_se, p->ok};
+        memcpy(v + (size_t)i * F, f, sizeof f);
+        memcpy(e + (size_t)i * sizeof p->err, p->err, sizeof p->err);
+    }
+    cli_mpi_sum(v, (size_t)np * F);
+    cli_mpi_sum_bytes(e, (size_t)np * sizeof pts->err);
+    for (int i = 0; i < np; i++) {
+        point *p = &pts[i];
+        const double *f = v + (size_t)i * F;
+        p->ppl = f[0]; p->seconds = f[1]; p->acc = f[2]; p->acc_se = f[3]; p->ok = f[4] != 0;
+        memcpy(p->err, e + (size_t)i * sizeof p->err, sizeof p->err);
+        p->err[sizeof p->err - 1] = 0;
+    }
+    free(v);
+    free(e);
+    return 0;
+}
 
 int cmd_sweep(int argc, char **argv)
 {
@@ -82,8 +107,10 @@ int cmd_sweep(int argc, char **argv)
                 (st = bq_tokenize(tk, txt, tlen, &ids, &nids))))
         rc = cli_status("sweep", st);
     double ref = NAN;
+    const int rank = cli_mpi_rank(), ranks = cli_mpi_size();  /* under mpirun: the points dealt round-robin */
     for (int i = 0; i < np && !rc; i++) {
         point *p = &pts[i];
+        if (i % ranks != rank) continue;
         bq_model *m = NULL;
         bq_qconfig *q = NULL;
         st = bq_model_load(model, &m);
@@ -107,14 +134,16 @@ int cmd_sweep(int argc, char **argv)
             p->ok = 1;
             p->ppl = r.ppl;
             p->seconds = r.seconds;
-            if (!strcmp(p->w, "fp32") && !strcmp(p->a, "fp32")) ref = r.ppl;
         }
         fprintf(stderr, "sweep %d/%d  W %-14s A %-14s ppl %s%.4f (%.1f s)%s%s\n", i + 1, np, p->w, p->a, p->ok ? "" : "failed ",
                 p->ok ? p->ppl : 0.0, p->seconds, p->ok ? "" : ": ", p->err);
         bq_qconfig_free(q);
         bq_model_free(m);
     }
-    if (!rc) {
+    if ((rc = cli_mpi_max(rc)) == 0 && ranks > 1 && gather_points(pts, np, rank, ranks)) rc = cli_error("sweep", "out of memory");
+    for (int i = 0; i < np; i++)
+        if (pts[i].ok && !strcmp(pts[i].w, "fp32") && !strcmp(pts[i].a, "fp32")) ref = pts[i].ppl;
+    if (!rc && rank == 0) {
         char path[4200], title[300];
         size_t len = 0, cap = 0;
         char *md = NULL;

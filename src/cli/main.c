@@ -1,5 +1,6 @@
 /* blockq command-line tool: one function per subcommand, dispatched by table. */
 #include "cli.h"
+#include "bq_cuda.h"
 #include <stdio.h>
 #include <string.h>
 
@@ -37,8 +38,20 @@ int main(int argc, char **argv)
 {
     if (argc < 2) { usage(stderr); return 2; }
     if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) { usage(stdout); return 0; }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        char why[200];
+        int gpus = bq_cuda_devices(why, sizeof why);
+        printf("blockq %s\nMPI: %s\nCUDA: %s\n", bq_version(), cli_mpi_built() ? "built in" : "not built in",
+               gpus ? bq_cuda_device_name() : why);
+        return 0;
+    }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+        if (!strcmp(argv[1], commands[i].name)) {
+            cli_mpi_init(&argc, &argv);
+            int rc = commands[i].run(argc - 1, argv + 1);
+            cli_mpi_finalize();
+            return rc;
+        }
     fprintf(stderr, "blockq: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 2;

@@ -35,12 +35,18 @@ static bq_status count_windows(size_t n, const bq_ppl_opts *o, size_t *windows)
  * half's S/2 (from S/2 - 1), or llama-perplexity's S/2 - 1 (from S/2). */
 static int first_scored(int S, int second_half) { return second_half == 2 ? S / 2 : second_half ? S / 2 - 1 : 0; }
 
-bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const bq_ppl_opts *o, bq_ppl_result *r)
+bq_status bq_ppl_windows(size_t n, const bq_ppl_opts *o, size_t *windows) { return count_windows(n, o, windows); }
+
+bq_status bq_perplexity_part(const bq_model *m, const int32_t *ids, size_t n, const bq_ppl_opts *o, int part, int parts,
+                             double *nll, double *nll_half)
 {
     int S = o->ctx;
     size_t windows;
     bq_status st = count_windows(n, o, &windows);
     if (st) return st;
+    if (parts < 1 || part < 0 || part >= parts) return bq_fail(BQ_ERR_ARG, "part %d of %d", part, parts);
+    for (size_t w = 0; w < windows; w++) nll[w] = nll_half[w] = 0.0;
+    if ((size_t)part >= windows) return BQ_OK;  /* more parts than windows: nothing here */
     double *lp = malloc((size_t)S * sizeof *lp);
     bq_ctx *c = NULL;
     bq_ctx_opts co = {.size = sizeof co, .device = o->device, .threads = o->threads};
@@ -48,10 +54,10 @@ bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const b
     if (!st && !o->allow_nonfinite) st = bq_model_check_finite(m);
     if (!st) bq_ctx_set_check(c, !o->allow_nonfinite);
     /* both protocols are accumulated from the same forward passes */
-    double nll = 0, nll_half = 0, t0 = bq_now();
-    size_t scored = 0, scored_half = 0;
+    double t0 = bq_now();
     const int half = first_scored(S, o->second_half ? o->second_half : 1);  /* ppl_second_half's first position */
-    for (size_t w = 0; w < windows && !st; w++) {
+    size_t mine = (windows - (size_t)part + (size_t)parts - 1) / (size_t)parts, done = 0;
+    for (size_t w = (size_t)part; w < windows && !st; w += (size_t)parts) {
         const int32_t *win = ids + w * (size_t)S;
         bq_ctx_reset(c);
         if ((st = bq_forward_logprobs(c, win, S, lp))) break;
@@ -60,23 +66,45 @@ bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const b
                 st = bq_fail(BQ_ERR_NONFINITE, "non-finite logits in window %zu at position %d", w, t);
                 break;
             }
-            nll -= lp[t];
-            scored++;
-            if (t >= half) { nll_half -= lp[t]; scored_half++; }
+            nll[w] -= lp[t];
+            if (t >= half) nll_half[w] -= lp[t];
         }
-        if (o->progress) o->progress(o->progress_arg, w + 1, windows, (w + 1) * (size_t)S, bq_now() - t0);
+        done++;
+        if (o->progress) o->progress(o->progress_arg, done, mine, done * (size_t)S, bq_now() - t0);
     }
     bq_ctx_free(c);
     free(lp);
-    if (st) return st;
+    return st;
+}
+
+void bq_ppl_finish(const double *nll, const double *nll_half, size_t windows, const bq_ppl_opts *o, bq_ppl_result *r)
+{
+    int S = o->ctx;
+    const int half = first_scored(S, o->second_half ? o->second_half : 1);
+    double all = 0, second = 0;
+    for (size_t w = 0; w < windows; w++) { all += nll[w]; second += nll_half[w]; }  /* window order: any split, the same sums */
+    size_t scored = windows * (size_t)(S - 1), scored_half = windows * (size_t)(S - 1 - half);
     r->windows = windows;
-    r->ppl_all = exp(nll / (double)scored);
-    r->ppl_second_half = exp(nll_half / (double)scored_half);
+    r->ppl_all = exp(all / (double)scored);
+    r->ppl_second_half = exp(second / (double)scored_half);
     r->tokens_scored = o->second_half ? scored_half : scored;
-    r->nll = o->second_half ? nll_half / (double)scored_half : nll / (double)scored;
+    r->nll = o->second_half ? second / (double)scored_half : all / (double)scored;
     r->ppl = exp(r->nll);
-    r->seconds = bq_now() - t0;
-    return BQ_OK;
+}
+
+bq_status bq_perplexity(const bq_model *m, const int32_t *ids, size_t n, const bq_ppl_opts *o, bq_ppl_result *r)
+{
+    size_t windows;
+    bq_status st = count_windows(n, o, &windows);
+    if (st) return st;
+    double *nll = malloc(2 * windows * sizeof *nll), t0 = bq_now();
+    if (!nll) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    if (!(st = bq_perplexity_part(m, ids, n, o, 0, 1, nll, nll + windows))) {
+        bq_ppl_finish(nll, nll + windows, windows, o, r);
+        r->seconds = bq_now() - t0;
+    }
+    free(nll);
+    return st;
 }
 
 /* ---- KL divergence against a reference model -------------------------------- */

@@ -1,0 +1,52 @@
+#!/bin/sh
+# The CLI over MPI ranks (issue 21): `mpirun -np N blockq ppl|sweep` gives the same
+# bits as one process for N = 1, 2, 3 (more ranks than windows or formats too), a
+# format that fails on one rank is reported by name, and a bad argument stops every
+# rank before any work. SKIP where blockq was built without MPI or mpirun cannot start.
+#   sh tests/mpi_test.sh [BLOCKQ]
+B=${1:-build/blockq}
+B=$(cd "$(dirname "$B")" && pwd)/$(basename "$B")
+SH=${BQ_SHARED:-../shared}
+TXT=$(cd "$SH/data" 2>/dev/null && pwd)/wikitext-2-test.txt  # absolute: the sweeps run in a temporary folder
+M=$(pwd)/models/llama-19m-en
+pass=0; fail=0
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL mpi: $*"; }
+summary() { echo "mpi: $pass passed, $fail failed"; [ $fail -eq 0 ]; exit $?; }
+if ! "$B" --version | grep -q "MPI: built in"; then echo "SKIP: blockq built without MPI (no mpicc at build time): ranks not tested"; summary; fi
+if [ -n "$BQ_SAN_TIER" ]; then echo "SKIP: sanitizer tier: MPI runs are tested in the optimised tier"; summary; fi
+[ -f "$TXT" ] || { echo "SKIP: $TXT absent: ranks not tested"; summary; }
+RUN="mpirun --oversubscribe"
+[ "$(id -u)" = 0 ] && RUN="$RUN --allow-run-as-root"
+export OMPI_MCA_btl_vader_single_copy_mechanism=none  # containers without ptrace rights
+if ! $RUN -np 1 true >/dev/null 2>&1; then echo "SKIP: mpirun cannot start a process here: ranks not tested"; summary; fi
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+ppl() { "$@" ppl --model $M --text $TXT --ctx 128 --chunks 5 --threads 1 --json 2>"$T/err" | sed -n 's/.*"nll": \([0-9.]*\), "ppl": \([0-9.]*\).*/\1 \2/p'; }
+one=$(ppl "$B")
+[ -n "$one" ] || bad "ppl without mpirun printed nothing: $(tail -1 "$T/err")"
+for np in 1 2 3 7; do  # 7: more ranks than the 5 windows
+    got=$(ppl $RUN -np $np "$B")
+    [ -n "$got" ] && [ "$got" = "$one" ] && ok || bad "ppl -np $np: '$got' vs one process '$one' ($(tail -1 "$T/err"))"
+done
+echo "  ppl over 1, 2, 3, 7 ranks: nll ppl = $one"
+# sweep: the table, JSON (less the timings) and plot, identical; int4_g4096 fails (blocks longer than a row)
+F="fp32,mxfp4,bfp6_b16,int4_g4096,nvfp4"
+for np in 1 2 3; do
+    (cd "$T" && $RUN -np $np "$B" sweep --model $M --text $TXT --ctx 128 --chunks 2 --threads 1 --formats $F --out s$np >/dev/null 2>"$T/serr$np") ||
+        bad "sweep -np $np failed: $(tail -1 "$T/serr$np")"
+done
+(cd "$T" && "$B" sweep --model $M --text $TXT --ctx 128 --chunks 2 --threads 1 --formats $F --out s0 >/dev/null 2>&1) || bad "sweep without mpirun failed"
+for np in 1 2 3; do
+    for ext in md svg; do cmp -s "$T/s0.$ext" "$T/s$np.$ext" && ok || bad "sweep -np $np: s$np.$ext differs from one process's"; done
+    sed 's/"seconds": [0-9.]*//' "$T/s0.json" >"$T/a"; sed 's/"seconds": [0-9.]*//' "$T/s$np.json" >"$T/b"
+    cmp -s "$T/a" "$T/b" && ok || bad "sweep -np $np: JSON differs from one process's"
+done
+grep -q "int4_g4096.*failed: .*blocks of 4096" "$T/s3.md" && ok || bad "sweep -np 3: the failing format's error is not in the table"
+echo "  sweep over 1, 2, 3 ranks: tables, JSON and plot identical to one process"
+# bad input: every rank stops before any work, the same message, exit 2
+$RUN -np 2 "$B" ppl --model $M --text $TXT --ctx 1 >/dev/null 2>"$T/e"; rc=$?
+[ $rc -ne 0 ] && grep -q "bad --ctx" "$T/e" && ok || bad "ppl --ctx 1 under mpirun: exit $rc, $(tail -1 "$T/e")"
+$RUN -np 2 "$B" ppl --model $M --text $TXT --kld >/dev/null 2>"$T/e"; rc=$?
+[ $rc -ne 0 ] && grep -q "not spread over MPI ranks" "$T/e" && ok || bad "ppl --kld under mpirun: exit $rc, $(tail -1 "$T/e")"
+summary
