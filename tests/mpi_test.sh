@@ -44,9 +44,23 @@ for np in 1 2 3; do
 done
 grep -q "int4_g4096.*failed: .*blocks of 4096" "$T/s3.md" && ok || bad "sweep -np 3: the failing format's error is not in the table"
 echo "  sweep over 1, 2, 3 ranks: tables, JSON and plot identical to one process"
+# sensitivity: the (linear, format) trials dealt over the ranks, the same tables
+for np in 0 2 3; do
+    pre=""; [ $np -gt 0 ] && pre="$RUN -np $np"
+    (cd "$T" && $pre "$B" sensitivity --model $M --text $TXT --ctx 64 --chunks 1 --threads 1 --formats mxfp4,int4_g128 --out n$np >/dev/null 2>"$T/nerr$np") ||
+        bad "sensitivity -np $np failed: $(tail -1 "$T/nerr$np")"
+done
+for np in 2 3; do
+    cmp -s "$T/n0.md" "$T/n$np.md" && cmp -s "$T/n0.json" "$T/n$np.json" && ok || bad "sensitivity -np $np: tables differ from one process's"
+done
+echo "  sensitivity over 2, 3 ranks: tables identical to one process"
 # bad input: every rank stops before any work, the same message, exit 2
 $RUN -np 2 "$B" ppl --model $M --text $TXT --ctx 1 >/dev/null 2>"$T/e"; rc=$?
 [ $rc -ne 0 ] && grep -q "bad --ctx" "$T/e" && ok || bad "ppl --ctx 1 under mpirun: exit $rc, $(tail -1 "$T/e")"
 $RUN -np 2 "$B" ppl --model $M --text $TXT --kld >/dev/null 2>"$T/e"; rc=$?
 [ $rc -ne 0 ] && grep -q "not spread over MPI ranks" "$T/e" && ok || bad "ppl --kld under mpirun: exit $rc, $(tail -1 "$T/e")"
+for c in "search --text $TXT --formats mxfp4 --budget 4" "eval --tasks x.jsonl"; do
+    $RUN -np 2 "$B" $c --model $M >/dev/null 2>"$T/e"; rc=$?
+    [ $rc -ne 0 ] && grep -q "not spread over MPI ranks" "$T/e" && ok || bad "${c%% *} under mpirun: exit $rc, $(tail -1 "$T/e")"
+done
 summary

@@ -353,6 +353,7 @@ int cmd_eval(int argc, char **argv)
     model_args a;
     int rc = parse_model_args("eval", argc, argv, &a);
     if (rc) return rc;
+    if (cli_mpi_size() > 1) return cli_error("eval", "eval is not spread over MPI ranks yet: run it without mpirun");
     if (!a.tasks)
         return cli_error("eval", "usage: blockq eval --model M --tasks FILE.jsonl[,FILE...] [--limit N] [--ctx S] [--device cpu|cuda|auto] [quantisation options] [--json]");
     bq_model *m = NULL;

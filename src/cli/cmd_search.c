@@ -198,29 +198,35 @@ static int load_tokens(const char *cmd, const char *model, const char *text, int
 }
 
 /* Per-linear sensitivity: delta nll on the calibration text when only that
- * linear's weight and input are quantised. sens[i*nf + f]. */
+ * linear's weight and input are quantised. sens[i*nf + f]. Under mpirun the
+ * (linear, format) trials are dealt round-robin over the ranks and their
+ * entries added (one non-zero contribution each: exact, the same bits for any
+ * rank count). */
 static int measure_sensitivity(const char *cmd, const evalctx *e, int nl, int nf, char names[][64], double base,
                                double *sens)
 {
     int *choose = malloc((size_t)nl * sizeof *choose);
     if (!choose) return cli_error(cmd, "out of memory");
-    for (int i = 0; i < nl; i++) {
-        for (int f = 0; f < nf; f++) {
+    const int rank = cli_mpi_rank(), ranks = cli_mpi_size();
+    bq_status st = BQ_OK;
+    for (size_t k = 0; k < (size_t)nl * nf; k++) sens[k] = 0.0;
+    for (int i = 0; i < nl && !st; i++) {
+        for (int f = 0; f < nf && !st; f++) {
+            if ((i * nf + f) % ranks != rank) continue;
             for (int j = 0; j < nl; j++) choose[j] = -1;
             choose[i] = f;
             double nll;
-            bq_status st = eval_assign(e, nl, choose, names, &nll, NULL);
-            if (st) { free(choose); return cli_status(cmd, st); }
-            sens[(size_t)i * nf + f] = nll - base;
+            if (!(st = eval_assign(e, nl, choose, names, &nll, NULL))) sens[(size_t)i * nf + f] = nll - base;
         }
-        if (isatty(2)) fprintf(stderr, "\rsensitivity: %d/%d linears", i + 1, nl);
+        if (isatty(2) && rank == 0) fprintf(stderr, "\rsensitivity: %d/%d linears", i + 1, nl);
     }
-    if (isatty(2)) fprintf(stderr, "\n");
+    if (isatty(2) && rank == 0) fprintf(stderr, "\n");
     free(choose);
+    if (st && ranks > 1) fprintf(stderr, "blockq %s: rank %d of %d: %s\n", cmd, rank, ranks, bq_last_error());
+    if (cli_mpi_max(st != BQ_OK)) return st ? cli_status(cmd, st) : EXIT_FAILURE;
+    cli_mpi_sum(sens, (size_t)nl * nf);
     return 0;
 }
-
-
 
 int cmd_sensitivity(int argc, char **argv)
 {
@@ -241,7 +247,7 @@ int cmd_sensitivity(int argc, char **argv)
     bq_status st = eval_assign(&e, nl, NULL, names, &base, NULL);
     if (st) rc = cli_status("sensitivity", st);
     if (!rc) rc = measure_sensitivity("sensitivity", &e, nl, nf, names, base, sens);
-    if (!rc) {
+    if (!rc && cli_mpi_rank() == 0) {
         size_t len = 0, cap = 0;
         char *md = NULL, path[4200];
         md = cli_appendf(md, &len, &cap, "Delta nll (nats/token) on %s, ctx %d, %d windows, float32 nll %.5f\n\n| linear |", a.text,
@@ -357,6 +363,8 @@ int cmd_search(int argc, char **argv)
     if (!a.model || !a.text || !a.formats || isnan(a.budget))
         return cli_error("search", "usage: blockq search --model DIR --text CALIB --formats F1,F2,... --budget BITS "
                                    "[--ctx S] [--chunks N] [--trials T] [--seed S] [--test FILE --test-chunks N] [--out PREFIX] [--device cpu|cuda|auto]");
+    if (cli_mpi_size() > 1)  /* every rank would run the whole search and append to one trials log */
+        return cli_error("search", "search is not spread over MPI ranks yet: run it without mpirun (sensitivity and sweep are)");
     char names[32][64];
     int nf = split_formats("search", a.formats, names, 32);
     if (nf < 0) return EXIT_BADINPUT;
