@@ -1,10 +1,11 @@
 #!/bin/sh
 # The --ptq tables of docs/quantisation.md: perplexity and KL divergence from the float model
 # on the same windows, without and with a post-training algorithm.
-#   sh bench/ptq_table.sh [clip|gptq|smoothquant] [CHUNKS]
+#   sh bench/ptq_table.sh [clip|gptq|smoothquant|lorc] [CHUNKS]
 #     clip (default):  weight formats alone, round-to-nearest vs --ptq clip      -> bench/ptq.jsonl
 #     gptq:            weight formats alone, none, clip, gptq, gptq+clip         -> bench/gptq.jsonl
 #     smoothquant:     weight/activation pairs, without vs --ptq smoothquant     -> bench/smooth.jsonl
+#     lorc:            weight formats alone, none, lorc:8, lorc:32, clip+lorc:8  -> bench/lorc.jsonl
 # and a Markdown table on stdout.
 B=${B:-build/blockq}
 M=${M:-models/llama-19m-en}
@@ -15,7 +16,8 @@ case $ALG in
     gptq) J=bench/gptq.jsonl; ALGS="none clip gptq gptq,clip"; SET="q4_0 int4_g128 bfp4_b16 mxfp4 bfp3_b16 fp8_e4m3" ;;
     smoothquant) J=bench/smooth.jsonl; ALGS="none smoothquant"
         SET="int8/int8 int6/int6 mxint8/mxint8 bfp6_b16/bfp6_b16 int8_row/int8 int4_g128/int8" ;;
-    *) echo "usage: sh bench/ptq_table.sh [clip|gptq|smoothquant] [CHUNKS]" >&2; exit 2 ;;
+    lorc) J=bench/lorc.jsonl; ALGS="none lorc:8 lorc:32 clip,lorc:8"; SET="q4_0 int4_g128 nvfp4 mxfp4 bfp4_b16" ;;
+    *) echo "usage: sh bench/ptq_table.sh [clip|gptq|smoothquant|lorc] [CHUNKS]" >&2; exit 2 ;;
 esac
 : >"$J"
 echo "| W / A | ptq | ppl | KLD mean | KLD p99 | top-1 agreement |"

@@ -687,9 +687,90 @@ static void test_gptq(void)
     bq_model_free(m);
 }
 
+/* LoRC: the factors remove the quantisation error's leading singular directions
+ * (full rank: all of it), the model gets closer to float32 than round-to-nearest,
+ * the same bits for any thread count, and what cannot hold the factors refuses. */
+static void test_lorc(void)
+{
+    bq_model *m = load(DEFAULT);
+    if (!m) return;
+    linear *l = &m->L[0].q;  /* 384 x 384 */
+    size_t n = (size_t)l->out * l->in;
+    float *w0 = malloc(n * 4), *wq = malloc(n * 4);
+    memcpy(w0, l->w, n * 4);
+    bq_format *f;
+    OK(bq_format_parse("int4_g128", &f));
+    OK(bq_qdq(f, w0, wq, (size_t)l->out, (size_t)l->in, NULL));
+    free(l->w);
+    l->w = wq;
+    double prev = -1;
+    for (int ri = 0; ri < 3; ri++) {
+        int r = ri == 0 ? 4 : ri == 1 ? 32 : l->in;  /* the last: every singular direction */
+        OK(ptq_lorc(l, w0, r));
+        double e0 = 0, e1 = 0, ww = 0;
+        for (int o = 0; o < l->out; o++)
+            for (int i = 0; i < l->in; i++) {
+                double c = 0;
+                for (int k = 0; k < l->lr_rank; k++) c += (double)l->lr_a[(size_t)o * l->lr_rank + k] * l->lr_b[(size_t)k * l->in + i];
+                double e = (double)w0[(size_t)o * l->in + i] - wq[(size_t)o * l->in + i];
+                e0 += e * e;
+                e1 += (e - c) * (e - c);
+                ww += (double)w0[(size_t)o * l->in + i] * w0[(size_t)o * l->in + i];
+            }
+        CHECK(l->lr_rank == r && e1 < e0 && (prev < 0 || e1 < prev), "lorc rank %d: error %.6g (quantisation %.6g, lower rank %.6g)",
+              r, e1, e0, prev);
+        if (r == l->in) CHECK(e1 <= 1e-10 * ww, "lorc at full rank leaves %.3g of the error (weights %.3g)", e1, ww);
+        printf("  lorc rank %3d on %s: squared error %.4g of the quantisation's %.4g\n", r, l->name, e1, e0);
+        prev = e1;
+    }
+    bq_format_free(f);
+    free(w0);
+    bq_model_free(m);
+
+    /* the model: closer to float32 than round-to-nearest, the same bits for 1 and 2 threads */
+    int32_t ids[256];
+    for (int i = 0; i < 256; i++) ids[i] = (int32_t)(t_rand() % 8192u);
+    bq_model *ref = load(DEFAULT), *rtn = load(DEFAULT), *lr = load(DEFAULT);
+    if (!ref || !rtn || !lr) { bq_model_free(ref); bq_model_free(rtn); bq_model_free(lr); return; }
+    bq_qconfig *q;
+    OK(bq_qconfig_new(&q));
+    OK(bq_qconfig_set(q, "wq", "int4_g128"));
+    OK(bq_model_quantize(rtn, q, 1));
+    CHECK(bq_qconfig_set(q, "ptq", "lorc:0") == BQ_ERR_ARG && bq_qconfig_set(q, "ptq", "lorc:x") == BQ_ERR_ARG,
+          "a bad lorc rank must be refused");
+    OK(bq_qconfig_set(q, "ptq", "lorc:16"));
+    OK(bq_model_quantize(lr, q, 1));
+    bq_qconfig_free(q);
+    bq_ppl_opts o = {.ctx = 64, .chunks = 4};
+    bq_kld_result a, b;
+    OK(bq_kld(ref, rtn, ids, 256, &o, &a));
+    OK(bq_kld(ref, lr, ids, 256, &o, &b));
+    CHECK(b.kld_mean < a.kld_mean, "lorc:16 KL %g not below round-to-nearest's %g", b.kld_mean, a.kld_mean);
+    printf("  lorc:16 int4_g128: KL from float32 %.5f vs round-to-nearest %.5f\n", b.kld_mean, a.kld_mean);
+    float *lg[2];
+    for (int t = 0; t < 2; t++) {
+        bq_ctx *c;
+        bq_ctx_opts co = {.size = sizeof co, .threads = t + 1};
+        lg[t] = malloc((size_t)64 * 8192 * 4);
+        OK(bq_ctx_new_ex(lr, 64, &co, &c));
+        OK(bq_forward(c, ids, 64, lg[t], 1));
+        bq_ctx_free(c);
+    }
+    CHECK(!memcmp(lg[0], lg[1], (size_t)64 * 8192 * 4), "lorc: logits differ between 1 and 2 threads");
+    free(lg[0]); free(lg[1]);
+    CHECK(bq_model_save(lr, "/tmp/bq_lorc_refused.bq") == BQ_ERR_UNSUPPORTED && access("/tmp/bq_lorc_refused.bq", F_OK),
+          "a .bq file must refuse LoRC factors (it does not store them)");
+    CHECK(bq_model_save_gguf(lr, "/tmp/bq_lorc_refused.gguf") == BQ_ERR_UNSUPPORTED, "GGUF must refuse LoRC factors");
+    bq_ctx *cc = NULL;
+    bq_ctx_opts co = {.size = sizeof co, .device = 1};
+    CHECK(bq_ctx_new_ex(lr, 16, &co, &cc) == BQ_ERR_UNSUPPORTED && !cc, "CUDA must refuse LoRC factors (or have no device)");
+    bq_model_free(ref); bq_model_free(rtn); bq_model_free(lr);
+}
+
 int main(void)
 {
     bq_set_threads(0);
+    test_lorc();
     test_fp32_identity();
     test_roles();
     test_bad_configs();

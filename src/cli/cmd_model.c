@@ -111,6 +111,17 @@ static int wants_quant(const model_args *a)
     return any;
 }
 
+/* Every algorithm but rotate and lorc weighs by calibration statistics. */
+static int needs_calibration(const char *list)
+{
+    for (const char *t = list; *t; t += strcspn(t, ","), t += *t == ',') {
+        size_t n = strcspn(t, ",:");
+        if (!((n == 6 && !strncmp(t, "rotate", 6)) || (n == 4 && !strncmp(t, "lorc", 4)) || (n == 4 && !strncmp(t, "none", 4))))
+            return 1;
+    }
+    return 0;
+}
+
 /* --ptq: statistics from the calibration text (--calib, else the bundled WikiText-2
  * validation text where it is, never the test text) on the float model. */
 static bq_status calibrate(const char *cmd, const model_args *a, const bq_model *m, bq_qconfig *q)
@@ -163,10 +174,7 @@ static int load_model(const char *cmd, const model_args *a, bq_model **m)
     if (!wants_quant(a)) return 0;
     bq_qconfig *q;
     if ((st = cli_qconfig(roles, a->role, NROLES, a->config, a->round_set, a->round, a->seed, &q))) return cli_status(cmd, st);
-    /* every algorithm but rotate (alone) weighs by calibration */
-    if (!st && a->role[ROLE_PTQ] && strcmp(a->role[ROLE_PTQ], "none") &&
-        (strncmp(a->role[ROLE_PTQ], "rotate", 6) || strchr(a->role[ROLE_PTQ], ',')))
-        st = calibrate(cmd, a, *m, q);
+    if (!st && a->role[ROLE_PTQ] && needs_calibration(a->role[ROLE_PTQ])) st = calibrate(cmd, a, *m, q);
     if (!st) st = a->packed ? bq_model_pack(*m, q, a->strict) : bq_model_quantize(*m, q, a->strict);
     bq_qconfig_free(q);
     if (st) {

@@ -890,6 +890,8 @@ extern "C" bq_status be_cuda_new(const bq_model *m, int T, be **out)
             const linear *l = model_linear(m, i, (lin_role)r);
             if (l->lmul) return bq_fail(BQ_ERR_UNSUPPORTED, "%s: L-Mul products run on the CPU only", l->name);
         }
+    if (const linear *l = model_lorc_linear(m))  // never a silently different model on the device
+        return bq_fail(BQ_ERR_UNSUPPORTED, "%s: LoRC factors (--ptq lorc) run on the CPU only", l->name);
     bq_status st = cublas_open();
     if (st) return st;
     cuda_be *g = (cuda_be *)calloc(1, sizeof *g);

@@ -138,6 +138,25 @@ static void mm_range(void *arg, size_t b, size_t e)
     free(buf);
 }
 
+/* LoRC's low-rank correction, y += (q(x) B^T) A^T, on the same quantised input as
+ * the main product (xq; NULL: quantise x, the integer path made no float copy). Two
+ * single-threaded SGEMMs: the bits do not depend on the thread count. */
+static bq_status lorc_add(cpu_be *c, const linear *l, const float *xq, const float *x, float *y, int n)
+{
+    if (!xq) {
+        bq_qdq(l->aq, x, c->xq, (size_t)n, (size_t)l->in, &c->base.m->qopts);
+        xq = c->xq;
+    }
+    float *t = malloc((size_t)n * l->lr_rank * sizeof *t);
+    if (!t) return bq_fail(BQ_ERR_NOMEM, "out of memory for %s's LoRC term", l->name);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, l->lr_rank, l->in, 1.0f, xq, l->in, l->lr_b, l->in, 0.0f, t,
+                l->lr_rank);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, l->out, l->lr_rank, 1.0f, t, l->lr_rank, l->lr_a, l->lr_rank,
+                1.0f, y, l->out);
+    free(t);
+    return BQ_OK;
+}
+
 /* The activation is quantised along `in`, the matmul's reduction dimension. */
 static bq_status cpu_linear(be *b, int layer, lin_role r, const float *x, float *y, int n)
 {
@@ -162,6 +181,7 @@ static bq_status cpu_linear(be *b, int layer, lin_role r, const float *x, float 
     bq_pool_for(c->pool, slices, threads_for(c, work), mm_range, &j);
     if (ap) pm_act_free(ap);
     if (j.oom) return bq_fail(BQ_ERR_NOMEM, "out of memory in a packed matmul (%s)", l->name);
+    if (l->lr_rank && (st = lorc_add(c, l, ap ? NULL : x, x, y, n))) return st;
     if (l->b)
         for (int t = 0; t < n; t++)
             for (int o = 0; o < l->out; o++) y[(size_t)t * l->out + o] += l->b[o];

@@ -139,6 +139,7 @@ bq_status bq_model_save(const bq_model *cm, const char *path)
 {
     bq_model *m = (bq_model *)cm;  /* slots hand out pointers; nothing is changed */
     if (!m->config_json) return bq_fail(BQ_ERR_ARG, "model has no config.json to store");
+    if (model_lorc_linear(m)) return bq_fail(BQ_ERR_UNSUPPORTED, "%s has LoRC factors (--ptq lorc), which a .bq file does not store yet: score the model in memory, or quantise without lorc to save it", model_lorc_linear(m)->name);
     if (m->tokenizer_json) {  /* stored verbatim, but only one that loads */
         bq_tokenizer *t;
         bq_status ts = tokenizer_parse(m->tokenizer_json, m->tokenizer_len, m->dir, &t);

@@ -216,7 +216,23 @@ static void load_gpt2(loader *L)
     fetch_norm(L, &m->final_ln, "transformer.ln_f.weight", "transformer.ln_f.bias", H);
 }
 
-static void free_linear(linear *l) { free(l->w); pmat_free(l->pw); free(l->b); bq_format_free(l->aq); }
+const linear *model_lorc_linear(const bq_model *m)
+{
+    if (m->head.lr_rank) return &m->head;
+    for (int i = 0; i < m->c.layers; i++) {
+        const layer_w *L = &m->L[i];
+        const linear *ls[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
+        for (int j = 0; j < 7; j++)
+            if (ls[j]->lr_rank) return ls[j];
+    }
+    return NULL;
+}
+
+static void free_linear(linear *l)
+{
+    free(l->w); pmat_free(l->pw); free(l->b); bq_format_free(l->aq);
+    free(l->lr_a); free(l->lr_b);
+}
 static void free_norm(normp *n) { free(n->w); free(n->b); }
 
 void bq_model_free(bq_model *m)

@@ -85,7 +85,12 @@ typedef struct linear {
     char name[96];
     bq_format *aq;
     int lmul;          /* 0: exact products; else L-Mul with offset 2^-lmul (src/kernels/lmul.h) */
+    float *lr_a, *lr_b;  /* LoRC (src/quant/lorc.c): y += (q(x) lr_b^T) lr_a^T, [out][r] and [r][in] */
+    int lr_rank;         /* 0: none */
 } linear;
+/* A linear of m with LoRC factors (NULL if none): what runs on the CPU only and
+ * is not stored in model files yet. */
+const linear *model_lorc_linear(const struct bq_model *m);
 #define LINEAR_PRESENT(l) ((l)->w || (l)->pw)
 typedef struct { float *w, *b; } normp;
 

@@ -101,7 +101,7 @@ static bq_status add_mul_rule(bq_qconfig *q, const char *pattern, const char *mu
  * which clips each group as it goes when clip is also asked for, else clip */
 static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
 {
-    int clip = 0, smooth = 0, gptq = 0, awq = 0, rotate = 0;
+    int clip = 0, smooth = 0, gptq = 0, awq = 0, rotate = 0, lorc = 0;
     uint64_t seed = 0;
     double alpha = 0.5;
     char buf[128];
@@ -118,13 +118,20 @@ static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
                 return bq_fail(BQ_ERR_ARG, "%s: rotate's seed must be a whole number, not '%s'", where, t + 7);
         }
         else if (!strcmp(t, "none")) continue;
+        else if (!strncmp(t, "lorc", 4) && (!t[4] || t[4] == ':')) {
+            char *end = NULL;
+            long r = t[4] ? strtol(t + 5, &end, 10) : 8;
+            if (t[4] && (!end || *end || end == t + 5)) r = 0;
+            if (r < 1 || r > 4096) return bq_fail(BQ_ERR_ARG, "%s: lorc's rank must be a whole number in [1, 4096], not '%s'", where, t[4] ? t + 5 : "");
+            lorc = (int)r;
+        }
         else if (!strncmp(t, "smoothquant", 11) && (!t[11] || t[11] == ':')) {
             smooth = 1;
             char *end = NULL;
             if (t[11] && (alpha = strtod(t + 12, &end), !end || *end || end == t + 12 || !(alpha >= 0 && alpha <= 1)))
                 return bq_fail(BQ_ERR_ARG, "%s: smoothquant's alpha must be a number in [0, 1], not '%s'", where, t + 12);
         } else
-            return bq_fail(BQ_ERR_ARG, "%s: unknown post-training algorithm '%s' (this blockq has: rotate[:seed], smoothquant[:alpha], awq, gptq, clip, none)", where, t);
+            return bq_fail(BQ_ERR_ARG, "%s: unknown post-training algorithm '%s' (this blockq has: rotate[:seed], smoothquant[:alpha], awq, gptq, clip, lorc[:rank], none)", where, t);
     }
     q->ptq_clip = clip;
     q->ptq_rotate = rotate;
@@ -133,6 +140,7 @@ static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
     q->ptq_awq = awq;
     q->ptq_smooth = smooth;
     q->smooth_alpha = alpha;
+    q->ptq_lorc = lorc;
     return BQ_OK;
 }
 
@@ -301,7 +309,7 @@ bq_status ptq_untie_head(bq_model *m)
 
 /* What the post-training algorithms get for one weight: calibration's mean squares
  * and Gram matrix of its input (NULL: none). */
-typedef struct { int clip, gptq; const double *imp, *gram; } ptq_in;
+typedef struct { int clip, gptq; const double *imp, *gram; int lorc; linear *l; } ptq_in;
 
 /* Quantise one weight matrix: in place (fake quantisation) or into a packed
  * matrix that replaces the float one. An already packed weight can only be
@@ -320,7 +328,11 @@ static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *f
         if ((st = pmat_widen(pw, w))) { bq_format_free(f); return st; }
         held = 1;
     }
-    if (*pw) {
+    float *w0 = NULL;  /* lorc: the float weights, for the error the quantisation leaves */
+    if (p.lorc && p.l && *w && !(w0 = malloc((size_t)rows * cols * sizeof *w0))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+    else if (w0) memcpy(w0, *w, (size_t)rows * cols * sizeof *w0);
+    if (st) {
+    } else if (*pw) {
         if (strcmp((*pw)->f->name, f->name))
             st = bq_fail(BQ_ERR_ARG, "%s: weights are stored packed as %s; cannot requantise them to %s", name,
                          (*pw)->f->name, fmt);
@@ -345,6 +357,10 @@ static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *f
             *w = NULL;
         }
     }
+    if (!st && p.lorc && p.l && !w0)
+        st = bq_fail(BQ_ERR_ARG, "%s: lorc needs the float weights, and these are stored packed as %s", name, f->name);
+    if (!st && w0) st = ptq_lorc(p.l, w0, p.lorc);
+    free(w0);
     bq_format_free(f);
     return st;
 }
@@ -432,9 +448,10 @@ const char *qconfig_weight_format(const bq_qconfig *q, const char *name)
 
 /* The algorithms' inputs for linear k (slot k of the calibration, if it was taken on a
  * model of this shape). */
-static ptq_in ptq_for(const bq_qconfig *q, const calib_stats *s, int k, int in)
+static ptq_in ptq_for(const bq_qconfig *q, const calib_stats *s, int k, linear *l)
 {
-    ptq_in p = {q->ptq_clip, q->ptq_gptq, NULL, NULL};
+    int in = l->in;
+    ptq_in p = {q->ptq_clip, q->ptq_gptq, NULL, NULL, q->ptq_lorc, l};
     if (!s || k >= s->n || s->in[k] != in) return p;
     p.imp = s->msq[k];
     if (s->gram) p.gram = s->gram[calib_gram_slot(s, k)];
@@ -474,7 +491,7 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
             linear *l = ls[j];
             if (!LINEAR_PRESENT(l)) continue;
             resolve(q, l->name, 1, &w, &a, hits);
-            if (*w) st = apply_w(&l->w, &l->pw, l->out, l->in, w, o, l->name, pack, ptq_for(q, cs, calib_index(m->c.layers, i, j), l->in));
+            if (*w) st = apply_w(&l->w, &l->pw, l->out, l->in, w, o, l->name, pack, ptq_for(q, cs, calib_index(m->c.layers, i, j), l));
             if (!st) st = set_act(l, a);
             const char *mul = resolve_mul(q, l->name, 1);
             if (!st && *mul) st = set_mul(l, mul, w);
@@ -488,10 +505,10 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
     int tied = m->tok_emb && m->head.w == m->tok_emb;
     if (!st && tied && (*hw || *ew) && strcmp(hw, ew) && !(st = ptq_untie_head(m))) tied = 0;
     if (!st && *ew) {
-        st = apply_w(&m->tok_emb, &m->emb_p, m->c.vocab, m->c.embed_dim, ew, o, "embed_tokens", pack, (ptq_in){q->ptq_clip, 0, NULL, NULL});
+        st = apply_w(&m->tok_emb, &m->emb_p, m->c.vocab, m->c.embed_dim, ew, o, "embed_tokens", pack, (ptq_in){q->ptq_clip, 0, NULL, NULL, 0, NULL});
         if (!st && tied && m->emb_p) { m->head.w = NULL; m->head.pw = m->emb_p; }
     }
-    if (!st && *hw && !tied) st = apply_w(&m->head.w, &m->head.pw, m->head.out, m->head.in, hw, o, "lm_head", pack, ptq_for(q, cs, calib_index(m->c.layers, -1, 0), m->head.in));
+    if (!st && *hw && !tied) st = apply_w(&m->head.w, &m->head.pw, m->head.out, m->head.in, hw, o, "lm_head", pack, ptq_for(q, cs, calib_index(m->c.layers, -1, 0), &m->head));
     if (!st) st = set_act(&m->head, ha);
     if (!st && *ea) st = bq_fail(BQ_ERR_ARG, "embed_tokens has no input activation to quantise (a = \"%s\")", ea);
     const char *roles[2] = {q->attn, q->kv};

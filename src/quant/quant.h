@@ -56,6 +56,7 @@ struct bq_qconfig {
     int ptq_gptq;       /* --ptq gptq (gptq.c): needs the Gram matrices, taken at calibration */
     int ptq_awq;        /* --ptq awq (awq.c): likewise; after smoothquant, before gptq and clip */
     int ptq_rotate;     /* --ptq rotate[:seed] (rotate.c): first of all */
+    int ptq_lorc;       /* --ptq lorc[:rank] (lorc.c): the rank (0: off); last, on what the others left */
     uint64_t rotate_seed;
     int32_t *cal_ids;   /* with rotate: the calibration windows, run after rotating */
     size_t cal_windows;
@@ -86,6 +87,9 @@ bq_status ptq_float_embedding(bq_model *m);
 bq_status ptq_untie_head(bq_model *m);
 /* The residual stream rotated by a seeded random orthogonal matrix, norms folded (rotate.c). */
 bq_status ptq_rotate(bq_model *m, uint64_t seed);
+/* LoRC: l's quantisation error against its float weights w0 [out][in] as rank-r
+ * factors l->lr_a, l->lr_b (lorc.c). */
+bq_status ptq_lorc(struct linear *l, const float *w0, int rank);
 /* The weight and input formats q gives the tensor `name` ("" if none); is_block: a
  * linear inside the blocks (the "default" rule covers those only). */
 void qconfig_resolve(const bq_qconfig *q, const char *name, int is_block, const char **w, const char **a);

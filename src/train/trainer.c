@@ -138,6 +138,7 @@ bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *
 {
     *out = NULL;
     if (!o || o->size < sizeof *o) return bq_fail(BQ_ERR_ARG, "training options without their size (bq_train_opts_default)");
+    if (model_lorc_linear(m)) return bq_fail(BQ_ERR_UNSUPPORTED, "%s has LoRC factors (--ptq lorc), which fine-tuning does not train yet", model_lorc_linear(m)->name);
     if (o->ctx < 1 || o->accum < 1 || o->steps < 1 || o->warmup < 0 || !(o->lr > 0) || o->lora < 0 ||
         !(o->min_lr_frac >= 0 && o->min_lr_frac <= 1) || !(o->beta1 >= 0 && o->beta1 < 1) ||
         !(o->beta2 >= 0 && o->beta2 < 1) || !(o->eps > 0) || !(o->weight_decay >= 0) || !(o->clip_norm >= 0))
