@@ -308,6 +308,32 @@ static void test_scale_overflow(void)
     bq_set_isa("scalar");
 }
 
+/* A negative element whose scaled value rounds to zero only through the two-step
+ * product by 2^-E (twice rounded among the subnormals): fake quantisation on every
+ * ISA gives the zero the codes hold, sign included (the format fuzzer found the
+ * fused power-of-two path keeping the sign the codes lost). */
+static void test_zero_sign_subnormal(void)
+{
+    float x[5] = {-0x1.000068p-121f, 0.0f, -0x1.acc4bep+28f, 0x1.dbc2dap+0f, 0x1.9p-145f}, q[5], u[5];
+    const char *names[] = {"bfp4_b16", "bfp8_b16", "mxfp4"};  /* codes with a sign bit: -0 is a code */
+    for (size_t k = 0; k < sizeof names / sizeof *names; k++) {
+        bq_format *f;
+        if (bq_format_parse(names[k], &f)) { CHECK(0, "%s does not parse", names[k]); continue; }
+        uint8_t p[64];
+        size_t sz = bq_packed_size(f, 1, 5);
+        OK(bq_pack(f, x, 1, 5, NULL, p, sz));
+        OK(bq_unpack(f, p, sz, 1, 5, u));
+        for (int a = 0; a < 3; a++) {
+            if (isa_absent(bq_set_isa(isas[a]), isas[a])) continue;
+            OK(bq_qdq(f, x, q, 1, 5, NULL));
+            CHECK(!memcmp(q, u, sizeof q), "%s on %s: a tiny negative element fake-quantises to %a, its code to %a",
+                  names[k], isas[a], q[0], u[0]);
+        }
+        bq_format_free(f);
+    }
+    bq_set_isa("scalar");
+}
+
 /* Every ISA and every thread count give the same bits. */
 static void test_isa_thread_invariance(void)
 {
@@ -414,6 +440,7 @@ int main(void)
     for_all_formats(properties_one);
     test_bfp_clamp();
     test_scale_overflow();
+    test_zero_sign_subnormal();
     test_isa_thread_invariance();
     test_stochastic();
     test_facts();

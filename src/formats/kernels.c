@@ -42,7 +42,11 @@ INLINE void grid_loop_pow2(const elem_t *e, const float *restrict x, float *rest
 {
     const int emin = e->emin, emax1 = e->emax + 1, mb = e->mbits, sub = e->subnorm, frac = e->frac;
     const float thr = is_mf ? e->maxval * pow2f(E) : (float)e->hi * pow2f(E - frac);
-    const float zthr = E >= 1 ? pow2f(E - 150) : 0.0f;   /* x*2^-E rounds to 0 in float32 */
+    /* the sign of a zero result: that of (x * pre1) * pre2, the two-step product
+     * block_elem and the other paths scale by (it can round to 0 where one product
+     * by 2^-E would not: twice rounded among the subnormals; the fuzzer found it) */
+    float pre1, pre2;
+    split_pow2(-E, &pre1, &pre2);
     const float pin = pow2f(frac - E), pout = pow2f(E - frac);
     for (size_t i = 0; i < n; i++) {
         float a = fabsf(x[i]), yv;
@@ -57,7 +61,7 @@ INLINE void grid_loop_pow2(const elem_t *e, const float *restrict x, float *rest
             yv = round_mag(a * pin, r, seed, idx0 + i) * pout;
         }
         yv = yv > thr ? thr : yv;
-        y[i] = copysignf(yv, a <= zthr ? 0.0f : x[i]);
+        y[i] = copysignf(yv, sgn_of((x[i] * pre1) * pre2));
     }
 }
 
