@@ -389,7 +389,7 @@ struct cuda_be {
     // whether a capture is running (the kernels then read the position from dpos)
     cudaGraphExec_t graph;
     unsigned graph_key;
-    int recording, graph_checks;
+    int recording, graph_checks, recordable;
 };
 
 static unsigned nblk(size_t n) { return (unsigned)((n + 255) / 256); }
@@ -696,14 +696,15 @@ static bq_status cuda_check(be *b, const float *x, int rows, int d, int layer, c
 }
 
 // ---- one-token steps as a CUDA graph ----
-// Decoding launches ~20 kernels a layer for one token, so on a large GPU the
-// launches, not the weights' bytes, set the pace. The first one-token step after
+// Decoding launches ~20 kernels a layer for one token; for a small model the
+// launches set the pace (the bundled model: 1.5-2x with graphs), for a 7B one
+// the GEMVs do (1.12x; bench/RESULTS.md). The first one-token step after
 // the buffers were (re)made is captured as it runs (the kernels read the token
 // and the position from device memory: cuda_embed's upload, dpos) and replayed
 // for every later step with one launch. key: the driver's buffers and options
 // (a new key records again). Steps whose ops read back to the host (per-tensor
 // activation scales), quantise attention operands or have heads over 256 are
-// not recorded: they run as before.
+// not recorded: they run as before (can_record, once at setup: g->recordable).
 static bool can_record(const cuda_be *g)
 {
     const bq_model *m = g->base.m;
@@ -721,7 +722,7 @@ static bq_status cuda_replay(be *b, int32_t id, int pos, unsigned key, int *repl
 {
     cuda_be *g = G(b);
     *replayed = 0;
-    if (!can_record(g)) return BQ_OK;
+    if (!g->recordable) return BQ_OK;
     int v[1] = {id};
     if (cudaMemcpyAsync(g->ids, v, 4, cudaMemcpyHostToDevice, cudaStreamPerThread) != cudaSuccess ||
         cudaMemcpyAsync(g->dpos, &pos, 4, cudaMemcpyHostToDevice, cudaStreamPerThread) != cudaSuccess)
@@ -876,6 +877,7 @@ static bq_status cuda_setup(cuda_be *g)
     if (!st) st = bq_cuda_malloc((void **)&g->lp, Tn * 8);
     if (!st) st = bq_cuda_malloc((void **)&g->bad, (size_t)g->nsites * 8);
     if (!st && cudaMemset(g->bad, 0xff, (size_t)g->nsites * 8) != cudaSuccess) st = launched("setup");
+    if (!st) g->recordable = can_record(g);
     return st;
 }
 

@@ -231,51 +231,40 @@ static const char *exact_format(uint32_t t)
 /* GGUF block row <-> our packed row (scale code, then 32 codes LSB-first).
  * GGUF 4-bit blocks put elements 0-15 in low nibbles and 16-31 in high ones. */
 /* Q5_0: fp16 d, the codes' fifth bits (element j at bit j of a little-endian
- * word), their low nibbles as Q4_0's; codes stored as q + 16. Ours: the fp16
- * scale, then 32 five-bit two's-complement codes, LSB first (22 bytes both). */
-static void transcode_q5_0(const uint8_t *g, uint8_t *b, size_t nb, int to_gguf)
+ * word), their low nibbles as Q4_0's; codes stored as q + 16. Ours (format f,
+ * q5_0): the fp16 scale code, then 32 five-bit two's-complement codes, 22 bytes a
+ * block too, read and written by the packer's own row coder a block at a time. */
+static void transcode_q5_0(const bq_format *f, const uint8_t *g, uint8_t *b, size_t nb, int to_gguf)
 {
     for (size_t i = 0; i < nb; i++) {
-        const uint8_t *src = to_gguf ? b + 22 * i : g + 22 * i;
-        uint8_t *dst = to_gguf ? (uint8_t *)g + 22 * i : b + 22 * i, c[32];
-        memcpy(dst, src, 2);
+        uint8_t *gb = (uint8_t *)g + 22 * i, *bb = b + 22 * i, c[32];
+        uint32_t sc, qh = 0;
+        uint16_t d;
         if (to_gguf) {
-            uint64_t lo, hi;  /* 160 bits of codes */
-            memcpy(&lo, src + 2, 8);
-            memcpy(&hi, src + 10, 8);
-            uint32_t top;
-            memcpy(&top, src + 18, 4);
-            for (int j = 0; j < 32; j++) {
-                int bit = 5 * j;
-                uint64_t word = bit < 64 ? lo >> bit | (bit > 59 ? hi << (64 - bit) : 0)
-                              : bit < 128 ? hi >> (bit - 64) | (bit > 123 ? (uint64_t)top << (128 - bit) : 0)
-                              : (uint64_t)top >> (bit - 128);
-                c[j] = (uint8_t)(((word & 31u) + 16) & 31u);
-            }
-            uint32_t qh = 0;
+            pack_row_codes(f, bb, 32, &sc, c);
+            d = (uint16_t)sc;
+            memcpy(gb, &d, 2);
+            for (int j = 0; j < 32; j++) c[j] = (uint8_t)((c[j] + 16) & 31);  /* two's complement -> q + 16 */
             for (int j = 0; j < 32; j++) qh |= (uint32_t)(c[j] >> 4) << j;
-            memcpy(dst + 2, &qh, 4);
-            for (int j = 0; j < 16; j++) dst[6 + j] = (uint8_t)((c[j] & 15) | (c[j + 16] & 15) << 4);
+            memcpy(gb + 2, &qh, 4);
+            for (int j = 0; j < 16; j++) gb[6 + j] = (uint8_t)((c[j] & 15) | (c[j + 16] & 15) << 4);
         } else {
-            uint32_t qh;
-            memcpy(&qh, src + 2, 4);
+            memcpy(&d, gb, 2);
+            memcpy(&qh, gb + 2, 4);
             for (int j = 0; j < 16; j++) {
-                c[j] = (uint8_t)((src[6 + j] & 15) | ((qh >> j) & 1) << 4);
-                c[j + 16] = (uint8_t)((src[6 + j] >> 4) | ((qh >> (j + 16)) & 1) << 4);
+                c[j] = (uint8_t)((gb[6 + j] & 15) | ((qh >> j) & 1) << 4);
+                c[j + 16] = (uint8_t)((gb[6 + j] >> 4) | ((qh >> (j + 16)) & 1) << 4);
             }
-            memset(dst + 2, 0, 20);
-            for (int j = 0; j < 32; j++) {
-                unsigned v = (unsigned)(c[j] + 16) & 31u, bit = 5u * (unsigned)j;  /* q + 16 -> q, two's complement */
-                dst[2 + bit / 8] |= (uint8_t)(v << (bit % 8));
-                if (bit % 8 > 3) dst[2 + bit / 8 + 1] |= (uint8_t)(v >> (8 - bit % 8));
-            }
+            for (int j = 0; j < 32; j++) c[j] = (uint8_t)((c[j] + 16) & 31);  /* q + 16 -> two's complement */
+            sc = d;
+            pack_row_put(f, bb, 32, &sc, c);
         }
     }
 }
 
-static void transcode_row(uint32_t t, const uint8_t *g, uint8_t *b, size_t cols, int to_gguf)
+static void transcode_row(uint32_t t, const bq_format *f, const uint8_t *g, uint8_t *b, size_t cols, int to_gguf)
 {
-    if (t == GG_Q5_0) { transcode_q5_0(g, b, cols / 32, to_gguf); return; }
+    if (t == GG_Q5_0) { transcode_q5_0(f, g, b, cols / 32, to_gguf); return; }
     size_t nb = cols / 32, gs = t == GG_Q8_0 ? 34 : t == GG_Q4_0 ? 18 : 17, hs = t == GG_MXFP4 ? 1 : 2;
     if (t == GG_Q8_0) { /* the same bytes: fp16 scale then 32 int8 codes */
         if (to_gguf) memcpy((uint8_t *)g, b, nb * gs);
@@ -332,7 +321,7 @@ static bq_status load_gguf_tensor(bq_model *m, slot_list *sl, const tinfo *ti, c
         uint8_t *buf = malloc(size);
         bq_status st = buf ? BQ_OK : bq_fail(BQ_ERR_NOMEM, "out of memory");
         for (size_t r = 0; r < rows && !st; r++)
-            transcode_row(ti->type, src + (perm ? (size_t)permuted_row((int)r, hd) : r) * rb, buf + r * prb, cols, 0);
+            transcode_row(ti->type, f, src + (perm ? (size_t)permuted_row((int)r, hd) : r) * rb, buf + r * prb, cols, 0);
         if (!st) st = pmat_new(f, (int)rows, (int)cols, buf, size, s->p);
         free(buf);
         bq_format_free(f);
@@ -749,7 +738,7 @@ static bq_status gguf_tensor(const bq_model *m, slot *s, wtensor *t, int fill)
         for (size_t r = 0; r < rows && !st; r++) {
             uint8_t *dst = t->data + (perm ? (size_t)permuted_row((int)r, hd) : r) * rb;
             if (wide) memcpy(dst, packed + r * prb, rb);
-            else transcode_row(ty, dst, packed + r * prb, cols, 1);
+            else transcode_row(ty, pm->f, dst, packed + r * prb, cols, 1);
         }
         free(packed);
         return st;

@@ -329,10 +329,11 @@ static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *f
         held = 1;
     }
     float *w0 = NULL;  /* lorc: the float weights, for the error the quantisation leaves */
-    if (p.lorc && p.l && *w && !(w0 = malloc((size_t)rows * cols * sizeof *w0))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-    else if (w0) memcpy(w0, *w, (size_t)rows * cols * sizeof *w0);
-    if (st) {
-    } else if (*pw) {
+    if (p.lorc && p.l && *w) {
+        if (!(w0 = malloc((size_t)rows * cols * sizeof *w0))) { bq_format_free(f); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
+        memcpy(w0, *w, (size_t)rows * cols * sizeof *w0);
+    }
+    if (*pw) {
         if (strcmp((*pw)->f->name, f->name))
             st = bq_fail(BQ_ERR_ARG, "%s: weights are stored packed as %s; cannot requantise them to %s", name,
                          (*pw)->f->name, fmt);
