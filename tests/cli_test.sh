@@ -94,6 +94,18 @@ $B search $S --out "$T/s1" >/dev/null 2>&1 && cp "$T/s1.json" "$T/first.json" &&
     $B search $S --out "$T/s1" >/dev/null 2>"$T/s1.err" && cmp -s "$T/s1.json" "$T/first.json" && grep -q "3 trials resumed" "$T/s1.err" &&
     ls "$T"/s1-p0.toml >/dev/null && ok || bad "search not deterministic, or did not resume its trials"
 $B ppl --model $M --text data/wikitext-2-test.txt --ctx 16 --chunks 1 --config "$T/s1-p0.toml" --strict >/dev/null && ok || bad "ppl rejects the config search wrote"
+# --cost synth: densities from the synthesised areas (a cache of Yosys statistics made here: bfp4 2, bfp8 8,
+# fp32 64 area units a lane, so the uniform points have density 32x and 8x); a format without hardware is refused
+C="$T/rtlcache"
+for d in "bfp4_b16 bq_dot_bfp4_b16_bfp4_b16 32" "bfp8_b16 bq_dot_bfp8_b16_bfp8_b16 128" "fp32 bq_fma_fp32_fp32 64"; do
+    set -- $d
+    $B rtl $1 --out "$C/$2" >/dev/null && printf 'Number of cells: 1\n$_AND_ %s\n' "$3" >"$C/$2/$2_gates.txt" &&
+        echo "(length=1)" >"$C/$2/$2_ltp.txt" && echo "SB_LUT4 1" >"$C/$2/$2_ice40.txt" || bad "rtl cache for $1"
+done
+BQ_RTL_CACHE="$C" $B search $S --out "$T/s3" --cost synth >/dev/null 2>"$T/s3.err" && grep -q "synthesised area per lane" "$T/s3.md" &&
+    grep -q "| uniform bfp4_b16 | 4.500 | 32.00x |" "$T/s3.md" && grep -q "| uniform bfp8_b16 | 8.500 | 8.00x |" "$T/s3.md" &&
+    grep -q "<svg" "$T/s3-density.svg" && ok || bad "search --cost synth: $(cat "$T/s3.err" "$T/s3.md")"
+expect_fail 2 "has no generated hardware to synthesise" -- $B search --model $M --text data/wikitext-2-valid-tokenized.txt --formats int4_asym_g128,bfp8_b16 --budget 6 --cost synth
 # a search killed midway leaves no result files (only its finished trials), and resumes
 $B search $S --out "$T/s2" >/dev/null 2>&1 &
 pid=$!

@@ -162,7 +162,9 @@ int cmd_rtl(int argc, char **argv)
     bq_status st = rtl_new(fw, fa, lanes, pipe, &d);
     if (st) return cli_status("rtl", st);
     int rc = 0;
-    if (mkdir(out, 0755) && errno != EEXIST) { rc = cli_error("rtl", "%s: %s", out, strerror(errno)); goto done; }
+    char outdir[4200];
+    snprintf(outdir, sizeof outdir, "%s", out);
+    if (!make_dirs(outdir)) { rc = EXIT_BADINPUT; goto done; }
     int changed;
     if ((st = rtl_write(d, out, nvec, seed, &changed))) { rc = cli_status("rtl", st); goto done; }
     const char *name = rtl_module_name(d);
@@ -190,8 +192,9 @@ int cmd_rtl(int argc, char **argv)
                name, fw, fa ? fa : fw, K, pipe, acc_bits, passed < 0 ? "null" : passed ? "true" : "false", sr.cells, sr.area,
                sr.depth, sr.luts, sr.carries);
     else {
-        printf("%s/%s.v: %s x %s, %d-bit exact accumulator%s\n", out, name, fw, fa ? fa : fw, acc_bits, pipe ? ", pipelined" : "");
-        if (passed > 0) printf("simulation: %d vectors bit-exact against the library\n", nvec);
+        if (ex_bits) printf("%s/%s.v: %s x %s, %d-bit exact accumulator%s\n", out, name, fw, fa ? fa : fw, acc_bits, pipe ? ", pipelined" : "");
+        else printf("%s/%s.v: %s x %s, %d fused multiply-adds into float32\n", out, name, fw, fa ? fa : fw, K);
+        if (passed > 0) printf("simulation: %d vectors bit-exact against the %s\n", nvec, ex_bits ? "library" : "C library's fmaf");
         if (synth)
             printf("synthesis: %.0f cells (area %.1f), longest path %.0f cells; iCE40: %.0f LUT4, %.0f carry\n", sr.cells, sr.area,
                    sr.depth, sr.luts, sr.carries);

@@ -39,6 +39,10 @@ static int parse_sargs(const char *cmd, int argc, char **argv, sargs *a)
         else if (!strcmp(s, "--budget")) { a->budget = strtod(v, &end); if (*end || !(a->budget > 0) || a->budget > 64) return cli_error(cmd, "bad --budget '%s': expected bits per element, e.g. 5", v); }
         else if (!strcmp(s, "--seed")) { if (!parse_u64(v, &a->seed)) return cli_error(cmd, "bad --seed '%s'", v); }
         else if (!strcmp(s, "--device")) { if (cli_device(cmd, v, &a->dev)) return EXIT_BADINPUT; }
+        else if (!strcmp(s, "--cost") && (!strcmp(cmd, "cost") || !strcmp(cmd, "search"))) {
+            if (strcmp(v, "synth") && strcmp(v, "model")) return cli_error(cmd, "bad --cost '%s': expected synth or model", v);
+            a->synth = !strcmp(v, "synth");
+        }
         else if (parse_u64(v, &x) && x <= (1u << 30)) {
             if (!strcmp(s, "--ctx") && x >= 2) a->ctx = (int)x;
             else if (!strcmp(s, "--chunks") && x >= 1) a->chunks = (int)x;
@@ -84,6 +88,16 @@ static double fmt_area(const char *name)
     return c.mac_area;
 }
 
+/* The synthesised area per lane of a format's generated dot product (W = A), or a
+ * message saying why there is none. */
+static int synth_area(const char *cmd, const char *name, double *area, double *luts)
+{
+    int r = cli_rtl_synth(name, area, luts);
+    if (r > 0) return 0;
+    if (r == 0) cli_error(cmd, "%s has no generated hardware to synthesise (%s); use --cost model", name, bq_last_error());
+    return EXIT_BADINPUT;
+}
+
 /* ---- blockq cost ---- */
 
 int cmd_cost(int argc, char **argv)
@@ -105,13 +119,16 @@ int cmd_cost(int argc, char **argv)
         other = bq_model_other_params(m);
         kvt = bq_model_kv_per_token(m);
     }
-    /* --synth: the generated dot product's area per lane (docs/rtl.md), density against mxint8's */
-    double base_area = 0, base_luts;
+    /* --synth: the generated dot product's area per lane (docs/rtl.md), density against
+     * mxint8's and, when fp32 is listed, against a float32 FMA's */
+    double base_area = 0, base_luts, f32_area = 0;
     if (a.synth && cli_rtl_synth("mxint8", &base_area, &base_luts) < 0) { bq_model_free(m); return EXIT_BADINPUT; }
+    for (int i = 0; i < n && a.synth; i++)
+        if (!strcmp(names[i], "fp32") && cli_rtl_synth("fp32", &f32_area, &base_luts) < 0) { bq_model_free(m); return EXIT_BADINPUT; }
     if (!a.json) {
         printf("%-14s %8s %9s %9s %10s %9s %9s", "format (W=A)", "bits/el", "mem dens", "arith dens", "MAC area", "L-Mul MAC", "L-Mul dens");
         if (m) printf(" %11s %11s", "weights MB", "KV MB");
-        if (a.synth) printf(" %11s %10s %13s", "synth area", "iCE40 LUT", "vs mxint8");
+        if (a.synth) printf(" %11s %10s %10s %10s", "synth area", "iCE40 LUT", "vs mxint8", f32_area > 0 ? "vs fp32" : "");
         printf("\n");
     } else printf("[\n");
     for (int i = 0; i < n; i++) {
@@ -132,14 +149,16 @@ int cmd_cost(int argc, char **argv)
                    "\"lmul_arith_density\": %.4f", names[i], c.w_bits, c.mem_density,
                    c.arith_density, c.mac_area, wmb, kvmb, c.lmul_mac_area, c.lmul_arith_density);
             if (syn) printf(", \"synth_area_lane\": %.2f, \"synth_luts_lane\": %.2f, \"synth_density_vs_mxint8\": %.4f", sa, sl, base_area / sa);
+            if (syn && f32_area > 0) printf(", \"synth_density_vs_fp32\": %.4f", f32_area / sa);
             printf("}%s\n", i + 1 < n ? "," : "");
         } else {
             printf("%-14s %8.3f %8.2fx %9.2fx %10.1f", names[i], c.w_bits, c.mem_density, c.arith_density, c.mac_area);
             if (c.lmul_mac_area > 0) printf(" %9.1f %8.2fx", c.lmul_mac_area, c.lmul_arith_density);
             else printf(" %9s %9s", "-", "-");
             if (m) printf(" %11.2f %11.2f", wmb, kvmb);
-            if (syn) printf(" %11.1f %10.1f %12.2fx", sa, sl, base_area / sa);
-            else if (a.synth) printf(" %11s %10s %13s", "-", "-", "-");
+            if (syn) printf(" %11.1f %10.1f %9.2fx", sa, sl, base_area / sa);
+            if (syn && f32_area > 0) printf(" %9.2fx", f32_area / sa);
+            else if (a.synth && !syn) printf(" %11s %10s %10s", "-", "-", "-");
             printf("\n");
         }
     }
@@ -368,13 +387,17 @@ int cmd_search(int argc, char **argv)
     char names[32][64];
     int nf = split_formats("search", a.formats, names, 32);
     if (nf < 0) return EXIT_BADINPUT;
-    double bits[32], area[32], fp32_area = fmt_area("fp32");
+    /* arithmetic density against float32: the hand-counted MAC area, or (--cost synth)
+     * the synthesised area per lane of the generated hardware against a float32 FMA */
+    double bits[32], area[32], fp32_area = fmt_area("fp32"), luts;
     int cheapest = 0;
     for (int f = 0; f < nf; f++) {
         bits[f] = cli_format_bits(names[f]);
         area[f] = fmt_area(names[f]);
+        if (a.synth && synth_area("search", names[f], &area[f], &luts)) return EXIT_BADINPUT;
         if (bits[f] < bits[cheapest]) cheapest = f;
     }
+    if (a.synth && synth_area("search", "fp32", &fp32_area, &luts)) return EXIT_BADINPUT;
     if (a.budget < bits[cheapest])
         return cli_error("search", "impossible budget %.3f bits: the cheapest format given, %s, takes %.3f bits per element",
                          a.budget, names[cheapest], bits[cheapest]);
@@ -472,8 +495,11 @@ int cmd_search(int argc, char **argv)
         char *md = NULL;
         md = cli_appendf(md, &len, &cp, "Search on %s (%s, ctx %d, %d windows), budget %.3f bits/element, formats %s, "
                          "%d trials, seed %llu. float32 calibration ppl %.3f.\n\n"
+                         "Arithmetic density: %s.\n\n"
                          "| point | avg bits (W=A) | arith density vs fp32 | calibration ppl | Pareto | config |\n|---|---|---|---|---|---|\n",
-                         a.model, a.text, a.ctx, a.chunks, a.budget, a.formats, a.trials, (unsigned long long)a.seed, exp(base));
+                         a.model, a.text, a.ctx, a.chunks, a.budget, a.formats, a.trials, (unsigned long long)a.seed, exp(base),
+                         a.synth ? "synthesised area per lane (blockq rtl, Yosys gates) against a float32 FMA's"
+                                 : "the hand-counted MAC area (docs/cost-model.md) against float32's");
         for (int i = 0; i < np && md; i++) {
             char cfg[4300] = "";
             if (pts[i].pareto || i == 0 || i == best_trial) {
@@ -539,10 +565,19 @@ int cmd_search(int argc, char **argv)
             char *svg = svg_scatter(Bt, L, lb, hl, np, exp(base), title, "average bits per element (W=A, parameter-weighted)",
                                     "calibration perplexity (log scale)");
             snprintf(path, sizeof path, "%s.svg", a.out);
-            rc = cli_save("search", path, svg, svg ? strlen(svg) : 0);
+            rc = cli_save("search", path, svg, svg ? strlen(svg) : 0);  /* frees svg */
+            /* the same points against arithmetic density, from the chosen cost */
+            snprintf(title, sizeof title, "Mixed-precision search: calibration ppl vs arithmetic density (%s; red: Pareto front)",
+                     a.synth ? "synthesised" : "hand model");
+            svg = svg_scatter(D, L, lb, hl, np, exp(base), title, "arithmetic density vs float32 (parameter-weighted)",
+                              "calibration perplexity (log scale)");
+            snprintf(path, sizeof path, "%s-density.svg", a.out);
+            int rc2 = cli_save("search", path, svg, svg ? strlen(svg) : 0);
+            rc = rc ? rc : rc2;
             free(lb);
         }
-        if (!rc) printf("wrote %s.md, %s.json, %s.svg and %s-p*.toml (%d Pareto points)\n", a.out, a.out, a.out, a.out, nfront);
+        if (!rc) printf("wrote %s.md, %s.json, %s.svg, %s-density.svg and %s-p*.toml (%d Pareto points)\n", a.out, a.out, a.out, a.out,
+                        a.out, nfront);
         free(L); free(Bt); free(D); free(front); free(hl);
     }
     for (int i = 0; i < np; i++) free(pts[i].choose);

@@ -10,7 +10,7 @@
  * product of the two dequantised blocks: what the library's float32 dequantisation
  * gives wherever float32 can hold it (checked for every vector written). */
 #include "rtl.h"
-#include "qkern.h"
+#include "rtl_impl.h"
 #include <errno.h>
 #include <float.h>
 #include <math.h>
@@ -39,6 +39,7 @@ typedef struct {
 struct rtl_design {
     side s[2];
     int K, pipe, LW, W;
+    int fma;  /* a float FMA chain (fma.c) instead of a block dot product */
     char name[160];
 };
 
@@ -53,7 +54,7 @@ static bq_status analyse_elements(side *s)
     const elem_t *e = &f->el;
     if (e->kind == EK_FP32 || e->bits > 8)
         return bq_fail(BQ_ERR_UNSUPPORTED, "rtl: %s has %d-bit elements; the generator decodes elements of up to 8 bits "
-                       "(bf16/fp32 baselines are not generated yet)", f->name, e->bits);
+                       "(and IEEE fp32/bf16/fp16 as FMA chains)", f->name, e->bits);
     s->eb = e->bits;
     if (e->kind == EK_MF) { s->M = e->mbits + 1; s->L0 = e->emin - e->mbits; }
     else if (e->kind == EK_INT) { s->M = bits_for((uint64_t)(e->hi > -e->lo ? e->hi : -e->lo)); s->L0 = -e->frac; }
@@ -104,9 +105,12 @@ static bq_status analyse_scale(side *s)
     const bq_format *f = s->f;
     switch (f->sch) {
     case SCH_ELEM: s->stype = 0; s->sb = 0; return BQ_OK;
-    case SCH_INT:
-        return bq_fail(BQ_ERR_UNSUPPORTED, "rtl: %s has float32 scales per tensor, row or group; the generator takes block "
-                       "scales (powers of two or minifloats of up to 16 bits)", f->name);
+    case SCH_INT:  /* the float32 scale multiplies once per tensor, row or group, outside the integer lanes */
+        if (f->asym)
+            return bq_fail(BQ_ERR_UNSUPPORTED, "rtl: %s has zero points; the generator takes symmetric integer grids", f->name);
+        s->stype = 0;
+        s->sb = 0;
+        return BQ_OK;
     case SCH_MX: case SCH_BFP: case SCH_BM: case SCH_BL: {
         s->stype = 1;
         s->sb = f->scale_bits;
@@ -181,9 +185,21 @@ bq_status rtl_new(const char *w, const char *a, int lanes, int pipeline, rtl_des
     bq_status st = BQ_OK;
     for (int i = 0; i < 2 && !st; i++) {
         d->s[i].tag = i ? 'a' : 'w';
-        if (!(st = bq_format_parse(names[i], &d->s[i].f)) && !(st = analyse_elements(&d->s[i]))) st = analyse_scale(&d->s[i]);
+        st = bq_format_parse(names[i], &d->s[i].f);
     }
+    /* 16- and 32-bit floats: the FMA baselines */
+    for (int i = 0; i < 2 && !st && !d->fma; i++) d->fma = d->s[i].f->el.kind == EK_FP32 || d->s[i].f->el.bits > 8;
+    if (!st && d->fma) {
+        int E, M;
+        if (!(st = rtl_float_side(d->s[0].f, &E, &M)) && !(st = rtl_float_side(d->s[1].f, &E, &M)) && pipeline)
+            st = bq_fail(BQ_ERR_UNSUPPORTED, "rtl: the float FMA chain is generated combinational only (no --pipeline)");
+        d->K = lanes ? lanes : 1;  /* one FMA a cycle into the fed-back accumulator; --lanes chains more */
+        snprintf(d->name, sizeof d->name, "bq_fma_%s_%s", d->s[0].f->name, d->s[1].f->name);
+    }
+    for (int i = 0; i < 2 && !st && !d->fma; i++)
+        if (!(st = analyse_elements(&d->s[i]))) st = analyse_scale(&d->s[i]);
     if (st) { rtl_free(d); return st; }
+    if (d->fma) { *out = d; return BQ_OK; }
     int kw = d->s[0].stype ? d->s[0].f->block : 0, ka = d->s[1].stype ? d->s[1].f->block : 0;
     if (kw && ka && kw != ka) st = bq_fail(BQ_ERR_ARG, "rtl: blocks of %d (%s) and %d (%s) do not pair", kw, names[0], ka, names[1]);
     d->K = kw ? kw : ka ? ka : lanes ? lanes : 32;
@@ -212,7 +228,12 @@ void rtl_free(rtl_design *d)
 }
 
 const char *rtl_module_name(const rtl_design *d) { return d->name; }
-void rtl_widths(const rtl_design *d, int *acc_bits, int *ex_bits, int *lanes) { *acc_bits = d->W; *ex_bits = XW; *lanes = d->K; }
+void rtl_widths(const rtl_design *d, int *acc_bits, int *ex_bits, int *lanes)
+{
+    *acc_bits = d->fma ? 32 : d->W;
+    *ex_bits = d->fma ? 0 : XW;
+    *lanes = d->K;
+}
 
 /* ---- the module ---------------------------------------------------------------------- */
 
@@ -359,6 +380,7 @@ static void put_bits(bitbuf *b, unsigned __int128 v, int w)  /* most significant
 static int check_library(const side *s, int K, uint32_t sc, const uint8_t *codes, int *compared)
 {
     const bq_format *f = s->f;
+    if (f->sch == SCH_INT) return 0;  /* its elements are pack_elem_value's; the float32 scale is outside the module */
     size_t hb = pack_header_bytes(f), rb = pack_row_bytes(f, (size_t)K);
     uint8_t *buf = calloc(hb + rb + 8, 1);
     float *v = malloc((size_t)K * sizeof *v), one = 1.0f;
@@ -396,7 +418,8 @@ bq_status rtl_write(const rtl_design *d, const char *dir, int nvec, uint64_t see
     size_t tlen = 0;
     FILE *o = open_memstream(&text, &tlen);
     if (!o) return bq_fail(BQ_ERR_NOMEM, "out of memory");
-    emit_module(o, d);
+    if (d->fma) rtl_fma_emit(o, d->name, d->s[0].f, d->s[1].f, d->K);
+    else emit_module(o, d);
     fclose(o);
     snprintf(path, sizeof path, "%s/%s.v", dir, d->name);
     void *old = NULL;
@@ -406,6 +429,7 @@ bq_status rtl_write(const rtl_design *d, const char *dir, int nvec, uint64_t see
     bq_status st = *changed ? bq_write_file_atomic(path, text, tlen) : BQ_OK;
     free(text);
     if (st) return st;
+    if (d->fma) return rtl_fma_write_tests(dir, d->name, d->s[0].f, d->s[1].f, d->K, nvec, seed);
     /* the vectors: random codes (NaN codes included), then adversarial blocks */
     snprintf(path, sizeof path, "%s/%s_vectors.hex", dir, d->name);
     if (!(o = fopen(path, "w"))) return bq_fail(BQ_ERR_IO, "%s: %s", path, strerror(errno));
