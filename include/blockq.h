@@ -205,6 +205,10 @@ BQ_API bq_status bq_model_quantize(bq_model *m, const bq_qconfig *q, int strict)
  * quantising a model of the same shape with this config then weighs each
  * weight's error by its input's energy (--ptq clip). Never the test text. */
 BQ_API bq_status bq_qconfig_calibrate(bq_qconfig *q, const bq_model *m, const int32_t *ids, size_t n, int ctx, int chunks);
+/* 1 when the config's post-training algorithms use calibration statistics (clip,
+ * gptq, awq, smoothquant; however they were set: --ptq or a TOML's ptq key), 0 when
+ * none does (rotate, lorc, none). */
+BQ_API int bq_qconfig_needs_calibration(const bq_qconfig *q);
 /* Where a config's warnings go (a pattern that matches no tensor, without strict):
  * fn(arg, message); the default (fn NULL) prints them on standard error. */
 BQ_API void bq_qconfig_set_warn(bq_qconfig *q, void (*fn)(void *arg, const char *msg), void *arg);

@@ -184,6 +184,11 @@ b=$($B ppl --model $M $PQ --text data/wikitext-2-test.txt --ctx 128 --chunks 2 2
 [ -n "$a" ] && [ "$a" = "$b" ] && ok || bad "--ptq rotate,smoothquant,gptq: the .bq scores '$a', the model in memory '$b'"
 expect_fail 2 "LoRC factors (--ptq lorc), which a .bq file does not store yet" -- $B quantize --model $M --wq int4_g128 --ptq lorc:4 --out "$T/lorc.bq"
 [ ! -e "$T/lorc.bq" ] && ok || bad "a refused .bq was written"
+# the algorithms asked for in a config file calibrate like --ptq (they used to run on no statistics)
+printf 'ptq = "gptq"\ndefault = { w = "int4_g128" }\n' >"$T/ptq.toml"
+a=$($B ppl --model $M --text data/wikitext-2-test.txt --ctx 64 --chunks 1 --config "$T/ptq.toml" --calib-chunks 1 --calib-ctx 128 2>/dev/null | grep "^ppl")
+b=$($B ppl --model $M --text data/wikitext-2-test.txt --ctx 64 --chunks 1 --wq int4_g128 --ptq gptq --calib-chunks 1 --calib-ctx 128 2>/dev/null | grep "^ppl")
+[ -n "$a" ] && [ "$a" = "$b" ] && ok || bad "ptq in a config: '$a', --ptq: '$b'"
 expect_fail 2 "unknown post-training algorithm 'hqq'" -- $B ppl --model $M --text data/wikitext-2-test.txt --wq q4_0 --ptq hqq
 expect_fail 2 "gptq: int4_row has a scale per row" -- $B ppl --model $M --text data/wikitext-2-test.txt --wq int4_row --ptq gptq --calib-chunks 1 --calib-ctx 64
 

@@ -112,16 +112,6 @@ static int wants_quant(const model_args *a)
 }
 
 /* Every algorithm but rotate and lorc weighs by calibration statistics. */
-static int needs_calibration(const char *list)
-{
-    for (const char *t = list; *t; t += strcspn(t, ","), t += *t == ',') {
-        size_t n = strcspn(t, ",:");
-        if (!((n == 6 && !strncmp(t, "rotate", 6)) || (n == 4 && !strncmp(t, "lorc", 4)) || (n == 4 && !strncmp(t, "none", 4))))
-            return 1;
-    }
-    return 0;
-}
-
 /* --ptq: statistics from the calibration text (--calib, else the bundled WikiText-2
  * validation text where it is, never the test text) on the float model. */
 static bq_status calibrate(const char *cmd, const model_args *a, const bq_model *m, bq_qconfig *q)
@@ -140,7 +130,7 @@ static bq_status calibrate(const char *cmd, const model_args *a, const bq_model 
     if (!(st = bq_tokenizer_from_model(m, &t)) && !(st = bq_tokenize(t, text, len, &ids, &n))) {
         double t0 = bq_now();
         st = bq_qconfig_calibrate(q, m, ids, n, a->calib_ctx, a->calib_chunks);
-        const char *ptq = a->role[ROLE_PTQ];
+        const char *ptq = a->role[ROLE_PTQ] ? a->role[ROLE_PTQ] : "";  /* NULL when the ptq came from --config */
         if (!st && (!strncmp(ptq, "rotate", 6) || strstr(ptq, ",rotate")))
             fprintf(stderr, "blockq %s: calibration on %s (up to %d windows of %d tokens) runs after the rotation\n", cmd,
                     path, a->calib_chunks, a->calib_ctx);
@@ -174,7 +164,7 @@ static int load_model(const char *cmd, const model_args *a, bq_model **m)
     if (!wants_quant(a)) return 0;
     bq_qconfig *q;
     if ((st = cli_qconfig(roles, a->role, NROLES, a->config, a->round_set, a->round, a->seed, &q))) return cli_status(cmd, st);
-    if (!st && a->role[ROLE_PTQ] && needs_calibration(a->role[ROLE_PTQ])) st = calibrate(cmd, a, *m, q);
+    if (!st && bq_qconfig_needs_calibration(q)) st = calibrate(cmd, a, *m, q);  /* --ptq or the config's ptq key */
     if (!st) st = a->packed ? bq_model_pack(*m, q, a->strict) : bq_model_quantize(*m, q, a->strict);
     bq_qconfig_free(q);
     if (st) {

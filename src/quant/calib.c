@@ -149,6 +149,11 @@ bq_status calib_run(const bq_model *m, const int32_t *ids, size_t windows, int c
 
 /* With rotate, the statistics must be those of the rotated model: the windows are
  * kept, and quantising runs them after rotating (qconfig.c). */
+int bq_qconfig_needs_calibration(const bq_qconfig *q)
+{
+    return q && (q->ptq_clip || q->ptq_gptq || q->ptq_awq || q->ptq_smooth);
+}
+
 bq_status bq_qconfig_calibrate(bq_qconfig *q, const bq_model *m, const int32_t *ids, size_t n, int ctx, int chunks)
 {
     if (ctx < 2 || chunks < 1) return bq_fail(BQ_ERR_ARG, "calibration needs windows of at least 2 tokens");
