@@ -1,5 +1,5 @@
 #!/bin/sh
-# The CLI over MPI ranks (issue 21): `mpirun -np N blockq ppl|sweep` gives the same
+# The CLI over MPI ranks (issue 21): `mpirun -np N blockq ppl|sweep|sensitivity|search` gives the same
 # bits as one process for N = 1, 2, 3 (more ranks than windows or formats too), a
 # format that fails on one rank is reported by name, and a bad argument stops every
 # rank before any work. SKIP where blockq was built without MPI or mpirun cannot start.
@@ -54,12 +54,26 @@ for np in 2 3; do
     cmp -s "$T/n0.md" "$T/n$np.md" && cmp -s "$T/n0.json" "$T/n$np.json" && ok || bad "sensitivity -np $np: tables differ from one process's"
 done
 echo "  sensitivity over 2, 3 ranks: tables identical to one process"
+# search: the knapsack point, the uniform baselines and the trials dealt over the ranks, the same tables and
+# configs; a rerun under another rank count resumes every trial from the log the ranks appended to
+SR="--model $M --text $TXT --ctx 32 --chunks 1 --threads 1 --formats bfp4_b16,mxfp6_e2m3,bfp8_b16 --budget 6 --trials 5 --seed 3"
+for np in 0 2 3; do
+    pre=""; [ $np -gt 0 ] && pre="$RUN -np $np"
+    (cd "$T" && $pre "$B" search $SR --out q$np >/dev/null 2>"$T/qerr$np") || bad "search -np $np failed: $(tail -1 "$T/qerr$np")"
+done
+for np in 2 3; do
+    sed "s/q$np/q0/g" "$T/q$np.md" | cmp -s "$T/q0.md" - && cmp -s "$T/q0.json" "$T/q$np.json" && cmp -s "$T/q0-p0.toml" "$T/q$np-p0.toml" &&
+        [ "$(sort "$T/q0-trials.txt")" = "$(sort "$T/q$np-trials.txt")" ] && ok || bad "search -np $np: results differ from one process's"
+done
+(cd "$T" && $RUN -np 2 "$B" search $SR --out q3 >/dev/null 2>"$T/qerr") && grep -q "5 trials resumed" "$T/qerr" &&
+    cmp -s "$T/q0.json" "$T/q3.json" && ok || bad "search -np 2 after -np 3 did not resume its trials: $(cat "$T/qerr")"
+echo "  search over 2, 3 ranks: tables, JSON, configs and trials identical to one process; resumed across rank counts"
 # bad input: every rank stops before any work, the same message, exit 2
 $RUN -np 2 "$B" ppl --model $M --text $TXT --ctx 1 >/dev/null 2>"$T/e"; rc=$?
 [ $rc -ne 0 ] && grep -q "bad --ctx" "$T/e" && ok || bad "ppl --ctx 1 under mpirun: exit $rc, $(tail -1 "$T/e")"
 $RUN -np 2 "$B" ppl --model $M --text $TXT --kld >/dev/null 2>"$T/e"; rc=$?
 [ $rc -ne 0 ] && grep -q "not spread over MPI ranks" "$T/e" && ok || bad "ppl --kld under mpirun: exit $rc, $(tail -1 "$T/e")"
-for c in "search --text $TXT --formats mxfp4 --budget 4" "eval --tasks x.jsonl"; do
+for c in "eval --tasks x.jsonl"; do
     $RUN -np 2 "$B" $c --model $M >/dev/null 2>"$T/e"; rc=$?
     [ $rc -ne 0 ] && grep -q "not spread over MPI ranks" "$T/e" && ok || bad "${c%% *} under mpirun: exit $rc, $(tail -1 "$T/e")"
 done

@@ -307,7 +307,7 @@ int cmd_sensitivity(int argc, char **argv)
 
 /* ---- blockq search ---- */
 
-typedef struct { int *choose; double nll, bits, density; char kind[24]; int pareto; } spoint;
+typedef struct { int *choose; double nll, bits, density; char kind[80]; int pareto; } spoint;
 
 /* Parameter-weighted bits and density of an assignment. */
 static void assign_cost(int nl, const int *choose, const size_t *params, const double *bits, const double *area,
@@ -382,8 +382,6 @@ int cmd_search(int argc, char **argv)
     if (!a.model || !a.text || !a.formats || isnan(a.budget))
         return cli_error("search", "usage: blockq search --model DIR --text CALIB --formats F1,F2,... --budget BITS "
                                    "[--ctx S] [--chunks N] [--trials T] [--seed S] [--test FILE --test-chunks N] [--out PREFIX] [--device cpu|cuda|auto]");
-    if (cli_mpi_size() > 1)  /* every rank would run the whole search and append to one trials log */
-        return cli_error("search", "search is not spread over MPI ranks yet: run it without mpirun (sensitivity and sweep are)");
     char names[32][64];
     int nf = split_formats("search", a.formats, names, 32);
     if (nf < 0) return EXIT_BADINPUT;
@@ -428,53 +426,67 @@ int cmd_search(int argc, char **argv)
     if ((st = eval_assign(&e, nl, NULL, names, &base, NULL))) rc = cli_status("search", st);
     if (!rc) rc = measure_sensitivity("search", &e, nl, nf, names, base, sens);
 
-    /* (a) knapsack on the measured sensitivities */
+    /* The points: (a) the knapsack on the measured sensitivities, the uniform
+     * baselines, (b) seeded random samples. All ranks make the same assignments;
+     * point j is scored by rank j % ranks (trials already in PREFIX-trials.txt are
+     * read back instead: an interrupted search resumes) and the scores are summed
+     * with every entry from one rank, so the result is the same for any rank count. */
+    const int rank = cli_mpi_rank(), ranks = cli_mpi_size();
+    for (int j = 0; j < cap && !rc; j++)
+        if (!(pts[j].choose = malloc((size_t)nl * sizeof *pts[j].choose))) rc = cli_error("search", "out of memory");
+    if (!rc && (st = bq_knapsack(nl, nf, sens, params, bits, a.budget, 4096, pts[0].choose, NULL))) rc = cli_status("search", st);
     if (!rc) {
-        spoint *p = &pts[np];
-        p->choose = malloc((size_t)nl * sizeof *p->choose);
-        if ((st = bq_knapsack(nl, nf, sens, params, bits, a.budget, 4096, p->choose, NULL))) rc = cli_status("search", st);
-        else if ((st = eval_assign(&e, nl, p->choose, names, &p->nll, NULL))) rc = cli_status("search", st);
-        else { snprintf(p->kind, sizeof p->kind, "knapsack"); np++; }
+        snprintf(pts[0].kind, sizeof pts[0].kind, "knapsack");
+        for (int f = 0; f < nf; f++) {
+            for (int i = 0; i < nl; i++) pts[1 + f].choose[i] = f;
+            snprintf(pts[1 + f].kind, sizeof pts[1 + f].kind, "uniform %.63s", names[f]);
+        }
+        uint64_t rng = a.seed * 0x9e3779b97f4a7c15ull + 0x2545f4914f6cdd1dull;
+        for (int k = 0; k < a.trials; k++) {
+            sample_assign(&rng, nl, nf, params, bits, a.budget, cheapest, pts[1 + nf + k].choose);
+            snprintf(pts[1 + nf + k].kind, sizeof pts[1 + nf + k].kind, "trial %d", k);
+        }
+        np = cap;
     }
-    /* uniform baselines */
-    for (int f = 0; f < nf && !rc; f++) {
-        spoint *p = &pts[np];
-        p->choose = malloc((size_t)nl * sizeof *p->choose);
-        for (int i = 0; i < nl; i++) p->choose[i] = f;
-        if ((st = eval_assign(&e, nl, p->choose, names, &p->nll, NULL))) rc = cli_status("search", st);
-        else { snprintf(p->kind, sizeof p->kind, "uniform %s", names[f]); np++; }
-    }
-    /* (b) seeded random sampling; trials append to PREFIX-trials.txt so an
-     * interrupted search resumes where it stopped */
     char path[4200];
     snprintf(path, sizeof path, "%s-trials.txt", a.out);
     FILE *prev = fopen(path, "r");
-    FILE *log = rc ? NULL : fopen(path, "a");
-    uint64_t rng = a.seed * 0x9e3779b97f4a7c15ull + 0x2545f4914f6cdd1dull;
+    FILE *log = rc ? NULL : fopen(path, "a");  /* ranks append whole lines, each with one write */
     int reused = 0;
-    for (int k = 0; k < a.trials && !rc; k++) {
-        spoint *p = &pts[np];
-        p->choose = malloc((size_t)nl * sizeof *p->choose);
-        sample_assign(&rng, nl, nf, params, bits, a.budget, cheapest, p->choose);
-        if (read_trial(prev, k, nl, p->choose, &p->nll)) reused++;
-        else {
-            if ((st = eval_assign(&e, nl, p->choose, names, &p->nll, NULL))) { rc = cli_status("search", st); break; }
-            if (log) {
-                fprintf(log, "trial %d nll %.10f choose ", k, p->nll);
-                for (int i = 0; i < nl; i++) fprintf(log, "%d%s", p->choose[i], i + 1 < nl ? "," : "\n");
-                fflush(log);
-            }
+    for (int j = 0; j < np && !st; j++) {
+        if (j % ranks != rank) continue;
+        int k = j - 1 - nf;  /* the trial's number, when j is a trial */
+        if (k >= 0 && read_trial(prev, k, nl, pts[j].choose, &pts[j].nll)) { reused++; continue; }
+        if ((st = eval_assign(&e, nl, pts[j].choose, names, &pts[j].nll, NULL))) break;
+        if (k >= 0 && log) {
+            char line[16384];
+            int n = snprintf(line, sizeof line, "trial %d nll %.10f choose ", k, pts[j].nll);
+            for (int i = 0; i < nl && n < (int)sizeof line - 16; i++)
+                n += snprintf(line + n, sizeof line - (size_t)n, "%d%s", pts[j].choose[i], i + 1 < nl ? "," : "\n");
+            fputs(line, log);
+            fflush(log);
         }
-        snprintf(p->kind, sizeof p->kind, "trial %d", k);
-        np++;
-        if (isatty(2)) fprintf(stderr, "\rsearch: trial %d/%d (%d resumed)", k + 1, a.trials, reused);
+        if (isatty(2) && rank == 0 && k >= 0) fprintf(stderr, "\rsearch: trial %d/%d (%d resumed)", k + 1, a.trials, reused);
     }
-    if (a.trials && isatty(2)) fprintf(stderr, "\n");
-    if (reused) fprintf(stderr, "search: %d trials resumed from %s\n", reused, path);
+    if (a.trials && isatty(2) && rank == 0) fprintf(stderr, "\n");
     if (prev) fclose(prev);
     if (log) fclose(log);
-
+    if (st && ranks > 1) fprintf(stderr, "blockq search: rank %d of %d: %s\n", rank, ranks, bq_last_error());
+    if (!rc && cli_mpi_max(st != BQ_OK)) rc = st ? cli_status("search", st) : EXIT_FAILURE;
     if (!rc) {
+        double *nll = malloc((size_t)np * sizeof *nll);
+        if (!nll) rc = cli_error("search", "out of memory");
+        for (int j = 0; j < np && nll; j++) nll[j] = j % ranks == rank ? pts[j].nll : 0.0;
+        if (nll) cli_mpi_sum(nll, (size_t)np);
+        for (int j = 0; j < np && nll; j++) pts[j].nll = nll[j];
+        free(nll);
+        double r = reused;
+        cli_mpi_sum(&r, 1);
+        reused = (int)r;
+        if (reused && rank == 0) fprintf(stderr, "search: %d trials resumed from %s\n", reused, path);
+    }
+
+    if (!rc && rank == 0) {  /* only rank 0 writes */
         double *L = malloc((size_t)np * sizeof *L), *Bt = malloc((size_t)np * sizeof *Bt), *D = malloc((size_t)np * sizeof *D);
         int *front = malloc((size_t)np * sizeof *front), *hl = calloc((size_t)np, sizeof *hl);
         for (int i = 0; i < np; i++) {
@@ -580,8 +592,7 @@ int cmd_search(int argc, char **argv)
                         a.out, nfront);
         free(L); free(Bt); free(D); free(front); free(hl);
     }
-    for (int i = 0; i < np; i++) free(pts[i].choose);
-    if (np < cap && pts[np].choose) free(pts[np].choose);
+    for (int i = 0; i < cap && pts; i++) free(pts[i].choose);
     free(pts);
     free(sens);
     free(params);
