@@ -187,9 +187,9 @@ int cmd_rtl(int argc, char **argv)
         if ((rc = synthesise(out, name, changed, &sr))) goto done;
     }
     if (json)
-        printf("{\"module\": \"%s\", \"w\": \"%s\", \"a\": \"%s\", \"lanes\": %d, \"pipeline\": %d, \"acc_bits\": %d, \"check\": %s, "
+        printf("{\"module\": \"%s\", \"w\": \"%s\", \"a\": \"%s\", \"lanes\": %d, \"block\": %d, \"fma\": %s, \"pipeline\": %d, \"acc_bits\": %d, \"check\": %s, "
                "\"cells\": %.0f, \"area\": %.1f, \"depth\": %.0f, \"ice40_luts\": %.0f, \"ice40_carries\": %.0f}\n",
-               name, fw, fa ? fa : fw, K, pipe, acc_bits, passed < 0 ? "null" : passed ? "true" : "false", sr.cells, sr.area,
+               name, fw, fa ? fa : fw, K, rtl_block(d), ex_bits ? "false" : "true", pipe, acc_bits, passed < 0 ? "null" : passed ? "true" : "false", sr.cells, sr.area,
                sr.depth, sr.luts, sr.carries);
     else {
         if (ex_bits) printf("%s/%s.v: %s x %s, %d-bit exact accumulator%s\n", out, name, fw, fa ? fa : fw, acc_bits, pipe ? ", pipelined" : "");

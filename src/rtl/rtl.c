@@ -228,6 +228,8 @@ void rtl_free(rtl_design *d)
 }
 
 const char *rtl_module_name(const rtl_design *d) { return d->name; }
+int rtl_block(const rtl_design *d) { return !d->fma && (d->s[0].stype || d->s[1].stype) ? d->K : 0; }
+
 void rtl_widths(const rtl_design *d, int *acc_bits, int *ex_bits, int *lanes)
 {
     *acc_bits = d->fma ? 32 : d->W;

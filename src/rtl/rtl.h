@@ -25,5 +25,9 @@ const char *rtl_module_name(const rtl_design *d);
 bq_status rtl_write(const rtl_design *d, const char *dir, int nvec, uint64_t seed, int *changed);
 /* Accumulator and exponent widths, for reports. */
 void rtl_widths(const rtl_design *d, int *acc_bits, int *ex_bits, int *lanes);
+/* The block length when a shared scale closes each block (its result then goes into a
+ * float accumulator once a block); 0 for element formats, per-row/group integer
+ * lanes (their exact sum runs on) and the float FMA chains. */
+int rtl_block(const rtl_design *d);
 
 #endif
