@@ -321,6 +321,13 @@ typedef struct {
     void (*on_item)(void *arg, size_t index, const double *ll, int n);
     void *arg;
     int device;      /* as bq_ctx_opts.device */
+    /* score only the items whose index i has i % parts == part (parts 0 or 1: all);
+     * the other items are still read and checked. For spreading a file over processes:
+     * collect each scored item with on_score and combine with bq_eval_summarise. */
+    int part, parts;
+    /* each scored item (may be NULL): acc (0 or 1), then acc_norm (multiple choice)
+     * or the target's log-likelihood (cloze); arg as on_item's */
+    void (*on_score)(void *arg, size_t index, double acc, double second);
 } bq_eval_opts;
 
 /* Multiple choice ({"context", "choices", "gold"}): acc and acc_norm (the choice's
@@ -338,6 +345,10 @@ typedef struct {
  * the file and line. */
 BQ_API bq_status bq_eval_file(const bq_model *m, const bq_tokenizer *t, const char *path, const bq_eval_opts *o,
                               bq_eval_result *r);
+/* The result's accuracies, standard errors and ppl from per-item scores in item
+ * order (acc[i], second[i] as on_score gives them); kind, items and the timing
+ * fields are left as they are. */
+BQ_API void bq_eval_summarise(int multiple_choice, const double *acc, const double *second, size_t n, bq_eval_result *r);
 
 /* ---- generation ----------------------------------------------------------- */
 

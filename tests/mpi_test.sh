@@ -1,5 +1,5 @@
 #!/bin/sh
-# The CLI over MPI ranks (issue 21): `mpirun -np N blockq ppl|sweep|sensitivity|search` gives the same
+# The CLI over MPI ranks (issue 21): `mpirun -np N blockq ppl|sweep|sensitivity|search|eval` gives the same
 # bits as one process for N = 1, 2, 3 (more ranks than windows or formats too), a
 # format that fails on one rank is reported by name, and a bad argument stops every
 # rank before any work. SKIP where blockq was built without MPI or mpirun cannot start.
@@ -68,13 +68,21 @@ done
 (cd "$T" && $RUN -np 2 "$B" search $SR --out q3 >/dev/null 2>"$T/qerr") && grep -q "5 trials resumed" "$T/qerr" &&
     cmp -s "$T/q0.json" "$T/q3.json" && ok || bad "search -np 2 after -np 3 did not resume its trials: $(cat "$T/qerr")"
 echo "  search over 2, 3 ranks: tables, JSON, configs and trials identical to one process; resumed across rank counts"
+# eval: items dealt over the ranks, scores gathered in item order: the same numbers as one process
+TD=$(pwd)/tests/data
+for np in 0 2 3; do
+    pre=""; [ $np -gt 0 ] && pre="$RUN -np $np"
+    $pre "$B" eval --model $M --tasks "$TD/mc_tiny.jsonl,$TD/cloze_tiny.jsonl" --threads 1 --json 2>"$T/eerr$np" |
+        sed 's/"seconds": [0-9.]*, "tokens_per_second": [0-9.]*//' >"$T/e$np.json"
+    grep -q '"kind": "multiple_choice"' "$T/e$np.json" && grep -q '"kind": "cloze"' "$T/e$np.json" || bad "eval -np $np: $(tail -1 "$T/eerr$np")"
+done
+for np in 2 3; do cmp -s "$T/e0.json" "$T/e$np.json" && ok || bad "eval -np $np differs: $(cat "$T/e0.json" "$T/e$np.json")"; done
+echo "  eval over 2, 3 ranks: accuracies, errors, ppl and token counts identical to one process"
 # bad input: every rank stops before any work, the same message, exit 2
 $RUN -np 2 "$B" ppl --model $M --text $TXT --ctx 1 >/dev/null 2>"$T/e"; rc=$?
 [ $rc -ne 0 ] && grep -q "bad --ctx" "$T/e" && ok || bad "ppl --ctx 1 under mpirun: exit $rc, $(tail -1 "$T/e")"
 $RUN -np 2 "$B" ppl --model $M --text $TXT --kld >/dev/null 2>"$T/e"; rc=$?
 [ $rc -ne 0 ] && grep -q "not spread over MPI ranks" "$T/e" && ok || bad "ppl --kld under mpirun: exit $rc, $(tail -1 "$T/e")"
-for c in "eval --tasks x.jsonl"; do
-    $RUN -np 2 "$B" $c --model $M >/dev/null 2>"$T/e"; rc=$?
-    [ $rc -ne 0 ] && grep -q "not spread over MPI ranks" "$T/e" && ok || bad "${c%% *} under mpirun: exit $rc, $(tail -1 "$T/e")"
-done
+$RUN -np 2 "$B" eval --tasks "$T/nosuch.jsonl" --model $M >/dev/null 2>"$T/e"; rc=$?
+[ $rc -ne 0 ] && grep -q "nosuch.jsonl" "$T/e" && ok || bad "eval of a missing file under mpirun: exit $rc, $(tail -1 "$T/e")"
 summary

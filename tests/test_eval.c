@@ -113,6 +113,44 @@ static void expect(const char *content, const char *msg)
     unlink(p);
 }
 
+/* Items dealt over parts (how eval runs under mpirun): the scores gathered in item
+ * order and summarised give the whole file's numbers, bit for bit. */
+typedef struct { double acc[64], second[64]; int seen[64]; } gathered;
+static void gather(void *arg, size_t index, double acc, double second)
+{
+    gathered *g = arg;
+    if (index < 64) { g->acc[index] = acc; g->second[index] = second; g->seen[index]++; }
+}
+
+static void test_parts(const char *path, int mc)
+{
+    bq_eval_opts o = {.size = sizeof o, .max_ctx = 512};
+    bq_eval_result whole, r;
+    OK(bq_eval_file(M, T, path, &o, &whole));
+    gathered g = {0};
+    size_t tokens = 0;
+    for (int part = 0; part < 3; part++) {
+        bq_eval_opts p = {.size = sizeof p, .max_ctx = 512, .part = part, .parts = 3, .on_score = gather, .arg = &g};
+        OK(bq_eval_file(M, T, path, &p, &r));
+        tokens += r.tokens_computed;
+    }
+    double a[64], b[64];
+    size_t n = 0;
+    int once = 1;
+    for (int i = 0; i < 64; i++) {
+        once &= g.seen[i] <= 1;
+        if (g.seen[i]) { a[n] = g.acc[i]; b[n] = g.second[i]; n++; }
+    }
+    r = whole;
+    bq_eval_summarise(mc, a, b, n, &r);
+    CHECK(once && n == whole.items && tokens == whole.tokens_computed, "%s: %zu items in 3 parts (%zu whole), every item once: %d",
+          path, n, whole.items, once);
+    CHECK(r.acc == whole.acc && r.acc_stderr == whole.acc_stderr && (mc ? r.acc_norm == whole.acc_norm : r.ppl == whole.ppl),
+          "%s: 3 parts give acc %.17g, whole %.17g", path, r.acc, whole.acc);
+    bq_eval_opts bad = {.size = sizeof bad, .max_ctx = 512, .part = 3, .parts = 3};
+    CHECK(bq_eval_file(M, T, path, &bad, &r) != BQ_OK && strstr(bq_last_error(), "part 3 of 3"), "part 3 of 3 accepted");
+}
+
 int main(void)
 {
     if (bq_model_load("models/llama-19m-en", &M) || bq_tokenizer_from_model(M, &T)) {
@@ -121,6 +159,8 @@ int main(void)
     }
     test_against_logits("tests/data/mc_tiny.jsonl", 1);
     test_against_logits("tests/data/cloze_tiny.jsonl", 0);
+    test_parts("tests/data/mc_tiny.jsonl", 1);
+    test_parts("tests/data/cloze_tiny.jsonl", 0);
     /* a limit, and a context the window cannot hold without its left part */
     bq_eval_opts o = {sizeof o, 2, 512, 0, NULL, NULL};
     bq_eval_result r;

@@ -15,6 +15,7 @@ const char *cli_mpi_built(void);  /* NULL when built without MPI */
 void cli_mpi_sum(double *x, size_t n);
 void cli_mpi_sum_bytes(unsigned char *x, size_t n);
 int cli_mpi_max(int v);
+double cli_mpi_maxd(double v);
 
 int cmd_formats(int argc, char **argv);
 int cmd_qdq(int argc, char **argv);

@@ -345,13 +345,55 @@ done:
     return rc;
 }
 
+/* Under mpirun, eval's items are dealt over the ranks (item i to rank i % ranks) and
+ * the per-item scores gathered in item order, so the numbers are those of one process. */
+typedef struct { size_t n, cap; size_t *idx; double *acc, *second; } item_scores;
+static void keep_score(void *arg, size_t index, double acc, double second)
+{
+    item_scores *k = arg;
+    if (k->n == k->cap) {
+        size_t c = k->cap ? 2 * k->cap : 256;
+        size_t *i = realloc(k->idx, c * sizeof *i);
+        if (i) k->idx = i;
+        double *a = i ? realloc(k->acc, c * sizeof *a) : NULL;
+        if (a) k->acc = a;
+        double *b = a ? realloc(k->second, c * sizeof *b) : NULL;
+        if (b) k->second = b;
+        if (!b) { k->cap = (size_t)-1; return; }  /* out of memory: reported after the run */
+        k->cap = c;
+    }
+    k->idx[k->n] = index; k->acc[k->n] = acc; k->second[k->n] = second; k->n++;
+}
+
+static bq_status gather_scores(const item_scores *k, bq_eval_result *r)
+{
+    if (cli_mpi_max(k->cap == (size_t)-1)) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    int hi = 0;
+    for (size_t j = 0; j < k->n; j++) hi = (int)k->idx[j] + 1 > hi ? (int)k->idx[j] + 1 : hi;
+    size_t N = (size_t)cli_mpi_max(hi);
+    double *v = calloc(3 * N + 4, sizeof *v);  /* scored flags, acc, second; then the counters */
+    if (cli_mpi_max(!v)) { free(v); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
+    for (size_t j = 0; j < k->n; j++) { v[k->idx[j]] = 1; v[N + k->idx[j]] = k->acc[j]; v[2 * N + k->idx[j]] = k->second[j]; }
+    double *c = v + 3 * N;
+    c[0] = (double)r->skipped; c[1] = (double)r->tokens_computed; c[2] = (double)r->tokens_reused;
+    cli_mpi_sum(v, 3 * N + 3);  /* each entry from one rank: exact */
+    size_t n = 0;
+    for (size_t i = 0; i < N; i++)
+        if (v[i] != 0) { v[N + n] = v[N + i]; v[2 * N + n] = v[2 * N + i]; n++; }
+    r->items = n;
+    r->skipped = (size_t)c[0]; r->tokens_computed = (size_t)c[1]; r->tokens_reused = (size_t)c[2];
+    r->seconds = cli_mpi_maxd(r->seconds);  /* the slowest rank's */
+    bq_eval_summarise(!strcmp(r->kind, "multiple_choice"), v + N, v + 2 * N, n, r);
+    free(v);
+    return BQ_OK;
+}
+
 /* blockq eval: one line (or JSON object) per task file. */
 int cmd_eval(int argc, char **argv)
 {
     model_args a;
     int rc = parse_model_args("eval", argc, argv, &a);
     if (rc) return rc;
-    if (cli_mpi_size() > 1) return cli_error("eval", "eval is not spread over MPI ranks yet: run it without mpirun");
     if (!a.tasks)
         return cli_error("eval", "usage: blockq eval --model M --tasks FILE.jsonl[,FILE...] [--limit N] [--ctx S] [--device cpu|cuda|auto] [quantisation options] [--json]");
     bq_model *m = NULL;
@@ -359,16 +401,26 @@ int cmd_eval(int argc, char **argv)
     if ((rc = load_model("eval", &a, &m)) || (rc = load_tokenizer("eval", a.model, m, &t))) goto done;
     char *list = strdup(a.tasks);
     if (!list) { rc = cli_error("eval", "out of memory"); goto done; }
-    if (a.json) printf("[");
+    if (cli_mpi_rank() > 0) {}
+    else if (a.json) printf("[");
     else printf("%-32s %-16s %6s %7s %16s %16s %10s %9s\n", "task", "kind", "items", "skipped", "acc", "acc_norm", "ppl", "tok/s");
     int first = 1;
     for (char *f = list, *next; f && !rc; f = next) {
         if ((next = strchr(f, ','))) *next++ = 0;
         if (!*f) { rc = cli_error("eval", "--tasks has an empty entry"); break; }
-        bq_eval_opts o = {.size = sizeof o, .limit = a.chunks, .max_ctx = a.ctx, .allow_nonfinite = a.allow_nonfinite, .device = a.dev};
+        const int rank = cli_mpi_rank(), ranks = cli_mpi_size();
+        item_scores k = {0};
+        bq_eval_opts o = {.size = sizeof o, .limit = a.chunks, .max_ctx = a.ctx, .allow_nonfinite = a.allow_nonfinite, .device = a.dev,
+                          .part = rank, .parts = ranks, .on_score = ranks > 1 ? keep_score : NULL, .arg = &k};
         bq_eval_result r;
         bq_status st = bq_eval_file(m, t, f, &o, &r);
-        if (st) { rc = cli_status("eval", st); break; }
+        if (st && ranks > 1) fprintf(stderr, "blockq eval: rank %d of %d: %s\n", rank, ranks, bq_last_error());
+        if (ranks > 1 && cli_mpi_max(st != BQ_OK)) rc = st ? cli_status("eval", st) : EXIT_FAILURE;
+        else if (st) rc = cli_status("eval", st);
+        else if (ranks > 1 && (st = gather_scores(&k, &r))) rc = cli_status("eval", st);
+        free(k.idx); free(k.acc); free(k.second);
+        if (rc) break;
+        if (rank > 0) { first = 0; continue; }  /* only rank 0 prints */
         double tps = r.seconds > 0 ? r.tokens_computed / r.seconds : 0;
         if (a.json) {
             char *q = cli_json_quote(f);
@@ -390,7 +442,7 @@ int cmd_eval(int argc, char **argv)
         }
         first = 0;
     }
-    if (a.json && !rc) printf("\n]\n");
+    if (a.json && !rc && cli_mpi_rank() == 0) printf("\n]\n");
     free(list);
 done:
     bq_tokenizer_free(t);

@@ -38,6 +38,11 @@ int cli_mpi_max(int v)
     if (g_size > 1) MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
     return v;
 }
+double cli_mpi_maxd(double v)
+{
+    if (g_size > 1) MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    return v;
+}
 #else
 void cli_mpi_init(int *argc, char ***argv) { (void)argc; (void)argv; }
 void cli_mpi_finalize(void) {}
@@ -47,4 +52,5 @@ const char *cli_mpi_built(void) { return NULL; }
 void cli_mpi_sum(double *x, size_t n) { (void)x; (void)n; }
 void cli_mpi_sum_bytes(unsigned char *x, size_t n) { (void)x; (void)n; }
 int cli_mpi_max(int v) { return v; }
+double cli_mpi_maxd(double v) { return v; }
 #endif

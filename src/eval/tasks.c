@@ -162,6 +162,14 @@ static bq_status check_item(const cJSON *it, const char *path, int line, int *mc
     return BQ_OK;
 }
 
+void bq_eval_summarise(int multiple_choice, const double *acc, const double *second, size_t n, bq_eval_result *r)
+{
+    r->acc = mean(acc, n);
+    r->acc_stderr = stderr_of(acc, n);
+    if (multiple_choice) { r->acc_norm = mean(second, n); r->acc_norm_stderr = stderr_of(second, n); r->ppl = NAN; }
+    else { r->acc_norm = r->acc_norm_stderr = NAN; r->ppl = exp(-mean(second, n)); }
+}
+
 bq_status bq_eval_file(const bq_model *m, const bq_tokenizer *t, const char *path, const bq_eval_opts *o, bq_eval_result *r)
 {
     memset(r, 0, sizeof *r);
@@ -180,8 +188,12 @@ bq_status bq_eval_file(const bq_model *m, const bq_tokenizer *t, const char *pat
     bq_ctx_opts co = {.size = sizeof co, .device = o->size >= offsetof(bq_eval_opts, device) + sizeof o->device ? o->device : 0};
     if (!st && !(st = bq_ctx_new_ex(m, o->max_ctx, &co, &s.c))) bq_ctx_set_check(s.c, !o->allow_nonfinite);
     int kind = -1, line = 0;
+    int has_part = o->size >= offsetof(bq_eval_opts, on_score) + sizeof o->on_score;
+    int parts = has_part && o->parts > 1 ? o->parts : 1, part = parts > 1 ? o->part : 0;
+    if (!st && (part < 0 || part >= parts)) st = bq_fail(BQ_ERR_ARG, "eval: part %d of %d", part, parts);
+    size_t idx = 0;  /* items read, scored here or not */
     double t0 = bq_now();
-    for (size_t p = 0; p < len && !st && (!o->limit || n + r->skipped < (size_t)o->limit);) {
+    for (size_t p = 0; p < len && !st && (!o->limit || idx < (size_t)o->limit);) {
         size_t e = p;
         while (e < len && text[e] != '\n') e++;
         line++;
@@ -204,10 +216,14 @@ bq_status bq_eval_file(const bq_model *m, const bq_tokenizer *t, const char *pat
                 if (!na || !nb) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
             }
             double out[2] = {0, 0};
-            int skipped = 0;
-            if (!st) st = score_item(&s, it, mc, out, &skipped, o, n + r->skipped);
-            if (!st && skipped) r->skipped++;
-            else if (!st) { a[n] = out[0]; b[n] = out[1]; n++; }
+            int skipped = 0, mine = idx % (size_t)parts == (size_t)part;
+            if (!st && mine) st = score_item(&s, it, mc, out, &skipped, o, idx);
+            if (!st && mine && skipped) r->skipped++;
+            else if (!st && mine) {
+                a[n] = out[0]; b[n] = out[1]; n++;
+                if (has_part && o->on_score) o->on_score(o->arg, idx, out[0], out[1]);
+            }
+            idx++;
             if (st && !strstr(bq_last_error(), path)) st = bq_fail(st, "%s:%d: %s", path, line, bq_last_error());
             cJSON_Delete(it);
         }
@@ -217,10 +233,7 @@ bq_status bq_eval_file(const bq_model *m, const bq_tokenizer *t, const char *pat
     if (!st) {
         snprintf(r->kind, sizeof r->kind, "%s", kind ? "multiple_choice" : "cloze");
         r->items = n;
-        r->acc = mean(a, n);
-        r->acc_stderr = stderr_of(a, n);
-        if (kind) { r->acc_norm = mean(b, n); r->acc_norm_stderr = stderr_of(b, n); r->ppl = NAN; }
-        else { r->acc_norm = r->acc_norm_stderr = NAN; r->ppl = exp(-mean(b, n)); }
+        bq_eval_summarise(kind, a, b, n, r);
         r->tokens_computed = s.computed;
         r->tokens_reused = s.reused;
         r->seconds = bq_now() - t0;
