@@ -6,6 +6,7 @@
 # the random 7B-shaped checkpoint's whole commands with wall time and peak host
 # memory (issue 15's targets) and batch-1 decode per weight format (issue 17).
 #   sh bench/gpu_round2.sh $OUT        STAGES="tests bundled scale decode" (default: all)
+#   STAGES=decode DECODE_FORMATS="nvfp4 q4_0" NO_PPL=1: the per-format decode table alone
 #   STAGES=packed: only quantising the 7B shape to a packed .bq and decoding from it (load time)
 #   (GRAPHS_SHORT=1: without the fake-quantised decode and the quantised ppl)
 #   STAGES=gemvtest: the GEMV tests of test_cuda alone (split and unsplit paths)
@@ -71,7 +72,7 @@ case "$S" in *decode*)
     for f in ${DECODE_FORMATS:-mxfp4 int4_g128}; do
         $R "quantize $f .bq" -- $B quantize --model $M --wq $f --out /tmp/m_$f.bq
         $R "decode packed $f (.bq)" -- $B generate --model /tmp/m_$f.bq --prompt "$P" -n 128 --device cuda --json
-        $R "ppl cuda packed $f (.bq) A mxint8" -- $B ppl --model /tmp/m_$f.bq --text $T --ctx 2048 --chunks 8 --device cuda --aq mxint8 --json
+        [ -z "$NO_PPL" ] && $R "ppl cuda packed $f (.bq) A mxint8" -- $B ppl --model /tmp/m_$f.bq --text $T --ctx 2048 --chunks 8 --device cuda --aq mxint8 --json
         rm -f /tmp/m_$f.bq
     done
     ./build/gpu/gpu/gpu_bench --quick 2>&1 | grep -i -m3 "copy" | tee -a "$O/r2_scale.txt"
