@@ -232,13 +232,15 @@ static void quantise(bq_model *m, const char *w, const char *a, const char *attn
 static void one_model(const char *name, const char *dir)
 {
     /* the last packed with float activations: the packed GEMV, and three bf16 products at prefill */
-    const char *qs[][3] = {{NULL, NULL, NULL}, {"mxfp4", "mxint8", NULL}, {"bfp8_b16", "bfp8_b16", "bfp6_b16"}, {"mxfp4", NULL, NULL}};
-    for (int i = 0; i < 4; i++) {
+    /* and NVFP4 and Q4_0 packed: their values are not bf16 numbers, so the prefill unpacks them to float32 */
+    const char *qs[][3] = {{NULL, NULL, NULL}, {"mxfp4", "mxint8", NULL}, {"bfp8_b16", "bfp8_b16", "bfp6_b16"}, {"mxfp4", NULL, NULL},
+                           {"nvfp4", NULL, NULL}, {"q4_0", NULL, NULL}};
+    for (int i = 0; i < 6; i++) {
         bq_model *m;
         if (bq_model_load(dir, &m)) { CHECK(0, "%s: %s", dir, bq_last_error()); return; }
-        if (qs[i][0]) quantise(m, qs[i][0], qs[i][1], qs[i][2], i == 3);
+        if (qs[i][0]) quantise(m, qs[i][0], qs[i][1], qs[i][2], i >= 3);
         char label[64];
-        snprintf(label, sizeof label, "%s %s%s", name, qs[i][0] ? qs[i][0] : "fp32", i == 3 ? " packed" : "");
+        snprintf(label, sizeof label, "%s %s%s", name, qs[i][0] ? qs[i][0] : "fp32", i >= 3 ? " packed" : "");
         pair p;
         int T = 48;
         bq_status s0 = be_cpu_new(m, T, 0, &p.b[0]), s1 = s0 ? s0 : be_cuda_new(m, T, &p.b[1]);

@@ -40,6 +40,9 @@ bq_status bq_cuda_gemv_split(const bq_cuda_w *w, const float *d_x, int n, float 
 /* The matrix as bf16 [rows][cols] (round to nearest: exact where the values are
  * bf16 numbers, as for MX/BFP formats); for prefill through a bf16 GEMM. */
 bq_status bq_cuda_w_to_bf16(const bq_cuda_w *w, void *d_out);
+/* The same in float32: formats whose values are not bf16 numbers (NVFP4's tensor
+ * scale, fp16 block scales) unpack exactly. */
+bq_status bq_cuda_w_to_f32(const bq_cuda_w *w, float *d_out);
 
 /* W8A8 with per-block scales on the tensor cores: A [M][K] and B [N][K] hold
  * 8-bit codes (int8 for MXINT8, e4m3 for MXFP8), sa [M][K/32] and sb [N][K/32]

@@ -361,7 +361,9 @@ static void gemv_bf16(const __nv_bfloat16 *W, const float *x, float *y, int n, i
 // (pw): through the packed GEMV for a few tokens, else unpacked into the shared
 // bf16 buffer before each product. split: bf16 weights, activations that are not
 // bf16 numbers (float32, or a format with float32 scales): three bf16 products.
-struct glin { float *w, *b; __nv_bfloat16 *w16; bq_cuda_w *pw; int in, out, split; const bq_format *aq; };
+// pw: packed codes (the GEMV decodes them); f32: their values are not bf16 numbers, so the
+// prefill unpacks them to float32 (wf) instead of bf16 (wb)
+struct glin { float *w, *b; __nv_bfloat16 *w16; bq_cuda_w *pw; int in, out, split, f32; const bq_format *aq; };
 struct gnorm { float *w, *b; };
 enum { GEMV_MAX = 4, GEMV16_MAX = 8, ATT_FEW = 8 };  // ATT_FEW: queries up to which attention skips the GEMMs  // tokens up to which a packed (bf16) linear takes the GEMV
 
@@ -378,6 +380,7 @@ struct cuda_be {
     size_t xq_floats;
     __nv_bfloat16 *xb;     // bf16 activations for the bf16 path (xq_floats)
     __nv_bfloat16 *wb;     // one packed linear unpacked (the largest)
+    float *wf;             // the same in float32, for packed linears with f32 set
     int *ids;              // [T], then the position of a recorded step (dpos)
     int *dpos;
     double *lp;            // [T]
@@ -463,6 +466,14 @@ static bq_status up_linear(glin *g, const linear *l, size_t *bytes)
         bq_status st = l->b ? up_floats(&g->b, l->b, (size_t)l->out, bytes) : BQ_OK;
         return st ? bq_fail(st, "%s: %s", l->name, bq_last_error()) : BQ_OK;
     }
+    // the other packed formats (NVFP4's float32 tensor scale, fp16 block scales): the GEMV
+    // decodes them exactly as well; the prefill unpacks them to float32 on the device
+    if (l->pw && !h16 && bq_cuda_w_upload(l->pw, &g->pw) == BQ_OK) {
+        *bytes += bq_cuda_w_bytes(g->pw);
+        g->f32 = 1;
+        bq_status st = l->b ? up_floats(&g->b, l->b, (size_t)l->out, bytes) : BQ_OK;
+        return st ? bq_fail(st, "%s: %s", l->name, bq_last_error()) : BQ_OK;
+    }
     if (!w && !h16) {  // packed on the CPU: decode once (to check, or for upload)
         if (!(tmp = (float *)malloc(n * 4))) return bq_fail(BQ_ERR_NOMEM, "out of memory decoding %s", l->name);
         pmat_decode(l->pw, 0, l->out, tmp);
@@ -509,7 +520,7 @@ static void cuda_destroy(be *b)
     free(g->norms);
     cuda_drop_recording(b);
     if (g->graph) cudaGraphExecDestroy(g->graph);
-    void *p[] = {g->emb, g->pos, g->kc, g->vc, g->kq, g->vt, g->s, g->xq, g->xb, g->wb, g->ids, g->lp, g->bad};
+    void *p[] = {g->emb, g->pos, g->kc, g->vc, g->kq, g->vt, g->s, g->xq, g->xb, g->wb, g->wf, g->ids, g->lp, g->bad};
     for (void *x : p) bq_cuda_free(x);
     free(g->site_d);
     free(g->site_pos);
@@ -563,7 +574,7 @@ static bq_status cuda_linear(be *b, int layer, lin_role r, const float *x, float
         if ((st = bq_cuda_gemv(l->pw, x, n, y))) return st;
     } else if (l->w16 && n <= GEMV16_MAX && l->in % 8 == 0) {
         gemv_bf16(l->w16, x, y, n, l->in, l->out);
-    } else if (l->w16 || l->pw) {  // bf16 x bf16 -> float32 on the tensor cores
+    } else if (l->w16 || (l->pw && !l->f32)) {  // bf16 x bf16 -> float32 on the tensor cores
         size_t nx = (size_t)n * l->in;
         int parts = l->split ? 3 : 1;  // split: x = lo + mid + hi, summed in that order
         if (l->split) k_split3<<<nblk(nx), 256>>>(x, g->xb, nx);
@@ -574,8 +585,12 @@ static bq_status cuda_linear(be *b, int layer, lin_role r, const float *x, float
                          CUDA_R_16BF, l->in, g->xb + (size_t)p * nx, CUDA_R_16BF, l->in, p ? &one : &zero, y, CUDA_R_32F, l->out,
                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS)
                 return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasGemmEx (bf16) failed");
-    } else if (g_sgemm(g_cublas, CUBLAS_OP_T, CUBLAS_OP_N, l->out, n, l->in, &one, l->w, l->in, x, l->in, &zero, y, l->out) != 0)
-        return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasSgemm failed");
+    } else {
+        if (l->pw && (st = bq_cuda_w_to_f32(l->pw, g->wf))) return st;  // f32: unpacked exactly
+        if (g_sgemm(g_cublas, CUBLAS_OP_T, CUBLAS_OP_N, l->out, n, l->in, &one, l->pw ? g->wf : l->w, l->in, x, l->in, &zero, y,
+                    l->out) != 0)
+            return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasSgemm failed");
+    }
     if (l->b) k_bias<<<nblk((size_t)n * l->out), 256>>>(y, l->b, (size_t)n * l->out, l->out);
     return launched("linear");
 }
@@ -837,15 +852,16 @@ static bq_status cuda_setup(cuda_be *g)
     if (!st && m->pos_emb) st = up_floats(&g->pos, m->pos_emb, (Tn + c->pos_offset) * H, b);
     if (!st && c->final_norm) st = up_norm(&g->norms[(size_t)c->layers * 4], &m->final_ln, H, b);
     int any16 = 0;  // what the bf16 buffers must hold (3: a split linear), noted as the linears go up
-    size_t maxw = 0;
+    size_t maxw = 0, maxw32 = 0;
     for (int l = -1; l < c->layers && !st; l++)
         for (int r = l < 0 ? R_HEAD : R_Q; r < (l < 0 ? R_COUNT : R_HEAD) && !st; r++) {
             const linear *src = model_linear(m, l, (lin_role)r);
             glin *dst = glin_at(g, l, (lin_role)r);
             if (!LINEAR_PRESENT(src) || (st = up_linear(dst, src, b))) continue;
-            if (dst->w16 || dst->pw) any16 = any16 > 1 ? any16 : 1;
+            if (dst->w16 || (dst->pw && !dst->f32)) any16 = any16 > 1 ? any16 : 1;
             if (dst->split) any16 = 3;
-            if (dst->pw && (size_t)dst->in * dst->out > maxw) maxw = (size_t)dst->in * dst->out;
+            size_t *mx = dst->f32 ? &maxw32 : &maxw;
+            if (dst->pw && (size_t)dst->in * dst->out > *mx) *mx = (size_t)dst->in * dst->out;
         }
     for (int l = 0; l < c->layers && !st; l++) {
         gnorm *n = &g->norms[(size_t)l * 4];
@@ -872,6 +888,7 @@ static bq_status cuda_setup(cuda_be *g)
         if (sizes[i]) { st = bq_cuda_malloc((void **)bufs[i], sizes[i] * 4); *b += sizes[i] * 4; }
     if (!st && any16) { st = bq_cuda_malloc((void **)&g->xb, g->xq_floats * 2 * any16); *b += g->xq_floats * 2 * any16; }
     if (!st && maxw) { st = bq_cuda_malloc((void **)&g->wb, maxw * 2); *b += maxw * 2; }
+    if (!st && maxw32) { st = bq_cuda_malloc((void **)&g->wf, maxw32 * 4); *b += maxw32 * 4; }
     if (!st) st = bq_cuda_malloc((void **)&g->ids, (Tn + 1) * 4);
     g->dpos = g->ids ? g->ids + Tn : NULL;
     if (!st) st = bq_cuda_malloc((void **)&g->lp, Tn * 8);

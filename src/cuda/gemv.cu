@@ -744,13 +744,18 @@ extern "C" bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *d_x, int n, f
 // tile's rows with 16-byte stores (four rows of 128 bytes per instruction): the
 // fragment order scatters a lane's codes over eight rows, which stored directly
 // wastes most of each memory transaction.
-template <int MODE>
+// OT: __nv_bfloat16 (formats whose values are bf16 numbers) or float (the others).
+__device__ __forceinline__ void put2(__nv_bfloat16 *p, float a, float b) { *(__nv_bfloat162 *)p = __floats2bfloat162_rn(a, b); }
+__device__ __forceinline__ void put2(float *p, float a, float b) { *(float2 *)p = make_float2(a, b); }
+
+template <int MODE, typename OT>
 __global__ void __launch_bounds__(256) unpack_tc(const uint4 *__restrict__ codes, const uint8_t *__restrict__ scales,
                                                  const float *__restrict__ factor, float emult, float cmode, int rows, int cols,
-                                                 int NT, int K, int SB, __nv_bfloat16 *__restrict__ out,
+                                                 int NT, int K, int SB, OT *__restrict__ out,
                                                  const uint2 *__restrict__ hip, const unsigned short *__restrict__ lut6)
 {
-    __shared__ __align__(16) __nv_bfloat16 tile[8][16][64 + 8];  // rows padded to 144 bytes (16-byte aligned)
+    enum { PAD = 16 / sizeof(OT) };  // rows padded by 16 bytes (16-byte aligned)
+    __shared__ __align__(16) OT tile[8][16][64 + PAD];
     const int wl = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane / 4, t = lane % 4;
     size_t wid = (size_t)blockIdx.x * 8 + wl;
     if (wid >= (size_t)(rows + 15) / 16 * NT) return;  // no block-wide barrier below
@@ -776,20 +781,24 @@ __global__ void __launch_bounds__(256) unpack_tc(const uint4 *__restrict__ codes
             int kk = 16 * s + 2 * t + 8 * (j >> 1);
             float fj = K == 16 ? f[j & 1][s] : f[j & 1][s / 2];  // kk's block (2t < 8 never crosses one)
             float2 v = __half22float2(*(const __half2 *)&h[j]);
-            *(__nv_bfloat162 *)&tile[wl][g + 8 * (j & 1)][kk] = __floats2bfloat162_rn(v.x * fj, v.y * fj);
+            put2(&tile[wl][g + 8 * (j & 1)][kk], v.x * fj, v.y * fj);
         }
     }
     __syncwarp();
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         int rl = lane / 8 + 4 * i, row = G * 16 + rl, k = 64 * T + (lane % 8) * 8;
-        if (row < rows && k < cols) *(uint4 *)(out + (size_t)row * cols + k) = *(const uint4 *)&tile[wl][rl][(lane % 8) * 8];
+#pragma unroll
+        for (int h = 0; h < (int)sizeof(OT) / 2; h++)  // 8 values: one 16-byte store (bf16) or two (float)
+            if (row < rows && k < cols)
+                ((uint4 *)(out + (size_t)row * cols + k))[h] = ((const uint4 *)&tile[wl][rl][(lane % 8) * 8])[h];
     }
 }
 
 // Row layout (8-bit codes, or 4-bit codes through the table): a thread per 4 codes.
+template <typename OT>
 __global__ void unpack_rows(const uint8_t *__restrict__ codes, const uint8_t *__restrict__ scales, const float *__restrict__ factor,
-                            float emult, int4 lut4, int rows, int cols, int eb, int K, int SB, __nv_bfloat16 *__restrict__ out)
+                            float emult, int4 lut4, int rows, int cols, int eb, int K, int SB, OT *__restrict__ out)
 {
     size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
     if (i >= (size_t)rows * cols) return;
@@ -804,17 +813,18 @@ __global__ void unpack_rows(const uint8_t *__restrict__ codes, const uint8_t *__
         int q = eb == 8 ? (int)(signed char)cr[k + e] : lut[(cr[(k + e) / 2] >> (4 * ((k + e) & 1))) & 15];
         v[e] = (float)q * f;
     }
-    *(__nv_bfloat162 *)(out + i) = __floats2bfloat162_rn(v[0], v[1]);
-    *(__nv_bfloat162 *)(out + i + 2) = __floats2bfloat162_rn(v[2], v[3]);
+    put2(out + i, v[0], v[1]);
+    put2(out + i + 2, v[2], v[3]);
 }
 
-extern "C" bq_status bq_cuda_w_to_bf16(const bq_cuda_w *w, void *d_out)
+template <typename OT>
+static bq_status unpack(const bq_cuda_w *w, OT *d_out)
 {
     if (w->tc) {
         size_t n = (size_t)w->R16 / 16 * w->NT;  // tiles, a warp each
         unsigned nb = (unsigned)((n + 7) / 8);
-#define U(MODE) unpack_tc<MODE><<<nb, 256>>>((const uint4 *)w->codes, w->scales, w->d_factor, w->emult, w->cmode, w->rows, w->cols, \
-                                             w->NT, w->K, w->sbytes, (__nv_bfloat16 *)d_out, w->hi, w->lut6)
+#define U(MODE) unpack_tc<MODE, OT><<<nb, 256>>>((const uint4 *)w->codes, w->scales, w->d_factor, w->emult, w->cmode, w->rows, \
+                                                 w->cols, w->NT, w->K, w->sbytes, d_out, w->hi, w->lut6)
         if (w->tc == 1) U(1);
         else if (w->tc == 2) U(2);
         else U(3);
@@ -823,7 +833,11 @@ extern "C" bq_status bq_cuda_w_to_bf16(const bq_cuda_w *w, void *d_out)
         int4 lut4;
         memcpy(&lut4, w->lut, 16);
         size_t n = (size_t)w->rows * w->cols / 4;
-        unpack_rows<<<(unsigned)((n + 255) / 256), 256>>>(w->codes, w->scales, w->d_factor, w->emult, lut4, w->rows, w->cols, w->eb, w->K, w->sbytes, (__nv_bfloat16 *)d_out);
+        unpack_rows<OT><<<(unsigned)((n + 255) / 256), 256>>>(w->codes, w->scales, w->d_factor, w->emult, lut4, w->rows, w->cols,
+                                                              w->eb, w->K, w->sbytes, d_out);
     }
-    return launched("unpack to bf16");
+    return launched(sizeof(OT) == 2 ? "unpack to bf16" : "unpack to float32");
 }
+
+extern "C" bq_status bq_cuda_w_to_bf16(const bq_cuda_w *w, void *d_out) { return unpack(w, (__nv_bfloat16 *)d_out); }
+extern "C" bq_status bq_cuda_w_to_f32(const bq_cuda_w *w, float *d_out) { return unpack(w, d_out); }
