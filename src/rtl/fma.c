@@ -285,8 +285,5 @@ bq_status rtl_fma_write_tests(const char *dir, const char *name, const bq_format
     fprintf(o, "            if (r !== xr) begin\n                bad = bad + 1;\n"
                "                if (bad <= 5) $display(\"FAIL vector %%0d: r %%h, expected %%h (cin %%h)\", i, r, xr, cin);\n"
                "            end\n        end\n");
-    fprintf(o, "        if (bad == 0) $display(\"PASS %d vectors\");\n        else $display(\"FAIL %%0d of %d vectors\", bad);\n"
-               "        $finish;\n    end\nendmodule\n", nvec, nvec);
-    if (fclose(o)) return bq_fail(BQ_ERR_IO, "%s: write failed", path);
-    return BQ_OK;
+    return rtl_tb_end(o, path, nvec);
 }

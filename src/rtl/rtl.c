@@ -368,6 +368,15 @@ static void emit_module(FILE *o, const rtl_design *d)
     fprintf(o, "endmodule\n");
 }
 
+/* The end of a testbench (both kinds): the verdict line the CLI reads, and the file closed. */
+bq_status rtl_tb_end(FILE *o, const char *path, int nvec)
+{
+    fprintf(o, "        if (bad == 0) $display(\"PASS %d vectors\");\n        else $display(\"FAIL %%0d of %d vectors\", bad);\n"
+               "        $finish;\n    end\nendmodule\n", nvec, nvec);
+    if (fclose(o)) return bq_fail(BQ_ERR_IO, "%s: write failed", path);
+    return BQ_OK;
+}
+
 /* ---- reference vectors ------------------------------------------------------------------ */
 
 typedef struct { uint8_t *bits; size_t n; } bitbuf;
@@ -518,8 +527,5 @@ bq_status rtl_write(const rtl_design *d, const char *dir, int nvec, uint64_t see
     fprintf(o, "            if (nan !== xn || (!xn && (acc !== xacc || ex !== xex))) begin\n                bad = bad + 1;\n"
                "                if (bad <= 5) $display(\"FAIL vector %%0d: nan %%b acc %%0d ex %%0d, expected nan %%b acc %%0d ex %%0d\", i, nan, acc, ex, xn, xacc, xex);\n"
                "            end\n        end\n");
-    fprintf(o, "        if (bad == 0) $display(\"PASS %d vectors\");\n        else $display(\"FAIL %%0d of %d vectors\", bad);\n"
-               "        $finish;\n    end\nendmodule\n", nvec, nvec);
-    if (fclose(o)) return bq_fail(BQ_ERR_IO, "%s: write failed", path);
-    return BQ_OK;
+    return rtl_tb_end(o, path, nvec);
 }

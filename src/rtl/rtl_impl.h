@@ -14,4 +14,7 @@ void rtl_fma_emit(FILE *o, const char *name, const bq_format *w, const bq_format
 bq_status rtl_fma_write_tests(const char *dir, const char *name, const bq_format *w, const bq_format *a, int K, int nvec,
                               uint64_t seed);
 
+/* Closes a testbench: the PASS/FAIL line over nvec vectors, then fclose(o). */
+bq_status rtl_tb_end(FILE *o, const char *path, int nvec);
+
 #endif
