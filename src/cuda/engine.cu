@@ -445,8 +445,8 @@ static const uint16_t *held_bf16(const linear *l)
     return (const uint16_t *)(l->pw->data + pack_header_bytes(l->pw->f));
 }
 
-// Weights go up packed where the CPU holds them packed and the GPU can unpack the
-// format (bf16 activations only); as bf16 where their values are bf16 numbers
+// Weights go up packed where the CPU holds them packed and the GPU's GEMV takes the
+// format; as bf16 where their values are bf16 numbers
 // (a bf16 checkpoint goes up as it is, never widened on the host); else as float32.
 static bq_status up_linear(glin *g, const linear *l, size_t *bytes)
 {
@@ -457,20 +457,14 @@ static bq_status up_linear(glin *g, const linear *l, size_t *bytes)
     const uint16_t *h16 = held_bf16(l);
     const float *w = l->w;
     float *tmp = NULL;
-    // packed codes whose values are bf16 numbers by construction go up as they are:
-    // the packed GEMV decodes, the prefill unpacks them to bf16 (split: activations
-    // that are not bf16 numbers) - no decoding on the host
-    if (l->pw && !h16 && bf16_values(l->pw->f) && bq_cuda_w_upload(l->pw, &g->pw) == BQ_OK) {
-        *bytes += bq_cuda_w_bytes(g->pw);
-        g->split = !(l->aq && bf16_values(l->aq));
-        bq_status st = l->b ? up_floats(&g->b, l->b, (size_t)l->out, bytes) : BQ_OK;
-        return st ? bq_fail(st, "%s: %s", l->name, bq_last_error()) : BQ_OK;
-    }
-    // the other packed formats (NVFP4's float32 tensor scale, fp16 block scales): the GEMV
-    // decodes them exactly as well; the prefill unpacks them to float32 on the device
+    // packed codes go up as they are wherever the GPU's GEMV decodes their format (no
+    // decoding on the host). The prefill unpacks them on the device: to bf16 where their
+    // values are bf16 numbers by construction (split: activations that are not bf16
+    // numbers), else (NVFP4's float32 tensor scale, fp16 block scales) to float32
     if (l->pw && !h16 && bq_cuda_w_upload(l->pw, &g->pw) == BQ_OK) {
         *bytes += bq_cuda_w_bytes(g->pw);
-        g->f32 = 1;
+        g->f32 = !bf16_values(l->pw->f);
+        g->split = !g->f32 && !(l->aq && bf16_values(l->aq));
         bq_status st = l->b ? up_floats(&g->b, l->b, (size_t)l->out, bytes) : BQ_OK;
         return st ? bq_fail(st, "%s: %s", l->name, bq_last_error()) : BQ_OK;
     }
@@ -482,9 +476,7 @@ static bq_status up_linear(glin *g, const linear *l, size_t *bytes)
     bq_status st = BQ_OK;
     int a16 = l->aq && bf16_values(l->aq), w16 = h16 || all_bf16(w, n);
     g->split = w16 && !a16;
-    if (a16 && w16 && l->pw && !h16 && bq_cuda_w_upload(l->pw, &g->pw) == BQ_OK) {
-        *bytes += bq_cuda_w_bytes(g->pw);
-    } else if (w16) {  // the top halves of the float32 bits are the bf16 values
+    if (w16) {  // the top halves of the float32 bits are the bf16 values
         uint16_t *h = h16 ? NULL : (uint16_t *)malloc(n * 2);
         if (!h16 && !h) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
         for (size_t i = 0; h && i < n; i++) h[i] = f32_top_bf16(w[i]);
