@@ -111,7 +111,6 @@ static int wants_quant(const model_args *a)
     return any;
 }
 
-/* Every algorithm but rotate and lorc weighs by calibration statistics. */
 /* --ptq: statistics from the calibration text (--calib, else the bundled WikiText-2
  * validation text where it is, never the test text) on the float model. */
 static bq_status calibrate(const char *cmd, const model_args *a, const bq_model *m, bq_qconfig *q)
