@@ -10,6 +10,8 @@
 #   STAGES=packed: only quantising the 7B shape to a packed .bq and decoding from it (load time)
 #   (GRAPHS_SHORT=1: without the fake-quantised decode and the quantised ppl)
 #   STAGES=gemvtest: the GEMV tests of test_cuda alone (split and unsplit paths)
+#   STAGES=pipeline: pipeline stages on one GPU (issue 21): the 7B shape's ppl and decoding
+#     with --stages 1, 2 and 4 (the same numbers and tokens; time of each), the bundled model's too
 #   STAGES=graphs: one-token steps replayed from a CUDA graph against --eager (every kernel
 #     launched), bundled model and 7B shape, and the GEMV at a 7B layer's shapes
 O=${1:-${OUT:-/tmp}}
@@ -18,7 +20,7 @@ B=build/gpu/blockq
 M=/tmp/r7b
 T=data/wikitext-2-test.txt
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-case "$S" in *scale*|*decode*|*packed*|*graphs*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
+case "$S" in *scale*|*decode*|*packed*|*graphs*|*pipeline*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
 mkdir -p /tmp/deps && for f in .debs/*.deb; do dpkg -x "$f" /tmp/deps; done 2>/dev/null
 [ -f .debs/deps.tar.xz ] && tar xJf .debs/deps.tar.xz -C /tmp/deps  # the same packages, pruned to fit the transfer
 D=/tmp/deps/usr; L=$D/lib/x86_64-linux-gnu
@@ -106,4 +108,15 @@ PY
         rm -f /tmp/m_$f.bq
     done
     ./build/gpu/gpu/gpu_bench --gemv --json "$O/r4_gemv.jsonl" 2>&1 | tee "$O/r4_gemv.txt" ;;
+esac
+case "$S" in *pipeline*)
+    export TIMECMD_JSONL="$O/r6_pipeline.jsonl"
+    for k in 1 2 8; do
+        $B ppl --model models/llama-19m-en --text $T --ctx 512 --chunks 32 --device cuda --stages $k --json >>"$O/r6_bundled.jsonl"
+    done
+    for k in 1 2 4; do
+        $R "ppl cuda bf16 ctx2048 x8 stages $k" -- $B ppl --model $M --text $T --ctx 2048 --chunks 8 --device cuda --stages $k --json
+        $B generate --model $M --prompt "The meaning of life is" -n 64 --device cuda --stages $k --json >"$O/r6_gen_$k.json"
+    done
+    python3 bench/pipeline_table.py "$O" | tee "$O/r6_pipeline.txt" ;;
 esac

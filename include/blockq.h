@@ -162,8 +162,24 @@ typedef struct {
     int threads;   /* CPU worker threads (0: bq_set_threads's default, else all cores); results do not depend on it */
     int eager;     /* CUDA: 1 launches every kernel of each one-token step instead of replaying
                       the first step's recording (a CUDA graph); the same bits either way */
+    int stages;    /* pipeline stages (0 or 1: one): the layers split over this many backends by
+                      their weights' memory, the first also holding the embedding, the last the
+                      head. CUDA: consecutive stages share a device, spread over all visible
+                      ones (a model larger than one GPU); CPU: the threads shared out. The same
+                      bits as one stage; bq_score_windows keeps every stage busy */
 } bq_ctx_opts;
 BQ_API bq_status bq_ctx_new_ex(const bq_model *m, int max_tokens, const bq_ctx_opts *o, bq_ctx **out);
+#define BQ_MAX_STAGES 64
+typedef struct {
+    int first_layer, end_layer;  /* the layers [first_layer, end_layer) */
+    int device;                  /* CUDA ordinal (-1: the CPU) */
+    size_t device_bytes;         /* device memory it holds (0 on the CPU) */
+} bq_stage_info;
+/* The split a context with `stages` stages makes: stage s holds the layers
+ * [first_layer[s], first_layer[s + 1]) (first_layer has stages + 1 entries). */
+BQ_API bq_status bq_model_stage_plan(const bq_model *m, int stages, int *first_layer);
+BQ_API int bq_ctx_stages(const bq_ctx *c);
+BQ_API bq_status bq_ctx_stage(const bq_ctx *c, int stage, bq_stage_info *out);
 /* "cpu" or "cuda" */
 BQ_API const char *bq_ctx_device(const bq_ctx *c);
 BQ_API void bq_ctx_free(bq_ctx *c);
@@ -179,6 +195,14 @@ BQ_API void bq_ctx_set_check(bq_ctx *c, int on);
 /* Append n >= 2 tokens; lp[t] = log p(ids[t + 1] | ids[..t]) for t < n - 1 (the
  * logits stay where they were computed: perplexity on a GPU moves no logits). */
 BQ_API bq_status bq_forward_logprobs(bq_ctx *c, const int32_t *ids, int n, double *lp);
+/* Score count windows of n tokens, each from an empty cache: on_window(arg, i, lp)
+ * gets window i's log-probabilities as bq_forward_logprobs computes them, in window
+ * order; a non-zero status from it stops the run and is returned. With pipeline
+ * stages, the windows stream through them (stage s on window i while stage s + 1
+ * is on window i - 1), on_window then called from the last stage's thread. */
+typedef bq_status (*bq_window_fn)(void *arg, size_t i, const double *lp);
+BQ_API bq_status bq_score_windows(bq_ctx *c, const int32_t *const *wins, size_t count, int n, bq_window_fn on_window,
+                                  void *arg);
 /* The default thread count of contexts made without one (0 = all cores). */
 BQ_API void bq_set_threads(int n);
 
@@ -282,6 +306,7 @@ typedef struct {
     void (*progress)(void *arg, size_t done, size_t total, size_t tokens, double seconds);
     void *progress_arg;
     int device;           /* 0: CPU; 1: the first CUDA device (BQ_ERR_UNSUPPORTED if there is none) */
+    int stages;           /* as bq_ctx_opts.stages: windows streamed through them */
 } bq_ppl_opts;
 
 /* ppl/nll/tokens_scored follow the requested protocol; ppl_all and
@@ -328,6 +353,7 @@ typedef struct {
     /* each scored item (may be NULL): acc (0 or 1), then acc_norm (multiple choice)
      * or the target's log-likelihood (cloze); arg as on_item's */
     void (*on_score)(void *arg, size_t index, double acc, double second);
+    int stages;      /* as bq_ctx_opts.stages */
 } bq_eval_opts;
 
 /* Multiple choice ({"context", "choices", "gold"}): acc and acc_norm (the choice's
@@ -363,6 +389,7 @@ typedef struct {
     void *arg;
     int device;           /* as bq_ctx_opts.device */
     int eager;            /* as bq_ctx_opts.eager */
+    int stages;           /* as bq_ctx_opts.stages */
 } bq_gen_opts;
 typedef struct { double prompt_seconds, gen_seconds; size_t prompt_tokens, gen_tokens; } bq_gen_result;
 

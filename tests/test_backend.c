@@ -243,7 +243,7 @@ static void one_model(const char *name, const char *dir)
         snprintf(label, sizeof label, "%s %s%s", name, qs[i][0] ? qs[i][0] : "fp32", i >= 3 ? " packed" : "");
         pair p;
         int T = 48;
-        bq_status s0 = be_cpu_new(m, T, 0, &p.b[0]), s1 = s0 ? s0 : be_cuda_new(m, T, &p.b[1]);
+        bq_status s0 = be_cpu_new(m, T, 0, 0, m->c.layers, &p.b[0]), s1 = s0 ? s0 : be_cuda_new(m, T, 0, 0, m->c.layers, &p.b[1]);
         CHECK(!s0 && !s1, "%s: backends: %s", label, bq_last_error());
         if (!s0 && !s1) {
             ops_once(label, m, &p, 7, 0);

@@ -454,7 +454,7 @@ static void test_decode_thread_invariance(void)
         float *ref = malloc((size_t)n * V * 4), *got = malloc((size_t)V * 4);
         int diff = 0;
         for (int threads = 1; threads <= 3; threads++) {
-            bq_ctx_opts o = {sizeof o, 0, threads};
+            bq_ctx_opts o = {.size = sizeof o, .threads = threads};
             bq_ctx *c;
             OK(bq_ctx_new_ex(m, n, &o, &c));
             for (int t = 0; t < n; t++) {
@@ -521,6 +521,113 @@ static bq_status apply_cfg(bq_model *m, const char *const cfg[4], int pack)
     st = pack ? bq_model_pack(m, q, 1) : bq_model_quantize(m, q, 1);
     bq_qconfig_free(q);
     return st;
+}
+
+/* Logits of all n tokens, then `steps` one-token steps after the first n - steps
+ * (decoding), then log-probabilities of `nwin` windows through bq_score_windows:
+ * everything a context computes, for comparing stage splits bit for bit. */
+typedef struct { float *all, *dec; double *lp; } ctx_out;
+typedef struct { double *lp; int n; } win_keep;
+static bq_status keep_window(void *arg, size_t i, const double *lp)
+{
+    win_keep *k = arg;
+    memcpy(k->lp + i * (size_t)(k->n - 1), lp, (size_t)(k->n - 1) * sizeof *lp);
+    return BQ_OK;
+}
+
+static bq_status run_ctx(const bq_model *m, int device, int stages, const int32_t *ids, int n, int steps, int nwin, ctx_out *o)
+{
+    size_t V = (size_t)bq_model_vocab(m);
+    bq_ctx *c;
+    bq_ctx_opts co = {.size = sizeof co, .device = device, .threads = 2, .stages = stages};
+    bq_status st = bq_ctx_new_ex(m, n, &co, &c);
+    if (st) return st;
+    o->all = malloc((size_t)n * V * 4);
+    o->dec = malloc((size_t)steps * V * 4);
+    o->lp = malloc((size_t)nwin * (size_t)(n - 1) * sizeof *o->lp);
+    if (!o->all || !o->dec || !o->lp) st = BQ_ERR_NOMEM;
+    if (!st) st = bq_forward(c, ids, n, o->all, 1);
+    bq_ctx_reset(c);
+    if (!st) st = bq_forward(c, ids, n - steps, o->dec, 0);
+    for (int i = 0; i < steps && !st; i++) st = bq_forward(c, ids + n - steps + i, 1, o->dec + (size_t)i * V, 0);
+    const int32_t *wins[8];
+    int wn = n - nwin;  /* windows overlap: window i starts at token i */
+    for (int i = 0; i < nwin; i++) wins[i] = ids + i;
+    win_keep k = {o->lp, wn};
+    if (!st) st = bq_score_windows(c, wins, (size_t)nwin, wn, keep_window, &k);
+    bq_ctx_free(c);
+    return st;
+}
+
+static int same_bits(const void *a, const void *b, size_t n) { return !memcmp(a, b, n); }
+
+/* Pipeline stages (docs/distributed.md): every split of the layers computes the
+ * bits one stage computes, for logits, decoding and windows streamed through the
+ * stages, on the tiny architectures and the bundled model, float32, fake-quantised
+ * (with the KV cache and attention quantised) and packed. device 1: the stages
+ * share the GPU (one device; several where there are). */
+static void test_stages(int device)
+{
+    char why[256];
+    if (device && !bq_cuda_devices(why, sizeof why)) { SKIP("%s: pipeline stages not run on the GPU", why); return; }
+    const char *sh = shared_dir();
+    const char *dirs[9] = {"models/llama-19m-en"};
+    char buf[8][512];
+    int nd = 1;
+    if (!sh) SKIP("../shared not found: pipeline stages of the tiny architectures not compared");
+    const char *tiny[] = {"llama", "mistral", "qwen2", "qwen3", "opt", "opt-proj", "gpt2"};
+    for (int i = 0; sh && i < 7; i++) {
+        snprintf(buf[i], sizeof buf[i], "%s/models/tiny/%s/config.json", sh, tiny[i]);
+        if (access(buf[i], R_OK)) { SKIP("%s absent: its pipeline stages not compared", buf[i]); continue; }
+        buf[i][strlen(buf[i]) - strlen("/config.json")] = 0;
+        dirs[nd++] = buf[i];
+    }
+    const char *cfg[][4] = {{NULL}, {"mxfp4", "mxint8", "bfp8_b16", "bfp6_b16"}, {"mxfp4", "mxint8", NULL, NULL}};
+    int32_t ids[40];
+    for (int t = 0; t < 40; t++) ids[t] = (t * 7919 + 13) % 250;  /* in every vocabulary here */
+    const int n = 40, steps = 3, nwin = 5;
+    int compared = 0;
+    for (int d = 0; d < nd; d++)
+        for (int c = 0; c < 3; c++) {
+            bq_model *m;
+            if (bq_model_load(dirs[d], &m)) { CHECK(0, "%s: %s", dirs[d], bq_last_error()); break; }
+            if (cfg[c][0] && apply_cfg(m, cfg[c], c == 2)) { CHECK(0, "%s: %s", dirs[d], bq_last_error()); bq_model_free(m); break; }
+            size_t V = (size_t)bq_model_vocab(m);
+            int layers = 0, lo[BQ_MAX_STAGES + 1];
+            while (bq_model_stage_plan(m, layers + 1, lo) == BQ_OK) layers++;
+            ctx_out ref = {0};
+            bq_status st = run_ctx(m, device, 1, ids, n, steps, nwin, &ref);
+            CHECK(!st, "%s cfg %d: one stage: %s", dirs[d], c, bq_last_error());
+            const int split[] = {2, 3, layers};
+            for (int k = 0; !st && k < 3; k++) {
+                int ns = split[k];
+                if (ns > layers || (k == 2 && ns <= 3)) continue;
+                CHECK(bq_model_stage_plan(m, ns, lo) == BQ_OK && lo[0] == 0 && lo[ns] == layers, "%s: plan of %d stages", dirs[d], ns);
+                for (int s = 0; s < ns; s++) CHECK(lo[s + 1] > lo[s], "%s: stage %d of %d holds no layer", dirs[d], s, ns);
+                ctx_out got = {0};
+                bq_status s2 = run_ctx(m, device, ns, ids, n, steps, nwin, &got);
+                CHECK(!s2, "%s cfg %d, %d stages: %s", dirs[d], c, ns, bq_last_error());
+                if (!s2) {
+                    CHECK(same_bits(ref.all, got.all, (size_t)n * V * 4), "%s cfg %d: logits differ with %d stages", dirs[d], c, ns);
+                    CHECK(same_bits(ref.dec, got.dec, (size_t)steps * V * 4), "%s cfg %d: decoding differs with %d stages", dirs[d], c, ns);
+                    CHECK(same_bits(ref.lp, got.lp, (size_t)nwin * (n - nwin - 1) * sizeof(double)),
+                          "%s cfg %d: streamed windows differ with %d stages", dirs[d], c, ns);
+                    compared++;
+                }
+                free(got.all); free(got.dec); free(got.lp);
+            }
+            free(ref.all); free(ref.dec); free(ref.lp);
+            if (c == 0) {  /* more stages than layers: refused by name */
+                bq_ctx *x = NULL;
+                bq_ctx_opts co = {.size = sizeof co, .device = device, .stages = layers + 1};
+                CHECK(bq_ctx_new_ex(m, 8, &co, &x) == BQ_ERR_ARG && strstr(bq_last_error(), "a stage holds at least one layer"),
+                      "%s: %d stages for %d layers: %s", dirs[d], layers + 1, layers, bq_last_error());
+                bq_ctx_free(x);
+            }
+            bq_model_free(m);
+        }
+    printf("  %s: %d stage splits compared bit for bit with one stage\n", device ? "cuda" : "cpu", compared);
+    CHECK(compared >= 3, "only %d stage splits compared", compared);
 }
 
 static void test_cuda_ppl(void)
@@ -640,6 +747,7 @@ int main(int argc, char **argv)
 {
     test_cuda_ppl();
     test_cuda_tiny();
+    test_stages(1);
     if (argc > 1 && !strcmp(argv[1], "cuda")) return test_summary("test_engine");
     refs = load_json("tests/refs/refs.json");
     CHECK(refs != NULL, "tests/refs/refs.json missing");
@@ -652,6 +760,7 @@ int main(int argc, char **argv)
     test_pool();
     test_thread_invariance();
     test_decode_thread_invariance();
+    test_stages(0);
     test_ppl();
     cJSON_Delete(refs);
     return test_summary("test_engine");

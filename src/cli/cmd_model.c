@@ -16,6 +16,7 @@ typedef struct {
     int threads, json, n, ctx, chunks, strict, allow_nonfinite, round_set, packed, kld;
     int dev;  /* --device: 0 CPU, 1 CUDA */
     int eager;  /* generate --eager: no CUDA graph for one-token steps */
+    int stages; /* --stages: pipeline stages (docs/distributed.md) */
     bq_hold hold;
     double temp, top_p;
     uint64_t seed;
@@ -68,6 +69,8 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
         else if (!strcmp(cmd, "eval") && OPT("--tasks")) a->tasks = v;
         else if (!strcmp(cmd, "eval") && OPT("--limit")) rc = parse_int(cmd, s, v, 0, 1 << 30, &a->chunks);
         else if (OPT("--threads")) rc = parse_int(cmd, s, v, 0, 256, &a->threads);
+        else if (strcmp(cmd, "quantize") && strcmp(cmd, "info") && strcmp(cmd, "tokenize") && OPT("--stages"))
+            rc = parse_int(cmd, s, v, 1, BQ_MAX_STAGES, &a->stages);
         else if (OPT("-n")) rc = parse_int(cmd, s, v, 0, 1 << 20, &a->n);
         else if (OPT("--ctx")) rc = parse_int(cmd, s, v, 2, 1 << 20, &a->ctx);
         else if (OPT("--chunks")) rc = parse_int(cmd, s, v, 1, 1 << 30, &a->chunks);
@@ -174,6 +177,19 @@ static int load_model(const char *cmd, const model_args *a, bq_model **m)
     return 0;
 }
 
+/* --stages N: the layers each stage will hold, on stderr (or the error in N). */
+static int print_stages(const char *cmd, const model_args *a, const bq_model *m)
+{
+    if (a->stages < 2) return 0;
+    int lo[BQ_MAX_STAGES + 1];
+    bq_status st = bq_model_stage_plan(m, a->stages, lo);
+    if (st) return cli_status(cmd, st);
+    fprintf(stderr, "pipeline: %d stages (%s), layers", a->stages, a->dev ? "cuda" : "cpu");
+    for (int s = 0; s < a->stages; s++) fprintf(stderr, "%s %d-%d", s ? "," : "", lo[s], lo[s + 1] - 1);
+    fputc('\n', stderr);
+    return 0;
+}
+
 /* The model's own tokenizer: from the loaded model, or for a folder its tokenizer.json. */
 static int load_tokenizer(const char *cmd, const char *path, const bq_model *m, bq_tokenizer **t)
 {
@@ -203,13 +219,13 @@ int cmd_logits(int argc, char **argv)
     if (st) return cli_status("logits", st);
     if (size == 0 || size % 4) { free(ids); return cli_error("logits", "'%s' holds %zu bytes: expected a non-empty list of int32 ids", a.ids, size); }
     bq_model *m;
-    if ((rc = load_model("logits", &a, &m))) { free(ids); return rc; }
+    if ((rc = load_model("logits", &a, &m)) || (rc = print_stages("logits", &a, m))) { free(ids); bq_model_free(m); return rc; }
     int n = (int)(size / 4), V = bq_model_vocab(m);
     float *lg = malloc((size_t)n * V * 4);
     if (!lg) rc = cli_error("logits", "out of memory");
     else {
         bq_ctx *c = NULL;
-        bq_ctx_opts co = {.size = sizeof co, .device = a.dev, .threads = a.threads};
+        bq_ctx_opts co = {.size = sizeof co, .device = a.dev, .threads = a.threads, .stages = a.stages};
         if (!(st = bq_ctx_new_ex(m, n, &co, &c))) {
             bq_ctx_set_check(c, !a.allow_nonfinite);
             st = bq_forward(c, ids, n, lg, 1);
@@ -282,7 +298,9 @@ int cmd_ppl(int argc, char **argv)
     bq_ppl_opts o = {.ctx = a.ctx, .chunks = a.chunks, .second_half = second, .allow_nonfinite = a.allow_nonfinite,
                      .threads = a.threads};
     o.device = a.dev;
+    o.stages = a.stages;
     int rank = cli_mpi_rank(), ranks = cli_mpi_size();
+    if (rank == 0 && (rc = print_stages("ppl", &a, m))) goto done;
     if (isatty(2) && rank == 0) o.progress = progress_bar;
     if (a.kld && ranks > 1) { rc = cli_error("ppl", "--kld is not spread over MPI ranks yet: run it without mpirun"); goto done; }
     bq_ppl_result r;
@@ -398,6 +416,7 @@ int cmd_eval(int argc, char **argv)
     bq_model *m = NULL;
     bq_tokenizer *t = NULL;
     if ((rc = load_model("eval", &a, &m)) || (rc = load_tokenizer("eval", a.model, m, &t))) goto done;
+    if (cli_mpi_rank() == 0 && (rc = print_stages("eval", &a, m))) goto done;
     char *list = strdup(a.tasks);
     if (!list) { rc = cli_error("eval", "out of memory"); goto done; }
     if (cli_mpi_rank() > 0) {}
@@ -410,7 +429,7 @@ int cmd_eval(int argc, char **argv)
         const int rank = cli_mpi_rank(), ranks = cli_mpi_size();
         item_scores k = {0};
         bq_eval_opts o = {.size = sizeof o, .limit = a.chunks, .max_ctx = a.ctx, .allow_nonfinite = a.allow_nonfinite, .device = a.dev,
-                          .part = rank, .parts = ranks, .on_score = ranks > 1 ? keep_score : NULL, .arg = &k};
+                          .part = rank, .parts = ranks, .on_score = ranks > 1 ? keep_score : NULL, .arg = &k, .stages = a.stages};
         bq_eval_result r;
         bq_status st = bq_eval_file(m, t, f, &o, &r);
         if (st && ranks > 1) fprintf(stderr, "blockq eval: rank %d of %d: %s\n", rank, ranks, bq_last_error());
@@ -471,14 +490,17 @@ int cmd_generate(int argc, char **argv)
     size_t n = 0;
     bq_status st;
     double t0 = bq_now(), load_s = 0;
-    if ((rc = load_model("generate", &a, &m)) || (rc = load_tokenizer("generate", a.model, m, &t))) goto done;
+    if ((rc = load_model("generate", &a, &m)) || (rc = load_tokenizer("generate", a.model, m, &t)) ||
+        (rc = print_stages("generate", &a, m)))
+        goto done;
     load_s = bq_now() - t0;
     if ((st = bq_tokenize(t, a.prompt, strlen(a.prompt), &ids, &n))) { rc = cli_status("generate", st); goto done; }
     if (n == 0) { rc = cli_error("generate", "the prompt encodes to no tokens"); goto done; }
     if (!(out = malloc(((size_t)a.n + 1) * sizeof *out))) { rc = cli_error("generate", "out of memory"); goto done; }
     printer pr = {t};
     bq_gen_opts o = {.size = sizeof o, .n_new = a.n, .temperature = a.temp, .top_p = a.top_p, .seed = a.seed,
-                     .allow_nonfinite = a.allow_nonfinite, .on_token = a.json ? NULL : print_token, .arg = &pr, .device = a.dev, .eager = a.eager};
+                     .allow_nonfinite = a.allow_nonfinite, .on_token = a.json ? NULL : print_token, .arg = &pr, .device = a.dev, .eager = a.eager,
+                     .stages = a.stages};
     bq_gen_result r;
     if (!a.json) fputs(a.prompt, stdout);
     if ((st = bq_generate(m, ids, n, &o, out, &r))) { rc = cli_status("generate", st); goto done; }

@@ -28,6 +28,7 @@
 #include <cuda_runtime.h>
 #include <dlfcn.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,39 +49,65 @@ typedef int (*set_workspace_fn)(void *, void *, size_t);
 typedef cublasStatus_t (*gemmex_fn)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void *,
                                     const void *, cudaDataType, int, const void *, cudaDataType, int, const void *, void *,
                                     cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
-static void *g_cublas;
-static sgemm_fn g_sgemm;
-static sgemm_batched_fn g_sgemm_batched;
-static gemmex_fn g_gemmex;
+typedef int (*destroy_fn)(void *);
+// The library's entry points, found once per process (handles are per backend:
+// each belongs to the device current when it was made).
+static struct {
+    create_fn create;
+    destroy_fn destroy;
+    sgemm_fn sgemm;
+    sgemm_batched_fn sgemm_batched;
+    gemmex_fn gemmex;
+    set_stream_fn set_stream;
+    set_workspace_fn set_workspace;
+} g_blas;
+static pthread_mutex_t g_blas_mu = PTHREAD_MUTEX_INITIALIZER;
 
-static bq_status cublas_open(void)
+static bq_status cublas_load(void)
 {
-    if (g_cublas) return BQ_OK;
+    pthread_mutex_lock(&g_blas_mu);
+    bq_status st = BQ_OK;
+    if (!g_blas.create) {
     static const char *names[] = {"libcublas.so.13", "libcublas.so", "/usr/local/cuda/lib64/libcublas.so.13",
                                   "/usr/local/cuda/lib64/libcublas.so", "libcublas.so.12"};
-    void *lib = NULL;
-    for (size_t i = 0; i < sizeof names / sizeof *names && !lib; i++) lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
-    if (!lib) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cannot load cuBLAS (libcublas.so): %s", dlerror());
-    create_fn create = (create_fn)dlsym(lib, "cublasCreate_v2");
-    g_sgemm = (sgemm_fn)dlsym(lib, "cublasSgemm_v2");
-    g_gemmex = (gemmex_fn)dlsym(lib, "cublasGemmEx");
-    g_sgemm_batched = (sgemm_batched_fn)dlsym(lib, "cublasSgemmStridedBatched");
-    if (!create || !g_sgemm || !g_gemmex || !g_sgemm_batched)
-        return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cuBLAS lacks cublasSgemm_v2, cublasSgemmStridedBatched or cublasGemmEx");
-    if (create(&g_cublas) != 0) { g_cublas = NULL; return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasCreate failed"); }
-    // Every launch of blockq goes to the per-thread default stream (nvcc
-    // --default-stream per-thread), cuBLAS's too, so that a decoding step can be
-    // captured as a CUDA graph; a workspace of our own, so that cuBLAS allocates
-    // nothing while a capture runs.
-    set_stream_fn set_stream = (set_stream_fn)dlsym(lib, "cublasSetStream_v2");
-    set_workspace_fn set_ws = (set_workspace_fn)dlsym(lib, "cublasSetWorkspace_v2");
-    static void *ws;
+        void *lib = NULL;
+        for (size_t i = 0; i < sizeof names / sizeof *names && !lib; i++) lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+        if (!lib) st = bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cannot load cuBLAS (libcublas.so): %s", dlerror());
+        else {
+            g_blas.destroy = (destroy_fn)dlsym(lib, "cublasDestroy_v2");
+            g_blas.sgemm = (sgemm_fn)dlsym(lib, "cublasSgemm_v2");
+            g_blas.gemmex = (gemmex_fn)dlsym(lib, "cublasGemmEx");
+            g_blas.sgemm_batched = (sgemm_batched_fn)dlsym(lib, "cublasSgemmStridedBatched");
+            g_blas.set_stream = (set_stream_fn)dlsym(lib, "cublasSetStream_v2");
+            g_blas.set_workspace = (set_workspace_fn)dlsym(lib, "cublasSetWorkspace_v2");
+            create_fn create = (create_fn)dlsym(lib, "cublasCreate_v2");
+            if (!create || !g_blas.destroy || !g_blas.sgemm || !g_blas.gemmex || !g_blas.sgemm_batched ||
+                !g_blas.set_stream || !g_blas.set_workspace)
+                st = bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cuBLAS lacks one of cublasCreate_v2, cublasSgemm_v2, "
+                                                 "cublasSgemmStridedBatched, cublasGemmEx, cublasSetStream_v2, cublasSetWorkspace_v2");
+            else g_blas.create = create;  // last: the mark that the rest is set
+        }
+    }
+    pthread_mutex_unlock(&g_blas_mu);
+    return st;
+}
+
+// A handle on the current device. Every launch of blockq goes to the per-thread
+// default stream (nvcc --default-stream per-thread), cuBLAS's too, so that a
+// decoding step can be captured as a CUDA graph and two pipeline stages driven
+// by two threads run side by side; a workspace of the handle's own, so that
+// cuBLAS allocates nothing while a capture runs.
+static bq_status cublas_handle(void **h, void **ws)
+{
     const size_t ws_bytes = (size_t)32 << 20;
-    if (!set_stream || set_stream(g_cublas, cudaStreamPerThread) != 0)
+    bq_status st = cublas_load();
+    if (st) return st;
+    if (g_blas.create(h) != 0) { *h = NULL; return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasCreate failed"); }
+    if (g_blas.set_stream(*h, cudaStreamPerThread) != 0)
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasSetStream failed");
-    if (set_ws && !ws && cudaMalloc(&ws, ws_bytes) == cudaSuccess && set_ws(g_cublas, ws, ws_bytes) != 0)
+    if ((st = bq_cuda_malloc(ws, ws_bytes))) return st;
+    if (g_blas.set_workspace(*h, *ws, ws_bytes) != 0)
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasSetWorkspace failed");
-    cudaGetLastError();
     return BQ_OK;
 }
 
@@ -369,6 +396,8 @@ enum { GEMV_MAX = 4, GEMV16_MAX = 8, ATT_FEW = 8 };  // ATT_FEW: queries up to w
 
 struct cuda_be {
     be base;
+    int dev;               // the CUDA device ordinal
+    void *blas, *blas_ws;  // its cuBLAS handle and workspace
     float *emb, *pos;      // pos: learned positions (NULL with rotary ones)
     glin *lin;             // [layers][7] then head, proj_in, proj_out
     gnorm *norms;          // [layers][4] then the final one
@@ -501,9 +530,12 @@ static void glin_free(glin *l)
 
 static void cuda_drop_recording(be *b);
 
+static bq_status cuda_bind(be *b);
+
 static void cuda_destroy(be *b)
 {
     cuda_be *g = G(b);
+    cuda_bind(b);
     const bq_config *c = cfg(b);
     size_t nl = (size_t)c->layers * 7 + 3, nn = (size_t)c->layers * 4 + 1;
     for (size_t i = 0; g->lin && i < nl; i++) glin_free(&g->lin[i]);
@@ -512,8 +544,9 @@ static void cuda_destroy(be *b)
     free(g->norms);
     cuda_drop_recording(b);
     if (g->graph) cudaGraphExecDestroy(g->graph);
-    void *p[] = {g->emb, g->pos, g->kc, g->vc, g->kq, g->vt, g->s, g->xq, g->xb, g->wb, g->wf, g->ids, g->lp, g->bad};
+    void *p[] = {g->emb, g->pos, g->kc, g->vc, g->kq, g->vt, g->s, g->xq, g->xb, g->wb, g->wf, g->ids, g->lp, g->bad, g->blas_ws};
     for (void *x : p) bq_cuda_free(x);
+    if (g->blas) g_blas.destroy(g->blas);
     free(g->site_d);
     free(g->site_pos);
     free(g);
@@ -573,13 +606,13 @@ static bq_status cuda_linear(be *b, int layer, lin_role r, const float *x, float
         else k_top_half<<<nblk(nx), 256>>>(x, g->xb, nx);  // x holds bf16 values (quantised above)
         if (l->pw && (st = bq_cuda_w_to_bf16(l->pw, g->wb))) return st;
         for (int p = 0; p < parts; p++)
-            if (g_gemmex((cublasHandle_t)g_cublas, CUBLAS_OP_T, CUBLAS_OP_N, l->out, n, l->in, &one, l->pw ? g->wb : l->w16,
+            if (g_blas.gemmex((cublasHandle_t)g->blas, CUBLAS_OP_T, CUBLAS_OP_N, l->out, n, l->in, &one, l->pw ? g->wb : l->w16,
                          CUDA_R_16BF, l->in, g->xb + (size_t)p * nx, CUDA_R_16BF, l->in, p ? &one : &zero, y, CUDA_R_32F, l->out,
                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS)
                 return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasGemmEx (bf16) failed");
     } else {
         if (l->pw && (st = bq_cuda_w_to_f32(l->pw, g->wf))) return st;  // f32: unpacked exactly
-        if (g_sgemm(g_cublas, CUBLAS_OP_T, CUBLAS_OP_N, l->out, n, l->in, &one, l->pw ? g->wf : l->w, l->in, x, l->in, &zero, y,
+        if (g_blas.sgemm(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, l->out, n, l->in, &one, l->pw ? g->wf : l->w, l->in, x, l->in, &zero, y,
                     l->out) != 0)
             return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasSgemm failed");
     }
@@ -613,16 +646,16 @@ static bq_status cuda_kv_store(be *b, int layer, const float *k, const float *v,
 {
     cuda_be *g = G(b);
     const bq_config *c = cfg(b);
-    size_t kvd = (size_t)c->kv_heads * c->head_dim, off = (size_t)layer * b->max_tokens * kvd, nk = (size_t)n * kvd;
+    size_t kvd = (size_t)c->kv_heads * c->head_dim, off = (size_t)(layer - b->lo) * b->max_tokens * kvd, nk = (size_t)n * kvd;
     k_kv_store<<<nblk(nk), 256>>>(g->kc + off, g->vc + off, k, v, nk, kvd, pos, dpos_of(g));
     return launched("KV cache");
 }
 
-static bq_status sgemm_batched(bool ta, bool tb, int m, int n, int k, float alpha, const float *A, int lda, long long sa,
+static bq_status sgemm_batched(void *blas, bool ta, bool tb, int m, int n, int k, float alpha, const float *A, int lda, long long sa,
                                const float *B, int ldb, long long sb, float *C, int ldc, long long sc, int count)
 {
     const float zero = 0.0f;
-    if (g_sgemm_batched(g_cublas, ta, tb, m, n, k, &alpha, A, lda, sa, B, ldb, sb, &zero, C, ldc, sc, count) != 0)
+    if (g_blas.sgemm_batched(blas, ta, tb, m, n, k, &alpha, A, lda, sa, B, ldb, sb, &zero, C, ldc, sc, count) != 0)
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasSgemmStridedBatched failed");
     return BQ_OK;
 }
@@ -639,7 +672,8 @@ static bq_status cuda_attention(be *b, int layer, float *q, float *a, int n, int
     const bq_model *M = b->m;
     const bq_config *c = cfg(b);
     const int d = c->head_dim, kvh = c->kv_heads, G_ = c->heads / kvh, qd = c->heads * d, kvd = kvh * d, T = pos + n;
-    const float *K = g->kc + (size_t)layer * b->max_tokens * kvd, *V = g->vc + (size_t)layer * b->max_tokens * kvd;
+    size_t at = (size_t)(layer - b->lo) * b->max_tokens * kvd;
+    const float *K = g->kc + at, *V = g->vc + at;
     const bq_format *aq = M->attn_q;
     bq_status st = BQ_OK;
     if (!aq && n <= ATT_FEW && d <= 256) {
@@ -663,14 +697,14 @@ static bq_status cuda_attention(be *b, int layer, float *q, float *a, int n, int
         for (int k0 = 0; k0 < kvh && !st; k0 += chunk) {
             int cnt = kvh - k0 < chunk ? kvh - k0 : chunk;
             size_t h0 = (size_t)k0 * G_ + j;
-            st = sgemm_batched(true, false, T, n, d, 1.0f / sqrtf((float)d), K + (size_t)k0 * d, kvd, d, q + h0 * d, qd,
+            st = sgemm_batched(g->blas, true, false, T, n, d, 1.0f / sqrtf((float)d), K + (size_t)k0 * d, kvd, d, q + h0 * d, qd,
                                (long long)G_ * d, g->s, T, nT, cnt);
             if (st) break;
             k_softmax<<<(unsigned)(cnt * n), 256>>>(g->s, n, T, pos, c->sliding_window);
             if (aq && (st = bq_cuda_qdq(aq, g->s, g->s, (size_t)cnt * n, (size_t)T, &M->qopts))) break;
-            st = aq ? sgemm_batched(true, false, d, n, T, 1.0f, g->vt + (size_t)k0 * d * T, T, (long long)d * T, g->s, T, nT,
+            st = aq ? sgemm_batched(g->blas, true, false, d, n, T, 1.0f, g->vt + (size_t)k0 * d * T, T, (long long)d * T, g->s, T, nT,
                                     a + h0 * d, qd, (long long)G_ * d, cnt)
-                    : sgemm_batched(false, false, d, n, T, 1.0f, V + (size_t)k0 * d, kvd, d, g->s, T, nT, a + h0 * d, qd,
+                    : sgemm_batched(g->blas, false, false, d, n, T, 1.0f, V + (size_t)k0 * d, kvd, d, g->s, T, nT, a + h0 * d, qd,
                                     (long long)G_ * d, cnt);
         }
     return st ? st : launched("attention");
@@ -800,17 +834,26 @@ static bq_status cuda_logits(be *b, const float *lg, int rows, float *out)
 
 static bq_status cuda_logprobs(be *b, const float *lg, const int32_t *ids, int n, double *lp)
 {
-    cuda_be *g = G(b);  // g->ids holds these ids: the embedding uploaded them
-    (void)ids;
+    cuda_be *g = G(b);  // the first stage's embedding uploaded the ids; a later one's did not
+    bq_status st = b->lo > 0 ? bq_cuda_upload(g->ids, ids, (size_t)n * 4) : BQ_OK;
+    if (st) return st;
     k_logprob<<<n - 1, 256>>>(lg, g->ids, g->lp, cfg(b)->vocab);
-    bq_status st = launched("log-probabilities");
+    st = launched("log-probabilities");
     return st ? st : bq_cuda_download(lp, g->lp, (size_t)(n - 1) * 8);
+}
+
+static bq_status cuda_get(be *b, void *host, const void *src, size_t bytes) { (void)b; return bq_cuda_download(host, src, bytes); }
+static bq_status cuda_put(be *b, void *dst, const void *host, size_t bytes) { (void)b; return bq_cuda_upload(dst, host, bytes); }
+static bq_status cuda_bind(be *b)
+{
+    cudaError_t e = cudaSetDevice(G(b)->dev);
+    return e == cudaSuccess ? BQ_OK : bq_fail(BQ_ERR_UNSUPPORTED, "CUDA device %d: %s", G(b)->dev, cudaGetErrorString(e));
 }
 
 static const be_ops cuda_ops = {
     "cuda", 0, cuda_destroy, cuda_alloc, cuda_release, cuda_embed, cuda_add_pos, cuda_linear, cuda_norm, cuda_rope,
     cuda_qdq, cuda_kv_store, cuda_attention, cuda_act, cuda_add, cuda_check, cuda_logits, cuda_logprobs, cuda_finish,
-    cuda_replay, cuda_drop_recording,
+    cuda_replay, cuda_drop_recording, cuda_get, cuda_put, cuda_bind,
 };
 
 static bq_status up_norm(gnorm *d, const normp *p, size_t n, size_t *bytes)
@@ -832,21 +875,24 @@ static bq_status cuda_setup(cuda_be *g)
     g->site_d = (int *)calloc((size_t)g->nsites, sizeof(int));
     g->site_pos = (int *)calloc((size_t)g->nsites, sizeof(int));
     if (!g->lin || !g->norms || !g->site_d || !g->site_pos) return bq_fail(BQ_ERR_NOMEM, "out of memory");
-    bq_status st;
-    if (m->tok_emb) st = up_floats(&g->emb, m->tok_emb, V * E, b);
-    else {
+    // a pipeline stage holds its layers, the first one the embedding, the last one the head
+    const int lo = g->base.lo, hi = g->base.hi, first = lo == 0, last = hi == c->layers;
+    bq_status st = BQ_OK;
+    if (first && m->tok_emb) st = up_floats(&g->emb, m->tok_emb, V * E, b);
+    else if (first) {
         float *tmp = (float *)malloc(V * E * 4);
         if (!tmp) return bq_fail(BQ_ERR_NOMEM, "out of memory");
         pmat_decode(m->emb_p, 0, (int)V, tmp);
         st = up_floats(&g->emb, tmp, V * E, b);
         free(tmp);
     }
-    if (!st && m->pos_emb) st = up_floats(&g->pos, m->pos_emb, (Tn + c->pos_offset) * H, b);
-    if (!st && c->final_norm) st = up_norm(&g->norms[(size_t)c->layers * 4], &m->final_ln, H, b);
+    if (!st && first && m->pos_emb) st = up_floats(&g->pos, m->pos_emb, (Tn + c->pos_offset) * H, b);
+    if (!st && last && c->final_norm) st = up_norm(&g->norms[(size_t)c->layers * 4], &m->final_ln, H, b);
     int any16 = 0;  // what the bf16 buffers must hold (3: a split linear), noted as the linears go up
     size_t maxw = 0, maxw32 = 0;
     for (int l = -1; l < c->layers && !st; l++)
         for (int r = l < 0 ? R_HEAD : R_Q; r < (l < 0 ? R_COUNT : R_HEAD) && !st; r++) {
+            if (l >= 0 ? l < lo || l >= hi : r == R_PROJ_IN ? !first : !last) continue;
             const linear *src = model_linear(m, l, (lin_role)r);
             glin *dst = glin_at(g, l, (lin_role)r);
             if (!LINEAR_PRESENT(src) || (st = up_linear(dst, src, b))) continue;
@@ -855,7 +901,7 @@ static bq_status cuda_setup(cuda_be *g)
             size_t *mx = dst->f32 ? &maxw32 : &maxw;
             if (dst->pw && (size_t)dst->in * dst->out > *mx) *mx = (size_t)dst->in * dst->out;
         }
-    for (int l = 0; l < c->layers && !st; l++) {
+    for (int l = lo; l < hi && !st; l++) {
         gnorm *n = &g->norms[(size_t)l * 4];
         st = up_norm(&n[N_LN1], &m->L[l].ln1, H, b);
         if (!st) st = up_norm(&n[N_LN2], &m->L[l].ln2, H, b);
@@ -873,7 +919,7 @@ static bq_status cuda_setup(cuda_be *g)
     g->s_floats = all < cap ? all : one > cap ? one : cap;
     size_t few = (size_t)ATT_FEW * c->heads * Tn;  // k_attn_few's rows
     g->s_floats = g->s_floats > few ? g->s_floats : few;
-    size_t kv = (size_t)c->layers * Tn * kvd;
+    size_t kv = (size_t)(hi - lo) * Tn * kvd;
     float **bufs[] = {&g->kc, &g->vc, &g->xq, &g->s, &g->kq, &g->vt};
     size_t sizes[] = {kv, kv, g->xq_floats, g->s_floats, m->attn_q ? Tn * kvd : 0, m->attn_q ? Tn * kvd : 0};
     for (int i = 0; i < 6 && !st; i++)
@@ -890,11 +936,13 @@ static bq_status cuda_setup(cuda_be *g)
     return st;
 }
 
-extern "C" bq_status be_cuda_new(const bq_model *m, int T, be **out)
+extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int hi, be **out)
 {
     *out = NULL;
     char why[256];
-    if (!bq_cuda_devices(why, sizeof why)) return bq_fail(BQ_ERR_UNSUPPORTED, "%s", why);
+    int ndev = bq_cuda_devices(why, sizeof why);
+    if (!ndev) return bq_fail(BQ_ERR_UNSUPPORTED, "%s", why);
+    if (dev < 0 || dev >= ndev) return bq_fail(BQ_ERR_ARG, "CUDA device %d: only %d visible", dev, ndev);
     const bq_config *c = &m->c;
     for (int i = 0; i < c->layers; i++)  // L-Mul products have no GPU kernel: never a silently exact run
         for (int r = R_Q; r < R_HEAD; r++) {
@@ -903,16 +951,21 @@ extern "C" bq_status be_cuda_new(const bq_model *m, int T, be **out)
         }
     if (const linear *l = model_lorc_linear(m))  // never a silently different model on the device
         return bq_fail(BQ_ERR_UNSUPPORTED, "%s: LoRC factors (--ptq lorc) run on the CPU only", l->name);
-    bq_status st = cublas_open();
-    if (st) return st;
     cuda_be *g = (cuda_be *)calloc(1, sizeof *g);
     if (!g) return bq_fail(BQ_ERR_NOMEM, "out of memory");
     g->base.ops = &cuda_ops;
     g->base.m = m;
     g->base.max_tokens = T;
-    if ((st = cuda_setup(g))) { cuda_destroy(&g->base); return st; }
+    g->base.lo = lo;
+    g->base.hi = hi;
+    g->dev = dev;
+    bq_status st = cuda_bind(&g->base);
+    if (!st) st = cublas_handle(&g->blas, &g->blas_ws);
+    if (!st) st = cuda_setup(g);
+    if (st) { cuda_destroy(&g->base); return st; }
     *out = &g->base;
     return BQ_OK;
 }
 
 extern "C" size_t be_cuda_bytes(const be *b) { return b && b->ops == &cuda_ops ? ((const cuda_be *)b)->bytes : 0; }
+extern "C" int be_cuda_ordinal(const be *b) { return b && b->ops == &cuda_ops ? ((const cuda_be *)b)->dev : -1; }

@@ -38,5 +38,11 @@ bq_status bq_cuda_gemm_mx8(int kind, const void *a, const uint8_t *sa, const voi
     (void)kind; (void)a; (void)sa; (void)b; (void)sb; (void)c; (void)M; (void)N; (void)K;
     return none();
 }
-bq_status be_cuda_new(const bq_model *m, int T, be **out) { (void)m; (void)T; *out = NULL; return none(); }
+bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int hi, be **out)
+{
+    (void)m; (void)T; (void)dev; (void)lo; (void)hi;
+    *out = NULL;
+    return none();
+}
 size_t be_cuda_bytes(const be *b) { (void)b; return 0; }
+int be_cuda_ordinal(const be *b) { (void)b; return -1; }

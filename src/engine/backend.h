@@ -68,17 +68,29 @@ typedef struct {
      * the recording); drop_recording abandons one after an error. */
     bq_status (*replay)(be *b, int32_t id, int pos, unsigned key, int *replayed);
     void (*drop_recording)(be *b);
+    /* Pipeline stages (forward.c): a stage's activations leave through the host.
+     * get: host[0..bytes) = src (waits for the work queued before it); put: dst = host. */
+    bq_status (*get)(be *b, void *host, const void *src, size_t bytes);
+    bq_status (*put)(be *b, void *dst, const void *host, size_t bytes);
+    /* Optional: make this backend's device current on the calling thread, before a
+     * thread (or a turn of the driver) starts queueing its ops. */
+    bq_status (*bind)(be *b);
 } be_ops;
 
 struct be {
     const be_ops *ops;
     const bq_model *m;
     int max_tokens, threads;
+    int lo, hi;  /* the layers [lo, hi) it holds (a pipeline stage; else all); the
+                  * embedding with lo == 0, the final norm and head with hi == layers */
 };
 
-bq_status be_cpu_new(const bq_model *m, int max_tokens, int threads, be **out);
-bq_status be_cuda_new(const bq_model *m, int max_tokens, be **out);  /* nocuda.c without nvcc */
+/* The layers [lo, hi) of m (a stage), for up to max_tokens positions; CUDA on the
+ * device with that ordinal. */
+bq_status be_cpu_new(const bq_model *m, int max_tokens, int threads, int lo, int hi, be **out);
+bq_status be_cuda_new(const bq_model *m, int max_tokens, int device, int lo, int hi, be **out);  /* nocuda.c without nvcc */
 size_t be_cuda_bytes(const be *b);  /* device memory a CUDA backend holds (0 for the CPU's) */
+int be_cuda_ordinal(const be *b);   /* its device (-1 for the CPU's) */
 
 /* OpenBLAS single-threaded inside our own fixed slices (once per process; cpu.c). */
 void be_blas_single_thread(void);

@@ -24,7 +24,7 @@ void be_blas_single_thread(void) { pthread_once(&g_blas_once, blas_single_thread
 
 typedef struct {
     be base;
-    float *kc, *vc;  /* [layers][max_tokens][kv_dim] */
+    float *kc, *vc;  /* [hi - lo][max_tokens][kv_dim]: its layers' cache */
     float *kq, *vt;  /* attention quantisation: K copy [T, kv_dim], V^T [kv_dim, T] */
     int cap;         /* tokens the scratch below holds */
     float *att;      /* one score matrix [n, T] per head */
@@ -287,7 +287,7 @@ static size_t kvd(const be *b) { return (size_t)cfg(b)->kv_heads * cfg(b)->head_
 static bq_status cpu_kv_store(be *b, int layer, const float *k, const float *v, int n, int pos)
 {
     cpu_be *c = (cpu_be *)b;
-    size_t off = ((size_t)layer * b->max_tokens + pos) * kvd(b);
+    size_t off = ((size_t)(layer - b->lo) * b->max_tokens + pos) * kvd(b);
     memcpy(c->kc + off, k, (size_t)n * kvd(b) * 4);
     memcpy(c->vc + off, v, (size_t)n * kvd(b) * 4);
     return BQ_OK;
@@ -358,7 +358,8 @@ static bq_status cpu_attention(be *b, int layer, float *q, float *a, int n, int 
     size_t kv = kvd(b);
     bq_status st = ensure(c, n);
     if (st) return st;
-    const float *K = c->kc + (size_t)layer * b->max_tokens * kv, *V = c->vc + (size_t)layer * b->max_tokens * kv;
+    size_t at = (size_t)(layer - b->lo) * b->max_tokens * kv;
+    const float *K = c->kc + at, *V = c->vc + at;
     const bq_format *aq = b->m->attn_q;
     const bq_qopts *qo = &b->m->qopts;
     if (aq) {
@@ -401,21 +402,29 @@ static bq_status cpu_logprobs(be *b, const float *lg, const int32_t *ids, int n,
 
 static bq_status cpu_finish(be *b) { (void)b; return BQ_OK; }
 
+static bq_status cpu_copy(be *b, void *dst, const void *src, size_t bytes)
+{
+    (void)b;
+    if (dst != src) memcpy(dst, src, bytes);
+    return BQ_OK;
+}
+
 static const be_ops cpu_ops = {
     "cpu", 1, cpu_destroy, cpu_alloc, cpu_release, cpu_embed, cpu_add_pos, cpu_linear, cpu_norm, cpu_rope, cpu_qdq,
     cpu_kv_store, cpu_attention, cpu_act, cpu_add, cpu_check, cpu_logits, cpu_logprobs, cpu_finish,
     NULL, NULL,  /* no recorded steps: nothing to save on the CPU */
+    cpu_copy, cpu_copy, NULL,
 };
 
-bq_status be_cpu_new(const bq_model *m, int max_tokens, int threads, be **out)
+bq_status be_cpu_new(const bq_model *m, int max_tokens, int threads, int lo, int hi, be **out)
 {
     *out = NULL;
     be_blas_single_thread();
     cpu_be *c = calloc(1, sizeof *c);
     if (!c) return bq_fail(BQ_ERR_NOMEM, "out of memory");
-    c->base = (be){&cpu_ops, m, max_tokens, threads};
+    c->base = (be){&cpu_ops, m, max_tokens, threads, lo, hi};
     c->pool = bq_pool_new(threads);  /* NULL (one thread, or no threads to start) runs serially */
-    size_t sz = (size_t)m->c.layers * max_tokens * kvd(&c->base);
+    size_t sz = (size_t)(hi - lo) * max_tokens * kvd(&c->base);
     c->kc = malloc(sz * 4);
     c->vc = malloc(sz * 4);
     if (m->attn_q) {

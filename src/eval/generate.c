@@ -53,7 +53,8 @@ bq_status bq_generate(const bq_model *m, const int32_t *prompt, size_t n, const 
     float *lg = malloc((size_t)V * sizeof *lg);
     bq_ctx *c = NULL;
 #define GEN_HAS(field) (o->size >= offsetof(bq_gen_opts, field) + sizeof o->field)
-    bq_ctx_opts co = {.size = sizeof co, .device = GEN_HAS(device) ? o->device : 0, .eager = GEN_HAS(eager) ? o->eager : 0};
+    bq_ctx_opts co = {.size = sizeof co, .device = GEN_HAS(device) ? o->device : 0, .eager = GEN_HAS(eager) ? o->eager : 0,
+                      .stages = GEN_HAS(stages) ? o->stages : 0};
 #undef GEN_HAS
     bq_status st = lg ? bq_ctx_new_ex(m, (int)(n + (size_t)o->n_new), &co, &c) : bq_fail(BQ_ERR_NOMEM, "out of memory");
     if (!st) bq_ctx_set_check(c, !o->allow_nonfinite);

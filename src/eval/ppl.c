@@ -37,6 +37,28 @@ static int first_scored(int S, int second_half) { return second_half == 2 ? S / 
 
 bq_status bq_ppl_windows(size_t n, const bq_ppl_opts *o, size_t *windows) { return count_windows(n, o, windows); }
 
+/* Each scored window's sums, and progress (called in window order). */
+typedef struct {
+    const bq_ppl_opts *o;
+    int S, half, part, parts;
+    double *nll, *nll_half, t0;
+    size_t mine;
+} ppl_acc;
+
+static bq_status add_window(void *arg, size_t i, const double *lp)
+{
+    ppl_acc *a = arg;
+    size_t w = (size_t)a->part + i * (size_t)a->parts;
+    for (int t = 0; t < a->S - 1; t++) {
+        if (!isfinite(lp[t]) && !a->o->allow_nonfinite)
+            return bq_fail(BQ_ERR_NONFINITE, "non-finite logits in window %zu at position %d", w, t);
+        a->nll[w] -= lp[t];
+        if (t >= a->half) a->nll_half[w] -= lp[t];
+    }
+    if (a->o->progress) a->o->progress(a->o->progress_arg, i + 1, a->mine, (i + 1) * (size_t)a->S, bq_now() - a->t0);
+    return BQ_OK;
+}
+
 bq_status bq_perplexity_part(const bq_model *m, const int32_t *ids, size_t n, const bq_ppl_opts *o, int part, int parts,
                              double *nll, double *nll_half)
 {
@@ -47,33 +69,21 @@ bq_status bq_perplexity_part(const bq_model *m, const int32_t *ids, size_t n, co
     if (parts < 1 || part < 0 || part >= parts) return bq_fail(BQ_ERR_ARG, "part %d of %d", part, parts);
     for (size_t w = 0; w < windows; w++) nll[w] = nll_half[w] = 0.0;
     if ((size_t)part >= windows) return BQ_OK;  /* more parts than windows: nothing here */
-    double *lp = malloc((size_t)S * sizeof *lp);
-    bq_ctx *c = NULL;
-    bq_ctx_opts co = {.size = sizeof co, .device = o->device, .threads = o->threads};
-    st = !lp ? bq_fail(BQ_ERR_NOMEM, "out of memory for log-probabilities") : bq_ctx_new_ex(m, S, &co, &c);
-    if (!st && !o->allow_nonfinite) st = bq_model_check_finite(m);
-    if (!st) bq_ctx_set_check(c, !o->allow_nonfinite);
     /* both protocols are accumulated from the same forward passes */
-    double t0 = bq_now();
-    const int half = first_scored(S, o->second_half ? o->second_half : 1);  /* ppl_second_half's first position */
-    size_t mine = (windows - (size_t)part + (size_t)parts - 1) / (size_t)parts, done = 0;
-    for (size_t w = (size_t)part; w < windows && !st; w += (size_t)parts) {
-        const int32_t *win = ids + w * (size_t)S;
-        bq_ctx_reset(c);
-        if ((st = bq_forward_logprobs(c, win, S, lp))) break;
-        for (int t = 0; t < S - 1; t++) {
-            if (!isfinite(lp[t]) && !o->allow_nonfinite) {
-                st = bq_fail(BQ_ERR_NONFINITE, "non-finite logits in window %zu at position %d", w, t);
-                break;
-            }
-            nll[w] -= lp[t];
-            if (t >= half) nll_half[w] -= lp[t];
-        }
-        done++;
-        if (o->progress) o->progress(o->progress_arg, done, mine, done * (size_t)S, bq_now() - t0);
+    ppl_acc acc = {o, S, first_scored(S, o->second_half ? o->second_half : 1), part, parts, nll, nll_half, bq_now(),
+                   (windows - (size_t)part + (size_t)parts - 1) / (size_t)parts};
+    const int32_t **wins = malloc(acc.mine * sizeof *wins);
+    bq_ctx *c = NULL;
+    bq_ctx_opts co = {.size = sizeof co, .device = o->device, .threads = o->threads, .stages = o->stages};
+    st = !wins ? bq_fail(BQ_ERR_NOMEM, "out of memory for %zu windows", acc.mine) : bq_ctx_new_ex(m, S, &co, &c);
+    if (!st && !o->allow_nonfinite) st = bq_model_check_finite(m);
+    if (!st) {
+        bq_ctx_set_check(c, !o->allow_nonfinite);
+        for (size_t i = 0; i < acc.mine; i++) wins[i] = ids + ((size_t)part + i * (size_t)parts) * (size_t)S;
+        st = bq_score_windows(c, wins, acc.mine, S, add_window, &acc);
     }
     bq_ctx_free(c);
-    free(lp);
+    free(wins);
     return st;
 }
 
@@ -150,7 +160,7 @@ bq_status bq_kld(const bq_model *ref, const bq_model *m, const int32_t *ids, siz
     double *kl = malloc(windows * (size_t)rows * sizeof *kl);
     int *same = malloc((size_t)rows * sizeof *same);
     bq_ctx *ca = NULL, *cb = NULL;
-    bq_ctx_opts co = {.size = sizeof co, .device = o->device, .threads = o->threads};
+    bq_ctx_opts co = {.size = sizeof co, .device = o->device, .threads = o->threads, .stages = o->stages};
     st = !la || !lb || !kl || !same ? bq_fail(BQ_ERR_NOMEM, "out of memory for two windows of logits")
                  : bq_ctx_new_ex(ref, S, &co, &ca);
     if (!st) st = bq_ctx_new_ex(m, S, &co, &cb);

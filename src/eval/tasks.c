@@ -185,7 +185,9 @@ bq_status bq_eval_file(const bq_model *m, const bq_tokenizer *t, const char *pat
     double *a = NULL, *b = NULL;
     size_t cap = 0, n = 0;
     if (!s.lg || !s.last) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-    bq_ctx_opts co = {.size = sizeof co, .device = o->size >= offsetof(bq_eval_opts, device) + sizeof o->device ? o->device : 0};
+#define EVAL_HAS(f) (o->size >= offsetof(bq_eval_opts, f) + sizeof o->f)
+    bq_ctx_opts co = {.size = sizeof co, .device = EVAL_HAS(device) ? o->device : 0, .stages = EVAL_HAS(stages) ? o->stages : 0};
+#undef EVAL_HAS
     if (!st && !(st = bq_ctx_new_ex(m, o->max_ctx, &co, &s.c))) bq_ctx_set_check(s.c, !o->allow_nonfinite);
     int kind = -1, line = 0;
     int has_part = o->size >= offsetof(bq_eval_opts, on_score) + sizeof o->on_score;
