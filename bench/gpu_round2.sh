@@ -12,6 +12,9 @@
 #   STAGES=gemvtest: the GEMV tests of test_cuda alone (split and unsplit paths)
 #   STAGES=pipeline: pipeline stages on one GPU (issue 21): the 7B shape's ppl and decoding
 #     with --stages 1, 2 and 4 (the same numbers and tokens; time of each), the bundled model's too
+#   STAGES=multigpu (a machine of 2+ GPUs; issue 21's targets): the 7B shape's ppl on one GPU
+#     (CUDA_VISIBLE_DEVICES=0) against 2 stages on 2 GPUs, then a random 70B shape (bf16, 140 GB,
+#     written to /dev/shm: the 2-GPU machine's disk is 128 GiB) split over both
 #   STAGES=graphs: one-token steps replayed from a CUDA graph against --eager (every kernel
 #     launched), bundled model and 7B shape, and the GEMV at a 7B layer's shapes
 O=${1:-${OUT:-/tmp}}
@@ -20,7 +23,7 @@ B=build/gpu/blockq
 M=/tmp/r7b
 T=data/wikitext-2-test.txt
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-case "$S" in *scale*|*decode*|*packed*|*graphs*|*pipeline*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
+case "$S" in *scale*|*decode*|*packed*|*graphs*|*pipeline*|*multigpu*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
 mkdir -p /tmp/deps && for f in .debs/*.deb; do dpkg -x "$f" /tmp/deps; done 2>/dev/null
 [ -f .debs/deps.tar.xz ] && tar xJf .debs/deps.tar.xz -C /tmp/deps  # the same packages, pruned to fit the transfer
 D=/tmp/deps/usr; L=$D/lib/x86_64-linux-gnu
@@ -119,4 +122,14 @@ case "$S" in *pipeline*)
         $B generate --model $M --prompt "The meaning of life is" -n 64 --device cuda --stages $k --json >"$O/r6_gen_$k.json"
     done
     python3 bench/pipeline_table.py "$O" | tee "$O/r6_pipeline.txt" ;;
+esac
+case "$S" in *multigpu*)
+    export TIMECMD_JSONL="$O/r6_multigpu.jsonl"
+    CUDA_VISIBLE_DEVICES=0 $R "7B ppl ctx2048 x16, 1 GPU" -- $B ppl --model $M --text $T --ctx 2048 --chunks 16 --device cuda --json
+    $R "7B ppl ctx2048 x16, 2 stages" -- $B ppl --model $M --text $T --ctx 2048 --chunks 16 --device cuda --stages 2 --json
+    rm -rf $M
+    python3 bench/make_random_model.py /dev/shm/r70b --layers 80 --hidden 8192 --inter 28672 --heads 64 --kv-heads 8 >/tmp/gen70.log 2>&1
+    $R "70B ppl ctx2048 x4, 2 stages" -- $B ppl --model /dev/shm/r70b --text $T --ctx 2048 --chunks 4 --device cuda --stages 2 --json
+    $R "70B decode 32 tokens, 2 stages" -- $B generate --model /dev/shm/r70b --prompt "The meaning of life is" -n 32 --device cuda --stages 2 --json
+    rm -rf /dev/shm/r70b ;;
 esac
