@@ -64,6 +64,15 @@ for p in second-half:64 llama.cpp:63; do
     [ "$n" = $((2 * ${p##*:})) ] && ok || bad "--protocol ${p%%:*}: $n tokens scored, expected $((2 * ${p##*:}))"
 done
 # --kld: zero against the unquantised model itself, positive with quantised weights
+# pipeline stages: the same numbers and tokens as one stage; more stages than layers refused
+s1=$($B ppl --model $M --text data/wikitext-2-test.txt --ctx 64 --chunks 6 --wq mxfp4 --aq mxint8 2>/dev/null | tail -1)
+s3=$($B ppl --model $M --text data/wikitext-2-test.txt --ctx 64 --chunks 6 --wq mxfp4 --aq mxint8 --stages 3 2>"$T/stages.err" | tail -1)
+[ -n "$s1" ] && [ "$s1" = "$s3" ] && grep -q "pipeline: 3 stages (cpu), layers 0-" "$T/stages.err" && ok || bad "ppl --stages 3 '$s3' vs one stage '$s1'"
+g1=$($B generate --model $M --prompt "The river" -n 12 --json 2>/dev/null | sed 's/, "load_seconds.*//')
+g2=$($B generate --model $M --prompt "The river" -n 12 --json --stages 2 2>/dev/null | sed 's/, "load_seconds.*//')
+[ -n "$g1" ] && [ "$g1" = "$g2" ] && ok || bad "generate --stages 2 '$g2' vs one stage '$g1'"
+expect_fail 2 "a stage holds at least one layer" -- $B ppl --model $M --text data/wikitext-2-test.txt --ctx 64 --chunks 1 --stages 9
+expect_fail 2 "bad --stages" -- $B generate --model $M --prompt x --stages 0
 k0=$($B ppl --model $M --text data/wikitext-2-test.txt --ctx 64 --chunks 2 --kld --json 2>/dev/null | sed -n 's/.*"kld_mean": \([0-9.e+-]*\).*/\1/p')
 k1=$($B ppl --model $M --text data/wikitext-2-test.txt --ctx 64 --chunks 2 --kld --wq mxfp4 --json 2>/dev/null | sed -n 's/.*"kld_mean": \([0-9.e+-]*\).*/\1/p')
 awk -v a="$k0" -v b="$k1" 'BEGIN { exit !(a == 0 && b > 0) }' && ok || bad "--kld: '$k0' against itself, '$k1' after mxfp4"

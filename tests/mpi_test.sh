@@ -29,7 +29,10 @@ for np in 1 2 3 7; do  # 7: more ranks than the 5 windows
     got=$(ppl $RUN -np $np "$B")
     [ -n "$got" ] && [ "$got" = "$one" ] && ok || bad "ppl -np $np: '$got' vs one process '$one' ($(tail -1 "$T/err"))"
 done
-echo "  ppl over 1, 2, 3, 7 ranks: nll ppl = $one"
+got=$($RUN -np 2 "$B" ppl --model $M --text $TXT --ctx 128 --chunks 5 --threads 1 --stages 2 --json 2>"$T/err" |
+      sed -n 's/.*"nll": \([0-9.]*\), "ppl": \([0-9.]*\).*/\1 \2/p')  # each rank's windows through its own 2 stages
+[ -n "$got" ] && [ "$got" = "$one" ] && ok || bad "ppl -np 2 --stages 2: '$got' vs one process '$one' ($(tail -1 "$T/err"))"
+echo "  ppl over 1, 2, 3, 7 ranks (and 2 ranks of 2 pipeline stages): nll ppl = $one"
 # sweep: the table, JSON (less the timings) and plot, identical; int4_g4096 fails (blocks longer than a row)
 F="fp32,mxfp4,bfp6_b16,int4_g4096,nvfp4"
 for np in 1 2 3; do
