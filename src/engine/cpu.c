@@ -165,9 +165,10 @@ static bq_status cpu_linear(be *b, int layer, lin_role r, const float *x, float 
     bq_status st = ensure(c, n);
     if (st) return st;
     pm_act act, *ap = NULL;
-    /* a few tokens (generation): the float GEMV on the quantised activations is
-     * cheaper than quantising them to codes and recomputing the panels' sums */
-    if (l->aq && l->pw && n > MV_MAX && !l->lmul && pmat_int_ok(l->pw, l->aq)) {
+    /* an integer activation grid against panel weights: integer dot products
+     * (VNNI), for one token as for many (the same bits as fake quantisation
+     * followed by the float product, up to the order of the float sums) */
+    if (l->aq && l->pw && !l->lmul && pmat_int_ok(l->pw, l->aq)) {
         if (pm_act_make(l->aq, x, n, l->in, &b->m->qopts, &act))
             return bq_fail(BQ_ERR_NOMEM, "out of memory quantising the input of %s", l->name);
         ap = &act;

@@ -51,6 +51,11 @@ struct bq_format {
     elem_t scale;    /* SCH_SCALED / SCH_NVFP4: the scale's own minifloat format */
     int scale_bits;  /* bits of one stored scale */
     int ggml;        /* SCH_SCALED: llama.cpp's rule for the block scale and codes (q4_0, q8_0; qkern.h) */
+    /* The element grid as small integers up to a power of two (format_int_grid, when
+     * parsed): value(code) = ilut[code] * iemult, ilo the least used; igrid 0 if not */
+    int igrid, ilo;
+    int8_t ilut[256];
+    float iemult;
 };
 
 /* Per-tensor facts a kernel may need (computed once before the rows run). */
@@ -85,6 +90,8 @@ size_t pack_row_bytes(const bq_format *f, size_t cols);
 float pack_tensor_scale(const bq_format *f, const uint8_t *packed);  /* 1 if none */
 bq_status pack_decode_rows(const bq_format *f, const uint8_t *packed, size_t cols, size_t r0, size_t r1, float *out);
 float pack_elem_value(const bq_format *f, uint32_t code);
+/* Work out f's integer grid (the igrid fields); bq_format_parse calls it. */
+void format_int_grid(bq_format *f);
 /* A group's scale as two factors (value = (q * s1) * s2, as fake quantisation
  * computes it); 0 when the code means NaN. */
 int pack_scale_parts(const bq_format *f, float tensor_scale, uint32_t code, float *s1, float *s2);

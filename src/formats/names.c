@@ -287,6 +287,7 @@ bq_status bq_format_parse(const char *name, bq_format **out)
         return bq_fail(BQ_ERR_FORMAT, "format '%s': modifiers apply only to minifloat elements", name);
     }
     memcpy(f->name, name, len + 1);
+    format_int_grid(f);
     *out = f;
     return BQ_OK;
 }

@@ -370,6 +370,33 @@ bq_status pack_decode_rows(const bq_format *f, const uint8_t *in, size_t cols, s
 
 float pack_elem_value(const bq_format *f, uint32_t code) { return elem_value(&f->el, code, 0); }
 
+void format_int_grid(bq_format *f)
+{
+    int n = 1 << f->el.bits, m = 0;
+    f->igrid = 0;
+    if (f->el.bits > 8 || f->el.kind == EK_LOG || f->el.kind == EK_FP32) return;
+    if (f->sch == SCH_INT && f->asym) return;
+    for (int c = 0; c < n; c++) {
+        float v = pack_elem_value(f, (uint32_t)c);
+        if (!isfinite(v)) return;
+        int k = 0;
+        while (k <= 16 && ldexpf(v, k) != floorf(ldexpf(v, k))) k++;
+        if (k > 16) return;
+        m = k > m ? k : m;
+    }
+    f->ilo = 0;
+    for (int c = 0; c < n; c++) {
+        float q = ldexpf(pack_elem_value(f, (uint32_t)c), m);
+        if (q < -128.0f || q > 127.0f) return;
+        f->ilut[c] = (int8_t)q;
+        /* integer grids leave their most negative code unused ([-127, 127]) */
+        int used = f->el.kind != EK_INT || ldexpf((float)f->el.lo, m - f->el.frac) <= q;
+        if (used && f->ilut[c] < f->ilo) f->ilo = f->ilut[c];
+    }
+    f->iemult = ldexpf(1.0f, -m);
+    f->igrid = 1;
+}
+
 int pack_scale_parts(const bq_format *f, float tensor_scale, uint32_t code, float *s1, float *s2)
 {
     if (f->sch == SCH_INT) {  /* fp32 group scale */

@@ -118,25 +118,41 @@ INLINE __m512 factors(const pmat *m, int p, int g)
 }
 
 /* NT tokens of one panel: accumulators stay in registers over all columns.
- * ws[c] = 128 * (sum of the chunk's weights) and swv[g] come precomputed. */
+ * VNNI multiplies unsigned by signed bytes: the weights go in as w + 128
+ * (unsigned), the activations as themselves (signed), and each group's sum is
+ * corrected by 128 * (the sum of its activations), asum, which every panel
+ * shares: the same exact int32 as sum w * a, so the same bits as the other ISAs. */
 #define MM_TOKENS(NT)                                                                                              \
-    static void mm_tokens_##NT(const pmat *m, const pm_act *a, int t0, const uint8_t *pw, const __m512i *ws,       \
-                               const __m512 *swv, int C, int S, __m512i lut4, float *out)                          \
+    static void mm_tokens_##NT(const pmat *m, const pm_act *a, int t0, const uint8_t *pw, const int32_t *asum,     \
+                               const __m512 *swv, int C, __m512i lut4u, float *out)                                \
     {                                                                                                              \
-        int cols = m->cols, nga = cols / a->K, J = S / 4;                                                          \
+        int cols = m->cols, nga = cols / a->K, ngc = cols / C;                                                     \
+        const __m512i k128 = _mm512_set1_epi8((char)0x80);                                                         \
         __m512 acc[NT];                                                                                            \
         __m512i d[NT];                                                                                             \
-        for (int i = 0; i < NT; i++) { acc[i] = _mm512_setzero_ps(); d[i] = _mm512_setzero_si512(); }             \
+        for (int i = 0; i < NT; i++) acc[i] = _mm512_setzero_ps();                                                 \
         const uint8_t *u = a->u + (size_t)t0 * cols;                                                               \
-        for (int c0 = 0, sub = 0; c0 < cols; c0 += C) {                                                            \
-            for (int k0 = c0; k0 < c0 + C; k0 += S, sub++) {                                                       \
-                __m512i w[8];                                                                                      \
-                for (int j = 0; j < J; j++) w[j] = wvec(m, pw, k0 + 4 * j, lut4);                                  \
-                for (int i = 0; i < NT; i++) d[i] = k0 == c0 ? _mm512_sub_epi32(_mm512_setzero_si512(), ws[sub])   \
-                                                             : _mm512_sub_epi32(d[i], ws[sub]);                    \
-                for (int j = 0; j < J; j++)                                                                        \
-                    for (int i = 0; i < NT; i++)                                                                   \
-                        d[i] = _mm512_dpbusd_epi32(d[i], _mm512_set1_epi32(*(const i32u *)(u + (size_t)i * cols + k0 + 4 * j)), w[j]); \
+        for (int c0 = 0; c0 < cols; c0 += C) {                                                                     \
+            for (int i = 0; i < NT; i++) d[i] = _mm512_set1_epi32(-128 * asum[(size_t)(t0 + i) * ngc + c0 / C]);   \
+            for (int k = c0; k < c0 + C; k += 8) {                                                                 \
+                __m512i w0, w1;                                                                                    \
+                if (m->eb == 4) {                                                                                  \
+                    const uint8_t *q = pw + (size_t)((unsigned)k / 8) * 64;                                        \
+                    _mm_prefetch((const char *)q + 4096, _MM_HINT_T0);                                             \
+                    __m512i b = _mm512_loadu_si512(q), lo4 = _mm512_set1_epi8(0x0f);                               \
+                    w0 = _mm512_shuffle_epi8(lut4u, _mm512_and_si512(b, lo4));                                     \
+                    w1 = _mm512_shuffle_epi8(lut4u, _mm512_and_si512(_mm512_srli_epi16(b, 4), lo4));               \
+                } else {                                                                                           \
+                    _mm_prefetch((const char *)pw + (size_t)((unsigned)k / 4) * 64 + 4096, _MM_HINT_T0);           \
+                    _mm_prefetch((const char *)pw + (size_t)((unsigned)k / 4) * 64 + 4160, _MM_HINT_T0);           \
+                    w0 = _mm512_xor_si512(wvec(m, pw, k, lut4u), k128);                                            \
+                    w1 = _mm512_xor_si512(wvec(m, pw, k + 4, lut4u), k128);                                        \
+                }                                                                                                  \
+                for (int i = 0; i < NT; i++) {                                                                     \
+                    const uint8_t *ut = u + (size_t)i * cols + k;                                                  \
+                    d[i] = _mm512_dpbusd_epi32(d[i], w0, _mm512_xor_si512(_mm512_set1_epi32(*(const i32u *)ut), k128));       \
+                    d[i] = _mm512_dpbusd_epi32(d[i], w1, _mm512_xor_si512(_mm512_set1_epi32(*(const i32u *)(ut + 4)), k128)); \
+                }                                                                                                  \
             }                                                                                                      \
             __m512 sw = swv[c0 / m->K];                                                                            \
             for (int i = 0; i < NT; i++) {                                                                         \
@@ -151,32 +167,35 @@ MM_TOKENS(1)
 
 static void mm_int(const pmat *m, const pm_act *a, float *y, int ldy, int p0, int p1)
 {
-    int C = m->K < a->K ? m->K : a->K, S = C % 32 ? 16 : 32, J = S / 4, cols = m->cols;
-    __m512i lut4 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)m->lut));
-    const __m512i k128 = _mm512_set1_epi8((char)0x80);
-    __m512i *ws = aligned_alloc(64, (size_t)(cols / S) * sizeof *ws);
+    int C = m->K < a->K ? m->K : a->K, cols = m->cols, ngc = cols / C;
+    /* 4-bit codes map straight to w + 128 (the table shifted); 8-bit ones are flipped after wvec */
+    __m512i lut4u = _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)m->lut)),
+                                     m->eb == 4 ? _mm512_set1_epi8((char)0x80) : _mm512_setzero_si512());
+    int32_t *asum = malloc((size_t)a->n * ngc * sizeof *asum);
     __m512 *swv = aligned_alloc(64, (size_t)m->nb * sizeof *swv);
     float out[8 * PM_ROWS];
-    if (!ws || !swv) { free(ws); free(swv); return; }  /* 64 B per 16-32 columns: cannot fail in practice */
+    if (!asum || !swv) { free(asum); free(swv); return; }  /* a few bytes per group: cannot fail in practice */
+    for (int t = 0; t < a->n; t++)
+        for (int g = 0; g < ngc; g++) {
+            const uint8_t *u = a->u + (size_t)t * cols + (size_t)g * C;
+            int32_t sum = 0;
+            for (int k = 0; k < C; k++) sum += (int)u[k] - 128;
+            asum[(size_t)t * ngc + g] = sum;
+        }
     for (int p = p0; p < p1; p++) {
         const uint8_t *pw = panel(m, p);
-        for (int k0 = 0; k0 < cols; k0 += S) {
-            __m512i acc = _mm512_setzero_si512();
-            for (int j = 0; j < J; j++) acc = _mm512_dpbusd_epi32(acc, k128, wvec(m, pw, k0 + 4 * j, lut4));
-            ws[k0 / S] = acc;
-        }
         for (int g = 0; g < m->nb; g++) swv[g] = factors(m, p, g);
         int t = 0, nr = rows_in(m, p);
         for (; t + 8 <= a->n; t += 8) {
-            mm_tokens_8(m, a, t, pw, ws, swv, C, S, lut4, out);
+            mm_tokens_8(m, a, t, pw, asum, swv, C, lut4u, out);
             for (int i = 0; i < 8; i++) store_rows(y + (size_t)(t + i) * ldy + p * PM_ROWS, out + 16 * i, nr);
         }
         for (; t < a->n; t++) {
-            mm_tokens_1(m, a, t, pw, ws, swv, C, S, lut4, out);
+            mm_tokens_1(m, a, t, pw, asum, swv, C, lut4u, out);
             store_rows(y + (size_t)t * ldy + p * PM_ROWS, out, nr);
         }
     }
-    free(ws);
+    free(asum);
     free(swv);
 }
 

@@ -33,31 +33,13 @@ static const pk_isa *kernels(void)
     return &pk_scalar;
 }
 
-/* Integer view of an element grid: value(code) = lut[code] * emult, |lut| <= 128.
- * Returns 0 when the grid is not small integers up to a power of two. */
+/* The format's integer grid (format.h: worked out once, when it was parsed). */
 static int int_grid(const bq_format *f, int8_t lut[256], float *emult, int *lo)
 {
-    int n = 1 << f->el.bits, m = 0;
-    if (f->el.bits > 8 || f->el.kind == EK_LOG || f->el.kind == EK_FP32) return 0;
-    if (f->sch == SCH_INT && f->asym) return 0;
-    for (int c = 0; c < n; c++) {
-        float v = pack_elem_value(f, (uint32_t)c);
-        if (!isfinite(v)) return 0;
-        int k = 0;
-        while (k <= 16 && ldexpf(v, k) != floorf(ldexpf(v, k))) k++;
-        if (k > 16) return 0;
-        m = k > m ? k : m;
-    }
-    *lo = 0;
-    for (int c = 0; c < n; c++) {
-        float q = ldexpf(pack_elem_value(f, (uint32_t)c), m);
-        if (q < -128.0f || q > 127.0f) return 0;
-        lut[c] = (int8_t)q;
-        /* integer grids leave their most negative code unused ([-127, 127]) */
-        int used = f->el.kind != EK_INT || ldexpf((float)f->el.lo, m - f->el.frac) <= q;
-        if (used && lut[c] < *lo) *lo = lut[c];
-    }
-    *emult = ldexpf(1.0f, -m);
+    if (!f->igrid) return 0;
+    memcpy(lut, f->ilut, sizeof f->ilut);
+    *emult = f->iemult;
+    *lo = f->ilo;
     return 1;
 }
 
@@ -112,7 +94,7 @@ static void float16_decode(const pmat *m, int r0, int r1, float *out)
 /* y[t][r] = x[t] . row r of a bf16/fp16 matrix, for a few tokens: each weight is
  * widened in registers and read once for all n tokens. Sums: 16 running sums
  * (k mod 16), added pairwise at the end, a fixed order on every machine. */
-__attribute__((target_clones("avx2", "default")))
+__attribute__((target_clones("avx512f", "avx2", "default")))
 static void float16_mv(const pmat *m, const float *x, int n, float *y, int ldy, int r0, int r1)
 {
     enum { L = 16, TMAX = 8 };
@@ -147,11 +129,25 @@ static void float16_mv(const pmat *m, const float *x, int n, float *y, int ldy, 
  * repacks its whole operand first). The same 16 partial sums in the same order on
  * every path, so the bits never depend on the ISA chosen or on how rows are split
  * between threads. */
-__attribute__((target_clones("avx2", "default")))  /* static: GCC exports a global clone's resolver */
+__attribute__((target_clones("avx512f", "avx2", "default")))  /* static: GCC exports a global clone's resolver */
 static void rows_f32(const float *w, size_t ldw, int cols, const float *x, size_t ldx, int n, float *y, int ldy, int r0,
                      int r1)
 {
     enum { L = 16, TMAX = 8 };
+    if (n == 1) {  /* one token (a decoded query against the cache): the same sums, one row of accumulators */
+        for (int r = r0; r < r1; r++) {
+            const float *wr = w + (size_t)r * ldw;
+            float acc[L] = {0};
+            int k = 0;
+            for (; k + L <= cols; k += L)
+                for (int j = 0; j < L; j++) acc[j] += x[k + j] * wr[k + j];
+            for (; k < cols; k++) acc[k % L] += x[k] * wr[k];
+            for (int h = L / 2; h >= 1; h /= 2)
+                for (int j = 0; j < h; j++) acc[j] += acc[j + h];
+            y[r] = acc[0];
+        }
+        return;
+    }
     for (int r = r0; r < r1; r++) {
         const float *wr = w + (size_t)r * ldw;
         for (int t0 = 0; t0 < n; t0 += TMAX) {
@@ -186,7 +182,7 @@ void mv_rows_f32_ld(const float *w, size_t ldw, int cols, const float *x, size_t
 }
 
 /* out[j] = sum over i in [i0, i1] of p[i] * V[i][j], i ascending (row stride ldv). */
-__attribute__((target_clones("avx2", "default")))
+__attribute__((target_clones("avx512f", "avx2", "default")))
 static void axpy_rows(const float *p, int i0, int i1, const float *V, size_t ldv, int d, float *out)
 {
     enum { W = 32 };  /* columns held in registers while the keys go by */
@@ -473,11 +469,8 @@ void pmat_decode(const pmat *m, int r0, int r1, float *out)
 
 int pmat_int_ok(const pmat *m, const bq_format *af)
 {
-    int8_t lut[256];
-    float em;
-    int lo;
     /* activations stay in [-127, 127]: keeps the AVX2 sign trick exact */
-    if (m->kind != PM_PANEL || !int_grid(af, lut, &em, &lo) || lo < -127) return 0;
+    if (m->kind != PM_PANEL || !af->igrid || af->ilo < -127) return 0;
     int ka = group_of(af, m->cols);
     if (ka % 16 || m->cols % ka) return 0;
     int small = ka < m->K ? ka : m->K, big = ka < m->K ? m->K : ka;
