@@ -212,7 +212,7 @@ int cmd_logits(int argc, char **argv)
     model_args a;
     int rc = parse_model_args("logits", argc, argv, &a);
     if (rc) return rc;
-    if (!a.ids || !a.out) return cli_error("logits", "usage: blockq logits --model DIR --ids IDS.i32 --out OUT.f32 [--device cpu|cuda|auto]");
+    if (!a.ids || !a.out) return cli_error("logits", "usage: blockq logits --model DIR --ids IDS.i32 --out OUT.f32 [--device cpu|cuda|auto] [--stages N]");
     void *ids;
     size_t size;
     bq_status st = bq_read_file(a.ids, &ids, &size);
@@ -278,7 +278,7 @@ int cmd_ppl(int argc, char **argv)
     int rc = parse_model_args("ppl", argc, argv, &a);
     if (rc) return rc;
     if (!a.text_file)
-        return cli_error("ppl", "usage: blockq ppl --model DIR --text FILE [--ctx S] [--chunks N] [--protocol all|second-half|llama.cpp] [--device cpu|cuda|auto] [--kld] [--json]");
+        return cli_error("ppl", "usage: blockq ppl --model DIR --text FILE [--ctx S] [--chunks N] [--protocol all|second-half|llama.cpp] [--device cpu|cuda|auto] [--stages N] [--kld] [--json]");
     int second = !strcmp(a.protocol, "second-half");
     if (!strcmp(a.protocol, "llama.cpp")) second = 2;
     if (!second && strcmp(a.protocol, "all")) return cli_error("ppl", "bad --protocol '%s': expected all, second-half or llama.cpp", a.protocol);
@@ -412,7 +412,7 @@ int cmd_eval(int argc, char **argv)
     int rc = parse_model_args("eval", argc, argv, &a);
     if (rc) return rc;
     if (!a.tasks)
-        return cli_error("eval", "usage: blockq eval --model M --tasks FILE.jsonl[,FILE...] [--limit N] [--ctx S] [--device cpu|cuda|auto] [quantisation options] [--json]");
+        return cli_error("eval", "usage: blockq eval --model M --tasks FILE.jsonl[,FILE...] [--limit N] [--ctx S] [--device cpu|cuda|auto] [--stages N] [quantisation options] [--json]");
     bq_model *m = NULL;
     bq_tokenizer *t = NULL;
     if ((rc = load_model("eval", &a, &m)) || (rc = load_tokenizer("eval", a.model, m, &t))) goto done;
@@ -483,7 +483,7 @@ int cmd_generate(int argc, char **argv)
     model_args a;
     int rc = parse_model_args("generate", argc, argv, &a);
     if (rc) return rc;
-    if (!a.prompt) return cli_error("generate", "usage: blockq generate --model DIR --prompt STR [-n N] [--temperature T] [--top-p P] [--seed S] [--device cpu|cuda|auto] [--eager] [--json]");
+    if (!a.prompt) return cli_error("generate", "usage: blockq generate --model DIR --prompt STR [-n N] [--temperature T] [--top-p P] [--seed S] [--device cpu|cuda|auto] [--stages N] [--eager] [--json]");
     bq_model *m = NULL;
     bq_tokenizer *t = NULL;
     int32_t *ids = NULL, *out = NULL;
