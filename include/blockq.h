@@ -333,6 +333,15 @@ BQ_API void bq_ppl_finish(const double *nll, const double *nll_half, size_t wind
 typedef struct { double kld_mean, kld_p99, kld_max, top1; size_t tokens; double seconds; } bq_kld_result;
 BQ_API bq_status bq_kld(const bq_model *ref, const bq_model *m, const int32_t *ids, size_t n, const bq_ppl_opts *o,
                         bq_kld_result *r);
+/* bq_kld in pieces, as bq_perplexity_part (for spreading windows over processes):
+ * the number of scored tokens; each one's KL divergence and whether the argmaxes
+ * agree (1 or 0) for the windows w with w % parts == part, 0 for the others; and
+ * the result from the arrays added over the parts (kl is sorted in place). The
+ * same bits as bq_kld for any split; seconds is left to the caller. */
+BQ_API bq_status bq_kld_rows(size_t n, const bq_ppl_opts *o, size_t *count);
+BQ_API bq_status bq_kld_part(const bq_model *ref, const bq_model *m, const int32_t *ids, size_t n, const bq_ppl_opts *o,
+                             int part, int parts, double *kl, double *same);
+BQ_API void bq_kld_finish(double *kl, const double *same, size_t count, bq_kld_result *r);
 
 /* ---- downstream tasks (docs/tasks.md) --------------------------------------- */
 

@@ -84,8 +84,13 @@ echo "  eval over 2, 3 ranks: accuracies, errors, ppl and token counts identical
 # bad input: every rank stops before any work, the same message, exit 2
 $RUN -np 2 "$B" ppl --model $M --text $TXT --ctx 1 >/dev/null 2>"$T/e"; rc=$?
 [ $rc -ne 0 ] && grep -q "bad --ctx" "$T/e" && ok || bad "ppl --ctx 1 under mpirun: exit $rc, $(tail -1 "$T/e")"
-$RUN -np 2 "$B" ppl --model $M --text $TXT --kld >/dev/null 2>"$T/e"; rc=$?
-[ $rc -ne 0 ] && grep -q "not spread over MPI ranks" "$T/e" && ok || bad "ppl --kld under mpirun: exit $rc, $(tail -1 "$T/e")"
+# --kld: each rank scores its windows against the float model; every per-token value added
+kld() { "$@" ppl --model $M --text $TXT --ctx 64 --chunks 5 --threads 1 --wq mxfp4 --kld --json 2>"$T/err" | sed -n 's/.*\("nll".*\), "seconds".*\("kld_mean".*\)/\1 \2/p'; }
+k1=$(kld "$B")
+for np in 2 3; do
+    got=$(kld $RUN -np $np "$B")
+    [ -n "$k1" ] && [ "$got" = "$k1" ] && ok || bad "ppl --kld -np $np: '$got' vs one process '$k1' ($(tail -1 "$T/err"))"
+done
 $RUN -np 2 "$B" eval --tasks "$T/nosuch.jsonl" --model $M >/dev/null 2>"$T/e"; rc=$?
 [ $rc -ne 0 ] && grep -q "nosuch.jsonl" "$T/e" && ok || bad "eval of a missing file under mpirun: exit $rc, $(tail -1 "$T/e")"
 summary

@@ -416,6 +416,21 @@ static void test_ptq(void)
           self.kld_mean, self.top1);
     CHECK(quant.kld_mean > 0 && quant.kld_p99 >= quant.kld_mean && quant.top1 > 0.3 && quant.top1 < 1 && quant.tokens == 189,
           "KL after q4_0: mean %g, p99 %g, top-1 %g over %zu tokens", quant.kld_mean, quant.kld_p99, quant.top1, quant.tokens);
+    /* in parts (as MPI ranks run it): each part's windows, the arrays added, the same bits */
+    size_t count = 0;
+    OK(bq_kld_rows(256, &o, &count));
+    double *kl = calloc(count, sizeof *kl), *same = calloc(count, sizeof *same), *pk = malloc(count * sizeof *pk),
+           *ps = malloc(count * sizeof *ps);
+    for (int part = 0; kl && same && pk && ps && part < 2; part++) {
+        OK(bq_kld_part(m, qm, ids, 256, &o, part, 2, pk, ps));
+        for (size_t k = 0; k < count; k++) { kl[k] += pk[k]; same[k] += ps[k]; }
+    }
+    bq_kld_result parts = {0};
+    if (kl && same) bq_kld_finish(kl, same, count, &parts);
+    CHECK(count == quant.tokens && !memcmp(&parts, &quant, offsetof(bq_kld_result, seconds)),
+          "KL in 2 parts: mean %.17g vs %.17g, p99 %.17g vs %.17g, top-1 %g vs %g", parts.kld_mean, quant.kld_mean,
+          parts.kld_p99, quant.kld_p99, parts.top1, quant.top1);
+    free(kl); free(same); free(pk); free(ps);
     bq_model_free(m);
     bq_model_free(qm);
 }

@@ -272,6 +272,33 @@ static void progress_bar(void *arg, size_t done, size_t total, size_t tokens, do
     if (done == total) fputc('\n', stderr);
 }
 
+static int ppl_kld(const model_args *a, const bq_model *m, const int32_t *ids, size_t n, const bq_ppl_opts *o,
+                   bq_kld_result *kr)
+{
+    int rank = cli_mpi_rank(), ranks = cli_mpi_size();
+    size_t count;
+    bq_status st = bq_kld_rows(n, o, &count);
+    if (st) return cli_status("ppl", st);
+    double *kl = malloc(count * sizeof *kl), *same = malloc(count * sizeof *same), t0 = bq_now();
+    bq_model *ref = NULL;
+    bq_load_opts lo = load_opts(a);
+    if (!kl || !same) st = bq_fail(BQ_ERR_NOMEM, "out of memory for %zu KL divergences", count);
+    else if (!(st = bq_model_load_ex(a->model, &lo, &ref))) st = bq_kld_part(ref, m, ids, n, o, rank, ranks, kl, same);
+    bq_model_free(ref);
+    if (st && ranks > 1) fprintf(stderr, "blockq ppl: --kld: rank %d of %d: %s\n", rank, ranks, bq_last_error());
+    int rc = 0;
+    if (cli_mpi_max(st != BQ_OK)) rc = st ? cli_status("ppl", st) : EXIT_FAILURE;
+    else {
+        cli_mpi_sum(kl, count);
+        cli_mpi_sum(same, count);
+        bq_kld_finish(kl, same, count, kr);
+        kr->seconds = cli_mpi_maxd(bq_now() - t0);
+    }
+    free(kl);
+    free(same);
+    return rc;
+}
+
 int cmd_ppl(int argc, char **argv)
 {
     model_args a;
@@ -302,7 +329,6 @@ int cmd_ppl(int argc, char **argv)
     int rank = cli_mpi_rank(), ranks = cli_mpi_size();
     if (rank == 0 && (rc = print_stages("ppl", &a, m))) goto done;
     if (isatty(2) && rank == 0) o.progress = progress_bar;
-    if (a.kld && ranks > 1) { rc = cli_error("ppl", "--kld is not spread over MPI ranks yet: run it without mpirun"); goto done; }
     bq_ppl_result r;
     size_t nw;
     if ((st = bq_ppl_windows(n, &o, &nw))) { rc = cli_status("ppl", st); goto done; }
@@ -320,16 +346,11 @@ int cmd_ppl(int argc, char **argv)
     }
     free(nll);
     if (failed) { rc = st ? cli_status("ppl", st) : EXIT_FAILURE; goto done; }
-    if (rank) goto done;  /* rank 0 writes */
-    /* --kld: the unquantised model over the same windows, its distributions the reference */
+    /* --kld: the unquantised model over the same windows, its distributions the
+     * reference; the windows dealt over the ranks as above, the per-token values added */
     bq_kld_result kr = {0};
-    if (a.kld) {
-        bq_model *ref = NULL;
-        bq_load_opts lo = load_opts(&a);
-        if (!(st = bq_model_load_ex(a.model, &lo, &ref))) st = bq_kld(ref, m, ids, n, &o, &kr);
-        bq_model_free(ref);
-        if (st) { rc = cli_status("ppl", st); goto done; }
-    }
+    if (a.kld && (rc = ppl_kld(&a, m, ids, n, &o, &kr))) goto done;
+    if (rank) goto done;  /* rank 0 writes */
     if (a.json) {
         char *qm = cli_json_quote(a.model), *qt = cli_json_quote(a.text_file);
         if (!qm || !qt) rc = cli_error("ppl", "out of memory");

@@ -147,50 +147,79 @@ static int cmp_double(const void *x, const void *y)
     return a < b ? -1 : a > b;
 }
 
-bq_status bq_kld(const bq_model *ref, const bq_model *m, const int32_t *ids, size_t n, const bq_ppl_opts *o,
-                 bq_kld_result *r)
+bq_status bq_kld_rows(size_t n, const bq_ppl_opts *o, size_t *rows)
+{
+    size_t windows;
+    bq_status st = count_windows(n, o, &windows);
+    if (st) return st;
+    *rows = windows * (size_t)(o->ctx - 1 - first_scored(o->ctx, o->second_half));
+    return BQ_OK;
+}
+
+bq_status bq_kld_part(const bq_model *ref, const bq_model *m, const int32_t *ids, size_t n, const bq_ppl_opts *o,
+                      int part, int parts, double *kl, double *same)
 {
     int S = o->ctx, V = bq_model_vocab(m);
     if (bq_model_vocab(ref) != V) return bq_fail(BQ_ERR_ARG, "the reference model has another vocabulary (%d vs %d)", bq_model_vocab(ref), V);
+    if (parts < 1 || part < 0 || part >= parts) return bq_fail(BQ_ERR_ARG, "part %d of %d", part, parts);
     size_t windows;
     bq_status st = count_windows(n, o, &windows);
     if (st) return st;
     int first = first_scored(S, o->second_half), rows = S - 1 - first;  /* the rows scored */
+    for (size_t k = 0; k < windows * (size_t)rows; k++) kl[k] = same[k] = 0.0;
+    if ((size_t)part >= windows) return BQ_OK;  /* more parts than windows: nothing here */
     float *la = malloc((size_t)S * V * 4), *lb = malloc((size_t)S * V * 4);
-    double *kl = malloc(windows * (size_t)rows * sizeof *kl);
-    int *same = malloc((size_t)rows * sizeof *same);
+    int *sm = malloc((size_t)rows * sizeof *sm);
     bq_ctx *ca = NULL, *cb = NULL;
     bq_ctx_opts co = {.size = sizeof co, .device = o->device, .threads = o->threads, .stages = o->stages};
-    st = !la || !lb || !kl || !same ? bq_fail(BQ_ERR_NOMEM, "out of memory for two windows of logits")
+    st = !la || !lb || !sm ? bq_fail(BQ_ERR_NOMEM, "out of memory for two windows of logits")
                  : bq_ctx_new_ex(ref, S, &co, &ca);
     if (!st) st = bq_ctx_new_ex(m, S, &co, &cb);
-    double t0 = bq_now(), sum = 0;
-    size_t agree = 0, k = 0;
-    for (size_t w = 0; w < windows && !st; w++) {
+    for (size_t w = (size_t)part; w < windows && !st; w += (size_t)parts) {
         const int32_t *win = ids + w * (size_t)S;
+        double *k = kl + w * (size_t)rows;
         bq_ctx_reset(ca);
         bq_ctx_reset(cb);
         if ((st = bq_forward(ca, win, S, la, 1)) || (st = bq_forward(cb, win, S, lb, 1))) break;
-        kl_job j = {la + (size_t)first * V, lb + (size_t)first * V, V, kl + k, same};
+        kl_job j = {la + (size_t)first * V, lb + (size_t)first * V, V, k, sm};
         bq_parallel_for((size_t)rows, o->threads, kl_rows, &j);
-        for (int t = 0; t < rows; t++) {
-            if (!isfinite(kl[k + t])) { st = bq_fail(BQ_ERR_NONFINITE, "non-finite KL divergence in window %zu at position %d", w, first + t); break; }
-            sum += kl[k + t];  /* in order: the same sum whatever the thread count */
-            agree += (size_t)same[t];
+        for (int t = 0; t < rows && !st; t++) {
+            if (!isfinite(k[t])) st = bq_fail(BQ_ERR_NONFINITE, "non-finite KL divergence in window %zu at position %d", w, first + t);
+            same[w * (size_t)rows + (size_t)t] = sm[t];
         }
-        k += (size_t)rows;
-    }
-    if (!st) {
-        qsort(kl, k, sizeof *kl, cmp_double);
-        r->tokens = k;
-        r->kld_mean = sum / (double)k;
-        r->kld_p99 = kl[(size_t)(0.99 * (double)(k - 1))];
-        r->kld_max = kl[k - 1];
-        r->top1 = (double)agree / (double)k;
-        r->seconds = bq_now() - t0;
     }
     bq_ctx_free(ca);
     bq_ctx_free(cb);
-    free(la); free(lb); free(kl); free(same);
+    free(la); free(lb); free(sm);
+    return st;
+}
+
+void bq_kld_finish(double *kl, const double *same, size_t count, bq_kld_result *r)
+{
+    double sum = 0, agree = 0;
+    for (size_t k = 0; k < count; k++) { sum += kl[k]; agree += same[k]; }  /* in order: any split, the same sum */
+    qsort(kl, count, sizeof *kl, cmp_double);
+    r->tokens = count;
+    r->kld_mean = sum / (double)count;
+    r->kld_p99 = kl[(size_t)(0.99 * (double)(count - 1))];
+    r->kld_max = kl[count - 1];
+    r->top1 = agree / (double)count;
+}
+
+bq_status bq_kld(const bq_model *ref, const bq_model *m, const int32_t *ids, size_t n, const bq_ppl_opts *o,
+                 bq_kld_result *r)
+{
+    size_t count;
+    bq_status st = bq_kld_rows(n, o, &count);
+    if (st) return st;
+    double *kl = malloc(count * sizeof *kl), *same = malloc(count * sizeof *same), t0 = bq_now();
+    st = !kl || !same ? bq_fail(BQ_ERR_NOMEM, "out of memory for %zu KL divergences", count)
+                      : bq_kld_part(ref, m, ids, n, o, 0, 1, kl, same);
+    if (!st) {
+        bq_kld_finish(kl, same, count, r);
+        r->seconds = bq_now() - t0;
+    }
+    free(kl);
+    free(same);
     return st;
 }
