@@ -54,7 +54,7 @@ static double ref_ll(const char *ctx, const char *c, int *greedy)
 static void test_against_logits(const char *path, int mc)
 {
     memset(got_n, 0, sizeof got_n);
-    bq_eval_opts o = {sizeof o, 0, 512, 0, on_item, NULL};
+    bq_eval_opts o = {.size = sizeof o, .max_ctx = 512, .on_item = on_item};
     bq_eval_result r;
     OK(bq_eval_file(M, T, path, &o, &r));
     void *js;
@@ -106,7 +106,7 @@ static void expect(const char *content, const char *msg)
     FILE *f = fopen(p, "w");
     fputs(content, f);
     fclose(f);
-    bq_eval_opts o = {sizeof o, 0, 512, 0, NULL, NULL};
+    bq_eval_opts o = {.size = sizeof o, .max_ctx = 512};
     bq_eval_result r;
     bq_status st = bq_eval_file(M, T, p, &o, &r);
     CHECK(st != BQ_OK && strstr(bq_last_error(), msg), "'%.40s': %s (want '%s')", content, st ? bq_last_error() : "accepted", msg);
@@ -162,7 +162,7 @@ int main(void)
     test_parts("tests/data/mc_tiny.jsonl", 1);
     test_parts("tests/data/cloze_tiny.jsonl", 0);
     /* a limit, and a context the window cannot hold without its left part */
-    bq_eval_opts o = {sizeof o, 2, 512, 0, NULL, NULL};
+    bq_eval_opts o = {.size = sizeof o, .limit = 2, .max_ctx = 512};
     bq_eval_result r;
     OK(bq_eval_file(M, T, "tests/data/mc_tiny.jsonl", &o, &r));
     CHECK(r.items == 2, "--limit 2 scored %zu", r.items);

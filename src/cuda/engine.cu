@@ -853,7 +853,7 @@ static bq_status cuda_bind(be *b)
 static const be_ops cuda_ops = {
     "cuda", 0, cuda_destroy, cuda_alloc, cuda_release, cuda_embed, cuda_add_pos, cuda_linear, cuda_norm, cuda_rope,
     cuda_qdq, cuda_kv_store, cuda_attention, cuda_act, cuda_add, cuda_check, cuda_logits, cuda_logprobs, cuda_finish,
-    cuda_replay, cuda_drop_recording, cuda_get, cuda_put, cuda_bind,
+    cuda_replay, cuda_drop_recording, cuda_get, cuda_put, cuda_bind, NULL,
 };
 
 static bq_status up_norm(gnorm *d, const normp *p, size_t n, size_t *bytes)

@@ -75,6 +75,9 @@ typedef struct {
     /* Optional: make this backend's device current on the calling thread, before a
      * thread (or a turn of the driver) starts queueing its ops. */
     bq_status (*bind)(be *b);
+    /* Optional (NULL: linear one by one): the linears rs[0..count) (at most 3) of
+     * one layer on the same input x, ys[i] = what linear would give rs[i] */
+    bq_status (*linears)(be *b, int layer, const lin_role *rs, int count, const float *x, float *const *ys, int n);
 } be_ops;
 
 struct be {

@@ -123,19 +123,32 @@ static const float *slice_weights(mm_job *j, int o0, int o1, float **buf)
     return *buf;
 }
 
+/* Slice s of a product: its weights (or a kernel that wrote y itself), then the SGEMM. */
+static void mm_slice(mm_job *j, size_t s, float **buf)
+{
+    int o0 = (int)s * SLICE, o1 = o0 + SLICE < j->l->out ? o0 + SLICE : j->l->out;
+    const float *w = slice_weights(j, o0, o1, buf);
+    if (w && j->l->lmul) lmul_matmul(j->x, j->n, w, j->l->in, j->y, j->l->out, o0, o1, j->l->lmul);
+    else if (w)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->n, o1 - o0, j->l->in, 1.0f, j->x, j->l->in, w,
+                    j->l->in, 0.0f, j->y + o0, j->l->out);
+}
+
+/* Several products on one input in one parallel region: slices numbered across
+ * them (first[i]: product i's first), each computed as alone. */
+enum { MM_MAX = 3 };
+typedef struct { mm_job *j; int count; size_t first[MM_MAX + 1]; } mm_multi;
+
 static void mm_range(void *arg, size_t b, size_t e)
 {
-    mm_job *j = arg;
-    float *buf = NULL;
+    mm_multi *mj = arg;
+    float *buf[MM_MAX] = {NULL};
+    int i = 0;
     for (size_t s = b; s < e; s++) {
-        int o0 = (int)s * SLICE, o1 = o0 + SLICE < j->l->out ? o0 + SLICE : j->l->out;
-        const float *w = slice_weights(j, o0, o1, &buf);
-        if (w && j->l->lmul) lmul_matmul(j->x, j->n, w, j->l->in, j->y, j->l->out, o0, o1, j->l->lmul);
-        else if (w)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->n, o1 - o0, j->l->in, 1.0f, j->x, j->l->in, w,
-                        j->l->in, 0.0f, j->y + o0, j->l->out);
+        while (s >= mj->first[i + 1]) i++;
+        mm_slice(&mj->j[i], s - mj->first[i], &buf[i]);
     }
-    free(buf);
+    for (int k = 0; k < mj->count; k++) free(buf[k]);
 }
 
 /* LoRC's low-rank correction, y += (q(x) B^T) A^T, on the same quantised input as
@@ -157,36 +170,69 @@ static bq_status lorc_add(cpu_be *c, const linear *l, const float *xq, const flo
     return BQ_OK;
 }
 
-/* The activation is quantised along `in`, the matmul's reduction dimension. */
-static bq_status cpu_linear(be *b, int layer, lin_role r, const float *x, float *y, int n)
+static int same_format(const bq_format *a, const bq_format *b)
+{
+    return a == b || (a && b && !strcmp(bq_format_canonical(a), bq_format_canonical(b)));
+}
+
+/* The linears rs[0..count) of one layer on one input x (q, k and v; up and gate):
+ * the input quantised once (their activation format is the same, or they go one
+ * by one), then one parallel product over all their slices: fewer meetings of the
+ * threads a token. Each slice computes what it computes alone: the same bits.
+ * The activation is quantised along `in`, the matmul's reduction dimension. */
+static bq_status cpu_linears(be *b, int layer, const lin_role *rs, int count, const float *x, float *const *ys, int n)
 {
     cpu_be *c = (cpu_be *)b;
-    const linear *l = model_linear(b->m, layer, r);
+    const linear *ls[MM_MAX];
+    for (int i = 0; i < count; i++) ls[i] = model_linear(b->m, layer, rs[i]);
+    if (count > MM_MAX) return bq_fail(BQ_ERR_ARG, "%d linears on one input: at most %d", count, MM_MAX);
+    for (int i = 1; i < count; i++)
+        if (!same_format(ls[i]->aq, ls[0]->aq) || ls[i]->in != ls[0]->in) {  /* one by one */
+            bq_status st = BQ_OK;
+            for (int k = 0; k < count && !st; k++) st = cpu_linears(b, layer, &rs[k], 1, x, &ys[k], n);
+            return st;
+        }
     bq_status st = ensure(c, n);
     if (st) return st;
-    pm_act act, *ap = NULL;
-    /* an integer activation grid against panel weights: integer dot products
-     * (VNNI), for one token as for many (the same bits as fake quantisation
-     * followed by the float product, up to the order of the float sums) */
-    if (l->aq && l->pw && !l->lmul && pmat_int_ok(l->pw, l->aq)) {
-        if (pm_act_make(l->aq, x, n, l->in, &b->m->qopts, &act))
-            return bq_fail(BQ_ERR_NOMEM, "out of memory quantising the input of %s", l->name);
-        ap = &act;
-    } else if (l->aq) {
-        bq_qdq(l->aq, x, c->xq, (size_t)n, (size_t)l->in, &b->m->qopts);
-        x = c->xq;
+    const bq_format *aq = ls[0]->aq;
+    pm_act act;
+    int have_act = 0, have_xq = 0;
+    mm_job jobs[MM_MAX];
+    mm_multi mj = {jobs, count, {0}};
+    double work = 0;
+    for (int i = 0; i < count && !st; i++) {
+        const linear *l = ls[i];
+        /* an integer activation grid against panel weights: integer dot products
+         * (VNNI), for one token as for many (the same bits as fake quantisation
+         * followed by the float product, up to the order of the float sums) */
+        int int_path = aq && l->pw && !l->lmul && pmat_int_ok(l->pw, aq);
+        if (int_path && !have_act) {
+            if (pm_act_make(aq, x, n, l->in, &b->m->qopts, &act)) st = bq_fail(BQ_ERR_NOMEM, "out of memory quantising the input of %s", l->name);
+            else have_act = 1;
+        } else if (aq && !int_path && !have_xq) {
+            bq_qdq(aq, x, c->xq, (size_t)n, (size_t)l->in, &b->m->qopts);
+            have_xq = 1;
+        }
+        jobs[i] = (mm_job){l, aq && !int_path ? c->xq : x, ys[i], n, int_path ? &act : NULL, 0};
+        mj.first[i + 1] = mj.first[i] + (size_t)(l->out + SLICE - 1) / SLICE;
+        work += (double)n * l->out * l->in;
     }
-    mm_job j = {l, x, y, n, ap, 0};
-    size_t slices = (size_t)(l->out + SLICE - 1) / SLICE;
-    double work = (double)n * l->out * l->in;
-    bq_pool_for(c->pool, slices, threads_for(c, work), mm_range, &j);
-    if (ap) pm_act_free(ap);
-    if (j.oom) return bq_fail(BQ_ERR_NOMEM, "out of memory in a packed matmul (%s)", l->name);
-    if (l->lr_rank && (st = lorc_add(c, l, ap ? NULL : x, x, y, n))) return st;
-    if (l->b)
-        for (int t = 0; t < n; t++)
-            for (int o = 0; o < l->out; o++) y[(size_t)t * l->out + o] += l->b[o];
-    return BQ_OK;
+    if (!st) bq_pool_for(c->pool, mj.first[count], threads_for(c, work), mm_range, &mj);
+    if (have_act) pm_act_free(&act);
+    for (int i = 0; i < count && !st; i++) {
+        const linear *l = ls[i];
+        if (jobs[i].oom) return bq_fail(BQ_ERR_NOMEM, "out of memory in a packed matmul (%s)", l->name);
+        if (l->lr_rank && (st = lorc_add(c, l, jobs[i].act ? NULL : jobs[i].x, x, ys[i], n))) return st;
+        if (l->b)
+            for (int t = 0; t < n; t++)
+                for (int o = 0; o < l->out; o++) ys[i][(size_t)t * l->out + o] += l->b[o];
+    }
+    return st;
+}
+
+static bq_status cpu_linear(be *b, int layer, lin_role r, const float *x, float *y, int n)
+{
+    return cpu_linears(b, layer, &r, 1, x, &y, n);
 }
 
 /* ---- element-wise steps ----------------------------------------------------- */
@@ -414,7 +460,7 @@ static const be_ops cpu_ops = {
     "cpu", 1, cpu_destroy, cpu_alloc, cpu_release, cpu_embed, cpu_add_pos, cpu_linear, cpu_norm, cpu_rope, cpu_qdq,
     cpu_kv_store, cpu_attention, cpu_act, cpu_add, cpu_check, cpu_logits, cpu_logprobs, cpu_finish,
     NULL, NULL,  /* no recorded steps: nothing to save on the CPU */
-    cpu_copy, cpu_copy, NULL,
+    cpu_copy, cpu_copy, NULL, cpu_linears,
 };
 
 bq_status be_cpu_new(const bq_model *m, int max_tokens, int threads, int lo, int hi, be **out)

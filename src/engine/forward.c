@@ -62,6 +62,18 @@ static bq_status run_linear(bq_ctx *c, be *b, int layer, lin_role r, const float
     return b->ops->linear(b, layer, r, x, y, n);
 }
 
+/* Linears of one layer on one input (q, k, v; up, gate): together where the
+ * backend can (one meeting of its threads), else one by one. */
+static bq_status run_linears(bq_ctx *c, be *b, int layer, const lin_role *rs, int count, const float *x, float *const *ys, int n)
+{
+    if (c->observe)
+        for (int i = 0; i < count; i++) c->observe(c->observe_arg, layer, (int)rs[i], x, n, model_linear(c->m, layer, rs[i])->in);
+    if (b->ops->linears) return b->ops->linears(b, layer, rs, count, x, ys, n);
+    bq_status st = BQ_OK;
+    for (int i = 0; i < count && !st; i++) st = b->ops->linear(b, layer, rs[i], x, ys[i], n);
+    return st;
+}
+
 const char *const bq_check_names[3] = {"attention output (o_proj)", "MLP output (down_proj)", "logits"};
 
 bq_status be_nonfinite(int isnan_, int layer, check_site s, int token)
@@ -333,9 +345,8 @@ static bq_status stage_body(bq_ctx *c, stage *S, int n, int pos, int first, floa
         /* attention */
         float *hin = S->x;
         if (m->pre_norm) { DO(o->norm(b, l, N_LN1, S->x, S->h, n, H)); hin = S->h; }
-        DO(run_linear(c, b, l, R_Q, hin, S->q, n));
-        DO(run_linear(c, b, l, R_K, hin, S->k, n));
-        DO(run_linear(c, b, l, R_V, hin, S->v, n));
+        static const lin_role qkv[] = {R_Q, R_K, R_V}, up_gate[] = {R_UP, R_GATE};
+        DO(run_linears(c, b, l, qkv, 3, hin, (float *const[]){S->q, S->k, S->v}, n));
         if (m->qk_norm) {
             DO(o->norm(b, l, N_Q, S->q, S->q, n * m->heads, d));
             DO(o->norm(b, l, N_K, S->k, S->k, n * m->kv_heads, d));
@@ -358,8 +369,7 @@ static bq_status stage_body(bq_ctx *c, stage *S, int n, int pos, int first, floa
         /* MLP */
         hin = S->x;
         if (m->pre_norm) { DO(o->norm(b, l, N_LN2, S->x, S->h, n, H)); hin = S->h; }
-        DO(run_linear(c, b, l, R_UP, hin, S->u, n));
-        if (m->act == ACT_SILU_GATED) DO(run_linear(c, b, l, R_GATE, hin, S->g, n));
+        DO(run_linears(c, b, l, up_gate, m->act == ACT_SILU_GATED ? 2 : 1, hin, (float *const[]){S->u, S->g}, n));
         DO(o->act(b, S->u, S->g, nI));
         DO(run_linear(c, b, l, R_DOWN, S->u, S->h, n));
         CHECK(S->h, n, H, l, CHK_MLP);
