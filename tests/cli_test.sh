@@ -191,8 +191,16 @@ $B quantize --model $M $PQ --out "$T/ptq.bq" >/dev/null 2>&1 &&
 a=$($B ppl --model "$T/ptq.bq" --text data/wikitext-2-test.txt --ctx 128 --chunks 2 2>/dev/null | grep "^ppl") &&
 b=$($B ppl --model $M $PQ --text data/wikitext-2-test.txt --ctx 128 --chunks 2 2>/dev/null | grep "^ppl") &&
 [ -n "$a" ] && [ "$a" = "$b" ] && ok || bad "--ptq rotate,smoothquant,gptq: the .bq scores '$a', the model in memory '$b'"
-expect_fail 2 "LoRC factors (--ptq lorc), which a .bq file does not store yet" -- $B quantize --model $M --wq int4_g128 --ptq lorc:4 --out "$T/lorc.bq"
-[ ! -e "$T/lorc.bq" ] && ok || bad "a refused .bq was written"
+# LoRC factors travel in a .bq (version 2): the file scores what the packed model in memory scores
+$B quantize --model $M --wq int4_g128 --aq mxint8 --ptq lorc:4 --out "$T/lorc.bq" >/dev/null 2>&1 || bad "quantize --ptq lorc to .bq failed"
+a=$($B ppl --model "$T/lorc.bq" --text data/wikitext-2-test.txt --ctx 64 --chunks 2 2>/dev/null | tail -1)
+b=$($B ppl --model $M --wq int4_g128 --aq mxint8 --ptq lorc:4 --packed --text data/wikitext-2-test.txt --ctx 64 --chunks 2 2>/dev/null | tail -1)
+c=$($B ppl --model $M --wq int4_g128 --aq mxint8 --packed --text data/wikitext-2-test.txt --ctx 64 --chunks 2 2>/dev/null | tail -1)
+[ -n "$a" ] && [ "$a" = "$b" ] && [ "$a" != "$c" ] && ok || bad "LoRC .bq '$a' vs in memory '$b' (without LoRC '$c')"
+head -c 24 "$T/lorc.bq" | od -An -tu4 -j8 -N4 | grep -qw 2 && ok || bad "a .bq with LoRC factors is not version 2"
+$B quantize --model $M --wq int4_g128 --out "$T/plain.bq" >/dev/null 2>&1 && head -c 24 "$T/plain.bq" | od -An -tu4 -j8 -N4 | grep -qw 1 &&
+    ok || bad "a .bq without LoRC factors is not version 1"
+expect_fail 2 "GGUF cannot express" -- $B quantize --model $M --wq int4_g128 --ptq lorc:4 --out "$T/lorc.gguf"
 # the algorithms asked for in a config file calibrate like --ptq (they used to run on no statistics)
 printf 'ptq = "gptq"\ndefault = { w = "int4_g128" }\n' >"$T/ptq.toml"
 a=$($B ppl --model $M --text data/wikitext-2-test.txt --ctx 64 --chunks 1 --config "$T/ptq.toml" --calib-chunks 1 --calib-ctx 128 2>/dev/null | grep "^ppl")

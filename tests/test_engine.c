@@ -509,7 +509,9 @@ static void test_pool(void)
 /* The CUDA engine against the CPU: the same perplexity within 0.1% (float32, and
  * with weights, activations and the KV cache quantised), where a GPU exists. */
 /* Quantise (or pack) m as cfg says: weights, activations, KV cache, --attn (NULL: none). */
-static bq_status apply_cfg(bq_model *m, const char *const cfg[4], int pack)
+/* cfg: weight, activation, KV and attention formats (the last two may be NULL),
+ * then optionally (cfg[4]) a --ptq list. */
+static bq_status apply_cfg(bq_model *m, const char *const cfg[], int pack)
 {
     bq_qconfig *q;
     bq_status st = bq_qconfig_new(&q);
@@ -518,6 +520,7 @@ static bq_status apply_cfg(bq_model *m, const char *const cfg[4], int pack)
     OK(bq_qconfig_set(q, "aq", cfg[1]));
     if (cfg[2]) bq_qconfig_set(q, "kv", cfg[2]);
     if (cfg[3]) bq_qconfig_set(q, "attn", cfg[3]);
+    if (cfg[4] && (st = bq_qconfig_set(q, "ptq", cfg[4]))) { bq_qconfig_free(q); return st; }
     st = pack ? bq_model_pack(m, q, 1) : bq_model_quantize(m, q, 1);
     bq_qconfig_free(q);
     return st;
@@ -582,16 +585,17 @@ static void test_stages(int device)
         buf[i][strlen(buf[i]) - strlen("/config.json")] = 0;
         dirs[nd++] = buf[i];
     }
-    const char *cfg[][4] = {{NULL}, {"mxfp4", "mxint8", "bfp8_b16", "bfp6_b16"}, {"mxfp4", "mxint8", NULL, NULL}};
+    const char *cfg[][5] = {{NULL}, {"mxfp4", "mxint8", "bfp8_b16", "bfp6_b16"}, {"mxfp4", "mxint8", NULL, NULL},
+                            {"int4_g32", "mxint8", NULL, NULL, "lorc:4"}};
     int32_t ids[40];
     for (int t = 0; t < 40; t++) ids[t] = (t * 7919 + 13) % 250;  /* in every vocabulary here */
     const int n = 40, steps = 3, nwin = 5;
     int compared = 0;
     for (int d = 0; d < nd; d++)
-        for (int c = 0; c < 3; c++) {
+        for (int c = 0; c < 4; c++) {
             bq_model *m;
             if (bq_model_load(dirs[d], &m)) { CHECK(0, "%s: %s", dirs[d], bq_last_error()); break; }
-            if (cfg[c][0] && apply_cfg(m, cfg[c], c == 2)) { CHECK(0, "%s: %s", dirs[d], bq_last_error()); bq_model_free(m); break; }
+            if (cfg[c][0] && apply_cfg(m, cfg[c], c >= 2)) { CHECK(0, "%s: %s", dirs[d], bq_last_error()); bq_model_free(m); break; }
             size_t V = (size_t)bq_model_vocab(m);
             int layers = 0, lo[BQ_MAX_STAGES + 1];
             while (bq_model_stage_plan(m, layers + 1, lo) == BQ_OK) layers++;
@@ -645,7 +649,7 @@ static void test_cuda_ppl(void)
     OK(bq_tokenize(t, txt, len, &ids, &n));
     /* Block formats and bf16 take the GPU's bf16 GEMM path (their values are bf16
      * numbers); int8_row weights (float32 scales) keep float32 SGEMM */
-    const char *cfg[][4] = {{NULL, NULL, NULL, NULL},
+    const char *cfg[][5] = {{NULL, NULL, NULL, NULL},
                             {"mxfp4", "mxint8", "bfp8_b16", NULL},
                             {"bfp6_b16", "bfp6_b16", NULL, NULL},
                             {"bf16", "bf16", NULL, NULL},
@@ -696,14 +700,15 @@ static void test_cuda_tiny(void)
     size_t n;
     int32_t *ids;
     cJSON *r = tiny_refs(sh, &tiny, &ids, &n);
-    const char *cfg[][4] = {{NULL, NULL, NULL, NULL}, {"mxfp4", "mxint8", NULL, NULL}, {"bfp8_b16", "bfp8_b16", "bme4m3_b16", "bfp6_b16"}};
+    const char *cfg[][5] = {{NULL, NULL, NULL, NULL}, {"mxfp4", "mxint8", NULL, NULL}, {"bfp8_b16", "bfp8_b16", "bme4m3_b16", "bfp6_b16"},
+                            {"int4_g32", "mxint8", NULL, NULL, "lorc:4"}};  /* LoRC: two more products a linear */
     int count = 0;
     for (cJSON *f = cJSON_GetObjectItem(tiny, "logits_files")->child; f; f = f->next) {
         char dir[512];
         snprintf(dir, sizeof dir, "%s/models/tiny/%s/config.json", sh, f->string);
         if (access(dir, R_OK)) { SKIP("%s absent: not compared on the GPU", dir); continue; }
         dir[strlen(dir) - strlen("/config.json")] = 0;
-        for (int i = 0; i < 3; i++) {
+        for (int i = 0; i < 4; i++) {
             bq_model *m;
             if (bq_model_load(dir, &m)) { CHECK(0, "%s: %s", dir, bq_last_error()); break; }
             if (cfg[i][0]) CHECK(apply_cfg(m, cfg[i], 0) == BQ_OK, "%s: quantize: %s", f->string, bq_last_error());

@@ -76,6 +76,53 @@ static const char *MIXED =
     "lm_head = { w = \"nvfp4\" }\n"
     "embed_tokens = { w = \"int8_b32_sfp16\" }\n";
 
+/* LoRC factors in a .bq (version 2): loaded back bit for bit, and a header that
+ * lies about them refused by name. */
+static void bq_lorc(void)
+{
+    bq_model *p = load_cfg(DIR_, "ptq = \"lorc:4\"\ndefault = { w = \"int4_g128\", a = \"mxint8\" }\n", 1);
+    if (!p) return;
+    const char *path = "/tmp/bq_lorc.bq";
+    CHECK(bq_model_save(p, path) == BQ_OK, "save with LoRC: %s", bq_last_error());
+    bq_model *l = NULL;
+    if (bq_model_load(path, &l)) { CHECK(0, "load .bq with LoRC: %s", bq_last_error()); bq_model_free(p); return; }
+    int n = 12, V = bq_model_vocab(p);
+    float *a = logits(p, n), *b = logits(l, n);
+    CHECK(!memcmp(a, b, (size_t)n * V * 4), ".bq with LoRC factors gives the in-memory model's logits bit for bit");
+    free(a); free(b);
+    bq_model_free(l);
+    bq_model_free(p);
+    /* the header edited in place (same length): each lie named */
+    void *buf;
+    size_t size;
+    if (bq_read_file(path, &buf, &size)) { CHECK(0, "read back"); return; }
+    static const struct { const char *from, *to, *msg; } lies[] = {
+        {"\"rank\":4", "\"rank\":0", "LoRC rank must be an integer in [1, "},
+        {"\"rank\":4", "\"rank\":9", "LoRC A holds"},
+        {"\"b\":{\"offset\"", "\"c\":{\"offset\"", "LoRC B is missing"},
+    };
+    for (size_t i = 0; i < sizeof lies / sizeof *lies; i++) {
+        char *copy = malloc(size), *hit;
+        memcpy(copy, buf, size);
+        uint64_t hlen;
+        memcpy(&hlen, copy + 16, 8);
+        char save = copy[24 + hlen];
+        copy[24 + hlen] = 0;
+        hit = strstr(copy + 24, lies[i].from);
+        copy[24 + hlen] = save;
+        CHECK(hit != NULL, "the header has no '%s'", lies[i].from);
+        if (hit) {
+            memcpy(hit, lies[i].to, strlen(lies[i].to));
+            FILE *f = fopen("/tmp/bq_lorc_bad.bq", "wb");
+            fwrite(copy, 1, size, f);
+            fclose(f);
+            expect_bad("/tmp/bq_lorc_bad.bq", lies[i].msg, lies[i].to);
+        }
+        free(copy);
+    }
+    free(buf);
+}
+
 static void bq_roundtrip(void)
 {
     bq_model *p = load_cfg(DIR_, MIXED, 1), *f = load_cfg(DIR_, MIXED, 0);
@@ -402,6 +449,7 @@ int main(void)
 {
     held_bf16();
     bq_roundtrip();
+    bq_lorc();
     bq_damage();
     gguf_tests();
     gguf_blocks();

@@ -390,7 +390,8 @@ static void gemv_bf16(const __nv_bfloat16 *W, const float *x, float *y, int n, i
 // bf16 numbers (float32, or a format with float32 scales): three bf16 products.
 // pw: packed codes (the GEMV decodes them); f32: their values are not bf16 numbers, so the
 // prefill unpacks them to float32 (wf) instead of bf16 (wb)
-struct glin { float *w, *b; __nv_bfloat16 *w16; bq_cuda_w *pw; int in, out, split, f32; const bq_format *aq; };
+// la, lb: LoRC's factors (--ptq lorc), y += (q(x) lb^T) la^T, rank of them (0: none)
+struct glin { float *w, *b, *la, *lb; __nv_bfloat16 *w16; bq_cuda_w *pw; int in, out, split, f32, rank; const bq_format *aq; };
 struct gnorm { float *w, *b; };
 enum { GEMV_MAX = 4, GEMV16_MAX = 8, ATT_FEW = 8 };  // ATT_FEW: queries up to which attention skips the GEMMs  // tokens up to which a packed (bf16) linear takes the GEMV
 
@@ -410,6 +411,7 @@ struct cuda_be {
     __nv_bfloat16 *xb;     // bf16 activations for the bf16 path (xq_floats)
     __nv_bfloat16 *wb;     // one packed linear unpacked (the largest)
     float *wf;             // the same in float32, for packed linears with f32 set
+    float *lt;             // LoRC's middle product [T][largest rank]
     int *ids;              // [T], then the position of a recorded step (dpos)
     int *dpos;
     double *lp;            // [T]
@@ -477,7 +479,20 @@ static const uint16_t *held_bf16(const linear *l)
 // Weights go up packed where the CPU holds them packed and the GPU's GEMV takes the
 // format; as bf16 where their values are bf16 numbers
 // (a bf16 checkpoint goes up as it is, never widened on the host); else as float32.
+static bq_status up_weights(glin *g, const linear *l, size_t *bytes);
+
+// The weights as below, then LoRC's factors as they are (float32)
 static bq_status up_linear(glin *g, const linear *l, size_t *bytes)
+{
+    bq_status st = up_weights(g, l, bytes);
+    if (st || !l->lr_rank) return st;
+    g->rank = l->lr_rank;
+    st = up_floats(&g->la, l->lr_a, (size_t)l->out * l->lr_rank, bytes);
+    if (!st) st = up_floats(&g->lb, l->lr_b, (size_t)l->lr_rank * l->in, bytes);
+    return st ? bq_fail(st, "%s: LoRC factors: %s", l->name, bq_last_error()) : BQ_OK;
+}
+
+static bq_status up_weights(glin *g, const linear *l, size_t *bytes)
 {
     g->in = l->in;
     g->out = l->out;
@@ -522,6 +537,8 @@ static bq_status up_linear(glin *g, const linear *l, size_t *bytes)
 
 static void glin_free(glin *l)
 {
+    bq_cuda_free(l->la);
+    bq_cuda_free(l->lb);
     bq_cuda_free(l->w);
     bq_cuda_free(l->b);
     bq_cuda_free(l->w16);
@@ -544,7 +561,7 @@ static void cuda_destroy(be *b)
     free(g->norms);
     cuda_drop_recording(b);
     if (g->graph) cudaGraphExecDestroy(g->graph);
-    void *p[] = {g->emb, g->pos, g->kc, g->vc, g->kq, g->vt, g->s, g->xq, g->xb, g->wb, g->wf, g->ids, g->lp, g->bad, g->blas_ws};
+    void *p[] = {g->emb, g->pos, g->kc, g->vc, g->kq, g->vt, g->s, g->xq, g->xb, g->wb, g->wf, g->lt, g->ids, g->lp, g->bad, g->blas_ws};
     for (void *x : p) bq_cuda_free(x);
     if (g->blas) g_blas.destroy(g->blas);
     free(g->site_d);
@@ -616,6 +633,12 @@ static bq_status cuda_linear(be *b, int layer, lin_role r, const float *x, float
                     l->out) != 0)
             return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasSgemm failed");
     }
+    // LoRC, as the CPU: t [n][rank] = q(x) lb^T, then y += t la^T, before the bias
+    if (l->rank && (g_blas.sgemm(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, l->rank, n, l->in, &one, l->lb, l->in, x, l->in, &zero,
+                                 g->lt, l->rank) != 0 ||
+                    g_blas.sgemm(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, l->out, n, l->rank, &one, l->la, l->rank, g->lt, l->rank,
+                                 &one, y, l->out) != 0))
+        return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasSgemm (LoRC) failed");
     if (l->b) k_bias<<<nblk((size_t)n * l->out), 256>>>(y, l->b, (size_t)n * l->out, l->out);
     return launched("linear");
 }
@@ -890,6 +913,7 @@ static bq_status cuda_setup(cuda_be *g)
     if (!st && last && c->final_norm) st = up_norm(&g->norms[(size_t)c->layers * 4], &m->final_ln, H, b);
     int any16 = 0;  // what the bf16 buffers must hold (3: a split linear), noted as the linears go up
     size_t maxw = 0, maxw32 = 0;
+    int rank = 0;  // the largest LoRC rank
     for (int l = -1; l < c->layers && !st; l++)
         for (int r = l < 0 ? R_HEAD : R_Q; r < (l < 0 ? R_COUNT : R_HEAD) && !st; r++) {
             if (l >= 0 ? l < lo || l >= hi : r == R_PROJ_IN ? !first : !last) continue;
@@ -898,6 +922,7 @@ static bq_status cuda_setup(cuda_be *g)
             if (!LINEAR_PRESENT(src) || (st = up_linear(dst, src, b))) continue;
             if (dst->w16 || (dst->pw && !dst->f32)) any16 = any16 > 1 ? any16 : 1;
             if (dst->split) any16 = 3;
+            rank = dst->rank > rank ? dst->rank : rank;
             size_t *mx = dst->f32 ? &maxw32 : &maxw;
             if (dst->pw && (size_t)dst->in * dst->out > *mx) *mx = (size_t)dst->in * dst->out;
         }
@@ -927,6 +952,7 @@ static bq_status cuda_setup(cuda_be *g)
     if (!st && any16) { st = bq_cuda_malloc((void **)&g->xb, g->xq_floats * 2 * any16); *b += g->xq_floats * 2 * any16; }
     if (!st && maxw) { st = bq_cuda_malloc((void **)&g->wb, maxw * 2); *b += maxw * 2; }
     if (!st && maxw32) { st = bq_cuda_malloc((void **)&g->wf, maxw32 * 4); *b += maxw32 * 4; }
+    if (!st && rank) { st = bq_cuda_malloc((void **)&g->lt, Tn * rank * 4); *b += Tn * rank * 4; }
     if (!st) st = bq_cuda_malloc((void **)&g->ids, (Tn + 1) * 4);
     g->dpos = g->ids ? g->ids + Tn : NULL;
     if (!st) st = bq_cuda_malloc((void **)&g->lp, Tn * 8);
@@ -949,8 +975,6 @@ extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int 
             const linear *l = model_linear(m, i, (lin_role)r);
             if (l->lmul) return bq_fail(BQ_ERR_UNSUPPORTED, "%s: L-Mul products run on the CPU only", l->name);
         }
-    if (const linear *l = model_lorc_linear(m))  // never a silently different model on the device
-        return bq_fail(BQ_ERR_UNSUPPORTED, "%s: LoRC factors (--ptq lorc) run on the CPU only", l->name);
     cuda_be *g = (cuda_be *)calloc(1, sizeof *g);
     if (!g) return bq_fail(BQ_ERR_NOMEM, "out of memory");
     g->base.ops = &cuda_ops;

@@ -372,9 +372,9 @@ float pack_elem_value(const bq_format *f, uint32_t code) { return elem_value(&f-
 
 void format_int_grid(bq_format *f)
 {
-    int n = 1 << f->el.bits, m = 0;
     f->igrid = 0;
     if (f->el.bits > 8 || f->el.kind == EK_LOG || f->el.kind == EK_FP32) return;
+    int n = 1 << f->el.bits, m = 0;
     if (f->sch == SCH_INT && f->asym) return;
     for (int c = 0; c < n; c++) {
         float v = pack_elem_value(f, (uint32_t)c);

@@ -18,7 +18,9 @@
 #include <string.h>
 
 static const char MAGIC[8] = "BQMODEL";
-enum { BQ_FILE_VERSION = 1, ALIGN = 64, PRELUDE = 24 };
+/* Version 2 adds LoRC factors (a tensor's "lorc"); a file without them is written
+ * as version 1, so that older readers still take it, and refuse the rest. */
+enum { BQ_FILE_VERSION = 2, ALIGN = 64, PRELUDE = 24 };
 
 uint32_t bq_crc32(const void *data, size_t n)
 {
@@ -139,7 +141,7 @@ bq_status bq_model_save(const bq_model *cm, const char *path)
 {
     bq_model *m = (bq_model *)cm;  /* slots hand out pointers; nothing is changed */
     if (!m->config_json) return bq_fail(BQ_ERR_ARG, "model has no config.json to store");
-    if (model_lorc_linear(m)) return bq_fail(BQ_ERR_UNSUPPORTED, "%s has LoRC factors (--ptq lorc), which a .bq file does not store yet: score the model in memory, or quantise without lorc to save it", model_lorc_linear(m)->name);
+    const uint32_t version = model_lorc_linear(m) ? 2 : 1;
     if (m->tokenizer_json) {  /* stored verbatim, but only one that loads */
         bq_tokenizer *t;
         bq_status ts = tokenizer_parse(m->tokenizer_json, m->tokenizer_len, m->dir, &t);
@@ -152,7 +154,7 @@ bq_status bq_model_save(const bq_model *cm, const char *path)
     chunks ch = {0};
     cJSON *root = cJSON_CreateObject(), *tens = cJSON_CreateArray();
     cJSON_AddStringToObject(root, "format", "blockq");
-    cJSON_AddNumberToObject(root, "version", BQ_FILE_VERSION);
+    cJSON_AddNumberToObject(root, "version", version);
     size_t off;
     const char *blob_name[2] = {"config", "tokenizer"};
     char *blob[2] = {m->config_json, m->tokenizer_json};
@@ -164,6 +166,7 @@ bq_status bq_model_save(const bq_model *cm, const char *path)
         add_ref(b, off, blob_len[i], bq_crc32(blob[i], blob_len[i]));
     }
     int tied = model_head_tied(m);
+    if (tied && m->head.lr_rank) return bq_fail(BQ_ERR_UNSUPPORTED, "the LM head shares the embedding and has LoRC factors: a .bq file cannot hold that");
     cJSON_AddBoolToObject(root, "tied_head", tied);
     runtime_to_json(m, root);
     cJSON_AddItemToObject(root, "tensors", tens);
@@ -194,6 +197,18 @@ bq_status bq_model_save(const bq_model *cm, const char *path)
         add_ref(t, off, size, bq_crc32(data, size));
         if (s->l && s->l->aq) cJSON_AddStringToObject(t, "act", s->l->aq->name);
         cJSON_AddItemToArray(tens, t);
+        if (s->l && s->l->lr_rank && s->p && !strcmp(s->name + strlen(s->name) - 7, ".weight")) {
+            /* y += (q(x) B^T) A^T: A [out][rank], B [rank][in], float32 as computed */
+            const linear *l = s->l;
+            cJSON *lo = cJSON_AddObjectToObject(t, "lorc");
+            cJSON_AddNumberToObject(lo, "rank", l->lr_rank);
+            const float *fac[2] = {l->lr_a, l->lr_b};
+            size_t fn[2] = {(size_t)l->out * l->lr_rank, (size_t)l->lr_rank * l->in};
+            for (int k = 0; k < 2 && !st; k++) {
+                if (!push(&ch, (uint8_t *)fac[k], fn[k] * sizeof(float), 0, &off)) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+                add_ref(cJSON_AddObjectToObject(lo, k ? "b" : "a"), off, fn[k] * sizeof(float), bq_crc32(fac[k], fn[k] * sizeof(float)));
+            }
+        }
     }
     char *hdr = st ? NULL : cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
@@ -203,7 +218,7 @@ bq_status bq_model_save(const bq_model *cm, const char *path)
     size_t hlen = hdr ? strlen(hdr) : 0, data0 = align_up(PRELUDE + hlen), total = data0 + ch.end;
     if (!st && !(file = calloc(1, total))) st = bq_fail(BQ_ERR_NOMEM, "out of memory for a %zu-byte file", total);
     if (!st) {
-        uint32_t v = BQ_FILE_VERSION, flags = 0;
+        uint32_t v = version, flags = 0;
         uint64_t h = hlen;
         memcpy(file, MAGIC, 8);
         memcpy(file + 8, &v, 4);
@@ -264,6 +279,40 @@ static int is_float_format(const bq_format *f)
     return f->sch == SCH_ELEM && f->el.kind != EK_INT && f->el.kind != EK_LOG && f->el.bits >= 16;
 }
 
+/* A linear's LoRC factors (version 2): rank in [1, min(in, out)], A [out][rank]
+ * and B [rank][in] float32, each checked against its size and checksum. */
+static bq_status load_lorc(const region *r, const cJSON *lo, slot *s, const char *name)
+{
+    linear *l = s->l;
+    const cJSON *jr = cJSON_GetObjectItemCaseSensitive(lo, "rank");
+    if (!l || !s->p) return bq_fail(BQ_ERR_PARSE, "%s: tensor '%s' is not a linear's weight: it cannot have LoRC factors", r->path, name);
+    int most = l->in < l->out ? l->in : l->out;
+    if (!cJSON_IsNumber(jr) || jr->valuedouble != (double)(int)jr->valuedouble || jr->valuedouble < 1 || jr->valuedouble > most)
+        return bq_fail(BQ_ERR_PARSE, "%s: tensor '%s': LoRC rank must be an integer in [1, %d]", r->path, name, most);
+    int rank = (int)jr->valuedouble;
+    size_t fn[2] = {(size_t)l->out * rank, (size_t)rank * l->in};
+    float *fac[2] = {NULL, NULL};
+    bq_status st = BQ_OK;
+    for (int k = 0; k < 2 && !st; k++) {
+        const cJSON *ref = cJSON_GetObjectItemCaseSensitive(lo, k ? "b" : "a");
+        const uint8_t *p;
+        size_t size;
+        char what[160];
+        snprintf(what, sizeof what, "%.100s LoRC %s", name, k ? "B" : "A");
+        if (!cJSON_IsObject(ref)) st = bq_fail(BQ_ERR_PARSE, "%s: %s is missing", r->path, what);
+        else if (!(st = get_ref(r, ref, what, &p, &size)) && size != fn[k] * sizeof(float))
+            st = bq_fail(BQ_ERR_PARSE, "%s: %s holds %zu bytes; rank %d at [%d, %d] takes %zu", r->path, what, size, rank,
+                         l->out, l->in, fn[k] * sizeof(float));
+        else if (!st && !(fac[k] = malloc(size))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        else if (!st) memcpy(fac[k], p, size);
+    }
+    if (st) { free(fac[0]); free(fac[1]); return st; }
+    l->lr_a = fac[0];
+    l->lr_b = fac[1];
+    l->lr_rank = rank;
+    return BQ_OK;
+}
+
 static bq_status load_tensor(const region *r, slot_list *sl, const cJSON *t, bq_model *m)
 {
     const char *name = str_item(t, "name"), *fmt = str_item(t, "format"), *act = str_item(t, "act");
@@ -301,6 +350,8 @@ static bq_status load_tensor(const region *r, slot_list *sl, const cJSON *t, bq_
         if (!s->l) return bq_fail(BQ_ERR_PARSE, "%s: tensor '%s' has no input activation", r->path, name);
         if ((st = bq_format_parse(act, &s->l->aq))) return bq_fail(st, "%s: '%s': %s", r->path, name, bq_last_error());
     }
+    const cJSON *lorc = cJSON_GetObjectItemCaseSensitive(t, "lorc");
+    if (!st && lorc) st = load_lorc(r, lorc, s, name);
     return st;
 }
 
@@ -310,8 +361,8 @@ static bq_status parse_header(const region *r, const cJSON *root, bq_model *m)
     const char *fmt = str_item(root, "format");
     if (!fmt || strcmp(fmt, "blockq") || !cJSON_IsNumber(ver))
         return bq_fail(BQ_ERR_PARSE, "%s: header is not a blockq model header", r->path);
-    if (ver->valuedouble != BQ_FILE_VERSION)
-        return bq_fail(BQ_ERR_UNSUPPORTED, "%s: header version %g; this blockq reads version %d", r->path, ver->valuedouble,
+    if (ver->valuedouble != 1 && ver->valuedouble != BQ_FILE_VERSION)
+        return bq_fail(BQ_ERR_UNSUPPORTED, "%s: header version %g; this blockq reads versions 1 and %d", r->path, ver->valuedouble,
                        BQ_FILE_VERSION);
     const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(root, "config"), *tok = cJSON_GetObjectItemCaseSensitive(root, "tokenizer");
     if (!cJSON_IsObject(cfg)) return bq_fail(BQ_ERR_PARSE, "%s: no config in the header", r->path);
@@ -358,8 +409,8 @@ bq_status bqfile_parse(const char *path, const uint8_t *buf, size_t size, bq_mod
     uint64_t hlen;
     memcpy(&ver, buf + 8, 4);
     memcpy(&hlen, buf + 16, 8);
-    if (ver != BQ_FILE_VERSION)
-        return bq_fail(BQ_ERR_UNSUPPORTED, "%s: .bq version %u; this blockq reads version %d", path, ver, BQ_FILE_VERSION);
+    if (ver != 1 && ver != BQ_FILE_VERSION)
+        return bq_fail(BQ_ERR_UNSUPPORTED, "%s: .bq version %u; this blockq reads versions 1 and %d", path, ver, BQ_FILE_VERSION);
     if (hlen > size - PRELUDE || align_up(PRELUDE + (size_t)hlen) > size)
         return bq_fail(BQ_ERR_PARSE, "%s: header of %llu bytes runs past the end of the %zu-byte file (truncated?)", path,
                        (unsigned long long)hlen, size);
