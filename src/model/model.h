@@ -88,8 +88,8 @@ typedef struct linear {
     float *lr_a, *lr_b;  /* LoRC (src/quant/lorc.c): y += (q(x) lr_b^T) lr_a^T, [out][r] and [r][in] */
     int lr_rank;         /* 0: none */
 } linear;
-/* A linear of m with LoRC factors (NULL if none): what runs on the CPU only and
- * is not stored in model files yet. */
+/* A linear of m with LoRC factors (NULL if none): what .bq files hold (version 2)
+ * and GGUF and Hugging Face folders cannot. */
 const linear *model_lorc_linear(const struct bq_model *m);
 #define LINEAR_PRESENT(l) ((l)->w || (l)->pw)
 typedef struct { float *w, *b; } normp;
