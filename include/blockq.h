@@ -306,7 +306,9 @@ typedef struct {
     void (*progress)(void *arg, size_t done, size_t total, size_t tokens, double seconds);
     void *progress_arg;
     int device;           /* 0: CPU; 1: the first CUDA device (BQ_ERR_UNSUPPORTED if there is none) */
-    int stages;           /* as bq_ctx_opts.stages: windows streamed through them */
+    int stages;           /* as bq_ctx_opts.stages: windows streamed through them (added in 0.2:
+                             this struct has no size field, so callers built against an
+                             older header must be rebuilt; zero-initialise it) */
 } bq_ppl_opts;
 
 /* ppl/nll/tokens_scored follow the requested protocol; ppl_all and

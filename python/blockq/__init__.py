@@ -313,13 +313,14 @@ class Model:
         return out
 
     def perplexity(self, text: Union[str, Sequence[int]], ctx: int = 512, chunks: int = 0,
-                   protocol: str = "all", threads: int = 0) -> dict:
-        """Perplexity over non-overlapping windows, as `blockq ppl` (same numbers)."""
+                   protocol: str = "all", threads: int = 0, stages: int = 1) -> dict:
+        """Perplexity over non-overlapping windows, as `blockq ppl` (same numbers); stages:
+        pipeline stages the layers are split into (`--stages`, the same numbers)."""
         if protocol not in ("all", "second-half"):
             raise ValueError("blockq: protocol is 'all' or 'second-half'")
         ids = self.tokenize(text) if isinstance(text, str) else np.ascontiguousarray(text, dtype=np.int32)
         o = _lib.PplOpts(ctx, chunks, int(protocol == "second-half"), 0, threads, _lib.PROGRESS(), None,
-                         int(self.device == "cuda"))
+                         int(self.device == "cuda"), stages)
         r = _lib.PplResult()
         _check(lib.bq_perplexity(self._m, ids.ctypes.data_as(_lib.c_int32_p), ids.size, ctypes.byref(o), ctypes.byref(r)))
         return {"ppl": r.ppl, "nll": r.nll, "windows": r.windows, "tokens_scored": r.tokens_scored,

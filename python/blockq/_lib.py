@@ -26,7 +26,7 @@ ON_TOKEN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int32)
 class PplOpts(ctypes.Structure):
     _fields_ = [("ctx", ctypes.c_int), ("chunks", ctypes.c_int), ("second_half", ctypes.c_int),
                 ("allow_nonfinite", ctypes.c_int), ("threads", ctypes.c_int), ("progress", PROGRESS),
-                ("progress_arg", ctypes.c_void_p), ("device", ctypes.c_int)]
+                ("progress_arg", ctypes.c_void_p), ("device", ctypes.c_int), ("stages", ctypes.c_int)]
 
 
 class PplResult(ctypes.Structure):

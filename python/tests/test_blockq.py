@@ -135,6 +135,10 @@ def test_perplexity_equals_cli(model):
     cli = json.loads(out.strip().splitlines()[-1])
     assert r["windows"] == cli["windows"] == 4 and r["tokens_scored"] == cli["tokens_scored"]
     assert f"{r['ppl']:.6f}" == f"{cli['ppl']:.6f}" and f"{r['nll']:.9f}" == f"{cli['nll']:.9f}"
+    s = model.perplexity(open(TEXT, encoding="utf-8").read(), ctx=128, chunks=4, stages=3)  # pipeline stages: same bits
+    assert s["nll"] == r["nll"] and s["ppl"] == r["ppl"]
+    with pytest.raises(Exception, match="a stage holds at least one layer"):
+        model.perplexity(open(TEXT, encoding="utf-8").read(), ctx=128, chunks=1, stages=9)
 
 
 def test_generate_equals_cli(model):
