@@ -4,8 +4,9 @@
  * beside the quantised weight and added in the forward pass (src/engine/cpu.c):
  *     y = q(x) Q(W)^T + (q(x) B^T) A^T,   A [out][r] = V_r sqrt(S_r),  B [r][in] = sqrt(S_r) U_r^T
  * (E^T = U S V^T column-major). r (in + out) float32 numbers a linear: rank 8 adds
- * 0.125 bits a weight to a 4096 x 4096 matrix. The factors run on the CPU only and
- * are not stored in model files yet (the writers refuse such a model by name). */
+ * 0.125 bits a weight to a 4096 x 4096 matrix. The factors run on the CPU and the
+ * GPU (src/cuda/engine.cu) and travel in .bq files (version 2); GGUF and Hugging
+ * Face folders cannot hold them and refuse such a model by name. */
 #include "quant.h"
 #include "model.h"
 #include "pmat.h"
