@@ -327,15 +327,16 @@ class Model:
                 "seconds": r.seconds, "ppl_all": r.ppl_all, "ppl_second_half": r.ppl_second_half}
 
     def generate(self, prompt: Union[str, Sequence[int]], n: int = 32, temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int = 0, device: str = "cpu") -> dict:
+                 seed: int = 0, device: str = "cpu", stages: int = 1) -> dict:
         """Continue a prompt by n tokens (greedy at temperature 0), as `blockq generate`:
-        the same ids for the same seed, on the CPU or ("cuda") the GPU. Returns ids, text and timings."""
+        the same ids for the same seed, on the CPU or ("cuda") the GPU, the layers in
+        `stages` pipeline stages (`--stages`, the same ids). Returns ids, text and timings."""
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}")
         ids = self.tokenize(prompt) if isinstance(prompt, str) else np.ascontiguousarray(prompt, dtype=np.int32)
         out = np.zeros(max(n, 1), dtype=np.int32)
         o = _lib.GenOpts(ctypes.sizeof(_lib.GenOpts), n, temperature, top_p, seed, 0, _lib.ON_TOKEN(), None,
-                         1 if device == "cuda" else 0)
+                         1 if device == "cuda" else 0, 0, stages)
         r = _lib.GenResult()
         _check(lib.bq_generate(self._m, ids.ctypes.data_as(_lib.c_int32_p), ids.size, ctypes.byref(o),
                                out.ctypes.data_as(_lib.c_int32_p), ctypes.byref(r)))

@@ -38,7 +38,8 @@ class PplResult(ctypes.Structure):
 class GenOpts(ctypes.Structure):
     _fields_ = [("size", ctypes.c_size_t), ("n_new", ctypes.c_int), ("temperature", ctypes.c_double),
                 ("top_p", ctypes.c_double), ("seed", ctypes.c_uint64), ("allow_nonfinite", ctypes.c_int),
-                ("on_token", ON_TOKEN), ("arg", ctypes.c_void_p), ("device", ctypes.c_int)]
+                ("on_token", ON_TOKEN), ("arg", ctypes.c_void_p), ("device", ctypes.c_int), ("eager", ctypes.c_int),
+                ("stages", ctypes.c_int)]
 
 
 class GenResult(ctypes.Structure):

@@ -147,6 +147,8 @@ def test_generate_equals_cli(model):
                           "--temperature", "0.8", "--top-p", "0.9", "--seed", "5", "--json"],
                          check=True, capture_output=True, text=True).stdout
     assert list(g["ids"]) == json.loads(out)["ids"] and g["gen_tokens"] == 8
+    s = model.generate("In the beginning", n=8, temperature=0.8, top_p=0.9, seed=5, stages=2)  # pipeline stages
+    assert list(s["ids"]) == list(g["ids"])
 
 
 def test_quantize_save_reload(tmp_path):
