@@ -183,9 +183,9 @@ static int same_format(const bq_format *a, const bq_format *b)
 static bq_status cpu_linears(be *b, int layer, const lin_role *rs, int count, const float *x, float *const *ys, int n)
 {
     cpu_be *c = (cpu_be *)b;
+    if (count > MM_MAX) return bq_fail(BQ_ERR_ARG, "%d linears on one input: at most %d", count, MM_MAX);
     const linear *ls[MM_MAX];
     for (int i = 0; i < count; i++) ls[i] = model_linear(b->m, layer, rs[i]);
-    if (count > MM_MAX) return bq_fail(BQ_ERR_ARG, "%d linears on one input: at most %d", count, MM_MAX);
     for (int i = 1; i < count; i++)
         if (!same_format(ls[i]->aq, ls[0]->aq) || ls[i]->in != ls[0]->in) {  /* one by one */
             bq_status st = BQ_OK;

@@ -55,14 +55,8 @@ bq_status bq_ctx_set_observer(bq_ctx *c, bq_observer fn, void *arg)
     return BQ_OK;
 }
 
-/* Every linear goes through here: the observer first, then the backend. */
-static bq_status run_linear(bq_ctx *c, be *b, int layer, lin_role r, const float *x, float *y, int n)
-{
-    if (c->observe) c->observe(c->observe_arg, layer, (int)r, x, n, model_linear(c->m, layer, r)->in);
-    return b->ops->linear(b, layer, r, x, y, n);
-}
-
-/* Linears of one layer on one input (q, k, v; up, gate): together where the
+/* Every linear goes through here: the observer first, then the backend; the
+ * linears of one layer on one input (q, k, v; up, gate) together where the
  * backend can (one meeting of its threads), else one by one. */
 static bq_status run_linears(bq_ctx *c, be *b, int layer, const lin_role *rs, int count, const float *x, float *const *ys, int n)
 {
@@ -72,6 +66,11 @@ static bq_status run_linears(bq_ctx *c, be *b, int layer, const lin_role *rs, in
     bq_status st = BQ_OK;
     for (int i = 0; i < count && !st; i++) st = b->ops->linear(b, layer, rs[i], x, ys[i], n);
     return st;
+}
+
+static bq_status run_linear(bq_ctx *c, be *b, int layer, lin_role r, const float *x, float *y, int n)
+{
+    return run_linears(c, b, layer, &r, 1, x, &y, n);
 }
 
 const char *const bq_check_names[3] = {"attention output (o_proj)", "MLP output (down_proj)", "logits"};
