@@ -2,11 +2,11 @@
 # llama.cpp as a real client of the GGUF files blockq writes (issue 22). Builds the
 # llama.cpp source in ../shared/peers once into a cache outside the repository
 # ($BQ_PEER_CACHE, default ~/.cache/blockq), then:
-#   - the bundled model exported as F32, BF16, Q8_0, Q4_0 and Q5_0 (blockq's q8_0/q4_0/q5_0,
+#   - the bundled model exported as F32, BF16, Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 (blockq's q8_0/q4_*/q5_*,
 #     llama.cpp's rules): llama-perplexity's perplexity within 0.1% of blockq's on
 #     the same file and windows (ctx 512, llama-perplexity's tokens of each window scored);
-#   - llama-quantize --pure on blockq's F32 export gives Q4_0, Q5_0 and Q8_0 files whose
-#     every tensor is byte-identical to blockq's own q4_0/q5_0/q8_0 export, and blockq
+#   - llama-quantize --pure on blockq's F32 export gives Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 files whose
+#     every tensor is byte-identical to blockq's own export in the same type, and blockq
 #     reads llama-quantize's files and scores them as llama.cpp does;
 #   - the tiny llama/mistral/qwen2/qwen3 checkpoints exported as F32: within 0.1%.
 #   sh tests/interop.sh [BLOCKQ]     (make interop; make test runs it where the source is)
@@ -20,13 +20,21 @@ summary() { echo "interop: $pass passed, $fail failed"; [ $fail -eq 0 ]; exit $?
 if [ -z "$SRC" ]; then echo "SKIP: no llama.cpp source in $SH/peers: GGUF files not checked against llama.cpp"; summary; fi
 command -v cmake >/dev/null || { echo "SKIP: cmake absent (Debian package cmake): llama.cpp not built"; summary; }
 name=$(basename "$SRC" .tar.xz)
+# On CPUs with AMX this llama.cpp's AMX kernels (compiled in by -march=native) score Q4_0 and
+# Q4_1 files 30-45% off its own other kernels and blockq (694.8 against 475.7; docs/interop.md):
+# there it is built for the same ISA without AMX, in a cache folder of its own
+CMFLAGS=""
+if grep -q -m1 amx_int8 /proc/cpuinfo 2>/dev/null; then
+    name=$name-noamx
+    CMFLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON"
+fi
 C=${BQ_PEER_CACHE:-$HOME/.cache/blockq}/$name
 L=$C/build/bin
 if [ ! -x "$L/llama-perplexity" ] || [ ! -x "$L/llama-quantize" ]; then
     echo "building $name in $C (once; a few minutes on 2 cores)"
     rm -rf "$C" && mkdir -p "$C" && tar xJf "$SRC" -C "$C" || { bad "cannot unpack $SRC"; summary; }
     [ -f "$C/CMakeLists.txt" ] || { d=$(ls -d "$C"/*/ | head -1); mv "$d"* "$C"/; }
-    (cmake -B "$C/build" -S "$C" -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=OFF -DCMAKE_BUILD_TYPE=Release >"$C/build.log" 2>&1 &&
+    (cmake -B "$C/build" -S "$C" -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=OFF -DCMAKE_BUILD_TYPE=Release $CMFLAGS >"$C/build.log" 2>&1 &&
      cmake --build "$C/build" -j"$(nproc)" --target llama-perplexity llama-quantize llama-bench >>"$C/build.log" 2>&1) ||
         { bad "llama.cpp build failed (see $C/build.log)"; summary; }
 fi
@@ -54,10 +62,24 @@ ppl_pair() {
     fi
     lo=$lp hi=$lp
     if [ "${SPREAD:-0}" = 1 ]; then
+        vals=$lp
         for o in "-fa" "-ub 1"; do
             v=$(lcpp_ppl "$file" "$ctx" "$chunks" "$o")
-            [ -n "$v" ] && lo=$(awk -v a="$lo" -v b="$v" 'BEGIN { print (b < a ? b : a) }') && hi=$(awk -v a="$hi" -v b="$v" 'BEGIN { print (b > a ? b : a) }')
+            [ -n "$v" ] && vals="$vals $v"
         done
+        # a setting more than 5% from the median of the three is left out, loudly: on a
+        # Sapphire Rapids machine (AMX) llama.cpp's default Q4_0/Q4_1 runs scored 694.8 and
+        # 644.4 where its -fa and -ub 1 runs and blockq gave 475-476 and 485 (docs/interop.md)
+        med=$(echo $vals | tr ' ' '\n' | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
+        lo= hi=
+        for v in $vals; do
+            if awk -v v="$v" -v m="$med" 'BEGIN { d = (v - m) / m; exit !(d > 0.05 || d < -0.05) }'; then
+                echo "  NOTE: $label: llama.cpp scored $v with one of its settings, over 5% from its median $med: left out"
+                continue
+            fi
+            lo=$(awk -v a="${lo:-$v}" -v b="$v" 'BEGIN { print (b < a ? b : a) }'); hi=$(awk -v a="${hi:-$v}" -v b="$v" 'BEGIN { print (b > a ? b : a) }')
+        done
+        lp=$med
     fi
     bp=$($B ppl --model "$file" --text $TXT --ctx "$ctx" --chunks "$chunks" --protocol llama.cpp --kv fp16 --json "$@" 2>/dev/null | sed -n 's/.*"ppl": \([0-9.]*\).*/\1/p')
     # blockq's result moves too where activations are quantised: OpenBLAS's kernels (chosen
@@ -82,7 +104,7 @@ ppl_pair() {
         bad "$1: llama.cpp $lp ($lo..$hi over its settings) vs blockq $bp ($blo..$bhi over its BLAS kernels; rel $rel > 1e-3)"
 }
 M=models/llama-19m-en
-for f in f32 bf16 q8_0 q4_0 q5_0; do
+for f in f32 bf16 q8_0 q4_0 q4_1 q5_0 q5_1; do
     # every matrix in the type, the LM head too (--head would quantise its input as well, which GGUF cannot say)
     printf '"lm_head" = { w = "%s" }\n' $f >"$T/head.toml"
     $B quantize --model $M --wq $f --emb $f --config "$T/head.toml" --out "$T/bq_$f.gguf" >/dev/null 2>"$T/err" ||
@@ -93,15 +115,16 @@ for f in f32 bf16 q8_0 q4_0 q5_0; do
     spread=0; case $f in q*) spread=1 ;; esac  # Q8_0 activations: see docs/interop.md
     SPREAD=$spread ppl_pair "llama-19m $f" "$T/bq_$f.gguf" 512 ${INTEROP_CHUNKS:-8} $aq
 done
-# llama-quantize on blockq's F32 export: byte-identical to blockq's q4_0/q5_0/q8_0, and readable by blockq
-for q in Q4_0 Q5_0 Q8_0; do
+# llama-quantize on blockq's F32 export: byte-identical to blockq's own, and readable by blockq
+for q in Q4_0 Q4_1 Q5_0 Q5_1 Q8_0; do
     f=$(echo $q | tr 'A-Z' 'a-z')
     if "$L/llama-quantize" --pure "$T/bq_f32.gguf" "$T/lq_$f.gguf" $q 2 >"$T/lq.log" 2>&1; then
         $PY tools/gguf_tensors.py "$T/lq_$f.gguf" | sort >"$T/a"; $PY tools/gguf_tensors.py "$T/bq_$f.gguf" | sort >"$T/b"
         n=$(wc -l <"$T/a"); same=$(comm -12 "$T/a" "$T/b" | wc -l)
         echo "  llama-quantize $q vs blockq $f: $same of $n tensors byte-identical"
         [ "$n" -gt 0 ] && [ "$same" -eq "$n" ] && ok || bad "$q: only $same of $n tensors identical to llama-quantize's"
-        SPREAD=1 ppl_pair "llama-quantize $q, read back" "$T/lq_$f.gguf" 512 ${INTEROP_CHUNKS:-8} --aq q8_0
+        # read back and scored (Q4_1/Q5_1: the bytes above suffice; each scoring takes minutes)
+        case $q in Q4_1|Q5_1) ;; *) SPREAD=1 ppl_pair "llama-quantize $q, read back" "$T/lq_$f.gguf" 512 ${INTEROP_CHUNKS:-8} --aq q8_0 ;; esac
     else bad "llama-quantize $q failed: $(tail -1 "$T/lq.log")"; fi
 done
 # the tiny checkpoints (no tokenizer of their own: the bundled one, whose 8192 tokens

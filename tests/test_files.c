@@ -280,6 +280,8 @@ static void gguf_tests(void)
     gguf_roundtrip(DIR_, "mxfp4", 1);
     gguf_roundtrip(DIR_, "int8_b32_sfp16", 1);
     gguf_roundtrip(DIR_, "int4_b32_sfp16", 1);
+    const char *lc[] = {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0"};  /* llama.cpp's rules: its own GGUF types */
+    for (int i = 0; i < 5; i++) gguf_roundtrip(DIR_, lc[i], 1);
     gguf_roundtrip(DIR_, NULL, 1);
     const char *sh = shared_dir();
     if (!sh) SKIP("../shared absent: GGUF round trips of the tiny qwen2/qwen3/mistral/llama checkpoints");
@@ -355,6 +357,16 @@ static void gguf_blocks(void)
         ok &= y[j] == (float)(x0 - 16) && y[j + 16] == (float)(x1 - 16);
     }
     CHECK(ok, "Q5_0 decode");
+    /* Q5_1: d = 1, m = -1; the same codes unsigned -> code - 1 */
+    memcpy(b, &h, 2); memcpy(b + 2, &h2, 2); memcpy(b + 4, &qh, 4);
+    for (int j = 0; j < 16; j++) b[8 + j] = (uint8_t)(j | (15 - j) << 4);
+    gguf_row_to_float(7, b, 32, y);
+    ok = 1;
+    for (int j = 0; j < 16; j++) {
+        int x0 = j | (int)((qh >> j) & 1) << 4, x1 = (15 - j) | (int)((qh >> (j + 16)) & 1) << 4;
+        ok &= y[j] == (float)(x0 - 1) && y[j + 16] == (float)(x1 - 1);
+    }
+    CHECK(ok, "Q5_1 decode");
     /* Q4_0 and Q8_0 */
     memcpy(b, &h2, 2);
     for (int j = 0; j < 16; j++) b[2 + j] = (uint8_t)(j | (15 - j) << 4);

@@ -10,7 +10,7 @@
 
 static const char *W_FORMATS[] = {"mxfp4", "nvfp4", "mxint8", "bfp8_b16", "bfp4_b32", "int8_b32_sfp16",
                                   "int4_b32_sfp16", "int4_g128", "int8_g128", "bme2m1_b16", "e2m1_b32_sfp16",
-                                  "mxfp6_e2m3", "mxfp8_e4m3", "bl4_b16", "int4_asym_g128", "int8_row", "fp8_e4m3"};
+                                  "mxfp6_e2m3", "mxfp8_e4m3", "bl4_b16", "int4_asym_g128", "int8_row", "fp8_e4m3", "q4_1", "q5_1"};
 static const char *A_FORMATS[] = {"mxint8", "bfp8_b16", "int8_b32_sfp16", "int8_row", "nvfp4", "int8"};
 static const char *ISAS[] = {"scalar", "avx2", "avx512"};
 

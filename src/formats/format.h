@@ -47,10 +47,10 @@ struct bq_format {
     elem_t el;
     int block;       /* K for block schemes and int groups; 0 otherwise */
     int_scope scope; /* SCH_INT only */
-    int asym;        /* SCH_INT only */
+    int asym;        /* SCH_INT: a zero point; SCH_SCALED with ggml: a per-block fp16 minimum (q4_1, q5_1) */
     elem_t scale;    /* SCH_SCALED / SCH_NVFP4: the scale's own minifloat format */
     int scale_bits;  /* bits of one stored scale */
-    int ggml;        /* SCH_SCALED: llama.cpp's rule for the block scale and codes (q4_0, q8_0; qkern.h) */
+    int ggml;        /* SCH_SCALED: llama.cpp's rule for the block scale and codes (q4_0, q4_1, q5_0, q5_1, q8_0; qkern.h) */
     /* The element grid as small integers up to a power of two (format_int_grid, when
      * parsed): value(code) = ilut[code] * iemult, ilo the least used; igrid 0 if not */
     int igrid, ilo;

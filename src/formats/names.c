@@ -40,7 +40,7 @@ static const char *const listed[] = {
     "int8", "int8_row", "int8_g128", "int8_asym_row", "int6_row", "int4_g128", "int4_asym_g128", "int4_g32",
     "fixed8.4", "fixed6.3", "fixed4.2",
     "log8", "log6", "log4",
-    "e2m1_b16_se4m3", "e2m1_b32_sfp16", "int8_b32_sfp16", "int4_b32_sfp16", "e4m3_b16_sbf16", "q4_0", "q5_0", "q8_0",
+    "e2m1_b16_se4m3", "e2m1_b32_sfp16", "int8_b32_sfp16", "int4_b32_sfp16", "e4m3_b16_sbf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0",
 };
 
 const char *bq_format_list(size_t i) { return i < sizeof listed / sizeof listed[0] ? listed[i] : NULL; }
@@ -162,6 +162,17 @@ static int parse_into(bq_format *f, const char *base, const mods *m)
         f->scale_bits = 16;
         f->ggml = bits;
         elem_int(e, bits, bits == 8 ? -127 : -(1 << (bits - 1)), (1 << (bits - 1)) - 1, 0, 0);
+        return elem_minifloat(&f->scale, 5, 10, 15, FL_IEEE, 0, 1);
+    }
+    /* llama.cpp's Q4_1 and Q5_1: unsigned codes, fp16 scale and fp16 minimum per 32 */
+    if (!strcmp(s, "q4_1") || !strcmp(s, "q5_1")) {
+        int bits = s[1] - '0';
+        f->sch = SCH_SCALED;
+        f->block = 32;
+        f->scale_bits = 32;  /* fp16 d, then fp16 min */
+        f->ggml = bits;
+        f->asym = 1;
+        elem_int(e, bits, 0, (1 << bits) - 1, 0, 0);
         return elem_minifloat(&f->scale, 5, 10, 15, FL_IEEE, 0, 1);
     }
     if (!strcmp(s, "nvfp4")) {

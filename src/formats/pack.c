@@ -137,7 +137,10 @@ static int scale_nan_code(const bq_format *f, uint32_t *code)
     switch (f->sch) {
     case SCH_MX: *code = 0xff; return 1;
     case SCH_SCALED:
-    case SCH_NVFP4: *code = mf_encode(&f->scale, NAN); return *code != UINT32_MAX;
+    case SCH_NVFP4:
+        *code = mf_encode(&f->scale, NAN);
+        if (f->asym && *code != UINT32_MAX) *code |= *code << 16;  /* d and the minimum both NaN */
+        return *code != UINT32_MAX;
     default: return 0;
     }
 }
@@ -319,6 +322,15 @@ static void unpack_row(const bq_format *f, const qctx *c, bitr *rd, size_t cols,
             }
             continue;
         }
+        if (f->ggml) {  /* llama.cpp's blocks: q * d (+ m) */
+            float d, m;
+            int ok = ggml_scale(f, get(rd, f->scale_bits), &d, &m);
+            for (size_t i = 0; i < g; i++) {
+                float q = elem_value(e, get(rd, e->bits), 0);
+                if (i < n) y[b + i] = ok ? ggml_value(f, q, d, m) : NAN;
+            }
+            continue;
+        }
         bscale s;
         int ok = scale_from_code(f, c, get(rd, f->scale_bits), &s);
         for (size_t i = 0; i < g; i++) {
@@ -375,7 +387,7 @@ void format_int_grid(bq_format *f)
     f->igrid = 0;
     if (f->el.bits > 8 || f->el.kind == EK_LOG || f->el.kind == EK_FP32) return;
     int n = 1 << f->el.bits, m = 0;
-    if (f->sch == SCH_INT && f->asym) return;
+    if (f->asym) return;  /* zero points and minimums are not a scale times a grid */
     for (int c = 0; c < n; c++) {
         float v = pack_elem_value(f, (uint32_t)c);
         if (!isfinite(v)) return;

@@ -276,14 +276,56 @@ static inline BQ_HD void split_pow2(int E, float *a, float *b)
 uint32_t mf_encode(const elem_t *e, float q);
 float mf_decode(const elem_t *e, uint32_t code);
 
-/* llama.cpp's reference quantisers (f->ggml: 4 for q4_0, 5 for q5_0, 8 for q8_0),
+/* llama.cpp's reference quantisers (f->ggml: 4 for q4_0/q4_1, 5 for q5_0/q5_1, 8 for q8_0),
  * so its GGUF types come out bit for bit: q4_0 and q5_0: d = (the first value of
  * largest magnitude) / -h with h = 8 or 16, codes min(2h - 1, trunc(x * (1/d) + h + 0.5)) - h;
  * q8_0: d = amax / 127, codes round-half-away(x * (1/d)). The stored scale is
  * fp16(d) (round to nearest even) and values are code * fp16(d); 1/d uses the
  * unrounded d. Returns fp16(d)'s code. */
+/* fp16 code of d, rounded to nearest even (saturating at 65504, where llama.cpp's
+ * conversion gives Inf: only for blocks spanning more than ~1e6, never a trained weight). */
+static inline uint32_t ggml_fp16(const bq_format *f, float d)
+{
+    return mf_encode(&f->scale, copysignf(mf_quant_mag(&f->scale, fabsf(d), BQ_ROUND_RNE, 0, 0), d));
+}
+
+/* q4_1 and q5_1 (f->asym): d = (max - min) / (2^b - 1), codes
+ * min(2^b - 1, trunc((x - min) * (1/d) + 0.5)), value = code * fp16(d) + fp16(min).
+ * Returns fp16(d)'s code in the low half, fp16(min)'s in the high half. */
+static inline uint32_t ggml_block_min(const bq_format *f, const float *x, size_t n, int8_t *q)
+{
+    float mn = FLT_MAX, mx = -FLT_MAX;
+    for (size_t i = 0; i < n; i++) {
+        if (x[i] < mn) mn = x[i];
+        if (x[i] > mx) mx = x[i];
+    }
+    const int top = (1 << f->ggml) - 1;
+    float d = (mx - mn) / (float)top;
+    if (d > FLT_MAX) d = FLT_MAX;  /* a range past float32 (llama.cpp: d = Inf, values NaN): saturate */
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        float v = (x[i] - mn) * id;  /* in [0, top] up to rounding; 0 * Inf (d subnormal) saturates */
+        v = v != v ? 0.0f : v > (float)top ? (float)top : v < 0.0f ? 0.0f : v;
+        int c = (int)(v + 0.5f);
+        q[i] = (int8_t)(c < top ? c : top);
+    }
+    return ggml_fp16(f, d) | ggml_fp16(f, mn) << 16;
+}
+
+/* A llama.cpp block's scale code as d and the minimum m (0 without one); 0 if NaN. */
+static inline int ggml_scale(const bq_format *f, uint32_t code, float *d, float *m)
+{
+    *d = mf_decode(&f->scale, f->asym ? code & 0xffffu : code);
+    *m = f->asym ? mf_decode(&f->scale, code >> 16) : 0.0f;
+    return *d == *d && *m == *m;
+}
+
+/* Value of code q in a llama.cpp block: q * d, or q * d + m with a minimum. */
+static inline float ggml_value(const bq_format *f, float q, float d, float m) { return f->asym ? q * d + m : q * d; }
+
 static inline uint32_t ggml_block(const bq_format *f, const float *x, size_t n, int8_t *q)
 {
+    if (f->asym) return ggml_block_min(f, x, n, q);
     float amax = 0.0f, mx = 0.0f;
     for (size_t i = 0; i < n; i++)
         if (amax < fabsf(x[i])) { amax = fabsf(x[i]); mx = x[i]; }
@@ -300,8 +342,7 @@ static inline uint32_t ggml_block(const bq_format *f, const float *x, size_t n, 
             q[i] = (int8_t)((c < 2 * h - 1 ? c : 2 * h - 1) - h);
         } else q[i] = (int8_t)roundf(v);
     }
-    /* mf_encode expects a value on the grid: round |d| to fp16 first (ties to even) */
-    return mf_encode(&f->scale, copysignf(mf_quant_mag(&f->scale, fabsf(d), BQ_ROUND_RNE, 0, 0), d));
+    return ggml_fp16(f, d);
 }
 
 static inline BQ_HD int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }

@@ -186,7 +186,7 @@ bq_status bq_format_get_info(const bq_format *f, bq_format_info *in)
     case SCH_INT: lo = FLT_TRUE_MIN; hi = FLT_MAX / (mx > 0 ? mx : 1); break;
     default: break;
     }
-    in->max_normal = fmin(mx * hi, FLT_MAX);
+    in->max_normal = fmin(mx * hi + (f->asym && f->ggml ? hi : 0.0), FLT_MAX);  /* q4_1/q5_1: plus the minimum */
     in->min_normal = fmax(mn * lo, FLT_TRUE_MIN);
     in->min_subnormal = fmax(ms * lo, FLT_TRUE_MIN);
     in->range_binades = log2(in->max_normal / in->min_subnormal);

@@ -1,11 +1,11 @@
 /* GGUF v3 interchange with llama.cpp, for the LLaMA/Mistral, Qwen2 and Qwen3
  * architectures.
  *
- * Reading: F32/F16/BF16 become float; Q8_0, Q4_0, Q5_0 and MXFP4 become packed
- * weights with the very same codes (formats int8_b32_sfp16, int4_b32_sfp16 with
- * the -8 code, q5_0, mxfp4); Q4_1 is dequantised to float. The tokenizer
+ * Reading: F32/F16/BF16 become float; Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and MXFP4 become
+ * packed weights with the very same codes (formats int8_b32_sfp16, int4_b32_sfp16
+ * with the -8 code, q4_1, q5_0, q5_1, mxfp4). The tokenizer
  * (tokenizer.ggml.*) is turned back into a tokenizer.json.
- * Writing: packed weights in mxfp4 / q8_0 / q5_0 / q4_0 / int8_b32_sfp16 /
+ * Writing: packed weights in mxfp4 / q8_0 / q5_0 / q5_1 / q4_0 / q4_1 / int8_b32_sfp16 /
  * int4_b32_sfp16 (the formats with an exact GGUF type), float tensors as F32 (vectors) or BF16
  * (matrices, when lossless), plus the tokenizer. llama.cpp keeps LLaMA's Q and K
  * rows interleaved per head (its rotary convention); both directions permute. */
@@ -20,7 +20,7 @@
 #include <string.h>
 
 enum { GT_U8, GT_I8, GT_U16, GT_I16, GT_U32, GT_I32, GT_F32, GT_BOOL, GT_STR, GT_ARR, GT_U64, GT_I64, GT_F64 };
-enum { GG_F32 = 0, GG_F16 = 1, GG_Q4_0 = 2, GG_Q4_1 = 3, GG_Q5_0 = 6, GG_Q8_0 = 8, GG_BF16 = 30, GG_MXFP4 = 39 };
+enum { GG_F32 = 0, GG_F16 = 1, GG_Q4_0 = 2, GG_Q4_1 = 3, GG_Q5_0 = 6, GG_Q5_1 = 7, GG_Q8_0 = 8, GG_BF16 = 30, GG_MXFP4 = 39 };
 
 /* ---- names ---- */
 
@@ -161,6 +161,7 @@ static size_t type_row_bytes(uint32_t t, size_t cols)
     case GG_Q4_0: return cols / 32 * 18;
     case GG_Q4_1: return cols / 32 * 20;
     case GG_Q5_0: return cols / 32 * 22;
+    case GG_Q5_1: return cols / 32 * 24;
     case GG_Q8_0: return cols / 32 * 34;
     case GG_MXFP4: return cols / 32 * 17;
     default: return 0;
@@ -196,16 +197,18 @@ void gguf_row_to_float(uint32_t t, const uint8_t *p, size_t cols, float *y)
             }
             break;
         }
-        case GG_Q5_0: {
-            const uint8_t *b = p + 22 * i;
+        case GG_Q5_0: case GG_Q5_1: {  /* Q5_1: fp16 d and min, codes unsigned */
+            const int hs = t == GG_Q5_0 ? 2 : 4;
+            const uint8_t *b = p + (t == GG_Q5_0 ? 22 : 24) * i;
             uint32_t qh;
             memcpy(&h, b, 2);
-            memcpy(&qh, b + 2, 4);
+            memcpy(&h2, b + 2, 2);
+            memcpy(&qh, b + hs, 4);
             for (int j = 0; j < 16; j++) {
-                int x0 = (b[6 + j] & 15) | (int)(((qh >> j) << 4) & 0x10);
-                int x1 = (b[6 + j] >> 4) | (int)((qh >> (j + 12)) & 0x10);
-                y[32 * i + j] = (float)(x0 - 16) * half_to_f32(h);
-                y[32 * i + j + 16] = (float)(x1 - 16) * half_to_f32(h);
+                int x0 = (b[hs + 4 + j] & 15) | (int)(((qh >> j) << 4) & 0x10);
+                int x1 = (b[hs + 4 + j] >> 4) | (int)((qh >> (j + 12)) & 0x10);
+                y[32 * i + j] = t == GG_Q5_0 ? (float)(x0 - 16) * half_to_f32(h) : (float)x0 * half_to_f32(h) + half_to_f32(h2);
+                y[32 * i + j + 16] = t == GG_Q5_0 ? (float)(x1 - 16) * half_to_f32(h) : (float)x1 * half_to_f32(h) + half_to_f32(h2);
             }
             break;
         }
@@ -225,38 +228,46 @@ void gguf_row_to_float(uint32_t t, const uint8_t *p, size_t cols, float *y)
 /* The blockq format holding a GGUF block type's codes exactly, or NULL. */
 static const char *exact_format(uint32_t t)
 {
-    return t == GG_Q8_0 ? "int8_b32_sfp16" : t == GG_Q4_0 ? "int4_b32_sfp16" : t == GG_Q5_0 ? "q5_0" : t == GG_MXFP4 ? "mxfp4" : NULL;
+    switch (t) {
+    case GG_Q8_0: return "int8_b32_sfp16";
+    case GG_Q4_0: return "int4_b32_sfp16";
+    case GG_Q4_1: return "q4_1";
+    case GG_Q5_0: return "q5_0";
+    case GG_Q5_1: return "q5_1";
+    case GG_MXFP4: return "mxfp4";
+    default: return NULL;
+    }
 }
 
 /* GGUF block row <-> our packed row (scale code, then 32 codes LSB-first).
  * GGUF 4-bit blocks put elements 0-15 in low nibbles and 16-31 in high ones. */
-/* Q5_0: fp16 d, the codes' fifth bits (element j at bit j of a little-endian
- * word), their low nibbles as Q4_0's; codes stored as q + 16. Ours (format f,
- * q5_0): the fp16 scale code, then 32 five-bit two's-complement codes, 22 bytes a
- * block too, read and written by the packer's own row coder a block at a time. */
-static void transcode_q5_0(const bq_format *f, const uint8_t *g, uint8_t *b, size_t nb, int to_gguf)
+/* Q5_0 and Q5_1: fp16 d (Q5_1: then fp16 min), the codes' fifth bits (element j at
+ * bit j of a little-endian word), their low nibbles as Q4_0's; Q5_0 stores codes
+ * as q + 16, Q5_1 as they are. Ours (q5_0, q5_1): the scale code (d, or d | min << 16),
+ * then 32 five-bit codes, the same bytes a block, read and written by the packer's
+ * own row coder a block at a time. */
+static void transcode_q5(const bq_format *f, const uint8_t *g, uint8_t *b, size_t nb, int to_gguf, int with_min)
 {
+    const size_t hs = with_min ? 4 : 2, gs = hs + 20;
+    const int bias = with_min ? 0 : 16;  /* two's complement <-> q + 16 */
     for (size_t i = 0; i < nb; i++) {
-        uint8_t *gb = (uint8_t *)g + 22 * i, *bb = b + 22 * i, c[32];
-        uint32_t sc, qh = 0;
-        uint16_t d;
+        uint8_t *gb = (uint8_t *)g + gs * i, *bb = b + gs * i, c[32];
+        uint32_t sc = 0, qh = 0;
         if (to_gguf) {
             pack_row_codes(f, bb, 32, &sc, c);
-            d = (uint16_t)sc;
-            memcpy(gb, &d, 2);
-            for (int j = 0; j < 32; j++) c[j] = (uint8_t)((c[j] + 16) & 31);  /* two's complement -> q + 16 */
+            memcpy(gb, &sc, hs);  /* little-endian: d, then min */
+            for (int j = 0; j < 32; j++) c[j] = (uint8_t)((c[j] + bias) & 31);
             for (int j = 0; j < 32; j++) qh |= (uint32_t)(c[j] >> 4) << j;
-            memcpy(gb + 2, &qh, 4);
-            for (int j = 0; j < 16; j++) gb[6 + j] = (uint8_t)((c[j] & 15) | (c[j + 16] & 15) << 4);
+            memcpy(gb + hs, &qh, 4);
+            for (int j = 0; j < 16; j++) gb[hs + 4 + j] = (uint8_t)((c[j] & 15) | (c[j + 16] & 15) << 4);
         } else {
-            memcpy(&d, gb, 2);
-            memcpy(&qh, gb + 2, 4);
+            memcpy(&sc, gb, hs);
+            memcpy(&qh, gb + hs, 4);
             for (int j = 0; j < 16; j++) {
-                c[j] = (uint8_t)((gb[6 + j] & 15) | ((qh >> j) & 1) << 4);
-                c[j + 16] = (uint8_t)((gb[6 + j] >> 4) | ((qh >> (j + 16)) & 1) << 4);
+                c[j] = (uint8_t)((gb[hs + 4 + j] & 15) | ((qh >> j) & 1) << 4);
+                c[j + 16] = (uint8_t)((gb[hs + 4 + j] >> 4) | ((qh >> (j + 16)) & 1) << 4);
             }
-            for (int j = 0; j < 32; j++) c[j] = (uint8_t)((c[j] + 16) & 31);  /* q + 16 -> two's complement */
-            sc = d;
+            for (int j = 0; j < 32; j++) c[j] = (uint8_t)((c[j] + bias) & 31);
             pack_row_put(f, bb, 32, &sc, c);
         }
     }
@@ -264,8 +275,9 @@ static void transcode_q5_0(const bq_format *f, const uint8_t *g, uint8_t *b, siz
 
 static void transcode_row(uint32_t t, const bq_format *f, const uint8_t *g, uint8_t *b, size_t cols, int to_gguf)
 {
-    if (t == GG_Q5_0) { transcode_q5_0(f, g, b, cols / 32, to_gguf); return; }
-    size_t nb = cols / 32, gs = t == GG_Q8_0 ? 34 : t == GG_Q4_0 ? 18 : 17, hs = t == GG_MXFP4 ? 1 : 2;
+    if (t == GG_Q5_0 || t == GG_Q5_1) { transcode_q5(f, g, b, cols / 32, to_gguf, t == GG_Q5_1); return; }
+    /* Q8_0, and the 4-bit types: a header (fp16 d; Q4_1 fp16 d and min; MXFP4 one E8M0 byte), 16 bytes of nibbles */
+    size_t nb = cols / 32, gs = type_row_bytes(t, 32), hs = t == GG_MXFP4 ? 1 : t == GG_Q4_1 ? 4 : 2;
     if (t == GG_Q8_0) { /* the same bytes: fp16 scale then 32 int8 codes */
         if (to_gguf) memcpy((uint8_t *)g, b, nb * gs);
         else memcpy(b, g, nb * gs);
@@ -302,7 +314,7 @@ static bq_status load_gguf_tensor(bq_model *m, slot_list *sl, const tinfo *ti, c
         return bq_fail(BQ_ERR_SHAPE, "%s: tensor '%s' has shape [%zu, %zu]; the config implies [%d, %d]", path, ti->name,
                        rows, cols, s->rows, s->cols);
     if (!type_row_bytes(ti->type, 32))
-        return bq_fail(BQ_ERR_UNSUPPORTED, "%s: tensor '%s' has GGUF type %u (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, MXFP4)",
+        return bq_fail(BQ_ERR_UNSUPPORTED, "%s: tensor '%s' has GGUF type %u (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, MXFP4)",
                        path, ti->name, ti->type);
     if (is_block_type(ti->type) && cols % 32)
         return bq_fail(BQ_ERR_SHAPE, "%s: tensor '%s': %zu columns are not whole blocks of 32", path, ti->name, cols);
@@ -720,12 +732,13 @@ static bq_status gguf_tensor(const bq_model *m, slot *s, wtensor *t, int fill)
         const pmat *pm = *s->p;
         const char *fn = pm->f->name;
         uint32_t ty = !strcmp(fn, "mxfp4") ? GG_MXFP4 : !strcmp(fn, "int8_b32_sfp16") || !strcmp(fn, "q8_0") ? GG_Q8_0
-                    : !strcmp(fn, "int4_b32_sfp16") || !strcmp(fn, "q4_0") ? GG_Q4_0 : !strcmp(fn, "q5_0") ? GG_Q5_0 : 0;
+                    : !strcmp(fn, "int4_b32_sfp16") || !strcmp(fn, "q4_0") ? GG_Q4_0 : !strcmp(fn, "q5_0") ? GG_Q5_0
+                    : !strcmp(fn, "q4_1") ? GG_Q4_1 : !strcmp(fn, "q5_1") ? GG_Q5_1 : 0;
         int f32 = pm->f->sch == SCH_ELEM && pm->f->el.kind == EK_FP32, wide = f32 || pmat_is_float16(pm);
         if (wide) ty = f32 ? GG_F32 : pm->f->el.ebits == 8 ? GG_BF16 : GG_F16;  /* the same codes */
         else if (!ty || cols % 32)
             return bq_fail(BQ_ERR_UNSUPPORTED, "%s is %s, which has no exact GGUF type (use f32, f16, bf16, mxfp4, "
-                           "q8_0, q5_0, q4_0 (llama.cpp's rules) or int8_b32_sfp16/int4_b32_sfp16 (blockq's) with rows of whole blocks)", s->name, pm->f->name);
+                           "q8_0, q5_0, q5_1, q4_0, q4_1 (llama.cpp's rules) or int8_b32_sfp16/int4_b32_sfp16 (blockq's) with rows of whole blocks)", s->name, pm->f->name);
         size_t rb = type_row_bytes(ty, cols);
         t->type = ty;
         t->size = rows * rb;

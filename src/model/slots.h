@@ -30,7 +30,7 @@ uint32_t bq_crc32(const void *data, size_t n);
 void runtime_to_json(const bq_model *m, cJSON *o);
 bq_status runtime_from_json(const cJSON *o, bq_model *m, const char *path);
 bq_status gguf_parse(const char *path, const uint8_t *buf, size_t size, bq_model **out);
-/* One row of a GGUF tensor of type `type` (F32 0, F16 1, Q4_0 2, Q4_1 3, Q5_0 6, Q8_0 8, BF16 30, MXFP4 39). */
+/* One row of a GGUF tensor of type `type` (F32 0, F16 1, Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7, Q8_0 8, BF16 30, MXFP4 39). */
 void gguf_row_to_float(uint32_t type, const uint8_t *row, size_t cols, float *out);
 
 #endif

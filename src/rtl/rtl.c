@@ -103,11 +103,12 @@ static int scale_of(const side *s, uint32_t c, int *E, uint32_t *m, int *neg)
 static bq_status analyse_scale(side *s)
 {
     const bq_format *f = s->f;
+    if (f->asym)
+        return bq_fail(BQ_ERR_UNSUPPORTED, "rtl: %s has %s; the generator takes symmetric grids", f->name,
+                       f->sch == SCH_INT ? "zero points" : "a per-block minimum");
     switch (f->sch) {
     case SCH_ELEM: s->stype = 0; s->sb = 0; return BQ_OK;
     case SCH_INT:  /* the float32 scale multiplies once per tensor, row or group, outside the integer lanes */
-        if (f->asym)
-            return bq_fail(BQ_ERR_UNSUPPORTED, "rtl: %s has zero points; the generator takes symmetric integer grids", f->name);
         s->stype = 0;
         s->sb = 0;
         return BQ_OK;
