@@ -4,7 +4,7 @@
 #   sh bench/ptq_table.sh [clip|gptq|smoothquant|lorc] [CHUNKS]
 #     clip (default):  weight formats alone, round-to-nearest vs --ptq clip      -> bench/ptq.jsonl
 #     gptq:            weight formats alone, none, clip, gptq, gptq+clip         -> bench/gptq.jsonl
-#     smoothquant:     weight/activation pairs, without vs --ptq smoothquant     -> bench/smooth.jsonl
+#     smoothquant:     weight/activation pairs, none, alpha 0.5, alpha searched  -> bench/smooth.jsonl
 #     lorc:            weight formats alone, none, lorc:8, lorc:32, clip+lorc:8  -> bench/lorc.jsonl
 # and a Markdown table on stdout.
 B=${B:-build/blockq}
@@ -14,8 +14,8 @@ C=${2:-20}
 case $ALG in
     clip) J=bench/ptq.jsonl; ALGS="none clip"; SET="q4_0 int4_b32_sfp16 nvfp4 int4_g128 bfp4_b16 mxfp4" ;;
     gptq) J=bench/gptq.jsonl; ALGS="none clip gptq gptq,clip"; SET="q4_0 int4_g128 bfp4_b16 mxfp4 bfp3_b16 fp8_e4m3" ;;
-    smoothquant) J=bench/smooth.jsonl; ALGS="none smoothquant"
-        SET="int8/int8 int6/int6 mxint8/mxint8 bfp6_b16/bfp6_b16 int8_row/int8 int4_g128/int8" ;;
+    smoothquant) J=bench/smooth.jsonl; ALGS="none smoothquant:0.5 smoothquant"  # smoothquant: alpha searched per input
+        SET=${SET:-"int8/int8 int6/int6 mxint8/mxint8 bfp6_b16/bfp6_b16 int8_row/int8 int4_g128/int8"} ;;
     lorc) J=bench/lorc.jsonl; ALGS="none lorc:8 lorc:32 clip,lorc:8"; SET="q4_0 int4_g128 nvfp4 mxfp4 bfp4_b16" ;;
     *) echo "usage: sh bench/ptq_table.sh [clip|gptq|smoothquant|lorc] [CHUNKS]" >&2; exit 2 ;;
 esac

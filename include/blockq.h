@@ -233,7 +233,8 @@ BQ_API bq_status bq_qconfig_calibrate(bq_qconfig *q, const bq_model *m, const in
  * gptq, awq, smoothquant; however they were set: --ptq or a TOML's ptq key), 0 when
  * none does (rotate, lorc, none). */
 BQ_API int bq_qconfig_needs_calibration(const bq_qconfig *q);
-/* Where a config's warnings go (a pattern that matches no tensor, without strict):
+/* Where a config's warnings and notes go (a pattern that matches no tensor, without strict;
+ * the alphas smoothquant chose):
  * fn(arg, message); the default (fn NULL) prints them on standard error. */
 BQ_API void bq_qconfig_set_warn(bq_qconfig *q, void (*fn)(void *arg, const char *msg), void *arg);
 /* The same, with weights stored packed (true size in memory; matmuls compute on the

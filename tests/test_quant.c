@@ -492,8 +492,11 @@ static void test_smoothquant(void)
         else if (!sh) { printf("SKIP: no ../shared: smoothquant not checked on tiny %s\n", fams[f]); continue; }
         else snprintf(dir, sizeof dir, "%s/models/tiny/%s", sh, fams[f]);
         double rel = -1;
-        smooth_kld(dir, NULL, NULL, "smoothquant", ids, 256, ids, 256, 64, &rel);
+        smooth_kld(dir, NULL, NULL, "smoothquant:0.5", ids, 256, ids, 256, 64, &rel);
         CHECK(rel >= 0 && rel < 1e-4, "%s: smoothquant alone changed the logits by %.3g of their range", fams[f], rel);
+        rel = -1;  /* searched (q/k/v, gate/up: no smoothing wins, nothing being quantised; down 0.5) */
+        smooth_kld(dir, NULL, NULL, "smoothquant", ids, 256, ids, 256, 64, &rel);
+        CHECK(rel >= 0 && rel < 1e-4, "%s: searched smoothquant without formats changed the logits by %.3g of their range", fams[f], rel);
         rel = -1;
         smooth_kld(dir, NULL, NULL, "awq", ids, 256, ids, 256, 64, &rel);  /* no weight format: nothing to protect */
         CHECK(rel == 0, "%s: awq without a weight format changed the logits by %.3g of their range", fams[f], rel);
@@ -548,7 +551,8 @@ static void test_smoothquant(void)
     bq_qconfig_free(cq);
 
     double plain = smooth_kld(DEFAULT, "int6", "int6", "none", txt, ntxt, cal, ncal, 256, NULL),
-           smoothed = smooth_kld(DEFAULT, "int6", "int6", "smoothquant", txt, ntxt, cal, ncal, 256, NULL);
+           smoothed = smooth_kld(DEFAULT, "int6", "int6", "smoothquant:0.5", txt, ntxt, cal, ncal, 256, NULL),
+           searched = smooth_kld(DEFAULT, "int6", "int6", "smoothquant", txt, ntxt, cal, ncal, 256, NULL);
     /* AWQ's search minimises the calibration text's layer errors: there, the model is closer */
     double rtn = smooth_kld(DEFAULT, "int4_g128", NULL, "none", cal, ncal, cal, ncal, 256, NULL),
            awq = smooth_kld(DEFAULT, "int4_g128", NULL, "awq", cal, ncal, cal, ncal, 256, NULL);
@@ -556,8 +560,9 @@ static void test_smoothquant(void)
     CHECK(rtn > 0 && awq > 0 && awq < rtn, "awq did not lower int4_g128's KL on its calibration text: %g vs %g", awq, rtn);
     free(cal);
     free(txt);
-    printf("  W6A6 per-tensor int6: KL %.5f, with smoothquant %.5f\n", plain, smoothed);
+    printf("  W6A6 per-tensor int6: KL %.5f, with smoothquant:0.5 %.5f, alpha searched %.5f\n", plain, smoothed, searched);
     CHECK(plain > 0 && smoothed > 0 && smoothed < 0.97 * plain, "smoothquant did not lower int6's KL by 3%%: %g vs %g", smoothed, plain);
+    CHECK(searched > 0 && searched < 0.97 * plain, "smoothquant with alpha searched did not lower int6's KL by 3%%: %g vs %g", searched, plain);
 
     /* refusals: alpha out of range, no calibration, a post-LayerNorm model */
     bq_qconfig *q;

@@ -1,7 +1,9 @@
 /* Calibration (`--calib FILE`): the float model runs over windows of the
  * calibration text, and an observer on the forward pass (engine.h) adds up,
- * per linear and input channel, the squares of the inputs it sees; nothing of
- * the activations is kept. What the post-training algorithms weigh errors by. */
+ * per linear and input channel, the squares of the inputs it sees (with gptq or
+ * awq also X^T X); the activations are not kept, except, for smoothquant's alpha
+ * search, a sample of CALIB_SAMPLE_ROWS evenly spaced tokens per input. What the
+ * post-training algorithms weigh errors by. */
 #include "quant.h"
 #include "engine.h"
 #include "backend.h"
@@ -17,10 +19,13 @@ void calib_free(calib_stats *s)
         free(s->msq[i]);
         if (s->amax) free(s->amax[i]);
         if (s->gram) free(s->gram[i]);
+        if (s->xs) free(s->xs[i]);
     }
     free(s->msq);
     free(s->amax);
     free(s->gram);
+    free(s->xs);
+    free(s->xrows);
     free(s->in);
     free(s);
 }
@@ -30,7 +35,7 @@ calib_stats *calib_copy(const calib_stats *s)
     calib_stats *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     *c = (calib_stats){s->n, calloc((size_t)s->n, sizeof *c->in), calloc((size_t)s->n, sizeof *c->msq),
-                       calloc((size_t)s->n, sizeof *c->amax), calloc((size_t)s->n, sizeof *c->gram), s->tokens};
+                       calloc((size_t)s->n, sizeof *c->amax), calloc((size_t)s->n, sizeof *c->gram), s->tokens, NULL, NULL};
     int ok = c->in && c->msq && c->amax && c->gram;
     for (int k = 0; k < s->n && ok; k++) {
         c->in[k] = s->in[k];
@@ -40,6 +45,14 @@ calib_stats *calib_copy(const calib_stats *s)
         if (ok) { memcpy(c->msq[k], s->msq[k], b); memcpy(c->amax[k], s->amax[k], b); }
         if (ok && s->gram && s->gram[k] && (ok = (c->gram[k] = malloc(b * s->in[k])) != NULL))
             memcpy(c->gram[k], s->gram[k], b * s->in[k]);
+    }
+    if (ok && s->xs) {
+        ok = (c->xs = calloc((size_t)s->n, sizeof *c->xs)) && (c->xrows = calloc((size_t)s->n, sizeof *c->xrows));
+        for (int k = 0; k < s->n && ok; k++) {
+            size_t b = (size_t)s->xrows[k] * s->in[k] * sizeof(float);
+            c->xrows[k] = s->xrows[k];
+            if (s->xs[k] && (ok = (c->xs[k] = malloc(b ? b : 1)) != NULL)) memcpy(c->xs[k], s->xs[k], b);
+        }
     }
     if (!ok) { calib_free(c); return NULL; }
     return c;
@@ -55,7 +68,17 @@ int calib_gram_slot(const calib_stats *s, int k)
     return k;
 }
 
-typedef struct { calib_stats *s; int layers; double *xd; size_t xcap; int oom; } obs;
+/* stride: one sample row every `stride` tokens a slot sees; seen: tokens seen per slot */
+typedef struct { calib_stats *s; int layers; double *xd; size_t xcap; int oom; size_t stride, *seen; } obs;
+
+/* Sample rows (smoothquant's search): evenly spaced tokens, at most CALIB_SAMPLE_ROWS. */
+static void keep_rows(obs *o, int k, const float *x, int n, int in)
+{
+    float *X = o->s->xs[k];
+    for (int t = 0; t < n; t++, o->seen[k]++)
+        if (o->seen[k] % o->stride == 0 && o->s->xrows[k] < CALIB_SAMPLE_ROWS)
+            memcpy(X + (size_t)o->s->xrows[k]++ * in, x + (size_t)t * in, (size_t)in * sizeof *X);
+}
 
 static void observe(void *arg, int layer, int role, const float *x, int n, int in)
 {
@@ -70,6 +93,7 @@ static void observe(void *arg, int layer, int role, const float *x, int n, int i
             acc[i] += v * v;
             mx[i] = fabs(v) > mx[i] ? fabs(v) : mx[i];
         }
+    if (o->s->xs && o->s->xs[k]) keep_rows(o, k, x, n, in);
     double *G = o->s->gram ? o->s->gram[k] : NULL;
     if (!G) return;
     /* X^T X in double: the batch widened, then one symmetric rank-n update (upper
@@ -102,8 +126,21 @@ static bq_status alloc_grams(calib_stats *s)
     return BQ_OK;
 }
 
+/* Room for the sample rows, at the Gram matrices' slots of the inputs whose alpha
+ * smoothquant searches: q/k/v's and gate/up's (smooth.c). */
+static bq_status alloc_samples(calib_stats *s)
+{
+    if (!(s->xs = calloc((unsigned)s->n, sizeof *s->xs)) || !(s->xrows = calloc((unsigned)s->n, sizeof *s->xrows)))
+        return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    for (int k = 0; k < s->n - 1; k++)
+        if (s->msq[k] && s->in[k] > 0 && calib_gram_slot(s, k) == k && k % 7 != R_O && k % 7 != R_DOWN &&
+            !(s->xs[k] = malloc((size_t)CALIB_SAMPLE_ROWS * (size_t)s->in[k] * sizeof(float))))
+            return bq_fail(BQ_ERR_NOMEM, "out of memory for the calibration's sample rows");
+    return BQ_OK;
+}
+
 /* Run the float model m over `windows` windows of ctx tokens and collect the statistics. */
-bq_status calib_run(const bq_model *m, const int32_t *ids, size_t windows, int ctx, int grams, calib_stats **out)
+bq_status calib_run(const bq_model *m, const int32_t *ids, size_t windows, int ctx, int want, calib_stats **out)
 {
     *out = NULL;
     int L = m->c.layers, nl = L * 7 + 1;
@@ -122,11 +159,14 @@ bq_status calib_run(const bq_model *m, const int32_t *ids, size_t windows, int c
         s->in[k] = l->in;
         if (!(s->msq[k] = calloc((size_t)l->in, sizeof **s->msq)) || !(s->amax[k] = calloc((size_t)l->in, sizeof **s->amax))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
     }
-    if (!st && grams) st = alloc_grams(s);
+    if (!st && (want & CALIB_GRAM)) st = alloc_grams(s);
+    if (!st && (want & CALIB_SAMPLE)) st = alloc_samples(s);
+    size_t total = windows * (size_t)ctx, *seen = st ? NULL : calloc((size_t)nl, sizeof *seen);
+    if (!st && !seen) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
     bq_ctx *c = NULL;
     float *lg = st ? NULL : malloc((size_t)m->c.vocab * sizeof *lg);
     if (!st && !lg) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-    obs o = {s, L, NULL, 0, 0};
+    obs o = {s, L, NULL, 0, 0, total > CALIB_SAMPLE_ROWS ? total / CALIB_SAMPLE_ROWS : 1, seen};
     if (!st && !(st = bq_ctx_new(m, ctx, &c))) st = bq_ctx_set_observer(c, observe, &o);
     for (size_t w = 0; w < windows && !st; w++) {
         bq_ctx_reset(c);
@@ -136,6 +176,7 @@ bq_status calib_run(const bq_model *m, const int32_t *ids, size_t windows, int c
     bq_ctx_free(c);
     free(lg);
     free(o.xd);
+    free(seen);
     if (!st && o.oom) st = bq_fail(BQ_ERR_NOMEM, "out of memory for the Gram matrices");
     for (int k = 0; k < nl && !st && s->gram; k++)  /* the upper triangle mirrored */
         for (int i = 0; s->gram[k] && i < s->in[k]; i++)
@@ -171,5 +212,10 @@ bq_status bq_qconfig_calibrate(bq_qconfig *q, const bq_model *m, const int32_t *
         q->cal_ctx = ctx;
         return BQ_OK;
     }
-    return calib_run(m, ids, windows, ctx, q->ptq_gptq || q->ptq_awq, &q->calib);
+    return calib_run(m, ids, windows, ctx, calib_wants(q), &q->calib);
+}
+
+int calib_wants(const bq_qconfig *q)
+{
+    return (q->ptq_gptq || q->ptq_awq ? CALIB_GRAM : 0) | (q->ptq_smooth && q->smooth_alpha < 0 ? CALIB_SAMPLE : 0);
 }

@@ -11,6 +11,7 @@
 #include "pmat.h"
 #include "qkern.h"
 #include "lmul.h"
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,7 +104,7 @@ static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
 {
     int clip = 0, smooth = 0, gptq = 0, awq = 0, rotate = 0, lorc = 0;
     uint64_t seed = 0;
-    double alpha = 0.5;
+    double alpha = -1;  /* searched */
     char buf[128];
     if (strlen(list) >= sizeof buf) return bq_fail(BQ_ERR_ARG, "%s: list too long", where);
     strcpy(buf, list);
@@ -473,7 +474,7 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
     const calib_stats *cs = q->calib;
     if (q->ptq_rotate) {
         st = ptq_rotate(m, q->rotate_seed);
-        if (!st && q->cal_ids) st = calib_run(m, q->cal_ids, q->cal_windows, q->cal_ctx, q->ptq_gptq || q->ptq_awq, &own);
+        if (!st && q->cal_ids) st = calib_run(m, q->cal_ids, q->cal_windows, q->cal_ctx, calib_wants(q), &own);
         cs = own;
     }
     if (!st && (q->ptq_smooth || q->ptq_awq) && !cs)
@@ -482,7 +483,7 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
         if (!(own = calib_copy(cs))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
         cs = own;
     }
-    if (!st && q->ptq_smooth) st = ptq_smooth(m, own, q->smooth_alpha);
+    if (!st && q->ptq_smooth) st = ptq_smooth(m, own, q);
     if (!st && q->ptq_awq) st = ptq_awq(m, own, q);
     const char *w, *a;
     for (int i = 0; i < m->c.layers && !st; i++) {
@@ -545,6 +546,28 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
 
 bq_status bq_model_quantize(bq_model *m, const bq_qconfig *q, int strict) { return quantize(m, q, strict, 0); }
 bq_status bq_model_pack(bq_model *m, const bq_qconfig *q, int strict) { return quantize(m, q, strict, 1); }
+
+void qconfig_note(const bq_qconfig *q, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = NULL;
+    int n = vasprintf(&msg, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if (q->warn) q->warn(q->warn_arg, msg);
+    else fprintf(stderr, "blockq: %s\n", msg);
+    free(msg);
+}
+
+bq_status qdq_named(const char *fmt, float *x, int rows, int cols, const bq_qopts *o)
+{
+    bq_format *f;
+    bq_status st = bq_format_parse(fmt, &f);
+    if (!st) st = bq_qdq(f, x, x, (size_t)rows, (size_t)cols, o);
+    bq_format_free(f);
+    return st;
+}
 
 void bq_qconfig_set_warn(bq_qconfig *q, void (*fn)(void *arg, const char *msg), void *arg)
 {

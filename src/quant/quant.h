@@ -36,14 +36,19 @@ typedef struct {
     double **gram;         /* with gptq: X^T X [in][in], summed, at the slot of the first linear
                             * reading that input (q for k and v, gate for up; calib_gram_slot) */
     size_t tokens;
+    float **xs;            /* with smoothquant's search: sample rows of the input [xrows][in], tokens
+                            * evenly spaced over the calibration, at the Gram matrix's slot */
+    int *xrows;
 } calib_stats;
+enum { CALIB_GRAM = 1, CALIB_SAMPLE = 2, CALIB_SAMPLE_ROWS = 256 };
 int calib_gram_slot(const calib_stats *s, int k);
 /* The statistics' slot of linear j of a layer (layer -1: the LM head). */
 static inline int calib_index(int layers, int layer, int j) { return layer < 0 ? layers * 7 : layer * 7 + j; }
 void calib_free(calib_stats *s);
 calib_stats *calib_copy(const calib_stats *s);  /* NULL on failure */
-/* The float model m over `windows` windows of ctx tokens; grams: take X^T X too. */
-bq_status calib_run(const bq_model *m, const int32_t *ids, size_t windows, int ctx, int grams, calib_stats **out);
+/* The float model m over `windows` windows of ctx tokens; want: CALIB_GRAM (X^T X too),
+ * CALIB_SAMPLE (up to CALIB_SAMPLE_ROWS input rows per slot too). */
+bq_status calib_run(const bq_model *m, const int32_t *ids, size_t windows, int ctx, int want, calib_stats **out);
 
 struct bq_qconfig {
     qrule *rules;       /* in order; later rules win */
@@ -61,7 +66,7 @@ struct bq_qconfig {
     int32_t *cal_ids;   /* with rotate: the calibration windows, run after rotating */
     size_t cal_windows;
     int cal_ctx;
-    double smooth_alpha;
+    double smooth_alpha;  /* < 0: searched per group of linears (smooth.c) */
     calib_stats *calib; /* bq_qconfig_calibrate's statistics (NULL: none) */
     void (*warn)(void *arg, const char *msg);  /* NULL: standard error */
     void *warn_arg;
@@ -78,7 +83,13 @@ typedef bq_status (*ptq_scale_fn)(void *arg, const calib_stats *cs, struct linea
 bq_status ptq_fold_scales(bq_model *m, calib_stats *cs, ptq_scale_fn fn, void *arg, const char *who);
 /* SmoothQuant's factors (smooth.c); AWQ's, searched per group on the calibration's
  * Gram matrices for the weight formats q gives (awq.c). */
-bq_status ptq_smooth(bq_model *m, calib_stats *cs, double alpha);
+bq_status ptq_smooth(bq_model *m, calib_stats *cs, const bq_qconfig *q);
+/* A message for the user (q's warning callback, else standard error). */
+void qconfig_note(const bq_qconfig *q, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* x [rows][cols] fake-quantised in place in the format named fmt. */
+bq_status qdq_named(const char *fmt, float *x, int rows, int cols, const bq_qopts *o);
+/* What calibration q's algorithms need (CALIB_* flags; 0: none beyond the channel statistics). */
+int calib_wants(const bq_qconfig *q);
 bq_status ptq_awq(bq_model *m, calib_stats *cs, const bq_qconfig *q);
 /* A linear's weights as float32 (a held 16-bit matrix widened exactly; packed: refused);
  * the embedding likewise (a tied head follows it); a tied head given its own copy (qconfig.c). */

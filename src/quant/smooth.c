@@ -15,10 +15,16 @@
  * KV heads one factor would serve several query heads) and post-LayerNorm
  * models (the norm's output also feeds the residual), which are refused.
  * The calibration statistics of the smoothed linears (and Gram matrices) are
- * rescaled with them, so a later `gptq` or `clip` sees the smoothed inputs. */
+ * rescaled with them, so a later `gptq` or `clip` sees the smoothed inputs.
+ * alpha, when not given, is searched for q/k/v and for gate/up: of 0, 0.1, ..., 1 and
+ * no smoothing, the one whose quantised group (weights and inputs in the formats
+ * the configuration gives them) has the least output error on a sample of the
+ * calibration tokens (calib.c keeps CALIB_SAMPLE_ROWS of each input). down_proj
+ * keeps 0.5 (its factors reach up_proj's rows too, beyond its own error). */
 #include "quant.h"
 #include "backend.h"
 #include "pmat.h"
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,19 +68,111 @@ static bq_status fold_group(calib_stats *cs, linear **ls, const int *k, int n, c
     return st;
 }
 
-/* SmoothQuant's factors: s_j = max|X_j|^alpha / max|W_.j|^(1 - alpha). */
+/* SmoothQuant's factors: s_j = max|X_j|^alpha / max|W_.j|^(1 - alpha) (wmax: max|W_.j|). */
+static void rule(const double *amax, const double *wmax, int in, double alpha, double *s)
+{
+    for (int j = 0; j < in; j++)
+        s[j] = amax[j] > 0 && wmax[j] > 0 ? pow(amax[j], alpha) / pow(wmax[j], 1 - alpha) : 1.0;
+}
+
+enum { GRID = 10 };  /* alpha 0, 0.1, ..., 1 */
+
+typedef struct {
+    const bq_qconfig *q;
+    char *note;        /* the alphas chosen, for the message at the end */
+    size_t len, cap;
+} smooth_arg;
+
+/* The group's output error on the calibration sample X [S][in] at scales s, as the
+ * quantised model computes it: sum over its linears of |X W^T - Qa(X / s) Qw(W s)^T|^2,
+ * Qw and Qa the formats q gives each linear (none: not quantised). Y0 = X W^T per linear. */
+static bq_status sample_error(const bq_qconfig *q, linear **ls, int n, const float *X, int S, float *const *Y0,
+                              const double *s, double *err)
+{
+    int in = ls[0]->in;
+    *err = 0;
+    float *xs = malloc((size_t)S * in * sizeof *xs);
+    bq_status st = xs ? BQ_OK : bq_fail(BQ_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < n && !st; i++) {
+        const char *wf, *af;
+        qconfig_resolve(q, ls[i]->name, 1, &wf, &af);
+        int out = ls[i]->out;
+        float *ws = malloc((size_t)out * in * sizeof *ws), *y = malloc((size_t)S * out * sizeof *y);
+        if (!ws || !y) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        for (size_t e = 0; !st && e < (size_t)S * in; e++) xs[e] = (float)(X[e] / s[e % in]);
+        for (size_t e = 0; !st && e < (size_t)out * in; e++) ws[e] = (float)(ls[i]->w[e] * s[e % in]);
+        if (!st && *af) st = qdq_named(af, xs, S, in, &q->opts);
+        if (!st && *wf) st = qdq_named(wf, ws, out, in, &q->opts);
+        if (!st) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, out, in, 1.0f, xs, in, ws, in, 0.0f, y, out);
+            for (size_t e = 0; e < (size_t)S * out; e++) {
+                double d = (double)y[e] - Y0[i][e];
+                *err += d * d;
+            }
+        }
+        free(ws);
+        free(y);
+    }
+    free(xs);
+    return st;
+}
+
+/* SmoothQuant's factors at the given alpha; alpha < 0: the alpha of 0, 0.1, ..., 1 (or no
+ * smoothing at all) whose quantised group has the least output error on the sample. */
 static bq_status smooth_scales(void *arg, const calib_stats *cs, linear **ls, const int *k, int n, double *s)
 {
-    double alpha = *(const double *)arg;
+    smooth_arg *A = arg;
     const double *amax = cs->amax[k[0]];
-    int in = ls[0]->in;
-    for (int j = 0; j < in; j++) {
-        double wmax = 0;
-        for (int i = 0; i < n; i++)
-            for (int r = 0; r < ls[i]->out; r++) wmax = fmax(wmax, fabs(ls[i]->w[(size_t)r * in + j]));
-        s[j] = amax[j] > 0 && wmax > 0 ? pow(amax[j], alpha) / pow(wmax, 1 - alpha) : 1.0;
+    int in = ls[0]->in, slot = calib_gram_slot(cs, k[0]);
+    double *wmax = calloc((size_t)in, sizeof *wmax), *t = malloc((size_t)in * sizeof *t);
+    float *Y0[3] = {0};
+    bq_status st = wmax && t ? BQ_OK : bq_fail(BQ_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < n && !st; i++)
+        for (int r = 0; r < ls[i]->out; r++)
+            for (int j = 0; j < in; j++) wmax[j] = fmax(wmax[j], fabs(ls[i]->w[(size_t)r * in + j]));
+    double alpha = A->q->smooth_alpha;
+    /* down_proj's factors also divide up_proj's rows, whose quantisation its own output
+     * error cannot see: searched, it chose alpha 0 and doubled the model's KL (int8/int8);
+     * it keeps SmoothQuant's 0.5 */
+    int fixed = alpha < 0 && k[0] % 7 == R_DOWN && k[0] < cs->n - 1;
+    if (fixed) alpha = 0.5;
+    if (!st && alpha >= 0) rule(amax, wmax, in, alpha, s);
+    const float *X = cs->xs && !st && alpha < 0 ? cs->xs[slot] : NULL;
+    int S = X ? cs->xrows[slot] : 0;
+    if (!st && alpha < 0 && (!X || S < 1))
+        st = bq_fail(BQ_ERR_ARG, "smoothquant: %s has no calibration sample to search alpha on (calibrate with smoothquant asked for)", ls[0]->name);
+    for (int i = 0; i < n && !st && alpha < 0; i++) {
+        if (!(Y0[i] = malloc((size_t)S * ls[i]->out * sizeof **Y0))) { st = bq_fail(BQ_ERR_NOMEM, "out of memory"); break; }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, ls[i]->out, in, 1.0f, X, in, ls[i]->w, in, 0.0f, Y0[i], ls[i]->out);
     }
-    return BQ_OK;
+    double best = INFINITY, err;
+    for (int g = -1; g <= GRID && !st && alpha < 0; g++) {  /* g = -1: s = 1, no smoothing */
+        if (g < 0) for (int j = 0; j < in; j++) t[j] = 1.0;
+        else rule(amax, wmax, in, (double)g / GRID, t);
+        for (int j = 0; j < in; j++) t[j] = fmin(fmax(t[j], 1e-5), 1e5);  /* as folded */
+        if ((st = sample_error(A->q, ls, n, X, S, Y0, t, &err))) break;
+        if (err < best) {
+            best = err;
+            memcpy(s, t, (size_t)in * sizeof *s);
+            alpha = g < 0 ? -1 : (double)g / GRID;
+        }
+    }
+    if (!st && A->q->smooth_alpha < 0) {  /* "q_proj 0.3", "gate_proj none", "down_proj 0.5 (fixed)" */
+        char item[160];
+        int w = snprintf(item, sizeof item, "%s%s ", A->len ? ", " : "", ls[0]->name);
+        snprintf(item + w, sizeof item - (size_t)w, alpha < 0 ? "none" : fixed ? "%.1f (fixed)" : "%.1f", alpha);
+        size_t il = strlen(item);
+        if (A->len + il + 1 > A->cap) {
+            char *p = realloc(A->note, A->cap = 2 * (A->len + il + 1));
+            if (!p) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+            else A->note = p;
+        }
+        if (!st) { memcpy(A->note + A->len, item, il + 1); A->len += il; }
+    }
+    for (int i = 0; i < 3; i++) free(Y0[i]);
+    free(wmax);
+    free(t);
+    return st;
 }
 
 bq_status ptq_fold_scales(bq_model *m, calib_stats *cs, ptq_scale_fn fn, void *arg, const char *who)
@@ -107,7 +205,11 @@ bq_status ptq_fold_scales(bq_model *m, calib_stats *cs, ptq_scale_fn fn, void *a
     return st;
 }
 
-bq_status ptq_smooth(bq_model *m, calib_stats *cs, double alpha)
+bq_status ptq_smooth(bq_model *m, calib_stats *cs, const bq_qconfig *q)
 {
-    return ptq_fold_scales(m, cs, smooth_scales, &alpha, "smoothquant");
+    smooth_arg a = {q, NULL, 0, 0};
+    bq_status st = ptq_fold_scales(m, cs, smooth_scales, &a, "smoothquant");
+    if (!st && a.note) qconfig_note(q, "smoothquant: alpha chosen per input (on the calibration sample): %s", a.note);
+    free(a.note);
+    return st;
 }
