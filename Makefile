@@ -110,7 +110,10 @@ gpu: $(BUILD)/gpu/test_cuda $(BUILD)/gpu/gpu_bench
 $(BUILD)/gpu/gpu_ppl_bench: bench/gpu_ppl_bench.c $(BUILD)/libblockq.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< $(BUILD)/libblockq.a -o $@ $(LDLIBS)
-gpu-full: gpu $(BUILD)/gpu/gpu_ppl_bench $(BUILD)/blockq $(BUILD)/tests/test_engine $(BUILD)/tests/test_backend
+$(BUILD)/gpu/gpu_decode_ops: bench/gpu_decode_ops.c $(BUILD)/libblockq.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -I$(CUDA_HOME)/include $< $(BUILD)/libblockq.a -o $@ $(LDLIBS)
+gpu-full: gpu $(BUILD)/gpu/gpu_ppl_bench $(BUILD)/gpu/gpu_decode_ops $(BUILD)/blockq $(BUILD)/tests/test_engine $(BUILD)/tests/test_backend
 
 $(BUILD)/libblockq.a: $(LIB_OBJ)
 	@rm -f $@

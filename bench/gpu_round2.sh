@@ -15,6 +15,7 @@
 #   STAGES=multigpu (a machine of 2+ GPUs; issue 21's targets): the 7B shape's ppl on one GPU
 #     (CUDA_VISIBLE_DEVICES=0) against 2 stages on 2 GPUs, then a random 70B shape (bf16, 140 GB,
 #     written to /dev/shm: the 2-GPU machine's disk is 128 GiB) split over both
+#   STAGES=ops: one decoding step of the 7B shape op by op (bench/gpu_decode_ops.c), bf16 and OPS_FORMATS
 #   STAGES=graphs: one-token steps replayed from a CUDA graph against --eager (every kernel
 #     launched), bundled model and 7B shape, and the GEMV at a 7B layer's shapes
 O=${1:-${OUT:-/tmp}}
@@ -23,7 +24,7 @@ B=build/gpu/blockq
 M=/tmp/r7b
 T=data/wikitext-2-test.txt
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-case "$S" in *scale*|*decode*|*packed*|*graphs*|*pipeline*|*multigpu*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
+case "$S" in *scale*|*decode*|*packed*|*graphs*|*pipeline*|*multigpu*|*ops*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
 mkdir -p /tmp/deps && for f in .debs/*.deb; do dpkg -x "$f" /tmp/deps; done 2>/dev/null
 [ -f .debs/deps.tar.xz ] && tar xJf .debs/deps.tar.xz -C /tmp/deps  # the same packages, pruned to fit the transfer
 D=/tmp/deps/usr; L=$D/lib/x86_64-linux-gnu
@@ -82,6 +83,19 @@ case "$S" in *decode*)
     done
     ./build/gpu/gpu/gpu_bench --quick 2>&1 | grep -i -m3 "copy" | tee -a "$O/r2_scale.txt"
     ;;
+esac
+case "$S" in *ops*)
+    # one decoding step op by op (CUDA events; no nsys there), beside generate's tokens/s
+    P="The meaning of life is"
+    export TIMECMD_JSONL="$O/r7_decode.jsonl"
+    ./build/gpu/gpu/gpu_decode_ops $M --json "$O/r7_ops_bf16.jsonl" 2>&1 | tee "$O/r7_ops_bf16.txt"
+    $R "decode bf16" -- $B generate --model $M --prompt "$P" -n 128 --device cuda --json
+    for f in ${OPS_FORMATS:-mxfp4}; do
+        $R "quantize $f .bq" -- $B quantize --model $M --wq $f --out /tmp/m_$f.bq
+        ./build/gpu/gpu/gpu_decode_ops /tmp/m_$f.bq --json "$O/r7_ops_$f.jsonl" 2>&1 | tee "$O/r7_ops_$f.txt"
+        $R "decode packed $f (.bq)" -- $B generate --model /tmp/m_$f.bq --prompt "$P" -n 128 --device cuda --json
+        rm -f /tmp/m_$f.bq
+    done ;;
 esac
 case "$S" in *packed*)
     $R "quantize mxfp4 .bq" -- $B quantize --model $M --wq mxfp4 --out /tmp/m_mxfp4.bq

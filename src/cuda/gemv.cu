@@ -546,6 +546,8 @@ __global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, 
     const int A = SPLIT ? (int)blockIdx.y * NT / (int)gridDim.y : 0, B = SPLIT ? ((int)blockIdx.y + 1) * NT / (int)gridDim.y : NT;
     const int G0 = blockIdx.x * RG, ngroups = (rows + 15) / 16, T0 = A + wp * (B - A) / 8, T1 = A + (wp + 1) * (B - A) / 8;
     float acc[RG][NT8][4] = {};
+    // (Loading the next tile's codes and scales before multiplying this one was
+    // measured slower on the H200: 4096x4096 MXFP4 16% of copy instead of 22%.)
     for (int T = T0; T < T1; T++) {
         uint4 c[RG];
         uint2 hp[RG];
