@@ -346,27 +346,23 @@ static void gguf_blocks(void)
     int ok = 1;
     for (int j = 0; j < 16; j++) ok &= y[j] == (float)j - 1 && y[j + 16] == (float)(15 - j) - 1;
     CHECK(ok, "Q4_1 decode");
-    /* Q5_0: d = 1; element j has low nibble j%16, high bit from qh bit j -> value - 16 */
+    /* Q5_0 (d = 1: code - 16) and Q5_1 (d = 1, m = -1, codes unsigned: code - 1); element j
+     * has low nibble j%16 and its high bit from qh bit j */
     uint32_t qh = 0xA5A5F00Fu;
-    memcpy(b, &h, 2); memcpy(b + 2, &qh, 4);
-    for (int j = 0; j < 16; j++) b[6 + j] = (uint8_t)(j | (15 - j) << 4);
-    gguf_row_to_float(6, b, 32, y);
-    ok = 1;
-    for (int j = 0; j < 16; j++) {
-        int x0 = j | (int)((qh >> j) & 1) << 4, x1 = (15 - j) | (int)((qh >> (j + 16)) & 1) << 4;
-        ok &= y[j] == (float)(x0 - 16) && y[j + 16] == (float)(x1 - 16);
+    for (int v = 0; v < 2; v++) {
+        const int hs = v ? 4 : 2, off = v ? 1 : 16;
+        memcpy(b, &h, 2);
+        if (v) memcpy(b + 2, &h2, 2);
+        memcpy(b + hs, &qh, 4);
+        for (int j = 0; j < 16; j++) b[hs + 4 + j] = (uint8_t)(j | (15 - j) << 4);
+        gguf_row_to_float(v ? 7 : 6, b, 32, y);
+        ok = 1;
+        for (int j = 0; j < 16; j++) {
+            int x0 = j | (int)((qh >> j) & 1) << 4, x1 = (15 - j) | (int)((qh >> (j + 16)) & 1) << 4;
+            ok &= y[j] == (float)(x0 - off) && y[j + 16] == (float)(x1 - off);
+        }
+        CHECK(ok, "%s decode", v ? "Q5_1" : "Q5_0");
     }
-    CHECK(ok, "Q5_0 decode");
-    /* Q5_1: d = 1, m = -1; the same codes unsigned -> code - 1 */
-    memcpy(b, &h, 2); memcpy(b + 2, &h2, 2); memcpy(b + 4, &qh, 4);
-    for (int j = 0; j < 16; j++) b[8 + j] = (uint8_t)(j | (15 - j) << 4);
-    gguf_row_to_float(7, b, 32, y);
-    ok = 1;
-    for (int j = 0; j < 16; j++) {
-        int x0 = j | (int)((qh >> j) & 1) << 4, x1 = (15 - j) | (int)((qh >> (j + 16)) & 1) << 4;
-        ok &= y[j] == (float)(x0 - 1) && y[j + 16] == (float)(x1 - 1);
-    }
-    CHECK(ok, "Q5_1 decode");
     /* Q4_0 and Q8_0 */
     memcpy(b, &h2, 2);
     for (int j = 0; j < 16; j++) b[2 + j] = (uint8_t)(j | (15 - j) << 4);

@@ -225,18 +225,28 @@ void gguf_row_to_float(uint32_t t, const uint8_t *p, size_t cols, float *y)
     }
 }
 
+/* GGUF block types and the blockq formats holding their codes exactly: the one a
+ * file's tensors are read as, and another written to the same type (llama.cpp's
+ * rule for the same codes). */
+static const struct { uint32_t type; const char *fmt, *alias; } EXACT[] = {
+    {GG_Q8_0, "int8_b32_sfp16", "q8_0"}, {GG_Q4_0, "int4_b32_sfp16", "q4_0"}, {GG_Q4_1, "q4_1", NULL},
+    {GG_Q5_0, "q5_0", NULL},             {GG_Q5_1, "q5_1", NULL},             {GG_MXFP4, "mxfp4", NULL},
+};
+
 /* The blockq format holding a GGUF block type's codes exactly, or NULL. */
 static const char *exact_format(uint32_t t)
 {
-    switch (t) {
-    case GG_Q8_0: return "int8_b32_sfp16";
-    case GG_Q4_0: return "int4_b32_sfp16";
-    case GG_Q4_1: return "q4_1";
-    case GG_Q5_0: return "q5_0";
-    case GG_Q5_1: return "q5_1";
-    case GG_MXFP4: return "mxfp4";
-    default: return NULL;
-    }
+    for (size_t i = 0; i < sizeof EXACT / sizeof *EXACT; i++)
+        if (EXACT[i].type == t) return EXACT[i].fmt;
+    return NULL;
+}
+
+/* The GGUF block type of format name fn, or 0 (F32: none of these). */
+static uint32_t exact_type(const char *fn)
+{
+    for (size_t i = 0; i < sizeof EXACT / sizeof *EXACT; i++)
+        if (!strcmp(fn, EXACT[i].fmt) || (EXACT[i].alias && !strcmp(fn, EXACT[i].alias))) return EXACT[i].type;
+    return 0;
 }
 
 /* GGUF block row <-> our packed row (scale code, then 32 codes LSB-first).
@@ -731,9 +741,7 @@ static bq_status gguf_tensor(const bq_model *m, slot *s, wtensor *t, int fill)
     if (s->p && *s->p) {
         const pmat *pm = *s->p;
         const char *fn = pm->f->name;
-        uint32_t ty = !strcmp(fn, "mxfp4") ? GG_MXFP4 : !strcmp(fn, "int8_b32_sfp16") || !strcmp(fn, "q8_0") ? GG_Q8_0
-                    : !strcmp(fn, "int4_b32_sfp16") || !strcmp(fn, "q4_0") ? GG_Q4_0 : !strcmp(fn, "q5_0") ? GG_Q5_0
-                    : !strcmp(fn, "q4_1") ? GG_Q4_1 : !strcmp(fn, "q5_1") ? GG_Q5_1 : 0;
+        uint32_t ty = exact_type(fn);
         int f32 = pm->f->sch == SCH_ELEM && pm->f->el.kind == EK_FP32, wide = f32 || pmat_is_float16(pm);
         if (wide) ty = f32 ? GG_F32 : pm->f->el.ebits == 8 ? GG_BF16 : GG_F16;  /* the same codes */
         else if (!ty || cols % 32)
