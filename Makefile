@@ -26,7 +26,7 @@ CUDA_LIBS =
 endif
 # --fmad=false: no contraction, so the device computes the CPU's bits
 NVFLAGS = -O3 -std=c++17 --fmad=false --default-stream per-thread -Xcompiler -fPIC,-fvisibility=hidden -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90 \
-          -Xcompiler -Wall -Iinclude -Isrc/core -Isrc/formats -Isrc/kernels -Isrc/cuda -Isrc/model -Isrc/engine
+          -Xcompiler -Wall -Iinclude -Isrc/core -Isrc/formats -Isrc/kernels -Isrc/cuda -Isrc/model -Isrc/engine $(NVEXTRA)
 # MPI: the CLI (only) is built with Open MPI when mpicc is found (MPI=0 turns it
 # off); `mpirun -np N blockq ppl|sweep` then spreads the work (src/cli/mpi.c).
 MPICC   ?= $(shell command -v mpicc 2>/dev/null)

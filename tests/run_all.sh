@@ -2,7 +2,9 @@
 # Runs each test program given, then the CLI tests; prints one total line.
 pass=0; fail=0; status=0
 for t in "$@"; do
+    t0=$(date +%s)
     out=$("$t" 2>&1); rc=$?
+    echo "TIME $(basename "$t"): $(( $(date +%s) - t0 )) s"
     printf '%s\n' "$out" | grep -E 'FAIL|SKIP|passed' | head -50
     line=$(printf '%s\n' "$out" | grep -E '[0-9]+ passed, [0-9]+ failed' | tail -1)
     p=$(printf '%s' "$line" | sed -E 's/.* ([0-9]+) passed.*/\1/'); f=$(printf '%s' "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')
@@ -13,7 +15,9 @@ done
 # shell tests: the CLI, and libblockq.so (left out of the sanitizer tier, where a
 # process without the sanitizer runtime cannot load it; Python likewise below)
 run_shell() {
+    t0=$(date +%s)
     out=$(sh "$1" "$2" 2>&1); rc=$?
+    echo "TIME $(basename "$1"): $(( $(date +%s) - t0 )) s"
     printf '%s\n' "$out" | grep -E 'FAIL|SKIP|passed'
     line=$(printf '%s\n' "$out" | grep -E '[0-9]+ passed, [0-9]+ failed' | tail -1)
     [ -n "$line" ] || { echo "$1: printed no summary (exit $rc)"; line="0 passed, 1 failed"; }
