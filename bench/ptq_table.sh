@@ -1,11 +1,12 @@
 #!/bin/sh
 # The --ptq tables of docs/quantisation.md: perplexity and KL divergence from the float model
 # on the same windows, without and with a post-training algorithm.
-#   sh bench/ptq_table.sh [clip|gptq|smoothquant|lorc] [CHUNKS]
+#   sh bench/ptq_table.sh [clip|gptq|smoothquant|lorc|hadamard] [CHUNKS]
 #     clip (default):  weight formats alone, round-to-nearest vs --ptq clip      -> bench/ptq.jsonl
 #     gptq:            weight formats alone, none, clip, gptq, gptq+clip         -> bench/gptq.jsonl
 #     smoothquant:     weight/activation pairs, none, alpha 0.5, alpha searched  -> bench/smooth.jsonl
 #     lorc:            weight formats alone, none, lorc:8, lorc:32, clip+lorc:8  -> bench/lorc.jsonl
+#     hadamard:        weight/activation pairs, none, hadamard, rotate, both     -> bench/hadamard.jsonl
 # and a Markdown table on stdout.
 B=${B:-build/blockq}
 M=${M:-models/llama-19m-en}
@@ -17,7 +18,9 @@ case $ALG in
     smoothquant) J=bench/smooth.jsonl; ALGS="none smoothquant:0.5 smoothquant"  # smoothquant: alpha searched per input
         SET=${SET:-"int8/int8 int6/int6 mxint8/mxint8 bfp6_b16/bfp6_b16 int8_row/int8 int4_g128/int8"} ;;
     lorc) J=bench/lorc.jsonl; ALGS="none lorc:8 lorc:32 clip,lorc:8"; SET="q4_0 int4_g128 nvfp4 mxfp4 bfp4_b16" ;;
-    *) echo "usage: sh bench/ptq_table.sh [clip|gptq|smoothquant|lorc] [CHUNKS]" >&2; exit 2 ;;
+    hadamard) J=bench/hadamard.jsonl; ALGS="none hadamard rotate rotate,hadamard"
+        SET=${SET:-"int8_row/int6 int6/int6 int8/int8 int4_g128/int8 mxfp4/mxfp4 nvfp4/nvfp4 bfp4_b16/bfp4_b16"} ;;
+    *) echo "usage: sh bench/ptq_table.sh [clip|gptq|smoothquant|lorc|hadamard] [CHUNKS]" >&2; exit 2 ;;
 esac
 : >"$J"
 echo "| W / A | ptq | ppl | KLD mean | KLD p99 | top-1 agreement |"

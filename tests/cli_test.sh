@@ -184,13 +184,17 @@ else
 fi
 expect_fail 2 "bad --device" -- $B ppl --model $M --text data/wikitext-2-test.txt --device tpu
 
-# post-training algorithms: what they change (folded norms, rotated and updated weights) is
-# in the saved .bq, which scores exactly as the in-memory model; refusals by name
-PQ="--wq q4_0 --ptq rotate,smoothquant,gptq --calib-chunks 1 --calib-ctx 256"
+# post-training algorithms: what they change (folded norms, rotated and updated weights, the
+# online rotation) is in the saved .bq, which scores exactly as the packed model in memory;
+# refusals by name
+PQ="--wq q4_0 --aq int8 --ptq rotate,hadamard,smoothquant,gptq --calib-chunks 1 --calib-ctx 256"
 $B quantize --model $M $PQ --out "$T/ptq.bq" >/dev/null 2>&1 &&
 a=$($B ppl --model "$T/ptq.bq" --text data/wikitext-2-test.txt --ctx 128 --chunks 2 2>/dev/null | grep "^ppl") &&
-b=$($B ppl --model $M $PQ --text data/wikitext-2-test.txt --ctx 128 --chunks 2 2>/dev/null | grep "^ppl") &&
-[ -n "$a" ] && [ "$a" = "$b" ] && ok || bad "--ptq rotate,smoothquant,gptq: the .bq scores '$a', the model in memory '$b'"
+b=$($B ppl --model $M $PQ --packed --text data/wikitext-2-test.txt --ctx 128 --chunks 2 2>/dev/null | grep "^ppl") &&
+[ -n "$a" ] && [ "$a" = "$b" ] && ok || bad "--ptq rotate,hadamard,smoothquant,gptq: the .bq scores '$a', the model in memory '$b'"
+head -c 24 "$T/ptq.bq" | od -An -tu4 -j8 -N4 | grep -qw 3 && ok || bad "a .bq with an online rotation is not version 3"
+expect_fail 2 "rotated online (--ptq hadamard), which GGUF cannot express" -- $B quantize --model $M --wq q4_0 --ptq hadamard --out "$T/had.gguf"
+[ ! -e "$T/had.gguf" ] && ok || bad "a refused GGUF export left a file behind"
 # LoRC factors travel in a .bq (version 2): the file scores what the packed model in memory scores
 $B quantize --model $M --wq int4_g128 --aq mxint8 --ptq lorc:4 --out "$T/lorc.bq" >/dev/null 2>&1 || bad "quantize --ptq lorc to .bq failed"
 a=$($B ppl --model "$T/lorc.bq" --text data/wikitext-2-test.txt --ctx 64 --chunks 2 2>/dev/null | tail -1)

@@ -154,6 +154,12 @@ static void ops_once(const char *name, const bq_model *m, pair *p, int n, int po
     snprintf(op, sizeof op, "add");
     BOTH(b->ops->add(b, x[k], z[k], (size_t)n * I));
     compare(&cc, x, (size_t)n * I, p);
+    if (m->rot_down) {  /* the same float operations in the same order: the same bits */
+        snprintf(op, sizeof op, "rotate (%d = %d x %d)", m->rot_down->n, m->rot_down->p, m->rot_down->m);
+        cmp_ctx exact = {name, op, 0};
+        BOTH(b->ops->rotate(b, m->rot_down, x[k], n));
+        compare(&exact, x, (size_t)n * I, p);
+    }
     /* a NaN planted at token 1: both name the same place */
     if (n > 1) {
         float nan = NAN;
@@ -218,29 +224,33 @@ static void decode(const char *name, const bq_model *m, int prompt, int steps)
     free(ids);
 }
 
-static void quantise(bq_model *m, const char *w, const char *a, const char *attn, int pack)
+static void quantise(bq_model *m, const char *w, const char *a, const char *attn, const char *ptq, int pack)
 {
     bq_qconfig *q;
     OK(bq_qconfig_new(&q));
-    OK(bq_qconfig_set(q, "wq", w));
+    if (w) OK(bq_qconfig_set(q, "wq", w));
     if (a) OK(bq_qconfig_set(q, "aq", a));
     if (attn) OK(bq_qconfig_set(q, "attn", attn));
+    if (ptq) OK(bq_qconfig_set(q, "ptq", ptq));
     OK(pack ? bq_model_pack(m, q, 1) : bq_model_quantize(m, q, 1));
     bq_qconfig_free(q);
 }
 
 static void one_model(const char *name, const char *dir)
 {
-    /* the last packed with float activations: the packed GEMV, and three bf16 products at prefill */
-    /* and NVFP4 and Q4_0 packed: their values are not bf16 numbers, so the prefill unpacks them to float32 */
-    const char *qs[][3] = {{NULL, NULL, NULL}, {"mxfp4", "mxint8", NULL}, {"bfp8_b16", "bfp8_b16", "bfp6_b16"}, {"mxfp4", NULL, NULL},
-                           {"nvfp4", NULL, NULL}, {"q4_0", NULL, NULL}};
-    for (int i = 0; i < 6; i++) {
+    /* packed with float activations: the packed GEMV, and three bf16 products at prefill;
+     * NVFP4 and Q4_0 packed: their values are not bf16 numbers, so the prefill unpacks
+     * them to float32; the last with down_proj's input rotated online (--ptq hadamard) */
+    static const struct { const char *w, *a, *attn, *ptq; int pack; } qs[] = {
+        {NULL, NULL, NULL, NULL, 0}, {"mxfp4", "mxint8", NULL, NULL, 0}, {"bfp8_b16", "bfp8_b16", "bfp6_b16", NULL, 0},
+        {"mxfp4", NULL, NULL, NULL, 1}, {"nvfp4", NULL, NULL, NULL, 1}, {"q4_0", NULL, NULL, NULL, 1},
+        {"int8_row", "int6", NULL, "hadamard:1", 0}};
+    for (size_t i = 0; i < sizeof qs / sizeof *qs; i++) {
         bq_model *m;
         if (bq_model_load(dir, &m)) { CHECK(0, "%s: %s", dir, bq_last_error()); return; }
-        if (qs[i][0]) quantise(m, qs[i][0], qs[i][1], qs[i][2], i >= 3);
+        if (qs[i].w || qs[i].ptq) quantise(m, qs[i].w, qs[i].a, qs[i].attn, qs[i].ptq, qs[i].pack);
         char label[64];
-        snprintf(label, sizeof label, "%s %s%s", name, qs[i][0] ? qs[i][0] : "fp32", i >= 3 ? " packed" : "");
+        snprintf(label, sizeof label, "%s %s%s%s", name, qs[i].w ? qs[i].w : "fp32", qs[i].pack ? " packed" : "", qs[i].ptq ? " hadamard" : "");
         pair p;
         int T = 48;
         bq_status s0 = be_cpu_new(m, T, 0, 0, m->c.layers, &p.b[0]), s1 = s0 ? s0 : be_cuda_new(m, T, 0, 0, m->c.layers, &p.b[1]);

@@ -76,6 +76,34 @@ static const char *MIXED =
     "lm_head = { w = \"nvfp4\" }\n"
     "embed_tokens = { w = \"int8_b32_sfp16\" }\n";
 
+/* The .bq at path with its header edited in place (same length), each edit refused
+ * with its message. */
+typedef struct { const char *from, *to, *msg; } lie;
+static void header_lies(const char *path, const lie *lies, size_t n)
+{
+    void *buf;
+    size_t size;
+    if (bq_read_file(path, &buf, &size)) { CHECK(0, "read back %s", path); return; }
+    for (size_t i = 0; i < n; i++) {
+        char *copy = malloc(size), *hit;
+        memcpy(copy, buf, size);
+        uint64_t hlen;
+        memcpy(&hlen, copy + 16, 8);
+        char save = copy[24 + hlen];
+        copy[24 + hlen] = 0;
+        hit = strstr(copy + 24, lies[i].from);
+        copy[24 + hlen] = save;
+        CHECK(hit != NULL, "the header has no '%s'", lies[i].from);
+        if (hit) {
+            memcpy(hit, lies[i].to, strlen(lies[i].to));
+            spit("/tmp/bq_lie.bq", copy, size);
+            expect_bad("/tmp/bq_lie.bq", lies[i].msg, lies[i].to);
+        }
+        free(copy);
+    }
+    free(buf);
+}
+
 /* LoRC factors in a .bq (version 2): loaded back bit for bit, and a header that
  * lies about them refused by name. */
 static void bq_lorc(void)
@@ -92,35 +120,42 @@ static void bq_lorc(void)
     free(a); free(b);
     bq_model_free(l);
     bq_model_free(p);
-    /* the header edited in place (same length): each lie named */
-    void *buf;
-    size_t size;
-    if (bq_read_file(path, &buf, &size)) { CHECK(0, "read back"); return; }
-    static const struct { const char *from, *to, *msg; } lies[] = {
+    static const lie lies[] = {
         {"\"rank\":4", "\"rank\":0", "LoRC rank must be an integer in [1, "},
         {"\"rank\":4", "\"rank\":9", "LoRC A holds"},
         {"\"b\":{\"offset\"", "\"c\":{\"offset\"", "LoRC B is missing"},
     };
-    for (size_t i = 0; i < sizeof lies / sizeof *lies; i++) {
-        char *copy = malloc(size), *hit;
-        memcpy(copy, buf, size);
-        uint64_t hlen;
-        memcpy(&hlen, copy + 16, 8);
-        char save = copy[24 + hlen];
-        copy[24 + hlen] = 0;
-        hit = strstr(copy + 24, lies[i].from);
-        copy[24 + hlen] = save;
-        CHECK(hit != NULL, "the header has no '%s'", lies[i].from);
-        if (hit) {
-            memcpy(hit, lies[i].to, strlen(lies[i].to));
-            FILE *f = fopen("/tmp/bq_lorc_bad.bq", "wb");
-            fwrite(copy, 1, size, f);
-            fclose(f);
-            expect_bad("/tmp/bq_lorc_bad.bq", lies[i].msg, lies[i].to);
-        }
-        free(copy);
-    }
+    header_lies(path, lies, sizeof lies / sizeof *lies);
+}
+
+/* An online rotation (--ptq hadamard) in a .bq (version 3): the same logits bit for
+ * bit, and a header that lies about it refused by name. */
+static void bq_hadamard(void)
+{
+    bq_model *p = load_cfg(DIR_, "ptq = \"hadamard:2\"\ndefault = { w = \"int8_row\", a = \"int6\" }\n", 1);
+    if (!p) return;
+    const char *path = "/tmp/bq_had.bq";
+    CHECK(bq_model_save(p, path) == BQ_OK, "save with an online rotation: %s", bq_last_error());
+    size_t size;
+    uint8_t *buf = slurp(path, &size);
+    uint32_t ver = 0;
+    if (buf && size > 12) memcpy(&ver, buf + 8, 4);
+    CHECK(ver == 3, ".bq with an online rotation is version 3, not %u", ver);
     free(buf);
+    bq_model *l = NULL;
+    if (bq_model_load(path, &l)) { CHECK(0, "load .bq with an online rotation: %s", bq_last_error()); bq_model_free(p); return; }
+    int n = 12, V = bq_model_vocab(p);
+    float *a = logits(p, n), *b = logits(l, n);
+    CHECK(!memcmp(a, b, (size_t)n * V * 4), ".bq with an online rotation gives the in-memory model's logits bit for bit");
+    free(a); free(b);
+    bq_model_free(l);
+    bq_model_free(p);
+    static const lie lies[] = {
+        {"\"m\":1,", "\"m\":2,", "p x m = 1024"},
+        {"\"sign\":{", "\"sigx\":{", "rot_down's sign is missing"},
+        {"\"version\":3", "\"version\":2", "rot_down in a version 2 header"},
+    };
+    header_lies(path, lies, sizeof lies / sizeof *lies);
 }
 
 static void bq_roundtrip(void)
@@ -458,6 +493,7 @@ int main(void)
     held_bf16();
     bq_roundtrip();
     bq_lorc();
+    bq_hadamard();
     bq_damage();
     gguf_tests();
     gguf_blocks();

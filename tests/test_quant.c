@@ -545,10 +545,35 @@ static void test_smoothquant(void)
         bq_model_free(rm);
         bq_model_free(ref);
     }
+    /* online rotation of down_proj's input: the float model's function on every family
+     * (nothing is folded into a norm, so LayerNorm models take it too) */
+    for (int f = 0; f < 6; f++) {
+        if (f == 0) snprintf(dir, sizeof dir, "%s", DEFAULT);
+        else if (!sh) continue;
+        else snprintf(dir, sizeof dir, "%s/models/tiny/%s", sh, rot[f]);
+        bq_model *rm = load(dir), *ref = load(dir);
+        if (!rm || !ref) { bq_model_free(rm); bq_model_free(ref); continue; }
+        bq_qconfig *rq;
+        OK(bq_qconfig_new(&rq));
+        OK(bq_qconfig_set(rq, "ptq", f == 0 ? "rotate:7,hadamard:3" : "hadamard:3"));
+        OK(bq_model_quantize(rm, rq, 1));
+        bq_qconfig_free(rq);
+        CHECK(rm->rot_down != NULL, "%s: hadamard left no rotation on the model", rot[f]);
+        double rel = logit_rel_diff(ref, rm, ids);
+        CHECK(rel < 1e-4, "%s: hadamard changed the float logits by %.3g of their range", rot[f], rel);
+        bq_model_free(rm);
+        bq_model_free(ref);
+    }
     bq_qconfig *cq;
     OK(bq_qconfig_new(&cq));
     CHECK(bq_qconfig_set(cq, "ptq", "rotate:x") == BQ_ERR_ARG, "rotate with a bad seed must be refused");
+    CHECK(bq_qconfig_set(cq, "ptq", "hadamard:-") == BQ_ERR_ARG, "hadamard with a bad seed must be refused");
     bq_qconfig_free(cq);
+    /* per-tensor int6 activations: down_proj's input has this model's outliers */
+    double w8a6 = smooth_kld(DEFAULT, "int8_row", "int6", "none", txt, ntxt, cal, ncal, 256, NULL),
+           w8a6h = smooth_kld(DEFAULT, "int8_row", "int6", "hadamard", txt, ntxt, cal, ncal, 256, NULL);
+    printf("  int8_row / int6: KL %.5f, with hadamard %.5f\n", w8a6, w8a6h);
+    CHECK(w8a6 > 0 && w8a6h > 0 && w8a6h < 0.5 * w8a6, "hadamard did not halve int8_row/int6's KL: %g vs %g", w8a6h, w8a6);
 
     double plain = smooth_kld(DEFAULT, "int6", "int6", "none", txt, ntxt, cal, ncal, 256, NULL),
            smoothed = smooth_kld(DEFAULT, "int6", "int6", "smoothquant:0.5", txt, ntxt, cal, ncal, 256, NULL),
@@ -795,6 +820,56 @@ static void test_lorc(void)
     bq_model_free(ref); bq_model_free(rtn); bq_model_free(lr);
 }
 
+/* The online rotation's shapes and algebra: p x m splits (2^k, Paley blocks, a
+ * random odd block), orthogonal blocks, norms and dot products kept, and an odd part
+ * too large refused. */
+static void test_hadamard_shapes(void)
+{
+    static const struct { int n, p, m, paley; } sh[] = {
+        {1024, 1024, 1, 0}, {768, 64, 12, 1}, {1280, 64, 20, 1}, {3840, 64, 60, 1}, {6912, 64, 108, 1},
+        {8960, 64, 140, 1}, {11008, 256, 43, 0}, {96, 8, 12, 1}, {14, 2, 7, 0}, {7, 1, 7, 0}};
+    for (size_t k = 0; k < sizeof sh / sizeof *sh; k++) {
+        bq_rot *r = NULL;
+        OK(rot_make(sh[k].n, 5, &r));
+        if (!r) continue;
+        CHECK(r->p == sh[k].p && r->m == sh[k].m, "n %d: split %d x %d, expected %d x %d", sh[k].n, r->p, r->m, sh[k].p, sh[k].m);
+        int m = r->m, neg = 0;
+        double worst = 0;  /* |B B^T - I| */
+        for (int i = 0; r->B && i < m; i++)
+            for (int j = 0; j < m; j++) {
+                double d = 0;
+                for (int t = 0; t < m; t++) d += (double)r->B[(size_t)i * m + t] * r->B[(size_t)j * m + t];
+                d = fabs(d - (i == j));
+                worst = d > worst || d != d ? d : worst;
+            }
+        CHECK(worst < 1e-5, "n %d: block %dx%d is not orthogonal (%.3g)", sh[k].n, m, m, worst);
+        for (int i = 0; sh[k].paley && i < m * m; i++)  /* a Hadamard matrix: every entry +-1/sqrt(m) */
+            if (fabsf(fabsf(r->B[i]) * sqrtf((float)m) - 1.0f) > 1e-5f) { CHECK(0, "n %d: Paley entry %d is %g", sh[k].n, i, r->B[i]); break; }
+        for (int i = 0; i < r->n; i++) neg += r->sign[i] < 0;
+        CHECK(r->n < 64 || (neg > r->n / 3 && neg < 2 * r->n / 3), "n %d: %d of the signs negative", sh[k].n, neg);
+        /* <T x, T y> = <x, y> and |T x| = |x| */
+        int n = r->n;
+        float *x = malloc((size_t)n * 4), *y = malloc((size_t)n * 4), *tmp = malloc((size_t)m * 4);
+        double xy = 0, xx = 0, yy = 0, txy = 0, txx = 0;
+        uint32_t g = 12345;  /* its own stream: the later tests' random data stay as they were */
+        for (int i = 0; i < n; i++) {
+            g = g * 1664525u + 1013904223u; x[i] = (float)(g >> 8) * 0x1p-24f - 0.5f;
+            g = g * 1664525u + 1013904223u; y[i] = (float)(g >> 8) * 0x1p-24f - 0.5f;
+            xy += (double)x[i] * y[i]; xx += (double)x[i] * x[i]; yy += (double)y[i] * y[i];
+        }
+        model_rot_rows(r, x, 1, tmp);
+        model_rot_rows(r, y, 1, tmp);
+        for (int i = 0; i < n; i++) { txy += (double)x[i] * y[i]; txx += (double)x[i] * x[i]; }
+        double e1 = fabs(txx - xx) / xx, e2 = fabs(txy - xy) / sqrt(xx * yy);
+        CHECK(e1 < 1e-5 && e2 < 1e-5, "n %d: the rotation changed |x|^2 by %.3g and <x, y> by %.3g", n, e1, e2);
+        free(x); free(y); free(tmp);
+        model_rot_free(r);
+    }
+    bq_rot *r = NULL;
+    CHECK(rot_make(2 * 1031, 5, &r) == BQ_ERR_UNSUPPORTED && !r && strstr(bq_last_error(), "odd part"),
+          "an odd part of 1031 must be refused by name: %s", bq_last_error());
+}
+
 int main(void)
 {
     bq_set_threads(0);
@@ -804,6 +879,7 @@ int main(void)
     test_bad_configs();
     test_reference();
     test_ptq();
+    test_hadamard_shapes();
     test_smoothquant();
     test_gptq();
     return test_summary("test_quant");

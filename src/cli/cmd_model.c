@@ -133,7 +133,8 @@ static bq_status calibrate(const char *cmd, const model_args *a, const bq_model 
         double t0 = bq_now();
         st = bq_qconfig_calibrate(q, m, ids, n, a->calib_ctx, a->calib_chunks);
         const char *ptq = a->role[ROLE_PTQ] ? a->role[ROLE_PTQ] : "";  /* NULL when the ptq came from --config */
-        if (!st && (!strncmp(ptq, "rotate", 6) || strstr(ptq, ",rotate")))
+        int rotated = !strncmp(ptq, "rotate", 6) || strstr(ptq, ",rotate") || !strncmp(ptq, "hadamard", 8) || strstr(ptq, ",hadamard");
+        if (!st && rotated)
             fprintf(stderr, "blockq %s: calibration on %s (up to %d windows of %d tokens) runs after the rotation\n", cmd,
                     path, a->calib_chunks, a->calib_ctx);
         else if (!st)

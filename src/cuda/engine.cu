@@ -156,8 +156,7 @@ __global__ void k_norm(const float *x, const float *w, const float *b, float *y,
     const float *xr = x + (size_t)blockIdx.x * d;
     float *yr = y + (size_t)blockIdx.x * d;
     double s = 0;
-    // (7.4-7.7 us for one 4096-wide row on the H200 with or without unrolled loops: 1.5 ms
-    // of a 7B token; one block, double sums, eight barriers; not yet made faster)
+    // (rows of up to 16384 floats, 16-byte aligned: k_norm_v)
     if (!layer) {
         for (int i = threadIdx.x; i < d; i += blockDim.x) s += (double)xr[i] * xr[i];
         float r = (float)(1.0 / sqrt(block_reduce(s, part, sum_op()) / d + eps));
@@ -169,6 +168,106 @@ __global__ void k_norm(const float *x, const float *w, const float *b, float *y,
     for (int i = threadIdx.x; i < d; i += blockDim.x) v += (xr[i] - mean) * (xr[i] - mean);
     float r = (float)(1.0 / sqrt(block_reduce(v, part, sum_op()) / d + eps));
     for (int i = threadIdx.x; i < d; i += blockDim.x) yr[i] = (float)(xr[i] - mean) * r * w[i] + (b ? b[i] : 0.0f);
+}
+
+// The double sum over a block of up to 1024 threads (a multiple of 32): warps by
+// shuffles, then warp 0 over the warps' sums; every thread gets it.
+static __device__ __forceinline__ double block_sum(double v, double *buf)
+{
+    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    const int wl = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if ((threadIdx.x & 31) == 0) buf[wl] = v;
+    __syncthreads();
+    v = (int)(threadIdx.x & 31) < nw ? buf[threadIdx.x & 31] : 0.0;
+    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();  // buf is free again
+    return v;
+}
+
+// k_norm for rows of d = 4 x V x blockDim.x floats at most (d % 4 == 0, 16-byte
+// aligned): each thread holds its V float4 of the row in registers, so the row is
+// read once, with every load in flight at once, and the block reduces with
+// shuffles (k_norm: 7.6 us for a 4096-wide row, 16 dependent loads a thread and
+// an 8-step tree of barriers). The same float operations per element.
+template <int V>
+__global__ void __launch_bounds__(1024) k_norm_v(const float *x, const float *w, const float *b, float *y, int d, float eps, int layer)
+{
+    __shared__ double buf[32];
+    const float4 *xr = (const float4 *)(x + (size_t)blockIdx.x * d), *w4 = (const float4 *)w, *b4 = (const float4 *)b;
+    float4 *yr = (float4 *)(y + (size_t)blockIdx.x * d);
+    const int n4 = d / 4;
+    float4 v[V];
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        int i = threadIdx.x + j * blockDim.x;
+        v[j] = i < n4 ? xr[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+    double s = 0;
+    if (!layer) {
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            s += (double)v[j].x * v[j].x + (double)v[j].y * v[j].y + (double)v[j].z * v[j].z + (double)v[j].w * v[j].w;
+        float r = (float)(1.0 / sqrt(block_sum(s, buf) / d + eps));
+#pragma unroll
+        for (int j = 0; j < V; j++) {
+            int i = threadIdx.x + j * blockDim.x;
+            if (i >= n4) continue;
+            float4 g = w4[i];
+            yr[i] = make_float4(g.x * (v[j].x * r), g.y * (v[j].y * r), g.z * (v[j].z * r), g.w * (v[j].w * r));
+        }
+        return;
+    }
+#pragma unroll
+    for (int j = 0; j < V; j++) s += (double)v[j].x + (double)v[j].y + (double)v[j].z + (double)v[j].w;
+    double mean = block_sum(s, buf) / d, q = 0;
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        int i = threadIdx.x + j * blockDim.x;
+        if (i >= n4) continue;
+        q += (v[j].x - mean) * (v[j].x - mean) + (v[j].y - mean) * (v[j].y - mean) + (v[j].z - mean) * (v[j].z - mean) +
+             (v[j].w - mean) * (v[j].w - mean);
+    }
+    float r = (float)(1.0 / sqrt(block_sum(q, buf) / d + eps));
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        int i = threadIdx.x + j * blockDim.x;
+        if (i >= n4) continue;
+        float4 g = w4[i], c = b ? b4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        yr[i] = make_float4((float)(v[j].x - mean) * r * g.x + c.x, (float)(v[j].y - mean) * r * g.y + c.y,
+                            (float)(v[j].z - mean) * r * g.z + c.z, (float)(v[j].w - mean) * r * g.w + c.w);
+    }
+}
+
+// The online rotation of one row a block (model_rot_rows: the same float
+// operations in the same order, so the same bits): signs, each m-chunk times B,
+// the Walsh-Hadamard butterflies over the chunks, the scale. Shared memory: 2n floats.
+__global__ void k_rot(float *x, const float *B, const float *sign, int n, int p, int m, float s)
+{
+    extern __shared__ float rs[];
+    float *a = rs, *o = rs + n, *v = x + (size_t)blockIdx.x * n;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) a[i] = v[i] * sign[i];
+    __syncthreads();
+    if (m > 1) {
+        for (int e = threadIdx.x; e < n; e += blockDim.x) {
+            const float *u = a + e / m * m;
+            const int j = e % m;
+            float acc = 0.0f;
+            for (int i = 0; i < m; i++) acc += u[i] * B[(size_t)i * m + j];
+            o[e] = acc;
+        }
+        __syncthreads();
+        float *t = a; a = o; o = t;
+    }
+    for (int h = 1; h < p; h *= 2) {
+        for (int k = threadIdx.x; k < n / 2; k += blockDim.x) {
+            int q = k / m, j = k % m, c = q / h * 2 * h + q % h;
+            float l = a[c * m + j], r = a[(c + h) * m + j];
+            a[c * m + j] = l + r;
+            a[(c + h) * m + j] = l - r;
+        }
+        __syncthreads();
+    }
+    for (int i = threadIdx.x; i < n; i += blockDim.x) v[i] = a[i] * s;
 }
 
 // float32 holding bf16 values -> bf16 (exact: the low halves are zero)
@@ -480,6 +579,7 @@ struct cuda_be {
     __nv_bfloat16 *wb;     // one packed linear unpacked (the largest)
     float *wf;             // the same in float32, for packed linears with f32 set
     float *lt;             // LoRC's middle product [T][largest rank]
+    float *rot_B, *rot_sign;  // the model's online rotation (rot_down): its block and signs
     int *ids;              // [T], then the position of a recorded step (dpos)
     int *dpos;
     double *lp;            // [T]
@@ -629,7 +729,8 @@ static void cuda_destroy(be *b)
     free(g->norms);
     cuda_drop_recording(b);
     if (g->graph) cudaGraphExecDestroy(g->graph);
-    void *p[] = {g->emb, g->pos, g->kc, g->vc, g->kq, g->vt, g->s, g->xq, g->xb, g->wb, g->wf, g->lt, g->ids, g->lp, g->bad, g->blas_ws};
+    void *p[] = {g->emb, g->pos, g->kc, g->vc, g->kq, g->vt, g->s, g->xq, g->xb, g->wb, g->wf, g->lt, g->ids, g->lp, g->bad, g->blas_ws,
+                 g->rot_B, g->rot_sign};
     for (void *x : p) bq_cuda_free(x);
     if (g->blas) g_blas.destroy(g->blas);
     free(g->site_d);
@@ -741,7 +842,12 @@ static bq_status cuda_norm(be *b, int layer, norm_role r, const float *x, float 
     const bq_config *c = cfg(b);
     const gnorm *p = &G(b)->norms[layer < 0 ? (size_t)c->layers * 4 : (size_t)layer * 4 + r];
     int layernorm = c->norm == NORM_LAYER && r != N_Q && r != N_K;
-    k_norm<<<rows, 256>>>(x, p->w, p->b, y, d, c->norm_eps, layernorm);
+    int n4 = d / 4, threads = n4 < 1024 ? (n4 + 31) / 32 * 32 : 1024, v = (n4 + threads - 1) / threads;
+    bool vec = d % 4 == 0 && !(((uintptr_t)x | (uintptr_t)y | (uintptr_t)p->w | (uintptr_t)p->b) & 15);
+    if (vec && v == 1) k_norm_v<1><<<rows, threads>>>(x, p->w, p->b, y, d, c->norm_eps, layernorm);
+    else if (vec && v == 2) k_norm_v<2><<<rows, threads>>>(x, p->w, p->b, y, d, c->norm_eps, layernorm);
+    else if (vec && v <= 4) k_norm_v<4><<<rows, threads>>>(x, p->w, p->b, y, d, c->norm_eps, layernorm);
+    else k_norm<<<rows, 256>>>(x, p->w, p->b, y, d, c->norm_eps, layernorm);
     return launched("norm");
 }
 
@@ -966,10 +1072,18 @@ static bq_status cuda_bind(be *b)
     return e == cudaSuccess ? BQ_OK : bq_fail(BQ_ERR_UNSUPPORTED, "CUDA device %d: %s", G(b)->dev, cudaGetErrorString(e));
 }
 
+static bq_status cuda_rotate(be *b, const bq_rot *r, float *x, int rows)
+{
+    cuda_be *g = G(b);
+    if (!g->rot_sign) return bq_fail(BQ_ERR_ARG, "CUDA engine: the model's online rotation was not uploaded");
+    k_rot<<<(unsigned)rows, 512, (size_t)r->n * 8>>>(x, g->rot_B, g->rot_sign, r->n, r->p, r->m, (float)(1.0 / sqrt((double)r->p)));
+    return launched("online rotation");
+}
+
 static const be_ops cuda_ops = {
     "cuda", 0, cuda_destroy, cuda_alloc, cuda_release, cuda_embed, cuda_add_pos, cuda_linear, cuda_norm, cuda_rope,
     cuda_qdq, cuda_kv_store, cuda_attention, cuda_act, cuda_add, cuda_check, cuda_logits, cuda_logprobs, cuda_finish,
-    cuda_replay, cuda_drop_recording, cuda_get, cuda_put, cuda_bind, cuda_linears,
+    cuda_replay, cuda_drop_recording, cuda_get, cuda_put, cuda_bind, cuda_linears, cuda_rotate,
 };
 
 static bq_status up_norm(gnorm *d, const normp *p, size_t n, size_t *bytes)
@@ -1025,6 +1139,18 @@ static bq_status cuda_setup(cuda_be *g)
         if (!st) st = up_norm(&n[N_LN2], &m->L[l].ln2, H, b);
         if (!st && c->qk_norm) st = up_norm(&n[N_Q], &m->L[l].q_norm, (size_t)c->head_dim, b);
         if (!st && c->qk_norm) st = up_norm(&n[N_K], &m->L[l].k_norm, (size_t)c->head_dim, b);
+    }
+    if (!st && m->rot_down && lo < hi) {  // k_rot holds a row twice in shared memory
+        const bq_rot *r = m->rot_down;
+        int most = 0;
+        cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, g->dev);
+        if ((size_t)r->n * 8 > (size_t)most)
+            st = bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: an online rotation of %d inputs needs %d bytes of shared memory a block (this GPU: %d)",
+                         r->n, r->n * 8, most);
+        else if (cudaFuncSetAttribute(k_rot, cudaFuncAttributeMaxDynamicSharedMemorySize, r->n * 8) != cudaSuccess)
+            st = launched("online rotation's shared memory");
+        if (!st) st = up_floats(&g->rot_sign, r->sign, (size_t)r->n, b);
+        if (!st && r->B) st = up_floats(&g->rot_B, r->B, (size_t)r->m * r->m, b);
     }
     size_t qd = (size_t)c->heads * c->head_dim, kvd = (size_t)c->kv_heads * c->head_dim, I = (size_t)c->inter;
     size_t maxin = H > I ? H : I;

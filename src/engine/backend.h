@@ -78,6 +78,8 @@ typedef struct {
     /* Optional (NULL: linear one by one): the linears rs[0..count) (at most 3) of
      * one layer on the same input x, ys[i] = what linear would give rs[i] */
     bq_status (*linears)(be *b, int layer, const lin_role *rs, int count, const float *x, float *const *ys, int n);
+    /* rows of r->n floats through the model's online rotation r (model_rot_rows) */
+    bq_status (*rotate)(be *b, const bq_rot *r, float *x, int rows);
 } be_ops;
 
 struct be {

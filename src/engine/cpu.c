@@ -456,11 +456,31 @@ static bq_status cpu_copy(be *b, void *dst, const void *src, size_t bytes)
     return BQ_OK;
 }
 
+typedef struct { const bq_rot *r; float *x; int oom; } rot_job;
+
+static void rot_range(void *arg, size_t r0, size_t r1)
+{
+    rot_job *j = arg;
+    float *tmp = malloc((size_t)j->r->m * sizeof *tmp);
+    if (!tmp) { j->oom = 1; return; }
+    model_rot_rows(j->r, j->x + r0 * (size_t)j->r->n, r1 - r0, tmp);
+    free(tmp);
+}
+
+static bq_status cpu_rotate(be *b, const bq_rot *r, float *x, int rows)
+{
+    cpu_be *c = (cpu_be *)b;
+    rot_job j = {r, x, 0};
+    double work = (double)rows * r->n * (r->m + 20);
+    bq_pool_for(c->pool, (size_t)rows, threads_for(c, work), rot_range, &j);
+    return j.oom ? bq_fail(BQ_ERR_NOMEM, "out of memory") : BQ_OK;
+}
+
 static const be_ops cpu_ops = {
     "cpu", 1, cpu_destroy, cpu_alloc, cpu_release, cpu_embed, cpu_add_pos, cpu_linear, cpu_norm, cpu_rope, cpu_qdq,
     cpu_kv_store, cpu_attention, cpu_act, cpu_add, cpu_check, cpu_logits, cpu_logprobs, cpu_finish,
     NULL, NULL,  /* no recorded steps: nothing to save on the CPU */
-    cpu_copy, cpu_copy, NULL, cpu_linears,
+    cpu_copy, cpu_copy, NULL, cpu_linears, cpu_rotate,
 };
 
 bq_status be_cpu_new(const bq_model *m, int max_tokens, int threads, int lo, int hi, be **out)

@@ -370,6 +370,7 @@ static bq_status stage_body(bq_ctx *c, stage *S, int n, int pos, int first, floa
         if (m->pre_norm) { DO(o->norm(b, l, N_LN2, S->x, S->h, n, H)); hin = S->h; }
         DO(run_linears(c, b, l, up_gate, m->act == ACT_SILU_GATED ? 2 : 1, hin, (float *const[]){S->u, S->g}, n));
         DO(o->act(b, S->u, S->g, nI));
+        if (M->rot_down) DO(o->rotate(b, M->rot_down, S->u, n));
         DO(run_linear(c, b, l, R_DOWN, S->u, S->h, n));
         CHECK(S->h, n, H, l, CHK_MLP);
         DO(o->add(b, S->x, S->h, nH));

@@ -13,14 +13,17 @@
 #include "slots.h"
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 static const char MAGIC[8] = "BQMODEL";
-/* Version 2 adds LoRC factors (a tensor's "lorc"); a file without them is written
- * as version 1, so that older readers still take it, and refuse the rest. */
-enum { BQ_FILE_VERSION = 2, ALIGN = 64, PRELUDE = 24 };
+/* Version 2 adds LoRC factors (a tensor's "lorc"), version 3 the online rotation
+ * of down_proj's input ("rot_down"); a file is written with the lowest version
+ * that holds it, so that older readers still take what they can read, and
+ * refuse the rest (a rotation left out would silently change the model). */
+enum { BQ_FILE_VERSION = 3, ALIGN = 64, PRELUDE = 24 };
 
 uint32_t bq_crc32(const void *data, size_t n)
 {
@@ -141,7 +144,7 @@ bq_status bq_model_save(const bq_model *cm, const char *path)
 {
     bq_model *m = (bq_model *)cm;  /* slots hand out pointers; nothing is changed */
     if (!m->config_json) return bq_fail(BQ_ERR_ARG, "model has no config.json to store");
-    const uint32_t version = model_lorc_linear(m) ? 2 : 1;
+    const uint32_t version = m->rot_down ? 3 : model_lorc_linear(m) ? 2 : 1;
     if (m->tokenizer_json) {  /* stored verbatim, but only one that loads */
         bq_tokenizer *t;
         bq_status ts = tokenizer_parse(m->tokenizer_json, m->tokenizer_len, m->dir, &t);
@@ -169,6 +172,18 @@ bq_status bq_model_save(const bq_model *cm, const char *path)
     if (tied && m->head.lr_rank) return bq_fail(BQ_ERR_UNSUPPORTED, "the LM head shares the embedding and has LoRC factors: a .bq file cannot hold that");
     cJSON_AddBoolToObject(root, "tied_head", tied);
     runtime_to_json(m, root);
+    if (m->rot_down) {  /* its block and signs as float32, as the rows were folded with them */
+        const bq_rot *r = m->rot_down;
+        cJSON *ro = cJSON_AddObjectToObject(root, "rot_down");
+        cJSON_AddNumberToObject(ro, "p", r->p);
+        cJSON_AddNumberToObject(ro, "m", r->m);
+        const float *part[2] = {r->sign, r->B};
+        size_t pn[2] = {(size_t)r->n, r->B ? (size_t)r->m * r->m : 0};
+        for (int k = 0; k < 2 && !st && pn[k]; k++) {
+            if (!push(&ch, (uint8_t *)part[k], pn[k] * sizeof(float), 0, &off)) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+            add_ref(cJSON_AddObjectToObject(ro, k ? "B" : "sign"), off, pn[k] * sizeof(float), bq_crc32(part[k], pn[k] * sizeof(float)));
+        }
+    }
     cJSON_AddItemToObject(root, "tensors", tens);
     for (int i = 0; i < sl.n && !st; i++) {
         slot *s = &sl.v[i];
@@ -313,6 +328,41 @@ static bq_status load_lorc(const region *r, const cJSON *lo, slot *s, const char
     return BQ_OK;
 }
 
+/* "rot_down": p and m with p * m = the MLP's inner size, p a power of two; the
+ * signs (each +1 or -1) and, for m > 1, the m x m block, finite. */
+static bq_status load_rot(const region *r, const cJSON *ro, bq_model *m)
+{
+    const cJSON *jp = cJSON_GetObjectItemCaseSensitive(ro, "p"), *jm = cJSON_GetObjectItemCaseSensitive(ro, "m");
+    const int n = m->c.inter;
+    if (!cJSON_IsObject(ro) || !cJSON_IsNumber(jp) || !cJSON_IsNumber(jm) || jp->valuedouble != (double)(int)jp->valuedouble ||
+        jm->valuedouble != (double)(int)jm->valuedouble || jp->valuedouble < 1 || jm->valuedouble < 1 ||
+        jp->valuedouble * jm->valuedouble != (double)n || ((int)jp->valuedouble & ((int)jp->valuedouble - 1)))
+        return bq_fail(BQ_ERR_PARSE, "%s: rot_down needs whole p (a power of two) and m with p x m = %d (the MLP's inner size)", r->path, n);
+    bq_rot *rot = calloc(1, sizeof *rot);
+    if (!rot) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    rot->n = n; rot->p = (int)jp->valuedouble; rot->m = (int)jm->valuedouble;
+    bq_status st = BQ_OK;
+    for (int k = 0; k < 2 && !st; k++) {
+        size_t want = k ? (rot->m > 1 ? (size_t)rot->m * rot->m : 0) : (size_t)n;
+        const cJSON *ref = cJSON_GetObjectItemCaseSensitive(ro, k ? "B" : "sign");
+        const uint8_t *p;
+        size_t size;
+        float **dst = k ? &rot->B : &rot->sign;
+        if (!want) { if (ref) st = bq_fail(BQ_ERR_PARSE, "%s: rot_down with m = 1 has no block B", r->path); continue; }
+        if (!cJSON_IsObject(ref)) st = bq_fail(BQ_ERR_PARSE, "%s: rot_down's %s is missing", r->path, k ? "B" : "sign");
+        else if (!(st = get_ref(r, ref, k ? "rot_down B" : "rot_down sign", &p, &size)) && size != want * sizeof(float))
+            st = bq_fail(BQ_ERR_PARSE, "%s: rot_down's %s holds %zu bytes, not %zu", r->path, k ? "B" : "sign", size, want * sizeof(float));
+        else if (!st && !(*dst = malloc(size))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        else if (!st) memcpy(*dst, p, size);
+        for (size_t i = 0; i < want && !st; i++)
+            if (k ? !isfinite((*dst)[i]) : (*dst)[i] != 1.0f && (*dst)[i] != -1.0f)
+                st = bq_fail(BQ_ERR_PARSE, "%s: rot_down's %s[%zu] is %g (%s)", r->path, k ? "B" : "sign", i, (*dst)[i], k ? "not finite" : "not +1 or -1");
+    }
+    if (st) { model_rot_free(rot); return st; }
+    m->rot_down = rot;
+    return BQ_OK;
+}
+
 static bq_status load_tensor(const region *r, slot_list *sl, const cJSON *t, bq_model *m)
 {
     const char *name = str_item(t, "name"), *fmt = str_item(t, "format"), *act = str_item(t, "act");
@@ -361,8 +411,8 @@ static bq_status parse_header(const region *r, const cJSON *root, bq_model *m)
     const char *fmt = str_item(root, "format");
     if (!fmt || strcmp(fmt, "blockq") || !cJSON_IsNumber(ver))
         return bq_fail(BQ_ERR_PARSE, "%s: header is not a blockq model header", r->path);
-    if (ver->valuedouble != 1 && ver->valuedouble != BQ_FILE_VERSION)
-        return bq_fail(BQ_ERR_UNSUPPORTED, "%s: header version %g; this blockq reads versions 1 and %d", r->path, ver->valuedouble,
+    if (!(ver->valuedouble >= 1 && ver->valuedouble <= BQ_FILE_VERSION && ver->valuedouble == (int)ver->valuedouble))
+        return bq_fail(BQ_ERR_UNSUPPORTED, "%s: header version %g; this blockq reads versions 1 to %d", r->path, ver->valuedouble,
                        BQ_FILE_VERSION);
     const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(root, "config"), *tok = cJSON_GetObjectItemCaseSensitive(root, "tokenizer");
     if (!cJSON_IsObject(cfg)) return bq_fail(BQ_ERR_PARSE, "%s: no config in the header", r->path);
@@ -397,6 +447,9 @@ static bq_status parse_header(const region *r, const cJSON *root, bq_model *m)
         m->head.pw = m->emb_p;
     }
     if ((st = runtime_from_json(root, m, r->path))) return st;
+    const cJSON *ro = cJSON_GetObjectItemCaseSensitive(root, "rot_down");
+    if (ro && ver->valuedouble < 3) return bq_fail(BQ_ERR_PARSE, "%s: rot_down in a version %g header (needs 3)", r->path, ver->valuedouble);
+    if (ro && (st = load_rot(r, ro, m))) return st;
     return model_check_complete(m, r->path);
 }
 
@@ -409,8 +462,8 @@ bq_status bqfile_parse(const char *path, const uint8_t *buf, size_t size, bq_mod
     uint64_t hlen;
     memcpy(&ver, buf + 8, 4);
     memcpy(&hlen, buf + 16, 8);
-    if (ver != 1 && ver != BQ_FILE_VERSION)
-        return bq_fail(BQ_ERR_UNSUPPORTED, "%s: .bq version %u; this blockq reads versions 1 and %d", path, ver, BQ_FILE_VERSION);
+    if (ver < 1 || ver > BQ_FILE_VERSION)
+        return bq_fail(BQ_ERR_UNSUPPORTED, "%s: .bq version %u; this blockq reads versions 1 to %d", path, ver, BQ_FILE_VERSION);
     if (hlen > size - PRELUDE || align_up(PRELUDE + (size_t)hlen) > size)
         return bq_fail(BQ_ERR_PARSE, "%s: header of %llu bytes runs past the end of the %zu-byte file (truncated?)", path,
                        (unsigned long long)hlen, size);

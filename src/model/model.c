@@ -254,12 +254,50 @@ void bq_model_free(bq_model *m)
     bq_format_free(m->head.aq);
     bq_format_free(m->attn_q);
     bq_format_free(m->kv_q);
+    model_rot_free(m->rot_down);
     free(m->tok_emb);
     free(m->pos_emb);
     free_norm(&m->final_ln);
     free_linear(&m->proj_in);
     free_linear(&m->proj_out);
     free(m);
+}
+
+void model_rot_free(bq_rot *r)
+{
+    if (!r) return;
+    free(r->B);
+    free(r->sign);
+    free(r);
+}
+
+/* The CUDA backend's k_rot does the same float operations in the same order. */
+void model_rot_rows(const bq_rot *r, float *x, size_t rows, float *tmp)
+{
+    const int p = r->p, m = r->m, n = r->n;
+    const float s = (float)(1.0 / sqrt((double)p));
+    for (size_t t = 0; t < rows; t++) {
+        float *v = x + t * (size_t)n;
+        for (int i = 0; i < n; i++) v[i] *= r->sign[i];
+        for (int c = 0; m > 1 && c < p; c++) {  /* each chunk times B */
+            float *u = v + (size_t)c * m;
+            for (int j = 0; j < m; j++) {
+                float a = 0.0f;
+                for (int i = 0; i < m; i++) a += u[i] * r->B[(size_t)i * m + j];
+                tmp[j] = a;
+            }
+            memcpy(u, tmp, (size_t)m * sizeof *u);
+        }
+        for (int h = 1; h < p; h *= 2)  /* the chunks through the fast Walsh-Hadamard transform */
+            for (int c0 = 0; c0 < p; c0 += 2 * h)
+                for (int c = c0; c < c0 + h; c++)
+                    for (int j = 0; j < m; j++) {
+                        float a = v[(size_t)c * m + j], b = v[(size_t)(c + h) * m + j];
+                        v[(size_t)c * m + j] = a + b;
+                        v[(size_t)(c + h) * m + j] = a - b;
+                    }
+        for (int i = 0; i < n; i++) v[i] *= s;
+    }
 }
 
 /* Record the first weight holding NaN/Inf, by name. */

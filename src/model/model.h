@@ -99,6 +99,20 @@ typedef struct {
     linear q, k, v, o, gate, up, down;
 } layer_w;
 
+/* An online rotation of a linear's input, whose inverse is folded into the rows of
+ * that linear's weight (--ptq hadamard, src/quant/rotate.c: QuaRot's online Hadamard
+ * before down_proj): x -> (x .* sign) M, M = (B kron H_p) / sqrt(p) orthogonal,
+ * n = p * m with element i = c * m + j: B (m x m, orthogonal) mixes the j of each
+ * chunk c, then the Walsh-Hadamard transform H_p mixes the chunks. */
+typedef struct bq_rot {
+    int n, p, m;
+    float *B;     /* [m][m] row-major (NULL when m == 1) */
+    float *sign;  /* [n], each +1 or -1 */
+} bq_rot;
+/* rows rows of n floats in place; tmp holds m floats. */
+void model_rot_rows(const bq_rot *r, float *x, size_t rows, float *tmp);
+void model_rot_free(bq_rot *r);
+
 struct bq_model {
     bq_config c;
     float *tok_emb;   /* [vocab, embed_dim] */
@@ -110,6 +124,7 @@ struct bq_model {
     char dir[4096];
     bq_format *attn_q;  /* operands of Q.K^T and P.V (NULL: float) */
     bq_format *kv_q;    /* the stored K/V cache */
+    bq_rot *rot_down;   /* down_proj's input rotated online (NULL: none) */
     bq_qopts qopts;     /* rounding for activations */
     char nonfinite[256]; /* first weight holding NaN/Inf ("" if none) */
     char *config_json;   /* the checkpoint's config.json and tokenizer.json, kept for */

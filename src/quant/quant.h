@@ -61,9 +61,10 @@ struct bq_qconfig {
     int ptq_gptq;       /* --ptq gptq (gptq.c): needs the Gram matrices, taken at calibration */
     int ptq_awq;        /* --ptq awq (awq.c): likewise; after smoothquant, before gptq and clip */
     int ptq_rotate;     /* --ptq rotate[:seed] (rotate.c): first of all */
+    int ptq_hadamard;   /* --ptq hadamard[:seed] (rotate.c): down_proj's input rotated online; after rotate */
     int ptq_lorc;       /* --ptq lorc[:rank] (lorc.c): the rank (0: off); last, on what the others left */
-    uint64_t rotate_seed;
-    int32_t *cal_ids;   /* with rotate: the calibration windows, run after rotating */
+    uint64_t rotate_seed, hadamard_seed;
+    int32_t *cal_ids;   /* with rotate or hadamard: the calibration windows, run after rotating */
     size_t cal_windows;
     int cal_ctx;
     double smooth_alpha;  /* < 0: searched per group of linears (smooth.c) */
@@ -98,6 +99,11 @@ bq_status ptq_float_embedding(bq_model *m);
 bq_status ptq_untie_head(bq_model *m);
 /* The residual stream rotated by a seeded random orthogonal matrix, norms folded (rotate.c). */
 bq_status ptq_rotate(bq_model *m, uint64_t seed);
+/* --ptq hadamard[:seed]: down_proj's input rotated online, its weight rows folded (rotate.c). */
+bq_status ptq_hadamard(bq_model *m, uint64_t seed);
+/* The rotation hadamard uses for n inputs (also what a .bq file's rotation is checked against). */
+struct bq_rot;
+bq_status rot_make(int n, uint64_t seed, struct bq_rot **out);
 /* LoRC: l's quantisation error against its float weights w0 [out][in] as rank-r
  * factors l->lr_a, l->lr_b (lorc.c). */
 bq_status ptq_lorc(struct linear *l, const float *w0, int rank);

@@ -10,8 +10,18 @@
  *   token embedding rows:                                       E -> E Q
  * Refused: LayerNorm models (the mean it subtracts is not rotation invariant),
  * learned position embeddings' models, projections in/out of the stream (OPT-350m).
- * Online rotations inside attention and MLP (QuaRot's Hadamard before down_proj
- * and on K/V) are not built. */
+ *
+ * Online rotation of down_proj's input (`--ptq hadamard[:seed]`, QuaRot's online
+ * Hadamard): the MLP's inner activation x goes through an orthogonal M in the
+ * forward pass (model_rot_rows, a backend op) and down_proj's weight rows through
+ * the same M (y = x W^T = (x M)(W M)^T), so the float model is unchanged and the
+ * input down_proj's activation format sees has its outliers spread over all of
+ * its channels. M = sign flips, then B kron H_p / sqrt(p) for n = p * m: the fast
+ * Walsh-Hadamard transform over p = 2^k chunks and an m x m block B, a Hadamard
+ * matrix (Paley's construction) where m = 4 x the odd part of n and m - 1 is a
+ * prime (12, 20, 60, 108, 140 x 2^k), else a seeded random orthogonal matrix on the
+ * odd part (LLaMA-2's 11008 = 256 x 43): any n whose odd part is at most 1024.
+ * Not built: the online rotations of K/V and Q/K. */
 #include "quant.h"
 #include "backend.h"
 #include "pmat.h"
@@ -117,4 +127,95 @@ bq_status ptq_rotate(bq_model *m, uint64_t seed)
     if (!st) st = rotate_mat(m->tok_emb, c->vocab, H, Q, H, 0);
     free(Q);
     return st;
+}
+
+static int is_prime(int q)
+{
+    if (q < 2) return 0;
+    for (int d = 2; d * d <= q; d++)
+        if (q % d == 0) return 0;
+    return 1;
+}
+
+/* Paley's first construction: q prime, q = 3 mod 4; H = I + S of order q + 1, S
+ * holding the quadratic characters of j - i mod q (S[0][j] = 1, S[i][0] = -1);
+ * H H^T = (q + 1) I. Written scaled to orthogonal. */
+static void paley(int q, float *B)
+{
+    int m = q + 1;
+    signed char *chi = malloc((size_t)q);
+    if (!chi) return;
+    memset(chi, -1, (size_t)q);
+    chi[0] = 0;
+    for (long a = 1; a < q; a++) chi[a * a % q] = 1;
+    const float u = (float)(1.0 / sqrt((double)m));
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < m; j++) {
+            int v = i == j ? 1 : i == 0 ? 1 : j == 0 ? -1 : chi[((j - i) % q + q) % q];
+            B[(size_t)i * m + j] = (float)v * u;
+        }
+    free(chi);
+}
+
+bq_status rot_make(int n, uint64_t seed, bq_rot **out)
+{
+    *out = NULL;
+    if (n < 1) return bq_fail(BQ_ERR_ARG, "hadamard: no inputs to rotate");
+    int p = 1, o = n;
+    while (o % 2 == 0) { o /= 2; p *= 2; }
+    int m = o;
+    if (o > 1 && p >= 4 && is_prime(4 * o - 1)) { m = 4 * o; p /= 4; }
+    if (o > 1024)
+        return bq_fail(BQ_ERR_UNSUPPORTED, "hadamard: %d inputs = %d x %d; an odd part over 1024 would cost %d products an input online", n, p, o, o);
+    bq_rot *r = calloc(1, sizeof *r);
+    if (!r) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    r->n = n; r->p = p; r->m = m;
+    r->sign = malloc((size_t)n * sizeof *r->sign);
+    if (m > 1) r->B = malloc((size_t)m * m * sizeof *r->B);
+    bq_status st = r->sign && (m == 1 || r->B) ? BQ_OK : bq_fail(BQ_ERR_NOMEM, "out of memory");
+    uint64_t s = seed * 0xD1B54A32D192ED03ull + 0x8BB84B93962EACC9ull;
+    for (int i = 0; i < n && !st; i++) {  /* xorshift64*: its top bit */
+        s ^= s >> 12; s ^= s << 25; s ^= s >> 27;
+        r->sign[i] = (s * 0x2545F4914F6CDD1Dull) >> 63 ? -1.0f : 1.0f;
+    }
+    if (!st && m > 1 && m != o) paley(m - 1, r->B);
+    else if (!st && m > 1) st = random_orthogonal(m, seed + 1, r->B);
+    if (st) { model_rot_free(r); return st; }
+    *out = r;
+    return BQ_OK;
+}
+
+typedef struct { const bq_rot *r; float *w; int in; int oom; } rot_job;
+
+static void rot_part(void *arg, size_t r0, size_t r1)
+{
+    rot_job *j = arg;
+    float *tmp = malloc((size_t)j->r->m * sizeof *tmp);
+    if (!tmp) { j->oom = 1; return; }
+    model_rot_rows(j->r, j->w + r0 * j->in, r1 - r0, tmp);
+    free(tmp);
+}
+
+bq_status ptq_hadamard(bq_model *m, uint64_t seed)
+{
+    if (m->rot_down) return bq_fail(BQ_ERR_ARG, "hadamard: down_proj's input is already rotated online");
+    const int L = m->c.layers, n = m->c.inter;
+    for (int i = 0; i < L; i++) {
+        const linear *d = &m->L[i].down;
+        if (!LINEAR_PRESENT(d) || d->in != n)
+            return bq_fail(BQ_ERR_UNSUPPORTED, "hadamard: layer %d has no down projection of %d inputs", i, n);
+        if (d->lr_rank) return bq_fail(BQ_ERR_ARG, "hadamard: %s has LoRC factors; rotate before lorc", d->name);
+    }
+    bq_rot *r;
+    bq_status st = rot_make(n, seed, &r);
+    for (int i = 0; i < L && !st; i++) {
+        linear *d = &m->L[i].down;
+        if ((st = ptq_float_weights(d))) break;
+        rot_job j = {r, d->w, d->in, 0};
+        bq_parallel_for((size_t)d->out, 0, rot_part, &j);
+        if (j.oom) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+    }
+    if (st) { model_rot_free(r); return st; }
+    m->rot_down = r;
+    return BQ_OK;
 }

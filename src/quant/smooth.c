@@ -197,7 +197,8 @@ bq_status ptq_fold_scales(bq_model *m, calib_stats *cs, ptq_scale_fn fn, void *a
         if (LINEAR_PRESENT(gate)) { mlp[nm] = gate; km[nm++] = calib_index(L, i, R_GATE); }
         if (LINEAR_PRESENT(up)) { mlp[nm] = up; km[nm++] = calib_index(L, i, R_UP); }
         if (!st && nm && n2 && n2->w) st = fold_group(cs, mlp, km, nm, n2, NULL, fn, arg);
-        if (!st && LINEAR_PRESENT(down) && LINEAR_PRESENT(up) && m->c.act != ACT_GELU_TANH) {
+        /* (not across an online rotation: down's inputs are no longer up's outputs) */
+        if (!st && LINEAR_PRESENT(down) && LINEAR_PRESENT(up) && m->c.act != ACT_GELU_TANH && !m->rot_down) {
             int kd = calib_index(L, i, R_DOWN);
             st = fold_group(cs, &down, &kd, 1, NULL, up, fn, arg);
         }
