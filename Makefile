@@ -147,10 +147,9 @@ test-san:
 	@BQ_TEST_FAST=1 BQ_SAN_TIER=1 $(MAKE) --no-print-directory BUILD=build/san OPT=-O1 CUDA=0 \
 	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" test-opt
 
-test: test-opt
-	@$(MAKE) --no-print-directory test-san
-	@$(MAKE) --no-print-directory fuzz-short
-	@$(MAKE) --no-print-directory interop
+# The sanitizer tier and the fuzzers run beside the optimised tier (tests/tiers.sh).
+test:
+	@MAKE="$(MAKE)" sh tests/tiers.sh
 
 # llama.cpp (../shared/peers, built once outside the repository) reading blockq's
 # GGUF files: perplexity side by side, llama-quantize's Q4_0/Q8_0 byte for byte (SKIP without the source)

@@ -39,8 +39,25 @@ static __attribute__((unused)) int isa_absent(int set_status, const char *isa)
     return 1;
 }
 
+/* A scratch file's path for this process (/tmp/bq_<pid>_<name>): the optimised and
+ * sanitizer tiers run the same programs at once. The same name gives the same
+ * pointer; test_summary removes the files. */
+#include <unistd.h>
+static char *t_tmps[64];
+static __attribute__((unused)) const char *t_tmp(const char *name)
+{
+    char buf[512];
+    snprintf(buf, sizeof buf, "/tmp/bq_%ld_%s", (long)getpid(), name);
+    int i = 0;
+    for (; i < 64 && t_tmps[i]; i++)
+        if (!strcmp(t_tmps[i], buf)) return t_tmps[i];
+    if (i == 64) { fprintf(stderr, "harness: more than 64 scratch files\n"); abort(); }
+    return t_tmps[i] = strdup(buf);
+}
+
 static int test_summary(const char *name)
 {
+    for (int i = 0; i < 64 && t_tmps[i]; i++) { unlink(t_tmps[i]); free(t_tmps[i]); t_tmps[i] = NULL; }
     if (t_isa_skips) printf("SKIP: %d comparisons on %s not made: this CPU lacks it\n", t_isa_skips, t_isa_skipped);
     if (t_pass + t_fail == 0) { printf("FAIL %s: compared nothing\n", name); t_fail = 1; }
     printf("%s: %d passed, %d failed\n", name, t_pass, t_fail);

@@ -123,8 +123,12 @@ for q in Q4_0 Q4_1 Q5_0 Q5_1 Q8_0; do
         n=$(wc -l <"$T/a"); same=$(comm -12 "$T/a" "$T/b" | wc -l)
         echo "  llama-quantize $q vs blockq $f: $same of $n tensors byte-identical"
         [ "$n" -gt 0 ] && [ "$same" -eq "$n" ] && ok || bad "$q: only $same of $n tensors identical to llama-quantize's"
-        # read back and scored (Q4_1/Q5_1: the bytes above suffice; each scoring takes minutes)
-        case $q in Q4_1|Q5_1) ;; *) SPREAD=1 ppl_pair "llama-quantize $q, read back" "$T/lq_$f.gguf" 512 ${INTEROP_CHUNKS:-8} --aq q8_0 ;; esac
+        # read back: blockq scores llama.cpp's file (its own header and layout) exactly as its
+        # own export of the same bytes, which llama-perplexity scored above
+        a=$($B ppl --model "$T/lq_$f.gguf" --text $TXT --ctx 512 --chunks 1 --aq q8_0 --json 2>"$T/err" | sed -n 's/.*"nll": \([0-9.]*\).*/\1/p')
+        b=$($B ppl --model "$T/bq_$f.gguf" --text $TXT --ctx 512 --chunks 1 --aq q8_0 --json 2>/dev/null | sed -n 's/.*"nll": \([0-9.]*\).*/\1/p')
+        echo "  llama-quantize $q read back by blockq: nll $a (its own export: $b)"
+        [ -n "$a" ] && [ "$a" = "$b" ] && ok || bad "$q: blockq reads llama-quantize's file as nll '$a', its own export as '$b': $(cat "$T/err")"
     else bad "llama-quantize $q failed: $(tail -1 "$T/lq.log")"; fi
 done
 # the tiny checkpoints (no tokenizer of their own: the bundled one, whose 8192 tokens

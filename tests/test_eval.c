@@ -102,7 +102,7 @@ static void test_against_logits(const char *path, int mc)
 
 static void expect(const char *content, const char *msg)
 {
-    const char *p = "/tmp/bq_eval_bad.jsonl";
+    const char *p = t_tmp("bq_eval_bad.jsonl");
     FILE *f = fopen(p, "w");
     fputs(content, f);
     fclose(f);

@@ -16,12 +16,12 @@ static bq_model *load_cfg(const char *dir, const char *toml, int pack)
 {
     bq_model *m;
     if (bq_model_load(dir, &m)) { CHECK(0, "load %s: %s", dir, bq_last_error()); return NULL; }
-    FILE *f = fopen("/tmp/bq_files.toml", "w");
+    FILE *f = fopen(t_tmp("bq_files.toml"), "w");
     fputs(toml, f);
     fclose(f);
     bq_qconfig *q;
     bq_qconfig_new(&q);
-    bq_status st = bq_qconfig_load(q, "/tmp/bq_files.toml");
+    bq_status st = bq_qconfig_load(q, t_tmp("bq_files.toml"));
     if (!st) st = pack ? bq_model_pack(m, q, 0) : bq_model_quantize(m, q, 0);
     bq_qconfig_free(q);
     if (st) { CHECK(0, "quantize: %s", bq_last_error()); bq_model_free(m); return NULL; }
@@ -96,8 +96,8 @@ static void header_lies(const char *path, const lie *lies, size_t n)
         CHECK(hit != NULL, "the header has no '%s'", lies[i].from);
         if (hit) {
             memcpy(hit, lies[i].to, strlen(lies[i].to));
-            spit("/tmp/bq_lie.bq", copy, size);
-            expect_bad("/tmp/bq_lie.bq", lies[i].msg, lies[i].to);
+            spit(t_tmp("bq_lie.bq"), copy, size);
+            expect_bad(t_tmp("bq_lie.bq"), lies[i].msg, lies[i].to);
         }
         free(copy);
     }
@@ -110,7 +110,7 @@ static void bq_lorc(void)
 {
     bq_model *p = load_cfg(DIR_, "ptq = \"lorc:4\"\ndefault = { w = \"int4_g128\", a = \"mxint8\" }\n", 1);
     if (!p) return;
-    const char *path = "/tmp/bq_lorc.bq";
+    const char *path = t_tmp("bq_lorc.bq");
     CHECK(bq_model_save(p, path) == BQ_OK, "save with LoRC: %s", bq_last_error());
     bq_model *l = NULL;
     if (bq_model_load(path, &l)) { CHECK(0, "load .bq with LoRC: %s", bq_last_error()); bq_model_free(p); return; }
@@ -134,7 +134,7 @@ static void bq_hadamard(void)
 {
     bq_model *p = load_cfg(DIR_, "ptq = \"hadamard:2\"\ndefault = { w = \"int8_row\", a = \"int6\" }\n", 1);
     if (!p) return;
-    const char *path = "/tmp/bq_had.bq";
+    const char *path = t_tmp("bq_had.bq");
     CHECK(bq_model_save(p, path) == BQ_OK, "save with an online rotation: %s", bq_last_error());
     size_t size;
     uint8_t *buf = slurp(path, &size);
@@ -162,7 +162,7 @@ static void bq_roundtrip(void)
 {
     bq_model *p = load_cfg(DIR_, MIXED, 1), *f = load_cfg(DIR_, MIXED, 0);
     if (!p || !f) return;
-    const char *path = "/tmp/bq_test.bq";
+    const char *path = t_tmp("bq_test.bq");
     CHECK(bq_model_save(p, path) == BQ_OK, "save: %s", bq_last_error());
     bq_model *l;
     if (bq_model_load(path, &l)) { CHECK(0, "load .bq: %s", bq_last_error()); return; }
@@ -226,9 +226,9 @@ static void patch_u64(uint8_t *d, size_t off, uint64_t v) { memcpy(d + off, &v, 
 static void bq_damage(void)
 {
     size_t n;
-    uint8_t *d = slurp("/tmp/bq_test.bq", &n);
+    uint8_t *d = slurp(t_tmp("bq_test.bq"), &n);
     if (!d) { CHECK(0, "no .bq written"); return; }
-    const char *bad = "/tmp/bq_bad.bq";
+    const char *bad = t_tmp("bq_bad.bq");
     size_t cuts[] = {3, 8, 20, 24, 100, n / 2, n - 1};
     truncations(d, cuts, 7, bad);
     uint8_t *e = malloc(n);
@@ -281,7 +281,7 @@ static void gguf_roundtrip(const char *dir, const char *wq, int exact_vs_packed)
         if (bq_model_pack(p, q, 0)) CHECK(0, "pack: %s", bq_last_error());
         bq_qconfig_free(q);
     }
-    const char *path = "/tmp/bq_test.gguf";
+    const char *path = t_tmp("bq_test.gguf");
     bq_status st = bq_model_save_gguf(p, path);
     CHECK(st == BQ_OK, "%s %s: save gguf: %s", dir, wq ? wq : "float", bq_last_error());
     bq_model *l = NULL;
@@ -337,15 +337,15 @@ static void gguf_tests(void)
     OK(bq_qconfig_set(q, "wq", "mxint8"));
     OK(bq_model_pack(m, q, 0));
     bq_qconfig_free(q);
-    unlink("/tmp/bq_none.gguf");
-    CHECK(bq_model_save_gguf(m, "/tmp/bq_none.gguf") != BQ_OK && strstr(bq_last_error(), "no exact GGUF type"), "mxint8 to GGUF: %s", bq_last_error());
-    CHECK(access("/tmp/bq_none.gguf", F_OK) != 0, "nothing written for a refused GGUF");
+    unlink(t_tmp("bq_none.gguf"));
+    CHECK(bq_model_save_gguf(m, t_tmp("bq_none.gguf")) != BQ_OK && strstr(bq_last_error(), "no exact GGUF type"), "mxint8 to GGUF: %s", bq_last_error());
+    CHECK(access(t_tmp("bq_none.gguf"), F_OK) != 0, "nothing written for a refused GGUF");
     bq_model_free(m);
     /* damage */
     size_t n;
-    uint8_t *d = slurp("/tmp/bq_test.gguf", &n);
+    uint8_t *d = slurp(t_tmp("bq_test.gguf"), &n);
     if (!d) return;
-    const char *bad = "/tmp/bq_bad.gguf";
+    const char *bad = t_tmp("bq_bad.gguf");
     size_t cuts[] = {4, 12, 23, 60, 1000, n / 3, n - 7};
     truncations(d, cuts, 7, bad);
     uint8_t *e = malloc(n);
@@ -471,7 +471,7 @@ static void held_bf16(void)
         bq_model_free(qb);
     }
     /* GGUF keeps the 16 bits */
-    const char *g = "/tmp/bq_held.gguf";
+    const char *g = t_tmp("bq_held.gguf");
     OK(bq_model_save_gguf(b, g));
     bq_model *back;
     if (bq_model_load(g, &back) == BQ_OK) {

@@ -312,7 +312,7 @@ static void test_gguf_export(void)
     bq_format_parse("bfp8_b16", &m->attn_q);
     bq_format_parse("mxfp6_e2m3", &m->kv_q);
     m->qopts.round = BQ_ROUND_AWAY;
-    const char *path = "/tmp/bq_hostile.gguf";
+    const char *path = t_tmp("bq_hostile.gguf");
     CHECK(bq_model_save_gguf(m, path) == BQ_OK, "save: %s", bq_last_error());
     if (bq_model_load(path, &back) == BQ_OK) {
         CHECK(back->attn_q && !strcmp(back->attn_q->name, m->attn_q->name) && back->kv_q && !strcmp(back->kv_q->name, m->kv_q->name) &&
@@ -340,7 +340,7 @@ static void test_gguf_export(void)
     m->tokenizer_json = (char *)broken;
     m->tokenizer_len = strlen(broken);
     CHECK(bq_model_save_gguf(m, path) != BQ_OK && access(path, F_OK) != 0, "numeric merge exported");
-    CHECK(bq_model_save(m, "/tmp/bq_hostile.bq") != BQ_OK, "numeric merge stored in .bq");
+    CHECK(bq_model_save(m, t_tmp("bq_hostile.bq")) != BQ_OK, "numeric merge stored in .bq");
     /* a small tokenizer is padded to the embedding's rows with [PAD<id>] */
     const char *small = tok_json("", "\"a b\"", "");
     m->tokenizer_json = (char *)small;
@@ -366,7 +366,7 @@ static void test_gguf_export(void)
  * works (37 s before: a linear lookup per token; bench/bench_hostile times it). */
 static void test_gguf_big_vocab(void)
 {
-    const char *path = "/tmp/bq_hostile_vocab.gguf";
+    const char *path = t_tmp("bq_hostile_vocab.gguf");
     enum { NV = 151936 };
     CHECK(hostile_big_vocab_gguf(path, NV) == BQ_OK, "write: %s", bq_last_error());
     bq_model *m;

@@ -24,10 +24,10 @@ static bq_status quantize(bq_model *m, const char *roles[][2], int n, const char
     bq_status st = BQ_OK;
     for (int i = 0; i < n && !st; i++) st = bq_qconfig_set(q, roles[i][0], roles[i][1]);
     if (!st && toml) {
-        FILE *f = fopen("/tmp/bq_test_rules.toml", "w");
+        FILE *f = fopen(t_tmp("bq_test_rules.toml"), "w");
         fputs(toml, f);
         fclose(f);
-        st = bq_qconfig_load(q, "/tmp/bq_test_rules.toml");
+        st = bq_qconfig_load(q, t_tmp("bq_test_rules.toml"));
     }
     if (!st) st = bq_model_quantize(m, q, strict);
     bq_qconfig_free(q);
@@ -807,7 +807,7 @@ static void test_lorc(void)
     /* a .bq file keeps the factors (version 2): the same logits back; GGUF cannot express them */
     bq_model *back = NULL;
     float *lb = malloc((size_t)64 * 8192 * 4);
-    CHECK(bq_model_save(lr, "/tmp/bq_lorc_kept.bq") == BQ_OK && bq_model_load("/tmp/bq_lorc_kept.bq", &back) == BQ_OK,
+    CHECK(bq_model_save(lr, t_tmp("bq_lorc_kept.bq")) == BQ_OK && bq_model_load(t_tmp("bq_lorc_kept.bq"), &back) == BQ_OK,
           "a .bq file with LoRC factors: %s", bq_last_error());
     if (back && lb && !bq_model_logits(back, ids, 64, lb))
         CHECK(!memcmp(lg0, lb, (size_t)64 * 8192 * 4), "lorc: the .bq gives other logits than the model it was saved from");
@@ -815,8 +815,8 @@ static void test_lorc(void)
     free(lb);
     free(lg0);
     bq_model_free(back);
-    remove("/tmp/bq_lorc_kept.bq");
-    CHECK(bq_model_save_gguf(lr, "/tmp/bq_lorc_refused.gguf") == BQ_ERR_UNSUPPORTED, "GGUF must refuse LoRC factors");
+    remove(t_tmp("bq_lorc_kept.bq"));
+    CHECK(bq_model_save_gguf(lr, t_tmp("bq_lorc_refused.gguf")) == BQ_ERR_UNSUPPORTED, "GGUF must refuse LoRC factors");
     bq_model_free(ref); bq_model_free(rtn); bq_model_free(lr);
 }
 
