@@ -16,6 +16,8 @@
 #     (CUDA_VISIBLE_DEVICES=0) against 2 stages on 2 GPUs, then a random 70B shape (bf16, 140 GB,
 #     written to /dev/shm: the 2-GPU machine's disk is 128 GiB) split over both
 #   STAGES=ops: one decoding step of the 7B shape op by op (bench/gpu_decode_ops.c), bf16 and OPS_FORMATS
+#   STAGES=hadamard: greedy decoding of the 7B shape (bf16) with and without --ptq hadamard
+#     (down_proj's 11008 inputs rotated online: 256 chunks x a 43 x 43 block), same prompt
 #   STAGES=graphs: one-token steps replayed from a CUDA graph against --eager (every kernel
 #     launched), bundled model and 7B shape, and the GEMV at a 7B layer's shapes
 O=${1:-${OUT:-/tmp}}
@@ -24,7 +26,7 @@ B=build/gpu/blockq
 M=/tmp/r7b
 T=data/wikitext-2-test.txt
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-case "$S" in *scale*|*decode*|*packed*|*graphs*|*pipeline*|*multigpu*|*ops*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
+case "$S" in *scale*|*decode*|*packed*|*graphs*|*pipeline*|*multigpu*|*ops*|*hadamard*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
 mkdir -p /tmp/deps && for f in .debs/*.deb; do dpkg -x "$f" /tmp/deps; done 2>/dev/null
 [ -f .debs/deps.tar.xz ] && tar xJf .debs/deps.tar.xz -C /tmp/deps  # the same packages, pruned to fit the transfer
 D=/tmp/deps/usr; L=$D/lib/x86_64-linux-gnu
@@ -95,6 +97,16 @@ case "$S" in *ops*)
         ./build/gpu/gpu/gpu_decode_ops /tmp/m_$f.bq --json "$O/r7_ops_$f.jsonl" 2>&1 | tee "$O/r7_ops_$f.txt"
         $R "decode packed $f (.bq)" -- $B generate --model /tmp/m_$f.bq --prompt "$P" -n 128 --device cuda --json
         rm -f /tmp/m_$f.bq
+    done ;;
+esac
+case "$S" in *hadamard*)
+    P="The meaning of life is"
+    export TIMECMD_JSONL="$O/r8_hadamard.jsonl"
+    # (unquantised, the rotated down_proj is no longer bf16-exact and runs as float32:
+    # twice its bytes; fake-quantised to mxfp4 it stays bf16-exact)
+    for w in "" "--wq mxfp4"; do
+        $R "decode bf16 $w" -- $B generate --model $M --prompt "$P" -n 128 --device cuda --json $w
+        $R "decode bf16 $w, --ptq hadamard" -- $B generate --model $M --prompt "$P" -n 128 --device cuda --ptq hadamard --json $w
     done ;;
 esac
 case "$S" in *packed*)

@@ -154,11 +154,17 @@ static void ops_once(const char *name, const bq_model *m, pair *p, int n, int po
     snprintf(op, sizeof op, "add");
     BOTH(b->ops->add(b, x[k], z[k], (size_t)n * I));
     compare(&cc, x, (size_t)n * I, p);
-    if (m->rot_down) {  /* the same float operations in the same order: the same bits */
+    if (m->rot_down) {  /* the same float operations in the same order: the same bits (on the same input) */
         snprintf(op, sizeof op, "rotate (%d = %d x %d)", m->rot_down->n, m->rot_down->p, m->rot_down->m);
         cmp_ctx exact = {name, op, 0};
-        BOTH(b->ops->rotate(b, m->rot_down, x[k], n));
-        compare(&exact, x, (size_t)n * I, p);
+        for (int k = 0; k < 2; k++) {
+            p->b[k]->ops->release(p->b[k], z[k]);
+            z[k] = put(p->b[k], hx, big);
+        }
+        if (z[0] && z[1]) {
+            BOTH(b->ops->rotate(b, m->rot_down, z[k], n));
+            compare(&exact, z, (size_t)n * I, p);
+        } else CHECK(0, "%s: buffers: %s", name, bq_last_error());
     }
     /* a NaN planted at token 1: both name the same place */
     if (n > 1) {
@@ -240,11 +246,13 @@ static void one_model(const char *name, const char *dir)
 {
     /* packed with float activations: the packed GEMV, and three bf16 products at prefill;
      * NVFP4 and Q4_0 packed: their values are not bf16 numbers, so the prefill unpacks
-     * them to float32; the last with down_proj's input rotated online (--ptq hadamard) */
+     * them to float32; the last with down_proj's input rotated online (--ptq hadamard; float
+     * activations: the rotation spreads any last-bit difference of its input over every
+     * output, so quantised activations there flip roundings the 2e-3 bound does not allow) */
     static const struct { const char *w, *a, *attn, *ptq; int pack; } qs[] = {
         {NULL, NULL, NULL, NULL, 0}, {"mxfp4", "mxint8", NULL, NULL, 0}, {"bfp8_b16", "bfp8_b16", "bfp6_b16", NULL, 0},
         {"mxfp4", NULL, NULL, NULL, 1}, {"nvfp4", NULL, NULL, NULL, 1}, {"q4_0", NULL, NULL, NULL, 1},
-        {"int8_row", "int6", NULL, "hadamard:1", 0}};
+        {"mxfp4", NULL, NULL, "hadamard:1", 0}};
     for (size_t i = 0; i < sizeof qs / sizeof *qs; i++) {
         bq_model *m;
         if (bq_model_load(dir, &m)) { CHECK(0, "%s: %s", dir, bq_last_error()); return; }

@@ -238,36 +238,38 @@ __global__ void __launch_bounds__(1024) k_norm_v(const float *x, const float *w,
     }
 }
 
-// The online rotation of one row a block (model_rot_rows: the same float
-// operations in the same order, so the same bits): signs, each m-chunk times B,
-// the Walsh-Hadamard butterflies over the chunks, the scale. Shared memory: 2n floats.
-__global__ void k_rot(float *x, const float *B, const float *sign, int n, int p, int m, float s)
+// The online rotation (model_rot_rows: the same float operations in the same
+// order, so the same bits), block (j, t) for column j of row t's p x m view: each
+// thread a chunk c, out[c][j] = sum_i (in[c][i] sign) B[i][j], then the
+// Walsh-Hadamard butterflies over the chunks in shared memory (p floats), the
+// scale. in and out must not overlap (each block reads whole chunks).
+__global__ void k_rot(const float *in, float *out, const float *B, const float *sign, int n, int p, int m, float s)
 {
-    extern __shared__ float rs[];
-    float *a = rs, *o = rs + n, *v = x + (size_t)blockIdx.x * n;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) a[i] = v[i] * sign[i];
+    extern __shared__ float col[];
+    const int j = blockIdx.x;
+    const float *v = in + (size_t)blockIdx.y * n;
+    for (int c = threadIdx.x; c < p; c += blockDim.x) {
+        const float *u = v + (size_t)c * m, *sg = sign + (size_t)c * m;
+        float acc;
+        if (m > 1) {
+            acc = 0.0f;
+            for (int i = 0; i < m; i++) acc += u[i] * sg[i] * B[(size_t)i * m + j];
+        } else
+            acc = u[0] * sg[0];
+        col[c] = acc;
+    }
     __syncthreads();
-    if (m > 1) {
-        for (int e = threadIdx.x; e < n; e += blockDim.x) {
-            const float *u = a + e / m * m;
-            const int j = e % m;
-            float acc = 0.0f;
-            for (int i = 0; i < m; i++) acc += u[i] * B[(size_t)i * m + j];
-            o[e] = acc;
-        }
-        __syncthreads();
-        float *t = a; a = o; o = t;
-    }
     for (int h = 1; h < p; h *= 2) {
-        for (int k = threadIdx.x; k < n / 2; k += blockDim.x) {
-            int q = k / m, j = k % m, c = q / h * 2 * h + q % h;
-            float l = a[c * m + j], r = a[(c + h) * m + j];
-            a[c * m + j] = l + r;
-            a[(c + h) * m + j] = l - r;
+        for (int k = threadIdx.x; k < p / 2; k += blockDim.x) {
+            int c = k / h * 2 * h + k % h;
+            float l = col[c], r = col[c + h];
+            col[c] = l + r;
+            col[c + h] = l - r;
         }
         __syncthreads();
     }
-    for (int i = threadIdx.x; i < n; i += blockDim.x) v[i] = a[i] * s;
+    float *o = out + (size_t)blockIdx.y * n;
+    for (int c = threadIdx.x; c < p; c += blockDim.x) o[(size_t)c * m + j] = col[c] * s;
 }
 
 // float32 holding bf16 values -> bf16 (exact: the low halves are zero)
@@ -406,6 +408,12 @@ __global__ void k_act(float *u, const float *g, size_t n, int act)
     if (act == ACT_SILU_GATED) u[i] = x * (g[i] / (1.0f + expf(-g[i])));
     else if (act == ACT_RELU) u[i] = x > 0 ? x : 0.0f;
     else u[i] = 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
+
+__global__ void k_copy(float *y, const float *x, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = x[i];
 }
 
 __global__ void k_add(float *x, const float *h, size_t n)
@@ -1076,7 +1084,11 @@ static bq_status cuda_rotate(be *b, const bq_rot *r, float *x, int rows)
 {
     cuda_be *g = G(b);
     if (!g->rot_sign) return bq_fail(BQ_ERR_ARG, "CUDA engine: the model's online rotation was not uploaded");
-    k_rot<<<(unsigned)rows, 512, (size_t)r->n * 8>>>(x, g->rot_B, g->rot_sign, r->n, r->p, r->m, (float)(1.0 / sqrt((double)r->p)));
+    // x to the linear's scratch (free between ops: a linear fills it from its input), then back rotated
+    size_t n = (size_t)rows * r->n;
+    k_copy<<<nblk(n), 256>>>(g->xq, x, n);
+    k_rot<<<dim3((unsigned)r->m, (unsigned)rows), r->p < 1024 ? (r->p + 31) / 32 * 32 : 1024, (size_t)r->p * 4>>>(
+        g->xq, x, g->rot_B, g->rot_sign, r->n, r->p, r->m, (float)(1.0 / sqrt((double)r->p)));
     return launched("online rotation");
 }
 
@@ -1140,14 +1152,14 @@ static bq_status cuda_setup(cuda_be *g)
         if (!st && c->qk_norm) st = up_norm(&n[N_Q], &m->L[l].q_norm, (size_t)c->head_dim, b);
         if (!st && c->qk_norm) st = up_norm(&n[N_K], &m->L[l].k_norm, (size_t)c->head_dim, b);
     }
-    if (!st && m->rot_down && lo < hi) {  // k_rot holds a row twice in shared memory
+    if (!st && m->rot_down && lo < hi) {  // k_rot holds a column of p chunks in shared memory
         const bq_rot *r = m->rot_down;
         int most = 0;
         cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, g->dev);
-        if ((size_t)r->n * 8 > (size_t)most)
-            st = bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: an online rotation of %d inputs needs %d bytes of shared memory a block (this GPU: %d)",
-                         r->n, r->n * 8, most);
-        else if (cudaFuncSetAttribute(k_rot, cudaFuncAttributeMaxDynamicSharedMemorySize, r->n * 8) != cudaSuccess)
+        if ((size_t)r->p * 4 > (size_t)most)
+            st = bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: an online rotation over %d chunks needs %d bytes of shared memory a block (this GPU: %d)",
+                         r->p, r->p * 4, most);
+        else if (cudaFuncSetAttribute(k_rot, cudaFuncAttributeMaxDynamicSharedMemorySize, r->p * 4) != cudaSuccess)
             st = launched("online rotation's shared memory");
         if (!st) st = up_floats(&g->rot_sign, r->sign, (size_t)r->n, b);
         if (!st && r->B) st = up_floats(&g->rot_B, r->B, (size_t)r->m * r->m, b);
