@@ -187,11 +187,11 @@ expect_fail 2 "bad --device" -- $B ppl --model $M --text data/wikitext-2-test.tx
 # post-training algorithms: what they change (folded norms, rotated and updated weights, the
 # online rotation) is in the saved .bq, which scores exactly as the packed model in memory;
 # refusals by name
-PQ="--wq q4_0 --aq int8 --ptq rotate,hadamard,smoothquant,gptq --calib-chunks 1 --calib-ctx 256"
+PQ="--wq q4_0 --aq int8 --kv int4_g64 --ptq rotate,hadamard,hadamard_kv,smoothquant,gptq --calib-chunks 1 --calib-ctx 256"
 $B quantize --model $M $PQ --out "$T/ptq.bq" >/dev/null 2>&1 &&
 a=$($B ppl --model "$T/ptq.bq" --text data/wikitext-2-test.txt --ctx 128 --chunks 2 2>/dev/null | grep "^ppl") &&
 b=$($B ppl --model $M $PQ --packed --text data/wikitext-2-test.txt --ctx 128 --chunks 2 2>/dev/null | grep "^ppl") &&
-[ -n "$a" ] && [ "$a" = "$b" ] && ok || bad "--ptq rotate,hadamard,smoothquant,gptq: the .bq scores '$a', the model in memory '$b'"
+[ -n "$a" ] && [ "$a" = "$b" ] && ok || bad "--ptq rotate,hadamard,hadamard_kv,smoothquant,gptq: the .bq scores '$a', the model in memory '$b'"
 head -c 24 "$T/ptq.bq" | od -An -tu4 -j8 -N4 | grep -qw 3 && ok || bad "a .bq with an online rotation is not version 3"
 expect_fail 2 "rotated online (--ptq hadamard), which GGUF cannot express" -- $B quantize --model $M --wq q4_0 --ptq hadamard --out "$T/had.gguf"
 [ ! -e "$T/had.gguf" ] && ok || bad "a refused GGUF export left a file behind"

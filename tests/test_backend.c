@@ -154,16 +154,20 @@ static void ops_once(const char *name, const bq_model *m, pair *p, int n, int po
     snprintf(op, sizeof op, "add");
     BOTH(b->ops->add(b, x[k], z[k], (size_t)n * I));
     compare(&cc, x, (size_t)n * I, p);
-    if (m->rot_down) {  /* the same float operations in the same order: the same bits (on the same input) */
-        snprintf(op, sizeof op, "rotate (%d = %d x %d)", m->rot_down->n, m->rot_down->p, m->rot_down->m);
+    const bq_rot *rots[2] = {m->rot_down, m->rot_qk};
+    for (int j = 0; j < 2; j++) {  /* the same float operations in the same order: the same bits (on the same input) */
+        const bq_rot *r = rots[j];
+        if (!r) continue;
+        int rows = j ? n * c->heads : n;
+        snprintf(op, sizeof op, "rotate %s (%d = %d x %d)", j ? "q/k" : "down", r->n, r->p, r->m);
         cmp_ctx exact = {name, op, 0};
         for (int k = 0; k < 2; k++) {
             p->b[k]->ops->release(p->b[k], z[k]);
             z[k] = put(p->b[k], hx, big);
         }
         if (z[0] && z[1]) {
-            BOTH(b->ops->rotate(b, m->rot_down, z[k], n));
-            compare(&exact, z, (size_t)n * I, p);
+            BOTH(b->ops->rotate(b, r, z[k], rows));
+            compare(&exact, z, (size_t)rows * r->n, p);
         } else CHECK(0, "%s: buffers: %s", name, bq_last_error());
     }
     /* a NaN planted at token 1: both name the same place */
@@ -252,7 +256,7 @@ static void one_model(const char *name, const char *dir)
     static const struct { const char *w, *a, *attn, *ptq; int pack; } qs[] = {
         {NULL, NULL, NULL, NULL, 0}, {"mxfp4", "mxint8", NULL, NULL, 0}, {"bfp8_b16", "bfp8_b16", "bfp6_b16", NULL, 0},
         {"mxfp4", NULL, NULL, NULL, 1}, {"nvfp4", NULL, NULL, NULL, 1}, {"q4_0", NULL, NULL, NULL, 1},
-        {"mxfp4", NULL, NULL, "hadamard:1", 0}};
+        {"mxfp4", NULL, NULL, "hadamard:1,hadamard_kv:2", 0}};
     for (size_t i = 0; i < sizeof qs / sizeof *qs; i++) {
         bq_model *m;
         if (bq_model_load(dir, &m)) { CHECK(0, "%s: %s", dir, bq_last_error()); return; }

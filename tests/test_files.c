@@ -128,11 +128,11 @@ static void bq_lorc(void)
     header_lies(path, lies, sizeof lies / sizeof *lies);
 }
 
-/* An online rotation (--ptq hadamard) in a .bq (version 3): the same logits bit for
- * bit, and a header that lies about it refused by name. */
+/* Online rotations (--ptq hadamard,hadamard_kv) in a .bq (version 3): the same
+ * logits bit for bit, and a header that lies about them refused by name. */
 static void bq_hadamard(void)
 {
-    bq_model *p = load_cfg(DIR_, "ptq = \"hadamard:2\"\ndefault = { w = \"int8_row\", a = \"int6\" }\n", 1);
+    bq_model *p = load_cfg(DIR_, "ptq = \"hadamard:2,hadamard_kv:5\"\nkv = \"int4_g64\"\ndefault = { w = \"int8_row\", a = \"int6\" }\n", 1);
     if (!p) return;
     const char *path = t_tmp("bq_had.bq");
     CHECK(bq_model_save(p, path) == BQ_OK, "save with an online rotation: %s", bq_last_error());
@@ -154,6 +154,7 @@ static void bq_hadamard(void)
         {"\"m\":1,", "\"m\":2,", "p x m = 1024"},
         {"\"sign\":{", "\"sigx\":{", "rot_down's sign is missing"},
         {"\"version\":3", "\"version\":2", "rot_down in a version 2 header"},
+        {"\"rot_qk\":{\"p\":64", "\"rot_qk\":{\"p\":32", "rot_qk needs whole p (a power of two) and m with p x m = 64"},
     };
     header_lies(path, lies, sizeof lies / sizeof *lies);
 }

@@ -480,6 +480,26 @@ static double smooth_kld(const char *dir, const char *wq, const char *aq, const 
     return kl;
 }
 
+/* KL from the float model with the KV cache in format kv, after ptq (4 windows of 256). */
+static double kv_kld(const char *kv, const char *ptq, const int32_t *ids, size_t n)
+{
+    bq_model *m = load(DEFAULT), *qm = load(DEFAULT);
+    double kl = -1;
+    if (!m || !qm) { bq_model_free(m); bq_model_free(qm); return kl; }
+    bq_qconfig *q;
+    OK(bq_qconfig_new(&q));
+    OK(bq_qconfig_set(q, "kv", kv));
+    OK(bq_qconfig_set(q, "ptq", ptq));
+    OK(bq_model_quantize(qm, q, 1));
+    bq_qconfig_free(q);
+    bq_ppl_opts o = {.ctx = 256, .chunks = 4};
+    bq_kld_result r;
+    if (!bq_kld(m, qm, ids, n, &o, &r)) kl = r.kld_mean;
+    bq_model_free(m);
+    bq_model_free(qm);
+    return kl;
+}
+
 static void test_smoothquant(void)
 {
     int32_t ids[256];
@@ -555,12 +575,12 @@ static void test_smoothquant(void)
         if (!rm || !ref) { bq_model_free(rm); bq_model_free(ref); continue; }
         bq_qconfig *rq;
         OK(bq_qconfig_new(&rq));
-        OK(bq_qconfig_set(rq, "ptq", f == 0 ? "rotate:7,hadamard:3" : "hadamard:3"));
+        OK(bq_qconfig_set(rq, "ptq", f == 0 ? "rotate:7,hadamard:3,hadamard_kv:4" : "hadamard:3,hadamard_kv:4"));
         OK(bq_model_quantize(rm, rq, 1));
         bq_qconfig_free(rq);
-        CHECK(rm->rot_down != NULL, "%s: hadamard left no rotation on the model", rot[f]);
+        CHECK(rm->rot_down && rm->rot_qk, "%s: hadamard, hadamard_kv left no rotation on the model", rot[f]);
         double rel = logit_rel_diff(ref, rm, ids);
-        CHECK(rel < 1e-4, "%s: hadamard changed the float logits by %.3g of their range", rot[f], rel);
+        CHECK(rel < 1e-4, "%s: hadamard, hadamard_kv changed the float logits by %.3g of their range", rot[f], rel);
         bq_model_free(rm);
         bq_model_free(ref);
     }
@@ -568,7 +588,12 @@ static void test_smoothquant(void)
     OK(bq_qconfig_new(&cq));
     CHECK(bq_qconfig_set(cq, "ptq", "rotate:x") == BQ_ERR_ARG, "rotate with a bad seed must be refused");
     CHECK(bq_qconfig_set(cq, "ptq", "hadamard:-") == BQ_ERR_ARG, "hadamard with a bad seed must be refused");
+    CHECK(bq_qconfig_set(cq, "ptq", "hadamard_kv:") == BQ_ERR_ARG, "hadamard_kv with an empty seed must be refused");
     bq_qconfig_free(cq);
+    /* a 4-bit KV cache (a scale per head and token): K's outlier channels spread */
+    double kv4 = kv_kld("int4_g64", "none", txt, ntxt), kv4h = kv_kld("int4_g64", "hadamard_kv", txt, ntxt);
+    printf("  KV cache int4_g64: KL %.5f, with hadamard_kv %.5f\n", kv4, kv4h);
+    CHECK(kv4 > 0 && kv4h > 0 && kv4h < 0.7 * kv4, "hadamard_kv did not lower the int4 KV cache's KL by 30%%: %g vs %g", kv4h, kv4);
     /* per-tensor int6 activations: down_proj's input has this model's outliers */
     double w8a6 = smooth_kld(DEFAULT, "int8_row", "int6", "none", txt, ntxt, cal, ncal, 256, NULL),
            w8a6h = smooth_kld(DEFAULT, "int8_row", "int6", "hadamard", txt, ntxt, cal, ncal, 256, NULL);

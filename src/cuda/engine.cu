@@ -239,15 +239,15 @@ __global__ void __launch_bounds__(1024) k_norm_v(const float *x, const float *w,
 }
 
 // The online rotation (model_rot_rows: the same float operations in the same
-// order, so the same bits), block (j, t) for column j of row t's p x m view: each
+// order, so the same bits), block (t, j) for column j of row t's p x m view: each
 // thread a chunk c, out[c][j] = sum_i (in[c][i] sign) B[i][j], then the
 // Walsh-Hadamard butterflies over the chunks in shared memory (p floats), the
 // scale. in and out must not overlap (each block reads whole chunks).
 __global__ void k_rot(const float *in, float *out, const float *B, const float *sign, int n, int p, int m, float s)
 {
     extern __shared__ float col[];
-    const int j = blockIdx.x;
-    const float *v = in + (size_t)blockIdx.y * n;
+    const int j = blockIdx.y;
+    const float *v = in + (size_t)blockIdx.x * n;
     for (int c = threadIdx.x; c < p; c += blockDim.x) {
         const float *u = v + (size_t)c * m, *sg = sign + (size_t)c * m;
         float acc;
@@ -268,7 +268,7 @@ __global__ void k_rot(const float *in, float *out, const float *B, const float *
         }
         __syncthreads();
     }
-    float *o = out + (size_t)blockIdx.y * n;
+    float *o = out + (size_t)blockIdx.x * n;
     for (int c = threadIdx.x; c < p; c += blockDim.x) o[(size_t)c * m + j] = col[c] * s;
 }
 
@@ -587,7 +587,7 @@ struct cuda_be {
     __nv_bfloat16 *wb;     // one packed linear unpacked (the largest)
     float *wf;             // the same in float32, for packed linears with f32 set
     float *lt;             // LoRC's middle product [T][largest rank]
-    float *rot_B, *rot_sign;  // the model's online rotation (rot_down): its block and signs
+    struct { const bq_rot *h; float *B, *sign; } rot[2];  // the model's online rotations (rot_down, rot_qk) on the device
     int *ids;              // [T], then the position of a recorded step (dpos)
     int *dpos;
     double *lp;            // [T]
@@ -738,7 +738,7 @@ static void cuda_destroy(be *b)
     cuda_drop_recording(b);
     if (g->graph) cudaGraphExecDestroy(g->graph);
     void *p[] = {g->emb, g->pos, g->kc, g->vc, g->kq, g->vt, g->s, g->xq, g->xb, g->wb, g->wf, g->lt, g->ids, g->lp, g->bad, g->blas_ws,
-                 g->rot_B, g->rot_sign};
+                 g->rot[0].B, g->rot[0].sign, g->rot[1].B, g->rot[1].sign};
     for (void *x : p) bq_cuda_free(x);
     if (g->blas) g_blas.destroy(g->blas);
     free(g->site_d);
@@ -1083,12 +1083,13 @@ static bq_status cuda_bind(be *b)
 static bq_status cuda_rotate(be *b, const bq_rot *r, float *x, int rows)
 {
     cuda_be *g = G(b);
-    if (!g->rot_sign) return bq_fail(BQ_ERR_ARG, "CUDA engine: the model's online rotation was not uploaded");
+    int k = g->rot[0].h == r ? 0 : g->rot[1].h == r ? 1 : -1;
+    if (k < 0) return bq_fail(BQ_ERR_ARG, "CUDA engine: an online rotation that was not uploaded");
     // x to the linear's scratch (free between ops: a linear fills it from its input), then back rotated
     size_t n = (size_t)rows * r->n;
     k_copy<<<nblk(n), 256>>>(g->xq, x, n);
-    k_rot<<<dim3((unsigned)r->m, (unsigned)rows), r->p < 1024 ? (r->p + 31) / 32 * 32 : 1024, (size_t)r->p * 4>>>(
-        g->xq, x, g->rot_B, g->rot_sign, r->n, r->p, r->m, (float)(1.0 / sqrt((double)r->p)));
+    k_rot<<<dim3((unsigned)rows, (unsigned)r->m), r->p < 1024 ? (r->p + 31) / 32 * 32 : 1024, (size_t)r->p * 4>>>(
+        g->xq, x, g->rot[k].B, g->rot[k].sign, r->n, r->p, r->m, (float)(1.0 / sqrt((double)r->p)));
     return launched("online rotation");
 }
 
@@ -1152,18 +1153,23 @@ static bq_status cuda_setup(cuda_be *g)
         if (!st && c->qk_norm) st = up_norm(&n[N_Q], &m->L[l].q_norm, (size_t)c->head_dim, b);
         if (!st && c->qk_norm) st = up_norm(&n[N_K], &m->L[l].k_norm, (size_t)c->head_dim, b);
     }
-    if (!st && m->rot_down && lo < hi) {  // k_rot holds a column of p chunks in shared memory
-        const bq_rot *r = m->rot_down;
+    const bq_rot *rots[2] = {m->rot_down, m->rot_qk};
+    int smem = 0;  // k_rot holds a column of p chunks in shared memory
+    for (int k = 0; k < 2 && !st && lo < hi; k++) {
+        const bq_rot *r = rots[k];
+        if (!r) continue;
         int most = 0;
         cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, g->dev);
         if ((size_t)r->p * 4 > (size_t)most)
             st = bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: an online rotation over %d chunks needs %d bytes of shared memory a block (this GPU: %d)",
                          r->p, r->p * 4, most);
-        else if (cudaFuncSetAttribute(k_rot, cudaFuncAttributeMaxDynamicSharedMemorySize, r->p * 4) != cudaSuccess)
-            st = launched("online rotation's shared memory");
-        if (!st) st = up_floats(&g->rot_sign, r->sign, (size_t)r->n, b);
-        if (!st && r->B) st = up_floats(&g->rot_B, r->B, (size_t)r->m * r->m, b);
+        smem = r->p * 4 > smem ? r->p * 4 : smem;
+        g->rot[k].h = r;
+        if (!st) st = up_floats(&g->rot[k].sign, r->sign, (size_t)r->n, b);
+        if (!st && r->B) st = up_floats(&g->rot[k].B, r->B, (size_t)r->m * r->m, b);
     }
+    if (!st && smem && cudaFuncSetAttribute(k_rot, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess)
+        st = launched("online rotation's shared memory");
     size_t qd = (size_t)c->heads * c->head_dim, kvd = (size_t)c->kv_heads * c->head_dim, I = (size_t)c->inter;
     size_t maxin = H > I ? H : I;
     maxin = maxin > qd ? maxin : qd;

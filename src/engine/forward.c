@@ -354,6 +354,10 @@ static bq_status stage_body(bq_ctx *c, stage *S, int n, int pos, int first, floa
             DO(o->rope(b, S->q, n, m->heads, pos));
             DO(o->rope(b, S->k, n, m->kv_heads, pos));
         }
+        if (M->rot_qk) {  /* Q K^T unchanged; what the cache and attention formats see is rotated */
+            DO(o->rotate(b, M->rot_qk, S->q, n * m->heads));
+            DO(o->rotate(b, M->rot_qk, S->k, n * m->kv_heads));
+        }
         if (M->kv_q) {  /* the cache stores K and V quantised along head_dim */
             DO(o->qdq(b, M->kv_q, S->k, S->k, (size_t)n * m->kv_heads, (size_t)d));
             DO(o->qdq(b, M->kv_q, S->v, S->v, (size_t)n * m->kv_heads, (size_t)d));

@@ -144,7 +144,7 @@ bq_status bq_model_save(const bq_model *cm, const char *path)
 {
     bq_model *m = (bq_model *)cm;  /* slots hand out pointers; nothing is changed */
     if (!m->config_json) return bq_fail(BQ_ERR_ARG, "model has no config.json to store");
-    const uint32_t version = m->rot_down ? 3 : model_lorc_linear(m) ? 2 : 1;
+    const uint32_t version = m->rot_down || m->rot_qk ? 3 : model_lorc_linear(m) ? 2 : 1;
     if (m->tokenizer_json) {  /* stored verbatim, but only one that loads */
         bq_tokenizer *t;
         bq_status ts = tokenizer_parse(m->tokenizer_json, m->tokenizer_len, m->dir, &t);
@@ -172,16 +172,18 @@ bq_status bq_model_save(const bq_model *cm, const char *path)
     if (tied && m->head.lr_rank) return bq_fail(BQ_ERR_UNSUPPORTED, "the LM head shares the embedding and has LoRC factors: a .bq file cannot hold that");
     cJSON_AddBoolToObject(root, "tied_head", tied);
     runtime_to_json(m, root);
-    if (m->rot_down) {  /* its block and signs as float32, as the rows were folded with them */
-        const bq_rot *r = m->rot_down;
-        cJSON *ro = cJSON_AddObjectToObject(root, "rot_down");
+    const bq_rot *rots[2] = {m->rot_down, m->rot_qk};
+    for (int k = 0; k < 2 && !st; k++) {  /* blocks and signs as float32, as the weights were folded with them */
+        const bq_rot *r = rots[k];
+        if (!r) continue;
+        cJSON *ro = cJSON_AddObjectToObject(root, k ? "rot_qk" : "rot_down");
         cJSON_AddNumberToObject(ro, "p", r->p);
         cJSON_AddNumberToObject(ro, "m", r->m);
         const float *part[2] = {r->sign, r->B};
         size_t pn[2] = {(size_t)r->n, r->B ? (size_t)r->m * r->m : 0};
-        for (int k = 0; k < 2 && !st && pn[k]; k++) {
-            if (!push(&ch, (uint8_t *)part[k], pn[k] * sizeof(float), 0, &off)) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-            add_ref(cJSON_AddObjectToObject(ro, k ? "B" : "sign"), off, pn[k] * sizeof(float), bq_crc32(part[k], pn[k] * sizeof(float)));
+        for (int j = 0; j < 2 && !st && pn[j]; j++) {
+            if (!push(&ch, (uint8_t *)part[j], pn[j] * sizeof(float), 0, &off)) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+            add_ref(cJSON_AddObjectToObject(ro, j ? "B" : "sign"), off, pn[j] * sizeof(float), bq_crc32(part[j], pn[j] * sizeof(float)));
         }
     }
     cJSON_AddItemToObject(root, "tensors", tens);
@@ -328,16 +330,15 @@ static bq_status load_lorc(const region *r, const cJSON *lo, slot *s, const char
     return BQ_OK;
 }
 
-/* "rot_down": p and m with p * m = the MLP's inner size, p a power of two; the
- * signs (each +1 or -1) and, for m > 1, the m x m block, finite. */
-static bq_status load_rot(const region *r, const cJSON *ro, bq_model *m)
+/* "rot_down" / "rot_qk": p and m with p * m = n (the MLP's inner size / head_dim),
+ * p a power of two; the signs (each +1 or -1) and, for m > 1, the m x m block, finite. */
+static bq_status load_rot(const region *r, const cJSON *ro, const char *key, int n, bq_rot **out)
 {
     const cJSON *jp = cJSON_GetObjectItemCaseSensitive(ro, "p"), *jm = cJSON_GetObjectItemCaseSensitive(ro, "m");
-    const int n = m->c.inter;
     if (!cJSON_IsObject(ro) || !cJSON_IsNumber(jp) || !cJSON_IsNumber(jm) || jp->valuedouble != (double)(int)jp->valuedouble ||
         jm->valuedouble != (double)(int)jm->valuedouble || jp->valuedouble < 1 || jm->valuedouble < 1 ||
         jp->valuedouble * jm->valuedouble != (double)n || ((int)jp->valuedouble & ((int)jp->valuedouble - 1)))
-        return bq_fail(BQ_ERR_PARSE, "%s: rot_down needs whole p (a power of two) and m with p x m = %d (the MLP's inner size)", r->path, n);
+        return bq_fail(BQ_ERR_PARSE, "%s: %s needs whole p (a power of two) and m with p x m = %d", r->path, key, n);
     bq_rot *rot = calloc(1, sizeof *rot);
     if (!rot) return bq_fail(BQ_ERR_NOMEM, "out of memory");
     rot->n = n; rot->p = (int)jp->valuedouble; rot->m = (int)jm->valuedouble;
@@ -348,18 +349,20 @@ static bq_status load_rot(const region *r, const cJSON *ro, bq_model *m)
         const uint8_t *p;
         size_t size;
         float **dst = k ? &rot->B : &rot->sign;
-        if (!want) { if (ref) st = bq_fail(BQ_ERR_PARSE, "%s: rot_down with m = 1 has no block B", r->path); continue; }
-        if (!cJSON_IsObject(ref)) st = bq_fail(BQ_ERR_PARSE, "%s: rot_down's %s is missing", r->path, k ? "B" : "sign");
-        else if (!(st = get_ref(r, ref, k ? "rot_down B" : "rot_down sign", &p, &size)) && size != want * sizeof(float))
-            st = bq_fail(BQ_ERR_PARSE, "%s: rot_down's %s holds %zu bytes, not %zu", r->path, k ? "B" : "sign", size, want * sizeof(float));
+        char what[32];
+        snprintf(what, sizeof what, "%s's %s", key, k ? "B" : "sign");
+        if (!want) { if (ref) st = bq_fail(BQ_ERR_PARSE, "%s: %s with m = 1 has no block B", r->path, key); continue; }
+        if (!cJSON_IsObject(ref)) st = bq_fail(BQ_ERR_PARSE, "%s: %s is missing", r->path, what);
+        else if (!(st = get_ref(r, ref, what, &p, &size)) && size != want * sizeof(float))
+            st = bq_fail(BQ_ERR_PARSE, "%s: %s holds %zu bytes, not %zu", r->path, what, size, want * sizeof(float));
         else if (!st && !(*dst = malloc(size))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
         else if (!st) memcpy(*dst, p, size);
         for (size_t i = 0; i < want && !st; i++)
             if (k ? !isfinite((*dst)[i]) : (*dst)[i] != 1.0f && (*dst)[i] != -1.0f)
-                st = bq_fail(BQ_ERR_PARSE, "%s: rot_down's %s[%zu] is %g (%s)", r->path, k ? "B" : "sign", i, (*dst)[i], k ? "not finite" : "not +1 or -1");
+                st = bq_fail(BQ_ERR_PARSE, "%s: %s[%zu] is %g (%s)", r->path, what, i, (*dst)[i], k ? "not finite" : "not +1 or -1");
     }
     if (st) { model_rot_free(rot); return st; }
-    m->rot_down = rot;
+    *out = rot;
     return BQ_OK;
 }
 
@@ -447,9 +450,12 @@ static bq_status parse_header(const region *r, const cJSON *root, bq_model *m)
         m->head.pw = m->emb_p;
     }
     if ((st = runtime_from_json(root, m, r->path))) return st;
-    const cJSON *ro = cJSON_GetObjectItemCaseSensitive(root, "rot_down");
-    if (ro && ver->valuedouble < 3) return bq_fail(BQ_ERR_PARSE, "%s: rot_down in a version %g header (needs 3)", r->path, ver->valuedouble);
-    if (ro && (st = load_rot(r, ro, m))) return st;
+    static const char *const keys[2] = {"rot_down", "rot_qk"};
+    for (int k = 0; k < 2; k++) {
+        const cJSON *ro = cJSON_GetObjectItemCaseSensitive(root, keys[k]);
+        if (ro && ver->valuedouble < 3) return bq_fail(BQ_ERR_PARSE, "%s: %s in a version %g header (needs 3)", r->path, keys[k], ver->valuedouble);
+        if (ro && (st = load_rot(r, ro, keys[k], k ? m->c.head_dim : m->c.inter, k ? &m->rot_qk : &m->rot_down))) return st;
+    }
     return model_check_complete(m, r->path);
 }
 

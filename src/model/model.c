@@ -255,6 +255,7 @@ void bq_model_free(bq_model *m)
     bq_format_free(m->attn_q);
     bq_format_free(m->kv_q);
     model_rot_free(m->rot_down);
+    model_rot_free(m->rot_qk);
     free(m->tok_emb);
     free(m->pos_emb);
     free_norm(&m->final_ln);

@@ -125,6 +125,7 @@ struct bq_model {
     bq_format *attn_q;  /* operands of Q.K^T and P.V (NULL: float) */
     bq_format *kv_q;    /* the stored K/V cache */
     bq_rot *rot_down;   /* down_proj's input rotated online (NULL: none) */
+    bq_rot *rot_qk;     /* each head's Q and K rotated online after RoPE (--ptq hadamard_kv; NULL: none) */
     bq_qopts qopts;     /* rounding for activations */
     char nonfinite[256]; /* first weight holding NaN/Inf ("" if none) */
     char *config_json;   /* the checkpoint's config.json and tokenizer.json, kept for */

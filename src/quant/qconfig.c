@@ -102,8 +102,8 @@ static bq_status add_mul_rule(bq_qconfig *q, const char *pattern, const char *mu
  * which clips each group as it goes when clip is also asked for, else clip */
 static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
 {
-    int clip = 0, smooth = 0, gptq = 0, awq = 0, rotate = 0, lorc = 0, had = 0;
-    uint64_t seed = 0, had_seed = 0;
+    int clip = 0, smooth = 0, gptq = 0, awq = 0, rotate = 0, lorc = 0, had = 0, had_kv = 0;
+    uint64_t seed = 0, had_seed = 0, kv_seed = 0;
     double alpha = -1;  /* searched */
     char buf[128];
     if (strlen(list) >= sizeof buf) return bq_fail(BQ_ERR_ARG, "%s: list too long", where);
@@ -117,6 +117,12 @@ static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
             char *end = NULL;
             if (t[6] && (seed = strtoull(t + 7, &end, 10), !end || *end || end == t + 7))
                 return bq_fail(BQ_ERR_ARG, "%s: rotate's seed must be a whole number, not '%s'", where, t + 7);
+        }
+        else if (!strncmp(t, "hadamard_kv", 11) && (!t[11] || t[11] == ':')) {
+            had_kv = 1;
+            char *end = NULL;
+            if (t[11] && (kv_seed = strtoull(t + 12, &end, 10), !end || *end || end == t + 12))
+                return bq_fail(BQ_ERR_ARG, "%s: hadamard_kv's seed must be a whole number, not '%s'", where, t + 12);
         }
         else if (!strncmp(t, "hadamard", 8) && (!t[8] || t[8] == ':')) {
             had = 1;
@@ -138,13 +144,15 @@ static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
             if (t[11] && (alpha = strtod(t + 12, &end), !end || *end || end == t + 12 || !(alpha >= 0 && alpha <= 1)))
                 return bq_fail(BQ_ERR_ARG, "%s: smoothquant's alpha must be a number in [0, 1], not '%s'", where, t + 12);
         } else
-            return bq_fail(BQ_ERR_ARG, "%s: unknown post-training algorithm '%s' (this blockq has: rotate[:seed], hadamard[:seed], smoothquant[:alpha], awq, gptq, clip, lorc[:rank], none)", where, t);
+            return bq_fail(BQ_ERR_ARG, "%s: unknown post-training algorithm '%s' (this blockq has: rotate[:seed], hadamard[:seed], hadamard_kv[:seed], smoothquant[:alpha], awq, gptq, clip, lorc[:rank], none)", where, t);
     }
     q->ptq_clip = clip;
     q->ptq_rotate = rotate;
     q->rotate_seed = seed;
     q->ptq_hadamard = had;
     q->hadamard_seed = had_seed;
+    q->ptq_hadamard_kv = had_kv;
+    q->hadamard_kv_seed = kv_seed;
     q->ptq_gptq = gptq;
     q->ptq_awq = awq;
     q->ptq_smooth = smooth;
@@ -480,9 +488,10 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
      * inputs are rescaled), so the caller's stay as they were */
     calib_stats *own = NULL;
     const calib_stats *cs = q->calib;
-    if (q->ptq_rotate || q->ptq_hadamard) {
+    if (q->ptq_rotate || q->ptq_hadamard || q->ptq_hadamard_kv) {
         if (q->ptq_rotate) st = ptq_rotate(m, q->rotate_seed);
         if (!st && q->ptq_hadamard) st = ptq_hadamard(m, q->hadamard_seed);
+        if (!st && q->ptq_hadamard_kv) st = ptq_hadamard_kv(m, q->hadamard_kv_seed);
         if (!st && q->cal_ids) st = calib_run(m, q->cal_ids, q->cal_windows, q->cal_ctx, calib_wants(q), &own);
         cs = own;
     }

@@ -62,8 +62,9 @@ struct bq_qconfig {
     int ptq_awq;        /* --ptq awq (awq.c): likewise; after smoothquant, before gptq and clip */
     int ptq_rotate;     /* --ptq rotate[:seed] (rotate.c): first of all */
     int ptq_hadamard;   /* --ptq hadamard[:seed] (rotate.c): down_proj's input rotated online; after rotate */
+    int ptq_hadamard_kv; /* --ptq hadamard_kv[:seed] (rotate.c): each head's Q, K (online) and V (folded) */
     int ptq_lorc;       /* --ptq lorc[:rank] (lorc.c): the rank (0: off); last, on what the others left */
-    uint64_t rotate_seed, hadamard_seed;
+    uint64_t rotate_seed, hadamard_seed, hadamard_kv_seed;
     int32_t *cal_ids;   /* with rotate or hadamard: the calibration windows, run after rotating */
     size_t cal_windows;
     int cal_ctx;
@@ -101,6 +102,9 @@ bq_status ptq_untie_head(bq_model *m);
 bq_status ptq_rotate(bq_model *m, uint64_t seed);
 /* --ptq hadamard[:seed]: down_proj's input rotated online, its weight rows folded (rotate.c). */
 bq_status ptq_hadamard(bq_model *m, uint64_t seed);
+/* --ptq hadamard_kv[:seed]: each head's Q and K rotated online, V's rotation folded
+ * into v_proj and o_proj (rotate.c). */
+bq_status ptq_hadamard_kv(bq_model *m, uint64_t seed);
 /* The rotation hadamard uses for n inputs (also what a .bq file's rotation is checked against). */
 struct bq_rot;
 bq_status rot_make(int n, uint64_t seed, struct bq_rot **out);

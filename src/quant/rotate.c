@@ -21,7 +21,13 @@
  * matrix (Paley's construction) where m = 4 x the odd part of n and m - 1 is a
  * prime (12, 20, 60, 108, 140 x 2^k), else a seeded random orthogonal matrix on the
  * odd part (LLaMA-2's 11008 = 256 x 43): any n whose odd part is at most 1024.
- * Not built: the online rotations of K/V and Q/K. */
+ *
+ * `--ptq hadamard_kv[:seed]` (QuaRot's rotations of the KV cache): an orthogonal M
+ * of head_dim (the same construction) applied online to every head's Q and K after
+ * RoPE (Q K^T unchanged), and folded into V: v_proj's rows of each KV head W_h ->
+ * M^T W_h (and its bias), o_proj's columns of each query head W_o,h -> W_o,h M, so
+ * P V M M^T = P V. The K and V the cache quantises (--kv) and the attention
+ * operands (--attn) are the rotated ones. */
 #include "quant.h"
 #include "backend.h"
 #include "pmat.h"
@@ -217,5 +223,52 @@ bq_status ptq_hadamard(bq_model *m, uint64_t seed)
     }
     if (st) { model_rot_free(r); return st; }
     m->rot_down = r;
+    return BQ_OK;
+}
+
+/* v [rows][cols]: each column's slice [r0, r0 + d) through r (as a row vector). */
+static bq_status rot_columns(const bq_rot *r, float *w, int cols, int r0)
+{
+    int d = r->n;
+    float *col = malloc((size_t)d * sizeof *col), *tmp = malloc((size_t)r->m * sizeof *tmp);
+    if (!col || !tmp) { free(col); free(tmp); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
+    for (int c = 0; c < cols; c++) {
+        for (int i = 0; i < d; i++) col[i] = w[(size_t)(r0 + i) * cols + c];
+        model_rot_rows(r, col, 1, tmp);
+        for (int i = 0; i < d; i++) w[(size_t)(r0 + i) * cols + c] = col[i];
+    }
+    free(col);
+    free(tmp);
+    return BQ_OK;
+}
+
+bq_status ptq_hadamard_kv(bq_model *m, uint64_t seed)
+{
+    if (m->rot_qk) return bq_fail(BQ_ERR_ARG, "hadamard_kv: the heads are already rotated online");
+    const bq_config *c = &m->c;
+    const int L = c->layers, d = c->head_dim;
+    for (int i = 0; i < L; i++) {
+        const linear *v = &m->L[i].v, *o = &m->L[i].o;
+        if (!LINEAR_PRESENT(v) || !LINEAR_PRESENT(o) || v->out != c->kv_heads * d || o->in != c->heads * d)
+            return bq_fail(BQ_ERR_UNSUPPORTED, "hadamard_kv: layer %d's v_proj and o_proj are not %d heads of %d", i, c->kv_heads, d);
+        if (v->lr_rank || o->lr_rank) return bq_fail(BQ_ERR_ARG, "hadamard_kv: layer %d has LoRC factors; rotate before lorc", i);
+    }
+    bq_rot *r;
+    bq_status st = rot_make(d, seed, &r);
+    float *tmp = st ? NULL : malloc((size_t)r->m * sizeof *tmp);
+    if (!st && !tmp) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < L && !st; i++) {
+        linear *v = &m->L[i].v, *o = &m->L[i].o;
+        if ((st = ptq_float_weights(v)) || (st = ptq_float_weights(o))) break;
+        for (int h = 0; h < c->kv_heads && !st; h++) {
+            st = rot_columns(r, v->w, v->in, h * d);
+            if (!st && v->b) model_rot_rows(r, v->b + (size_t)h * d, 1, tmp);
+        }
+        for (int row = 0; row < o->out && !st; row++)  /* each query head's slice of each row */
+            model_rot_rows(r, o->w + (size_t)row * o->in, (size_t)c->heads, tmp);
+    }
+    free(tmp);
+    if (st) { model_rot_free(r); return st; }
+    m->rot_qk = r;
     return BQ_OK;
 }

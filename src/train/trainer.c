@@ -104,7 +104,7 @@ static bq_status check_arch(const bq_model *m)
 static bq_status set_formats(bq_trainer *t, const bq_qconfig *q)
 {
     if (!q) return BQ_OK;
-    if (q->ptq_clip || q->ptq_gptq || q->ptq_awq || q->ptq_smooth || q->ptq_rotate || q->ptq_hadamard)
+    if (q->ptq_clip || q->ptq_gptq || q->ptq_awq || q->ptq_smooth || q->ptq_rotate || q->ptq_hadamard || q->ptq_hadamard_kv)
         return bq_fail(BQ_ERR_UNSUPPORTED, "--ptq with fine-tuning: run post-training quantisation on the fine-tuned model instead");
     if (q->attn[0]) return bq_fail(BQ_ERR_UNSUPPORTED, "--attn (attention operands) is not trained yet: use --kv for the cache");
     for (int i = 0; i < q->nrules; i++)
@@ -139,7 +139,8 @@ bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *
     *out = NULL;
     if (!o || o->size < sizeof *o) return bq_fail(BQ_ERR_ARG, "training options without their size (bq_train_opts_default)");
     if (model_lorc_linear(m)) return bq_fail(BQ_ERR_UNSUPPORTED, "%s has LoRC factors (--ptq lorc), which fine-tuning does not train yet", model_lorc_linear(m)->name);
-    if (m->rot_down) return bq_fail(BQ_ERR_UNSUPPORTED, "down_proj's input is rotated online (--ptq hadamard), which fine-tuning does not apply yet");
+    if (m->rot_down || m->rot_qk)
+        return bq_fail(BQ_ERR_UNSUPPORTED, "the model rotates activations online (--ptq hadamard%s), which fine-tuning does not apply yet", m->rot_down ? "" : "_kv");
     if (o->ctx < 1 || o->accum < 1 || o->steps < 1 || o->warmup < 0 || !(o->lr > 0) || o->lora < 0 ||
         !(o->min_lr_frac >= 0 && o->min_lr_frac <= 1) || !(o->beta1 >= 0 && o->beta1 < 1) ||
         !(o->beta2 >= 0 && o->beta2 < 1) || !(o->eps > 0) || !(o->weight_decay >= 0) || !(o->clip_norm >= 0))
