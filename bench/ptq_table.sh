@@ -1,12 +1,13 @@
 #!/bin/sh
 # The --ptq tables of docs/quantisation.md: perplexity and KL divergence from the float model
 # on the same windows, without and with a post-training algorithm.
-#   sh bench/ptq_table.sh [clip|gptq|smoothquant|lorc|hadamard] [CHUNKS]
+#   sh bench/ptq_table.sh [clip|gptq|smoothquant|lorc|hadamard|kv] [CHUNKS]
 #     clip (default):  weight formats alone, round-to-nearest vs --ptq clip      -> bench/ptq.jsonl
 #     gptq:            weight formats alone, none, clip, gptq, gptq+clip         -> bench/gptq.jsonl
 #     smoothquant:     weight/activation pairs, none, alpha 0.5, alpha searched  -> bench/smooth.jsonl
 #     lorc:            weight formats alone, none, lorc:8, lorc:32, clip+lorc:8  -> bench/lorc.jsonl
 #     hadamard:        weight/activation pairs, none, hadamard, rotate, both     -> bench/hadamard.jsonl
+#     kv:              KV-cache formats (--kv), none, hadamard_kv, rotate+hadamard_kv -> bench/kv_rot.jsonl
 # and a Markdown table on stdout.
 B=${B:-build/blockq}
 M=${M:-models/llama-19m-en}
@@ -20,7 +21,9 @@ case $ALG in
     lorc) J=bench/lorc.jsonl; ALGS="none lorc:8 lorc:32 clip,lorc:8"; SET="q4_0 int4_g128 nvfp4 mxfp4 bfp4_b16" ;;
     hadamard) J=bench/hadamard.jsonl; ALGS="none hadamard rotate rotate,hadamard"
         SET=${SET:-"int8_row/int6 int6/int6 int8/int8 int4_g128/int8 mxfp4/mxfp4 nvfp4/nvfp4 bfp4_b16/bfp4_b16"} ;;
-    *) echo "usage: sh bench/ptq_table.sh [clip|gptq|smoothquant|lorc|hadamard] [CHUNKS]" >&2; exit 2 ;;
+    kv) J=bench/kv_rot.jsonl; ALGS="none hadamard_kv rotate,hadamard_kv"; KV=1
+        SET=${SET:-"int8 int4_g64 int4_g32 mxfp4 nvfp4 int3_g64"} ;;
+    *) echo "usage: sh bench/ptq_table.sh [clip|gptq|smoothquant|lorc|hadamard|kv] [CHUNKS]" >&2; exit 2 ;;
 esac
 : >"$J"
 echo "| W / A | ptq | ppl | KLD mean | KLD p99 | top-1 agreement |"
@@ -28,6 +31,7 @@ echo "|---|---|---|---|---|---|"
 for wa in $SET; do
     w=${wa%/*} a=${wa#*/}
     aq=""; [ "$a" != "$wa" ] && aq="--aq $a"
+    if [ -n "$KV" ]; then w=f32; aq="--kv $wa"; fi  # kv: the set is KV-cache formats, weights float
     for p in $ALGS; do
         line=$($B ppl --model $M --text data/wikitext-2-test.txt --ctx 512 --chunks "$C" --wq $w $aq --ptq $p --kld --json 2>/dev/null | tail -1)
         [ -n "$line" ] || { echo "| $wa | $p | FAILED | | | |"; continue; }
