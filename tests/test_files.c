@@ -104,59 +104,54 @@ static void header_lies(const char *path, const lie *lies, size_t n)
     free(buf);
 }
 
-/* LoRC factors in a .bq (version 2): loaded back bit for bit, and a header that
- * lies about them refused by name. */
-static void bq_lorc(void)
+/* p (packed from cfg) saved to a .bq of version ver, then loaded: the same logits bit
+ * for bit; each header lie refused by name. what: for messages. */
+static void saved_same(const char *cfg, const char *name, uint32_t ver, const char *what, const lie *lies, size_t nlies)
 {
-    bq_model *p = load_cfg(DIR_, "ptq = \"lorc:4\"\ndefault = { w = \"int4_g128\", a = \"mxint8\" }\n", 1);
+    bq_model *p = load_cfg(DIR_, cfg, 1);
     if (!p) return;
-    const char *path = t_tmp("bq_lorc.bq");
-    CHECK(bq_model_save(p, path) == BQ_OK, "save with LoRC: %s", bq_last_error());
+    const char *path = t_tmp(name);
+    CHECK(bq_model_save(p, path) == BQ_OK, "save with %s: %s", what, bq_last_error());
+    size_t size;
+    uint8_t *buf = slurp(path, &size);
+    uint32_t v = 0;
+    if (buf && size > 12) memcpy(&v, buf + 8, 4);
+    CHECK(v == ver, ".bq with %s is version %u, not %u", what, ver, v);
+    free(buf);
     bq_model *l = NULL;
-    if (bq_model_load(path, &l)) { CHECK(0, "load .bq with LoRC: %s", bq_last_error()); bq_model_free(p); return; }
+    if (bq_model_load(path, &l)) { CHECK(0, "load .bq with %s: %s", what, bq_last_error()); bq_model_free(p); return; }
     int n = 12, V = bq_model_vocab(p);
     float *a = logits(p, n), *b = logits(l, n);
-    CHECK(!memcmp(a, b, (size_t)n * V * 4), ".bq with LoRC factors gives the in-memory model's logits bit for bit");
+    CHECK(!memcmp(a, b, (size_t)n * V * 4), ".bq with %s gives the in-memory model's logits bit for bit", what);
     free(a); free(b);
     bq_model_free(l);
     bq_model_free(p);
+    header_lies(path, lies, nlies);
+}
+
+/* LoRC factors in a .bq (version 2). */
+static void bq_lorc(void)
+{
     static const lie lies[] = {
         {"\"rank\":4", "\"rank\":0", "LoRC rank must be an integer in [1, "},
         {"\"rank\":4", "\"rank\":9", "LoRC A holds"},
         {"\"b\":{\"offset\"", "\"c\":{\"offset\"", "LoRC B is missing"},
     };
-    header_lies(path, lies, sizeof lies / sizeof *lies);
+    saved_same("ptq = \"lorc:4\"\ndefault = { w = \"int4_g128\", a = \"mxint8\" }\n", "bq_lorc.bq", 2, "LoRC factors", lies,
+               sizeof lies / sizeof *lies);
 }
 
-/* Online rotations (--ptq hadamard,hadamard_kv) in a .bq (version 3): the same
- * logits bit for bit, and a header that lies about them refused by name. */
+/* Online rotations (--ptq hadamard,hadamard_kv) in a .bq (version 3). */
 static void bq_hadamard(void)
 {
-    bq_model *p = load_cfg(DIR_, "ptq = \"hadamard:2,hadamard_kv:5\"\nkv = \"int4_g64\"\ndefault = { w = \"int8_row\", a = \"int6\" }\n", 1);
-    if (!p) return;
-    const char *path = t_tmp("bq_had.bq");
-    CHECK(bq_model_save(p, path) == BQ_OK, "save with an online rotation: %s", bq_last_error());
-    size_t size;
-    uint8_t *buf = slurp(path, &size);
-    uint32_t ver = 0;
-    if (buf && size > 12) memcpy(&ver, buf + 8, 4);
-    CHECK(ver == 3, ".bq with an online rotation is version 3, not %u", ver);
-    free(buf);
-    bq_model *l = NULL;
-    if (bq_model_load(path, &l)) { CHECK(0, "load .bq with an online rotation: %s", bq_last_error()); bq_model_free(p); return; }
-    int n = 12, V = bq_model_vocab(p);
-    float *a = logits(p, n), *b = logits(l, n);
-    CHECK(!memcmp(a, b, (size_t)n * V * 4), ".bq with an online rotation gives the in-memory model's logits bit for bit");
-    free(a); free(b);
-    bq_model_free(l);
-    bq_model_free(p);
     static const lie lies[] = {
         {"\"m\":1,", "\"m\":2,", "p x m = 1024"},
         {"\"sign\":{", "\"sigx\":{", "rot_down's sign is missing"},
         {"\"version\":3", "\"version\":2", "rot_down in a version 2 header"},
         {"\"rot_qk\":{\"p\":64", "\"rot_qk\":{\"p\":32", "rot_qk needs whole p (a power of two) and m with p x m = 64"},
     };
-    header_lies(path, lies, sizeof lies / sizeof *lies);
+    saved_same("ptq = \"hadamard:2,hadamard_kv:5\"\nkv = \"int4_g64\"\ndefault = { w = \"int8_row\", a = \"int6\" }\n", "bq_had.bq", 3,
+               "online rotations", lies, sizeof lies / sizeof *lies);
 }
 
 static void bq_roundtrip(void)

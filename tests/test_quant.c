@@ -480,6 +480,27 @@ static double smooth_kld(const char *dir, const char *wq, const char *aq, const 
     return kl;
 }
 
+/* dir's model after --ptq ptq: how far its float logits moved, relative to their range
+ * (*st: the quantisation's status; *online: the online rotations it left). */
+static double ptq_rel(const char *dir, const char *ptq, const int32_t *ids, bq_status *st, int *online)
+{
+    bq_model *m = load(dir), *ref = load(dir);
+    double rel = -1;
+    *st = BQ_ERR_ARG;
+    if (m && ref) {
+        bq_qconfig *q;
+        OK(bq_qconfig_new(&q));
+        OK(bq_qconfig_set(q, "ptq", ptq));
+        *st = bq_model_quantize(m, q, 1);
+        bq_qconfig_free(q);
+        *online = (m->rot_down != NULL) + (m->rot_qk != NULL);
+        if (!*st) rel = logit_rel_diff(ref, m, ids);
+    }
+    bq_model_free(m);
+    bq_model_free(ref);
+    return rel;
+}
+
 /* KL from the float model with the KV cache in format kv, after ptq (4 windows of 256). */
 static double kv_kld(const char *kv, const char *ptq, const int32_t *ids, size_t n)
 {
@@ -542,47 +563,21 @@ static void test_smoothquant(void)
     bq_model_free(tm);
     CHECK(ncal >= 2048 && ntxt >= 1024, "text for smoothquant: %zu and %zu tokens", ncal, ntxt);
     if (ncal < 2048 || ntxt < 1024) { free(cal); free(txt); return; }
-    /* rotation: the float model's function on every RMSNorm family; LayerNorm ones refused */
+    /* rotation: the float model's function on every RMSNorm family, LayerNorm ones refused;
+     * the online rotations on every family (nothing is folded into a norm) */
     const char *rot[] = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "opt"};
     for (int f = 0; f < 6; f++) {
         if (f == 0) snprintf(dir, sizeof dir, "%s", DEFAULT);
         else if (!sh) continue;
         else snprintf(dir, sizeof dir, "%s/models/tiny/%s", sh, rot[f]);
-        bq_model *rm = load(dir), *ref = load(dir);
-        if (!rm || !ref) { bq_model_free(rm); bq_model_free(ref); continue; }
-        bq_qconfig *rq;
-        OK(bq_qconfig_new(&rq));
-        OK(bq_qconfig_set(rq, "ptq", "rotate:7"));
-        bq_status rs = bq_model_quantize(rm, rq, 1);
-        bq_qconfig_free(rq);
-        if (f >= 4) {
-            CHECK(rs == BQ_ERR_UNSUPPORTED && strstr(bq_last_error(), "RMSNorm"), "rotate on LayerNorm %s: %s", rot[f], bq_last_error());
-        } else {
-            OK(rs);
-            double rel = logit_rel_diff(ref, rm, ids);
-            CHECK(rel < 1e-4, "%s: rotation changed the float logits by %.3g of their range", rot[f], rel);
-        }
-        bq_model_free(rm);
-        bq_model_free(ref);
-    }
-    /* online rotation of down_proj's input: the float model's function on every family
-     * (nothing is folded into a norm, so LayerNorm models take it too) */
-    for (int f = 0; f < 6; f++) {
-        if (f == 0) snprintf(dir, sizeof dir, "%s", DEFAULT);
-        else if (!sh) continue;
-        else snprintf(dir, sizeof dir, "%s/models/tiny/%s", sh, rot[f]);
-        bq_model *rm = load(dir), *ref = load(dir);
-        if (!rm || !ref) { bq_model_free(rm); bq_model_free(ref); continue; }
-        bq_qconfig *rq;
-        OK(bq_qconfig_new(&rq));
-        OK(bq_qconfig_set(rq, "ptq", f == 0 ? "rotate:7,hadamard:3,hadamard_kv:4" : "hadamard:3,hadamard_kv:4"));
-        OK(bq_model_quantize(rm, rq, 1));
-        bq_qconfig_free(rq);
-        CHECK(rm->rot_down && rm->rot_qk, "%s: hadamard, hadamard_kv left no rotation on the model", rot[f]);
-        double rel = logit_rel_diff(ref, rm, ids);
-        CHECK(rel < 1e-4, "%s: hadamard, hadamard_kv changed the float logits by %.3g of their range", rot[f], rel);
-        bq_model_free(rm);
-        bq_model_free(ref);
+        bq_status rs;
+        int online = 0;
+        double rel = ptq_rel(dir, "rotate:7", ids, &rs, &online);
+        if (f >= 4) CHECK(rs == BQ_ERR_UNSUPPORTED && strstr(bq_last_error(), "RMSNorm"), "rotate on LayerNorm %s: %s", rot[f], bq_last_error());
+        else CHECK(!rs && rel < 1e-4, "%s: rotation changed the float logits by %.3g of their range (%s)", rot[f], rel, rs ? bq_last_error() : "");
+        rel = ptq_rel(dir, f == 0 ? "rotate:7,hadamard:3,hadamard_kv:4" : "hadamard:3,hadamard_kv:4", ids, &rs, &online);
+        CHECK(!rs && online == 2, "%s: hadamard, hadamard_kv left %d online rotations (%s)", rot[f], online, rs ? bq_last_error() : "");
+        CHECK(!rs && rel < 1e-4, "%s: hadamard, hadamard_kv changed the float logits by %.3g of their range", rot[f], rel);
     }
     bq_qconfig *cq;
     OK(bq_qconfig_new(&cq));
