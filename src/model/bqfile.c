@@ -304,7 +304,7 @@ static bq_status load_lorc(const region *r, const cJSON *lo, slot *s, const char
     const cJSON *jr = cJSON_GetObjectItemCaseSensitive(lo, "rank");
     if (!l || !s->p) return bq_fail(BQ_ERR_PARSE, "%s: tensor '%s' is not a linear's weight: it cannot have LoRC factors", r->path, name);
     int most = l->in < l->out ? l->in : l->out;
-    if (!cJSON_IsNumber(jr) || jr->valuedouble != (double)(int)jr->valuedouble || jr->valuedouble < 1 || jr->valuedouble > most)
+    if (!cJSON_IsNumber(jr) || !(jr->valuedouble >= 1 && jr->valuedouble <= most) || jr->valuedouble != (double)(int)jr->valuedouble)
         return bq_fail(BQ_ERR_PARSE, "%s: tensor '%s': LoRC rank must be an integer in [1, %d]", r->path, name, most);
     int rank = (int)jr->valuedouble;
     size_t fn[2] = {(size_t)l->out * rank, (size_t)rank * l->in};
@@ -335,9 +335,11 @@ static bq_status load_lorc(const region *r, const cJSON *lo, slot *s, const char
 static bq_status load_rot(const region *r, const cJSON *ro, const char *key, int n, bq_rot **out)
 {
     const cJSON *jp = cJSON_GetObjectItemCaseSensitive(ro, "p"), *jm = cJSON_GetObjectItemCaseSensitive(ro, "m");
-    if (!cJSON_IsObject(ro) || !cJSON_IsNumber(jp) || !cJSON_IsNumber(jm) || jp->valuedouble != (double)(int)jp->valuedouble ||
-        jm->valuedouble != (double)(int)jm->valuedouble || jp->valuedouble < 1 || jm->valuedouble < 1 ||
-        jp->valuedouble * jm->valuedouble != (double)n || ((int)jp->valuedouble & ((int)jp->valuedouble - 1)))
+    /* (ranges before the casts: a double past int's range has no int) */
+    if (!cJSON_IsObject(ro) || !cJSON_IsNumber(jp) || !cJSON_IsNumber(jm) || !(jp->valuedouble >= 1 && jp->valuedouble <= n) ||
+        !(jm->valuedouble >= 1 && jm->valuedouble <= n) || jp->valuedouble != (double)(int)jp->valuedouble ||
+        jm->valuedouble != (double)(int)jm->valuedouble || jp->valuedouble * jm->valuedouble != (double)n ||
+        ((int)jp->valuedouble & ((int)jp->valuedouble - 1)))
         return bq_fail(BQ_ERR_PARSE, "%s: %s needs whole p (a power of two) and m with p x m = %d", r->path, key, n);
     bq_rot *rot = calloc(1, sizeof *rot);
     if (!rot) return bq_fail(BQ_ERR_NOMEM, "out of memory");

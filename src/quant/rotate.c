@@ -146,11 +146,11 @@ static int is_prime(int q)
 /* Paley's first construction: q prime, q = 3 mod 4; H = I + S of order q + 1, S
  * holding the quadratic characters of j - i mod q (S[0][j] = 1, S[i][0] = -1);
  * H H^T = (q + 1) I. Written scaled to orthogonal. */
-static void paley(int q, float *B)
+static bq_status paley(int q, float *B)
 {
     int m = q + 1;
     signed char *chi = malloc((size_t)q);
-    if (!chi) return;
+    if (!chi) return bq_fail(BQ_ERR_NOMEM, "out of memory");
     memset(chi, -1, (size_t)q);
     chi[0] = 0;
     for (long a = 1; a < q; a++) chi[a * a % q] = 1;
@@ -161,6 +161,7 @@ static void paley(int q, float *B)
             B[(size_t)i * m + j] = (float)v * u;
         }
     free(chi);
+    return BQ_OK;
 }
 
 bq_status rot_make(int n, uint64_t seed, bq_rot **out)
@@ -169,10 +170,10 @@ bq_status rot_make(int n, uint64_t seed, bq_rot **out)
     if (n < 1) return bq_fail(BQ_ERR_ARG, "hadamard: no inputs to rotate");
     int p = 1, o = n;
     while (o % 2 == 0) { o /= 2; p *= 2; }
-    int m = o;
-    if (o > 1 && p >= 4 && is_prime(4 * o - 1)) { m = 4 * o; p /= 4; }
     if (o > 1024)
         return bq_fail(BQ_ERR_UNSUPPORTED, "hadamard: %d inputs = %d x %d; an odd part over 1024 would cost %d products an input online", n, p, o, o);
+    int m = o;
+    if (o > 1 && p >= 4 && is_prime(4 * o - 1)) { m = 4 * o; p /= 4; }
     bq_rot *r = calloc(1, sizeof *r);
     if (!r) return bq_fail(BQ_ERR_NOMEM, "out of memory");
     r->n = n; r->p = p; r->m = m;
@@ -184,7 +185,7 @@ bq_status rot_make(int n, uint64_t seed, bq_rot **out)
         s ^= s >> 12; s ^= s << 25; s ^= s >> 27;
         r->sign[i] = (s * 0x2545F4914F6CDD1Dull) >> 63 ? -1.0f : 1.0f;
     }
-    if (!st && m > 1 && m != o) paley(m - 1, r->B);
+    if (!st && m > 1 && m != o) st = paley(m - 1, r->B);
     else if (!st && m > 1) st = random_orthogonal(m, seed + 1, r->B);
     if (st) { model_rot_free(r); return st; }
     *out = r;
