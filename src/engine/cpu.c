@@ -456,23 +456,12 @@ static bq_status cpu_copy(be *b, void *dst, const void *src, size_t bytes)
     return BQ_OK;
 }
 
-typedef struct { const bq_rot *r; float *x; int oom; } rot_job;
-
-static void rot_range(void *arg, size_t r0, size_t r1)
-{
-    rot_job *j = arg;
-    float *tmp = malloc((size_t)j->r->m * sizeof *tmp);
-    if (!tmp) { j->oom = 1; return; }
-    model_rot_rows(j->r, j->x + r0 * (size_t)j->r->n, r1 - r0, tmp);
-    free(tmp);
-}
-
 static bq_status cpu_rotate(be *b, const bq_rot *r, float *x, int rows)
 {
     cpu_be *c = (cpu_be *)b;
     rot_job j = {r, x, 0};
     double work = (double)rows * r->n * (r->m + 20);
-    bq_pool_for(c->pool, (size_t)rows, threads_for(c, work), rot_range, &j);
+    bq_pool_for(c->pool, (size_t)rows, threads_for(c, work), model_rot_range, &j);
     return j.oom ? bq_fail(BQ_ERR_NOMEM, "out of memory") : BQ_OK;
 }
 

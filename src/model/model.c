@@ -301,6 +301,15 @@ void model_rot_rows(const bq_rot *r, float *x, size_t rows, float *tmp)
     }
 }
 
+void model_rot_range(void *job, size_t r0, size_t r1)
+{
+    rot_job *j = job;
+    float *tmp = malloc((size_t)j->r->m * sizeof *tmp);
+    if (!tmp) { j->oom = 1; return; }
+    model_rot_rows(j->r, j->x + r0 * (size_t)j->r->n, r1 - r0, tmp);
+    free(tmp);
+}
+
 /* Record the first weight holding NaN/Inf, by name. */
 static void scan(bq_model *m, const float *w, size_t n, const char *name)
 {

@@ -111,6 +111,10 @@ typedef struct bq_rot {
 } bq_rot;
 /* rows rows of n floats in place; tmp holds m floats. */
 void model_rot_rows(const bq_rot *r, float *x, size_t rows, float *tmp);
+/* Rows [r0, r1) of x through r, for bq_parallel_for / bq_pool_for (oom set if its
+ * scratch cannot be had). */
+typedef struct { const bq_rot *r; float *x; int oom; } rot_job;
+void model_rot_range(void *job, size_t r0, size_t r1);
 void model_rot_free(bq_rot *r);
 
 struct bq_model {

@@ -205,7 +205,7 @@ bq_status bq_qconfig_calibrate(bq_qconfig *q, const bq_model *m, const int32_t *
     q->cal_ids = NULL;
     calib_free(q->calib);
     q->calib = NULL;
-    if (q->ptq_rotate || q->ptq_hadamard || q->ptq_hadamard_kv) {
+    if (qconfig_rotates(q)) {
         if (!(q->cal_ids = malloc(windows * (size_t)ctx * sizeof *q->cal_ids))) return bq_fail(BQ_ERR_NOMEM, "out of memory");
         memcpy(q->cal_ids, ids, windows * (size_t)ctx * sizeof *q->cal_ids);
         q->cal_windows = windows;

@@ -97,6 +97,20 @@ static bq_status add_mul_rule(bq_qconfig *q, const char *pattern, const char *mu
     return st;
 }
 
+/* Token t is name or name:SEED: 1 (*on set, *seed read), -1 (a bad seed, said), 0 (another name). */
+static int seeded(const char *t, const char *name, int *on, uint64_t *seed, const char *where)
+{
+    size_t n = strlen(name);
+    if (strncmp(t, name, n) || (t[n] && t[n] != ':')) return 0;
+    *on = 1;
+    char *end = NULL;
+    if (t[n] && (*seed = strtoull(t + n + 1, &end, 10), !end || *end || end == t + n + 1)) {
+        bq_fail(BQ_ERR_ARG, "%s: %s's seed must be a whole number, not '%s'", where, name, t + n + 1);
+        return -1;
+    }
+    return 1;
+}
+
 /* --ptq LIST: the post-training algorithms, comma-separated; whatever the order
  * given: rotate, smoothquant, awq (all three rescale or rotate channels), then gptq,
  * which clips each group as it goes when clip is also asked for, else clip */
@@ -105,6 +119,7 @@ static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
     int clip = 0, smooth = 0, gptq = 0, awq = 0, rotate = 0, lorc = 0, had = 0, had_kv = 0;
     uint64_t seed = 0, had_seed = 0, kv_seed = 0;
     double alpha = -1;  /* searched */
+    int k;
     char buf[128];
     if (strlen(list) >= sizeof buf) return bq_fail(BQ_ERR_ARG, "%s: list too long", where);
     strcpy(buf, list);
@@ -112,23 +127,9 @@ static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
         if (!strcmp(t, "clip")) clip = 1;
         else if (!strcmp(t, "gptq")) gptq = 1;
         else if (!strcmp(t, "awq")) awq = 1;
-        else if (!strncmp(t, "rotate", 6) && (!t[6] || t[6] == ':')) {
-            rotate = 1;
-            char *end = NULL;
-            if (t[6] && (seed = strtoull(t + 7, &end, 10), !end || *end || end == t + 7))
-                return bq_fail(BQ_ERR_ARG, "%s: rotate's seed must be a whole number, not '%s'", where, t + 7);
-        }
-        else if (!strncmp(t, "hadamard_kv", 11) && (!t[11] || t[11] == ':')) {
-            had_kv = 1;
-            char *end = NULL;
-            if (t[11] && (kv_seed = strtoull(t + 12, &end, 10), !end || *end || end == t + 12))
-                return bq_fail(BQ_ERR_ARG, "%s: hadamard_kv's seed must be a whole number, not '%s'", where, t + 12);
-        }
-        else if (!strncmp(t, "hadamard", 8) && (!t[8] || t[8] == ':')) {
-            had = 1;
-            char *end = NULL;
-            if (t[8] && (had_seed = strtoull(t + 9, &end, 10), !end || *end || end == t + 9))
-                return bq_fail(BQ_ERR_ARG, "%s: hadamard's seed must be a whole number, not '%s'", where, t + 9);
+        else if ((k = seeded(t, "rotate", &rotate, &seed, where)) || (k = seeded(t, "hadamard_kv", &had_kv, &kv_seed, where)) ||
+                 (k = seeded(t, "hadamard", &had, &had_seed, where))) {
+            if (k < 0) return BQ_ERR_ARG;
         }
         else if (!strcmp(t, "none")) continue;
         else if (!strncmp(t, "lorc", 4) && (!t[4] || t[4] == ':')) {
@@ -488,7 +489,7 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
      * inputs are rescaled), so the caller's stay as they were */
     calib_stats *own = NULL;
     const calib_stats *cs = q->calib;
-    if (q->ptq_rotate || q->ptq_hadamard || q->ptq_hadamard_kv) {
+    if (qconfig_rotates(q)) {
         if (q->ptq_rotate) st = ptq_rotate(m, q->rotate_seed);
         if (!st && q->ptq_hadamard) st = ptq_hadamard(m, q->hadamard_seed);
         if (!st && q->ptq_hadamard_kv) st = ptq_hadamard_kv(m, q->hadamard_kv_seed);

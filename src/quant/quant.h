@@ -100,6 +100,8 @@ bq_status ptq_float_embedding(bq_model *m);
 bq_status ptq_untie_head(bq_model *m);
 /* The residual stream rotated by a seeded random orthogonal matrix, norms folded (rotate.c). */
 bq_status ptq_rotate(bq_model *m, uint64_t seed);
+/* rotate, hadamard or hadamard_kv asked for: calibration waits for the rotated model. */
+static inline int qconfig_rotates(const bq_qconfig *q) { return q->ptq_rotate || q->ptq_hadamard || q->ptq_hadamard_kv; }
 /* --ptq hadamard[:seed]: down_proj's input rotated online, its weight rows folded (rotate.c). */
 bq_status ptq_hadamard(bq_model *m, uint64_t seed);
 /* --ptq hadamard_kv[:seed]: each head's Q and K rotated online, V's rotation folded

@@ -192,17 +192,6 @@ bq_status rot_make(int n, uint64_t seed, bq_rot **out)
     return BQ_OK;
 }
 
-typedef struct { const bq_rot *r; float *w; int in; int oom; } rot_job;
-
-static void rot_part(void *arg, size_t r0, size_t r1)
-{
-    rot_job *j = arg;
-    float *tmp = malloc((size_t)j->r->m * sizeof *tmp);
-    if (!tmp) { j->oom = 1; return; }
-    model_rot_rows(j->r, j->w + r0 * j->in, r1 - r0, tmp);
-    free(tmp);
-}
-
 bq_status ptq_hadamard(bq_model *m, uint64_t seed)
 {
     if (m->rot_down) return bq_fail(BQ_ERR_ARG, "hadamard: down_proj's input is already rotated online");
@@ -218,8 +207,8 @@ bq_status ptq_hadamard(bq_model *m, uint64_t seed)
     for (int i = 0; i < L && !st; i++) {
         linear *d = &m->L[i].down;
         if ((st = ptq_float_weights(d))) break;
-        rot_job j = {r, d->w, d->in, 0};
-        bq_parallel_for((size_t)d->out, 0, rot_part, &j);
+        rot_job j = {r, d->w, 0};  /* (d->in == r->n) */
+        bq_parallel_for((size_t)d->out, 0, model_rot_range, &j);
         if (j.oom) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
     }
     if (st) { model_rot_free(r); return st; }

@@ -104,7 +104,7 @@ static bq_status check_arch(const bq_model *m)
 static bq_status set_formats(bq_trainer *t, const bq_qconfig *q)
 {
     if (!q) return BQ_OK;
-    if (q->ptq_clip || q->ptq_gptq || q->ptq_awq || q->ptq_smooth || q->ptq_rotate || q->ptq_hadamard || q->ptq_hadamard_kv)
+    if (q->ptq_clip || q->ptq_gptq || q->ptq_awq || q->ptq_smooth || qconfig_rotates(q))
         return bq_fail(BQ_ERR_UNSUPPORTED, "--ptq with fine-tuning: run post-training quantisation on the fine-tuned model instead");
     if (q->attn[0]) return bq_fail(BQ_ERR_UNSUPPORTED, "--attn (attention operands) is not trained yet: use --kv for the cache");
     for (int i = 0; i < q->nrules; i++)
