@@ -840,14 +840,16 @@ static void test_lorc(void)
     bq_model_free(ref); bq_model_free(rtn); bq_model_free(lr);
 }
 
-/* The online rotation's shapes and algebra: p x m splits (2^k, Paley blocks, a
- * random odd block), orthogonal blocks, norms and dot products kept, and an odd part
- * too large refused. */
+/* The online rotation's shapes and algebra: p x m splits (2^k, Hadamard blocks by
+ * Paley I and II and Williamson, a random odd block), orthogonal blocks, norms and
+ * dot products kept, and an odd part too large refused. */
 static void test_hadamard_shapes(void)
 {
-    static const struct { int n, p, m, paley; } sh[] = {
+    static const struct { int n, p, m, hadamard; } sh[] = {
         {1024, 1024, 1, 0}, {768, 64, 12, 1}, {1280, 64, 20, 1}, {3840, 64, 60, 1}, {6912, 64, 108, 1},
-        {8960, 64, 140, 1}, {11008, 256, 43, 0}, {96, 8, 12, 1}, {14, 2, 7, 0}, {7, 1, 7, 0}};
+        {8960, 64, 140, 1}, {11008, 64, 172, 1}, {96, 8, 12, 1}, {14, 2, 7, 0}, {7, 1, 7, 0},
+        {28 * 4, 4, 28, 1}, {36 * 2, 2, 36, 1}, {52 * 8, 8, 52, 1}, {156 * 16, 16, 156, 1}, {172, 1, 172, 1},
+        {244, 1, 244, 1} /* Paley II over GF(11^2) */, {92, 4, 23, 0} /* no construction here */, {4 * 17, 1, 68, 1}};
     for (size_t k = 0; k < sizeof sh / sizeof *sh; k++) {
         bq_rot *r = NULL;
         OK(rot_make(sh[k].n, 5, &r));
@@ -863,8 +865,8 @@ static void test_hadamard_shapes(void)
                 worst = d > worst || d != d ? d : worst;
             }
         CHECK(worst < 1e-5, "n %d: block %dx%d is not orthogonal (%.3g)", sh[k].n, m, m, worst);
-        for (int i = 0; sh[k].paley && i < m * m; i++)  /* a Hadamard matrix: every entry +-1/sqrt(m) */
-            if (fabsf(fabsf(r->B[i]) * sqrtf((float)m) - 1.0f) > 1e-5f) { CHECK(0, "n %d: Paley entry %d is %g", sh[k].n, i, r->B[i]); break; }
+        for (int i = 0; sh[k].hadamard && i < m * m; i++)  /* a Hadamard matrix: every entry +-1/sqrt(m) */
+            if (fabsf(fabsf(r->B[i]) * sqrtf((float)m) - 1.0f) > 1e-5f) { CHECK(0, "n %d: Hadamard entry %d is %g", sh[k].n, i, r->B[i]); break; }
         for (int i = 0; i < r->n; i++) neg += r->sign[i] < 0;
         CHECK(r->n < 64 || (neg > r->n / 3 && neg < 2 * r->n / 3), "n %d: %d of the signs negative", sh[k].n, neg);
         /* <T x, T y> = <x, y> and |T x| = |x| */

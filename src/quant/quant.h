@@ -107,9 +107,15 @@ bq_status ptq_hadamard(bq_model *m, uint64_t seed);
 /* --ptq hadamard_kv[:seed]: each head's Q and K rotated online, V's rotation folded
  * into v_proj and o_proj (rotate.c). */
 bq_status ptq_hadamard_kv(bq_model *m, uint64_t seed);
-/* The rotation hadamard uses for n inputs (also what a .bq file's rotation is checked against). */
+/* The rotation hadamard and hadamard_kv use for n inputs: signs, then a Hadamard block
+ * of order 4 x odd part x 2^j where hadamard_block makes one, else a seeded random
+ * orthogonal block on the odd part, beside the fast Walsh-Hadamard transform (rotate.c). */
 struct bq_rot;
 bq_status rot_make(int n, uint64_t seed, struct bq_rot **out);
+/* A Hadamard matrix of order m scaled to orthogonal (B [m][m]) by Paley's two
+ * constructions or a Williamson quadruple; 0 when none of them has order m (or *st
+ * is set: out of memory) (hadamard.c). */
+int hadamard_block(int m, float *B, bq_status *st);
 /* LoRC: l's quantisation error against its float weights w0 [out][in] as rank-r
  * factors l->lr_a, l->lr_b (lorc.c). */
 bq_status ptq_lorc(struct linear *l, const float *w0, int rank);

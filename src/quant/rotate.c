@@ -18,9 +18,10 @@
  * input down_proj's activation format sees has its outliers spread over all of
  * its channels. M = sign flips, then B kron H_p / sqrt(p) for n = p * m: the fast
  * Walsh-Hadamard transform over p = 2^k chunks and an m x m block B, a Hadamard
- * matrix (Paley's construction) where m = 4 x the odd part of n and m - 1 is a
- * prime (12, 20, 60, 108, 140 x 2^k), else a seeded random orthogonal matrix on the
- * odd part (LLaMA-2's 11008 = 256 x 43): any n whose odd part is at most 1024.
+ * matrix (hadamard.c: Paley I and II, Williamson) of order 4 x the odd part x 2^j
+ * where one is known (12, 20, 28, 36, 52, 60, 108, 140, 156, 172 x 2^k; LLaMA-2's
+ * 11008 = 64 x 172), else a seeded random orthogonal matrix on the odd part: any n
+ * whose odd part is at most 1024.
  *
  * `--ptq hadamard_kv[:seed]` (QuaRot's rotations of the KV cache): an orthogonal M
  * of head_dim (the same construction) applied online to every head's Q and K after
@@ -135,35 +136,6 @@ bq_status ptq_rotate(bq_model *m, uint64_t seed)
     return st;
 }
 
-static int is_prime(int q)
-{
-    if (q < 2) return 0;
-    for (int d = 2; d * d <= q; d++)
-        if (q % d == 0) return 0;
-    return 1;
-}
-
-/* Paley's first construction: q prime, q = 3 mod 4; H = I + S of order q + 1, S
- * holding the quadratic characters of j - i mod q (S[0][j] = 1, S[i][0] = -1);
- * H H^T = (q + 1) I. Written scaled to orthogonal. */
-static bq_status paley(int q, float *B)
-{
-    int m = q + 1;
-    signed char *chi = malloc((size_t)q);
-    if (!chi) return bq_fail(BQ_ERR_NOMEM, "out of memory");
-    memset(chi, -1, (size_t)q);
-    chi[0] = 0;
-    for (long a = 1; a < q; a++) chi[a * a % q] = 1;
-    const float u = (float)(1.0 / sqrt((double)m));
-    for (int i = 0; i < m; i++)
-        for (int j = 0; j < m; j++) {
-            int v = i == j ? 1 : i == 0 ? 1 : j == 0 ? -1 : chi[((j - i) % q + q) % q];
-            B[(size_t)i * m + j] = (float)v * u;
-        }
-    free(chi);
-    return BQ_OK;
-}
-
 bq_status rot_make(int n, uint64_t seed, bq_rot **out)
 {
     *out = NULL;
@@ -172,21 +144,27 @@ bq_status rot_make(int n, uint64_t seed, bq_rot **out)
     while (o % 2 == 0) { o /= 2; p *= 2; }
     if (o > 1024)
         return bq_fail(BQ_ERR_UNSUPPORTED, "hadamard: %d inputs = %d x %d; an odd part over 1024 would cost %d products an input online", n, p, o, o);
-    int m = o;
-    if (o > 1 && p >= 4 && is_prime(4 * o - 1)) { m = 4 * o; p /= 4; }
     bq_rot *r = calloc(1, sizeof *r);
     if (!r) return bq_fail(BQ_ERR_NOMEM, "out of memory");
-    r->n = n; r->p = p; r->m = m;
+    r->n = n; r->p = p; r->m = o;
     r->sign = malloc((size_t)n * sizeof *r->sign);
-    if (m > 1) r->B = malloc((size_t)m * m * sizeof *r->B);
-    bq_status st = r->sign && (m == 1 || r->B) ? BQ_OK : bq_fail(BQ_ERR_NOMEM, "out of memory");
+    bq_status st = r->sign ? BQ_OK : bq_fail(BQ_ERR_NOMEM, "out of memory");
     uint64_t s = seed * 0xD1B54A32D192ED03ull + 0x8BB84B93962EACC9ull;
     for (int i = 0; i < n && !st; i++) {  /* xorshift64*: its top bit */
         s ^= s >> 12; s ^= s << 25; s ^= s >> 27;
         r->sign[i] = (s * 0x2545F4914F6CDD1Dull) >> 63 ? -1.0f : 1.0f;
     }
-    if (!st && m > 1 && m != o) st = paley(m - 1, r->B);
-    else if (!st && m > 1) st = random_orthogonal(m, seed + 1, r->B);
+    /* a Hadamard block of order 4 o 2^j taken from the power of two where one is known,
+     * else a random orthogonal block on the odd part */
+    for (int m = 4 * o, made = 0; !st && o > 1 && !made && p % (m / o) == 0; m *= 2) {
+        if (!(r->B = malloc((size_t)m * m * sizeof *r->B))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        else if ((made = hadamard_block(m, r->B, &st))) { r->m = m; r->p = p / (m / o); }
+        else { free(r->B); r->B = NULL; }
+    }
+    if (!st && o > 1 && !r->B) {
+        if (!(r->B = malloc((size_t)o * o * sizeof *r->B))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        else st = random_orthogonal(o, seed + 1, r->B);
+    }
     if (st) { model_rot_free(r); return st; }
     *out = r;
     return BQ_OK;
