@@ -11,7 +11,7 @@
 static const char *W_FORMATS[] = {"mxfp4", "nvfp4", "mxint8", "bfp8_b16", "bfp4_b32", "int8_b32_sfp16",
                                   "int4_b32_sfp16", "int4_g128", "int8_g128", "bme2m1_b16", "e2m1_b32_sfp16",
                                   "mxfp6_e2m3", "mxfp8_e4m3", "bl4_b16", "int4_asym_g128", "int8_row", "fp8_e4m3", "q4_1", "q5_1"};
-static const char *A_FORMATS[] = {"mxint8", "bfp8_b16", "int8_b32_sfp16", "int8_row", "nvfp4", "int8"};
+static const char *A_FORMATS[] = {"mxint8", "bfp8_b16", "int8_b32_sfp16", "int8_row", "nvfp4", "int8", "q8_0"};
 static const char *ISAS[] = {"scalar", "avx2", "avx512"};
 
 static float *randm(int rows, int cols, int outliers)
@@ -263,9 +263,11 @@ static void act_codes(void)
     const char *af[] = {"q8_0", "q4_0", "q5_0", "int8_b32_sfp16", "mxint8", "bfp8_b16", "int8_row"};
     int n = 64, cols = 1024;
     float *x = randm(n, cols, 1), *y = malloc((size_t)n * cols * 4);
-    for (size_t i = 0; i < sizeof af / sizeof *af; i++) {
+    for (size_t i = 0; i < 3 * sizeof af / sizeof *af; i++) {  /* each format on each ISA (q8_0 has SIMD codes) */
         bq_format *f;
-        OK(bq_format_parse(af[i], &f));
+        const char *isa = ISAS[i % 3];
+        if (isa_absent(bq_set_isa(isa), isa)) continue;
+        OK(bq_format_parse(af[i / 3], &f));
         OK(bq_qdq(f, x, y, (size_t)n, (size_t)cols, NULL));
         pm_act a;
         OK(pm_act_make(f, x, n, cols, NULL, &a));
@@ -275,16 +277,78 @@ static void act_codes(void)
                 float v = (float)((int)a.u[(size_t)t * cols + k] - 128) * a.s[(size_t)t * (cols / a.K) + k / a.K];
                 bad += !(v == y[(size_t)t * cols + k]);
             }
-        CHECK(bad == 0, "%s: %zu of %d integer-path activations differ from fake quantisation", af[i], bad, n * cols);
+        CHECK(bad == 0, "%s (%s): %zu of %d integer-path activations differ from fake quantisation", af[i / 3], isa, bad, n * cols);
+        bad = 0;  /* the signed copy and its sums over 16 columns, which the AVX-512 kernel reads */
+        for (int c = 0; c < n * cols / 16; c++) {
+            int32_t sum = 0;
+            for (int k = 0; k < 16; k++) {
+                bad += a.q[16 * c + k] != (int)a.u[16 * c + k] - 128;
+                sum += a.q[16 * c + k];
+            }
+            bad += sum != a.qsum[c];
+        }
+        CHECK(bad == 0, "%s: %zu signed codes or 16-column sums wrong", af[i / 3], bad);
         pm_act_free(&a);
         bq_format_free(f);
     }
+    if (bq_set_isa("avx512")) bq_set_isa("avx2");  /* back to the best this CPU has */
     free(x);
     free(y);
 }
 
+/* q8_0's rounding is roundf's (half away from zero) at the values where adding 0.5
+ * would round differently: a block whose largest value is 127 has d = 1. */
+static void q8_0_rounding(void)
+{
+    float x[32] = {127.0f, 0.49999997f, -0.49999997f, 0.5f, -0.5f, 1.5f, -1.5f, 2.5f, -2.5f, 0.50000006f,
+                   126.5f, -126.5f, 1.4999999f, -3.4999998f, 0.0f, -0.0f, 1e-30f, 2.4999998f};
+    for (int i = 18; i < 32; i++) x[i] = (float)(i - 25) * 0.25f;
+    float y[32];
+    bq_format *f;
+    OK(bq_format_parse("q8_0", &f));
+    OK(bq_qdq(f, x, y, 1, 32, NULL));
+    for (int i = 0; i < 32; i++) CHECK(y[i] == roundf(x[i]), "q8_0 of %.9g: %.9g, roundf gives %.9g", x[i], y[i], roundf(x[i]));
+    for (int k = 0; k < 3; k++) {  /* the integer path's codes, on every ISA */
+        if (isa_absent(bq_set_isa(ISAS[k]), ISAS[k])) continue;
+        pm_act a;
+        OK(pm_act_make(f, x, 1, 32, NULL, &a));
+        for (int i = 0; a.u && i < 32; i++)
+            CHECK((int)a.u[i] - 128 == (int)roundf(x[i]), "q8_0 code of %.9g on %s: %d", x[i], ISAS[k], (int)a.u[i] - 128);
+        pm_act_free(&a);
+    }
+    if (bq_set_isa("avx512")) bq_set_isa("avx2");
+    bq_format_free(f);
+}
+
+/* One query against many keys (decoding's attention scores): rows in blocks of 16
+ * and the rest, bit for bit the documented order (16 lanes, k ascending, then the
+ * tree 8, 4, 2, 1), whatever range of rows is asked. */
+static void rows_one_query(void)
+{
+    const int R = 53, C = 64;
+    float *w = randm(R, C + 3, 1), *x = randm(1, C, 0), y[64], ref[64];
+    for (int r = 0; r < R; r++) {
+        float acc[16] = {0};
+        for (int k = 0; k < C; k++) acc[k % 16] += x[k] * w[(size_t)r * (C + 3) + k];
+        for (int h = 8; h >= 1; h /= 2)
+            for (int j = 0; j < h; j++) acc[j] += acc[j + h];
+        ref[r] = acc[0];
+    }
+    for (int r0 = 0; r0 < 5; r0 += 3) {
+        for (int r = 0; r < R; r++) y[r] = NAN;
+        mv_rows_f32_ld(w, C + 3, C, x, C, 1, y, R, r0, R);
+        size_t bad = 0;
+        for (int r = r0; r < R; r++) bad += memcmp(&y[r], &ref[r], 4) != 0;
+        CHECK(bad == 0, "mv_rows_f32 of one query, rows %d..%d: %zu rows differ from the documented sums", r0, R, bad);
+    }
+    free(w);
+    free(x);
+}
+
 int main(void)
 {
+    q8_0_rounding();
+    rows_one_query();
     act_codes();
     large_panels();
     kinds();

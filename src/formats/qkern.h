@@ -340,7 +340,11 @@ static inline uint32_t ggml_block(const bq_format *f, const float *x, size_t n, 
         if (h) {
             int c = (int)(v + ((float)h + 0.5f));
             q[i] = (int8_t)((c < 2 * h - 1 ? c : 2 * h - 1) - h);
-        } else q[i] = (int8_t)roundf(v);
+        } else {  /* roundf's half away from zero, without a libm call: v - trunc(v) is exact */
+            int c = (int)v;
+            float fr = v - (float)c;
+            q[i] = (int8_t)(c + (fr >= 0.5f) - (fr <= -0.5f));
+        }
     }
     return ggml_fp16(f, d);
 }

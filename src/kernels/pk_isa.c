@@ -76,6 +76,34 @@ INLINE int rows_in(const pmat *m, int p) { return m->rows - p * PM_ROWS < PM_ROW
 
 typedef int32_t __attribute__((may_alias, aligned(1))) i32u;
 
+/* q8_0 activation codes: x * id, NaN (0 * Inf) to 0, clamped to [-127, 127], rounded
+ * half away from zero (roundf; v - trunc(v) is exact), + 128. */
+static void q8_0_codes(const float *x, int n, float id, uint8_t *u)
+{
+    int i = 0;
+#if defined(__AVX512F__)
+    const __m512 idv = _mm512_set1_ps(id), lim = _mm512_set1_ps(127.0f), half = _mm512_set1_ps(0.5f);
+    const __m512i one = _mm512_set1_epi32(1), k80 = _mm512_set1_epi32(0x80);
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + i), idv);
+        v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v);
+        v = _mm512_min_ps(_mm512_max_ps(v, _mm512_sub_ps(_mm512_setzero_ps(), lim)), lim);
+        __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC), fr = _mm512_sub_ps(v, t);
+        __m512i c = _mm512_cvttps_epi32(t);
+        c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(fr, half, _CMP_GE_OQ), c, one);
+        c = _mm512_mask_sub_epi32(c, _mm512_cmp_ps_mask(fr, _mm512_sub_ps(_mm512_setzero_ps(), half), _CMP_LE_OQ), c, one);
+        _mm_storeu_si128((__m128i *)(u + i), _mm512_cvtepi32_epi8(_mm512_xor_si512(c, k80)));
+    }
+#endif
+    for (; i < n; i++) {
+        float v = x[i] * id;
+        v = v != v ? 0.0f : v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+        int c = (int)v;
+        float fr = v - (float)c;
+        u[i] = (uint8_t)((c + (fr >= 0.5f) - (fr <= -0.5f)) ^ 0x80);
+    }
+}
+
 #if defined(__AVX512VNNI__)
 /* ---- AVX-512 VNNI ---- */
 
@@ -119,9 +147,9 @@ INLINE __m512 factors(const pmat *m, int p, int g)
 
 /* NT tokens of one panel: accumulators stay in registers over all columns.
  * VNNI multiplies unsigned by signed bytes: the weights go in as w + 128
- * (unsigned), the activations as themselves (signed), and each group's sum is
- * corrected by 128 * (the sum of its activations), asum, which every panel
- * shares: the same exact int32 as sum w * a, so the same bits as the other ISAs. */
+ * (unsigned), the activations as themselves (signed, broadcast straight from
+ * a->q), and each group's sum is corrected by 128 * (the sum of its activations,
+ * asum): the same exact int32 as sum w * a, so the same bits as the other ISAs. */
 #define MM_TOKENS(NT)                                                                                              \
     static void mm_tokens_##NT(const pmat *m, const pm_act *a, int t0, const uint8_t *pw, const int32_t *asum,     \
                                const __m512 *swv, int C, __m512i lut4u, float *out)                                \
@@ -131,15 +159,15 @@ INLINE __m512 factors(const pmat *m, int p, int g)
         __m512 acc[NT];                                                                                            \
         __m512i d[NT];                                                                                             \
         for (int i = 0; i < NT; i++) acc[i] = _mm512_setzero_ps();                                                 \
-        const uint8_t *u = a->u + (size_t)t0 * cols;                                                               \
+        const int8_t *q = a->q + (size_t)t0 * cols;                                                                \
         for (int c0 = 0; c0 < cols; c0 += C) {                                                                     \
-            for (int i = 0; i < NT; i++) d[i] = _mm512_set1_epi32(-128 * asum[(size_t)(t0 + i) * ngc + c0 / C]);   \
+            for (int i = 0; i < NT; i++) d[i] = _mm512_set1_epi32(-128 * asum[(size_t)i * ngc + c0 / C]);          \
             for (int k = c0; k < c0 + C; k += 8) {                                                                 \
                 __m512i w0, w1;                                                                                    \
                 if (m->eb == 4) {                                                                                  \
-                    const uint8_t *q = pw + (size_t)((unsigned)k / 8) * 64;                                        \
-                    _mm_prefetch((const char *)q + 4096, _MM_HINT_T0);                                             \
-                    __m512i b = _mm512_loadu_si512(q), lo4 = _mm512_set1_epi8(0x0f);                               \
+                    const uint8_t *b4 = pw + (size_t)((unsigned)k / 8) * 64;                                       \
+                    _mm_prefetch((const char *)b4 + 4096, _MM_HINT_T0);                                            \
+                    __m512i b = _mm512_loadu_si512(b4), lo4 = _mm512_set1_epi8(0x0f);                              \
                     w0 = _mm512_shuffle_epi8(lut4u, _mm512_and_si512(b, lo4));                                     \
                     w1 = _mm512_shuffle_epi8(lut4u, _mm512_and_si512(_mm512_srli_epi16(b, 4), lo4));               \
                 } else {                                                                                           \
@@ -149,9 +177,9 @@ INLINE __m512 factors(const pmat *m, int p, int g)
                     w1 = _mm512_xor_si512(wvec(m, pw, k + 4, lut4u), k128);                                        \
                 }                                                                                                  \
                 for (int i = 0; i < NT; i++) {                                                                     \
-                    const uint8_t *ut = u + (size_t)i * cols + k;                                                  \
-                    d[i] = _mm512_dpbusd_epi32(d[i], w0, _mm512_xor_si512(_mm512_set1_epi32(*(const i32u *)ut), k128));       \
-                    d[i] = _mm512_dpbusd_epi32(d[i], w1, _mm512_xor_si512(_mm512_set1_epi32(*(const i32u *)(ut + 4)), k128)); \
+                    const int8_t *qt = q + (size_t)i * cols + k;                                                   \
+                    d[i] = _mm512_dpbusd_epi32(d[i], w0, _mm512_set1_epi32(*(const i32u *)qt));                    \
+                    d[i] = _mm512_dpbusd_epi32(d[i], w1, _mm512_set1_epi32(*(const i32u *)(qt + 4)));              \
                 }                                                                                                  \
             }                                                                                                      \
             __m512 sw = swv[c0 / m->K];                                                                            \
@@ -163,40 +191,83 @@ INLINE __m512 factors(const pmat *m, int p, int g)
         for (int i = 0; i < NT; i++) _mm512_storeu_ps(out + 16 * i, acc[i]);                                      \
     }
 MM_TOKENS(8)
-MM_TOKENS(1)
+
+/* One token (decoding): one accumulator would chain every VNNI product of a group
+ * through its latency, so four take turns over each 16 columns and are added when
+ * the group ends (exact int32: the same sums, the same bits). */
+static void mm_tokens_1(const pmat *m, const pm_act *a, int t0, const uint8_t *pw, const int32_t *asum,
+                        const __m512 *swv, int C, __m512i lut4u, float *out)
+{
+    int cols = m->cols, nga = cols / a->K;
+    const __m512i k128 = _mm512_set1_epi8((char)0x80), lo4 = _mm512_set1_epi8(0x0f);
+    __m512 acc = _mm512_setzero_ps();
+    const int8_t *q = a->q + (size_t)t0 * cols;
+    for (int c0 = 0; c0 < cols; c0 += C) {  /* (C is a multiple of 16: pmat_int_ok) */
+        __m512i d[4] = {_mm512_set1_epi32(-128 * asum[c0 / C]), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                        _mm512_setzero_si512()};
+        for (int k = c0; k < c0 + C; k += 16) {
+            __m512i w[4];
+            if (m->eb == 4) {
+                const uint8_t *b4 = pw + (size_t)((unsigned)k / 8) * 64;
+                _mm_prefetch((const char *)b4 + 4096, _MM_HINT_T0);
+                __m512i b0 = _mm512_loadu_si512(b4), b1 = _mm512_loadu_si512(b4 + 64);
+                w[0] = _mm512_shuffle_epi8(lut4u, _mm512_and_si512(b0, lo4));
+                w[1] = _mm512_shuffle_epi8(lut4u, _mm512_and_si512(_mm512_srli_epi16(b0, 4), lo4));
+                w[2] = _mm512_shuffle_epi8(lut4u, _mm512_and_si512(b1, lo4));
+                w[3] = _mm512_shuffle_epi8(lut4u, _mm512_and_si512(_mm512_srli_epi16(b1, 4), lo4));
+            } else {
+                _mm_prefetch((const char *)pw + (size_t)((unsigned)k / 4) * 64 + 4096, _MM_HINT_T0);
+                _mm_prefetch((const char *)pw + (size_t)((unsigned)k / 4) * 64 + 4160, _MM_HINT_T0);
+                for (int j = 0; j < 4; j++) w[j] = _mm512_xor_si512(wvec(m, pw, k + 4 * j, lut4u), k128);
+            }
+            for (int j = 0; j < 4; j++) d[j] = _mm512_dpbusd_epi32(d[j], w[j], _mm512_set1_epi32(*(const i32u *)(q + k + 4 * j)));
+        }
+        __m512i dsum = _mm512_add_epi32(_mm512_add_epi32(d[0], d[1]), _mm512_add_epi32(d[2], d[3]));
+        __m512 sc = _mm512_mul_ps(swv[c0 / m->K], _mm512_set1_ps(a->s[(size_t)t0 * nga + c0 / a->K]));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dsum), sc, acc);
+    }
+    _mm512_storeu_ps(out, acc);
+}
 
 static void mm_int(const pmat *m, const pm_act *a, float *y, int ldy, int p0, int p1)
 {
+    enum { ONSTACK = 256 };  /* groups whose factors and sums live on the stack (no allocation a call) */
     int C = m->K < a->K ? m->K : a->K, cols = m->cols, ngc = cols / C;
     /* 4-bit codes map straight to w + 128 (the table shifted); 8-bit ones are flipped after wvec */
     __m512i lut4u = _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)m->lut)),
                                      m->eb == 4 ? _mm512_set1_epi8((char)0x80) : _mm512_setzero_si512());
-    int32_t *asum = malloc((size_t)a->n * ngc * sizeof *asum);
-    __m512 *swv = aligned_alloc(64, (size_t)m->nb * sizeof *swv);
+    __m512 swv_stack[ONSTACK];
+    int32_t asum_stack[8 * ONSTACK];
+    size_t na = (size_t)a->n * ngc;
+    __m512 *swv = m->nb <= ONSTACK ? swv_stack : aligned_alloc(64, (size_t)m->nb * sizeof *swv);
+    int32_t *asum = na <= 8 * ONSTACK ? asum_stack : malloc(na * sizeof *asum);
     float out[8 * PM_ROWS];
-    if (!asum || !swv) { free(asum); free(swv); return; }  /* a few bytes per group: cannot fail in practice */
-    for (int t = 0; t < a->n; t++)
-        for (int g = 0; g < ngc; g++) {
-            const uint8_t *u = a->u + (size_t)t * cols + (size_t)g * C;
-            int32_t sum = 0;
-            for (int k = 0; k < C; k++) sum += (int)u[k] - 128;
-            asum[(size_t)t * ngc + g] = sum;
-        }
+    if (!asum || !swv) goto done;  /* a few bytes per group: cannot fail in practice */
+    for (size_t i = 0; i < na; i++) {  /* the activations' sums over each group of C (token i / ngc) */
+        const int8_t *q = a->q + i * C;  /* (cols = ngc * C) */
+        int32_t sum = 0;
+        if (C % 16 == 0)
+            for (int k = 0; k < C / 16; k++) sum += a->qsum[i * (C / 16) + (size_t)k];
+        else
+            for (int k = 0; k < C; k++) sum += q[k];
+        asum[i] = sum;
+    }
     for (int p = p0; p < p1; p++) {
         const uint8_t *pw = panel(m, p);
         for (int g = 0; g < m->nb; g++) swv[g] = factors(m, p, g);
         int t = 0, nr = rows_in(m, p);
         for (; t + 8 <= a->n; t += 8) {
-            mm_tokens_8(m, a, t, pw, asum, swv, C, lut4u, out);
+            mm_tokens_8(m, a, t, pw, asum + (size_t)t * ngc, swv, C, lut4u, out);
             for (int i = 0; i < 8; i++) store_rows(y + (size_t)(t + i) * ldy + p * PM_ROWS, out + 16 * i, nr);
         }
         for (; t < a->n; t++) {
-            mm_tokens_1(m, a, t, pw, asum, swv, C, lut4u, out);
+            mm_tokens_1(m, a, t, pw, asum + (size_t)t * ngc, swv, C, lut4u, out);
             store_rows(y + (size_t)t * ldy + p * PM_ROWS, out, nr);
         }
     }
-    free(asum);
-    free(swv);
+done:
+    if (asum != asum_stack) free(asum);
+    if (swv != swv_stack) free(swv);
 }
 
 /* Lanes (row, k mod 4) of quarter Q (rows 4Q..4Q+3) of a 16x4 int8 tile, as float. */
@@ -459,4 +530,4 @@ static void mv_f32(const pmat *m, const float *x, int n, float *y, int ldy, int 
 }
 #endif
 
-const pk_isa CAT(pk, BQ_ISA) = {mm_int, mv_f32, decode_panel};
+const pk_isa CAT(pk, BQ_ISA) = {mm_int, mv_f32, decode_panel, q8_0_codes};

@@ -124,6 +124,42 @@ static void float16_mv(const pmat *m, const float *x, int n, float *y, int ldy, 
     }
 }
 
+/* Sixteen rows' dot products with x (cols a multiple of 16), as rows_f32 sums one row:
+ * lane j of row r's accumulator adds x[k] * w[r][k] over k = j (mod 16), k ascending,
+ * then the tree (j, j + 8), (j, j + 4), (j, j + 2), (0, 1). Here the sixteen trees run
+ * transposed: each step adds the same pairs for two rows at once, shuffled side by
+ * side, so every row gets the bits it gets alone. */
+typedef float v16f __attribute__((vector_size(64)));
+typedef int v16i __attribute__((vector_size(64)));
+static inline __attribute__((always_inline)) void rows16_f32(const float *w, size_t ldw, int cols, const float *x, float *y)
+{
+    v16f A[16], xv, wv;
+    for (int r = 0; r < 16; r++) A[r] = (v16f){0};
+    for (int k = 0; k < cols; k += 16) {
+        memcpy(&xv, x + k, sizeof xv);
+        for (int r = 0; r < 16; r++) {
+            memcpy(&wv, w + (size_t)r * ldw + k, sizeof wv);
+            A[r] += xv * wv;
+        }
+    }
+    /* lanes (0-7 | 8-15), (0-3 | 4-7), (0,1 | 2,3), (even | odd) of two vectors side by side */
+    static const v16i lo8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+                      hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31},
+                      lo4 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
+                      hi4 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31},
+                      lo2 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
+                      hi2 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},
+                      ev = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},
+                      od = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
+    for (int i = 0; i < 8; i++) A[i] = __builtin_shuffle(A[2 * i], A[2 * i + 1], lo8) + __builtin_shuffle(A[2 * i], A[2 * i + 1], hi8);
+    for (int i = 0; i < 4; i++) A[i] = __builtin_shuffle(A[2 * i], A[2 * i + 1], lo4) + __builtin_shuffle(A[2 * i], A[2 * i + 1], hi4);
+    for (int i = 0; i < 2; i++) A[i] = __builtin_shuffle(A[2 * i], A[2 * i + 1], lo2) + __builtin_shuffle(A[2 * i], A[2 * i + 1], hi2);
+    v16f e = __builtin_shuffle(A[0], A[1], ev) + __builtin_shuffle(A[0], A[1], od);
+    /* lane 2j holds row ord[j], lane 2j + 1 row 8 + ord[j] */
+    static const int ord[8] = {0, 4, 2, 6, 1, 5, 3, 7};
+    for (int j = 0; j < 8; j++) { y[ord[j]] = e[2 * j]; y[8 + ord[j]] = e[2 * j + 1]; }
+}
+
 /* y[t][r] = W[r] . x[t] for rows r0..r1 of a float32 matrix (row stride ldw) and
  * up to 8 tokens (row stride ldx): each weight read once (an SGEMM of one token
  * repacks its whole operand first). The same 16 partial sums in the same order on
@@ -135,7 +171,10 @@ static void rows_f32(const float *w, size_t ldw, int cols, const float *x, size_
 {
     enum { L = 16, TMAX = 8 };
     if (n == 1) {  /* one token (a decoded query against the cache): the same sums, one row of accumulators */
-        for (int r = r0; r < r1; r++) {
+        int r = r0;
+        if (cols % L == 0)  /* sixteen rows at a time, their sums' trees side by side */
+            for (; r + L <= r1; r += L) rows16_f32(w + (size_t)r * ldw, ldw, cols, x, y + r);
+        for (; r < r1; r++) {
             const float *wr = w + (size_t)r * ldw;
             float acc[L] = {0};
             int k = 0;
@@ -185,7 +224,7 @@ void mv_rows_f32_ld(const float *w, size_t ldw, int cols, const float *x, size_t
 __attribute__((target_clones("avx512f", "avx2", "default")))
 static void axpy_rows(const float *p, int i0, int i1, const float *V, size_t ldv, int d, float *out)
 {
-    enum { W = 32 };  /* columns held in registers while the keys go by */
+    enum { W = 64 };  /* columns held in registers while the keys go by (a head of 64 in one pass) */
     int j0 = 0;
     for (; j0 + W <= d; j0 += W) {
         float acc[W] = {0};
@@ -481,6 +520,8 @@ void pm_act_free(pm_act *a)
 {
     free(a->u);
     free(a->s);
+    free(a->q);
+    free(a->qsum);
     memset(a, 0, sizeof *a);
 }
 
@@ -501,6 +542,12 @@ static void act_block_rows(const bq_format *af, const qctx *c, float em, const f
                 a->s[(size_t)t * ng + g] = NAN;
                 continue;
             }
+            if (af->ggml == 8 && !af->asym && em == 1.0f && K % 16 == 0) {  /* q8_0, the common case: SIMD */
+                float amax = u2f(mb), d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+                kernels()->q8_0_codes(xb, K, id, u);
+                a->s[(size_t)t * ng + g] = mf_decode(&af->scale, ggml_fp16(af, d));
+                continue;
+            }
             if (af->ggml) {  /* llama.cpp's rule (q8_0, q4_0, q5_0), as fake quantisation applies it */
                 int8_t q[32];
                 float d = mf_decode(&af->scale, ggml_block(af, xb, (size_t)K, q));
@@ -516,6 +563,18 @@ static void act_block_rows(const bq_format *af, const qctx *c, float em, const f
             }
             a->s[(size_t)t * ng + g] = (bs.post1 * bs.post2) * em;
         }
+}
+
+/* q and qsum from u (cols is a multiple of 16: pmat_int_ok). */
+static void act_signed(pm_act *a)
+{
+    size_t nc = (size_t)a->n * a->cols;
+    for (size_t i = 0; i < nc; i++) a->q[i] = (int8_t)(a->u[i] ^ 0x80);
+    for (size_t c = 0; c < nc / 16; c++) {
+        int32_t sum = 0;
+        for (int i = 0; i < 16; i++) sum += a->q[16 * c + (size_t)i];
+        a->qsum[c] = sum;
+    }
 }
 
 typedef struct { const bq_format *af; const qctx *c; float em; const float *x; pm_act *a; } act_job;
@@ -535,7 +594,9 @@ bq_status pm_act_make(const bq_format *af, const float *x, int n, int cols, cons
     int K = group_of(af, cols), ng = cols / K;
     a->u = malloc((size_t)n * cols);
     a->s = malloc((size_t)n * ng * sizeof *a->s);
-    if (!a->u || !a->s) { pm_act_free(a); return bq_fail(BQ_ERR_NOMEM, "out of memory for quantised activations"); }
+    a->q = malloc((size_t)n * cols);
+    a->qsum = malloc((size_t)n * (cols / 16) * sizeof *a->qsum);
+    if (!a->u || !a->s || !a->q || !a->qsum) { pm_act_free(a); return bq_fail(BQ_ERR_NOMEM, "out of memory for quantised activations"); }
     a->n = n;
     a->cols = cols;
     a->K = K;
@@ -545,6 +606,7 @@ bq_status pm_act_make(const bq_format *af, const float *x, int n, int cols, cons
         if (st) { pm_act_free(a); return st; }
         act_job j = {af, &c, em, x, a};
         bq_parallel_for((size_t)n, (size_t)n * cols < (1u << 16) ? 1 : (o ? o->threads : 0), act_range, &j);
+        act_signed(a);
         return BQ_OK;
     }
     /* per-row / per-tensor int and plain grids: through the packer */
@@ -574,6 +636,7 @@ bq_status pm_act_make(const bq_format *af, const float *x, int n, int cols, cons
     free(sc);
     free(ec);
     if (st) pm_act_free(a);
+    else act_signed(a);
     return st;
 }
 

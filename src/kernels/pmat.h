@@ -65,6 +65,8 @@ typedef struct {
     int n, cols, K;
     uint8_t *u;    /* [n][cols] */
     float *s;      /* [n][cols / K] */
+    int8_t *q;     /* [n][cols]: the codes themselves (u - 128), for broadcasts from memory */
+    int32_t *qsum; /* [n][cols / 16]: sums of q over 16 columns, made once for every slice */
 } pm_act;
 
 /* Whether x (n x cols) quantised to `af` can run the integer path against m. */
@@ -90,6 +92,8 @@ typedef struct {
     void (*mm_int)(const pmat *m, const pm_act *a, float *y, int ldy, int p0, int p1);
     void (*mv_f32)(const pmat *m, const float *x, int n, float *y, int ldy, int p0, int p1);
     void (*decode)(const pmat *m, int p, float *out /* [16][cols] */);
+    /* q8_0's codes (+128) of x [n], n a multiple of 16, as ggml_block makes them with 1/d = id */
+    void (*q8_0_codes)(const float *x, int n, float id, uint8_t *u);
 } pk_isa;
 
 #endif
