@@ -55,15 +55,15 @@ INLINE int wval(const pmat *m, const uint8_t *pw, int r, int k)
     return m->lut[i < 4 ? b & 15 : b >> 4];
 }
 
-static void decode_panel(const pmat *m, int p, float *out)
+static void decode_panel(const pmat *m, int p, int r0, int r1, float *out)
 {
     const uint8_t *pw = panel(m, p);
     float s1[PM_ROWS], s2[PM_ROWS];
     for (int g = 0; g < m->nb; g++) {
         group_scales(m, p, g, s1, s2);
-        for (int r = 0; r < PM_ROWS; r++)
+        for (int r = r0; r < r1; r++)
             for (int k = g * m->K; k < (g + 1) * m->K; k++)
-                out[(size_t)r * m->cols + k] = (((float)wval(m, pw, r, k) * m->emult) * s1[r]) * s2[r];
+                out[(size_t)(r - r0) * m->cols + k] = (((float)wval(m, pw, r, k) * m->emult) * s1[r]) * s2[r];
     }
 }
 

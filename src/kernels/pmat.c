@@ -139,6 +139,7 @@ static inline __attribute__((always_inline)) void rows16_f32(const float *w, siz
         memcpy(&xv, x + k, sizeof xv);
         for (int r = 0; r < 16; r++) {
             memcpy(&wv, w + (size_t)r * ldw + k, sizeof wv);
+            __builtin_prefetch(w + (size_t)(r + 16) * ldw + k);  /* the next sixteen rows: prefetch never faults */
             A[r] += xv * wv;
         }
     }
@@ -492,16 +493,10 @@ void pmat_decode(const pmat *m, int r0, int r1, float *out)
         return;
     }
     const pk_isa *k = kernels();
-    float *panel = NULL;
     for (int p = r0 / PM_ROWS; p * PM_ROWS < r1; p++) {
-        int a = p * PM_ROWS, b = a + PM_ROWS;
-        if (a >= r0 && b <= r1) { k->decode(m, p, out + (size_t)(a - r0) * m->cols); continue; }
-        if (!panel && !(panel = malloc((size_t)PM_ROWS * m->cols * sizeof *panel))) return;
-        k->decode(m, p, panel);
-        for (int r = a < r0 ? r0 : a; r < (b < r1 ? b : r1); r++)
-            memcpy(out + (size_t)(r - r0) * m->cols, panel + (size_t)(r - a) * m->cols, (size_t)m->cols * sizeof *out);
+        int a = p * PM_ROWS, lo = a < r0 ? r0 - a : 0, hi = r1 - a < PM_ROWS ? r1 - a : PM_ROWS;
+        k->decode(m, p, lo, hi, out + (size_t)(a + lo - r0) * m->cols);
     }
-    free(panel);
 }
 
 /* ---- activations for the integer path ---- */

@@ -91,7 +91,7 @@ void mv_axpy_rows_f32(const float *p, int i0, int i1, const float *V, size_t ldv
 typedef struct {
     void (*mm_int)(const pmat *m, const pm_act *a, float *y, int ldy, int p0, int p1);
     void (*mv_f32)(const pmat *m, const float *x, int n, float *y, int ldy, int p0, int p1);
-    void (*decode)(const pmat *m, int p, float *out /* [16][cols] */);
+    void (*decode)(const pmat *m, int p, int r0, int r1, float *out /* rows [r0, r1) of panel p: [r1 - r0][cols] */);
     /* q8_0's codes (+128) of x [n], n a multiple of 16, as ggml_block makes them with 1/d = id */
     void (*q8_0_codes)(const float *x, int n, float id, uint8_t *u);
 } pk_isa;
