@@ -17,7 +17,7 @@
 #     written to /dev/shm: the 2-GPU machine's disk is 128 GiB) split over both
 #   STAGES=ops: one decoding step of the 7B shape op by op (bench/gpu_decode_ops.c), bf16 and OPS_FORMATS
 #   STAGES=hadamard: greedy decoding of the 7B shape (bf16) with and without --ptq hadamard
-#     (down_proj's 11008 inputs rotated online: 256 chunks x a 43 x 43 block), same prompt
+#     (down_proj's 11008 inputs rotated online: 64 chunks x a 172 x 172 Hadamard block), same prompt
 #   STAGES=graphs: one-token steps replayed from a CUDA graph against --eager (every kernel
 #     launched), bundled model and 7B shape, and the GEMV at a 7B layer's shapes
 O=${1:-${OUT:-/tmp}}

@@ -239,25 +239,35 @@ __global__ void __launch_bounds__(1024) k_norm_v(const float *x, const float *w,
 }
 
 // The online rotation (model_rot_rows: the same float operations in the same
-// order, so the same bits), block (t, j) for column j of row t's p x m view: each
-// thread a chunk c, out[c][j] = sum_i (in[c][i] sign) B[i][j], then the
-// Walsh-Hadamard butterflies over the chunks in shared memory (p floats), the
-// scale. in and out must not overlap (each block reads whole chunks).
-__global__ void k_rot(const float *in, float *out, const float *B, const float *sign, int n, int p, int m, float s)
+// order, so the same bits), in two steps. k_rot_chunks, block (t, c) for chunk c of
+// row t: the chunk times its signs into shared memory (m floats), then each thread a
+// column j, t[c][j] = sum_i u[i] B[i][j] (B's row read across the warp: coalesced).
+// k_rot_fwht, block (t, j): column j of the p x m view through the Walsh-Hadamard
+// butterflies over the chunks in shared memory (p floats), then the scale. Each
+// writes the other's input buffer: x -> tmp -> x.
+__global__ void k_rot_chunks(const float *x, float *t, const float *B, const float *sign, int n, int m)
+{
+    extern __shared__ float u[];
+    const size_t base = (size_t)blockIdx.x * n + (size_t)blockIdx.y * m;
+    for (int i = threadIdx.x; i < m; i += blockDim.x) u[i] = x[base + i] * sign[(size_t)blockIdx.y * m + i];
+    __syncthreads();
+    for (int j = threadIdx.x; j < m; j += blockDim.x) {
+        float a;
+        if (m > 1) {
+            a = 0.0f;
+            for (int i = 0; i < m; i++) a += u[i] * B[(size_t)i * m + j];
+        } else
+            a = u[0];
+        t[base + j] = a;
+    }
+}
+
+__global__ void k_rot_fwht(const float *t, float *x, int n, int p, int m, float s)
 {
     extern __shared__ float col[];
     const int j = blockIdx.y;
-    const float *v = in + (size_t)blockIdx.x * n;
-    for (int c = threadIdx.x; c < p; c += blockDim.x) {
-        const float *u = v + (size_t)c * m, *sg = sign + (size_t)c * m;
-        float acc;
-        if (m > 1) {
-            acc = 0.0f;
-            for (int i = 0; i < m; i++) acc += u[i] * sg[i] * B[(size_t)i * m + j];
-        } else
-            acc = u[0] * sg[0];
-        col[c] = acc;
-    }
+    const float *v = t + (size_t)blockIdx.x * n;
+    for (int c = threadIdx.x; c < p; c += blockDim.x) col[c] = v[(size_t)c * m + j];
     __syncthreads();
     for (int h = 1; h < p; h *= 2) {
         for (int k = threadIdx.x; k < p / 2; k += blockDim.x) {
@@ -268,7 +278,7 @@ __global__ void k_rot(const float *in, float *out, const float *B, const float *
         }
         __syncthreads();
     }
-    float *o = out + (size_t)blockIdx.x * n;
+    float *o = x + (size_t)blockIdx.x * n;
     for (int c = threadIdx.x; c < p; c += blockDim.x) o[(size_t)c * m + j] = col[c] * s;
 }
 
@@ -1085,11 +1095,11 @@ static bq_status cuda_rotate(be *b, const bq_rot *r, float *x, int rows)
     cuda_be *g = G(b);
     int k = g->rot[0].h == r ? 0 : g->rot[1].h == r ? 1 : -1;
     if (k < 0) return bq_fail(BQ_ERR_ARG, "CUDA engine: an online rotation that was not uploaded");
-    // x to the linear's scratch (free between ops: a linear fills it from its input), then back rotated
-    size_t n = (size_t)rows * r->n;
-    k_copy<<<nblk(n), 256>>>(g->xq, x, n);
-    k_rot<<<dim3((unsigned)rows, (unsigned)r->m), r->p < 1024 ? (r->p + 31) / 32 * 32 : 1024, (size_t)r->p * 4>>>(
-        g->xq, x, g->rot[k].B, g->rot[k].sign, r->n, r->p, r->m, (float)(1.0 / sqrt((double)r->p)));
+    // through the linear's scratch (free between ops: a linear fills it from its input) and back
+    const int tc = r->m < 1024 ? (r->m + 31) / 32 * 32 : 1024, tf = r->p < 1024 ? (r->p + 31) / 32 * 32 : 1024;
+    k_rot_chunks<<<dim3((unsigned)rows, (unsigned)r->p), tc, (size_t)r->m * 4>>>(x, g->xq, g->rot[k].B, g->rot[k].sign, r->n, r->m);
+    k_rot_fwht<<<dim3((unsigned)rows, (unsigned)r->m), tf, (size_t)r->p * 4>>>(g->xq, x, r->n, r->p, r->m,
+                                                                                (float)(1.0 / sqrt((double)r->p)));
     return launched("online rotation");
 }
 
@@ -1154,21 +1164,23 @@ static bq_status cuda_setup(cuda_be *g)
         if (!st && c->qk_norm) st = up_norm(&n[N_K], &m->L[l].k_norm, (size_t)c->head_dim, b);
     }
     const bq_rot *rots[2] = {m->rot_down, m->rot_qk};
-    int smem = 0;  // k_rot holds a column of p chunks in shared memory
+    int smem = 0, smem_m = 0;  // k_rot_fwht holds a column of p chunks in shared memory, k_rot_chunks a chunk of m
     for (int k = 0; k < 2 && !st && lo < hi; k++) {
         const bq_rot *r = rots[k];
         if (!r) continue;
         int most = 0;
         cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, g->dev);
-        if ((size_t)r->p * 4 > (size_t)most)
-            st = bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: an online rotation over %d chunks needs %d bytes of shared memory a block (this GPU: %d)",
-                         r->p, r->p * 4, most);
+        if ((size_t)r->p * 4 > (size_t)most || (size_t)r->m * 4 > (size_t)most)
+            st = bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: an online rotation of %d x %d needs %d bytes of shared memory a block (this GPU: %d)",
+                         r->p, r->m, (r->p > r->m ? r->p : r->m) * 4, most);
         smem = r->p * 4 > smem ? r->p * 4 : smem;
+        smem_m = r->m * 4 > smem_m ? r->m * 4 : smem_m;
         g->rot[k].h = r;
         if (!st) st = up_floats(&g->rot[k].sign, r->sign, (size_t)r->n, b);
         if (!st && r->B) st = up_floats(&g->rot[k].B, r->B, (size_t)r->m * r->m, b);
     }
-    if (!st && smem && cudaFuncSetAttribute(k_rot, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess)
+    if (!st && smem && (cudaFuncSetAttribute(k_rot_fwht, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess ||
+                        cudaFuncSetAttribute(k_rot_chunks, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_m) != cudaSuccess))
         st = launched("online rotation's shared memory");
     size_t qd = (size_t)c->heads * c->head_dim, kvd = (size_t)c->kv_heads * c->head_dim, I = (size_t)c->inter;
     size_t maxin = H > I ? H : I;

@@ -280,6 +280,36 @@ INLINE __m512 hsum4(__m512 v)
     return _mm512_add_ps(t, _mm512_permute_ps(t, 0x4E));       /* lane 0: (p0+p1)+(p2+p3) */
 }
 
+/* One token (decoding): mv_f32's sums with the sixteen accumulators held in
+ * registers (the general loop's runtime token count spills them to the stack). */
+static void mv_f32_1(const pmat *m, const float *x, float *y, int p0, int p1, const __m512i expand[4], __m512i lut4)
+{
+    const __m512i pick = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
+    for (int p = p0; p < p1; p++) {
+        const uint8_t *pw = panel(m, p);
+        __m512 P[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int g = 0; g < m->nb; g++) {
+            __m512 b[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+            for (int k = g * m->K; k < (g + 1) * m->K; k += 4) {
+                _mm_prefetch((const char *)pw + (size_t)k * 16 * m->eb / 8 + 4096, _MM_HINT_T0);
+                __m512i w = wvec(m, pw, k, lut4);
+                __m512 xv = _mm512_broadcast_f32x4(_mm_loadu_ps(x + k));
+                b[0] = _mm512_fmadd_ps(QUARTER(w, 0), xv, b[0]);
+                b[1] = _mm512_fmadd_ps(QUARTER(w, 1), xv, b[1]);
+                b[2] = _mm512_fmadd_ps(QUARTER(w, 2), xv, b[2]);
+                b[3] = _mm512_fmadd_ps(QUARTER(w, 3), xv, b[3]);
+            }
+            __m512 swv = factors(m, p, g);
+            for (int q = 0; q < 4; q++) P[q] = _mm512_fmadd_ps(b[q], _mm512_permutexvar_ps(expand[q], swv), P[q]);
+        }
+        __m512 lo = _mm512_permutex2var_ps(hsum4(P[0]), pick, hsum4(P[1]));
+        __m512 hi = _mm512_permutex2var_ps(hsum4(P[2]), pick, hsum4(P[3]));
+        float out[PM_ROWS];
+        _mm512_storeu_ps(out, _mm512_shuffle_f32x4(lo, hi, 0x44));
+        store_rows(y + p * PM_ROWS, out, rows_in(m, p));
+    }
+}
+
 static void mv_f32(const pmat *m, const float *x, int n, float *y, int ldy, int p0, int p1)
 {
     enum { MT = 2 };
@@ -290,6 +320,7 @@ static void mv_f32(const pmat *m, const float *x, int n, float *y, int ldy, int 
         for (int l = 0; l < 16; l++) idx[l] = 4 * q + l / 4;
         expand[q] = _mm512_loadu_si512(idx);
     }
+    if (n == 1) { mv_f32_1(m, x, y, p0, p1, expand, lut4); return; }
     const __m512i pick = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
     int cols = m->cols;
     for (int p = p0; p < p1; p++) {
