@@ -2,8 +2,10 @@
  *
  * A format = an element grid (elem_t) + a scheme saying how values are scaled
  * onto that grid (no scale, one fp32 scale per tensor/row/group, or a shared
- * per-block scale of some kind). Every scheme's behaviour lives in one row of
- * the scheme table in scheme.c; named formats are aliases in names.c.
+ * per-block scale of some kind). What each scheme is (a code per block, a power
+ * of two or not, ...) is one row of the traits table in scheme.c; its arithmetic
+ * is qkern.h's block_scale and pack.c's scale codes; named formats are aliases in
+ * names.c.
  */
 #ifndef BQ_FORMAT_H
 #define BQ_FORMAT_H
@@ -41,6 +43,16 @@ typedef enum {
 
 typedef enum { SCOPE_NONE, SCOPE_TENSOR, SCOPE_ROW, SCOPE_GROUP } int_scope;
 
+/* A scheme's traits (scheme.c). */
+typedef struct {
+    const char *family;  /* bq_format_info.family (SCH_ELEM's formats name their element kind) */
+    int block_code;      /* a scale code stored for every block of f->block elements */
+    int pow2_code;       /* that code is an 8-bit shared exponent: the block scale a power of two */
+    int linear;          /* a value is its code's grid value times the block's factor (not block log) */
+    int tensor_factor;   /* an fp32 factor per tensor in the packed header (NVFP4's s_t) */
+    int elem_modifiers;  /* a minifloat element's `:` modifiers are accepted */
+} scheme_traits;
+
 struct bq_format {
     char name[64];
     scheme_id sch;
@@ -67,6 +79,11 @@ typedef struct {
     uint64_t seed;
     size_t cols;
 } qctx;
+
+/* The traits of f's scheme (scheme.c). */
+const scheme_traits *scheme_of(const struct bq_format *f);
+/* A block scale that is a minifloat code, not a power of two (SCALED, NVFP4). */
+static inline int scheme_minifloat_scale(const struct bq_format *f) { return scheme_of(f)->block_code && !scheme_of(f)->pow2_code; }
 
 /* Element construction (elem.c). */
 int elem_minifloat(elem_t *e, int ebits, int mbits, int bias, mf_flavour fl, int overflow_inf, int subnorm);

@@ -158,11 +158,11 @@ INLINE void qdq_block(const bq_format *f, const qctx *c, const float *restrict x
     const elem_t *e = &f->el;
     int grid_ok = (e->kind == EK_MF && e->fast && !e->overflow_inf) ||
                   (e->kind == EK_INT && e->lo == -e->hi);
-    if (f->sch == SCH_BL && e->lemin + s.E >= -126 && e->lemax + s.E <= 127) {
+    if (!scheme_of(f)->linear && e->lemin + s.E >= -126 && e->lemax + s.E <= 127) {
         log_dispatch(x, y, n, e->lemin + s.E, e->lemax + s.E, c->round, c->seed, idx0);
         return;
     }
-    if (f->sch != SCH_BL && grid_ok) {
+    if (scheme_of(f)->linear && grid_ok) {
         if (s.pow2 && s.E >= fused[0] && s.E <= fused[1]) {
             pow2_dispatch(e, x, y, n, s.E, c->round, c->seed, idx0);
         } else if (s.pow2) {
@@ -187,7 +187,7 @@ static void qdq_row_scaled(const bq_format *f, const qctx *c, const float *x, fl
 {
     const size_t K = (size_t)f->block;
     const elem_t *e = &f->el, *se = &f->scale;
-    const int nv = f->sch == SCH_NVFP4;
+    const int nv = scheme_of(f)->tensor_factor;
     const float ts = c->tensor_scale, emaxv = e->kind == EK_MF ? e->maxval : (float)e->hi;
     float amax[CHUNK], div[CHUNK], sc[CHUNK];
     uint32_t bits[CHUNK];

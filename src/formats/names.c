@@ -293,7 +293,7 @@ bq_status bq_format_parse(const char *name, bq_format **out)
         free(f);
         return bq_fail(BQ_ERR_FORMAT, "unknown format '%s': expected %s", name, bq_format_grammar());
     }
-    if (colon && (f->ggml || (f->sch != SCH_ELEM && f->sch != SCH_MX && f->sch != SCH_SCALED && f->sch != SCH_BM))) {
+    if (colon && (f->ggml || !scheme_of(f)->elem_modifiers)) {
         free(f);
         return bq_fail(BQ_ERR_FORMAT, "format '%s': modifiers apply only to minifloat elements", name);
     }

@@ -47,7 +47,7 @@ static inline uint32_t get(bitr *r, int bits)
 
 static size_t header_bytes(const bq_format *f)
 {
-    if (f->sch == SCH_NVFP4) return 4;
+    if (scheme_of(f)->tensor_factor) return 4;
     if (f->sch == SCH_INT && f->scope == SCOPE_TENSOR) return f->asym ? 5 : 4;
     return 0;
 }
@@ -171,7 +171,7 @@ static int scale_from_code(const bq_format *f, const qctx *c, uint32_t code, bsc
 
 static float dequant(const bq_format *f, const bscale *s, float q)
 {
-    if (f->sch == SCH_BL) return q;  /* log codes carry the block shift already */
+    if (!scheme_of(f)->linear) return q;  /* log codes carry the block shift already */
     return block_deq(s, q);
 }
 

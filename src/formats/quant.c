@@ -132,10 +132,6 @@ bq_status bq_qdq(const bq_format *f, const float *in, float *out, size_t rows, s
 
 /* ---- facts -------------------------------------------------------------- */
 
-static const char *const family_names[SCH_COUNT] = {
-    [SCH_ELEM] = "element", [SCH_INT] = "int", [SCH_MX] = "mx", [SCH_SCALED] = "scaled",
-    [SCH_NVFP4] = "nvfp4", [SCH_BFP] = "bfp", [SCH_BM] = "bm", [SCH_BL] = "bl",
-};
 
 /* Largest magnitude and smallest non-zero/normal magnitude of the unscaled grid. */
 static void grid_range(const elem_t *e, double *mx, double *mnorm, double *msub)
@@ -157,7 +153,7 @@ bq_status bq_format_get_info(const bq_format *f, bq_format_info *in)
     if (!f || !in) return bq_fail(BQ_ERR_ARG, "null argument");
     memset(in, 0, sizeof *in);
     in->name = f->name;
-    in->family = f->el.kind == EK_FP32 ? "fp32" : f->sch != SCH_ELEM ? family_names[f->sch]
+    in->family = f->el.kind == EK_FP32 ? "fp32" : f->sch != SCH_ELEM ? scheme_of(f)->family
                  : f->el.kind == EK_MF ? "minifloat" : f->el.kind == EK_LOG ? "log" : "fixed";
     in->elem_bits = f->el.bits;
     in->scale_bits = f->scale_bits;

@@ -44,17 +44,14 @@ static int int_grid(const bq_format *f, int8_t lut[256], float *emult, int *lo)
 }
 
 /* Elements per scale group along a row of `cols`. */
-static int group_of(const bq_format *f, int cols)
-{
-    if (f->sch == SCH_ELEM || (f->sch == SCH_INT && f->scope != SCOPE_GROUP)) return cols;
-    return f->block;
-}
+static int group_of(const bq_format *f, int cols) { return (int)pack_group_len(f, (size_t)cols); }
+
+/* Block codes whose values are code x the block's factor: panels and the integer path take them. */
+static int linear_blocks(const bq_format *f) { return scheme_of(f)->block_code && scheme_of(f)->linear; }
 
 static int panel_ok(const bq_format *f, int cols, int8_t lut[256], float *emult)
 {
-    if (!(f->sch == SCH_MX || f->sch == SCH_BFP || f->sch == SCH_BM || f->sch == SCH_SCALED || f->sch == SCH_NVFP4 ||
-          (f->sch == SCH_INT && f->scope == SCOPE_GROUP)))
-        return 0;
+    if (!linear_blocks(f) && !(f->sch == SCH_INT && f->scope == SCOPE_GROUP)) return 0;
     if (f->el.bits != 4 && f->el.bits != 8) return 0;
     if (f->block % 16 || f->block > 512 || cols % f->block || f->scale_bits % 8) return 0;
     int lo;
@@ -260,8 +257,7 @@ static void stream_setup(pmat *m)
 {
     const bq_format *f = m->f;
     if (pmat_is_float16(m)) { m->fast_stream = 2; return; }
-    int blockish = f->sch == SCH_MX || f->sch == SCH_BFP || f->sch == SCH_BM || f->sch == SCH_SCALED || f->sch == SCH_NVFP4;
-    if (!blockish || f->scale_bits != 8 || f->el.bits > 8 || ((size_t)f->block * f->el.bits) % 8) return;
+    if (!linear_blocks(f) || f->scale_bits != 8 || f->el.bits > 8 || ((size_t)f->block * f->el.bits) % 8) return;
     for (int c = 0; c < 1 << f->el.bits; c++) m->vlut[c] = pack_elem_value(f, (uint32_t)c);
     scale_tables(m, pack_tensor_scale(f, m->data));
     m->fast_stream = 1;
@@ -595,7 +591,7 @@ bq_status pm_act_make(const bq_format *af, const float *x, int n, int cols, cons
     a->n = n;
     a->cols = cols;
     a->K = K;
-    if (af->sch == SCH_MX || af->sch == SCH_BFP || af->sch == SCH_BM || af->sch == SCH_SCALED || af->sch == SCH_NVFP4) {
+    if (linear_blocks(af)) {
         qctx c;
         bq_status st = bq_tensor_ctx(af, x, (size_t)n, (size_t)cols, o, &c);
         if (st) { pm_act_free(a); return st; }

@@ -417,7 +417,7 @@ static bq_status lmul_mbits(const bq_format *f, const char *name, const char *wh
 {
     if (!f || f->el.kind == EK_FP32) { *m = 23; return BQ_OK; }
     const char *why = f->el.kind == EK_INT ? "integer elements" : f->el.kind == EK_LOG ? "logarithmic elements"
-                    : f->sch == SCH_NVFP4 || f->sch == SCH_SCALED ? "a block scale that is not a power of two"
+                    : scheme_minifloat_scale(f) ? "a block scale that is not a power of two"
                     : f->sch == SCH_INT ? "an integer scale" : NULL;
     if (why) return bq_fail(BQ_ERR_UNSUPPORTED, "%s: L-Mul is not defined for %s %s (%s)", name, what, f->name, why);
     *m = f->el.mbits;

@@ -32,10 +32,10 @@ static operand operand_of(const bq_format *f)
     case EK_LOG: o.log = 1; o.ebits = e->bits - 1; o.sig = 1; break;
     default: o.sig = e->signmag ? e->bits - 1 : e->bits; break;  /* two's complement B x B, or magnitude */
     }
-    if (f->sch != SCH_ELEM && f->sch != SCH_INT) {
+    if (scheme_of(f)->block_code) {
         o.block = f->block;
         o.scale_bits = f->scale_bits;
-        if (f->sch == SCH_SCALED || f->sch == SCH_NVFP4) o.scale_sig = f->scale.mbits + 1;
+        if (scheme_minifloat_scale(f)) o.scale_sig = f->scale.mbits + 1;
     } else if (f->sch == SCH_INT && f->scope == SCOPE_GROUP) {
         o.block = f->block;
         o.scale_bits = 32;
@@ -104,8 +104,7 @@ bq_status bq_cost_pair(const bq_format *w, const bq_format *a, bq_cost *out)
     out->mac_area = mac_area(&ow, &oa, 0);
     out->fp32_mac_area = mac_area(&o32, &o32, 0);
     /* L-Mul is defined where both elements are floating point (docs/formats.md) */
-    int lm = ow.ebits && oa.ebits && !ow.log && !oa.log && w->sch != SCH_NVFP4 && w->sch != SCH_SCALED &&
-             a->sch != SCH_NVFP4 && a->sch != SCH_SCALED;
+    int lm = ow.ebits && oa.ebits && !ow.log && !oa.log && !scheme_minifloat_scale(w) && !scheme_minifloat_scale(a);
     out->lmul_mac_area = lm ? mac_area(&ow, &oa, 1) : 0;
     out->lmul_arith_density = lm ? out->fp32_mac_area / out->lmul_mac_area : 0;
     out->arith_density = out->fp32_mac_area / out->mac_area;
