@@ -238,5 +238,14 @@ else
     echo "SKIP: finetune CLI tests need ../shared/models/tiny/llama"
 fi
 
+# tools/williamson.c reproduces the Williamson quadruple src/quant/hadamard.c holds for 172 = 4 x 43
+# (39's full search takes minutes: not here)
+W=$(mktemp -d)
+if ${CC:-cc} -std=c11 -O2 -D_GNU_SOURCE -o "$W/williamson" tools/williamson.c -lm 2>"$W/err"; then
+    q=$("$W/williamson" 43 | tail -1)
+    grep -qF "$q," src/quant/hadamard.c && ok || bad "williamson 43 printed '$q', not in src/quant/hadamard.c's table"
+else bad "tools/williamson.c does not build: $(head -3 "$W/err")"; fi
+rm -rf "$W"
+
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]
