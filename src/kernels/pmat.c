@@ -127,7 +127,6 @@ static void float16_mv(const pmat *m, const float *x, int n, float *y, int ldy, 
  * transposed: each step adds the same pairs for two rows at once, shuffled side by
  * side, so every row gets the bits it gets alone. */
 typedef float v16f __attribute__((vector_size(64)));
-typedef int v16i __attribute__((vector_size(64)));
 static inline __attribute__((always_inline)) void rows16_f32(const float *w, size_t ldw, int cols, const float *x, float *y)
 {
     v16f A[16], xv, wv;
@@ -140,19 +139,28 @@ static inline __attribute__((always_inline)) void rows16_f32(const float *w, siz
             A[r] += xv * wv;
         }
     }
-    /* lanes (0-7 | 8-15), (0-3 | 4-7), (0,1 | 2,3), (even | odd) of two vectors side by side */
-    static const v16i lo8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
-                      hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31},
-                      lo4 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
-                      hi4 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31},
-                      lo2 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
-                      hi2 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},
-                      ev = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},
-                      od = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
-    for (int i = 0; i < 8; i++) A[i] = __builtin_shuffle(A[2 * i], A[2 * i + 1], lo8) + __builtin_shuffle(A[2 * i], A[2 * i + 1], hi8);
-    for (int i = 0; i < 4; i++) A[i] = __builtin_shuffle(A[2 * i], A[2 * i + 1], lo4) + __builtin_shuffle(A[2 * i], A[2 * i + 1], hi4);
-    for (int i = 0; i < 2; i++) A[i] = __builtin_shuffle(A[2 * i], A[2 * i + 1], lo2) + __builtin_shuffle(A[2 * i], A[2 * i + 1], hi2);
-    v16f e = __builtin_shuffle(A[0], A[1], ev) + __builtin_shuffle(A[0], A[1], od);
+    /* lanes (0-7 | 8-15), (0-3 | 4-7), (0,1 | 2,3), (even | odd) of two vectors side by side
+     * (__builtin_shufflevector: GCC 12 and clang alike) */
+#define LO8(a, b) __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
+#define HI8(a, b) __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31)
+#define LO4(a, b) __builtin_shufflevector(a, b, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27)
+#define HI4(a, b) __builtin_shufflevector(a, b, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31)
+#define LO2(a, b) __builtin_shufflevector(a, b, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29)
+#define HI2(a, b) __builtin_shufflevector(a, b, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31)
+#define EVN(a, b) __builtin_shufflevector(a, b, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30)
+#define ODD(a, b) __builtin_shufflevector(a, b, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31)
+    for (int i = 0; i < 8; i++) A[i] = LO8(A[2 * i], A[2 * i + 1]) + HI8(A[2 * i], A[2 * i + 1]);
+    for (int i = 0; i < 4; i++) A[i] = LO4(A[2 * i], A[2 * i + 1]) + HI4(A[2 * i], A[2 * i + 1]);
+    for (int i = 0; i < 2; i++) A[i] = LO2(A[2 * i], A[2 * i + 1]) + HI2(A[2 * i], A[2 * i + 1]);
+    v16f e = EVN(A[0], A[1]) + ODD(A[0], A[1]);
+#undef LO8
+#undef HI8
+#undef LO4
+#undef HI4
+#undef LO2
+#undef HI2
+#undef EVN
+#undef ODD
     /* lane 2j holds row ord[j], lane 2j + 1 row 8 + ord[j] */
     static const int ord[8] = {0, 4, 2, 6, 1, 5, 3, 7};
     for (int j = 0; j < 8; j++) { y[ord[j]] = e[2 * j]; y[8 + ord[j]] = e[2 * j + 1]; }
