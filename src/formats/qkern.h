@@ -323,6 +323,17 @@ static inline int ggml_scale(const bq_format *f, uint32_t code, float *d, float 
 /* Value of code q in a llama.cpp block: q * d, or q * d + m with a minimum. */
 static inline float ggml_value(const bq_format *f, float q, float d, float m) { return f->asym ? q * d + m : q * d; }
 
+/* q8_0's code of x / d given v = x * (1/d): NaN (0 * Inf, d subnormal) to 0, clamped to
+ * [-127, 127], rounded half away from zero (roundf, without a libm call: v - trunc(v)
+ * is exact). pk_isa.c's q8_0_codes is this, sixteen lanes at a time. */
+static inline int ggml_q8_code(float v)
+{
+    v = v != v ? 0.0f : v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+    int c = (int)v;
+    float fr = v - (float)c;
+    return c + (fr >= 0.5f) - (fr <= -0.5f);
+}
+
 static inline uint32_t ggml_block(const bq_format *f, const float *x, size_t n, int8_t *q)
 {
     if (f->asym) return ggml_block_min(f, x, n, q);
@@ -336,15 +347,10 @@ static inline uint32_t ggml_block(const bq_format *f, const float *x, size_t n, 
         /* x / d lies in [-lim, lim] unless 1/d overflowed (d subnormal): then the
          * codes saturate (0 for 0 * Inf), where llama.cpp's C conversion is undefined */
         float v = x[i] * id;
+        if (!h) { q[i] = (int8_t)ggml_q8_code(v); continue; }
         v = v != v ? 0.0f : v > lim ? lim : v < -lim ? -lim : v;
-        if (h) {
-            int c = (int)(v + ((float)h + 0.5f));
-            q[i] = (int8_t)((c < 2 * h - 1 ? c : 2 * h - 1) - h);
-        } else {  /* roundf's half away from zero, without a libm call: v - trunc(v) is exact */
-            int c = (int)v;
-            float fr = v - (float)c;
-            q[i] = (int8_t)(c + (fr >= 0.5f) - (fr <= -0.5f));
-        }
+        int c = (int)(v + ((float)h + 0.5f));
+        q[i] = (int8_t)((c < 2 * h - 1 ? c : 2 * h - 1) - h);
     }
     return ggml_fp16(f, d);
 }

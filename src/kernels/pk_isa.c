@@ -76,8 +76,7 @@ INLINE int rows_in(const pmat *m, int p) { return m->rows - p * PM_ROWS < PM_ROW
 
 typedef int32_t __attribute__((may_alias, aligned(1))) i32u;
 
-/* q8_0 activation codes: x * id, NaN (0 * Inf) to 0, clamped to [-127, 127], rounded
- * half away from zero (roundf; v - trunc(v) is exact), + 128. */
+/* q8_0 activation codes (+ 128) of x * id: qkern.h's ggml_q8_code, sixteen lanes at a time. */
 static void q8_0_codes(const float *x, int n, float id, uint8_t *u)
 {
     int i = 0;
@@ -95,13 +94,7 @@ static void q8_0_codes(const float *x, int n, float id, uint8_t *u)
         _mm_storeu_si128((__m128i *)(u + i), _mm512_cvtepi32_epi8(_mm512_xor_si512(c, k80)));
     }
 #endif
-    for (; i < n; i++) {
-        float v = x[i] * id;
-        v = v != v ? 0.0f : v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
-        int c = (int)v;
-        float fr = v - (float)c;
-        u[i] = (uint8_t)((c + (fr >= 0.5f) - (fr <= -0.5f)) ^ 0x80);
-    }
+    for (; i < n; i++) u[i] = (uint8_t)(ggml_q8_code(x[i] * id) ^ 0x80);
 }
 
 #if defined(__AVX512VNNI__)
@@ -243,13 +236,9 @@ static void mm_int(const pmat *m, const pm_act *a, float *y, int ldy, int p0, in
     int32_t *asum = na <= 8 * ONSTACK ? asum_stack : malloc(na * sizeof *asum);
     float out[8 * PM_ROWS];
     if (!asum || !swv) goto done;  /* a few bytes per group: cannot fail in practice */
-    for (size_t i = 0; i < na; i++) {  /* the activations' sums over each group of C (token i / ngc) */
-        const int8_t *q = a->q + i * C;  /* (cols = ngc * C) */
+    for (size_t i = 0; i < na; i++) {  /* the activations' sums over each group of C (token i / ngc; C % 16 == 0) */
         int32_t sum = 0;
-        if (C % 16 == 0)
-            for (int k = 0; k < C / 16; k++) sum += a->qsum[i * (C / 16) + (size_t)k];
-        else
-            for (int k = 0; k < C; k++) sum += q[k];
+        for (int k = 0; k < C / 16; k++) sum += a->qsum[i * (C / 16) + (size_t)k];
         asum[i] = sum;
     }
     for (int p = p0; p < p1; p++) {
