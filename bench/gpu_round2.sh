@@ -18,6 +18,8 @@
 #   STAGES=ops: one decoding step of the 7B shape op by op (bench/gpu_decode_ops.c), bf16 and OPS_FORMATS
 #   STAGES=hadamard: greedy decoding of the 7B shape (bf16) with and without --ptq hadamard
 #     (down_proj's 11008 inputs rotated online: 64 chunks x a 172 x 172 Hadamard block), same prompt
+#   STAGES=gptq7b: calibration (128 x 2048 tokens, on the GPU) plus GPTQ of every linear of the 7B shape (issue 16)
+#   STAGES=ptqtable: bench/ptq_whole.sh on the GPU (JOBS side by side, PART=k/n of the rows)
 #   STAGES=graphs: one-token steps replayed from a CUDA graph against --eager (every kernel
 #     launched), bundled model and 7B shape, and the GEMV at a 7B layer's shapes
 O=${1:-${OUT:-/tmp}}
@@ -26,7 +28,7 @@ B=build/gpu/blockq
 M=/tmp/r7b
 T=data/wikitext-2-test.txt
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-case "$S" in *scale*|*decode*|*packed*|*graphs*|*pipeline*|*multigpu*|*ops*|*hadamard*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
+case "$S" in *scale*|*decode*|*packed*|*graphs*|*pipeline*|*multigpu*|*ops*|*hadamard*|*gptq7b*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
 mkdir -p /tmp/deps && for f in .debs/*.deb; do dpkg -x "$f" /tmp/deps; done 2>/dev/null
 [ -f .debs/deps.tar.xz ] && tar xJf .debs/deps.tar.xz -C /tmp/deps  # the same packages, pruned to fit the transfer
 D=/tmp/deps/usr; L=$D/lib/x86_64-linux-gnu
@@ -158,4 +160,18 @@ case "$S" in *multigpu*)
     $R "70B ppl ctx2048 x4, 2 stages" -- $B ppl --model /dev/shm/r70b --text $T --ctx 2048 --chunks 4 --device cuda --stages 2 --json
     $R "70B decode 32 tokens, 2 stages" -- $B generate --model /dev/shm/r70b --prompt "The meaning of life is" -n 32 --device cuda --stages 2 --json
     rm -rf /dev/shm/r70b ;;
+esac
+case "$S" in *gptq7b*)
+    # issue 16's speed target: calibration on 128 windows of 2048 tokens (on the GPU: the
+    # float model's forward passes, per-channel sums and the Gram matrices X^T X by cuBLAS
+    # DSYRK) and GPTQ of all 224 linears on the host's cores, then 4 windows scored
+    /usr/bin/time -v $B ppl --model $M --text $T --ctx 2048 --chunks 4 --device cuda --wq q4_0 --ptq gptq \
+        --calib-chunks 128 --calib-ctx 2048 --threads "$(nproc)" --json >"$O/r10_gptq7b.json" 2>"$O/r10_gptq7b.txt"
+    echo "exit $?"; cat "$O/r10_gptq7b.json"
+    grep -E "blockq|Elapsed|Maximum resident" "$O/r10_gptq7b.txt" ;;
+esac
+case "$S" in *ptqtable*)
+    # issue 16's whole-text table (bench/ptq_whole.sh), rows side by side on the GPU
+    DEVICE=cuda JOBS=${JOBS:-4} THREADS=$(( $(nproc) / ${JOBS:-4} )) PART=${PART:-1/1} B=$B sh bench/ptq_whole.sh "$O/ptq_whole_table.jsonl"
+    python3 bench/ptq_whole.py "$O/ptq_whole_table.jsonl" ;;
 esac

@@ -225,10 +225,15 @@ BQ_API bq_status bq_qconfig_load(bq_qconfig *q, const char *toml_path);
  * strict: a pattern that matches no tensor is an error, not a warning. */
 BQ_API bq_status bq_model_quantize(bq_model *m, const bq_qconfig *q, int strict);
 /* Calibration: run the (float) model m over the first `chunks` windows of ctx
- * tokens of ids and keep, per linear, the mean square of each input channel;
+ * tokens of ids (BQ_ERR_ARG if ids holds fewer) and keep, per linear, the mean square of each input channel;
  * quantising a model of the same shape with this config then weighs each
  * weight's error by its input's energy (--ptq clip). Never the test text. */
 BQ_API bq_status bq_qconfig_calibrate(bq_qconfig *q, const bq_model *m, const int32_t *ids, size_t n, int ctx, int chunks);
+/* Where calibration runs the float model (as bq_ctx_opts.device: 0 the CPU, the
+ * default; 1 the first CUDA device, where the sums and Gram matrices are also
+ * taken). Either gives the same statistics up to the two backends' float32
+ * rounding of the activations. */
+BQ_API void bq_qconfig_set_device(bq_qconfig *q, int device);
 /* 1 when the config's post-training algorithms use calibration statistics (clip,
  * gptq, awq, smoothquant; however they were set: --ptq or a TOML's ptq key), 0 when
  * none does (rotate, lorc, none). */

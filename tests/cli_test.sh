@@ -211,6 +211,7 @@ a=$($B ppl --model $M --text data/wikitext-2-test.txt --ctx 64 --chunks 1 --conf
 b=$($B ppl --model $M --text data/wikitext-2-test.txt --ctx 64 --chunks 1 --wq int4_g128 --ptq gptq --calib-chunks 1 --calib-ctx 128 2>/dev/null | grep "^ppl")
 [ -n "$a" ] && [ "$a" = "$b" ] && ok || bad "ptq in a config: '$a', --ptq: '$b'"
 expect_fail 2 "unknown post-training algorithm 'hqq'" -- $B ppl --model $M --text data/wikitext-2-test.txt --wq q4_0 --ptq hqq
+expect_fail 2 "fewer than the 5000 asked" -- $B ppl --model $M --text data/wikitext-2-test.txt --wq q4_0 --ptq gptq --calib-chunks 5000 --calib-ctx 512
 expect_fail 2 "gptq: int4_row has a scale per row" -- $B ppl --model $M --text data/wikitext-2-test.txt --wq int4_row --ptq gptq --calib-chunks 1 --calib-ctx 64
 
 # finetune: a run cut in two (--stop-after, then --resume) writes the same model as one

@@ -11,6 +11,7 @@
 #include "backend.h"
 #include "bq_cuda.h"
 #include "harness.h"
+#include "quant.h"
 #include <unistd.h>
 
 typedef struct { be *b[2]; } pair;  /* [0] CPU, [1] CUDA */
@@ -234,6 +235,87 @@ static void decode(const char *name, const bq_model *m, int prompt, int steps)
     free(ids);
 }
 
+/* Calibration's sums (stats_add/stats_read) on the device against the host's
+ * arithmetic on the same inputs: channel sums and maxima bit for bit (each channel's
+ * tokens added in order), X^T X within 1e-12 of sqrt(G_ii G_jj) (dsyrk's order). */
+static void stats_op(const char *name, pair *p, int in)
+{
+    be *b = p->b[1];
+    const int n1 = 37, n2 = 5, n = n1 + n2;
+    float *hx = rnd((size_t)n * in, 1.5f), *dx = put(b, hx, (size_t)n * in);
+    double *msq = calloc((size_t)in, 8), *amax = calloc((size_t)in, 8), *G = calloc((size_t)in * in, 8);
+    double *rm = calloc((size_t)in, 8), *ra = calloc((size_t)in, 8), *rg = calloc((size_t)in * in, 8);
+    if (!hx || !dx || !msq || !amax || !G || !rm || !ra || !rg) { CHECK(0, "%s stats: buffers", name); goto done; }
+    OK(b->ops->stats_add(b, 3, dx, n1, in, 1));
+    OK(b->ops->stats_add(b, 3, dx + (size_t)n1 * in, n2, in, 1));
+    OK(b->ops->stats_read(b, 3, msq, amax, G));
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < in; i++) {
+            double v = hx[(size_t)t * in + i];
+            rm[i] += v * v;
+            ra[i] = fabs(v) > ra[i] ? fabs(v) : ra[i];
+            for (int j = i; j < in; j++) rg[(size_t)i * in + j] += v * hx[(size_t)t * in + j];
+        }
+    int exact = !memcmp(msq, rm, (size_t)in * 8) && !memcmp(amax, ra, (size_t)in * 8);
+    double worst = 0;
+    for (int i = 0; i < in; i++)
+        for (int j = i; j < in; j++) {
+            double e = fabs(G[(size_t)i * in + j] - rg[(size_t)i * in + j]) / sqrt(rg[(size_t)i * in + i] * rg[(size_t)j * in + j]);
+            worst = e == e ? t_max(worst, e) : INFINITY;
+        }
+    CHECK(exact, "%s stats: channel sums or maxima differ from the host's bits", name);
+    CHECK(worst <= 1e-12, "%s stats: X^T X off by %.3g of sqrt(G_ii G_jj)", name, worst);
+    CHECK(b->ops->stats_read(b, 3, msq, amax, NULL) == BQ_ERR_ARG, "%s stats: a slot read twice must be refused", name);
+done:
+    if (dx) b->ops->release(b, dx);
+    free(hx); free(msq); free(amax); free(G); free(rm); free(ra); free(rg);
+}
+
+/* The same calibration on the GPU and on the CPU: the statistics agree up to the
+ * backends' float32 rounding of the activations (relative 1e-4), and gptq quantises
+ * the same weights from either. */
+static void calibration_on_device(const char *dir)
+{
+    bq_model *m;
+    if (bq_model_load(dir, &m)) { CHECK(0, "%s: %s", dir, bq_last_error()); return; }
+    int32_t ids[256];
+    for (int i = 0; i < 256; i++) ids[i] = (int32_t)(t_rand() % (unsigned)bq_model_vocab(m));
+    bq_qconfig *q[2];
+    for (int k = 0; k < 2; k++) {
+        OK(bq_qconfig_new(&q[k]));
+        OK(bq_qconfig_set(q[k], "wq", "q4_0"));
+        OK(bq_qconfig_set(q[k], "ptq", "gptq,smoothquant"));
+        bq_qconfig_set_device(q[k], k);
+        OK(bq_qconfig_calibrate(q[k], m, ids, 256, 64, 4));
+    }
+    const calib_stats *c = q[0]->calib, *g = q[1]->calib;
+    double worst = 0;
+    int slots = 0, shape = c && g && c->n == g->n && c->gram && g->gram && c->xs && g->xs;
+    for (int k = 0; shape && k < c->n; k++) {
+        if (!c->msq[k]) { shape &= !g->msq[k]; continue; }
+        int in = c->in[k];
+        shape &= g->msq[k] && g->in[k] == in && !c->gram[k] == !g->gram[k] && c->xrows[k] == g->xrows[k];
+        if (!shape) break;
+        slots++;
+        for (int i = 0; i < in; i++) {
+            worst = t_max(worst, fabs(g->msq[k][i] - c->msq[k][i]) / (c->msq[k][i] + 1e-30));
+            worst = t_max(worst, fabs(g->amax[k][i] - c->amax[k][i]) / (c->amax[k][i] + 1e-30));
+            for (int j = 0; c->gram[k] && j < in; j++) {
+                double s = sqrt(c->gram[k][(size_t)i * in + i] * c->gram[k][(size_t)j * in + j]);
+                worst = t_max(worst, fabs(g->gram[k][(size_t)i * in + j] - c->gram[k][(size_t)i * in + j]) / (s + 1e-30));
+            }
+        }
+        for (size_t i = 0; c->xs[k] && i < (size_t)c->xrows[k] * in; i++)
+            worst = t_max(worst, fabs((double)g->xs[k][i] - c->xs[k][i]) / (sqrt(c->msq[k][i % in]) + 1e-30));
+        if (worst != worst) worst = INFINITY;
+    }
+    CHECK(shape && slots > 0, "calibration on the GPU: statistics of another shape than the CPU's");
+    CHECK(worst <= 1e-4, "calibration on the GPU: statistics off the CPU's by %.3g (relative)", worst);
+    printf("  calibration on the GPU: %d slots, statistics within %.2e of the CPU's\n", slots, worst);
+    for (int k = 0; k < 2; k++) bq_qconfig_free(q[k]);
+    bq_model_free(m);
+}
+
 static void quantise(bq_model *m, const char *w, const char *a, const char *attn, const char *ptq, int pack)
 {
     bq_qconfig *q;
@@ -271,6 +353,7 @@ static void one_model(const char *name, const char *dir)
             ops_once(label, m, &p, 7, 0);
             ops_once(label, m, &p, 1, 20);
             ops_once(label, m, &p, 5, 31);
+            if (i == 0) stats_op(label, &p, m->c.hidden);
         }
         if (!s0) p.b[0]->ops->destroy(p.b[0]);
         if (!s0 && !s1) p.b[1]->ops->destroy(p.b[1]);
@@ -299,6 +382,7 @@ int main(void)
         return test_summary("test_backend");
     }
     one_model("llama-19m", "models/llama-19m-en");
+    calibration_on_device("models/llama-19m-en");
     const char *sh = shared_dir();
     const char *tiny[] = {"llama", "mistral", "qwen2", "qwen3", "opt", "opt-proj", "gpt2"};
     for (int i = 0; i < 7; i++) {

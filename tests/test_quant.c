@@ -5,6 +5,7 @@
 #include "harness.h"
 #include "model.h"
 #include "quant.h"
+#include "backend.h"
 #include <math.h>
 #include <unistd.h>
 
@@ -398,6 +399,8 @@ static void test_ptq(void)
     OK(bq_qconfig_set(q, "wq", "q4_0"));
     OK(bq_qconfig_set(q, "ptq", "clip"));
     CHECK(bq_qconfig_set(q, "ptq", "hqq") == BQ_ERR_ARG, "an unknown algorithm must be refused by name");
+    CHECK(bq_qconfig_calibrate(q, m, ids, 256, 64, 5) == BQ_ERR_ARG && strstr(bq_last_error(), "fewer than the 5 asked"),
+          "calibration text shorter than asked must be refused: %s", bq_last_error());
     OK(bq_qconfig_calibrate(q, m, ids, 256, 64, 3));
     const calib_stats *cs = q->calib;
     int good = cs && cs->tokens == 192;
@@ -468,7 +471,8 @@ static double smooth_kld(const char *dir, const char *wq, const char *aq, const 
     if (wq) OK(bq_qconfig_set(q, "wq", wq));
     if (aq) OK(bq_qconfig_set(q, "aq", aq));
     OK(bq_qconfig_set(q, "ptq", ptq));
-    OK(bq_qconfig_calibrate(q, m, cal, ncal, ctx, 8));
+    size_t windows = ncal / (size_t)ctx;
+    OK(bq_qconfig_calibrate(q, m, cal, ncal, ctx, windows < 8 ? (int)windows : 8));
     OK(bq_model_quantize(sm, q, 1));
     bq_qconfig_free(q);
     if (maxrel) *maxrel = logit_rel_diff(m, sm, ids);  /* the first window, smoothed vs not */
@@ -719,8 +723,19 @@ static void test_gptq(void)
         }
     }
     CHECK(good && grams == 8 * 4 + 1, "calibration's Gram matrices: %d of them, or asymmetric, or a diagonal off", grams);
-    bq_model *qm = load(DEFAULT);
+    /* the linears side by side: the same bits on 1 and 2 threads */
+    bq_model *qm = load(DEFAULT), *q1 = load(DEFAULT);
+    q->opts.threads = 2;
     OK(bq_model_quantize(qm, q, 1));
+    q->opts.threads = 1;
+    OK(bq_model_quantize(q1, q, 1));
+    size_t differ = 0;
+    for (int k = 0; q1 && k < qm->c.layers * 7; k++) {
+        const linear *a = model_linear(qm, k / 7, (lin_role)(k % 7)), *b = model_linear(q1, k / 7, (lin_role)(k % 7));
+        if (LINEAR_PRESENT(a)) differ += !a->w || !b->w || memcmp(a->w, b->w, (size_t)a->out * a->in * 4);
+    }
+    CHECK(q1 && differ == 0, "gptq: %zu linears differ between 1 and 2 threads", differ);
+    bq_model_free(q1);
     bq_qconfig_free(q);
     bq_ppl_opts o = {.ctx = 64, .chunks = 4};
     bq_kld_result r;

@@ -63,7 +63,7 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
         else if (OPT("--out")) a->out = v;
         else if (OPT("--prompt")) a->prompt = v;
         else if (OPT("--protocol")) a->protocol = v;
-        else if (strcmp(cmd, "quantize") && strcmp(cmd, "info") && strcmp(cmd, "tokenize") && OPT("--device")) a->device = v;
+        else if (strcmp(cmd, "info") && strcmp(cmd, "tokenize") && OPT("--device")) a->device = v;  /* quantize: where calibration runs */
         else if (!strcmp(cmd, "tokenize") && OPT("--text")) a->text = v;
         else if (!strcmp(cmd, "ppl") && OPT("--text")) a->text_file = v;
         else if (!strcmp(cmd, "eval") && OPT("--tasks")) a->tasks = v;
@@ -167,8 +167,12 @@ static int load_model(const char *cmd, const model_args *a, bq_model **m)
     if (!wants_quant(a)) return 0;
     bq_qconfig *q;
     if ((st = cli_qconfig(roles, a->role, NROLES, a->config, a->round_set, a->round, a->seed, &q))) return cli_status(cmd, st);
-    if (!st && bq_qconfig_needs_calibration(q)) st = calibrate(cmd, a, *m, q);  /* --ptq or the config's ptq key */
+    bq_qconfig_set_device(q, a->dev);
+    int calibrated = bq_qconfig_needs_calibration(q);
+    if (!st && calibrated) st = calibrate(cmd, a, *m, q);  /* --ptq or the config's ptq key */
+    double t0 = bq_now();
     if (!st) st = a->packed ? bq_model_pack(*m, q, a->strict) : bq_model_quantize(*m, q, a->strict);
+    if (!st && calibrated) fprintf(stderr, "blockq %s: quantised with calibration in %.1f s\n", cmd, bq_now() - t0);
     bq_qconfig_free(q);
     if (st) {
         bq_model_free(*m);
@@ -556,7 +560,7 @@ int cmd_quantize(int argc, char **argv)
     if (rc) return rc;
     if (!a.out || (!a.config && !a.role[0] && !a.role[4] && !a.role[5]))
         return cli_error("quantize", "usage: blockq quantize --model DIR (--wq FORMAT | --config FILE) [--aq F] [--head F] "
-                                     "[--emb F] --out MODEL.bq|MODEL.gguf");
+                                     "[--emb F] [--ptq LIST [--device cuda]] --out MODEL.bq|MODEL.gguf");
     int gguf = cli_ends_with(a.out, ".gguf") && strcmp(a.out, ".gguf");
     a.packed = 1;
     bq_model *m;

@@ -50,6 +50,7 @@ typedef cublasStatus_t (*gemmex_fn)(cublasHandle_t, cublasOperation_t, cublasOpe
                                     const void *, cudaDataType, int, const void *, cudaDataType, int, const void *, void *,
                                     cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
 typedef int (*destroy_fn)(void *);
+typedef int (*dsyrk_fn)(void *, int, int, int, int, const double *, const double *, int, const double *, double *, int);
 // The library's entry points, found once per process (handles are per backend:
 // each belongs to the device current when it was made).
 static struct {
@@ -60,6 +61,7 @@ static struct {
     gemmex_fn gemmex;
     set_stream_fn set_stream;
     set_workspace_fn set_workspace;
+    dsyrk_fn dsyrk;
 } g_blas;
 static pthread_mutex_t g_blas_mu = PTHREAD_MUTEX_INITIALIZER;
 
@@ -80,11 +82,13 @@ static bq_status cublas_load(void)
             g_blas.sgemm_batched = (sgemm_batched_fn)dlsym(lib, "cublasSgemmStridedBatched");
             g_blas.set_stream = (set_stream_fn)dlsym(lib, "cublasSetStream_v2");
             g_blas.set_workspace = (set_workspace_fn)dlsym(lib, "cublasSetWorkspace_v2");
+            g_blas.dsyrk = (dsyrk_fn)dlsym(lib, "cublasDsyrk_v2");
             create_fn create = (create_fn)dlsym(lib, "cublasCreate_v2");
             if (!create || !g_blas.destroy || !g_blas.sgemm || !g_blas.gemmex || !g_blas.sgemm_batched ||
-                !g_blas.set_stream || !g_blas.set_workspace)
+                !g_blas.set_stream || !g_blas.set_workspace || !g_blas.dsyrk)
                 st = bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cuBLAS lacks one of cublasCreate_v2, cublasSgemm_v2, "
-                                                 "cublasSgemmStridedBatched, cublasGemmEx, cublasSetStream_v2, cublasSetWorkspace_v2");
+                                                 "cublasSgemmStridedBatched, cublasGemmEx, cublasSetStream_v2, cublasSetWorkspace_v2, "
+                                                 "cublasDsyrk_v2");
             else g_blas.create = create;  // last: the mark that the rest is set
         }
     }
@@ -610,6 +614,10 @@ struct cuda_be {
     cudaGraphExec_t graph;
     unsigned graph_key;
     int recording, graph_checks, recordable;
+    // calibration's sums per linear slot (cuda_stats_add), and the inputs widened for X^T X
+    struct gstat { double *msq, *amax, *gram; int in; } *stats;
+    double *xd;
+    size_t xd_cap;
 };
 
 static unsigned nblk(size_t n) { return (unsigned)((n + 255) / 256); }
@@ -745,6 +753,11 @@ static void cuda_destroy(be *b)
     for (size_t i = 0; g->norms && i < nn; i++) { bq_cuda_free(g->norms[i].w); bq_cuda_free(g->norms[i].b); }
     free(g->lin);
     free(g->norms);
+    for (size_t i = 0; g->stats && i < nl; i++) {
+        bq_cuda_free(g->stats[i].msq); bq_cuda_free(g->stats[i].amax); bq_cuda_free(g->stats[i].gram);
+    }
+    free(g->stats);
+    bq_cuda_free(g->xd);
     cuda_drop_recording(b);
     if (g->graph) cudaGraphExecDestroy(g->graph);
     void *p[] = {g->emb, g->pos, g->kc, g->vc, g->kq, g->vt, g->s, g->xq, g->xb, g->wb, g->wf, g->lt, g->ids, g->lp, g->bad, g->blas_ws,
@@ -1103,10 +1116,96 @@ static bq_status cuda_rotate(be *b, const bq_rot *r, float *x, int rows)
     return launched("online rotation");
 }
 
+// ---- calibration's statistics ----
+
+// Thread i: channel i's tokens in order, as calib.c adds them on the host (no fused
+// multiply-add, so the same float64 sums from the same inputs).
+__global__ void k_chan_stats(const float *x, int n, int in, double *msq, double *amax)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= in) return;
+    double acc = msq[i], mx = amax[i];
+    for (int t = 0; t < n; t++) {
+        double v = x[(size_t)t * in + i];
+        acc = __dadd_rn(acc, __dmul_rn(v, v));
+        mx = fabs(v) > mx ? fabs(v) : mx;
+    }
+    msq[i] = acc;
+    amax[i] = mx;
+}
+
+__global__ void k_widen(const float *x, double *y, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = x[i];
+}
+
+static bq_status cuda_stats_add(be *b, int slot, const float *x, int n, int in, int gram)
+{
+    cuda_be *g = G(b);
+    const size_t slots = (size_t)cfg(b)->layers * 7 + 1, cnt = (size_t)n * in;
+    if (slot < 0 || (size_t)slot >= slots) return bq_fail(BQ_ERR_ARG, "CUDA engine: calibration slot %d of %zu", slot, slots);
+    if (!g->stats && !(g->stats = (cuda_be::gstat *)calloc(slots, sizeof *g->stats))) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    cuda_be::gstat *s = &g->stats[slot];
+    bq_status st = BQ_OK;
+    if (!s->msq) {
+        s->in = in;
+        if (!(st = bq_cuda_malloc((void **)&s->msq, (size_t)in * 8)) && !(st = bq_cuda_malloc((void **)&s->amax, (size_t)in * 8))) {
+            cudaMemsetAsync(s->msq, 0, (size_t)in * 8, cudaStreamPerThread);
+            cudaMemsetAsync(s->amax, 0, (size_t)in * 8, cudaStreamPerThread);
+        }
+        if (!st && gram && !(st = bq_cuda_malloc((void **)&s->gram, (size_t)in * in * 8)))
+            cudaMemsetAsync(s->gram, 0, (size_t)in * in * 8, cudaStreamPerThread);
+        if (st) return bq_fail(st, "calibration's statistics on the device: %s", bq_last_error());
+    }
+    if (s->in != in || (gram && !s->gram)) return bq_fail(BQ_ERR_ARG, "CUDA engine: calibration slot %d changed shape", slot);
+    k_chan_stats<<<nblk((size_t)in), 256>>>(x, n, in, s->msq, s->amax);
+    if (!gram) return launched("calibration statistics");
+    if (cnt > g->xd_cap) {
+        bq_cuda_free(g->xd);
+        g->xd = NULL;
+        g->xd_cap = 0;
+        if ((st = bq_cuda_malloc((void **)&g->xd, cnt * 8))) return st;
+        g->xd_cap = cnt;
+    }
+    k_widen<<<nblk(cnt), 256>>>(x, g->xd, cnt);
+    // column-major, X^T is in x n: C = X^T X with its lower triangle, the row-major upper one
+    // (stats_read mirrors it)
+    const double one = 1.0;
+    if (g_blas.dsyrk(g->blas, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, in, n, &one, g->xd, in, &one, s->gram, in) != 0)
+        return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasDsyrk failed");
+    return launched("calibration's Gram matrix");
+}
+
+// The lower triangle from the upper one (row-major), before the Gram matrix goes to the host.
+__global__ void k_mirror(double *G, int n)
+{
+    int j = blockIdx.x * blockDim.x + threadIdx.x, i = blockIdx.y;
+    if (j < i) G[(size_t)i * n + j] = G[(size_t)j * n + i];
+}
+
+static bq_status cuda_stats_read(be *b, int slot, double *msq, double *amax, double *gram)
+{
+    cuda_be *g = G(b);
+    cuda_be::gstat *s = g->stats ? &g->stats[slot] : NULL;
+    if (!s || !s->msq) return bq_fail(BQ_ERR_ARG, "CUDA engine: calibration slot %d saw no input", slot);
+    size_t in = (size_t)s->in;
+    bq_status st = bq_cuda_download(msq, s->msq, in * 8);
+    if (!st) st = bq_cuda_download(amax, s->amax, in * 8);
+    if (!st && gram && s->gram) {
+        k_mirror<<<dim3(nblk(in), (unsigned)in), 256>>>(s->gram, (int)in);
+        if (!(st = launched("calibration's Gram matrix"))) st = bq_cuda_download(gram, s->gram, in * in * 8);
+    }
+    bq_cuda_free(s->msq); bq_cuda_free(s->amax); bq_cuda_free(s->gram);
+    *s = cuda_be::gstat{};
+    return st;
+}
+
 static const be_ops cuda_ops = {
     "cuda", 0, cuda_destroy, cuda_alloc, cuda_release, cuda_embed, cuda_add_pos, cuda_linear, cuda_norm, cuda_rope,
     cuda_qdq, cuda_kv_store, cuda_attention, cuda_act, cuda_add, cuda_check, cuda_logits, cuda_logprobs, cuda_finish,
     cuda_replay, cuda_drop_recording, cuda_get, cuda_put, cuda_bind, cuda_linears, cuda_rotate,
+    cuda_stats_add, cuda_stats_read,
 };
 
 static bq_status up_norm(gnorm *d, const normp *p, size_t n, size_t *bytes)

@@ -80,6 +80,14 @@ typedef struct {
     bq_status (*linears)(be *b, int layer, const lin_role *rs, int count, const float *x, float *const *ys, int n);
     /* rows of r->n floats through the model's online rotation r (model_rot_rows) */
     bq_status (*rotate)(be *b, const bq_rot *r, float *x, int rows);
+    /* Optional (NULL: calibration reads host buffers itself, calib.c). Calibration's
+     * sums over the inputs x[n, in] of linear slot (calib_index), kept in the
+     * backend's memory: per channel the sum of x^2 and the largest |x|, and with gram
+     * X^T X, all float64 (the host's arithmetic for the first two: each channel's
+     * tokens added in order). stats_read copies a slot's sums out (gram, whole
+     * and symmetric; may be NULL) and frees them. */
+    bq_status (*stats_add)(be *b, int slot, const float *x, int n, int in, int gram);
+    bq_status (*stats_read)(be *b, int slot, double *msq, double *amax, double *gram);
 } be_ops;
 
 struct be {

@@ -470,6 +470,7 @@ static const be_ops cpu_ops = {
     cpu_kv_store, cpu_attention, cpu_act, cpu_add, cpu_check, cpu_logits, cpu_logprobs, cpu_finish,
     NULL, NULL,  /* no recorded steps: nothing to save on the CPU */
     cpu_copy, cpu_copy, NULL, cpu_linears, cpu_rotate,
+    NULL, NULL,  /* calibration reads host buffers itself */
 };
 
 bq_status be_cpu_new(const bq_model *m, int max_tokens, int threads, int lo, int hi, be **out)

@@ -41,7 +41,7 @@ struct bq_ctx {
     float *lg;
     float *hx;       /* host: the hidden state passed from stage to stage, cap tokens */
     int hx_cap;
-    bq_observer observe;  /* calibration: each linear's input (host backends) */
+    bq_observer observe;  /* calibration: each linear's input */
     void *observe_arg;
 };
 
@@ -49,7 +49,9 @@ static stage *last_stage(bq_ctx *c) { return &c->st[c->nst - 1]; }
 
 bq_status bq_ctx_set_observer(bq_ctx *c, bq_observer fn, void *arg)
 {
-    if (fn && !c->st[0].b->ops->host) return bq_fail(BQ_ERR_UNSUPPORTED, "calibration observes the CPU backend only");
+    for (int i = 0; fn && i < c->nst; i++)
+        if (!c->st[i].b->ops->host && !c->st[i].b->ops->stats_add)
+            return bq_fail(BQ_ERR_UNSUPPORTED, "calibration cannot observe the %s backend", c->st[i].b->ops->name);
     c->observe = fn;
     c->observe_arg = arg;
     return BQ_OK;
@@ -61,7 +63,7 @@ bq_status bq_ctx_set_observer(bq_ctx *c, bq_observer fn, void *arg)
 static bq_status run_linears(bq_ctx *c, be *b, int layer, const lin_role *rs, int count, const float *x, float *const *ys, int n)
 {
     if (c->observe)
-        for (int i = 0; i < count; i++) c->observe(c->observe_arg, layer, (int)rs[i], x, n, model_linear(c->m, layer, rs[i])->in);
+        for (int i = 0; i < count; i++) c->observe(c->observe_arg, b, layer, (int)rs[i], x, n, model_linear(c->m, layer, rs[i])->in);
     if (b->ops->linears) return b->ops->linears(b, layer, rs, count, x, ys, n);
     bq_status st = BQ_OK;
     for (int i = 0; i < count && !st; i++) st = b->ops->linear(b, layer, rs[i], x, ys[i], n);

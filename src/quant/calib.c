@@ -3,7 +3,8 @@
  * per linear and input channel, the squares of the inputs it sees (with gptq or
  * awq also X^T X); the activations are not kept, except, for smoothquant's alpha
  * search, a sample of CALIB_SAMPLE_ROWS evenly spaced tokens per input. What the
- * post-training algorithms weigh errors by. */
+ * post-training algorithms weigh errors by. On a GPU the sums stay on the device
+ * (the backend's stats ops) and come to the host once, at the end. */
 #include "quant.h"
 #include "engine.h"
 #include "backend.h"
@@ -11,6 +12,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 void calib_free(calib_stats *s)
 {
@@ -68,24 +70,32 @@ int calib_gram_slot(const calib_stats *s, int k)
     return k;
 }
 
-/* stride: one sample row every `stride` tokens a slot sees; seen: tokens seen per slot */
-typedef struct { calib_stats *s; int layers; double *xd; size_t xcap; int oom; size_t stride, *seen; } obs;
+/* stride: one sample row every `stride` tokens a slot sees; seen: tokens seen per slot;
+ * at: the backend that holds a slot's sums (NULL: the host's arrays); st: the first error */
+typedef struct { calib_stats *s; int layers; double *xd; size_t xcap; int oom; size_t stride, *seen; be **at; bq_status st; } obs;
 
-/* Sample rows (smoothquant's search): evenly spaced tokens, at most CALIB_SAMPLE_ROWS. */
-static void keep_rows(obs *o, int k, const float *x, int n, int in)
+/* Sample rows (smoothquant's search): evenly spaced tokens, at most CALIB_SAMPLE_ROWS,
+ * copied from the backend's memory. */
+static void keep_rows(obs *o, be *b, int k, const float *x, int n, int in)
 {
     float *X = o->s->xs[k];
-    for (int t = 0; t < n; t++, o->seen[k]++)
+    for (int t = 0; t < n && !o->st; t++, o->seen[k]++)
         if (o->seen[k] % o->stride == 0 && o->s->xrows[k] < CALIB_SAMPLE_ROWS)
-            memcpy(X + (size_t)o->s->xrows[k]++ * in, x + (size_t)t * in, (size_t)in * sizeof *X);
+            o->st = b->ops->get(b, X + (size_t)o->s->xrows[k]++ * in, x + (size_t)t * in, (size_t)in * sizeof *X);
 }
 
-static void observe(void *arg, int layer, int role, const float *x, int n, int in)
+static void observe(void *arg, be *b, int layer, int role, const float *x, int n, int in)
 {
     obs *o = arg;
     if (layer < 0 && role != R_HEAD) return;  /* OPT's projections: not calibrated */
     int k = calib_index(o->layers, layer, role);
-    if (!o->s->msq[k] || o->s->in[k] != in) return;
+    if (!o->s->msq[k] || o->s->in[k] != in || o->st) return;
+    if (o->s->xs && o->s->xs[k]) keep_rows(o, b, k, x, n, in);
+    if (!b->ops->host) {  /* the sums stay where x is */
+        if (!o->st) o->st = b->ops->stats_add(b, k, x, n, in, o->s->gram && o->s->gram[k]);
+        o->at[k] = b;
+        return;
+    }
     double *acc = o->s->msq[k], *mx = o->s->amax[k];
     for (int t = 0; t < n; t++)
         for (int i = 0; i < in; i++) {
@@ -93,7 +103,6 @@ static void observe(void *arg, int layer, int role, const float *x, int n, int i
             acc[i] += v * v;
             mx[i] = fabs(v) > mx[i] ? fabs(v) : mx[i];
         }
-    if (o->s->xs && o->s->xs[k]) keep_rows(o, k, x, n, in);
     double *G = o->s->gram ? o->s->gram[k] : NULL;
     if (!G) return;
     /* X^T X in double: the batch widened, then one symmetric rank-n update (upper
@@ -109,14 +118,16 @@ static void observe(void *arg, int layer, int role, const float *x, int n, int i
     cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, in, n, 1.0, o->xd, in, 1.0, G, in);
 }
 
-/* With gptq or awq the Gram matrices: refused past 8 GB (per-layer calibration is not built). */
+/* With gptq or awq the Gram matrices of every layer at once (float64): refused where
+ * they would take over half the host's memory (layer-by-layer calibration is not built;
+ * LLaMA-2-7B's take 44 GB). */
 static bq_status alloc_grams(calib_stats *s)
 {
-    double bytes = 0;
+    double bytes = 0, ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
     for (int k = 0; k < s->n; k++)
         if (s->msq[k] && calib_gram_slot(s, k) == k) bytes += (double)s->in[k] * s->in[k] * 8;
-    if (bytes > 8e9)
-        return bq_fail(BQ_ERR_UNSUPPORTED, "gptq/awq: the calibration's Gram matrices would take %.1f GB (all layers at once; layer-by-layer calibration is not built)", bytes / 1e9);
+    if (ram > 0 && bytes > ram / 2)
+        return bq_fail(BQ_ERR_UNSUPPORTED, "gptq/awq: the calibration's Gram matrices would take %.1f GB, over half of this machine's %.1f GB (all layers at once; layer-by-layer calibration is not built)", bytes / 1e9, ram / 1e9);
     if (s->n <= 0) return BQ_OK;
     if (!(s->gram = calloc((unsigned)s->n, sizeof *s->gram))) return bq_fail(BQ_ERR_NOMEM, "out of memory");
     for (int k = 0; k < s->n; k++)
@@ -139,8 +150,18 @@ static bq_status alloc_samples(calib_stats *s)
     return BQ_OK;
 }
 
-/* Run the float model m over `windows` windows of ctx tokens and collect the statistics. */
-bq_status calib_run(const bq_model *m, const int32_t *ids, size_t windows, int ctx, int want, calib_stats **out)
+/* The sums a backend kept (stats_add) into the host's arrays, once, at the end. */
+static bq_status read_back(calib_stats *s, be *const *at)
+{
+    bq_status st = BQ_OK;
+    for (int k = 0; k < s->n && !st; k++)
+        if (at[k]) st = at[k]->ops->stats_read(at[k], k, s->msq[k], s->amax[k], s->gram ? s->gram[k] : NULL);
+    return st;
+}
+
+/* Run the float model m over `windows` windows of ctx tokens and collect the statistics;
+ * device as bq_ctx_opts.device. */
+bq_status calib_run(const bq_model *m, const int32_t *ids, size_t windows, int ctx, int want, int device, calib_stats **out)
 {
     *out = NULL;
     int L = m->c.layers, nl = L * 7 + 1;
@@ -162,25 +183,30 @@ bq_status calib_run(const bq_model *m, const int32_t *ids, size_t windows, int c
     if (!st && (want & CALIB_GRAM)) st = alloc_grams(s);
     if (!st && (want & CALIB_SAMPLE)) st = alloc_samples(s);
     size_t total = windows * (size_t)ctx, *seen = st ? NULL : calloc((size_t)nl, sizeof *seen);
-    if (!st && !seen) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+    be **at = st ? NULL : calloc((size_t)nl, sizeof *at);
+    if (!st && (!seen || !at)) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
     bq_ctx *c = NULL;
     float *lg = st ? NULL : malloc((size_t)m->c.vocab * sizeof *lg);
     if (!st && !lg) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-    obs o = {s, L, NULL, 0, 0, total > CALIB_SAMPLE_ROWS ? total / CALIB_SAMPLE_ROWS : 1, seen};
-    if (!st && !(st = bq_ctx_new(m, ctx, &c))) st = bq_ctx_set_observer(c, observe, &o);
+    obs o = {s, L, NULL, 0, 0, total > CALIB_SAMPLE_ROWS ? total / CALIB_SAMPLE_ROWS : 1, seen, at, BQ_OK};
+    bq_ctx_opts co = {sizeof co, device, 0, 0, 1};
+    if (!st && !(st = bq_ctx_new_ex(m, ctx, &co, &c))) st = bq_ctx_set_observer(c, observe, &o);
     for (size_t w = 0; w < windows && !st; w++) {
         bq_ctx_reset(c);
         st = bq_forward(c, ids + w * (size_t)ctx, ctx, lg, 0);
+        if (!st) st = o.st;
         s->tokens += (size_t)ctx;
     }
+    if (!st && at) st = read_back(s, at);
     bq_ctx_free(c);
     free(lg);
     free(o.xd);
     free(seen);
     if (!st && o.oom) st = bq_fail(BQ_ERR_NOMEM, "out of memory for the Gram matrices");
-    for (int k = 0; k < nl && !st && s->gram; k++)  /* the upper triangle mirrored */
-        for (int i = 0; s->gram[k] && i < s->in[k]; i++)
+    for (int k = 0; k < nl && !st && s->gram; k++)  /* the upper triangle mirrored (a backend's came whole) */
+        for (int i = 0; s->gram[k] && !at[k] && i < s->in[k]; i++)
             for (int j = 0; j < i; j++) s->gram[k][(size_t)i * s->in[k] + j] = s->gram[k][(size_t)j * s->in[k] + i];
+    free(at);
     for (int k = 0; k < nl && !st; k++)  /* sums to means */
         for (int i = 0; s->msq[k] && i < s->in[k]; i++) s->msq[k][i] /= (double)s->tokens;
     if (st) { calib_free(s); return st; }
@@ -200,7 +226,10 @@ bq_status bq_qconfig_calibrate(bq_qconfig *q, const bq_model *m, const int32_t *
     if (ctx < 2 || chunks < 1) return bq_fail(BQ_ERR_ARG, "calibration needs windows of at least 2 tokens");
     size_t windows = n / (size_t)ctx;
     if (windows == 0) return bq_fail(BQ_ERR_ARG, "the calibration text has %zu tokens, fewer than one window of %d", n, ctx);
-    if ((size_t)chunks < windows) windows = (size_t)chunks;
+    if (windows < (size_t)chunks)
+        return bq_fail(BQ_ERR_ARG, "the calibration text has %zu tokens: %zu windows of %d, fewer than the %d asked (--calib-chunks)",
+                       n, windows, ctx, chunks);
+    windows = (size_t)chunks;
     free(q->cal_ids);
     q->cal_ids = NULL;
     calib_free(q->calib);
@@ -212,8 +241,10 @@ bq_status bq_qconfig_calibrate(bq_qconfig *q, const bq_model *m, const int32_t *
         q->cal_ctx = ctx;
         return BQ_OK;
     }
-    return calib_run(m, ids, windows, ctx, calib_wants(q), &q->calib);
+    return calib_run(m, ids, windows, ctx, calib_wants(q), q->calib_device, &q->calib);
 }
+
+void bq_qconfig_set_device(bq_qconfig *q, int device) { q->calib_device = device; }
 
 int calib_wants(const bq_qconfig *q)
 {

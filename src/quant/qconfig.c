@@ -11,6 +11,7 @@
 #include "pmat.h"
 #include "qkern.h"
 #include "lmul.h"
+#include "backend.h"
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -384,6 +385,22 @@ static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *f
     return st;
 }
 
+/* One layer linear's weight and input formats, quantised by a worker. */
+typedef struct { linear *l; const char *w, *a; ptq_in p; bq_status st; char err[512]; } wjob;
+typedef struct { wjob *j; bq_qopts o; int pack; } wjobs;
+
+static void wjob_range(void *arg, size_t lo, size_t hi)
+{
+    wjobs *all = arg;
+    for (size_t k = lo; k < hi; k++) {
+        wjob *j = &all->j[k];
+        if (!j->l || !*j->w) continue;
+        linear *l = j->l;
+        j->st = apply_w(&l->w, &l->pw, l->out, l->in, j->w, &all->o, l->name, all->pack, j->p);
+        if (j->st) snprintf(j->err, sizeof j->err, "%s", bq_last_error());  /* the message is the worker's */
+    }
+}
+
 static bq_status set_act(linear *l, const char *fmt)
 {
     bq_format_free(l->aq);
@@ -493,7 +510,7 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
         if (q->ptq_rotate) st = ptq_rotate(m, q->rotate_seed);
         if (!st && q->ptq_hadamard) st = ptq_hadamard(m, q->hadamard_seed);
         if (!st && q->ptq_hadamard_kv) st = ptq_hadamard_kv(m, q->hadamard_kv_seed);
-        if (!st && q->cal_ids) st = calib_run(m, q->cal_ids, q->cal_windows, q->cal_ctx, calib_wants(q), &own);
+        if (!st && q->cal_ids) st = calib_run(m, q->cal_ids, q->cal_windows, q->cal_ctx, calib_wants(q), q->calib_device, &own);
         cs = own;
     }
     if (!st && (q->ptq_smooth || q->ptq_awq) && !cs)
@@ -505,19 +522,38 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
     if (!st && q->ptq_smooth) st = ptq_smooth(m, own, q);
     if (!st && q->ptq_awq) st = ptq_awq(m, own, q);
     const char *w, *a;
+    /* the layers' weights: with gptq, linears side by side (each one's work is serial;
+     * every linear is computed alone, so the bits do not depend on the threads) */
+    size_t nj = (size_t)m->c.layers * 7;
+    wjob *jobs = st ? NULL : calloc(nj ? nj : 1, sizeof *jobs);
+    if (!st && !jobs) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
     for (int i = 0; i < m->c.layers && !st; i++) {
         layer_w *L = &m->L[i];
         linear *ls[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
-        for (int j = 0; j < 7 && !st; j++) {
-            linear *l = ls[j];
-            if (!LINEAR_PRESENT(l)) continue;
-            resolve(q, l->name, 1, &w, &a, hits);
-            if (*w) st = apply_w(&l->w, &l->pw, l->out, l->in, w, o, l->name, pack, ptq_for(q, cs, calib_index(m->c.layers, i, j), l));
-            if (!st) st = set_act(l, a);
-            const char *mul = resolve_mul(q, l->name, 1);
-            if (!st && *mul) st = set_mul(l, mul, w);
+        for (int j = 0; j < 7; j++) {
+            if (!LINEAR_PRESENT(ls[j])) continue;
+            resolve(q, ls[j]->name, 1, &w, &a, hits);
+            int k = calib_index(m->c.layers, i, j);
+            jobs[k] = (wjob){ls[j], w, a, ptq_for(q, cs, k, ls[j]), BQ_OK, ""};
         }
     }
+    if (!st) {
+        wjobs all = {jobs, *o, pack};
+        if (q->ptq_gptq) {
+            be_blas_single_thread();
+            all.o.threads = 1;
+        }
+        bq_parallel_for(nj, q->ptq_gptq ? o->threads : 1, wjob_range, &all);
+    }
+    for (size_t k = 0; k < nj && !st; k++) {
+        linear *l = jobs[k].l;
+        if (!l) continue;
+        if (jobs[k].st) st = bq_fail(jobs[k].st, "%s", jobs[k].err);
+        if (!st) st = set_act(l, jobs[k].a);
+        const char *mul = resolve_mul(q, l->name, 1);
+        if (!st && *mul) st = set_mul(l, mul, jobs[k].w);
+    }
+    free(jobs);
     /* LM head and embedding: untie before quantising either differently */
     const char *hw, *ha, *ew, *ea;
     resolve(q, "lm_head", 0, &hw, &ha, hits);

@@ -48,7 +48,7 @@ void calib_free(calib_stats *s);
 calib_stats *calib_copy(const calib_stats *s);  /* NULL on failure */
 /* The float model m over `windows` windows of ctx tokens; want: CALIB_GRAM (X^T X too),
  * CALIB_SAMPLE (up to CALIB_SAMPLE_ROWS input rows per slot too). */
-bq_status calib_run(const bq_model *m, const int32_t *ids, size_t windows, int ctx, int want, calib_stats **out);
+bq_status calib_run(const bq_model *m, const int32_t *ids, size_t windows, int ctx, int want, int device, calib_stats **out);
 
 struct bq_qconfig {
     qrule *rules;       /* in order; later rules win */
@@ -70,6 +70,7 @@ struct bq_qconfig {
     int cal_ctx;
     double smooth_alpha;  /* < 0: searched per group of linears (smooth.c) */
     calib_stats *calib; /* bq_qconfig_calibrate's statistics (NULL: none) */
+    int calib_device;   /* where calibration runs the model (bq_ctx_opts.device) */
     void (*warn)(void *arg, const char *msg);  /* NULL: standard error */
     void *warn_arg;
 };

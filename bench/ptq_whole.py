@@ -1,0 +1,20 @@
+"""The Markdown table of bench/ptq_whole.sh's runs (JSON lines): perplexity, its change
+from the float32 row of the same file, KL divergence from the float model and top-1
+agreement on the whole WikiText-2 test text, and the seconds of loading + calibration +
+quantisation.   python3 bench/ptq_whole.py bench/ptq_whole_table.jsonl"""
+import json
+import sys
+
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+base = next((r["result"]["ppl"] for r in rows if r["w"] == "f32" and "result" in r), None)
+print("| W / A / KV | ptq | ppl | vs float32 | KLD mean | KLD p99 | top-1 | load + calibrate + quantise (s) |")
+print("|---|---|---|---|---|---|---|---|")
+for r in rows:
+    spec = "/".join(x for x in (r["w"], r["a"], r["kv"]))
+    if "error" in r:
+        print(f"| {spec} | {r['ptq']} | refused: {r['error']} | | | | | |")
+        continue
+    x = r["result"]
+    d = f"{100 * (x['ppl'] / base - 1):+.2f}%" if base else ""
+    print(f"| {spec} | {r['ptq']} | {x['ppl']:.2f} | {d} | {x['kld_mean']:.4f} | {x['kld_p99']:.3f} | "
+          f"{100 * x['top1_agreement']:.2f}% | {x['load_seconds']:.1f} |")
