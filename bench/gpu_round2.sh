@@ -164,8 +164,8 @@ esac
 case "$S" in *gptq7b*)
     # issue 16's speed target: calibration on 128 windows of 2048 tokens (on the GPU: the
     # float model's forward passes, per-channel sums and the Gram matrices X^T X by cuBLAS
-    # DSYRK) and GPTQ of all 224 linears on the host's cores, then 4 windows scored
-    /usr/bin/time -v $B ppl --model $M --text $T --ctx 2048 --chunks 4 --device cuda --wq q4_0 --ptq gptq \
+    # DSYRK) and GPTQ of all 224 linears on the host's cores, then one window scored
+    /usr/bin/time -v $B ppl --model $M --text $T --ctx 2048 --chunks 1 --device cuda --wq q4_0 --ptq gptq \
         --calib-chunks 128 --calib-ctx 2048 --threads "$(nproc)" --json >"$O/r10_gptq7b.json" 2>"$O/r10_gptq7b.txt"
     echo "exit $?"; cat "$O/r10_gptq7b.json"
     grep -E "blockq|Elapsed|Maximum resident" "$O/r10_gptq7b.txt" ;;

@@ -34,23 +34,23 @@ int8/int8/- none rotate,hadamard'
 echo "$ROWS" | while read -r spec algs; do
     for p in $algs; do echo "$spec $p"; done
 done | awk -v k="$k" -v n="$n" '(NR - k) % n == 0' >/tmp/ptq_whole_runs.txt
-run_one() {  # spec ptq
+run_one() {  # spec ptq index
     w=$(echo "$1" | cut -d/ -f1) a=$(echo "$1" | cut -d/ -f2) kv=$(echo "$1" | cut -d/ -f3)
     opt="--wq $w"
     [ "$a" != - ] && opt="$opt --aq $a"
     [ "$kv" != - ] && opt="$opt --kv $kv"
     line=$($B ppl --model $M --text data/wikitext-2-test.txt --ctx 512 --device "$DEV" $TH $opt --ptq "$2" \
-           --kld --json 2>/tmp/ptq_whole_err.$$ | tail -1)
+           --kld --json 2>/tmp/ptq_whole_err.$3 | tail -1)
     case "$line" in
         "{"*) printf '{"w": "%s", "a": "%s", "kv": "%s", "ptq": "%s", "result": %s}\n' "$w" "$a" "$kv" "$2" "$line" ;;
         *) printf '{"w": "%s", "a": "%s", "kv": "%s", "ptq": "%s", "error": "%s"}\n' "$w" "$a" "$kv" "$2" \
-               "$(tail -1 /tmp/ptq_whole_err.$$ | tr -d '"\\')" ;;
+               "$(tail -1 /tmp/ptq_whole_err.$3 | tr -d '"\\')" ;;
     esac
-    rm -f /tmp/ptq_whole_err.$$
+    rm -f /tmp/ptq_whole_err.$3
 }
 i=0
 while read -r spec p; do
-    run_one "$spec" "$p" >>"$J" &
+    run_one "$spec" "$p" $i >>"$J" &
     i=$((i + 1))
     [ $((i % N)) -eq 0 ] && wait
 done </tmp/ptq_whole_runs.txt

@@ -753,7 +753,7 @@ static void cuda_destroy(be *b)
     for (size_t i = 0; g->norms && i < nn; i++) { bq_cuda_free(g->norms[i].w); bq_cuda_free(g->norms[i].b); }
     free(g->lin);
     free(g->norms);
-    for (size_t i = 0; g->stats && i < nl; i++) {
+    for (size_t i = 0; g->stats && i < (size_t)c->layers * 7 + 1; i++) {  // calib_index's slots
         bq_cuda_free(g->stats[i].msq); bq_cuda_free(g->stats[i].amax); bq_cuda_free(g->stats[i].gram);
     }
     free(g->stats);
