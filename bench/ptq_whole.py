@@ -6,11 +6,16 @@ import json
 import sys
 
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+# grouped by format (float32 first), round-to-nearest first in each group
+order = {}
+for r in rows:
+    order.setdefault((r["w"], r["a"], r["kv"]), len(order))
+rows.sort(key=lambda r: (r["w"] != "f32", order[(r["w"], r["a"], r["kv"])], r["ptq"] != "none", len(r["ptq"]), r["ptq"]))
 base = next((r["result"]["ppl"] for r in rows if r["w"] == "f32" and "result" in r), None)
 print("| W / A / KV | ptq | ppl | vs float32 | KLD mean | KLD p99 | top-1 | load + calibrate + quantise (s) |")
 print("|---|---|---|---|---|---|---|---|")
 for r in rows:
-    spec = "/".join(x for x in (r["w"], r["a"], r["kv"]))
+    spec = " / ".join(x for x in (r["w"], r["a"], r["kv"]))
     if "error" in r:
         print(f"| {spec} | {r['ptq']} | refused: {r['error']} | | | | | |")
         continue
