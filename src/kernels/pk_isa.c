@@ -269,39 +269,50 @@ INLINE __m512 hsum4(__m512 v)
     return _mm512_add_ps(t, _mm512_permute_ps(t, 0x4E));       /* lane 0: (p0+p1)+(p2+p3) */
 }
 
-/* One token (decoding): mv_f32's sums with the sixteen accumulators held in
- * registers (the general loop's runtime token count spills them to the stack). */
-static void mv_f32_1(const pmat *m, const float *x, float *y, int p0, int p1, const __m512i expand[4], __m512i lut4)
-{
-    const __m512i pick = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
-    for (int p = p0; p < p1; p++) {
-        const uint8_t *pw = panel(m, p);
-        __m512 P[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-        for (int g = 0; g < m->nb; g++) {
-            __m512 b[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-            for (int k = g * m->K; k < (g + 1) * m->K; k += 4) {
-                _mm_prefetch((const char *)pw + (size_t)k * 16 * m->eb / 8 + 4096, _MM_HINT_T0);
-                __m512i w = wvec(m, pw, k, lut4);
-                __m512 xv = _mm512_broadcast_f32x4(_mm_loadu_ps(x + k));
-                b[0] = _mm512_fmadd_ps(QUARTER(w, 0), xv, b[0]);
-                b[1] = _mm512_fmadd_ps(QUARTER(w, 1), xv, b[1]);
-                b[2] = _mm512_fmadd_ps(QUARTER(w, 2), xv, b[2]);
-                b[3] = _mm512_fmadd_ps(QUARTER(w, 3), xv, b[3]);
-            }
-            __m512 swv = factors(m, p, g);
-            for (int q = 0; q < 4; q++) P[q] = _mm512_fmadd_ps(b[q], _mm512_permutexvar_ps(expand[q], swv), P[q]);
-        }
-        __m512 lo = _mm512_permutex2var_ps(hsum4(P[0]), pick, hsum4(P[1]));
-        __m512 hi = _mm512_permutex2var_ps(hsum4(P[2]), pick, hsum4(P[3]));
-        float out[PM_ROWS];
-        _mm512_storeu_ps(out, _mm512_shuffle_f32x4(lo, hi, 0x44));
-        store_rows(y + p * PM_ROWS, out, rows_in(m, p));
+/* NT tokens of panel p: sixteen accumulators a token, in registers (NT is a
+ * constant: a runtime token count spills them to the stack). Each token's sums run
+ * in the same order whatever NT is, so pairs and single tokens give the same bits. */
+#define MV_TOKENS(NT)                                                                                              \
+    static void mv_tokens_##NT(const pmat *m, int p, const float *x, int cols, float *y, int ldy,                 \
+                               const __m512i expand[4], __m512i lut4)                                             \
+    {                                                                                                              \
+        const __m512i pick = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);         \
+        const uint8_t *pw = panel(m, p);                                                                           \
+        __m512 P[NT][4];                                                                                           \
+        for (int t = 0; t < NT; t++)                                                                               \
+            for (int q = 0; q < 4; q++) P[t][q] = _mm512_setzero_ps();                                             \
+        for (int g = 0; g < m->nb; g++) {                                                                          \
+            __m512 b[NT][4];                                                                                       \
+            for (int t = 0; t < NT; t++)                                                                           \
+                for (int q = 0; q < 4; q++) b[t][q] = _mm512_setzero_ps();                                         \
+            for (int k = g * m->K; k < (g + 1) * m->K; k += 4) {                                                   \
+                _mm_prefetch((const char *)pw + (size_t)k * 16 * m->eb / 8 + 4096, _MM_HINT_T0);                   \
+                __m512i w = wvec(m, pw, k, lut4);                                                                  \
+                __m512 wf[4] = {QUARTER(w, 0), QUARTER(w, 1), QUARTER(w, 2), QUARTER(w, 3)};                       \
+                for (int t = 0; t < NT; t++) {                                                                     \
+                    __m512 xv = _mm512_broadcast_f32x4(_mm_loadu_ps(x + (size_t)t * cols + k));                    \
+                    for (int q = 0; q < 4; q++) b[t][q] = _mm512_fmadd_ps(wf[q], xv, b[t][q]);                     \
+                }                                                                                                  \
+            }                                                                                                      \
+            __m512 swv = factors(m, p, g);                                                                         \
+            for (int q = 0; q < 4; q++) {                                                                          \
+                __m512 se = _mm512_permutexvar_ps(expand[q], swv);                                                 \
+                for (int t = 0; t < NT; t++) P[t][q] = _mm512_fmadd_ps(b[t][q], se, P[t][q]);                      \
+            }                                                                                                      \
+        }                                                                                                          \
+        for (int t = 0; t < NT; t++) {                                                                             \
+            __m512 lo = _mm512_permutex2var_ps(hsum4(P[t][0]), pick, hsum4(P[t][1]));                              \
+            __m512 hi = _mm512_permutex2var_ps(hsum4(P[t][2]), pick, hsum4(P[t][3]));                              \
+            float out[PM_ROWS];                                                                                    \
+            _mm512_storeu_ps(out, _mm512_shuffle_f32x4(lo, hi, 0x44));                                             \
+            store_rows(y + (size_t)t * ldy + p * PM_ROWS, out, rows_in(m, p));                                     \
+        }                                                                                                          \
     }
-}
+MV_TOKENS(2)
+MV_TOKENS(1)
 
 static void mv_f32(const pmat *m, const float *x, int n, float *y, int ldy, int p0, int p1)
 {
-    enum { MT = 2 };
     __m512i lut4 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)m->lut));
     __m512i expand[4];
     for (int q = 0; q < 4; q++) {
@@ -309,43 +320,11 @@ static void mv_f32(const pmat *m, const float *x, int n, float *y, int ldy, int 
         for (int l = 0; l < 16; l++) idx[l] = 4 * q + l / 4;
         expand[q] = _mm512_loadu_si512(idx);
     }
-    if (n == 1) { mv_f32_1(m, x, y, p0, p1, expand, lut4); return; }
-    const __m512i pick = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
     int cols = m->cols;
     for (int p = p0; p < p1; p++) {
-        const uint8_t *pw = panel(m, p);
-        for (int t0 = 0; t0 < n; t0 += MT) {
-            int tn = n - t0 < MT ? n - t0 : MT;
-            __m512 P[MT][4];
-            for (int t = 0; t < MT; t++)
-                for (int q = 0; q < 4; q++) P[t][q] = _mm512_setzero_ps();
-            for (int g = 0; g < m->nb; g++) {
-                __m512 b[MT][4];
-                for (int t = 0; t < MT; t++)
-                    for (int q = 0; q < 4; q++) b[t][q] = _mm512_setzero_ps();
-                for (int k = g * m->K; k < (g + 1) * m->K; k += 4) {
-                    _mm_prefetch((const char *)pw + (size_t)k * 16 * m->eb / 8 + 4096, _MM_HINT_T0);
-                    __m512i w = wvec(m, pw, k, lut4);
-                    __m512 xv[MT];
-                    for (int t = 0; t < tn; t++) xv[t] = _mm512_broadcast_f32x4(_mm_loadu_ps(x + (size_t)(t0 + t) * cols + k));
-                    __m512 wf[4] = {QUARTER(w, 0), QUARTER(w, 1), QUARTER(w, 2), QUARTER(w, 3)};
-                    for (int q = 0; q < 4; q++)
-                        for (int t = 0; t < tn; t++) b[t][q] = _mm512_fmadd_ps(wf[q], xv[t], b[t][q]);
-                }
-                __m512 swv = factors(m, p, g);
-                for (int q = 0; q < 4; q++) {
-                    __m512 se = _mm512_permutexvar_ps(expand[q], swv);
-                    for (int t = 0; t < tn; t++) P[t][q] = _mm512_fmadd_ps(b[t][q], se, P[t][q]);
-                }
-            }
-            for (int t = 0; t < tn; t++) {
-                __m512 lo = _mm512_permutex2var_ps(hsum4(P[t][0]), pick, hsum4(P[t][1]));
-                __m512 hi = _mm512_permutex2var_ps(hsum4(P[t][2]), pick, hsum4(P[t][3]));
-                float out[PM_ROWS];
-                _mm512_storeu_ps(out, _mm512_shuffle_f32x4(lo, hi, 0x44));
-                store_rows(y + (size_t)(t0 + t) * ldy + p * PM_ROWS, out, rows_in(m, p));
-            }
-        }
+        int t = 0;
+        for (; t + 2 <= n; t += 2) mv_tokens_2(m, p, x + (size_t)t * cols, cols, y + (size_t)t * ldy, ldy, expand, lut4);
+        if (t < n) mv_tokens_1(m, p, x + (size_t)t * cols, cols, y + (size_t)t * ldy, ldy, expand, lut4);
     }
 }
 
