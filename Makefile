@@ -18,7 +18,8 @@ NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>
 CUDA    ?= $(if $(NVCC),1,0)
 ifeq ($(CUDA),1)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
-CUDA_OBJ  = $(BUILD)/cuda/qdq.o $(BUILD)/cuda/gemv.o $(BUILD)/cuda/gemm.o $(BUILD)/cuda/engine.o
+CUDA_OBJ  = $(BUILD)/cuda/qdq.o $(BUILD)/cuda/gemv.o $(BUILD)/cuda/gemm.o $(BUILD)/cuda/engine.o $(BUILD)/cuda/libs.o \
+            $(BUILD)/cuda/gptq.o
 CUDA_LIBS = -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lstdc++
 else
 CUDA_OBJ  = $(BUILD)/src/cuda/nocuda.o
@@ -86,7 +87,7 @@ $(BUILD)/kern/pk_avx512.o: $(PK_DEPS)
 	$(CC) $(CFLAGS) -O3 -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx512vnni -mfma -mprefer-vector-width=512 \
 	    -DBQ_ISA=avx512 -c $< -o $@
 
-$(BUILD)/cuda/%.o: src/cuda/%.cu src/cuda/bq_cuda.h src/formats/qkern.h src/formats/format.h src/kernels/pmat.h src/model/model.h src/engine/backend.h
+$(BUILD)/cuda/%.o: src/cuda/%.cu src/cuda/bq_cuda.h src/cuda/cuda_libs.h src/formats/qkern.h src/formats/format.h src/kernels/pmat.h src/model/model.h src/engine/backend.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
@@ -113,7 +114,8 @@ $(BUILD)/gpu/gpu_ppl_bench: bench/gpu_ppl_bench.c $(BUILD)/libblockq.a
 $(BUILD)/gpu/gpu_decode_ops: bench/gpu_decode_ops.c $(BUILD)/libblockq.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -I$(CUDA_HOME)/include $< $(BUILD)/libblockq.a -o $@ $(LDLIBS)
-gpu-full: gpu $(BUILD)/gpu/gpu_ppl_bench $(BUILD)/gpu/gpu_decode_ops $(BUILD)/blockq $(BUILD)/tests/test_engine $(BUILD)/tests/test_backend
+gpu-full: gpu $(BUILD)/gpu/gpu_ppl_bench $(BUILD)/gpu/gpu_decode_ops $(BUILD)/blockq $(BUILD)/tests/test_engine $(BUILD)/tests/test_backend \
+          $(BUILD)/bench/bench_gptq
 
 $(BUILD)/libblockq.a: $(LIB_OBJ)
 	@rm -f $@

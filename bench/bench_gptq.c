@@ -4,8 +4,11 @@
  * tokens; then the estimate for a whole model on T workers (the linears split evenly:
  * layers x the layer's seconds / T).
  *
+ * With --device 1, each linear runs on the first CUDA device instead (src/cuda/gptq.cu;
+ * the estimate is then layers x the layer's seconds, one linear after another).
+ *
  *   build/bench/bench_gptq [--hidden 4096] [--inter 11008] [--layers 32] [--tokens 2048]
- *                          [--format q4_0] [--workers 16] [--json FILE]
+ *                          [--format q4_0] [--workers 16] [--device 0] [--json FILE]
  */
 #include "blockq.h"
 #include "core.h"
@@ -40,7 +43,7 @@ static double *gram(int n, int tokens)
 
 int main(int argc, char **argv)
 {
-    int hid = 4096, inter = 11008, L = 32, tokens = 2048, workers = 16;
+    int hid = 4096, inter = 11008, L = 32, tokens = 2048, workers = 16, device = 0;
     const char *fmt = "q4_0", *json = NULL;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--hidden")) hid = atoi(argv[i + 1]);
@@ -49,6 +52,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--tokens")) tokens = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--workers")) workers = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--format")) fmt = argv[i + 1];
+        else if (!strcmp(argv[i], "--device")) device = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--json")) json = argv[i + 1];
         else { fprintf(stderr, "bench_gptq: unknown option %s\n", argv[i]); return 2; }
     }
@@ -68,20 +72,22 @@ int main(int argc, char **argv)
         if (!w) { fprintf(stderr, "bench_gptq: out of memory\n"); return 1; }
         for (size_t i = 0; i < n; i++) w[i] = (float)(0.02 * urand());
         double t0 = bq_now();
-        bq_status st = ptq_gptq(f, w, outs[k], ins[k], ins[k] == hid ? GH : GI, 0, &o);
+        bq_status st = ptq_gptq(f, w, outs[k], ins[k], ins[k] == hid ? GH : GI, 0, &o, device);
         double s = bq_now() - t0;
         free(w);
         if (st) { fprintf(stderr, "bench_gptq: %s\n", bq_last_error()); return 1; }
         layer += s;
         printf("%-10s %5d x %5d  %7.2f s\n", names[k], outs[k], ins[k], s);
-        if (js) fprintf(js, "{\"bench\": \"gptq\", \"format\": \"%s\", \"linear\": \"%s\", \"out\": %d, \"in\": %d, \"seconds\": %.3f}\n",
-                        fmt, names[k], outs[k], ins[k], s);
+        if (js) fprintf(js, "{\"bench\": \"gptq\", \"format\": \"%s\", \"device\": %d, \"linear\": \"%s\", \"out\": %d, \"in\": %d, \"seconds\": %.3f}\n",
+                        fmt, device, names[k], outs[k], ins[k], s);
     }
+    if (device) workers = 1;
     double est = layer * L / workers;
-    printf("one layer on one thread: %.1f s; %d layers on %d workers: %.0f s (%.1f min)\n", layer, L, workers, est, est / 60);
+    printf("one layer on %s: %.1f s; %d layers on %d workers: %.0f s (%.1f min)\n", device ? "the GPU" : "one thread", layer, L,
+           workers, est, est / 60);
     if (js) {
-        fprintf(js, "{\"bench\": \"gptq\", \"format\": \"%s\", \"layer_seconds\": %.3f, \"layers\": %d, \"workers\": %d, \"estimate_seconds\": %.1f}\n",
-                fmt, layer, L, workers, est);
+        fprintf(js, "{\"bench\": \"gptq\", \"format\": \"%s\", \"device\": %d, \"layer_seconds\": %.3f, \"layers\": %d, \"workers\": %d, \"estimate_seconds\": %.1f}\n",
+                fmt, device, layer, L, workers, est);
         fclose(js);
     }
     free(GH);

@@ -18,7 +18,8 @@
 #   STAGES=ops: one decoding step of the 7B shape op by op (bench/gpu_decode_ops.c), bf16 and OPS_FORMATS
 #   STAGES=hadamard: greedy decoding of the 7B shape (bf16) with and without --ptq hadamard
 #     (down_proj's 11008 inputs rotated online: 64 chunks x a 172 x 172 Hadamard block), same prompt
-#   STAGES=gptq7b: calibration (128 x 2048 tokens, on the GPU) plus GPTQ of every linear of the 7B shape (issue 16)
+#   STAGES=gptq7b: calibration (128 x 2048 tokens, on the GPU) plus GPTQ of every linear of the 7B shape (issue 16),
+#     both on the GPU; STAGES=gptqdev: one 7B layer's GPTQ on the GPU and test_backend's device GPTQ check
 #   STAGES=ptqtable: bench/ptq_whole.sh on the GPU (JOBS side by side, PART=k/n of the rows)
 #   STAGES=graphs: one-token steps replayed from a CUDA graph against --eager (every kernel
 #     launched), bundled model and 7B shape, and the GEMV at a 7B layer's shapes
@@ -160,6 +161,12 @@ case "$S" in *multigpu*)
     $R "70B ppl ctx2048 x4, 2 stages" -- $B ppl --model /dev/shm/r70b --text $T --ctx 2048 --chunks 4 --device cuda --stages 2 --json
     $R "70B decode 32 tokens, 2 stages" -- $B generate --model /dev/shm/r70b --prompt "The meaning of life is" -n 32 --device cuda --stages 2 --json
     rm -rf /dev/shm/r70b ;;
+esac
+case "$S" in *gptqdev*)
+    # GPTQ of one 7B layer's seven linears on the device (src/cuda/gptq.cu), then the
+    # device's GPTQ against the CPU's on the same inputs (test_backend's last check)
+    ./build/gpu/bench/bench_gptq --device 1 --json "$O/gptq_speed_gpu.jsonl"
+    BQ_BACKEND_ONLY=gptq ./build/gpu/tests/test_backend 2>&1 | tee "$O/r11_backend.txt" | tail -12 ;;
 esac
 case "$S" in *gptq7b*)
     # issue 16's speed target: calibration on 128 windows of 2048 tokens (on the GPU: the

@@ -5,7 +5,8 @@
  * and token-by-token steps from the KV cache, the GPU's logits against the
  * CPU's. Skips, saying so, without a GPU or without ../shared's tiny models.
  *
- *   build/tests/test_backend            (BQ_SHARED=DIR for the tiny checkpoints)
+ *   build/tests/test_backend            (BQ_SHARED=DIR for the tiny checkpoints;
+ *                                        BQ_BACKEND_ONLY=gptq: the device GPTQ check alone)
  */
 #include "blockq.h"
 #include "backend.h"
@@ -323,6 +324,61 @@ static void calibration_on_device(const char *dir)
     bq_model_free(m);
 }
 
+/* GPTQ on the device (src/cuda/gptq.cu) against the CPU's (src/quant/gptq.c) on the
+ * same weights and Gram matrix: the same steps with float64 sums in another order,
+ * so the final codes agree except where a value sits within rounding of a decision
+ * point: at least 99.9% of them equal, and the layer's output error
+ * tr((W - Q) H (W - Q)^T) within 1e-3 of the CPU's (relative). Two lazy batches of
+ * 128 columns, block, group and element formats, and clip on one. */
+static double gptq_out_err(const float *w, const float *q, const double *G, int R, int C)
+{
+    double e = 0;
+    double *d = malloc((size_t)C * sizeof *d);
+    for (int r = 0; d && r < R; r++) {
+        for (int c = 0; c < C; c++) d[c] = (double)w[(size_t)r * C + c] - q[(size_t)r * C + c];
+        for (int a = 0; a < C; a++)
+            for (int b = 0; b < C; b++) e += d[a] * G[(size_t)a * C + b] * d[b];
+    }
+    free(d);
+    return d ? e : NAN;
+}
+
+static void gptq_on_device(void)
+{
+    enum { R = 96, C = 384, N = 512 };
+    float *w = rnd((size_t)R * C, 0.05f), *x = rnd((size_t)N * C, 1.0f);
+    float *q[2] = {malloc(sizeof(float) * R * C), malloc(sizeof(float) * R * C)};
+    double *G = calloc((size_t)C * C, sizeof *G);
+    if (!w || !x || !q[0] || !q[1] || !G) { CHECK(0, "gptq on the device: buffers"); goto done; }
+    for (int t = 0; t < N; t++)  /* neighbouring channels correlated, a few loud ones */
+        for (int k = C - 1; k > 0; k--) x[(size_t)t * C + k] = (k % 29 ? 1.0f : 6.0f) * (x[(size_t)t * C + k] + 0.7f * x[(size_t)t * C + k - 1]);
+    for (int t = 0; t < N; t++)
+        for (int a = 0; a < C; a++)
+            for (int b = 0; b < C; b++) G[(size_t)a * C + b] += (double)x[(size_t)t * C + a] * x[(size_t)t * C + b];
+    const char *fmts[] = {"q4_0", "mxfp4", "bfp4_b16", "int4_asym_g128", "fp8_e4m3", "mxfp6_e2m3"};
+    for (int f = 0; f < 6; f++) {
+        bq_format *fm;
+        OK(bq_format_parse(fmts[f], &fm));
+        int clip = f == 2;
+        for (int k = 0; k < 2; k++) {
+            memcpy(q[k], w, sizeof(float) * R * C);
+            OK(ptq_gptq(fm, q[k], R, C, G, clip, NULL, k));
+            OK(bq_qdq(fm, q[k], q[k], R, C, NULL));
+        }
+        size_t same = 0;
+        for (size_t i = 0; i < (size_t)R * C; i++) same += q[0][i] == q[1][i];
+        double e[2] = {gptq_out_err(w, q[0], G, R, C), gptq_out_err(w, q[1], G, R, C)};
+        double rel = fabs(e[1] - e[0]) / e[0];
+        printf("  gptq %-15s%s on the GPU: %zu of %d codes as the CPU's, output error %.6g vs %.6g\n", fmts[f],
+               clip ? " (clip)" : "", same, R * C, e[1], e[0]);
+        CHECK(same >= (size_t)(0.999 * R * C), "gptq %s on the GPU: %zu of %d codes as the CPU's", fmts[f], same, R * C);
+        CHECK(rel <= 1e-3, "gptq %s on the GPU: output error %g against the CPU's %g", fmts[f], e[1], e[0]);
+        bq_format_free(fm);
+    }
+done:
+    free(w); free(x); free(q[0]); free(q[1]); free(G);
+}
+
 static void quantise(bq_model *m, const char *w, const char *a, const char *attn, const char *ptq, int pack)
 {
     bq_qconfig *q;
@@ -384,7 +440,19 @@ int main(void)
         CHECK(bq_generate(m, p, 2, &g, out, NULL) == BQ_ERR_UNSUPPORTED, "generate on CUDA without a device must be refused");
         o.size = 4;
         CHECK(bq_ctx_new_ex(m, 16, &o, &c) == BQ_ERR_ARG, "options without their size must be refused");
+        bq_format *f;
+        OK(bq_format_parse("q4_0", &f));
+        float w[64] = {1};
+        double G[64 * 64] = {0};
+        for (int i = 0; i < 64; i++) G[i * 65] = 1;
+        CHECK(ptq_gptq(f, w, 1, 64, G, 0, NULL, 1) == BQ_ERR_UNSUPPORTED, "gptq on CUDA without a device must be refused");
+        bq_format_free(f);
         bq_model_free(m);
+        return test_summary("test_backend");
+    }
+    const char *only = getenv("BQ_BACKEND_ONLY");  /* "gptq": that check alone (bench/gpu_round2.sh) */
+    if (only && !strcmp(only, "gptq")) {
+        gptq_on_device();
         return test_summary("test_backend");
     }
     one_model("llama-19m", "models/llama-19m-en");
@@ -401,5 +469,6 @@ int main(void)
     /* last: the checks above keep the random inputs they were tuned on */
     stats_op("models/llama-19m-en");
     calibration_on_device("models/llama-19m-en");
+    gptq_on_device();
     return test_summary("test_backend");
 }

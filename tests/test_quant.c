@@ -673,7 +673,7 @@ static void test_gptq(void)
         OK(bq_format_parse(fmts[f], &fm));
         OK(bq_qdq(fm, w, rtn, R, C, NULL));
         memcpy(gq, w, sizeof(float) * R * C);
-        OK(ptq_gptq(fm, gq, R, C, G, 0, NULL));
+        OK(ptq_gptq(fm, gq, R, C, G, 0, NULL, 0));
         OK(bq_qdq(fm, gq, gq, R, C, NULL));
         for (int i = 0; i < R * C; i++) d[i] = w[i] - rtn[i];
         double e_rtn = out_err(d, x, R, C, N);
@@ -688,14 +688,14 @@ static void test_gptq(void)
         bq_format *fm;
         OK(bq_format_parse(refused[f], &fm));
         memcpy(gq, w, sizeof(float) * R * C);
-        CHECK(ptq_gptq(fm, gq, R, C, G, 0, NULL) == BQ_ERR_UNSUPPORTED && strstr(bq_last_error(), refused[f]),
+        CHECK(ptq_gptq(fm, gq, R, C, G, 0, NULL, 0) == BQ_ERR_UNSUPPORTED && strstr(bq_last_error(), refused[f]),
               "gptq with %s: %s", refused[f], bq_last_error());
         bq_format_free(fm);
     }
     bq_format *fm;
     OK(bq_format_parse("mxfp4", &fm));
     bq_qopts so = {BQ_ROUND_STOCHASTIC, 1, 0};
-    CHECK(ptq_gptq(fm, gq, R, C, G, 0, &so) == BQ_ERR_UNSUPPORTED, "gptq with stochastic rounding must be refused");
+    CHECK(ptq_gptq(fm, gq, R, C, G, 0, &so, 0) == BQ_ERR_UNSUPPORTED, "gptq with stochastic rounding must be refused");
     bq_format_free(fm);
     free(w); free(x); free(z); free(G); free(rtn); free(gq); free(d);
 

@@ -23,12 +23,9 @@
 //
 // Float32 otherwise: cuBLAS SGEMM (no TF32) on the weights as the CPU holds them
 // (fake-quantised, or decoded from packed storage).
-#include <cublas_v2.h>  // types only: the library is opened with dlopen
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
-#include <dlfcn.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,83 +34,7 @@ extern "C" {
 #include "backend.h"
 #include "qkern.h"
 }
-
-// ---- cuBLAS through dlopen ----
-typedef int (*create_fn)(void **);
-typedef int (*sgemm_fn)(void *, int, int, int, int, int, const float *, const float *, int, const float *, int,
-                        const float *, float *, int);
-typedef int (*sgemm_batched_fn)(void *, int, int, int, int, int, const float *, const float *, int, long long,
-                                const float *, int, long long, const float *, float *, int, long long, int);
-typedef int (*set_stream_fn)(void *, cudaStream_t);
-typedef int (*set_workspace_fn)(void *, void *, size_t);
-typedef cublasStatus_t (*gemmex_fn)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void *,
-                                    const void *, cudaDataType, int, const void *, cudaDataType, int, const void *, void *,
-                                    cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
-typedef int (*destroy_fn)(void *);
-typedef int (*dsyrk_fn)(void *, int, int, int, int, const double *, const double *, int, const double *, double *, int);
-// The library's entry points, found once per process (handles are per backend:
-// each belongs to the device current when it was made).
-static struct {
-    create_fn create;
-    destroy_fn destroy;
-    sgemm_fn sgemm;
-    sgemm_batched_fn sgemm_batched;
-    gemmex_fn gemmex;
-    set_stream_fn set_stream;
-    set_workspace_fn set_workspace;
-    dsyrk_fn dsyrk;
-} g_blas;
-static pthread_mutex_t g_blas_mu = PTHREAD_MUTEX_INITIALIZER;
-
-static bq_status cublas_load(void)
-{
-    pthread_mutex_lock(&g_blas_mu);
-    bq_status st = BQ_OK;
-    if (!g_blas.create) {
-    static const char *names[] = {"libcublas.so.13", "libcublas.so", "/usr/local/cuda/lib64/libcublas.so.13",
-                                  "/usr/local/cuda/lib64/libcublas.so", "libcublas.so.12"};
-        void *lib = NULL;
-        for (size_t i = 0; i < sizeof names / sizeof *names && !lib; i++) lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
-        if (!lib) st = bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cannot load cuBLAS (libcublas.so): %s", dlerror());
-        else {
-            g_blas.destroy = (destroy_fn)dlsym(lib, "cublasDestroy_v2");
-            g_blas.sgemm = (sgemm_fn)dlsym(lib, "cublasSgemm_v2");
-            g_blas.gemmex = (gemmex_fn)dlsym(lib, "cublasGemmEx");
-            g_blas.sgemm_batched = (sgemm_batched_fn)dlsym(lib, "cublasSgemmStridedBatched");
-            g_blas.set_stream = (set_stream_fn)dlsym(lib, "cublasSetStream_v2");
-            g_blas.set_workspace = (set_workspace_fn)dlsym(lib, "cublasSetWorkspace_v2");
-            g_blas.dsyrk = (dsyrk_fn)dlsym(lib, "cublasDsyrk_v2");
-            create_fn create = (create_fn)dlsym(lib, "cublasCreate_v2");
-            if (!create || !g_blas.destroy || !g_blas.sgemm || !g_blas.gemmex || !g_blas.sgemm_batched ||
-                !g_blas.set_stream || !g_blas.set_workspace || !g_blas.dsyrk)
-                st = bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cuBLAS lacks one of cublasCreate_v2, cublasSgemm_v2, "
-                                                 "cublasSgemmStridedBatched, cublasGemmEx, cublasSetStream_v2, cublasSetWorkspace_v2, "
-                                                 "cublasDsyrk_v2");
-            else g_blas.create = create;  // last: the mark that the rest is set
-        }
-    }
-    pthread_mutex_unlock(&g_blas_mu);
-    return st;
-}
-
-// A handle on the current device. Every launch of blockq goes to the per-thread
-// default stream (nvcc --default-stream per-thread), cuBLAS's too, so that a
-// decoding step can be captured as a CUDA graph and two pipeline stages driven
-// by two threads run side by side; a workspace of the handle's own, so that
-// cuBLAS allocates nothing while a capture runs.
-static bq_status cublas_handle(void **h, void **ws)
-{
-    const size_t ws_bytes = (size_t)32 << 20;
-    bq_status st = cublas_load();
-    if (st) return st;
-    if (g_blas.create(h) != 0) { *h = NULL; return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasCreate failed"); }
-    if (g_blas.set_stream(*h, cudaStreamPerThread) != 0)
-        return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasSetStream failed");
-    if ((st = bq_cuda_malloc(ws, ws_bytes))) return st;
-    if (g_blas.set_workspace(*h, *ws, ws_bytes) != 0)
-        return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasSetWorkspace failed");
-    return BQ_OK;
-}
+#include "cuda_libs.h"
 
 // ---- kernels (launched with 256 threads a block where they reduce) ----
 

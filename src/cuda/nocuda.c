@@ -38,6 +38,12 @@ bq_status bq_cuda_gemm_mx8(int kind, const void *a, const uint8_t *sa, const voi
     (void)kind; (void)a; (void)sa; (void)b; (void)sb; (void)c; (void)M; (void)N; (void)K;
     return none();
 }
+bq_status bq_cuda_gptq(int ordinal, const bq_format *f, float *w, int rows, int cols, const double *gram, int B, int lazy,
+                       bq_group_fn clip, const bq_qopts *o)
+{
+    (void)ordinal; (void)f; (void)w; (void)rows; (void)cols; (void)gram; (void)B; (void)lazy; (void)clip; (void)o;
+    return none();
+}
 bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int hi, be **out)
 {
     (void)m; (void)T; (void)dev; (void)lo; (void)hi;

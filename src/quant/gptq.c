@@ -14,9 +14,11 @@
  * The result is the updated weights before their last rounding: quantising them
  * as usual (fake quantisation or packing) gives each group exactly the codes the
  * algorithm chose, so both paths agree bit for bit. With clip, each group is also
- * clipped (clip.c) before it is quantised, weighted by H's diagonal. */
+ * clipped (clip.c) before it is quantised, weighted by H's diagonal.
+ * On a CUDA device (src/cuda/gptq.cu) the same steps run in cuSOLVER and cuBLAS. */
 #include "quant.h"
 #include "format.h"
+#include "bq_cuda.h"
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
@@ -68,7 +70,8 @@ static int inverse_factor(const double *gram, int n, double *U)
     return -1;
 }
 
-bq_status ptq_gptq(const bq_format *f, float *w, int rows, int cols, const double *gram, int clip, const bq_qopts *o)
+bq_status ptq_gptq(const bq_format *f, float *w, int rows, int cols, const double *gram, int clip, const bq_qopts *o,
+                   int device)
 {
     bq_format_info in;
     bq_format_get_info(f, &in);
@@ -80,6 +83,7 @@ bq_status ptq_gptq(const bq_format *f, float *w, int rows, int cols, const doubl
     int B = in.block > 0 ? in.block : 1;
     if (cols % B) return bq_fail(BQ_ERR_SHAPE, "gptq: %d columns are not whole blocks of %d", cols, B);
     int lazy = B > LAZY ? B : LAZY - LAZY % B;
+    if (device > 0) return bq_cuda_gptq(device - 1, f, w, rows, cols, gram, B, lazy, clip ? ptq_clip : NULL, o);
     size_t n = (size_t)cols;
     double *U = malloc(n * n * sizeof *U), *W = malloc((size_t)rows * n * sizeof *W);
     double *Z = malloc((size_t)rows * lazy * sizeof *Z), *diag = clip ? malloc(n * sizeof *diag) : NULL;

@@ -327,8 +327,8 @@ bq_status ptq_untie_head(bq_model *m)
 }
 
 /* What the post-training algorithms get for one weight: calibration's mean squares
- * and Gram matrix of its input (NULL: none). */
-typedef struct { int clip, gptq; const double *imp, *gram; int lorc; linear *l; } ptq_in;
+ * and Gram matrix of its input (NULL: none), and where GPTQ runs (calibration's device). */
+typedef struct { int clip, gptq; const double *imp, *gram; int lorc; linear *l; int device; } ptq_in;
 
 /* Quantise one weight matrix: in place (fake quantisation) or into a packed
  * matrix that replaces the float one. An already packed weight can only be
@@ -361,7 +361,7 @@ static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *f
                      in.block, cols);
     } else if (p.gptq && !p.gram) {
         st = bq_fail(BQ_ERR_ARG, "%s: gptq needs the Gram matrix of its input (calibrate with gptq asked for)", name);
-    } else if (p.gptq && (st = ptq_gptq(f, *w, rows, cols, p.gram, p.clip, o))) {  /* updated: the last rounding follows */
+    } else if (p.gptq && (st = ptq_gptq(f, *w, rows, cols, p.gram, p.clip, o, p.device))) {  /* updated: the last rounding follows */
         st = bq_fail(st, "%s: %s", name, bq_last_error());
     } else if (!p.gptq && p.clip && (st = ptq_clip(f, *w, rows, cols, p.imp, o))) {  /* clamped: the scales follow */
         st = bq_fail(st, "%s: %s", name, bq_last_error());
@@ -487,7 +487,7 @@ const char *qconfig_weight_format(const bq_qconfig *q, const char *name)
 static ptq_in ptq_for(const bq_qconfig *q, const calib_stats *s, int k, linear *l)
 {
     int in = l->in;
-    ptq_in p = {q->ptq_clip, q->ptq_gptq, NULL, NULL, q->ptq_lorc, l};
+    ptq_in p = {q->ptq_clip, q->ptq_gptq, NULL, NULL, q->ptq_lorc, l, q->calib_device};
     if (!s || k >= s->n || s->in[k] != in) return p;
     p.imp = s->msq[k];
     if (s->gram) p.gram = s->gram[calib_gram_slot(s, k)];
@@ -562,7 +562,7 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
     int tied = m->tok_emb && m->head.w == m->tok_emb;
     if (!st && tied && (*hw || *ew) && strcmp(hw, ew) && !(st = ptq_untie_head(m))) tied = 0;
     if (!st && *ew) {
-        st = apply_w(&m->tok_emb, &m->emb_p, m->c.vocab, m->c.embed_dim, ew, o, "embed_tokens", pack, (ptq_in){q->ptq_clip, 0, NULL, NULL, 0, NULL});
+        st = apply_w(&m->tok_emb, &m->emb_p, m->c.vocab, m->c.embed_dim, ew, o, "embed_tokens", pack, (ptq_in){q->ptq_clip, 0, NULL, NULL, 0, NULL, 0});
         if (!st && tied && m->emb_p) { m->head.w = NULL; m->head.pw = m->emb_p; }
     }
     if (!st && *hw && !tied) st = apply_w(&m->head.w, &m->head.pw, m->head.out, m->head.in, hw, o, "lm_head", pack, ptq_for(q, cs, calib_index(m->c.layers, -1, 0), &m->head));

@@ -125,8 +125,10 @@ bq_status ptq_lorc(struct linear *l, const float *w0, int rank);
 void qconfig_resolve(const bq_qconfig *q, const char *name, int is_block, const char **w, const char **a);
 /* The weight format q gives the tensor `name` ("" if none). */
 const char *qconfig_weight_format(const bq_qconfig *q, const char *name);
-/* GPTQ on w [rows][cols] with the Gram matrix of its input; clip: each group clipped too. */
-bq_status ptq_gptq(const bq_format *f, float *w, int rows, int cols, const double *gram, int clip, const bq_qopts *o);
+/* GPTQ on w [rows][cols] with the Gram matrix of its input; clip: each group clipped too;
+ * device as bq_ctx_opts.device (0: the CPU; k > 0: CUDA device k - 1, src/cuda/gptq.cu). */
+bq_status ptq_gptq(const bq_format *f, float *w, int rows, int cols, const double *gram, int clip, const bq_qopts *o,
+                   int device);
 /* Clamp each scale group of w in place to the range whose quantisation has the least
  * squared error, each column's error weighted by imp[column] (NULL: equally); quantising
  * or packing the result then uses the clipped scales (clip.c). */
