@@ -164,9 +164,11 @@ case "$S" in *multigpu*)
 esac
 case "$S" in *gptqdev*)
     # GPTQ of one 7B layer's seven linears on the device (src/cuda/gptq.cu), then the
-    # device's GPTQ against the CPU's on the same inputs (test_backend's last check)
+    # device's GPTQ against the CPU's on the same inputs (test_backend's last check), and
+    # every format's device fake quantisation against the CPU's (llama.cpp's rules too)
     ./build/gpu/bench/bench_gptq --device 1 --json "$O/gptq_speed_gpu.jsonl"
-    BQ_BACKEND_ONLY=gptq ./build/gpu/tests/test_backend 2>&1 | tee "$O/r11_backend.txt" | tail -12 ;;
+    BQ_BACKEND_ONLY=gptq ./build/gpu/tests/test_backend 2>&1 | tee "$O/r11_backend.txt" | tail -12
+    BQ_CUDA_ONLY=cpu ./build/gpu/gpu/test_cuda 2>&1 | tee "$O/r11_cuda.txt" | tail -4 ;;
 esac
 case "$S" in *gptq7b*)
     # issue 16's speed target: calibration on 128 windows of 2048 tokens (on the GPU: the

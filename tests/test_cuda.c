@@ -83,7 +83,8 @@ static const char *FORMATS[] = {"mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6
                                 "bfp8_b16", "bfp6_b16", "bfp4_b16", "bfp8_b32", "bme4m3_b16", "bme2m1_b16", "bl8_b16",
                                 "bl4_b16", "int8", "int8_row", "int4_g128", "int4_g32", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1",
                                 "fp6_e3m2", "fixed8.4", "log8", "log4", "e2m1_b16_se4m3", "int8_b32_sfp16",
-                                "int4_b32_sfp16", "e4m3_b16_sbf16", "bf16", "fp16", "int8_asym_row", "int4_asym_g128"};
+                                "int4_b32_sfp16", "e4m3_b16_sbf16", "bf16", "fp16", "int8_asym_row", "int4_asym_g128",
+                                "q4_0", "q4_1", "q5_0", "q5_1", "q8_0"};
 
 static void against_cpu(void)
 {

@@ -384,13 +384,37 @@ static bq_status tensor_ctx(const bq_format *f, const float *d_x, size_t n, cons
     return BQ_OK;
 }
 
+// llama.cpp's Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 rules (qkern.h's ggml_block), a thread per
+// block of 32 along a row: kernels.c's qdq_row_ggml.
+static __global__ void qdq_ggml(bq_format f, const float *x, float *y, size_t rows, size_t cols)
+{
+    size_t per = (cols + 31) / 32;
+    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < rows * per; k += (size_t)gridDim.x * blockDim.x) {
+        size_t b = k / per * cols + k % per * 32, n = cols - k % per * 32 < 32 ? cols - k % per * 32 : 32;
+        if (amax_bits(x + b, n) > 0x7f7fffffu) {  // Inf or NaN in the block
+            for (size_t i = 0; i < n; i++) y[b + i] = NAN;
+            continue;
+        }
+        int8_t q[32];
+        float d, m;  // the scale and minimum as their fp16 codes decode (CPU: ggml_scale of ggml_block)
+        ggml_codes(&f, x + b, n, q, &d, &m);
+        d = ggml_round16(&f, d);
+        m = f.asym ? ggml_round16(&f, m) : 0.0f;
+        for (size_t i = 0; i < n; i++) y[b + i] = ggml_value(&f, (float)q[i], d, m);
+    }
+}
+
 extern "C" bq_status bq_cuda_qdq(const bq_format *f, const float *d_x, float *d_y, size_t rows, size_t cols,
                                  const bq_qopts *o)
 {
     if (!bq_cuda_devices(NULL, 0)) return bq_fail(BQ_ERR_UNSUPPORTED, "no CUDA device");
-    if (f->ggml)  // never a silently different rule on the device
-        return bq_fail(BQ_ERR_UNSUPPORTED, "%s: llama.cpp's quantisation rule has no CUDA kernel yet (quantise on the CPU)", f->name);
     size_t n = rows * cols;
+    if (f->ggml) {
+        size_t blocks = rows * ((cols + 31) / 32);
+        if (blocks) qdq_ggml<<<(unsigned)(blocks / 128 + 1 < 65536 ? blocks / 128 + 1 : 65536), 128>>>(*f, d_x, d_y, rows, cols);
+        cudaError_t e = cudaGetLastError();
+        return e == cudaSuccess ? BQ_OK : cuda_fail(e, "fake-quantisation kernel launch");
+    }
     qctx c;
     bq_status st = tensor_ctx(f, d_x, n, o, &c, cols);
     if (st || !n) return st;

@@ -284,15 +284,17 @@ float mf_decode(const elem_t *e, uint32_t code);
  * unrounded d. Returns fp16(d)'s code. */
 /* fp16 code of d, rounded to nearest even (saturating at 65504, where llama.cpp's
  * conversion gives Inf: only for blocks spanning more than ~1e6, never a trained weight). */
-static inline uint32_t ggml_fp16(const bq_format *f, float d)
+/* d rounded to the block's fp16 scale, as a float (what its code decodes to) */
+static inline BQ_HD float ggml_round16(const bq_format *f, float d)
 {
-    return mf_encode(&f->scale, copysignf(mf_quant_mag(&f->scale, fabsf(d), BQ_ROUND_RNE, 0, 0), d));
+    return copysignf(mf_quant_mag(&f->scale, fabsf(d), BQ_ROUND_RNE, 0, 0), d);
 }
+static inline uint32_t ggml_fp16(const bq_format *f, float d) { return mf_encode(&f->scale, ggml_round16(f, d)); }
 
 /* q4_1 and q5_1 (f->asym): d = (max - min) / (2^b - 1), codes
- * min(2^b - 1, trunc((x - min) * (1/d) + 0.5)), value = code * fp16(d) + fp16(min).
- * Returns fp16(d)'s code in the low half, fp16(min)'s in the high half. */
-static inline uint32_t ggml_block_min(const bq_format *f, const float *x, size_t n, int8_t *q)
+ * min(2^b - 1, trunc((x - min) * (1/d) + 0.5)), value = code * fp16(d) + fp16(min);
+ * *dd and *mm get d and min before their fp16 rounding. */
+static inline BQ_HD void ggml_codes_min(const bq_format *f, const float *x, size_t n, int8_t *q, float *dd, float *mm)
 {
     float mn = FLT_MAX, mx = -FLT_MAX;
     for (size_t i = 0; i < n; i++) {
@@ -309,7 +311,8 @@ static inline uint32_t ggml_block_min(const bq_format *f, const float *x, size_t
         int c = (int)(v + 0.5f);
         q[i] = (int8_t)(c < top ? c : top);
     }
-    return ggml_fp16(f, d) | ggml_fp16(f, mn) << 16;
+    *dd = d;
+    *mm = mn;
 }
 
 /* A llama.cpp block's scale code as d and the minimum m (0 without one); 0 if NaN. */
@@ -321,12 +324,12 @@ static inline int ggml_scale(const bq_format *f, uint32_t code, float *d, float 
 }
 
 /* Value of code q in a llama.cpp block: q * d, or q * d + m with a minimum. */
-static inline float ggml_value(const bq_format *f, float q, float d, float m) { return f->asym ? q * d + m : q * d; }
+static inline BQ_HD float ggml_value(const bq_format *f, float q, float d, float m) { return f->asym ? q * d + m : q * d; }
 
 /* q8_0's code of x / d given v = x * (1/d): NaN (0 * Inf, d subnormal) to 0, clamped to
  * [-127, 127], rounded half away from zero (roundf, without a libm call: v - trunc(v)
  * is exact). pk_isa.c's q8_0_codes is this, sixteen lanes at a time. */
-static inline int ggml_q8_code(float v)
+static inline BQ_HD int ggml_q8_code(float v)
 {
     v = v != v ? 0.0f : v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
     int c = (int)v;
@@ -334,9 +337,12 @@ static inline int ggml_q8_code(float v)
     return c + (fr >= 0.5f) - (fr <= -0.5f);
 }
 
-static inline uint32_t ggml_block(const bq_format *f, const float *x, size_t n, int8_t *q)
+/* The codes of one llama.cpp block (q) and its scale d and minimum m (0 without
+ * one) before their fp16 rounding (ggml_round16). */
+static inline BQ_HD void ggml_codes(const bq_format *f, const float *x, size_t n, int8_t *q, float *dd, float *m)
 {
-    if (f->asym) return ggml_block_min(f, x, n, q);
+    *m = 0.0f;
+    if (f->asym) { ggml_codes_min(f, x, n, q, dd, m); return; }
     float amax = 0.0f, mx = 0.0f;
     for (size_t i = 0; i < n; i++)
         if (amax < fabsf(x[i])) { amax = fabsf(x[i]); mx = x[i]; }
@@ -352,7 +358,16 @@ static inline uint32_t ggml_block(const bq_format *f, const float *x, size_t n, 
         int c = (int)(v + ((float)h + 0.5f));
         q[i] = (int8_t)((c < 2 * h - 1 ? c : 2 * h - 1) - h);
     }
-    return ggml_fp16(f, d);
+    *dd = d;
+}
+
+/* The codes of one llama.cpp block, returning its scale code (with a minimum:
+ * fp16(d) in the low half, fp16(min) in the high half). */
+static inline uint32_t ggml_block(const bq_format *f, const float *x, size_t n, int8_t *q)
+{
+    float d, m;
+    ggml_codes(f, x, n, q, &d, &m);
+    return f->asym ? ggml_fp16(f, d) | ggml_fp16(f, m) << 16 : ggml_fp16(f, d);
 }
 
 static inline BQ_HD int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
