@@ -175,9 +175,9 @@ case "$S" in *gptq7b*)
     # float model's forward passes, per-channel sums and the Gram matrices X^T X by cuBLAS
     # DSYRK) and GPTQ of all 224 linears on the host's cores, then one window scored
     /usr/bin/time -v $B ppl --model $M --text $T --ctx 2048 --chunks 1 --device cuda --wq q4_0 --ptq gptq \
-        --calib-chunks 128 --calib-ctx 2048 --threads "$(nproc)" --json >"$O/r10_gptq7b.json" 2>"$O/r10_gptq7b.txt"
-    echo "exit $?"; cat "$O/r10_gptq7b.json"
-    grep -E "blockq|Elapsed|Maximum resident" "$O/r10_gptq7b.txt" ;;
+        --calib-chunks 128 --calib-ctx 2048 --threads "$(nproc)" --json >"$O/r11_gptq7b.json" 2>"$O/r11_gptq7b.txt"
+    echo "exit $?"; cat "$O/r11_gptq7b.json"
+    grep -E "blockq|Elapsed|Maximum resident" "$O/r11_gptq7b.txt" ;;
 esac
 case "$S" in *ptqtable*)
     # issue 16's whole-text table (bench/ptq_whole.sh), rows side by side on the GPU
