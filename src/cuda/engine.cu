@@ -674,7 +674,7 @@ static void cuda_destroy(be *b)
     for (size_t i = 0; g->norms && i < nn; i++) { bq_cuda_free(g->norms[i].w); bq_cuda_free(g->norms[i].b); }
     free(g->lin);
     free(g->norms);
-    for (size_t i = 0; g->stats && i < (size_t)c->layers * 7 + 1; i++) {  // calib_index's slots
+    for (size_t i = 0; g->stats && i < be_stats_slots(c); i++) {
         bq_cuda_free(g->stats[i].msq); bq_cuda_free(g->stats[i].amax); bq_cuda_free(g->stats[i].gram);
     }
     free(g->stats);
@@ -1064,7 +1064,7 @@ __global__ void k_widen(const float *x, double *y, size_t n)
 static bq_status cuda_stats_add(be *b, int slot, const float *x, int n, int in, int gram)
 {
     cuda_be *g = G(b);
-    const size_t slots = (size_t)cfg(b)->layers * 7 + 1, cnt = (size_t)n * in;
+    const size_t slots = be_stats_slots(cfg(b)), cnt = (size_t)n * in;
     if (slot < 0 || (size_t)slot >= slots) return bq_fail(BQ_ERR_ARG, "CUDA engine: calibration slot %d of %zu", slot, slots);
     if (!g->stats && !(g->stats = (cuda_be::gstat *)calloc(slots, sizeof *g->stats))) return bq_fail(BQ_ERR_NOMEM, "out of memory");
     cuda_be::gstat *s = &g->stats[slot];

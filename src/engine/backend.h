@@ -98,6 +98,9 @@ struct be {
                   * embedding with lo == 0, the final norm and head with hi == layers */
 };
 
+/* Calibration's slots (stats_add): the seven linears of every layer, then the head. */
+static inline size_t be_stats_slots(const bq_config *c) { return (size_t)c->layers * 7 + 1; }
+
 /* The layers [lo, hi) of m (a stage), for up to max_tokens positions; CUDA on the
  * device with that ordinal. */
 bq_status be_cpu_new(const bq_model *m, int max_tokens, int threads, int lo, int hi, be **out);

@@ -164,7 +164,7 @@ static bq_status read_back(calib_stats *s, be *const *at)
 bq_status calib_run(const bq_model *m, const int32_t *ids, size_t windows, int ctx, int want, int device, calib_stats **out)
 {
     *out = NULL;
-    int L = m->c.layers, nl = L * 7 + 1;
+    int L = m->c.layers, nl = (int)be_stats_slots(&m->c);
     calib_stats *s = calloc(1, sizeof *s);
     bq_status st = s ? BQ_OK : bq_fail(BQ_ERR_NOMEM, "out of memory");
     if (s) {

@@ -15,6 +15,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 
 /* '*' and '?' globbing in linear time: on a mismatch, only the latest '*' is
@@ -387,17 +388,20 @@ static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *f
 
 /* One layer linear's weight and input formats, quantised by a worker. */
 typedef struct { linear *l; const char *w, *a; ptq_in p; bq_status st; char err[512]; } wjob;
-typedef struct { wjob *j; bq_qopts o; int pack; } wjobs;
+typedef struct { wjob *j; bq_qopts o; int pack; atomic_int failed; } wjobs;
 
 static void wjob_range(void *arg, size_t lo, size_t hi)
 {
     wjobs *all = arg;
-    for (size_t k = lo; k < hi; k++) {
+    for (size_t k = lo; k < hi && !atomic_load(&all->failed); k++) {  /* after an error the rest is not done */
         wjob *j = &all->j[k];
         if (!j->l || !*j->w) continue;
         linear *l = j->l;
         j->st = apply_w(&l->w, &l->pw, l->out, l->in, j->w, &all->o, l->name, all->pack, j->p);
-        if (j->st) snprintf(j->err, sizeof j->err, "%s", bq_last_error());  /* the message is the worker's */
+        if (j->st) {
+            snprintf(j->err, sizeof j->err, "%s", bq_last_error());  /* the message is the worker's */
+            atomic_store(&all->failed, 1);
+        }
     }
 }
 
@@ -538,7 +542,7 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
         }
     }
     if (!st) {
-        wjobs all = {jobs, *o, pack};
+        wjobs all = {jobs, *o, pack, 0};
         if (q->ptq_gptq) {
             be_blas_single_thread();
             all.o.threads = 1;
