@@ -90,6 +90,7 @@ static void observe(void *arg, be *b, int layer, int role, const float *x, int n
     if (layer < 0 && role != R_HEAD) return;  /* OPT's projections: not calibrated */
     int k = calib_index(o->layers, layer, role);
     if (!o->s->msq[k] || o->s->in[k] != in || o->st) return;
+    if (calib_gram_slot(o->s, k) != k) return;  /* k/v (up): q's (gate's) input, whose sums are copied at the end */
     if (o->s->xs && o->s->xs[k]) keep_rows(o, b, k, x, n, in);
     if (!b->ops->host) {  /* the sums stay where x is */
         if (!o->st) o->st = b->ops->stats_add(b, k, x, n, in, o->s->gram && o->s->gram[k]);
@@ -207,6 +208,12 @@ bq_status calib_run(const bq_model *m, const int32_t *ids, size_t windows, int c
         for (int i = 0; s->gram[k] && !at[k] && i < s->in[k]; i++)
             for (int j = 0; j < i; j++) s->gram[k][(size_t)i * s->in[k] + j] = s->gram[k][(size_t)j * s->in[k] + i];
     free(at);
+    for (int k = 0; k < nl && !st; k++) {  /* the slots that read another's input share its sums */
+        int b = calib_gram_slot(s, k);
+        if (b == k || !s->msq[k]) continue;
+        memcpy(s->msq[k], s->msq[b], (size_t)s->in[k] * sizeof *s->msq[k]);
+        memcpy(s->amax[k], s->amax[b], (size_t)s->in[k] * sizeof *s->amax[k]);
+    }
     for (int k = 0; k < nl && !st; k++)  /* sums to means */
         for (int i = 0; s->msq[k] && i < s->in[k]; i++) s->msq[k][i] /= (double)s->tokens;
     if (st) { calib_free(s); return st; }
