@@ -440,6 +440,9 @@ typedef struct {
                            * (NULL: all without LoRA; linears, through the adapters, with it) */
     uint64_t seed;        /* adapter initialisation and the order of the windows */
     int threads;          /* 0: all cores; results do not depend on it */
+    int lora_beside;      /* 0: adapters inside the weight quantiser, q(W + s B A), merged into W;
+                           * 1: beside it (QLoRA's form), q(W) + s B A, kept on merge as float32
+                           * factors beside the weight (the LoRC term: a .bq file holds them) */
 } bq_train_opts;
 BQ_API void bq_train_opts_default(bq_train_opts *o);
 /* q may be NULL (float32 fine-tuning); it must outlive nothing (formats are copied). */
@@ -456,7 +459,8 @@ BQ_API bq_status bq_trainer_loss(bq_trainer *t, const int32_t *ids, size_t n, do
 BQ_API long bq_trainer_steps_done(const bq_trainer *t);
 BQ_API double bq_trainer_lr(const bq_trainer *t, long step);  /* the schedule */
 BQ_API size_t bq_trainer_params(const bq_trainer *t);         /* trainable values */
-/* Adapters merged into the model's weights (the trainer keeps training them). */
+/* Adapters merged into the model's weights (the trainer keeps training them); with
+ * lora_beside, written as the linears' low-rank factors instead (replacing earlier ones). */
 BQ_API bq_status bq_trainer_merge(bq_trainer *t);
 /* Checkpoint: trainable tensors, optimiser state and step, atomically (safetensors);
  * load refuses a file of another shape or option set. */

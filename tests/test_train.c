@@ -275,6 +275,54 @@ static void test_merge_and_save(void)
     bq_model_free(m);
 }
 
+/* LoRA beside the quantiser (QLoRA's q(W) + s B A): with q(W) fixed the adapters'
+ * gradients are exact, so finite differences check them even with a 4-bit weight
+ * format; merged, the adapters become the linears' low-rank factors and the inference
+ * engine on the quantised model (and on its .bq file, reloaded) computes the
+ * trainer's loss. A Hugging Face folder cannot hold them: refused. */
+static void test_lora_beside(void)
+{
+    bq_model *m = load("qwen2");
+    if (!m) return;
+    bq_qconfig *q;
+    OK(bq_qconfig_new(&q));
+    OK(bq_qconfig_set(q, "wq", "mxfp4"));
+    int32_t ids[17];
+    random_ids(ids, 17, bq_model_vocab(m));
+    bq_train_opts o;
+    bq_train_opts_default(&o);
+    o.ctx = 16; o.lora = 4; o.lora_beside = 1; o.train = "linears"; o.threads = 2; o.steps = 10; o.warmup = 2; o.lr = 1e-3;
+    bq_trainer *t = NULL;
+    OK(bq_trainer_new(m, q, &o, &t));
+    if (t) {
+        for (int i = 0; i < t->nlin; i++)
+            if (t->lin[i].lora)
+                for (size_t k = 0; k < (size_t)t->lin[i].l->out * t->lin[i].lora; k++) t->lin[i].B[k] = 0.05f * t_normal();
+        fd_check(t, ids, "lora beside mxfp4");
+        double l, lt;
+        for (int s = 0; s < 3; s++) OK(bq_trainer_step(t, ids, &l));
+        OK(bq_trainer_loss(t, ids, 17, &lt));
+        OK(bq_trainer_merge(t));
+        CHECK(model_lorc_linear(m) != NULL, "merged beside adapters must become low-rank factors");
+        const char *path = "build/test_lora_beside.bq";
+        OK(bq_model_save(m, path));
+        CHECK(bq_model_save_hf(m, "build/test_lora_beside_hf") == BQ_ERR_UNSUPPORTED, "a folder cannot hold the factors: %s",
+              bq_last_error());
+        bq_model *r = NULL;
+        OK(bq_model_load(path, &r));
+        OK(bq_model_quantize(m, q, 0));
+        if (r) OK(bq_model_quantize(r, q, 0));
+        double le = engine_loss(m, ids, 17), lr = r ? engine_loss(r, ids, 17) : NAN;
+        CHECK(fabs(le - lt) <= 2e-5 * lt, "engine on the quantised model with the factors: %.7f, trainer %.7f", le, lt);
+        CHECK(lr == le, "the reloaded .bq: %.9g, the model: %.9g", lr, le);
+        bq_model_free(r);
+        remove(path);
+    }
+    bq_trainer_free(t);
+    bq_qconfig_free(q);
+    bq_model_free(m);
+}
+
 static void test_refusals(void)
 {
     char p[600];
@@ -395,6 +443,7 @@ int main(void)
     test_threads_and_descent();
     test_checkpoint();
     test_merge_and_save();
+    test_lora_beside();
     test_refusals();
     test_torch_reference();
     return test_summary("test_train");

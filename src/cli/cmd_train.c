@@ -22,7 +22,7 @@ typedef struct {
 
 static const char *usage =
     "usage: blockq finetune --model M --text TRAIN.txt --out DIR|FILE.bq [--steps N] [--ctx S] [--accum A] [--lr X]\n"
-    "       [--warmup W] [--min-lr-frac F] [--weight-decay X] [--clip X] [--lora R] [--lora-alpha A]\n"
+    "       [--warmup W] [--min-lr-frac F] [--weight-decay X] [--clip X] [--lora R] [--lora-alpha A] [--lora-beside]\n"
     "       [--train linears,norms,emb,head|all] [--seed S] [--threads T] [--val TEXT] [--val-chunks N]\n"
     "       [--save-every K] [--stop-after K] [--resume] [--log-every K] [--json] [--wq F] [--aq F] [--kv F] [--head F] [--config FILE]";
 
@@ -80,6 +80,7 @@ static int parse(int argc, char **argv, ft_args *a)
         else if (OPT("--seed")) { if (!parse_u64(v, &a->o.seed)) rc = cli_error("finetune", "bad --seed '%s'", v); a->qseed = a->o.seed; }
         else if (OPT("--round")) { a->round_set = 1; if (!parse_round(v, &a->round)) rc = cli_error("finetune", "bad --round '%s'", v); }
         else if (!strcmp(s, "--resume")) a->resume = 1;
+        else if (!strcmp(s, "--lora-beside")) a->o.lora_beside = 1;
         else if (!strcmp(s, "--json")) a->json = 1;
         else {
             for (r = 0; r < NQ && (strncmp(s, "--", 2) || strcmp(s + 2, qroles[r])); r++) {}
@@ -90,6 +91,9 @@ static int parse(int argc, char **argv, ft_args *a)
         if (rc) return rc;
     }
     if (!a->model || !a->text || !a->out) return cli_error("finetune", "%s", usage);
+    if (a->o.lora_beside && !a->o.lora) return cli_error("finetune", "--lora-beside needs adapters (--lora R)");
+    if (a->o.lora_beside && !cli_ends_with(a->out, ".bq"))  /* said before training, not after it */
+        return cli_error("finetune", "--lora-beside keeps the adapters as factors beside each weight, which only a .bq file holds: --out %s is a Hugging Face folder; give --out FILE.bq", a->out);
     if (a->o.warmup < 0) a->o.warmup = a->o.steps / 20;
     a->o.train = a->train;
     a->o.threads = a->threads;

@@ -141,7 +141,7 @@ bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *
     if (model_lorc_linear(m)) return bq_fail(BQ_ERR_UNSUPPORTED, "%s has LoRC factors (--ptq lorc), which fine-tuning does not train yet", model_lorc_linear(m)->name);
     if (m->rot_down || m->rot_qk)
         return bq_fail(BQ_ERR_UNSUPPORTED, "the model rotates activations online (--ptq hadamard%s), which fine-tuning does not apply yet", m->rot_down ? "" : "_kv");
-    if (o->ctx < 1 || o->accum < 1 || o->steps < 1 || o->warmup < 0 || !(o->lr > 0) || o->lora < 0 ||
+    if (o->ctx < 1 || o->accum < 1 || o->steps < 1 || o->warmup < 0 || !(o->lr > 0) || o->lora < 0 || (unsigned)o->lora_beside > 1 ||
         !(o->min_lr_frac >= 0 && o->min_lr_frac <= 1) || !(o->beta1 >= 0 && o->beta1 < 1) ||
         !(o->beta2 >= 0 && o->beta2 < 1) || !(o->eps > 0) || !(o->weight_decay >= 0) || !(o->clip_norm >= 0))
         return bq_fail(BQ_ERR_ARG, "training options out of range (ctx, accum, steps >= 1; lr, eps > 0; betas in [0, 1))");
@@ -307,7 +307,8 @@ bq_status train_prepare(bq_trainer *t)
         linear *l = L->l;
         if (L->wq == l->w) continue;
         const float *src = l->w;
-        if (L->lora) {  /* W + s B A */
+        int inside = L->lora && !t->o.lora_beside, beside = L->lora && t->o.lora_beside;
+        if (inside) {  /* W + s B A, then quantised */
             memcpy(L->wq, l->w, (size_t)l->out * l->in * sizeof *L->wq);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, l->out, l->in, L->lora, lora_scale(t), L->B, L->lora,
                         L->A, l->in, 1.0f, L->wq, l->in);
@@ -316,7 +317,10 @@ bq_status train_prepare(bq_trainer *t)
         if (L->wf) {
             bq_status st = bq_qdq(L->wf, src, L->wq, (size_t)l->out, (size_t)l->in, &t->qo);
             if (st) return st;
-        }
+        } else if (beside) memcpy(L->wq, l->w, (size_t)l->out * l->in * sizeof *L->wq);
+        if (beside)  /* q(W) + s B A: the gradient of the sum is the adapters' as it is W_eff's */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, l->out, l->in, L->lora, lora_scale(t), L->B, L->lora,
+                        L->A, l->in, 1.0f, L->wq, l->in);
     }
     return BQ_OK;
 }
@@ -429,6 +433,19 @@ bq_status bq_trainer_merge(bq_trainer *t)
         tlin *L = &t->lin[i];
         if (!L->lora) continue;
         linear *l = L->l;
+        if (t->o.lora_beside) {  /* y += (q(x) A^T)(s B)^T: the LoRC term (lr_b = A, lr_a = s B) */
+            size_t na = (size_t)l->out * L->lora, nb = (size_t)L->lora * l->in;
+            float *fa = malloc(na * sizeof *fa), *fb = malloc(nb * sizeof *fb);
+            if (!fa || !fb) { free(fa); free(fb); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
+            float s = lora_scale(t);
+            for (size_t k = 0; k < na; k++) fa[k] = s * L->B[k];
+            memcpy(fb, L->A, nb * sizeof *fb);
+            free(l->lr_a); free(l->lr_b);
+            l->lr_a = fa;
+            l->lr_b = fb;
+            l->lr_rank = L->lora;
+            continue;  /* the adapters train on from where they are */
+        }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, l->out, l->in, L->lora, lora_scale(t), L->B, L->lora, L->A,
                     l->in, 1.0f, l->w, l->in);
         /* the adapters start again from zero, so W + s B A is unchanged */
@@ -455,6 +472,7 @@ static void signature(const bq_trainer *t, char *s, size_t n)
              o->clip_norm, o->lora, o->lora_alpha, (unsigned long long)o->seed, t->np,
              L->wf ? L->wf->name : "-", L->af ? L->af->name : "-", t->kvf ? t->kvf->name : "-",
              hd->wf ? hd->wf->name : "-", hd->af ? hd->af->name : "-");
+    if (o->lora && o->lora_beside) snprintf(s + strlen(s), n - strlen(s), " beside");  /* earlier files stay valid */
 }
 
 /* A checkpoint holds each trainable tensor, then AdamW's two moments of it. */
