@@ -234,7 +234,12 @@ if [ -d ../shared/models/tiny/llama ]; then
     expect_fail 2 "shorter than one window" -- $B finetune --model $S --text "$T/short.txt" --out "$T/ft4" --ctx 64
     expect_fail 2 "fine-tuning covers the LLaMA family" -- $B finetune --model ../shared/models/tiny/gpt2 --text data/wikitext-2-test.txt --out "$T/ft5"
     expect_fail 2 "--attn (attention operands) is not trained" -- $B finetune --model $S --text data/wikitext-2-test.txt --out "$T/ft6" --attn mxint8
-    [ ! -e "$T/ft4" ] && [ ! -e "$T/ft5" ] && [ ! -e "$T/ft6" ] && ok || bad "a refused finetune left output behind"
+    expect_fail 2 "which only a .bq file holds" -- $B finetune $FT --out "$T/ft7" --lora-beside
+    [ ! -e "$T/ft4" ] && [ ! -e "$T/ft5" ] && [ ! -e "$T/ft6" ] && [ ! -e "$T/ft7" ] && ok || bad "a refused finetune left output behind"
+    # LoRA beside the quantiser: a .bq with the adapters as low-rank factors, which ppl runs
+    $B finetune $FT --out "$T/ft8.bq" --lora-beside >/dev/null 2>"$T/ft.err" &&
+    $B ppl --model "$T/ft8.bq" --text data/wikitext-2-test.txt --ctx 32 --chunks 2 --wq mxfp4 --aq mxint8 >"$T/ft8.out" 2>&1 &&
+    grep -q "ppl" "$T/ft8.out" && ok || bad "finetune --lora-beside: $(cat "$T/ft.err" "$T/ft8.out")"
 else
     echo "SKIP: finetune CLI tests need ../shared/models/tiny/llama"
 fi
