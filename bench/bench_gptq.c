@@ -72,7 +72,7 @@ int main(int argc, char **argv)
         if (!w) { fprintf(stderr, "bench_gptq: out of memory\n"); return 1; }
         for (size_t i = 0; i < n; i++) w[i] = (float)(0.02 * urand());
         double t0 = bq_now();
-        bq_status st = ptq_gptq(f, w, outs[k], ins[k], ins[k] == hid ? GH : GI, 0, &o, device);
+        bq_status st = ptq_gptq(f, w, outs[k], ins[k], ins[k] == hid ? GH : GI, 0, &o, device, NULL);
         double s = bq_now() - t0;
         free(w);
         if (st) { fprintf(stderr, "bench_gptq: %s\n", bq_last_error()); return 1; }

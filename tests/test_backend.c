@@ -362,7 +362,7 @@ static void gptq_on_device(void)
         int clip = f == 2;
         for (int k = 0; k < 2; k++) {
             memcpy(q[k], w, sizeof(float) * R * C);
-            OK(ptq_gptq(fm, q[k], R, C, G, clip, NULL, k));
+            OK(ptq_gptq(fm, q[k], R, C, G, clip, NULL, k, NULL));
             OK(bq_qdq(fm, q[k], q[k], R, C, NULL));
         }
         size_t same = 0;
@@ -375,6 +375,18 @@ static void gptq_on_device(void)
         CHECK(rel <= 1e-3, "gptq %s on the GPU: output error %g against the CPU's %g", fmts[f], e[1], e[0]);
         bq_format_free(fm);
     }
+    /* an indefinite Hessian (2x2 blocks [[1, 3], [3, 1]]): the device raises the damping as the CPU does */
+    memset(G, 0, sizeof(double) * C * C);
+    for (int i = 0; i < C; i++) G[(size_t)i * C + i] = 1, G[(size_t)i * C + (i ^ 1)] = 3;
+    double damp[2] = {0, 0};
+    bq_format *fm;
+    OK(bq_format_parse("q4_0", &fm));
+    for (int k = 0; k < 2; k++) {
+        memcpy(q[k], w, sizeof(float) * R * C);
+        OK(ptq_gptq(fm, q[k], R, C, G, 0, NULL, k, &damp[k]));
+    }
+    CHECK(damp[1] == damp[0] && damp[0] > 9.99, "gptq on the GPU: damping %g for an indefinite Hessian, the CPU's %g", damp[1], damp[0]);
+    bq_format_free(fm);
 done:
     free(w); free(x); free(q[0]); free(q[1]); free(G);
 }
@@ -445,7 +457,7 @@ int main(void)
         float w[64] = {1};
         double G[64 * 64] = {0};
         for (int i = 0; i < 64; i++) G[i * 65] = 1;
-        CHECK(ptq_gptq(f, w, 1, 64, G, 0, NULL, 1) == BQ_ERR_UNSUPPORTED, "gptq on CUDA without a device must be refused");
+        CHECK(ptq_gptq(f, w, 1, 64, G, 0, NULL, 1, NULL) == BQ_ERR_UNSUPPORTED, "gptq on CUDA without a device must be refused");
         bq_format_free(f);
         bq_model_free(m);
         return test_summary("test_backend");

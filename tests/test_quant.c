@@ -673,7 +673,7 @@ static void test_gptq(void)
         OK(bq_format_parse(fmts[f], &fm));
         OK(bq_qdq(fm, w, rtn, R, C, NULL));
         memcpy(gq, w, sizeof(float) * R * C);
-        OK(ptq_gptq(fm, gq, R, C, G, 0, NULL, 0));
+        OK(ptq_gptq(fm, gq, R, C, G, 0, NULL, 0, NULL));
         OK(bq_qdq(fm, gq, gq, R, C, NULL));
         for (int i = 0; i < R * C; i++) d[i] = w[i] - rtn[i];
         double e_rtn = out_err(d, x, R, C, N);
@@ -688,16 +688,41 @@ static void test_gptq(void)
         bq_format *fm;
         OK(bq_format_parse(refused[f], &fm));
         memcpy(gq, w, sizeof(float) * R * C);
-        CHECK(ptq_gptq(fm, gq, R, C, G, 0, NULL, 0) == BQ_ERR_UNSUPPORTED && strstr(bq_last_error(), refused[f]),
+        CHECK(ptq_gptq(fm, gq, R, C, G, 0, NULL, 0, NULL) == BQ_ERR_UNSUPPORTED && strstr(bq_last_error(), refused[f]),
               "gptq with %s: %s", refused[f], bq_last_error());
         bq_format_free(fm);
     }
     bq_format *fm;
     OK(bq_format_parse("mxfp4", &fm));
     bq_qopts so = {BQ_ROUND_STOCHASTIC, 1, 0};
-    CHECK(ptq_gptq(fm, gq, R, C, G, 0, &so, 0) == BQ_ERR_UNSUPPORTED, "gptq with stochastic rounding must be refused");
+    CHECK(ptq_gptq(fm, gq, R, C, G, 0, &so, 0, NULL) == BQ_ERR_UNSUPPORTED, "gptq with stochastic rounding must be refused");
     bq_format_free(fm);
     free(w); free(x); free(z); free(G); free(rtn); free(gq); free(d);
+
+    /* a Hessian that is not positive definite with 1% damping (2x2 blocks [[1, 3], [3, 1]]:
+     * eigenvalues 4 and -2): the damping rises to 1000% of the mean diagonal, said, and the
+     * weights stay finite; one that no damping mends (off-diagonal 1e6) is refused */
+    {
+        enum { NH = 64 };
+        double *H = calloc((size_t)NH * NH, sizeof *H), damp = 0;
+        float *v = malloc(sizeof(float) * 4 * NH);
+        for (int i = 0; i < NH; i++) {
+            H[(size_t)i * NH + i] = 1;
+            H[(size_t)i * NH + (i ^ 1)] = 3;
+        }
+        for (int i = 0; i < 4 * NH; i++) v[i] = t_normal();
+        bq_format *fh;
+        OK(bq_format_parse("q4_0", &fh));
+        OK(ptq_gptq(fh, v, 4, NH, H, 0, NULL, 0, &damp));
+        int finite = 1;
+        for (int i = 0; i < 4 * NH; i++) finite &= isfinite(v[i]) != 0;
+        CHECK(damp > 9.99 && damp < 10.01 && finite, "indefinite Hessian: damping %g (expected 10), weights finite %d", damp, finite);
+        for (int i = 0; i < NH; i++) H[(size_t)i * NH + (i ^ 1)] = 1e6;
+        CHECK(ptq_gptq(fh, v, 4, NH, H, 0, NULL, 0, &damp) == BQ_ERR_ARG && strstr(bq_last_error(), "not positive definite"),
+              "a Hessian no damping mends must be refused: %s", bq_last_error());
+        bq_format_free(fh);
+        free(H); free(v);
+    }
 
     /* calibration's Gram matrices: symmetric, shared by q/k/v and gate/up, diagonal = tokens x mean square */
     bq_model *m = load(DEFAULT);

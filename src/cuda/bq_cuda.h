@@ -55,11 +55,11 @@ bq_status bq_cuda_gemm_mx8(int kind, const void *d_a, const uint8_t *d_sa, const
  * on device `ordinal`: the inverse factor of H = gram (host, cols x cols, float64)
  * by cuSOLVER, each group of B columns clipped on the host by `clip` (NULL: not)
  * and quantised by bq_cuda_qdq, the updates by cuBLAS in float64, lazy columns at
- * a time. w (host, rows x cols) becomes the updated weights, as ptq_gptq's; the
- * steps are the CPU's, the float64 sums in another order. */
+ * a time. w (host, rows x cols) becomes the updated weights, as ptq_gptq's (and *damp
+ * the damping used); the steps are the CPU's, the float64 sums in another order. */
 typedef bq_status (*bq_group_fn)(const bq_format *f, float *g, int rows, int cols, const double *imp, const bq_qopts *o);
 bq_status bq_cuda_gptq(int ordinal, const bq_format *f, float *w, int rows, int cols, const double *gram, int B, int lazy,
-                       bq_group_fn clip, const bq_qopts *o);
+                       bq_group_fn clip, const bq_qopts *o, double *damp);
 
 #ifdef __cplusplus
 }

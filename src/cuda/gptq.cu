@@ -83,7 +83,7 @@ struct job {
 
 // U with (H + damp I)^-1 = U^T U into j->H (gptq.c's inverse_factor: the damping
 // raised tenfold, up to three times, while H is not positive definite).
-static bq_status inverse_factor(job *j, const double *gram, int n)
+static bq_status inverse_factor(job *j, const double *gram, int n, double *used)
 {
     const size_t N = (size_t)n;
     double mean = 0;
@@ -112,13 +112,14 @@ static bq_status inverse_factor(job *j, const double *gram, int n)
         else if (!st && !(st = bq_cuda_download(info + 1, j->info + 1, sizeof(int))) && info[1]) continue;
         if (st) break;
         k_unreverse_upper<<<grid_for(N * N), 256, 0, cudaStreamPerThread>>>(j->A, j->H, N);
+        *used = damp;
         return launched("unreverse");
     }
     return st ? st : bq_fail(BQ_ERR_ARG, "gptq: the Hessian is not positive definite, even damped");
 }
 
 extern "C" bq_status bq_cuda_gptq(int ordinal, const bq_format *f, float *w, int rows, int cols, const double *gram, int B,
-                                  int lazy, bq_group_fn clip, const bq_qopts *o)
+                                  int lazy, bq_group_fn clip, const bq_qopts *o, double *damp)
 {
     cudaError_t e = cudaSetDevice(ordinal);
     if (e != cudaSuccess) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA gptq: device %d: %s", ordinal, cudaGetErrorString(e));
@@ -136,7 +137,7 @@ extern "C" bq_status bq_cuda_gptq(int ordinal, const bq_format *f, float *w, int
                      (void **)&j.info};
     size_t bytes[] = {n * n * 8, n * n * 8, R * n * 8, R * lazy * 8, R * n * 4, R * B * 4, R * B * 4, 2 * sizeof(int)};
     for (int k = 0; k < 8 && !st; k++) st = bq_cuda_malloc(bufs[k], bytes[k]);
-    if (!st) st = inverse_factor(&j, gram, cols);
+    if (!st) st = inverse_factor(&j, gram, cols, damp);
     if (!st) st = bq_cuda_upload(j.w, w, R * n * 4);
     if (!st) {
         k_widen<<<grid_for(R * n), 256, 0, cudaStreamPerThread>>>(j.w, j.W, R * n);

@@ -32,11 +32,12 @@ extern void dtrtri_(const char *uplo, const char *diag, const int *n, double *a,
 enum { LAZY = 128 };
 
 /* U, upper, with (H + damp I)^-1 = U^T U; damping 1% of H's mean diagonal, raised
- * tenfold (up to three times) if H is not positive definite. Returns 0 on success.
+ * tenfold (up to three times) if H is not positive definite. Returns 0 on success,
+ * with *used the damping that succeeded (a fraction of the mean diagonal).
  * With J the order reversed: J H J = L L^T (lower Cholesky), so H = M M^T with M =
  * J L J upper, and U = M^-1 = J L^-1 J: one Cholesky and one triangular inverse
  * (2n^3/3 flops; the paper's Cholesky, inverse and Cholesky again take 4n^3/3). */
-static int inverse_factor(const double *gram, int n, double *U)
+static int inverse_factor(const double *gram, int n, double *U, double *used)
 {
     double mean = 0;
     for (int i = 0; i < n; i++) mean += gram[(size_t)i * n + i];
@@ -65,14 +66,17 @@ static int inverse_factor(const double *gram, int n, double *U)
             }
         for (size_t i = 0; i < N; i++)
             for (size_t j = 0; j < i; j++) U[i * N + j] = 0;
+        *used = damp;
         return 0;
     }
     return -1;
 }
 
 bq_status ptq_gptq(const bq_format *f, float *w, int rows, int cols, const double *gram, int clip, const bq_qopts *o,
-                   int device)
+                   int device, double *damp)
 {
+    double used = 0;
+    if (!damp) damp = &used;
     bq_format_info in;
     bq_format_get_info(f, &in);
     if (in.block < 0 || !strcmp(in.family, "nvfp4"))
@@ -83,14 +87,14 @@ bq_status ptq_gptq(const bq_format *f, float *w, int rows, int cols, const doubl
     int B = in.block > 0 ? in.block : 1;
     if (cols % B) return bq_fail(BQ_ERR_SHAPE, "gptq: %d columns are not whole blocks of %d", cols, B);
     int lazy = B > LAZY ? B : LAZY - LAZY % B;
-    if (device > 0) return bq_cuda_gptq(device - 1, f, w, rows, cols, gram, B, lazy, clip ? ptq_clip : NULL, o);
+    if (device > 0) return bq_cuda_gptq(device - 1, f, w, rows, cols, gram, B, lazy, clip ? ptq_clip : NULL, o, damp);
     size_t n = (size_t)cols;
     double *U = malloc(n * n * sizeof *U), *W = malloc((size_t)rows * n * sizeof *W);
     double *Z = malloc((size_t)rows * lazy * sizeof *Z), *diag = clip ? malloc(n * sizeof *diag) : NULL;
     float *g = malloc((size_t)rows * B * sizeof *g), *q = malloc((size_t)rows * B * sizeof *q);
     bq_status st = BQ_OK;
     if (!U || !W || !Z || !g || !q || (clip && !diag)) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-    else if (inverse_factor(gram, cols, U)) st = bq_fail(BQ_ERR_ARG, "gptq: the Hessian is not positive definite, even damped");
+    else if (inverse_factor(gram, cols, U, damp)) st = bq_fail(BQ_ERR_ARG, "gptq: the Hessian is not positive definite, even damped");
     if (!st) {
         for (size_t i = 0; i < (size_t)rows * n; i++) W[i] = w[i];
         for (int i = 0; clip && i < cols; i++) diag[i] = gram[(size_t)i * n + i];

@@ -329,7 +329,7 @@ bq_status ptq_untie_head(bq_model *m)
 
 /* What the post-training algorithms get for one weight: calibration's mean squares
  * and Gram matrix of its input (NULL: none), and where GPTQ runs (calibration's device). */
-typedef struct { int clip, gptq; const double *imp, *gram; int lorc; linear *l; int device; } ptq_in;
+typedef struct { int clip, gptq; const double *imp, *gram; int lorc; linear *l; int device; double *damp; } ptq_in;
 
 /* Quantise one weight matrix: in place (fake quantisation) or into a packed
  * matrix that replaces the float one. An already packed weight can only be
@@ -362,7 +362,7 @@ static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *f
                      in.block, cols);
     } else if (p.gptq && !p.gram) {
         st = bq_fail(BQ_ERR_ARG, "%s: gptq needs the Gram matrix of its input (calibrate with gptq asked for)", name);
-    } else if (p.gptq && (st = ptq_gptq(f, *w, rows, cols, p.gram, p.clip, o, p.device))) {  /* updated: the last rounding follows */
+    } else if (p.gptq && (st = ptq_gptq(f, *w, rows, cols, p.gram, p.clip, o, p.device, p.damp))) {  /* updated: the last rounding follows */
         st = bq_fail(st, "%s: %s", name, bq_last_error());
     } else if (!p.gptq && p.clip && (st = ptq_clip(f, *w, rows, cols, p.imp, o))) {  /* clamped: the scales follow */
         st = bq_fail(st, "%s: %s", name, bq_last_error());
@@ -387,7 +387,7 @@ static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *f
 }
 
 /* One layer linear's weight and input formats, quantised by a worker. */
-typedef struct { linear *l; const char *w, *a; ptq_in p; bq_status st; char err[512]; } wjob;
+typedef struct { linear *l; const char *w, *a; ptq_in p; bq_status st; char err[512]; double damp; } wjob;
 typedef struct { wjob *j; bq_qopts o; int pack; atomic_int failed; } wjobs;
 
 static void wjob_range(void *arg, size_t lo, size_t hi)
@@ -491,7 +491,7 @@ const char *qconfig_weight_format(const bq_qconfig *q, const char *name)
 static ptq_in ptq_for(const bq_qconfig *q, const calib_stats *s, int k, linear *l)
 {
     int in = l->in;
-    ptq_in p = {q->ptq_clip, q->ptq_gptq, NULL, NULL, q->ptq_lorc, l, q->calib_device};
+    ptq_in p = {q->ptq_clip, q->ptq_gptq, NULL, NULL, q->ptq_lorc, l, q->calib_device, NULL};
     if (!s || k >= s->n || s->in[k] != in) return p;
     p.imp = s->msq[k];
     if (s->gram) p.gram = s->gram[calib_gram_slot(s, k)];
@@ -538,7 +538,8 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
             if (!LINEAR_PRESENT(ls[j])) continue;
             resolve(q, ls[j]->name, 1, &w, &a, hits);
             int k = calib_index(m->c.layers, i, j);
-            jobs[k] = (wjob){ls[j], w, a, ptq_for(q, cs, k, ls[j]), BQ_OK, ""};
+            jobs[k] = (wjob){ls[j], w, a, ptq_for(q, cs, k, ls[j]), BQ_OK, "", 0};
+            jobs[k].p.damp = &jobs[k].damp;
         }
     }
     if (!st) {
@@ -553,6 +554,9 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
         linear *l = jobs[k].l;
         if (!l) continue;
         if (jobs[k].st) st = bq_fail(jobs[k].st, "%s", jobs[k].err);
+        if (!st && jobs[k].damp > 0.0101)  /* after the workers: warnings in the layers' order */
+            qconfig_note(q, "warning: %s: gptq: the Hessian of its input is not positive definite with 1%% damping; it took %g%% of its mean diagonal",
+                 l->name, 100 * jobs[k].damp);
         if (!st) st = set_act(l, jobs[k].a);
         const char *mul = resolve_mul(q, l->name, 1);
         if (!st && *mul) st = set_mul(l, mul, jobs[k].w);
@@ -566,7 +570,7 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
     int tied = m->tok_emb && m->head.w == m->tok_emb;
     if (!st && tied && (*hw || *ew) && strcmp(hw, ew) && !(st = ptq_untie_head(m))) tied = 0;
     if (!st && *ew) {
-        st = apply_w(&m->tok_emb, &m->emb_p, m->c.vocab, m->c.embed_dim, ew, o, "embed_tokens", pack, (ptq_in){q->ptq_clip, 0, NULL, NULL, 0, NULL, 0});
+        st = apply_w(&m->tok_emb, &m->emb_p, m->c.vocab, m->c.embed_dim, ew, o, "embed_tokens", pack, (ptq_in){q->ptq_clip, 0, NULL, NULL, 0, NULL, 0, NULL});
         if (!st && tied && m->emb_p) { m->head.w = NULL; m->head.pw = m->emb_p; }
     }
     if (!st && *hw && !tied) st = apply_w(&m->head.w, &m->head.pw, m->head.out, m->head.in, hw, o, "lm_head", pack, ptq_for(q, cs, calib_index(m->c.layers, -1, 0), &m->head));

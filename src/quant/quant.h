@@ -126,9 +126,11 @@ void qconfig_resolve(const bq_qconfig *q, const char *name, int is_block, const 
 /* The weight format q gives the tensor `name` ("" if none). */
 const char *qconfig_weight_format(const bq_qconfig *q, const char *name);
 /* GPTQ on w [rows][cols] with the Gram matrix of its input; clip: each group clipped too;
- * device as bq_ctx_opts.device (0: the CPU; k > 0: CUDA device k - 1, src/cuda/gptq.cu). */
+ * device as bq_ctx_opts.device (0: the CPU; k > 0: CUDA device k - 1, src/cuda/gptq.cu).
+ * *damp (may be NULL) gets the damping that made H positive definite, as a fraction of
+ * its mean diagonal: 0.01, or 0.1, 1 or 10 where H needed more. */
 bq_status ptq_gptq(const bq_format *f, float *w, int rows, int cols, const double *gram, int clip, const bq_qopts *o,
-                   int device);
+                   int device, double *damp);
 /* Clamp each scale group of w in place to the range whose quantisation has the least
  * squared error, each column's error weighted by imp[column] (NULL: equally); quantising
  * or packing the result then uses the clipped scales (clip.c). */
