@@ -384,23 +384,14 @@ static bq_status tensor_ctx(const bq_format *f, const float *d_x, size_t n, cons
     return BQ_OK;
 }
 
-// llama.cpp's Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 rules (qkern.h's ggml_block), a thread per
-// block of 32 along a row: kernels.c's qdq_row_ggml.
+// llama.cpp's Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 rules, a thread per block of 32 along a row
+// (qkern.h's ggml_qdq_block, as kernels.c's qdq_row_ggml).
 static __global__ void qdq_ggml(bq_format f, const float *x, float *y, size_t rows, size_t cols)
 {
     size_t per = (cols + 31) / 32;
     for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < rows * per; k += (size_t)gridDim.x * blockDim.x) {
         size_t b = k / per * cols + k % per * 32, n = cols - k % per * 32 < 32 ? cols - k % per * 32 : 32;
-        if (amax_bits(x + b, n) > 0x7f7fffffu) {  // Inf or NaN in the block
-            for (size_t i = 0; i < n; i++) y[b + i] = NAN;
-            continue;
-        }
-        int8_t q[32];
-        float d, m;  // the scale and minimum as their fp16 codes decode (CPU: ggml_scale of ggml_block)
-        ggml_codes(&f, x + b, n, q, &d, &m);
-        d = ggml_round16(&f, d);
-        m = f.asym ? ggml_round16(&f, m) : 0.0f;
-        for (size_t i = 0; i < n; i++) y[b + i] = ggml_value(&f, (float)q[i], d, m);
+        ggml_qdq_block(&f, x + b, y + b, n);
     }
 }
 

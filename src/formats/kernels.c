@@ -221,14 +221,7 @@ static void qdq_row_scaled(const bq_format *f, const qctx *c, const float *x, fl
 /* llama.cpp's Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 rules (qkern.h's ggml_block), block by block. */
 static void qdq_row_ggml(const bq_format *f, const float *x, float *y, size_t cols)
 {
-    int8_t q[32];
-    for (size_t b = 0; b < cols; b += 32) {
-        size_t n = cols - b < 32 ? cols - b : 32;
-        if (amax_bits(x + b, n) > 0x7f7fffffu) { fill_nan(y + b, n); continue; }
-        float d, m;
-        ggml_scale(f, ggml_block(f, x + b, n, q), &d, &m);
-        for (size_t i = 0; i < n; i++) y[b + i] = ggml_value(f, (float)q[i], d, m);
-    }
+    for (size_t b = 0; b < cols; b += 32) ggml_qdq_block(f, x + b, y + b, cols - b < 32 ? cols - b : 32);
 }
 
 /* Element formats: no scale. */

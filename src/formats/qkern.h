@@ -370,6 +370,23 @@ static inline uint32_t ggml_block(const bq_format *f, const float *x, size_t n, 
     return f->asym ? ggml_fp16(f, d) | ggml_fp16(f, m) << 16 : ggml_fp16(f, d);
 }
 
+/* One llama.cpp block of n <= 32 fake-quantised (in place allowed): each code's value,
+ * the scale and minimum as their fp16 codes decode; NaN for a block holding Inf or NaN.
+ * The CPU kernels and the CUDA kernel both. */
+static inline BQ_HD void ggml_qdq_block(const bq_format *f, const float *x, float *y, size_t n)
+{
+    if (amax_bits(x, n) > 0x7f7fffffu) {
+        for (size_t i = 0; i < n; i++) y[i] = NAN;
+        return;
+    }
+    int8_t q[32];
+    float d, m;
+    ggml_codes(f, x, n, q, &d, &m);
+    d = ggml_round16(f, d);
+    m = f->asym ? ggml_round16(f, m) : 0.0f;
+    for (size_t i = 0; i < n; i++) y[i] = ggml_value(f, (float)q[i], d, m);
+}
+
 static inline BQ_HD int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 /* Scale of one block from its amax (finite, >= 0). */
