@@ -7,7 +7,8 @@
 #   sh bench/ptq_whole.sh [OUT.jsonl]     DEVICE=cuda JOBS=4 THREADS=4 PART=1/2
 # Each row is one `blockq ppl --kld --json` run; JOBS of them side by side (the GPU
 # machine: DEVICE=cuda, calibration on the GPU too). PART=k/n runs every n-th row from
-# the k-th (split over calls). Then `python3 bench/ptq_whole.py OUT.jsonl` prints the table.
+# the k-th (split over calls); ONLY=REGEX the rows whose "W/A/KV ptq" line matches. Then
+# `python3 bench/ptq_whole.py OUT.jsonl` prints the table.
 B=${B:-build/blockq}
 M=${M:-models/llama-19m-en}
 J=${1:-bench/ptq_whole_table.jsonl}
@@ -21,19 +22,19 @@ ROWS='f32/-/- none
 q4_0/-/- none clip gptq,clip rotate,gptq,clip clip,lorc:8
 int4_g128/-/- none clip gptq,clip rotate,gptq,clip awq
 mxfp4/-/- none gptq,clip rotate,gptq
-nvfp4/-/- none clip clip,lorc:8 rotate
+nvfp4/-/- none clip clip,lorc:8 rotate gptq,clip
 bfp4_b16/-/- none gptq,clip rotate,gptq,clip
 int4_g128/int8/- none smoothquant,gptq rotate,hadamard,gptq
 mxfp4/mxint8/- none gptq rotate,hadamard,gptq
-mxfp4/mxfp4/- none gptq rotate,hadamard rotate,hadamard,gptq smoothquant,gptq
-bfp4_b16/bfp4_b16/- none gptq rotate,hadamard rotate,hadamard,gptq smoothquant,gptq
-nvfp4/nvfp4/- none smoothquant rotate,hadamard
+mxfp4/mxfp4/- none gptq rotate,hadamard rotate,hadamard,gptq smoothquant,gptq rotate,hadamard,gptq,clip
+bfp4_b16/bfp4_b16/- none gptq rotate,hadamard rotate,hadamard,gptq smoothquant,gptq rotate,hadamard,gptq,clip
+nvfp4/nvfp4/- none smoothquant rotate,hadamard rotate,hadamard,gptq
 mxfp4/mxfp4/mxfp4 none rotate,hadamard,hadamard_kv,gptq
 int6/int6/- none smoothquant rotate,hadamard rotate,hadamard,gptq
-int8/int8/- none rotate,hadamard'
+int8/int8/- none rotate,hadamard rotate,hadamard,gptq'
 echo "$ROWS" | while read -r spec algs; do
     for p in $algs; do echo "$spec $p"; done
-done | awk -v k="$k" -v n="$n" '(NR - k) % n == 0' >/tmp/ptq_whole_runs.txt
+done | awk -v k="$k" -v n="$n" '(NR - k) % n == 0' | grep -E "${ONLY:-.}" >/tmp/ptq_whole_runs.txt
 run_one() {  # spec ptq index
     w=$(echo "$1" | cut -d/ -f1) a=$(echo "$1" | cut -d/ -f2) kv=$(echo "$1" | cut -d/ -f3)
     opt="--wq $w"

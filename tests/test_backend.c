@@ -355,11 +355,12 @@ static void gptq_on_device(void)
     for (int t = 0; t < N; t++)
         for (int a = 0; a < C; a++)
             for (int b = 0; b < C; b++) G[(size_t)a * C + b] += (double)x[(size_t)t * C + a] * x[(size_t)t * C + b];
-    const char *fmts[] = {"q4_0", "mxfp4", "bfp4_b16", "int4_asym_g128", "fp8_e4m3", "mxfp6_e2m3"};
-    for (int f = 0; f < 6; f++) {
+    const char *fmts[] = {"q4_0", "mxfp4", "bfp4_b16", "int4_asym_g128", "fp8_e4m3", "mxfp6_e2m3", "nvfp4", "int6_row", "int8",
+                          "int8_asym_row"};
+    for (int f = 0; f < 10; f++) {
         bq_format *fm;
         OK(bq_format_parse(fmts[f], &fm));
-        int clip = f == 2;
+        int clip = f == 2 || f == 6;
         for (int k = 0; k < 2; k++) {
             memcpy(q[k], w, sizeof(float) * R * C);
             OK(ptq_gptq(fm, q[k], R, C, G, clip, NULL, k, NULL));

@@ -637,8 +637,8 @@ static void test_smoothquant(void)
 
 /* GPTQ on one layer: with correlated inputs, the output error |(W - Q) X^T|^2 of
  * GPTQ's weights (quantised as usual afterwards) is well below round-to-nearest's,
- * for block, group and element-wise formats; formats with row or tensor scales and
- * stochastic rounding are refused by name. Then the Gram matrices calibration takes. */
+ * for block, group, row, tensor and element-wise formats; stochastic rounding is
+ * refused. Then the Gram matrices calibration takes. */
 static double out_err(const float *w, const float *x, int rows, int cols, int n)
 {
     double e = 0;
@@ -666,14 +666,32 @@ static void test_gptq(void)
     for (int t = 0; t < N; t++)
         for (int a = 0; a < C; a++)
             for (int b = 0; b < C; b++) G[(size_t)a * C + b] += (double)x[t * C + a] * x[t * C + b];
-    const char *fmts[] = {"mxfp4", "int4_g128", "q4_0", "bfp4_b16", "fp8_e4m3", "int4_asym_g128"};
+    /* the last six hold a row or tensor scale where the original weights put it: the
+     * updated weights keep each row's (or the tensor's) extremes, bit for bit */
+    const char *fmts[] = {"mxfp4", "int4_g128", "q4_0", "bfp4_b16", "fp8_e4m3", "int4_asym_g128",
+                          "nvfp4", "int4_row", "int8", "int6_row", "int8_asym_row", "int4_asym"};
     float *rtn = malloc(sizeof(float) * R * C), *gq = malloc(sizeof(float) * R * C), *d = malloc(sizeof(float) * R * C);
-    for (int f = 0; f < 6; f++) {
+    for (int f = 0; f < 12; f++) {
         bq_format *fm;
         OK(bq_format_parse(fmts[f], &fm));
         OK(bq_qdq(fm, w, rtn, R, C, NULL));
         memcpy(gq, w, sizeof(float) * R * C);
         OK(ptq_gptq(fm, gq, R, C, G, 0, NULL, 0, NULL));
+        if (f >= 6) {
+            int per_row = strstr(fmts[f], "row") != NULL, rr = per_row ? R : 1, cc = per_row ? C : R * C, kept = 1;
+            for (int r = 0; r < rr; r++) {
+                float e[2][2] = {{INFINITY, -INFINITY}, {INFINITY, -INFINITY}};  /* [before, after][min, max] */
+                for (int k = 0; k < cc; k++) {
+                    float ba[2] = {w[(size_t)r * cc + k], gq[(size_t)r * cc + k]};
+                    for (int i = 0; i < 2; i++) {
+                        float v = strstr(fmts[f], "asym") ? ba[i] : fabsf(ba[i]);
+                        e[i][0] = fminf(e[i][0], v), e[i][1] = fmaxf(e[i][1], v);
+                    }
+                }
+                kept &= e[1][1] == e[0][1] && (!strstr(fmts[f], "asym") || e[1][0] == e[0][0]);
+            }
+            CHECK(kept, "gptq %s: the updated weights moved a %s's extremes (its scale)", fmts[f], per_row ? "row" : "tensor");
+        }
         OK(bq_qdq(fm, gq, gq, R, C, NULL));
         for (int i = 0; i < R * C; i++) d[i] = w[i] - rtn[i];
         double e_rtn = out_err(d, x, R, C, N);
@@ -681,15 +699,15 @@ static void test_gptq(void)
         double e_gptq = out_err(d, x, R, C, N);
         printf("  gptq %-15s output error %.4g vs round-to-nearest %.4g\n", fmts[f], e_gptq, e_rtn);
         CHECK(e_gptq < 0.93 * e_rtn, "%s: GPTQ's output error %g is not below 0.93x round-to-nearest's %g", fmts[f], e_gptq, e_rtn);
-        bq_format_free(fm);
-    }
-    const char *refused[] = {"nvfp4", "int4_row", "int8"};
-    for (int f = 0; f < 3; f++) {
-        bq_format *fm;
-        OK(bq_format_parse(refused[f], &fm));
-        memcpy(gq, w, sizeof(float) * R * C);
-        CHECK(ptq_gptq(fm, gq, R, C, G, 0, NULL, 0, NULL) == BQ_ERR_UNSUPPORTED && strstr(bq_last_error(), refused[f]),
-              "gptq with %s: %s", refused[f], bq_last_error());
+        if (f >= 6 && f % 2 == 0) {  /* with clip: the row or tensor clipped as a whole first */
+            memcpy(gq, w, sizeof(float) * R * C);
+            OK(ptq_gptq(fm, gq, R, C, G, 1, NULL, 0, NULL));
+            OK(bq_qdq(fm, gq, gq, R, C, NULL));
+            for (int i = 0; i < R * C; i++) d[i] = w[i] - gq[i];
+            double e_clip = out_err(d, x, R, C, N);
+            printf("  gptq,clip %-10s output error %.4g\n", fmts[f], e_clip);
+            CHECK(e_clip < 0.93 * e_rtn, "%s: gptq,clip's output error %g is not below 0.93x round-to-nearest's %g", fmts[f], e_clip, e_rtn);
+        }
         bq_format_free(fm);
     }
     bq_format *fm;

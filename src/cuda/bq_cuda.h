@@ -51,15 +51,41 @@ bq_status bq_cuda_w_to_f32(const bq_cuda_w *w, float *d_out);
 bq_status bq_cuda_gemm_mx8(int kind, const void *d_a, const uint8_t *d_sa, const void *d_b, const uint8_t *d_sb,
                            float *d_c, int M, int N, int K);
 
+/* GPTQ for formats whose scale covers a whole row or the tensor (int8, int6_row,
+ * int8_asym_row) or that add a tensor scale to their blocks' (nvfp4): that scale
+ * stays where the original weights put it. Each group is quantised with P pin
+ * columns after every row's B, holding the row's bounds (lo, hi; zeros after), so
+ * the format derives the original scale whatever the group holds; the group's
+ * values are clamped to [lo, hi], and the element that set a bound keeps it. The
+ * output's extremes are then the original's: its final rounding derives the same
+ * scale and gives the codes GPTQ chose. Arrays per row (a per-tensor scale: the
+ * same bounds in every row, the bound's column in one row only, -1 elsewhere). */
+typedef struct {
+    int P;           /* pin columns (0: none, the other arrays unused) */
+    float *lo, *hi;  /* the bounds of row r's output */
+    int *clo, *chi;  /* the column whose element holds lo (hi) and keeps it; -1: none */
+} bq_gptq_pins;
+#ifdef __CUDACC__
+#define BQ_PIN_FN static inline __host__ __device__
+#else
+#define BQ_PIN_FN static inline
+#endif
+/* What GPTQ quantises at row r, column c, where the updated weight is v. */
+BQ_PIN_FN float bq_pin_take(double v, int c, float lo, float hi, int clo, int chi)
+{
+    float x = (float)v;
+    return c == clo ? lo : c == chi ? hi : x < lo ? lo : x > hi ? hi : x;
+}
+
 /* GPTQ's loop (src/quant/gptq.c, which checks the format and chooses B and lazy)
  * on device `ordinal`: the inverse factor of H = gram (host, cols x cols, float64)
  * by cuSOLVER, each group of B columns clipped on the host by `clip` (NULL: not)
- * and quantised by bq_cuda_qdq, the updates by cuBLAS in float64, lazy columns at
+ * and quantised by bq_cuda_qdq (with pins->P pin columns, if any), the updates by cuBLAS in float64, lazy columns at
  * a time. w (host, rows x cols) becomes the updated weights, as ptq_gptq's (and *damp
  * the damping used); the steps are the CPU's, the float64 sums in another order. */
 typedef bq_status (*bq_group_fn)(const bq_format *f, float *g, int rows, int cols, const double *imp, const bq_qopts *o);
 bq_status bq_cuda_gptq(int ordinal, const bq_format *f, float *w, int rows, int cols, const double *gram, int B, int lazy,
-                       bq_group_fn clip, const bq_qopts *o, double *damp);
+                       bq_group_fn clip, const bq_gptq_pins *pins, const bq_qopts *o, double *damp);
 
 #ifdef __cplusplus
 }

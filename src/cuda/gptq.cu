@@ -37,21 +37,33 @@ static __global__ void k_widen(const float *w, double *W, size_t n)
     for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < n; k += (size_t)gridDim.x * blockDim.x) W[k] = w[k];
 }
 
-// g = the group [a, a + B) of every row of W, as float32
-static __global__ void k_group_take(const double *W, float *g, int rows, size_t n, int a, int B)
+// The pins on the device (bq_gptq_pins; P = 0: none).
+struct dpins {
+    int P;
+    const float *lo, *hi;
+    const int *clo, *chi;
+};
+
+// g's rows of B + P: the group [a, a + B) of every row of W, as float32 (pinned where
+// the format holds a row or tensor scale), then the row's pins (written once, by gptq())
+static __global__ void k_group_take(const double *W, float *g, int rows, size_t n, int a, int B, dpins p)
 {
-    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < (size_t)rows * B; k += (size_t)gridDim.x * blockDim.x)
-        g[k] = (float)W[k / B * n + a + k % B];
+    const int gw = B + p.P;
+    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < (size_t)rows * B; k += (size_t)gridDim.x * blockDim.x) {
+        size_t r = k / B, j = k % B;
+        double v = W[r * n + a + j];
+        g[r * gw + j] = p.P ? bq_pin_take(v, a + (int)j, p.lo[r], p.hi[r], p.clo[r], p.chi[r]) : (float)v;
+    }
 }
 
 // Z's columns [off, off + B) = W_g - Q_g; the output's group = g (what the last rounding will see)
 static __global__ void k_group_done(const double *W, const float *g, const float *q, double *Z, float *w, int rows, size_t n,
-                             int a, int B, int lazy, int off)
+                             int a, int B, int gw, int lazy, int off)
 {
     for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < (size_t)rows * B; k += (size_t)gridDim.x * blockDim.x) {
         size_t r = k / B, j = k % B;
-        Z[r * lazy + off + j] = W[r * n + a + j] - q[k];
-        w[r * n + a + j] = g[k];
+        Z[r * lazy + off + j] = W[r * n + a + j] - q[r * gw + j];
+        w[r * n + a + j] = g[r * gw + j];
     }
 }
 
@@ -67,7 +79,8 @@ static bq_status launched(const char *what)
 struct job {
     void *blas = NULL, *blas_ws = NULL, *solver = NULL;
     double *H = NULL, *A = NULL, *W = NULL, *Z = NULL, *work = NULL;
-    float *w = NULL, *g = NULL, *q = NULL;
+    float *w = NULL, *g = NULL, *q = NULL, *bounds = NULL;
+    int *cols = NULL;
     void *hwork = NULL;
     int *info = NULL;
     ~job()
@@ -75,7 +88,7 @@ struct job {
         cudaStreamSynchronize(cudaStreamPerThread);
         if (solver) g_solver.destroy(solver);
         if (blas) g_blas.destroy(blas);
-        void *d[] = {blas_ws, H, A, W, Z, work, w, g, q, info};
+        void *d[] = {blas_ws, H, A, W, Z, work, w, g, q, bounds, cols, info};
         for (void *p : d) bq_cuda_free(p);
         free(hwork);
     }
@@ -119,7 +132,7 @@ static bq_status inverse_factor(job *j, const double *gram, int n, double *used)
 }
 
 extern "C" bq_status bq_cuda_gptq(int ordinal, const bq_format *f, float *w, int rows, int cols, const double *gram, int B,
-                                  int lazy, bq_group_fn clip, const bq_qopts *o, double *damp)
+                                  int lazy, bq_group_fn clip, const bq_gptq_pins *pins, const bq_qopts *o, double *damp)
 {
     cudaError_t e = cudaSetDevice(ordinal);
     if (e != cudaSuccess) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA gptq: device %d: %s", ordinal, cudaGetErrorString(e));
@@ -133,10 +146,26 @@ extern "C" bq_status bq_cuda_gptq(int ordinal, const bq_format *f, float *w, int
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA gptq: cusolverDnCreate failed");
     }
     if (g_solver.set_stream(j.solver, cudaStreamPerThread)) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA gptq: cusolverDnSetStream failed");
+    const int P = pins ? pins->P : 0, gw = B + P;
     void **bufs[] = {(void **)&j.H, (void **)&j.A, (void **)&j.W, (void **)&j.Z, (void **)&j.w, (void **)&j.g, (void **)&j.q,
                      (void **)&j.info};
-    size_t bytes[] = {n * n * 8, n * n * 8, R * n * 8, R * lazy * 8, R * n * 4, R * B * 4, R * B * 4, 2 * sizeof(int)};
+    size_t bytes[] = {n * n * 8, n * n * 8, R * n * 8, R * lazy * 8, R * n * 4, R * gw * 4, R * gw * 4, 2 * sizeof(int)};
     for (int k = 0; k < 8 && !st; k++) st = bq_cuda_malloc(bufs[k], bytes[k]);
+    dpins dp = {P, NULL, NULL, NULL, NULL};
+    if (!st && P) {  // the bounds and pinned columns, and the pin columns of g: [lo, hi, 0...] in every row
+        float *rows0 = (float *)calloc(R * gw, sizeof *rows0);
+        if (!rows0) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        for (size_t r = 0; rows0 && r < R; r++) rows0[r * gw + B] = pins->lo[r], rows0[r * gw + B + 1] = pins->hi[r];
+        if (!st) st = bq_cuda_upload(j.g, rows0, R * gw * 4);
+        free(rows0);
+        if (!st) st = bq_cuda_malloc((void **)&j.bounds, R * 2 * sizeof(float));
+        if (!st) st = bq_cuda_malloc((void **)&j.cols, R * 2 * sizeof(int));
+        if (!st) st = bq_cuda_upload(j.bounds, pins->lo, R * sizeof(float));
+        if (!st) st = bq_cuda_upload(j.bounds + R, pins->hi, R * sizeof(float));
+        if (!st) st = bq_cuda_upload(j.cols, pins->clo, R * sizeof(int));
+        if (!st) st = bq_cuda_upload(j.cols + R, pins->chi, R * sizeof(int));
+        dp = {P, j.bounds, j.bounds + R, j.cols, j.cols + R};
+    }
     if (!st) st = inverse_factor(&j, gram, cols, damp);
     if (!st) st = bq_cuda_upload(j.w, w, R * n * 4);
     if (!st) {
@@ -152,13 +181,13 @@ extern "C" bq_status bq_cuda_gptq(int ordinal, const bq_format *f, float *w, int
     for (int b0 = 0; b0 < cols && !st; b0 += lazy) {
         int b1 = b0 + lazy < cols ? b0 + lazy : cols, nb = b1 - b0;
         for (int a = b0; a < b1 && !st; a += B) {
-            k_group_take<<<grid_for(R * B), 256, 0, cudaStreamPerThread>>>(j.W, j.g, rows, n, a, B);
+            k_group_take<<<grid_for(R * B), 256, 0, cudaStreamPerThread>>>(j.W, j.g, rows, n, a, B, dp);
             if ((st = launched("group"))) break;
             if (clip && ((st = bq_cuda_download(hg, j.g, R * B * 4)) || (st = clip(f, hg, rows, B, diag + a, o)) ||
                          (st = bq_cuda_upload(j.g, hg, R * B * 4))))
                 break;
-            if ((st = bq_cuda_qdq(f, j.g, j.q, R, (size_t)B, o))) break;
-            k_group_done<<<grid_for(R * B), 256, 0, cudaStreamPerThread>>>(j.W, j.g, j.q, j.Z, j.w, rows, n, a, B, lazy, a - b0);
+            if ((st = bq_cuda_qdq(f, j.g, j.q, R, (size_t)gw, o))) break;
+            k_group_done<<<grid_for(R * B), 256, 0, cudaStreamPerThread>>>(j.W, j.g, j.q, j.Z, j.w, rows, n, a, B, gw, lazy, a - b0);
             if ((st = launched("group error"))) break;
             // row-major Z_g U_gg^-1 (right, upper) is column-major U_gg^-T Z_g^T (left, lower)
             if (g_blas.dtrsm(j.blas, CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, CUBLAS_DIAG_NON_UNIT, B, rows, &one,

@@ -1,5 +1,4 @@
-/* GPTQ (`--ptq gptq`, Frantar et al. 2023) for every format whose scales are
- * shared by blocks (or groups) along a row, or by no elements at all: the
+/* GPTQ (`--ptq gptq`, Frantar et al. 2023) for every format: the
  * weights are quantised a group of columns at a time, and the error each group
  * leaves is compensated on the columns not yet quantised, weighted by the inverse
  * Hessian of the layer's output error, H = X^T X (calibration's Gram matrix).
@@ -15,6 +14,9 @@
  * as usual (fake quantisation or packing) gives each group exactly the codes the
  * algorithm chose, so both paths agree bit for bit. With clip, each group is also
  * clipped (clip.c) before it is quantised, weighted by H's diagonal.
+ * A scale shared by a whole row or the tensor (int8, int6_row, NVFP4's tensor
+ * scale) is held where the original weights put it (bq_gptq_pins, bq_cuda.h),
+ * each column is then its own group; with clip, the whole matrix is clipped first.
  * On a CUDA device (src/cuda/gptq.cu) the same steps run in cuSOLVER and cuBLAS. */
 #include "quant.h"
 #include "format.h"
@@ -72,6 +74,64 @@ static int inverse_factor(const double *gram, int n, double *U, double *used)
     return -1;
 }
 
+/* A scale shared by a whole row or the tensor (or NVFP4's tensor scale over its blocks'). */
+static int gptq_row_scale(const bq_format *f)
+{
+    return (f->sch == SCH_INT && (f->scope == SCOPE_ROW || f->scope == SCOPE_TENSOR)) || f->sch == SCH_NVFP4;
+}
+
+static void pins_free(bq_gptq_pins *p)
+{
+    free(p->lo); free(p->hi); free(p->clo); free(p->chi);
+    memset(p, 0, sizeof *p);
+}
+
+/* The pins of w in f (bq_gptq_pins): P = 0 where every scale is a group's own. */
+static bq_status pins_make(const bq_format *f, const float *w, int rows, int cols, bq_gptq_pins *p)
+{
+    memset(p, 0, sizeof *p);
+    if (!gptq_row_scale(f)) return BQ_OK;
+    int per_tensor = !(f->sch == SCH_INT && f->scope == SCOPE_ROW);
+    int asym = f->sch == SCH_INT && f->asym;
+    p->lo = malloc((size_t)rows * sizeof *p->lo); p->hi = malloc((size_t)rows * sizeof *p->hi);
+    p->clo = malloc((size_t)rows * sizeof *p->clo); p->chi = malloc((size_t)rows * sizeof *p->chi);
+    if (!p->lo || !p->hi || !p->clo || !p->chi) {
+        pins_free(p);
+        return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    }
+    p->P = f->sch == SCH_NVFP4 ? f->block : 2;  /* NVFP4: a whole block, its own scale ignored */
+    for (int r = 0; r < rows; r++) {  /* each row's extremes: the first element holding each */
+        const float *x = w + (size_t)r * cols;
+        int imin = 0, imax = 0, iabs = 0;
+        for (int c = 1; c < cols; c++) {
+            if (x[c] < x[imin]) imin = c;
+            if (x[c] > x[imax]) imax = c;
+            if (fabsf(x[c]) > fabsf(x[iabs])) iabs = c;
+        }
+        if (asym) {
+            p->lo[r] = x[imin], p->hi[r] = x[imax], p->clo[r] = imin, p->chi[r] = imax;
+        } else {  /* a symmetric scale: [-amax, amax], the element of amax pinned */
+            float a = fabsf(x[iabs]);
+            p->lo[r] = -a, p->hi[r] = a;
+            p->clo[r] = x[iabs] < 0 ? iabs : -1, p->chi[r] = x[iabs] < 0 ? -1 : iabs;
+        }
+    }
+    if (per_tensor) {  /* the tensor's bounds in every row, pinned in the rows that hold them */
+        int rlo = 0, rhi = 0;
+        for (int r = 1; r < rows; r++) {
+            if (p->lo[r] < p->lo[rlo]) rlo = r;
+            if (p->hi[r] > p->hi[rhi]) rhi = r;
+        }
+        float lo = p->lo[rlo], hi = p->hi[rhi];  /* symmetric: one row, -amax and amax */
+        int clo = p->clo[rlo], chi = p->chi[rhi];
+        for (int r = 0; r < rows; r++) {
+            p->lo[r] = lo, p->hi[r] = hi;
+            p->clo[r] = r == rlo ? clo : -1, p->chi[r] = r == rhi ? chi : -1;
+        }
+    }
+    return BQ_OK;
+}
+
 bq_status ptq_gptq(const bq_format *f, float *w, int rows, int cols, const double *gram, int clip, const bq_qopts *o,
                    int device, double *damp)
 {
@@ -79,39 +139,57 @@ bq_status ptq_gptq(const bq_format *f, float *w, int rows, int cols, const doubl
     if (!damp) damp = &used;
     bq_format_info in;
     bq_format_get_info(f, &in);
-    if (in.block < 0 || !strcmp(in.family, "nvfp4"))
-        return bq_fail(BQ_ERR_UNSUPPORTED, "gptq: %s has a scale per %s; GPTQ quantises groups of columns, whose scales must be their own",
-                       in.name, in.block == -1 ? "row" : "tensor");
     if (o && o->round == BQ_ROUND_STOCHASTIC)
         return bq_fail(BQ_ERR_UNSUPPORTED, "gptq: stochastic rounding would round each group again differently; use a deterministic mode");
     int B = in.block > 0 ? in.block : 1;
     if (cols % B) return bq_fail(BQ_ERR_SHAPE, "gptq: %d columns are not whole blocks of %d", cols, B);
     int lazy = B > LAZY ? B : LAZY - LAZY % B;
-    if (device > 0) return bq_cuda_gptq(device - 1, f, w, rows, cols, gram, B, lazy, clip ? ptq_clip : NULL, o, damp);
     size_t n = (size_t)cols;
+    bq_gptq_pins pins;
+    bq_status st = BQ_OK;
+    if (gptq_row_scale(f)) {
+        /* a row or tensor scale: clipped as a whole first, then held */
+        double *diag = clip ? malloc(n * sizeof *diag) : NULL;
+        if (clip && !diag) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+        for (int i = 0; clip && i < cols; i++) diag[i] = gram[(size_t)i * n + i];
+        st = clip ? ptq_clip(f, w, rows, cols, diag, o) : BQ_OK;
+        free(diag);
+        clip = 0;
+        if (st || (st = pins_make(f, w, rows, cols, &pins))) return st;
+    } else
+        memset(&pins, 0, sizeof pins);
+    if (device > 0) {
+        st = bq_cuda_gptq(device - 1, f, w, rows, cols, gram, B, lazy, clip ? ptq_clip : NULL, &pins, o, damp);
+        pins_free(&pins);
+        return st;
+    }
+    const int P = pins.P, gw = B + P;  /* a group's rows as quantised: B columns, then the pins */
     double *U = malloc(n * n * sizeof *U), *W = malloc((size_t)rows * n * sizeof *W);
     double *Z = malloc((size_t)rows * lazy * sizeof *Z), *diag = clip ? malloc(n * sizeof *diag) : NULL;
-    float *g = malloc((size_t)rows * B * sizeof *g), *q = malloc((size_t)rows * B * sizeof *q);
-    bq_status st = BQ_OK;
+    float *g = calloc((size_t)rows * gw, sizeof *g), *q = malloc((size_t)rows * gw * sizeof *q);
     if (!U || !W || !Z || !g || !q || (clip && !diag)) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
     else if (inverse_factor(gram, cols, U, damp)) st = bq_fail(BQ_ERR_ARG, "gptq: the Hessian is not positive definite, even damped");
     if (!st) {
         for (size_t i = 0; i < (size_t)rows * n; i++) W[i] = w[i];
         for (int i = 0; clip && i < cols; i++) diag[i] = gram[(size_t)i * n + i];
+        for (int r = 0; P && r < rows; r++) g[(size_t)r * gw + B] = pins.lo[r], g[(size_t)r * gw + B + 1] = pins.hi[r];
     }
     for (int b0 = 0; b0 < cols && !st; b0 += lazy) {
         int b1 = b0 + lazy < cols ? b0 + lazy : cols, nb = b1 - b0;
         for (int a = b0; a < b1 && !st; a += B) {
             /* the group as it stands now, quantised by the format (clipped first if asked) */
             for (int r = 0; r < rows; r++)
-                for (int j = 0; j < B; j++) g[(size_t)r * B + j] = (float)W[(size_t)r * n + a + j];
+                for (int j = 0; j < B; j++) {
+                    double v = W[(size_t)r * n + a + j];
+                    g[(size_t)r * gw + j] = P ? bq_pin_take(v, a + j, pins.lo[r], pins.hi[r], pins.clo[r], pins.chi[r]) : (float)v;
+                }
             if (clip && (st = ptq_clip(f, g, rows, B, diag + a, o))) break;
-            if ((st = bq_qdq(f, g, q, (size_t)rows, (size_t)B, o))) break;
+            if ((st = bq_qdq(f, g, q, (size_t)rows, (size_t)gw, o))) break;
             /* Z_g = (W_g - Q_g) U_gg^-1, then the group's own later columns of this batch move */
             for (int r = 0; r < rows; r++)
                 for (int j = 0; j < B; j++) {
-                    Z[(size_t)r * lazy + (a - b0) + j] = W[(size_t)r * n + a + j] - q[(size_t)r * B + j];
-                    w[(size_t)r * n + a + j] = g[(size_t)r * B + j];  /* what the final rounding will see */
+                    Z[(size_t)r * lazy + (a - b0) + j] = W[(size_t)r * n + a + j] - q[(size_t)r * gw + j];
+                    w[(size_t)r * n + a + j] = g[(size_t)r * gw + j];  /* what the final rounding will see */
                 }
             cblas_dtrsm(CblasRowMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, rows, B, 1.0,
                         U + (size_t)a * n + a, (int)n, Z + (a - b0), lazy);
@@ -124,5 +202,6 @@ bq_status ptq_gptq(const bq_format *f, float *w, int rows, int cols, const doubl
                         U + (size_t)b0 * n + b1, (int)n, 1.0, W + b1, (int)n);
     }
     free(U); free(W); free(Z); free(diag); free(g); free(q);
+    pins_free(&pins);
     return st;
 }
