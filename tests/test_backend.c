@@ -13,6 +13,7 @@
 #include "bq_cuda.h"
 #include "harness.h"
 #include "quant.h"
+#include <pthread.h>
 #include <unistd.h>
 
 typedef struct { be *b[2]; } pair;  /* [0] CPU, [1] CUDA */
@@ -343,6 +344,51 @@ static double gptq_out_err(const float *w, const float *q, const double *G, int 
     return d ? e : NAN;
 }
 
+/* One device GPTQ in a thread of its own (the quantiser's workers run linears side by side). */
+typedef struct { const bq_format *f; const float *w; const double *G; float *q; int R, C; bq_status st; } gptq_job;
+static void *gptq_job_run(void *arg)
+{
+    gptq_job *j = arg;
+    memcpy(j->q, j->w, sizeof(float) * j->R * j->C);
+    j->st = ptq_gptq(j->f, j->q, j->R, j->C, j->G, 0, NULL, 1, NULL);
+    if (!j->st) j->st = bq_qdq(j->f, j->q, j->q, (size_t)j->R, (size_t)j->C, NULL);
+    return NULL;
+}
+
+/* Formats whose scale covers the tensor read a statistic back from the device in
+ * every group's quantisation: four threads at once (two formats) must each get the
+ * CPU's codes, as one thread does. */
+static void gptq_threads_on_device(const float *w, const double *G, int R, int C)
+{
+    enum { T = 4 };
+    const char *fmts[2] = {"nvfp4", "int8"};
+    bq_format *fm[2] = {NULL, NULL};
+    float *cpu[2] = {malloc(sizeof(float) * R * C), malloc(sizeof(float) * R * C)}, *q[T];
+    gptq_job jobs[T];
+    pthread_t th[T];
+    for (int t = 0; t < T; t++) q[t] = malloc(sizeof(float) * R * C);
+    for (int f = 0; f < 2; f++) {
+        OK(bq_format_parse(fmts[f], &fm[f]));
+        memcpy(cpu[f], w, sizeof(float) * R * C);
+        OK(ptq_gptq(fm[f], cpu[f], R, C, G, 0, NULL, 0, NULL));
+        OK(bq_qdq(fm[f], cpu[f], cpu[f], R, C, NULL));
+    }
+    for (int t = 0; t < T; t++) {
+        jobs[t] = (gptq_job){fm[t % 2], w, G, q[t], R, C, BQ_OK};
+        CHECK(pthread_create(&th[t], NULL, gptq_job_run, &jobs[t]) == 0, "gptq threads: pthread_create");
+    }
+    for (int t = 0; t < T; t++) {
+        pthread_join(th[t], NULL);
+        OK(jobs[t].st);
+        size_t same = 0;
+        for (size_t i = 0; i < (size_t)R * C; i++) same += q[t][i] == cpu[t % 2][i];
+        printf("  gptq %-6s in thread %d of %d on the GPU: %zu of %d codes as the CPU's\n", fmts[t % 2], t, T, same, R * C);
+        CHECK(same >= (size_t)(0.999 * R * C), "gptq %s in thread %d on the GPU: %zu of %d codes as the CPU's", fmts[t % 2], t, same, R * C);
+    }
+    for (int t = 0; t < T; t++) free(q[t]);
+    for (int f = 0; f < 2; f++) { free(cpu[f]); bq_format_free(fm[f]); }
+}
+
 static void gptq_on_device(void)
 {
     enum { R = 96, C = 384, N = 512 };
@@ -376,6 +422,7 @@ static void gptq_on_device(void)
         CHECK(rel <= 1e-3, "gptq %s on the GPU: output error %g against the CPU's %g", fmts[f], e[1], e[0]);
         bq_format_free(fm);
     }
+    gptq_threads_on_device(w, G, R, C);
     /* an indefinite Hessian (2x2 blocks [[1, 3], [3, 1]]): the device raises the damping as the CPU does */
     memset(G, 0, sizeof(double) * C * C);
     for (int i = 0; i < C; i++) G[(size_t)i * C + i] = 1, G[(size_t)i * C + (i ^ 1)] = 3;

@@ -366,10 +366,17 @@ static bq_status tensor_ctx(const bq_format *f, const float *d_x, size_t n, cons
     if (!bq_cuda_qdq_reads_back(f)) return BQ_OK;
     if (f->sch == SCH_INT && f->asym)
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA: per-tensor asymmetric int (%s) is not implemented on the GPU", f->name);
-    static unsigned *d_m;  // two words, kept for the process (an allocation per call costs more than the pass)
+    // two words, kept for the thread (an allocation per call costs more than the pass;
+    // threads quantise side by side, GPTQ's workers do, each with its own)
+    static thread_local unsigned *d_m;
+    static thread_local int d_m_device = -1;
+    int dev = 0;
+    cudaGetDevice(&dev);
+    if (d_m && d_m_device != dev) bq_cuda_free(d_m), d_m = NULL;
     unsigned h[2] = {0, 0};
     bq_status st = d_m ? BQ_OK : bq_cuda_malloc((void **)&d_m, 8);
     if (st) return st;
+    d_m_device = dev;
     cudaMemsetAsync(d_m, 0, 8);
     amax_kernel<<<1056, 256>>>(d_x, n, d_m, (uintptr_t)d_x % 16 == 0);
     st = bq_cuda_download(h, d_m, 8);
