@@ -330,7 +330,7 @@ static void calibration_on_device(const char *dir)
  * so the final codes agree except where a value sits within rounding of a decision
  * point: at least 99.9% of them equal, and the layer's output error
  * tr((W - Q) H (W - Q)^T) within 1e-3 of the CPU's (relative). Two lazy batches of
- * 128 columns, block, group and element formats, and clip on one. */
+ * 128 columns; block, group, element, row and tensor-scale formats; clip on two. */
 static double gptq_out_err(const float *w, const float *q, const double *G, int R, int C)
 {
     double e = 0;
