@@ -194,13 +194,14 @@ b=$($B ppl --model $M $PQ --packed --text data/wikitext-2-test.txt --ctx 128 --c
 [ -n "$a" ] && [ "$a" = "$b" ] && ok || bad "--ptq rotate,hadamard,hadamard_kv,smoothquant,gptq: the .bq scores '$a', the model in memory '$b'"
 head -c 24 "$T/ptq.bq" | od -An -tu4 -j8 -N4 | grep -qw 3 && ok || bad "a .bq with an online rotation is not version 3"
 # GPTQ with a tensor scale held (nvfp4, int8): the packed file scores as the fake-quantised model
-for f in nvfp4 int8; do
-    PQ="--wq $f --ptq gptq --calib-chunks 1 --calib-ctx 256"
-    $B quantize --model $M $PQ --out "$T/gptq_$f.bq" >/dev/null 2>&1 &&
-    a=$($B ppl --model "$T/gptq_$f.bq" --text data/wikitext-2-test.txt --ctx 128 --chunks 2 2>/dev/null | grep "^ppl") &&
+for f in nvfp4 int8 int4_row:actorder; do
+    PQ="--wq ${f%:*} --ptq gptq$(case $f in *:*) echo ":${f#*:}" ;; esac) --calib-chunks 1 --calib-ctx 256"
+    $B quantize --model $M $PQ --out "$T/gptq_${f%:*}.bq" >/dev/null 2>&1 &&
+    a=$($B ppl --model "$T/gptq_${f%:*}.bq" --text data/wikitext-2-test.txt --ctx 128 --chunks 2 2>/dev/null | grep "^ppl") &&
     b=$($B ppl --model $M $PQ --text data/wikitext-2-test.txt --ctx 128 --chunks 2 2>/dev/null | grep "^ppl") &&
-    [ -n "$a" ] && [ "$a" = "$b" ] && ok || bad "--wq $f --ptq gptq: the .bq scores '$a', the fake-quantised model '$b'"
+    [ -n "$a" ] && [ "$a" = "$b" ] && ok || bad "$PQ: the .bq scores '$a', the fake-quantised model '$b'"
 done
+expect_fail 2 "unknown post-training algorithm 'gptq:foo'" -- $B ppl --model $M --text data/wikitext-2-test.txt --wq q4_0 --ptq gptq:foo
 expect_fail 2 "rotated online (--ptq hadamard), which GGUF cannot express" -- $B quantize --model $M --wq q4_0 --ptq hadamard --out "$T/had.gguf"
 [ ! -e "$T/had.gguf" ] && ok || bad "a refused GGUF export left a file behind"
 # LoRC factors travel in a .bq (version 2): the file scores what the packed model in memory scores
@@ -220,7 +221,6 @@ b=$($B ppl --model $M --text data/wikitext-2-test.txt --ctx 64 --chunks 1 --wq i
 [ -n "$a" ] && [ "$a" = "$b" ] && ok || bad "ptq in a config: '$a', --ptq: '$b'"
 expect_fail 2 "unknown post-training algorithm 'hqq'" -- $B ppl --model $M --text data/wikitext-2-test.txt --wq q4_0 --ptq hqq
 expect_fail 2 "fewer than the 5000 asked" -- $B ppl --model $M --text data/wikitext-2-test.txt --wq q4_0 --ptq gptq --calib-chunks 5000 --calib-ctx 512
-expect_fail 2 "gptq: int4_row has a scale per row" -- $B ppl --model $M --text data/wikitext-2-test.txt --wq int4_row --ptq gptq --calib-chunks 1 --calib-ctx 64
 
 # finetune: a run cut in two (--stop-after, then --resume) writes the same model as one
 # run; the folder it writes is a model every command reads; bad input refused by name

@@ -699,6 +699,14 @@ static void test_gptq(void)
         double e_gptq = out_err(d, x, R, C, N);
         printf("  gptq %-15s output error %.4g vs round-to-nearest %.4g\n", fmts[f], e_gptq, e_rtn);
         CHECK(e_gptq < 0.93 * e_rtn, "%s: GPTQ's output error %g is not below 0.93x round-to-nearest's %g", fmts[f], e_gptq, e_rtn);
+        /* act-order: the loud channels' blocks first */
+        memcpy(gq, w, sizeof(float) * R * C);
+        OK(ptq_gptq(fm, gq, R, C, G, PTQ_GPTQ_ACTORDER, NULL, 0, NULL));
+        OK(bq_qdq(fm, gq, gq, R, C, NULL));
+        for (int i = 0; i < R * C; i++) d[i] = w[i] - gq[i];
+        double e_act = out_err(d, x, R, C, N);
+        printf("  gptq:actorder %-6s output error %.4g\n", fmts[f], e_act);
+        CHECK(e_act < 0.93 * e_rtn, "%s: gptq:actorder's output error %g is not below 0.93x round-to-nearest's %g", fmts[f], e_act, e_rtn);
         if (f >= 6 && f % 2 == 0) {  /* with clip: the row or tensor clipped as a whole first */
             memcpy(gq, w, sizeof(float) * R * C);
             OK(ptq_gptq(fm, gq, R, C, G, 1, NULL, 0, NULL));
@@ -712,6 +720,18 @@ static void test_gptq(void)
     }
     bq_format *fm;
     OK(bq_format_parse("mxfp4", &fm));
+    {  /* every block of the same energy: act-order keeps the order, and GPTQ's bits */
+        double *Ge = malloc(sizeof(double) * C * C);
+        float *a0 = malloc(sizeof(float) * R * C);
+        for (int i = 0; i < C; i++)
+            for (int j = 0; j < C; j++) Ge[(size_t)i * C + j] = i == j ? 4.0 : 1.0 / (1 + abs(i - j));
+        memcpy(gq, w, sizeof(float) * R * C);
+        memcpy(a0, w, sizeof(float) * R * C);
+        OK(ptq_gptq(fm, gq, R, C, Ge, 0, NULL, 0, NULL));
+        OK(ptq_gptq(fm, a0, R, C, Ge, PTQ_GPTQ_ACTORDER, NULL, 0, NULL));
+        CHECK(!memcmp(gq, a0, sizeof(float) * R * C), "gptq:actorder with equal energies changed GPTQ's result");
+        free(Ge); free(a0);
+    }
     bq_qopts so = {BQ_ROUND_STOCHASTIC, 1, 0};
     CHECK(ptq_gptq(fm, gq, R, C, G, 0, &so, 0, NULL) == BQ_ERR_UNSUPPORTED, "gptq with stochastic rounding must be refused");
     bq_format_free(fm);

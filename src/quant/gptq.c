@@ -13,7 +13,8 @@
  * The result is the updated weights before their last rounding: quantising them
  * as usual (fake quantisation or packing) gives each group exactly the codes the
  * algorithm chose, so both paths agree bit for bit. With clip, each group is also
- * clipped (clip.c) before it is quantised, weighted by H's diagonal.
+ * clipped (clip.c) before it is quantised, weighted by H's diagonal. With
+ * act-order, whole blocks are taken in the order of their inputs' energy.
  * A scale shared by a whole row or the tensor (int8, int6_row, NVFP4's tensor
  * scale) is held where the original weights put it (bq_gptq_pins, bq_cuda.h),
  * each column is then its own group; with clip, the whole matrix is clipped first.
@@ -132,17 +133,56 @@ static bq_status pins_make(const bq_format *f, const float *w, int rows, int col
     return BQ_OK;
 }
 
-bq_status ptq_gptq(const bq_format *f, float *w, int rows, int cols, const double *gram, int clip, const bq_qopts *o,
+/* Act-order: the blocks of B columns (B = 1: columns) sorted by their inputs' energy
+ * (the sum of H's diagonal over the block), the largest first, ties in column order;
+ * GPTQ runs on the permuted matrix and Hessian, and the columns go back. Whole blocks
+ * move, so every block keeps its columns and its scale. */
+typedef struct { double e; int b; } block_energy;
+static int by_energy(const void *x, const void *y)
+{
+    const block_energy *a = x, *b = y;
+    return a->e > b->e ? -1 : a->e < b->e ? 1 : a->b - b->b;
+}
+
+static bq_status gptq_actorder(const bq_format *f, float *w, int rows, int cols, int B, const double *gram, int flags,
+                               const bq_qopts *o, int device, double *damp)
+{
+    const size_t n = (size_t)cols, nb = n / (size_t)B;
+    block_energy *order = malloc(nb * sizeof *order);
+    int *col = malloc(n * sizeof *col);  /* permuted column -> original column */
+    double *H = malloc(n * n * sizeof *H);
+    float *wp = malloc((size_t)rows * n * sizeof *wp);
+    bq_status st = order && col && H && wp ? BQ_OK : bq_fail(BQ_ERR_NOMEM, "out of memory");
+    for (size_t k = 0; !st && k < nb; k++) {
+        order[k] = (block_energy){0, (int)k};
+        for (size_t j = k * B; j < (k + 1) * B; j++) order[k].e += gram[j * n + j];
+    }
+    if (!st) qsort(order, nb, sizeof *order, by_energy);
+    for (size_t c = 0; !st && c < n; c++) col[c] = order[c / B].b * B + (int)(c % B);
+    for (size_t i = 0; !st && i < n; i++)
+        for (size_t j = 0; j < n; j++) H[i * n + j] = gram[(size_t)col[i] * n + col[j]];
+    for (size_t r = 0; !st && r < (size_t)rows; r++)
+        for (size_t c = 0; c < n; c++) wp[r * n + c] = w[r * n + col[c]];
+    if (!st) st = ptq_gptq(f, wp, rows, cols, H, flags & ~PTQ_GPTQ_ACTORDER, o, device, damp);
+    for (size_t r = 0; !st && r < (size_t)rows; r++)
+        for (size_t c = 0; c < n; c++) w[r * n + col[c]] = wp[r * n + c];
+    free(order); free(col); free(H); free(wp);
+    return st;
+}
+
+bq_status ptq_gptq(const bq_format *f, float *w, int rows, int cols, const double *gram, int flags, const bq_qopts *o,
                    int device, double *damp)
 {
     double used = 0;
     if (!damp) damp = &used;
+    int clip = flags & PTQ_GPTQ_CLIP;
     bq_format_info in;
     bq_format_get_info(f, &in);
     if (o && o->round == BQ_ROUND_STOCHASTIC)
         return bq_fail(BQ_ERR_UNSUPPORTED, "gptq: stochastic rounding would round each group again differently; use a deterministic mode");
     int B = in.block > 0 ? in.block : 1;
     if (cols % B) return bq_fail(BQ_ERR_SHAPE, "gptq: %d columns are not whole blocks of %d", cols, B);
+    if (flags & PTQ_GPTQ_ACTORDER) return gptq_actorder(f, w, rows, cols, B, gram, flags, o, device, damp);
     int lazy = B > LAZY ? B : LAZY - LAZY % B;
     size_t n = (size_t)cols;
     bq_gptq_pins pins;

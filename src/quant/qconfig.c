@@ -128,6 +128,7 @@ static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
     for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         if (!strcmp(t, "clip")) clip = 1;
         else if (!strcmp(t, "gptq")) gptq = 1;
+        else if (!strcmp(t, "gptq:actorder")) gptq = 2;
         else if (!strcmp(t, "awq")) awq = 1;
         else if ((k = seeded(t, "rotate", &rotate, &seed, where)) || (k = seeded(t, "hadamard_kv", &had_kv, &kv_seed, where)) ||
                  (k = seeded(t, "hadamard", &had, &had_seed, where))) {
@@ -147,7 +148,7 @@ static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
             if (t[11] && (alpha = strtod(t + 12, &end), !end || *end || end == t + 12 || !(alpha >= 0 && alpha <= 1)))
                 return bq_fail(BQ_ERR_ARG, "%s: smoothquant's alpha must be a number in [0, 1], not '%s'", where, t + 12);
         } else
-            return bq_fail(BQ_ERR_ARG, "%s: unknown post-training algorithm '%s' (this blockq has: rotate[:seed], hadamard[:seed], hadamard_kv[:seed], smoothquant[:alpha], awq, gptq, clip, lorc[:rank], none)", where, t);
+            return bq_fail(BQ_ERR_ARG, "%s: unknown post-training algorithm '%s' (this blockq has: rotate[:seed], hadamard[:seed], hadamard_kv[:seed], smoothquant[:alpha], awq, gptq[:actorder], clip, lorc[:rank], none)", where, t);
     }
     q->ptq_clip = clip;
     q->ptq_rotate = rotate;
@@ -362,7 +363,8 @@ static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *f
                      in.block, cols);
     } else if (p.gptq && !p.gram) {
         st = bq_fail(BQ_ERR_ARG, "%s: gptq needs the Gram matrix of its input (calibrate with gptq asked for)", name);
-    } else if (p.gptq && (st = ptq_gptq(f, *w, rows, cols, p.gram, p.clip, o, p.device, p.damp))) {  /* updated: the last rounding follows */
+    } else if (p.gptq && (st = ptq_gptq(f, *w, rows, cols, p.gram, (p.clip ? PTQ_GPTQ_CLIP : 0) | (p.gptq == 2 ? PTQ_GPTQ_ACTORDER : 0),
+                                        o, p.device, p.damp))) {  /* updated: the last rounding follows */
         st = bq_fail(st, "%s: %s", name, bq_last_error());
     } else if (!p.gptq && p.clip && (st = ptq_clip(f, *w, rows, cols, p.imp, o))) {  /* clamped: the scales follow */
         st = bq_fail(st, "%s: %s", name, bq_last_error());

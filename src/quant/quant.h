@@ -58,7 +58,7 @@ struct bq_qconfig {
     char source[256];   /* file name, for messages */
     int ptq_clip;       /* --ptq clip: MSE clipping of each weight group (clip.c) */
     int ptq_smooth;     /* --ptq smoothquant[:alpha] (smooth.c), after rotate */
-    int ptq_gptq;       /* --ptq gptq (gptq.c): needs the Gram matrices, taken at calibration */
+    int ptq_gptq;       /* --ptq gptq[:actorder] (gptq.c): 1, or 2 with act-order; needs the Gram matrices */
     int ptq_awq;        /* --ptq awq (awq.c): likewise; after smoothquant, before gptq and clip */
     int ptq_rotate;     /* --ptq rotate[:seed] (rotate.c): first of all */
     int ptq_hadamard;   /* --ptq hadamard[:seed] (rotate.c): down_proj's input rotated online; after rotate */
@@ -125,11 +125,14 @@ bq_status ptq_lorc(struct linear *l, const float *w0, int rank);
 void qconfig_resolve(const bq_qconfig *q, const char *name, int is_block, const char **w, const char **a);
 /* The weight format q gives the tensor `name` ("" if none). */
 const char *qconfig_weight_format(const bq_qconfig *q, const char *name);
-/* GPTQ on w [rows][cols] with the Gram matrix of its input; clip: each group clipped too;
+/* GPTQ's options (ptq_gptq's flags): each group clipped too; blocks (or columns) taken
+ * in the order of their inputs' energy, the largest first (the paper's act-order). */
+enum { PTQ_GPTQ_CLIP = 1, PTQ_GPTQ_ACTORDER = 2 };
+/* GPTQ on w [rows][cols] with the Gram matrix of its input; flags: PTQ_GPTQ_*;
  * device as bq_ctx_opts.device (0: the CPU; k > 0: CUDA device k - 1, src/cuda/gptq.cu).
  * *damp (may be NULL) gets the damping that made H positive definite, as a fraction of
  * its mean diagonal: 0.01, or 0.1, 1 or 10 where H needed more. */
-bq_status ptq_gptq(const bq_format *f, float *w, int rows, int cols, const double *gram, int clip, const bq_qopts *o,
+bq_status ptq_gptq(const bq_format *f, float *w, int rows, int cols, const double *gram, int flags, const bq_qopts *o,
                    int device, double *damp);
 /* Clamp each scale group of w in place to the range whose quantisation has the least
  * squared error, each column's error weighted by imp[column] (NULL: equally); quantising
