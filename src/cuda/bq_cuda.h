@@ -77,15 +77,23 @@ BQ_PIN_FN float bq_pin_take(double v, int c, float lo, float hi, int clo, int ch
     return c == clo ? lo : c == chi ? hi : x < lo ? lo : x > hi ? hi : x;
 }
 
+/* The pin columns of a group's rows (B + p->P floats each, zeroed first): the row's
+ * bounds after its B values, [lo, hi, 0, ...]. */
+static inline void bq_pin_rows(const bq_gptq_pins *p, float *g, size_t rows, int B)
+{
+    for (size_t r = 0; r < rows; r++) g[r * (size_t)(B + p->P) + B] = p->lo[r], g[r * (size_t)(B + p->P) + B + 1] = p->hi[r];
+}
+
 /* GPTQ's loop (src/quant/gptq.c, which checks the format and chooses B and lazy)
  * on device `ordinal`: the inverse factor of H = gram (host, cols x cols, float64)
- * by cuSOLVER, each group of B columns clipped on the host by `clip` (NULL: not)
- * and quantised by bq_cuda_qdq (with pins->P pin columns, if any), the updates by cuBLAS in float64, lazy columns at
- * a time. w (host, rows x cols) becomes the updated weights, as ptq_gptq's (and *damp
+ * by cuSOLVER, each group of B columns clipped on the host by `clip` (NULL: not;
+ * weighted by imp, H's diagonal) and quantised by bq_cuda_qdq (with pins->P pin
+ * columns, if any), the updates by cuBLAS in float64, lazy columns at a time. w (host, rows x cols) becomes the updated weights, as ptq_gptq's (and *damp
  * the damping used); the steps are the CPU's, the float64 sums in another order. */
 typedef bq_status (*bq_group_fn)(const bq_format *f, float *g, int rows, int cols, const double *imp, const bq_qopts *o);
 bq_status bq_cuda_gptq(int ordinal, const bq_format *f, float *w, int rows, int cols, const double *gram, int B, int lazy,
-                       bq_group_fn clip, const bq_gptq_pins *pins, const bq_qopts *o, double *damp);
+                       bq_group_fn clip, const double *imp, const bq_gptq_pins *pins,
+                       const bq_qopts *o, double *damp);
 
 #ifdef __cplusplus
 }

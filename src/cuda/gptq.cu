@@ -132,7 +132,8 @@ static bq_status inverse_factor(job *j, const double *gram, int n, double *used)
 }
 
 extern "C" bq_status bq_cuda_gptq(int ordinal, const bq_format *f, float *w, int rows, int cols, const double *gram, int B,
-                                  int lazy, bq_group_fn clip, const bq_gptq_pins *pins, const bq_qopts *o, double *damp)
+                                  int lazy, bq_group_fn clip, const double *imp, const bq_gptq_pins *pins, const bq_qopts *o,
+                                  double *damp)
 {
     cudaError_t e = cudaSetDevice(ordinal);
     if (e != cudaSuccess) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA gptq: device %d: %s", ordinal, cudaGetErrorString(e));
@@ -155,7 +156,7 @@ extern "C" bq_status bq_cuda_gptq(int ordinal, const bq_format *f, float *w, int
     if (!st && P) {  // the bounds and pinned columns, and the pin columns of g: [lo, hi, 0...] in every row
         float *rows0 = (float *)calloc(R * gw, sizeof *rows0);
         if (!rows0) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-        for (size_t r = 0; rows0 && r < R; r++) rows0[r * gw + B] = pins->lo[r], rows0[r * gw + B + 1] = pins->hi[r];
+        else bq_pin_rows(pins, rows0, R, B);
         if (!st) st = bq_cuda_upload(j.g, rows0, R * gw * 4);
         free(rows0);
         if (!st) st = bq_cuda_malloc((void **)&j.bounds, R * 2 * sizeof(float));
@@ -172,10 +173,8 @@ extern "C" bq_status bq_cuda_gptq(int ordinal, const bq_format *f, float *w, int
         k_widen<<<grid_for(R * n), 256, 0, cudaStreamPerThread>>>(j.w, j.W, R * n);
         st = launched("widen");
     }
-    double *diag = clip && !st ? (double *)malloc(n * sizeof *diag) : NULL;
     float *hg = clip && !st ? (float *)malloc(R * B * sizeof *hg) : NULL;
-    if (clip && !st && (!diag || !hg)) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-    for (size_t i = 0; diag && i < n; i++) diag[i] = gram[i * n + i];
+    if (clip && !st && !hg) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
     const double one = 1.0, minus = -1.0;
     const double *U = j.H;
     for (int b0 = 0; b0 < cols && !st; b0 += lazy) {
@@ -183,7 +182,7 @@ extern "C" bq_status bq_cuda_gptq(int ordinal, const bq_format *f, float *w, int
         for (int a = b0; a < b1 && !st; a += B) {
             k_group_take<<<grid_for(R * B), 256, 0, cudaStreamPerThread>>>(j.W, j.g, rows, n, a, B, dp);
             if ((st = launched("group"))) break;
-            if (clip && ((st = bq_cuda_download(hg, j.g, R * B * 4)) || (st = clip(f, hg, rows, B, diag + a, o)) ||
+            if (clip && ((st = bq_cuda_download(hg, j.g, R * B * 4)) || (st = clip(f, hg, rows, B, imp + a, o)) ||
                          (st = bq_cuda_upload(j.g, hg, R * B * 4))))
                 break;
             if ((st = bq_cuda_qdq(f, j.g, j.q, R, (size_t)gw, o))) break;
@@ -201,7 +200,6 @@ extern "C" bq_status bq_cuda_gptq(int ordinal, const bq_format *f, float *w, int
                                               U + (size_t)b0 * n + b1, cols, j.Z, lazy, &one, j.W + b1, cols))
             st = bq_fail(BQ_ERR_UNSUPPORTED, "CUDA gptq: cublasDgemm failed");
     }
-    free(diag);
     free(hg);
     if (!st) st = bq_cuda_download(w, j.w, R * n * 4);  // synchronises: a kernel's error shows here
     return st;

@@ -39,9 +39,10 @@ bq_status bq_cuda_gemm_mx8(int kind, const void *a, const uint8_t *sa, const voi
     return none();
 }
 bq_status bq_cuda_gptq(int ordinal, const bq_format *f, float *w, int rows, int cols, const double *gram, int B, int lazy,
-                       bq_group_fn clip, const bq_gptq_pins *pins, const bq_qopts *o, double *damp)
+                       bq_group_fn clip, const double *imp, const bq_gptq_pins *pins,
+                       const bq_qopts *o, double *damp)
 {
-    (void)ordinal; (void)f; (void)w; (void)rows; (void)cols; (void)gram; (void)B; (void)lazy; (void)clip; (void)pins; (void)o;
+    (void)ordinal; (void)f; (void)w; (void)rows; (void)cols; (void)gram; (void)B; (void)lazy; (void)clip; (void)imp; (void)pins; (void)o;
     (void)damp;
     return none();
 }

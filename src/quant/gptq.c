@@ -185,34 +185,34 @@ bq_status ptq_gptq(const bq_format *f, float *w, int rows, int cols, const doubl
     if (flags & PTQ_GPTQ_ACTORDER) return gptq_actorder(f, w, rows, cols, B, gram, flags, o, device, damp);
     int lazy = B > LAZY ? B : LAZY - LAZY % B;
     size_t n = (size_t)cols;
-    bq_gptq_pins pins;
+    double *diag = clip ? malloc(n * sizeof *diag) : NULL;  /* clip's weights: H's diagonal */
+    if (clip && !diag) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    for (int i = 0; clip && i < cols; i++) diag[i] = gram[(size_t)i * n + i];
     bq_status st = BQ_OK;
-    if (gptq_row_scale(f)) {
-        /* a row or tensor scale: clipped as a whole first, then held */
-        double *diag = clip ? malloc(n * sizeof *diag) : NULL;
-        if (clip && !diag) return bq_fail(BQ_ERR_NOMEM, "out of memory");
-        for (int i = 0; clip && i < cols; i++) diag[i] = gram[(size_t)i * n + i];
-        st = clip ? ptq_clip(f, w, rows, cols, diag, o) : BQ_OK;
-        free(diag);
+    if (clip && gptq_row_scale(f)) {  /* a row or tensor scale: clipped as a whole first, then held */
+        st = ptq_clip(f, w, rows, cols, diag, o);
         clip = 0;
-        if (st || (st = pins_make(f, w, rows, cols, &pins))) return st;
-    } else
-        memset(&pins, 0, sizeof pins);
+    }
+    bq_gptq_pins pins;
+    if (st || (st = pins_make(f, w, rows, cols, &pins))) {
+        free(diag);
+        return st;
+    }
     if (device > 0) {
-        st = bq_cuda_gptq(device - 1, f, w, rows, cols, gram, B, lazy, clip ? ptq_clip : NULL, &pins, o, damp);
+        st = bq_cuda_gptq(device - 1, f, w, rows, cols, gram, B, lazy, clip ? ptq_clip : NULL, diag, &pins, o, damp);
         pins_free(&pins);
+        free(diag);
         return st;
     }
     const int P = pins.P, gw = B + P;  /* a group's rows as quantised: B columns, then the pins */
     double *U = malloc(n * n * sizeof *U), *W = malloc((size_t)rows * n * sizeof *W);
-    double *Z = malloc((size_t)rows * lazy * sizeof *Z), *diag = clip ? malloc(n * sizeof *diag) : NULL;
+    double *Z = malloc((size_t)rows * lazy * sizeof *Z);
     float *g = calloc((size_t)rows * gw, sizeof *g), *q = malloc((size_t)rows * gw * sizeof *q);
-    if (!U || !W || !Z || !g || !q || (clip && !diag)) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+    if (!U || !W || !Z || !g || !q) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
     else if (inverse_factor(gram, cols, U, damp)) st = bq_fail(BQ_ERR_ARG, "gptq: the Hessian is not positive definite, even damped");
     if (!st) {
         for (size_t i = 0; i < (size_t)rows * n; i++) W[i] = w[i];
-        for (int i = 0; clip && i < cols; i++) diag[i] = gram[(size_t)i * n + i];
-        for (int r = 0; P && r < rows; r++) g[(size_t)r * gw + B] = pins.lo[r], g[(size_t)r * gw + B + 1] = pins.hi[r];
+        if (P) bq_pin_rows(&pins, g, (size_t)rows, B);
     }
     for (int b0 = 0; b0 < cols && !st; b0 += lazy) {
         int b1 = b0 + lazy < cols ? b0 + lazy : cols, nb = b1 - b0;
