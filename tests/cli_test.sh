@@ -29,6 +29,22 @@ n=$($B formats | wc -l); [ "$n" -ge 40 ] && ok || bad "formats lists only $n lin
 $B qdq bfp6_b16 --shape 8x96 --round stochastic --seed 5 "$T/in.f32" "$T/s1.f32" &&
 $B qdq bfp6_b16 --shape 8x96 --round stochastic --seed 5 --threads 2 "$T/in.f32" "$T/s2.f32" && cmp -s "$T/s1.f32" "$T/s2.f32" && ok || bad "stochastic not reproducible"
 
+# every command describes itself (its options come from the table that parses them)
+cmds=$($B 2>&1 | awk '/^commands:/ { on = 1; next } on && /^  [a-z]/ { print $1 }')
+[ "$(echo $cmds | wc -w)" -ge 17 ] && ok || bad "the usage lists only: $cmds"
+for c in $cmds; do
+    $B $c --help >"$T/h" 2>"$T/err" && head -1 "$T/h" | grep -q "^usage: blockq $c" && ok || bad "'$c --help' printed no usage"
+    grep -q "^  --help" "$T/h" && ok || bad "'$c --help' lists no options"
+    expect_fail 2 "unknown option '--frobnicate'" -- $B $c --frobnicate 1
+done
+expect_fail 2 "needs a value" -- $B ppl --model models/llama-19m-en --ctx
+expect_fail 2 "unknown option '--chunks'" -- $B generate --model models/llama-19m-en --prompt x --chunks 4
+expect_fail 2 "bad --ctx '1'" -- $B ppl --model models/llama-19m-en --text x --ctx 1
+expect_fail 2 "bad --lr 'nan'" -- $B finetune --model models/llama-19m-en --text x --out "$T/x" --lr nan
+expect_fail 2 "unexpected argument" -- $B ppl --model models/llama-19m-en stray
+$B ppl --help | grep -q -- "--protocol P" && ok || bad "ppl --help lacks --protocol"
+$B generate --help | grep -q -- "--protocol" && bad "generate --help lists ppl's --protocol" || ok
+
 # bad input: exit 2, a clear message, no output file
 expect_fail 2 "unknown format 'mxfp3'" -- $B qdq mxfp3 --shape 8x96 "$T/in.f32" "$T/x.f32"
 expect_fail 2 "expected a named format" -- $B qdq bfp6_b0 --shape 8x96 "$T/in.f32" "$T/x.f32"

@@ -1,6 +1,7 @@
 #ifndef BQ_CLI_H
 #define BQ_CLI_H
 #include "blockq.h"
+#include <stddef.h>
 
 /* Exit codes: 0 ok, 1 internal failure, 2 bad input or usage. */
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_BADINPUT = 2 };
@@ -53,6 +54,35 @@ double cli_format_bits(const char *name);
 /* SVG scatter, log-scale y; highlight may be NULL; returns malloc'd text (plot.c). */
 char *svg_scatter(const double *x, const double *y, const char *const *labels, const int *highlight, int n,
                   double ref, const char *title, const char *xlabel, const char *ylabel);
+
+/* Declarative options (opts.c). A command's table ends with a row whose name is NULL;
+ * a row is stored at args + off as its kind says: CLI_STR const char *, CLI_INT int in
+ * [lo, hi], CLI_U64 uint64_t, CLI_NUM double in [lo, hi], CLI_FLAG int set to 1, CLI_CALL
+ * parsed by call. Tables shared by several commands give each row the commands' bits. */
+typedef enum { CLI_STR, CLI_INT, CLI_U64, CLI_NUM, CLI_FLAG, CLI_CALL } cli_kind;
+typedef struct {
+    const char *name, *arg;  /* "--ctx", "S" (what --help shows; NULL for a flag) */
+    cli_kind kind;
+    size_t off;
+    double lo, hi;
+    int (*call)(const char *cmd, const char *v, void *args);
+    unsigned cmds;  /* 0: every command of the table */
+    const char *help;
+} cli_opt;
+typedef struct {
+    const char *cmd, *usage, *about;  /* about: NULL or lines after the summary */
+    const cli_opt *opts;
+    unsigned bit;                     /* this command's bit in the rows' cmds */
+    size_t pos_off;                   /* positional arguments: const char *[npos] at args + pos_off */
+    int npos;
+} cli_cmd;
+enum { CLI_HELP = -1 };  /* cli_parse printed --help: the command exits 0 */
+int cli_parse(const cli_cmd *c, int argc, char **argv, void *args);
+int cli_usage(const cli_cmd *c);  /* "usage: ..." as an error; returns EXIT_BADINPUT */
+int cli_opt_round(const char *cmd, const char *v, bq_round *r, int *set);
+const char *cli_summary(const char *cmd);  /* main.c's one line for a command */
+/* a parse result as the command's exit code: --help is success */
+#define CLI_DONE(rc) ((rc) == CLI_HELP ? 0 : (rc))
 
 /* Shared helpers (args.c). */
 int cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

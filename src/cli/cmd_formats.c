@@ -11,17 +11,17 @@ static void json_num(FILE *o, double v)
     else fprintf(o, "null");
 }
 
+static const cli_opt formats_opts[] = {
+    {"--json", NULL, CLI_FLAG, 0, .help = "one JSON object per format"},
+    {0}};
+static const cli_cmd formats_cmd = {.cmd = "formats", .usage = "[--json]", .opts = formats_opts};
+
 int cmd_formats(int argc, char **argv)
 {
     int json = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json")) json = 1;
-        else if (!strcmp(argv[i], "--help")) {
-            printf("usage: blockq formats [--json]\n\nLists the named formats. Any name of the grammar works too:\n%s\n",
-                   bq_format_grammar());
-            return 0;
-        } else return cli_error("formats", "unknown option '%s' (accepted: --json)", argv[i]);
-    }
+    int rc = cli_parse(&formats_cmd, argc, argv, &json);
+    if (rc == CLI_HELP) printf("\nAny name of the grammar works too, beside the named formats listed:\n%s\n", bq_format_grammar());
+    if (rc) return CLI_DONE(rc);
     if (json) printf("[\n");
     else printf("%-16s %-9s %7s %5s %6s %6s %12s %12s %8s %8s\n", "format", "family", "bits/el", "elem",
                 "scale", "block", "max", "min_normal", "binades", "in-block");
@@ -61,49 +61,55 @@ int cmd_formats(int argc, char **argv)
 
 /* Options shared by qdq / pack / unpack. */
 typedef struct {
+    const char *pos[3];  /* the positional arguments, named below */
     const char *format, *in, *out;
     size_t rows, cols;
+    int have_shape;
     bq_qopts q;
     int stats;
 } tensor_args;
 
-static int parse_tensor_args(const char *cmd, int argc, char **argv, tensor_args *a, int allow_round)
+enum { QDQ = 1, PACK = 2, UNPACK = 4 };
+
+static int set_shape(const char *cmd, const char *v, void *args)
+{
+    tensor_args *a = args;
+    if (!parse_shape(v, &a->rows, &a->cols)) return cli_error(cmd, "bad --shape '%s': expected ROWSxCOLS, e.g. 8x96", v);
+    a->have_shape = 1;
+    return 0;
+}
+
+static int set_round(const char *cmd, const char *v, void *args) { return cli_opt_round(cmd, v, &((tensor_args *)args)->q.round, NULL); }
+
+#define F(field) offsetof(tensor_args, field)
+static const cli_opt tensor_opts[] = {
+    {"--shape", "ROWSxCOLS", CLI_CALL, 0, .call = set_shape, .help = "the tensor's shape (rows of COLS float32 values)"},
+    {"--round", "MODE", CLI_CALL, 0, .call = set_round, .cmds = QDQ | PACK, .help = "rne (default), away, zero or stochastic"},
+    {"--seed", "S", CLI_U64, F(q.seed), .cmds = QDQ | PACK, .help = "stochastic rounding seed"},
+    {"--threads", "T", CLI_INT, F(q.threads), 0, 256, .help = "CPU threads (0: all cores)"},
+    {"--stats", NULL, CLI_FLAG, F(stats), .cmds = QDQ, .help = "print SQNR and errors (OUT may then be left out)"},
+    {0}};
+#undef F
+static const cli_cmd tensor_cmds[] = {
+    {.cmd = "qdq", .usage = "FORMAT --shape ROWSxCOLS IN.f32 [OUT.f32] [options]", .opts = tensor_opts, .bit = QDQ,
+     .pos_off = offsetof(tensor_args, pos), .npos = 3},
+    {.cmd = "pack", .usage = "FORMAT --shape ROWSxCOLS IN.f32 OUT [options]", .opts = tensor_opts, .bit = PACK,
+     .pos_off = offsetof(tensor_args, pos), .npos = 3},
+    {.cmd = "unpack", .usage = "FORMAT --shape ROWSxCOLS IN OUT.f32 [options]", .opts = tensor_opts, .bit = UNPACK,
+     .pos_off = offsetof(tensor_args, pos), .npos = 3},
+};
+
+static int parse_tensor_args(int which, int argc, char **argv, tensor_args *a)
 {
     memset(a, 0, sizeof *a);
-    const char *pos[3] = {0};
-    int np = 0, have_shape = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *s = argv[i];
-        if (!strcmp(s, "--shape") && i + 1 < argc) {
-            if (!parse_shape(argv[++i], &a->rows, &a->cols))
-                return cli_error(cmd, "bad --shape '%s': expected ROWSxCOLS, e.g. 8x96", argv[i]);
-            have_shape = 1;
-        } else if (allow_round && !strcmp(s, "--round") && i + 1 < argc) {
-            if (!parse_round(argv[++i], &a->q.round))
-                return cli_error(cmd, "bad --round '%s': expected rne, away, zero or stochastic", argv[i]);
-        } else if (allow_round && !strcmp(s, "--seed") && i + 1 < argc) {
-            if (!parse_u64(argv[++i], &a->q.seed)) return cli_error(cmd, "bad --seed '%s': expected an unsigned integer", argv[i]);
-        } else if (!strcmp(s, "--threads") && i + 1 < argc) {
-            uint64_t t;
-            if (!parse_u64(argv[++i], &t) || t > 256) return cli_error(cmd, "bad --threads '%s': expected 0..256", argv[i]);
-            a->q.threads = (int)t;
-        } else if (allow_round && !strcmp(s, "--stats")) {
-            a->stats = 1;
-        } else if (s[0] == '-' && s[1]) {
-            return cli_error(cmd, "unknown or incomplete option '%s'", s);
-        } else if (np < 3) {
-            pos[np++] = s;
-        } else {
-            return cli_error(cmd, "too many arguments ('%s')", s);
-        }
-    }
-    if (np < 2 || (np < 3 && !a->stats))
-        return cli_error(cmd, "usage: blockq %s FORMAT --shape ROWSxCOLS%s IN OUT", cmd,
-                         allow_round ? " [--round rne|away|zero|stochastic] [--seed N] [--threads N] [--stats]" : "");
-    if (!have_shape) return cli_error(cmd, "missing --shape ROWSxCOLS");
-    a->format = pos[0];
-    a->in = pos[1];
-    a->out = np > 2 ? pos[2] : NULL;
+    const cli_cmd *c = &tensor_cmds[which == QDQ ? 0 : which == PACK ? 1 : 2];
+    int rc = cli_parse(c, argc, argv, a);
+    if (rc) return rc;
+    if (!a->pos[1] || (!a->pos[2] && !a->stats)) return cli_usage(c);
+    if (!a->have_shape) return cli_error(c->cmd, "missing --shape ROWSxCOLS");
+    a->format = a->pos[0];
+    a->in = a->pos[1];
+    a->out = a->pos[2];
     return 0;
 }
 
@@ -126,8 +132,8 @@ static int load_f32(const char *cmd, const char *path, size_t rows, size_t cols,
 int cmd_qdq(int argc, char **argv)
 {
     tensor_args a;
-    int rc = parse_tensor_args("qdq", argc, argv, &a, 1);
-    if (rc) return rc;
+    int rc = parse_tensor_args(QDQ, argc, argv, &a);
+    if (rc) return CLI_DONE(rc);
     bq_format *f;
     if (bq_format_parse(a.format, &f)) return cli_status("qdq", BQ_ERR_FORMAT);
     float *x = NULL, *y = NULL;
@@ -156,8 +162,8 @@ done:
 int cmd_pack(int argc, char **argv)
 {
     tensor_args a;
-    int rc = parse_tensor_args("pack", argc, argv, &a, 1);
-    if (rc) return rc;
+    int rc = parse_tensor_args(PACK, argc, argv, &a);
+    if (rc) return CLI_DONE(rc);
     if (!a.out) return cli_error("pack", "missing OUT");
     bq_format *f;
     if (bq_format_parse(a.format, &f)) return cli_status("pack", BQ_ERR_FORMAT);
@@ -180,8 +186,8 @@ done:
 int cmd_unpack(int argc, char **argv)
 {
     tensor_args a;
-    int rc = parse_tensor_args("unpack", argc, argv, &a, 0);
-    if (rc) return rc;
+    int rc = parse_tensor_args(UNPACK, argc, argv, &a);
+    if (rc) return CLI_DONE(rc);
     bq_format *f;
     if (bq_format_parse(a.format, &f)) return cli_status("unpack", BQ_ERR_FORMAT);
     void *p = NULL;

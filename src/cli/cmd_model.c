@@ -27,21 +27,93 @@ enum { NROLES = 8, ROLE_PTQ = 7 };
 static const char *const roles[NROLES] = {"wq", "aq", "attn", "kv", "head", "emb", "mul", "ptq"};
 
 
-/* --wq, --aq, ...: the index in roles[], or -1 */
-static int role_of(const char *opt)
+/* The commands of this file, as bits of their option rows. */
+enum { LOGITS = 1, TOKENIZE = 2, GENERATE = 4, PPL = 8, EVAL = 16, QUANTIZE = 32, INFO = 64 };
+enum { RUN = LOGITS | GENERATE | PPL | EVAL,  /* run the model */
+       LOAD = RUN | QUANTIZE | INFO };        /* load (and quantise) it */
+
+static int set_round(const char *cmd, const char *v, void *a)
 {
-    for (int r = 0; opt[0] == '-' && opt[1] == '-' && r < NROLES; r++)
-        if (!strcmp(opt + 2, roles[r])) return r;
-    return -1;
+    model_args *m = a;
+    return cli_opt_round(cmd, v, &m->round, &m->round_set);
 }
 
-static int parse_int(const char *cmd, const char *opt, const char *s, int lo, int hi, int *v)
+static int set_hold(const char *cmd, const char *v, void *a)
 {
-    uint64_t x;
-    if (!parse_u64(s, &x) || x < (uint64_t)lo || x > (uint64_t)hi)
-        return cli_error(cmd, "bad %s '%s': expected an integer in [%d, %d]", opt, s, lo, hi);
-    *v = (int)x;
+    static const char *const names[] = {"auto", "f32", "native"};
+    static const bq_hold holds[] = {BQ_HOLD_AUTO, BQ_HOLD_F32, BQ_HOLD_NATIVE};
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(v, names[i])) { ((model_args *)a)->hold = holds[i]; return 0; }
+    return cli_error(cmd, "bad --hold '%s': expected auto, f32 or native", v);
+}
+
+static int set_protocol(const char *cmd, const char *v, void *a)
+{
+    if (strcmp(v, "all") && strcmp(v, "second-half") && strcmp(v, "llama.cpp"))
+        return cli_error(cmd, "bad --protocol '%s': expected all, second-half or llama.cpp", v);
+    ((model_args *)a)->protocol = v;
     return 0;
+}
+
+#define F(field) offsetof(model_args, field)
+static const cli_opt model_opts[] = {
+    {"--model", "M", CLI_STR, F(model), .help = "a Hugging Face folder, a .bq file or a GGUF file"},
+    {"--text", "STR", CLI_STR, F(text), .cmds = TOKENIZE, .help = "the text to tokenize"},
+    {"--text", "FILE", CLI_STR, F(text_file), .cmds = PPL, .help = "the text file to score"},
+    {"--ids", "IDS.i32", CLI_STR, F(ids), .cmds = LOGITS, .help = "token ids, int32"},
+    {"--prompt", "STR", CLI_STR, F(prompt), .cmds = GENERATE, .help = "the text to continue"},
+    {"--tasks", "F.jsonl[,...]", CLI_STR, F(tasks), .cmds = EVAL, .help = "task files (docs/tasks.md)"},
+    {"--out", "FILE", CLI_STR, F(out), .cmds = LOGITS | QUANTIZE, .help = "logits: float32 [n, vocab]; quantize: MODEL.bq or MODEL.gguf"},
+    {"-n", "N", CLI_INT, F(n), 0, 1 << 20, .cmds = GENERATE, .help = "new tokens (default 32)"},
+    {"--temperature", "T", CLI_NUM, F(temp), 0, 100, .cmds = GENERATE, .help = "0: greedy (default)"},
+    {"--top-p", "P", CLI_NUM, F(top_p), 1e-300, 1, .cmds = GENERATE, .help = "nucleus sampling, (0, 1] (default 1)"},
+    {"--eager", NULL, CLI_FLAG, F(eager), .cmds = GENERATE, .help = "launch every GPU kernel (no CUDA graph)"},
+    {"--ctx", "S", CLI_INT, F(ctx), 2, 1 << 20, .cmds = PPL | EVAL, .help = "window length in tokens (default 512)"},
+    {"--chunks", "N", CLI_INT, F(chunks), 1, 1 << 30, .cmds = PPL, .help = "score the first N windows (default all)"},
+    {"--protocol", "P", CLI_CALL, 0, .call = set_protocol, .cmds = PPL,
+     .help = "all, second-half or llama.cpp (llama-perplexity's tokens)"},
+    {"--kld", NULL, CLI_FLAG, F(kld), .cmds = PPL, .help = "also the KL divergence from the unquantised model"},
+    {"--limit", "N", CLI_INT, F(chunks), 0, 1 << 30, .cmds = EVAL, .help = "the first N items of each task"},
+    {"--device", "D", CLI_STR, F(device), .cmds = RUN | QUANTIZE, .help = "cpu, cuda or auto (quantize: where calibration runs)"},
+    {"--stages", "N", CLI_INT, F(stages), 1, BQ_MAX_STAGES, .cmds = RUN, .help = "pipeline stages (docs/distributed.md)"},
+    {"--threads", "T", CLI_INT, F(threads), 0, 256, .cmds = LOAD, .help = "CPU threads (0: all cores)"},
+    {"--wq", "F", CLI_STR, F(role[0]), .cmds = LOAD, .help = "weight format of the linears (blockq formats)"},
+    {"--aq", "F", CLI_STR, F(role[1]), .cmds = LOAD, .help = "activation format of the linears' inputs"},
+    {"--attn", "F", CLI_STR, F(role[2]), .cmds = LOAD, .help = "format of attention's operands (Q, K, V, P)"},
+    {"--kv", "F", CLI_STR, F(role[3]), .cmds = LOAD, .help = "format of the KV cache"},
+    {"--head", "F", CLI_STR, F(role[4]), .cmds = LOAD, .help = "format of the LM head (weights and input)"},
+    {"--emb", "F", CLI_STR, F(role[5]), .cmds = LOAD, .help = "format of the embedding"},
+    {"--mul", "M", CLI_STR, F(role[6]), .cmds = LOAD, .help = "approximate products: lmul (docs/formats.md)"},
+    {"--ptq", "LIST", CLI_STR, F(role[7]), .cmds = LOAD, .help = "post-training quantisation: gptq, awq, smoothquant, rotate, hadamard, lorc, ... (docs/quantisation.md)"},
+    {"--config", "FILE", CLI_STR, F(config), .cmds = LOAD, .help = "per-layer formats, TOML (docs/quantisation.md)"},
+    {"--round", "MODE", CLI_CALL, 0, .call = set_round, .cmds = LOAD, .help = "rne (default), away, zero or stochastic"},
+    {"--seed", "S", CLI_U64, F(seed), .cmds = GENERATE | LOAD, .help = "sampling and stochastic rounding seed"},
+    {"--calib", "FILE", CLI_STR, F(calib), .cmds = LOAD, .help = "calibration text for --ptq (default: the WikiText-2 validation text)"},
+    {"--calib-ctx", "S", CLI_INT, F(calib_ctx), 2, 1 << 20, .cmds = LOAD, .help = "calibration window length (default 512)"},
+    {"--calib-chunks", "N", CLI_INT, F(calib_chunks), 1, 1 << 20, .cmds = LOAD, .help = "calibration windows (default 8)"},
+    {"--packed", NULL, CLI_FLAG, F(packed), .cmds = RUN | INFO, .help = "pack the weights and run the packed kernels"},
+    {"--strict", NULL, CLI_FLAG, F(strict), .cmds = LOAD, .help = "refuse a tensor a format cannot take instead of leaving it float"},
+    {"--hold", "H", CLI_CALL, 0, .call = set_hold, .cmds = LOAD, .help = "how 16-bit weights are held: auto, f32 or native"},
+    {"--allow-nonfinite", NULL, CLI_FLAG, F(allow_nonfinite), .cmds = LOAD, .help = "go on past NaN/Inf in weights or activations"},
+    {"--json", NULL, CLI_FLAG, F(json), .cmds = TOKENIZE | GENERATE | PPL | EVAL | INFO, .help = "machine-readable output"},
+    {0}};
+#undef F
+
+static const cli_cmd model_cmds[] = {
+    {.cmd = "logits", .usage = "--model M --ids IDS.i32 --out OUT.f32 [options]", .about = NULL, .opts = model_opts, .bit = LOGITS},
+    {.cmd = "tokenize", .usage = "--model M --text STR [--json]", .about = NULL, .opts = model_opts, .bit = TOKENIZE},
+    {.cmd = "generate", .usage = "--model M --prompt STR [-n N] [options]", .about = NULL, .opts = model_opts, .bit = GENERATE},
+    {.cmd = "ppl", .usage = "--model M --text FILE [--ctx S] [--chunks N] [options]", .about = NULL, .opts = model_opts, .bit = PPL},
+    {.cmd = "eval", .usage = "--model M --tasks FILE.jsonl[,FILE...] [options]", .about = NULL, .opts = model_opts, .bit = EVAL},
+    {.cmd = "quantize", .usage = "--model M (--wq F | --config FILE) [options] --out MODEL.bq|MODEL.gguf", .about = NULL, .opts = model_opts, .bit = QUANTIZE},
+    {.cmd = "info", .usage = "--model M [options]", .about = "Without formats only the headers are read.", .opts = model_opts, .bit = INFO},
+};
+
+static const cli_cmd *model_cmd(const char *cmd)
+{
+    for (size_t i = 0; i < sizeof model_cmds / sizeof model_cmds[0]; i++)
+        if (!strcmp(model_cmds[i].cmd, cmd)) return &model_cmds[i];
+    return NULL;
 }
 
 static int parse_model_args(const char *cmd, int argc, char **argv, model_args *a)
@@ -54,52 +126,10 @@ static int parse_model_args(const char *cmd, int argc, char **argv, model_args *
     a->top_p = 1.0;
     a->calib_ctx = 512;
     a->calib_chunks = 8;
-    for (int i = 1; i < argc; i++) {
-        const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int rc = 0;
-#define OPT(name) (!strcmp(s, name) && v && (++i, 1))
-        if (OPT("--model")) a->model = v;
-        else if (OPT("--ids")) a->ids = v;
-        else if (OPT("--out")) a->out = v;
-        else if (OPT("--prompt")) a->prompt = v;
-        else if (OPT("--protocol")) a->protocol = v;
-        else if (strcmp(cmd, "info") && strcmp(cmd, "tokenize") && OPT("--device")) a->device = v;  /* quantize: where calibration runs */
-        else if (!strcmp(cmd, "tokenize") && OPT("--text")) a->text = v;
-        else if (!strcmp(cmd, "ppl") && OPT("--text")) a->text_file = v;
-        else if (!strcmp(cmd, "eval") && OPT("--tasks")) a->tasks = v;
-        else if (!strcmp(cmd, "eval") && OPT("--limit")) rc = parse_int(cmd, s, v, 0, 1 << 30, &a->chunks);
-        else if (OPT("--threads")) rc = parse_int(cmd, s, v, 0, 256, &a->threads);
-        else if (strcmp(cmd, "quantize") && strcmp(cmd, "info") && strcmp(cmd, "tokenize") && OPT("--stages"))
-            rc = parse_int(cmd, s, v, 1, BQ_MAX_STAGES, &a->stages);
-        else if (OPT("-n")) rc = parse_int(cmd, s, v, 0, 1 << 20, &a->n);
-        else if (OPT("--ctx")) rc = parse_int(cmd, s, v, 2, 1 << 20, &a->ctx);
-        else if (OPT("--chunks")) rc = parse_int(cmd, s, v, 1, 1 << 30, &a->chunks);
-        else if (OPT("--seed")) { if (!parse_u64(v, &a->seed)) rc = cli_error(cmd, "bad --seed '%s'", v); }
-        else if (OPT("--temperature")) { char *e; a->temp = strtod(v, &e); if (*e || !(a->temp >= 0) || a->temp > 100) rc = cli_error(cmd, "bad --temperature '%s'", v); }
-        else if (OPT("--top-p")) { char *e; a->top_p = strtod(v, &e); if (*e || !(a->top_p > 0) || a->top_p > 1) rc = cli_error(cmd, "bad --top-p '%s': expected (0, 1]", v); }
-        else if (OPT("--config")) a->config = v;
-        else if (OPT("--calib")) a->calib = v;
-        else if (OPT("--calib-ctx")) rc = parse_int(cmd, s, v, 2, 1 << 20, &a->calib_ctx);
-        else if (OPT("--calib-chunks")) rc = parse_int(cmd, s, v, 1, 1 << 20, &a->calib_chunks);
-        else if (OPT("--hold")) {
-            if (!strcmp(v, "auto")) a->hold = BQ_HOLD_AUTO;
-            else if (!strcmp(v, "f32")) a->hold = BQ_HOLD_F32;
-            else if (!strcmp(v, "native")) a->hold = BQ_HOLD_NATIVE;
-            else rc = cli_error(cmd, "bad --hold '%s': expected auto, f32 or native", v);
-        }
-        else if (OPT("--round")) { a->round_set = 1; if (!parse_round(v, &a->round)) rc = cli_error(cmd, "bad --round '%s': expected rne, away, zero or stochastic", v); }
-        else if (!strcmp(s, "--strict")) a->strict = 1;
-        else if (!strcmp(s, "--packed")) a->packed = 1;
-        else if (!strcmp(s, "--allow-nonfinite")) a->allow_nonfinite = 1;
-        else if (!strcmp(s, "--json")) a->json = 1;
-        else if (!strcmp(cmd, "ppl") && !strcmp(s, "--kld")) a->kld = 1;
-        else if (!strcmp(cmd, "generate") && !strcmp(s, "--eager")) a->eager = 1;
-        else if (v && role_of(s) >= 0) { a->role[role_of(s)] = v; i++; }
-        else return cli_error(cmd, "unknown or incomplete option '%s'", s);
-#undef OPT
-        if (rc) return rc;
-    }
-    if (!a->model) return cli_error(cmd, "missing --model DIR");
+    const cli_cmd *c = model_cmd(cmd);
+    int rc = cli_parse(c, argc, argv, a);
+    if (rc) return rc;
+    if (!a->model) return cli_usage(c);
     if (a->device && cli_device(cmd, a->device, &a->dev)) return EXIT_BADINPUT;
     bq_set_threads(a->threads);
     return 0;
@@ -216,8 +246,8 @@ int cmd_logits(int argc, char **argv)
 {
     model_args a;
     int rc = parse_model_args("logits", argc, argv, &a);
-    if (rc) return rc;
-    if (!a.ids || !a.out) return cli_error("logits", "usage: blockq logits --model DIR --ids IDS.i32 --out OUT.f32 [--device cpu|cuda|auto] [--stages N]");
+    if (rc) return CLI_DONE(rc);
+    if (!a.ids || !a.out) return cli_usage(model_cmd("logits"));
     void *ids;
     size_t size;
     bq_status st = bq_read_file(a.ids, &ids, &size);
@@ -255,8 +285,8 @@ int cmd_tokenize(int argc, char **argv)
 {
     model_args a;
     int rc = parse_model_args("tokenize", argc, argv, &a);
-    if (rc) return rc;
-    if (!a.text) return cli_error("tokenize", "usage: blockq tokenize --model DIR --text STR [--json]");
+    if (rc) return CLI_DONE(rc);
+    if (!a.text) return cli_usage(model_cmd("tokenize"));
     bq_tokenizer *t;
     if ((rc = load_tokenizer("tokenize", a.model, NULL, &t))) return rc;
     int32_t *ids;
@@ -308,12 +338,11 @@ int cmd_ppl(int argc, char **argv)
 {
     model_args a;
     int rc = parse_model_args("ppl", argc, argv, &a);
-    if (rc) return rc;
+    if (rc) return CLI_DONE(rc);
     if (!a.text_file)
-        return cli_error("ppl", "usage: blockq ppl --model DIR --text FILE [--ctx S] [--chunks N] [--protocol all|second-half|llama.cpp] [--device cpu|cuda|auto] [--stages N] [--kld] [--json]");
+        return cli_usage(model_cmd("ppl"));
     int second = !strcmp(a.protocol, "second-half");
     if (!strcmp(a.protocol, "llama.cpp")) second = 2;
-    if (!second && strcmp(a.protocol, "all")) return cli_error("ppl", "bad --protocol '%s': expected all, second-half or llama.cpp", a.protocol);
     if (second && a.ctx % 2) return cli_error("ppl", "--protocol %s needs an even --ctx", a.protocol);
     void *text;
     size_t len;
@@ -436,9 +465,9 @@ int cmd_eval(int argc, char **argv)
 {
     model_args a;
     int rc = parse_model_args("eval", argc, argv, &a);
-    if (rc) return rc;
+    if (rc) return CLI_DONE(rc);
     if (!a.tasks)
-        return cli_error("eval", "usage: blockq eval --model M --tasks FILE.jsonl[,FILE...] [--limit N] [--ctx S] [--device cpu|cuda|auto] [--stages N] [quantisation options] [--json]");
+        return cli_usage(model_cmd("eval"));
     bq_model *m = NULL;
     bq_tokenizer *t = NULL;
     if ((rc = load_model("eval", &a, &m)) || (rc = load_tokenizer("eval", a.model, m, &t))) goto done;
@@ -508,8 +537,8 @@ int cmd_generate(int argc, char **argv)
 {
     model_args a;
     int rc = parse_model_args("generate", argc, argv, &a);
-    if (rc) return rc;
-    if (!a.prompt) return cli_error("generate", "usage: blockq generate --model DIR --prompt STR [-n N] [--temperature T] [--top-p P] [--seed S] [--device cpu|cuda|auto] [--stages N] [--eager] [--json]");
+    if (rc) return CLI_DONE(rc);
+    if (!a.prompt) return cli_usage(model_cmd("generate"));
     bq_model *m = NULL;
     bq_tokenizer *t = NULL;
     int32_t *ids = NULL, *out = NULL;
@@ -557,10 +586,9 @@ int cmd_quantize(int argc, char **argv)
 {
     model_args a;
     int rc = parse_model_args("quantize", argc, argv, &a);
-    if (rc) return rc;
+    if (rc) return CLI_DONE(rc);
     if (!a.out || (!a.config && !a.role[0] && !a.role[4] && !a.role[5]))
-        return cli_error("quantize", "usage: blockq quantize --model DIR (--wq FORMAT | --config FILE) [--aq F] [--head F] "
-                                     "[--emb F] [--ptq LIST [--device cuda]] --out MODEL.bq|MODEL.gguf");
+        return cli_usage(model_cmd("quantize"));
     int gguf = cli_ends_with(a.out, ".gguf") && strcmp(a.out, ".gguf");
     a.packed = 1;
     bq_model *m;
@@ -580,7 +608,7 @@ int cmd_info(int argc, char **argv)
 {
     model_args a;
     int rc = parse_model_args("info", argc, argv, &a);
-    if (rc) return rc;
+    if (rc) return CLI_DONE(rc);
     bq_model *m = NULL;
     bq_model_mem mm;
     bq_status st;

@@ -9,8 +9,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static const char *usage =
-    "usage: blockq rtl FORMAT [--a FORMAT] [--lanes N] [--pipeline] --out DIR [--vectors N] [--seed S] [--check] [--synth] [--json]";
 
 /* A tool on PATH, or a message naming the Debian package that provides it. */
 static int have_tool(const char *tool, const char *pkg)
@@ -131,33 +129,37 @@ int cli_rtl_synth(const char *f, double *area_lane, double *luts_lane)
     return rc;
 }
 
+typedef struct {
+    const char *pos[1], *fa, *out;
+    int lanes, pipe, check, synth, json, nvec;
+    uint64_t seed;
+} rtl_args;
+
+#define F(field) offsetof(rtl_args, field)
+static const cli_opt rtl_opts[] = {
+    {"--a", "FORMAT", CLI_STR, F(fa), .help = "the activations' format (default: the weights')"},
+    {"--lanes", "N", CLI_INT, F(lanes), 1, 256, .help = "products a cycle (default: the block)"},
+    {"--pipeline", NULL, CLI_FLAG, F(pipe), .help = "registers between the product and the sum"},
+    {"--out", "DIR", CLI_STR, F(out), .help = "where the Verilog, test bench and vectors go"},
+    {"--vectors", "N", CLI_INT, F(nvec), 8, 1000000, .help = "test vectors (default 2000)"},
+    {"--seed", "S", CLI_U64, F(seed), .help = "the vectors' seed (default 1)"},
+    {"--check", NULL, CLI_FLAG, F(check), .help = "simulate with Icarus Verilog against the library, bit for bit"},
+    {"--synth", NULL, CLI_FLAG, F(synth), .help = "synthesise with Yosys: cells, area, depth, iCE40 LUTs"},
+    {"--json", NULL, CLI_FLAG, F(json), .help = "machine-readable output"},
+    {0}};
+#undef F
+static const cli_cmd rtl_cmd = {.cmd = "rtl", .usage = "FORMAT --out DIR [options]", .about = "docs/rtl.md describes the module.",
+                                .opts = rtl_opts, .pos_off = offsetof(rtl_args, pos), .npos = 1};
+
 int cmd_rtl(int argc, char **argv)
 {
-    const char *fw = NULL, *fa = NULL, *out = NULL;
-    int lanes = 0, pipe = 0, check = 0, synth = 0, json = 0, nvec = 2000;
-    uint64_t seed = 1;
-    for (int i = 1; i < argc; i++) {
-        const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        uint64_t x;
-        if (!strcmp(s, "--a") && v) fa = argv[++i];
-        else if (!strcmp(s, "--out") && v) out = argv[++i];
-        else if (!strcmp(s, "--lanes") && v) {
-            if (!parse_u64(v, &x) || x < 1 || x > 256) return cli_error("rtl", "bad --lanes '%s': expected 1 to 256", v);
-            lanes = (int)x; i++;
-        } else if (!strcmp(s, "--vectors") && v) {
-            if (!parse_u64(v, &x) || x < 8 || x > 1000000) return cli_error("rtl", "bad --vectors '%s': expected 8 to 1000000", v);
-            nvec = (int)x; i++;
-        } else if (!strcmp(s, "--seed") && v) {
-            if (!parse_u64(v, &seed)) return cli_error("rtl", "bad --seed '%s'", v);
-            i++;
-        } else if (!strcmp(s, "--pipeline")) pipe = 1;
-        else if (!strcmp(s, "--check")) check = 1;
-        else if (!strcmp(s, "--synth")) synth = 1;
-        else if (!strcmp(s, "--json")) json = 1;
-        else if (s[0] != '-' && !fw) fw = s;
-        else return cli_error("rtl", "unknown or incomplete option '%s'\n%s", s, usage);
-    }
-    if (!fw || !out) return cli_error("rtl", "%s", usage);
+    rtl_args a = {.nvec = 2000, .seed = 1};
+    int prc = cli_parse(&rtl_cmd, argc, argv, &a);
+    if (prc) return CLI_DONE(prc);
+    if (!a.pos[0] || !a.out) return cli_usage(&rtl_cmd);
+    const char *fw = a.pos[0], *fa = a.fa, *out = a.out;
+    int lanes = a.lanes, pipe = a.pipe, check = a.check, synth = a.synth, json = a.json, nvec = a.nvec;
+    uint64_t seed = a.seed;
     rtl_design *d;
     bq_status st = rtl_new(fw, fa, lanes, pipe, &d);
     if (st) return cli_status("rtl", st);

@@ -9,49 +9,59 @@
 
 /* ---- shared option parsing ---- */
 typedef struct {
-    const char *model, *text, *test, *formats, *out;
+    const char *model, *text, *test, *formats, *out, *device;
     int ctx, chunks, test_chunks, threads, trials, json, dev, synth;
     double budget;
     uint64_t seed;
 } sargs;
 
-static int parse_sargs(const char *cmd, int argc, char **argv, sargs *a)
+enum { COST = 1, SENS = 2, SEARCH = 4 };
+
+static int set_cost(const char *cmd, const char *v, void *args)
+{
+    if (strcmp(v, "synth") && strcmp(v, "model")) return cli_error(cmd, "bad --cost '%s': expected synth or model", v);
+    ((sargs *)args)->synth = !strcmp(v, "synth");
+    return 0;
+}
+
+#define F(field) offsetof(sargs, field)
+static const cli_opt sargs_opts[] = {
+    {"--model", "M", CLI_STR, F(model), .help = "a Hugging Face folder, a .bq file or a GGUF file (cost: its bytes in each format)"},
+    {"--text", "CALIB", CLI_STR, F(text), .cmds = SENS | SEARCH, .help = "the text the perplexities are measured on"},
+    {"--formats", "F1,F2,...", CLI_STR, F(formats), .help = "the candidate formats"},
+    {"--budget", "BITS", CLI_NUM, F(budget), 1e-9, 64, .cmds = SEARCH, .help = "average bits per weight allowed, e.g. 5"},
+    {"--ctx", "S", CLI_INT, F(ctx), 2, 1 << 30, .help = "window length (default 256; cost: the KV cache's tokens)"},
+    {"--chunks", "N", CLI_INT, F(chunks), 1, 1 << 30, .cmds = SENS | SEARCH, .help = "windows scored per trial (default 4)"},
+    {"--trials", "T", CLI_INT, F(trials), 0, 1 << 30, .cmds = SEARCH, .help = "search trials (default 24)"},
+    {"--seed", "S", CLI_U64, F(seed), .cmds = SEARCH, .help = "the search's seed"},
+    {"--test", "FILE", CLI_STR, F(test), .cmds = SEARCH, .help = "a held-out text the chosen configurations are scored on"},
+    {"--test-chunks", "N", CLI_INT, F(test_chunks), 1, 1 << 30, .cmds = SEARCH, .help = "its windows"},
+    {"--cost", "KIND", CLI_CALL, 0, .call = set_cost, .cmds = COST | SEARCH, .help = "model (hand-counted MAC area, default) or synth (Yosys)"},
+    {"--synth", NULL, CLI_FLAG, F(synth), .cmds = COST, .help = "the same as --cost synth"},
+    {"--device", "D", CLI_STR, F(device), .cmds = SENS | SEARCH, .help = "cpu, cuda or auto"},
+    {"--threads", "T", CLI_INT, F(threads), 0, 256, .help = "CPU threads (0: all cores)"},
+    {"--out", "PREFIX", CLI_STR, F(out), .cmds = SENS | SEARCH, .help = "PREFIX.md, .json, .svg and the chosen configurations"},
+    {"--json", NULL, CLI_FLAG, F(json), .help = "machine-readable output"},
+    {0}};
+#undef F
+static const cli_cmd sargs_cmds[] = {
+    {.cmd = "cost", .usage = "[--formats F1,F2,...] [--model M] [options]", .opts = sargs_opts, .bit = COST},
+    {.cmd = "sensitivity", .usage = "--model M --text CALIB --formats F1,F2,... [options]", .opts = sargs_opts, .bit = SENS},
+    {.cmd = "search", .usage = "--model M --text CALIB --formats F1,F2,... --budget BITS [options]", .opts = sargs_opts, .bit = SEARCH},
+};
+
+static int parse_sargs(int which, int argc, char **argv, sargs *a)
 {
     memset(a, 0, sizeof *a);
     a->ctx = 256;
     a->chunks = 4;
     a->trials = 24;
     a->budget = NAN;
-    a->out = cmd;
-    for (int i = 1; i < argc; i++) {
-        const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        uint64_t x;
-        char *end;
-        if (!strcmp(s, "--json")) { a->json = 1; continue; }
-        if (!strcmp(cmd, "cost") && !strcmp(s, "--synth")) { a->synth = 1; continue; }
-        if (!v) return cli_error(cmd, "option '%s' needs a value", s);
-        i++;
-        if (!strcmp(s, "--model")) a->model = v;
-        else if (!strcmp(s, "--text")) a->text = v;
-        else if (!strcmp(s, "--test")) a->test = v;
-        else if (!strcmp(s, "--formats")) a->formats = v;
-        else if (!strcmp(s, "--out")) a->out = v;
-        else if (!strcmp(s, "--budget")) { a->budget = strtod(v, &end); if (*end || !(a->budget > 0) || a->budget > 64) return cli_error(cmd, "bad --budget '%s': expected bits per element, e.g. 5", v); }
-        else if (!strcmp(s, "--seed")) { if (!parse_u64(v, &a->seed)) return cli_error(cmd, "bad --seed '%s'", v); }
-        else if (!strcmp(s, "--device")) { if (cli_device(cmd, v, &a->dev)) return EXIT_BADINPUT; }
-        else if (!strcmp(s, "--cost") && (!strcmp(cmd, "cost") || !strcmp(cmd, "search"))) {
-            if (strcmp(v, "synth") && strcmp(v, "model")) return cli_error(cmd, "bad --cost '%s': expected synth or model", v);
-            a->synth = !strcmp(v, "synth");
-        }
-        else if (parse_u64(v, &x) && x <= (1u << 30)) {
-            if (!strcmp(s, "--ctx") && x >= 2) a->ctx = (int)x;
-            else if (!strcmp(s, "--chunks") && x >= 1) a->chunks = (int)x;
-            else if (!strcmp(s, "--test-chunks") && x >= 1) a->test_chunks = (int)x;
-            else if (!strcmp(s, "--threads") && x <= 256) a->threads = (int)x;
-            else if (!strcmp(s, "--trials")) a->trials = (int)x;
-            else return cli_error(cmd, "unknown option '%s' or bad value '%s'", s, v);
-        } else return cli_error(cmd, "unknown option '%s' or bad value '%s'", s, v);
-    }
+    const cli_cmd *c = &sargs_cmds[which == COST ? 0 : which == SENS ? 1 : 2];
+    a->out = c->cmd;
+    int rc = cli_parse(c, argc, argv, a);
+    if (rc) return rc;
+    if (a->device && cli_device(c->cmd, a->device, &a->dev)) return EXIT_BADINPUT;
     bq_set_threads(a->threads);
     return 0;
 }
@@ -103,8 +113,8 @@ static int synth_area(const char *cmd, const char *name, double *area, double *l
 int cmd_cost(int argc, char **argv)
 {
     sargs a;
-    int rc = parse_sargs("cost", argc, argv, &a);
-    if (rc) return rc;
+    int rc = parse_sargs(COST, argc, argv, &a);
+    if (rc) return CLI_DONE(rc);
     const char *list = a.formats ? a.formats
         : "fp32,bf16,fp16,fp8_e4m3,fixed8.4,int8_row,bfp8_b16,bfp6_b16,bfp5_b16,bfp4_b16,bme2m3_b16,bl6_b16,"
           "mxint8,mxfp8_e4m3,mxfp6_e2m3,mxfp4,nvfp4,int4_g128";
@@ -250,10 +260,10 @@ static int measure_sensitivity(const char *cmd, const evalctx *e, int nl, int nf
 int cmd_sensitivity(int argc, char **argv)
 {
     sargs a;
-    int rc = parse_sargs("sensitivity", argc, argv, &a);
-    if (rc) return rc;
+    int rc = parse_sargs(SENS, argc, argv, &a);
+    if (rc) return CLI_DONE(rc);
     if (!a.model || !a.text || !a.formats)
-        return cli_error("sensitivity", "usage: blockq sensitivity --model DIR --text CALIB --formats F1,F2,... [--ctx S] [--chunks N] [--device cpu|cuda|auto] [--out PREFIX]");
+        return cli_usage(&sargs_cmds[1]);
     char names[32][64];
     int nf = split_formats("sensitivity", a.formats, names, 32);
     if (nf < 0) return EXIT_BADINPUT;
@@ -377,11 +387,10 @@ static int read_trial(FILE *f, int k, int nl, const int *choose, double *nll)
 int cmd_search(int argc, char **argv)
 {
     sargs a;
-    int rc = parse_sargs("search", argc, argv, &a);
-    if (rc) return rc;
+    int rc = parse_sargs(SEARCH, argc, argv, &a);
+    if (rc) return CLI_DONE(rc);
     if (!a.model || !a.text || !a.formats || isnan(a.budget))
-        return cli_error("search", "usage: blockq search --model DIR --text CALIB --formats F1,F2,... --budget BITS "
-                                   "[--ctx S] [--chunks N] [--trials T] [--seed S] [--test FILE --test-chunks N] [--out PREFIX] [--device cpu|cuda|auto]");
+        return cli_usage(&sargs_cmds[2]);
     char names[32][64];
     int nf = split_formats("search", a.formats, names, 32);
     if (nf < 0) return EXIT_BADINPUT;

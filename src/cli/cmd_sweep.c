@@ -53,31 +53,41 @@ static int gather_points(point *pts, int np, int rank, int ranks)
     return 0;
 }
 
+typedef struct {
+    const char *model, *text, *list, *out, *task, *device;
+    int task_limit, ctx, chunks, threads, dev;
+    bq_round round;
+} sweep_args;
+
+static int set_round(const char *cmd, const char *v, void *a) { return cli_opt_round(cmd, v, &((sweep_args *)a)->round, NULL); }
+
+#define F(field) offsetof(sweep_args, field)
+static const cli_opt sweep_opts[] = {
+    {"--model", "M", CLI_STR, F(model), .help = "a Hugging Face folder, a .bq file or a GGUF file"},
+    {"--text", "FILE", CLI_STR, F(text), .help = "the text to score"},
+    {"--formats", "LIST", CLI_STR, F(list), .help = "comma-separated FORMAT or W/A settings (default: the seed paper's grid)"},
+    {"--ctx", "S", CLI_INT, F(ctx), 2, 1 << 20, .help = "window length (default 512)"},
+    {"--chunks", "N", CLI_INT, F(chunks), 1, 1 << 30, .help = "score the first N windows (default all)"},
+    {"--round", "MODE", CLI_CALL, 0, .call = set_round, .help = "rne (default), away, zero or stochastic"},
+    {"--device", "D", CLI_STR, F(device), .help = "cpu, cuda or auto"},
+    {"--task", "FILE.jsonl", CLI_STR, F(task), .help = "also a task's accuracy (docs/tasks.md)"},
+    {"--task-limit", "N", CLI_INT, F(task_limit), 0, 1 << 30, .help = "the task's first N items"},
+    {"--threads", "T", CLI_INT, F(threads), 0, 256, .help = "CPU threads (0: all cores)"},
+    {"--out", "PREFIX", CLI_STR, F(out), .help = "PREFIX.md, .json and .svg (default sweep)"},
+    {0}};
+#undef F
+static const cli_cmd sweep_cmd = {.cmd = "sweep", .usage = "--model M --text FILE [--formats W[/A],...] [options]", .opts = sweep_opts};
+
 int cmd_sweep(int argc, char **argv)
 {
-    const char *model = NULL, *text = NULL, *list = DEFAULT_GRID, *out = "sweep";
-    const char *task = NULL;  /* a task file (docs/tasks.md): its accuracy beside the perplexity */
-    int task_limit = 0;
-    int ctx = 512, chunks = 0, threads = 0, dev = 0;
-    bq_round round = BQ_ROUND_RNE;
-    for (int i = 1; i < argc; i++) {
-        const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        uint64_t x;
-        if (!strcmp(s, "--model") && v) model = argv[++i];
-        else if (!strcmp(s, "--text") && v) text = argv[++i];
-        else if (!strcmp(s, "--formats") && v) list = argv[++i];
-        else if (!strcmp(s, "--task") && v) task = argv[++i];
-        else if (!strcmp(s, "--task-limit") && v) { if (!parse_u64(argv[++i], &x) || x > (1u << 30)) return cli_error("sweep", "bad --task-limit '%s'", v); task_limit = (int)x; }
-        else if (!strcmp(s, "--out") && v) out = argv[++i];
-        else if (!strcmp(s, "--device") && v) { if (cli_device("sweep", argv[++i], &dev)) return EXIT_BADINPUT; }
-        else if (!strcmp(s, "--round") && v) { if (!parse_round(argv[++i], &round)) return cli_error("sweep", "bad --round '%s'", v); }
-        else if (!strcmp(s, "--ctx") && v) { if (!parse_u64(argv[++i], &x) || x < 2 || x > (1 << 20)) return cli_error("sweep", "bad --ctx '%s'", v); ctx = (int)x; }
-        else if (!strcmp(s, "--chunks") && v) { if (!parse_u64(argv[++i], &x) || x < 1 || x > (1u << 30)) return cli_error("sweep", "bad --chunks '%s'", v); chunks = (int)x; }
-        else if (!strcmp(s, "--threads") && v) { if (!parse_u64(argv[++i], &x) || x > 256) return cli_error("sweep", "bad --threads '%s'", v); threads = (int)x; }
-        else return cli_error("sweep", "unknown or incomplete option '%s'", s);
-    }
-    if (!model || !text)
-        return cli_error("sweep", "usage: blockq sweep --model DIR --text FILE [--formats W[/A],...] [--ctx S] [--chunks N] [--round MODE] [--device cpu|cuda|auto] [--task FILE.jsonl [--task-limit N]] [--out PREFIX]");
+    sweep_args a = {.list = DEFAULT_GRID, .out = "sweep", .ctx = 512};
+    int prc = cli_parse(&sweep_cmd, argc, argv, &a);
+    if (prc) return CLI_DONE(prc);
+    if (!a.model || !a.text) return cli_usage(&sweep_cmd);
+    if (a.device && cli_device("sweep", a.device, &a.dev)) return EXIT_BADINPUT;
+    const char *model = a.model, *text = a.text, *list = a.list, *out = a.out, *task = a.task;
+    int task_limit = a.task_limit, ctx = a.ctx, chunks = a.chunks, threads = a.threads, dev = a.dev;
+    bq_round round = a.round;
     bq_set_threads(threads);
     /* parse and check the whole list before any long work */
     int n = 1;

@@ -20,29 +20,56 @@ typedef struct {
     bq_train_opts o;
 } ft_args;
 
-static const char *usage =
-    "usage: blockq finetune --model M --text TRAIN.txt --out DIR|FILE.bq [--steps N] [--ctx S] [--accum A] [--lr X]\n"
-    "       [--warmup W] [--min-lr-frac F] [--weight-decay X] [--clip X] [--lora R] [--lora-alpha A] [--lora-beside]\n"
-    "       [--train linears,norms,emb,head|all] [--seed S] [--threads T] [--val TEXT] [--val-chunks N]\n"
-    "       [--save-every K] [--stop-after K] [--resume] [--log-every K] [--json] [--wq F] [--aq F] [--kv F] [--head F] [--config FILE]";
-
-static int num(const char *opt, const char *v, double lo, double hi, double *out)
+static int set_seed(const char *cmd, const char *v, void *args)
 {
-    char *e;
-    double x = strtod(v, &e);
-    if (*e || !(x >= lo && x <= hi)) return cli_error("finetune", "bad %s '%s': expected a number in [%g, %g]", opt, v, lo, hi);
-    *out = x;
+    ft_args *a = args;
+    if (!parse_u64(v, &a->o.seed)) return cli_error(cmd, "bad --seed '%s': expected an unsigned integer", v);
+    a->qseed = a->o.seed;  /* the quantisers' stochastic rounding too */
     return 0;
 }
 
-static int inum(const char *opt, const char *v, int lo, int hi, int *out)
-{
-    double x = 0;
-    int rc = num(opt, v, lo, hi, &x);
-    if (!rc && x != (int)x) rc = cli_error("finetune", "bad %s '%s': expected an integer", opt, v);
-    if (!rc) *out = (int)x;
-    return rc;
-}
+static int set_round(const char *cmd, const char *v, void *args) { ft_args *a = args; return cli_opt_round(cmd, v, &a->round, &a->round_set); }
+
+#define F(field) offsetof(ft_args, field)
+static const cli_opt ft_opts[] = {
+    {"--model", "M", CLI_STR, F(model), .help = "a LLaMA-family Hugging Face folder or .bq file"},
+    {"--text", "TRAIN.txt", CLI_STR, F(text), .help = "the training text"},
+    {"--out", "DIR|FILE.bq", CLI_STR, F(out), .help = "a Hugging Face folder (safetensors) or a packed .bq"},
+    {"--steps", "N", CLI_INT, F(o.steps), 1, 1 << 30, .help = "optimiser steps"},
+    {"--ctx", "S", CLI_INT, F(o.ctx), 1, 1 << 20, .help = "tokens a window"},
+    {"--accum", "A", CLI_INT, F(o.accum), 1, 1 << 20, .help = "windows a step (gradient accumulation)"},
+    {"--lr", "X", CLI_NUM, F(o.lr), 1e-12, 10, .help = "peak learning rate (AdamW)"},
+    {"--warmup", "W", CLI_INT, F(o.warmup), 0, 1 << 30, .help = "warm-up steps (default 5% of the steps)"},
+    {"--min-lr-frac", "F", CLI_NUM, F(o.min_lr_frac), 0, 1, .help = "the cosine schedule's floor, a fraction of --lr"},
+    {"--weight-decay", "X", CLI_NUM, F(o.weight_decay), 0, 10, .help = "AdamW's decoupled weight decay"},
+    {"--clip", "X", CLI_NUM, F(o.clip_norm), 0, 1e9, .help = "gradient norm clip (0: none)"},
+    {"--lora", "R", CLI_INT, F(o.lora), 0, 1 << 16, .help = "LoRA adapters of rank R on the linears (0: full fine-tuning)"},
+    {"--lora-alpha", "A", CLI_NUM, F(o.lora_alpha), 0, 1e6, .help = "LoRA's scale numerator (scale alpha / R)"},
+    {"--lora-beside", NULL, CLI_FLAG, F(o.lora_beside), .help = "adapters outside the weight quantiser (QLoRA's form; .bq output)"},
+    {"--train", "WHAT", CLI_STR, F(train), .help = "linears,norms,emb,head or all"},
+    {"--seed", "S", CLI_CALL, 0, .call = set_seed, .help = "windows' order, initialisation and stochastic rounding"},
+    {"--threads", "T", CLI_INT, F(threads), 0, 256, .help = "CPU threads (0: all cores)"},
+    {"--val", "TEXT", CLI_STR, F(val), .help = "a validation text scored at each checkpoint"},
+    {"--val-chunks", "N", CLI_INT, F(val_chunks), 1, 1 << 30, .help = "its windows (default 16)"},
+    {"--save-every", "K", CLI_INT, F(save_every), 0, 1 << 30, .help = "a checkpoint every K steps (default 50)"},
+    {"--stop-after", "K", CLI_INT, F(stop_after), 1, 1 << 30, .help = "stop after K steps (a later --resume goes on)"},
+    {"--resume", NULL, CLI_FLAG, F(resume), .help = "go on from OUT.ckpt"},
+    {"--log-every", "K", CLI_INT, F(log_every), 1, 1 << 30, .help = "progress every K steps"},
+    {"--json", NULL, CLI_FLAG, F(json), .help = "progress as JSON lines"},
+    {"--wq", "F", CLI_STR, F(qv[0]), .help = "weight format in the forward pass (straight-through)"},
+    {"--aq", "F", CLI_STR, F(qv[1]), .help = "activation format"},
+    {"--kv", "F", CLI_STR, F(qv[2]), .help = "KV cache format"},
+    {"--head", "F", CLI_STR, F(qv[3]), .help = "LM head format"},
+    {"--attn", "F", CLI_STR, F(qv[4]), .help = "attention operands' format"},
+    {"--emb", "F", CLI_STR, F(qv[5]), .help = "embedding format"},
+    {"--mul", "M", CLI_STR, F(qv[6]), .help = "approximate products (lmul)"},
+    {"--ptq", "LIST", CLI_STR, F(qv[7]), .help = "post-training quantisation before training"},
+    {"--config", "FILE", CLI_STR, F(config), .help = "per-layer formats, TOML"},
+    {"--round", "MODE", CLI_CALL, 0, .call = set_round, .help = "rne (default), away, zero or stochastic"},
+    {0}};
+#undef F
+static const cli_cmd ft_cmd = {.cmd = "finetune", .usage = "--model M --text TRAIN.txt --out DIR|FILE.bq [options]",
+                               .about = "docs/finetune.md: what is computed, the straight-through estimator, checkpoints.", .opts = ft_opts};
 
 static int parse(int argc, char **argv, ft_args *a)
 {
@@ -52,45 +79,9 @@ static int parse(int argc, char **argv, ft_args *a)
     a->val_chunks = 16;
     a->log_every = 1;
     a->o.warmup = -1;  /* not given: 5% of the steps */
-    for (int i = 1; i < argc; i++) {
-        const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int rc = 0, r;
-#define OPT(name) (!strcmp(s, name) && v && (++i, 1))
-        if (OPT("--model")) a->model = v;
-        else if (OPT("--text")) a->text = v;
-        else if (OPT("--val")) a->val = v;
-        else if (OPT("--out")) a->out = v;
-        else if (OPT("--config")) a->config = v;
-        else if (OPT("--train")) a->train = v;
-        else if (OPT("--steps")) rc = inum(s, v, 1, 1 << 30, &a->o.steps);
-        else if (OPT("--ctx")) rc = inum(s, v, 1, 1 << 20, &a->o.ctx);
-        else if (OPT("--accum")) rc = inum(s, v, 1, 1 << 20, &a->o.accum);
-        else if (OPT("--warmup")) rc = inum(s, v, 0, 1 << 30, &a->o.warmup);
-        else if (OPT("--lora")) rc = inum(s, v, 0, 1 << 16, &a->o.lora);
-        else if (OPT("--threads")) rc = inum(s, v, 0, 256, &a->threads);
-        else if (OPT("--save-every")) rc = inum(s, v, 0, 1 << 30, &a->save_every);
-        else if (OPT("--val-chunks")) rc = inum(s, v, 1, 1 << 30, &a->val_chunks);
-        else if (OPT("--stop-after")) rc = inum(s, v, 1, 1 << 30, &a->stop_after);
-        else if (OPT("--log-every")) rc = inum(s, v, 1, 1 << 30, &a->log_every);
-        else if (OPT("--lr")) rc = num(s, v, 1e-12, 10, &a->o.lr);
-        else if (OPT("--min-lr-frac")) rc = num(s, v, 0, 1, &a->o.min_lr_frac);
-        else if (OPT("--weight-decay")) rc = num(s, v, 0, 10, &a->o.weight_decay);
-        else if (OPT("--clip")) rc = num(s, v, 0, 1e9, &a->o.clip_norm);
-        else if (OPT("--lora-alpha")) rc = num(s, v, 0, 1e6, &a->o.lora_alpha);
-        else if (OPT("--seed")) { if (!parse_u64(v, &a->o.seed)) rc = cli_error("finetune", "bad --seed '%s'", v); a->qseed = a->o.seed; }
-        else if (OPT("--round")) { a->round_set = 1; if (!parse_round(v, &a->round)) rc = cli_error("finetune", "bad --round '%s'", v); }
-        else if (!strcmp(s, "--resume")) a->resume = 1;
-        else if (!strcmp(s, "--lora-beside")) a->o.lora_beside = 1;
-        else if (!strcmp(s, "--json")) a->json = 1;
-        else {
-            for (r = 0; r < NQ && (strncmp(s, "--", 2) || strcmp(s + 2, qroles[r])); r++) {}
-            if (r < NQ && v) { a->qv[r] = v; i++; }
-            else return cli_error("finetune", "unknown or incomplete option '%s'\n%s", s, usage);
-        }
-#undef OPT
-        if (rc) return rc;
-    }
-    if (!a->model || !a->text || !a->out) return cli_error("finetune", "%s", usage);
+    int rc = cli_parse(&ft_cmd, argc, argv, a);
+    if (rc) return rc;
+    if (!a->model || !a->text || !a->out) return cli_usage(&ft_cmd);
     if (a->o.lora_beside && !a->o.lora) return cli_error("finetune", "--lora-beside needs adapters (--lora R)");
     if (a->o.lora_beside && !cli_ends_with(a->out, ".bq"))  /* said before training, not after it */
         return cli_error("finetune", "--lora-beside keeps the adapters as factors beside each weight, which only a .bq file holds: --out %s is a Hugging Face folder; give --out FILE.bq", a->out);
@@ -134,7 +125,7 @@ int cmd_finetune(int argc, char **argv)
 {
     ft_args a;
     int rc = parse(argc, argv, &a);
-    if (rc) return rc;
+    if (rc) return CLI_DONE(rc);
     bq_model *m = NULL;
     bq_qconfig *q = NULL;
     bq_trainer *t = NULL;

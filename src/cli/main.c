@@ -26,6 +26,13 @@ static const command commands[] = {
     {"logits", "write float32 logits [n, vocab] for a file of int32 token ids", cmd_logits},
 };
 
+const char *cli_summary(const char *cmd)
+{
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(cmd, commands[i].name)) return commands[i].summary;
+    return NULL;
+}
+
 static void usage(FILE *o)
 {
     fprintf(o, "usage: blockq COMMAND [options]\n\ncommands:\n");
