@@ -55,15 +55,29 @@ INLINE int wval(const pmat *m, const uint8_t *pw, int r, int k)
     return m->lut[i < 4 ? b & 15 : b >> 4];
 }
 
+/* Rows r0..r1 of panel p as float32: wval's values, each ((w * emult) * s1) * s2 as
+ * the reference writes it, a row's group at a time. A 4-bit group's sixteen values
+ * are made once into a table (the same products), read by code. */
 static void decode_panel(const pmat *m, int p, int r0, int r1, float *out)
 {
     const uint8_t *pw = panel(m, p);
-    float s1[PM_ROWS], s2[PM_ROWS];
+    const int K = m->K, per = m->eb == 4 ? 8 : 4;  /* codes in 4 bytes of a row */
+    float s1[PM_ROWS], s2[PM_ROWS], tab[16];
     for (int g = 0; g < m->nb; g++) {
         group_scales(m, p, g, s1, s2);
-        for (int r = r0; r < r1; r++)
-            for (int k = g * m->K; k < (g + 1) * m->K; k++)
-                out[(size_t)(r - r0) * m->cols + k] = (((float)wval(m, pw, r, k) * m->emult) * s1[r]) * s2[r];
+        for (int r = r0; r < r1; r++) {
+            float *y = out + (size_t)(r - r0) * m->cols + (size_t)g * K;
+            const uint8_t *b = pw + (size_t)(g * K / per) * 64 + (size_t)r * 4;
+            if (m->eb == 4) {
+                for (int c = 0; c < 16; c++) tab[c] = (((float)m->lut[c] * m->emult) * s1[r]) * s2[r];
+                for (int k = 0; k < K; k += 8, b += 64)
+                    for (int j = 0; j < 4; j++) { y[k + j] = tab[b[j] & 15]; y[k + 4 + j] = tab[b[j] >> 4]; }
+            } else {
+                const float f1 = s1[r], f2 = s2[r];
+                for (int k = 0; k < K; k += 4, b += 64)
+                    for (int j = 0; j < 4; j++) y[k + j] = (((float)m->lut[b[j]] * m->emult) * f1) * f2;
+            }
+        }
     }
 }
 
