@@ -105,6 +105,13 @@ kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
 [ -z "$(ls "$T" | grep '^sw')" ] && ok || bad "killed sweep left: $(ls "$T" | grep '^sw')"
 $B sweep --model $M --text data/wikitext-2-test.txt --ctx 64 --chunks 1 --formats fp32,bfp6_b16 --out "$T/sw" 2>/dev/null &&
     [ -s "$T/sw.md" ] && [ -s "$T/sw.json" ] && grep -q "<svg" "$T/sw.svg" && ok || bad "sweep rerun after a kill"
+# sweep and sensitivity read the tokenizer a GGUF (or .bq) file carries, as ppl does
+$B quantize --model $M --wq f32 --out "$T/f32.gguf" >/dev/null 2>&1 &&
+    a=$($B sweep --model $M --text data/wikitext-2-test.txt --ctx 64 --chunks 1 --formats mxfp4 --out "$T/swf" 2>&1 | grep -o "ppl [0-9.]*") &&
+    b=$($B sweep --model "$T/f32.gguf" --text data/wikitext-2-test.txt --ctx 64 --chunks 1 --formats mxfp4 --out "$T/swg" 2>&1 | grep -o "ppl [0-9.]*") &&
+    [ -n "$a" ] && [ "$a" = "$b" ] && ok || bad "sweep of the GGUF export: '$b', of the folder: '$a'"
+$B sensitivity --model "$T/f32.gguf" --text data/wikitext-2-test.txt --formats mxfp4 --ctx 64 --chunks 1 --out "$T/sg" >/dev/null 2>&1 &&
+    [ -s "$T/sg.json" ] && ok || bad "sensitivity of a GGUF file"
 expect_fail 2 "bad setting" -- $B sweep --model $M --text data/wikitext-2-test.txt --formats "fp32,/x"
 expect_fail 2 "unknown format 'nope'" -- $B sweep --model $M --text data/wikitext-2-test.txt --formats "fp32,nope"
 expect_fail 2 "matches no tensor" -- $B ppl --model $M --text data/wikitext-2-test.txt --chunks 1 --config tests/data/unmatched.toml --strict

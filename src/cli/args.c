@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int cli_error(const char *cmd, const char *fmt, ...)
 {
@@ -99,4 +100,37 @@ int cli_ends_with(const char *s, const char *suffix)
 {
     size_t a = strlen(s), b = strlen(suffix);
     return a >= b && !strcmp(s + a - b, suffix);
+}
+
+/* The model's own tokenizer: from the loaded model, or for a folder its tokenizer.json,
+ * or the one a .bq or GGUF file carries (read from the file's header and vocabulary). */
+int cli_load_tokenizer(const char *cmd, const char *path, const bq_model *m, bq_tokenizer **t)
+{
+    bq_status st;
+    if (m) return (st = bq_tokenizer_from_model(m, t)) ? cli_status(cmd, st) : 0;
+    char tp[4200];
+    snprintf(tp, sizeof tp, "%s/tokenizer.json", path);
+    if (access(path, F_OK) == 0 && access(tp, F_OK) != 0) {  /* a .bq or GGUF file */
+        bq_model *fm;
+        if ((st = bq_model_load(path, &fm))) return cli_status(cmd, st);
+        st = bq_tokenizer_from_model(fm, t);
+        bq_model_free(fm);
+        return st ? cli_status(cmd, st) : 0;
+    }
+    return (st = bq_tokenizer_load(tp, t)) ? cli_status(cmd, st) : 0;
+}
+
+int cli_tokenize_file(const char *cmd, const char *model, const char *text, int32_t **ids, size_t *n, bq_tokenizer **keep)
+{
+    void *t = NULL;
+    size_t len;
+    bq_tokenizer *tk = NULL;
+    int rc = cli_load_tokenizer(cmd, model, NULL, &tk);
+    if (rc) return rc;
+    bq_status st = bq_read_file(text, &t, &len);
+    if (!st) st = bq_tokenize(tk, t, len, ids, n);
+    free(t);
+    if (keep && !st) *keep = tk;
+    else bq_tokenizer_free(tk);
+    return st ? cli_status(cmd, st) : 0;
 }

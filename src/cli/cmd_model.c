@@ -225,23 +225,6 @@ static int print_stages(const char *cmd, const model_args *a, const bq_model *m)
     return 0;
 }
 
-/* The model's own tokenizer: from the loaded model, or for a folder its tokenizer.json. */
-static int load_tokenizer(const char *cmd, const char *path, const bq_model *m, bq_tokenizer **t)
-{
-    bq_status st;
-    if (m) return (st = bq_tokenizer_from_model(m, t)) ? cli_status(cmd, st) : 0;
-    char tp[4200];
-    snprintf(tp, sizeof tp, "%s/tokenizer.json", path);
-    if (access(path, F_OK) == 0 && access(tp, F_OK) != 0) {  /* a .bq or GGUF file */
-        bq_model *fm;
-        if ((st = bq_model_load(path, &fm))) return cli_status(cmd, st);
-        st = bq_tokenizer_from_model(fm, t);
-        bq_model_free(fm);
-        return st ? cli_status(cmd, st) : 0;
-    }
-    return (st = bq_tokenizer_load(tp, t)) ? cli_status(cmd, st) : 0;
-}
-
 int cmd_logits(int argc, char **argv)
 {
     model_args a;
@@ -288,7 +271,7 @@ int cmd_tokenize(int argc, char **argv)
     if (rc) return CLI_DONE(rc);
     if (!a.text) return cli_usage(model_cmd("tokenize"));
     bq_tokenizer *t;
-    if ((rc = load_tokenizer("tokenize", a.model, NULL, &t))) return rc;
+    if ((rc = cli_load_tokenizer("tokenize", a.model, NULL, &t))) return rc;
     int32_t *ids;
     size_t n;
     bq_status st = bq_tokenize(t, a.text, strlen(a.text), &ids, &n);
@@ -353,7 +336,7 @@ int cmd_ppl(int argc, char **argv)
     int32_t *ids = NULL;
     size_t n = 0;
     double t0 = bq_now();
-    if ((rc = load_model("ppl", &a, &m)) || (rc = load_tokenizer("ppl", a.model, m, &t))) goto done;
+    if ((rc = load_model("ppl", &a, &m)) || (rc = cli_load_tokenizer("ppl", a.model, m, &t))) goto done;
     double load_s = bq_now() - t0;
     if ((st = bq_tokenize(t, text, len, &ids, &n))) { rc = cli_status("ppl", st); goto done; }
     bq_ppl_opts o = {.ctx = a.ctx, .chunks = a.chunks, .second_half = second, .allow_nonfinite = a.allow_nonfinite,
@@ -470,7 +453,7 @@ int cmd_eval(int argc, char **argv)
         return cli_usage(model_cmd("eval"));
     bq_model *m = NULL;
     bq_tokenizer *t = NULL;
-    if ((rc = load_model("eval", &a, &m)) || (rc = load_tokenizer("eval", a.model, m, &t))) goto done;
+    if ((rc = load_model("eval", &a, &m)) || (rc = cli_load_tokenizer("eval", a.model, m, &t))) goto done;
     if (cli_mpi_rank() == 0 && (rc = print_stages("eval", &a, m))) goto done;
     char *list = strdup(a.tasks);
     if (!list) { rc = cli_error("eval", "out of memory"); goto done; }
@@ -545,7 +528,7 @@ int cmd_generate(int argc, char **argv)
     size_t n = 0;
     bq_status st;
     double t0 = bq_now(), load_s = 0;
-    if ((rc = load_model("generate", &a, &m)) || (rc = load_tokenizer("generate", a.model, m, &t)) ||
+    if ((rc = load_model("generate", &a, &m)) || (rc = cli_load_tokenizer("generate", a.model, m, &t)) ||
         (rc = print_stages("generate", &a, m)))
         goto done;
     load_s = bq_now() - t0;

@@ -211,21 +211,6 @@ static bq_status eval_assign(const evalctx *e, int nl, const int *choose, char n
     return st;
 }
 
-static int load_tokens(const char *cmd, const char *model, const char *text, int32_t **ids, size_t *n)
-{
-    char tp[4200];
-    snprintf(tp, sizeof tp, "%s/tokenizer.json", model);
-    void *t = NULL;
-    size_t len;
-    bq_tokenizer *tk = NULL;
-    bq_status st = bq_read_file(text, &t, &len);
-    if (!st) st = bq_tokenizer_load(tp, &tk);
-    if (!st) st = bq_tokenize(tk, t, len, ids, n);
-    free(t);
-    bq_tokenizer_free(tk);
-    return st ? cli_status(cmd, st) : 0;
-}
-
 /* Per-linear sensitivity: delta nll on the calibration text when only that
  * linear's weight and input are quantised. sens[i*nf + f]. Under mpirun the
  * (linear, format) trials are dealt round-robin over the ranks and their
@@ -268,7 +253,7 @@ int cmd_sensitivity(int argc, char **argv)
     int nf = split_formats("sensitivity", a.formats, names, 32);
     if (nf < 0) return EXIT_BADINPUT;
     evalctx e = {a.model, NULL, 0, a.ctx, a.chunks, a.threads, a.dev};
-    if ((rc = load_tokens("sensitivity", a.model, a.text, &e.ids, &e.n))) return rc;
+    if ((rc = cli_tokenize_file("sensitivity", a.model, a.text, &e.ids, &e.n, NULL))) return rc;
     bq_model *m;
     if (bq_model_load(a.model, &m)) { free(e.ids); return cli_status("sensitivity", BQ_ERR_IO); }
     int nl = bq_model_n_linears(m);
@@ -427,7 +412,7 @@ int cmd_search(int argc, char **argv)
     if (st) { free(params); bq_model_free(m); return cli_status("search", st); }
 
     evalctx e = {a.model, NULL, 0, a.ctx, a.chunks, a.threads, a.dev};
-    if ((rc = load_tokens("search", a.model, a.text, &e.ids, &e.n))) { free(params); bq_model_free(m); return rc; }
+    if ((rc = cli_tokenize_file("search", a.model, a.text, &e.ids, &e.n, NULL))) { free(params); bq_model_free(m); return rc; }
     double base;
     double *sens = malloc((size_t)nl * nf * sizeof *sens);
     int np = 0, cap = nf + 1 + a.trials;
@@ -540,7 +525,7 @@ int cmd_search(int argc, char **argv)
         /* evaluation of the chosen points and the uniform formats on the test text */
         if (!rc && a.test && md) {
             evalctx te = {a.model, NULL, 0, a.ctx, a.test_chunks, a.threads, a.dev};
-            if (!(rc = load_tokens("search", a.model, a.test, &te.ids, &te.n))) {
+            if (!(rc = cli_tokenize_file("search", a.model, a.test, &te.ids, &te.n, NULL))) {
                 double tb;
                 if ((st = eval_assign(&te, nl, NULL, names, &tb, NULL))) rc = cli_status("search", st);
                 md = cli_appendf(md, &len, &cp, "\nOn %s (%d windows of %d): float32 ppl %.3f\n\n| point | avg bits | test ppl | vs float32 |\n|---|---|---|---|\n",

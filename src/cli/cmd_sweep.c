@@ -106,16 +106,11 @@ int cmd_sweep(int argc, char **argv)
         np++;
     }
     free(copy);
-    void *txt = NULL;
-    size_t tlen, nids = 0;
+    size_t nids = 0;
     int32_t *ids = NULL;
     bq_tokenizer *tk = NULL;
-    char tpath[4200];
-    snprintf(tpath, sizeof tpath, "%s/tokenizer.json", model);
     bq_status st;
-    if (!rc && ((st = bq_read_file(text, &txt, &tlen)) || (st = bq_tokenizer_load(tpath, &tk)) ||
-                (st = bq_tokenize(tk, txt, tlen, &ids, &nids))))
-        rc = cli_status("sweep", st);
+    if (!rc) rc = cli_tokenize_file("sweep", model, text, &ids, &nids, &tk);
     double ref = NAN;
     const int rank = cli_mpi_rank(), ranks = cli_mpi_size();  /* under mpirun: the points dealt round-robin */
     for (int i = 0; i < np && !rc; i++) {
@@ -208,7 +203,6 @@ int cmd_sweep(int argc, char **argv)
     }
 done:
     free(pts);
-    free(txt);
     free(ids);
     bq_tokenizer_free(tk);
     return rc;
