@@ -13,6 +13,7 @@ bq_status bq_fail(bq_status s, const char *fmt, ...) __attribute__((format(print
 typedef void (*bq_range_fn)(void *arg, size_t begin, size_t end);
 void bq_parallel_for(size_t n, int threads, bq_range_fn fn, void *arg);
 int bq_ncores(void);
+void bq_parallel_copy(void *dst, const void *src, size_t n);  /* memcpy over all cores */
 
 /* A persistent set of workers for the same ranges without a thread start per call
  * (decoding runs ~100 products a token): workers spin briefly after each job, then

@@ -307,16 +307,15 @@ static size_t slot(const pmat *m, int r, int k, int *shift)
     return (size_t)u * 64 + (size_t)r * 4 + (size_t)(i % 4);
 }
 
-int pmat_is_float16(const pmat *m)
-{
-    return m && m->f->sch == SCH_ELEM && m->f->el.kind == EK_MF && m->f->el.bits == 16;
-}
+static int float16_format(const bq_format *f) { return f->sch == SCH_ELEM && f->el.kind == EK_MF && f->el.bits == 16; }
+
+int pmat_is_float16(const pmat *m) { return m && float16_format(m->f); }
 
 void pmat_free(pmat *m)
 {
     if (!m) return;
     bq_format_free(m->f);
-    free(m->data);
+    if (!m->borrowed) free(m->data);
     free(m->pw);
     free(m->ps);
     free(m);
@@ -373,7 +372,7 @@ bq_status pmat_new(const bq_format *f, int rows, int cols, const uint8_t *packed
         m->size = size;
         m->data = calloc(1, size + 8);  /* 8 spare bytes: the fast decoder reads whole words */
         if (!m->data) { pmat_free(m); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
-        memcpy(m->data, packed, size);
+        bq_parallel_copy(m->data, packed, size);  /* a held 16-bit checkpoint passes here whole */
         stream_setup(m);
         *out = m;
         return BQ_OK;
@@ -411,6 +410,28 @@ bq_status pmat_new(const bq_format *f, int rows, int cols, const uint8_t *packed
     panel_job j = {m, f, packed + pack_header_bytes(f), pack_row_bytes(f, (size_t)cols), 0};
     bq_parallel_for((size_t)m->npanel, (size_t)rows * cols < (1u << 22) ? 1 : 0, panel_range, &j);
     if (j.oom) { pmat_free(m); return bq_fail(BQ_ERR_NOMEM, "out of memory for a %dx%d packed matrix", rows, cols); }
+    *out = m;
+    return BQ_OK;
+}
+
+bq_status pmat_view16(const bq_format *f, int rows, int cols, const uint8_t *data, size_t size, pmat **out)
+{
+    *out = NULL;
+    if (!float16_format(f) || pack_header_bytes(f) || (uintptr_t)data % 2)
+        return pmat_new(f, rows, cols, data, size, out);
+    if (rows < 1 || cols < 1 || size != bq_packed_size(f, (size_t)rows, (size_t)cols))
+        return bq_fail(BQ_ERR_SHAPE, "a %dx%d %s matrix of %zu bytes", rows, cols, f->name, size);
+    pmat *m = calloc(1, sizeof *m);
+    if (!m) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    bq_status st = bq_format_parse(f->name, &m->f);
+    if (st) { free(m); return st; }
+    m->rows = rows;
+    m->cols = cols;
+    m->kind = PM_STREAM;
+    m->size = size;
+    m->data = (uint8_t *)data;  /* read only: float16's decoders never write it */
+    m->borrowed = 1;
+    stream_setup(m);
     *out = m;
     return BQ_OK;
 }

@@ -26,6 +26,7 @@ typedef struct pmat {
     /* PM_STREAM: the bq_pack layout */
     uint8_t *data;
     size_t size;
+    int borrowed;         /* data is a view of the caller's memory (pmat_view16): not freed */
     /* PM_PANEL */
     int eb;               /* element bits: 4 or 8 */
     int K;                /* elements per scale group along a row */
@@ -46,6 +47,9 @@ typedef struct pmat {
 
 /* Take rows x cols of bq_pack output (copied; the caller keeps `packed`). */
 bq_status pmat_new(const bq_format *f, int rows, int cols, const uint8_t *packed, size_t size, pmat **out);
+/* A bf16/fp16 matrix held where it lies (a mapped checkpoint, which must outlive the
+ * pmat): no copy. Other formats, or data not 2-byte aligned, are copied as pmat_new. */
+bq_status pmat_view16(const bq_format *f, int rows, int cols, const uint8_t *data, size_t size, pmat **out);
 /* Quantise rows x cols of float32 into f and hold the result packed (bq_pack, then pmat_new). */
 bq_status pmat_pack(const bq_format *f, const float *x, int rows, int cols, const bq_qopts *o, pmat **out);
 void pmat_free(pmat *m);

@@ -15,7 +15,7 @@
 
 /* hold: keep bf16/fp16 matrices in their own 16 bits (a packed format whose decode
  * is exact) rather than widening them to float32 at load. */
-typedef struct { st_set st; bq_model *m; bq_status err; char names[4][160]; int next; int hold; } loader;
+typedef struct { st_set st; bq_model *m; bq_status err; char names[4][160]; int next; int hold, views; } loader;
 
 /* The file's pages of a tensor already converted leave the resident set (they
  * are read again from the file if ever touched), so loading never holds the
@@ -59,6 +59,49 @@ static float *fetch(loader *L, const char *name, int64_t d0, int64_t d1)
     return p;
 }
 
+/* The first NaN/Inf of a held 16-bit tensor, as scan() records it for float32 ones:
+ * an exponent field of all ones (bf16 0x7f80, fp16 0x7c00), pieces over all cores. */
+enum { SCAN_PIECE = 1 << 20 };
+typedef struct { const uint8_t *v; size_t n; unsigned mask; size_t *first; } scan16_job;  /* v: little-endian pairs */
+
+static void scan16_range(void *arg, size_t b, size_t e)
+{
+    const scan16_job *j = arg;
+    for (size_t p = b; p < e; p++) {
+        size_t lo = p * SCAN_PIECE, hi = lo + SCAN_PIECE < j->n ? lo + SCAN_PIECE : j->n;
+        const uint64_t M = j->mask * 0x0001000100010001ull, ones = 0x0001000100010001ull, tops = 0x8000800080008000ull;
+        size_t i = lo;
+        for (; i + 4 <= hi; i += 4) {  /* four values a word: a lane of (w & M) ^ M is 0 where all ones */
+            uint64_t w, t;
+            memcpy(&w, j->v + 2 * i, 8);
+            t = (w & M) ^ M;
+            if ((t - ones) & ~t & tops) break;  /* some lane is zero: find it below */
+        }
+        j->first[p] = j->n;
+        for (; i < hi; i++)
+            if ((((unsigned)j->v[2 * i + 1] << 8 | j->v[2 * i]) & j->mask) == j->mask) { j->first[p] = i; break; }
+    }
+}
+
+static void scan16(loader *L, const st_tensor *t, const char *name)
+{
+    if (L->m->nonfinite[0]) return;
+    size_t pieces = (t->numel + SCAN_PIECE - 1) / SCAN_PIECE;
+    size_t *first = malloc((pieces ? pieces : 1) * sizeof *first);
+    if (!first) { L->err = bq_fail(BQ_ERR_NOMEM, "out of memory"); return; }
+    unsigned mask = t->dt == DT_BF16 ? 0x7f80 : 0x7c00;
+    scan16_job j = {t->data, t->numel, mask, first};
+    bq_parallel_for(pieces, pieces > 1 ? 0 : 1, scan16_range, &j);
+    for (size_t p = 0; p < pieces; p++)
+        if (first[p] < t->numel) {
+            unsigned v = (unsigned)j.v[2 * first[p] + 1] << 8 | j.v[2 * first[p]];
+            snprintf(L->m->nonfinite, sizeof L->m->nonfinite, "weight '%s' holds %s at index %zu", name,
+                     (v & 0x7fffu & ~mask) ? "NaN" : "Inf", first[p]);
+            break;
+        }
+    free(first);
+}
+
 /* A matrix [d0, d1]: held in its 16 bits when the loader holds and the file has
  * bf16/fp16, else as float32. */
 static void fetch_matrix(loader *L, const char *name, int64_t d0, int64_t d1, float **w, pmat **pw)
@@ -68,11 +111,14 @@ static void fetch_matrix(loader *L, const char *name, int64_t d0, int64_t d1, fl
         *w = fetch(L, name, d0, d1);  /* also every error */
         return;
     }
+    scan16(L, t, name);
     bq_format *f;
-    if ((L->err = bq_format_parse(t->dt == DT_BF16 ? "bf16" : "fp16", &f))) return;
-    L->err = pmat_new(f, (int)d0, (int)d1, t->data, t->nbytes, pw);
+    if (L->err || (L->err = bq_format_parse(t->dt == DT_BF16 ? "bf16" : "fp16", &f))) return;
+    /* a view of the mapped file: nothing copied (the model keeps the mapping) */
+    L->err = pmat_view16(f, (int)d0, (int)d1, t->data, t->nbytes, pw);
     bq_format_free(f);
-    release(t);
+    if (!L->err && (*pw)->borrowed) L->views = 1;
+    else release(t);
 }
 
 static void fetch_linear(loader *L, linear *l, const char *uname, const char *w, const char *b, int out, int in)
@@ -261,6 +307,7 @@ void bq_model_free(bq_model *m)
     free_norm(&m->final_ln);
     free_linear(&m->proj_in);
     free_linear(&m->proj_out);
+    for (size_t i = 0; i < m->nmaps; i++) munmap(m->maps[i], m->map_sizes[i]);  /* after the views */
     free(m);
 }
 
@@ -397,6 +444,12 @@ static bq_status hf_load(const char *dir, bq_hold hold, bq_model **out)
         snprintf(m->head.name, sizeof m->head.name, "lm_head");
         if (m->c.tied && !st_find(&L.st, "lm_head.weight")) { m->head.w = m->tok_emb; m->head.pw = m->emb_p; }
         else fetch_matrix(&L, "lm_head.weight", m->c.vocab, m->c.embed_dim, &m->head.w, &m->head.pw);
+    }
+    if (L.views) {  /* the held matrices are views: the shards stay mapped with the model */
+        memcpy(m->maps, L.st.maps, sizeof m->maps);
+        memcpy(m->map_sizes, L.st.map_sizes, sizeof m->map_sizes);
+        m->nmaps = L.st.nmaps;
+        L.st.nmaps = 0;
     }
     st_close(&L.st);
     if (L.err) { bq_model_free(m); return L.err; }

@@ -135,6 +135,10 @@ struct bq_model {
     char *config_json;   /* the checkpoint's config.json and tokenizer.json, kept for */
     char *tokenizer_json; /* saving (.bq, GGUF) and bq_model_tokenizer; NULL if absent */
     size_t config_len, tokenizer_len;
+    /* the checkpoint's mapped shards, where held 16-bit matrices are views into them
+     * (pmat_view16): unmapped with the model */
+    void *maps[64];
+    size_t map_sizes[64], nmaps;
 };
 
 /* Record the first weight holding NaN/Inf (model.c). */
