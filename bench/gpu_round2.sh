@@ -74,6 +74,8 @@ case "$S" in *scale*)
     $R "ppl cuda float32 ctx2048 x8" -- $B ppl --model $M --text $T --ctx 2048 --chunks 8 --device cuda --json
     $R "ppl cuda W mxfp4 A mxint8" -- $B ppl --model $M --text $T --ctx 2048 --chunks 8 --device cuda --wq mxfp4 --aq mxint8 --json
     [ -n "$PACKED" ] && $R "ppl cuda W mxfp4 A mxint8 packed" -- $B ppl --model $M --text $T --ctx 2048 --chunks 8 --device cuda --wq mxfp4 --aq mxint8 --packed --json
+    $R "quantize mxfp4 .bq" -- $B quantize --model $M --wq mxfp4 --out /tmp/m_scale.bq
+    rm -f /tmp/m_scale.bq
     ;;
 esac
 case "$S" in *decode*)
