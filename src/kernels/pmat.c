@@ -15,6 +15,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #define ISA_DECL(isa) extern const pk_isa pk_##isa;
 ISA_DECL(scalar)
@@ -316,6 +318,12 @@ void pmat_free(pmat *m)
     if (!m) return;
     bq_format_free(m->f);
     if (!m->borrowed) free(m->data);
+    else {  /* a view of a mapped file: its pages leave the resident set (quantised copies replace it) */
+        long pg = sysconf(_SC_PAGESIZE);
+        uintptr_t b = ((uintptr_t)m->data + (uintptr_t)pg - 1) & ~(uintptr_t)(pg - 1);
+        uintptr_t e = ((uintptr_t)m->data + m->size) & ~(uintptr_t)(pg - 1);
+        if (e > b) madvise((void *)b, e - b, MADV_DONTNEED);
+    }
     free(m->pw);
     free(m->ps);
     free(m);
