@@ -93,7 +93,7 @@ static const cli_opt model_opts[] = {
     {"--calib-chunks", "N", CLI_INT, F(calib_chunks), 1, 1 << 20, .cmds = LOAD, .help = "calibration windows (default 8)"},
     {"--packed", NULL, CLI_FLAG, F(packed), .cmds = RUN | INFO, .help = "pack the weights and run the packed kernels"},
     {"--strict", NULL, CLI_FLAG, F(strict), .cmds = LOAD, .help = "refuse a tensor a format cannot take instead of leaving it float"},
-    {"--hold", "H", CLI_CALL, 0, .call = set_hold, .cmds = LOAD, .help = "how 16-bit weights are held: auto, f32 or native"},
+    {"--hold", "H", CLI_CALL, 0, .call = set_hold, .cmds = LOAD, .help = "how 16-bit weights are held: auto, f32 or native (quantize: native unless given)"},
     {"--allow-nonfinite", NULL, CLI_FLAG, F(allow_nonfinite), .cmds = LOAD, .help = "go on past NaN/Inf in weights or activations"},
     {"--json", NULL, CLI_FLAG, F(json), .cmds = TOKENIZE | GENERATE | PPL | EVAL | INFO, .help = "machine-readable output"},
     {0}};
@@ -574,6 +574,10 @@ int cmd_quantize(int argc, char **argv)
         return cli_usage(model_cmd("quantize"));
     int gguf = cli_ends_with(a.out, ".gguf") && strcmp(a.out, ".gguf");
     a.packed = 1;
+    /* quantised from a 16-bit checkpoint as it lies (the same codes as from float32,
+     * tested; float tensors keep their bits, -0 included): a 7B needs the file's memory,
+     * not twice it */
+    if (a.hold == BQ_HOLD_AUTO) a.hold = BQ_HOLD_NATIVE;
     bq_model *m;
     if ((rc = load_model("quantize", &a, &m))) return rc;
     bq_status st = gguf ? bq_model_save_gguf(m, a.out) : bq_model_save(m, a.out);
