@@ -361,7 +361,8 @@ static void panel_range(void *arg, size_t p0, size_t p1)
     free(ec);
 }
 
-bq_status pmat_new(const bq_format *f, int rows, int cols, const uint8_t *packed, size_t size, pmat **out)
+/* A pmat of rows x cols in f whose packed form takes `size` bytes (checked), nothing held yet. */
+static bq_status pmat_alloc(const bq_format *f, int rows, int cols, size_t size, pmat **out)
 {
     *out = NULL;
     if (rows < 1 || cols < 1) return bq_fail(BQ_ERR_SHAPE, "packed matrix of %dx%d", rows, cols);
@@ -375,6 +376,16 @@ bq_status pmat_new(const bq_format *f, int rows, int cols, const uint8_t *packed
     if (st) { free(m); return st; }
     m->rows = rows;
     m->cols = cols;
+    *out = m;
+    return BQ_OK;
+}
+
+bq_status pmat_new(const bq_format *f, int rows, int cols, const uint8_t *packed, size_t size, pmat **out)
+{
+    pmat *m;
+    bq_status st = pmat_alloc(f, rows, cols, size, &m);
+    *out = NULL;
+    if (st) return st;
     if (!panel_ok(f, cols, m->lut, &m->emult)) {
         m->kind = PM_STREAM;
         m->size = size;
@@ -427,14 +438,9 @@ bq_status pmat_view16(const bq_format *f, int rows, int cols, const uint8_t *dat
     *out = NULL;
     if (!float16_format(f) || pack_header_bytes(f) || (uintptr_t)data % 2)
         return pmat_new(f, rows, cols, data, size, out);
-    if (rows < 1 || cols < 1 || size != bq_packed_size(f, (size_t)rows, (size_t)cols))
-        return bq_fail(BQ_ERR_SHAPE, "a %dx%d %s matrix of %zu bytes", rows, cols, f->name, size);
-    pmat *m = calloc(1, sizeof *m);
-    if (!m) return bq_fail(BQ_ERR_NOMEM, "out of memory");
-    bq_status st = bq_format_parse(f->name, &m->f);
-    if (st) { free(m); return st; }
-    m->rows = rows;
-    m->cols = cols;
+    pmat *m;
+    bq_status st = pmat_alloc(f, rows, cols, size, &m);
+    if (st) return st;
     m->kind = PM_STREAM;
     m->size = size;
     m->data = (uint8_t *)data;  /* read only: float16's decoders never write it */
