@@ -130,9 +130,11 @@ typedef struct bq_ctx bq_ctx;       /* a KV cache and scratch for one sequence *
 BQ_API bq_status bq_model_load(const char *path, bq_model **out);
 /* How a checkpoint's bf16/fp16 matrices are held on the CPU: widened to float32
  * (fastest products), or kept in their 16 bits as packed weights (resident memory
- * about the file's size; products widen a panel at a time). AUTO keeps them when
- * float32 would take more than half of physical memory. Quantising held weights
- * decodes them first (exactly). */
+ * about the file's size; products widen a panel at a time). Held matrices of a
+ * folder's safetensors are views of the mapped file, not copies (the model keeps the
+ * mapping; the file must not change while the model lives); their NaN/Inf are found
+ * at load as float32 ones are. AUTO keeps them when float32 would take more than half
+ * of physical memory. Quantising held weights decodes them first (exactly). */
 typedef enum { BQ_HOLD_AUTO = 0, BQ_HOLD_F32, BQ_HOLD_NATIVE } bq_hold;
 typedef struct {
     size_t size;   /* sizeof(bq_load_opts): fields may be added at the end */
