@@ -86,8 +86,11 @@ static void float16_decode(const pmat *m, int r0, int r1, float *out)
 {
     size_t n = (size_t)(r1 - r0) * (size_t)m->cols;
     const uint16_t *h = (const uint16_t *)m->data + (size_t)r0 * (size_t)m->cols;
-    const int bf = m->f->el.ebits == 8;
-    for (size_t i = 0; i < n; i++) out[i] = f16_to_f32(bf, h[i]);
+    if (m->f->el.ebits != 8) {
+        for (size_t i = 0; i < n; i++) out[i] = half_to_f32(h[i]);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) out[i] = u2f((uint32_t)h[i] << 16);  /* bf16: the top half of a float */
 }
 
 /* y[t][r] = x[t] . row r of a bf16/fp16 matrix, for a few tokens: each weight is

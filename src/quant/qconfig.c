@@ -266,12 +266,14 @@ static void to_bf16_range(void *arg, size_t r0, size_t r1)
     for (size_t r = r0; r < r1; r++) {
         const float *x = j->w + r * (size_t)j->cols;
         uint8_t *o = j->out + 2 * r * (size_t)j->cols;
-        j->ok[r] = (unsigned char)all_bf16(x, (size_t)j->cols);
-        for (int i = 0; j->ok[r] && i < j->cols; i++) {
-            uint16_t h = f32_top_bf16(x[i]);
-            o[2 * i] = (uint8_t)h;
-            o[2 * i + 1] = (uint8_t)(h >> 8);
+        uint32_t low = 0;
+        for (int i = 0; i < j->cols; i++) {  /* one pass: top halves stored, low halves or-ed */
+            uint32_t u = f2u(x[i]);
+            low |= u & 0xffffu;
+            o[2 * i] = (uint8_t)(u >> 16);
+            o[2 * i + 1] = (uint8_t)(u >> 24);
         }
+        j->ok[r] = low == 0;
     }
 }
 
