@@ -120,12 +120,13 @@ int cli_load_tokenizer(const char *cmd, const char *path, const bq_model *m, bq_
     return (st = bq_tokenizer_load(tp, t)) ? cli_status(cmd, st) : 0;
 }
 
-int cli_tokenize_file(const char *cmd, const char *model, const char *text, int32_t **ids, size_t *n, bq_tokenizer **keep)
+int cli_tokenize_file(const char *cmd, const char *model, const bq_model *m, const char *text, int32_t **ids, size_t *n,
+                      bq_tokenizer **keep)
 {
     void *t = NULL;
     size_t len;
     bq_tokenizer *tk = NULL;
-    int rc = cli_load_tokenizer(cmd, model, NULL, &tk);
+    int rc = cli_load_tokenizer(cmd, model, m, &tk);
     if (rc) return rc;
     bq_status st = bq_read_file(text, &t, &len);
     if (!st) st = bq_tokenize(tk, t, len, ids, n);

@@ -91,10 +91,12 @@ int parse_shape(const char *s, size_t *rows, size_t *cols);
 int parse_round(const char *s, bq_round *r);
 int parse_u64(const char *s, uint64_t *v);
 int cli_device(const char *cmd, const char *s, int *dev);
-/* The model's own tokenizer (m, else the model at path: a folder, .bq or GGUF file), and a
- * text file's tokens by it (the tokenizer kept in *keep unless NULL); an exit code. */
+/* The model's own tokenizer (m's when loaded: a .bq or GGUF file is then not read again;
+ * else the model at path: a folder, .bq or GGUF file), and a text file's tokens by it
+ * (the tokenizer kept in *keep unless NULL); an exit code. */
 int cli_load_tokenizer(const char *cmd, const char *path, const bq_model *m, bq_tokenizer **t);
-int cli_tokenize_file(const char *cmd, const char *model, const char *text, int32_t **ids, size_t *n, bq_tokenizer **keep);
+int cli_tokenize_file(const char *cmd, const char *model, const bq_model *m, const char *text, int32_t **ids, size_t *n,
+                      bq_tokenizer **keep);
 /* A quantisation config from the role flags (values[r] for names[r], NULL: not given),
  * then a TOML file's rules (which win where they match), then the rounding. */
 bq_status cli_qconfig(const char *const *names, const char *const *values, int n, const char *config, int round_set,

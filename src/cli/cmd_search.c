@@ -253,9 +253,9 @@ int cmd_sensitivity(int argc, char **argv)
     int nf = split_formats("sensitivity", a.formats, names, 32);
     if (nf < 0) return EXIT_BADINPUT;
     evalctx e = {a.model, NULL, 0, a.ctx, a.chunks, a.threads, a.dev};
-    if ((rc = cli_tokenize_file("sensitivity", a.model, a.text, &e.ids, &e.n, NULL))) return rc;
     bq_model *m;
-    if (bq_model_load(a.model, &m)) { free(e.ids); return cli_status("sensitivity", BQ_ERR_IO); }
+    if (bq_model_load(a.model, &m)) return cli_status("sensitivity", BQ_ERR_IO);
+    if ((rc = cli_tokenize_file("sensitivity", a.model, m, a.text, &e.ids, &e.n, NULL))) { bq_model_free(m); return rc; }
     int nl = bq_model_n_linears(m);
     double base, *sens = malloc((size_t)nl * nf * sizeof *sens);
     bq_status st = eval_assign(&e, nl, NULL, names, &base, NULL);
@@ -412,7 +412,7 @@ int cmd_search(int argc, char **argv)
     if (st) { free(params); bq_model_free(m); return cli_status("search", st); }
 
     evalctx e = {a.model, NULL, 0, a.ctx, a.chunks, a.threads, a.dev};
-    if ((rc = cli_tokenize_file("search", a.model, a.text, &e.ids, &e.n, NULL))) { free(params); bq_model_free(m); return rc; }
+    if ((rc = cli_tokenize_file("search", a.model, m, a.text, &e.ids, &e.n, NULL))) { free(params); bq_model_free(m); return rc; }
     double base;
     double *sens = malloc((size_t)nl * nf * sizeof *sens);
     int np = 0, cap = nf + 1 + a.trials;
@@ -525,7 +525,7 @@ int cmd_search(int argc, char **argv)
         /* evaluation of the chosen points and the uniform formats on the test text */
         if (!rc && a.test && md) {
             evalctx te = {a.model, NULL, 0, a.ctx, a.test_chunks, a.threads, a.dev};
-            if (!(rc = cli_tokenize_file("search", a.model, a.test, &te.ids, &te.n, NULL))) {
+            if (!(rc = cli_tokenize_file("search", a.model, m, a.test, &te.ids, &te.n, NULL))) {
                 double tb;
                 if ((st = eval_assign(&te, nl, NULL, names, &tb, NULL))) rc = cli_status("search", st);
                 md = cli_appendf(md, &len, &cp, "\nOn %s (%d windows of %d): float32 ppl %.3f\n\n| point | avg bits | test ppl | vs float32 |\n|---|---|---|---|\n",

@@ -110,7 +110,7 @@ int cmd_sweep(int argc, char **argv)
     int32_t *ids = NULL;
     bq_tokenizer *tk = NULL;
     bq_status st;
-    if (!rc) rc = cli_tokenize_file("sweep", model, text, &ids, &nids, &tk);
+    if (!rc) rc = cli_tokenize_file("sweep", model, NULL, text, &ids, &nids, &tk);
     double ref = NAN;
     const int rank = cli_mpi_rank(), ranks = cli_mpi_size();  /* under mpirun: the points dealt round-robin */
     for (int i = 0; i < np && !rc; i++) {
