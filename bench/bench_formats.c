@@ -6,6 +6,7 @@
  * Prints a Markdown table; --json writes one JSON object per measurement. */
 #include "blockq.h"
 #include "core.h"
+#include "format.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,7 +45,9 @@ static double best_memcpy(int threads, int reps)
     return best;
 }
 
-/* best-of-reps seconds of one quantise (pack = 0) or pack (pack = 1) of the buffer */
+/* best-of-reps seconds of one quantise (pack = 0), pack (pack = 1) or pack through
+ * the scalar reference path alone (pack = 2: what bq_pack was before the per-ISA
+ * code kernels) of the buffer */
 static double best_op(const bq_format *f, int threads, int reps, int pack)
 {
     double best = 1e30;
@@ -52,7 +55,8 @@ static double best_op(const bq_format *f, int threads, int reps, int pack)
     size_t sz = bq_packed_size(f, g_rows, g_cols);
     for (int r = 0; r < reps; r++) {
         double t = now();
-        bq_status st = pack ? bq_pack(f, g_x, g_rows, g_cols, &o, g_p, sz) : bq_qdq(f, g_x, g_y, g_rows, g_cols, &o);
+        bq_status st = pack ? pack_tensor(f, g_x, g_rows, g_cols, &o, g_p, sz, pack == 1)
+                            : bq_qdq(f, g_x, g_y, g_rows, g_cols, &o);
         if (st) { fprintf(stderr, "%s\n", bq_last_error()); exit(1); }
         t = now() - t;
         if (t < best) best = t;
@@ -94,8 +98,8 @@ int main(int argc, char **argv)
     printf("buffer %zu MB (%zux%zu float32), best of %d; cores %d; GB/s of float32 input\n\n", bytes >> 20, g_rows,
            g_cols, reps, nc);
     printf("memcpy: %.2f GB/s (1 thread), %.2f GB/s (%d threads)\n\n", mc1, mcn, nc);
-    printf("| format | bits/el | isa | qdq 1T GB/s | qdq/memcpy 1T | qdq %dT GB/s | qdq/memcpy %dT | pack 1T GB/s | pack %dT GB/s |\n", nc, nc, nc);
-    printf("|---|---|---|---|---|---|---|---|---|\n");
+    printf("| format | bits/el | isa | qdq 1T GB/s | qdq/memcpy 1T | qdq %dT GB/s | qdq/memcpy %dT | pack 1T GB/s | pack %dT GB/s | pack ref 1T GB/s |\n", nc, nc, nc);
+    printf("|---|---|---|---|---|---|---|---|---|---|\n");
     if (jf) fprintf(jf, "{\"kind\":\"memcpy\",\"threads\":1,\"gbps\":%.3f}\n{\"kind\":\"memcpy\",\"threads\":%d,\"gbps\":%.3f}\n", mc1, nc, mcn);
     for (size_t fi = 0; fi < sizeof fmts / sizeof fmts[0]; fi++) {
         bq_format *f;
@@ -105,20 +109,21 @@ int main(int argc, char **argv)
         for (size_t k = 0; k < 3; k++) {
             if (bq_set_isa(isas[k])) continue;
             double q1 = bytes / best_op(f, 1, reps, 0) / 1e9, qn = bytes / best_op(f, nc, reps, 0) / 1e9;
-            double p1 = 0, pn = 0;
+            double p1 = 0, pn = 0, pr = 0;
             if (k == 0 || !strcmp(isas[k], "scalar")) {
                 p1 = bytes / best_op(f, 1, reps, 1) / 1e9;
                 pn = bytes / best_op(f, nc, reps, 1) / 1e9;
+                pr = bytes / best_op(f, 1, reps, 2) / 1e9;
             }
             printf("| %s | %.3f | %s | %.2f | %.2f | %.2f | %.2f | ", fmts[fi], in.bits_per_element, isas[k], q1,
                    q1 / mc1, qn, qn / mcn);
-            if (p1 > 0) printf("%.2f | %.2f |\n", p1, pn);
-            else printf("- | - |\n");
+            if (p1 > 0) printf("%.2f | %.2f | %.2f |\n", p1, pn, pr);
+            else printf("- | - | - |\n");
             if (jf)
                 fprintf(jf,
                         "{\"kind\":\"qdq\",\"format\":\"%s\",\"isa\":\"%s\",\"qdq_gbps_1t\":%.3f,\"qdq_gbps_nt\":%.3f,"
-                        "\"memcpy_gbps_1t\":%.3f,\"memcpy_gbps_nt\":%.3f,\"threads\":%d,\"pack_gbps_1t\":%.3f,\"pack_gbps_nt\":%.3f}\n",
-                        fmts[fi], isas[k], q1, qn, mc1, mcn, nc, p1, pn);
+                        "\"memcpy_gbps_1t\":%.3f,\"memcpy_gbps_nt\":%.3f,\"threads\":%d,\"pack_gbps_1t\":%.3f,\"pack_gbps_nt\":%.3f,\"pack_ref_gbps_1t\":%.3f}\n",
+                        fmts[fi], isas[k], q1, qn, mc1, mcn, nc, p1, pn, pr);
             fflush(stdout);
         }
         bq_format_free(f);

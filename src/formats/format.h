@@ -98,6 +98,11 @@ bq_status bq_tensor_ctx(const bq_format *f, const float *x, size_t rows, size_t 
 typedef void (*qdq_rows_fn)(const bq_format *f, const qctx *c, const float *x, float *y,
                             size_t r0, size_t r1);
 qdq_rows_fn bq_kernel_for(const bq_format *f);
+/* Per-ISA codes of one row for packing (kernels.c's bq_pack_codes): 0 where the row
+ * needs pack.c's scalar path. */
+typedef int (*pack_codes_fn)(const bq_format *f, const qctx *c, const float *x, size_t cols, size_t idx0,
+                             uint32_t *scodes, uint8_t *ecodes, float *tmp);
+pack_codes_fn bq_pack_codes_for(const bq_format *f);
 
 /* Reading and writing the packed layout piecewise (pack.c), for the kernels
  * that compute on packed weights. A "group" is a block, an int group or a row. */
@@ -105,6 +110,9 @@ size_t pack_header_bytes(const bq_format *f);
 size_t pack_group_len(const bq_format *f, size_t cols);  /* elements sharing one scale along a row */
 size_t pack_row_bytes(const bq_format *f, size_t cols);
 float pack_tensor_scale(const bq_format *f, const uint8_t *packed);  /* 1 if none */
+/* bq_pack; fast 0 packs every row through the scalar reference path (for tests). */
+bq_status pack_tensor(const bq_format *f, const float *in, size_t rows, size_t cols, const bq_qopts *o,
+                      uint8_t *out, size_t out_size, int fast);
 bq_status pack_decode_rows(const bq_format *f, const uint8_t *packed, size_t cols, size_t r0, size_t r1, float *out);
 float pack_elem_value(const bq_format *f, uint32_t code);
 /* Work out f's integer grid (the igrid fields); bq_format_parse calls it. */

@@ -307,6 +307,85 @@ static void qdq_rows(const bq_format *f, const qctx *c, const float *x, float *y
     }
 }
 
+/* ---- packing's first half: codes ------------------------------------------- */
+
+/* Codes of grid values q (what grid_loop gives with unit post-scales): a minifloat
+ * value's sign, biased exponent and top mantissa bits (mf_encode's rule), an
+ * integer's two's complement or sign-magnitude code (elem_code's). */
+INLINE void codes_of(const elem_t *e, const float *restrict q, uint8_t *restrict c, size_t n, int is_mf)
+{
+    const uint32_t top = (uint32_t)(e->bits - 1), mask = (1u << e->bits) - 1;
+    const int emin = e->emin, bias = e->bias, mb = e->mbits, sm = e->signmag;
+    const float sub = is_mf ? pow2f(e->mbits - e->emin) : pow2f(e->frac);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = f2u(q[i]), ua = u & 0x7fffffffu, sign = (u >> 31) << top, code;
+        if (is_mf) {
+            int E = (int)(ua >> 23) - 127;
+            uint32_t norm = (uint32_t)(E + bias) << mb | (ua & 0x7fffffu) >> (23 - mb);
+            code = sign | (E >= emin ? norm : (uint32_t)(u2f(ua) * sub));
+        } else {
+            int32_t k = (int32_t)(q[i] * sub);
+            code = sm ? sign | (uint32_t)(k < 0 ? -k : k) : (uint32_t)k & mask;
+        }
+        c[i] = (uint8_t)code;
+    }
+}
+
+/* One row's codes for bq_pack: a scale code per group (scodes) and an element code
+ * per value (ecodes, the short last group padded with zeros to its full length).
+ * The same grid values as pack.c's scalar pack_row (block_scale, then the element
+ * rounding grid_loop shares with fake quantisation), so the same bits. Returns 0
+ * where the row needs that scalar path: a group holding Inf or NaN, an element kind
+ * or scheme this does not cover (block log, llama.cpp's rules, asymmetric ints,
+ * codes wider than 8 bits). tmp holds a row's floats. */
+int CAT(bq_pack_codes, BQ_ISA)(const bq_format *f, const qctx *c, const float *x, size_t cols, size_t idx0,
+                               uint32_t *scodes, uint8_t *ecodes, float *tmp);
+int CAT(bq_pack_codes, BQ_ISA)(const bq_format *f, const qctx *c, const float *x, size_t cols, size_t idx0,
+                               uint32_t *scodes, uint8_t *ecodes, float *tmp)
+{
+    const elem_t *e = &f->el;
+    const int mf = e->kind == EK_MF;
+    if (e->bits > 8 || f->ggml || f->asym || !scheme_of(f)->linear) return 0;
+    if (!(mf && e->fast && !e->overflow_inf) && e->kind != EK_INT) return 0;
+    if (e->kind == EK_INT && f->sch != SCH_ELEM && f->sch != SCH_INT && e->lo != -e->hi) return 0;
+    const size_t g = f->sch == SCH_ELEM || f->sch == SCH_INT ? (f->scope == SCOPE_GROUP ? (size_t)f->block : cols) : (size_t)f->block;
+    size_t k = 0;
+    for (size_t b = 0; b < cols; b += g, k++) {
+        const size_t n = cols - b < g ? cols - b : g;
+        const float *xb = x + b;
+        float *qb = tmp + b;
+        const size_t at = idx0 + b;
+        uint32_t mbits = amax_bits(xb, n);
+        if (mbits > 0x7f7fffffu) return 0;
+        if (f->sch == SCH_ELEM) {
+            grid_dispatch(e, xb, qb, n, 0, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, c->round, c->seed, at);
+        } else if (f->sch == SCH_INT) {
+            float s = c->tensor_scale;
+            if (f->scope != SCOPE_TENSOR) {
+                s = u2f(mbits) / (float)e->hi;  /* int_scale_of's symmetric rule */
+                scodes[k] = f2u(s);
+            } else if (c->tensor_nonfinite) return 0;
+            if (s > 0.0f) grid_dispatch(e, xb, qb, n, 1, 1.0f, 1.0f, s, 1.0f, 1.0f, c->round, c->seed, at);
+            else for (size_t i = 0; i < n; i++) qb[i] = 0.0f;
+        } else {
+            bscale s = block_scale(f, c, u2f(mbits));
+            if (s.pow2) {
+                scodes[k] = s.code;
+                grid_dispatch(e, xb, qb, n, 0, s.pre1, s.pre2, 1.0f, 1.0f, 1.0f, c->round, c->seed, at);
+            } else {
+                scodes[k] = mf_encode(&f->scale, s.post1);
+                if (s.div > 0.0f) grid_dispatch(e, xb, qb, n, 1, 1.0f, 1.0f, s.div, 1.0f, 1.0f, c->round, c->seed, at);
+                else for (size_t i = 0; i < n; i++) qb[i] = copysignf(0.0f, sgn_of(xb[i]));
+            }
+        }
+    }
+    if (mf) codes_of(e, tmp, ecodes, cols, 1);
+    else codes_of(e, tmp, ecodes, cols, 0);
+    size_t padded = k * g;
+    for (size_t i = cols; i < padded; i++) ecodes[i] = 0;
+    return 1;
+}
+
 void CAT(bq_qdq_rows, BQ_ISA)(const bq_format *f, const qctx *c, const float *x, float *y, size_t r0, size_t r1);
 void CAT(bq_qdq_rows, BQ_ISA)(const bq_format *f, const qctx *c, const float *x, float *y, size_t r0, size_t r1)
 {

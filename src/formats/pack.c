@@ -247,6 +247,7 @@ typedef struct {
     const float *in;
     uint8_t *out;
     size_t rb, cols;
+    pack_codes_fn fast;  /* NULL: every row through pack_row */
     char msg[256];
     bq_status st;
     size_t failed;  /* 1 + first failing row, 0 if none */
@@ -256,9 +257,20 @@ typedef struct {
 static void pack_range(void *arg, size_t r0, size_t r1)
 {
     pjob *j = arg;
+    /* the fast path's buffers: a row's grid values, its codes (the last group padded), its scale codes */
+    size_t g = pack_group_len(j->f, j->cols), ng = (j->cols + g - 1) / g;
+    float *tmp = j->fast ? malloc(j->cols * sizeof *tmp) : NULL;
+    uint8_t *ec = tmp ? malloc(ng * g) : NULL;
+    uint32_t *sc = ec ? malloc(ng * sizeof *sc) : NULL;
     for (size_t r = r0; r < r1; r++) {
-        bitw w = {j->out + r * j->rb, 0, 0};
-        bq_status st = pack_row(j->f, j->c, j->in + r * j->cols, j->cols, r * j->cols, &w);
+        uint8_t *row = j->out + r * j->rb;
+        const float *x = j->in + r * j->cols;
+        if (sc && j->fast(j->f, j->c, x, j->cols, r * j->cols, sc, ec, tmp)) {
+            pack_row_put(j->f, row, j->cols, sc, ec);
+            continue;
+        }
+        bitw w = {row, 0, 0};
+        bq_status st = pack_row(j->f, j->c, x, j->cols, r * j->cols, &w);
         flush(&w);
         if (st) {
             pthread_mutex_lock(&j->mu);
@@ -268,13 +280,18 @@ static void pack_range(void *arg, size_t r0, size_t r1)
                 snprintf(j->msg, sizeof j->msg, "%s", bq_last_error());
             }
             pthread_mutex_unlock(&j->mu);
-            return;
+            break;
         }
     }
+    free(tmp);
+    free(ec);
+    free(sc);
 }
 
-bq_status bq_pack(const bq_format *f, const float *in, size_t rows, size_t cols, const bq_qopts *o,
-                  uint8_t *out, size_t out_size)
+/* bq_pack, with or without the per-ISA code kernels (fast 0: pack_row alone,
+ * the reference the tests hold the kernels to). */
+bq_status pack_tensor(const bq_format *f, const float *in, size_t rows, size_t cols, const bq_qopts *o,
+                      uint8_t *out, size_t out_size, int fast)
 {
     if (!f || !in || !out) return bq_fail(BQ_ERR_ARG, "null argument");
     size_t need = bq_packed_size(f, rows, cols);
@@ -289,7 +306,8 @@ bq_status bq_pack(const bq_format *f, const float *in, size_t rows, size_t cols,
         memcpy(out, &s, 4);
         if (h == 5) out[4] = (uint8_t)c.tensor_zero;
     }
-    pjob j = {.f = f, .c = &c, .in = in, .out = out + h, .rb = row_bytes(f, cols), .cols = cols};
+    pjob j = {.f = f, .c = &c, .in = in, .out = out + h, .rb = row_bytes(f, cols), .cols = cols,
+              .fast = fast ? bq_pack_codes_for(f) : NULL};
     pthread_mutex_init(&j.mu, NULL);
     bq_parallel_for(rows, rows * cols < (1u << 16) ? 1 : (o ? o->threads : 0), pack_range, &j);
     pthread_mutex_destroy(&j.mu);
@@ -298,6 +316,12 @@ bq_status bq_pack(const bq_format *f, const float *in, size_t rows, size_t cols,
         return j.st;
     }
     return BQ_OK;
+}
+
+bq_status bq_pack(const bq_format *f, const float *in, size_t rows, size_t cols, const bq_qopts *o,
+                  uint8_t *out, size_t out_size)
+{
+    return pack_tensor(f, in, rows, cols, o, out, out_size, 1);
 }
 
 /* ---- unpack ---------------------------------------------------------------- */
@@ -426,12 +450,62 @@ int pack_scale_parts(const bq_format *f, float tensor_scale, uint32_t code, floa
     return 1;
 }
 
+/* Whether a group of g codes is whole bytes with its scale (whole bytes too, at most
+ * four), in a width the byte loops below take: then rows are read and written bytewise. */
+static int byte_groups(const bq_format *f, size_t g, int sb)
+{
+    int b = f->el.bits;
+    return sb % 8 == 0 && sb <= 32 && (b == 8 || (b == 4 && g % 2 == 0) || (b == 6 && g % 4 == 0));
+}
+
+/* n codes of b in {4, 6, 8} bits to bytes, LSB first (the bit stream's order) */
+static uint8_t *put_codes(uint8_t *p, const uint8_t *c, size_t n, int b)
+{
+    if (b == 8) { memcpy(p, c, n); return p + n; }
+    if (b == 4) {
+        for (size_t i = 0; i < n; i += 2) *p++ = (uint8_t)((c[i] & 15) | (c[i + 1] & 15) << 4);
+        return p;
+    }
+    for (size_t i = 0; i < n; i += 4) {
+        uint32_t v = (c[i] & 63u) | (c[i + 1] & 63u) << 6 | (c[i + 2] & 63u) << 12 | (c[i + 3] & 63u) << 18;
+        *p++ = (uint8_t)v;
+        *p++ = (uint8_t)(v >> 8);
+        *p++ = (uint8_t)(v >> 16);
+    }
+    return p;
+}
+
+static const uint8_t *get_codes(const uint8_t *p, uint8_t *c, size_t n, int b)
+{
+    if (b == 8) { memcpy(c, p, n); return p + n; }
+    if (b == 4) {
+        for (size_t i = 0; i < n; i += 2, p++) { c[i] = *p & 15; c[i + 1] = *p >> 4; }
+        return p;
+    }
+    for (size_t i = 0; i < n; i += 4, p += 3) {
+        uint32_t v = p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16;
+        c[i] = v & 63;
+        c[i + 1] = (v >> 6) & 63;
+        c[i + 2] = (v >> 12) & 63;
+        c[i + 3] = (uint8_t)(v >> 18);
+    }
+    return p;
+}
+
 void pack_row_codes(const bq_format *f, const uint8_t *row, size_t cols, uint32_t *scodes, uint8_t *ecodes)
 {
     size_t g = pack_group_len(f, cols), rb = row_bytes(f, cols);
-    bitr rd = {row, row + rb, 0, 0};
     int sb = group_scale_bits(f);
-    for (size_t b = 0, k = 0; b < cols; b += g, k++) {
+    size_t b = 0, k = 0;
+    if (byte_groups(f, g, sb))  /* whole groups bytewise; a short last one through the bit stream */
+        for (const uint8_t *p = row; b + g <= cols; b += g, k++) {
+            uint32_t s = 0;
+            for (int i = 0; i < sb / 8; i++) s |= (uint32_t)*p++ << 8 * i;
+            if (sb) scodes[k] = s;
+            p = get_codes(p, ecodes + b, g, f->el.bits);
+        }
+    bitr rd = {row + k * (((size_t)sb + g * (size_t)f->el.bits) / 8), row + rb, 0, 0};
+    for (; b < cols; b += g, k++) {
         if (sb) scodes[k] = get(&rd, sb);
         for (size_t i = 0; i < g; i++) {
             uint32_t v = get(&rd, f->el.bits);
@@ -443,9 +517,16 @@ void pack_row_codes(const bq_format *f, const uint8_t *row, size_t cols, uint32_
 void pack_row_put(const bq_format *f, uint8_t *row, size_t cols, const uint32_t *scodes, const uint8_t *ecodes)
 {
     size_t g = pack_group_len(f, cols);
-    bitw w = {row, 0, 0};
     int sb = group_scale_bits(f);
-    for (size_t b = 0, k = 0; b < cols; b += g, k++) {
+    size_t b = 0, k = 0;
+    uint8_t *p = row;
+    if (byte_groups(f, g, sb))  /* whole groups bytewise; a short last one through the bit stream */
+        for (; b + g <= cols; b += g, k++) {
+            for (int i = 0; i < sb / 8; i++) *p++ = (uint8_t)(scodes[k] >> 8 * i);
+            p = put_codes(p, ecodes + b, g, f->el.bits);
+        }
+    bitw w = {p, 0, 0};
+    for (; b < cols; b += g, k++) {
         if (sb) put(&w, scodes[k], sb);
         for (size_t i = 0; i < g; i++) put(&w, b + i < cols ? ecodes[b + i] : 0, f->el.bits);
     }

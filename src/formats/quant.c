@@ -5,7 +5,8 @@
 
 #define ISA_FNS(isa)                                                                             \
     void bq_qdq_rows_##isa(const bq_format *, const qctx *, const float *, float *, size_t, size_t); \
-    uint32_t bq_amax_bits_##isa(const float *, size_t);
+    uint32_t bq_amax_bits_##isa(const float *, size_t);                                           \
+    int bq_pack_codes_##isa(const bq_format *, const qctx *, const float *, size_t, size_t, uint32_t *, uint8_t *, float *);
 ISA_FNS(scalar)
 #ifdef BQ_HAVE_X86
 ISA_FNS(avx2)
@@ -16,6 +17,7 @@ typedef struct {
     const char *name;
     qdq_rows_fn fn;
     uint32_t (*amax_bits)(const float *, size_t);
+    pack_codes_fn pack_codes;
     int (*supported)(void);
 } isa_entry;
 
@@ -32,10 +34,10 @@ static int has_avx512(void)
 /* Best first. */
 static const isa_entry isas[] = {
 #ifdef BQ_HAVE_X86
-    {"avx512", bq_qdq_rows_avx512, bq_amax_bits_avx512, has_avx512},
-    {"avx2", bq_qdq_rows_avx2, bq_amax_bits_avx2, has_avx2},
+    {"avx512", bq_qdq_rows_avx512, bq_amax_bits_avx512, bq_pack_codes_avx512, has_avx512},
+    {"avx2", bq_qdq_rows_avx2, bq_amax_bits_avx2, bq_pack_codes_avx2, has_avx2},
 #endif
-    {"scalar", bq_qdq_rows_scalar, bq_amax_bits_scalar, always},
+    {"scalar", bq_qdq_rows_scalar, bq_amax_bits_scalar, bq_pack_codes_scalar, always},
 };
 
 static const isa_entry *g_isa;
@@ -68,6 +70,12 @@ qdq_rows_fn bq_kernel_for(const bq_format *f)
 {
     (void)f;
     return current_isa()->fn;
+}
+
+pack_codes_fn bq_pack_codes_for(const bq_format *f)
+{
+    (void)f;
+    return current_isa()->pack_codes;
 }
 
 /* Tensor-wide facts: the per-tensor int scale, NVFP4's s_t. */

@@ -351,9 +351,21 @@ static void panel_range(void *arg, size_t p0, size_t p1)
     if (!sc || !ec) { free(sc); free(ec); j->oom = 1; return; }
     for (int row = (int)p0 * PM_ROWS; row < (int)p1 * PM_ROWS && row < m->rows; row++) {
         pack_row_codes(j->f, j->body + (size_t)row * j->rb, (size_t)cols, sc, ec);
-        int p = row / PM_ROWS, r = row % PM_ROWS, sh;
+        int p = row / PM_ROWS, r = row % PM_ROWS, sh, k = 0;
         uint8_t *pw = m->pw + (size_t)p * panel_bytes(m);
-        for (int k = 0; k < cols; k++) {
+        /* whole units of slot()'s layout at once: 4 codes of 8 bits, or 8 of 4 bits
+         * (codes k..k+3 in the low nibbles of the row's 4 bytes, k+4..k+7 in the high) */
+        if (m->eb == 8)
+            for (; k + 4 <= cols; k += 4) memcpy(pw + (size_t)(k / 4) * 64 + (size_t)r * 4, ec + k, 4);
+        else
+            for (; k + 8 <= cols; k += 8) {
+                uint32_t lo, hi;  /* four codes of under 16 each: one 32-bit or makes the four bytes */
+                memcpy(&lo, ec + k, 4);
+                memcpy(&hi, ec + k + 4, 4);
+                lo |= hi << 4;
+                memcpy(pw + (size_t)(k / 8) * 64 + (size_t)r * 4, &lo, 4);
+            }
+        for (; k < cols; k++) {
             size_t o = slot(m, r, k, &sh);
             pw[o] |= (uint8_t)(ec[k] << sh);
         }
@@ -497,9 +509,20 @@ static void unpanel_range(void *arg, size_t r0, size_t r1)
     uint8_t *ec = malloc((size_t)m->cols);
     if (!sc || !ec) { free(sc); free(ec); j->oom = 1; return; }
     for (int row = (int)r0; row < (int)r1; row++) {
-        int p = row / PM_ROWS, r = row % PM_ROWS, sh;
+        int p = row / PM_ROWS, r = row % PM_ROWS, sh, k = 0;
         const uint8_t *pw = m->pw + (size_t)p * panel_bytes(m);
-        for (int k = 0; k < m->cols; k++) {
+        if (m->eb == 8)  /* whole units at once, as panel_range writes them */
+            for (; k + 4 <= m->cols; k += 4) memcpy(ec + k, pw + (size_t)(k / 4) * 64 + (size_t)r * 4, 4);
+        else
+            for (; k + 8 <= m->cols; k += 8) {
+                uint32_t v, lo, hi;
+                memcpy(&v, pw + (size_t)(k / 8) * 64 + (size_t)r * 4, 4);
+                lo = v & 0x0f0f0f0fu;
+                hi = (v >> 4) & 0x0f0f0f0fu;
+                memcpy(ec + k, &lo, 4);
+                memcpy(ec + k + 4, &hi, 4);
+            }
+        for (; k < m->cols; k++) {
             size_t o = slot(m, r, k, &sh);
             ec[k] = (uint8_t)((pw[o] >> sh) & (m->eb == 8 ? 0xff : 0x0f));
         }
