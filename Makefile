@@ -36,7 +36,7 @@ ifeq ($(MPI),1)
 MPI_CFLAGS = -DBQ_MPI $(shell $(MPICC) --showme:compile)
 MPI_LIBS   = $(shell $(MPICC) --showme:link)
 endif
-LDLIBS  = $(EXTRA_LDFLAGS) -lopenblas -lpcre2-8 -lcjson -lm -pthread $(CUDA_LIBS)
+LDLIBS  = $(EXTRA_LDFLAGS) -lopenblas -lpcre2-8 -lcjson -lz -lm -pthread $(CUDA_LIBS)
 
 LIB_SRC = $(wildcard src/core/*.c src/model/*.c src/engine/*.c src/eval/*.c src/quant/*.c src/search/*.c src/train/*.c src/rtl/*.c) \
           $(filter-out src/formats/kernels.c,$(wildcard src/formats/*.c)) \

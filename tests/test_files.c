@@ -448,19 +448,22 @@ static void held_bf16(void)
     }
     free(one);
     free(ref);
-    /* quantising held weights equals quantising the float32 ones */
-    for (int pack = 0; pack < 2; pack++) {
+    /* quantising held weights equals quantising the float32 ones: packed, and fake
+     * quantised (held rows straight back to bf16; int groups, whose values are not
+     * bf16 numbers, and NVFP4, whose scale needs the whole tensor, the float32 route) */
+    static const char *const wq[] = {"mxfp4", "mxfp4", "bfp6_b16", "int4_g32", "nvfp4", "fp8_e4m3"};
+    for (int pack = 0; pack < (int)(sizeof wq / sizeof *wq); pack++) {
         bq_model *qa, *qb;
         if (bq_model_load_ex(DIR_, &f32, &qa) || bq_model_load_ex(DIR_, &nat, &qb)) { CHECK(0, "load"); break; }
         bq_qconfig *q;
         OK(bq_qconfig_new(&q));
-        OK(bq_qconfig_set(q, "wq", "mxfp4"));
+        OK(bq_qconfig_set(q, "wq", wq[pack]));
         OK(bq_qconfig_set(q, "head", "bfp8_b16"));
-        OK(pack ? bq_model_pack(qa, q, 0) : bq_model_quantize(qa, q, 0));
-        OK(pack ? bq_model_pack(qb, q, 0) : bq_model_quantize(qb, q, 0));
+        OK(pack == 1 ? bq_model_pack(qa, q, 0) : bq_model_quantize(qa, q, 0));
+        OK(pack == 1 ? bq_model_pack(qb, q, 0) : bq_model_quantize(qb, q, 0));
         bq_qconfig_free(q);
         float *x = logits(qa, 8), *y = logits(qb, 8);
-        CHECK(x && y && !memcmp(x, y, (size_t)8 * V * 4), "quantised from held != from float32 (packed %d)", pack);
+        CHECK(x && y && !memcmp(x, y, (size_t)8 * V * 4), "%s: quantised from held != from float32 (packed %d)", wq[pack], pack == 1);
         free(x);
         free(y);
         bq_model_free(qa);
@@ -484,8 +487,30 @@ static void held_bf16(void)
     bq_model_free(b);
 }
 
+/* The files' CRC-32: the standard check value, and a buffer of several pieces (the
+ * parallel sum combined) against one byte at a time. */
+static void crc32_values(void)
+{
+    CHECK(bq_crc32("123456789", 9) == 0xCBF43926u, "crc32 check value %08x", bq_crc32("123456789", 9));
+    CHECK(bq_crc32("", 0) == 0, "crc32 of nothing");
+    size_t n = (40u << 20) + 12345;
+    uint8_t *b = malloc(n);
+    if (!b) { CHECK(0, "out of memory"); return; }
+    uint32_t table[256], c = 0xFFFFFFFFu;
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t v = i;
+        for (int k = 0; k < 8; k++) v = v & 1 ? 0xEDB88320u ^ (v >> 1) : v >> 1;
+        table[i] = v;
+    }
+    for (size_t i = 0; i < n; i++) b[i] = (uint8_t)(i * 2654435761u >> 13);
+    for (size_t i = 0; i < n; i++) c = table[(c ^ b[i]) & 0xff] ^ (c >> 8);
+    CHECK(bq_crc32(b, n) == (c ^ 0xFFFFFFFFu), "crc32 of %zu bytes %08x, bytewise %08x", n, bq_crc32(b, n), c ^ 0xFFFFFFFFu);
+    free(b);
+}
+
 int main(void)
 {
+    crc32_values();
     held_bf16();
     bq_roundtrip();
     bq_lorc();

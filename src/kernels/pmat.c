@@ -13,6 +13,8 @@
 #include "pmat.h"
 #include "qkern.h"
 #include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -494,6 +496,100 @@ bq_status pmat_pack(const bq_format *f, const float *x, int rows, int cols, cons
     if (!buf) return bq_fail(BQ_ERR_NOMEM, "out of memory packing %dx%d", rows, cols);
     bq_status st = bq_pack(f, x, (size_t)rows, (size_t)cols, o, buf, size);
     if (!st) st = pmat_new(f, rows, cols, buf, size, out);
+    free(buf);
+    return st;
+}
+
+/* ---- a held 16-bit matrix quantised without a float32 copy of the whole ---- */
+
+typedef struct {
+    const pmat *src;
+    const bq_format *f;
+    bq_qopts o;
+    uint16_t *out;     /* fake quantisation: rows x cols bf16 */
+    uint8_t *pk;       /* packing: the bq_pack rows (no header: formats that need one are not taken) */
+    size_t rb;
+    atomic_int not_bf16, failed;
+    bq_status st;
+    char msg[256];
+} q16_job;
+
+enum { Q16_ROWS = 8 };  /* rows widened at a time: a few tens of KB, in cache */
+
+static void q16_range(void *arg, size_t r0, size_t r1)
+{
+    q16_job *j = arg;
+    size_t cols = (size_t)j->src->cols;
+    float *t = malloc(Q16_ROWS * cols * sizeof *t);
+    if (!t) { j->st = BQ_ERR_NOMEM; atomic_store(&j->failed, 1); return; }
+    for (size_t r = r0; r < r1 && !atomic_load(&j->not_bf16) && !atomic_load(&j->failed); r += Q16_ROWS) {
+        size_t n = r1 - r < Q16_ROWS ? r1 - r : Q16_ROWS;
+        pmat_decode(j->src, (int)r, (int)(r + n), t);
+        bq_status st = j->pk ? bq_pack(j->f, t, n, cols, &j->o, j->pk + r * j->rb, n * j->rb)
+                             : bq_qdq(j->f, t, t, n, cols, &j->o);
+        if (st) {
+            if (!atomic_exchange(&j->failed, 1)) { j->st = st; snprintf(j->msg, sizeof j->msg, "%s", bq_last_error()); }
+            break;
+        }
+        if (j->pk) continue;
+        uint32_t low = 0;
+        uint16_t *o = j->out + r * cols;
+        for (size_t i = 0; i < n * cols; i++) {  /* top halves kept, low halves or-ed */
+            uint32_t u = f2u(t[i]);
+            low |= u & 0xffffu;
+            o[i] = (uint16_t)(u >> 16);
+        }
+        if (low) atomic_store(&j->not_bf16, 1);
+    }
+    free(t);
+}
+
+/* The rows of src through q16_range over all cores; 0 if all went through. */
+static int q16_run(q16_job *j, const bq_qopts *o)
+{
+    j->o = o ? *o : (bq_qopts){BQ_ROUND_RNE, 0, 0};
+    j->o.threads = 1;  /* each worker's rows alone */
+    size_t n = (size_t)j->src->rows * j->src->cols;
+    bq_parallel_for((size_t)j->src->rows, n < (1u << 20) ? 1 : (o ? o->threads : 0), q16_range, j);
+    return atomic_load(&j->failed) || atomic_load(&j->not_bf16);
+}
+
+bq_status pmat_qdq16(const bq_format *f, const pmat *src, const bq_qopts *o, pmat **out)
+{
+    *out = NULL;
+    if (!pmat_is_float16(src)) return bq_fail(BQ_ERR_ARG, "pmat_qdq16: %s is not a 16-bit float matrix", src->f->name);
+    bq_format *b16;
+    bq_status st = bq_format_parse("bf16", &b16);
+    if (st) return st;
+    size_t size = bq_packed_size(b16, (size_t)src->rows, (size_t)src->cols);
+    pmat *m = NULL;
+    if (!(st = pmat_alloc(b16, src->rows, src->cols, size, &m)) && !(m->data = calloc(1, size + 8)))
+        st = bq_fail(BQ_ERR_NOMEM, "out of memory for a %dx%d bf16 matrix", src->rows, src->cols);
+    bq_format_free(b16);
+    if (st) { pmat_free(m); return st; }
+    q16_job j = {.src = src, .f = f, .out = (uint16_t *)m->data};
+    if (q16_run(&j, o)) {
+        pmat_free(m);
+        if (!atomic_load(&j.failed)) return BQ_OK;  /* not bf16 numbers */
+        return j.st == BQ_ERR_NOMEM && !j.msg[0] ? bq_fail(BQ_ERR_NOMEM, "out of memory") : bq_fail(j.st, "%s", j.msg);
+    }
+    m->kind = PM_STREAM;
+    m->size = size;
+    stream_setup(m);
+    *out = m;
+    return BQ_OK;
+}
+
+bq_status pmat_pack16(const bq_format *f, const pmat *src, const bq_qopts *o, pmat **out)
+{
+    *out = NULL;
+    if (!pmat_is_float16(src) || pack_header_bytes(f))
+        return bq_fail(BQ_ERR_ARG, "pmat_pack16: %s from %s", f->name, src->f->name);
+    size_t size = bq_packed_size(f, (size_t)src->rows, (size_t)src->cols);
+    uint8_t *buf = size == SIZE_MAX ? NULL : malloc(size ? size : 1);
+    if (!buf) return bq_fail(BQ_ERR_NOMEM, "out of memory packing %dx%d", src->rows, src->cols);
+    q16_job j = {.src = src, .f = f, .pk = buf, .rb = pack_row_bytes(f, (size_t)src->cols)};
+    bq_status st = q16_run(&j, o) ? BQ_OK : pmat_new(f, src->rows, src->cols, buf, size, out);
     free(buf);
     return st;
 }

@@ -55,6 +55,16 @@ bq_status pmat_pack(const bq_format *f, const float *x, int rows, int cols, cons
 void pmat_free(pmat *m);
 /* A 16-bit float matrix (bf16, fp16): a checkpoint held as stored, decoded exactly. */
 int pmat_is_float16(const pmat *m);
+/* Held 16-bit matrix src fake-quantised into f a few rows at a time (no float32 copy
+ * of the whole) and held as bf16: *out. *out is NULL, with BQ_OK, where a value is not
+ * a bf16 number (the caller then quantises a float32 copy). Formats whose context
+ * needs the whole tensor (a per-tensor int scale, NVFP4's s_t) and stochastic
+ * rounding (its noise is indexed over the whole tensor) are the caller's to avoid. */
+bq_status pmat_qdq16(const bq_format *f, const pmat *src, const bq_qopts *o, pmat **out);
+/* The same, packed into f (pmat_pack of each few rows): *out NULL, with BQ_OK, where
+ * a row cannot be packed (NaN/Inf a format cannot hold: the caller's float32 route
+ * then says where); formats with a tensor header are the caller's to avoid. */
+bq_status pmat_pack16(const bq_format *f, const pmat *src, const bq_qopts *o, pmat **out);
 /* *pm decoded into a new float32 matrix *w, then freed (*pm = NULL). */
 bq_status pmat_widen(pmat **pm, float **w);
 size_t pmat_bytes(const pmat *m);                 /* memory held, all included */

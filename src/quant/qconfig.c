@@ -346,6 +346,21 @@ static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *f
     bq_format_info in;
     bq_format_get_info(f, &in);
     int held = 0;
+    /* plain rounding of a held 16-bit matrix: a few rows at a time, straight back to
+     * bf16 or packed (the same values as the route below, without its float32 copy) */
+    int rows_alone = !(f->sch == SCH_INT && f->scope == SCOPE_TENSOR) && f->sch != SCH_NVFP4 &&
+                     (!o || o->round != BQ_ROUND_STOCHASTIC);
+    if (*pw && strcmp((*pw)->f->name, f->name) && pmat_is_float16(*pw) && !p.gptq && !p.clip &&
+        !(p.lorc && p.l) && in.block <= cols && rows_alone) {
+        pmat *q = NULL;
+        if ((st = pack ? pmat_pack16(f, *pw, o, &q) : pmat_qdq16(f, *pw, o, &q)))
+            st = bq_fail(st, "%s: %s", name, bq_last_error());
+        if (st || q) {
+            if (q) { pmat_free(*pw); *pw = q; }
+            bq_format_free(f);
+            return st;
+        }
+    }
     if (*pw && strcmp((*pw)->f->name, f->name) && pmat_is_float16(*pw)) {
         /* a checkpoint held in bf16/fp16: widened exactly, then quantised as from float32 */
         if ((st = pmat_widen(pw, w))) { bq_format_free(f); return st; }
