@@ -25,6 +25,7 @@
 #   STAGES=graphs: one-token steps replayed from a CUDA graph against --eager (every kernel
 #     launched), bundled model and 7B shape, and the GEMV at a 7B layer's shapes
 O=${1:-${OUT:-/tmp}}
+mkdir -p "$O"
 S=${STAGES:-tests bundled scale decode}
 B=build/gpu/blockq
 M=/tmp/r7b

@@ -119,7 +119,25 @@ static int tc_mode(const int8_t *lut, uint8_t nib[16], float *cmode)
 static void tc_place(uint8_t *tiles, uint8_t *hi, uint8_t *tsc, const bq_cuda_w *w, int r, const uint8_t *code, const uint32_t *sc)
 {
     int G = r / 16, rr = r % 16;
-    for (int k = 0; k < w->cols; k++) {
+    if (!hi && w->cols % 16 == 0) {
+        // the loop below, 16 codes at a time: lane t of the row's eight-lane group takes
+        // codes 2t, 2t + 8, 2t + 1, 2t + 9 of each 16 into its word's bytes 0-3, in the low
+        // nibbles for rows 0-7 of the group and the high ones for rows 8-15
+        int sh = rr >= 8 ? 4 : 0;
+        uint8_t keep = (uint8_t)~(0xF << sh);
+        for (int k0 = 0; k0 < w->cols; k0 += 16) {
+            const uint8_t *c = code + k0;
+            size_t at0 = ((size_t)G * w->NT + k0 / 64) * 32 + (size_t)(rr % 8) * 4;
+            for (int t = 0; t < 4; t++) {
+                uint8_t *word = tiles + (at0 + t) * 16 + ((k0 % 64) / 16) * 4;
+                word[0] = (uint8_t)((word[0] & keep) | (c[2 * t] & 15) << sh);
+                word[1] = (uint8_t)((word[1] & keep) | (c[2 * t + 8] & 15) << sh);
+                word[2] = (uint8_t)((word[2] & keep) | (c[2 * t + 1] & 15) << sh);
+                word[3] = (uint8_t)((word[3] & keep) | (c[2 * t + 9] & 15) << sh);
+            }
+        }
+    }
+    for (int k = 0; k < w->cols && (hi || w->cols % 16); k++) {
         int T = k / 64, kk = k % 64, s = kk / 16, k16 = kk % 16;
         int t = (k16 % 8) / 2, hb = k16 % 2, j = (rr >= 8) + 2 * (k16 >= 8), lane = (rr % 8) * 4 + t;
         size_t at = ((size_t)G * w->NT + T) * 32 + lane;
@@ -176,9 +194,9 @@ static bq_status w_to_device(bq_cuda_w *w, const uint8_t *codes, size_t ncode, c
 
 static bq_status upload6(const pmat *m, bq_cuda_w **out);
 
-// Rows of 16-row groups [g0, g1) from the bq_pack layout into the device layout.
+// Rows of 16-row groups [g0, g1) from the CPU's panels into the device layout.
 struct place_job {
-    const pmat *m; const bq_cuda_w *w; const uint8_t *body; size_t prb, rb, sb; const uint8_t *nib;
+    const pmat *m; const bq_cuda_w *w; size_t rb, sb; const uint8_t *nib;
     uint8_t *codes, *scales; int oom;
 };
 
@@ -190,7 +208,7 @@ static void place_rows(void *arg, size_t g0, size_t g1)
     uint32_t *sc = (uint32_t *)malloc((size_t)m->nb * 4);
     if (!ec || !sc) { free(ec); free(sc); j->oom = 1; return; }
     for (int r = (int)g0 * 16; r < (int)g1 * 16 && r < m->rows; r++) {
-        pack_row_codes(m->f, j->body + (size_t)r * j->prb, (size_t)m->cols, sc, ec);
+        pmat_row_codes(m, r, sc, ec);
         if (j->w->tc) {
             for (int k = 0; k < m->cols; k++) ec[k] = j->nib[ec[k]];
             tc_place(j->codes, NULL, j->scales, j->w, r, ec, sc);
@@ -226,17 +244,16 @@ extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out)
     size_t rb = (size_t)m->cols * m->eb / 8, sb = (size_t)m->nb * m->sbytes;
     size_t ncode = w->tc ? (size_t)w->R16 * w->NT * 32 : (size_t)m->rows * rb;
     size_t nscale = w->tc ? (size_t)w->R16 * w->NT * w->SBT : (size_t)m->rows * sb;
-    size_t psize = bq_packed_size(m->f, (size_t)m->rows, (size_t)m->cols), prb = pack_row_bytes(m->f, (size_t)m->cols);
-    uint8_t *packed = (uint8_t *)malloc(psize), *codes = (uint8_t *)calloc(ncode, 1), *scales = (uint8_t *)calloc(nscale, 1);
-    bq_status st = packed && codes && scales ? pmat_to_packed(m, packed, psize) : bq_fail(BQ_ERR_NOMEM, "out of memory");
+    uint8_t *codes = (uint8_t *)calloc(ncode, 1), *scales = (uint8_t *)calloc(nscale, 1);
+    bq_status st = codes && scales ? BQ_OK : bq_fail(BQ_ERR_NOMEM, "out of memory");
     if (!st && w->tc == 2) memset(codes, 0x88, ncode);  // padding: integer nibble 8 is 0 (e2m1's 0 is nibble 0)
-    if (!st) {  // rows regrouped over all cores, 16 at a time (a tile's rows share bytes)
-        place_job pj = {m, w, packed + pack_header_bytes(m->f), prb, rb, sb, nib, codes, scales, 0};
+    if (!st) {  // rows regrouped over all cores, 16 at a time (a tile's rows share bytes), straight from the panels
+        place_job pj = {m, w, rb, sb, nib, codes, scales, 0};
         bq_parallel_for(((size_t)m->rows + 15) / 16, (size_t)m->rows * m->cols < (1u << 22) ? 1 : 0, place_rows, &pj);
         if (pj.oom) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
     }
     if (!st) st = w_to_device(w, codes, ncode, scales, nscale, m->sc, NULL, 0, NULL);
-    free(packed); free(codes); free(scales);
+    free(codes); free(scales);
     if (st) { bq_cuda_w_free(w); return st; }
     *out = w;
     return BQ_OK;

@@ -594,6 +594,31 @@ bq_status pmat_pack16(const bq_format *f, const pmat *src, const bq_qopts *o, pm
     return st;
 }
 
+void pmat_row_codes(const pmat *m, int row, uint32_t *sc, uint8_t *ec)
+{
+    int p = row / PM_ROWS, r = row % PM_ROWS, sh, k = 0;
+    const uint8_t *pw = m->pw + (size_t)p * panel_bytes(m);
+    if (m->eb == 8)  /* whole units at once, as panel_range writes them */
+        for (; k + 4 <= m->cols; k += 4) memcpy(ec + k, pw + (size_t)(k / 4) * 64 + (size_t)r * 4, 4);
+    else
+        for (; k + 8 <= m->cols; k += 8) {
+            uint32_t v, lo, hi;
+            memcpy(&v, pw + (size_t)(k / 8) * 64 + (size_t)r * 4, 4);
+            lo = v & 0x0f0f0f0fu;
+            hi = (v >> 4) & 0x0f0f0f0fu;
+            memcpy(ec + k, &lo, 4);
+            memcpy(ec + k + 4, &hi, 4);
+        }
+    for (; k < m->cols; k++) {
+        size_t o = slot(m, r, k, &sh);
+        ec[k] = (uint8_t)((pw[o] >> sh) & (m->eb == 8 ? 0xff : 0x0f));
+    }
+    for (int g = 0; g < m->nb; g++) {
+        sc[g] = 0;
+        memcpy(&sc[g], m->ps + (((size_t)p * m->nb + g) * PM_ROWS + r) * m->sbytes, (size_t)m->sbytes);
+    }
+}
+
 /* Rows [r0, r1) back into the bq_pack layout (each row starts on a byte). */
 typedef struct { const pmat *m; uint8_t *body; size_t rb; int oom; } unpanel_job;
 
@@ -605,27 +630,7 @@ static void unpanel_range(void *arg, size_t r0, size_t r1)
     uint8_t *ec = malloc((size_t)m->cols);
     if (!sc || !ec) { free(sc); free(ec); j->oom = 1; return; }
     for (int row = (int)r0; row < (int)r1; row++) {
-        int p = row / PM_ROWS, r = row % PM_ROWS, sh, k = 0;
-        const uint8_t *pw = m->pw + (size_t)p * panel_bytes(m);
-        if (m->eb == 8)  /* whole units at once, as panel_range writes them */
-            for (; k + 4 <= m->cols; k += 4) memcpy(ec + k, pw + (size_t)(k / 4) * 64 + (size_t)r * 4, 4);
-        else
-            for (; k + 8 <= m->cols; k += 8) {
-                uint32_t v, lo, hi;
-                memcpy(&v, pw + (size_t)(k / 8) * 64 + (size_t)r * 4, 4);
-                lo = v & 0x0f0f0f0fu;
-                hi = (v >> 4) & 0x0f0f0f0fu;
-                memcpy(ec + k, &lo, 4);
-                memcpy(ec + k + 4, &hi, 4);
-            }
-        for (; k < m->cols; k++) {
-            size_t o = slot(m, r, k, &sh);
-            ec[k] = (uint8_t)((pw[o] >> sh) & (m->eb == 8 ? 0xff : 0x0f));
-        }
-        for (int g = 0; g < m->nb; g++) {
-            sc[g] = 0;
-            memcpy(&sc[g], m->ps + (((size_t)p * m->nb + g) * PM_ROWS + r) * m->sbytes, (size_t)m->sbytes);
-        }
+        pmat_row_codes(m, row, sc, ec);
         pack_row_put(m->f, j->body + (size_t)row * j->rb, (size_t)m->cols, sc, ec);
     }
     free(sc);

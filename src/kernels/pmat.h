@@ -68,6 +68,9 @@ bq_status pmat_pack16(const bq_format *f, const pmat *src, const bq_qopts *o, pm
 /* *pm decoded into a new float32 matrix *w, then freed (*pm = NULL). */
 bq_status pmat_widen(pmat **pm, float **w);
 size_t pmat_bytes(const pmat *m);                 /* memory held, all included */
+/* One row of a PM_PANEL matrix as pack_row_codes gives it from the bq_pack layout:
+ * its scale codes (m->nb) and element codes (m->cols). */
+void pmat_row_codes(const pmat *m, int row, uint32_t *sc, uint8_t *ec);
 /* The bq_pack layout again (exactly the bytes pmat_new took). */
 bq_status pmat_to_packed(const pmat *m, uint8_t *out, size_t size);
 /* Rows [r0, r1) as float32, bit-identical to bq_unpack / fake quantisation. */
