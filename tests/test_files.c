@@ -158,6 +158,20 @@ static void bq_roundtrip(void)
 {
     bq_model *p = load_cfg(DIR_, MIXED, 1), *f = load_cfg(DIR_, MIXED, 0);
     if (!p || !f) return;
+    /* a float tensor of bf16 numbers is stored as its bits: -0 stays -0 (bf16 as a
+     * number format would round it to +0, as fake quantisation does) */
+    int H = p->c.embed_dim;
+    float *ln = p->L[0].ln1.w, *ln0 = malloc((size_t)H * 4);
+    if (ln && ln0) {
+        memcpy(ln0, ln, (size_t)H * 4);
+        for (int i = 0; i < H; i++) {  /* bf16 numbers: stored as bf16 */
+            uint32_t u;
+            memcpy(&u, &ln[i], 4);
+            u &= 0xffff0000u;
+            memcpy(&ln[i], &u, 4);
+        }
+        ln[1] = -0.0f;
+    }
     const char *path = t_tmp("bq_test.bq");
     CHECK(bq_model_save(p, path) == BQ_OK, "save: %s", bq_last_error());
     bq_model *l;
@@ -165,6 +179,11 @@ static void bq_roundtrip(void)
     int n = 12, V = bq_model_vocab(p);
     float *a = logits(p, n), *b = logits(l, n), *c = logits(f, n);
     CHECK(!memcmp(a, b, (size_t)n * V * 4), ".bq load gives the packed model's logits bit for bit");
+    const float *back = l->L[0].ln1.w;
+    CHECK(ln && ln0 && back && signbit(back[1]) && back[1] == 0.0f && !memcmp(back, ln, (size_t)H * 4),
+          "a bf16 float tensor with -0 came back as %g", back ? (double)back[1] : NAN);
+    if (ln && ln0) memcpy(ln, ln0, (size_t)H * 4);
+    free(ln0);
     double d = 0, mx = 0;
     for (size_t i = 0; i < (size_t)n * V; i++) { d = t_max(d, fabs(a[i] - c[i])); mx = t_max(mx, fabs(c[i])); }
     printf("  .bq (mixed W/A config) vs fake quantisation: max|diff|/max|logit| = %.2e\n", d / mx);

@@ -97,8 +97,16 @@ static bq_status pack_float(const float *x, size_t n, const char **fmt, uint8_t 
     bq_status st = bq_format_parse(*fmt, &f);
     if (st) return st;
     *size = bq_packed_size(f, 1, n);
-    *out = malloc(*size);
-    st = *out ? bq_pack(f, x, 1, n, NULL, *out, *size) : bq_fail(BQ_ERR_NOMEM, "out of memory");
+    *out = malloc(*size ? *size : 1);
+    if (!*out) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+    else if (lossless)  /* the top halves, bit for bit: bf16 as a format would round -0 to +0 */
+        for (size_t i = 0; i < n; i++) {
+            uint32_t u;
+            memcpy(&u, &x[i], 4);
+            (*out)[2 * i] = (uint8_t)(u >> 16);
+            (*out)[2 * i + 1] = (uint8_t)(u >> 24);
+        }
+    else st = bq_pack(f, x, 1, n, NULL, *out, *size);
     bq_format_free(f);
     return st;
 }
