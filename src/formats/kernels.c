@@ -331,6 +331,37 @@ INLINE void codes_of(const elem_t *e, const float *restrict q, uint8_t *restrict
     }
 }
 
+/* One group's grid values (qb) and scale code (*sc); 0 if it holds Inf or NaN. */
+INLINE int codes_group(const bq_format *f, const qctx *c, const float *restrict xb, float *restrict qb, size_t n, size_t at,
+                       uint32_t *sc)
+{
+    const elem_t *e = &f->el;
+    uint32_t mbits = amax_bits(xb, n);
+    if (mbits > 0x7f7fffffu) return 0;
+    if (f->sch == SCH_ELEM) {
+        grid_dispatch(e, xb, qb, n, 0, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, c->round, c->seed, at);
+    } else if (f->sch == SCH_INT) {
+        float s = c->tensor_scale;
+        if (f->scope != SCOPE_TENSOR) {
+            s = u2f(mbits) / (float)e->hi;  /* int_scale_of's symmetric rule */
+            *sc = f2u(s);
+        } else if (c->tensor_nonfinite) return 0;
+        if (s > 0.0f) grid_dispatch(e, xb, qb, n, 1, 1.0f, 1.0f, s, 1.0f, 1.0f, c->round, c->seed, at);
+        else for (size_t i = 0; i < n; i++) qb[i] = 0.0f;
+    } else {
+        bscale s = block_scale(f, c, u2f(mbits));
+        if (s.pow2) {
+            *sc = s.code;
+            grid_dispatch(e, xb, qb, n, 0, s.pre1, s.pre2, 1.0f, 1.0f, 1.0f, c->round, c->seed, at);
+        } else {
+            *sc = mf_encode(&f->scale, s.post1);
+            if (s.div > 0.0f) grid_dispatch(e, xb, qb, n, 1, 1.0f, 1.0f, s.div, 1.0f, 1.0f, c->round, c->seed, at);
+            else for (size_t i = 0; i < n; i++) qb[i] = copysignf(0.0f, sgn_of(xb[i]));
+        }
+    }
+    return 1;
+}
+
 /* One row's codes for bq_pack: a scale code per group (scodes) and an element code
  * per value (ecodes, the short last group padded with zeros to its full length).
  * The same grid values as pack.c's scalar pack_row (block_scale, then the element
@@ -349,36 +380,16 @@ int CAT(bq_pack_codes, BQ_ISA)(const bq_format *f, const qctx *c, const float *x
     if (!(mf && e->fast && !e->overflow_inf) && e->kind != EK_INT) return 0;
     if (e->kind == EK_INT && f->sch != SCH_ELEM && f->sch != SCH_INT && e->lo != -e->hi) return 0;
     const size_t g = f->sch == SCH_ELEM || f->sch == SCH_INT ? (f->scope == SCOPE_GROUP ? (size_t)f->block : cols) : (size_t)f->block;
-    size_t k = 0;
-    for (size_t b = 0; b < cols; b += g, k++) {
-        const size_t n = cols - b < g ? cols - b : g;
-        const float *xb = x + b;
-        float *qb = tmp + b;
-        const size_t at = idx0 + b;
-        uint32_t mbits = amax_bits(xb, n);
-        if (mbits > 0x7f7fffffu) return 0;
-        if (f->sch == SCH_ELEM) {
-            grid_dispatch(e, xb, qb, n, 0, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, c->round, c->seed, at);
-        } else if (f->sch == SCH_INT) {
-            float s = c->tensor_scale;
-            if (f->scope != SCOPE_TENSOR) {
-                s = u2f(mbits) / (float)e->hi;  /* int_scale_of's symmetric rule */
-                scodes[k] = f2u(s);
-            } else if (c->tensor_nonfinite) return 0;
-            if (s > 0.0f) grid_dispatch(e, xb, qb, n, 1, 1.0f, 1.0f, s, 1.0f, 1.0f, c->round, c->seed, at);
-            else for (size_t i = 0; i < n; i++) qb[i] = 0.0f;
-        } else {
-            bscale s = block_scale(f, c, u2f(mbits));
-            if (s.pow2) {
-                scodes[k] = s.code;
-                grid_dispatch(e, xb, qb, n, 0, s.pre1, s.pre2, 1.0f, 1.0f, 1.0f, c->round, c->seed, at);
-            } else {
-                scodes[k] = mf_encode(&f->scale, s.post1);
-                if (s.div > 0.0f) grid_dispatch(e, xb, qb, n, 1, 1.0f, 1.0f, s.div, 1.0f, 1.0f, c->round, c->seed, at);
-                else for (size_t i = 0; i < n; i++) qb[i] = copysignf(0.0f, sgn_of(xb[i]));
-            }
-        }
-    }
+    size_t k = 0, b = 0;
+    /* full blocks of 32 or 16 with a constant length (the loops then need no remainder code) */
+    if (g == 32)
+        for (; b + 32 <= cols; b += 32, k++)
+            if (!codes_group(f, c, x + b, tmp + b, 32, idx0 + b, scodes + k)) return 0;
+    if (g == 16)
+        for (; b + 16 <= cols; b += 16, k++)
+            if (!codes_group(f, c, x + b, tmp + b, 16, idx0 + b, scodes + k)) return 0;
+    for (; b < cols; b += g, k++)
+        if (!codes_group(f, c, x + b, tmp + b, cols - b < g ? cols - b : g, idx0 + b, scodes + k)) return 0;
     if (mf) codes_of(e, tmp, ecodes, cols, 1);
     else codes_of(e, tmp, ecodes, cols, 0);
     size_t padded = k * g;
