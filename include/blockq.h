@@ -291,6 +291,30 @@ BQ_API bq_status bq_knapsack(int n, int nf, const double *sens, const size_t *pa
 /* Indices of the non-dominated points (lower loss, fewer bits, higher density); returns the count. */
 BQ_API int bq_pareto(int n, const double *loss, const double *bits, const double *density, int *front);
 
+/* Trials of a mixed-precision study: the model at `model` (a folder, .bq or GGUF
+ * path; loaded afresh for each trial, so every trial starts from the file's weights)
+ * with linear i's weight and input in formats[choose[i]] (choose[i] < 0 or "fp32":
+ * left float), scored by perplexity over ids. */
+typedef struct {
+    size_t size;       /* sizeof(bq_trial_opts) */
+    int ctx, chunks;   /* as bq_ppl_opts */
+    int threads, device;
+    int part, parts;   /* bq_sensitivity: only the (linear, format) trials k with k % parts == part
+                          (the others' entries 0), for callers that spread them over processes;
+                          parts 0 means 1 */
+    void (*progress)(void *arg, int done, int total);  /* linears measured so far (bq_sensitivity) */
+    void *progress_arg;
+} bq_trial_opts;
+/* Mean nll (nats per token) and perplexity (ppl may be NULL) of one assignment of the
+ * model's nl linears; choose NULL: all float. */
+BQ_API bq_status bq_assignment_nll(const char *model, const int32_t *ids, size_t n, int nl, const int *choose,
+                                   const char *const *formats, const bq_trial_opts *o, double *nll, double *ppl);
+/* Per-linear sensitivity (HAWQ-style, measured): the float model's nll in *base_nll
+ * and, for linear i and format f, sens[i * nf + f] = the nll with only that linear
+ * quantised to f (weight and input) minus *base_nll. sens holds n_linears * nf. */
+BQ_API bq_status bq_sensitivity(const char *model, const int32_t *ids, size_t n, const char *const *formats, int nf,
+                                const bq_trial_opts *o, double *base_nll, double *sens);
+
 /* ---- tokenizer ------------------------------------------------------------ */
 
 typedef struct bq_tokenizer bq_tokenizer;

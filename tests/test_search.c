@@ -86,10 +86,68 @@ static void test_pareto(void)
     CHECK(n == 3 && front[0] == 0 && front[1] == 1 && front[2] == 2, "Pareto front of %d points", n);
 }
 
+/* The library's trials on the tiny LLaMA: a sensitivity entry is exactly the nll of
+ * that one linear quantised minus the float nll; the trials split over parts add up
+ * to the whole bit for bit; progress is reported per linear; bad options refused. */
+static int progress_calls, progress_last;
+static void on_progress(void *arg, int done, int total)
+{
+    (void)arg;
+    progress_calls++;
+    progress_last = done == total ? done : -1;
+}
+
+static void test_trials(void)
+{
+    const char *sh = shared_dir();
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/models/tiny/llama", sh ? sh : ".");
+    bq_model *m;
+    if (!sh || bq_model_load(dir, &m)) { SKIP("tiny llama absent: the library's trials not run"); return; }
+    int nl = bq_model_n_linears(m), V = bq_model_vocab(m);
+    bq_model_free(m);
+    int32_t ids[130];
+    for (int i = 0; i < 130; i++) ids[i] = (int32_t)(t_rand() % (unsigned)V);
+    const char *fmts[2] = {"mxfp4", "int4_g32"};
+    bq_trial_opts o = {.size = sizeof o, .ctx = 64, .chunks = 2, .threads = 1, .progress = on_progress};
+    double base = NAN, *sens = calloc((size_t)nl * 2, sizeof *sens), *a = calloc((size_t)nl * 2, sizeof *a),
+           *b = calloc((size_t)nl * 2, sizeof *b);
+    OK(bq_sensitivity(dir, ids, 130, fmts, 2, &o, &base, sens));
+    CHECK(progress_calls == nl && progress_last == nl, "progress: %d calls for %d linears", progress_calls, nl);
+    int k = nl - 1, *choose = malloc((size_t)nl * sizeof *choose);
+    for (int j = 0; j < nl; j++) choose[j] = j == k ? 1 : -1;
+    double one = NAN, b2 = NAN;
+    OK(bq_assignment_nll(dir, ids, 130, nl, choose, fmts, &o, &one, NULL));
+    OK(bq_assignment_nll(dir, ids, 130, nl, NULL, fmts, &o, &b2, NULL));
+    CHECK(base == b2 && sens[(size_t)k * 2 + 1] == one - base && one != base,
+          "sensitivity %.9g against the trial's %.9g - %.9g", sens[(size_t)k * 2 + 1], one, base);
+    int nonzero = 0;
+    for (int i = 0; i < nl * 2; i++) nonzero += sens[i] != 0.0 && isfinite(sens[i]);
+    CHECK(nonzero == nl * 2, "%d of %d sensitivities non-zero and finite", nonzero, nl * 2);
+    o.progress = NULL;
+    o.parts = 2;
+    o.part = 0;
+    OK(bq_sensitivity(dir, ids, 130, fmts, 2, &o, &b2, a));
+    o.part = 1;
+    OK(bq_sensitivity(dir, ids, 130, fmts, 2, &o, &b2, b));
+    int same = 1;
+    for (int i = 0; i < nl * 2; i++) same &= (a[i] == 0.0 || b[i] == 0.0) && a[i] + b[i] == sens[i];
+    CHECK(same, "sensitivity in two parts differs from the whole");
+    o.part = 2;
+    CHECK(bq_sensitivity(dir, ids, 130, fmts, 2, &o, &b2, a) == BQ_ERR_ARG, "part 2 of 2 accepted");
+    o.size = 0;
+    o.part = 0;
+    CHECK(bq_assignment_nll(dir, ids, 130, nl, NULL, fmts, &o, &b2, NULL) == BQ_ERR_ARG, "options without their size accepted");
+    o.size = sizeof o;
+    CHECK(bq_assignment_nll(dir, ids, 130, nl - 1, choose, fmts, &o, &b2, NULL) == BQ_ERR_ARG, "an assignment of the wrong length accepted");
+    free(sens); free(a); free(b); free(choose);
+}
+
 int main(void)
 {
     test_cost();
     test_knapsack();
     test_pareto();
+    test_trials();
     return test_summary("test_search");
 }

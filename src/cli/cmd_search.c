@@ -178,64 +178,49 @@ int cmd_cost(int argc, char **argv)
     return 0;
 }
 
-/* ---- evaluation of one assignment ---- */
+/* ---- evaluation of assignments (the library's bq_assignment_nll, bq_sensitivity) ---- */
 
 typedef struct {
     const char *model;
     int32_t *ids;
     size_t n;
-    int ctx, chunks, threads, dev;
+    bq_trial_opts o;
 } evalctx;
+
+static evalctx eval_of(const sargs *a, int chunks)
+{
+    return (evalctx){a->model, NULL, 0, {.size = sizeof(bq_trial_opts), .ctx = a->ctx, .chunks = chunks, .threads = a->threads,
+                                         .device = a->dev}};
+}
 
 /* nll (mean, nats) with linear i in format names[choose[i]] (W and A); NULL choose = float32 */
 static bq_status eval_assign(const evalctx *e, int nl, const int *choose, char names[][64], double *nll, double *ppl)
 {
-    bq_model *m;
-    bq_status st = bq_model_load(e->model, &m);
-    if (st) return st;
-    bq_qconfig *q = NULL;
-    if (choose) {
-        st = bq_qconfig_new(&q);
-        for (int i = 0; i < nl && !st; i++) {
-            if (choose[i] < 0 || !strcmp(names[choose[i]], "fp32")) continue;
-            st = bq_qconfig_add_rule(q, bq_model_linear_name(m, i), names[choose[i]], names[choose[i]]);
-        }
-        if (!st) st = bq_model_quantize(m, q, 1);
-        bq_qconfig_free(q);
-    }
-    bq_ppl_opts o = {.ctx = e->ctx, .chunks = e->chunks, .threads = e->threads, .device = e->dev};
-    bq_ppl_result r;
-    if (!st) st = bq_perplexity(m, e->ids, e->n, &o, &r);
-    if (!st) { *nll = r.nll; if (ppl) *ppl = r.ppl; }
-    bq_model_free(m);
-    return st;
+    const char *fp[32];
+    for (int f = 0; f < 32; f++) fp[f] = names[f];
+    return bq_assignment_nll(e->model, e->ids, e->n, nl, choose, fp, &e->o, nll, ppl);
 }
 
-/* Per-linear sensitivity: delta nll on the calibration text when only that
- * linear's weight and input are quantised. sens[i*nf + f]. Under mpirun the
- * (linear, format) trials are dealt round-robin over the ranks and their
+static void sens_progress(void *arg, int done, int total)
+{
+    (void)arg;
+    fprintf(stderr, "\rsensitivity: %d/%d linears%s", done, total, done == total ? "\n" : "");
+}
+
+/* The float nll (*base) and per-linear sensitivities sens[i*nf + f]. Under mpirun
+ * the (linear, format) trials are dealt round-robin over the ranks and their
  * entries added (one non-zero contribution each: exact, the same bits for any
  * rank count). */
-static int measure_sensitivity(const char *cmd, const evalctx *e, int nl, int nf, char names[][64], double base,
-                               double *sens)
+static int measure_sensitivity(const char *cmd, const evalctx *e, int nl, int nf, char names[][64], double *base, double *sens)
 {
-    int *choose = malloc((size_t)nl * sizeof *choose);
-    if (!choose) return cli_error(cmd, "out of memory");
+    const char *fp[32];
+    for (int f = 0; f < 32; f++) fp[f] = names[f];
     const int rank = cli_mpi_rank(), ranks = cli_mpi_size();
-    bq_status st = BQ_OK;
-    for (size_t k = 0; k < (size_t)nl * nf; k++) sens[k] = 0.0;
-    for (int i = 0; i < nl && !st; i++) {
-        for (int f = 0; f < nf && !st; f++) {
-            if ((i * nf + f) % ranks != rank) continue;
-            for (int j = 0; j < nl; j++) choose[j] = -1;
-            choose[i] = f;
-            double nll;
-            if (!(st = eval_assign(e, nl, choose, names, &nll, NULL))) sens[(size_t)i * nf + f] = nll - base;
-        }
-        if (isatty(2) && rank == 0) fprintf(stderr, "\rsensitivity: %d/%d linears", i + 1, nl);
-    }
-    if (isatty(2) && rank == 0) fprintf(stderr, "\n");
-    free(choose);
+    bq_trial_opts o = e->o;
+    o.part = rank;
+    o.parts = ranks;
+    if (isatty(2) && rank == 0) o.progress = sens_progress;
+    bq_status st = bq_sensitivity(e->model, e->ids, e->n, fp, nf, &o, base, sens);
     if (st && ranks > 1) fprintf(stderr, "blockq %s: rank %d of %d: %s\n", cmd, rank, ranks, bq_last_error());
     if (cli_mpi_max(st != BQ_OK)) return st ? cli_status(cmd, st) : EXIT_FAILURE;
     cli_mpi_sum(sens, (size_t)nl * nf);
@@ -252,15 +237,14 @@ int cmd_sensitivity(int argc, char **argv)
     char names[32][64];
     int nf = split_formats("sensitivity", a.formats, names, 32);
     if (nf < 0) return EXIT_BADINPUT;
-    evalctx e = {a.model, NULL, 0, a.ctx, a.chunks, a.threads, a.dev};
+    evalctx e = eval_of(&a, a.chunks);
     bq_model *m;
     if (bq_model_load(a.model, &m)) return cli_status("sensitivity", BQ_ERR_IO);
     if ((rc = cli_tokenize_file("sensitivity", a.model, m, a.text, &e.ids, &e.n, NULL))) { bq_model_free(m); return rc; }
     int nl = bq_model_n_linears(m);
-    double base, *sens = malloc((size_t)nl * nf * sizeof *sens);
-    bq_status st = eval_assign(&e, nl, NULL, names, &base, NULL);
-    if (st) rc = cli_status("sensitivity", st);
-    if (!rc) rc = measure_sensitivity("sensitivity", &e, nl, nf, names, base, sens);
+    double base, *sens = malloc((size_t)(nl ? nl : 1) * nf * sizeof *sens);
+    if (!sens) rc = cli_error("sensitivity", "out of memory");
+    if (!rc) rc = measure_sensitivity("sensitivity", &e, nl, nf, names, &base, sens);
     if (!rc && cli_mpi_rank() == 0) {
         size_t len = 0, cap = 0;
         char *md = NULL, path[4200];
@@ -411,14 +395,13 @@ int cmd_search(int argc, char **argv)
     }
     if (st) { free(params); bq_model_free(m); return cli_status("search", st); }
 
-    evalctx e = {a.model, NULL, 0, a.ctx, a.chunks, a.threads, a.dev};
+    evalctx e = eval_of(&a, a.chunks);
     if ((rc = cli_tokenize_file("search", a.model, m, a.text, &e.ids, &e.n, NULL))) { free(params); bq_model_free(m); return rc; }
     double base;
     double *sens = malloc((size_t)nl * nf * sizeof *sens);
     int np = 0, cap = nf + 1 + a.trials;
     spoint *pts = calloc((size_t)cap, sizeof *pts);
-    if ((st = eval_assign(&e, nl, NULL, names, &base, NULL))) rc = cli_status("search", st);
-    if (!rc) rc = measure_sensitivity("search", &e, nl, nf, names, base, sens);
+    rc = measure_sensitivity("search", &e, nl, nf, names, &base, sens);
 
     /* The points: (a) the knapsack on the measured sensitivities, the uniform
      * baselines, (b) seeded random samples. All ranks make the same assignments;
@@ -524,7 +507,7 @@ int cmd_search(int argc, char **argv)
         }
         /* evaluation of the chosen points and the uniform formats on the test text */
         if (!rc && a.test && md) {
-            evalctx te = {a.model, NULL, 0, a.ctx, a.test_chunks, a.threads, a.dev};
+            evalctx te = eval_of(&a, a.test_chunks);
             if (!(rc = cli_tokenize_file("search", a.model, m, a.test, &te.ids, &te.n, NULL))) {
                 double tb;
                 if ((st = eval_assign(&te, nl, NULL, names, &tb, NULL))) rc = cli_status("search", st);

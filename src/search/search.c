@@ -72,3 +72,70 @@ int bq_pareto(int n, const double *loss, const double *bits, const double *densi
     }
     return k;
 }
+
+/* ---- trials ---- */
+
+static bq_status trial_opts(const bq_trial_opts *o)
+{
+    if (!o || o->size < sizeof *o) return bq_fail(BQ_ERR_ARG, "trial options without their size");
+    if (o->parts < 0 || o->part < 0 || (o->parts && o->part >= o->parts))
+        return bq_fail(BQ_ERR_ARG, "trial part %d of %d", o->part, o->parts);
+    return BQ_OK;
+}
+
+bq_status bq_assignment_nll(const char *model, const int32_t *ids, size_t n, int nl, const int *choose,
+                            const char *const *formats, const bq_trial_opts *o, double *nll, double *ppl)
+{
+    bq_status st = trial_opts(o);
+    bq_model *m = NULL;
+    if (!st) st = bq_model_load(model, &m);
+    if (st) return st;
+    if (choose && nl != bq_model_n_linears(m))
+        st = bq_fail(BQ_ERR_ARG, "an assignment of %d linears for a model with %d", nl, bq_model_n_linears(m));
+    bq_qconfig *q = NULL;
+    if (!st && choose) {
+        st = bq_qconfig_new(&q);
+        for (int i = 0; i < nl && !st; i++) {
+            if (choose[i] < 0 || !strcmp(formats[choose[i]], "fp32")) continue;
+            st = bq_qconfig_add_rule(q, bq_model_linear_name(m, i), formats[choose[i]], formats[choose[i]]);
+        }
+        if (!st) st = bq_model_quantize(m, q, 1);
+        bq_qconfig_free(q);
+    }
+    bq_ppl_opts po = {.ctx = o->ctx, .chunks = o->chunks, .threads = o->threads, .device = o->device};
+    bq_ppl_result r;
+    if (!st) st = bq_perplexity(m, ids, n, &po, &r);
+    if (!st) {
+        *nll = r.nll;
+        if (ppl) *ppl = r.ppl;
+    }
+    bq_model_free(m);
+    return st;
+}
+
+bq_status bq_sensitivity(const char *model, const int32_t *ids, size_t n, const char *const *formats, int nf,
+                         const bq_trial_opts *o, double *base_nll, double *sens)
+{
+    bq_status st = trial_opts(o);
+    bq_model *m = NULL;
+    if (!st) st = bq_model_load(model, &m);
+    if (st) return st;
+    int nl = bq_model_n_linears(m), parts = o->parts ? o->parts : 1;
+    bq_model_free(m);
+    int *choose = malloc((size_t)(nl ? nl : 1) * sizeof *choose);
+    if (!choose) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    for (size_t k = 0; k < (size_t)nl * nf; k++) sens[k] = 0.0;
+    st = bq_assignment_nll(model, ids, n, nl, NULL, formats, o, base_nll, NULL);
+    for (int i = 0; i < nl && !st; i++) {
+        for (int f = 0; f < nf && !st; f++) {
+            if ((i * nf + f) % parts != o->part) continue;
+            for (int j = 0; j < nl; j++) choose[j] = -1;
+            choose[i] = f;
+            double nll;
+            if (!(st = bq_assignment_nll(model, ids, n, nl, choose, formats, o, &nll, NULL))) sens[(size_t)i * nf + f] = nll - *base_nll;
+        }
+        if (!st && o->progress) o->progress(o->progress_arg, i + 1, nl);
+    }
+    free(choose);
+    return st;
+}
