@@ -463,7 +463,17 @@ static uint8_t *put_codes(uint8_t *p, const uint8_t *c, size_t n, int b)
 {
     if (b == 8) { memcpy(p, c, n); return p + n; }
     if (b == 4) {
-        for (size_t i = 0; i < n; i += 2) *p++ = (uint8_t)((c[i] & 15) | (c[i + 1] & 15) << 4);
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8, p += 4) {  /* eight codes a (little-endian) word: byte 2j of v | v >> 4 holds codes 2j, 2j + 1 */
+            uint64_t v;
+            memcpy(&v, c + i, 8);
+            v &= 0x0f0f0f0f0f0f0f0full;
+            v |= v >> 4;
+            uint32_t o = (uint32_t)(v & 0xff) | (uint32_t)(v >> 8 & 0xff00) | (uint32_t)(v >> 16 & 0xff0000) |
+                         (uint32_t)(v >> 24 & 0xff000000u);
+            memcpy(p, &o, 4);
+        }
+        for (; i < n; i += 2) *p++ = (uint8_t)((c[i] & 15) | (c[i + 1] & 15) << 4);
         return p;
     }
     for (size_t i = 0; i < n; i += 4) {
