@@ -379,7 +379,7 @@ int CAT(bq_pack_codes, BQ_ISA)(const bq_format *f, const qctx *c, const float *x
     if (e->bits > 8 || f->ggml || f->asym || !scheme_of(f)->linear) return 0;
     if (!(mf && e->fast && !e->overflow_inf) && e->kind != EK_INT) return 0;
     if (e->kind == EK_INT && f->sch != SCH_ELEM && f->sch != SCH_INT && e->lo != -e->hi) return 0;
-    const size_t g = f->sch == SCH_ELEM || f->sch == SCH_INT ? (f->scope == SCOPE_GROUP ? (size_t)f->block : cols) : (size_t)f->block;
+    const size_t g = pack_group_len(f, cols);
     size_t k = 0, b = 0;
     /* full blocks of 32 or 16 with a constant length (the loops then need no remainder code) */
     if (g == 32)
