@@ -476,7 +476,17 @@ static uint8_t *put_codes(uint8_t *p, const uint8_t *c, size_t n, int b)
         for (; i < n; i += 2) *p++ = (uint8_t)((c[i] & 15) | (c[i + 1] & 15) << 4);
         return p;
     }
-    for (size_t i = 0; i < n; i += 4) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8, p += 6) {  /* eight codes a (little-endian) word, folded to 12-, 24-, then 48-bit fields */
+        uint64_t v;
+        memcpy(&v, c + i, 8);
+        v &= 0x3f3f3f3f3f3f3f3full;
+        v = (v & 0x003f003f003f003full) | (v >> 2 & 0x0fc00fc00fc00fc0ull);
+        v = (v & 0x00000fff00000fffull) | (v >> 4 & 0x00fff00000fff000ull);
+        v = (v & 0x0000000000ffffffull) | (v >> 8 & 0x0000ffffff000000ull);
+        memcpy(p, &v, 6);
+    }
+    for (; i < n; i += 4) {
         uint32_t v = (c[i] & 63u) | (c[i + 1] & 63u) << 6 | (c[i + 2] & 63u) << 12 | (c[i + 3] & 63u) << 18;
         *p++ = (uint8_t)v;
         *p++ = (uint8_t)(v >> 8);
@@ -492,7 +502,16 @@ static const uint8_t *get_codes(const uint8_t *p, uint8_t *c, size_t n, int b)
         for (size_t i = 0; i < n; i += 2, p++) { c[i] = *p & 15; c[i + 1] = *p >> 4; }
         return p;
     }
-    for (size_t i = 0; i < n; i += 4, p += 3) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8, p += 6) {  /* put_codes' folds undone */
+        uint64_t v = 0;
+        memcpy(&v, p, 6);
+        v = (v & 0x0000000000ffffffull) | (v << 8 & 0x00ffffff00000000ull);
+        v = (v & 0x00000fff00000fffull) | (v << 4 & 0x0fff00000fff0000ull);
+        v = (v & 0x003f003f003f003full) | (v << 2 & 0x3f003f003f003f00ull);
+        memcpy(c + i, &v, 8);
+    }
+    for (; i < n; i += 4, p += 3) {
         uint32_t v = p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16;
         c[i] = v & 63;
         c[i + 1] = (v >> 6) & 63;
