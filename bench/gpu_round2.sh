@@ -6,7 +6,7 @@
 # the random 7B-shaped checkpoint's whole commands with wall time and peak host
 # memory (issue 15's targets) and batch-1 decode per weight format (issue 17).
 #   sh bench/gpu_round2.sh $OUT        STAGES="tests bundled scale decode" (default: those four; also
-#   pplprof, ops, packed, graphs, ...: the stages below)
+#   ops, packed, graphs, ...: the stages below)
 #   STAGES=decode DECODE_FORMATS="nvfp4 q4_0" NO_PPL=1: the per-format decode table alone
 #   STAGES=packed: only quantising the 7B shape to a packed .bq and decoding from it (load time)
 #   (GRAPHS_SHORT=1: without the fake-quantised decode and the quantised ppl)
@@ -78,22 +78,6 @@ case "$S" in *scale*)
     [ -n "$PACKED" ] && $R "ppl cuda W mxfp4 A mxint8 packed" -- $B ppl --model $M --text $T --ctx 2048 --chunks 8 --device cuda --wq mxfp4 --aq mxint8 --packed --json
     $R "quantize mxfp4 .bq" -- $B quantize --model $M --wq mxfp4 --out /tmp/m_scale.bq
     rm -f /tmp/m_scale.bq
-    ;;
-esac
-case "$S" in *pplprof*)
-    # where scoring 2048-token windows spends its GPU time, per kernel (nsys): fake-quantised
-    # (bf16 weights) beside packed (unpacked to bf16 per linear)
-    NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
-    echo "nsys: ${NSYS:-none}" | tee -a "$O/r2_pplprof.txt"
-    for v in fake packed; do
-        [ -n "$NSYS" ] || break
-        PK=""; [ $v = packed ] && PK=--packed
-        $NSYS profile -o /tmp/pp_$v -t cuda --force-overwrite true $B ppl --model $M --text $T --ctx 2048 --chunks 2 --device cuda \
-            --wq mxfp4 --aq mxint8 $PK 2>&1 | grep "scored" | tee -a "$O/r2_pplprof.txt"
-        $NSYS stats -r cuda_gpu_kern_sum -f csv -o "$O/pplprof_$v" /tmp/pp_$v.nsys-rep >/dev/null 2>&1
-        echo "== $v: top kernels (2 windows of 2048)" | tee -a "$O/r2_pplprof.txt"
-        head -12 "$O/pplprof_${v}_cuda_gpu_kern_sum.csv" | cut -c1-200 | tee -a "$O/r2_pplprof.txt"
-    done
     ;;
 esac
 case "$S" in *decode*)

@@ -120,7 +120,7 @@ static void tc_place(uint8_t *tiles, uint8_t *hi, uint8_t *tsc, const bq_cuda_w 
 {
     int G = r / 16, rr = r % 16;
     if (!hi && w->cols % 16 == 0) {
-        // the loop below, 16 codes at a time: lane t of the row's eight-lane group takes
+        // the element loop (else), 16 codes at a time: lane t of the row's eight-lane group takes
         // codes 2t, 2t + 8, 2t + 1, 2t + 9 of each 16 into its word's bytes 0-3, in the low
         // nibbles for rows 0-7 of the group and the high ones for rows 8-15
         int sh = rr >= 8 ? 4 : 0;
@@ -136,18 +136,19 @@ static void tc_place(uint8_t *tiles, uint8_t *hi, uint8_t *tsc, const bq_cuda_w 
                 word[3] = (uint8_t)((word[3] & keep) | (c[2 * t + 9] & 15) << sh);
             }
         }
-    }
-    for (int k = 0; k < w->cols && (hi || w->cols % 16); k++) {
-        int T = k / 64, kk = k % 64, s = kk / 16, k16 = kk % 16;
-        int t = (k16 % 8) / 2, hb = k16 % 2, j = (rr >= 8) + 2 * (k16 >= 8), lane = (rr % 8) * 4 + t;
-        size_t at = ((size_t)G * w->NT + T) * 32 + lane;
-        uint8_t *word = tiles + at * 16 + s * 4;
-        int bit = 4 * j + 16 * hb;
-        word[bit / 8] = (uint8_t)((word[bit / 8] & ~(0xF << bit % 8)) | (code[k] & 15) << bit % 8);
-        if (hi) {
-            uint8_t *p = hi + at * 8 + s * 2;
-            bit = 4 * j + 2 * hb;
-            p[bit / 8] = (uint8_t)((p[bit / 8] & ~(3 << bit % 8)) | (code[k] >> 4) << bit % 8);
+    } else {
+        for (int k = 0; k < w->cols; k++) {
+            int T = k / 64, kk = k % 64, s = kk / 16, k16 = kk % 16;
+            int t = (k16 % 8) / 2, hb = k16 % 2, j = (rr >= 8) + 2 * (k16 >= 8), lane = (rr % 8) * 4 + t;
+            size_t at = ((size_t)G * w->NT + T) * 32 + lane;
+            uint8_t *word = tiles + at * 16 + s * 4;
+            int bit = 4 * j + 16 * hb;
+            word[bit / 8] = (uint8_t)((word[bit / 8] & ~(0xF << bit % 8)) | (code[k] & 15) << bit % 8);
+            if (hi) {
+                uint8_t *p = hi + at * 8 + s * 2;
+                bit = 4 * j + 2 * hb;
+                p[bit / 8] = (uint8_t)((p[bit / 8] & ~(3 << bit % 8)) | (code[k] >> 4) << bit % 8);
+            }
         }
     }
     for (int b = 0; b < w->nb; b++) {

@@ -341,11 +341,13 @@ INLINE int codes_group(const bq_format *f, const qctx *c, const float *restrict 
     if (f->sch == SCH_ELEM) {
         grid_dispatch(e, xb, qb, n, 0, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, c->round, c->seed, at);
     } else if (f->sch == SCH_INT) {
-        float s = c->tensor_scale;
+        float s = c->tensor_scale, z;
+        int bad = c->tensor_nonfinite;
         if (f->scope != SCOPE_TENSOR) {
-            s = u2f(mbits) / (float)e->hi;  /* int_scale_of's symmetric rule */
+            int_scale_of(f, mbits, 0.0f, 0.0f, &s, &z, &bad);  /* symmetric: max |x| bits are all it reads */
             *sc = f2u(s);
-        } else if (c->tensor_nonfinite) return 0;
+        }
+        if (bad) return 0;
         if (s > 0.0f) grid_dispatch(e, xb, qb, n, 1, 1.0f, 1.0f, s, 1.0f, 1.0f, c->round, c->seed, at);
         else for (size_t i = 0; i < n; i++) qb[i] = 0.0f;
     } else {

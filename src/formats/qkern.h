@@ -52,6 +52,21 @@ static inline int all_bf16(const float *x, size_t n)
     return 1;
 }
 
+/* The top halves of n floats as little-endian bf16 bytes (out holds 2n), in one pass;
+ * returns the low halves or-ed together: 0 when every value was a bf16 number and the
+ * bytes are those values exactly (-0, Inf and NaN included). */
+static inline uint32_t f32_top_halves(const float *x, size_t n, uint8_t *out)
+{
+    uint32_t low = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = f2u(x[i]);
+        low |= u & 0xffffu;
+        out[2 * i] = (uint8_t)(u >> 16);
+        out[2 * i + 1] = (uint8_t)(u >> 24);
+    }
+    return low;
+}
+
 /* A 16-bit float of either kind: bf16 when bf, else IEEE half. */
 static inline BQ_HD float f16_to_f32(int bf, uint32_t h) { return bf ? bf16_to_f32(h) : half_to_f32(h); }
 

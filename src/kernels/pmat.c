@@ -506,7 +506,7 @@ typedef struct {
     const pmat *src;
     const bq_format *f;
     bq_qopts o;
-    uint16_t *out;     /* fake quantisation: rows x cols bf16 */
+    uint8_t *out;      /* fake quantisation: rows x cols bf16 */
     uint8_t *pk;       /* packing: the bq_pack rows (no header: formats that need one are not taken) */
     size_t rb;
     atomic_int not_bf16, failed;
@@ -516,30 +516,25 @@ typedef struct {
 
 enum { Q16_ROWS = 8 };  /* rows widened at a time: a few tens of KB, in cache */
 
+/* The first failure of any worker, with its message. */
+static void q16_fail(q16_job *j, bq_status st, const char *msg)
+{
+    if (!atomic_exchange(&j->failed, 1)) { j->st = st; snprintf(j->msg, sizeof j->msg, "%s", msg); }
+}
+
 static void q16_range(void *arg, size_t r0, size_t r1)
 {
     q16_job *j = arg;
     size_t cols = (size_t)j->src->cols;
     float *t = malloc(Q16_ROWS * cols * sizeof *t);
-    if (!t) { j->st = BQ_ERR_NOMEM; atomic_store(&j->failed, 1); return; }
+    if (!t) { q16_fail(j, BQ_ERR_NOMEM, "out of memory"); return; }
     for (size_t r = r0; r < r1 && !atomic_load(&j->not_bf16) && !atomic_load(&j->failed); r += Q16_ROWS) {
         size_t n = r1 - r < Q16_ROWS ? r1 - r : Q16_ROWS;
         pmat_decode(j->src, (int)r, (int)(r + n), t);
         bq_status st = j->pk ? bq_pack(j->f, t, n, cols, &j->o, j->pk + r * j->rb, n * j->rb)
                              : bq_qdq(j->f, t, t, n, cols, &j->o);
-        if (st) {
-            if (!atomic_exchange(&j->failed, 1)) { j->st = st; snprintf(j->msg, sizeof j->msg, "%s", bq_last_error()); }
-            break;
-        }
-        if (j->pk) continue;
-        uint32_t low = 0;
-        uint16_t *o = j->out + r * cols;
-        for (size_t i = 0; i < n * cols; i++) {  /* top halves kept, low halves or-ed */
-            uint32_t u = f2u(t[i]);
-            low |= u & 0xffffu;
-            o[i] = (uint16_t)(u >> 16);
-        }
-        if (low) atomic_store(&j->not_bf16, 1);
+        if (st) { q16_fail(j, st, bq_last_error()); break; }
+        if (!j->pk && f32_top_halves(t, n * cols, j->out + 2 * r * cols)) atomic_store(&j->not_bf16, 1);
     }
     free(t);
 }
@@ -567,11 +562,10 @@ bq_status pmat_qdq16(const bq_format *f, const pmat *src, const bq_qopts *o, pma
         st = bq_fail(BQ_ERR_NOMEM, "out of memory for a %dx%d bf16 matrix", src->rows, src->cols);
     bq_format_free(b16);
     if (st) { pmat_free(m); return st; }
-    q16_job j = {.src = src, .f = f, .out = (uint16_t *)m->data};
+    q16_job j = {.src = src, .f = f, .out = m->data};
     if (q16_run(&j, o)) {
         pmat_free(m);
-        if (!atomic_load(&j.failed)) return BQ_OK;  /* not bf16 numbers */
-        return j.st == BQ_ERR_NOMEM && !j.msg[0] ? bq_fail(BQ_ERR_NOMEM, "out of memory") : bq_fail(j.st, "%s", j.msg);
+        return atomic_load(&j.failed) ? bq_fail(j.st, "%s", j.msg) : BQ_OK;  /* else: not bf16 numbers */
     }
     m->kind = PM_STREAM;
     m->size = size;

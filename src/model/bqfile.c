@@ -10,6 +10,7 @@
  * Tensors are bq_pack output; float tensors are stored as bf16 when that is
  * lossless (a bf16 checkpoint), else fp32. */
 #include "pmat.h"
+#include "qkern.h"
 #include "slots.h"
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -99,13 +100,7 @@ static bq_status pack_float(const float *x, size_t n, const char **fmt, uint8_t 
     *size = bq_packed_size(f, 1, n);
     *out = malloc(*size ? *size : 1);
     if (!*out) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-    else if (lossless)  /* the top halves, bit for bit: bf16 as a format would round -0 to +0 */
-        for (size_t i = 0; i < n; i++) {
-            uint32_t u;
-            memcpy(&u, &x[i], 4);
-            (*out)[2 * i] = (uint8_t)(u >> 16);
-            (*out)[2 * i + 1] = (uint8_t)(u >> 24);
-        }
+    else if (lossless) f32_top_halves(x, n, *out);  /* bit for bit: bf16 as a format would round -0 to +0 */
     else st = bq_pack(f, x, 1, n, NULL, *out, *size);
     bq_format_free(f);
     return st;

@@ -264,16 +264,8 @@ static void to_bf16_range(void *arg, size_t r0, size_t r1)
 {
     const bf16_job *j = arg;
     for (size_t r = r0; r < r1; r++) {
-        const float *x = j->w + r * (size_t)j->cols;
-        uint8_t *o = j->out + 2 * r * (size_t)j->cols;
-        uint32_t low = 0;
-        for (int i = 0; i < j->cols; i++) {  /* one pass: top halves stored, low halves or-ed */
-            uint32_t u = f2u(x[i]);
-            low |= u & 0xffffu;
-            o[2 * i] = (uint8_t)(u >> 16);
-            o[2 * i + 1] = (uint8_t)(u >> 24);
-        }
-        j->ok[r] = low == 0;
+        size_t at = r * (size_t)j->cols;
+        j->ok[r] = f32_top_halves(j->w + at, (size_t)j->cols, j->out + 2 * at) == 0;
     }
 }
 
@@ -345,13 +337,13 @@ static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *f
     if (st) return st;
     bq_format_info in;
     bq_format_get_info(f, &in);
-    int held = 0;
+    int held = 0, held16 = *pw && strcmp((*pw)->f->name, f->name) && pmat_is_float16(*pw);
     /* plain rounding of a held 16-bit matrix: a few rows at a time, straight back to
-     * bf16 or packed (the same values as the route below, without its float32 copy) */
-    int rows_alone = !(f->sch == SCH_INT && f->scope == SCOPE_TENSOR) && f->sch != SCH_NVFP4 &&
-                     (!o || o->round != BQ_ROUND_STOCHASTIC);
-    if (*pw && strcmp((*pw)->f->name, f->name) && pmat_is_float16(*pw) && !p.gptq && !p.clip &&
-        !(p.lorc && p.l) && in.block <= cols && rows_alone) {
+     * bf16 or packed (the same values as the route below, without its float32 copy).
+     * Not for formats with a tensor header (its factor needs the whole tensor: a
+     * per-tensor int scale, NVFP4's s_t) nor stochastic rounding (noise indexed over it). */
+    int rows_alone = !pack_header_bytes(f) && (!o || o->round != BQ_ROUND_STOCHASTIC);
+    if (held16 && !p.gptq && !p.clip && !(p.lorc && p.l) && in.block <= cols && rows_alone) {
         pmat *q = NULL;
         if ((st = pack ? pmat_pack16(f, *pw, o, &q) : pmat_qdq16(f, *pw, o, &q)))
             st = bq_fail(st, "%s: %s", name, bq_last_error());
@@ -361,7 +353,7 @@ static bq_status apply_w(float **w, pmat **pw, int rows, int cols, const char *f
             return st;
         }
     }
-    if (*pw && strcmp((*pw)->f->name, f->name) && pmat_is_float16(*pw)) {
+    if (held16) {
         /* a checkpoint held in bf16/fp16: widened exactly, then quantised as from float32 */
         if ((st = pmat_widen(pw, w))) { bq_format_free(f); return st; }
         held = 1;

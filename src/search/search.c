@@ -83,13 +83,11 @@ static bq_status trial_opts(const bq_trial_opts *o)
     return BQ_OK;
 }
 
-bq_status bq_assignment_nll(const char *model, const int32_t *ids, size_t n, int nl, const int *choose,
-                            const char *const *formats, const bq_trial_opts *o, double *nll, double *ppl)
+/* The loaded model m quantised as choose says (NULL: left float), then scored. */
+static bq_status score(bq_model *m, const int32_t *ids, size_t n, int nl, const int *choose, const char *const *formats,
+                       const bq_trial_opts *o, double *nll, double *ppl)
 {
-    bq_status st = trial_opts(o);
-    bq_model *m = NULL;
-    if (!st) st = bq_model_load(model, &m);
-    if (st) return st;
+    bq_status st = BQ_OK;
     if (choose && nl != bq_model_n_linears(m))
         st = bq_fail(BQ_ERR_ARG, "an assignment of %d linears for a model with %d", nl, bq_model_n_linears(m));
     bq_qconfig *q = NULL;
@@ -109,6 +107,16 @@ bq_status bq_assignment_nll(const char *model, const int32_t *ids, size_t n, int
         *nll = r.nll;
         if (ppl) *ppl = r.ppl;
     }
+    return st;
+}
+
+bq_status bq_assignment_nll(const char *model, const int32_t *ids, size_t n, int nl, const int *choose,
+                            const char *const *formats, const bq_trial_opts *o, double *nll, double *ppl)
+{
+    bq_status st = trial_opts(o);
+    bq_model *m = NULL;
+    if (!st) st = bq_model_load(model, &m);
+    if (!st) st = score(m, ids, n, nl, choose, formats, o, nll, ppl);
     bq_model_free(m);
     return st;
 }
@@ -121,11 +129,11 @@ bq_status bq_sensitivity(const char *model, const int32_t *ids, size_t n, const 
     if (!st) st = bq_model_load(model, &m);
     if (st) return st;
     int nl = bq_model_n_linears(m), parts = o->parts ? o->parts : 1;
+    st = score(m, ids, n, nl, NULL, formats, o, base_nll, NULL);  /* the float model: this load's */
     bq_model_free(m);
-    int *choose = malloc((size_t)(nl ? nl : 1) * sizeof *choose);
-    if (!choose) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    int *choose = st ? NULL : malloc((size_t)(nl ? nl : 1) * sizeof *choose);
+    if (!st && !choose) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
     for (size_t k = 0; k < (size_t)nl * nf; k++) sens[k] = 0.0;
-    st = bq_assignment_nll(model, ids, n, nl, NULL, formats, o, base_nll, NULL);
     for (int i = 0; i < nl && !st; i++) {
         for (int f = 0; f < nf && !st; f++) {
             if ((i * nf + f) % parts != o->part) continue;
