@@ -292,9 +292,10 @@ BQ_API bq_status bq_knapsack(int n, int nf, const double *sens, const size_t *pa
 BQ_API int bq_pareto(int n, const double *loss, const double *bits, const double *density, int *front);
 
 /* Trials of a mixed-precision study: the model at `model` (a folder, .bq or GGUF
- * path; loaded afresh for each trial, so every trial starts from the file's weights)
- * with linear i's weight and input in formats[choose[i]] (choose[i] < 0 or "fp32":
- * left float), scored by perplexity over ids. */
+ * path, loaded once per call; each trial quantises copies of its linears and puts
+ * the loaded ones back, so every trial starts from the file's weights) with linear
+ * i's weight and input in formats[choose[i]] (choose[i] < 0 or "fp32": left float),
+ * scored by perplexity over ids. */
 typedef struct {
     size_t size;       /* sizeof(bq_trial_opts) */
     int ctx, chunks;   /* as bq_ppl_opts */
@@ -314,6 +315,45 @@ BQ_API bq_status bq_assignment_nll(const char *model, const int32_t *ids, size_t
  * quantised to f (weight and input) minus *base_nll. sens holds n_linears * nf. */
 BQ_API bq_status bq_sensitivity(const char *model, const int32_t *ids, size_t n, const char *const *formats, int nf,
                                 const bq_trial_opts *o, double *base_nll, double *sens);
+
+/* Mixed-precision search (bq_search): the knapsack on the measured sensitivities, the
+ * uniform assignments and `trials` seeded random ones within the budget, each scored,
+ * and their Pareto front in (nll, bits, -density). */
+typedef struct {
+    size_t size;          /* sizeof(bq_search_opts) */
+    bq_trial_opts trial;  /* windows, threads, device; part/parts: this process scores the sensitivity trials
+                             and the points j with j % parts == part (the sums come from `reduce`) */
+    double budget;        /* average bits per element, parameter-weighted (W = A) */
+    int trials;           /* random assignments beside the knapsack's and the uniform ones */
+    uint64_t seed;
+    const double *bits;   /* per format: bits per element (bq_format_info.bits_per_element) */
+    const double *area;   /* per format: MAC area (bq_cost_pair, or synthesised); density = fp32_area / mean area */
+    double fp32_area;
+    /* Sums v[0..n) over the caller's processes in place (MPI; NULL: one process) and
+     * returns non-zero when `failed` is non-zero on any of them. */
+    int (*reduce)(void *arg, double *v, size_t n, int failed);
+    /* Resuming: an earlier run's nll of random trial k with this assignment (return 1, *nll
+     * set), and each random trial as it is scored (for the caller's log). Either may be NULL. */
+    int (*recall)(void *arg, int k, int nl, const int *choose, double *nll);
+    void (*record)(void *arg, int k, int nl, const int *choose, double nll);
+    void (*progress)(void *arg, int done, int total);  /* random trials scored so far */
+    void *arg;            /* for reduce, recall, record and progress */
+} bq_search_opts;
+
+typedef struct {
+    int n_points, n_linears, n_formats;
+    int *choose;          /* [n_points][n_linears]: format index per linear */
+    double *nll, *bits, *density;  /* per point: calibration nll, average bits, arithmetic density vs fp32 */
+    int *pareto;          /* per point: on the front */
+    char (*kind)[80];     /* per point: "knapsack", "uniform FORMAT", "trial K" */
+    double base_nll;      /* the float model's */
+    double *sens;         /* [n_linears][n_formats], as bq_sensitivity */
+    int recalled;         /* random trials taken from recall (summed over the processes) */
+} bq_search_result;
+
+BQ_API bq_status bq_search(const char *model, const int32_t *ids, size_t n, const char *const *formats, int nf,
+                           const bq_search_opts *o, bq_search_result **out);
+BQ_API void bq_search_result_free(bq_search_result *r);
 
 /* ---- tokenizer ------------------------------------------------------------ */
 

@@ -143,11 +143,151 @@ static void test_trials(void)
     free(sens); free(a); free(b); free(choose);
 }
 
+/* A trial quantises copies of the chosen linears on one loaded model and swaps them
+ * back after scoring: the same nll, bit for bit, as quantising a fresh load with
+ * bq_model_quantize (a float32 and a bf16 checkpoint: the latter's trials are views
+ * of the mapped file), and the model comes back as loaded (its float score after
+ * a sensitivity run equals a fresh load's). */
+static void test_trial_swap(void)
+{
+    const char *sh = shared_dir();
+    const char *names[2] = {"llama", "mistral"};
+    for (int v = 0; v < 2; v++) {
+        char dir[4200];
+        snprintf(dir, sizeof dir, "%s/models/tiny/%s", sh ? sh : ".", names[v]);
+        bq_model *m;
+        if (!sh || bq_model_load(dir, &m)) { SKIP("tiny %s absent: trial swaps not compared", names[v]); continue; }
+        int nl = bq_model_n_linears(m), V = bq_model_vocab(m);
+        int32_t ids[130];
+        for (int i = 0; i < 130; i++) ids[i] = (int32_t)(t_rand() % (unsigned)V);
+        const char *fmts[3] = {"mxfp4", "int4_g32", "bfp6_b16"};
+        int *choose = malloc((size_t)nl * sizeof *choose);
+        bq_qconfig *q;
+        OK(bq_qconfig_new(&q));
+        for (int i = 0; i < nl; i++) {
+            choose[i] = (i % 4) - 1;  /* -1 (as loaded), 0, 1, 2 */
+            if (choose[i] >= 0) OK(bq_qconfig_add_rule(q, bq_model_linear_name(m, i), fmts[choose[i]], fmts[choose[i]]));
+        }
+        bq_ppl_opts po = {.ctx = 64, .chunks = 2, .threads = 1};
+        bq_ppl_result r;
+        OK(bq_model_quantize(m, q, 1));
+        OK(bq_perplexity(m, ids, 130, &po, &r));
+        bq_trial_opts o = {.size = sizeof o, .ctx = 64, .chunks = 2, .threads = 1};
+        double nll = NAN;
+        OK(bq_assignment_nll(dir, ids, 130, nl, choose, fmts, &o, &nll, NULL));
+        CHECK(nll == r.nll && isfinite(nll), "%s: a trial's nll %.12g, bq_model_quantize's %.12g", names[v], nll, r.nll);
+        double base = NAN, fresh = NAN, *sens = calloc((size_t)nl * 3, sizeof *sens);
+        OK(bq_sensitivity(dir, ids, 130, fmts, 3, &o, &base, sens));
+        OK(bq_assignment_nll(dir, ids, 130, nl, NULL, fmts, &o, &fresh, NULL));
+        int k = nl - 1;
+        for (int i = 0; i < nl; i++) choose[i] = i == k ? 2 : -1;
+        OK(bq_assignment_nll(dir, ids, 130, nl, choose, fmts, &o, &nll, NULL));
+        CHECK(base == fresh && sens[(size_t)k * 3 + 2] == nll - fresh, "%s: after %d trials on one load: float %.12g vs %.12g, "
+              "last trial %.12g vs %.12g", names[v], nl * 3, base, fresh, sens[(size_t)k * 3 + 2], nll - fresh);
+        free(sens);
+        free(choose);
+        bq_qconfig_free(q);
+        bq_model_free(m);
+    }
+}
+
+/* bq_search: the points it scores are the trials bq_assignment_nll scores, its
+ * sensitivities bq_sensitivity's; random trials recalled from a record give the same
+ * result without scoring; bad options and formats that do not fit are refused. */
+typedef struct { int k[16], n; double nll[16]; int calls; } trial_log;
+static void rec_trial(void *arg, int k, int nl, const int *choose, double nll)
+{
+    (void)nl; (void)choose;
+    trial_log *t = arg;
+    if (t->n < 16) { t->k[t->n] = k; t->nll[t->n++] = nll; }
+}
+static int recall_trial(void *arg, int k, int nl, const int *choose, double *nll)
+{
+    (void)nl; (void)choose;
+    trial_log *t = arg;
+    t->calls++;
+    for (int i = 0; i < t->n; i++)
+        if (t->k[i] == k) { *nll = t->nll[i]; return 1; }
+    return 0;
+}
+
+static void test_search_lib(void)
+{
+    const char *sh = shared_dir();
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/models/tiny/llama", sh ? sh : ".");
+    bq_model *m;
+    if (!sh || bq_model_load(dir, &m)) { SKIP("tiny llama absent: bq_search not run"); return; }
+    int nl = bq_model_n_linears(m), V = bq_model_vocab(m);
+    bq_model_free(m);
+    int32_t ids[130];
+    for (int i = 0; i < 130; i++) ids[i] = (int32_t)(t_rand() % (unsigned)V);
+    const char *fmts[2] = {"bfp4_b16", "bfp8_b16"};
+    double bits[2], area[2], fp32_area;
+    bq_format *f;
+    bq_cost c;
+    for (int i = 0; i < 3; i++) {
+        OK(bq_format_parse(i < 2 ? fmts[i] : "fp32", &f));
+        bq_format_info in;
+        bq_format_get_info(f, &in);
+        bq_cost_pair(f, f, &c);
+        if (i < 2) { bits[i] = in.bits_per_element; area[i] = c.mac_area; } else fp32_area = c.mac_area;
+        bq_format_free(f);
+    }
+    trial_log log = {0};
+    bq_search_opts o = {.size = sizeof o, .trial = {.size = sizeof o.trial, .ctx = 64, .chunks = 2, .threads = 1}, .budget = 6.0,
+                        .trials = 3, .seed = 5, .bits = bits, .area = area, .fp32_area = fp32_area, .record = rec_trial,
+                        .recall = recall_trial, .arg = &log};
+    bq_search_result *r = NULL, *r2 = NULL;
+    OK(bq_search(dir, ids, 130, fmts, 2, &o, &r));
+    if (!r) return;
+    CHECK(r->n_points == 6 && r->n_linears == nl && r->n_formats == 2 && !strcmp(r->kind[0], "knapsack") &&
+          !strcmp(r->kind[2], "uniform bfp8_b16") && !strcmp(r->kind[5], "trial 2"), "points: %d, kinds %s, %s", r->n_points,
+          r->kind[0], r->kind[5]);
+    CHECK(log.n == 3 && log.calls == 3 && r->recalled == 0, "%d trials recorded, %d recall calls", log.n, log.calls);
+    double one = NAN, base = NAN, *sens = calloc((size_t)nl * 2, sizeof *sens);
+    int same = 1, inbudget = 1, front = 0;
+    for (int j = 0; j < r->n_points; j++) {
+        OK(bq_assignment_nll(dir, ids, 130, nl, r->choose + (size_t)j * nl, fmts, &o.trial, &one, NULL));
+        same &= one == r->nll[j] && isfinite(one);
+        if (j == 0 || j >= 3) inbudget &= r->bits[j] <= o.budget + 1e-9;
+        front += r->pareto[j];
+    }
+    CHECK(same, "a search point's nll differs from its own trial's");
+    CHECK(inbudget && front > 0 && r->density[1] > r->density[2], "budget, front (%d points), density", front);
+    OK(bq_sensitivity(dir, ids, 130, fmts, 2, &o.trial, &base, sens));
+    int sames = base == r->base_nll;
+    for (int i = 0; i < nl * 2; i++) sames &= sens[i] == r->sens[i];
+    CHECK(sames, "search's sensitivities differ from bq_sensitivity's");
+    /* resumed: every random trial recalled, the same points */
+    log.calls = 0;
+    OK(bq_search(dir, ids, 130, fmts, 2, &o, &r2));
+    if (r2) {
+        int eq = r2->recalled == 3 && log.calls == 3;
+        for (int j = 0; j < r->n_points; j++) eq &= r2->nll[j] == r->nll[j] && r2->pareto[j] == r->pareto[j];
+        CHECK(eq, "a resumed search differs (recalled %d)", r2->recalled);
+    }
+    bq_search_result_free(r2);
+    r2 = NULL;
+    o.budget = 4.0;  /* under bfp4_b16's 4.5 bits */
+    CHECK(bq_search(dir, ids, 130, fmts, 2, &o, &r2) == BQ_ERR_ARG && !r2, "an impossible budget accepted");
+    o.budget = 6.0;
+    const char *wide[2] = {"bfp4_b16", "bfp8_b4096"};
+    CHECK(bq_search(dir, ids, 130, wide, 2, &o, &r2) == BQ_ERR_SHAPE && !r2 && strstr(bq_last_error(), "blocks of 4096"),
+          "a block wider than the linears accepted: %s", bq_last_error());
+    o.size = 0;
+    CHECK(bq_search(dir, ids, 130, fmts, 2, &o, &r2) == BQ_ERR_ARG && !r2, "options without their size accepted");
+    free(sens);
+    bq_search_result_free(r);
+}
+
 int main(void)
 {
     test_cost();
     test_knapsack();
     test_pareto();
+    test_trial_swap();
+    test_search_lib();
     test_trials();
     return test_summary("test_search");
 }

@@ -286,50 +286,6 @@ int cmd_sensitivity(int argc, char **argv)
 
 /* ---- blockq search ---- */
 
-typedef struct { int *choose; double nll, bits, density; char kind[80]; int pareto; } spoint;
-
-/* Parameter-weighted bits and density of an assignment. */
-static void assign_cost(int nl, const int *choose, const size_t *params, const double *bits, const double *area,
-                        double fp32_area, double *avg_bits, double *density)
-{
-    double tp = 0, tb = 0, ta = 0;
-    for (int i = 0; i < nl; i++) {
-        tp += (double)params[i];
-        tb += (double)params[i] * bits[choose[i]];
-        ta += (double)params[i] * area[choose[i]];
-    }
-    *avg_bits = tb / tp;
-    *density = fp32_area / (ta / tp);
-}
-
-static uint64_t rng_next(uint64_t *s)
-{
-    *s ^= *s << 13; *s ^= *s >> 7; *s ^= *s << 17;
-    return *s;
-}
-
-/* A random assignment within the budget: uniform choice per layer, then random
- * downgrades of layers above the cheapest format until the average fits. */
-static void sample_assign(uint64_t *rng, int nl, int nf, const size_t *params, const double *bits, double budget,
-                          int cheapest, int *choose)
-{
-    double tp = 0, tb = 0;
-    for (int i = 0; i < nl; i++) {
-        choose[i] = (int)(rng_next(rng) % (uint64_t)nf);
-        tp += (double)params[i];
-        tb += (double)params[i] * bits[choose[i]];
-    }
-    for (int guard = 0; tb > budget * tp && guard < 100000; guard++) {
-        int i = (int)(rng_next(rng) % (uint64_t)nl);
-        if (choose[i] == cheapest) continue;
-        int next = cheapest;  /* the next cheaper format */
-        for (int f = 0; f < nf; f++)
-            if (bits[f] < bits[choose[i]] && bits[f] > bits[next]) next = f;
-        tb -= (double)params[i] * (bits[choose[i]] - bits[next]);
-        choose[i] = next;
-    }
-}
-
 /* Trials already in the resume file: "trial K nll X choose a,b,c,..." lines. */
 static int read_trial(FILE *f, int k, int nl, const int *choose, double *nll)
 {
@@ -353,6 +309,40 @@ static int read_trial(FILE *f, int k, int nl, const int *choose, double *nll)
     return 0;
 }
 
+/* bq_search's hooks: the ranks' sums (MPI), the resume file, progress on a terminal. */
+typedef struct { FILE *prev, *log; int rank, trials; } search_io;
+
+static int search_reduce(void *arg, double *v, size_t n, int failed)
+{
+    (void)arg;
+    if (cli_mpi_max(failed)) return 1;
+    cli_mpi_sum(v, n);
+    return 0;
+}
+
+static int search_recall(void *arg, int k, int nl, const int *choose, double *nll)
+{
+    return read_trial(((search_io *)arg)->prev, k, nl, choose, nll);
+}
+
+static void search_record(void *arg, int k, int nl, const int *choose, double nll)
+{
+    search_io *io = arg;
+    if (!io->log) return;
+    char line[16384];  /* ranks append whole lines, each with one write */
+    int n = snprintf(line, sizeof line, "trial %d nll %.10f choose ", k, nll);
+    for (int i = 0; i < nl && n < (int)sizeof line - 16; i++)
+        n += snprintf(line + n, sizeof line - (size_t)n, "%d%s", choose[i], i + 1 < nl ? "," : "\n");
+    fputs(line, io->log);
+    fflush(io->log);
+}
+
+static void search_progress(void *arg, int done, int total)
+{
+    search_io *io = arg;
+    if (io->rank == 0) fprintf(stderr, "\rsearch: trial %d/%d of this process's%s", done, total, done == total ? "\n" : "");
+}
+
 int cmd_search(int argc, char **argv)
 {
     sargs a;
@@ -366,119 +356,55 @@ int cmd_search(int argc, char **argv)
     /* arithmetic density against float32: the hand-counted MAC area, or (--cost synth)
      * the synthesised area per lane of the generated hardware against a float32 FMA */
     double bits[32], area[32], fp32_area = fmt_area("fp32"), luts;
-    int cheapest = 0;
+    const char *fp[32];
     for (int f = 0; f < nf; f++) {
+        fp[f] = names[f];
         bits[f] = cli_format_bits(names[f]);
         area[f] = fmt_area(names[f]);
         if (a.synth && synth_area("search", names[f], &area[f], &luts)) return EXIT_BADINPUT;
-        if (bits[f] < bits[cheapest]) cheapest = f;
     }
     if (a.synth && synth_area("search", "fp32", &fp32_area, &luts)) return EXIT_BADINPUT;
-    if (a.budget < bits[cheapest])
-        return cli_error("search", "impossible budget %.3f bits: the cheapest format given, %s, takes %.3f bits per element",
-                         a.budget, names[cheapest], bits[cheapest]);
-    bq_model *m;
+    bq_model *m;  /* the linears' names and the tokenizer (bq_search loads its own) */
     bq_status st = bq_model_load(a.model, &m);
     if (st) return cli_status("search", st);
     int nl = bq_model_n_linears(m);
-    size_t *params = malloc((size_t)nl * sizeof *params);
-    for (int i = 0; i < nl; i++) params[i] = bq_model_linear_params(m, i);
-    /* formats must fit every layer: try each on the model once */
-    for (int f = 0; f < nf && !st; f++) {
-        bq_qconfig *q;
-        bq_qconfig_new(&q);
-        bq_qconfig_set(q, "wq", names[f]);
-        bq_qconfig_set(q, "aq", names[f]);
-        bq_model *t;
-        if (!(st = bq_model_load(a.model, &t))) { st = bq_model_quantize(t, q, 1); bq_model_free(t); }
-        bq_qconfig_free(q);
-    }
-    if (st) { free(params); bq_model_free(m); return cli_status("search", st); }
-
     evalctx e = eval_of(&a, a.chunks);
-    if ((rc = cli_tokenize_file("search", a.model, m, a.text, &e.ids, &e.n, NULL))) { free(params); bq_model_free(m); return rc; }
-    double base;
-    double *sens = malloc((size_t)nl * nf * sizeof *sens);
-    int np = 0, cap = nf + 1 + a.trials;
-    spoint *pts = calloc((size_t)cap, sizeof *pts);
-    rc = measure_sensitivity("search", &e, nl, nf, names, &base, sens);
+    if ((rc = cli_tokenize_file("search", a.model, m, a.text, &e.ids, &e.n, NULL))) { bq_model_free(m); return rc; }
 
-    /* The points: (a) the knapsack on the measured sensitivities, the uniform
-     * baselines, (b) seeded random samples. All ranks make the same assignments;
-     * point j is scored by rank j % ranks (trials already in PREFIX-trials.txt are
-     * read back instead: an interrupted search resumes) and the scores are summed
-     * with every entry from one rank, so the result is the same for any rank count. */
+    /* The library scores the points; under mpirun each rank its share, the sums exact
+     * (one non-zero entry each), so the result is the same for any rank count. Trials
+     * in PREFIX-trials.txt are read back instead of scored: an interrupted search resumes. */
     const int rank = cli_mpi_rank(), ranks = cli_mpi_size();
-    for (int j = 0; j < cap && !rc; j++)
-        if (!(pts[j].choose = malloc((size_t)nl * sizeof *pts[j].choose))) rc = cli_error("search", "out of memory");
-    if (!rc && (st = bq_knapsack(nl, nf, sens, params, bits, a.budget, 4096, pts[0].choose, NULL))) rc = cli_status("search", st);
-    if (!rc) {
-        snprintf(pts[0].kind, sizeof pts[0].kind, "knapsack");
-        for (int f = 0; f < nf; f++) {
-            for (int i = 0; i < nl; i++) pts[1 + f].choose[i] = f;
-            snprintf(pts[1 + f].kind, sizeof pts[1 + f].kind, "uniform %.63s", names[f]);
-        }
-        uint64_t rng = a.seed * 0x9e3779b97f4a7c15ull + 0x2545f4914f6cdd1dull;
-        for (int k = 0; k < a.trials; k++) {
-            sample_assign(&rng, nl, nf, params, bits, a.budget, cheapest, pts[1 + nf + k].choose);
-            snprintf(pts[1 + nf + k].kind, sizeof pts[1 + nf + k].kind, "trial %d", k);
-        }
-        np = cap;
-    }
     char path[4200];
     snprintf(path, sizeof path, "%s-trials.txt", a.out);
-    FILE *prev = fopen(path, "r");
-    FILE *log = rc ? NULL : fopen(path, "a");  /* ranks append whole lines, each with one write */
-    int reused = 0;
-    for (int j = 0; j < np && !st; j++) {
-        if (j % ranks != rank) continue;
-        int k = j - 1 - nf;  /* the trial's number, when j is a trial */
-        if (k >= 0 && read_trial(prev, k, nl, pts[j].choose, &pts[j].nll)) { reused++; continue; }
-        if ((st = eval_assign(&e, nl, pts[j].choose, names, &pts[j].nll, NULL))) break;
-        if (k >= 0 && log) {
-            char line[16384];
-            int n = snprintf(line, sizeof line, "trial %d nll %.10f choose ", k, pts[j].nll);
-            for (int i = 0; i < nl && n < (int)sizeof line - 16; i++)
-                n += snprintf(line + n, sizeof line - (size_t)n, "%d%s", pts[j].choose[i], i + 1 < nl ? "," : "\n");
-            fputs(line, log);
-            fflush(log);
-        }
-        if (isatty(2) && rank == 0 && k >= 0) fprintf(stderr, "\rsearch: trial %d/%d (%d resumed)", k + 1, a.trials, reused);
-    }
-    if (a.trials && isatty(2) && rank == 0) fprintf(stderr, "\n");
-    if (prev) fclose(prev);
-    if (log) fclose(log);
+    search_io io = {fopen(path, "r"), fopen(path, "a"), rank, a.trials};
+    bq_search_opts so = {.size = sizeof so, .trial = e.o, .budget = a.budget, .trials = a.trials, .seed = a.seed, .bits = bits,
+                         .area = area, .fp32_area = fp32_area, .reduce = ranks > 1 ? search_reduce : NULL,
+                         .recall = search_recall, .record = search_record,
+                         .progress = isatty(2) && a.trials ? search_progress : NULL, .arg = &io};
+    so.trial.part = rank;
+    so.trial.parts = ranks;
+    bq_search_result *res = NULL;
+    st = bq_search(a.model, e.ids, e.n, fp, nf, &so, &res);
+    if (io.prev) fclose(io.prev);
+    if (io.log) fclose(io.log);
     if (st && ranks > 1) fprintf(stderr, "blockq search: rank %d of %d: %s\n", rank, ranks, bq_last_error());
-    if (!rc && cli_mpi_max(st != BQ_OK)) rc = st ? cli_status("search", st) : EXIT_FAILURE;
-    if (!rc) {
-        double *nll = malloc((size_t)np * sizeof *nll);
-        if (!nll) rc = cli_error("search", "out of memory");
-        for (int j = 0; j < np && nll; j++) nll[j] = j % ranks == rank ? pts[j].nll : 0.0;
-        if (nll) cli_mpi_sum(nll, (size_t)np);
-        for (int j = 0; j < np && nll; j++) pts[j].nll = nll[j];
-        free(nll);
-        double r = reused;
-        cli_mpi_sum(&r, 1);
-        reused = (int)r;
-        if (reused && rank == 0) fprintf(stderr, "search: %d trials resumed from %s\n", reused, path);
-    }
+    if (st) rc = cli_status("search", st);
+    if (!rc && res->recalled && rank == 0) fprintf(stderr, "search: %d trials resumed from %s\n", res->recalled, path);
+    int np = rc ? 0 : res->n_points;
+    double base = rc ? 0.0 : res->base_nll;
+    int nfront = 0;
+    for (int i = 0; i < np; i++) nfront += res->pareto[i];
 
     if (!rc && rank == 0) {  /* only rank 0 writes */
-        double *L = malloc((size_t)np * sizeof *L), *Bt = malloc((size_t)np * sizeof *Bt), *D = malloc((size_t)np * sizeof *D);
-        int *front = malloc((size_t)np * sizeof *front), *hl = calloc((size_t)np, sizeof *hl);
-        for (int i = 0; i < np; i++) {
-            assign_cost(nl, pts[i].choose, params, bits, area, fp32_area, &pts[i].bits, &pts[i].density);
-            L[i] = pts[i].nll;
-            Bt[i] = pts[i].bits;
-            D[i] = pts[i].density;
-        }
-        int nfront = bq_pareto(np, L, Bt, D, front);
-        for (int k = 0; k < nfront; k++) pts[front[k]].pareto = hl[front[k]] = 1;
+        double *L = malloc((size_t)np * sizeof *L), *Bt = res->bits, *D = res->density;  /* L: ppl, for the plots */
+        int *hl = res->pareto;
+        for (int i = 0; L && i < np; i++) L[i] = res->nll[i];
         /* the best point within budget from each method */
         int best_trial = -1;
         for (int i = 0; i < np; i++)
-            if (!strncmp(pts[i].kind, "trial", 5) && pts[i].bits <= a.budget + 1e-9 &&
-                (best_trial < 0 || pts[i].nll < pts[best_trial].nll)) best_trial = i;
+            if (!strncmp(res->kind[i], "trial", 5) && res->bits[i] <= a.budget + 1e-9 &&
+                (best_trial < 0 || res->nll[i] < res->nll[best_trial])) best_trial = i;
         /* configs: one TOML per Pareto point and for the two chosen points */
         size_t len = 0, cp = 0;
         char *md = NULL;
@@ -491,19 +417,19 @@ int cmd_search(int argc, char **argv)
                                  : "the hand-counted MAC area (docs/cost-model.md) against float32's");
         for (int i = 0; i < np && md; i++) {
             char cfg[4300] = "";
-            if (pts[i].pareto || i == 0 || i == best_trial) {
+            if (res->pareto[i] || i == 0 || i == best_trial) {
                 snprintf(cfg, sizeof cfg, "%s-p%d.toml", a.out, i);
                 size_t tl = 0, tc = 0;
                 char *toml = NULL;
-                toml = cli_appendf(toml, &tl, &tc, "# %s: avg %.3f bits, calibration ppl %.4f (blockq search)\n", pts[i].kind,
-                                   pts[i].bits, exp(pts[i].nll));
+                toml = cli_appendf(toml, &tl, &tc, "# %s: avg %.3f bits, calibration ppl %.4f (blockq search)\n", res->kind[i],
+                                   res->bits[i], exp(res->nll[i]));
                 for (int j = 0; j < nl && toml; j++)
                     toml = cli_appendf(toml, &tl, &tc, "\"%s\" = { w = \"%s\", a = \"%s\" }\n", bq_model_linear_name(m, j),
-                                       names[pts[i].choose[j]], names[pts[i].choose[j]]);
+                                       names[res->choose[(size_t)i * nl + j]], names[res->choose[(size_t)i * nl + j]]);
                 if ((rc = cli_save("search", cfg, toml, tl))) break;
             }
-            md = cli_appendf(md, &len, &cp, "| %s | %.3f | %.2fx | %.3f | %s | %s |\n", pts[i].kind, pts[i].bits, pts[i].density,
-                             exp(pts[i].nll), pts[i].pareto ? "yes" : "", cfg);
+            md = cli_appendf(md, &len, &cp, "| %s | %.3f | %.2fx | %.3f | %s | %s |\n", res->kind[i], res->bits[i], res->density[i],
+                             exp(res->nll[i]), res->pareto[i] ? "yes" : "", cfg);
         }
         /* evaluation of the chosen points and the uniform formats on the test text */
         if (!rc && a.test && md) {
@@ -514,11 +440,11 @@ int cmd_search(int argc, char **argv)
                 md = cli_appendf(md, &len, &cp, "\nOn %s (%d windows of %d): float32 ppl %.3f\n\n| point | avg bits | test ppl | vs float32 |\n|---|---|---|---|\n",
                                  a.test, a.test_chunks, a.ctx, exp(tb));
                 for (int i = 0; i < np && !rc && md; i++) {
-                    if (!(i == 0 || i == best_trial || !strncmp(pts[i].kind, "uniform", 7))) continue;
+                    if (!(i == 0 || i == best_trial || !strncmp(res->kind[i], "uniform", 7))) continue;
                     double tn;
-                    if ((st = eval_assign(&te, nl, pts[i].choose, names, &tn, NULL))) { rc = cli_status("search", st); break; }
-                    md = cli_appendf(md, &len, &cp, "| %s%s | %.3f | %.3f | %+.2f%% |\n", pts[i].kind,
-                                     i == best_trial ? " (best sampled)" : "", pts[i].bits, exp(tn), 100 * (exp(tn - tb) - 1));
+                    if ((st = eval_assign(&te, nl, res->choose + (size_t)i * nl, names, &tn, NULL))) { rc = cli_status("search", st); break; }
+                    md = cli_appendf(md, &len, &cp, "| %s%s | %.3f | %.3f | %+.2f%% |\n", res->kind[i],
+                                     i == best_trial ? " (best sampled)" : "", res->bits[i], exp(tn), 100 * (exp(tn - tb) - 1));
                 }
                 free(te.ids);
             }
@@ -535,9 +461,9 @@ int cmd_search(int argc, char **argv)
             js = cli_appendf(js, &len, &cp, "], \"points\": [\n");
             for (int i = 0; i < np && js; i++) {
                 js = cli_appendf(js, &len, &cp, "  {\"kind\": \"%s\", \"avg_bits\": %.5f, \"arith_density\": %.4f, \"nll\": %.8f, "
-                                 "\"ppl\": %.5f, \"pareto\": %s, \"assignment\": [", pts[i].kind, pts[i].bits, pts[i].density,
-                                 pts[i].nll, exp(pts[i].nll), pts[i].pareto ? "true" : "false");
-                for (int j = 0; j < nl && js; j++) js = cli_appendf(js, &len, &cp, "%s\"%s\"", j ? ", " : "", names[pts[i].choose[j]]);
+                                 "\"ppl\": %.5f, \"pareto\": %s, \"assignment\": [", res->kind[i], res->bits[i], res->density[i],
+                                 res->nll[i], exp(res->nll[i]), res->pareto[i] ? "true" : "false");
+                for (int j = 0; j < nl && js; j++) js = cli_appendf(js, &len, &cp, "%s\"%s\"", j ? ", " : "", names[res->choose[(size_t)i * nl + j]]);
                 js = cli_appendf(js, &len, &cp, "]}%s\n", i + 1 < np ? "," : "");
             }
             if (js) js = cli_appendf(js, &len, &cp, "]}\n");
@@ -547,7 +473,7 @@ int cmd_search(int argc, char **argv)
         if (!rc) {
             const char **lb = calloc((size_t)np, sizeof *lb);
             for (int i = 0; i < np && lb; i++)
-                lb[i] = strncmp(pts[i].kind, "trial", 5) ? pts[i].kind : "";
+                lb[i] = strncmp(res->kind[i], "trial", 5) ? res->kind[i] : "";
             for (int i = 0; i < np; i++) L[i] = exp(L[i]);
             char title[300];
             snprintf(title, sizeof title, "Mixed-precision search: calibration ppl vs bits (red: Pareto front)");
@@ -567,12 +493,9 @@ int cmd_search(int argc, char **argv)
         }
         if (!rc) printf("wrote %s.md, %s.json, %s.svg, %s-density.svg and %s-p*.toml (%d Pareto points)\n", a.out, a.out, a.out, a.out,
                         a.out, nfront);
-        free(L); free(Bt); free(D); free(front); free(hl);
+        free(L);
     }
-    for (int i = 0; i < cap && pts; i++) free(pts[i].choose);
-    free(pts);
-    free(sens);
-    free(params);
+    bq_search_result_free(res);
     free(e.ids);
     bq_model_free(m);
     return rc;

@@ -558,31 +558,6 @@ static bq_status up_floats(float **d, const float *h, size_t n, size_t *bytes)
     return st;
 }
 
-// Significant bits of the largest element of a grid (0: not a small grid).
-static int sig_bits(const elem_t *e)
-{
-    if (e->kind == EK_MF) return e->mbits + 1;
-    if (e->kind == EK_LOG) return 1;
-    if (e->kind != EK_INT) return 0;
-    int m = e->hi > -e->lo ? e->hi : -e->lo, b = 0;
-    while (m >> b) b++;
-    return b;
-}
-
-// Whether every value format f produces is a bf16 number: elements of at most 8
-// significant bits times a power of two (or a small minifloat scale whose product
-// with them still fits). The exception: values under 2^-126, where bf16 has fewer
-// bits than float32; no real activation or weight is that small.
-static int bf16_values(const bq_format *f)
-{
-    int e = sig_bits(&f->el);
-    switch (f->sch) {
-    case SCH_ELEM: case SCH_MX: case SCH_BFP: case SCH_BM: case SCH_BL: return e > 0 && e <= 8;
-    case SCH_SCALED: return e > 0 && f->scale.kind == EK_MF && e + f->scale.mbits + 1 <= 8;
-    default: return 0;  // float32 scales (int per tensor/row/group, NVFP4's tensor scale)
-    }
-}
-
 // Whether a linear held as 16-bit floats on the CPU holds bf16 (its stream is
 // then the row-major bf16 matrix, after the format's header).
 static const uint16_t *held_bf16(const linear *l)
@@ -622,8 +597,8 @@ static bq_status up_weights(glin *g, const linear *l, size_t *bytes)
     // numbers), else (NVFP4's float32 tensor scale, fp16 block scales) to float32
     if (l->pw && !h16 && bq_cuda_w_upload(l->pw, &g->pw) == BQ_OK) {
         *bytes += bq_cuda_w_bytes(g->pw);
-        g->f32 = !bf16_values(l->pw->f);
-        g->split = !g->f32 && !(l->aq && bf16_values(l->aq));
+        g->f32 = !format_values_bf16(l->pw->f);
+        g->split = !g->f32 && !(l->aq && format_values_bf16(l->aq));
         bq_status st = l->b ? up_floats(&g->b, l->b, (size_t)l->out, bytes) : BQ_OK;
         return st ? bq_fail(st, "%s: %s", l->name, bq_last_error()) : BQ_OK;
     }
@@ -633,7 +608,7 @@ static bq_status up_weights(glin *g, const linear *l, size_t *bytes)
         w = tmp;
     }
     bq_status st = BQ_OK;
-    int a16 = l->aq && bf16_values(l->aq), w16 = h16 || all_bf16(w, n);
+    int a16 = l->aq && format_values_bf16(l->aq), w16 = h16 || all_bf16(w, n);
     g->split = w16 && !a16;
     if (w16) {  // the top halves of the float32 bits are the bf16 values
         uint16_t *h = h16 ? NULL : (uint16_t *)malloc(n * 2);

@@ -101,30 +101,25 @@ static __device__ __forceinline__ float int_value(const bq_format &f, const qctx
 
 // Generic: one thread per group (block, int group, row, or element).
 __global__ void qdq_groups(bq_format f, qctx c, const float *__restrict__ x, float *__restrict__ y, size_t rows,
-                           size_t cols, size_t G)
+                           size_t cols, size_t G, scale_place sp)
 {
     size_t ng = (cols + G - 1) / G, gid = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (gid >= rows * ng) return;
     size_t r = gid / ng, b = (gid % ng) * G, n = cols - b < G ? cols - b : G, idx = r * cols + b;
     const float *xb = x + idx;
     float *yb = y + idx;
-    switch (f.sch) {
-    case SCH_ELEM:
+    if (sp == SCALE_NONE) {
         for (size_t i = 0; i < n; i++) yb[i] = elem_quant(&f.el, xb[i], c.round, c.seed, idx + i);
-        return;
-    case SCH_INT: {
+    } else if (sp != SCALE_BLOCK) {  // an int format's float32 scale
         float s = c.tensor_scale, z = c.tensor_zero;
         int bad = c.tensor_nonfinite;
-        if (f.scope != SCOPE_TENSOR) int_group_scale(&f, xb, n, &s, &z, &bad);
+        if (sp != SCALE_TENSOR) int_group_scale(&f, xb, n, &s, &z, &bad);
         for (size_t i = 0; i < n; i++) yb[i] = int_value(f, c, xb[i], idx + i, s, z, bad);
-        return;
-    }
-    default: {
+    } else {
         uint32_t mb = amax_bits(xb, n);
         if (mb > 0x7f7fffffu) { for (size_t i = 0; i < n; i++) yb[i] = NAN; return; }
         bscale s = block_scale(&f, &c, u2f(mb));
         for (size_t i = 0; i < n; i++) yb[i] = block_value(f, c, s, xb[i], idx + i);
-    }
     }
 }
 
@@ -352,7 +347,7 @@ __global__ void amax_kernel(const float *__restrict__ x, size_t n, unsigned *out
 
 extern "C" int bq_cuda_qdq_reads_back(const bq_format *f)
 {
-    return f->sch == SCH_NVFP4 || (f->sch == SCH_INT && f->scope == SCOPE_TENSOR);
+    return scheme_of(f)->tensor_factor || format_scale_place(f) == SCALE_TENSOR;
 }
 
 // The tensor-wide facts bq_tensor_ctx computes, from device data.
@@ -364,7 +359,7 @@ static bq_status tensor_ctx(const bq_format *f, const float *d_x, size_t n, cons
     c->cols = cols;
     if ((unsigned)c->round > BQ_ROUND_STOCHASTIC) return bq_fail(BQ_ERR_ARG, "unknown rounding mode %d", (int)c->round);
     if (!bq_cuda_qdq_reads_back(f)) return BQ_OK;
-    if (f->sch == SCH_INT && f->asym)
+    if (format_float_scale(f) && f->asym)
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA: per-tensor asymmetric int (%s) is not implemented on the GPU", f->name);
     // two words, kept for the thread (an allocation per call costs more than the pass;
     // threads quantise side by side, GPTQ's workers do, each with its own)
@@ -381,7 +376,7 @@ static bq_status tensor_ctx(const bq_format *f, const float *d_x, size_t n, cons
     amax_kernel<<<1056, 256>>>(d_x, n, d_m, (uintptr_t)d_x % 16 == 0);
     st = bq_cuda_download(h, d_m, 8);
     if (st) return st;
-    if (f->sch == SCH_INT) {
+    if (format_float_scale(f)) {
         c->tensor_nonfinite = h[0] > 0x7f7fffffu;
         c->tensor_scale = c->tensor_nonfinite ? NAN : u2f(h[0]) / (float)f->el.hi;
     } else {
@@ -416,7 +411,8 @@ extern "C" bq_status bq_cuda_qdq(const bq_format *f, const float *d_x, float *d_
     qctx c;
     bq_status st = tensor_ctx(f, d_x, n, o, &c, cols);
     if (st || !n) return st;
-    int block = f->sch != SCH_ELEM && f->sch != SCH_INT;
+    const scale_place sp = format_scale_place(f);
+    const bool block = sp == SCALE_BLOCK;
     int aligned = ((uintptr_t)d_x | (uintptr_t)d_y) % 16 == 0;
     if (block && (f->block == 32 || f->block == 16) && cols % (size_t)f->block == 0 && aligned && f->el.kind != EK_FP32) {
         size_t n8 = n / 8;
@@ -430,25 +426,25 @@ extern "C" bq_status bq_cuda_qdq(const bq_format *f, const float *d_x, float *d_
         unsigned nb = (unsigned)((n + 255) / 256);
         if (f->block == 32) qdq_lanes<32><<<nb, 256>>>(*f, c, d_x, d_y, n);
         else qdq_lanes<16><<<nb, 256>>>(*f, c, d_x, d_y, n);
-    } else if (aligned && n % 8 == 0 && (f->sch == SCH_ELEM || (f->sch == SCH_INT && f->scope == SCOPE_TENSOR))) {
+    } else if (aligned && n % 8 == 0 && format_rows_unscaled(f)) {
         size_t n8 = n / 8;
         unsigned nb = (unsigned)((n8 + 255) / 256);
         by_round(c.round, [&](auto R) {
-            if (f->sch == SCH_ELEM) qdq_elem8<0, R.value><<<nb, 256>>>(*f, c, (const float4 *)d_x, (float4 *)d_y, n8);
+            if (sp == SCALE_NONE) qdq_elem8<0, R.value><<<nb, 256>>>(*f, c, (const float4 *)d_x, (float4 *)d_y, n8);
             else qdq_elem8<1, R.value><<<nb, 256>>>(*f, c, (const float4 *)d_x, (float4 *)d_y, n8);
         });
-    } else if (aligned && f->sch == SCH_INT && (f->scope == SCOPE_ROW || (f->scope == SCOPE_GROUP && cols % (size_t)f->block == 0)) &&
-               (f->scope == SCOPE_ROW ? cols : (size_t)f->block) % 4 == 0 && cols <= (1u << 30)) {
-        int G = (int)(f->scope == SCOPE_ROW ? cols : (size_t)f->block);
+    } else if (aligned && (sp == SCALE_ROW || (sp == SCALE_GROUP && cols % (size_t)f->block == 0)) &&
+               pack_group_len(f, cols) % 4 == 0 && cols <= (1u << 30)) {
+        int G = (int)pack_group_len(f, cols);
         size_t ng = n / (size_t)G;
         unsigned nb = (unsigned)((ng * 32 + 255) / 256);
         const float4 *x4 = (const float4 *)d_x;
         float4 *y4 = (float4 *)d_y;
         by_round(c.round, [&](auto R) { int_groups<R.value>(*f, c, x4, y4, ng, G, nb); });
     } else {
-        size_t G = f->sch == SCH_ELEM ? 1 : (f->sch == SCH_INT && f->scope != SCOPE_GROUP) ? cols : (size_t)f->block;
+        size_t G = sp == SCALE_NONE ? 1 : pack_group_len(f, cols);
         size_t groups = rows * ((cols + G - 1) / G);
-        qdq_groups<<<(unsigned)((groups + 127) / 128), 128>>>(*f, c, d_x, d_y, rows, cols, G);
+        qdq_groups<<<(unsigned)((groups + 127) / 128), 128>>>(*f, c, d_x, d_y, rows, cols, G, sp);
     }
     cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? BQ_OK : cuda_fail(e, "fake-quantisation kernel launch");

@@ -83,3 +83,17 @@ float mf_decode(const elem_t *e, uint32_t code)
     return neg ? -v : v;
 }
 
+
+void elem_grid_range(const elem_t *e, double *mx, double *mnorm, double *msub)
+{
+    switch (e->kind) {
+    case EK_FP32: *mx = FLT_MAX; *mnorm = FLT_MIN; *msub = FLT_TRUE_MIN; break;
+    case EK_MF:
+        *mx = e->maxval;
+        *mnorm = ldexp(1.0, e->emin);
+        *msub = e->subnorm ? ldexp(1.0, e->emin - e->mbits) : *mnorm;
+        break;
+    case EK_LOG: *mx = ldexp(1.0, e->lemax); *mnorm = *msub = ldexp(1.0, e->lemin); break;
+    default: *mx = ldexp((double)(e->hi > -e->lo ? e->hi : -e->lo), -e->frac); *mnorm = *msub = ldexp(1.0, -e->frac); break;
+    }
+}

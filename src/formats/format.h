@@ -43,6 +43,9 @@ typedef enum {
 
 typedef enum { SCOPE_NONE, SCOPE_TENSOR, SCOPE_ROW, SCOPE_GROUP } int_scope;
 
+/* Where a block's scale code can mean NaN. */
+typedef enum { NAN_CODE_NONE, NAN_CODE_FF, NAN_CODE_MINIFLOAT } nan_code_kind;
+
 /* A scheme's traits (scheme.c). */
 typedef struct {
     const char *family;  /* bq_format_info.family (SCH_ELEM's formats name their element kind) */
@@ -51,7 +54,15 @@ typedef struct {
     int linear;          /* a value is its code's grid value times the block's factor (not block log) */
     int tensor_factor;   /* an fp32 factor per tensor in the packed header (NVFP4's s_t) */
     int elem_modifiers;  /* a minifloat element's `:` modifiers are accepted */
+    nan_code_kind nan_code;  /* the block code that means NaN: 0xff (E8M0), the scale minifloat's NaN, none */
+    /* How far the scale can move the unscaled grid (bq_format_info); mx = the grid's largest magnitude */
+    void (*scale_range)(const struct bq_format *f, double mx, double *lo, double *hi);
 } scheme_traits;
+
+/* Where a format's scales live: none (the elements alone), one fp32 scale for the
+ * tensor, for each row or for each group of f->block (int formats), or a code per
+ * block (the block schemes). */
+typedef enum { SCALE_NONE, SCALE_TENSOR, SCALE_ROW, SCALE_GROUP, SCALE_BLOCK } scale_place;
 
 struct bq_format {
     char name[64];
@@ -84,7 +95,47 @@ typedef struct {
 const scheme_traits *scheme_of(const struct bq_format *f);
 /* A block scale that is a minifloat code, not a power of two (SCALED, NVFP4). */
 static inline int scheme_minifloat_scale(const struct bq_format *f) { return scheme_of(f)->block_code && !scheme_of(f)->pow2_code; }
+static inline scale_place format_scale_place(const struct bq_format *f)
+{
+    if (scheme_of(f)->block_code) return SCALE_BLOCK;
+    if (f->sch != SCH_INT) return SCALE_NONE;
+    return f->scope == SCOPE_TENSOR ? SCALE_TENSOR : f->scope == SCOPE_ROW ? SCALE_ROW : SCALE_GROUP;
+}
+/* A float32 scale: the int formats' (per tensor, row or group). */
+static inline int format_float_scale(const struct bq_format *f)
+{
+    scale_place p = format_scale_place(f);
+    return p == SCALE_TENSOR || p == SCALE_ROW || p == SCALE_GROUP;
+}
+/* A float32 scale stored with each row or group (int formats per row or group). */
+static inline int format_float_group_scale(const struct bq_format *f)
+{
+    scale_place p = format_scale_place(f);
+    return p == SCALE_ROW || p == SCALE_GROUP;
+}
+/* No scale stored in the rows: elements alone, or one scale in the header. */
+static inline int format_rows_unscaled(const struct bq_format *f)
+{
+    scale_place p = format_scale_place(f);
+    return p == SCALE_NONE || p == SCALE_TENSOR;
+}
+/* Unscaled floats: fp32 itself, a 16-bit minifloat (fp16, bf16), a minifloat of >= 16 bits. */
+static inline int format_is_fp32(const struct bq_format *f) { return f->sch == SCH_ELEM && f->el.kind == EK_FP32; }
+static inline int format_is_float16(const struct bq_format *f)
+{
+    return f->sch == SCH_ELEM && f->el.kind == EK_MF && f->el.bits == 16;
+}
+static inline int format_is_wide_float(const struct bq_format *f)
+{
+    return format_is_fp32(f) || (f->sch == SCH_ELEM && f->el.kind == EK_MF && f->el.bits >= 16);
+}
+/* Significant bits of the grid's largest element (0: not a small grid). */
+int elem_sig_bits(const elem_t *e);
+/* Whether every value f produces is a bf16 number (scheme.c). */
+int format_values_bf16(const struct bq_format *f);
 
+/* Largest magnitude, smallest normal and smallest non-zero magnitude of the unscaled grid (elem.c). */
+void elem_grid_range(const elem_t *e, double *mx, double *mnorm, double *msub);
 /* Element construction (elem.c). */
 int elem_minifloat(elem_t *e, int ebits, int mbits, int bias, mf_flavour fl, int overflow_inf, int subnorm);
 void elem_int(elem_t *e, int bits, int lo, int hi, int frac, int signmag);

@@ -272,31 +272,27 @@ static void qdq_rows(const bq_format *f, const qctx *c, const float *x, float *y
         const float *xr = x + r * cols;
         float *yr = y + r * cols;
         size_t idx = r * cols;
-        switch (f->sch) {
-        case SCH_ELEM: qdq_elem(f, c, xr, yr, cols, idx); break;
-        case SCH_INT:
-            if (f->scope == SCOPE_TENSOR) {
-                qdq_int_group(f, c, xr, yr, cols, idx, c->tensor_scale, c->tensor_zero, c->tensor_nonfinite);
-            } else {
-                size_t g = f->scope == SCOPE_ROW ? cols : (size_t)f->block;
-                for (size_t b = 0; b < cols; b += g) {
-                    size_t n = cols - b < g ? cols - b : g;
-                    float s, z;
-                    int bad;
-                    int_group_scale(f, xr + b, n, &s, &z, &bad);
-                    qdq_int_group(f, c, xr + b, yr + b, n, idx + b, s, z, bad);
-                }
+        switch (format_scale_place(f)) {
+        case SCALE_NONE: qdq_elem(f, c, xr, yr, cols, idx); break;
+        case SCALE_TENSOR: qdq_int_group(f, c, xr, yr, cols, idx, c->tensor_scale, c->tensor_zero, c->tensor_nonfinite); break;
+        case SCALE_ROW:
+        case SCALE_GROUP: {
+            size_t g = pack_group_len(f, cols);
+            for (size_t b = 0; b < cols; b += g) {
+                size_t n = cols - b < g ? cols - b : g;
+                float s, z;
+                int bad;
+                int_group_scale(f, xr + b, n, &s, &z, &bad);
+                qdq_int_group(f, c, xr + b, yr + b, n, idx + b, s, z, bad);
             }
             break;
-        case SCH_SCALED:
-        case SCH_NVFP4:
+        }
+        case SCALE_BLOCK: {
             if (f->ggml) { qdq_row_ggml(f, xr, yr, cols); break; }
-            if ((f->el.kind == EK_MF && f->el.fast) || f->el.kind == EK_INT) {
+            if (scheme_minifloat_scale(f) && ((f->el.kind == EK_MF && f->el.fast) || f->el.kind == EK_INT)) {
                 qdq_row_scaled(f, c, xr, yr, cols, idx);
                 break;
             }
-            /* fall through */
-        default: {
             size_t K = (size_t)f->block, b = 0, full = cols - cols % K;
             if (K == 32) for (; b < full; b += 32) qdq_block(f, c, xr + b, yr + b, 32, idx + b, fused);
             else if (K == 16) for (; b < full; b += 16) qdq_block(f, c, xr + b, yr + b, 16, idx + b, fused);
@@ -338,12 +334,13 @@ INLINE int codes_group(const bq_format *f, const qctx *c, const float *restrict 
     const elem_t *e = &f->el;
     uint32_t mbits = amax_bits(xb, n);
     if (mbits > 0x7f7fffffu) return 0;
-    if (f->sch == SCH_ELEM) {
+    scale_place sp = format_scale_place(f);
+    if (sp == SCALE_NONE) {
         grid_dispatch(e, xb, qb, n, 0, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, c->round, c->seed, at);
-    } else if (f->sch == SCH_INT) {
+    } else if (sp != SCALE_BLOCK) {
         float s = c->tensor_scale, z;
         int bad = c->tensor_nonfinite;
-        if (f->scope != SCOPE_TENSOR) {
+        if (sp != SCALE_TENSOR) {
             int_scale_of(f, mbits, 0.0f, 0.0f, &s, &z, &bad);  /* symmetric: max |x| bits are all it reads */
             *sc = f2u(s);
         }
@@ -380,7 +377,7 @@ int CAT(bq_pack_codes, BQ_ISA)(const bq_format *f, const qctx *c, const float *x
     const int mf = e->kind == EK_MF;
     if (e->bits > 8 || f->ggml || f->asym || !scheme_of(f)->linear) return 0;
     if (!(mf && e->fast && !e->overflow_inf) && e->kind != EK_INT) return 0;
-    if (e->kind == EK_INT && f->sch != SCH_ELEM && f->sch != SCH_INT && e->lo != -e->hi) return 0;
+    if (e->kind == EK_INT && format_scale_place(f) == SCALE_BLOCK && e->lo != -e->hi) return 0;
     const size_t g = pack_group_len(f, cols);
     size_t k = 0, b = 0;
     /* full blocks of 32 or 16 with a constant length (the loops then need no remainder code) */

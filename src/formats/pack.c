@@ -48,22 +48,20 @@ static inline uint32_t get(bitr *r, int bits)
 static size_t header_bytes(const bq_format *f)
 {
     if (scheme_of(f)->tensor_factor) return 4;
-    if (f->sch == SCH_INT && f->scope == SCOPE_TENSOR) return f->asym ? 5 : 4;
+    if (format_scale_place(f) == SCALE_TENSOR) return f->asym ? 5 : 4;
     return 0;
 }
 
 /* Elements sharing one scale in a row, and the scale bits per group. */
 size_t pack_group_len(const bq_format *f, size_t cols)
 {
-    if (f->sch == SCH_ELEM || (f->sch == SCH_INT && f->scope == SCOPE_TENSOR)) return cols;
-    if (f->sch == SCH_INT && f->scope == SCOPE_ROW) return cols;
-    return (size_t)f->block;
+    scale_place p = format_scale_place(f);
+    return p == SCALE_GROUP || p == SCALE_BLOCK ? (size_t)f->block : cols;
 }
 
 static int group_scale_bits(const bq_format *f)
 {
-    if (f->sch == SCH_ELEM || (f->sch == SCH_INT && f->scope == SCOPE_TENSOR)) return 0;
-    return f->scale_bits;
+    return format_rows_unscaled(f) ? 0 : f->scale_bits;
 }
 
 static size_t row_bytes(const bq_format *f, size_t cols)
@@ -134,10 +132,9 @@ static float elem_value(const elem_t *e, uint32_t c, int E)
 
 static int scale_nan_code(const bq_format *f, uint32_t *code)
 {
-    switch (f->sch) {
-    case SCH_MX: *code = 0xff; return 1;
-    case SCH_SCALED:
-    case SCH_NVFP4:
+    switch (scheme_of(f)->nan_code) {
+    case NAN_CODE_FF: *code = 0xff; return 1;
+    case NAN_CODE_MINIFLOAT:
         *code = mf_encode(&f->scale, NAN);
         if (f->asym && *code != UINT32_MAX) *code |= *code << 16;  /* d and the minimum both NaN */
         return *code != UINT32_MAX;
@@ -161,7 +158,7 @@ static int scale_from_code(const bq_format *f, const qctx *c, uint32_t code, bsc
         if (sc != sc) return 0;
         s->pow2 = 0;
         s->post1 = sc;
-        if (f->sch == SCH_NVFP4) s->post2 = c->tensor_scale;
+        if (scheme_of(f)->tensor_factor) s->post2 = c->tensor_scale;
         return 1;
     }
     }
@@ -185,10 +182,11 @@ static bq_status pack_row(const bq_format *f, const qctx *c, const float *x, siz
         size_t n = cols - b < g ? cols - b : g;
         const float *xb = x + b;
         uint32_t code;
-        if (f->sch == SCH_ELEM || f->sch == SCH_INT) {
+        scale_place sp = format_scale_place(f);
+        if (sp != SCALE_BLOCK) {
             float s = c->tensor_scale, z = c->tensor_zero;
             int bad = c->tensor_nonfinite;
-            if (f->sch == SCH_INT && f->scope != SCOPE_TENSOR) {
+            if (format_float_group_scale(f)) {
                 int_group_scale(f, xb, n, &s, &z, &bad);
                 put(w, f2u(s), 32);
                 if (f->asym) put(w, (uint32_t)z, 8);
@@ -196,7 +194,7 @@ static bq_status pack_row(const bq_format *f, const qctx *c, const float *x, siz
             for (size_t i = 0; i < g; i++) {
                 float q = 0.0f;
                 if (i < n) {
-                    if (f->sch == SCH_ELEM) q = elem_quant(e, xb[i], c->round, c->seed, idx0 + b + i);
+                    if (sp == SCALE_NONE) q = elem_quant(e, xb[i], c->round, c->seed, idx0 + b + i);
                     else if (bad || !(s > 0.0f)) q = f->asym ? z : 0.0f;
                     else if (f->asym) q = asym_q(e, xb[i], s, z, c->round, c->seed, idx0 + b + i);
                     else q = elem_quant(e, xb[i] / s, c->round, c->seed, idx0 + b + i);
@@ -332,16 +330,17 @@ static void unpack_row(const bq_format *f, const qctx *c, bitr *rd, size_t cols,
     size_t g = pack_group_len(f, cols);
     for (size_t b = 0; b < cols; b += g) {
         size_t n = cols - b < g ? cols - b : g;
-        if (f->sch == SCH_ELEM || f->sch == SCH_INT) {
+        scale_place sp = format_scale_place(f);
+        if (sp != SCALE_BLOCK) {
             float s = c->tensor_scale, z = c->tensor_zero;
-            if (f->sch == SCH_INT && f->scope != SCOPE_TENSOR) {
+            if (format_float_group_scale(f)) {
                 s = u2f(get(rd, 32));
                 if (f->asym) z = (float)get(rd, 8);
             }
             for (size_t i = 0; i < g; i++) {
                 float q = elem_value(e, get(rd, e->bits), 0);
                 if (i >= n) continue;
-                if (f->sch == SCH_ELEM) y[b + i] = q;
+                if (sp == SCALE_NONE) y[b + i] = q;
                 else y[b + i] = s != s ? NAN : (f->asym ? asym_deq(q, z, s) : deq_sat(q, s, 1.0f)) + 0.0f;
             }
             continue;
@@ -435,7 +434,7 @@ void format_int_grid(bq_format *f)
 
 int pack_scale_parts(const bq_format *f, float tensor_scale, uint32_t code, float *s1, float *s2)
 {
-    if (f->sch == SCH_INT) {  /* fp32 group scale */
+    if (format_float_scale(f)) {  /* an int format's fp32 group scale */
         *s1 = u2f(code);
         *s2 = 1.0f;
         return *s1 == *s1;

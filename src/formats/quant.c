@@ -87,7 +87,7 @@ bq_status bq_tensor_ctx(const bq_format *f, const float *x, size_t rows, size_t 
     c->seed = o ? o->seed : 0;
     c->cols = cols;
     if ((unsigned)c->round > BQ_ROUND_STOCHASTIC) return bq_fail(BQ_ERR_ARG, "unknown rounding mode %d", (int)c->round);
-    if (f->sch == SCH_INT && f->scope == SCOPE_TENSOR) {
+    if (format_scale_place(f) == SCALE_TENSOR) {
         if (f->asym) int_group_scale(f, x, rows * cols, &c->tensor_scale, &c->tensor_zero, &c->tensor_nonfinite);
         else {  /* the symmetric reduction in this CPU's ISA */
             uint32_t mb = current_isa()->amax_bits(x, rows * cols);
@@ -95,8 +95,8 @@ bq_status bq_tensor_ctx(const bq_format *f, const float *x, size_t rows, size_t 
             c->tensor_scale = c->tensor_nonfinite ? NAN : u2f(mb) / (float)f->el.hi;
             c->tensor_zero = 0.0f;
         }
-    } else if (f->sch == SCH_NVFP4) {
-        /* s_t from the finite values; blocks holding NaN/Inf decode to NaN */
+    } else if (scheme_of(f)->tensor_factor) {
+        /* NVFP4's s_t from the finite values; blocks holding NaN/Inf decode to NaN */
         float amax = u2f(current_isa()->amax_bits(x, rows * cols));
         if (!(amax <= FLT_MAX)) { /* slow path: ignore the non-finite values */
             amax = 0.0f;
@@ -141,60 +141,29 @@ bq_status bq_qdq(const bq_format *f, const float *in, float *out, size_t rows, s
 /* ---- facts -------------------------------------------------------------- */
 
 
-/* Largest magnitude and smallest non-zero/normal magnitude of the unscaled grid. */
-static void grid_range(const elem_t *e, double *mx, double *mnorm, double *msub)
-{
-    switch (e->kind) {
-    case EK_FP32: *mx = FLT_MAX; *mnorm = FLT_MIN; *msub = FLT_TRUE_MIN; break;
-    case EK_MF:
-        *mx = e->maxval;
-        *mnorm = ldexp(1.0, e->emin);
-        *msub = e->subnorm ? ldexp(1.0, e->emin - e->mbits) : *mnorm;
-        break;
-    case EK_LOG: *mx = ldexp(1.0, e->lemax); *mnorm = *msub = ldexp(1.0, e->lemin); break;
-    default: *mx = ldexp((double)(e->hi > -e->lo ? e->hi : -e->lo), -e->frac); *mnorm = *msub = ldexp(1.0, -e->frac); break;
-    }
-}
-
 bq_status bq_format_get_info(const bq_format *f, bq_format_info *in)
 {
     if (!f || !in) return bq_fail(BQ_ERR_ARG, "null argument");
     memset(in, 0, sizeof *in);
     in->name = f->name;
-    in->family = f->el.kind == EK_FP32 ? "fp32" : f->sch != SCH_ELEM ? scheme_of(f)->family
+    scale_place sp = format_scale_place(f);
+    in->family = f->el.kind == EK_FP32 ? "fp32" : sp != SCALE_NONE ? scheme_of(f)->family
                  : f->el.kind == EK_MF ? "minifloat" : f->el.kind == EK_LOG ? "log" : "fixed";
     in->elem_bits = f->el.bits;
     in->scale_bits = f->scale_bits;
-    in->block = f->sch == SCH_INT ? (f->scope == SCOPE_GROUP ? f->block : f->scope == SCOPE_ROW ? -1 : -2)
-                                  : f->block;
+    in->block = sp == SCALE_ROW ? -1 : sp == SCALE_TENSOR ? -2 : f->block;
     in->bits_per_element = f->el.bits + (in->block > 0 ? (double)f->scale_bits / in->block : 0.0);
     double mx, mn, ms;
-    grid_range(&f->el, &mx, &mn, &ms);
+    elem_grid_range(&f->el, &mx, &mn, &ms);
     in->block_binades = log2(mx / ms);
     /* scale range: how far the shared scale can move the grid */
     double lo = 1.0, hi = 1.0;
-    switch (f->sch) {
-    case SCH_MX: lo = ldexp(1.0, -127); hi = ldexp(1.0, 127); break;
-    case SCH_BFP: /* elements are m * 2^(e-(M-1)) with e in [-127, 128] */
-        lo = ldexp(1.0, -127); hi = ldexp(1.0, 128); break;
-    case SCH_BM: lo = ldexp(1.0, f->el.bias - 127); hi = ldexp(1.0, f->el.bias + 128); break;
-    case SCH_BL: lo = ldexp(1.0, -128); hi = ldexp(1.0, 127); break;
-    case SCH_SCALED:
-    case SCH_NVFP4: {
-        double smx, smn, sms;
-        grid_range(&f->scale, &smx, &smn, &sms);
-        lo = sms;
-        hi = smx;
-        break;
-    }
-    case SCH_INT: lo = FLT_TRUE_MIN; hi = FLT_MAX / (mx > 0 ? mx : 1); break;
-    default: break;
-    }
+    if (scheme_of(f)->scale_range) scheme_of(f)->scale_range(f, mx, &lo, &hi);
     in->max_normal = fmin(mx * hi + (f->asym && f->ggml ? hi : 0.0), FLT_MAX);  /* q4_1/q5_1: plus the minimum */
     in->min_normal = fmax(mn * lo, FLT_TRUE_MIN);
     in->min_subnormal = fmax(ms * lo, FLT_TRUE_MIN);
     in->range_binades = log2(in->max_normal / in->min_subnormal);
-    if (f->sch == SCH_NVFP4) {
+    if (scheme_of(f)->tensor_factor) {
         /* the fp32 tensor scale can put the grid anywhere; report the range
          * within one tensor (relative to s_t) and no absolute bound */
         in->max_normal = FLT_MAX;

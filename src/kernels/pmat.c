@@ -55,7 +55,7 @@ static int linear_blocks(const bq_format *f) { return scheme_of(f)->block_code &
 
 static int panel_ok(const bq_format *f, int cols, int8_t lut[256], float *emult)
 {
-    if (!linear_blocks(f) && !(f->sch == SCH_INT && f->scope == SCOPE_GROUP)) return 0;
+    if (!linear_blocks(f) && format_scale_place(f) != SCALE_GROUP) return 0;
     if (f->el.bits != 4 && f->el.bits != 8) return 0;
     if (f->block % 16 || f->block > 512 || cols % f->block || f->scale_bits % 8) return 0;
     int lo;
@@ -314,16 +314,14 @@ static size_t slot(const pmat *m, int r, int k, int *shift)
     return (size_t)u * 64 + (size_t)r * 4 + (size_t)(i % 4);
 }
 
-static int float16_format(const bq_format *f) { return f->sch == SCH_ELEM && f->el.kind == EK_MF && f->el.bits == 16; }
-
-int pmat_is_float16(const pmat *m) { return m && float16_format(m->f); }
+int pmat_is_float16(const pmat *m) { return m && format_is_float16(m->f); }
 
 void pmat_free(pmat *m)
 {
     if (!m) return;
     bq_format_free(m->f);
     if (!m->borrowed) free(m->data);
-    else {  /* a view of a mapped file: its pages leave the resident set (quantised copies replace it) */
+    else if (m->borrowed == 1) {  /* a view of a mapped file: its pages leave the resident set (quantised copies replace it) */
         long pg = sysconf(_SC_PAGESIZE);
         uintptr_t b = ((uintptr_t)m->data + (uintptr_t)pg - 1) & ~(uintptr_t)(pg - 1);
         uintptr_t e = ((uintptr_t)m->data + m->size) & ~(uintptr_t)(pg - 1);
@@ -453,7 +451,7 @@ bq_status pmat_new(const bq_format *f, int rows, int cols, const uint8_t *packed
 bq_status pmat_view16(const bq_format *f, int rows, int cols, const uint8_t *data, size_t size, pmat **out)
 {
     *out = NULL;
-    if (!float16_format(f) || pack_header_bytes(f) || (uintptr_t)data % 2)
+    if (!format_is_float16(f) || pack_header_bytes(f) || (uintptr_t)data % 2)
         return pmat_new(f, rows, cols, data, size, out);
     pmat *m;
     bq_status st = pmat_alloc(f, rows, cols, size, &m);
@@ -465,6 +463,16 @@ bq_status pmat_view16(const bq_format *f, int rows, int cols, const uint8_t *dat
     stream_setup(m);
     *out = m;
     return BQ_OK;
+}
+
+bq_status pmat_view_of(const pmat *src, pmat **out)
+{
+    *out = NULL;
+    if (!pmat_is_float16(src) || src->kind != PM_STREAM)
+        return bq_fail(BQ_ERR_ARG, "a view of %s weights: only 16-bit float matrices have views", src->f->name);
+    bq_status st = pmat_view16(src->f, src->rows, src->cols, src->data, src->size, out);
+    if (!st && (*out)->borrowed) (*out)->borrowed = 2;  /* (an unaligned source is copied, as pmat_view16 does) */
+    return st;
 }
 
 typedef struct { const pmat *m; float *x; } widen_job;
@@ -774,7 +782,7 @@ bq_status pm_act_make(const bq_format *af, const float *x, int n, int cols, cons
     if (!st) st = bq_pack(af, x, (size_t)n, (size_t)cols, o, pk, psz);
     if (!st) {
         float ts = pack_tensor_scale(af, pk);
-        int has_codes = !(af->sch == SCH_ELEM || (af->sch == SCH_INT && af->scope == SCOPE_TENSOR));
+        int has_codes = !format_rows_unscaled(af);
         const uint8_t *body = pk + pack_header_bytes(af);
         for (int t = 0; t < n; t++) {
             pack_row_codes(af, body + (size_t)t * rb, (size_t)cols, sc, ec);
@@ -782,7 +790,7 @@ bq_status pm_act_make(const bq_format *af, const float *x, int n, int cols, cons
             for (int g = 0; g < ng; g++) {
                 float s1 = 1.0f, s2 = 1.0f;
                 if (has_codes) pack_scale_parts(af, ts, sc[g], &s1, &s2);
-                else if (af->sch == SCH_INT) s1 = ts;
+                else if (format_float_scale(af)) s1 = ts;
                 a->s[(size_t)t * ng + g] = (s1 * s2) * em;
             }
         }

@@ -26,7 +26,8 @@ typedef struct pmat {
     /* PM_STREAM: the bq_pack layout */
     uint8_t *data;
     size_t size;
-    int borrowed;         /* data is a view of the caller's memory (pmat_view16): not freed */
+    int borrowed;         /* data is a view of the caller's memory (pmat_view16): not freed; 1: a mapped
+                             file's, whose pages are given back when freed; 2: left alone (pmat_view_of) */
     /* PM_PANEL */
     int eb;               /* element bits: 4 or 8 */
     int K;                /* elements per scale group along a row */
@@ -50,6 +51,9 @@ bq_status pmat_new(const bq_format *f, int rows, int cols, const uint8_t *packed
 /* A bf16/fp16 matrix held where it lies (a mapped checkpoint, which must outlive the
  * pmat): no copy. Other formats, or data not 2-byte aligned, are copied as pmat_new. */
 bq_status pmat_view16(const bq_format *f, int rows, int cols, const uint8_t *data, size_t size, pmat **out);
+/* A second view of a 16-bit matrix's bytes (a quantisation trial's source): freeing it
+ * leaves them and their pages alone. */
+bq_status pmat_view_of(const pmat *src, pmat **out);
 /* Quantise rows x cols of float32 into f and hold the result packed (bq_pack, then pmat_new). */
 bq_status pmat_pack(const bq_format *f, const float *x, int rows, int cols, const bq_qopts *o, pmat **out);
 void pmat_free(pmat *m);

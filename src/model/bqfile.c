@@ -308,10 +308,6 @@ static const char *str_item(const cJSON *o, const char *k)
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
-static int is_float_format(const bq_format *f)
-{
-    return f->sch == SCH_ELEM && f->el.kind != EK_INT && f->el.kind != EK_LOG && f->el.bits >= 16;
-}
 
 /* A linear's LoRC factors (version 2): rank in [1, min(in, out)], A [out][rank]
  * and B [rank][in] float32, each checked against its size and checksum. */
@@ -409,7 +405,7 @@ static bq_status load_tensor(const region *r, slot_list *sl, const cJSON *t, bq_
         st = bq_fail(BQ_ERR_PARSE, "%s: tensor '%s' holds %zu bytes; %s at its shape takes %zu", r->path, name, size, fmt,
                      bq_packed_size(f, rows, cols));
     if (!st) {
-        if (s->p && !is_float_format(f)) {
+        if (s->p && !format_is_wide_float(f)) {
             st = pmat_new(f, (int)rows, (int)cols, p, size, s->p);
         } else if (!(*s->f = malloc(rows * cols * sizeof(float)))) {
             st = bq_fail(BQ_ERR_NOMEM, "out of memory");

@@ -742,7 +742,7 @@ static bq_status gguf_tensor(const bq_model *m, slot *s, wtensor *t, int fill)
         const pmat *pm = *s->p;
         const char *fn = pm->f->name;
         uint32_t ty = exact_type(fn);
-        int f32 = pm->f->sch == SCH_ELEM && pm->f->el.kind == EK_FP32, wide = f32 || pmat_is_float16(pm);
+        int f32 = format_is_fp32(pm->f), wide = f32 || pmat_is_float16(pm);
         if (wide) ty = f32 ? GG_F32 : pm->f->el.ebits == 8 ? GG_BF16 : GG_F16;  /* the same codes */
         else if (!ty || cols % 32)
             return bq_fail(BQ_ERR_UNSUPPORTED, "%s is %s, which has no exact GGUF type (use f32, f16, bf16, mxfp4, "

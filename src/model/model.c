@@ -534,7 +534,7 @@ bq_status bq_tokenizer_from_model(const bq_model *m, bq_tokenizer **out)
 
 /* ---- sizes for the cost model ---- */
 
-static linear *nth_linear(const bq_model *m, int i)
+linear *model_nth_linear(const bq_model *m, int i)
 {
     int k = 0;
     for (int l = 0; l < m->c.layers; l++) {
@@ -549,19 +549,19 @@ static linear *nth_linear(const bq_model *m, int i)
 int bq_model_n_linears(const bq_model *m)
 {
     int k = 0;
-    while (nth_linear(m, k)) k++;
+    while (model_nth_linear(m, k)) k++;
     return k;
 }
 
 const char *bq_model_linear_name(const bq_model *m, int i)
 {
-    linear *l = nth_linear(m, i);
+    linear *l = model_nth_linear(m, i);
     return l ? l->name : NULL;
 }
 
 size_t bq_model_linear_params(const bq_model *m, int i)
 {
-    linear *l = nth_linear(m, i);
+    linear *l = model_nth_linear(m, i);
     return l ? (size_t)l->in * l->out : 0;
 }
 

@@ -91,6 +91,8 @@ typedef struct linear {
 /* A linear of m with LoRC factors (NULL if none): what .bq files hold (version 2)
  * and GGUF and Hugging Face folders cannot. */
 const linear *model_lorc_linear(const struct bq_model *m);
+/* The model's i-th layer linear in bq_model_linear_name's order (NULL past the last). */
+linear *model_nth_linear(const struct bq_model *m, int i);
 #define LINEAR_PRESENT(l) ((l)->w || (l)->pw)
 typedef struct { float *w, *b; } normp;
 

@@ -22,7 +22,7 @@ enum { NSHRINK = 21 };  /* 1.00, 0.975, ..., 0.50 */
 
 bq_status ptq_clip(const bq_format *f, float *w, int rows, int cols, const double *imp, const bq_qopts *o)
 {
-    if (f->sch == SCH_ELEM) return BQ_OK;  /* no scale to choose */
+    if (format_scale_place(f) == SCALE_NONE) return BQ_OK;  /* no scale to choose */
     size_t n = (size_t)rows * cols, g = pack_group_len(f, (size_t)cols);
     size_t ng = (size_t)rows * ((cols + g - 1) / g), per_row = (cols + g - 1) / g;
     float *tmp = malloc(n * sizeof *tmp), *q = malloc(n * sizeof *q), *best = malloc(n * sizeof *best);

@@ -78,7 +78,8 @@ static int inverse_factor(const double *gram, int n, double *U, double *used)
 /* A scale shared by a whole row or the tensor (or NVFP4's tensor scale over its blocks'). */
 static int gptq_row_scale(const bq_format *f)
 {
-    return (f->sch == SCH_INT && (f->scope == SCOPE_ROW || f->scope == SCOPE_TENSOR)) || f->sch == SCH_NVFP4;
+    scale_place p = format_scale_place(f);
+    return p == SCALE_ROW || p == SCALE_TENSOR || scheme_of(f)->tensor_factor;
 }
 
 static void pins_free(bq_gptq_pins *p)
@@ -92,15 +93,15 @@ static bq_status pins_make(const bq_format *f, const float *w, int rows, int col
 {
     memset(p, 0, sizeof *p);
     if (!gptq_row_scale(f)) return BQ_OK;
-    int per_tensor = !(f->sch == SCH_INT && f->scope == SCOPE_ROW);
-    int asym = f->sch == SCH_INT && f->asym;
+    int per_tensor = format_scale_place(f) != SCALE_ROW;
+    int asym = format_float_scale(f) && f->asym;
     p->lo = malloc((size_t)rows * sizeof *p->lo); p->hi = malloc((size_t)rows * sizeof *p->hi);
     p->clo = malloc((size_t)rows * sizeof *p->clo); p->chi = malloc((size_t)rows * sizeof *p->chi);
     if (!p->lo || !p->hi || !p->clo || !p->chi) {
         pins_free(p);
         return bq_fail(BQ_ERR_NOMEM, "out of memory");
     }
-    p->P = f->sch == SCH_NVFP4 ? f->block : 2;  /* NVFP4: a whole block, its own scale ignored */
+    p->P = scheme_of(f)->tensor_factor ? f->block : 2;  /* NVFP4: a whole block, its own scale ignored */
     for (int r = 0; r < rows; r++) {  /* each row's extremes: the first element holding each */
         const float *x = w + (size_t)r * cols;
         int imin = 0, imax = 0, iabs = 0;

@@ -431,6 +431,31 @@ static bq_status set_act(linear *l, const char *fmt)
     return BQ_OK;
 }
 
+bq_status ptq_trial_linear(const linear *l, const char *w, const char *a, const bq_qopts *o, linear *out)
+{
+    *out = *l;
+    out->aq = NULL;
+    bq_status st = BQ_OK;
+    if (l->pw && pmat_is_float16(l->pw)) st = pmat_view_of(l->pw, &out->pw);
+    else if (l->w) {
+        size_t n = (size_t)l->out * l->in;
+        if (!(out->w = malloc(n * sizeof *out->w))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        else memcpy(out->w, l->w, n * sizeof *out->w);
+    }  /* else packed: shared, and apply_w refuses any other format */
+    if (!st && w && *w) st = apply_w(&out->w, &out->pw, l->out, l->in, w, o, l->name, 0, (ptq_in){0});
+    if (!st) st = set_act(out, a ? a : "");
+    if (st) ptq_trial_free(l, out);
+    return st;
+}
+
+void ptq_trial_free(const linear *l, linear *out)
+{
+    if (out->w != l->w) free(out->w);
+    if (out->pw != l->pw) pmat_free(out->pw);
+    if (out->aq != l->aq) bq_format_free(out->aq);
+    *out = *l;
+}
+
 /* Formats a rule set assigns to one name; `is_block` says whether default applies. */
 /* The multiplication a linear asks for ("" if no rule says). */
 static const char *resolve_mul(const bq_qconfig *q, const char *name, int is_block)
@@ -450,7 +475,7 @@ static bq_status lmul_mbits(const bq_format *f, const char *name, const char *wh
     if (!f || f->el.kind == EK_FP32) { *m = 23; return BQ_OK; }
     const char *why = f->el.kind == EK_INT ? "integer elements" : f->el.kind == EK_LOG ? "logarithmic elements"
                     : scheme_minifloat_scale(f) ? "a block scale that is not a power of two"
-                    : f->sch == SCH_INT ? "an integer scale" : NULL;
+                    : format_float_scale(f) ? "an integer scale" : NULL;
     if (why) return bq_fail(BQ_ERR_UNSUPPORTED, "%s: L-Mul is not defined for %s %s (%s)", name, what, f->name, why);
     *m = f->el.mbits;
     return BQ_OK;

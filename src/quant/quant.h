@@ -97,6 +97,12 @@ bq_status ptq_awq(bq_model *m, calib_stats *cs, const bq_qconfig *q);
 /* A linear's weights as float32 (a held 16-bit matrix widened exactly; packed: refused);
  * the embedding likewise (a tied head follows it); a tied head given its own copy (qconfig.c). */
 bq_status ptq_float_weights(struct linear *l);
+/* A trial's linear (search): *out is l with its weights quantised to w and its input
+ * format a ("" or NULL: none), plain rounding, from a copy (a second view of held
+ * 16-bit weights, a float32 copy), so l stays as it is; name, shape, bias and LoRC
+ * factors are l's. ptq_trial_free gives back what the copy owns. */
+bq_status ptq_trial_linear(const struct linear *l, const char *w, const char *a, const bq_qopts *o, struct linear *out);
+void ptq_trial_free(const struct linear *l, struct linear *out);
 bq_status ptq_float_embedding(bq_model *m);
 bq_status ptq_untie_head(bq_model *m);
 /* The residual stream rotated by a seeded random orthogonal matrix, norms folded (rotate.c). */

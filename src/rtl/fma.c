@@ -22,8 +22,8 @@
 bq_status rtl_float_side(const bq_format *f, int *E, int *M)
 {
     const elem_t *e = &f->el;
-    if (f->sch == SCH_ELEM && e->kind == EK_FP32) { *E = 8; *M = 23; return BQ_OK; }
-    if (f->sch == SCH_ELEM && e->kind == EK_MF && e->bits > 8 && e->flavour == FL_IEEE && e->bits == 1 + e->ebits + e->mbits &&
+    if (format_is_fp32(f)) { *E = 8; *M = 23; return BQ_OK; }
+    if (format_scale_place(f) == SCALE_NONE && e->kind == EK_MF && e->bits > 8 && e->flavour == FL_IEEE && e->bits == 1 + e->ebits + e->mbits &&
         e->bias == (1 << (e->ebits - 1)) - 1 && e->subnorm) {
         *E = e->ebits;
         *M = e->mbits;

@@ -105,14 +105,13 @@ static bq_status analyse_scale(side *s)
     const bq_format *f = s->f;
     if (f->asym)
         return bq_fail(BQ_ERR_UNSUPPORTED, "rtl: %s has %s; the generator takes symmetric grids", f->name,
-                       f->sch == SCH_INT ? "zero points" : "a per-block minimum");
-    switch (f->sch) {
-    case SCH_ELEM: s->stype = 0; s->sb = 0; return BQ_OK;
-    case SCH_INT:  /* the float32 scale multiplies once per tensor, row or group, outside the integer lanes */
+                       format_float_scale(f) ? "zero points" : "a per-block minimum");
+    if (!scheme_of(f)->block_code) {  /* none, or a float32 scale that multiplies once per tensor, row or group, outside the integer lanes */
         s->stype = 0;
         s->sb = 0;
         return BQ_OK;
-    case SCH_MX: case SCH_BFP: case SCH_BM: case SCH_BL: {
+    }
+    if (scheme_of(f)->pow2_code) {  /* a shared exponent */
         s->stype = 1;
         s->sb = f->scale_bits;
         int E[256], ok[256];
@@ -144,37 +143,35 @@ static bq_status analyse_scale(side *s)
         }
         return bq_fail(BQ_ERR_UNSUPPORTED, "rtl: %s's scale exponent is not affine in its code", f->name);
     }
-    default: {  /* a minifloat scale (SCALED, NVFP4: its fp32 tensor scale multiplies outside the block) */
-        const elem_t *se = &f->scale;
-        if (se->kind != EK_MF || f->scale_bits > 16 || (se->bits != 1 + se->ebits + se->mbits && se->bits != se->ebits + se->mbits))
-            return bq_fail(BQ_ERR_UNSUPPORTED, "rtl: %s's scale is not a minifloat of up to 16 bits", f->name);
-        s->stype = 2;
-        s->sf = se;
-        s->sb = f->scale_bits;
-        s->ssign = se->bits == 1 + se->ebits + se->mbits;
-        s->SM = se->mbits + 1;
-        s->SL0 = se->emin - se->mbits;
-        /* which codes are NaN: exponent all ones (IEEE), all ones but the sign (FN), none */
-        int pat_ok[3] = {1, 1, 1};
-        uint32_t eall = (1u << se->ebits) - 1, mall = (1u << se->mbits) - 1;
-        for (uint32_t c = 0; c < (1u << s->sb); c++) {
-            uint32_t ef = (c >> se->mbits) & eall, mf = c & mall;
-            int isnan_ = !isfinite(mf_decode(se, c)), pats[3] = {0, ef == eall, ef == eall && mf == mall};
-            for (int p = 0; p < 3; p++) pat_ok[p] &= pats[p] == isnan_;
-        }
-        s->snan = pat_ok[0] ? 0 : pat_ok[1] ? 1 : pat_ok[2] ? 2 : -1;
-        if (s->snan < 0) return bq_fail(BQ_ERR_UNSUPPORTED, "rtl: %s's scale has NaN codes of no known pattern", f->name);
-        /* the structural decode (scale_of, and the Verilog that mirrors it) against the library's */
-        for (uint32_t c = 0; c < (1u << s->sb); c++) {
-            int E, neg;
-            uint32_t m;
-            if (!scale_of(s, c, &E, &m, &neg)) continue;
-            double want = ldexp((double)m, E) * (neg ? -1 : 1), v = mf_decode(se, c);
-            if (want != v) return bq_fail(BQ_ERR_UNSUPPORTED, "rtl: %s scale code %u decodes to %g, not %g", f->name, c, v, want);
-        }
-        return BQ_OK;
+    /* a minifloat scale (SCALED, NVFP4: its fp32 tensor scale multiplies outside the block) */
+    const elem_t *se = &f->scale;
+    if (se->kind != EK_MF || f->scale_bits > 16 || (se->bits != 1 + se->ebits + se->mbits && se->bits != se->ebits + se->mbits))
+        return bq_fail(BQ_ERR_UNSUPPORTED, "rtl: %s's scale is not a minifloat of up to 16 bits", f->name);
+    s->stype = 2;
+    s->sf = se;
+    s->sb = f->scale_bits;
+    s->ssign = se->bits == 1 + se->ebits + se->mbits;
+    s->SM = se->mbits + 1;
+    s->SL0 = se->emin - se->mbits;
+    /* which codes are NaN: exponent all ones (IEEE), all ones but the sign (FN), none */
+    int pat_ok[3] = {1, 1, 1};
+    uint32_t eall = (1u << se->ebits) - 1, mall = (1u << se->mbits) - 1;
+    for (uint32_t c = 0; c < (1u << s->sb); c++) {
+        uint32_t ef = (c >> se->mbits) & eall, mf = c & mall;
+        int isnan_ = !isfinite(mf_decode(se, c)), pats[3] = {0, ef == eall, ef == eall && mf == mall};
+        for (int p = 0; p < 3; p++) pat_ok[p] &= pats[p] == isnan_;
     }
+    s->snan = pat_ok[0] ? 0 : pat_ok[1] ? 1 : pat_ok[2] ? 2 : -1;
+    if (s->snan < 0) return bq_fail(BQ_ERR_UNSUPPORTED, "rtl: %s's scale has NaN codes of no known pattern", f->name);
+    /* the structural decode (scale_of, and the Verilog that mirrors it) against the library's */
+    for (uint32_t c = 0; c < (1u << s->sb); c++) {
+        int E, neg;
+        uint32_t m;
+        if (!scale_of(s, c, &E, &m, &neg)) continue;
+        double want = ldexp((double)m, E) * (neg ? -1 : 1), v = mf_decode(se, c);
+        if (want != v) return bq_fail(BQ_ERR_UNSUPPORTED, "rtl: %s scale code %u decodes to %g, not %g", f->name, c, v, want);
     }
+    return BQ_OK;
 }
 
 bq_status rtl_new(const char *w, const char *a, int lanes, int pipeline, rtl_design **out)
@@ -392,7 +389,7 @@ static void put_bits(bitbuf *b, unsigned __int128 v, int w)  /* most significant
 static int check_library(const side *s, int K, uint32_t sc, const uint8_t *codes, int *compared)
 {
     const bq_format *f = s->f;
-    if (f->sch == SCH_INT) return 0;  /* its elements are pack_elem_value's; the float32 scale is outside the module */
+    if (format_float_scale(f)) return 0;  /* its elements are pack_elem_value's; the float32 scale is outside the module */
     size_t hb = pack_header_bytes(f), rb = pack_row_bytes(f, (size_t)K);
     uint8_t *buf = calloc(hb + rb + 8, 1);
     float *v = malloc((size_t)K * sizeof *v), one = 1.0f;

@@ -36,7 +36,7 @@ static operand operand_of(const bq_format *f)
         o.block = f->block;
         o.scale_bits = f->scale_bits;
         if (scheme_minifloat_scale(f)) o.scale_sig = f->scale.mbits + 1;
-    } else if (f->sch == SCH_INT && f->scope == SCOPE_GROUP) {
+    } else if (format_scale_place(f) == SCALE_GROUP) {
         o.block = f->block;
         o.scale_bits = 32;
         o.scale_sig = 24;

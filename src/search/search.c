@@ -2,7 +2,10 @@
  * per-layer sensitivities (HAWQ-style), and a seeded random sampler; the Pareto
  * front of (calibration loss, bits) over everything evaluated. */
 #include "core.h"
+#include "model.h"
+#include "quant.h"
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -83,22 +86,29 @@ static bq_status trial_opts(const bq_trial_opts *o)
     return BQ_OK;
 }
 
-/* The loaded model m quantised as choose says (NULL: left float), then scored. */
+/* The loaded model m scored with linear i quantised to formats[choose[i]] (weights and
+ * input; choose NULL or -1: left as loaded). The quantised linears are trial copies
+ * (ptq_trial_linear) swapped in for the scoring and out after it: m comes back as it
+ * was, so one load serves every trial. */
 static bq_status score(bq_model *m, const int32_t *ids, size_t n, int nl, const int *choose, const char *const *formats,
                        const bq_trial_opts *o, double *nll, double *ppl)
 {
     bq_status st = BQ_OK;
     if (choose && nl != bq_model_n_linears(m))
         st = bq_fail(BQ_ERR_ARG, "an assignment of %d linears for a model with %d", nl, bq_model_n_linears(m));
-    bq_qconfig *q = NULL;
+    bq_qconfig *q = NULL;  /* its default options: what bq_model_quantize would round with */
+    linear *kept = NULL;   /* the swapped-out linears, as loaded */
+    int swapped = 0;
     if (!st && choose) {
         st = bq_qconfig_new(&q);
-        for (int i = 0; i < nl && !st; i++) {
+        if (!st && !(kept = malloc((size_t)(nl ? nl : 1) * sizeof *kept))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        if (!st) m->qopts = q->opts;
+        for (int i = 0; i < nl && !st; i++, swapped = i) {
+            linear *l = model_nth_linear(m, i), t;
+            kept[i] = *l;
             if (choose[i] < 0 || !strcmp(formats[choose[i]], "fp32")) continue;
-            st = bq_qconfig_add_rule(q, bq_model_linear_name(m, i), formats[choose[i]], formats[choose[i]]);
+            if (!(st = ptq_trial_linear(l, formats[choose[i]], formats[choose[i]], &q->opts, &t))) *l = t;
         }
-        if (!st) st = bq_model_quantize(m, q, 1);
-        bq_qconfig_free(q);
     }
     bq_ppl_opts po = {.ctx = o->ctx, .chunks = o->chunks, .threads = o->threads, .device = o->device};
     bq_ppl_result r;
@@ -107,6 +117,13 @@ static bq_status score(bq_model *m, const int32_t *ids, size_t n, int nl, const 
         *nll = r.nll;
         if (ppl) *ppl = r.ppl;
     }
+    for (int i = 0; i < swapped; i++) {
+        linear *l = model_nth_linear(m, i), t = *l;
+        *l = kept[i];
+        ptq_trial_free(l, &t);
+    }
+    free(kept);
+    bq_qconfig_free(q);
     return st;
 }
 
@@ -121,16 +138,12 @@ bq_status bq_assignment_nll(const char *model, const int32_t *ids, size_t n, int
     return st;
 }
 
-bq_status bq_sensitivity(const char *model, const int32_t *ids, size_t n, const char *const *formats, int nf,
-                         const bq_trial_opts *o, double *base_nll, double *sens)
+/* bq_sensitivity on the loaded model m. */
+static bq_status sensitivity(bq_model *m, const int32_t *ids, size_t n, const char *const *formats, int nf,
+                             const bq_trial_opts *o, double *base_nll, double *sens)
 {
-    bq_status st = trial_opts(o);
-    bq_model *m = NULL;
-    if (!st) st = bq_model_load(model, &m);
-    if (st) return st;
     int nl = bq_model_n_linears(m), parts = o->parts ? o->parts : 1;
-    st = score(m, ids, n, nl, NULL, formats, o, base_nll, NULL);  /* the float model: this load's */
-    bq_model_free(m);
+    bq_status st = score(m, ids, n, nl, NULL, formats, o, base_nll, NULL);  /* the float model */
     int *choose = st ? NULL : malloc((size_t)(nl ? nl : 1) * sizeof *choose);
     if (!st && !choose) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
     for (size_t k = 0; k < (size_t)nl * nf; k++) sens[k] = 0.0;
@@ -140,10 +153,195 @@ bq_status bq_sensitivity(const char *model, const int32_t *ids, size_t n, const 
             for (int j = 0; j < nl; j++) choose[j] = -1;
             choose[i] = f;
             double nll;
-            if (!(st = bq_assignment_nll(model, ids, n, nl, choose, formats, o, &nll, NULL))) sens[(size_t)i * nf + f] = nll - *base_nll;
+            if (!(st = score(m, ids, n, nl, choose, formats, o, &nll, NULL))) sens[(size_t)i * nf + f] = nll - *base_nll;
         }
         if (!st && o->progress) o->progress(o->progress_arg, i + 1, nl);
     }
     free(choose);
+    return st;
+}
+
+bq_status bq_sensitivity(const char *model, const int32_t *ids, size_t n, const char *const *formats, int nf,
+                         const bq_trial_opts *o, double *base_nll, double *sens)
+{
+    bq_status st = trial_opts(o);
+    bq_model *m = NULL;
+    if (!st) st = bq_model_load(model, &m);
+    if (!st) st = sensitivity(m, ids, n, formats, nf, o, base_nll, sens);
+    bq_model_free(m);
+    return st;
+}
+
+/* ---- the search ---- */
+
+static uint64_t rng_next(uint64_t *s)
+{
+    *s ^= *s << 13; *s ^= *s >> 7; *s ^= *s << 17;
+    return *s;
+}
+
+/* A random assignment within the budget: uniform choice per linear, then random
+ * downgrades of linears above the cheapest format until the average fits. */
+static void sample_assign(uint64_t *rng, int nl, int nf, const size_t *params, const double *bits, double budget,
+                          int cheapest, int *choose)
+{
+    double tp = 0, tb = 0;
+    for (int i = 0; i < nl; i++) {
+        choose[i] = (int)(rng_next(rng) % (uint64_t)nf);
+        tp += (double)params[i];
+        tb += (double)params[i] * bits[choose[i]];
+    }
+    for (int guard = 0; tb > budget * tp && guard < 100000; guard++) {
+        int i = (int)(rng_next(rng) % (uint64_t)nl);
+        if (choose[i] == cheapest) continue;
+        int next = cheapest;  /* the next cheaper format */
+        for (int f = 0; f < nf; f++)
+            if (bits[f] < bits[choose[i]] && bits[f] > bits[next]) next = f;
+        tb -= (double)params[i] * (bits[choose[i]] - bits[next]);
+        choose[i] = next;
+    }
+}
+
+void bq_search_result_free(bq_search_result *r)
+{
+    if (!r) return;
+    free(r->choose); free(r->nll); free(r->bits); free(r->density); free(r->pareto); free(r->kind); free(r->sens);
+    free(r);
+}
+
+/* Every format on every linear before any trial runs: a block longer than a linear's
+ * input, a packed model's other format, a name that does not parse fail here. */
+static bq_status formats_fit(bq_model *m, const char *const *formats, int nf, int nl)
+{
+    bq_status st = BQ_OK;
+    for (int f = 0; f < nf && !st; f++) {
+        bq_format *fm;
+        if ((st = bq_format_parse(formats[f], &fm))) break;
+        bq_format_info in;
+        bq_format_get_info(fm, &in);
+        bq_format_free(fm);
+        for (int i = 0; i < nl && !st; i++) {
+            const linear *l = model_nth_linear(m, i);
+            if (in.block > l->in)
+                st = bq_fail(BQ_ERR_SHAPE, "%s: format %s has blocks of %d but the reduction dimension is %d", l->name,
+                             formats[f], in.block, l->in);
+        }
+        if (!st && nl) {  /* one real trial copy: what else a model refuses (a packed one's other formats) */
+            linear t;
+            bq_qopts qo = {0};
+            if (!(st = ptq_trial_linear(model_nth_linear(m, 0), formats[f], formats[f], &qo, &t)))
+                ptq_trial_free(model_nth_linear(m, 0), &t);
+        }
+    }
+    return st;
+}
+
+/* The processes' sums (o->reduce) after each did its part; a failure anywhere fails all. */
+static bq_status reduced(const bq_search_opts *o, bq_status st, double *v, size_t n)
+{
+    if (!o->reduce) return st;
+    int any = o->reduce(o->arg, v, n, st != BQ_OK);
+    if (st) return st;
+    return any ? bq_fail(BQ_ERR_UNSUPPORTED, "search: another process failed") : BQ_OK;
+}
+
+bq_status bq_search(const char *model, const int32_t *ids, size_t n, const char *const *formats, int nf,
+                    const bq_search_opts *o, bq_search_result **out)
+{
+    *out = NULL;
+    if (!o || o->size < sizeof *o) return bq_fail(BQ_ERR_ARG, "search options without their size");
+    bq_status st = trial_opts(&o->trial);
+    if (st) return st;
+    if (nf < 1 || !formats || !o->bits || !o->area) return bq_fail(BQ_ERR_ARG, "search: no formats, or their bits or areas");
+    if (o->trials < 0) return bq_fail(BQ_ERR_ARG, "search: %d random trials", o->trials);
+    int cheapest = 0;
+    for (int f = 0; f < nf; f++)
+        if (o->bits[f] < o->bits[cheapest]) cheapest = f;
+    if (!(o->budget >= o->bits[cheapest]))
+        return bq_fail(BQ_ERR_ARG, "impossible budget %.3f bits: the cheapest format given, %s, takes %.3f bits per element",
+                       o->budget, formats[cheapest], o->bits[cheapest]);
+    bq_model *m;
+    if ((st = bq_model_load(model, &m))) return st;
+    int nl = bq_model_n_linears(m), np = 1 + nf + o->trials;
+    bq_search_result *r = calloc(1, sizeof *r);
+    size_t *params = malloc((size_t)(nl ? nl : 1) * sizeof *params);
+    if (r) {
+        r->n_points = np; r->n_linears = nl; r->n_formats = nf;
+        r->choose = malloc((size_t)np * (nl ? nl : 1) * sizeof *r->choose);
+        r->nll = calloc((size_t)np, sizeof *r->nll);
+        r->bits = calloc((size_t)np, sizeof *r->bits);
+        r->density = calloc((size_t)np, sizeof *r->density);
+        r->pareto = calloc((size_t)np, sizeof *r->pareto);
+        r->kind = calloc((size_t)np, sizeof *r->kind);
+        r->sens = calloc((size_t)(nl ? nl : 1) * nf, sizeof *r->sens);
+    }
+    if (!r || !params || !r->choose || !r->nll || !r->bits || !r->density || !r->pareto || !r->kind || !r->sens)
+        st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < nl && !st; i++) params[i] = bq_model_linear_params(m, i);
+    if (!st) st = formats_fit(m, formats, nf, nl);
+    if (!st) {  /* each process's share of the trials (the progress is the first's) */
+        bq_trial_opts to = o->trial;
+        to.progress = NULL;
+        st = sensitivity(m, ids, n, formats, nf, &to, &r->base_nll, r->sens);
+    }
+    if (!st || o->reduce) st = reduced(o, st, r ? r->sens : NULL, r ? (size_t)nl * nf : 0);
+    /* the points: the knapsack, the uniform assignments, the seeded random samples
+     * (every process makes the same ones) */
+    if (!st) {
+        st = bq_knapsack(nl, nf, r->sens, params, o->bits, o->budget, 4096, r->choose, NULL);
+        snprintf(r->kind[0], sizeof r->kind[0], "knapsack");
+    }
+    for (int f = 0; f < nf && !st; f++) {
+        for (int i = 0; i < nl; i++) r->choose[(size_t)(1 + f) * nl + i] = f;
+        snprintf(r->kind[1 + f], sizeof r->kind[1 + f], "uniform %.63s", formats[f]);
+    }
+    uint64_t rng = o->seed * 0x9e3779b97f4a7c15ull + 0x2545f4914f6cdd1dull;
+    for (int k = 0; k < o->trials && !st; k++) {
+        sample_assign(&rng, nl, nf, params, o->bits, o->budget, cheapest, r->choose + (size_t)(1 + nf + k) * nl);
+        snprintf(r->kind[1 + nf + k], sizeof r->kind[1 + nf + k], "trial %d", k);
+    }
+    /* scoring: point j by process j % parts; a random trial an earlier run scored is recalled */
+    int parts = o->trial.parts ? o->trial.parts : 1, mine = 0;
+    for (int j = 1 + nf; j < np; j++) mine += j % parts == o->trial.part;
+    double recalled = 0;
+    for (int j = 0, done = 0; j < np && !st; j++) {
+        if (j % parts != o->trial.part) continue;
+        int k = j - 1 - nf;  /* the random trial's number */
+        const int *ch = r->choose + (size_t)j * nl;
+        if (k >= 0 && o->recall && o->recall(o->arg, k, nl, ch, &r->nll[j])) recalled++;
+        else if ((st = score(m, ids, n, nl, ch, formats, &o->trial, &r->nll[j], NULL))) break;
+        else if (k >= 0 && o->record) o->record(o->arg, k, nl, ch, r->nll[j]);
+        if (k >= 0 && o->progress) o->progress(o->arg, ++done, mine);
+    }
+    if (r && r->nll) {
+        for (int j = 0; j < np; j++)
+            if (j % parts != o->trial.part) r->nll[j] = 0.0;
+        st = reduced(o, st, r->nll, (size_t)np);
+        if (!st) st = reduced(o, st, &recalled, 1);
+    }
+    if (!st) {
+        r->recalled = (int)recalled;
+        double tp = 0;
+        for (int i = 0; i < nl; i++) tp += (double)params[i];
+        for (int j = 0; j < np; j++) {
+            double tb = 0, ta = 0;
+            for (int i = 0; i < nl; i++) {
+                int f = r->choose[(size_t)j * nl + i];
+                tb += (double)params[i] * o->bits[f];
+                ta += (double)params[i] * o->area[f];
+            }
+            r->bits[j] = tb / tp;
+            r->density[j] = o->fp32_area / (ta / tp);
+        }
+        int *front = malloc((size_t)np * sizeof *front);
+        if (!front) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        int nfront = front ? bq_pareto(np, r->nll, r->bits, r->density, front) : 0;
+        for (int k = 0; k < nfront; k++) r->pareto[front[k]] = 1;
+        free(front);
+    }
+    free(params);
+    bq_model_free(m);
+    if (st) bq_search_result_free(r);
+    else *out = r;
     return st;
 }
