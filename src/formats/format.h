@@ -91,8 +91,9 @@ typedef struct {
     size_t cols;
 } qctx;
 
-/* The traits of f's scheme (scheme.c). */
-const scheme_traits *scheme_of(const struct bq_format *f);
+/* The traits of f's scheme: a row of scheme.c's table (inline: kernels ask per block). */
+extern const scheme_traits bq_scheme_traits[SCH_COUNT];
+static inline const scheme_traits *scheme_of(const struct bq_format *f) { return &bq_scheme_traits[f->sch]; }
 /* A block scale that is a minifloat code, not a power of two (SCALED, NVFP4). */
 static inline int scheme_minifloat_scale(const struct bq_format *f) { return scheme_of(f)->block_code && !scheme_of(f)->pow2_code; }
 static inline scale_place format_scale_place(const struct bq_format *f)

@@ -328,26 +328,13 @@ INLINE void codes_of(const elem_t *e, const float *restrict q, uint8_t *restrict
 }
 
 /* One group's grid values (qb) and scale code (*sc); 0 if it holds Inf or NaN. */
-INLINE int codes_group(const bq_format *f, const qctx *c, const float *restrict xb, float *restrict qb, size_t n, size_t at,
-                       uint32_t *sc)
+INLINE int codes_group(const bq_format *f, scale_place sp, const qctx *c, const float *restrict xb, float *restrict qb, size_t n,
+                       size_t at, uint32_t *sc)
 {
     const elem_t *e = &f->el;
     uint32_t mbits = amax_bits(xb, n);
     if (mbits > 0x7f7fffffu) return 0;
-    scale_place sp = format_scale_place(f);
-    if (sp == SCALE_NONE) {
-        grid_dispatch(e, xb, qb, n, 0, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, c->round, c->seed, at);
-    } else if (sp != SCALE_BLOCK) {
-        float s = c->tensor_scale, z;
-        int bad = c->tensor_nonfinite;
-        if (sp != SCALE_TENSOR) {
-            int_scale_of(f, mbits, 0.0f, 0.0f, &s, &z, &bad);  /* symmetric: max |x| bits are all it reads */
-            *sc = f2u(s);
-        }
-        if (bad) return 0;
-        if (s > 0.0f) grid_dispatch(e, xb, qb, n, 1, 1.0f, 1.0f, s, 1.0f, 1.0f, c->round, c->seed, at);
-        else for (size_t i = 0; i < n; i++) qb[i] = 0.0f;
-    } else {
+    if (sp == SCALE_BLOCK) {
         bscale s = block_scale(f, c, u2f(mbits));
         if (s.pow2) {
             *sc = s.code;
@@ -357,6 +344,18 @@ INLINE int codes_group(const bq_format *f, const qctx *c, const float *restrict 
             if (s.div > 0.0f) grid_dispatch(e, xb, qb, n, 1, 1.0f, 1.0f, s.div, 1.0f, 1.0f, c->round, c->seed, at);
             else for (size_t i = 0; i < n; i++) qb[i] = copysignf(0.0f, sgn_of(xb[i]));
         }
+    } else if (sp == SCALE_NONE) {
+        grid_dispatch(e, xb, qb, n, 0, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, c->round, c->seed, at);
+    } else {
+        float s = c->tensor_scale, z;
+        int bad = c->tensor_nonfinite;
+        if (sp != SCALE_TENSOR) {
+            int_scale_of(f, mbits, 0.0f, 0.0f, &s, &z, &bad);  /* symmetric: max |x| bits are all it reads */
+            *sc = f2u(s);
+        }
+        if (bad) return 0;
+        if (s > 0.0f) grid_dispatch(e, xb, qb, n, 1, 1.0f, 1.0f, s, 1.0f, 1.0f, c->round, c->seed, at);
+        else for (size_t i = 0; i < n; i++) qb[i] = 0.0f;
     }
     return 1;
 }
@@ -379,16 +378,17 @@ int CAT(bq_pack_codes, BQ_ISA)(const bq_format *f, const qctx *c, const float *x
     if (!(mf && e->fast && !e->overflow_inf) && e->kind != EK_INT) return 0;
     if (e->kind == EK_INT && format_scale_place(f) == SCALE_BLOCK && e->lo != -e->hi) return 0;
     const size_t g = pack_group_len(f, cols);
+    const scale_place sp = format_scale_place(f);
     size_t k = 0, b = 0;
     /* full blocks of 32 or 16 with a constant length (the loops then need no remainder code) */
     if (g == 32)
         for (; b + 32 <= cols; b += 32, k++)
-            if (!codes_group(f, c, x + b, tmp + b, 32, idx0 + b, scodes + k)) return 0;
+            if (!codes_group(f, sp, c, x + b, tmp + b, 32, idx0 + b, scodes + k)) return 0;
     if (g == 16)
         for (; b + 16 <= cols; b += 16, k++)
-            if (!codes_group(f, c, x + b, tmp + b, 16, idx0 + b, scodes + k)) return 0;
+            if (!codes_group(f, sp, c, x + b, tmp + b, 16, idx0 + b, scodes + k)) return 0;
     for (; b < cols; b += g, k++)
-        if (!codes_group(f, c, x + b, tmp + b, cols - b < g ? cols - b : g, idx0 + b, scodes + k)) return 0;
+        if (!codes_group(f, sp, c, x + b, tmp + b, cols - b < g ? cols - b : g, idx0 + b, scodes + k)) return 0;
     if (mf) codes_of(e, tmp, ecodes, cols, 1);
     else codes_of(e, tmp, ecodes, cols, 0);
     size_t padded = k * g;

@@ -17,9 +17,11 @@
  * quantisation is this arithmetic too. */
 #ifdef __CUDACC__
 #define BQ_HD __host__ __device__
+#define BQ_HD_ALWAYS __host__ __device__  /* (nvcc inlines these anyway) */
 #define restrict __restrict__
 #else
 #define BQ_HD
+#define BQ_HD_ALWAYS __attribute__((always_inline))  /* per element in the row kernels' loops */
 #endif
 #ifdef __CUDA_ARCH__
 #define BQ_CLZ(u) __clz((int)(u))
@@ -468,7 +470,7 @@ static inline BQ_HD bscale block_scale(const bq_format *f, const qctx *c, float 
  * +-FLT_MAX (an element grid near FLT_MAX under a scale above 1, or a scale
  * rounded up past amax / max grid value). Every dequantisation (fake
  * quantisation, unpacking, host and device) goes through this rule. */
-static inline BQ_HD float deq_sat(float q, float p1, float p2)
+static inline BQ_HD_ALWAYS float deq_sat(float q, float p1, float p2)
 {
     float y = (q * p1) * p2;
     return fabsf(y) > FLT_MAX && fabsf(q) <= FLT_MAX ? copysignf(FLT_MAX, y) : y;

@@ -52,7 +52,7 @@ static void range_float(const bq_format *f, double mx, double *lo, double *hi)  
     *hi = FLT_MAX / (mx > 0 ? mx : 1);
 }
 
-static const scheme_traits traits[SCH_COUNT] = {
+const scheme_traits bq_scheme_traits[SCH_COUNT] = {
     /*              family     block_code pow2_code linear tensor_factor elem_modifiers nan_code scale_range */
     [SCH_ELEM]   = {"element", 0, 0, 1, 0, 1, NAN_CODE_NONE, NULL},
     [SCH_INT]    = {"int",     0, 0, 1, 0, 0, NAN_CODE_NONE, range_float},  /* fp32 scales per tensor, row or group */
@@ -64,7 +64,6 @@ static const scheme_traits traits[SCH_COUNT] = {
     [SCH_BL]     = {"bl",      1, 1, 0, 0, 0, NAN_CODE_NONE, range_bl},  /* log codes carry the block's shift */
 };
 
-const scheme_traits *scheme_of(const bq_format *f) { return &traits[f->sch]; }
 
 int elem_sig_bits(const elem_t *e)
 {
