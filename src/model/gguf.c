@@ -784,9 +784,9 @@ static bq_status gguf_tensor(const bq_model *m, slot *s, wtensor *t, int fill)
 bq_status bq_model_save_gguf(const bq_model *cm, const char *path)
 {
     bq_model *m = (bq_model *)cm;  /* slots hand out pointers; nothing is changed */
-    if (model_lorc_linear(m)) return bq_fail(BQ_ERR_UNSUPPORTED, "%s has LoRC factors (--ptq lorc), which GGUF cannot express", model_lorc_linear(m)->name);
+    if (model_lorc_linear(m)) return bq_fail(BQ_ERR_UNSUPPORTED, "%s has LoRC factors (ptq lorc), which GGUF cannot express", model_lorc_linear(m)->name);
     if (m->rot_down || m->rot_qk)
-        return bq_fail(BQ_ERR_UNSUPPORTED, "%s (--ptq hadamard%s), which GGUF cannot express: save as .bq",
+        return bq_fail(BQ_ERR_UNSUPPORTED, "%s (ptq hadamard%s), which GGUF cannot express: save as .bq",
                        m->rot_down ? "down_proj's input is rotated online" : "each head's Q and K are rotated online", m->rot_down ? "" : "_kv");
     const char *arch = m->c.arch == ARCH_LLAMA ? "llama" : m->c.arch == ARCH_QWEN2 ? "qwen2" : m->c.arch == ARCH_QWEN3 ? "qwen3" : NULL;
     if (!arch) return bq_fail(BQ_ERR_UNSUPPORTED, "GGUF output supports llama, mistral, qwen2 and qwen3, not %s", m->c.model_type);

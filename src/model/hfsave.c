@@ -27,9 +27,9 @@ static void hf_name(const char *u, char *out, size_t n)
 bq_status bq_model_save_hf(const bq_model *cm, const char *dir)
 {
     bq_model *m = (bq_model *)cm;  /* model_slots hands out pointers; nothing is written */
-    if (model_lorc_linear(m)) return bq_fail(BQ_ERR_UNSUPPORTED, "%s has LoRC factors (--ptq lorc), which a Hugging Face folder cannot hold", model_lorc_linear(m)->name);
+    if (model_lorc_linear(m)) return bq_fail(BQ_ERR_UNSUPPORTED, "%s has LoRC factors (ptq lorc), which a Hugging Face folder cannot hold", model_lorc_linear(m)->name);
     if (m->rot_down || m->rot_qk)
-        return bq_fail(BQ_ERR_UNSUPPORTED, "%s (--ptq hadamard%s), which a Hugging Face folder cannot hold: save as .bq",
+        return bq_fail(BQ_ERR_UNSUPPORTED, "%s (ptq hadamard%s), which a Hugging Face folder cannot hold: save as .bq",
                        m->rot_down ? "down_proj's input is rotated online" : "each head's Q and K are rotated online", m->rot_down ? "" : "_kv");
     const bq_config *c = &m->c;
     if (c->arch != ARCH_LLAMA && c->arch != ARCH_QWEN2 && c->arch != ARCH_QWEN3)

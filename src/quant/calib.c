@@ -234,7 +234,7 @@ bq_status bq_qconfig_calibrate(bq_qconfig *q, const bq_model *m, const int32_t *
     size_t windows = n / (size_t)ctx;
     if (windows == 0) return bq_fail(BQ_ERR_ARG, "the calibration text has %zu tokens, fewer than one window of %d", n, ctx);
     if (windows < (size_t)chunks)
-        return bq_fail(BQ_ERR_ARG, "the calibration text has %zu tokens: %zu windows of %d, fewer than the %d asked (--calib-chunks)",
+        return bq_fail(BQ_ERR_ARG, "the calibration text has %zu tokens: %zu windows of %d, fewer than the %d asked",
                        n, windows, ctx, chunks);
     windows = (size_t)chunks;
     free(q->cal_ids);

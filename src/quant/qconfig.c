@@ -4,7 +4,7 @@
  * Rule names are the engine's uniform linear names:
  *   layers.N.self_attn.{q,k,v,o}_proj   layers.N.mlp.{gate,up,down}_proj
  *   lm_head   embed_tokens
- * The "default" rule (and --wq/--aq) covers the linears inside the blocks only;
+ * The "default" rule (and the wq/aq roles) covers the linears inside the blocks only;
  * the LM head and the embedding are float unless a rule names them. */
 #include "model.h"
 #include "quant.h"
@@ -113,7 +113,7 @@ static int seeded(const char *t, const char *name, int *on, uint64_t *seed, cons
     return 1;
 }
 
-/* --ptq LIST: the post-training algorithms, comma-separated; whatever the order
+/* ptq LIST: the post-training algorithms, comma-separated; whatever the order
  * given: rotate, smoothquant, awq (all three rescale or rotate channels), then gptq,
  * which clips each group as it goes when clip is also asked for, else clip */
 static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
@@ -168,9 +168,9 @@ static bq_status set_ptq(bq_qconfig *q, const char *list, const char *where)
 bq_status bq_qconfig_set(bq_qconfig *q, const char *role, const char *format)
 {
     if (!strcmp(role, "mul")) return add_mul_rule(q, "default", format, 0);
-    if (!strcmp(role, "ptq")) return set_ptq(q, format, "--ptq");
+    if (!strcmp(role, "ptq")) return set_ptq(q, format, "ptq");
     char where[64];
-    snprintf(where, sizeof where, "--%s", role);
+    snprintf(where, sizeof where, "%s", role);
     bq_status st = check_format(format, where);
     if (st) return st;
     if (strlen(format) >= 64) return bq_fail(BQ_ERR_FORMAT, "%s: format name too long", where);
@@ -554,7 +554,7 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
         cs = own;
     }
     if (!st && (q->ptq_smooth || q->ptq_awq) && !cs)
-        st = bq_fail(BQ_ERR_ARG, "%s needs calibration statistics (bq_qconfig_calibrate, --calib)", q->ptq_smooth ? "smoothquant" : "awq");
+        st = bq_fail(BQ_ERR_ARG, "%s needs calibration statistics (bq_qconfig_calibrate)", q->ptq_smooth ? "smoothquant" : "awq");
     if (!st && (q->ptq_smooth || q->ptq_awq) && !own) {
         if (!(own = calib_copy(cs))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
         cs = own;

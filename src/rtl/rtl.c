@@ -190,7 +190,7 @@ bq_status rtl_new(const char *w, const char *a, int lanes, int pipeline, rtl_des
     if (!st && d->fma) {
         int E, M;
         if (!(st = rtl_float_side(d->s[0].f, &E, &M)) && !(st = rtl_float_side(d->s[1].f, &E, &M)) && pipeline)
-            st = bq_fail(BQ_ERR_UNSUPPORTED, "rtl: the float FMA chain is generated combinational only (no --pipeline)");
+            st = bq_fail(BQ_ERR_UNSUPPORTED, "rtl: the float FMA chain is generated combinational only (no pipeline stages)");
         d->K = lanes ? lanes : 1;  /* one FMA a cycle into the fed-back accumulator; --lanes chains more */
         snprintf(d->name, sizeof d->name, "bq_fma_%s_%s", d->s[0].f->name, d->s[1].f->name);
     }
@@ -202,7 +202,7 @@ bq_status rtl_new(const char *w, const char *a, int lanes, int pipeline, rtl_des
     if (kw && ka && kw != ka) st = bq_fail(BQ_ERR_ARG, "rtl: blocks of %d (%s) and %d (%s) do not pair", kw, names[0], ka, names[1]);
     d->K = kw ? kw : ka ? ka : lanes ? lanes : 32;
     if (!st && lanes && lanes != d->K)
-        st = bq_fail(BQ_ERR_UNSUPPORTED, "rtl: --lanes %d: the module takes one whole block of %d a cycle", lanes, d->K);
+        st = bq_fail(BQ_ERR_UNSUPPORTED, "rtl: %d lanes: the module takes one whole block of %d a cycle", lanes, d->K);
     if (!st && (d->K < 1 || d->K > 256)) st = bq_fail(BQ_ERR_ARG, "rtl: %d lanes (1 to 256)", d->K);
     d->pipe = pipeline;
     const side *sw = &d->s[0], *sa = &d->s[1];

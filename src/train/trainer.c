@@ -51,11 +51,11 @@ static bq_status parse_roles(const char *s, int lora, int *out)
         size_t n = strcspn(s, ",");
         int k = 0;
         while (k < 5 && (strlen(names[k]) != n || strncmp(s, names[k], n))) k++;
-        if (k == 5) return bq_fail(BQ_ERR_ARG, "--train: unknown part '%.*s' (linears, norms, emb, head, all)", (int)n, s);
+        if (k == 5) return bq_fail(BQ_ERR_ARG, "trained parts: unknown part '%.*s' (linears, norms, emb, head, all)", (int)n, s);
         *out |= bits[k];
         s += n + (s[n] == ',');
     }
-    if (!*out) return bq_fail(BQ_ERR_ARG, "--train: nothing to train");
+    if (!*out) return bq_fail(BQ_ERR_ARG, "trained parts: nothing to train");
     return BQ_OK;
 }
 
@@ -105,14 +105,14 @@ static bq_status set_formats(bq_trainer *t, const bq_qconfig *q)
 {
     if (!q) return BQ_OK;
     if (q->ptq_clip || q->ptq_gptq || q->ptq_awq || q->ptq_smooth || qconfig_rotates(q))
-        return bq_fail(BQ_ERR_UNSUPPORTED, "--ptq with fine-tuning: run post-training quantisation on the fine-tuned model instead");
-    if (q->attn[0]) return bq_fail(BQ_ERR_UNSUPPORTED, "--attn (attention operands) is not trained yet: use --kv for the cache");
+        return bq_fail(BQ_ERR_UNSUPPORTED, "post-training quantisation (ptq) with fine-tuning: run it on the fine-tuned model instead");
+    if (q->attn[0]) return bq_fail(BQ_ERR_UNSUPPORTED, "quantised attention operands (attn) are not trained yet: quantise the KV cache (kv) instead");
     for (int i = 0; i < q->nrules; i++)
         if (q->rules[i].mul[0] && strcmp(q->rules[i].mul, "exact"))
-            return bq_fail(BQ_ERR_UNSUPPORTED, "--mul %s is not trained (exact products only)", q->rules[i].mul);
+            return bq_fail(BQ_ERR_UNSUPPORTED, "multiplication %s (mul) is not trained (exact products only)", q->rules[i].mul);
     const char *w, *a;
     qconfig_resolve(q, "embed_tokens", 0, &w, &a);
-    if (*w) return bq_fail(BQ_ERR_UNSUPPORTED, "a quantised embedding (--emb %s) is not trained yet", w);
+    if (*w) return bq_fail(BQ_ERR_UNSUPPORTED, "a quantised embedding (embed_tokens in %s) is not trained yet", w);
     t->qo = q->opts;
     bq_status st = BQ_OK;
     for (int i = 0; i < t->nlin && !st; i++) {
@@ -138,9 +138,9 @@ bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *
 {
     *out = NULL;
     if (!o || o->size < sizeof *o) return bq_fail(BQ_ERR_ARG, "training options without their size (bq_train_opts_default)");
-    if (model_lorc_linear(m)) return bq_fail(BQ_ERR_UNSUPPORTED, "%s has LoRC factors (--ptq lorc), which fine-tuning does not train yet", model_lorc_linear(m)->name);
+    if (model_lorc_linear(m)) return bq_fail(BQ_ERR_UNSUPPORTED, "%s has LoRC factors (ptq lorc), which fine-tuning does not train yet", model_lorc_linear(m)->name);
     if (m->rot_down || m->rot_qk)
-        return bq_fail(BQ_ERR_UNSUPPORTED, "the model rotates activations online (--ptq hadamard%s), which fine-tuning does not apply yet", m->rot_down ? "" : "_kv");
+        return bq_fail(BQ_ERR_UNSUPPORTED, "the model rotates activations online (ptq hadamard%s), which fine-tuning does not apply yet", m->rot_down ? "" : "_kv");
     if (o->ctx < 1 || o->accum < 1 || o->steps < 1 || o->warmup < 0 || !(o->lr > 0) || o->lora < 0 || (unsigned)o->lora_beside > 1 ||
         !(o->min_lr_frac >= 0 && o->min_lr_frac <= 1) || !(o->beta1 >= 0 && o->beta1 < 1) ||
         !(o->beta2 >= 0 && o->beta2 < 1) || !(o->eps > 0) || !(o->weight_decay >= 0) || !(o->clip_norm >= 0))
@@ -202,7 +202,7 @@ bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *
         int full = head ? (tied ? !!t->g_emb : !!(roles & TR_HEAD)) : (roles & TR_LINEARS) && !o->lora;
         L->lora = !head && (roles & TR_LINEARS) && o->lora ? o->lora : 0;
         if (L->lora && L->lora > (l->in < l->out ? l->in : l->out)) {
-            st = bq_fail(BQ_ERR_ARG, "--lora %d exceeds %s's smaller side (%d x %d)", L->lora, l->name, l->out, l->in);
+            st = bq_fail(BQ_ERR_ARG, "LoRA rank %d exceeds %s's smaller side (%d x %d)", L->lora, l->name, l->out, l->in);
             break;
         }
         if (head && tied) L->gw = t->g_emb;
