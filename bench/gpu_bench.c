@@ -65,6 +65,19 @@ static void run_gemvs(void *p)
     for (int i = 0; i < g->calls; i++) bq_cuda_gemv(g->w[i % g->nw], g->x, 1, g->y);
 }
 
+/* Matrices sharing x (q, k, v; gate, up): sets of them, each set called separately
+ * (one GEMV each, the engine before) or in one launch (bq_cuda_gemv_multi). */
+typedef struct { bq_cuda_w *(*w)[3]; int nsets, count, calls, fused; const float *x; float *const *y; } multi_arg;
+static void run_multi(void *p)
+{
+    multi_arg *g = p;
+    for (int i = 0; i < g->calls; i++) {
+        bq_cuda_w *const *set = g->w[i % g->nsets];
+        if (g->fused) bq_cuda_gemv_multi((const bq_cuda_w *const *)set, g->count, g->x, 1, g->y);
+        else for (int k = 0; k < g->count; k++) bq_cuda_gemv(set[k], g->x, 1, g->y[k]);
+    }
+}
+
 typedef struct { int kind; void *a, *b, *sa, *sb; float *c; int n; } gemm_arg;
 static void run_gemm(void *p)
 {
@@ -191,6 +204,45 @@ int main(int argc, char **argv)
             bq_format_free(f);
         }
     }
+    /* a 7B layer's q, k, v (3 x 4096x4096) and gate, up (2 x 11008x4096): separately or in one launch */
+    printf("\n| GEMV, matrices sharing x (1 token) | matrices | weight MB | separate calls GB/s | one launch GB/s | one launch / separate |\n"
+           "|---|---|---|---|---|---|\n");
+    const char *mf[] = {"mxfp4", "nvfp4", "int4_b32_sfp16"};
+    const int ms[][3] = {{3, 4096, 4096}, {2, 11008, 4096}};
+    float *dys[3] = {NULL, NULL, NULL};
+    for (int k = 0; k < 3; k++) bq_cuda_malloc((void **)&dys[k], 11008 * 4);
+    for (int s = 0; s < (quick ? 1 : 2); s++) {
+        int cnt = ms[s][0], R = ms[s][1], C = ms[s][2];
+        for (size_t i = 0; i < sizeof mf / sizeof *mf; i++) {
+            bq_format *f;
+            bq_format_parse(mf[i], &f);
+            pmat *m;
+            if (pmat_pack(f, hx, R, C, NULL, &m)) { printf("%s: %s\n", mf[i], bq_last_error()); bq_format_free(f); continue; }
+            bq_cuda_w *sets[8][3] = {{0}};
+            int nsets = 0, ok = 1;
+            size_t total = 0;
+            while (nsets < 8 && ok && (nsets == 0 || total <= 2 * (size_t)l2)) {  /* past the L2 cache */
+                for (int k = 0; k < cnt && ok; k++) ok = !bq_cuda_w_upload(m, &sets[nsets][k]);
+                if (ok) total += (size_t)cnt * bq_cuda_w_bytes(sets[nsets++][0]);
+            }
+            if (nsets) {
+                double mb = (double)cnt * bq_cuda_w_bytes(sets[0][0]);
+                multi_arg g = {sets, nsets, cnt, GEMV_CALLS, 0, dx, dys};
+                double sep = mb * GEMV_CALLS / best_ms(run_multi, &g, 5) / 1e6;
+                g.fused = 1;
+                double one = mb * GEMV_CALLS / best_ms(run_multi, &g, 5) / 1e6;
+                printf("| %s | %d x %dx%d | %.1f | %.0f (%.0f%% of copy) | %.0f (%.0f%% of copy) | %.2fx |\n", mf[i], cnt, R, C, mb / 1e6,
+                       sep, 100 * sep / copy, one, 100 * one / copy, one / sep);
+                emit("gemv_separate", mf[i], (double)cnt * R * C, sep, copy);
+                emit("gemv_one_launch", mf[i], (double)cnt * R * C, one, copy);
+            }
+            for (int k = 0; k < nsets; k++)
+                for (int j = 0; j < cnt; j++) bq_cuda_w_free(sets[k][j]);
+            pmat_free(m);
+            bq_format_free(f);
+        }
+    }
+    for (int k = 0; k < 3; k++) bq_cuda_free(dys[k]);
     bq_cuda_free(dx);
     bq_cuda_free(dy);
     free(hx);

@@ -302,6 +302,75 @@ static void gemm(void)
     unsetenv("BQ_GEMM_MMA");
 }
 
+/* Matrices of one layout sharing x in one launch (q, k, v; gate, up) give each matrix
+ * the bits of its own unsplit GEMV; layouts that differ are refused. */
+static void gemv_multi(void)
+{
+    const char *wf[] = {"mxfp4", "nvfp4", "int4_b32_sfp16", "bfp4_b16", "mxfp6_e2m3"};
+    const int rows[3] = {300, 37, 64}, C = 1056;
+    for (size_t fi = 0; fi < sizeof wf / sizeof *wf; fi++) {
+        for (int n = 1; n <= 4; n += 2) {
+            bq_format *f;
+            OK(bq_format_parse(wf[fi], &f));
+            bq_cuda_w *gw[3] = {NULL, NULL, NULL};
+            float *dx = NULL, *dy[3] = {NULL, NULL, NULL}, *ds[3] = {NULL, NULL, NULL};
+            float *x = malloc((size_t)n * C * 4);
+            for (size_t i = 0; i < (size_t)n * C; i++) x[i] = t_normal();
+            bq_status st = bq_cuda_malloc((void **)&dx, (size_t)n * C * 4);
+            if (!st) st = bq_cuda_upload(dx, x, (size_t)n * C * 4);
+            for (int k = 0; k < 3 && !st; k++) {
+                float *w = malloc((size_t)rows[k] * C * 4);
+                for (size_t i = 0; i < (size_t)rows[k] * C; i++) w[i] = t_normal() * 0.05f;
+                pmat *m;
+                st = pmat_pack(f, w, rows[k], C, NULL, &m);
+                if (!st) { st = bq_cuda_w_upload(m, &gw[k]); pmat_free(m); }
+                if (!st) st = bq_cuda_malloc((void **)&dy[k], (size_t)n * rows[k] * 4);
+                if (!st) st = bq_cuda_malloc((void **)&ds[k], (size_t)n * rows[k] * 4);
+                if (!st) st = bq_cuda_gemv_split(gw[k], dx, n, ds[k], 1);
+                free(w);
+            }
+            if (!st) st = bq_cuda_gemv_multi((const bq_cuda_w *const *)gw, 3, dx, n, dy);
+            if (!st) st = bq_cuda_sync();
+            size_t differ = 0, compared = 0;
+            for (int k = 0; k < 3 && !st; k++) {
+                size_t cnt = (size_t)n * rows[k];
+                float *a = malloc(cnt * 4), *b = malloc(cnt * 4);
+                if (!(st = bq_cuda_download(a, dy[k], cnt * 4)) && !(st = bq_cuda_download(b, ds[k], cnt * 4)))
+                    for (size_t i = 0; i < cnt; i++) { differ += memcmp(&a[i], &b[i], 4) != 0 || !isfinite(a[i]); compared++; }
+                free(a); free(b);
+            }
+            CHECK(!st && compared > 0 && differ == 0, "GPU GEMV of 3 %s matrices in one launch, n=%d: %zu of %zu outputs differ from "
+                  "separate calls (%s)", f->name, n, differ, compared, st ? bq_last_error() : "");
+            printf("  GPU GEMV %-15s 3 matrices in one launch n=%d: %zu outputs, bits as separate calls\n", f->name, n, compared);
+            for (int k = 0; k < 3; k++) { bq_cuda_w_free(gw[k]); bq_cuda_free(dy[k]); bq_cuda_free(ds[k]); }
+            bq_cuda_free(dx);
+            free(x);
+            bq_format_free(f);
+        }
+    }
+    /* mxfp4 beside int4_b32_sfp16: two layouts, refused */
+    const char *two[2] = {"mxfp4", "int4_b32_sfp16"};
+    bq_cuda_w *gw[2] = {NULL, NULL};
+    float *w = malloc((size_t)64 * 256 * 4), *dx = NULL, *dy[2] = {NULL, NULL};
+    for (size_t i = 0; i < (size_t)64 * 256; i++) w[i] = t_normal();
+    for (int k = 0; k < 2; k++) {
+        bq_format *f;
+        pmat *m;
+        OK(bq_format_parse(two[k], &f));
+        OK(pmat_pack(f, w, 64, 256, NULL, &m));
+        OK(bq_cuda_w_upload(m, &gw[k]));
+        OK(bq_cuda_malloc((void **)&dy[k], 64 * 4));
+        pmat_free(m);
+        bq_format_free(f);
+    }
+    OK(bq_cuda_malloc((void **)&dx, 256 * 4));
+    CHECK(gw[0] && gw[1] && !bq_cuda_w_fusable(gw[0], gw[1]) &&
+          bq_cuda_gemv_multi((const bq_cuda_w *const *)gw, 2, dx, 1, dy) == BQ_ERR_UNSUPPORTED, "two layouts in one GEMV launch accepted");
+    for (int k = 0; k < 2; k++) { bq_cuda_w_free(gw[k]); bq_cuda_free(dy[k]); }
+    bq_cuda_free(dx);
+    free(w);
+}
+
 int main(void)
 {
     char why[256];
@@ -320,7 +389,7 @@ int main(void)
     const char *only = getenv("BQ_CUDA_ONLY");  /* e.g. "gemv,gemm" under compute-sanitizer */
     if (!only || strstr(only, "vectors")) vectors();
     if (!only || strstr(only, "cpu")) against_cpu();
-    if (!only || strstr(only, "gemv")) { gemv(); gemv_refusal(); }
+    if (!only || strstr(only, "gemv")) { gemv(); gemv_multi(); gemv_refusal(); }
     if (!only || strstr(only, "gemm")) gemm();
     return test_summary("test_cuda");
 }

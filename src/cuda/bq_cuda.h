@@ -37,6 +37,12 @@ bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *d_x, int n, float *d_y);
 /* The same with ks column splits (0: as bq_cuda_gemv chooses by shape; 1 .. the
  * shape's choice: for tests comparing the paths). */
 bq_status bq_cuda_gemv_split(const bq_cuda_w *w, const float *d_x, int n, float *d_y, int ks);
+/* count (1 to 3) matrices of one layout sharing x (q, k, v; gate, up) in one launch:
+ * d_ys[i] = x ws[i]^T, each row summed as by the unsplit path (bq_cuda_gemv_split with
+ * ks 1), so the bits are those of separate unsplit calls. bq_cuda_w_fusable(a, b):
+ * whether b can join a's launch. */
+bq_status bq_cuda_gemv_multi(const bq_cuda_w *const *ws, int count, const float *d_x, int n, float *const *d_ys);
+int bq_cuda_w_fusable(const bq_cuda_w *a, const bq_cuda_w *b);
 /* The matrix as bf16 [rows][cols] (round to nearest: exact where the values are
  * bf16 numbers, as for MX/BFP formats); for prefill through a bf16 GEMM. */
 bq_status bq_cuda_w_to_bf16(const bq_cuda_w *w, void *d_out);

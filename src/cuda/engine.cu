@@ -739,17 +739,27 @@ static bq_status cuda_linear(be *b, int layer, lin_role r, const float *x, float
     return launched("linear");
 }
 
-// Linears of one input (q, k, v; gate, up): bf16 weights without an activation format
-// or LoRC, for a few tokens, in one GEMV launch (one ramp and tail instead of three;
-// each row summed as alone); else one by one.
+// Linears of one input (q, k, v; gate, up) without an activation format or LoRC, for
+// a few tokens, in one GEMV launch (one ramp and tail instead of three; each row summed
+// as alone): bf16 weights, or packed ones of one layout; else one by one.
 static bq_status cuda_linears(be *b, int layer, const lin_role *rs, int count, const float *x, float *const *ys, int n)
 {
     cuda_be *g = G(b);
     const glin *ls[3] = {NULL, NULL, NULL};
-    int fuse = count >= 1 && count <= 3 && n <= GEMV16_MAX;
-    for (int i = 0; i < count && fuse; i++) {
+    int fuse = count >= 1 && count <= 3 && n <= GEMV16_MAX, packed = count >= 2 && count <= 3 && n <= GEMV_MAX;
+    for (int i = 0; i < count && (fuse || packed); i++) {
         ls[i] = glin_at(g, layer, rs[i]);
-        fuse = ls[i]->w16 && !ls[i]->aq && !ls[i]->rank && ls[i]->in == ls[0]->in && ls[i]->in % 8 == 0;
+        int plain = !ls[i]->aq && !ls[i]->rank && ls[i]->in == ls[0]->in;
+        fuse = fuse && plain && ls[i]->w16 && ls[i]->in % 8 == 0;
+        packed = packed && plain && ls[i]->pw && bq_cuda_w_fusable(ls[0]->pw, ls[i]->pw);
+    }
+    if (packed) {
+        const bq_cuda_w *ws[3];
+        for (int i = 0; i < count; i++) ws[i] = ls[i]->pw;
+        bq_status st = bq_cuda_gemv_multi(ws, count, x, n, ys);
+        for (int i = 0; i < count && !st; i++)
+            if (ls[i]->b) k_bias<<<nblk((size_t)n * ls[i]->out), 256>>>(ys[i], ls[i]->b, (size_t)n * ls[i]->out, ls[i]->out);
+        return st ? st : launched("linears");
     }
     if (!fuse) {
         bq_status st = BQ_OK;

@@ -36,6 +36,7 @@ struct bq_cuda_w {
     float cmode;               // weight = fp16(nibble) * cmode * factor
     uint2 *hi;                 // 6-bit codes (tc == 3): their top two bits, per lane and tile
     unsigned short *lut6;      //   and code -> fp16 value (64 entries)
+    unsigned short lut6_host[64];  //   (the same, for same_layout)
     int ks;                    // column splits of the tensor-core GEMV (gemv_splits)
     uint32_t *xf;              // device scratch (unsplit): activation pieces in B-fragment order
     float *xs;                 //   and their power-of-two factor per tile and column
@@ -180,6 +181,7 @@ static bq_status w_to_device(bq_cuda_w *w, const uint8_t *codes, size_t ncode, c
     if (!st && hi) st = bq_cuda_malloc((void **)&w->lut6, 64 * sizeof *lut6);
     if (!st && hi) st = bq_cuda_upload(w->hi, hi, nhi);
     if (!st && hi) st = bq_cuda_upload(w->lut6, lut6, 64 * sizeof *lut6);
+    if (!st && hi) memcpy(w->lut6_host, lut6, sizeof w->lut6_host);
     if (!st && w->tc) st = bq_cuda_malloc((void **)&w->xf, (size_t)2 * w->NT * 32 * 32);  // up to 2 n8 blocks
     if (!st && w->tc) st = bq_cuda_malloc((void **)&w->xs, (size_t)2 * w->NT * 8 * sizeof(float));
     if (!st && w->tc && (w->ks = gemv_splits(w)) > 1) {
@@ -538,15 +540,25 @@ static __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(c0), "f"(c1), "f"(c2), "f"(c3));
 }
 
+// The matrices of one launch: one, or up to three of one layout that share x (q, k,
+// v; gate, up), their row blocks side by side in the grid's x (first[i]: matrix i's
+// first CTA), so a decoding step launches once where it would three times.
+struct tc_mats {
+    const uint4 *codes[3];
+    const uint8_t *scales[3];
+    const uint2 *hip[3];
+    const float *factor[3];
+    float emult[3], cmode[3];
+    float *y[3];
+    int rows[3], first[3], count;
+};
+
 // A CTA: RG groups of 16 rows; its 8 warps split the 64-column tiles and sum in
 // shared memory in a fixed order. Per tile a lane loads 16 bytes of codes per row
 // group, its activation fragments (32 bytes per n8 block) and two rows' scales.
 template <int MODE, int K, int SB, int NT8, bool SPLIT>
-__global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, const uint8_t *__restrict__ scales,
-                                               const float *__restrict__ factor, float emult, float cmode,
-                                               const float *__restrict__ x, int cols, const uint4 *__restrict__ xf,
-                                               const float *__restrict__ xs, float *__restrict__ y, int rows, int NT, int n,
-                                               const uint2 *__restrict__ hip, const unsigned short *__restrict__ lut6,
+__global__ void __launch_bounds__(256) gemv_tc(const tc_mats M, const float *__restrict__ x, int cols, const uint4 *__restrict__ xf,
+                                               const float *__restrict__ xs, int NT, int n, const unsigned short *__restrict__ lut6,
                                                float *__restrict__ part, unsigned *__restrict__ count)
 {
     constexpr int RG = 2, SBT = (64 / K) * SB;  // 4 row groups measured 48-69% of copy (2: 74-76%)
@@ -555,14 +567,22 @@ __global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, 
     __shared__ float red[8][RG][NT8][32][4];
     __shared__ __half pcs[SPLIT ? 8 : 1][4][3][64];  // split: each warp's activation pieces (tile_pieces)
     __shared__ int last;
-    if (SB == 1) for (int i = threadIdx.x; i < 256; i += blockDim.x) fac[i] = factor[i];
+    int mi = 0;  // this CTA's matrix
+    while (mi + 1 < M.count && (int)blockIdx.x >= M.first[mi + 1]) mi++;
+    const uint4 *__restrict__ codes = M.codes[mi];
+    const uint8_t *__restrict__ scales = M.scales[mi];
+    const uint2 *__restrict__ hip = M.hip[mi];
+    const float emult = M.emult[mi], cmode = M.cmode[mi];
+    float *__restrict__ y = M.y[mi];
+    const int rows = M.rows[mi], bx = (int)blockIdx.x - M.first[mi];
+    if (SB == 1) for (int i = threadIdx.x; i < 256; i += blockDim.x) fac[i] = M.factor[mi][i];
     if (MODE == 3 && threadIdx.x < 64) l6[threadIdx.x] = lut6[threadIdx.x];
     __syncthreads();
     const int wp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    // SPLIT: CTA (x, y) takes the y-th of gridDim.y slices of the tiles; its sums
-    // go to part[y], which the row block's last CTA adds in a fixed order (below)
+    // SPLIT (one matrix): CTA (x, y) takes the y-th of gridDim.y slices of the tiles; its
+    // sums go to part[y], which the row block's last CTA adds in a fixed order (below)
     const int A = SPLIT ? (int)blockIdx.y * NT / (int)gridDim.y : 0, B = SPLIT ? ((int)blockIdx.y + 1) * NT / (int)gridDim.y : NT;
-    const int G0 = blockIdx.x * RG, ngroups = (rows + 15) / 16, T0 = A + wp * (B - A) / 8, T1 = A + (wp + 1) * (B - A) / 8;
+    const int G0 = bx * RG, ngroups = (rows + 15) / 16, T0 = A + wp * (B - A) / 8, T1 = A + (wp + 1) * (B - A) / 8;
     float acc[RG][NT8][4] = {};
     // (Loading the next tile's codes and scales before multiplying this one was
     // measured slower on the H200: 4096x4096 MXFP4 16% of copy instead of 22%.)
@@ -684,7 +704,7 @@ __global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, 
     if (mine) part[blockIdx.y * len + at] = v;
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(&count[blockIdx.x], 1u) == gridDim.y - 1;
+    if (threadIdx.x == 0) last = atomicAdd(&count[bx], 1u) == gridDim.y - 1;
     __syncthreads();
     if (!last) return;
     __threadfence();
@@ -693,7 +713,7 @@ __global__ void __launch_bounds__(256) gemv_tc(const uint4 *__restrict__ codes, 
         for (unsigned k = 0; k < gridDim.y; k++) s += __ldcg(part + k * len + at);
         y[at] = s * cmode;
     }
-    if (threadIdx.x == 0) count[blockIdx.x] = 0;
+    if (threadIdx.x == 0) count[bx] = 0;
 }
 
 static bq_status launched(const char *what)
@@ -702,17 +722,35 @@ static bq_status launched(const char *what)
     return e == cudaSuccess ? BQ_OK : bq_fail(BQ_ERR_UNSUPPORTED, "CUDA %s launch: %s", what, cudaGetErrorString(e));
 }
 
-static bq_status gemv_tensor_cores(const bq_cuda_w *w, const float *d_x, int n, float *d_y, int ks)
+// count matrices of one tensor-core layout (ws[0]'s) sharing x: ks column splits (one
+// matrix), else unsplit with the matrices' row blocks side by side in one grid.
+static bq_status gemv_tensor_cores(const bq_cuda_w *const *ws, int count, const float *d_x, int n, float *const *d_ys, int ks)
 {
+    const bq_cuda_w *w = ws[0];
     if (ks == 1) {
         tc_split<<<(unsigned)((w->NT + 7) / 8), 256>>>(d_x, w->cols, n, w->NT, (uint2 *)w->xf, w->xs);
         bq_status st = launched("GEMV activation split");
         if (st) return st;
     }
-    dim3 grid((unsigned)((w->R16 / 16 + 1) / 2), (unsigned)ks);
-#define L1(MODE, K, SB, NT8, SPLIT) gemv_tc<MODE, K, SB, NT8, SPLIT><<<grid, 256>>>((const uint4 *)w->codes, w->scales, \
-        w->d_factor, w->emult, w->cmode, d_x, w->cols, (const uint4 *)w->xf, w->xs, d_y, w->rows, w->NT, n, w->hi, w->lut6, \
-        w->part, w->count)
+    tc_mats M = {};
+    int ctas = 0;
+    for (int i = 0; i < count; i++) {
+        const bq_cuda_w *v = ws[i];
+        M.codes[i] = (const uint4 *)v->codes;
+        M.scales[i] = v->scales;
+        M.hip[i] = v->hi;
+        M.factor[i] = v->d_factor;
+        M.emult[i] = v->emult;
+        M.cmode[i] = v->cmode;
+        M.y[i] = d_ys[i];
+        M.rows[i] = v->rows;
+        M.first[i] = ctas;
+        ctas += (v->R16 / 16 + 1) / 2;
+    }
+    M.count = count;
+    dim3 grid((unsigned)ctas, (unsigned)ks);
+#define L1(MODE, K, SB, NT8, SPLIT) gemv_tc<MODE, K, SB, NT8, SPLIT><<<grid, 256>>>(M, d_x, w->cols, (const uint4 *)w->xf, w->xs, \
+        w->NT, n, w->lut6, w->part, w->count)
 #define L(MODE, K, SB, NT8) if (ks > 1) L1(MODE, K, SB, NT8, true); else L1(MODE, K, SB, NT8, false)
 #define L2(MODE, K, SB) if (n > 2) { L(MODE, K, SB, 2); } else { L(MODE, K, SB, 1); }
     if (w->tc == 1 && w->K == 32 && w->sbytes == 1) { L2(1, 32, 1); }
@@ -730,11 +768,31 @@ static bq_status gemv_tensor_cores(const bq_cuda_w *w, const float *d_x, int n, 
     return launched("GEMV");
 }
 
+// Whether b takes a's launch: the same tensor-core layout (codes, blocks, scale bytes,
+// columns; a 6-bit one's table too).
+static bool same_layout(const bq_cuda_w *a, const bq_cuda_w *b)
+{
+    return a->tc && b->tc == a->tc && b->K == a->K && b->sbytes == a->sbytes && b->cols == a->cols && b->NT == a->NT &&
+           (a->tc != 3 || !memcmp(a->lut6_host, b->lut6_host, sizeof a->lut6_host));
+}
+
+extern "C" int bq_cuda_w_fusable(const bq_cuda_w *a, const bq_cuda_w *b) { return same_layout(a, b); }
+
+extern "C" bq_status bq_cuda_gemv_multi(const bq_cuda_w *const *ws, int count, const float *d_x, int n, float *const *d_ys)
+{
+    if (n < 1 || n > 4) return bq_fail(BQ_ERR_ARG, "CUDA GEMV takes 1 to 4 tokens, not %d", n);
+    if (count < 1 || count > 3) return bq_fail(BQ_ERR_ARG, "CUDA GEMV: %d matrices in one launch (1 to 3)", count);
+    for (int i = 1; i < count; i++)
+        if (!same_layout(ws[0], ws[i])) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: matrices of different layouts in one launch");
+    if (count == 1) return bq_cuda_gemv(ws[0], d_x, n, d_ys[0]);
+    return gemv_tensor_cores(ws, count, d_x, n, d_ys, 1);
+}
+
 extern "C" bq_status bq_cuda_gemv_split(const bq_cuda_w *w, const float *d_x, int n, float *d_y, int ks)
 {
     if (n < 1 || n > 4) return bq_fail(BQ_ERR_ARG, "CUDA GEMV takes 1 to 4 tokens, not %d", n);
     if (ks < 0 || ks > (w->tc ? w->ks : 1)) return bq_fail(BQ_ERR_ARG, "CUDA GEMV: %d column splits (this matrix allows %d)", ks, w->tc ? w->ks : 1);
-    if (w->tc) return gemv_tensor_cores(w, d_x, n, d_y, ks ? ks : w->ks);
+    if (w->tc) return gemv_tensor_cores(&w, 1, d_x, n, &d_y, ks ? ks : w->ks);
     uint8_t biased[16];  /* the table as value + 128 */
     for (int i = 0; i < 16; i++) biased[i] = (uint8_t)(w->lut[i] + 128);
     int4 lo;

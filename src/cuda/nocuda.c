@@ -31,6 +31,12 @@ bq_status bq_cuda_gemv_split(const bq_cuda_w *w, const float *x, int n, float *y
     (void)w; (void)x; (void)n; (void)y; (void)ks;
     return none();
 }
+bq_status bq_cuda_gemv_multi(const bq_cuda_w *const *ws, int count, const float *x, int n, float *const *ys)
+{
+    (void)ws; (void)count; (void)x; (void)n; (void)ys;
+    return none();
+}
+int bq_cuda_w_fusable(const bq_cuda_w *a, const bq_cuda_w *b) { (void)a; (void)b; return 0; }
 bq_status bq_cuda_w_to_bf16(const bq_cuda_w *w, void *d_out) { (void)w; (void)d_out; return none(); }
 bq_status bq_cuda_gemm_mx8(int kind, const void *a, const uint8_t *sa, const void *b, const uint8_t *sb, float *c, int M,
                            int N, int K)
