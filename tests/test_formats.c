@@ -3,6 +3,7 @@
 #include "blockq.h"
 #include "harness.h"
 #include "format.h"
+#include "qkern.h"
 #include <math.h>
 #include <stdint.h>
 
@@ -506,6 +507,29 @@ static void test_bad_names(void)
     bq_format_free(f);
 }
 
+/* The fused power-of-two block path's range of block exponents, solved in closed form
+ * (pow2_fused_range), equals the exponents pow2_fused_ok accepts, one by one. */
+static void fused_range_one(const char *name)
+{
+    bq_format *f;
+    if (bq_format_parse(name, &f)) return;
+    const elem_t *e = &f->el;
+    if ((e->kind == EK_MF && e->fast && !e->overflow_inf) || e->kind == EK_INT) {
+        int r[2], want[2] = {1, 0};
+        pow2_fused_range(e, r);
+        for (int E = -400; E <= 400; E++)
+            if (pow2_fused_ok(e, E)) {
+                if (want[0] > want[1]) want[0] = E;
+                want[1] = E;
+            }
+        int gaps = 0;  /* the accepted exponents must be one interval */
+        for (int E = want[0]; E <= want[1]; E++) gaps += !pow2_fused_ok(e, E);
+        CHECK(gaps == 0 && want[0] <= want[1] && r[0] == want[0] && r[1] == want[1],
+              "%s: fused exponent range [%d, %d], pow2_fused_ok's [%d, %d] (%d gaps)", name, r[0], r[1], want[0], want[1], gaps);
+    }
+    bq_format_free(f);
+}
+
 int main(void)
 {
     test_vectors();
@@ -519,6 +543,7 @@ int main(void)
     CHECK(fast_rows_seen >= 30, "only %d formats took the per-ISA packer", fast_rows_seen);
     printf("per-ISA packer: %d formats compared with the scalar reference\n", fast_rows_seen);
     for_all_formats(properties_one);
+    for_all_formats(fused_range_one);
     test_bfp_clamp();
     test_scale_overflow();
     test_zero_sign_subnormal();

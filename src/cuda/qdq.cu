@@ -143,8 +143,11 @@ __global__ void qdq_lanes(bq_format f, qctx c, const float *__restrict__ x, floa
 // RND and EV (0: minifloat elements with the float32 path, 1: minifloat through
 // double, 2: integer, 3: logarithmic) are the run-time choices made constants, so
 // that the per-element switches fold away: this kernel is issue-bound.
+// Blocks whose scale is 2^E with E in [fl, fh] take pow2_fused_elem (qkern.h; the CPU's
+// grid_loop_pow2, the same bits): two multiplies an element instead of five; fl > fh
+// where the grid is not one the fused path takes.
 template <int K, int RND, int EV>
-__global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, float4 *__restrict__ y, size_t n8)
+__global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, float4 *__restrict__ y, size_t n8, int fl, int fh)
 {
     c.round = (bq_round)RND;
     f.el.kind = EV < 2 ? EK_MF : EV == 2 ? EK_INT : EK_LOG;
@@ -163,8 +166,14 @@ __global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, fl
         return;
     }
     bscale s = block_scale(&f, &c, u2f(m));
+    if ((EV == 0 || EV == 2) && s.pow2 && s.E >= fl && s.E <= fh) {
+        const pow2_fused p = pow2_fused_of(&f.el, s.E, EV == 0);
 #pragma unroll
-    for (int k = 0; k < 8; k++) e[k] = block_value(f, c, s, e[k], 8 * i + k);
+        for (int k = 0; k < 8; k++) e[k] = pow2_fused_elem(&p, e[k], EV == 0, (bq_round)RND, c.seed, 8 * i + k);
+    } else {
+#pragma unroll
+        for (int k = 0; k < 8; k++) e[k] = block_value(f, c, s, e[k], 8 * i + k);
+    }
     y[2 * i] = make_float4(e[0], e[1], e[2], e[3]);
     y[2 * i + 1] = make_float4(e[4], e[5], e[6], e[7]);
 }
@@ -172,11 +181,15 @@ __global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, fl
 template <int K, int R>
 static void lanes8_ev(const bq_format &f, const qctx &c, int ev, unsigned nb, const float4 *x, float4 *y, size_t n8)
 {
+    int fused[2] = {1, 0};  // as kernels.c's qdq_block: grids without overflow to Inf, symmetric integers
+    const elem_t *e = &f.el;
+    if (scheme_of(&f)->linear && ((e->kind == EK_MF && e->fast && !e->overflow_inf) || (e->kind == EK_INT && e->lo == -e->hi)))
+        pow2_fused_range(e, fused);
     switch (ev) {
-    case 0: qdq_lanes8<K, R, 0><<<nb, 256>>>(f, c, x, y, n8); break;
-    case 1: qdq_lanes8<K, R, 1><<<nb, 256>>>(f, c, x, y, n8); break;
-    case 2: qdq_lanes8<K, R, 2><<<nb, 256>>>(f, c, x, y, n8); break;
-    default: qdq_lanes8<K, R, 3><<<nb, 256>>>(f, c, x, y, n8);
+    case 0: qdq_lanes8<K, R, 0><<<nb, 256>>>(f, c, x, y, n8, fused[0], fused[1]); break;
+    case 1: qdq_lanes8<K, R, 1><<<nb, 256>>>(f, c, x, y, n8, fused[0], fused[1]); break;
+    case 2: qdq_lanes8<K, R, 2><<<nb, 256>>>(f, c, x, y, n8, fused[0], fused[1]); break;
+    default: qdq_lanes8<K, R, 3><<<nb, 256>>>(f, c, x, y, n8, fused[0], fused[1]);
     }
 }
 // Runs f with the rounding mode as a compile-time constant (an integral_constant),

@@ -34,52 +34,12 @@ INLINE void grid_loop(const elem_t *e, const float *restrict x, float *restrict 
     }
 }
 
-/* The same grid quantisation with the block's power-of-two scale 2^E folded
- * into the exponent arithmetic: two multiplies per element instead of five.
- * Valid when every power of two involved is a normal float32 (pow2_fused_ok). */
+/* pow2_fused_elem over a block (qkern.h). */
 INLINE void grid_loop_pow2(const elem_t *e, const float *restrict x, float *restrict y, size_t n, int E,
                            int is_mf, bq_round r, uint64_t seed, size_t idx0)
 {
-    const int emin = e->emin, emax1 = e->emax + 1, mb = e->mbits, sub = e->subnorm, frac = e->frac;
-    const float thr = is_mf ? e->maxval * pow2f(E) : (float)e->hi * pow2f(E - frac);
-    /* the sign of a zero result: that of (x * pre1) * pre2, the two-step product
-     * block_elem and the other paths scale by (it can round to 0 where one product
-     * by 2^-E would not: twice rounded among the subnormals; the fuzzer found it) */
-    float pre1, pre2;
-    split_pow2(-E, &pre1, &pre2);
-    const float pin = pow2f(frac - E), pout = pow2f(E - frac);
-    for (size_t i = 0; i < n; i++) {
-        float a = fabsf(x[i]), yv;
-        if (is_mf) {
-            int pe = (int)(f2u(a) >> 23) - 127 - E;
-            int m = (pe >= emin || sub) ? mb : 0;
-            pe = pe < emin ? emin : pe;
-            pe = pe > emax1 ? emax1 : pe;
-            yv = round_mag(a * u2f((uint32_t)(m - pe - E + 127) << 23), r, seed, idx0 + i) *
-                 u2f((uint32_t)(pe - m + E + 127) << 23);
-        } else {
-            yv = round_mag(a * pin, r, seed, idx0 + i) * pout;
-        }
-        yv = yv > thr ? thr : yv;
-        y[i] = copysignf(yv, sgn_of((x[i] * pre1) * pre2));
-    }
-}
-
-/* Whether grid_loop_pow2 is exact for this element grid and block exponent. */
-static inline int pow2_fused_ok(const elem_t *e, int E)
-{
-    int lo, hi;
-    if (e->kind == EK_MF) {
-        if (E < -127 - e->emin) return 0;          /* float32 subnormal inputs need the exact path */
-        lo = -(e->emax + 1) - E;                   /* m - pe - E over pe in [emin, emax+1], m in {0, mbits} */
-        hi = e->mbits - e->emin - E;
-        if (e->emin - e->mbits + E < -126 || e->emax + 1 + E > 126) return 0;
-        if (ldexp(e->maxval, E) > FLT_MAX) return 0;
-    } else {
-        lo = hi = e->frac - E;
-        if (E - e->frac < -126 || E - e->frac > 126) return 0;
-    }
-    return lo >= -126 && hi <= 126;
+    const pow2_fused p = pow2_fused_of(e, E, is_mf);
+    for (size_t i = 0; i < n; i++) y[i] = pow2_fused_elem(&p, x[i], is_mf, r, seed, idx0 + i);
 }
 
 /* Instantiate a loop once per (grid kind, rounding mode) so each is a constant
@@ -262,12 +222,8 @@ static void qdq_int_group(const bq_format *f, const qctx *c, const float *x, flo
 static void qdq_rows(const bq_format *f, const qctx *c, const float *x, float *y, size_t r0, size_t r1)
 {
     const size_t cols = c->cols;
-    int fused[2] = {1, 0};  /* block exponents E for which the fused path is exact (a range) */
-    for (int E = -300; E <= 300; E++)
-        if (pow2_fused_ok(&f->el, E)) {
-            if (fused[0] > fused[1]) fused[0] = E;
-            fused[1] = E;
-        }
+    int fused[2];  /* block exponents E for which the fused path is exact (a range) */
+    pow2_fused_range(&f->el, fused);
     for (size_t r = r0; r < r1; r++) {
         const float *xr = x + r * cols;
         float *yr = y + r * cols;

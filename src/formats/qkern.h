@@ -466,6 +466,81 @@ static inline BQ_HD bscale block_scale(const bq_format *f, const qctx *c, float 
     return s;
 }
 
+/* The grid quantisation of a block whose scale is 2^E, with 2^E folded into the
+ * exponent arithmetic: two multiplies per element instead of five (kernels.c's
+ * grid_loop_pow2, and the CUDA block kernels). Exact where every power of two
+ * involved is a normal float32 (pow2_fused_ok): there the same bits as block_elem. */
+typedef struct {
+    int E, emin, emax1, mb, sub;
+    float thr, pre1, pre2, pin, pout;
+} pow2_fused;
+
+static inline BQ_HD pow2_fused pow2_fused_of(const elem_t *e, int E, int is_mf)
+{
+    pow2_fused p;
+    p.E = E;
+    p.emin = e->emin;
+    p.emax1 = e->emax + 1;
+    p.mb = e->mbits;
+    p.sub = e->subnorm;
+    p.thr = is_mf ? e->maxval * pow2f(E) : (float)e->hi * pow2f(E - e->frac);
+    /* the sign of a zero result: that of (x * pre1) * pre2, the two-step product
+     * block_elem and the other paths scale by (it can round to 0 where one product
+     * by 2^-E would not: twice rounded among the subnormals; the fuzzer found it) */
+    split_pow2(-E, &p.pre1, &p.pre2);
+    p.pin = pow2f(e->frac - E);
+    p.pout = pow2f(E - e->frac);
+    return p;
+}
+
+static inline BQ_HD_ALWAYS float pow2_fused_elem(const pow2_fused *p, float x, int is_mf, bq_round r, uint64_t seed, uint64_t idx)
+{
+    float a = fabsf(x), yv;
+    if (is_mf) {
+        int pe = (int)(f2u(a) >> 23) - 127 - p->E;
+        int m = (pe >= p->emin || p->sub) ? p->mb : 0;
+        pe = pe < p->emin ? p->emin : pe;
+        pe = pe > p->emax1 ? p->emax1 : pe;
+        yv = round_mag(a * u2f((uint32_t)(m - pe - p->E + 127) << 23), r, seed, idx) * u2f((uint32_t)(pe - m + p->E + 127) << 23);
+    } else {
+        yv = round_mag(a * p->pin, r, seed, idx) * p->pout;
+    }
+    yv = yv > p->thr ? p->thr : yv;
+    return copysignf(yv, sgn_of((x * p->pre1) * p->pre2));
+}
+
+/* Whether pow2_fused_elem is exact for this element grid and block exponent. */
+static inline int pow2_fused_ok(const elem_t *e, int E)
+{
+    int lo, hi;
+    if (e->kind == EK_MF) {
+        if (E < -127 - e->emin) return 0;          /* float32 subnormal inputs need the exact path */
+        lo = -(e->emax + 1) - E;                   /* m - pe - E over pe in [emin, emax+1], m in {0, mbits} */
+        hi = e->mbits - e->emin - E;
+        if (e->emin - e->mbits + E < -126 || e->emax + 1 + E > 126) return 0;
+        if (ldexp(e->maxval, E) > FLT_MAX) return 0;
+    } else {
+        lo = hi = e->frac - E;
+        if (E - e->frac < -126 || E - e->frac > 126) return 0;
+    }
+    return lo >= -126 && hi <= 126;
+}
+
+/* The block exponents E for which pow2_fused_ok holds, [r[0], r[1]] (empty: r[0] > r[1]):
+ * its bounds solved for E (test_formats checks them against pow2_fused_ok). */
+static inline void pow2_fused_range(const elem_t *e, int r[2])
+{
+    if (e->kind == EK_MF) {
+        int a = -127 - e->emin, b = e->mbits - e->emin - 126;
+        r[0] = a > b ? a : b;
+        r[1] = 125 - e->emax;
+        while (r[1] >= r[0] && ldexp(e->maxval, r[1]) > FLT_MAX) r[1]--;
+    } else {
+        r[0] = e->frac - 126;
+        r[1] = e->frac + 126;
+    }
+}
+
 /* A finite grid value times its scale factors; past float32 it saturates at
  * +-FLT_MAX (an element grid near FLT_MAX under a scale above 1, or a scale
  * rounded up past amax / max grid value). Every dequantisation (fake
