@@ -178,7 +178,7 @@ int main(int argc, char **argv)
     cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, 0);
     printf("\n| GEMV (1 token) | shape | weight MB | GB/s, one call | GB/s, %d calls back to back | of copy |\n|---|---|---|---|---|---|\n",
            GEMV_CALLS);
-    const char *gf[] = {"mxfp4", "nvfp4", "int4_b32_sfp16", "mxfp6_e2m3", "mxint8", "int8_b32_sfp16"};
+    const char *gf[] = {"mxfp4", "nvfp4", "int4_b32_sfp16", "int4_g128", "mxfp6_e2m3", "mxint8", "int8_b32_sfp16"};
     const int gs[][2] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {16384, 16384}};  /* a 7B layer's shapes, and a large one */
     for (int s = 0; s < (quick ? 1 : 4); s++) {
         int R = gs[s][0], C = gs[s][1];

@@ -454,14 +454,14 @@ static void quantise(bq_model *m, const char *w, const char *a, const char *attn
 static void one_model(const char *name, const char *dir)
 {
     /* packed with float activations: the packed GEMV, and three bf16 products at prefill;
-     * NVFP4 and Q4_0 packed: their values are not bf16 numbers, so the prefill unpacks
-     * them to float32; the last with down_proj's input rotated online (--ptq hadamard; float
+     * NVFP4, Q4_0 and int4_g64 (float32 group scales, a scale per 64-column tile on the
+     * device) packed: their values are not bf16 numbers, so the prefill unpacks them to float32; the last with down_proj's input rotated online (--ptq hadamard; float
      * activations: the rotation spreads any last-bit difference of its input over every
      * output, so quantised activations there flip roundings the 2e-3 bound does not allow) */
     static const struct { const char *w, *a, *attn, *ptq; int pack; } qs[] = {
         {NULL, NULL, NULL, NULL, 0}, {"mxfp4", "mxint8", NULL, NULL, 0}, {"bfp8_b16", "bfp8_b16", "bfp6_b16", NULL, 0},
         {"mxfp4", NULL, NULL, NULL, 1}, {"nvfp4", NULL, NULL, NULL, 1}, {"q4_0", NULL, NULL, NULL, 1},
-        {"mxfp4", NULL, NULL, "hadamard:1,hadamard_kv:2", 0}};
+        {"int4_g64", NULL, NULL, NULL, 1}, {"mxfp4", NULL, NULL, "hadamard:1,hadamard_kv:2", 0}};
     for (size_t i = 0; i < sizeof qs / sizeof *qs; i++) {
         bq_model *m;
         if (bq_model_load(dir, &m)) { CHECK(0, "%s: %s", dir, bq_last_error()); return; }

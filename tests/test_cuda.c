@@ -142,19 +142,16 @@ static double rel_err(const float *y, const double *ref, size_t n)
 
 /* Shapes cover partial row groups (16) and column tiles (64) of the tensor-core
  * path and every token count it takes; outputs are poisoned before each run. */
-static void gemv(void)
+static void gemv_set(const char *const *wf, size_t nf, const int (*shapes)[3], size_t nshapes)
 {
-    const char *wf[] = {"mxfp4", "nvfp4", "mxint8", "int8_b32_sfp16", "int4_b32_sfp16", "bfp4_b32", "bfp4_b16",
-                        "mxfp6_e2m3", "mxfp6_e3m2"};
-    const int shapes[][3] = {{300, 1024, 3}, {37, 1056, 1}, {64, 2048, 4}, {129, 96, 2}, {96, 4096, 1}};
-    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+    for (size_t si = 0; si < nshapes; si++) {
         int R = shapes[si][0], C = shapes[si][1], n = shapes[si][2];
         float *w = malloc((size_t)R * C * 4), *wq = malloc((size_t)R * C * 4), *x = malloc((size_t)n * C * 4),
               *y = malloc((size_t)n * R * 4);
         double *ref = malloc((size_t)n * R * sizeof *ref);
         for (size_t i = 0; i < (size_t)R * C; i++) w[i] = t_normal() * 0.05f;
         for (size_t i = 0; i < (size_t)n * C; i++) x[i] = t_normal() * (t_rand() % 64 ? 1.0f : 40.0f);
-        for (size_t fi = 0; fi < sizeof wf / sizeof *wf; fi++) {
+        for (size_t fi = 0; fi < nf; fi++) {
             bq_format *f;
             OK(bq_format_parse(wf[fi], &f));
             pmat *m;
@@ -209,6 +206,18 @@ static void gemv(void)
         }
         free(w); free(wq); free(x); free(y); free(ref);
     }
+}
+
+static void gemv(void)
+{
+    const char *wf[] = {"mxfp4", "nvfp4", "mxint8", "int8_b32_sfp16", "int4_b32_sfp16", "bfp4_b32", "bfp4_b16",
+                        "mxfp6_e2m3", "mxfp6_e3m2"};
+    const int shapes[][3] = {{300, 1024, 3}, {37, 1056, 1}, {64, 2048, 4}, {129, 96, 2}, {96, 4096, 1}};
+    gemv_set(wf, sizeof wf / sizeof *wf, shapes, sizeof shapes / sizeof *shapes);
+    /* int groups of 64 and more with float32 scales (a scale per 64-column tile): rows of whole groups */
+    const char *wide[] = {"int4_g128", "int4_g64", "int4_g256"};
+    const int wshapes[][3] = {{300, 1024, 3}, {37, 2048, 1}, {64, 512, 4}, {129, 256, 2}};
+    gemv_set(wide, sizeof wide / sizeof *wide, wshapes, sizeof wshapes / sizeof *wshapes);
 }
 
 /* A format the GPU cannot hold packed is refused, not approximated: BFP6's two scale

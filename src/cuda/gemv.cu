@@ -33,6 +33,8 @@ struct bq_cuda_w {
     // tensor-core layout (tc != 0): 1 = e2m1 nibbles, 2 = integer nibbles (v + 8),
     // 3 = 6-bit codes (low nibbles as the others, top bits in `hi`) through a table
     int tc, NT, R16, SBT;      // 64-column tiles, rows padded to 16, scale bytes per row and tile
+    int KT;                    // columns a stored scale covers inside a tile: K, or 64 for blocks of 64 and more
+                               // (int groups with float32 scales: each tile holds its group's scale)
     float cmode;               // weight = fp16(nibble) * cmode * factor
     uint2 *hi;                 // 6-bit codes (tc == 3): their top two bits, per lane and tile
     unsigned short *lut6;      //   and code -> fp16 value (64 entries)
@@ -152,10 +154,11 @@ static void tc_place(uint8_t *tiles, uint8_t *hi, uint8_t *tsc, const bq_cuda_w 
             }
         }
     }
-    for (int b = 0; b < w->nb; b++) {
-        int T = b * w->K / 64, bt = b - T * (64 / w->K);
-        memcpy(tsc + (((size_t)G * w->NT + T) * 16 + rr) * w->SBT + bt * w->sbytes, &sc[b], (size_t)w->sbytes);
-    }
+    for (int b = 0; b < w->nb; b++)  // block b's scale in each tile slot it covers
+        for (int k0 = b * w->K; k0 < (b + 1) * w->K && k0 < w->NT * 64; k0 += w->KT) {
+            int T = k0 / 64, bt = (k0 % 64) / w->KT;
+            memcpy(tsc + (((size_t)G * w->NT + T) * 16 + rr) * w->SBT + bt * w->sbytes, &sc[b], (size_t)w->sbytes);
+        }
 }
 
 // The tensor-core layout's shape, from rows, cols, K and sbytes.
@@ -163,7 +166,7 @@ static void tc_shape(bq_cuda_w *w)
 {
     w->NT = (w->cols + 63) / 64;
     w->R16 = (w->rows + 15) / 16 * 16;
-    w->SBT = (64 / w->K) * w->sbytes;
+    w->SBT = (64 / w->KT) * w->sbytes;
 }
 
 // The host layout to the device: codes, scales, the 256 scale factors, for 6-bit
@@ -230,18 +233,25 @@ extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out)
 {
     *out = NULL;
     if (m->kind == PM_STREAM && m->fast_stream && m->f->el.bits == 6) return upload6(m, out);
-    if (m->kind != PM_PANEL || m->cols % 32 || (m->K != 16 && m->K != 32) || (m->sbytes != 1 && !(m->sbytes == 2 && m->f->scale.ebits == 5)))
-        return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: format %s at %dx%d is not supported (4/8-bit codes, blocks of 16 or 32, 8-bit or fp16 scales, cols %% 32 == 0)",
-                       m->f->name, m->rows, m->cols);
+    // 4-bit int groups of 64, 128, ... with float32 scales (int4_g128): the tensor-core layout, a scale per tile
+    int wide = m->kind == PM_PANEL && m->eb == 4 && m->K % 64 == 0 && m->sbytes == 4 && format_float_scale(m->f);
+    if (m->kind != PM_PANEL || m->cols % 32 || (!wide && ((m->K != 16 && m->K != 32) || (m->sbytes != 1 && !(m->sbytes == 2 && m->f->scale.ebits == 5)))))
+        return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: format %s at %dx%d is not supported (4/8-bit codes, blocks of 16 or 32, 8-bit or fp16 scales, "
+                       "or 4-bit int groups of a multiple of 64 with float32 scales; cols %% 32 == 0)", m->f->name, m->rows, m->cols);
     if (m->eb == 8 && m->f->el.signmag)
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: 8-bit sign-magnitude codes (%s) are not supported", m->f->name);
     bq_cuda_w *w = (bq_cuda_w *)calloc(1, sizeof *w);
     if (!w) return bq_fail(BQ_ERR_NOMEM, "out of memory");
     w->rows = m->rows; w->cols = m->cols; w->eb = m->eb; w->K = m->K; w->nb = m->nb; w->sbytes = m->sbytes;
+    w->KT = m->K >= 64 ? 64 : m->K;
     w->emult = m->emult;
     memcpy(w->lut, m->lut, 16);
     uint8_t nib[16];
-    if (m->eb == 4 && (64 / m->K) * m->sbytes <= 4) w->tc = tc_mode(m->lut, nib, &w->cmode);
+    if (m->eb == 4 && (64 / w->KT) * m->sbytes <= 4) w->tc = tc_mode(m->lut, nib, &w->cmode);
+    if (wide && !w->tc) {
+        free(w);
+        return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: %s's codes are not a small integer grid", m->f->name);
+    }
     tc_shape(w);
     // row layout: codes [rows][rb], scales [rows][sb]; tensor-core layout: tiles and tile scales
     size_t rb = (size_t)m->cols * m->eb / 8, sb = (size_t)m->nb * m->sbytes;
@@ -293,7 +303,7 @@ static bq_status upload6(const pmat *m, bq_cuda_w **out)
     if (m->vlut[0] != 0.0f) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: %s's code 0 is not zero", f->name);  // the padding
     bq_cuda_w *w = (bq_cuda_w *)calloc(1, sizeof *w);
     if (!w) return bq_fail(BQ_ERR_NOMEM, "out of memory");
-    w->rows = m->rows; w->cols = m->cols; w->eb = 6; w->K = K; w->nb = m->cols / K; w->sbytes = 1; w->emult = 1.0f;
+    w->rows = m->rows; w->cols = m->cols; w->eb = 6; w->K = w->KT = K; w->nb = m->cols / K; w->sbytes = 1; w->emult = 1.0f;
     w->tc = 3; w->cmode = 1.0f;
     tc_shape(w);
     size_t ncode = (size_t)w->R16 * w->NT * 32, nscale = (size_t)w->R16 * w->NT * w->SBT, nhi = (size_t)w->R16 / 16 * w->NT * 32 * 8;
@@ -313,10 +323,11 @@ static bq_status upload6(const pmat *m, bq_cuda_w **out)
     return BQ_OK;
 }
 
-// A block's factor from its scale code: the table for 1-byte codes, fp16 * emult for 2.
+// A block's factor from its scale code: the table for 1-byte codes, fp16 * emult for 2,
+// float32 * emult for 4.
 static __device__ __forceinline__ float scale_factor(uint32_t code, int sb, const float *fac, float emult)
 {
-    return sb == 1 ? fac[code & 0xffu] : __half2float(__ushort_as_half((unsigned short)code)) * emult;
+    return sb == 1 ? fac[code & 0xffu] : sb == 2 ? __half2float(__ushort_as_half((unsigned short)code)) * emult : __uint_as_float(code) * emult;
 }
 
 // ROWS rows per warp share each lane's 32 activations (held in registers), so
@@ -650,11 +661,11 @@ __global__ void __launch_bounds__(256) gemv_tc(const tc_mats M, const float *__r
 #pragma unroll
                 for (int nb = 0; nb < NT8; nb++) {
                     const uint4 &bb = b[nb][s / 2];
-                    mma16816(d[rg][nb], a, s % 2 ? bb.z : bb.x, s % 2 ? bb.w : bb.y, K == 16 || s % 2 == 0);
+                    mma16816(d[rg][nb], a, s % 2 ? bb.z : bb.x, s % 2 ? bb.w : bb.y, s % (K / 16) == 0);
                 }
             }
-            if (K == 16 || s % 2 == 1) {  // a scale block ends: scale by its factor and the columns' tile scale
-                const int bt = K == 16 ? s : s / 2;
+            if (s % (K / 16) == K / 16 - 1) {  // a scale block ends: scale by its factor and the columns' tile scale
+                const int bt = s / (K / 16);
 #pragma unroll
                 for (int rg = 0; rg < RG; rg++) {
                     float f0 = scale_factor(sg[rg] >> (8 * SB * bt), SB, fac, emult);
@@ -753,14 +764,15 @@ static bq_status gemv_tensor_cores(const bq_cuda_w *const *ws, int count, const 
         w->NT, n, w->lut6, w->part, w->count)
 #define L(MODE, K, SB, NT8) if (ks > 1) L1(MODE, K, SB, NT8, true); else L1(MODE, K, SB, NT8, false)
 #define L2(MODE, K, SB) if (n > 2) { L(MODE, K, SB, 2); } else { L(MODE, K, SB, 1); }
-    if (w->tc == 1 && w->K == 32 && w->sbytes == 1) { L2(1, 32, 1); }
-    else if (w->tc == 1 && w->K == 16 && w->sbytes == 1) { L2(1, 16, 1); }
-    else if (w->tc == 1 && w->K == 32 && w->sbytes == 2) { L2(1, 32, 2); }
-    else if (w->tc == 2 && w->K == 32 && w->sbytes == 1) { L2(2, 32, 1); }
-    else if (w->tc == 2 && w->K == 16 && w->sbytes == 1) { L2(2, 16, 1); }
-    else if (w->tc == 2 && w->K == 32 && w->sbytes == 2) { L2(2, 32, 2); }
-    else if (w->tc == 3 && w->K == 32) { L2(3, 32, 1); }
-    else if (w->tc == 3 && w->K == 16) { L2(3, 16, 1); }
+    if (w->tc == 1 && w->KT == 32 && w->sbytes == 1) { L2(1, 32, 1); }
+    else if (w->tc == 1 && w->KT == 16 && w->sbytes == 1) { L2(1, 16, 1); }
+    else if (w->tc == 1 && w->KT == 32 && w->sbytes == 2) { L2(1, 32, 2); }
+    else if (w->tc == 2 && w->KT == 32 && w->sbytes == 1) { L2(2, 32, 1); }
+    else if (w->tc == 2 && w->KT == 16 && w->sbytes == 1) { L2(2, 16, 1); }
+    else if (w->tc == 2 && w->KT == 32 && w->sbytes == 2) { L2(2, 32, 2); }
+    else if (w->tc == 2 && w->KT == 64 && w->sbytes == 4) { L2(2, 64, 4); }
+    else if (w->tc == 3 && w->KT == 32) { L2(3, 32, 1); }
+    else if (w->tc == 3 && w->KT == 16) { L2(3, 16, 1); }
     else return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: no tensor-core kernel for blocks of %d, %d-byte scales", w->K, w->sbytes);
 #undef L2
 #undef L
@@ -772,7 +784,7 @@ static bq_status gemv_tensor_cores(const bq_cuda_w *const *ws, int count, const 
 // columns; a 6-bit one's table too).
 static bool same_layout(const bq_cuda_w *a, const bq_cuda_w *b)
 {
-    return a->tc && b->tc == a->tc && b->K == a->K && b->sbytes == a->sbytes && b->cols == a->cols && b->NT == a->NT &&
+    return a->tc && b->tc == a->tc && b->K == a->K && b->KT == a->KT && b->sbytes == a->sbytes && b->cols == a->cols && b->NT == a->NT &&
            (a->tc != 3 || !memcmp(a->lut6_host, b->lut6_host, sizeof a->lut6_host));
 }
 
@@ -848,7 +860,8 @@ __global__ void __launch_bounds__(256) unpack_tc(const uint4 *__restrict__ codes
         for (int bt = 0; bt < 4; bt++)
             if (bt < 64 / K) {
                 const uint8_t *sp = scales + (wid * 16 + g + 8 * r) * SBT + bt * SB;
-                f[r][bt] = scale_factor(SB == 1 ? *sp : *(const unsigned short *)sp, SB, factor, emult) * cmode;
+                uint32_t code = SB == 1 ? *sp : SB == 2 ? *(const unsigned short *)sp : *(const uint32_t *)sp;
+                f[r][bt] = scale_factor(code, SB, factor, emult) * cmode;
             }
 #pragma unroll
     for (int s = 0; s < 4; s++) {
@@ -857,7 +870,7 @@ __global__ void __launch_bounds__(256) unpack_tc(const uint4 *__restrict__ codes
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             int kk = 16 * s + 2 * t + 8 * (j >> 1);
-            float fj = K == 16 ? f[j & 1][s] : f[j & 1][s / 2];  // kk's block (2t < 8 never crosses one)
+            float fj = f[j & 1][s / (K / 16)];  // kk's block (2t < 8 never crosses one)
             float2 v = __half22float2(*(const __half2 *)&h[j]);
             put2(&tile[wl][g + 8 * (j & 1)][kk], v.x * fj, v.y * fj);
         }
@@ -902,7 +915,7 @@ static bq_status unpack(const bq_cuda_w *w, OT *d_out)
         size_t n = (size_t)w->R16 / 16 * w->NT;  // tiles, a warp each
         unsigned nb = (unsigned)((n + 7) / 8);
 #define U(MODE) unpack_tc<MODE, OT><<<nb, 256>>>((const uint4 *)w->codes, w->scales, w->d_factor, w->emult, w->cmode, w->rows, \
-                                                 w->cols, w->NT, w->K, w->sbytes, d_out, w->hi, w->lut6)
+                                                 w->cols, w->NT, w->KT, w->sbytes, d_out, w->hi, w->lut6)
         if (w->tc == 1) U(1);
         else if (w->tc == 2) U(2);
         else U(3);
