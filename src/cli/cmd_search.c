@@ -310,7 +310,7 @@ static int read_trial(FILE *f, int k, int nl, const int *choose, double *nll)
 }
 
 /* bq_search's hooks: the ranks' sums (MPI), the resume file, progress on a terminal. */
-typedef struct { FILE *prev, *log; int rank, trials; } search_io;
+typedef struct { FILE *prev, *log; const char *path; int rank; } search_io;
 
 static int search_reduce(void *arg, double *v, size_t n, int failed)
 {
@@ -328,7 +328,7 @@ static int search_recall(void *arg, int k, int nl, const int *choose, double *nl
 static void search_record(void *arg, int k, int nl, const int *choose, double nll)
 {
     search_io *io = arg;
-    if (!io->log) return;
+    if (!io->log && !(io->log = fopen(io->path, "a"))) return;  /* opened at the first finished trial */
     char line[16384];  /* ranks append whole lines, each with one write */
     int n = snprintf(line, sizeof line, "trial %d nll %.10f choose ", k, nll);
     for (int i = 0; i < nl && n < (int)sizeof line - 16; i++)
@@ -377,7 +377,7 @@ int cmd_search(int argc, char **argv)
     const int rank = cli_mpi_rank(), ranks = cli_mpi_size();
     char path[4200];
     snprintf(path, sizeof path, "%s-trials.txt", a.out);
-    search_io io = {fopen(path, "r"), fopen(path, "a"), rank, a.trials};
+    search_io io = {fopen(path, "r"), NULL, path, rank};
     bq_search_opts so = {.size = sizeof so, .trial = e.o, .budget = a.budget, .trials = a.trials, .seed = a.seed, .bits = bits,
                          .area = area, .fp32_area = fp32_area, .reduce = ranks > 1 ? search_reduce : NULL,
                          .recall = search_recall, .record = search_record,
