@@ -454,13 +454,23 @@ int pack_scale_parts(const bq_format *f, float tensor_scale, uint32_t code, floa
 static int byte_groups(const bq_format *f, size_t g, int sb)
 {
     int b = f->el.bits;
-    return sb % 8 == 0 && sb <= 32 && (b == 8 || (b == 4 && g % 2 == 0) || (b == 6 && g % 4 == 0));
+    return sb % 8 == 0 && sb <= 32 &&
+           (b == 8 || (b == 4 && g % 2 == 0) || (b == 6 && g % 4 == 0) || ((b == 3 || b == 5 || b == 7) && g % 8 == 0));
 }
 
-/* n codes of b in {4, 6, 8} bits to bytes, LSB first (the bit stream's order) */
+/* n codes of b in {3, ..., 8} bits to bytes, LSB first (the bit stream's order); odd b: n % 8 == 0 */
 static uint8_t *put_codes(uint8_t *p, const uint8_t *c, size_t n, int b)
 {
     if (b == 8) { memcpy(p, c, n); return p + n; }
+    if (b % 2) {  /* eight codes in b bytes */
+        const uint64_t mask = (1u << b) - 1;
+        for (size_t i = 0; i < n; i += 8, p += b) {
+            uint64_t v = 0;
+            for (int j = 0; j < 8; j++) v |= (c[i + j] & mask) << (b * j);
+            memcpy(p, &v, (size_t)b);
+        }
+        return p;
+    }
     if (b == 4) {
         size_t i = 0;
         for (; i + 8 <= n; i += 8, p += 4) {  /* eight codes a (little-endian) word: byte 2j of v | v >> 4 holds codes 2j, 2j + 1 */
@@ -497,6 +507,15 @@ static uint8_t *put_codes(uint8_t *p, const uint8_t *c, size_t n, int b)
 static const uint8_t *get_codes(const uint8_t *p, uint8_t *c, size_t n, int b)
 {
     if (b == 8) { memcpy(c, p, n); return p + n; }
+    if (b % 2) {
+        const uint64_t mask = (1u << b) - 1;
+        for (size_t i = 0; i < n; i += 8, p += b) {
+            uint64_t v = 0;
+            memcpy(&v, p, (size_t)b);
+            for (int j = 0; j < 8; j++) c[i + j] = (uint8_t)(v >> (b * j) & mask);
+        }
+        return p;
+    }
     if (b == 4) {
         for (size_t i = 0; i < n; i += 2, p++) { c[i] = *p & 15; c[i + 1] = *p >> 4; }
         return p;
