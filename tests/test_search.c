@@ -97,17 +97,27 @@ static void on_progress(void *arg, int done, int total)
     progress_last = done == total ? done : -1;
 }
 
-static void test_trials(void)
+/* A tiny checkpoint of ../shared (models/tiny/NAME), loaded, its folder in dir and 130
+ * random token ids; NULL, with a SKIP naming what was not run, where it is absent. */
+static bq_model *tiny_model(const char *name, const char *what, char dir[4200], int32_t ids[130])
 {
     const char *sh = shared_dir();
-    char dir[4200];
-    snprintf(dir, sizeof dir, "%s/models/tiny/llama", sh ? sh : ".");
+    snprintf(dir, 4200, "%s/models/tiny/%s", sh ? sh : ".", name);
     bq_model *m;
-    if (!sh || bq_model_load(dir, &m)) { SKIP("tiny llama absent: the library's trials not run"); return; }
-    int nl = bq_model_n_linears(m), V = bq_model_vocab(m);
-    bq_model_free(m);
-    int32_t ids[130];
+    if (!sh || bq_model_load(dir, &m)) { SKIP("tiny %s absent: %s not run", name, what); return NULL; }
+    int V = bq_model_vocab(m);
     for (int i = 0; i < 130; i++) ids[i] = (int32_t)(t_rand() % (unsigned)V);
+    return m;
+}
+
+static void test_trials(void)
+{
+    char dir[4200];
+    int32_t ids[130];
+    bq_model *m = tiny_model("llama", "the library's trials", dir, ids);
+    if (!m) return;
+    int nl = bq_model_n_linears(m);
+    bq_model_free(m);
     const char *fmts[2] = {"mxfp4", "int4_g32"};
     bq_trial_opts o = {.size = sizeof o, .ctx = 64, .chunks = 2, .threads = 1, .progress = on_progress};
     double base = NAN, *sens = calloc((size_t)nl * 2, sizeof *sens), *a = calloc((size_t)nl * 2, sizeof *a),
@@ -150,16 +160,13 @@ static void test_trials(void)
  * a sensitivity run equals a fresh load's). */
 static void test_trial_swap(void)
 {
-    const char *sh = shared_dir();
     const char *names[2] = {"llama", "mistral"};
     for (int v = 0; v < 2; v++) {
         char dir[4200];
-        snprintf(dir, sizeof dir, "%s/models/tiny/%s", sh ? sh : ".", names[v]);
-        bq_model *m;
-        if (!sh || bq_model_load(dir, &m)) { SKIP("tiny %s absent: trial swaps not compared", names[v]); continue; }
-        int nl = bq_model_n_linears(m), V = bq_model_vocab(m);
         int32_t ids[130];
-        for (int i = 0; i < 130; i++) ids[i] = (int32_t)(t_rand() % (unsigned)V);
+        bq_model *m = tiny_model(names[v], "trial swaps", dir, ids);
+        if (!m) continue;
+        int nl = bq_model_n_linears(m);
         const char *fmts[3] = {"mxfp4", "int4_g32", "bfp6_b16"};
         int *choose = malloc((size_t)nl * sizeof *choose);
         bq_qconfig *q;
@@ -213,15 +220,12 @@ static int recall_trial(void *arg, int k, int nl, const int *choose, double *nll
 
 static void test_search_lib(void)
 {
-    const char *sh = shared_dir();
     char dir[4200];
-    snprintf(dir, sizeof dir, "%s/models/tiny/llama", sh ? sh : ".");
-    bq_model *m;
-    if (!sh || bq_model_load(dir, &m)) { SKIP("tiny llama absent: bq_search not run"); return; }
-    int nl = bq_model_n_linears(m), V = bq_model_vocab(m);
-    bq_model_free(m);
     int32_t ids[130];
-    for (int i = 0; i < 130; i++) ids[i] = (int32_t)(t_rand() % (unsigned)V);
+    bq_model *m = tiny_model("llama", "bq_search", dir, ids);
+    if (!m) return;
+    int nl = bq_model_n_linears(m);
+    bq_model_free(m);
     const char *fmts[2] = {"bfp4_b16", "bfp8_b16"};
     double bits[2], area[2], fp32_area;
     bq_format *f;

@@ -73,16 +73,11 @@ extern "C" bq_status bq_cuda_sync(void)
 
 // ---- one element / one group, exactly as the CPU kernels decide ----
 
-static __device__ __forceinline__ bool grid_ok(const elem_t *e)
-{
-    return (e->kind == EK_MF && e->fast && !e->overflow_inf) || (e->kind == EK_INT && e->lo == -e->hi);
-}
-
 // A block-scaled element, the block's scale already known (qdq_block, qdq_row_scaled).
 static __device__ __forceinline__ float block_value(const bq_format &f, const qctx &c, const bscale &s, float x,
                                                     uint64_t idx)
 {
-    if (f.sch != SCH_BL && grid_ok(&f.el) && !s.pow2 && !(s.div > 0.0f)) return copysignf(0.0f, sgn_of(x));
+    if (f.sch != SCH_BL && grid_fast(&f.el) && !s.pow2 && !(s.div > 0.0f)) return copysignf(0.0f, sgn_of(x));
     float q;
     return block_elem(&f, &s, x, c.round, c.seed, idx, &q);
 }
@@ -142,7 +137,7 @@ __global__ void qdq_lanes(bq_format f, qctx c, const float *__restrict__ x, floa
 // block's scale computed once per eight elements).
 // RND and EV (0: minifloat elements with the float32 path, 1: minifloat through
 // double, 2: integer, 3: logarithmic) are the run-time choices made constants, so
-// that the per-element switches fold away: this kernel is issue-bound.
+// that the per-element switches fold away (the kernel was issue-bound without).
 // Blocks whose scale is 2^E with E in [fl, fh] take pow2_fused_elem (qkern.h; the CPU's
 // grid_loop_pow2, the same bits): two multiplies an element instead of five; fl > fh
 // where the grid is not one the fused path takes.
@@ -181,10 +176,8 @@ __global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, fl
 template <int K, int R>
 static void lanes8_ev(const bq_format &f, const qctx &c, int ev, unsigned nb, const float4 *x, float4 *y, size_t n8)
 {
-    int fused[2] = {1, 0};  // as kernels.c's qdq_block: grids without overflow to Inf, symmetric integers
-    const elem_t *e = &f.el;
-    if (scheme_of(&f)->linear && ((e->kind == EK_MF && e->fast && !e->overflow_inf) || (e->kind == EK_INT && e->lo == -e->hi)))
-        pow2_fused_range(e, fused);
+    int fused[2] = {1, 0};  // as kernels.c's qdq_block
+    if (scheme_of(&f)->linear && grid_fast(&f.el)) pow2_fused_range(&f.el, fused);
     switch (ev) {
     case 0: qdq_lanes8<K, R, 0><<<nb, 256>>>(f, c, x, y, n8, fused[0], fused[1]); break;
     case 1: qdq_lanes8<K, R, 1><<<nb, 256>>>(f, c, x, y, n8, fused[0], fused[1]); break;

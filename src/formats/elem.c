@@ -83,7 +83,6 @@ float mf_decode(const elem_t *e, uint32_t code)
     return neg ? -v : v;
 }
 
-
 void elem_grid_range(const elem_t *e, double *mx, double *mnorm, double *msub)
 {
     switch (e->kind) {

@@ -55,8 +55,6 @@ typedef struct {
     int tensor_factor;   /* an fp32 factor per tensor in the packed header (NVFP4's s_t) */
     int elem_modifiers;  /* a minifloat element's `:` modifiers are accepted */
     nan_code_kind nan_code;  /* the block code that means NaN: 0xff (E8M0), the scale minifloat's NaN, none */
-    /* How far the scale can move the unscaled grid (bq_format_info); mx = the grid's largest magnitude */
-    void (*scale_range)(const struct bq_format *f, double mx, double *lo, double *hi);
 } scheme_traits;
 
 /* Where a format's scales live: none (the elements alone), one fp32 scale for the

@@ -116,13 +116,11 @@ INLINE void qdq_block(const bq_format *f, const qctx *c, const float *restrict x
     float amax = u2f(mbits);
     bscale s = block_scale(f, c, amax);
     const elem_t *e = &f->el;
-    int grid_ok = (e->kind == EK_MF && e->fast && !e->overflow_inf) ||
-                  (e->kind == EK_INT && e->lo == -e->hi);
     if (!scheme_of(f)->linear && e->lemin + s.E >= -126 && e->lemax + s.E <= 127) {
         log_dispatch(x, y, n, e->lemin + s.E, e->lemax + s.E, c->round, c->seed, idx0);
         return;
     }
-    if (scheme_of(f)->linear && grid_ok) {
+    if (scheme_of(f)->linear && grid_fast(e)) {
         if (s.pow2 && s.E >= fused[0] && s.E <= fused[1]) {
             pow2_dispatch(e, x, y, n, s.E, c->round, c->seed, idx0);
         } else if (s.pow2) {

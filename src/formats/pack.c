@@ -178,11 +178,11 @@ static bq_status pack_row(const bq_format *f, const qctx *c, const float *x, siz
 {
     const elem_t *e = &f->el;
     size_t g = pack_group_len(f, cols);
+    const scale_place sp = format_scale_place(f);
     for (size_t b = 0; b < cols; b += g) {
         size_t n = cols - b < g ? cols - b : g;
         const float *xb = x + b;
         uint32_t code;
-        scale_place sp = format_scale_place(f);
         if (sp != SCALE_BLOCK) {
             float s = c->tensor_scale, z = c->tensor_zero;
             int bad = c->tensor_nonfinite;
@@ -328,9 +328,9 @@ static void unpack_row(const bq_format *f, const qctx *c, bitr *rd, size_t cols,
 {
     const elem_t *e = &f->el;
     size_t g = pack_group_len(f, cols);
+    const scale_place sp = format_scale_place(f);
     for (size_t b = 0; b < cols; b += g) {
         size_t n = cols - b < g ? cols - b : g;
-        scale_place sp = format_scale_place(f);
         if (sp != SCALE_BLOCK) {
             float s = c->tensor_scale, z = c->tensor_zero;
             if (format_float_group_scale(f)) {

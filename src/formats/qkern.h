@@ -509,6 +509,13 @@ static inline BQ_HD_ALWAYS float pow2_fused_elem(const pow2_fused *p, float x, i
     return copysignf(yv, sgn_of((x * p->pre1) * p->pre2));
 }
 
+/* Grids whose blocks take the vectorised grid loops (grid_loop, pow2_fused_elem):
+ * minifloats on the float32 path that do not overflow to Inf, symmetric integers. */
+static inline BQ_HD int grid_fast(const elem_t *e)
+{
+    return (e->kind == EK_MF && e->fast && !e->overflow_inf) || (e->kind == EK_INT && e->lo == -e->hi);
+}
+
 /* Whether pow2_fused_elem is exact for this element grid and block exponent. */
 static inline int pow2_fused_ok(const elem_t *e, int E)
 {

@@ -141,6 +141,31 @@ bq_status bq_qdq(const bq_format *f, const float *in, float *out, size_t rows, s
 /* ---- facts -------------------------------------------------------------- */
 
 
+/* How far the scale can move the unscaled grid (mx: its largest magnitude): a power-of-two
+ * code's factors over all its codes (pack_scale_parts: what the codes mean), a minifloat
+ * scale's own grid, any float32 (int formats); none for elements alone. */
+static void scale_range(const bq_format *f, double mx, double *lo, double *hi)
+{
+    const scheme_traits *t = scheme_of(f);
+    *lo = *hi = 1.0;
+    if (t->pow2_code) {
+        *lo = INFINITY;
+        *hi = 0.0;
+        for (uint32_t c = 0; c < (1u << f->scale_bits); c++) {
+            float s1, s2;
+            if (!pack_scale_parts(f, 1.0f, c, &s1, &s2)) continue;  /* a NaN code */
+            *lo = fmin(*lo, (double)s1 * s2);
+            *hi = fmax(*hi, (double)s1 * s2);
+        }
+    } else if (t->block_code) {
+        double mnorm;
+        elem_grid_range(&f->scale, hi, &mnorm, lo);
+    } else if (format_float_scale(f)) {
+        *lo = FLT_TRUE_MIN;
+        *hi = FLT_MAX / (mx > 0 ? mx : 1);
+    }
+}
+
 bq_status bq_format_get_info(const bq_format *f, bq_format_info *in)
 {
     if (!f || !in) return bq_fail(BQ_ERR_ARG, "null argument");
@@ -157,8 +182,8 @@ bq_status bq_format_get_info(const bq_format *f, bq_format_info *in)
     elem_grid_range(&f->el, &mx, &mn, &ms);
     in->block_binades = log2(mx / ms);
     /* scale range: how far the shared scale can move the grid */
-    double lo = 1.0, hi = 1.0;
-    if (scheme_of(f)->scale_range) scheme_of(f)->scale_range(f, mx, &lo, &hi);
+    double lo, hi;
+    scale_range(f, mx, &lo, &hi);
     in->max_normal = fmin(mx * hi + (f->asym && f->ggml ? hi : 0.0), FLT_MAX);  /* q4_1/q5_1: plus the minimum */
     in->min_normal = fmax(mn * lo, FLT_TRUE_MIN);
     in->min_subnormal = fmax(ms * lo, FLT_TRUE_MIN);

@@ -1,69 +1,23 @@
 /* The schemes' traits: what code asks of a format's scheme, one row each, so that
  * sites ask a question (does it store a code per block? is that code a power of
- * two? is a value its code times the block's factor? which code means NaN? how
- * far can the scale move the grid?) instead of listing scheme names. The
+ * two? is a value its code times the block's factor? which code means NaN?)
+ * instead of listing scheme names. The
  * arithmetic of each scheme (its scale rule, its code's meaning) lives in qkern.h's
  * block_scale and pack.c's scale_from_code; which row kernel runs follows from
  * format_scale_place (format.h). */
-#include <float.h>
-#include <math.h>
 #include "format.h"
 
-/* Scale ranges: the factor by which a block's scale can move the unscaled grid. */
-static void range_e8(const bq_format *f, double mx, double *lo, double *hi)  /* MX: E8M0, 2^-127..2^127 */
-{
-    (void)f; (void)mx;
-    *lo = ldexp(1.0, -127);
-    *hi = ldexp(1.0, 127);
-}
-
-static void range_bfp(const bq_format *f, double mx, double *lo, double *hi)  /* m * 2^(e-(M-1)), e in [-127, 128] */
-{
-    (void)f; (void)mx;
-    *lo = ldexp(1.0, -127);
-    *hi = ldexp(1.0, 128);
-}
-
-static void range_bm(const bq_format *f, double mx, double *lo, double *hi)  /* an int8 exponent bias */
-{
-    (void)mx;
-    *lo = ldexp(1.0, f->el.bias - 127);
-    *hi = ldexp(1.0, f->el.bias + 128);
-}
-
-static void range_bl(const bq_format *f, double mx, double *lo, double *hi)  /* an int8 shift of the log grid */
-{
-    (void)f; (void)mx;
-    *lo = ldexp(1.0, -128);
-    *hi = ldexp(1.0, 127);
-}
-
-static void range_minifloat(const bq_format *f, double mx, double *lo, double *hi)  /* the scale's own grid */
-{
-    (void)mx;
-    double mnorm;
-    elem_grid_range(&f->scale, hi, &mnorm, lo);
-}
-
-static void range_float(const bq_format *f, double mx, double *lo, double *hi)  /* any positive float32 */
-{
-    (void)f;
-    *lo = FLT_TRUE_MIN;
-    *hi = FLT_MAX / (mx > 0 ? mx : 1);
-}
-
 const scheme_traits bq_scheme_traits[SCH_COUNT] = {
-    /*              family     block_code pow2_code linear tensor_factor elem_modifiers nan_code scale_range */
-    [SCH_ELEM]   = {"element", 0, 0, 1, 0, 1, NAN_CODE_NONE, NULL},
-    [SCH_INT]    = {"int",     0, 0, 1, 0, 0, NAN_CODE_NONE, range_float},  /* fp32 scales per tensor, row or group */
-    [SCH_MX]     = {"mx",      1, 1, 1, 0, 1, NAN_CODE_FF, range_e8},
-    [SCH_SCALED] = {"scaled",  1, 0, 1, 0, 1, NAN_CODE_MINIFLOAT, range_minifloat},
-    [SCH_NVFP4]  = {"nvfp4",   1, 0, 1, 1, 0, NAN_CODE_MINIFLOAT, range_minifloat},
-    [SCH_BFP]    = {"bfp",     1, 1, 1, 0, 0, NAN_CODE_NONE, range_bfp},
-    [SCH_BM]     = {"bm",      1, 1, 1, 0, 1, NAN_CODE_NONE, range_bm},
-    [SCH_BL]     = {"bl",      1, 1, 0, 0, 0, NAN_CODE_NONE, range_bl},  /* log codes carry the block's shift */
+    /*              family     block_code pow2_code linear tensor_factor elem_modifiers nan_code */
+    [SCH_ELEM]   = {"element", 0, 0, 1, 0, 1, NAN_CODE_NONE},
+    [SCH_INT]    = {"int",     0, 0, 1, 0, 0, NAN_CODE_NONE},  /* fp32 scales per tensor, row or group */
+    [SCH_MX]     = {"mx",      1, 1, 1, 0, 1, NAN_CODE_FF},
+    [SCH_SCALED] = {"scaled",  1, 0, 1, 0, 1, NAN_CODE_MINIFLOAT},
+    [SCH_NVFP4]  = {"nvfp4",   1, 0, 1, 1, 0, NAN_CODE_MINIFLOAT},
+    [SCH_BFP]    = {"bfp",     1, 1, 1, 0, 0, NAN_CODE_NONE},
+    [SCH_BM]     = {"bm",      1, 1, 1, 0, 1, NAN_CODE_NONE},
+    [SCH_BL]     = {"bl",      1, 1, 0, 0, 0, NAN_CODE_NONE},  /* log codes carry the block's shift */
 };
-
 
 int elem_sig_bits(const elem_t *e)
 {
