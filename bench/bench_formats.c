@@ -91,7 +91,7 @@ int main(int argc, char **argv)
     FILE *jf = json ? fopen(json, "w") : NULL;
     int nc = bq_ncores();
     const char *fmts[] = {"mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8", "nvfp4",
-                          "bfp8_b16", "bfp6_b16", "bfp4_b16", "bme4m3_b16", "bme2m3_b16", "bl8_b16",
+                          "bfp8_b16", "bfp6_b16", "bfp5_b16", "bfp4_b16", "bfp3_b16", "bme4m3_b16", "bme2m3_b16", "bl8_b16",
                           "e2m1_b16_se4m3", "int8_b32_sfp16", "int8_row", "int4_g128", "fp8_e4m3", "fp4_e2m1"};
     const char *isas[] = {"avx512", "avx2", "scalar"};
     double mc1 = bytes / best_memcpy(1, reps) / 1e9, mcn = bytes / best_memcpy(nc, reps) / 1e9;
