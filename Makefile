@@ -19,7 +19,7 @@ CUDA    ?= $(if $(NVCC),1,0)
 ifeq ($(CUDA),1)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CUDA_OBJ  = $(BUILD)/cuda/qdq.o $(BUILD)/cuda/gemv.o $(BUILD)/cuda/gemm.o $(BUILD)/cuda/engine.o $(BUILD)/cuda/libs.o \
-            $(BUILD)/cuda/gptq.o
+            $(BUILD)/cuda/gptq.o $(BUILD)/cuda/train.o
 CUDA_LIBS = -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lstdc++
 else
 CUDA_OBJ  = $(BUILD)/src/cuda/nocuda.o
@@ -27,7 +27,7 @@ CUDA_LIBS =
 endif
 # --fmad=false: no contraction, so the device computes the CPU's bits
 NVFLAGS = -O3 -std=c++17 --fmad=false --default-stream per-thread -Xcompiler -fPIC,-fvisibility=hidden -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90 \
-          -Xcompiler -Wall -Iinclude -Isrc/core -Isrc/formats -Isrc/kernels -Isrc/cuda -Isrc/model -Isrc/engine $(NVEXTRA)
+          -Xcompiler -Wall -Iinclude -Isrc/core -Isrc/formats -Isrc/kernels -Isrc/cuda -Isrc/model -Isrc/engine -Isrc/train $(NVEXTRA)
 # MPI: the CLI (only) is built with Open MPI when mpicc is found (MPI=0 turns it
 # off); `mpirun -np N blockq ppl|sweep` then spreads the work (src/cli/mpi.c).
 MPICC   ?= $(shell command -v mpicc 2>/dev/null)
@@ -87,7 +87,7 @@ $(BUILD)/kern/pk_avx512.o: $(PK_DEPS)
 	$(CC) $(CFLAGS) -O3 -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx512vnni -mfma -mprefer-vector-width=512 \
 	    -DBQ_ISA=avx512 -c $< -o $@
 
-$(BUILD)/cuda/%.o: src/cuda/%.cu src/cuda/bq_cuda.h src/cuda/cuda_libs.h src/formats/qkern.h src/formats/format.h src/kernels/pmat.h src/model/model.h src/engine/backend.h
+$(BUILD)/cuda/%.o: src/cuda/%.cu src/cuda/bq_cuda.h src/cuda/cuda_libs.h src/formats/qkern.h src/formats/format.h src/kernels/pmat.h src/model/model.h src/engine/backend.h src/train/tops.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
@@ -114,8 +114,11 @@ $(BUILD)/gpu/gpu_ppl_bench: bench/gpu_ppl_bench.c $(BUILD)/libblockq.a
 $(BUILD)/gpu/gpu_decode_ops: bench/gpu_decode_ops.c $(BUILD)/libblockq.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -I$(CUDA_HOME)/include $< $(BUILD)/libblockq.a -o $@ $(LDLIBS)
-gpu-full: gpu $(BUILD)/gpu/gpu_ppl_bench $(BUILD)/gpu/gpu_decode_ops $(BUILD)/blockq $(BUILD)/tests/test_engine $(BUILD)/tests/test_backend \
-          $(BUILD)/bench/bench_gptq
+$(BUILD)/gpu/gpu_train_bench: bench/gpu_train_bench.c $(BUILD)/libblockq.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< $(BUILD)/libblockq.a -o $@ $(LDLIBS)
+gpu-full: gpu $(BUILD)/gpu/gpu_ppl_bench $(BUILD)/gpu/gpu_decode_ops $(BUILD)/gpu/gpu_train_bench $(BUILD)/blockq \
+          $(BUILD)/tests/test_engine $(BUILD)/tests/test_backend $(BUILD)/tests/test_train $(BUILD)/bench/bench_gptq
 
 $(BUILD)/libblockq.a: $(LIB_OBJ)
 	@rm -f $@

@@ -31,7 +31,7 @@ B=build/gpu/blockq
 M=/tmp/r7b
 T=data/wikitext-2-test.txt
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-case "$S" in *scale*|*decode*|*packed*|*graphs*|*pipeline*|*multigpu*|*ops*|*hadamard*|*gptq7b*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
+case "$S" in *scale*|*decode*|*packed*|*graphs*|*pipeline*|*multigpu*|*ops*|*hadamard*|*gptq7b*|*train7b*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
 mkdir -p /tmp/deps && for f in .debs/*.deb; do dpkg -x "$f" /tmp/deps; done 2>/dev/null
 [ -f .debs/deps.tar.xz ] && tar xJf .debs/deps.tar.xz -C /tmp/deps  # the same packages, pruned to fit the transfer
 D=/tmp/deps/usr; L=$D/lib/x86_64-linux-gnu
@@ -187,4 +187,25 @@ case "$S" in *ptqtable*)
     # issue 16's whole-text table (bench/ptq_whole.sh), rows side by side on the GPU
     DEVICE=cuda JOBS=${JOBS:-4} THREADS=$(( $(nproc) / ${JOBS:-4} )) PART=${PART:-1/1} B=$B sh bench/ptq_whole.sh "$O/ptq_whole_table.jsonl"
     python3 bench/ptq_whole.py "$O/ptq_whole_table.jsonl" ;;
+esac
+case "$S" in *trainbundled*)
+    # issue 20: the CUDA training pass against the CPU's (tests/test_train.c's CUDA part:
+    # one window's loss and every gradient, quantised weights bit for bit, three steps), then
+    # the bundled model's training speed on both (full fine-tuning, float and MXFP4 W4A4)
+    ./build/gpu/tests/test_train 2>&1 | tee "$O/r5_test_train.txt" | tail -12
+    ./build/gpu/gpu/gpu_train_bench --model models/llama-19m-en --ctx 256 --accum 4 --steps 3 --cpu \
+        --json "$O/r5_train_bundled.jsonl" 2>&1 | tee "$O/r5_train_bundled.md" ;;
+esac
+case "$S" in *train7b*)
+    # issue 20's GPU target: the random 7B shape, LoRA rank 16, windows of 2048 tokens
+    /usr/bin/time -v ./build/gpu/gpu/gpu_train_bench --model $M --ctx 2048 --steps 2 --lora 16 --runs "${TRAIN_RUNS:-float mxfp4}" \
+        --json "$O/r5_train7b.jsonl" 2>"$O/r5_train7b_time.txt" | tee "$O/r5_train7b.md"
+    grep -E "Elapsed|Maximum resident" "$O/r5_train7b_time.txt"; grep -v "Command\|^\s" "$O/r5_train7b_time.txt" | head -5 ;;
+esac
+case "$S" in *qat*)
+    # issue 20's recovery target on the GPU: bench/qat_table.sh at the CPU's budget (100 steps)
+    # and at 10x it (1000 steps x 4 windows x 257 tokens), full fine-tuning
+    for st in ${QAT_STEPS:-100 1000}; do
+        DEVICE=cuda NO_LORA=${NO_LORA-1} NO_FULL=$NO_FULL OUT=/tmp/qat$st J="$O/qat_gpu_$st.jsonl" B=$B sh bench/qat_table.sh $st 60 2>&1 | tee "$O/qat_gpu_$st.md"
+    done ;;
 esac

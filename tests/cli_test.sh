@@ -208,6 +208,7 @@ if ! $B ppl --model $M --text data/wikitext-2-test.txt --ctx 64 --chunks 1 --dev
     grep -q "CUDA" "$T/dev.err" && ok || bad "--device cuda without a GPU: $(cat "$T/dev.err")"
     $B ppl --model $M --text data/wikitext-2-test.txt --ctx 64 --chunks 1 --device auto >/dev/null 2>"$T/auto.err" &&
         grep -q "running on the CPU" "$T/auto.err" && ok || bad "--device auto did not fall back"
+    expect_fail 2 "finetune: --device cuda:" -- $B finetune --model $M --text data/wikitext-2-valid-tokenized.txt --out "$T/ftdev" --device cuda
 else
     echo "SKIP: a CUDA device is present; the no-GPU fallback is not exercised here"
 fi

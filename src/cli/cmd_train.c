@@ -13,7 +13,7 @@ static const char *const qroles[] = {"wq", "aq", "kv", "head", "attn", "emb", "m
 enum { NQ = 8 };
 
 typedef struct {
-    const char *model, *text, *val, *out, *config, *train, *qv[NQ];
+    const char *model, *text, *val, *out, *config, *train, *device, *qv[NQ];
     int threads, json, save_every, resume, val_chunks, log_every, round_set, stop_after;
     bq_round round;
     uint64_t qseed;
@@ -49,6 +49,7 @@ static const cli_opt ft_opts[] = {
     {"--train", "WHAT", CLI_STR, F(train), .help = "linears,norms,emb,head or all"},
     {"--seed", "S", CLI_CALL, 0, .call = set_seed, .help = "windows' order, initialisation and stochastic rounding"},
     {"--threads", "T", CLI_INT, F(threads), 0, 256, .help = "CPU threads (0: all cores)"},
+    {"--device", "D", CLI_STR, F(device), .help = "cpu (default), cuda or auto: where the passes run"},
     {"--val", "TEXT", CLI_STR, F(val), .help = "a validation text scored at each checkpoint"},
     {"--val-chunks", "N", CLI_INT, F(val_chunks), 1, 1 << 30, .help = "its windows (default 16)"},
     {"--save-every", "K", CLI_INT, F(save_every), 0, 1 << 30, .help = "a checkpoint every K steps (default 50)"},
@@ -87,6 +88,7 @@ static int parse(int argc, char **argv, ft_args *a)
         return cli_error("finetune", "--lora-beside keeps the adapters as factors beside each weight, which only a .bq file holds: --out %s is a Hugging Face folder; give --out FILE.bq", a->out);
     if (a->o.warmup < 0) a->o.warmup = a->o.steps / 20;
     a->o.train = a->train;
+    if (a->device && cli_device("finetune", a->device, &a->o.device)) return EXIT_BADINPUT;
     a->o.threads = a->threads;
     return 0;
 }

@@ -1,6 +1,7 @@
 /* The CUDA entry points when blockq is built without nvcc: each one says so. */
 #include "bq_cuda.h"
 #include "backend.h"
+#include "tops.h"
 #include <stdio.h>
 
 static bq_status none(void) { return bq_fail(BQ_ERR_UNSUPPORTED, "this blockq was built without CUDA (no nvcc found at build time)"); }
@@ -60,3 +61,9 @@ bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int hi, be **ou
 }
 size_t be_cuda_bytes(const be *b) { (void)b; return 0; }
 int be_cuda_ordinal(const be *b) { (void)b; return -1; }
+bq_status tr_cuda_new(int device, int T, int half, const float *rc, const float *rs, tr_be **out)
+{
+    (void)device; (void)T; (void)half; (void)rc; (void)rs;
+    *out = NULL;
+    return none();
+}

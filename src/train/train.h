@@ -9,14 +9,16 @@
 #ifndef BQ_TRAIN_H
 #define BQ_TRAIN_H
 #include "model.h"
+#include "tops.h"
 
 /* One linear in training: the model's layer (master weights in l->w) and what the
- * forward multiplies by. */
+ * forward multiplies by. Pointers other than l are the backend's memory (on the CPU,
+ * w and b are the model's own arrays). */
 typedef struct {
     linear *l;
-    const char *hf;       /* the Hugging Face tensor name without ".weight" */
     bq_format *wf, *af;   /* weight and input quantisers (NULL: float) */
-    float *wq;            /* q(W [+ s B A]), or l->w itself without a quantiser or adapter */
+    float *w, *b;         /* the master weight and the bias (NULL: none) */
+    float *wq;            /* q(W [+ s B A]), or w itself without a quantiser or adapter */
     float *gw, *gb;       /* gradients of the weight the forward used, and of the bias (NULL: frozen) */
     int lora;             /* rank (0: none) */
     float *A, *B, *gA, *gB;  /* adapters: W_eff = W + s B A, A [r, in], B [out, r] */
@@ -25,7 +27,8 @@ typedef struct {
 /* A tensor the optimiser updates. */
 typedef struct {
     char name[160];
-    float *w, *g, *m, *v;
+    float *w, *g, *m, *v;  /* the backend's */
+    float *host;           /* the model's array w mirrors (NULL: none, or w itself) */
     size_t n;
     int rows, cols;  /* rows 1 for vectors */
     int decay;       /* weight decay applies (matrices) */
@@ -40,11 +43,12 @@ struct bq_trainer {
     bq_format *kvf;   /* stored K/V */
     tparam *p;
     int np;
-    float *g_emb, *g_final, **g_ln;  /* the non-linear parameters' gradients (NULL: frozen) */
+    tr_be *be;        /* where it runs (tops.h) */
+    const tr_ops *op;
+    float *emb, **ln, *fln;           /* the embedding, the layers' two norms, the final norm (backend) */
+    float *g_emb, *g_final, **g_ln;   /* the non-linear parameters' gradients (NULL: frozen) */
     int T;            /* tokens of activations held */
-    float *acts, *scratch;
-    float *rope_cos, *rope_sin;  /* [T][head_dim / 2] */
-    bq_pool *pool;
+    float *acts, *scratch, *lr_tmp;   /* lr_tmp: the adapters' two [T, rank] products */
     int threads;
     long step;        /* optimiser steps taken */
 };
@@ -55,7 +59,8 @@ bq_status train_window(bq_trainer *t, const int32_t *ids, int n, double gscale, 
 /* q(W) (and the adapters merged) for every linear: once per optimiser step. */
 bq_status train_prepare(bq_trainer *t);
 void train_zero_grads(bq_trainer *t);
-/* The adapters' gradients from their linears' (after the step's windows). */
-void train_lora_grads(bq_trainer *t);
+float train_lora_scale(const bq_trainer *t);
+/* A parameter's weights (which 0), gradient (1) or moments (2, 3) copied to the host. */
+bq_status train_param_get(const bq_trainer *t, int i, int which, float *host);
 
 #endif

@@ -6,7 +6,6 @@
 #include "backend.h"
 #include "quant.h"
 #include "format.h"
-#include <cblas.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -59,7 +58,7 @@ static bq_status parse_roles(const char *s, int lora, int *out)
     return BQ_OK;
 }
 
-static bq_status add_param(bq_trainer *t, const char *name, float *w, float *g, int rows, int cols, int decay)
+static bq_status add_param(bq_trainer *t, const char *name, float *w, float *g, int rows, int cols, int decay, float *host)
 {
     tparam *np = realloc(t->p, (size_t)(t->np + 1) * sizeof *np);
     if (!np) return bq_fail(BQ_ERR_NOMEM, "out of memory");
@@ -69,17 +68,33 @@ static bq_status add_param(bq_trainer *t, const char *name, float *w, float *g, 
     snprintf(p->name, sizeof p->name, "%s", name);
     p->w = w;
     p->g = g;
+    p->host = host == w ? NULL : host;
     p->rows = rows;
     p->cols = cols;
     p->n = (size_t)rows * cols;
     p->decay = decay;
-    p->m = calloc(p->n, sizeof *p->m);
-    p->v = calloc(p->n, sizeof *p->v);
+    p->m = t->op->alloc(t->be, p->n);
+    p->v = t->op->alloc(t->be, p->n);
     t->np++;
     return p->m && p->v ? BQ_OK : bq_fail(BQ_ERR_NOMEM, "out of memory for the optimiser's state of %s", name);
 }
 
-static float *zalloc(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
+/* n zeroed floats of the backend's memory */
+static float *zalloc(bq_trainer *t, size_t n) { return t->op->alloc(t->be, n ? n : 1); }
+
+/* The backend's copy of a model array (on the CPU, the array itself). */
+static float *mirror(bq_trainer *t, float *host, size_t n, bq_status *st)
+{
+    if (*st || !host || t->op->host) return host;
+    float *d = t->op->alloc(t->be, n);
+    if (!d) *st = bq_fail(BQ_ERR_NOMEM, "out of %s memory for the model's weights", t->op->name);
+    else *st = t->op->put(t->be, d, host, n);
+    return d;
+}
+static void unmirror(bq_trainer *t, float *d)
+{
+    if (!t->op->host && d) t->op->release(t->be, d);
+}
 
 static bq_status check_arch(const bq_model *m)
 {
@@ -166,32 +181,69 @@ bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *
     t->o.train = NULL;  /* the caller's string need not outlive the call */
     t->qo = m->qopts;
     t->nlin = c->layers * 7 + 1;
+    t->T = o->ctx + 1;
+    t->threads = o->threads > 0 ? o->threads : bq_ncores();
     t->lin = calloc((size_t)t->nlin, sizeof *t->lin);
     t->g_ln = calloc((size_t)c->layers * 2 + 1, sizeof *t->g_ln);
-    if (!t->lin || !t->g_ln) { bq_trainer_free(t); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
+    t->ln = calloc((size_t)c->layers * 2 + 1, sizeof *t->ln);
+    if (!t->lin || !t->g_ln || !t->ln) { bq_trainer_free(t); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
     for (int l = 0; l < c->layers; l++)
         for (int r = 0; r < 7; r++) t->lin[l * 7 + r].l = (linear *)model_linear(m, l, (lin_role)r);
     t->lin[t->nlin - 1].l = &m->head;
     if ((st = set_formats(t, q))) { bq_trainer_free(t); return st; }
+    t->qo.threads = t->threads;  /* the quantisers' bits do not depend on it either */
+
+    /* the backend, with the rotary tables of the window's positions */
+    int half = c->head_dim / 2;
+    float *rc = malloc(((size_t)t->T * half + 1) * sizeof *rc), *rs = malloc(((size_t)t->T * half + 1) * sizeof *rs);
+    if (!rc || !rs) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+    for (int p = 0; !st && p < t->T; p++)
+        for (int i = 0; i < half; i++) {
+            float ang = rope_angle(c, i, p);
+            rc[(size_t)p * half + i] = cosf(ang);
+            rs[(size_t)p * half + i] = sinf(ang);
+        }
+    if (!st) st = o->device > 0 ? tr_cuda_new(o->device - 1, t->T, half, rc, rs, &t->be)
+                                : tr_cpu_new(t->threads, t->T, half, rc, rs, &t->be);
+    free(rc);
+    free(rs);
+    if (st) { bq_trainer_free(t); return st; }
+    t->op = t->be->ops;
+
+    /* the model's tensors where the backend reads them */
+    int tied = m->head.w == m->tok_emb, H = c->hidden;
+    t->emb = mirror(t, m->tok_emb, (size_t)c->vocab * H, &st);
+    for (int l = 0; l < c->layers; l++) {
+        t->ln[2 * l] = mirror(t, m->L[l].ln1.w, (size_t)H, &st);
+        t->ln[2 * l + 1] = mirror(t, m->L[l].ln2.w, (size_t)H, &st);
+    }
+    t->fln = mirror(t, m->final_ln.w, (size_t)H, &st);
+    for (int i = 0; i < t->nlin; i++) {
+        tlin *L = &t->lin[i];
+        size_t n = (size_t)L->l->out * L->l->in;
+        L->w = i == t->nlin - 1 && tied ? t->emb : mirror(t, L->l->w, n, &st);
+        L->b = mirror(t, L->l->b, (size_t)L->l->out, &st);
+    }
+    if (st) { bq_trainer_free(t); return st; }
 
     /* parameters */
-    int tied = m->head.w == m->tok_emb, H = c->hidden;
     uint64_t rng = o->seed ^ 0x10a2u;
     char name[160];
     if (roles & (TR_EMB | (tied ? TR_HEAD : 0))) {
-        if (!(t->g_emb = zalloc((size_t)c->vocab * H))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-        if (!st) st = add_param(t, "model.embed_tokens.weight", m->tok_emb, t->g_emb, c->vocab, H, 1);
+        if (!(t->g_emb = zalloc(t, (size_t)c->vocab * H))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        if (!st) st = add_param(t, "model.embed_tokens.weight", t->emb, t->g_emb, c->vocab, H, 1, m->tok_emb);
     }
     if (!st && (roles & TR_NORMS)) {
         for (int l = 0; l < c->layers && !st; l++)
             for (int k = 0; k < 2 && !st; k++) {
-                if (!(t->g_ln[2 * l + k] = zalloc((size_t)H))) { st = bq_fail(BQ_ERR_NOMEM, "out of memory"); break; }
+                if (!(t->g_ln[2 * l + k] = zalloc(t, (size_t)H))) { st = bq_fail(BQ_ERR_NOMEM, "out of memory"); break; }
                 snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, k ? "post_attention_layernorm" : "input_layernorm");
-                st = add_param(t, name, k ? m->L[l].ln2.w : m->L[l].ln1.w, t->g_ln[2 * l + k], 1, H, 0);
+                st = add_param(t, name, t->ln[2 * l + k], t->g_ln[2 * l + k], 1, H, 0, k ? m->L[l].ln2.w : m->L[l].ln1.w);
             }
-        if (!st && !(t->g_final = zalloc((size_t)H))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-        if (!st) st = add_param(t, "model.norm.weight", m->final_ln.w, t->g_final, 1, H, 0);
+        if (!st && !(t->g_final = zalloc(t, (size_t)H))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        if (!st) st = add_param(t, "model.norm.weight", t->fln, t->g_final, 1, H, 0, m->final_ln.w);
     }
+    int maxr = 0;
     for (int i = 0; i < t->nlin && !st; i++) {
         tlin *L = &t->lin[i];
         linear *l = L->l;
@@ -206,66 +258,56 @@ bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *
             break;
         }
         if (head && tied) L->gw = t->g_emb;
-        else if (full || L->lora) {
-            if (!(L->gw = zalloc(n))) { st = bq_fail(BQ_ERR_NOMEM, "out of memory"); break; }
-        }
+        else if (full && !(L->gw = zalloc(t, n))) { st = bq_fail(BQ_ERR_NOMEM, "out of memory"); break; }
         char pn[200];
         if (full && !(head && tied)) {
             snprintf(pn, sizeof pn, "%s.weight", name);
-            st = add_param(t, pn, l->w, L->gw, l->out, l->in, 1);
+            st = add_param(t, pn, L->w, L->gw, l->out, l->in, 1, l->w);
             if (!st && l->b) {
-                if (!(L->gb = zalloc((size_t)l->out))) { st = bq_fail(BQ_ERR_NOMEM, "out of memory"); break; }
+                if (!(L->gb = zalloc(t, (size_t)l->out))) { st = bq_fail(BQ_ERR_NOMEM, "out of memory"); break; }
                 snprintf(pn, sizeof pn, "%s.bias", name);
-                st = add_param(t, pn, l->b, L->gb, 1, l->out, 0);
+                st = add_param(t, pn, L->b, L->gb, 1, l->out, 0, l->b);
             }
         }
         if (!st && L->lora) {
             int r = L->lora;
-            L->A = zalloc((size_t)r * l->in);
-            L->B = zalloc((size_t)l->out * r);
-            L->gA = zalloc((size_t)r * l->in);
-            L->gB = zalloc((size_t)l->out * r);
-            if (!L->A || !L->B || !L->gA || !L->gB) { st = bq_fail(BQ_ERR_NOMEM, "out of memory"); break; }
+            maxr = r > maxr ? r : maxr;
+            L->A = zalloc(t, (size_t)r * l->in);
+            L->B = zalloc(t, (size_t)l->out * r);
+            L->gA = zalloc(t, (size_t)r * l->in);
+            L->gB = zalloc(t, (size_t)l->out * r);
+            float *a0 = malloc((size_t)r * l->in * sizeof *a0);
+            if (!L->A || !L->B || !L->gA || !L->gB || !a0) { free(a0); st = bq_fail(BQ_ERR_NOMEM, "out of memory"); break; }
             /* as the LoRA paper's reference code: A uniform in +-1/sqrt(in), B zero (training
              * starts at the base weights) */
             float bound = 1.0f / sqrtf((float)l->in);
             for (size_t k = 0; k < (size_t)r * l->in; k++)
-                L->A[k] = bound * (float)((double)(bq_splitmix(&rng) >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+                a0[k] = bound * (float)((double)(bq_splitmix(&rng) >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+            st = t->op->put(t->be, L->A, a0, (size_t)r * l->in);
+            free(a0);
             snprintf(pn, sizeof pn, "%s.lora_A", name);
-            st = add_param(t, pn, L->A, L->gA, r, l->in, 1);
+            if (!st) st = add_param(t, pn, L->A, L->gA, r, l->in, 1, NULL);
             snprintf(pn, sizeof pn, "%s.lora_B", name);
-            if (!st) st = add_param(t, pn, L->B, L->gB, l->out, r, 1);
+            if (!st) st = add_param(t, pn, L->B, L->gB, l->out, r, 1, NULL);
         }
         /* what the forward multiplies by: its own buffer when quantised or adapted */
         if (!st && (L->wf || L->lora)) {
-            if (!(L->wq = zalloc(n))) st = bq_fail(BQ_ERR_NOMEM, "out of memory for %s's quantised copy", name);
-        } else L->wq = l->w;
+            if (!(L->wq = zalloc(t, n))) st = bq_fail(BQ_ERR_NOMEM, "out of memory for %s's quantised copy", name);
+        } else L->wq = L->w;
     }
     if (!st && !t->np) st = bq_fail(BQ_ERR_ARG, "nothing to train");
 
-    /* activations, scratch, rotary tables, threads */
-    t->T = o->ctx + 1;
+    /* activations and scratch */
     if (!st) {
-        t->acts = malloc(train_act_floats(c, t->T) * sizeof(float));
-        t->scratch = malloc(train_scratch_floats(c, t->T) * sizeof(float));
-        int half = c->head_dim / 2;
-        t->rope_cos = malloc((size_t)t->T * half * sizeof(float));
-        t->rope_sin = malloc((size_t)t->T * half * sizeof(float));
-        if (!t->acts || !t->scratch || !t->rope_cos || !t->rope_sin)
-            st = bq_fail(BQ_ERR_NOMEM, "out of memory for the activations of %d-token windows (%.1f GB)", t->T,
-                         (double)(train_act_floats(c, t->T) + train_scratch_floats(c, t->T)) * 4e-9);
-        for (int p = 0; !st && p < t->T; p++)
-            for (int i = 0; i < half; i++) {
-                float ang = rope_angle(c, i, p);
-                t->rope_cos[(size_t)p * half + i] = cosf(ang);
-                t->rope_sin[(size_t)p * half + i] = sinf(ang);
-            }
+        size_t na = train_act_floats(c, t->T), ns = train_scratch_floats(c, t->T);
+        t->acts = zalloc(t, na);
+        t->scratch = zalloc(t, ns);
+        t->lr_tmp = zalloc(t, 2 * (size_t)t->T * (maxr ? maxr : 1));
+        if (!t->acts || !t->scratch || !t->lr_tmp)
+            st = bq_fail(BQ_ERR_NOMEM, "out of %s memory for the activations of %d-token windows (%.1f GB)", t->op->name, t->T,
+                         (double)(na + ns) * 4e-9);
     }
     if (st) { bq_trainer_free(t); return st; }
-    be_blas_single_thread();
-    t->threads = o->threads > 0 ? o->threads : bq_ncores();
-    t->pool = bq_pool_new(t->threads);
-    t->qo.threads = t->threads;  /* the quantisers' bits do not depend on it either */
     *out = t;
     return BQ_OK;
 }
@@ -273,65 +315,79 @@ bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *
 void bq_trainer_free(bq_trainer *t)
 {
     if (!t) return;
-    for (int i = 0; i < t->nlin && t->lin; i++) {
-        tlin *L = &t->lin[i];
-        bq_format_free(L->wf);
-        bq_format_free(L->af);
-        if (L->wq != L->l->w) free(L->wq);
-        if (L->gw != t->g_emb) free(L->gw);
-        free(L->gb);
-        free(L->A); free(L->B); free(L->gA); free(L->gB);
+    if (t->be) {
+        const tr_ops *op = t->op;
+        tr_be *b = t->be;
+        int tied = t->m->head.w == t->m->tok_emb;
+        for (int i = 0; i < t->nlin; i++) {
+            tlin *L = &t->lin[i];
+            if (L->wq != L->w) op->release(b, L->wq);
+            if (L->gw != t->g_emb) op->release(b, L->gw);
+            op->release(b, L->gb);
+            op->release(b, L->A); op->release(b, L->B); op->release(b, L->gA); op->release(b, L->gB);
+            if (!(i == t->nlin - 1 && tied)) unmirror(t, L->w);
+            unmirror(t, L->b);
+        }
+        for (int i = 0; i < t->np; i++) { op->release(b, t->p[i].m); op->release(b, t->p[i].v); }
+        for (int l = 0; l < t->m->c.layers * 2; l++) { op->release(b, t->g_ln[l]); unmirror(t, t->ln[l]); }
+        op->release(b, t->g_emb);
+        op->release(b, t->g_final);
+        unmirror(t, t->emb);
+        unmirror(t, t->fln);
+        op->release(b, t->acts);
+        op->release(b, t->scratch);
+        op->release(b, t->lr_tmp);
+        op->destroy(b);
     }
-    for (int i = 0; i < t->np; i++) { free(t->p[i].m); free(t->p[i].v); }
-    for (int l = 0; t->g_ln && l < t->m->c.layers * 2; l++) free(t->g_ln[l]);
+    for (int i = 0; i < t->nlin && t->lin; i++) {
+        bq_format_free(t->lin[i].wf);
+        bq_format_free(t->lin[i].af);
+    }
     free(t->g_ln);
-    free(t->g_emb);
-    free(t->g_final);
+    free(t->ln);
     free(t->p);
     free(t->lin);
     bq_format_free(t->kvf);
-    free(t->acts);
-    free(t->scratch);
-    free(t->rope_cos);
-    free(t->rope_sin);
-    bq_pool_free(t->pool);
     free(t);
 }
 
-static float lora_scale(const bq_trainer *t) { return (float)((t->o.lora_alpha > 0 ? t->o.lora_alpha : t->o.lora) / t->o.lora); }
+float train_lora_scale(const bq_trainer *t) { return (float)((t->o.lora_alpha > 0 ? t->o.lora_alpha : t->o.lora) / t->o.lora); }
+
+bq_status train_param_get(const bq_trainer *t, int i, int which, float *host)
+{
+    const tparam *p = &t->p[i];
+    const float *src[4] = {p->w, p->g, p->m, p->v};
+    return t->op->get(t->be, host, src[which], p->n);
+}
 
 bq_status train_prepare(bq_trainer *t)
 {
+    const tr_ops *op = t->op;
     for (int i = 0; i < t->nlin; i++) {
         tlin *L = &t->lin[i];
         linear *l = L->l;
-        if (L->wq == l->w) continue;
-        const float *src = l->w;
+        if (L->wq == L->w) continue;
+        const float *src = L->w;
+        size_t n = (size_t)l->out * l->in;
         int inside = L->lora && !t->o.lora_beside, beside = L->lora && t->o.lora_beside;
         if (inside) {  /* W + s B A, then quantised */
-            memcpy(L->wq, l->w, (size_t)l->out * l->in * sizeof *L->wq);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, l->out, l->in, L->lora, lora_scale(t), L->B, L->lora,
-                        L->A, l->in, 1.0f, L->wq, l->in);
+            op->copy(t->be, L->wq, L->w, n);
+            op->gemm(t->be, 0, 0, l->out, l->in, L->lora, train_lora_scale(t), L->B, L->lora, L->A, l->in, 1.0f, L->wq, l->in);
             src = L->wq;
         }
         if (L->wf) {
-            bq_status st = bq_qdq(L->wf, src, L->wq, (size_t)l->out, (size_t)l->in, &t->qo);
+            bq_status st = op->qdq(t->be, L->wf, src, L->wq, (size_t)l->out, (size_t)l->in, &t->qo);
             if (st) return st;
-        } else if (beside) memcpy(L->wq, l->w, (size_t)l->out * l->in * sizeof *L->wq);
+        } else if (beside) op->copy(t->be, L->wq, L->w, n);
         if (beside)  /* q(W) + s B A: the gradient of the sum is the adapters' as it is W_eff's */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, l->out, l->in, L->lora, lora_scale(t), L->B, L->lora,
-                        L->A, l->in, 1.0f, L->wq, l->in);
+            op->gemm(t->be, 0, 0, l->out, l->in, L->lora, train_lora_scale(t), L->B, L->lora, L->A, l->in, 1.0f, L->wq, l->in);
     }
-    return BQ_OK;
+    return op->status(t->be);
 }
 
 void train_zero_grads(bq_trainer *t)
 {
-    for (int i = 0; i < t->np; i++) memset(t->p[i].g, 0, t->p[i].n * sizeof(float));
-    for (int i = 0; i < t->nlin; i++) {
-        tlin *L = &t->lin[i];
-        if (L->lora) memset(L->gw, 0, (size_t)L->l->out * L->l->in * sizeof(float));
-    }
+    for (int i = 0; i < t->np; i++) t->op->zero(t->be, t->p[i].g, t->p[i].n);
 }
 
 double bq_trainer_lr(const bq_trainer *t, long step)
@@ -367,20 +423,13 @@ bq_status bq_trainer_loss(bq_trainer *t, const int32_t *ids, size_t n, double *l
     return st;
 }
 
-/* Adapters: dA = s B^T dW, dB = s dW A^T (dW: the gradient of the weight the forward
- * used, summed over the step's windows). */
-void train_lora_grads(bq_trainer *t)
+/* The model's arrays follow the parameters the backend updated (nothing to do on the CPU). */
+static bq_status sync_host(const bq_trainer *t)
 {
-    for (int i = 0; i < t->nlin; i++) {
-        tlin *L = &t->lin[i];
-        if (!L->lora) continue;
-        linear *l = L->l;
-        float s = lora_scale(t);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L->lora, l->in, l->out, s, L->B, L->lora, L->gw, l->in, 0.0f,
-                    L->gA, l->in);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, l->out, L->lora, l->in, s, L->gw, l->in, L->A, l->in, 0.0f,
-                    L->gB, L->lora);
-    }
+    bq_status st = BQ_OK;
+    for (int i = 0; i < t->np && !st; i++)
+        if (t->p[i].host) st = t->op->get(t->be, t->p[i].host, t->p[i].w, t->p[i].n);
+    return st;
 }
 
 bq_status bq_trainer_step(bq_trainer *t, const int32_t *ids, double *loss)
@@ -399,64 +448,63 @@ bq_status bq_trainer_step(bq_trainer *t, const int32_t *ids, double *loss)
         sum += lw;
     }
     *loss = sum / t->o.accum;
-    train_lora_grads(t);
-    double nrm = 0;
-    for (int i = 0; i < t->np; i++)
-        for (size_t k = 0; k < t->p[i].n; k++) nrm += (double)t->p[i].g[k] * t->p[i].g[k];
+    double nrm = 0, part;
+    for (int i = 0; i < t->np; i++) {
+        if ((st = t->op->sumsq(t->be, t->p[i].g, t->p[i].n, &part))) return st;
+        nrm += part;
+    }
     nrm = sqrt(nrm);
     if (!isfinite(nrm))
         return bq_fail(BQ_ERR_NONFINITE, "step %ld: the gradient is not finite; the weights are those of step %ld",
                        t->step + 1, t->step);
-    float clip = t->o.clip_norm > 0 && nrm > t->o.clip_norm ? (float)(t->o.clip_norm / nrm) : 1.0f;
     /* AdamW (decoupled weight decay on matrices) */
     long k = t->step + 1;
-    float lr = (float)bq_trainer_lr(t, t->step), b1 = (float)t->o.beta1, b2 = (float)t->o.beta2, eps = (float)t->o.eps;
-    float c1 = (float)(1.0 - pow(t->o.beta1, (double)k)), c2 = (float)(1.0 - pow(t->o.beta2, (double)k));
-    float wd = (float)t->o.weight_decay;
+    tr_adam ad = {(float)bq_trainer_lr(t, t->step), (float)t->o.beta1, (float)t->o.beta2, (float)t->o.eps,
+                  (float)(1.0 - pow(t->o.beta1, (double)k)), (float)(1.0 - pow(t->o.beta2, (double)k)),
+                  (float)t->o.weight_decay, t->o.clip_norm > 0 && nrm > t->o.clip_norm ? (float)(t->o.clip_norm / nrm) : 1.0f};
     for (int i = 0; i < t->np; i++) {
         tparam *p = &t->p[i];
-        for (size_t j = 0; j < p->n; j++) {
-            float g = p->g[j] * clip;
-            p->m[j] = b1 * p->m[j] + (1.0f - b1) * g;
-            p->v[j] = b2 * p->v[j] + (1.0f - b2) * g * g;
-            float mh = p->m[j] / c1, vh = p->v[j] / c2;
-            p->w[j] -= lr * (mh / (sqrtf(vh) + eps) + (p->decay ? wd * p->w[j] : 0.0f));
-        }
+        t->op->adamw(t->be, p->w, p->g, p->m, p->v, p->n, &ad, p->decay);
     }
+    if ((st = sync_host(t)) || (st = t->op->status(t->be))) return st;
     t->step++;
     return BQ_OK;
 }
 
 bq_status bq_trainer_merge(bq_trainer *t)
 {
-    for (int i = 0; i < t->nlin; i++) {
+    const tr_ops *op = t->op;
+    bq_status st = BQ_OK;
+    for (int i = 0; i < t->nlin && !st; i++) {
         tlin *L = &t->lin[i];
         if (!L->lora) continue;
         linear *l = L->l;
+        size_t na = (size_t)l->out * L->lora, nb = (size_t)L->lora * l->in;
         if (t->o.lora_beside) {  /* y += (q(x) A^T)(s B)^T: the LoRC term (lr_b = A, lr_a = s B) */
-            size_t na = (size_t)l->out * L->lora, nb = (size_t)L->lora * l->in;
             float *fa = malloc(na * sizeof *fa), *fb = malloc(nb * sizeof *fb);
             if (!fa || !fb) { free(fa); free(fb); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
-            float s = lora_scale(t);
-            for (size_t k = 0; k < na; k++) fa[k] = s * L->B[k];
-            memcpy(fb, L->A, nb * sizeof *fb);
+            st = op->get(t->be, fa, L->B, na);
+            if (!st) st = op->get(t->be, fb, L->A, nb);
+            if (st) { free(fa); free(fb); return st; }
+            float s = train_lora_scale(t);
+            for (size_t k = 0; k < na; k++) fa[k] *= s;
             free(l->lr_a); free(l->lr_b);
             l->lr_a = fa;
             l->lr_b = fb;
             l->lr_rank = L->lora;
             continue;  /* the adapters train on from where they are */
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, l->out, l->in, L->lora, lora_scale(t), L->B, L->lora, L->A,
-                    l->in, 1.0f, l->w, l->in);
+        op->gemm(t->be, 0, 0, l->out, l->in, L->lora, train_lora_scale(t), L->B, L->lora, L->A, l->in, 1.0f, L->w, l->in);
+        if (L->w != l->w) st = op->get(t->be, l->w, L->w, (size_t)l->out * l->in);
         /* the adapters start again from zero, so W + s B A is unchanged */
-        memset(L->B, 0, (size_t)l->out * L->lora * sizeof *L->B);
+        op->zero(t->be, L->B, na);
         for (int k = 0; k < t->np; k++)
             if (t->p[k].w == L->B) {
-                memset(t->p[k].m, 0, t->p[k].n * sizeof(float));
-                memset(t->p[k].v, 0, t->p[k].n * sizeof(float));
+                op->zero(t->be, t->p[k].m, t->p[k].n);
+                op->zero(t->be, t->p[k].v, t->p[k].n);
             }
     }
-    return BQ_OK;
+    return st ? st : op->status(t->be);
 }
 
 /* ---- checkpoints --------------------------------------------------------------------- */
@@ -481,13 +529,20 @@ static void state_name(const tparam *p, int k, char *out, size_t n) { snprintf(o
 
 bq_status bq_trainer_save_state(const bq_trainer *t, const char *path)
 {
-    st_out *ts = calloc((size_t)t->np * 3, sizeof *ts);
-    char (*names)[176] = calloc((size_t)t->np * 3, sizeof *names);
-    if (!ts || !names) { free(ts); free(names); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
-    for (int i = 0; i < t->np; i++) {
+    size_t nt = (size_t)t->np * 3;
+    st_out *ts = calloc(nt, sizeof *ts);
+    char (*names)[176] = calloc(nt, sizeof *names);
+    float **copies = calloc(nt, sizeof *copies);  /* host copies of a device's tensors */
+    bq_status st = ts && names && copies ? BQ_OK : bq_fail(BQ_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < t->np && !st; i++) {
         const tparam *p = &t->p[i];
         const float *src[3] = {p->w, p->m, p->v};
-        for (int k = 0; k < 3; k++) {
+        for (int k = 0; k < 3 && !st; k++) {
+            if (!t->op->host) {
+                if (!(copies[3 * i + k] = malloc(p->n * sizeof(float)))) { st = bq_fail(BQ_ERR_NOMEM, "out of memory"); break; }
+                st = t->op->get(t->be, copies[3 * i + k], src[k], p->n);
+                src[k] = copies[3 * i + k];
+            }
             state_name(p, k, names[3 * i + k], sizeof names[0]);
             ts[3 * i + k] = (st_out){names[3 * i + k], src[k], 2, {p->rows, p->cols}};
         }
@@ -496,7 +551,9 @@ bq_status bq_trainer_save_state(const bq_trainer *t, const char *path)
     signature(t, sig, sizeof sig);
     snprintf(step, sizeof step, "%ld", t->step);
     const char *meta[] = {"format", "blockq-trainer-1", "step", step, "options", sig, NULL};
-    bq_status st = st_write_f32(path, ts, (size_t)t->np * 3, meta);
+    if (!st) st = st_write_f32(path, ts, nt, meta);
+    for (size_t k = 0; copies && k < nt; k++) free(copies[k]);
+    free(copies);
     free(ts);
     free(names);
     return st;
@@ -533,11 +590,18 @@ bq_status bq_trainer_load_state(bq_trainer *t, const char *path)
             char name[176];
             state_name(p, k, name, sizeof name);
             const st_tensor *x = st_find(&s, name);
+            float *h = t->op->host ? dst[k] : malloc(p->n * sizeof *h);
             if (!x || x->dt != DT_F32 || x->numel != p->n)
                 st = bq_fail(BQ_ERR_SHAPE, "%s: tensor '%s' is missing or not %zu float32 values", path, name, p->n);
-            else st_to_f32(x, dst[k]);
+            else if (!h) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+            else {
+                st_to_f32(x, h);
+                st = t->op->put(t->be, dst[k], h, p->n);
+            }
+            if (h != dst[k]) free(h);
         }
     }
+    if (!st) st = sync_host(t);
     if (!st) t->step = step;
     st_close(&s);
     free(buf);

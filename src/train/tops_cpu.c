@@ -1,0 +1,336 @@
+/* The training operations on the CPU (tops.h). Products run as single-threaded
+ * SGEMMs on fixed slices spread over the pool, attention per group of heads sharing
+ * a K/V head, so the bits never depend on the thread count. */
+#include "tops.h"
+#include "backend.h"
+#include "quant.h"
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { SLICE = 64 };
+
+typedef struct {
+    tr_be base;
+    bq_pool *pool;
+    int threads, half;
+    float *cos, *sin;  /* [T][half] */
+} cpu_be;
+
+static cpu_be *C(tr_be *b) { return (cpu_be *)b; }
+
+/* ---- memory ------------------------------------------------------------------------ */
+
+static void c_destroy(tr_be *b)
+{
+    if (!b) return;
+    bq_pool_free(C(b)->pool);
+    free(C(b)->cos);
+    free(C(b)->sin);
+    free(b);
+}
+static float *c_alloc(tr_be *b, size_t n) { (void)b; return calloc(n ? n : 1, sizeof(float)); }
+static void c_release(tr_be *b, float *p) { (void)b; free(p); }
+static bq_status c_put(tr_be *b, float *dst, const float *h, size_t n) { (void)b; if (dst != h) memcpy(dst, h, n * sizeof *dst); return BQ_OK; }
+static bq_status c_get(tr_be *b, float *h, const float *src, size_t n) { (void)b; if (h != src) memcpy(h, src, n * sizeof *h); return BQ_OK; }
+static void c_zero(tr_be *b, float *x, size_t n) { (void)b; memset(x, 0, n * sizeof *x); }
+static void c_copy(tr_be *b, float *dst, const float *src, size_t n) { (void)b; memcpy(dst, src, n * sizeof *dst); }
+static bq_status c_status(tr_be *b) { (void)b; return BQ_OK; }
+
+/* ---- products in fixed slices ------------------------------------------------------ */
+
+typedef struct {
+    mm_kind kind;
+    int n, in, out;
+    const float *a, *w;
+    float *y;
+    float beta;
+} mm_job;
+
+static void mm_range(void *arg, size_t b, size_t e)
+{
+    const mm_job *j = arg;
+    for (size_t s = b; s < e; s++) {
+        int lim = j->kind == MM_DX ? j->in : j->out, c0 = (int)s * SLICE, c1 = c0 + SLICE < lim ? c0 + SLICE : lim;
+        switch (j->kind) {
+        case MM_FWD:  /* y[:, c0:c1] = x W[c0:c1]^T */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->n, c1 - c0, j->in, 1.0f, j->a, j->in,
+                        j->w + (size_t)c0 * j->in, j->in, 0.0f, j->y + c0, j->out);
+            break;
+        case MM_DX:   /* dx[:, c0:c1] (+)= dy W[:, c0:c1] */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->n, c1 - c0, j->out, 1.0f, j->a, j->out,
+                        j->w + c0, j->in, j->beta, j->y + c0, j->in);
+            break;
+        case MM_DW:   /* dW[c0:c1] += dy[:, c0:c1]^T x */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, c1 - c0, j->in, j->n, 1.0f, j->a + c0, j->out,
+                        j->w, j->in, 1.0f, j->y + (size_t)c0 * j->in, j->in);
+            break;
+        }
+    }
+}
+
+static void c_mm(tr_be *b, mm_kind k, int n, int in, int out, const float *a, const float *w, float *y, float beta)
+{
+    mm_job j = {k, n, in, out, a, w, y, beta};
+    int lim = k == MM_DX ? in : out;
+    size_t slices = (size_t)(lim + SLICE - 1) / SLICE;
+    double work = (double)n * in * out;
+    bq_pool_for(C(b)->pool, slices, work < 1e6 ? 1 : C(b)->threads, mm_range, &j);
+}
+
+static void c_gemm(tr_be *b, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                   float beta, float *Cm, int ldc)
+{
+    (void)b;
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb,
+                beta, Cm, ldc);
+}
+
+static bq_status c_qdq(tr_be *b, const bq_format *f, const float *x, float *y, size_t rows, size_t cols, const bq_qopts *o)
+{
+    (void)b;
+    return bq_qdq(f, x, y, rows, cols, o);
+}
+
+/* ---- element-wise steps ------------------------------------------------------------- */
+
+static void c_embed(tr_be *b, const int32_t *ids, int n, const float *E, int d, float *x)
+{
+    (void)b;
+    for (int i = 0; i < n; i++) memcpy(x + (size_t)i * d, E + (size_t)ids[i] * d, (size_t)d * sizeof *x);
+}
+
+static void c_embed_bwd(tr_be *b, const int32_t *ids, int n, const float *dx, int d, float *gE)
+{
+    (void)b;
+    for (int i = 0; i < n; i++) {
+        float *ge = gE + (size_t)ids[i] * d;
+        for (int k = 0; k < d; k++) ge[k] += dx[(size_t)i * d + k];
+    }
+}
+
+static void c_rms(tr_be *b, const float *x, const float *w, float *y, float *rstd, int n, int d, float eps)
+{
+    (void)b;
+    rms_rows(x, w, y, rstd, n, d, eps);  /* the inference engine's, so the losses agree */
+}
+
+/* dx += rstd (dy w - xhat mean(dy w xhat)), xhat = x rstd;  gw += sum dy xhat */
+static void c_rms_bwd(tr_be *b, const float *x, const float *w, const float *rstd, const float *dy, float *dx, float *gw, int n,
+                      int d)
+{
+    (void)b;
+    for (int r = 0; r < n; r++) {
+        const float *xr = x + (size_t)r * d, *dr = dy + (size_t)r * d;
+        float s = rstd[r];
+        double dot = 0;
+        for (int i = 0; i < d; i++) dot += (double)dr[i] * w[i] * (xr[i] * s);
+        float mean = (float)(dot / d);
+        for (int i = 0; i < d; i++) {
+            float xh = xr[i] * s;
+            dx[(size_t)r * d + i] += s * (dr[i] * w[i] - xh * mean);
+            if (gw) gw[i] += dr[i] * xh;
+        }
+    }
+}
+
+/* Hugging Face's pairing: element i with i + d/2; the inverse rotates back. */
+static void c_rope(tr_be *b, float *x, int n, int heads, int d, int dir)
+{
+    const cpu_be *cb = C(b);
+    int half = d / 2;
+    for (int r = 0; r < n; r++)
+        for (int h = 0; h < heads; h++) {
+            float *v = x + ((size_t)r * heads + h) * d;
+            for (int i = 0; i < half; i++) {
+                float cs = cb->cos[(size_t)r * half + i], sn = dir * cb->sin[(size_t)r * half + i];
+                float a = v[i], c = v[i + half];
+                v[i] = a * cs - c * sn;
+                v[i + half] = c * cs + a * sn;
+            }
+        }
+}
+
+static float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+static void c_swiglu(tr_be *b, const float *g, const float *u, float *m, size_t n)
+{
+    (void)b;
+    for (size_t i = 0; i < n; i++) m[i] = u[i] * g[i] * sigmoidf(g[i]);
+}
+
+static void c_swiglu_bwd(tr_be *b, const float *g, const float *u, const float *dm, float *dg, float *du, size_t n)
+{
+    (void)b;
+    for (size_t i = 0; i < n; i++) {
+        float sg = sigmoidf(g[i]), gv = g[i];
+        du[i] = dm[i] * gv * sg;
+        dg[i] = dm[i] * u[i] * sg * (1.0f + gv * (1.0f - sg));
+    }
+}
+
+static void c_add(tr_be *b, float *x, const float *y, size_t n)
+{
+    (void)b;
+    for (size_t i = 0; i < n; i++) x[i] += y[i];
+}
+
+static void c_bias(tr_be *b, float *y, const float *bias, int n, int out)
+{
+    (void)b;
+    for (int r = 0; r < n; r++)
+        for (int o = 0; o < out; o++) y[(size_t)r * out + o] += bias[o];
+}
+
+static void c_bias_bwd(tr_be *b, const float *dy, float *gb, int n, int out)
+{
+    (void)b;
+    for (int r = 0; r < n; r++)
+        for (int o = 0; o < out; o++) gb[o] += dy[(size_t)r * out + o];
+}
+
+static bq_status c_xent(tr_be *b, float *lg, const int32_t *ids, int rows, int V, float gs, double *nll)
+{
+    (void)b;
+    double sum_nll = 0;
+    for (int r = 0; r < rows; r++) {
+        float *row = lg + (size_t)r * V, mx = -INFINITY;
+        for (int v = 0; v < V; v++) mx = row[v] > mx ? row[v] : mx;
+        int tgt = ids[r + 1];
+        double sum = 0, z = row[tgt] - mx;
+        for (int v = 0; v < V; v++) sum += (row[v] = expf(row[v] - mx));
+        sum_nll += log(sum) - z;
+        float inv = (float)(1.0 / sum) * gs;
+        for (int v = 0; v < V; v++) row[v] *= inv;
+        row[tgt] -= gs;
+    }
+    *nll = sum_nll;
+    return BQ_OK;
+}
+
+static bq_status c_sumsq(tr_be *b, const float *g, size_t n, double *out)
+{
+    (void)b;
+    double s = 0;
+    for (size_t k = 0; k < n; k++) s += (double)g[k] * g[k];
+    *out = s;
+    return BQ_OK;
+}
+
+static void c_adamw(tr_be *b, float *w, const float *g, float *m, float *v, size_t n, const tr_adam *a, int decay)
+{
+    (void)b;
+    for (size_t j = 0; j < n; j++) {
+        float gj = g[j] * a->clip;
+        m[j] = a->b1 * m[j] + (1.0f - a->b1) * gj;
+        v[j] = a->b2 * v[j] + (1.0f - a->b2) * gj * gj;
+        float mh = m[j] / a->c1, vh = v[j] / a->c2;
+        w[j] -= a->lr * (mh / (sqrtf(vh) + a->eps) + (decay ? a->wd * w[j] : 0.0f));
+    }
+}
+
+/* ---- attention, per group of heads sharing one K/V head ------------------------------ */
+
+typedef struct {
+    int n, heads, kvh, d, window;
+    const float *q, *k, *v, *P, *da;
+    float *Pw, *a, *dq, *dk, *dv, *dP;
+} att_job;
+
+static void att_fwd_range(void *arg, size_t g0, size_t g1)
+{
+    const att_job *j = arg;
+    int n = j->n, d = j->d, qd = j->heads * d, kd = j->kvh * d, per = j->heads / j->kvh;
+    float scale = 1.0f / sqrtf((float)d);
+    for (size_t g = g0; g < g1; g++)
+        for (int h = (int)g * per; h < ((int)g + 1) * per; h++) {
+            float *P = j->Pw + (size_t)h * n * n;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, d, scale, j->q + (size_t)h * d, qd, j->k + g * d, kd, 0.0f, P, n);
+            for (int r = 0; r < n; r++) {
+                float *row = P + (size_t)r * n, mx = -INFINITY;
+                int f = j->window && r >= j->window ? r - j->window + 1 : 0;
+                for (int c = f; c <= r; c++) mx = row[c] > mx ? row[c] : mx;
+                double sum = 0;
+                for (int c = f; c <= r; c++) sum += (row[c] = expf(row[c] - mx));
+                float inv = (float)(1.0 / sum);
+                for (int c = 0; c < n; c++) row[c] = c >= f && c <= r ? row[c] * inv : 0.0f;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, n, 1.0f, P, n, j->v + g * d, kd, 0.0f,
+                        j->a + (size_t)h * d, qd);
+        }
+}
+
+static void att_bwd_range(void *arg, size_t g0, size_t g1)
+{
+    const att_job *j = arg;
+    int n = j->n, d = j->d, qd = j->heads * d, kd = j->kvh * d, per = j->heads / j->kvh;
+    float scale = 1.0f / sqrtf((float)d);
+    for (size_t g = g0; g < g1; g++) {
+        float *dP = j->dP + g * (size_t)n * n;
+        for (int h = (int)g * per; h < ((int)g + 1) * per; h++) {
+            const float *P = j->P + (size_t)h * n * n;
+            float beta = h == (int)g * per ? 0.0f : 1.0f;  /* the group's first head overwrites dK, dV */
+            /* dV += P^T dA;  dP = dA V^T */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, d, n, 1.0f, P, n, j->da + (size_t)h * d, qd, beta,
+                        j->dv + g * d, kd);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, d, 1.0f, j->da + (size_t)h * d, qd, j->v + g * d, kd, 0.0f,
+                        dP, n);
+            /* softmax: dS = P (dP - sum_c P dP), times the score scale */
+            for (int r = 0; r < n; r++) {
+                float *dr = dP + (size_t)r * n;
+                const float *pr = P + (size_t)r * n;
+                double dot = 0;
+                for (int c = 0; c <= r; c++) dot += (double)pr[c] * dr[c];
+                for (int c = 0; c < n; c++) dr[c] = c <= r ? pr[c] * (dr[c] - (float)dot) * scale : 0.0f;
+            }
+            /* dQ = dS K;  dK += dS^T Q */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, n, 1.0f, dP, n, j->k + g * d, kd, 0.0f,
+                        j->dq + (size_t)h * d, qd);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, d, n, 1.0f, dP, n, j->q + (size_t)h * d, qd, beta,
+                        j->dk + g * d, kd);
+        }
+    }
+}
+
+static void c_att(tr_be *b, int n, int heads, int kvh, int d, int window, const float *q, const float *k, const float *v, float *P,
+                  float *a)
+{
+    att_job j = {n, heads, kvh, d, window, q, k, v, NULL, NULL, P, a, NULL, NULL, NULL, NULL};
+    bq_pool_for(C(b)->pool, (size_t)kvh, C(b)->threads, att_fwd_range, &j);
+}
+
+static void c_att_bwd(tr_be *b, int n, int heads, int kvh, int d, const float *q, const float *k, const float *v, const float *P,
+                      const float *da, float *dq, float *dk, float *dv, float *dP)
+{
+    att_job j = {n, heads, kvh, d, 0, q, k, v, P, da, NULL, NULL, dq, dk, dv, dP};
+    bq_pool_for(C(b)->pool, (size_t)kvh, C(b)->threads, att_bwd_range, &j);
+}
+
+static const tr_ops CPU_OPS = {
+    "cpu", 1, c_destroy, c_alloc, c_release, c_put, c_get, c_zero, c_copy, c_mm, c_gemm, c_qdq, c_embed, c_embed_bwd, c_rms,
+    c_rms_bwd, c_rope, c_att, c_att_bwd, c_swiglu, c_swiglu_bwd, c_add, c_bias, c_bias_bwd, c_xent, c_sumsq, c_adamw, c_status,
+};
+
+bq_status tr_cpu_new(int threads, int T, int half, const float *rope_cos, const float *rope_sin, tr_be **out)
+{
+    *out = NULL;
+    cpu_be *b = calloc(1, sizeof *b);
+    size_t n = (size_t)T * half;
+    if (!b) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    b->cos = malloc((n ? n : 1) * sizeof(float));
+    b->sin = malloc((n ? n : 1) * sizeof(float));
+    if (!b->cos || !b->sin) {
+        c_destroy(&b->base);
+        return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    }
+    memcpy(b->cos, rope_cos, n * sizeof(float));
+    memcpy(b->sin, rope_sin, n * sizeof(float));
+    b->base.ops = &CPU_OPS;
+    be_blas_single_thread();
+    b->threads = threads;
+    b->pool = bq_pool_new(threads);
+    b->half = half;
+    *out = &b->base;
+    return BQ_OK;
+}
