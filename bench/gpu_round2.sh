@@ -209,3 +209,10 @@ case "$S" in *qat*)
         DEVICE=cuda NO_LORA=${NO_LORA-1} NO_FULL=$NO_FULL OUT=/tmp/qat$st J="$O/qat_gpu_$st.jsonl" B=$B sh bench/qat_table.sh $st 60 2>&1 | tee "$O/qat_gpu_$st.md"
     done ;;
 esac
+case "$S" in *trainattn*)
+    # attention operands quantised in training: the CUDA trainer against the CPU's (test_train),
+    # then W4A4 with MXFP4 attention operands and KV cache, RTN against QAT at 1000 steps
+    ./build/gpu/tests/test_train 2>&1 | tee "$O/r6_test_train.txt" | tail -6
+    DEVICE=cuda NO_LORA=1 QX="--attn mxfp4 --kv mxfp4" SET="mxfp4/mxfp4" OUT=/tmp/qatattn J="$O/qat_attn_1000.jsonl" B=$B \
+        sh bench/qat_table.sh 1000 60 2>&1 | tee "$O/qat_attn_1000.md" ;;
+esac

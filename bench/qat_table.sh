@@ -7,6 +7,7 @@
 # recovery = (ppl_RTN - ppl_QAT) / (ppl_RTN - ppl_float-FT): the share of the gap closed.
 #   sh bench/qat_table.sh [STEPS] [CHUNKS]    -> bench/qat.jsonl, a Markdown table on stdout
 #   DEVICE=cuda: training and scoring on the GPU; J=FILE: the JSON lines elsewhere;
+#   QX="--attn F --kv F": more quantisers on every row (RTN and QAT alike);
 #   NO_LORA=1: the full fine-tuning column only; NO_FULL=1: the LoRA column only, against a
 #   float32 LoRA run of the same budget (its baseline)
 B=${B:-build/blockq}
@@ -42,7 +43,7 @@ echo "| W / A | untuned RTN | RTN of float FT | QAT full | QAT LoRA-16 | recover
 echo "|---|---|---|---|---|---|---|---|"
 for wa in $SET; do
     w=${wa%/*} a=${wa#*/}
-    Q="--wq $w --aq $a"
+    Q="--wq $w --aq $a $QX"
     r0=$(ppl $M "$Q")
     rf=$(ppl "$OUT/float" "$Q")
     n=$(echo "$wa" | tr / _)

@@ -339,10 +339,6 @@ static void test_refusals(void)
     m = load("llama");
     if (!m) return;
     bq_qconfig *q;
-    bq_qconfig_new(&q);
-    OK(bq_qconfig_set(q, "attn", "mxint8"));
-    CHECK(bq_trainer_new(m, q, &o, &t) == BQ_ERR_UNSUPPORTED && strstr(bq_last_error(), "(attn)"), "attn: %s", bq_last_error());
-    bq_qconfig_free(q);
     /* q, k and v keep one quantised copy of their input: different formats for them are refused */
     bq_qconfig_new(&q);
     OK(bq_qconfig_set(q, "aq", "mxfp8_e4m3"));
@@ -465,7 +461,7 @@ static bq_trainer *trainer_on(bq_model *m, const bq_qconfig *q, int ctx, int lor
     return t;
 }
 
-static void cuda_window(const char *arch, const char *fmt, int lora)
+static void cuda_window(const char *arch, const char *fmt, int lora, const char *attn)
 {
     bq_model *mc = load(arch), *mg = load(arch);
     bq_qconfig *q = NULL;
@@ -473,11 +469,12 @@ static void cuda_window(const char *arch, const char *fmt, int lora)
         bq_qconfig_new(&q);
         OK(bq_qconfig_set(q, "wq", fmt));
         OK(bq_qconfig_set(q, "aq", fmt));
+        if (attn) OK(bq_qconfig_set(q, "attn", attn));
     }
     bq_trainer *c = mc ? trainer_on(mc, q, 32, lora, 0) : NULL, *g = mg ? trainer_on(mg, q, 32, lora, 1) : NULL;
     if (c && g) {
         char what[96];
-        snprintf(what, sizeof what, "%s %s%s", arch, fmt ? fmt : "float", lora ? " LoRA" : "");
+        snprintf(what, sizeof what, "%s %s%s%s%s", arch, fmt ? fmt : "float", lora ? " LoRA" : "", attn ? " attn " : "", attn ? attn : "");
         if (lora)  /* non-zero B on both, so every adapter gradient is non-trivial */
             for (int i = 0; i < c->nlin; i++)
                 if (c->lin[i].lora) {
@@ -550,6 +547,97 @@ static void cuda_steps(void)
     for (int k = 0; k < 3; k++) { bq_trainer_free(t[k]); bq_model_free(m[k]); }
 }
 
+/* CUDA checkpoints and merging: a run saved and resumed on the device continues bit for
+ * bit; adapters merged there (and downloaded into the model) give the CPU's inference
+ * engine the loss the device trainer computed (to 1e-3: another product order, MXFP4
+ * activations). */
+static void cuda_checkpoint_and_merge(void)
+{
+    bq_model *a = load("llama"), *b = load("llama");
+    bq_qconfig *q;
+    bq_qconfig_new(&q);
+    OK(bq_qconfig_set(q, "wq", "mxfp4"));
+    OK(bq_qconfig_set(q, "aq", "mxfp4"));
+    bq_trainer *ta = a ? trainer_on(a, q, 16, 4, 1) : NULL, *tb = b ? trainer_on(b, q, 16, 4, 1) : NULL;
+    if (ta && tb) {
+        int32_t ids[17];
+        random_ids(ids, 17, bq_model_vocab(a));
+        const char *path = "build/test_train_cuda.ckpt";
+        double la, lb, lt;
+        OK(bq_trainer_step(ta, ids, &la));
+        OK(bq_trainer_save_state(ta, path));
+        OK(bq_trainer_load_state(tb, path));
+        OK(bq_trainer_step(ta, ids, &la));
+        OK(bq_trainer_step(tb, ids, &lb));
+        CHECK(la == lb && bq_trainer_steps_done(tb) == 2, "CUDA resumed: loss %.9g vs %.9g", lb, la);
+        remove(path);
+        OK(bq_trainer_loss(ta, ids, 17, &lt));
+        OK(bq_trainer_merge(ta));
+        bq_trainer_free(ta);
+        ta = NULL;
+        OK(bq_model_quantize(a, q, 0));
+        double le = engine_loss(a, ids, 17);
+        CHECK(fabs(le - lt) <= 1e-3 * lt, "merged on CUDA: the CPU engine's loss %.7f, the CUDA trainer's %.7f", le, lt);
+    }
+    bq_trainer_free(ta); bq_trainer_free(tb);
+    bq_qconfig_free(q);
+    bq_model_free(a); bq_model_free(b);
+}
+
+/* Attention operands' quantisers (attn): the training loss is the inference engine's with
+ * the same format (the placement: q and k along head_dim, v along the tokens, P along its
+ * rows); with fp32 as the format (the identity) the gradients are the float trainer's to
+ * 1e-5 relative L2 (the quantised path's own products and transposes); with BFP4/BFP8 they are
+ * not (the format acts); blocks longer than head_dim are refused, as by the engine. */
+static void test_attn(void)
+{
+    static const char *fmts[] = {"bfp4_b16", "bfp8_b16", "fp32"};  /* head_dim 16 */
+    int32_t ids[33];
+    bq_model *f = load("mistral");  /* grouped-query attention and a sliding window */
+    if (!f) return;
+    random_ids(ids, 33, bq_model_vocab(f));
+    bq_trainer *tf = trainer(f, NULL, 32, 0, NULL, 2);
+    double l;
+    if (tf) { train_zero_grads(tf); OK(train_prepare(tf)); OK(train_window(tf, ids, 33, 1.0, &l)); }
+    for (int k = 0; k < 3 && tf; k++) {
+        bq_model *m = load("mistral"), *mq = load("mistral");
+        bq_qconfig *q;
+        bq_qconfig_new(&q);
+        OK(bq_qconfig_set(q, "attn", fmts[k]));
+        bq_trainer *t = m ? trainer(m, q, 32, 0, NULL, 2) : NULL;
+        if (t && mq) {
+            double lt, le;
+            OK(bq_trainer_loss(t, ids, 33, &lt));
+            OK(bq_model_quantize(mq, q, 0));
+            le = engine_loss(mq, ids, 33);
+            CHECK(fabs(lt - le) <= 2e-3 * fabs(le), "attn %s: training loss %.7f, engine %.7f", fmts[k], lt, le);
+            train_zero_grads(t);
+            OK(train_prepare(t));
+            OK(train_window(t, ids, 33, 1.0, &lt));
+            double worst = 0;
+            for (int i = 0; i < t->np; i++) {
+                double e = rel_l2(t->p[i].g, tf->p[i].g, t->p[i].n);
+                worst = e > worst || e != e ? e : worst;
+            }
+            if (k == 2) CHECK(worst <= 1e-5, "attn fp32: gradients differ from float by %.3g (relative L2)", worst);
+            else CHECK(worst > 1e-4, "attn %s: gradients equal float's (%.3g): the format does not act", fmts[k], worst);
+        }
+        bq_trainer_free(t);
+        bq_qconfig_free(q);
+        bq_model_free(m); bq_model_free(mq);
+    }
+    bq_trainer_free(tf);
+    bq_qconfig *q;
+    bq_qconfig_new(&q);
+    OK(bq_qconfig_set(q, "attn", "mxfp4"));
+    bq_train_opts o;
+    bq_train_opts_default(&o);
+    CHECK(bq_trainer_new(f, q, &o, &tf) == BQ_ERR_SHAPE && strstr(bq_last_error(), "exceed head_dim 16"), "attn mxfp4: %s",
+          bq_last_error());
+    bq_qconfig_free(q);
+    bq_model_free(f);
+}
+
 static void test_cuda(void)
 {
     char why[256];
@@ -557,13 +645,15 @@ static void test_cuda(void)
         SKIP("CUDA training against the CPU: %s", why);
         return;
     }
-    cuda_window("llama", NULL, 0);
-    cuda_window("qwen2", NULL, 0);
-    cuda_window("mistral", NULL, 0);
-    cuda_window("llama", NULL, 4);
-    cuda_window("llama", "mxfp4", 0);
-    cuda_window("llama", "mxfp4", 4);
+    cuda_window("llama", NULL, 0, NULL);
+    cuda_window("qwen2", NULL, 0, NULL);
+    cuda_window("mistral", NULL, 0, NULL);
+    cuda_window("llama", NULL, 4, NULL);
+    cuda_window("llama", "mxfp4", 0, NULL);
+    cuda_window("llama", "mxfp4", 4, NULL);
+    cuda_window("mistral", "mxfp4", 0, "bfp4_b16");  /* attention operands too (and GQA) */
     cuda_steps();
+    cuda_checkpoint_and_merge();
 }
 
 int main(void)
@@ -582,6 +672,7 @@ int main(void)
     test_lora_beside();
     test_refusals();
     test_torch_reference();
+    test_attn();
     test_cuda();
     return test_summary("test_train");
 }

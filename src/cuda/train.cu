@@ -362,41 +362,86 @@ void t_rope(tr_be *b, float *x, int n, int heads, int d, int dir)
     launched(g, "rotary embedding");
 }
 
-void t_att(tr_be *b, int n, int heads, int kvh, int d, int window, const float *q, const float *k, const float *v, float *P,
-           float *a)
+// v [n][kvh * d] -> vt [kvh * d][n]
+__global__ void k_transpose(const float *v, int n, int kd, float *vt)
 {
-    int qd = heads * d, kd = kvh * d, per = heads / kvh;
-    float scale = 1.0f / sqrtf((float)d);
-    for (int h = 0; h < heads; h++) {
-        int g = h / per;
-        float *Ph = P + (size_t)h * n * n;
-        t_gemm(b, 0, 1, n, n, d, scale, q + (size_t)h * d, qd, k + (size_t)g * d, kd, 0.0f, Ph, n);
-    }
-    k_softmax<<<dim3(n, heads), TPB>>>(P, n, window);
-    launched(G(b), "attention softmax");
-    for (int h = 0; h < heads; h++) {
-        int g = h / per;
-        t_gemm(b, 0, 0, n, d, n, 1.0f, P + (size_t)h * n * n, n, v + (size_t)g * d, kd, 0.0f, a + (size_t)h * d, qd);
-    }
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)n * kd) return;
+    size_t c = i / n, t = i % n;
+    vt[i] = v[t * kd + c];
 }
 
-void t_att_bwd(tr_be *b, int n, int heads, int kvh, int d, const float *q, const float *k, const float *v, const float *P,
-               const float *da, float *dq, float *dk, float *dv, float *dP)
+// With an attention format: its copies of q, k and v^T (the inference engine's
+// placement), in a->qs; *vt NULL without one.
+bq_status att_operands(tr_be *b, const tr_att *a, const float **q, const float **k, const float **vt, const float *v)
 {
-    int qd = heads * d, kd = kvh * d, per = heads / kvh;
+    *vt = NULL;
+    if (!a->af) return BQ_OK;
+    size_t n = (size_t)a->n, qd = (size_t)a->heads * a->d, kd = (size_t)a->kvh * a->d;
+    float *qq = a->qs, *kq = qq + n * qd, *vq = kq + n * kd;
+    bq_status st = t_qdq(b, a->af, *q, qq, n * a->heads, (size_t)a->d, a->qo);
+    if (!st) st = t_qdq(b, a->af, *k, kq, n * a->kvh, (size_t)a->d, a->qo);
+    if (!st) {
+        k_transpose<<<blocks(n * kd), TPB>>>(v, a->n, (int)kd, vq);
+        launched(G(b), "attention operands");
+        st = t_qdq(b, a->af, vq, vq, kd, n, a->qo);
+    }
+    *q = qq;
+    *k = kq;
+    *vt = vq;
+    return st;
+}
+
+bq_status t_att(tr_be *b, const tr_att *a, const float *q, const float *k, const float *v, float *P, float *out)
+{
+    int n = a->n, d = a->d, qd = a->heads * d, kd = a->kvh * d, per = a->heads / a->kvh;
     float scale = 1.0f / sqrtf((float)d);
-    for (int h = 0; h < heads; h++) {
+    const float *vt;
+    bq_status st = att_operands(b, a, &q, &k, &vt, v);
+    if (st) return st;
+    for (int h = 0; h < a->heads; h++)
+        t_gemm(b, 0, 1, n, n, d, scale, q + (size_t)h * d, qd, k + (size_t)(h / per) * d, kd, 0.0f, P + (size_t)h * n * n, n);
+    k_softmax<<<dim3(n, a->heads), TPB>>>(P, n, a->window);
+    launched(G(b), "attention softmax");
+    for (int h = 0; h < a->heads && !st; h++) {
+        int g = h / per;
+        const float *Ph = P + (size_t)h * n * n;
+        if (vt) {  // q(P) q(v^T)^T, a head's probabilities quantised as the engine does (one tensor a head)
+            float *Pq = a->dP + (size_t)g * n * n;
+            st = t_qdq(b, a->af, Ph, Pq, (size_t)n, (size_t)n, a->qo);
+            t_gemm(b, 0, 1, n, d, n, 1.0f, Pq, n, vt + (size_t)g * d * n, n, 0.0f, out + (size_t)h * d, qd);
+        } else
+            t_gemm(b, 0, 0, n, d, n, 1.0f, Ph, n, v + (size_t)g * d, kd, 0.0f, out + (size_t)h * d, qd);
+    }
+    return st;
+}
+
+bq_status t_att_bwd(tr_be *b, const tr_att *a, const float *q, const float *k, const float *v, const float *P, const float *da,
+                    float *dq, float *dk, float *dv)
+{
+    int n = a->n, d = a->d, qd = a->heads * d, kd = a->kvh * d, per = a->heads / a->kvh;
+    float scale = 1.0f / sqrtf((float)d);
+    const float *vt;
+    bq_status st = att_operands(b, a, &q, &k, &vt, v);
+    for (int h = 0; h < a->heads && !st; h++) {
         int g = h / per;
         float beta = h % per ? 1.0f : 0.0f;  // the group's first head overwrites dK, dV
         const float *Ph = P + (size_t)h * n * n, *dah = da + (size_t)h * d;
-        float *dPg = dP + (size_t)g * n * n;
-        t_gemm(b, 1, 0, n, d, n, 1.0f, Ph, n, dah, qd, beta, dv + (size_t)g * d, kd);
-        t_gemm(b, 0, 1, n, n, d, 1.0f, dah, qd, v + (size_t)g * d, kd, 0.0f, dPg, n);
+        float *dPg = a->dP + (size_t)g * n * n;
+        if (vt) {  // dV += q(P)^T dA; dP = dA q(v^T) (q(P) made again in dP's place, used first)
+            st = t_qdq(b, a->af, Ph, dPg, (size_t)n, (size_t)n, a->qo);
+            t_gemm(b, 1, 0, n, d, n, 1.0f, dPg, n, dah, qd, beta, dv + (size_t)g * d, kd);
+            t_gemm(b, 0, 0, n, n, d, 1.0f, dah, qd, vt + (size_t)g * d * n, n, 0.0f, dPg, n);
+        } else {
+            t_gemm(b, 1, 0, n, d, n, 1.0f, Ph, n, dah, qd, beta, dv + (size_t)g * d, kd);
+            t_gemm(b, 0, 1, n, n, d, 1.0f, dah, qd, v + (size_t)g * d, kd, 0.0f, dPg, n);
+        }
         k_softmax_bwd<<<n, TPB>>>(Ph, dPg, n, scale);
         launched(G(b), "attention softmax gradient");
         t_gemm(b, 0, 0, n, d, n, 1.0f, dPg, n, k + (size_t)g * d, kd, 0.0f, dq + (size_t)h * d, qd);
         t_gemm(b, 1, 0, n, d, n, 1.0f, dPg, n, q + (size_t)h * d, qd, beta, dk + (size_t)g * d, kd);
     }
+    return st ? st : G(b)->err;
 }
 
 void t_swiglu(tr_be *b, const float *g, const float *u, float *m, size_t n)

@@ -48,6 +48,20 @@ void bq_qconfig_free(bq_qconfig *q)
     free(q);
 }
 
+
+bq_status qconfig_head_format(int head_dim, const char *role, const char *name, bq_format **out)
+{
+    bq_status st = bq_format_parse(name, out);
+    if (st) return st;
+    bq_format_info in;
+    bq_format_get_info(*out, &in);
+    if (in.block <= head_dim) return BQ_OK;
+    bq_format_free(*out);
+    *out = NULL;
+    return bq_fail(BQ_ERR_SHAPE, "%s %s: blocks of %d exceed head_dim %d (K is blocked along head_dim)", role, name, in.block,
+                   head_dim);
+}
+
 static bq_status check_format(const char *name, const char *where)
 {
     bq_format *f;
@@ -618,12 +632,7 @@ static bq_status quantize(bq_model *m, const bq_qconfig *q, int strict, int pack
         bq_format_free(*dst[r]);
         *dst[r] = NULL;
         if (!roles[r][0]) continue;
-        if ((st = bq_format_parse(roles[r], dst[r]))) break;
-        bq_format_info in;
-        bq_format_get_info(*dst[r], &in);
-        if (in.block > m->c.head_dim)
-            st = bq_fail(BQ_ERR_SHAPE, "--%s %s: blocks of %d exceed head_dim %d (K is blocked along head_dim)",
-                         r ? "kv" : "attn", roles[r], in.block, m->c.head_dim);
+        st = qconfig_head_format(m->c.head_dim, r ? "kv" : "attn", roles[r], dst[r]);
     }
     /* patterns that matched nothing: a warning, an error with strict */
     for (int i = 0; i < q->nrules && !st; i++) {

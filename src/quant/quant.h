@@ -108,6 +108,9 @@ bq_status ptq_untie_head(bq_model *m);
 /* The residual stream rotated by a seeded random orthogonal matrix, norms folded (rotate.c). */
 bq_status ptq_rotate(bq_model *m, uint64_t seed);
 /* rotate, hadamard or hadamard_kv asked for: calibration waits for the rotated model. */
+/* The format of the attention operands or the K/V cache (role "attn", "kv"), refused where its
+ * blocks exceed head_dim (K is blocked along it). */
+bq_status qconfig_head_format(int head_dim, const char *role, const char *name, bq_format **out);
 static inline int qconfig_rotates(const bq_qconfig *q) { return q->ptq_rotate || q->ptq_hadamard || q->ptq_hadamard_kv; }
 /* --ptq hadamard[:seed]: down_proj's input rotated online, its weight rows folded (rotate.c). */
 bq_status ptq_hadamard(bq_model *m, uint64_t seed);

@@ -4,11 +4,11 @@
  *
  *   x = E[ids]
  *   per layer:  h = q_a(rms(x) * g1);  q,k,v = h q_w(W)^T (+ b);  q,k = rope(q,k); k,v = q_kv(k,v)
- *               a = softmax(q k^T / sqrt(d) + causal mask) v;   x = x + q_a(a) q_w(Wo)^T
+ *               a = q_t(softmax(q_t(q) q_t(k)^T / sqrt(d) + causal mask)) q_t(v);   x = x + q_a(a) q_w(Wo)^T
  *               h = q_a(rms(x) * g2);  m = silu(h Wg^T) * (h Wu^T);  x = x + q_a(m) q_w(Wd)^T
  *   logits = q_a(rms(x) * gf) q_w(Wh)^T;   loss = mean over t of -log softmax(logits_t)[ids[t+1]]
  *
- * q_* are the fake quantisers (identity without a format); the backward pass
+ * q_* are the fake quantisers (identity without a format; q_t the attention operands'); the backward pass
  * treats each as the identity (straight-through). Every step is an operation of
  * the trainer's backend (tops.h: the CPU's or CUDA's), on its memory. */
 #include "train.h"
@@ -101,7 +101,7 @@ size_t train_scratch_floats(const bq_config *c, int n)
 {
     size_t N = (size_t)n, H = (size_t)c->hidden, qd = (size_t)c->heads * c->head_dim,
            kd = (size_t)c->kv_heads * c->head_dim, FF = (size_t)c->inter;
-    return N * (2 * H + (H > qd ? H : qd) + 2 * qd + 2 * kd + 3 * FF) + (size_t)c->kv_heads * N * N;
+    return N * (2 * H + (H > qd ? H : qd) + 2 * qd + 2 * kd + 3 * FF) + (size_t)c->kv_heads * N * N + N * (qd + 2 * kd);
 }
 
 static tlin *lin_of(bq_trainer *t, int layer, int r) { return &t->lin[layer < 0 ? t->m->c.layers * 7 : layer * 7 + r]; }
@@ -126,7 +126,8 @@ bq_status train_window(bq_trainer *t, const int32_t *ids, int n, double gscale, 
     float *xf = t->acts + (size_t)c->layers * layer_floats(c, n), *rsf = xf + nH, *hfq = rsf + N, *lg = hfq + nH;
     /* scratch */
     float *s = t->scratch, *dx = s, *dh = dx + nH, *tmp = dh + nH, *dq = tmp + N * (qd > (size_t)H ? qd : (size_t)H), *dk = dq + N * qd, *dv = dk + N * kd,
-          *da = dv + N * kd, *dm = da + N * qd, *dg = dm + nI, *du = dg + nI, *dP = du + nI;
+          *da = dv + N * kd, *dm = da + N * qd, *dg = dm + nI, *du = dg + nI, *dP = du + nI, *qs = dP + (size_t)nkv * N * N;
+    tr_att at = {n, nh, nkv, d, c->sliding_window, t->attf, &t->qo, dP, qs};
 
     /* forward */
     float *x = c->layers ? layer_acts(t, 0, n).xin : xf;
@@ -144,7 +145,7 @@ bq_status train_window(bq_trainer *t, const int32_t *ids, int n, double gscale, 
             Q(op->qdq(b, t->kvf, A.k, A.k, N * nkv, (size_t)d, &t->qo));
             Q(op->qdq(b, t->kvf, A.v, A.v, N * nkv, (size_t)d, &t->qo));
         }
-        op->att(b, n, nh, nkv, d, c->sliding_window, A.q, A.k, A.v, A.P, tmp);
+        Q(op->att(b, &at, A.q, A.k, A.v, A.P, tmp));
         Q(lin_input(t, lin_of(t, l, 3), tmp, A.aq, n));
         lin_fwd(t, lin_of(t, l, 3), A.aq, A.xmid, n);
         op->add(b, A.xmid, A.xin, nH);
@@ -186,7 +187,7 @@ bq_status train_window(bq_trainer *t, const int32_t *ids, int n, double gscale, 
         op->rms_bwd(b, A.xmid, t->ln[2 * l + 1], A.rs2, dh, dx, t->g_ln ? t->g_ln[2 * l + 1] : NULL, n, H);
         /* attention: x_mid = x_in + q_a(a) Wo^T */
         lin_bwd(t, lin_of(t, l, 3), A.aq, dx, da, n, 0);
-        op->att_bwd(b, n, nh, nkv, d, A.q, A.k, A.v, A.P, da, dq, dk, dv, dP);
+        Q(op->att_bwd(b, &at, A.q, A.k, A.v, A.P, da, dq, dk, dv));
         op->rope(b, dq, n, nh, d, -1);
         op->rope(b, dk, n, nkv, d, -1);
         lin_bwd(t, lin_of(t, l, 0), A.h1q, dq, dh, n, 0);

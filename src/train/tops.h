@@ -20,6 +20,15 @@ typedef struct {
     float lr, b1, b2, eps, c1, c2, wd, clip;  /* c1, c2: the bias corrections 1 - beta^k */
 } tr_adam;
 
+/* One layer's attention: its shape, mask, format and scratch (backend memory). */
+typedef struct {
+    int n, heads, kvh, d, window;
+    const bq_format *af;  /* attention operands' format (NULL: float) */
+    const bq_qopts *qo;
+    float *dP;            /* kvh x n x n */
+    float *qs;            /* with af: n x (heads + 2 kvh) x d, the quantised q, k and v^T */
+} tr_att;
+
 typedef struct tr_be tr_be;
 typedef struct {
     const char *name;
@@ -47,13 +56,14 @@ typedef struct {
                     int d);
     /* rotary embedding of n rows of heads x d (dir -1: the inverse, for the backward pass) */
     void (*rope)(tr_be *b, float *x, int n, int heads, int d, int dir);
-    /* a = softmax(q k^T / sqrt(d) + causal mask) v per head (P [heads, n, n] kept);
-     * window: the sliding window (0: none) */
-    void (*att)(tr_be *b, int n, int heads, int kvh, int d, int window, const float *q, const float *k, const float *v, float *P,
-                float *a);
-    /* dq = ..., dk, dv (overwritten) from da; dP: kvh x n x n scratch */
-    void (*att_bwd)(tr_be *b, int n, int heads, int kvh, int d, const float *q, const float *k, const float *v, const float *P,
-                    const float *da, float *dq, float *dk, float *dv, float *dP);
+    /* a = softmax(q k^T / sqrt(d) + causal mask) v per head (P [heads, n, n] kept); window: the
+     * sliding window (0: none). With an attention format af (else NULL), as the inference engine:
+     * q and k quantised along head_dim, v along the tokens, P along its rows, each product on the
+     * quantised operands (the backward pass: straight through, the copies made again). */
+    bq_status (*att)(tr_be *b, const tr_att *a, const float *q, const float *k, const float *v, float *P, float *out);
+    /* dq, dk, dv (overwritten) from da */
+    bq_status (*att_bwd)(tr_be *b, const tr_att *a, const float *q, const float *k, const float *v, const float *P, const float *da,
+                         float *dq, float *dk, float *dv);
     /* m = u silu(g);  dg, du from dm */
     void (*swiglu)(tr_be *b, const float *g, const float *u, float *m, size_t n);
     void (*swiglu_bwd)(tr_be *b, const float *g, const float *u, const float *dm, float *dg, float *du, size_t n);

@@ -233,15 +233,25 @@ static void c_adamw(tr_be *b, float *w, const float *g, float *m, float *v, size
 /* ---- attention, per group of heads sharing one K/V head ------------------------------ */
 
 typedef struct {
-    int n, heads, kvh, d, window;
-    const float *q, *k, *v, *P, *da;
-    float *Pw, *a, *dq, *dk, *dv, *dP;
+    const tr_att *a;
+    const float *q, *k, *vt;  /* vt: with a format, v^T quantised [kvh * d][n]; else NULL (v itself) */
+    const float *v, *P, *da;
+    float *Pw, *out, *dq, *dk, *dv;
 } att_job;
+
+/* The format's copy of one head's probabilities (rows of n), into the group's scratch. */
+static void probs_q(const tr_att *a, const float *P, float *Pq)
+{
+    bq_qopts o = *a->qo;
+    o.threads = 1;  /* inside a worker; the bits do not depend on it */
+    bq_qdq(a->af, P, Pq, (size_t)a->n, (size_t)a->n, &o);
+}
 
 static void att_fwd_range(void *arg, size_t g0, size_t g1)
 {
     const att_job *j = arg;
-    int n = j->n, d = j->d, qd = j->heads * d, kd = j->kvh * d, per = j->heads / j->kvh;
+    const tr_att *a = j->a;
+    int n = a->n, d = a->d, qd = a->heads * d, kd = a->kvh * d, per = a->heads / a->kvh;
     float scale = 1.0f / sqrtf((float)d);
     for (size_t g = g0; g < g1; g++)
         for (int h = (int)g * per; h < ((int)g + 1) * per; h++) {
@@ -249,33 +259,44 @@ static void att_fwd_range(void *arg, size_t g0, size_t g1)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, d, scale, j->q + (size_t)h * d, qd, j->k + g * d, kd, 0.0f, P, n);
             for (int r = 0; r < n; r++) {
                 float *row = P + (size_t)r * n, mx = -INFINITY;
-                int f = j->window && r >= j->window ? r - j->window + 1 : 0;
+                int f = a->window && r >= a->window ? r - a->window + 1 : 0;
                 for (int c = f; c <= r; c++) mx = row[c] > mx ? row[c] : mx;
                 double sum = 0;
                 for (int c = f; c <= r; c++) sum += (row[c] = expf(row[c] - mx));
                 float inv = (float)(1.0 / sum);
                 for (int c = 0; c < n; c++) row[c] = c >= f && c <= r ? row[c] * inv : 0.0f;
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, n, 1.0f, P, n, j->v + g * d, kd, 0.0f,
-                        j->a + (size_t)h * d, qd);
+            if (j->vt) {  /* q(P) q(v^T)^T */
+                float *Pq = a->dP + g * (size_t)n * n;
+                probs_q(a, P, Pq);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, d, n, 1.0f, Pq, n, j->vt + g * d * (size_t)n, n, 0.0f,
+                            j->out + (size_t)h * d, qd);
+            } else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, n, 1.0f, P, n, j->v + g * d, kd, 0.0f,
+                            j->out + (size_t)h * d, qd);
         }
 }
 
 static void att_bwd_range(void *arg, size_t g0, size_t g1)
 {
     const att_job *j = arg;
-    int n = j->n, d = j->d, qd = j->heads * d, kd = j->kvh * d, per = j->heads / j->kvh;
+    const tr_att *a = j->a;
+    int n = a->n, d = a->d, qd = a->heads * d, kd = a->kvh * d, per = a->heads / a->kvh;
     float scale = 1.0f / sqrtf((float)d);
     for (size_t g = g0; g < g1; g++) {
-        float *dP = j->dP + g * (size_t)n * n;
+        float *dP = a->dP + g * (size_t)n * n;
         for (int h = (int)g * per; h < ((int)g + 1) * per; h++) {
-            const float *P = j->P + (size_t)h * n * n;
+            const float *P = j->P + (size_t)h * n * n, *dah = j->da + (size_t)h * d;
             float beta = h == (int)g * per ? 0.0f : 1.0f;  /* the group's first head overwrites dK, dV */
-            /* dV += P^T dA;  dP = dA V^T */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, d, n, 1.0f, P, n, j->da + (size_t)h * d, qd, beta,
-                        j->dv + g * d, kd);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, d, 1.0f, j->da + (size_t)h * d, qd, j->v + g * d, kd, 0.0f,
-                        dP, n);
+            if (j->vt) {  /* dV += q(P)^T dA;  dP = dA q(v^T) (q(P) made again in dP's place, used first) */
+                probs_q(a, P, dP);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, d, n, 1.0f, dP, n, dah, qd, beta, j->dv + g * d, kd);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, d, 1.0f, dah, qd, j->vt + g * d * (size_t)n, n, 0.0f,
+                            dP, n);
+            } else {  /* dV += P^T dA;  dP = dA V^T */
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, d, n, 1.0f, P, n, dah, qd, beta, j->dv + g * d, kd);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, d, 1.0f, dah, qd, j->v + g * d, kd, 0.0f, dP, n);
+            }
             /* softmax: dS = P (dP - sum_c P dP), times the score scale */
             for (int r = 0; r < n; r++) {
                 float *dr = dP + (size_t)r * n;
@@ -284,7 +305,7 @@ static void att_bwd_range(void *arg, size_t g0, size_t g1)
                 for (int c = 0; c <= r; c++) dot += (double)pr[c] * dr[c];
                 for (int c = 0; c < n; c++) dr[c] = c <= r ? pr[c] * (dr[c] - (float)dot) * scale : 0.0f;
             }
-            /* dQ = dS K;  dK += dS^T Q */
+            /* dQ = dS K;  dK += dS^T Q (the quantised operands, straight through) */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, n, 1.0f, dP, n, j->k + g * d, kd, 0.0f,
                         j->dq + (size_t)h * d, qd);
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, d, n, 1.0f, dP, n, j->q + (size_t)h * d, qd, beta,
@@ -293,18 +314,38 @@ static void att_bwd_range(void *arg, size_t g0, size_t g1)
     }
 }
 
-static void c_att(tr_be *b, int n, int heads, int kvh, int d, int window, const float *q, const float *k, const float *v, float *P,
-                  float *a)
+/* The attention format's copies of q, k and v^T, into a->qs (none without a format). */
+static bq_status att_operands(const tr_att *a, att_job *j)
 {
-    att_job j = {n, heads, kvh, d, window, q, k, v, NULL, NULL, P, a, NULL, NULL, NULL, NULL};
-    bq_pool_for(C(b)->pool, (size_t)kvh, C(b)->threads, att_fwd_range, &j);
+    if (!a->af) return BQ_OK;
+    size_t n = (size_t)a->n, qd = (size_t)a->heads * a->d, kd = (size_t)a->kvh * a->d;
+    float *qq = a->qs, *kq = qq + n * qd, *vt = kq + n * kd;
+    bq_status st = bq_qdq(a->af, j->q, qq, n * a->heads, (size_t)a->d, a->qo);
+    if (!st) st = bq_qdq(a->af, j->k, kq, n * a->kvh, (size_t)a->d, a->qo);
+    for (size_t c = 0; c < kd && !st; c++)
+        for (size_t t = 0; t < n; t++) vt[c * n + t] = j->v[t * kd + c];
+    if (!st) st = bq_qdq(a->af, vt, vt, kd, n, a->qo);
+    j->q = qq;
+    j->k = kq;
+    j->vt = vt;
+    return st;
 }
 
-static void c_att_bwd(tr_be *b, int n, int heads, int kvh, int d, const float *q, const float *k, const float *v, const float *P,
-                      const float *da, float *dq, float *dk, float *dv, float *dP)
+static bq_status c_att(tr_be *b, const tr_att *a, const float *q, const float *k, const float *v, float *P, float *out)
 {
-    att_job j = {n, heads, kvh, d, 0, q, k, v, P, da, NULL, NULL, dq, dk, dv, dP};
-    bq_pool_for(C(b)->pool, (size_t)kvh, C(b)->threads, att_bwd_range, &j);
+    att_job j = {a, q, k, NULL, v, NULL, NULL, P, out, NULL, NULL, NULL};
+    bq_status st = att_operands(a, &j);
+    if (!st) bq_pool_for(C(b)->pool, (size_t)a->kvh, C(b)->threads, att_fwd_range, &j);
+    return st;
+}
+
+static bq_status c_att_bwd(tr_be *b, const tr_att *a, const float *q, const float *k, const float *v, const float *P,
+                           const float *da, float *dq, float *dk, float *dv)
+{
+    att_job j = {a, q, k, NULL, v, P, da, NULL, NULL, dq, dk, dv};
+    bq_status st = att_operands(a, &j);
+    if (!st) bq_pool_for(C(b)->pool, (size_t)a->kvh, C(b)->threads, att_bwd_range, &j);
+    return st;
 }
 
 static const tr_ops CPU_OPS = {

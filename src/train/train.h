@@ -41,6 +41,7 @@ struct bq_trainer {
     tlin *lin;        /* layers * 7, then the LM head */
     int nlin;
     bq_format *kvf;   /* stored K/V */
+    bq_format *attf;  /* attention operands (q, k, P, v) */
     tparam *p;
     int np;
     tr_be *be;        /* where it runs (tops.h) */

@@ -121,7 +121,6 @@ static bq_status set_formats(bq_trainer *t, const bq_qconfig *q)
     if (!q) return BQ_OK;
     if (q->ptq_clip || q->ptq_gptq || q->ptq_awq || q->ptq_smooth || qconfig_rotates(q))
         return bq_fail(BQ_ERR_UNSUPPORTED, "post-training quantisation (ptq) with fine-tuning: run it on the fine-tuned model instead");
-    if (q->attn[0]) return bq_fail(BQ_ERR_UNSUPPORTED, "quantised attention operands (attn) are not trained yet: quantise the KV cache (kv) instead");
     for (int i = 0; i < q->nrules; i++)
         if (q->rules[i].mul[0] && strcmp(q->rules[i].mul, "exact"))
             return bq_fail(BQ_ERR_UNSUPPORTED, "multiplication %s (mul) is not trained (exact products only)", q->rules[i].mul);
@@ -136,7 +135,8 @@ static bq_status set_formats(bq_trainer *t, const bq_qconfig *q)
         if (*w) st = bq_format_parse(w, &L->wf);
         if (!st && *a) st = bq_format_parse(a, &L->af);
     }
-    if (!st && q->kv[0]) st = bq_format_parse(q->kv, &t->kvf);
+    if (!st && q->kv[0]) st = qconfig_head_format(t->m->c.head_dim, "kv", q->kv, &t->kvf);
+    if (!st && q->attn[0]) st = qconfig_head_format(t->m->c.head_dim, "attn", q->attn, &t->attf);
     /* linears reading one input keep one quantised copy of it for their weight gradients:
      * k and v read q's input, up reads gate's */
     for (int i = 0; i + 1 < t->nlin && !st; i++) {
@@ -348,6 +348,7 @@ void bq_trainer_free(bq_trainer *t)
     free(t->p);
     free(t->lin);
     bq_format_free(t->kvf);
+    bq_format_free(t->attf);
     free(t);
 }
 
@@ -521,6 +522,7 @@ static void signature(const bq_trainer *t, char *s, size_t n)
              L->wf ? L->wf->name : "-", L->af ? L->af->name : "-", t->kvf ? t->kvf->name : "-",
              hd->wf ? hd->wf->name : "-", hd->af ? hd->af->name : "-");
     if (o->lora && o->lora_beside) snprintf(s + strlen(s), n - strlen(s), " beside");  /* earlier files stay valid */
+    if (t->attf) snprintf(s + strlen(s), n - strlen(s), " attn=%s", t->attf->name);
 }
 
 /* A checkpoint holds each trainable tensor, then AdamW's two moments of it. */
