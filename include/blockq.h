@@ -490,7 +490,8 @@ BQ_API uint64_t bq_sampler_seed(uint64_t seed);
 /* A trainer updates the model's float32 weights in place (they are the master
  * copies); the forward pass applies the config's quantisers (weights, linear
  * inputs, K/V cache, LM head) with straight-through gradients. LLaMA family only
- * (LLaMA, Mistral, Qwen2): other architectures are refused by name. */
+ * (LLaMA, Mistral, Qwen2, Qwen3), on the CPU or a CUDA device (device): other architectures
+ * are refused by name. */
 typedef struct bq_trainer bq_trainer;
 typedef struct {
     size_t size;          /* sizeof(bq_train_opts) */

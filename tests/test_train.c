@@ -648,6 +648,7 @@ static void test_cuda(void)
     cuda_window("llama", NULL, 0, NULL);
     cuda_window("qwen2", NULL, 0, NULL);
     cuda_window("mistral", NULL, 0, NULL);
+    cuda_window("qwen3", NULL, 0, NULL);
     cuda_window("llama", NULL, 4, NULL);
     cuda_window("llama", "mxfp4", 0, NULL);
     cuda_window("llama", "mxfp4", 4, NULL);
@@ -663,8 +664,10 @@ int main(void)
     snprintf(g_dir, sizeof g_dir, "%s", sh);
     test_forward_matches_engine("llama");
     test_forward_matches_engine("qwen2");
+    test_forward_matches_engine("qwen3");
     test_gradients("llama");
     test_gradients("qwen2");
+    test_gradients("qwen3");
     test_ste();
     test_threads_and_descent();
     test_checkpoint();

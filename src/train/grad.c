@@ -3,7 +3,8 @@
  * with RMSNorm, RoPE, grouped-query attention and the SiLU-gated MLP):
  *
  *   x = E[ids]
- *   per layer:  h = q_a(rms(x) * g1);  q,k,v = h q_w(W)^T (+ b);  q,k = rope(q,k); k,v = q_kv(k,v)
+ *   per layer:  h = q_a(rms(x) * g1);  q,k,v = h q_w(W)^T (+ b);  [q,k = rms_head(q,k) * gq,gk (Qwen3)]
+ *               q,k = rope(q,k);  k,v = q_kv(k,v)
  *               a = q_t(softmax(q_t(q) q_t(k)^T / sqrt(d) + causal mask)) q_t(v);   x = x + q_a(a) q_w(Wo)^T
  *               h = q_a(rms(x) * g2);  m = silu(h Wg^T) * (h Wu^T);  x = x + q_a(m) q_w(Wd)^T
  *   logits = q_a(rms(x) * gf) q_w(Wh)^T;   loss = mean over t of -log softmax(logits_t)[ids[t+1]]
@@ -56,13 +57,22 @@ static void lin_bwd(bq_trainer *t, const tlin *L, const float *xq, const float *
 /* ---- the window ------------------------------------------------------------------ */
 
 /* Per-layer activations kept for the backward pass. */
-typedef struct { float *xin, *rs1, *h1q, *q, *k, *v, *P, *aq, *xmid, *rs2, *h2q, *g, *u, *mq; } lacts;
+typedef struct {
+    float *xin, *rs1, *h1q, *q, *k, *v, *P, *aq, *xmid, *rs2, *h2q, *g, *u, *mq;
+    float *qpre, *kpre, *rsq, *rsk;  /* per-head q/k norms (Qwen3): their inputs and 1/rms */
+} lacts;
+
+/* The per-head norms' part of a layer's activations (none without them). */
+static size_t qk_norm_floats(const bq_config *c, size_t N)
+{
+    return c->qk_norm ? N * ((size_t)(c->heads + c->kv_heads) * (c->head_dim + 1)) : 0;
+}
 
 static size_t layer_floats(const bq_config *c, int n)
 {
     size_t N = (size_t)n, H = (size_t)c->hidden, qd = (size_t)c->heads * c->head_dim,
            kd = (size_t)c->kv_heads * c->head_dim, FF = (size_t)c->inter;
-    return N * (4 * H + 2 + 2 * qd + 2 * kd + 3 * FF) + (size_t)c->heads * N * N;
+    return N * (4 * H + 2 + 2 * qd + 2 * kd + 3 * FF) + (size_t)c->heads * N * N + qk_norm_floats(c, N);
 }
 
 static lacts layer_acts(const bq_trainer *t, int layer, int n)
@@ -85,7 +95,14 @@ static lacts layer_acts(const bq_trainer *t, int layer, int n)
     a.h2q = p; p += N * H;
     a.g = p; p += N * FF;
     a.u = p; p += N * FF;
-    a.mq = p;
+    a.mq = p; p += N * FF;
+    a.qpre = a.kpre = a.rsq = a.rsk = NULL;
+    if (c->qk_norm) {
+        a.qpre = p; p += N * qd;
+        a.kpre = p; p += N * kd;
+        a.rsq = p; p += N * c->heads;
+        a.rsk = p;
+    }
     return a;
 }
 
@@ -136,9 +153,13 @@ bq_status train_window(bq_trainer *t, const int32_t *ids, int n, double gscale, 
         lacts A = layer_acts(t, l, n);
         op->rms(b, A.xin, t->ln[2 * l], tmp, A.rs1, n, H, eps);
         Q(lin_input(t, lin_of(t, l, 0), tmp, A.h1q, n));  /* one format for q, k, v (trainer.c) */
-        lin_fwd(t, lin_of(t, l, 0), A.h1q, A.q, n);
-        lin_fwd(t, lin_of(t, l, 1), A.h1q, A.k, n);
+        lin_fwd(t, lin_of(t, l, 0), A.h1q, A.qpre ? A.qpre : A.q, n);
+        lin_fwd(t, lin_of(t, l, 1), A.h1q, A.kpre ? A.kpre : A.k, n);
         lin_fwd(t, lin_of(t, l, 2), A.h1q, A.v, n);
+        if (c->qk_norm) {  /* RMS over each head's d values */
+            op->rms(b, A.qpre, t->qkn[2 * l], A.q, A.rsq, n * nh, d, eps);
+            op->rms(b, A.kpre, t->qkn[2 * l + 1], A.k, A.rsk, n * nkv, d, eps);
+        }
         op->rope(b, A.q, n, nh, d, 1);
         op->rope(b, A.k, n, nkv, d, 1);
         if (t->kvf) {
@@ -190,8 +211,17 @@ bq_status train_window(bq_trainer *t, const int32_t *ids, int n, double gscale, 
         Q(op->att_bwd(b, &at, A.q, A.k, A.v, A.P, da, dq, dk, dv));
         op->rope(b, dq, n, nh, d, -1);
         op->rope(b, dk, n, nkv, d, -1);
-        lin_bwd(t, lin_of(t, l, 0), A.h1q, dq, dh, n, 0);
-        lin_bwd(t, lin_of(t, l, 1), A.h1q, dk, dh, n, 1);
+        if (c->qk_norm) {  /* through the per-head norms, into tmp, one at a time */
+            op->zero(b, tmp, N * qd);
+            op->rms_bwd(b, A.qpre, t->qkn[2 * l], A.rsq, dq, tmp, t->g_qkn ? t->g_qkn[2 * l] : NULL, n * nh, d);
+            lin_bwd(t, lin_of(t, l, 0), A.h1q, tmp, dh, n, 0);
+            op->zero(b, tmp, N * kd);
+            op->rms_bwd(b, A.kpre, t->qkn[2 * l + 1], A.rsk, dk, tmp, t->g_qkn ? t->g_qkn[2 * l + 1] : NULL, n * nkv, d);
+            lin_bwd(t, lin_of(t, l, 1), A.h1q, tmp, dh, n, 1);
+        } else {
+            lin_bwd(t, lin_of(t, l, 0), A.h1q, dq, dh, n, 0);
+            lin_bwd(t, lin_of(t, l, 1), A.h1q, dk, dh, n, 1);
+        }
         lin_bwd(t, lin_of(t, l, 2), A.h1q, dv, dh, n, 1);
         op->rms_bwd(b, A.xin, t->ln[2 * l], A.rs1, dh, dx, t->g_ln ? t->g_ln[2 * l] : NULL, n, H);
     }

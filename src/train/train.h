@@ -47,7 +47,8 @@ struct bq_trainer {
     tr_be *be;        /* where it runs (tops.h) */
     const tr_ops *op;
     float *emb, **ln, *fln;           /* the embedding, the layers' two norms, the final norm (backend) */
-    float *g_emb, *g_final, **g_ln;   /* the non-linear parameters' gradients (NULL: frozen) */
+    float **qkn;                      /* the layers' per-head q and k norms (Qwen3; NULL: none) */
+    float *g_emb, *g_final, **g_ln, **g_qkn;  /* the non-linear parameters' gradients (NULL: frozen) */
     int T;            /* tokens of activations held */
     float *acts, *scratch, *lr_tmp;   /* lr_tmp: the adapters' two [T, rank] products */
     int threads;

@@ -99,13 +99,13 @@ static void unmirror(bq_trainer *t, float *d)
 static bq_status check_arch(const bq_model *m)
 {
     const bq_config *c = &m->c;
-    const char *why = c->arch != ARCH_LLAMA && c->arch != ARCH_QWEN2 ? "its architecture"
-                      : c->qk_norm ? "per-head q/k norms" : !c->rope ? "learned positions"
+    const char *why = c->arch != ARCH_LLAMA && c->arch != ARCH_QWEN2 && c->arch != ARCH_QWEN3 ? "its architecture"
+                      : !c->rope ? "learned positions"
                       : c->norm != NORM_RMS ? "LayerNorm" : c->act != ACT_SILU_GATED ? "its MLP activation"
                       : !c->pre_norm || !c->final_norm ? "post-norm layers"
                       : c->embed_dim != c->hidden || LINEAR_PRESENT(&m->proj_in) ? "embedding projections" : NULL;
     if (why)
-        return bq_fail(BQ_ERR_UNSUPPORTED, "fine-tuning covers the LLaMA family (llama, mistral, qwen2); '%s' differs in %s",
+        return bq_fail(BQ_ERR_UNSUPPORTED, "fine-tuning covers the LLaMA family (llama, mistral, qwen2, qwen3); '%s' differs in %s",
                        c->model_type, why);
     if (m->attn_q || m->kv_q) return bq_fail(BQ_ERR_ARG, "the model already carries quantisers: give the formats to the trainer");
     for (int l = 0; l < c->layers; l++)
@@ -186,7 +186,11 @@ bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *
     t->lin = calloc((size_t)t->nlin, sizeof *t->lin);
     t->g_ln = calloc((size_t)c->layers * 2 + 1, sizeof *t->g_ln);
     t->ln = calloc((size_t)c->layers * 2 + 1, sizeof *t->ln);
-    if (!t->lin || !t->g_ln || !t->ln) { bq_trainer_free(t); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
+    if (c->qk_norm) {
+        t->qkn = calloc((size_t)c->layers * 2, sizeof *t->qkn);
+        t->g_qkn = calloc((size_t)c->layers * 2, sizeof *t->g_qkn);
+    }
+    if (!t->lin || !t->g_ln || !t->ln || (c->qk_norm && (!t->qkn || !t->g_qkn))) { bq_trainer_free(t); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
     for (int l = 0; l < c->layers; l++)
         for (int r = 0; r < 7; r++) t->lin[l * 7 + r].l = (linear *)model_linear(m, l, (lin_role)r);
     t->lin[t->nlin - 1].l = &m->head;
@@ -218,6 +222,9 @@ bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *
         t->ln[2 * l + 1] = mirror(t, m->L[l].ln2.w, (size_t)H, &st);
     }
     t->fln = mirror(t, m->final_ln.w, (size_t)H, &st);
+    for (int l = 0; c->qk_norm && l < c->layers; l++)
+        for (int k = 0; k < 2; k++)
+            t->qkn[2 * l + k] = mirror(t, model_norm(m, l, k ? N_K : N_Q)->w, (size_t)c->head_dim, &st);
     for (int i = 0; i < t->nlin; i++) {
         tlin *L = &t->lin[i];
         size_t n = (size_t)L->l->out * L->l->in;
@@ -239,6 +246,13 @@ bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *
                 if (!(t->g_ln[2 * l + k] = zalloc(t, (size_t)H))) { st = bq_fail(BQ_ERR_NOMEM, "out of memory"); break; }
                 snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, k ? "post_attention_layernorm" : "input_layernorm");
                 st = add_param(t, name, t->ln[2 * l + k], t->g_ln[2 * l + k], 1, H, 0, k ? m->L[l].ln2.w : m->L[l].ln1.w);
+            }
+        for (int l = 0; c->qk_norm && l < c->layers && !st; l++)
+            for (int k = 0; k < 2 && !st; k++) {
+                if (!(t->g_qkn[2 * l + k] = zalloc(t, (size_t)c->head_dim))) { st = bq_fail(BQ_ERR_NOMEM, "out of memory"); break; }
+                snprintf(name, sizeof name, "model.layers.%d.self_attn.%s.weight", l, k ? "k_norm" : "q_norm");
+                st = add_param(t, name, t->qkn[2 * l + k], t->g_qkn[2 * l + k], 1, c->head_dim, 0,
+                               model_norm(m, l, k ? N_K : N_Q)->w);
             }
         if (!st && !(t->g_final = zalloc(t, (size_t)H))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
         if (!st) st = add_param(t, "model.norm.weight", t->fln, t->g_final, 1, H, 0, m->final_ln.w);
@@ -329,7 +343,11 @@ void bq_trainer_free(bq_trainer *t)
             unmirror(t, L->b);
         }
         for (int i = 0; i < t->np; i++) { op->release(b, t->p[i].m); op->release(b, t->p[i].v); }
-        for (int l = 0; l < t->m->c.layers * 2; l++) { op->release(b, t->g_ln[l]); unmirror(t, t->ln[l]); }
+        for (int l = 0; l < t->m->c.layers * 2; l++) {
+            op->release(b, t->g_ln[l]);
+            unmirror(t, t->ln[l]);
+            if (t->qkn) { op->release(b, t->g_qkn[l]); unmirror(t, t->qkn[l]); }
+        }
         op->release(b, t->g_emb);
         op->release(b, t->g_final);
         unmirror(t, t->emb);
@@ -345,6 +363,8 @@ void bq_trainer_free(bq_trainer *t)
     }
     free(t->g_ln);
     free(t->ln);
+    free(t->qkn);
+    free(t->g_qkn);
     free(t->p);
     free(t->lin);
     bq_format_free(t->kvf);
