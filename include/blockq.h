@@ -537,6 +537,9 @@ BQ_API bq_status bq_trainer_load_state(bq_trainer *t, const char *path);
 /* The model as a Hugging Face folder (config.json, tokenizer.json, model.safetensors
  * in float32), written under a temporary name and renamed into place. */
 BQ_API bq_status bq_model_save_hf(const bq_model *m, const char *dir);
+/* Whether bq_model_save_hf can write m (its errors, before any work; packed weights
+ * are found while writing). */
+BQ_API bq_status bq_model_hf_writable(const bq_model *m);
 
 /* Which SIMD path the format kernels use: "avx512", "avx2" or "scalar".
  * bq_set_isa forces one (for tests); returns BQ_ERR_UNSUPPORTED if the CPU lacks it. */

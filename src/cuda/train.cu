@@ -155,19 +155,74 @@ __global__ void k_softmax_bwd(const float *P, float *dP, int n, float scale)
 
 __device__ float sigm(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-__global__ void k_swiglu(const float *g, const float *u, float *m, size_t n)
+__device__ float gelu_t(float x) { return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x))); }
+
+__device__ float gelu_t_grad(float u)
 {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) m[i] = u[i] * g[i] * sigm(g[i]);
+    const float k = 0.7978845608028654f, c = 0.044715f;
+    float t = tanhf(k * (u + c * u * u * u));
+    return 0.5f * (1.0f + t) + 0.5f * u * (1.0f - t * t) * k * (1.0f + 3.0f * c * u * u);
 }
 
-__global__ void k_swiglu_bwd(const float *g, const float *u, const float *dm, float *dg, float *du, size_t n)
+__global__ void k_act(int kind, const float *g, const float *u, float *m, size_t n)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float sg = sigm(g[i]), gv = g[i];
-    du[i] = dm[i] * gv * sg;
-    dg[i] = dm[i] * u[i] * sg * (1.0f + gv * (1.0f - sg));
+    m[i] = kind == ACT_SILU_GATED ? u[i] * g[i] * sigm(g[i]) : kind == ACT_RELU ? (u[i] > 0 ? u[i] : 0.0f) : gelu_t(u[i]);
+}
+
+__global__ void k_act_bwd(int kind, const float *g, const float *u, const float *dm, float *dg, float *du, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    if (kind == ACT_SILU_GATED) {
+        float sg = sigm(g[i]), gv = g[i];
+        du[i] = dm[i] * gv * sg;
+        dg[i] = dm[i] * u[i] * sg * (1.0f + gv * (1.0f - sg));
+    } else du[i] = kind == ACT_RELU ? (u[i] > 0 ? dm[i] : 0.0f) : dm[i] * gelu_t_grad(u[i]);
+}
+
+// LayerNorm of a row (one block): the mean and variance in float64, as the CPU's
+__global__ void k_ln(const float *x, const float *w, const float *bias, float *y, float *mu, float *rstd, int d, float eps)
+{
+    const float *xr = x + (size_t)blockIdx.x * d;
+    double s = 0;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) s += xr[i];
+    double mean = block_sum(s) / d, v = 0;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) v += (xr[i] - mean) * (xr[i] - mean);
+    float r = (float)(1.0 / sqrt(block_sum(v) / d + eps));
+    if (threadIdx.x == 0) { mu[blockIdx.x] = (float)mean; rstd[blockIdx.x] = r; }
+    for (int i = threadIdx.x; i < d; i += blockDim.x)
+        y[(size_t)blockIdx.x * d + i] = (float)(xr[i] - mean) * r * w[i] + (bias ? bias[i] : 0.0f);
+}
+
+__global__ void k_ln_bwd(const float *x, const float *w, const float *mu, const float *rstd, const float *dy, float *dx, int d)
+{
+    size_t o = (size_t)blockIdx.x * d;
+    float s = rstd[blockIdx.x], m = mu[blockIdx.x];
+    double sg = 0, sgx = 0;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+        float gi = dy[o + i] * w[i];
+        sg += gi;
+        sgx += (double)gi * ((x[o + i] - m) * s);
+    }
+    float mg = (float)(block_sum(sg) / d), mgx = (float)(block_sum(sgx) / d);
+    for (int i = threadIdx.x; i < d; i += blockDim.x) dx[o + i] += s * (dy[o + i] * w[i] - mg - (x[o + i] - m) * s * mgx);
+}
+
+// the weight's and bias's gradients: a thread per column, the rows in order
+__global__ void k_ln_params(const float *x, const float *mu, const float *rstd, const float *dy, float *gw, float *gb, int n, int d)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= d) return;
+    float aw = gw ? gw[i] : 0.0f, ab = gb ? gb[i] : 0.0f;
+    for (int r = 0; r < n; r++) {
+        float g = dy[(size_t)r * d + i];
+        aw += g * ((x[(size_t)r * d + i] - mu[r]) * rstd[r]);
+        ab += g;
+    }
+    if (gw) gw[i] = aw;
+    if (gb) gb[i] = ab;
 }
 
 __global__ void k_add(float *x, const float *y, size_t n)
@@ -444,16 +499,42 @@ bq_status t_att_bwd(tr_be *b, const tr_att *a, const float *q, const float *k, c
     return st ? st : G(b)->err;
 }
 
-void t_swiglu(tr_be *b, const float *g, const float *u, float *m, size_t n)
+void t_act(tr_be *b, int kind, const float *g, const float *u, float *m, size_t n)
 {
-    k_swiglu<<<blocks(n), TPB>>>(g, u, m, n);
-    launched(G(b), "SiLU gate");
+    k_act<<<blocks(n), TPB>>>(kind, g, u, m, n);
+    launched(G(b), "MLP activation");
 }
 
-void t_swiglu_bwd(tr_be *b, const float *g, const float *u, const float *dm, float *dg, float *du, size_t n)
+void t_act_bwd(tr_be *b, int kind, const float *g, const float *u, const float *dm, float *dg, float *du, size_t n)
 {
-    k_swiglu_bwd<<<blocks(n), TPB>>>(g, u, dm, dg, du, n);
-    launched(G(b), "SiLU gate gradient");
+    k_act_bwd<<<blocks(n), TPB>>>(kind, g, u, dm, dg, du, n);
+    launched(G(b), "MLP activation gradient");
+}
+
+void t_ln(tr_be *b, const float *x, const float *w, const float *bias, float *y, float *mu, float *rstd, int n, int d, float eps)
+{
+    k_ln<<<n, TPB>>>(x, w, bias, y, mu, rstd, d, eps);
+    launched(G(b), "LayerNorm");
+}
+
+void t_ln_bwd(tr_be *b, const float *x, const float *w, const float *mu, const float *rstd, const float *dy, float *dx, float *gw,
+              float *gb, int n, int d)
+{
+    if (gw || gb) k_ln_params<<<blocks((size_t)d), TPB>>>(x, mu, rstd, dy, gw, gb, n, d);
+    k_ln_bwd<<<n, TPB>>>(x, w, mu, rstd, dy, dx, d);
+    launched(G(b), "LayerNorm gradient");
+}
+
+void t_pos(tr_be *b, float *x, const float *P, int n, int d)
+{
+    k_add<<<blocks((size_t)n * d), TPB>>>(x, P, (size_t)n * d);
+    launched(G(b), "positions");
+}
+
+void t_pos_bwd(tr_be *b, const float *dx, float *gP, int n, int d)
+{
+    k_add<<<blocks((size_t)n * d), TPB>>>(gP, dx, (size_t)n * d);
+    launched(G(b), "position gradient");
 }
 
 void t_add(tr_be *b, float *x, const float *y, size_t n)
@@ -510,7 +591,8 @@ void t_adamw(tr_be *b, float *w, const float *g, float *m, float *v, size_t n, c
 
 const tr_ops CUDA_OPS = {
     "CUDA", 0, t_destroy, t_alloc, t_release, t_put, t_get, t_zero, t_copy, t_mm, t_gemm, t_qdq, t_embed, t_embed_bwd, t_rms,
-    t_rms_bwd, t_rope, t_att, t_att_bwd, t_swiglu, t_swiglu_bwd, t_add, t_bias, t_bias_bwd, t_xent, t_sumsq, t_adamw, t_status,
+    t_rms_bwd, t_rope, t_att, t_att_bwd, t_act, t_act_bwd, t_ln, t_ln_bwd, t_pos, t_pos_bwd, t_add, t_bias, t_bias_bwd, t_xent,
+    t_sumsq, t_adamw, t_status,
 };
 
 }  // namespace

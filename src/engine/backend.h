@@ -11,6 +11,7 @@
 #ifndef BQ_BACKEND_H
 #define BQ_BACKEND_H
 #include "model.h"
+#include <math.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -116,12 +117,21 @@ void be_blas_single_thread(void);
 /* RMSNorm of n rows of d: y = w * (x / rms(x)) (in place allowed); rstd (may be NULL)
  * keeps each row's 1/rms. */
 void rms_rows(const float *x, const float *w, float *y, float *rstd, int n, int d, float eps);
+/* LayerNorm of n rows of d: y = w * (x - mean) / sd + b (b may be NULL; in place allowed);
+ * mu and rstd (may be NULL) keep each row's mean (rounded to float) and 1/sd. */
+void ln_rows(const float *x, const float *w, const float *b, float *y, float *mu, float *rstd, int n, int d, float eps);
 /* The rotary angle of pair i (element i with i + d/2) at position pos. */
 float rope_angle(const bq_config *c, int i, int pos);
 /* The first key position `last` attends to: 0, or the start of its sliding window. */
 static inline int attn_first_key(const bq_config *c, int last)
 {
     return c->sliding_window && last >= c->sliding_window ? last - c->sliding_window + 1 : 0;
+}
+
+/* GPT-2's GELU (the tanh form). */
+static inline float gelu_tanh(float x)
+{
+    return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
 }
 
 /* The error of a non-finite activation, on either backend. */

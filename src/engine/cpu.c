@@ -258,17 +258,24 @@ static bq_status cpu_norm(be *b, int layer, norm_role r, const float *x, float *
         rms_rows(x, p->w, y, NULL, n, d, c->norm_eps);
         return BQ_OK;
     }
-    for (int t = 0; t < n; t++) {  /* LayerNorm */
+    ln_rows(x, p->w, p->b, y, NULL, NULL, n, d, c->norm_eps);
+    return BQ_OK;
+}
+
+void ln_rows(const float *x, const float *w, const float *b, float *y, float *mu, float *rstd, int n, int d, float eps)
+{
+    for (int t = 0; t < n; t++) {
         const float *xr = x + (size_t)t * d;
         float *yr = y + (size_t)t * d;
         double mean = 0, var = 0;
         for (int i = 0; i < d; i++) mean += xr[i];
         mean /= d;
         for (int i = 0; i < d; i++) var += (xr[i] - mean) * (xr[i] - mean);
-        float s = (float)(1.0 / sqrt(var / d + c->norm_eps));
-        for (int i = 0; i < d; i++) yr[i] = (float)(xr[i] - mean) * s * p->w[i] + (p->b ? p->b[i] : 0.0f);
+        float s = (float)(1.0 / sqrt(var / d + eps));
+        if (mu) mu[t] = (float)mean;
+        if (rstd) rstd[t] = s;
+        for (int i = 0; i < d; i++) yr[i] = (float)(xr[i] - mean) * s * w[i] + (b ? b[i] : 0.0f);
     }
-    return BQ_OK;
 }
 
 float rope_angle(const bq_config *c, int i, int pos)
@@ -296,10 +303,6 @@ static bq_status cpu_rope(be *b, float *x, int n, int nheads, int pos0)
     return BQ_OK;
 }
 
-static float gelu_tanh(float x)
-{
-    return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
-}
 
 static bq_status cpu_act(be *b, float *u, const float *g, size_t n)
 {

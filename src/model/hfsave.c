@@ -24,9 +24,8 @@ static void hf_name(const char *u, char *out, size_t n)
     snprintf(out, n, "model.%s", u);
 }
 
-bq_status bq_model_save_hf(const bq_model *cm, const char *dir)
+bq_status bq_model_hf_writable(const bq_model *m)
 {
-    bq_model *m = (bq_model *)cm;  /* model_slots hands out pointers; nothing is written */
     if (model_lorc_linear(m)) return bq_fail(BQ_ERR_UNSUPPORTED, "%s has LoRC factors (ptq lorc), which a Hugging Face folder cannot hold", model_lorc_linear(m)->name);
     if (m->rot_down || m->rot_qk)
         return bq_fail(BQ_ERR_UNSUPPORTED, "%s (ptq hadamard%s), which a Hugging Face folder cannot hold: save as .bq",
@@ -35,10 +34,18 @@ bq_status bq_model_save_hf(const bq_model *cm, const char *dir)
     if (c->arch != ARCH_LLAMA && c->arch != ARCH_QWEN2 && c->arch != ARCH_QWEN3)
         return bq_fail(BQ_ERR_UNSUPPORTED, "a Hugging Face folder is written for the LLaMA family only ('%s')", c->model_type);
     if (!m->config_json) return bq_fail(BQ_ERR_UNSUPPORTED, "the model has no config.json to write");
+    return BQ_OK;
+}
+
+bq_status bq_model_save_hf(const bq_model *cm, const char *dir)
+{
+    bq_model *m = (bq_model *)cm;  /* model_slots hands out pointers; nothing is written */
+    bq_status st = bq_model_hf_writable(m);
+    if (st) return st;
     struct stat sb;
     if (!stat(dir, &sb)) return bq_fail(BQ_ERR_IO, "%s exists: remove it or choose another name", dir);
     slot_list sl;
-    bq_status st = model_slots(m, &sl);
+    st = model_slots(m, &sl);
     st_out *ts = st ? NULL : calloc((size_t)sl.n, sizeof *ts);
     char (*names)[160] = st ? NULL : calloc((size_t)sl.n, sizeof *names);
     if (!st && (!ts || !names)) st = bq_fail(BQ_ERR_NOMEM, "out of memory");

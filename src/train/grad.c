@@ -72,7 +72,7 @@ static size_t layer_floats(const bq_config *c, int n)
 {
     size_t N = (size_t)n, H = (size_t)c->hidden, qd = (size_t)c->heads * c->head_dim,
            kd = (size_t)c->kv_heads * c->head_dim, FF = (size_t)c->inter;
-    return N * (4 * H + 2 + 2 * qd + 2 * kd + 3 * FF) + (size_t)c->heads * N * N + qk_norm_floats(c, N);
+    return N * (4 * H + 4 + 2 * qd + 2 * kd + 3 * FF) + (size_t)c->heads * N * N + qk_norm_floats(c, N);
 }
 
 static lacts layer_acts(const bq_trainer *t, int layer, int n)
@@ -83,7 +83,7 @@ static lacts layer_acts(const bq_trainer *t, int layer, int n)
     float *p = t->acts + (size_t)layer * layer_floats(c, n);
     lacts a;
     a.xin = p; p += N * H;
-    a.rs1 = p; p += N;
+    a.rs1 = p; p += 2 * N;  /* 1/rms or 1/sd, then (LayerNorm) the mean */
     a.h1q = p; p += N * H;
     a.q = p; p += N * qd;
     a.k = p; p += N * kd;
@@ -91,7 +91,7 @@ static lacts layer_acts(const bq_trainer *t, int layer, int n)
     a.P = p; p += (size_t)c->heads * N * N;
     a.aq = p; p += N * qd;
     a.xmid = p; p += N * H;
-    a.rs2 = p; p += N;
+    a.rs2 = p; p += 2 * N;
     a.h2q = p; p += N * H;
     a.g = p; p += N * FF;
     a.u = p; p += N * FF;
@@ -110,7 +110,7 @@ size_t train_act_floats(const bq_config *c, int n);
 size_t train_act_floats(const bq_config *c, int n)
 {
     size_t N = (size_t)n, H = (size_t)c->hidden;
-    return (size_t)c->layers * layer_floats(c, n) + N * (2 * H + 1) + N * c->vocab;
+    return (size_t)c->layers * layer_floats(c, n) + N * (2 * H + 2) + N * c->vocab;
 }
 
 size_t train_scratch_floats(const bq_config *c, int n);
@@ -119,6 +119,22 @@ size_t train_scratch_floats(const bq_config *c, int n)
     size_t N = (size_t)n, H = (size_t)c->hidden, qd = (size_t)c->heads * c->head_dim,
            kd = (size_t)c->kv_heads * c->head_dim, FF = (size_t)c->inter;
     return N * (2 * H + (H > qd ? H : qd) + 2 * qd + 2 * kd + 3 * FF) + (size_t)c->kv_heads * N * N + N * (qd + 2 * kd);
+}
+
+/* A layer's (or the final) norm of rows of hidden: RMSNorm, or LayerNorm with its bias; rs
+ * keeps 1/rms (1/sd), then the rows' means (rs + rows). */
+static void norm_fwd(bq_trainer *t, const tnorm *nm, const float *x, float *y, float *rs, int rows)
+{
+    const bq_config *c = &t->m->c;
+    if (c->norm == NORM_RMS) t->op->rms(t->be, x, nm->w, y, rs, rows, c->hidden, c->norm_eps);
+    else t->op->ln(t->be, x, nm->w, nm->b, y, rs + rows, rs, rows, c->hidden, c->norm_eps);
+}
+
+static void norm_bwd(bq_trainer *t, const tnorm *nm, const float *x, const float *rs, const float *dy, float *dx, int rows)
+{
+    const bq_config *c = &t->m->c;
+    if (c->norm == NORM_RMS) t->op->rms_bwd(t->be, x, nm->w, rs, dy, dx, nm->gw, rows, c->hidden);
+    else t->op->ln_bwd(t->be, x, nm->w, rs + rows, rs, dy, dx, nm->gw, nm->gb, rows, c->hidden);
 }
 
 static tlin *lin_of(bq_trainer *t, int layer, int r) { return &t->lin[layer < 0 ? t->m->c.layers * 7 : layer * 7 + r]; }
@@ -136,11 +152,12 @@ bq_status train_window(bq_trainer *t, const int32_t *ids, int n, double gscale, 
     int H = c->hidden, d = c->head_dim, nh = c->heads, nkv = c->kv_heads, V = c->vocab;
     size_t N = (size_t)n, qd = (size_t)nh * d, kd = (size_t)nkv * d, nH = N * H, nI = N * c->inter;
     float eps = c->norm_eps;
+    int gated = c->act == ACT_SILU_GATED;
     bq_status st = BQ_OK;
 #define Q(call) do { if (!st) st = (call); } while (0)
 
     /* final activations after the layers' */
-    float *xf = t->acts + (size_t)c->layers * layer_floats(c, n), *rsf = xf + nH, *hfq = rsf + N, *lg = hfq + nH;
+    float *xf = t->acts + (size_t)c->layers * layer_floats(c, n), *rsf = xf + nH, *hfq = rsf + 2 * N, *lg = hfq + nH;
     /* scratch */
     float *s = t->scratch, *dx = s, *dh = dx + nH, *tmp = dh + nH, *dq = tmp + N * (qd > (size_t)H ? qd : (size_t)H), *dk = dq + N * qd, *dv = dk + N * kd,
           *da = dv + N * kd, *dm = da + N * qd, *dg = dm + nI, *du = dg + nI, *dP = du + nI, *qs = dP + (size_t)nkv * N * N;
@@ -149,19 +166,22 @@ bq_status train_window(bq_trainer *t, const int32_t *ids, int n, double gscale, 
     /* forward */
     float *x = c->layers ? layer_acts(t, 0, n).xin : xf;
     op->embed(b, ids, n, t->emb, H, x);
+    if (t->pos) op->pos(b, x, t->pos + (size_t)c->pos_offset * H, n, H);
     for (int l = 0; l < c->layers; l++) {
         lacts A = layer_acts(t, l, n);
-        op->rms(b, A.xin, t->ln[2 * l], tmp, A.rs1, n, H, eps);
+        norm_fwd(t, &t->norm[2 * l], A.xin, tmp, A.rs1, n);
         Q(lin_input(t, lin_of(t, l, 0), tmp, A.h1q, n));  /* one format for q, k, v (trainer.c) */
         lin_fwd(t, lin_of(t, l, 0), A.h1q, A.qpre ? A.qpre : A.q, n);
         lin_fwd(t, lin_of(t, l, 1), A.h1q, A.kpre ? A.kpre : A.k, n);
         lin_fwd(t, lin_of(t, l, 2), A.h1q, A.v, n);
         if (c->qk_norm) {  /* RMS over each head's d values */
-            op->rms(b, A.qpre, t->qkn[2 * l], A.q, A.rsq, n * nh, d, eps);
-            op->rms(b, A.kpre, t->qkn[2 * l + 1], A.k, A.rsk, n * nkv, d, eps);
+            op->rms(b, A.qpre, t->qkn[2 * l].w, A.q, A.rsq, n * nh, d, eps);
+            op->rms(b, A.kpre, t->qkn[2 * l + 1].w, A.k, A.rsk, n * nkv, d, eps);
         }
-        op->rope(b, A.q, n, nh, d, 1);
-        op->rope(b, A.k, n, nkv, d, 1);
+        if (c->rope) {
+            op->rope(b, A.q, n, nh, d, 1);
+            op->rope(b, A.k, n, nkv, d, 1);
+        }
         if (t->kvf) {
             Q(op->qdq(b, t->kvf, A.k, A.k, N * nkv, (size_t)d, &t->qo));
             Q(op->qdq(b, t->kvf, A.v, A.v, N * nkv, (size_t)d, &t->qo));
@@ -170,18 +190,18 @@ bq_status train_window(bq_trainer *t, const int32_t *ids, int n, double gscale, 
         Q(lin_input(t, lin_of(t, l, 3), tmp, A.aq, n));
         lin_fwd(t, lin_of(t, l, 3), A.aq, A.xmid, n);
         op->add(b, A.xmid, A.xin, nH);
-        op->rms(b, A.xmid, t->ln[2 * l + 1], tmp, A.rs2, n, H, eps);
-        Q(lin_input(t, lin_of(t, l, 4), tmp, A.h2q, n));  /* one format for gate and up */
-        lin_fwd(t, lin_of(t, l, 4), A.h2q, A.g, n);
+        norm_fwd(t, &t->norm[2 * l + 1], A.xmid, tmp, A.rs2, n);
+        Q(lin_input(t, lin_of(t, l, 5), tmp, A.h2q, n));  /* one format for gate and up */
+        if (gated) lin_fwd(t, lin_of(t, l, 4), A.h2q, A.g, n);
         lin_fwd(t, lin_of(t, l, 5), A.h2q, A.u, n);
-        op->swiglu(b, A.g, A.u, dm, nI);
+        op->act(b, c->act, A.g, A.u, dm, nI);
         float *xout = l + 1 < c->layers ? layer_acts(t, l + 1, n).xin : xf;
         Q(lin_input(t, lin_of(t, l, 6), dm, A.mq, n));
         lin_fwd(t, lin_of(t, l, 6), A.mq, xout, n);
         op->add(b, xout, A.xmid, nH);
     }
     int rows = n - 1;  /* the last token predicts nothing here */
-    op->rms(b, xf, t->fln, tmp, rsf, rows, H, eps);
+    norm_fwd(t, &t->norm[2 * c->layers], xf, tmp, rsf, rows);
     tlin *hd = lin_of(t, -1, 0);
     Q(lin_input(t, hd, tmp, hfq, rows));
     lin_fwd(t, hd, hfq, lg, rows);
@@ -197,35 +217,38 @@ bq_status train_window(bq_trainer *t, const int32_t *ids, int n, double gscale, 
     /* backward: head and final norm */
     lin_bwd(t, hd, hfq, lg, dh, rows, 0);
     op->zero(b, dx, nH);
-    op->rms_bwd(b, xf, t->fln, rsf, dh, dx, t->g_final, rows, H);
+    norm_bwd(t, &t->norm[2 * c->layers], xf, rsf, dh, dx, rows);
     for (int l = c->layers - 1; l >= 0; l--) {
         lacts A = layer_acts(t, l, n);
         /* MLP: x_out = x_mid + q_a(m) Wd^T */
         lin_bwd(t, lin_of(t, l, 6), A.mq, dx, dm, n, 0);
-        op->swiglu_bwd(b, A.g, A.u, dm, dg, du, nI);
+        op->act_bwd(b, c->act, A.g, A.u, dm, dg, du, nI);
         lin_bwd(t, lin_of(t, l, 5), A.h2q, du, dh, n, 0);
-        lin_bwd(t, lin_of(t, l, 4), A.h2q, dg, dh, n, 1);
-        op->rms_bwd(b, A.xmid, t->ln[2 * l + 1], A.rs2, dh, dx, t->g_ln ? t->g_ln[2 * l + 1] : NULL, n, H);
+        if (gated) lin_bwd(t, lin_of(t, l, 4), A.h2q, dg, dh, n, 1);
+        norm_bwd(t, &t->norm[2 * l + 1], A.xmid, A.rs2, dh, dx, n);
         /* attention: x_mid = x_in + q_a(a) Wo^T */
         lin_bwd(t, lin_of(t, l, 3), A.aq, dx, da, n, 0);
         Q(op->att_bwd(b, &at, A.q, A.k, A.v, A.P, da, dq, dk, dv));
-        op->rope(b, dq, n, nh, d, -1);
-        op->rope(b, dk, n, nkv, d, -1);
+        if (c->rope) {
+            op->rope(b, dq, n, nh, d, -1);
+            op->rope(b, dk, n, nkv, d, -1);
+        }
         if (c->qk_norm) {  /* through the per-head norms, into tmp, one at a time */
             op->zero(b, tmp, N * qd);
-            op->rms_bwd(b, A.qpre, t->qkn[2 * l], A.rsq, dq, tmp, t->g_qkn ? t->g_qkn[2 * l] : NULL, n * nh, d);
+            op->rms_bwd(b, A.qpre, t->qkn[2 * l].w, A.rsq, dq, tmp, t->qkn[2 * l].gw, n * nh, d);
             lin_bwd(t, lin_of(t, l, 0), A.h1q, tmp, dh, n, 0);
             op->zero(b, tmp, N * kd);
-            op->rms_bwd(b, A.kpre, t->qkn[2 * l + 1], A.rsk, dk, tmp, t->g_qkn ? t->g_qkn[2 * l + 1] : NULL, n * nkv, d);
+            op->rms_bwd(b, A.kpre, t->qkn[2 * l + 1].w, A.rsk, dk, tmp, t->qkn[2 * l + 1].gw, n * nkv, d);
             lin_bwd(t, lin_of(t, l, 1), A.h1q, tmp, dh, n, 1);
         } else {
             lin_bwd(t, lin_of(t, l, 0), A.h1q, dq, dh, n, 0);
             lin_bwd(t, lin_of(t, l, 1), A.h1q, dk, dh, n, 1);
         }
         lin_bwd(t, lin_of(t, l, 2), A.h1q, dv, dh, n, 1);
-        op->rms_bwd(b, A.xin, t->ln[2 * l], A.rs1, dh, dx, t->g_ln ? t->g_ln[2 * l] : NULL, n, H);
+        norm_bwd(t, &t->norm[2 * l], A.xin, A.rs1, dh, dx, n);
     }
     if (t->g_emb) op->embed_bwd(b, ids, n, dx, H, t->g_emb);
+    if (t->g_pos) op->pos_bwd(b, dx, t->g_pos + (size_t)c->pos_offset * H, n, H);
 #undef Q
     return op->status(b);
 }

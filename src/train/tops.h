@@ -64,9 +64,17 @@ typedef struct {
     /* dq, dk, dv (overwritten) from da */
     bq_status (*att_bwd)(tr_be *b, const tr_att *a, const float *q, const float *k, const float *v, const float *P, const float *da,
                          float *dq, float *dk, float *dv);
-    /* m = u silu(g);  dg, du from dm */
-    void (*swiglu)(tr_be *b, const float *g, const float *u, float *m, size_t n);
-    void (*swiglu_bwd)(tr_be *b, const float *g, const float *u, const float *dm, float *dg, float *du, size_t n);
+    /* the MLP's activation (act_kind): m = u silu(g) (gated), relu(u), gelu_tanh(u); du (and dg) from dm */
+    void (*act)(tr_be *b, int kind, const float *g, const float *u, float *m, size_t n);
+    void (*act_bwd)(tr_be *b, int kind, const float *g, const float *u, const float *dm, float *dg, float *du, size_t n);
+    /* LayerNorm (bias may be NULL; mu, rstd kept);  dx += its gradient, gw, gb (may be NULL) += theirs */
+    void (*ln)(tr_be *b, const float *x, const float *w, const float *bias, float *y, float *mu, float *rstd, int n, int d,
+               float eps);
+    void (*ln_bwd)(tr_be *b, const float *x, const float *w, const float *mu, const float *rstd, const float *dy, float *dx,
+                   float *gw, float *gb, int n, int d);
+    /* learned positions: x[t] += P[t];  gP[t] += dx[t] (P from the first position's row) */
+    void (*pos)(tr_be *b, float *x, const float *P, int n, int d);
+    void (*pos_bwd)(tr_be *b, const float *dx, float *gP, int n, int d);
     void (*add)(tr_be *b, float *x, const float *y, size_t n);  /* x += y */
     /* y[r, :] += bias;  gb += sum over rows of dy */
     void (*bias)(tr_be *b, float *y, const float *bias, int n, int out);

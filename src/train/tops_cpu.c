@@ -154,20 +154,74 @@ static void c_rope(tr_be *b, float *x, int n, int heads, int d, int dir)
 
 static float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-static void c_swiglu(tr_be *b, const float *g, const float *u, float *m, size_t n)
+static void c_act(tr_be *b, int kind, const float *g, const float *u, float *m, size_t n)
 {
     (void)b;
-    for (size_t i = 0; i < n; i++) m[i] = u[i] * g[i] * sigmoidf(g[i]);
+    for (size_t i = 0; i < n; i++)
+        m[i] = kind == ACT_SILU_GATED ? u[i] * g[i] * sigmoidf(g[i]) : kind == ACT_RELU ? (u[i] > 0 ? u[i] : 0.0f) : gelu_tanh(u[i]);
 }
 
-static void c_swiglu_bwd(tr_be *b, const float *g, const float *u, const float *dm, float *dg, float *du, size_t n)
+/* d gelu_tanh / du = 0.5 (1 + t) + 0.5 u (1 - t^2) k (1 + 3 c u^2), t = tanh(k (u + c u^3)) */
+static float gelu_tanh_grad(float u)
+{
+    const float k = 0.7978845608028654f, c = 0.044715f;
+    float t = tanhf(k * (u + c * u * u * u));
+    return 0.5f * (1.0f + t) + 0.5f * u * (1.0f - t * t) * k * (1.0f + 3.0f * c * u * u);
+}
+
+static void c_act_bwd(tr_be *b, int kind, const float *g, const float *u, const float *dm, float *dg, float *du, size_t n)
 {
     (void)b;
     for (size_t i = 0; i < n; i++) {
-        float sg = sigmoidf(g[i]), gv = g[i];
-        du[i] = dm[i] * gv * sg;
-        dg[i] = dm[i] * u[i] * sg * (1.0f + gv * (1.0f - sg));
+        if (kind == ACT_SILU_GATED) {
+            float sg = sigmoidf(g[i]), gv = g[i];
+            du[i] = dm[i] * gv * sg;
+            dg[i] = dm[i] * u[i] * sg * (1.0f + gv * (1.0f - sg));
+        } else du[i] = kind == ACT_RELU ? (u[i] > 0 ? dm[i] : 0.0f) : dm[i] * gelu_tanh_grad(u[i]);
     }
+}
+
+static void c_ln(tr_be *b, const float *x, const float *w, const float *bias, float *y, float *mu, float *rstd, int n, int d,
+                 float eps)
+{
+    (void)b;
+    ln_rows(x, w, bias, y, mu, rstd, n, d, eps);  /* the inference engine's */
+}
+
+/* xhat = (x - mu) rstd, g = dy w:  dx += rstd (g - mean(g) - xhat mean(g xhat));  gw += dy xhat;  gb += dy */
+static void c_ln_bwd(tr_be *b, const float *x, const float *w, const float *mu, const float *rstd, const float *dy, float *dx,
+                     float *gw, float *gb, int n, int d)
+{
+    (void)b;
+    for (int r = 0; r < n; r++) {
+        const float *xr = x + (size_t)r * d, *dr = dy + (size_t)r * d;
+        float s = rstd[r], m = mu[r];
+        double sg = 0, sgx = 0;
+        for (int i = 0; i < d; i++) {
+            float xh = (xr[i] - m) * s, gi = dr[i] * w[i];
+            sg += gi;
+            sgx += (double)gi * xh;
+        }
+        float mg = (float)(sg / d), mgx = (float)(sgx / d);
+        for (int i = 0; i < d; i++) {
+            float xh = (xr[i] - m) * s;
+            dx[(size_t)r * d + i] += s * (dr[i] * w[i] - mg - xh * mgx);
+            if (gw) gw[i] += dr[i] * xh;
+            if (gb) gb[i] += dr[i];
+        }
+    }
+}
+
+static void c_pos(tr_be *b, float *x, const float *P, int n, int d)
+{
+    (void)b;
+    for (size_t i = 0; i < (size_t)n * d; i++) x[i] += P[i];
+}
+
+static void c_pos_bwd(tr_be *b, const float *dx, float *gP, int n, int d)
+{
+    (void)b;
+    for (size_t i = 0; i < (size_t)n * d; i++) gP[i] += dx[i];
 }
 
 static void c_add(tr_be *b, float *x, const float *y, size_t n)
@@ -350,7 +404,8 @@ static bq_status c_att_bwd(tr_be *b, const tr_att *a, const float *q, const floa
 
 static const tr_ops CPU_OPS = {
     "cpu", 1, c_destroy, c_alloc, c_release, c_put, c_get, c_zero, c_copy, c_mm, c_gemm, c_qdq, c_embed, c_embed_bwd, c_rms,
-    c_rms_bwd, c_rope, c_att, c_att_bwd, c_swiglu, c_swiglu_bwd, c_add, c_bias, c_bias_bwd, c_xent, c_sumsq, c_adamw, c_status,
+    c_rms_bwd, c_rope, c_att, c_att_bwd, c_act, c_act_bwd, c_ln, c_ln_bwd, c_pos, c_pos_bwd, c_add, c_bias, c_bias_bwd, c_xent,
+    c_sumsq, c_adamw, c_status,
 };
 
 bq_status tr_cpu_new(int threads, int T, int half, const float *rope_cos, const float *rope_sin, tr_be **out)

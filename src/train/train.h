@@ -24,6 +24,10 @@ typedef struct {
     float *A, *B, *gA, *gB;  /* adapters: W_eff = W + s B A, A [r, in], B [out, r] */
 } tlin;
 
+/* A norm in training: its weight and bias (NULL: none) and their gradients (NULL: frozen),
+ * the backend's memory. */
+typedef struct { float *w, *b, *gw, *gb; } tnorm;
+
 /* A tensor the optimiser updates. */
 typedef struct {
     char name[160];
@@ -46,9 +50,10 @@ struct bq_trainer {
     int np;
     tr_be *be;        /* where it runs (tops.h) */
     const tr_ops *op;
-    float *emb, **ln, *fln;           /* the embedding, the layers' two norms, the final norm (backend) */
-    float **qkn;                      /* the layers' per-head q and k norms (Qwen3; NULL: none) */
-    float *g_emb, *g_final, **g_ln, **g_qkn;  /* the non-linear parameters' gradients (NULL: frozen) */
+    float *emb, *pos;                 /* the token and position embeddings (backend; pos NULL: rotary) */
+    float *g_emb, *g_pos;             /* their gradients (NULL: frozen) */
+    tnorm *norm;                      /* the layers' two norms (2 l, 2 l + 1), then the final one */
+    tnorm *qkn;                       /* the layers' per-head q and k norms (Qwen3; NULL: none) */
     int T;            /* tokens of activations held */
     float *acts, *scratch, *lr_tmp;   /* lr_tmp: the adapters' two [T, rank] products */
     int threads;

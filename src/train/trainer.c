@@ -96,16 +96,42 @@ static void unmirror(bq_trainer *t, float *d)
     if (!t->op->host && d) t->op->release(t->be, d);
 }
 
+/* Norm i of the model: the layers' two (2 l, 2 l + 1), then the final one (2 layers). */
+static const normp *norm_of(const bq_model *m, int i)
+{
+    return i == 2 * m->c.layers ? &m->final_ln : i % 2 ? &m->L[i / 2].ln2 : &m->L[i / 2].ln1;
+}
+
+static size_t pos_rows(const bq_config *c) { return (size_t)(c->max_pos + c->pos_offset); }
+
+/* A norm's weight (and bias) as parameters named NAME.weight (.bias). */
+static bq_status train_norm(bq_trainer *t, tnorm *n, const normp *np, const char *name, int d)
+{
+    char pn[200];
+    if (!(n->gw = zalloc(t, (size_t)d))) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    snprintf(pn, sizeof pn, "%s.weight", name);
+    bq_status st = add_param(t, pn, n->w, n->gw, 1, d, 0, np->w);
+    if (st || !np->b) return st;
+    if (!(n->gb = zalloc(t, (size_t)d))) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    snprintf(pn, sizeof pn, "%s.bias", name);
+    return add_param(t, pn, n->b, n->gb, 1, d, 0, np->b);
+}
+
+static void release_norm(bq_trainer *t, tnorm *n)
+{
+    t->op->release(t->be, n->gw);
+    t->op->release(t->be, n->gb);
+    unmirror(t, n->w);
+    unmirror(t, n->b);
+}
+
 static bq_status check_arch(const bq_model *m)
 {
     const bq_config *c = &m->c;
-    const char *why = c->arch != ARCH_LLAMA && c->arch != ARCH_QWEN2 && c->arch != ARCH_QWEN3 ? "its architecture"
-                      : !c->rope ? "learned positions"
-                      : c->norm != NORM_RMS ? "LayerNorm" : c->act != ACT_SILU_GATED ? "its MLP activation"
-                      : !c->pre_norm || !c->final_norm ? "post-norm layers"
+    const char *why = !c->pre_norm || !c->final_norm ? "post-norm layers"
                       : c->embed_dim != c->hidden || LINEAR_PRESENT(&m->proj_in) ? "embedding projections" : NULL;
     if (why)
-        return bq_fail(BQ_ERR_UNSUPPORTED, "fine-tuning covers the LLaMA family (llama, mistral, qwen2, qwen3); '%s' differs in %s",
+        return bq_fail(BQ_ERR_UNSUPPORTED, "fine-tuning covers pre-norm decoders (llama, mistral, qwen2, qwen3, gpt2, opt); '%s' has %s",
                        c->model_type, why);
     if (m->attn_q || m->kv_q) return bq_fail(BQ_ERR_ARG, "the model already carries quantisers: give the formats to the trainer");
     for (int l = 0; l < c->layers; l++)
@@ -131,6 +157,7 @@ static bq_status set_formats(bq_trainer *t, const bq_qconfig *q)
     bq_status st = BQ_OK;
     for (int i = 0; i < t->nlin && !st; i++) {
         tlin *L = &t->lin[i];
+        if (!LINEAR_PRESENT(L->l)) continue;  /* a non-gated MLP's gate */
         qconfig_resolve(q, i < t->nlin - 1 ? L->l->name : "lm_head", i < t->nlin - 1, &w, &a);
         if (*w) st = bq_format_parse(w, &L->wf);
         if (!st && *a) st = bq_format_parse(a, &L->af);
@@ -142,7 +169,7 @@ static bq_status set_formats(bq_trainer *t, const bq_qconfig *q)
     for (int i = 0; i + 1 < t->nlin && !st; i++) {
         int r = i % 7, first = r == R_K || r == R_V ? i - r : r == R_UP ? i - 1 : i;
         const bq_format *a0 = t->lin[first].af, *a1 = t->lin[i].af;
-        if (first != i && (!a0 != !a1 || (a0 && strcmp(a0->name, a1->name))))
+        if (first != i && LINEAR_PRESENT(t->lin[first].l) && (!a0 != !a1 || (a0 && strcmp(a0->name, a1->name))))
             st = bq_fail(BQ_ERR_UNSUPPORTED, "%s and %s read one input with different activation formats (%s, %s): not trained yet",
                          t->lin[first].l->name, t->lin[i].l->name, a0 ? a0->name : "float", a1 ? a1->name : "float");
     }
@@ -170,7 +197,8 @@ bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *
     /* master weights in float32 (held 16-bit matrices widened; packed ones refused) */
     if ((st = ptq_float_embedding(m))) return st;
     for (int l = 0; l < c->layers && !st; l++)
-        for (int r = 0; r < 7 && !st; r++) st = ptq_float_weights((linear *)model_linear(m, l, (lin_role)r));
+        for (int r = 0; r < 7 && !st; r++)
+            if (LINEAR_PRESENT(model_linear(m, l, (lin_role)r))) st = ptq_float_weights((linear *)model_linear(m, l, (lin_role)r));
     if (!st && m->head.w != m->tok_emb) st = ptq_float_weights(&m->head);
     if (st) return st;
 
@@ -184,13 +212,9 @@ bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *
     t->T = o->ctx + 1;
     t->threads = o->threads > 0 ? o->threads : bq_ncores();
     t->lin = calloc((size_t)t->nlin, sizeof *t->lin);
-    t->g_ln = calloc((size_t)c->layers * 2 + 1, sizeof *t->g_ln);
-    t->ln = calloc((size_t)c->layers * 2 + 1, sizeof *t->ln);
-    if (c->qk_norm) {
-        t->qkn = calloc((size_t)c->layers * 2, sizeof *t->qkn);
-        t->g_qkn = calloc((size_t)c->layers * 2, sizeof *t->g_qkn);
-    }
-    if (!t->lin || !t->g_ln || !t->ln || (c->qk_norm && (!t->qkn || !t->g_qkn))) { bq_trainer_free(t); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
+    t->norm = calloc((size_t)c->layers * 2 + 1, sizeof *t->norm);
+    if (c->qk_norm) t->qkn = calloc((size_t)c->layers * 2, sizeof *t->qkn);
+    if (!t->lin || !t->norm || (c->qk_norm && !t->qkn)) { bq_trainer_free(t); return bq_fail(BQ_ERR_NOMEM, "out of memory"); }
     for (int l = 0; l < c->layers; l++)
         for (int r = 0; r < 7; r++) t->lin[l * 7 + r].l = (linear *)model_linear(m, l, (lin_role)r);
     t->lin[t->nlin - 1].l = &m->head;
@@ -217,14 +241,14 @@ bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *
     /* the model's tensors where the backend reads them */
     int tied = m->head.w == m->tok_emb, H = c->hidden;
     t->emb = mirror(t, m->tok_emb, (size_t)c->vocab * H, &st);
-    for (int l = 0; l < c->layers; l++) {
-        t->ln[2 * l] = mirror(t, m->L[l].ln1.w, (size_t)H, &st);
-        t->ln[2 * l + 1] = mirror(t, m->L[l].ln2.w, (size_t)H, &st);
+    t->pos = mirror(t, m->pos_emb, pos_rows(c) * H, &st);
+    for (int i = 0; i <= 2 * c->layers; i++) {
+        const normp *np = norm_of(m, i);
+        t->norm[i].w = mirror(t, np->w, (size_t)H, &st);
+        t->norm[i].b = mirror(t, np->b, (size_t)H, &st);
     }
-    t->fln = mirror(t, m->final_ln.w, (size_t)H, &st);
-    for (int l = 0; c->qk_norm && l < c->layers; l++)
-        for (int k = 0; k < 2; k++)
-            t->qkn[2 * l + k] = mirror(t, model_norm(m, l, k ? N_K : N_Q)->w, (size_t)c->head_dim, &st);
+    for (int i = 0; c->qk_norm && i < 2 * c->layers; i++)
+        t->qkn[i].w = mirror(t, model_norm(m, i / 2, i % 2 ? N_K : N_Q)->w, (size_t)c->head_dim, &st);
     for (int i = 0; i < t->nlin; i++) {
         tlin *L = &t->lin[i];
         size_t n = (size_t)L->l->out * L->l->in;
@@ -240,27 +264,27 @@ bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *
         if (!(t->g_emb = zalloc(t, (size_t)c->vocab * H))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
         if (!st) st = add_param(t, "model.embed_tokens.weight", t->emb, t->g_emb, c->vocab, H, 1, m->tok_emb);
     }
+    if (!st && (roles & TR_EMB) && t->pos) {
+        if (!(t->g_pos = zalloc(t, pos_rows(c) * H))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+        if (!st) st = add_param(t, "model.embed_positions.weight", t->pos, t->g_pos, (int)pos_rows(c), H, 1, m->pos_emb);
+    }
     if (!st && (roles & TR_NORMS)) {
-        for (int l = 0; l < c->layers && !st; l++)
-            for (int k = 0; k < 2 && !st; k++) {
-                if (!(t->g_ln[2 * l + k] = zalloc(t, (size_t)H))) { st = bq_fail(BQ_ERR_NOMEM, "out of memory"); break; }
-                snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, k ? "post_attention_layernorm" : "input_layernorm");
-                st = add_param(t, name, t->ln[2 * l + k], t->g_ln[2 * l + k], 1, H, 0, k ? m->L[l].ln2.w : m->L[l].ln1.w);
-            }
-        for (int l = 0; c->qk_norm && l < c->layers && !st; l++)
-            for (int k = 0; k < 2 && !st; k++) {
-                if (!(t->g_qkn[2 * l + k] = zalloc(t, (size_t)c->head_dim))) { st = bq_fail(BQ_ERR_NOMEM, "out of memory"); break; }
-                snprintf(name, sizeof name, "model.layers.%d.self_attn.%s.weight", l, k ? "k_norm" : "q_norm");
-                st = add_param(t, name, t->qkn[2 * l + k], t->g_qkn[2 * l + k], 1, c->head_dim, 0,
-                               model_norm(m, l, k ? N_K : N_Q)->w);
-            }
-        if (!st && !(t->g_final = zalloc(t, (size_t)H))) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-        if (!st) st = add_param(t, "model.norm.weight", t->fln, t->g_final, 1, H, 0, m->final_ln.w);
+        /* the layers' norms in order, then Qwen3's per-head ones, then the final norm */
+        for (int i = 0; i < 2 * c->layers && !st; i++) {
+            snprintf(name, sizeof name, "model.layers.%d.%s", i / 2, i % 2 ? "post_attention_layernorm" : "input_layernorm");
+            st = train_norm(t, &t->norm[i], norm_of(m, i), name, H);
+        }
+        for (int i = 0; c->qk_norm && i < 2 * c->layers && !st; i++) {
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.%s", i / 2, i % 2 ? "k_norm" : "q_norm");
+            st = train_norm(t, &t->qkn[i], model_norm(m, i / 2, i % 2 ? N_K : N_Q), name, c->head_dim);
+        }
+        if (!st) st = train_norm(t, &t->norm[2 * c->layers], norm_of(m, 2 * c->layers), "model.norm", H);
     }
     int maxr = 0;
     for (int i = 0; i < t->nlin && !st; i++) {
         tlin *L = &t->lin[i];
         linear *l = L->l;
+        if (!LINEAR_PRESENT(l)) continue;
         size_t n = (size_t)l->out * l->in;
         int head = i == t->nlin - 1;
         if (head) snprintf(name, sizeof name, "lm_head");
@@ -343,15 +367,12 @@ void bq_trainer_free(bq_trainer *t)
             unmirror(t, L->b);
         }
         for (int i = 0; i < t->np; i++) { op->release(b, t->p[i].m); op->release(b, t->p[i].v); }
-        for (int l = 0; l < t->m->c.layers * 2; l++) {
-            op->release(b, t->g_ln[l]);
-            unmirror(t, t->ln[l]);
-            if (t->qkn) { op->release(b, t->g_qkn[l]); unmirror(t, t->qkn[l]); }
-        }
+        for (int i = 0; t->norm && i <= t->m->c.layers * 2; i++) release_norm(t, &t->norm[i]);
+        for (int i = 0; t->qkn && i < t->m->c.layers * 2; i++) release_norm(t, &t->qkn[i]);
         op->release(b, t->g_emb);
-        op->release(b, t->g_final);
+        op->release(b, t->g_pos);
         unmirror(t, t->emb);
-        unmirror(t, t->fln);
+        unmirror(t, t->pos);
         op->release(b, t->acts);
         op->release(b, t->scratch);
         op->release(b, t->lr_tmp);
@@ -361,10 +382,8 @@ void bq_trainer_free(bq_trainer *t)
         bq_format_free(t->lin[i].wf);
         bq_format_free(t->lin[i].af);
     }
-    free(t->g_ln);
-    free(t->ln);
+    free(t->norm);
     free(t->qkn);
-    free(t->g_qkn);
     free(t->p);
     free(t->lin);
     bq_format_free(t->kvf);
