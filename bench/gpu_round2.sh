@@ -216,3 +216,6 @@ case "$S" in *trainattn*)
     DEVICE=cuda NO_LORA=1 QX="--attn mxfp4 --kv mxfp4" SET="mxfp4/mxfp4" OUT=/tmp/qatattn J="$O/qat_attn_1000.jsonl" B=$B \
         sh bench/qat_table.sh 1000 60 2>&1 | tee "$O/qat_attn_1000.md" ;;
 esac
+case "$S" in *traintest*)
+    ./build/gpu/tests/test_train 2>&1 | tee "$O/r7_test_train.txt" | tail -8 ;;
+esac
