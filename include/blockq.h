@@ -489,9 +489,9 @@ BQ_API uint64_t bq_sampler_seed(uint64_t seed);
 
 /* A trainer updates the model's float32 weights in place (they are the master
  * copies); the forward pass applies the config's quantisers (weights, linear
- * inputs, K/V cache, LM head) with straight-through gradients. LLaMA family only
- * (LLaMA, Mistral, Qwen2, Qwen3), on the CPU or a CUDA device (device): other architectures
- * are refused by name. */
+ * inputs, K/V cache, attention operands, LM head) with straight-through gradients.
+ * Pre-norm decoders (LLaMA, Mistral, Qwen2, Qwen3, GPT-2, OPT), on the CPU or a CUDA device
+ * (device): others are refused by name. */
 typedef struct bq_trainer bq_trainer;
 typedef struct {
     size_t size;          /* sizeof(bq_train_opts) */
@@ -535,7 +535,8 @@ BQ_API bq_status bq_trainer_merge(bq_trainer *t);
 BQ_API bq_status bq_trainer_save_state(const bq_trainer *t, const char *path);
 BQ_API bq_status bq_trainer_load_state(bq_trainer *t, const char *path);
 /* The model as a Hugging Face folder (config.json, tokenizer.json, model.safetensors
- * in float32), written under a temporary name and renamed into place. */
+ * in float32, under its family's tensor names: LLaMA, Qwen, Mistral, OPT, GPT-2), written
+ * under a temporary name and renamed into place. */
 BQ_API bq_status bq_model_save_hf(const bq_model *m, const char *dir);
 /* Whether bq_model_save_hf can write m (its errors, before any work; packed weights
  * are found while writing). */
