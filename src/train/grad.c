@@ -1,6 +1,6 @@
-/* The LLaMA family's forward pass over one window with every activation the
- * backward pass needs kept, then the backward pass (as llm.c's train_gpt2.c,
- * with RMSNorm, RoPE, grouped-query attention and the SiLU-gated MLP):
+/* A pre-norm decoder's forward pass over one window with every activation the
+ * backward pass needs kept, then the backward pass (as llm.c's train_gpt2.c). The
+ * LLaMA family (RMSNorm, RoPE, grouped-query attention, the SiLU-gated MLP):
  *
  *   x = E[ids]
  *   per layer:  h = q_a(rms(x) * g1);  q,k,v = h q_w(W)^T (+ b);  [q,k = rms_head(q,k) * gq,gk (Qwen3)]
@@ -9,9 +9,13 @@
  *               h = q_a(rms(x) * g2);  m = silu(h Wg^T) * (h Wu^T);  x = x + q_a(m) q_w(Wd)^T
  *   logits = q_a(rms(x) * gf) q_w(Wh)^T;   loss = mean over t of -log softmax(logits_t)[ids[t+1]]
  *
- * q_* are the fake quantisers (identity without a format; q_t the attention operands'); the backward pass
- * treats each as the identity (straight-through). Every step is an operation of
- * the trainer's backend (tops.h: the CPU's or CUDA's), on its memory. */
+ * GPT-2 and OPT: LayerNorm (with bias) for rms, x = E[ids] + P[pos] and no rope,
+ * m = act(h Wu^T + b) (GELU-tanh, ReLU), biases on every linear.
+ *
+ * q_* are the fake quantisers (identity without a format; q_t the attention
+ * operands'); the backward pass treats each as the identity (straight-through).
+ * Every step is an operation of the trainer's backend (tops.h: the CPU's or
+ * CUDA's), on its memory. */
 #include "train.h"
 #include "tops.h"
 #include <math.h>
