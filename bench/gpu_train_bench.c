@@ -6,7 +6,8 @@
  *   parameters a token forward, 2x for the input gradients, 2x more for the weight
  *   gradients when the weights train; attention's score and value products forward
  *   and backward, full squares), as a share of that SGEMM rate and of the H200's
- *   float32 peak (67 TFLOP/s, the datasheet's non-tensor FP32);
+ *   float32 peak (67 TFLOP/s, the datasheet's non-tensor FP32); a run named F+tf32 takes
+ *   its products on the tensor cores in TF32 (the same shares, against float32's references);
  *   with --cpu, the same runs on the CPU (all its cores) for the speed-up.
  *
  *   build/gpu/gpu_train_bench --model M [--ctx S] [--accum A] [--steps N] [--lora R]
@@ -75,19 +76,25 @@ int main(int argc, char **argv)
     double ref = NAN;
     for (char *run = strtok(list, " "); run; run = strtok(NULL, " "))
         for (int dev = 1; dev >= (cpu ? 0 : 1); dev--) {
+            /* a run: "float" or a format (W and A), "+tf32" for TF32 products */
+            char fmt[64];
+            snprintf(fmt, sizeof fmt, "%s", run);
+            char *plus = strstr(fmt, "+tf32");
+            if (plus) *plus = 0;
+            if (plus && !dev) continue;  /* the CPU has no TF32 */
             double t0 = bq_now();
             bq_model *m;
             if (bq_model_load(model, &m)) { fprintf(stderr, "%s\n", bq_last_error()); return 1; }
             const bq_config *c = &m->c;
             int T = ctx + 1, H = c->hidden, F = c->inter, qd = c->heads * c->head_dim, kd = c->kv_heads * c->head_dim;
             bq_qconfig *q = NULL;
-            if (strcmp(run, "float")) {
+            if (strcmp(fmt, "float")) {
                 bq_qconfig_new(&q);
-                if (bq_qconfig_set(q, "wq", run) || bq_qconfig_set(q, "aq", run)) { fprintf(stderr, "%s\n", bq_last_error()); return 1; }
+                if (bq_qconfig_set(q, "wq", fmt) || bq_qconfig_set(q, "aq", fmt)) { fprintf(stderr, "%s\n", bq_last_error()); return 1; }
             }
             bq_train_opts o;
             bq_train_opts_default(&o);
-            o.ctx = ctx; o.accum = accum; o.steps = steps + 1; o.warmup = 1; o.lora = lora; o.device = dev;
+            o.ctx = ctx; o.accum = accum; o.steps = steps + 1; o.warmup = 1; o.lora = lora; o.device = dev; o.tf32 = plus != NULL;
             bq_trainer *t;
             if (bq_trainer_new(m, q, &o, &t)) { fprintf(stderr, "%s\n", bq_last_error()); return 1; }
             double load = bq_now() - t0;

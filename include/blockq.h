@@ -511,6 +511,8 @@ typedef struct {
                            * 1: beside it (QLoRA's form), q(W) + s B A, kept on merge as float32
                            * factors beside the weight (the LoRC term: a .bq file holds them) */
     int device;           /* 0: the CPU; 1: the first CUDA device (as bq_ctx_opts.device) */
+    int tf32;             /* CUDA: products on the tensor cores with TF32 inputs (10-bit mantissas;
+                           * 0: float32, what the CPU computes) */
 } bq_train_opts;
 BQ_API void bq_train_opts_default(bq_train_opts *o);
 /* q may be NULL (float32 fine-tuning); it must outlive nothing (formats are copied). */

@@ -362,6 +362,13 @@ static void test_refusals(void)
               "opt-proj: %s", bq_last_error());
         bq_model_free(m);
     }
+    if ((m = load("llama"))) {  /* TF32 is the tensor cores' */
+        o.tf32 = 1;
+        CHECK(bq_trainer_new(m, NULL, &o, &t) == BQ_ERR_ARG && strstr(bq_last_error(), "need a CUDA device"), "tf32 on the CPU: %s",
+              bq_last_error());
+        o.tf32 = 0;
+        bq_model_free(m);
+    }
     m = load("llama");
     if (!m) return;
     bq_qconfig *q;
@@ -668,6 +675,42 @@ static void test_attn(void)
     bq_model_free(f);
 }
 
+/* TF32 products (tf32): the loss within 1e-3 of the CPU's float32
+ * and every gradient within 2e-2 relative L2 (10-bit mantissas in the products). */
+static void cuda_tf32(void)
+{
+    bq_model *mc = load("llama"), *mg = load("llama");
+    bq_train_opts o;
+    bq_train_opts_default(&o);
+    o.ctx = 32; o.threads = 2; o.tf32 = 1;
+    bq_trainer *c = NULL, *g = NULL;
+    o.tf32 = 0;
+    if (mc) OK(bq_trainer_new(mc, NULL, &o, &c));
+    o.tf32 = 1; o.device = 1;
+    if (mg) OK(bq_trainer_new(mg, NULL, &o, &g));
+    if (c && g) {
+        int32_t ids[33];
+        random_ids(ids, 33, bq_model_vocab(mc));
+        double lc, lg;
+        train_zero_grads(c); train_zero_grads(g);
+        OK(train_prepare(c)); OK(train_prepare(g));
+        OK(train_window(c, ids, 33, 1.0, &lc));
+        OK(train_window(g, ids, 33, 1.0, &lg));
+        CHECK(fabs(lc - lg) <= 1e-3 * fabs(lc), "tf32: loss CPU %.8f, CUDA %.8f", lc, lg);
+        double worst = 0;
+        for (int i = 0; i < c->np; i++) {
+            float *h = malloc(c->p[i].n * sizeof *h);
+            OK(train_param_get(g, i, 1, h));
+            double e = rel_l2(h, c->p[i].g, c->p[i].n);
+            worst = e > worst || e != e ? e : worst;
+            free(h);
+        }
+        CHECK(worst <= 2e-2, "tf32: gradients differ from the CPU's float32 by %.3g (relative L2)", worst);
+    }
+    bq_trainer_free(c); bq_trainer_free(g);
+    bq_model_free(mc); bq_model_free(mg);
+}
+
 static void test_cuda(void)
 {
     char why[256];
@@ -687,6 +730,7 @@ static void test_cuda(void)
     cuda_window("mistral", "mxfp4", 0, "bfp4_b16");  /* attention operands too (and GQA) */
     cuda_steps();
     cuda_checkpoint_and_merge();
+    cuda_tf32();
 }
 
 int main(void)

@@ -50,6 +50,7 @@ static const cli_opt ft_opts[] = {
     {"--seed", "S", CLI_CALL, 0, .call = set_seed, .help = "windows' order, initialisation and stochastic rounding"},
     {"--threads", "T", CLI_INT, F(threads), 0, 256, .help = "CPU threads (0: all cores)"},
     {"--device", "D", CLI_STR, F(device), .help = "cpu (default), cuda or auto: where the passes run"},
+    {"--tf32", NULL, CLI_FLAG, F(o.tf32), .help = "CUDA: products on the tensor cores in TF32 (10-bit mantissas)"},
     {"--val", "TEXT", CLI_STR, F(val), .help = "a validation text scored at each checkpoint"},
     {"--val-chunks", "N", CLI_INT, F(val_chunks), 1, 1 << 30, .help = "its windows (default 16)"},
     {"--save-every", "K", CLI_INT, F(save_every), 0, 1 << 30, .help = "a checkpoint every K steps (default 50)"},

@@ -17,6 +17,7 @@ typedef int (*sgemm_batched_fn)(void *, int, int, int, int, int, const float *, 
                                 const float *, int, long long, const float *, float *, int, long long, int);
 typedef int (*set_stream_fn)(void *, cudaStream_t);
 typedef int (*set_workspace_fn)(void *, void *, size_t);
+typedef int (*set_math_mode_fn)(void *, int);
 typedef cublasStatus_t (*gemmex_fn)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void *,
                                     const void *, cudaDataType, int, const void *, cudaDataType, int, const void *, void *,
                                     cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
@@ -35,6 +36,7 @@ struct cublas_fns {
     gemmex_fn gemmex;
     set_stream_fn set_stream;
     set_workspace_fn set_workspace;
+    set_math_mode_fn set_math_mode;
     dsyrk_fn dsyrk;
     dgemm_fn dgemm;
     dtrsm_fn dtrsm;

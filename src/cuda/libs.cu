@@ -37,14 +37,16 @@ static bq_status cublas_load(void)
             f.sgemm_batched = (sgemm_batched_fn)dlsym(lib, "cublasSgemmStridedBatched");
             f.set_stream = (set_stream_fn)dlsym(lib, "cublasSetStream_v2");
             f.set_workspace = (set_workspace_fn)dlsym(lib, "cublasSetWorkspace_v2");
+            f.set_math_mode = (set_math_mode_fn)dlsym(lib, "cublasSetMathMode");
             f.dsyrk = (dsyrk_fn)dlsym(lib, "cublasDsyrk_v2");
             f.dgemm = (dgemm_fn)dlsym(lib, "cublasDgemm_v2");
             f.dtrsm = (dtrsm_fn)dlsym(lib, "cublasDtrsm_v2");
             f.create = (create_fn)dlsym(lib, "cublasCreate_v2");
             if (!f.create || !f.destroy || !f.sgemm || !f.gemmex || !f.sgemm_batched || !f.set_stream || !f.set_workspace ||
+                !f.set_math_mode ||
                 !f.dsyrk || !f.dgemm || !f.dtrsm)
                 st = bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cuBLAS lacks one of cublasCreate_v2, cublasSgemm_v2, "
-                                                 "cublasSgemmStridedBatched, cublasGemmEx, cublasSetStream_v2, cublasSetWorkspace_v2, "
+                                                 "cublasSgemmStridedBatched, cublasGemmEx, cublasSetStream_v2, cublasSetWorkspace_v2, cublasSetMathMode, "
                                                  "cublasDsyrk_v2, cublasDgemm_v2, cublasDtrsm_v2");
             else g_blas = f;  // whole: create set is the mark that the rest is
         }

@@ -61,9 +61,9 @@ bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int hi, be **ou
 }
 size_t be_cuda_bytes(const be *b) { (void)b; return 0; }
 int be_cuda_ordinal(const be *b) { (void)b; return -1; }
-bq_status tr_cuda_new(int device, int T, int half, const float *rc, const float *rs, tr_be **out)
+bq_status tr_cuda_new(int device, int T, int half, const float *rc, const float *rs, int tf32, tr_be **out)
 {
-    (void)device; (void)T; (void)half; (void)rc; (void)rs;
+    (void)device; (void)T; (void)half; (void)rc; (void)rs; (void)tf32;
     *out = NULL;
     return none();
 }

@@ -597,7 +597,7 @@ const tr_ops CUDA_OPS = {
 
 }  // namespace
 
-extern "C" bq_status tr_cuda_new(int device, int T, int half, const float *rope_cos, const float *rope_sin, tr_be **out)
+extern "C" bq_status tr_cuda_new(int device, int T, int half, const float *rope_cos, const float *rope_sin, int tf32, tr_be **out)
 {
     *out = NULL;
     char why[256];
@@ -614,6 +614,8 @@ extern "C" bq_status tr_cuda_new(int device, int T, int half, const float *rope_
     size_t rows = (size_t)(T > PARTS ? T : PARTS), tab = (size_t)T * half;
     g->hpart = (double *)malloc(rows * sizeof(double));
     bq_status st = g->hpart ? cublas_handle(&g->blas, &g->blas_ws) : bq_fail(BQ_ERR_NOMEM, "out of memory");
+    if (!st && tf32 && g_blas.set_math_mode(g->blas, CUBLAS_TF32_TENSOR_OP_MATH) != 0)
+        st = bq_fail(BQ_ERR_UNSUPPORTED, "CUDA training: cublasSetMathMode (TF32) failed");
     if (!st && (cudaMalloc(&g->cos, (tab + 1) * sizeof(float)) || cudaMalloc(&g->sin, (tab + 1) * sizeof(float)) ||
                 cudaMalloc(&g->ids, (size_t)T * sizeof(int32_t)) || cudaMalloc(&g->part, rows * sizeof(double))))
         st = bq_fail(BQ_ERR_NOMEM, "out of CUDA memory");

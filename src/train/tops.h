@@ -95,8 +95,9 @@ struct tr_be {
 
 /* rope_cos/rope_sin: [T][half] tables, copied. */
 bq_status tr_cpu_new(int threads, int T, int half, const float *rope_cos, const float *rope_sin, tr_be **out);
-/* CUDA device ordinal `device` (nocuda.c without nvcc: "no CUDA device"). */
-bq_status tr_cuda_new(int device, int T, int half, const float *rope_cos, const float *rope_sin, tr_be **out);
+/* CUDA device ordinal `device` (nocuda.c without nvcc: "no CUDA device"); tf32: the products
+ * on the tensor cores with TF32 inputs (10-bit mantissas) instead of float32. */
+bq_status tr_cuda_new(int device, int T, int half, const float *rope_cos, const float *rope_sin, int tf32, tr_be **out);
 
 #ifdef __cplusplus
 }

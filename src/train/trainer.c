@@ -183,6 +183,7 @@ bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *
     if (model_lorc_linear(m)) return bq_fail(BQ_ERR_UNSUPPORTED, "%s has LoRC factors (ptq lorc), which fine-tuning does not train yet", model_lorc_linear(m)->name);
     if (m->rot_down || m->rot_qk)
         return bq_fail(BQ_ERR_UNSUPPORTED, "the model rotates activations online (ptq hadamard%s), which fine-tuning does not apply yet", m->rot_down ? "" : "_kv");
+    if (o->tf32 && o->device <= 0) return bq_fail(BQ_ERR_ARG, "TF32 products (tf32) need a CUDA device");
     if (o->ctx < 1 || o->accum < 1 || o->steps < 1 || o->warmup < 0 || !(o->lr > 0) || o->lora < 0 || (unsigned)o->lora_beside > 1 ||
         !(o->min_lr_frac >= 0 && o->min_lr_frac <= 1) || !(o->beta1 >= 0 && o->beta1 < 1) ||
         !(o->beta2 >= 0 && o->beta2 < 1) || !(o->eps > 0) || !(o->weight_decay >= 0) || !(o->clip_norm >= 0))
@@ -231,7 +232,7 @@ bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *
             rc[(size_t)p * half + i] = cosf(ang);
             rs[(size_t)p * half + i] = sinf(ang);
         }
-    if (!st) st = o->device > 0 ? tr_cuda_new(o->device - 1, t->T, half, rc, rs, &t->be)
+    if (!st) st = o->device > 0 ? tr_cuda_new(o->device - 1, t->T, half, rc, rs, o->tf32, &t->be)
                                 : tr_cpu_new(t->threads, t->T, half, rc, rs, &t->be);
     free(rc);
     free(rs);
