@@ -140,12 +140,12 @@ int cmd_finetune(int argc, char **argv)
     bq_status st = bq_model_load_ex(a.model, &lo, &m);
     if (!st) st = bq_model_check_finite(m);
     if (st) { rc = cli_status("finetune", st); goto done; }
+    if ((st = cli_qconfig(qroles, a.qv, NQ, a.config, a.round_set, a.round, a.qseed, &q))) { rc = cli_status("finetune", st); goto done; }
+    if ((st = bq_trainer_new(m, q, &a.o, &t))) { rc = cli_status("finetune", st); goto done; }
     if (!cli_ends_with(a.out, ".bq") && (st = bq_model_hf_writable(m))) {  /* said before training, not after it */
         rc = cli_error("finetune", "--out %s: %s; give --out FILE.bq", a.out, bq_last_error());
         goto done;
     }
-    if ((st = cli_qconfig(qroles, a.qv, NQ, a.config, a.round_set, a.round, a.qseed, &q))) { rc = cli_status("finetune", st); goto done; }
-    if ((st = bq_trainer_new(m, q, &a.o, &t))) { rc = cli_status("finetune", st); goto done; }
     if ((rc = tokenize_file(m, a.text, &ids, &n))) goto done;
     size_t T = (size_t)a.o.ctx + 1, nwin = n > (size_t)a.o.ctx ? (n - 1) / (size_t)a.o.ctx : 0;
     if (!nwin) {
