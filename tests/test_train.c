@@ -68,6 +68,7 @@ static void test_forward_matches_engine(const char *arch)
             OK(bq_qconfig_set(q, "aq", "mxint8"));
             OK(bq_qconfig_set(q, "kv", "int8_g16"));
             OK(bq_qconfig_set(q, "head", "bfp6_b16"));
+            OK(bq_qconfig_set(q, "emb", "mxfp6_e3m2"));  /* the lookup's table (a tied head: untied, its own) */
             OK(bq_model_quantize(mq, q, 0));
         }
         if (pass == 2) m->c.sliding_window = mq->c.sliding_window = 7;
@@ -140,8 +141,8 @@ static void test_gradients(const char *arch)
     bq_model_free(m);
 }
 
-/* Straight-through weights: the trainer with a weight format computes exactly the
- * float trainer's gradients on the model whose weights were quantised beforehand. */
+/* Straight-through weights: the trainer with a weight (and embedding) format computes
+ * exactly the float trainer's gradients on the model whose weights were quantised beforehand. */
 static void test_ste(void)
 {
     bq_model *m = load("llama"), *mq = load("llama");
@@ -149,6 +150,7 @@ static void test_ste(void)
     bq_qconfig *q;
     bq_qconfig_new(&q);
     OK(bq_qconfig_set(q, "wq", "bfp4_b16"));
+    OK(bq_qconfig_set(q, "emb", "bfp4_b16"));
     OK(bq_model_quantize(mq, q, 0));
     int32_t ids[25];
     random_ids(ids, 25, bq_model_vocab(m));

@@ -2,7 +2,7 @@
  * backward pass needs kept, then the backward pass (as llm.c's train_gpt2.c). The
  * LLaMA family (RMSNorm, RoPE, grouped-query attention, the SiLU-gated MLP):
  *
- *   x = E[ids]
+ *   x = q_e(E)[ids]
  *   per layer:  h = q_a(rms(x) * g1);  q,k,v = h q_w(W)^T (+ b);  [q,k = rms_head(q,k) * gq,gk (Qwen3)]
  *               q,k = rope(q,k);  k,v = q_kv(k,v)
  *               a = q_t(softmax(q_t(q) q_t(k)^T / sqrt(d) + causal mask)) q_t(v);   x = x + q_a(a) q_w(Wo)^T
@@ -169,7 +169,7 @@ bq_status train_window(bq_trainer *t, const int32_t *ids, int n, double gscale, 
 
     /* forward */
     float *x = c->layers ? layer_acts(t, 0, n).xin : xf;
-    op->embed(b, ids, n, t->emb, H, x);
+    op->embed(b, ids, n, t->embf ? t->embq : t->emb, H, x);
     if (t->pos) op->pos(b, x, t->pos + (size_t)c->pos_offset * H, n, H);
     for (int l = 0; l < c->layers; l++) {
         lacts A = layer_acts(t, l, n);

@@ -46,6 +46,8 @@ struct bq_trainer {
     int nlin;
     bq_format *kvf;   /* stored K/V */
     bq_format *attf;  /* attention operands (q, k, P, v) */
+    bq_format *embf;  /* the embedding table as the lookup reads it (NULL: float) */
+    float *embq;      /* q(E) with embf (backend) */
     tparam *p;
     int np;
     tr_be *be;        /* where it runs (tops.h) */

@@ -151,10 +151,11 @@ static bq_status set_formats(bq_trainer *t, const bq_qconfig *q)
         if (q->rules[i].mul[0] && strcmp(q->rules[i].mul, "exact"))
             return bq_fail(BQ_ERR_UNSUPPORTED, "multiplication %s (mul) is not trained (exact products only)", q->rules[i].mul);
     const char *w, *a;
-    qconfig_resolve(q, "embed_tokens", 0, &w, &a);
-    if (*w) return bq_fail(BQ_ERR_UNSUPPORTED, "a quantised embedding (embed_tokens in %s) is not trained yet", w);
     t->qo = q->opts;
     bq_status st = BQ_OK;
+    qconfig_resolve(q, "embed_tokens", 0, &w, &a);
+    if (*a) return bq_fail(BQ_ERR_ARG, "embed_tokens has no input activation to quantise (a = \"%s\")", a);
+    if (*w) st = bq_format_parse(w, &t->embf);  /* the lookup's table; a tied head has its own rule */
     for (int i = 0; i < t->nlin && !st; i++) {
         tlin *L = &t->lin[i];
         if (!LINEAR_PRESENT(L->l)) continue;  /* a non-gated MLP's gate */
@@ -334,6 +335,8 @@ bq_status bq_trainer_new(bq_model *m, const bq_qconfig *q, const bq_train_opts *
             if (!(L->wq = zalloc(t, n))) st = bq_fail(BQ_ERR_NOMEM, "out of memory for %s's quantised copy", name);
         } else L->wq = L->w;
     }
+    if (!st && t->embf && !(t->embq = zalloc(t, (size_t)c->vocab * H)))
+        st = bq_fail(BQ_ERR_NOMEM, "out of memory for the quantised embedding");
     if (!st && !t->np) st = bq_fail(BQ_ERR_ARG, "nothing to train");
 
     /* activations and scratch */
@@ -372,6 +375,7 @@ void bq_trainer_free(bq_trainer *t)
         for (int i = 0; t->qkn && i < t->m->c.layers * 2; i++) release_norm(t, &t->qkn[i]);
         op->release(b, t->g_emb);
         op->release(b, t->g_pos);
+        op->release(b, t->embq);
         unmirror(t, t->emb);
         unmirror(t, t->pos);
         op->release(b, t->acts);
@@ -389,6 +393,7 @@ void bq_trainer_free(bq_trainer *t)
     free(t->lin);
     bq_format_free(t->kvf);
     bq_format_free(t->attf);
+    bq_format_free(t->embf);
     free(t);
 }
 
@@ -404,6 +409,10 @@ bq_status train_param_get(const bq_trainer *t, int i, int which, float *host)
 bq_status train_prepare(bq_trainer *t)
 {
     const tr_ops *op = t->op;
+    if (t->embf) {  /* the lookup reads q(E); its gradient reaches E straight through */
+        bq_status st = op->qdq(t->be, t->embf, t->emb, t->embq, (size_t)t->m->c.vocab, (size_t)t->m->c.hidden, &t->qo);
+        if (st) return st;
+    }
     for (int i = 0; i < t->nlin; i++) {
         tlin *L = &t->lin[i];
         linear *l = L->l;
