@@ -339,10 +339,7 @@ __global__ void k_act(float *u, const float *g, size_t n, int act)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float x = u[i];
-    if (act == ACT_SILU_GATED) u[i] = x * (g[i] / (1.0f + expf(-g[i])));
-    else if (act == ACT_RELU) u[i] = x > 0 ? x : 0.0f;
-    else u[i] = 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    u[i] = mlp_act(act, u[i], act == ACT_SILU_GATED ? g[i] : 0.0f);
 }
 
 __global__ void k_copy(float *y, const float *x, size_t n)

@@ -103,13 +103,21 @@ __global__ void k_rms_bwd(const float *x, const float *w, const float *rstd, con
     for (int i = threadIdx.x; i < d; i += blockDim.x) dx[o + i] += s * (dy[o + i] * w[i] - x[o + i] * s * mean);
 }
 
-__global__ void k_rms_gw(const float *x, const float *rstd, const float *dy, float *gw, int n, int d)
+// a norm's weight (and bias) gradients, a thread per column, the rows in order:
+// gw += dy (x - mu) rstd (mu NULL: RMSNorm's 0), gb += dy
+__global__ void k_norm_params(const float *x, const float *mu, const float *rstd, const float *dy, float *gw, float *gb, int n,
+                              int d)
 {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= d) return;
-    float acc = gw[i];
-    for (int r = 0; r < n; r++) acc += dy[(size_t)r * d + i] * (x[(size_t)r * d + i] * rstd[r]);
-    gw[i] = acc;
+    float aw = gw ? gw[i] : 0.0f, ab = gb ? gb[i] : 0.0f;
+    for (int r = 0; r < n; r++) {
+        float g = dy[(size_t)r * d + i];
+        aw += g * ((x[(size_t)r * d + i] - (mu ? mu[r] : 0.0f)) * rstd[r]);
+        ab += g;
+    }
+    if (gw) gw[i] = aw;
+    if (gb) gb[i] = ab;
 }
 
 __global__ void k_rope(float *x, int n, int heads, int half, const float *cs, const float *sn, float dir)
@@ -153,33 +161,16 @@ __global__ void k_softmax_bwd(const float *P, float *dP, int n, float scale)
     for (int c = threadIdx.x; c < n; c += blockDim.x) dr[c] = c <= r ? pr[c] * (dr[c] - dt) * scale : 0.0f;
 }
 
-__device__ float sigm(float x) { return 1.0f / (1.0f + expf(-x)); }
-
-__device__ float gelu_t(float x) { return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x))); }
-
-__device__ float gelu_t_grad(float u)
-{
-    const float k = 0.7978845608028654f, c = 0.044715f;
-    float t = tanhf(k * (u + c * u * u * u));
-    return 0.5f * (1.0f + t) + 0.5f * u * (1.0f - t * t) * k * (1.0f + 3.0f * c * u * u);
-}
-
 __global__ void k_act(int kind, const float *g, const float *u, float *m, size_t n)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    m[i] = kind == ACT_SILU_GATED ? u[i] * g[i] * sigm(g[i]) : kind == ACT_RELU ? (u[i] > 0 ? u[i] : 0.0f) : gelu_t(u[i]);
+    if (i < n) m[i] = train_act(kind, kind == ACT_SILU_GATED ? g[i] : 0.0f, u[i]);
 }
 
 __global__ void k_act_bwd(int kind, const float *g, const float *u, const float *dm, float *dg, float *du, size_t n)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    if (kind == ACT_SILU_GATED) {
-        float sg = sigm(g[i]), gv = g[i];
-        du[i] = dm[i] * gv * sg;
-        dg[i] = dm[i] * u[i] * sg * (1.0f + gv * (1.0f - sg));
-    } else du[i] = kind == ACT_RELU ? (u[i] > 0 ? dm[i] : 0.0f) : dm[i] * gelu_t_grad(u[i]);
+    if (i < n) train_act_bwd(kind, kind == ACT_SILU_GATED ? g[i] : 0.0f, u[i], dm[i], &dg[i], &du[i]);
 }
 
 // LayerNorm of a row (one block): the mean and variance in float64, as the CPU's
@@ -208,21 +199,6 @@ __global__ void k_ln_bwd(const float *x, const float *w, const float *mu, const 
     }
     float mg = (float)(block_sum(sg) / d), mgx = (float)(block_sum(sgx) / d);
     for (int i = threadIdx.x; i < d; i += blockDim.x) dx[o + i] += s * (dy[o + i] * w[i] - mg - (x[o + i] - m) * s * mgx);
-}
-
-// the weight's and bias's gradients: a thread per column, the rows in order
-__global__ void k_ln_params(const float *x, const float *mu, const float *rstd, const float *dy, float *gw, float *gb, int n, int d)
-{
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= d) return;
-    float aw = gw ? gw[i] : 0.0f, ab = gb ? gb[i] : 0.0f;
-    for (int r = 0; r < n; r++) {
-        float g = dy[(size_t)r * d + i];
-        aw += g * ((x[(size_t)r * d + i] - mu[r]) * rstd[r]);
-        ab += g;
-    }
-    if (gw) gw[i] = aw;
-    if (gb) gb[i] = ab;
 }
 
 __global__ void k_add(float *x, const float *y, size_t n)
@@ -404,7 +380,7 @@ void t_rms(tr_be *b, const float *x, const float *w, float *y, float *rstd, int 
 
 void t_rms_bwd(tr_be *b, const float *x, const float *w, const float *rstd, const float *dy, float *dx, float *gw, int n, int d)
 {
-    if (gw) k_rms_gw<<<blocks((size_t)d), TPB>>>(x, rstd, dy, gw, n, d);
+    if (gw) k_norm_params<<<blocks((size_t)d), TPB>>>(x, NULL, rstd, dy, gw, NULL, n, d);
     k_rms_bwd<<<n, TPB>>>(x, w, rstd, dy, dx, d);
     launched(G(b), "RMSNorm gradient");
 }
@@ -520,21 +496,9 @@ void t_ln(tr_be *b, const float *x, const float *w, const float *bias, float *y,
 void t_ln_bwd(tr_be *b, const float *x, const float *w, const float *mu, const float *rstd, const float *dy, float *dx, float *gw,
               float *gb, int n, int d)
 {
-    if (gw || gb) k_ln_params<<<blocks((size_t)d), TPB>>>(x, mu, rstd, dy, gw, gb, n, d);
+    if (gw || gb) k_norm_params<<<blocks((size_t)d), TPB>>>(x, mu, rstd, dy, gw, gb, n, d);
     k_ln_bwd<<<n, TPB>>>(x, w, mu, rstd, dy, dx, d);
     launched(G(b), "LayerNorm gradient");
-}
-
-void t_pos(tr_be *b, float *x, const float *P, int n, int d)
-{
-    k_add<<<blocks((size_t)n * d), TPB>>>(x, P, (size_t)n * d);
-    launched(G(b), "positions");
-}
-
-void t_pos_bwd(tr_be *b, const float *dx, float *gP, int n, int d)
-{
-    k_add<<<blocks((size_t)n * d), TPB>>>(gP, dx, (size_t)n * d);
-    launched(G(b), "position gradient");
 }
 
 void t_add(tr_be *b, float *x, const float *y, size_t n)
@@ -591,7 +555,7 @@ void t_adamw(tr_be *b, float *w, const float *g, float *m, float *v, size_t n, c
 
 const tr_ops CUDA_OPS = {
     "CUDA", 0, t_destroy, t_alloc, t_release, t_put, t_get, t_zero, t_copy, t_mm, t_gemm, t_qdq, t_embed, t_embed_bwd, t_rms,
-    t_rms_bwd, t_rope, t_att, t_att_bwd, t_act, t_act_bwd, t_ln, t_ln_bwd, t_pos, t_pos_bwd, t_add, t_bias, t_bias_bwd, t_xent,
+    t_rms_bwd, t_rope, t_att, t_att_bwd, t_act, t_act_bwd, t_ln, t_ln_bwd, t_add, t_bias, t_bias_bwd, t_xent,
     t_sumsq, t_adamw, t_status,
 };
 

@@ -128,10 +128,32 @@ static inline int attn_first_key(const bq_config *c, int last)
     return c->sliding_window && last >= c->sliding_window ? last - c->sliding_window + 1 : 0;
 }
 
-/* GPT-2's GELU (the tanh form). */
-static inline float gelu_tanh(float x)
+/* Element-wise arithmetic written once for the host and the device (nvcc runs with
+ * --fmad=false, so both compute the same bits). */
+#ifdef __CUDACC__
+#define BQ_ELEM static inline __host__ __device__
+#else
+#define BQ_ELEM static inline
+#endif
+
+/* GPT-2's GELU (the tanh form), and its derivative:
+ * 0.5 (1 + t) + 0.5 u (1 - t^2) k (1 + 3 c u^2), t = tanh(k (u + c u^3)) */
+BQ_ELEM float gelu_tanh(float x)
 {
     return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
+BQ_ELEM float gelu_tanh_grad(float u)
+{
+    const float k = 0.7978845608028654f, c = 0.044715f;
+    float t = tanhf(k * (u + c * u * u * u));
+    return 0.5f * (1.0f + t) + 0.5f * u * (1.0f - t * t) * k * (1.0f + 3.0f * c * u * u);
+}
+
+/* The inference engine's MLP activation of one element (act_kind): SiLU(g) * u, ReLU(u) or
+ * GELU(u); both backends' kernels. */
+BQ_ELEM float mlp_act(int kind, float u, float g)
+{
+    return kind == ACT_SILU_GATED ? u * (g / (1.0f + expf(-g))) : kind == ACT_RELU ? (u > 0 ? u : 0.0f) : gelu_tanh(u);
 }
 
 /* The error of a non-finite activation, on either backend. */

@@ -307,12 +307,7 @@ static bq_status cpu_rope(be *b, float *x, int n, int nheads, int pos0)
 static bq_status cpu_act(be *b, float *u, const float *g, size_t n)
 {
     int act = cfg(b)->act;
-    if (act == ACT_SILU_GATED)
-        for (size_t i = 0; i < n; i++) u[i] *= g[i] / (1.0f + expf(-g[i]));
-    else if (act == ACT_RELU)
-        for (size_t i = 0; i < n; i++) u[i] = u[i] > 0 ? u[i] : 0.0f;
-    else
-        for (size_t i = 0; i < n; i++) u[i] = gelu_tanh(u[i]);
+    for (size_t i = 0; i < n; i++) u[i] = mlp_act(act, u[i], act == ACT_SILU_GATED ? g[i] : 0.0f);
     return BQ_OK;
 }
 

@@ -170,7 +170,7 @@ bq_status train_window(bq_trainer *t, const int32_t *ids, int n, double gscale, 
     /* forward */
     float *x = c->layers ? layer_acts(t, 0, n).xin : xf;
     op->embed(b, ids, n, t->embf ? t->embq : t->emb, H, x);
-    if (t->pos) op->pos(b, x, t->pos + (size_t)c->pos_offset * H, n, H);
+    if (t->pos) op->add(b, x, t->pos + (size_t)c->pos_offset * H, nH);  /* positions 0 .. n-1 */
     for (int l = 0; l < c->layers; l++) {
         lacts A = layer_acts(t, l, n);
         norm_fwd(t, &t->norm[2 * l], A.xin, tmp, A.rs1, n);
@@ -252,7 +252,7 @@ bq_status train_window(bq_trainer *t, const int32_t *ids, int n, double gscale, 
         norm_bwd(t, &t->norm[2 * l], A.xin, A.rs1, dh, dx, n);
     }
     if (t->g_emb) op->embed_bwd(b, ids, n, dx, H, t->g_emb);
-    if (t->g_pos) op->pos_bwd(b, dx, t->g_pos + (size_t)c->pos_offset * H, n, H);
+    if (t->g_pos) op->add(b, t->g_pos + (size_t)c->pos_offset * H, dx, nH);
 #undef Q
     return op->status(b);
 }

@@ -9,12 +9,29 @@
 #ifndef BQ_TOPS_H
 #define BQ_TOPS_H
 #include "model.h"
+#include "backend.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 typedef enum { MM_FWD, MM_DX, MM_DW } mm_kind;
+
+/* The training pass's MLP activation of one element (act_kind): m = u silu(g), relu(u) or
+ * gelu_tanh(u); and its gradients du (and dg) from dm. Both backends' loops and kernels. */
+BQ_ELEM float train_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+BQ_ELEM float train_act(int kind, float g, float u)
+{
+    return kind == ACT_SILU_GATED ? u * g * train_sigmoid(g) : kind == ACT_RELU ? (u > 0 ? u : 0.0f) : gelu_tanh(u);
+}
+BQ_ELEM void train_act_bwd(int kind, float g, float u, float dm, float *dg, float *du)
+{
+    if (kind == ACT_SILU_GATED) {
+        float sg = train_sigmoid(g);
+        *du = dm * g * sg;
+        *dg = dm * u * sg * (1.0f + g * (1.0f - sg));
+    } else *du = kind == ACT_RELU ? (u > 0 ? dm : 0.0f) : dm * gelu_tanh_grad(u);
+}
 
 typedef struct {
     float lr, b1, b2, eps, c1, c2, wd, clip;  /* c1, c2: the bias corrections 1 - beta^k */
@@ -64,7 +81,7 @@ typedef struct {
     /* dq, dk, dv (overwritten) from da */
     bq_status (*att_bwd)(tr_be *b, const tr_att *a, const float *q, const float *k, const float *v, const float *P, const float *da,
                          float *dq, float *dk, float *dv);
-    /* the MLP's activation (act_kind): m = u silu(g) (gated), relu(u), gelu_tanh(u); du (and dg) from dm */
+    /* the MLP's activation (train_act above); du (and, gated, dg) from dm */
     void (*act)(tr_be *b, int kind, const float *g, const float *u, float *m, size_t n);
     void (*act_bwd)(tr_be *b, int kind, const float *g, const float *u, const float *dm, float *dg, float *du, size_t n);
     /* LayerNorm (bias may be NULL; mu, rstd kept);  dx += its gradient, gw, gb (may be NULL) += theirs */
@@ -72,10 +89,7 @@ typedef struct {
                float eps);
     void (*ln_bwd)(tr_be *b, const float *x, const float *w, const float *mu, const float *rstd, const float *dy, float *dx,
                    float *gw, float *gb, int n, int d);
-    /* learned positions: x[t] += P[t];  gP[t] += dx[t] (P from the first position's row) */
-    void (*pos)(tr_be *b, float *x, const float *P, int n, int d);
-    void (*pos_bwd)(tr_be *b, const float *dx, float *gP, int n, int d);
-    void (*add)(tr_be *b, float *x, const float *y, size_t n);  /* x += y */
+    void (*add)(tr_be *b, float *x, const float *y, size_t n);  /* x += y (residuals, positions) */
     /* y[r, :] += bias;  gb += sum over rows of dy */
     void (*bias)(tr_be *b, float *y, const float *bias, int n, int out);
     void (*bias_bwd)(tr_be *b, const float *dy, float *gb, int n, int out);

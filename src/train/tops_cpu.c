@@ -152,33 +152,16 @@ static void c_rope(tr_be *b, float *x, int n, int heads, int d, int dir)
         }
 }
 
-static float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
-
 static void c_act(tr_be *b, int kind, const float *g, const float *u, float *m, size_t n)
 {
     (void)b;
-    for (size_t i = 0; i < n; i++)
-        m[i] = kind == ACT_SILU_GATED ? u[i] * g[i] * sigmoidf(g[i]) : kind == ACT_RELU ? (u[i] > 0 ? u[i] : 0.0f) : gelu_tanh(u[i]);
-}
-
-/* d gelu_tanh / du = 0.5 (1 + t) + 0.5 u (1 - t^2) k (1 + 3 c u^2), t = tanh(k (u + c u^3)) */
-static float gelu_tanh_grad(float u)
-{
-    const float k = 0.7978845608028654f, c = 0.044715f;
-    float t = tanhf(k * (u + c * u * u * u));
-    return 0.5f * (1.0f + t) + 0.5f * u * (1.0f - t * t) * k * (1.0f + 3.0f * c * u * u);
+    for (size_t i = 0; i < n; i++) m[i] = train_act(kind, kind == ACT_SILU_GATED ? g[i] : 0.0f, u[i]);
 }
 
 static void c_act_bwd(tr_be *b, int kind, const float *g, const float *u, const float *dm, float *dg, float *du, size_t n)
 {
     (void)b;
-    for (size_t i = 0; i < n; i++) {
-        if (kind == ACT_SILU_GATED) {
-            float sg = sigmoidf(g[i]), gv = g[i];
-            du[i] = dm[i] * gv * sg;
-            dg[i] = dm[i] * u[i] * sg * (1.0f + gv * (1.0f - sg));
-        } else du[i] = kind == ACT_RELU ? (u[i] > 0 ? dm[i] : 0.0f) : dm[i] * gelu_tanh_grad(u[i]);
-    }
+    for (size_t i = 0; i < n; i++) train_act_bwd(kind, kind == ACT_SILU_GATED ? g[i] : 0.0f, u[i], dm[i], &dg[i], &du[i]);
 }
 
 static void c_ln(tr_be *b, const float *x, const float *w, const float *bias, float *y, float *mu, float *rstd, int n, int d,
@@ -210,18 +193,6 @@ static void c_ln_bwd(tr_be *b, const float *x, const float *w, const float *mu, 
             if (gb) gb[i] += dr[i];
         }
     }
-}
-
-static void c_pos(tr_be *b, float *x, const float *P, int n, int d)
-{
-    (void)b;
-    for (size_t i = 0; i < (size_t)n * d; i++) x[i] += P[i];
-}
-
-static void c_pos_bwd(tr_be *b, const float *dx, float *gP, int n, int d)
-{
-    (void)b;
-    for (size_t i = 0; i < (size_t)n * d; i++) gP[i] += dx[i];
 }
 
 static void c_add(tr_be *b, float *x, const float *y, size_t n)
@@ -404,7 +375,7 @@ static bq_status c_att_bwd(tr_be *b, const tr_att *a, const float *q, const floa
 
 static const tr_ops CPU_OPS = {
     "cpu", 1, c_destroy, c_alloc, c_release, c_put, c_get, c_zero, c_copy, c_mm, c_gemm, c_qdq, c_embed, c_embed_bwd, c_rms,
-    c_rms_bwd, c_rope, c_att, c_att_bwd, c_act, c_act_bwd, c_ln, c_ln_bwd, c_pos, c_pos_bwd, c_add, c_bias, c_bias_bwd, c_xent,
+    c_rms_bwd, c_rope, c_att, c_att_bwd, c_act, c_act_bwd, c_ln, c_ln_bwd, c_add, c_bias, c_bias_bwd, c_xent,
     c_sumsq, c_adamw, c_status,
 };
 
