@@ -500,6 +500,30 @@ static bq_trainer *trainer_on(bq_model *m, const bq_qconfig *q, int ctx, int lor
     return t;
 }
 
+/* One window of random ids through a CPU trainer c and a CUDA trainer g: the loss within
+ * ltol (relative) and every gradient within gtol (relative L2). */
+static void window_pair(bq_trainer *c, bq_trainer *g, const char *what, double ltol, double gtol)
+{
+    int32_t ids[33];
+    random_ids(ids, 33, bq_model_vocab(c->m));
+    double lc, lg;
+    train_zero_grads(c); train_zero_grads(g);
+    OK(train_prepare(c)); OK(train_prepare(g));
+    OK(train_window(c, ids, 33, 1.0, &lc));
+    OK(train_window(g, ids, 33, 1.0, &lg));
+    CHECK(fabs(lc - lg) <= ltol * fabs(lc), "%s: loss CPU %.8f, CUDA %.8f", what, lc, lg);
+    int compared = 0;
+    for (int i = 0; i < c->np; i++) {
+        float *h = malloc(c->p[i].n * sizeof *h);
+        OK(train_param_get(g, i, 1, h));
+        double e = rel_l2(h, c->p[i].g, c->p[i].n);
+        CHECK(e <= gtol, "%s %s: CUDA gradient differs from the CPU's by %.3g (relative L2)", what, c->p[i].name, e);
+        compared++;
+        free(h);
+    }
+    CHECK(compared == g->np && compared > 0, "%s: %d tensors compared", what, compared);
+}
+
 static void cuda_window(const char *arch, const char *fmt, int lora, const char *attn)
 {
     bq_model *mc = load(arch), *mg = load(arch);
@@ -521,15 +545,7 @@ static void cuda_window(const char *arch, const char *fmt, int lora, const char 
                     for (size_t k = 0; k < nb; k++) c->lin[i].B[k] = 0.05f * t_normal();
                     OK(g->op->put(g->be, g->lin[i].B, c->lin[i].B, nb));
                 }
-        int32_t ids[33];
-        random_ids(ids, 33, bq_model_vocab(mc));
-        double lc, lg;
-        train_zero_grads(c); train_zero_grads(g);
-        OK(train_prepare(c)); OK(train_prepare(g));
-        OK(train_window(c, ids, 33, 1.0, &lc));
-        OK(train_window(g, ids, 33, 1.0, &lg));
-        double ltol = fmt ? 1e-3 : 1e-5, gtol = fmt ? 3e-2 : 1e-4;
-        CHECK(fabs(lc - lg) <= ltol * fabs(lc), "%s: loss CPU %.8f, CUDA %.8f", what, lc, lg);
+        window_pair(c, g, what, fmt ? 1e-3 : 1e-5, fmt ? 3e-2 : 1e-4);
         if (fmt && !lora) {  /* (with adapters, W + s B A is itself a float32 product of either side) */
             size_t bad = 0, all = 0;
             for (int i = 0; i < c->nlin; i++) {
@@ -541,16 +557,6 @@ static void cuda_window(const char *arch, const char *fmt, int lora, const char 
             }
             CHECK(all && !bad, "%s: %zu of %zu quantised weights differ between the CPU and CUDA", what, bad, all);
         }
-        int compared = 0;
-        for (int i = 0; i < c->np; i++) {
-            float *h = malloc(c->p[i].n * sizeof *h);
-            OK(train_param_get(g, i, 1, h));
-            double e = rel_l2(h, c->p[i].g, c->p[i].n);
-            CHECK(e <= gtol, "%s %s: CUDA gradient differs from the CPU's by %.3g (relative L2)", what, c->p[i].name, e);
-            compared++;
-            free(h);
-        }
-        CHECK(compared == g->np && compared > 0, "%s: %d tensors compared", what, compared);
     }
     bq_trainer_free(c); bq_trainer_free(g);
     bq_qconfig_free(q);
@@ -684,31 +690,12 @@ static void cuda_tf32(void)
     bq_model *mc = load("llama"), *mg = load("llama");
     bq_train_opts o;
     bq_train_opts_default(&o);
-    o.ctx = 32; o.threads = 2; o.tf32 = 1;
+    o.ctx = 32; o.threads = 2;
     bq_trainer *c = NULL, *g = NULL;
-    o.tf32 = 0;
     if (mc) OK(bq_trainer_new(mc, NULL, &o, &c));
     o.tf32 = 1; o.device = 1;
     if (mg) OK(bq_trainer_new(mg, NULL, &o, &g));
-    if (c && g) {
-        int32_t ids[33];
-        random_ids(ids, 33, bq_model_vocab(mc));
-        double lc, lg;
-        train_zero_grads(c); train_zero_grads(g);
-        OK(train_prepare(c)); OK(train_prepare(g));
-        OK(train_window(c, ids, 33, 1.0, &lc));
-        OK(train_window(g, ids, 33, 1.0, &lg));
-        CHECK(fabs(lc - lg) <= 1e-3 * fabs(lc), "tf32: loss CPU %.8f, CUDA %.8f", lc, lg);
-        double worst = 0;
-        for (int i = 0; i < c->np; i++) {
-            float *h = malloc(c->p[i].n * sizeof *h);
-            OK(train_param_get(g, i, 1, h));
-            double e = rel_l2(h, c->p[i].g, c->p[i].n);
-            worst = e > worst || e != e ? e : worst;
-            free(h);
-        }
-        CHECK(worst <= 2e-2, "tf32: gradients differ from the CPU's float32 by %.3g (relative L2)", worst);
-    }
+    if (c && g) window_pair(c, g, "tf32", 1e-3, 2e-2);
     bq_trainer_free(c); bq_trainer_free(g);
     bq_model_free(mc); bq_model_free(mg);
 }
