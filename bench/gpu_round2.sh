@@ -16,6 +16,7 @@
 #   STAGES=multigpu (a machine of 2+ GPUs; issue 21's targets): the 7B shape's ppl on one GPU
 #     (CUDA_VISIBLE_DEVICES=0) against 2 stages on 2 GPUs, then a random 70B shape (bf16, 140 GB,
 #     written to /dev/shm: the 2-GPU machine's disk is 128 GiB) split over both
+#   STAGES=pdl: batch-1 decode per format (PDL_FORMATS, ROUNDS) with and without programmatic launches, against the bound
 #   STAGES=ops: one decoding step of the 7B shape op by op (bench/gpu_decode_ops.c), bf16 and OPS_FORMATS
 #   STAGES=hadamard: greedy decoding of the 7B shape (bf16) with and without --ptq hadamard
 #     (down_proj's 11008 inputs rotated online: 64 chunks x a 172 x 172 Hadamard block), same prompt
@@ -31,7 +32,7 @@ B=build/gpu/blockq
 M=/tmp/r7b
 T=data/wikitext-2-test.txt
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-case "$S" in *scale*|*decode*|*packed*|*graphs*|*pipeline*|*multigpu*|*ops*|*hadamard*|*gptq7b*|*train7b*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
+case "$S" in *scale*|*decode*|*pdl*|*packed*|*graphs*|*pipeline*|*multigpu*|*ops*|*hadamard*|*gptq7b*|*train7b*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
 mkdir -p /tmp/deps && for f in .debs/*.deb; do dpkg -x "$f" /tmp/deps; done 2>/dev/null
 [ -f .debs/deps.tar.xz ] && tar xJf .debs/deps.tar.xz -C /tmp/deps  # the same packages, pruned to fit the transfer
 D=/tmp/deps/usr; L=$D/lib/x86_64-linux-gnu
@@ -92,6 +93,22 @@ case "$S" in *decode*)
     done
     ./build/gpu/gpu/gpu_bench --quick 2>&1 | grep -i -m3 "copy" | tee -a "$O/r2_scale.txt"
     ;;
+esac
+case "$S" in *pdl*)
+    # batch-1 decode per weight format, kernels launched programmatically (launch.cuh) or not,
+    # interleaved ROUNDS times; the table puts each beside its bandwidth bound (bench/decode_table.py)
+    P="The meaning of life is"
+    copy=$(./build/gpu/gpu/gpu_bench --quick 2>&1 | sed -n 's/^device copy: \([0-9]*\) GB.*/\1/p')
+    export TIMECMD_JSONL="$O/pdl_decode.jsonl"
+    for f in ${PDL_FORMATS:-bf16 mxfp4 nvfp4 int4_g128 mxint8 mxfp6_e2m3}; do
+        m=$M
+        [ $f = bf16 ] || { $R "quantize $f .bq" -- $B quantize --model $M --wq $f --out /tmp/m_$f.bq >/dev/null; m=/tmp/m_$f.bq; }
+        for k in $(seq ${ROUNDS:-2}); do for p in 0 1; do
+            BQ_CUDA_PDL=$p $R "decode $f pdl=$p" -- $B generate --model $m --prompt "$P" -n 128 --device cuda --json >/dev/null
+        done; done
+        rm -f /tmp/m_$f.bq
+    done
+    python3 bench/decode_table.py "$O/pdl_decode.jsonl" "$copy" | tee "$O/pdl_decode.md" ;;
 esac
 case "$S" in *ops*)
     # one decoding step op by op (CUDA events; no nsys there), beside generate's tokens/s

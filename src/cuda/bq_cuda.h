@@ -32,6 +32,8 @@ typedef struct bq_cuda_w bq_cuda_w;
 bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out);
 void bq_cuda_w_free(bq_cuda_w *w);
 size_t bq_cuda_w_bytes(const bq_cuda_w *w);
+/* Whether its GEMVs are launched programmatically (src/cuda/launch.cuh; on by default). */
+void bq_cuda_w_set_pdl(bq_cuda_w *w, int on);
 /* y[n][rows] = x[n][cols] W^T for a few tokens (float activations). */
 bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *d_x, int n, float *d_y);
 /* The same with ks column splits (0: as bq_cuda_gemv chooses by shape; 1 .. the

@@ -35,6 +35,7 @@ extern "C" {
 #include "qkern.h"
 }
 #include "cuda_libs.h"
+#include "launch.cuh"
 
 // ---- kernels (launched with 256 threads a block where they reduce) ----
 
@@ -69,6 +70,8 @@ static __device__ __forceinline__ int first_pos(int pos0, const int *dpos) { ret
 // Learned positions (OPT, GPT-2): row t gets pos[t + offset + first position].
 __global__ void k_add_pos(float *x, const float *pos, size_t n, int H, int offset, int pos0, const int *dpos)
 {
+    pdl_wait();
+    pdl_go();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] += pos[(i / H + offset + first_pos(pos0, dpos)) * H + i % H];
 }
@@ -77,6 +80,8 @@ __global__ void k_add_pos(float *x, const float *pos, size_t n, int H, int offse
 // sums in double, the same float operations in the same order. In place is fine.
 __global__ void k_norm(const float *x, const float *w, const float *b, float *y, int d, float eps, int layer)
 {
+    pdl_wait();
+    pdl_go();
     __shared__ double part[256];
     const float *xr = x + (size_t)blockIdx.x * d;
     float *yr = y + (size_t)blockIdx.x * d;
@@ -117,6 +122,8 @@ static __device__ __forceinline__ double block_sum(double v, double *buf)
 template <int V>
 __global__ void __launch_bounds__(1024) k_norm_v(const float *x, const float *w, const float *b, float *y, int d, float eps, int layer)
 {
+    pdl_wait();
+    pdl_go();
     __shared__ double buf[32];
     const float4 *xr = (const float4 *)(x + (size_t)blockIdx.x * d), *w4 = (const float4 *)w, *b4 = (const float4 *)b;
     float4 *yr = (float4 *)(y + (size_t)blockIdx.x * d);
@@ -216,12 +223,16 @@ __global__ void k_top_half(const float *x, __nv_bfloat16 *y, size_t n)
 
 __global__ void k_bias(float *y, const float *b, size_t n, int out)
 {
+    pdl_wait();
+    pdl_go();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] += b[i % out];
 }
 
 __global__ void k_rope(float *x, int T, int heads, int d, float theta, int pos0, const int *dpos)
 {
+    pdl_wait();
+    pdl_go();
     pos0 = first_pos(pos0, dpos);
     int half = d / 2;
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -257,6 +268,8 @@ __global__ void k_softmax(float *s, int n, int T, int pos, int window)
 // K and V of n tokens into a layer's cache at the first position (n * kvd floats each).
 __global__ void k_kv_store(float *kc, float *vc, const float *k, const float *v, size_t nk, size_t kvd, int pos0, const int *dpos)
 {
+    pdl_wait();
+    pdl_go();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x, off = (size_t)first_pos(pos0, dpos) * kvd;
     if (i < nk) { kc[off + i] = k[i]; vc[off + i] = v[i]; }
 }
@@ -270,6 +283,8 @@ __global__ void k_kv_store(float *kc, float *vc, const float *k, const float *v,
 __global__ void k_attn_few(const float *q, const float *K, const float *V, float *a, float *s, int T, int heads, int group,
                            int d, int kvd, float scale, int pos0, const int *dpos, int window)
 {
+    pdl_wait();
+    pdl_go();
     __shared__ float fm[256];
     __shared__ double ds[256];
     const int h = blockIdx.x % heads, t = blockIdx.x / heads, kh = h / group, qd = heads * d;
@@ -337,6 +352,8 @@ __global__ void k_transpose(const float *v, float *vt, int n, int kvd)
 // The MLP's activation, as forward.c: SiLU(gate) * up, ReLU or GELU (tanh form) of up.
 __global__ void k_act(float *u, const float *g, size_t n, int act)
 {
+    pdl_wait();
+    pdl_go();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     u[i] = mlp_act(act, u[i], act == ACT_SILU_GATED ? g[i] : 0.0f);
@@ -350,6 +367,8 @@ __global__ void k_copy(float *y, const float *x, size_t n)
 
 __global__ void k_add(float *x, const float *h, size_t n)
 {
+    pdl_wait();
+    pdl_go();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] += h[i];
 }
@@ -373,6 +392,8 @@ __global__ void k_logprob(const float *lg, const int *ids, double *lp, int V)
 // NaN/Inf in x[n]: the smallest 2 * index + isnan into *bad (all ones: none).
 __global__ void k_check(const float *x, size_t n, unsigned long long *bad)
 {
+    pdl_wait();
+    pdl_go();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n && !isfinite(x[i])) atomicMin(bad, 2ull * i + (isnan(x[i]) ? 1 : 0));
 }
@@ -419,10 +440,17 @@ __global__ void k_gemv_bf16(gemv3 m, const float *x, int in)
     const int n8 = in / 8, i1 = seg == 3 ? 0 : (part + 1) * n8 / KS;
     float acc[N];
     for (int t = 0; t < N; t++) acc[t] = 0.0f;
-    for (int i0 = part * n8 / KS + lane; i0 < i1; i0 += 32 * U) {
-        uint4 v[U];
+    const int start = part * n8 / KS + lane;
+    uint4 v[U];
+    auto fetch = [&](int i0) {
 #pragma unroll
         for (int u = 0; u < U; u++) v[u] = i0 + 32 * u < i1 ? __ldg(w + i0 + 32 * u) : make_uint4(0, 0, 0, 0);
+    };
+    fetch(start);  // weights need no earlier kernel: in flight while the one before finishes (launch.cuh)
+    pdl_wait();
+    pdl_go();
+    for (int i0 = start; i0 < i1; i0 += 32 * U) {
+        if (i0 != start) fetch(i0);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int i = i0 + 32 * u;
@@ -466,28 +494,28 @@ static int gemv_ks(int rows, int in)
     return ks;
 }
 
-static void gemv_bf16_multi(const gemv3 &m, const float *x, int n, int in)
+static void gemv_bf16_multi(bool pdl, const gemv3 &m, const float *x, int n, int in)
 {
     const int rows = m.o[0] + m.o[1] + m.o[2], ks = n == 1 ? gemv_ks(rows, in) : 1;
     const unsigned blocks = (unsigned)((rows + 8 / ks - 1) / (8 / ks));
     switch (n * 10 + ks) {
-    case 11: k_gemv_bf16<1, 1><<<blocks, 256>>>(m, x, in); break;
-    case 12: k_gemv_bf16<1, 2><<<blocks, 256>>>(m, x, in); break;
-    case 14: k_gemv_bf16<1, 4><<<blocks, 256>>>(m, x, in); break;
-    case 21: k_gemv_bf16<2, 1><<<blocks, 256>>>(m, x, in); break;
-    case 31: k_gemv_bf16<3, 1><<<blocks, 256>>>(m, x, in); break;
-    case 41: k_gemv_bf16<4, 1><<<blocks, 256>>>(m, x, in); break;
-    case 51: k_gemv_bf16<5, 1><<<blocks, 256>>>(m, x, in); break;
-    case 61: k_gemv_bf16<6, 1><<<blocks, 256>>>(m, x, in); break;
-    case 71: k_gemv_bf16<7, 1><<<blocks, 256>>>(m, x, in); break;
-    default: k_gemv_bf16<8, 1><<<blocks, 256>>>(m, x, in); break;
+    case 11: launch_k(pdl, k_gemv_bf16<1, 1>, blocks, 256, m, x, in); break;
+    case 12: launch_k(pdl, k_gemv_bf16<1, 2>, blocks, 256, m, x, in); break;
+    case 14: launch_k(pdl, k_gemv_bf16<1, 4>, blocks, 256, m, x, in); break;
+    case 21: launch_k(pdl, k_gemv_bf16<2, 1>, blocks, 256, m, x, in); break;
+    case 31: launch_k(pdl, k_gemv_bf16<3, 1>, blocks, 256, m, x, in); break;
+    case 41: launch_k(pdl, k_gemv_bf16<4, 1>, blocks, 256, m, x, in); break;
+    case 51: launch_k(pdl, k_gemv_bf16<5, 1>, blocks, 256, m, x, in); break;
+    case 61: launch_k(pdl, k_gemv_bf16<6, 1>, blocks, 256, m, x, in); break;
+    case 71: launch_k(pdl, k_gemv_bf16<7, 1>, blocks, 256, m, x, in); break;
+    default: launch_k(pdl, k_gemv_bf16<8, 1>, blocks, 256, m, x, in); break;
     }
 }
 
-static void gemv_bf16(const __nv_bfloat16 *W, const float *x, float *y, int n, int in, int out)
+static void gemv_bf16(bool pdl, const __nv_bfloat16 *W, const float *x, float *y, int n, int in, int out)
 {
     gemv3 m = {{W, NULL, NULL}, {y, NULL, NULL}, {out, 0, 0}};
-    gemv_bf16_multi(m, x, n, in);
+    gemv_bf16_multi(pdl, m, x, n, in);
 }
 
 // ---- the backend ----
@@ -532,6 +560,7 @@ struct cuda_be {
     cudaGraphExec_t graph;
     unsigned graph_key;
     int recording, graph_checks, recordable;
+    int pdl;  // decoding's kernels launched programmatically (launch.cuh); BQ_CUDA_PDL=0 turns it off for A/B runs
     // calibration's sums per linear slot (cuda_stats_add), and the inputs widened for X^T X
     struct gstat { double *msq, *amax, *gram; int in; } *stats;
     double *xd;
@@ -690,7 +719,7 @@ static bq_status cuda_add_pos(be *b, float *x, int n, int pos0)
 {
     const bq_config *c = cfg(b);
     size_t nH = (size_t)n * c->hidden;
-    k_add_pos<<<nblk(nH), 256>>>(x, G(b)->pos, nH, c->hidden, c->pos_offset, pos0, dpos_of(G(b)));
+    launch_k(G(b)->pdl, k_add_pos, nblk(nH), 256, x, G(b)->pos, nH, c->hidden, c->pos_offset, pos0, dpos_of(G(b)));
     return launched("positions");
 }
 
@@ -708,7 +737,7 @@ static bq_status cuda_linear(be *b, int layer, lin_role r, const float *x, float
     if (l->pw && n <= GEMV_MAX) {  // decoding: the packed codes straight from memory
         if ((st = bq_cuda_gemv(l->pw, x, n, y))) return st;
     } else if (l->w16 && n <= GEMV16_MAX && l->in % 8 == 0) {
-        gemv_bf16(l->w16, x, y, n, l->in, l->out);
+        gemv_bf16(g->pdl, l->w16, x, y, n, l->in, l->out);
     } else if (l->w16 || (l->pw && !l->f32)) {  // bf16 x bf16 -> float32 on the tensor cores
         size_t nx = (size_t)n * l->in;
         int parts = l->split ? 3 : 1;  // split: x = lo + mid + hi, summed in that order
@@ -732,7 +761,7 @@ static bq_status cuda_linear(be *b, int layer, lin_role r, const float *x, float
                     g_blas.sgemm(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, l->out, n, l->rank, &one, l->la, l->rank, g->lt, l->rank,
                                  &one, y, l->out) != 0))
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasSgemm (LoRC) failed");
-    if (l->b) k_bias<<<nblk((size_t)n * l->out), 256>>>(y, l->b, (size_t)n * l->out, l->out);
+    if (l->b) launch_k(g->pdl, k_bias, nblk((size_t)n * l->out), 256, y, l->b, (size_t)n * l->out, l->out);
     return launched("linear");
 }
 
@@ -755,7 +784,7 @@ static bq_status cuda_linears(be *b, int layer, const lin_role *rs, int count, c
         for (int i = 0; i < count; i++) ws[i] = ls[i]->pw;
         bq_status st = bq_cuda_gemv_multi(ws, count, x, n, ys);
         for (int i = 0; i < count && !st; i++)
-            if (ls[i]->b) k_bias<<<nblk((size_t)n * ls[i]->out), 256>>>(ys[i], ls[i]->b, (size_t)n * ls[i]->out, ls[i]->out);
+            if (ls[i]->b) launch_k(g->pdl, k_bias, nblk((size_t)n * ls[i]->out), 256, ys[i], ls[i]->b, (size_t)n * ls[i]->out, ls[i]->out);
         return st ? st : launched("linears");
     }
     if (!fuse) {
@@ -765,9 +794,9 @@ static bq_status cuda_linears(be *b, int layer, const lin_role *rs, int count, c
     }
     gemv3 m = {{NULL, NULL, NULL}, {NULL, NULL, NULL}, {0, 0, 0}};
     for (int i = 0; i < count; i++) { m.w[i] = ls[i]->w16; m.y[i] = ys[i]; m.o[i] = ls[i]->out; }
-    gemv_bf16_multi(m, x, n, ls[0]->in);
+    gemv_bf16_multi(g->pdl, m, x, n, ls[0]->in);
     for (int i = 0; i < count; i++)
-        if (ls[i]->b) k_bias<<<nblk((size_t)n * ls[i]->out), 256>>>(ys[i], ls[i]->b, (size_t)n * ls[i]->out, ls[i]->out);
+        if (ls[i]->b) launch_k(g->pdl, k_bias, nblk((size_t)n * ls[i]->out), 256, ys[i], ls[i]->b, (size_t)n * ls[i]->out, ls[i]->out);
     return launched("linears");
 }
 
@@ -777,11 +806,12 @@ static bq_status cuda_norm(be *b, int layer, norm_role r, const float *x, float 
     const gnorm *p = &G(b)->norms[layer < 0 ? (size_t)c->layers * 4 : (size_t)layer * 4 + r];
     int layernorm = c->norm == NORM_LAYER && r != N_Q && r != N_K;
     int n4 = d / 4, threads = n4 < 1024 ? (n4 + 31) / 32 * 32 : 1024, v = (n4 + threads - 1) / threads;
+    const bool pdl = G(b)->pdl;
     bool vec = d % 4 == 0 && !(((uintptr_t)x | (uintptr_t)y | (uintptr_t)p->w | (uintptr_t)p->b) & 15);
-    if (vec && v == 1) k_norm_v<1><<<rows, threads>>>(x, p->w, p->b, y, d, c->norm_eps, layernorm);
-    else if (vec && v == 2) k_norm_v<2><<<rows, threads>>>(x, p->w, p->b, y, d, c->norm_eps, layernorm);
-    else if (vec && v <= 4) k_norm_v<4><<<rows, threads>>>(x, p->w, p->b, y, d, c->norm_eps, layernorm);
-    else k_norm<<<rows, 256>>>(x, p->w, p->b, y, d, c->norm_eps, layernorm);
+    if (vec && v == 1) launch_k(pdl, k_norm_v<1>, rows, threads, x, p->w, p->b, y, d, c->norm_eps, layernorm);
+    else if (vec && v == 2) launch_k(pdl, k_norm_v<2>, rows, threads, x, p->w, p->b, y, d, c->norm_eps, layernorm);
+    else if (vec && v <= 4) launch_k(pdl, k_norm_v<4>, rows, threads, x, p->w, p->b, y, d, c->norm_eps, layernorm);
+    else launch_k(pdl, k_norm, rows, 256, x, p->w, p->b, y, d, c->norm_eps, layernorm);
     return launched("norm");
 }
 
@@ -789,7 +819,7 @@ static bq_status cuda_rope(be *b, float *x, int n, int heads, int pos0)
 {
     const bq_config *c = cfg(b);
     int d = c->head_dim;
-    k_rope<<<nblk((size_t)n * heads * (d / 2)), 256>>>(x, n, heads, d, c->rope_theta, pos0, dpos_of(G(b)));
+    launch_k(G(b)->pdl, k_rope, nblk((size_t)n * heads * (d / 2)), 256, x, n, heads, d, c->rope_theta, pos0, dpos_of(G(b)));
     return launched("rope");
 }
 
@@ -803,7 +833,7 @@ static bq_status cuda_kv_store(be *b, int layer, const float *k, const float *v,
     cuda_be *g = G(b);
     const bq_config *c = cfg(b);
     size_t kvd = (size_t)c->kv_heads * c->head_dim, off = (size_t)(layer - b->lo) * b->max_tokens * kvd, nk = (size_t)n * kvd;
-    k_kv_store<<<nblk(nk), 256>>>(g->kc + off, g->vc + off, k, v, nk, kvd, pos, dpos_of(g));
+    launch_k(g->pdl, k_kv_store, nblk(nk), 256, g->kc + off, g->vc + off, k, v, nk, kvd, pos, dpos_of(g));
     return launched("KV cache");
 }
 
@@ -833,8 +863,8 @@ static bq_status cuda_attention(be *b, int layer, float *q, float *a, int n, int
     const bq_format *aq = M->attn_q;
     bq_status st = BQ_OK;
     if (!aq && n <= ATT_FEW && d <= 256) {
-        k_attn_few<<<(unsigned)(n * c->heads), 256>>>(q, K, V, a, g->s, b->max_tokens, c->heads, G_, d, kvd,
-                                                      1.0f / sqrtf((float)d), pos, dpos_of(g), c->sliding_window);
+        launch_k(g->pdl, k_attn_few, (unsigned)(n * c->heads), 256, q, K, V, a, g->s, b->max_tokens, c->heads, G_, d, kvd,
+                 1.0f / sqrtf((float)d), pos, dpos_of(g), c->sliding_window);
         return launched("attention");
     }
     if (g->recording) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: this attention cannot be recorded");
@@ -868,14 +898,13 @@ static bq_status cuda_attention(be *b, int layer, float *q, float *a, int n, int
 
 static bq_status cuda_act(be *b, float *u, const float *gt, size_t n)
 {
-    k_act<<<nblk(n), 256>>>(u, gt, n, cfg(b)->act);
+    launch_k(G(b)->pdl, k_act, nblk(n), 256, u, gt, n, cfg(b)->act);
     return launched("activation");
 }
 
 static bq_status cuda_add(be *b, float *x, const float *y, size_t n)
 {
-    (void)b;
-    k_add<<<nblk(n), 256>>>(x, y, n);
+    launch_k(G(b)->pdl, k_add, nblk(n), 256, x, y, n);
     return launched("add");
 }
 
@@ -888,7 +917,7 @@ static bq_status cuda_check(be *b, const float *x, int rows, int d, int layer, c
     g->site_pos[site] = pos;
     g->checked = 1;
     size_t n = (size_t)rows * d;
-    k_check<<<nblk(n), 256>>>(x, n, g->bad + site);
+    launch_k(g->pdl, k_check, nblk(n), 256, x, n, g->bad + site);
     return launched("check");
 }
 
@@ -1152,6 +1181,7 @@ static bq_status cuda_setup(cuda_be *g)
             const linear *src = model_linear(m, l, (lin_role)r);
             glin *dst = glin_at(g, l, (lin_role)r);
             if (!LINEAR_PRESENT(src) || (st = up_linear(dst, src, b))) continue;
+            if (dst->pw) bq_cuda_w_set_pdl(dst->pw, g->pdl);
             if (dst->w16 || (dst->pw && !dst->f32)) any16 = any16 > 1 ? any16 : 1;
             if (dst->split) any16 = 3;
             rank = dst->rank > rank ? dst->rank : rank;
@@ -1234,6 +1264,8 @@ extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int 
     g->base.lo = lo;
     g->base.hi = hi;
     g->dev = dev;
+    const char *pdl = getenv("BQ_CUDA_PDL");
+    g->pdl = !(pdl && !strcmp(pdl, "0"));
     bq_status st = cuda_bind(&g->base);
     if (!st) st = cublas_handle(&g->blas, &g->blas_ws);
     if (!st) st = cuda_setup(g);

@@ -22,6 +22,7 @@
 extern "C" {
 #include "bq_cuda.h"
 }
+#include "launch.cuh"
 
 struct bq_cuda_w {
     int rows, cols, eb, K, nb, sbytes;
@@ -40,6 +41,7 @@ struct bq_cuda_w {
     unsigned short *lut6;      //   and code -> fp16 value (64 entries)
     unsigned short lut6_host[64];  //   (the same, for same_layout)
     int ks;                    // column splits of the tensor-core GEMV (gemv_splits)
+    int pdl;                   // launched programmatically (launch.cuh): on unless bq_cuda_w_set_pdl turned it off
     uint32_t *xf;              // device scratch (unsplit): activation pieces in B-fragment order
     float *xs;                 //   and their power-of-two factor per tile and column
     float *part;               // device scratch (split): the splits' partial sums [ks][n][rows]
@@ -47,6 +49,7 @@ struct bq_cuda_w {
 };
 
 extern "C" size_t bq_cuda_w_bytes(const bq_cuda_w *w) { return w->bytes; }
+extern "C" void bq_cuda_w_set_pdl(bq_cuda_w *w, int on) { w->pdl = on != 0; }
 
 // Column splits for the tensor-core GEMV: a CTA takes 32 rows, so a matrix of a
 // few thousand rows fills only one CTA per SM, too few loads in flight to reach
@@ -242,7 +245,7 @@ extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out)
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: 8-bit sign-magnitude codes (%s) are not supported", m->f->name);
     bq_cuda_w *w = (bq_cuda_w *)calloc(1, sizeof *w);
     if (!w) return bq_fail(BQ_ERR_NOMEM, "out of memory");
-    w->rows = m->rows; w->cols = m->cols; w->eb = m->eb; w->K = m->K; w->nb = m->nb; w->sbytes = m->sbytes;
+    w->rows = m->rows; w->cols = m->cols; w->eb = m->eb; w->K = m->K; w->nb = m->nb; w->sbytes = m->sbytes; w->pdl = 1;
     w->KT = m->K >= 64 ? 64 : m->K;
     w->emult = m->emult;
     memcpy(w->lut, m->lut, 16);
@@ -304,7 +307,7 @@ static bq_status upload6(const pmat *m, bq_cuda_w **out)
     bq_cuda_w *w = (bq_cuda_w *)calloc(1, sizeof *w);
     if (!w) return bq_fail(BQ_ERR_NOMEM, "out of memory");
     w->rows = m->rows; w->cols = m->cols; w->eb = 6; w->K = w->KT = K; w->nb = m->cols / K; w->sbytes = 1; w->emult = 1.0f;
-    w->tc = 3; w->cmode = 1.0f;
+    w->tc = 3; w->cmode = 1.0f; w->pdl = 1;
     tc_shape(w);
     size_t ncode = (size_t)w->R16 * w->NT * 32, nscale = (size_t)w->R16 * w->NT * w->SBT, nhi = (size_t)w->R16 / 16 * w->NT * 32 * 8;
     size_t psize = bq_packed_size(f, (size_t)m->rows, (size_t)m->cols), prb = pack_row_bytes(f, (size_t)m->cols);
@@ -351,6 +354,8 @@ __global__ void __launch_bounds__(256) gemv_kernel(const uint8_t *__restrict__ c
     __shared__ float fac[256];
     if (SB == 1) for (int i = threadIdx.x; i < 256; i += blockDim.x) fac[i] = factor[i];
     const uint32_t L0 = (uint32_t)lut_lo.x, L1 = (uint32_t)lut_lo.y, L2 = (uint32_t)lut_lo.z, L3 = (uint32_t)lut_lo.w;
+    pdl_wait();
+    pdl_go();
     __syncthreads();
     const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31, r0 = warp * ROWS;
     if (r0 >= rows) return;
@@ -441,21 +446,29 @@ static __device__ __forceinline__ float pow2i(int k) { return __int_as_float((k 
 // overflows; a non-finite tile gets scale NaN): pc[tau][p][k] holds piece p of
 // token tau at column k, post[tau] the factor 2^e that undoes the scaling. One
 // warp; pc is the warp's own, __syncwarp()ed before it is read.
-static __device__ __forceinline__ void tile_pieces(const float *__restrict__ x, int cols, int n, int T, int lane,
-                                                   __half (*pc)[3][64], float (&post)[4])
+// tile_x loads a lane's two activations of each token (v), tile_pieces makes the
+// pieces from them (a warp's shuffles).
+static __device__ __forceinline__ void tile_x(const float *__restrict__ x, int cols, int n, int T, int lane, float (&v)[4][2])
+{
+#pragma unroll
+    for (int tau = 0; tau < 4; tau++)
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            int k = 64 * T + lane + 32 * i;
+            v[tau][i] = tau < n && k < cols ? x[(size_t)tau * cols + k] : 0.0f;
+        }
+}
+
+static __device__ __forceinline__ void tile_pieces(const float (&xv)[4][2], int n, int lane, __half (*pc)[3][64], float (&post)[4])
 {
 #pragma unroll
     for (int tau = 0; tau < 4; tau++) {
         post[tau] = 0.0f;
         if (tau >= n) continue;
-        float v[2];
+        const float *v = xv[tau];
         uint32_t m = 0;
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
-            int k = 64 * T + lane + 32 * i;
-            v[i] = k < cols ? x[(size_t)tau * cols + k] : 0.0f;
-            m = max(m, (uint32_t)__float_as_int(v[i]) & 0x7fffffffu);
-        }
+        for (int i = 0; i < 2; i++) m = max(m, (uint32_t)__float_as_int(v[i]) & 0x7fffffffu);
         for (int o = 16; o; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
         // |x| < 2^E; pieces of x * 2^-e with e = E - 15 stay below fp16's largest value
         int E = m >> 23 ? (int)(m >> 23) - 126 : -126, e = max(E - 15, -126);
@@ -487,10 +500,13 @@ __global__ void __launch_bounds__(256) tc_split(const float *__restrict__ x, int
                                                 float *__restrict__ xs)
 {
     __shared__ __half pc[8][4][3][64];
+    pdl_wait();
+    pdl_go();
     const int wl = threadIdx.x >> 5, lane = threadIdx.x & 31, T = blockIdx.x * 8 + wl;
     if (T >= NT) return;
-    float post[4];
-    tile_pieces(x, cols, n, T, lane, pc[wl], post);
+    float post[4], xv[4][2];
+    tile_x(x, cols, n, T, lane, xv);
+    tile_pieces(xv, n, lane, pc[wl], post);
     __syncwarp();
     for (int it = lane; it < 16 * 3 * n; it += 32) {
         int c = it / 16, s = (it / 4) % 4, t = it % 4, k0 = 16 * s + 2 * t;
@@ -567,6 +583,22 @@ struct tc_mats {
 // A CTA: RG groups of 16 rows; its 8 warps split the 64-column tiles and sum in
 // shared memory in a fixed order. Per tile a lane loads 16 bytes of codes per row
 // group, its activation fragments (32 bytes per n8 block) and two rows' scales.
+// One tile a warp at a time: 2 and 4 tiles in flight (a ring of slots, each refilled
+// with the tile D ahead once multiplied) measured slower on the H200 at every 7B shape
+// (bench/gpu/round18/call1_gemv_depth.txt): the kernel is bound by its instructions,
+// not by the loads in flight. A slot: tile T's codes, its rows' scales, and its
+// activations (unsplit: the B fragments and column factors tc_split made; split:
+// the lane's raw x values).
+template <int RG, int NT8>
+struct tc_slot {
+    uint4 c[RG];
+    uint2 hp[RG];
+    uint32_t sg[RG], sg8[RG];
+    uint4 b[NT8][2];
+    float2 xc[NT8];
+    float xv[4][2];
+};
+
 template <int MODE, int K, int SB, int NT8, bool SPLIT>
 __global__ void __launch_bounds__(256) gemv_tc(const tc_mats M, const float *__restrict__ x, int cols, const uint4 *__restrict__ xf,
                                                const float *__restrict__ xs, int NT, int n, const unsigned short *__restrict__ lut6,
@@ -588,48 +620,47 @@ __global__ void __launch_bounds__(256) gemv_tc(const tc_mats M, const float *__r
     const int rows = M.rows[mi], bx = (int)blockIdx.x - M.first[mi];
     if (SB == 1) for (int i = threadIdx.x; i < 256; i += blockDim.x) fac[i] = M.factor[mi][i];
     if (MODE == 3 && threadIdx.x < 64) l6[threadIdx.x] = lut6[threadIdx.x];
-    __syncthreads();
     const int wp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     // SPLIT (one matrix): CTA (x, y) takes the y-th of gridDim.y slices of the tiles; its
     // sums go to part[y], which the row block's last CTA adds in a fixed order (below)
     const int A = SPLIT ? (int)blockIdx.y * NT / (int)gridDim.y : 0, B = SPLIT ? ((int)blockIdx.y + 1) * NT / (int)gridDim.y : NT;
     const int G0 = bx * RG, ngroups = (rows + 15) / 16, T0 = A + wp * (B - A) / 8, T1 = A + (wp + 1) * (B - A) / 8;
     float acc[RG][NT8][4] = {};
-    // (Loading the next tile's codes and scales before multiplying this one was
-    // measured slower on the H200: 4096x4096 MXFP4 16% of copy instead of 22%.)
-    for (int T = T0; T < T1; T++) {
-        uint4 c[RG];
-        uint2 hp[RG];
-        uint32_t sg[RG], sg8[RG];
+    tc_slot<RG, NT8> S;
+    auto fetch_w = [&](tc_slot<RG, NT8> &q, int T) {  // tile T's codes and its rows' scales
 #pragma unroll
         for (int rg = 0; rg < RG; rg++) {
             int G = min(G0 + rg, ngroups - 1);
-            c[rg] = __ldg(codes + ((size_t)G * NT + T) * 32 + lane);
-            hp[rg] = MODE == 3 ? __ldg(hip + ((size_t)G * NT + T) * 32 + lane) : make_uint2(0, 0);
+            q.c[rg] = __ldg(codes + ((size_t)G * NT + T) * 32 + lane);
+            q.hp[rg] = MODE == 3 ? __ldg(hip + ((size_t)G * NT + T) * 32 + lane) : make_uint2(0, 0);
             const uint8_t *sp = scales + (((size_t)G * NT + T) * 16 + g) * SBT;
-            sg[rg] = SBT == 4 ? __ldg((const uint32_t *)sp) : __ldg((const uint16_t *)sp);
-            sg8[rg] = SBT == 4 ? __ldg((const uint32_t *)(sp + 8 * SBT)) : __ldg((const uint16_t *)(sp + 8 * SBT));
+            q.sg[rg] = SBT == 4 ? __ldg((const uint32_t *)sp) : __ldg((const uint16_t *)sp);
+            q.sg8[rg] = SBT == 4 ? __ldg((const uint32_t *)(sp + 8 * SBT)) : __ldg((const uint16_t *)(sp + 8 * SBT));
         }
-        // B fragments: column c = 3 * tau + p holds piece p of token tau; a lane
-        // takes column g's rows 2t, 2t + 1, 2t + 8, 2t + 9 of each 16-deep step.
-        // Unsplit: from tc_split; split (small matrices, where one kernel less
-        // counts): made here from x.
-        uint4 b[NT8][2];
-        float2 xc[NT8];
-        if (!SPLIT) {
+    };
+    // B fragments: column c = 3 * tau + p holds piece p of token tau; a lane takes
+    // column g's rows 2t, 2t + 1, 2t + 8, 2t + 9 of each 16-deep step. Unsplit: from
+    // tc_split; split (small matrices, where one kernel less counts): made from x.
+    auto fetch_x = [&](tc_slot<RG, NT8> &q, int T) {
+        if (SPLIT) {
+            tile_x(x, cols, n, T, lane, q.xv);
+        } else {
 #pragma unroll
             for (int nb = 0; nb < NT8; nb++) {
                 const uint4 *p = xf + (((size_t)nb * NT + T) * 32 + lane) * 2;
                 bool live = 8 * nb + g < 3 * n;  // columns past the last token's pieces are zero
-                b[nb][0] = live ? __ldg(p) : make_uint4(0, 0, 0, 0);
-                b[nb][1] = live ? __ldg(p + 1) : make_uint4(0, 0, 0, 0);
+                q.b[nb][0] = live ? __ldg(p) : make_uint4(0, 0, 0, 0);
+                q.b[nb][1] = live ? __ldg(p + 1) : make_uint4(0, 0, 0, 0);
                 int c0 = 8 * nb + 2 * t;
-                xc[nb] = make_float2(c0 < 3 * n ? __ldg(xs + ((size_t)nb * NT + T) * 8 + 2 * t) : 0.0f,
-                                     c0 + 1 < 3 * n ? __ldg(xs + ((size_t)nb * NT + T) * 8 + 2 * t + 1) : 0.0f);
+                q.xc[nb] = make_float2(c0 < 3 * n ? __ldg(xs + ((size_t)nb * NT + T) * 8 + 2 * t) : 0.0f,
+                                       c0 + 1 < 3 * n ? __ldg(xs + ((size_t)nb * NT + T) * 8 + 2 * t + 1) : 0.0f);
             }
-        } else {
+        }
+    };
+    auto multiply = [&](tc_slot<RG, NT8> &q) {
+        if (SPLIT) {  // the pieces of the lane's x values, through the warp's shared rows
             float post[4];
-            tile_pieces(x, cols, n, T, lane, pcs[SPLIT ? wp : 0], post);
+            tile_pieces(q.xv, n, lane, pcs[SPLIT ? wp : 0], post);
             __syncwarp();
 #pragma unroll
             for (int nb = 0; nb < NT8; nb++) {
@@ -644,9 +675,9 @@ __global__ void __launch_bounds__(256) gemv_tc(const tc_mats M, const float *__r
                         w[2 * st + 1] = (uint32_t)__half_as_ushort(h[k0 + 8]) | (uint32_t)__half_as_ushort(h[k0 + 9]) << 16;
                     }
                 }
-                b[nb][0] = make_uint4(w[0], w[1], w[2], w[3]);
-                b[nb][1] = make_uint4(w[4], w[5], w[6], w[7]);
-                xc[nb] = make_float2(pick4(post, (8 * nb + 2 * t) / 3), pick4(post, (8 * nb + 2 * t + 1) / 3));
+                q.b[nb][0] = make_uint4(w[0], w[1], w[2], w[3]);
+                q.b[nb][1] = make_uint4(w[4], w[5], w[6], w[7]);
+                q.xc[nb] = make_float2(pick4(post, (8 * nb + 2 * t) / 3), pick4(post, (8 * nb + 2 * t + 1) / 3));
             }
             __syncwarp();  // pcs is rewritten for the next tile
         }
@@ -655,12 +686,12 @@ __global__ void __launch_bounds__(256) gemv_tc(const tc_mats M, const float *__r
         for (int s = 0; s < 4; s++) {
 #pragma unroll
             for (int rg = 0; rg < RG; rg++) {
-                uint32_t wd = s == 0 ? c[rg].x : s == 1 ? c[rg].y : s == 2 ? c[rg].z : c[rg].w;
+                uint32_t wd = s == 0 ? q.c[rg].x : s == 1 ? q.c[rg].y : s == 2 ? q.c[rg].z : q.c[rg].w;
                 uint32_t a[4];
-                word_halves<MODE>(wd, hp[rg], s, l6, a);
+                word_halves<MODE>(wd, q.hp[rg], s, l6, a);
 #pragma unroll
                 for (int nb = 0; nb < NT8; nb++) {
-                    const uint4 &bb = b[nb][s / 2];
+                    const uint4 &bb = q.b[nb][s / 2];
                     mma16816(d[rg][nb], a, s % 2 ? bb.z : bb.x, s % 2 ? bb.w : bb.y, s % (K / 16) == 0);
                 }
             }
@@ -668,8 +699,8 @@ __global__ void __launch_bounds__(256) gemv_tc(const tc_mats M, const float *__r
                 const int bt = s / (K / 16);
 #pragma unroll
                 for (int rg = 0; rg < RG; rg++) {
-                    float f0 = scale_factor(sg[rg] >> (8 * SB * bt), SB, fac, emult);
-                    float f8 = scale_factor(sg8[rg] >> (8 * SB * bt), SB, fac, emult);
+                    float f0 = scale_factor(q.sg[rg] >> (8 * SB * bt), SB, fac, emult);
+                    float f8 = scale_factor(q.sg8[rg] >> (8 * SB * bt), SB, fac, emult);
 #pragma unroll
                     for (int nb = 0; nb < NT8; nb++) {
                         tacc[rg][nb][0] = __fmaf_rn(d[rg][nb][0], f0, tacc[rg][nb][0]);
@@ -685,7 +716,18 @@ __global__ void __launch_bounds__(256) gemv_tc(const tc_mats M, const float *__r
 #pragma unroll
             for (int nb = 0; nb < NT8; nb++)
 #pragma unroll
-                for (int i = 0; i < 4; i++) acc[rg][nb][i] = __fmaf_rn(tacc[rg][nb][i], i & 1 ? xc[nb].y : xc[nb].x, acc[rg][nb][i]);
+                for (int i = 0; i < 4; i++) acc[rg][nb][i] = __fmaf_rn(tacc[rg][nb][i], i & 1 ? q.xc[nb].y : q.xc[nb].x, acc[rg][nb][i]);
+    };
+    // the weights need no earlier kernel: the first tile's are in flight while the
+    // kernel that wrote x finishes (launch.cuh)
+    if (T0 < T1) fetch_w(S, T0);
+    pdl_wait();
+    pdl_go();
+    __syncthreads();
+    for (int T = T0; T < T1; T++) {
+        if (T != T0) fetch_w(S, T);
+        fetch_x(S, T);
+        multiply(S);
     }
 #pragma unroll
     for (int rg = 0; rg < RG; rg++)
@@ -739,7 +781,7 @@ static bq_status gemv_tensor_cores(const bq_cuda_w *const *ws, int count, const 
 {
     const bq_cuda_w *w = ws[0];
     if (ks == 1) {
-        tc_split<<<(unsigned)((w->NT + 7) / 8), 256>>>(d_x, w->cols, n, w->NT, (uint2 *)w->xf, w->xs);
+        launch_k(w->pdl, tc_split, (w->NT + 7) / 8, 256, d_x, w->cols, n, w->NT, (uint2 *)w->xf, w->xs);
         bq_status st = launched("GEMV activation split");
         if (st) return st;
     }
@@ -760,9 +802,9 @@ static bq_status gemv_tensor_cores(const bq_cuda_w *const *ws, int count, const 
     }
     M.count = count;
     dim3 grid((unsigned)ctas, (unsigned)ks);
-#define L1(MODE, K, SB, NT8, SPLIT) gemv_tc<MODE, K, SB, NT8, SPLIT><<<grid, 256>>>(M, d_x, w->cols, (const uint4 *)w->xf, w->xs, \
-        w->NT, n, w->lut6, w->part, w->count)
-#define L(MODE, K, SB, NT8) if (ks > 1) L1(MODE, K, SB, NT8, true); else L1(MODE, K, SB, NT8, false)
+#define L1(MODE, K, SB, NT8, SPLIT) launch_k(w->pdl, gemv_tc<MODE, K, SB, NT8, SPLIT>, grid, 256, M, d_x, w->cols, \
+        (const uint4 *)w->xf, (const float *)w->xs, w->NT, n, (const unsigned short *)w->lut6, w->part, w->count)
+#define L(MODE, K, SB, NT8) if (ks > 1) { L1(MODE, K, SB, NT8, true); } else { L1(MODE, K, SB, NT8, false); }
 #define L2(MODE, K, SB) if (n > 2) { L(MODE, K, SB, 2); } else { L(MODE, K, SB, 1); }
     if (w->tc == 1 && w->KT == 32 && w->sbytes == 1) { L2(1, 32, 1); }
     else if (w->tc == 1 && w->KT == 16 && w->sbytes == 1) { L2(1, 16, 1); }
@@ -810,7 +852,8 @@ extern "C" bq_status bq_cuda_gemv_split(const bq_cuda_w *w, const float *d_x, in
     int4 lo;
     memcpy(&lo, biased, 16);
     unsigned blocks = (unsigned)((w->rows + 31) / 32);  /* 8 warps x 4 rows */
-#define L(EB, K, SB) gemv_kernel<EB, K, SB><<<blocks, 256>>>(w->codes, w->scales, w->d_factor, w->emult, d_x, d_y, w->rows, w->cols, n, lo)
+#define L(EB, K, SB) launch_k(w->pdl, gemv_kernel<EB, K, SB>, blocks, 256, (const uint8_t *)w->codes, (const uint8_t *)w->scales, \
+                              (const float *)w->d_factor, w->emult, d_x, d_y, w->rows, w->cols, n, lo)
     if (w->eb == 4 && w->K == 32 && w->sbytes == 1) L(4, 32, 1);
     else if (w->eb == 4 && w->K == 16 && w->sbytes == 1) L(4, 16, 1);
     else if (w->eb == 4 && w->K == 32 && w->sbytes == 2) L(4, 32, 2);

@@ -26,6 +26,7 @@ int bq_cuda_qdq_reads_back(const bq_format *f) { (void)f; return 0; }
 bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out) { (void)m; *out = NULL; return none(); }
 void bq_cuda_w_free(bq_cuda_w *w) { (void)w; }
 size_t bq_cuda_w_bytes(const bq_cuda_w *w) { (void)w; return 0; }
+void bq_cuda_w_set_pdl(bq_cuda_w *w, int on) { (void)w; (void)on; }
 bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *x, int n, float *y) { (void)w; (void)x; (void)n; (void)y; return none(); }
 bq_status bq_cuda_gemv_split(const bq_cuda_w *w, const float *x, int n, float *y, int ks)
 {
