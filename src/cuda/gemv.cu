@@ -584,7 +584,7 @@ struct tc_mats {
 // shared memory in a fixed order. Per tile a lane loads 16 bytes of codes per row
 // group, its activation fragments (32 bytes per n8 block) and two rows' scales.
 // One tile a warp at a time: 2 and 4 tiles in flight (a ring of slots, each refilled
-// with the tile D ahead once multiplied) measured slower on the H200 at every 7B shape
+// with the tile 2 or 4 ahead once multiplied) measured slower on the H200 at every 7B shape
 // (bench/gpu/round18/call1_gemv_depth.txt): the kernel is bound by its instructions,
 // not by the loads in flight. A slot: tile T's codes, its rows' scales, and its
 // activations (unsplit: the B fragments and column factors tc_split made; split:
