@@ -803,7 +803,7 @@ static bq_status gemv_tensor_cores(const bq_cuda_w *const *ws, int count, const 
     M.count = count;
     dim3 grid((unsigned)ctas, (unsigned)ks);
 #define L1(MODE, K, SB, NT8, SPLIT) launch_k(w->pdl, gemv_tc<MODE, K, SB, NT8, SPLIT>, grid, 256, M, d_x, w->cols, \
-        (const uint4 *)w->xf, (const float *)w->xs, w->NT, n, (const unsigned short *)w->lut6, w->part, w->count)
+        (const uint4 *)w->xf, w->xs, w->NT, n, w->lut6, w->part, w->count)
 #define L(MODE, K, SB, NT8) if (ks > 1) { L1(MODE, K, SB, NT8, true); } else { L1(MODE, K, SB, NT8, false); }
 #define L2(MODE, K, SB) if (n > 2) { L(MODE, K, SB, 2); } else { L(MODE, K, SB, 1); }
     if (w->tc == 1 && w->KT == 32 && w->sbytes == 1) { L2(1, 32, 1); }
@@ -852,8 +852,8 @@ extern "C" bq_status bq_cuda_gemv_split(const bq_cuda_w *w, const float *d_x, in
     int4 lo;
     memcpy(&lo, biased, 16);
     unsigned blocks = (unsigned)((w->rows + 31) / 32);  /* 8 warps x 4 rows */
-#define L(EB, K, SB) launch_k(w->pdl, gemv_kernel<EB, K, SB>, blocks, 256, (const uint8_t *)w->codes, (const uint8_t *)w->scales, \
-                              (const float *)w->d_factor, w->emult, d_x, d_y, w->rows, w->cols, n, lo)
+#define L(EB, K, SB) launch_k(w->pdl, gemv_kernel<EB, K, SB>, blocks, 256, w->codes, w->scales, w->d_factor, w->emult, d_x, d_y, \
+                              w->rows, w->cols, n, lo)
     if (w->eb == 4 && w->K == 32 && w->sbytes == 1) L(4, 32, 1);
     else if (w->eb == 4 && w->K == 16 && w->sbytes == 1) L(4, 16, 1);
     else if (w->eb == 4 && w->K == 32 && w->sbytes == 2) L(4, 32, 2);

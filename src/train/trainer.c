@@ -406,6 +406,13 @@ bq_status train_param_get(const bq_trainer *t, int i, int which, float *host)
     return t->op->get(t->be, host, src[which], p->n);
 }
 
+/* dst (a linear's out x in weights on the backend) += s B A, its adapters' product */
+static void lora_add(const bq_trainer *t, const tlin *L, float *dst)
+{
+    const linear *l = L->l;
+    t->op->gemm(t->be, 0, 0, l->out, l->in, L->lora, train_lora_scale(t), L->B, L->lora, L->A, l->in, 1.0f, dst, l->in);
+}
+
 bq_status train_prepare(bq_trainer *t)
 {
     const tr_ops *op = t->op;
@@ -422,7 +429,7 @@ bq_status train_prepare(bq_trainer *t)
         int inside = L->lora && !t->o.lora_beside, beside = L->lora && t->o.lora_beside;
         if (inside) {  /* W + s B A, then quantised */
             op->copy(t->be, L->wq, L->w, n);
-            op->gemm(t->be, 0, 0, l->out, l->in, L->lora, train_lora_scale(t), L->B, L->lora, L->A, l->in, 1.0f, L->wq, l->in);
+            lora_add(t, L, L->wq);
             src = L->wq;
         }
         if (L->wf) {
@@ -430,7 +437,7 @@ bq_status train_prepare(bq_trainer *t)
             if (st) return st;
         } else if (beside) op->copy(t->be, L->wq, L->w, n);
         if (beside)  /* q(W) + s B A: the gradient of the sum is the adapters' as it is W_eff's */
-            op->gemm(t->be, 0, 0, l->out, l->in, L->lora, train_lora_scale(t), L->B, L->lora, L->A, l->in, 1.0f, L->wq, l->in);
+            lora_add(t, L, L->wq);
     }
     return op->status(t->be);
 }
@@ -544,7 +551,7 @@ bq_status bq_trainer_merge(bq_trainer *t)
             l->lr_rank = L->lora;
             continue;  /* the adapters train on from where they are */
         }
-        op->gemm(t->be, 0, 0, l->out, l->in, L->lora, train_lora_scale(t), L->B, L->lora, L->A, l->in, 1.0f, L->w, l->in);
+        lora_add(t, L, L->w);
         if (L->w != l->w) st = op->get(t->be, l->w, L->w, (size_t)l->out * l->in);
         /* the adapters start again from zero, so W + s B A is unchanged */
         op->zero(t->be, L->B, na);
