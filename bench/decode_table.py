@@ -1,7 +1,7 @@
 """Batch-1 decode of the random 7B shape against its bandwidth bound (issue 17).
     python3 bench/decode_table.py DECODE.jsonl COPY_GBPS [--md]
-DECODE.jsonl: bench/timecmd.py lines named "decode FORMAT pdl=P" (generate --json as
-the last stdout line). The bound is the bytes a token reads (every linear's weights
+DECODE.jsonl: bench/timecmd.py lines named "decode FORMAT pdl=P" or "decode FORMAT
+gemv=fp16|int8" (generate --json as the last stdout line). The bound is the bytes a token reads (every linear's weights
 in the format, the bf16 head, the float32 KV cache at the run's mean position)
 over the device copy bandwidth measured in the same run; tokens/s are the median
 of the runs of each (format, pdl)."""
@@ -39,8 +39,9 @@ def main():
         toks = [t for t, _ in v]
         med = statistics.median(toks)
         b = bound_tok_s(f, 5, 128, copy) if f in BITS else float("nan")
-        x = med / bf16[p] if p in bf16 else float("nan")
-        launch = {"pdl=0": "graph", "pdl=1": "graph + PDL"}.get(p, p)
+        ref = bf16.get(p, next(iter(bf16.values()), float("nan")))  # bf16 (no packed GEMV) ran once for both GEMV paths
+        x = med / ref
+        launch = {"pdl=0": "graph", "pdl=1": "graph + PDL", "gemv=fp16": "fp16 GEMV", "gemv=int8": "int8 GEMV"}.get(p, p)
         print(f"| {f} | {launch} | {med:.1f} ({', '.join(f'{t:.1f}' for t in toks)}) | {b:.0f} | {100 * med / b:.0f}% | {x:.2f} |")
 
 

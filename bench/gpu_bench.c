@@ -180,25 +180,35 @@ int main(int argc, char **argv)
            GEMV_CALLS);
     const char *gf[] = {"mxfp4", "nvfp4", "int4_b32_sfp16", "int4_g128", "mxfp6_e2m3", "mxint8", "int8_b32_sfp16"};
     const int gs[][2] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {16384, 16384}};  /* a 7B layer's shapes, and a large one */
+    /* each on the fp16 path (4-bit codes on its tensor cores, 8-bit by rows), then on the
+     * int8 tensor cores where they take it: rows "(int8)", records gemv_int8 */
     for (int s = 0; s < (quick ? 1 : 4); s++) {
         int R = gs[s][0], C = gs[s][1];
-        for (size_t i = 0; i < sizeof gf / sizeof *gf; i++) {
+        for (size_t i = 0; i < 2 * (sizeof gf / sizeof *gf); i++) {
+            bq_gemv_path path = i % 2 ? BQ_GEMV_INT8 : BQ_GEMV_FP16;
+            const char *sfx = i % 2 ? " (int8)" : "";
             bq_format *f;
-            bq_format_parse(gf[i], &f);
+            bq_format_parse(gf[i / 2], &f);
             pmat *m;
             bq_cuda_w *w[GEMV_CALLS] = {0};
             int nw = 0;
-            if (pmat_pack(f, hx, R, C, NULL, &m)) { printf("%s: %s\n", gf[i], bq_last_error()); bq_format_free(f); continue; }
+            if (pmat_pack(f, hx, R, C, NULL, &m)) { printf("%s: %s\n", gf[i / 2], bq_last_error()); bq_format_free(f); continue; }
             /* copies until they exceed twice the L2 cache, so calls back to back read memory */
             size_t total = 0;
-            while (nw < GEMV_CALLS && (nw == 0 || total <= 2 * (size_t)l2) && !bq_cuda_w_upload(m, &w[nw])) total += bq_cuda_w_bytes(w[nw++]);
-            if (!nw) { printf("%s: %s\n", gf[i], bq_last_error()); pmat_free(m); bq_format_free(f); continue; }
+            bq_status us = BQ_OK;
+            while (nw < GEMV_CALLS && (nw == 0 || total <= 2 * (size_t)l2) && !(us = bq_cuda_w_upload_path(m, path, &w[nw])))
+                total += bq_cuda_w_bytes(w[nw++]);
+            if (!nw) {
+                if (!(path == BQ_GEMV_INT8 && us == BQ_ERR_UNSUPPORTED)) printf("%s%s: %s\n", gf[i / 2], sfx, bq_last_error());
+                pmat_free(m); bq_format_free(f); continue;
+            }
             double mb = (double)bq_cuda_w_bytes(w[0]);
             gemv_arg g = {w, nw, GEMV_CALLS, dx, dy};
             double one = mb / best_ms(run_gemv, &g, 20) / 1e6, gbs = mb * GEMV_CALLS / best_ms(run_gemvs, &g, 5) / 1e6;
-            printf("| %s | %dx%d | %.1f | %.0f | %.0f | %.0f%% |\n", gf[i], R, C, mb / 1e6, one, gbs, 100 * gbs / copy);
-            emit("gemv_one_call", gf[i], (double)R * C, one, copy);
-            emit("gemv", gf[i], (double)R * C, gbs, copy);
+            if (bq_cuda_sync()) printf("%s%s: %s\n", gf[i / 2], sfx, bq_last_error());
+            printf("| %s%s | %dx%d | %.1f | %.0f | %.0f | %.0f%% |\n", gf[i / 2], sfx, R, C, mb / 1e6, one, gbs, 100 * gbs / copy);
+            emit(i % 2 ? "gemv_one_call_int8" : "gemv_one_call", gf[i / 2], (double)R * C, one, copy);
+            emit(i % 2 ? "gemv_int8" : "gemv", gf[i / 2], (double)R * C, gbs, copy);
             for (int k = 0; k < nw; k++) bq_cuda_w_free(w[k]);
             pmat_free(m);
             bq_format_free(f);
@@ -207,7 +217,7 @@ int main(int argc, char **argv)
     /* a 7B layer's q, k, v (3 x 4096x4096) and gate, up (2 x 11008x4096): separately or in one launch */
     printf("\n| GEMV, matrices sharing x (1 token) | matrices | weight MB | separate calls GB/s | one launch GB/s | one launch / separate |\n"
            "|---|---|---|---|---|---|\n");
-    const char *mf[] = {"mxfp4", "nvfp4", "int4_b32_sfp16"};
+    const char *mf[] = {"mxfp4", "nvfp4", "int4_b32_sfp16", "mxfp4", "nvfp4", "int4_b32_sfp16", "mxint8"};  /* the last 4: int8 */
     const int ms[][3] = {{3, 4096, 4096}, {2, 11008, 4096}};
     float *dys[3] = {NULL, NULL, NULL};
     for (int k = 0; k < 3; k++) bq_cuda_malloc((void **)&dys[k], 11008 * 4);
@@ -216,13 +226,15 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < sizeof mf / sizeof *mf; i++) {
             bq_format *f;
             bq_format_parse(mf[i], &f);
+            bq_gemv_path path = i >= 3 ? BQ_GEMV_INT8 : BQ_GEMV_FP16;
+            const char *sfx = i >= 3 ? " (int8)" : "";
             pmat *m;
             if (pmat_pack(f, hx, R, C, NULL, &m)) { printf("%s: %s\n", mf[i], bq_last_error()); bq_format_free(f); continue; }
             bq_cuda_w *sets[8][3] = {{0}};
             int nsets = 0, ok = 1;
             size_t total = 0;
             while (nsets < 8 && ok && (nsets == 0 || total <= 2 * (size_t)l2)) {  /* past the L2 cache */
-                for (int k = 0; k < cnt && ok; k++) ok = !bq_cuda_w_upload(m, &sets[nsets][k]);
+                for (int k = 0; k < cnt && ok; k++) ok = !bq_cuda_w_upload_path(m, path, &sets[nsets][k]);
                 if (ok) total += (size_t)cnt * bq_cuda_w_bytes(sets[nsets++][0]);
             }
             if (nsets) {
@@ -231,11 +243,11 @@ int main(int argc, char **argv)
                 double sep = mb * GEMV_CALLS / best_ms(run_multi, &g, 5) / 1e6;
                 g.fused = 1;
                 double one = mb * GEMV_CALLS / best_ms(run_multi, &g, 5) / 1e6;
-                printf("| %s | %d x %dx%d | %.1f | %.0f (%.0f%% of copy) | %.0f (%.0f%% of copy) | %.2fx |\n", mf[i], cnt, R, C, mb / 1e6,
-                       sep, 100 * sep / copy, one, 100 * one / copy, one / sep);
-                emit("gemv_separate", mf[i], (double)cnt * R * C, sep, copy);
-                emit("gemv_one_launch", mf[i], (double)cnt * R * C, one, copy);
-            }
+                printf("| %s%s | %d x %dx%d | %.1f | %.0f (%.0f%% of copy) | %.0f (%.0f%% of copy) | %.2fx |\n", mf[i], sfx, cnt, R, C,
+                       mb / 1e6, sep, 100 * sep / copy, one, 100 * one / copy, one / sep);
+                emit(i >= 3 ? "gemv_separate_int8" : "gemv_separate", mf[i], (double)cnt * R * C, sep, copy);
+                emit(i >= 3 ? "gemv_one_launch_int8" : "gemv_one_launch", mf[i], (double)cnt * R * C, one, copy);
+            } else printf("%s%s: %s\n", mf[i], sfx, bq_last_error());
             for (int k = 0; k < nsets; k++)
                 for (int j = 0; j < cnt; j++) bq_cuda_w_free(sets[k][j]);
             pmat_free(m);

@@ -17,6 +17,9 @@
 #     (CUDA_VISIBLE_DEVICES=0) against 2 stages on 2 GPUs, then a random 70B shape (bf16, 140 GB,
 #     written to /dev/shm: the 2-GPU machine's disk is 128 GiB) split over both
 #   STAGES=pdl: batch-1 decode per format (PDL_FORMATS, ROUNDS) with and without programmatic launches, against the bound
+#   STAGES=int8: the int8 tensor-core GEMV (src/cuda/i8_layout.h): test_cuda's GEMV tests (both paths), test_backend
+#     and test_engine with BQ_CUDA_GEMV=int8, gpu_bench --gemv (rows "(int8)"), then batch-1 decode per format
+#     (I8_FORMATS, ROUNDS) on the fp16 and the int8 path, against the bound
 #   STAGES=ops: one decoding step of the 7B shape op by op (bench/gpu_decode_ops.c), bf16 and OPS_FORMATS
 #   STAGES=hadamard: greedy decoding of the 7B shape (bf16) with and without --ptq hadamard
 #     (down_proj's 11008 inputs rotated online: 64 chunks x a 172 x 172 Hadamard block), same prompt
@@ -32,7 +35,7 @@ B=build/gpu/blockq
 M=/tmp/r7b
 T=data/wikitext-2-test.txt
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-case "$S" in *scale*|*decode*|*pdl*|*packed*|*graphs*|*pipeline*|*multigpu*|*ops*|*hadamard*|*gptq7b*|*train7b*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
+case "$S" in *scale*|*decode*|*pdl*|*int8*|*packed*|*graphs*|*pipeline*|*multigpu*|*ops*|*hadamard*|*gptq7b*|*train7b*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
 mkdir -p /tmp/deps && for f in .debs/*.deb; do dpkg -x "$f" /tmp/deps; done 2>/dev/null
 [ -f .debs/deps.tar.xz ] && tar xJf .debs/deps.tar.xz -C /tmp/deps  # the same packages, pruned to fit the transfer
 D=/tmp/deps/usr; L=$D/lib/x86_64-linux-gnu
@@ -109,6 +112,26 @@ case "$S" in *pdl*)
         rm -f /tmp/m_$f.bq
     done
     python3 bench/decode_table.py "$O/pdl_decode.jsonl" "$copy" | tee "$O/pdl_decode.md" ;;
+esac
+case "$S" in *int8*)
+    BQ_CUDA_ONLY=gemv ./build/gpu/gpu/test_cuda 2>&1 | tee "$O/i8_gemvtest.txt" | grep -v "^  GPU" | tail -5
+    grep "GPU GEMV int8" "$O/i8_gemvtest.txt" | sort -t= -k2 -g | tail -3  # the largest errors
+    BQ_CUDA_GEMV=int8 ./build/gpu/tests/test_backend 2>&1 | tee "$O/i8_backend.txt" | grep -v "^  decode" | tail -8
+    BQ_CUDA_GEMV=int8 ./build/gpu/tests/test_engine cuda 2>&1 | tee "$O/i8_engine.txt" | tail -4
+    ./build/gpu/gpu/gpu_bench --gemv --json "$O/i8_gemv.jsonl" 2>&1 | tee "$O/i8_gemv.txt" | grep -E "^[|]|copy"
+    P="The meaning of life is"
+    copy=$(sed -n 's/^device copy: \([0-9]*\) GB.*/\1/p' "$O/i8_gemv.txt")
+    export TIMECMD_JSONL="$O/i8_decode.jsonl"
+    for f in ${I8_FORMATS:-bf16 mxfp4 int4_g128 nvfp4 mxint8}; do
+        m=$M
+        [ $f = bf16 ] || { $R "quantize $f .bq" -- $B quantize --model $M --wq $f --out /tmp/m_$f.bq >/dev/null; m=/tmp/m_$f.bq; }
+        for k in $(seq ${ROUNDS:-2}); do for p in fp16 int8; do
+            [ $f = bf16 ] && [ $p = int8 ] && continue  # (no packed weights)
+            BQ_CUDA_GEMV=$p $R "decode $f gemv=$p" -- $B generate --model $m --prompt "$P" -n 128 --device cuda --json >/dev/null
+        done; done
+        rm -f /tmp/m_$f.bq
+    done
+    python3 bench/decode_table.py "$O/i8_decode.jsonl" "$copy" | tee "$O/i8_decode.md" ;;
 esac
 case "$S" in *ops*)
     # one decoding step op by op (CUDA events; no nsys there), beside generate's tokens/s

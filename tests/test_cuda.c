@@ -141,9 +141,10 @@ static double rel_err(const float *y, const double *ref, size_t n)
 }
 
 /* Shapes cover partial row groups (16) and column tiles (64) of the tensor-core
- * path and every token count it takes; outputs are poisoned before each run. */
-static void gemv_set(const char *const *wf, size_t nf, const int (*shapes)[3], size_t nshapes)
+ * paths and every token count they take; outputs are poisoned before each run. */
+static void gemv_set(const char *const *wf, size_t nf, const int (*shapes)[3], size_t nshapes, bq_gemv_path path)
 {
+    const char *pn = path == BQ_GEMV_INT8 ? "int8" : "fp16";
     for (size_t si = 0; si < nshapes; si++) {
         int R = shapes[si][0], C = shapes[si][1], n = shapes[si][2];
         float *w = malloc((size_t)R * C * 4), *wq = malloc((size_t)R * C * 4), *x = malloc((size_t)n * C * 4),
@@ -165,8 +166,8 @@ static void gemv_set(const char *const *wf, size_t nf, const int (*shapes)[3], s
                 }
             bq_cuda_w *gw;
             float *dx, *dy;
-            bq_status st = bq_cuda_w_upload(m, &gw);
-            CHECK(st == BQ_OK, "upload %s: %s", f->name, bq_last_error());
+            bq_status st = bq_cuda_w_upload_path(m, path, &gw);
+            CHECK(st == BQ_OK, "upload %s (%s): %s", f->name, pn, bq_last_error());
             if (!st) {
                 bq_cuda_malloc((void **)&dx, (size_t)n * C * 4);
                 bq_cuda_malloc((void **)&dy, (size_t)n * R * 4);
@@ -178,10 +179,10 @@ static void gemv_set(const char *const *wf, size_t nf, const int (*shapes)[3], s
                     st = bq_cuda_gemv_split(gw, dx, n, dy, ks);
                     if (!st) st = bq_cuda_sync();
                     if (!st) st = bq_cuda_download(y, dy, (size_t)n * R * 4);
-                    CHECK(st == BQ_OK, "gemv %s: %s", f->name, bq_last_error());
+                    CHECK(st == BQ_OK, "gemv %s (%s): %s", f->name, pn, bq_last_error());
                     double e = rel_err(y, ref, (size_t)n * R);
-                    CHECK(e < 1e-5, "GPU GEMV %s %dx%d n=%d (%s): %.2e from the reference", f->name, R, C, n, ks ? "unsplit" : "split", e);
-                    printf("  GPU GEMV %-15s %4dx%-4d n=%d %s max|err|/max|y| = %.2e\n", f->name, R, C, n, ks ? "unsplit" : "split  ", e);
+                    CHECK(e < 1e-5, "GPU GEMV %s %s %dx%d n=%d (%s): %.2e from the reference", pn, f->name, R, C, n, ks ? "unsplit" : "split", e);
+                    printf("  GPU GEMV %s %-15s %4dx%-4d n=%d %s max|err|/max|y| = %.2e\n", pn, f->name, R, C, n, ks ? "unsplit" : "split  ", e);
                 }
                 /* the same codes unpacked to bf16: the decoded values rounded to nearest even */
                 uint16_t *hb = malloc((size_t)R * C * 2);
@@ -195,7 +196,7 @@ static void gemv_set(const char *const *wf, size_t nf, const int (*shapes)[3], s
                     memcpy(&u, &wq[i], 4);
                     bad += hb[i] != (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
                 }
-                CHECK(!st && bad == 0, "GPU unpack to bf16 %s %dx%d: %zu values differ (%s)", f->name, R, C, bad, st ? bq_last_error() : "");
+                CHECK(!st && bad == 0, "GPU unpack to bf16 %s %s %dx%d: %zu values differ (%s)", pn, f->name, R, C, bad, st ? bq_last_error() : "");
                 bq_cuda_free(db);
                 free(hb);
                 bq_cuda_free(dx); bq_cuda_free(dy);
@@ -213,11 +214,14 @@ static void gemv(void)
     const char *wf[] = {"mxfp4", "nvfp4", "mxint8", "int8_b32_sfp16", "int4_b32_sfp16", "bfp4_b32", "bfp4_b16",
                         "mxfp6_e2m3", "mxfp6_e3m2"};
     const int shapes[][3] = {{300, 1024, 3}, {37, 1056, 1}, {64, 2048, 4}, {129, 96, 2}, {96, 4096, 1}};
-    gemv_set(wf, sizeof wf / sizeof *wf, shapes, sizeof shapes / sizeof *shapes);
+    gemv_set(wf, sizeof wf / sizeof *wf, shapes, sizeof shapes / sizeof *shapes, BQ_GEMV_FP16);
+    /* the int8 tensor cores: every format above but the 6-bit ones */
+    gemv_set(wf, sizeof wf / sizeof *wf - 2, shapes, sizeof shapes / sizeof *shapes, BQ_GEMV_INT8);
     /* int groups of 64 and more with float32 scales (a scale per 64-column tile): rows of whole groups */
     const char *wide[] = {"int4_g128", "int4_g64", "int4_g256"};
     const int wshapes[][3] = {{300, 1024, 3}, {37, 2048, 1}, {64, 512, 4}, {129, 256, 2}};
-    gemv_set(wide, sizeof wide / sizeof *wide, wshapes, sizeof wshapes / sizeof *wshapes);
+    gemv_set(wide, sizeof wide / sizeof *wide, wshapes, sizeof wshapes / sizeof *wshapes, BQ_GEMV_FP16);
+    gemv_set(wide, sizeof wide / sizeof *wide, wshapes, sizeof wshapes / sizeof *wshapes, BQ_GEMV_INT8);
 }
 
 /* A format the GPU cannot hold packed is refused, not approximated: BFP6's two scale
@@ -233,6 +237,14 @@ static void gemv_refusal(void)
     if (pmat_pack(f, w, 64, 64, NULL, &m) == BQ_OK) {
         CHECK(bq_cuda_w_upload(m, &gw) == BQ_ERR_UNSUPPORTED && !gw, "bfp6_b16 on the GPU must be refused");
         printf("  GPU GEMV bfp6_b16 refused: %s\n", bq_last_error());
+        pmat_free(m);
+    } else CHECK(0, "pack: %s", bq_last_error());
+    bq_format_free(f);
+    /* 6-bit codes are not for the int8 tensor cores: refused when asked for */
+    OK(bq_format_parse("mxfp6_e2m3", &f));
+    if (pmat_pack(f, w, 64, 64, NULL, &m) == BQ_OK) {
+        CHECK(bq_cuda_w_upload_path(m, BQ_GEMV_INT8, &gw) == BQ_ERR_UNSUPPORTED && !gw, "mxfp6_e2m3 on the int8 path must be refused");
+        printf("  GPU GEMV int8 path, mxfp6_e2m3 refused: %s\n", bq_last_error());
         pmat_free(m);
     } else CHECK(0, "pack: %s", bq_last_error());
     bq_format_free(f);
@@ -315,9 +327,13 @@ static void gemm(void)
  * the bits of its own unsplit GEMV; layouts that differ are refused. */
 static void gemv_multi(void)
 {
-    const char *wf[] = {"mxfp4", "nvfp4", "int4_b32_sfp16", "bfp4_b16", "mxfp6_e2m3"};
+    const char *wf[] = {"mxfp4", "nvfp4", "int4_b32_sfp16", "bfp4_b16", "mxint8", "mxfp6_e2m3"};
     const int rows[3] = {300, 37, 64}, C = 1056;
+    for (int pi = 0; pi < 2; pi++)
     for (size_t fi = 0; fi < sizeof wf / sizeof *wf; fi++) {
+        bq_gemv_path path = pi ? BQ_GEMV_INT8 : BQ_GEMV_FP16;
+        /* 8-bit codes take the fp16 path by rows (one matrix a launch); 6-bit ones no int8 path */
+        if (path == BQ_GEMV_FP16 ? !strcmp(wf[fi], "mxint8") : strstr(wf[fi], "fp6") != NULL) continue;
         for (int n = 1; n <= 4; n += 2) {
             bq_format *f;
             OK(bq_format_parse(wf[fi], &f));
@@ -332,7 +348,7 @@ static void gemv_multi(void)
                 for (size_t i = 0; i < (size_t)rows[k] * C; i++) w[i] = t_normal() * 0.05f;
                 pmat *m;
                 st = pmat_pack(f, w, rows[k], C, NULL, &m);
-                if (!st) { st = bq_cuda_w_upload(m, &gw[k]); pmat_free(m); }
+                if (!st) { st = bq_cuda_w_upload_path(m, path, &gw[k]); pmat_free(m); }
                 if (!st) st = bq_cuda_malloc((void **)&dy[k], (size_t)n * rows[k] * 4);
                 if (!st) st = bq_cuda_malloc((void **)&ds[k], (size_t)n * rows[k] * 4);
                 if (!st) st = bq_cuda_gemv_split(gw[k], dx, n, ds[k], 1);
@@ -348,9 +364,10 @@ static void gemv_multi(void)
                     for (size_t i = 0; i < cnt; i++) { differ += memcmp(&a[i], &b[i], 4) != 0 || !isfinite(a[i]); compared++; }
                 free(a); free(b);
             }
-            CHECK(!st && compared > 0 && differ == 0, "GPU GEMV of 3 %s matrices in one launch, n=%d: %zu of %zu outputs differ from "
-                  "separate calls (%s)", f->name, n, differ, compared, st ? bq_last_error() : "");
-            printf("  GPU GEMV %-15s 3 matrices in one launch n=%d: %zu outputs, bits as separate calls\n", f->name, n, compared);
+            CHECK(!st && compared > 0 && differ == 0, "GPU GEMV of 3 %s matrices in one launch (%s), n=%d: %zu of %zu outputs differ from "
+                  "separate calls (%s)", f->name, pi ? "int8" : "fp16", n, differ, compared, st ? bq_last_error() : "");
+            printf("  GPU GEMV %s %-15s 3 matrices in one launch n=%d: %zu outputs, bits as separate calls\n", pi ? "int8" : "fp16", f->name,
+                   n, compared);
             for (int k = 0; k < 3; k++) { bq_cuda_w_free(gw[k]); bq_cuda_free(dy[k]); bq_cuda_free(ds[k]); }
             bq_cuda_free(dx);
             free(x);
@@ -392,6 +409,23 @@ int main(void)
         CHECK(bq_cuda_qdq(f, x, x, 1, 32, NULL) == BQ_ERR_UNSUPPORTED, "qdq without a device must refuse");
         CHECK(bq_cuda_malloc((void **)&dx, 64) != BQ_OK, "malloc without a device must fail");
         bq_format_free(f);
+        /* which weights the int8 GEMV path takes is decided before any device call:
+         * 6-bit codes are refused by name, 4-bit ones fail only for want of a device */
+        float w[64 * 64];
+        for (int i = 0; i < 64 * 64; i++) w[i] = t_normal();
+        const char *fm[2] = {"mxfp6_e2m3", "mxfp4"};
+        for (int k = 0; k < 2; k++) {
+            pmat *m;
+            bq_cuda_w *gw = NULL;
+            OK(bq_format_parse(fm[k], &f));
+            OK(pmat_pack(f, w, 64, 64, NULL, &m));
+            bq_status st = bq_cuda_w_upload_path(m, BQ_GEMV_INT8, &gw);
+            int named = strstr(bq_last_error(), "int8 tensor-core path does not take") != NULL;
+            int built = !strstr(bq_last_error(), "built without CUDA");
+            CHECK(st != BQ_OK && !gw && (!built || named == (k == 0)), "%s on the int8 path without a device: %s", fm[k], bq_last_error());
+            pmat_free(m);
+            bq_format_free(f);
+        }
         return test_summary("test_cuda");
     }
     printf("  device: %s\n", bq_cuda_device_name());

@@ -23,6 +23,7 @@ extern "C" {
 #include "bq_cuda.h"
 }
 #include "launch.cuh"
+#include "i8_layout.h"
 
 struct bq_cuda_w {
     int rows, cols, eb, K, nb, sbytes;
@@ -40,6 +41,8 @@ struct bq_cuda_w {
     uint2 *hi;                 // 6-bit codes (tc == 3): their top two bits, per lane and tile
     unsigned short *lut6;      //   and code -> fp16 value (64 entries)
     unsigned short lut6_host[64];  //   (the same, for same_layout)
+    int i8;                    // int8 tensor-core layout (i8_layout.h): 8 or 4 (bits a code); tc is 0 then
+    uint32_t tab4[4];          //   4-bit codes: the slots' byte tables (i8_slots4)
     int ks;                    // column splits of the tensor-core GEMV (gemv_splits)
     int pdl;                   // launched programmatically (launch.cuh): on unless bq_cuda_w_set_pdl turned it off
     uint32_t *xf;              // device scratch (unsplit): activation pieces in B-fragment order
@@ -115,6 +118,18 @@ static int tc_mode(const int8_t *lut, uint8_t nib[16], float *cmode)
     return 0;
 }
 
+// Row r's block scales sc into the tiles' scale slots (both tensor-core layouts):
+// [G][T][16 rows][SBT bytes], block b's scale in each slot of KT columns it covers.
+static void tile_scales(uint8_t *tsc, const bq_cuda_w *w, int r, const uint32_t *sc)
+{
+    int G = r / 16, rr = r % 16;
+    for (int b = 0; b < w->nb; b++)
+        for (int k0 = b * w->K; k0 < (b + 1) * w->K && k0 < w->NT * 64; k0 += w->KT) {
+            int T = k0 / 64, bt = (k0 % 64) / w->KT;
+            memcpy(tsc + (((size_t)G * w->NT + T) * 16 + rr) * w->SBT + bt * w->sbytes, &sc[b], (size_t)w->sbytes);
+        }
+}
+
 // Tensor-core layout: 16-row groups G, 64-column tiles T, 512 bytes each; lane
 // (g, t) of a warp reads 16 bytes: word s holds its A fragment of k-step s of the
 // m16n8k16 MMA, half2 j (j = row g / g+8 + 2 * (k+8)) in nibbles j (low half) and
@@ -157,11 +172,7 @@ static void tc_place(uint8_t *tiles, uint8_t *hi, uint8_t *tsc, const bq_cuda_w 
             }
         }
     }
-    for (int b = 0; b < w->nb; b++)  // block b's scale in each tile slot it covers
-        for (int k0 = b * w->K; k0 < (b + 1) * w->K && k0 < w->NT * 64; k0 += w->KT) {
-            int T = k0 / 64, bt = (k0 % 64) / w->KT;
-            memcpy(tsc + (((size_t)G * w->NT + T) * 16 + rr) * w->SBT + bt * w->sbytes, &sc[b], (size_t)w->sbytes);
-        }
+    tile_scales(tsc, w, r, sc);
 }
 
 // The tensor-core layout's shape, from rows, cols, K and sbytes.
@@ -188,9 +199,10 @@ static bq_status w_to_device(bq_cuda_w *w, const uint8_t *codes, size_t ncode, c
     if (!st && hi) st = bq_cuda_upload(w->hi, hi, nhi);
     if (!st && hi) st = bq_cuda_upload(w->lut6, lut6, 64 * sizeof *lut6);
     if (!st && hi) memcpy(w->lut6_host, lut6, sizeof w->lut6_host);
-    if (!st && w->tc) st = bq_cuda_malloc((void **)&w->xf, (size_t)2 * w->NT * 32 * 32);  // up to 2 n8 blocks
-    if (!st && w->tc) st = bq_cuda_malloc((void **)&w->xs, (size_t)2 * w->NT * 8 * sizeof(float));
-    if (!st && w->tc && (w->ks = gemv_splits(w)) > 1) {
+    int tcs = w->tc || w->i8;  // either tensor-core layout: activation scratch (int8: 16 of these 32 bytes)
+    if (!st && tcs) st = bq_cuda_malloc((void **)&w->xf, (size_t)2 * w->NT * 32 * 32);  // up to 2 n8 blocks
+    if (!st && tcs) st = bq_cuda_malloc((void **)&w->xs, (size_t)2 * w->NT * 8 * sizeof(float));
+    if (!st && tcs && (w->ks = gemv_splits(w)) > 1) {
         size_t ctas = (size_t)(w->R16 / 16 + 1) / 2;
         st = bq_cuda_malloc((void **)&w->part, (size_t)w->ks * 4 * w->rows * sizeof(float));
         if (!st) st = bq_cuda_malloc((void **)&w->count, ctas * sizeof(unsigned));
@@ -218,6 +230,12 @@ static void place_rows(void *arg, size_t g0, size_t g1)
     if (!ec || !sc) { free(ec); free(sc); j->oom = 1; return; }
     for (int r = (int)g0 * 16; r < (int)g1 * 16 && r < m->rows; r++) {
         pmat_row_codes(m, r, sc, ec);
+        if (j->w->i8) {  // 8-bit: the integers; 4-bit: the slots
+            for (int k = 0; k < m->cols; k++) ec[k] = j->w->i8 == 8 ? (uint8_t)m->lut[ec[k]] : j->nib[ec[k]];
+            i8_place_row(j->codes, j->w->i8, j->w->NT, r, m->cols, ec);
+            tile_scales(j->scales, j->w, r, sc);
+            continue;
+        }
         if (j->w->tc) {
             for (int k = 0; k < m->cols; k++) ec[k] = j->nib[ec[k]];
             tc_place(j->codes, NULL, j->scales, j->w, r, ec, sc);
@@ -232,7 +250,8 @@ static void place_rows(void *arg, size_t g0, size_t g1)
     free(sc);
 }
 
-extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out)
+// The fp16 tensor-core layout (4-bit codes), the 6-bit one, or rows (8-bit codes).
+static bq_status upload_fp16(const pmat *m, bq_cuda_w **out)
 {
     *out = NULL;
     if (m->kind == PM_STREAM && m->fast_stream && m->f->el.bits == 6) return upload6(m, out);
@@ -274,6 +293,67 @@ extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out)
     *out = w;
     return BQ_OK;
 }
+
+// Whether the int8 tensor-core layout takes m: 8-bit codes, or 4-bit ones whose
+// values fit the two byte tables; blocks of 16 or 32 with 1-byte or fp16 scales,
+// or int groups of a multiple of 64 with float32 scales (a scale per tile); a
+// tile's scales in one 32-bit load.
+static bool i8_takes(const pmat *m)
+{
+    if (m->kind != PM_PANEL || m->cols % 32 || (m->eb != 4 && m->eb != 8)) return false;
+    bool blocks = (m->K == 16 || m->K == 32) && (m->sbytes == 1 || (m->sbytes == 2 && m->f->scale.ebits == 5));
+    bool groups = m->K % 64 == 0 && m->sbytes == 4 && format_float_scale(m->f);
+    int KT = m->K >= 64 ? 64 : m->K;
+    uint8_t slot[16];
+    uint32_t tab[4];
+    return (blocks || groups) && (64 / KT) * m->sbytes <= 4 && (m->eb == 8 || i8_slots4(m->lut, slot, tab));
+}
+
+static bq_status upload_i8(const pmat *m, bq_cuda_w **out)
+{
+    *out = NULL;
+    bq_cuda_w *w = (bq_cuda_w *)calloc(1, sizeof *w);
+    if (!w) return bq_fail(BQ_ERR_NOMEM, "out of memory");
+    w->rows = m->rows; w->cols = m->cols; w->eb = m->eb; w->K = m->K; w->nb = m->nb; w->sbytes = m->sbytes; w->pdl = 1;
+    w->KT = m->K >= 64 ? 64 : m->K;
+    w->emult = m->emult;
+    w->cmode = 1.0f;
+    w->i8 = m->eb;
+    uint8_t slot[16] = {0};
+    if (m->eb == 4) i8_slots4(m->lut, slot, w->tab4);
+    tc_shape(w);
+    size_t ncode = (size_t)w->R16 / 16 * w->NT * 32 * (m->eb == 8 ? 32 : 16), nscale = (size_t)w->R16 * w->NT * w->SBT;
+    uint8_t *codes = (uint8_t *)calloc(ncode, 1), *scales = (uint8_t *)calloc(nscale, 1);
+    bq_status st = codes && scales ? BQ_OK : bq_fail(BQ_ERR_NOMEM, "out of memory");
+    if (!st) {  // padding: slot or value 0 (its products meet zero activations, or rows no one reads)
+        place_job pj = {m, w, 0, 0, slot, codes, scales, 0};
+        bq_parallel_for(((size_t)m->rows + 15) / 16, (size_t)m->rows * m->cols < (1u << 22) ? 1 : 0, place_rows, &pj);
+        if (pj.oom) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+    }
+    if (!st) st = w_to_device(w, codes, ncode, scales, nscale, m->sc, NULL, 0, NULL);
+    free(codes); free(scales);
+    if (st) { bq_cuda_w_free(w); return st; }
+    *out = w;
+    return BQ_OK;
+}
+
+extern "C" bq_status bq_cuda_w_upload_path(const pmat *m, bq_gemv_path path, bq_cuda_w **out)
+{
+    *out = NULL;
+    if (path == BQ_GEMV_DEFAULT) {
+        const char *e = getenv("BQ_CUDA_GEMV");
+        path = e && !strcmp(e, "int8") && i8_takes(m) ? BQ_GEMV_INT8 : BQ_GEMV_FP16;
+    }
+    if (path == BQ_GEMV_FP16) return upload_fp16(m, out);
+    if (!i8_takes(m))
+        return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: the int8 tensor-core path does not take %s at %dx%d (4- or 8-bit codes; blocks of 16 "
+                       "or 32 with 1-byte or fp16 scales, or int groups of a multiple of 64 with float32 scales; cols %% 32 == 0)",
+                       m->f->name, m->rows, m->cols);
+    return upload_i8(m, out);
+}
+
+extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out) { return bq_cuda_w_upload_path(m, BQ_GEMV_DEFAULT, out); }
+extern "C" bq_gemv_path bq_cuda_w_path(const bq_cuda_w *w) { return w->i8 ? BQ_GEMV_INT8 : BQ_GEMV_FP16; }
 
 // 6-bit block formats (MXFP6 e2m3/e3m2, BFP6), held as a bit stream on the CPU:
 // value = vlut[code] * s1 * s2 with 8-bit scale codes. On the device the tensor-core
@@ -599,6 +679,64 @@ struct tc_slot {
     float xv[4][2];
 };
 
+// Which of the launch's matrices this CTA's rows belong to.
+static __device__ __forceinline__ int tc_matrix(const tc_mats &M)
+{
+    int mi = 0;
+    while (mi + 1 < M.count && (int)blockIdx.x >= M.first[mi + 1]) mi++;
+    return mi;
+}
+
+// The end of both tensor-core GEMVs: each warp's sums (acc: its row groups, n8
+// blocks and accumulator elements) through shared memory (red), one output (row,
+// token) a thread adding the 8 warps' parts and then its token's NP pieces (column
+// NP tau + p); split: the partial sums of the gridDim.y CTAs of a row block added
+// in a fixed order by the last to finish.
+template <int RG, int NT8, bool SPLIT>
+static __device__ __forceinline__ void tc_finish(float (&red)[8][RG][NT8][32][4], const float (&acc)[RG][NT8][4], int wp, int lane, int n,
+                                                 int NP, int G0, int rows, float *__restrict__ y, float cmode, float *__restrict__ part,
+                                                 unsigned *__restrict__ count, int bx, int &last)
+{
+#pragma unroll
+    for (int rg = 0; rg < RG; rg++)
+#pragma unroll
+        for (int nb = 0; nb < NT8; nb++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) red[wp][rg][nb][lane][i] = acc[rg][nb][i];
+    __syncthreads();
+    // one output (row, token) per thread: the 8 warps' parts, then the pieces
+    int o = threadIdx.x, rg = o / (16 * n), rr = (o / n) % 16, tau = o % n, row = (G0 + rg) * 16 + rr;
+    bool mine = rg < RG && row < rows;
+    float v = 0.0f;
+    for (int p = 0; mine && p < NP; p++) {
+        int col = NP * tau + p, nb = col / 8, cc = col % 8, ln = (rr % 8) * 4 + cc / 2, i = (rr >= 8) * 2 + (cc & 1);
+        float u = 0.0f;
+        for (int k = 0; k < 8; k++) u += red[k][rg][nb][ln][i];
+        v += u;
+    }
+    if (!SPLIT) {
+        if (mine) y[(size_t)tau * rows + row] = v * cmode;
+        return;
+    }
+    // split: the last CTA of this row block to finish adds the splits' sums in
+    // their order (so the result does not depend on which one that is) and
+    // leaves the counter at zero for the next call
+    size_t len = (size_t)n * rows, at = (size_t)tau * rows + row;
+    if (mine) part[blockIdx.y * len + at] = v;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(&count[bx], 1u) == gridDim.y - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    if (mine) {
+        float s = 0.0f;
+        for (unsigned k = 0; k < gridDim.y; k++) s += __ldcg(part + k * len + at);
+        y[at] = s * cmode;
+    }
+    if (threadIdx.x == 0) count[bx] = 0;
+}
+
 template <int MODE, int K, int SB, int NT8, bool SPLIT>
 __global__ void __launch_bounds__(256) gemv_tc(const tc_mats M, const float *__restrict__ x, int cols, const uint4 *__restrict__ xf,
                                                const float *__restrict__ xs, int NT, int n, const unsigned short *__restrict__ lut6,
@@ -610,14 +748,11 @@ __global__ void __launch_bounds__(256) gemv_tc(const tc_mats M, const float *__r
     __shared__ float red[8][RG][NT8][32][4];
     __shared__ __half pcs[SPLIT ? 8 : 1][4][3][64];  // split: each warp's activation pieces (tile_pieces)
     __shared__ int last;
-    int mi = 0;  // this CTA's matrix
-    while (mi + 1 < M.count && (int)blockIdx.x >= M.first[mi + 1]) mi++;
+    const int mi = tc_matrix(M), rows = M.rows[mi], bx = (int)blockIdx.x - M.first[mi];
     const uint4 *__restrict__ codes = M.codes[mi];
     const uint8_t *__restrict__ scales = M.scales[mi];
     const uint2 *__restrict__ hip = M.hip[mi];
-    const float emult = M.emult[mi], cmode = M.cmode[mi];
-    float *__restrict__ y = M.y[mi];
-    const int rows = M.rows[mi], bx = (int)blockIdx.x - M.first[mi];
+    const float emult = M.emult[mi];
     if (SB == 1) for (int i = threadIdx.x; i < 256; i += blockDim.x) fac[i] = M.factor[mi][i];
     if (MODE == 3 && threadIdx.x < 64) l6[threadIdx.x] = lut6[threadIdx.x];
     const int wp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -729,44 +864,188 @@ __global__ void __launch_bounds__(256) gemv_tc(const tc_mats M, const float *__r
         fetch_x(S, T);
         multiply(S);
     }
+    tc_finish<RG, NT8, SPLIT>(red, acc, wp, lane, n, 3, G0, rows, M.y[mi], M.cmode[mi], part, count, bx, last);
+}
+
+// ---- int8 tensor cores (i8_layout.h): 8-bit codes as stored, 4-bit codes through byte tables ----
+
+// d += a b on the int8 tensor cores: k32 (a0-a3, b0-b1) and k16 (a0-a1, b0).
+static __device__ __forceinline__ void mma_s8_k32(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+static __device__ __forceinline__ void mma_s8_k16(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t b0)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+                 : "r"(a0), "r"(a1), "r"(b0));
+}
+
+// The int8 path's activations, once per call: per 64-column tile and token the
+// four pieces (i8_pieces) in B-fragment order (xq: [n8 block][T][lane]) and each
+// column's factor (xs: [n8 block][T][8]; 0 past the last token's pieces, NaN for a
+// tile holding Inf or NaN). One warp a tile.
+__global__ void __launch_bounds__(256) i8_split(const float *__restrict__ x, int cols, int n, int NT, uint4 *__restrict__ xq,
+                                                float *__restrict__ xs)
+{
+    __shared__ int8_t pc[8][16][64];  // a warp's pieces: [column 4 tau + p][k]
+    pdl_wait();
+    pdl_go();
+    const int wl = threadIdx.x >> 5, lane = threadIdx.x & 31, T = blockIdx.x * 8 + wl, g = lane >> 2, t = lane & 3;
+    if (T >= NT) return;
+    float xv[4][2], post[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    tile_x(x, cols, n, T, lane, xv);
 #pragma unroll
-    for (int rg = 0; rg < RG; rg++)
+    for (int tau = 0; tau < 4; tau++) {
+        if (tau >= n) continue;
+        uint32_t m = max((uint32_t)__float_as_int(xv[tau][0]) & 0x7fffffffu, (uint32_t)__float_as_int(xv[tau][1]) & 0x7fffffffu);
+        for (int o = 16; o; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
+        const int E = i8_tile_exp(m);
+        const float pre = m > 0x7f7fffffu ? 0.0f : ldexpf(1.0f, 6 - E);
+        post[tau] = m > 0x7f7fffffu ? __int_as_float(0x7fc00000) : ldexpf(1.0f, E - 6);
 #pragma unroll
-        for (int nb = 0; nb < NT8; nb++)
+        for (int i = 0; i < 2; i++) {
+            int8_t p[I8_PIECES];
+            i8_pieces(xv[tau][i], pre, p);
 #pragma unroll
-            for (int i = 0; i < 4; i++) red[wp][rg][nb][lane][i] = acc[rg][nb][i];
-    __syncthreads();
-    // one output (row, token) per thread: the 8 warps' parts, then the three pieces
-    int o = threadIdx.x, rg = o / (16 * n), rr = (o / n) % 16, tau = o % n, row = (G0 + rg) * 16 + rr;
-    bool mine = rg < RG && row < rows;
-    float v = 0.0f;
-    for (int p = 0; mine && p < 3; p++) {
-        int col = 3 * tau + p, nb = col / 8, cc = col % 8, ln = (rr % 8) * 4 + cc / 2, i = (rr >= 8) * 2 + (cc & 1);
-        float u = 0.0f;
-        for (int k = 0; k < 8; k++) u += red[k][rg][nb][ln][i];
-        v += u;
+            for (int q = 0; q < I8_PIECES; q++) pc[wl][I8_PIECES * tau + q][lane + 32 * i] = p[q];
+        }
     }
-    if (!SPLIT) {
-        if (mine) y[(size_t)tau * rows + row] = v * cmode;
-        return;
+    __syncwarp();
+    const int NB = (I8_PIECES * n + 7) / 8;
+    for (int nb = 0; nb < NB; nb++) {
+        const int c = 8 * nb + g;  // this lane's column: B's column g, rows 4t.. of each 16
+        uint32_t wd[4] = {0, 0, 0, 0};
+        if (c < I8_PIECES * n)
+#pragma unroll
+            for (int r = 0; r < 4; r++)  // k-step r / 2, register r % 2
+#pragma unroll
+                for (int j = 0; j < 4; j++) wd[r] |= (uint32_t)(uint8_t)pc[wl][c][32 * (r / 2) + 16 * (r % 2) + 4 * t + j] << (8 * j);
+        xq[((size_t)nb * NT + T) * 32 + lane] = make_uint4(wd[0], wd[1], wd[2], wd[3]);
+        if (lane < 8) {
+            const int cc = 8 * nb + lane, tau = cc / I8_PIECES;
+            xs[((size_t)nb * NT + T) * 8 + lane] = cc < I8_PIECES * n ? pick4(post, tau) * ldexpf(1.0f, -7 * (cc % I8_PIECES)) : 0.0f;
+        }
     }
-    // split: the last CTA of this row block to finish adds the splits' sums in
-    // their order (so the result does not depend on which one that is) and
-    // leaves the counter at zero for the next call
-    size_t len = (size_t)n * rows, at = (size_t)tau * rows + row;
-    if (mine) part[blockIdx.y * len + at] = v;
-    __threadfence();
+}
+
+// A CTA: RG groups of 16 rows, its 8 warps splitting the tiles as gemv_tc's. Per
+// tile a lane loads 32 (8-bit) or 16 (4-bit) bytes of codes per row group, one
+// uint4 of activation pieces per n8 block, two rows' scales; per block of KT
+// columns the integer sums (4-bit: positive minus negative parts) become float
+// once and take the rows' scale factors.
+template <int MODE, int KT, int SB, int NT8, bool SPLIT>
+__global__ void __launch_bounds__(256) gemv_i8(const tc_mats M, const uint4 *__restrict__ xq, const float *__restrict__ xs, int NT, int n,
+                                               uint4 tab, float *__restrict__ part, unsigned *__restrict__ count)
+{
+    constexpr int RG = 2, SBT = (64 / KT) * SB, LB = MODE == 8 ? 2 : 1;  // LB: uint4 of codes a lane a tile
+    __shared__ float fac[256];
+    __shared__ float red[8][RG][NT8][32][4];
+    __shared__ int last;
+    const int mi = tc_matrix(M), rows = M.rows[mi], bx = (int)blockIdx.x - M.first[mi];
+    const uint4 *__restrict__ codes = M.codes[mi];
+    const uint8_t *__restrict__ scales = M.scales[mi];
+    const float emult = M.emult[mi];
+    const uint32_t tb[4] = {tab.x, tab.y, tab.z, tab.w};
+    if (SB == 1) for (int i = threadIdx.x; i < 256; i += blockDim.x) fac[i] = M.factor[mi][i];
+    const int wp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int A = SPLIT ? (int)blockIdx.y * NT / (int)gridDim.y : 0, B = SPLIT ? ((int)blockIdx.y + 1) * NT / (int)gridDim.y : NT;
+    const int G0 = bx * RG, ngroups = (rows + 15) / 16, T0 = A + wp * (B - A) / 8, T1 = A + (wp + 1) * (B - A) / 8;
+    float acc[RG][NT8][4] = {};
+    uint4 c[RG][LB], b[NT8];
+    uint32_t sg[RG], sg8[RG];
+    float2 xc[NT8];
+    auto fetch_w = [&](int T) {  // tile T's codes and its rows' scales
+#pragma unroll
+        for (int rg = 0; rg < RG; rg++) {
+            int G = min(G0 + rg, ngroups - 1);
+#pragma unroll
+            for (int l = 0; l < LB; l++) c[rg][l] = __ldg(codes + (((size_t)G * NT + T) * 32 + lane) * LB + l);
+            const uint8_t *sp = scales + (((size_t)G * NT + T) * 16 + g) * SBT;
+            sg[rg] = SBT == 4 ? __ldg((const uint32_t *)sp) : SBT == 2 ? __ldg((const uint16_t *)sp) : __ldg(sp);
+            sg8[rg] = SBT == 4 ? __ldg((const uint32_t *)(sp + 8 * SBT)) : SBT == 2 ? __ldg((const uint16_t *)(sp + 8 * SBT)) : __ldg(sp + 8 * SBT);
+        }
+    };
+    auto fetch_x = [&](int T) {
+#pragma unroll
+        for (int nb = 0; nb < NT8; nb++) {
+            b[nb] = __ldg(xq + ((size_t)nb * NT + T) * 32 + lane);
+            xc[nb] = make_float2(__ldg(xs + ((size_t)nb * NT + T) * 8 + 2 * t), __ldg(xs + ((size_t)nb * NT + T) * 8 + 2 * t + 1));
+        }
+    };
+    // rows g and g + 8 of block bt: the integer sums d (n8 block nb) scaled into tacc
+    auto scale_in = [&](float (&ta)[4], const int (&d)[4], int rg, int bt) {
+        float f0 = scale_factor(sg[rg] >> (8 * SB * bt), SB, fac, emult), f8 = scale_factor(sg8[rg] >> (8 * SB * bt), SB, fac, emult);
+        ta[0] = __fadd_rn(ta[0], __fmul_rn((float)d[0], f0));
+        ta[1] = __fadd_rn(ta[1], __fmul_rn((float)d[1], f0));
+        ta[2] = __fadd_rn(ta[2], __fmul_rn((float)d[2], f8));
+        ta[3] = __fadd_rn(ta[3], __fmul_rn((float)d[3], f8));
+    };
+    auto multiply = [&]() {
+        float tacc[RG][NT8][4] = {};
+        int dk[RG][NT8][4] = {};  // KT 64: the block's sums over both k-steps
+#pragma unroll
+        for (int s = 0; s < 2; s++) {
+#pragma unroll
+            for (int rg = 0; rg < RG; rg++) {
+                uint32_t P[4], N[4] = {0, 0, 0, 0};
+                if (MODE == 8) {
+                    const uint4 &q = c[rg][s % LB];
+                    P[0] = q.x; P[1] = q.y; P[2] = q.z; P[3] = q.w;
+                } else {
+                    const uint4 &q = c[rg][0];
+                    i8_decode4(s ? q.z : q.x, tb, P, N);
+                    i8_decode4(s ? q.w : q.y, tb, P + 2, N + 2);
+                }
+#pragma unroll
+                for (int nb = 0; nb < NT8; nb++) {
+                    const uint32_t b0 = s ? b[nb].z : b[nb].x, b1 = s ? b[nb].w : b[nb].y;
+                    if (KT == 16) {  // two blocks a k-step: one k16 product each
+#pragma unroll
+                        for (int h = 0; h < 2; h++) {
+                            int d[4] = {0, 0, 0, 0}, e[4] = {0, 0, 0, 0};
+                            mma_s8_k16(d, P[2 * h], P[2 * h + 1], h ? b1 : b0);
+                            if (MODE == 4) mma_s8_k16(e, N[2 * h], N[2 * h + 1], h ? b1 : b0);
+                            for (int i = 0; i < 4; i++) d[i] -= e[i];
+                            scale_in(tacc[rg][nb], d, rg, 2 * s + h);
+                        }
+                    } else {
+                        int d[4] = {0, 0, 0, 0}, e[4] = {0, 0, 0, 0};
+                        mma_s8_k32(d, P, b0, b1);
+                        if (MODE == 4) mma_s8_k32(e, N, b0, b1);
+                        for (int i = 0; i < 4; i++) d[i] -= e[i];
+                        if (KT == 32) {
+                            scale_in(tacc[rg][nb], d, rg, s);
+                        } else {
+                            for (int i = 0; i < 4; i++) dk[rg][nb][i] += d[i];
+                            if (s == 1) scale_in(tacc[rg][nb], dk[rg][nb], rg, 0);
+                        }
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int rg = 0; rg < RG; rg++)
+#pragma unroll
+            for (int nb = 0; nb < NT8; nb++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) acc[rg][nb][i] = __fmaf_rn(tacc[rg][nb][i], i & 1 ? xc[nb].y : xc[nb].x, acc[rg][nb][i]);
+    };
+    // the weights need no earlier kernel: the first tile's are in flight while
+    // i8_split finishes (launch.cuh)
+    if (T0 < T1) fetch_w(T0);
+    pdl_wait();
+    pdl_go();
     __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(&count[bx], 1u) == gridDim.y - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    if (mine) {
-        float s = 0.0f;
-        for (unsigned k = 0; k < gridDim.y; k++) s += __ldcg(part + k * len + at);
-        y[at] = s * cmode;
+    for (int T = T0; T < T1; T++) {
+        if (T != T0) fetch_w(T);
+        fetch_x(T);
+        multiply();
     }
-    if (threadIdx.x == 0) count[bx] = 0;
+    tc_finish<RG, NT8, SPLIT>(red, acc, wp, lane, n, I8_PIECES, G0, rows, M.y[mi], M.cmode[mi], part, count, bx, last);
 }
 
 static bq_status launched(const char *what)
@@ -775,17 +1054,10 @@ static bq_status launched(const char *what)
     return e == cudaSuccess ? BQ_OK : bq_fail(BQ_ERR_UNSUPPORTED, "CUDA %s launch: %s", what, cudaGetErrorString(e));
 }
 
-// count matrices of one tensor-core layout (ws[0]'s) sharing x: ks column splits (one
-// matrix), else unsplit with the matrices' row blocks side by side in one grid.
-static bq_status gemv_tensor_cores(const bq_cuda_w *const *ws, int count, const float *d_x, int n, float *const *d_ys, int ks)
+// The launch's matrices, their row blocks side by side; returns the grid's CTAs.
+static int tc_fill(tc_mats &M, const bq_cuda_w *const *ws, int count, float *const *d_ys)
 {
-    const bq_cuda_w *w = ws[0];
-    if (ks == 1) {
-        launch_k(w->pdl, tc_split, (w->NT + 7) / 8, 256, d_x, w->cols, n, w->NT, (uint2 *)w->xf, w->xs);
-        bq_status st = launched("GEMV activation split");
-        if (st) return st;
-    }
-    tc_mats M = {};
+    M = tc_mats{};
     int ctas = 0;
     for (int i = 0; i < count; i++) {
         const bq_cuda_w *v = ws[i];
@@ -801,7 +1073,21 @@ static bq_status gemv_tensor_cores(const bq_cuda_w *const *ws, int count, const 
         ctas += (v->R16 / 16 + 1) / 2;
     }
     M.count = count;
-    dim3 grid((unsigned)ctas, (unsigned)ks);
+    return ctas;
+}
+
+// count matrices of one tensor-core layout (ws[0]'s) sharing x: ks column splits (one
+// matrix), else unsplit with the matrices' row blocks side by side in one grid.
+static bq_status gemv_tensor_cores(const bq_cuda_w *const *ws, int count, const float *d_x, int n, float *const *d_ys, int ks)
+{
+    const bq_cuda_w *w = ws[0];
+    if (ks == 1) {
+        launch_k(w->pdl, tc_split, (w->NT + 7) / 8, 256, d_x, w->cols, n, w->NT, (uint2 *)w->xf, w->xs);
+        bq_status st = launched("GEMV activation split");
+        if (st) return st;
+    }
+    tc_mats M;
+    dim3 grid((unsigned)tc_fill(M, ws, count, d_ys), (unsigned)ks);
 #define L1(MODE, K, SB, NT8, SPLIT) launch_k(w->pdl, gemv_tc<MODE, K, SB, NT8, SPLIT>, grid, 256, M, d_x, w->cols, \
         (const uint4 *)w->xf, w->xs, w->NT, n, w->lut6, w->part, w->count)
 #define L(MODE, K, SB, NT8) if (ks > 1) { L1(MODE, K, SB, NT8, true); } else { L1(MODE, K, SB, NT8, false); }
@@ -822,12 +1108,39 @@ static bq_status gemv_tensor_cores(const bq_cuda_w *const *ws, int count, const 
     return launched("GEMV");
 }
 
+// The same on the int8 tensor cores (gemv_i8): the activations' pieces, then one
+// launch; splits as gemv_tensor_cores'.
+static bq_status gemv_int8(const bq_cuda_w *const *ws, int count, const float *d_x, int n, float *const *d_ys, int ks)
+{
+    const bq_cuda_w *w = ws[0];
+    launch_k(w->pdl, i8_split, (w->NT + 7) / 8, 256, d_x, w->cols, n, w->NT, (uint4 *)w->xf, w->xs);
+    bq_status st = launched("GEMV int8 activation pieces");
+    if (st) return st;
+    tc_mats M;
+    dim3 grid((unsigned)tc_fill(M, ws, count, d_ys), (unsigned)ks);
+    uint4 tab = make_uint4(w->tab4[0], w->tab4[1], w->tab4[2], w->tab4[3]);
+#define L1(MODE, KT, SB, NT8, SPLIT) launch_k(w->pdl, gemv_i8<MODE, KT, SB, NT8, SPLIT>, grid, 256, M, (const uint4 *)w->xf, w->xs, w->NT, \
+                                              n, tab, w->part, w->count)
+#define L(MODE, KT, SB, NT8) if (ks > 1) { L1(MODE, KT, SB, NT8, true); } else { L1(MODE, KT, SB, NT8, false); }
+#define L2(MODE, KT, SB) if (n > 2) { L(MODE, KT, SB, 2); } else { L(MODE, KT, SB, 1); }
+#define L3(MODE) if (w->KT == 32 && w->sbytes == 1) { L2(MODE, 32, 1); } else if (w->KT == 16 && w->sbytes == 1) { L2(MODE, 16, 1); } \
+                 else if (w->KT == 32 && w->sbytes == 2) { L2(MODE, 32, 2); } else if (w->KT == 64 && w->sbytes == 4) { L2(MODE, 64, 4); } \
+                 else return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: no int8 kernel for blocks of %d, %d-byte scales", w->K, w->sbytes);
+    if (w->i8 == 8) { L3(8); } else { L3(4); }
+#undef L3
+#undef L2
+#undef L
+#undef L1
+    return launched("GEMV int8");
+}
+
 // Whether b takes a's launch: the same tensor-core layout (codes, blocks, scale bytes,
-// columns; a 6-bit one's table too).
+// columns; a 6-bit one's table, a 4-bit int8 one's byte tables too).
 static bool same_layout(const bq_cuda_w *a, const bq_cuda_w *b)
 {
-    return a->tc && b->tc == a->tc && b->K == a->K && b->KT == a->KT && b->sbytes == a->sbytes && b->cols == a->cols && b->NT == a->NT &&
-           (a->tc != 3 || !memcmp(a->lut6_host, b->lut6_host, sizeof a->lut6_host));
+    return (a->tc || a->i8) && b->tc == a->tc && b->i8 == a->i8 && b->K == a->K && b->KT == a->KT && b->sbytes == a->sbytes &&
+           b->cols == a->cols && b->NT == a->NT && (a->tc != 3 || !memcmp(a->lut6_host, b->lut6_host, sizeof a->lut6_host)) &&
+           !memcmp(a->tab4, b->tab4, sizeof a->tab4);
 }
 
 extern "C" int bq_cuda_w_fusable(const bq_cuda_w *a, const bq_cuda_w *b) { return same_layout(a, b); }
@@ -839,13 +1152,15 @@ extern "C" bq_status bq_cuda_gemv_multi(const bq_cuda_w *const *ws, int count, c
     for (int i = 1; i < count; i++)
         if (!same_layout(ws[0], ws[i])) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: matrices of different layouts in one launch");
     if (count == 1) return bq_cuda_gemv(ws[0], d_x, n, d_ys[0]);
-    return gemv_tensor_cores(ws, count, d_x, n, d_ys, 1);
+    return ws[0]->i8 ? gemv_int8(ws, count, d_x, n, d_ys, 1) : gemv_tensor_cores(ws, count, d_x, n, d_ys, 1);
 }
 
 extern "C" bq_status bq_cuda_gemv_split(const bq_cuda_w *w, const float *d_x, int n, float *d_y, int ks)
 {
     if (n < 1 || n > 4) return bq_fail(BQ_ERR_ARG, "CUDA GEMV takes 1 to 4 tokens, not %d", n);
-    if (ks < 0 || ks > (w->tc ? w->ks : 1)) return bq_fail(BQ_ERR_ARG, "CUDA GEMV: %d column splits (this matrix allows %d)", ks, w->tc ? w->ks : 1);
+    int tcs = w->tc || w->i8;
+    if (ks < 0 || ks > (tcs ? w->ks : 1)) return bq_fail(BQ_ERR_ARG, "CUDA GEMV: %d column splits (this matrix allows %d)", ks, tcs ? w->ks : 1);
+    if (w->i8) return gemv_int8(&w, 1, d_x, n, &d_y, ks ? ks : w->ks);
     if (w->tc) return gemv_tensor_cores(&w, 1, d_x, n, &d_y, ks ? ks : w->ks);
     uint8_t biased[16];  /* the table as value + 128 */
     for (int i = 0; i < 16; i++) biased[i] = (uint8_t)(w->lut[i] + 128);
@@ -872,14 +1187,29 @@ extern "C" bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *d_x, int n, f
 
 // ---- the whole matrix as bf16 (the packed path of the forward pass) ----
 
-// Tensor-core layout: a warp per 16-row, 64-column tile. Each lane decodes its 16
-// bytes (32 codes of rows g, g + 8) into a shared tile, then the warp writes the
-// tile's rows with 16-byte stores (four rows of 128 bytes per instruction): the
-// fragment order scatters a lane's codes over eight rows, which stored directly
-// wastes most of each memory transaction.
-// OT: __nv_bfloat16 (formats whose values are bf16 numbers) or float (the others).
+// Tensor-core layouts: a warp per 16-row, 64-column tile. Each lane decodes its
+// codes (rows g, g + 8) into a shared tile, then the warp writes the tile's rows
+// (tile_store). OT: __nv_bfloat16 (formats whose values are bf16 numbers) or float
+// (the others).
 __device__ __forceinline__ void put2(__nv_bfloat16 *p, float a, float b) { *(__nv_bfloat162 *)p = __floats2bfloat162_rn(a, b); }
 __device__ __forceinline__ void put2(float *p, float a, float b) { *(float2 *)p = make_float2(a, b); }
+
+// A warp's decoded 16 x 64 tile to rows of out with 16-byte stores (four rows of
+// 128 bytes per instruction): the fragment order scatters a lane's codes over
+// eight rows, which stored directly wastes most of each memory transaction.
+template <typename OT>
+static __device__ __forceinline__ void tile_store(const OT (*tile)[64 + 16 / sizeof(OT)], int lane, int G, int T, int rows, int cols,
+                                                  OT *__restrict__ out)
+{
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        int rl = lane / 8 + 4 * i, row = G * 16 + rl, k = 64 * T + (lane % 8) * 8;
+#pragma unroll
+        for (int h = 0; h < (int)sizeof(OT) / 2; h++)  // 8 values: one 16-byte store (bf16) or two (float)
+            if (row < rows && k < cols)
+                ((uint4 *)(out + (size_t)row * cols + k))[h] = ((const uint4 *)&tile[rl][(lane % 8) * 8])[h];
+    }
+}
 
 template <int MODE, typename OT>
 __global__ void __launch_bounds__(256) unpack_tc(const uint4 *__restrict__ codes, const uint8_t *__restrict__ scales,
@@ -919,14 +1249,46 @@ __global__ void __launch_bounds__(256) unpack_tc(const uint4 *__restrict__ codes
         }
     }
     __syncwarp();
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        int rl = lane / 8 + 4 * i, row = G * 16 + rl, k = 64 * T + (lane % 8) * 8;
-#pragma unroll
-        for (int h = 0; h < (int)sizeof(OT) / 2; h++)  // 8 values: one 16-byte store (bf16) or two (float)
-            if (row < rows && k < cols)
-                ((uint4 *)(out + (size_t)row * cols + k))[h] = ((const uint4 *)&tile[wl][rl][(lane % 8) * 8])[h];
+    tile_store<OT>(tile[wl], lane, G, T, rows, cols, out);
+}
+
+// int8 layout (MODE 8 or 4): a warp per 16-row, 64-column tile, as unpack_tc.
+template <int MODE, typename OT>
+__global__ void __launch_bounds__(256) unpack_i8(const uint4 *__restrict__ codes, const uint8_t *__restrict__ scales,
+                                                 const float *__restrict__ factor, float emult, int rows, int cols, int NT, int K,
+                                                 int SB, uint4 tab, OT *__restrict__ out)
+{
+    enum { PAD = 16 / sizeof(OT), LB = MODE == 8 ? 2 : 1 };
+    __shared__ __align__(16) OT tile[8][16][64 + PAD];
+    const int wl = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane / 4, t = lane % 4;
+    size_t wid = (size_t)blockIdx.x * 8 + wl;
+    if (wid >= (size_t)(rows + 15) / 16 * NT) return;  // no block-wide barrier below
+    const int T = (int)(wid % NT), G = (int)(wid / NT), SBT = (64 / K) * SB;
+    const uint32_t tb[4] = {tab.x, tab.y, tab.z, tab.w};
+    uint32_t a[2][4];  // k-step s's registers a0..a3 (4-bit: positive minus negative parts, bytewise below)
+    uint32_t ng[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+    for (int l = 0; l < 2; l++) {
+        uint4 q = codes[wid * 32 * LB + (size_t)lane * LB + (MODE == 8 ? l : 0)];
+        if (MODE == 8) { a[l][0] = q.x; a[l][1] = q.y; a[l][2] = q.z; a[l][3] = q.w; continue; }
+        i8_decode4(l ? q.z : q.x, tb, a[l], ng[l]);
+        i8_decode4(l ? q.w : q.y, tb, a[l] + 2, ng[l] + 2);
     }
+#pragma unroll
+    for (int s = 0; s < 2; s++)
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                int rl = g + 8 * (r & 1), kk = 32 * s + 16 * (r >> 1) + 4 * t + j, bt = kk / K;
+                const uint8_t *sp = scales + (wid * 16 + rl) * SBT + (K >= 64 ? 0 : bt * SB);
+                uint32_t code = SB == 1 ? *sp : SB == 2 ? *(const unsigned short *)sp : *(const uint32_t *)sp;
+                int v = (int)(int8_t)(a[s][r] >> (8 * j)) - (int)(int8_t)(ng[s][r] >> (8 * j));
+                float f = (float)v * scale_factor(code, SB, factor, emult);
+                if (sizeof(OT) == 2) *(__nv_bfloat16 *)&tile[wl][rl][kk] = __float2bfloat16_rn(f);
+                else *(float *)&tile[wl][rl][kk] = f;
+            }
+    __syncwarp();
+    tile_store<OT>(tile[wl], lane, G, T, rows, cols, out);
 }
 
 // Row layout (8-bit codes, or 4-bit codes through the table): a thread per 4 codes.
@@ -954,7 +1316,17 @@ __global__ void unpack_rows(const uint8_t *__restrict__ codes, const uint8_t *__
 template <typename OT>
 static bq_status unpack(const bq_cuda_w *w, OT *d_out)
 {
-    if (w->tc) {
+    if (w->i8) {
+        size_t n = (size_t)w->R16 / 16 * w->NT;  // tiles, a warp each
+        unsigned nb = (unsigned)((n + 7) / 8);
+        uint4 tab = make_uint4(w->tab4[0], w->tab4[1], w->tab4[2], w->tab4[3]);
+        if (w->i8 == 8)
+            unpack_i8<8, OT><<<nb, 256>>>((const uint4 *)w->codes, w->scales, w->d_factor, w->emult, w->rows, w->cols, w->NT, w->KT,
+                                          w->sbytes, tab, d_out);
+        else
+            unpack_i8<4, OT><<<nb, 256>>>((const uint4 *)w->codes, w->scales, w->d_factor, w->emult, w->rows, w->cols, w->NT, w->KT,
+                                          w->sbytes, tab, d_out);
+    } else if (w->tc) {
         size_t n = (size_t)w->R16 / 16 * w->NT;  // tiles, a warp each
         unsigned nb = (unsigned)((n + 7) / 8);
 #define U(MODE) unpack_tc<MODE, OT><<<nb, 256>>>((const uint4 *)w->codes, w->scales, w->d_factor, w->emult, w->cmode, w->rows, \
