@@ -2,7 +2,8 @@
  * its weight layout, 4-bit decode and activation pieces (src/cuda/i8_layout.h,
  * the code the device runs) put through the MMA as the PTX ISA defines its
  * fragments, written here from the ISA's tables independently of the layout's
- * index functions, then scaled and summed in the kernel's order of operations.
+ * index functions, then scaled and summed with the kernel's operations (fused
+ * multiply-adds where it has them).
  * Runs without a GPU; test_cuda runs the kernel itself against the same kind of
  * reference (max |err| / max |y| < 1e-5 against a double product of the decoded
  * weights). */
@@ -195,14 +196,15 @@ static double model_gemv(const pmat *m, const float *x, int n, const double *ref
                                 int row = 16 * G + lane / 4 + 8 * (i >> 1);
                                 /* past the last block: the zero code of the device's padding */
                                 float f = row < R ? scale_of(m, blk < m->nb ? scales[(size_t)row * m->nb + blk] : 0u) : 0.0f;
-                                tacc[lane][nb][i] += (float)dsum[lane][nb][i] * f;
+                                tacc[lane][nb][i] = fmaf((float)dsum[lane][nb][i], f, tacc[lane][nb][i]);
                                 dsum[lane][nb][i] = 0;
                             }
                     }
             }
             for (int lane = 0; lane < 32; lane++)
                 for (int nb = 0; nb < NB; nb++)
-                    for (int i = 0; i < 4; i++) acc[lane][nb][i] += tacc[lane][nb][i] * xs[((size_t)nb * NT + T) * 8 + 2 * (lane % 4) + (i & 1)];
+                    for (int i = 0; i < 4; i++)
+                        acc[lane][nb][i] = fmaf(tacc[lane][nb][i], xs[((size_t)nb * NT + T) * 8 + 2 * (lane % 4) + (i & 1)], acc[lane][nb][i]);
         }
         for (int rr = 0; rr < 16 && 16 * G + rr < R; rr++)
             for (int tau = 0; tau < n; tau++) {

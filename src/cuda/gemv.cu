@@ -979,10 +979,10 @@ __global__ void __launch_bounds__(256) gemv_i8(const tc_mats M, const uint4 *__r
     // rows g and g + 8 of block bt: the integer sums d (n8 block nb) scaled into tacc
     auto scale_in = [&](float (&ta)[4], const int (&d)[4], int rg, int bt) {
         float f0 = scale_factor(sg[rg] >> (8 * SB * bt), SB, fac, emult), f8 = scale_factor(sg8[rg] >> (8 * SB * bt), SB, fac, emult);
-        ta[0] = __fadd_rn(ta[0], __fmul_rn((float)d[0], f0));
-        ta[1] = __fadd_rn(ta[1], __fmul_rn((float)d[1], f0));
-        ta[2] = __fadd_rn(ta[2], __fmul_rn((float)d[2], f8));
-        ta[3] = __fadd_rn(ta[3], __fmul_rn((float)d[3], f8));
+        ta[0] = __fmaf_rn((float)d[0], f0, ta[0]);
+        ta[1] = __fmaf_rn((float)d[1], f0, ta[1]);
+        ta[2] = __fmaf_rn((float)d[2], f8, ta[2]);
+        ta[3] = __fmaf_rn((float)d[3], f8, ta[3]);
     };
     auto multiply = [&]() {
         float tacc[RG][NT8][4] = {};
