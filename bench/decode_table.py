@@ -1,7 +1,7 @@
 """Batch-1 decode of the random 7B shape against its bandwidth bound (issue 17).
     python3 bench/decode_table.py DECODE.jsonl COPY_GBPS [--md]
 DECODE.jsonl: bench/timecmd.py lines named "decode FORMAT pdl=P" or "decode FORMAT
-gemv=fp16|int8" (generate --json as the last stdout line). The bound is the bytes a token reads (every linear's weights
+gemv=fp16|int8[+fuse]" (generate --json as the last stdout line). The bound is the bytes a token reads (every linear's weights
 in the format, the bf16 head, the float32 KV cache at the run's mean position)
 over the device copy bandwidth measured in the same run; tokens/s are the median
 of the runs of each (format, pdl)."""
@@ -12,6 +12,12 @@ LAYERS, H, I, V = 32, 4096, 11008, 32000
 LINEAR = LAYERS * (4 * H * H + 3 * H * I)
 BITS = {"bf16": 16, "mxfp4": 4.25, "nvfp4": 4.5, "int4_g128": 4.25, "mxint8": 8.25, "mxfp6_e2m3": 6.25, "mxfp8": 8.25,
         "bfp4_b16": 4.5, "q4_0": 4.5}
+
+
+def label_of(p):
+    """gemv=fp16|int8[+fuse] -> 'int8 GEMV, fused kernels' etc."""
+    gemv, _, fuse = p.replace("gemv=", "").partition("+")
+    return f"{gemv} GEMV" + (", fused kernels" if fuse else "")
 
 
 def bound_tok_s(fmt, prompt, gen, copy_gbps):
@@ -39,9 +45,9 @@ def main():
         toks = [t for t, _ in v]
         med = statistics.median(toks)
         b = bound_tok_s(f, 5, 128, copy) if f in BITS else float("nan")
-        ref = bf16.get(p, next(iter(bf16.values()), float("nan")))  # bf16 (no packed GEMV) ran once for both GEMV paths
+        ref = bf16.get(p, bf16.get(p.replace("int8", "fp16"), float("nan")))  # bf16 has no packed GEMV: its fp16 runs
         x = med / ref
-        launch = {"pdl=0": "graph", "pdl=1": "graph + PDL", "gemv=fp16": "fp16 GEMV", "gemv=int8": "int8 GEMV"}.get(p, p)
+        launch = {"pdl=0": "graph", "pdl=1": "graph + PDL"}.get(p) or label_of(p)
         print(f"| {f} | {launch} | {med:.1f} ({', '.join(f'{t:.1f}' for t in toks)}) | {b:.0f} | {100 * med / b:.0f}% | {x:.2f} |")
 
 

@@ -17,9 +17,10 @@
 #     (CUDA_VISIBLE_DEVICES=0) against 2 stages on 2 GPUs, then a random 70B shape (bf16, 140 GB,
 #     written to /dev/shm: the 2-GPU machine's disk is 128 GiB) split over both
 #   STAGES=pdl: batch-1 decode per format (PDL_FORMATS, ROUNDS) with and without programmatic launches, against the bound
-#   STAGES=int8: the int8 tensor-core GEMV (src/cuda/i8_layout.h): test_cuda's GEMV tests (both paths), test_backend
-#     and test_engine with BQ_CUDA_GEMV=int8, gpu_bench --gemv (rows "(int8)"), then batch-1 decode per format
-#     (I8_FORMATS, ROUNDS) on the fp16 and the int8 path, against the bound
+#   STAGES=int8: the int8 tensor-core GEMV (src/cuda/i8_layout.h) and the fused decode kernels, both off by
+#     default: test_cuda's GEMV tests (both paths), test_backend and test_engine with BQ_CUDA_GEMV=int8
+#     BQ_CUDA_FUSE=1, gpu_bench --gemv (rows "(int8)"), then batch-1 decode per format (I8_FORMATS, ROUNDS)
+#     with neither, each and both, against the bound
 #   STAGES=ops: one decoding step of the 7B shape op by op (bench/gpu_decode_ops.c), bf16 and OPS_FORMATS
 #   STAGES=hadamard: greedy decoding of the 7B shape (bf16) with and without --ptq hadamard
 #     (down_proj's 11008 inputs rotated online: 64 chunks x a 172 x 172 Hadamard block), same prompt
@@ -114,20 +115,23 @@ case "$S" in *pdl*)
     python3 bench/decode_table.py "$O/pdl_decode.jsonl" "$copy" | tee "$O/pdl_decode.md" ;;
 esac
 case "$S" in *int8*)
+    # written without a GPU in the nineteenth session: the int8 GEMV (BQ_CUDA_GEMV=int8) and the fused
+    # decode kernels (BQ_CUDA_FUSE=1); their tests, then decode with each and both beside the default
     BQ_CUDA_ONLY=gemv ./build/gpu/gpu/test_cuda 2>&1 | tee "$O/i8_gemvtest.txt" | grep -v "^  GPU" | tail -5
     grep "GPU GEMV int8" "$O/i8_gemvtest.txt" | sort -t= -k2 -g | tail -3  # the largest errors
-    BQ_CUDA_GEMV=int8 ./build/gpu/tests/test_backend 2>&1 | tee "$O/i8_backend.txt" | grep -v "^  decode" | tail -8
-    BQ_CUDA_GEMV=int8 ./build/gpu/tests/test_engine cuda 2>&1 | tee "$O/i8_engine.txt" | tail -4
+    BQ_CUDA_GEMV=int8 BQ_CUDA_FUSE=1 ./build/gpu/tests/test_backend 2>&1 | tee "$O/i8_backend.txt" | grep -v "^  decode" | tail -8
+    BQ_CUDA_GEMV=int8 BQ_CUDA_FUSE=1 ./build/gpu/tests/test_engine cuda 2>&1 | tee "$O/i8_engine.txt" | tail -4
     ./build/gpu/gpu/gpu_bench --gemv --json "$O/i8_gemv.jsonl" 2>&1 | tee "$O/i8_gemv.txt" | grep -E "^[|]|copy"
     P="The meaning of life is"
     copy=$(sed -n 's/^device copy: \([0-9]*\) GB.*/\1/p' "$O/i8_gemv.txt")
     export TIMECMD_JSONL="$O/i8_decode.jsonl"
-    for f in ${I8_FORMATS:-bf16 mxfp4 int4_g128 nvfp4 mxint8}; do
+    for f in ${I8_FORMATS:-bf16 mxfp4 int4_g128 mxint8}; do
         m=$M
         [ $f = bf16 ] || { $R "quantize $f .bq" -- $B quantize --model $M --wq $f --out /tmp/m_$f.bq >/dev/null; m=/tmp/m_$f.bq; }
-        for k in $(seq ${ROUNDS:-2}); do for p in fp16 int8; do
-            [ $f = bf16 ] && [ $p = int8 ] && continue  # (no packed weights)
-            BQ_CUDA_GEMV=$p $R "decode $f gemv=$p" -- $B generate --model $m --prompt "$P" -n 128 --device cuda --json >/dev/null
+        for k in $(seq ${ROUNDS:-2}); do for v in fp16 int8 fp16+fuse int8+fuse; do
+            [ $f = bf16 ] && case $v in int8*) continue ;; esac  # (no packed weights)
+            fz=0; case $v in *fuse) fz=1 ;; esac
+            BQ_CUDA_GEMV=${v%+fuse} BQ_CUDA_FUSE=$fz $R "decode $f gemv=$v" -- $B generate --model $m --prompt "$P" -n 128 --device cuda --json >/dev/null
         done; done
         rm -f /tmp/m_$f.bq
     done

@@ -72,6 +72,79 @@ static void compare(const cmp_ctx *c, float *const out[2], size_t n, pair *p)
 
 #define BOTH(call) do { for (int k_ = 0; k_ < 2; k_++) { be *b = p->b[k_]; int k = k_; (void)k; OK(call); } } while (0)
 
+/* a[0..n) and b[0..n) of backend g hold the same bits (and are finite) */
+static void same_bits(be *g, const float *a, const float *b, size_t n, const char *model, const char *what)
+{
+    float *h[2] = {malloc(n * 4), malloc(n * 4)};
+    get(g, h[0], a, n);
+    get(g, h[1], b, n);
+    size_t diff = 0;
+    for (size_t i = 0; i < n; i++) diff += memcmp(&h[0][i], &h[1][i], 4) != 0 || !isfinite(h[0][i]);
+    CHECK(diff == 0, "%s %s: %zu of %zu values differ from the unfused ops' bits", model, what, diff, n);
+    free(h[0]);
+    free(h[1]);
+}
+
+/* The backend's fused ops (be_ops.rope_store, add_check; the CUDA backend's fused
+ * kernels with BQ_CUDA_FUSE=1) against the ops they stand for on the same backend:
+ * the same bits, and the same message for a planted NaN.
+ * The cache of layer 0 holds pos earlier tokens (ops_once stored them). */
+static void fused_ops(const char *name, const bq_model *m, be *g, const float *hx, int n, int pos)
+{
+    const bq_config *c = &m->c;
+    size_t qd = (size_t)c->heads * c->head_dim, kvd = (size_t)c->kv_heads * c->head_dim, nH = (size_t)n * c->hidden;
+    if (g->ops->rope_store && c->rope && !m->rot_qk && !m->kv_q) {
+        float *q[2], *k[2], *v[2], *a[2];
+        for (int j = 0; j < 2; j++) {
+            q[j] = put(g, hx, (size_t)n * qd);
+            k[j] = put(g, hx + 5, (size_t)n * kvd);
+            v[j] = put(g, hx + 9, (size_t)n * kvd);
+            a[j] = put(g, hx, (size_t)n * qd);
+        }
+        if (q[1] && k[1] && v[1] && a[1] && q[0] && k[0] && v[0] && a[0]) {
+            OK(g->ops->rope(g, q[0], n, c->heads, pos));
+            OK(g->ops->rope(g, k[0], n, c->kv_heads, pos));
+            OK(g->ops->kv_store(g, 0, k[0], v[0], n, pos));
+            OK(g->ops->attention(g, 0, q[0], a[0], n, pos));
+            OK(g->ops->rope_store(g, 0, q[1], k[1], v[1], n, pos));
+            OK(g->ops->attention(g, 0, q[1], a[1], n, pos));
+            same_bits(g, q[0], q[1], (size_t)n * qd, name, "rope_store: q");
+            same_bits(g, k[0], k[1], (size_t)n * kvd, name, "rope_store: k");
+            same_bits(g, a[0], a[1], (size_t)n * qd, name, "rope_store: attention over the cache it wrote");
+        } else CHECK(0, "%s: buffers: %s", name, bq_last_error());
+        for (int j = 0; j < 2; j++) {
+            g->ops->release(g, q[j]);
+            g->ops->release(g, k[j]);
+            g->ops->release(g, v[j]);
+            g->ops->release(g, a[j]);
+        }
+    }
+    if (!g->ops->add_check) return;
+    float *x[2] = {put(g, hx, nH), put(g, hx, nH)}, *h = put(g, hx + 3, nH);
+    if (x[0] && x[1] && h) {
+        OK(g->ops->check(g, h, n, c->hidden, c->layers - 1, CHK_ATTN, pos));
+        OK(g->ops->add(g, x[0], h, nH));
+        OK(g->ops->add_check(g, x[1], h, n, c->hidden, c->layers - 1, CHK_ATTN, pos));
+        OK(g->ops->finish(g));
+        same_bits(g, x[0], x[1], nH, name, "add_check");
+        if (n > 1) {  /* a NaN at token 1: the fused op names the place the check does */
+            float nan = NAN;
+            char msg[2][256];
+            bq_cuda_upload(h + c->hidden + 3, &nan, 4);
+            for (int j = 0; j < 2; j++) {
+                bq_status st = j ? g->ops->add_check(g, x[1], h, n, c->hidden, c->layers - 1, CHK_ATTN, pos)
+                                 : g->ops->check(g, h, n, c->hidden, c->layers - 1, CHK_ATTN, pos);
+                if (!st) st = g->ops->finish(g);
+                snprintf(msg[j], sizeof msg[j], "%s", st ? bq_last_error() : "");
+            }
+            CHECK(msg[0][0] && !strcmp(msg[0], msg[1]), "%s add_check: check '%s', add_check '%s'", name, msg[0], msg[1]);
+        }
+    } else CHECK(0, "%s: buffers: %s", name, bq_last_error());
+    g->ops->release(g, x[0]);
+    g->ops->release(g, x[1]);
+    g->ops->release(g, h);
+}
+
 /* Each op once on n tokens at position pos (after `pos` cached tokens). */
 static void ops_once(const char *name, const bq_model *m, pair *p, int n, int pos)
 {
@@ -157,6 +230,7 @@ static void ops_once(const char *name, const bq_model *m, pair *p, int n, int po
     snprintf(op, sizeof op, "add");
     BOTH(b->ops->add(b, x[k], z[k], (size_t)n * I));
     compare(&cc, x, (size_t)n * I, p);
+    fused_ops(name, m, p->b[1], hx, n, pos);
     const bq_rot *rots[2] = {m->rot_down, m->rot_qk};
     for (int j = 0; j < 2; j++) {  /* the same float operations in the same order: the same bits (on the same input) */
         const bq_rot *r = rots[j];
@@ -510,6 +584,9 @@ int main(void)
         bq_model_free(m);
         return test_summary("test_backend");
     }
+    const char *fuse = getenv("BQ_CUDA_FUSE");
+    if (!(fuse && !strcmp(fuse, "1")))  /* (rope_store and add_check then launch the separate kernels: still compared) */
+        SKIP("the fused decode kernels (k_rope_store, k_add_check) are off: BQ_CUDA_FUSE=1 compares them and decodes with them");
     const char *only = getenv("BQ_BACKEND_ONLY");  /* "gptq": that check alone (bench/gpu_round2.sh) */
     if (only && !strcmp(only, "gptq")) {
         gptq_on_device();

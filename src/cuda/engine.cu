@@ -229,6 +229,17 @@ __global__ void k_bias(float *y, const float *b, size_t n, int out)
     if (i < n) y[i] += b[i % out];
 }
 
+// Rotary position p on the pair (k, k + d/2) of one head's row v, in place.
+static __device__ __forceinline__ void rope_pair(float *v, int k, int d, float theta, int p)
+{
+    int half = d / 2;
+    float inv = (float)(1.0 / pow((double)theta, (double)(2 * k) / d));
+    float ang = (float)p * inv, cs = cosf(ang), sn = sinf(ang);
+    float a = v[k], b = v[k + half];
+    v[k] = a * cs - b * sn;
+    v[k + half] = b * cs + a * sn;
+}
+
 __global__ void k_rope(float *x, int T, int heads, int d, float theta, int pos0, const int *dpos)
 {
     pdl_wait();
@@ -238,12 +249,28 @@ __global__ void k_rope(float *x, int T, int heads, int d, float theta, int pos0,
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)T * heads * half) return;
     int k = (int)(i % half), h = (int)(i / half % heads), t = (int)(i / half / heads);
-    float inv = (float)(1.0 / pow((double)theta, (double)(2 * k) / d));
-    float ang = (float)(pos0 + t) * inv, cs = cosf(ang), sn = sinf(ang);
-    float *v = x + ((size_t)t * heads + h) * d;
-    float a = v[k], b = v[k + half];
-    v[k] = a * cs - b * sn;
-    v[k + half] = b * cs + a * sn;
+    rope_pair(x + ((size_t)t * heads + h) * d, k, d, theta, pos0 + t);
+}
+
+// k_rope of q (heads) and k (kvh heads), then k_kv_store of k and v (cache rows of
+// kvh * d floats from the first position): one launch for the three.
+__global__ void k_rope_store(float *q, float *k, const float *v, float *kc, float *vc, int T, int heads, int kvh, int d, float theta,
+                             int pos0, const int *dpos)
+{
+    pdl_wait();
+    pdl_go();
+    pos0 = first_pos(pos0, dpos);
+    const int half = d / 2, all = heads + kvh;
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)T * all * half) return;
+    int e = (int)(i % half), h = (int)(i / half % all), t = (int)(i / half / all);
+    if (h < heads) { rope_pair(q + ((size_t)t * heads + h) * d, e, d, theta, pos0 + t); return; }
+    size_t row = ((size_t)t * kvh + (h - heads)) * d, at = (size_t)pos0 * kvh * d + row;
+    rope_pair(k + row, e, d, theta, pos0 + t);
+    kc[at + e] = k[row + e];
+    kc[at + e + half] = k[row + e + half];
+    vc[at + e] = v[row + e];
+    vc[at + e + half] = v[row + e + half];
 }
 
 // Causal softmax of one row of scores (row t of a head's [n][T] block: query
@@ -396,6 +423,18 @@ __global__ void k_check(const float *x, size_t n, unsigned long long *bad)
     pdl_go();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n && !isfinite(x[i])) atomicMin(bad, 2ull * i + (isnan(x[i]) ? 1 : 0));
+}
+
+// k_check of h, then x += h (a residual connection)
+__global__ void k_add_check(float *x, const float *h, size_t n, unsigned long long *bad)
+{
+    pdl_wait();
+    pdl_go();
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float v = h[i];
+    if (!isfinite(v)) atomicMin(bad, 2ull * i + (isnan(v) ? 1 : 0));
+    x[i] += v;
 }
 
 
@@ -561,6 +600,7 @@ struct cuda_be {
     unsigned graph_key;
     int recording, graph_checks, recordable;
     int pdl;  // decoding's kernels launched programmatically (launch.cuh); BQ_CUDA_PDL=0 turns it off for A/B runs
+    int fuse; // rope_store / add_check as one kernel each (BQ_CUDA_FUSE=1; until a GPU has run them, the separate ones)
     // calibration's sums per linear slot (cuda_stats_add), and the inputs widened for X^T X
     struct gstat { double *msq, *amax, *gram; int in; } *stats;
     double *xd;
@@ -837,6 +877,22 @@ static bq_status cuda_kv_store(be *b, int layer, const float *k, const float *v,
     return launched("KV cache");
 }
 
+static bq_status cuda_rope_store(be *b, int layer, float *q, float *k, const float *v, int n, int pos)
+{
+    cuda_be *g = G(b);
+    const bq_config *c = cfg(b);
+    if (!g->fuse) {
+        bq_status st = cuda_rope(b, q, n, c->heads, pos);
+        if (!st) st = cuda_rope(b, k, n, c->kv_heads, pos);
+        return st ? st : cuda_kv_store(b, layer, k, v, n, pos);
+    }
+    size_t kvd = (size_t)c->kv_heads * c->head_dim, off = (size_t)(layer - b->lo) * b->max_tokens * kvd;
+    size_t threads = (size_t)n * (c->heads + c->kv_heads) * (c->head_dim / 2);
+    launch_k(g->pdl, k_rope_store, nblk(threads), 256, q, k, v, g->kc + off, g->vc + off, n, c->heads, c->kv_heads, c->head_dim,
+             c->rope_theta, pos, dpos_of(g));
+    return launched("rope and KV cache");
+}
+
 static bq_status sgemm_batched(void *blas, bool ta, bool tb, int m, int n, int k, float alpha, const float *A, int lda, long long sa,
                                const float *B, int ldb, long long sb, float *C, int ldc, long long sc, int count)
 {
@@ -909,16 +965,34 @@ static bq_status cuda_add(be *b, float *x, const float *y, size_t n)
 }
 
 // Checks are queued; be_finish reads them all at once (one copy per forward pass).
-static bq_status cuda_check(be *b, const float *x, int rows, int d, int layer, check_site s, int pos)
+// The flag of a check site, noted for be_finish's message.
+static unsigned long long *check_flag(cuda_be *g, int d, int layer, check_site s, int pos)
 {
-    cuda_be *g = G(b);
-    int site = s == CHK_LOGITS ? 2 * cfg(b)->layers : 2 * layer + (int)s;
+    int site = s == CHK_LOGITS ? 2 * g->base.m->c.layers : 2 * layer + (int)s;
     g->site_d[site] = d;
     g->site_pos[site] = pos;
     g->checked = 1;
+    return g->bad + site;
+}
+
+static bq_status cuda_check(be *b, const float *x, int rows, int d, int layer, check_site s, int pos)
+{
+    cuda_be *g = G(b);
     size_t n = (size_t)rows * d;
-    launch_k(g->pdl, k_check, nblk(n), 256, x, n, g->bad + site);
+    launch_k(g->pdl, k_check, nblk(n), 256, x, n, check_flag(g, d, layer, s, pos));
     return launched("check");
+}
+
+static bq_status cuda_add_check(be *b, float *x, const float *h, int rows, int d, int layer, check_site s, int pos)
+{
+    cuda_be *g = G(b);
+    size_t n = (size_t)rows * d;
+    if (!g->fuse) {
+        bq_status st = cuda_check(b, h, rows, d, layer, s, pos);
+        return st ? st : cuda_add(b, x, h, n);
+    }
+    launch_k(g->pdl, k_add_check, nblk(n), 256, x, h, n, check_flag(g, d, layer, s, pos));
+    return launched("residual");
 }
 
 // ---- one-token steps as a CUDA graph ----
@@ -1137,7 +1211,7 @@ static const be_ops cuda_ops = {
     "cuda", 0, cuda_destroy, cuda_alloc, cuda_release, cuda_embed, cuda_add_pos, cuda_linear, cuda_norm, cuda_rope,
     cuda_qdq, cuda_kv_store, cuda_attention, cuda_act, cuda_add, cuda_check, cuda_logits, cuda_logprobs, cuda_finish,
     cuda_replay, cuda_drop_recording, cuda_get, cuda_put, cuda_bind, cuda_linears, cuda_rotate,
-    cuda_stats_add, cuda_stats_read,
+    cuda_stats_add, cuda_stats_read, cuda_rope_store, cuda_add_check,
 };
 
 static bq_status up_norm(gnorm *d, const normp *p, size_t n, size_t *bytes)
@@ -1264,8 +1338,9 @@ extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int 
     g->base.lo = lo;
     g->base.hi = hi;
     g->dev = dev;
-    const char *pdl = getenv("BQ_CUDA_PDL");
+    const char *pdl = getenv("BQ_CUDA_PDL"), *fuse = getenv("BQ_CUDA_FUSE");
     g->pdl = !(pdl && !strcmp(pdl, "0"));
+    g->fuse = fuse && !strcmp(fuse, "1");
     bq_status st = cuda_bind(&g->base);
     if (!st) st = cublas_handle(&g->blas, &g->blas_ws);
     if (!st) st = cuda_setup(g);

@@ -434,25 +434,27 @@ __global__ void __launch_bounds__(256) gemv_kernel(const uint8_t *__restrict__ c
     __shared__ float fac[256];
     if (SB == 1) for (int i = threadIdx.x; i < 256; i += blockDim.x) fac[i] = factor[i];
     const uint32_t L0 = (uint32_t)lut_lo.x, L1 = (uint32_t)lut_lo.y, L2 = (uint32_t)lut_lo.z, L3 = (uint32_t)lut_lo.w;
+    const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31, r0 = warp * ROWS;
+    const size_t rb = (size_t)cols * EB / 8, sbr = (size_t)(cols / K) * SB;
+    // software pipeline: the next chunk's weights are in flight while this one computes
+    uint4 raw[ROWS][EB / 4], nxt[ROWS][EB / 4];
+    auto fetch = [&](uint4 (&dst)[ROWS][EB / 4], int cc) {
+#pragma unroll
+        for (int rr = 0; rr < ROWS; rr++) {
+            const uint8_t *cr = codes + (size_t)min(r0 + rr, rows - 1) * rb;
+            dst[rr][0] = __ldg((const uint4 *)(cr + (size_t)cc * EB / 8));
+            if (EB == 8) dst[rr][EB / 4 - 1] = __ldg((const uint4 *)(cr + cc + 16));
+        }
+    };
+    // the first chunk needs no earlier kernel: in flight while the one that wrote x finishes
+    if (r0 < rows && lane * 32 < cols) fetch(raw, lane * 32);
     pdl_wait();
     pdl_go();
     __syncthreads();
-    const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31, r0 = warp * ROWS;
     if (r0 >= rows) return;
-    const size_t rb = (size_t)cols * EB / 8, sbr = (size_t)(cols / K) * SB;
     for (int t = 0; t < n; t++) {
         float acc[ROWS] = {};
-        // software pipeline: the next chunk's weights are in flight while this one computes
-        uint4 raw[ROWS][EB / 4], nxt[ROWS][EB / 4];
-        auto fetch = [&](uint4 (&dst)[ROWS][EB / 4], int cc) {
-#pragma unroll
-            for (int rr = 0; rr < ROWS; rr++) {
-                const uint8_t *cr = codes + (size_t)min(r0 + rr, rows - 1) * rb;
-                dst[rr][0] = __ldg((const uint4 *)(cr + (size_t)cc * EB / 8));
-                if (EB == 8) dst[rr][EB / 4 - 1] = __ldg((const uint4 *)(cr + cc + 16));
-            }
-        };
-        if (lane * 32 < cols) fetch(raw, lane * 32);
+        if (t > 0 && lane * 32 < cols) fetch(raw, lane * 32);
         for (int c0 = lane * 32; c0 < cols; c0 += 32 * 32) {
             if (c0 + 32 * 32 < cols) fetch(nxt, c0 + 32 * 32);
             float xs[32];

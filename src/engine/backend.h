@@ -89,6 +89,13 @@ typedef struct {
      * and symmetric; may be NULL) and frees them. */
     bq_status (*stats_add)(be *b, int slot, const float *x, int n, int in, int gram);
     bq_status (*stats_read)(be *b, int slot, double *msq, double *amax, double *gram);
+    /* Optional fusions (NULL: the driver calls the ops they stand for; same results).
+     * rope_store: rope of q (heads) and k (kv_heads), then kv_store of k and v.
+     * add_check: check of h [rows, d] at (layer, s), then x += h. On a GPU each
+     * saves kernels on every layer of a decoding step, where they cost more than
+     * their arithmetic. */
+    bq_status (*rope_store)(be *b, int layer, float *q, float *k, const float *v, int n, int pos);
+    bq_status (*add_check)(be *b, float *x, const float *h, int rows, int d, int layer, check_site s, int pos);
 } be_ops;
 
 struct be {

@@ -311,6 +311,11 @@ static bq_status check_ids(const bq_model *m, const int32_t *ids, int n)
 
 #define DO(call) do { if ((st = (call))) return st; } while (0)
 #define CHECK(x, rows, dd, layer, site) do { if (c->check) DO(o->check(b, x, rows, dd, layer, site, pos)); } while (0)
+/* x += h, h checked first (one op where the backend fuses them) */
+#define RESIDUAL(h, layer, site) do { \
+        if (c->check && o->add_check) DO(o->add_check(b, S->x, h, n, H, layer, site, pos)); \
+        else { CHECK(h, n, H, layer, site); DO(o->add(b, S->x, h, nH)); } \
+    } while (0)
 
 /* A stage's input: the first embeds the tokens, a later one takes the hidden state
  * the stage before it left in host memory (xin). */
@@ -352,23 +357,25 @@ static bq_status stage_body(bq_ctx *c, stage *S, int n, int pos, int first, floa
             DO(o->norm(b, l, N_Q, S->q, S->q, n * m->heads, d));
             DO(o->norm(b, l, N_K, S->k, S->k, n * m->kv_heads, d));
         }
-        if (m->rope) {
-            DO(o->rope(b, S->q, n, m->heads, pos));
-            DO(o->rope(b, S->k, n, m->kv_heads, pos));
+        if (m->rope && !M->rot_qk && !M->kv_q && o->rope_store) DO(o->rope_store(b, l, S->q, S->k, S->v, n, pos));
+        else {
+            if (m->rope) {
+                DO(o->rope(b, S->q, n, m->heads, pos));
+                DO(o->rope(b, S->k, n, m->kv_heads, pos));
+            }
+            if (M->rot_qk) {  /* Q K^T unchanged; what the cache and attention formats see is rotated */
+                DO(o->rotate(b, M->rot_qk, S->q, n * m->heads));
+                DO(o->rotate(b, M->rot_qk, S->k, n * m->kv_heads));
+            }
+            if (M->kv_q) {  /* the cache stores K and V quantised along head_dim */
+                DO(o->qdq(b, M->kv_q, S->k, S->k, (size_t)n * m->kv_heads, (size_t)d));
+                DO(o->qdq(b, M->kv_q, S->v, S->v, (size_t)n * m->kv_heads, (size_t)d));
+            }
+            DO(o->kv_store(b, l, S->k, S->v, n, pos));
         }
-        if (M->rot_qk) {  /* Q K^T unchanged; what the cache and attention formats see is rotated */
-            DO(o->rotate(b, M->rot_qk, S->q, n * m->heads));
-            DO(o->rotate(b, M->rot_qk, S->k, n * m->kv_heads));
-        }
-        if (M->kv_q) {  /* the cache stores K and V quantised along head_dim */
-            DO(o->qdq(b, M->kv_q, S->k, S->k, (size_t)n * m->kv_heads, (size_t)d));
-            DO(o->qdq(b, M->kv_q, S->v, S->v, (size_t)n * m->kv_heads, (size_t)d));
-        }
-        DO(o->kv_store(b, l, S->k, S->v, n, pos));
         DO(o->attention(b, l, S->q, S->a, n, pos));
         DO(run_linear(c, b, l, R_O, S->a, S->h, n));
-        CHECK(S->h, n, H, l, CHK_ATTN);
-        DO(o->add(b, S->x, S->h, nH));
+        RESIDUAL(S->h, l, CHK_ATTN);
         if (!m->pre_norm) DO(o->norm(b, l, N_LN1, S->x, S->x, n, H));
 
         /* MLP */
@@ -378,8 +385,7 @@ static bq_status stage_body(bq_ctx *c, stage *S, int n, int pos, int first, floa
         DO(o->act(b, S->u, S->g, nI));
         if (M->rot_down) DO(o->rotate(b, M->rot_down, S->u, n));
         DO(run_linear(c, b, l, R_DOWN, S->u, S->h, n));
-        CHECK(S->h, n, H, l, CHK_MLP);
-        DO(o->add(b, S->x, S->h, nH));
+        RESIDUAL(S->h, l, CHK_MLP);
         if (!m->pre_norm) DO(o->norm(b, l, N_LN2, S->x, S->x, n, H));
     }
 
@@ -393,6 +399,7 @@ static bq_status stage_body(bq_ctx *c, stage *S, int n, int pos, int first, floa
     }
     return o->finish(b);
 }
+#undef RESIDUAL
 #undef CHECK
 
 /* The whole pass, one stage after another, the hidden state through c->hx. */
