@@ -74,6 +74,17 @@ static __attribute__((unused)) const char *shared_dir(void)
     return NULL;
 }
 
+/* ref[t][r] = sum over k of w[r][k] x[t][k] in double (w: R x C, x: n x C). */
+static __attribute__((unused)) void t_ref_gemv(const float *w, const float *x, int R, int C, int n, double *ref)
+{
+    for (int t = 0; t < n; t++)
+        for (int r = 0; r < R; r++) {
+            double s = 0;
+            for (int k = 0; k < C; k++) s += (double)w[(size_t)r * C + k] * x[(size_t)t * C + k];
+            ref[(size_t)t * R + r] = s;
+        }
+}
+
 /* 32-bit xorshift for reproducible test data. */
 static unsigned t_rng = 12345u;
 static unsigned t_rand(void) { t_rng ^= t_rng << 13; t_rng ^= t_rng >> 17; t_rng ^= t_rng << 5; return t_rng; }

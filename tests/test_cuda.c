@@ -158,12 +158,7 @@ static void gemv_set(const char *const *wf, size_t nf, const int (*shapes)[3], s
             pmat *m;
             if (pmat_pack(f, w, R, C, NULL, &m)) { CHECK(0, "pack %s: %s", f->name, bq_last_error()); bq_format_free(f); continue; }
             pmat_decode(m, 0, R, wq);
-            for (int t = 0; t < n; t++)
-                for (int r = 0; r < R; r++) {
-                    double s = 0;
-                    for (int k = 0; k < C; k++) s += (double)wq[(size_t)r * C + k] * x[(size_t)t * C + k];
-                    ref[(size_t)t * R + r] = s;
-                }
+            t_ref_gemv(wq, x, R, C, n, ref);
             bq_cuda_w *gw;
             float *dx, *dy;
             bq_status st = bq_cuda_w_upload_path(m, path, &gw);

@@ -245,12 +245,7 @@ static void gemv_cases(void)
             if (m->kind == PM_PANEL) {
                 if (si == 0 && m->eb == 4) decode4_cases(f->name, m);
                 pmat_decode(m, 0, R, wq);
-                for (int t = 0; t < n; t++)
-                    for (int r = 0; r < R; r++) {
-                        double s = 0;
-                        for (int k = 0; k < C; k++) s += (double)wq[(size_t)r * C + k] * x[(size_t)t * C + k];
-                        ref[(size_t)t * R + r] = s;
-                    }
+                t_ref_gemv(wq, x, R, C, n, ref);
                 double e = model_gemv(m, x, n, ref);
                 CHECK(e < 1e-5, "int8 model %s %dx%d n=%d: %.2e from the reference", f->name, R, C, n, e);
                 printf("  int8 model %-15s %4dx%-4d n=%d max|err|/max|y| = %.2e\n", f->name, R, C, n, e);

@@ -250,6 +250,27 @@ static void place_rows(void *arg, size_t g0, size_t g1)
     free(sc);
 }
 
+// w's codes and scales laid out by place_rows (16-row groups over all cores, a
+// tile's rows sharing bytes, straight from the panels; codes first filled with the
+// byte pad) and taken to the device: *out = w, or w freed on failure.
+static bq_status place_upload(const pmat *m, bq_cuda_w *w, size_t rb, size_t sb, const uint8_t *nib, size_t ncode, size_t nscale, int pad,
+                              bq_cuda_w **out)
+{
+    uint8_t *codes = (uint8_t *)calloc(ncode, 1), *scales = (uint8_t *)calloc(nscale, 1);
+    bq_status st = codes && scales ? BQ_OK : bq_fail(BQ_ERR_NOMEM, "out of memory");
+    if (!st && pad) memset(codes, pad, ncode);
+    if (!st) {
+        place_job pj = {m, w, rb, sb, nib, codes, scales, 0};
+        bq_parallel_for(((size_t)m->rows + 15) / 16, (size_t)m->rows * m->cols < (1u << 22) ? 1 : 0, place_rows, &pj);
+        if (pj.oom) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
+    }
+    if (!st) st = w_to_device(w, codes, ncode, scales, nscale, m->sc, NULL, 0, NULL);
+    free(codes); free(scales);
+    if (st) { bq_cuda_w_free(w); return st; }
+    *out = w;
+    return BQ_OK;
+}
+
 // The fp16 tensor-core layout (4-bit codes), the 6-bit one, or rows (8-bit codes).
 static bq_status upload_fp16(const pmat *m, bq_cuda_w **out)
 {
@@ -279,19 +300,7 @@ static bq_status upload_fp16(const pmat *m, bq_cuda_w **out)
     size_t rb = (size_t)m->cols * m->eb / 8, sb = (size_t)m->nb * m->sbytes;
     size_t ncode = w->tc ? (size_t)w->R16 * w->NT * 32 : (size_t)m->rows * rb;
     size_t nscale = w->tc ? (size_t)w->R16 * w->NT * w->SBT : (size_t)m->rows * sb;
-    uint8_t *codes = (uint8_t *)calloc(ncode, 1), *scales = (uint8_t *)calloc(nscale, 1);
-    bq_status st = codes && scales ? BQ_OK : bq_fail(BQ_ERR_NOMEM, "out of memory");
-    if (!st && w->tc == 2) memset(codes, 0x88, ncode);  // padding: integer nibble 8 is 0 (e2m1's 0 is nibble 0)
-    if (!st) {  // rows regrouped over all cores, 16 at a time (a tile's rows share bytes), straight from the panels
-        place_job pj = {m, w, rb, sb, nib, codes, scales, 0};
-        bq_parallel_for(((size_t)m->rows + 15) / 16, (size_t)m->rows * m->cols < (1u << 22) ? 1 : 0, place_rows, &pj);
-        if (pj.oom) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-    }
-    if (!st) st = w_to_device(w, codes, ncode, scales, nscale, m->sc, NULL, 0, NULL);
-    free(codes); free(scales);
-    if (st) { bq_cuda_w_free(w); return st; }
-    *out = w;
-    return BQ_OK;
+    return place_upload(m, w, rb, sb, nib, ncode, nscale, w->tc == 2 ? 0x88 : 0, out);  // padding: integer nibble 8 is 0
 }
 
 // Whether the int8 tensor-core layout takes m: 8-bit codes, or 4-bit ones whose
@@ -323,18 +332,7 @@ static bq_status upload_i8(const pmat *m, bq_cuda_w **out)
     if (m->eb == 4) i8_slots4(m->lut, slot, w->tab4);
     tc_shape(w);
     size_t ncode = (size_t)w->R16 / 16 * w->NT * 32 * (m->eb == 8 ? 32 : 16), nscale = (size_t)w->R16 * w->NT * w->SBT;
-    uint8_t *codes = (uint8_t *)calloc(ncode, 1), *scales = (uint8_t *)calloc(nscale, 1);
-    bq_status st = codes && scales ? BQ_OK : bq_fail(BQ_ERR_NOMEM, "out of memory");
-    if (!st) {  // padding: slot or value 0 (its products meet zero activations, or rows no one reads)
-        place_job pj = {m, w, 0, 0, slot, codes, scales, 0};
-        bq_parallel_for(((size_t)m->rows + 15) / 16, (size_t)m->rows * m->cols < (1u << 22) ? 1 : 0, place_rows, &pj);
-        if (pj.oom) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
-    }
-    if (!st) st = w_to_device(w, codes, ncode, scales, nscale, m->sc, NULL, 0, NULL);
-    free(codes); free(scales);
-    if (st) { bq_cuda_w_free(w); return st; }
-    *out = w;
-    return BQ_OK;
+    return place_upload(m, w, 0, 0, slot, ncode, nscale, 0, out);  // padding: slot or value 0 (its products meet zero activations)
 }
 
 extern "C" bq_status bq_cuda_w_upload_path(const pmat *m, bq_gemv_path path, bq_cuda_w **out)
