@@ -392,6 +392,12 @@ static void gemv_multi(void)
     free(w);
 }
 
+#ifdef BQ_CUDA_SIM  /* test_cusim: these GEMV tests on the CPU simulator (tests/cusim_gemv.cc) */
+#define T_NAME "test_cusim"
+#else
+#define T_NAME "test_cuda"
+#endif
+
 int main(void)
 {
     char why[256];
@@ -421,13 +427,16 @@ int main(void)
             pmat_free(m);
             bq_format_free(f);
         }
-        return test_summary("test_cuda");
+        return test_summary(T_NAME);
     }
     printf("  device: %s\n", bq_cuda_device_name());
     const char *only = getenv("BQ_CUDA_ONLY");  /* e.g. "gemv,gemm" under compute-sanitizer */
+#ifdef BQ_CUDA_SIM
+    if (!only) only = "gemv";  /* what the simulator runs */
+#endif
     if (!only || strstr(only, "vectors")) vectors();
     if (!only || strstr(only, "cpu")) against_cpu();
     if (!only || strstr(only, "gemv")) { gemv(); gemv_multi(); gemv_refusal(); }
     if (!only || strstr(only, "gemm")) gemm();
-    return test_summary("test_cuda");
+    return test_summary(T_NAME);
 }

@@ -610,7 +610,11 @@ static __device__ __forceinline__ uint32_t half2_of(uint32_t w)
         return (em & 0x0E000E00u) | ((w << (12 - 4 * J)) & 0x80008000u);
     }
     uint32_t h = ((w >> (4 * J)) & 0x000F000Fu) | 0x64006400u, o;
+#ifdef BQ_CUSIM  // tests/cusim: the kernels on the CPU
+    o = cusim_hsub2(h, 0x64086408u);
+#else
     asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(o) : "r"(h), "r"(0x64086408u));
+#endif
     return o;
 }
 
@@ -642,6 +646,11 @@ static __device__ __forceinline__ void word_halves(uint32_t wd, uint2 hp, int s,
 static __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, bool fresh)
 {
     float c0 = fresh ? 0.0f : d[0], c1 = fresh ? 0.0f : d[1], c2 = fresh ? 0.0f : d[2], c3 = fresh ? 0.0f : d[3];
+#ifdef BQ_CUSIM
+    const float c[4] = {c0, c1, c2, c3};
+    cusim_mma_f16(d, a, b0, b1, c);
+    return;
+#endif
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};\n"
                  : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(c0), "f"(c1), "f"(c2), "f"(c3));
@@ -872,6 +881,11 @@ __global__ void __launch_bounds__(256) gemv_tc(const tc_mats M, const float *__r
 // d += a b on the int8 tensor cores: k32 (a0-a3, b0-b1) and k16 (a0-a1, b0).
 static __device__ __forceinline__ void mma_s8_k32(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
 {
+#ifdef BQ_CUSIM
+    const uint32_t b[2] = {b0, b1};
+    cusim_mma_s8(d, a, b, 32);
+    return;
+#endif
     asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                  : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
@@ -879,6 +893,11 @@ static __device__ __forceinline__ void mma_s8_k32(int (&d)[4], const uint32_t (&
 
 static __device__ __forceinline__ void mma_s8_k16(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t b0)
 {
+#ifdef BQ_CUSIM
+    const uint32_t a[2] = {a0, a1}, b[1] = {b0};
+    cusim_mma_s8(d, a, b, 16);
+    return;
+#endif
     asm volatile("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
                  : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
                  : "r"(a0), "r"(a1), "r"(b0));
@@ -1320,17 +1339,13 @@ static bq_status unpack(const bq_cuda_w *w, OT *d_out)
         size_t n = (size_t)w->R16 / 16 * w->NT;  // tiles, a warp each
         unsigned nb = (unsigned)((n + 7) / 8);
         uint4 tab = make_uint4(w->tab4[0], w->tab4[1], w->tab4[2], w->tab4[3]);
-        if (w->i8 == 8)
-            unpack_i8<8, OT><<<nb, 256>>>((const uint4 *)w->codes, w->scales, w->d_factor, w->emult, w->rows, w->cols, w->NT, w->KT,
-                                          w->sbytes, tab, d_out);
-        else
-            unpack_i8<4, OT><<<nb, 256>>>((const uint4 *)w->codes, w->scales, w->d_factor, w->emult, w->rows, w->cols, w->NT, w->KT,
-                                          w->sbytes, tab, d_out);
+        launch_k(false, w->i8 == 8 ? unpack_i8<8, OT> : unpack_i8<4, OT>, nb, 256, (const uint4 *)w->codes, w->scales, w->d_factor,
+                 w->emult, w->rows, w->cols, w->NT, w->KT, w->sbytes, tab, d_out);
     } else if (w->tc) {
         size_t n = (size_t)w->R16 / 16 * w->NT;  // tiles, a warp each
         unsigned nb = (unsigned)((n + 7) / 8);
-#define U(MODE) unpack_tc<MODE, OT><<<nb, 256>>>((const uint4 *)w->codes, w->scales, w->d_factor, w->emult, w->cmode, w->rows, \
-                                                 w->cols, w->NT, w->KT, w->sbytes, d_out, w->hi, w->lut6)
+#define U(MODE) launch_k(false, unpack_tc<MODE, OT>, nb, 256, (const uint4 *)w->codes, w->scales, w->d_factor, w->emult, w->cmode, \
+                         w->rows, w->cols, w->NT, w->KT, w->sbytes, d_out, w->hi, w->lut6)
         if (w->tc == 1) U(1);
         else if (w->tc == 2) U(2);
         else U(3);
@@ -1339,8 +1354,8 @@ static bq_status unpack(const bq_cuda_w *w, OT *d_out)
         int4 lut4;
         memcpy(&lut4, w->lut, 16);
         size_t n = (size_t)w->rows * w->cols / 4;
-        unpack_rows<OT><<<(unsigned)((n + 255) / 256), 256>>>(w->codes, w->scales, w->d_factor, w->emult, lut4, w->rows, w->cols,
-                                                              w->eb, w->K, w->sbytes, d_out);
+        launch_k(false, unpack_rows<OT>, (unsigned)((n + 255) / 256), 256, w->codes, w->scales, w->d_factor, w->emult, lut4, w->rows,
+                 w->cols, w->eb, w->K, w->sbytes, d_out);
     }
     return launched(sizeof(OT) == 2 ? "unpack to bf16" : "unpack to float32");
 }
