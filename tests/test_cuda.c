@@ -208,13 +208,14 @@ static void gemv(void)
 {
     const char *wf[] = {"mxfp4", "nvfp4", "mxint8", "int8_b32_sfp16", "int4_b32_sfp16", "bfp4_b32", "bfp4_b16",
                         "mxfp6_e2m3", "mxfp6_e3m2"};
-    const int shapes[][3] = {{300, 1024, 3}, {37, 1056, 1}, {64, 2048, 4}, {129, 96, 2}, {96, 4096, 1}};
+    /* 5-16 tokens: 4 a pass on the tensor cores, a pass a token by rows */
+    const int shapes[][3] = {{300, 1024, 3}, {37, 1056, 1}, {64, 2048, 4}, {129, 96, 2}, {96, 4096, 1}, {80, 512, 11}, {33, 256, 16}};
     gemv_set(wf, sizeof wf / sizeof *wf, shapes, sizeof shapes / sizeof *shapes, BQ_GEMV_FP16);
     /* the int8 tensor cores: every format above but the 6-bit ones */
     gemv_set(wf, sizeof wf / sizeof *wf - 2, shapes, sizeof shapes / sizeof *shapes, BQ_GEMV_INT8);
     /* int groups of 64 and more with float32 scales (a scale per 64-column tile): rows of whole groups */
     const char *wide[] = {"int4_g128", "int4_g64", "int4_g256"};
-    const int wshapes[][3] = {{300, 1024, 3}, {37, 2048, 1}, {64, 512, 4}, {129, 256, 2}};
+    const int wshapes[][3] = {{300, 1024, 3}, {37, 2048, 1}, {64, 512, 4}, {129, 256, 2}, {40, 512, 13}};
     gemv_set(wide, sizeof wide / sizeof *wide, wshapes, sizeof wshapes / sizeof *wshapes, BQ_GEMV_FP16);
     gemv_set(wide, sizeof wide / sizeof *wide, wshapes, sizeof wshapes / sizeof *wshapes, BQ_GEMV_INT8);
 }
@@ -329,7 +330,7 @@ static void gemv_multi(void)
         bq_gemv_path path = pi ? BQ_GEMV_INT8 : BQ_GEMV_FP16;
         /* 8-bit codes take the fp16 path by rows (one matrix a launch); 6-bit ones no int8 path */
         if (path == BQ_GEMV_FP16 ? !strcmp(wf[fi], "mxint8") : strstr(wf[fi], "fp6") != NULL) continue;
-        for (int n = 1; n <= 4; n += 2) {
+        for (int n = 1; n <= 11; n += n < 3 ? 2 : 8) {  /* 1, 3 and 11 (three passes) */
             bq_format *f;
             OK(bq_format_parse(wf[fi], &f));
             bq_cuda_w *gw[3] = {NULL, NULL, NULL};

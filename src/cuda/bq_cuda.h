@@ -44,7 +44,10 @@ void bq_cuda_w_free(bq_cuda_w *w);
 size_t bq_cuda_w_bytes(const bq_cuda_w *w);
 /* Whether its GEMVs are launched programmatically (src/cuda/launch.cuh; on by default). */
 void bq_cuda_w_set_pdl(bq_cuda_w *w, int on);
-/* y[n][rows] = x[n][cols] W^T for a few tokens (float activations). */
+/* y[n][rows] = x[n][cols] W^T for a few tokens (1 to 16; float activations). */
+/* Tokens up to which the GEMV beats unpacking for a GEMM: 16 on the tensor-core
+ * layouts (4 a pass), 4 for rows (a pass a token). */
+int bq_cuda_w_gemv_max(const bq_cuda_w *w);
 bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *d_x, int n, float *d_y);
 /* The same with ks column splits (0: as bq_cuda_gemv chooses by shape; 1 .. the
  * shape's choice: for tests comparing the paths). */

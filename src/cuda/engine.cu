@@ -567,7 +567,9 @@ static void gemv_bf16(bool pdl, const __nv_bfloat16 *W, const float *x, float *y
 // la, lb: LoRC's factors (--ptq lorc), y += (q(x) lb^T) la^T, rank of them (0: none)
 struct glin { float *w, *b, *la, *lb; __nv_bfloat16 *w16; bq_cuda_w *pw; int in, out, split, f32, rank; const bq_format *aq; };
 struct gnorm { float *w, *b; };
-enum { GEMV_MAX = 4, GEMV16_MAX = 8, ATT_FEW = 8 };  // ATT_FEW: queries up to which attention skips the GEMMs  // tokens up to which a packed (bf16) linear takes the GEMV
+// tokens up to which a bf16 linear takes the GEMV (packed ones: bq_cuda_w_gemv_max); ATT_FEW:
+// queries up to which attention skips the GEMMs
+enum { GEMV16_MAX = 8, ATT_FEW = 8 };
 
 struct cuda_be {
     be base;
@@ -774,7 +776,7 @@ static bq_status cuda_linear(be *b, int layer, lin_role r, const float *x, float
         x = g->xq;
     }
     const float one = 1.0f, zero = 0.0f;
-    if (l->pw && n <= GEMV_MAX) {  // decoding: the packed codes straight from memory
+    if (l->pw && n <= bq_cuda_w_gemv_max(l->pw)) {  // decoding (and short prompts): the packed codes straight from memory
         if ((st = bq_cuda_gemv(l->pw, x, n, y))) return st;
     } else if (l->w16 && n <= GEMV16_MAX && l->in % 8 == 0) {
         gemv_bf16(g->pdl, l->w16, x, y, n, l->in, l->out);
@@ -812,15 +814,15 @@ static bq_status cuda_linears(be *b, int layer, const lin_role *rs, int count, c
 {
     cuda_be *g = G(b);
     const glin *ls[3] = {NULL, NULL, NULL};
-    int fuse = count >= 1 && count <= 3 && n <= GEMV16_MAX, packed = count >= 2 && count <= 3 && n <= GEMV_MAX;
+    int fuse = count >= 1 && count <= 3 && n <= GEMV16_MAX, packed = count >= 2 && count <= 3;
     for (int i = 0; i < count && (fuse || packed); i++) {
         ls[i] = glin_at(g, layer, rs[i]);
         int plain = !ls[i]->aq && !ls[i]->rank && ls[i]->in == ls[0]->in;
         fuse = fuse && plain && ls[i]->w16 && ls[i]->in % 8 == 0;
-        packed = packed && plain && ls[i]->pw && bq_cuda_w_fusable(ls[0]->pw, ls[i]->pw);
+        packed = packed && plain && ls[i]->pw && bq_cuda_w_fusable(ls[0]->pw, ls[i]->pw) && n <= bq_cuda_w_gemv_max(ls[i]->pw);
     }
     if (packed) {
-        const bq_cuda_w *ws[3];
+        const bq_cuda_w *ws[3] = {NULL, NULL, NULL};
         for (int i = 0; i < count; i++) ws[i] = ls[i]->pw;
         bq_status st = bq_cuda_gemv_multi(ws, count, x, n, ys);
         for (int i = 0; i < count && !st; i++)

@@ -1,4 +1,5 @@
-// Matrix-vector products on packed weights (generation, up to 4 tokens).
+// Matrix-vector products on packed weights (generation: up to 16 tokens, 4 a pass
+// on the tensor cores).
 //
 // 8-bit codes (and 4-bit codes of other grids): one warp per 4 rows, each lane
 // streaming 16 bytes of codes at a time and decoding them in registers
@@ -1164,23 +1165,42 @@ static bool same_layout(const bq_cuda_w *a, const bq_cuda_w *b)
 
 extern "C" int bq_cuda_w_fusable(const bq_cuda_w *a, const bq_cuda_w *b) { return same_layout(a, b); }
 
+// The tensor-core GEMVs take up to 4 tokens a pass (their activation pieces fill
+// two n8 blocks); more (5-16: a short prompt, a batch of drafts) go 4 at a time,
+// each pass reading the weights once: a quarter of the passes of one token at a
+// time, and a fraction of the bytes of unpacking to bf16 for a GEMM.
+enum { TC_TOKENS = 4, GEMV_TOKENS = 16 };
+static bq_status gemv_passes(const bq_cuda_w *const *ws, int count, const float *d_x, int n, float *const *d_ys, int ks)
+{
+    for (int t0 = 0; t0 < n; t0 += TC_TOKENS) {
+        int m = n - t0 < TC_TOKENS ? n - t0 : TC_TOKENS;
+        float *ys[3];
+        for (int i = 0; i < count; i++) ys[i] = d_ys[i] + (size_t)t0 * ws[i]->rows;
+        const float *x = d_x + (size_t)t0 * ws[0]->cols;
+        bq_status st = ws[0]->i8 ? gemv_int8(ws, count, x, m, ys, ks) : gemv_tensor_cores(ws, count, x, m, ys, ks);
+        if (st) return st;
+    }
+    return BQ_OK;
+}
+
+extern "C" int bq_cuda_w_gemv_max(const bq_cuda_w *w) { return w->tc || w->i8 ? GEMV_TOKENS : TC_TOKENS; }
+
 extern "C" bq_status bq_cuda_gemv_multi(const bq_cuda_w *const *ws, int count, const float *d_x, int n, float *const *d_ys)
 {
-    if (n < 1 || n > 4) return bq_fail(BQ_ERR_ARG, "CUDA GEMV takes 1 to 4 tokens, not %d", n);
+    if (n < 1 || n > GEMV_TOKENS) return bq_fail(BQ_ERR_ARG, "CUDA GEMV takes 1 to %d tokens, not %d", GEMV_TOKENS, n);
     if (count < 1 || count > 3) return bq_fail(BQ_ERR_ARG, "CUDA GEMV: %d matrices in one launch (1 to 3)", count);
     for (int i = 1; i < count; i++)
         if (!same_layout(ws[0], ws[i])) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: matrices of different layouts in one launch");
     if (count == 1) return bq_cuda_gemv(ws[0], d_x, n, d_ys[0]);
-    return ws[0]->i8 ? gemv_int8(ws, count, d_x, n, d_ys, 1) : gemv_tensor_cores(ws, count, d_x, n, d_ys, 1);
+    return gemv_passes(ws, count, d_x, n, d_ys, 1);
 }
 
 extern "C" bq_status bq_cuda_gemv_split(const bq_cuda_w *w, const float *d_x, int n, float *d_y, int ks)
 {
-    if (n < 1 || n > 4) return bq_fail(BQ_ERR_ARG, "CUDA GEMV takes 1 to 4 tokens, not %d", n);
+    if (n < 1 || n > GEMV_TOKENS) return bq_fail(BQ_ERR_ARG, "CUDA GEMV takes 1 to %d tokens, not %d", GEMV_TOKENS, n);
     int tcs = w->tc || w->i8;
     if (ks < 0 || ks > (tcs ? w->ks : 1)) return bq_fail(BQ_ERR_ARG, "CUDA GEMV: %d column splits (this matrix allows %d)", ks, tcs ? w->ks : 1);
-    if (w->i8) return gemv_int8(&w, 1, d_x, n, &d_y, ks ? ks : w->ks);
-    if (w->tc) return gemv_tensor_cores(&w, 1, d_x, n, &d_y, ks ? ks : w->ks);
+    if (tcs) return gemv_passes(&w, 1, d_x, n, &d_y, ks ? ks : w->ks);
     uint8_t biased[16];  /* the table as value + 128 */
     for (int i = 0; i < 16; i++) biased[i] = (uint8_t)(w->lut[i] + 128);
     int4 lo;

@@ -122,10 +122,64 @@ inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__float2
 #else
 #define CUSIM_ASAN 0
 #endif
+// Stack switching: on x86-64 the six callee-saved registers and the stack pointer
+// (glibc's swapcontext also sets the signal mask: a system call each switch);
+// elsewhere ucontext.
+#if defined(__x86_64__)
+struct cusim_ctx { void *sp; };
+extern "C" void cusim_switch_x86(void **save, void *load);
+asm(R"(
+    .text
+    .globl cusim_switch_x86
+    .type cusim_switch_x86, @function
+cusim_switch_x86:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size cusim_switch_x86, .-cusim_switch_x86
+    .section .note.GNU-stack,"",@progbits
+    .text
+)");
+inline void cusim_ctx_switch(cusim_ctx &from, const cusim_ctx &to) { cusim_switch_x86(&from.sp, to.sp); }
+// The first switch to c pops six zero registers and returns into entry, with the
+// stack aligned as a call leaves it.
+inline void cusim_ctx_make(cusim_ctx &c, char *stack, size_t size, void (*entry)())
+{
+    void **sp = (void **)((uintptr_t)(stack + size) & ~(uintptr_t)15);
+    *--sp = nullptr;  // entry's return address: it never returns
+    *--sp = (void *)entry;
+    for (int i = 0; i < 6; i++) *--sp = nullptr;
+    c.sp = sp;
+}
+#else
 #include <ucontext.h>
+struct cusim_ctx { ucontext_t uc; };
+inline void cusim_ctx_switch(cusim_ctx &from, const cusim_ctx &to) { swapcontext(&from.uc, &to.uc); }
+// (not inlined: getcontext returns twice, which would leave a caller's locals unsafe)
+__attribute__((noinline)) inline void cusim_ctx_make(cusim_ctx &c, char *stack, size_t size, void (*entry)())
+{
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = size;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+}
+#endif
 
 struct cusim_fiber {
-    ucontext_t ctx;
+    cusim_ctx ctx;
     char *stack;
     bool done;
     void *fake;  // ASan's fake stack of this fiber while it is switched out
@@ -137,10 +191,10 @@ struct cusim_bar {
 struct cusim_block {
     int nt, cur;
     std::vector<cusim_fiber> f;
-    ucontext_t sched;
+    cusim_ctx sched;
     cusim_bar all;
     std::vector<cusim_bar> warp;
-    std::vector<uint64_t> slot;  // [thread][16]: what a lane leaves for its warp
+    std::vector<uint64_t> slot;  // [bank][thread][16]: what a lane leaves for its warp
     const void *sched_bottom;    // the scheduler's stack (ASan)
     size_t sched_size;
     void *sched_fake;
@@ -157,7 +211,7 @@ inline void cusim_yield()  // back to the scheduler; returns when resumed
 #if CUSIM_ASAN
     __sanitizer_start_switch_fiber(&F.fake, B.sched_bottom, B.sched_size);
 #endif
-    swapcontext(&F.ctx, &B.sched);
+    cusim_ctx_switch(F.ctx, B.sched);
 #if CUSIM_ASAN
     __sanitizer_finish_switch_fiber(F.fake, nullptr, nullptr);
 #endif
@@ -184,18 +238,27 @@ inline void cusim_leave(cusim_bar &b)  // an exited thread stops counting
 
 inline int cusim_lane() { return (int)(threadIdx.x & 31); }
 inline cusim_bar &cusim_warp() { return cusim_cur->warp[threadIdx.x / 32]; }
-inline uint64_t *cusim_slot(int lane) { return &cusim_cur->slot[((threadIdx.x & ~31u) + (unsigned)lane) * 16]; }
 inline void __syncthreads() { cusim_arrive(cusim_cur->all); }
 inline void __syncwarp(unsigned = 0xffffffffu) { cusim_arrive(cusim_warp()); }
+// A warp exchange: lanes leave words in their slot, meet, read others'. Two banks
+// used in turn, so one meeting an exchange suffices: a lane can only come back to
+// a bank after every lane has met at the next exchange, past its reads of this one.
+inline uint64_t *cusim_bank(int lane)
+{
+    cusim_block &B = *cusim_cur;
+    unsigned w = threadIdx.x / 32;
+    return &B.slot[((size_t)(B.warp[w].gen & 1) * B.nt + 32 * w + (unsigned)lane) * 16];
+}
+
 template <typename T>
 inline T __shfl_xor_sync(unsigned, T v, int o)
 {
     static_assert(sizeof(T) <= 8, "one slot word");
-    memcpy(cusim_slot(cusim_lane()), &v, sizeof v);
+    memcpy(cusim_bank(cusim_lane()), &v, sizeof v);
+    unsigned g = cusim_warp().gen;
     cusim_arrive(cusim_warp());
     T r;
-    memcpy(&r, cusim_slot(cusim_lane() ^ o), sizeof r);
-    cusim_arrive(cusim_warp());
+    memcpy(&r, &cusim_cur->slot[((size_t)(g & 1) * cusim_cur->nt + (threadIdx.x & ~31u) + (unsigned)(cusim_lane() ^ o)) * 16], sizeof r);
     return r;
 }
 
@@ -204,16 +267,16 @@ inline T __shfl_xor_sync(unsigned, T v, int o)
 // k16) or fp16 pairs (k16).
 inline void cusim_exchange(const uint32_t *a, int na, const uint32_t *b, int nb, uint32_t (*A)[4], uint32_t (*B)[2])
 {
-    uint64_t *s = cusim_slot(cusim_lane());
+    uint64_t *s = cusim_bank(cusim_lane());
     for (int i = 0; i < na; i++) s[i] = a[i];
     for (int i = 0; i < nb; i++) s[4 + i] = b[i];
+    unsigned g = cusim_warp().gen;
     cusim_arrive(cusim_warp());
+    const uint64_t *bank = &cusim_cur->slot[((size_t)(g & 1) * cusim_cur->nt + (threadIdx.x & ~31u)) * 16];
     for (int l = 0; l < 32; l++) {
-        const uint64_t *t = cusim_slot(l);
-        for (int i = 0; i < na; i++) A[l][i] = (uint32_t)t[i];
-        for (int i = 0; i < nb; i++) B[l][i] = (uint32_t)t[4 + i];
+        for (int i = 0; i < na; i++) A[l][i] = (uint32_t)bank[16 * l + i];
+        for (int i = 0; i < nb; i++) B[l][i] = (uint32_t)bank[16 * l + 4 + i];
     }
-    cusim_arrive(cusim_warp());
 }
 
 // d = a b + c, s8: k32 (A a0..a3: row g + 8 (r & 1), column 4t + j + 16 (r >> 1); B b0, b1:
@@ -313,32 +376,27 @@ inline void cusim_entry()  // a fiber's life: the kernel, then leave the barrier
 #if CUSIM_ASAN
     __sanitizer_start_switch_fiber(nullptr, B.sched_bottom, B.sched_size);
 #endif
-    setcontext(&B.sched);
+    cusim_ctx_switch(F.ctx, B.sched);  // never resumed
 }
 
 
-// A fresh fiber for thread t on its stack (kept out of cusim_run: getcontext
-// returns twice, which would leave the caller's locals unsafe).
-__attribute__((noinline)) inline void cusim_prepare(cusim_fiber &F, char *stack)
+// A fresh fiber for a thread, on its stack.
+inline void cusim_prepare(cusim_fiber &F, char *stack)
 {
     F.done = false;
     F.stack = stack;
     F.fake = nullptr;
-    getcontext(&F.ctx);
-    F.ctx.uc_stack.ss_sp = stack;
-    F.ctx.uc_stack.ss_size = CUSIM_STACK;
-    F.ctx.uc_link = nullptr;
-    makecontext(&F.ctx, cusim_entry, 0);
+    cusim_ctx_make(F.ctx, stack, CUSIM_STACK, cusim_entry);
 }
 
 // Runs fiber t until it waits or returns.
-__attribute__((noinline)) inline void cusim_resume(cusim_block &B, int t)
+inline void cusim_resume(cusim_block &B, int t)
 {
     B.cur = t;
 #if CUSIM_ASAN
     __sanitizer_start_switch_fiber(&B.sched_fake, B.f[t].stack, CUSIM_STACK);
 #endif
-    swapcontext(&B.sched, &B.f[t].ctx);
+    cusim_ctx_switch(B.sched, B.f[t].ctx);
 #if CUSIM_ASAN
     __sanitizer_finish_switch_fiber(B.sched_fake, nullptr, nullptr);
 #endif
@@ -362,7 +420,7 @@ inline void cusim_run(dim3 grid, dim3 block, Fn fn)
     B.nt = nt;
     B.fn = fn;
     B.f.resize(nt);
-    B.slot.assign((size_t)((nt + 31) / 32 * 32) * 16, 0);
+    B.slot.assign((size_t)2 * nt * 16, 0);  // two banks
     cusim_cur = &B;
     for (unsigned bz = 0; bz < grid.z; bz++)
         for (unsigned by = 0; by < grid.y; by++)
