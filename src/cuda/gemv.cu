@@ -905,9 +905,10 @@ static __device__ __forceinline__ void mma_s8_k16(int (&d)[4], uint32_t a0, uint
 }
 
 // The int8 path's activations, once per call: per 64-column tile and token the
-// four pieces (i8_pieces) in B-fragment order (xq: [n8 block][T][lane]) and each
-// column's factor (xs: [n8 block][T][8]; 0 past the last token's pieces, NaN for a
-// tile holding Inf or NaN). One warp a tile.
+// four pieces (i8_pieces) in B-fragment order, and their negatives (xq: [n8
+// block][T][lane][2]: the 4-bit codes' negative parts multiply those, so that one
+// accumulator takes both products), and each column's factor (xs: [n8 block][T][8];
+// 0 past the last token's pieces, NaN for a tile holding Inf or NaN). One warp a tile.
 __global__ void __launch_bounds__(256) i8_split(const float *__restrict__ x, int cols, int n, int NT, uint4 *__restrict__ xq,
                                                 float *__restrict__ xs)
 {
@@ -944,7 +945,11 @@ __global__ void __launch_bounds__(256) i8_split(const float *__restrict__ x, int
             for (int r = 0; r < 4; r++)  // k-step r / 2, register r % 2
 #pragma unroll
                 for (int j = 0; j < 4; j++) wd[r] |= (uint32_t)(uint8_t)pc[wl][c][32 * (r / 2) + 16 * (r % 2) + 4 * t + j] << (8 * j);
-        xq[((size_t)nb * NT + T) * 32 + lane] = make_uint4(wd[0], wd[1], wd[2], wd[3]);
+        uint32_t ng[4];  // bytewise negation: pieces are within [-64, 64], no byte carries into the next
+#pragma unroll
+        for (int r = 0; r < 4; r++) ng[r] = ((0xC0C0C0C0u - (wd[r] ^ 0x80808080u)) + 0x40404040u) ^ 0x80808080u;
+        xq[(((size_t)nb * NT + T) * 32 + lane) * 2] = make_uint4(wd[0], wd[1], wd[2], wd[3]);
+        xq[(((size_t)nb * NT + T) * 32 + lane) * 2 + 1] = make_uint4(ng[0], ng[1], ng[2], ng[3]);
         if (lane < 8) {
             const int cc = 8 * nb + lane, tau = cc / I8_PIECES;
             xs[((size_t)nb * NT + T) * 8 + lane] = cc < I8_PIECES * n ? pick4(post, tau) * ldexpf(1.0f, -7 * (cc % I8_PIECES)) : 0.0f;
@@ -955,8 +960,9 @@ __global__ void __launch_bounds__(256) i8_split(const float *__restrict__ x, int
 // A CTA: RG groups of 16 rows, its 8 warps splitting the tiles as gemv_tc's. Per
 // tile a lane loads 32 (8-bit) or 16 (4-bit) bytes of codes per row group, one
 // uint4 of activation pieces per n8 block, two rows' scales; per block of KT
-// columns the integer sums (4-bit: positive minus negative parts) become float
-// once and take the rows' scale factors.
+// columns the integer sums (4-bit: the positive parts times the pieces plus the
+// negative parts times the negated pieces) become float once and take the rows'
+// scale factors.
 template <int MODE, int KT, int SB, int NT8, bool SPLIT>
 __global__ void __launch_bounds__(256) gemv_i8(const tc_mats M, const uint4 *__restrict__ xq, const float *__restrict__ xs, int NT, int n,
                                                uint4 tab, float *__restrict__ part, unsigned *__restrict__ count)
@@ -975,7 +981,7 @@ __global__ void __launch_bounds__(256) gemv_i8(const tc_mats M, const uint4 *__r
     const int A = SPLIT ? (int)blockIdx.y * NT / (int)gridDim.y : 0, B = SPLIT ? ((int)blockIdx.y + 1) * NT / (int)gridDim.y : NT;
     const int G0 = bx * RG, ngroups = (rows + 15) / 16, T0 = A + wp * (B - A) / 8, T1 = A + (wp + 1) * (B - A) / 8;
     float acc[RG][NT8][4] = {};
-    uint4 c[RG][LB], b[NT8];
+    uint4 c[RG][LB], b[NT8], bn[NT8];  // bn: the pieces negated (4-bit codes' negative parts)
     uint32_t sg[RG], sg8[RG];
     float2 xc[NT8];
     auto fetch_w = [&](int T) {  // tile T's codes and its rows' scales
@@ -992,7 +998,8 @@ __global__ void __launch_bounds__(256) gemv_i8(const tc_mats M, const uint4 *__r
     auto fetch_x = [&](int T) {
 #pragma unroll
         for (int nb = 0; nb < NT8; nb++) {
-            b[nb] = __ldg(xq + ((size_t)nb * NT + T) * 32 + lane);
+            b[nb] = __ldg(xq + (((size_t)nb * NT + T) * 32 + lane) * 2);
+            if (MODE == 4) bn[nb] = __ldg(xq + (((size_t)nb * NT + T) * 32 + lane) * 2 + 1);
             xc[nb] = make_float2(__ldg(xs + ((size_t)nb * NT + T) * 8 + 2 * t), __ldg(xs + ((size_t)nb * NT + T) * 8 + 2 * t + 1));
         }
     };
@@ -1023,20 +1030,19 @@ __global__ void __launch_bounds__(256) gemv_i8(const tc_mats M, const uint4 *__r
 #pragma unroll
                 for (int nb = 0; nb < NT8; nb++) {
                     const uint32_t b0 = s ? b[nb].z : b[nb].x, b1 = s ? b[nb].w : b[nb].y;
+                    const uint32_t n0 = s ? bn[nb].z : bn[nb].x, n1 = s ? bn[nb].w : bn[nb].y;
                     if (KT == 16) {  // two blocks a k-step: one k16 product each
 #pragma unroll
                         for (int h = 0; h < 2; h++) {
-                            int d[4] = {0, 0, 0, 0}, e[4] = {0, 0, 0, 0};
+                            int d[4] = {0, 0, 0, 0};
                             mma_s8_k16(d, P[2 * h], P[2 * h + 1], h ? b1 : b0);
-                            if (MODE == 4) mma_s8_k16(e, N[2 * h], N[2 * h + 1], h ? b1 : b0);
-                            for (int i = 0; i < 4; i++) d[i] -= e[i];
+                            if (MODE == 4) mma_s8_k16(d, N[2 * h], N[2 * h + 1], h ? n1 : n0);
                             scale_in(tacc[rg][nb], d, rg, 2 * s + h);
                         }
                     } else {
-                        int d[4] = {0, 0, 0, 0}, e[4] = {0, 0, 0, 0};
+                        int d[4] = {0, 0, 0, 0};
                         mma_s8_k32(d, P, b0, b1);
-                        if (MODE == 4) mma_s8_k32(e, N, b0, b1);
-                        for (int i = 0; i < 4; i++) d[i] -= e[i];
+                        if (MODE == 4) mma_s8_k32(d, N, n0, n1);
                         if (KT == 32) {
                             scale_in(tacc[rg][nb], d, rg, s);
                         } else {

@@ -29,7 +29,8 @@
  * p3 2^-21) + r with int8 pieces |p| <= 64, e from the tile's largest |x| and
  * |r| <= 2^(e-22): 28 bits against the tile's largest value. Column c = 4 tau + p
  * of n8 block c / 8 holds piece p of token tau; a lane's uint4 holds b0, b1 of
- * k-step 0, then of k-step 1 ([n8 block][T][lane]).
+ * k-step 0, then of k-step 1, and a second uint4 the same pieces negated (the
+ * 4-bit codes' negative parts multiply them): [n8 block][T][lane][2].
  */
 #ifndef BQ_I8_LAYOUT_H
 #define BQ_I8_LAYOUT_H
