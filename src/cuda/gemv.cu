@@ -1175,7 +1175,7 @@ extern "C" int bq_cuda_w_fusable(const bq_cuda_w *a, const bq_cuda_w *b) { retur
 // two n8 blocks); more (5-16: a short prompt, a batch of drafts) go 4 at a time,
 // each pass reading the weights once: a quarter of the passes of one token at a
 // time, and a fraction of the bytes of unpacking to bf16 for a GEMM.
-enum { TC_TOKENS = 4, GEMV_TOKENS = 16 };
+enum { TC_TOKENS = 4, GEMV_TOKENS = 16, ROW_TOKENS = 4 };  // ROW_TOKENS: the row kernel reads the weights once a token
 static bq_status gemv_passes(const bq_cuda_w *const *ws, int count, const float *d_x, int n, float *const *d_ys, int ks)
 {
     for (int t0 = 0; t0 < n; t0 += TC_TOKENS) {
@@ -1189,7 +1189,7 @@ static bq_status gemv_passes(const bq_cuda_w *const *ws, int count, const float 
     return BQ_OK;
 }
 
-extern "C" int bq_cuda_w_gemv_max(const bq_cuda_w *w) { return w->tc || w->i8 ? GEMV_TOKENS : TC_TOKENS; }
+extern "C" int bq_cuda_w_gemv_max(const bq_cuda_w *w) { return w->tc || w->i8 ? GEMV_TOKENS : ROW_TOKENS; }
 
 extern "C" bq_status bq_cuda_gemv_multi(const bq_cuda_w *const *ws, int count, const float *d_x, int n, float *const *d_ys)
 {
