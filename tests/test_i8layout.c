@@ -1,8 +1,8 @@
 /* The integer tensor-core GEMV (src/cuda/gemv.cu: gemv_i8) modelled on the CPU:
  * its weight layout, 4-bit decode and activation pieces (src/cuda/i8_layout.h,
  * the code the device runs) put through the MMA as the PTX ISA defines its
- * fragments, written here from the ISA's tables independently of the layout's
- * index functions, then scaled and summed with the kernel's operations (fused
+ * fragments (tests/cusim/ptx_mma.h, written from the ISA's tables independently
+ * of the layout's index functions), then scaled and summed with the kernel's operations (fused
  * multiply-adds where it has them).
  * Runs without a GPU; test_cuda runs the kernel itself against the same kind of
  * reference (max |err| / max |y| < 1e-5 against a double product of the decoded
@@ -11,30 +11,12 @@
 #include "blockq.h"
 #include "pmat.h"
 #include "i8_layout.h"
+#include "cusim/ptx_mma.h"
 
-/* mma.sync m16n8k32 / m16n8k16, s8 x s8 -> s32 (PTX ISA, "Matrix Fragments for
- * mma.m16n8k32" and "for mma.m16n8k16 with integer type"): lane 4g+t's A register
- * r, byte j is row g + 8 (r & 1), column 4t + j + 16 (r >> 1); B register r, byte
- * j is row 4t + j + 16 r of column g; D element i is row g + 8 (i >> 1), column
- * 2t + (i & 1). k16 takes A registers 0-1 and B register 0. */
+/* The warp's MMA (cusim/ptx_mma.h): every lane's part. */
 static void mma_model(int32_t d[32][4], const uint32_t a[32][4], const uint32_t b[32][2], int k16)
 {
-    int8_t A[16][32] = {{0}}, B[32][8] = {{0}};
-    int K = k16 ? 16 : 32;
-    for (int lane = 0; lane < 32; lane++) {
-        int g = lane / 4, t = lane % 4;
-        for (int r = 0; r < K / 8; r++)
-            for (int j = 0; j < 4; j++) A[g + 8 * (r & 1)][4 * t + j + 16 * (r >> 1)] = (int8_t)(a[lane][r] >> (8 * j));
-        for (int r = 0; r < K / 16; r++)
-            for (int j = 0; j < 4; j++) B[4 * t + j + 16 * r][g] = (int8_t)(b[lane][r] >> (8 * j));
-    }
-    for (int lane = 0; lane < 32; lane++)
-        for (int i = 0; i < 4; i++) {
-            int row = lane / 4 + 8 * (i >> 1), col = 2 * (lane % 4) + (i & 1);
-            int32_t s = 0;
-            for (int k = 0; k < K; k++) s += A[row][k] * B[k][col];
-            d[lane][i] += s;
-        }
+    for (int lane = 0; lane < 32; lane++) ptx_mma_s8_lane(lane, d[lane], a, b, k16 ? 16 : 32);
 }
 
 /* prmt against the ISA's own examples and the sign-replicating selectors. */

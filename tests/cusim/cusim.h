@@ -21,6 +21,7 @@
 #include <cstring>
 #include <memory>
 #include <vector>
+#include "ptx_mma.h"
 
 #define BQ_CUSIM 1
 #define __global__
@@ -279,26 +280,14 @@ inline void cusim_exchange(const uint32_t *a, int na, const uint32_t *b, int nb,
     }
 }
 
-// d = a b + c, s8: k32 (A a0..a3: row g + 8 (r & 1), column 4t + j + 16 (r >> 1); B b0, b1:
-// row 4t + j + 16 r, column g) or k16 (a0, a1; b0); D: row g + 8 (i >> 1), column 2t + (i & 1).
+// d += a b, s8: k32 (a0..a3, b0, b1) or k16 (a0, a1, b0), fragments as ptx_mma.h.
 inline void cusim_mma_s8(int (&d)[4], const uint32_t *a, const uint32_t *b, int K)
 {
     uint32_t A[32][4], B[32][2];
     cusim_exchange(a, K / 8, b, K / 16, A, B);
-    int8_t Am[16][32] = {{0}}, Bm[32][8] = {{0}};
-    for (int l = 0; l < 32; l++) {
-        int g = l / 4, t = l % 4;
-        for (int r = 0; r < K / 8; r++)
-            for (int j = 0; j < 4; j++) Am[g + 8 * (r & 1)][4 * t + j + 16 * (r >> 1)] = (int8_t)(A[l][r] >> (8 * j));
-        for (int r = 0; r < K / 16; r++)
-            for (int j = 0; j < 4; j++) Bm[4 * t + j + 16 * r][g] = (int8_t)(B[l][r] >> (8 * j));
-    }
-    int l = cusim_lane();
-    for (int i = 0; i < 4; i++) {
-        int row = l / 4 + 8 * (i >> 1), col = 2 * (l % 4) + (i & 1), s = 0;
-        for (int k = 0; k < K; k++) s += Am[row][k] * Bm[k][col];
-        d[i] += s;
-    }
+    int32_t e[4] = {d[0], d[1], d[2], d[3]};
+    ptx_mma_s8_lane(cusim_lane(), e, A, B, K);
+    for (int i = 0; i < 4; i++) d[i] = e[i];
 }
 
 // d = a b + c, f16 m16n8k16 (A: a0 row g, columns 2t, 2t+1; a1 row g + 8; a2 row g,
