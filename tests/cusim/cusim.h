@@ -13,12 +13,11 @@
 // stop counting on a GPU.
 #ifndef BQ_CUSIM_H
 #define BQ_CUSIM_H
-#include <algorithm>
 #include <atomic>
-#include <functional>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <vector>
 #include "ptx_mma.h"
@@ -113,8 +112,8 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f)
 inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__float2bfloat16_rn(a), __float2bfloat16_rn(b)}; }
 
 // ---- threads of a block: fibers on one OS thread ----
-// A block's threads are ucontext fibers run round robin by a scheduler on the
-// calling thread: each runs until it waits at a barrier or returns, so a launch is
+// A block's threads are fibers (stacks of their own) run round robin by a
+// scheduler on the calling thread: each runs until it waits at a barrier or returns, so a launch is
 // deterministic, and AddressSanitizer (told of each stack switch) checks the
 // kernels' memory accesses as host code.
 #if defined(__SANITIZE_ADDRESS__)
