@@ -417,12 +417,17 @@ __global__ void k_logprob(const float *lg, const int *ids, double *lp, int V)
 }
 
 // NaN/Inf in x[n]: the smallest 2 * index + isnan into *bad (all ones: none).
+static __device__ __forceinline__ void note_bad(unsigned long long *bad, size_t i, float v)
+{
+    if (!isfinite(v)) atomicMin(bad, 2ull * i + (isnan(v) ? 1 : 0));
+}
+
 __global__ void k_check(const float *x, size_t n, unsigned long long *bad)
 {
     pdl_wait();
     pdl_go();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n && !isfinite(x[i])) atomicMin(bad, 2ull * i + (isnan(x[i]) ? 1 : 0));
+    if (i < n) note_bad(bad, i, x[i]);
 }
 
 // k_check of h, then x += h (a residual connection)
@@ -433,7 +438,7 @@ __global__ void k_add_check(float *x, const float *h, size_t n, unsigned long lo
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float v = h[i];
-    if (!isfinite(v)) atomicMin(bad, 2ull * i + (isnan(v) ? 1 : 0));
+    note_bad(bad, i, v);
     x[i] += v;
 }
 
@@ -765,6 +770,12 @@ static bq_status cuda_add_pos(be *b, float *x, int n, int pos0)
     return launched("positions");
 }
 
+// y[n][out] += b (a linear's bias)
+static void add_bias(const cuda_be *g, float *y, const float *b, int n, int out)
+{
+    launch_k(g->pdl, k_bias, nblk((size_t)n * out), 256, y, b, (size_t)n * out, out);
+}
+
 // y[n, out] = q(x[n, in]) W^T + b; column-major for cuBLAS: Y (out x n) = W^T (out x in) . X (in x n)
 static bq_status cuda_linear(be *b, int layer, lin_role r, const float *x, float *y, int n)
 {
@@ -803,7 +814,7 @@ static bq_status cuda_linear(be *b, int layer, lin_role r, const float *x, float
                     g_blas.sgemm(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, l->out, n, l->rank, &one, l->la, l->rank, g->lt, l->rank,
                                  &one, y, l->out) != 0))
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: cublasSgemm (LoRC) failed");
-    if (l->b) launch_k(g->pdl, k_bias, nblk((size_t)n * l->out), 256, y, l->b, (size_t)n * l->out, l->out);
+    if (l->b) add_bias(g, y, l->b, n, l->out);
     return launched("linear");
 }
 
@@ -826,7 +837,7 @@ static bq_status cuda_linears(be *b, int layer, const lin_role *rs, int count, c
         for (int i = 0; i < count; i++) ws[i] = ls[i]->pw;
         bq_status st = bq_cuda_gemv_multi(ws, count, x, n, ys);
         for (int i = 0; i < count && !st; i++)
-            if (ls[i]->b) launch_k(g->pdl, k_bias, nblk((size_t)n * ls[i]->out), 256, ys[i], ls[i]->b, (size_t)n * ls[i]->out, ls[i]->out);
+            if (ls[i]->b) add_bias(g, ys[i], ls[i]->b, n, ls[i]->out);
         return st ? st : launched("linears");
     }
     if (!fuse) {
@@ -838,7 +849,7 @@ static bq_status cuda_linears(be *b, int layer, const lin_role *rs, int count, c
     for (int i = 0; i < count; i++) { m.w[i] = ls[i]->w16; m.y[i] = ys[i]; m.o[i] = ls[i]->out; }
     gemv_bf16_multi(g->pdl, m, x, n, ls[0]->in);
     for (int i = 0; i < count; i++)
-        if (ls[i]->b) launch_k(g->pdl, k_bias, nblk((size_t)n * ls[i]->out), 256, ys[i], ls[i]->b, (size_t)n * ls[i]->out, ls[i]->out);
+        if (ls[i]->b) add_bias(g, ys[i], ls[i]->b, n, ls[i]->out);
     return launched("linears");
 }
 
@@ -870,11 +881,18 @@ static bq_status cuda_qdq(be *b, const bq_format *f, const float *x, float *y, s
     return bq_cuda_qdq(f, x, y, rows, cols, &b->m->qopts);
 }
 
+// Where a layer's K (and V) cache starts: max_tokens rows of kv_heads * head_dim floats a layer.
+static size_t cache_off(const be *b, int layer)
+{
+    const bq_config *c = cfg(b);
+    return (size_t)(layer - b->lo) * b->max_tokens * c->kv_heads * c->head_dim;
+}
+
 static bq_status cuda_kv_store(be *b, int layer, const float *k, const float *v, int n, int pos)
 {
     cuda_be *g = G(b);
     const bq_config *c = cfg(b);
-    size_t kvd = (size_t)c->kv_heads * c->head_dim, off = (size_t)(layer - b->lo) * b->max_tokens * kvd, nk = (size_t)n * kvd;
+    size_t kvd = (size_t)c->kv_heads * c->head_dim, off = cache_off(b, layer), nk = (size_t)n * kvd;
     launch_k(g->pdl, k_kv_store, nblk(nk), 256, g->kc + off, g->vc + off, k, v, nk, kvd, pos, dpos_of(g));
     return launched("KV cache");
 }
@@ -888,8 +906,7 @@ static bq_status cuda_rope_store(be *b, int layer, float *q, float *k, const flo
         if (!st) st = cuda_rope(b, k, n, c->kv_heads, pos);
         return st ? st : cuda_kv_store(b, layer, k, v, n, pos);
     }
-    size_t kvd = (size_t)c->kv_heads * c->head_dim, off = (size_t)(layer - b->lo) * b->max_tokens * kvd;
-    size_t threads = (size_t)n * (c->heads + c->kv_heads) * (c->head_dim / 2);
+    size_t off = cache_off(b, layer), threads = (size_t)n * (c->heads + c->kv_heads) * (c->head_dim / 2);
     launch_k(g->pdl, k_rope_store, nblk(threads), 256, q, k, v, g->kc + off, g->vc + off, n, c->heads, c->kv_heads, c->head_dim,
              c->rope_theta, pos, dpos_of(g));
     return launched("rope and KV cache");
@@ -916,7 +933,7 @@ static bq_status cuda_attention(be *b, int layer, float *q, float *a, int n, int
     const bq_model *M = b->m;
     const bq_config *c = cfg(b);
     const int d = c->head_dim, kvh = c->kv_heads, G_ = c->heads / kvh, qd = c->heads * d, kvd = kvh * d, T = pos + n;
-    size_t at = (size_t)(layer - b->lo) * b->max_tokens * kvd;
+    size_t at = cache_off(b, layer);
     const float *K = g->kc + at, *V = g->vc + at;
     const bq_format *aq = M->attn_q;
     bq_status st = BQ_OK;

@@ -405,6 +405,13 @@ static bq_status upload6(const pmat *m, bq_cuda_w **out)
     return BQ_OK;
 }
 
+// A row's scale bytes of a tile (SBT: 1, 2 or 4) as one word, from sp.
+template <int SBT>
+static __device__ __forceinline__ uint32_t tile_scale_word(const uint8_t *sp)
+{
+    return SBT == 4 ? __ldg((const uint32_t *)sp) : SBT == 2 ? __ldg((const uint16_t *)sp) : __ldg(sp);
+}
+
 // A block's factor from its scale code: the table for 1-byte codes, fp16 * emult for 2,
 // float32 * emult for 4.
 static __device__ __forceinline__ float scale_factor(uint32_t code, int sb, const float *fac, float emult)
@@ -540,6 +547,15 @@ static __device__ __forceinline__ void tile_x(const float *__restrict__ x, int c
         }
 }
 
+// The bits of the tile's largest |x| of one token: the warp's lanes' two values each
+// (above 0x7f7fffff: the tile holds Inf or NaN).
+static __device__ __forceinline__ uint32_t tile_absmax(const float (&v)[2])
+{
+    uint32_t m = max((uint32_t)__float_as_int(v[0]) & 0x7fffffffu, (uint32_t)__float_as_int(v[1]) & 0x7fffffffu);
+    for (int o = 16; o; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
+    return m;
+}
+
 static __device__ __forceinline__ void tile_pieces(const float (&xv)[4][2], int n, int lane, __half (*pc)[3][64], float (&post)[4])
 {
 #pragma unroll
@@ -547,10 +563,7 @@ static __device__ __forceinline__ void tile_pieces(const float (&xv)[4][2], int 
         post[tau] = 0.0f;
         if (tau >= n) continue;
         const float *v = xv[tau];
-        uint32_t m = 0;
-#pragma unroll
-        for (int i = 0; i < 2; i++) m = max(m, (uint32_t)__float_as_int(v[i]) & 0x7fffffffu);
-        for (int o = 16; o; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
+        uint32_t m = tile_absmax(xv[tau]);
         // |x| < 2^E; pieces of x * 2^-e with e = E - 15 stay below fp16's largest value
         int E = m >> 23 ? (int)(m >> 23) - 126 : -126, e = max(E - 15, -126);
         float pre = m > 0x7f7fffffu ? 0.0f : pow2i(-e);
@@ -779,8 +792,8 @@ __global__ void __launch_bounds__(256) gemv_tc(const tc_mats M, const float *__r
             q.c[rg] = __ldg(codes + ((size_t)G * NT + T) * 32 + lane);
             q.hp[rg] = MODE == 3 ? __ldg(hip + ((size_t)G * NT + T) * 32 + lane) : make_uint2(0, 0);
             const uint8_t *sp = scales + (((size_t)G * NT + T) * 16 + g) * SBT;
-            q.sg[rg] = SBT == 4 ? __ldg((const uint32_t *)sp) : __ldg((const uint16_t *)sp);
-            q.sg8[rg] = SBT == 4 ? __ldg((const uint32_t *)(sp + 8 * SBT)) : __ldg((const uint16_t *)(sp + 8 * SBT));
+            q.sg[rg] = tile_scale_word<SBT>(sp);
+            q.sg8[rg] = tile_scale_word<SBT>(sp + 8 * SBT);
         }
     };
     // B fragments: column c = 3 * tau + p holds piece p of token tau; a lane takes
@@ -922,8 +935,7 @@ __global__ void __launch_bounds__(256) i8_split(const float *__restrict__ x, int
 #pragma unroll
     for (int tau = 0; tau < 4; tau++) {
         if (tau >= n) continue;
-        uint32_t m = max((uint32_t)__float_as_int(xv[tau][0]) & 0x7fffffffu, (uint32_t)__float_as_int(xv[tau][1]) & 0x7fffffffu);
-        for (int o = 16; o; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
+        const uint32_t m = tile_absmax(xv[tau]);
         const int E = i8_tile_exp(m);
         const float pre = m > 0x7f7fffffu ? 0.0f : ldexpf(1.0f, 6 - E);
         post[tau] = m > 0x7f7fffffu ? __int_as_float(0x7fc00000) : ldexpf(1.0f, E - 6);
@@ -991,8 +1003,8 @@ __global__ void __launch_bounds__(256) gemv_i8(const tc_mats M, const uint4 *__r
 #pragma unroll
             for (int l = 0; l < LB; l++) c[rg][l] = __ldg(codes + (((size_t)G * NT + T) * 32 + lane) * LB + l);
             const uint8_t *sp = scales + (((size_t)G * NT + T) * 16 + g) * SBT;
-            sg[rg] = SBT == 4 ? __ldg((const uint32_t *)sp) : SBT == 2 ? __ldg((const uint16_t *)sp) : __ldg(sp);
-            sg8[rg] = SBT == 4 ? __ldg((const uint32_t *)(sp + 8 * SBT)) : SBT == 2 ? __ldg((const uint16_t *)(sp + 8 * SBT)) : __ldg(sp + 8 * SBT);
+            sg[rg] = tile_scale_word<SBT>(sp);
+            sg8[rg] = tile_scale_word<SBT>(sp + 8 * SBT);
         }
     };
     auto fetch_x = [&](int T) {
