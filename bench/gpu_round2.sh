@@ -98,20 +98,38 @@ case "$S" in *decode*)
     ./build/gpu/gpu/gpu_bench --quick 2>&1 | grep -i -m3 "copy" | tee -a "$O/r2_scale.txt"
     ;;
 esac
-case "$S" in *pdl*)
-    # batch-1 decode per weight format, kernels launched programmatically (launch.cuh) or not,
-    # interleaved ROUNDS times; the table puts each beside its bandwidth bound (bench/decode_table.py)
-    P="The meaning of life is"
-    copy=$(./build/gpu/gpu/gpu_bench --quick 2>&1 | sed -n 's/^device copy: \([0-9]*\) GB.*/\1/p')
-    export TIMECMD_JSONL="$O/pdl_decode.jsonl"
-    for f in ${PDL_FORMATS:-bf16 mxfp4 nvfp4 int4_g128 mxint8 mxfp6_e2m3}; do
+# Batch-1 decode per weight format beside its bandwidth bound (bench/decode_table.py): each
+# format of $1 quantised to a .bq (bf16: the checkpoint as it is), then `$2 FORMAT MODEL`
+# ROUNDS times, so the variants $2 runs interleave.
+P="The meaning of life is"
+per_format() {
+    for f in $1; do
         m=$M
         [ $f = bf16 ] || { $R "quantize $f .bq" -- $B quantize --model $M --wq $f --out /tmp/m_$f.bq >/dev/null; m=/tmp/m_$f.bq; }
-        for k in $(seq ${ROUNDS:-2}); do for p in 0 1; do
-            BQ_CUDA_PDL=$p $R "decode $f pdl=$p" -- $B generate --model $m --prompt "$P" -n 128 --device cuda --json >/dev/null
-        done; done
+        for k in $(seq ${ROUNDS:-2}); do $2 $f $m; done
         rm -f /tmp/m_$f.bq
     done
+}
+# FORMAT LABEL MODEL [VAR=VALUE ...]: one run, the variables in its environment only
+decode() {
+    f=$1 l=$2 m=$3; shift 3
+    env "$@" $R "decode $f $l" -- $B generate --model $m --prompt "$P" -n 128 --device cuda --json >/dev/null
+}
+copy_gbps() { sed -n 's/^device copy: \([0-9]*\) GB.*/\1/p'; }  # from gpu_bench's output
+# kernels launched programmatically (launch.cuh) or not
+pdl_round() { for p in 0 1; do decode $1 pdl=$p $2 BQ_CUDA_PDL=$p; done; }
+# the int8 GEMV and the fused decode kernels: neither, each, both (bf16 has no packed GEMV)
+int8_round() {
+    for v in fp16 int8 fp16+fuse int8+fuse; do
+        [ $1 = bf16 ] && case $v in int8*) continue ;; esac
+        fz=0; case $v in *fuse) fz=1 ;; esac
+        decode $1 gemv=$v $2 BQ_CUDA_GEMV=${v%+fuse} BQ_CUDA_FUSE=$fz
+    done
+}
+case "$S" in *pdl*)
+    copy=$(./build/gpu/gpu/gpu_bench --quick 2>&1 | copy_gbps)
+    export TIMECMD_JSONL="$O/pdl_decode.jsonl"
+    per_format "${PDL_FORMATS:-bf16 mxfp4 nvfp4 int4_g128 mxint8 mxfp6_e2m3}" pdl_round
     python3 bench/decode_table.py "$O/pdl_decode.jsonl" "$copy" | tee "$O/pdl_decode.md" ;;
 esac
 case "$S" in *int8*)
@@ -122,19 +140,9 @@ case "$S" in *int8*)
     BQ_CUDA_GEMV=int8 BQ_CUDA_FUSE=1 ./build/gpu/tests/test_backend 2>&1 | tee "$O/i8_backend.txt" | grep -v "^  decode" | tail -8
     BQ_CUDA_GEMV=int8 BQ_CUDA_FUSE=1 ./build/gpu/tests/test_engine cuda 2>&1 | tee "$O/i8_engine.txt" | tail -4
     ./build/gpu/gpu/gpu_bench --gemv --json "$O/i8_gemv.jsonl" 2>&1 | tee "$O/i8_gemv.txt" | grep -E "^[|]|copy"
-    P="The meaning of life is"
-    copy=$(sed -n 's/^device copy: \([0-9]*\) GB.*/\1/p' "$O/i8_gemv.txt")
+    copy=$(copy_gbps < "$O/i8_gemv.txt")
     export TIMECMD_JSONL="$O/i8_decode.jsonl"
-    for f in ${I8_FORMATS:-bf16 mxfp4 int4_g128 mxint8}; do
-        m=$M
-        [ $f = bf16 ] || { $R "quantize $f .bq" -- $B quantize --model $M --wq $f --out /tmp/m_$f.bq >/dev/null; m=/tmp/m_$f.bq; }
-        for k in $(seq ${ROUNDS:-2}); do for v in fp16 int8 fp16+fuse int8+fuse; do
-            [ $f = bf16 ] && case $v in int8*) continue ;; esac  # (no packed weights)
-            fz=0; case $v in *fuse) fz=1 ;; esac
-            BQ_CUDA_GEMV=${v%+fuse} BQ_CUDA_FUSE=$fz $R "decode $f gemv=$v" -- $B generate --model $m --prompt "$P" -n 128 --device cuda --json >/dev/null
-        done; done
-        rm -f /tmp/m_$f.bq
-    done
+    per_format "${I8_FORMATS:-bf16 mxfp4 int4_g128 mxint8}" int8_round
     python3 bench/decode_table.py "$O/i8_decode.jsonl" "$copy" | tee "$O/i8_decode.md" ;;
 esac
 case "$S" in *ops*)
