@@ -21,6 +21,8 @@
 #     default: test_cuda's GEMV tests (both paths), test_backend and test_engine with BQ_CUDA_GEMV=int8
 #     BQ_CUDA_FUSE=1, gpu_bench --gemv (rows "(int8)"), then batch-1 decode per format (I8_FORMATS, ROUNDS)
 #     with neither, each and both, against the bound
+#   STAGES=prefetch: test_engine on the defaults, then gemv_i8 with the next tile prefetched
+#     (BQ_I8_PF=1, a second build in build/gpupf) beside it: GEMV rates and decode per I8_VARIANTS
 #   STAGES=ops: one decoding step of the 7B shape op by op (bench/gpu_decode_ops.c), bf16 and OPS_FORMATS
 #   STAGES=hadamard: greedy decoding of the 7B shape (bf16) with and without --ptq hadamard
 #     (down_proj's 11008 inputs rotated online: 64 chunks x a 172 x 172 Hadamard block), same prompt
@@ -36,15 +38,19 @@ B=build/gpu/blockq
 M=/tmp/r7b
 T=data/wikitext-2-test.txt
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-case "$S" in *scale*|*decode*|*pdl*|*int8*|*packed*|*graphs*|*pipeline*|*multigpu*|*ops*|*hadamard*|*gptq7b*|*train7b*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
+case "$S" in *scale*|*decode*|*pdl*|*int8*|*prefetch*|*packed*|*graphs*|*pipeline*|*multigpu*|*ops*|*hadamard*|*gptq7b*|*train7b*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
 mkdir -p /tmp/deps && for f in .debs/*.deb; do dpkg -x "$f" /tmp/deps; done 2>/dev/null
 [ -f .debs/deps.tar.xz ] && tar xJf .debs/deps.tar.xz -C /tmp/deps  # the same packages, pruned to fit the transfer
 D=/tmp/deps/usr; L=$D/lib/x86_64-linux-gnu
 export LD_LIBRARY_PATH="$L:$L/openblas-pthread:$LD_LIBRARY_PATH"
 t0=$(date +%s)
-make -j"$(nproc)" BUILD=build/gpu gpu-full \
-    EXTRA_CFLAGS="-I$D/include -I$D/include/x86_64-linux-gnu -I$D/include/x86_64-linux-gnu/openblas-pthread" \
-    EXTRA_LDFLAGS="-L$L -L$L/openblas-pthread" >/tmp/build.txt 2>&1 || { tail -30 /tmp/build.txt; exit 1; }
+# DIR [MAKE ARGS]: the whole tool into DIR
+build_into() {
+    d=$1; shift
+    make -j"$(nproc)" BUILD=$d gpu-full EXTRA_CFLAGS="-I$D/include -I$D/include/x86_64-linux-gnu -I$D/include/x86_64-linux-gnu/openblas-pthread" \
+        EXTRA_LDFLAGS="-L$L -L$L/openblas-pthread" "$@"
+}
+build_into build/gpu >/tmp/build.txt 2>&1 || { tail -30 /tmp/build.txt; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
 [ -f .shared/README.md ] && export BQ_SHARED=.shared
 case "$S" in *tests*)
@@ -110,20 +116,24 @@ per_format() {
         rm -f /tmp/m_$f.bq
     done
 }
-# FORMAT LABEL MODEL [VAR=VALUE ...]: one run, the variables in its environment only
+# FORMAT LABEL MODEL [VAR=VALUE ...]: one run, the variables in its environment only ($bin: the
+# CLI, $B unless a caller names another build)
 decode() {
     f=$1 l=$2 m=$3; shift 3
-    env "$@" $R "decode $f $l" -- $B generate --model $m --prompt "$P" -n 128 --device cuda --json >/dev/null
+    env "$@" $R "decode $f $l" -- ${bin:-$B} generate --model $m --prompt "$P" -n 128 --device cuda --json >/dev/null
 }
 copy_gbps() { sed -n 's/^device copy: \([0-9]*\) GB.*/\1/p'; }  # from gpu_bench's output
 # kernels launched programmatically (launch.cuh) or not
 pdl_round() { for p in 0 1; do decode $1 pdl=$p $2 BQ_CUDA_PDL=$p; done; }
-# the int8 GEMV and the fused decode kernels: neither, each, both (bf16 has no packed GEMV)
+# the int8 GEMV and the fused decode kernels: neither, each, both (bf16 has no packed GEMV);
+# I8_VARIANTS picks (a "+pf" one runs build/gpupf, gemv_i8 built with BQ_I8_PF=1)
 int8_round() {
-    for v in fp16 int8 fp16+fuse int8+fuse; do
+    for v in ${I8_VARIANTS:-fp16 int8 fp16+fuse int8+fuse}; do
         [ $1 = bf16 ] && case $v in int8*) continue ;; esac
-        fz=0; case $v in *fuse) fz=1 ;; esac
-        decode $1 gemv=$v $2 BQ_CUDA_GEMV=${v%+fuse} BQ_CUDA_FUSE=$fz
+        fz=0; case $v in *fuse*) fz=1 ;; esac
+        bin=$B; case $v in *pf) bin=build/gpupf/blockq ;; esac
+        decode $1 gemv=$v $2 BQ_CUDA_GEMV=${v%%+*} BQ_CUDA_FUSE=$fz
+        bin=$B
     done
 }
 case "$S" in *pdl*)
@@ -144,6 +154,29 @@ case "$S" in *int8*)
     export TIMECMD_JSONL="$O/i8_decode.jsonl"
     per_format "${I8_FORMATS:-bf16 mxfp4 int4_g128 mxint8}" int8_round
     python3 bench/decode_table.py "$O/i8_decode.jsonl" "$copy" | tee "$O/i8_decode.md" ;;
+esac
+case "$S" in *prefetch*)
+    # twentieth session: the int8 GEMV and the fused kernels by default (test_engine without
+    # variables), and gemv_i8 loading a warp's next tile before multiplying this one
+    # (BQ_I8_PF=1, build/gpupf) beside it: GEMV rates, then decode per I8_VARIANTS
+    # (PF_DECODE_ONLY=1 COPY=GBPS: the decode runs alone, against a copy rate measured before)
+    (build_into build/gpupf NVEXTRA=-DBQ_I8_PF=1 >/tmp/build_pf.txt 2>&1 || tail -30 /tmp/build_pf.txt) &
+    [ -z "$PF_DECODE_ONLY" ] && ./build/gpu/tests/test_engine cuda 2>&1 | tee "$O/pf_engine.txt" | tail -3
+    wait
+    [ -z "$PF_DECODE_ONLY" ] && for b in gpu gpupf; do ./build/$b/gpu/gpu_bench --gemv --json "$O/pf_gemv_$b.jsonl" >"$O/pf_gemv_$b.txt" 2>&1; done
+    [ -z "$PF_DECODE_ONLY" ] && python3 - "$O" <<'PY'
+import json, sys
+def int8(p):
+    return [(r["name"], r["size"], r["rate"], r["ratio"]) for r in map(json.loads, open(p)) if r["kind"] == "gemv_int8"]
+print("| int8 GEMV | weights | GB/s | with the next tile prefetched | ratio |\n|---|---|---|---|---|")
+for (n, s, a, ra), (_, _, b, rb) in zip(int8(sys.argv[1] + "/pf_gemv_gpu.jsonl"), int8(sys.argv[1] + "/pf_gemv_gpupf.jsonl")):
+    print(f"| {n} | {s} | {a:.0f} ({100 * ra:.0f}%) | {b:.0f} ({100 * rb:.0f}%) | {b / a:.2f} |")
+PY
+    copy=${COPY:-$(copy_gbps < "$O/pf_gemv_gpu.txt")}
+    export TIMECMD_JSONL="$O/pf_decode.jsonl"
+    I8_VARIANTS=${I8_VARIANTS:-fp16+fuse int8+fuse int8+fuse+pf}
+    per_format "${I8_FORMATS:-bf16 nvfp4 mxfp4 int4_g128 mxint8}" int8_round
+    python3 bench/decode_table.py "$O/pf_decode.jsonl" "$copy" | tee "$O/pf_decode.md" ;;
 esac
 case "$S" in *ops*)
     # one decoding step op by op (CUDA events; no nsys there), beside generate's tokens/s

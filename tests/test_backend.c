@@ -86,7 +86,7 @@ static void same_bits(be *g, const float *a, const float *b, size_t n, const cha
 }
 
 /* The backend's fused ops (be_ops.rope_store, add_check; the CUDA backend's fused
- * kernels with BQ_CUDA_FUSE=1) against the ops they stand for on the same backend:
+ * kernels, on unless BQ_CUDA_FUSE=0) against the ops they stand for on the same backend:
  * the same bits, and the same message for a planted NaN.
  * The cache of layer 0 holds pos earlier tokens (ops_once stored them). */
 static void fused_ops(const char *name, const bq_model *m, be *g, const float *hx, int n, int pos)
@@ -585,8 +585,8 @@ int main(void)
         return test_summary("test_backend");
     }
     const char *fuse = getenv("BQ_CUDA_FUSE");
-    if (!(fuse && !strcmp(fuse, "1")))  /* (rope_store and add_check then launch the separate kernels: still compared) */
-        SKIP("the fused decode kernels (k_rope_store, k_add_check) are off: BQ_CUDA_FUSE=1 compares them and decodes with them");
+    if (fuse && !strcmp(fuse, "0"))  /* (rope_store and add_check then launch the separate kernels: still compared) */
+        SKIP("the fused decode kernels (k_rope_store, k_add_check) are off (BQ_CUDA_FUSE=0): not compared, nor decoded with");
     const char *only = getenv("BQ_BACKEND_ONLY");  /* "gptq": that check alone (bench/gpu_round2.sh) */
     if (only && !strcmp(only, "gptq")) {
         gptq_on_device();

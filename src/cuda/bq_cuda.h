@@ -34,8 +34,9 @@ bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out);
  * fp16 tensor cores, 8-bit codes by rows (the default). INT8: 8-bit and 4-bit codes
  * through the int8 tensor cores (gemv_i8, src/cuda/i8_layout.h; blocks of 16 or 32
  * with 1-byte or fp16 scales, or int groups of 64 and more with float32 scales).
- * DEFAULT: FP16, or INT8 where the environment says BQ_CUDA_GEMV=int8 and it
- * applies. Asking for INT8 where it does not apply is refused. */
+ * DEFAULT: INT8 where it applies (faster at batch-1 decode on an H200,
+ * bench/RESULTS.md), else FP16; BQ_CUDA_GEMV=fp16 in the environment keeps FP16 (A/B
+ * runs). Asking for INT8 where it does not apply is refused. */
 typedef enum { BQ_GEMV_DEFAULT, BQ_GEMV_FP16, BQ_GEMV_INT8 } bq_gemv_path;
 bq_status bq_cuda_w_upload_path(const pmat *m, bq_gemv_path path, bq_cuda_w **out);
 /* The path w was laid out for (BQ_GEMV_FP16 or BQ_GEMV_INT8). */

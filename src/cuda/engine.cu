@@ -607,7 +607,7 @@ struct cuda_be {
     unsigned graph_key;
     int recording, graph_checks, recordable;
     int pdl;  // decoding's kernels launched programmatically (launch.cuh); BQ_CUDA_PDL=0 turns it off for A/B runs
-    int fuse; // rope_store / add_check as one kernel each (BQ_CUDA_FUSE=1; until a GPU has run them, the separate ones)
+    int fuse; // rope_store / add_check as one kernel each (BQ_CUDA_FUSE=0: the separate kernels, for A/B runs)
     // calibration's sums per linear slot (cuda_stats_add), and the inputs widened for X^T X
     struct gstat { double *msq, *amax, *gram; int in; } *stats;
     double *xd;
@@ -1359,7 +1359,7 @@ extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int 
     g->dev = dev;
     const char *pdl = getenv("BQ_CUDA_PDL"), *fuse = getenv("BQ_CUDA_FUSE");
     g->pdl = !(pdl && !strcmp(pdl, "0"));
-    g->fuse = fuse && !strcmp(fuse, "1");
+    g->fuse = !(fuse && !strcmp(fuse, "0"));
     bq_status st = cuda_bind(&g->base);
     if (!st) st = cublas_handle(&g->blas, &g->blas_ws);
     if (!st) st = cuda_setup(g);

@@ -341,7 +341,7 @@ extern "C" bq_status bq_cuda_w_upload_path(const pmat *m, bq_gemv_path path, bq_
     *out = NULL;
     if (path == BQ_GEMV_DEFAULT) {
         const char *e = getenv("BQ_CUDA_GEMV");
-        path = e && !strcmp(e, "int8") && i8_takes(m) ? BQ_GEMV_INT8 : BQ_GEMV_FP16;
+        path = !(e && !strcmp(e, "fp16")) && i8_takes(m) ? BQ_GEMV_INT8 : BQ_GEMV_FP16;
     }
     if (path == BQ_GEMV_FP16) return upload_fp16(m, out);
     if (!i8_takes(m))
@@ -975,8 +975,11 @@ __global__ void __launch_bounds__(256) i8_split(const float *__restrict__ x, int
 // columns the integer sums (4-bit: the positive parts times the pieces plus the
 // negative parts times the negated pieces) become float once and take the rows'
 // scale factors.
+#ifndef BQ_I8_PF
+#define BQ_I8_PF 0  // experiment: 1 loads a warp's next tile of weights before multiplying this one
+#endif
 template <int MODE, int KT, int SB, int NT8, bool SPLIT>
-__global__ void __launch_bounds__(256) gemv_i8(const tc_mats M, const uint4 *__restrict__ xq, const float *__restrict__ xs, int NT, int n,
+__global__ void __launch_bounds__(256, BQ_I8_PF && NT8 == 1 ? 3 : 0) gemv_i8(const tc_mats M, const uint4 *__restrict__ xq, const float *__restrict__ xs, int NT, int n,
                                                uint4 tab, float *__restrict__ part, unsigned *__restrict__ count)
 {
     constexpr int RG = 2, SBT = (64 / KT) * SB, LB = MODE == 8 ? 2 : 1;  // LB: uint4 of codes a lane a tile
@@ -993,18 +996,18 @@ __global__ void __launch_bounds__(256) gemv_i8(const tc_mats M, const uint4 *__r
     const int A = SPLIT ? (int)blockIdx.y * NT / (int)gridDim.y : 0, B = SPLIT ? ((int)blockIdx.y + 1) * NT / (int)gridDim.y : NT;
     const int G0 = bx * RG, ngroups = (rows + 15) / 16, T0 = A + wp * (B - A) / 8, T1 = A + (wp + 1) * (B - A) / 8;
     float acc[RG][NT8][4] = {};
-    uint4 c[RG][LB], b[NT8], bn[NT8];  // bn: the pieces negated (4-bit codes' negative parts)
-    uint32_t sg[RG], sg8[RG];
+    struct wtile { uint4 c[RG][LB]; uint32_t sg[RG], sg8[RG]; } cur, nxt;  // a tile's codes and its rows' scales
+    uint4 b[NT8], bn[NT8];  // bn: the pieces negated (4-bit codes' negative parts)
     float2 xc[NT8];
-    auto fetch_w = [&](int T) {  // tile T's codes and its rows' scales
+    auto fetch_w = [&](int T, wtile &w) {
 #pragma unroll
         for (int rg = 0; rg < RG; rg++) {
             int G = min(G0 + rg, ngroups - 1);
 #pragma unroll
-            for (int l = 0; l < LB; l++) c[rg][l] = __ldg(codes + (((size_t)G * NT + T) * 32 + lane) * LB + l);
+            for (int l = 0; l < LB; l++) w.c[rg][l] = __ldg(codes + (((size_t)G * NT + T) * 32 + lane) * LB + l);
             const uint8_t *sp = scales + (((size_t)G * NT + T) * 16 + g) * SBT;
-            sg[rg] = tile_scale_word<SBT>(sp);
-            sg8[rg] = tile_scale_word<SBT>(sp + 8 * SBT);
+            w.sg[rg] = tile_scale_word<SBT>(sp);
+            w.sg8[rg] = tile_scale_word<SBT>(sp + 8 * SBT);
         }
     };
     auto fetch_x = [&](int T) {
@@ -1017,7 +1020,7 @@ __global__ void __launch_bounds__(256) gemv_i8(const tc_mats M, const uint4 *__r
     };
     // rows g and g + 8 of block bt: the integer sums d (n8 block nb) scaled into tacc
     auto scale_in = [&](float (&ta)[4], const int (&d)[4], int rg, int bt) {
-        float f0 = scale_factor(sg[rg] >> (8 * SB * bt), SB, fac, emult), f8 = scale_factor(sg8[rg] >> (8 * SB * bt), SB, fac, emult);
+        float f0 = scale_factor(cur.sg[rg] >> (8 * SB * bt), SB, fac, emult), f8 = scale_factor(cur.sg8[rg] >> (8 * SB * bt), SB, fac, emult);
         ta[0] = __fmaf_rn((float)d[0], f0, ta[0]);
         ta[1] = __fmaf_rn((float)d[1], f0, ta[1]);
         ta[2] = __fmaf_rn((float)d[2], f8, ta[2]);
@@ -1032,10 +1035,10 @@ __global__ void __launch_bounds__(256) gemv_i8(const tc_mats M, const uint4 *__r
             for (int rg = 0; rg < RG; rg++) {
                 uint32_t P[4], N[4] = {0, 0, 0, 0};
                 if (MODE == 8) {
-                    const uint4 &q = c[rg][s % LB];
+                    const uint4 &q = cur.c[rg][s % LB];
                     P[0] = q.x; P[1] = q.y; P[2] = q.z; P[3] = q.w;
                 } else {
-                    const uint4 &q = c[rg][0];
+                    const uint4 &q = cur.c[rg][0];
                     i8_decode4(s ? q.z : q.x, tb, P, N);
                     i8_decode4(s ? q.w : q.y, tb, P + 2, N + 2);
                 }
@@ -1074,12 +1077,17 @@ __global__ void __launch_bounds__(256) gemv_i8(const tc_mats M, const uint4 *__r
     };
     // the weights need no earlier kernel: the first tile's are in flight while
     // i8_split finishes (launch.cuh)
-    if (T0 < T1) fetch_w(T0);
+    if (T0 < T1) fetch_w(T0, BQ_I8_PF ? nxt : cur);
     pdl_wait();
     pdl_go();
     __syncthreads();
     for (int T = T0; T < T1; T++) {
-        if (T != T0) fetch_w(T);
+        if (BQ_I8_PF) {  // the next tile's weights in flight while this one is multiplied
+            cur = nxt;
+            if (T + 1 < T1) fetch_w(T + 1, nxt);
+        } else if (T != T0) {
+            fetch_w(T, cur);
+        }
         fetch_x(T);
         multiply();
     }
