@@ -22,7 +22,7 @@
 #     BQ_CUDA_FUSE=1, gpu_bench --gemv (rows "(int8)"), then batch-1 decode per format (I8_FORMATS, ROUNDS)
 #     with neither, each and both, against the bound
 #   STAGES=prefetch: test_engine on the defaults, then gemv_i8 with the next tile prefetched
-#     (BQ_I8_PF=1, a second build in build/gpupf) beside it: GEMV rates and decode per I8_VARIANTS
+#     (BQ_CUDA_I8_PF=1) beside it: GEMV rates and decode per I8_VARIANTS
 #   STAGES=ops: one decoding step of the 7B shape op by op (bench/gpu_decode_ops.c), bf16 and OPS_FORMATS
 #   STAGES=hadamard: greedy decoding of the 7B shape (bf16) with and without --ptq hadamard
 #     (down_proj's 11008 inputs rotated online: 64 chunks x a 172 x 172 Hadamard block), same prompt
@@ -116,24 +116,22 @@ per_format() {
         rm -f /tmp/m_$f.bq
     done
 }
-# FORMAT LABEL MODEL [VAR=VALUE ...]: one run, the variables in its environment only ($bin: the
-# CLI, $B unless a caller names another build)
+# FORMAT LABEL MODEL [VAR=VALUE ...]: one run, the variables in its environment only
 decode() {
     f=$1 l=$2 m=$3; shift 3
-    env "$@" $R "decode $f $l" -- ${bin:-$B} generate --model $m --prompt "$P" -n 128 --device cuda --json >/dev/null
+    env "$@" $R "decode $f $l" -- $B generate --model $m --prompt "$P" -n 128 --device cuda --json >/dev/null
 }
 copy_gbps() { sed -n 's/^device copy: \([0-9]*\) GB.*/\1/p'; }  # from gpu_bench's output
 # kernels launched programmatically (launch.cuh) or not
 pdl_round() { for p in 0 1; do decode $1 pdl=$p $2 BQ_CUDA_PDL=$p; done; }
 # the int8 GEMV and the fused decode kernels: neither, each, both (bf16 has no packed GEMV);
-# I8_VARIANTS picks (a "+pf" one runs build/gpupf, gemv_i8 built with BQ_I8_PF=1)
+# I8_VARIANTS picks (a "+pf" one: BQ_CUDA_I8_PF=1, the next tile in flight)
 int8_round() {
     for v in ${I8_VARIANTS:-fp16 int8 fp16+fuse int8+fuse}; do
         [ $1 = bf16 ] && case $v in int8*) continue ;; esac
         fz=0; case $v in *fuse*) fz=1 ;; esac
-        bin=$B; case $v in *pf) bin=build/gpupf/blockq ;; esac
-        decode $1 gemv=$v $2 BQ_CUDA_GEMV=${v%%+*} BQ_CUDA_FUSE=$fz
-        bin=$B
+        pf=0; case $v in *pf) pf=1 ;; esac
+        decode $1 gemv=$v $2 BQ_CUDA_GEMV=${v%%+*} BQ_CUDA_FUSE=$fz BQ_CUDA_I8_PF=$pf
     done
 }
 case "$S" in *pdl*)
@@ -158,21 +156,19 @@ esac
 case "$S" in *prefetch*)
     # twentieth session: the int8 GEMV and the fused kernels by default (test_engine without
     # variables), and gemv_i8 loading a warp's next tile before multiplying this one
-    # (BQ_I8_PF=1, build/gpupf) beside it: GEMV rates, then decode per I8_VARIANTS
+    # (BQ_CUDA_I8_PF=1) beside it: GEMV rates, then decode per I8_VARIANTS
     # (PF_DECODE_ONLY=1 COPY=GBPS: the decode runs alone, against a copy rate measured before)
-    (build_into build/gpupf NVEXTRA=-DBQ_I8_PF=1 >/tmp/build_pf.txt 2>&1 || tail -30 /tmp/build_pf.txt) &
     [ -z "$PF_DECODE_ONLY" ] && ./build/gpu/tests/test_engine cuda 2>&1 | tee "$O/pf_engine.txt" | tail -3
-    wait
-    [ -z "$PF_DECODE_ONLY" ] && for b in gpu gpupf; do ./build/$b/gpu/gpu_bench --gemv --json "$O/pf_gemv_$b.jsonl" >"$O/pf_gemv_$b.txt" 2>&1; done
+    [ -z "$PF_DECODE_ONLY" ] && for pf in 0 1; do BQ_CUDA_I8_PF=$pf ./build/gpu/gpu/gpu_bench --gemv --json "$O/pf_gemv_$pf.jsonl" >"$O/pf_gemv_$pf.txt" 2>&1; done
     [ -z "$PF_DECODE_ONLY" ] && python3 - "$O" <<'PY'
 import json, sys
 def int8(p):
     return [(r["name"], r["size"], r["rate"], r["ratio"]) for r in map(json.loads, open(p)) if r["kind"] == "gemv_int8"]
 print("| int8 GEMV | weights | GB/s | with the next tile prefetched | ratio |\n|---|---|---|---|---|")
-for (n, s, a, ra), (_, _, b, rb) in zip(int8(sys.argv[1] + "/pf_gemv_gpu.jsonl"), int8(sys.argv[1] + "/pf_gemv_gpupf.jsonl")):
+for (n, s, a, ra), (_, _, b, rb) in zip(int8(sys.argv[1] + "/pf_gemv_0.jsonl"), int8(sys.argv[1] + "/pf_gemv_1.jsonl")):
     print(f"| {n} | {s} | {a:.0f} ({100 * ra:.0f}%) | {b:.0f} ({100 * rb:.0f}%) | {b / a:.2f} |")
 PY
-    copy=${COPY:-$(copy_gbps < "$O/pf_gemv_gpu.txt")}
+    copy=${COPY:-$(copy_gbps < "$O/pf_gemv_0.txt")}
     export TIMECMD_JSONL="$O/pf_decode.jsonl"
     I8_VARIANTS=${I8_VARIANTS:-fp16+fuse int8+fuse int8+fuse+pf}
     per_format "${I8_FORMATS:-bf16 nvfp4 mxfp4 int4_g128 mxint8}" int8_round

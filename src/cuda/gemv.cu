@@ -45,6 +45,7 @@ struct bq_cuda_w {
     int i8;                    // int8 tensor-core layout (i8_layout.h): 8 or 4 (bits a code); tc is 0 then
     uint32_t tab4[4];          //   4-bit codes: the slots' byte tables (i8_slots4)
     int ks;                    // column splits of the tensor-core GEMV (gemv_splits)
+    int i8pf;                  // gemv_i8's PF (experiment: BQ_CUDA_I8_PF=1 at upload)
     int pdl;                   // launched programmatically (launch.cuh): on unless bq_cuda_w_set_pdl turned it off
     uint32_t *xf;              // device scratch (unsplit): activation pieces in B-fragment order
     float *xs;                 //   and their power-of-two factor per tile and column
@@ -329,6 +330,8 @@ static bq_status upload_i8(const pmat *m, bq_cuda_w **out)
     w->emult = m->emult;
     w->cmode = 1.0f;
     w->i8 = m->eb;
+    const char *pf = getenv("BQ_CUDA_I8_PF");
+    w->i8pf = pf && !strcmp(pf, "1");
     uint8_t slot[16] = {0};
     if (m->eb == 4) i8_slots4(m->lut, slot, w->tab4);
     tc_shape(w);
@@ -975,11 +978,10 @@ __global__ void __launch_bounds__(256) i8_split(const float *__restrict__ x, int
 // columns the integer sums (4-bit: the positive parts times the pieces plus the
 // negative parts times the negated pieces) become float once and take the rows'
 // scale factors.
-#ifndef BQ_I8_PF
-#define BQ_I8_PF 0  // experiment: 1 loads a warp's next tile of weights before multiplying this one
-#endif
-template <int MODE, int KT, int SB, int NT8, bool SPLIT>
-__global__ void __launch_bounds__(256, BQ_I8_PF && NT8 == 1 ? 3 : 0) gemv_i8(const tc_mats M, const uint4 *__restrict__ xq, const float *__restrict__ xs, int NT, int n,
+// PF (one token a pass; experiment, BQ_CUDA_I8_PF=1): a warp's next tile of weights in
+// flight while it multiplies this one, held to three CTAs a multiprocessor (80 registers)
+template <int MODE, int KT, int SB, int NT8, bool SPLIT, bool PF>
+__global__ void __launch_bounds__(256, PF ? 3 : 0) gemv_i8(const tc_mats M, const uint4 *__restrict__ xq, const float *__restrict__ xs, int NT, int n,
                                                uint4 tab, float *__restrict__ part, unsigned *__restrict__ count)
 {
     constexpr int RG = 2, SBT = (64 / KT) * SB, LB = MODE == 8 ? 2 : 1;  // LB: uint4 of codes a lane a tile
@@ -1077,12 +1079,12 @@ __global__ void __launch_bounds__(256, BQ_I8_PF && NT8 == 1 ? 3 : 0) gemv_i8(con
     };
     // the weights need no earlier kernel: the first tile's are in flight while
     // i8_split finishes (launch.cuh)
-    if (T0 < T1) fetch_w(T0, BQ_I8_PF ? nxt : cur);
+    if (T0 < T1) fetch_w(T0, PF ? nxt : cur);
     pdl_wait();
     pdl_go();
     __syncthreads();
     for (int T = T0; T < T1; T++) {
-        if (BQ_I8_PF) {  // the next tile's weights in flight while this one is multiplied
+        if (PF) {
             cur = nxt;
             if (T + 1 < T1) fetch_w(T + 1, nxt);
         } else if (T != T0) {
@@ -1165,10 +1167,10 @@ static bq_status gemv_int8(const bq_cuda_w *const *ws, int count, const float *d
     tc_mats M;
     dim3 grid((unsigned)tc_fill(M, ws, count, d_ys), (unsigned)ks);
     uint4 tab = make_uint4(w->tab4[0], w->tab4[1], w->tab4[2], w->tab4[3]);
-#define L1(MODE, KT, SB, NT8, SPLIT) launch_k(w->pdl, gemv_i8<MODE, KT, SB, NT8, SPLIT>, grid, 256, M, (const uint4 *)w->xf, w->xs, w->NT, \
-                                              n, tab, w->part, w->count)
-#define L(MODE, KT, SB, NT8) if (ks > 1) { L1(MODE, KT, SB, NT8, true); } else { L1(MODE, KT, SB, NT8, false); }
-#define L2(MODE, KT, SB) if (n > 2) { L(MODE, KT, SB, 2); } else { L(MODE, KT, SB, 1); }
+#define L1(MODE, KT, SB, NT8, SPLIT, PF) launch_k(w->pdl, gemv_i8<MODE, KT, SB, NT8, SPLIT, PF>, grid, 256, M, (const uint4 *)w->xf, w->xs, \
+                                                  w->NT, n, tab, w->part, w->count)
+#define L(MODE, KT, SB, NT8, PF) if (ks > 1) { L1(MODE, KT, SB, NT8, true, PF); } else { L1(MODE, KT, SB, NT8, false, PF); }
+#define L2(MODE, KT, SB) if (n > 2) { L(MODE, KT, SB, 2, false); } else if (w->i8pf) { L(MODE, KT, SB, 1, true); } else { L(MODE, KT, SB, 1, false); }
 #define L3(MODE) if (w->KT == 32 && w->sbytes == 1) { L2(MODE, 32, 1); } else if (w->KT == 16 && w->sbytes == 1) { L2(MODE, 16, 1); } \
                  else if (w->KT == 32 && w->sbytes == 2) { L2(MODE, 32, 2); } else if (w->KT == 64 && w->sbytes == 4) { L2(MODE, 64, 4); } \
                  else return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: no int8 kernel for blocks of %d, %d-byte scales", w->K, w->sbytes);
