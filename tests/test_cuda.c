@@ -144,7 +144,8 @@ static double rel_err(const float *y, const double *ref, size_t n)
  * paths and every token count they take; outputs are poisoned before each run. */
 static void gemv_set(const char *const *wf, size_t nf, const int (*shapes)[3], size_t nshapes, bq_gemv_path path)
 {
-    const char *pn = path == BQ_GEMV_INT8 ? "int8" : "fp16";
+    const char *pf = getenv("BQ_CUDA_I8_PF");
+    const char *pn = path == BQ_GEMV_FP16 ? "fp16" : pf && !strcmp(pf, "1") ? "int8+pf" : "int8";
     for (size_t si = 0; si < nshapes; si++) {
         int R = shapes[si][0], C = shapes[si][1], n = shapes[si][2];
         float *w = malloc((size_t)R * C * 4), *wq = malloc((size_t)R * C * 4), *x = malloc((size_t)n * C * 4),
@@ -218,6 +219,12 @@ static void gemv(void)
     const int wshapes[][3] = {{300, 1024, 3}, {37, 2048, 1}, {64, 512, 4}, {129, 256, 2}, {40, 512, 13}};
     gemv_set(wide, sizeof wide / sizeof *wide, wshapes, sizeof wshapes / sizeof *wshapes, BQ_GEMV_FP16);
     gemv_set(wide, sizeof wide / sizeof *wide, wshapes, sizeof wshapes / sizeof *wshapes, BQ_GEMV_INT8);
+    /* the int8 GEMV's next-tile prefetch (an experiment, read at upload): the one-token-a-pass shapes */
+    const int one[][3] = {{37, 1056, 1}, {129, 96, 2}, {96, 4096, 1}}, wone[][3] = {{37, 2048, 1}, {129, 256, 2}};
+    setenv("BQ_CUDA_I8_PF", "1", 1);
+    gemv_set(wf, sizeof wf / sizeof *wf - 2, one, sizeof one / sizeof *one, BQ_GEMV_INT8);
+    gemv_set(wide, sizeof wide / sizeof *wide, wone, sizeof wone / sizeof *wone, BQ_GEMV_INT8);
+    unsetenv("BQ_CUDA_I8_PF");
 }
 
 /* A format the GPU cannot hold packed is refused, not approximated: BFP6's two scale
