@@ -998,7 +998,7 @@ __global__ void __launch_bounds__(256, PF ? 3 : 0) gemv_i8(const tc_mats M, cons
     const int A = SPLIT ? (int)blockIdx.y * NT / (int)gridDim.y : 0, B = SPLIT ? ((int)blockIdx.y + 1) * NT / (int)gridDim.y : NT;
     const int G0 = bx * RG, ngroups = (rows + 15) / 16, T0 = A + wp * (B - A) / 8, T1 = A + (wp + 1) * (B - A) / 8;
     float acc[RG][NT8][4] = {};
-    struct wtile { uint4 c[RG][LB]; uint32_t sg[RG], sg8[RG]; } cur, nxt;  // a tile's codes and its rows' scales
+    struct wtile { uint4 c[RG][LB]; uint32_t sg[RG], sg8[RG]; } cur = {}, nxt = {};  // a tile's codes and its rows' scales
     uint4 b[NT8], bn[NT8];  // bn: the pieces negated (4-bit codes' negative parts)
     float2 xc[NT8];
     auto fetch_w = [&](int T, wtile &w) {
@@ -1340,17 +1340,24 @@ __global__ void __launch_bounds__(256) unpack_i8(const uint4 *__restrict__ codes
         i8_decode4(l ? q.z : q.x, tb, a[l], ng[l]);
         i8_decode4(l ? q.w : q.y, tb, a[l] + 2, ng[l] + 2);
     }
+    float fq[2][4];  // rows g, g + 8; the tile's 16-column quarters (k-step s, register r: quarter 2 s + r / 2)
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            const uint8_t *sp = scales + (wid * 16 + g + 8 * h) * SBT + (16 * q / K) * SB;
+            uint32_t code = SB == 1 ? *sp : SB == 2 ? *(const unsigned short *)sp : *(const uint32_t *)sp;
+            fq[h][q] = scale_factor(code, SB, factor, emult);
+        }
 #pragma unroll
     for (int s = 0; s < 2; s++)
 #pragma unroll
         for (int r = 0; r < 4; r++)
 #pragma unroll
             for (int j = 0; j < 4; j++) {
-                int rl = g + 8 * (r & 1), kk = 32 * s + 16 * (r >> 1) + 4 * t + j, bt = kk / K;
-                const uint8_t *sp = scales + (wid * 16 + rl) * SBT + (K >= 64 ? 0 : bt * SB);
-                uint32_t code = SB == 1 ? *sp : SB == 2 ? *(const unsigned short *)sp : *(const uint32_t *)sp;
+                int rl = g + 8 * (r & 1), kk = 32 * s + 16 * (r >> 1) + 4 * t + j;
                 int v = (int)(int8_t)(a[s][r] >> (8 * j)) - (int)(int8_t)(ng[s][r] >> (8 * j));
-                float f = (float)v * scale_factor(code, SB, factor, emult);
+                float f = (float)v * fq[r & 1][2 * s + (r >> 1)];
                 if (sizeof(OT) == 2) *(__nv_bfloat16 *)&tile[wl][rl][kk] = __float2bfloat16_rn(f);
                 else *(float *)&tile[wl][rl][kk] = f;
             }
