@@ -23,6 +23,7 @@
 #     with neither, each and both, against the bound
 #   STAGES=prefetch: test_engine on the defaults, then gemv_i8 with the next tile prefetched
 #     (BQ_CUDA_I8_PF=1) beside it: GEMV rates and decode per I8_VARIANTS
+#   STAGES=prefill: ppl of packed .bq files (PREFILL_FORMATS) from the fp16 and the int8 layouts
 #   STAGES=ops: one decoding step of the 7B shape op by op (bench/gpu_decode_ops.c), bf16 and OPS_FORMATS
 #   STAGES=hadamard: greedy decoding of the 7B shape (bf16) with and without --ptq hadamard
 #     (down_proj's 11008 inputs rotated online: 64 chunks x a 172 x 172 Hadamard block), same prompt
@@ -38,7 +39,7 @@ B=build/gpu/blockq
 M=/tmp/r7b
 T=data/wikitext-2-test.txt
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-case "$S" in *scale*|*decode*|*pdl*|*int8*|*prefetch*|*packed*|*graphs*|*pipeline*|*multigpu*|*ops*|*hadamard*|*gptq7b*|*train7b*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
+case "$S" in *scale*|*decode*|*pdl*|*int8*|*prefetch*|*prefill*|*packed*|*graphs*|*pipeline*|*multigpu*|*ops*|*hadamard*|*gptq7b*|*train7b*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
 mkdir -p /tmp/deps && for f in .debs/*.deb; do dpkg -x "$f" /tmp/deps; done 2>/dev/null
 [ -f .debs/deps.tar.xz ] && tar xJf .debs/deps.tar.xz -C /tmp/deps  # the same packages, pruned to fit the transfer
 D=/tmp/deps/usr; L=$D/lib/x86_64-linux-gnu
@@ -173,6 +174,21 @@ PY
     I8_VARIANTS=${I8_VARIANTS:-fp16+fuse int8+fuse int8+fuse+pf}
     per_format "${I8_FORMATS:-bf16 nvfp4 mxfp4 int4_g128 mxint8}" int8_round
     python3 bench/decode_table.py "$O/pf_decode.jsonl" "$copy" | tee "$O/pf_decode.md" ;;
+esac
+case "$S" in *prefill*)
+    # prefill (ppl windows of 2048: the packed weights unpacked to bf16 for cuBLAS) from the
+    # fp16 and the int8 layouts (unpack_tc, unpack_i8), the same .bq, interleaved
+    export TIMECMD_JSONL="$O/prefill.jsonl"
+    prefill_round() { for g in fp16 int8; do env BQ_CUDA_GEMV=$g $R "ppl $1 gemv=$g" -- $B ppl --model $2 --text $T --ctx 2048 --chunks 8 --device cuda --json >/dev/null; done; }
+    per_format "${PREFILL_FORMATS:-mxfp4 mxint8}" prefill_round
+    python3 - "$O/prefill.jsonl" <<'PY'
+import json, sys
+for r in map(json.loads, open(sys.argv[1])):
+    if r["command"].startswith("ppl"):
+        g = json.loads(r["stdout_last"]) if r["stdout_last"].startswith("{") else {}
+        print(f"{r['command']}: {r['seconds']:.2f} s, ppl {g.get('ppl')}")
+PY
+    ;;
 esac
 case "$S" in *ops*)
     # one decoding step op by op (CUDA events; no nsys there), beside generate's tokens/s
