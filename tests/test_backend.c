@@ -572,6 +572,14 @@ int main(void)
         int32_t p[2] = {1, 2}, out[2];
         bq_gen_opts g = {.size = sizeof g, .n_new = 2, .top_p = 1, .device = 1};
         CHECK(bq_generate(m, p, 2, &g, out, NULL) == BQ_ERR_UNSUPPORTED, "generate on CUDA without a device must be refused");
+        const char *var[3] = {"BQ_CUDA_FUSE", "BQ_CUDA_PDL", "BQ_CUDA_GEMV"};  /* mistyped switches: refused by name, first */
+        for (int k = 0; k < 3; k++) {
+            setenv(var[k], "on", 1);
+            bq_status st = bq_ctx_new_ex(m, 16, &o, &c);
+            int built = !strstr(bq_last_error(), "built without CUDA");
+            CHECK(!c && (built ? st == BQ_ERR_ARG && strstr(bq_last_error(), var[k]) : st != BQ_OK), "%s=on: %s", var[k], bq_last_error());
+            unsetenv(var[k]);
+        }
         o.size = 4;
         CHECK(bq_ctx_new_ex(m, 16, &o, &c) == BQ_ERR_ARG, "options without their size must be refused");
         bq_format *f;

@@ -406,9 +406,35 @@ static void gemv_multi(void)
 #define T_NAME "test_cuda"
 #endif
 
+/* A mistyped A/B switch (src/cuda/knobs.h) is refused at upload, before any device
+ * work, naming the variable (a CUDA=0 build refuses every upload). */
+static void knobs(void)
+{
+    const char *var[2] = {"BQ_CUDA_GEMV", "BQ_CUDA_I8_PF"}, *bad[2] = {"int4", "yes"};
+    float w[64 * 64];
+    for (int i = 0; i < 64 * 64; i++) w[i] = t_normal();
+    bq_format *f;
+    pmat *m;
+    OK(bq_format_parse("mxfp4", &f));
+    OK(pmat_pack(f, w, 64, 64, NULL, &m));
+    for (int k = 0; k < 2; k++) {
+        bq_cuda_w *gw = NULL;
+        setenv(var[k], bad[k], 1);
+        bq_status st = bq_cuda_w_upload(m, &gw);
+        int built = !strstr(bq_last_error(), "built without CUDA");
+        CHECK(!gw && (built ? st == BQ_ERR_ARG && strstr(bq_last_error(), var[k]) : st != BQ_OK), "%s=%s must be refused at upload: %s",
+              var[k], bad[k], bq_last_error());
+        unsetenv(var[k]);
+        bq_cuda_w_free(gw);
+    }
+    pmat_free(m);
+    bq_format_free(f);
+}
+
 int main(void)
 {
     char why[256];
+    knobs();
     if (!bq_cuda_devices(why, sizeof why)) {
         SKIP("%s: the CUDA tests need a GPU (they run on one with `make test` there, or bench/gpu.sh)", why);
         /* what must hold without a device: a clean refusal */

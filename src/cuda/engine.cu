@@ -35,6 +35,7 @@ extern "C" {
 #include "qkern.h"
 }
 #include "cuda_libs.h"
+#include "knobs.h"
 #include "launch.cuh"
 
 // ---- kernels (launched with 256 threads a block where they reduce) ----
@@ -1339,6 +1340,12 @@ static bq_status cuda_setup(cuda_be *g)
 extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int hi, be **out)
 {
     *out = NULL;
+    int pdl, fuse, int8, pf;  // the A/B switches (knobs.h), checked before any device work
+    bq_status st = env_switch("BQ_CUDA_PDL", 1, &pdl);
+    if (!st) st = env_switch("BQ_CUDA_FUSE", 1, &fuse);
+    if (!st) st = env_gemv_int8(&int8);  // (read again at each upload)
+    if (!st) st = env_switch("BQ_CUDA_I8_PF", 0, &pf);
+    if (st) return st;
     char why[256];
     int ndev = bq_cuda_devices(why, sizeof why);
     if (!ndev) return bq_fail(BQ_ERR_UNSUPPORTED, "%s", why);
@@ -1357,10 +1364,9 @@ extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int 
     g->base.lo = lo;
     g->base.hi = hi;
     g->dev = dev;
-    const char *pdl = getenv("BQ_CUDA_PDL"), *fuse = getenv("BQ_CUDA_FUSE");
-    g->pdl = !(pdl && !strcmp(pdl, "0"));
-    g->fuse = !(fuse && !strcmp(fuse, "0"));
-    bq_status st = cuda_bind(&g->base);
+    g->pdl = pdl;
+    g->fuse = fuse;
+    st = cuda_bind(&g->base);
     if (!st) st = cublas_handle(&g->blas, &g->blas_ws);
     if (!st) st = cuda_setup(g);
     if (st) { cuda_destroy(&g->base); return st; }

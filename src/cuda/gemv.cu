@@ -25,6 +25,7 @@ extern "C" {
 }
 #include "launch.cuh"
 #include "i8_layout.h"
+#include "knobs.h"
 
 struct bq_cuda_w {
     int rows, cols, eb, K, nb, sbytes;
@@ -330,8 +331,6 @@ static bq_status upload_i8(const pmat *m, bq_cuda_w **out)
     w->emult = m->emult;
     w->cmode = 1.0f;
     w->i8 = m->eb;
-    const char *pf = getenv("BQ_CUDA_I8_PF");
-    w->i8pf = pf && !strcmp(pf, "1");
     uint8_t slot[16] = {0};
     if (m->eb == 4) i8_slots4(m->lut, slot, w->tab4);
     tc_shape(w);
@@ -342,16 +341,19 @@ static bq_status upload_i8(const pmat *m, bq_cuda_w **out)
 extern "C" bq_status bq_cuda_w_upload_path(const pmat *m, bq_gemv_path path, bq_cuda_w **out)
 {
     *out = NULL;
-    if (path == BQ_GEMV_DEFAULT) {
-        const char *e = getenv("BQ_CUDA_GEMV");
-        path = !(e && !strcmp(e, "fp16")) && i8_takes(m) ? BQ_GEMV_INT8 : BQ_GEMV_FP16;
-    }
+    int int8, pf;
+    bq_status st = env_gemv_int8(&int8);
+    if (!st) st = env_switch("BQ_CUDA_I8_PF", 0, &pf);
+    if (st) return st;
+    if (path == BQ_GEMV_DEFAULT) path = int8 && i8_takes(m) ? BQ_GEMV_INT8 : BQ_GEMV_FP16;
     if (path == BQ_GEMV_FP16) return upload_fp16(m, out);
     if (!i8_takes(m))
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: the int8 tensor-core path does not take %s at %dx%d (4- or 8-bit codes; blocks of 16 "
                        "or 32 with 1-byte or fp16 scales, or int groups of a multiple of 64 with float32 scales; cols %% 32 == 0)",
                        m->f->name, m->rows, m->cols);
-    return upload_i8(m, out);
+    st = upload_i8(m, out);
+    if (!st) (*out)->i8pf = pf;
+    return st;
 }
 
 extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out) { return bq_cuda_w_upload_path(m, BQ_GEMV_DEFAULT, out); }

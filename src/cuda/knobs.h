@@ -1,0 +1,37 @@
+// The CUDA backend's switches in the environment, for A/B runs (bench/gpu_round2.sh):
+// unset gives the default; a value that is not one of the switch's is refused, so that a
+// mistyped run fails instead of measuring the default under another name. Read where a
+// handle is made (a weight's upload, a backend), never in a kernel's path.
+#ifndef BQ_KNOBS_H
+#define BQ_KNOBS_H
+#include <stdlib.h>
+#include <string.h>
+extern "C" {
+#include "core.h"
+}
+
+// *out = the index of name's value in vals (nv of them), dflt where name is unset
+static inline bq_status env_knob(const char *name, const char *const *vals, int nv, int dflt, int *out)
+{
+    const char *e = getenv(name);
+    *out = dflt;
+    if (!e) return BQ_OK;
+    for (int i = 0; i < nv; i++)
+        if (!strcmp(e, vals[i])) { *out = i; return BQ_OK; }
+    return bq_fail(BQ_ERR_ARG, "%s=%s in the environment: expected %s or %s", name, e, vals[0], vals[nv - 1]);
+}
+
+// 0 or 1
+static inline bq_status env_switch(const char *name, int dflt, int *on)
+{
+    static const char *const v[2] = {"0", "1"};
+    return env_knob(name, v, 2, dflt, on);
+}
+
+// the GEMV path of weights uploaded with BQ_GEMV_DEFAULT: 1 int8 (where it applies), 0 fp16
+static inline bq_status env_gemv_int8(int *int8)
+{
+    static const char *const v[2] = {"fp16", "int8"};
+    return env_knob("BQ_CUDA_GEMV", v, 2, 1, int8);
+}
+#endif
