@@ -17,10 +17,10 @@
 #     (CUDA_VISIBLE_DEVICES=0) against 2 stages on 2 GPUs, then a random 70B shape (bf16, 140 GB,
 #     written to /dev/shm: the 2-GPU machine's disk is 128 GiB) split over both
 #   STAGES=pdl: batch-1 decode per format (PDL_FORMATS, ROUNDS) with and without programmatic launches, against the bound
-#   STAGES=int8: the int8 tensor-core GEMV (src/cuda/i8_layout.h) and the fused decode kernels, both off by
-#     default: test_cuda's GEMV tests (both paths), test_backend and test_engine with BQ_CUDA_GEMV=int8
-#     BQ_CUDA_FUSE=1, gpu_bench --gemv (rows "(int8)"), then batch-1 decode per format (I8_FORMATS, ROUNDS)
-#     with neither, each and both, against the bound
+#   STAGES=int8: the int8 tensor-core GEMV (src/cuda/i8_layout.h) and the fused decode kernels (the
+#     defaults since the twentieth session): test_cuda's GEMV tests (both paths), test_backend and
+#     test_engine with both, gpu_bench --gemv (rows "(int8)"), then batch-1 decode per format
+#     (I8_FORMATS, ROUNDS) with neither, each and both, against the bound
 #   STAGES=prefetch: test_engine on the defaults, then gemv_i8 with the next tile prefetched
 #     (BQ_CUDA_I8_PF=1) beside it: GEMV rates and decode per I8_VARIANTS
 #   STAGES=prefill: ppl of packed .bq files (PREFILL_FORMATS) from the fp16 and the int8 layouts
@@ -142,8 +142,8 @@ case "$S" in *pdl*)
     python3 bench/decode_table.py "$O/pdl_decode.jsonl" "$copy" | tee "$O/pdl_decode.md" ;;
 esac
 case "$S" in *int8*)
-    # written without a GPU in the nineteenth session: the int8 GEMV (BQ_CUDA_GEMV=int8) and the fused
-    # decode kernels (BQ_CUDA_FUSE=1); their tests, then decode with each and both beside the default
+    # the int8 GEMV (BQ_CUDA_GEMV=int8) and the fused decode kernels (BQ_CUDA_FUSE=1), named
+    # explicitly; their tests, then decode with neither, each and both
     BQ_CUDA_ONLY=gemv ./build/gpu/gpu/test_cuda 2>&1 | tee "$O/i8_gemvtest.txt" | grep -v "^  GPU" | tail -5
     grep "GPU GEMV int8" "$O/i8_gemvtest.txt" | sort -t= -k2 -g | tail -3  # the largest errors
     BQ_CUDA_GEMV=int8 BQ_CUDA_FUSE=1 ./build/gpu/tests/test_backend 2>&1 | tee "$O/i8_backend.txt" | grep -v "^  decode" | tail -8
