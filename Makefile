@@ -108,18 +108,18 @@ $(BUILD)/gpu/gpu_bench: bench/gpu_bench.c $(BUILD)/libbq_gpu.a
 	$(CC) $(CFLAGS) -I$(CUDA_HOME)/include $< $(BUILD)/libbq_gpu.a -o $@ -lm -pthread -L$(CUDA_HOME)/lib64 -lcublasLt $(CUDA_LIBS)
 gpu: $(BUILD)/gpu/test_cuda $(BUILD)/gpu/gpu_bench
 
-# The GEMV kernels of src/cuda/gemv.cu on a CUDA simulator on the CPU (tests/cusim:
-# C++20, ucontext fibers): test_cuda.c's GEMV tests run their code without a GPU
+# The GEMV and fake-quantisation kernels (src/cuda/gemv.cu, qdq.cu) on a CUDA simulator
+# on the CPU (tests/cusim: C++20, fibers): test_cuda.c's tests of them run their code without a GPU
 # (and under the sanitizers in that tier; -fno-strict-aliasing: the kernels pun
 # pointers as CUDA allows).
 CXX     ?= g++
 SIM_OBJ  = $(filter-out $(CUDA_OBJ),$(GPU_OBJ))
 SIM_WARN = -Wall -Wextra -Wno-unused-parameter -Wno-unused-function -Wno-unknown-pragmas -Wno-missing-field-initializers
-$(BUILD)/tests/test_cusim: tests/test_cuda.c tests/cusim_gemv.cc $(wildcard tests/cusim/*.h) src/cuda/gemv.cu src/cuda/launch.cuh \
+$(BUILD)/tests/test_cusim: tests/test_cuda.c tests/cusim_kernels.cc $(wildcard tests/cusim/*.h) src/cuda/gemv.cu src/cuda/qdq.cu src/cuda/launch.cuh \
                            $(wildcard src/cuda/*.h src/formats/*.h src/kernels/*.h include/*.h) tests/harness.h $(SIM_OBJ)
 	@mkdir -p $(dir $@)
 	$(CXX) -std=c++20 $(OPT) -g $(SAN) $(SIM_WARN) -fno-strict-aliasing -D_GNU_SOURCE -Itests/cusim -Iinclude -Isrc/core -Isrc/formats -Isrc/kernels \
-	    -Isrc/cuda -Isrc/model -Isrc/engine -Isrc/train -c tests/cusim_gemv.cc -o $@.sim.o
+	    -Isrc/cuda -Isrc/model -Isrc/engine -Isrc/train -c tests/cusim_kernels.cc -o $@.sim.o
 	$(CC) $(CFLAGS) -DBQ_CUDA_SIM -Itests -c tests/test_cuda.c -o $@.o
 	$(CXX) $(SAN) -pthread $@.o $@.sim.o $(SIM_OBJ) -o $@ -lm
 TESTS += $(BUILD)/tests/test_cusim

@@ -400,7 +400,7 @@ static void gemv_multi(void)
     free(w);
 }
 
-#ifdef BQ_CUDA_SIM  /* test_cusim: these GEMV tests on the CPU simulator (tests/cusim_gemv.cc) */
+#ifdef BQ_CUDA_SIM  /* test_cusim: the GEMV and fake quantisation tests on the CPU simulator (tests/cusim_kernels.cc) */
 #define T_NAME "test_cusim"
 #else
 #define T_NAME "test_cuda"
@@ -466,7 +466,7 @@ int main(void)
     printf("  device: %s\n", bq_cuda_device_name());
     const char *only = getenv("BQ_CUDA_ONLY");  /* e.g. "gemv,gemm" under compute-sanitizer */
 #ifdef BQ_CUDA_SIM
-    if (!only) only = "gemv";  /* what the simulator runs */
+    if (!only) only = "gemv,vectors,cpu";  /* what the simulator runs (the GEMM is not simulated) */
 #endif
     if (!only || strstr(only, "vectors")) vectors();
     if (!only || strstr(only, "cpu")) against_cpu();

@@ -28,10 +28,16 @@ static __device__ __forceinline__ void pdl_go()
 #endif
 }
 
-// kernel<<<grid, block>>>(args...) on the per-thread stream, with programmatic
+// A kernel's dynamic shared memory (launch_ks's smem bytes); the CPU simulator
+// (tests/cusim) has its own.
+#ifndef BQ_DYN_SHARED
+#define BQ_DYN_SHARED(T, name) extern __shared__ T name[]
+#endif
+
+// kernel<<<grid, block, smem>>>(args...) on the per-thread stream, with programmatic
 // serialisation when pdl is set. The error is also left for cudaGetLastError.
 template <typename... P, typename... A>
-static cudaError_t launch_k(bool pdl, void (*kernel)(P...), dim3 grid, dim3 block, A &&...args)
+static cudaError_t launch_ks(bool pdl, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A &&...args)
 {
     cudaLaunchAttribute at[1];
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -39,11 +45,18 @@ static cudaError_t launch_k(bool pdl, void (*kernel)(P...), dim3 grid, dim3 bloc
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
-    cfg.dynamicSmemBytes = 0;
+    cfg.dynamicSmemBytes = smem;
     cfg.stream = cudaStreamPerThread;
     cfg.attrs = at;
     cfg.numAttrs = pdl ? 1 : 0;
     return cudaLaunchKernelEx(&cfg, kernel, static_cast<A &&>(args)...);
+}
+
+// kernel<<<grid, block>>>(args...), as launch_ks
+template <typename... P, typename... A>
+static cudaError_t launch_k(bool pdl, void (*kernel)(P...), dim3 grid, dim3 block, A &&...args)
+{
+    return launch_ks(pdl, kernel, grid, block, 0, static_cast<A &&>(args)...);
 }
 
 #endif

@@ -13,13 +13,15 @@ extern "C" {
 #include "bq_cuda.h"
 #include "qkern.h"
 }
-
-static char g_name[400];
+#include "launch.cuh"
 
 static bq_status cuda_fail(cudaError_t e, const char *what)
 {
     return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA: %s: %s", what, cudaGetErrorString(e));
 }
+
+#ifndef BQ_CUSIM  // the CPU simulator's device is host memory (tests/cusim_kernels.cc)
+static char g_name[400];
 
 extern "C" int bq_cuda_devices(char *why, size_t why_len)
 {
@@ -70,6 +72,7 @@ extern "C" bq_status bq_cuda_sync(void)
     cudaError_t e = cudaDeviceSynchronize();
     return e == cudaSuccess ? BQ_OK : cuda_fail(e, "kernel");
 }
+#endif
 
 // ---- one element / one group, exactly as the CPU kernels decide ----
 
@@ -179,10 +182,10 @@ static void lanes8_ev(const bq_format &f, const qctx &c, int ev, unsigned nb, co
     int fused[2] = {1, 0};  // as kernels.c's qdq_block
     if (scheme_of(&f)->linear && grid_fast(&f.el)) pow2_fused_range(&f.el, fused);
     switch (ev) {
-    case 0: qdq_lanes8<K, R, 0><<<nb, 256>>>(f, c, x, y, n8, fused[0], fused[1]); break;
-    case 1: qdq_lanes8<K, R, 1><<<nb, 256>>>(f, c, x, y, n8, fused[0], fused[1]); break;
-    case 2: qdq_lanes8<K, R, 2><<<nb, 256>>>(f, c, x, y, n8, fused[0], fused[1]); break;
-    default: qdq_lanes8<K, R, 3><<<nb, 256>>>(f, c, x, y, n8, fused[0], fused[1]);
+    case 0: launch_k(false, qdq_lanes8<K, R, 0>, nb, 256, f, c, x, y, n8, fused[0], fused[1]); break;
+    case 1: launch_k(false, qdq_lanes8<K, R, 1>, nb, 256, f, c, x, y, n8, fused[0], fused[1]); break;
+    case 2: launch_k(false, qdq_lanes8<K, R, 2>, nb, 256, f, c, x, y, n8, fused[0], fused[1]); break;
+    default: launch_k(false, qdq_lanes8<K, R, 3>, nb, 256, f, c, x, y, n8, fused[0], fused[1]);
     }
 }
 // Runs f with the rounding mode as a compile-time constant (an integral_constant),
@@ -284,7 +287,7 @@ __global__ void __launch_bounds__(256) qdq_int_cta(bq_format f, qctx c, const fl
                                                    int G, int cache)
 {
     c.round = (bq_round)RND;
-    extern __shared__ float4 buf[];
+    BQ_DYN_SHARED(float4, buf);
     __shared__ istats part[8];
     const int q4 = G / 4, tid = threadIdx.x;
     const float4 *xg = x + (size_t)blockIdx.x * q4;
@@ -315,16 +318,16 @@ __global__ void __launch_bounds__(256) qdq_int_cta(bq_format f, qctx c, const fl
 template <int R>
 static void int_groups(const bq_format &f, const qctx &c, const float4 *x4, float4 *y4, size_t ng, int G, unsigned nb)
 {
-    if (G <= 128) qdq_int_warp<1, R><<<nb, 256>>>(f, c, x4, y4, ng, G);
-    else if (G <= 256) qdq_int_warp<2, R><<<nb, 256>>>(f, c, x4, y4, ng, G);
-    else if (G <= 512) qdq_int_warp<4, R><<<nb, 256>>>(f, c, x4, y4, ng, G);
-    else if (G <= 1024) qdq_int_warp<8, R><<<nb, 256>>>(f, c, x4, y4, ng, G);
+    if (G <= 128) launch_k(false, qdq_int_warp<1, R>, nb, 256, f, c, x4, y4, ng, G);
+    else if (G <= 256) launch_k(false, qdq_int_warp<2, R>, nb, 256, f, c, x4, y4, ng, G);
+    else if (G <= 512) launch_k(false, qdq_int_warp<4, R>, nb, 256, f, c, x4, y4, ng, G);
+    else if (G <= 1024) launch_k(false, qdq_int_warp<8, R>, nb, 256, f, c, x4, y4, ng, G);
     else {
         static int raised;  // asked for once
         if (!raised) raised = cudaFuncSetAttribute(qdq_int_cta<R>, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 << 10) == cudaSuccess;
         cudaGetLastError();
         int cache = raised && (size_t)G * 4 <= (96u << 10);
-        qdq_int_cta<R><<<(unsigned)ng, 256, cache ? (size_t)G * 4 : 0>>>(f, c, x4, y4, G, cache);
+        launch_ks(false, qdq_int_cta<R>, (unsigned)ng, 256, cache ? (size_t)G * 4 : 0, f, c, x4, y4, G, cache);
     }
 }
 
@@ -379,7 +382,7 @@ static bq_status tensor_ctx(const bq_format *f, const float *d_x, size_t n, cons
     if (st) return st;
     d_m_device = dev;
     cudaMemsetAsync(d_m, 0, 8);
-    amax_kernel<<<1056, 256>>>(d_x, n, d_m, (uintptr_t)d_x % 16 == 0);
+    launch_k(false, amax_kernel, 1056, 256, d_x, n, d_m, (uintptr_t)d_x % 16 == 0);
     st = bq_cuda_download(h, d_m, 8);
     if (st) return st;
     if (format_float_scale(f)) {
@@ -410,7 +413,7 @@ extern "C" bq_status bq_cuda_qdq(const bq_format *f, const float *d_x, float *d_
     size_t n = rows * cols;
     if (f->ggml) {
         size_t blocks = rows * ((cols + 31) / 32);
-        if (blocks) qdq_ggml<<<(unsigned)(blocks / 128 + 1 < 65536 ? blocks / 128 + 1 : 65536), 128>>>(*f, d_x, d_y, rows, cols);
+        if (blocks) launch_k(false, qdq_ggml, (unsigned)(blocks / 128 + 1 < 65536 ? blocks / 128 + 1 : 65536), 128, *f, d_x, d_y, rows, cols);
         cudaError_t e = cudaGetLastError();
         return e == cudaSuccess ? BQ_OK : cuda_fail(e, "fake-quantisation kernel launch");
     }
@@ -430,14 +433,14 @@ extern "C" bq_status bq_cuda_qdq(const bq_format *f, const float *d_x, float *d_
         });
     } else if (block && (f->block == 32 || f->block == 16) && cols % (size_t)f->block == 0) {
         unsigned nb = (unsigned)((n + 255) / 256);
-        if (f->block == 32) qdq_lanes<32><<<nb, 256>>>(*f, c, d_x, d_y, n);
-        else qdq_lanes<16><<<nb, 256>>>(*f, c, d_x, d_y, n);
+        if (f->block == 32) launch_k(false, qdq_lanes<32>, nb, 256, *f, c, d_x, d_y, n);
+        else launch_k(false, qdq_lanes<16>, nb, 256, *f, c, d_x, d_y, n);
     } else if (aligned && n % 8 == 0 && format_rows_unscaled(f)) {
         size_t n8 = n / 8;
         unsigned nb = (unsigned)((n8 + 255) / 256);
         by_round(c.round, [&](auto R) {
-            if (sp == SCALE_NONE) qdq_elem8<0, R.value><<<nb, 256>>>(*f, c, (const float4 *)d_x, (float4 *)d_y, n8);
-            else qdq_elem8<1, R.value><<<nb, 256>>>(*f, c, (const float4 *)d_x, (float4 *)d_y, n8);
+            if (sp == SCALE_NONE) launch_k(false, qdq_elem8<0, R.value>, nb, 256, *f, c, (const float4 *)d_x, (float4 *)d_y, n8);
+            else launch_k(false, qdq_elem8<1, R.value>, nb, 256, *f, c, (const float4 *)d_x, (float4 *)d_y, n8);
         });
     } else if (aligned && (sp == SCALE_ROW || (sp == SCALE_GROUP && cols % (size_t)f->block == 0)) &&
                pack_group_len(f, cols) % 4 == 0 && cols <= (1u << 30)) {
@@ -450,7 +453,7 @@ extern "C" bq_status bq_cuda_qdq(const bq_format *f, const float *d_x, float *d_
     } else {
         size_t G = sp == SCALE_NONE ? 1 : pack_group_len(f, cols);
         size_t groups = rows * ((cols + G - 1) / G);
-        qdq_groups<<<(unsigned)((groups + 127) / 128), 128>>>(*f, c, d_x, d_y, rows, cols, G, sp);
+        launch_k(false, qdq_groups, (unsigned)((groups + 127) / 128), 128, *f, c, d_x, d_y, rows, cols, G, sp);
     }
     cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? BQ_OK : cuda_fail(e, "fake-quantisation kernel launch");

@@ -1,7 +1,7 @@
-// A CUDA simulator on the CPU for the kernels of src/cuda/gemv.cu: enough of the
-// language and runtime that the file compiles as C++ and its kernels run, so that
-// their indexing, warp exchanges, reductions and splits are tested without a GPU
-// (tests/cusim_gemv.cc, built into test_cusim). Not a model of timing or of the
+// A CUDA simulator on the CPU for the kernels of src/cuda/gemv.cu and qdq.cu: enough
+// of the language and runtime that the files compile as C++ and their kernels run, so
+// that their indexing, warp exchanges, reductions and splits are tested without a GPU
+// (tests/cusim_kernels.cc, built into test_cusim). Not a model of timing or of the
 // hardware's rounding inside an fp16 MMA: products are exact here and summed in
 // double, where the tensor cores keep float32; tests compare with a tolerance.
 //
@@ -43,6 +43,7 @@ struct float4 { float x, y, z, w; };
 inline uint2 make_uint2(unsigned x, unsigned y) { return {x, y}; }
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 
 inline dim3 threadIdx, blockIdx;  // of the running fiber (cusim_run sets them)
 inline dim3 gridDim, blockDim;
@@ -61,6 +62,12 @@ template <typename T> inline T __ldg(const T *p) { return *p; }
 template <typename T> inline T __ldcg(const T *p) { return *p; }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline unsigned atomicAdd(unsigned *p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
+inline unsigned atomicMax(unsigned *p, unsigned v)  // (one fiber runs at a time)
+{
+    unsigned o = *p;
+    if (v > o) *p = v;
+    return o;
+}
 // byte i of the result: byte (s >> 4i) & 7 of {y, x}
 inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s)
 {
@@ -349,6 +356,14 @@ inline cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int)
     return cudaSuccess;
 }
 inline cudaError_t cudaMemset(void *p, int v, size_t n) { memset(p, v, n); return cudaSuccess; }
+inline cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t = nullptr) { memset(p, v, n); return cudaSuccess; }
+inline cudaError_t cudaGetDevice(int *d) { *d = 0; return cudaSuccess; }
+typedef enum { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 } cudaFuncAttribute;
+template <typename F>
+inline cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) { return cudaSuccess; }
+// A launch's dynamic shared memory (launch_ks; blocks run one at a time, as __shared__'s statics)
+inline std::vector<char> cusim_dyn;
+#define BQ_DYN_SHARED(T, name) T *name = (T *)cusim_dyn.data()
 
 inline void cusim_entry()  // a fiber's life: the kernel, then leave the barriers
 {
@@ -436,6 +451,7 @@ inline void cusim_run(dim3 grid, dim3 block, Fn fn)
 template <typename... P, typename... A>
 inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t *cfg, void (*kernel)(P...), A &&...args)
 {
+    cusim_dyn.assign(cfg->dynamicSmemBytes + 16, 0);  // (new's alignment: 16)
     cusim_run(cfg->gridDim, cfg->blockDim, [&] { kernel(args...); });
     return cudaSuccess;
 }

@@ -1,11 +1,12 @@
-// src/cuda/gemv.cu compiled for the CUDA simulator (tests/cusim/cusim.h) with the
-// runtime calls test_cuda.c makes: device memory is host memory. Linked with
-// test_cuda.c (built with -DBQ_CUDA_SIM: its GEMV tests) into test_cusim, which
-// runs the GEMV kernels' own code without a GPU. Fake quantisation and the GEMM
-// are not simulated here: they say so.
+// src/cuda/gemv.cu and src/cuda/qdq.cu compiled for the CUDA simulator
+// (tests/cusim/cusim.h) with the runtime calls test_cuda.c makes: device memory is
+// host memory. Linked with test_cuda.c (built with -DBQ_CUDA_SIM: its GEMV and fake
+// quantisation tests) into test_cusim, which runs those kernels' own code without a
+// GPU. The GEMM is not simulated here: it says so.
 #include "cusim.h"
 #define __CUDACC__ 1  // qkern.h's device spellings (BQ_HD, restrict); __CUDA_ARCH__ stays undefined
 #include "../src/cuda/gemv.cu"
+#include "../src/cuda/qdq.cu"
 
 extern "C" {
 void cusim_report(void);
@@ -28,11 +29,6 @@ void bq_cuda_free(void *d) { free(d); }
 bq_status bq_cuda_upload(void *d, const void *h, size_t n) { memcpy(d, h, n); return BQ_OK; }
 bq_status bq_cuda_download(void *h, const void *d, size_t n) { memcpy(h, d, n); return BQ_OK; }
 bq_status bq_cuda_sync(void) { return BQ_OK; }
-bq_status bq_cuda_qdq(const bq_format *f, const float *x, float *y, size_t r, size_t c, const bq_qopts *o)
-{
-    (void)f; (void)x; (void)y; (void)r; (void)c; (void)o;
-    return bq_fail(BQ_ERR_UNSUPPORTED, "fake quantisation is not simulated (tests/cusim runs the GEMV kernels)");
-}
 bq_status bq_cuda_gemm_mx8(int kind, const void *a, const uint8_t *sa, const void *b, const uint8_t *sb, float *c, int M, int N, int K)
 {
     (void)kind; (void)a; (void)sa; (void)b; (void)sb; (void)c; (void)M; (void)N; (void)K;
