@@ -424,6 +424,25 @@ static __device__ __forceinline__ float scale_factor(uint32_t code, int sb, cons
     return sb == 1 ? fac[code & 0xffu] : sb == 2 ? __half2float(__ushort_as_half((unsigned short)code)) * emult : __uint_as_float(code) * emult;
 }
 
+// The factor of the scale code of sb bytes at sp.
+static __device__ __forceinline__ float scale_factor_at(const uint8_t *sp, int sb, const float *fac, float emult)
+{
+    uint32_t code = sb == 1 ? *sp : sb == 2 ? *(const unsigned short *)sp : *(const uint32_t *)sp;
+    return scale_factor(code, sb, fac, emult);
+}
+
+// The unpack kernels' factors of a 16-row, 64-column tile (wid; SBT scale bytes a row, SB a
+// block of K columns), for rows g and g + 8 (h) by 16-column quarter q (in block 16 q / K):
+// constant indices where they are used, so registers.
+static __device__ __forceinline__ void quarter_factors(const uint8_t *scales, size_t wid, int g, int SBT, int SB, int K,
+                                                       const float *fac, float emult, float (&fq)[2][4])
+{
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) fq[h][q] = scale_factor_at(scales + (wid * 16 + g + 8 * h) * SBT + (16 * q / K) * SB, SB, fac, emult);
+}
+
 // ROWS rows per warp share each lane's 32 activations (held in registers), so
 // x is read once per ROWS rows; 4-bit codes decode in registers (nib_lut).
 // Four 4-bit codes (one per byte) through a 16-entry int8 table held in four
@@ -1295,16 +1314,12 @@ __global__ void __launch_bounds__(256) unpack_tc(const uint4 *__restrict__ codes
     uint4 c = codes[wid * 32 + lane];
     uint32_t wd[4] = {c.x, c.y, c.z, c.w};
     uint2 hp = MODE == 3 ? hip[wid * 32 + lane] : make_uint2(0, 0);
-    float f[2][4] = {};  // rows g, g + 8; the tile's blocks of K columns (constant indices: registers)
+    float f[2][4];  // rows g, g + 8; the tile's 16-column quarters (kk's: s; 2t < 8 never crosses one)
+    quarter_factors(scales, wid, g, SBT, SB, K, factor, emult, f);
 #pragma unroll
-    for (int r = 0; r < 2; r++)
+    for (int h = 0; h < 2; h++)
 #pragma unroll
-        for (int bt = 0; bt < 4; bt++)
-            if (bt < 64 / K) {
-                const uint8_t *sp = scales + (wid * 16 + g + 8 * r) * SBT + bt * SB;
-                uint32_t code = SB == 1 ? *sp : SB == 2 ? *(const unsigned short *)sp : *(const uint32_t *)sp;
-                f[r][bt] = scale_factor(code, SB, factor, emult) * cmode;
-            }
+        for (int q = 0; q < 4; q++) f[h][q] *= cmode;
 #pragma unroll
     for (int s = 0; s < 4; s++) {
         uint32_t h[4];
@@ -1312,7 +1327,7 @@ __global__ void __launch_bounds__(256) unpack_tc(const uint4 *__restrict__ codes
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             int kk = 16 * s + 2 * t + 8 * (j >> 1);
-            float fj = f[j & 1][s / (K / 16)];  // kk's block (2t < 8 never crosses one)
+            float fj = f[j & 1][s];
             float2 v = __half22float2(*(const __half2 *)&h[j]);
             put2(&tile[wl][g + 8 * (j & 1)][kk], v.x * fj, v.y * fj);
         }
@@ -1343,14 +1358,7 @@ __global__ void __launch_bounds__(256) unpack_i8(const uint4 *__restrict__ codes
         i8_decode4(l ? q.w : q.y, tb, a[l] + 2, ng[l] + 2);
     }
     float fq[2][4];  // rows g, g + 8; the tile's 16-column quarters (k-step s, register r: quarter 2 s + r / 2)
-#pragma unroll
-    for (int h = 0; h < 2; h++)
-#pragma unroll
-        for (int q = 0; q < 4; q++) {
-            const uint8_t *sp = scales + (wid * 16 + g + 8 * h) * SBT + (16 * q / K) * SB;
-            uint32_t code = SB == 1 ? *sp : SB == 2 ? *(const unsigned short *)sp : *(const uint32_t *)sp;
-            fq[h][q] = scale_factor(code, SB, factor, emult);
-        }
+    quarter_factors(scales, wid, g, SBT, SB, K, factor, emult, fq);
 #pragma unroll
     for (int s = 0; s < 2; s++)
 #pragma unroll
@@ -1378,7 +1386,7 @@ __global__ void unpack_rows(const uint8_t *__restrict__ codes, const uint8_t *__
     const signed char *lut = (const signed char *)&lut4;
     const uint8_t *cr = codes + (size_t)r * cols * eb / 8;
     const uint8_t *sp = scales + ((size_t)r * (cols / K) + k / K) * SB;
-    float f = scale_factor(SB == 1 ? *sp : *(const unsigned short *)sp, SB, factor, emult);
+    float f = scale_factor_at(sp, SB, factor, emult);
     float v[4];
 #pragma unroll
     for (int e = 0; e < 4; e++) {
