@@ -10,7 +10,7 @@
 #   STAGES=decode DECODE_FORMATS="nvfp4 q4_0" NO_PPL=1: the per-format decode table alone
 #   STAGES=packed: only quantising the 7B shape to a packed .bq and decoding from it (load time)
 #   (GRAPHS_SHORT=1: without the fake-quantised decode and the quantised ppl)
-#   STAGES=gemvtest: the GEMV tests of test_cuda alone (split and unsplit paths)
+#   STAGES=gemvtest: the GEMV tests of test_cuda alone (split and unsplit paths); STAGES=cudatest: all of test_cuda
 #   STAGES=pipeline: pipeline stages on one GPU (issue 21): the 7B shape's ppl and decoding
 #     with --stages 1, 2 and 4 (the same numbers and tokens; time of each), the bundled model's too
 #   STAGES=multigpu (a machine of 2+ GPUs; issue 21's targets): the 7B shape's ppl on one GPU
@@ -23,6 +23,8 @@
 #     (I8_FORMATS, ROUNDS) with neither, each and both, against the bound
 #   STAGES=prefetch: test_engine on the defaults, then gemv_i8 with the next tile prefetched
 #     (BQ_CUDA_I8_PF=1) beside it: GEMV rates and decode per I8_VARIANTS
+#   STAGES=pieces: the int8 GEMV's pieces from the norm / activation kernels (BQ_CUDA_PIECES) against
+#     the GEMV's own split: test_cuda's GEMV tests, test_backend, decode per PC_FORMATS (ROUNDS)
 #   STAGES=prefill: ppl of packed .bq files (PREFILL_FORMATS) from the fp16 and the int8 layouts
 #   STAGES=ops: one decoding step of the 7B shape op by op (bench/gpu_decode_ops.c), bf16 and OPS_FORMATS
 #   STAGES=hadamard: greedy decoding of the 7B shape (bf16) with and without --ptq hadamard
@@ -39,7 +41,7 @@ B=build/gpu/blockq
 M=/tmp/r7b
 T=data/wikitext-2-test.txt
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-case "$S" in *scale*|*decode*|*pdl*|*int8*|*prefetch*|*prefill*|*packed*|*graphs*|*pipeline*|*multigpu*|*ops*|*hadamard*|*gptq7b*|*train7b*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
+case "$S" in *scale*|*decode*|*pdl*|*int8*|*prefetch*|*pieces*|*prefill*|*packed*|*graphs*|*pipeline*|*multigpu*|*ops*|*hadamard*|*gptq7b*|*train7b*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
 mkdir -p /tmp/deps && for f in .debs/*.deb; do dpkg -x "$f" /tmp/deps; done 2>/dev/null
 [ -f .debs/deps.tar.xz ] && tar xJf .debs/deps.tar.xz -C /tmp/deps  # the same packages, pruned to fit the transfer
 D=/tmp/deps/usr; L=$D/lib/x86_64-linux-gnu
@@ -58,6 +60,10 @@ case "$S" in *tests*)
     ./build/gpu/tests/test_backend 2>&1 | tee "$O/r2_backend.txt" | grep -v "^  decode" | tail -25
     grep "^  decode" "$O/r2_backend.txt" | head -30
     ./build/gpu/tests/test_engine cuda 2>&1 | tee "$O/r2_engine.txt" | tail -25 ;;
+esac
+case "$S" in *cudatest*)
+    # every test of test_cuda: fake quantisation (reference vectors, CPU comparisons), GEMV, unpack, GEMM
+    ./build/gpu/gpu/test_cuda >"$O/cudatest.txt" 2>&1; echo "test_cuda exit $?"; grep -v "^  GPU" "$O/cudatest.txt" | tail -6 ;;
 esac
 case "$S" in *gemvtest*)
     BQ_CUDA_ONLY=gemv ./build/gpu/gpu/test_cuda 2>&1 | tee "$O/r4_gemvtest.txt" | grep -v "^  GPU" | tail -5
@@ -174,6 +180,21 @@ PY
     I8_VARIANTS=${I8_VARIANTS:-fp16+fuse int8+fuse int8+fuse+pf}
     per_format "${I8_FORMATS:-bf16 nvfp4 mxfp4 int4_g128 mxint8}" int8_round
     python3 bench/decode_table.py "$O/pf_decode.jsonl" "$copy" | tee "$O/pf_decode.md" ;;
+esac
+case "$S" in *pieces*)
+    # twenty-first session: the int8 GEMV's activation pieces made by the norm and the
+    # activation kernels (norm_i8, act_i8: three launches fewer a layer) or by the GEMV's own
+    # split (BQ_CUDA_PIECES=0): test_cuda's GEMV tests (the pieces' kernels against the GEMV's
+    # own split, bit for bit), test_backend (norm_linears / act_linear against the separate ops),
+    # then decode per PC_FORMATS with and without
+    case "$S" in *cudatest*) ;; *)
+        BQ_CUDA_ONLY=gemv ./build/gpu/gpu/test_cuda >"$O/pc_gemvtest.txt" 2>&1; grep -v "^  GPU" "$O/pc_gemvtest.txt" | tail -4 ;; esac
+    [ -z "$PC_DECODE_ONLY" ] && BQ_CUDA_PIECES=1 ./build/gpu/tests/test_backend 2>&1 | tee "$O/pc_backend.txt" | grep -v "^  decode" | tail -6
+    copy=${COPY:-$(./build/gpu/gpu/gpu_bench --quick 2>&1 | copy_gbps)}
+    export TIMECMD_JSONL="$O/pc_decode.jsonl"
+    pieces_round() { for v in 0 1; do decode $1 pieces=$v $2 BQ_CUDA_PIECES=$v; done; }
+    per_format "${PC_FORMATS:-bf16 mxfp4 int4_g128 nvfp4 mxint8}" pieces_round
+    python3 bench/decode_table.py "$O/pc_decode.jsonl" "$copy" | tee "$O/pc_decode.md" ;;
 esac
 case "$S" in *prefill*)
     # prefill (ppl windows of 2048: the packed weights unpacked to bf16 for cuBLAS) from the

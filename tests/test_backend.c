@@ -85,6 +85,47 @@ static void same_bits(be *g, const float *a, const float *b, size_t n, const cha
     free(h[1]);
 }
 
+/* norm_linears (layer 0's first norm and q, k, v) and act_linear (its activation and
+ * down_proj) against the ops they stand for, bit for bit: on the CUDA backend with
+ * packed int8-layout weights and up to 4 tokens the norm's (activation's) kernel
+ * makes the GEMV's pieces; otherwise they call those ops. */
+static void norm_act_fused(const char *name, const bq_model *m, be *g, const float *hx, int n)
+{
+    const bq_config *c = &m->c;
+    static const lin_role qkv[3] = {R_Q, R_K, R_V};
+    size_t nH = (size_t)n * c->hidden, nI = (size_t)n * c->inter;
+    if (g->ops->norm_linears && c->pre_norm) {
+        float *x = put(g, hx, nH), *h[2] = {put(g, hx, nH), put(g, hx, nH)}, *y[2][3] = {{NULL}};
+        int ok = x && h[0] && h[1];
+        for (int j = 0; j < 2; j++)
+            for (int i = 0; i < 3; i++) ok = ok && (y[j][i] = put(g, hx, (size_t)n * model_linear(m, 0, qkv[i])->out)) != NULL;
+        if (ok) {
+            OK(g->ops->norm(g, 0, N_LN1, x, h[0], n, c->hidden));
+            for (int i = 0; i < 3; i++) OK(g->ops->linear(g, 0, qkv[i], h[0], y[0][i], n));
+            OK(g->ops->norm_linears(g, 0, N_LN1, x, h[1], c->hidden, qkv, 3, y[1], n));
+            same_bits(g, h[0], h[1], nH, name, "norm_linears: the norm");
+            for (int i = 0; i < 3; i++) same_bits(g, y[0][i], y[1][i], (size_t)n * model_linear(m, 0, qkv[i])->out, name, "norm_linears: q, k, v");
+        } else CHECK(0, "%s: buffers: %s", name, bq_last_error());
+        g->ops->release(g, x);
+        for (int j = 0; j < 2; j++) {
+            g->ops->release(g, h[j]);
+            for (int i = 0; i < 3; i++) g->ops->release(g, y[j][i]);
+        }
+    }
+    if (g->ops->act_linear && !m->rot_down) {
+        float *u[2] = {put(g, hx, nI), put(g, hx, nI)}, *gt = put(g, hx, nI), *y[2] = {put(g, hx, nH), put(g, hx, nH)};
+        if (u[0] && u[1] && gt && y[0] && y[1]) {
+            OK(g->ops->act(g, u[0], gt, nI));
+            OK(g->ops->linear(g, 0, R_DOWN, u[0], y[0], n));
+            OK(g->ops->act_linear(g, 0, R_DOWN, u[1], gt, y[1], n));
+            same_bits(g, u[0], u[1], nI, name, "act_linear: the activation");
+            same_bits(g, y[0], y[1], nH, name, "act_linear: down_proj");
+        } else CHECK(0, "%s: buffers: %s", name, bq_last_error());
+        for (int j = 0; j < 2; j++) { g->ops->release(g, u[j]); g->ops->release(g, y[j]); }
+        g->ops->release(g, gt);
+    }
+}
+
 /* The backend's fused ops (be_ops.rope_store, add_check; the CUDA backend's fused
  * kernels, on unless BQ_CUDA_FUSE=0) against the ops they stand for on the same backend:
  * the same bits, and the same message for a planted NaN.
@@ -119,6 +160,7 @@ static void fused_ops(const char *name, const bq_model *m, be *g, const float *h
             g->ops->release(g, a[j]);
         }
     }
+    norm_act_fused(name, m, g, hx, n);
     if (!g->ops->add_check) return;
     float *x[2] = {put(g, hx, nH), put(g, hx, nH)}, *h = put(g, hx + 3, nH);
     if (x[0] && x[1] && h) {
@@ -572,8 +614,8 @@ int main(void)
         int32_t p[2] = {1, 2}, out[2];
         bq_gen_opts g = {.size = sizeof g, .n_new = 2, .top_p = 1, .device = 1};
         CHECK(bq_generate(m, p, 2, &g, out, NULL) == BQ_ERR_UNSUPPORTED, "generate on CUDA without a device must be refused");
-        const char *var[3] = {"BQ_CUDA_FUSE", "BQ_CUDA_PDL", "BQ_CUDA_GEMV"};  /* mistyped switches: refused by name, first */
-        for (int k = 0; k < 3; k++) {
+        const char *var[4] = {"BQ_CUDA_FUSE", "BQ_CUDA_PDL", "BQ_CUDA_GEMV", "BQ_CUDA_PIECES"};  /* mistyped switches: refused by name, first */
+        for (int k = 0; k < 4; k++) {
             setenv(var[k], "on", 1);
             bq_status st = bq_ctx_new_ex(m, 16, &o, &c);
             int built = !strstr(bq_last_error(), "built without CUDA");
@@ -595,6 +637,9 @@ int main(void)
     const char *fuse = getenv("BQ_CUDA_FUSE");
     if (fuse && !strcmp(fuse, "0"))  /* (rope_store and add_check then launch the separate kernels: still compared) */
         SKIP("the fused decode kernels (k_rope_store, k_add_check) are off (BQ_CUDA_FUSE=0): not compared, nor decoded with");
+    const char *pieces = getenv("BQ_CUDA_PIECES");
+    if (!pieces || strcmp(pieces, "1"))  /* (norm_linears and act_linear then call the separate ops: still compared) */
+        SKIP("the int8 GEMV's pieces from the norm and activation kernels are off (BQ_CUDA_PIECES=1 turns them on): not compared, nor decoded with");
     const char *only = getenv("BQ_BACKEND_ONLY");  /* "gptq": that check alone (bench/gpu_round2.sh) */
     if (only && !strcmp(only, "gptq")) {
         gptq_on_device();

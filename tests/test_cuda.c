@@ -5,6 +5,7 @@
  * Uses only the formats/kernels/core parts of the library (runs where OpenBLAS
  * is not installed). */
 #include "blockq.h"
+#include "backend.h"  /* mlp_act: the engine's activation */
 #include "bq_cuda.h"
 #include "harness.h"
 #include <math.h>
@@ -400,6 +401,129 @@ static void gemv_multi(void)
     free(w);
 }
 
+/* The norm and the MLP's activation making the int8 GEMV's pieces as they write its
+ * input (bq_cuda_norm_pieces, bq_cuda_act_pieces): their outputs against the host's
+ * arithmetic, and the GEMV on those pieces (bq_cuda_gemv_multi_ready) bit for bit
+ * against the GEMV splitting the same output itself. Before each call the pieces'
+ * buffers hold four other tokens' pieces, so a column left unwritten shows. */
+static void host_norm(const float *x, const float *w, const float *b, double *y, int n, int d, float eps)
+{
+    for (int t = 0; t < n; t++) {
+        const float *xr = x + (size_t)t * d;
+        double s = 0, q = 0;
+        if (!b) {
+            for (int i = 0; i < d; i++) s += (double)xr[i] * xr[i];
+            float r = (float)(1.0 / sqrt(s / d + eps));
+            for (int i = 0; i < d; i++) y[(size_t)t * d + i] = w[i] * (xr[i] * r);
+            continue;
+        }
+        for (int i = 0; i < d; i++) s += xr[i];
+        double mean = s / d;
+        for (int i = 0; i < d; i++) q += (xr[i] - mean) * (xr[i] - mean);
+        float r = (float)(1.0 / sqrt(q / d + eps));
+        for (int i = 0; i < d; i++) y[(size_t)t * d + i] = (float)(xr[i] - mean) * r * w[i] + b[i];
+    }
+}
+
+static void gemv_pieces(void)
+{
+    const char *wf[] = {"mxfp4", "nvfp4", "mxint8", "int4_g128", "int4_b32_sfp16"};
+    /* partial tiles (1056), one to four tokens, a 1024-thread norm (4096) and two float4 a thread (8192) */
+    const int shapes[][3] = {{40, 1056, 1}, {70, 4096, 3}, {33, 256, 4}, {24, 8192, 2}, {17, 1152, 1}};
+    static const char *const kinds[4] = {"RMSNorm", "LayerNorm", "SiLU-gated act", "GELU act"};
+    for (size_t fi = 0; fi < sizeof wf / sizeof *wf; fi++)
+        for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+            int R = shapes[si][0], C = shapes[si][1], n = shapes[si][2], rows[2] = {R, R + 5};
+            if (strstr(wf[fi], "_g128") && C % 128) continue;  /* whole groups a row */
+            bq_format *f;
+            OK(bq_format_parse(wf[fi], &f));
+            size_t nx = (size_t)n * C;
+            float *x = malloc(nx * 4), *gt = malloc(nx * 4), *nw = malloc((size_t)C * 4), *nb = malloc((size_t)C * 4), *h = malloc(nx * 4);
+            double *ref = malloc(nx * sizeof *ref);
+            for (size_t i = 0; i < nx; i++) { x[i] = t_normal() * (t_rand() % 64 ? 1.0f : 40.0f); gt[i] = t_normal() * 2.0f; }
+            for (int i = 0; i < C; i++) { nw[i] = 1.0f + 0.3f * t_normal(); nb[i] = 0.1f * t_normal(); }
+            bq_cuda_w *gw[2] = {NULL, NULL};
+            float *dx = NULL, *dp = NULL, *dg = NULL, *dnw = NULL, *dnb = NULL, *dh = NULL, *dy[2] = {NULL, NULL}, *dz[2] = {NULL, NULL};
+            bq_status st = BQ_OK;
+            for (int k = 0; k < 2 && !st; k++) {
+                float *w = malloc((size_t)rows[k] * C * 4);
+                for (size_t i = 0; i < (size_t)rows[k] * C; i++) w[i] = t_normal() * 0.05f;
+                pmat *m;
+                st = pmat_pack(f, w, rows[k], C, NULL, &m);
+                if (!st) { st = bq_cuda_w_upload_path(m, BQ_GEMV_INT8, &gw[k]); pmat_free(m); }
+                if (!st) st = bq_cuda_malloc((void **)&dy[k], (size_t)4 * rows[k] * 4);
+                if (!st) st = bq_cuda_malloc((void **)&dz[k], (size_t)4 * rows[k] * 4);
+                free(w);
+            }
+            float **bufs[6] = {&dx, &dp, &dg, &dh, &dnw, &dnb};
+            size_t sizes[6] = {nx, (size_t)4 * C, nx, nx, (size_t)C, (size_t)C};
+            for (int k = 0; k < 6 && !st; k++) st = bq_cuda_malloc((void **)bufs[k], sizes[k] * 4);
+            if (!st) st = bq_cuda_upload(dx, x, nx * 4);
+            if (!st) st = bq_cuda_upload(dg, gt, nx * 4);
+            float *other = malloc((size_t)4 * C * 4);  /* four other tokens */
+            for (size_t i = 0; i < (size_t)4 * C; i++) other[i] = t_normal();
+            if (!st) st = bq_cuda_upload(dp, other, (size_t)4 * C * 4);
+            free(other);
+            if (!st) st = bq_cuda_upload(dnw, nw, (size_t)C * 4);
+            if (!st) st = bq_cuda_upload(dnb, nb, (size_t)C * 4);
+            CHECK(!st, "pieces %s %dx%d: setup: %s", f->name, R, C, bq_last_error());
+            for (int kind = 0; kind < 4 && !st; kind++) {
+                int count = kind < 2 ? 2 : 1, act = kind == 2 ? ACT_SILU_GATED : ACT_GELU_TANH;
+                st = bq_cuda_gemv_multi((const bq_cuda_w *const *)gw, count, dp, 4, dz);  /* four tokens' pieces in the buffers */
+                if (kind < 2) {
+                    host_norm(x, nw, kind ? nb : NULL, ref, n, C, 1e-5f);
+                    if (!st) st = bq_cuda_norm_pieces(gw[0], dx, dnw, kind ? dnb : NULL, dh, n, 1e-5f, kind);
+                } else {
+                    for (size_t i = 0; i < nx; i++) ref[i] = mlp_act(act, x[i], gt[i]);
+                    if (!st) st = bq_cuda_upload(dh, x, nx * 4);
+                    if (!st) st = bq_cuda_act_pieces(gw[0], dh, dg, n, act);
+                }
+                if (!st) st = bq_cuda_gemv_multi_ready((const bq_cuda_w *const *)gw, count, dh, n, dy);
+                if (!st) st = bq_cuda_gemv_multi((const bq_cuda_w *const *)gw, count, dh, n, dz);  /* the GEMV's own split of h */
+                if (!st) st = bq_cuda_sync();
+                if (!st) st = bq_cuda_download(h, dh, nx * 4);
+                size_t differ = 0, compared = 0;
+                for (int k = 0; k < count && !st; k++) {
+                    size_t cnt = (size_t)n * rows[k];
+                    float *a = malloc(cnt * 4), *b = malloc(cnt * 4);
+                    if (!(st = bq_cuda_download(a, dy[k], cnt * 4)) && !(st = bq_cuda_download(b, dz[k], cnt * 4)))
+                        for (size_t i = 0; i < cnt; i++) { differ += memcmp(&a[i], &b[i], 4) != 0 || !isfinite(a[i]); compared++; }
+                    free(a); free(b);
+                }
+                double e = st ? INFINITY : rel_err(h, ref, nx);
+                CHECK(!st && e < 1e-5, "GPU %s with the GEMV's pieces %s %dx%d n=%d: output %.2e from the host's (%s)", kinds[kind], f->name,
+                      R, C, n, e, st ? bq_last_error() : "");
+                CHECK(!st && compared > 0 && differ == 0, "GPU GEMV on %s's pieces %s %dx%d n=%d: %zu of %zu outputs differ from the GEMV's "
+                      "own split", kinds[kind], f->name, R, C, n, differ, compared);
+                printf("  GPU %-14s + int8 GEMV %-15s %4dx%-4d n=%d: output %.1e from the host's, %zu GEMV outputs as its own split\n",
+                       kinds[kind], f->name, R, C, n, e, compared);
+            }
+            /* what the pieces' kernels refuse: five tokens, a weight not on the int8 layout */
+            if (si == 0) {
+                CHECK(bq_cuda_norm_pieces(gw[0], dx, dnw, NULL, dh, 5, 1e-5f, 0) == BQ_ERR_ARG &&
+                      bq_cuda_act_pieces(gw[0], dh, dg, 5, ACT_SILU_GATED) == BQ_ERR_ARG &&
+                      bq_cuda_gemv_multi_ready((const bq_cuda_w *const *)gw, 1, dh, 5, dy) == BQ_ERR_ARG,
+                      "%s: pieces for five tokens accepted", f->name);
+                float *w = malloc((size_t)R * C * 4);
+                for (size_t i = 0; i < (size_t)R * C; i++) w[i] = t_normal();
+                pmat *m;
+                bq_cuda_w *fw = NULL;
+                if (!strcmp(wf[fi], "mxfp4") && !pmat_pack(f, w, R, C, NULL, &m)) {
+                    if (!bq_cuda_w_upload_path(m, BQ_GEMV_FP16, &fw))
+                        CHECK(!bq_cuda_w_takes_pieces(fw, 1) && bq_cuda_norm_pieces(fw, dx, dnw, NULL, dh, 1, 1e-5f, 0) == BQ_ERR_ARG,
+                              "an fp16-layout weight took the int8 GEMV's pieces");
+                    bq_cuda_w_free(fw);
+                    pmat_free(m);
+                }
+                free(w);
+            }
+            for (int k = 0; k < 2; k++) { bq_cuda_w_free(gw[k]); bq_cuda_free(dy[k]); bq_cuda_free(dz[k]); }
+            for (int k = 0; k < 6; k++) bq_cuda_free(*bufs[k]);
+            free(x); free(gt); free(nw); free(nb); free(h); free(ref);
+            bq_format_free(f);
+        }
+}
+
 #ifdef BQ_CUDA_SIM  /* test_cusim: the GEMV and fake quantisation tests on the CPU simulator (tests/cusim_kernels.cc) */
 #define T_NAME "test_cusim"
 #else
@@ -470,7 +594,7 @@ int main(void)
 #endif
     if (!only || strstr(only, "vectors")) vectors();
     if (!only || strstr(only, "cpu")) against_cpu();
-    if (!only || strstr(only, "gemv")) { gemv(); gemv_multi(); gemv_refusal(); }
+    if (!only || strstr(only, "gemv")) { gemv(); gemv_multi(); gemv_pieces(); gemv_refusal(); }
     if (!only || strstr(only, "gemm")) gemm();
     return test_summary(T_NAME);
 }

@@ -59,6 +59,20 @@ bq_status bq_cuda_gemv_split(const bq_cuda_w *w, const float *d_x, int n, float 
  * whether b can join a's launch. */
 bq_status bq_cuda_gemv_multi(const bq_cuda_w *const *ws, int count, const float *d_x, int n, float *const *d_ys);
 int bq_cuda_w_fusable(const bq_cuda_w *a, const bq_cuda_w *b);
+/* The kernel before an int8-layout GEMV may make the GEMV's activation pieces as it
+ * writes its input, so that the GEMV launches alone (decoding: one dependent launch
+ * fewer a linear). bq_cuda_w_takes_pieces: whether w takes them for n tokens (int8
+ * layout, 1 to 4 tokens). bq_cuda_norm_pieces: y[rows][cols] = RMSNorm (LayerNorm
+ * with layernorm; d_nb may be NULL) of x with weights d_nw, the CUDA engine's bits.
+ * bq_cuda_act_pieces: u[rows][cols] = the MLP's activation of u (d_g: the gate of
+ * ACT_SILU_GATED), in place, the engine's bits. Either leaves its output's pieces in
+ * w's buffers, for bq_cuda_gemv_multi_ready(ws, count, that output, rows, d_ys) with
+ * ws[0] == w, next: the bits of bq_cuda_gemv_multi (of bq_cuda_gemv for one matrix). */
+int bq_cuda_w_takes_pieces(const bq_cuda_w *w, int n);
+bq_status bq_cuda_norm_pieces(const bq_cuda_w *w, const float *d_x, const float *d_nw, const float *d_nb, float *d_y, int rows,
+                              float eps, int layernorm);
+bq_status bq_cuda_act_pieces(const bq_cuda_w *w, float *d_u, const float *d_g, int rows, int act);
+bq_status bq_cuda_gemv_multi_ready(const bq_cuda_w *const *ws, int count, const float *d_x, int n, float *const *d_ys);
 /* The matrix as bf16 [rows][cols] (round to nearest: exact where the values are
  * bf16 numbers, as for MX/BFP formats); for prefill through a bf16 GEMM. */
 bq_status bq_cuda_w_to_bf16(const bq_cuda_w *w, void *d_out);

@@ -37,6 +37,7 @@ extern "C" {
 #include "cuda_libs.h"
 #include "knobs.h"
 #include "launch.cuh"
+#include "norm.cuh"
 
 // ---- kernels (launched with 256 threads a block where they reduce) ----
 
@@ -101,74 +102,14 @@ __global__ void k_norm(const float *x, const float *w, const float *b, float *y,
     for (int i = threadIdx.x; i < d; i += blockDim.x) yr[i] = (float)(xr[i] - mean) * r * w[i] + (b ? b[i] : 0.0f);
 }
 
-// The double sum over a block of up to 1024 threads (a multiple of 32): warps by
-// shuffles, then warp 0 over the warps' sums; every thread gets it.
-static __device__ __forceinline__ double block_sum(double v, double *buf)
-{
-    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    const int wl = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    if ((threadIdx.x & 31) == 0) buf[wl] = v;
-    __syncthreads();
-    v = (int)(threadIdx.x & 31) < nw ? buf[threadIdx.x & 31] : 0.0;
-    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    __syncthreads();  // buf is free again
-    return v;
-}
-
-// k_norm for rows of d = 4 x V x blockDim.x floats at most (d % 4 == 0, 16-byte
-// aligned): each thread holds its V float4 of the row in registers, so the row is
-// read once, with every load in flight at once, and the block reduces with
-// shuffles (k_norm: 7.6 us for a 4096-wide row, 16 dependent loads a thread and
-// an 8-step tree of barriers). The same float operations per element.
+// k_norm for rows of up to 16384 floats (norm.cuh: the row held in registers, read once)
 template <int V>
 __global__ void __launch_bounds__(1024) k_norm_v(const float *x, const float *w, const float *b, float *y, int d, float eps, int layer)
 {
     pdl_wait();
     pdl_go();
     __shared__ double buf[32];
-    const float4 *xr = (const float4 *)(x + (size_t)blockIdx.x * d), *w4 = (const float4 *)w, *b4 = (const float4 *)b;
-    float4 *yr = (float4 *)(y + (size_t)blockIdx.x * d);
-    const int n4 = d / 4;
-    float4 v[V];
-#pragma unroll
-    for (int j = 0; j < V; j++) {
-        int i = threadIdx.x + j * blockDim.x;
-        v[j] = i < n4 ? xr[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    }
-    double s = 0;
-    if (!layer) {
-#pragma unroll
-        for (int j = 0; j < V; j++)
-            s += (double)v[j].x * v[j].x + (double)v[j].y * v[j].y + (double)v[j].z * v[j].z + (double)v[j].w * v[j].w;
-        float r = (float)(1.0 / sqrt(block_sum(s, buf) / d + eps));
-#pragma unroll
-        for (int j = 0; j < V; j++) {
-            int i = threadIdx.x + j * blockDim.x;
-            if (i >= n4) continue;
-            float4 g = w4[i];
-            yr[i] = make_float4(g.x * (v[j].x * r), g.y * (v[j].y * r), g.z * (v[j].z * r), g.w * (v[j].w * r));
-        }
-        return;
-    }
-#pragma unroll
-    for (int j = 0; j < V; j++) s += (double)v[j].x + (double)v[j].y + (double)v[j].z + (double)v[j].w;
-    double mean = block_sum(s, buf) / d, q = 0;
-#pragma unroll
-    for (int j = 0; j < V; j++) {
-        int i = threadIdx.x + j * blockDim.x;
-        if (i >= n4) continue;
-        q += (v[j].x - mean) * (v[j].x - mean) + (v[j].y - mean) * (v[j].y - mean) + (v[j].z - mean) * (v[j].z - mean) +
-             (v[j].w - mean) * (v[j].w - mean);
-    }
-    float r = (float)(1.0 / sqrt(block_sum(q, buf) / d + eps));
-#pragma unroll
-    for (int j = 0; j < V; j++) {
-        int i = threadIdx.x + j * blockDim.x;
-        if (i >= n4) continue;
-        float4 g = w4[i], c = b ? b4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        yr[i] = make_float4((float)(v[j].x - mean) * r * g.x + c.x, (float)(v[j].y - mean) * r * g.y + c.y,
-                            (float)(v[j].z - mean) * r * g.z + c.z, (float)(v[j].w - mean) * r * g.w + c.w);
-    }
+    norm_row_v<V>(x + (size_t)blockIdx.x * d, w, b, y + (size_t)blockIdx.x * d, d, eps, layer, buf);
 }
 
 // The online rotation (model_rot_rows: the same float operations in the same
@@ -609,6 +550,7 @@ struct cuda_be {
     int recording, graph_checks, recordable;
     int pdl;  // decoding's kernels launched programmatically (launch.cuh); BQ_CUDA_PDL=0 turns it off for A/B runs
     int fuse; // rope_store / add_check as one kernel each (BQ_CUDA_FUSE=0: the separate kernels, for A/B runs)
+    int pieces; // norm_linears / act_linear: the int8 GEMV's pieces from the kernel before it (BQ_CUDA_PIECES=1; else the GEMV splits)
     // calibration's sums per linear slot (cuda_stats_add), and the inputs widened for X^T X
     struct gstat { double *msq, *amax, *gram; int in; } *stats;
     double *xd;
@@ -854,17 +796,22 @@ static bq_status cuda_linears(be *b, int layer, const lin_role *rs, int count, c
     return launched("linears");
 }
 
+static const gnorm *gnorm_at(cuda_be *g, int layer, norm_role r)
+{
+    return &g->norms[layer < 0 ? (size_t)cfg(&g->base)->layers * 4 : (size_t)layer * 4 + r];
+}
+static int is_layernorm(const bq_config *c, norm_role r) { return c->norm == NORM_LAYER && r != N_Q && r != N_K; }
+
 static bq_status cuda_norm(be *b, int layer, norm_role r, const float *x, float *y, int rows, int d)
 {
     const bq_config *c = cfg(b);
-    const gnorm *p = &G(b)->norms[layer < 0 ? (size_t)c->layers * 4 : (size_t)layer * 4 + r];
-    int layernorm = c->norm == NORM_LAYER && r != N_Q && r != N_K;
-    int n4 = d / 4, threads = n4 < 1024 ? (n4 + 31) / 32 * 32 : 1024, v = (n4 + threads - 1) / threads;
+    const gnorm *p = gnorm_at(G(b), layer, r);
+    int layernorm = is_layernorm(c, r);
+    int threads, v = norm_v_shape(d, x, y, p->w, p->b, &threads);
     const bool pdl = G(b)->pdl;
-    bool vec = d % 4 == 0 && !(((uintptr_t)x | (uintptr_t)y | (uintptr_t)p->w | (uintptr_t)p->b) & 15);
-    if (vec && v == 1) launch_k(pdl, k_norm_v<1>, rows, threads, x, p->w, p->b, y, d, c->norm_eps, layernorm);
-    else if (vec && v == 2) launch_k(pdl, k_norm_v<2>, rows, threads, x, p->w, p->b, y, d, c->norm_eps, layernorm);
-    else if (vec && v <= 4) launch_k(pdl, k_norm_v<4>, rows, threads, x, p->w, p->b, y, d, c->norm_eps, layernorm);
+    if (v == 1) launch_k(pdl, k_norm_v<1>, rows, threads, x, p->w, p->b, y, d, c->norm_eps, layernorm);
+    else if (v == 2) launch_k(pdl, k_norm_v<2>, rows, threads, x, p->w, p->b, y, d, c->norm_eps, layernorm);
+    else if (v == 4) launch_k(pdl, k_norm_v<4>, rows, threads, x, p->w, p->b, y, d, c->norm_eps, layernorm);
     else launch_k(pdl, k_norm, rows, 256, x, p->w, p->b, y, d, c->norm_eps, layernorm);
     return launched("norm");
 }
@@ -1013,6 +960,64 @@ static bq_status cuda_add_check(be *b, float *x, const float *h, int rows, int d
     }
     launch_k(g->pdl, k_add_check, nblk(n), 256, x, h, n, check_flag(g, d, layer, s, pos));
     return launched("residual");
+}
+
+// ---- the int8 GEMV's pieces made by the kernel before it ----
+// Linears rs[0..count) of a layer as one packed GEMV launch of int8-layout weights that
+// take pieces for n tokens (one input width, no activation format or LoRC): their
+// weights into ws. Only with BQ_CUDA_PIECES=1 (else the GEMV splits its input).
+static bool one_int8_launch(cuda_be *g, int layer, const lin_role *rs, int count, int n, int in, const bq_cuda_w **ws)
+{
+    if (!g->pieces || count < 1 || count > 3) return false;
+    for (int i = 0; i < count; i++) {
+        const glin *l = glin_at(g, layer, rs[i]);
+        if (l->aq || l->rank || l->in != in || !l->pw || !bq_cuda_w_takes_pieces(l->pw, n) || (i && !bq_cuda_w_fusable(ws[0], l->pw)))
+            return false;
+        ws[i] = l->pw;
+    }
+    return true;
+}
+
+// The GEMV on pieces made already, then the biases
+static bq_status ready_linears(cuda_be *g, int layer, const lin_role *rs, int count, const bq_cuda_w *const *ws, const float *x,
+                               float *const *ys, int n)
+{
+    bq_status st = bq_cuda_gemv_multi_ready(ws, count, x, n, ys);
+    for (int i = 0; i < count && !st; i++) {
+        const glin *l = glin_at(g, layer, rs[i]);
+        if (l->b) add_bias(g, ys[i], l->b, n, l->out);
+    }
+    return st ? st : launched("linears");
+}
+
+// norm, then linears: one kernel fewer where the norm's makes the GEMV's pieces
+static bq_status cuda_norm_linears(be *b, int layer, norm_role nr, const float *x, float *h, int d, const lin_role *rs, int count,
+                                   float *const *ys, int n)
+{
+    cuda_be *g = G(b);
+    const gnorm *p = gnorm_at(g, layer, nr);
+    const bq_cuda_w *ws[3];
+    int threads;
+    if (!one_int8_launch(g, layer, rs, count, n, d, ws) || !norm_v_shape(d, x, h, p->w, p->b, &threads)) {
+        bq_status st = cuda_norm(b, layer, nr, x, h, n, d);
+        return st ? st : cuda_linears(b, layer, rs, count, h, ys, n);
+    }
+    bq_status st = bq_cuda_norm_pieces(ws[0], x, p->w, p->b, h, n, cfg(b)->norm_eps, is_layernorm(cfg(b), nr));
+    return st ? st : ready_linears(g, layer, rs, count, ws, h, ys, n);
+}
+
+// act, then linear r (down_proj), likewise
+static bq_status cuda_act_linear(be *b, int layer, lin_role r, float *u, const float *gt, float *y, int n)
+{
+    cuda_be *g = G(b);
+    const bq_config *c = cfg(b);
+    const bq_cuda_w *ws[1];
+    if (!one_int8_launch(g, layer, &r, 1, n, c->inter, ws)) {
+        bq_status st = cuda_act(b, u, gt, (size_t)n * c->inter);
+        return st ? st : cuda_linear(b, layer, r, u, y, n);
+    }
+    bq_status st = bq_cuda_act_pieces(ws[0], u, gt, n, c->act);
+    return st ? st : ready_linears(g, layer, &r, 1, ws, u, &y, n);
 }
 
 // ---- one-token steps as a CUDA graph ----
@@ -1231,7 +1236,7 @@ static const be_ops cuda_ops = {
     "cuda", 0, cuda_destroy, cuda_alloc, cuda_release, cuda_embed, cuda_add_pos, cuda_linear, cuda_norm, cuda_rope,
     cuda_qdq, cuda_kv_store, cuda_attention, cuda_act, cuda_add, cuda_check, cuda_logits, cuda_logprobs, cuda_finish,
     cuda_replay, cuda_drop_recording, cuda_get, cuda_put, cuda_bind, cuda_linears, cuda_rotate,
-    cuda_stats_add, cuda_stats_read, cuda_rope_store, cuda_add_check,
+    cuda_stats_add, cuda_stats_read, cuda_rope_store, cuda_add_check, cuda_norm_linears, cuda_act_linear,
 };
 
 static bq_status up_norm(gnorm *d, const normp *p, size_t n, size_t *bytes)
@@ -1340,9 +1345,10 @@ static bq_status cuda_setup(cuda_be *g)
 extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int hi, be **out)
 {
     *out = NULL;
-    int pdl, fuse, int8, pf;  // the A/B switches (knobs.h), checked before any device work
+    int pdl, fuse, pieces, int8, pf;  // the A/B switches (knobs.h), checked before any device work
     bq_status st = env_switch("BQ_CUDA_PDL", 1, &pdl);
     if (!st) st = env_switch("BQ_CUDA_FUSE", 1, &fuse);
+    if (!st) st = env_switch("BQ_CUDA_PIECES", 0, &pieces);  // off until a GPU has run it (bench/RESULTS.md)
     if (!st) st = env_gemv_int8(&int8);  // (read again at each upload)
     if (!st) st = env_switch("BQ_CUDA_I8_PF", 0, &pf);
     if (st) return st;
@@ -1366,6 +1372,7 @@ extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int 
     g->dev = dev;
     g->pdl = pdl;
     g->fuse = fuse;
+    g->pieces = pieces;
     st = cuda_bind(&g->base);
     if (!st) st = cublas_handle(&g->blas, &g->blas_ws);
     if (!st) st = cuda_setup(g);

@@ -22,8 +22,10 @@
 #include <string.h>
 extern "C" {
 #include "bq_cuda.h"
+#include "backend.h"  /* mlp_act */
 }
 #include "launch.cuh"
+#include "norm.cuh"
 #include "i8_layout.h"
 #include "knobs.h"
 
@@ -941,55 +943,118 @@ static __device__ __forceinline__ void mma_s8_k16(int (&d)[4], uint32_t a0, uint
                  : "r"(a0), "r"(a1), "r"(b0));
 }
 
-// The int8 path's activations, once per call: per 64-column tile and token the
-// four pieces (i8_pieces) in B-fragment order, and their negatives (xq: [n8
-// block][T][lane][2]: the 4-bit codes' negative parts multiply those, so that one
-// accumulator takes both products), and each column's factor (xs: [n8 block][T][8];
-// 0 past the last token's pieces, NaN for a tile holding Inf or NaN). One warp a tile.
-__global__ void __launch_bounds__(256) i8_split(const float *__restrict__ x, int cols, int n, int NT, uint4 *__restrict__ xq,
-                                                float *__restrict__ xs)
+// The int8 path's activations: per 64-column tile and token the four pieces
+// (i8_pieces) in B-fragment order, and their negatives (xq: [n8 block][T][lane][2]:
+// the 4-bit codes' negative parts multiply those, so that one accumulator takes both
+// products), and each column's factor (xs: [n8 block][T][8]; 0 past the last token's
+// pieces, NaN for a tile holding Inf or NaN). An n8 block holds two tokens (columns
+// 4 tau + p), so token tau's words are lanes 16 (tau % 2) .. + 15 of block tau / 2.
+//
+// i8_split_token: token tau's pieces of tile T (a warp; v: this lane's values at
+// columns lane and lane + 32), and zeros in its partner's half of the block where tau
+// is the last token and even. pc: the warp's scratch. A kernel makes each token's
+// (i8_split, or the kernel before the GEMV: norm_i8, act_i8).
+static __device__ __forceinline__ void i8_split_token(const float (&v)[2], int tau, int n, int T, int NT, int lane,
+                                                      int8_t (*pc)[64], uint4 *__restrict__ xq, float *__restrict__ xs)
 {
-    __shared__ int8_t pc[8][16][64];  // a warp's pieces: [column 4 tau + p][k]
-    pdl_wait();
-    pdl_go();
-    const int wl = threadIdx.x >> 5, lane = threadIdx.x & 31, T = blockIdx.x * 8 + wl, g = lane >> 2, t = lane & 3;
-    if (T >= NT) return;
-    float xv[4][2], post[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    tile_x(x, cols, n, T, lane, xv);
+    static_assert(I8_PIECES == 4, "two tokens an n8 block");
+    const uint32_t m = tile_absmax(v);
+    const int E = i8_tile_exp(m);
+    const float pre = m > 0x7f7fffffu ? 0.0f : ldexpf(1.0f, 6 - E);
+    const float post = m > 0x7f7fffffu ? __int_as_float(0x7fc00000) : ldexpf(1.0f, E - 6);
 #pragma unroll
-    for (int tau = 0; tau < 4; tau++) {
-        if (tau >= n) continue;
-        const uint32_t m = tile_absmax(xv[tau]);
-        const int E = i8_tile_exp(m);
-        const float pre = m > 0x7f7fffffu ? 0.0f : ldexpf(1.0f, 6 - E);
-        post[tau] = m > 0x7f7fffffu ? __int_as_float(0x7fc00000) : ldexpf(1.0f, E - 6);
+    for (int i = 0; i < 2; i++) {
+        int8_t p[I8_PIECES];
+        i8_pieces(v[i], pre, p);
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
-            int8_t p[I8_PIECES];
-            i8_pieces(xv[tau][i], pre, p);
-#pragma unroll
-            for (int q = 0; q < I8_PIECES; q++) pc[wl][I8_PIECES * tau + q][lane + 32 * i] = p[q];
-        }
+        for (int q = 0; q < I8_PIECES; q++) pc[q][lane + 32 * i] = p[q];
     }
     __syncwarp();
-    const int NB = (I8_PIECES * n + 7) / 8;
-    for (int nb = 0; nb < NB; nb++) {
-        const int c = 8 * nb + g;  // this lane's column: B's column g, rows 4t.. of each 16
-        uint32_t wd[4] = {0, 0, 0, 0};
-        if (c < I8_PIECES * n)
+    const int g = lane >> 2, t = lane & 3, nb = tau / 2, half = tau % 2, q = g - 4 * half;  // q: this lane's piece
+    const bool mine = q >= 0 && q < 4, partner_absent = half == 0 && tau + 1 >= n;
+    if (mine || partner_absent) {
+        uint32_t wd[4] = {0, 0, 0, 0};  // B's column g, rows 4t.. of each 16: k-step r / 2, register r % 2
+        if (mine)
 #pragma unroll
-            for (int r = 0; r < 4; r++)  // k-step r / 2, register r % 2
+            for (int r = 0; r < 4; r++)
 #pragma unroll
-                for (int j = 0; j < 4; j++) wd[r] |= (uint32_t)(uint8_t)pc[wl][c][32 * (r / 2) + 16 * (r % 2) + 4 * t + j] << (8 * j);
+                for (int j = 0; j < 4; j++) wd[r] |= (uint32_t)(uint8_t)pc[q][32 * (r / 2) + 16 * (r % 2) + 4 * t + j] << (8 * j);
         uint32_t ng[4];  // bytewise negation: pieces are within [-64, 64], no byte carries into the next
 #pragma unroll
         for (int r = 0; r < 4; r++) ng[r] = ((0xC0C0C0C0u - (wd[r] ^ 0x80808080u)) + 0x40404040u) ^ 0x80808080u;
         xq[(((size_t)nb * NT + T) * 32 + lane) * 2] = make_uint4(wd[0], wd[1], wd[2], wd[3]);
         xq[(((size_t)nb * NT + T) * 32 + lane) * 2 + 1] = make_uint4(ng[0], ng[1], ng[2], ng[3]);
-        if (lane < 8) {
-            const int cc = 8 * nb + lane, tau = cc / I8_PIECES;
-            xs[((size_t)nb * NT + T) * 8 + lane] = cc < I8_PIECES * n ? pick4(post, tau) * ldexpf(1.0f, -7 * (cc % I8_PIECES)) : 0.0f;
+    }
+    const int qc = lane - 4 * half;  // lanes 0-7: the block's column lane
+    if (lane < 8 && qc >= 0 && qc < 4) xs[((size_t)nb * NT + T) * 8 + lane] = post * ldexpf(1.0f, -7 * qc);
+    else if (lane < 8 && partner_absent) xs[((size_t)nb * NT + T) * 8 + lane] = 0.0f;
+    __syncwarp();  // pc is free for the next token
+}
+
+// Up to four tokens' pieces, once per call (the GEMV's own split). One warp a tile.
+__global__ void __launch_bounds__(256) i8_split(const float *__restrict__ x, int cols, int n, int NT, uint4 *__restrict__ xq,
+                                                float *__restrict__ xs)
+{
+    __shared__ int8_t pc[8][I8_PIECES][64];
+    pdl_wait();
+    pdl_go();
+    const int wl = threadIdx.x >> 5, lane = threadIdx.x & 31, T = blockIdx.x * 8 + wl;
+    if (T >= NT) return;
+    float xv[4][2];
+    tile_x(x, cols, n, T, lane, xv);
+#pragma unroll
+    for (int tau = 0; tau < 4; tau++)  // (unrolled: xv stays in registers)
+        if (tau < n) i8_split_token(xv[tau], tau, n, T, NT, lane, pc[wl], xq, xs);
+}
+
+// The kernels before an int8 GEMV making its pieces as they write its input, so that
+// the GEMV launches alone (bq_cuda_gemv_multi_ready): on a decoding step each linear's
+// split is a launch of its own, a dependent step as long as the arithmetic of many.
+// norm_i8: the engine's norm (norm.cuh; same bits as k_norm_v), a block a token;
+// once the row is written its warps take its tiles (plain loads of y: another
+// thread's stores, made visible to the block by the barrier).
+template <int V>
+__global__ void __launch_bounds__(1024) norm_i8(const float *x, const float *w, const float *b, float *y, int d, float eps, int layernorm,
+                                                int n, int NT, uint4 *__restrict__ xq, float *__restrict__ xs)
+{
+    __shared__ double buf[32];
+    __shared__ int8_t pc[32][I8_PIECES][64];
+    pdl_wait();
+    pdl_go();
+    const int tau = blockIdx.x, wl = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float *yr = y + (size_t)tau * d;
+    norm_row_v<V>(x + (size_t)tau * d, w, b, yr, d, eps, layernorm, buf);
+    __syncthreads();
+    for (int T = wl; T < NT; T += blockDim.x >> 5) {
+        float v[2];
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            int k = 64 * T + lane + 32 * i;
+            v[i] = k < d ? yr[k] : 0.0f;
         }
+        i8_split_token(v, tau, n, T, NT, lane, pc[wl], xq, xs);
+    }
+}
+
+// act_i8: the MLP's activation in place (engine.cu's k_act: u = act(u, gate)), a warp a
+// tile as i8_split.
+__global__ void __launch_bounds__(256) act_i8(float *u, const float *g, int cols, int n, int act, int NT, uint4 *__restrict__ xq,
+                                              float *__restrict__ xs)
+{
+    __shared__ int8_t pc[8][I8_PIECES][64];
+    pdl_wait();
+    pdl_go();
+    const int wl = threadIdx.x >> 5, lane = threadIdx.x & 31, T = blockIdx.x * 8 + wl;
+    if (T >= NT) return;
+    for (int tau = 0; tau < n; tau++) {
+        float v[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            int k = 64 * T + lane + 32 * i;
+            size_t at = (size_t)tau * cols + k;
+            if (k < cols) u[at] = v[i] = mlp_act(act, u[at], act == ACT_SILU_GATED ? g[at] : 0.0f);
+        }
+        i8_split_token(v, tau, n, T, NT, lane, pc[wl], xq, xs);
     }
 }
 
@@ -1179,12 +1244,14 @@ static bq_status gemv_tensor_cores(const bq_cuda_w *const *ws, int count, const 
 
 // The same on the int8 tensor cores (gemv_i8): the activations' pieces, then one
 // launch; splits as gemv_tensor_cores'.
-static bq_status gemv_int8(const bq_cuda_w *const *ws, int count, const float *d_x, int n, float *const *d_ys, int ks)
+static bq_status gemv_int8(const bq_cuda_w *const *ws, int count, const float *d_x, int n, float *const *d_ys, int ks, bool ready)
 {
     const bq_cuda_w *w = ws[0];
-    launch_k(w->pdl, i8_split, (w->NT + 7) / 8, 256, d_x, w->cols, n, w->NT, (uint4 *)w->xf, w->xs);
-    bq_status st = launched("GEMV int8 activation pieces");
-    if (st) return st;
+    if (!ready) {
+        launch_k(w->pdl, i8_split, (w->NT + 7) / 8, 256, d_x, w->cols, n, w->NT, (uint4 *)w->xf, w->xs);
+        bq_status st = launched("GEMV int8 activation pieces");
+        if (st) return st;
+    }
     tc_mats M;
     dim3 grid((unsigned)tc_fill(M, ws, count, d_ys), (unsigned)ks);
     uint4 tab = make_uint4(w->tab4[0], w->tab4[1], w->tab4[2], w->tab4[3]);
@@ -1219,14 +1286,15 @@ extern "C" int bq_cuda_w_fusable(const bq_cuda_w *a, const bq_cuda_w *b) { retur
 // each pass reading the weights once: a quarter of the passes of one token at a
 // time, and a fraction of the bytes of unpacking to bf16 for a GEMM.
 enum { TC_TOKENS = 4, GEMV_TOKENS = 16, ROW_TOKENS = 4 };  // ROW_TOKENS: the row kernel reads the weights once a token
-static bq_status gemv_passes(const bq_cuda_w *const *ws, int count, const float *d_x, int n, float *const *d_ys, int ks)
+// ready: x's pieces are in ws[0]'s buffers already (int8 layout, one pass).
+static bq_status gemv_passes(const bq_cuda_w *const *ws, int count, const float *d_x, int n, float *const *d_ys, int ks, bool ready = false)
 {
     for (int t0 = 0; t0 < n; t0 += TC_TOKENS) {
         int m = n - t0 < TC_TOKENS ? n - t0 : TC_TOKENS;
         float *ys[3];
         for (int i = 0; i < count; i++) ys[i] = d_ys[i] + (size_t)t0 * ws[i]->rows;
         const float *x = d_x + (size_t)t0 * ws[0]->cols;
-        bq_status st = ws[0]->i8 ? gemv_int8(ws, count, x, m, ys, ks) : gemv_tensor_cores(ws, count, x, m, ys, ks);
+        bq_status st = ws[0]->i8 ? gemv_int8(ws, count, x, m, ys, ks, ready) : gemv_tensor_cores(ws, count, x, m, ys, ks);
         if (st) return st;
     }
     return BQ_OK;
@@ -1271,6 +1339,46 @@ extern "C" bq_status bq_cuda_gemv_split(const bq_cuda_w *w, const float *d_x, in
 extern "C" bq_status bq_cuda_gemv(const bq_cuda_w *w, const float *d_x, int n, float *d_y)
 {
     return bq_cuda_gemv_split(w, d_x, n, d_y, 0);
+}
+
+// ---- the pieces made by the kernel before the GEMV (norm_i8, act_i8) ----
+
+extern "C" int bq_cuda_w_takes_pieces(const bq_cuda_w *w, int n) { return w->i8 && n >= 1 && n <= TC_TOKENS; }
+
+static bq_status pieces_refused(const bq_cuda_w *w, int n, const char *what)
+{
+    return bq_fail(BQ_ERR_ARG, "CUDA %s with the GEMV's pieces: %s", what,
+                   w->i8 ? "takes 1 to 4 tokens" : "the weight is not on the int8 layout");
+}
+
+extern "C" bq_status bq_cuda_norm_pieces(const bq_cuda_w *w, const float *d_x, const float *d_nw, const float *d_nb, float *d_y, int rows,
+                                         float eps, int layernorm)
+{
+    if (!bq_cuda_w_takes_pieces(w, rows)) return pieces_refused(w, rows, "norm");
+    int threads, v = norm_v_shape(w->cols, d_x, d_y, d_nw, d_nb, &threads);
+#define L(V) launch_k(w->pdl, norm_i8<V>, rows, threads, d_x, d_nw, d_nb, d_y, w->cols, eps, layernorm, rows, w->NT, (uint4 *)w->xf, w->xs)
+    if (v == 1) L(1);
+    else if (v == 2) L(2);
+    else if (v == 4) L(4);
+    else return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA norm with the GEMV's pieces: rows of %d floats (at most 16384, 16-byte aligned)", w->cols);
+#undef L
+    return launched("norm with the GEMV's pieces");
+}
+
+extern "C" bq_status bq_cuda_act_pieces(const bq_cuda_w *w, float *d_u, const float *d_g, int rows, int act)
+{
+    if (!bq_cuda_w_takes_pieces(w, rows)) return pieces_refused(w, rows, "activation");
+    launch_k(w->pdl, act_i8, (w->NT + 7) / 8, 256, d_u, d_g, w->cols, rows, act, w->NT, (uint4 *)w->xf, w->xs);
+    return launched("activation with the GEMV's pieces");
+}
+
+extern "C" bq_status bq_cuda_gemv_multi_ready(const bq_cuda_w *const *ws, int count, const float *d_x, int n, float *const *d_ys)
+{
+    if (!bq_cuda_w_takes_pieces(ws[0], n)) return pieces_refused(ws[0], n, "GEMV");
+    if (count < 1 || count > 3) return bq_fail(BQ_ERR_ARG, "CUDA GEMV: %d matrices in one launch (1 to 3)", count);
+    for (int i = 1; i < count; i++)
+        if (!same_layout(ws[0], ws[i])) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: matrices of different layouts in one launch");
+    return gemv_passes(ws, count, d_x, n, d_ys, count == 1 ? ws[0]->ks : 1, true);
 }
 
 // ---- the whole matrix as bf16 (the packed path of the forward pass) ----

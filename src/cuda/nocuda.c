@@ -42,6 +42,23 @@ bq_status bq_cuda_gemv_multi(const bq_cuda_w *const *ws, int count, const float 
     return none();
 }
 int bq_cuda_w_fusable(const bq_cuda_w *a, const bq_cuda_w *b) { (void)a; (void)b; return 0; }
+int bq_cuda_w_takes_pieces(const bq_cuda_w *w, int n) { (void)w; (void)n; return 0; }
+bq_status bq_cuda_norm_pieces(const bq_cuda_w *w, const float *x, const float *nw, const float *nb, float *y, int rows, float eps,
+                              int layernorm)
+{
+    (void)w; (void)x; (void)nw; (void)nb; (void)y; (void)rows; (void)eps; (void)layernorm;
+    return none();
+}
+bq_status bq_cuda_act_pieces(const bq_cuda_w *w, float *u, const float *g, int rows, int act)
+{
+    (void)w; (void)u; (void)g; (void)rows; (void)act;
+    return none();
+}
+bq_status bq_cuda_gemv_multi_ready(const bq_cuda_w *const *ws, int count, const float *x, int n, float *const *ys)
+{
+    (void)ws; (void)count; (void)x; (void)n; (void)ys;
+    return none();
+}
 bq_status bq_cuda_w_to_bf16(const bq_cuda_w *w, void *d_out) { (void)w; (void)d_out; return none(); }
 bq_status bq_cuda_gemm_mx8(int kind, const void *a, const uint8_t *sa, const void *b, const uint8_t *sb, float *c, int M,
                            int N, int K)

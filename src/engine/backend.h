@@ -96,6 +96,14 @@ typedef struct {
      * their arithmetic. */
     bq_status (*rope_store)(be *b, int layer, float *q, float *k, const float *v, int n, int pos);
     bq_status (*add_check)(be *b, float *x, const float *h, int rows, int d, int layer, check_site s, int pos);
+    /* norm_linears: norm (layer, nr) of x [n, d] into h, then the linears rs[0..count)
+     * of that layer on h into ys (as linears). act_linear: act of u (gate g; n rows of
+     * the model's inter), then linear (layer, r) of u into y. On a GPU the norm's (the
+     * activation's) kernel makes the int8 GEMV's activation pieces as it writes h (u),
+     * one launch fewer a linear. */
+    bq_status (*norm_linears)(be *b, int layer, norm_role nr, const float *x, float *h, int d, const lin_role *rs, int count,
+                              float *const *ys, int n);
+    bq_status (*act_linear)(be *b, int layer, lin_role r, float *u, const float *g, float *y, int n);
 } be_ops;
 
 struct be {

@@ -469,7 +469,7 @@ static const be_ops cpu_ops = {
     NULL, NULL,  /* no recorded steps: nothing to save on the CPU */
     cpu_copy, cpu_copy, NULL, cpu_linears, cpu_rotate,
     NULL, NULL,  /* calibration reads host buffers itself */
-    NULL, NULL,  /* no fusions: the CPU saves nothing by them */
+    NULL, NULL, NULL, NULL,  /* no fusions: the CPU saves nothing by them */
 };
 
 bq_status be_cpu_new(const bq_model *m, int max_tokens, int threads, int lo, int hi, be **out)

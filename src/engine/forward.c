@@ -335,6 +335,19 @@ static bq_status stage_in(bq_ctx *c, stage *S, const int32_t *ids, int n, int po
     return BQ_OK;
 }
 
+/* A layer's linears on its input: the norm's output (pre-norm) or x itself; norm and
+ * linears in one op where the backend fuses them (not while calibrating: the
+ * observer sees each linear's input before it runs). */
+static bq_status norm_then_linears(bq_ctx *c, stage *S, int l, norm_role nr, const lin_role *rs, int count, float *const *ys, int n)
+{
+    be *b = S->b;
+    int H = c->m->c.hidden;
+    if (!c->m->c.pre_norm) return run_linears(c, b, l, rs, count, S->x, ys, n);
+    if (b->ops->norm_linears && !c->observe) return b->ops->norm_linears(b, l, nr, S->x, S->h, H, rs, count, ys, n);
+    bq_status st = b->ops->norm(b, l, nr, S->x, S->h, n, H);
+    return st ? st : run_linears(c, b, l, rs, count, S->h, ys, n);
+}
+
 /* The stage's layers over n new tokens at pos, and, on the last stage, the head
  * over rows first..n-1 into lg. Ends the stage's pass (a deferred error, if any). */
 static bq_status stage_body(bq_ctx *c, stage *S, int n, int pos, int first, float *lg)
@@ -349,10 +362,8 @@ static bq_status stage_body(bq_ctx *c, stage *S, int n, int pos, int first, floa
 
     for (int l = b->lo; l < b->hi; l++) {
         /* attention */
-        float *hin = S->x;
-        if (m->pre_norm) { DO(o->norm(b, l, N_LN1, S->x, S->h, n, H)); hin = S->h; }
         static const lin_role qkv[] = {R_Q, R_K, R_V}, up_gate[] = {R_UP, R_GATE};
-        DO(run_linears(c, b, l, qkv, 3, hin, (float *const[]){S->q, S->k, S->v}, n));
+        DO(norm_then_linears(c, S, l, N_LN1, qkv, 3, (float *const[]){S->q, S->k, S->v}, n));
         if (m->qk_norm) {
             DO(o->norm(b, l, N_Q, S->q, S->q, n * m->heads, d));
             DO(o->norm(b, l, N_K, S->k, S->k, n * m->kv_heads, d));
@@ -379,12 +390,13 @@ static bq_status stage_body(bq_ctx *c, stage *S, int n, int pos, int first, floa
         if (!m->pre_norm) DO(o->norm(b, l, N_LN1, S->x, S->x, n, H));
 
         /* MLP */
-        hin = S->x;
-        if (m->pre_norm) { DO(o->norm(b, l, N_LN2, S->x, S->h, n, H)); hin = S->h; }
-        DO(run_linears(c, b, l, up_gate, m->act == ACT_SILU_GATED ? 2 : 1, hin, (float *const[]){S->u, S->g}, n));
-        DO(o->act(b, S->u, S->g, nI));
-        if (M->rot_down) DO(o->rotate(b, M->rot_down, S->u, n));
-        DO(run_linear(c, b, l, R_DOWN, S->u, S->h, n));
+        DO(norm_then_linears(c, S, l, N_LN2, up_gate, m->act == ACT_SILU_GATED ? 2 : 1, (float *const[]){S->u, S->g}, n));
+        if (o->act_linear && !M->rot_down && !c->observe) DO(o->act_linear(b, l, R_DOWN, S->u, S->g, S->h, n));
+        else {
+            DO(o->act(b, S->u, S->g, nI));
+            if (M->rot_down) DO(o->rotate(b, M->rot_down, S->u, n));
+            DO(run_linear(c, b, l, R_DOWN, S->u, S->h, n));
+        }
         RESIDUAL(S->h, l, CHK_MLP);
         if (!m->pre_norm) DO(o->norm(b, l, N_LN2, S->x, S->x, n, H));
     }

@@ -1,0 +1,87 @@
+// One row's RMSNorm or LayerNorm on a block of up to 1024 threads, the row held in
+// registers. The CUDA engine's norm of rows up to 16384 wide (engine.cu's k_norm_v)
+// and the norm that also makes the int8 GEMV's activation pieces (gemv.cu's norm_i8)
+// both call norm_row_v, so they give the same bits.
+#ifndef BQ_NORM_CUH
+#define BQ_NORM_CUH
+
+// The double sum over a block of up to 1024 threads (a multiple of 32): warps by
+// shuffles, then warp 0 over the warps' sums; every thread gets it.
+static __device__ __forceinline__ double block_sum(double v, double *buf)
+{
+    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    const int wl = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if ((threadIdx.x & 31) == 0) buf[wl] = v;
+    __syncthreads();
+    v = (int)(threadIdx.x & 31) < nw ? buf[threadIdx.x & 31] : 0.0;
+    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();  // buf is free again
+    return v;
+}
+
+// y = norm(x) for one row of d = 4 x V x blockDim.x floats at most (d % 4 == 0,
+// 16-byte aligned), as forward.c's norm(): each thread holds its V float4 of the row
+// in registers, so the row is read once with every load in flight at once, and the
+// block reduces with shuffles (the engine's k_norm: 7.6 us for a 4096-wide row, 16
+// dependent loads a thread and an 8-step tree of barriers; this: 3.6 us). The same
+// float operations per element; sums in double. buf: 32 doubles of shared memory.
+template <int V>
+static __device__ __forceinline__ void norm_row_v(const float *x, const float *w, const float *b, float *y, int d, float eps,
+                                                  int layernorm, double *buf)
+{
+    const float4 *xr = (const float4 *)x, *w4 = (const float4 *)w, *b4 = (const float4 *)b;
+    float4 *yr = (float4 *)y;
+    const int n4 = d / 4;
+    float4 v[V];
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        int i = threadIdx.x + j * blockDim.x;
+        v[j] = i < n4 ? xr[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+    double s = 0;
+    if (!layernorm) {
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            s += (double)v[j].x * v[j].x + (double)v[j].y * v[j].y + (double)v[j].z * v[j].z + (double)v[j].w * v[j].w;
+        float r = (float)(1.0 / sqrt(block_sum(s, buf) / d + eps));
+#pragma unroll
+        for (int j = 0; j < V; j++) {
+            int i = threadIdx.x + j * blockDim.x;
+            if (i >= n4) continue;
+            float4 g = w4[i];
+            yr[i] = make_float4(g.x * (v[j].x * r), g.y * (v[j].y * r), g.z * (v[j].z * r), g.w * (v[j].w * r));
+        }
+        return;
+    }
+#pragma unroll
+    for (int j = 0; j < V; j++) s += (double)v[j].x + (double)v[j].y + (double)v[j].z + (double)v[j].w;
+    double mean = block_sum(s, buf) / d, q = 0;
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        int i = threadIdx.x + j * blockDim.x;
+        if (i >= n4) continue;
+        q += (v[j].x - mean) * (v[j].x - mean) + (v[j].y - mean) * (v[j].y - mean) + (v[j].z - mean) * (v[j].z - mean) +
+             (v[j].w - mean) * (v[j].w - mean);
+    }
+    float r = (float)(1.0 / sqrt(block_sum(q, buf) / d + eps));
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        int i = threadIdx.x + j * blockDim.x;
+        if (i >= n4) continue;
+        float4 g = w4[i], c = b ? b4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        yr[i] = make_float4((float)(v[j].x - mean) * r * g.x + c.x, (float)(v[j].y - mean) * r * g.y + c.y,
+                            (float)(v[j].z - mean) * r * g.z + c.z, (float)(v[j].w - mean) * r * g.w + c.w);
+    }
+}
+
+// The launch shape of norm_row_v for rows of d: threads a block and V (0: too wide or
+// not float4-aligned: another kernel's job).
+static inline int norm_v_shape(int d, const void *x, const void *y, const void *w, const void *b, int *threads)
+{
+    int n4 = d / 4;
+    *threads = n4 < 1024 ? (n4 + 31) / 32 * 32 : 1024;
+    int v = (n4 + *threads - 1) / *threads;
+    bool vec = d % 4 == 0 && !(((uintptr_t)x | (uintptr_t)y | (uintptr_t)w | (uintptr_t)b) & 15);
+    return vec && v <= 4 ? (v <= 2 ? v : 4) : 0;
+}
+#endif
