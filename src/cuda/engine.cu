@@ -106,8 +106,6 @@ __global__ void k_norm(const float *x, const float *w, const float *b, float *y,
 template <int V>
 __global__ void __launch_bounds__(1024) k_norm_v(const float *x, const float *w, const float *b, float *y, int d, float eps, int layer)
 {
-    pdl_wait();
-    pdl_go();
     __shared__ double buf[32];
     norm_row_v<V>(x + (size_t)blockIdx.x * d, w, b, y + (size_t)blockIdx.x * d, d, eps, layer, buf);
 }

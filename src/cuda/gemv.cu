@@ -1019,8 +1019,6 @@ __global__ void __launch_bounds__(1024) norm_i8(const float *x, const float *w, 
 {
     __shared__ double buf[32];
     __shared__ int8_t pc[32][I8_PIECES][64];
-    pdl_wait();
-    pdl_go();
     const int tau = blockIdx.x, wl = threadIdx.x >> 5, lane = threadIdx.x & 31;
     float *yr = y + (size_t)tau * d;
     norm_row_v<V>(x + (size_t)tau * d, w, b, yr, d, eps, layernorm, buf);

@@ -4,6 +4,7 @@
 // both call norm_row_v, so they give the same bits.
 #ifndef BQ_NORM_CUH
 #define BQ_NORM_CUH
+#include "launch.cuh"
 
 // The double sum over a block of up to 1024 threads (a multiple of 32): warps by
 // shuffles, then warp 0 over the warps' sums; every thread gets it.
@@ -25,6 +26,9 @@ static __device__ __forceinline__ double block_sum(double v, double *buf)
 // block reduces with shuffles (the engine's k_norm: 7.6 us for a 4096-wide row, 16
 // dependent loads a thread and an 8-step tree of barriers; this: 3.6 us). The same
 // float operations per element; sums in double. buf: 32 doubles of shared memory.
+// It starts the kernel: the norm's weights (no earlier kernel writes them) are loaded
+// before the launch's wait for the kernel before (pdl_wait), x after it (rows over 8192,
+// V = 4: after the sums, or a 1024-thread block's 64 registers a thread spill).
 template <int V>
 static __device__ __forceinline__ void norm_row_v(const float *x, const float *w, const float *b, float *y, int d, float eps,
                                                   int layernorm, double *buf)
@@ -32,7 +36,17 @@ static __device__ __forceinline__ void norm_row_v(const float *x, const float *w
     const float4 *xr = (const float4 *)x, *w4 = (const float4 *)w, *b4 = (const float4 *)b;
     float4 *yr = (float4 *)y;
     const int n4 = d / 4;
-    float4 v[V];
+    constexpr bool early = V <= 2;
+    const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float4 v[V], g[V], c[V];
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        int i = threadIdx.x + j * blockDim.x;
+        g[j] = early && i < n4 ? w4[i] : z;
+        c[j] = early && i < n4 && b && layernorm ? b4[i] : z;
+    }
+    pdl_wait();
+    pdl_go();
 #pragma unroll
     for (int j = 0; j < V; j++) {
         int i = threadIdx.x + j * blockDim.x;
@@ -48,8 +62,8 @@ static __device__ __forceinline__ void norm_row_v(const float *x, const float *w
         for (int j = 0; j < V; j++) {
             int i = threadIdx.x + j * blockDim.x;
             if (i >= n4) continue;
-            float4 g = w4[i];
-            yr[i] = make_float4(g.x * (v[j].x * r), g.y * (v[j].y * r), g.z * (v[j].z * r), g.w * (v[j].w * r));
+            if (!early) g[j] = w4[i];
+            yr[i] = make_float4(g[j].x * (v[j].x * r), g[j].y * (v[j].y * r), g[j].z * (v[j].z * r), g[j].w * (v[j].w * r));
         }
         return;
     }
@@ -68,9 +82,9 @@ static __device__ __forceinline__ void norm_row_v(const float *x, const float *w
     for (int j = 0; j < V; j++) {
         int i = threadIdx.x + j * blockDim.x;
         if (i >= n4) continue;
-        float4 g = w4[i], c = b ? b4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        yr[i] = make_float4((float)(v[j].x - mean) * r * g.x + c.x, (float)(v[j].y - mean) * r * g.y + c.y,
-                            (float)(v[j].z - mean) * r * g.z + c.z, (float)(v[j].w - mean) * r * g.w + c.w);
+        if (!early) g[j] = w4[i], c[j] = b ? b4[i] : z;
+        yr[i] = make_float4((float)(v[j].x - mean) * r * g[j].x + c[j].x, (float)(v[j].y - mean) * r * g[j].y + c[j].y,
+                            (float)(v[j].z - mean) * r * g[j].z + c[j].z, (float)(v[j].w - mean) * r * g[j].w + c[j].w);
     }
 }
 
