@@ -19,7 +19,7 @@ CUDA    ?= $(if $(NVCC),1,0)
 ifeq ($(CUDA),1)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CUDA_OBJ  = $(BUILD)/cuda/qdq.o $(BUILD)/cuda/gemv.o $(BUILD)/cuda/gemm.o $(BUILD)/cuda/engine.o $(BUILD)/cuda/libs.o \
-            $(BUILD)/cuda/gptq.o $(BUILD)/cuda/train.o
+            $(BUILD)/cuda/gptq.o $(BUILD)/cuda/train.o $(BUILD)/cuda/attn.o
 CUDA_LIBS = -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lstdc++
 else
 CUDA_OBJ  = $(BUILD)/src/cuda/nocuda.o
@@ -87,7 +87,7 @@ $(BUILD)/kern/pk_avx512.o: $(PK_DEPS)
 	$(CC) $(CFLAGS) -O3 -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx512vnni -mfma -mprefer-vector-width=512 \
 	    -DBQ_ISA=avx512 -c $< -o $@
 
-$(BUILD)/cuda/%.o: src/cuda/%.cu src/cuda/bq_cuda.h src/cuda/cuda_libs.h src/cuda/launch.cuh src/cuda/norm.cuh src/cuda/i8_layout.h src/cuda/knobs.h src/formats/qkern.h src/formats/format.h src/kernels/pmat.h src/model/model.h src/engine/backend.h src/train/tops.h
+$(BUILD)/cuda/%.o: src/cuda/%.cu src/cuda/bq_cuda.h src/cuda/cuda_libs.h src/cuda/launch.cuh src/cuda/norm.cuh src/cuda/block.cuh src/cuda/i8_layout.h src/cuda/knobs.h src/formats/qkern.h src/formats/format.h src/kernels/pmat.h src/model/model.h src/engine/backend.h src/train/tops.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
@@ -115,7 +115,7 @@ gpu: $(BUILD)/gpu/test_cuda $(BUILD)/gpu/gpu_bench
 CXX     ?= g++
 SIM_OBJ  = $(filter-out $(CUDA_OBJ),$(GPU_OBJ))
 SIM_WARN = -Wall -Wextra -Wno-unused-parameter -Wno-unused-function -Wno-unknown-pragmas -Wno-missing-field-initializers
-$(BUILD)/tests/test_cusim: tests/test_cuda.c tests/cusim_kernels.cc $(wildcard tests/cusim/*.h) src/cuda/gemv.cu src/cuda/qdq.cu $(wildcard src/cuda/*.cuh) src/engine/backend.h src/model/model.h \
+$(BUILD)/tests/test_cusim: tests/test_cuda.c tests/cusim_kernels.cc $(wildcard tests/cusim/*.h) src/cuda/gemv.cu src/cuda/qdq.cu src/cuda/attn.cu $(wildcard src/cuda/*.cuh) src/engine/backend.h src/model/model.h \
                            $(wildcard src/cuda/*.h src/formats/*.h src/kernels/*.h include/*.h) tests/harness.h $(SIM_OBJ)
 	@mkdir -p $(dir $@)
 	$(CXX) -std=c++20 $(OPT) -g $(SAN) $(SIM_WARN) -fno-strict-aliasing -D_GNU_SOURCE -Itests/cusim -Iinclude -Isrc/core -Isrc/formats -Isrc/kernels \

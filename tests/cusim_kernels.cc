@@ -1,4 +1,4 @@
-// src/cuda/gemv.cu and src/cuda/qdq.cu compiled for the CUDA simulator
+// src/cuda/gemv.cu, qdq.cu and attn.cu compiled for the CUDA simulator
 // (tests/cusim/cusim.h) with the runtime calls test_cuda.c makes: device memory is
 // host memory. Linked with test_cuda.c (built with -DBQ_CUDA_SIM: its GEMV and fake
 // quantisation tests) into test_cusim, which runs those kernels' own code without a
@@ -7,6 +7,7 @@
 #define __CUDACC__ 1  // qkern.h's device spellings (BQ_HD, restrict); __CUDA_ARCH__ stays undefined
 #include "../src/cuda/gemv.cu"
 #include "../src/cuda/qdq.cu"
+#include "../src/cuda/attn.cu"
 
 extern "C" {
 void cusim_report(void);

@@ -524,6 +524,100 @@ static void gemv_pieces(void)
         }
 }
 
+/* Attention of a few queries over a cache (bq_cuda_attend_few: the reference kernel
+ * and its 16-byte-load form) against a double reference: head sizes, grouped heads,
+ * positions, a sliding window, the position read from device memory (a recorded
+ * step), and a NaN in one key reaching that head's output. */
+static void attend_ref(const float *q, const float *K, const float *V, double *o, int n, int heads, int group, int d, int kvd, float scale,
+                       int pos0, int window)
+{
+    for (int t = 0; t < n; t++)
+        for (int h = 0; h < heads; h++) {
+            int last = pos0 + t, first = window && last >= window ? last - window + 1 : 0, kh = h / group;
+            double *sc = malloc((size_t)(last + 1) * sizeof *sc), mx = -INFINITY, sum = 0;
+            const float *qh = q + (size_t)t * heads * d + (size_t)h * d;
+            for (int j = first; j <= last; j++) {
+                double p = 0;
+                for (int i = 0; i < d; i++) p += (double)qh[i] * K[(size_t)j * kvd + (size_t)kh * d + i];
+                sc[j] = p * scale;
+                mx = sc[j] > mx ? sc[j] : mx;
+            }
+            for (int j = first; j <= last; j++) sum += sc[j] = exp(sc[j] - mx);
+            for (int i = 0; i < d; i++) {
+                double a = 0;
+                for (int j = first; j <= last; j++) a += sc[j] / sum * V[(size_t)j * kvd + (size_t)kh * d + i];
+                o[(size_t)t * heads * d + (size_t)h * d + i] = a;
+            }
+            free(sc);
+        }
+}
+
+static void attention(void)
+{
+    /* d, heads, group, n, pos0, window */
+    const int cases[][6] = {{128, 4, 1, 1, 70, 0}, {128, 8, 4, 3, 200, 0}, {64, 6, 3, 1, 37, 0}, {64, 4, 2, 8, 90, 50},
+                            {16, 4, 2, 2, 5, 0}, {16, 4, 1, 1, 0, 0}, {96, 2, 1, 1, 40, 0}, {256, 2, 2, 2, 30, 0}};
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        const int d = cases[ci][0], heads = cases[ci][1], group = cases[ci][2], n = cases[ci][3], pos0 = cases[ci][4], window = cases[ci][5];
+        const int kvd = heads / group * d, T = pos0 + n + 3, qd = heads * d;
+        const float scale = 1.0f / sqrtf((float)d);
+        size_t nq = (size_t)n * qd, nk = (size_t)T * kvd;
+        float *q = malloc(nq * 4), *K = malloc(nk * 4), *V = malloc(nk * 4), *a = malloc(nq * 4);
+        double *ref = malloc(nq * sizeof *ref);
+        for (size_t i = 0; i < nq; i++) q[i] = t_normal() * 2.0f;
+        for (size_t i = 0; i < nk; i++) { K[i] = t_normal(); V[i] = t_normal(); }
+        attend_ref(q, K, V, ref, n, heads, group, d, kvd, scale, pos0, window);
+        float *dq = NULL, *dK = NULL, *dV = NULL, *da = NULL, *ds = NULL;
+        int *dp = NULL;
+        bq_status st = bq_cuda_malloc((void **)&dq, nq * 4);
+        if (!st) st = bq_cuda_malloc((void **)&dK, nk * 4);
+        if (!st) st = bq_cuda_malloc((void **)&dV, nk * 4);
+        if (!st) st = bq_cuda_malloc((void **)&da, nq * 4);
+        if (!st) st = bq_cuda_malloc((void **)&ds, (size_t)n * heads * T * 4);
+        if (!st) st = bq_cuda_malloc((void **)&dp, 4);
+        if (!st) st = bq_cuda_upload(dq, q, nq * 4);
+        if (!st) st = bq_cuda_upload(dK, K, nk * 4);
+        if (!st) st = bq_cuda_upload(dV, V, nk * 4);
+        if (!st) st = bq_cuda_upload(dp, &pos0, 4);
+        CHECK(!st, "attention setup: %s", bq_last_error());
+        for (int vec = 0; vec < 2 && !st; vec++) {
+            const char *kn = vec ? "vec" : "few";
+            if (vec && !bq_cuda_attend_vec_takes(d, dq, dK, dV, da)) {
+                CHECK(bq_cuda_attend_few(1, 0, dq, dK, dV, da, ds, T, n, heads, group, d, kvd, scale, pos0, NULL, window) == BQ_ERR_ARG,
+                      "attention vec took head_dim %d", d);
+                continue;
+            }
+            for (int viad = 0; viad < 2; viad++) {  /* the position as an argument, then from device memory */
+                for (size_t i = 0; i < nq; i++) a[i] = NAN;
+                bq_status s2 = bq_cuda_upload(da, a, nq * 4);
+                if (!s2) s2 = bq_cuda_attend_few(vec, 0, dq, dK, dV, da, ds, T, n, heads, group, d, kvd, scale, viad ? -1 : pos0, viad ? dp : NULL,
+                                                 window);
+                if (!s2) s2 = bq_cuda_sync();
+                if (!s2) s2 = bq_cuda_download(a, da, nq * 4);
+                double e = s2 ? INFINITY : rel_err(a, ref, nq);
+                CHECK(e < 1e-5, "GPU attention (%s) d=%d heads=%d/%d n=%d pos %d window %d%s: %.2e from the reference (%s)", kn, d, heads,
+                      group, n, pos0, window, viad ? " (position on the device)" : "", e, s2 ? bq_last_error() : "");
+                if (!viad)
+                    printf("  GPU attention %s d=%-3d heads %d (groups of %d) n=%d pos %-3d window %-2d: max|err|/max|a| = %.2e\n", kn, d, heads,
+                           group, n, pos0, window, e);
+            }
+            /* a NaN in the first key of kv head 0: every output of the heads reading it is NaN */
+            float nan = NAN;
+            bq_status s2 = bq_cuda_upload(dK + (size_t)(window && pos0 >= window ? pos0 : 0) * kvd, &nan, 4);
+            if (!s2) s2 = bq_cuda_attend_few(vec, 0, dq, dK, dV, da, ds, T, n, heads, group, d, kvd, scale, pos0, NULL, window);
+            if (!s2) s2 = bq_cuda_sync();
+            if (!s2) s2 = bq_cuda_download(a, da, nq * 4);
+            size_t finite = 0;
+            for (int h = 0; h < group && !s2; h++) finite += isfinite(a[(size_t)(n - 1) * qd + (size_t)h * d]) != 0;
+            CHECK(!s2 && finite == 0, "GPU attention (%s) d=%d: a NaN key left %zu of %d heads' outputs finite", kn, d, finite, group);
+            if (!s2) s2 = bq_cuda_upload(dK, K, nk * 4);
+            st = s2;
+        }
+        bq_cuda_free(dq); bq_cuda_free(dK); bq_cuda_free(dV); bq_cuda_free(da); bq_cuda_free(ds); bq_cuda_free(dp);
+        free(q); free(K); free(V); free(a); free(ref);
+    }
+}
+
 #ifdef BQ_CUDA_SIM  /* test_cusim: the GEMV and fake quantisation tests on the CPU simulator (tests/cusim_kernels.cc) */
 #define T_NAME "test_cusim"
 #else
@@ -590,11 +684,12 @@ int main(void)
     printf("  device: %s\n", bq_cuda_device_name());
     const char *only = getenv("BQ_CUDA_ONLY");  /* e.g. "gemv,gemm" under compute-sanitizer */
 #ifdef BQ_CUDA_SIM
-    if (!only) only = "gemv,vectors,cpu";  /* what the simulator runs (the GEMM is not simulated) */
+    if (!only) only = "gemv,vectors,cpu,attention";  /* what the simulator runs (the GEMM is not simulated) */
 #endif
     if (!only || strstr(only, "vectors")) vectors();
     if (!only || strstr(only, "cpu")) against_cpu();
     if (!only || strstr(only, "gemv")) { gemv(); gemv_multi(); gemv_pieces(); gemv_refusal(); }
     if (!only || strstr(only, "gemm")) gemm();
+    if (!only || strstr(only, "attention")) attention();
     return test_summary(T_NAME);
 }

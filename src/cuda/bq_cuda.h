@@ -73,6 +73,17 @@ bq_status bq_cuda_norm_pieces(const bq_cuda_w *w, const float *d_x, const float 
                               float eps, int layernorm);
 bq_status bq_cuda_act_pieces(const bq_cuda_w *w, float *d_u, const float *d_g, int rows, int act);
 bq_status bq_cuda_gemv_multi_ready(const bq_cuda_w *const *ws, int count, const float *d_x, int n, float *const *d_ys);
+/* Attention of n (1 to 8) new tokens over a KV cache (decoding; src/cuda/attn.cu):
+ * a[t][h d .. h d + d) = sum_j softmax_j(scale q_t,h . K_j,kh) V_j,kh over the keys j of
+ * token t (positions pos0 + t back to the start, or to its sliding window of `window`;
+ * 0: none), kh = h / group; q, a [n][heads d], K, V [positions][kvd], s: scratch of
+ * n heads rows of T floats (T >= pos0 + n). dpos (device, may be NULL): pos0 read there
+ * when the kernel runs (a recorded step). vec 0: the reference kernel (k_attn_few,
+ * d <= 256); 1: its 16-byte-load form (k_attn_vec: where bq_cuda_attend_vec_takes),
+ * the same operations, its sums in another order. pdl: launched programmatically. */
+int bq_cuda_attend_vec_takes(int d, const void *q, const void *K, const void *V, const void *a);
+bq_status bq_cuda_attend_few(int vec, int pdl, const float *q, const float *K, const float *V, float *a, float *s, int T, int n,
+                             int heads, int group, int d, int kvd, float scale, int pos0, const int *dpos, int window);
 /* The matrix as bf16 [rows][cols] (round to nearest: exact where the values are
  * bf16 numbers, as for MX/BFP formats); for prefill through a bf16 GEMM. */
 bq_status bq_cuda_w_to_bf16(const bq_cuda_w *w, void *d_out);

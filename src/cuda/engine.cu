@@ -41,33 +41,11 @@ extern "C" {
 
 // ---- kernels (launched with 256 threads a block where they reduce) ----
 
-struct sum_op { template <typename T> __device__ T operator()(T a, T b) const { return a + b; } };
-struct max_op { __device__ float operator()(float a, float b) const { return fmaxf(a, b); } };
-
-// Tree reduction over the block; every thread gets the result, and buf is free
-// for reuse on return.
-template <typename T, typename Op>
-static __device__ __forceinline__ T block_reduce(T v, T *buf, Op op)
-{
-    buf[threadIdx.x] = v;
-    __syncthreads();
-    for (int o = blockDim.x / 2; o; o >>= 1) {
-        if ((int)threadIdx.x < o) buf[threadIdx.x] = op(buf[threadIdx.x], buf[threadIdx.x + o]);
-        __syncthreads();
-    }
-    T r = buf[0];
-    __syncthreads();
-    return r;
-}
 __global__ void k_embed(const float *emb, const int *ids, float *x, int E)
 {
     int t = blockIdx.x;
     for (int i = threadIdx.x; i < E; i += blockDim.x) x[(size_t)t * E + i] = emb[(size_t)ids[t] * E + i];
 }
-
-// The position of a step's first token: an argument, or (a recorded step, see
-// cuda_replay) read from device memory, which the host sets before each replay.
-static __device__ __forceinline__ int first_pos(int pos0, const int *dpos) { return dpos ? *dpos : pos0; }
 
 // Learned positions (OPT, GPT-2): row t gets pos[t + offset + first position].
 __global__ void k_add_pos(float *x, const float *pos, size_t n, int H, int offset, int pos0, const int *dpos)
@@ -241,73 +219,6 @@ __global__ void k_kv_store(float *kc, float *vc, const float *k, const float *v,
     if (i < nk) { kc[off + i] = k[i]; vc[off + i] = v[i]; }
 }
 
-// Attention of a few queries (decoding) over the cache, without the scores GEMMs:
-// one block a (token, head), as cpu.c's attend_heads for few queries. Scores
-// q.k / sqrt(d) a warp a key; the causal softmax of k_softmax (float exponentials,
-// their sum in double); then sum_j p_j v_j with each thread owning one element of
-// the head and a slice of the keys, the slices added in a fixed order. s: the
-// block's scores row (stride T floats). head_dim <= 256.
-__global__ void k_attn_few(const float *q, const float *K, const float *V, float *a, float *s, int T, int heads, int group,
-                           int d, int kvd, float scale, int pos0, const int *dpos, int window)
-{
-    pdl_wait();
-    pdl_go();
-    __shared__ float fm[256];
-    __shared__ double ds[256];
-    const int h = blockIdx.x % heads, t = blockIdx.x / heads, kh = h / group, qd = heads * d;
-    const int last = first_pos(pos0, dpos) + t, first = window && last >= window ? last - window + 1 : 0;
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-    const float *qh = q + (size_t)t * qd + (size_t)h * d;
-    float *sr = s + (size_t)blockIdx.x * T;
-    // KU keys a warp at a time, their loads in flight together (one key at a time
-    // left this kernel waiting on memory: 22.5 us a layer at 129 positions, 7B shape);
-    // each key's sum in the same order as one at a time
-    constexpr int KU = 4;
-    for (int j0 = first + warp * KU; j0 <= last; j0 += warps * KU) {
-        float acc[KU] = {0.0f, 0.0f, 0.0f, 0.0f};
-        const float *kr = K + (size_t)j0 * kvd + (size_t)kh * d;
-        for (int i = lane; i < d; i += 32) {
-            float qi = qh[i];
-#pragma unroll
-            for (int u = 0; u < KU; u++)
-                if (j0 + u <= last) acc[u] += qi * kr[(size_t)u * kvd + i];
-        }
-#pragma unroll
-        for (int u = 0; u < KU; u++) {
-            for (int o = 16; o; o >>= 1) acc[u] += __shfl_xor_sync(0xffffffffu, acc[u], o);
-            if (lane == 0 && j0 + u <= last) sr[j0 + u] = acc[u] * scale;
-        }
-    }
-    __syncthreads();
-    float mx = -INFINITY;
-    for (int j = first + threadIdx.x; j <= last; j += blockDim.x) mx = fmaxf(mx, sr[j]);
-    mx = block_reduce(mx, fm, max_op());
-    double sum = 0;
-    for (int j = first + threadIdx.x; j <= last; j += blockDim.x) { sr[j] = expf(sr[j] - mx); sum += sr[j]; }
-    float inv = (float)(1.0 / block_reduce(sum, ds, sum_op()));
-    const int parts = blockDim.x / d, part = threadIdx.x / d, i = threadIdx.x % d;
-    float acc = 0.0f;
-    if (part < parts) {  // four values loaded ahead, summed in order
-        const float *vh = V + (size_t)kh * d + i;
-        int j = first + part;
-        for (; j + 3 * parts <= last; j += 4 * parts) {
-            float v0 = vh[(size_t)j * kvd], v1 = vh[(size_t)(j + parts) * kvd], v2 = vh[(size_t)(j + 2 * parts) * kvd],
-                  v3 = vh[(size_t)(j + 3 * parts) * kvd];
-            acc += (sr[j] * inv) * v0;
-            acc += (sr[j + parts] * inv) * v1;
-            acc += (sr[j + 2 * parts] * inv) * v2;
-            acc += (sr[j + 3 * parts] * inv) * v3;
-        }
-        for (; j <= last; j += parts) acc += (sr[j] * inv) * vh[(size_t)j * kvd];
-    }
-    fm[threadIdx.x] = acc;
-    __syncthreads();
-    if ((int)threadIdx.x < d) {
-        float o = 0.0f;
-        for (int p = 0; p < parts; p++) o += fm[p * d + threadIdx.x];
-        a[(size_t)t * qd + (size_t)h * d + threadIdx.x] = o;
-    }
-}
 
 // V [n][kvd] -> V^T [kvd][n] (the attention format quantises V along the token axis)
 __global__ void k_transpose(const float *v, float *vt, int n, int kvd)
@@ -548,6 +459,7 @@ struct cuda_be {
     int recording, graph_checks, recordable;
     int pdl;  // decoding's kernels launched programmatically (launch.cuh); BQ_CUDA_PDL=0 turns it off for A/B runs
     int fuse; // rope_store / add_check as one kernel each (BQ_CUDA_FUSE=0: the separate kernels, for A/B runs)
+    int attn_vec; // attention of few queries by k_attn_vec where it takes the head (BQ_CUDA_ATTN=vec; else k_attn_few)
     int pieces; // norm_linears / act_linear: the int8 GEMV's pieces from the kernel before it (BQ_CUDA_PIECES=1; else the GEMV splits)
     // calibration's sums per linear slot (cuda_stats_add), and the inputs widened for X^T X
     struct gstat { double *msq, *amax, *gram; int in; } *stats;
@@ -883,11 +795,9 @@ static bq_status cuda_attention(be *b, int layer, float *q, float *a, int n, int
     const float *K = g->kc + at, *V = g->vc + at;
     const bq_format *aq = M->attn_q;
     bq_status st = BQ_OK;
-    if (!aq && n <= ATT_FEW && d <= 256) {
-        launch_k(g->pdl, k_attn_few, (unsigned)(n * c->heads), 256, q, K, V, a, g->s, b->max_tokens, c->heads, G_, d, kvd,
-                 1.0f / sqrtf((float)d), pos, dpos_of(g), c->sliding_window);
-        return launched("attention");
-    }
+    if (!aq && n <= ATT_FEW && d <= 256)
+        return bq_cuda_attend_few(g->attn_vec && bq_cuda_attend_vec_takes(d, q, K, V, a), g->pdl, q, K, V, a, g->s, b->max_tokens, n,
+                                  c->heads, G_, d, kvd, 1.0f / sqrtf((float)d), pos, dpos_of(g), c->sliding_window);
     if (g->recording) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: this attention cannot be recorded");
     if (aq) {
         if ((st = bq_cuda_qdq(aq, q, q, (size_t)n * c->heads, (size_t)d, &M->qopts)) ||
@@ -1343,10 +1253,12 @@ static bq_status cuda_setup(cuda_be *g)
 extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int hi, be **out)
 {
     *out = NULL;
-    int pdl, fuse, pieces, int8, pf;  // the A/B switches (knobs.h), checked before any device work
+    int pdl, fuse, pieces, attn_vec, int8, pf;  // the A/B switches (knobs.h), checked before any device work
     bq_status st = env_switch("BQ_CUDA_PDL", 1, &pdl);
     if (!st) st = env_switch("BQ_CUDA_FUSE", 1, &fuse);
     if (!st) st = env_switch("BQ_CUDA_PIECES", 0, &pieces);  // off until a GPU has run it (bench/RESULTS.md)
+    static const char *const attn_kernels[2] = {"few", "vec"};
+    if (!st) st = env_knob("BQ_CUDA_ATTN", attn_kernels, 2, 0, &attn_vec);  // few until a GPU has run vec
     if (!st) st = env_gemv_int8(&int8);  // (read again at each upload)
     if (!st) st = env_switch("BQ_CUDA_I8_PF", 0, &pf);
     if (st) return st;
@@ -1371,6 +1283,7 @@ extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int 
     g->pdl = pdl;
     g->fuse = fuse;
     g->pieces = pieces;
+    g->attn_vec = attn_vec;
     st = cuda_bind(&g->base);
     if (!st) st = cublas_handle(&g->blas, &g->blas_ws);
     if (!st) st = cuda_setup(g);

@@ -43,6 +43,18 @@ bq_status bq_cuda_gemv_multi(const bq_cuda_w *const *ws, int count, const float 
 }
 int bq_cuda_w_fusable(const bq_cuda_w *a, const bq_cuda_w *b) { (void)a; (void)b; return 0; }
 int bq_cuda_w_takes_pieces(const bq_cuda_w *w, int n) { (void)w; (void)n; return 0; }
+int bq_cuda_attend_vec_takes(int d, const void *q, const void *K, const void *V, const void *a)
+{
+    (void)d; (void)q; (void)K; (void)V; (void)a;
+    return 0;
+}
+bq_status bq_cuda_attend_few(int vec, int pdl, const float *q, const float *K, const float *V, float *a, float *s, int T, int n,
+                             int heads, int group, int d, int kvd, float scale, int pos0, const int *dpos, int window)
+{
+    (void)vec; (void)pdl; (void)q; (void)K; (void)V; (void)a; (void)s; (void)T; (void)n; (void)heads; (void)group; (void)d; (void)kvd;
+    (void)scale; (void)pos0; (void)dpos; (void)window;
+    return none();
+}
 bq_status bq_cuda_norm_pieces(const bq_cuda_w *w, const float *x, const float *nw, const float *nb, float *y, int rows, float eps,
                               int layernorm)
 {

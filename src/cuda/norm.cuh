@@ -4,21 +4,8 @@
 // both call norm_row_v, so they give the same bits.
 #ifndef BQ_NORM_CUH
 #define BQ_NORM_CUH
+#include "block.cuh"
 #include "launch.cuh"
-
-// The double sum over a block of up to 1024 threads (a multiple of 32): warps by
-// shuffles, then warp 0 over the warps' sums; every thread gets it.
-static __device__ __forceinline__ double block_sum(double v, double *buf)
-{
-    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    const int wl = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    if ((threadIdx.x & 31) == 0) buf[wl] = v;
-    __syncthreads();
-    v = (int)(threadIdx.x & 31) < nw ? buf[threadIdx.x & 31] : 0.0;
-    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    __syncthreads();  // buf is free again
-    return v;
-}
 
 // y = norm(x) for one row of d = 4 x V x blockDim.x floats at most (d % 4 == 0,
 // 16-byte aligned), as forward.c's norm(): each thread holds its V float4 of the row
