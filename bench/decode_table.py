@@ -1,7 +1,7 @@
 """Batch-1 decode of the random 7B shape against its bandwidth bound (issue 17).
     python3 bench/decode_table.py DECODE.jsonl COPY_GBPS [--md]
 DECODE.jsonl: bench/timecmd.py lines named "decode FORMAT pdl=P", "decode FORMAT
-r21=base|pieces|vec|pieces+vec" or "decode FORMAT gemv=fp16|int8[+fuse][+pf]" (generate --json as the last stdout line). The bound is the bytes a token reads (every linear's weights
+r21=base|fuse2|vec|fuse2+vec" or "decode FORMAT gemv=fp16|int8[+fuse][+pf]" (generate --json as the last stdout line). The bound is the bytes a token reads (every linear's weights
 in the format, the bf16 head, the float32 KV cache at the run's mean position)
 over the device copy bandwidth measured in the same run; tokens/s are the median
 of the runs of each (format, pdl)."""
@@ -48,11 +48,10 @@ def main():
         toks = [t for t, _ in v]
         med = statistics.median(toks)
         b = bound_tok_s(f, 5, 128, copy) if f in BITS else float("nan")
-        # bf16 has no packed GEMV: its fp16 runs, its runs without the GEMV's pieces
-        ref = bf16.get(p, bf16.get(p.replace("int8", "fp16").replace("+pf", "").replace("pieces+", "").replace("=pieces", "=base"), float("nan")))
+        ref = bf16.get(p, bf16.get(p.replace("int8", "fp16").replace("+pf", ""), float("nan")))  # bf16 has no packed GEMV: its fp16 runs
         x = med / ref
-        launch = {"pdl=0": "graph", "pdl=1": "graph + PDL", "r21=base": "defaults", "r21=pieces": "GEMV pieces from norm / act",
-                  "r21=vec": "attention vec", "r21=pieces+vec": "both"}.get(p) or label_of(p)
+        launch = {"pdl=0": "graph", "pdl=1": "graph + PDL", "r21=base": "defaults", "r21=fuse2": "BQ_CUDA_FUSE=2",
+                  "r21=vec": "attention vec", "r21=fuse2+vec": "FUSE=2 + attention vec"}.get(p) or label_of(p)
         print(f"| {f} | {launch} | {med:.1f} ({', '.join(f'{t:.1f}' for t in toks)}) | {b:.0f} | {100 * med / b:.0f}% | {x:.2f} |")
 
 

@@ -23,7 +23,7 @@
 #     (I8_FORMATS, ROUNDS) with neither, each and both, against the bound
 #   STAGES=prefetch: test_engine on the defaults, then gemv_i8 with the next tile prefetched
 #     (BQ_CUDA_I8_PF=1) beside it: GEMV rates and decode per I8_VARIANTS
-#   STAGES=pieces: the int8 GEMV's pieces from the norm / activation kernels (BQ_CUDA_PIECES=1) and
+#   STAGES=pieces: residual+norm and the int8 GEMV's pieces from the norm / activation kernels (BQ_CUDA_FUSE=2) and
 #     attention by k_attn_vec (BQ_CUDA_ATTN=vec): their tests, decode per PC_FORMATS x PC_VARIANTS (ROUNDS)
 #   STAGES=prefill: ppl of packed .bq files (PREFILL_FORMATS) from the fp16 and the int8 layouts
 #   STAGES=ops: one decoding step of the 7B shape op by op (bench/gpu_decode_ops.c), bf16 and OPS_FORMATS
@@ -182,23 +182,23 @@ PY
     python3 bench/decode_table.py "$O/pf_decode.jsonl" "$copy" | tee "$O/pf_decode.md" ;;
 esac
 case "$S" in *pieces*)
-    # twenty-first session: (1) the int8 GEMV's activation pieces made by the norm and the
-    # activation kernels (norm_i8, act_i8: three launches fewer a layer; BQ_CUDA_PIECES=1) and
-    # (2) attention of few queries with 16-byte loads (k_attn_vec; BQ_CUDA_ATTN=vec): test_cuda's
+    # twenty-first session: (1) BQ_CUDA_FUSE=2: each residual connection with the norm after it
+    # as one kernel, which also makes the int8 GEMV's activation pieces, as the activation's
+    # kernel does (norm_i8, act_i8: five launches fewer a layer) and (2) attention of few
+    # queries with 16-byte loads (k_attn_vec; BQ_CUDA_ATTN=vec): test_cuda's
     # GEMV and attention tests, test_backend with both (the fused ops against the separate ones
     # bit for bit, every op and whole decodes against the CPU), then decode per PC_FORMATS with
     # neither, each and both (PC_VARIANTS)
     case "$S" in *cudatest*) ;; *)
         BQ_CUDA_ONLY=gemv,attention ./build/gpu/gpu/test_cuda >"$O/pc_gemvtest.txt" 2>&1; grep -v "^  GPU" "$O/pc_gemvtest.txt" | tail -4 ;; esac
-    [ -z "$PC_DECODE_ONLY" ] && BQ_CUDA_PIECES=1 BQ_CUDA_ATTN=vec ./build/gpu/tests/test_backend 2>&1 | tee "$O/pc_backend.txt" | grep -v "^  decode" | tail -6
+    [ -z "$PC_DECODE_ONLY" ] && BQ_CUDA_FUSE=2 BQ_CUDA_ATTN=vec ./build/gpu/tests/test_backend 2>&1 | tee "$O/pc_backend.txt" | grep -v "^  decode" | tail -6
     copy=${COPY:-$(./build/gpu/gpu/gpu_bench --quick 2>&1 | copy_gbps)}
     export TIMECMD_JSONL="$O/pc_decode.jsonl"
     pieces_round() {
-        for v in ${PC_VARIANTS:-base pieces vec pieces+vec}; do
-            pc=0; case $v in *pieces*) pc=1 ;; esac
+        for v in ${PC_VARIANTS:-base fuse2 vec fuse2+vec}; do
+            fz=1; case $v in *fuse2*) fz=2 ;; esac
             at=few; case $v in *vec*) at=vec ;; esac
-            [ $1 = bf16 ] && [ $pc = 1 ] && continue  # bf16: no packed GEMV
-            decode $1 r21=$v $2 BQ_CUDA_PIECES=$pc BQ_CUDA_ATTN=$at
+            decode $1 r21=$v $2 BQ_CUDA_FUSE=$fz BQ_CUDA_ATTN=$at
         done
     }
     per_format "${PC_FORMATS:-bf16 mxfp4 int4_g128 nvfp4 mxint8}" pieces_round

@@ -85,32 +85,51 @@ static void same_bits(be *g, const float *a, const float *b, size_t n, const cha
     free(h[1]);
 }
 
-/* norm_linears (layer 0's first norm and q, k, v) and act_linear (its activation and
- * down_proj) against the ops they stand for, bit for bit: on the CUDA backend with
- * packed int8-layout weights and up to 4 tokens the norm's (activation's) kernel
- * makes the GEMV's pieces; otherwise they call those ops. */
-static void norm_act_fused(const char *name, const bq_model *m, be *g, const float *hx, int n)
+/* norm_linears (layer 0's first norm and q, k, v, after a residual connection and
+ * without one) and act_linear (its activation and down_proj) against the ops they stand
+ * for, bit for bit: on the CUDA backend with BQ_CUDA_FUSE=2 the residual and the norm are
+ * one kernel, which with packed int8-layout weights and up to 4 tokens also makes the
+ * GEMV's pieces (the activation's kernel too); otherwise they call those ops. */
+static void norm_act_fused(const char *name, const bq_model *m, be *g, const float *hx, int n, int pos)
 {
     const bq_config *c = &m->c;
     static const lin_role qkv[3] = {R_Q, R_K, R_V};
     size_t nH = (size_t)n * c->hidden, nI = (size_t)n * c->inter;
-    if (g->ops->norm_linears && c->pre_norm) {
-        float *x = put(g, hx, nH), *h[2] = {put(g, hx, nH), put(g, hx, nH)}, *y[2][3] = {{NULL}};
-        int ok = x && h[0] && h[1];
+    for (int withres = 0; withres < 2 && g->ops->norm_linears && c->pre_norm; withres++) {
+        float *x[2] = {put(g, hx, nH), put(g, hx, nH)}, *r = put(g, hx + 3, nH), *h[2] = {put(g, hx, nH), put(g, hx, nH)}, *y[2][3] = {{NULL}};
+        int ok = x[0] && x[1] && r && h[0] && h[1];
         for (int j = 0; j < 2; j++)
             for (int i = 0; i < 3; i++) ok = ok && (y[j][i] = put(g, hx, (size_t)n * model_linear(m, 0, qkv[i])->out)) != NULL;
         if (ok) {
-            OK(g->ops->norm(g, 0, N_LN1, x, h[0], n, c->hidden));
+            be_residual res = {r, 0, CHK_MLP, 1};
+            if (withres) OK(g->ops->add_check(g, x[0], r, n, c->hidden, 0, CHK_MLP, pos));
+            OK(g->ops->norm(g, 0, N_LN1, x[0], h[0], n, c->hidden));
             for (int i = 0; i < 3; i++) OK(g->ops->linear(g, 0, qkv[i], h[0], y[0][i], n));
-            OK(g->ops->norm_linears(g, 0, N_LN1, x, h[1], c->hidden, qkv, 3, y[1], n));
-            same_bits(g, h[0], h[1], nH, name, "norm_linears: the norm");
+            OK(g->ops->norm_linears(g, 0, N_LN1, x[1], withres ? &res : NULL, pos, h[1], c->hidden, qkv, 3, y[1], n));
+            OK(g->ops->finish(g));
+            const char *what[2] = {"norm_linears: the norm", "norm_linears after a residual: the norm"};
+            if (withres) same_bits(g, x[0], x[1], nH, name, "norm_linears: x + the residual");
+            same_bits(g, h[0], h[1], nH, name, what[withres]);
             for (int i = 0; i < 3; i++) same_bits(g, y[0][i], y[1][i], (size_t)n * model_linear(m, 0, qkv[i])->out, name, "norm_linears: q, k, v");
+            if (withres && n > 1) {  /* a NaN at token 1 of the residual: the fused op names the place add_check does */
+                float nan = NAN;
+                char msg[2][256];
+                bq_cuda_upload(r + c->hidden + 3, &nan, 4);
+                for (int j = 0; j < 2; j++) {
+                    bq_status st = j ? g->ops->norm_linears(g, 0, N_LN1, x[1], &res, pos, h[1], c->hidden, qkv, 3, y[1], n)
+                                     : g->ops->add_check(g, x[0], r, n, c->hidden, 0, CHK_MLP, pos);
+                    if (!st) st = g->ops->finish(g);
+                    snprintf(msg[j], sizeof msg[j], "%s", st ? bq_last_error() : "");
+                }
+                CHECK(msg[0][0] && !strcmp(msg[0], msg[1]), "%s norm_linears: add_check '%s', norm_linears '%s'", name, msg[0], msg[1]);
+            }
         } else CHECK(0, "%s: buffers: %s", name, bq_last_error());
-        g->ops->release(g, x);
         for (int j = 0; j < 2; j++) {
+            g->ops->release(g, x[j]);
             g->ops->release(g, h[j]);
             for (int i = 0; i < 3; i++) g->ops->release(g, y[j][i]);
         }
+        g->ops->release(g, r);
     }
     if (g->ops->act_linear && !m->rot_down) {
         float *u[2] = {put(g, hx, nI), put(g, hx, nI)}, *gt = put(g, hx, nI), *y[2] = {put(g, hx, nH), put(g, hx, nH)};
@@ -160,7 +179,7 @@ static void fused_ops(const char *name, const bq_model *m, be *g, const float *h
             g->ops->release(g, a[j]);
         }
     }
-    norm_act_fused(name, m, g, hx, n);
+    norm_act_fused(name, m, g, hx, n, pos);
     if (!g->ops->add_check) return;
     float *x[2] = {put(g, hx, nH), put(g, hx, nH)}, *h = put(g, hx + 3, nH);
     if (x[0] && x[1] && h) {
@@ -614,8 +633,8 @@ int main(void)
         int32_t p[2] = {1, 2}, out[2];
         bq_gen_opts g = {.size = sizeof g, .n_new = 2, .top_p = 1, .device = 1};
         CHECK(bq_generate(m, p, 2, &g, out, NULL) == BQ_ERR_UNSUPPORTED, "generate on CUDA without a device must be refused");
-        const char *var[5] = {"BQ_CUDA_FUSE", "BQ_CUDA_PDL", "BQ_CUDA_GEMV", "BQ_CUDA_PIECES", "BQ_CUDA_ATTN"};  /* mistyped switches: refused by name, first */
-        for (int k = 0; k < 5; k++) {
+        const char *var[4] = {"BQ_CUDA_FUSE", "BQ_CUDA_PDL", "BQ_CUDA_GEMV", "BQ_CUDA_ATTN"};  /* mistyped switches: refused by name, first */
+        for (int k = 0; k < 4; k++) {
             setenv(var[k], "on", 1);
             bq_status st = bq_ctx_new_ex(m, 16, &o, &c);
             int built = !strstr(bq_last_error(), "built without CUDA");
@@ -637,9 +656,9 @@ int main(void)
     const char *fuse = getenv("BQ_CUDA_FUSE");
     if (fuse && !strcmp(fuse, "0"))  /* (rope_store and add_check then launch the separate kernels: still compared) */
         SKIP("the fused decode kernels (k_rope_store, k_add_check) are off (BQ_CUDA_FUSE=0): not compared, nor decoded with");
-    const char *pieces = getenv("BQ_CUDA_PIECES");
-    if (!pieces || strcmp(pieces, "1"))  /* (norm_linears and act_linear then call the separate ops: still compared) */
-        SKIP("the int8 GEMV's pieces from the norm and activation kernels are off (BQ_CUDA_PIECES=1 turns them on): not compared, nor decoded with");
+    if (!fuse || strcmp(fuse, "2"))  /* (norm_linears and act_linear then call the separate ops: still compared) */
+        SKIP("the residual+norm kernel and the int8 GEMV's pieces from the norm and activation kernels are off (BQ_CUDA_FUSE=2 turns them "
+             "on): not compared, nor decoded with");
     const char *only = getenv("BQ_BACKEND_ONLY");  /* "gptq": that check alone (bench/gpu_round2.sh) */
     if (only && !strcmp(only, "gptq")) {
         gptq_on_device();

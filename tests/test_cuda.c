@@ -430,7 +430,7 @@ static void gemv_pieces(void)
     const char *wf[] = {"mxfp4", "nvfp4", "mxint8", "int4_g128", "int4_b32_sfp16"};
     /* partial tiles (1056), one to four tokens, a 1024-thread norm (4096) and two float4 a thread (8192) */
     const int shapes[][3] = {{40, 1056, 1}, {70, 4096, 3}, {33, 256, 4}, {24, 8192, 2}, {17, 1152, 1}};
-    static const char *const kinds[4] = {"RMSNorm", "LayerNorm", "SiLU-gated act", "GELU act"};
+    static const char *const kinds[5] = {"RMSNorm", "LayerNorm", "SiLU-gated act", "GELU act", "residual+RMSNorm"};
     for (size_t fi = 0; fi < sizeof wf / sizeof *wf; fi++)
         for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
             int R = shapes[si][0], C = shapes[si][1], n = shapes[si][2], rows[2] = {R, R + 5};
@@ -443,7 +443,8 @@ static void gemv_pieces(void)
             for (size_t i = 0; i < nx; i++) { x[i] = t_normal() * (t_rand() % 64 ? 1.0f : 40.0f); gt[i] = t_normal() * 2.0f; }
             for (int i = 0; i < C; i++) { nw[i] = 1.0f + 0.3f * t_normal(); nb[i] = 0.1f * t_normal(); }
             bq_cuda_w *gw[2] = {NULL, NULL};
-            float *dx = NULL, *dp = NULL, *dg = NULL, *dnw = NULL, *dnb = NULL, *dh = NULL, *dy[2] = {NULL, NULL}, *dz[2] = {NULL, NULL};
+            float *dx = NULL, *dp = NULL, *dg = NULL, *dnw = NULL, *dnb = NULL, *dh = NULL, *dr = NULL, *dy[2] = {NULL, NULL}, *dz[2] = {NULL, NULL};
+            unsigned long long *dbad = NULL, bad = 0;
             bq_status st = BQ_OK;
             for (int k = 0; k < 2 && !st; k++) {
                 float *w = malloc((size_t)rows[k] * C * 4);
@@ -455,9 +456,11 @@ static void gemv_pieces(void)
                 if (!st) st = bq_cuda_malloc((void **)&dz[k], (size_t)4 * rows[k] * 4);
                 free(w);
             }
-            float **bufs[6] = {&dx, &dp, &dg, &dh, &dnw, &dnb};
-            size_t sizes[6] = {nx, (size_t)4 * C, nx, nx, (size_t)C, (size_t)C};
-            for (int k = 0; k < 6 && !st; k++) st = bq_cuda_malloc((void **)bufs[k], sizes[k] * 4);
+            float **bufs[7] = {&dx, &dp, &dg, &dh, &dnw, &dnb, &dr};
+            size_t sizes[7] = {nx, (size_t)4 * C, nx, nx, (size_t)C, (size_t)C, nx};
+            for (int k = 0; k < 7 && !st; k++) st = bq_cuda_malloc((void **)bufs[k], sizes[k] * 4);
+            if (!st) st = bq_cuda_malloc((void **)&dbad, sizeof bad);
+            if (!st) st = bq_cuda_upload(dr, gt, nx * 4);  /* the residual: the gate's values */
             if (!st) st = bq_cuda_upload(dx, x, nx * 4);
             if (!st) st = bq_cuda_upload(dg, gt, nx * 4);
             float *other = malloc((size_t)4 * C * 4);  /* four other tokens */
@@ -467,12 +470,29 @@ static void gemv_pieces(void)
             if (!st) st = bq_cuda_upload(dnw, nw, (size_t)C * 4);
             if (!st) st = bq_cuda_upload(dnb, nb, (size_t)C * 4);
             CHECK(!st, "pieces %s %dx%d: setup: %s", f->name, R, C, bq_last_error());
-            for (int kind = 0; kind < 4 && !st; kind++) {
+            for (int kind = 0; kind < 5 && !st; kind++) {
                 int count = kind < 2 ? 2 : 1, act = kind == 2 ? ACT_SILU_GATED : ACT_GELU_TANH;
                 st = bq_cuda_gemv_multi((const bq_cuda_w *const *)gw, count, dp, 4, dz);  /* four tokens' pieces in the buffers */
                 if (kind < 2) {
                     host_norm(x, nw, kind ? nb : NULL, ref, n, C, 1e-5f);
-                    if (!st) st = bq_cuda_norm_pieces(gw[0], dx, dnw, kind ? dnb : NULL, dh, n, 1e-5f, kind);
+                    if (!st) st = bq_cuda_norm_pieces(gw[0], dx, NULL, NULL, dnw, kind ? dnb : NULL, dh, n, 1e-5f, kind);
+                } else if (kind == 4) {  /* x += r (r checked), then the norm: x is left as x + r */
+                    float *xr = malloc(nx * 4);
+                    for (size_t i = 0; i < nx; i++) xr[i] = x[i] + gt[i];
+                    host_norm(xr, nw, NULL, ref, n, C, 1e-5f);
+                    bad = ~0ull;
+                    if (!st) st = bq_cuda_upload(dbad, &bad, sizeof bad);
+                    if (!st) st = bq_cuda_norm_pieces(gw[0], dx, dr, dbad, dnw, NULL, dh, n, 1e-5f, 0);
+                    if (!st) st = bq_cuda_sync();
+                    if (!st) st = bq_cuda_download(h, dx, nx * 4);
+                    if (!st) st = bq_cuda_download(&bad, dbad, sizeof bad);
+                    size_t differ = 0;
+                    for (size_t i = 0; !st && i < nx; i++) differ += memcmp(&h[i], &xr[i], 4) != 0;
+                    CHECK(!st && differ == 0 && bad == ~0ull, "GPU residual before the norm %s %dx%d n=%d: %zu of %zu sums differ from x + r, "
+                          "check flag %llx", f->name, R, C, n, differ, nx, bad);
+                    free(xr);
+                    if (!st) st = bq_cuda_upload(dx, x, nx * 4);
+                    if (!st) st = bq_cuda_norm_pieces(gw[0], dx, dr, NULL, dnw, NULL, dh, n, 1e-5f, 0);  /* no check: bad may be NULL */
                 } else {
                     for (size_t i = 0; i < nx; i++) ref[i] = mlp_act(act, x[i], gt[i]);
                     if (!st) st = bq_cuda_upload(dh, x, nx * 4);
@@ -500,7 +520,7 @@ static void gemv_pieces(void)
             }
             /* what the pieces' kernels refuse: five tokens, a weight not on the int8 layout */
             if (si == 0) {
-                CHECK(bq_cuda_norm_pieces(gw[0], dx, dnw, NULL, dh, 5, 1e-5f, 0) == BQ_ERR_ARG &&
+                CHECK(bq_cuda_norm_pieces(gw[0], dx, NULL, NULL, dnw, NULL, dh, 5, 1e-5f, 0) == BQ_ERR_ARG &&
                       bq_cuda_act_pieces(gw[0], dh, dg, 5, ACT_SILU_GATED) == BQ_ERR_ARG &&
                       bq_cuda_gemv_multi_ready((const bq_cuda_w *const *)gw, 1, dh, 5, dy) == BQ_ERR_ARG,
                       "%s: pieces for five tokens accepted", f->name);
@@ -510,15 +530,26 @@ static void gemv_pieces(void)
                 bq_cuda_w *fw = NULL;
                 if (!strcmp(wf[fi], "mxfp4") && !pmat_pack(f, w, R, C, NULL, &m)) {
                     if (!bq_cuda_w_upload_path(m, BQ_GEMV_FP16, &fw))
-                        CHECK(!bq_cuda_w_takes_pieces(fw, 1) && bq_cuda_norm_pieces(fw, dx, dnw, NULL, dh, 1, 1e-5f, 0) == BQ_ERR_ARG,
+                        CHECK(!bq_cuda_w_takes_pieces(fw, 1) && bq_cuda_norm_pieces(fw, dx, NULL, NULL, dnw, NULL, dh, 1, 1e-5f, 0) == BQ_ERR_ARG,
                               "an fp16-layout weight took the int8 GEMV's pieces");
                     bq_cuda_w_free(fw);
                     pmat_free(m);
                 }
                 free(w);
             }
+            /* a NaN in the residual at token n - 1, column 5: the check notes it, as k_add_check */
+            float nan = NAN;
+            bad = ~0ull;
+            if (!st) st = bq_cuda_upload(dbad, &bad, sizeof bad);
+            if (!st) st = bq_cuda_upload(dr + (size_t)(n - 1) * C + 5, &nan, 4);
+            if (!st) st = bq_cuda_norm_pieces(gw[0], dx, dr, dbad, dnw, NULL, dh, n, 1e-5f, 0);
+            if (!st) st = bq_cuda_sync();
+            if (!st) st = bq_cuda_download(&bad, dbad, sizeof bad);
+            CHECK(!st && bad == 2ull * ((size_t)(n - 1) * C + 5) + 1, "GPU residual before the norm %s: a NaN at %zu noted as %llx (%s)",
+                  f->name, (size_t)(n - 1) * C + 5, bad, st ? bq_last_error() : "");
             for (int k = 0; k < 2; k++) { bq_cuda_w_free(gw[k]); bq_cuda_free(dy[k]); bq_cuda_free(dz[k]); }
-            for (int k = 0; k < 6; k++) bq_cuda_free(*bufs[k]);
+            for (int k = 0; k < 7; k++) bq_cuda_free(*bufs[k]);
+            bq_cuda_free(dbad);
             free(x); free(gt); free(nw); free(nb); free(h); free(ref);
             bq_format_free(f);
         }

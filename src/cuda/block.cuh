@@ -1,5 +1,6 @@
 // Device helpers of the engine's kernels (engine.cu) that kernels in files of their
-// own (norm.cuh, attn.cu) share: block-wide reductions and a decoding step's position.
+// own (norm.cuh, attn.cu) share: block-wide reductions, the NaN checks' note and a
+// decoding step's position.
 #ifndef BQ_BLOCK_CUH
 #define BQ_BLOCK_CUH
 
@@ -48,6 +49,12 @@ static __device__ __forceinline__ float block_max(float v, float *buf)
     for (int o = 16; o; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     __syncthreads();
     return v;
+}
+
+// NaN/Inf in x[n]: the smallest 2 * index + isnan into *bad (all ones: none).
+static __device__ __forceinline__ void note_bad(unsigned long long *bad, size_t i, float v)
+{
+    if (!isfinite(v)) atomicMin(bad, 2ull * i + (isnan(v) ? 1 : 0));
 }
 
 // The position of a step's first token: an argument, or (a recorded step, see

@@ -62,15 +62,17 @@ int bq_cuda_w_fusable(const bq_cuda_w *a, const bq_cuda_w *b);
 /* The kernel before an int8-layout GEMV may make the GEMV's activation pieces as it
  * writes its input, so that the GEMV launches alone (decoding: one dependent launch
  * fewer a linear). bq_cuda_w_takes_pieces: whether w takes them for n tokens (int8
- * layout, 1 to 4 tokens). bq_cuda_norm_pieces: y[rows][cols] = RMSNorm (LayerNorm
- * with layernorm; d_nb may be NULL) of x with weights d_nw, the CUDA engine's bits.
+ * layout, 1 to 4 tokens). bq_cuda_norm_pieces (cols up to 8192): y[rows][cols] = RMSNorm (LayerNorm
+ * with layernorm; d_nb may be NULL) of x with weights d_nw, the CUDA engine's bits;
+ * where d_res is not NULL, a residual connection first: x += res, res checked for
+ * NaN/Inf into *d_bad (may be NULL; the smallest 2 index + isnan, as the engine's checks).
  * bq_cuda_act_pieces: u[rows][cols] = the MLP's activation of u (d_g: the gate of
  * ACT_SILU_GATED), in place, the engine's bits. Either leaves its output's pieces in
  * w's buffers, for bq_cuda_gemv_multi_ready(ws, count, that output, rows, d_ys) with
  * ws[0] == w, next: the bits of bq_cuda_gemv_multi (of bq_cuda_gemv for one matrix). */
 int bq_cuda_w_takes_pieces(const bq_cuda_w *w, int n);
-bq_status bq_cuda_norm_pieces(const bq_cuda_w *w, const float *d_x, const float *d_nw, const float *d_nb, float *d_y, int rows,
-                              float eps, int layernorm);
+bq_status bq_cuda_norm_pieces(const bq_cuda_w *w, float *d_x, const float *d_res, unsigned long long *d_bad, const float *d_nw,
+                              const float *d_nb, float *d_y, int rows, float eps, int layernorm);
 bq_status bq_cuda_act_pieces(const bq_cuda_w *w, float *d_u, const float *d_g, int rows, int act);
 bq_status bq_cuda_gemv_multi_ready(const bq_cuda_w *const *ws, int count, const float *d_x, int n, float *const *d_ys);
 /* Attention of n (1 to 8) new tokens over a KV cache (decoding; src/cuda/attn.cu):

@@ -80,12 +80,15 @@ __global__ void k_norm(const float *x, const float *w, const float *b, float *y,
     for (int i = threadIdx.x; i < d; i += blockDim.x) yr[i] = (float)(xr[i] - mean) * r * w[i] + (b ? b[i] : 0.0f);
 }
 
-// k_norm for rows of up to 16384 floats (norm.cuh: the row held in registers, read once)
+// k_norm for rows of up to 16384 floats (norm.cuh: the row held in registers, read
+// once); res (may be NULL): x += res first (k_add_check's bits; bad may be NULL)
 template <int V>
-__global__ void __launch_bounds__(1024) k_norm_v(const float *x, const float *w, const float *b, float *y, int d, float eps, int layer)
+__global__ void __launch_bounds__(1024) k_norm_v(float *x, const float *res, unsigned long long *bad, const float *w, const float *b, float *y,
+                                                 int d, float eps, int layer)
 {
     __shared__ double buf[32];
-    norm_row_v<V>(x + (size_t)blockIdx.x * d, w, b, y + (size_t)blockIdx.x * d, d, eps, layer, buf);
+    const size_t at = (size_t)blockIdx.x * d;
+    norm_row_v<V>(x + at, res ? res + at : nullptr, bad, at, w, b, y + at, d, eps, layer, buf);
 }
 
 // The online rotation (model_rot_rows: the same float operations in the same
@@ -267,11 +270,6 @@ __global__ void k_logprob(const float *lg, const int *ids, double *lp, int V)
     if (threadIdx.x == 0) lp[t] = (double)row[ids[t + 1]] - mx - log(se);
 }
 
-// NaN/Inf in x[n]: the smallest 2 * index + isnan into *bad (all ones: none).
-static __device__ __forceinline__ void note_bad(unsigned long long *bad, size_t i, float v)
-{
-    if (!isfinite(v)) atomicMin(bad, 2ull * i + (isnan(v) ? 1 : 0));
-}
 
 __global__ void k_check(const float *x, size_t n, unsigned long long *bad)
 {
@@ -458,9 +456,11 @@ struct cuda_be {
     unsigned graph_key;
     int recording, graph_checks, recordable;
     int pdl;  // decoding's kernels launched programmatically (launch.cuh); BQ_CUDA_PDL=0 turns it off for A/B runs
-    int fuse; // rope_store / add_check as one kernel each (BQ_CUDA_FUSE=0: the separate kernels, for A/B runs)
+    // BQ_CUDA_FUSE: 1 (default) rope_store / add_check as one kernel each; 2 also norm_linears
+    // (a residual connection with the norm after it, and the int8 GEMV's pieces from the
+    // norm's and act_linear's kernels); 0 the separate kernels (A/B runs)
+    int fuse;
     int attn_vec; // attention of few queries by k_attn_vec where it takes the head (BQ_CUDA_ATTN=vec; else k_attn_few)
-    int pieces; // norm_linears / act_linear: the int8 GEMV's pieces from the kernel before it (BQ_CUDA_PIECES=1; else the GEMV splits)
     // calibration's sums per linear slot (cuda_stats_add), and the inputs widened for X^T X
     struct gstat { double *msq, *amax, *gram; int in; } *stats;
     double *xd;
@@ -712,17 +712,24 @@ static const gnorm *gnorm_at(cuda_be *g, int layer, norm_role r)
 }
 static int is_layernorm(const bq_config *c, norm_role r) { return c->norm == NORM_LAYER && r != N_Q && r != N_K; }
 
+// k_norm_v of V (norm_v_shape), after the residual x += res where res is not NULL
+static bq_status norm_v(bool pdl, int v, int threads, float *x, const float *res, unsigned long long *bad, const gnorm *p, float *y, int rows,
+                        int d, float eps, int layernorm)
+{
+    if (v == 1) launch_k(pdl, k_norm_v<1>, rows, threads, x, res, bad, p->w, p->b, y, d, eps, layernorm);
+    else if (v == 2) launch_k(pdl, k_norm_v<2>, rows, threads, x, res, bad, p->w, p->b, y, d, eps, layernorm);
+    else launch_k(pdl, k_norm_v<4>, rows, threads, x, res, bad, p->w, p->b, y, d, eps, layernorm);
+    return launched("norm");
+}
+
 static bq_status cuda_norm(be *b, int layer, norm_role r, const float *x, float *y, int rows, int d)
 {
     const bq_config *c = cfg(b);
     const gnorm *p = gnorm_at(G(b), layer, r);
     int layernorm = is_layernorm(c, r);
     int threads, v = norm_v_shape(d, x, y, p->w, p->b, &threads);
-    const bool pdl = G(b)->pdl;
-    if (v == 1) launch_k(pdl, k_norm_v<1>, rows, threads, x, p->w, p->b, y, d, c->norm_eps, layernorm);
-    else if (v == 2) launch_k(pdl, k_norm_v<2>, rows, threads, x, p->w, p->b, y, d, c->norm_eps, layernorm);
-    else if (v == 4) launch_k(pdl, k_norm_v<4>, rows, threads, x, p->w, p->b, y, d, c->norm_eps, layernorm);
-    else launch_k(pdl, k_norm, rows, 256, x, p->w, p->b, y, d, c->norm_eps, layernorm);
+    if (v) return norm_v(G(b)->pdl, v, threads, (float *)x, nullptr, nullptr, p, y, rows, d, c->norm_eps, layernorm);
+    launch_k(G(b)->pdl, k_norm, rows, 256, x, p->w, p->b, y, d, c->norm_eps, layernorm);
     return launched("norm");
 }
 
@@ -873,10 +880,10 @@ static bq_status cuda_add_check(be *b, float *x, const float *h, int rows, int d
 // ---- the int8 GEMV's pieces made by the kernel before it ----
 // Linears rs[0..count) of a layer as one packed GEMV launch of int8-layout weights that
 // take pieces for n tokens (one input width, no activation format or LoRC): their
-// weights into ws. Only with BQ_CUDA_PIECES=1 (else the GEMV splits its input).
+// weights into ws. Only with BQ_CUDA_FUSE=2 (else the GEMV splits its input).
 static bool one_int8_launch(cuda_be *g, int layer, const lin_role *rs, int count, int n, int in, const bq_cuda_w **ws)
 {
-    if (!g->pieces || count < 1 || count > 3) return false;
+    if (g->fuse < 2 || count < 1 || count > 3) return false;
     for (int i = 0; i < count; i++) {
         const glin *l = glin_at(g, layer, rs[i]);
         if (l->aq || l->rank || l->in != in || !l->pw || !bq_cuda_w_takes_pieces(l->pw, n) || (i && !bq_cuda_w_fusable(ws[0], l->pw)))
@@ -898,20 +905,32 @@ static bq_status ready_linears(cuda_be *g, int layer, const lin_role *rs, int co
     return st ? st : launched("linears");
 }
 
-// norm, then linears: one kernel fewer where the norm's makes the GEMV's pieces
-static bq_status cuda_norm_linears(be *b, int layer, norm_role nr, const float *x, float *h, int d, const lin_role *rs, int count,
-                                   float *const *ys, int n)
+// The residual connection, the norm, then the linears (BQ_CUDA_FUSE=2): the residual
+// and the norm one kernel (k_norm_v), which also makes the GEMV's pieces where the
+// linears take them (norm_i8); else the separate ops.
+static bq_status cuda_norm_linears(be *b, int layer, norm_role nr, float *x, const be_residual *res, int pos, float *h, int d,
+                                   const lin_role *rs, int count, float *const *ys, int n)
 {
     cuda_be *g = G(b);
+    const bq_config *c = cfg(b);
     const gnorm *p = gnorm_at(g, layer, nr);
+    const float *rh = res ? res->h : nullptr;
+    const int ln = is_layernorm(c, nr);
     const bq_cuda_w *ws[3];
-    int threads;
-    if (!one_int8_launch(g, layer, rs, count, n, d, ws) || !norm_v_shape(d, x, h, p->w, p->b, &threads)) {
-        bq_status st = cuda_norm(b, layer, nr, x, h, n, d);
-        return st ? st : cuda_linears(b, layer, rs, count, h, ys, n);
+    int threads, v = g->fuse >= 2 && !((uintptr_t)rh & 15) ? norm_v_shape(d, x, h, p->w, p->b, &threads) : 0;
+    unsigned long long *bad = v && res && res->check ? check_flag(g, d, res->layer, res->site, pos) : nullptr;
+    bq_status st = BQ_OK;
+    if (v && v <= 2 && one_int8_launch(g, layer, rs, count, n, d, ws)) {  // (norm_i8: rows up to 8192)
+        st = bq_cuda_norm_pieces(ws[0], x, rh, bad, p->w, p->b, h, n, c->norm_eps, ln);
+        return st ? st : ready_linears(g, layer, rs, count, ws, h, ys, n);
     }
-    bq_status st = bq_cuda_norm_pieces(ws[0], x, p->w, p->b, h, n, cfg(b)->norm_eps, is_layernorm(cfg(b), nr));
-    return st ? st : ready_linears(g, layer, rs, count, ws, h, ys, n);
+    if (v) {
+        st = norm_v(g->pdl, v, threads, x, rh, bad, p, h, n, d, c->norm_eps, ln);
+    } else {
+        if (res) st = res->check ? cuda_add_check(b, x, rh, n, d, res->layer, res->site, pos) : cuda_add(b, x, rh, (size_t)n * d);
+        if (!st) st = cuda_norm(b, layer, nr, x, h, n, d);
+    }
+    return st ? st : cuda_linears(b, layer, rs, count, h, ys, n);
 }
 
 // act, then linear r (down_proj), likewise
@@ -1253,10 +1272,10 @@ static bq_status cuda_setup(cuda_be *g)
 extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int hi, be **out)
 {
     *out = NULL;
-    int pdl, fuse, pieces, attn_vec, int8, pf;  // the A/B switches (knobs.h), checked before any device work
+    int pdl, fuse, attn_vec, int8, pf;  // the A/B switches (knobs.h), checked before any device work
+    static const char *const fuse_levels[3] = {"0", "1", "2"};
     bq_status st = env_switch("BQ_CUDA_PDL", 1, &pdl);
-    if (!st) st = env_switch("BQ_CUDA_FUSE", 1, &fuse);
-    if (!st) st = env_switch("BQ_CUDA_PIECES", 0, &pieces);  // off until a GPU has run it (bench/RESULTS.md)
+    if (!st) st = env_knob("BQ_CUDA_FUSE", fuse_levels, 3, 1, &fuse);  // 2 once a GPU has run it (bench/RESULTS.md)
     static const char *const attn_kernels[2] = {"few", "vec"};
     if (!st) st = env_knob("BQ_CUDA_ATTN", attn_kernels, 2, 0, &attn_vec);  // few until a GPU has run vec
     if (!st) st = env_gemv_int8(&int8);  // (read again at each upload)
@@ -1282,7 +1301,6 @@ extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int 
     g->dev = dev;
     g->pdl = pdl;
     g->fuse = fuse;
-    g->pieces = pieces;
     g->attn_vec = attn_vec;
     st = cuda_bind(&g->base);
     if (!st) st = cublas_handle(&g->blas, &g->blas_ws);

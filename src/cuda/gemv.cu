@@ -1010,18 +1010,20 @@ __global__ void __launch_bounds__(256) i8_split(const float *__restrict__ x, int
 // The kernels before an int8 GEMV making its pieces as they write its input, so that
 // the GEMV launches alone (bq_cuda_gemv_multi_ready): on a decoding step each linear's
 // split is a launch of its own, a dependent step as long as the arithmetic of many.
-// norm_i8: the engine's norm (norm.cuh; same bits as k_norm_v), a block a token;
+// norm_i8: the engine's norm (norm.cuh; same bits as k_norm_v, the residual connection
+// before it where res is not NULL), a block a token;
 // once the row is written its warps take its tiles (plain loads of y: another
 // thread's stores, made visible to the block by the barrier).
 template <int V>
-__global__ void __launch_bounds__(1024) norm_i8(const float *x, const float *w, const float *b, float *y, int d, float eps, int layernorm,
-                                                int n, int NT, uint4 *__restrict__ xq, float *__restrict__ xs)
+__global__ void __launch_bounds__(1024) norm_i8(float *x, const float *res, unsigned long long *bad, const float *w, const float *b, float *y,
+                                                int d, float eps, int layernorm, int n, int NT, uint4 *__restrict__ xq, float *__restrict__ xs)
 {
     __shared__ double buf[32];
     __shared__ int8_t pc[32][I8_PIECES][64];
     const int tau = blockIdx.x, wl = threadIdx.x >> 5, lane = threadIdx.x & 31;
     float *yr = y + (size_t)tau * d;
-    norm_row_v<V>(x + (size_t)tau * d, w, b, yr, d, eps, layernorm, buf);
+    const size_t at = (size_t)tau * d;
+    norm_row_v<V>(x + at, res ? res + at : nullptr, bad, at, w, b, yr, d, eps, layernorm, buf);
     __syncthreads();
     for (int T = wl; T < NT; T += blockDim.x >> 5) {
         float v[2];
@@ -1349,16 +1351,17 @@ static bq_status pieces_refused(const bq_cuda_w *w, int n, const char *what)
                    w->i8 ? "takes 1 to 4 tokens" : "the weight is not on the int8 layout");
 }
 
-extern "C" bq_status bq_cuda_norm_pieces(const bq_cuda_w *w, const float *d_x, const float *d_nw, const float *d_nb, float *d_y, int rows,
-                                         float eps, int layernorm)
+extern "C" bq_status bq_cuda_norm_pieces(const bq_cuda_w *w, float *d_x, const float *d_res, unsigned long long *d_bad, const float *d_nw,
+                                         const float *d_nb, float *d_y, int rows, float eps, int layernorm)
 {
     if (!bq_cuda_w_takes_pieces(w, rows)) return pieces_refused(w, rows, "norm");
     int threads, v = norm_v_shape(w->cols, d_x, d_y, d_nw, d_nb, &threads);
-#define L(V) launch_k(w->pdl, norm_i8<V>, rows, threads, d_x, d_nw, d_nb, d_y, w->cols, eps, layernorm, rows, w->NT, (uint4 *)w->xf, w->xs)
+    if ((uintptr_t)d_res & 15) v = 0;
+#define L(V) launch_k(w->pdl, norm_i8<V>, rows, threads, d_x, d_res, d_bad, d_nw, d_nb, d_y, w->cols, eps, layernorm, rows, w->NT, \
+                      (uint4 *)w->xf, w->xs)
     if (v == 1) L(1);
     else if (v == 2) L(2);
-    else if (v == 4) L(4);
-    else return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA norm with the GEMV's pieces: rows of %d floats (at most 16384, 16-byte aligned)", w->cols);
+    else return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA norm with the GEMV's pieces: rows of %d floats (at most 8192, 16-byte aligned)", w->cols);
 #undef L
     return launched("norm with the GEMV's pieces");
 }

@@ -4,6 +4,7 @@
 // handle is made (a weight's upload, a backend), never in a kernel's path.
 #ifndef BQ_KNOBS_H
 #define BQ_KNOBS_H
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 extern "C" {
@@ -18,7 +19,10 @@ static inline bq_status env_knob(const char *name, const char *const *vals, int 
     if (!e) return BQ_OK;
     for (int i = 0; i < nv; i++)
         if (!strcmp(e, vals[i])) { *out = i; return BQ_OK; }
-    return bq_fail(BQ_ERR_ARG, "%s=%s in the environment: expected %s or %s", name, e, vals[0], vals[nv - 1]);
+    char list[128] = "";
+    for (int i = 0; i < nv; i++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? (i == nv - 1 ? " or " : ", ") : "", vals[i]);
+    return bq_fail(BQ_ERR_ARG, "%s=%s in the environment: expected %s", name, e, list);
 }
 
 // 0 or 1

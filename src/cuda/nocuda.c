@@ -55,10 +55,10 @@ bq_status bq_cuda_attend_few(int vec, int pdl, const float *q, const float *K, c
     (void)scale; (void)pos0; (void)dpos; (void)window;
     return none();
 }
-bq_status bq_cuda_norm_pieces(const bq_cuda_w *w, const float *x, const float *nw, const float *nb, float *y, int rows, float eps,
-                              int layernorm)
+bq_status bq_cuda_norm_pieces(const bq_cuda_w *w, float *x, const float *res, unsigned long long *bad, const float *nw, const float *nb,
+                              float *y, int rows, float eps, int layernorm)
 {
-    (void)w; (void)x; (void)nw; (void)nb; (void)y; (void)rows; (void)eps; (void)layernorm;
+    (void)w; (void)x; (void)res; (void)bad; (void)nw; (void)nb; (void)y; (void)rows; (void)eps; (void)layernorm;
     return none();
 }
 bq_status bq_cuda_act_pieces(const bq_cuda_w *w, float *u, const float *g, int rows, int act)

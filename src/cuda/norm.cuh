@@ -13,14 +13,18 @@
 // block reduces with shuffles (the engine's k_norm: 7.6 us for a 4096-wide row, 16
 // dependent loads a thread and an 8-step tree of barriers; this: 3.6 us). The same
 // float operations per element; sums in double. buf: 32 doubles of shared memory.
+// res (may be NULL): a residual connection first, x += res, written back to x, res
+// checked for NaN/Inf into *bad (may be NULL) as engine.cu's k_add_check, element
+// indices from `at` (the row's first): the same bits as that kernel and then the norm.
 // It starts the kernel: the norm's weights (no earlier kernel writes them) are loaded
 // before the launch's wait for the kernel before (pdl_wait), x after it (rows over 8192,
 // V = 4: after the sums, or a 1024-thread block's 64 registers a thread spill).
 template <int V>
-static __device__ __forceinline__ void norm_row_v(const float *x, const float *w, const float *b, float *y, int d, float eps,
-                                                  int layernorm, double *buf)
+static __device__ __forceinline__ void norm_row_v(float *x, const float *res, unsigned long long *bad, size_t at, const float *w,
+                                                  const float *b, float *y, int d, float eps, int layernorm, double *buf)
 {
-    const float4 *xr = (const float4 *)x, *w4 = (const float4 *)w, *b4 = (const float4 *)b;
+    float4 *xr = (float4 *)x;
+    const float4 *w4 = (const float4 *)w, *b4 = (const float4 *)b, *r4 = (const float4 *)res;
     float4 *yr = (float4 *)y;
     const int n4 = d / 4;
     constexpr bool early = V <= 2;
@@ -38,6 +42,15 @@ static __device__ __forceinline__ void norm_row_v(const float *x, const float *w
     for (int j = 0; j < V; j++) {
         int i = threadIdx.x + j * blockDim.x;
         v[j] = i < n4 ? xr[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (res && i < n4) {
+            const float4 r = r4[i];
+            if (bad) {
+                note_bad(bad, at + 4 * (size_t)i, r.x), note_bad(bad, at + 4 * (size_t)i + 1, r.y);
+                note_bad(bad, at + 4 * (size_t)i + 2, r.z), note_bad(bad, at + 4 * (size_t)i + 3, r.w);
+            }
+            v[j].x += r.x, v[j].y += r.y, v[j].z += r.z, v[j].w += r.w;
+            xr[i] = v[j];
+        }
     }
     double s = 0;
     if (!layernorm) {

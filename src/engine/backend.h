@@ -29,6 +29,9 @@ const normp *model_norm(const bq_model *m, int layer, norm_role r);
 extern const char *const bq_check_names[3];
 
 typedef struct be be;
+/* A residual connection applied by the op after it (norm_linears): x += h, h checked
+ * for NaN/Inf at (layer, site) first where check is set. */
+typedef struct { const float *h; int layer; check_site site; int check; } be_residual;
 typedef struct {
     const char *name;
     int host;  /* buffers are host memory (the driver may hand the caller's logits over) */
@@ -96,13 +99,15 @@ typedef struct {
      * their arithmetic. */
     bq_status (*rope_store)(be *b, int layer, float *q, float *k, const float *v, int n, int pos);
     bq_status (*add_check)(be *b, float *x, const float *h, int rows, int d, int layer, check_site s, int pos);
-    /* norm_linears: norm (layer, nr) of x [n, d] into h, then the linears rs[0..count)
-     * of that layer on h into ys (as linears). act_linear: act of u (gate g; n rows of
-     * the model's inter), then linear (layer, r) of u into y. On a GPU the norm's (the
-     * activation's) kernel makes the int8 GEMV's activation pieces as it writes h (u),
-     * one launch fewer a linear. */
-    bq_status (*norm_linears)(be *b, int layer, norm_role nr, const float *x, float *h, int d, const lin_role *rs, int count,
-                              float *const *ys, int n);
+    /* norm_linears: the residual connection res first where it is not NULL (x += res->h,
+     * checked as add_check / check would, tokens at pos), then norm (layer, nr) of x [n, d]
+     * into h (res->h may be h), then the linears rs[0..count) of that layer on h into ys
+     * (as linears). act_linear: act of u (gate g; n rows of the model's inter), then
+     * linear (layer, r) of u into y. On a GPU the residual, the norm and the int8 GEMV's
+     * activation pieces are one kernel, and the activation's makes the pieces of u: a
+     * LLaMA layer's 15 kernels become 10. */
+    bq_status (*norm_linears)(be *b, int layer, norm_role nr, float *x, const be_residual *res, int pos, float *h, int d,
+                              const lin_role *rs, int count, float *const *ys, int n);
     bq_status (*act_linear)(be *b, int layer, lin_role r, float *u, const float *g, float *y, int n);
 } be_ops;
 

@@ -312,10 +312,16 @@ static bq_status check_ids(const bq_model *m, const int32_t *ids, int n)
 #define DO(call) do { if ((st = (call))) return st; } while (0)
 #define CHECK(x, rows, dd, layer, site) do { if (c->check) DO(o->check(b, x, rows, dd, layer, site, pos)); } while (0)
 /* x += h, h checked first (one op where the backend fuses them) */
-#define RESIDUAL(h, layer, site) do { \
-        if (c->check && o->add_check) DO(o->add_check(b, S->x, h, n, H, layer, site, pos)); \
-        else { CHECK(h, n, H, layer, site); DO(o->add(b, S->x, h, nH)); } \
-    } while (0)
+static bq_status residual(stage *S, const be_residual *r, int n, int pos)
+{
+    be *b = S->b;
+    const be_ops *o = b->ops;
+    int H = b->m->c.hidden;
+    if (r->check && o->add_check) return o->add_check(b, S->x, r->h, n, H, r->layer, r->site, pos);
+    bq_status st = r->check ? o->check(b, r->h, n, H, r->layer, r->site, pos) : BQ_OK;
+    return st ? st : o->add(b, S->x, r->h, (size_t)n * H);
+}
+#define RESIDUAL(h, layer, site) DO(residual(S, &(be_residual){h, layer, site, c->check}, n, pos))
 
 /* A stage's input: the first embeds the tokens, a later one takes the hidden state
  * the stage before it left in host memory (xin). */
@@ -335,16 +341,23 @@ static bq_status stage_in(bq_ctx *c, stage *S, const int32_t *ids, int n, int po
     return BQ_OK;
 }
 
-/* A layer's linears on its input: the norm's output (pre-norm) or x itself; norm and
- * linears in one op where the backend fuses them (not while calibrating: the
- * observer sees each linear's input before it runs). */
-static bq_status norm_then_linears(bq_ctx *c, stage *S, int l, norm_role nr, const lin_role *rs, int count, float *const *ys, int n)
+/* Whether a pre-norm model's residual connections and norms go to the backend's
+ * norm_linears (not while calibrating: the observer sees each linear's input before it
+ * runs): each residual is then left to the norm after it (res). */
+static int fuse_norms(const bq_ctx *c, const be *b) { return c->m->c.pre_norm && b->ops->norm_linears && !c->observe; }
+
+/* A layer's linears on its input: the norm's output (pre-norm) or x itself, after the
+ * residual connection res (NULL: none left). */
+static bq_status norm_then_linears(bq_ctx *c, stage *S, const be_residual *res, int l, norm_role nr, const lin_role *rs, int count,
+                                   float *const *ys, int n, int pos)
 {
     be *b = S->b;
     int H = c->m->c.hidden;
+    bq_status st = BQ_OK;
+    if (fuse_norms(c, b)) return b->ops->norm_linears(b, l, nr, S->x, res, pos, S->h, H, rs, count, ys, n);
+    if (res && (st = residual(S, res, n, pos))) return st;
     if (!c->m->c.pre_norm) return run_linears(c, b, l, rs, count, S->x, ys, n);
-    if (b->ops->norm_linears && !c->observe) return b->ops->norm_linears(b, l, nr, S->x, S->h, H, rs, count, ys, n);
-    bq_status st = b->ops->norm(b, l, nr, S->x, S->h, n, H);
+    st = b->ops->norm(b, l, nr, S->x, S->h, n, H);
     return st ? st : run_linears(c, b, l, rs, count, S->h, ys, n);
 }
 
@@ -357,13 +370,17 @@ static bq_status stage_body(bq_ctx *c, stage *S, int n, int pos, int first, floa
     const bq_model *M = c->m;
     const bq_config *m = &M->c;
     int H = m->hidden, d = m->head_dim;
-    size_t nH = (size_t)n * H, nI = (size_t)n * m->inter;
+    size_t nI = (size_t)n * m->inter;
     bq_status st;
 
+    /* a residual connection left to the norm after it (fuse_norms) */
+    const int defer = fuse_norms(c, b);
+    be_residual pend = {NULL, 0, CHK_ATTN, c->check};
     for (int l = b->lo; l < b->hi; l++) {
         /* attention */
         static const lin_role qkv[] = {R_Q, R_K, R_V}, up_gate[] = {R_UP, R_GATE};
-        DO(norm_then_linears(c, S, l, N_LN1, qkv, 3, (float *const[]){S->q, S->k, S->v}, n));
+        DO(norm_then_linears(c, S, pend.h ? &pend : NULL, l, N_LN1, qkv, 3, (float *const[]){S->q, S->k, S->v}, n, pos));
+        pend.h = NULL;
         if (m->qk_norm) {
             DO(o->norm(b, l, N_Q, S->q, S->q, n * m->heads, d));
             DO(o->norm(b, l, N_K, S->k, S->k, n * m->kv_heads, d));
@@ -386,20 +403,25 @@ static bq_status stage_body(bq_ctx *c, stage *S, int n, int pos, int first, floa
         }
         DO(o->attention(b, l, S->q, S->a, n, pos));
         DO(run_linear(c, b, l, R_O, S->a, S->h, n));
-        RESIDUAL(S->h, l, CHK_ATTN);
+        if (defer) pend = (be_residual){S->h, l, CHK_ATTN, c->check};
+        else RESIDUAL(S->h, l, CHK_ATTN);
         if (!m->pre_norm) DO(o->norm(b, l, N_LN1, S->x, S->x, n, H));
 
         /* MLP */
-        DO(norm_then_linears(c, S, l, N_LN2, up_gate, m->act == ACT_SILU_GATED ? 2 : 1, (float *const[]){S->u, S->g}, n));
+        DO(norm_then_linears(c, S, pend.h ? &pend : NULL, l, N_LN2, up_gate, m->act == ACT_SILU_GATED ? 2 : 1, (float *const[]){S->u, S->g},
+                             n, pos));
+        pend.h = NULL;
         if (o->act_linear && !M->rot_down && !c->observe) DO(o->act_linear(b, l, R_DOWN, S->u, S->g, S->h, n));
         else {
             DO(o->act(b, S->u, S->g, nI));
             if (M->rot_down) DO(o->rotate(b, M->rot_down, S->u, n));
             DO(run_linear(c, b, l, R_DOWN, S->u, S->h, n));
         }
-        RESIDUAL(S->h, l, CHK_MLP);
+        if (defer) pend = (be_residual){S->h, l, CHK_MLP, c->check};
+        else RESIDUAL(S->h, l, CHK_MLP);
         if (!m->pre_norm) DO(o->norm(b, l, N_LN2, S->x, S->x, n, H));
     }
+    if (pend.h) DO(residual(S, &pend, n, pos));  /* the stage's last */
 
     if (b->hi == m->layers) {  /* head: only the rows the caller wants */
         int rows = n - first;

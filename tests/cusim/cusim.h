@@ -68,6 +68,12 @@ inline unsigned atomicMax(unsigned *p, unsigned v)  // (one fiber runs at a time
     if (v > o) *p = v;
     return o;
 }
+inline unsigned long long atomicMin(unsigned long long *p, unsigned long long v)
+{
+    unsigned long long o = *p;
+    if (v < o) *p = v;
+    return o;
+}
 // byte i of the result: byte (s >> 4i) & 7 of {y, x}
 inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s)
 {
