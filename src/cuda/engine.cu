@@ -460,7 +460,7 @@ struct cuda_be {
     // (a residual connection with the norm after it, and the int8 GEMV's pieces from the
     // norm's and act_linear's kernels); 0 the separate kernels (A/B runs)
     int fuse;
-    int attn_vec; // attention of few queries by k_attn_vec where it takes the head (BQ_CUDA_ATTN=vec; else k_attn_few)
+    int attn_vec; // attention of few queries by k_attn_vec where it takes the head (default; BQ_CUDA_ATTN=few: k_attn_few)
     // calibration's sums per linear slot (cuda_stats_add), and the inputs widened for X^T X
     struct gstat { double *msq, *amax, *gram; int in; } *stats;
     double *xd;
@@ -1277,7 +1277,7 @@ extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int 
     bq_status st = env_switch("BQ_CUDA_PDL", 1, &pdl);
     if (!st) st = env_knob("BQ_CUDA_FUSE", fuse_levels, 3, 1, &fuse);  // 2 once a GPU has run it (bench/RESULTS.md)
     static const char *const attn_kernels[2] = {"few", "vec"};
-    if (!st) st = env_knob("BQ_CUDA_ATTN", attn_kernels, 2, 0, &attn_vec);  // few until a GPU has run vec
+    if (!st) st = env_knob("BQ_CUDA_ATTN", attn_kernels, 2, 1, &attn_vec);  // vec: +3 to +6% decode (bench/RESULTS.md)
     if (!st) st = env_gemv_int8(&int8);  // (read again at each upload)
     if (!st) st = env_switch("BQ_CUDA_I8_PF", 0, &pf);
     if (st) return st;
