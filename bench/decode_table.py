@@ -51,7 +51,8 @@ def main():
         ref = bf16.get(p, bf16.get(p.replace("int8", "fp16").replace("+pf", ""), float("nan")))  # bf16 has no packed GEMV: its fp16 runs
         x = med / ref
         launch = {"pdl=0": "graph", "pdl=1": "graph + PDL", "r21=base": "defaults", "r21=fuse2": "BQ_CUDA_FUSE=2",
-                  "r21=vec": "attention vec", "r21=fuse2+vec": "FUSE=2 + attention vec"}.get(p) or label_of(p)
+                  "r21=vec": "attention vec", "r21=fuse2+vec": "FUSE=2 + attention vec",
+                  "r21=fuse2-nopieces+vec": "FUSE=2 without pieces + attention vec"}.get(p) or label_of(p)
         print(f"| {f} | {launch} | {med:.1f} ({', '.join(f'{t:.1f}' for t in toks)}) | {b:.0f} | {100 * med / b:.0f}% | {x:.2f} |")
 
 

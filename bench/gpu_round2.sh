@@ -198,7 +198,9 @@ case "$S" in *pieces*)
         for v in ${PC_VARIANTS:-base fuse2 vec fuse2+vec}; do
             fz=1; case $v in *fuse2*) fz=2 ;; esac
             at=few; case $v in *vec*) at=vec ;; esac
-            decode $1 r21=$v $2 BQ_CUDA_FUSE=$fz BQ_CUDA_ATTN=$at
+            pc=1; case $v in *nopieces*) pc=0 ;; esac  # fuse2-nopieces: the residual with the norm, the GEMV's own split
+            [ $1 = bf16 ] && [ $pc = 0 ] && continue  # (bf16: no pieces either way)
+            decode $1 r21=$v $2 BQ_CUDA_FUSE=$fz BQ_CUDA_ATTN=$at BQ_CUDA_PIECES=$pc
         done
     }
     per_format "${PC_FORMATS:-bf16 mxfp4 int4_g128 nvfp4 mxint8}" pieces_round

@@ -633,8 +633,8 @@ int main(void)
         int32_t p[2] = {1, 2}, out[2];
         bq_gen_opts g = {.size = sizeof g, .n_new = 2, .top_p = 1, .device = 1};
         CHECK(bq_generate(m, p, 2, &g, out, NULL) == BQ_ERR_UNSUPPORTED, "generate on CUDA without a device must be refused");
-        const char *var[4] = {"BQ_CUDA_FUSE", "BQ_CUDA_PDL", "BQ_CUDA_GEMV", "BQ_CUDA_ATTN"};  /* mistyped switches: refused by name, first */
-        for (int k = 0; k < 4; k++) {
+        const char *var[5] = {"BQ_CUDA_FUSE", "BQ_CUDA_PDL", "BQ_CUDA_GEMV", "BQ_CUDA_ATTN", "BQ_CUDA_PIECES"};  /* mistyped switches: refused by name, first */
+        for (int k = 0; k < 5; k++) {
             setenv(var[k], "on", 1);
             bq_status st = bq_ctx_new_ex(m, 16, &o, &c);
             int built = !strstr(bq_last_error(), "built without CUDA");

@@ -88,7 +88,8 @@ __global__ void __launch_bounds__(1024) k_norm_v(float *x, const float *res, uns
 {
     __shared__ double buf[32];
     const size_t at = (size_t)blockIdx.x * d;
-    norm_row_v<V>(x + at, res ? res + at : nullptr, bad, at, w, b, y + at, d, eps, layer, buf);
+    float4 yv[V];
+    norm_row_v<V>(x + at, res ? res + at : nullptr, bad, at, w, b, y + at, d, eps, layer, buf, yv);
 }
 
 // The online rotation (model_rot_rows: the same float operations in the same
@@ -460,6 +461,7 @@ struct cuda_be {
     // (a residual connection with the norm after it, and the int8 GEMV's pieces from the
     // norm's and act_linear's kernels); 0 the separate kernels (A/B runs)
     int fuse;
+    int pieces;   // at level 2, the int8 GEMV's pieces from the norm and act kernels (BQ_CUDA_PIECES=0: from the GEMV's own split)
     int attn_vec; // attention of few queries by k_attn_vec where it takes the head (default; BQ_CUDA_ATTN=few: k_attn_few)
     // calibration's sums per linear slot (cuda_stats_add), and the inputs widened for X^T X
     struct gstat { double *msq, *amax, *gram; int in; } *stats;
@@ -880,10 +882,11 @@ static bq_status cuda_add_check(be *b, float *x, const float *h, int rows, int d
 // ---- the int8 GEMV's pieces made by the kernel before it ----
 // Linears rs[0..count) of a layer as one packed GEMV launch of int8-layout weights that
 // take pieces for n tokens (one input width, no activation format or LoRC): their
-// weights into ws. Only with BQ_CUDA_FUSE=2 (else the GEMV splits its input).
+// weights into ws. Only with BQ_CUDA_FUSE=2 and BQ_CUDA_PIECES unset or 1 (else the GEMV
+// splits its input).
 static bool one_int8_launch(cuda_be *g, int layer, const lin_role *rs, int count, int n, int in, const bq_cuda_w **ws)
 {
-    if (g->fuse < 2 || count < 1 || count > 3) return false;
+    if (g->fuse < 2 || !g->pieces || count < 1 || count > 3) return false;
     for (int i = 0; i < count; i++) {
         const glin *l = glin_at(g, layer, rs[i]);
         if (l->aq || l->rank || l->in != in || !l->pw || !bq_cuda_w_takes_pieces(l->pw, n) || (i && !bq_cuda_w_fusable(ws[0], l->pw)))
@@ -1272,10 +1275,11 @@ static bq_status cuda_setup(cuda_be *g)
 extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int hi, be **out)
 {
     *out = NULL;
-    int pdl, fuse, attn_vec, int8, pf;  // the A/B switches (knobs.h), checked before any device work
+    int pdl, fuse, pieces, attn_vec, int8, pf;  // the A/B switches (knobs.h), checked before any device work
     static const char *const fuse_levels[3] = {"0", "1", "2"};
     bq_status st = env_switch("BQ_CUDA_PDL", 1, &pdl);
     if (!st) st = env_knob("BQ_CUDA_FUSE", fuse_levels, 3, 1, &fuse);  // 2 once a GPU has run it (bench/RESULTS.md)
+    if (!st) st = env_switch("BQ_CUDA_PIECES", 1, &pieces);
     static const char *const attn_kernels[2] = {"few", "vec"};
     if (!st) st = env_knob("BQ_CUDA_ATTN", attn_kernels, 2, 1, &attn_vec);  // vec: +3 to +6% decode (bench/RESULTS.md)
     if (!st) st = env_gemv_int8(&int8);  // (read again at each upload)
@@ -1301,6 +1305,7 @@ extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int 
     g->dev = dev;
     g->pdl = pdl;
     g->fuse = fuse;
+    g->pieces = pieces;
     g->attn_vec = attn_vec;
     st = cuda_bind(&g->base);
     if (!st) st = cublas_handle(&g->blas, &g->blas_ws);

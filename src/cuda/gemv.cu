@@ -1010,30 +1010,62 @@ __global__ void __launch_bounds__(256) i8_split(const float *__restrict__ x, int
 // The kernels before an int8 GEMV making its pieces as they write its input, so that
 // the GEMV launches alone (bq_cuda_gemv_multi_ready): on a decoding step each linear's
 // split is a launch of its own, a dependent step as long as the arithmetic of many.
+// i8_split_quad: token tau's pieces of one float4 of a tile (columns 4i .. 4i + 3 of the
+// row: tile i / 16), each thread its own, where the 16 threads of a half-warp hold a tile
+// (norm_i8's layout): the tile's largest |x| by four shuffles within the half-warp (every
+// lane calls it), then each piece's four bytes are one word of the B fragment (lane 4g + t,
+// register r; i8_split_token's packing) stored directly, with its negation; the half-warp's
+// first thread stores the tile's factors. The same pieces and words as i8_split_token.
+static __device__ __forceinline__ void i8_split_quad(float4 v, int i, int tau, int n, int NT, uint4 *__restrict__ xq, float *__restrict__ xs)
+{
+    const float x4[4] = {v.x, v.y, v.z, v.w};
+    uint32_t m = 0;
+#pragma unroll
+    for (int c = 0; c < 4; c++) m = max(m, (uint32_t)__float_as_int(x4[c]) & 0x7fffffffu);
+    for (int o = 8; o; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
+    const int T = i / 16;
+    if (T >= NT) return;
+    const int E = i8_tile_exp(m);
+    const float pre = m > 0x7f7fffffu ? 0.0f : ldexpf(1.0f, 6 - E);
+    const float post = m > 0x7f7fffffu ? __int_as_float(0x7fc00000) : ldexpf(1.0f, E - 6);
+    int8_t p[4][I8_PIECES];
+#pragma unroll
+    for (int c = 0; c < 4; c++) i8_pieces(x4[c], pre, p[c]);
+    const int k0 = 4 * (i % 16), t = (k0 % 16) / 4, r = 2 * (k0 / 32) + (k0 % 32) / 16, nb = tau / 2, half = tau % 2;
+    const bool partner_absent = half == 0 && tau + 1 >= n;
+    uint32_t *blk = (uint32_t *)(xq + ((size_t)nb * NT + T) * 64);  // [lane][2][4] words
+#pragma unroll
+    for (int q = 0; q < I8_PIECES; q++) {
+        uint32_t wd = 0;
+#pragma unroll
+        for (int j = 0; j < 4; j++) wd |= (uint32_t)(uint8_t)p[j][q] << (8 * j);
+        const int lane = 4 * (4 * half + q) + t;
+        blk[lane * 8 + r] = wd;
+        blk[lane * 8 + 4 + r] = ((0xC0C0C0C0u - (wd ^ 0x80808080u)) + 0x40404040u) ^ 0x80808080u;
+        if (partner_absent) blk[(lane + 16) * 8 + r] = 0, blk[(lane + 16) * 8 + 4 + r] = 0;
+    }
+    if (k0 == 0)
+#pragma unroll
+        for (int q = 0; q < I8_PIECES; q++) {
+            xs[((size_t)nb * NT + T) * 8 + 4 * half + q] = post * ldexpf(1.0f, -7 * q);
+            if (partner_absent) xs[((size_t)nb * NT + T) * 8 + 4 + q] = 0.0f;
+        }
+}
+
 // norm_i8: the engine's norm (norm.cuh; same bits as k_norm_v, the residual connection
-// before it where res is not NULL), a block a token;
-// once the row is written its warps take its tiles (plain loads of y: another
-// thread's stores, made visible to the block by the barrier).
+// before it where res is not NULL), a block a token, each thread splitting its own float4
+// of the output (i8_split_quad: all at once, no pass over the tiles after the norm).
 template <int V>
 __global__ void __launch_bounds__(1024) norm_i8(float *x, const float *res, unsigned long long *bad, const float *w, const float *b, float *y,
                                                 int d, float eps, int layernorm, int n, int NT, uint4 *__restrict__ xq, float *__restrict__ xs)
 {
     __shared__ double buf[32];
-    __shared__ int8_t pc[32][I8_PIECES][64];
-    const int tau = blockIdx.x, wl = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    float *yr = y + (size_t)tau * d;
+    const int tau = blockIdx.x;
     const size_t at = (size_t)tau * d;
-    norm_row_v<V>(x + at, res ? res + at : nullptr, bad, at, w, b, yr, d, eps, layernorm, buf);
-    __syncthreads();
-    for (int T = wl; T < NT; T += blockDim.x >> 5) {
-        float v[2];
+    float4 yv[V];
+    norm_row_v<V>(x + at, res ? res + at : nullptr, bad, at, w, b, y + at, d, eps, layernorm, buf, yv);
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
-            int k = 64 * T + lane + 32 * i;
-            v[i] = k < d ? yr[k] : 0.0f;
-        }
-        i8_split_token(v, tau, n, T, NT, lane, pc[wl], xq, xs);
-    }
+    for (int j = 0; j < V; j++) i8_split_quad(yv[j], threadIdx.x + j * blockDim.x, tau, n, NT, xq, xs);
 }
 
 // act_i8: the MLP's activation in place (engine.cu's k_act: u = act(u, gate)), a warp a

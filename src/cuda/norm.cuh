@@ -12,7 +12,8 @@
 // in registers, so the row is read once with every load in flight at once, and the
 // block reduces with shuffles (the engine's k_norm: 7.6 us for a 4096-wide row, 16
 // dependent loads a thread and an 8-step tree of barriers; this: 3.6 us). The same
-// float operations per element; sums in double. buf: 32 doubles of shared memory.
+// float operations per element; sums in double. buf: 32 doubles of shared memory; yv:
+// this thread's float4 of y (zeros past the row).
 // res (may be NULL): a residual connection first, x += res, written back to x, res
 // checked for NaN/Inf into *bad (may be NULL) as engine.cu's k_add_check, element
 // indices from `at` (the row's first): the same bits as that kernel and then the norm.
@@ -21,7 +22,7 @@
 // V = 4: after the sums, or a 1024-thread block's 64 registers a thread spill).
 template <int V>
 static __device__ __forceinline__ void norm_row_v(float *x, const float *res, unsigned long long *bad, size_t at, const float *w,
-                                                  const float *b, float *y, int d, float eps, int layernorm, double *buf)
+                                                  const float *b, float *y, int d, float eps, int layernorm, double *buf, float4 (&yv)[V])
 {
     float4 *xr = (float4 *)x;
     const float4 *w4 = (const float4 *)w, *b4 = (const float4 *)b, *r4 = (const float4 *)res;
@@ -33,6 +34,7 @@ static __device__ __forceinline__ void norm_row_v(float *x, const float *res, un
 #pragma unroll
     for (int j = 0; j < V; j++) {
         int i = threadIdx.x + j * blockDim.x;
+        yv[j] = z;
         g[j] = early && i < n4 ? w4[i] : z;
         c[j] = early && i < n4 && b && layernorm ? b4[i] : z;
     }
@@ -63,7 +65,7 @@ static __device__ __forceinline__ void norm_row_v(float *x, const float *res, un
             int i = threadIdx.x + j * blockDim.x;
             if (i >= n4) continue;
             if (!early) g[j] = w4[i];
-            yr[i] = make_float4(g[j].x * (v[j].x * r), g[j].y * (v[j].y * r), g[j].z * (v[j].z * r), g[j].w * (v[j].w * r));
+            yr[i] = yv[j] = make_float4(g[j].x * (v[j].x * r), g[j].y * (v[j].y * r), g[j].z * (v[j].z * r), g[j].w * (v[j].w * r));
         }
         return;
     }
@@ -83,7 +85,7 @@ static __device__ __forceinline__ void norm_row_v(float *x, const float *res, un
         int i = threadIdx.x + j * blockDim.x;
         if (i >= n4) continue;
         if (!early) g[j] = w4[i], c[j] = b ? b4[i] : z;
-        yr[i] = make_float4((float)(v[j].x - mean) * r * g[j].x + c[j].x, (float)(v[j].y - mean) * r * g[j].y + c[j].y,
+        yr[i] = yv[j] = make_float4((float)(v[j].x - mean) * r * g[j].x + c[j].x, (float)(v[j].y - mean) * r * g[j].y + c[j].y,
                             (float)(v[j].z - mean) * r * g[j].z + c[j].z, (float)(v[j].w - mean) * r * g[j].w + c[j].w);
     }
 }
