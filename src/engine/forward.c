@@ -310,7 +310,6 @@ static bq_status check_ids(const bq_model *m, const int32_t *ids, int n)
 /* ---- the forward pass, stage by stage ---- */
 
 #define DO(call) do { if ((st = (call))) return st; } while (0)
-#define CHECK(x, rows, dd, layer, site) do { if (c->check) DO(o->check(b, x, rows, dd, layer, site, pos)); } while (0)
 /* x += h, h checked first (one op where the backend fuses them) */
 static bq_status residual(stage *S, const be_residual *r, int n, int pos)
 {
