@@ -943,6 +943,18 @@ static __device__ __forceinline__ void mma_s8_k16(int (&d)[4], uint32_t a0, uint
                  : "r"(a0), "r"(a1), "r"(b0));
 }
 
+// A tile's scaling for its pieces from the bits m of its largest |x| (NaN post for a tile
+// holding Inf or NaN): pieces of x * pre, undone by post.
+static __device__ __forceinline__ void i8_tile_scaling(uint32_t m, float &pre, float &post)
+{
+    const int E = i8_tile_exp(m);
+    pre = m > 0x7f7fffffu ? 0.0f : ldexpf(1.0f, 6 - E);
+    post = m > 0x7f7fffffu ? __int_as_float(0x7fc00000) : ldexpf(1.0f, E - 6);
+}
+
+// Bytewise negation of four pieces: they are within [-64, 64], no byte carries into the next.
+static __device__ __forceinline__ uint32_t i8_neg_word(uint32_t wd) { return ((0xC0C0C0C0u - (wd ^ 0x80808080u)) + 0x40404040u) ^ 0x80808080u; }
+
 // The int8 path's activations: per 64-column tile and token the four pieces
 // (i8_pieces) in B-fragment order, and their negatives (xq: [n8 block][T][lane][2]:
 // the 4-bit codes' negative parts multiply those, so that one accumulator takes both
@@ -958,10 +970,8 @@ static __device__ __forceinline__ void i8_split_token(const float (&v)[2], int t
                                                       int8_t (*pc)[64], uint4 *__restrict__ xq, float *__restrict__ xs)
 {
     static_assert(I8_PIECES == 4, "two tokens an n8 block");
-    const uint32_t m = tile_absmax(v);
-    const int E = i8_tile_exp(m);
-    const float pre = m > 0x7f7fffffu ? 0.0f : ldexpf(1.0f, 6 - E);
-    const float post = m > 0x7f7fffffu ? __int_as_float(0x7fc00000) : ldexpf(1.0f, E - 6);
+    float pre, post;
+    i8_tile_scaling(tile_absmax(v), pre, post);
 #pragma unroll
     for (int i = 0; i < 2; i++) {
         int8_t p[I8_PIECES];
@@ -979,11 +989,8 @@ static __device__ __forceinline__ void i8_split_token(const float (&v)[2], int t
             for (int r = 0; r < 4; r++)
 #pragma unroll
                 for (int j = 0; j < 4; j++) wd[r] |= (uint32_t)(uint8_t)pc[q][32 * (r / 2) + 16 * (r % 2) + 4 * t + j] << (8 * j);
-        uint32_t ng[4];  // bytewise negation: pieces are within [-64, 64], no byte carries into the next
-#pragma unroll
-        for (int r = 0; r < 4; r++) ng[r] = ((0xC0C0C0C0u - (wd[r] ^ 0x80808080u)) + 0x40404040u) ^ 0x80808080u;
         xq[(((size_t)nb * NT + T) * 32 + lane) * 2] = make_uint4(wd[0], wd[1], wd[2], wd[3]);
-        xq[(((size_t)nb * NT + T) * 32 + lane) * 2 + 1] = make_uint4(ng[0], ng[1], ng[2], ng[3]);
+        xq[(((size_t)nb * NT + T) * 32 + lane) * 2 + 1] = make_uint4(i8_neg_word(wd[0]), i8_neg_word(wd[1]), i8_neg_word(wd[2]), i8_neg_word(wd[3]));
     }
     const int qc = lane - 4 * half;  // lanes 0-7: the block's column lane
     if (lane < 8 && qc >= 0 && qc < 4) xs[((size_t)nb * NT + T) * 8 + lane] = post * ldexpf(1.0f, -7 * qc);
@@ -1025,9 +1032,8 @@ static __device__ __forceinline__ void i8_split_quad(float4 v, int i, int tau, i
     for (int o = 8; o; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
     const int T = i / 16;
     if (T >= NT) return;
-    const int E = i8_tile_exp(m);
-    const float pre = m > 0x7f7fffffu ? 0.0f : ldexpf(1.0f, 6 - E);
-    const float post = m > 0x7f7fffffu ? __int_as_float(0x7fc00000) : ldexpf(1.0f, E - 6);
+    float pre, post;
+    i8_tile_scaling(m, pre, post);
     int8_t p[4][I8_PIECES];
 #pragma unroll
     for (int c = 0; c < 4; c++) i8_pieces(x4[c], pre, p[c]);
@@ -1041,7 +1047,7 @@ static __device__ __forceinline__ void i8_split_quad(float4 v, int i, int tau, i
         for (int j = 0; j < 4; j++) wd |= (uint32_t)(uint8_t)p[j][q] << (8 * j);
         const int lane = 4 * (4 * half + q) + t;
         blk[lane * 8 + r] = wd;
-        blk[lane * 8 + 4 + r] = ((0xC0C0C0C0u - (wd ^ 0x80808080u)) + 0x40404040u) ^ 0x80808080u;
+        blk[lane * 8 + 4 + r] = i8_neg_word(wd);
         if (partner_absent) blk[(lane + 16) * 8 + r] = 0, blk[(lane + 16) * 8 + 4 + r] = 0;
     }
     if (k0 == 0)
@@ -1334,12 +1340,20 @@ static bq_status gemv_passes(const bq_cuda_w *const *ws, int count, const float 
 
 extern "C" int bq_cuda_w_gemv_max(const bq_cuda_w *w) { return w->tc || w->i8 ? GEMV_TOKENS : ROW_TOKENS; }
 
-extern "C" bq_status bq_cuda_gemv_multi(const bq_cuda_w *const *ws, int count, const float *d_x, int n, float *const *d_ys)
+// Whether count matrices cannot share one GEMV launch (a status saying why; BQ_OK: they can)
+static bq_status one_launch_refused(const bq_cuda_w *const *ws, int count)
 {
-    if (n < 1 || n > GEMV_TOKENS) return bq_fail(BQ_ERR_ARG, "CUDA GEMV takes 1 to %d tokens, not %d", GEMV_TOKENS, n);
     if (count < 1 || count > 3) return bq_fail(BQ_ERR_ARG, "CUDA GEMV: %d matrices in one launch (1 to 3)", count);
     for (int i = 1; i < count; i++)
         if (!same_layout(ws[0], ws[i])) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: matrices of different layouts in one launch");
+    return BQ_OK;
+}
+
+extern "C" bq_status bq_cuda_gemv_multi(const bq_cuda_w *const *ws, int count, const float *d_x, int n, float *const *d_ys)
+{
+    if (n < 1 || n > GEMV_TOKENS) return bq_fail(BQ_ERR_ARG, "CUDA GEMV takes 1 to %d tokens, not %d", GEMV_TOKENS, n);
+    bq_status st = one_launch_refused(ws, count);
+    if (st) return st;
     if (count == 1) return bq_cuda_gemv(ws[0], d_x, n, d_ys[0]);
     return gemv_passes(ws, count, d_x, n, d_ys, 1);
 }
@@ -1408,10 +1422,8 @@ extern "C" bq_status bq_cuda_act_pieces(const bq_cuda_w *w, float *d_u, const fl
 extern "C" bq_status bq_cuda_gemv_multi_ready(const bq_cuda_w *const *ws, int count, const float *d_x, int n, float *const *d_ys)
 {
     if (!bq_cuda_w_takes_pieces(ws[0], n)) return pieces_refused(ws[0], n, "GEMV");
-    if (count < 1 || count > 3) return bq_fail(BQ_ERR_ARG, "CUDA GEMV: %d matrices in one launch (1 to 3)", count);
-    for (int i = 1; i < count; i++)
-        if (!same_layout(ws[0], ws[i])) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: matrices of different layouts in one launch");
-    return gemv_passes(ws, count, d_x, n, d_ys, count == 1 ? ws[0]->ks : 1, true);
+    bq_status st = one_launch_refused(ws, count);
+    return st ? st : gemv_passes(ws, count, d_x, n, d_ys, count == 1 ? ws[0]->ks : 1, true);
 }
 
 // ---- the whole matrix as bf16 (the packed path of the forward pass) ----
