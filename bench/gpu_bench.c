@@ -136,12 +136,13 @@ static uint32_t rnd(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
 
 int main(int argc, char **argv)
 {
-    int quick = 0, gemm_only = 0, gemv_only = 0;
+    int quick = 0, gemm_only = 0, gemv_only = 0, qdq_only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json") && i + 1 < argc) g_json = fopen(argv[++i], "w");
         else if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--gemm")) gemm_only = 1;  /* the GEMM table alone (profiling) */
         else if (!strcmp(argv[i], "--gemv")) gemv_only = 1;  /* copy and the GEMV table alone */
+        else if (!strcmp(argv[i], "--qdq")) qdq_only = 1;    /* copy and the fake-quantisation table alone (BQ_CUDA_QDQ A/B) */
     }
     char why[256];
     if (!bq_cuda_devices(why, sizeof why)) { printf("SKIP: %s\n", why); return 0; }
@@ -161,7 +162,9 @@ int main(int argc, char **argv)
     emit("copy", "memcpy", (double)n * 4, copy, copy);
     printf("| fake quantisation | GB/s (read + write) | of copy |\n|---|---|---|\n");
     const char *qf[] = {"mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3", "mxfp4", "mxint8", "nvfp4", "bfp8_b16", "bfp4_b16",
-                        "bme2m1_b16", "bl8_b16", "int8_b32_sfp16", "fp8_e4m3", "int8_row", "int4_g128"};
+                        "bme2m1_b16", "bl8_b16", "int8_b32_sfp16", "fp8_e4m3", "int8_row", "int4_g128",
+                        /* since the twenty-second session: the other paths it changed */
+                        "e2m1_b16_se4m3", "int4_b32_sfp16", "int4_g32", "int4_asym_g128", "int8_asym_row", "log8"};
     for (size_t i = 0; i < (gemv_only ? 0 : sizeof qf / sizeof *qf); i++) {
         bq_format *f;
         bq_format_parse(qf[i], &f);
@@ -172,6 +175,12 @@ int main(int argc, char **argv)
         printf("| %s | %.0f | %.0f%% |\n", qf[i], gbs, 100 * gbs / copy);
         emit("qdq", qf[i], (double)n * 4, gbs, copy);
         bq_format_free(f);
+    }
+    if (qdq_only) {
+        bq_cuda_free(dx);
+        bq_cuda_free(dy);
+        free(hx);
+        goto end;
     }
     /* GEMV, one token */
     int l2 = 0;

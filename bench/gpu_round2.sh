@@ -25,6 +25,8 @@
 #     (BQ_CUDA_I8_PF=1) beside it: GEMV rates and decode per I8_VARIANTS
 #   STAGES=pieces: residual+norm and the int8 GEMV's pieces from the norm / activation kernels (BQ_CUDA_FUSE=2) and
 #     attention by k_attn_vec (BQ_CUDA_ATTN=vec): their tests, decode per PC_FORMATS x PC_VARIANTS (ROUNDS)
+#   STAGES=qdq: fake quantisation's kernels (twenty-second session) against the twentieth session's
+#     (BQ_CUDA_QDQ=0): test_cuda's fake-quantisation tests on the device, then gpu_bench --qdq (ROUNDS)
 #   STAGES=prefill: ppl of packed .bq files (PREFILL_FORMATS) from the fp16 and the int8 layouts
 #   STAGES=ops: one decoding step of the 7B shape op by op (bench/gpu_decode_ops.c), bf16 and OPS_FORMATS
 #   STAGES=hadamard: greedy decoding of the 7B shape (bf16) with and without --ptq hadamard
@@ -205,6 +207,17 @@ case "$S" in *pieces*)
     }
     per_format "${PC_FORMATS:-bf16 mxfp4 int4_g128 nvfp4 mxint8}" pieces_round
     python3 bench/decode_table.py "$O/pc_decode.jsonl" "$copy" | tee "$O/pc_decode.md" ;;
+esac
+case "$S" in *qdq*)
+    # twenty-second session: NVFP4 and scaled 4-bit blocks by the levels' table, int groups by
+    # teams of lanes with several loads in flight, rows up to 16384 in registers, log blocks by
+    # bits; against the kernels before (BQ_CUDA_QDQ=0), interleaved, each round both ways
+    BQ_CUDA_ONLY=vectors,cpu ./build/gpu/gpu/test_cuda >"$O/qdq_test.txt" 2>&1; echo "test_cuda (fake quantisation) exit $?"
+    tail -5 "$O/qdq_test.txt"
+    for r in $(seq "${ROUNDS:-2}"); do
+        for q in 0 1; do BQ_CUDA_QDQ=$q ./build/gpu/gpu/gpu_bench --qdq --json "$O/qdq_${q}_$r.jsonl" >"$O/qdq_${q}_$r.md" 2>&1; done
+    done
+    python3 bench/qdq_table.py "$O"/qdq_[01]_*.jsonl | tee "$O/qdq.md" ;;
 esac
 case "$S" in *prefill*)
     # prefill (ppl windows of 2048: the packed weights unpacked to bf16 for cuBLAS) from the

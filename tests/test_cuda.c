@@ -87,18 +87,23 @@ static const char *FORMATS[] = {"mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6
                                 "int4_b32_sfp16", "e4m3_b16_sbf16", "bf16", "fp16", "int8_asym_row", "int4_asym_g128",
                                 "q4_0", "q4_1", "q5_0", "q5_1", "q8_0"};
 
-static void against_cpu(void)
+static void against_cpu(const char *label)
 {
-    /* the third shape takes the GPU's one-CTA-per-row path for per-row int scales */
-    const size_t shapes[][2] = {{64, 256}, {7, 100}, {4, 4096}};
-    size_t maxn = 64 * 256;
+    /* 16384 values (the first and third shapes) take the levels' table for NVFP4 and
+     * the scaled 4-bit blocks, 512 (the fourth) their per-element kernel. Per-row int
+     * scales: 64, 100 and 256 values a row take a team of 16, 8 and 16 lanes, 400 and
+     * 1000 a warp (4 and 8 float4s a lane), 4096 a CTA's registers, 17000 the CTA with
+     * shared memory; the last three shapes run for row-scaled formats only */
+    const size_t shapes[][2] = {{64, 256}, {7, 100}, {4, 4096}, {8, 64}, {3, 400}, {3, 1000}, {2, 17000}};
+    size_t maxn = 2 * 17000;
     float *x = malloc(maxn * 4), *a = malloc(maxn * 4), *b = malloc(maxn * 4);
     int formats = 0;
     for (size_t fi = 0; fi < sizeof FORMATS / sizeof *FORMATS; fi++) {
         bq_format *f;
         if (bq_format_parse(FORMATS[fi], &f)) { CHECK(0, "%s", bq_last_error()); continue; }
+        size_t nshapes = format_scale_place(f) == SCALE_ROW ? 7 : 4;
         for (int kind = 0; kind < 3; kind++)
-            for (size_t s = 0; s < 3; s++) {
+            for (size_t s = 0; s < nshapes; s++) {
                 size_t R = shapes[s][0], C = shapes[s][1], n = R * C;
                 for (size_t i = 0; i < n; i++) {
                     float v = t_normal() * (kind == 1 ? 1e-3f : 1.0f);
@@ -126,7 +131,8 @@ static void against_cpu(void)
         formats++;
         bq_format_free(f);
     }
-    printf("  GPU fake quantisation: %d formats x 3 input kinds x 3 shapes x 4 roundings compared with the CPU\n", formats);
+    printf("  GPU fake quantisation%s: %d formats x 3 input kinds x 4 shapes (7 for per-row scales) x 4 roundings compared with the CPU\n",
+           label, formats);
     free(x); free(a); free(b);
 }
 
@@ -677,6 +683,13 @@ static void knobs(void)
         bq_cuda_w_free(gw);
     }
     pmat_free(m);
+    /* and by fake quantisation, before it looks for a device */
+    setenv("BQ_CUDA_QDQ", "2", 1);
+    bq_status st = bq_cuda_qdq(f, w, w, 1, 64, NULL);
+    int built = !strstr(bq_last_error(), "built without CUDA");
+    CHECK(built ? st == BQ_ERR_ARG && strstr(bq_last_error(), "BQ_CUDA_QDQ") : st != BQ_OK, "BQ_CUDA_QDQ=2 must be refused: %s",
+          bq_last_error());
+    unsetenv("BQ_CUDA_QDQ");
     bq_format_free(f);
 }
 
@@ -718,7 +731,12 @@ int main(void)
     if (!only) only = "gemv,vectors,cpu,attention";  /* what the simulator runs (the GEMM is not simulated) */
 #endif
     if (!only || strstr(only, "vectors")) vectors();
-    if (!only || strstr(only, "cpu")) against_cpu();
+    if (!only || strstr(only, "cpu")) {
+        against_cpu("");
+        setenv("BQ_CUDA_QDQ", "0", 1);  /* the kernels kept for A/B runs */
+        against_cpu(" (BQ_CUDA_QDQ=0)");
+        unsetenv("BQ_CUDA_QDQ");
+    }
     if (!only || strstr(only, "gemv")) { gemv(); gemv_multi(); gemv_pieces(); gemv_refusal(); }
     if (!only || strstr(only, "gemm")) gemm();
     if (!only || strstr(only, "attention")) attention();

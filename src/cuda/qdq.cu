@@ -13,6 +13,7 @@ extern "C" {
 #include "bq_cuda.h"
 #include "qkern.h"
 }
+#include "knobs.h"
 #include "launch.cuh"
 
 static bq_status cuda_fail(cudaError_t e, const char *what)
@@ -141,6 +142,7 @@ __global__ void qdq_lanes(bq_format f, qctx c, const float *__restrict__ x, floa
 // RND and EV (0: minifloat elements with the float32 path, 1: minifloat through
 // double, 2: integer, 3: logarithmic) are the run-time choices made constants, so
 // that the per-element switches fold away (the kernel was issue-bound without).
+// Log blocks take the CPU's bit arithmetic (log_bits_elem) where it applies.
 // Blocks whose scale is 2^E with E in [fl, fh] take pow2_fused_elem (qkern.h; the CPU's
 // grid_loop_pow2, the same bits): two multiplies an element instead of five; fl > fh
 // where the grid is not one the fused path takes.
@@ -164,7 +166,10 @@ __global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, fl
         return;
     }
     bscale s = block_scale(&f, &c, u2f(m));
-    if ((EV == 0 || EV == 2) && s.pow2 && s.E >= fl && s.E <= fh) {
+    if (EV == 3 && f.el.lemin + s.E >= -126 && f.el.lemax + s.E <= 127) {  // as kernels.c's qdq_block
+#pragma unroll
+        for (int k = 0; k < 8; k++) e[k] = log_bits_elem(e[k], f.el.lemin + s.E, f.el.lemax + s.E, (bq_round)RND, c.seed, 8 * i + k);
+    } else if ((EV == 0 || EV == 2) && s.pow2 && s.E >= fl && s.E <= fh) {
         const pow2_fused p = pow2_fused_of(&f.el, s.E, EV == 0);
 #pragma unroll
         for (int k = 0; k < 8; k++) e[k] = pow2_fused_elem(&p, e[k], EV == 0, (bq_round)RND, c.seed, 8 * i + k);
@@ -174,6 +179,139 @@ __global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, fl
     }
     y[2 * i] = make_float4(e[0], e[1], e[2], e[3]);
     y[2 * i + 1] = make_float4(e[4], e[5], e[6], e[7]);
+}
+
+// ---- scaled blocks by levels: NVFP4, and blocks of a 4-bit grid under an 8-bit
+// minifloat scale ----
+//
+// Such a block's scale is one of at most 256 values and its element grid has at
+// most LV magnitudes g_0 = 0 < g_1 < ..., so under a deterministic rounding the
+// block's output is a step function of |x|: Y_k = the dequantised g_k for the
+// largest k whose threshold T_k |x| reaches, negative where x is and x / div is
+// not 0 (|x| >= T_0). levels_build finds each threshold by bisection over the
+// float's bits with block_elem itself as the test (the output grows with |x|), so
+// the steps give the CPU's bits by construction; each element then costs LV - 1
+// compares and selects instead of a division and the grid's rounding (NVFP4's
+// quantising pass was issue-bound: 45% of copy with its amax pass).
+enum { LV = 8 };
+struct levels {
+    float g[LV];  // the grid's magnitudes, ascending from 0
+    int n;
+};
+
+// A table row per scale value (key), 2 * LV floats: T_0..T_{LV-1}, then Y_0..Y_{LV-1}.
+__global__ void levels_build(bq_format f, qctx c, levels lv, uint32_t key0, int shift, int nkey, float *tab)
+{
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= nkey * LV) return;
+    int key = t / LV, k = t % LV;
+    bscale s = scaled_bscale(&f, &c, u2f((key0 + (uint32_t)key) << shift));
+    float *T = tab + (size_t)key * 2 * LV, *Y = T + LV;
+    Y[k] = k < lv.n ? deq_sat(lv.g[k], s.post1, s.post2) : 0.0f;
+    uint32_t lo = k < lv.n ? 0u : 0x7f800000u, hi = 0x7f800000u;  // the first bits that reach level k; +Inf: none
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        float q, a = u2f(mid);
+        bool reached = k == 0 ? a / s.div != 0.0f : (block_elem(&f, &s, a, c.round, 0, 0, &q), fabsf(q) >= lv.g[k]);
+        if (reached) hi = mid;
+        else lo = mid + 1;
+    }
+    T[k] = u2f(lo);
+}
+
+static __device__ __forceinline__ float level_value(float x, const float *T, const float *Y)
+{
+    float a = fabsf(x), y = Y[0];
+#pragma unroll
+    for (int k = 1; k < LV; k++) y = a >= T[k] ? Y[k] : y;
+    return u2f(f2u(y) | (a >= T[0] ? f2u(x) & 0x80000000u : 0u));
+}
+
+// qdq_lanes8's blocks, the elements by the table (in shared memory); a grid-stride
+// loop, so that each CTA loads the table once for many blocks.
+template <int K>
+__global__ void qdq_levels8(bq_format f, qctx c, const float4 *__restrict__ x, float4 *__restrict__ y, size_t n8,
+                            const float4 *__restrict__ tab, uint32_t key0, int shift, int nkey)
+{
+    BQ_DYN_SHARED(float4, st);
+    for (int i = threadIdx.x; i < nkey * 2 * LV / 4; i += blockDim.x) st[i] = tab[i];
+    __syncthreads();
+    const size_t step = (size_t)gridDim.x * blockDim.x;
+    for (size_t base = (size_t)blockIdx.x * blockDim.x; base < n8; base += step) {  // uniform in a CTA (the shuffles)
+        size_t i = base + threadIdx.x;
+        float4 v0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f), v1 = v0;
+        if (i < n8) { v0 = x[2 * i]; v1 = x[2 * i + 1]; }
+        float e[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+        uint32_t m = 0;
+#pragma unroll
+        for (int k = 0; k < 8; k++) m = max(m, f2u(e[k]) & 0x7fffffffu);
+        for (int o = K / 16; o; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
+        if (i >= n8) continue;
+        if (m > 0x7f7fffffu) {
+            y[2 * i] = y[2 * i + 1] = make_float4(NAN, NAN, NAN, NAN);
+            continue;
+        }
+        bscale s = block_scale(&f, &c, u2f(m));
+        uint32_t key = (f2u(s.post1) >> shift) - key0;
+        if (s.div > 0.0f && key < (uint32_t)nkey) {
+            float t[2 * LV];
+#pragma unroll
+            for (int q = 0; q < 2 * LV / 4; q++) {
+                float4 w = st[key * (2 * LV / 4) + q];
+                t[4 * q] = w.x; t[4 * q + 1] = w.y; t[4 * q + 2] = w.z; t[4 * q + 3] = w.w;
+            }
+#pragma unroll
+            for (int k = 0; k < 8; k++) e[k] = level_value(e[k], t, t + LV);
+        } else {
+#pragma unroll
+            for (int k = 0; k < 8; k++) e[k] = block_value(f, c, s, e[k], 8 * i + k);
+        }
+        y[2 * i] = make_float4(e[0], e[1], e[2], e[3]);
+        y[2 * i + 1] = make_float4(e[4], e[5], e[6], e[7]);
+    }
+}
+
+// Where qdq_levels8 applies: a scaled block format (SCH_SCALED, SCH_NVFP4) with a
+// minifloat scale of at most 8 bits (each value's float32 bits above `shift` tell
+// it apart: keys key0 .. key0 + nkey - 1) and a sign-symmetric element grid of at
+// most LV magnitudes.
+struct level_plan {
+    levels lv;
+    uint32_t key0;
+    int shift, nkey;
+};
+static bool level_plan_of(const bq_format *f, level_plan *p)
+{
+    const elem_t *e = &f->el, *se = &f->scale;
+    if ((f->sch != SCH_SCALED && f->sch != SCH_NVFP4) || se->kind != EK_MF || se->bits > 8 || e->bits > 8 ||
+        !(e->kind == EK_MF || (e->kind == EK_INT && e->lo == -e->hi)))
+        return false;
+    p->lv.n = 0;
+    for (uint32_t code = 0; code < (1u << e->bits); code++) {
+        float v = pack_elem_value(f, code);
+        if (!(v >= 0.0f && v <= FLT_MAX)) continue;
+        int k = 0;
+        while (k < p->lv.n && p->lv.g[k] < v) k++;
+        if (k < p->lv.n && p->lv.g[k] == v) continue;
+        if (p->lv.n == LV) return false;
+        memmove(p->lv.g + k + 1, p->lv.g + k, (p->lv.n - k) * sizeof(float));
+        p->lv.g[k] = v;
+        p->lv.n++;
+    }
+    if (!p->lv.n || p->lv.g[0] != 0.0f) return false;
+    p->shift = 23 - se->mbits;
+    uint32_t lo = UINT32_MAX, hi = 0;
+    for (uint32_t code = 0; code < (1u << se->bits); code++) {
+        float v = mf_decode(se, code);
+        if (!(v > 0.0f && v <= FLT_MAX)) continue;
+        if (f2u(v) & ((1u << p->shift) - 1)) return false;
+        lo = f2u(v) >> p->shift < lo ? f2u(v) >> p->shift : lo;
+        hi = f2u(v) >> p->shift > hi ? f2u(v) >> p->shift : hi;
+    }
+    if (lo > hi || hi - lo >= 256) return false;
+    p->key0 = lo;
+    p->nkey = (int)(hi - lo + 1);
+    return true;
 }
 
 template <int K, int R>
@@ -210,10 +348,15 @@ __global__ void qdq_elem8(bq_format f, qctx c, const float4 *__restrict__ x, flo
     if (i >= n8) return;
     float4 v0 = x[2 * i], v1 = x[2 * i + 1];
     float e[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+    if (!INT && f.el.kind == EK_LOG && f.el.lemin >= -126 && f.el.lemax <= 127) {  // as kernels.c's qdq_elem
 #pragma unroll
-    for (int k = 0; k < 8; k++)
-        e[k] = INT ? int_value(f, c, e[k], 8 * i + k, c.tensor_scale, c.tensor_zero, c.tensor_nonfinite)
-                   : elem_quant(&f.el, e[k], c.round, c.seed, 8 * i + k);
+        for (int k = 0; k < 8; k++) e[k] = log_bits_elem(e[k], f.el.lemin, f.el.lemax, (bq_round)RND, c.seed, 8 * i + k);
+    } else {
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            e[k] = INT ? int_value(f, c, e[k], 8 * i + k, c.tensor_scale, c.tensor_zero, c.tensor_nonfinite)
+                       : elem_quant(&f.el, e[k], c.round, c.seed, 8 * i + k);
+    }
     y[2 * i] = make_float4(e[0], e[1], e[2], e[3]);
     y[2 * i + 1] = make_float4(e[4], e[5], e[6], e[7]);
 }
@@ -225,23 +368,37 @@ struct istats {
     uint32_t mb;
     float mn, mx;
 };
-static __device__ __forceinline__ void stats_add(istats &s, float4 v)
+// (MNMX 0: max |x| alone, for symmetric formats)
+template <int MNMX = 1> static __device__ __forceinline__ void stats_add(istats &s, float4 v)
 {
     float e[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
     for (int k = 0; k < 4; k++) {
         s.mb = max(s.mb, f2u(e[k]) & 0x7fffffffu);
+        if (!MNMX) continue;
         s.mn = e[k] < s.mn ? e[k] : s.mn;
         s.mx = e[k] > s.mx ? e[k] : s.mx;
     }
 }
-static __device__ __forceinline__ void stats_warp(istats &s)
+// combined over a team of L lanes (a power of two, aligned in the warp)
+template <int MNMX = 1> static __device__ __forceinline__ void stats_team(istats &s, int L)
 {
-    for (int o = 16; o; o >>= 1) {
+    for (int o = L / 2; o; o >>= 1) {
         s.mb = max(s.mb, __shfl_xor_sync(0xffffffffu, s.mb, o));
+        if (!MNMX) continue;
         float a = __shfl_xor_sync(0xffffffffu, s.mn, o), b = __shfl_xor_sync(0xffffffffu, s.mx, o);
         s.mn = a < s.mn ? a : s.mn;
         s.mx = b > s.mx ? b : s.mx;
+    }
+}
+// combined over a CTA's warps' parts
+static __device__ __forceinline__ void stats_parts(istats &st, const istats *part, int n)
+{
+    st = part[0];
+    for (int w = 1; w < n; w++) {
+        st.mb = max(st.mb, part[w].mb);
+        st.mn = part[w].mn < st.mn ? part[w].mn : st.mn;
+        st.mx = part[w].mx > st.mx ? part[w].mx : st.mx;
     }
 }
 static __device__ __forceinline__ float4 int_value4(const bq_format &f, const qctx &c, float4 v, size_t idx, float s, float z,
@@ -251,36 +408,95 @@ static __device__ __forceinline__ float4 int_value4(const bq_format &f, const qc
                        int_value(f, c, v.z, idx + 2, s, z, bad), int_value(f, c, v.w, idx + 3, s, z, bad));
 }
 
-// Int formats with a scale per group of G <= 128 * CH values (rows or groups,
-// G % 4 == 0): a warp per group, the values kept in registers between the two passes.
-template <int CH, int RND>
-__global__ void qdq_int_warp(bq_format f, qctx c, const float4 *__restrict__ x, float4 *__restrict__ y, size_t ngroups, int G)
+// The int formats' per-group kernels below run with the format's fixed facts made
+// constants (kind int, no fraction bits, symmetric range unless ASYM), so that
+// elem_quant's switches fold away as in qdq_lanes8.
+template <int ASYM> static __device__ __forceinline__ void int_consts(bq_format &f)
+{
+    f.el.kind = EK_INT;
+    f.el.frac = 0;
+    f.asym = ASYM;
+    if (!ASYM) f.el.lo = -f.el.hi;
+}
+
+static bool int_consts_hold(const bq_format *f)
+{
+    return f->el.kind == EK_INT && f->el.frac == 0 && (f->asym || f->el.lo == -f->el.hi);
+}
+
+// Int formats with a scale per group of G <= 4 * L * CH values (rows or groups,
+// G % 4 == 0): a team of L = 2^lgL lanes (up to 32) per group, each lane
+// holding CH float4s between the two passes, so that every lane has CH loads in
+// flight at once (the warp per group and CTA per row this replaces up to 16384
+// values had one 16-byte load a thread in flight: 58-59% of the H200's copy).
+template <int CH, int ASYM, int RND>
+__global__ void qdq_int_team(bq_format f, qctx c, const float4 *__restrict__ x, float4 *__restrict__ y, size_t ngroups, int G,
+                             int lgL)
 {
     c.round = (bq_round)RND;
-    size_t gid = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    int lane = threadIdx.x & 31, q4 = G / 4;
-    if (gid >= ngroups) return;
-    const float4 *xg = x + gid * q4;
+    int_consts<ASYM>(f);
+    const int L = 1 << lgL;
+    size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x, gid = t >> lgL;
+    int lane = (int)(t & (L - 1)), q4 = G / 4;
+    const float4 *xg = x + (gid < ngroups ? gid : 0) * q4;
     float4 v[CH];
     istats st = {0, 0.0f, 0.0f};
 #pragma unroll
     for (int j = 0; j < CH; j++) {
-        int q = lane + 32 * j;
-        v[j] = q < q4 ? xg[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        stats_add(st, v[j]);
+        int q = lane + L * j;
+        v[j] = gid < ngroups && q < q4 ? xg[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
-    stats_warp(st);
+#pragma unroll
+    for (int j = 0; j < CH; j++) stats_add<ASYM>(st, v[j]);
+    stats_team<ASYM>(st, L);
+    if (gid >= ngroups) return;
     float s, z;
     int bad;
     int_scale_of(&f, st.mb, st.mn, st.mx, &s, &z, &bad);
 #pragma unroll
     for (int j = 0; j < CH; j++) {
-        int q = lane + 32 * j;
+        int q = lane + L * j;
         if (q < q4) y[gid * q4 + q] = int_value4(f, c, v[j], gid * G + 4 * q, s, z, bad);
     }
 }
 
-// Larger groups (whole rows): a CTA of 256 per group, the values held in shared
+// Whole rows of up to 4 * 8 * 512 = 16384 values: a CTA of 512 per row, each
+// thread holding up to 8 float4s (registers instead of shared memory, so two
+// rows an SM are in flight with all their loads issued up front).
+enum { ROW_T = 512, ROW_CH = 8 };
+template <int ASYM, int RND>
+__global__ void __launch_bounds__(ROW_T) qdq_int_row(bq_format f, qctx c, const float4 *__restrict__ x, float4 *__restrict__ y,
+                                                     int G)
+{
+    c.round = (bq_round)RND;
+    int_consts<ASYM>(f);
+    __shared__ istats part[ROW_T / 32];
+    const int q4 = G / 4, tid = threadIdx.x;
+    const float4 *xg = x + (size_t)blockIdx.x * q4;
+    float4 v[ROW_CH];
+    istats st = {0, 0.0f, 0.0f};
+#pragma unroll
+    for (int j = 0; j < ROW_CH; j++) {
+        int q = tid + ROW_T * j;
+        v[j] = q < q4 ? xg[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+#pragma unroll
+    for (int j = 0; j < ROW_CH; j++) stats_add<ASYM>(st, v[j]);
+    stats_team<ASYM>(st, 32);
+    if ((tid & 31) == 0) part[tid >> 5] = st;
+    __syncthreads();
+    stats_parts(st, part, ROW_T / 32);
+    float s, z;
+    int bad;
+    int_scale_of(&f, st.mb, st.mn, st.mx, &s, &z, &bad);
+#pragma unroll
+    for (int j = 0; j < ROW_CH; j++) {
+        int q = tid + ROW_T * j;
+        if (q < q4) y[(size_t)blockIdx.x * q4 + q] = int_value4(f, c, v[j], (size_t)blockIdx.x * G + 4 * q, s, z, bad);
+    }
+}
+
+// Rows longer than that: a CTA of 256 per group, the values held in shared
 // memory (`cache`) when they fit, else read twice.
 template <int RND>
 __global__ void __launch_bounds__(256) qdq_int_cta(bq_format f, qctx c, const float4 *__restrict__ x, float4 *__restrict__ y,
@@ -297,15 +513,10 @@ __global__ void __launch_bounds__(256) qdq_int_cta(bq_format f, qctx c, const fl
         if (cache) buf[q] = v;
         stats_add(st, v);
     }
-    stats_warp(st);
+    stats_team(st, 32);
     if ((tid & 31) == 0) part[tid >> 5] = st;
     __syncthreads();
-    st = part[0];
-    for (int w = 1; w < 8; w++) {
-        st.mb = max(st.mb, part[w].mb);
-        st.mn = part[w].mn < st.mn ? part[w].mn : st.mn;
-        st.mx = part[w].mx > st.mx ? part[w].mx : st.mx;
-    }
+    stats_parts(st, part, 8);
     float s, z;
     int bad;
     int_scale_of(&f, st.mb, st.mn, st.mx, &s, &z, &bad);
@@ -313,16 +524,27 @@ __global__ void __launch_bounds__(256) qdq_int_cta(bq_format f, qctx c, const fl
         y[(size_t)blockIdx.x * q4 + q] = int_value4(f, c, cache ? buf[q] : xg[q], (size_t)blockIdx.x * G + 4 * q, s, z, bad);
 }
 
-// A warp per group up to 1024 values, else a CTA per group (values cached in
-// shared memory up to 96 KB).
+// A team per group up to 1024 values (4 float4s a lane, 8 past 512 values), a CTA
+// per row up to 16384, else a CTA per group (values cached in shared memory up to
+// 96 KB). Symmetric and asymmetric int each have their constants.
+// (teams 0: the twentieth session's kernels for A/B runs, a warp per group up to 1024
+// values and the CTA with shared memory beyond)
 template <int R>
-static void int_groups(const bq_format &f, const qctx &c, const float4 *x4, float4 *y4, size_t ng, int G, unsigned nb)
+static void int_groups(const bq_format &f, const qctx &c, const float4 *x4, float4 *y4, size_t ng, int G, int teams)
 {
-    if (G <= 128) launch_k(false, qdq_int_warp<1, R>, nb, 256, f, c, x4, y4, ng, G);
-    else if (G <= 256) launch_k(false, qdq_int_warp<2, R>, nb, 256, f, c, x4, y4, ng, G);
-    else if (G <= 512) launch_k(false, qdq_int_warp<4, R>, nb, 256, f, c, x4, y4, ng, G);
-    else if (G <= 1024) launch_k(false, qdq_int_warp<8, R>, nb, 256, f, c, x4, y4, ng, G);
-    else {
+    int q4 = G / 4, lg = teams ? 0 : 5;
+    while (lg < 5 && 4 << lg < q4) lg++;
+    unsigned nb = (unsigned)(((ng << lg) + 255) / 256);
+    if (G <= 4 * 32 * 4) {
+        if (f.asym) launch_k(false, qdq_int_team<4, 1, R>, nb, 256, f, c, x4, y4, ng, G, lg);
+        else launch_k(false, qdq_int_team<4, 0, R>, nb, 256, f, c, x4, y4, ng, G, lg);
+    } else if (G <= 4 * 32 * 8) {
+        if (f.asym) launch_k(false, qdq_int_team<8, 1, R>, nb, 256, f, c, x4, y4, ng, G, 5);
+        else launch_k(false, qdq_int_team<8, 0, R>, nb, 256, f, c, x4, y4, ng, G, 5);
+    } else if (teams && G <= 4 * ROW_CH * ROW_T) {
+        if (f.asym) launch_k(false, qdq_int_row<1, R>, (unsigned)ng, ROW_T, f, c, x4, y4, G);
+        else launch_k(false, qdq_int_row<0, R>, (unsigned)ng, ROW_T, f, c, x4, y4, G);
+    } else {
         static int raised;  // asked for once
         if (!raised) raised = cudaFuncSetAttribute(qdq_int_cta<R>, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 << 10) == cudaSuccess;
         cudaGetLastError();
@@ -359,6 +581,24 @@ extern "C" int bq_cuda_qdq_reads_back(const bq_format *f)
     return scheme_of(f)->tensor_factor || format_scale_place(f) == SCALE_TENSOR;
 }
 
+// A device buffer kept for the calling thread, of one size: an allocation per call
+// costs more than the kernels, and threads quantise side by side (GPTQ's workers do),
+// each with its own.
+struct scratch {
+    void *p = nullptr;
+    int device = -1;
+    bq_status get(size_t bytes, void **out)
+    {
+        int dev = 0;
+        cudaGetDevice(&dev);
+        if (p && device != dev) bq_cuda_free(p), p = nullptr;
+        bq_status st = p ? BQ_OK : bq_cuda_malloc(&p, bytes);
+        device = dev;
+        *out = p;
+        return st;
+    }
+};
+
 // The tensor-wide facts bq_tensor_ctx computes, from device data.
 static bq_status tensor_ctx(const bq_format *f, const float *d_x, size_t n, const bq_qopts *o, qctx *c, size_t cols)
 {
@@ -370,17 +610,10 @@ static bq_status tensor_ctx(const bq_format *f, const float *d_x, size_t n, cons
     if (!bq_cuda_qdq_reads_back(f)) return BQ_OK;
     if (format_float_scale(f) && f->asym)
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA: per-tensor asymmetric int (%s) is not implemented on the GPU", f->name);
-    // two words, kept for the thread (an allocation per call costs more than the pass;
-    // threads quantise side by side, GPTQ's workers do, each with its own)
-    static thread_local unsigned *d_m;
-    static thread_local int d_m_device = -1;
-    int dev = 0;
-    cudaGetDevice(&dev);
-    if (d_m && d_m_device != dev) bq_cuda_free(d_m), d_m = NULL;
-    unsigned h[2] = {0, 0};
-    bq_status st = d_m ? BQ_OK : bq_cuda_malloc((void **)&d_m, 8);
+    static thread_local scratch words;
+    unsigned *d_m, h[2] = {0, 0};
+    bq_status st = words.get(8, (void **)&d_m);
     if (st) return st;
-    d_m_device = dev;
     cudaMemsetAsync(d_m, 0, 8);
     launch_k(false, amax_kernel, 1056, 256, d_x, n, d_m, (uintptr_t)d_x % 16 == 0);
     st = bq_cuda_download(h, d_m, 8);
@@ -406,9 +639,24 @@ static __global__ void qdq_ggml(bq_format f, const float *x, float *y, size_t ro
     }
 }
 
+// The levels' table is built per call (one small kernel), worth it from this size on.
+enum { LEVELS_MIN = 16384 };
+// Whether this thread's stream is being recorded as a graph (the engine's decoding
+// step): a graph would keep the thread's table buffer, so such calls take qdq_lanes8.
+static bool capturing(void)
+{
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    return cudaStreamIsCapturing(cudaStreamPerThread, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone;
+}
+
 extern "C" bq_status bq_cuda_qdq(const bq_format *f, const float *d_x, float *d_y, size_t rows, size_t cols,
                                  const bq_qopts *o)
 {
+    // BQ_CUDA_QDQ=0: the twentieth session's kernels, for A/B runs (no levels' table,
+    // int groups a warp each and rows past 1024 values in shared memory)
+    int fresh;
+    bq_status st = env_switch("BQ_CUDA_QDQ", 1, &fresh);
+    if (st) return st;
     if (!bq_cuda_devices(NULL, 0)) return bq_fail(BQ_ERR_UNSUPPORTED, "no CUDA device");
     size_t n = rows * cols;
     if (f->ggml) {
@@ -418,12 +666,22 @@ extern "C" bq_status bq_cuda_qdq(const bq_format *f, const float *d_x, float *d_
         return e == cudaSuccess ? BQ_OK : cuda_fail(e, "fake-quantisation kernel launch");
     }
     qctx c;
-    bq_status st = tensor_ctx(f, d_x, n, o, &c, cols);
-    if (st || !n) return st;
+    if ((st = tensor_ctx(f, d_x, n, o, &c, cols)) || !n) return st;
     const scale_place sp = format_scale_place(f);
     const bool block = sp == SCALE_BLOCK;
     int aligned = ((uintptr_t)d_x | (uintptr_t)d_y) % 16 == 0;
-    if (block && (f->block == 32 || f->block == 16) && cols % (size_t)f->block == 0 && aligned && f->el.kind != EK_FP32) {
+    level_plan lp;
+    if (fresh && block && (f->block == 32 || f->block == 16) && cols % (size_t)f->block == 0 && aligned && n >= LEVELS_MIN &&
+        c.round != BQ_ROUND_STOCHASTIC && !capturing() && level_plan_of(f, &lp)) {
+        static thread_local scratch table;
+        float *tab;
+        if ((st = table.get(256 * 2 * LV * sizeof(float), (void **)&tab))) return st;
+        launch_k(false, levels_build, (unsigned)(lp.nkey * LV + 127) / 128, 128, *f, c, lp.lv, lp.key0, lp.shift, lp.nkey, tab);
+        size_t n8 = n / 8, smem = (size_t)lp.nkey * 2 * LV * sizeof(float);
+        unsigned nb = (unsigned)((n8 + 255) / 256 < 4096 ? (n8 + 255) / 256 : 4096);
+        if (f->block == 32) launch_ks(false, qdq_levels8<32>, nb, 256, smem, *f, c, (const float4 *)d_x, (float4 *)d_y, n8, (const float4 *)tab, lp.key0, lp.shift, lp.nkey);
+        else launch_ks(false, qdq_levels8<16>, nb, 256, smem, *f, c, (const float4 *)d_x, (float4 *)d_y, n8, (const float4 *)tab, lp.key0, lp.shift, lp.nkey);
+    } else if (block && (f->block == 32 || f->block == 16) && cols % (size_t)f->block == 0 && aligned && f->el.kind != EK_FP32) {
         size_t n8 = n / 8;
         unsigned nb = (unsigned)((n8 + 255) / 256);
         int ev = f->el.kind == EK_MF ? !f->el.fast : f->el.kind == EK_INT ? 2 : 3;
@@ -443,13 +701,12 @@ extern "C" bq_status bq_cuda_qdq(const bq_format *f, const float *d_x, float *d_
             else launch_k(false, qdq_elem8<1, R.value>, nb, 256, *f, c, (const float4 *)d_x, (float4 *)d_y, n8);
         });
     } else if (aligned && (sp == SCALE_ROW || (sp == SCALE_GROUP && cols % (size_t)f->block == 0)) &&
-               pack_group_len(f, cols) % 4 == 0 && cols <= (1u << 30)) {
+               pack_group_len(f, cols) % 4 == 0 && cols <= (1u << 30) && int_consts_hold(f)) {
         int G = (int)pack_group_len(f, cols);
         size_t ng = n / (size_t)G;
-        unsigned nb = (unsigned)((ng * 32 + 255) / 256);
         const float4 *x4 = (const float4 *)d_x;
         float4 *y4 = (float4 *)d_y;
-        by_round(c.round, [&](auto R) { int_groups<R.value>(*f, c, x4, y4, ng, G, nb); });
+        by_round(c.round, [&](auto R) { int_groups<R.value>(*f, c, x4, y4, ng, G, fresh); });
     } else {
         size_t G = sp == SCALE_NONE ? 1 : pack_group_len(f, cols);
         size_t groups = rows * ((cols + G - 1) / G);

@@ -76,22 +76,12 @@ INLINE void grid_dispatch(const elem_t *e, const float *restrict x, float *restr
 #undef GL
 }
 
-/* Log grid 2^k, k = round(log2|x|) clamped to [lo, hi], in bit arithmetic:
- * the rounding is log_round() on the float's own exponent and mantissa bits.
- * Valid for lo >= -126 and hi <= 127: float32 subnormal inputs then clamp to lo
- * whatever their (unnormalised) bits say. */
+/* Log grid 2^k, k = round(log2|x|) clamped to [lo, hi], in bit arithmetic
+ * (qkern.h's log_bits_elem; valid for lo >= -126 and hi <= 127). */
 INLINE void log_loop(const float *restrict x, float *restrict y, size_t n, int lo, int hi, bq_round r,
                      uint64_t seed, size_t idx0)
 {
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u = f2u(x[i]) & 0x7fffffffu;
-        int k = log_round((int)(u >> 23) - 127, u & 0x7fffffu, r, seed, idx0 + i);
-        k = k < lo ? lo : (k > hi ? hi : k);
-        float q = u2f((uint32_t)(k + 127) << 23);
-        q = u == 0 ? 0.0f : q;
-        q = u > 0x7f800000u ? x[i] : q;  /* NaN stays NaN */
-        y[i] = copysignf(q, sgn_of(x[i]));
-    }
+    for (size_t i = 0; i < n; i++) y[i] = log_bits_elem(x[i], lo, hi, r, seed, idx0 + i);
 }
 
 INLINE void log_dispatch(const float *restrict x, float *restrict y, size_t n, int lo, int hi, bq_round r,

@@ -186,6 +186,22 @@ static inline BQ_HD int log_round(int k, uint32_t m, bq_round r, uint64_t seed, 
     return k + (m >= 0x3504f4u);
 }
 
+/* The log grid's value of x with its sign, in bit arithmetic: log_round() on the
+ * float's own exponent and mantissa bits, k clamped to [lo, hi]. Equal to
+ * log_quant_mag (below) for lo >= -126 and hi <= 127, where float32 subnormal
+ * inputs clamp to lo whatever their unnormalised bits say; NaN stays NaN. The
+ * CPU's log loops and the CUDA kernels both (no libm call per element). */
+static inline BQ_HD_ALWAYS float log_bits_elem(float x, int lo, int hi, bq_round r, uint64_t seed, uint64_t idx)
+{
+    uint32_t u = f2u(x) & 0x7fffffffu;
+    int k = log_round((int)(u >> 23) - 127, u & 0x7fffffu, r, seed, idx);
+    k = k < lo ? lo : (k > hi ? hi : k);
+    float q = u2f((uint32_t)(k + 127) << 23);
+    q = u == 0 ? 0.0f : q;
+    q = u > 0x7f800000u ? x : q;
+    return copysignf(q, sgn_of(x));
+}
+
 /* Log grid: 2^k with k = round(log2 a) clamped to [lo, hi]; zero stays zero. */
 static inline BQ_HD float log_quant_mag(float a, int lo, int hi, bq_round r, uint64_t seed, uint64_t idx)
 {
@@ -290,8 +306,14 @@ static inline BQ_HD void split_pow2(int E, float *a, float *b)
 }
 
 /* Minifloat code of an exactly representable magnitude q (used for scales). */
+#ifdef __cplusplus
+extern "C" {  /* (qkern.h is included outside extern "C" by some CUDA files) */
+#endif
 uint32_t mf_encode(const elem_t *e, float q);
 float mf_decode(const elem_t *e, uint32_t code);
+#ifdef __cplusplus
+}
+#endif
 
 /* llama.cpp's reference quantisers (f->ggml: 4 for q4_0/q4_1, 5 for q5_0/q5_1, 8 for q8_0),
  * so its GGUF types come out bit for bit: q4_0 and q5_0: d = (the first value of
@@ -406,6 +428,21 @@ static inline BQ_HD void ggml_qdq_block(const bq_format *f, const float *x, floa
 
 static inline BQ_HD int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
+/* A scaled block's arithmetic (SCH_SCALED, SCH_NVFP4) from its scale sc, already
+ * on the scale format's grid: v = x / div, y = (q * post1) * post2. */
+static inline BQ_HD bscale scaled_bscale(const bq_format *f, const qctx *c, float sc)
+{
+    bscale s = {0};
+    s.post1 = sc;
+    s.post2 = 1.0f;
+    s.div = sc;
+    if (f->sch == SCH_NVFP4) {
+        s.div = sc * c->tensor_scale;
+        s.post2 = c->tensor_scale;
+    }
+    return s;
+}
+
 /* Scale of one block from its amax (finite, >= 0). */
 static inline BQ_HD bscale block_scale(const bq_format *f, const qctx *c, float amax)
 {
@@ -447,17 +484,7 @@ static inline BQ_HD bscale block_scale(const bq_format *f, const qctx *c, float 
         float emaxv = f->el.kind == EK_MF ? f->el.maxval : (float)f->el.hi;
         float ideal = f->sch == SCH_NVFP4 ? (c->tensor_scale > 0 ? amax / 6.0f / c->tensor_scale : 0.0f)
                                           : amax / emaxv;
-        float sc = mf_quant_mag(&f->scale, ideal, BQ_ROUND_RNE, 0, 0);
-        s.pow2 = 0;
-        if (f->sch == SCH_NVFP4) {
-            s.div = sc * c->tensor_scale;
-            s.post1 = sc;
-            s.post2 = c->tensor_scale;
-        } else {
-            s.div = sc;
-            s.post1 = sc;
-        }
-        return s;
+        return scaled_bscale(f, c, mf_quant_mag(&f->scale, ideal, BQ_ROUND_RNE, 0, 0));
     }
     default: break;
     }
