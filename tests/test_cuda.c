@@ -102,10 +102,23 @@ static void against_cpu(const char *label)
         bq_format *f;
         if (bq_format_parse(FORMATS[fi], &f)) { CHECK(0, "%s", bq_last_error()); continue; }
         size_t nshapes = format_scale_place(f) == SCALE_ROW ? 7 : 4;
-        for (int kind = 0; kind < 3; kind++)
+        for (int kind = 0; kind < 4; kind++)
             for (size_t s = 0; s < nshapes; s++) {
                 size_t R = shapes[s][0], C = shapes[s][1], n = R * C;
+                /* kind 3, ties of scaled integer blocks: each block's first value is
+                 * hi x d with d an fp16 number, so the block's scale is d, and the others
+                 * (k + 1/2) x d, exact halves of the grid, or one ulp beside them */
+                static const float ds[4] = {3.0f, 0.0999755859375f, 5.0f, 0.7001953125f};
+                const size_t K = f->block > 0 && f->block <= 64 ? (size_t)f->block : 32;
+                const int hi = f->el.kind == EK_INT && f->el.hi > 0 ? f->el.hi : 127;
                 for (size_t i = 0; i < n; i++) {
+                    if (kind == 3) {
+                        size_t j = i % C % K;
+                        float d = ds[i % C / K % 4], v = j ? ((float)(int)(j % (size_t)hi) + 0.5f) * d : (float)hi * d;
+                        if (j % 3 == 2) v = nextafterf(v, j % 2 ? INFINITY : 0.0f);
+                        x[i] = t_rand() % 2 ? -v : v;
+                        continue;
+                    }
                     float v = t_normal() * (kind == 1 ? 1e-3f : 1.0f);
                     if (kind == 1 && t_rand() % 17 == 0) v *= 1e4f;
                     if (kind == 2) {  /* adversarial: zeros, -0, ties, subnormals, huge */
@@ -131,7 +144,7 @@ static void against_cpu(const char *label)
         formats++;
         bq_format_free(f);
     }
-    printf("  GPU fake quantisation%s: %d formats x 3 input kinds x 4 shapes (7 for per-row scales) x 4 roundings compared with the CPU\n",
+    printf("  GPU fake quantisation%s: %d formats x 4 input kinds x 4 shapes (7 for per-row scales) x 4 roundings compared with the CPU\n",
            label, formats);
     free(x); free(a); free(b);
 }

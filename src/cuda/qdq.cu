@@ -137,6 +137,18 @@ __global__ void qdq_lanes(bq_format f, qctx c, const float *__restrict__ x, floa
     y[i] = block_value(f, c, s, v, i);
 }
 
+// |x| / div rounded to the integers (clamped to hi) from w = |x| * r, r = 1 / div
+// rounded: w is within 2^-22 w of the rounded quotient, so where w lies farther than
+// 2^-20 w from every rounding boundary (half-integers; integers toward zero) and
+// |x| / div is normal (or x is 0), both round to the same integer. False: use x / div.
+template <int RND> static __device__ __forceinline__ bool int_by_recip(float x, float r, float hi, float *q)
+{
+    float a = fabsf(x), w = a * r;
+    float edge = RND == BQ_ROUND_ZERO ? rintf(w) : floorf(w) + 0.5f;
+    *q = fminf(round_mag(w, (bq_round)RND, 0, 0), hi);
+    return a == 0.0f || (fabsf(w - edge) > w * 0x1p-20f && w >= 0x1p-100f);
+}
+
 // The same with eight elements per thread (two 16-byte loads and stores; the
 // block's scale computed once per eight elements).
 // RND and EV (0: minifloat elements with the float32 path, 1: minifloat through
@@ -146,8 +158,11 @@ __global__ void qdq_lanes(bq_format f, qctx c, const float *__restrict__ x, floa
 // Blocks whose scale is 2^E with E in [fl, fh] take pow2_fused_elem (qkern.h; the CPU's
 // grid_loop_pow2, the same bits): two multiplies an element instead of five; fl > fh
 // where the grid is not one the fused path takes.
+// Scaled blocks of symmetric integers (int8_b32_sfp16: rcp set) under a deterministic
+// rounding take x * (1 / div) instead of x / div where int_by_recip says it rounds alike.
 template <int K, int RND, int EV>
-__global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, float4 *__restrict__ y, size_t n8, int fl, int fh)
+__global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, float4 *__restrict__ y, size_t n8, int fl, int fh,
+                           int rcp)
 {
     c.round = (bq_round)RND;
     f.el.kind = EV < 2 ? EK_MF : EV == 2 ? EK_INT : EK_LOG;
@@ -173,6 +188,18 @@ __global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, fl
         const pow2_fused p = pow2_fused_of(&f.el, s.E, EV == 0);
 #pragma unroll
         for (int k = 0; k < 8; k++) e[k] = pow2_fused_elem(&p, e[k], EV == 0, (bq_round)RND, c.seed, 8 * i + k);
+    } else if (EV == 2 && RND != BQ_ROUND_STOCHASTIC && rcp && !s.pow2 && s.div >= 0x1p-126f && s.div <= 0x1p126f) {
+        const float r = 1.0f / s.div, hi = (float)f.el.hi;
+        float out[8];
+        bool ok = true;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            float q;
+            ok &= int_by_recip<RND>(e[k], r, hi, &q);
+            out[k] = deq_sat(copysignf(q, e[k] != 0.0f ? e[k] : 0.0f), s.post1, s.post2);  // (sgn_of(x / div))
+        }
+#pragma unroll
+        for (int k = 0; k < 8; k++) e[k] = ok ? out[k] : block_value(f, c, s, e[k], 8 * i + k);
     } else {
 #pragma unroll
         for (int k = 0; k < 8; k++) e[k] = block_value(f, c, s, e[k], 8 * i + k);
@@ -315,15 +342,16 @@ static bool level_plan_of(const bq_format *f, level_plan *p)
 }
 
 template <int K, int R>
-static void lanes8_ev(const bq_format &f, const qctx &c, int ev, unsigned nb, const float4 *x, float4 *y, size_t n8)
+static void lanes8_ev(const bq_format &f, const qctx &c, int ev, unsigned nb, const float4 *x, float4 *y, size_t n8, int fresh)
 {
+    int rcp = fresh && !scheme_of(&f)->pow2_code && f.el.kind == EK_INT && f.el.frac == 0 && f.el.lo == -f.el.hi;
     int fused[2] = {1, 0};  // as kernels.c's qdq_block
     if (scheme_of(&f)->linear && grid_fast(&f.el)) pow2_fused_range(&f.el, fused);
     switch (ev) {
-    case 0: launch_k(false, qdq_lanes8<K, R, 0>, nb, 256, f, c, x, y, n8, fused[0], fused[1]); break;
-    case 1: launch_k(false, qdq_lanes8<K, R, 1>, nb, 256, f, c, x, y, n8, fused[0], fused[1]); break;
-    case 2: launch_k(false, qdq_lanes8<K, R, 2>, nb, 256, f, c, x, y, n8, fused[0], fused[1]); break;
-    default: launch_k(false, qdq_lanes8<K, R, 3>, nb, 256, f, c, x, y, n8, fused[0], fused[1]);
+    case 0: launch_k(false, qdq_lanes8<K, R, 0>, nb, 256, f, c, x, y, n8, fused[0], fused[1], 0); break;
+    case 1: launch_k(false, qdq_lanes8<K, R, 1>, nb, 256, f, c, x, y, n8, fused[0], fused[1], 0); break;
+    case 2: launch_k(false, qdq_lanes8<K, R, 2>, nb, 256, f, c, x, y, n8, fused[0], fused[1], rcp); break;
+    default: launch_k(false, qdq_lanes8<K, R, 3>, nb, 256, f, c, x, y, n8, fused[0], fused[1], 0);
     }
 }
 // Runs f with the rounding mode as a compile-time constant (an integral_constant),
@@ -686,8 +714,8 @@ extern "C" bq_status bq_cuda_qdq(const bq_format *f, const float *d_x, float *d_
         unsigned nb = (unsigned)((n8 + 255) / 256);
         int ev = f->el.kind == EK_MF ? !f->el.fast : f->el.kind == EK_INT ? 2 : 3;
         by_round(c.round, [&](auto R) {
-            if (f->block == 32) lanes8_ev<32, R.value>(*f, c, ev, nb, (const float4 *)d_x, (float4 *)d_y, n8);
-            else lanes8_ev<16, R.value>(*f, c, ev, nb, (const float4 *)d_x, (float4 *)d_y, n8);
+            if (f->block == 32) lanes8_ev<32, R.value>(*f, c, ev, nb, (const float4 *)d_x, (float4 *)d_y, n8, fresh);
+            else lanes8_ev<16, R.value>(*f, c, ev, nb, (const float4 *)d_x, (float4 *)d_y, n8, fresh);
         });
     } else if (block && (f->block == 32 || f->block == 16) && cols % (size_t)f->block == 0) {
         unsigned nb = (unsigned)((n + 255) / 256);
