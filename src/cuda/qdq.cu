@@ -452,6 +452,27 @@ static bool int_consts_hold(const bq_format *f)
     return f->el.kind == EK_INT && f->el.frac == 0 && (f->asym || f->el.lo == -f->el.hi);
 }
 
+// int_value4 of the per-group kernels: symmetric formats under a deterministic
+// rounding take int_by_recip's x * (1 / s) where it rounds as x / s would.
+template <int ASYM, int RND>
+static __device__ __forceinline__ float4 int_group4(const bq_format &f, const qctx &c, float4 v, size_t idx, float s, float z, int bad,
+                                                    int rcp)
+{
+    if (!ASYM && RND != BQ_ROUND_STOCHASTIC && rcp && !bad && s >= 0x1p-126f && s <= 0x1p126f) {
+        const float r = 1.0f / s, hi = (float)f.el.hi;
+        float e[4] = {v.x, v.y, v.z, v.w};
+        bool ok = true;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            float q;
+            ok &= int_by_recip<RND>(e[k], r, hi, &q);
+            e[k] = deq_sat(copysignf(q, e[k] != 0.0f ? e[k] : 0.0f), s, 1.0f);  // (sgn_of(x / s))
+        }
+        if (ok) return make_float4(e[0], e[1], e[2], e[3]);
+    }
+    return int_value4(f, c, v, idx, s, z, bad);
+}
+
 // Int formats with a scale per group of G <= 4 * L * CH values (rows or groups,
 // G % 4 == 0): a team of L = 2^lgL lanes (up to 32) per group, each lane
 // holding CH float4s between the two passes, so that every lane has CH loads in
@@ -459,7 +480,7 @@ static bool int_consts_hold(const bq_format *f)
 // values had one 16-byte load a thread in flight: 58-59% of the H200's copy).
 template <int CH, int ASYM, int RND>
 __global__ void qdq_int_team(bq_format f, qctx c, const float4 *__restrict__ x, float4 *__restrict__ y, size_t ngroups, int G,
-                             int lgL)
+                             int lgL, int rcp)
 {
     c.round = (bq_round)RND;
     int_consts<ASYM>(f);
@@ -484,7 +505,7 @@ __global__ void qdq_int_team(bq_format f, qctx c, const float4 *__restrict__ x, 
 #pragma unroll
     for (int j = 0; j < CH; j++) {
         int q = lane + L * j;
-        if (q < q4) y[gid * q4 + q] = int_value4(f, c, v[j], gid * G + 4 * q, s, z, bad);
+        if (q < q4) y[gid * q4 + q] = int_group4<ASYM, RND>(f, c, v[j], gid * G + 4 * q, s, z, bad, rcp);
     }
 }
 
@@ -520,7 +541,7 @@ __global__ void __launch_bounds__(ROW_T) qdq_int_row(bq_format f, qctx c, const 
 #pragma unroll
     for (int j = 0; j < ROW_CH; j++) {
         int q = tid + ROW_T * j;
-        if (q < q4) y[(size_t)blockIdx.x * q4 + q] = int_value4(f, c, v[j], (size_t)blockIdx.x * G + 4 * q, s, z, bad);
+        if (q < q4) y[(size_t)blockIdx.x * q4 + q] = int_group4<ASYM, RND>(f, c, v[j], (size_t)blockIdx.x * G + 4 * q, s, z, bad, 1);
     }
 }
 
@@ -556,7 +577,7 @@ __global__ void __launch_bounds__(256) qdq_int_cta(bq_format f, qctx c, const fl
 // per row up to 16384, else a CTA per group (values cached in shared memory up to
 // 96 KB). Symmetric and asymmetric int each have their constants.
 // (teams 0: the twentieth session's kernels for A/B runs, a warp per group up to 1024
-// values and the CTA with shared memory beyond)
+// values and the CTA with shared memory beyond, x / s per element)
 template <int R>
 static void int_groups(const bq_format &f, const qctx &c, const float4 *x4, float4 *y4, size_t ng, int G, int teams)
 {
@@ -564,11 +585,11 @@ static void int_groups(const bq_format &f, const qctx &c, const float4 *x4, floa
     while (lg < 5 && 4 << lg < q4) lg++;
     unsigned nb = (unsigned)(((ng << lg) + 255) / 256);
     if (G <= 4 * 32 * 4) {
-        if (f.asym) launch_k(false, qdq_int_team<4, 1, R>, nb, 256, f, c, x4, y4, ng, G, lg);
-        else launch_k(false, qdq_int_team<4, 0, R>, nb, 256, f, c, x4, y4, ng, G, lg);
+        if (f.asym) launch_k(false, qdq_int_team<4, 1, R>, nb, 256, f, c, x4, y4, ng, G, lg, teams);
+        else launch_k(false, qdq_int_team<4, 0, R>, nb, 256, f, c, x4, y4, ng, G, lg, teams);
     } else if (G <= 4 * 32 * 8) {
-        if (f.asym) launch_k(false, qdq_int_team<8, 1, R>, nb, 256, f, c, x4, y4, ng, G, 5);
-        else launch_k(false, qdq_int_team<8, 0, R>, nb, 256, f, c, x4, y4, ng, G, 5);
+        if (f.asym) launch_k(false, qdq_int_team<8, 1, R>, nb, 256, f, c, x4, y4, ng, G, 5, teams);
+        else launch_k(false, qdq_int_team<8, 0, R>, nb, 256, f, c, x4, y4, ng, G, 5, teams);
     } else if (teams && G <= 4 * ROW_CH * ROW_T) {
         if (f.asym) launch_k(false, qdq_int_row<1, R>, (unsigned)ng, ROW_T, f, c, x4, y4, G);
         else launch_k(false, qdq_int_row<0, R>, (unsigned)ng, ROW_T, f, c, x4, y4, G);
