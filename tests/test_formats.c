@@ -530,6 +530,36 @@ static void fused_range_one(const char *name)
     bq_format_free(f);
 }
 
+/* int_by_recip (the CUDA int kernels' x * (1/d) for x / d): wherever it says sure, the
+ * integer is the one x / d rounds to. Quotients beside every kind of boundary: halves,
+ * integers and an ulp or two around them, under d of every size. */
+static void test_int_by_recip(void)
+{
+    static const bq_round rs[3] = {BQ_ROUND_RNE, BQ_ROUND_AWAY, BQ_ROUND_ZERO};
+    long sure = 0, wrong = 0, n = 0;
+    for (int i = 0; i < 3000000; i++) {
+        bq_round r = rs[i % 3];
+        uint32_t du = (t_rand() & 0x7fffffu) | (uint32_t)(3 + t_rand() % 250) << 23;
+        float d, x;
+        memcpy(&d, &du, 4);
+        x = ((float)(t_rand() % 300) + (t_rand() % 2 ? 0.5f : 0.0f)) * d;
+        uint32_t xu;
+        memcpy(&xu, &x, 4);
+        xu += t_rand() % 9 - 4;
+        memcpy(&x, &xu, 4);
+        if (!(x >= 0.0f && x <= FLT_MAX) || !(d >= 0x1p-126f && d <= 0x1p126f)) continue;
+        float q, want = round_mag(x / d, r, 0, 0);
+        want = want > 127.0f ? 127.0f : want;
+        n++;
+        if (int_by_recip(t_rand() % 2 ? -x : x, 1.0f / d, 127.0f, r, &q)) {
+            sure++;
+            wrong += q != want;
+        }
+    }
+    CHECK(wrong == 0 && sure > n / 4, "int_by_recip: %ld of %ld sure answers differ from x / d (%ld cases)", wrong, sure, n);
+    printf("int_by_recip: %ld cases beside rounding boundaries, %ld sure, %ld of them not as x / d rounds\n", n, sure, wrong);
+}
+
 int main(void)
 {
     test_vectors();
@@ -551,5 +581,6 @@ int main(void)
     test_stochastic();
     test_facts();
     test_bad_names();
+    test_int_by_recip();
     return test_summary("test_formats");
 }

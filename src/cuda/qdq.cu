@@ -137,18 +137,6 @@ __global__ void qdq_lanes(bq_format f, qctx c, const float *__restrict__ x, floa
     y[i] = block_value(f, c, s, v, i);
 }
 
-// |x| / div rounded to the integers (clamped to hi) from w = |x| * r, r = 1 / div
-// rounded: w is within 2^-22 w of the rounded quotient, so where w lies farther than
-// 2^-20 w from every rounding boundary (half-integers; integers toward zero) and
-// |x| / div is normal (or x is 0), both round to the same integer. False: use x / div.
-template <int RND> static __device__ __forceinline__ bool int_by_recip(float x, float r, float hi, float *q)
-{
-    float a = fabsf(x), w = a * r;
-    float edge = RND == BQ_ROUND_ZERO ? rintf(w) : floorf(w) + 0.5f;
-    *q = fminf(round_mag(w, (bq_round)RND, 0, 0), hi);
-    return a == 0.0f || (fabsf(w - edge) > w * 0x1p-20f && w >= 0x1p-100f);
-}
-
 // The same with eight elements per thread (two 16-byte loads and stores; the
 // block's scale computed once per eight elements).
 // RND and EV (0: minifloat elements with the float32 path, 1: minifloat through
@@ -195,7 +183,7 @@ __global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, fl
 #pragma unroll
         for (int k = 0; k < 8; k++) {
             float q;
-            ok &= int_by_recip<RND>(e[k], r, hi, &q);
+            ok &= int_by_recip(e[k], r, hi, (bq_round)RND, &q);
             out[k] = deq_sat(copysignf(q, e[k] != 0.0f ? e[k] : 0.0f), s.post1, s.post2);  // (sgn_of(x / div))
         }
 #pragma unroll
@@ -465,7 +453,7 @@ static __device__ __forceinline__ float4 int_group4(const bq_format &f, const qc
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             float q;
-            ok &= int_by_recip<RND>(e[k], r, hi, &q);
+            ok &= int_by_recip(e[k], r, hi, (bq_round)RND, &q);
             e[k] = deq_sat(copysignf(q, e[k] != 0.0f ? e[k] : 0.0f), s, 1.0f);  // (sgn_of(x / s))
         }
         if (ok) return make_float4(e[0], e[1], e[2], e[3]);
@@ -701,8 +689,8 @@ static bool capturing(void)
 extern "C" bq_status bq_cuda_qdq(const bq_format *f, const float *d_x, float *d_y, size_t rows, size_t cols,
                                  const bq_qopts *o)
 {
-    // BQ_CUDA_QDQ=0: the twentieth session's kernels, for A/B runs (no levels' table,
-    // int groups a warp each and rows past 1024 values in shared memory)
+    // BQ_CUDA_QDQ=0: the twentieth session's choices, for A/B runs (no levels' table, x / div
+    // everywhere, int groups a warp each, rows past 1024 values in shared memory)
     int fresh;
     bq_status st = env_switch("BQ_CUDA_QDQ", 1, &fresh);
     if (st) return st;

@@ -176,6 +176,20 @@ static inline BQ_HD float int_quant_mag(const elem_t *e, float a, bq_round r, ui
     return q * pow2f(-e->frac);
 }
 
+/* round_mag(|x| / d) clamped to hi, from w = |x| * r with r = 1 / d rounded, for a
+ * deterministic rounding: w is within 2^-22 w of the rounded quotient, so where w lies
+ * farther than 2^-20 w from every rounding boundary (half-integers; integers toward
+ * zero) and |x| / d is normal (or x is 0), both round to the same integer. Returns 0
+ * where that is not sure (the caller divides). The CUDA kernels' int blocks and groups. */
+static inline BQ_HD_ALWAYS int int_by_recip(float x, float r, float hi, bq_round rnd, float *q)
+{
+    float a = fabsf(x), w = a * r;
+    float edge = rnd == BQ_ROUND_ZERO ? rintf(w) : floorf(w) + 0.5f;
+    float k = round_mag(w, rnd, 0, 0);
+    *q = k < hi ? k : hi;
+    return a == 0.0f || (fabsf(w - edge) > w * 0x1p-20f && w >= 0x1p-100f);
+}
+
 /* Round an exponent k in the log domain, given the 23 mantissa bits m of the
  * value 2^k * (1 + m/2^23): to nearest is "1 + m/2^23 >= sqrt(2)" (no ties
  * exist), toward zero keeps k, stochastic rounds up with probability m/2^23. */
