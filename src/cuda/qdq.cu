@@ -601,8 +601,17 @@ __global__ void amax_kernel(const float *__restrict__ x, size_t n, unsigned *out
         if (u <= 0x7f7fffffu) fin = max(fin, u);
     };
     size_t i0 = (size_t)blockIdx.x * blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x, n4 = vec ? n / 4 : 0;
-    for (size_t i = i0; i < n4; i += step) {
-        float4 v = ((const float4 *)x)[i];
+    const float4 *x4 = (const float4 *)x;
+    size_t i = i0;
+    for (; i + 3 * step < n4; i += 4 * step) {  // four loads in flight a thread
+        float4 v[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) v[u] = x4[i + u * step];
+#pragma unroll
+        for (int u = 0; u < 4; u++) { take(v[u].x); take(v[u].y); take(v[u].z); take(v[u].w); }
+    }
+    for (; i < n4; i += step) {
+        float4 v = x4[i];
         take(v.x); take(v.y); take(v.z); take(v.w);
     }
     for (size_t i = 4 * n4 + i0; i < n; i += step) take(x[i]);
@@ -652,7 +661,9 @@ static bq_status tensor_ctx(const bq_format *f, const float *d_x, size_t n, cons
     bq_status st = words.get(8, (void **)&d_m);
     if (st) return st;
     cudaMemsetAsync(d_m, 0, 8);
-    launch_k(false, amax_kernel, 1056, 256, d_x, n, d_m, (uintptr_t)d_x % 16 == 0);
+    // eight float4s a thread at least (1056 CTAs: 8 an H200's SM, from 8.7M values on)
+    size_t nb = (n / 4 + 2047) / 2048;
+    launch_k(false, amax_kernel, (unsigned)(nb < 1 ? 1 : nb > 1056 ? 1056 : nb), 256, d_x, n, d_m, (uintptr_t)d_x % 16 == 0);
     st = bq_cuda_download(h, d_m, 8);
     if (st) return st;
     if (format_float_scale(f)) {
