@@ -26,12 +26,21 @@ CASES = [
 ]
 
 
-def ptx():
-    out = os.path.join(tempfile.mkdtemp(), "gemv.ptx")
+def ptx(src=f"{ROOT}/src/cuda/gemv.cu"):
+    """src compiled to PTX for sm_90a with the Makefile's flags (bench/ptx_qdq.py too)"""
+    out = os.path.join(tempfile.mkdtemp(), "out.ptx")
     inc = [f"-I{ROOT}/{d}" for d in ("include", "src/core", "src/formats", "src/kernels", "src/cuda", "src/model", "src/engine", "src/train")]
     subprocess.run([NVCC, "-O3", "-std=c++17", "--fmad=false", "-gencode=arch=compute_90a,code=compute_90a", *inc, "-ptx",
-                    f"{ROOT}/src/cuda/gemv.cu", "-o", out], check=True)
+                    src, "-o", out], check=True)
     return open(out).read()
+
+
+def write_json(rows):
+    """rows as JSON lines to the file after --json, if given"""
+    if "--json" in sys.argv:
+        with open(sys.argv[sys.argv.index("--json") + 1], "w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
 
 
 def loop_of(func):
@@ -74,10 +83,7 @@ def main():
         n = sum(1 for o in ops if not o.startswith("mov"))
         rows.append({"case": label, "kernel": name, "instructions": n, "mma": mma, "bytes_per_instruction": wbytes / n})
         print(f"| {label} | {n} | {mma} | {wbytes / n:.1f} |")
-    if "--json" in sys.argv:
-        with open(sys.argv[sys.argv.index("--json") + 1], "w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+    write_json(rows)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ holds is counted once, so the number is a static proxy for the path: branches of
 block_scale for other schemes stay in, loops count once, and PTX's div.rn.f32 is one
 instruction where the machine runs about ten (counted apart). The kernels handle 8
 elements a thread (lanes8, levels8) or 4 a float4 (int groups): compare like with like."""
-import json, os, re, subprocess, sys, tempfile
+import os, re, sys, tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NVCC = os.environ.get("NVCC") or next((p for p in ("/usr/local/cuda/bin/nvcc",) if os.path.exists(p)), "nvcc")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ptx_loop import ROOT, ptx, write_json  # noqa: E402
+
 SRC = open(os.path.join(ROOT, "src/cuda/qdq.cu")).read()
 
 NO_LOG = ("    if (EV == 3 && f.el.lemin", "    if (false && EV == 3 && f.el.lemin")
@@ -47,10 +48,7 @@ def count(edits, prefix):
     d = tempfile.mkdtemp()
     with open(os.path.join(d, "qdq.cu"), "w") as f:
         f.write(src)
-    inc = [f"-I{ROOT}/{x}" for x in ("include", "src/core", "src/formats", "src/kernels", "src/cuda", "src/model", "src/engine", "src/train")]
-    subprocess.run([NVCC, "-O3", "-std=c++17", "--fmad=false", "-gencode=arch=compute_90a,code=compute_90a", *inc, "-ptx",
-                    os.path.join(d, "qdq.cu"), "-o", os.path.join(d, "qdq.ptx")], check=True)
-    text = open(os.path.join(d, "qdq.ptx")).read()
+    text = ptx(os.path.join(d, "qdq.cu"))
     m = re.search(r"\.entry " + re.escape(prefix) + r"\S*\(", text)
     body = text[m.start():text.index("\n}\n", m.start())]
     ins = [s.strip() for s in body.split("\n")]
@@ -67,11 +65,7 @@ def main():
         n, dv, br = count(edits, prefix)
         rows.append({"case": label, "kernel": prefix, "instructions": n, "div": dv, "bra": br})
         print(f"| {label} | {prefix} | {n} | {dv} | {br} |")
-    if "--json" in sys.argv:
-        with open(sys.argv[sys.argv.index("--json") + 1], "w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
-
+    write_json(rows)
 
 if __name__ == "__main__":
     main()

@@ -146,6 +146,31 @@ __global__ void qdq_lanes(bq_format f, qctx c, const float *__restrict__ x, floa
 // Blocks whose scale is 2^E with E in [fl, fh] take pow2_fused_elem (qkern.h; the CPU's
 // grid_loop_pow2, the same bits): two multiplies an element instead of five; fl > fh
 // where the grid is not one the fused path takes.
+// A thread's eight values of a block of K (zeros past n8) and their block's max |x|
+// bits, across the block's K / 8 threads (every lane calls it: the shuffles). False
+// where there is nothing left to do: i past n8, or a block holding Inf or NaN, which
+// it has written as NaN.
+template <int K>
+static __device__ __forceinline__ bool chunk8(const float4 *__restrict__ x, float4 *__restrict__ y, size_t i, size_t n8, float e[8],
+                                              uint32_t *mb)
+{
+    float4 v0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f), v1 = v0;
+    if (i < n8) { v0 = x[2 * i]; v1 = x[2 * i + 1]; }
+    e[0] = v0.x; e[1] = v0.y; e[2] = v0.z; e[3] = v0.w;
+    e[4] = v1.x; e[5] = v1.y; e[6] = v1.z; e[7] = v1.w;
+    uint32_t m = 0;
+#pragma unroll
+    for (int k = 0; k < 8; k++) m = max(m, f2u(e[k]) & 0x7fffffffu);
+    for (int o = K / 16; o; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
+    *mb = m;
+    if (i >= n8) return false;
+    if (m > 0x7f7fffffu) {
+        y[2 * i] = y[2 * i + 1] = make_float4(NAN, NAN, NAN, NAN);
+        return false;
+    }
+    return true;
+}
+
 // Scaled blocks of symmetric integers (int8_b32_sfp16: rcp set) under a deterministic
 // rounding take x * (1 / div) instead of x / div where int_by_recip says it rounds alike.
 template <int K, int RND, int EV>
@@ -156,18 +181,9 @@ __global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, fl
     f.el.kind = EV < 2 ? EK_MF : EV == 2 ? EK_INT : EK_LOG;
     if (EV < 2) f.el.fast = EV == 0;
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    float4 v0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f), v1 = v0;
-    if (i < n8) { v0 = x[2 * i]; v1 = x[2 * i + 1]; }
-    float e[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
-    uint32_t m = 0;
-#pragma unroll
-    for (int k = 0; k < 8; k++) m = max(m, f2u(e[k]) & 0x7fffffffu);
-    for (int o = K / 16; o; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
-    if (i >= n8) return;
-    if (m > 0x7f7fffffu) {
-        y[2 * i] = y[2 * i + 1] = make_float4(NAN, NAN, NAN, NAN);
-        return;
-    }
+    float e[8];
+    uint32_t m;
+    if (!chunk8<K>(x, y, i, n8, e, &m)) return;
     bscale s = block_scale(&f, &c, u2f(m));
     if (EV == 3 && f.el.lemin + s.E >= -126 && f.el.lemax + s.E <= 127) {  // as kernels.c's qdq_block
 #pragma unroll
@@ -254,18 +270,9 @@ __global__ void qdq_levels8(bq_format f, qctx c, const float4 *__restrict__ x, f
     const size_t step = (size_t)gridDim.x * blockDim.x;
     for (size_t base = (size_t)blockIdx.x * blockDim.x; base < n8; base += step) {  // uniform in a CTA (the shuffles)
         size_t i = base + threadIdx.x;
-        float4 v0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f), v1 = v0;
-        if (i < n8) { v0 = x[2 * i]; v1 = x[2 * i + 1]; }
-        float e[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
-        uint32_t m = 0;
-#pragma unroll
-        for (int k = 0; k < 8; k++) m = max(m, f2u(e[k]) & 0x7fffffffu);
-        for (int o = K / 16; o; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
-        if (i >= n8) continue;
-        if (m > 0x7f7fffffu) {
-            y[2 * i] = y[2 * i + 1] = make_float4(NAN, NAN, NAN, NAN);
-            continue;
-        }
+        float e[8];
+        uint32_t m;
+        if (!chunk8<K>(x, y, i, n8, e, &m)) continue;
         bscale s = block_scale(&f, &c, u2f(m));
         uint32_t key = (f2u(s.post1) >> shift) - key0;
         if (s.div > 0.0f && key < (uint32_t)nkey) {
