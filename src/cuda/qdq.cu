@@ -468,6 +468,35 @@ static __device__ __forceinline__ float4 int_group4(const bq_format &f, const qc
     return int_value4(f, c, v, idx, s, z, bad);
 }
 
+// A thread's part of a group in the team and row kernels: float4s lane + stride * j
+// (j < CH) of the group's q4, loaded all at once (zeros past q4, or for !valid), and
+// their statistics; then, from the group's statistics, their quantised values out.
+template <int CH, int ASYM>
+static __device__ __forceinline__ void group_in(const float4 *__restrict__ xg, int lane, int stride, int q4, bool valid, float4 *v,
+                                                istats &st)
+{
+#pragma unroll
+    for (int j = 0; j < CH; j++) {
+        int q = lane + stride * j;
+        v[j] = valid && q < q4 ? xg[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+#pragma unroll
+    for (int j = 0; j < CH; j++) stats_add<ASYM>(st, v[j]);
+}
+template <int CH, int ASYM, int RND>
+static __device__ __forceinline__ void group_out(const bq_format &f, const qctx &c, const istats &st, const float4 *v,
+                                                 float4 *__restrict__ yg, size_t idx0, int lane, int stride, int q4, int rcp)
+{
+    float s, z;
+    int bad;
+    int_scale_of(&f, st.mb, st.mn, st.mx, &s, &z, &bad);
+#pragma unroll
+    for (int j = 0; j < CH; j++) {
+        int q = lane + stride * j;
+        if (q < q4) yg[q] = int_group4<ASYM, RND>(f, c, v[j], idx0 + 4 * q, s, z, bad, rcp);
+    }
+}
+
 // Int formats with a scale per group of G <= 4 * L * CH values (rows or groups,
 // G % 4 == 0): a team of L = 2^lgL lanes (up to 32) per group, each lane
 // holding CH float4s between the two passes, so that every lane has CH loads in
@@ -482,26 +511,12 @@ __global__ void qdq_int_team(bq_format f, qctx c, const float4 *__restrict__ x, 
     const int L = 1 << lgL;
     size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x, gid = t >> lgL;
     int lane = (int)(t & (L - 1)), q4 = G / 4;
-    const float4 *xg = x + (gid < ngroups ? gid : 0) * q4;
     float4 v[CH];
     istats st = {0, 0.0f, 0.0f};
-#pragma unroll
-    for (int j = 0; j < CH; j++) {
-        int q = lane + L * j;
-        v[j] = gid < ngroups && q < q4 ? xg[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    }
-#pragma unroll
-    for (int j = 0; j < CH; j++) stats_add<ASYM>(st, v[j]);
+    group_in<CH, ASYM>(x + (gid < ngroups ? gid : 0) * q4, lane, L, q4, gid < ngroups, v, st);
     stats_team<ASYM>(st, L);
     if (gid >= ngroups) return;
-    float s, z;
-    int bad;
-    int_scale_of(&f, st.mb, st.mn, st.mx, &s, &z, &bad);
-#pragma unroll
-    for (int j = 0; j < CH; j++) {
-        int q = lane + L * j;
-        if (q < q4) y[gid * q4 + q] = int_group4<ASYM, RND>(f, c, v[j], gid * G + 4 * q, s, z, bad, rcp);
-    }
+    group_out<CH, ASYM, RND>(f, c, st, v, y + gid * q4, gid * G, lane, L, q4, rcp);
 }
 
 // Whole rows of up to 4 * 8 * 512 = 16384 values: a CTA of 512 per row, each
@@ -516,28 +531,14 @@ __global__ void __launch_bounds__(ROW_T) qdq_int_row(bq_format f, qctx c, const 
     int_consts<ASYM>(f);
     __shared__ istats part[ROW_T / 32];
     const int q4 = G / 4, tid = threadIdx.x;
-    const float4 *xg = x + (size_t)blockIdx.x * q4;
     float4 v[ROW_CH];
     istats st = {0, 0.0f, 0.0f};
-#pragma unroll
-    for (int j = 0; j < ROW_CH; j++) {
-        int q = tid + ROW_T * j;
-        v[j] = q < q4 ? xg[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    }
-#pragma unroll
-    for (int j = 0; j < ROW_CH; j++) stats_add<ASYM>(st, v[j]);
+    group_in<ROW_CH, ASYM>(x + (size_t)blockIdx.x * q4, tid, ROW_T, q4, true, v, st);
     stats_team<ASYM>(st, 32);
     if ((tid & 31) == 0) part[tid >> 5] = st;
     __syncthreads();
     stats_parts(st, part, ROW_T / 32);
-    float s, z;
-    int bad;
-    int_scale_of(&f, st.mb, st.mn, st.mx, &s, &z, &bad);
-#pragma unroll
-    for (int j = 0; j < ROW_CH; j++) {
-        int q = tid + ROW_T * j;
-        if (q < q4) y[(size_t)blockIdx.x * q4 + q] = int_group4<ASYM, RND>(f, c, v[j], (size_t)blockIdx.x * G + 4 * q, s, z, bad, 1);
-    }
+    group_out<ROW_CH, ASYM, RND>(f, c, st, v, y + (size_t)blockIdx.x * q4, (size_t)blockIdx.x * G, tid, ROW_T, q4, 1);
 }
 
 // Rows longer than that: a CTA of 256 per group, the values held in shared
