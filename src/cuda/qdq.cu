@@ -137,15 +137,6 @@ __global__ void qdq_lanes(bq_format f, qctx c, const float *__restrict__ x, floa
     y[i] = block_value(f, c, s, v, i);
 }
 
-// The same with eight elements per thread (two 16-byte loads and stores; the
-// block's scale computed once per eight elements).
-// RND and EV (0: minifloat elements with the float32 path, 1: minifloat through
-// double, 2: integer, 3: logarithmic) are the run-time choices made constants, so
-// that the per-element switches fold away (the kernel was issue-bound without).
-// Log blocks take the CPU's bit arithmetic (log_bits_elem) where it applies.
-// Blocks whose scale is 2^E with E in [fl, fh] take pow2_fused_elem (qkern.h; the CPU's
-// grid_loop_pow2, the same bits): two multiplies an element instead of five; fl > fh
-// where the grid is not one the fused path takes.
 // A thread's eight values of a block of K (zeros past n8) and their block's max |x|
 // bits, across the block's K / 8 threads (every lane calls it: the shuffles). False
 // where there is nothing left to do: i past n8, or a block holding Inf or NaN, which
@@ -171,6 +162,15 @@ static __device__ __forceinline__ bool chunk8(const float4 *__restrict__ x, floa
     return true;
 }
 
+// The same with eight elements per thread (two 16-byte loads and stores; the
+// block's scale computed once per eight elements).
+// RND and EV (0: minifloat elements with the float32 path, 1: minifloat through
+// double, 2: integer, 3: logarithmic) are the run-time choices made constants, so
+// that the per-element switches fold away (the kernel was issue-bound without).
+// Log blocks take the CPU's bit arithmetic (log_bits_elem) where it applies.
+// Blocks whose scale is 2^E with E in [fl, fh] take pow2_fused_elem (qkern.h; the CPU's
+// grid_loop_pow2, the same bits): two multiplies an element instead of five; fl > fh
+// where the grid is not one the fused path takes.
 // Scaled blocks of symmetric integers (int8_b32_sfp16: rcp set) under a deterministic
 // rounding take x * (1 / div) instead of x / div where int_by_recip says it rounds alike.
 template <int K, int RND, int EV>
@@ -185,7 +185,7 @@ __global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, fl
     uint32_t m;
     if (!chunk8<K>(x, y, i, n8, e, &m)) return;
     bscale s = block_scale(&f, &c, u2f(m));
-    if (EV == 3 && f.el.lemin + s.E >= -126 && f.el.lemax + s.E <= 127) {  // as kernels.c's qdq_block
+    if (EV == 3 && f.sch == SCH_BL && f.el.lemin + s.E >= -126 && f.el.lemax + s.E <= 127) {  // as kernels.c's qdq_block
 #pragma unroll
         for (int k = 0; k < 8; k++) e[k] = log_bits_elem(e[k], f.el.lemin + s.E, f.el.lemax + s.E, (bq_round)RND, c.seed, 8 * i + k);
     } else if ((EV == 0 || EV == 2) && s.pow2 && s.E >= fl && s.E <= fh) {
