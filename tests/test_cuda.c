@@ -8,6 +8,7 @@
 #include "backend.h"  /* mlp_act: the engine's activation */
 #include "bq_cuda.h"
 #include "harness.h"
+#include <float.h>
 #include <math.h>
 
 static int same_bits(float a, float b) { return (a != a && b != b) || !memcmp(&a, &b, 4); }
@@ -87,6 +88,28 @@ static const char *FORMATS[] = {"mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6
                                 "int4_b32_sfp16", "e4m3_b16_sbf16", "bf16", "fp16", "int8_asym_row", "int4_asym_g128",
                                 "q4_0", "q4_1", "q5_0", "q5_1", "q8_0"};
 
+/* The grid's non-negative values and the midpoints between neighbours (at most 512),
+ * and its largest value; for grids of more than 8 bits the halves k + 1/2 up to 127. */
+static int grid_boundaries(const bq_format *f, float *b, float *gmax)
+{
+    float g[256];
+    int ng = 0, nb = 0;
+    for (uint32_t code = 0; f->el.bits <= 8 && code < (1u << f->el.bits); code++) {
+        float v = pack_elem_value(f, code);
+        if (v >= 0.0f && v <= FLT_MAX) g[ng++] = v;
+    }
+    *gmax = ng ? 0.0f : 127.0f;
+    for (int i = 0; i < ng; i++) {
+        float nx = INFINITY;
+        for (int k = 0; k < ng; k++) nx = g[k] > g[i] && g[k] < nx ? g[k] : nx;
+        b[nb++] = g[i];
+        if (nx < INFINITY) b[nb++] = (g[i] + nx) / 2.0f;
+        *gmax = g[i] > *gmax ? g[i] : *gmax;
+    }
+    for (int k = 0; !ng && k < 127; k++) b[nb++] = (float)k + 0.5f;
+    return nb;
+}
+
 static void against_cpu(const char *label)
 {
     /* 16384 values (the first and third shapes) take the levels' table for NVFP4 and
@@ -102,19 +125,21 @@ static void against_cpu(const char *label)
         bq_format *f;
         if (bq_format_parse(FORMATS[fi], &f)) { CHECK(0, "%s", bq_last_error()); continue; }
         size_t nshapes = format_scale_place(f) == SCALE_ROW ? 7 : 4;
+        float bnd[512], gmax = 0.0f;  /* the element grid's rounding boundaries (kind 3) */
+        int nbnd = grid_boundaries(f, bnd, &gmax);
         for (int kind = 0; kind < 4; kind++)
             for (size_t s = 0; s < nshapes; s++) {
                 size_t R = shapes[s][0], C = shapes[s][1], n = R * C;
-                /* kind 3, ties of scaled integer blocks: each block's first value is
-                 * hi x d with d an fp16 number, so the block's scale is d, and the others
-                 * (k + 1/2) x d, exact halves of the grid, or one ulp beside them */
+                /* kind 3, the rounding boundaries of scaled blocks: each block's first
+                 * value is the grid's largest x d with d an fp16 number, so that the
+                 * block's scale is d where the scale format holds d, and the others the
+                 * grid's values and midpoints x d, or one ulp beside them */
                 static const float ds[4] = {3.0f, 0.0999755859375f, 5.0f, 0.7001953125f};
                 const size_t K = f->block > 0 && f->block <= 64 ? (size_t)f->block : 32;
-                const int hi = f->el.kind == EK_INT && f->el.hi > 0 ? f->el.hi : 127;
                 for (size_t i = 0; i < n; i++) {
                     if (kind == 3) {
                         size_t j = i % C % K;
-                        float d = ds[i % C / K % 4], v = j ? ((float)(int)(j % (size_t)hi) + 0.5f) * d : (float)hi * d;
+                        float d = ds[i % C / K % 4], v = j ? bnd[(j + i / C * 7) % nbnd] * d : gmax * d;
                         if (j % 3 == 2) v = nextafterf(v, j % 2 ? INFINITY : 0.0f);
                         x[i] = t_rand() % 2 ? -v : v;
                         continue;

@@ -530,34 +530,51 @@ static void fused_range_one(const char *name)
     bq_format_free(f);
 }
 
-/* int_by_recip (the CUDA int kernels' x * (1/d) for x / d): wherever it says sure, the
- * integer is the one x / d rounds to. Quotients beside every kind of boundary: halves,
- * integers and an ulp or two around them, under d of every size. */
-static void test_int_by_recip(void)
+/* grid_by_recip (the CUDA kernels' x * (1/d) for x / d): wherever it says sure, its grid
+ * value is elem_quant's of x / d. Quotients at every rounding boundary of the grid
+ * (grid values, midpoints) and a few ulps beside, under d of every size, for integer and
+ * minifloat grids. */
+static void grid_by_recip_one(const char *name)
 {
     static const bq_round rs[3] = {BQ_ROUND_RNE, BQ_ROUND_AWAY, BQ_ROUND_ZERO};
+    bq_format *f;
+    OK(bq_format_parse(name, &f));
+    const elem_t *e = &f->el;
+    float g[256], b[512];
+    int ng = 0, nb = 0;
+    for (uint32_t code = 0; code < (1u << e->bits) && ng < 256; code++) {
+        float v = pack_elem_value(f, code);
+        if (v >= 0.0f && v <= FLT_MAX) g[ng++] = v;
+    }
+    for (int i = 0; i < ng; i++) {  /* each value, and the midpoint to the next one up */
+        float nx = INFINITY;
+        for (int k = 0; k < ng; k++) nx = g[k] > g[i] && g[k] < nx ? g[k] : nx;
+        b[nb++] = g[i];
+        if (nx < INFINITY) b[nb++] = (g[i] + nx) / 2.0f;
+    }
     long sure = 0, wrong = 0, n = 0;
-    for (int i = 0; i < 3000000; i++) {
+    for (int i = 0; i < 400000; i++) {
         bq_round r = rs[i % 3];
         uint32_t du = (t_rand() & 0x7fffffu) | (uint32_t)(3 + t_rand() % 250) << 23;
         float d, x;
         memcpy(&d, &du, 4);
-        x = ((float)(t_rand() % 300) + (t_rand() % 2 ? 0.5f : 0.0f)) * d;
+        x = b[t_rand() % nb] * d;
         uint32_t xu;
         memcpy(&xu, &x, 4);
         xu += t_rand() % 9 - 4;
         memcpy(&x, &xu, 4);
         if (!(x >= 0.0f && x <= FLT_MAX) || !(d >= 0x1p-126f && d <= 0x1p126f)) continue;
-        float q, want = round_mag(x / d, r, 0, 0);
-        want = want > 127.0f ? 127.0f : want;
+        float q, want = fabsf(elem_quant(e, x / d, r, 0, 0));
         n++;
-        if (int_by_recip(t_rand() % 2 ? -x : x, 1.0f / d, 127.0f, r, &q)) {
+        if (grid_by_recip(e, t_rand() % 2 ? -x : x, 1.0f / d, r, &q)) {
             sure++;
-            wrong += q != want;
+            wrong += !(q == want);
         }
     }
-    CHECK(wrong == 0 && sure > n / 4, "int_by_recip: %ld of %ld sure answers differ from x / d (%ld cases)", wrong, sure, n);
-    printf("int_by_recip: %ld cases beside rounding boundaries, %ld sure, %ld of them not as x / d rounds\n", n, sure, wrong);
+    CHECK(grid_fast(e) && wrong == 0 && sure > n / 4, "grid_by_recip %s: %ld of %ld sure answers differ from x / d (%ld cases)", name,
+          wrong, sure, n);
+    printf("grid_by_recip %s: %ld cases at rounding boundaries, %ld sure, %ld of them not as x / d rounds\n", name, n, sure, wrong);
+    bq_format_free(f);
 }
 
 int main(void)
@@ -581,6 +598,9 @@ int main(void)
     test_stochastic();
     test_facts();
     test_bad_names();
-    test_int_by_recip();
+    /* integer and minifloat grids (e2m1, e4m3, e5m2, e3m2 with subnormals; e4m3 without) */
+    const char *grids[] = {"int8_b32_sfp16", "int4_b32_sfp16", "nvfp4", "e4m3_b16_sbf16", "e5m2_b32_sfp16", "e3m2_b32_sfp16",
+                           "e4m3_b16_sbf16:nosub"};
+    for (size_t i = 0; i < sizeof grids / sizeof *grids; i++) grid_by_recip_one(grids[i]);
     return test_summary("test_formats");
 }

@@ -171,8 +171,9 @@ static __device__ __forceinline__ bool chunk8(const float4 *__restrict__ x, floa
 // Blocks whose scale is 2^E with E in [fl, fh] take pow2_fused_elem (qkern.h; the CPU's
 // grid_loop_pow2, the same bits): two multiplies an element instead of five; fl > fh
 // where the grid is not one the fused path takes.
-// Scaled blocks of symmetric integers (int8_b32_sfp16: rcp set) under a deterministic
-// rounding take x * (1 / div) instead of x / div where int_by_recip says it rounds alike.
+// Scaled blocks of a grid_fast grid (int8_b32_sfp16, e4m3_b16_sbf16, NVFP4 under
+// 16384 values: rcp set) under a deterministic rounding take x * (1 / div) instead of
+// x / div where grid_by_recip says it rounds alike.
 template <int K, int RND, int EV>
 __global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, float4 *__restrict__ y, size_t n8, int fl, int fh,
                            int rcp)
@@ -192,14 +193,14 @@ __global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, fl
         const pow2_fused p = pow2_fused_of(&f.el, s.E, EV == 0);
 #pragma unroll
         for (int k = 0; k < 8; k++) e[k] = pow2_fused_elem(&p, e[k], EV == 0, (bq_round)RND, c.seed, 8 * i + k);
-    } else if (EV == 2 && RND != BQ_ROUND_STOCHASTIC && rcp && !s.pow2 && s.div >= 0x1p-126f && s.div <= 0x1p126f) {
-        const float r = 1.0f / s.div, hi = (float)f.el.hi;
+    } else if ((EV == 0 || EV == 2) && RND != BQ_ROUND_STOCHASTIC && rcp && !s.pow2 && s.div >= 0x1p-126f && s.div <= 0x1p126f) {
+        const float r = 1.0f / s.div;
         float out[8];
         bool ok = true;
 #pragma unroll
         for (int k = 0; k < 8; k++) {
             float q;
-            ok &= int_by_recip(e[k], r, hi, (bq_round)RND, &q);
+            ok &= grid_by_recip(&f.el, e[k], r, (bq_round)RND, &q);
             out[k] = deq_sat(copysignf(q, e[k] != 0.0f ? e[k] : 0.0f), s.post1, s.post2);  // (sgn_of(x / div))
         }
 #pragma unroll
@@ -339,11 +340,11 @@ static bool level_plan_of(const bq_format *f, level_plan *p)
 template <int K, int R>
 static void lanes8_ev(const bq_format &f, const qctx &c, int ev, unsigned nb, const float4 *x, float4 *y, size_t n8, int fresh)
 {
-    int rcp = fresh && !scheme_of(&f)->pow2_code && f.el.kind == EK_INT && f.el.frac == 0 && f.el.lo == -f.el.hi;
+    int rcp = fresh && !scheme_of(&f)->pow2_code && grid_fast(&f.el);
     int fused[2] = {1, 0};  // as kernels.c's qdq_block
     if (scheme_of(&f)->linear && grid_fast(&f.el)) pow2_fused_range(&f.el, fused);
     switch (ev) {
-    case 0: launch_k(false, qdq_lanes8<K, R, 0>, nb, 256, f, c, x, y, n8, fused[0], fused[1], 0); break;
+    case 0: launch_k(false, qdq_lanes8<K, R, 0>, nb, 256, f, c, x, y, n8, fused[0], fused[1], rcp); break;
     case 1: launch_k(false, qdq_lanes8<K, R, 1>, nb, 256, f, c, x, y, n8, fused[0], fused[1], 0); break;
     case 2: launch_k(false, qdq_lanes8<K, R, 2>, nb, 256, f, c, x, y, n8, fused[0], fused[1], rcp); break;
     default: launch_k(false, qdq_lanes8<K, R, 3>, nb, 256, f, c, x, y, n8, fused[0], fused[1], 0);
@@ -448,19 +449,19 @@ static bool int_consts_hold(const bq_format *f)
 }
 
 // int_value4 of the per-group kernels: symmetric formats under a deterministic
-// rounding take int_by_recip's x * (1 / s) where it rounds as x / s would.
+// rounding take grid_by_recip's x * (1 / s) where it rounds as x / s would.
 template <int ASYM, int RND>
 static __device__ __forceinline__ float4 int_group4(const bq_format &f, const qctx &c, float4 v, size_t idx, float s, float z, int bad,
                                                     int rcp)
 {
     if (!ASYM && RND != BQ_ROUND_STOCHASTIC && rcp && !bad && s >= 0x1p-126f && s <= 0x1p126f) {
-        const float r = 1.0f / s, hi = (float)f.el.hi;
+        const float r = 1.0f / s;
         float e[4] = {v.x, v.y, v.z, v.w};
         bool ok = true;
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             float q;
-            ok &= int_by_recip(e[k], r, hi, (bq_round)RND, &q);
+            ok &= grid_by_recip(&f.el, e[k], r, (bq_round)RND, &q);
             e[k] = deq_sat(copysignf(q, e[k] != 0.0f ? e[k] : 0.0f), s, 1.0f);  // (sgn_of(x / s))
         }
         if (ok) return make_float4(e[0], e[1], e[2], e[3]);

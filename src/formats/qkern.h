@@ -167,6 +167,36 @@ static inline BQ_HD float mf_quant_mag(const elem_t *e, float a, bq_round r, uin
     return mf_overflow(e, q);
 }
 
+/* The grid value (magnitude) of |x| / d for a grid_fast element grid (a minifloat on
+ * the float32 path, or symmetric integers), from w = |x| * r with r = 1 / d rounded,
+ * under a deterministic rounding: mf_quant_mag's or int_quant_mag's steps on w. w is
+ * within 2^-22 w of the rounded quotient, so where w, in the grid's units at w's binade
+ * (s), lies farther than 2^-20 s from every rounding boundary (half units; whole units
+ * toward zero) and the quotient is normal (or x is 0), both give the same grid value:
+ * where w and the quotient sit in two binades, s is near a whole unit, which rounds to
+ * the power of two between them (a boundary only toward zero, which the check refuses).
+ * Returns 0 where that is not sure (the caller divides). The CUDA kernels' scaled blocks
+ * and int groups. */
+static inline BQ_HD_ALWAYS int grid_by_recip(const elem_t *e, float x, float r, bq_round rnd, float *q)
+{
+    float a = fabsf(x), w = a * r, up, down;
+    if (e->kind == EK_MF) {
+        int pe = (int)((f2u(w) >> 23) & 0xff) - 127;
+        int m = (pe >= e->emin || e->subnorm) ? e->mbits : 0;
+        pe = pe < e->emin ? e->emin : (pe > e->emax + 1 ? e->emax + 1 : pe);
+        up = pow2f(m - pe);
+        down = pow2f(pe - m);
+    } else {
+        up = pow2f(e->frac);
+        down = pow2f(-e->frac);
+    }
+    float s = w * up, edge = rnd == BQ_ROUND_ZERO ? rintf(s) : floorf(s) + 0.5f;
+    float k = round_mag(s, rnd, 0, 0);
+    if (e->kind == EK_MF) *q = mf_overflow(e, k * down);
+    else *q = (k > (float)e->hi ? (float)e->hi : k) * down;
+    return a == 0.0f || (fabsf(s - edge) > s * 0x1p-20f && w >= 0x1p-100f);
+}
+
 /* Integer grid with `frac` fraction bits, magnitude clamped to hi. */
 static inline BQ_HD float int_quant_mag(const elem_t *e, float a, bq_round r, uint64_t seed, uint64_t idx)
 {
@@ -174,20 +204,6 @@ static inline BQ_HD float int_quant_mag(const elem_t *e, float a, bq_round r, ui
     float q = round_mag(s, r, seed, idx);
     q = q > (float)e->hi ? (float)e->hi : q;
     return q * pow2f(-e->frac);
-}
-
-/* round_mag(|x| / d) clamped to hi, from w = |x| * r with r = 1 / d rounded, for a
- * deterministic rounding: w is within 2^-22 w of the rounded quotient, so where w lies
- * farther than 2^-20 w from every rounding boundary (half-integers; integers toward
- * zero) and |x| / d is normal (or x is 0), both round to the same integer. Returns 0
- * where that is not sure (the caller divides). The CUDA kernels' int blocks and groups. */
-static inline BQ_HD_ALWAYS int int_by_recip(float x, float r, float hi, bq_round rnd, float *q)
-{
-    float a = fabsf(x), w = a * r;
-    float edge = rnd == BQ_ROUND_ZERO ? rintf(w) : floorf(w) + 0.5f;
-    float k = round_mag(w, rnd, 0, 0);
-    *q = k < hi ? k : hi;
-    return a == 0.0f || (fabsf(w - edge) > w * 0x1p-20f && w >= 0x1p-100f);
 }
 
 /* Round an exponent k in the log domain, given the 23 mantissa bits m of the
