@@ -67,6 +67,17 @@ case "$S" in *cudatest*)
     # every test of test_cuda: fake quantisation (reference vectors, CPU comparisons), GEMV, unpack, GEMM
     ./build/gpu/gpu/test_cuda >"$O/cudatest.txt" 2>&1; echo "test_cuda exit $?"; grep -v "^  GPU" "$O/cudatest.txt" | tail -6 ;;
 esac
+case "$S" in *qdq*)
+    # twenty-second session: NVFP4 and scaled 4-bit blocks by the levels' table, int groups by
+    # teams of lanes with several loads in flight, rows up to 16384 in registers, log blocks by
+    # bits; against the kernels before (BQ_CUDA_QDQ=0), interleaved, each round both ways
+    BQ_CUDA_ONLY=vectors,cpu ./build/gpu/gpu/test_cuda >"$O/qdq_test.txt" 2>&1; echo "test_cuda (fake quantisation) exit $?"
+    tail -5 "$O/qdq_test.txt"
+    for r in $(seq "${ROUNDS:-2}"); do
+        for q in 0 1; do BQ_CUDA_QDQ=$q ./build/gpu/gpu/gpu_bench --qdq --json "$O/qdq_${q}_$r.jsonl" >"$O/qdq_${q}_$r.md" 2>&1; done
+    done
+    python3 bench/qdq_table.py "$O"/qdq_[01]_*.jsonl | tee "$O/qdq.md" ;;
+esac
 case "$S" in *gemvtest*)
     BQ_CUDA_ONLY=gemv ./build/gpu/gpu/test_cuda 2>&1 | tee "$O/r4_gemvtest.txt" | grep -v "^  GPU" | tail -5
     grep -c "split" "$O/r4_gemvtest.txt" ;;
@@ -207,17 +218,6 @@ case "$S" in *pieces*)
     }
     per_format "${PC_FORMATS:-bf16 mxfp4 int4_g128 nvfp4 mxint8}" pieces_round
     python3 bench/decode_table.py "$O/pc_decode.jsonl" "$copy" | tee "$O/pc_decode.md" ;;
-esac
-case "$S" in *qdq*)
-    # twenty-second session: NVFP4 and scaled 4-bit blocks by the levels' table, int groups by
-    # teams of lanes with several loads in flight, rows up to 16384 in registers, log blocks by
-    # bits; against the kernels before (BQ_CUDA_QDQ=0), interleaved, each round both ways
-    BQ_CUDA_ONLY=vectors,cpu ./build/gpu/gpu/test_cuda >"$O/qdq_test.txt" 2>&1; echo "test_cuda (fake quantisation) exit $?"
-    tail -5 "$O/qdq_test.txt"
-    for r in $(seq "${ROUNDS:-2}"); do
-        for q in 0 1; do BQ_CUDA_QDQ=$q ./build/gpu/gpu/gpu_bench --qdq --json "$O/qdq_${q}_$r.jsonl" >"$O/qdq_${q}_$r.md" 2>&1; done
-    done
-    python3 bench/qdq_table.py "$O"/qdq_[01]_*.jsonl | tee "$O/qdq.md" ;;
 esac
 case "$S" in *prefill*)
     # prefill (ppl windows of 2048: the packed weights unpacked to bf16 for cuBLAS) from the
