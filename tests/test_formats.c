@@ -530,6 +530,34 @@ static void fused_range_one(const char *name)
     bq_format_free(f);
 }
 
+/* log_quant_mag in bit arithmetic against its definition by ldexpf: every exponent of the
+ * input (subnormals included) and clamps down to 2^-160 and up past 2^127 */
+static void test_log_quant_mag(void)
+{
+    long n = 0, bad = 0;
+    for (int i = 0; i < 2000000; i++) {
+        uint32_t u = t_rand() & 0x7fffffffu;
+        if (i % 4 == 0) u &= 0x807fffffu;  /* subnormals */
+        float a;
+        memcpy(&a, &u, 4);
+        if (!(a <= FLT_MAX)) continue;
+        int lo = -160 + (int)(t_rand() % 200), hi = lo + (int)(t_rand() % 140);
+        bq_round r = (bq_round)(t_rand() % 4);
+        float want = 0.0f;
+        if (a != 0.0f) {
+            int k = floor_log2f(a);
+            uint32_t m = (uint32_t)((ldexpf(a, -k) - 1.0f) * 0x1p23f);
+            k = log_round(k, m, r, 5, (uint64_t)i);
+            k = k < lo ? lo : (k > hi ? hi : k);
+            want = ldexpf(1.0f, k);
+        }
+        float got = log_quant_mag(a, lo, hi, r, 5, (uint64_t)i);
+        n++;
+        bad += memcmp(&got, &want, 4) != 0;
+    }
+    CHECK(bad == 0 && n > 1000000, "log_quant_mag: %ld of %ld differ from the ldexpf definition", bad, n);
+}
+
 /* grid_by_recip (the CUDA kernels' x * (1/d) for x / d): wherever it says sure, its grid
  * value is elem_quant's of x / d. Quotients at every rounding boundary of the grid
  * (grid values, midpoints) and a few ulps beside, under d of every size, for integer and
@@ -602,5 +630,6 @@ int main(void)
     const char *grids[] = {"int8_b32_sfp16", "int4_b32_sfp16", "nvfp4", "e4m3_b16_sbf16", "e5m2_b32_sfp16", "e3m2_b32_sfp16",
                            "e4m3_b16_sbf16:nosub"};
     for (size_t i = 0; i < sizeof grids / sizeof *grids; i++) grid_by_recip_one(grids[i]);
+    test_log_quant_mag();
     return test_summary("test_formats");
 }

@@ -232,19 +232,22 @@ static inline BQ_HD_ALWAYS float log_bits_elem(float x, int lo, int hi, bq_round
     return copysignf(q, sgn_of(x));
 }
 
-/* Log grid: 2^k with k = round(log2 a) clamped to [lo, hi]; zero stays zero. */
+/* Log grid: 2^k with k = round(log2 a) clamped to [lo, hi]; zero stays zero. In bit
+ * arithmetic: a subnormal a's mantissa is its bits shifted up to the leading one (the
+ * fraction of a * 2^-k), and 2^k is 0 below 2^-149 (ldexpf(1, k) rounds 2^-150 to even). */
 static inline BQ_HD float log_quant_mag(float a, int lo, int hi, bq_round r, uint64_t seed, uint64_t idx)
 {
     if (a == 0.0f) return 0.0f;
     int k;
     if (a == INFINITY) k = hi;
     else {
+        uint32_t u = f2u(a);
         k = floor_log2f(a);
-        uint32_t m = (uint32_t)((ldexpf(a, -k) - 1.0f) * 0x1p23f);  /* exact, subnormals included */
+        uint32_t m = u >= 0x800000u ? u & 0x7fffffu : (u << (BQ_CLZ(u) - 8)) & 0x7fffffu;
         k = log_round(k, m, r, seed, idx);
     }
     k = k < lo ? lo : (k > hi ? hi : k);
-    return ldexpf(1.0f, k);
+    return k < -149 ? 0.0f : (k > 127 ? INFINITY : pow2f(k));
 }
 
 /* Signed value -> grid value of elem e (no scaling). Sign always preserved. */
