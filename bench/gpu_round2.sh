@@ -204,7 +204,7 @@ case "$S" in *pieces*)
     # neither, each and both (PC_VARIANTS)
     case "$S" in *cudatest*) ;; *)
         BQ_CUDA_ONLY=gemv,attention ./build/gpu/gpu/test_cuda >"$O/pc_gemvtest.txt" 2>&1; grep -v "^  GPU" "$O/pc_gemvtest.txt" | tail -4 ;; esac
-    [ -z "$PC_DECODE_ONLY" ] && BQ_CUDA_FUSE=2 BQ_CUDA_ATTN=vec ./build/gpu/tests/test_backend 2>&1 | tee "$O/pc_backend.txt" | grep -v "^  decode" | tail -6
+    [ -z "$PC_DECODE_ONLY" ] && BQ_CUDA_FUSE=2 BQ_CUDA_PIECES=1 BQ_CUDA_ATTN=vec ./build/gpu/tests/test_backend 2>&1 | tee "$O/pc_backend.txt" | grep -v "^  decode" | tail -6
     copy=${COPY:-$(./build/gpu/gpu/gpu_bench --quick 2>&1 | copy_gbps)}
     export TIMECMD_JSONL="$O/pc_decode.jsonl"
     pieces_round() {

@@ -15,7 +15,7 @@ from ptx_loop import ROOT, ptx, write_json  # noqa: E402
 
 SRC = open(os.path.join(ROOT, "src/cuda/qdq.cu")).read()
 
-NO_LOG = ("    if (EV == 3 && f.sch == SCH_BL", "    if (false && EV == 3 && f.sch == SCH_BL")
+NO_LOG = ("    if (EV == 3 && f.sch == SCH_BL) {", "    if (false && EV == 3 && f.sch == SCH_BL) {")
 NO_POW2 = ("} else if ((EV == 0 || EV == 2) && s.pow2", "} else if (false && (EV == 0 || EV == 2) && s.pow2")
 NO_RCP = ("} else if ((EV == 0 || EV == 2) && RND != BQ_ROUND_STOCHASTIC && rcp", "} else if (false && RND != BQ_ROUND_STOCHASTIC && rcp")
 NO_LANES_FALLBACK = ("e[k] = ok ? out[k] : block_value(f, c, s, e[k], 8 * i + k);", "e[k] = ok ? out[k] : 0.0f;")

@@ -656,9 +656,12 @@ int main(void)
     const char *fuse = getenv("BQ_CUDA_FUSE");
     if (fuse && !strcmp(fuse, "0"))  /* (rope_store and add_check then launch the separate kernels: still compared) */
         SKIP("the fused decode kernels (k_rope_store, k_add_check) are off (BQ_CUDA_FUSE=0): not compared, nor decoded with");
-    if (!fuse || strcmp(fuse, "2"))  /* (norm_linears and act_linear then call the separate ops: still compared) */
-        SKIP("the residual+norm kernel and the int8 GEMV's pieces from the norm and activation kernels are off (BQ_CUDA_FUSE=2 turns them "
-             "on): not compared, nor decoded with");
+    if (fuse && strcmp(fuse, "2"))  /* (norm_linears and act_linear then call the separate ops: still compared) */
+        SKIP("the residual+norm kernel and the int8 GEMV's pieces from the norm and activation kernels are off (BQ_CUDA_FUSE=2, the "
+             "default, turns them on): not compared, nor decoded with");
+    const char *pieces = getenv("BQ_CUDA_PIECES");
+    if (!pieces || strcmp(pieces, "1"))
+        SKIP("the int8 GEMV's pieces from the norm and activation kernels are off (BQ_CUDA_PIECES=1 turns them on): not decoded with");
     const char *only = getenv("BQ_BACKEND_ONLY");  /* "gptq": that check alone (bench/gpu_round2.sh) */
     if (only && !strcmp(only, "gptq")) {
         gptq_on_device();

@@ -457,11 +457,11 @@ struct cuda_be {
     unsigned graph_key;
     int recording, graph_checks, recordable;
     int pdl;  // decoding's kernels launched programmatically (launch.cuh); BQ_CUDA_PDL=0 turns it off for A/B runs
-    // BQ_CUDA_FUSE: 1 (default) rope_store / add_check as one kernel each; 2 also norm_linears
-    // (a residual connection with the norm after it, and the int8 GEMV's pieces from the
-    // norm's and act_linear's kernels); 0 the separate kernels (A/B runs)
+    // BQ_CUDA_FUSE: 1 rope_store / add_check as one kernel each; 2 (default) also norm_linears
+    // (a residual connection with the norm after it, and with BQ_CUDA_PIECES=1 the int8 GEMV's
+    // pieces from the norm's and act_linear's kernels); 0 the separate kernels (A/B runs)
     int fuse;
-    int pieces;   // at level 2, the int8 GEMV's pieces from the norm and act kernels (BQ_CUDA_PIECES=0: from the GEMV's own split)
+    int pieces;   // at level 2, the int8 GEMV's pieces from the norm and act kernels (BQ_CUDA_PIECES=1; default 0: the GEMV's own split)
     int attn_vec; // attention of few queries by k_attn_vec where it takes the head (default; BQ_CUDA_ATTN=few: k_attn_few)
     // calibration's sums per linear slot (cuda_stats_add), and the inputs widened for X^T X
     struct gstat { double *msq, *amax, *gram; int in; } *stats;
@@ -882,8 +882,8 @@ static bq_status cuda_add_check(be *b, float *x, const float *h, int rows, int d
 // ---- the int8 GEMV's pieces made by the kernel before it ----
 // Linears rs[0..count) of a layer as one packed GEMV launch of int8-layout weights that
 // take pieces for n tokens (one input width, no activation format or LoRC): their
-// weights into ws. Only with BQ_CUDA_FUSE=2 and BQ_CUDA_PIECES unset or 1 (else the GEMV
-// splits its input).
+// weights into ws. Only with BQ_CUDA_FUSE=2 and BQ_CUDA_PIECES=1 (else the GEMV splits
+// its input).
 static bool one_int8_launch(cuda_be *g, int layer, const lin_role *rs, int count, int n, int in, const bq_cuda_w **ws)
 {
     if (g->fuse < 2 || !g->pieces || count < 1 || count > 3) return false;
@@ -1278,8 +1278,9 @@ extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int 
     int pdl, fuse, pieces, attn_vec, int8, pf;  // the A/B switches (knobs.h), checked before any device work
     static const char *const fuse_levels[3] = {"0", "1", "2"};
     bq_status st = env_switch("BQ_CUDA_PDL", 1, &pdl);
-    if (!st) st = env_knob("BQ_CUDA_FUSE", fuse_levels, 3, 1, &fuse);  // 2 once a GPU has run it (bench/RESULTS.md)
-    if (!st) st = env_switch("BQ_CUDA_PIECES", 1, &pieces);
+    // level 2 without the norm's pieces: +2.9% bf16, +4.2% MXFP4, +0.5% int4_g128 decode on the H100 (bench/RESULTS.md)
+    if (!st) st = env_knob("BQ_CUDA_FUSE", fuse_levels, 3, 2, &fuse);
+    if (!st) st = env_switch("BQ_CUDA_PIECES", 0, &pieces);
     static const char *const attn_kernels[2] = {"few", "vec"};
     if (!st) st = env_knob("BQ_CUDA_ATTN", attn_kernels, 2, 1, &attn_vec);  // vec: +3 to +6% decode (bench/RESULTS.md)
     if (!st) st = env_gemv_int8(&int8);  // (read again at each upload)

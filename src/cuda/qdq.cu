@@ -186,9 +186,16 @@ __global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, fl
     uint32_t m;
     if (!chunk8<K>(x, y, i, n8, e, &m)) return;
     bscale s = block_scale(&f, &c, u2f(m));
-    if (EV == 3 && f.sch == SCH_BL && f.el.lemin + s.E >= -126 && f.el.lemax + s.E <= 127) {  // as kernels.c's qdq_block
+    if (EV == 3 && f.sch == SCH_BL) {
+        const int lo = f.el.lemin + s.E, hi = f.el.lemax + s.E;
+        if (lo >= -126 && hi <= 127) {  // as kernels.c's qdq_block
 #pragma unroll
-        for (int k = 0; k < 8; k++) e[k] = log_bits_elem(e[k], f.el.lemin + s.E, f.el.lemax + s.E, (bq_round)RND, c.seed, 8 * i + k);
+            for (int k = 0; k < 8; k++) e[k] = log_bits_elem(e[k], lo, hi, (bq_round)RND, c.seed, 8 * i + k);
+        } else {  // block_elem's log blocks, without block_value's other cases
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                e[k] = copysignf(log_quant_mag(fabsf(e[k]), lo, hi, (bq_round)RND, c.seed, 8 * i + k), sgn_of(e[k]));
+        }
     } else if ((EV == 0 || EV == 2) && s.pow2 && s.E >= fl && s.E <= fh) {
         const pow2_fused p = pow2_fused_of(&f.el, s.E, EV == 0);
 #pragma unroll
