@@ -17,8 +17,7 @@ SRC = open(os.path.join(ROOT, "src/cuda/qdq.cu")).read()
 
 NO_LOG = ("    if (EV == 3 && f.sch == SCH_BL) {", "    if (false && EV == 3 && f.sch == SCH_BL) {")
 NO_POW2 = ("} else if ((EV == 0 || EV == 2) && s.pow2", "} else if (false && (EV == 0 || EV == 2) && s.pow2")
-NO_RCP = ("} else if ((EV == 0 || EV == 2) && RND != BQ_ROUND_STOCHASTIC && rcp", "} else if (false && RND != BQ_ROUND_STOCHASTIC && rcp")
-NO_LANES_FALLBACK = ("e[k] = ok ? out[k] : block_value(f, c, s, e[k], 8 * i + k);", "e[k] = ok ? out[k] : 0.0f;")
+NO_RCP = ("rcp && !s.pow2 &&\n                 recip_values<8>", "rcp && !s.pow2 && false &&\n                 recip_values<8>")
 NO_GENERIC = ("#pragma unroll\n        for (int k = 0; k < 8; k++) e[k] = block_value(f, c, s, e[k], 8 * i + k);\n    }\n    y[2 * i]",
               "#pragma unroll\n        for (int k = 0; k < 8; k++) e[k] = 0.0f;\n    }\n    y[2 * i]")
 NO_LEVELS_FALLBACK = ("for (int k = 0; k < 8; k++) e[k] = block_value(f, c, s, e[k], 8 * i + k);\n        }\n        y[2 * i]",
@@ -30,10 +29,10 @@ NO_GROUP_FALLBACK = ("    return int_value4(f, c, v, idx, s, z, bad);\n}", "    
 CASES = [
     ("NVFP4 (or e4m3_b16_sbf16), per element (x / div)", "_Z10qdq_lanes8ILi16ELi0ELi0EE", [NO_LOG, NO_POW2, NO_RCP]),
     ("NVFP4 under 16384 values (or e4m3_b16_sbf16), x * (1 / div) checked", "_Z10qdq_lanes8ILi16ELi0ELi0EE",
-     [NO_LOG, NO_POW2, NO_LANES_FALLBACK, NO_GENERIC]),
+     [NO_LOG, NO_POW2, NO_GENERIC]),
     ("NVFP4, levels' table", "_Z11qdq_levels8ILi16EE", [NO_LEVELS_FALLBACK]),
     ("int8_b32_sfp16, per element (x / div)", "_Z10qdq_lanes8ILi32ELi0ELi2EE", [NO_LOG, NO_POW2, NO_RCP]),
-    ("int8_b32_sfp16, x * (1 / div) checked", "_Z10qdq_lanes8ILi32ELi0ELi2EE", [NO_LOG, NO_POW2, NO_LANES_FALLBACK, NO_GENERIC]),
+    ("int8_b32_sfp16, x * (1 / div) checked", "_Z10qdq_lanes8ILi32ELi0ELi2EE", [NO_LOG, NO_POW2, NO_GENERIC]),
     ("bl8_b16, log_quant_mag (ldexpf)", "_Z10qdq_lanes8ILi16ELi0ELi3EE", [NO_LOG, NO_POW2]),
     ("bl8_b16, log_bits_elem", "_Z10qdq_lanes8ILi16ELi0ELi3EE", [NO_GENERIC]),
     ("int4_g128, team, x / s", "_Z12qdq_int_teamILi4ELi0ELi0EE", [NO_GROUP_RCP]),

@@ -162,6 +162,28 @@ static __device__ __forceinline__ bool chunk8(const float4 *__restrict__ x, floa
     return true;
 }
 
+// N elements of a block or group whose scale divides (d in [2^-126, 2^126]) as x * (1 / d)
+// where grid_by_recip says each rounds as x / d would, dequantised by p1, p2; false with e
+// untouched where d is out of range or any element is in doubt (the caller divides).
+template <int N>
+static __device__ __forceinline__ bool recip_values(const elem_t *el, float *e, float d, bq_round rnd, float p1, float p2)
+{
+    if (!(d >= 0x1p-126f && d <= 0x1p126f)) return false;
+    const float r = 1.0f / d;
+    float out[N];
+    bool ok = true;
+#pragma unroll
+    for (int k = 0; k < N; k++) {
+        float q;
+        ok &= grid_by_recip(el, e[k], r, rnd, &q);
+        out[k] = deq_sat(copysignf(q, e[k] != 0.0f ? e[k] : 0.0f), p1, p2);  // (sgn_of(x / d))
+    }
+    if (!ok) return false;
+#pragma unroll
+    for (int k = 0; k < N; k++) e[k] = out[k];
+    return true;
+}
+
 // The same with eight elements per thread (two 16-byte loads and stores; the
 // block's scale computed once per eight elements).
 // RND and EV (0: minifloat elements with the float32 path, 1: minifloat through
@@ -172,8 +194,7 @@ static __device__ __forceinline__ bool chunk8(const float4 *__restrict__ x, floa
 // grid_loop_pow2, the same bits): two multiplies an element instead of five; fl > fh
 // where the grid is not one the fused path takes.
 // Scaled blocks of a grid_fast grid (int8_b32_sfp16, e4m3_b16_sbf16, NVFP4 under
-// 16384 values: rcp set) under a deterministic rounding take x * (1 / div) instead of
-// x / div where grid_by_recip says it rounds alike.
+// 16384 values: rcp set) under a deterministic rounding take recip_values.
 template <int K, int RND, int EV>
 __global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, float4 *__restrict__ y, size_t n8, int fl, int fh,
                            int rcp)
@@ -200,19 +221,8 @@ __global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, fl
         const pow2_fused p = pow2_fused_of(&f.el, s.E, EV == 0);
 #pragma unroll
         for (int k = 0; k < 8; k++) e[k] = pow2_fused_elem(&p, e[k], EV == 0, (bq_round)RND, c.seed, 8 * i + k);
-    } else if ((EV == 0 || EV == 2) && RND != BQ_ROUND_STOCHASTIC && rcp && !s.pow2 && s.div >= 0x1p-126f && s.div <= 0x1p126f) {
-        const float r = 1.0f / s.div;
-        float out[8];
-        bool ok = true;
-#pragma unroll
-        for (int k = 0; k < 8; k++) {
-            float q;
-            ok &= grid_by_recip(&f.el, e[k], r, (bq_round)RND, &q);
-            out[k] = deq_sat(copysignf(q, e[k] != 0.0f ? e[k] : 0.0f), s.post1, s.post2);  // (sgn_of(x / div))
-        }
-#pragma unroll
-        for (int k = 0; k < 8; k++) e[k] = ok ? out[k] : block_value(f, c, s, e[k], 8 * i + k);
-    } else {
+    } else if (!((EV == 0 || EV == 2) && RND != BQ_ROUND_STOCHASTIC && rcp && !s.pow2 &&
+                 recip_values<8>(&f.el, e, s.div, (bq_round)RND, s.post1, s.post2))) {  // (done where it held)
 #pragma unroll
         for (int k = 0; k < 8; k++) e[k] = block_value(f, c, s, e[k], 8 * i + k);
     }
@@ -461,17 +471,9 @@ template <int ASYM, int RND>
 static __device__ __forceinline__ float4 int_group4(const bq_format &f, const qctx &c, float4 v, size_t idx, float s, float z, int bad,
                                                     int rcp)
 {
-    if (!ASYM && RND != BQ_ROUND_STOCHASTIC && rcp && !bad && s >= 0x1p-126f && s <= 0x1p126f) {
-        const float r = 1.0f / s;
+    if (!ASYM && RND != BQ_ROUND_STOCHASTIC && rcp && !bad) {
         float e[4] = {v.x, v.y, v.z, v.w};
-        bool ok = true;
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            float q;
-            ok &= grid_by_recip(&f.el, e[k], r, (bq_round)RND, &q);
-            e[k] = deq_sat(copysignf(q, e[k] != 0.0f ? e[k] : 0.0f), s, 1.0f);  // (sgn_of(x / s))
-        }
-        if (ok) return make_float4(e[0], e[1], e[2], e[3]);
+        if (recip_values<4>(&f.el, e, s, (bq_round)RND, s, 1.0f)) return make_float4(e[0], e[1], e[2], e[3]);
     }
     return int_value4(f, c, v, idx, s, z, bad);
 }
