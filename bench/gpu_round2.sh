@@ -212,8 +212,8 @@ case "$S" in *pieces*)
             fz=1; case $v in *fuse2*) fz=2 ;; esac
             at=few; case $v in *vec*) at=vec ;; esac
             pc=1; case $v in *nopieces*) pc=0 ;; esac  # fuse2-nopieces: the residual with the norm, the GEMV's own split
-            pf=0; case $v in *pf*) pf=1 ;; esac  # +pf: gemv_i8 with the next tile in flight (BQ_CUDA_I8_PF=1)
-            [ $1 = bf16 ] && { [ $pc = 0 ] || [ $pf = 1 ]; } && continue  # (bf16: no pieces, no int8 GEMV)
+            pf=0; case $v in *pfu) pf=unsplit ;; *pf) pf=1 ;; esac  # +pf: gemv_i8 with the next tile in flight (BQ_CUDA_I8_PF=1; +pfu: unsplit launches only)
+            [ $1 = bf16 ] && { [ $pc = 0 ] || [ $pf != 0 ]; } && continue  # (bf16: no pieces, no int8 GEMV)
             decode $1 r21=$v $2 BQ_CUDA_FUSE=$fz BQ_CUDA_ATTN=$at BQ_CUDA_PIECES=$pc BQ_CUDA_I8_PF=$pf
         done
     }

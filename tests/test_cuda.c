@@ -197,7 +197,7 @@ static double rel_err(const float *y, const double *ref, size_t n)
 static void gemv_set(const char *const *wf, size_t nf, const int (*shapes)[3], size_t nshapes, bq_gemv_path path)
 {
     const char *pf = getenv("BQ_CUDA_I8_PF");
-    const char *pn = path == BQ_GEMV_FP16 ? "fp16" : pf && !strcmp(pf, "1") ? "int8+pf" : "int8";
+    const char *pn = path == BQ_GEMV_FP16 ? "fp16" : pf && !strcmp(pf, "1") ? "int8+pf" : pf && !strcmp(pf, "unsplit") ? "int8+pf unsplit" : "int8";
     for (size_t si = 0; si < nshapes; si++) {
         int R = shapes[si][0], C = shapes[si][1], n = shapes[si][2];
         float *w = malloc((size_t)R * C * 4), *wq = malloc((size_t)R * C * 4), *x = malloc((size_t)n * C * 4),
@@ -276,6 +276,8 @@ static void gemv(void)
     setenv("BQ_CUDA_I8_PF", "1", 1);
     gemv_set(wf, sizeof wf / sizeof *wf - 2, one, sizeof one / sizeof *one, BQ_GEMV_INT8);
     gemv_set(wide, sizeof wide / sizeof *wide, wone, sizeof wone / sizeof *wone, BQ_GEMV_INT8);
+    setenv("BQ_CUDA_I8_PF", "unsplit", 1);  /* (the prefetch where the launch is not split) */
+    gemv_set(wf, 2, one, sizeof one / sizeof *one, BQ_GEMV_INT8);
     unsetenv("BQ_CUDA_I8_PF");
 }
 

@@ -1284,7 +1284,7 @@ extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int 
     static const char *const attn_kernels[2] = {"few", "vec"};
     if (!st) st = env_knob("BQ_CUDA_ATTN", attn_kernels, 2, 1, &attn_vec);  // vec: +3 to +6% decode (bench/RESULTS.md)
     if (!st) st = env_gemv_int8(&int8);  // (read again at each upload)
-    if (!st) st = env_switch("BQ_CUDA_I8_PF", 0, &pf);
+    if (!st) st = env_i8_pf(&pf);
     if (st) return st;
     char why[256];
     int ndev = bq_cuda_devices(why, sizeof why);

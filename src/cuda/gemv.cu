@@ -48,7 +48,7 @@ struct bq_cuda_w {
     int i8;                    // int8 tensor-core layout (i8_layout.h): 8 or 4 (bits a code); tc is 0 then
     uint32_t tab4[4];          //   4-bit codes: the slots' byte tables (i8_slots4)
     int ks;                    // column splits of the tensor-core GEMV (gemv_splits)
-    int i8pf;                  // gemv_i8's PF (experiment: BQ_CUDA_I8_PF=1 at upload)
+    int i8pf;                  // gemv_i8's PF: 0, 1, 2 only unsplit (experiment: BQ_CUDA_I8_PF at upload, knobs.h)
     int pdl;                   // launched programmatically (launch.cuh): on unless bq_cuda_w_set_pdl turned it off
     uint32_t *xf;              // device scratch (unsplit): activation pieces in B-fragment order
     float *xs;                 //   and their power-of-two factor per tile and column
@@ -345,7 +345,7 @@ extern "C" bq_status bq_cuda_w_upload_path(const pmat *m, bq_gemv_path path, bq_
     *out = NULL;
     int int8, pf;
     bq_status st = env_gemv_int8(&int8);
-    if (!st) st = env_switch("BQ_CUDA_I8_PF", 0, &pf);
+    if (!st) st = env_i8_pf(&pf);
     if (st) return st;
     if (path == BQ_GEMV_DEFAULT) path = int8 && i8_takes(m) ? BQ_GEMV_INT8 : BQ_GEMV_FP16;
     if (path == BQ_GEMV_FP16) return upload_fp16(m, out);
@@ -1102,7 +1102,7 @@ __global__ void __launch_bounds__(256) act_i8(float *u, const float *g, int cols
 // columns the integer sums (4-bit: the positive parts times the pieces plus the
 // negative parts times the negated pieces) become float once and take the rows'
 // scale factors.
-// PF (one token a pass; experiment, BQ_CUDA_I8_PF=1): a warp's next tile of weights in
+// PF (one token a pass; experiment, BQ_CUDA_I8_PF=1 or unsplit): a warp's next tile of weights in
 // flight while it multiplies this one, held to three CTAs a multiprocessor (80 registers)
 template <int MODE, int KT, int SB, int NT8, bool SPLIT, bool PF>
 __global__ void __launch_bounds__(256, PF ? 3 : 0) gemv_i8(const tc_mats M, const uint4 *__restrict__ xq, const float *__restrict__ xs, int NT, int n,
@@ -1296,7 +1296,8 @@ static bq_status gemv_int8(const bq_cuda_w *const *ws, int count, const float *d
 #define L1(MODE, KT, SB, NT8, SPLIT, PF) launch_k(w->pdl, gemv_i8<MODE, KT, SB, NT8, SPLIT, PF>, grid, 256, M, (const uint4 *)w->xf, w->xs, \
                                                   w->NT, n, tab, w->part, w->count)
 #define L(MODE, KT, SB, NT8, PF) if (ks > 1) { L1(MODE, KT, SB, NT8, true, PF); } else { L1(MODE, KT, SB, NT8, false, PF); }
-#define L2(MODE, KT, SB) if (n > 2) { L(MODE, KT, SB, 2, false); } else if (w->i8pf) { L(MODE, KT, SB, 1, true); } else { L(MODE, KT, SB, 1, false); }
+    const bool pf = w->i8pf == 1 || (w->i8pf == 2 && ks == 1);
+#define L2(MODE, KT, SB) if (n > 2) { L(MODE, KT, SB, 2, false); } else if (pf) { L(MODE, KT, SB, 1, true); } else { L(MODE, KT, SB, 1, false); }
 #define L3(MODE) if (w->KT == 32 && w->sbytes == 1) { L2(MODE, 32, 1); } else if (w->KT == 16 && w->sbytes == 1) { L2(MODE, 16, 1); } \
                  else if (w->KT == 32 && w->sbytes == 2) { L2(MODE, 32, 2); } else if (w->KT == 64 && w->sbytes == 4) { L2(MODE, 64, 4); } \
                  else return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: no int8 kernel for blocks of %d, %d-byte scales", w->K, w->sbytes);
