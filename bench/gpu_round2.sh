@@ -28,6 +28,7 @@
 #   STAGES=qdq: fake quantisation's kernels (twenty-second session) against the twentieth session's
 #     (BQ_CUDA_QDQ=0): test_cuda's fake-quantisation tests on the device, then gpu_bench --qdq (ROUNDS)
 #   STAGES=prefill: ppl of packed .bq files (PREFILL_FORMATS) from the fp16 and the int8 layouts
+#   STAGES=lcpp: llama.cpp (.peer/llama-bench, bench/build_llama_cuda.sh) and blockq decoding the same GGUF files (LCPP_FORMATS)
 #   STAGES=ops: one decoding step of the 7B shape op by op (bench/gpu_decode_ops.c), bf16 and OPS_FORMATS
 #   STAGES=hadamard: greedy decoding of the 7B shape (bf16) with and without --ptq hadamard
 #     (down_proj's 11008 inputs rotated online: 64 chunks x a 172 x 172 Hadamard block), same prompt
@@ -43,7 +44,7 @@ B=build/gpu/blockq
 M=/tmp/r7b
 T=data/wikitext-2-test.txt
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-case "$S" in *scale*|*decode*|*pdl*|*int8*|*prefetch*|*pieces*|*prefill*|*packed*|*graphs*|*pipeline*|*multigpu*|*ops*|*hadamard*|*gptq7b*|*train7b*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
+case "$S" in *scale*|*decode*|*lcpp*|*pdl*|*int8*|*prefetch*|*pieces*|*prefill*|*packed*|*graphs*|*pipeline*|*multigpu*|*ops*|*hadamard*|*gptq7b*|*train7b*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
 mkdir -p /tmp/deps && for f in .debs/*.deb; do dpkg -x "$f" /tmp/deps; done 2>/dev/null
 [ -f .debs/deps.tar.xz ] && tar xJf .debs/deps.tar.xz -C /tmp/deps  # the same packages, pruned to fit the transfer
 D=/tmp/deps/usr; L=$D/lib/x86_64-linux-gnu
@@ -212,9 +213,11 @@ case "$S" in *pieces*)
             fz=1; case $v in *fuse2*) fz=2 ;; esac
             at=few; case $v in *vec*) at=vec ;; esac
             pc=1; case $v in *nopieces*) pc=0 ;; esac  # fuse2-nopieces: the residual with the norm, the GEMV's own split
-            pf=0; case $v in *pfu) pf=unsplit ;; *pf) pf=1 ;; esac  # +pf: gemv_i8 with the next tile in flight (BQ_CUDA_I8_PF=1; +pfu: unsplit launches only)
-            [ $1 = bf16 ] && { [ $pc = 0 ] || [ $pf != 0 ]; } && continue  # (bf16: no pieces, no int8 GEMV)
-            decode $1 r21=$v $2 BQ_CUDA_FUSE=$fz BQ_CUDA_ATTN=$at BQ_CUDA_PIECES=$pc BQ_CUDA_I8_PF=$pf
+            pf=0; case $v in *pfu*) pf=unsplit ;; *pf*) pf=1 ;; esac  # +pf: gemv_i8 with the next tile in flight (BQ_CUDA_I8_PF=1; +pfu: unsplit launches only)
+            off=1; case $v in *tab*) off=0 ;; esac  # +tab: 4-bit int codes through the slots' tables, not as offset nibbles (BQ_CUDA_I8_OFF=0)
+            [ $1 = bf16 ] && { [ $pc = 0 ] || [ $pf != 0 ] || [ $off = 0 ]; } && continue  # (bf16: no pieces, no int8 GEMV)
+            case $1 in mxfp4|nvfp4|mxint8) [ $off = 0 ] && continue ;; esac  # (no int grid of [-8, 7])
+            decode $1 r21=$v $2 BQ_CUDA_FUSE=$fz BQ_CUDA_ATTN=$at BQ_CUDA_PIECES=$pc BQ_CUDA_I8_PF=$pf BQ_CUDA_I8_OFF=$off
         done
     }
     per_format "${PC_FORMATS:-bf16 mxfp4 int4_g128 nvfp4 mxint8}" pieces_round
@@ -232,6 +235,38 @@ for r in map(json.loads, open(sys.argv[1])):
     if r["command"].startswith("ppl"):
         g = json.loads(r["stdout_last"]) if r["stdout_last"].startswith("{") else {}
         print(f"{r['command']}: {r['seconds']:.2f} s, ppl {g.get('ppl')}")
+PY
+    ;;
+esac
+case "$S" in *lcpp*)
+    # llama.cpp beside blockq on this GPU: the same GGUF files of the 7B shape (blockq's export,
+    # llama.cpp's own quantisation rules), batch-1 decode. llama-bench built elsewhere for sm_90a
+    # (sh bench/build_llama_cuda.sh) and carried as .peer/llama-bench: tg128 (128 tokens, empty
+    # prompt), 3 repetitions; blockq's generate: 128 tokens after a 5-token prompt
+    export TIMECMD_JSONL="$O/lcpp.jsonl"
+    for f in ${LCPP_FORMATS:-q4_0 q8_0 bf16}; do
+        $R "quantize $f .gguf" -- $B quantize --model $M --wq $f --out /tmp/m_$f.gguf >/dev/null
+        for k in $(seq ${ROUNDS:-2}); do
+            .peer/llama-bench -m /tmp/m_$f.gguf -p 0 -n 128 -ngl 99 -r 3 -o jsonl >>"$O/lcpp_bench.jsonl" 2>"$O/lcpp_$f.err" ||
+                tail -5 "$O/lcpp_$f.err"
+            decode $f blockq /tmp/m_$f.gguf
+        done
+        rm -f /tmp/m_$f.gguf
+    done
+    python3 - "$O" <<'PY'
+import json, sys, statistics as st
+o = sys.argv[1]
+lc, bq = {}, {}
+for r in map(json.loads, open(o + "/lcpp_bench.jsonl")):
+    lc.setdefault(r["model_filename"].split("m_")[-1].split(".gguf")[0], []).append(r["avg_ts"])
+for r in map(json.loads, open(o + "/lcpp.jsonl")):
+    if r["command"].startswith("decode "):
+        t = r["stderr_last"].split("(")[-1].split(" tokens/s")[0]
+        bq.setdefault(r["command"].split()[1], []).append(float(t))
+print("| GGUF | llama.cpp tg128 tokens/s | blockq generate tokens/s | blockq / llama.cpp |\n|---|---|---|---|")
+for f in bq:
+    a, b = st.median(lc.get(f, [float("nan")])), st.median(bq[f])
+    print(f"| {f} | {a:.1f} | {b:.1f} | {b / a:.2f} |")
 PY
     ;;
 esac

@@ -197,7 +197,9 @@ static double rel_err(const float *y, const double *ref, size_t n)
 static void gemv_set(const char *const *wf, size_t nf, const int (*shapes)[3], size_t nshapes, bq_gemv_path path)
 {
     const char *pf = getenv("BQ_CUDA_I8_PF");
-    const char *pn = path == BQ_GEMV_FP16 ? "fp16" : pf && !strcmp(pf, "1") ? "int8+pf" : pf && !strcmp(pf, "unsplit") ? "int8+pf unsplit" : "int8";
+    const char *off = getenv("BQ_CUDA_I8_OFF");
+    const char *pn = path == BQ_GEMV_FP16 ? "fp16" : pf && !strcmp(pf, "1") ? "int8+pf" : pf && !strcmp(pf, "unsplit") ? "int8+pf unsplit"
+                     : off && !strcmp(off, "0") ? "int8 tables" : "int8";
     for (size_t si = 0; si < nshapes; si++) {
         int R = shapes[si][0], C = shapes[si][1], n = shapes[si][2];
         float *w = malloc((size_t)R * C * 4), *wq = malloc((size_t)R * C * 4), *x = malloc((size_t)n * C * 4),
@@ -271,6 +273,12 @@ static void gemv(void)
     const int wshapes[][3] = {{300, 1024, 3}, {37, 2048, 1}, {64, 512, 4}, {129, 256, 2}, {40, 512, 13}};
     gemv_set(wide, sizeof wide / sizeof *wide, wshapes, sizeof wshapes / sizeof *wshapes, BQ_GEMV_FP16);
     gemv_set(wide, sizeof wide / sizeof *wide, wshapes, sizeof wshapes / sizeof *wshapes, BQ_GEMV_INT8);
+    /* 4-bit values in [-8, 7] (int4, BFP4) go up as offset nibbles (i8_layout.h's mode 5);
+     * BQ_CUDA_I8_OFF=0 keeps them on the slots' tables (mode 4), as MXFP4 and NVFP4 */
+    setenv("BQ_CUDA_I8_OFF", "0", 1);
+    gemv_set(wf + 4, 3, shapes, sizeof shapes / sizeof *shapes, BQ_GEMV_INT8);
+    gemv_set(wide, sizeof wide / sizeof *wide, wshapes, sizeof wshapes / sizeof *wshapes, BQ_GEMV_INT8);
+    unsetenv("BQ_CUDA_I8_OFF");
     /* the int8 GEMV's next-tile prefetch (an experiment, read at upload): the one-token-a-pass shapes */
     const int one[][3] = {{37, 1056, 1}, {129, 96, 2}, {96, 4096, 1}}, wone[][3] = {{37, 2048, 1}, {129, 256, 2}};
     setenv("BQ_CUDA_I8_PF", "1", 1);
@@ -712,14 +720,14 @@ static void attention(void)
  * work, naming the variable (a CUDA=0 build refuses every upload). */
 static void knobs(void)
 {
-    const char *var[2] = {"BQ_CUDA_GEMV", "BQ_CUDA_I8_PF"}, *bad[2] = {"int4", "yes"};
+    const char *var[3] = {"BQ_CUDA_GEMV", "BQ_CUDA_I8_PF", "BQ_CUDA_I8_OFF"}, *bad[3] = {"int4", "yes", "2"};
     float w[64 * 64];
     for (int i = 0; i < 64 * 64; i++) w[i] = t_normal();
     bq_format *f;
     pmat *m;
     OK(bq_format_parse("mxfp4", &f));
     OK(pmat_pack(f, w, 64, 64, NULL, &m));
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < 3; k++) {
         bq_cuda_w *gw = NULL;
         setenv(var[k], bad[k], 1);
         bq_status st = bq_cuda_w_upload(m, &gw);

@@ -31,23 +31,27 @@ static void prmt_cases(void)
 }
 
 /* Every code in every nibble position of a word decodes to its table value
- * (P - N, bytewise), for each 4-bit grid the int8 path takes. */
-static void decode4_cases(const char *name, const pmat *m)
+ * (P - N, bytewise), for each 4-bit grid the int8 path takes, through the slots'
+ * tables (mode 4) or as offset nibbles (mode 5: values in [-8, 7]; the element
+ * nibble i8_place_row puts at position pos lands in register pos % 2, byte pos / 2). */
+static void decode4_cases(const char *name, const pmat *m, int mode)
 {
     uint8_t slot[16];
     uint32_t tab[4];
-    if (!i8_slots4(m->lut, slot, tab)) { CHECK(0, "%s: 4-bit grid refused", name); return; }
+    if (mode == 4 ? !i8_slots4(m->lut, slot, tab) : !i8_off4(m->lut, slot)) { CHECK(0, "%s: 4-bit grid refused (mode %d)", name, mode); return; }
     int bad = 0;
     for (int c = 0; c < 16; c++)
         for (int pos = 0; pos < 8; pos++) {
             uint32_t w = 0x0u, P[2], N[2];
             for (int q = 0; q < 8; q++) w |= (uint32_t)slot[(c + 5 * q) % 16] << (4 * q);  /* other codes beside it */
             w = (w & ~(0xFu << (4 * pos))) | (uint32_t)slot[c] << (4 * pos);
-            i8_decode4(w, tab, P, N);
-            int v = (int8_t)(P[pos / 4] >> (8 * (pos % 4))) - (int8_t)(N[pos / 4] >> (8 * (pos % 4)));
+            int reg = pos / 4, byte = pos % 4;
+            if (mode == 4) i8_decode4(w, tab, P, N);
+            else i8_decode4_off(w, P, N), reg = pos % 2, byte = pos / 2;
+            int v = (int8_t)(P[reg] >> (8 * byte)) - (int8_t)(N[reg] >> (8 * byte));
             bad += v != m->lut[c];
         }
-    CHECK(bad == 0, "%s: %d of 128 nibbles decode to another value", name, bad);
+    CHECK(bad == 0, "%s (mode %d): %d of 128 nibbles decode to another value", name, mode, bad);
 }
 
 /* Pieces: bounded, and their sum is x within 2^(E - 28) (|x| < 2^E), over
@@ -92,20 +96,22 @@ static float scale_of(const pmat *m, uint32_t code)
     return f * m->emult;
 }
 
-/* y = W x for n tokens the way gemv_i8 computes it; returns max|err| / max|y|. */
-static double model_gemv(const pmat *m, const float *x, int n, const double *ref)
+/* y = W x for n tokens the way gemv_i8 computes it (4-bit codes: mode 4 or 5);
+ * returns max|err| / max|y|. */
+static double model_gemv(const pmat *m, int mode, const float *x, int n, const double *ref)
 {
     int R = m->rows, C = m->cols, NT = (C + 63) / 64, NG = (R + 15) / 16, eb = m->eb;
     int KT = m->K >= 64 ? 64 : m->K, lb = eb == 8 ? 32 : 16;
     uint8_t slot[16];
     uint32_t tab[4] = {0};
-    if (eb == 4 && !i8_slots4(m->lut, slot, tab)) return INFINITY;
+    if (eb == 8) mode = 8;
+    if (eb == 4 && (mode == 4 ? !i8_slots4(m->lut, slot, tab) : !i8_off4(m->lut, slot))) return INFINITY;
     uint8_t *tiles = calloc((size_t)NG * NT * 32 * lb, 1), *v = malloc((size_t)C);
     uint32_t *sc = malloc((size_t)m->nb * 4), *scales = malloc((size_t)R * m->nb * 4);
     for (int r = 0; r < R; r++) {
         pmat_row_codes(m, r, scales + (size_t)r * m->nb, v);
         for (int k = 0; k < C; k++) v[k] = eb == 8 ? (uint8_t)m->lut[v[k]] : slot[v[k]];
-        i8_place_row(tiles, eb, NT, r, C, v);
+        i8_place_row(tiles, mode, NT, r, C, v);
     }
     /* activations: per tile and token the pieces, as B fragments, and the columns' factors */
     int NB = (I8_PIECES * n + 7) / 8;
@@ -149,7 +155,8 @@ static double model_gemv(const pmat *m, const float *x, int n, const double *ref
                         if (eb == 8) { memcpy(&aP[lane][r], L + 16 * s + 4 * r, 4); aN[lane][r] = 0; continue; }
                         uint32_t w, P[2], N[2];
                         memcpy(&w, L + 4 * (2 * s + r / 2), 4);
-                        i8_decode4(w, tab, P, N);
+                        if (mode == 5) i8_decode4_off(w, P, N);
+                        else i8_decode4(w, tab, P, N);
                         aP[lane][r] = P[r % 2];
                         aN[lane][r] = N[r % 2];
                     }
@@ -224,17 +231,23 @@ static void gemv_cases(void)
             pmat *m;
             OK(pmat_pack(f, w, R, C, NULL, &m));
             CHECK(m->kind == PM_PANEL && (m->eb == 4 || m->eb == 8), "%s is not held as panels", f->name);
-            if (m->kind == PM_PANEL) {
-                if (si == 0 && m->eb == 4) decode4_cases(f->name, m);
+            /* 4-bit grids: both modes where the offset applies (values in [-8, 7]) */
+            uint8_t sl[16];
+            int modes = m->kind == PM_PANEL && m->eb == 4 && i8_off4(m->lut, sl) ? 2 : 1;
+            for (int mi = 0; mi < modes && m->kind == PM_PANEL; mi++) {
+                int mode = m->eb == 8 ? 8 : mi ? 5 : 4;
+                if (si == 0 && m->eb == 4) decode4_cases(f->name, m, mode);
                 pmat_decode(m, 0, R, wq);
                 t_ref_gemv(wq, x, R, C, n, ref);
-                double e = model_gemv(m, x, n, ref);
-                CHECK(e < 1e-5, "int8 model %s %dx%d n=%d: %.2e from the reference", f->name, R, C, n, e);
-                printf("  int8 model %-15s %4dx%-4d n=%d max|err|/max|y| = %.2e\n", f->name, R, C, n, e);
+                double e = model_gemv(m, mode, x, n, ref);
+                CHECK(e < 1e-5, "int8 model %s (mode %d) %dx%d n=%d: %.2e from the reference", f->name, mode, R, C, n, e);
+                printf("  int8 model %-15s mode %d %4dx%-4d n=%d max|err|/max|y| = %.2e\n", f->name, mode, R, C, n, e);
                 /* a NaN activation makes its token's outputs NaN, never a number */
+                float keep = x[(size_t)(n - 1) * C + C / 2];
                 x[(size_t)(n - 1) * C + C / 2] = NAN;
-                double en = model_gemv(m, x, n, ref);
-                CHECK(en != en, "int8 model %s: a NaN activation vanished (%.2e)", f->name, en);
+                double en = model_gemv(m, mode, x, n, ref);
+                CHECK(en != en, "int8 model %s (mode %d): a NaN activation vanished (%.2e)", f->name, mode, en);
+                x[(size_t)(n - 1) * C + C / 2] = keep;
                 runs++;
             }
             pmat_free(m);

@@ -45,7 +45,7 @@ struct bq_cuda_w {
     uint2 *hi;                 // 6-bit codes (tc == 3): their top two bits, per lane and tile
     unsigned short *lut6;      //   and code -> fp16 value (64 entries)
     unsigned short lut6_host[64];  //   (the same, for same_layout)
-    int i8;                    // int8 tensor-core layout (i8_layout.h): 8 or 4 (bits a code); tc is 0 then
+    int i8;                    // int8 tensor-core layout (i8_layout.h): mode 8, 4 or 5 (4-bit offset nibbles); tc is 0 then
     uint32_t tab4[4];          //   4-bit codes: the slots' byte tables (i8_slots4)
     int ks;                    // column splits of the tensor-core GEMV (gemv_splits)
     int i8pf;                  // gemv_i8's PF: 0, 1, 2 only unsplit (experiment: BQ_CUDA_I8_PF at upload, knobs.h)
@@ -320,10 +320,11 @@ static bool i8_takes(const pmat *m)
     int KT = m->K >= 64 ? 64 : m->K;
     uint8_t slot[16];
     uint32_t tab[4];
-    return (blocks || groups) && (64 / KT) * m->sbytes <= 4 && (m->eb == 8 || i8_slots4(m->lut, slot, tab));
+    return (blocks || groups) && (64 / KT) * m->sbytes <= 4 && (m->eb == 8 || i8_off4(m->lut, slot) || i8_slots4(m->lut, slot, tab));
 }
 
-static bq_status upload_i8(const pmat *m, bq_cuda_w **out)
+// off: 4-bit values in [-8, 7] as offset nibbles (mode 5), else through the slots' tables
+static bq_status upload_i8(const pmat *m, int off, bq_cuda_w **out)
 {
     *out = NULL;
     bq_cuda_w *w = (bq_cuda_w *)calloc(1, sizeof *w);
@@ -334,7 +335,8 @@ static bq_status upload_i8(const pmat *m, bq_cuda_w **out)
     w->cmode = 1.0f;
     w->i8 = m->eb;
     uint8_t slot[16] = {0};
-    if (m->eb == 4) i8_slots4(m->lut, slot, w->tab4);
+    if (m->eb == 4 && off && i8_off4(m->lut, slot)) w->i8 = 5;
+    else if (m->eb == 4) i8_slots4(m->lut, slot, w->tab4);
     tc_shape(w);
     size_t ncode = (size_t)w->R16 / 16 * w->NT * 32 * (m->eb == 8 ? 32 : 16), nscale = (size_t)w->R16 * w->NT * w->SBT;
     return place_upload(m, w, 0, 0, slot, ncode, nscale, 0, out);  // padding: slot or value 0 (its products meet zero activations)
@@ -343,9 +345,10 @@ static bq_status upload_i8(const pmat *m, bq_cuda_w **out)
 extern "C" bq_status bq_cuda_w_upload_path(const pmat *m, bq_gemv_path path, bq_cuda_w **out)
 {
     *out = NULL;
-    int int8, pf;
+    int int8, pf, off;
     bq_status st = env_gemv_int8(&int8);
     if (!st) st = env_i8_pf(&pf);
+    if (!st) st = env_switch("BQ_CUDA_I8_OFF", 1, &off);
     if (st) return st;
     if (path == BQ_GEMV_DEFAULT) path = int8 && i8_takes(m) ? BQ_GEMV_INT8 : BQ_GEMV_FP16;
     if (path == BQ_GEMV_FP16) return upload_fp16(m, out);
@@ -353,7 +356,7 @@ extern "C" bq_status bq_cuda_w_upload_path(const pmat *m, bq_gemv_path path, bq_
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: the int8 tensor-core path does not take %s at %dx%d (4- or 8-bit codes; blocks of 16 "
                        "or 32 with 1-byte or fp16 scales, or int groups of a multiple of 64 with float32 scales; cols %% 32 == 0)",
                        m->f->name, m->rows, m->cols);
-    st = upload_i8(m, out);
+    st = upload_i8(m, off, out);
     if (!st) (*out)->i8pf = pf;
     return st;
 }
@@ -1140,7 +1143,7 @@ __global__ void __launch_bounds__(256, PF ? 3 : 0) gemv_i8(const tc_mats M, cons
 #pragma unroll
         for (int nb = 0; nb < NT8; nb++) {
             b[nb] = __ldg(xq + (((size_t)nb * NT + T) * 32 + lane) * 2);
-            if (MODE == 4) bn[nb] = __ldg(xq + (((size_t)nb * NT + T) * 32 + lane) * 2 + 1);
+            if (MODE != 8) bn[nb] = __ldg(xq + (((size_t)nb * NT + T) * 32 + lane) * 2 + 1);
             xc[nb] = make_float2(__ldg(xs + ((size_t)nb * NT + T) * 8 + 2 * t), __ldg(xs + ((size_t)nb * NT + T) * 8 + 2 * t + 1));
         }
     };
@@ -1157,12 +1160,32 @@ __global__ void __launch_bounds__(256, PF ? 3 : 0) gemv_i8(const tc_mats M, cons
         int dk[RG][NT8][4] = {};  // KT 64: the block's sums over both k-steps
 #pragma unroll
         for (int s = 0; s < 2; s++) {
+            // MODE 5: the offset's products (8 times the negated pieces), the same for every
+            // row: once a k-step, the start of each row group's sums
+            int off[NT8][2][4] = {};
+            if (MODE == 5) {
+                const uint32_t e8[4] = {0x08080808u, 0x08080808u, 0x08080808u, 0x08080808u};
+#pragma unroll
+                for (int nb = 0; nb < NT8; nb++) {
+                    const uint32_t n0 = s ? bn[nb].z : bn[nb].x, n1 = s ? bn[nb].w : bn[nb].y;
+                    if (KT == 16) {
+                        mma_s8_k16(off[nb][0], e8[0], e8[1], n0);
+                        mma_s8_k16(off[nb][1], e8[0], e8[1], n1);
+                    } else {
+                        mma_s8_k32(off[nb][0], e8, n0, n1);
+                    }
+                }
+            }
 #pragma unroll
             for (int rg = 0; rg < RG; rg++) {
                 uint32_t P[4], N[4] = {0, 0, 0, 0};
                 if (MODE == 8) {
                     const uint4 &q = cur.c[rg][s % LB];
                     P[0] = q.x; P[1] = q.y; P[2] = q.z; P[3] = q.w;
+                } else if (MODE == 5) {
+                    const uint4 &q = cur.c[rg][0];
+                    i8_decode4_off(s ? q.z : q.x, P, N);
+                    i8_decode4_off(s ? q.w : q.y, P + 2, N + 2);
                 } else {
                     const uint4 &q = cur.c[rg][0];
                     i8_decode4(s ? q.z : q.x, tb, P, N);
@@ -1175,13 +1198,13 @@ __global__ void __launch_bounds__(256, PF ? 3 : 0) gemv_i8(const tc_mats M, cons
                     if (KT == 16) {  // two blocks a k-step: one k16 product each
 #pragma unroll
                         for (int h = 0; h < 2; h++) {
-                            int d[4] = {0, 0, 0, 0};
+                            int d[4] = {off[nb][h][0], off[nb][h][1], off[nb][h][2], off[nb][h][3]};
                             mma_s8_k16(d, P[2 * h], P[2 * h + 1], h ? b1 : b0);
                             if (MODE == 4) mma_s8_k16(d, N[2 * h], N[2 * h + 1], h ? n1 : n0);
                             scale_in(tacc[rg][nb], d, rg, 2 * s + h);
                         }
                     } else {
-                        int d[4] = {0, 0, 0, 0};
+                        int d[4] = {off[nb][0][0], off[nb][0][1], off[nb][0][2], off[nb][0][3]};
                         mma_s8_k32(d, P, b0, b1);
                         if (MODE == 4) mma_s8_k32(d, N, n0, n1);
                         if (KT == 32) {
@@ -1301,7 +1324,7 @@ static bq_status gemv_int8(const bq_cuda_w *const *ws, int count, const float *d
 #define L3(MODE) if (w->KT == 32 && w->sbytes == 1) { L2(MODE, 32, 1); } else if (w->KT == 16 && w->sbytes == 1) { L2(MODE, 16, 1); } \
                  else if (w->KT == 32 && w->sbytes == 2) { L2(MODE, 32, 2); } else if (w->KT == 64 && w->sbytes == 4) { L2(MODE, 64, 4); } \
                  else return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: no int8 kernel for blocks of %d, %d-byte scales", w->K, w->sbytes);
-    if (w->i8 == 8) { L3(8); } else { L3(4); }
+    if (w->i8 == 8) { L3(8); } else if (w->i8 == 5) { L3(5); } else { L3(4); }
 #undef L3
 #undef L2
 #undef L
@@ -1490,7 +1513,7 @@ __global__ void __launch_bounds__(256) unpack_tc(const uint4 *__restrict__ codes
     tile_store<OT>(tile[wl], lane, G, T, rows, cols, out);
 }
 
-// int8 layout (MODE 8 or 4): a warp per 16-row, 64-column tile, as unpack_tc.
+// int8 layout (MODE 8, 4 or 5): a warp per 16-row, 64-column tile, as unpack_tc.
 template <int MODE, typename OT>
 __global__ void __launch_bounds__(256) unpack_i8(const uint4 *__restrict__ codes, const uint8_t *__restrict__ scales,
                                                  const float *__restrict__ factor, float emult, int rows, int cols, int NT, int K,
@@ -1508,8 +1531,13 @@ __global__ void __launch_bounds__(256) unpack_i8(const uint4 *__restrict__ codes
     for (int l = 0; l < 2; l++) {
         uint4 q = codes[wid * 32 * LB + (size_t)lane * LB + (MODE == 8 ? l : 0)];
         if (MODE == 8) { a[l][0] = q.x; a[l][1] = q.y; a[l][2] = q.z; a[l][3] = q.w; continue; }
-        i8_decode4(l ? q.z : q.x, tb, a[l], ng[l]);
-        i8_decode4(l ? q.w : q.y, tb, a[l] + 2, ng[l] + 2);
+        if (MODE == 5) {
+            i8_decode4_off(l ? q.z : q.x, a[l], ng[l]);
+            i8_decode4_off(l ? q.w : q.y, a[l] + 2, ng[l] + 2);
+        } else {
+            i8_decode4(l ? q.z : q.x, tb, a[l], ng[l]);
+            i8_decode4(l ? q.w : q.y, tb, a[l] + 2, ng[l] + 2);
+        }
     }
     float fq[2][4];  // rows g, g + 8; the tile's 16-column quarters (k-step s, register r: quarter 2 s + r / 2)
     quarter_factors(scales, wid, g, SBT, SB, K, factor, emult, fq);
@@ -1558,7 +1586,7 @@ static bq_status unpack(const bq_cuda_w *w, OT *d_out)
         size_t n = (size_t)w->R16 / 16 * w->NT;  // tiles, a warp each
         unsigned nb = (unsigned)((n + 7) / 8);
         uint4 tab = make_uint4(w->tab4[0], w->tab4[1], w->tab4[2], w->tab4[3]);
-        launch_k(false, w->i8 == 8 ? unpack_i8<8, OT> : unpack_i8<4, OT>, nb, 256, (const uint4 *)w->codes, w->scales, w->d_factor,
+        launch_k(false, w->i8 == 8 ? unpack_i8<8, OT> : w->i8 == 5 ? unpack_i8<5, OT> : unpack_i8<4, OT>, nb, 256, (const uint4 *)w->codes, w->scales, w->d_factor,
                  w->emult, w->rows, w->cols, w->NT, w->KT, w->sbytes, tab, d_out);
     } else if (w->tc) {
         size_t n = (size_t)w->R16 / 16 * w->NT;  // tiles, a warp each

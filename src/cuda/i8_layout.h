@@ -22,7 +22,8 @@
  *   8-bit: 32 bytes a lane: k-step s's registers a0..a3 at bytes 16 s + 4 r + j,
  *          each the element's integer value (the format's table applied).
  *   4-bit: 16 bytes a lane: word 2 s + h holds a_{2h} in nibbles 0-3 and a_{2h+1}
- *          in nibbles 4-7 (nibble j: element j); nibble = the code's slot (below).
+ *          in nibbles 4-7 (nibble j: element j); nibble = the code's slot (mode 4,
+ *          below); mode 5 (values in [-8, 7]) interleaves them, nibble = value + 8.
  * Scales as gemv_tc's: [G][T][16 rows][scale bytes of the tile].
  *
  * Activations: per token and 64-column tile, x = 2^e (p0 + p1 2^-7 + p2 2^-14 +
@@ -51,12 +52,13 @@ I8_HD void i8_a_byte(int rr, int kk, int *lane, int *byte)
     *byte = 16 * s + 4 * r + k % 4;
 }
 
-/* The nibble of a lane's 32 (4-bit weights; nibble i in byte i / 2, low first). */
-I8_HD void i8_a_nibble(int rr, int kk, int *lane, int *nib)
+/* The nibble of a lane's 32 (4-bit weights; nibble i in byte i / 2, low first);
+ * off: the offset layout (mode 5, below), a_{2h} and a_{2h+1} interleaved. */
+I8_HD void i8_a_nibble(int rr, int kk, int off, int *lane, int *nib)
 {
     int s = kk / 32, k = kk % 32, h = k >= 16;
     *lane = 4 * (rr % 8) + (k % 16) / 4;
-    *nib = 8 * (2 * s + h) + 4 * (rr >= 8) + k % 4;
+    *nib = 8 * (2 * s + h) + (off ? 2 * (k % 4) + (rr >= 8) : 4 * (rr >= 8) + k % 4);
 }
 
 /* The byte of a lane's uint4 (activations) holding column c (0-7) of an n8 block at
@@ -125,6 +127,29 @@ I8_HD void i8_decode4(uint32_t w, const uint32_t tab[4], uint32_t P[2], uint32_t
     N[1] = i8_prmt(tab[2], tab[3], f >> 16);
 }
 
+/* Mode 5, 4-bit codes whose values lie in [-8, 7] (int4 groups and blocks, BFP4):
+ * the nibble is value + 8, and byte j of word 2 s + h holds element j of a_{2h} in
+ * its low nibble and of a_{2h+1} in its high one, so that two masks make the A
+ * registers (values + 8, never negative) and the negative parts are 8 everywhere:
+ * the MMA of 8 with the negated pieces takes the offset back out, once for all the
+ * row groups of a tile (gemv_i8), where mode 4 decodes with four byte permutes a
+ * word and multiplies both parts in every row group. */
+I8_HD void i8_decode4_off(uint32_t w, uint32_t P[2], uint32_t N[2])
+{
+    P[0] = w & 0x0F0F0F0Fu;
+    P[1] = (w >> 4) & 0x0F0F0F0Fu;
+    N[0] = N[1] = 0x08080808u;
+}
+
+/* Mode 5's nibbles for lut[16] (host): 0 where a value is outside [-8, 7]. */
+static inline int i8_off4(const int8_t lut[16], uint8_t slot[16])
+{
+    for (int c = 0; c < 16; c++)
+        if (lut[c] < -8 || lut[c] > 7) return 0;
+    for (int c = 0; c < 16; c++) slot[c] = (uint8_t)(lut[c] + 8);
+    return 1;
+}
+
 /* Slots and tables for a 4-bit grid lut[16] (host): slot[c] for code c; zeros
  * (+0 and -0) take the half with room. 0 where the grid does not fit (more than
  * 8 values > 0 or < 0, or a value of -128). */
@@ -150,18 +175,19 @@ static inline int i8_slots4(const int8_t lut[16], uint8_t slot[16], uint32_t tab
     return 1;
 }
 
-/* Row r's element values (8-bit: the integers; 4-bit: the slots) into the tiles
- * (host; rows of one 16-row group share bytes: one caller a group). */
-static inline void i8_place_row(uint8_t *tiles, int eb, int NT, int r, int cols, const uint8_t *v)
+/* Row r's element values (mode 8: the integers; 4: the slots; 5: the offset
+ * nibbles) into the tiles (host; rows of one 16-row group share bytes: one caller a
+ * group). */
+static inline void i8_place_row(uint8_t *tiles, int mode, int NT, int r, int cols, const uint8_t *v)
 {
     int G = r / 16, rr = r % 16, lane, at;
     for (int k = 0; k < cols; k++) {
         size_t tile = ((size_t)G * NT + k / 64) * 32;
-        if (eb == 8) {
+        if (mode == 8) {
             i8_a_byte(rr, k % 64, &lane, &at);
             tiles[(tile + lane) * 32 + at] = v[k];
         } else {
-            i8_a_nibble(rr, k % 64, &lane, &at);
+            i8_a_nibble(rr, k % 64, mode == 5, &lane, &at);
             uint8_t *b = tiles + (tile + lane) * 16 + at / 2;
             int sh = 4 * (at % 2);
             *b = (uint8_t)((*b & ~(0xF << sh)) | (v[k] & 15) << sh);
