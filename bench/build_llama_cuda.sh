@@ -1,7 +1,7 @@
 #!/bin/sh
 # llama.cpp's llama-bench with its CUDA backend for Hopper (sm_90a), built on this machine
 # (nvcc, no GPU needed) from the source in ../shared/peers into a cache outside the
-# repository, then copied to .peer/llama-bench (git-ignored) for the device tool to carry:
+# repository, then compressed to .peer/llama-bench.xz (git-ignored) for the device tool to carry:
 # gpu_round2.sh's STAGES=lcpp runs it beside blockq on the same GGUF files.
 # About an hour on 2 cores (the quantised matmul kernels); once per cache.
 #   sh bench/build_llama_cuda.sh
@@ -18,6 +18,7 @@ if [ ! -x "$C/build/bin/llama-bench" ]; then
     cmake --build "$C/build" -j"$(nproc)" --target llama-bench >>"$C/build.log" 2>&1
 fi
 mkdir -p .peer
-cp "$C/build/bin/llama-bench" .peer/llama-bench
-strip .peer/llama-bench
-ls -l .peer/llama-bench
+cp "$C/build/bin/llama-bench" /tmp/llama-bench
+strip /tmp/llama-bench
+xz -9 -T2 -c /tmp/llama-bench >.peer/llama-bench.xz  # (88 MB -> 32 MB: the device tool carries 64 MiB)
+ls -l .peer/llama-bench.xz

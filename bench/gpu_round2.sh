@@ -241,13 +241,16 @@ esac
 case "$S" in *lcpp*)
     # llama.cpp beside blockq on this GPU: the same GGUF files of the 7B shape (blockq's export,
     # llama.cpp's own quantisation rules), batch-1 decode. llama-bench built elsewhere for sm_90a
-    # (sh bench/build_llama_cuda.sh) and carried as .peer/llama-bench: tg128 (128 tokens, empty
+    # (sh bench/build_llama_cuda.sh) and carried as .peer/llama-bench.xz: tg128 (128 tokens, empty
     # prompt), 3 repetitions; blockq's generate: 128 tokens after a 5-token prompt
     export TIMECMD_JSONL="$O/lcpp.jsonl"
+    [ -x .peer/llama-bench ] || xz -dkc .peer/llama-bench.xz >/tmp/llama-bench && chmod +x /tmp/llama-bench
+    LB=/tmp/llama-bench; [ -x .peer/llama-bench ] && LB=.peer/llama-bench
     for f in ${LCPP_FORMATS:-q4_0 q8_0 bf16}; do
         $R "quantize $f .gguf" -- $B quantize --model $M --wq $f --out /tmp/m_$f.gguf >/dev/null
         for k in $(seq ${ROUNDS:-2}); do
-            .peer/llama-bench -m /tmp/m_$f.gguf -p 0 -n 128 -ngl 99 -r 3 -o jsonl >>"$O/lcpp_bench.jsonl" 2>"$O/lcpp_$f.err" ||
+            LD_LIBRARY_PATH="$LD_LIBRARY_PATH:/usr/local/cuda/lib64" $LB -m /tmp/m_$f.gguf -p 0 -n 128 -ngl 99 -r 3 -o jsonl \
+                >>"$O/lcpp_bench.jsonl" 2>"$O/lcpp_$f.err" ||
                 tail -5 "$O/lcpp_$f.err"
             decode $f blockq /tmp/m_$f.gguf
         done
