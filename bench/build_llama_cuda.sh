@@ -1,10 +1,11 @@
 #!/bin/sh
-# llama.cpp's llama-bench with its CUDA backend for Hopper (sm_90a), built on this machine
-# (nvcc, no GPU needed) from the source in ../shared/peers into a cache outside the
-# repository, then compressed to .peer/llama-bench.xz (git-ignored) for the device tool to carry:
-# gpu_round2.sh's STAGES=lcpp runs it beside blockq on the same GGUF files.
-# About an hour on 2 cores (the quantised matmul kernels); once per cache.
-#   sh bench/build_llama_cuda.sh
+# llama.cpp's llama-bench with its CUDA backend for Hopper (sm_90a), built from the source
+# in $BQ_SHARED/peers (default ../shared) into a cache outside the repository (nvcc, no GPU
+# needed): about 15 minutes on 2 cores, 3 on the device machine's 16. The binary (88 MB)
+# does not fit the device tool's 64 MiB beside the tree, so gpu_round2.sh's STAGES=lcpp
+# builds it there from the source tarball carried in .peer/peers (git-ignored):
+#   mkdir -p .peer/peers && cp ../shared/peers/llama.cpp-*.tar.xz .peer/peers/   (carry .peer)
+#   sh bench/build_llama_cuda.sh          (here; BQ_PEER_CACHE=DIR for another cache)
 set -e
 SH=${BQ_SHARED:-../shared}
 SRC=$(ls "$SH"/peers/llama.cpp-*.tar.xz | head -1)
@@ -17,8 +18,4 @@ if [ ! -x "$C/build/bin/llama-bench" ]; then
         -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=OFF -DCMAKE_BUILD_TYPE=Release >"$C/build.log" 2>&1
     cmake --build "$C/build" -j"$(nproc)" --target llama-bench >>"$C/build.log" 2>&1
 fi
-mkdir -p .peer
-cp "$C/build/bin/llama-bench" /tmp/llama-bench
-strip /tmp/llama-bench
-xz -9 -T2 -c /tmp/llama-bench >.peer/llama-bench.xz  # (88 MB -> 32 MB: the device tool carries 64 MiB)
-ls -l .peer/llama-bench.xz
+ls -l "$C/build/bin/llama-bench"

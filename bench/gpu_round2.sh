@@ -28,7 +28,7 @@
 #   STAGES=qdq: fake quantisation's kernels (twenty-second session) against the twentieth session's
 #     (BQ_CUDA_QDQ=0): test_cuda's fake-quantisation tests on the device, then gpu_bench --qdq (ROUNDS)
 #   STAGES=prefill: ppl of packed .bq files (PREFILL_FORMATS) from the fp16 and the int8 layouts
-#   STAGES=lcpp: llama.cpp (.peer/llama-bench, bench/build_llama_cuda.sh) and blockq decoding the same GGUF files (LCPP_FORMATS)
+#   STAGES=lcpp: llama.cpp (built from .peer/peers by bench/build_llama_cuda.sh) and blockq decoding the same GGUF files (LCPP_FORMATS)
 #   STAGES=ops: one decoding step of the 7B shape op by op (bench/gpu_decode_ops.c), bf16 and OPS_FORMATS
 #   STAGES=hadamard: greedy decoding of the 7B shape (bf16) with and without --ptq hadamard
 #     (down_proj's 11008 inputs rotated online: 64 chunks x a 172 x 172 Hadamard block), same prompt
@@ -240,12 +240,14 @@ PY
 esac
 case "$S" in *lcpp*)
     # llama.cpp beside blockq on this GPU: the same GGUF files of the 7B shape (blockq's export,
-    # llama.cpp's own quantisation rules), batch-1 decode. llama-bench built elsewhere for sm_90a
-    # (sh bench/build_llama_cuda.sh) and carried as .peer/llama-bench.xz: tg128 (128 tokens, empty
+    # llama.cpp's own quantisation rules), batch-1 decode. llama-bench built here for sm_90a from
+    # the source carried in .peer/peers (bench/build_llama_cuda.sh): tg128 (128 tokens, empty
     # prompt), 3 repetitions; blockq's generate: 128 tokens after a 5-token prompt
     export TIMECMD_JSONL="$O/lcpp.jsonl"
-    [ -x .peer/llama-bench ] || xz -dkc .peer/llama-bench.xz >/tmp/llama-bench && chmod +x /tmp/llama-bench
-    LB=/tmp/llama-bench; [ -x .peer/llama-bench ] && LB=.peer/llama-bench
+    # (the build started with the call: BQ_SHARED=.peer BQ_PEER_CACHE=/tmp/peer sh bench/build_llama_cuda.sh &)
+    LB=${LLAMA_BENCH:-/tmp/peer/llama-cuda/build/bin/llama-bench}
+    while [ ! -x "$LB" ] && pgrep -f build_llama_cuda >/dev/null; do sleep 2; done
+    [ -x "$LB" ] || BQ_SHARED=.peer BQ_PEER_CACHE=/tmp/peer sh bench/build_llama_cuda.sh >/tmp/lb.log 2>&1 || tail -20 /tmp/lb.log
     for f in ${LCPP_FORMATS:-q4_0 q8_0 bf16}; do
         $R "quantize $f .gguf" -- $B quantize --model $M --wq $f --out /tmp/m_$f.gguf >/dev/null
         for k in $(seq ${ROUNDS:-2}); do
