@@ -27,6 +27,7 @@
 #     attention by k_attn_vec (BQ_CUDA_ATTN=vec): their tests, decode per PC_FORMATS x PC_VARIANTS (ROUNDS)
 #   STAGES=qdq: fake quantisation's kernels (twenty-second session) against the twentieth session's
 #     (BQ_CUDA_QDQ=0): test_cuda's fake-quantisation tests on the device, then gpu_bench --qdq (ROUNDS)
+#   STAGES=offset: the int8 GEMV's 4-bit int codes as offset nibbles or through the slots' tables (BQ_CUDA_I8_OFF), gpu_bench --gemv
 #   STAGES=prefill: ppl of packed .bq files (PREFILL_FORMATS) from the fp16 and the int8 layouts
 #   STAGES=lcpp: llama.cpp (built from .peer/peers by bench/build_llama_cuda.sh) and blockq decoding the same GGUF files (LCPP_FORMATS)
 #   STAGES=ops: one decoding step of the 7B shape op by op (bench/gpu_decode_ops.c), bf16 and OPS_FORMATS
@@ -181,19 +182,18 @@ case "$S" in *prefetch*)
     # (PF_DECODE_ONLY=1 COPY=GBPS: the decode runs alone, against a copy rate measured before)
     [ -z "$PF_DECODE_ONLY" ] && ./build/gpu/tests/test_engine cuda 2>&1 | tee "$O/pf_engine.txt" | tail -3
     [ -z "$PF_DECODE_ONLY" ] && for pf in 0 1; do BQ_CUDA_I8_PF=$pf ./build/gpu/gpu/gpu_bench --gemv --json "$O/pf_gemv_$pf.jsonl" >"$O/pf_gemv_$pf.txt" 2>&1; done
-    [ -z "$PF_DECODE_ONLY" ] && python3 - "$O" <<'PY'
-import json, sys
-def int8(p):
-    return [(r["name"], r["size"], r["rate"], r["ratio"]) for r in map(json.loads, open(p)) if r["kind"] == "gemv_int8"]
-print("| int8 GEMV | weights | GB/s | with the next tile prefetched | ratio |\n|---|---|---|---|---|")
-for (n, s, a, ra), (_, _, b, rb) in zip(int8(sys.argv[1] + "/pf_gemv_0.jsonl"), int8(sys.argv[1] + "/pf_gemv_1.jsonl")):
-    print(f"| {n} | {s} | {a:.0f} ({100 * ra:.0f}%) | {b:.0f} ({100 * rb:.0f}%) | {b / a:.2f} |")
-PY
+    [ -z "$PF_DECODE_ONLY" ] && python3 bench/gemv_ab.py "$O/pf_gemv_0.jsonl" "$O/pf_gemv_1.jsonl" "with the next tile prefetched"
     copy=${COPY:-$(copy_gbps < "$O/pf_gemv_0.txt")}
     export TIMECMD_JSONL="$O/pf_decode.jsonl"
     I8_VARIANTS=${I8_VARIANTS:-fp16+fuse int8+fuse int8+fuse+pf}
     per_format "${I8_FORMATS:-bf16 nvfp4 mxfp4 int4_g128 mxint8}" int8_round
     python3 bench/decode_table.py "$O/pf_decode.jsonl" "$copy" | tee "$O/pf_decode.md" ;;
+esac
+case "$S" in *offset*)
+    # twenty-third session: 4-bit int codes as offset nibbles (BQ_CUDA_I8_OFF=1, the default)
+    # against the slots' tables (0), one GEMV at a time (gpu_bench --gemv, the int8 rows)
+    for v in 0 1; do BQ_CUDA_I8_OFF=$v ./build/gpu/gpu/gpu_bench --gemv --json "$O/off_gemv_$v.jsonl" >"$O/off_gemv_$v.txt" 2>&1; done
+    python3 bench/gemv_ab.py "$O/off_gemv_0.jsonl" "$O/off_gemv_1.jsonl" "offset nibbles (I8_OFF=1)" | tee "$O/off_gemv.md" ;;
 esac
 case "$S" in *pieces*)
     # twenty-first session: (1) BQ_CUDA_FUSE=2: each residual connection with the norm after it
