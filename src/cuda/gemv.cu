@@ -1103,7 +1103,8 @@ __global__ void __launch_bounds__(256) act_i8(float *u, const float *g, int cols
 // tile a lane loads 32 (8-bit) or 16 (4-bit) bytes of codes per row group, one
 // uint4 of activation pieces per n8 block, two rows' scales; per block of KT
 // columns the integer sums (4-bit: the positive parts times the pieces plus the
-// negative parts times the negated pieces) become float once and take the rows'
+// negative parts times the negated pieces; mode 5: the codes + 8 times the pieces,
+// started from 8 times the negated pieces) become float once and take the rows'
 // scale factors.
 // PF (one token a pass; experiment, BQ_CUDA_I8_PF=1 or unsplit): a warp's next tile of weights in
 // flight while it multiplies this one, held to three CTAs a multiprocessor (80 registers)

@@ -39,9 +39,10 @@ static inline bq_status env_gemv_int8(int *int8)
     return env_knob("BQ_CUDA_GEMV", v, 2, 1, int8);
 }
 
-// gemv_i8's next tile in flight (BQ_CUDA_I8_PF): 0 never (default), 1 always, 2 ("unsplit")
-// in launches whose CTAs take whole rows (q/k/v, gate/up, matrices of many rows), where it
-// gained, and not in the column-split launches of few rows, where it lost (bench/RESULTS.md)
+// gemv_i8's next tile in flight (BQ_CUDA_I8_PF), an experiment: 0 never (default), 1 always,
+// 2 ("unsplit") only in launches whose CTAs take whole rows (q/k/v, gate/up, many rows), where
+// one GEMV gained, not in the column-split launches of few rows, where it lost; 7B decode
+// gained nothing either way (bench/RESULTS.md, twentieth and twenty-third sessions)
 static inline bq_status env_i8_pf(int *pf)
 {
     static const char *const v[3] = {"0", "1", "unsplit"};
