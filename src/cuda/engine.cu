@@ -1275,7 +1275,7 @@ static bq_status cuda_setup(cuda_be *g)
 extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int hi, be **out)
 {
     *out = NULL;
-    int pdl, fuse, pieces, attn_vec, int8, pf;  // the A/B switches (knobs.h), checked before any device work
+    int pdl, fuse, pieces, attn_vec, int8, pf, off;  // the A/B switches (knobs.h), checked before any device work
     static const char *const fuse_levels[3] = {"0", "1", "2"};
     bq_status st = env_switch("BQ_CUDA_PDL", 1, &pdl);
     // level 2 without the norm's pieces: +2.9% bf16, +4.2% MXFP4, +0.5% int4_g128 decode on the H100 (bench/RESULTS.md)
@@ -1285,6 +1285,7 @@ extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int 
     if (!st) st = env_knob("BQ_CUDA_ATTN", attn_kernels, 2, 1, &attn_vec);  // vec: +3 to +6% decode (bench/RESULTS.md)
     if (!st) st = env_gemv_int8(&int8);  // (read again at each upload)
     if (!st) st = env_i8_pf(&pf);
+    if (!st) st = env_i8_off(&off);
     if (st) return st;
     char why[256];
     int ndev = bq_cuda_devices(why, sizeof why);

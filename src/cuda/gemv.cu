@@ -309,7 +309,8 @@ static bq_status upload_fp16(const pmat *m, bq_cuda_w **out)
 }
 
 // Whether the int8 tensor-core layout takes m: 8-bit codes, or 4-bit ones whose
-// values fit the two byte tables; blocks of 16 or 32 with 1-byte or fp16 scales,
+// values fit the two byte tables (as every grid of values in [-8, 7] does, so that
+// BQ_CUDA_I8_OFF picks a layout, never the path); blocks of 16 or 32 with 1-byte or fp16 scales,
 // or int groups of a multiple of 64 with float32 scales (a scale per tile); a
 // tile's scales in one 32-bit load.
 static bool i8_takes(const pmat *m)
@@ -320,7 +321,7 @@ static bool i8_takes(const pmat *m)
     int KT = m->K >= 64 ? 64 : m->K;
     uint8_t slot[16];
     uint32_t tab[4];
-    return (blocks || groups) && (64 / KT) * m->sbytes <= 4 && (m->eb == 8 || i8_off4(m->lut, slot) || i8_slots4(m->lut, slot, tab));
+    return (blocks || groups) && (64 / KT) * m->sbytes <= 4 && (m->eb == 8 || i8_slots4(m->lut, slot, tab));
 }
 
 // off: 4-bit values in [-8, 7] as offset nibbles (mode 5), else through the slots' tables
@@ -348,7 +349,7 @@ extern "C" bq_status bq_cuda_w_upload_path(const pmat *m, bq_gemv_path path, bq_
     int int8, pf, off;
     bq_status st = env_gemv_int8(&int8);
     if (!st) st = env_i8_pf(&pf);
-    if (!st) st = env_switch("BQ_CUDA_I8_OFF", 1, &off);
+    if (!st) st = env_i8_off(&off);
     if (st) return st;
     if (path == BQ_GEMV_DEFAULT) path = int8 && i8_takes(m) ? BQ_GEMV_INT8 : BQ_GEMV_FP16;
     if (path == BQ_GEMV_FP16) return upload_fp16(m, out);

@@ -39,6 +39,10 @@ static inline bq_status env_gemv_int8(int *int8)
     return env_knob("BQ_CUDA_GEMV", v, 2, 1, int8);
 }
 
+// 4-bit int codes on the int8 GEMV as offset nibbles (i8_layout.h's mode 5): 1 (default), or
+// 0 through the slots' tables as the other 4-bit grids (BQ_CUDA_I8_OFF)
+static inline bq_status env_i8_off(int *off) { return env_switch("BQ_CUDA_I8_OFF", 1, off); }
+
 // gemv_i8's next tile in flight (BQ_CUDA_I8_PF), an experiment: 0 never (default), 1 always,
 // 2 ("unsplit") only in launches whose CTAs take whole rows (q/k/v, gate/up, many rows), where
 // one GEMV gained, not in the column-split launches of few rows, where it lost; 7B decode

@@ -213,9 +213,9 @@ __global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, fl
 #pragma unroll
             for (int k = 0; k < 8; k++) e[k] = log_bits_elem(e[k], lo, hi, (bq_round)RND, c.seed, 8 * i + k);
         } else {  // block_elem's log blocks, without block_value's other cases
+            float q;
 #pragma unroll
-            for (int k = 0; k < 8; k++)
-                e[k] = copysignf(log_quant_mag(fabsf(e[k]), lo, hi, (bq_round)RND, c.seed, 8 * i + k), sgn_of(e[k]));
+            for (int k = 0; k < 8; k++) e[k] = block_elem(&f, &s, e[k], (bq_round)RND, c.seed, 8 * i + k, &q);
         }
     } else if ((EV == 0 || EV == 2) && s.pow2 && s.E >= fl && s.E <= fh) {
         const pow2_fused p = pow2_fused_of(&f.el, s.E, EV == 0);
