@@ -100,7 +100,7 @@ GPU_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(wildcard src/core/*.c) $(filter-out src/
 $(BUILD)/libbq_gpu.a: $(GPU_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
-$(BUILD)/gpu/test_cuda: tests/test_cuda.c tests/harness.h $(BUILD)/libbq_gpu.a
+$(BUILD)/gpu/test_cuda: tests/test_cuda.c tests/harness.h tests/grid_points.h $(BUILD)/libbq_gpu.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests $< $(BUILD)/libbq_gpu.a -o $@ -lm -pthread $(CUDA_LIBS)
 $(BUILD)/gpu/gpu_bench: bench/gpu_bench.c $(BUILD)/libbq_gpu.a
@@ -116,7 +116,7 @@ CXX     ?= g++
 SIM_OBJ  = $(filter-out $(CUDA_OBJ),$(GPU_OBJ))
 SIM_WARN = -Wall -Wextra -Wno-unused-parameter -Wno-unused-function -Wno-unknown-pragmas -Wno-missing-field-initializers
 $(BUILD)/tests/test_cusim: tests/test_cuda.c tests/cusim_kernels.cc $(wildcard tests/cusim/*.h) src/cuda/gemv.cu src/cuda/qdq.cu src/cuda/attn.cu $(wildcard src/cuda/*.cuh) src/engine/backend.h src/model/model.h \
-                           $(wildcard src/cuda/*.h src/formats/*.h src/kernels/*.h include/*.h) tests/harness.h $(SIM_OBJ)
+                           $(wildcard src/cuda/*.h src/formats/*.h src/kernels/*.h include/*.h) tests/harness.h tests/grid_points.h $(SIM_OBJ)
 	@mkdir -p $(dir $@)
 	$(CXX) -std=c++20 $(OPT) -g $(SAN) $(SIM_WARN) -fno-strict-aliasing -D_GNU_SOURCE -Itests/cusim -Iinclude -Isrc/core -Isrc/formats -Isrc/kernels \
 	    -Isrc/cuda -Isrc/model -Isrc/engine -Isrc/train -c tests/cusim_kernels.cc -o $@.sim.o
@@ -151,7 +151,7 @@ $(BUILD)/src/cli/mpi.o: src/cli/mpi.c src/cli/cli.h
 $(BUILD)/blockq: $(CLI_OBJ) $(BUILD)/libblockq.a
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS) $(MPI_LIBS)
 
-$(BUILD)/tests/%: tests/%.c tests/harness.h $(BUILD)/libblockq.a
+$(BUILD)/tests/%: tests/%.c tests/harness.h tests/grid_points.h $(BUILD)/libblockq.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests $< $(BUILD)/libblockq.a -o $@ $(LDLIBS)
 

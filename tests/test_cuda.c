@@ -8,6 +8,7 @@
 #include "backend.h"  /* mlp_act: the engine's activation */
 #include "bq_cuda.h"
 #include "harness.h"
+#include "grid_points.h"
 #include <float.h>
 #include <math.h>
 
@@ -87,28 +88,6 @@ static const char *FORMATS[] = {"mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6
                                 "fp6_e3m2", "fixed8.4", "log8", "log4", "e2m1_b16_se4m3", "int8_b32_sfp16",
                                 "int4_b32_sfp16", "e4m3_b16_sbf16", "bf16", "fp16", "int8_asym_row", "int4_asym_g128",
                                 "q4_0", "q4_1", "q5_0", "q5_1", "q8_0"};
-
-/* The grid's non-negative values and the midpoints between neighbours (at most 512),
- * and its largest value; for grids of more than 8 bits the halves k + 1/2 up to 127. */
-static int grid_boundaries(const bq_format *f, float *b, float *gmax)
-{
-    float g[256];
-    int ng = 0, nb = 0;
-    for (uint32_t code = 0; f->el.bits <= 8 && code < (1u << f->el.bits); code++) {
-        float v = pack_elem_value(f, code);
-        if (v >= 0.0f && v <= FLT_MAX) g[ng++] = v;
-    }
-    *gmax = ng ? 0.0f : 127.0f;
-    for (int i = 0; i < ng; i++) {
-        float nx = INFINITY;
-        for (int k = 0; k < ng; k++) nx = g[k] > g[i] && g[k] < nx ? g[k] : nx;
-        b[nb++] = g[i];
-        if (nx < INFINITY) b[nb++] = (g[i] + nx) / 2.0f;
-        *gmax = g[i] > *gmax ? g[i] : *gmax;
-    }
-    for (int k = 0; !ng && k < 127; k++) b[nb++] = (float)k + 0.5f;
-    return nb;
-}
 
 /* (kept: 0 every format; 1 only those whose kernels BQ_CUDA_QDQ=0 changes, the int
  * groups and the blocks with float or minifloat scales) */

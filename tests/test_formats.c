@@ -2,6 +2,7 @@
  * round trips, properties, format facts and error handling. */
 #include "blockq.h"
 #include "harness.h"
+#include "grid_points.h"
 #include "format.h"
 #include "qkern.h"
 #include <math.h>
@@ -568,18 +569,8 @@ static void grid_by_recip_one(const char *name)
     bq_format *f;
     OK(bq_format_parse(name, &f));
     const elem_t *e = &f->el;
-    float g[256], b[512];
-    int ng = 0, nb = 0;
-    for (uint32_t code = 0; code < (1u << e->bits) && ng < 256; code++) {
-        float v = pack_elem_value(f, code);
-        if (v >= 0.0f && v <= FLT_MAX) g[ng++] = v;
-    }
-    for (int i = 0; i < ng; i++) {  /* each value, and the midpoint to the next one up */
-        float nx = INFINITY;
-        for (int k = 0; k < ng; k++) nx = g[k] > g[i] && g[k] < nx ? g[k] : nx;
-        b[nb++] = g[i];
-        if (nx < INFINITY) b[nb++] = (g[i] + nx) / 2.0f;
-    }
+    float b[512], gmax;
+    int nb = grid_boundaries(f, b, &gmax);  /* each value, and the midpoint to the next one up */
     long sure = 0, wrong = 0, n = 0;
     for (int i = 0; i < 400000; i++) {
         bq_round r = rs[i % 3];
