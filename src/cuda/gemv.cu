@@ -25,6 +25,7 @@ extern "C" {
 #include "backend.h"  /* mlp_act */
 }
 #include "launch.cuh"
+#include "async.cuh"
 #include "norm.cuh"
 #include "i8_layout.h"
 #include "knobs.h"
@@ -48,7 +49,7 @@ struct bq_cuda_w {
     int i8;                    // int8 tensor-core layout (i8_layout.h): mode 8, 4 or 5 (4-bit offset nibbles); tc is 0 then
     uint32_t tab4[4];          //   4-bit codes: the slots' byte tables (i8_slots4)
     int ks;                    // column splits of the tensor-core GEMV (gemv_splits)
-    int i8pf;                  // gemv_i8's PF: 0, 1, 2 only unsplit (experiment: BQ_CUDA_I8_PF at upload, knobs.h)
+    int i8pf;                  // how gemv_i8 fetches weights: 0, 1 next tile, 2 that only unsplit, 3 ring, 4 ring at 3 CTAs (BQ_CUDA_I8_PF, knobs.h)
     int pdl;                   // launched programmatically (launch.cuh): on unless bq_cuda_w_set_pdl turned it off
     uint32_t *xf;              // device scratch (unsplit): activation pieces in B-fragment order
     float *xs;                 //   and their power-of-two factor per tile and column
@@ -421,6 +422,13 @@ template <int SBT>
 static __device__ __forceinline__ uint32_t tile_scale_word(const uint8_t *sp)
 {
     return SBT == 4 ? __ldg((const uint32_t *)sp) : SBT == 2 ? __ldg((const uint16_t *)sp) : __ldg(sp);
+}
+
+// The same from shared memory (gemv_i8's ring)
+template <int SBT>
+static __device__ __forceinline__ uint32_t shared_scale_word(const uint8_t *sp)
+{
+    return SBT == 4 ? *(const uint32_t *)sp : SBT == 2 ? *(const uint16_t *)sp : *sp;
 }
 
 // A block's factor from its scale code: the table for 1-byte codes, fp16 * emult for 2,
@@ -1107,15 +1115,26 @@ __global__ void __launch_bounds__(256) act_i8(float *u, const float *g, int cols
 // negative parts times the negated pieces; mode 5: the codes + 8 times the pieces,
 // started from 8 times the negated pieces) become float once and take the rows'
 // scale factors.
-// PF (one token a pass; experiment, BQ_CUDA_I8_PF=1 or unsplit): a warp's next tile of weights in
-// flight while it multiplies this one, held to three CTAs a multiprocessor (80 registers)
-template <int MODE, int KT, int SB, int NT8, bool SPLIT, bool PF>
-__global__ void __launch_bounds__(256, PF ? 3 : 0) gemv_i8(const tc_mats M, const uint4 *__restrict__ xq, const float *__restrict__ xs, int NT, int n,
-                                               uint4 tab, float *__restrict__ part, unsigned *__restrict__ count)
+// FETCH, how a warp's tiles of weights arrive (BQ_CUDA_I8_PF, read at upload; one token a
+// pass for 1 and 2): 0 one tile at a time into registers, loaded, then multiplied; 1 the next
+// tile in registers while it multiplies this one, held to three CTAs a multiprocessor (80
+// registers); 2 a ring of RS tiles in shared memory that cp.async fills RS - 1 tiles ahead
+// (4 KB of codes a warp in flight, no registers held for them), the next tile's activations
+// in registers, held to four CTAs a multiprocessor (64 registers, a few bytes spilled); 3
+// the same held to three (80 registers, none spilled).
+template <int MODE, int KT, int SB, int NT8, bool SPLIT, int FETCH>
+__global__ void __launch_bounds__(256, FETCH == 2 ? 4 : FETCH ? 3 : 0) gemv_i8(const tc_mats M, const uint4 *__restrict__ xq, const float *__restrict__ xs, int NT,
+                                                               int n, uint4 tab, float *__restrict__ part, unsigned *__restrict__ count)
 {
     constexpr int RG = 2, SBT = (64 / KT) * SB, LB = MODE == 8 ? 2 : 1;  // LB: uint4 of codes a lane a tile
+    constexpr bool PF = FETCH == 1;
+    constexpr bool RING = FETCH >= 2;
+    constexpr int RS = RING ? 4 / LB : 1;
+    struct rslot { uint4 c[RG][LB][32]; uint4 s[RG][4]; };  // a tile's codes lane by lane, its row groups' scales (16 rows x SBT <= 4 bytes)
+    constexpr size_t RED = sizeof(float) * 8 * RG * NT8 * 32 * 4, RINGB = RING ? sizeof(rslot) * 8 * RS : 0;
     __shared__ float fac[256];
-    __shared__ float red[8][RG][NT8][32][4];
+    __shared__ __align__(16) unsigned char sm[RED > RINGB ? RED : RINGB];  // the ring, then tc_finish's sums
+    float (&red)[8][RG][NT8][32][4] = *reinterpret_cast<float (*)[8][RG][NT8][32][4]>(sm);
     __shared__ int last;
     const int mi = tc_matrix(M), rows = M.rows[mi], bx = (int)blockIdx.x - M.first[mi];
     const uint4 *__restrict__ codes = M.codes[mi];
@@ -1141,12 +1160,36 @@ __global__ void __launch_bounds__(256, PF ? 3 : 0) gemv_i8(const tc_mats M, cons
             w.sg8[rg] = tile_scale_word<SBT>(sp + 8 * SBT);
         }
     };
-    auto fetch_x = [&](int T) {
+    auto fetch_x = [&](int T, uint4 (&b_)[NT8], uint4 (&bn_)[NT8], float2 (&xc_)[NT8]) {
 #pragma unroll
         for (int nb = 0; nb < NT8; nb++) {
-            b[nb] = __ldg(xq + (((size_t)nb * NT + T) * 32 + lane) * 2);
-            if (MODE != 8) bn[nb] = __ldg(xq + (((size_t)nb * NT + T) * 32 + lane) * 2 + 1);
-            xc[nb] = make_float2(__ldg(xs + ((size_t)nb * NT + T) * 8 + 2 * t), __ldg(xs + ((size_t)nb * NT + T) * 8 + 2 * t + 1));
+            b_[nb] = __ldg(xq + (((size_t)nb * NT + T) * 32 + lane) * 2);
+            if (MODE != 8) bn_[nb] = __ldg(xq + (((size_t)nb * NT + T) * 32 + lane) * 2 + 1);
+            xc_[nb] = make_float2(__ldg(xs + ((size_t)nb * NT + T) * 8 + 2 * t), __ldg(xs + ((size_t)nb * NT + T) * 8 + 2 * t + 1));
+        }
+    };
+    // the ring: tile T's codes and scales on their way into its slot (lanes 0 to SBT - 1
+    // copy the scales), and taken from it once there
+    rslot *ring = reinterpret_cast<rslot *>(sm) + wp * RS;
+    auto issue = [&](int T) {
+        rslot &r = ring[(T - T0) % RS];
+#pragma unroll
+        for (int rg = 0; rg < RG; rg++) {
+            int G = min(G0 + rg, ngroups - 1);
+#pragma unroll
+            for (int l = 0; l < LB; l++) cp_async16(&r.c[rg][l][lane], codes + (((size_t)G * NT + T) * 32 + lane) * LB + l);
+            if (lane < SBT) cp_async16(&r.s[rg][lane], scales + ((size_t)G * NT + T) * 16 * SBT + 16 * lane);
+        }
+    };
+    auto take = [&](int T) {
+        const rslot &r = ring[(T - T0) % RS];
+#pragma unroll
+        for (int rg = 0; rg < RG; rg++) {
+#pragma unroll
+            for (int l = 0; l < LB; l++) cur.c[rg][l] = r.c[rg][l][lane];
+            const uint8_t *sp = (const uint8_t *)r.s[rg] + g * SBT;
+            cur.sg[rg] = shared_scale_word<SBT>(sp);
+            cur.sg8[rg] = shared_scale_word<SBT>(sp + 8 * SBT);
         }
     };
     // rows g and g + 8 of block bt: the integer sums d (n8 block nb) scaled into tacc
@@ -1226,21 +1269,49 @@ __global__ void __launch_bounds__(256, PF ? 3 : 0) gemv_i8(const tc_mats M, cons
 #pragma unroll
                 for (int i = 0; i < 4; i++) acc[rg][nb][i] = __fmaf_rn(tacc[rg][nb][i], i & 1 ? xc[nb].y : xc[nb].x, acc[rg][nb][i]);
     };
-    // the weights need no earlier kernel: the first tile's are in flight while
+    // the weights need no earlier kernel: the first tiles' are in flight while
     // i8_split finishes (launch.cuh)
-    if (T0 < T1) fetch_w(T0, PF ? nxt : cur);
+    if (RING) {
+        for (int j = 0; j < RS - 1; j++) {  // a group a tile, empty past the warp's last
+            if (T0 + j < T1) issue(T0 + j);
+            cp_async_commit();
+        }
+    } else if (T0 < T1) {
+        fetch_w(T0, PF ? nxt : cur);
+    }
     pdl_wait();
     pdl_go();
     __syncthreads();
-    for (int T = T0; T < T1; T++) {
-        if (PF) {
-            cur = nxt;
-            if (T + 1 < T1) fetch_w(T + 1, nxt);
-        } else if (T != T0) {
-            fetch_w(T, cur);
+    if (RING) {
+        if (T0 < T1) fetch_x(T0, b, bn, xc);
+        for (int T = T0; T < T1; T++) {
+            __syncwarp();  // every lane is done with the slot refilled now (all read its scales)
+            if (T + RS - 1 < T1) issue(T + RS - 1);
+            cp_async_commit();
+            uint4 b2[NT8], bn2[NT8];
+            float2 xc2[NT8];
+            const bool more = T + 1 < T1;
+            if (more) fetch_x(T + 1, b2, bn2, xc2);
+            cp_async_wait<RS - 1>();  // tile T's group and those before it
+            __syncwarp();             // every lane's copies of tile T in place
+            take(T);
+            multiply();
+            if (more)
+#pragma unroll
+                for (int nb = 0; nb < NT8; nb++) b[nb] = b2[nb], bn[nb] = bn2[nb], xc[nb] = xc2[nb];
         }
-        fetch_x(T);
-        multiply();
+        __syncthreads();  // the ring's memory becomes red
+    } else {
+        for (int T = T0; T < T1; T++) {
+            if (PF) {
+                cur = nxt;
+                if (T + 1 < T1) fetch_w(T + 1, nxt);
+            } else if (T != T0) {
+                fetch_w(T, cur);
+            }
+            fetch_x(T, b, bn, xc);
+            multiply();
+        }
     }
     tc_finish<RG, NT8, SPLIT>(red, acc, wp, lane, n, I8_PIECES, G0, rows, M.y[mi], M.cmode[mi], part, count, bx, last);
 }
@@ -1318,11 +1389,12 @@ static bq_status gemv_int8(const bq_cuda_w *const *ws, int count, const float *d
     tc_mats M;
     dim3 grid((unsigned)tc_fill(M, ws, count, d_ys), (unsigned)ks);
     uint4 tab = make_uint4(w->tab4[0], w->tab4[1], w->tab4[2], w->tab4[3]);
-#define L1(MODE, KT, SB, NT8, SPLIT, PF) launch_k(w->pdl, gemv_i8<MODE, KT, SB, NT8, SPLIT, PF>, grid, 256, M, (const uint4 *)w->xf, w->xs, \
-                                                  w->NT, n, tab, w->part, w->count)
-#define L(MODE, KT, SB, NT8, PF) if (ks > 1) { L1(MODE, KT, SB, NT8, true, PF); } else { L1(MODE, KT, SB, NT8, false, PF); }
-    const bool pf = w->i8pf == 1 || (w->i8pf == 2 && ks == 1);
-#define L2(MODE, KT, SB) if (n > 2) { L(MODE, KT, SB, 2, false); } else if (pf) { L(MODE, KT, SB, 1, true); } else { L(MODE, KT, SB, 1, false); }
+#define L1(MODE, KT, SB, NT8, SPLIT, F) launch_k(w->pdl, gemv_i8<MODE, KT, SB, NT8, SPLIT, F>, grid, 256, M, (const uint4 *)w->xf, w->xs, \
+                                                 w->NT, n, tab, w->part, w->count)
+#define L(MODE, KT, SB, NT8, F) if (ks > 1) { L1(MODE, KT, SB, NT8, true, F); } else { L1(MODE, KT, SB, NT8, false, F); }
+    const int fetch = w->i8pf >= 3 ? w->i8pf - 1 : w->i8pf == 1 || (w->i8pf == 2 && ks == 1) ? 1 : 0;  // gemv_i8's FETCH
+#define L2(MODE, KT, SB) if (n > 2) { L(MODE, KT, SB, 2, 0); } else if (fetch == 3) { L(MODE, KT, SB, 1, 3); } \
+                         else if (fetch == 2) { L(MODE, KT, SB, 1, 2); } else if (fetch == 1) { L(MODE, KT, SB, 1, 1); } else { L(MODE, KT, SB, 1, 0); }
 #define L3(MODE) if (w->KT == 32 && w->sbytes == 1) { L2(MODE, 32, 1); } else if (w->KT == 16 && w->sbytes == 1) { L2(MODE, 16, 1); } \
                  else if (w->KT == 32 && w->sbytes == 2) { L2(MODE, 32, 2); } else if (w->KT == 64 && w->sbytes == 4) { L2(MODE, 64, 4); } \
                  else return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: no int8 kernel for blocks of %d, %d-byte scales", w->K, w->sbytes);
