@@ -1171,18 +1171,21 @@ __global__ void __launch_bounds__(256, FETCH == 2 ? 4 : FETCH ? 3 : 0) gemv_i8(c
     // the ring: tile T's codes and scales on their way into its slot (lanes 0 to SBT - 1
     // copy the scales), and taken from it once there
     rslot *ring = reinterpret_cast<rslot *>(sm) + wp * RS;
+    const uint4 *csrc = codes + ((size_t)min(G0, ngroups - 1) * NT * 32 + lane) * LB;  // row group 0's codes at tile 0
+    const uint8_t *ssrc = scales + (size_t)min(G0, ngroups - 1) * NT * 16 * SBT + 16 * lane;
+    const int rgstep = (min(G0 + 1, ngroups - 1) - min(G0, ngroups - 1)) * NT;  // tiles from row group 0 to 1
     auto issue = [&](int T) {
-        rslot &r = ring[(T - T0) % RS];
+        rslot &r = ring[(unsigned)(T - T0) % RS];
 #pragma unroll
         for (int rg = 0; rg < RG; rg++) {
-            int G = min(G0 + rg, ngroups - 1);
+            const int TT = T + rg * rgstep;
 #pragma unroll
-            for (int l = 0; l < LB; l++) cp_async16(&r.c[rg][l][lane], codes + (((size_t)G * NT + T) * 32 + lane) * LB + l);
-            if (lane < SBT) cp_async16(&r.s[rg][lane], scales + ((size_t)G * NT + T) * 16 * SBT + 16 * lane);
+            for (int l = 0; l < LB; l++) cp_async16(&r.c[rg][l][lane], csrc + TT * 32 * LB + l);
+            if (lane < SBT) cp_async16(&r.s[rg][lane], ssrc + TT * 16 * SBT);
         }
     };
     auto take = [&](int T) {
-        const rslot &r = ring[(T - T0) % RS];
+        const rslot &r = ring[(unsigned)(T - T0) % RS];
 #pragma unroll
         for (int rg = 0; rg < RG; rg++) {
 #pragma unroll
