@@ -66,14 +66,16 @@ extern "C" void bq_cuda_w_set_pdl(bq_cuda_w *w, int on) { w->pdl = on != 0; }
 // split their tiles over up to 8 CTAs until about four an SM run, each keeping at
 // least 16 tiles (two a warp); the partial sums are added in a fixed order (the
 // end of gemv_tc), so the result depends on the shape only. (11008 rows, 2.6 CTAs
-// an SM, measured slower split in two.)
+// an SM, measured slower split in two.) gemv_i8's ring (i8pf 3 and 4, four or three CTAs
+// an SM) takes as many splits as fit one wave.
 static int gemv_splits(const bq_cuda_w *w)
 {
     int sms = 0;
     if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess || sms < 1) sms = 132;
-    int ctas = (w->R16 / 16 + 1) / 2, want = 4 * sms;
+    int ctas = (w->R16 / 16 + 1) / 2, want = (w->i8 && w->i8pf == 4 ? 3 : 4) * sms;
     if (ctas >= 2 * sms) return 1;
-    int ks = (want + ctas - 1) / ctas;
+    int ks = w->i8 && w->i8pf >= 3 ? want / ctas : (want + ctas - 1) / ctas;
+    ks = ks > 1 ? ks : 1;
     ks = ks < 8 ? ks : 8;
     while (ks > 1 && w->NT / ks < 16) ks--;
     return ks;
@@ -325,8 +327,9 @@ static bool i8_takes(const pmat *m)
     return (blocks || groups) && (64 / KT) * m->sbytes <= 4 && (m->eb == 8 || i8_slots4(m->lut, slot, tab));
 }
 
-// off: 4-bit values in [-8, 7] as offset nibbles (mode 5), else through the slots' tables
-static bq_status upload_i8(const pmat *m, int off, bq_cuda_w **out)
+// off: 4-bit values in [-8, 7] as offset nibbles (mode 5), else through the slots' tables;
+// pf: how gemv_i8 fetches (i8pf)
+static bq_status upload_i8(const pmat *m, int off, int pf, bq_cuda_w **out)
 {
     *out = NULL;
     bq_cuda_w *w = (bq_cuda_w *)calloc(1, sizeof *w);
@@ -336,6 +339,7 @@ static bq_status upload_i8(const pmat *m, int off, bq_cuda_w **out)
     w->emult = m->emult;
     w->cmode = 1.0f;
     w->i8 = m->eb;
+    w->i8pf = pf;  // (before place_upload: gemv_splits reads it)
     uint8_t slot[16] = {0};
     if (m->eb == 4 && off && i8_off4(m->lut, slot)) w->i8 = 5;
     else if (m->eb == 4) i8_slots4(m->lut, slot, w->tab4);
@@ -358,9 +362,7 @@ extern "C" bq_status bq_cuda_w_upload_path(const pmat *m, bq_gemv_path path, bq_
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: the int8 tensor-core path does not take %s at %dx%d (4- or 8-bit codes; blocks of 16 "
                        "or 32 with 1-byte or fp16 scales, or int groups of a multiple of 64 with float32 scales; cols %% 32 == 0)",
                        m->f->name, m->rows, m->cols);
-    st = upload_i8(m, off, out);
-    if (!st) (*out)->i8pf = pf;
-    return st;
+    return upload_i8(m, off, pf, out);
 }
 
 extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out) { return bq_cuda_w_upload_path(m, BQ_GEMV_DEFAULT, out); }
