@@ -1176,18 +1176,17 @@ __global__ void __launch_bounds__(256, FETCH == 2 ? 4 : FETCH ? 3 : 0) gemv_i8(c
     const uint4 *csrc = codes + ((size_t)min(G0, ngroups - 1) * NT * 32 + lane) * LB;  // row group 0's codes at tile 0
     const uint8_t *ssrc = scales + (size_t)min(G0, ngroups - 1) * NT * 16 * SBT + 16 * lane;
     const int rgstep = (min(G0 + 1, ngroups - 1) - min(G0, ngroups - 1)) * NT;  // tiles from row group 0 to 1
-    auto issue = [&](int T) {
-        rslot &r = ring[(unsigned)(T - T0) % RS];
+    auto issue = [&](int T, rslot &r) {
+        const uint4 *c = csrc + T * 32 * LB;
+        const uint8_t *sc = ssrc + T * 16 * SBT;
 #pragma unroll
         for (int rg = 0; rg < RG; rg++) {
-            const int TT = T + rg * rgstep;
 #pragma unroll
-            for (int l = 0; l < LB; l++) cp_async16(&r.c[rg][l][lane], csrc + TT * 32 * LB + l);
-            if (lane < SBT) cp_async16(&r.s[rg][lane], ssrc + TT * 16 * SBT);
+            for (int l = 0; l < LB; l++) cp_async16(&r.c[rg][l][lane], c + rg * rgstep * 32 * LB + l);
+            if (lane < SBT) cp_async16(&r.s[rg][lane], sc + rg * rgstep * 16 * SBT);
         }
     };
-    auto take = [&](int T) {
-        const rslot &r = ring[(unsigned)(T - T0) % RS];
+    auto take = [&](const rslot &r) {
 #pragma unroll
         for (int rg = 0; rg < RG; rg++) {
 #pragma unroll
@@ -1278,7 +1277,7 @@ __global__ void __launch_bounds__(256, FETCH == 2 ? 4 : FETCH ? 3 : 0) gemv_i8(c
     // i8_split finishes (launch.cuh)
     if (RING) {
         for (int j = 0; j < RS - 1; j++) {  // a group a tile, empty past the warp's last
-            if (T0 + j < T1) issue(T0 + j);
+            if (T0 + j < T1) issue(T0 + j, ring[j]);
             cp_async_commit();
         }
     } else if (T0 < T1) {
@@ -1289,17 +1288,17 @@ __global__ void __launch_bounds__(256, FETCH == 2 ? 4 : FETCH ? 3 : 0) gemv_i8(c
     __syncthreads();
     if (RING) {
         if (T0 < T1) fetch_x(T0, b, bn, xc);
-        for (int T = T0; T < T1; T++) {
+        for (unsigned T = T0, j = 0; T < (unsigned)T1; T++, j = (j + 1) % RS) {  // j: tile T's slot
             __syncwarp();  // every lane is done with the slot refilled now (all read its scales)
-            if (T + RS - 1 < T1) issue(T + RS - 1);
+            if (T + RS - 1 < (unsigned)T1) issue((int)T + RS - 1, ring[(j + RS - 1) % RS]);
             cp_async_commit();
             uint4 b2[NT8], bn2[NT8];
             float2 xc2[NT8];
-            const bool more = T + 1 < T1;
-            if (more) fetch_x(T + 1, b2, bn2, xc2);
+            const bool more = T + 1 < (unsigned)T1;
+            if (more) fetch_x((int)T + 1, b2, bn2, xc2);
             cp_async_wait<RS - 1>();  // tile T's group and those before it
             __syncwarp();             // every lane's copies of tile T in place
-            take(T);
+            take(ring[j]);
             multiply();
             if (more)
 #pragma unroll
