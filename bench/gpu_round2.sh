@@ -27,7 +27,6 @@
 #     attention by k_attn_vec (BQ_CUDA_ATTN=vec): their tests, decode per PC_FORMATS x PC_VARIANTS (ROUNDS)
 #   STAGES=qdq: fake quantisation's kernels (twenty-second session) against the twentieth session's
 #     (BQ_CUDA_QDQ=0): test_cuda's fake-quantisation tests on the device, then gpu_bench --qdq (ROUNDS)
-#   STAGES=ring: gemv_i8's tiles through a cp.async ring in shared memory (BQ_CUDA_I8_PF=ring|ring3), gpu_bench --gemv
 #   STAGES=offset: the int8 GEMV's 4-bit int codes as offset nibbles or through the slots' tables (BQ_CUDA_I8_OFF), gpu_bench --gemv
 #   STAGES=prefill: ppl of packed .bq files (PREFILL_FORMATS) from the fp16 and the int8 layouts
 #   STAGES=lcpp: llama.cpp (built from .peer/peers by bench/build_llama_cuda.sh) and blockq decoding the same GGUF files (LCPP_FORMATS)
@@ -190,16 +189,6 @@ case "$S" in *prefetch*)
     per_format "${I8_FORMATS:-bf16 nvfp4 mxfp4 int4_g128 mxint8}" int8_round
     python3 bench/decode_table.py "$O/pf_decode.jsonl" "$copy" | tee "$O/pf_decode.md" ;;
 esac
-case "$S" in *ring*)
-    # twenty-fourth session: gemv_i8's tiles through a ring in shared memory filled by cp.async
-    # three tiles ahead (BQ_CUDA_I8_PF=ring: four CTAs a multiprocessor; ring3: three) against
-    # one tile at a time (0), one GEMV at a time (gpu_bench --gemv, the int8 rows)
-    BQ_CUDA_ONLY=gemv ./build/gpu/gpu/test_cuda >"$O/ring_gemvtest.txt" 2>&1; echo "test_cuda gemv exit $?"; grep -v "^  GPU" "$O/ring_gemvtest.txt" | tail -3
-    for r in $(seq "${ROUNDS:-2}"); do
-        for v in 0 ring ring3; do BQ_CUDA_I8_PF=$v ./build/gpu/gpu/gpu_bench --gemv --json "$O/ring_gemv_${v}_$r.jsonl" >"$O/ring_gemv_${v}_$r.txt" 2>&1; done
-    done
-    for v in ring ring3; do python3 bench/gemv_ab.py "$O/ring_gemv_0_1.jsonl" "$O/ring_gemv_${v}_1.jsonl" "I8_PF=$v" | tee "$O/ring_gemv_$v.md"; done ;;
-esac
 case "$S" in *offset*)
     # twenty-third session: 4-bit int codes as offset nibbles (BQ_CUDA_I8_OFF=1, the default)
     # against the slots' tables (0), one GEMV at a time (gpu_bench --gemv, the int8 rows)
@@ -224,7 +213,7 @@ case "$S" in *pieces*)
             fz=1; case $v in *fuse2*) fz=2 ;; esac
             at=few; case $v in *vec*) at=vec ;; esac
             pc=1; case $v in *nopieces*) pc=0 ;; esac  # fuse2-nopieces: the residual with the norm, the GEMV's own split
-            pf=0; case $v in *pfu*) pf=unsplit ;; *pf*) pf=1 ;; *ring3*) pf=ring3 ;; *ring*) pf=ring ;; esac  # +pf: gemv_i8 with the next tile in flight (BQ_CUDA_I8_PF=1; +pfu: unsplit launches only; +ring/+ring3: the cp.async ring)
+            pf=0; case $v in *pfu*) pf=unsplit ;; *pf*) pf=1 ;; esac  # +pf: gemv_i8 with the next tile in flight (BQ_CUDA_I8_PF=1; +pfu: unsplit launches only)
             off=1; case $v in *tab*) off=0 ;; esac  # +tab: 4-bit int codes through the slots' tables, not as offset nibbles (BQ_CUDA_I8_OFF=0)
             [ $1 = bf16 ] && { [ $pc = 0 ] || [ $pf != 0 ] || [ $off = 0 ]; } && continue  # (bf16: no pieces, no int8 GEMV)
             case $1 in mxfp4|nvfp4|mxint8) [ $off = 0 ] && continue ;; esac  # (no int grid of [-8, 7])

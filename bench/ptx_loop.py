@@ -17,18 +17,15 @@ NVCC = os.environ.get("NVCC") or next((p for p in ("/usr/local/cuda/bin/nvcc",) 
 # (label, mangled prefix, weight bytes of a warp's tile: codes + scales)
 CASES = [
     ("MXFP4, fp16 path", "_Z7gemv_tcILi1ELi32ELi1ELi1ELb0E", 2048 // 2 + 2 * 16 * 2),
-    ("MXFP4, int8 path", "_Z7gemv_i8ILi4ELi32ELi1ELi1ELb0ELi0E", 2048 // 2 + 2 * 16 * 2),
+    ("MXFP4, int8 path", "_Z7gemv_i8ILi4ELi32ELi1ELi1ELb0ELb0E", 2048 // 2 + 2 * 16 * 2),
     ("NVFP4, fp16 path", "_Z7gemv_tcILi1ELi16ELi1ELi1ELb0E", 2048 // 2 + 2 * 16 * 4),
-    ("NVFP4, int8 path", "_Z7gemv_i8ILi4ELi16ELi1ELi1ELb0ELi0E", 2048 // 2 + 2 * 16 * 4),
+    ("NVFP4, int8 path", "_Z7gemv_i8ILi4ELi16ELi1ELi1ELb0ELb0E", 2048 // 2 + 2 * 16 * 4),
     ("int4_g128, fp16 path", "_Z7gemv_tcILi2ELi64ELi4ELi1ELb0E", 2048 // 2 + 2 * 16 * 2),
-    ("int4_g128, int8 path (slots' tables)", "_Z7gemv_i8ILi4ELi64ELi4ELi1ELb0ELi0E", 2048 // 2 + 2 * 16 * 2),
-    ("int4_g128, int8 path (offset nibbles)", "_Z7gemv_i8ILi5ELi64ELi4ELi1ELb0ELi0E", 2048 // 2 + 2 * 16 * 2),
-    ("int4_b32_sfp16 (q4_0), int8 path (slots' tables)", "_Z7gemv_i8ILi4ELi32ELi2ELi1ELb0ELi0E", 2048 // 2 + 2 * 16 * 4),
-    ("int4_b32_sfp16 (q4_0), int8 path (offset nibbles)", "_Z7gemv_i8ILi5ELi32ELi2ELi1ELb0ELi0E", 2048 // 2 + 2 * 16 * 4),
-    ("MXINT8, int8 path", "_Z7gemv_i8ILi8ELi32ELi1ELi1ELb0ELi0E", 2048 + 2 * 16 * 2),
-    ("MXFP4, int8 path, cp.async ring", "_Z7gemv_i8ILi4ELi32ELi1ELi1ELb0ELi2E", 2048 // 2 + 2 * 16 * 2),
-    ("int4_g128, int8 path (offset nibbles), cp.async ring", "_Z7gemv_i8ILi5ELi64ELi4ELi1ELb0ELi2E", 2048 // 2 + 2 * 16 * 2),
-    ("MXINT8, int8 path, cp.async ring", "_Z7gemv_i8ILi8ELi32ELi1ELi1ELb0ELi2E", 2048 + 2 * 16 * 2),
+    ("int4_g128, int8 path (slots' tables)", "_Z7gemv_i8ILi4ELi64ELi4ELi1ELb0ELb0E", 2048 // 2 + 2 * 16 * 2),
+    ("int4_g128, int8 path (offset nibbles)", "_Z7gemv_i8ILi5ELi64ELi4ELi1ELb0ELb0E", 2048 // 2 + 2 * 16 * 2),
+    ("int4_b32_sfp16 (q4_0), int8 path (slots' tables)", "_Z7gemv_i8ILi4ELi32ELi2ELi1ELb0ELb0E", 2048 // 2 + 2 * 16 * 4),
+    ("int4_b32_sfp16 (q4_0), int8 path (offset nibbles)", "_Z7gemv_i8ILi5ELi32ELi2ELi1ELb0ELb0E", 2048 // 2 + 2 * 16 * 4),
+    ("MXINT8, int8 path", "_Z7gemv_i8ILi8ELi32ELi1ELi1ELb0ELb0E", 2048 + 2 * 16 * 2),
 ]
 
 

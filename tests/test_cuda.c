@@ -178,7 +178,7 @@ static void gemv_set(const char *const *wf, size_t nf, const int (*shapes)[3], s
     const char *pf = getenv("BQ_CUDA_I8_PF");
     const char *off = getenv("BQ_CUDA_I8_OFF");
     const char *pn = path == BQ_GEMV_FP16 ? "fp16" : pf && !strcmp(pf, "1") ? "int8+pf" : pf && !strcmp(pf, "unsplit") ? "int8+pf unsplit"
-                     : pf && !strcmp(pf, "ring") ? "int8+ring" : pf && !strcmp(pf, "ring3") ? "int8+ring3" : off && !strcmp(off, "0") ? "int8 tables" : "int8";
+                     : off && !strcmp(off, "0") ? "int8 tables" : "int8";
     for (size_t si = 0; si < nshapes; si++) {
         int R = shapes[si][0], C = shapes[si][1], n = shapes[si][2];
         float *w = malloc((size_t)R * C * 4), *wq = malloc((size_t)R * C * 4), *x = malloc((size_t)n * C * 4),
@@ -265,18 +265,6 @@ static void gemv(void)
     gemv_set(wide, sizeof wide / sizeof *wide, wone, sizeof wone / sizeof *wone, BQ_GEMV_INT8);
     setenv("BQ_CUDA_I8_PF", "unsplit", 1);  /* (the prefetch where the launch is not split) */
     gemv_set(wf, 2, one, sizeof one / sizeof *one, BQ_GEMV_INT8);
-    /* the ring of tiles in shared memory (cp.async), both occupancies: every layout, and
-     * warps of 1 to 8 tiles (more than, as many as and fewer than the ring's slots) */
-    const int rone[][3] = {{37, 1056, 1}, {129, 96, 2}, {96, 4096, 1}, {40, 512, 2}, {33, 2048, 1}};
-    for (int k = 0; k < 2; k++) {
-        setenv("BQ_CUDA_I8_PF", k ? "ring3" : "ring", 1);
-        gemv_set(wf, sizeof wf / sizeof *wf - 2, rone, sizeof rone / sizeof *rone, BQ_GEMV_INT8);
-        gemv_set(wide, sizeof wide / sizeof *wide, wone, sizeof wone / sizeof *wone, BQ_GEMV_INT8);
-    }
-    setenv("BQ_CUDA_I8_OFF", "0", 1);
-    setenv("BQ_CUDA_I8_PF", "ring", 1);
-    gemv_set(wf + 4, 3, rone, sizeof rone / sizeof *rone, BQ_GEMV_INT8);
-    unsetenv("BQ_CUDA_I8_OFF");
     unsetenv("BQ_CUDA_I8_PF");
 }
 

@@ -25,7 +25,6 @@ extern "C" {
 #include "backend.h"  /* mlp_act */
 }
 #include "launch.cuh"
-#include "async.cuh"
 #include "norm.cuh"
 #include "i8_layout.h"
 #include "knobs.h"
@@ -49,7 +48,7 @@ struct bq_cuda_w {
     int i8;                    // int8 tensor-core layout (i8_layout.h): mode 8, 4 or 5 (4-bit offset nibbles); tc is 0 then
     uint32_t tab4[4];          //   4-bit codes: the slots' byte tables (i8_slots4)
     int ks;                    // column splits of the tensor-core GEMV (gemv_splits)
-    int i8pf;                  // how gemv_i8 fetches weights: 0, 1 next tile, 2 that only unsplit, 3 ring, 4 ring at 3 CTAs (BQ_CUDA_I8_PF, knobs.h)
+    int i8pf;                  // gemv_i8's PF: 0, 1, 2 only unsplit (experiment: BQ_CUDA_I8_PF at upload, knobs.h)
     int pdl;                   // launched programmatically (launch.cuh): on unless bq_cuda_w_set_pdl turned it off
     uint32_t *xf;              // device scratch (unsplit): activation pieces in B-fragment order
     float *xs;                 //   and their power-of-two factor per tile and column
@@ -66,16 +65,18 @@ extern "C" void bq_cuda_w_set_pdl(bq_cuda_w *w, int on) { w->pdl = on != 0; }
 // split their tiles over up to 8 CTAs until about four an SM run, each keeping at
 // least 16 tiles (two a warp); the partial sums are added in a fixed order (the
 // end of gemv_tc), so the result depends on the shape only. (11008 rows, 2.6 CTAs
-// an SM, measured slower split in two.) gemv_i8's ring (i8pf 3 and 4, four or three CTAs
-// an SM) takes as many splits as fit one wave.
+// an SM, measured slower split in two.) gemv_i8 on offset nibbles (64 registers: four CTAs
+// an SM do fit) takes as many splits as fit one wave of four an SM: 4096x11008 in 4 instead of
+// 5, +25% on the H200 (bench/RESULTS.md, twenty-fourth session); the other int8 kernels hold
+// 70-80 registers, three CTAs an SM, where neither count is one wave and one fewer split
+// measured 0 to -4%.
 static int gemv_splits(const bq_cuda_w *w)
 {
     int sms = 0;
     if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess || sms < 1) sms = 132;
-    int ctas = (w->R16 / 16 + 1) / 2, want = (w->i8 && w->i8pf == 4 ? 3 : 4) * sms;
+    int ctas = (w->R16 / 16 + 1) / 2, want = 4 * sms;
     if (ctas >= 2 * sms) return 1;
-    int ks = w->i8 && w->i8pf >= 3 ? want / ctas : (want + ctas - 1) / ctas;
-    ks = ks > 1 ? ks : 1;
+    int ks = w->i8 == 5 ? want / ctas : (want + ctas - 1) / ctas;
     ks = ks < 8 ? ks : 8;
     while (ks > 1 && w->NT / ks < 16) ks--;
     return ks;
@@ -327,9 +328,8 @@ static bool i8_takes(const pmat *m)
     return (blocks || groups) && (64 / KT) * m->sbytes <= 4 && (m->eb == 8 || i8_slots4(m->lut, slot, tab));
 }
 
-// off: 4-bit values in [-8, 7] as offset nibbles (mode 5), else through the slots' tables;
-// pf: how gemv_i8 fetches (i8pf)
-static bq_status upload_i8(const pmat *m, int off, int pf, bq_cuda_w **out)
+// off: 4-bit values in [-8, 7] as offset nibbles (mode 5), else through the slots' tables
+static bq_status upload_i8(const pmat *m, int off, bq_cuda_w **out)
 {
     *out = NULL;
     bq_cuda_w *w = (bq_cuda_w *)calloc(1, sizeof *w);
@@ -339,7 +339,6 @@ static bq_status upload_i8(const pmat *m, int off, int pf, bq_cuda_w **out)
     w->emult = m->emult;
     w->cmode = 1.0f;
     w->i8 = m->eb;
-    w->i8pf = pf;  // (before place_upload: gemv_splits reads it)
     uint8_t slot[16] = {0};
     if (m->eb == 4 && off && i8_off4(m->lut, slot)) w->i8 = 5;
     else if (m->eb == 4) i8_slots4(m->lut, slot, w->tab4);
@@ -362,7 +361,9 @@ extern "C" bq_status bq_cuda_w_upload_path(const pmat *m, bq_gemv_path path, bq_
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: the int8 tensor-core path does not take %s at %dx%d (4- or 8-bit codes; blocks of 16 "
                        "or 32 with 1-byte or fp16 scales, or int groups of a multiple of 64 with float32 scales; cols %% 32 == 0)",
                        m->f->name, m->rows, m->cols);
-    return upload_i8(m, off, pf, out);
+    st = upload_i8(m, off, out);
+    if (!st) (*out)->i8pf = pf;
+    return st;
 }
 
 extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out) { return bq_cuda_w_upload_path(m, BQ_GEMV_DEFAULT, out); }
@@ -424,13 +425,6 @@ template <int SBT>
 static __device__ __forceinline__ uint32_t tile_scale_word(const uint8_t *sp)
 {
     return SBT == 4 ? __ldg((const uint32_t *)sp) : SBT == 2 ? __ldg((const uint16_t *)sp) : __ldg(sp);
-}
-
-// The same from shared memory (gemv_i8's ring)
-template <int SBT>
-static __device__ __forceinline__ uint32_t shared_scale_word(const uint8_t *sp)
-{
-    return SBT == 4 ? *(const uint32_t *)sp : SBT == 2 ? *(const uint16_t *)sp : *sp;
 }
 
 // A block's factor from its scale code: the table for 1-byte codes, fp16 * emult for 2,
@@ -1117,26 +1111,15 @@ __global__ void __launch_bounds__(256) act_i8(float *u, const float *g, int cols
 // negative parts times the negated pieces; mode 5: the codes + 8 times the pieces,
 // started from 8 times the negated pieces) become float once and take the rows'
 // scale factors.
-// FETCH, how a warp's tiles of weights arrive (BQ_CUDA_I8_PF, read at upload; one token a
-// pass for 1 and 2): 0 one tile at a time into registers, loaded, then multiplied; 1 the next
-// tile in registers while it multiplies this one, held to three CTAs a multiprocessor (80
-// registers); 2 a ring of RS tiles in shared memory that cp.async fills RS - 1 tiles ahead
-// (4 KB of codes a warp in flight, no registers held for them), the next tile's activations
-// in registers, held to four CTAs a multiprocessor (64 registers, a few bytes spilled); 3
-// the same held to three (80 registers, none spilled).
-template <int MODE, int KT, int SB, int NT8, bool SPLIT, int FETCH>
-__global__ void __launch_bounds__(256, FETCH == 2 ? 4 : FETCH ? 3 : 0) gemv_i8(const tc_mats M, const uint4 *__restrict__ xq, const float *__restrict__ xs, int NT,
-                                                               int n, uint4 tab, float *__restrict__ part, unsigned *__restrict__ count)
+// PF (one token a pass; experiment, BQ_CUDA_I8_PF=1 or unsplit): a warp's next tile of weights in
+// flight while it multiplies this one, held to three CTAs a multiprocessor (80 registers)
+template <int MODE, int KT, int SB, int NT8, bool SPLIT, bool PF>
+__global__ void __launch_bounds__(256, PF ? 3 : 0) gemv_i8(const tc_mats M, const uint4 *__restrict__ xq, const float *__restrict__ xs, int NT, int n,
+                                               uint4 tab, float *__restrict__ part, unsigned *__restrict__ count)
 {
     constexpr int RG = 2, SBT = (64 / KT) * SB, LB = MODE == 8 ? 2 : 1;  // LB: uint4 of codes a lane a tile
-    constexpr bool PF = FETCH == 1;
-    constexpr bool RING = FETCH >= 2;
-    constexpr int RS = RING ? 4 / LB : 1;
-    struct rslot { uint4 c[RG][LB][32]; uint4 s[RG][4]; };  // a tile's codes lane by lane, its row groups' scales (16 rows x SBT <= 4 bytes)
-    constexpr size_t RED = sizeof(float) * 8 * RG * NT8 * 32 * 4, RINGB = RING ? sizeof(rslot) * 8 * RS : 0;
     __shared__ float fac[256];
-    __shared__ __align__(16) unsigned char sm[RED > RINGB ? RED : RINGB];  // the ring, then tc_finish's sums
-    float (&red)[8][RG][NT8][32][4] = *reinterpret_cast<float (*)[8][RG][NT8][32][4]>(sm);
+    __shared__ float red[8][RG][NT8][32][4];
     __shared__ int last;
     const int mi = tc_matrix(M), rows = M.rows[mi], bx = (int)blockIdx.x - M.first[mi];
     const uint4 *__restrict__ codes = M.codes[mi];
@@ -1162,38 +1145,12 @@ __global__ void __launch_bounds__(256, FETCH == 2 ? 4 : FETCH ? 3 : 0) gemv_i8(c
             w.sg8[rg] = tile_scale_word<SBT>(sp + 8 * SBT);
         }
     };
-    auto fetch_x = [&](int T, uint4 (&b_)[NT8], uint4 (&bn_)[NT8], float2 (&xc_)[NT8]) {
+    auto fetch_x = [&](int T) {
 #pragma unroll
         for (int nb = 0; nb < NT8; nb++) {
-            b_[nb] = __ldg(xq + (((size_t)nb * NT + T) * 32 + lane) * 2);
-            if (MODE != 8) bn_[nb] = __ldg(xq + (((size_t)nb * NT + T) * 32 + lane) * 2 + 1);
-            xc_[nb] = make_float2(__ldg(xs + ((size_t)nb * NT + T) * 8 + 2 * t), __ldg(xs + ((size_t)nb * NT + T) * 8 + 2 * t + 1));
-        }
-    };
-    // the ring: tile T's codes and scales on their way into its slot (lanes 0 to SBT - 1
-    // copy the scales), and taken from it once there
-    rslot *ring = reinterpret_cast<rslot *>(sm) + wp * RS;
-    const uint4 *csrc = codes + ((size_t)min(G0, ngroups - 1) * NT * 32 + lane) * LB;  // row group 0's codes at tile 0
-    const uint8_t *ssrc = scales + (size_t)min(G0, ngroups - 1) * NT * 16 * SBT + 16 * lane;
-    const int rgstep = (min(G0 + 1, ngroups - 1) - min(G0, ngroups - 1)) * NT;  // tiles from row group 0 to 1
-    auto issue = [&](int T, rslot &r) {
-        const uint4 *c = csrc + T * 32 * LB;
-        const uint8_t *sc = ssrc + T * 16 * SBT;
-#pragma unroll
-        for (int rg = 0; rg < RG; rg++) {
-#pragma unroll
-            for (int l = 0; l < LB; l++) cp_async16(&r.c[rg][l][lane], c + rg * rgstep * 32 * LB + l);
-            if (lane < SBT) cp_async16(&r.s[rg][lane], sc + rg * rgstep * 16 * SBT);
-        }
-    };
-    auto take = [&](const rslot &r) {
-#pragma unroll
-        for (int rg = 0; rg < RG; rg++) {
-#pragma unroll
-            for (int l = 0; l < LB; l++) cur.c[rg][l] = r.c[rg][l][lane];
-            const uint8_t *sp = (const uint8_t *)r.s[rg] + g * SBT;
-            cur.sg[rg] = shared_scale_word<SBT>(sp);
-            cur.sg8[rg] = shared_scale_word<SBT>(sp + 8 * SBT);
+            b[nb] = __ldg(xq + (((size_t)nb * NT + T) * 32 + lane) * 2);
+            if (MODE != 8) bn[nb] = __ldg(xq + (((size_t)nb * NT + T) * 32 + lane) * 2 + 1);
+            xc[nb] = make_float2(__ldg(xs + ((size_t)nb * NT + T) * 8 + 2 * t), __ldg(xs + ((size_t)nb * NT + T) * 8 + 2 * t + 1));
         }
     };
     // rows g and g + 8 of block bt: the integer sums d (n8 block nb) scaled into tacc
@@ -1273,49 +1230,21 @@ __global__ void __launch_bounds__(256, FETCH == 2 ? 4 : FETCH ? 3 : 0) gemv_i8(c
 #pragma unroll
                 for (int i = 0; i < 4; i++) acc[rg][nb][i] = __fmaf_rn(tacc[rg][nb][i], i & 1 ? xc[nb].y : xc[nb].x, acc[rg][nb][i]);
     };
-    // the weights need no earlier kernel: the first tiles' are in flight while
+    // the weights need no earlier kernel: the first tile's are in flight while
     // i8_split finishes (launch.cuh)
-    if (RING) {
-        for (int j = 0; j < RS - 1; j++) {  // a group a tile, empty past the warp's last
-            if (T0 + j < T1) issue(T0 + j, ring[j]);
-            cp_async_commit();
-        }
-    } else if (T0 < T1) {
-        fetch_w(T0, PF ? nxt : cur);
-    }
+    if (T0 < T1) fetch_w(T0, PF ? nxt : cur);
     pdl_wait();
     pdl_go();
     __syncthreads();
-    if (RING) {
-        if (T0 < T1) fetch_x(T0, b, bn, xc);
-        for (unsigned T = T0, j = 0; T < (unsigned)T1; T++, j = (j + 1) % RS) {  // j: tile T's slot
-            __syncwarp();  // every lane is done with the slot refilled now (all read its scales)
-            if (T + RS - 1 < (unsigned)T1) issue((int)T + RS - 1, ring[(j + RS - 1) % RS]);
-            cp_async_commit();
-            uint4 b2[NT8], bn2[NT8];
-            float2 xc2[NT8];
-            const bool more = T + 1 < (unsigned)T1;
-            if (more) fetch_x((int)T + 1, b2, bn2, xc2);
-            cp_async_wait<RS - 1>();  // tile T's group and those before it
-            __syncwarp();             // every lane's copies of tile T in place
-            take(ring[j]);
-            multiply();
-            if (more)
-#pragma unroll
-                for (int nb = 0; nb < NT8; nb++) b[nb] = b2[nb], bn[nb] = bn2[nb], xc[nb] = xc2[nb];
+    for (int T = T0; T < T1; T++) {
+        if (PF) {
+            cur = nxt;
+            if (T + 1 < T1) fetch_w(T + 1, nxt);
+        } else if (T != T0) {
+            fetch_w(T, cur);
         }
-        __syncthreads();  // the ring's memory becomes red
-    } else {
-        for (int T = T0; T < T1; T++) {
-            if (PF) {
-                cur = nxt;
-                if (T + 1 < T1) fetch_w(T + 1, nxt);
-            } else if (T != T0) {
-                fetch_w(T, cur);
-            }
-            fetch_x(T, b, bn, xc);
-            multiply();
-        }
+        fetch_x(T);
+        multiply();
     }
     tc_finish<RG, NT8, SPLIT>(red, acc, wp, lane, n, I8_PIECES, G0, rows, M.y[mi], M.cmode[mi], part, count, bx, last);
 }
@@ -1393,12 +1322,11 @@ static bq_status gemv_int8(const bq_cuda_w *const *ws, int count, const float *d
     tc_mats M;
     dim3 grid((unsigned)tc_fill(M, ws, count, d_ys), (unsigned)ks);
     uint4 tab = make_uint4(w->tab4[0], w->tab4[1], w->tab4[2], w->tab4[3]);
-#define L1(MODE, KT, SB, NT8, SPLIT, F) launch_k(w->pdl, gemv_i8<MODE, KT, SB, NT8, SPLIT, F>, grid, 256, M, (const uint4 *)w->xf, w->xs, \
-                                                 w->NT, n, tab, w->part, w->count)
-#define L(MODE, KT, SB, NT8, F) if (ks > 1) { L1(MODE, KT, SB, NT8, true, F); } else { L1(MODE, KT, SB, NT8, false, F); }
-    const int fetch = w->i8pf >= 3 ? w->i8pf - 1 : w->i8pf == 1 || (w->i8pf == 2 && ks == 1) ? 1 : 0;  // gemv_i8's FETCH
-#define L2(MODE, KT, SB) if (n > 2) { L(MODE, KT, SB, 2, 0); } else if (fetch == 3) { L(MODE, KT, SB, 1, 3); } \
-                         else if (fetch == 2) { L(MODE, KT, SB, 1, 2); } else if (fetch == 1) { L(MODE, KT, SB, 1, 1); } else { L(MODE, KT, SB, 1, 0); }
+#define L1(MODE, KT, SB, NT8, SPLIT, PF) launch_k(w->pdl, gemv_i8<MODE, KT, SB, NT8, SPLIT, PF>, grid, 256, M, (const uint4 *)w->xf, w->xs, \
+                                                  w->NT, n, tab, w->part, w->count)
+#define L(MODE, KT, SB, NT8, PF) if (ks > 1) { L1(MODE, KT, SB, NT8, true, PF); } else { L1(MODE, KT, SB, NT8, false, PF); }
+    const bool pf = w->i8pf == 1 || (w->i8pf == 2 && ks == 1);
+#define L2(MODE, KT, SB) if (n > 2) { L(MODE, KT, SB, 2, false); } else if (pf) { L(MODE, KT, SB, 1, true); } else { L(MODE, KT, SB, 1, false); }
 #define L3(MODE) if (w->KT == 32 && w->sbytes == 1) { L2(MODE, 32, 1); } else if (w->KT == 16 && w->sbytes == 1) { L2(MODE, 16, 1); } \
                  else if (w->KT == 32 && w->sbytes == 2) { L2(MODE, 32, 2); } else if (w->KT == 64 && w->sbytes == 4) { L2(MODE, 64, 4); } \
                  else return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: no int8 kernel for blocks of %d, %d-byte scales", w->K, w->sbytes);

@@ -43,14 +43,13 @@ static inline bq_status env_gemv_int8(int *int8)
 // 0 through the slots' tables as the other 4-bit grids (BQ_CUDA_I8_OFF)
 static inline bq_status env_i8_off(int *off) { return env_switch("BQ_CUDA_I8_OFF", 1, off); }
 
-// gemv_i8's tiles in flight at one token a pass (BQ_CUDA_I8_PF): 0 one at a time (default); 1
-// the next in registers, always, or 2 ("unsplit") only in launches whose CTAs take whole rows
-// (7B decode gained nothing either way: bench/RESULTS.md, twentieth and twenty-third
-// sessions); 3 ("ring") three ahead through cp.async into shared memory, four CTAs a
-// multiprocessor, or 4 ("ring3") three CTAs
+// gemv_i8's next tile in flight (BQ_CUDA_I8_PF), an experiment: 0 never (default), 1 always,
+// 2 ("unsplit") only in launches whose CTAs take whole rows (q/k/v, gate/up, many rows), where
+// one GEMV gained, not in the column-split launches of few rows, where it lost; 7B decode
+// gained nothing either way (bench/RESULTS.md, twentieth and twenty-third sessions)
 static inline bq_status env_i8_pf(int *pf)
 {
-    static const char *const v[5] = {"0", "1", "unsplit", "ring", "ring3"};
-    return env_knob("BQ_CUDA_I8_PF", v, 5, 0, pf);
+    static const char *const v[3] = {"0", "1", "unsplit"};
+    return env_knob("BQ_CUDA_I8_PF", v, 3, 0, pf);
 }
 #endif

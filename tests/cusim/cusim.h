@@ -14,8 +14,6 @@
 #ifndef BQ_CUSIM_H
 #define BQ_CUSIM_H
 #include <atomic>
-#include <cstdio>
-#include <cstdlib>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -215,9 +213,6 @@ struct cusim_block {
     void *sched_fake;
     std::function<void()> fn;
     dim3 bidx;
-    struct copy { void *dst; const void *src; int n, group; };  // cp.async: group -1 until committed
-    std::vector<std::vector<copy>> async;                      // [thread]: copies not yet waited for
-    std::vector<int> committed;                                // [thread]: groups committed
 };
 inline cusim_block *cusim_cur;
 enum { CUSIM_STACK = 256 << 10 };
@@ -252,33 +247,6 @@ inline void cusim_leave(cusim_bar &b)  // an exited thread stops counting
         b.arrived = 0;
         b.gen++;
     }
-}
-
-// cp.async (src/cuda/async.cuh): the destination holds a pattern from the issue until the
-// copy's group is waited for, when the copy is made: the latest a GPU may make it.
-inline int cusim_tid() { return (int)(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)); }
-inline void cusim_cp_async(void *dst, const void *src, int n)
-{
-    memset(dst, 0xA5, (size_t)n);
-    cusim_cur->async[(size_t)cusim_tid()].push_back({dst, src, n, -1});
-}
-inline void cusim_cp_commit()
-{
-    int t = cusim_tid();
-    for (auto &c : cusim_cur->async[(size_t)t])
-        if (c.group < 0) c.group = cusim_cur->committed[(size_t)t];
-    cusim_cur->committed[(size_t)t]++;
-}
-inline void cusim_cp_wait(int newest)  // all but the newest groups: made, and forgotten
-{
-    int t = cusim_tid(), upto = cusim_cur->committed[(size_t)t] - newest;
-    auto &v = cusim_cur->async[(size_t)t];
-    size_t k = 0;
-    for (auto &c : v) {
-        if (c.group >= 0 && c.group < upto) memcpy(c.dst, c.src, (size_t)c.n);
-        else v[k++] = c;
-    }
-    v.resize(k);
 }
 
 inline int cusim_lane() { return (int)(threadIdx.x & 31); }
@@ -412,10 +380,6 @@ inline void cusim_entry()  // a fiber's life: the kernel, then leave the barrier
     __sanitizer_finish_switch_fiber(nullptr, &B.sched_bottom, &B.sched_size);
 #endif
     B.fn();
-    if (!B.async[(size_t)B.cur].empty()) {  // copies into shared memory still in flight at exit
-        fprintf(stderr, "cusim: thread %d exits with %zu cp.async copies not waited for\n", B.cur, B.async[(size_t)B.cur].size());
-        abort();
-    }
     cusim_fiber &F = B.f[B.cur];
     F.done = true;
     cusim_leave(B.all);
@@ -474,8 +438,6 @@ inline void cusim_run(dim3 grid, dim3 block, Fn fn)
             for (unsigned bx = 0; bx < grid.x; bx++) {
                 B.all = {nt, 0, 0};
                 B.warp.assign((nt + 31) / 32, cusim_bar{0, 0, 0});
-                B.async.assign((size_t)nt, {});
-                B.committed.assign((size_t)nt, 0);
                 for (int t = 0; t < nt; t++) {
                     B.warp[t / 32].live++;
                     cusim_prepare(B.f[t], cusim_stacks[t].get());
