@@ -559,6 +559,29 @@ static void test_log_quant_mag(void)
     CHECK(bad == 0 && n > 1000000, "log_quant_mag: %ld of %ld differ from the ldexpf definition", bad, n);
 }
 
+/* log_bits_elem (the log loops' and CUDA kernels' select-only form) against log_quant_mag
+ * with x's sign (a zero's dropped, as block_elem and elem_quant do), for grids of any [lo, hi]: those reaching under 2^-126 or past 2^127 too
+ * (a block-log block of small values), inputs of every exponent, zeros, Infs and NaNs. */
+static void test_log_bits_elem(void)
+{
+    long n = 0, bad = 0;
+    for (int i = 0; i < 2000000; i++) {
+        uint32_t u = t_rand();
+        if (i % 4 == 0) u &= 0x807fffffu;  /* subnormals (and zeros) */
+        if (i % 97 == 0) u = (u & 0x80000000u) | (i % 3 ? 0x7f800000u : 0x7fc00001u);  /* Infs, NaNs */
+        if (i % 89 == 0) u &= 0x80000000u;
+        float x;
+        memcpy(&x, &u, 4);
+        int lo = -160 + (int)(t_rand() % 200), hi = lo + (int)(t_rand() % 140);
+        bq_round r = (bq_round)(t_rand() % 4);
+        float want = x != x ? x : copysignf(log_quant_mag(fabsf(x), lo, hi, r, 5, (uint64_t)i), sgn_of(x));  /* (block_elem's) */
+        float got = log_bits_elem(x, lo, hi, r, 5, (uint64_t)i);
+        n++;
+        bad += x != x ? got == got : memcmp(&got, &want, 4) != 0;
+    }
+    CHECK(bad == 0 && n == 2000000, "log_bits_elem: %ld of %ld differ from log_quant_mag", bad, n);
+}
+
 /* grid_by_recip (the CUDA kernels' x * (1/d) for x / d): wherever it says sure, its grid
  * value is elem_quant's of x / d. Quotients at every rounding boundary of the grid
  * (grid values, midpoints) and a few ulps beside, under d of every size, for integer and
@@ -622,5 +645,6 @@ int main(void)
                            "e4m3_b16_sbf16:nosub"};
     for (size_t i = 0; i < sizeof grids / sizeof *grids; i++) grid_by_recip_one(grids[i]);
     test_log_quant_mag();
+    test_log_bits_elem();
     return test_summary("test_formats");
 }

@@ -207,16 +207,9 @@ __global__ void qdq_lanes8(bq_format f, qctx c, const float4 *__restrict__ x, fl
     uint32_t m;
     if (!chunk8<K>(x, y, i, n8, e, &m)) return;
     bscale s = block_scale(&f, &c, u2f(m));
-    if (EV == 3 && f.sch == SCH_BL) {
-        const int lo = f.el.lemin + s.E, hi = f.el.lemax + s.E;
-        if (lo >= -126 && hi <= 127) {  // as kernels.c's qdq_block
+    if (EV == 3 && f.sch == SCH_BL) {  // as kernels.c's qdq_block
 #pragma unroll
-            for (int k = 0; k < 8; k++) e[k] = log_bits_elem(e[k], lo, hi, (bq_round)RND, c.seed, 8 * i + k);
-        } else {  // block_elem's log blocks, without block_value's other cases
-            float q;
-#pragma unroll
-            for (int k = 0; k < 8; k++) e[k] = block_elem(&f, &s, e[k], (bq_round)RND, c.seed, 8 * i + k, &q);
-        }
+        for (int k = 0; k < 8; k++) e[k] = log_bits_elem(e[k], f.el.lemin + s.E, f.el.lemax + s.E, (bq_round)RND, c.seed, 8 * i + k);
     } else if ((EV == 0 || EV == 2) && s.pow2 && s.E >= fl && s.E <= fh) {
         const pow2_fused p = pow2_fused_of(&f.el, s.E, EV == 0);
 #pragma unroll
@@ -389,7 +382,7 @@ __global__ void qdq_elem8(bq_format f, qctx c, const float4 *__restrict__ x, flo
     if (i >= n8) return;
     float4 v0 = x[2 * i], v1 = x[2 * i + 1];
     float e[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
-    if (!INT && f.el.kind == EK_LOG && f.el.lemin >= -126 && f.el.lemax <= 127) {  // as kernels.c's qdq_elem
+    if (!INT && f.el.kind == EK_LOG) {  // as kernels.c's qdq_elem
 #pragma unroll
         for (int k = 0; k < 8; k++) e[k] = log_bits_elem(e[k], f.el.lemin, f.el.lemax, (bq_round)RND, c.seed, 8 * i + k);
     } else {

@@ -77,7 +77,7 @@ INLINE void grid_dispatch(const elem_t *e, const float *restrict x, float *restr
 }
 
 /* Log grid 2^k, k = round(log2|x|) clamped to [lo, hi], in bit arithmetic
- * (qkern.h's log_bits_elem; valid for lo >= -126 and hi <= 127). */
+ * (qkern.h's log_bits_elem). */
 INLINE void log_loop(const float *restrict x, float *restrict y, size_t n, int lo, int hi, bq_round r,
                      uint64_t seed, size_t idx0)
 {
@@ -106,7 +106,7 @@ INLINE void qdq_block(const bq_format *f, const qctx *c, const float *restrict x
     float amax = u2f(mbits);
     bscale s = block_scale(f, c, amax);
     const elem_t *e = &f->el;
-    if (!scheme_of(f)->linear && e->lemin + s.E >= -126 && e->lemax + s.E <= 127) {
+    if (!scheme_of(f)->linear) {
         log_dispatch(x, y, n, e->lemin + s.E, e->lemax + s.E, c->round, c->seed, idx0);
         return;
     }
@@ -183,7 +183,7 @@ static void qdq_elem(const bq_format *f, const qctx *c, const float *x, float *y
                 if (!(fabsf(x[i]) <= FLT_MAX)) y[i] = elem_quant(e, x[i], c->round, c->seed, idx0 + i);
         return;
     }
-    if (e->kind == EK_LOG && e->lemin >= -126 && e->lemax <= 127) {
+    if (e->kind == EK_LOG) {
         log_dispatch(x, y, n, e->lemin, e->lemax, c->round, c->seed, idx0);
         return;
     }

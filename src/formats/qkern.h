@@ -216,17 +216,21 @@ static inline BQ_HD int log_round(int k, uint32_t m, bq_round r, uint64_t seed, 
     return k + (m >= 0x3504f4u);
 }
 
-/* The log grid's value of x with its sign, in bit arithmetic: log_round() on the
- * float's own exponent and mantissa bits, k clamped to [lo, hi]. Equal to
- * log_quant_mag (below) for lo >= -126 and hi <= 127, where float32 subnormal
- * inputs clamp to lo whatever their unnormalised bits say; NaN stays NaN. The
- * CPU's log loops and the CUDA kernels both (no libm call per element). */
+/* The log grid's value of x with its sign, in bit arithmetic for any lo <= hi:
+ * log_round() on the float's own exponent and mantissa bits (a subnormal's shifted up
+ * to its leading one, as log_quant_mag), k clamped to [lo, hi], 2^k from its bits (a
+ * subnormal for k in [-149, -127], 0 below, Inf above 127). Equal to log_quant_mag
+ * (below) with x's sign; NaN stays NaN. Selects, no branch: the CPU's log loops and the
+ * CUDA kernels both, for every block of a block-log format (no warp divides between
+ * blocks whose grid reaches under 2^-126 and blocks whose grid does not). */
 static inline BQ_HD_ALWAYS float log_bits_elem(float x, int lo, int hi, bq_round r, uint64_t seed, uint64_t idx)
 {
     uint32_t u = f2u(x) & 0x7fffffffu;
-    int k = log_round((int)(u >> 23) - 127, u & 0x7fffffu, r, seed, idx);
+    int sh = u < 0x800000u ? BQ_CLZ(u | 1u) - 8 : 0;  /* (u | 1: zero, whose result is replaced below) */
+    int k = log_round(u < 0x800000u ? -126 - sh : (int)(u >> 23) - 127, (u << sh) & 0x7fffffu, r, seed, idx);
     k = k < lo ? lo : (k > hi ? hi : k);
-    float q = u2f((uint32_t)(k + 127) << 23);
+    float q = u2f(k >= -126 ? (uint32_t)(k + 127) << 23 : k >= -149 ? 1u << (k + 149) : 0u);
+    q = k > 127 ? INFINITY : q;
     q = u == 0 ? 0.0f : q;
     q = u > 0x7f800000u ? x : q;
     return copysignf(q, sgn_of(x));
