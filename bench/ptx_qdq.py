@@ -33,7 +33,7 @@ CASES = [
     ("NVFP4, levels' table", "_Z11qdq_levels8ILi16EE", [NO_LEVELS_FALLBACK]),
     ("int8_b32_sfp16, per element (x / div)", "_Z10qdq_lanes8ILi32ELi0ELi2EE", [NO_LOG, NO_POW2, NO_RCP]),
     ("int8_b32_sfp16, x * (1 / div) checked", "_Z10qdq_lanes8ILi32ELi0ELi2EE", [NO_LOG, NO_POW2, NO_GENERIC]),
-    ("bl8_b16, block_value (log_quant_mag)", "_Z10qdq_lanes8ILi16ELi0ELi3EE", [NO_LOG, NO_POW2]),
+    ("bl8_b16, block_value (block_elem)", "_Z10qdq_lanes8ILi16ELi0ELi3EE", [NO_LOG, NO_POW2]),
     ("bl8_b16, log_bits_elem", "_Z10qdq_lanes8ILi16ELi0ELi3EE", [NO_GENERIC]),
     ("int4_g128, team, x / s", "_Z12qdq_int_teamILi4ELi0ELi0EE", [NO_GROUP_RCP]),
     ("int4_g128, team, x * (1 / s) checked", "_Z12qdq_int_teamILi4ELi0ELi0EE", [NO_GROUP_FALLBACK]),

@@ -216,13 +216,14 @@ static inline BQ_HD int log_round(int k, uint32_t m, bq_round r, uint64_t seed, 
     return k + (m >= 0x3504f4u);
 }
 
-/* The log grid's value of x with its sign, in bit arithmetic for any lo <= hi:
- * log_round() on the float's own exponent and mantissa bits (a subnormal's shifted up
- * to its leading one, as log_quant_mag), k clamped to [lo, hi], 2^k from its bits (a
- * subnormal for k in [-149, -127], 0 below, Inf above 127). Equal to log_quant_mag
- * (below) with x's sign; NaN stays NaN. Selects, no branch: the CPU's log loops and the
- * CUDA kernels both, for every block of a block-log format (no warp divides between
- * blocks whose grid reaches under 2^-126 and blocks whose grid does not). */
+/* The log grid's value of x with its sign (a zero's dropped): 2^k, k = round(log2 |x|)
+ * clamped to [lo, hi] for any lo <= hi, in bit arithmetic: log_round() on the float's
+ * own exponent and mantissa bits (a subnormal's shifted up to its leading one: the
+ * fraction of |x| 2^-k), 2^k from its bits (a subnormal for k in [-149, -127], 0 below,
+ * as ldexpf(1, k) rounds 2^-150 to even; Inf above 127); zero stays zero, an Inf takes
+ * hi, NaN stays NaN. Selects, no branch: elem_quant, block_elem, the CPU's log loops and
+ * the CUDA kernels all take it (no warp divides between blocks whose grid reaches under
+ * 2^-126 and blocks whose grid does not). */
 static inline BQ_HD_ALWAYS float log_bits_elem(float x, int lo, int hi, bq_round r, uint64_t seed, uint64_t idx)
 {
     uint32_t u = f2u(x) & 0x7fffffffu;
@@ -236,24 +237,6 @@ static inline BQ_HD_ALWAYS float log_bits_elem(float x, int lo, int hi, bq_round
     return copysignf(q, sgn_of(x));
 }
 
-/* Log grid: 2^k with k = round(log2 a) clamped to [lo, hi]; zero stays zero. In bit
- * arithmetic: a subnormal a's mantissa is its bits shifted up to the leading one (the
- * fraction of a * 2^-k), and 2^k is 0 below 2^-149 (ldexpf(1, k) rounds 2^-150 to even). */
-static inline BQ_HD float log_quant_mag(float a, int lo, int hi, bq_round r, uint64_t seed, uint64_t idx)
-{
-    if (a == 0.0f) return 0.0f;
-    int k;
-    if (a == INFINITY) k = hi;
-    else {
-        uint32_t u = f2u(a);
-        k = floor_log2f(a);
-        uint32_t m = u >= 0x800000u ? u & 0x7fffffu : (u << (BQ_CLZ(u) - 8)) & 0x7fffffu;
-        k = log_round(k, m, r, seed, idx);
-    }
-    k = k < lo ? lo : (k > hi ? hi : k);
-    return k < -149 ? 0.0f : (k > 127 ? INFINITY : pow2f(k));
-}
-
 /* Signed value -> grid value of elem e (no scaling). Sign always preserved. */
 static inline BQ_HD float elem_quant(const elem_t *e, float v, bq_round r, uint64_t seed, uint64_t idx)
 {
@@ -262,7 +245,7 @@ static inline BQ_HD float elem_quant(const elem_t *e, float v, bq_round r, uint6
     switch (e->kind) {
     case EK_FP32: return v;
     case EK_MF: q = mf_quant_mag(e, a, r, seed, idx); break;
-    case EK_LOG: q = log_quant_mag(a, e->lemin, e->lemax, r, seed, idx); break;
+    case EK_LOG: q = log_bits_elem(a, e->lemin, e->lemax, r, seed, idx); break;
     default:
         if (e->lo == -e->hi) { q = int_quant_mag(e, a, r, seed, idx); break; }
         /* asymmetric range (fixed point): round the magnitude, clamp signed */
@@ -632,7 +615,7 @@ static inline BQ_HD float block_elem(const bq_format *f, const bscale *s, float 
     float q;
     if (f->sch == SCH_BL) {
         /* log grid shifted by E: exact in exponent arithmetic */
-        q = copysignf(log_quant_mag(fabsf(x), f->el.lemin + s->E, f->el.lemax + s->E, r, seed, idx), sgn_of(x));
+        q = log_bits_elem(x, f->el.lemin + s->E, f->el.lemax + s->E, r, seed, idx);
         *qout = q;
         return q;
     }
