@@ -27,6 +27,8 @@
 #     attention by k_attn_vec (BQ_CUDA_ATTN=vec): their tests, decode per PC_FORMATS x PC_VARIANTS (ROUNDS)
 #   STAGES=qdq: fake quantisation's kernels (twenty-second session) against the twentieth session's
 #     (BQ_CUDA_QDQ=0): test_cuda's fake-quantisation tests on the device, then gpu_bench --qdq (ROUNDS)
+#   STAGES=l2gemv: the GEMVs with each warp's later tiles asked of L2 first (BQ_CUDA_L2PF=1) against without, gpu_bench --gemv
+#     (ROUNDS interleaved); the decode A/B is the pieces stage's "+l2" variants (PC_VARIANTS)
 #   STAGES=offset: the int8 GEMV's 4-bit int codes as offset nibbles or through the slots' tables (BQ_CUDA_I8_OFF), gpu_bench --gemv
 #   STAGES=prefill: ppl of packed .bq files (PREFILL_FORMATS) from the fp16 and the int8 layouts
 #   STAGES=lcpp: llama.cpp (built from .peer/peers by bench/build_llama_cuda.sh) and blockq decoding the same GGUF files (LCPP_FORMATS)
@@ -195,6 +197,13 @@ case "$S" in *offset*)
     for v in 0 1; do BQ_CUDA_I8_OFF=$v ./build/gpu/gpu/gpu_bench --gemv --json "$O/off_gemv_$v.jsonl" >"$O/off_gemv_$v.txt" 2>&1; done
     python3 bench/gemv_ab.py "$O/off_gemv_0.jsonl" "$O/off_gemv_1.jsonl" "offset nibbles (I8_OFF=1)" | tee "$O/off_gemv.md" ;;
 esac
+case "$S" in *l2gemv*)
+    # twenty-fifth session: each warp's later tiles asked of L2 before the GEMV waits for the
+    # kernel before it (BQ_CUDA_L2PF=1) against without, one GEMV at a time, ROUNDS interleaved
+    for r in $(seq 1 "${ROUNDS:-1}"); do for v in 0 1; do
+        BQ_CUDA_L2PF=$v ./build/gpu/gpu/gpu_bench --gemv --json "$O/l2_gemv_${v}_$r.jsonl" >"$O/l2_gemv_${v}_$r.txt" 2>&1; done
+        python3 bench/gemv_ab.py "$O/l2_gemv_0_$r.jsonl" "$O/l2_gemv_1_$r.jsonl" "L2 prefetch (L2PF=1), round $r" all | tee -a "$O/l2_gemv.md"; done ;;
+esac
 case "$S" in *pieces*)
     # twenty-first session: (1) BQ_CUDA_FUSE=2: each residual connection with the norm after it
     # as one kernel, which also makes the int8 GEMV's activation pieces, as the activation's
@@ -215,9 +224,10 @@ case "$S" in *pieces*)
             pc=1; case $v in *nopieces*) pc=0 ;; esac  # fuse2-nopieces: the residual with the norm, the GEMV's own split
             pf=0; case $v in *pfu*) pf=unsplit ;; *pf*) pf=1 ;; esac  # +pf: gemv_i8 with the next tile in flight (BQ_CUDA_I8_PF=1; +pfu: unsplit launches only)
             off=1; case $v in *tab*) off=0 ;; esac  # +tab: 4-bit int codes through the slots' tables, not as offset nibbles (BQ_CUDA_I8_OFF=0)
-            [ $1 = bf16 ] && { [ $pc = 0 ] || [ $pf != 0 ] || [ $off = 0 ]; } && continue  # (bf16: no pieces, no int8 GEMV)
+            l2=0; case $v in *l2*) l2=1 ;; esac  # +l2: the GEMVs ask L2 for a warp's tiles first (BQ_CUDA_L2PF=1; bf16 too)
+            [ $1 = bf16 ] && { [ $pf != 0 ] || [ $off = 0 ]; } && continue  # (bf16: no int8 GEMV; the pieces switch changes nothing there)
             case $1 in mxfp4|nvfp4|mxint8) [ $off = 0 ] && continue ;; esac  # (no int grid of [-8, 7])
-            decode $1 r21=$v $2 BQ_CUDA_FUSE=$fz BQ_CUDA_ATTN=$at BQ_CUDA_PIECES=$pc BQ_CUDA_I8_PF=$pf BQ_CUDA_I8_OFF=$off
+            decode $1 r21=$v $2 BQ_CUDA_FUSE=$fz BQ_CUDA_ATTN=$at BQ_CUDA_PIECES=$pc BQ_CUDA_I8_PF=$pf BQ_CUDA_I8_OFF=$off BQ_CUDA_L2PF=$l2
         done
     }
     per_format "${PC_FORMATS:-bf16 mxfp4 int4_g128 nvfp4 mxint8}" pieces_round

@@ -49,6 +49,7 @@ struct bq_cuda_w {
     uint32_t tab4[4];          //   4-bit codes: the slots' byte tables (i8_slots4)
     int ks;                    // column splits of the tensor-core GEMV (gemv_splits)
     int i8pf;                  // gemv_i8's PF: 0, 1, 2 only unsplit (experiment: BQ_CUDA_I8_PF at upload, knobs.h)
+    int l2pf;                  // the tensor-core GEMVs ask L2 for a warp's tiles first (experiment: BQ_CUDA_L2PF at upload)
     int pdl;                   // launched programmatically (launch.cuh): on unless bq_cuda_w_set_pdl turned it off
     uint32_t *xf;              // device scratch (unsplit): activation pieces in B-fragment order
     float *xs;                 //   and their power-of-two factor per tile and column
@@ -350,19 +351,24 @@ static bq_status upload_i8(const pmat *m, int off, bq_cuda_w **out)
 extern "C" bq_status bq_cuda_w_upload_path(const pmat *m, bq_gemv_path path, bq_cuda_w **out)
 {
     *out = NULL;
-    int int8, pf, off;
+    int int8, pf, off, l2pf;
     bq_status st = env_gemv_int8(&int8);
     if (!st) st = env_i8_pf(&pf);
     if (!st) st = env_i8_off(&off);
+    if (!st) st = env_l2pf(&l2pf);
     if (st) return st;
     if (path == BQ_GEMV_DEFAULT) path = int8 && i8_takes(m) ? BQ_GEMV_INT8 : BQ_GEMV_FP16;
-    if (path == BQ_GEMV_FP16) return upload_fp16(m, out);
-    if (!i8_takes(m))
+    if (path == BQ_GEMV_FP16) {
+        st = upload_fp16(m, out);
+    } else if (!i8_takes(m)) {
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: the int8 tensor-core path does not take %s at %dx%d (4- or 8-bit codes; blocks of 16 "
                        "or 32 with 1-byte or fp16 scales, or int groups of a multiple of 64 with float32 scales; cols %% 32 == 0)",
                        m->f->name, m->rows, m->cols);
-    st = upload_i8(m, off, out);
-    if (!st) (*out)->i8pf = pf;
+    } else {
+        st = upload_i8(m, off, out);
+        if (!st) (*out)->i8pf = pf;
+    }
+    if (!st) (*out)->l2pf = l2pf;
     return st;
 }
 
@@ -715,6 +721,7 @@ struct tc_mats {
     float emult[3], cmode[3];
     float *y[3];
     int rows[3], first[3], count;
+    int l2pf;  // tiles_to_l2 (BQ_CUDA_L2PF)
 };
 
 // A CTA: RG groups of 16 rows; its 8 warps split the 64-column tiles and sum in
@@ -742,6 +749,26 @@ static __device__ __forceinline__ int tc_matrix(const tc_mats &M)
     int mi = 0;
     while (mi + 1 < M.count && (int)blockIdx.x >= M.first[mi + 1]) mi++;
     return mi;
+}
+
+// BQ_CUDA_L2PF: a warp's tiles (T0, T1) after the first, which it has loaded already, asked
+// of L2 for its RG row groups from G0 (lane 0; launch.cuh's l2_prefetch): tb bytes of codes a
+// tile, hb of 6-bit codes' top bits (hi; 0: none), sb of scales. Row groups are tile after
+// tile in memory, so each is one range.
+template <int RG>
+static __device__ __forceinline__ void tiles_to_l2(const void *codes, unsigned tb, const void *hi, unsigned hb, const uint8_t *scales,
+                                                   unsigned sb, int G0, int ngroups, int NT, int T0, int T1)
+{
+    if ((threadIdx.x & 31) || T1 - T0 < 2) return;
+    const unsigned nt = (unsigned)(T1 - T0 - 1);
+#pragma unroll
+    for (int rg = 0; rg < RG; rg++) {
+        if (G0 + rg >= ngroups) break;
+        const size_t at = (size_t)(G0 + rg) * NT + T0 + 1;
+        l2_prefetch((const char *)codes + at * tb, nt * tb);
+        if (hb) l2_prefetch((const char *)hi + at * hb, nt * hb);
+        l2_prefetch(scales + at * sb, nt * sb);
+    }
 }
 
 // The end of both tensor-core GEMVs: each warp's sums (acc: its row groups, n8
@@ -911,7 +938,8 @@ __global__ void __launch_bounds__(256) gemv_tc(const tc_mats M, const float *__r
                 for (int i = 0; i < 4; i++) acc[rg][nb][i] = __fmaf_rn(tacc[rg][nb][i], i & 1 ? q.xc[nb].y : q.xc[nb].x, acc[rg][nb][i]);
     };
     // the weights need no earlier kernel: the first tile's are in flight while the
-    // kernel that wrote x finishes (launch.cuh)
+    // kernel that wrote x finishes (launch.cuh), and with M.l2pf the rest asked of L2
+    if (M.l2pf) tiles_to_l2<RG>(codes, 512, hip, MODE == 3 ? 256 : 0, scales, 16 * SBT, G0, ngroups, NT, T0, T1);
     if (T0 < T1) fetch_w(S, T0);
     pdl_wait();
     pdl_go();
@@ -1231,7 +1259,8 @@ __global__ void __launch_bounds__(256, PF ? 3 : 0) gemv_i8(const tc_mats M, cons
                 for (int i = 0; i < 4; i++) acc[rg][nb][i] = __fmaf_rn(tacc[rg][nb][i], i & 1 ? xc[nb].y : xc[nb].x, acc[rg][nb][i]);
     };
     // the weights need no earlier kernel: the first tile's are in flight while
-    // i8_split finishes (launch.cuh)
+    // i8_split finishes (launch.cuh), and with M.l2pf the rest asked of L2
+    if (M.l2pf) tiles_to_l2<RG>(codes, 512 * LB, nullptr, 0, scales, 16 * SBT, G0, ngroups, NT, T0, T1);
     if (T0 < T1) fetch_w(T0, PF ? nxt : cur);
     pdl_wait();
     pdl_go();
@@ -1274,6 +1303,7 @@ static int tc_fill(tc_mats &M, const bq_cuda_w *const *ws, int count, float *con
         ctas += (v->R16 / 16 + 1) / 2;
     }
     M.count = count;
+    M.l2pf = ws[0]->l2pf;
     return ctas;
 }
 

@@ -52,4 +52,7 @@ static inline bq_status env_i8_pf(int *pf)
     static const char *const v[3] = {"0", "1", "unsplit"};
     return env_knob("BQ_CUDA_I8_PF", v, 3, 0, pf);
 }
+// The GEMVs ask L2 for a warp's later tiles at their start (launch.cuh's l2_prefetch;
+// BQ_CUDA_L2PF), an experiment: 0 never (default until a device has measured it), 1 always
+static inline bq_status env_l2pf(int *on) { return env_switch("BQ_CUDA_L2PF", 0, on); }
 #endif

@@ -28,6 +28,23 @@ static __device__ __forceinline__ void pdl_go()
 #endif
 }
 
+// Asks L2 for bytes at p (16-byte aligned, a multiple of 16; sm_90's bulk prefetch):
+// nothing waits for it and nothing is written, so it is a hint that cannot change a
+// result. The GEMVs ask for a warp's later tiles before their pdl_wait (BQ_CUDA_L2PF):
+// a small launch's reads all in flight at once, and in flight while the kernel before
+// it runs. The CPU simulator checks the range and reads it (tests/cusim).
+static __device__ __forceinline__ void l2_prefetch(const void *p, unsigned bytes)
+{
+#if defined(BQ_CUSIM)
+    cusim_l2_prefetch(p, bytes);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
 // A kernel's dynamic shared memory (launch_ks's smem bytes); the CPU simulator
 // (tests/cusim) has its own.
 #ifndef BQ_DYN_SHARED
