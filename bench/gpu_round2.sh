@@ -27,8 +27,8 @@
 #     attention by k_attn_vec (BQ_CUDA_ATTN=vec): their tests, decode per PC_FORMATS x PC_VARIANTS (ROUNDS)
 #   STAGES=qdq: fake quantisation's kernels (twenty-second session) against the twentieth session's
 #     (BQ_CUDA_QDQ=0): test_cuda's fake-quantisation tests on the device, then gpu_bench --qdq (ROUNDS)
-#   STAGES=l2gemv: the GEMVs with each warp's later tiles asked of L2 first (BQ_CUDA_L2PF=1) against without, gpu_bench --gemv
-#     (ROUNDS interleaved); the decode A/B is the pieces stage's "+l2" variants (PC_VARIANTS)
+#   STAGES=l2gemv: the GEMVs with each warp's later tiles asked of L2 first (BQ_CUDA_L2PF=1): its tests (L2_BENCH_ONLY=1 skips
+#     them), then against without, gpu_bench --gemv (ROUNDS interleaved); the decode A/B is the pieces stage's "+l2" variants
 #   STAGES=offset: the int8 GEMV's 4-bit int codes as offset nibbles or through the slots' tables (BQ_CUDA_I8_OFF), gpu_bench --gemv
 #   STAGES=prefill: ppl of packed .bq files (PREFILL_FORMATS) from the fp16 and the int8 layouts
 #   STAGES=lcpp: llama.cpp (built from .peer/peers by bench/build_llama_cuda.sh) and blockq decoding the same GGUF files (LCPP_FORMATS)
@@ -199,7 +199,13 @@ case "$S" in *offset*)
 esac
 case "$S" in *l2gemv*)
     # twenty-fifth session: each warp's later tiles asked of L2 before the GEMV waits for the
-    # kernel before it (BQ_CUDA_L2PF=1) against without, one GEMV at a time, ROUNDS interleaved
+    # kernel before it, which lets it start early (BQ_CUDA_L2PF=1), against without: first
+    # test_cuda's GEMV tests (gemv_l2pf: the same bits with and without) and test_backend with
+    # it (every op and whole decodes against the CPU), then one GEMV at a time, ROUNDS interleaved
+    if [ -z "$L2_BENCH_ONLY" ]; then
+        BQ_CUDA_ONLY=gemv ./build/gpu/gpu/test_cuda >"$O/l2_gemvtest.txt" 2>&1; grep -v "^  GPU" "$O/l2_gemvtest.txt" | tail -4
+        BQ_CUDA_L2PF=1 ./build/gpu/tests/test_backend >"$O/l2_backend.txt" 2>&1; grep -v "^  decode" "$O/l2_backend.txt" | tail -4
+    fi
     for r in $(seq 1 "${ROUNDS:-1}"); do for v in 0 1; do
         BQ_CUDA_L2PF=$v ./build/gpu/gpu/gpu_bench --gemv --json "$O/l2_gemv_${v}_$r.jsonl" >"$O/l2_gemv_${v}_$r.txt" 2>&1; done
         python3 bench/gemv_ab.py "$O/l2_gemv_0_$r.jsonl" "$O/l2_gemv_1_$r.jsonl" "L2 prefetch (L2PF=1), round $r" all | tee -a "$O/l2_gemv.md"; done ;;

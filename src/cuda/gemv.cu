@@ -631,11 +631,10 @@ static __device__ __forceinline__ float pick4(const float (&p)[4], int i)
 // [k-step] of uint2, column 3 * tau + p holding piece p of token tau) and each
 // column's factor (xs: [n8 block][T][8]). One warp a tile.
 __global__ void __launch_bounds__(256) tc_split(const float *__restrict__ x, int cols, int n, int NT, uint2 *__restrict__ xf,
-                                                float *__restrict__ xs)
+                                                float *__restrict__ xs, bool early)
 {
     __shared__ __half pc[8][4][3][64];
-    pdl_wait();
-    pdl_go();
+    pdl_sync(early);
     const int wl = threadIdx.x >> 5, lane = threadIdx.x & 31, T = blockIdx.x * 8 + wl;
     if (T >= NT) return;
     float post[4], xv[4][2];
@@ -1035,12 +1034,12 @@ static __device__ __forceinline__ void i8_split_token(const float (&v)[2], int t
 }
 
 // Up to four tokens' pieces, once per call (the GEMV's own split). One warp a tile.
+// early: the GEMV may start before this kernel waits (launch.cuh's pdl_sync; BQ_CUDA_L2PF).
 __global__ void __launch_bounds__(256) i8_split(const float *__restrict__ x, int cols, int n, int NT, uint4 *__restrict__ xq,
-                                                float *__restrict__ xs)
+                                                float *__restrict__ xs, bool early)
 {
     __shared__ int8_t pc[8][I8_PIECES][64];
-    pdl_wait();
-    pdl_go();
+    pdl_sync(early);
     const int wl = threadIdx.x >> 5, lane = threadIdx.x & 31, T = blockIdx.x * 8 + wl;
     if (T >= NT) return;
     float xv[4][2];
@@ -1113,11 +1112,10 @@ __global__ void __launch_bounds__(1024) norm_i8(float *x, const float *res, unsi
 // act_i8: the MLP's activation in place (engine.cu's k_act: u = act(u, gate)), a warp a
 // tile as i8_split.
 __global__ void __launch_bounds__(256) act_i8(float *u, const float *g, int cols, int n, int act, int NT, uint4 *__restrict__ xq,
-                                              float *__restrict__ xs)
+                                              float *__restrict__ xs, bool early)
 {
     __shared__ int8_t pc[8][I8_PIECES][64];
-    pdl_wait();
-    pdl_go();
+    pdl_sync(early);
     const int wl = threadIdx.x >> 5, lane = threadIdx.x & 31, T = blockIdx.x * 8 + wl;
     if (T >= NT) return;
     for (int tau = 0; tau < n; tau++) {
@@ -1313,7 +1311,7 @@ static bq_status gemv_tensor_cores(const bq_cuda_w *const *ws, int count, const 
 {
     const bq_cuda_w *w = ws[0];
     if (ks == 1) {
-        launch_k(w->pdl, tc_split, (w->NT + 7) / 8, 256, d_x, w->cols, n, w->NT, (uint2 *)w->xf, w->xs);
+        launch_k(w->pdl, tc_split, (w->NT + 7) / 8, 256, d_x, w->cols, n, w->NT, (uint2 *)w->xf, w->xs, w->l2pf != 0);
         bq_status st = launched("GEMV activation split");
         if (st) return st;
     }
@@ -1345,7 +1343,7 @@ static bq_status gemv_int8(const bq_cuda_w *const *ws, int count, const float *d
 {
     const bq_cuda_w *w = ws[0];
     if (!ready) {
-        launch_k(w->pdl, i8_split, (w->NT + 7) / 8, 256, d_x, w->cols, n, w->NT, (uint4 *)w->xf, w->xs);
+        launch_k(w->pdl, i8_split, (w->NT + 7) / 8, 256, d_x, w->cols, n, w->NT, (uint4 *)w->xf, w->xs, w->l2pf != 0);
         bq_status st = launched("GEMV int8 activation pieces");
         if (st) return st;
     }
@@ -1475,7 +1473,7 @@ extern "C" bq_status bq_cuda_norm_pieces(const bq_cuda_w *w, float *d_x, const f
 extern "C" bq_status bq_cuda_act_pieces(const bq_cuda_w *w, float *d_u, const float *d_g, int rows, int act)
 {
     if (!bq_cuda_w_takes_pieces(w, rows)) return pieces_refused(w, rows, "activation");
-    launch_k(w->pdl, act_i8, (w->NT + 7) / 8, 256, d_u, d_g, w->cols, rows, act, w->NT, (uint4 *)w->xf, w->xs);
+    launch_k(w->pdl, act_i8, (w->NT + 7) / 8, 256, d_u, d_g, w->cols, rows, act, w->NT, (uint4 *)w->xf, w->xs, w->l2pf != 0);
     return launched("activation with the GEMV's pieces");
 }
 
