@@ -1,7 +1,7 @@
 """Batch-1 decode of the random 7B shape against its bandwidth bound (issue 17).
     python3 bench/decode_table.py DECODE.jsonl COPY_GBPS [--md]
 DECODE.jsonl: bench/timecmd.py lines named "decode FORMAT pdl=P", "decode FORMAT
-r21=base|fuse2|vec|fuse2+vec|fuse2-nopieces+vec[+tab|+pf|+pfu|+l2]" or "decode FORMAT gemv=fp16|int8[+fuse][+pf]" (generate --json as the last stdout line). The bound is the bytes a token reads (every linear's weights
+r21=base|fuse2|vec|fuse2+vec|fuse2-nopieces+vec[+tab|+pf|+pfu|+l2|+f6tab]" or "decode FORMAT gemv=fp16|int8[+fuse][+pf]" (generate --json as the last stdout line). The bound is the bytes a token reads (every linear's weights
 in the format, the bf16 head, the float32 KV cache at the run's mean position)
 over the device copy bandwidth measured in the same run; tokens/s are the median
 of the runs of each (format, pdl)."""
@@ -18,7 +18,7 @@ FLAGS = {"fuse": "fused kernels", "pf": "next tile prefetched"}
 # gpu_round2.sh's pieces variants (r21=A+B+...)
 R21 = {"base": "level 1", "fuse2": "FUSE=2", "fuse2-nopieces": "FUSE=2 without pieces", "vec": "attention vec",
        "pf": "next tile prefetched", "pfu": "next tile prefetched where unsplit", "tab": "4-bit ints by tables (I8_OFF=0)",
-       "l2": "L2 prefetch (L2PF=1)", "ring": "cp.async ring, 4 CTAs", "ring3": "cp.async ring, 3 CTAs"}  # (the cp.async ring: commits 907cae6..33255d7, not kept; bench/gpu/round24)
+       "l2": "L2 prefetch (L2PF=1)", "f6tab": "MXFP6 by table (F6=table)", "ring": "cp.async ring, 4 CTAs", "ring3": "cp.async ring, 3 CTAs"}  # (the cp.async ring: commits 907cae6..33255d7, not kept; bench/gpu/round24)
 
 
 def label_of(p):

@@ -26,6 +26,9 @@ CASES = [
     ("int4_b32_sfp16 (q4_0), int8 path (slots' tables)", "_Z7gemv_i8ILi4ELi32ELi2ELi1ELb0ELb0E", 2048 // 2 + 2 * 16 * 4),
     ("int4_b32_sfp16 (q4_0), int8 path (offset nibbles)", "_Z7gemv_i8ILi5ELi32ELi2ELi1ELb0ELb0E", 2048 // 2 + 2 * 16 * 4),
     ("MXINT8, int8 path", "_Z7gemv_i8ILi8ELi32ELi1ELi1ELb0ELb0E", 2048 + 2 * 16 * 2),
+    ("MXFP6 e2m3, fp16 path (table)", "_Z7gemv_tcILi3ELi32ELi1ELi1ELb0E", 2048 * 6 // 8 + 2 * 16 * 2),
+    ("MXFP6 e2m3, fp16 path (by bits)", "_Z7gemv_tcILi6ELi32ELi1ELi1ELb0E", 2048 * 6 // 8 + 2 * 16 * 2),
+    ("MXFP6 e3m2, fp16 path (by bits)", "_Z7gemv_tcILi7ELi32ELi1ELi1ELb0E", 2048 * 6 // 8 + 2 * 16 * 2),
 ]
 
 

@@ -272,6 +272,68 @@ static void gemv(void)
 void cusim_l2_take(unsigned long long *bytes, unsigned long long *bad);  /* tests/cusim_kernels.cc */
 #endif
 
+/* MXFP6 codes put into fp16 by their bits (the default) and through the 64-entry table
+ * (BQ_CUDA_F6=table): the first layout is the one asked for, and both give the same bits,
+ * GEMV (split and not) and unpacked to bf16, since the bits are the table's value times a
+ * power of two that comes back out after the sums. */
+static void gemv_f6(void)
+{
+    const char *wf[2] = {"mxfp6_e2m3", "mxfp6_e3m2"}, *want[2] = {"fp16 e2m3 by bits", "fp16 e3m2 by bits"};
+    const int shapes[][3] = {{96, 4096, 1}, {300, 1024, 3}, {37, 1056, 1}, {80, 512, 11}};
+    for (int fi = 0; fi < 2; fi++) {
+        bq_format *f;
+        OK(bq_format_parse(wf[fi], &f));
+        for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+            int R = shapes[si][0], C = shapes[si][1], n = shapes[si][2];
+            float *w = malloc((size_t)R * C * 4), *x = malloc((size_t)n * C * 4), *y[2][2], *poison = malloc((size_t)n * R * 4);
+            uint16_t *ub[2] = {malloc((size_t)R * C * 2), malloc((size_t)R * C * 2)};
+            for (size_t i = 0; i < (size_t)R * C; i++) w[i] = t_normal() * (t_rand() % 32 ? 0.05f : 3.0f);
+            for (size_t i = 0; i < (size_t)n * C; i++) x[i] = t_normal();
+            for (size_t i = 0; i < (size_t)n * R; i++) poison[i] = NAN;
+            pmat *m = NULL;
+            bq_status st = pmat_pack(f, w, R, C, NULL, &m);
+            float *dx = NULL, *dy = NULL;
+            void *db = NULL;
+            if (!st) st = bq_cuda_malloc((void **)&dx, (size_t)n * C * 4);
+            if (!st) st = bq_cuda_upload(dx, x, (size_t)n * C * 4);
+            if (!st) st = bq_cuda_malloc((void **)&dy, (size_t)n * R * 4);
+            if (!st) st = bq_cuda_malloc(&db, (size_t)R * C * 2);
+            for (int tab = 0; tab < 2; tab++) {
+                bq_cuda_w *gw = NULL;
+                if (tab) setenv("BQ_CUDA_F6", "table", 1);
+                if (!st) st = bq_cuda_w_upload_path(m, BQ_GEMV_FP16, &gw);
+                unsetenv("BQ_CUDA_F6");
+                const char *lay = gw ? bq_cuda_w_layout(gw) : "";
+                CHECK(st || !strcmp(lay, tab ? "fp16 6-bit table" : want[fi]), "%s with BQ_CUDA_F6=%s: laid out as %s", f->name,
+                      tab ? "table" : "(unset)", lay);
+                for (int ks = 1; ks >= 0; ks--) {
+                    y[tab][ks] = malloc((size_t)n * R * 4);
+                    if (!st) st = bq_cuda_upload(dy, poison, (size_t)n * R * 4);
+                    if (!st) st = bq_cuda_gemv_split(gw, dx, n, dy, ks);
+                    if (!st) st = bq_cuda_sync();
+                    if (!st) st = bq_cuda_download(y[tab][ks], dy, (size_t)n * R * 4);
+                }
+                if (!st) st = bq_cuda_w_to_bf16(gw, db);
+                if (!st) st = bq_cuda_download(ub[tab], db, (size_t)R * C * 2);
+                bq_cuda_w_free(gw);
+            }
+            size_t differ = 0, cnt = (size_t)n * R, ud = 0;
+            for (int ks = 0; !st && ks < 2; ks++)
+                for (size_t i = 0; i < cnt; i++) differ += memcmp(&y[0][ks][i], &y[1][ks][i], 4) != 0 || !isfinite(y[0][ks][i]);
+            for (size_t i = 0; !st && i < (size_t)R * C; i++) ud += ub[0][i] != ub[1][i];
+            CHECK(!st && differ == 0 && ud == 0, "GPU GEMV %s %dx%d n=%d by bits against the table: %zu of %zu outputs and %zu of %zu "
+                  "unpacked weights differ (%s)", f->name, R, C, n, differ, 2 * cnt, ud, (size_t)R * C, st ? bq_last_error() : "");
+            printf("  GPU GEMV %s %4dx%-4d n=%d by bits and by table: %zu outputs, %zu unpacked weights the same bits\n", f->name, R, C, n,
+                   2 * cnt - differ, (size_t)R * C - ud);
+            for (int t = 0; t < 2; t++) { free(y[t][0]); free(y[t][1]); free(ub[t]); }
+            bq_cuda_free(dx); bq_cuda_free(dy); bq_cuda_free(db);
+            pmat_free(m);
+            free(w); free(x); free(poison);
+        }
+        bq_format_free(f);
+    }
+}
+
 /* BQ_CUDA_L2PF=1 (read at upload): the tensor-core GEMVs ask L2 for each warp's later
  * tiles before they wait for the kernel before them. A hint, so the outputs must be
  * the same bits as without it, split or not; on the simulator each prefetch's range is
@@ -774,17 +836,21 @@ static void attention(void)
  * work, naming the variable (a CUDA=0 build refuses every upload). */
 static void knobs(void)
 {
-    const char *var[4] = {"BQ_CUDA_GEMV", "BQ_CUDA_I8_PF", "BQ_CUDA_I8_OFF", "BQ_CUDA_L2PF"}, *bad[4] = {"int4", "yes", "2", "on"};
+    const char *var[5] = {"BQ_CUDA_GEMV", "BQ_CUDA_I8_PF", "BQ_CUDA_I8_OFF", "BQ_CUDA_L2PF", "BQ_CUDA_F6"}, *bad[5] = {"int4", "yes", "2", "on", "1"};
     float w[64 * 64];
     for (int i = 0; i < 64 * 64; i++) w[i] = t_normal();
     bq_format *f;
     pmat *m;
     OK(bq_format_parse("mxfp4", &f));
     OK(pmat_pack(f, w, 64, 64, NULL, &m));
-    for (int k = 0; k < 4; k++) {
+    bq_format *f6;
+    pmat *m6;
+    OK(bq_format_parse("mxfp6_e2m3", &f6));
+    OK(pmat_pack(f6, w, 64, 64, NULL, &m6));
+    for (int k = 0; k < 5; k++) {
         bq_cuda_w *gw = NULL;
         setenv(var[k], bad[k], 1);
-        bq_status st = bq_cuda_w_upload(m, &gw);
+        bq_status st = bq_cuda_w_upload(k == 4 ? m6 : m, &gw);  /* (BQ_CUDA_F6 is read by 6-bit uploads) */
         int built = !strstr(bq_last_error(), "built without CUDA");
         CHECK(!gw && (built ? st == BQ_ERR_ARG && strstr(bq_last_error(), var[k]) : st != BQ_OK), "%s=%s must be refused at upload: %s",
               var[k], bad[k], bq_last_error());
@@ -792,6 +858,8 @@ static void knobs(void)
         bq_cuda_w_free(gw);
     }
     pmat_free(m);
+    pmat_free(m6);
+    bq_format_free(f6);
     /* and by fake quantisation, before it looks for a device */
     setenv("BQ_CUDA_QDQ", "2", 1);
     bq_status st = bq_cuda_qdq(f, w, w, 1, 64, NULL);
@@ -847,7 +915,7 @@ int main(void)
         unsetenv("BQ_CUDA_QDQ");
     }
     if (!only || strstr(only, "gemv")) {
-        gemv(); gemv_multi(11); gemv_pieces(); gemv_refusal(); gemv_l2pf();
+        gemv(); gemv_multi(11); gemv_pieces(); gemv_refusal(); gemv_l2pf(); gemv_f6();
         setenv("BQ_CUDA_L2PF", "1", 1);  /* up to three matrices in one launch (one token), each its own tiles asked of L2 */
         gemv_multi(1);
         unsetenv("BQ_CUDA_L2PF");

@@ -41,6 +41,8 @@ typedef enum { BQ_GEMV_DEFAULT, BQ_GEMV_FP16, BQ_GEMV_INT8 } bq_gemv_path;
 bq_status bq_cuda_w_upload_path(const pmat *m, bq_gemv_path path, bq_cuda_w **out);
 /* The path w was laid out for (BQ_GEMV_FP16 or BQ_GEMV_INT8). */
 bq_gemv_path bq_cuda_w_path(const bq_cuda_w *w);
+/* Its layout in words, for tests and benchmarks: "fp16 e2m3 by bits", "int8 offset nibbles", ... */
+const char *bq_cuda_w_layout(const bq_cuda_w *w);
 void bq_cuda_w_free(bq_cuda_w *w);
 size_t bq_cuda_w_bytes(const bq_cuda_w *w);
 /* Whether its GEMVs are launched programmatically (src/cuda/launch.cuh; on by default). */

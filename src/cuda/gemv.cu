@@ -37,12 +37,13 @@ struct bq_cuda_w {
     signed char lut[16];       // 4-bit code -> integer
     size_t bytes;
     // tensor-core layout (tc != 0): 1 = e2m1 nibbles, 2 = integer nibbles (v + 8),
-    // 3 = 6-bit codes (low nibbles as the others, top bits in `hi`) through a table
+    // 3 = 6-bit codes (low nibbles as the others, top bits in `hi`) through a table,
+    // 6 and 7 = 6-bit minifloat codes (e2m3, e3m2) put into fp16 by their bits (mf6_view)
     int tc, NT, R16, SBT;      // 64-column tiles, rows padded to 16, scale bytes per row and tile
     int KT;                    // columns a stored scale covers inside a tile: K, or 64 for blocks of 64 and more
                                // (int groups with float32 scales: each tile holds its group's scale)
     float cmode;               // weight = fp16(nibble) * cmode * factor
-    uint2 *hi;                 // 6-bit codes (tc == 3): their top two bits, per lane and tile
+    uint2 *hi;                 // 6-bit codes (tc 3, 6, 7): their top two bits, per lane and tile
     unsigned short *lut6;      //   and code -> fp16 value (64 entries)
     unsigned short lut6_host[64];  //   (the same, for same_layout)
     int i8;                    // int8 tensor-core layout (i8_layout.h): mode 8, 4 or 5 (4-bit offset nibbles); tc is 0 then
@@ -144,9 +145,12 @@ static void tile_scales(uint8_t *tsc, const bq_cuda_w *w, int r, const uint32_t 
 // (g, t) of a warp reads 16 bytes: word s holds its A fragment of k-step s of the
 // m16n8k16 MMA, half2 j (j = row g / g+8 + 2 * (k+8)) in nibbles j (low half) and
 // j + 4 (high half). Scales: [G][T][16 rows][SBT bytes]. Row r's codes go in as
-// their low four bits; with `hi` (6-bit codes), the top two bits go to that plane:
-// 8 bytes per lane and tile, word s in bits 16s..16s+15, half2 j's low and high
-// element at bits 4j and 4j + 2.
+// their low four bits; with `hi` (6-bit codes), the top two bits go to that plane,
+// 8 bytes per lane and tile. Through the table (tc 3): word s in bits 16s..16s+15,
+// half2 j's low and high element at bits 4j and 4j + 2. By their bits (tc 6, 7):
+// words s and s + 1 (s even) in the 32 bits at byte 2s, the low element's code bit 4
+// at bit q = j + 8 (s % 2) and its sign at q + 4, the high element's at q + 16 and
+// q + 20 (half2_mf6: one shift places both elements' bits).
 static void tc_place(uint8_t *tiles, uint8_t *hi, uint8_t *tsc, const bq_cuda_w *w, int r, const uint8_t *code, const uint32_t *sc)
 {
     int G = r / 16, rr = r % 16;
@@ -175,10 +179,16 @@ static void tc_place(uint8_t *tiles, uint8_t *hi, uint8_t *tsc, const bq_cuda_w 
             uint8_t *word = tiles + at * 16 + s * 4;
             int bit = 4 * j + 16 * hb;
             word[bit / 8] = (uint8_t)((word[bit / 8] & ~(0xF << bit % 8)) | (code[k] & 15) << bit % 8);
-            if (hi) {
+            if (hi && w->tc == 3) {
                 uint8_t *p = hi + at * 8 + s * 2;
                 bit = 4 * j + 2 * hb;
                 p[bit / 8] = (uint8_t)((p[bit / 8] & ~(3 << bit % 8)) | (code[k] >> 4) << bit % 8);
+            } else if (hi) {  // tc 6, 7 (half2_mf6): code bit 4 at bit q, the sign at q + 4 of word s / 2
+                uint8_t *p = hi + at * 8 + (s / 2) * 4;
+                int q = j + 8 * (s % 2) + 16 * hb;
+                p[q / 8] = (uint8_t)((p[q / 8] & ~(1 << q % 8)) | ((code[k] >> 4) & 1) << q % 8);
+                q += 4;
+                p[q / 8] = (uint8_t)((p[q / 8] & ~(1 << q % 8)) | ((code[k] >> 5) & 1) << q % 8);
             }
         }
     }
@@ -281,6 +291,23 @@ static bq_status place_upload(const pmat *m, bq_cuda_w *w, size_t rb, size_t sb,
     return BQ_OK;
 }
 
+// 6-bit minifloat codes by their bits (tc 6, 7): code c's fp16 bits are the sign at bit
+// 15 and the five magnitude bits at P..P + 4 (P = 7: e2m3, exponent bits 11..10; P = 8:
+// e3m2, 12..10), which is c's value times 2^-14 (e2m3) or 2^-12 (e3m2), subnormals
+// included, as both formats share fp16's subnormal rule. *cmode: that factor's
+// inverse, where every one of the 64 values is exactly fp16 * cmode; 0 if no P gives it.
+static unsigned short mf6_bits(int c, int P) { return (unsigned short)((c & 32 ? 0x8000 : 0) | (c & 31) << P); }
+static int mf6_view(const float *vlut, float *cmode)
+{
+    for (int P = 7; P <= 8; P++) {
+        float cm = vlut[1] / __half2float(__ushort_as_half(mf6_bits(1, P)));
+        int ok = cm > 0.0f && cm == ldexpf(1.0f, ilogbf(cm));  // (a power of two)
+        for (int c = 0; c < 64 && ok; c++) ok = __half2float(__ushort_as_half(mf6_bits(c, P))) * cm == vlut[c];
+        if (ok) { *cmode = cm; return P == 7 ? 6 : 7; }
+    }
+    return 0;
+}
+
 // The fp16 tensor-core layout (4-bit codes), the 6-bit one, or rows (8-bit codes).
 static bq_status upload_fp16(const pmat *m, bq_cuda_w **out)
 {
@@ -374,6 +401,13 @@ extern "C" bq_status bq_cuda_w_upload_path(const pmat *m, bq_gemv_path path, bq_
 
 extern "C" bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out) { return bq_cuda_w_upload_path(m, BQ_GEMV_DEFAULT, out); }
 extern "C" bq_gemv_path bq_cuda_w_path(const bq_cuda_w *w) { return w->i8 ? BQ_GEMV_INT8 : BQ_GEMV_FP16; }
+extern "C" const char *bq_cuda_w_layout(const bq_cuda_w *w)
+{
+    if (w->i8) return w->i8 == 8 ? "int8 8-bit codes" : w->i8 == 5 ? "int8 offset nibbles" : "int8 4-bit tables";
+    static const char *const tc[8] = {"fp16 rows", "fp16 e2m1 nibbles", "fp16 integer nibbles", "fp16 6-bit table", "?", "?",
+                                      "fp16 e2m3 by bits", "fp16 e3m2 by bits"};
+    return w->tc >= 0 && w->tc < 8 ? tc[w->tc] : "?";
+}
 
 // 6-bit block formats (MXFP6 e2m3/e3m2, BFP6), held as a bit stream on the CPU:
 // value = vlut[code] * s1 * s2 with 8-bit scale codes. On the device the tensor-core
@@ -408,13 +442,18 @@ static bq_status upload6(const pmat *m, bq_cuda_w **out)
     if (!w) return bq_fail(BQ_ERR_NOMEM, "out of memory");
     w->rows = m->rows; w->cols = m->cols; w->eb = 6; w->K = w->KT = K; w->nb = m->cols / K; w->sbytes = 1; w->emult = 1.0f;
     w->tc = 3; w->cmode = 1.0f; w->pdl = 1;
+    int bits;  // BQ_CUDA_F6: 1 (default) minifloat codes by their bits where they allow it, 0 all through the table
+    bq_status st = env_f6_bits(&bits);
+    if (st) { free(w); return st; }
+    int v = bits ? mf6_view(m->vlut, &w->cmode) : 0;
+    if (v) w->tc = v;
     tc_shape(w);
     size_t ncode = (size_t)w->R16 * w->NT * 32, nscale = (size_t)w->R16 * w->NT * w->SBT, nhi = (size_t)w->R16 / 16 * w->NT * 32 * 8;
     size_t psize = bq_packed_size(f, (size_t)m->rows, (size_t)m->cols), prb = pack_row_bytes(f, (size_t)m->cols);
     uint8_t *packed = (uint8_t *)malloc(psize), *codes = (uint8_t *)calloc(ncode, 1), *scales = (uint8_t *)calloc(nscale, 1),
             *hi = (uint8_t *)calloc(nhi, 1), *ec = (uint8_t *)malloc((size_t)m->cols);
     uint32_t *sc = (uint32_t *)malloc((size_t)w->nb * 4);
-    bq_status st = packed && codes && scales && hi && ec && sc ? pmat_to_packed(m, packed, psize) : bq_fail(BQ_ERR_NOMEM, "out of memory");
+    st = packed && codes && scales && hi && ec && sc ? pmat_to_packed(m, packed, psize) : bq_fail(BQ_ERR_NOMEM, "out of memory");
     for (int r = 0; r < m->rows && !st; r++) {
         pack_row_codes(f, packed + pack_header_bytes(f) + (size_t)r * prb, (size_t)m->cols, sc, ec);
         tc_place(codes, hi, scales, w, r, ec, sc);
@@ -681,12 +720,32 @@ static __device__ __forceinline__ uint32_t half2_6(uint32_t wd, uint32_t h16, co
     return (uint32_t)l6[lo] | (uint32_t)l6[hi] << 16;
 }
 
+// 6-bit minifloat codes by their bits (tc 6: P = 7, e2m3; 7: P = 8, e3m2; mf6_view):
+// half2 J of word wd, its magnitudes' low four bits from nibbles J and J + 4 to bits
+// P.. of each half, code bit 4 and the sign from X (the top bits of words s, s + 1 at
+// q = J + o, o = 8 (s % 2); tc_place) to bits P + 4 and 15.
+template <int P, int J>
+static __device__ __forceinline__ uint32_t half2_mf6(uint32_t wd, uint32_t X, int o)
+{
+    const int q = J + o;
+    uint32_t lo = (P >= 4 * J ? wd << (P - 4 * J) : wd >> (4 * J - P)) & (0x000F000Fu << P);
+    if (P == 7) return lo | ((X << (11 - q)) & 0x88008800u);  // bit 4 to 11, the sign to 15: one shift
+    return lo | ((X << (P + 4 - q)) & (0x00100010u << P)) | ((X << (11 - q)) & 0x80008000u);
+}
+template <int MODE> constexpr bool tc_has_hi = MODE == 3 || MODE == 6 || MODE == 7;  // (a second plane of top bits)
+
 // The four half2 of A-fragment word s (codes wd; for 6-bit codes, hp holds the
 // top bits of all four words).
 template <int MODE>
 static __device__ __forceinline__ void word_halves(uint32_t wd, uint2 hp, int s, const unsigned short *l6, uint32_t (&a)[4])
 {
-    if (MODE == 3) {
+    if (MODE == 6 || MODE == 7) {
+        constexpr int P = MODE == 6 ? 7 : 8;
+        const uint32_t X = s < 2 ? hp.x : hp.y;
+        const int o = 8 * (s & 1);
+        a[0] = half2_mf6<P, 0>(wd, X, o); a[1] = half2_mf6<P, 1>(wd, X, o);
+        a[2] = half2_mf6<P, 2>(wd, X, o); a[3] = half2_mf6<P, 3>(wd, X, o);
+    } else if (MODE == 3) {
         uint32_t h16 = (s < 2 ? hp.x : hp.y) >> (16 * (s & 1));
         a[0] = half2_6<0>(wd, h16, l6); a[1] = half2_6<1>(wd, h16, l6);
         a[2] = half2_6<2>(wd, h16, l6); a[3] = half2_6<3>(wd, h16, l6);
@@ -850,7 +909,7 @@ __global__ void __launch_bounds__(256) gemv_tc(const tc_mats M, const float *__r
         for (int rg = 0; rg < RG; rg++) {
             int G = min(G0 + rg, ngroups - 1);
             q.c[rg] = __ldg(codes + ((size_t)G * NT + T) * 32 + lane);
-            q.hp[rg] = MODE == 3 ? __ldg(hip + ((size_t)G * NT + T) * 32 + lane) : make_uint2(0, 0);
+            q.hp[rg] = tc_has_hi<MODE> ? __ldg(hip + ((size_t)G * NT + T) * 32 + lane) : make_uint2(0, 0);
             const uint8_t *sp = scales + (((size_t)G * NT + T) * 16 + g) * SBT;
             q.sg[rg] = tile_scale_word<SBT>(sp);
             q.sg8[rg] = tile_scale_word<SBT>(sp + 8 * SBT);
@@ -938,7 +997,7 @@ __global__ void __launch_bounds__(256) gemv_tc(const tc_mats M, const float *__r
     };
     // the weights need no earlier kernel: the first tile's are in flight while the
     // kernel that wrote x finishes (launch.cuh), and with M.l2pf the rest asked of L2
-    if (M.l2pf) tiles_to_l2<RG>(codes, 512, hip, MODE == 3 ? 256 : 0, scales, 16 * SBT, G0, ngroups, NT, T0, T1);
+    if (M.l2pf) tiles_to_l2<RG>(codes, 512, hip, tc_has_hi<MODE> ? 256 : 0, scales, 16 * SBT, G0, ngroups, NT, T0, T1);
     if (T0 < T1) fetch_w(S, T0);
     pdl_wait();
     pdl_go();
@@ -1330,6 +1389,10 @@ static bq_status gemv_tensor_cores(const bq_cuda_w *const *ws, int count, const 
     else if (w->tc == 2 && w->KT == 64 && w->sbytes == 4) { L2(2, 64, 4); }
     else if (w->tc == 3 && w->KT == 32) { L2(3, 32, 1); }
     else if (w->tc == 3 && w->KT == 16) { L2(3, 16, 1); }
+    else if (w->tc == 6 && w->KT == 32) { L2(6, 32, 1); }
+    else if (w->tc == 6 && w->KT == 16) { L2(6, 16, 1); }
+    else if (w->tc == 7 && w->KT == 32) { L2(7, 32, 1); }
+    else if (w->tc == 7 && w->KT == 16) { L2(7, 16, 1); }
     else return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: no tensor-core kernel for blocks of %d, %d-byte scales", w->K, w->sbytes);
 #undef L2
 #undef L
@@ -1524,7 +1587,7 @@ __global__ void __launch_bounds__(256) unpack_tc(const uint4 *__restrict__ codes
     const int T = (int)(wid % NT), G = (int)(wid / NT), SBT = (64 / K) * SB;
     uint4 c = codes[wid * 32 + lane];
     uint32_t wd[4] = {c.x, c.y, c.z, c.w};
-    uint2 hp = MODE == 3 ? hip[wid * 32 + lane] : make_uint2(0, 0);
+    uint2 hp = tc_has_hi<MODE> ? hip[wid * 32 + lane] : make_uint2(0, 0);
     float f[2][4];  // rows g, g + 8; the tile's 16-column quarters (kk's: s; 2t < 8 never crosses one)
     quarter_factors(scales, wid, g, SBT, SB, K, factor, emult, f);
 #pragma unroll
@@ -1629,6 +1692,8 @@ static bq_status unpack(const bq_cuda_w *w, OT *d_out)
                          w->rows, w->cols, w->NT, w->KT, w->sbytes, d_out, w->hi, w->lut6)
         if (w->tc == 1) U(1);
         else if (w->tc == 2) U(2);
+        else if (w->tc == 6) U(6);
+        else if (w->tc == 7) U(7);
         else U(3);
 #undef U
     } else {

@@ -52,6 +52,14 @@ static inline bq_status env_i8_pf(int *pf)
     static const char *const v[3] = {"0", "1", "unsplit"};
     return env_knob("BQ_CUDA_I8_PF", v, 3, 0, pf);
 }
+// 6-bit minifloat codes (MXFP6) on the fp16 GEMV: 1 (default) put into fp16 by their bits,
+// 0 through the 64-entry table in shared memory as before (BQ_CUDA_F6=table)
+static inline bq_status env_f6_bits(int *bits)
+{
+    static const char *const v[2] = {"table", "bits"};
+    return env_knob("BQ_CUDA_F6", v, 2, 1, bits);
+}
+
 // The GEMVs ask L2 for a warp's later tiles at their start (launch.cuh's l2_prefetch;
 // BQ_CUDA_L2PF), an experiment: 0 never (default until a device has measured it), 1 always
 static inline bq_status env_l2pf(int *on) { return env_switch("BQ_CUDA_L2PF", 0, on); }

@@ -26,6 +26,7 @@ int bq_cuda_qdq_reads_back(const bq_format *f) { (void)f; return 0; }
 bq_status bq_cuda_w_upload(const pmat *m, bq_cuda_w **out) { (void)m; *out = NULL; return none(); }
 bq_status bq_cuda_w_upload_path(const pmat *m, bq_gemv_path path, bq_cuda_w **out) { (void)m; (void)path; *out = NULL; return none(); }
 bq_gemv_path bq_cuda_w_path(const bq_cuda_w *w) { (void)w; return BQ_GEMV_FP16; }
+const char *bq_cuda_w_layout(const bq_cuda_w *w) { (void)w; return "none (built without CUDA)"; }
 int bq_cuda_w_gemv_max(const bq_cuda_w *w) { (void)w; return 0; }
 void bq_cuda_w_free(bq_cuda_w *w) { (void)w; }
 size_t bq_cuda_w_bytes(const bq_cuda_w *w) { (void)w; return 0; }
