@@ -405,6 +405,58 @@ static void gemv_l2pf(void)
     }
 }
 
+/* Weights near the top of float's range (block scales up to 2^114): the tensor-core
+ * layouts hold e2m1 and 6-bit codes as fp16 values times 2^-14 or so, and that factor
+ * must come back out without overflowing: unpacked to float32 they are the CPU's decoded
+ * values (bit for bit where the scales are powers of two), and the GEMV is finite and
+ * within 1e-5 of the reference. */
+static void gemv_huge(void)
+{
+    const char *wf[] = {"mxfp4", "nvfp4", "mxfp6_e2m3", "mxfp6_e3m2", "int4_b32_sfp16"};
+    const int R = 37, C = 1056, n = 1;
+    for (size_t fi = 0; fi < sizeof wf / sizeof *wf; fi++) {
+        bq_format *f;
+        OK(bq_format_parse(wf[fi], &f));
+        float *w = malloc((size_t)R * C * 4), *wq = malloc((size_t)R * C * 4), *wg = malloc((size_t)R * C * 4), *x = malloc((size_t)n * C * 4),
+              *y = malloc((size_t)n * R * 4);
+        double *ref = malloc((size_t)n * R * sizeof *ref);
+        for (size_t i = 0; i < (size_t)R * C; i++) w[i] = t_normal() * 0x1p116f;
+        for (size_t i = 0; i < (size_t)n * C; i++) x[i] = t_normal() * 0x1p-10f;
+        pmat *m = NULL;
+        bq_status st = pmat_pack(f, w, R, C, NULL, &m);
+        if (!st) { pmat_decode(m, 0, R, wq); t_ref_gemv(wq, x, R, C, n, ref); }
+        bq_cuda_w *gw = NULL;
+        float *dx = NULL, *dy = NULL, *dw = NULL;
+        if (!st) st = bq_cuda_w_upload_path(m, BQ_GEMV_FP16, &gw);
+        if (!st) st = bq_cuda_malloc((void **)&dw, (size_t)R * C * 4);
+        if (!st) st = bq_cuda_w_to_f32(gw, dw);
+        if (!st) st = bq_cuda_download(wg, dw, (size_t)R * C * 4);
+        if (!st) st = bq_cuda_malloc((void **)&dx, (size_t)n * C * 4);
+        if (!st) st = bq_cuda_upload(dx, x, (size_t)n * C * 4);
+        if (!st) st = bq_cuda_malloc((void **)&dy, (size_t)n * R * 4);
+        if (!st) st = bq_cuda_gemv(gw, dx, n, dy);
+        if (!st) st = bq_cuda_sync();
+        if (!st) st = bq_cuda_download(y, dy, (size_t)n * R * 4);
+        size_t bad = 0;
+        float top = 0.0f;
+        /* NVFP4: the GPU takes each block's factor (s1 s2) emult at once, as the CPU's packed
+         * GEMV does, where the CPU's decode multiplies in three steps: 2^-21 apart at most */
+        const double tol = strcmp(wf[fi], "nvfp4") ? 0.0 : 0x1p-21;
+        for (size_t i = 0; !st && i < (size_t)R * C; i++) {
+            bad += !isfinite(wg[i]) || fabs((double)wg[i] - wq[i]) > tol * fabs((double)wq[i]);
+            top = fmaxf(top, fabsf(wq[i]));
+        }
+        double e = st ? INFINITY : rel_err(y, ref, (size_t)n * R);
+        CHECK(!st && bad == 0 && e < 1e-5, "GPU %s (%s) with weights up to %.3g: %zu of %d unpacked values differ from the CPU's, GEMV %.2e "
+              "from the reference (%s)", f->name, gw ? bq_cuda_w_layout(gw) : "-", top, bad, R * C, e, st ? bq_last_error() : "");
+        bq_cuda_free(dx); bq_cuda_free(dy); bq_cuda_free(dw);
+        bq_cuda_w_free(gw);
+        pmat_free(m);
+        bq_format_free(f);
+        free(w); free(wq); free(wg); free(x); free(y); free(ref);
+    }
+}
+
 /* A format the GPU cannot hold packed is refused, not approximated: BFP6's two scale
  * factors do not always multiply to one float exactly. */
 static void gemv_refusal(void)
@@ -915,7 +967,7 @@ int main(void)
         unsetenv("BQ_CUDA_QDQ");
     }
     if (!only || strstr(only, "gemv")) {
-        gemv(); gemv_multi(11); gemv_pieces(); gemv_refusal(); gemv_l2pf(); gemv_f6();
+        gemv(); gemv_multi(11); gemv_pieces(); gemv_refusal(); gemv_l2pf(); gemv_f6(); gemv_huge();
         setenv("BQ_CUDA_L2PF", "1", 1);  /* up to three matrices in one launch (one token), each its own tiles asked of L2 */
         gemv_multi(1);
         unsetenv("BQ_CUDA_L2PF");

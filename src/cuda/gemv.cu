@@ -1591,10 +1591,6 @@ __global__ void __launch_bounds__(256) unpack_tc(const uint4 *__restrict__ codes
     float f[2][4];  // rows g, g + 8; the tile's 16-column quarters (kk's: s; 2t < 8 never crosses one)
     quarter_factors(scales, wid, g, SBT, SB, K, factor, emult, f);
 #pragma unroll
-    for (int h = 0; h < 2; h++)
-#pragma unroll
-        for (int q = 0; q < 4; q++) f[h][q] *= cmode;
-#pragma unroll
     for (int s = 0; s < 4; s++) {
         uint32_t h[4];
         word_halves<MODE>(wd[s], hp, s, lut6, h);
@@ -1602,8 +1598,8 @@ __global__ void __launch_bounds__(256) unpack_tc(const uint4 *__restrict__ codes
         for (int j = 0; j < 4; j++) {
             int kk = 16 * s + 2 * t + 8 * (j >> 1);
             float fj = f[j & 1][s];
-            float2 v = __half22float2(*(const __half2 *)&h[j]);
-            put2(&tile[wl][g + 8 * (j & 1)][kk], v.x * fj, v.y * fj);
+            float2 v = __half22float2(*(const __half2 *)&h[j]);  // value * 2^-k: cmode first, exactly (factor * cmode can overflow)
+            put2(&tile[wl][g + 8 * (j & 1)][kk], (v.x * cmode) * fj, (v.y * cmode) * fj);
         }
     }
     __syncwarp();
