@@ -405,12 +405,13 @@ static void gemv_l2pf(void)
     }
 }
 
-/* Weights near the top of float's range (block scales up to 2^114): the tensor-core
- * layouts hold e2m1 and 6-bit codes as fp16 values times 2^-14 or so, and that factor
- * must come back out without overflowing: unpacked to float32 they are the CPU's decoded
- * values (bit for bit where the scales are powers of two), and the GEMV is finite and
- * within 1e-5 of the reference. */
-static void gemv_huge(void)
+/* Weights near either end of float's range (scale 2^116: block scales up to 2^114;
+ * 2^-118 with outputs near 2^-123): the tensor-core layouts hold e2m1 and 6-bit codes as
+ * fp16 values times 2^-14 or so, and that factor must come back without overflowing for
+ * the first and without pushing the sums under float's normal range for the second
+ * (gemv.cu's fold_cmode): unpacked to float32 they are the CPU's decoded values (bit for
+ * bit where the scales are powers of two), and the GEMV is within 1e-5 of the reference. */
+static void gemv_extreme(float scale)
 {
     const char *wf[] = {"mxfp4", "nvfp4", "mxfp6_e2m3", "mxfp6_e3m2", "int4_b32_sfp16"};
     const int R = 37, C = 1056, n = 1;
@@ -420,7 +421,7 @@ static void gemv_huge(void)
         float *w = malloc((size_t)R * C * 4), *wq = malloc((size_t)R * C * 4), *wg = malloc((size_t)R * C * 4), *x = malloc((size_t)n * C * 4),
               *y = malloc((size_t)n * R * 4);
         double *ref = malloc((size_t)n * R * sizeof *ref);
-        for (size_t i = 0; i < (size_t)R * C; i++) w[i] = t_normal() * 0x1p116f;
+        for (size_t i = 0; i < (size_t)R * C; i++) w[i] = t_normal() * scale;
         for (size_t i = 0; i < (size_t)n * C; i++) x[i] = t_normal() * 0x1p-10f;
         pmat *m = NULL;
         bq_status st = pmat_pack(f, w, R, C, NULL, &m);
@@ -967,7 +968,7 @@ int main(void)
         unsetenv("BQ_CUDA_QDQ");
     }
     if (!only || strstr(only, "gemv")) {
-        gemv(); gemv_multi(11); gemv_pieces(); gemv_refusal(); gemv_l2pf(); gemv_f6(); gemv_huge();
+        gemv(); gemv_multi(11); gemv_pieces(); gemv_refusal(); gemv_l2pf(); gemv_f6(); gemv_extreme(0x1p116f); gemv_extreme(0x1p-118f);
         setenv("BQ_CUDA_L2PF", "1", 1);  /* up to three matrices in one launch (one token), each its own tiles asked of L2 */
         gemv_multi(1);
         unsetenv("BQ_CUDA_L2PF");

@@ -270,6 +270,33 @@ static void place_rows(void *arg, size_t g0, size_t g1)
     free(sc);
 }
 
+// The tensor-core layouts hold e2m1 and 6-bit minifloat codes as fp16 values 2^-14 or
+// so times the grid's (cmode brings them back). Where cmode comes back at the end of the
+// sums, the sums run 2^-14 below the output, and outputs under about 2^-112 lose bits
+// as float subnormals; where it comes into the blocks' factors, the sums run as the
+// grid values' would, but a factor over about 2^113 times cmode is Inf. So the factors
+// take cmode (the device table for 1-byte scales, emult for the others) where the
+// matrix's largest block factor is at most 2^100, as any real checkpoint's is, and
+// cmode stays at the end for the rest: weights near float's top (test_cuda's gemv_huge
+// and gemv_tiny). fac: the 256 factors of 1-byte scale codes, tsc the tile scales.
+static void fold_cmode(bq_cuda_w *w, const uint8_t *tsc, size_t nscale, float *fac)
+{
+    if (!w->tc || w->cmode == 1.0f) return;
+    const int sb = w->sbytes;
+    float top = 0.0f;
+    for (size_t i = 0; i + sb <= nscale; i += sb) {
+        uint32_t code = 0;
+        memcpy(&code, tsc + i, (size_t)sb);
+        float f = sb == 1 ? fac[code] : sb == 2 ? __half2float(__ushort_as_half((unsigned short)code)) * w->emult : 0.0f;
+        if (sb == 4) { memcpy(&f, &code, 4); f *= w->emult; }
+        if (fabsf(f) > top) top = fabsf(f);  // (NaN scales give NaN either way)
+    }
+    if (top > 0x1p100f) return;
+    if (sb == 1) for (int c = 0; c < 256; c++) fac[c] *= w->cmode;  // (codes this matrix does not use may go to Inf: never read)
+    else w->emult *= w->cmode;
+    w->cmode = 1.0f;
+}
+
 // w's codes and scales laid out by place_rows (16-row groups over all cores, a
 // tile's rows sharing bytes, straight from the panels; codes first filled with the
 // byte pad) and taken to the device: *out = w, or w freed on failure.
@@ -284,7 +311,10 @@ static bq_status place_upload(const pmat *m, bq_cuda_w *w, size_t rb, size_t sb,
         bq_parallel_for(((size_t)m->rows + 15) / 16, (size_t)m->rows * m->cols < (1u << 22) ? 1 : 0, place_rows, &pj);
         if (pj.oom) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
     }
-    if (!st) st = w_to_device(w, codes, ncode, scales, nscale, m->sc, NULL, 0, NULL);
+    float fac[256];
+    memcpy(fac, m->sc, sizeof fac);
+    if (!st) fold_cmode(w, scales, nscale, fac);
+    if (!st) st = w_to_device(w, codes, ncode, scales, nscale, fac, NULL, 0, NULL);
     free(codes); free(scales);
     if (st) { bq_cuda_w_free(w); return st; }
     *out = w;
@@ -458,6 +488,7 @@ static bq_status upload6(const pmat *m, bq_cuda_w **out)
         pack_row_codes(f, packed + pack_header_bytes(f) + (size_t)r * prb, (size_t)m->cols, sc, ec);
         tc_place(codes, hi, scales, w, r, ec, sc);
     }
+    if (!st) fold_cmode(w, scales, nscale, fac);
     if (!st) st = w_to_device(w, codes, ncode, scales, nscale, fac, hi, nhi, lut6);
     free(packed); free(codes); free(scales); free(hi); free(ec); free(sc);
     if (st) { bq_cuda_w_free(w); return st; }
