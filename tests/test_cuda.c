@@ -361,8 +361,10 @@ static void gemv_l2pf(void)
             if (!st) st = bq_cuda_malloc((void **)&dx, (size_t)n * C * 4);
             if (!st) st = bq_cuda_upload(dx, x, (size_t)n * C * 4);
             if (!st) st = bq_cuda_malloc((void **)&dy, (size_t)n * R * 4);
+#ifdef BQ_CUDA_SIM
             unsigned long long pbytes = 0, pbad = 0;
             size_t wbytes = 0;
+#endif
             for (int on = 0; on < 2; on++)
                 for (int ks = 1; ks >= 0; ks--) {
                     y[on][ks] = malloc((size_t)n * R * 4);
@@ -383,7 +385,9 @@ static void gemv_l2pf(void)
                     CHECK(on || (b == 0 && bd == 0), "GPU GEMV %s %dx%d without BQ_CUDA_L2PF prefetched %llu bytes", f->name, R, C, b);
                     if (on) { pbytes += b; pbad += bd; }
 #endif
+#ifdef BQ_CUDA_SIM
                     if (gw) wbytes = bq_cuda_w_bytes(gw);
+#endif
                     bq_cuda_w_free(gw);
                 }
             size_t differ = 0, cnt = (size_t)n * R;

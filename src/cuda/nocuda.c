@@ -73,6 +73,7 @@ bq_status bq_cuda_gemv_multi_ready(const bq_cuda_w *const *ws, int count, const 
     return none();
 }
 bq_status bq_cuda_w_to_bf16(const bq_cuda_w *w, void *d_out) { (void)w; (void)d_out; return none(); }
+bq_status bq_cuda_w_to_f32(const bq_cuda_w *w, float *d_out) { (void)w; (void)d_out; return none(); }
 bq_status bq_cuda_gemm_mx8(int kind, const void *a, const uint8_t *sa, const void *b, const uint8_t *sb, float *c, int M,
                            int N, int K)
 {
