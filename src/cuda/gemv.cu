@@ -277,8 +277,8 @@ static void place_rows(void *arg, size_t g0, size_t g1)
 // grid values' would, but a factor over about 2^113 times cmode is Inf. So the factors
 // take cmode (the device table for 1-byte scales, emult for the others) where the
 // matrix's largest block factor is at most 2^100, as any real checkpoint's is, and
-// cmode stays at the end for the rest: weights near float's top (test_cuda's gemv_huge
-// and gemv_tiny). fac: the 256 factors of 1-byte scale codes, tsc the tile scales.
+// cmode stays at the end for the rest: weights near float's top (test_cuda's gemv_extreme
+// checks both ends). fac: the 256 factors of 1-byte scale codes, tsc the tile scales.
 static void fold_cmode(bq_cuda_w *w, const uint8_t *tsc, size_t nscale, float *fac)
 {
     if (!w->tc || w->cmode == 1.0f) return;
