@@ -141,6 +141,9 @@ static void tile_scales(uint8_t *tsc, const bq_cuda_w *w, int r, const uint32_t 
         }
 }
 
+// A 6-bit code's bit 4 at bit 0 and its sign (bit 5) at bit 4 (tc 6, 7).
+static uint32_t mf6_top(uint8_t c) { return (uint32_t)((c >> 4 & 1) | (c >> 5 & 1) << 4); }
+
 // Tensor-core layout: 16-row groups G, 64-column tiles T, 512 bytes each; lane
 // (g, t) of a warp reads 16 bytes: word s holds its A fragment of k-step s of the
 // m16n8k16 MMA, half2 j (j = row g / g+8 + 2 * (k+8)) in nibbles j (low half) and
@@ -150,45 +153,42 @@ static void tile_scales(uint8_t *tsc, const bq_cuda_w *w, int r, const uint32_t 
 // half2 j's low and high element at bits 4j and 4j + 2. By their bits (tc 6, 7):
 // words s and s + 1 (s even) in the 32 bits at byte 2s, the low element's code bit 4
 // at bit q = j + 8 (s % 2) and its sign at q + 4, the high element's at q + 16 and
-// q + 20 (half2_mf6: one shift places both elements' bits).
+// q + 20 (half2_mf6: one shift places both elements' bits). cols % 16 == 0 (every
+// caller's formats need cols % 32).
 static void tc_place(uint8_t *tiles, uint8_t *hi, uint8_t *tsc, const bq_cuda_w *w, int r, const uint8_t *code, const uint32_t *sc)
 {
     int G = r / 16, rr = r % 16;
-    if (!hi && w->cols % 16 == 0) {
-        // the element loop (else), 16 codes at a time: lane t of the row's eight-lane group takes
-        // codes 2t, 2t + 8, 2t + 1, 2t + 9 of each 16 into its word's bytes 0-3, in the low
-        // nibbles for rows 0-7 of the group and the high ones for rows 8-15
-        int sh = rr >= 8 ? 4 : 0;
-        uint8_t keep = (uint8_t)~(0xF << sh);
-        for (int k0 = 0; k0 < w->cols; k0 += 16) {
-            const uint8_t *c = code + k0;
-            size_t at0 = ((size_t)G * w->NT + k0 / 64) * 32 + (size_t)(rr % 8) * 4;
-            for (int t = 0; t < 4; t++) {
-                uint8_t *word = tiles + (at0 + t) * 16 + ((k0 % 64) / 16) * 4;
-                word[0] = (uint8_t)((word[0] & keep) | (c[2 * t] & 15) << sh);
-                word[1] = (uint8_t)((word[1] & keep) | (c[2 * t + 8] & 15) << sh);
-                word[2] = (uint8_t)((word[2] & keep) | (c[2 * t + 1] & 15) << sh);
-                word[3] = (uint8_t)((word[3] & keep) | (c[2 * t + 9] & 15) << sh);
-            }
-        }
-    } else {
-        for (int k = 0; k < w->cols; k++) {
-            int T = k / 64, kk = k % 64, s = kk / 16, k16 = kk % 16;
-            int t = (k16 % 8) / 2, hb = k16 % 2, j = (rr >= 8) + 2 * (k16 >= 8), lane = (rr % 8) * 4 + t;
-            size_t at = ((size_t)G * w->NT + T) * 32 + lane;
-            uint8_t *word = tiles + at * 16 + s * 4;
-            int bit = 4 * j + 16 * hb;
-            word[bit / 8] = (uint8_t)((word[bit / 8] & ~(0xF << bit % 8)) | (code[k] & 15) << bit % 8);
-            if (hi && w->tc == 3) {
-                uint8_t *p = hi + at * 8 + s * 2;
-                bit = 4 * j + 2 * hb;
-                p[bit / 8] = (uint8_t)((p[bit / 8] & ~(3 << bit % 8)) | (code[k] >> 4) << bit % 8);
-            } else if (hi) {  // tc 6, 7 (half2_mf6): code bit 4 at bit q, the sign at q + 4 of word s / 2
-                uint8_t *p = hi + at * 8 + (s / 2) * 4;
-                int q = j + 8 * (s % 2) + 16 * hb;
-                p[q / 8] = (uint8_t)((p[q / 8] & ~(1 << q % 8)) | ((code[k] >> 4) & 1) << q % 8);
-                q += 4;
-                p[q / 8] = (uint8_t)((p[q / 8] & ~(1 << q % 8)) | ((code[k] >> 5) & 1) << q % 8);
+    // 16 codes at a time: lane t of the row's eight-lane group takes codes 2t, 2t + 8, 2t + 1,
+    // 2t + 9 of each 16 (half2 j = jr, jr + 2, jr, jr + 2 with jr = rows 8-15; the odd codes
+    // the high halves) into its word's bytes 0-3, in the low nibbles for rows 0-7 of the group
+    // and the high ones for rows 8-15; 6-bit codes' top bits into their plane likewise
+    int sh = rr >= 8 ? 4 : 0, jr = rr >= 8;
+    uint8_t keep = (uint8_t)~(0xF << sh);
+    for (int k0 = 0; k0 < w->cols; k0 += 16) {
+        const uint8_t *c = code + k0;
+        int s = (k0 % 64) / 16;
+        size_t at0 = ((size_t)G * w->NT + k0 / 64) * 32 + (size_t)(rr % 8) * 4;
+        for (int t = 0; t < 4; t++) {
+            uint8_t *word = tiles + (at0 + t) * 16 + s * 4;
+            const uint8_t c0 = c[2 * t], c1 = c[2 * t + 1], c8 = c[2 * t + 8], c9 = c[2 * t + 9];
+            word[0] = (uint8_t)((word[0] & keep) | (c0 & 15) << sh);
+            word[1] = (uint8_t)((word[1] & keep) | (c8 & 15) << sh);
+            word[2] = (uint8_t)((word[2] & keep) | (c1 & 15) << sh);
+            word[3] = (uint8_t)((word[3] & keep) | (c9 & 15) << sh);
+            if (!hi) continue;
+            if (w->tc == 3) {  // bits 4j + 2 (odd codes) of word s's 16 bits
+                uint16_t v, m = (uint16_t)(0x0F0F << 4 * jr);
+                uint8_t *p = hi + (at0 + t) * 8 + s * 2;
+                memcpy(&v, p, 2);
+                v = (uint16_t)((v & ~m) | ((c0 >> 4) | (c1 >> 4) << 2 | (c8 >> 4) << 8 | (c9 >> 4) << 10) << 4 * jr);
+                memcpy(p, &v, 2);
+            } else {  // code bit 4 at q = jr + 8 (s % 2) (+ 2 for codes 8-15, + 16 for odd codes), its sign at q + 4
+                uint32_t v, m = 0x00550055u << (jr + 8 * (s % 2));
+                uint8_t *p = hi + (at0 + t) * 8 + (s / 2) * 4;
+                uint32_t b = mf6_top(c0) | mf6_top(c8) << 2 | mf6_top(c1) << 16 | mf6_top(c9) << 18;
+                memcpy(&v, p, 4);
+                v = (v & ~m) | b << (jr + 8 * (s % 2));
+                memcpy(p, &v, 4);
             }
         }
     }
@@ -235,10 +235,11 @@ static bq_status w_to_device(bq_cuda_w *w, const uint8_t *codes, size_t ncode, c
 
 static bq_status upload6(const pmat *m, bq_cuda_w **out);
 
-// Rows of 16-row groups [g0, g1) from the CPU's panels into the device layout.
+// Rows of 16-row groups [g0, g1) from the CPU's panels (or, for 6-bit codes, its
+// bit stream: rows of prb bytes at stream) into the device layout.
 struct place_job {
     const pmat *m; const bq_cuda_w *w; size_t rb, sb; const uint8_t *nib;
-    uint8_t *codes, *scales; int oom;
+    uint8_t *codes, *scales, *hi; const uint8_t *stream; size_t prb; int oom;
 };
 
 static void place_rows(void *arg, size_t g0, size_t g1)
@@ -246,9 +247,14 @@ static void place_rows(void *arg, size_t g0, size_t g1)
     place_job *j = (place_job *)arg;
     const pmat *m = j->m;
     uint8_t *ec = (uint8_t *)malloc((size_t)m->cols);
-    uint32_t *sc = (uint32_t *)malloc((size_t)m->nb * 4);
+    uint32_t *sc = (uint32_t *)malloc((size_t)j->w->nb * 4);
     if (!ec || !sc) { free(ec); free(sc); j->oom = 1; return; }
     for (int r = (int)g0 * 16; r < (int)g1 * 16 && r < m->rows; r++) {
+        if (j->hi) {  // 6-bit codes (upload6)
+            pack_row_codes(m->f, j->stream + (size_t)r * j->prb, (size_t)m->cols, sc, ec);
+            tc_place(j->codes, j->hi, j->scales, j->w, r, ec, sc);
+            continue;
+        }
         pmat_row_codes(m, r, sc, ec);
         if (j->w->i8) {  // 8-bit: the integers; 4-bit: the slots
             for (int k = 0; k < m->cols; k++) ec[k] = j->w->i8 == 8 ? (uint8_t)m->lut[ec[k]] : j->nib[ec[k]];
@@ -307,7 +313,7 @@ static bq_status place_upload(const pmat *m, bq_cuda_w *w, size_t rb, size_t sb,
     bq_status st = codes && scales ? BQ_OK : bq_fail(BQ_ERR_NOMEM, "out of memory");
     if (!st && pad) memset(codes, pad, ncode);
     if (!st) {
-        place_job pj = {m, w, rb, sb, nib, codes, scales, 0};
+        place_job pj = {m, w, rb, sb, nib, codes, scales, NULL, NULL, 0, 0};
         bq_parallel_for(((size_t)m->rows + 15) / 16, (size_t)m->rows * m->cols < (1u << 22) ? 1 : 0, place_rows, &pj);
         if (pj.oom) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
     }
@@ -479,18 +485,16 @@ static bq_status upload6(const pmat *m, bq_cuda_w **out)
     if (v) w->tc = v;
     tc_shape(w);
     size_t ncode = (size_t)w->R16 * w->NT * 32, nscale = (size_t)w->R16 * w->NT * w->SBT, nhi = (size_t)w->R16 / 16 * w->NT * 32 * 8;
-    size_t psize = bq_packed_size(f, (size_t)m->rows, (size_t)m->cols), prb = pack_row_bytes(f, (size_t)m->cols);
-    uint8_t *packed = (uint8_t *)malloc(psize), *codes = (uint8_t *)calloc(ncode, 1), *scales = (uint8_t *)calloc(nscale, 1),
-            *hi = (uint8_t *)calloc(nhi, 1), *ec = (uint8_t *)malloc((size_t)m->cols);
-    uint32_t *sc = (uint32_t *)malloc((size_t)w->nb * 4);
-    st = packed && codes && scales && hi && ec && sc ? pmat_to_packed(m, packed, psize) : bq_fail(BQ_ERR_NOMEM, "out of memory");
-    for (int r = 0; r < m->rows && !st; r++) {
-        pack_row_codes(f, packed + pack_header_bytes(f) + (size_t)r * prb, (size_t)m->cols, sc, ec);
-        tc_place(codes, hi, scales, w, r, ec, sc);
+    uint8_t *codes = (uint8_t *)calloc(ncode, 1), *scales = (uint8_t *)calloc(nscale, 1), *hi = (uint8_t *)calloc(nhi, 1);
+    st = codes && scales && hi ? BQ_OK : bq_fail(BQ_ERR_NOMEM, "out of memory");
+    if (!st) {  // straight from the CPU's bit stream (PM_STREAM holds the packed matrix), 16-row groups over all cores
+        place_job pj = {m, w, 0, 0, NULL, codes, scales, hi, (const uint8_t *)m->data + pack_header_bytes(f), pack_row_bytes(f, (size_t)m->cols), 0};
+        bq_parallel_for(((size_t)m->rows + 15) / 16, (size_t)m->rows * m->cols < (1u << 22) ? 1 : 0, place_rows, &pj);
+        if (pj.oom) st = bq_fail(BQ_ERR_NOMEM, "out of memory");
     }
     if (!st) fold_cmode(w, scales, nscale, fac);
     if (!st) st = w_to_device(w, codes, ncode, scales, nscale, fac, hi, nhi, lut6);
-    free(packed); free(codes); free(scales); free(hi); free(ec); free(sc);
+    free(codes); free(scales); free(hi);
     if (st) { bq_cuda_w_free(w); return st; }
     *out = w;
     return BQ_OK;
