@@ -27,8 +27,6 @@
 #     attention by k_attn_vec (BQ_CUDA_ATTN=vec): their tests, decode per PC_FORMATS x PC_VARIANTS (ROUNDS)
 #   STAGES=qdq: fake quantisation's kernels (twenty-second session) against the twentieth session's
 #     (BQ_CUDA_QDQ=0): test_cuda's fake-quantisation tests on the device, then gpu_bench --qdq (ROUNDS)
-#   STAGES=l2gemv: the GEMVs with each warp's later tiles asked of L2 first (BQ_CUDA_L2PF=1): its tests (L2_BENCH_ONLY=1 skips
-#     them), then against without, gpu_bench --gemv (ROUNDS interleaved); the decode A/B is the pieces stage's "+l2" variants
 #   STAGES=f6: MXFP6 on the fp16 GEMV by its codes' bits (default) or through the table (BQ_CUDA_F6=table), gpu_bench --gemv
 #   STAGES=offset: the int8 GEMV's 4-bit int codes as offset nibbles or through the slots' tables (BQ_CUDA_I8_OFF), gpu_bench --gemv
 #   STAGES=prefill: ppl of packed .bq files (PREFILL_FORMATS) from the fp16 and the int8 layouts
@@ -198,24 +196,11 @@ case "$S" in *offset*)
     for v in 0 1; do BQ_CUDA_I8_OFF=$v ./build/gpu/gpu/gpu_bench --gemv --json "$O/off_gemv_$v.jsonl" >"$O/off_gemv_$v.txt" 2>&1; done
     python3 bench/gemv_ab.py "$O/off_gemv_0.jsonl" "$O/off_gemv_1.jsonl" "offset nibbles (I8_OFF=1)" | tee "$O/off_gemv.md" ;;
 esac
-case "$S" in *l2gemv*)
-    # twenty-fifth session: each warp's later tiles asked of L2 before the GEMV waits for the
-    # kernel before it, which lets it start early (BQ_CUDA_L2PF=1), against without: first
-    # test_cuda's GEMV tests (gemv_l2pf: the same bits with and without) and test_backend with
-    # it (every op and whole decodes against the CPU), then one GEMV at a time, ROUNDS interleaved
-    if [ -z "$L2_BENCH_ONLY" ]; then
-        BQ_CUDA_ONLY=gemv ./build/gpu/gpu/test_cuda >"$O/l2_gemvtest.txt" 2>&1; grep -v "^  GPU" "$O/l2_gemvtest.txt" | tail -4
-        BQ_CUDA_L2PF=1 ./build/gpu/tests/test_backend >"$O/l2_backend.txt" 2>&1; grep -v "^  decode" "$O/l2_backend.txt" | tail -4
-    fi
-    for r in $(seq 1 "${ROUNDS:-1}"); do for v in 0 1; do
-        BQ_CUDA_L2PF=$v ./build/gpu/gpu/gpu_bench --gemv --json "$O/l2_gemv_${v}_$r.jsonl" >"$O/l2_gemv_${v}_$r.txt" 2>&1; done
-        python3 bench/gemv_ab.py "$O/l2_gemv_0_$r.jsonl" "$O/l2_gemv_1_$r.jsonl" "L2 prefetch (L2PF=1), round $r" all | tee -a "$O/l2_gemv.md"; done ;;
-esac
 case "$S" in *f6*)
     # twenty-fifth session: MXFP6 codes put into fp16 by their bits (the default) against the
     # 64-entry table (BQ_CUDA_F6=table), one GEMV at a time (gpu_bench --gemv: the mxfp6 rows),
-    # ROUNDS interleaved; test_cuda's gemv_f6 (same bits both ways) runs in the l2gemv stage's
-    # GEMV tests; decode: the pieces stage's "+f6tab" variants with PC_FORMATS=mxfp6_e2m3
+    # ROUNDS interleaved; test_cuda's gemv_f6 (same bits both ways) runs in the gemvtest stage;
+    # decode: the pieces stage's "+f6tab" variants with PC_FORMATS=mxfp6_e2m3
     for r in $(seq 1 "${ROUNDS:-1}"); do for v in table bits; do
         BQ_CUDA_F6=$v ./build/gpu/gpu/gpu_bench --gemv --json "$O/f6_gemv_${v}_$r.jsonl" >"$O/f6_gemv_${v}_$r.txt" 2>&1; done
         python3 bench/gemv_ab.py "$O/f6_gemv_table_$r.jsonl" "$O/f6_gemv_bits_$r.jsonl" "MXFP6 by bits (F6=bits), round $r" all | grep -E "^[|] (GEMV|---|mxfp6)" | tee -a "$O/f6_gemv.md"; done ;;
@@ -240,12 +225,11 @@ case "$S" in *pieces*)
             pc=1; case $v in *nopieces*) pc=0 ;; esac  # fuse2-nopieces: the residual with the norm, the GEMV's own split
             pf=0; case $v in *pfu*) pf=unsplit ;; *pf*) pf=1 ;; esac  # +pf: gemv_i8 with the next tile in flight (BQ_CUDA_I8_PF=1; +pfu: unsplit launches only)
             off=1; case $v in *tab*) off=0 ;; esac  # +tab: 4-bit int codes through the slots' tables, not as offset nibbles (BQ_CUDA_I8_OFF=0)
-            l2=0; case $v in *l2*) l2=1 ;; esac  # +l2: the GEMVs ask L2 for a warp's tiles first (BQ_CUDA_L2PF=1; bf16 too)
             f6=bits; case $v in *f6tab*) f6=table ;; esac  # +f6tab: MXFP6 codes through the fp16 table, not by their bits (BQ_CUDA_F6=table)
             [ $1 = bf16 ] && { [ $pf != 0 ] || [ $off = 0 ] || [ $f6 = table ]; } && continue  # (bf16: no int8 GEMV; the pieces switch changes nothing there)
             case $1 in mxfp6*) ;; *) [ $f6 = table ] && continue ;; esac  # (+f6tab: 6-bit codes only)
             case $1 in mxfp4|nvfp4|mxint8) [ $off = 0 ] && continue ;; esac  # (no int grid of [-8, 7])
-            decode $1 r21=$v $2 BQ_CUDA_FUSE=$fz BQ_CUDA_ATTN=$at BQ_CUDA_PIECES=$pc BQ_CUDA_I8_PF=$pf BQ_CUDA_I8_OFF=$off BQ_CUDA_L2PF=$l2 BQ_CUDA_F6=$f6
+            decode $1 r21=$v $2 BQ_CUDA_FUSE=$fz BQ_CUDA_ATTN=$at BQ_CUDA_PIECES=$pc BQ_CUDA_I8_PF=$pf BQ_CUDA_I8_OFF=$off BQ_CUDA_F6=$f6
         done
     }
     per_format "${PC_FORMATS:-bf16 mxfp4 int4_g128 nvfp4 mxint8}" pieces_round

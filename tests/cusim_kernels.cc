@@ -20,13 +20,6 @@ int bq_cuda_devices(char *why, size_t why_len)
     return 1;
 }
 const char *bq_cuda_device_name(void) { return "CUDA simulator on the CPU (tests/cusim)"; }
-// the bulk prefetches' bytes and those refused for their operands since the last call
-void cusim_l2_take(unsigned long long *bytes, unsigned long long *bad)
-{
-    *bytes = cusim_l2_bytes;
-    *bad = cusim_l2_bad;
-    cusim_l2_bytes = cusim_l2_bad = 0;
-}
 void cusim_report(void) { fprintf(stderr, "cusim: %lu launches, %lu blocks\n", cusim_launches, cusim_blocks); }
 bq_status bq_cuda_malloc(void **d, size_t bytes)
 {

@@ -268,10 +268,6 @@ static void gemv(void)
     unsetenv("BQ_CUDA_I8_PF");
 }
 
-#ifdef BQ_CUDA_SIM
-void cusim_l2_take(unsigned long long *bytes, unsigned long long *bad);  /* tests/cusim_kernels.cc */
-#endif
-
 /* MXFP6 codes put into fp16 by their bits (the default) and through the 64-entry table
  * (BQ_CUDA_F6=table): the first layout is the one asked for, and both give the same bits,
  * GEMV (split and not) and unpacked to bf16, since the bits are the table's value times a
@@ -327,81 +323,6 @@ static void gemv_f6(void)
                    2 * cnt - differ, (size_t)R * C - ud);
             for (int t = 0; t < 2; t++) { free(y[t][0]); free(y[t][1]); free(ub[t]); }
             bq_cuda_free(dx); bq_cuda_free(dy); bq_cuda_free(db);
-            pmat_free(m);
-            free(w); free(x); free(poison);
-        }
-        bq_format_free(f);
-    }
-}
-
-/* BQ_CUDA_L2PF=1 (read at upload): the tensor-core GEMVs ask L2 for each warp's later
- * tiles before they wait for the kernel before them. A hint, so the outputs must be
- * the same bits as without it, split or not; on the simulator each prefetch's range is
- * also read (AddressSanitizer sees one past the weights), its operands checked (16-byte
- * address and size), and its bytes counted: some, and no more than the weights'. */
-static void gemv_l2pf(void)
-{
-    const char *wf[] = {"mxfp4", "int4_b32_sfp16", "mxint8", "mxfp6_e2m3", "int4_g128"};
-    const int shapes[][3] = {{96, 4096, 1}, {37, 1152, 1}, {129, 1024, 2}};
-    for (int pi = 0; pi < 2; pi++)
-    for (size_t fi = 0; fi < sizeof wf / sizeof *wf; fi++) {
-        bq_gemv_path path = pi ? BQ_GEMV_INT8 : BQ_GEMV_FP16;
-        if (path == BQ_GEMV_FP16 ? !strcmp(wf[fi], "mxint8") : strstr(wf[fi], "fp6") != NULL) continue;  /* (by rows; no int8 path) */
-        bq_format *f;
-        OK(bq_format_parse(wf[fi], &f));
-        for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
-            int R = shapes[si][0], C = shapes[si][1], n = shapes[si][2];
-            float *w = malloc((size_t)R * C * 4), *x = malloc((size_t)n * C * 4), *y[2][2];
-            for (size_t i = 0; i < (size_t)R * C; i++) w[i] = t_normal() * 0.05f;
-            for (size_t i = 0; i < (size_t)n * C; i++) x[i] = t_normal();
-            pmat *m = NULL;
-            bq_status st = pmat_pack(f, w, R, C, NULL, &m);
-            float *dx = NULL, *dy = NULL, *poison = malloc((size_t)n * R * 4);
-            for (size_t i = 0; i < (size_t)n * R; i++) poison[i] = NAN;
-            if (!st) st = bq_cuda_malloc((void **)&dx, (size_t)n * C * 4);
-            if (!st) st = bq_cuda_upload(dx, x, (size_t)n * C * 4);
-            if (!st) st = bq_cuda_malloc((void **)&dy, (size_t)n * R * 4);
-#ifdef BQ_CUDA_SIM
-            unsigned long long pbytes = 0, pbad = 0;
-            size_t wbytes = 0;
-#endif
-            for (int on = 0; on < 2; on++)
-                for (int ks = 1; ks >= 0; ks--) {
-                    y[on][ks] = malloc((size_t)n * R * 4);
-                    bq_cuda_w *gw = NULL;
-                    if (on) setenv("BQ_CUDA_L2PF", "1", 1);
-                    if (!st) st = bq_cuda_w_upload_path(m, path, &gw);
-                    unsetenv("BQ_CUDA_L2PF");
-                    if (!st) st = bq_cuda_upload(dy, poison, (size_t)n * R * 4);
-#ifdef BQ_CUDA_SIM
-                    unsigned long long b, bd;
-                    cusim_l2_take(&b, &bd);  /* (zero the counts) */
-#endif
-                    if (!st) st = bq_cuda_gemv_split(gw, dx, n, dy, ks);
-                    if (!st) st = bq_cuda_sync();
-                    if (!st) st = bq_cuda_download(y[on][ks], dy, (size_t)n * R * 4);
-#ifdef BQ_CUDA_SIM
-                    cusim_l2_take(&b, &bd);
-                    CHECK(on || (b == 0 && bd == 0), "GPU GEMV %s %dx%d without BQ_CUDA_L2PF prefetched %llu bytes", f->name, R, C, b);
-                    if (on) { pbytes += b; pbad += bd; }
-#endif
-#ifdef BQ_CUDA_SIM
-                    if (gw) wbytes = bq_cuda_w_bytes(gw);
-#endif
-                    bq_cuda_w_free(gw);
-                }
-            size_t differ = 0, cnt = (size_t)n * R;
-            for (int ks = 0; !st && ks < 2; ks++)
-                for (size_t i = 0; i < cnt; i++) differ += memcmp(&y[0][ks][i], &y[1][ks][i], 4) != 0 || !isfinite(y[0][ks][i]);
-            CHECK(!st && differ == 0, "GPU GEMV %s (%s) %dx%d n=%d with BQ_CUDA_L2PF=1: %zu of %zu outputs differ from without (%s)", f->name,
-                  pi ? "int8" : "fp16", R, C, n, differ, 2 * cnt, st ? bq_last_error() : "");
-#ifdef BQ_CUDA_SIM
-            CHECK(pbad == 0 && pbytes > 0 && pbytes <= 2 * (unsigned long long)wbytes,
-                  "GPU GEMV %s (%s) %dx%d: %llu bytes prefetched for %zu of weights (both runs), %llu prefetches refused", f->name,
-                  pi ? "int8" : "fp16", R, C, pbytes, wbytes, pbad);
-#endif
-            for (int on = 0; on < 2; on++) { free(y[on][0]); free(y[on][1]); }
-            bq_cuda_free(dx); bq_cuda_free(dy);
             pmat_free(m);
             free(w); free(x); free(poison);
         }
@@ -563,7 +484,7 @@ static void gemm(void)
 
 /* Matrices of one layout sharing x in one launch (q, k, v; gate, up) give each matrix
  * the bits of its own unsplit GEMV; layouts that differ are refused. */
-static void gemv_multi(int nmax)
+static void gemv_multi(void)
 {
     const char *wf[] = {"mxfp4", "nvfp4", "int4_b32_sfp16", "bfp4_b16", "mxint8", "mxfp6_e2m3"};
     const int rows[3] = {300, 37, 64}, C = 1056;
@@ -572,7 +493,7 @@ static void gemv_multi(int nmax)
         bq_gemv_path path = pi ? BQ_GEMV_INT8 : BQ_GEMV_FP16;
         /* 8-bit codes take the fp16 path by rows (one matrix a launch); 6-bit ones no int8 path */
         if (path == BQ_GEMV_FP16 ? !strcmp(wf[fi], "mxint8") : strstr(wf[fi], "fp6") != NULL) continue;
-        for (int n = 1; n <= nmax; n += n < 3 ? 2 : 8) {  /* 1, 3 and 11 (three passes) */
+        for (int n = 1; n <= 11; n += n < 3 ? 2 : 8) {  /* 1, 3 and 11 (three passes) */
             bq_format *f;
             OK(bq_format_parse(wf[fi], &f));
             bq_cuda_w *gw[3] = {NULL, NULL, NULL};
@@ -893,7 +814,7 @@ static void attention(void)
  * work, naming the variable (a CUDA=0 build refuses every upload). */
 static void knobs(void)
 {
-    const char *var[5] = {"BQ_CUDA_GEMV", "BQ_CUDA_I8_PF", "BQ_CUDA_I8_OFF", "BQ_CUDA_L2PF", "BQ_CUDA_F6"}, *bad[5] = {"int4", "yes", "2", "on", "1"};
+    const char *var[4] = {"BQ_CUDA_GEMV", "BQ_CUDA_I8_PF", "BQ_CUDA_I8_OFF", "BQ_CUDA_F6"}, *bad[4] = {"int4", "yes", "2", "1"};
     float w[64 * 64];
     for (int i = 0; i < 64 * 64; i++) w[i] = t_normal();
     bq_format *f;
@@ -904,10 +825,10 @@ static void knobs(void)
     pmat *m6;
     OK(bq_format_parse("mxfp6_e2m3", &f6));
     OK(pmat_pack(f6, w, 64, 64, NULL, &m6));
-    for (int k = 0; k < 5; k++) {
+    for (int k = 0; k < 4; k++) {
         bq_cuda_w *gw = NULL;
         setenv(var[k], bad[k], 1);
-        bq_status st = bq_cuda_w_upload(k == 4 ? m6 : m, &gw);  /* (BQ_CUDA_F6 is read by 6-bit uploads) */
+        bq_status st = bq_cuda_w_upload(k == 3 ? m6 : m, &gw);  /* (BQ_CUDA_F6 is read by 6-bit uploads) */
         int built = !strstr(bq_last_error(), "built without CUDA");
         CHECK(!gw && (built ? st == BQ_ERR_ARG && strstr(bq_last_error(), var[k]) : st != BQ_OK), "%s=%s must be refused at upload: %s",
               var[k], bad[k], bq_last_error());
@@ -972,15 +893,7 @@ int main(void)
         unsetenv("BQ_CUDA_QDQ");
     }
     if (!only || strstr(only, "gemv")) {
-        gemv(); gemv_multi(11); gemv_pieces(); gemv_refusal(); gemv_l2pf(); gemv_f6(); gemv_extreme(0x1p116f); gemv_extreme(0x1p-118f);
-        setenv("BQ_CUDA_L2PF", "1", 1);  /* up to three matrices in one launch (one token), each its own tiles asked of L2 */
-        gemv_multi(1);
-        unsetenv("BQ_CUDA_L2PF");
-#ifdef BQ_CUDA_SIM
-        unsigned long long b, bad;
-        cusim_l2_take(&b, &bad);
-        CHECK(b > 0 && bad == 0, "GPU GEMVs of several matrices with BQ_CUDA_L2PF=1: %llu bytes prefetched, %llu prefetches refused", b, bad);
-#endif
+        gemv(); gemv_multi(); gemv_pieces(); gemv_refusal(); gemv_f6(); gemv_extreme(0x1p116f); gemv_extreme(0x1p-118f);
     }
     if (!only || strstr(only, "gemm")) gemm();
     if (!only || strstr(only, "attention")) attention();

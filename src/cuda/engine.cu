@@ -316,9 +316,8 @@ __global__ void k_split3(const float *x, __nv_bfloat16 *y, size_t n)
 // one warp a row: 60-68% of copy on a 7B layer's q/k/v, o and down matrices
 // alone, 87% on gate and up together, 92% on the 32000-row head (U = 8: no
 // faster): a launch whose rows fill one wave pays its ramp and tail in full, so
-// fewer rows get more warps each (gemv_ks). l2pf (BQ_CUDA_L2PF): lane 0 asks L2 for
-// the rest of its warp's slice before the wait (launch.cuh's l2_prefetch).
-struct gemv3 { const __nv_bfloat16 *w[3]; float *y[3]; int o[3]; int l2pf; };
+// fewer rows get more warps each (gemv_ks).
+struct gemv3 { const __nv_bfloat16 *w[3]; float *y[3]; int o[3]; };
 template <int N, int KS>
 __global__ void k_gemv_bf16(gemv3 m, const float *x, int in)
 {
@@ -342,7 +341,6 @@ __global__ void k_gemv_bf16(gemv3 m, const float *x, int in)
         for (int u = 0; u < U; u++) v[u] = i0 + 32 * u < i1 ? __ldg(w + i0 + 32 * u) : make_uint4(0, 0, 0, 0);
     };
     fetch(start);  // weights need no earlier kernel: in flight while the one before finishes (launch.cuh)
-    if (m.l2pf && lane == 0 && start + 32 * U < i1) l2_prefetch(w + start + 32 * U, (unsigned)(i1 - start - 32 * U) * 16u);
     pdl_wait();
     pdl_go();
     for (int i0 = start; i0 < i1; i0 += 32 * U) {
@@ -408,9 +406,9 @@ static void gemv_bf16_multi(bool pdl, const gemv3 &m, const float *x, int n, int
     }
 }
 
-static void gemv_bf16(bool pdl, int l2pf, const __nv_bfloat16 *W, const float *x, float *y, int n, int in, int out)
+static void gemv_bf16(bool pdl, const __nv_bfloat16 *W, const float *x, float *y, int n, int in, int out)
 {
-    gemv3 m = {{W, NULL, NULL}, {y, NULL, NULL}, {out, 0, 0}, l2pf};
+    gemv3 m = {{W, NULL, NULL}, {y, NULL, NULL}, {out, 0, 0}};
     gemv_bf16_multi(pdl, m, x, n, in);
 }
 
@@ -465,7 +463,6 @@ struct cuda_be {
     int fuse;
     int pieces;   // at level 2, the int8 GEMV's pieces from the norm and act kernels (BQ_CUDA_PIECES=1; default 0: the GEMV's own split)
     int attn_vec; // attention of few queries by k_attn_vec where it takes the head (default; BQ_CUDA_ATTN=few: k_attn_few)
-    int l2pf;     // the bf16 GEMV asks L2 for a warp's slice first (BQ_CUDA_L2PF; the packed GEMVs read it at upload)
     // calibration's sums per linear slot (cuda_stats_add), and the inputs widened for X^T X
     struct gstat { double *msq, *amax, *gram; int in; } *stats;
     double *xd;
@@ -648,7 +645,7 @@ static bq_status cuda_linear(be *b, int layer, lin_role r, const float *x, float
     if (l->pw && n <= bq_cuda_w_gemv_max(l->pw)) {  // decoding (and short prompts): the packed codes straight from memory
         if ((st = bq_cuda_gemv(l->pw, x, n, y))) return st;
     } else if (l->w16 && n <= GEMV16_MAX && l->in % 8 == 0) {
-        gemv_bf16(g->pdl, g->l2pf, l->w16, x, y, n, l->in, l->out);
+        gemv_bf16(g->pdl, l->w16, x, y, n, l->in, l->out);
     } else if (l->w16 || (l->pw && !l->f32)) {  // bf16 x bf16 -> float32 on the tensor cores
         size_t nx = (size_t)n * l->in;
         int parts = l->split ? 3 : 1;  // split: x = lo + mid + hi, summed in that order
@@ -703,7 +700,7 @@ static bq_status cuda_linears(be *b, int layer, const lin_role *rs, int count, c
         for (int i = 0; i < count && !st; i++) st = cuda_linear(b, layer, rs[i], x, ys[i], n);
         return st;
     }
-    gemv3 m = {{NULL, NULL, NULL}, {NULL, NULL, NULL}, {0, 0, 0}, g->l2pf};
+    gemv3 m = {{NULL, NULL, NULL}, {NULL, NULL, NULL}, {0, 0, 0}};
     for (int i = 0; i < count; i++) { m.w[i] = ls[i]->w16; m.y[i] = ys[i]; m.o[i] = ls[i]->out; }
     gemv_bf16_multi(g->pdl, m, x, n, ls[0]->in);
     for (int i = 0; i < count; i++)
@@ -1278,7 +1275,7 @@ static bq_status cuda_setup(cuda_be *g)
 extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int hi, be **out)
 {
     *out = NULL;
-    int pdl, fuse, pieces, attn_vec, int8, pf, off, l2pf;  // the A/B switches (knobs.h), checked before any device work
+    int pdl, fuse, pieces, attn_vec, int8, pf, off;  // the A/B switches (knobs.h), checked before any device work
     static const char *const fuse_levels[3] = {"0", "1", "2"};
     bq_status st = env_switch("BQ_CUDA_PDL", 1, &pdl);
     // level 2 without the norm's pieces: +2.9% bf16, +4.2% MXFP4, +0.5% int4_g128 decode on the H100 (bench/RESULTS.md)
@@ -1289,7 +1286,6 @@ extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int 
     if (!st) st = env_gemv_int8(&int8);  // (read again at each upload)
     if (!st) st = env_i8_pf(&pf);
     if (!st) st = env_i8_off(&off);
-    if (!st) st = env_l2pf(&l2pf);
     if (st) return st;
     char why[256];
     int ndev = bq_cuda_devices(why, sizeof why);
@@ -1313,7 +1309,6 @@ extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int 
     g->fuse = fuse;
     g->pieces = pieces;
     g->attn_vec = attn_vec;
-    g->l2pf = l2pf;
     st = cuda_bind(&g->base);
     if (!st) st = cublas_handle(&g->blas, &g->blas_ws);
     if (!st) st = cuda_setup(g);

@@ -50,7 +50,6 @@ struct bq_cuda_w {
     uint32_t tab4[4];          //   4-bit codes: the slots' byte tables (i8_slots4)
     int ks;                    // column splits of the tensor-core GEMV (gemv_splits)
     int i8pf;                  // gemv_i8's PF: 0, 1, 2 only unsplit (experiment: BQ_CUDA_I8_PF at upload, knobs.h)
-    int l2pf;                  // the tensor-core GEMVs ask L2 for a warp's tiles first (experiment: BQ_CUDA_L2PF at upload)
     int pdl;                   // launched programmatically (launch.cuh): on unless bq_cuda_w_set_pdl turned it off
     uint32_t *xf;              // device scratch (unsplit): activation pieces in B-fragment order
     float *xs;                 //   and their power-of-two factor per tile and column
@@ -414,24 +413,19 @@ static bq_status upload_i8(const pmat *m, int off, bq_cuda_w **out)
 extern "C" bq_status bq_cuda_w_upload_path(const pmat *m, bq_gemv_path path, bq_cuda_w **out)
 {
     *out = NULL;
-    int int8, pf, off, l2pf;
+    int int8, pf, off;
     bq_status st = env_gemv_int8(&int8);
     if (!st) st = env_i8_pf(&pf);
     if (!st) st = env_i8_off(&off);
-    if (!st) st = env_l2pf(&l2pf);
     if (st) return st;
     if (path == BQ_GEMV_DEFAULT) path = int8 && i8_takes(m) ? BQ_GEMV_INT8 : BQ_GEMV_FP16;
-    if (path == BQ_GEMV_FP16) {
-        st = upload_fp16(m, out);
-    } else if (!i8_takes(m)) {
+    if (path == BQ_GEMV_FP16) return upload_fp16(m, out);
+    if (!i8_takes(m))
         return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA GEMV: the int8 tensor-core path does not take %s at %dx%d (4- or 8-bit codes; blocks of 16 "
                        "or 32 with 1-byte or fp16 scales, or int groups of a multiple of 64 with float32 scales; cols %% 32 == 0)",
                        m->f->name, m->rows, m->cols);
-    } else {
-        st = upload_i8(m, off, out);
-        if (!st) (*out)->i8pf = pf;
-    }
-    if (!st) (*out)->l2pf = l2pf;
+    st = upload_i8(m, off, out);
+    if (!st) (*out)->i8pf = pf;
     return st;
 }
 
@@ -705,10 +699,11 @@ static __device__ __forceinline__ float pick4(const float (&p)[4], int i)
 // [k-step] of uint2, column 3 * tau + p holding piece p of token tau) and each
 // column's factor (xs: [n8 block][T][8]). One warp a tile.
 __global__ void __launch_bounds__(256) tc_split(const float *__restrict__ x, int cols, int n, int NT, uint2 *__restrict__ xf,
-                                                float *__restrict__ xs, bool early)
+                                                float *__restrict__ xs)
 {
     __shared__ __half pc[8][4][3][64];
-    pdl_sync(early);
+    pdl_wait();
+    pdl_go();
     const int wl = threadIdx.x >> 5, lane = threadIdx.x & 31, T = blockIdx.x * 8 + wl;
     if (T >= NT) return;
     float post[4], xv[4][2];
@@ -814,7 +809,6 @@ struct tc_mats {
     float emult[3], cmode[3];
     float *y[3];
     int rows[3], first[3], count;
-    int l2pf;  // tiles_to_l2 (BQ_CUDA_L2PF)
 };
 
 // A CTA: RG groups of 16 rows; its 8 warps split the 64-column tiles and sum in
@@ -842,26 +836,6 @@ static __device__ __forceinline__ int tc_matrix(const tc_mats &M)
     int mi = 0;
     while (mi + 1 < M.count && (int)blockIdx.x >= M.first[mi + 1]) mi++;
     return mi;
-}
-
-// BQ_CUDA_L2PF: a warp's tiles (T0, T1) after the first, which it has loaded already, asked
-// of L2 for its RG row groups from G0 (lane 0; launch.cuh's l2_prefetch): tb bytes of codes a
-// tile, hb of 6-bit codes' top bits (hi; 0: none), sb of scales. Row groups are tile after
-// tile in memory, so each is one range.
-template <int RG>
-static __device__ __forceinline__ void tiles_to_l2(const void *codes, unsigned tb, const void *hi, unsigned hb, const uint8_t *scales,
-                                                   unsigned sb, int G0, int ngroups, int NT, int T0, int T1)
-{
-    if ((threadIdx.x & 31) || T1 - T0 < 2) return;
-    const unsigned nt = (unsigned)(T1 - T0 - 1);
-#pragma unroll
-    for (int rg = 0; rg < RG; rg++) {
-        if (G0 + rg >= ngroups) break;
-        const size_t at = (size_t)(G0 + rg) * NT + T0 + 1;
-        l2_prefetch((const char *)codes + at * tb, nt * tb);
-        if (hb) l2_prefetch((const char *)hi + at * hb, nt * hb);
-        l2_prefetch(scales + at * sb, nt * sb);
-    }
 }
 
 // The end of both tensor-core GEMVs: each warp's sums (acc: its row groups, n8
@@ -1031,8 +1005,7 @@ __global__ void __launch_bounds__(256) gemv_tc(const tc_mats M, const float *__r
                 for (int i = 0; i < 4; i++) acc[rg][nb][i] = __fmaf_rn(tacc[rg][nb][i], i & 1 ? q.xc[nb].y : q.xc[nb].x, acc[rg][nb][i]);
     };
     // the weights need no earlier kernel: the first tile's are in flight while the
-    // kernel that wrote x finishes (launch.cuh), and with M.l2pf the rest asked of L2
-    if (M.l2pf) tiles_to_l2<RG>(codes, 512, hip, tc_has_hi<MODE> ? 256 : 0, scales, 16 * SBT, G0, ngroups, NT, T0, T1);
+    // kernel that wrote x finishes (launch.cuh)
     if (T0 < T1) fetch_w(S, T0);
     pdl_wait();
     pdl_go();
@@ -1128,12 +1101,12 @@ static __device__ __forceinline__ void i8_split_token(const float (&v)[2], int t
 }
 
 // Up to four tokens' pieces, once per call (the GEMV's own split). One warp a tile.
-// early: the GEMV may start before this kernel waits (launch.cuh's pdl_sync; BQ_CUDA_L2PF).
 __global__ void __launch_bounds__(256) i8_split(const float *__restrict__ x, int cols, int n, int NT, uint4 *__restrict__ xq,
-                                                float *__restrict__ xs, bool early)
+                                                float *__restrict__ xs)
 {
     __shared__ int8_t pc[8][I8_PIECES][64];
-    pdl_sync(early);
+    pdl_wait();
+    pdl_go();
     const int wl = threadIdx.x >> 5, lane = threadIdx.x & 31, T = blockIdx.x * 8 + wl;
     if (T >= NT) return;
     float xv[4][2];
@@ -1206,10 +1179,11 @@ __global__ void __launch_bounds__(1024) norm_i8(float *x, const float *res, unsi
 // act_i8: the MLP's activation in place (engine.cu's k_act: u = act(u, gate)), a warp a
 // tile as i8_split.
 __global__ void __launch_bounds__(256) act_i8(float *u, const float *g, int cols, int n, int act, int NT, uint4 *__restrict__ xq,
-                                              float *__restrict__ xs, bool early)
+                                              float *__restrict__ xs)
 {
     __shared__ int8_t pc[8][I8_PIECES][64];
-    pdl_sync(early);
+    pdl_wait();
+    pdl_go();
     const int wl = threadIdx.x >> 5, lane = threadIdx.x & 31, T = blockIdx.x * 8 + wl;
     if (T >= NT) return;
     for (int tau = 0; tau < n; tau++) {
@@ -1351,8 +1325,7 @@ __global__ void __launch_bounds__(256, PF ? 3 : 0) gemv_i8(const tc_mats M, cons
                 for (int i = 0; i < 4; i++) acc[rg][nb][i] = __fmaf_rn(tacc[rg][nb][i], i & 1 ? xc[nb].y : xc[nb].x, acc[rg][nb][i]);
     };
     // the weights need no earlier kernel: the first tile's are in flight while
-    // i8_split finishes (launch.cuh), and with M.l2pf the rest asked of L2
-    if (M.l2pf) tiles_to_l2<RG>(codes, 512 * LB, nullptr, 0, scales, 16 * SBT, G0, ngroups, NT, T0, T1);
+    // i8_split finishes (launch.cuh)
     if (T0 < T1) fetch_w(T0, PF ? nxt : cur);
     pdl_wait();
     pdl_go();
@@ -1395,7 +1368,6 @@ static int tc_fill(tc_mats &M, const bq_cuda_w *const *ws, int count, float *con
         ctas += (v->R16 / 16 + 1) / 2;
     }
     M.count = count;
-    M.l2pf = ws[0]->l2pf;
     return ctas;
 }
 
@@ -1405,7 +1377,7 @@ static bq_status gemv_tensor_cores(const bq_cuda_w *const *ws, int count, const 
 {
     const bq_cuda_w *w = ws[0];
     if (ks == 1) {
-        launch_k(w->pdl, tc_split, (w->NT + 7) / 8, 256, d_x, w->cols, n, w->NT, (uint2 *)w->xf, w->xs, w->l2pf != 0);
+        launch_k(w->pdl, tc_split, (w->NT + 7) / 8, 256, d_x, w->cols, n, w->NT, (uint2 *)w->xf, w->xs);
         bq_status st = launched("GEMV activation split");
         if (st) return st;
     }
@@ -1441,7 +1413,7 @@ static bq_status gemv_int8(const bq_cuda_w *const *ws, int count, const float *d
 {
     const bq_cuda_w *w = ws[0];
     if (!ready) {
-        launch_k(w->pdl, i8_split, (w->NT + 7) / 8, 256, d_x, w->cols, n, w->NT, (uint4 *)w->xf, w->xs, w->l2pf != 0);
+        launch_k(w->pdl, i8_split, (w->NT + 7) / 8, 256, d_x, w->cols, n, w->NT, (uint4 *)w->xf, w->xs);
         bq_status st = launched("GEMV int8 activation pieces");
         if (st) return st;
     }
@@ -1571,7 +1543,7 @@ extern "C" bq_status bq_cuda_norm_pieces(const bq_cuda_w *w, float *d_x, const f
 extern "C" bq_status bq_cuda_act_pieces(const bq_cuda_w *w, float *d_u, const float *d_g, int rows, int act)
 {
     if (!bq_cuda_w_takes_pieces(w, rows)) return pieces_refused(w, rows, "activation");
-    launch_k(w->pdl, act_i8, (w->NT + 7) / 8, 256, d_u, d_g, w->cols, rows, act, w->NT, (uint4 *)w->xf, w->xs, w->l2pf != 0);
+    launch_k(w->pdl, act_i8, (w->NT + 7) / 8, 256, d_u, d_g, w->cols, rows, act, w->NT, (uint4 *)w->xf, w->xs);
     return launched("activation with the GEMV's pieces");
 }
 

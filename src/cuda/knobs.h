@@ -60,7 +60,4 @@ static inline bq_status env_f6_bits(int *bits)
     return env_knob("BQ_CUDA_F6", v, 2, 1, bits);
 }
 
-// The GEMVs ask L2 for a warp's later tiles at their start (launch.cuh's l2_prefetch;
-// BQ_CUDA_L2PF), an experiment: 0 never (default until a device has measured it), 1 always
-static inline bq_status env_l2pf(int *on) { return env_switch("BQ_CUDA_L2PF", 0, on); }
 #endif

@@ -28,35 +28,6 @@ static __device__ __forceinline__ void pdl_go()
 #endif
 }
 
-// pdl_wait then pdl_go, or with early the other way round: a kernel that only makes a
-// GEMV's activations (BQ_CUDA_L2PF) lets the GEMV start at once, so that the GEMV's weights
-// are asked of L2 while the kernel before this one still runs. Three grids may then be in
-// flight; a grid's dependents launch only once all its blocks have triggered, so each is
-// resident before the next takes room, and none waits for room a later one holds.
-static __device__ __forceinline__ void pdl_sync(bool early)
-{
-    if (early) pdl_go();
-    pdl_wait();
-    if (!early) pdl_go();
-}
-
-// Asks L2 for bytes at p (16-byte aligned, a multiple of 16; sm_90's bulk prefetch):
-// nothing waits for it and nothing is written, so it is a hint that cannot change a
-// result. The GEMVs ask for a warp's later tiles before their pdl_wait (BQ_CUDA_L2PF):
-// a small launch's reads all in flight at once, and in flight while the kernel before
-// it runs. The CPU simulator checks the range and reads it (tests/cusim).
-static __device__ __forceinline__ void l2_prefetch(const void *p, unsigned bytes)
-{
-#if defined(BQ_CUSIM)
-    cusim_l2_prefetch(p, bytes);
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-#else
-    (void)p;
-    (void)bytes;
-#endif
-}
-
 // A kernel's dynamic shared memory (launch_ks's smem bytes); the CPU simulator
 // (tests/cusim) has its own.
 #ifndef BQ_DYN_SHARED

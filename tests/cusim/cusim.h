@@ -74,19 +74,6 @@ inline unsigned long long atomicMin(unsigned long long *p, unsigned long long v)
     if (v < o) *p = v;
     return o;
 }
-// sm_90's bulk prefetch to L2 (launch.cuh's l2_prefetch): its operands checked (a 16-byte
-// aligned address, a size that is a positive multiple of 16), its range read so that
-// AddressSanitizer sees one past an allocation, and its bytes counted for the tests
-inline unsigned long long cusim_l2_bytes, cusim_l2_bad;
-inline void cusim_l2_prefetch(const void *p, unsigned bytes)
-{
-    if (((uintptr_t)p & 15) || bytes == 0 || bytes % 16) { cusim_l2_bad++; return; }
-    const volatile unsigned char *b = (const volatile unsigned char *)p;
-    unsigned s = 0;
-    for (unsigned i = 0; i < bytes; i += 16) s += b[i] + b[i + 15];
-    (void)s;
-    cusim_l2_bytes += bytes;
-}
 // byte i of the result: byte (s >> 4i) & 7 of {y, x}
 inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s)
 {
