@@ -28,6 +28,9 @@
 #   STAGES=qdq: fake quantisation's kernels (twenty-second session) against the twentieth session's
 #     (BQ_CUDA_QDQ=0): test_cuda's fake-quantisation tests on the device, then gpu_bench --qdq (ROUNDS)
 #   STAGES=f6: MXFP6 on the fp16 GEMV by its codes' bits (default) or through the table (BQ_CUDA_F6=table), gpu_bench --gemv
+#   STAGES=minb: the one-token fp16-path GEMVs of 32-blocks with 1-byte scales (MXFP4, MXFP6) held to 4 / 3 CTAs a
+#     multiprocessor (a second build, NVEXTRA=-DBQ_TC_MINB=1) against ptxas's choice: its GEMV tests, gpu_bench --gemv and
+#     decode per MINB_FORMATS (MXFP4 on the fp16 path too), ROUNDS interleaved
 #   STAGES=offset: the int8 GEMV's 4-bit int codes as offset nibbles or through the slots' tables (BQ_CUDA_I8_OFF), gpu_bench --gemv
 #   STAGES=prefill: ppl of packed .bq files (PREFILL_FORMATS) from the fp16 and the int8 layouts
 #   STAGES=lcpp: llama.cpp (built from .peer/peers by bench/build_llama_cuda.sh) and blockq decoding the same GGUF files (LCPP_FORMATS)
@@ -204,6 +207,34 @@ case "$S" in *f6*)
     for r in $(seq 1 "${ROUNDS:-1}"); do for v in table bits; do
         BQ_CUDA_F6=$v ./build/gpu/gpu/gpu_bench --gemv --json "$O/f6_gemv_${v}_$r.jsonl" >"$O/f6_gemv_${v}_$r.txt" 2>&1; done
         python3 bench/gemv_ab.py "$O/f6_gemv_table_$r.jsonl" "$O/f6_gemv_bits_$r.jsonl" "MXFP6 by bits (F6=bits), round $r" all | grep -E "^[|] (GEMV|---|mxfp6)" | tee -a "$O/f6_gemv.md"; done ;;
+esac
+case "$S" in *minb*)
+    # twenty-sixth session: gemv.cu's tc_min_blocks. MXFP4's unsplit fp16 GEMV (79 registers,
+    # 3 CTAs a multiprocessor) ran at 62% of copy on the H100 where NVFP4's (64, 4 CTAs) ran at
+    # 77%; the second build holds it to 64 registers (44 bytes spilled) and 6-bit codes to 80
+    build_into build/gpu_minb NVEXTRA=-DBQ_TC_MINB=1 >/tmp/build_minb.txt 2>&1 || { tail -30 /tmp/build_minb.txt; exit 1; }
+    echo "build (minb): $(( $(date +%s) - t0 )) s"
+    BQ_CUDA_ONLY=gemv ./build/gpu_minb/gpu/test_cuda >"$O/minb_gemvtest.txt" 2>&1; grep -v "^  GPU" "$O/minb_gemvtest.txt" | tail -2
+    for r in $(seq 1 "${ROUNDS:-1}"); do for v in gpu gpu_minb; do
+        ./build/$v/gpu/gpu_bench --gemv --json "$O/minb_gemv_${v}_$r.jsonl" >"$O/minb_gemv_${v}_$r.txt" 2>&1; done
+        python3 bench/gemv_ab.py "$O/minb_gemv_gpu_$r.jsonl" "$O/minb_gemv_gpu_minb_$r.jsonl" "4 / 3 CTAs (minb), round $r" all | tee -a "$O/minb_gemv.md"; done
+    export TIMECMD_JSONL="$O/minb_decode.jsonl"
+    minb_round() {
+        for v in gpu gpu_minb; do
+            B=build/$v/blockq
+            decode $1 $v $2
+            [ $1 = mxfp4 ] && decode $1 $v+fp16 $2 BQ_CUDA_GEMV=fp16
+        done
+        B=build/gpu/blockq
+    }
+    per_format "${MINB_FORMATS:-mxfp4 mxfp6_e2m3}" minb_round
+    python3 - "$O/minb_decode.jsonl" <<'PY' | tee "$O/minb_decode.md"
+import json, sys
+for r in map(json.loads, open(sys.argv[1])):
+    if r["command"].startswith("decode"):
+        print(f"{r['command']}: {r['stderr_last'].split('; generated ')[-1]} (whole command {r['seconds']:.1f} s)")
+PY
+    ;;
 esac
 case "$S" in *pieces*)
     # twenty-first session: (1) BQ_CUDA_FUSE=2: each residual connection with the norm after it

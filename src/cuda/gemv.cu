@@ -888,8 +888,22 @@ static __device__ __forceinline__ void tc_finish(float (&red)[8][RG][NT8][32][4]
     if (threadIdx.x == 0) count[bx] = 0;
 }
 
+// The fewest CTAs a multiprocessor for a gemv_tc instance (0: ptxas's choice). Built with
+// NVEXTRA=-DBQ_TC_MINB=1 (an experiment, off by default), the one-token unsplit kernels of
+// 32-blocks with 1-byte scales are held to 4 CTAs (e2m1 and int nibbles: 79 and 78 -> 64
+// registers, 44 and 28 bytes spilled) and 6-bit codes to 3 (99 and 94 -> 80): MXFP4's
+// fp16 GEMV ran at 62% of copy on the H100 where NVFP4's, at 64 registers, ran at 77%.
 template <int MODE, int K, int SB, int NT8, bool SPLIT>
-__global__ void __launch_bounds__(256) gemv_tc(const tc_mats M, const float *__restrict__ x, int cols, const uint4 *__restrict__ xf,
+constexpr int tc_min_blocks()
+{
+#if defined(BQ_TC_MINB) && BQ_TC_MINB
+    if (NT8 == 1 && !SPLIT && K == 32 && SB == 1) return MODE <= 2 ? 4 : MODE >= 6 ? 3 : 0;
+#endif
+    return 0;
+}
+
+template <int MODE, int K, int SB, int NT8, bool SPLIT>
+__global__ void __launch_bounds__(256, (tc_min_blocks<MODE, K, SB, NT8, SPLIT>())) gemv_tc(const tc_mats M, const float *__restrict__ x, int cols, const uint4 *__restrict__ xf,
                                                const float *__restrict__ xs, int NT, int n, const unsigned short *__restrict__ lut6,
                                                float *__restrict__ part, unsigned *__restrict__ count)
 {
