@@ -28,9 +28,9 @@
 #   STAGES=qdq: fake quantisation's kernels (twenty-second session) against the twentieth session's
 #     (BQ_CUDA_QDQ=0): test_cuda's fake-quantisation tests on the device, then gpu_bench --qdq (ROUNDS)
 #   STAGES=f6: MXFP6 on the fp16 GEMV by its codes' bits (default) or through the table (BQ_CUDA_F6=table), gpu_bench --gemv
-#   STAGES=minb: the one-token fp16-path GEMVs of 32-blocks with 1-byte scales (MXFP4, MXFP6) held to 4 / 3 CTAs a
-#     multiprocessor (a second build, NVEXTRA=-DBQ_TC_MINB=1) against ptxas's choice: its GEMV tests, gpu_bench --gemv and
-#     decode per MINB_FORMATS (MXFP4 on the fp16 path too), ROUNDS interleaved
+#   STAGES=minb: the one-token GEMVs of 4-bit codes (int8 path; fp16 path: 32-blocks with 1-byte scales) held to 4 CTAs
+#     a multiprocessor, MXFP6's to 3 (a second build, NVEXTRA=-DBQ_TC_MINB=1) against ptxas's choice: its GEMV tests,
+#     gpu_bench --gemv and decode per MINB_FORMATS (MXFP4 on the fp16 path too), ROUNDS interleaved
 #   STAGES=offset: the int8 GEMV's 4-bit int codes as offset nibbles or through the slots' tables (BQ_CUDA_I8_OFF), gpu_bench --gemv
 #   STAGES=prefill: ppl of packed .bq files (PREFILL_FORMATS) from the fp16 and the int8 layouts
 #   STAGES=lcpp: llama.cpp (built from .peer/peers by bench/build_llama_cuda.sh) and blockq decoding the same GGUF files (LCPP_FORMATS)
@@ -209,9 +209,10 @@ case "$S" in *f6*)
         python3 bench/gemv_ab.py "$O/f6_gemv_table_$r.jsonl" "$O/f6_gemv_bits_$r.jsonl" "MXFP6 by bits (F6=bits), round $r" all | grep -E "^[|] (GEMV|---|mxfp6)" | tee -a "$O/f6_gemv.md"; done ;;
 esac
 case "$S" in *minb*)
-    # twenty-sixth session: gemv.cu's tc_min_blocks. MXFP4's unsplit fp16 GEMV (79 registers,
-    # 3 CTAs a multiprocessor) ran at 62% of copy on the H100 where NVFP4's (64, 4 CTAs) ran at
-    # 77%; the second build holds it to 64 registers (44 bytes spilled) and 6-bit codes to 80
+    # twenty-sixth session: gemv.cu's tc_min_blocks and i8_min_blocks. MXFP4's unsplit fp16 GEMV
+    # (79 registers, 3 CTAs a multiprocessor) ran at 62% of copy on the H100 where NVFP4's (64,
+    # 4 CTAs) ran at 77%, and on the int8 path int4_g128 (64) at 87% where MXFP4 and NVFP4 (80,
+    # 71) ran at 61-62%; the second build holds them to 64 registers and 6-bit codes to 80
     build_into build/gpu_minb NVEXTRA=-DBQ_TC_MINB=1 >/tmp/build_minb.txt 2>&1 || { tail -30 /tmp/build_minb.txt; exit 1; }
     echo "build (minb): $(( $(date +%s) - t0 )) s"
     BQ_CUDA_ONLY=gemv ./build/gpu_minb/gpu/test_cuda >"$O/minb_gemvtest.txt" 2>&1; grep -v "^  GPU" "$O/minb_gemvtest.txt" | tail -2

@@ -1221,8 +1221,21 @@ __global__ void __launch_bounds__(256) act_i8(float *u, const float *g, int cols
 // scale factors.
 // PF (one token a pass; experiment, BQ_CUDA_I8_PF=1 or unsplit): a warp's next tile of weights in
 // flight while it multiplies this one, held to three CTAs a multiprocessor (80 registers)
+// gemv_i8's floor, as tc_min_blocks: with BQ_TC_MINB=1 the one-token kernels of 4-bit codes
+// (split or not) are held to 4 CTAs a multiprocessor, but for int groups' (mode 5, KT 64),
+// which have 64 registers already. int4_g128's ran at 87% of copy on the H100, MXFP4's and
+// NVFP4's (80 and 71 registers, 3 CTAs) at 61-62%; with the floor 64, spilling 0-72 bytes.
+template <int MODE, int KT, int NT8, bool PF>
+constexpr int i8_min_blocks()
+{
+#if defined(BQ_TC_MINB) && BQ_TC_MINB
+    if (NT8 == 1 && !PF && MODE != 8 && !(MODE == 5 && KT == 64)) return 4;
+#endif
+    return PF ? 3 : 0;
+}
+
 template <int MODE, int KT, int SB, int NT8, bool SPLIT, bool PF>
-__global__ void __launch_bounds__(256, PF ? 3 : 0) gemv_i8(const tc_mats M, const uint4 *__restrict__ xq, const float *__restrict__ xs, int NT, int n,
+__global__ void __launch_bounds__(256, (i8_min_blocks<MODE, KT, NT8, PF>())) gemv_i8(const tc_mats M, const uint4 *__restrict__ xq, const float *__restrict__ xs, int NT, int n,
                                                uint4 tab, float *__restrict__ part, unsigned *__restrict__ count)
 {
     constexpr int RG = 2, SBT = (64 / KT) * SB, LB = MODE == 8 ? 2 : 1;  // LB: uint4 of codes a lane a tile
