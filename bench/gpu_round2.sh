@@ -215,7 +215,6 @@ case "$S" in *minb*)
     # 71) ran at 61-62%; the second build holds them to 64 registers and 6-bit codes to 80
     build_into build/gpu_minb NVEXTRA=-DBQ_TC_MINB=1 >/tmp/build_minb.txt 2>&1 || { tail -30 /tmp/build_minb.txt; exit 1; }
     echo "build (minb): $(( $(date +%s) - t0 )) s"
-    BQ_CUDA_ONLY=gemv ./build/gpu_minb/gpu/test_cuda >"$O/minb_gemvtest.txt" 2>&1; grep -v "^  GPU" "$O/minb_gemvtest.txt" | tail -2
     for r in $(seq 1 "${ROUNDS:-1}"); do for v in gpu gpu_minb; do
         ./build/$v/gpu/gpu_bench --gemv --json "$O/minb_gemv_${v}_$r.jsonl" >"$O/minb_gemv_${v}_$r.txt" 2>&1; done
         python3 bench/gemv_ab.py "$O/minb_gemv_gpu_$r.jsonl" "$O/minb_gemv_gpu_minb_$r.jsonl" "4 / 3 CTAs (minb), round $r" all | tee -a "$O/minb_gemv.md"; done
@@ -229,6 +228,7 @@ case "$S" in *minb*)
         B=build/gpu/blockq
     }
     per_format "${MINB_FORMATS:-mxfp4 mxfp6_e2m3}" minb_round
+    BQ_CUDA_ONLY=gemv ./build/gpu_minb/gpu/test_cuda >"$O/minb_gemvtest.txt" 2>&1; grep -v "^  GPU" "$O/minb_gemvtest.txt" | tail -2
     python3 - "$O/minb_decode.jsonl" <<'PY' | tee "$O/minb_decode.md"
 import json, sys
 for r in map(json.loads, open(sys.argv[1])):
