@@ -61,7 +61,7 @@ typedef struct { char *dst; const char *src; size_t bytes, span; int calls; } co
 static void run_copies(void *p)
 {
     copies_arg *c = p;
-    size_t half = c->bytes / 2, slots = c->span / half;
+    size_t half = c->bytes / 2 < c->span ? c->bytes / 2 : c->span, slots = c->span / half;
     for (int i = 0; i < c->calls; i++) {
         size_t off = (size_t)(i % slots) * half;
         cudaMemcpyAsync(c->dst + off, c->src + off, half, cudaMemcpyDeviceToDevice, 0);
