@@ -175,7 +175,7 @@ static void tc_place(uint8_t *tiles, uint8_t *hi, uint8_t *tsc, const bq_cuda_w 
             word[2] = (uint8_t)((word[2] & keep) | (c1 & 15) << sh);
             word[3] = (uint8_t)((word[3] & keep) | (c9 & 15) << sh);
             if (!hi) continue;
-            if (w->tc == 3) {  // bits 4j + 2 (odd codes) of word s's 16 bits
+            if (w->tc == 3) {  // at bit 4j (+ 2 for odd codes) of word s's 16 bits
                 uint16_t v, m = (uint16_t)(0x0F0F << 4 * jr);
                 uint8_t *p = hi + (at0 + t) * 8 + s * 2;
                 memcpy(&v, p, 2);
