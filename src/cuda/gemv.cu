@@ -441,8 +441,9 @@ extern "C" const char *bq_cuda_w_layout(const bq_cuda_w *w)
 
 // 6-bit block formats (MXFP6 e2m3/e3m2, BFP6), held as a bit stream on the CPU:
 // value = vlut[code] * s1 * s2 with 8-bit scale codes. On the device the tensor-core
-// layout with the top two bits of each code in a second plane (tc_place) and a
-// 64-entry table giving the fp16 value. Only where every value is an fp16 number
+// layout with the top two bits of each code in a second plane (tc_place); minifloat
+// codes become fp16 by their bits (mf6_view), any other grid through a 64-entry fp16
+// table (as all did with BQ_CUDA_F6=table). Only where every value is an fp16 number
 // and value * (s1 * s2) is what the CPU computes, (value * s1) * s2.
 static bq_status upload6(const pmat *m, bq_cuda_w **out)
 {
@@ -1212,15 +1213,6 @@ __global__ void __launch_bounds__(256) act_i8(float *u, const float *g, int cols
     }
 }
 
-// A CTA: RG groups of 16 rows, its 8 warps splitting the tiles as gemv_tc's. Per
-// tile a lane loads 32 (8-bit) or 16 (4-bit) bytes of codes per row group, one
-// uint4 of activation pieces per n8 block, two rows' scales; per block of KT
-// columns the integer sums (4-bit: the positive parts times the pieces plus the
-// negative parts times the negated pieces; mode 5: the codes + 8 times the pieces,
-// started from 8 times the negated pieces) become float once and take the rows'
-// scale factors.
-// PF (one token a pass; experiment, BQ_CUDA_I8_PF=1 or unsplit): a warp's next tile of weights in
-// flight while it multiplies this one, held to three CTAs a multiprocessor (80 registers)
 // gemv_i8's floor, as tc_min_blocks: with BQ_TC_MINB=1 the one-token kernels of 4-bit codes
 // (split or not) are held to 4 CTAs a multiprocessor, but for int groups' (mode 5, KT 64),
 // which have 64 registers already. int4_g128's ran at 87% of copy on the H100, MXFP4's and
@@ -1234,6 +1226,15 @@ constexpr int i8_min_blocks()
     return PF ? 3 : 0;
 }
 
+// A CTA: RG groups of 16 rows, its 8 warps splitting the tiles as gemv_tc's. Per
+// tile a lane loads 32 (8-bit) or 16 (4-bit) bytes of codes per row group, one
+// uint4 of activation pieces per n8 block, two rows' scales; per block of KT
+// columns the integer sums (4-bit: the positive parts times the pieces plus the
+// negative parts times the negated pieces; mode 5: the codes + 8 times the pieces,
+// started from 8 times the negated pieces) become float once and take the rows'
+// scale factors.
+// PF (one token a pass; experiment, BQ_CUDA_I8_PF=1 or unsplit): a warp's next tile of weights in
+// flight while it multiplies this one, held to three CTAs a multiprocessor (80 registers)
 template <int MODE, int KT, int SB, int NT8, bool SPLIT, bool PF>
 __global__ void __launch_bounds__(256, (i8_min_blocks<MODE, KT, NT8, PF>())) gemv_i8(const tc_mats M, const uint4 *__restrict__ xq, const float *__restrict__ xs, int NT, int n,
                                                uint4 tab, float *__restrict__ part, unsigned *__restrict__ count)
