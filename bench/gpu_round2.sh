@@ -28,6 +28,7 @@
 #   STAGES=qdq: fake quantisation's kernels (twenty-second session) against the twentieth session's
 #     (BQ_CUDA_QDQ=0): test_cuda's fake-quantisation tests on the device, then gpu_bench --qdq (ROUNDS)
 #   STAGES=f6: MXFP6 on the fp16 GEMV by its codes' bits (default) or through the table (BQ_CUDA_F6=table), gpu_bench --gemv
+#   STAGES=rates: gpu_bench --gemv with the defaults (rates_gemv.txt)
 #   STAGES=minb: the one-token GEMVs of 4-bit codes (int8 path; fp16 path: 32-blocks with 1-byte scales) held to 4 CTAs
 #     a multiprocessor, MXFP6's to 3 (a second build, NVEXTRA=-DBQ_TC_MINB=1) against ptxas's choice: its GEMV tests,
 #     gpu_bench --gemv and decode per MINB_FORMATS (MXFP4 on the fp16 path too), ROUNDS interleaved
@@ -207,6 +208,11 @@ case "$S" in *f6*)
     for r in $(seq 1 "${ROUNDS:-1}"); do for v in table bits; do
         BQ_CUDA_F6=$v ./build/gpu/gpu/gpu_bench --gemv --json "$O/f6_gemv_${v}_$r.jsonl" >"$O/f6_gemv_${v}_$r.txt" 2>&1; done
         python3 bench/gemv_ab.py "$O/f6_gemv_table_$r.jsonl" "$O/f6_gemv_bits_$r.jsonl" "MXFP6 by bits (F6=bits), round $r" all | grep -E "^[|] (GEMV|---|mxfp6)" | tee -a "$O/f6_gemv.md"; done ;;
+esac
+case "$S" in *rates*)
+    # one GEMV at a time at a 7B layer's shapes and 16384x16384 (L2 flushed), against a copy of
+    # the same bytes and the large copy: issue 17's GEMV targets with the defaults
+    ./build/gpu/gpu/gpu_bench --gemv --json "$O/rates_gemv.jsonl" >"$O/rates_gemv.txt" 2>&1; grep -E "^[|]|copy" "$O/rates_gemv.txt" ;;
 esac
 case "$S" in *minb*)
     # twenty-sixth session: gemv.cu's tc_min_blocks and i8_min_blocks. MXFP4's unsplit fp16 GEMV
