@@ -5,9 +5,11 @@
  *   launch latency) and calls back to back as a model's layers run (cycling
  *   through copies of the matrix that together exceed twice the L2 cache);
  *   W8A8 block-scaled GEMM TFLOP/s next to cuBLASLt FP8 (per-tensor scales) and
- *   BF16 GEMM of the same shapes.
+ *   BF16 GEMM of the same shapes;
+ *   one decoding step of the 7B shape as a chain of copies, one per weight launch
+ *   (--chain): the most a decode of one kernel per matrix could reach.
  *
- *   build/gpu/gpu_bench [--json FILE] [--quick]      (make gpu; bench/gpu.sh)
+ *   build/gpu/gpu_bench [--json FILE] [--quick] [--gemv | --qdq | --gemm | --chain]   (make gpu; bench/gpu.sh)
  */
 #include "blockq.h"
 #include "bq_cuda.h"
@@ -66,6 +68,53 @@ static void run_copies(void *p)
         size_t off = (size_t)(i % slots) * half;
         cudaMemcpyAsync(c->dst + off, c->src + off, half, cudaMemcpyDeviceToDevice, 0);
     }
+}
+
+/* One decoding step of LLaMA-2-7B's shape (bench/decode_table.py's bytes) as copies, each
+ * moving the traffic of one of the engine's weight launches (q k v in one, o, gate and up
+ * in one, down; the KV cache a layer reads; the bf16 head), captured in a CUDA graph as a
+ * decode step is. Its rate against the bound (all bytes at the big copy's rate) is the
+ * ceiling of any decode that reads each launch's weights with one kernel: the ramp and
+ * tail of each copy are what a GEMV of that size pays too, even at copy speed. */
+enum { CH_LAYERS = 32, CH_H = 4096, CH_I = 11008, CH_V = 32000, CH_POS = 69 };  /* pos: the mean over 128 tokens after 5 */
+static double chain_bytes(double bits, double out[5])
+{
+    double H = CH_H, I = CH_I;
+    out[0] = 3 * H * H * bits / 8; out[1] = H * H * bits / 8; out[2] = 2 * H * I * bits / 8; out[3] = H * I * bits / 8;
+    out[4] = 2.0 * CH_POS * H * 4;  /* K and V, float32 */
+    return CH_LAYERS * (out[0] + out[1] + out[2] + out[3] + out[4]) + (double)CH_V * H * 2;
+}
+typedef struct { cudaGraphExec_t g; cudaStream_t s; } graph_arg;
+static void run_graph(void *p) { graph_arg *a = p; cudaGraphLaunch(a->g, a->s); }
+static void chain_bench(char *dst, const char *src, size_t span, double copy)
+{
+    static const struct { const char *name; double bits; } cf[] = {
+        {"bf16", 16}, {"mxfp4", 4.25}, {"int4_g128", 4.25}, {"nvfp4", 4.5}, {"mxfp6_e2m3", 6.25}, {"mxint8", 8.25}};
+    printf("\n| decode step as copies (7B shape) | MB a token | bound tokens/s | copy chain tokens/s | of bound |\n|---|---|---|---|---|\n");
+    cudaStream_t s;
+    cudaStreamCreate(&s);
+    for (size_t f = 0; f < sizeof cf / sizeof *cf; f++) {
+        double part[5], total = chain_bytes(cf[f].bits, part);
+        size_t off = 0;
+        cudaGraph_t g;
+        graph_arg a = {NULL, s};
+        cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal);
+        for (int l = 0; l <= CH_LAYERS; l++)
+            for (int k = 0; k < (l < CH_LAYERS ? 5 : 1); k++) {
+                size_t half = (size_t)((l < CH_LAYERS ? part[k] : (double)CH_V * CH_H * 2) / 2);  /* read + written = the bytes */
+                if (off + half > span) off = 0;
+                cudaMemcpyAsync(dst + off, src + off, half, cudaMemcpyDeviceToDevice, s);
+                off += half;
+            }
+        cudaStreamEndCapture(s, &g);
+        if (cudaGraphInstantiate(&a.g, g, 0) != cudaSuccess) { printf("chain %s: graph not instantiated\n", cf[f].name); cudaGraphDestroy(g); continue; }
+        double chain = 1e3 / best_ms(run_graph, &a, 5), bound = copy * 1e9 / total;
+        printf("| %s | %.0f | %.0f | %.0f | %.0f%% |\n", cf[f].name, total / 1e6, bound, chain, 100 * chain / bound);
+        emit("decode_copy_chain", cf[f].name, total, chain, bound);
+        cudaGraphExecDestroy(a.g);
+        cudaGraphDestroy(g);
+    }
+    cudaStreamDestroy(s);
 }
 
 typedef struct { const bq_format *f; const float *x; float *y; size_t rows, cols; } qdq_arg;
@@ -150,13 +199,14 @@ static uint32_t rnd(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
 
 int main(int argc, char **argv)
 {
-    int quick = 0, gemm_only = 0, gemv_only = 0, qdq_only = 0;
+    int quick = 0, gemm_only = 0, gemv_only = 0, qdq_only = 0, chain_only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json") && i + 1 < argc) g_json = fopen(argv[++i], "w");
         else if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--gemm")) gemm_only = 1;  /* the GEMM table alone (profiling) */
         else if (!strcmp(argv[i], "--gemv")) gemv_only = 1;  /* copy and the GEMV table alone */
         else if (!strcmp(argv[i], "--qdq")) qdq_only = 1;    /* copy and the fake-quantisation table alone (BQ_CUDA_QDQ A/B) */
+        else if (!strcmp(argv[i], "--chain")) chain_only = 1;  /* copy and the decode step as copies alone */
     }
     char why[256];
     if (!bq_cuda_devices(why, sizeof why)) { printf("SKIP: %s\n", why); return 0; }
@@ -174,6 +224,13 @@ int main(int argc, char **argv)
     double copy = 2.0 * n * 4 / best_ms(run_copy, &ca, 10) / 1e6;
     printf("device copy: %.0f GB/s (bytes read + written)\n\n", copy);
     emit("copy", "memcpy", (double)n * 4, copy, copy);
+    if (chain_only || !(gemv_only || qdq_only)) chain_bench((char *)dy, (const char *)dx, n * 4, copy);
+    if (chain_only) {
+        bq_cuda_free(dx);
+        bq_cuda_free(dy);
+        free(hx);
+        goto end;
+    }
     printf("| fake quantisation | GB/s (read + write) | of copy |\n|---|---|---|\n");
     const char *qf[] = {"mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3", "mxfp4", "mxint8", "nvfp4", "bfp8_b16", "bfp4_b16",
                         "bme2m1_b16", "bl8_b16", "int8_b32_sfp16", "fp8_e4m3", "int8_row", "int4_g128",

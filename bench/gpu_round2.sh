@@ -212,6 +212,9 @@ esac
 case "$S" in *rates*)
     # one GEMV at a time at a 7B layer's shapes and 16384x16384 (L2 flushed), against a copy of
     # the same bytes and the large copy: issue 17's GEMV targets with the defaults
+    # (first the decode step as a chain of copies, one per weight launch: the ceiling of a
+    # decode of one kernel per matrix)
+    ./build/gpu/gpu/gpu_bench --chain --json "$O/rates_chain.jsonl" 2>&1 | tee "$O/rates_chain.txt"
     ./build/gpu/gpu/gpu_bench --gemv --json "$O/rates_gemv.jsonl" >"$O/rates_gemv.txt" 2>&1; grep -E "^[|]|copy" "$O/rates_gemv.txt" ;;
 esac
 case "$S" in *minb*)
