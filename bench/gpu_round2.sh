@@ -28,9 +28,10 @@
 #   STAGES=qdq: fake quantisation's kernels (twenty-second session) against the twentieth session's
 #     (BQ_CUDA_QDQ=0): test_cuda's fake-quantisation tests on the device, then gpu_bench --qdq (ROUNDS)
 #   STAGES=f6: MXFP6 on the fp16 GEMV by its codes' bits (default) or through the table (BQ_CUDA_F6=table), gpu_bench --gemv
-#   STAGES=rates: gpu_bench --gemv with the defaults (rates_gemv.txt)
+#   STAGES=rates: gpu_bench --chain (a decode step as copies) and --gemv with the defaults
 #   STAGES=minb: the one-token GEMVs of 4-bit codes (int8 path; fp16 path: 32-blocks with 1-byte scales) held to 4 CTAs
-#     a multiprocessor, MXFP6's to 3 (a second build, NVEXTRA=-DBQ_TC_MINB=1) against ptxas's choice: its GEMV tests,
+#     a multiprocessor (a second build, NVEXTRA=-DBQ_TC_MINB=1; since the twenty-seventh session NVFP4's int8 GEMV and
+#     MXFP6's fp16 one have their floor in both builds) against ptxas's choice: its GEMV tests,
 #     gpu_bench --gemv and decode per MINB_FORMATS (MXFP4 on the fp16 path too), ROUNDS interleaved
 #   STAGES=offset: the int8 GEMV's 4-bit int codes as offset nibbles or through the slots' tables (BQ_CUDA_I8_OFF), gpu_bench --gemv
 #   STAGES=prefill: ppl of packed .bq files (PREFILL_FORMATS) from the fp16 and the int8 layouts
@@ -222,6 +223,7 @@ case "$S" in *minb*)
     # (79 registers, 3 CTAs a multiprocessor) ran at 62% of copy on the H100 where NVFP4's (64,
     # 4 CTAs) ran at 77%, and on the int8 path int4_g128 (64) at 87% where MXFP4 and NVFP4 (80,
     # 71) ran at 61-62%; the second build holds them to 64 registers and 6-bit codes to 80
+    # (twenty-seventh session: kept for NVFP4's int8 GEMV and MXFP6, bench/RESULTS.md)
     build_into build/gpu_minb NVEXTRA=-DBQ_TC_MINB=1 >/tmp/build_minb.txt 2>&1 || { tail -30 /tmp/build_minb.txt; exit 1; }
     echo "build (minb): $(( $(date +%s) - t0 )) s"
     for r in $(seq 1 "${ROUNDS:-1}"); do for v in gpu gpu_minb; do

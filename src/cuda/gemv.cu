@@ -889,16 +889,18 @@ static __device__ __forceinline__ void tc_finish(float (&red)[8][RG][NT8][32][4]
     if (threadIdx.x == 0) count[bx] = 0;
 }
 
-// The fewest CTAs a multiprocessor for a gemv_tc instance (0: ptxas's choice). Built with
-// NVEXTRA=-DBQ_TC_MINB=1 (an experiment, off by default), the one-token unsplit kernels of
-// 32-blocks with 1-byte scales are held to 4 CTAs (e2m1 and int nibbles: 79 and 78 -> 64
-// registers, 44 and 28 bytes spilled) and 6-bit codes to 3 (99 and 94 -> 80): MXFP4's
-// fp16 GEMV ran at 62% of copy on the H100 where NVFP4's, at 64 registers, ran at 77%.
+// The fewest CTAs a multiprocessor for a gemv_tc instance (0: ptxas's choice). The
+// one-token unsplit kernel of 6-bit codes in 32-blocks is held to 3 (99 and 94 -> 80
+// registers, 8 bytes spilled): on the H100 (twenty-seventh session) MXFP6's 7B decode rose
+// 280.5 -> 292.6 tokens/s, its GEMV +22% at 11008x4096 and -16% at 16384x16384. Built with
+// NVEXTRA=-DBQ_TC_MINB=1 (an experiment), e2m1 and int nibbles are held to 4 too (79 and
+// 78 -> 64, 44 and 28 bytes spilled): MXFP4's decode fell 320 -> 293 tokens/s that way.
 template <int MODE, int K, int SB, int NT8, bool SPLIT>
 constexpr int tc_min_blocks()
 {
+    if (NT8 == 1 && !SPLIT && K == 32 && SB == 1 && MODE >= 6) return 3;
 #if defined(BQ_TC_MINB) && BQ_TC_MINB
-    if (NT8 == 1 && !SPLIT && K == 32 && SB == 1) return MODE <= 2 ? 4 : MODE >= 6 ? 3 : 0;
+    if (NT8 == 1 && !SPLIT && K == 32 && SB == 1 && MODE <= 2) return 4;
 #endif
     return 0;
 }
@@ -1213,13 +1215,16 @@ __global__ void __launch_bounds__(256) act_i8(float *u, const float *g, int cols
     }
 }
 
-// gemv_i8's floor, as tc_min_blocks: with BQ_TC_MINB=1 the one-token kernels of 4-bit codes
-// (split or not) are held to 4 CTAs a multiprocessor, but for int groups' (mode 5, KT 64),
-// which have 64 registers already. int4_g128's ran at 87% of copy on the H100, MXFP4's and
-// NVFP4's (80 and 71 registers, 3 CTAs) at 61-62%; with the floor 64, spilling 0-72 bytes.
+// gemv_i8's floor, as tc_min_blocks: the one-token kernels of 4-bit slots in 16-blocks
+// (NVFP4; 71 registers, 3 CTAs) are held to 4 CTAs a multiprocessor (64 registers): on
+// the H100 (twenty-seventh session) NVFP4's GEMV +21-26% at 4096x4096 and 16384x16384,
+// the same at 11008x4096. With BQ_TC_MINB=1 the other 4-bit ones too (split or not), but
+// for int groups' (mode 5, KT 64), which have 64 already: MXFP4's (80 -> 64) gained 24% at
+// 4096x4096 and lost 18% at 11008x4096, its 7B decode 336 -> 297 tokens/s.
 template <int MODE, int KT, int NT8, bool PF>
 constexpr int i8_min_blocks()
 {
+    if (NT8 == 1 && !PF && MODE == 4 && KT == 16) return 4;
 #if defined(BQ_TC_MINB) && BQ_TC_MINB
     if (NT8 == 1 && !PF && MODE != 8 && !(MODE == 5 && KT == 64)) return 4;
 #endif
