@@ -18,7 +18,7 @@ FLAGS = {"fuse": "fused kernels", "pf": "next tile prefetched"}
 # gpu_round2.sh's pieces variants (r21=A+B+...)
 R21 = {"base": "level 1", "fuse2": "FUSE=2", "fuse2-nopieces": "FUSE=2 without pieces", "vec": "attention vec",
        "pf": "next tile prefetched", "pfu": "next tile prefetched where unsplit", "tab": "4-bit ints by tables (I8_OFF=0)",
-       "l2": "L2 prefetch (L2PF=1)", "f6tab": "MXFP6 by table (F6=table)", "ring": "cp.async ring, 4 CTAs", "ring3": "cp.async ring, 3 CTAs"}  # (the cp.async ring: commits 907cae6..33255d7, not kept; bench/gpu/round24; the L2 prefetch: round26, taken out)
+       "l2": "L2 prefetch (L2PF=1)", "f6tab": "MXFP6 by table (F6=table)", "deep": "attention vec, 16 keys in flight (ATTN=deep)", "ring": "cp.async ring, 4 CTAs", "ring3": "cp.async ring, 3 CTAs"}  # (the cp.async ring: commits 907cae6..33255d7, not kept; bench/gpu/round24; the L2 prefetch: round26, taken out)
 
 
 def label_of(p):

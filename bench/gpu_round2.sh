@@ -33,6 +33,8 @@
 #     a multiprocessor (a second build, NVEXTRA=-DBQ_TC_MINB=1; since the twenty-seventh session NVFP4's int8 GEMV and
 #     MXFP6's fp16 one have their floor in both builds) against ptxas's choice: its GEMV tests,
 #     gpu_bench --gemv and decode per MINB_FORMATS (MXFP4 on the fp16 path too), ROUNDS interleaved
+#   STAGES=attn: attention of one query with 16 keys a lane in flight (BQ_CUDA_ATTN=deep) against 4 (vec): test_cuda's
+#     attention tests, decode per ATTN_FORMATS (ROUNDS interleaved), then one step op by op (bf16) each way
 #   STAGES=offset: the int8 GEMV's 4-bit int codes as offset nibbles or through the slots' tables (BQ_CUDA_I8_OFF), gpu_bench --gemv
 #   STAGES=prefill: ppl of packed .bq files (PREFILL_FORMATS) from the fp16 and the int8 layouts
 #   STAGES=lcpp: llama.cpp (built from .peer/peers by bench/build_llama_cuda.sh) and blockq decoding the same GGUF files (LCPP_FORMATS)
@@ -217,6 +219,17 @@ case "$S" in *rates*)
     # decode of one kernel per matrix)
     ./build/gpu/gpu/gpu_bench --chain --json "$O/rates_chain.jsonl" 2>&1 | tee "$O/rates_chain.txt"
     ./build/gpu/gpu/gpu_bench --gemv --json "$O/rates_gemv.jsonl" >"$O/rates_gemv.txt" 2>&1; grep -E "^[|]|copy" "$O/rates_gemv.txt" ;;
+esac
+case "$S" in *attn*)
+    # twenty-seventh session: k_attn_vec with 16 keys (and 16 of V's rows) a lane in flight;
+    # op by op, a 7B layer's attention over 128 positions took 7.7 us for 4 MB on the H100
+    BQ_CUDA_ONLY=attention ./build/gpu/gpu/test_cuda >"$O/attn_test.txt" 2>&1; grep -v "^  GPU" "$O/attn_test.txt" | tail -2
+    copy=$(./build/gpu/gpu/gpu_bench --quick 2>&1 | copy_gbps)
+    export TIMECMD_JSONL="$O/attn_decode.jsonl"
+    attn_round() { for v in vec deep; do decode $1 r21=fuse2-nopieces+$v $2 BQ_CUDA_ATTN=$v; done; }
+    per_format "${ATTN_FORMATS:-nvfp4}" attn_round
+    python3 bench/decode_table.py "$O/attn_decode.jsonl" "$copy" | tee "$O/attn_decode.md"
+    for v in vec deep; do BQ_CUDA_ATTN=$v ./build/gpu/gpu/gpu_decode_ops $M 2>&1 | grep -E "attention|sum of" | sed "s/^/$v: /"; done | tee "$O/attn_ops.txt" ;;
 esac
 case "$S" in *minb*)
     # twenty-sixth session: gemv.cu's tc_min_blocks and i8_min_blocks. MXFP4's unsplit fp16 GEMV

@@ -711,9 +711,10 @@ static void gemv_pieces(void)
 }
 
 /* Attention of a few queries over a cache (bq_cuda_attend_few: the reference kernel
- * and its 16-byte-load form) against a double reference: head sizes, grouped heads,
- * positions, a sliding window, the position read from device memory (a recorded
- * step), and a NaN in one key reaching that head's output. */
+ * and its 16-byte-load form at two depths) against a double reference: head sizes,
+ * grouped heads, positions, a sliding window, the position read from device memory (a
+ * recorded step), and a NaN in one key reaching that head's output; the deep form
+ * gives the 4-deep one's bits. */
 static void attend_ref(const float *q, const float *K, const float *V, double *o, int n, int heads, int group, int d, int kvd, float scale,
                        int pos0, int window)
 {
@@ -766,11 +767,12 @@ static void attention(void)
         if (!st) st = bq_cuda_upload(dV, V, nk * 4);
         if (!st) st = bq_cuda_upload(dp, &pos0, 4);
         CHECK(!st, "attention setup: %s", bq_last_error());
-        for (int vec = 0; vec < 2 && !st; vec++) {
-            const char *kn = vec ? "vec" : "few";
+        float *avec = malloc(nq * 4);
+        for (int vec = BQ_ATTN_FEW; vec <= BQ_ATTN_DEEP && !st; vec++) {
+            const char *kn = vec == BQ_ATTN_DEEP ? "deep" : vec ? "vec" : "few";
             if (vec && !bq_cuda_attend_vec_takes(d, dq, dK, dV, da)) {
-                CHECK(bq_cuda_attend_few(1, 0, dq, dK, dV, da, ds, T, n, heads, group, d, kvd, scale, pos0, NULL, window) == BQ_ERR_ARG,
-                      "attention vec took head_dim %d", d);
+                CHECK(bq_cuda_attend_few(vec, 0, dq, dK, dV, da, ds, T, n, heads, group, d, kvd, scale, pos0, NULL, window) == BQ_ERR_ARG,
+                      "attention %s took head_dim %d", kn, d);
                 continue;
             }
             for (int viad = 0; viad < 2; viad++) {  /* the position as an argument, then from device memory */
@@ -786,6 +788,13 @@ static void attention(void)
                 if (!viad)
                     printf("  GPU attention %s d=%-3d heads %d (groups of %d) n=%d pos %-3d window %-2d: max|err|/max|a| = %.2e\n", kn, d, heads,
                            group, n, pos0, window, e);
+                if (!s2 && vec == BQ_ATTN_VEC && !viad) memcpy(avec, a, nq * 4);
+                if (!s2 && vec == BQ_ATTN_DEEP) {
+                    size_t differ = 0;
+                    for (size_t i = 0; i < nq; i++) differ += memcmp(&a[i], &avec[i], 4) != 0;
+                    CHECK(differ == 0, "GPU attention deep d=%d pos %d%s: %zu of %zu outputs not vec's bits", d, pos0,
+                          viad ? " (position on the device)" : "", differ, nq);
+                }
             }
             /* a NaN in the first key of kv head 0: every output of the heads reading it is NaN */
             float nan = NAN;
@@ -800,7 +809,7 @@ static void attention(void)
             st = s2;
         }
         bq_cuda_free(dq); bq_cuda_free(dK); bq_cuda_free(dV); bq_cuda_free(da); bq_cuda_free(ds); bq_cuda_free(dp);
-        free(q); free(K); free(V); free(a); free(ref);
+        free(q); free(K); free(V); free(a); free(ref); free(avec);
     }
 }
 

@@ -84,14 +84,18 @@ __global__ void k_attn_few(const float *q, const float *K, const float *V, float
 // k_attn_few with each lane taking four consecutive elements of the head (L = d / 4
 // lanes a key, 32 / L keys side by side in a warp, KU keys a lane in flight), the
 // softmax's reductions by shuffles (block_max, block_sum: 2 barriers each instead of
-// 9), and the weighted sum of V by float4 over 256 / L slices of the keys, added in a
-// fixed order. The same operations per score, exponential and product as
-// k_attn_few; the sums in another order (a few ulp apart). d = 4, 8, .., 128.
-template <int L>
+// 9), and the weighted sum of V by float4 over 256 / L slices of the keys, VU of a
+// slice's values in flight, added in a fixed order. The same operations per score,
+// exponential and product as k_attn_few; the sums in another order (a few ulp apart).
+// d = 4, 8, .., 128. KU and VU change what is in flight, not the order of any sum, so
+// every depth gives the same bits. A decoding step has one CTA a head (32 on a 7B
+// shape), each waiting on memory: at KU = VU = 4 a 7B layer's attention over 128
+// positions took 7.7 us on the H100 for 4 MB of cache (one round trip per 32 keys).
+template <int L, int KU, int VU>
 __global__ void __launch_bounds__(256) k_attn_vec(const float *q, const float *K, const float *V, float *a, float *s, int T, int heads,
                                                   int group, int kvd, float scale, int pos0, const int *dpos, int window)
 {
-    constexpr int d = 4 * L, KPW = 32 / L, KU = 4;
+    constexpr int d = 4 * L, KPW = 32 / L;
     __shared__ float fm[32];
     __shared__ double ds[32];
     __shared__ float4 part[256];
@@ -132,13 +136,14 @@ __global__ void __launch_bounds__(256) k_attn_vec(const float *q, const float *K
         float p = sr[j] * inv;
         acc.x += p * v.x, acc.y += p * v.y, acc.z += p * v.z, acc.w += p * v.w;
     };
-    int j = first + pt;
-    for (; j + 3 * parts <= last; j += 4 * parts) {  // four values loaded ahead, summed in order
-        float4 v0 = V4[(size_t)j * kv4 + e], v1 = V4[(size_t)(j + parts) * kv4 + e], v2 = V4[(size_t)(j + 2 * parts) * kv4 + e],
-               v3 = V4[(size_t)(j + 3 * parts) * kv4 + e];
-        add(j, v0), add(j + parts, v1), add(j + 2 * parts, v2), add(j + 3 * parts, v3);
+    for (int j = first + pt; j <= last; j += VU * parts) {  // VU values loaded ahead (the last round's too), summed in order
+        float4 v[VU];
+#pragma unroll
+        for (int u = 0; u < VU; u++) v[u] = j + u * parts <= last ? V4[(size_t)(j + u * parts) * kv4 + e] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+        for (int u = 0; u < VU; u++)
+            if (j + u * parts <= last) add(j + u * parts, v[u]);
     }
-    for (; j <= last; j += parts) add(j, V4[(size_t)j * kv4 + e]);
     part[threadIdx.x] = acc;
     __syncthreads();
     if ((int)threadIdx.x < L) {
@@ -162,19 +167,20 @@ extern "C" int bq_cuda_attend_vec_takes(int d, const void *q, const void *K, con
     return (d == 4 || d == 8 || d == 16 || d == 32 || d == 64 || d == 128) && !(((uintptr_t)q | (uintptr_t)K | (uintptr_t)V | (uintptr_t)a) & 15);
 }
 
-extern "C" bq_status bq_cuda_attend_few(int vec, int pdl, const float *q, const float *K, const float *V, float *a, float *s, int T, int n,
+extern "C" bq_status bq_cuda_attend_few(int kernel, int pdl, const float *q, const float *K, const float *V, float *a, float *s, int T, int n,
                                         int heads, int group, int d, int kvd, float scale, int pos0, const int *dpos, int window)
 {
     if (n < 1 || n > 8 || d < 1 || d > 256 || heads < 1 || group < 1 || heads % group)
         return bq_fail(BQ_ERR_ARG, "CUDA attention of few queries: %d queries, heads %d in groups of %d, head_dim %d", n, heads, group, d);
     const unsigned blocks = (unsigned)(n * heads);
-    if (!vec) {
+    if (kernel == BQ_ATTN_FEW) {
         launch_k(pdl, k_attn_few, blocks, 256, q, K, V, a, s, T, heads, group, d, kvd, scale, pos0, dpos, window);
         return attend_launched();
     }
     if (!bq_cuda_attend_vec_takes(d, q, K, V, a))
         return bq_fail(BQ_ERR_ARG, "CUDA attention (16-byte loads): head_dim %d (4, 8, .., 128) or operands not 16-byte aligned", d);
-#define L(N) launch_k(pdl, k_attn_vec<N>, blocks, 256, q, K, V, a, s, T, heads, group, kvd, scale, pos0, dpos, window)
+#define L2(N, U) launch_k(pdl, k_attn_vec<N, U, U>, blocks, 256, q, K, V, a, s, T, heads, group, kvd, scale, pos0, dpos, window)
+#define L(N) if (kernel == BQ_ATTN_DEEP) { L2(N, 16); } else { L2(N, 4); }
     switch (d) {
     case 4: L(1); break;
     case 8: L(2); break;
@@ -184,5 +190,6 @@ extern "C" bq_status bq_cuda_attend_few(int vec, int pdl, const float *q, const 
     default: L(32); break;
     }
 #undef L
+#undef L2
     return attend_launched();
 }

@@ -82,11 +82,14 @@ bq_status bq_cuda_gemv_multi_ready(const bq_cuda_w *const *ws, int count, const 
  * token t (positions pos0 + t back to the start, or to its sliding window of `window`;
  * 0: none), kh = h / group; q, a [n][heads d], K, V [positions][kvd], s: scratch of
  * n heads rows of T floats (T >= pos0 + n). dpos (device, may be NULL): pos0 read there
- * when the kernel runs (a recorded step). vec 0: the reference kernel (k_attn_few,
- * d <= 256); 1: its 16-byte-load form (k_attn_vec: where bq_cuda_attend_vec_takes),
- * the same operations, its sums in another order. pdl: launched programmatically. */
+ * when the kernel runs (a recorded step). kernel: BQ_ATTN_FEW the reference kernel
+ * (k_attn_few, d <= 256); BQ_ATTN_VEC its 16-byte-load form (k_attn_vec: where
+ * bq_cuda_attend_vec_takes), the same operations, its sums in another order, 4 keys a
+ * lane in flight; BQ_ATTN_DEEP the same kernel with 16 in flight (the same bits as
+ * BQ_ATTN_VEC). pdl: launched programmatically. */
+enum { BQ_ATTN_FEW, BQ_ATTN_VEC, BQ_ATTN_DEEP };
 int bq_cuda_attend_vec_takes(int d, const void *q, const void *K, const void *V, const void *a);
-bq_status bq_cuda_attend_few(int vec, int pdl, const float *q, const float *K, const float *V, float *a, float *s, int T, int n,
+bq_status bq_cuda_attend_few(int kernel, int pdl, const float *q, const float *K, const float *V, float *a, float *s, int T, int n,
                              int heads, int group, int d, int kvd, float scale, int pos0, const int *dpos, int window);
 /* The matrix as bf16 [rows][cols] (round to nearest: exact where the values are
  * bf16 numbers, as for MX/BFP formats); for prefill through a bf16 GEMM. */

@@ -462,7 +462,7 @@ struct cuda_be {
     // pieces from the norm's and act_linear's kernels); 0 the separate kernels (A/B runs)
     int fuse;
     int pieces;   // at level 2, the int8 GEMV's pieces from the norm and act kernels (BQ_CUDA_PIECES=1; default 0: the GEMV's own split)
-    int attn_vec; // attention of few queries by k_attn_vec where it takes the head (default; BQ_CUDA_ATTN=few: k_attn_few)
+    int attn;     // attention of few queries (BQ_CUDA_ATTN): few (k_attn_few), vec (k_attn_vec where it takes the head; default), deep (vec, 16 keys a lane in flight)
     // calibration's sums per linear slot (cuda_stats_add), and the inputs widened for X^T X
     struct gstat { double *msq, *amax, *gram; int in; } *stats;
     double *xd;
@@ -805,7 +805,7 @@ static bq_status cuda_attention(be *b, int layer, float *q, float *a, int n, int
     const bq_format *aq = M->attn_q;
     bq_status st = BQ_OK;
     if (!aq && n <= ATT_FEW && d <= 256)
-        return bq_cuda_attend_few(g->attn_vec && bq_cuda_attend_vec_takes(d, q, K, V, a), g->pdl, q, K, V, a, g->s, b->max_tokens, n,
+        return bq_cuda_attend_few(bq_cuda_attend_vec_takes(d, q, K, V, a) ? g->attn : BQ_ATTN_FEW, g->pdl, q, K, V, a, g->s, b->max_tokens, n,
                                   c->heads, G_, d, kvd, 1.0f / sqrtf((float)d), pos, dpos_of(g), c->sliding_window);
     if (g->recording) return bq_fail(BQ_ERR_UNSUPPORTED, "CUDA engine: this attention cannot be recorded");
     if (aq) {
@@ -1275,14 +1275,14 @@ static bq_status cuda_setup(cuda_be *g)
 extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int hi, be **out)
 {
     *out = NULL;
-    int pdl, fuse, pieces, attn_vec, int8, pf, off;  // the A/B switches (knobs.h), checked before any device work
+    int pdl, fuse, pieces, attn, int8, pf, off;  // the A/B switches (knobs.h), checked before any device work
     static const char *const fuse_levels[3] = {"0", "1", "2"};
     bq_status st = env_switch("BQ_CUDA_PDL", 1, &pdl);
     // level 2 without the norm's pieces: +2.9% bf16, +4.2% MXFP4, +0.5% int4_g128 decode on the H100 (bench/RESULTS.md)
     if (!st) st = env_knob("BQ_CUDA_FUSE", fuse_levels, 3, 2, &fuse);
     if (!st) st = env_switch("BQ_CUDA_PIECES", 0, &pieces);
-    static const char *const attn_kernels[2] = {"few", "vec"};
-    if (!st) st = env_knob("BQ_CUDA_ATTN", attn_kernels, 2, 1, &attn_vec);  // vec: +3 to +6% decode (bench/RESULTS.md)
+    static const char *const attn_kernels[3] = {"few", "vec", "deep"};  // (BQ_ATTN_FEW, _VEC, _DEEP)
+    if (!st) st = env_knob("BQ_CUDA_ATTN", attn_kernels, 3, BQ_ATTN_VEC, &attn);  // vec: +3 to +6% decode (bench/RESULTS.md)
     if (!st) st = env_gemv_int8(&int8);  // (read again at each upload)
     if (!st) st = env_i8_pf(&pf);
     if (!st) st = env_i8_off(&off);
@@ -1308,7 +1308,7 @@ extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int 
     g->pdl = pdl;
     g->fuse = fuse;
     g->pieces = pieces;
-    g->attn_vec = attn_vec;
+    g->attn = attn;
     st = cuda_bind(&g->base);
     if (!st) st = cublas_handle(&g->blas, &g->blas_ws);
     if (!st) st = cuda_setup(g);

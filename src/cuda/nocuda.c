@@ -49,10 +49,10 @@ int bq_cuda_attend_vec_takes(int d, const void *q, const void *K, const void *V,
     (void)d; (void)q; (void)K; (void)V; (void)a;
     return 0;
 }
-bq_status bq_cuda_attend_few(int vec, int pdl, const float *q, const float *K, const float *V, float *a, float *s, int T, int n,
+bq_status bq_cuda_attend_few(int kernel, int pdl, const float *q, const float *K, const float *V, float *a, float *s, int T, int n,
                              int heads, int group, int d, int kvd, float scale, int pos0, const int *dpos, int window)
 {
-    (void)vec; (void)pdl; (void)q; (void)K; (void)V; (void)a; (void)s; (void)T; (void)n; (void)heads; (void)group; (void)d; (void)kvd;
+    (void)kernel; (void)pdl; (void)q; (void)K; (void)V; (void)a; (void)s; (void)T; (void)n; (void)heads; (void)group; (void)d; (void)kvd;
     (void)scale; (void)pos0; (void)dpos; (void)window;
     return none();
 }
