@@ -53,7 +53,7 @@ B=build/gpu/blockq
 M=/tmp/r7b
 T=data/wikitext-2-test.txt
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-case "$S" in *scale*|*decode*|*lcpp*|*minb*|*pdl*|*int8*|*prefetch*|*pieces*|*prefill*|*packed*|*graphs*|*pipeline*|*multigpu*|*ops*|*hadamard*|*gptq7b*|*train7b*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
+case "$S" in *scale*|*decode*|*lcpp*|*minb*|*attn*|*pdl*|*int8*|*prefetch*|*pieces*|*prefill*|*packed*|*graphs*|*pipeline*|*multigpu*|*ops*|*hadamard*|*gptq7b*|*train7b*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
 mkdir -p /tmp/deps && for f in .debs/*.deb; do dpkg -x "$f" /tmp/deps; done 2>/dev/null
 [ -f .debs/deps.tar.xz ] && tar xJf .debs/deps.tar.xz -C /tmp/deps  # the same packages, pruned to fit the transfer
 D=/tmp/deps/usr; L=$D/lib/x86_64-linux-gnu
