@@ -33,7 +33,7 @@
 #     a multiprocessor (a second build, NVEXTRA=-DBQ_TC_MINB=1; since the twenty-seventh session NVFP4's int8 GEMV and
 #     MXFP6's fp16 one have their floor in both builds) against ptxas's choice: its GEMV tests,
 #     gpu_bench --gemv and decode per MINB_FORMATS (MXFP4 on the fp16 path too), ROUNDS interleaved
-#   STAGES=attn: attention of one query with 16 keys a lane in flight (BQ_CUDA_ATTN=deep) against 4 (vec): test_cuda's
+#   STAGES=attdepth: attention of one query with 16 keys a lane in flight (BQ_CUDA_ATTN=deep) against 4 (vec): test_cuda's
 #     attention tests, decode per ATTN_FORMATS (ROUNDS interleaved), then one step op by op (bf16) each way
 #   STAGES=offset: the int8 GEMV's 4-bit int codes as offset nibbles or through the slots' tables (BQ_CUDA_I8_OFF), gpu_bench --gemv
 #   STAGES=prefill: ppl of packed .bq files (PREFILL_FORMATS) from the fp16 and the int8 layouts
@@ -53,7 +53,7 @@ B=build/gpu/blockq
 M=/tmp/r7b
 T=data/wikitext-2-test.txt
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-case "$S" in *scale*|*decode*|*lcpp*|*minb*|*attn*|*pdl*|*int8*|*prefetch*|*pieces*|*prefill*|*packed*|*graphs*|*pipeline*|*multigpu*|*ops*|*hadamard*|*gptq7b*|*train7b*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
+case "$S" in *scale*|*decode*|*lcpp*|*minb*|*attdepth*|*pdl*|*int8*|*prefetch*|*pieces*|*prefill*|*packed*|*graphs*|*pipeline*|*multigpu*|*ops*|*hadamard*|*gptq7b*|*train7b*) [ -f $M/config.json ] || (python3 bench/make_random_model.py $M >/tmp/gen.log 2>&1 &) ;; esac
 mkdir -p /tmp/deps && for f in .debs/*.deb; do dpkg -x "$f" /tmp/deps; done 2>/dev/null
 [ -f .debs/deps.tar.xz ] && tar xJf .debs/deps.tar.xz -C /tmp/deps  # the same packages, pruned to fit the transfer
 D=/tmp/deps/usr; L=$D/lib/x86_64-linux-gnu
@@ -220,7 +220,7 @@ case "$S" in *rates*)
     ./build/gpu/gpu/gpu_bench --chain --json "$O/rates_chain.jsonl" 2>&1 | tee "$O/rates_chain.txt"
     ./build/gpu/gpu/gpu_bench --gemv --json "$O/rates_gemv.jsonl" >"$O/rates_gemv.txt" 2>&1; grep -E "^[|]|copy" "$O/rates_gemv.txt" ;;
 esac
-case "$S" in *attn*)
+case "$S" in *attdepth*)
     # twenty-seventh session: k_attn_vec with 16 keys (and 16 of V's rows) a lane in flight;
     # op by op, a 7B layer's attention over 128 positions took 7.7 us for 4 MB on the H100
     BQ_CUDA_ONLY=attention ./build/gpu/gpu/test_cuda >"$O/attn_test.txt" 2>&1; grep -v "^  GPU" "$O/attn_test.txt" | tail -2
