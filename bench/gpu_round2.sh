@@ -277,7 +277,7 @@ case "$S" in *pieces*)
     pieces_round() {
         for v in ${PC_VARIANTS:-base fuse2 vec fuse2+vec}; do
             fz=1; case $v in *fuse2*) fz=2 ;; esac
-            at=few; case $v in *vec*) at=vec ;; esac
+            at=few; case $v in *deep*) at=deep ;; *vec*) at=vec ;; esac  # (+deep: vec with 16 keys in flight, the default since the twenty-seventh session)
             pc=1; case $v in *nopieces*) pc=0 ;; esac  # fuse2-nopieces: the residual with the norm, the GEMV's own split
             pf=0; case $v in *pfu*) pf=unsplit ;; *pf*) pf=1 ;; esac  # +pf: gemv_i8 with the next tile in flight (BQ_CUDA_I8_PF=1; +pfu: unsplit launches only)
             off=1; case $v in *tab*) off=0 ;; esac  # +tab: 4-bit int codes through the slots' tables, not as offset nibbles (BQ_CUDA_I8_OFF=0)

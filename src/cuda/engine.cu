@@ -462,7 +462,7 @@ struct cuda_be {
     // pieces from the norm's and act_linear's kernels); 0 the separate kernels (A/B runs)
     int fuse;
     int pieces;   // at level 2, the int8 GEMV's pieces from the norm and act kernels (BQ_CUDA_PIECES=1; default 0: the GEMV's own split)
-    int attn;     // attention of few queries (BQ_CUDA_ATTN): few (k_attn_few), vec (k_attn_vec where it takes the head; default), deep (vec, 16 keys a lane in flight)
+    int attn;     // attention of few queries (BQ_CUDA_ATTN): few (k_attn_few), vec (k_attn_vec where it takes the head), deep (default: vec, 16 keys a lane in flight)
     // calibration's sums per linear slot (cuda_stats_add), and the inputs widened for X^T X
     struct gstat { double *msq, *amax, *gram; int in; } *stats;
     double *xd;
@@ -1282,7 +1282,8 @@ extern "C" bq_status be_cuda_new(const bq_model *m, int T, int dev, int lo, int 
     if (!st) st = env_knob("BQ_CUDA_FUSE", fuse_levels, 3, 2, &fuse);
     if (!st) st = env_switch("BQ_CUDA_PIECES", 0, &pieces);
     static const char *const attn_kernels[3] = {"few", "vec", "deep"};  // (BQ_ATTN_FEW, _VEC, _DEEP)
-    if (!st) st = env_knob("BQ_CUDA_ATTN", attn_kernels, 3, BQ_ATTN_VEC, &attn);  // vec: +3 to +6% decode (bench/RESULTS.md)
+    // vec: +3 to +6% decode over few; deep: +3.7% over vec (NVFP4 7B on the H100; bench/RESULTS.md)
+    if (!st) st = env_knob("BQ_CUDA_ATTN", attn_kernels, 3, BQ_ATTN_DEEP, &attn);
     if (!st) st = env_gemv_int8(&int8);  // (read again at each upload)
     if (!st) st = env_i8_pf(&pf);
     if (!st) st = env_i8_off(&off);
