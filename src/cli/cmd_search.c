@@ -330,7 +330,9 @@ static void search_record(void *arg, int k, int nl, const int *choose, double nl
     search_io *io = arg;
     if (!io->log && !(io->log = fopen(io->path, "a"))) return;  /* opened at the first finished trial */
     char line[16384];  /* ranks append whole lines, each with one write */
-    int n = snprintf(line, sizeof line, "trial %d nll %.10f choose ", k, nll);
+    /* 17 significant digits: the same double when read back, so a resumed search writes
+     * the bits a fresh one does (10 decimals moved a trial's nll across the JSON's 8th) */
+    int n = snprintf(line, sizeof line, "trial %d nll %.17g choose ", k, nll);
     for (int i = 0; i < nl && n < (int)sizeof line - 16; i++)
         n += snprintf(line + n, sizeof line - (size_t)n, "%d%s", choose[i], i + 1 < nl ? "," : "\n");
     fputs(line, io->log);
