@@ -77,12 +77,14 @@ static void run_copies(void *p)
  * ceiling of any decode that reads each launch's weights with one kernel: the ramp and
  * tail of each copy are what a GEMV of that size pays too, even at copy speed. */
 enum { CH_LAYERS = 32, CH_H = 4096, CH_I = 11008, CH_V = 32000, CH_POS = 69 };  /* pos: the mean over 128 tokens after 5 */
-static double chain_bytes(double bits, double out[5])
+enum { CH_PARTS = 5 };  /* a layer's copies; the head's bytes follow them in out[CH_PARTS] */
+static double chain_bytes(double bits, double out[CH_PARTS + 1])
 {
     double H = CH_H, I = CH_I;
     out[0] = 3 * H * H * bits / 8; out[1] = H * H * bits / 8; out[2] = 2 * H * I * bits / 8; out[3] = H * I * bits / 8;
     out[4] = 2.0 * CH_POS * H * 4;  /* K and V, float32 */
-    return CH_LAYERS * (out[0] + out[1] + out[2] + out[3] + out[4]) + (double)CH_V * H * 2;
+    out[5] = (double)CH_V * H * 2;  /* the bf16 head */
+    return CH_LAYERS * (out[0] + out[1] + out[2] + out[3] + out[4]) + out[5];
 }
 typedef struct { cudaGraphExec_t g; cudaStream_t s; } graph_arg;
 static void run_graph(void *p) { graph_arg *a = p; cudaGraphLaunch(a->g, a->s); }
@@ -94,14 +96,14 @@ static void chain_bench(char *dst, const char *src, size_t span, double copy)
     cudaStream_t s;
     cudaStreamCreate(&s);
     for (size_t f = 0; f < sizeof cf / sizeof *cf; f++) {
-        double part[5], total = chain_bytes(cf[f].bits, part);
+        double part[CH_PARTS + 1], total = chain_bytes(cf[f].bits, part);
         size_t off = 0;
         cudaGraph_t g;
         graph_arg a = {NULL, s};
         cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal);
-        for (int l = 0; l <= CH_LAYERS; l++)
-            for (int k = 0; k < (l < CH_LAYERS ? 5 : 1); k++) {
-                size_t half = (size_t)((l < CH_LAYERS ? part[k] : (double)CH_V * CH_H * 2) / 2);  /* read + written = the bytes */
+        for (int l = 0; l <= CH_LAYERS; l++)  /* l == CH_LAYERS: the head */
+            for (int k = l < CH_LAYERS ? 0 : CH_PARTS; k < (l < CH_LAYERS ? CH_PARTS : CH_PARTS + 1); k++) {
+                size_t half = (size_t)(part[k] / 2);  /* read + written = the bytes */
                 if (off + half > span) off = 0;
                 cudaMemcpyAsync(dst + off, src + off, half, cudaMemcpyDeviceToDevice, s);
                 off += half;

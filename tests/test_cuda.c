@@ -768,17 +768,17 @@ static void attention(void)
         if (!st) st = bq_cuda_upload(dp, &pos0, 4);
         CHECK(!st, "attention setup: %s", bq_last_error());
         float *avec = malloc(nq * 4);
-        for (int vec = BQ_ATTN_FEW; vec <= BQ_ATTN_DEEP && !st; vec++) {
-            const char *kn = vec == BQ_ATTN_DEEP ? "deep" : vec ? "vec" : "few";
-            if (vec && !bq_cuda_attend_vec_takes(d, dq, dK, dV, da)) {
-                CHECK(bq_cuda_attend_few(vec, 0, dq, dK, dV, da, ds, T, n, heads, group, d, kvd, scale, pos0, NULL, window) == BQ_ERR_ARG,
+        for (int kern = BQ_ATTN_FEW; kern <= BQ_ATTN_DEEP && !st; kern++) {
+            const char *kn = kern == BQ_ATTN_DEEP ? "deep" : kern == BQ_ATTN_VEC ? "vec" : "few";
+            if (kern != BQ_ATTN_FEW && !bq_cuda_attend_vec_takes(d, dq, dK, dV, da)) {
+                CHECK(bq_cuda_attend_few(kern, 0, dq, dK, dV, da, ds, T, n, heads, group, d, kvd, scale, pos0, NULL, window) == BQ_ERR_ARG,
                       "attention %s took head_dim %d", kn, d);
                 continue;
             }
             for (int viad = 0; viad < 2; viad++) {  /* the position as an argument, then from device memory */
                 for (size_t i = 0; i < nq; i++) a[i] = NAN;
                 bq_status s2 = bq_cuda_upload(da, a, nq * 4);
-                if (!s2) s2 = bq_cuda_attend_few(vec, 0, dq, dK, dV, da, ds, T, n, heads, group, d, kvd, scale, viad ? -1 : pos0, viad ? dp : NULL,
+                if (!s2) s2 = bq_cuda_attend_few(kern, 0, dq, dK, dV, da, ds, T, n, heads, group, d, kvd, scale, viad ? -1 : pos0, viad ? dp : NULL,
                                                  window);
                 if (!s2) s2 = bq_cuda_sync();
                 if (!s2) s2 = bq_cuda_download(a, da, nq * 4);
@@ -788,8 +788,8 @@ static void attention(void)
                 if (!viad)
                     printf("  GPU attention %s d=%-3d heads %d (groups of %d) n=%d pos %-3d window %-2d: max|err|/max|a| = %.2e\n", kn, d, heads,
                            group, n, pos0, window, e);
-                if (!s2 && vec == BQ_ATTN_VEC && !viad) memcpy(avec, a, nq * 4);
-                if (!s2 && vec == BQ_ATTN_DEEP) {
+                if (!s2 && kern == BQ_ATTN_VEC && !viad) memcpy(avec, a, nq * 4);
+                if (!s2 && kern == BQ_ATTN_DEEP) {
                     size_t differ = 0;
                     for (size_t i = 0; i < nq; i++) differ += memcmp(&a[i], &avec[i], 4) != 0;
                     CHECK(differ == 0, "GPU attention deep d=%d pos %d%s: %zu of %zu outputs not vec's bits", d, pos0,
@@ -799,7 +799,7 @@ static void attention(void)
             /* a NaN in the first key of kv head 0: every output of the heads reading it is NaN */
             float nan = NAN;
             bq_status s2 = bq_cuda_upload(dK + (size_t)(window && pos0 >= window ? pos0 : 0) * kvd, &nan, 4);
-            if (!s2) s2 = bq_cuda_attend_few(vec, 0, dq, dK, dV, da, ds, T, n, heads, group, d, kvd, scale, pos0, NULL, window);
+            if (!s2) s2 = bq_cuda_attend_few(kern, 0, dq, dK, dV, da, ds, T, n, heads, group, d, kvd, scale, pos0, NULL, window);
             if (!s2) s2 = bq_cuda_sync();
             if (!s2) s2 = bq_cuda_download(a, da, nq * 4);
             size_t finite = 0;

@@ -898,9 +898,10 @@ static __device__ __forceinline__ void tc_finish(float (&red)[8][RG][NT8][32][4]
 template <int MODE, int K, int SB, int NT8, bool SPLIT>
 constexpr int tc_min_blocks()
 {
-    if (NT8 == 1 && !SPLIT && K == 32 && SB == 1 && MODE >= 6) return 3;
+    constexpr bool one_token32 = NT8 == 1 && !SPLIT && K == 32 && SB == 1;
+    if (one_token32 && MODE >= 6) return 3;
 #if defined(BQ_TC_MINB) && BQ_TC_MINB
-    if (NT8 == 1 && !SPLIT && K == 32 && SB == 1 && MODE <= 2) return 4;
+    if (one_token32 && MODE <= 2) return 4;
 #endif
     return 0;
 }
